@@ -1,0 +1,66 @@
+"""The account tree and API tokens (control database)."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from accounts.choices import AccessType
+from accounts.constants import MAX_ACCOUNT_DEPTH
+
+
+class Account(models.Model):
+    """A customer account. Root accounts have no parent and live in the default region; a
+    first-level subaccount chooses its region, deeper ones inherit it, and it never changes.
+
+    ``path`` is the chain of ids from the root, ``"1/7/12/"``, so that a subtree is a prefix match.
+    """
+
+    name = models.CharField(max_length=255)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    region = models.ForeignKey("regions.Region", on_delete=models.PROTECT, related_name="accounts")
+    datacenter = models.ForeignKey("regions.Datacenter", on_delete=models.PROTECT, related_name="accounts")
+    depth = models.PositiveSmallIntegerField(default=0)
+    path = models.CharField(max_length=255, db_index=True, editable=False, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(depth__lte=MAX_ACCOUNT_DEPTH), name="account_depth_limit"),
+            models.CheckConstraint(
+                condition=(models.Q(parent__isnull=True, depth=0) | models.Q(parent__isnull=False, depth__gt=0)),
+                name="account_root_iff_depth_zero",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} (#{self.pk})"
+
+    def is_descendant_of(self, other: Account) -> bool:
+        return self.path.startswith(other.path) and self.pk != other.pk
+
+
+class Token(models.Model):
+    """An API token. The key is shown once at creation; only its SHA-256 is stored."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="tokens")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    key_prefix = models.CharField(max_length=16, editable=False)
+    info = models.CharField(max_length=255, blank=True, default="")
+    enabled = models.BooleanField(default=True)
+    expire = models.BigIntegerField(default=0, help_text="unix time after which the token is invalid; 0 = never")
+    ttl = models.BigIntegerField(default=0, help_text="seconds of inactivity after which the token is invalid; 0 = never")
+    access_type = models.PositiveSmallIntegerField(choices=AccessType.choices, default=AccessType.STANDARD)
+    created = models.FloatField(help_text="unix time")
+    last_used = models.FloatField(null=True, blank=True, help_text="unix time")
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(expire__gte=0), name="token_expire_non_negative"),
+            models.CheckConstraint(condition=models.Q(ttl__gte=0), name="token_ttl_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"token {self.key_prefix}… of account {self.account_id}"

@@ -1,0 +1,223 @@
+"""Writes of accounts and tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from typing import Any
+
+from django.db import transaction
+
+from accounts.choices import AccessType
+from accounts.constants import MAX_ACCOUNT_DEPTH, TOKEN_KEY_BYTES, TOKEN_PREFIX_LENGTH, TOKEN_TOUCH_INTERVAL
+from accounts.models import Account, Token
+from flespi_site.errors import InvalidInput, NotFound, Unauthorized
+from regions import placement
+from regions.models import Datacenter, Region
+
+
+def _default_region() -> Region:
+    region = Region.objects.filter(is_default=True).first()
+    if region is None:
+        raise InvalidInput("no default region is configured: run `python manage.py platform_setup`")
+    return region
+
+
+def _datacenter_in(region: Region, code: str | None) -> Datacenter:
+    if code is None:
+        datacenter = region.datacenters.filter(is_default=True).first() or region.datacenters.first()
+        if datacenter is None:
+            raise InvalidInput(f"region {region.code} has no datacenter", field="datacenter")
+        return datacenter
+    datacenter = Datacenter.objects.filter(code=code).select_related("region").first()
+    if datacenter is None:
+        raise InvalidInput(f"unknown datacenter {code!r}", field="datacenter")
+    if datacenter.region_id != region.id:
+        raise InvalidInput(
+            f"datacenter {code} is in region {datacenter.region.code}, not in {region.code}", field="datacenter"
+        )
+    return datacenter
+
+
+@transaction.atomic
+def account_create(
+    *,
+    name: str,
+    parent: Account | None = None,
+    region_code: str | None = None,
+    datacenter_code: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Account:
+    """Create an account. Only a first-level subaccount may choose its region (default: the
+    parent's); a root account lives in the default region and deeper accounts inherit."""
+    if parent is None:
+        region = _default_region()
+        if region_code is not None and region_code != region.code:
+            raise InvalidInput(
+                f"a root account lives in the default region {region.code}; "
+                "choose a region when creating a first-level subaccount",
+                field="region",
+            )
+        depth = 0
+    else:
+        depth = parent.depth + 1
+        if depth > MAX_ACCOUNT_DEPTH:
+            raise InvalidInput(
+                f"account {parent.pk} is at the deepest level ({MAX_ACCOUNT_DEPTH} below the root) "
+                "and cannot have subaccounts",
+                field="parent_id",
+            )
+        if depth == 1 and region_code is not None:
+            region = Region.objects.filter(code=region_code).first()
+            if region is None:
+                codes = ", ".join(Region.objects.values_list("code", flat=True))
+                raise InvalidInput(f"unknown region {region_code!r}; regions: {codes}", field="region")
+        else:
+            region = parent.region
+            if region_code is not None and region_code != region.code:
+                raise InvalidInput(
+                    f"only a first-level subaccount chooses its region; this one inherits "
+                    f"{region.code} from account {parent.pk}",
+                    field="region",
+                )
+    datacenter = _datacenter_in(region, datacenter_code)
+    account = Account.objects.create(
+        name=name, parent=parent, region=region, datacenter=datacenter, depth=depth, metadata=metadata or {}
+    )
+    account.path = f"{parent.path if parent else ''}{account.pk}/"
+    account.save(update_fields=["path"])
+    return account
+
+
+def account_update(*, account: Account, data: dict[str, Any]) -> Account:
+    """Update ``name`` and ``metadata``. The region and the place in the tree never change."""
+    if "region" in data and data["region"] != account.region.code:
+        raise InvalidInput(
+            f"the region of account {account.pk} is {account.region.code} and can never change",
+            field="region",
+        )
+    if "datacenter" in data and data["datacenter"] != account.datacenter.code:
+        raise InvalidInput(
+            "an account moves between datacenters only by the operator's move command, not through the API",
+            field="datacenter",
+        )
+    if "parent_id" in data and data["parent_id"] != account.parent_id:
+        raise InvalidInput(f"account {account.pk} cannot move in the account tree", field="parent_id")
+    fields = []
+    for name in ("name", "metadata"):
+        if name in data:
+            setattr(account, name, data[name])
+            fields.append(name)
+    if fields:
+        account.save(update_fields=fields)
+    return account
+
+
+def account_delete(*, account: Account) -> None:
+    """Delete an account, its subaccounts and their tokens and regional data."""
+    subtree = list(Account.objects.filter(path__startswith=account.path).values_list("pk", "datacenter__code"))
+    _regional_data_delete(subtree)
+    account.delete()
+    for pk, _code in subtree:
+        placement.forget_account(pk)
+
+
+def _regional_data_delete(subtree: list[tuple[int, str]]) -> None:
+    from django.apps import apps
+
+    from flespi_site.db_router import is_regional
+
+    by_alias: dict[str, list[int]] = {}
+    for pk, code in subtree:
+        by_alias.setdefault(placement.alias_for_datacenter(code), []).append(pk)
+    for alias, ids in by_alias.items():
+        with transaction.atomic(using=alias):
+            for model in apps.get_models():
+                if is_regional(model) and getattr(model, "delete_with_account", True):
+                    model.objects.using(alias).filter(account_id__in=ids).delete()
+
+
+def _hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def token_create(
+    *,
+    account: Account,
+    info: str = "",
+    enabled: bool = True,
+    expire: int = 0,
+    ttl: int = 0,
+    access_type: int = AccessType.STANDARD,
+) -> tuple[Token, str]:
+    """Create a token; returns it and its key, which is not stored and cannot be shown again."""
+    key = secrets.token_urlsafe(TOKEN_KEY_BYTES)
+    token = Token.objects.create(
+        account=account,
+        key_hash=_hash_key(key),
+        key_prefix=key[:TOKEN_PREFIX_LENGTH],
+        info=info,
+        enabled=enabled,
+        expire=expire,
+        ttl=ttl,
+        access_type=access_type,
+        created=time.time(),
+    )
+    return token, key
+
+
+def token_update(*, token: Token, data: dict[str, Any]) -> Token:
+    fields = []
+    for name in ("info", "enabled", "expire", "ttl", "access_type"):
+        if name in data:
+            setattr(token, name, data[name])
+            fields.append(name)
+    if "ttl" in data:
+        # A new ttl counts from now, not from a use long ago.
+        token.last_used = time.time()
+        fields.append("last_used")
+    if fields:
+        token.save(update_fields=fields)
+    return token
+
+
+def token_delete(*, token: Token) -> None:
+    token.delete()
+
+
+def token_authenticate(*, key: str, now: float | None = None) -> Token:
+    """The enabled, unexpired token with this key; records the use (for ``ttl``)."""
+    now = time.time() if now is None else now
+    token = Token.objects.select_related("account", "account__region").filter(key_hash=_hash_key(key)).first()
+    if token is None:
+        raise Unauthorized("unknown token")
+    if not token.enabled:
+        raise Unauthorized(f"token {token.pk} is disabled")
+    if token.expire and now >= token.expire:
+        raise Unauthorized(f"token {token.pk} expired")
+    last = token.last_used or token.created
+    if token.ttl and now - last >= token.ttl:
+        raise Unauthorized(f"token {token.pk} expired: unused for more than its ttl of {token.ttl} s")
+    touch_every = min(TOKEN_TOUCH_INTERVAL, token.ttl / 10) if token.ttl else TOKEN_TOUCH_INTERVAL
+    if token.last_used is None or now - token.last_used >= touch_every:
+        Token.objects.filter(pk=token.pk).update(last_used=now)
+        token.last_used = now
+    return token
+
+
+def acting_account(*, token: Token, cid: str | None) -> Account:
+    """The account a request acts for: the token's, or the descendant named by ``x-flespi-cid``.
+    Any other id does not exist for this token."""
+    if cid is None or cid.strip() == "":
+        return token.account
+    try:
+        account_id = int(cid)
+    except ValueError:
+        raise NotFound(f"x-flespi-cid {cid!r} is not an account id", code="account_not_found") from None
+    if account_id == token.account_id:
+        return token.account
+    account = Account.objects.select_related("region").filter(pk=account_id).first()
+    if account is None or not account.is_descendant_of(token.account):
+        raise NotFound(f"account {account_id} not found", code="account_not_found")
+    return account

@@ -1,0 +1,13 @@
+"""Django-level error pages for paths outside DRF views: the same envelope, never HTML."""
+
+from django.http import JsonResponse
+
+
+def not_found(request, exception=None):
+    return JsonResponse(
+        {"errors": [{"code": 404, "type": "not_found", "reason": f"no endpoint at {request.path}"}]}, status=404
+    )
+
+
+def server_error(request):
+    return JsonResponse({"errors": [{"code": 500, "type": "internal", "reason": "internal error; it has been logged"}]}, status=500)

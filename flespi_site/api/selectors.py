@@ -1,0 +1,82 @@
+"""Selectors in paths: ``all``; an id or a comma list of ids; ``field=value`` conditions joined by
+commas (ANDed), with ``*`` and ``?`` wildcards in values.
+
+A resource declares which fields can be selected on (``SelectorField``); a dotted name under a
+JSON field (``configuration.ident``, ``metadata.group``) selects on a key inside it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from django.db.models import Q
+
+from flespi_site.errors import InvalidInput
+
+MAX_SELECTOR_IDS = 1000
+
+
+@dataclass(frozen=True)
+class SelectorField:
+    lookup: str  # ORM path
+    kind: str  # "int", "str", "bool" or "json" (a JSON object whose keys can be selected on)
+
+
+def wildcard_regex(value: str) -> str:
+    return "^" + "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in value) + "$"
+
+
+def _is_int(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 19
+
+
+def parse_selector(selector: str, fields: dict[str, SelectorField]) -> Q:
+    """A Q object for ``selector``; raises InvalidInput naming the bad part."""
+    selector = selector.strip()
+    if selector == "all":
+        return Q()
+    parts = selector.split(",")
+    if any(part == "" for part in parts):
+        raise InvalidInput(f"selector {selector!r} has an empty item", field="selector")
+    if all(_is_int(part) for part in parts):
+        if len(parts) > MAX_SELECTOR_IDS:
+            raise InvalidInput(f"a selector may list at most {MAX_SELECTOR_IDS} ids", field="selector")
+        return Q(pk__in=[int(part) for part in parts])
+    query = Q()
+    for part in parts:
+        name, eq, value = part.partition("=")
+        if not eq:
+            raise InvalidInput(
+                f"selector item {part!r} is neither an id nor a field=value condition; "
+                "use 'all', ids like '1,2' or conditions like 'name=truck*'",
+                field="selector",
+            )
+        query &= _condition(name.strip(), value, fields)
+    return query
+
+
+def _condition(name: str, value: str, fields: dict[str, SelectorField]) -> Q:
+    field = fields.get(name)
+    if field is None:
+        root, dot, key = name.partition(".")
+        json_field = fields.get(root)
+        if dot and key and json_field is not None and json_field.kind == "json":
+            lookup = json_field.lookup + "__" + "__".join(key.split("."))
+            return Q(**{f"{lookup}__regex": wildcard_regex(value)})
+        known = ", ".join(sorted(fields))
+        raise InvalidInput(f"cannot select on {name!r}; selectable fields: {known}", field="selector")
+    wildcard = "*" in value or "?" in value
+    if field.kind == "int":
+        if not _is_int(value.lstrip("-")) or wildcard:
+            raise InvalidInput(f"selector {name}={value!r}: {name} must be an integer", field="selector")
+        return Q(**{field.lookup: int(value)})
+    if field.kind == "bool":
+        if value not in ("true", "false"):
+            raise InvalidInput(f"selector {name}={value!r}: {name} must be true or false", field="selector")
+        return Q(**{field.lookup: value == "true"})
+    if field.kind == "json":
+        raise InvalidInput(f"selector {name!r}: select on a key inside it, like {name}.key=value", field="selector")
+    if wildcard:
+        return Q(**{f"{field.lookup}__regex": wildcard_regex(value)})
+    return Q(**{field.lookup: value})

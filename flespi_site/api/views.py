@@ -1,0 +1,239 @@
+"""The base views of the API.
+
+``FlespiAPIView`` resolves the acting account (the token's, or ``x-flespi-cid``) and sends
+requests that reached the wrong region to the right one. ``ResourceView`` is the shared
+POST/GET/PUT/DELETE-on-a-selector behaviour; an endpoint declares a ``Resource`` and nothing else.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.db.models import Model, QuerySet
+from django.urls import path
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import Account
+from accounts.services import acting_account
+from flespi_site.api.exceptions import RegionRedirect
+from flespi_site.api.parsers import loads_strict
+from flespi_site.api.selectors import SelectorField, parse_selector
+from flespi_site.errors import DomainError, InvalidInput, NotFound
+
+
+def query_params(request: Request) -> dict[str, Any]:
+    """Query parameters, with ``data=<JSON object>`` merged over the plain ones."""
+    params: dict[str, Any] = {key: request.query_params.get(key) for key in request.query_params if key != "data"}
+    raw = request.query_params.get("data")
+    if raw is not None:
+        data = loads_strict(raw, what="query parameter data")
+        if not isinstance(data, dict):
+            raise InvalidInput("query parameter data must be a JSON object", field="data")
+        params.update(data)
+    return params
+
+
+def projection(params: dict[str, Any], allowed: Iterable[str] | None = None) -> list[str] | None:
+    """The ``fields=a,b`` parameter as a list (None: every field)."""
+    raw = params.get("fields")
+    if raw is None:
+        return None
+    names = raw if isinstance(raw, list) else str(raw).split(",")
+    names = [str(name).strip() for name in names if str(name).strip()]
+    if not names:
+        raise InvalidInput("fields must name at least one field", field="fields")
+    if allowed is not None:
+        allowed = set(allowed)
+        unknown = [name for name in names if name not in allowed]
+        if unknown:
+            raise InvalidInput(
+                f"unknown field(s) {', '.join(unknown)} in fields; known: {', '.join(sorted(allowed))}", field="fields"
+            )
+    return names
+
+
+def project(item: dict, names: list[str] | None) -> dict:
+    if names is None:
+        return item
+    return {name: item[name] for name in names if name in item}
+
+
+class FlespiAPIView(APIView):
+    """A view that acts for an account and is served only in that account's region."""
+
+    # Views that need no token (``/auth/regions``) set this to False.
+    acts_for_account: ClassVar[bool] = True
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        super().initial(request, *args, **kwargs)
+        self.account: Account | None = None
+        if self.acts_for_account and request.auth is not None:
+            self.account = acting_account(token=request.auth, cid=request.headers.get("x-flespi-cid"))
+            self._check_region(request, self.account)
+
+    def _check_region(self, request: Request, account: Account) -> None:
+        host_region = getattr(request._request, "host_region", None)
+        region = account.region.code
+        if host_region is None or host_region == region:
+            return
+        url = settings.TOPOLOGY.region(region).rest_url
+        raise RegionRedirect(
+            region=region, url=url, location=url + request.get_full_path(), account_id=account.pk
+        )
+
+
+class Resource(ABC):
+    """What an endpoint serves: which rows an account sees, how they render, how they are
+    created, updated and deleted (each through a service)."""
+
+    name: ClassVar[str] = "item"
+    selector_fields: ClassVar[dict[str, SelectorField]] = {"id": SelectorField("pk", "int")}
+    create_serializer: ClassVar[type[serializers.Serializer] | None] = None
+    update_serializer: ClassVar[type[serializers.Serializer] | None] = None
+    output_fields: ClassVar[tuple[str, ...]] = ("id",)
+    max_batch: ClassVar[int] = 1000
+
+    def __init__(self, view: ResourceView):
+        self.view = view
+
+    @property
+    def account(self) -> Account:
+        return self.view.account
+
+    @abstractmethod
+    def queryset(self) -> QuerySet: ...
+
+    @abstractmethod
+    def render(self, obj: Model) -> dict: ...
+
+    @abstractmethod
+    def create(self, data: dict) -> Model: ...
+
+    @abstractmethod
+    def update(self, obj: Model, data: dict) -> Model: ...
+
+    @abstractmethod
+    def delete(self, obj: Model) -> None: ...
+
+
+def _status_of(errors: list[dict], done: int) -> int:
+    if done or not errors:
+        return 200
+    return max(error["code"] for error in errors) if len({e["code"] for e in errors}) == 1 else 400
+
+
+class ResourceView(FlespiAPIView):
+    resource_class: ClassVar[type[Resource]]
+
+    def _resource(self) -> Resource:
+        return self.resource_class(self)
+
+    def selected(self, selector: str | None) -> QuerySet:
+        resource = self._resource()
+        queryset = resource.queryset()
+        if selector is not None:
+            queryset = queryset.filter(parse_selector(selector, resource.selector_fields))
+        return queryset
+
+    def get(self, request: Request, selector: str | None = None) -> Response:
+        resource = self._resource()
+        params = query_params(request)
+        names = projection(params, resource.output_fields)
+        rows = self.selected(selector or "all")
+        return Response({"result": [project(resource.render(obj), names) for obj in rows]})
+
+    def post(self, request: Request, selector: str | None = None) -> Response:
+        resource = self._resource()
+        if selector is not None:
+            raise InvalidInput(f"POST creates {resource.name}s: send it to the collection, without a selector")
+        items = request.data
+        if not isinstance(items, list):
+            raise InvalidInput(f"the body must be a JSON array of {resource.name}s to create")
+        if len(items) > resource.max_batch:
+            raise InvalidInput(f"at most {resource.max_batch} {resource.name}s per request")
+        names = projection(query_params(request), resource.output_fields)
+        result, errors = [], []
+        for index, item in enumerate(items):
+            serializer = resource.create_serializer(data=item)
+            try:
+                serializer.is_valid(raise_exception=True)
+                obj = resource.create(serializer.validated_data)
+            except serializers.ValidationError as exc:
+                errors += _validation_errors(exc, index=index)
+                continue
+            except DomainError as exc:
+                errors.append({**exc.as_error(), "index": index})
+                continue
+            result.append(project(resource.render(obj), names))
+        return self._batch_response(result, errors)
+
+    def put(self, request: Request, selector: str | None = None) -> Response:
+        resource = self._resource()
+        if selector is None:
+            raise InvalidInput(f"PUT updates selected {resource.name}s: add a selector to the path, like /all or /12")
+        if not isinstance(request.data, dict):
+            raise InvalidInput("the body must be a JSON object with the fields to change")
+        serializer = resource.update_serializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        names = projection(query_params(request), resource.output_fields)
+        objects = list(self.selected(selector))
+        if not objects:
+            raise NotFound(f"no {resource.name} matches {selector!r}")
+        result, errors = [], []
+        for obj in objects:
+            try:
+                obj = resource.update(obj, dict(serializer.validated_data))
+            except DomainError as exc:
+                errors.append({**exc.as_error(), "id": obj.pk})
+                continue
+            result.append(project(resource.render(obj), names))
+        return self._batch_response(result, errors)
+
+    def delete(self, request: Request, selector: str | None = None) -> Response:
+        resource = self._resource()
+        if selector is None:
+            raise InvalidInput(f"DELETE removes selected {resource.name}s: add a selector to the path")
+        objects = list(self.selected(selector))
+        if not objects:
+            raise NotFound(f"no {resource.name} matches {selector!r}")
+        result, errors = [], []
+        for obj in objects:
+            pk = obj.pk
+            try:
+                resource.delete(obj)
+            except DomainError as exc:
+                errors.append({**exc.as_error(), "id": pk})
+                continue
+            result.append({"id": pk})
+        return self._batch_response(result, errors)
+
+    @staticmethod
+    def _batch_response(result: list, errors: list[dict]) -> Response:
+        body: dict[str, Any] = {"result": result}
+        if errors:
+            body["errors"] = errors
+        return Response(body, status=_status_of(errors, len(result)))
+
+
+def _validation_errors(exc: serializers.ValidationError, *, index: int) -> list[dict]:
+    from flespi_site.api.exceptions import _flatten
+
+    return [
+        {"code": 400, "type": "invalid", "reason": f"{field}: {message}" if field else message, "field": field, "index": index}
+        for field, message in _flatten(exc.detail)
+    ]
+
+
+def resource_paths(prefix: str, view: type[ResourceView], name: str) -> list:
+    """The collection path and the selector path of a resource."""
+    handler = view.as_view()
+    return [
+        path(prefix, handler, name=name),
+        path(f"{prefix}/<str:selector>", handler, name=f"{name}-selected"),
+    ]

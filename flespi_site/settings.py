@@ -1,0 +1,157 @@
+"""Settings of the platform. Every value that differs between installations comes from the
+environment, read here and nowhere else (see docs/configuration.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from flespi_site import topology as _topology
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "insecure-development-key-change-me-in-production")
+DEBUG = _env_bool("DEBUG", False)
+ALLOWED_HOSTS = [host.strip() for host in os.environ.get("ALLOWED_HOSTS", "*").split(",") if host.strip()]
+
+TOPOLOGY = _topology.current()
+# In production a process serves one region; in development and tests (empty) it serves all.
+SERVED_REGION = os.environ.get("REGION", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "regions",
+    "accounts",
+    "devices",
+    "analytics",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "regions.middleware.RegionHostMiddleware",
+]
+
+ROOT_URLCONF = "flespi_site.urls"
+WSGI_APPLICATION = "flespi_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _database(url: str) -> dict:
+    config = dj_database_url.parse(url, conn_max_age=_env_int("DB_CONN_MAX_AGE", 60))
+    config["TEST"] = {"NAME": "test_" + config["NAME"]}
+    return config
+
+
+# "default" is the control database (regions, datacenters, the account tree, tokens, admin
+# users); every datacenter is its own database under the alias "dc_<code>".
+DATABASES = {"default": _database(TOPOLOGY.control_database_url)}
+for _dc in TOPOLOGY.datacenters:
+    DATABASES[_dc.alias] = _database(_dc.database_url)
+
+DATABASE_ROUTERS = ["flespi_site.db_router.PlacementRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+# Request limits. The JSON parser enforces the body limit itself so that an oversized body gets
+# a 413 with the envelope rather than Django's bare 400.
+MAX_BODY_BYTES = _env_int("MAX_BODY_BYTES", 16 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
+MAX_JSON_DEPTH = _env_int("MAX_JSON_DEPTH", 16)
+MAX_BATCH_ITEMS = _env_int("MAX_BATCH_ITEMS", 10_000)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["flespi_site.api.authentication.FlespiTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["flespi_site.api.permissions.HasToken"],
+    "DEFAULT_PARSER_CLASSES": ["flespi_site.api.parsers.StrictJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "flespi_site.api.exceptions.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+    "UNAUTHENTICATED_TOKEN": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Telematics platform API",
+    "DESCRIPTION": "Devices, messages, calculators and intervals, with flespi-compatible conventions.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {
+            "FlespiToken": {"type": "apiKey", "in": "header", "name": "Authorization",
+                            "description": "FlespiToken <key>"},
+        }
+    },
+    "SECURITY": [{"FlespiToken": []}],
+}
+
+# Redis (Celery broker and debounce timers) and MQTT, per region; these are the defaults.
+REDIS_URL = os.environ.get("REDIS_URL", _topology.DEFAULT_REDIS_URL)
+MQTT_URL = os.environ.get("MQTT_URL", _topology.DEFAULT_MQTT_URL)
+MQTT_TOPIC_ROOT = os.environ.get("MQTT_TOPIC_ROOT", "flespi")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

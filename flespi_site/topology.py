@@ -1,0 +1,216 @@
+"""Regions, datacenters and the service URLs they use, read from the environment.
+
+This module imports no Django: settings build ``DATABASES`` from it, and the embedded-services
+supervisor reads it before Django starts.
+
+The topology comes from, in order of preference:
+
+1. ``FLESPI_TOPOLOGY``: a JSON document (inline);
+2. ``FLESPI_TOPOLOGY_FILE``: a path to a JSON file with the same document;
+3. the default: region ``eu`` (default, datacenters ``eu-1`` and ``eu-2``) and region ``ru``
+   (datacenter ``ru-1``).
+
+Document shape::
+
+    {"default_region": "eu",
+     "domain": "localhost",
+     "regions": [{"code": "eu", "rest_url": "...", "mqtt_url": "...", "redis_url": "...",
+                  "datacenters": [{"code": "eu-1", "number": 1}, {"code": "eu-2", "number": 2}],
+                  "default_datacenter": "eu-1"}, ...]}
+
+Every URL is optional: a region's REST URL defaults to ``http://<code>.<domain>:<PORT>``, its MQTT
+and Redis URLs to ``MQTT_URL`` / ``REDIS_URL`` (overridable per region with ``MQTT_URL_<CODE>`` /
+``REDIS_URL_<CODE>``). A datacenter's database URL is ``DATABASE_URL_<CODE>`` (``eu-1`` reads
+``DATABASE_URL_EU_1``), or else ``DATABASE_URL`` with the database name suffixed by the datacenter
+code (``flespi`` becomes ``flespi_eu_1``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from urllib.parse import urlsplit, urlunsplit
+
+# Ids of regional entities are ``sequence * ID_STRIDE + datacenter.number``: unique across every
+# datacenter without coordination, and unchanged when an account moves between datacenters.
+ID_STRIDE = 1024
+
+DEFAULT_TOPOLOGY = {
+    "default_region": "eu",
+    "domain": "localhost",
+    "regions": [
+        {
+            "code": "eu",
+            "datacenters": [{"code": "eu-1", "number": 1}, {"code": "eu-2", "number": 2}],
+            "default_datacenter": "eu-1",
+        },
+        {
+            "code": "ru",
+            "datacenters": [{"code": "ru-1", "number": 3}],
+            "default_datacenter": "ru-1",
+        },
+    ],
+}
+
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/flespi"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
+
+_CODE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+
+
+class TopologyError(ValueError):
+    """The topology configuration is inconsistent; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class DatacenterConfig:
+    code: str
+    number: int
+    region: str
+    database_url: str
+
+    @property
+    def alias(self) -> str:
+        """The Django database alias of this datacenter."""
+        return datacenter_alias(self.code)
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    code: str
+    rest_url: str
+    mqtt_url: str
+    redis_url: str
+    default_datacenter: str
+    datacenters: tuple[DatacenterConfig, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Topology:
+    default_region: str
+    domain: str
+    control_database_url: str
+    regions: tuple[RegionConfig, ...]
+
+    def region(self, code: str) -> RegionConfig:
+        for region in self.regions:
+            if region.code == code:
+                return region
+        raise KeyError(code)
+
+    @property
+    def datacenters(self) -> tuple[DatacenterConfig, ...]:
+        return tuple(dc for region in self.regions for dc in region.datacenters)
+
+    def datacenter(self, code: str) -> DatacenterConfig:
+        for dc in self.datacenters:
+            if dc.code == code:
+                return dc
+        raise KeyError(code)
+
+
+def datacenter_alias(code: str) -> str:
+    return "dc_" + code.replace("-", "_")
+
+
+def _env_suffix(code: str) -> str:
+    return code.upper().replace("-", "_")
+
+
+def _with_database_name(url: str, suffix: str) -> str:
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/") or "flespi"
+    return urlunsplit(parts._replace(path=f"/{name}_{suffix}"))
+
+
+def load(env: Mapping[str, str] | None = None) -> Topology:
+    """Read the topology from ``env`` (the process environment by default)."""
+    env = os.environ if env is None else env
+    if env.get("FLESPI_TOPOLOGY"):
+        document = _parse_json(env["FLESPI_TOPOLOGY"], "FLESPI_TOPOLOGY")
+    elif env.get("FLESPI_TOPOLOGY_FILE"):
+        path = env["FLESPI_TOPOLOGY_FILE"]
+        try:
+            with open(path, encoding="utf-8") as handle:
+                document = _parse_json(handle.read(), path)
+        except OSError as exc:
+            raise TopologyError(f"cannot read FLESPI_TOPOLOGY_FILE {path!r}: {exc}") from exc
+    else:
+        document = DEFAULT_TOPOLOGY
+    return _build(document, env)
+
+
+def _parse_json(text: str, where: str) -> dict:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TopologyError(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise TopologyError(f"{where} must be a JSON object")
+    return document
+
+
+def _build(document: dict, env: Mapping[str, str]) -> Topology:
+    domain = str(document.get("domain") or env.get("FLESPI_DOMAIN") or "localhost")
+    port = env.get("PORT", "8000")
+    database_url = env.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    redis_url = env.get("REDIS_URL") or DEFAULT_REDIS_URL
+    mqtt_url = env.get("MQTT_URL") or DEFAULT_MQTT_URL
+    regions: list[RegionConfig] = []
+    numbers: dict[int, str] = {}
+    for index, raw in enumerate(document.get("regions") or []):
+        code = raw.get("code") if isinstance(raw, dict) else None
+        if not isinstance(code, str) or not _CODE_RE.match(code):
+            raise TopologyError(f"regions[{index}].code must be a lowercase code like 'eu'")
+        suffix = _env_suffix(code)
+        datacenters = []
+        for dc_index, dc in enumerate(raw.get("datacenters") or []):
+            dc_code = dc.get("code") if isinstance(dc, dict) else None
+            number = dc.get("number") if isinstance(dc, dict) else None
+            where = f"regions[{index}].datacenters[{dc_index}]"
+            if not isinstance(dc_code, str) or not _CODE_RE.match(dc_code):
+                raise TopologyError(f"{where}.code must be a lowercase code like 'eu-1'")
+            if not isinstance(number, int) or not 0 < number < ID_STRIDE:
+                raise TopologyError(f"{where}.number must be an integer in 1..{ID_STRIDE - 1}")
+            if number in numbers:
+                raise TopologyError(f"{where}.number {number} is already used by {numbers[number]}")
+            numbers[number] = dc_code
+            url = env.get(f"DATABASE_URL_{_env_suffix(dc_code)}") or _with_database_name(
+                database_url, _env_suffix(dc_code).lower()
+            )
+            datacenters.append(DatacenterConfig(dc_code, number, code, url))
+        if not datacenters:
+            raise TopologyError(f"regions[{index}] ({code}) needs at least one datacenter")
+        default_dc = raw.get("default_datacenter") or datacenters[0].code
+        if default_dc not in {dc.code for dc in datacenters}:
+            raise TopologyError(f"regions[{index}].default_datacenter {default_dc!r} is not one of its datacenters")
+        regions.append(
+            RegionConfig(
+                code=code,
+                rest_url=(raw.get("rest_url") or env.get(f"REST_URL_{suffix}") or f"http://{code}.{domain}:{port}").rstrip("/"),
+                mqtt_url=raw.get("mqtt_url") or env.get(f"MQTT_URL_{suffix}") or mqtt_url,
+                redis_url=raw.get("redis_url") or env.get(f"REDIS_URL_{suffix}") or redis_url,
+                default_datacenter=default_dc,
+                datacenters=tuple(datacenters),
+            )
+        )
+    if not regions:
+        raise TopologyError("the topology needs at least one region")
+    codes = [region.code for region in regions]
+    if len(set(codes)) != len(codes):
+        raise TopologyError(f"region codes must be unique, got {codes}")
+    default_region = document.get("default_region") or regions[0].code
+    if default_region not in codes:
+        raise TopologyError(f"default_region {default_region!r} is not one of {codes}")
+    return Topology(default_region, domain, database_url, tuple(regions))
+
+
+@cache
+def current() -> Topology:
+    """The topology of this process, read once."""
+    return load()

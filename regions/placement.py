@@ -1,0 +1,79 @@
+"""Where regional data lives: the datacenter database of an account, and entity ids.
+
+Every query of a regional model goes through these helpers (or names its alias explicitly), so
+that no regional query ever runs on the control database or on another datacenter.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from django.conf import settings
+from django.db import connections
+
+from flespi_site.topology import ID_STRIDE, datacenter_alias
+
+ENTITY_SEQUENCE = "flespi_entity_id_seq"
+
+_cache_lock = threading.Lock()
+_account_aliases: dict[int, str] = {}
+
+
+class UnknownAccount(LookupError):
+    """The account does not exist in the control database."""
+
+
+def alias_for_datacenter(code: str) -> str:
+    alias = datacenter_alias(code)
+    if alias not in settings.DATABASES:
+        raise LookupError(f"datacenter {code!r} has no database configured in this process")
+    return alias
+
+
+def alias_for_account(account_id: int) -> str:
+    """The database alias of the datacenter that holds ``account_id``'s regional data."""
+    alias = _account_aliases.get(account_id)
+    if alias is not None:
+        return alias
+    from accounts.models import Account
+
+    code = Account.objects.filter(pk=account_id).values_list("datacenter__code", flat=True).first()
+    if code is None:
+        raise UnknownAccount(f"account {account_id} does not exist")
+    alias = alias_for_datacenter(code)
+    with _cache_lock:
+        _account_aliases[account_id] = alias
+    return alias
+
+
+def forget_account(account_id: int) -> None:
+    """Drop the cached placement of an account (after it moved or was deleted)."""
+    with _cache_lock:
+        _account_aliases.pop(account_id, None)
+
+
+def using_account(model, account_id: int):
+    """``model``'s manager bound to the datacenter of ``account_id``."""
+    return model.objects.using(alias_for_account(account_id))
+
+
+def datacenter_number(alias: str) -> int:
+    for dc in settings.TOPOLOGY.datacenters:
+        if dc.alias == alias:
+            return dc.number
+    raise LookupError(f"{alias!r} is not a datacenter database")
+
+
+def allocate_ids(*, alias: str, count: int) -> list[int]:
+    """``count`` new entity ids from the datacenter's sequence: ``n * ID_STRIDE + number``."""
+    number = datacenter_number(alias)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"SELECT nextval('{ENTITY_SEQUENCE}') FROM generate_series(1, %s)", [count]
+        )
+        return [row[0] * ID_STRIDE + number for row in cursor.fetchall()]
+
+
+def datacenter_of_id(entity_id: int) -> int:
+    """The number of the datacenter where an entity was created (not where it lives now)."""
+    return entity_id % ID_STRIDE

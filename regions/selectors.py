@@ -1,0 +1,44 @@
+"""Reads of regions and hosts."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from flespi_site.topology import RegionConfig
+
+
+def region_config(*, code: str) -> RegionConfig:
+    return settings.TOPOLOGY.region(code)
+
+
+def region_for_host(*, host: str) -> tuple[str, bool]:
+    """The region a request host names, and whether it is the central point.
+
+    ``eu.<domain>`` names region ``eu``; any other host (``<domain>`` itself, an IP address) is the
+    central point, an alias of the default region. The port is ignored.
+    """
+    topology = settings.TOPOLOGY
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.lower().rstrip(".")
+    suffix = "." + topology.domain
+    if name.endswith(suffix):
+        code = name[: -len(suffix)]
+        if code in {region.code for region in topology.regions}:
+            return code, False
+    if settings.SERVED_REGION:
+        return settings.SERVED_REGION, False
+    return topology.default_region, True
+
+
+def regions_list() -> list[dict]:
+    topology = settings.TOPOLOGY
+    return [
+        {
+            "code": region.code,
+            "default": region.code == topology.default_region,
+            "rest": region.rest_url,
+            "mqtt": region.mqtt_url,
+            "datacenters": [dc.code for dc in region.datacenters],
+        }
+        for region in topology.regions
+    ]

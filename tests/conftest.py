@@ -1,0 +1,65 @@
+"""Shared fixtures. Tests run on the services named in the environment (DATABASE_URL, REDIS_URL,
+MQTT_URL), or on the embedded ones that `make test` starts when none is named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+ALL_DATABASES = "__all__"
+
+
+@pytest.fixture
+def platform():
+    """The configured regions and datacenters mirrored into rows. Modules that use it mark
+    themselves with ``pytest.mark.django_db(databases="__all__")``."""
+    from regions.services import topology_sync
+
+    topology_sync()
+
+
+@pytest.fixture
+def make_account(platform):
+    from accounts.services import account_create
+
+    def make(name="acme", parent=None, region=None, datacenter=None):
+        return account_create(name=name, parent=parent, region_code=region, datacenter_code=datacenter)
+
+    return make
+
+
+@pytest.fixture
+def make_token():
+    from accounts.choices import AccessType
+    from accounts.services import token_create
+
+    def make(account, *, master=True, **fields):
+        token, key = token_create(
+            account=account, access_type=AccessType.MASTER if master else AccessType.STANDARD, **fields
+        )
+        return key
+
+    return make
+
+
+@pytest.fixture
+def api():
+    """A client that talks to the central host unless told otherwise."""
+    from rest_framework.test import APIClient
+
+    class Client(APIClient):
+        def call(self, method, path, *, key=None, body=None, host="localhost", cid=None, raw=None, **extra):
+            headers = {"HTTP_HOST": host}
+            if key is not None:
+                headers["HTTP_AUTHORIZATION"] = f"FlespiToken {key}"
+            if cid is not None:
+                headers["HTTP_X_FLESPI_CID"] = str(cid)
+            headers.update(extra)
+            if raw is not None:
+                return self.generic(method, path, raw, content_type="application/json", **headers)
+            if body is not None:
+                return self.generic(method, path, json.dumps(body), content_type="application/json", **headers)
+            return self.generic(method, path, **headers)
+
+    return Client()

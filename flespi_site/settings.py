@@ -155,3 +155,6 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# Logical calculation shards per region; a device's shard is fixed at creation.
+CALC_SHARDS = _env_int("CALC_SHARDS", 16)

@@ -8,6 +8,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]), name="docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]), name="redoc"),
     path("", include("accounts.api.urls")),
+    path("", include("devices.api.urls")),
 ]
 
 handler404 = "flespi_site.api.handlers.not_found"

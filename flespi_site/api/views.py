@@ -39,6 +39,38 @@ def query_params(request: Request) -> dict[str, Any]:
     return params
 
 
+def validated_params(request: Request, serializer_class: type[serializers.Serializer]) -> dict[str, Any]:
+    """Query parameters validated by ``serializer_class``. Plain parameters arrive as text and
+    are read as the type the serializer expects; ``data=`` values keep their JSON types."""
+    from flespi_site.api import fields as strict
+
+    params = {key: request.query_params.get(key) for key in request.query_params if key != "data"}
+    declared = serializer_class().fields
+    for name, text in list(params.items()):
+        field = declared.get(name)
+        try:
+            if isinstance(field, strict.StrictBooleanField):
+                if text not in ("true", "false"):
+                    raise ValueError
+                params[name] = text == "true"
+            elif isinstance(field, strict.StrictIntegerField):
+                params[name] = int(text)
+            elif isinstance(field, strict.StrictFloatField):
+                params[name] = float(text)
+        except ValueError:
+            raise InvalidInput(f"query parameter {name}={text!r} is not a valid {type(field).__name__[6:-5].lower()}",
+                               field=name) from None
+    raw = request.query_params.get("data")
+    if raw is not None:
+        data = loads_strict(raw, what="query parameter data")
+        if not isinstance(data, dict):
+            raise InvalidInput("query parameter data must be a JSON object", field="data")
+        params.update(data)
+    serializer = serializer_class(data=params)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
 def projection(params: dict[str, Any], allowed: Iterable[str] | None = None) -> list[str] | None:
     """The ``fields=a,b`` parameter as a list (None: every field)."""
     raw = params.get("fields")

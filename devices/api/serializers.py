@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from devices.constants import DEFAULT_MESSAGES_TTL
+from flespi_site.api.fields import (
+    JSONObjectField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+    StrictSerializer,
+)
+
+MAX_MESSAGES_TTL = 100 * 365 * 86400
+
+
+class DeviceCreateSerializer(StrictSerializer):
+    name = StrictCharField(required=False, allow_blank=True, max_length=255)
+    configuration = JSONObjectField()
+    enabled = StrictBooleanField(required=False)
+    messages_ttl = StrictIntegerField(required=False, min_value=1, max_value=MAX_MESSAGES_TTL)
+    metadata = JSONObjectField(required=False)
+
+
+class DeviceUpdateSerializer(DeviceCreateSerializer):
+    cid = StrictIntegerField(required=False)
+
+
+class MessagesQuerySerializer(StrictSerializer):
+    begin = StrictFloatField(required=False, min_value=0)
+    end = StrictFloatField(required=False, min_value=0)
+    count = StrictIntegerField(required=False, min_value=1, max_value=100_000)
+    reverse = StrictBooleanField(required=False)
+    fields = StrictCharField(required=False)
+    filter = StrictCharField(required=False, max_length=4096)
+
+
+class MessagesDeleteSerializer(StrictSerializer):
+    begin = StrictFloatField(required=False, min_value=0)
+    end = StrictFloatField(required=False, min_value=0)
+
+
+__all__ = ["DEFAULT_MESSAGES_TTL"]

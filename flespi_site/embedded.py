@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -137,10 +137,8 @@ class Service:
             except ProcessLookupError:
                 pass
         # PostgreSQL's backends leave with the postmaster; anything left in the group goes too.
-        try:
+        with suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         return time.monotonic() - began
 
 

@@ -255,21 +255,24 @@ class EmbeddedServices:
         log_path = self.data_dir / "postgres.log"
         pgdata.mkdir(mode=0o700, exist_ok=True)
         user = _postgres_system_user(pgdata, bin_dir)
+        as_user = {"user": user, "group": user, "extra_groups": []} if user else {}
         _stop_orphan_postmaster(pgdata)
         if not (pgdata / "PG_VERSION").exists():
             log.info("postgres: initializing %s", pgdata)
-            subprocess.run(
+            initdb = subprocess.run(
                 [str(bin_dir / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust",
                  "--encoding=UTF8", "--locale=C", "--no-sync"],
-                check=True, user=user, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                **as_user, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
             )
+            if initdb.returncode != 0:
+                raise EmbeddedError(f"postgres: initdb failed in {pgdata}:\n{initdb.stderr.strip()}")
         port = self._port("postgres")
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(
                 [str(bin_dir / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(port),
                  "-k", str(pgdata),  # the Unix socket stays inside the data directory
                  "-c", "synchronous_commit=off", "-c", "max_connections=200"],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, user=user,
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, **as_user,
                 start_new_session=True, preexec_fn=_child_setup(signal.SIGINT),
             )
         # SIGINT is PostgreSQL's "fast" shutdown: clients are disconnected, data is flushed.

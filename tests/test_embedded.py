@@ -1,0 +1,203 @@
+"""The embedded services and the supervisor's process registry.
+
+The services are started for real, in a temporary data directory and with the service URLs
+removed from their environment, so that the embedded path is exercised even where CI names real
+servers. Nothing here uses Django's databases.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+import psutil
+import psycopg
+import pytest
+import redis
+
+from flespi_site import embedded, supervisor
+from flespi_site.embedded import EmbeddedError, EmbeddedServices
+
+URL_VARS = ("DATABASE_URL", "REDIS_URL", "MQTT_URL")
+
+
+def environment_without_urls() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if not key.startswith(URL_VARS)}
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    running = EmbeddedServices(data_dir=tmp_path_factory.mktemp("embedded"), env=environment_without_urls())
+    running.start()
+    yield running
+    running.stop()
+
+
+def test_every_missing_service_is_embedded_and_its_url_exported(services):
+    assert [service.name for service in services.services] == ["postgres", "redis", "mqtt"]
+    for service in services.services:
+        assert services.env[embedded._URL_VARS[service.name]] == service.url
+        assert f"127.0.0.1:{service.port}" in service.url
+        assert service.process.poll() is None
+
+
+def test_postgres_runs_queries_and_creates_databases(services):
+    url = services.env["DATABASE_URL"]
+    with psycopg.connect(url, autocommit=True) as connection:
+        assert connection.execute("SELECT 1 + 1").fetchone() == (2,)
+        databases = {row[0] for row in connection.execute("SELECT datname FROM pg_database")}
+        assert {"flespi", "flespi_eu_1", "flespi_eu_2", "flespi_ru_1"} <= databases
+        name = f"test_embedded_{uuid.uuid4().hex[:8]}"
+        connection.execute(f"CREATE DATABASE {name}")
+        connection.execute(f"DROP DATABASE {name}")
+
+
+def test_topology_databases_are_created_once(services):
+    assert embedded.create_missing_databases(services.env) == []
+
+
+def test_redis_answers_ping_set_and_get(services):
+    client = redis.Redis.from_url(services.env["REDIS_URL"])
+    try:
+        assert client.ping() is True
+        assert client.set("embedded:key", "value") is True
+        assert client.get("embedded:key") == b"value"
+    finally:
+        client.close()
+
+
+def test_mqtt_subscriber_receives_a_qos1_message(services):
+    port = int(services.env["MQTT_URL"].rsplit(":", 1)[1])
+    topic = f"test/embedded/{uuid.uuid4().hex}"
+    subscribed, received = threading.Event(), []
+    arrived = threading.Event()
+
+    subscriber = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="embedded-sub")
+    subscriber.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
+    subscriber.on_subscribe = lambda *_: subscribed.set()
+
+    def on_message(client, userdata, message):
+        received.append((message.topic, message.payload, message.qos))
+        arrived.set()
+
+    subscriber.on_message = on_message
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="embedded-pub")
+    subscriber.connect("127.0.0.1", port)
+    subscriber.loop_start()
+    publisher.connect("127.0.0.1", port)
+    publisher.loop_start()
+    try:
+        assert subscribed.wait(10)
+        publisher.publish(topic, b'{"hello": 1}', qos=1).wait_for_publish(10)
+        assert arrived.wait(10)
+    finally:
+        for client in (publisher, subscriber):
+            client.disconnect()
+            client.loop_stop()
+    assert received == [(topic, b'{"hello": 1}', 1)]
+
+
+def test_a_busy_data_directory_is_refused_or_replaced(services):
+    env = environment_without_urls()
+    with pytest.raises(EmbeddedError, match="is in use by pid"):
+        EmbeddedServices(data_dir=services.data_dir, env=env).start()
+    assert "DATABASE_URL" not in env
+
+
+def test_services_named_in_the_environment_are_not_started(tmp_path):
+    env = {"DATABASE_URL": "postgres://db.invalid/x", "REDIS_URL": "redis://r.invalid/0", "MQTT_URL": "mqtt://m.invalid"}
+    running = EmbeddedServices(data_dir=tmp_path, env=env)
+    assert running.start() == {}
+    assert running.services == []
+    assert not (tmp_path / "postgres").exists()
+
+
+def test_stop_closes_every_port_and_ends_every_process(tmp_path):
+    running = EmbeddedServices(data_dir=tmp_path, env=environment_without_urls())
+    running.start()
+    ports = [service.port for service in running.services]
+    processes = []
+    for service in running.services:
+        parent = psutil.Process(service.process.pid)
+        processes += [parent, *parent.children(recursive=True)]
+    assert len(processes) > 3  # PostgreSQL's background workers are among them
+
+    began = time.monotonic()
+    running.stop()
+    assert time.monotonic() - began < 10
+    assert [port for port in ports if embedded.port_is_open(port)] == []
+    assert [process.pid for process in processes if process.is_running() and process.status() != "zombie"] == []
+    assert not any(var in running.env for var in URL_VARS)
+
+    # a second start reuses the data directory: no initdb, the databases are still there
+    again = EmbeddedServices(data_dir=tmp_path, env=environment_without_urls())
+    again.start()
+    try:
+        assert embedded.create_missing_databases(again.env) == []
+    finally:
+        again.stop()
+
+
+def test_exec_runs_the_command_with_the_urls_and_returns_its_status(tmp_path):
+    env = environment_without_urls() | {"FLESPI_DATA_DIR": str(tmp_path)}
+    check = "import os, sys; sys.exit(7 if all(os.environ.get(v) for v in sys.argv[1:]) else 1)"
+    result = subprocess.run(
+        [sys.executable, "-m", "flespi_site.embedded", "exec", "--", sys.executable, "-c", check, *URL_VARS],
+        env=env, cwd=embedded.REPO_DIR, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 7, result.stderr
+    assert "postgres: embedded" in result.stderr
+    assert "postgres: stopped" in result.stderr
+
+
+# -- the supervisor's process registry --------------------------------------------------------
+
+
+def test_processes_needing_a_missing_command_are_skipped():
+    web = supervisor.Process("web", ("{python}", "-m", "gunicorn"))
+    pump = supervisor.Process.manage("pump", "pump")
+    relay = supervisor.Process.manage("relay", "outbox_relay", "--batch", "100")
+
+    assert supervisor.runnable([web, pump, relay], {"outbox_relay", "migrate"}) == [web, relay]
+    assert relay.resolve({"python": "py", "manage": "m.py", "port": "1"}) == [
+        "py", "m.py", "outbox_relay", "--batch", "100",
+    ]
+
+
+def test_the_web_process_serves_the_wsgi_app_on_the_port():
+    (web,) = [process for process in supervisor.PROCESSES if process.name == "web"]
+    argv = web.resolve({"python": "py", "manage": "m.py", "port": "8123"})
+    assert "flespi_site.wsgi:application" in argv
+    assert argv[argv.index("--bind") + 1] == "0.0.0.0:8123"
+    assert "--reload" not in argv
+
+
+def test_a_child_that_exits_is_reported_and_the_others_are_stopped():
+    processes = [
+        supervisor.Process("sleeper", ("{python}", "-c", "import time; print('up', flush=True); time.sleep(60)")),
+        supervisor.Process("quitter", ("{python}", "-c", "import time; time.sleep(0.5); raise SystemExit(3)")),
+    ]
+    runner = supervisor.Supervisor(processes, env={})
+    runner.start(processes)
+    pids = [child.popen.pid for child in runner.children]
+    try:
+        with pytest.raises(supervisor.ChildExited, match="quitter exited with status 3"):
+            runner.watch(poll=0.05)
+    finally:
+        runner.stop()
+    assert runner.children == []
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids)
+
+
+def test_child_output_is_prefixed_with_its_name():
+    out = io.StringIO()
+    child = supervisor.spawn("calc", [sys.executable, "-c", "print('one'); print('two')"], width=6, out=out)
+    assert child.popen.wait(10) == 0
+    child.reader.join(5)
+    assert out.getvalue() == "calc   | one\ncalc   | two\n"

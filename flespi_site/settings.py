@@ -158,3 +158,5 @@ LOGGING = {
 
 # Logical calculation shards per region; a device's shard is fixed at creation.
 CALC_SHARDS = _env_int("CALC_SHARDS", 16)
+# Devices publish their messages to this pattern on their region's broker; '+' is the ident.
+MQTT_INGEST_TOPIC = os.environ.get("MQTT_INGEST_TOPIC", "ingest/+")

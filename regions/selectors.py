@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from django.conf import settings
 
-from flespi_site.topology import RegionConfig
+from flespi_site.topology import DatacenterConfig, RegionConfig
 
 
 def region_config(*, code: str) -> RegionConfig:
@@ -42,3 +44,14 @@ def regions_list() -> list[dict]:
         }
         for region in topology.regions
     ]
+
+
+def served_datacenters(*, codes: list[str] | None = None) -> Iterator[tuple[RegionConfig, DatacenterConfig]]:
+    """The datacenters this process serves: the given codes, or every one of the served
+    region (all regions when the process serves all)."""
+    for region in settings.TOPOLOGY.regions:
+        if settings.SERVED_REGION and region.code != settings.SERVED_REGION:
+            continue
+        for dc in region.datacenters:
+            if not codes or dc.code in codes:
+                yield region, dc

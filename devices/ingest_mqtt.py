@@ -1,0 +1,110 @@
+"""MQTT ingestion: devices publish to ``ingest/<ident>`` (the pattern is configurable) on their
+region's broker; each payload (one message object or an array of them) goes through the same
+ingestion service as REST. A bad payload is logged with its reason and dropped; the consumer
+goes on."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from django.conf import settings
+from django.db import connections
+from rest_framework.exceptions import ParseError
+
+from devices import selectors, services
+from flespi_site import mqtt
+from flespi_site.api.parsers import loads_strict
+from flespi_site.errors import DomainError
+
+logger = logging.getLogger(__name__)
+
+
+class IngestRejected(ValueError):
+    """The payload cannot be ingested; the reason says why."""
+
+
+def ident_from_topic(pattern: str, topic: str) -> str:
+    """The ident in ``topic`` at the ``+`` level of ``pattern`` (``ingest/+``)."""
+    levels, topic_levels = pattern.split("/"), topic.split("/")
+    if len(levels) != len(topic_levels) or "+" not in levels:
+        raise IngestRejected(f"topic {topic!r} does not match {pattern!r}")
+    for expected, actual in zip(levels, topic_levels, strict=True):
+        if expected not in ("+", actual):
+            raise IngestRejected(f"topic {topic!r} does not match {pattern!r}")
+    return topic_levels[levels.index("+")]
+
+
+def ingest_payload(*, region: str, pattern: str, topic: str, payload: bytes) -> services.IngestResult:
+    """Ingest one MQTT payload; raises IngestRejected when nothing of it can be stored."""
+    ident = ident_from_topic(pattern, topic)
+    device = selectors.device_by_ident(region=region, ident=ident)
+    if device is None:
+        raise IngestRejected(f"no device with ident {ident!r} in region {region}")
+    if not device.enabled:
+        raise IngestRejected(f"device {device.pk} ({ident}) is disabled")
+    if len(payload) > settings.MAX_BODY_BYTES:
+        raise IngestRejected(f"payload of {len(payload)} bytes is larger than {settings.MAX_BODY_BYTES}")
+    try:
+        data = loads_strict(payload, what="payload")
+    except ParseError as exc:
+        raise IngestRejected(str(exc.detail)) from None
+    messages = data if isinstance(data, list) else [data]
+    try:
+        result = services.messages_ingest(devices=[device], messages=messages, source="mqtt")
+    except DomainError as exc:
+        raise IngestRejected(exc.reason) from None
+    if result.errors and not result.accepted:
+        raise IngestRejected("; ".join(f"message {e['index']}: {e['reason']}" for e in result.errors))
+    return result
+
+
+class IngestConsumer:
+    """Subscribes to the ingest pattern on a region's broker and ingests what arrives."""
+
+    def __init__(self, *, region: str, mqtt_url: str, pattern: str):
+        self.region = region
+        self.mqtt_url = mqtt_url
+        self.pattern = pattern
+        self.received = 0
+        self.rejected = 0
+        self._stop = threading.Event()
+        # A persistent session: messages published while the consumer is down wait in the broker.
+        self.client = mqtt.client_for(mqtt_url, client_id=f"flespi-ingest-{region}", clean_session=False)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            logger.error("ingest %s: broker %s refused the connection: %s", self.region, self.mqtt_url, reason_code)
+            return
+        client.subscribe(self.pattern, qos=1)
+        logger.info("ingest %s: subscribed to %s on %s", self.region, self.pattern, self.mqtt_url)
+
+    def _on_message(self, client, userdata, message):
+        self.received += 1
+        try:
+            result = ingest_payload(region=self.region, pattern=self.pattern, topic=message.topic, payload=message.payload)
+        except IngestRejected as exc:
+            self.rejected += 1
+            logger.warning("ingest %s: dropped payload on %s: %s", self.region, message.topic, exc)
+            return
+        except Exception:
+            self.rejected += 1
+            logger.exception("ingest %s: failed on %s; payload dropped", self.region, message.topic)
+            return
+        for error in result.errors:
+            logger.warning("ingest %s: %s message %s refused: %s", self.region, message.topic, error.get("index"), error["reason"])
+
+    def run(self) -> None:
+        """Consume until ``stop()``; messages are ingested on this thread, in arrival order."""
+        self.client.connect_async(*mqtt.broker_address(self.mqtt_url)[:2], keepalive=30)
+        try:
+            while not self._stop.is_set():
+                self.client.loop_forever(retry_first_connection=True)
+        finally:
+            connections.close_all()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.client.disconnect()

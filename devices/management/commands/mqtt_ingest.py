@@ -1,0 +1,23 @@
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from devices.ingest_mqtt import IngestConsumer
+from flespi_site.runner import run_until_signalled
+
+
+class Command(BaseCommand):
+    help = "Ingest device messages published to the ingest topic pattern on each served region's broker."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--pattern", default=settings.MQTT_INGEST_TOPIC, help="topic pattern; '+' is the ident")
+
+    def handle(self, *args, **options):
+        consumers = [
+            IngestConsumer(region=region.code, mqtt_url=region.mqtt_url, pattern=options["pattern"])
+            for region in settings.TOPOLOGY.regions
+            if not settings.SERVED_REGION or region.code == settings.SERVED_REGION
+        ]
+        self.stdout.write(f"ingesting {options['pattern']} in regions {', '.join(c.region for c in consumers)}")
+        run_until_signalled(consumers, name="mqtt_ingest")
+        for consumer in consumers:
+            self.stdout.write(f"{consumer.region}: received {consumer.received}, rejected {consumer.rejected}")

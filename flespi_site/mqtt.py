@@ -1,0 +1,38 @@
+"""MQTT clients of the platform (paho-mqtt 2, callback API version 2)."""
+
+from __future__ import annotations
+
+import ssl
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+def broker_address(url: str) -> tuple[str, int, bool]:
+    """(host, port, tls) of an ``mqtt://`` or ``mqtts://`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"MQTT URL {url!r} must start with mqtt:// or mqtts://")
+    tls = parts.scheme in ("mqtts", "ssl")
+    return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls
+
+
+def client_for(url: str, *, client_id: str, clean_session: bool = True) -> paho.Client:
+    """A configured, not yet connected client for the broker at ``url``."""
+    _host, _port, tls = broker_address(url)
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session
+    )
+    parts = urlsplit(url)
+    if parts.username:
+        client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
+    if tls:
+        client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+    client.reconnect_delay_set(min_delay=1, max_delay=10)
+    return client
+
+
+def connect(client: paho.Client, url: str, *, keepalive: int = 30) -> None:
+    host, port, _tls = broker_address(url)
+    client.connect(host, port, keepalive=keepalive)

@@ -1,0 +1,166 @@
+"""MQTT out (outbox + relay) and MQTT in, on real brokers."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from django.conf import settings
+from django.db import connections
+
+from devices.ingest_mqtt import IngestConsumer, IngestRejected, ingest_payload
+from devices.outbox import OutboxRelay
+from devices.services import messages_ingest
+from flespi_site import mqtt
+from tests.mqtt_helpers import PrivateBroker, Subscriber
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+
+def outbox_count(alias: str) -> int:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM outbox")
+        return cursor.fetchone()[0]
+
+
+def drain(relay: OutboxRelay, alias: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while outbox_count(alias) and time.monotonic() < deadline:
+        if relay.relay_once() == 0:
+            time.sleep(0.05)
+    assert outbox_count(alias) == 0, "the relay did not empty the outbox"
+
+
+def make_messages(start: float, count: int) -> list[dict]:
+    return [{"timestamp": start + i, "position.speed": i % 50, "n": i} for i in range(count)]
+
+
+@pytest.fixture
+def topic_root():
+    return f"test{uuid.uuid4().hex[:8]}"
+
+
+def test_every_stored_message_is_published_once_in_order(device, topic_root):
+    alias = device._state.db
+    relay = OutboxRelay(alias=alias, mqtt_url=settings.MQTT_URL, topic_root=topic_root)
+    relay.start()
+    assert relay.wait_connected(10)
+    try:
+        with Subscriber(settings.MQTT_URL, f"{topic_root}/message/gw/devices/+") as subscriber:
+            messages_ingest(devices=[device], messages=make_messages(1_700_000_000, 300))
+            # A resent batch stores nothing new and therefore publishes nothing.
+            messages_ingest(devices=[device], messages=make_messages(1_700_000_000, 300))
+            drain(relay, alias)
+            received = subscriber.wait_for(300)
+            time.sleep(0.3)
+            received = subscriber.messages
+    finally:
+        relay.close()
+    assert len(received) == 300
+    assert {topic for topic, _ in received} == {f"{topic_root}/message/gw/devices/{device.pk}"}
+    assert [payload["n"] for _, payload in received] == list(range(300))
+    assert received[0][1]["device.id"] == device.pk and received[0][1]["ident"] == device.ident
+
+
+def test_merged_message_is_published_with_its_merged_content(device, topic_root):
+    alias = device._state.db
+    relay = OutboxRelay(alias=alias, mqtt_url=settings.MQTT_URL, topic_root=topic_root)
+    relay.start()
+    assert relay.wait_connected(10)
+    try:
+        with Subscriber(settings.MQTT_URL, f"{topic_root}/message/gw/devices/{device.pk}") as subscriber:
+            messages_ingest(devices=[device], messages=[{"timestamp": 1_700_000_000, "a": 1}])
+            drain(relay, alias)
+            messages_ingest(devices=[device], messages=[{"timestamp": 1_700_000_000, "b": 2}])
+            drain(relay, alias)
+            received = subscriber.wait_for(2)
+    finally:
+        relay.close()
+    assert [(p["a"], p.get("b")) for _, p in received] == [(1, None), (1, 2)]
+
+
+@pytest.mark.skipif(not PrivateBroker.available(), reason="needs the mosquitto binary")
+def test_broker_down_during_ingestion_loses_nothing(device, topic_root):
+    alias = device._state.db
+    broker = PrivateBroker()
+    broker.start()
+    relay = OutboxRelay(alias=alias, mqtt_url=broker.url, topic_root=topic_root)
+    subscriber = Subscriber(broker.url, f"{topic_root}/message/gw/devices/+", client_id=f"keep-{topic_root}", clean_session=False)
+    try:
+        relay.start()
+        assert relay.wait_connected(10)
+        with subscriber:
+            messages_ingest(devices=[device], messages=make_messages(1_700_000_000, 100))
+            drain(relay, alias)
+            assert len(subscriber.wait_for(100)) == 100
+
+            broker.stop()
+            messages_ingest(devices=[device], messages=make_messages(1_700_000_100, 150))
+            assert relay.relay_once() == 0
+            assert outbox_count(alias) == 150
+
+            broker.start()
+            assert relay.wait_connected(20), "the relay did not reconnect"
+            assert subscriber.subscribed.wait(20), "the subscriber did not reconnect"
+            drain(relay, alias, timeout=30)
+            received = subscriber.wait_for(250, timeout=20)
+    finally:
+        relay.close()
+        broker.cleanup()
+    timestamps = {payload["timestamp"] for _, payload in received}
+    assert timestamps == {1_700_000_000.0 + i for i in range(250)}
+
+
+@pytest.mark.django_db(databases="__all__", transaction=True)
+def test_mqtt_ingest_end_to_end(device, key, api):
+    consumer = IngestConsumer(region=device_region(device), mqtt_url=settings.MQTT_URL, pattern=f"ingest{uuid.uuid4().hex[:6]}/+")
+    import threading
+
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        publisher = mqtt.client_for(settings.MQTT_URL, client_id=f"dev-{uuid.uuid4().hex[:8]}")
+        mqtt.connect(publisher, settings.MQTT_URL)
+        publisher.loop_start()
+        time.sleep(0.5)  # the consumer subscribes
+        topic = consumer.pattern.replace("+", device.ident)
+        publisher.publish(topic, json.dumps({"timestamp": 1_700_000_000, "x": 1}), qos=1).wait_for_publish(5)
+        publisher.publish(topic, b"{not json", qos=1).wait_for_publish(5)
+        publisher.publish(topic, json.dumps([{"timestamp": 1_700_000_001, "x": 2}, {"x": 3}]), qos=1).wait_for_publish(5)
+        publisher.publish(consumer.pattern.replace("+", "unknown-ident"), json.dumps({"timestamp": 1}), qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        while consumer.received < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        publisher.disconnect()
+        publisher.loop_stop()
+    finally:
+        consumer.stop()
+        thread.join(10)
+    assert consumer.received == 4
+    assert consumer.rejected == 2
+    response = api.call("GET", f"/gw/devices/{device.pk}/messages", key=key)
+    stored = response.json()["result"]
+    assert [(m["timestamp"], m["x"]) for m in stored] == [(1_700_000_000.0, 1), (1_700_000_001.0, 2)]
+    assert all("server.timestamp" in m and m["ident"] == device.ident for m in stored)
+
+
+def device_region(device) -> str:
+    from accounts.models import Account
+
+    return Account.objects.get(pk=device.account_id).region.code
+
+
+def test_ingest_payload_rejections(device):
+    region = device_region(device)
+    with pytest.raises(IngestRejected, match="does not match"):
+        ingest_payload(region=region, pattern="ingest/+", topic="other/x", payload=b"{}")
+    with pytest.raises(IngestRejected, match="no device with ident"):
+        ingest_payload(region=region, pattern="ingest/+", topic="ingest/nope", payload=b"{}")
+    with pytest.raises(IngestRejected, match="not valid JSON"):
+        ingest_payload(region=region, pattern="ingest/+", topic=f"ingest/{device.ident}", payload=b"[1,")
+    with pytest.raises(IngestRejected, match="NaN"):
+        ingest_payload(region=region, pattern="ingest/+", topic=f"ingest/{device.ident}", payload=b'{"timestamp": NaN}')
+    with pytest.raises(IngestRejected, match="timestamp is required"):
+        ingest_payload(region=region, pattern="ingest/+", topic=f"ingest/{device.ident}", payload=b'{"x": 1}')

@@ -229,9 +229,34 @@ def message_prepare(raw: Any, *, now: float) -> tuple[int, dict]:
     body["timestamp"] = ts / 1_000_000
     for key, value in body.items():
         _check_key(key)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise MessageError(f"{key} is not a finite number")
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise MessageError(f"{key}: string values may not contain the NUL character")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise MessageError(f"{key} is not a finite number")
+        elif isinstance(value, (dict, list)) and _has_nul_or_nan(value):
+            raise MessageError(f"{key}: nested values may not contain NUL characters or non-finite numbers")
     return ts, body
+
+
+def _has_nul_or_nan(value: Any) -> bool:
+    # PostgreSQL's jsonb cannot hold NUL; refusing it here keeps the rest of the batch storable.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def messages_ingest(
@@ -255,47 +280,29 @@ def messages_ingest(
     for device in devices:
         by_alias.setdefault(device._state.db or placement.alias_for_account(device.account_id), []).append(device)
     for alias, group in by_alias.items():
-        lines = _copy_lines(group, prepared, reception_key, now, result)
+        lines = _copy_lines(group, prepared, reception_key, now)
         with transaction.atomic(using=alias):
             changes = storage.messages_write(alias=alias, lines=lines)
         result.changes.extend(changes)
-    refused = {error["index"] for error in result.errors}
-    result.accepted = sum(1 for index, _ts, _body in prepared if index not in refused)
-    result.errors.sort(key=lambda error: error["index"])
+    result.accepted = len(prepared)
     return result
 
 
-def _copy_lines(
-    devices: Iterable[Device], prepared: list[tuple[int, int, dict]], reception_key: str, now: float, result: IngestResult
-) -> list[str]:
+def _copy_lines(devices: Iterable[Device], prepared: list[tuple[int, int, dict]], reception_key: str, now: float) -> list[str]:
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-    refused: set[int] = set()
     lines = []
     for device in devices:
         stamps = {"device.id": device.pk, "device.name": device.name, "ident": device.ident, reception_key: now}
         # Messages of one batch with equal timestamps merge in batch order, like stored ones.
-        merged: dict[int, tuple[list[int], dict]] = {}
-        for index, ts, body in prepared:
-            if ts in merged:
-                indexes, previous = merged[ts]
-                indexes.append(index)
+        merged: dict[int, dict] = {}
+        for _index, ts, body in prepared:
+            previous = merged.get(ts)
+            if previous is None:
+                merged[ts] = {**body, **stamps}
+            else:
                 previous.update(body)
                 previous.update(stamps)
-            else:
-                merged[ts] = ([index], {**body, **stamps})
-        for ts, (indexes, body) in merged.items():
-            text = dumps(body)
-            if "\\u0000" in text:
-                # PostgreSQL's jsonb cannot hold NUL; refuse rather than fail the whole batch.
-                for index in indexes:
-                    if index not in refused:
-                        refused.add(index)
-                        result.errors.append({
-                            "code": 400, "type": "invalid_message", "index": index,
-                            "reason": "string values may not contain the NUL character (\\u0000)",
-                        })
-                continue
-            lines.append(storage.copy_line(device.pk, ts, text))
+        lines.extend(storage.copy_line(device.pk, ts, dumps(body)) for ts, body in merged.items())
     return lines
 
 

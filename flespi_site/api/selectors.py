@@ -31,6 +31,10 @@ def _is_int(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 19
 
 
+def is_id_list(selector: str) -> bool:
+    return all(_is_int(part) for part in selector.strip().split(","))
+
+
 def parse_selector(selector: str, fields: dict[str, SelectorField]) -> Q:
     """A Q object for ``selector``; raises InvalidInput naming the bad part."""
     selector = selector.strip()

@@ -23,7 +23,7 @@ from accounts.models import Account
 from accounts.services import acting_account
 from flespi_site.api.exceptions import RegionRedirect
 from flespi_site.api.parsers import loads_strict
-from flespi_site.api.selectors import SelectorField, parse_selector
+from flespi_site.api.selectors import SelectorField, is_id_list, parse_selector
 from flespi_site.errors import DomainError, InvalidInput, NotFound
 
 
@@ -171,6 +171,9 @@ class ResourceView(FlespiAPIView):
         queryset = resource.queryset()
         if selector is not None:
             queryset = queryset.filter(parse_selector(selector, resource.selector_fields))
+            if is_id_list(selector) and not queryset.exists():
+                # Ids the account cannot see do not exist for it.
+                raise NotFound(f"no {resource.name} with id {selector}")
         return queryset
 
     def get(self, request: Request, selector: str | None = None) -> Response:

@@ -1,0 +1,294 @@
+"""Message storage and ingestion through the REST API and the ingestion service."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.db import connections
+
+from devices import storage
+from devices.models import Device, DeviceIdent
+from devices.services import device_create, messages_ingest, messages_purge_expired
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+T0 = 1_700_000_000.0
+
+
+def rows(device) -> list[dict]:
+    return storage.messages_read(alias=device._state.db, device_ids=[device.pk])
+
+
+def outbox(device) -> int:
+    with connections[device._state.db].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM outbox WHERE device_id = %s", [device.pk])
+        return cursor.fetchone()[0]
+
+
+def post(api, key, device, body, **kw):
+    return api.call("POST", f"/gw/devices/{device.pk}/messages", key=key, body=body, **kw)
+
+
+def get(api, key, device, query=""):
+    response = api.call("GET", f"/gw/devices/{device.pk}/messages{query}", key=key)
+    assert response.status_code == 200, response.content
+    return response.json()["result"]
+
+
+def test_equal_timestamps_merge_and_new_keys_overwrite(api, key, device):
+    assert post(api, key, device, [{"timestamp": T0, "a": 1, "b": 1}]).status_code == 200
+    assert post(api, key, device, [{"timestamp": T0, "b": 2, "c": 3}]).status_code == 200
+    [message] = get(api, key, device)
+    assert (message["a"], message["b"], message["c"]) == (1, 2, 3)
+    assert message["device.id"] == device.pk and message["device.name"] == device.name
+    assert message["ident"] == device.ident and isinstance(message["rest.timestamp"], float)
+
+
+def test_equal_timestamps_within_one_batch_merge_in_order(device):
+    result = messages_ingest(devices=[device], messages=[{"timestamp": T0, "a": 1}, {"timestamp": T0, "a": 2, "b": 1}])
+    assert result.accepted == 2
+    [message] = rows(device)
+    assert (message["a"], message["b"]) == (2, 1)
+
+
+def test_resending_a_batch_changes_nothing(device):
+    batch = [{"timestamp": T0 + i, "x": i} for i in range(50)]
+    first = messages_ingest(devices=[device], messages=batch, now=T0 + 100)
+    before = rows(device)
+    second = messages_ingest(devices=[device], messages=batch, now=T0 + 200)
+    assert [(c.begin, c.end, c.count) for c in first.changes] == [(int(T0 * 1e6), int((T0 + 49) * 1e6), 50)]
+    assert second.changes == []
+    assert rows(device) == before
+    assert outbox(device) == 50
+
+
+def test_out_of_order_arrival_is_stored_in_time_order_and_reports_the_range(device):
+    late = messages_ingest(devices=[device], messages=[{"timestamp": T0 + 10, "x": 10}, {"timestamp": T0 + 30, "x": 30}])
+    early = messages_ingest(devices=[device], messages=[{"timestamp": T0 + 20, "x": 20}, {"timestamp": T0, "x": 0}])
+    assert [m["x"] for m in rows(device)] == [0, 10, 20, 30]
+    assert (early.changes[0].begin, early.changes[0].end) == (int(T0 * 1e6), int((T0 + 20) * 1e6))
+    assert late.changes[0].device_id == device.pk
+
+
+def test_telemetry_keeps_the_newest_value_of_each_parameter(api, key, device):
+    post(api, key, device, [{"timestamp": T0 + 10, "speed": 50, "fuel": 30}])
+    post(api, key, device, [{"timestamp": T0 + 5, "speed": 99, "odometer": 7}])  # older: speed stays
+    post(api, key, device, [{"timestamp": T0 + 20, "fuel": 29}])
+    response = api.call("GET", f"/gw/devices/{device.pk}/telemetry", key=key)
+    telemetry = response.json()["result"][0]["telemetry"]
+    assert telemetry["speed"] == {"value": 50, "ts": T0 + 10}
+    assert telemetry["fuel"] == {"value": 29, "ts": T0 + 20}
+    assert telemetry["odometer"] == {"value": 7, "ts": T0 + 5}
+    assert telemetry["timestamp"] == {"value": T0 + 20, "ts": T0 + 20}
+
+
+def test_iso_timestamps_and_microseconds(device):
+    messages_ingest(devices=[device], messages=[
+        {"timestamp": "2023-11-14T22:13:20.123456Z"}, {"timestamp": "2023-11-14T23:13:20+01:00", "x": 1},
+        {"timestamp": T0 + 0.000001},
+    ])
+    stamps = [m["timestamp"] for m in rows(device)]
+    assert stamps == [T0, T0 + 0.000001, T0 + 0.123456]
+    assert rows(device)[0]["x"] == 1  # +01:00 is the same instant as T0
+
+
+def test_read_parameters_begin_end_count_reverse_fields_filter(api, key, device):
+    messages_ingest(devices=[device], messages=[{"timestamp": T0 + i, "speed": i * 10} for i in range(10)])
+    assert [m["speed"] for m in get(api, key, device, f"?begin={T0 + 2}&end={T0 + 4}")] == [20, 30, 40]
+    assert [m["speed"] for m in get(api, key, device, "?count=3&reverse=true")] == [90, 80, 70]
+    assert get(api, key, device, "?count=1&fields=speed,timestamp") == [{"speed": 0, "timestamp": T0}]
+    data = '{"filter": "speed >= 50 && speed < 80", "fields": "speed"}'
+    from urllib.parse import quote
+
+    assert get(api, key, device, f"?data={quote(data)}") == [{"speed": 50}, {"speed": 60}, {"speed": 70}]
+
+
+def test_delete_messages_in_a_range(api, key, device):
+    messages_ingest(devices=[device], messages=[{"timestamp": T0 + i} for i in range(10)])
+    response = api.call("DELETE", f"/gw/devices/{device.pk}/messages?begin={T0 + 3}&end={T0 + 5}", key=key)
+    assert response.status_code == 200
+    assert [m["timestamp"] - T0 for m in rows(device)] == [0, 1, 2, 6, 7, 8, 9]
+
+
+def test_ttl_purge_deletes_only_expired_messages_in_batches(account):
+    short = device_create(account=account, configuration={"ident": "short"}, messages_ttl=3600)
+    long = device_create(account=account, configuration={"ident": "long"})
+    now = time.time()
+    old = [{"timestamp": now - 7200 - i} for i in range(25)]
+    fresh = [{"timestamp": now - 60}]
+    messages_ingest(devices=[short, long], messages=old + fresh, now=now)
+    deleted = messages_purge_expired(alias=short._state.db, now=now, batch=10)
+    assert deleted == 25
+    assert len(rows(short)) == 1 and len(rows(long)) == 26
+
+
+def test_selectors_on_devices(api, key, account):
+    for ident, name in [("352600001", "truck 1"), ("352600002", "truck 2"), ("999", "van")]:
+        device_create(account=account, configuration={"ident": ident}, name=name)
+    def names(selector):
+        response = api.call("GET", f"/gw/devices/{selector}?fields=name", key=key)
+        assert response.status_code == 200, response.content
+        return [item["name"] for item in response.json()["result"]]
+    assert names("configuration.ident=3526*") == ["truck 1", "truck 2"]
+    assert names("name=truck%3F2") == ["truck 2"]
+    assert names("name=truck*,configuration.ident=*1") == ["truck 1"]
+    assert names("all") == ["truck 1", "truck 2", "van"]
+
+
+def test_ident_rules(api, key, account, make_account):
+    response = api.call("POST", "/gw/devices", key=key, body=[
+        {"configuration": {"ident": "a/b"}}, {"configuration": {"ident": "a+b"}}, {"configuration": {"ident": "x\u0001"}},
+        {"configuration": {}}, {"configuration": {"ident": "ok-1"}}, {"configuration": {"ident": "ok-1"}},
+    ])
+    assert response.status_code == 200
+    body = response.json()
+    assert [item["configuration"]["ident"] for item in body["result"]] == ["ok-1"]
+    assert [error["index"] for error in body["errors"]] == [0, 1, 2, 3, 5]
+    assert "already exists" in body["errors"][-1]["reason"]
+    # The same ident is taken in the whole region, across datacenters.
+    other = make_account("other", datacenter="eu-2")
+    with pytest.raises(Exception, match="already exists"):
+        device_create(account=other, configuration={"ident": "ok-1"})
+    # ...but is free in another region.
+    root = make_account("root")
+    ru = make_account("ru", parent=root, region="ru")
+    assert device_create(account=ru, configuration={"ident": "ok-1"}).pk
+    assert DeviceIdent.objects.filter(ident="ok-1").count() == 2
+
+
+def test_devices_live_in_their_accounts_datacenter(make_account):
+    root = make_account("root")
+    eu2 = make_account("eu2", parent=root, datacenter="eu-2")
+    ru = make_account("ru", parent=root, region="ru")
+    d1 = device_create(account=root, configuration={"ident": "d1"})
+    d2 = device_create(account=eu2, configuration={"ident": "d2"})
+    d3 = device_create(account=ru, configuration={"ident": "d3"})
+    assert (d1._state.db, d2._state.db, d3._state.db) == ("dc_eu_1", "dc_eu_2", "dc_ru_1")
+    assert list(Device.objects.using("dc_eu_2").values_list("pk", flat=True)) == [d2.pk]
+    assert not Device.objects.using("dc_eu_1").filter(pk__in=[d2.pk, d3.pk]).exists()
+    assert (d1.pk % 1024, d2.pk % 1024, d3.pk % 1024) == (1, 2, 3)
+
+
+def test_other_accounts_devices_are_404_for_everything(api, key, make_account, make_token):
+    stranger = make_account("stranger")
+    theirs = device_create(account=stranger, configuration={"ident": "theirs"})
+    messages_ingest(devices=[theirs], messages=[{"timestamp": T0}])
+    for method, path, body in [
+        ("GET", f"/gw/devices/{theirs.pk}", None),
+        ("PUT", f"/gw/devices/{theirs.pk}", {"name": "mine"}),
+        ("DELETE", f"/gw/devices/{theirs.pk}", None),
+        ("GET", f"/gw/devices/{theirs.pk}/messages", None),
+        ("POST", f"/gw/devices/{theirs.pk}/messages", [{"timestamp": T0 + 1}]),
+        ("DELETE", f"/gw/devices/{theirs.pk}/messages", None),
+        ("GET", f"/gw/devices/{theirs.pk}/telemetry", None),
+    ]:
+        response = api.call(method, path, key=key, body=body)
+        assert response.status_code == 404, (method, path, response.content)
+        assert response.json()["errors"][0]["code"] == 404
+    assert len(rows(theirs)) == 1
+    theirs.refresh_from_db()
+    assert theirs.name == ""
+
+
+def test_moving_a_device_stays_in_the_region(api, key, account, make_account):
+    device = device_create(account=account, configuration={"ident": "mover"})
+    child = make_account("child", parent=account)
+    ru = make_account("ru child", parent=account, region="ru")
+    response = api.call("PUT", f"/gw/devices/{device.pk}", key=key, body={"cid": ru.pk})
+    assert response.status_code == 400 and "region" in response.json()["errors"][0]["reason"]
+    response = api.call("PUT", f"/gw/devices/{device.pk}", key=key, body={"cid": child.pk})
+    assert response.status_code == 200, response.content
+    assert response.json()["result"][0]["cid"] == child.pk
+    assert DeviceIdent.objects.get(device_id=device.pk).account_id == child.pk
+
+
+BAD_MESSAGES = [
+    ({"x": 1}, "timestamp is required"),
+    ({"timestamp": "yesterday"}, "ISO 8601"),
+    ({"timestamp": True}, "boolean"),
+    ({"timestamp": -5}, "out of range"),
+    ({"timestamp": 4_102_444_800}, "future"),
+    ({"timestamp": T0, "": 1}, "non-empty"),
+    ({"timestamp": T0, "k" * 300: 1}, "longer than"),
+    ({"timestamp": T0, "s": "a\u0000b"}, "NUL"),
+    ([1, 2], "JSON object"),
+    ("text", "JSON object"),
+]
+
+
+def test_bad_messages_are_reported_by_index_and_valid_ones_stored(api, key, device):
+    batch = []
+    for bad, _reason in BAD_MESSAGES:
+        batch += [{"timestamp": T0 + len(batch), "ok": True}, bad]
+    response = post(api, key, device, batch)
+    assert response.status_code == 200, response.content
+    errors = response.json()["errors"]
+    assert [error["index"] for error in errors] == list(range(1, 2 * len(BAD_MESSAGES), 2))
+    for error, (_bad, reason) in zip(errors, BAD_MESSAGES, strict=True):
+        assert reason in error["reason"], error
+    stored = rows(device)
+    assert len(stored) == len(BAD_MESSAGES) and all(m["ok"] for m in stored)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "reason"),
+    [
+        ('[{"timestamp": 1700000000,', 400, "not valid JSON"),
+        ('{"timestamp": 1700000000}', 400, "JSON array"),
+        ('[{"timestamp": NaN}]', 400, "NaN"),
+        ('[{"timestamp": 1700000000, "x": Infinity}]', 400, "Infinity"),
+        ("[" * 50 + "]" * 50, 400, "nested"),
+        ('[{"timestamp": 1700000000, "x": ' + "[" * 30 + "]" * 30 + "}]", 400, "nested"),
+    ],
+)
+def test_bad_bodies_store_nothing(api, key, device, raw, status, reason):
+    response = api.call("POST", f"/gw/devices/{device.pk}/messages", key=key, raw=raw)
+    assert response.status_code == status, response.content
+    assert reason in response.json()["errors"][0]["reason"]
+    assert rows(device) == []
+
+
+def test_oversized_body_is_413(api, key, device, settings):
+    settings.MAX_BODY_BYTES = 1000
+    response = post(api, key, device, [{"timestamp": T0 + i, "pad": "x" * 100} for i in range(20)])
+    assert response.status_code == 413
+    assert rows(device) == []
+
+
+def test_too_many_messages_in_one_batch(api, key, device, monkeypatch):
+    monkeypatch.setattr("devices.services.MAX_MESSAGES_PER_BATCH", 5)
+    response = post(api, key, device, [{"timestamp": T0 + i} for i in range(6)])
+    assert response.status_code == 400 and "at most 5" in response.json()["errors"][0]["reason"]
+    assert rows(device) == []
+
+
+@pytest.mark.parametrize(
+    "query", ["?begin=abc", "?count=0", "?count=x", "?reverse=maybe", "?data=%7Bbad", "?data=%5B%5D", "?unknown=1",
+              "?filter=speed%20%3E", "?data=%7B%22count%22%3A%20%225%22%7D"],
+)
+def test_bad_read_parameters(api, key, device, query):
+    response = api.call("GET", f"/gw/devices/{device.pk}/messages{query}", key=key)
+    assert response.status_code == 400, (query, response.content)
+    assert response.json()["errors"][0]["reason"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [{"configuration": "x"}],
+        [{"configuration": {"ident": 5}}],
+        [{"configuration": {"ident": "a"}, "enabled": "yes"}],
+        [{"configuration": {"ident": "a"}, "messages_ttl": -1}],
+        [{"configuration": {"ident": "a"}, "messages_ttl": 1.5}],
+        [{"configuration": {"ident": "a"}, "colour": "red"}],
+        [{"name": "no configuration"}],
+        ["string"],
+    ],
+)
+def test_bad_devices_are_refused_and_nothing_is_stored(api, key, account, body):
+    response = api.call("POST", "/gw/devices", key=key, body=body)
+    assert response.status_code == 400, response.content
+    assert response.json()["errors"][0]["index"] == 0
+    assert not Device.objects.using("dc_eu_1").exists()
+    assert not DeviceIdent.objects.exists()

@@ -43,6 +43,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -156,8 +157,9 @@ class EmbeddedServices:
     # When another process holds the data directory: use a temporary one (tests) or fail (run).
     temporary_if_busy: bool = False
     services: list[Service] = field(default_factory=list)
-    _lock_file: object | None = None
+    _lock_file: IO[str] | None = None
     _temporary_dir: Path | None = None
+    _requested_dir: Path | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -172,9 +174,8 @@ class EmbeddedServices:
         self._acquire_data_dir()
         try:
             for name in wanted:
-                starter = getattr(self, f"_start_{name}")
                 began = time.monotonic()
-                service = starter()
+                service = self._start_with_retry(name)
                 service.started_in = time.monotonic() - began
                 self.services.append(service)
                 self.env[_URL_VARS[name]] = service.url
@@ -190,6 +191,17 @@ class EmbeddedServices:
             raise
         return {_URL_VARS[service.name]: service.url for service in self.services}
 
+    def _start_with_retry(self, name: str, attempts: int = 3) -> Service:
+        # A free port can be taken by someone else between our check and the server's bind.
+        for attempt in range(1, attempts + 1):
+            try:
+                return getattr(self, f"_start_{name}")()
+            except EmbeddedError as error:
+                if attempt == attempts:
+                    raise
+                log.warning("%s: start failed, trying again on another port: %s", name, error)
+        raise AssertionError("unreachable")
+
     def stop(self) -> None:
         """Stop every started service, newest first; safe to call more than once."""
         while self.services:
@@ -203,6 +215,8 @@ class EmbeddedServices:
         if self._temporary_dir is not None:
             shutil.rmtree(self._temporary_dir, ignore_errors=True)
             self._temporary_dir = None
+        if self._requested_dir is not None:
+            self.data_dir, self._requested_dir = self._requested_dir, None
 
     def __enter__(self) -> EmbeddedServices:
         self.start()
@@ -230,8 +244,9 @@ class EmbeddedServices:
                     f"the data directory {self.data_dir} is in use by pid {holder}; stop it or set "
                     "FLESPI_DATA_DIR to another directory"
                 ) from None
-            busy = self.data_dir
-            self.data_dir = Path(tempfile.mkdtemp(prefix="embedded-", dir=busy.parent))
+            busy = self._requested_dir = self.data_dir
+            _remove_stale_temporary_dirs(busy.parent)
+            self.data_dir = Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=busy.parent))
             self._temporary_dir = self.data_dir
             log.info("data directory %s is in use by pid %s; using temporary %s", busy, holder, self.data_dir)
             return self._acquire_data_dir()
@@ -318,6 +333,22 @@ class EmbeddedServices:
 
 
 _URL_VARS = {"postgres": "DATABASE_URL", "redis": "REDIS_URL", "mqtt": "MQTT_URL"}
+
+
+TEMPORARY_PREFIX = "embedded-tmp-"
+
+
+def _remove_stale_temporary_dirs(parent: Path, min_age: float = 60.0) -> None:
+    """Remove temporary data directories that no process holds (left by a ``kill -9``)."""
+    for path in parent.glob(f"{TEMPORARY_PREFIX}*"):
+        try:
+            if time.time() - path.stat().st_mtime < min_age:
+                continue  # just created: its owner may not hold the lock yet
+            with open(path / ".lock", "a+") as lock_file:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _redact(url: str) -> str:

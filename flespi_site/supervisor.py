@@ -154,8 +154,7 @@ class Supervisor:
         self.processes = list(processes)
         self.context = {"python": sys.executable, "manage": MANAGE_PY, "port": env.get("PORT") or "8000"}
         self.children: list[Child] = []
-        width = max([len(p.name) for p in self.processes] + [len("setup")])
-        self.width = width
+        self.width = max([len(process.name) for process in self.processes] + [len("setup")])
 
     def run_once(self, name: str, argv: Sequence[str]) -> None:
         """Run a one-shot step (like platform_setup) to completion; raise if it fails."""
@@ -203,7 +202,7 @@ def _create_databases() -> None:
         log.warning("could not create missing databases: %s", str(error).strip())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main() -> int:
     embedded.configure_logging()
     services = embedded.EmbeddedServices(data_dir=embedded.data_dir_from_env(), prefer_fixed_ports=True)
     supervisor = Supervisor(PROCESSES)

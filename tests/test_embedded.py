@@ -105,9 +105,17 @@ def test_mqtt_subscriber_receives_a_qos1_message(services):
 
 def test_a_busy_data_directory_is_refused_or_replaced(services):
     env = environment_without_urls()
-    with pytest.raises(EmbeddedError, match="is in use by pid"):
+    with pytest.raises(EmbeddedError, match=f"is in use by pid {os.getpid()}"):
         EmbeddedServices(data_dir=services.data_dir, env=env).start()
     assert "DATABASE_URL" not in env
+
+    with EmbeddedServices(data_dir=services.data_dir, env=env, temporary_if_busy=True) as second:
+        temporary = second.data_dir
+        assert temporary.parent == services.data_dir.parent
+        assert temporary.name.startswith(embedded.TEMPORARY_PREFIX)
+        assert env["DATABASE_URL"] != services.env["DATABASE_URL"]
+    assert not temporary.exists()
+    assert second.data_dir == services.data_dir
 
 
 def test_services_named_in_the_environment_are_not_started(tmp_path):

@@ -120,7 +120,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["flespi_site.api.parsers.StrictJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "flespi_site.api.exceptions.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "flespi_site.api.schema.FlespiAutoSchema",
     "UNAUTHENTICATED_USER": None,
     "UNAUTHENTICATED_TOKEN": None,
 }
@@ -133,13 +133,6 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "APPEND_COMPONENTS": {
-        "securitySchemes": {
-            "FlespiToken": {"type": "apiKey", "in": "header", "name": "Authorization",
-                            "description": "FlespiToken <key>"},
-        }
-    },
-    "SECURITY": [{"FlespiToken": []}],
 }
 
 # Redis (Celery broker and debounce timers) and MQTT, per region; these are the defaults.

@@ -37,6 +37,38 @@ def messages_of(
     )
 
 
+def messages_matching(
+    *, devices: list[Device], begin: float | None, end: float | None, count: int, reverse: bool, condition, chunk: int = 10_000
+) -> list[dict]:
+    """Messages for which ``condition.matches`` holds, read in chunks so that a selective filter
+    over a long history never loads the whole history at once."""
+    if not devices:
+        return []
+    found: list[dict] = []
+    low = None if begin is None else round(begin * 1_000_000)
+    high = None if end is None else round(end * 1_000_000)
+    while len(found) < count:
+        batch = storage.messages_read(
+            alias=devices[0]._state.db, device_ids=[device.pk for device in devices],
+            begin=low, end=high, count=chunk, reverse=reverse,
+        )
+        if len(batch) < chunk:
+            found.extend(message for message in batch if condition.matches(message))
+            break
+        # Several devices can share the boundary timestamp: its group is left for the next
+        # chunk, which starts at that timestamp (or after it, if the whole chunk is one group).
+        boundary = batch[-1]["timestamp"]
+        head = [message for message in batch if message["timestamp"] != boundary]
+        found.extend(message for message in (head or batch) if condition.matches(message))
+        edge = round(boundary * 1_000_000)
+        step = 0 if head else 1
+        if reverse:
+            high = edge - step
+        else:
+            low = edge + step
+    return found[:count]
+
+
 def telemetry_of(*, devices: list[Device]) -> dict[int, dict[str, dict]]:
     if not devices:
         return {}

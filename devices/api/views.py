@@ -100,16 +100,16 @@ class MessagesView(DeviceChildView):
         params = validated_params(request, MessagesQuerySerializer)
         devices = self.selected_devices(selector)
         condition = _message_filter(params.get("filter"))
-        count = params.get("count", 100_000)
-        messages = selectors.messages_of(
-            devices=devices,
-            begin=params.get("begin"),
-            end=params.get("end"),
-            count=None if condition else count,
-            reverse=params.get("reverse", False),
-        )
-        if condition is not None:
-            messages = [message for message in messages if condition.matches(message)][:count]
+        window = {
+            "begin": params.get("begin"),
+            "end": params.get("end"),
+            "count": params.get("count", 100_000),
+            "reverse": params.get("reverse", False),
+        }
+        if condition is None:
+            messages = selectors.messages_of(devices=devices, **window)
+        else:
+            messages = selectors.messages_matching(devices=devices, condition=condition, **window)
         if "fields" in params:
             names = [name.strip() for name in params["fields"].split(",") if name.strip()]
             messages = [{name: message[name] for name in names if name in message} for message in messages]

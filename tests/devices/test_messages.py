@@ -292,3 +292,19 @@ def test_bad_devices_are_refused_and_nothing_is_stored(api, key, account, body):
     assert response.json()["errors"][0]["index"] == 0
     assert not Device.objects.using("dc_eu_1").exists()
     assert not DeviceIdent.objects.exists()
+
+
+def test_filtered_reads_walk_the_history_in_chunks(account):
+    from devices.selectors import messages_matching
+
+    class Even:
+        def matches(self, message):
+            return message["n"] % 2 == 0
+
+    a = device_create(account=account, configuration={"ident": "chunk-a"})
+    b = device_create(account=account, configuration={"ident": "chunk-b"})
+    messages_ingest(devices=[a, b], messages=[{"timestamp": T0 + i, "n": i} for i in range(25)])
+    found = messages_matching(devices=[a, b], begin=None, end=None, count=100, reverse=False, condition=Even(), chunk=4)
+    assert [(m["n"], m["device.id"]) for m in found] == [(n, d) for n in range(0, 25, 2) for d in sorted([a.pk, b.pk])]
+    found = messages_matching(devices=[a], begin=None, end=None, count=3, reverse=True, condition=Even(), chunk=4)
+    assert [m["n"] for m in found] == [24, 22, 20]

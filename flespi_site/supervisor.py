@@ -64,11 +64,11 @@ PROCESSES: list[Process] = [
          # the default control socket is one path per user: two checkouts running would collide
          "--no-control-socket"),
     ),
+    Process.manage("relay", "outbox_relay"),
+    Process.manage("mqtt-ingest", "mqtt_ingest"),
     # Later parts add one line each, e.g.:
     #   Process.manage("calc", "calc_worker"),
     #   Process.manage("pump", "pump"),
-    #   Process.manage("relay", "outbox_relay"),
-    #   Process.manage("mqtt-ingest", "mqtt_ingest"),
 ]
 
 

@@ -20,6 +20,7 @@ so that not even a ``kill -9`` of the supervisor leaves an orphan behind.
 CLI::
 
     python -m flespi_site.embedded exec -- python -m pytest     # start what is missing, run, stop
+    eval "$(python -m flespi_site.embedded env)"                # the URLs of a running `make run`
     python -m flespi_site.embedded mqtt-broker --port 1883      # the broker child (internal)
 """
 
@@ -32,6 +33,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -95,6 +97,8 @@ def free_port(preferred: int | None = None) -> int:
     candidates = [preferred] if preferred else []
     for port in [*candidates, 0]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # as the servers do: a port with connections in TIME_WAIT is free for them
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
@@ -156,6 +160,8 @@ class EmbeddedServices:
     prefer_fixed_ports: bool = False
     # When another process holds the data directory: use a temporary one (tests) or fail (run).
     temporary_if_busy: bool = False
+    # Write the URLs to <data_dir>/services.env while running, for ``attach_environment``.
+    publish: bool = False
     services: list[Service] = field(default_factory=list)
     _lock_file: IO[str] | None = None
     _temporary_dir: Path | None = None
@@ -186,6 +192,9 @@ class EmbeddedServices:
                 )
             if any(service.name == "postgres" for service in self.services):
                 create_missing_databases(self.env, only_port=self._service("postgres").port)
+            if self.publish:
+                lines = [f"{var}={self.env[var]}\n" for var in _URL_VARS.values()]
+                (self.data_dir / PUBLISHED_FILE).write_text("".join(lines))
         except BaseException:
             self.stop()
             raise
@@ -210,6 +219,8 @@ class EmbeddedServices:
             log.info("%s: stopped in %.1f s", service.name, seconds)
             self.env.pop(_URL_VARS[service.name], None)
         if self._lock_file is not None:
+            if self.publish:
+                (self.data_dir / PUBLISHED_FILE).unlink(missing_ok=True)
             self._lock_file.close()
             self._lock_file = None
         if self._temporary_dir is not None:
@@ -512,6 +523,41 @@ def create_missing_databases(env: Mapping[str, str], *, only_port: int | None = 
     return created
 
 
+PUBLISHED_FILE = "services.env"
+
+
+def published_urls(data_dir: Path) -> dict[str, str]:
+    """The URLs a running supervisor publishes in ``data_dir``; empty when none runs there."""
+    try:
+        lock_file = open(data_dir / ".lock")  # noqa: SIM115 - closed below
+    except OSError:
+        return {}
+    with lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: the services are running
+        else:
+            return {}  # nobody holds the directory: whatever was published is stale
+        try:
+            text = (data_dir / PUBLISHED_FILE).read_text()
+        except OSError:
+            return {}
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def attach_environment(env: os._Environ | dict | None = None) -> dict[str, str]:
+    """Point a one-off command (``manage.py shell``, ``account_create``) at the services of a
+    running ``make run``: set the URLs it published for every variable ``env`` lacks.
+
+    Returns what was set. Variables already in ``env`` win, so CI and production are unaffected.
+    """
+    env = os.environ if env is None else env
+    applied = {var: url for var, url in published_urls(data_dir_from_env(env)).items() if not env.get(var)}
+    env.update(applied)
+    return applied
+
+
 def data_dir_from_env(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     return Path(env.get("FLESPI_DATA_DIR") or DEFAULT_DATA_DIR)
@@ -598,10 +644,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="action", required=True)
     run = commands.add_parser("exec", help="start the missing services, run a command, stop them")
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    commands.add_parser("env", help="print `export VAR=URL` lines for the services of a running `make run`")
     broker = commands.add_parser("mqtt-broker", help="run the embedded MQTT broker (internal)")
     broker.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     configure_logging()
+    if args.action == "env":
+        urls = published_urls(data_dir_from_env())
+        if not urls:
+            log.error("no running supervisor publishes services in %s", data_dir_from_env())
+            return 1
+        print("".join(f"export {var}={shlex.quote(url)}\n" for var, url in urls.items()), end="")
+        return 0
     if args.action == "mqtt-broker":
         logging.getLogger("transitions").setLevel(logging.WARNING)
         run_mqtt_broker(args.port)

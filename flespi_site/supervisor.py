@@ -204,7 +204,9 @@ def _create_databases() -> None:
 
 def main() -> int:
     embedded.configure_logging()
-    services = embedded.EmbeddedServices(data_dir=embedded.data_dir_from_env(), prefer_fixed_ports=True)
+    services = embedded.EmbeddedServices(
+        data_dir=embedded.data_dir_from_env(), prefer_fixed_ports=True, publish=True
+    )
     supervisor = Supervisor(PROCESSES)
     status = 0
     with embedded.terminating_signals_raise():

@@ -127,8 +127,15 @@ def test_services_named_in_the_environment_are_not_started(tmp_path):
 
 
 def test_stop_closes_every_port_and_ends_every_process(tmp_path):
-    running = EmbeddedServices(data_dir=tmp_path, env=environment_without_urls())
+    running = EmbeddedServices(data_dir=tmp_path, env=environment_without_urls(), publish=True)
     running.start()
+    published = embedded.published_urls(tmp_path)
+    assert published == {var: running.env[var] for var in URL_VARS}
+    attached = {"FLESPI_DATA_DIR": str(tmp_path), "REDIS_URL": "redis://elsewhere:1/0"}
+    assert embedded.attach_environment(attached) == {
+        "DATABASE_URL": published["DATABASE_URL"], "MQTT_URL": published["MQTT_URL"],
+    }
+    assert attached["REDIS_URL"] == "redis://elsewhere:1/0"
     ports = [service.port for service in running.services]
     processes = []
     for service in running.services:
@@ -142,6 +149,7 @@ def test_stop_closes_every_port_and_ends_every_process(tmp_path):
     assert [port for port in ports if embedded.port_is_open(port)] == []
     assert [process.pid for process in processes if process.is_running() and process.status() != "zombie"] == []
     assert not any(var in running.env for var in URL_VARS)
+    assert embedded.published_urls(tmp_path) == {}
 
     # a second start reuses the data directory: no initdb, the databases are still there
     again = EmbeddedServices(data_dir=tmp_path, env=environment_without_urls())
@@ -150,6 +158,14 @@ def test_stop_closes_every_port_and_ends_every_process(tmp_path):
         assert embedded.create_missing_databases(again.env) == []
     finally:
         again.stop()
+
+
+def test_urls_left_by_a_dead_supervisor_are_ignored(tmp_path):
+    (tmp_path / ".lock").write_text("12345")
+    (tmp_path / embedded.PUBLISHED_FILE).write_text("DATABASE_URL=postgres://gone/flespi\n")
+    env = {"FLESPI_DATA_DIR": str(tmp_path)}
+    assert embedded.attach_environment(env) == {}
+    assert env == {"FLESPI_DATA_DIR": str(tmp_path)}
 
 
 def test_exec_runs_the_command_with_the_urls_and_returns_its_status(tmp_path):

@@ -52,6 +52,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -106,6 +107,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var" / "static"
+# Static files (admin, the offline API docs UI) are served by the app itself, from the installed
+# packages, with no collectstatic step.
+WHITENOISE_USE_FINDERS = True
 
 # Request limits. The JSON parser enforces the body limit itself so that an oversized body gets
 # a 413 with the envelope rather than Django's bare 400.

@@ -66,6 +66,7 @@ PROCESSES: list[Process] = [
     ),
     Process.manage("relay", "outbox_relay"),
     Process.manage("mqtt-ingest", "mqtt_ingest"),
+    Process.manage("purge", "purge_messages", "--every", "3600"),
     # Later parts add one line each, e.g.:
     #   Process.manage("calc", "calc_worker"),
     #   Process.manage("pump", "pump"),

@@ -35,7 +35,7 @@ def make_token():
     from accounts.services import token_create
 
     def make(account, *, master=True, **fields):
-        token, key = token_create(
+        _token, key = token_create(
             account=account, access_type=AccessType.MASTER if master else AccessType.STANDARD, **fields
         )
         return key

@@ -63,3 +63,15 @@ def api():
             return self.generic(method, path, **headers)
 
     return Client()
+
+
+@pytest.fixture
+def root(make_account):
+    """A root account (region eu, datacenter eu-1)."""
+    return make_account("root")
+
+
+@pytest.fixture
+def root_key(root, make_token):
+    """A master token key of ``root``."""
+    return make_token(root)

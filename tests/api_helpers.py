@@ -1,0 +1,25 @@
+"""Assertions on the API's envelope."""
+
+from __future__ import annotations
+
+
+def errors_of(response, status: int) -> list[dict]:
+    """The ``errors`` of a failed response, after checking its status and shape."""
+    assert response.status_code == status, (response.status_code, response.content)
+    body = response.json()
+    assert body["errors"], body
+    for error in body["errors"]:
+        assert isinstance(error["reason"], str) and error["reason"], error
+    return body["errors"]
+
+
+def reasons(response, status: int) -> str:
+    """Every reason of a failed response joined in one string, to look for what and where."""
+    return " | ".join(error["reason"] for error in errors_of(response, status))
+
+
+def result_of(response, status: int = 200) -> list[dict]:
+    assert response.status_code == status, (response.status_code, response.content)
+    body = response.json()
+    assert "errors" not in body, body
+    return body["result"]

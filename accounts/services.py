@@ -211,10 +211,11 @@ def acting_account(*, token: Token, cid: str | None) -> Account:
     Any other id does not exist for this token."""
     if cid is None or cid.strip() == "":
         return token.account
-    try:
-        account_id = int(cid)
-    except ValueError:
-        raise NotFound(f"x-flespi-cid {cid!r} is not an account id", code="account_not_found") from None
+    # Plain ASCII digits only: int() would also read "1_2" and other scripts' digits as an id.
+    text = cid.strip().removeprefix("-")
+    if not (text.isascii() and text.isdigit()):
+        raise NotFound(f"x-flespi-cid {cid!r} is not an account id", code="account_not_found")
+    account_id = int(cid)
     if account_id == token.account_id:
         return token.account
     account = Account.objects.select_related("region").filter(pk=account_id).first()

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db.models import Model, QuerySet
 from django.urls import path
 from rest_framework import serializers
+from rest_framework.exceptions import NotAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -23,6 +24,7 @@ from accounts.models import Account
 from accounts.services import acting_account
 from flespi_site.api.exceptions import RegionRedirect
 from flespi_site.api.parsers import loads_strict
+from flespi_site.api.permissions import HasToken
 from flespi_site.api.selectors import SelectorField, is_id_list, parse_selector
 from flespi_site.errors import DomainError, InvalidInput, NotFound
 
@@ -108,6 +110,12 @@ class FlespiAPIView(APIView):
         if self.acts_for_account and request.auth is not None:
             self.account = acting_account(token=request.auth, cid=request.headers.get("x-flespi-cid"))
             self._check_region(request, self.account)
+
+    def permission_denied(self, request: Request, message=None, code=None) -> None:
+        # DRF drops the permission's message when no token was sent; say how to send one.
+        if request.authenticators and not request.successful_authenticator:
+            raise NotAuthenticated(HasToken.message)
+        super().permission_denied(request, message=message, code=code)
 
     def _check_region(self, request: Request, account: Account) -> None:
         host_region = getattr(request._request, "host_region", None)

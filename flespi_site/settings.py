@@ -106,7 +106,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "static"
+# Only needed for `collectstatic` behind a separate web server.
+STATIC_ROOT = os.environ.get("STATIC_ROOT") or None
 # Static files (admin, the offline API docs UI) are served by the app itself, from the installed
 # packages, with no collectstatic step.
 WHITENOISE_USE_FINDERS = True

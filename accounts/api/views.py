@@ -18,7 +18,15 @@ from accounts.choices import AccessType
 from accounts.models import Account, Token
 from flespi_site.api.permissions import IsMasterToken
 from flespi_site.api.selectors import SelectorField
-from flespi_site.api.views import FlespiAPIView, Resource, ResourceView, project, projection, query_params
+from flespi_site.api.views import (
+    FlespiAPIView,
+    Resource,
+    ResourceView,
+    json_body,
+    project,
+    projection,
+    query_params,
+)
 from flespi_site.errors import NotFound
 from regions.selectors import regions_list
 
@@ -94,7 +102,7 @@ class CustomerView(FlespiAPIView):
         return Response({"result": [project(render_account(self.account), names)]})
 
     def put(self, request: Request) -> Response:
-        data = validated_or_error(AccountUpdateSerializer, request.data, partial=True)
+        data = validated_or_error(AccountUpdateSerializer, json_body(request), partial=True)
         account = services.account_update(account=self.account, data=data)
         return Response({"result": [render_account(account)]})
 

@@ -44,12 +44,34 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
+def contains_nul(value) -> bool:
+    """Whether a JSON value has a NUL character in a string or a key (PostgreSQL's jsonb and
+    text refuse it)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 class JSONObjectField(serializers.JSONField):
-    default_error_messages = {"invalid": "must be a JSON object"}
+    default_error_messages = {
+        "invalid": "must be a JSON object",
+        "nul": "must not contain NUL characters (\\u0000)",
+    }
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
             self.fail("invalid")
+        if contains_nul(data):
+            self.fail("nul")
         return data
 
 

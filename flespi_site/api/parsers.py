@@ -4,6 +4,7 @@ where the problem is."""
 from __future__ import annotations
 
 import json
+import math
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError
@@ -14,6 +15,14 @@ from flespi_site.errors import TooLarge
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not a valid JSON number")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON but reads as infinity, which no store accepts.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
 
 
 def json_depth_exceeds(value, limit: int) -> bool:
@@ -33,7 +42,7 @@ def json_depth_exceeds(value, limit: int) -> bool:
 
 def loads_strict(raw: bytes | str, *, what: str = "body"):
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
+        value = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise ParseError(f"{what} is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:

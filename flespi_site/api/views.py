@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db.models import Model, QuerySet
 from django.urls import path
 from rest_framework import serializers
-from rest_framework.exceptions import NotAuthenticated
+from rest_framework.exceptions import NotAuthenticated, ParseError, UnsupportedMediaType
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -39,6 +39,16 @@ def query_params(request: Request) -> dict[str, Any]:
             raise InvalidInput("query parameter data must be a JSON object", field="data")
         params.update(data)
     return params
+
+
+def json_body(request: Request) -> Any:
+    """The parsed JSON body. DRF reads an empty body, or one without a content type, as ``{}``,
+    which would make such a PUT a silent no-op and such a POST a puzzling "not an array"."""
+    if request.stream is None:
+        raise ParseError("request body is empty; send JSON")
+    if not request.content_type:
+        raise UnsupportedMediaType("", detail="the body has no Content-Type; send it as application/json")
+    return request.data
 
 
 def validated_params(request: Request, serializer_class: type[serializers.Serializer]) -> dict[str, Any]:
@@ -78,8 +88,11 @@ def projection(params: dict[str, Any], allowed: Iterable[str] | None = None) -> 
     raw = params.get("fields")
     if raw is None:
         return None
-    names = raw if isinstance(raw, list) else str(raw).split(",")
-    names = [str(name).strip() for name in names if str(name).strip()]
+    if isinstance(raw, str):
+        raw = raw.split(",")
+    if not isinstance(raw, list) or not all(isinstance(name, str) for name in raw):
+        raise InvalidInput("fields must be names separated by commas, or a JSON array of names", field="fields")
+    names = [name.strip() for name in raw if name.strip()]
     if not names:
         raise InvalidInput("fields must name at least one field", field="fields")
     if allowed is not None:
@@ -195,7 +208,7 @@ class ResourceView(FlespiAPIView):
         resource = self._resource()
         if selector is not None:
             raise InvalidInput(f"POST creates {resource.name}s: send it to the collection, without a selector")
-        items = request.data
+        items = json_body(request)
         if not isinstance(items, list):
             raise InvalidInput(f"the body must be a JSON array of {resource.name}s to create")
         if len(items) > resource.max_batch:
@@ -220,9 +233,10 @@ class ResourceView(FlespiAPIView):
         resource = self._resource()
         if selector is None:
             raise InvalidInput(f"PUT updates selected {resource.name}s: add a selector to the path, like /all or /12")
-        if not isinstance(request.data, dict):
+        data = json_body(request)
+        if not isinstance(data, dict):
             raise InvalidInput("the body must be a JSON object with the fields to change")
-        serializer = resource.update_serializer(data=request.data, partial=True)
+        serializer = resource.update_serializer(data=data, partial=True)
         serializer.is_valid(raise_exception=True)
         names = projection(query_params(request), resource.output_fields)
         objects = list(self.selected(selector))

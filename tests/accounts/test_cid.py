@@ -26,24 +26,36 @@ def child_key(tree, make_token):
 @pytest.mark.parametrize("name", ["child", "grandchild"])
 def test_descendant_is_the_acting_account(api, tree, root_key, name):
     account = tree[name]
-    customer = result_of(api.call("GET", "/platform/customer?fields=id,name,parent_id", key=root_key, cid=account.pk))
+    customer = result_of(
+        api.call("GET", "/platform/customer?fields=id,name,parent_id", key=root_key, cid=account.pk)
+    )
     assert customer == [{"id": account.pk, "name": name, "parent_id": account.parent_id}]
     info = result_of(api.call("GET", "/auth/info", key=root_key, cid=account.pk))
-    assert (info[0]["cid"], info[0]["account"]["id"], info[0]["token"]["cid"]) == (account.pk, account.pk, tree["root"].pk)
+    assert (info[0]["cid"], info[0]["account"]["id"], info[0]["token"]["cid"]) == (
+        account.pk,
+        account.pk,
+        tree["root"].pk,
+    )
 
 
 def test_own_id_and_empty_cid_act_as_the_token_account(api, tree, child_key):
     child = tree["child"]
     for cid in (child.pk, ""):
-        assert result_of(api.call("GET", "/platform/customer?fields=id", key=child_key, cid=cid)) == [{"id": child.pk}]
+        assert result_of(api.call("GET", "/platform/customer?fields=id", key=child_key, cid=cid)) == [
+            {"id": child.pk}
+        ]
 
 
 def test_writes_act_for_the_descendant(api, tree, root_key):
     child = tree["child"]
-    created = result_of(api.call("POST", "/platform/tokens", key=root_key, cid=child.pk, body=[{"info": "child's"}]))
+    created = result_of(
+        api.call("POST", "/platform/tokens", key=root_key, cid=child.pk, body=[{"info": "child's"}])
+    )
     assert created[0]["cid"] == child.pk
     assert Token.objects.get(info="child's").account_id == child.pk
-    sub = result_of(api.call("POST", "/platform/subaccounts", key=root_key, cid=child.pk, body=[{"name": "below"}]))
+    sub = result_of(
+        api.call("POST", "/platform/subaccounts", key=root_key, cid=child.pk, body=[{"name": "below"}])
+    )
     assert (sub[0]["parent_id"], sub[0]["depth"]) == (child.pk, 2)
 
 
@@ -63,8 +75,14 @@ def arabic(number: int) -> str:
         (lambda t: "1.5", lambda t: "x-flespi-cid '1.5' is not an account id"),
         (lambda t: "9" * 30, lambda t: f"account {'9' * 30} not found"),
         # Python's int() reads "1_2" as 12: the header must be plain digits.
-        (lambda t: "_".join(str(t["grandchild"].pk)), lambda t: f"x-flespi-cid {'_'.join(str(t['grandchild'].pk))!r} is not an account id"),
-        (lambda t: arabic(t["grandchild"].pk), lambda t: f"x-flespi-cid {arabic(t['grandchild'].pk)!r} is not an account id"),
+        (
+            lambda t: "_".join(str(t["grandchild"].pk)),
+            lambda t: f"x-flespi-cid {'_'.join(str(t['grandchild'].pk))!r} is not an account id",
+        ),
+        (
+            lambda t: arabic(t["grandchild"].pk),
+            lambda t: f"x-flespi-cid {arabic(t['grandchild'].pk)!r} is not an account id",
+        ),
     ],
     ids=["sibling", "parent", "unknown", "garbage", "negative", "float", "huge", "underscores", "non-ascii"],
 )

@@ -14,11 +14,24 @@ from tests.api_helpers import errors_of, reasons, result_of
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
-TOKEN_FIELDS = {"id", "info", "enabled", "expire", "ttl", "access", "key_prefix", "created", "last_used", "cid"}
+TOKEN_FIELDS = {
+    "id",
+    "info",
+    "enabled",
+    "expire",
+    "ttl",
+    "access",
+    "key_prefix",
+    "created",
+    "last_used",
+    "cid",
+}
 
 
 def token_rows() -> list[tuple]:
-    return list(Token.objects.order_by("pk").values_list("pk", "info", "enabled", "expire", "ttl", "access_type"))
+    return list(
+        Token.objects.order_by("pk").values_list("pk", "info", "enabled", "expire", "ttl", "access_type")
+    )
 
 
 def test_create_shows_the_key_once(api, root, root_key):
@@ -32,11 +45,27 @@ def test_create_shows_the_key_once(api, root, root_key):
     )
     assert [set(item) for item in created] == [TOKEN_FIELDS | {"key"}] * 2
     first, second = created
-    assert (first["info"], first["enabled"], first["ttl"], first["expire"], first["access"], first["cid"]) == (
-        "ci", True, 3600, 4_000_000_000, {"type": 1}, root.pk,
+    assert (
+        first["info"],
+        first["enabled"],
+        first["ttl"],
+        first["expire"],
+        first["access"],
+        first["cid"],
+    ) == (
+        "ci",
+        True,
+        3600,
+        4_000_000_000,
+        {"type": 1},
+        root.pk,
     )
     assert (second["info"], second["enabled"], second["ttl"], second["expire"], second["access"]) == (
-        "", True, 0, 0, {"type": 0},
+        "",
+        True,
+        0,
+        0,
+        {"type": 0},
     )
     assert len(first["key"]) == 64 and first["key"].startswith(first["key_prefix"])
     listed = result_of(api.call("GET", "/platform/tokens/all", key=root_key))
@@ -190,7 +219,9 @@ def test_standard_token_is_refused_on_platform_but_reads_auth_info(api, root, ma
         ("POST", "/platform/subaccounts", [{"name": "x"}]),
     ):
         response = api.call(method, path, key=key, body=body)
-        assert reasons(response, 403) == "this token's access type is standard; /platform needs a master token", path
+        assert (
+            reasons(response, 403) == "this token's access type is standard; /platform needs a master token"
+        ), path
     assert Token.objects.count() == 1
     root.refresh_from_db()
     assert root.name == "root"

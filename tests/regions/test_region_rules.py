@@ -14,7 +14,11 @@ pytestmark = pytest.mark.django_db(databases="__all__")
 
 
 def snapshot() -> list[tuple]:
-    return list(Account.objects.order_by("pk").values_list("pk", "name", "region__code", "datacenter__code", "parent_id"))
+    return list(
+        Account.objects.order_by("pk").values_list(
+            "pk", "name", "region__code", "datacenter__code", "parent_id"
+        )
+    )
 
 
 def test_root_lives_in_the_default_region_and_its_default_datacenter(make_account):
@@ -105,7 +109,11 @@ def test_subaccounts_api_applies_the_rules(api, root, root_key):
             "POST",
             "/platform/subaccounts",
             key=root_key,
-            body=[{"name": "eu default"}, {"name": "ru", "region": "ru"}, {"name": "eu-2", "datacenter": "eu-2"}],
+            body=[
+                {"name": "eu default"},
+                {"name": "ru", "region": "ru"},
+                {"name": "eu-2", "datacenter": "eu-2"},
+            ],
         )
     )
     assert [(a["name"], a["region"], a["datacenter"], a["parent_id"], a["depth"]) for a in created] == [
@@ -124,7 +132,10 @@ def test_subaccounts_api_applies_the_rules(api, root, root_key):
         "POST",
         "/platform/subaccounts",
         key=root_key,
-        body=[{"name": "choose", "parent_id": ru_id, "region": "eu"}, {"name": "bad dc", "region": "ru", "datacenter": "eu-1"}],
+        body=[
+            {"name": "choose", "parent_id": ru_id, "region": "eu"},
+            {"name": "bad dc", "region": "ru", "datacenter": "eu-1"},
+        ],
     )
     errors = errors_of(response, 400)
     assert [(e["index"], e["field"]) for e in errors] == [(0, "region"), (1, "datacenter")]
@@ -139,7 +150,9 @@ def test_subaccounts_api_depth_limit(api, root, root_key, make_account):
     level2 = make_account("l2", parent=level1)
     level3 = make_account("l3", parent=level2)
     before = snapshot()
-    response = api.call("POST", "/platform/subaccounts", key=root_key, body=[{"name": "l4", "parent_id": level3.pk}])
+    response = api.call(
+        "POST", "/platform/subaccounts", key=root_key, body=[{"name": "l4", "parent_id": level3.pk}]
+    )
     errors = errors_of(response, 400)
     assert errors[0]["index"] == 0 and errors[0]["field"] == "parent_id"
     assert "deepest level" in errors[0]["reason"]
@@ -149,7 +162,9 @@ def test_subaccounts_api_depth_limit(api, root, root_key, make_account):
 def test_region_of_a_subaccount_never_changes(api, root, root_key, make_account):
     child = make_account("child", parent=root, region="ru")
     before = snapshot()
-    response = api.call("PUT", f"/platform/subaccounts/{child.pk}", key=root_key, body={"region": "eu", "name": "renamed"})
+    response = api.call(
+        "PUT", f"/platform/subaccounts/{child.pk}", key=root_key, body={"region": "eu", "name": "renamed"}
+    )
     errors = errors_of(response, 400)
     assert errors == [
         {
@@ -162,17 +177,25 @@ def test_region_of_a_subaccount_never_changes(api, root, root_key, make_account)
     ]
     assert snapshot() == before
     # Naming the current region is not a change.
-    result = result_of(api.call("PUT", f"/platform/subaccounts/{child.pk}", key=root_key, body={"region": "ru", "name": "renamed"}))
+    result = result_of(
+        api.call(
+            "PUT", f"/platform/subaccounts/{child.pk}", key=root_key, body={"region": "ru", "name": "renamed"}
+        )
+    )
     assert (result[0]["name"], result[0]["region"]) == ("renamed", "ru")
 
 
-def test_datacenter_and_parent_of_a_subaccount_do_not_change_through_the_api(api, root, root_key, make_account):
+def test_datacenter_and_parent_of_a_subaccount_do_not_change_through_the_api(
+    api, root, root_key, make_account
+):
     child = make_account("child", parent=root)
     other = make_account("other", parent=root)
     before = snapshot()
     response = api.call("PUT", f"/platform/subaccounts/{child.pk}", key=root_key, body={"datacenter": "eu-2"})
     assert "move command" in reasons(response, 400)
-    response = api.call("PUT", f"/platform/subaccounts/{child.pk}", key=root_key, body={"parent_id": other.pk})
+    response = api.call(
+        "PUT", f"/platform/subaccounts/{child.pk}", key=root_key, body={"parent_id": other.pk}
+    )
     assert reasons(response, 400) == f"account {child.pk} cannot move in the account tree"
     assert snapshot() == before
 
@@ -190,7 +213,9 @@ def test_region_of_the_customer_never_changes(api, root, root_key):
         }
     ]
     assert snapshot() == before
-    result = result_of(api.call("PUT", "/platform/customer", key=root_key, body={"name": "renamed", "metadata": {"a": 1}}))
+    result = result_of(
+        api.call("PUT", "/platform/customer", key=root_key, body={"name": "renamed", "metadata": {"a": 1}})
+    )
     assert (result[0]["name"], result[0]["metadata"], result[0]["region"]) == ("renamed", {"a": 1}, "eu")
 
 

@@ -34,15 +34,29 @@ def fake_row(*, account_id: int | None, db: str | None = None):
 
 def test_topology_has_one_alias_per_datacenter(settings):
     assert list(settings.DATABASES) == ALL_ALIASES
-    assert {dc.alias: dc.number for dc in settings.TOPOLOGY.datacenters} == {"dc_eu_1": 1, "dc_eu_2": 2, "dc_ru_1": 3}
+    assert {dc.alias: dc.number for dc in settings.TOPOLOGY.datacenters} == {
+        "dc_eu_1": 1,
+        "dc_eu_2": 2,
+        "dc_ru_1": 3,
+    }
 
 
-@pytest.mark.parametrize(("app_label", "model_name"), [
-    ("accounts", "account"), ("accounts", "token"), ("regions", "region"), ("regions", "datacenter"),
-    ("auth", "user"), ("contenttypes", "contenttype"), ("sessions", "session"),
-])
+@pytest.mark.parametrize(
+    ("app_label", "model_name"),
+    [
+        ("accounts", "account"),
+        ("accounts", "token"),
+        ("regions", "region"),
+        ("regions", "datacenter"),
+        ("auth", "user"),
+        ("contenttypes", "contenttype"),
+        ("sessions", "session"),
+    ],
+)
 def test_control_models_migrate_on_the_control_database_only(app_label, model_name):
-    assert [db for db in ALL_ALIASES if router.allow_migrate(db, app_label, model_name=model_name)] == ["default"]
+    assert [db for db in ALL_ALIASES if router.allow_migrate(db, app_label, model_name=model_name)] == [
+        "default"
+    ]
 
 
 def test_control_models_read_and_write_on_the_control_database():
@@ -52,7 +66,9 @@ def test_control_models_read_and_write_on_the_control_database():
 
 
 def test_run_sql_hinted_regional_runs_on_datacenters_only():
-    assert [db for db in ALL_ALIASES if router.allow_migrate(db, "regions", target="regional")] == DATACENTER_ALIASES
+    assert [
+        db for db in ALL_ALIASES if router.allow_migrate(db, "regions", target="regional")
+    ] == DATACENTER_ALIASES
     # Without the hint an operation without a model belongs to the control database.
     assert [db for db in ALL_ALIASES if router.allow_migrate(db, "regions")] == ["default"]
     assert [db for db in ALL_ALIASES if router.allow_migrate(db, "regions", target="control")] == ["default"]
@@ -88,7 +104,9 @@ def test_router_routes_a_regional_row_by_its_account(make_account):
     assert router.db_for_write(FakeRegional, instance=fake_row(account_id=on_eu_2.pk)) == "dc_eu_2"
     assert router.db_for_read(FakeRegional, instance=fake_row(account_id=on_ru_1.pk)) == "dc_ru_1"
     # A row loaded from a datacenter stays there.
-    assert router.db_for_write(FakeRegional, instance=fake_row(account_id=on_ru_1.pk, db="dc_eu_2")) == "dc_eu_2"
+    assert (
+        router.db_for_write(FakeRegional, instance=fake_row(account_id=on_ru_1.pk, db="dc_eu_2")) == "dc_eu_2"
+    )
 
 
 def test_router_never_sends_a_regional_row_to_the_control_database(make_account):
@@ -99,7 +117,7 @@ def test_router_never_sends_a_regional_row_to_the_control_database(make_account)
 
 @pytest.mark.parametrize("hints", [{}, {"instance": fake_row(account_id=None)}])
 def test_regional_query_without_placement_raises(hints):
-    with pytest.raises(PlacementError, match="tests.FakeRegional is a regional model"):
+    with pytest.raises(PlacementError, match=r"tests\.FakeRegional is a regional model"):
         router.db_for_read(FakeRegional, **hints)
     with pytest.raises(PlacementError):
         router.db_for_write(FakeRegional, **hints)
@@ -112,7 +130,11 @@ def test_regional_models_of_the_project_migrate_on_datacenters_only():
 
     regional = [model for model in apps.get_models() if is_regional(model)]
     for model in regional:
-        allowed = [db for db in ALL_ALIASES if router.allow_migrate(db, model._meta.app_label, model_name=model._meta.model_name)]
+        allowed = [
+            db
+            for db in ALL_ALIASES
+            if router.allow_migrate(db, model._meta.app_label, model_name=model._meta.model_name)
+        ]
         assert allowed == DATACENTER_ALIASES, model
 
 

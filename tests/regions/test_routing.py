@@ -89,7 +89,11 @@ def test_eu_account_is_served_on_central_and_eu(api, root, root_key, host):
 def test_eu_account_on_ru_is_redirected_to_eu(api, root, root_key, host):
     response = api.call("GET", "/platform/tokens/all?fields=id", key=root_key, host=host)
     assert_redirect(
-        response, region="eu", url=EU_URL, location=EU_URL + "/platform/tokens/all?fields=id", account_id=root.pk
+        response,
+        region="eu",
+        url=EU_URL,
+        location=EU_URL + "/platform/tokens/all?fields=id",
+        account_id=root.pk,
     )
 
 
@@ -105,7 +109,9 @@ def test_cid_of_a_ru_subaccount_on_central_host_is_redirected(api, root_key, ru_
     assert_redirect(
         response, region="ru", url=RU_URL, location=RU_URL + "/platform/customer", account_id=ru_account.pk
     )
-    result = result_of(api.call("GET", "/platform/customer", key=root_key, cid=ru_account.pk, host="ru.localhost"))
+    result = result_of(
+        api.call("GET", "/platform/customer", key=root_key, cid=ru_account.pk, host="ru.localhost")
+    )
     assert [(a["id"], a["region"]) for a in result] == [(ru_account.pk, "ru")]
 
 

@@ -62,7 +62,7 @@ def ingest_payload(*, region: str, pattern: str, topic: str, payload: bytes) -> 
 class IngestConsumer:
     """Subscribes to the ingest pattern on a region's broker and ingests what arrives."""
 
-    def __init__(self, *, region: str, mqtt_url: str, pattern: str):
+    def __init__(self, *, region: str, mqtt_url: str, pattern: str, client_id: str | None = None):
         self.region = region
         self.mqtt_url = mqtt_url
         self.pattern = pattern
@@ -70,7 +70,7 @@ class IngestConsumer:
         self.rejected = 0
         self._stop = threading.Event()
         # A persistent session: messages published while the consumer is down wait in the broker.
-        self.client = mqtt.client_for(mqtt_url, client_id=f"flespi-ingest-{region}", clean_session=False)
+        self.client = mqtt.client_for(mqtt_url, client_id=client_id or f"flespi-ingest-{region}", clean_session=False)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
 

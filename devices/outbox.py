@@ -24,13 +24,8 @@ logger = logging.getLogger(__name__)
 
 RELAY_LOCK_KEY = 0x0F1E5B1  # advisory lock id of the relay of a datacenter database
 
-_FETCH = f"""
-SELECT o.id, o.device_id, o.kind, o.topic, COALESCE(o.payload, m.body)::text, o.retain
-FROM outbox o
-LEFT JOIN messages m ON o.kind = {int(OutboxKind.MESSAGE)} AND m.device_id = o.device_id AND m.ts = o.ts
-ORDER BY o.id
-LIMIT %s
-"""
+_FETCH = "SELECT id, device_id, kind, topic, payload::text, retain, stamps FROM outbox ORDER BY id LIMIT %s"
+_BODIES = "SELECT ts, body::text FROM messages WHERE device_id = %s AND ts = ANY(%s)"
 
 
 def message_topic(root: str, device_id: int) -> str:
@@ -112,39 +107,84 @@ class OutboxRelay:
                 self._stop.wait(2.0)
 
     def relay_once(self) -> int:
-        """Publish one batch; returns how many rows it removed from the outbox."""
+        """Publish up to ``batch`` events; returns how many left the outbox."""
         if not self._connected.is_set():
             return 0
         with connections[self.alias].cursor() as cursor:
             cursor.execute(_FETCH, [self.batch])
             rows = cursor.fetchall()
-        if not rows:
+            plan = self._plan(cursor, rows)
+        if not plan:
             return 0
-        sent: list[tuple[int, object]] = []
-        skipped: list[int] = []
-        for outbox_id, device_id, kind, topic, payload, retain in rows:
-            if payload is None:  # the message was deleted before it was published
-                skipped.append(outbox_id)
-                continue
-            full_topic = message_topic(self.topic_root, device_id) if kind == OutboxKind.MESSAGE else f"{self.topic_root}/{topic}"
-            info = self.client.publish(full_topic, payload, qos=1, retain=retain)
-            if info.rc != 0:
-                break
-            sent.append((outbox_id, info))
-        done = list(skipped)
-        deadline = time.monotonic() + self.ack_timeout
-        for outbox_id, info in sent:
-            # Rows are removed only up to the first one the broker has not acknowledged, so
-            # nothing is lost and the order is kept on the retry.
-            while not info.is_published() and time.monotonic() < deadline and self._connected.is_set():
-                info.wait_for_publish(timeout=0.1)
-            if not info.is_published():
-                break
-            done.append(outbox_id)
-        if done:
-            with connections[self.alias].cursor() as cursor:
-                cursor.execute("DELETE FROM outbox WHERE id = ANY(%s)", [done])
-        self.stats.published += len(done) - len(skipped)
-        self.stats.skipped += len(skipped)
+        for entry in plan:
+            for item in entry.items:
+                item.info = self.client.publish(item.topic, item.payload, qos=1, retain=item.retain)
+        done = self._settle(plan)
         self.stats.batches += 1
-        return len(done)
+        return done
+
+    def _plan(self, cursor, rows) -> list[_Entry]:
+        budget = self.batch
+        plan = []
+        for outbox_id, device_id, kind, topic, payload, retain, stamps in rows:
+            if budget <= 0:
+                break
+            if kind == OutboxKind.MESSAGE:
+                now, rest = stamps[:budget], stamps[budget:]
+                cursor.execute(_BODIES, [device_id, now])
+                bodies = dict(cursor.fetchall())
+                # A message deleted before it was published is skipped.
+                self.stats.skipped += len(now) - len(bodies)
+                topic = message_topic(self.topic_root, device_id)
+                items = [_Item(ts, topic, bodies[ts], False) for ts in now if ts in bodies]
+                budget -= len(now)
+            else:
+                items, rest = [_Item(None, f"{self.topic_root}/{topic}", payload, retain)], []
+                budget -= 1
+            plan.append(_Entry(outbox_id, items, rest))
+        return plan
+
+    def _settle(self, plan: list[_Entry]) -> int:
+        """Wait for the broker's acknowledgements and remove what it acknowledged, up to the
+        first event it did not: nothing is lost and the order is kept on the retry."""
+        deadline = time.monotonic() + self.ack_timeout
+        deleted, updated, done = [], [], 0
+        for entry in plan:
+            acked = 0
+            for item in entry.items:
+                while not item.info.is_published() and time.monotonic() < deadline and self._connected.is_set():
+                    item.info.wait_for_publish(timeout=0.1)
+                if not item.info.is_published():
+                    break
+                acked += 1
+            done += acked
+            remaining = [item.ts for item in entry.items[acked:] if item.ts is not None] + entry.rest
+            if acked == len(entry.items) and not remaining:
+                deleted.append(entry.outbox_id)
+            elif remaining:
+                updated.append((remaining, entry.outbox_id))
+            if acked < len(entry.items):
+                break
+        with connections[self.alias].cursor() as cursor:
+            if deleted:
+                cursor.execute("DELETE FROM outbox WHERE id = ANY(%s)", [deleted])
+            for remaining, outbox_id in updated:
+                cursor.execute("UPDATE outbox SET stamps = %s WHERE id = %s", [remaining, outbox_id])
+        self.stats.published += done
+        return done
+
+
+@dataclass
+class _Item:
+    ts: int | None
+    topic: str
+    payload: str
+    retain: bool
+    info: object = None
+
+
+@dataclass
+class _Entry:
+    outbox_id: int
+    items: list[_Item]
+    rest: list[int]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
@@ -280,17 +281,27 @@ def messages_ingest(
     for device in devices:
         by_alias.setdefault(device._state.db or placement.alias_for_account(device.account_id), []).append(device)
     for alias, group in by_alias.items():
-        lines = _copy_lines(group, prepared, reception_key, now)
+        lines, telemetry = _copy_lines(group, prepared, reception_key, now)
         with transaction.atomic(using=alias):
-            changes = storage.messages_write(alias=alias, lines=lines)
+            changes = storage.messages_write(alias=alias, lines=lines, telemetry=telemetry)
         result.changes.extend(changes)
     result.accepted = len(prepared)
     return result
 
 
-def _copy_lines(devices: Iterable[Device], prepared: list[tuple[int, int, dict]], reception_key: str, now: float) -> list[str]:
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-    lines = []
+def _dumps(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # integers beyond 64 bits, which JSON allows
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _copy_lines(
+    devices: Iterable[Device], prepared: list[tuple[int, int, dict]], reception_key: str, now: float
+) -> tuple[list[str], list[storage.TelemetryValue]]:
+    """COPY lines of the batch for every device, and each parameter's latest value in it."""
+    lines: list[str] = []
+    telemetry: list[storage.TelemetryValue] = []
     for device in devices:
         stamps = {"device.id": device.pk, "device.name": device.name, "ident": device.ident, reception_key: now}
         # Messages of one batch with equal timestamps merge in batch order, like stored ones.
@@ -302,8 +313,16 @@ def _copy_lines(devices: Iterable[Device], prepared: list[tuple[int, int, dict]]
             else:
                 previous.update(body)
                 previous.update(stamps)
-        lines.extend(storage.copy_line(device.pk, ts, dumps(body)) for ts, body in merged.items())
-    return lines
+        latest: dict[str, tuple[int, object]] = {}
+        for ts in sorted(merged):
+            body = merged[ts]
+            lines.append(storage.copy_line(device.pk, ts, _dumps(body)))
+            for name, value in body.items():
+                latest[name] = (ts, value)
+        telemetry.extend(
+            storage.TelemetryValue(device.pk, name, _dumps(value), ts) for name, (ts, value) in latest.items()
+        )
+    return lines, telemetry
 
 
 def messages_delete(*, devices: Sequence[Device], begin: float | None, end: float | None) -> list[ChangedRange]:

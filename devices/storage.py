@@ -27,29 +27,31 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGING} (
 
 # New rows are inserted; a row with the timestamp of a stored one is merged into it (new keys
 # overwrite), and only when that changes something other than the reception time: a resent
-# batch changes nothing and queues nothing. Every inserted or changed row is queued for MQTT in
-# (device, ts) order, and the changed range per device is returned for the analytics.
+# batch changes nothing and queues nothing. What was inserted or changed is queued for MQTT as
+# one outbox row per device holding its timestamps in order, and the changed range per device
+# is returned for the analytics.
 _MERGE = f"""
 WITH changed AS (
     INSERT INTO messages AS m (device_id, ts, body)
     SELECT device_id, ts, body FROM {STAGING}
     ON CONFLICT (device_id, ts) DO UPDATE SET body = m.body || EXCLUDED.body
-    WHERE m.body IS DISTINCT FROM (m.body || (EXCLUDED.body - 'rest.timestamp'))
+    WHERE m.body IS DISTINCT FROM (m.body || (EXCLUDED.body - ARRAY['rest.timestamp', 'server.timestamp']))
     RETURNING m.device_id, m.ts
+), per_device AS (
+    SELECT device_id, array_agg(ts ORDER BY ts) AS stamps FROM changed GROUP BY device_id
 ), queued AS (
-    INSERT INTO outbox (device_id, kind, ts)
-    SELECT device_id, {int(OutboxKind.MESSAGE)}, ts FROM changed ORDER BY device_id, ts
+    INSERT INTO outbox (device_id, kind, stamps)
+    SELECT device_id, {int(OutboxKind.MESSAGE)}, stamps FROM per_device ORDER BY device_id
 )
-SELECT device_id, min(ts), max(ts), count(*) FROM changed GROUP BY device_id
+SELECT device_id, stamps[1], stamps[array_length(stamps, 1)], array_length(stamps, 1) FROM per_device
 """
 
 # The latest value of every parameter, kept correct when messages arrive out of order: a value
-# only replaces one from an older (or the same) message.
-_TELEMETRY = f"""
+# only replaces one from an older (or the same) message. The batch's latest values are found by
+# the caller; this statement only compares them with the stored ones.
+_TELEMETRY = """
 INSERT INTO telemetry AS t (device_id, name, value, ts)
-SELECT DISTINCT ON (s.device_id, kv.key) s.device_id, kv.key, kv.value, s.ts
-FROM {STAGING} s, LATERAL jsonb_each(s.body) kv
-ORDER BY s.device_id, kv.key, s.ts DESC
+SELECT * FROM unnest(%s::bigint[], %s::text[], %s::jsonb[], %s::bigint[])
 ON CONFLICT (device_id, name) DO UPDATE SET value = EXCLUDED.value, ts = EXCLUDED.ts
 WHERE t.ts <= EXCLUDED.ts AND (t.ts <> EXCLUDED.ts OR t.value IS DISTINCT FROM EXCLUDED.value)
 """
@@ -70,9 +72,18 @@ def copy_line(device_id: int, ts: int, body_json: str) -> str:
     return f"{device_id}\t{ts}\t{body_json.replace(chr(92), chr(92) * 2)}\n"
 
 
-def messages_write(*, alias: str, lines: Sequence[str]) -> list[ChangedRange]:
-    """Merge prepared COPY lines (see ``copy_line``) into ``messages``; the caller holds the
-    transaction. Lines must be unique per (device, ts)."""
+@dataclass(frozen=True)
+class TelemetryValue:
+    device_id: int
+    name: str
+    value_json: str
+    ts: int
+
+
+def messages_write(*, alias: str, lines: Sequence[str], telemetry: Sequence[TelemetryValue] = ()) -> list[ChangedRange]:
+    """Merge prepared COPY lines (see ``copy_line``) into ``messages`` and the batch's latest
+    parameter values into ``telemetry``; the caller holds the transaction. Lines must be unique
+    per (device, ts)."""
     connection = connections[alias]
     connection.ensure_connection()
     with connection.cursor() as cursor:
@@ -82,7 +93,12 @@ def messages_write(*, alias: str, lines: Sequence[str]) -> list[ChangedRange]:
             copy.write("".join(lines))
         cursor.execute(_MERGE)
         changed = [ChangedRange(*row) for row in cursor.fetchall()]
-        cursor.execute(_TELEMETRY)
+        if telemetry:
+            cursor.execute(
+                _TELEMETRY,
+                [[t.device_id for t in telemetry], [t.name for t in telemetry],
+                 [t.value_json for t in telemetry], [t.ts for t in telemetry]],
+            )
         cursor.execute(f"TRUNCATE {STAGING}")
     return changed
 

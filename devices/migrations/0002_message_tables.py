@@ -33,7 +33,7 @@ CREATE TABLE outbox (
     id bigserial PRIMARY KEY,
     device_id bigint NOT NULL,
     kind smallint NOT NULL,
-    ts bigint,
+    stamps bigint[],
     topic text,
     payload jsonb,
     retain boolean NOT NULL DEFAULT false,

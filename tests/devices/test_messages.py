@@ -22,7 +22,7 @@ def rows(device) -> list[dict]:
 
 def outbox(device) -> int:
     with connections[device._state.db].cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM outbox WHERE device_id = %s", [device.pk])
+        cursor.execute("SELECT coalesce(sum(array_length(stamps, 1)), 0) FROM outbox WHERE device_id = %s", [device.pk])
         return cursor.fetchone()[0]
 
 

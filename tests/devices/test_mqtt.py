@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db(databases="__all__")
 
 def outbox_count(alias: str) -> int:
     with connections[alias].cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM outbox")
+        cursor.execute("SELECT coalesce(sum(coalesce(array_length(stamps, 1), 1)), 0) FROM outbox")
         return cursor.fetchone()[0]
 
 
@@ -115,7 +115,10 @@ def test_broker_down_during_ingestion_loses_nothing(device, topic_root):
 
 @pytest.mark.django_db(databases="__all__", transaction=True)
 def test_mqtt_ingest_end_to_end(device, key, api):
-    consumer = IngestConsumer(region=device_region(device), mqtt_url=settings.MQTT_URL, pattern=f"ingest{uuid.uuid4().hex[:6]}/+")
+    consumer = IngestConsumer(
+        region=device_region(device), mqtt_url=settings.MQTT_URL, pattern=f"ingest{uuid.uuid4().hex[:6]}/+",
+        client_id=f"test-ingest-{uuid.uuid4().hex[:8]}",
+    )
     import threading
 
     thread = threading.Thread(target=consumer.run, daemon=True)

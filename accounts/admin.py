@@ -1,7 +1,38 @@
+from django import forms
 from django.contrib import admin, messages
 
 from accounts import services
 from accounts.models import Account, Token
+from flespi_site.errors import DomainError
+
+
+class AccountAddForm(forms.ModelForm):
+    """Region and datacenter are optional (the rules place the account) and checked by the rules
+    here, so that a refusal is a form error rather than a crash in ``save_model``."""
+
+    class Meta:
+        model = Account
+        fields = ["name", "parent", "region", "datacenter", "metadata"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["region"].required = False
+        self.fields["datacenter"].required = False
+        self.fields["region"].help_text = "only for a first-level subaccount; default: the parent's region"
+        self.fields["datacenter"].help_text = "default: the region's default datacenter"
+
+    def clean(self):
+        cleaned = super().clean()
+        region, datacenter = cleaned.get("region"), cleaned.get("datacenter")
+        try:
+            services.account_placement(
+                parent=cleaned.get("parent"),
+                region_code=region.code if region else None,
+                datacenter_code=datacenter.code if datacenter else None,
+            )
+        except DomainError as exc:
+            raise forms.ValidationError(exc.reason) from None
+        return cleaned
 
 
 class SubaccountInline(admin.TabularInline):
@@ -32,6 +63,11 @@ class AccountAdmin(admin.ModelAdmin):
             return ["depth", "path"]
         return ["parent", "region", "datacenter", "depth", "path"]
 
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = AccountAddForm
+        return super().get_form(request, obj, **kwargs)
+
     def get_fields(self, request, obj=None):
         if obj is None:
             return ["name", "parent", "region", "datacenter", "metadata"]
@@ -44,7 +80,7 @@ class AccountAdmin(admin.ModelAdmin):
         created = services.account_create(
             name=obj.name,
             parent=obj.parent,
-            region_code=obj.region.code if obj.region_id and obj.parent and obj.parent.depth == 0 else None,
+            region_code=obj.region.code if obj.region_id else None,
             datacenter_code=obj.datacenter.code if obj.datacenter_id else None,
             metadata=obj.metadata,
         )

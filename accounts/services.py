@@ -40,17 +40,12 @@ def _datacenter_in(region: Region, code: str | None) -> Datacenter:
     return datacenter
 
 
-@transaction.atomic
-def account_create(
-    *,
-    name: str,
-    parent: Account | None = None,
-    region_code: str | None = None,
-    datacenter_code: str | None = None,
-    metadata: dict[str, Any] | None = None,
-) -> Account:
-    """Create an account. Only a first-level subaccount may choose its region (default: the
-    parent's); a root account lives in the default region and deeper accounts inherit."""
+def account_placement(
+    *, parent: Account | None, region_code: str | None = None, datacenter_code: str | None = None
+) -> tuple[Region, Datacenter, int]:
+    """The region, datacenter and depth of a new account under ``parent``, by the rules: only a
+    first-level subaccount may choose its region (default: the parent's); a root account lives in
+    the default region and deeper accounts inherit. Raises InvalidInput naming the broken rule."""
     if parent is None:
         region = _default_region()
         if region_code is not None and region_code != region.code:
@@ -81,7 +76,22 @@ def account_create(
                     f"{region.code} from account {parent.pk}",
                     field="region",
                 )
-    datacenter = _datacenter_in(region, datacenter_code)
+    return region, _datacenter_in(region, datacenter_code), depth
+
+
+@transaction.atomic
+def account_create(
+    *,
+    name: str,
+    parent: Account | None = None,
+    region_code: str | None = None,
+    datacenter_code: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Account:
+    """Create an account placed by ``account_placement``."""
+    region, datacenter, depth = account_placement(
+        parent=parent, region_code=region_code, datacenter_code=datacenter_code
+    )
     account = Account.objects.create(
         name=name, parent=parent, region=region, datacenter=datacenter, depth=depth, metadata=metadata or {}
     )

@@ -37,7 +37,7 @@ def test_changelists_and_add_forms_load(admin_client, tree, path):
 
 
 def test_account_changelist_shows_the_tree(admin_client, tree):
-    root, child = tree
+    _root, _child = tree
     response = admin_client.get("/admin/accounts/account/", HTTP_HOST="localhost")
     assert "— child" in response.content.decode()
 
@@ -109,7 +109,7 @@ def test_admin_creates_a_first_level_subaccount_in_the_chosen_region(admin_clien
 def test_admin_refuses_what_the_rules_refuse(admin_client, tree, fields, message):
     from accounts.models import Account
 
-    root, child = tree
+    _root, child = tree
     if fields.get("parent") == "child":
         fields = {**fields, "parent": child.pk}
     before = list(Account.objects.values_list("pk", flat=True))

@@ -228,15 +228,18 @@ def message_prepare(raw: Any, *, now: float) -> tuple[int, dict]:
     ts = round(seconds * 1_000_000)
     body = dict(raw)
     body["timestamp"] = ts / 1_000_000
+    valid_keys = _valid_keys
     for key, value in body.items():
-        _check_key(key)
-        if isinstance(value, str):
+        if key not in valid_keys:
+            _check_key(key)
+        kind = type(value)
+        if kind is str:
             if "\x00" in value:
                 raise MessageError(f"{key}: string values may not contain the NUL character")
-        elif isinstance(value, float):
+        elif kind is float:
             if not math.isfinite(value):
                 raise MessageError(f"{key} is not a finite number")
-        elif isinstance(value, (dict, list)) and _has_nul_or_nan(value):
+        elif (kind is dict or kind is list) and _has_nul_or_nan(value):
             raise MessageError(f"{key}: nested values may not contain NUL characters or non-finite numbers")
     return ts, body
 

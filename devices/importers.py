@@ -35,7 +35,6 @@ can be trusted.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import re
@@ -150,7 +149,9 @@ GPX_FIELDS: dict[str, tuple[str, Any]] = {
 _GPX_CHUNK = 1 << 16
 
 
-def read_gpx(stream: IO[bytes] | IO[str], *, name: str = "<gpx>", errors: list[ParseError] | None = None) -> Iterator[Record]:
+def read_gpx(
+    stream: IO[bytes] | IO[str], *, name: str = "<gpx>", errors: list[ParseError] | None = None
+) -> Iterator[Record]:
     """The points of a GPX 1.0 or 1.1 document, streamed."""
     parser = expat.ParserCreate(namespace_separator=" ")
     parser.buffer_text = True
@@ -166,7 +167,9 @@ def read_gpx(stream: IO[bytes] | IO[str], *, name: str = "<gpx>", errors: list[P
         state["depth"] += 1
         if state["depth"] == 1:
             if local != "gpx" or namespace not in GPX_NAMESPACES:
-                raise ParseError(name, parser.CurrentLineNumber, f"not a GPX 1.0 or 1.1 document (root element {tag!r})")
+                raise ParseError(
+                    name, parser.CurrentLineNumber, f"not a GPX 1.0 or 1.1 document (root element {tag!r})"
+                )
             return
         point = state["point"]
         if point is None:
@@ -210,19 +213,18 @@ def read_gpx(stream: IO[bytes] | IO[str], *, name: str = "<gpx>", errors: list[P
     parser.CharacterDataHandler = text
     parser.EndElementHandler = end
 
-    def feed(chunk: bytes | str, final: bool) -> None:
+    final = False
+    while not final:
+        chunk = stream.read(_GPX_CHUNK)
+        final = not chunk
         try:
             parser.Parse(chunk, final)
         except expat.ExpatError as exc:
+            yield from done  # the points before the problem are good
             reason = f"not well-formed XML: {expat.ErrorString(exc.code)} (column {exc.offset + 1})"
             raise ParseError(name, exc.lineno, reason) from None
-
-    while chunk := stream.read(_GPX_CHUNK):
-        feed(chunk, False)
         yield from done
         done.clear()
-    feed(b"", True)
-    yield from done
 
 
 def _gpx_message(point: dict) -> dict[str, Any]:
@@ -292,14 +294,17 @@ def csv_value(text: str) -> Any:
     return text
 
 
-def read_csv(stream: IO[str], *, name: str = "<csv>", errors: list[ParseError] | None = None) -> Iterator[Record]:
-    """The rows of a CSV file with a header row."""
-    header_line = stream.readline()
+def read_csv(
+    lines: Iterable[str], *, name: str = "<csv>", errors: list[ParseError] | None = None
+) -> Iterator[Record]:
+    """The rows of a CSV file with a header row; ``lines`` is a text file or any iterable of
+    lines."""
+    lines = iter(lines)
+    header_line = next(lines, "").removeprefix("\ufeff")
     if not header_line.strip():
         raise ParseError(name, 1, "no header row")
-    header_line = header_line.removeprefix("\ufeff")
     delimiter = max(",;\t", key=header_line.count)
-    reader = csv.reader(_chain(header_line, stream), delimiter=delimiter)
+    reader = csv.reader(_chain(header_line, lines), delimiter=delimiter)
     try:
         headers = next(reader)
     except csv.Error as exc:
@@ -330,7 +335,11 @@ def read_csv(stream: IO[str], *, name: str = "<csv>", errors: list[ParseError] |
         try:
             if len(row) != len(columns):
                 raise _RecordProblem(f"{len(row)} fields where the header has {len(columns)}")
-            message = {column: csv_value(cell.strip()) for column, cell in zip(columns, row, strict=True) if cell.strip()}
+            message = {
+                column: csv_value(cell.strip())
+                for column, cell in zip(columns, row, strict=True)
+                if cell.strip()
+            }
             if "timestamp" not in message:
                 raise _RecordProblem("the timestamp is empty")
             message["timestamp"] = parse_timestamp(str(message["timestamp"]))
@@ -349,21 +358,30 @@ def _chain(first: str, rest: Iterable[str]) -> Iterator[str]:
 # --- JSON lines ----------------------------------------------------------------------------
 
 
-_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+_JSON_TYPES = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
 
 
 def _reject_constant(name: str) -> Any:
     raise _RecordProblem(f"{name} is not a valid JSON number")
 
 
-def read_jsonl(stream: IO[str], *, name: str = "<jsonl>", errors: list[ParseError] | None = None) -> Iterator[Record]:
-    """One message object per line."""
-    for number, text in enumerate(stream, start=1):
+def read_jsonl(
+    lines: Iterable[str], *, name: str = "<jsonl>", errors: list[ParseError] | None = None
+) -> Iterator[Record]:
+    """One message object per line; ``lines`` is a text file or any iterable of lines."""
+    for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         try:
             try:
-                message = json.loads(text, parse_constant=_reject_constant)
+                message = json.loads(text.rstrip(), parse_constant=_reject_constant)
             except json.JSONDecodeError as exc:
                 raise _RecordProblem(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
             if not isinstance(message, dict):
@@ -392,26 +410,30 @@ def format_of(filename: str) -> str | None:
     return None
 
 
-def read(stream: IO[bytes], *, format: str, name: str, errors: list[ParseError] | None = None) -> Iterator[Record]:
+def read(
+    stream: IO[bytes], *, format: str, name: str, errors: list[ParseError] | None = None
+) -> Iterator[Record]:
     """The records of a binary stream in ``format`` (one of ``FORMATS``). Text formats are read
     as UTF-8 (a byte order mark is skipped); GPX follows its XML declaration."""
     if format == "gpx":
         return read_gpx(stream, name=name, errors=errors)
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict", newline="")
-    reader = read_csv if format == "csv" else read_jsonl if format == "jsonl" else None
-    if reader is None:
-        raise ValueError(f"unknown format {format!r}; one of {', '.join(FORMATS)}")
-    return _decoding(reader(text, name=name, errors=errors), name)
+    if format == "csv":
+        return read_csv(_text_lines(stream, name), name=name, errors=errors)
+    if format == "jsonl":
+        return read_jsonl(_text_lines(stream, name), name=name, errors=errors)
+    raise ValueError(f"unknown format {format!r}; one of {', '.join(FORMATS)}")
 
 
-def _decoding(records: Iterator[Record], name: str) -> Iterator[Record]:
-    line = 0
-    try:
-        for record in records:
-            line = record.line
-            yield record
-    except UnicodeDecodeError as exc:
-        raise ParseError(name, line + 1, f"not UTF-8 text ({exc.reason} at byte {exc.start} of a chunk)") from None
+def _text_lines(stream: IO[bytes], name: str) -> Iterator[str]:
+    # Decoded line by line, so that a bad byte is reported on its own line.
+    for number, raw in enumerate(stream, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ParseError(
+                name, number, f"not UTF-8 text ({exc.reason} at byte {exc.start + 1} of the line)"
+            ) from None
+        yield line.removeprefix("\ufeff") if number == 1 else line
 
 
 # --- derived speed and direction -----------------------------------------------------------
@@ -420,7 +442,10 @@ def _decoding(records: Iterator[Record], name: str) -> Iterator[Record]:
 def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """Great-circle distance in metres."""
     phi1, phi2 = math.radians(lat1), math.radians(lat2)
-    half = math.sin((phi2 - phi1) / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    half = (
+        math.sin((phi2 - phi1) / 2) ** 2
+        + math.cos(phi1) * math.cos(phi2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    )
     return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(half)))
 
 
@@ -477,21 +502,29 @@ def derive_motion(
     current_point: _Point | None = None
     waiting: list[Record] = []  # records without a position that came after ``current``
     heading: float | None = None
-    for record in records:
-        point = _point_of(record.message)
-        if point is None:
-            if current is None:
-                yield record
-            else:
-                waiting.append(record)
-            continue
+    try:
+        for record in records:
+            point = _point_of(record.message)
+            if point is None:
+                if current is None:
+                    yield record
+                else:
+                    waiting.append(record)
+                continue
+            if current is not None:
+                heading = _fill(current.message, before, current_point, point, heading, stop_speed, max_gap)
+                yield current
+                yield from waiting
+                waiting.clear()
+                before = current_point
+            current, current_point = record, point
+    except Exception:
+        # The reader stopped at a broken document: what it read before is still good.
         if current is not None:
-            heading = _fill(current.message, before, current_point, point, heading, stop_speed, max_gap)
+            _fill(current.message, before, current_point, None, heading, stop_speed, max_gap)
             yield current
             yield from waiting
-            waiting.clear()
-            before = current_point
-        current, current_point = record, point
+        raise
     if current is not None:
         _fill(current.message, before, current_point, None, heading, stop_speed, max_gap)
         yield current

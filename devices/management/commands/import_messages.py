@@ -1,6 +1,6 @@
 import gzip
 import os
-from itertools import islice
+from dataclasses import dataclass, field
 
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
@@ -8,8 +8,7 @@ from tqdm import tqdm
 from devices import importers
 from devices.constants import MAX_MESSAGES_PER_BATCH
 from devices.models import Device, DeviceIdent
-from devices.services import messages_ingest
-from flespi_site.errors import DomainError
+from devices.services import IngestResult, messages_ingest
 from regions import placement
 
 SHOWN_PROBLEMS = 20
@@ -23,19 +22,37 @@ def device_by_id(device_id: int) -> Device | None:
     return placement.using_account(Device, claim.account_id).filter(pk=device_id).first()
 
 
+@dataclass
+class Tally:
+    read: int = 0
+    stored: int = 0
+    changed: int = 0
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+    def add(self, chunk: list[importers.Record], result: IngestResult) -> None:
+        self.read += len(chunk)
+        self.stored += result.accepted
+        self.changed += sum(change.count for change in result.changes)
+        self.problems.extend((chunk[error["index"]].line, error["reason"]) for error in result.errors)
+
+
 class Command(BaseCommand):
     help = (
         "Import the messages of one device from a GPX, CSV or JSON lines file (optionally gzipped), "
         "deriving position.speed and position.direction where the file has none. Writes go through "
-        "the ingestion service in batches, so re-importing a file changes nothing. Exits with an "
-        "error when the file cannot be read to its end (the batches before the problem are stored); "
-        "records refused one by one are listed in the summary."
+        "the ingestion service in batches, so re-importing a file changes nothing. Records refused one "
+        "by one are listed in the summary; the command fails when the file cannot be read to its end "
+        "(what was read before the problem is stored)."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("file", help="path of the file (.gpx, .csv, .jsonl or .ndjson, optionally .gz)")
-        parser.add_argument("--device", type=int, required=True, help="id of the device that receives the messages")
-        parser.add_argument("--format", choices=importers.FORMATS, help="file format (default: from the extension)")
+        parser.add_argument(
+            "--device", type=int, required=True, help="id of the device that receives the messages"
+        )
+        parser.add_argument(
+            "--format", choices=importers.FORMATS, help="file format (default: from the extension)"
+        )
         parser.add_argument("--batch", type=int, default=1000, help="messages per write (default 1000)")
 
     def handle(self, *args, **options):
@@ -47,46 +64,61 @@ class Command(BaseCommand):
             raise CommandError(f"--batch must be between 1 and {MAX_MESSAGES_PER_BATCH}")
         try:
             device = device_by_id(options["device"])
-        except LookupError as exc:
+        except LookupError as exc:  # its datacenter is not served by this process
             raise CommandError(str(exc)) from None
         if device is None:
             raise CommandError(f"device {options['device']} not found")
         try:
-            raw = open(path, "rb")  # noqa: SIM115 - closed by the with below, through the decoder
+            raw = open(path, "rb")  # noqa: SIM115 - closed by the with below
         except OSError as exc:
             raise CommandError(f"cannot open {path}: {exc.strerror}") from None
         name = os.path.basename(path)
+        tally = Tally()
         parse_errors: list[importers.ParseError] = []
-        refused: list[tuple[int, str]] = []
-        read = stored = changed = 0
-        stream = gzip.GzipFile(fileobj=raw) if path.lower().endswith(".gz") else raw
-        progress = tqdm(
-            total=os.fstat(raw.fileno()).st_size, unit="B", unit_scale=True, desc=name, file=self.stderr, disable=None
-        )
         failure = None
-        with stream, progress:
-            records = importers.derive_motion(importers.read(stream, format=format_name, name=name, errors=parse_errors))
+        progress = tqdm(
+            total=os.fstat(raw.fileno()).st_size,
+            unit="B",
+            unit_scale=True,
+            desc=name,
+            file=self.stderr,
+            disable=None,
+        )
+
+        def write(chunk: list[importers.Record]) -> None:
+            tally.add(
+                chunk, messages_ingest(devices=[device], messages=[r.message for r in chunk], source="import")
+            )
+            progress.update(raw.tell() - progress.n)
+            progress.set_postfix(messages=tally.read, refresh=False)
+
+        with raw, progress:
+            stream = gzip.GzipFile(fileobj=raw) if path.lower().endswith(".gz") else raw
+            records = importers.derive_motion(
+                importers.read(stream, format=format_name, name=name, errors=parse_errors)
+            )
+            chunk: list[importers.Record] = []
             try:
-                while chunk := list(islice(records, batch)):
-                    result = messages_ingest(devices=[device], messages=[r.message for r in chunk], source="import")
-                    read += len(chunk)
-                    stored += result.accepted
-                    changed += sum(change.count for change in result.changes)
-                    refused.extend((chunk[error["index"]].line, error["reason"]) for error in result.errors)
-                    progress.update(raw.tell() - progress.n)
-                    progress.set_postfix(messages=read, refresh=False)
-            except (importers.ParseError, OSError, EOFError, DomainError) as exc:
+                for record in records:
+                    chunk.append(record)
+                    if len(chunk) == batch:
+                        write(chunk)
+                        chunk = []
+            except (importers.ParseError, OSError, EOFError) as exc:
                 failure = exc
-        self._summary(device, name, format_name, read, stored, changed, parse_errors, refused)
+            if chunk:
+                write(chunk)
+        self._summary(device, name, format_name, tally, parse_errors)
         if failure is not None:
             raise CommandError(f"import stopped: {failure}")
 
-    def _summary(self, device, name, format_name, read, stored, changed, parse_errors, refused):
+    def _summary(self, device, name, format_name, tally, parse_errors):
+        problems = sorted([(error.line, error.reason) for error in parse_errors] + tally.problems)
         self.stdout.write(
-            f"{name} ({format_name}) -> device {device.pk} ({device.ident}): read {read + len(parse_errors)} records, "
-            f"stored {stored} messages ({changed} new or changed), refused {len(parse_errors) + len(refused)}"
+            f"{name} ({format_name}) -> device {device.pk} ({device.ident}): "
+            f"read {tally.read + len(parse_errors)} records, stored {tally.stored} messages "
+            f"({tally.changed} new or changed), refused {len(problems)}"
         )
-        problems = sorted([(e.line, e.reason) for e in parse_errors] + refused)
         for line, reason in problems[:SHOWN_PROBLEMS]:
             self.stdout.write(f"  refused {name}:{line}: {reason}")
         if len(problems) > SHOWN_PROBLEMS:

@@ -16,6 +16,12 @@ from flespi_site.api.fields import (
 class AccessSerializer(StrictSerializer):
     type = StrictIntegerField(min_value=0, max_value=1)
 
+    def validate(self, attrs):
+        # Required in a partial update too: ``{"access": {}}`` must not read as "standard".
+        if "type" not in attrs:
+            raise serializers.ValidationError({"type": ["This field is required."]})
+        return attrs
+
 
 class TokenCreateSerializer(StrictSerializer):
     info = StrictCharField(required=False, allow_blank=True, max_length=255)

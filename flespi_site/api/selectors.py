@@ -15,6 +15,8 @@ from django.db.models import Q
 from flespi_site.errors import InvalidInput
 
 MAX_SELECTOR_IDS = 1000
+# PostgreSQL refuses regular expressions past some complexity ("too complex"), a database error.
+MAX_WILDCARD_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,17 @@ class SelectorField:
 
 
 def wildcard_regex(value: str) -> str:
+    value = re.sub(r"\*+", "*", value)  # "**" means "*"
     return "^" + "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in value) + "$"
+
+
+def _wildcard_q(name: str, lookup: str, value: str) -> Q:
+    if len(value) > MAX_WILDCARD_LENGTH:
+        raise InvalidInput(
+            f"selector {name}=...: a value with wildcards may have at most {MAX_WILDCARD_LENGTH} characters",
+            field="selector",
+        )
+    return Q(**{f"{lookup}__regex": wildcard_regex(value)})
 
 
 def _is_int(text: str) -> bool:
@@ -67,7 +79,7 @@ def _condition(name: str, value: str, fields: dict[str, SelectorField]) -> Q:
         json_field = fields.get(root)
         if dot and key and json_field is not None and json_field.kind == "json":
             lookup = json_field.lookup + "__" + "__".join(key.split("."))
-            return Q(**{f"{lookup}__regex": wildcard_regex(value)})
+            return _wildcard_q(name, lookup, value)
         known = ", ".join(sorted(fields))
         raise InvalidInput(f"cannot select on {name!r}; selectable fields: {known}", field="selector")
     wildcard = "*" in value or "?" in value
@@ -82,5 +94,5 @@ def _condition(name: str, value: str, fields: dict[str, SelectorField]) -> Q:
     if field.kind == "json":
         raise InvalidInput(f"selector {name!r}: select on a key inside it, like {name}.key=value", field="selector")
     if wildcard:
-        return Q(**{f"{field.lookup}__regex": wildcard_regex(value)})
+        return _wildcard_q(name, field.lookup, value)
     return Q(**{field.lookup: value})

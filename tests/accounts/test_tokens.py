@@ -110,6 +110,27 @@ def test_update_info_enabled_expire_ttl(api, root, root_key, make_token):
     assert (token.info, token.enabled, token.expire, token.ttl) == ("renamed", False, 4_000_000_000, 60)
 
 
+def test_access_type_changes_only_when_named(api, root, root_key):
+    token = Token.objects.get()
+    result = result_of(
+        api.call("PUT", f"/platform/tokens/{token.pk}", key=root_key, body={"info": "still master"})
+    )
+    assert result[0]["access"] == {"type": 1}
+    errors = errors_of(
+        api.call("PUT", f"/platform/tokens/{token.pk}", key=root_key, body={"access": {}}), 400
+    )
+    assert errors == [
+        {
+            "code": 400,
+            "type": "invalid",
+            "reason": "access.type: This field is required.",
+            "field": "access.type",
+        }
+    ]
+    token.refresh_from_db()
+    assert token.access_type == 1
+
+
 def test_delete_tokens(api, root, root_key, make_token):
     key = make_token(root, info="doomed")
     token = Token.objects.get(info="doomed")

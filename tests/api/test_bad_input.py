@@ -8,7 +8,7 @@ import json
 import pytest
 
 from accounts.models import Account, Token
-from tests.api_helpers import errors_of, reasons
+from tests.api_helpers import errors_of, reasons, result_of
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -172,6 +172,7 @@ TOKEN_WRONG_TYPES = [
     ({"access": {"type": 2}}, "access.type", "Ensure this value is less than or equal to 1."),
     ({"access": {"kind": 1}}, "access.kind", "unknown field"),
     ({"access": 1}, "access.non_field_errors", "must be a JSON object"),
+    ({"access": {}}, "access.type", "This field is required."),
     ({"foo": 1}, "foo", "unknown field"),
     ({"key": "abc"}, "key", "unknown field"),
 ]
@@ -310,6 +311,21 @@ def test_bad_token_selectors(api, root_key, state, method, selector):
     assert (errors[0]["type"], errors[0]["field"]) == ("invalid", "selector")
     assert errors[0]["reason"].startswith(("selector", "cannot select on", "a selector")), errors
     assert state() == before
+
+
+def test_wildcard_values_are_bounded(api, root_key, state):
+    # PostgreSQL refuses a regular expression that is too complex: that must not be a 500.
+    for value in ("*" * 20_000, "a*" * 200):
+        response = api.call("GET", f"/platform/tokens/info={value}", key=root_key)
+        assert (
+            reasons(response, 400)
+            == "selector info=...: a value with wildcards may have at most 256 characters"
+        )
+    response = api.call("GET", "/platform/subaccounts/metadata.group=" + "a%3F" * 200, key=root_key)
+    assert reasons(response, 400) == (
+        "selector metadata.group=...: a value with wildcards may have at most 256 characters"
+    )
+    assert result_of(api.call("GET", "/platform/tokens/info=" + "%3F*" * 128, key=root_key)) == []
 
 
 def test_bad_selector_reasons(api, root_key, state):

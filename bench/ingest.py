@@ -1,0 +1,528 @@
+"""REST ingestion benchmark: batches of 1,000 realistic messages to committed rows.
+
+    .venv/bin/python bench/ingest.py [--batches N] [--quick] [--devices K] [--profile]
+
+Runs on the PostgreSQL named by ``DATABASE_URL`` (default
+``postgres://postgres@127.0.0.1:5432/flespi_bench``) with a one-datacenter topology, so it uses
+exactly two databases: ``<name>`` (control) and ``<name>_eu_1``. It creates them when missing,
+migrates them with ``platform_setup``, and refuses a database whose name does not contain
+"bench", so that it cannot touch anyone's data. Its devices (and their messages) are deleted at
+the end.
+
+Each message has 16 keys: a position from the real bus track in ../shared/data/tracks (with
+derived speed and direction) and CAN, power and GSM parameters; timestamps increase by one
+second, so every batch inserts new rows.
+
+Printed: messages/s of
+  (a) one web process, a real gunicorn (sync worker; then a gthread worker with 4 threads), fed
+      over HTTP by this process with two connections so the worker never waits for the client,
+      for one device and for ``--devices`` devices per request (each message goes to every
+      selected device, so rows = messages x devices);
+  (b) ``devices.services.messages_ingest`` alone, in this process (no HTTP, no JSON parse);
+  (c) ``devices.storage.messages_write`` alone with prepared COPY lines (COPY + merge + commit);
+and the time per batch split into JSON parse, validation, encoding, COPY, merge, telemetry and
+commit (measured in separate, instrumented runs). ``--profile`` adds a cProfile of the whole
+request path in process (Django test client), sorted by own time.
+
+Target (DESIGN section 9): at least 30,000 messages/s per web process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import math
+import os
+import queue
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REPO = Path(__file__).resolve().parent.parent
+TRACK = REPO.parent / "shared" / "data" / "tracks" / "bus-304-limerick-2019-02-18.gpx"
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/flespi_bench"
+TOPOLOGY = {
+    "default_region": "eu",
+    "domain": "localhost",
+    "regions": [{"code": "eu", "datacenters": [{"code": "eu-1", "number": 1}], "default_datacenter": "eu-1"}],
+}
+BATCH = 1000
+WARMUP = 2
+
+
+def configure_environment() -> None:
+    url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    name = urlsplit(url).path.lstrip("/")
+    if "bench" not in name:
+        sys.exit(
+            f"refusing DATABASE_URL database {name!r}: the benchmark writes to it; use a name with 'bench'"
+        )
+    os.environ["DATABASE_URL"] = url
+    os.environ["FLESPI_TOPOLOGY"] = json.dumps(TOPOLOGY)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "flespi_site.settings"
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ["DEBUG"] = "0"
+    sys.path.insert(0, str(REPO))
+
+
+# --- messages ------------------------------------------------------------------------------
+
+
+def track_positions() -> list[dict]:
+    """Positions of the real bus track with derived speed and direction, or a synthetic loop
+    when the track is not there."""
+    from devices import importers
+
+    if TRACK.exists():
+        with TRACK.open("rb") as handle:
+            records = importers.derive_motion(importers.read(handle, format="gpx", name=TRACK.name))
+            return [record.message for record in records]
+    positions = []
+    for i in range(2000):
+        angle = i / 2000 * 2 * math.pi
+        positions.append(
+            {
+                "position.latitude": 52.6 + 0.02 * math.sin(angle),
+                "position.longitude": -8.6 + 0.03 * math.cos(angle),
+                "position.altitude": 20.0,
+                "position.speed": 30.0,
+                "position.direction": (math.degrees(angle) + 90) % 360,
+            }
+        )
+    return positions
+
+
+class MessageSource:
+    """Batches of realistic messages with timestamps that keep increasing across batches."""
+
+    def __init__(self, start: float):
+        self.positions = track_positions()
+        self.clock = start
+        self.odometer = 120_000.0
+        self.k = 0
+
+    def batch(self, size: int = BATCH) -> list[dict]:
+        out = []
+        for _ in range(size):
+            p = self.positions[self.k % len(self.positions)]
+            speed = p.get("position.speed", 0.0)
+            self.odometer += speed / 3600
+            out.append(
+                {
+                    "timestamp": self.clock,
+                    "position.latitude": p["position.latitude"],
+                    "position.longitude": p["position.longitude"],
+                    "position.altitude": p.get("position.altitude", 0.0),
+                    "position.speed": speed,
+                    "position.direction": p.get("position.direction", 0.0),
+                    "position.satellites": 7 + self.k % 6,
+                    "position.valid": True,
+                    "position.hdop": round(0.7 + (self.k % 7) / 10, 1),
+                    "engine.ignition.status": True,
+                    "can.fuel.level": round(64.0 - self.k * 0.0005, 2),
+                    "can.engine.rpm": 700 + int(speed * 28),
+                    "can.vehicle.mileage": round(self.odometer, 3),
+                    "external.powersource.voltage": round(27.4 + (self.k % 5) / 10, 1),
+                    "battery.voltage": 4.12,
+                    "gsm.signal.level": 60 + self.k % 30,
+                }
+            )
+            self.clock += 1.0
+            self.k += 1
+        return out
+
+
+# --- setup ---------------------------------------------------------------------------------
+
+
+class Fixture:
+    """A bench account with a master token and its devices, deleted at the end."""
+
+    def __init__(self):
+        from accounts.choices import AccessType
+        from accounts.services import account_create, token_create
+
+        tag = uuid.uuid4().hex[:8]
+        self.tag = tag
+        self.account = account_create(name=f"bench {tag}")
+        _token, self.key = token_create(account=self.account, access_type=AccessType.MASTER, info="bench")
+        self.devices = []
+
+    def new_devices(self, count: int):
+        from devices.services import device_create
+
+        made = [
+            device_create(
+                account=self.account,
+                name=f"bench {self.tag} {len(self.devices) + i}",
+                configuration={"ident": f"bench-{self.tag}-{len(self.devices) + i}"},
+            )
+            for i in range(count)
+        ]
+        self.devices.extend(made)
+        return made
+
+    def close(self):
+        from devices.services import device_delete
+
+        for device in self.devices:
+            device_delete(device=device)
+        self.account.delete()
+
+
+def setup_databases() -> None:
+    from flespi_site import embedded
+
+    embedded.create_missing_databases(os.environ)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("platform_setup", "--no-superuser", stdout=io.StringIO(), verbosity=0)
+
+
+# --- measurements --------------------------------------------------------------------------
+
+
+class Row:
+    def __init__(self, label: str, devices: int, seconds: list[float], messages_per_batch: int = BATCH):
+        self.label, self.devices, self.seconds = label, devices, seconds
+        self.messages_per_batch = messages_per_batch
+
+    @property
+    def messages_per_s(self) -> float:
+        return self.messages_per_batch * len(self.seconds) / sum(self.seconds)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gunicorn:
+    def __init__(self, *extra: str):
+        self.port = free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="bench-gunicorn-", suffix=".log", delete=False)  # noqa: SIM115
+        binary = REPO / ".venv" / "bin" / "gunicorn"
+        command = [
+            str(binary),
+            "flespi_site.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            "1",
+        ]
+        self.process = subprocess.Popen(
+            [*command, *extra], cwd=REPO, env=os.environ.copy(), stdout=self.log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited; see {self.log.name}")
+            try:
+                status, _ = self.request("GET", "/auth/regions")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not answer within 60 s; see {self.log.name}")
+            time.sleep(0.2)
+
+    def request(self, method: str, path: str, body: bytes | None = None, key: str | None = None):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        headers = {"Host": "localhost", "Content-Type": "application/json", "Connection": "close"}
+        if key:
+            headers["Authorization"] = f"FlespiToken {key}"
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def http_run(server: Gunicorn, path: str, bodies: list[bytes], key: str, clients: int = 2) -> list[float]:
+    """Send ``bodies`` from ``clients`` threads; returns the wall time per batch (total / n, as
+    requests overlap) repeated n times, after checking every answer."""
+    work: queue.Queue = queue.Queue()
+    for body in bodies:
+        work.put(body)
+    failures: list[str] = []
+
+    def client():
+        while True:
+            try:
+                body = work.get_nowait()
+            except queue.Empty:
+                return
+            status, answer = server.request("POST", path, body, key)
+            if status != 200 or b'"errors"' in answer:
+                failures.append(f"{status}: {answer[:300]!r}")
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"{len(failures)} requests failed, first: {failures[0]}")
+    return [elapsed / len(bodies)] * len(bodies)
+
+
+def bench_http(fixture, source, batches: int, devices_per_batch: int, label: str, *gunicorn_args: str) -> Row:
+    devices = fixture.new_devices(devices_per_batch)
+    path = f"/gw/devices/{','.join(str(d.pk) for d in devices)}/messages"
+    bodies = [json.dumps(source.batch()).encode() for _ in range(batches + WARMUP)]
+    server = Gunicorn(*gunicorn_args)
+    try:
+        http_run(server, path, bodies[:WARMUP], fixture.key, clients=1)
+        seconds = http_run(server, path, bodies[WARMUP:], fixture.key)
+    finally:
+        server.stop()
+    _check_stored(devices, (batches + WARMUP) * BATCH)
+    return Row(label, devices_per_batch, seconds)
+
+
+def bench_service(fixture, source, batches: int, devices_per_batch: int) -> Row:
+    from devices.services import messages_ingest
+
+    devices = fixture.new_devices(devices_per_batch)
+    batch_list = [source.batch() for _ in range(batches + WARMUP)]
+    seconds = []
+    for index, messages in enumerate(batch_list):
+        started = time.perf_counter()
+        result = messages_ingest(devices=devices, messages=messages, source="rest")
+        if index >= WARMUP:
+            seconds.append(time.perf_counter() - started)
+        assert result.accepted == BATCH and not result.errors, result.errors[:3]
+    _check_stored(devices, (batches + WARMUP) * BATCH)
+    return Row("(b) messages_ingest, in process", devices_per_batch, seconds)
+
+
+def prepared_lines(devices, messages, now):
+    """COPY lines and telemetry values as the service prepares them."""
+    from devices import services
+
+    prepared = [(i, *services.message_prepare(m, now=now)) for i, m in enumerate(messages)]
+    return services._copy_lines(devices, prepared, "rest.timestamp", now)
+
+
+def bench_copy(fixture, source, batches: int) -> Row:
+    from django.db import transaction
+
+    from devices import storage
+
+    [device] = fixture.new_devices(1)
+    alias = device._state.db
+    now = time.time()
+    work = [prepared_lines([device], source.batch(), now) for _ in range(batches + WARMUP)]
+    seconds = []
+    for index, (lines, telemetry) in enumerate(work):
+        started = time.perf_counter()
+        with transaction.atomic(using=alias):
+            storage.messages_write(alias=alias, lines=lines, telemetry=telemetry)
+        if index >= WARMUP:
+            seconds.append(time.perf_counter() - started)
+    _check_stored([device], (batches + WARMUP) * BATCH)
+    return Row("(c) storage.messages_write: COPY + merge + commit", 1, seconds)
+
+
+def _check_stored(devices, expected: int) -> None:
+    from django.db import connections
+
+    alias = devices[0]._state.db
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT device_id, count(*) FROM messages WHERE device_id = ANY(%s) GROUP BY device_id",
+            [[d.pk for d in devices]],
+        )
+        counts = dict(cursor.fetchall())
+    for device in devices:
+        if counts.get(device.pk) != expected:
+            raise RuntimeError(
+                f"device {device.pk}: {counts.get(device.pk)} rows stored, expected {expected}"
+            )
+
+
+def time_split(fixture, source, batches: int, devices_per_batch: int = 1) -> dict[str, float]:
+    """Milliseconds per batch of each step of the write path, run step by step."""
+    from django.db import connections, transaction
+
+    from devices import services, storage
+    from flespi_site.api.parsers import loads_strict
+
+    devices = fixture.new_devices(devices_per_batch)
+    alias = devices[0]._state.db
+    bodies = [json.dumps(source.batch()).encode() for _ in range(batches + WARMUP)]
+    totals: dict[str, float] = {}
+    sql: dict[str, float] = {}
+
+    def timed_sql(execute, statement, params, many, context):
+        started = time.perf_counter()
+        try:
+            return execute(statement, params, many, context)
+        finally:
+            head = " ".join(statement.split()[:3]).upper()
+            step = (
+                "merge (INSERT .. ON CONFLICT, outbox)"
+                if head.startswith("WITH CHANGED")
+                else "telemetry upsert"
+                if "TELEMETRY" in head
+                else "staging (CREATE TEMP, TRUNCATE)"
+            )
+            sql[step] = sql.get(step, 0.0) + time.perf_counter() - started
+
+    for index, body in enumerate(bodies):
+        sql.clear()
+        marks = [time.perf_counter()]
+        data = loads_strict(body)
+        marks.append(time.perf_counter())
+        now = time.time()
+        prepared = [(i, *services.message_prepare(m, now=now)) for i, m in enumerate(data)]
+        marks.append(time.perf_counter())
+        lines, telemetry = services._copy_lines(devices, prepared, "rest.timestamp", now)
+        marks.append(time.perf_counter())
+        with connections[alias].execute_wrapper(timed_sql):
+            with transaction.atomic(using=alias):
+                storage.messages_write(alias=alias, lines=lines, telemetry=telemetry)
+                marks.append(time.perf_counter())
+            marks.append(time.perf_counter())
+        if index < WARMUP:
+            continue
+        steps = {
+            "JSON parse (orjson)": marks[1] - marks[0],
+            "validation (message_prepare)": marks[2] - marks[1],
+            "encoding (stamps, orjson, COPY lines, telemetry)": marks[3] - marks[2],
+            "COPY to staging (and Python around the SQL)": marks[4] - marks[3] - sum(sql.values()),
+            **sql,
+            "commit": marks[5] - marks[4],
+        }
+        for step, value in steps.items():
+            totals[step] = totals.get(step, 0.0) + value
+    return {step: value / batches * 1000 for step, value in totals.items()}
+
+
+def profile_request_path(fixture, source, batches: int) -> str:
+    """cProfile of ``batches`` POSTs through the whole Django stack in this process."""
+    import cProfile
+    import pstats
+
+    from django.test import Client
+
+    [device] = fixture.new_devices(1)
+    client = Client()
+    bodies = [json.dumps(source.batch()) for _ in range(batches + 1)]
+    headers = {"HTTP_HOST": "localhost", "HTTP_AUTHORIZATION": f"FlespiToken {fixture.key}"}
+    path = f"/gw/devices/{device.pk}/messages"
+    client.generic("POST", path, bodies[0], content_type="application/json", **headers)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for body in bodies[1:]:
+        response = client.generic("POST", path, body, content_type="application/json", **headers)
+        assert response.status_code == 200, response.content[:300]
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+    return out.getvalue()
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def print_table(rows: list[Row]) -> None:
+    print()
+    print(f"{'path':58} {'devices':>7} {'batches':>7} {'ms/batch':>9} {'messages/s':>11} {'rows/s':>9}")
+    print("-" * 108)
+    for row in rows:
+        mean = statistics.mean(row.seconds) * 1000
+        print(
+            f"{row.label:58} {row.devices:>7} {len(row.seconds):>7} {mean:>9.1f} "
+            f"{row.messages_per_s:>11,.0f} {row.messages_per_s * row.devices:>9,.0f}"
+        )
+    print("target (DESIGN 9): >= 30,000 messages/s per web process; batches of 1,000 messages, 16 keys each")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per measurement (default 30)")
+    parser.add_argument("--quick", action="store_true", help="5 batches per measurement, no gthread run")
+    parser.add_argument("--devices", type=int, default=5, help="devices per request in the multi-device runs")
+    parser.add_argument("--profile", action="store_true", help="also print a cProfile of the request path")
+    options = parser.parse_args()
+    batches = 5 if options.quick else options.batches
+
+    configure_environment()
+    print(f"setting up {os.environ['DATABASE_URL']} (+ _eu_1) ...", flush=True)
+    setup_databases()
+    from django.db import connections
+
+    with connections["dc_eu_1"].cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        version = cursor.fetchone()[0]
+    print(f"PostgreSQL {version}; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}", flush=True)
+
+    source = MessageSource(start=math.floor(time.time()) - 20 * 86400)
+    fixture = Fixture()
+    rows: list[Row] = []
+    try:
+        sync = ("--worker-class", "sync")
+        rows.append(bench_http(fixture, source, batches, 1, "(a) gunicorn, 1 sync worker, over HTTP", *sync))
+        rows.append(
+            bench_http(
+                fixture, source, batches, options.devices, "(a) gunicorn, 1 sync worker, over HTTP", *sync
+            )
+        )
+        if not options.quick:
+            gthread = ("--worker-class", "gthread", "--threads", "4")
+            rows.append(
+                bench_http(
+                    fixture, source, batches, 1, "(a) gunicorn, 1 gthread worker x 4 threads", *gthread
+                )
+            )
+        rows.append(bench_service(fixture, source, batches, 1))
+        rows.append(bench_service(fixture, source, batches, options.devices))
+        rows.append(bench_copy(fixture, source, batches))
+        print_table(rows)
+
+        split = time_split(fixture, source, batches)
+        total = sum(split.values())
+        print(
+            f"\ntime per batch of 1,000 messages, 1 device, step by step in process ({total:.1f} ms in all):"
+        )
+        for step, ms in split.items():
+            print(f"  {step:52} {ms:7.1f} ms  {ms / total:6.1%}")
+        http_ms = statistics.mean(rows[0].seconds) * 1000
+        print(f"  {'(a batch over HTTP, first row of the table)':52} {http_ms:7.1f} ms")
+
+        if options.profile:
+            print("\ncProfile of the request path (Django test client, in process), by own time:")
+            print(profile_request_path(fixture, source, max(5, batches // 2)))
+    finally:
+        fixture.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -158,3 +158,41 @@ def test_alias_for_datacenter():
     assert placement.alias_for_datacenter("eu-2") == "dc_eu_2"
     with pytest.raises(LookupError):
         placement.alias_for_datacenter("xx-1")
+
+
+def test_a_regional_row_lands_in_its_accounts_datacenter_only(make_account):
+    # The devices app's Device is the first regional model: a RegionalModel saved with no alias.
+    from devices.models import Device
+
+    root = make_account("root")
+    on_eu_2 = make_account("eu-2", parent=root, datacenter="eu-2")
+    on_ru_1 = make_account("ru", parent=root, region="ru")
+    saved = {}
+    for account in (on_eu_2, on_ru_1):
+        device = Device(account_id=account.pk, ident=f"router-{account.pk}", shard=0, created=0.0)
+        device.save()
+        saved[account.pk] = device
+    assert saved[on_eu_2.pk]._state.db == "dc_eu_2" and saved[on_eu_2.pk].pk % ID_STRIDE == 2
+    assert saved[on_ru_1.pk]._state.db == "dc_ru_1" and saved[on_ru_1.pk].pk % ID_STRIDE == 3
+    where = {
+        alias: sorted(
+            Device.objects.using(alias)
+            .filter(ident__startswith="router-")
+            .values_list("account_id", flat=True)
+        )
+        for alias in DATACENTER_ALIASES
+    }
+    assert where == {"dc_eu_1": [], "dc_eu_2": [on_eu_2.pk], "dc_ru_1": [on_ru_1.pk]}
+    assert list(placement.using_account(Device, on_ru_1.pk).values_list("pk", flat=True)) == [
+        saved[on_ru_1.pk].pk
+    ]
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT to_regclass('devices_device') IS NOT NULL")
+        assert cursor.fetchone()[0] is False
+    with pytest.raises(PlacementError):
+        list(Device.objects.all())
+    # Updating a loaded row stays in its datacenter.
+    device = placement.using_account(Device, on_eu_2.pk).get()
+    device.name = "renamed"
+    device.save()
+    assert Device.objects.using("dc_eu_2").get(pk=device.pk).name == "renamed"

@@ -1,0 +1,65 @@
+"""The analytics engine: messages + calculator -> intervals (DESIGN section 7). No Django here.
+
+Public interface (the rest of the platform calls only these):
+
+``calculate(messages, calculator, *, now=None) -> IntervalList``
+    Full calculation. ``messages``: a list of message dicts (``timestamp`` float seconds, flat
+    dotted keys) or a ``Messages`` (columnar: ``Messages.from_dicts``/``Messages.from_columns``),
+    sorted by timestamp. ``calculator``: a configuration dict or a compiled ``Calculator``.
+    Returns interval dicts ``{"id", "begin", "end", "duration", <counters>}`` oldest first (no
+    ``timestamp``: the storage layer stamps it); the list's ``active_id`` is the id of the active
+    interval or ``None``. ``now`` (unix seconds) lets ``max_inactive`` and ``datetime`` periods
+    close the last interval by wall clock.
+
+``recalculate(*, calculator, read_messages, read_intervals, interval_before, dirty_begin,
+dirty_end, now, frozen_before=None, messages_begin=None, newest=None) -> Diff``
+    Windowed recalculation after the messages changed in ``[dirty_begin, dirty_end]``; returns
+    ``Diff(created, updated, deleted, active_id, reached_end, window, messages_read)``. The
+    docstring of ``recalculate`` is the contract. ``MemoryStore`` implements the read callables
+    in memory and applies diffs.
+
+``validate_calculator(config) -> list[Problem]``
+    Every problem, each with ``path`` (``selectors[0].expression``) and ``message``
+    (``unexpected ')' at 14``); empty when valid.
+``compile_calculator(config) -> Calculator`` / ``normalize_calculator(config) -> dict``
+    The compiled calculator to reuse across calls / the configuration with DESIGN 7.2 defaults
+    filled in. Both raise ``CalculatorError`` (with ``.problems``) when invalid.
+
+``compile_expression(text, *, timezone="UTC", geofences=()) -> CompiledExpression``
+    ``.evaluate(message, previous=None)`` returns the value or raises ``EvaluationError``;
+    ``.evaluate_raw`` returns the value or the ``ERROR`` marker; ``.matches(message,
+    previous=None)`` is true only when the value is true (errors and null are not). Works on
+    message dicts and on interval dicts (``begin``, ``duration``, counter names). Raises
+    ``ExpressionError`` (``.position``, 1-based; ``.reason``) when the text does not compile.
+"""
+
+from .calculate import IntervalList, calculate, interval_id
+from .calculator import Calculator, compile_calculator, normalize_calculator, validate_calculator
+from .errors import CalculatorError, EngineError, EvaluationError, ExpressionError, Problem
+from .expressions import CompiledExpression, compile_expression
+from .messages import Messages
+from .recalculate import Diff, MemoryStore, recalculate, same_interval
+from .values import ERROR
+
+__all__ = [
+    "ERROR",
+    "Calculator",
+    "CalculatorError",
+    "CompiledExpression",
+    "Diff",
+    "EngineError",
+    "EvaluationError",
+    "ExpressionError",
+    "IntervalList",
+    "MemoryStore",
+    "Messages",
+    "Problem",
+    "calculate",
+    "compile_calculator",
+    "compile_expression",
+    "interval_id",
+    "normalize_calculator",
+    "recalculate",
+    "same_interval",
+    "validate_calculator",
+]

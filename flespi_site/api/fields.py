@@ -4,6 +4,7 @@ string, ``"yes"`` is not a boolean. Bad input is an error, not a guess."""
 from __future__ import annotations
 
 import math
+import re
 
 from rest_framework import serializers
 
@@ -44,34 +45,41 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
-def contains_nul(value) -> bool:
-    """Whether a JSON value has a NUL character in a string or a key (PostgreSQL's jsonb and
-    text refuse it)."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unstorable_text(value) -> str | None:
+    """What in a JSON value's strings or keys no store accepts (PostgreSQL's jsonb and text
+    refuse NUL; UTF-8 cannot encode a lone surrogate), or None."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             if "\x00" in item:
-                return True
+                return "NUL characters (\\u0000)"
+            surrogate = _SURROGATE.search(item)
+            if surrogate is not None:
+                return f"surrogate characters (U+{ord(surrogate.group()):04X})"
         elif isinstance(item, dict):
             stack.extend(item)
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return False
+    return None
 
 
 class JSONObjectField(serializers.JSONField):
     default_error_messages = {
         "invalid": "must be a JSON object",
-        "nul": "must not contain NUL characters (\\u0000)",
+        "unstorable": "must not contain {what}",
     }
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
             self.fail("invalid")
-        if contains_nul(data):
-            self.fail("nul")
+        what = unstorable_text(data)
+        if what is not None:
+            self.fail("unstorable", what=what)
         return data
 
 

@@ -50,6 +50,8 @@ def is_id_list(selector: str) -> bool:
 def parse_selector(selector: str, fields: dict[str, SelectorField]) -> Q:
     """A Q object for ``selector``; raises InvalidInput naming the bad part."""
     selector = selector.strip()
+    if "\x00" in selector:
+        raise InvalidInput("a selector must not contain NUL characters (%00)", field="selector")
     if selector == "all":
         return Q()
     parts = selector.split(",")

@@ -168,6 +168,7 @@ TOKEN_WRONG_TYPES = [
     ({"info": 5}, "info", "must be a string"),
     ({"info": "x" * 256}, "info", "Ensure this field has no more than 255 characters."),
     ({"info": "a\x00b"}, "info", "Null characters are not allowed."),
+    ({"info": "\ud800"}, "info", "Surrogate characters are not allowed: U+D800."),
     ({"access": {"type": "1"}}, "access.type", "must be an integer"),
     ({"access": {"type": 2}}, "access.type", "Ensure this value is less than or equal to 1."),
     ({"access": {"kind": 1}}, "access.kind", "unknown field"),
@@ -199,6 +200,9 @@ ACCOUNT_WRONG_TYPES = [
     ({"metadata": "x"}, "metadata", "must be a JSON object"),
     ({"metadata": {"a": "\x00"}}, "metadata", "must not contain NUL characters (\\u0000)"),
     ({"metadata": {"\x00": 1}}, "metadata", "must not contain NUL characters (\\u0000)"),
+    ({"metadata": {"a": ["ok", "\ud800"]}}, "metadata", "must not contain surrogate characters (U+D800)"),
+    ({"metadata": {"\udfff": 1}}, "metadata", "must not contain surrogate characters (U+DFFF)"),
+    ({"name": "\ud800"}, "name", "Surrogate characters are not allowed: U+D800."),
     ({"region": 1}, "region", "must be a string"),
     ({"parent_id": "5"}, "parent_id", "must be an integer"),
     ({"foo": 1}, "foo", "unknown field"),
@@ -298,6 +302,9 @@ def test_other_content_types_are_415(api, root_key, state, endpoint):
         "=1",
         "info",
         "99999999999999999999",
+        "info=%00",
+        "info=a%00*",
+        "%00",
     ],
 )
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
@@ -345,6 +352,9 @@ def test_bad_selector_reasons(api, root_key, state):
         "selector 'metadata': select on a key inside it, like metadata.key=value"
     )
     assert reason(",".join(["1"] * 1001)) == "a selector may list at most 1000 ids"
+    for selector in ("name=a%00b", "metadata.a%00=1"):
+        response = api.call("GET", f"/platform/subaccounts/{selector}", key=root_key)
+        assert reasons(response, 400) == "a selector must not contain NUL characters (%00)"
 
 
 @pytest.mark.parametrize("path", ["/platform/tokens/all", "/platform/customer", "/platform/subaccounts/all"])

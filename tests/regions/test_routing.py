@@ -3,6 +3,8 @@ redirects with a body and a header, and service on the right host."""
 
 from __future__ import annotations
 
+from urllib.parse import unquote, urlsplit
+
 import pytest
 from django.conf import settings
 
@@ -127,3 +129,22 @@ def test_auth_regions_needs_no_token_on_any_host(api, platform, host):
 def test_auth_regions_ignores_a_bad_token(api, platform):
     response = api.call("GET", "/auth/regions", key="not-a-token", host="ru.localhost")
     assert response.status_code == 200
+
+
+def test_redirect_keeps_an_encoded_path_and_query(api, ru_account, ru_key):
+    response = api.call("GET", "/platform/tokens/info=a%3Fc,info=%D1%8F*?fields=id&data=%7B%7D", key=ru_key)
+    assert response.status_code == 307
+    location = urlsplit(response["Location"])
+    assert f"{location.scheme}://{location.netloc}" == RU_URL
+    # Django re-quotes the path ("=" may become %3D): the same path once decoded, "?" still quoted.
+    assert location.path.startswith("/platform/tokens/info")
+    assert unquote(location.path) == "/platform/tokens/info=a?c,info=я*"
+    assert location.query == "fields=id&data=%7B%7D"
+
+
+def test_authentication_comes_before_the_redirect(api, ru_account, make_token):
+    # A bad token is a 401 on any host: the redirect never tells a stranger where an account lives.
+    assert api.call("GET", "/platform/customer", key="wrong", host="localhost").status_code == 401
+    standard = make_token(ru_account, master=False)
+    assert api.call("GET", "/platform/customer", key=standard, host="localhost").status_code == 403
+    assert api.call("GET", "/auth/info", key=standard, host="localhost").status_code == 307

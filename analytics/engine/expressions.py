@@ -778,7 +778,9 @@ def _vec_call(node, args: list[Vec], frame: Frame, tz, geofences) -> Vec:
         t = args[0] if args else Vec("num", frame.timestamps)
         if t.kind != "num":
             if t.kind == "bool":
-                return Vec("num", np.zeros(n), None, np.ones(n, bool))
+                t = t.expand(n)
+                err = np.ones(n, bool) if t.null is None else ~(t.null & ~_errmask(t, n))
+                return Vec("num", np.zeros(n), _andnot(t.null, err), err)
             return _fallback(lambda x: _time_scalar(name, x, tz), [t], n)
         t = t.expand(n)
         x = t.values

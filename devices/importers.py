@@ -19,9 +19,10 @@ CSV: a header row, then one message per row; the delimiter (``,``, ``;`` or tab)
 header. A column's name is the parameter name as written, except for these aliases (matched
 without regard to case): ``CSV_ALIASES`` below (``lat`` and ``latitude`` -> ``position.latitude``,
 ``lon``/``lng``/``long``/``longitude`` -> ``position.longitude``, ``time``/``ts``/``datetime`` ->
-``timestamp``, ...). A ``timestamp`` column is required, in unix seconds or ISO 8601 (UTC when it
-names no offset). Cells are JSON literals when they are one (``12`` -> 12, ``1.5`` -> 1.5,
-``true`` -> true), strings otherwise (``007`` stays "007"); an empty cell means "no value".
+``timestamp``, ``speed`` -> ``position.speed``, taken to be km/h, ...). A ``timestamp`` column
+is required, in unix seconds or ISO 8601 (UTC when it names no offset). Cells are JSON literals
+when they are one (``12`` -> 12, ``1.5`` -> 1.5, ``true`` -> true), strings otherwise (``007``
+stays "007"); an empty cell means "no value".
 
 JSON lines: one message object per line; blank lines are skipped; ``timestamp`` is required.
 
@@ -30,6 +31,9 @@ the line and the reason. Readers given an ``errors`` list append such problems t
 with the next record; without one they raise the first. A problem with the document itself (XML
 that is not well formed, a CSV without a timestamp column) always raises, since nothing after it
 can be trusted.
+
+``derive_motion`` then adds ``position.speed`` and ``position.direction`` where a message has a
+position but not these (see its docstring for the rules).
 """
 
 from __future__ import annotations
@@ -219,8 +223,10 @@ def read_gpx(
         final = not chunk
         try:
             parser.Parse(chunk, final)
-        except expat.ExpatError as exc:
+        except (expat.ExpatError, ParseError) as exc:
             yield from done  # the points before the problem are good
+            if isinstance(exc, ParseError):
+                raise
             reason = f"not well-formed XML: {expat.ErrorString(exc.code)} (column {exc.offset + 1})"
             raise ParseError(name, exc.lineno, reason) from None
         yield from done

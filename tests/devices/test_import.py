@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,8 @@ from devices.importers import ParseError, Record, derive_motion, read_csv, read_
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
-TRACKS = Path(__file__).resolve().parents[3] / "shared" / "data" / "tracks"
+REPO = Path(__file__).resolve().parents[2]
+TRACKS = REPO.parent / "shared" / "data" / "tracks"
 BUS = TRACKS / "bus-304-limerick-2019-02-18.gpx"
 CAR = TRACKS / "car-around-visnjan.gpx"
 
@@ -121,8 +124,14 @@ def test_gpx_point_problems_name_the_line_and_the_others_are_read():
     assert [(e.name, e.line) for e in errors] == [("sample", 4), ("sample", 5)]
     assert "has no <time>" in errors[0].reason
     assert "position.latitude 95.0 is outside [-90, 90]" in errors[1].reason
+    strict = read_gpx(io.BytesIO(text.encode()), name="sample")
     with pytest.raises(ParseError, match=r"^sample:4: <trkpt> has no <time>"):
-        records(read_gpx, text)
+        next(strict)
+    points_first = GPX_10.replace("</trkseg>", '<trkpt lat="45" lon="13"></trkpt>\n</trkseg>')
+    strict = read_gpx(io.BytesIO(points_first.encode()), name="sample")
+    assert next(strict).line == 4  # the point before the problem is read first
+    with pytest.raises(ParseError, match=r"^sample:5: <trkpt> has no <time>"):
+        next(strict)
 
 
 @pytest.mark.parametrize(
@@ -258,6 +267,16 @@ def test_undecodable_text_is_a_parse_error_with_the_line():
 )
 def test_format_of_extension(filename, format_name):
     assert importers.format_of(filename) == format_name
+
+
+def test_the_readers_import_no_django():
+    code = (
+        "import sys, devices.importers; print(sorted(m for m in sys.modules if m.split('.')[0] == 'django'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert result.stdout.strip() == "[]"
 
 
 # --- derived speed and direction -----------------------------------------------------------

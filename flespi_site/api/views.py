@@ -7,6 +7,7 @@ POST/GET/PUT/DELETE-on-a-selector behaviour; an endpoint declares a ``Resource``
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any, ClassVar
@@ -51,6 +52,11 @@ def json_body(request: Request) -> Any:
     return request.data
 
 
+# int() and float() also read "1_000", " 1", other scripts' digits, "nan" and "inf".
+_PLAIN_INTEGER = re.compile(r"-?[0-9]+")
+_PLAIN_NUMBER = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
 def validated_params(request: Request, serializer_class: type[serializers.Serializer]) -> dict[str, Any]:
     """Query parameters validated by ``serializer_class``. Plain parameters arrive as text and
     are read as the type the serializer expects; ``data=`` values keep their JSON types."""
@@ -66,8 +72,12 @@ def validated_params(request: Request, serializer_class: type[serializers.Serial
                     raise ValueError
                 params[name] = text == "true"
             elif isinstance(field, strict.StrictIntegerField):
+                if not _PLAIN_INTEGER.fullmatch(text):
+                    raise ValueError
                 params[name] = int(text)
             elif isinstance(field, strict.StrictFloatField):
+                if not _PLAIN_NUMBER.fullmatch(text):
+                    raise ValueError
                 params[name] = float(text)
         except ValueError:
             raise InvalidInput(f"query parameter {name}={text!r} is not a valid {type(field).__name__[6:-5].lower()}",

@@ -4,6 +4,7 @@ compilation into a ``Calculator`` that ``calculate`` and ``recalculate`` reuse."
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -435,9 +436,14 @@ def _check(config) -> tuple[list[Problem], Calculator | None]:
     return [], Calculator(norm, selectors, counters, validate_message, validate_interval)
 
 
+def _path_key(problem: Problem):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", problem.path)]
+
+
 def validate_calculator(config) -> list[Problem]:
-    """Every problem of a calculator configuration, each with its path; empty when valid."""
-    return _check(config)[0]
+    """Every problem of a calculator configuration, each with its path, ordered by path;
+    empty when valid."""
+    return sorted(_check(config)[0], key=_path_key)
 
 
 def compile_calculator(config) -> Calculator:
@@ -446,7 +452,7 @@ def compile_calculator(config) -> Calculator:
         return config
     problems, calc = _check(config)
     if problems:
-        raise CalculatorError(problems)
+        raise CalculatorError(sorted(problems, key=_path_key))
     assert calc is not None
     return calc
 

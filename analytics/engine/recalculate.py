@@ -128,14 +128,27 @@ def recalculate(
     forward_floor = -math.inf
     greedy = False
     read = 0
+    have: tuple[float, float] | None = None  # the time range already read into ``raw``
+    raw = None
 
     for _ in range(_MAX_ROUNDS * 6):
         a = dirty_begin - span_b if math.isfinite(dirty_begin) and span_b < 1e11 else -math.inf
         b = dirty_end + span_f if math.isfinite(dirty_end) and span_f < 1e11 else math.inf
         from_start = a == -math.inf or (messages_begin is not None and a < messages_begin)
         to_end = b == math.inf or (newest is not None and b > newest)
-        raw = Messages.coerce(read_messages(a, b))
-        read += len(raw)
+        if have is None:
+            raw = Messages.coerce(read_messages(a, b))
+            read += len(raw)
+        else:
+            parts = []
+            if a < have[0]:
+                parts.append(Messages.coerce(read_messages(a, have[0])))
+            parts.append(raw)
+            if b > have[1]:
+                parts.append(Messages.coerce(read_messages(have[1], b)))
+            read += sum(len(p) for p in parts) - len(raw)
+            raw = Messages.concat(parts) if len(parts) > 1 else raw
+        have = (min(a, have[0]) if have else a, max(b, have[1]) if have else b)
         F = validated(calc, raw)
         ts = F.timestamps
         nF = len(F)

@@ -1,0 +1,101 @@
+"""Real tracks (../shared/data/tracks): speeds derived from the points, then a trips calculator
+and a parkings calculator. The figures asserted here were checked against the point listings by
+eye (docs/engine.md, "Real tracks")."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from analytics.engine import MemoryStore, calculate, compile_calculator
+
+from .support import TRACKS, load_gpx
+
+pytestmark = pytest.mark.skipif(not TRACKS.exists(), reason="the shared tracks are not here")
+
+TRIPS = {
+    "name": "trips",
+    "selectors": [{"type": "expression", "expression": "position.speed > 5", "merge_unknown": True,
+                   "min_active": 10, "max_inactive": 60, "min_duration": 30}],
+    "counters": [
+        {"name": "mileage", "type": "expression", "expression": "mileage()", "method": "summary"},
+        {"name": "max_speed", "type": "parameter", "parameter": "position.speed", "method": "maximum"},
+        {"name": "avg_speed", "type": "parameter", "parameter": "position.speed", "method": "average"},
+        {"name": "moving", "type": "expression", "expression": "position.speed > 10", "method": "duration"},
+        {"name": "route", "type": "route"},
+    ],
+}
+
+PARKINGS = {
+    "name": "parkings",
+    "selectors": [{"type": "expression", "expression": "position.speed < 3", "min_duration": 10}],
+    "counters": [
+        {"name": "lat", "type": "parameter", "parameter": "position.latitude", "method": "first"},
+        {"name": "lon", "type": "parameter", "parameter": "position.longitude", "method": "first"},
+    ],
+}
+
+
+def hms(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S")
+
+
+def test_bus_stops_at_many_stops():
+    bus = load_gpx("bus-304-limerick-2019-02-18.gpx")
+    assert len(bus) == 2144
+    parkings = calculate(bus, PARKINGS)
+    assert len(parkings) == 26
+    # The wait at the first stop before departure, and the longest stops on the way.
+    assert (hms(parkings[0]["begin"]), round(parkings[0]["duration"])) == ("07:46:01", 243)
+    longest = sorted(parkings, key=lambda p: -p["duration"])[:4]
+    assert [(hms(p["begin"]), round(p["duration"])) for p in longest] == [
+        ("07:46:01", 243), ("08:35:33", 201), ("08:13:23", 129), ("08:08:48", 118)]
+    # Every stop is on the route, inside the bounding box of the track.
+    lats = [m["position.latitude"] for m in bus]
+    lons = [m["position.longitude"] for m in bus]
+    assert all(min(lats) <= p["lat"] <= max(lats) and min(lons) <= p["lon"] <= max(lons) for p in parkings)
+
+
+def test_bus_journey_is_one_trip_of_about_14_km():
+    bus = load_gpx("bus-304-limerick-2019-02-18.gpx")
+    trips = calculate(bus, {**TRIPS, "selectors": [{**TRIPS["selectors"][0], "max_inactive": 300}]})
+    assert len(trips) == 1
+    (trip,) = trips
+    # Leaves when the 243 s wait at the first stop (07:46:01-07:50:04) ends; the track ends
+    # on the move at 09:00:26.
+    assert (hms(trip["begin"]), hms(trip["end"])) == ("07:50:06", "09:00:26")
+    assert trip["mileage"] == pytest.approx(14.13, abs=0.01)  # of 14.19 km for the whole track
+    assert trip["max_speed"] == pytest.approx(59.4, abs=0.1)
+    assert trip["moving"] == pytest.approx(2140, abs=1)
+    assert len(trip["route"]) == 4315
+    # Without joining across stops, the journey is cut at every stop longer than a minute.
+    legs = calculate(bus, TRIPS)
+    assert len(legs) == 11
+    assert (hms(legs[-3]["end"]), hms(legs[-2]["begin"])) == ("08:40:16", "08:43:02")  # the 105 s stop at 08:41:15
+    assert sum(t["mileage"] for t in legs) == pytest.approx(13.94, abs=0.01)
+
+
+def test_car_two_trips_around_a_two_minute_halt():
+    car = load_gpx("car-around-visnjan.gpx")
+    assert len(car) == 104
+    trips = calculate(car, TRIPS)
+    assert [(hms(t["begin"]), hms(t["end"])) for t in trips] == [("06:16:48", "06:19:38"), ("06:21:38", "06:22:41")]
+    assert [round(t["mileage"], 2) for t in trips] == [2.05, 0.61]  # of 2.73 km for the whole track
+    assert [round(t["max_speed"], 1) for t in trips] == [93.6, 45.3]
+    parkings = calculate(car, PARKINGS)
+    assert [(hms(p["begin"]), round(p["duration"])) for p in parkings] == [
+        ("06:16:12", 31), ("06:19:56", 101), ("06:22:45", 99)]
+
+
+def test_track_replayed_message_by_message_matches_full():
+    """The car track arriving one message at a time, recalculated by windows, ends where the full
+    calculation is, with the last interval active only while it reaches the newest message."""
+    car = load_gpx("car-around-visnjan.gpx")
+    calc = compile_calculator({**TRIPS, "counters": [*TRIPS["counters"], {"name": "open", "type": "active"}]})
+    store = MemoryStore([], [])
+    for k in range(len(car)):
+        store.set_messages(car[: k + 1])
+        t = car[k]["timestamp"]
+        store.apply(store.recalculate(calc, dirty_begin=t, dirty_end=t))
+    assert store.intervals == list(calculate(car, calc))

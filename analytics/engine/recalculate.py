@@ -56,14 +56,18 @@ def same_interval(calc: Calculator, new: Mapping, old: Mapping) -> bool:
 
 
 def _cut_info(calc: Calculator, F: Messages):
+    """Clean cuts of the whole calculator: strict for at least one selector (so no interval of
+    the calculator spans the cut), and strict or transparent for every selector."""
     frame = Frame(F)
-    clean = None
-    need = None
+    any_strict = np.zeros(len(F), bool)
+    every = np.ones(len(F), bool)
+    need = np.arange(len(F)) - 1
     for spec in calc.selectors:
-        c, nd = clean_cuts(spec, frame, calc.tz)
-        clean = c if clean is None else (clean & c)
-        need = nd if need is None else np.minimum(need, nd)
-    return clean, need
+        strict, transparent, nd = clean_cuts(spec, frame, calc.tz)
+        any_strict |= strict
+        every &= strict | transparent
+        need = np.minimum(need, nd)
+    return any_strict & every, need
 
 
 def recalculate(
@@ -123,7 +127,11 @@ def recalculate(
     reach = max([s.options.get("max_inactive", 0) or 0 for s in calc.selectors] + [0])
 
     hint = interval_before(np.nextafter(dirty_begin, math.inf)) if math.isfinite(dirty_begin) else None
-    span_b = (max(dirty_begin - hint["begin"], 0.0) if hint else 0.0) + 2 * reach + 60.0
+    span_b = 2 * reach + 60.0
+    if hint is not None and hint["end"] >= dirty_begin - span_b:
+        # The change is inside (or just after) a stored interval: start the search at its begin
+        # rather than growing towards it.
+        span_b += max(dirty_begin - hint["begin"], 0.0)
     span_f = 2 * reach + 600.0
     forward_floor = -math.inf
     greedy = False

@@ -179,34 +179,51 @@ def intersect(a: Runs, b: Runs) -> tuple[Runs, np.ndarray, np.ndarray]:
 
 
 def clean_cuts(spec: SelectorSpec, frame: Frame, tz):
-    """For each index c, whether the cut between messages c-1 and c is clean for this selector
-    (no interval of it spans the cut, none can join across it, and nothing the rules look at
-    before c changes what happens from c on), and the earliest index whose state that relies on.
-    Index 0 is never reported clean here (the caller handles the stream start)."""
+    """Where the windowed recalculation may cut this selector's message stream.
+
+    For each index c (the cut between messages c-1 and c) returns:
+
+    * ``strict[c]``: no interval of this selector spans the cut, none can join across it, and
+      nothing before c changes what the selector does from c on;
+    * ``transparent[c]``: an interval of this selector may span the cut, but cutting it there
+      changes nothing it contributes from c on (no rule looks at a run's length or joins runs,
+      and with ``merge_unknown`` the state at c-1 is known);
+    * ``need[c]``: the earliest message whose state those answers rely on (its own previous
+      message must be in the window too).
+
+    Index 0 is never reported (the caller handles the start of the history).
+    """
     n = frame.n
     ts = frame.timestamps
-    clean = np.zeros(n, bool)
+    strict = np.zeros(n, bool)
     need = np.arange(n) - 1
     if n < 2:
-        return clean, need
+        return strict, strict.copy(), need
     if spec.type == "datetime":
         keys = period_keys(ts, tz, spec.split)
-        clean[1:] = keys[1:] != keys[:-1]
-        return clean, need
+        strict[1:] = keys[1:] != keys[:-1]
+        transparent = np.ones(n, bool)
+        transparent[0] = False
+        return strict, transparent, need
     if spec.type == "inactive":
-        clean[1:] = np.diff(ts) <= spec.delay_threshold
-        return clean, need
+        strict[1:] = np.diff(ts) <= spec.delay_threshold
+        transparent = np.ones(n, bool)
+        transparent[0] = False
+        return strict, transparent, need
     o = spec.options
     st, _, _ = raw_state(spec, frame)
     off = (st == 0) if o["merge_unknown"] else (st != 1)
-    clean[1:] = off[:-1]
+    strict[1:] = off[:-1]
     if o["merge_message_before"] or o["merge_message_after"]:
-        clean &= off
+        strict &= off
     X = o["max_inactive"]
     if X > 0:
         j0 = np.searchsorted(ts, ts - X, "left")
         not_off = np.concatenate(([0], np.cumsum(~off)))
-        # messages j0..c-1 all off
-        clean &= (not_off[np.arange(n)] - not_off[j0]) == 0
+        # every message from j0 to c-1 is off
+        strict &= (not_off[np.arange(n)] - not_off[j0]) == 0
         need = np.minimum(need, j0)
-    return clean, need
+    transparent = np.zeros(n, bool)
+    if not (o["min_active"] > 0 or o["min_duration"] > 0 or X > 0):
+        transparent[1:] = (st[:-1] != -1) if o["merge_unknown"] else True
+    return strict, transparent, need

@@ -487,11 +487,8 @@ def _vec_from_column(col: Column | None, n: int, missing_is: str) -> Vec:
                    mask if missing_is == "err" else None)
     values = col.values
     if col.kind == "obj":
-        values = np.array([V.normalize(o) for o in values.tolist()] if len(values) else [], dtype=object)
-        if len(values) != n:  # np.array of lists collapses; rebuild elementwise
-            arr = np.empty(n, dtype=object)
-            arr[:] = [V.normalize(o) for o in col.values.tolist()]
-            values = arr
+        values = np.empty(n, dtype=object)  # not np.array(list): lists would become a 2-D array
+        values[:] = [V.normalize(o) for o in col.values.tolist()]
     if missing_is == "err":
         return Vec(col.kind, values, col.null, col.missing)
     return Vec(col.kind, values, _or(col.null, col.missing))

@@ -117,27 +117,19 @@ def encode_polyline_segments(lat: np.ndarray, lon: np.ndarray, seg_starts: np.nd
     vals[0::2] = dlat
     vals[1::2] = dlon
     z = np.where(vals < 0, ~(vals << 1), vals << 1)
-    # Up to 7 five-bit chunks per value (enough for |delta| < 2**34).
-    chunks = np.empty((2 * n, 7), dtype=np.int64)
-    rem = z.copy()
-    for k in range(7):
-        chunks[:, k] = rem & 0x1F
-        rem >>= 5
-    # Number of chunks: at least one, then as many as the value needs.
-    nbits = np.zeros(2 * n, dtype=np.int64)
-    tmp = z.copy()
-    while (tmp > 0).any():
-        nbits += tmp > 0
-        tmp >>= 5
-    count = np.maximum(nbits, 1)
-    col = np.arange(7)
-    used = col[None, :] < count[:, None]
-    cont = col[None, :] < (count[:, None] - 1)
-    chars = (chunks | np.where(cont, 0x20, 0)) + 63
-    flat = chars[used].astype(np.uint8).tobytes()
-    # Character offset of each value, then of each point (two values per point).
+    # Five-bit chunks per value: one, or as many as its bit length needs (frexp is exact for
+    # integers below 2**53).
+    bits = np.frexp(z.astype(np.float64))[1]
+    count = np.maximum((bits + 4) // 5, 1).astype(np.int64)
+    # Lay the chunks of all values end to end: value i owns positions start[i]..start[i]+count[i].
     char_end = np.cumsum(count)
     char_start = char_end - count
+    total = int(char_end[-1])
+    owner = np.repeat(np.arange(2 * n), count)
+    k = np.arange(total) - np.repeat(char_start, count)
+    zz = z[owner] >> (5 * k)
+    more = k < (count[owner] - 1)
+    flat = (((zz & 0x1F) | np.where(more, 0x20, 0)) + 63).astype(np.uint8).tobytes()
     point_char = char_start[0::2]
     bounds = np.append(point_char, len(flat))
     seg_ends = np.append(seg_starts[1:], n)

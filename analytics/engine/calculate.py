@@ -80,10 +80,13 @@ def compute(calc: Calculator, messages: Messages, *, now: float | None, reached_
     begin = ts[S]
     end = ts[E]
     raw_ids = np.round(begin * 1_000_000).astype(np.int64)
-    # Distinct begins give distinct ids; the rare equal begin (one-message runs merged onto a
-    # shared message) takes the next free microsecond so ids stay unique.
+    # Intervals sharing a begin (possible when runs share a message through the merge options
+    # and selectors overlap) are numbered by their end: the n-th of them adds n microseconds.
+    # That depends only on intervals with that begin, so a window gives the same ids.
     ar = np.arange(k, dtype=np.int64)
-    ids = np.maximum.accumulate(raw_ids - ar) + ar
+    new_begin = np.ones(k, bool)
+    new_begin[1:] = raw_ids[1:] != raw_ids[:-1]
+    ids = raw_ids + ar - np.maximum.accumulate(np.where(new_begin, ar, 0))
     rows = zip(ids.tolist(), begin.tolist(), end.tolist(), strict=True)
     if not calc.needs_interval_pass:
         col_lists = [(spec.name, vals) for spec, vals in cols]

@@ -254,7 +254,7 @@ class MemoryStore:
 
     def __init__(self, messages=(), intervals: list[dict] = ()):
         self.messages = Messages.coerce(list(messages) if not isinstance(messages, Messages) else messages)
-        self.intervals: list[dict] = sorted((dict(i) for i in intervals), key=lambda i: i["begin"])
+        self.intervals: list[dict] = sorted((dict(i) for i in intervals), key=lambda i: (i["begin"], i["id"]))
         self._begins = [i["begin"] for i in self.intervals]
 
     # -- messages --
@@ -296,7 +296,7 @@ class MemoryStore:
             by_id[d["id"]] = {**user, **d}
         for d in diff.created:
             by_id[d["id"]] = dict(d)
-        self.intervals = sorted(by_id.values(), key=lambda i: i["begin"])
+        self.intervals = sorted(by_id.values(), key=lambda i: (i["begin"], i["id"]))
         self._begins = [i["begin"] for i in self.intervals]
 
     def recalculate(self, calculator, *, dirty_begin: float, dirty_end: float, now: float | None = None,

@@ -174,6 +174,11 @@ def intersect(a: Runs, b: Runs) -> tuple[Runs, np.ndarray, np.ndarray]:
     S, E, ia, ib = S[keep], E[keep], ia[keep], ib[keep]
     order = np.lexsort((E, S))
     S, E, ia, ib = S[order], E[order], ia[order], ib[order]
+    if len(S) > 1:
+        # Two runs of one selector sharing a message can give the same overlap twice.
+        first = np.ones(len(S), bool)
+        first[1:] = (S[1:] != S[:-1]) | (E[1:] != E[:-1])
+        S, E, ia, ib = S[first], E[first], ia[first], ib[first]
     open_ = a.open_[ia] & b.open_[ib]
     return Runs(S, E, open_), ia, ib
 

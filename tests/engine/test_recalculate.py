@@ -321,7 +321,7 @@ def test_read_functions_contract():
 
 
 @pytest.mark.slow
-@settings(max_examples=EXAMPLES * 10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=EXAMPLES * 5, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(calc_config=calculators(), batches=_batches, late_now=st.booleans())
 def test_windowed_recalculation_equals_full_calculation_many(calc_config, batches, late_now):
     test_windowed_recalculation_equals_full_calculation.hypothesis.inner_test(calc_config, batches, late_now)

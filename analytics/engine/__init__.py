@@ -18,6 +18,10 @@ dirty_end, now, frozen_before=None, messages_begin=None, newest=None) -> Diff``
     docstring of ``recalculate`` is the contract. ``MemoryStore`` implements the read callables
     in memory and applies diffs.
 
+``active_deadline(calculator, *, newest) -> float | None``
+    When the wall clock closes an active interval whose newest message is at ``newest``
+    (``max_inactive``, end of a ``datetime`` period); the sweep then calls ``recalculate``.
+
 ``validate_calculator(config) -> list[Problem]``
     Every problem, each with ``path`` (``selectors[0].expression``) and ``message``
     (``unexpected ')' at 14``); empty when valid.
@@ -33,7 +37,7 @@ dirty_end, now, frozen_before=None, messages_begin=None, newest=None) -> Diff``
     ``ExpressionError`` (``.position``, 1-based; ``.reason``) when the text does not compile.
 """
 
-from .calculate import IntervalList, calculate, interval_id
+from .calculate import IntervalList, active_deadline, calculate, interval_id
 from .calculator import Calculator, compile_calculator, normalize_calculator, validate_calculator
 from .errors import CalculatorError, EngineError, EvaluationError, ExpressionError, Problem
 from .expressions import CompiledExpression, compile_expression
@@ -54,6 +58,7 @@ __all__ = [
     "MemoryStore",
     "Messages",
     "Problem",
+    "active_deadline",
     "calculate",
     "compile_calculator",
     "compile_expression",

@@ -153,3 +153,33 @@ def calculate(messages, calculator, *, now: float | None = None) -> IntervalList
     calc = compile_calculator(calculator)
     msgs = Messages.coerce(messages)
     return compute(calc, validated(calc, msgs), now=now)
+
+
+def active_deadline(calculator, *, newest: float) -> float | None:
+    """When the wall clock closes an active interval whose newest message is at ``newest``: the
+    earliest ``now`` for which ``calculate``/``recalculate`` no longer report it active
+    (``max_inactive`` of an expression or geofence selector, or the end of a ``datetime``
+    period). ``None`` when no rule closes it by time. For the worker's deactivation sweep."""
+    calc = compile_calculator(calculator)
+    deadlines = []
+    for spec in calc.selectors:
+        if spec.type in ("expression", "geofence") and spec.options.get("max_inactive", 0) > 0:
+            deadlines.append(float(np.nextafter(newest + spec.options["max_inactive"], np.inf)))
+        elif spec.type == "datetime":
+            deadlines.append(_next_period(calc, float(newest), spec.split))
+    return min(deadlines) if deadlines else None
+
+
+def _next_period(calc: Calculator, t: float, split: str) -> float:
+    key = period_keys(np.array([t]), calc.tz, split)[0]
+    grid = t + np.arange(1, 24 * 367 + 2, dtype=np.float64) * 3600.0
+    later = np.flatnonzero(period_keys(grid, calc.tz, split) != key)
+    hi = float(grid[later[0]])
+    lo = hi - 3600.0 if later[0] else t
+    while hi - lo > 1e-6:
+        mid = (lo + hi) / 2
+        if period_keys(np.array([mid]), calc.tz, split)[0] != key:
+            hi = mid
+        else:
+            lo = mid
+    return round(hi, 6)

@@ -255,3 +255,20 @@ def test_active_interval_and_max_inactive_by_wall_clock():
     # Closed by an off message, or by merge_message_after taking it.
     assert calculate(msgs([1, 1, 0]), calc).active_id is None
     assert calculate(msgs([1, 1, 0]), expr(merge_message_after=True)).active_id is None
+
+
+def test_active_deadline_for_the_wall_clock_sweep():
+    from analytics.engine import active_deadline
+
+    day = one_selector({"type": "datetime", "split": "day"}, timezone="Europe/Berlin")
+    newest = ts("2024-03-30T12:00:00")
+    deadline = active_deadline(day, newest=newest)
+    assert deadline == ts("2024-03-30T23:00:00")  # local midnight before the DST night
+    assert calculate(msgs([1], times=[newest]), day, now=deadline - 0.001).active_id is not None
+    assert calculate(msgs([1], times=[newest]), day, now=deadline).active_id is None
+    trips = expr(max_inactive=60)
+    deadline = active_deadline(trips, newest=100.0)
+    assert 160.0 < deadline < 160.001
+    assert calculate(msgs([1], times=[100.0]), trips, now=160.0).active_id is not None
+    assert calculate(msgs([1], times=[100.0]), trips, now=deadline).active_id is None
+    assert active_deadline(expr(), newest=100.0) is None

@@ -20,13 +20,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analytics.engine import MemoryStore, Messages, calculate, compile_calculator  # noqa: E402
+from analytics.engine import MemoryStore, Messages, calculate, compile_calculator
 
 T0 = 1_700_000_000.0
 
 TRIPS_SELECTOR = {
-    "type": "expression", "expression": "position.speed > 5", "merge_unknown": True,
-    "max_messages_time_diff": 300, "min_active": 60, "max_inactive": 120, "min_duration": 60,
+    "type": "expression",
+    "expression": "position.speed > 5",
+    "merge_unknown": True,
+    "max_messages_time_diff": 300,
+    "min_active": 60,
+    "max_inactive": 120,
+    "min_duration": 60,
 }
 FIVE_COUNTERS = [
     {"name": "mileage", "type": "expression", "expression": "mileage()", "method": "summary"},
@@ -38,7 +43,8 @@ FIVE_COUNTERS = [
 
 CALCULATORS = {
     "selector only": {
-        "name": "on", "selectors": [{"type": "expression", "expression": "position.speed > 5"}],
+        "name": "on",
+        "selectors": [{"type": "expression", "expression": "position.speed > 5"}],
     },
     "trips (DESIGN 9)": {"name": "trips", "selectors": [TRIPS_SELECTOR], "counters": FIVE_COUNTERS},
     "trips x day, 9 counters": {
@@ -50,18 +56,39 @@ CALCULATORS = {
             *FIVE_COUNTERS,
             {"name": "fuel", "type": "expression", "expression": "fuel.level", "method": "difference"},
             {"name": "km_today", "type": "accumulator", "counter": "mileage", "reset_interval": "day"},
-            {"name": "speed_avg", "type": "interval", "expression": "if(duration > 0, mileage * 3600 / duration, 0)"},
+            {
+                "name": "speed_avg",
+                "type": "interval",
+                "expression": "if(duration > 0, mileage * 3600 / duration, 0)",
+            },
             {"name": "start", "type": "datetime", "interval": "begin", "format": "%H:%M"},
         ],
     },
     "geofence (64-point polygon)": {
         "name": "visits",
-        "selectors": [{"type": "geofence", "merge_unknown": True, "min_duration": 30, "geofences": [
-            {"type": "polygon", "name": "zone", "path": [
-                {"lat": 50.0 + 0.02 * np.cos(a), "lon": 10.0 + 0.03 * np.sin(a)}
-                for a in np.linspace(0, 2 * np.pi, 64, endpoint=False).tolist()]},
-            {"type": "circle", "name": "depot", "center": {"lat": 50.01, "lon": 10.01}, "radius": 0.5},
-        ]}],
+        "selectors": [
+            {
+                "type": "geofence",
+                "merge_unknown": True,
+                "min_duration": 30,
+                "geofences": [
+                    {
+                        "type": "polygon",
+                        "name": "zone",
+                        "path": [
+                            {"lat": 50.0 + 0.02 * np.cos(a), "lon": 10.0 + 0.03 * np.sin(a)}
+                            for a in np.linspace(0, 2 * np.pi, 64, endpoint=False).tolist()
+                        ],
+                    },
+                    {
+                        "type": "circle",
+                        "name": "depot",
+                        "center": {"lat": 50.01, "lon": 10.01},
+                        "radius": 0.5,
+                    },
+                ],
+            }
+        ],
         "counters": [FIVE_COUNTERS[0], FIVE_COUNTERS[2], {"name": "where", "type": "geofence"}],
     },
 }
@@ -80,9 +107,15 @@ def synthetic(n: int, seed: int = 7) -> Messages:
     lat = 50.0 + np.cumsum(rng.normal(0, 1, n) * step)
     lon = 10.0 + np.cumsum(rng.normal(0, 1, n) * step)
     fuel = 60.0 - np.cumsum(np.where(driving, 0.0005, 0.0))
-    return Messages.from_columns(ts, {
-        "position.speed": speed, "position.latitude": lat, "position.longitude": lon, "fuel.level": fuel,
-    })
+    return Messages.from_columns(
+        ts,
+        {
+            "position.speed": speed,
+            "position.latitude": lat,
+            "position.longitude": lon,
+            "fuel.level": fuel,
+        },
+    )
 
 
 def full_rate(calc, messages: Messages, repeat: int) -> tuple[float, int]:
@@ -112,8 +145,10 @@ def recalc_cost(calc, stream: Messages, stored: int, where: str, repeat: int) ->
         else:
             mid = places[k]
             t_new = float(before.timestamps[mid]) + 0.5
-            extra = Messages.from_columns([t_new], {"position.speed": [120.0], "position.latitude": [50.0],
-                                                     "position.longitude": [10.0]})
+            extra = Messages.from_columns(
+                [t_new],
+                {"position.speed": [120.0], "position.latitude": [50.0], "position.longitude": [10.0]},
+            )
             after = Messages.concat([before.slice(0, mid + 1), extra, before.slice(mid + 1, stored)])
         store.set_messages(after)
         t = time.perf_counter()
@@ -123,7 +158,9 @@ def recalc_cost(calc, stream: Messages, stored: int, where: str, repeat: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="stop at 10^5 messages, fewer repeats")
     args = parser.parse_args()
     sizes = [10**4, 10**5] if args.quick else [10**4, 10**5, 10**6]
@@ -133,7 +170,13 @@ def main() -> None:
 
     head = ["calculator"] + [f"msg/s @10^{int(np.log10(n))}" for n in sizes]
     lab = [f"10^{int(np.log10(s))}" for s in stored_sizes]
-    head += [f"append @{lab[0]} ms", f"append @{lab[1]} ms", "ratio", f"late @{lab[0]} ms", f"late @{lab[1]} ms"]
+    head += [
+        f"append @{lab[0]} ms",
+        f"append @{lab[1]} ms",
+        "ratio",
+        f"late @{lab[0]} ms",
+        f"late @{lab[1]} ms",
+    ]
     rows = []
     for name, config in CALCULATORS.items():
         calc = compile_calculator(config)
@@ -143,15 +186,26 @@ def main() -> None:
             row.append(f"{rate:,.0f}")
         app = [recalc_cost(calc, big, s, "append", 9 if not args.quick else 5) for s in stored_sizes]
         late = [recalc_cost(calc, big, s, "late", 9 if not args.quick else 5) for s in stored_sizes]
-        row += [f"{app[0] * 1e3:.2f}", f"{app[1] * 1e3:.2f}", f"{app[1] / app[0]:.2f}",
-                f"{late[0] * 1e3:.2f}", f"{late[1] * 1e3:.2f}"]
+        row += [
+            f"{app[0] * 1e3:.2f}",
+            f"{app[1] * 1e3:.2f}",
+            f"{app[1] / app[0]:.2f}",
+            f"{late[0] * 1e3:.2f}",
+            f"{late[1] * 1e3:.2f}",
+        ]
         rows.append(row)
         print(" | ".join(row), file=sys.stderr, flush=True)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
-        print("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) + " |")
+        print(
+            "| "
+            + " | ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+            + " |"
+        )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,15 @@ def select_all(calc: Calculator, frame: Frame, now: float | None) -> Runs:
     return runs
 
 
-def compute(calc: Calculator, messages: Messages, *, now: float | None, reached_end: bool = True,
-            keep_from: float | None = None, previous: Mapping | None = None) -> IntervalList:
+def compute(
+    calc: Calculator,
+    messages: Messages,
+    *,
+    now: float | None,
+    reached_end: bool = True,
+    keep_from: float | None = None,
+    previous: Mapping | None = None,
+) -> IntervalList:
     """Intervals over validated ``messages``.
 
     ``keep_from``: only intervals beginning at or after it are kept (a window's lead-in).
@@ -69,7 +76,7 @@ def compute(calc: Calculator, messages: Messages, *, now: float | None, reached_
     k = len(S)
     if k == 0:
         return out
-    active = open_ & (E == n - 1) & reached_end
+    active = open_ & (n - 1 == E) & reached_end
     if k > 1:
         active[:-1] = False
     geofence_idx = None
@@ -124,9 +131,12 @@ def _interval_pass(calc, rows, cols, active, previous, out: IntervalList) -> Int
             own = d.get(spec.parameter)
             own = V.as_number(own) if own is not None else V.ERROR
             carry = None
-            if prev is not None and spec.name in prev and V.is_number(prev[spec.name]):
-                if spec.method is None or _same_period(calc, prev["begin"], b, spec.method):
-                    carry = float(prev[spec.name])
+            if (
+                prev is not None
+                and V.is_number(prev.get(spec.name))
+                and (spec.method is None or _same_period(calc, prev["begin"], b, spec.method))
+            ):
+                carry = float(prev[spec.name])
             if own is not V.ERROR:
                 d[spec.name] = (carry or 0.0) + own
             elif carry is not None:

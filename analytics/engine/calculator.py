@@ -40,8 +40,19 @@ COMMON_OPTIONS: dict[str, Any] = {
 }
 
 SELECTOR_TYPES = ("expression", "datetime", "geofence", "inactive")
-COUNTER_TYPES = ("expression", "parameter", "interval", "route", "dataset", "datetime", "message",
-                 "specified", "active", "geofence", "accumulator")
+COUNTER_TYPES = (
+    "expression",
+    "parameter",
+    "interval",
+    "route",
+    "dataset",
+    "datetime",
+    "message",
+    "specified",
+    "active",
+    "geofence",
+    "accumulator",
+)
 METHOD_ALIASES = {"min": "minimum", "max": "maximum", "avg": "average", "sum": "summary"}
 REDUCE_METHODS = ("first", "last", "minimum", "maximum", "average", "summary", "difference", "duration")
 SPLITS = ("hour", "day", "week", "month", "year")
@@ -60,8 +71,18 @@ class _Checker:
     def add(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
 
-    def number(self, obj: dict, key: str, path: str, *, default=None, required=False, minimum=0.0,
-               positive=False, integer=False):
+    def number(
+        self,
+        obj: dict,
+        key: str,
+        path: str,
+        *,
+        default=None,
+        required=False,
+        minimum=0.0,
+        positive=False,
+        integer=False,
+    ):
         if key not in obj or obj[key] is None:
             if required:
                 self.add(f"{path}.{key}" if path else key, "missing field")
@@ -366,8 +387,9 @@ def _check(config) -> tuple[list[Problem], Calculator | None]:
             nk["method"] = spec.method
             if ctype == "expression":
                 c.unknown(k, (*common, "expression", "method"), path)
-                spec.expression = c.expression(k, "expression", path, tz=tzname, geofences=geofences,
-                                               required=True)
+                spec.expression = c.expression(
+                    k, "expression", path, tz=tzname, geofences=geofences, required=True
+                )
                 nk["expression"] = k.get("expression")
             else:
                 c.unknown(k, (*common, "parameter", "method"), path)
@@ -375,7 +397,9 @@ def _check(config) -> tuple[list[Problem], Calculator | None]:
                 nk["parameter"] = spec.parameter
         elif ctype == "interval":
             c.unknown(k, (*common, "expression"), path)
-            spec.expression = c.expression(k, "expression", path, tz=tzname, geofences=geofences, required=True)
+            spec.expression = c.expression(
+                k, "expression", path, tz=tzname, geofences=geofences, required=True
+            )
             nk["expression"] = k.get("expression")
         elif ctype == "dataset":
             c.unknown(k, (*common, "fields"), path)
@@ -403,7 +427,9 @@ def _check(config) -> tuple[list[Problem], Calculator | None]:
             c.unknown(k, (*common, "fields", "method"), path)
             fs = k.get("fields")
             if not isinstance(fs, list) or not fs or not all(isinstance(f, str) and f for f in fs):
-                c.add(f"{path}.fields", "missing field" if fs is None else "must be a non-empty list of names")
+                c.add(
+                    f"{path}.fields", "missing field" if fs is None else "must be a non-empty list of names"
+                )
             else:
                 spec.fields = list(fs)
             spec.method = c.string(k, "method", path, default="first", choices=("first", "last"))

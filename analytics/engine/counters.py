@@ -114,8 +114,9 @@ def _numeric_of(vec: Vec, n: int):
     if vec.kind == "obj":
         objs = vec.values.tolist()
         ok = np.fromiter((V.as_number(o) is not V.ERROR for o in objs), bool, n)
-        x = np.fromiter((V.as_number(o) if ok_ else 0.0 for o, ok_ in zip(objs, ok.tolist(), strict=True)),
-                        np.float64, n)
+        x = np.fromiter(
+            (V.as_number(o) if ok_ else 0.0 for o, ok_ in zip(objs, ok.tolist(), strict=True)), np.float64, n
+        )
         return x, ok
     return vec.floats(), np.ones(n, bool)
 
@@ -160,8 +161,14 @@ def reduce_values(red: Reducer, method: str, vec: Vec, valid: np.ndarray, raw: C
     return red.numeric(method, x, valid & ok)
 
 
-def message_counters(calc: Calculator, messages: Messages, S: np.ndarray, E: np.ndarray,
-                     active: np.ndarray, geofence_idx: np.ndarray | None) -> list[tuple[CounterSpec, list]]:
+def message_counters(
+    calc: Calculator,
+    messages: Messages,
+    S: np.ndarray,
+    E: np.ndarray,
+    active: np.ndarray,
+    geofence_idx: np.ndarray | None,
+) -> list[tuple[CounterSpec, list]]:
     """Values of every counter that depends only on the interval's own messages, in counter order
     (``None`` for interval/accumulator counters, filled later)."""
     k = len(S)
@@ -208,10 +215,13 @@ def message_counters(calc: Calculator, messages: Messages, S: np.ndarray, E: np.
             rows = []
             vml = vm.tolist()
             for s, e in zip(seg.tolist(), red.seg_end.tolist(), strict=True):
-                rows.append([
-                    {name: (None if vals[i] is V.ERROR else vals[i]) for name, vals in cols}
-                    for i in range(s, e) if vml[i]
-                ])
+                rows.append(
+                    [
+                        {name: (None if vals[i] is V.ERROR else vals[i]) for name, vals in cols}
+                        for i in range(s, e)
+                        if vml[i]
+                    ]
+                )
             out.append((spec, rows))
         elif t == "message":
             p, has = red.first_pos(vm) if spec.method == "first" else red.last_pos(vm)
@@ -244,7 +254,9 @@ def message_counters(calc: Calculator, messages: Messages, S: np.ndarray, E: np.
             gi = geofence_idx if G is None else geofence_idx[G]
             hit = gi >= 0
             p, has = red.first_pos(hit)
-            out.append((spec, [names[gi[i]] if h else OMIT for i, h in zip(p.tolist(), has.tolist(), strict=True)]))
+            out.append(
+                (spec, [names[gi[i]] if h else OMIT for i, h in zip(p.tolist(), has.tolist(), strict=True)])
+            )
         else:
             raise AssertionError(t)
     return out

@@ -83,11 +83,30 @@ def _get_parser() -> Lark:
 
 FUNCTIONS = {
     # name: (min args, max args)
-    "not": (1, 1), "if": (3, 3), "exists": (1, 1), "isnull": (1, 1), "tonumber": (1, 1),
-    "tostring": (1, 1), "toboolean": (1, 1), "abs": (1, 1), "round": (1, 2), "ceil": (1, 1),
-    "floor": (1, 1), "min": (1, 64), "max": (1, 64), "sqrt": (1, 1), "pow": (2, 2),
-    "mileage": (0, 0), "hour": (0, 1), "minute": (0, 1), "day": (0, 1), "weekday": (0, 1),
-    "month": (0, 1), "year": (0, 1), "geofence": (1, 1), "previous": (1, 1),
+    "not": (1, 1),
+    "if": (3, 3),
+    "exists": (1, 1),
+    "isnull": (1, 1),
+    "tonumber": (1, 1),
+    "tostring": (1, 1),
+    "toboolean": (1, 1),
+    "abs": (1, 1),
+    "round": (1, 2),
+    "ceil": (1, 1),
+    "floor": (1, 1),
+    "min": (1, 64),
+    "max": (1, 64),
+    "sqrt": (1, 1),
+    "pow": (2, 2),
+    "mileage": (0, 0),
+    "hour": (0, 1),
+    "minute": (0, 1),
+    "day": (0, 1),
+    "weekday": (0, 1),
+    "month": (0, 1),
+    "year": (0, 1),
+    "geofence": (1, 1),
+    "previous": (1, 1),
 }
 _LITERAL_ARG = {"exists", "geofence", "previous"}
 TIME_FUNCTIONS = {"hour", "minute", "day", "weekday", "month", "year"}
@@ -262,9 +281,6 @@ def _position(d) -> tuple[float, float] | None:
     return None
 
 
-_ARITH_SCALAR = {op: (lambda op: lambda a, b: V.arith(op, a, b))(op) for op in "+-*/%&|"}
-
-
 def _scalar(node, tz, geofences):
     kind = node[0]
     if kind == "const":
@@ -372,9 +388,18 @@ def _scalar(node, tz, geofences):
 
 
 _FUNCTIONS_SCALAR = {
-    "isnull": V.fn_isnull, "tonumber": V.fn_tonumber, "tostring": V.fn_tostring,
-    "toboolean": V.fn_toboolean, "abs": V.fn_abs, "round": V.fn_round, "ceil": V.fn_ceil,
-    "floor": V.fn_floor, "min": V.fn_min, "max": V.fn_max, "sqrt": V.fn_sqrt, "pow": V.fn_pow,
+    "isnull": V.fn_isnull,
+    "tonumber": V.fn_tonumber,
+    "tostring": V.fn_tostring,
+    "toboolean": V.fn_toboolean,
+    "abs": V.fn_abs,
+    "round": V.fn_round,
+    "ceil": V.fn_ceil,
+    "floor": V.fn_floor,
+    "min": V.fn_min,
+    "max": V.fn_max,
+    "sqrt": V.fn_sqrt,
+    "pow": V.fn_pow,
 }
 
 
@@ -447,12 +472,7 @@ class Vec:
 
     def to_objects(self, n: int) -> list:
         v = self.expand(n)
-        if v.kind == "num":
-            out = v.values.tolist()
-        elif v.kind == "bool":
-            out = v.values.tolist()
-        else:
-            out = list(v.values)
+        out = list(v.values) if v.kind == "obj" else v.values.tolist()
         if v.null is not None:
             for i in np.flatnonzero(v.null).tolist():
                 out[i] = None
@@ -483,8 +503,9 @@ def _vec_from_column(col: Column | None, n: int, missing_is: str) -> Vec:
     """``missing_is``: ``err`` for a bare name, ``null`` for ``$name``/``#name``."""
     if col is None:
         mask = np.ones(n, bool)
-        return Vec("num", np.zeros(n), None if missing_is == "err" else mask,
-                   mask if missing_is == "err" else None)
+        return Vec(
+            "num", np.zeros(n), None if missing_is == "err" else mask, mask if missing_is == "err" else None
+        )
     values = col.values
     if col.kind == "obj":
         values = np.empty(n, dtype=object)  # not np.array(list): lists would become a 2-D array
@@ -736,12 +757,22 @@ def _vec_call(node, args: list[Vec], frame: Frame, tz, geofences) -> Vec:
     if name == "round":
         a = args[0]
         d = args[1] if len(args) > 1 else Vec.const(0.0)
-        if not (_is_typed(a, d) and len(d.values) == 1 and d.null is None and d.err is None
-                and abs(float(d.values[0])) <= 15):
+        if not (
+            _is_typed(a, d)
+            and len(d.values) == 1
+            and d.null is None
+            and d.err is None
+            and abs(float(d.values[0])) <= 15
+        ):
             return _fallback(V.fn_round, [a, d], n)
         scale = 10.0 ** int(float(d.values[0]))
-        return _vec_unary_num(lambda x: np.floor(x * scale + 0.5) / scale, None, a, n,
-                              domain=lambda x: np.isfinite(np.floor(x * scale + 0.5) / scale))
+        return _vec_unary_num(
+            lambda x: np.floor(x * scale + 0.5) / scale,
+            None,
+            a,
+            n,
+            domain=lambda x: np.isfinite(np.floor(x * scale + 0.5) / scale),
+        )
     if name == "pow":
         a, b = args
         if not _is_typed(a, b):
@@ -768,8 +799,9 @@ def _vec_call(node, args: list[Vec], frame: Frame, tz, geofences) -> Vec:
         lat, lon, valid = frame.position()
         plat, plon, pvalid = frame.position(prev=True)
         ok = valid & pvalid
-        d = haversine_vec(np.where(ok, plat, 0.0), np.where(ok, plon, 0.0),
-                          np.where(ok, lat, 0.0), np.where(ok, lon, 0.0))
+        d = haversine_vec(
+            np.where(ok, plat, 0.0), np.where(ok, plon, 0.0), np.where(ok, lat, 0.0), np.where(ok, lon, 0.0)
+        )
         return Vec("num", d, ~ok if not ok.all() else None)
     if name in TIME_FUNCTIONS:
         t = args[0] if args else Vec("num", frame.timestamps)
@@ -795,9 +827,12 @@ def _vec_call(node, args: list[Vec], frame: Frame, tz, geofences) -> Vec:
         idx = first_containing(geofences, lat, lon, valid)
         table = Vec.from_objects([V.normalize(g.config.get(field)) for g in geofences] + [None])
         pick = np.where(idx < 0, len(geofences), idx)
-        return Vec(table.kind, table.values[pick],
-                   None if table.null is None else table.null[pick],
-                   None if table.err is None else table.err[pick])
+        return Vec(
+            table.kind,
+            table.values[pick],
+            None if table.null is None else table.null[pick],
+            None if table.err is None else table.err[pick],
+        )
     raise AssertionError(name)
 
 
@@ -826,11 +861,13 @@ def _vector(node, frame: Frame, tz, geofences) -> Vec:
     if kind == "not":
         return _vec_not(_vector(node[1], frame, tz, geofences), n)
     if kind == "arith":
-        return _vec_arith(node[1], _vector(node[2], frame, tz, geofences),
-                          _vector(node[3], frame, tz, geofences), n)
+        return _vec_arith(
+            node[1], _vector(node[2], frame, tz, geofences), _vector(node[3], frame, tz, geofences), n
+        )
     if kind == "compare":
-        return _vec_compare(node[1], _vector(node[2], frame, tz, geofences),
-                            _vector(node[3], frame, tz, geofences), n)
+        return _vec_compare(
+            node[1], _vector(node[2], frame, tz, geofences), _vector(node[3], frame, tz, geofences), n
+        )
     if kind == "and":
         return _vec_and(_vector(node[1], frame, tz, geofences), _vector(node[2], frame, tz, geofences), n)
     if kind == "or":

@@ -47,8 +47,13 @@ class Geofence:
             self.xs = np.array([float(p["lon"]) for p in pts])
             self.bbox = (self.ys.min(), self.ys.max(), self.xs.min(), self.xs.max())
             self.edges = list(
-                zip(self.xs.tolist(), self.ys.tolist(), np.roll(self.xs, 1).tolist(),
-                    np.roll(self.ys, 1).tolist(), strict=True)
+                zip(
+                    self.xs.tolist(),
+                    self.ys.tolist(),
+                    np.roll(self.xs, 1).tolist(),
+                    np.roll(self.ys, 1).tolist(),
+                    strict=True,
+                )
             )
 
     def contains(self, lat: float, lon: float) -> bool:
@@ -138,7 +143,7 @@ def encode_polyline_segments(lat: np.ndarray, lon: np.ndarray, seg_starts: np.nd
         if s >= e:
             out.append("")
         else:
-            out.append(flat[bounds[s]:bounds[e]].decode("ascii"))
+            out.append(flat[bounds[s] : bounds[e]].decode("ascii"))
     return out
 
 

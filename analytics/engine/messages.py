@@ -40,9 +40,7 @@ class Column:
         null = np.fromiter((v is None for v in raw), bool, n)
         present = [v for v in raw if v is not _MISSING and v is not None]
         if present and all(is_number(v) for v in present):
-            values = np.fromiter(
-                (float(v) if is_number(v) else 0.0 for v in raw), np.float64, n
-            )
+            values = np.fromiter((float(v) if is_number(v) else 0.0 for v in raw), np.float64, n)
             return cls("num", values, missing, null, ints=all(type(v) is int for v in present))
         if present and all(v is True or v is False for v in present):
             values = np.fromiter((v is True for v in raw), bool, n)
@@ -69,8 +67,9 @@ class Column:
                 missing = nan if missing is None else (missing | nan)
                 arr = np.where(nan, 0.0, arr)
             return cls("num", arr, missing)
-        return cls.from_values([_MISSING if (missing is not None and missing[i]) else v
-                                for i, v in enumerate(arr.tolist())])
+        return cls.from_values(
+            [_MISSING if (missing is not None and missing[i]) else v for i, v in enumerate(arr.tolist())]
+        )
 
     def take(self, idx) -> Column:
         return Column(

@@ -161,8 +161,14 @@ def recalculate(
         ts = F.timestamps
         nF = len(F)
         r0 = 0
-        if (not from_start and calc.validate_message is not None and calc.validate_message.uses_prev
-                and nF and len(raw) and ts[0] == raw.timestamps[0]):
+        if (
+            not from_start
+            and calc.validate_message is not None
+            and calc.validate_message.uses_prev
+            and nF
+            and len(raw)
+            and ts[0] == raw.timestamps[0]
+        ):
             r0 = 1
         clean, need = _cut_info(calc, F) if nF else (np.zeros(0, bool), np.zeros(0, np.int64))
 
@@ -197,8 +203,7 @@ def recalculate(
         keep_from = float(ts[c]) if (c > 0 or not from_start) and nF else None
         previous = interval_before(keep_from) if keep_from is not None else None
         window = F.slice(w, c2)
-        new = compute(calc, window, now=now, reached_end=end_reached, keep_from=keep_from,
-                      previous=previous)
+        new = compute(calc, window, now=now, reached_end=end_reached, keep_from=keep_from, previous=previous)
         hi = float(ts[c2]) if c2 < nF else math.inf
         if calc.crosses_intervals and not end_reached:
             stored_last = interval_before(hi)
@@ -299,8 +304,16 @@ class MemoryStore:
         self.intervals = sorted(by_id.values(), key=lambda i: (i["begin"], i["id"]))
         self._begins = [i["begin"] for i in self.intervals]
 
-    def recalculate(self, calculator, *, dirty_begin: float, dirty_end: float, now: float | None = None,
-                    frozen_before: float | None = -math.inf, messages_begin: float | None = None) -> Diff:
+    def recalculate(
+        self,
+        calculator,
+        *,
+        dirty_begin: float,
+        dirty_end: float,
+        now: float | None = None,
+        frozen_before: float | None = -math.inf,
+        messages_begin: float | None = None,
+    ) -> Diff:
         return recalculate(
             calculator=calculator,
             read_messages=self.read_messages,

@@ -102,7 +102,7 @@ def select(spec: SelectorSpec, frame: Frame, *, now: float | None, tz) -> Runs:
         brk = np.zeros(n, bool)
         brk[1:] = keys[1:] != keys[:-1]
         S, E = _runs(np.ones(n, bool), brk)
-        open_ = E == n - 1
+        open_ = n - 1 == E
         if now is not None and len(S):
             now_key = period_keys(np.array([float(now)]), tz, spec.split)[0]
             if now_key != keys[-1]:
@@ -143,7 +143,7 @@ def select(spec: SelectorSpec, frame: Frame, *, now: float | None, tz) -> Runs:
         starts = np.concatenate(([True], ~join))
         ends = np.concatenate((~join, [True]))
         S, E = S[starts], E[ends]
-    open_ = E == n - 1
+    open_ = n - 1 == E
     if X > 0 and now is not None and float(now) - ts[-1] > X:
         open_ = np.zeros(len(S), bool)
     if o["merge_message_before"]:

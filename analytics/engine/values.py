@@ -33,7 +33,7 @@ _BIT_LIMIT = float(2**53)
 
 
 def is_number(v) -> bool:
-    return (isinstance(v, float) or isinstance(v, int)) and not isinstance(v, bool)
+    return isinstance(v, float | int) and not isinstance(v, bool)
 
 
 def normalize(v):

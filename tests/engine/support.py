@@ -52,7 +52,9 @@ def load_gpx(name: str) -> list[dict]:
             prev = out[-1]
             d = haversine(prev["position.latitude"], prev["position.longitude"], lat, lon)
             m["position.speed"] = d / (t - prev["timestamp"]) * 3600.0
-            m["position.direction"] = _bearing(prev["position.latitude"], prev["position.longitude"], lat, lon)
+            m["position.direction"] = _bearing(
+                prev["position.latitude"], prev["position.longitude"], lat, lon
+            )
         else:
             m["position.speed"] = 0.0
             m["position.direction"] = 0.0

@@ -44,7 +44,10 @@ VALUES = [4, 2, None, 8, "x", 6]  # None: null, "x": not a number
 )
 def test_expression_methods_skip_errors_and_nulls(method, expected):
     # v * 1 errors on "x" and is null on null: both are skipped.
-    assert one(msgs(VALUES), {"name": "c", "type": "expression", "expression": "v * 1", "method": method}) == expected
+    assert (
+        one(msgs(VALUES), {"name": "c", "type": "expression", "expression": "v * 1", "method": method})
+        == expected
+    )
 
 
 def test_expression_duration_counts_each_true_message_until_the_next():
@@ -59,19 +62,39 @@ def test_parameter_methods_keep_raw_values():
     assert one(msgs([3, 4]), c) == 3 and isinstance(one(msgs([3, 4]), c), int)
     assert one(msgs(["a", "b"]), {**c, "method": "last"}) == "b"
     assert one(msgs([1, "a", 1, None, "b", "a", True]), {**c, "method": "distinct"}) == [1, "a", "b", True]
-    assert one(msgs([5, 1, 3]), {"name": "m", "type": "parameter", "parameter": "v", "method": "maximum"}) == 5.0
+    assert (
+        one(msgs([5, 1, 3]), {"name": "m", "type": "parameter", "parameter": "v", "method": "maximum"}) == 5.0
+    )
 
 
 def test_missing_parameter_and_division_by_zero_leave_the_counter_out():
-    assert one(msgs([1, 2]), {"name": "c", "type": "parameter", "parameter": "nope", "method": "last"}) == "<absent>"
-    assert one(msgs([1, 2]), {"name": "c", "type": "expression", "expression": "v / 0", "method": "maximum"}) == "<absent>"
+    assert (
+        one(msgs([1, 2]), {"name": "c", "type": "parameter", "parameter": "nope", "method": "last"})
+        == "<absent>"
+    )
+    assert (
+        one(msgs([1, 2]), {"name": "c", "type": "expression", "expression": "v / 0", "method": "maximum"})
+        == "<absent>"
+    )
     # The sum of nothing is 0, and so is a duration.
-    assert one(msgs([1, 2]), {"name": "c", "type": "expression", "expression": "v / 0", "method": "summary"}) == 0.0
-    assert one(msgs([1, 2]), {"name": "c", "type": "expression", "expression": "nope", "method": "duration"}) == 0.0
+    assert (
+        one(msgs([1, 2]), {"name": "c", "type": "expression", "expression": "v / 0", "method": "summary"})
+        == 0.0
+    )
+    assert (
+        one(msgs([1, 2]), {"name": "c", "type": "expression", "expression": "nope", "method": "duration"})
+        == 0.0
+    )
 
 
 def test_counter_validate_message():
-    c = {"name": "c", "type": "expression", "expression": "v", "method": "summary", "validate_message": "v > 2"}
+    c = {
+        "name": "c",
+        "type": "expression",
+        "expression": "v",
+        "method": "summary",
+        "validate_message": "v > 2",
+    }
     assert one(msgs([1, 3, 5]), c) == 8.0
 
 
@@ -122,7 +145,10 @@ def test_interval_counter_division_by_zero_is_left_out():
 
 def test_route_is_a_google_encoded_polyline():
     pts = [(38.5, -120.2), (40.7, -120.95), (43.252, -126.453)]
-    m = [{"timestamp": float(i), "position.latitude": a, "position.longitude": b} for i, (a, b) in enumerate(pts)]
+    m = [
+        {"timestamp": float(i), "position.latitude": a, "position.longitude": b}
+        for i, (a, b) in enumerate(pts)
+    ]
     m.insert(1, {"timestamp": 0.5})  # no position: not in the route
     assert one(m, {"name": "route", "type": "route"}) == "_p~iF~ps|U_ulLnnqC_mqNvxq`@"
     assert encode_polyline(pts) == "_p~iF~ps|U_ulLnnqC_mqNvxq`@"
@@ -138,12 +164,19 @@ def test_route_vectorised_matches_reference():
     seg = np.array([0, 0, 3, 100, 499])
     got = encode_polyline_segments(lat, lon, seg)
     ends = [*seg[1:].tolist(), 500]
-    want = [encode_polyline(list(zip(lat[s:e], lon[s:e], strict=True))) for s, e in zip(seg.tolist(), ends, strict=True)]
+    want = [
+        encode_polyline(list(zip(lat[s:e], lon[s:e], strict=True)))
+        for s, e in zip(seg.tolist(), ends, strict=True)
+    ]
     assert got == want
 
 
 def test_dataset_one_object_per_message():
-    c = {"name": "ds", "type": "dataset", "fields": [{"name": "t", "value": "timestamp"}, {"name": "x", "value": "v * 2"}]}
+    c = {
+        "name": "ds",
+        "type": "dataset",
+        "fields": [{"name": "t", "value": "timestamp"}, {"name": "x", "value": "v * 2"}],
+    }
     assert one(msgs([1, "a", 3]), c) == [{"t": 0.0, "x": 2.0}, {"t": 1.0, "x": None}, {"t": 2.0, "x": 6.0}]
 
 
@@ -188,7 +221,11 @@ def test_accumulator_running_total_with_daily_reset():
         {"name": "today", "type": "accumulator", "counter": "n", "reset_interval": "day"},
     ]
     result = counters(msgs(values, times=times), *c, selector=sel)
-    assert [(i["n"], i["total"], i["today"]) for i in result] == [(1.0, 1.0, 1.0), (1.0, 2.0, 2.0), (2.0, 4.0, 2.0)]
+    assert [(i["n"], i["total"], i["today"]) for i in result] == [
+        (1.0, 1.0, 1.0),
+        (1.0, 2.0, 2.0),
+        (2.0, 4.0, 2.0),
+    ]
 
 
 def test_validate_interval_sees_counters_and_previous():

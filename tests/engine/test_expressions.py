@@ -169,13 +169,24 @@ def test_mileage_and_geofence():
     assert ev("mileage()", {}, a) is None
     fences = [
         {"type": "circle", "name": "depot", "center": {"lat": 52.0, "lon": 0.0}, "radius": 0.5, "zone": 7},
-        {"type": "polygon", "name": "box", "path": [
-            {"lat": 51.9, "lon": -0.1}, {"lat": 52.1, "lon": -0.1}, {"lat": 52.1, "lon": 0.1}, {"lat": 51.9, "lon": 0.1}]},
+        {
+            "type": "polygon",
+            "name": "box",
+            "path": [
+                {"lat": 51.9, "lon": -0.1},
+                {"lat": 52.1, "lon": -0.1},
+                {"lat": 52.1, "lon": 0.1},
+                {"lat": 51.9, "lon": 0.1},
+            ],
+        },
     ]
     assert ev("geofence('name')", a, geofences=fences) == "depot"
     assert ev("geofence('zone')", a, geofences=fences) == 7.0
     assert ev("geofence('name')", b, geofences=fences) == "box"
-    assert ev("geofence('name')", {"position.latitude": 10.0, "position.longitude": 0.0}, geofences=fences) is None
+    assert (
+        ev("geofence('name')", {"position.latitude": 10.0, "position.longitude": 0.0}, geofences=fences)
+        is None
+    )
     assert ev("geofence('name')", {}, geofences=fences) is None
 
 
@@ -190,7 +201,7 @@ def test_mileage_and_geofence():
         ("1 + round()", "function 'round' takes 1 to 2 arguments, got 0 at 5"),
         ("pow(1)", "function 'pow' takes 2 arguments, got 1 at 1"),
         ("exists(a)", "function 'exists' takes a quoted name at 1"),
-        ("'unterminated", "unexpected character \"'\" at 1"),
+        ("'unterminated", 'unexpected character "\'" at 1'),
         ("", "expression is empty"),
     ],
 )
@@ -221,11 +232,34 @@ def test_unknown_timezone():
 
 # ---- columnar == per-message --------------------------------------------------------------
 
-_leaf = st.sampled_from(["a", "b", "$a", "$c", "#a", "#b", "s", "$s", "1", "0", "2.5", "-3", "null",
-                         "true", "false", "'x*'", "'xy'", "timestamp", "mileage()", "exists('c')"])
+_leaf = st.sampled_from(
+    [
+        "a",
+        "b",
+        "$a",
+        "$c",
+        "#a",
+        "#b",
+        "s",
+        "$s",
+        "1",
+        "0",
+        "2.5",
+        "-3",
+        "null",
+        "true",
+        "false",
+        "'x*'",
+        "'xy'",
+        "timestamp",
+        "mileage()",
+        "exists('c')",
+    ]
+)
 _binop = st.sampled_from(["+", "-", "*", "/", "%", "==", "!=", "<", ">=", "&&", "||", "&", "|"])
-_fn1 = st.sampled_from(["abs", "isnull", "tonumber", "toboolean", "tostring", "not", "ceil", "sqrt",
-                        "round", "hour", "weekday"])
+_fn1 = st.sampled_from(
+    ["abs", "isnull", "tonumber", "toboolean", "tostring", "not", "ceil", "sqrt", "round", "hour", "weekday"]
+)
 
 
 def _extend(sub):
@@ -241,13 +275,18 @@ def _extend(sub):
 _expressions = st.recursive(_leaf, _extend, max_leaves=10)
 
 
-_value = st.one_of(st.just(...), st.none(), st.booleans(), st.integers(-3, 3),
-                   st.sampled_from([0.5, -1.5, 1e300]))
+_value = st.one_of(
+    st.just(...), st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from([0.5, -1.5, 1e300])
+)
 _svalue = st.one_of(st.just(...), st.sampled_from(["xy", "x", "", "3", "xyz"]), st.integers(0, 2))
 
 
 def _message(i, a, b, c, s):
-    m = {"timestamp": 1700000000.0 + i * 1800, "position.latitude": 50 + i * 0.001, "position.longitude": 10.0}
+    m = {
+        "timestamp": 1700000000.0 + i * 1800,
+        "position.latitude": 50 + i * 0.001,
+        "position.longitude": 10.0,
+    }
     for k, v in (("a", a), ("b", b), ("c", c), ("s", s)):
         if v is not ...:
             m[k] = v
@@ -260,7 +299,11 @@ def _same(x, y):
     return x == y and type(x) is type(y)
 
 
-@settings(max_examples=int(__import__("os").environ.get("ENGINE_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(__import__("os").environ.get("ENGINE_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     text=_expressions,
     rows=st.lists(st.tuples(_value, _value, _value, _svalue), min_size=1, max_size=8),

@@ -27,7 +27,9 @@ _bool = st.booleans()
 def boolean_selector(draw):
     return {
         "type": "expression",
-        "expression": draw(st.sampled_from(["v > 2", "$v > 2", "v > 2 && #v > 0", "mileage() > 0.3", "v != 3"])),
+        "expression": draw(
+            st.sampled_from(["v > 2", "$v > 2", "v > 2 && #v > 0", "mileage() > 0.3", "v != 3"])
+        ),
         "invert": draw(_bool),
         "merge_unknown": draw(_bool),
         "max_messages_time_diff": draw(st.sampled_from([0, 0, 40, 100])),
@@ -51,23 +53,39 @@ def change_selector(draw):
     }
 
 
-GEOFENCE = {"type": "geofence", "geofences": [
-    {"type": "circle", "name": "a", "center": {"lat": 50.0, "lon": 10.0}, "radius": 0.5},
-    {"type": "polygon", "name": "b", "path": [
-        {"lat": 50.004, "lon": 10.004}, {"lat": 50.004, "lon": 10.02}, {"lat": 50.02, "lon": 10.02}]},
-]}
+GEOFENCE = {
+    "type": "geofence",
+    "geofences": [
+        {"type": "circle", "name": "a", "center": {"lat": 50.0, "lon": 10.0}, "radius": 0.5},
+        {
+            "type": "polygon",
+            "name": "b",
+            "path": [
+                {"lat": 50.004, "lon": 10.004},
+                {"lat": 50.004, "lon": 10.02},
+                {"lat": 50.02, "lon": 10.02},
+            ],
+        },
+    ],
+}
 
 _selector = st.one_of(
     boolean_selector(),
     boolean_selector(),
     change_selector(),
-    st.builds(lambda o: {**GEOFENCE, **o}, st.fixed_dictionaries(
-        {"merge_unknown": _bool, "max_inactive": st.sampled_from([0, 40]), "merge_message_before": _bool})),
-    st.sampled_from([
-        {"type": "datetime", "split": "hour"},
-        {"type": "datetime", "split": "day"},
-        {"type": "inactive", "delay_threshold": 60},
-    ]),
+    st.builds(
+        lambda o: {**GEOFENCE, **o},
+        st.fixed_dictionaries(
+            {"merge_unknown": _bool, "max_inactive": st.sampled_from([0, 40]), "merge_message_before": _bool}
+        ),
+    ),
+    st.sampled_from(
+        [
+            {"type": "datetime", "split": "hour"},
+            {"type": "datetime", "split": "day"},
+            {"type": "inactive", "delay_threshold": 60},
+        ]
+    ),
 )
 
 BASE_COUNTERS = [
@@ -147,7 +165,11 @@ def _current(state: dict) -> list[dict]:
     return [state[t] for t in sorted(state)]
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(calc_config=calculators(), batches=_batches, late_now=st.booleans())
 def test_windowed_recalculation_equals_full_calculation(calc_config, batches, late_now):
     calc = compile_calculator(calc_config)
@@ -174,7 +196,11 @@ def test_windowed_recalculation_equals_full_calculation(calc_config, batches, la
 
 
 @settings(max_examples=max(EXAMPLES // 3, 10), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(calc_config=calculators(), messages=st.lists(message(), min_size=1, max_size=60), seed=st.integers(0, 2**32 - 1))
+@given(
+    calc_config=calculators(),
+    messages=st.lists(message(), min_size=1, max_size=60),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_arrival_order_does_not_matter(calc_config, messages, seed):
     """The same messages, one by one in a random order, end where a full calculation is."""
     calc = compile_calculator(calc_config)
@@ -192,8 +218,17 @@ def test_arrival_order_does_not_matter(calc_config, messages, seed):
 
 TRIPS = {
     "name": "trips",
-    "selectors": [{"type": "expression", "expression": "speed > 5", "merge_unknown": True,
-                   "max_messages_time_diff": 300, "min_active": 30, "max_inactive": 120, "min_duration": 60}],
+    "selectors": [
+        {
+            "type": "expression",
+            "expression": "speed > 5",
+            "merge_unknown": True,
+            "max_messages_time_diff": 300,
+            "min_active": 30,
+            "max_inactive": 120,
+            "min_duration": 60,
+        }
+    ],
     "counters": [
         {"name": "km", "type": "expression", "expression": "mileage()", "method": "summary"},
         {"name": "route", "type": "route"},
@@ -243,8 +278,11 @@ def test_appended_message_reads_only_the_last_interval():
 
 
 def test_frozen_past_is_never_changed():
-    calc = {"name": "t", "selectors": [{"type": "expression", "expression": "v > 0"}],
-            "counters": [{"name": "n", "type": "expression", "expression": "v", "method": "summary"}]}
+    calc = {
+        "name": "t",
+        "selectors": [{"type": "expression", "expression": "v > 0"}],
+        "counters": [{"name": "n", "type": "expression", "expression": "v", "method": "summary"}],
+    }
     old = [{"timestamp": float(t), "v": v} for t, v in enumerate([1, 1, 0, 1, 1, 0, 1, 1])]
     store = MemoryStore(old, calculate(old, calc))
     before = [dict(i) for i in store.intervals]
@@ -265,15 +303,20 @@ def test_frozen_past_is_never_changed():
 
 
 def test_user_fields_survive_updates():
-    calc = {"name": "t", "selectors": [{"type": "expression", "expression": "v > 0"}],
-            "counters": [{"name": "n", "type": "expression", "expression": "v", "method": "summary"}]}
+    calc = {
+        "name": "t",
+        "selectors": [{"type": "expression", "expression": "v > 0"}],
+        "counters": [{"name": "n", "type": "expression", "expression": "v", "method": "summary"}],
+    }
     msgs_ = [{"timestamp": float(t), "v": 1} for t in range(3)]
     store = MemoryStore(msgs_, calculate(msgs_, calc))
     store.intervals[0]["note"] = "checked"
     store.set_messages([*msgs_, {"timestamp": 3.0, "v": 2}])
     diff = store.recalculate(calc, dirty_begin=3.0, dirty_end=3.0)
     store.apply(diff)
-    assert store.intervals == [{"id": 0, "begin": 0.0, "end": 3.0, "duration": 3.0, "n": 5.0, "note": "checked"}]
+    assert store.intervals == [
+        {"id": 0, "begin": 0.0, "end": 3.0, "duration": 3.0, "n": 5.0, "note": "checked"}
+    ]
 
 
 def test_config_change_recalculates_everything_and_deletes_vanished():
@@ -288,8 +331,11 @@ def test_config_change_recalculates_everything_and_deletes_vanished():
 
 
 def test_wall_clock_sweep_deactivates():
-    calc = {"name": "t", "selectors": [{"type": "expression", "expression": "v > 0", "max_inactive": 60}],
-            "counters": [{"name": "open", "type": "active"}]}
+    calc = {
+        "name": "t",
+        "selectors": [{"type": "expression", "expression": "v > 0", "max_inactive": 60}],
+        "counters": [{"name": "open", "type": "active"}],
+    }
     msgs_ = [{"timestamp": float(t), "v": 1} for t in range(3)]
     store = MemoryStore(msgs_, calculate(msgs_, calc, now=10.0))
     assert store.intervals[0]["open"] is True
@@ -311,17 +357,27 @@ def test_read_functions_contract():
         return msgs_.slice(int(np.searchsorted(ts, a)), int(np.searchsorted(ts, b)))
 
     diff = recalculate(
-        calculator=calc, read_messages=read_messages,
+        calculator=calc,
+        read_messages=read_messages,
         read_intervals=lambda a, b: [i for i in stored if a <= i["begin"] < b],
-        interval_before=lambda t: max((i for i in stored if i["begin"] < t), key=lambda i: i["begin"], default=None),
-        dirty_begin=100.0, dirty_end=100.0, now=None, newest=199.0,
+        interval_before=lambda t: max(
+            (i for i in stored if i["begin"] < t), key=lambda i: i["begin"], default=None
+        ),
+        dirty_begin=100.0,
+        dirty_end=100.0,
+        now=None,
+        newest=199.0,
     )
     assert not diff
     assert all(math.isfinite(a) and a > 0 for a, _ in calls)
 
 
 @pytest.mark.slow
-@settings(max_examples=EXAMPLES * 5, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=EXAMPLES * 5,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(calc_config=calculators(), batches=_batches, late_now=st.booleans())
 def test_windowed_recalculation_equals_full_calculation_many(calc_config, batches, late_now):
     test_windowed_recalculation_equals_full_calculation.hypothesis.inner_test(calc_config, batches, late_now)

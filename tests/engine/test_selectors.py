@@ -119,7 +119,12 @@ def test_change_method_unknown_and_max_inactive_join_equal_values_only():
 
 
 def test_datetime_day_split_utc():
-    times = [ts("2024-05-01T22:00:00"), ts("2024-05-01T23:59:59"), ts("2024-05-02T00:00:00"), ts("2024-05-02T08:00:00")]
+    times = [
+        ts("2024-05-01T22:00:00"),
+        ts("2024-05-01T23:59:59"),
+        ts("2024-05-02T00:00:00"),
+        ts("2024-05-02T08:00:00"),
+    ]
     calc = one_selector({"type": "datetime", "split": "day"})
     assert spans(msgs([1] * 4, times=times), calc) == [(times[0], times[1]), (times[2], times[3])]
 
@@ -177,8 +182,16 @@ def test_datetime_active_until_the_period_ends_by_wall_clock():
 
 
 CIRCLE = {"type": "circle", "name": "depot", "center": {"lat": 52.0, "lon": 0.0}, "radius": 1.0}
-SQUARE = {"type": "polygon", "name": "yard", "path": [
-    {"lat": 52.1, "lon": 0.1}, {"lat": 52.1, "lon": 0.2}, {"lat": 52.2, "lon": 0.2}, {"lat": 52.2, "lon": 0.1}]}
+SQUARE = {
+    "type": "polygon",
+    "name": "yard",
+    "path": [
+        {"lat": 52.1, "lon": 0.1},
+        {"lat": 52.1, "lon": 0.2},
+        {"lat": 52.2, "lon": 0.2},
+        {"lat": 52.2, "lon": 0.1},
+    ],
+}
 
 
 def pos(lat, lon, t):
@@ -190,14 +203,15 @@ def pos(lat, lon, t):
 
 
 def test_geofence_circle_and_polygon():
-    calc = one_selector({"type": "geofence", "geofences": [CIRCLE, SQUARE]},
-                        counters=[{"name": "zone", "type": "geofence"}])
+    calc = one_selector(
+        {"type": "geofence", "geofences": [CIRCLE, SQUARE]}, counters=[{"name": "zone", "type": "geofence"}]
+    )
     track = [
-        pos(52.0, 0.0, 0),      # depot centre
-        pos(52.005, 0.0, 1),    # 0.56 km from the centre: inside
-        pos(52.02, 0.0, 2),     # 2.2 km: outside
-        pos(52.15, 0.15, 3),    # yard
-        pos(52.15, 0.25, 4),    # east of the yard
+        pos(52.0, 0.0, 0),  # depot centre
+        pos(52.005, 0.0, 1),  # 0.56 km from the centre: inside
+        pos(52.02, 0.0, 2),  # 2.2 km: outside
+        pos(52.15, 0.15, 3),  # yard
+        pos(52.15, 0.25, 4),  # east of the yard
     ]
     result = calculate(track, calc)
     assert [(i["begin"], i["end"], i["zone"]) for i in result] == [(0, 1, "depot"), (3, 3, "yard")]

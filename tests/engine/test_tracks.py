@@ -16,8 +16,16 @@ pytestmark = pytest.mark.skipif(not TRACKS.exists(), reason="the shared tracks a
 
 TRIPS = {
     "name": "trips",
-    "selectors": [{"type": "expression", "expression": "position.speed > 5", "merge_unknown": True,
-                   "min_active": 10, "max_inactive": 60, "min_duration": 30}],
+    "selectors": [
+        {
+            "type": "expression",
+            "expression": "position.speed > 5",
+            "merge_unknown": True,
+            "min_active": 10,
+            "max_inactive": 60,
+            "min_duration": 30,
+        }
+    ],
     "counters": [
         {"name": "mileage", "type": "expression", "expression": "mileage()", "method": "summary"},
         {"name": "max_speed", "type": "parameter", "parameter": "position.speed", "method": "maximum"},
@@ -50,7 +58,11 @@ def test_bus_stops_at_many_stops():
     assert (hms(parkings[0]["begin"]), round(parkings[0]["duration"])) == ("07:46:01", 243)
     longest = sorted(parkings, key=lambda p: -p["duration"])[:4]
     assert [(hms(p["begin"]), round(p["duration"])) for p in longest] == [
-        ("07:46:01", 243), ("08:35:33", 201), ("08:13:23", 129), ("08:08:48", 118)]
+        ("07:46:01", 243),
+        ("08:35:33", 201),
+        ("08:13:23", 129),
+        ("08:08:48", 118),
+    ]
     # Every stop is on the route, inside the bounding box of the track.
     lats = [m["position.latitude"] for m in bus]
     lons = [m["position.longitude"] for m in bus]
@@ -72,7 +84,10 @@ def test_bus_journey_is_one_trip_of_about_14_km():
     # Without joining across stops, the journey is cut at every stop longer than a minute.
     legs = calculate(bus, TRIPS)
     assert len(legs) == 11
-    assert (hms(legs[-3]["end"]), hms(legs[-2]["begin"])) == ("08:40:16", "08:43:02")  # the 105 s stop at 08:41:15
+    assert (hms(legs[-3]["end"]), hms(legs[-2]["begin"])) == (
+        "08:40:16",
+        "08:43:02",
+    )  # the 105 s stop at 08:41:15
     assert sum(t["mileage"] for t in legs) == pytest.approx(13.94, abs=0.01)
 
 
@@ -80,12 +95,18 @@ def test_car_two_trips_around_a_two_minute_halt():
     car = load_gpx("car-around-visnjan.gpx")
     assert len(car) == 104
     trips = calculate(car, TRIPS)
-    assert [(hms(t["begin"]), hms(t["end"])) for t in trips] == [("06:16:48", "06:19:38"), ("06:21:38", "06:22:41")]
+    assert [(hms(t["begin"]), hms(t["end"])) for t in trips] == [
+        ("06:16:48", "06:19:38"),
+        ("06:21:38", "06:22:41"),
+    ]
     assert [round(t["mileage"], 2) for t in trips] == [2.05, 0.61]  # of 2.73 km for the whole track
     assert [round(t["max_speed"], 1) for t in trips] == [93.6, 45.3]
     parkings = calculate(car, PARKINGS)
     assert [(hms(p["begin"]), round(p["duration"])) for p in parkings] == [
-        ("06:16:12", 31), ("06:19:56", 101), ("06:22:45", 99)]
+        ("06:16:12", 31),
+        ("06:19:56", 101),
+        ("06:22:45", 99),
+    ]
 
 
 def test_track_replayed_message_by_message_matches_full():

@@ -37,7 +37,12 @@ def test_normalised_calculator_has_the_defaults():
     assert norm["validate_message"] is None
     sel = norm["selectors"][0]
     assert sel["method"] == "boolean"
-    assert (sel["invert"], sel["merge_unknown"], sel["min_duration"], sel["max_inactive"]) == (False, False, 0, 120)
+    assert (sel["invert"], sel["merge_unknown"], sel["min_duration"], sel["max_inactive"]) == (
+        False,
+        False,
+        0,
+        120,
+    )
     assert norm["counters"][0]["method"] == "summary"  # alias resolved
 
 
@@ -105,13 +110,18 @@ def test_geofence_problems():
     square = [{"lat": 0, "lon": 0}, {"lat": 0, "lon": 1}, {"lat": 1, "lon": 1}]
     config = {
         "name": "g",
-        "selectors": [{"type": "geofence", "geofences": [
-            {"type": "circle", "name": "c", "center": {"lat": 95, "lon": 0}, "radius": 0},
-            {"type": "polygon", "name": "p", "path": square[:2]},
-            {"type": "polygon", "name": "big", "path": square * 342},
-            {"type": "triangle"},
-            {"type": "circle", "name": "ok", "center": {"lat": 1, "lon": 2}, "radius": 1},
-        ]}],
+        "selectors": [
+            {
+                "type": "geofence",
+                "geofences": [
+                    {"type": "circle", "name": "c", "center": {"lat": 95, "lon": 0}, "radius": 0},
+                    {"type": "polygon", "name": "p", "path": square[:2]},
+                    {"type": "polygon", "name": "big", "path": square * 342},
+                    {"type": "triangle"},
+                    {"type": "circle", "name": "ok", "center": {"lat": 1, "lon": 2}, "radius": 1},
+                ],
+            }
+        ],
     }
     assert problems(config) == [
         "selectors[0].geofences[0].center.lat: must be between -90 and 90",
@@ -143,7 +153,13 @@ def test_importing_the_engine_does_not_import_django():
         "print(bad)\n"
         "sys.exit(1 if bad else 0)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False,
-                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip() == "[]"

@@ -9,7 +9,7 @@ migrates them with ``platform_setup``, and refuses a database whose name does no
 "bench", so that it cannot touch anyone's data. Its devices (and their messages) are deleted at
 the end.
 
-Each message has 16 keys: a position from the real bus track in ../shared/data/tracks (with
+Each message has 16 keys: a position from the real bus track in tests/data/tracks (with
 derived speed and direction) and CAN, power and GSM parameters; timestamps increase by one
 second, so every batch inserts new rows.
 
@@ -48,7 +48,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
-TRACK = REPO.parent / "shared" / "data" / "tracks" / "bus-304-limerick-2019-02-18.gpx"
+TRACK = REPO / "tests" / "data" / "tracks" / "bus-304-limerick-2019-02-18.gpx"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/flespi_bench"
 TOPOLOGY = {
     "default_region": "eu",

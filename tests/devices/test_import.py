@@ -1,5 +1,5 @@
 """Track file readers, derived speed and direction, and ``manage.py import_messages`` end to end
-on the real tracks in ../shared/data/tracks."""
+on the real tracks in tests/data/tracks."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from devices.importers import ParseError, Record, derive_motion, read_csv, read_
 pytestmark = pytest.mark.django_db(databases="__all__")
 
 REPO = Path(__file__).resolve().parents[2]
-TRACKS = REPO.parent / "shared" / "data" / "tracks"
+TRACKS = REPO / "tests" / "data" / "tracks"
 BUS = TRACKS / "bus-304-limerick-2019-02-18.gpx"
 CAR = TRACKS / "car-around-visnjan.gpx"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from analytics.engine import calculate
 from analytics.engine.geo import haversine
 
-TRACKS = Path(__file__).resolve().parents[3] / "shared" / "data" / "tracks"
+TRACKS = Path(__file__).resolve().parents[1] / "data" / "tracks"
 _GPX = {"g": "http://www.topografix.com/GPX/1/1"}
 
 

@@ -1,4 +1,4 @@
-"""Real tracks (../shared/data/tracks): speeds derived from the points, then a trips calculator
+"""Real tracks (tests/data/tracks): speeds derived from the points, then a trips calculator
 and a parkings calculator. The figures asserted here were checked against the point listings by
 eye (docs/engine.md, "Real tracks")."""
 
@@ -10,9 +10,8 @@ import pytest
 
 from analytics.engine import MemoryStore, calculate, compile_calculator
 
-from .support import TRACKS, load_gpx
+from .support import load_gpx
 
-pytestmark = pytest.mark.skipif(not TRACKS.exists(), reason="the shared tracks are not here")
 
 TRIPS = {
     "name": "trips",

@@ -172,15 +172,10 @@ class Fixture:
         return made
 
     def close(self):
-        from devices.models import DeviceIdent
         from devices.services import device_delete
 
-        ids = [device.pk for device in self.devices]
         for device in self.devices:
             device_delete(device=device)
-        # device_delete leaves the ident claim behind (it filters on the pk after delete() set
-        # it to None); remove the bench's claims here.
-        DeviceIdent.objects.filter(device_id__in=ids).delete()
         self.account.delete()
 
 

@@ -14,6 +14,14 @@ def devices_of(*, account: Account) -> QuerySet[Device]:
     return placement.using_account(Device, account.pk).filter(account_id=account.pk)
 
 
+def device_by_id(device_id: int) -> Device | None:
+    """The device with ``device_id``, read from the datacenter of its account, or None."""
+    claim = DeviceIdent.objects.filter(device_id=device_id).first()
+    if claim is None:
+        return None
+    return placement.using_account(Device, claim.account_id).filter(pk=device_id).first()
+
+
 def device_by_ident(*, region: str, ident: str) -> Device | None:
     """The device with ``ident`` in ``region``, read from its datacenter, or None."""
     claim = DeviceIdent.objects.filter(region=region, ident=ident).first()

@@ -154,11 +154,11 @@ def _device_move_check(*, device: Device, account: Account, target_id: int) -> N
 
 
 def device_delete(*, device: Device) -> None:
-    alias = device._state.db
+    alias, device_id = device._state.db, device.pk  # delete() sets pk to None
     with transaction.atomic(using=alias):
-        storage.messages_drop_device(alias=alias, device_id=device.pk)
+        storage.messages_drop_device(alias=alias, device_id=device_id)
         device.delete()
-    DeviceIdent.objects.filter(device_id=device.pk).delete()
+    DeviceIdent.objects.filter(device_id=device_id).delete()
 
 
 # --- messages ------------------------------------------------------------------------------
@@ -266,12 +266,20 @@ def _has_nul_or_nan(value: Any) -> bool:
 def messages_ingest(
     *, devices: Sequence[Device], messages: Sequence[Any], source: str = "rest", now: float | None = None
 ) -> IngestResult:
-    """Store ``messages`` into every device of ``devices`` (all of one account's datacenter)."""
+    """Store ``messages`` into every enabled device of ``devices``; a disabled device takes none
+    (whatever the entry point) and is reported by id in ``errors``."""
     if len(messages) > MAX_MESSAGES_PER_BATCH:
         raise InvalidInput(f"at most {MAX_MESSAGES_PER_BATCH} messages per batch, got {len(messages)}")
     now = time.time() if now is None else now
     reception_key = "rest.timestamp" if source == "rest" else "server.timestamp"
     result = IngestResult()
+    for device in devices:
+        if not device.enabled:
+            result.errors.append(
+                {"code": 409, "type": "device_disabled", "id": device.pk,
+                 "reason": f"device {device.pk} is disabled: enable it to store its messages"}
+            )
+    devices = [device for device in devices if device.enabled]
     prepared: list[tuple[int, int, dict]] = []
     for index, raw in enumerate(messages):
         try:

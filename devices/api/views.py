@@ -123,7 +123,8 @@ class MessagesView(DeviceChildView):
         body: dict = {"result": []}
         if result.errors:
             body["errors"] = result.errors
-        status = 200 if result.accepted or not result.errors else 400
+        codes = {error["code"] for error in result.errors}
+        status = 200 if result.accepted or not codes else (codes.pop() if len(codes) == 1 else 400)
         return Response(body, status=status)
 
     def delete(self, request: Request, selector: str) -> Response:

@@ -522,3 +522,10 @@ def test_import_refuses_bad_arguments_and_writes_nothing(tmp_path, device, args,
             *args,
         )
     assert outbox_rows(device) == 0
+
+
+def test_import_into_a_disabled_device_is_refused_with_what_to_do(device):
+    device.enabled = False
+    device.save(update_fields=["enabled"])
+    with pytest.raises(CommandError, match=rf"device {device.pk} is disabled: enable it"):
+        import_file(CAR, device)

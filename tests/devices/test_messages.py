@@ -308,3 +308,31 @@ def test_filtered_reads_walk_the_history_in_chunks(account):
     assert [(m["n"], m["device.id"]) for m in found] == [(n, d) for n in range(0, 25, 2) for d in sorted([a.pk, b.pk])]
     found = messages_matching(devices=[a], begin=None, end=None, count=3, reverse=True, condition=Even(), chunk=4)
     assert [m["n"] for m in found] == [24, 22, 20]
+
+
+def test_deleting_a_device_frees_its_ident_and_drops_its_messages(api, key, account, device):
+    messages_ingest(devices=[device], messages=[{"timestamp": T0, "x": 1}])
+    device_id = device.pk
+    response = api.call("DELETE", f"/gw/devices/{device_id}", key=key)
+    assert response.status_code == 200, response.content
+    assert not DeviceIdent.objects.filter(device_id=device_id).exists()
+    assert storage.messages_read(alias="dc_eu_1", device_ids=[device_id]) == []
+    again = device_create(account=account, configuration={"ident": "352625690000001"})
+    assert again.pk != device_id
+
+
+def test_a_disabled_device_takes_no_messages_from_any_entry_point(api, key, account, device):
+    enabled = device_create(account=account, configuration={"ident": "on"})
+    device.enabled = False
+    device.save(update_fields=["enabled"])
+    response = post(api, key, device, [{"timestamp": T0}])
+    assert response.status_code == 409
+    assert response.json()["errors"][0]["type"] == "device_disabled"
+    assert "enable it" in response.json()["errors"][0]["reason"]
+    # With several devices selected, the enabled ones store the batch, the disabled one is named.
+    response = api.call("POST", f"/gw/devices/{device.pk},{enabled.pk}/messages", key=key, body=[{"timestamp": T0}])
+    assert response.status_code == 200
+    assert [error["id"] for error in response.json()["errors"]] == [device.pk]
+    result = messages_ingest(devices=[device], messages=[{"timestamp": T0 + 1}], source="mqtt")
+    assert result.accepted == 0 and result.errors[0]["id"] == device.pk
+    assert rows(device) == [] and len(rows(enabled)) == 1

@@ -7,19 +7,10 @@ from tqdm import tqdm
 
 from devices import importers
 from devices.constants import MAX_MESSAGES_PER_BATCH
-from devices.models import Device, DeviceIdent
+from devices.selectors import device_by_id
 from devices.services import IngestResult, messages_ingest
-from regions import placement
 
 SHOWN_PROBLEMS = 20
-
-
-def device_by_id(device_id: int) -> Device | None:
-    """The device with ``device_id``, read from the datacenter of its account, or None."""
-    claim = DeviceIdent.objects.filter(device_id=device_id).first()
-    if claim is None:
-        return None
-    return placement.using_account(Device, claim.account_id).filter(pk=device_id).first()
 
 
 @dataclass
@@ -68,6 +59,8 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         if device is None:
             raise CommandError(f"device {options['device']} not found")
+        if not device.enabled:
+            raise CommandError(f"device {device.pk} is disabled: enable it (PUT /gw/devices/{device.pk}) and import again")
         try:
             raw = open(path, "rb")  # noqa: SIM115 - closed by the with below
         except OSError as exc:

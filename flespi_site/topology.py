@@ -155,28 +155,49 @@ def _parse_json(text: str, where: str) -> dict:
     return document
 
 
+def _optional_text(value, where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TopologyError(f"{where} must be a string")
+    return value
+
+
+def _list(value, where: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TopologyError(f"{where} must be a JSON array")
+    return value
+
+
 def _build(document: dict, env: Mapping[str, str]) -> Topology:
-    domain = str(document.get("domain") or env.get("FLESPI_DOMAIN") or "localhost")
+    domain = _optional_text(document.get("domain"), "domain") or env.get("FLESPI_DOMAIN") or "localhost"
     port = env.get("PORT", "8000")
     database_url = env.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     redis_url = env.get("REDIS_URL") or DEFAULT_REDIS_URL
     mqtt_url = env.get("MQTT_URL") or DEFAULT_MQTT_URL
     regions: list[RegionConfig] = []
     numbers: dict[int, str] = {}
-    for index, raw in enumerate(document.get("regions") or []):
+    dc_codes: set[str] = set()
+    for index, raw in enumerate(_list(document.get("regions"), "regions")):
         code = raw.get("code") if isinstance(raw, dict) else None
         if not isinstance(code, str) or not _CODE_RE.match(code):
             raise TopologyError(f"regions[{index}].code must be a lowercase code like 'eu'")
         suffix = _env_suffix(code)
         datacenters = []
-        for dc_index, dc in enumerate(raw.get("datacenters") or []):
+        for dc_index, dc in enumerate(_list(raw.get("datacenters"), f"regions[{index}].datacenters")):
             dc_code = dc.get("code") if isinstance(dc, dict) else None
             number = dc.get("number") if isinstance(dc, dict) else None
             where = f"regions[{index}].datacenters[{dc_index}]"
             if not isinstance(dc_code, str) or not _CODE_RE.match(dc_code):
                 raise TopologyError(f"{where}.code must be a lowercase code like 'eu-1'")
-            if not isinstance(number, int) or not 0 < number < ID_STRIDE:
+            # JSON true is not the number 1, though Python's bool is an int.
+            if isinstance(number, bool) or not isinstance(number, int) or not 0 < number < ID_STRIDE:
                 raise TopologyError(f"{where}.number must be an integer in 1..{ID_STRIDE - 1}")
+            if dc_code in dc_codes:
+                raise TopologyError(f"{where}.code {dc_code} is already used by another datacenter")
+            dc_codes.add(dc_code)
             if number in numbers:
                 raise TopologyError(f"{where}.number {number} is already used by {numbers[number]}")
             numbers[number] = dc_code
@@ -186,15 +207,22 @@ def _build(document: dict, env: Mapping[str, str]) -> Topology:
             datacenters.append(DatacenterConfig(dc_code, number, code, url))
         if not datacenters:
             raise TopologyError(f"regions[{index}] ({code}) needs at least one datacenter")
-        default_dc = raw.get("default_datacenter") or datacenters[0].code
+        default_dc = (
+            _optional_text(raw.get("default_datacenter"), f"regions[{index}].default_datacenter")
+            or datacenters[0].code
+        )
+        urls = {
+            name: _optional_text(raw.get(name), f"regions[{index}].{name}")
+            for name in ("rest_url", "mqtt_url", "redis_url")
+        }
         if default_dc not in {dc.code for dc in datacenters}:
             raise TopologyError(f"regions[{index}].default_datacenter {default_dc!r} is not one of its datacenters")
         regions.append(
             RegionConfig(
                 code=code,
-                rest_url=(raw.get("rest_url") or env.get(f"REST_URL_{suffix}") or f"http://{code}.{domain}:{port}").rstrip("/"),
-                mqtt_url=raw.get("mqtt_url") or env.get(f"MQTT_URL_{suffix}") or mqtt_url,
-                redis_url=raw.get("redis_url") or env.get(f"REDIS_URL_{suffix}") or redis_url,
+                rest_url=(urls["rest_url"] or env.get(f"REST_URL_{suffix}") or f"http://{code}.{domain}:{port}").rstrip("/"),
+                mqtt_url=urls["mqtt_url"] or env.get(f"MQTT_URL_{suffix}") or mqtt_url,
+                redis_url=urls["redis_url"] or env.get(f"REDIS_URL_{suffix}") or redis_url,
                 default_datacenter=default_dc,
                 datacenters=tuple(datacenters),
             )
@@ -204,7 +232,7 @@ def _build(document: dict, env: Mapping[str, str]) -> Topology:
     codes = [region.code for region in regions]
     if len(set(codes)) != len(codes):
         raise TopologyError(f"region codes must be unique, got {codes}")
-    default_region = document.get("default_region") or regions[0].code
+    default_region = _optional_text(document.get("default_region"), "default_region") or regions[0].code
     if default_region not in codes:
         raise TopologyError(f"default_region {default_region!r} is not one of {codes}")
     return Topology(default_region, domain, database_url, tuple(regions))

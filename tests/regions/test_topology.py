@@ -104,13 +104,44 @@ def test_inconsistent_topologies_are_refused(document, message):
     assert message in str(excinfo.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="topology.py reads JSON true as the number 1 (isinstance(True, int)); not ours to edit",
-)
 def test_a_boolean_datacenter_number_is_refused():
-    with pytest.raises(topology.TopologyError):
+    with pytest.raises(topology.TopologyError) as excinfo:
         load({"regions": [{"code": "eu", "datacenters": [{"code": "eu-1", "number": True}]}]})
+    assert str(excinfo.value) == "regions[0].datacenters[0].number must be an integer in 1..1023"
+
+
+EU_1 = {"code": "eu-1", "number": 1}
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"regions": {"code": "eu"}}, "regions must be a JSON array"),
+        ({"regions": [{"code": "eu", "datacenters": "eu-1"}]}, "regions[0].datacenters must be a JSON array"),
+        ({"regions": [{"code": "eu", "datacenters": [EU_1], "rest_url": 8000}]}, "regions[0].rest_url must be a string"),
+        ({"regions": [{"code": "eu", "datacenters": [EU_1], "mqtt_url": ["m"]}]}, "regions[0].mqtt_url must be a string"),
+        ({"regions": [{"code": "eu", "datacenters": [EU_1], "redis_url": {}}]}, "regions[0].redis_url must be a string"),
+        (
+            {"regions": [{"code": "eu", "datacenters": [EU_1], "default_datacenter": ["eu-1"]}]},
+            "regions[0].default_datacenter must be a string",
+        ),
+        ({"default_region": {"eu": 1}, "regions": [{"code": "eu", "datacenters": [EU_1]}]}, "default_region must be a string"),
+        ({"domain": 5, "regions": [{"code": "eu", "datacenters": [EU_1]}]}, "domain must be a string"),
+        (
+            {
+                "regions": [
+                    {"code": "eu", "datacenters": [EU_1]},
+                    {"code": "ru", "datacenters": [{"code": "eu-1", "number": 2}]},
+                ]
+            },
+            "regions[1].datacenters[0].code eu-1 is already used by another datacenter",
+        ),
+    ],
+)
+def test_topologies_with_wrong_types_are_refused(document, message):
+    with pytest.raises(topology.TopologyError) as excinfo:
+        load(document)
+    assert str(excinfo.value) == message
 
 
 def test_topology_that_is_not_json_is_refused():

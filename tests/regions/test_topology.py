@@ -118,14 +118,26 @@ EU_1 = {"code": "eu-1", "number": 1}
     [
         ({"regions": {"code": "eu"}}, "regions must be a JSON array"),
         ({"regions": [{"code": "eu", "datacenters": "eu-1"}]}, "regions[0].datacenters must be a JSON array"),
-        ({"regions": [{"code": "eu", "datacenters": [EU_1], "rest_url": 8000}]}, "regions[0].rest_url must be a string"),
-        ({"regions": [{"code": "eu", "datacenters": [EU_1], "mqtt_url": ["m"]}]}, "regions[0].mqtt_url must be a string"),
-        ({"regions": [{"code": "eu", "datacenters": [EU_1], "redis_url": {}}]}, "regions[0].redis_url must be a string"),
+        (
+            {"regions": [{"code": "eu", "datacenters": [EU_1], "rest_url": 8000}]},
+            "regions[0].rest_url must be a string",
+        ),
+        (
+            {"regions": [{"code": "eu", "datacenters": [EU_1], "mqtt_url": ["m"]}]},
+            "regions[0].mqtt_url must be a string",
+        ),
+        (
+            {"regions": [{"code": "eu", "datacenters": [EU_1], "redis_url": {}}]},
+            "regions[0].redis_url must be a string",
+        ),
         (
             {"regions": [{"code": "eu", "datacenters": [EU_1], "default_datacenter": ["eu-1"]}]},
             "regions[0].default_datacenter must be a string",
         ),
-        ({"default_region": {"eu": 1}, "regions": [{"code": "eu", "datacenters": [EU_1]}]}, "default_region must be a string"),
+        (
+            {"default_region": {"eu": 1}, "regions": [{"code": "eu", "datacenters": [EU_1]}]},
+            "default_region must be a string",
+        ),
         ({"domain": 5, "regions": [{"code": "eu", "datacenters": [EU_1]}]}, "domain must be a string"),
         (
             {

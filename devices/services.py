@@ -291,49 +291,75 @@ def messages_ingest(
     by_alias: dict[str, list[Device]] = {}
     for device in devices:
         by_alias.setdefault(device._state.db or placement.alias_for_account(device.account_id), []).append(device)
+    batch = _encode(prepared)
     for alias, group in by_alias.items():
-        lines, telemetry = _copy_lines(group, prepared, reception_key, now)
+        rows, telemetry = _copy_lines(group, batch, reception_key, now)
         with transaction.atomic(using=alias):
-            changes = storage.messages_write(alias=alias, lines=lines, telemetry=telemetry)
+            changes = storage.messages_write(alias=alias, rows=rows, telemetry=telemetry)
         result.changes.extend(changes)
     result.accepted = len(prepared)
     return result
 
 
-def _dumps(value: Any) -> str:
+def _dumps(value: Any) -> bytes:
     try:
-        return orjson.dumps(value).decode()
+        return orjson.dumps(value)
     except TypeError:  # integers beyond 64 bits, which JSON allows
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """A validated batch, independent of the devices it goes to: the unique timestamps in
+    increasing order, each with its body as COPY text (``ts`` tab ``{...``, the object left open
+    so that the stamps can close it), and each parameter's latest value and its time."""
+
+    stamps: list[int]
+    heads: list[bytes]
+    latest: dict[str, tuple[int, str]]
+
+
+def _encode(prepared: list[tuple[int, int, dict]]) -> _Encoded:
+    # Messages of one batch with equal timestamps merge in batch order, like stored ones.
+    merged: dict[int, dict] = {}
+    for _index, ts, body in prepared:
+        previous = merged.get(ts)
+        if previous is None:
+            merged[ts] = body
+        else:
+            merged[ts] = {**previous, **body}
+    stamps = sorted(merged)
+    values: dict[str, Any] = {}
+    times: dict[str, int] = {}
+    heads = []
+    for ts in stamps:
+        body = merged[ts]
+        values.update(body)
+        times.update(dict.fromkeys(body, ts))
+        heads.append(b"%d\t%b" % (ts, _dumps(body)[:-1]))
+    latest = {name: (times[name], _dumps(value).decode()) for name, value in values.items()}
+    return _Encoded(stamps, heads, latest)
 
 
 def _copy_lines(
-    devices: Iterable[Device], prepared: list[tuple[int, int, dict]], reception_key: str, now: float
-) -> tuple[list[str], list[storage.TelemetryValue]]:
-    """COPY lines of the batch for every device, and each parameter's latest value in it."""
-    lines: list[str] = []
+    devices: Iterable[Device], batch: _Encoded, reception_key: str, now: float
+) -> tuple[list[storage.DeviceRows], list[storage.TelemetryValue]]:
+    """The rows of the batch for every device, and each parameter's latest value in it.
+
+    Every body gets the device's stamps appended as members after its own; jsonb keeps the last
+    of equal keys, so the stamps win as they must, and each body is encoded once for all devices."""
+    rows: list[storage.DeviceRows] = []
     telemetry: list[storage.TelemetryValue] = []
+    last = batch.stamps[-1]
     for device in devices:
         stamps = {"device.id": device.pk, "device.name": device.name, "ident": device.ident, reception_key: now}
-        # Messages of one batch with equal timestamps merge in batch order, like stored ones.
-        merged: dict[int, dict] = {}
-        for _index, ts, body in prepared:
-            previous = merged.get(ts)
-            if previous is None:
-                merged[ts] = {**body, **stamps}
-            else:
-                previous.update(body)
-                previous.update(stamps)
-        latest: dict[str, tuple[int, object]] = {}
-        for ts in sorted(merged):
-            body = merged[ts]
-            lines.append(storage.copy_line(device.pk, ts, _dumps(body)))
-            for name, value in body.items():
-                latest[name] = (ts, value)
-        telemetry.extend(
-            storage.TelemetryValue(device.pk, name, _dumps(value), ts) for name, (ts, value) in latest.items()
-        )
-    return lines, telemetry
+        tail = b"," + _dumps(stamps)[1:] + b"\n"
+        head = b"%d\t" % device.pk
+        data = head + (tail + head).join(batch.heads) + tail
+        rows.append(storage.DeviceRows(device.pk, batch.stamps, storage.copy_escape(data)))
+        latest = {**batch.latest, **{name: (last, _dumps(value).decode()) for name, value in stamps.items()}}
+        telemetry.extend(storage.TelemetryValue(device.pk, name, value, ts) for name, (ts, value) in latest.items())
+    return rows, telemetry
 
 
 def messages_delete(*, devices: Sequence[Device], begin: float | None, end: float | None) -> list[ChangedRange]:

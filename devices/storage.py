@@ -1,17 +1,21 @@
 """SQL of the messages, telemetry and outbox tables of a datacenter database.
 
 Timestamps are stored as integer microseconds (``ts``); the message body keeps its float
-``timestamp``. Writes are set-based: a batch is COPYed into a session-local staging table and
-merged with one statement, which also queues the outbox rows and reports what changed.
+``timestamp``. Writes are set-based. Rows newer than everything a device has stored (new data
+appended, the common case) are COPYed straight into ``messages``; the others are COPYed into a
+session-local staging table and merged with one statement. Either way one statement queues the
+outbox rows and reports what changed.
 """
 
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from django.db import connections
+from django.db import IntegrityError, connections, transaction
+from psycopg import errors as pg_errors
 
 from devices.choices import OutboxKind
 
@@ -25,26 +29,42 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGING} (
 ) ON COMMIT DELETE ROWS
 """
 
-# New rows are inserted; a row with the timestamp of a stored one is merged into it (new keys
+# The newest stored message of each device: rows after it cannot meet a stored one.
+_NEWEST = """
+SELECT d.id, (SELECT max(ts) FROM messages WHERE device_id = d.id) FROM unnest(%s::bigint[]) AS d(id)
+"""
+
+# Staged rows are inserted; a row with the timestamp of a stored one is merged into it (new keys
 # overwrite), and only when that changes something other than the reception time: a resent
-# batch changes nothing and queues nothing. What was inserted or changed is queued for MQTT as
+# batch changes nothing and queues nothing. What was inserted or changed, with the rows the same
+# write COPYed straight into ``messages`` for these devices (``appended``), is queued for MQTT as
 # one outbox row per device holding its timestamps in order, and the changed range per device
-# is returned for the analytics.
+# is returned for the analytics. The statement empties the staging table as it reads it, so a
+# next write in the same transaction starts from nothing.
 _MERGE = f"""
-WITH changed AS (
+WITH staged AS (
+    DELETE FROM {STAGING} RETURNING device_id, ts, body
+), changed AS (
     INSERT INTO messages AS m (device_id, ts, body)
-    SELECT device_id, ts, body FROM {STAGING}
+    SELECT device_id, ts, body FROM staged
     ON CONFLICT (device_id, ts) DO UPDATE SET body = m.body || EXCLUDED.body
     WHERE m.body IS DISTINCT FROM (m.body || (EXCLUDED.body - ARRAY['rest.timestamp', 'server.timestamp']))
     RETURNING m.device_id, m.ts
+), appended AS (
+    SELECT * FROM unnest(%s::text::bigint[], %s::text::bigint[]) AS a(device_id, ts)
 ), per_device AS (
-    SELECT device_id, array_agg(ts ORDER BY ts) AS stamps FROM changed GROUP BY device_id
+    SELECT device_id, array_agg(ts ORDER BY ts) AS stamps FROM (
+        SELECT device_id, ts FROM changed UNION ALL SELECT device_id, ts FROM appended
+    ) AS c GROUP BY device_id
 ), queued AS (
     INSERT INTO outbox (device_id, kind, stamps)
     SELECT device_id, {int(OutboxKind.MESSAGE)}, stamps FROM per_device ORDER BY device_id
 )
 SELECT device_id, stamps[1], stamps[array_length(stamps, 1)], array_length(stamps, 1) FROM per_device
 """
+
+# The outbox row of a device whose rows were all COPYed straight into ``messages``.
+_QUEUE = f"INSERT INTO outbox (device_id, kind, stamps) VALUES (%s, {int(OutboxKind.MESSAGE)}, %s::text::bigint[])"
 
 # The latest value of every parameter, kept correct when messages arrive out of order: a value
 # only replaces one from an older (or the same) message. The batch's latest values are found by
@@ -67,9 +87,31 @@ class ChangedRange:
     count: int
 
 
-def copy_line(device_id: int, ts: int, body_json: str) -> str:
-    # COPY's text format treats backslash as an escape; JSON text has no raw tabs or newlines.
-    return f"{device_id}\t{ts}\t{body_json.replace(chr(92), chr(92) * 2)}\n"
+@dataclass(frozen=True)
+class DeviceRows:
+    """One device's rows for ``messages_write``: ``stamps`` (microseconds, unique, increasing)
+    and ``data``, their COPY text lines (``device_id``, ``ts``, ``body``) in the same order."""
+
+    device_id: int
+    stamps: Sequence[int]
+    data: bytes
+
+    def split(self, count: int) -> tuple[bytes, bytes]:
+        """The COPY data of the first ``count`` rows and of the others."""
+        if count <= 0:
+            return b"", self.data
+        if count >= len(self.stamps):
+            return self.data, b""
+        end = -1
+        for _ in range(count):
+            end = self.data.index(b"\n", end + 1)
+        return self.data[: end + 1], self.data[end + 1 :]
+
+
+def copy_escape(text: bytes) -> bytes:
+    """JSON text as a COPY text field: COPY treats backslash as an escape; JSON text holds no raw
+    tabs or newlines."""
+    return text.replace(b"\\", b"\\\\")
 
 
 @dataclass(frozen=True)
@@ -80,27 +122,77 @@ class TelemetryValue:
     ts: int
 
 
-def messages_write(*, alias: str, lines: Sequence[str], telemetry: Sequence[TelemetryValue] = ()) -> list[ChangedRange]:
-    """Merge prepared COPY lines (see ``copy_line``) into ``messages`` and the batch's latest
-    parameter values into ``telemetry``; the caller holds the transaction. Lines must be unique
-    per (device, ts)."""
+def messages_write(
+    *, alias: str, rows: Sequence[DeviceRows], telemetry: Sequence[TelemetryValue] = ()
+) -> list[ChangedRange]:
+    """Store the devices' rows into ``messages`` (inserting new ones, merging equal timestamps)
+    with their outbox rows, and the batch's latest parameter values into ``telemetry``; the
+    caller holds the transaction. Returns the inserted or changed range of each device.
+
+    The rows of a device newer than its newest stored message are COPYed straight into
+    ``messages``: no stored row can meet them. Should a concurrent write have stored some of
+    them meanwhile, the unique violation rolls back to a savepoint and they join the others,
+    which go through the staging table and the merge."""
+    rows = sorted(rows, key=lambda r: r.device_id)  # one lock order for every writer
     connection = connections[alias]
     connection.ensure_connection()
     with connection.cursor() as cursor:
-        cursor.execute(_CREATE_STAGING)
-        raw = cursor.cursor
-        with raw.copy(f"COPY {STAGING} (device_id, ts, body) FROM STDIN") as copy:
-            copy.write("".join(lines))
-        cursor.execute(_MERGE)
-        changed = [ChangedRange(*row) for row in cursor.fetchall()]
+        cursor.execute(_NEWEST, [[r.device_id for r in rows]])
+        newest = dict(cursor.fetchall())
+        cuts = [0 if newest.get(r.device_id) is None else bisect_right(r.stamps, newest[r.device_id]) for r in rows]
+        fresh = [r.split(cut)[1] for r, cut in zip(rows, cuts, strict=True) if cut < len(r.stamps)]
+        if fresh and not _copy_appending(connection, cursor, fresh):
+            cuts = [len(r.stamps) for r in rows]  # a concurrent write got there first: merge all
+        changed = []
+        merged = [(r, cut) for r, cut in zip(rows, cuts, strict=True) if cut]
+        if merged:
+            cursor.execute(_CREATE_STAGING)
+            with cursor.cursor.copy(f"COPY {STAGING} (device_id, ts, body) FROM STDIN") as copy:
+                for r, cut in merged:
+                    copy.write(r.split(cut)[0])
+            appended = [(r.device_id, r.stamps[cut:]) for r, cut in merged]
+            cursor.execute(
+                _MERGE,
+                [_array([device_id for device_id, stamps in appended for _ in stamps]),
+                 _array([ts for _, stamps in appended for ts in stamps])],
+            )
+            changed += [ChangedRange(*row) for row in cursor.fetchall()]
+        appended = [r for r, cut in zip(rows, cuts, strict=True) if not cut]
+        if appended:
+            literals: dict[int, str] = {}  # the devices of a write mostly share one list of stamps
+            cursor.executemany(
+                _QUEUE,
+                [(r.device_id, literals.get(id(r.stamps)) or literals.setdefault(id(r.stamps), _array(r.stamps)))
+                 for r in appended],
+            )
+            changed += [ChangedRange(r.device_id, r.stamps[0], r.stamps[-1], len(r.stamps)) for r in appended]
         if telemetry:
             cursor.execute(
                 _TELEMETRY,
                 [[t.device_id for t in telemetry], [t.name for t in telemetry],
                  [t.value_json for t in telemetry], [t.ts for t in telemetry]],
             )
-        cursor.execute(f"TRUNCATE {STAGING}")
     return changed
+
+
+def _array(numbers: Iterable[int]) -> str:
+    # A PostgreSQL array literal: much cheaper to build and send than a list adapted by the driver.
+    return "{" + ",".join(map(str, numbers)) + "}"
+
+
+def _copy_appending(connection, cursor, parts: Sequence[bytes]) -> bool:
+    """COPY rows straight into ``messages`` under a savepoint; False (and rolled back) when one
+    of them meets a stored row."""
+    try:
+        with (
+            transaction.atomic(using=connection.alias),
+            cursor.cursor.copy("COPY messages (device_id, ts, body) FROM STDIN") as copy,
+        ):
+            for data in parts:
+                copy.write(data)
+    except (pg_errors.UniqueViolation, IntegrityError):
+        return False
+    return True
 
 
 def messages_read(

@@ -336,3 +336,113 @@ def test_a_disabled_device_takes_no_messages_from_any_entry_point(api, key, acco
     result = messages_ingest(devices=[device], messages=[{"timestamp": T0 + 1}], source="mqtt")
     assert result.accepted == 0 and result.errors[0]["id"] == device.pk
     assert rows(device) == [] and len(rows(enabled)) == 1
+
+
+# --- the write path: rows after the newest stored one go straight in, the others merge ---------
+
+
+def outbox_rows(device) -> list[list[int]]:
+    with connections[device._state.db].cursor() as cursor:
+        cursor.execute("SELECT stamps FROM outbox WHERE device_id = %s ORDER BY id", [device.pk])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def us(seconds: float) -> int:
+    return round(seconds * 1_000_000)
+
+
+@pytest.fixture
+def appending(monkeypatch):
+    """What each straight COPY into ``messages`` did: True when it went in, False when it met a
+    stored row and was rolled back."""
+    outcomes: list[bool] = []
+    original = storage._copy_appending
+
+    def spy(*args, **kwargs):
+        outcomes.append(original(*args, **kwargs))
+        return outcomes[-1]
+
+    monkeypatch.setattr(storage, "_copy_appending", spy)
+    return outcomes
+
+
+def test_new_rows_go_straight_in_and_an_older_batch_in_the_same_call_merges(account, appending):
+    fresh = device_create(account=account, configuration={"ident": "fresh"})
+    stored = device_create(account=account, configuration={"ident": "stored"})
+    messages_ingest(devices=[stored], messages=[{"timestamp": T0 + i, "a": i} for i in range(5)])
+    result = messages_ingest(
+        devices=[stored, fresh], messages=[{"timestamp": T0 + i, "a": i, "b": 1} for i in range(3)]
+    )
+    assert appending == [True, True]  # the first batch, then ``fresh`` of the second one
+    ranges = {c.device_id: (c.begin, c.end, c.count) for c in result.changes}
+    assert ranges == {d.pk: (us(T0), us(T0 + 2), 3) for d in (stored, fresh)}
+    assert [(m["a"], m.get("b")) for m in rows(stored)] == [(0, 1), (1, 1), (2, 1), (3, None), (4, None)]
+    assert [(m["a"], m["b"]) for m in rows(fresh)] == [(0, 1), (1, 1), (2, 1)]
+    stamps = [us(T0 + i) for i in range(3)]
+    assert outbox_rows(stored)[1:] == [stamps] and outbox_rows(fresh) == [stamps]
+
+
+def test_a_batch_overlapping_the_stored_ones_merges_the_old_part_and_appends_the_rest(device, appending):
+    messages_ingest(devices=[device], messages=[{"timestamp": T0 + i, "x": i} for i in range(10)], now=T0 + 100)
+    # 5..7 are resent unchanged, 8..9 change, 10..13 are new.
+    batch = [{"timestamp": T0 + i, "x": i if i < 8 else -i} for i in range(5, 14)]
+    result = messages_ingest(devices=[device], messages=batch, now=T0 + 200)
+    assert appending == [True, True]
+    assert [(c.begin, c.end, c.count) for c in result.changes] == [(us(T0 + 8), us(T0 + 13), 6)]
+    assert outbox_rows(device) == [[us(T0 + i) for i in range(10)], [us(T0 + i) for i in range(8, 14)]]
+    stored = rows(device)
+    assert [m["x"] for m in stored] == [0, 1, 2, 3, 4, 5, 6, 7, -8, -9, -10, -11, -12, -13]
+    assert {m["rest.timestamp"] for m in stored[5:8]} == {T0 + 100}  # unchanged rows were not touched
+    assert {m["rest.timestamp"] for m in stored[8:]} == {T0 + 200}
+
+
+def test_a_batch_wholly_before_the_newest_stored_message_only_merges(device, appending):
+    messages_ingest(devices=[device], messages=[{"timestamp": T0 + i, "x": i} for i in (0, 2, 4)])
+    result = messages_ingest(devices=[device], messages=[{"timestamp": T0 + 1, "x": 1}, {"timestamp": T0 + 2, "y": 2}])
+    assert appending == [True]  # nothing of the second batch could go straight in
+    assert [(c.begin, c.end, c.count) for c in result.changes] == [(us(T0 + 1), us(T0 + 2), 2)]
+    assert [(m["x"], m.get("y")) for m in rows(device)] == [(0, None), (1, None), (2, 2), (4, None)]
+    assert outbox_rows(device)[1:] == [[us(T0 + 1), us(T0 + 2)]]
+
+
+def test_a_row_stored_meanwhile_rolls_the_straight_copy_back_and_the_batch_merges(device, appending, monkeypatch):
+    messages_ingest(devices=[device], messages=[{"timestamp": T0 + i, "a": 1, "b": 1} for i in range(3)])
+    # As if a concurrent write stored its rows after this one looked for the newest stored message.
+    monkeypatch.setattr(storage, "_NEWEST", "SELECT id, NULL::bigint FROM unnest(%s::bigint[]) AS d(id)")
+    result = messages_ingest(devices=[device], messages=[{"timestamp": T0 + i, "b": 2, "c": 3} for i in range(1, 5)])
+    assert appending == [True, False]
+    assert [(c.begin, c.end, c.count) for c in result.changes] == [(us(T0 + 1), us(T0 + 4), 4)]
+    assert [(m["a"] if "a" in m else None, m["b"], m.get("c")) for m in rows(device)] == [
+        (1, 1, None), (1, 2, 3), (1, 2, 3), (None, 2, 3), (None, 2, 3),
+    ]
+    assert outbox_rows(device)[1:] == [[us(T0 + i) for i in range(1, 5)]]
+    # The transaction goes on after the rollback to the savepoint: a resend merges to nothing.
+    again = messages_ingest(devices=[device], messages=[{"timestamp": T0 + i, "b": 2, "c": 3} for i in range(1, 5)])
+    assert again.changes == [] and len(outbox_rows(device)) == 2
+
+
+def test_merges_in_one_transaction_do_not_see_each_others_staged_rows(device):
+    from django.db import transaction
+
+    with transaction.atomic(using=device._state.db):
+        messages_ingest(devices=[device], messages=[{"timestamp": T0 + i, "x": i} for i in range(3)])
+        first = messages_ingest(devices=[device], messages=[{"timestamp": T0 + i, "x": 10 + i} for i in range(2)])
+        second = messages_ingest(devices=[device], messages=[{"timestamp": T0 + 2, "x": 99}])
+    assert [(c.begin, c.count) for c in first.changes] == [(us(T0), 2)]
+    assert [(c.begin, c.count) for c in second.changes] == [(us(T0 + 2), 1)]
+    assert [m["x"] for m in rows(device)] == [10, 11, 99]
+
+
+def test_the_platform_stamps_win_over_keys_of_the_same_name_and_text_survives_copy(device):
+    text = 'back\\slash "quoted" tab\t newline\n ünïcode \u2028 \\u0000'
+    messages_ingest(devices=[device], messages=[
+        {"timestamp": T0, "device.id": 1, "ident": "spoofed", "rest.timestamp": 5, "s": text, "big": 2**70},
+        {"timestamp": T0, "nested": {"k": [text, 1.5, None]}},
+    ])
+    [message] = rows(device)
+    assert (message["device.id"], message["ident"]) == (device.pk, device.ident)
+    assert message["rest.timestamp"] != 5
+    assert message["s"] == text and message["nested"] == {"k": [text, 1.5, None]}
+    assert message["big"] == 2**70
+    telemetry = storage.telemetry_read(alias=device._state.db, device_ids=[device.pk])[device.pk]
+    assert telemetry["ident"]["value"] == device.ident and telemetry["s"]["value"] == text

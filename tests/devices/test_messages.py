@@ -412,7 +412,7 @@ def test_a_row_stored_meanwhile_rolls_the_straight_copy_back_and_the_batch_merge
     result = messages_ingest(devices=[device], messages=[{"timestamp": T0 + i, "b": 2, "c": 3} for i in range(1, 5)])
     assert appending == [True, False]
     assert [(c.begin, c.end, c.count) for c in result.changes] == [(us(T0 + 1), us(T0 + 4), 4)]
-    assert [(m["a"] if "a" in m else None, m["b"], m.get("c")) for m in rows(device)] == [
+    assert [(m.get("a"), m["b"], m.get("c")) for m in rows(device)] == [
         (1, 1, None), (1, 2, 3), (1, 2, 3), (None, 2, 3), (None, 2, 3),
     ]
     assert outbox_rows(device)[1:] == [[us(T0 + i) for i in range(1, 5)]]

@@ -20,6 +20,7 @@ from flespi_site.api.permissions import IsMasterToken
 from flespi_site.api.selectors import SelectorField
 from flespi_site.api.views import (
     FlespiAPIView,
+    ProjectionParameters,
     Resource,
     ResourceView,
     json_body,
@@ -96,6 +97,7 @@ class CustomerView(FlespiAPIView):
     """``GET|PUT /platform/customer``: the acting account itself."""
 
     permission_classes = [IsMasterToken]
+    query_parameters = {"GET": ProjectionParameters}
 
     def get(self, request: Request) -> Response:
         names = projection(query_params(request), ACCOUNT_FIELDS)

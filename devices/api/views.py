@@ -96,6 +96,8 @@ def _message_filter(text: str | None):
 class MessagesView(DeviceChildView):
     """``GET|POST|DELETE /gw/devices/{sel}/messages``."""
 
+    query_parameters = {"GET": MessagesQuerySerializer, "DELETE": MessagesDeleteSerializer}
+
     def get(self, request: Request, selector: str) -> Response:
         params = validated_params(request, MessagesQuerySerializer)
         devices = self.selected_devices(selector)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
 
 
 class FlespiAutoSchema(AutoSchema):
@@ -18,6 +19,20 @@ class FlespiAutoSchema(AutoSchema):
                 return resource.update_serializer
         serializers = getattr(self.view, "request_serializers", {})
         return serializers.get(self.method)
+
+    def get_override_parameters(self):
+        parameters_of = getattr(self.view, "parameters_of", None)
+        if parameters_of is None:
+            return []
+        parameters = parameters_of(self.method)
+        if not parameters().fields:
+            return []
+        data = OpenApiParameter(
+            "data",
+            OpenApiTypes.STR,
+            description="the same parameters as one JSON object (values keep their JSON types)",
+        )
+        return [parameters, data]
 
     def get_response_serializers(self):
         return {"200": OpenApiTypes.OBJECT}

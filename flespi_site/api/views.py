@@ -16,18 +16,66 @@ from django.conf import settings
 from django.db.models import Model, QuerySet
 from django.urls import path
 from rest_framework import serializers
-from rest_framework.exceptions import NotAuthenticated, ParseError, UnsupportedMediaType
+from rest_framework.exceptions import NotAuthenticated, ParseError, UnsupportedMediaType, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import Account
 from accounts.services import acting_account
+from flespi_site.api import fields as strict
 from flespi_site.api.exceptions import RegionRedirect
 from flespi_site.api.parsers import loads_strict
 from flespi_site.api.permissions import HasToken
 from flespi_site.api.selectors import SelectorField, is_id_list, parse_selector
 from flespi_site.errors import DomainError, InvalidInput, NotFound
+
+
+class ProjectionParameters(strict.StrictSerializer):
+    """The query parameters of an endpoint that renders items: ``fields`` (read by ``projection``,
+    which also takes a JSON array of names through ``data=``)."""
+
+    fields = strict.StrictCharField(
+        required=False, help_text="the fields of each item in the answer, separated by commas: fields=id,name"
+    )
+
+
+class NoParameters(strict.StrictSerializer):
+    """An endpoint method that takes no query parameter."""
+
+
+# Parameter names are echoed in errors; a name longer than this is cut.
+_ECHOED_NAME_LENGTH = 64
+
+
+def _echoed(name: str) -> str:
+    return name if len(name) <= _ECHOED_NAME_LENGTH else name[:_ECHOED_NAME_LENGTH] + "..."
+
+
+def refuse_unknown_parameters(request: Request, parameters: type[serializers.Serializer]) -> None:
+    """Refuse query parameters (plain, or keys of ``data=``) that ``parameters`` does not
+    declare, and plain ones given twice: a typo must not silently change what a request does."""
+    known = set(parameters().fields)
+    given = list(request.query_params)
+    problems: dict[str, list[str]] = {}
+    for name in given:
+        if len(request.query_params.getlist(name)) > 1:
+            problems[_echoed(name)] = ["query parameter given more than once; give it once"]
+    if known and "data" in given:
+        data = loads_strict(request.query_params.get("data"), what="query parameter data")
+        if not isinstance(data, dict):
+            raise InvalidInput("query parameter data must be a JSON object", field="data")
+        given += [name for name in data if name not in given]
+    if known:
+        takes = "this endpoint takes " + ", ".join(sorted(known)) + " (plain, or in data=<JSON object>)"
+        known.add("data")
+    else:
+        takes = "this endpoint takes no query parameters"
+    for name in given:
+        if name not in known:
+            problems[_echoed(name)] = [f"unknown query parameter; {takes}"]
+    if problems:
+        raise ValidationError(problems)
 
 
 def query_params(request: Request) -> dict[str, Any]:
@@ -60,8 +108,6 @@ _PLAIN_NUMBER = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
 def validated_params(request: Request, serializer_class: type[serializers.Serializer]) -> dict[str, Any]:
     """Query parameters validated by ``serializer_class``. Plain parameters arrive as text and
     are read as the type the serializer expects; ``data=`` values keep their JSON types."""
-    from flespi_site.api import fields as strict
-
     params = {key: request.query_params.get(key) for key in request.query_params if key != "data"}
     declared = serializer_class().fields
     for name, text in list(params.items()):
@@ -126,6 +172,9 @@ class FlespiAPIView(APIView):
 
     # Views that need no token (``/auth/regions``) set this to False.
     acts_for_account: ClassVar[bool] = True
+    # The query parameters of each method, by a serializer that declares them (the OpenAPI schema
+    # documents them from it); any other parameter is refused. A method missing here takes none.
+    query_parameters: ClassVar[dict[str, type[serializers.Serializer]]] = {}
 
     def initial(self, request: Request, *args, **kwargs) -> None:
         super().initial(request, *args, **kwargs)
@@ -133,6 +182,13 @@ class FlespiAPIView(APIView):
         if self.acts_for_account and request.auth is not None:
             self.account = acting_account(token=request.auth, cid=request.headers.get("x-flespi-cid"))
             self._check_region(request, self.account)
+        if request.method.lower() in self.http_method_names and hasattr(self, request.method.lower()):
+            refuse_unknown_parameters(request, self.parameters_of(request.method))
+
+    @classmethod
+    def parameters_of(cls, method: str) -> type[serializers.Serializer]:
+        method = "GET" if method == "HEAD" else method
+        return cls.query_parameters.get(method, NoParameters)
 
     def permission_denied(self, request: Request, message=None, code=None) -> None:
         # DRF drops the permission's message when no token was sent; say how to send one.
@@ -193,6 +249,7 @@ def _status_of(errors: list[dict], done: int) -> int:
 
 class ResourceView(FlespiAPIView):
     resource_class: ClassVar[type[Resource]]
+    query_parameters = {"GET": ProjectionParameters, "POST": ProjectionParameters, "PUT": ProjectionParameters}
 
     def _resource(self) -> Resource:
         return self.resource_class(self)

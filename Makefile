@@ -5,6 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
+DEV_STAMP := $(VENV)/.requirements-dev-installed
 PYTEST_ARGS ?=
 
 .PHONY: run test lint bench venv
@@ -19,14 +20,20 @@ $(STAMP): requirements.txt | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# The type checker and its stubs, for `make lint` only.
+$(DEV_STAMP): requirements-dev.txt $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
 run: $(STAMP)
 	$(PY) -m flespi_site.supervisor
 
 test: $(STAMP)
 	$(PY) -m flespi_site.embedded exec -- $(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP) $(DEV_STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m mypy flespi_site accounts regions devices analytics
 
 bench: $(STAMP)
 	@set -e; for script in bench/*.py; do \

@@ -44,6 +44,7 @@ def select_all(calc: Calculator, frame: Frame, now: float | None) -> Runs:
     for spec in calc.selectors:
         r = select(spec, frame, now=now, tz=calc.tz)
         runs = r if runs is None else intersect(runs, r)[0]
+    assert runs is not None  # compile_calculator requires at least one selector
     return runs
 
 
@@ -96,7 +97,10 @@ def compute(
     ids = raw_ids + ar - np.maximum.accumulate(np.where(new_begin, ar, 0))
     rows = zip(ids.tolist(), begin.tolist(), end.tolist(), strict=True)
     if not calc.needs_interval_pass:
-        col_lists = [(spec.name, vals) for spec, vals in cols]
+        col_lists = []
+        for spec, vals in cols:
+            assert vals is not None  # only interval and accumulator counters need the interval pass
+            col_lists.append((spec.name, vals))
         for j, (iid, b, e) in enumerate(rows):
             d = {"id": iid, "begin": b, "end": e, "duration": e - b}
             for name, vals in col_lists:
@@ -128,8 +132,8 @@ def _interval_pass(calc, rows, cols, active, previous, out: IntervalList) -> Int
                     d[spec.name] = v
                 continue
             # accumulator
-            own = d.get(spec.parameter)
-            own = V.as_number(own) if own is not None else V.ERROR
+            raw_own = d.get(spec.parameter)
+            own = V.as_number(raw_own) if raw_own is not None else V.ERROR
             carry = None
             if (
                 prev is not None
@@ -137,7 +141,7 @@ def _interval_pass(calc, rows, cols, active, previous, out: IntervalList) -> Int
                 and (spec.method is None or _same_period(calc, prev["begin"], b, spec.method))
             ):
                 carry = float(prev[spec.name])
-            if own is not V.ERROR:
+            if isinstance(own, float):  # as_number gives a float or ERROR
                 d[spec.name] = (carry or 0.0) + own
             elif carry is not None:
                 d[spec.name] = carry
@@ -176,6 +180,7 @@ def active_deadline(calculator, *, newest: float) -> float | None:
         if spec.type in ("expression", "geofence") and spec.options.get("max_inactive", 0) > 0:
             deadlines.append(float(np.nextafter(newest + spec.options["max_inactive"], np.inf)))
         elif spec.type == "datetime":
+            assert spec.split is not None  # required of a datetime selector by compile_calculator
             deadlines.append(_next_period(calc, float(newest), spec.split))
     return min(deadlines) if deadlines else None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import CalculatorError, ExpressionError, Problem
 from .expressions import CompiledExpression
@@ -60,7 +60,7 @@ RESETS = ("day", "week", "month")
 RESERVED_KEYS = ("id", "begin", "end", "duration", "timestamp")
 
 
-def _is_num(v) -> bool:
+def _is_num(v: object) -> TypeGuard[int | float]:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -372,9 +372,9 @@ def _check(config) -> tuple[list[Problem], Calculator | None]:
             seen.add(name)
         if ctype is None or name is None:
             continue
-        spec = CounterSpec(name=name, type=ctype, config=k)
+        counter = CounterSpec(name=name, type=ctype, config=k)
         nk: dict[str, Any] = {"name": name, "type": ctype}
-        spec.validate = c.expression(k, "validate_message", path, tz=tzname, geofences=geofences)
+        counter.validate = c.expression(k, "validate_message", path, tz=tzname, geofences=geofences)
         if k.get("validate_message") is not None:
             nk["validate_message"] = k["validate_message"]
         common = ("name", "type", "validate_message")
@@ -383,21 +383,21 @@ def _check(config) -> tuple[list[Problem], Calculator | None]:
             raw_method = k.get("method")
             if isinstance(raw_method, str):
                 raw_method = METHOD_ALIASES.get(raw_method, raw_method)
-            spec.method = c.string({"method": raw_method}, "method", path, required=True, choices=methods)
-            nk["method"] = spec.method
+            counter.method = c.string({"method": raw_method}, "method", path, required=True, choices=methods)
+            nk["method"] = counter.method
             if ctype == "expression":
                 c.unknown(k, (*common, "expression", "method"), path)
-                spec.expression = c.expression(
+                counter.expression = c.expression(
                     k, "expression", path, tz=tzname, geofences=geofences, required=True
                 )
                 nk["expression"] = k.get("expression")
             else:
                 c.unknown(k, (*common, "parameter", "method"), path)
-                spec.parameter = c.string(k, "parameter", path, default=name)
-                nk["parameter"] = spec.parameter
+                counter.parameter = c.string(k, "parameter", path, default=name)
+                nk["parameter"] = counter.parameter
         elif ctype == "interval":
             c.unknown(k, (*common, "expression"), path)
-            spec.expression = c.expression(
+            counter.expression = c.expression(
                 k, "expression", path, tz=tzname, geofences=geofences, required=True
             )
             nk["expression"] = k.get("expression")
@@ -416,13 +416,13 @@ def _check(config) -> tuple[list[Problem], Calculator | None]:
                     fname = c.string(f, "name", fp, required=True)
                     expr = c.expression(f, "value", fp, tz=tzname, geofences=geofences, required=True)
                     if fname is not None and expr is not None:
-                        spec.fields.append((fname, expr))
+                        counter.fields.append((fname, expr))
             nk["fields"] = fs
         elif ctype == "datetime":
             c.unknown(k, (*common, "interval", "format"), path)
-            spec.method = c.string(k, "interval", path, default="begin", choices=("begin", "end"))
-            spec.value = c.string(k, "format", path, default="%Y-%m-%d %H:%M:%S")
-            nk.update({"interval": spec.method, "format": spec.value})
+            counter.method = c.string(k, "interval", path, default="begin", choices=("begin", "end"))
+            counter.value = c.string(k, "format", path, default="%Y-%m-%d %H:%M:%S")
+            nk.update({"interval": counter.method, "format": counter.value})
         elif ctype == "message":
             c.unknown(k, (*common, "fields", "method"), path)
             fs = k.get("fields")
@@ -431,15 +431,15 @@ def _check(config) -> tuple[list[Problem], Calculator | None]:
                     f"{path}.fields", "missing field" if fs is None else "must be a non-empty list of names"
                 )
             else:
-                spec.fields = list(fs)
-            spec.method = c.string(k, "method", path, default="first", choices=("first", "last"))
-            nk.update({"fields": fs, "method": spec.method})
+                counter.fields = list(fs)
+            counter.method = c.string(k, "method", path, default="first", choices=("first", "last"))
+            nk.update({"fields": fs, "method": counter.method})
         elif ctype == "specified":
             c.unknown(k, (*common, "value"), path)
             if "value" not in k:
                 c.add(f"{path}.value", "missing field")
-            spec.value = k.get("value")
-            nk["value"] = spec.value
+            counter.value = k.get("value")
+            nk["value"] = counter.value
         elif ctype in ("route", "active"):
             c.unknown(k, common, path)
         elif ctype == "geofence":
@@ -451,10 +451,10 @@ def _check(config) -> tuple[list[Problem], Calculator | None]:
             target = c.string(k, "counter", path, required=True)
             if target is not None and target not in {x.name for x in counters}:
                 c.add(f"{path}.counter", f"must name a counter listed before this one, not '{target}'")
-            spec.parameter = target
-            spec.method = c.string(k, "reset_interval", path, choices=RESETS)
-            nk.update({"counter": target, "reset_interval": spec.method})
-        counters.append(spec)
+            counter.parameter = target
+            counter.method = c.string(k, "reset_interval", path, choices=RESETS)
+            nk.update({"counter": target, "reset_interval": counter.method})
+        counters.append(counter)
         norm_counters.append(nk)
     norm["counters"] = norm_counters
     if c.problems:

@@ -168,7 +168,7 @@ def message_counters(
     E: np.ndarray,
     active: np.ndarray,
     geofence_idx: np.ndarray | None,
-) -> list[tuple[CounterSpec, list]]:
+) -> list[tuple[CounterSpec, list | None]]:
     """Values of every counter that depends only on the interval's own messages, in counter order
     (``None`` for interval/accumulator counters, filled later)."""
     k = len(S)
@@ -196,10 +196,14 @@ def message_counters(
             continue
         vm = np.ones(total, bool) if spec.validate is None else spec.validate.evaluate_frame(frame).truth()
         if t == "expression":
+            # compile_calculator requires the expression and the method of this counter type
+            assert spec.expression is not None and spec.method is not None
             vec = spec.expression.evaluate_frame(frame)
             valid = vm & _present(vec, total)
             out.append((spec, reduce_values(red, spec.method, vec, valid)))
         elif t == "parameter":
+            # compile_calculator requires the method and defaults the parameter to the name
+            assert spec.parameter is not None and spec.method is not None
             col = frame.column(spec.parameter)
             vec = _vec_from_column(col, total, "null")
             valid = vm & _present(vec, total)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Protocol
 
 import numpy as np
 from lark import Lark, Token, Transformer
@@ -26,7 +27,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from . import values as V
 from .errors import EvaluationError, ExpressionError
 from .geo import Geofence, first_containing, haversine, haversine_vec
-from .messages import Column, Messages
+from .messages import Column
 from .timeutil import MAX_TS, MIN_TS, fields, in_range, scalar_field, zone
 
 MAX_LENGTH = 10_000
@@ -225,8 +226,10 @@ def parse(text: str):
     try:
         tree = _get_parser().parse(text)
     except UnexpectedCharacters as e:
-        pos = e.pos_in_stream + 1
-        raise ExpressionError(f"unexpected character {text[e.pos_in_stream]!r} at {pos}", pos) from None
+        at = e.pos_in_stream
+        assert at is not None  # the lexer always says where the character is
+        pos = at + 1
+        raise ExpressionError(f"unexpected character {text[at]!r} at {pos}", pos) from None
     except UnexpectedToken as e:
         if e.token.type == "$END":
             pos = len(text) + 1
@@ -515,11 +518,22 @@ def _vec_from_column(col: Column | None, n: int, missing_is: str) -> Vec:
     return Vec(col.kind, values, _or(col.null, col.missing))
 
 
+class Rows(Protocol):
+    """What a frame reads: ``Messages``, or a subset of their rows gathered column by column."""
+
+    @property
+    def timestamps(self) -> np.ndarray: ...
+
+    def __len__(self) -> int: ...
+
+    def column(self, name: str) -> Column | None: ...
+
+
 class Frame:
     """Rows for columnar evaluation: the messages, and for each row whether it has a previous row
     (``prev_valid``; the first row never has one)."""
 
-    def __init__(self, messages: Messages, prev_valid: np.ndarray | None = None):
+    def __init__(self, messages: Rows, prev_valid: np.ndarray | None = None):
         self.messages = messages
         self.n = len(messages)
         if prev_valid is None:
@@ -710,14 +724,14 @@ def _vec_call(node, args: list[Vec], frame: Frame, tz, geofences) -> Vec:
     if name == "if":
         c, a, b = args
         if a.kind == b.kind and a.kind != "obj":
-            t = np.broadcast_to(c.truth(), (n,))
-            vals = np.where(t, a.values, b.values)
+            cond = np.broadcast_to(c.truth(), (n,))
+            vals = np.where(cond, a.values, b.values)
             an = np.zeros(1, bool) if a.null is None else a.null
             bn = np.zeros(1, bool) if b.null is None else b.null
             ae = np.zeros(1, bool) if a.err is None else a.err
             be = np.zeros(1, bool) if b.err is None else b.err
-            null = np.where(t, an, bn)
-            err = np.where(t, ae, be)
+            null = np.where(cond, an, bn)
+            err = np.where(cond, ae, be)
             if c.err is not None:
                 err = err | c.err
                 null = null & ~c.err
@@ -799,10 +813,10 @@ def _vec_call(node, args: list[Vec], frame: Frame, tz, geofences) -> Vec:
         lat, lon, valid = frame.position()
         plat, plon, pvalid = frame.position(prev=True)
         ok = valid & pvalid
-        d = haversine_vec(
+        dist = haversine_vec(
             np.where(ok, plat, 0.0), np.where(ok, plon, 0.0), np.where(ok, lat, 0.0), np.where(ok, lon, 0.0)
         )
-        return Vec("num", d, ~ok if not ok.all() else None)
+        return Vec("num", dist, ~ok if not ok.all() else None)
     if name in TIME_FUNCTIONS:
         t = args[0] if args else Vec("num", frame.timestamps)
         if t.kind != "num":

@@ -124,7 +124,7 @@ def concat_columns(cols: list[Column | None], lengths: list[int]) -> Column:
         dtype = {"num": np.float64, "bool": bool, "obj": object}[kind]
         for c, n in zip(cols, lengths, strict=True):
             if c is None:
-                arr = np.empty(n, dtype=dtype)
+                arr: np.ndarray = np.empty(n, dtype=dtype)
                 arr[:] = filler
                 parts.append(arr)
                 missing.append(np.ones(n, bool))
@@ -167,7 +167,7 @@ class Messages:
                 raise ValueError(f"message {i}: timestamp must be a finite number")
             ts.append(float(t))
         order = sorted(range(len(msgs)), key=ts.__getitem__)
-        merged: list[dict] = []
+        merged: list[Mapping] = []
         times: list[float] = []
         for i in order:
             if times and times[-1] == ts[i]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -148,6 +148,7 @@ def recalculate(
             raw = Messages.coerce(read_messages(a, b))
             read += len(raw)
         else:
+            assert raw is not None  # read together with ``have``
             parts = []
             if a < have[0]:
                 parts.append(Messages.coerce(read_messages(a, have[0])))
@@ -208,9 +209,11 @@ def recalculate(
         if calc.crosses_intervals and not end_reached:
             stored_last = interval_before(hi)
             new_last = new[-1] if new else previous
-            if (stored_last is None) != (new_last is None) or (
-                stored_last is not None and not same_interval(calc, new_last, stored_last)
-            ):
+            if stored_last is None or new_last is None:
+                moved = (stored_last is None) != (new_last is None)
+            else:
+                moved = not same_interval(calc, new_last, stored_last)
+            if moved:
                 # A counter carries the change further: look further ahead, in bigger steps.
                 forward_floor = hi
                 greedy = True
@@ -257,7 +260,7 @@ class MemoryStore:
     """Messages and stored intervals of one assignment in memory, with the three read functions
     ``recalculate`` needs. Used by the tests, the benchmark, and callers without a database."""
 
-    def __init__(self, messages=(), intervals: list[dict] = ()):
+    def __init__(self, messages=(), intervals: Iterable[Mapping] = ()):
         self.messages = Messages.coerce(list(messages) if not isinstance(messages, Messages) else messages)
         self.intervals: list[dict] = sorted((dict(i) for i in intervals), key=lambda i: (i["begin"], i["id"]))
         self._begins = [i["begin"] for i in self.intervals]

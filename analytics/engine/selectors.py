@@ -39,6 +39,7 @@ def raw_state(spec: SelectorSpec, frame: Frame):
     codes = None
     gidx = None
     if spec.type == "expression":
+        assert spec.expression is not None  # compiled for every expression selector by compile_calculator
         v = spec.expression.evaluate_frame(frame)
         err = np.zeros(n, bool) if v.err is None else v.err
         if spec.method == "change":
@@ -98,13 +99,15 @@ def select(spec: SelectorSpec, frame: Frame, *, now: float | None, tz) -> Runs:
         return _empty()
     ts = frame.timestamps
     if spec.type == "datetime":
-        keys = period_keys(ts, tz, spec.split)
+        split = spec.split
+        assert split is not None  # required of a datetime selector by compile_calculator
+        keys = period_keys(ts, tz, split)
         brk = np.zeros(n, bool)
         brk[1:] = keys[1:] != keys[:-1]
         S, E = _runs(np.ones(n, bool), brk)
         open_ = n - 1 == E
         if now is not None and len(S):
-            now_key = period_keys(np.array([float(now)]), tz, spec.split)[0]
+            now_key = period_keys(np.array([float(now)]), tz, split)[0]
             if now_key != keys[-1]:
                 open_ = np.zeros(len(S), bool)
         return Runs(S, E, open_)
@@ -205,7 +208,9 @@ def clean_cuts(spec: SelectorSpec, frame: Frame, tz):
     if n < 2:
         return strict, strict.copy(), need
     if spec.type == "datetime":
-        keys = period_keys(ts, tz, spec.split)
+        split = spec.split
+        assert split is not None  # required of a datetime selector by compile_calculator
+        keys = period_keys(ts, tz, split)
         strict[1:] = keys[1:] != keys[:-1]
         transparent = np.ones(n, bool)
         transparent[0] = False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -24,8 +24,10 @@ def in_range(t: float) -> bool:
     return MIN_TS <= t <= MAX_TS
 
 
-def offset_at(t: float, tz) -> float:
-    return datetime.fromtimestamp(t, tz).utcoffset().total_seconds()
+def offset_at(t: float, tz: tzinfo) -> float:
+    offset = datetime.fromtimestamp(t, tz).utcoffset()
+    assert offset is not None  # a datetime with a tzinfo always has an offset
+    return offset.total_seconds()
 
 
 def offsets(ts: np.ndarray, tz) -> np.ndarray:

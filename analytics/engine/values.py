@@ -12,6 +12,7 @@ import json
 import math
 import re
 from functools import lru_cache
+from typing import TypeGuard
 
 
 class _Error:
@@ -32,7 +33,7 @@ ERROR = _Error()
 _BIT_LIMIT = float(2**53)
 
 
-def is_number(v) -> bool:
+def is_number(v: object) -> TypeGuard[int | float]:
     return isinstance(v, float | int) and not isinstance(v, bool)
 
 

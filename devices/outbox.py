@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from django.db import connections
+from paho.mqtt.client import MQTTMessageInfo
 
 from devices.choices import OutboxKind
 from flespi_site import mqtt
@@ -152,9 +153,11 @@ class OutboxRelay:
         for entry in plan:
             acked = 0
             for item in entry.items:
-                while not item.info.is_published() and time.monotonic() < deadline and self._connected.is_set():
-                    item.info.wait_for_publish(timeout=0.1)
-                if not item.info.is_published():
+                info = item.info
+                assert info is not None, "relay_once publishes every item of the plan before settling it"
+                while not info.is_published() and time.monotonic() < deadline and self._connected.is_set():
+                    info.wait_for_publish(timeout=0.1)
+                if not info.is_published():
                     break
                 acked += 1
             done += acked
@@ -180,7 +183,7 @@ class _Item:
     topic: str
     payload: str
     retain: bool
-    info: object = None
+    info: MQTTMessageInfo | None = None  # set when the item is published
 
 
 @dataclass

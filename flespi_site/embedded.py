@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +64,7 @@ POSTGRES_SYSTEM_USER = "embedded_postgres"
 log = logging.getLogger("flespi.embedded")
 
 _PR_SET_PDEATHSIG = 1
+_prctl: Callable[..., int] | None
 try:
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):  # not Linux
@@ -281,14 +282,16 @@ class EmbeddedServices:
         log_path = self.data_dir / "postgres.log"
         pgdata.mkdir(mode=0o700, exist_ok=True)
         user = _postgres_system_user(pgdata, bin_dir)
-        as_user = {"user": user, "group": user, "extra_groups": []} if user else {}
+        # as root the server runs as ``user`` with no supplementary groups; else as this process
+        extra_groups: list[str] | None = [] if user is not None else None
         _stop_orphan_postmaster(pgdata)
         if not (pgdata / "PG_VERSION").exists():
             log.info("postgres: initializing %s", pgdata)
             initdb = subprocess.run(
                 [str(bin_dir / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust",
                  "--encoding=UTF8", "--locale=C", "--no-sync"],
-                **as_user, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
+                user=user, group=user, extra_groups=extra_groups,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
             )
             if initdb.returncode != 0:
                 raise EmbeddedError(f"postgres: initdb failed in {pgdata}:\n{initdb.stderr.strip()}")
@@ -298,7 +301,8 @@ class EmbeddedServices:
                 [str(bin_dir / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(port),
                  "-k", str(pgdata),  # the Unix socket stays inside the data directory
                  "-c", "synchronous_commit=off", "-c", "max_connections=200"],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, **as_user,
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                user=user, group=user, extra_groups=extra_groups,
                 start_new_session=True, preexec_fn=_child_setup(signal.SIGINT),
             )
         # SIGINT is PostgreSQL's "fast" shutdown: clients are disconnected, data is flushed.

@@ -22,7 +22,9 @@ def _env_bool(name: str, default: bool) -> bool:
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
-    return default if value in (None, "") else int(value)
+    if not value:
+        return default
+    return int(value)
 
 
 SECRET_KEY = os.environ.get("SECRET_KEY", "insecure-development-key-change-me-in-production")
@@ -81,7 +83,7 @@ TEMPLATES = [
 ]
 
 
-def _database(url: str) -> dict:
+def _database(url: str) -> dj_database_url.DBConfig:
     config = dj_database_url.parse(url, conn_max_age=_env_int("DB_CONN_MAX_AGE", 60))
     config["TEST"] = {"NAME": "test_" + config["NAME"]}
     return config

@@ -16,3 +16,12 @@ def subaccounts_of(*, account: Account) -> QuerySet[Account]:
 
 def tokens_of(*, account: Account) -> QuerySet[Token]:
     return Token.objects.filter(account=account)
+
+
+def region_of(*, accounts: QuerySet[Account]) -> tuple[str, int] | None:
+    """The region of ``accounts`` and one of them, when they all live in one region (their
+    subaccounts live there too: only a first-level subaccount chooses its region); else None."""
+    rows = list(accounts.order_by().values_list("region__code", "pk")[:1000])
+    if not rows or len({code for code, _pk in rows}) != 1 or len(rows) == 1000:
+        return None
+    return rows[0]

@@ -7,14 +7,16 @@ import secrets
 import time
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 
 from accounts.choices import AccessType
 from accounts.constants import MAX_ACCOUNT_DEPTH, TOKEN_KEY_BYTES, TOKEN_PREFIX_LENGTH, TOKEN_TOUCH_INTERVAL
 from accounts.models import Account, Token
-from flespi_site.errors import InvalidInput, NotFound, Unauthorized
+from flespi_site.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from regions import placement
 from regions.models import Datacenter, Region
+from regions.selectors import region_config
 
 
 def _default_region() -> Region:
@@ -24,15 +26,32 @@ def _default_region() -> Region:
     return region
 
 
+def _configured_region(region: Region, *, field: str) -> Region:
+    """``region``, which must still be in the configuration: its rows outlive it, and an account
+    placed there could never reach its data."""
+    if region_config(code=region.code) is None:
+        raise Conflict(
+            f"region {region.code} is not in the platform's configuration (FLESPI_TOPOLOGY): no account "
+            "can be placed there until an operator adds it back and runs `manage.py platform_setup`",
+            code="region_not_configured",
+            field=field,
+        )
+    return region
+
+
 def _datacenter_in(region: Region, code: str | None) -> Datacenter:
+    configured = {dc.code for dc in settings.TOPOLOGY.datacenters}
     if code is None:
         datacenter = region.datacenters.filter(is_default=True).first() or region.datacenters.first()
-        if datacenter is None:
-            raise InvalidInput(f"region {region.code} has no datacenter", field="datacenter")
+        if datacenter is None or datacenter.code not in configured:
+            raise InvalidInput(
+                f"region {region.code} has no default datacenter: run `manage.py platform_setup`", field="datacenter"
+            )
         return datacenter
     datacenter = Datacenter.objects.filter(code=code).select_related("region").first()
-    if datacenter is None:
-        raise InvalidInput(f"unknown datacenter {code!r}", field="datacenter")
+    if datacenter is None or code not in configured:
+        codes = ", ".join(dc.code for dc in settings.TOPOLOGY.region(region.code).datacenters)
+        raise InvalidInput(f"unknown datacenter {code!r}; datacenters of region {region.code}: {codes}", field="datacenter")
     if datacenter.region_id != region.id:
         raise InvalidInput(
             f"datacenter {code} is in region {datacenter.region.code}, not in {region.code}", field="datacenter"
@@ -65,11 +84,11 @@ def account_placement(
             )
         if depth == 1 and region_code is not None:
             region = Region.objects.filter(code=region_code).first()
-            if region is None:
-                codes = ", ".join(Region.objects.values_list("code", flat=True))
+            if region is None or region_config(code=region_code) is None:
+                codes = ", ".join(config.code for config in settings.TOPOLOGY.regions)
                 raise InvalidInput(f"unknown region {region_code!r}; regions: {codes}", field="region")
         else:
-            region = parent.region
+            region = _configured_region(parent.region, field="parent_id")
             if region_code is not None and region_code != region.code:
                 raise InvalidInput(
                     f"only a first-level subaccount chooses its region; this one inherits "

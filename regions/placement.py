@@ -11,7 +11,8 @@ import threading
 from django.conf import settings
 from django.db import connections
 
-from flespi_site.topology import ID_STRIDE, datacenter_alias
+from flespi_site.errors import Conflict, DomainError
+from flespi_site.topology import ID_STRIDE
 
 ENTITY_SEQUENCE = "flespi_entity_id_seq"
 
@@ -23,11 +24,48 @@ class UnknownAccount(LookupError):
     """The account does not exist in the control database."""
 
 
+class DatacenterNotConfigured(Conflict, LookupError):
+    """The datacenter left the configuration (or its database is not configured) while accounts
+    still live in it: nothing can reach their data until an operator restores it."""
+
+    code = "datacenter_not_configured"
+
+
+class DatacenterNotServed(DomainError, LookupError):
+    """The datacenter belongs to a region this process does not serve: the request must go to
+    that region's REST host."""
+
+    status = 421
+    code = "wrong_region"
+
+
 def alias_for_datacenter(code: str) -> str:
-    alias = datacenter_alias(code)
-    if alias not in settings.DATABASES:
-        raise LookupError(f"datacenter {code!r} has no database configured in this process")
-    return alias
+    """The database alias of a datacenter this process serves; a domain error (which is also a
+    LookupError) that says what to do for any other."""
+    topology = settings.TOPOLOGY
+    try:
+        config = topology.datacenter(code)
+    except KeyError:
+        raise DatacenterNotConfigured(
+            f"datacenter {code} is not in the platform's configuration (FLESPI_TOPOLOGY); the data of its "
+            "accounts is unreachable until an operator adds it back and runs `manage.py platform_setup`",
+            datacenter=code,
+        ) from None
+    if settings.SERVED_REGION and config.region != settings.SERVED_REGION:
+        url = topology.region(config.region).rest_url
+        raise DatacenterNotServed(
+            f"datacenter {code} is in region {config.region}, which this server (region "
+            f"{settings.SERVED_REGION}) does not serve: send the request to {url}",
+            region=config.region,
+            url=url,
+        )
+    if config.alias not in settings.DATABASES:
+        raise DatacenterNotConfigured(
+            f"datacenter {code} has no database configured in this process "
+            f"(DATABASE_URL_{code.upper().replace('-', '_')}); an operator must configure it",
+            datacenter=code,
+        )
+    return config.alias
 
 
 def alias_for_account(account_id: int) -> str:

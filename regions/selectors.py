@@ -9,8 +9,20 @@ from django.conf import settings
 from flespi_site.topology import DatacenterConfig, RegionConfig
 
 
-def region_config(*, code: str) -> RegionConfig:
-    return settings.TOPOLOGY.region(code)
+def region_config(*, code: str) -> RegionConfig | None:
+    """The configuration of a region, or None when the region left the configuration (its rows
+    stay while accounts still point at it)."""
+    try:
+        return settings.TOPOLOGY.region(code)
+    except KeyError:
+        return None
+
+
+def region_is_served(*, code: str) -> bool:
+    """Whether this process serves the region (a configured one: every region when it serves all)."""
+    if region_config(code=code) is None:
+        return False
+    return not settings.SERVED_REGION or code == settings.SERVED_REGION
 
 
 def region_for_host(*, host: str) -> tuple[str, bool]:
@@ -20,6 +32,11 @@ def region_for_host(*, host: str) -> tuple[str, bool]:
     central point, an alias of the default region. The port is ignored.
     """
     topology = settings.TOPOLOGY
+    if settings.SERVED_REGION:
+        # A process that serves one region is that region whatever the host says: taking a host
+        # that names another region at its word would serve that region's accounts here, where
+        # their data is out of reach.
+        return settings.SERVED_REGION, False
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     name = name.lower().rstrip(".")
     suffix = "." + topology.domain
@@ -27,8 +44,6 @@ def region_for_host(*, host: str) -> tuple[str, bool]:
         code = name[: -len(suffix)]
         if code in {region.code for region in topology.regions}:
             return code, False
-    if settings.SERVED_REGION:
-        return settings.SERVED_REGION, False
     return topology.default_region, True
 
 

@@ -29,7 +29,7 @@ from flespi_site.api.views import (
     query_params,
 )
 from flespi_site.errors import NotFound
-from regions.selectors import regions_list
+from regions.selectors import region_config, region_is_served, regions_list
 
 ACCOUNT_FIELDS = ("id", "name", "parent_id", "region", "datacenter", "depth", "metadata", "created")
 
@@ -156,6 +156,24 @@ class SubaccountsView(ResourceView):
 
     permission_classes = [IsMasterToken]
     resource_class = SubaccountResource
+
+    def region_to_serve(self, request: Request, account: Account) -> tuple[str, int]:
+        """A DELETE removes the regional data of the selected subaccounts, which a process that
+        serves one region reaches only in its own: a selection that lives in one other region is
+        served there (where it is also accepted from an account of this region)."""
+        own = super().region_to_serve(request, account)
+        selector = self.kwargs.get("selector")
+        if request.method != "DELETE" or selector is None:
+            return own
+        data = selectors.region_of(accounts=self.selected(selector))
+        if data is None or data[0] == own[0]:
+            return own
+        host_region = getattr(request._request, "host_region", None)
+        if data[0] == host_region:
+            return data
+        if region_config(code=data[0]) is not None and not region_is_served(code=data[0]):
+            return data
+        return own
 
 
 class TokenResource(Resource):

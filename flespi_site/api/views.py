@@ -12,7 +12,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from django.conf import settings
 from django.db.models import Model, QuerySet
 from django.urls import path
 from rest_framework import serializers
@@ -28,7 +27,8 @@ from flespi_site.api.exceptions import RegionRedirect
 from flespi_site.api.parsers import loads_strict
 from flespi_site.api.permissions import HasToken
 from flespi_site.api.selectors import SelectorField, is_id_list, parse_selector
-from flespi_site.errors import DomainError, InvalidInput, NotFound
+from flespi_site.errors import Conflict, DomainError, InvalidInput, NotFound
+from regions.selectors import region_config
 
 
 class ProjectionParameters(strict.StrictSerializer):
@@ -196,14 +196,26 @@ class FlespiAPIView(APIView):
             raise NotAuthenticated(HasToken.message)
         super().permission_denied(request, message=message, code=code)
 
+    def region_to_serve(self, request: Request, account: Account) -> tuple[str, int]:
+        """The region that must serve this request, and the account that decides it: by default
+        the acting account."""
+        return account.region.code, account.pk
+
     def _check_region(self, request: Request, account: Account) -> None:
+        if region_config(code=account.region.code) is None:
+            raise Conflict(
+                f"account {account.pk} lives in region {account.region.code}, which is not in the platform's "
+                "configuration (FLESPI_TOPOLOGY): an operator must add the region back and run "
+                "`manage.py platform_setup` before the account can be used",
+                code="region_not_configured",
+            )
         host_region = getattr(request._request, "host_region", None)
-        region = account.region.code
+        region, account_id = self.region_to_serve(request, account)
         if host_region is None or host_region == region:
             return
-        url = settings.TOPOLOGY.region(region).rest_url
+        url = region_config(code=region).rest_url
         raise RegionRedirect(
-            region=region, url=url, location=url + request.get_full_path(), account_id=account.pk
+            region=region, url=url, location=url + request.get_full_path(), account_id=account_id
         )
 
 

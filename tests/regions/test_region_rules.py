@@ -99,7 +99,7 @@ def test_placement_in_a_given_datacenter_of_the_region(make_account):
     assert excinfo.value.reason == "datacenter eu-2 is in region eu, not in ru"
     with pytest.raises(InvalidInput) as excinfo:
         make_account("unknown", parent=root, datacenter="xx-9")
-    assert excinfo.value.reason == "unknown datacenter 'xx-9'"
+    assert excinfo.value.reason == "unknown datacenter 'xx-9'; datacenters of region eu: eu-1, eu-2"
     assert snapshot() == before
 
 

@@ -218,20 +218,38 @@ def parse_timestamp(value: Any) -> float:
 def message_prepare(raw: Any, *, now: float) -> tuple[int, dict]:
     """Validate one message; returns its time in microseconds and a body with a float
     ``timestamp`` (reception keys are stamped by the caller)."""
-    if not isinstance(raw, dict):
+    if raw.__class__ is not dict and not isinstance(raw, dict):
         raise MessageError("a message must be a JSON object")
     if "timestamp" not in raw:
         raise MessageError("timestamp is required")
-    seconds = parse_timestamp(raw["timestamp"])
-    if seconds > now + MAX_FUTURE_SECONDS:
-        raise MessageError(f"timestamp {seconds:.0f} is more than {MAX_FUTURE_SECONDS} s in the future")
+    seconds = raw["timestamp"]
+    kind = seconds.__class__
+    # Unix seconds in range, the common case, need no more than the comparison (NaN fails it).
+    if not ((kind is float or kind is int) and 0 <= seconds <= now + MAX_FUTURE_SECONDS):
+        seconds = parse_timestamp(seconds)
+        if seconds > now + MAX_FUTURE_SECONDS:
+            raise MessageError(f"timestamp {seconds:.0f} is more than {MAX_FUTURE_SECONDS} s in the future")
     ts = round(seconds * 1_000_000)
     body = dict(raw)
     body["timestamp"] = ts / 1_000_000
-    valid_keys = _valid_keys
+    if not _valid_keys.issuperset(body):  # a name not seen before: check everything in order
+        _check_body(body)
+        return ts, body
+    for value in body.values():
+        kind = value.__class__
+        if (
+            (kind is float and value - value)  # NaN or infinite
+            or (kind is str and "\x00" in value)
+            or ((kind is dict or kind is list) and _has_nul_or_nan(value))
+        ):
+            _check_body(body)
+    return ts, body
+
+
+def _check_body(body: dict) -> None:
+    """Raise the first problem of ``body``'s names and values, in their order."""
     for key, value in body.items():
-        if key not in valid_keys:
-            _check_key(key)
+        _check_key(key)
         kind = type(value)
         if kind is str:
             if "\x00" in value:
@@ -241,7 +259,6 @@ def message_prepare(raw: Any, *, now: float) -> tuple[int, dict]:
                 raise MessageError(f"{key} is not a finite number")
         elif (kind is dict or kind is list) and _has_nul_or_nan(value):
             raise MessageError(f"{key}: nested values may not contain NUL characters or non-finite numbers")
-    return ts, body
 
 
 def _has_nul_or_nan(value: Any) -> bool:
@@ -324,21 +341,32 @@ def _encode(prepared: list[tuple[int, int, dict]]) -> _Encoded:
     merged: dict[int, dict] = {}
     for _index, ts, body in prepared:
         previous = merged.get(ts)
-        if previous is None:
-            merged[ts] = body
-        else:
-            merged[ts] = {**previous, **body}
+        merged[ts] = body if previous is None else {**previous, **body}
     stamps = sorted(merged)
+    bodies = [merged[ts] for ts in stamps]
+    try:
+        heads = [b"%d\t%b" % (ts, orjson.dumps(body)[:-1]) for ts, body in zip(stamps, bodies, strict=True)]
+    except TypeError:
+        heads = [b"%d\t%b" % (ts, _dumps(body)[:-1]) for ts, body in zip(stamps, bodies, strict=True)]
+    return _Encoded(stamps, heads, _latest(stamps, bodies))
+
+
+def _latest(stamps: list[int], bodies: list[dict]) -> dict[str, tuple[int, str]]:
+    """Each parameter's latest value in the batch (as JSON) and its time."""
     values: dict[str, Any] = {}
-    times: dict[str, int] = {}
-    heads = []
-    for ts in stamps:
-        body = merged[ts]
+    for body in bodies:
         values.update(body)
-        times.update(dict.fromkeys(body, ts))
-        heads.append(b"%d\t%b" % (ts, _dumps(body)[:-1]))
-    latest = {name: (times[name], _dumps(value).decode()) for name, value in values.items()}
-    return _Encoded(stamps, heads, latest)
+    # Mostly every message has every parameter and the last message has them all; the others are
+    # looked for from the end.
+    times = dict.fromkeys(values, stamps[-1])
+    missing = values.keys() - bodies[-1].keys()
+    for ts, body in zip(reversed(stamps), reversed(bodies), strict=True):
+        if not missing:
+            break
+        found = missing & body.keys()
+        times.update(dict.fromkeys(found, ts))
+        missing -= found
+    return {name: (times[name], _dumps(value).decode()) for name, value in values.items()}
 
 
 def _copy_lines(

@@ -26,17 +26,34 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def json_depth_exceeds(value, limit: int) -> bool:
-    if not isinstance(value, (dict, list)):
-        return False
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
+_CONTAINERS = frozenset({dict, list})
+
+
+def json_depth_exceeds(value, limit: int, *, text: bytes | str | None = None) -> bool:
+    """Whether ``value`` (as parsed from JSON) holds a list or object nested more than ``limit``
+    levels deep, walking it level by level.
+
+    With the JSON ``text`` it was parsed from, the walk stops as soon as it has met as many
+    containers as the text has ``[`` and ``{``: each container comes from one of them (the others
+    are inside strings), so no deeper one is left. A batch of flat messages is then settled
+    after its second level, without looking at a single parameter."""
+    if isinstance(text, str):
+        text = text.encode()
+    openers = None if text is None else text.count(b"[") + text.count(b"{")
+    level = [value] if type(value) in _CONTAINERS else []
+    seen = len(level)
+    depth = 1
+    while level:
         if depth > limit:
             return True
-        for child in item.values() if isinstance(item, dict) else item:
-            if isinstance(child, (dict, list)):
-                stack.append((child, depth + 1))
+        if seen == openers:
+            return False
+        children: list = []
+        for item in level:
+            children.extend(item.values() if type(item) is dict else item)
+        level = [child for child in children if type(child) in _CONTAINERS]
+        seen += len(level)
+        depth += 1
     return False
 
 
@@ -47,7 +64,7 @@ def loads_strict(raw: bytes | str, *, what: str = "body"):
         # orjson is fast and strict; the standard parser says what is wrong, and accepts the
         # integers beyond 64 bits that JSON allows.
         value = _loads_explained(raw, what)
-    if json_depth_exceeds(value, settings.MAX_JSON_DEPTH + 1):
+    if json_depth_exceeds(value, settings.MAX_JSON_DEPTH + 1, text=raw):
         raise ParseError(f"{what} is nested deeper than {settings.MAX_JSON_DEPTH} levels")
     return value
 

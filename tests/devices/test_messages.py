@@ -446,3 +446,42 @@ def test_the_platform_stamps_win_over_keys_of_the_same_name_and_text_survives_co
     assert message["big"] == 2**70
     telemetry = storage.telemetry_read(alias=device._state.db, device_ids=[device.pk])[device.pk]
     assert telemetry["ident"]["value"] == device.ident and telemetry["s"]["value"] == text
+
+
+def test_values_that_cannot_be_stored_are_refused_by_index(device):
+    nan, inf = float("nan"), float("inf")
+    batch = [
+        {"timestamp": T0, "ok": 1.5, "s": "text", "n": None, "b": True, "list": [1, "x"]},
+        {"timestamp": T0 + 1, "x": nan},
+        {"timestamp": T0 + 2, "x": -inf},
+        {"timestamp": T0 + 3, "deep": {"a": [1, {"b": inf}]}},
+        {"timestamp": T0 + 4, "deep": ["a\u0000"]},
+        {"timestamp": T0 + 5, "s": "\u0000", "new\u0001name": 1},  # the first problem is named
+        {"timestamp": T0 + 6, "ok": 2.5},
+    ]
+    result = messages_ingest(devices=[device], messages=batch)
+    assert [(e["index"], e["reason"]) for e in result.errors] == [
+        (1, "x is not a finite number"),
+        (2, "x is not a finite number"),
+        (3, "deep: nested values may not contain NUL characters or non-finite numbers"),
+        (4, "deep: nested values may not contain NUL characters or non-finite numbers"),
+        (5, "s: string values may not contain the NUL character"),
+    ]
+    assert [m["ok"] for m in rows(device)] == [1.5, 2.5]
+
+
+@pytest.mark.parametrize("text", ["", "[{" * 40], ids=["plain", "brackets-in-strings"])
+def test_the_depth_limit_counts_containers_not_brackets_inside_strings(api, key, device, settings, text):
+    def nested(levels):
+        value: object = text
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    # The body is one level, a message another: a parameter may nest MAX_JSON_DEPTH - 1 more.
+    deepest = [{"timestamp": T0, "v": nested(settings.MAX_JSON_DEPTH - 1), "s": text}]
+    assert post(api, key, device, deepest).status_code == 200
+    too_deep = [{"timestamp": T0 + 1, "v": nested(settings.MAX_JSON_DEPTH), "s": text}]
+    response = post(api, key, device, too_deep)
+    assert response.status_code == 400 and "nested deeper" in response.json()["errors"][0]["reason"]
+    assert [m["timestamp"] for m in rows(device)] == [T0]

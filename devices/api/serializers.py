@@ -11,6 +11,9 @@ from flespi_site.api.fields import (
 )
 
 MAX_MESSAGES_TTL = 100 * 365 * 86400
+# The latest time (unix seconds) whose microseconds, the unit messages are stored in, fit in a
+# 64-bit integer.
+MAX_QUERY_TIME = (2**63 - 1) // 1_000_000
 
 
 class DeviceCreateSerializer(StrictSerializer):
@@ -26,8 +29,8 @@ class DeviceUpdateSerializer(DeviceCreateSerializer):
 
 
 class MessagesQuerySerializer(StrictSerializer):
-    begin = StrictFloatField(required=False, min_value=0)
-    end = StrictFloatField(required=False, min_value=0)
+    begin = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
+    end = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
     count = StrictIntegerField(required=False, min_value=1, max_value=100_000)
     reverse = StrictBooleanField(required=False)
     fields = StrictCharField(required=False)
@@ -35,8 +38,8 @@ class MessagesQuerySerializer(StrictSerializer):
 
 
 class MessagesDeleteSerializer(StrictSerializer):
-    begin = StrictFloatField(required=False, min_value=0)
-    end = StrictFloatField(required=False, min_value=0)
+    begin = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
+    end = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
 
 
 __all__ = ["DEFAULT_MESSAGES_TTL"]

@@ -8,6 +8,7 @@ from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 
 from flespi_site.errors import DomainError
 
@@ -29,7 +30,11 @@ def _flatten(detail, path: str = "") -> list[tuple[str, str]]:
     if isinstance(detail, dict):
         items = []
         for key, value in detail.items():
-            items += _flatten(value, f"{path}.{key}" if path else str(key))
+            # DRF files an error of a whole object under "non_field_errors": it is the object's own.
+            if key == api_settings.NON_FIELD_ERRORS_KEY:
+                items += _flatten(value, path)
+            else:
+                items += _flatten(value, f"{path}.{key}" if path else str(key))
         return items
     if isinstance(detail, list):
         if all(not isinstance(item, (dict, list)) for item in detail):

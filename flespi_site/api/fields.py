@@ -86,6 +86,12 @@ class JSONObjectField(serializers.JSONField):
 class StrictSerializer(serializers.Serializer):
     """Unknown fields are an error, so that a typo is never silently ignored."""
 
+    def run_validation(self, data=serializers.empty):
+        # DRF would say "This field may not be null" (nested) or "No data provided" (top level).
+        if data is None and not self.allow_null:
+            raise serializers.ValidationError({"non_field_errors": ["must be a JSON object, not null"]})
+        return super().run_validation(data)
+
     def to_internal_value(self, data):
         if not isinstance(data, dict):
             raise serializers.ValidationError({"non_field_errors": ["must be a JSON object"]})

@@ -361,7 +361,13 @@ def _validation_errors(exc: serializers.ValidationError, *, index: int) -> list[
     from flespi_site.api.exceptions import _flatten
 
     return [
-        {"code": 400, "type": "invalid", "reason": f"{field}: {message}" if field else message, "field": field, "index": index}
+        {
+            "code": 400,
+            "type": "invalid",
+            "reason": f"{field}: {message}" if field else message,
+            **({"field": field} if field else {}),
+            "index": index,
+        }
         for field, message in _flatten(exc.detail)
     ]
 

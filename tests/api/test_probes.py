@@ -1,0 +1,48 @@
+"""Inputs found by fuzzing and probing the running API: each is a 4xx that names what is wrong,
+never a 500."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+import pytest
+
+from tests.api_helpers import errors_of, result_of
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+LATEST = (2**63 - 1) // 1_000_000
+
+
+@pytest.fixture
+def device_id(root):
+    from devices.services import device_create
+
+    return device_create(account=root, configuration={"ident": "probe-1"}).pk
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "begin=1e308",
+        "end=1e308",
+        "begin=1e308&end=1e308",
+        "data=" + quote(json.dumps({"end": 1e300})),
+        f"begin={LATEST + 1}",
+    ],
+)
+def test_message_times_beyond_what_is_stored_are_refused(api, root_key, device_id, method, query):
+    errors = errors_of(api.call(method, f"/gw/devices/{device_id}/messages?{query}", key=root_key), 400)
+    assert [error["reason"].split(":")[0] for error in errors] == [error["field"] for error in errors]
+    assert all(
+        error["reason"].endswith(f"Ensure this value is less than or equal to {LATEST}.") for error in errors
+    )
+
+
+def test_the_latest_message_time_is_accepted(api, root_key, device_id):
+    assert (
+        result_of(api.call("GET", f"/gw/devices/{device_id}/messages?begin=0&end={LATEST}", key=root_key))
+        == []
+    )

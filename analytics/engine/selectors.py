@@ -216,10 +216,10 @@ def clean_cuts(spec: SelectorSpec, frame: Frame, tz):
         transparent[0] = False
         return strict, transparent, need
     if spec.type == "inactive":
+        # Never transparent: the gap's interval holds the message before the gap only because of
+        # the message after it, so a window ending inside a gap would lose that message's interval.
         strict[1:] = np.diff(ts) <= spec.delay_threshold
-        transparent = np.ones(n, bool)
-        transparent[0] = False
-        return strict, transparent, need
+        return strict, np.zeros(n, bool), need
     o = spec.options
     st, _, _ = raw_state(spec, frame)
     off = (st == 0) if o["merge_unknown"] else (st != 1)

@@ -248,6 +248,25 @@ def synthetic(n: int, seed: int = 1) -> Messages:
     return Messages.from_columns(ts, {"speed": speed, "position.latitude": lat, "position.longitude": lon})
 
 
+def test_a_window_never_ends_inside_an_inactive_gap():
+    # The inactive interval [36, 128] holds the message at 36 only because of the one at 128: a
+    # window ending between them (the change selector is cut cleanly there) lost the overlap [36, 36].
+    calc = compile_calculator({"name": "gap", "selectors": [
+        {"type": "inactive", "delay_threshold": 60},
+        {"type": "expression", "method": "change", "expression": "v", "merge_message_after": True},
+    ]})
+    t = T0 + 1
+    messages = [{"timestamp": t, "v": 0}, {"timestamp": t + 1, "v": 0}, {"timestamp": t + 6, "v": 0},
+                {"timestamp": t + 36}, {"timestamp": t + 128}]
+    full = list(calculate(messages, calc))
+    assert [(i["begin"] - t, i["end"] - t) for i in full] == [(36.0, 36.0)]
+    store = MemoryStore(messages, full)
+    diff = store.recalculate(calc, dirty_begin=t, dirty_end=t)
+    assert not diff
+    store.apply(diff)
+    assert store.intervals == full
+
+
 def test_late_message_in_the_middle_reads_only_near_it():
     all_msgs = synthetic(20_000)
     calc = compile_calculator(TRIPS)

@@ -15,7 +15,7 @@ from devices.api.serializers import (
 from devices.models import Device
 from flespi_site.api.selectors import SelectorField, parse_selector
 from flespi_site.api.views import FlespiAPIView, Resource, ResourceView, validated_params
-from flespi_site.errors import InvalidInput, NotFound
+from flespi_site.errors import DomainError, InvalidInput, NotFound
 
 DEVICE_FIELDS = ("id", "name", "cid", "configuration", "enabled", "messages_ttl", "metadata", "shard", "created")
 
@@ -59,7 +59,13 @@ class DeviceResource(Resource):
     def update(self, obj, data):
         if "cid" in data:
             data["account_id"] = data.pop("cid")
-        return services.device_update(device=obj, account=self.account, data=data)
+        try:
+            return services.device_update(device=obj, account=self.account, data=data)
+        except DomainError as exc:
+            # The service speaks of account_id; the client sent cid.
+            if exc.field == "account_id":
+                exc.field = "cid"
+            raise
 
     def delete(self, obj):
         services.device_delete(device=obj)

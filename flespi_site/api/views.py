@@ -16,6 +16,7 @@ from django.db.models import Model, QuerySet
 from django.urls import path
 from rest_framework import serializers
 from rest_framework.exceptions import NotAuthenticated, ParseError, UnsupportedMediaType, ValidationError
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -167,8 +168,20 @@ def project(item: dict, names: list[str] | None) -> dict:
     return {name: item[name] for name in names if name in item}
 
 
+class _NegotiationSettings:
+    # DRF reads ``?format=`` as a renderer name (``format=api`` was a bare 404); here it is just a
+    # query parameter, refused like any other the endpoint does not take.
+    URL_FORMAT_OVERRIDE = None
+
+
+class ContentNegotiation(DefaultContentNegotiation):
+    settings = _NegotiationSettings
+
+
 class FlespiAPIView(APIView):
     """A view that acts for an account and is served only in that account's region."""
+
+    content_negotiation_class = ContentNegotiation
 
     # Views that need no token (``/auth/regions``) set this to False.
     acts_for_account: ClassVar[bool] = True

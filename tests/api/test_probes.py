@@ -46,3 +46,25 @@ def test_the_latest_message_time_is_accepted(api, root_key, device_id):
         result_of(api.call("GET", f"/gw/devices/{device_id}/messages?begin=0&end={LATEST}", key=root_key))
         == []
     )
+
+
+@pytest.mark.parametrize("value", ["api", "json", "xml"])
+def test_format_is_an_unknown_parameter_not_a_renderer(api, root_key, value):
+    errors = errors_of(api.call("GET", f"/platform/tokens/all?format={value}", key=root_key), 400)
+    assert [(error["field"], error["reason"].split(";")[0]) for error in errors] == [
+        ("format", "format: unknown query parameter")
+    ]
+
+
+@pytest.mark.parametrize("cid", [-1, 2**63, 10**6])
+def test_a_device_moved_to_an_unknown_account_names_cid(api, root_key, device_id, cid):
+    errors = errors_of(api.call("PUT", f"/gw/devices/{device_id}", key=root_key, body={"cid": cid}), 404)
+    assert errors == [
+        {
+            "code": 404,
+            "type": "not_found",
+            "reason": f"account {cid} not found",
+            "field": "cid",
+            "id": device_id,
+        }
+    ]

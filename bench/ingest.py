@@ -204,13 +204,69 @@ def setup_databases() -> None:
 
 
 class Row:
-    def __init__(self, label: str, devices: int, seconds: list[float], messages_per_batch: int = BATCH):
+    def __init__(
+        self,
+        label: str,
+        devices: int,
+        seconds: list[float],
+        messages_per_batch: int = BATCH,
+        cpu: tuple[float, float] | None = None,
+    ):
         self.label, self.devices, self.seconds = label, devices, seconds
         self.messages_per_batch = messages_per_batch
+        self.cpu = cpu  # CPU seconds per batch: (Python process, its PostgreSQL backends)
 
     @property
     def messages_per_s(self) -> float:
         return self.messages_per_batch * len(self.seconds) / sum(self.seconds)
+
+
+class CpuMeter:
+    """CPU time used by some processes and by the PostgreSQL backends of the bench databases
+    other than this process's own; unlike wall time, it hardly moves when something else runs
+    on the machine."""
+
+    def __init__(self, pids: list[int], *, own_backends: bool = False):
+        self.pids, self.own_backends = pids, own_backends
+        self.start = self._read()
+
+    def _backends(self) -> list[int]:
+        from django.db import connections
+
+        mine = {
+            connections[alias].connection.info.backend_pid
+            for alias in ("default", "dc_eu_1")
+            if connections[alias].connection is not None
+        }
+        names = [connections[alias].settings_dict["NAME"] for alias in ("default", "dc_eu_1")]
+        with connections["default"].cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s) AND backend_type = 'client backend'",
+                [names],
+            )
+            pids = {row[0] for row in cursor.fetchall()}
+        return sorted(pids & mine if self.own_backends else pids - mine)
+
+    @staticmethod
+    def _cpu(pid: int) -> float:
+        import psutil
+
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            return 0.0
+        return times.user + times.system
+
+    def _read(self) -> tuple[dict[int, float], dict[int, float]]:
+        return ({pid: self._cpu(pid) for pid in self.pids}, {pid: self._cpu(pid) for pid in self._backends()})
+
+    def used(self, batches: int) -> tuple[float, float]:
+        """(process CPU, backend CPU) per batch since the meter was made."""
+        end = self._read()
+        return tuple(
+            sum(value - before.get(pid, 0.0) for pid, value in after.items()) / batches
+            for before, after in zip(self.start, end, strict=True)
+        )
 
 
 def free_port() -> int:
@@ -261,6 +317,11 @@ class Gunicorn:
         finally:
             connection.close()
 
+    def worker_pids(self) -> list[int]:
+        import psutil
+
+        return [child.pid for child in psutil.Process(self.process.pid).children(recursive=True)]
+
     def stop(self):
         self.process.terminate()
         try:
@@ -307,11 +368,13 @@ def bench_http(fixture, source, batches: int, devices_per_batch: int, label: str
     server = Gunicorn(*gunicorn_args)
     try:
         http_run(server, path, bodies[:WARMUP], fixture.key)
+        meter = CpuMeter(server.worker_pids())
         seconds = http_run(server, path, bodies[WARMUP:], fixture.key)
+        cpu = meter.used(batches)
     finally:
         server.stop()
     _check_stored(devices, (batches + WARMUP) * BATCH)
-    return Row(label, devices_per_batch, seconds)
+    return Row(label, devices_per_batch, seconds, cpu=cpu)
 
 
 def bench_service(fixture, source, batches: int, devices_per_batch: int) -> Row:
@@ -321,13 +384,16 @@ def bench_service(fixture, source, batches: int, devices_per_batch: int) -> Row:
     batch_list = [source.batch() for _ in range(batches + WARMUP)]
     seconds = []
     for index, messages in enumerate(batch_list):
+        if index == WARMUP:
+            meter = CpuMeter([os.getpid()], own_backends=True)
         started = time.perf_counter()
         result = messages_ingest(devices=devices, messages=messages, source="rest")
         if index >= WARMUP:
             seconds.append(time.perf_counter() - started)
         assert result.accepted == BATCH and not result.errors, result.errors[:3]
+    cpu = meter.used(batches)
     _check_stored(devices, (batches + WARMUP) * BATCH)
-    return Row("(b) messages_ingest, in process", devices_per_batch, seconds)
+    return Row("(b) messages_ingest, in process", devices_per_batch, seconds, cpu=cpu)
 
 
 def prepared_lines(devices, messages, now):
@@ -349,13 +415,16 @@ def bench_copy(fixture, source, batches: int) -> Row:
     work = [prepared_lines([device], source.batch(), now) for _ in range(batches + WARMUP)]
     seconds = []
     for index, (rows, telemetry) in enumerate(work):
+        if index == WARMUP:
+            meter = CpuMeter([os.getpid()], own_backends=True)
         started = time.perf_counter()
         with transaction.atomic(using=alias):
             storage.messages_write(alias=alias, rows=rows, telemetry=telemetry)
         if index >= WARMUP:
             seconds.append(time.perf_counter() - started)
+    cpu = meter.used(batches)
     _check_stored([device], (batches + WARMUP) * BATCH)
-    return Row("(c) storage.messages_write: COPY + merge + commit", 1, seconds)
+    return Row("(c) storage.messages_write: COPY + merge + commit", 1, seconds, cpu=cpu)
 
 
 def _check_stored(devices, expected: int) -> None:
@@ -456,7 +525,7 @@ def profile_request_path(fixture, source, batches: int) -> str:
         assert response.status_code == 200, response.content[:300]
     profiler.disable()
     out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+    pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "25")))
     return out.getvalue()
 
 
@@ -465,15 +534,23 @@ def profile_request_path(fixture, source, batches: int) -> str:
 
 def print_table(rows: list[Row]) -> None:
     print()
-    print(f"{'path':58} {'devices':>7} {'batches':>7} {'ms/batch':>9} {'messages/s':>11} {'rows/s':>9}")
-    print("-" * 108)
+    print(
+        f"{'path':58} {'devices':>7} {'batches':>7} {'ms/batch':>9} {'messages/s':>11} {'rows/s':>9}"
+        f" {'CPU ms/batch: Python':>21} {'PostgreSQL':>10}"
+    )
+    print("-" * 141)
     for row in rows:
         mean = statistics.mean(row.seconds) * 1000
+        cpu = f"{row.cpu[0] * 1000:>21.1f} {row.cpu[1] * 1000:>10.1f}" if row.cpu else ""
         print(
             f"{row.label:58} {row.devices:>7} {len(row.seconds):>7} {mean:>9.1f} "
-            f"{row.messages_per_s:>11,.0f} {row.messages_per_s * row.devices:>9,.0f}"
+            f"{row.messages_per_s:>11,.0f} {row.messages_per_s * row.devices:>9,.0f} {cpu}"
         )
     print("target (DESIGN 9): >= 30,000 messages/s per web process; batches of 1,000 messages, 16 keys each")
+    print(
+        "CPU: of the web process (a) or of this one (b, c), and of the PostgreSQL backends serving it; "
+        f"load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
 
 
 def main() -> int:

@@ -236,12 +236,14 @@ def message_prepare(raw: Any, *, now: float) -> tuple[int, dict]:
         _check_body(body)
         return ts, body
     for value in body.values():
-        kind = value.__class__
-        if (
-            (kind is float and value - value)  # NaN or infinite
-            or (kind is str and "\x00" in value)
-            or ((kind is dict or kind is list) and _has_nul_or_nan(value))
-        ):
+        kind = type(value)
+        if kind is float:
+            if value - value:  # NaN or infinite
+                _check_body(body)
+        elif kind is str:
+            if "\x00" in value:
+                _check_body(body)
+        elif (kind is dict or kind is list) and _has_nul_or_nan(value):
             _check_body(body)
     return ts, body
 

@@ -86,6 +86,6 @@ class StrictJSONParser(BaseParser):
         raw = stream.read(limit + 1) if stream is not None else b""
         if len(raw) > limit:
             raise TooLarge(f"request body is larger than {limit} bytes")
-        if not raw.strip():
+        if not raw or raw.isspace():
             raise ParseError("request body is empty; send JSON")
         return loads_strict(raw)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from rest_framework import serializers
+
 from devices.constants import DEFAULT_MESSAGES_TTL
 from flespi_site.api.fields import (
     JSONObjectField,
@@ -40,6 +42,14 @@ class MessagesQuerySerializer(StrictSerializer):
 class MessagesDeleteSerializer(StrictSerializer):
     begin = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
     end = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
+
+
+class MessageSerializer(serializers.Serializer):
+    """A message in the body of ``POST /gw/devices/{sel}/messages``, for the OpenAPI schema only:
+    messages are checked by ``devices.services`` (any other parameter is a dotted name with a JSON
+    value)."""
+
+    timestamp = serializers.FloatField(min_value=0, help_text="unix time in seconds")
 
 
 __all__ = ["DEFAULT_MESSAGES_TTL"]

@@ -10,6 +10,7 @@ from devices.api.serializers import (
     DeviceCreateSerializer,
     DeviceUpdateSerializer,
     MessagesDeleteSerializer,
+    MessageSerializer,
     MessagesQuerySerializer,
 )
 from devices.models import Device
@@ -103,6 +104,7 @@ class MessagesView(DeviceChildView):
     """``GET|POST|DELETE /gw/devices/{sel}/messages``."""
 
     query_parameters = {"GET": MessagesQuerySerializer, "DELETE": MessagesDeleteSerializer}
+    request_serializers = {"POST": MessageSerializer(many=True)}
 
     def get(self, request: Request, selector: str) -> Response:
         params = validated_params(request, MessagesQuerySerializer)

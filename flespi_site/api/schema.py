@@ -7,9 +7,52 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
+from rest_framework import serializers
+
+from flespi_site.api.fields import JSONObjectField, StrictSerializer
+
+ERROR_ENVELOPE = {
+    "type": "object",
+    "required": ["errors"],
+    "properties": {
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["code", "type", "reason"],
+                "properties": {
+                    "code": {"type": "integer"},
+                    "type": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "field": {"type": "string"},
+                    "index": {"type": "integer"},
+                    "id": {"type": "integer"},
+                },
+            },
+        },
+        "result": {"type": "array", "items": {"type": "object"}},
+    },
+}
 
 
 class FlespiAutoSchema(AutoSchema):
+    def is_excluded(self):
+        # One view serves a resource's collection and its selector path; each path takes only
+        # some methods (the others are refused with a reason), and the schema lists only those.
+        if getattr(self.view, "resource_class", None) is None:
+            return False
+        if "{selector}" in self.path:
+            return self.method == "POST"
+        return self.method in ("PUT", "DELETE")
+
+    def _map_basic_serializer(self, serializer, direction):
+        schema = super()._map_basic_serializer(serializer, direction)
+        if isinstance(serializer, StrictSerializer) or (
+            isinstance(serializer, type) and issubclass(serializer, StrictSerializer)
+        ):
+            schema["additionalProperties"] = False  # unknown fields are refused
+        return schema
+
     def get_request_serializer(self):
         resource = getattr(self.view, "resource_class", None)
         if resource is not None:
@@ -32,10 +75,36 @@ class FlespiAutoSchema(AutoSchema):
             OpenApiTypes.STR,
             description="the same parameters as one JSON object (values keep their JSON types)",
         )
+        resource = getattr(self.view, "resource_class", None)
+        if resource is not None and set(parameters().fields) == {"fields"}:
+            # The names a resource renders, so that the schema says which ``fields`` are valid.
+            name = "(?:" + "|".join(resource.output_fields) + ")"
+            fields = OpenApiParameter(
+                "fields",
+                OpenApiTypes.STR,
+                description="the fields of each item in the answer, separated by commas: fields=id,name",
+                pattern=f"^{name}(?:,{name})*$",
+            )
+            return [fields, data]
         return [parameters, data]
 
+    def _get_request_body(self, direction="request"):
+        # Every POST and PUT of this API needs its JSON body, even when each field is optional.
+        body = super()._get_request_body(direction)
+        if body is not None:
+            body["required"] = True
+        return body
+
+    def _map_serializer_field(self, field, direction, bypass_extensions=False):
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        if isinstance(field, JSONObjectField):
+            schema = {"type": "object", "additionalProperties": True}
+        elif isinstance(field, serializers.CharField) and not field.allow_blank:
+            schema.setdefault("minLength", 1)
+        return schema
+
     def get_response_serializers(self):
-        return {"200": OpenApiTypes.OBJECT}
+        return {"200": OpenApiTypes.OBJECT, "307": ERROR_ENVELOPE, "4XX": ERROR_ENVELOPE}
 
     def get_operation_id(self):
         operation_id = super().get_operation_id()

@@ -68,3 +68,18 @@ def test_a_device_moved_to_an_unknown_account_names_cid(api, root_key, device_id
             "id": device_id,
         }
     ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="devices/services.py (_check_body) lets a lone surrogate through and _dumps raises "
+    "UnicodeEncodeError (a 500); not ours to edit",
+)
+def test_a_message_with_a_lone_surrogate_is_refused(api, root_key, device_id):
+    response = api.call(
+        "POST",
+        f"/gw/devices/{device_id}/messages",
+        key=root_key,
+        raw='[{"timestamp": 1700000000, "s": "\\ud800"}]',
+    )
+    assert errors_of(response, 400)[0]["index"] == 0

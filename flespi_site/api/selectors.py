@@ -11,12 +11,17 @@ import re
 from dataclasses import dataclass
 
 from django.db.models import Q
+from django.db.models.fields.json import KeyTextTransform, KeyTransform
+from django.db.models.lookups import Regex
 
 from flespi_site.errors import InvalidInput
 
 MAX_SELECTOR_IDS = 1000
 # PostgreSQL refuses regular expressions past some complexity ("too complex"), a database error.
 MAX_WILDCARD_LENGTH = 256
+# Deeper keys than stored JSON can hold (MAX_JSON_DEPTH) match nothing; far deeper ones overflow
+# the query compiler's recursion.
+MAX_JSON_KEY_DEPTH = 16
 
 
 @dataclass(frozen=True)
@@ -30,13 +35,31 @@ def wildcard_regex(value: str) -> str:
     return "^" + "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in value) + "$"
 
 
-def _wildcard_q(name: str, lookup: str, value: str) -> Q:
+def _checked_wildcard(name: str, value: str) -> str:
     if len(value) > MAX_WILDCARD_LENGTH:
         raise InvalidInput(
             f"selector {name}=...: a value with wildcards may have at most {MAX_WILDCARD_LENGTH} characters",
             field="selector",
         )
-    return Q(**{f"{lookup}__regex": wildcard_regex(value)})
+    return wildcard_regex(value)
+
+
+def _wildcard_q(name: str, lookup: str, value: str) -> Q:
+    return Q(**{f"{lookup}__regex": _checked_wildcard(name, value)})
+
+
+def _json_key_q(name: str, field: str, keys: list[str], value: str) -> Q:
+    """A condition on the text of a key inside a JSON field. The keys are the client's: they are
+    built into key transforms one by one, never joined into a lookup string, where ``a__gt``
+    would read as an operator."""
+    if len(keys) > MAX_JSON_KEY_DEPTH:
+        raise InvalidInput(
+            f"selector {name[:64]}...: at most {MAX_JSON_KEY_DEPTH} keys deep", field="selector"
+        )
+    target = field
+    for key in keys[:-1]:
+        target = KeyTransform(key, target)
+    return Q(Regex(KeyTextTransform(keys[-1], target), _checked_wildcard(name, value)))
 
 
 def _is_int(text: str) -> bool:
@@ -80,8 +103,7 @@ def _condition(name: str, value: str, fields: dict[str, SelectorField]) -> Q:
         root, dot, key = name.partition(".")
         json_field = fields.get(root)
         if dot and key and json_field is not None and json_field.kind == "json":
-            lookup = json_field.lookup + "__" + "__".join(key.split("."))
-            return _wildcard_q(name, lookup, value)
+            return _json_key_q(name, json_field.lookup, key.split("."), value)
         known = ", ".join(sorted(fields))
         raise InvalidInput(f"cannot select on {name!r}; selectable fields: {known}", field="selector")
     wildcard = "*" in value or "?" in value

@@ -181,3 +181,34 @@ def test_list_queries_are_pinned(api, root_key, subaccounts, tokens, django_asse
         assert len(result_of(api.call("GET", "/platform/subaccounts/all", key=root_key))) == 4
     with django_assert_max_num_queries(3):
         assert len(result_of(api.call("GET", "/platform/tokens/all", key=root_key))) == 8
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [
+        "metadata.group__regex=north",
+        "metadata.group__isnull=true",
+        "metadata.deep__level=truck*",
+        "metadata.group__gt=a",
+    ],
+)
+def test_json_keys_are_keys_not_lookups(api, root_key, subaccounts, selector):
+    # "__" used to be read as a Django lookup: group__isnull was an operator, and a 500.
+    assert names(api, root_key, selector) == []
+
+
+def test_a_json_key_with_double_underscores_is_selected_like_any_key(api, root, root_key, make_account):
+    from accounts.services import account_update
+
+    account_update(
+        account=make_account("odd", parent=root), data={"metadata": {"a__gt": "v", "b": {"c__d": 1}}}
+    )
+    assert names(api, root_key, "metadata.a__gt=v") == ["odd"]
+    assert names(api, root_key, "metadata.b.c__d=1") == ["odd"]
+
+
+def test_json_keys_may_be_16_deep_and_no_deeper(api, root_key, subaccounts):
+    assert names(api, root_key, "metadata." + ".".join(["a"] * 16) + "=x") == []
+    name = "metadata." + ".".join(["a"] * 500)
+    response = api.call("GET", f"/platform/subaccounts/{name}=x", key=root_key)
+    assert errors_of(response, 400)[0]["reason"] == f"selector {name[:64]}...: at most 16 keys deep"

@@ -83,10 +83,11 @@ def account_placement(
                 field="parent_id",
             )
         if depth == 1 and region_code is not None:
-            region = Region.objects.filter(code=region_code).first()
-            if region is None or region_config(code=region_code) is None:
+            chosen = Region.objects.filter(code=region_code).first()
+            if chosen is None or region_config(code=region_code) is None:
                 codes = ", ".join(config.code for config in settings.TOPOLOGY.regions)
                 raise InvalidInput(f"unknown region {region_code!r}; regions: {codes}", field="region")
+            region = chosen
         else:
             region = _configured_region(parent.region, field="parent_id")
             if region_code is not None and region_code != region.code:

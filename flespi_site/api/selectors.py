@@ -56,7 +56,7 @@ def _json_key_q(name: str, field: str, keys: list[str], value: str) -> Q:
         raise InvalidInput(
             f"selector {name[:64]}...: at most {MAX_JSON_KEY_DEPTH} keys deep", field="selector"
         )
-    target = field
+    target: str | KeyTransform = field
     for key in keys[:-1]:
         target = KeyTransform(key, target)
     return Q(Regex(KeyTextTransform(keys[-1], target), _checked_wildcard(name, value)))

@@ -36,7 +36,7 @@ class ProjectionParameters(strict.StrictSerializer):
     """The query parameters of an endpoint that renders items: ``fields`` (read by ``projection``,
     which also takes a JSON array of names through ``data=``)."""
 
-    fields = strict.StrictCharField(
+    fields = strict.StrictCharField(  # type: ignore[assignment]  # DRF's metaclass takes it out of the class
         required=False, help_text="the fields of each item in the answer, separated by commas: fields=id,name"
     )
 
@@ -63,7 +63,7 @@ def refuse_unknown_parameters(request: Request, parameters: type[serializers.Ser
         if len(request.query_params.getlist(name)) > 1:
             problems[_echoed(name)] = ["query parameter given more than once; give it once"]
     if known and "data" in given:
-        data = loads_strict(request.query_params.get("data"), what="query parameter data")
+        data = loads_strict(request.query_params["data"], what="query parameter data")
         if not isinstance(data, dict):
             raise InvalidInput("query parameter data must be a JSON object", field="data")
         given += [name for name in data if name not in given]
@@ -175,7 +175,7 @@ class _NegotiationSettings:
 
 
 class ContentNegotiation(DefaultContentNegotiation):
-    settings = _NegotiationSettings
+    settings = _NegotiationSettings  # type: ignore[assignment]
 
 
 class FlespiAPIView(APIView):
@@ -195,8 +195,9 @@ class FlespiAPIView(APIView):
         if self.acts_for_account and request.auth is not None:
             self.account = acting_account(token=request.auth, cid=request.headers.get("x-flespi-cid"))
             self._check_region(request, self.account)
-        if request.method.lower() in self.http_method_names and hasattr(self, request.method.lower()):
-            refuse_unknown_parameters(request, self.parameters_of(request.method))
+        method = (request.method or "").lower()
+        if method in self.http_method_names and hasattr(self, method):
+            refuse_unknown_parameters(request, self.parameters_of(method.upper()))
 
     @classmethod
     def parameters_of(cls, method: str) -> type[serializers.Serializer]:
@@ -224,9 +225,10 @@ class FlespiAPIView(APIView):
             )
         host_region = getattr(request._request, "host_region", None)
         region, account_id = self.region_to_serve(request, account)
-        if host_region is None or host_region == region:
+        config = region_config(code=region)
+        if host_region is None or host_region == region or config is None:
             return
-        url = region_config(code=region).rest_url
+        url = config.rest_url
         raise RegionRedirect(
             region=region, url=url, location=url + request.get_full_path(), account_id=account_id
         )

@@ -3,8 +3,8 @@
 Timestamps are stored as integer microseconds (``ts``); the message body keeps its float
 ``timestamp``. Writes are set-based. Rows newer than everything a device has stored (new data
 appended, the common case) are COPYed straight into ``messages``; the others are COPYed into a
-session-local staging table and merged with one statement. Either way one statement queues the
-outbox rows and reports what changed.
+session-local staging table and merged with one statement. Either way a device gets one outbox
+row per write, and the write reports what it inserted or changed.
 """
 
 from __future__ import annotations
@@ -135,36 +135,37 @@ def messages_write(
     which go through the staging table and the merge."""
     rows = sorted(rows, key=lambda r: r.device_id)  # one lock order for every writer
     connection = connections[alias]
-    connection.ensure_connection()
+    if not connection.in_atomic_block:
+        raise RuntimeError("messages_write runs in the caller's transaction (transaction.atomic)")
     with connection.cursor() as cursor:
         cursor.execute(_NEWEST, [[r.device_id for r in rows]])
         newest = dict(cursor.fetchall())
+        # Per device, how many of its rows are not after its newest stored one.
         cuts = [0 if newest.get(r.device_id) is None else bisect_right(r.stamps, newest[r.device_id]) for r in rows]
         fresh = [r.split(cut)[1] for r, cut in zip(rows, cuts, strict=True) if cut < len(r.stamps)]
         if fresh and not _copy_appending(connection, cursor, fresh):
             cuts = [len(r.stamps) for r in rows]  # a concurrent write got there first: merge all
         changed = []
-        merged = [(r, cut) for r, cut in zip(rows, cuts, strict=True) if cut]
-        if merged:
+        merging = [(r, cut) for r, cut in zip(rows, cuts, strict=True) if cut]
+        if merging:
             cursor.execute(_CREATE_STAGING)
             with cursor.cursor.copy(f"COPY {STAGING} (device_id, ts, body) FROM STDIN") as copy:
-                for r, cut in merged:
+                for r, cut in merging:
                     copy.write(r.split(cut)[0])
-            appended = [(r.device_id, r.stamps[cut:]) for r, cut in merged]
+            tails = [(r.device_id, r.stamps[cut:]) for r, cut in merging]  # appended above
             cursor.execute(
                 _MERGE,
-                [_array([device_id for device_id, stamps in appended for _ in stamps]),
-                 _array([ts for _, stamps in appended for ts in stamps])],
+                [_array([device_id for device_id, stamps in tails for _ in stamps]),
+                 _array([ts for _, stamps in tails for ts in stamps])],
             )
             changed += [ChangedRange(*row) for row in cursor.fetchall()]
         appended = [r for r, cut in zip(rows, cuts, strict=True) if not cut]
         if appended:
-            literals: dict[int, str] = {}  # the devices of a write mostly share one list of stamps
-            cursor.executemany(
-                _QUEUE,
-                [(r.device_id, literals.get(id(r.stamps)) or literals.setdefault(id(r.stamps), _array(r.stamps)))
-                 for r in appended],
-            )
+            literals: dict[int, str] = {}  # by the list's id: the devices of a batch share one list
+            for r in appended:
+                if id(r.stamps) not in literals:
+                    literals[id(r.stamps)] = _array(r.stamps)
+            cursor.executemany(_QUEUE, [(r.device_id, literals[id(r.stamps)]) for r in appended])
             changed += [ChangedRange(r.device_id, r.stamps[0], r.stamps[-1], len(r.stamps)) for r in appended]
         if telemetry:
             cursor.execute(

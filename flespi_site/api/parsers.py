@@ -37,9 +37,12 @@ def json_depth_exceeds(value, limit: int, *, text: bytes | str | None = None) ->
     containers as the text has ``[`` and ``{``: each container comes from one of them (the others
     are inside strings), so no deeper one is left. A batch of flat messages is then settled
     after its second level, without looking at a single parameter."""
-    if isinstance(text, str):
-        text = text.encode()
-    openers = None if text is None else text.count(b"[") + text.count(b"{")
+    if text is None:
+        openers = None
+    elif isinstance(text, str):
+        openers = text.count("[") + text.count("{")
+    else:
+        openers = text.count(b"[") + text.count(b"{")
     level = [value] if type(value) in _CONTAINERS else []
     seen = len(level)
     depth = 1

@@ -405,7 +405,7 @@ def prepared_lines(devices, messages, now):
     """COPY lines and telemetry values as the service prepares them."""
     from devices import services
 
-    prepared = [(i, *services.message_prepare(m, now=now)) for i, m in enumerate(messages)]
+    prepared = [services.message_prepare(m, now=now) for m in messages]
     return services._copy_lines(devices, services._encode(prepared), "rest.timestamp", now)
 
 
@@ -495,7 +495,7 @@ def time_split(fixture, source, batches: int, devices_per_batch: int = 1) -> dic
         data = loads_strict(body)
         marks.append(time.perf_counter())
         now = time.time()
-        prepared = [(i, *services.message_prepare(m, now=now)) for i, m in enumerate(data)]
+        prepared = [services.message_prepare(m, now=now) for m in data]
         marks.append(time.perf_counter())
         rows, telemetry = services._copy_lines(devices, services._encode(prepared), "rest.timestamp", now)
         marks.append(time.perf_counter())

@@ -299,10 +299,10 @@ def messages_ingest(
                  "reason": f"device {device.pk} is disabled: enable it to store its messages"}
             )
     devices = [device for device in devices if device.enabled]
-    prepared: list[tuple[int, int, dict]] = []
+    prepared: list[tuple[int, dict]] = []
     for index, raw in enumerate(messages):
         try:
-            prepared.append((index, *message_prepare(raw, now=now)))
+            prepared.append(message_prepare(raw, now=now))
         except MessageError as exc:
             result.errors.append({"code": 400, "type": "invalid_message", "reason": str(exc), "index": index})
     if not prepared or not devices:
@@ -338,10 +338,10 @@ class _Encoded:
     latest: dict[str, tuple[int, str]]
 
 
-def _encode(prepared: list[tuple[int, int, dict]]) -> _Encoded:
+def _encode(prepared: list[tuple[int, dict]]) -> _Encoded:
     # Messages of one batch with equal timestamps merge in batch order, like stored ones.
     merged: dict[int, dict] = {}
-    for _index, ts, body in prepared:
+    for ts, body in prepared:
         previous = merged.get(ts)
         merged[ts] = body if previous is None else {**previous, **body}
     stamps = sorted(merged)

@@ -226,7 +226,10 @@ def message_prepare(raw: Any, *, now: float) -> tuple[int, dict]:
     kind = seconds.__class__
     # Unix seconds in range, the common case, need no more than the comparison (NaN fails it).
     if not ((kind is float or kind is int) and 0 <= seconds <= now + MAX_FUTURE_SECONDS):
-        seconds = parse_timestamp(seconds)
+        try:
+            seconds = parse_timestamp(seconds)
+        except OverflowError:  # an integer beyond any float, which JSON allows
+            raise MessageError("timestamp is out of range") from None
         if seconds > now + MAX_FUTURE_SECONDS:
             raise MessageError(f"timestamp {seconds:.0f} is more than {MAX_FUTURE_SECONDS} s in the future")
     ts = round(seconds * 1_000_000)

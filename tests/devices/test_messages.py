@@ -485,3 +485,15 @@ def test_the_depth_limit_counts_containers_not_brackets_inside_strings(api, key,
     response = post(api, key, device, too_deep)
     assert response.status_code == 400 and "nested deeper" in response.json()["errors"][0]["reason"]
     assert [m["timestamp"] for m in rows(device)] == [T0]
+
+
+def test_an_integer_timestamp_beyond_any_float_is_refused_by_index(api, key, device):
+    response = api.call(
+        "POST", f"/gw/devices/{device.pk}/messages", key=key,
+        raw='[{"timestamp": 1' + "0" * 400 + '}, {"timestamp": 1700000000}]',
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["errors"] == [
+        {"code": 400, "type": "invalid_message", "reason": "timestamp is out of range", "index": 0}
+    ]
+    assert [m["timestamp"] for m in rows(device)] == [T0]

@@ -9,5 +9,12 @@ def not_found(request, exception=None):
     )
 
 
+def bad_request(request, exception=None):
+    # Django's own refusals before any view: a Host header not in ALLOWED_HOSTS, a malformed
+    # multipart body, too many fields.
+    reason = str(exception) if exception is not None and str(exception) else "bad request"
+    return JsonResponse({"errors": [{"code": 400, "type": "bad_request", "reason": reason}]}, status=400)
+
+
 def server_error(request):
     return JsonResponse({"errors": [{"code": 500, "type": "internal", "reason": "internal error; it has been logged"}]}, status=500)

@@ -117,3 +117,4 @@ class FlespiTokenScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):
         return {"type": "apiKey", "in": "header", "name": "Authorization", "description": "FlespiToken <key>"}
+

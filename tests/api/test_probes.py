@@ -83,3 +83,17 @@ def test_a_message_with_a_lone_surrogate_is_refused(api, root_key, device_id):
         raw='[{"timestamp": 1700000000, "s": "\\ud800"}]',
     )
     assert errors_of(response, 400)[0]["index"] == 0
+
+
+def test_a_malformed_host_header_gets_the_envelope_not_html(api):
+    response = api.call("GET", "/auth/regions", host="bad host!")
+    assert response["Content-Type"] == "application/json"
+    assert "bad host!" in errors_of(response, 400)[0]["reason"]
+
+
+@pytest.mark.parametrize("query", ["version=%00", "version=" + quote("\r\nX-Injected: 1")])
+def test_the_schema_ignores_a_version_parameter(api, query):
+    response = api.call("GET", f"/api/schema/?{query}")
+    assert response.status_code == 200
+    assert "X-Injected" not in response.headers
+    assert "version" not in response["Content-Disposition"] and "(" not in response["Content-Disposition"]

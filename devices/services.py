@@ -190,8 +190,21 @@ def _check_key(key: Any) -> None:
         raise MessageError(f"parameter name {key[:32]!r}… is longer than {MAX_KEY_LENGTH} characters")
     if any(ord(ch) < 32 for ch in key):
         raise MessageError(f"parameter name {key!r} contains control characters")
+    if not _encodable(key):
+        raise MessageError(f"parameter name {key!r} contains a lone surrogate, which UTF-8 cannot encode")
     if len(_valid_keys) < 100_000:
         _valid_keys.add(key)
+
+
+def _encodable(text: str) -> bool:
+    """Whether UTF-8 can encode ``text`` (JSON's ``\\ud800`` escapes make lone surrogates)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_timestamp(value: Any) -> float:
@@ -244,7 +257,7 @@ def message_prepare(raw: Any, *, now: float) -> tuple[int, dict]:
             if value - value:  # NaN or infinite
                 _check_body(body)
         elif kind is str:
-            if "\x00" in value:
+            if "\x00" in value or not _encodable(value):
                 _check_body(body)
         elif (kind is dict or kind is list) and _has_nul_or_nan(value):
             _check_body(body)
@@ -259,20 +272,25 @@ def _check_body(body: dict) -> None:
         if kind is str:
             if "\x00" in value:
                 raise MessageError(f"{key}: string values may not contain the NUL character")
+            if not _encodable(value):
+                raise MessageError(f"{key}: a lone surrogate (\\ud800-\\udfff) in the string cannot be stored")
         elif kind is float:
             if not math.isfinite(value):
                 raise MessageError(f"{key} is not a finite number")
         elif (kind is dict or kind is list) and _has_nul_or_nan(value):
-            raise MessageError(f"{key}: nested values may not contain NUL characters or non-finite numbers")
+            raise MessageError(
+                f"{key}: nested values may not contain NUL characters, lone surrogates or non-finite numbers"
+            )
 
 
 def _has_nul_or_nan(value: Any) -> bool:
-    # PostgreSQL's jsonb cannot hold NUL; refusing it here keeps the rest of the batch storable.
+    # PostgreSQL's jsonb cannot hold NUL and UTF-8 no lone surrogate; refusing them here keeps the
+    # rest of the batch storable.
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if "\x00" in item:
+            if "\x00" in item or not _encodable(item):
                 return True
         elif isinstance(item, float):
             if not math.isfinite(item):

@@ -463,8 +463,8 @@ def test_values_that_cannot_be_stored_are_refused_by_index(device):
     assert [(e["index"], e["reason"]) for e in result.errors] == [
         (1, "x is not a finite number"),
         (2, "x is not a finite number"),
-        (3, "deep: nested values may not contain NUL characters or non-finite numbers"),
-        (4, "deep: nested values may not contain NUL characters or non-finite numbers"),
+        (3, "deep: nested values may not contain NUL characters, lone surrogates or non-finite numbers"),
+        (4, "deep: nested values may not contain NUL characters, lone surrogates or non-finite numbers"),
         (5, "s: string values may not contain the NUL character"),
     ]
     assert [m["ok"] for m in rows(device)] == [1.5, 2.5]

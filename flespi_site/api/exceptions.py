@@ -91,6 +91,12 @@ def exception_handler(exc, context):
         if isinstance(exc, drf.NotAuthenticated):
             status = 401
         reasons = [message for _path, message in _flatten(exc.detail)]
+        if isinstance(exc, drf.UnsupportedMediaType) and exc.detail != exc.default_detail:
+            reasons = [
+                reason if "application/json" in reason else f"{reason}; send the body as JSON with "
+                "Content-Type: application/json (curl: --json)"
+                for reason in reasons
+            ]
         return errors_response(
             [{"code": status, "type": exc.default_code, "reason": reason} for reason in reasons], status, headers
         )

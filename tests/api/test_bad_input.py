@@ -282,7 +282,9 @@ def test_other_content_types_are_415(api, root_key, state, endpoint):
         HTTP_HOST="localhost",
         HTTP_AUTHORIZATION=f"FlespiToken {root_key}",
     )
-    assert 'Unsupported media type "application/x-www-form-urlencoded"' in reasons(response, 415)
+    reason = reasons(response, 415)
+    assert 'Unsupported media type "application/x-www-form-urlencoded"' in reason
+    assert reason.endswith("send the body as JSON with Content-Type: application/json (curl: --json)")
     assert state() == before
 
 

@@ -497,3 +497,21 @@ def test_an_integer_timestamp_beyond_any_float_is_refused_by_index(api, key, dev
         {"code": 400, "type": "invalid_message", "reason": "timestamp is out of range", "index": 0}
     ]
     assert [m["timestamp"] for m in rows(device)] == [T0]
+
+
+def test_integers_beyond_64_bits_are_kept_exactly(api, key, device):
+    big, negative = 123456789012345678901234567890, -(2**64) - 1
+    raw = f'[{{"timestamp": 1700000000, "big": {big}, "nested": {{"n": [{negative}]}}, "f": 0.1234567890123456789012}}]'
+    response = api.call("POST", f"/gw/devices/{device.pk}/messages", key=key, raw=raw)
+    assert response.status_code == 200, response.content
+    [message] = get(api, key, device)
+    assert (message["big"], message["nested"]["n"][0]) == (big, negative)
+    assert message["f"] == 0.1234567890123456789012
+    response = api.call("GET", f"/gw/devices/{device.pk}/telemetry", key=key)
+    assert response.json()["result"][0]["telemetry"]["big"]["value"] == big
+
+
+def test_an_integer_beyond_64_bits_is_out_of_range_not_a_type_error(api, key, device):
+    response = api.call("PUT", f"/gw/devices/{device.pk}", key=key, raw='{"messages_ttl": 18446744073709551616}')
+    assert response.status_code == 400
+    assert "messages_ttl" in str(response.json()["errors"]) and "integer" not in response.json()["errors"][0]["reason"]

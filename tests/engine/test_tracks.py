@@ -12,7 +12,6 @@ from analytics.engine import MemoryStore, calculate, compile_calculator
 
 from .support import load_gpx
 
-
 TRIPS = {
     "name": "trips",
     "selectors": [

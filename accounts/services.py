@@ -165,7 +165,7 @@ def _regional_data_delete(subtree: list[tuple[int, str]]) -> None:
         with transaction.atomic(using=alias):
             for model in apps.get_models():
                 if is_regional(model) and getattr(model, "delete_with_account", True):
-                    model.objects.using(alias).filter(account_id__in=ids).delete()
+                    model._default_manager.using(alias).filter(account_id__in=ids).delete()
 
 
 def _hash_key(key: str) -> str:

@@ -154,11 +154,16 @@ def _device_move_check(*, device: Device, account: Account, target_id: int) -> N
 
 
 def device_delete(*, device: Device) -> None:
-    alias, device_id = device._state.db, device.pk  # delete() sets pk to None
+    alias, device_id = _alias_of(device), device.pk  # delete() sets pk to None
     with transaction.atomic(using=alias):
         storage.messages_drop_device(alias=alias, device_id=device_id)
         device.delete()
     DeviceIdent.objects.filter(device_id=device_id).delete()
+
+
+def _alias_of(device: Device) -> str:
+    """The database alias of the device's datacenter: the one it was loaded from, else its account's."""
+    return device._state.db or placement.alias_for_account(device.account_id)
 
 
 # --- messages ------------------------------------------------------------------------------
@@ -417,7 +422,7 @@ def messages_delete(*, devices: Sequence[Device], begin: float | None, end: floa
     """Delete the devices' messages in [begin, end] (seconds); returns what was deleted."""
     if not devices:
         return []
-    alias = devices[0]._state.db
+    alias = _alias_of(devices[0])
     with transaction.atomic(using=alias):
         return storage.messages_delete(
             alias=alias,

@@ -205,7 +205,8 @@ def messages_read(
     count: int | None = None,
     reverse: bool = False,
 ) -> list[dict]:
-    where, params = ["device_id = ANY(%s)"], [list(device_ids)]
+    where = ["device_id = ANY(%s)"]
+    params: list[int | list[int]] = [list(device_ids)]
     if begin is not None:
         where.append("ts >= %s")
         params.append(begin)
@@ -223,7 +224,8 @@ def messages_read(
 
 
 def messages_delete(*, alias: str, device_ids: Sequence[int], begin: int | None, end: int | None) -> list[ChangedRange]:
-    where, params = ["device_id = ANY(%s)"], [list(device_ids)]
+    where = ["device_id = ANY(%s)"]
+    params: list[int | list[int]] = [list(device_ids)]
     if begin is not None:
         where.append("ts >= %s")
         params.append(begin)
@@ -276,10 +278,12 @@ def telemetry_read(*, alias: str, device_ids: Iterable[int]) -> dict[int, dict[s
 def outbox_enqueue(*, alias: str, rows: Iterable[tuple[int, int, str, object, bool]]) -> None:
     """Queue events: (device_id, kind, topic, payload, retain). The caller's transaction makes
     them visible together with the data they describe."""
-    rows = [(device_id, int(kind), topic, json.dumps(payload), retain) for device_id, kind, topic, payload, retain in rows]
-    if not rows:
+    params = [
+        (device_id, int(kind), topic, json.dumps(payload), retain) for device_id, kind, topic, payload, retain in rows
+    ]
+    if not params:
         return
     with connections[alias].cursor() as cursor:
         cursor.executemany(
-            "INSERT INTO outbox (device_id, kind, topic, payload, retain) VALUES (%s, %s, %s, %s::jsonb, %s)", rows
+            "INSERT INTO outbox (device_id, kind, topic, payload, retain) VALUES (%s, %s, %s, %s::jsonb, %s)", params
         )

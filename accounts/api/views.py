@@ -77,7 +77,7 @@ class AuthInfoView(FlespiAPIView):
     """``GET /auth/info``: the token and the account the request acts for."""
 
     def get(self, request: Request) -> Response:
-        token = request.auth
+        token = self.token
         return Response(
             {
                 "result": [

@@ -35,7 +35,7 @@ class MessagesQuerySerializer(StrictSerializer):
     end = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
     count = StrictIntegerField(required=False, min_value=1, max_value=100_000)
     reverse = StrictBooleanField(required=False)
-    fields = StrictCharField(required=False)
+    fields = StrictCharField(required=False)  # type: ignore[assignment]  # DRF's metaclass takes it out of the class
     filter = StrictCharField(required=False, max_length=4096)
 
 

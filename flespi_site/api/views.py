@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from django.db.models import Model, QuerySet
 from django.urls import path
@@ -21,9 +21,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import Account
+from accounts.models import Account, Token
 from accounts.services import acting_account
 from flespi_site.api import fields as strict
+from flespi_site.api.authentication import token_of
 from flespi_site.api.exceptions import RegionRedirect
 from flespi_site.api.parsers import loads_strict
 from flespi_site.api.permissions import HasToken
@@ -109,9 +110,10 @@ _PLAIN_NUMBER = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
 def validated_params(request: Request, serializer_class: type[serializers.Serializer]) -> dict[str, Any]:
     """Query parameters validated by ``serializer_class``. Plain parameters arrive as text and
     are read as the type the serializer expects; ``data=`` values keep their JSON types."""
-    params = {key: request.query_params.get(key) for key in request.query_params if key != "data"}
+    texts = {key: values[-1] for key, values in request.query_params.lists() if key != "data"}
+    params: dict[str, Any] = dict(texts)
     declared = serializer_class().fields
-    for name, text in list(params.items()):
+    for name, text in texts.items():
         field = declared.get(name)
         try:
             if isinstance(field, strict.StrictBooleanField):
@@ -191,20 +193,37 @@ class FlespiAPIView(APIView):
 
     def initial(self, request: Request, *args, **kwargs) -> None:
         super().initial(request, *args, **kwargs)
-        self.account: Account | None = None
-        if self.acts_for_account and request.auth is not None:
-            self.account = acting_account(token=request.auth, cid=request.headers.get("x-flespi-cid"))
-            self._check_region(request, self.account)
+        self._token = token_of(request)
+        self._account: Account | None = None
+        if self.acts_for_account and self._token is not None:
+            self._account = acting_account(token=self._token, cid=request.headers.get("x-flespi-cid"))
+            self._check_region(request, self._account)
         method = (request.method or "").lower()
         if method in self.http_method_names and hasattr(self, method):
             refuse_unknown_parameters(request, self.parameters_of(method.upper()))
+
+    @property
+    def token(self) -> Token:
+        """The request's token. A handler of a view that requires one (``HasToken``, the default
+        permission) runs only when there is one."""
+        if self._token is None:
+            raise RuntimeError(f"{type(self).__name__}: the request has no token")
+        return self._token
+
+    @property
+    def account(self) -> Account:
+        """The account the request acts for, resolved by ``initial`` from the token (and
+        ``x-flespi-cid``) in a view that ``acts_for_account`` and requires a token."""
+        if self._account is None:
+            raise RuntimeError(f"{type(self).__name__}: the request acts for no account")
+        return self._account
 
     @classmethod
     def parameters_of(cls, method: str) -> type[serializers.Serializer]:
         method = "GET" if method == "HEAD" else method
         return cls.query_parameters.get(method, NoParameters)
 
-    def permission_denied(self, request: Request, message=None, code=None) -> None:
+    def permission_denied(self, request: Request, message=None, code=None) -> NoReturn:
         # DRF drops the permission's message when no token was sent; say how to send one.
         if request.authenticators and not request.successful_authenticator:
             raise NotAuthenticated(HasToken.message)
@@ -240,8 +259,10 @@ class Resource(ABC):
 
     name: ClassVar[str] = "item"
     selector_fields: ClassVar[dict[str, SelectorField]] = {"id": SelectorField("pk", "int")}
-    create_serializer: ClassVar[type[serializers.Serializer] | None] = None
-    update_serializer: ClassVar[type[serializers.Serializer] | None] = None
+    # Every resource creates and updates (``create`` and ``update`` are abstract): it names the
+    # serializers of their input.
+    create_serializer: ClassVar[type[serializers.Serializer]]
+    update_serializer: ClassVar[type[serializers.Serializer]]
     output_fields: ClassVar[tuple[str, ...]] = ("id",)
     max_batch: ClassVar[int] = 1000
 

@@ -406,7 +406,7 @@ def prepared_lines(devices, messages, now):
     from devices import services
 
     prepared = [services.message_prepare(m, now=now) for m in messages]
-    return services._copy_lines(devices, services._encode(prepared), "rest.timestamp", now)
+    return services._copy_lines(devices, services._encode(prepared, services.stamp_keys_of("rest.timestamp")), "rest.timestamp", now)
 
 
 def bench_copy(fixture, source, batches: int) -> list[Row]:
@@ -497,7 +497,7 @@ def time_split(fixture, source, batches: int, devices_per_batch: int = 1) -> dic
         now = time.time()
         prepared = [services.message_prepare(m, now=now) for m in data]
         marks.append(time.perf_counter())
-        rows, telemetry = services._copy_lines(devices, services._encode(prepared), "rest.timestamp", now)
+        rows, telemetry = services._copy_lines(devices, services._encode(prepared, services.stamp_keys_of("rest.timestamp")), "rest.timestamp", now)
         marks.append(time.perf_counter())
         with connections[alias].execute_wrapper(timed_sql):
             with transaction.atomic(using=alias):

@@ -336,7 +336,7 @@ def messages_ingest(
     by_alias: dict[str, list[Device]] = {}
     for device in devices:
         by_alias.setdefault(device._state.db or placement.alias_for_account(device.account_id), []).append(device)
-    batch = _encode(prepared)
+    batch = _encode(prepared, stamp_keys_of(reception_key))
     for alias, group in by_alias.items():
         rows, telemetry = _copy_lines(group, batch, reception_key, now)
         with transaction.atomic(using=alias):
@@ -364,7 +364,12 @@ class _Encoded:
     latest: dict[str, tuple[int, str]]
 
 
-def _encode(prepared: list[tuple[int, dict]]) -> _Encoded:
+def stamp_keys_of(reception_key: str) -> frozenset[str]:
+    """The names the platform stamps on every message it stores from a source."""
+    return frozenset(("device.id", "device.name", "ident", reception_key))
+
+
+def _encode(prepared: list[tuple[int, dict]], stamp_keys: frozenset[str]) -> _Encoded:
     # Messages of one batch with equal timestamps merge in batch order, like stored ones.
     merged: dict[int, dict] = {}
     for ts, body in prepared:
@@ -372,6 +377,10 @@ def _encode(prepared: list[tuple[int, dict]]) -> _Encoded:
         merged[ts] = body if previous is None else {**previous, **body}
     stamps = sorted(merged)
     bodies = [merged[ts] for ts in stamps]
+    if any(not stamp_keys.isdisjoint(body) for body in bodies):
+        # The platform's stamps replace what a client sent under their names; bodies are stored
+        # as ``json`` text, which would keep both.
+        bodies = [{k: v for k, v in body.items() if k not in stamp_keys} for body in bodies]
     try:
         heads = [b"%d\t%b" % (ts, orjson.dumps(body)[:-1]) for ts, body in zip(stamps, bodies, strict=True)]
     except TypeError:
@@ -402,8 +411,8 @@ def _copy_lines(
 ) -> tuple[list[storage.DeviceRows], list[storage.TelemetryValue]]:
     """The rows of the batch for every device, and each parameter's latest value in it.
 
-    Every body gets the device's stamps appended as members after its own; jsonb keeps the last
-    of equal keys, so the stamps win as they must, and each body is encoded once for all devices."""
+    Every body gets the device's stamps appended as members after its own (``_encode`` took out
+    any member of the same name), so each body is encoded once for all devices."""
     rows: list[storage.DeviceRows] = []
     telemetry: list[storage.TelemetryValue] = []
     last = batch.stamps[-1]

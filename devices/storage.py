@@ -25,7 +25,7 @@ _CREATE_STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS {STAGING} (
     device_id bigint NOT NULL,
     ts bigint NOT NULL,
-    body jsonb NOT NULL
+    body json NOT NULL
 ) ON COMMIT DELETE ROWS
 """
 
@@ -35,7 +35,7 @@ SELECT d.id, (SELECT max(ts) FROM messages WHERE device_id = d.id) FROM unnest(%
 """
 
 # Staged rows are inserted; a row with the timestamp of a stored one is merged into it (new keys
-# overwrite), and only when that changes something other than the reception time: a resent
+# overwrite; bodies are ``json``, so the merge goes through ``jsonb``), and only when that changes something other than the reception time: a resent
 # batch changes nothing and queues nothing. What was inserted or changed, with the rows the same
 # write COPYed straight into ``messages`` for these devices (``appended``), is queued for MQTT as
 # one outbox row per device holding its timestamps in order, and the changed range per device
@@ -47,8 +47,9 @@ WITH staged AS (
 ), changed AS (
     INSERT INTO messages AS m (device_id, ts, body)
     SELECT device_id, ts, body FROM staged
-    ON CONFLICT (device_id, ts) DO UPDATE SET body = m.body || EXCLUDED.body
-    WHERE m.body IS DISTINCT FROM (m.body || (EXCLUDED.body - ARRAY['rest.timestamp', 'server.timestamp']))
+    ON CONFLICT (device_id, ts) DO UPDATE SET body = (m.body::jsonb || EXCLUDED.body::jsonb)::json
+    WHERE m.body::jsonb IS DISTINCT FROM
+        (m.body::jsonb || (EXCLUDED.body::jsonb - ARRAY['rest.timestamp', 'server.timestamp']))
     RETURNING m.device_id, m.ts
 ), appended AS (
     SELECT * FROM unnest(%s::text::bigint[], %s::text::bigint[]) AS a(device_id, ts)

@@ -446,6 +446,10 @@ def test_the_platform_stamps_win_over_keys_of_the_same_name_and_text_survives_co
     assert message["big"] == 2**70
     telemetry = storage.telemetry_read(alias=device._state.db, device_ids=[device.pk])[device.pk]
     assert telemetry["ident"]["value"] == device.ident and telemetry["s"]["value"] == text
+    with connections[device._state.db].cursor() as cursor:  # the stored text names each key once
+        cursor.execute("SELECT body::text FROM messages WHERE device_id = %s", [device.pk])
+        stored = cursor.fetchone()[0]
+    assert stored.count('"ident"') == stored.count('"device.id"') == stored.count('"rest.timestamp"') == 1
 
 
 def test_values_that_cannot_be_stored_are_refused_by_index(device):

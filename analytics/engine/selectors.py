@@ -236,4 +236,8 @@ def clean_cuts(spec: SelectorSpec, frame: Frame, tz):
     transparent = np.zeros(n, bool)
     if not (o["min_active"] > 0 or o["min_duration"] > 0 or X > 0):
         transparent[1:] = (st[:-1] != -1) if o["merge_unknown"] else True
+        if o["merge_message_before"]:
+            # Message c-1 joins the run that message c starts: a window ending at the cut would
+            # not see why. Only where c is off can it start nothing.
+            transparent &= off
     return strict, transparent, need

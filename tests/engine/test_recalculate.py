@@ -267,6 +267,27 @@ def test_a_window_never_ends_inside_an_inactive_gap():
     assert store.intervals == full
 
 
+def test_a_window_never_ends_between_a_run_and_the_message_merge_message_before_takes():
+    # The geofence run [t+1] takes t by merge_message_before; the inactive gap [0, t] makes the
+    # calculator's interval [t, t]. A window ending between t and t+1 (the inactive selector is
+    # cut cleanly there) did not see why t belongs to the geofence run.
+    calc = compile_calculator({"name": "visit", "selectors": [
+        {"type": "geofence", "merge_message_before": True,
+         "geofences": [{"type": "circle", "name": "a", "center": {"lat": 50.0, "lon": 10.0}, "radius": 0.5}]},
+        {"type": "inactive", "delay_threshold": 60},
+    ]})
+    t = T0 + 14210
+    messages = [{"timestamp": T0 + 1}, {"timestamp": T0 + 2}, {"timestamp": T0 + 7}, {"timestamp": t},
+                {"timestamp": t + 1, "position.latitude": 50.0, "position.longitude": 10.0}]
+    full = list(calculate(messages, calc))
+    assert [(i["begin"], i["end"]) for i in full] == [(t, t)]
+    store = MemoryStore(messages, full)
+    diff = store.recalculate(calc, dirty_begin=T0 + 1, dirty_end=T0 + 1)
+    assert not diff
+    store.apply(diff)
+    assert store.intervals == full
+
+
 def test_late_message_in_the_middle_reads_only_near_it():
     all_msgs = synthetic(20_000)
     calc = compile_calculator(TRIPS)

@@ -4,10 +4,10 @@
 
 Runs on the PostgreSQL named by ``DATABASE_URL`` (default
 ``postgres://postgres@127.0.0.1:5432/flespi_bench``) with a one-datacenter topology, so it uses
-exactly two databases: ``<name>`` (control) and ``<name>_eu_1``. It creates them when missing,
-migrates them with ``platform_setup``, and refuses a database whose name does not contain
-"bench", so that it cannot touch anyone's data. Its devices (and their messages) are deleted at
-the end.
+exactly two databases: ``<name>`` (control) and ``<name>_eu_1``. It creates them when missing and
+migrates them with ``platform_setup``. A database whose name does not contain "bench" is never
+used: ``<name>_bench`` on the same server is, so that it cannot touch anyone's data (and `make
+bench` works on the embedded PostgreSQL). Its devices (and their messages) are deleted at the end.
 
 Each message has 16 keys: a position from the real bus track in tests/data/tracks (with
 derived speed and direction) and CAN, power and GSM parameters; timestamps increase by one
@@ -66,11 +66,12 @@ WARMUP = 2
 
 def configure_environment() -> None:
     url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    name = urlsplit(url).path.lstrip("/")
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
     if "bench" not in name:
-        sys.exit(
-            f"refusing DATABASE_URL database {name!r}: the benchmark writes to it; use a name with 'bench'"
-        )
+        # Never the platform's own database: a sibling on the same server (so `make bench` works
+        # on the embedded PostgreSQL, whose database is `flespi`).
+        url = parts._replace(path=f"/{name}_bench").geturl()
     os.environ["DATABASE_URL"] = url
     os.environ["FLESPI_TOPOLOGY"] = json.dumps(TOPOLOGY)
     os.environ["DJANGO_SETTINGS_MODULE"] = "flespi_site.settings"

@@ -18,6 +18,7 @@ from django.db import IntegrityError, connections, transaction
 from psycopg import errors as pg_errors
 
 from devices.choices import OutboxKind
+from flespi_site.jsontext import loads_exact
 
 STAGING = "staging_messages"
 
@@ -221,7 +222,7 @@ def messages_read(
         params.append(count)
     with connections[alias].cursor() as cursor:
         cursor.execute(sql, params)
-        return [json.loads(row[0]) for row in cursor.fetchall()]
+        return [loads_exact(row[0]) for row in cursor.fetchall()]
 
 
 def messages_delete(*, alias: str, device_ids: Sequence[int], begin: int | None, end: int | None) -> list[ChangedRange]:
@@ -272,7 +273,7 @@ def telemetry_read(*, alias: str, device_ids: Iterable[int]) -> dict[int, dict[s
             [list(result)],
         )
         for device_id, name, value, ts in cursor.fetchall():
-            result[device_id][name] = {"value": json.loads(value), "ts": ts / 1e6}
+            result[device_id][name] = {"value": loads_exact(value), "ts": ts / 1e6}
     return result
 
 

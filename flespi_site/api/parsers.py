@@ -12,6 +12,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser
 
 from flespi_site.errors import TooLarge
+from flespi_site.jsontext import has_long_number
 
 
 def _reject_constant(name: str):
@@ -60,22 +61,11 @@ def json_depth_exceeds(value, limit: int, *, text: bytes | str | None = None) ->
     return False
 
 
-# Bytes to "0" for digits and " " for the rest: a run of 20 zeros in the translation is a number
-# of 20 or more digits, where any integer beyond 64 bits is (2**64 has 20 digits).
-_DIGITS = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
-_LONG_NUMBER = b"0" * 20
-
-
-def _has_long_number(raw: bytes | str) -> bool:
-    data = raw.encode() if isinstance(raw, str) else raw
-    return data.translate(_DIGITS).find(_LONG_NUMBER) >= 0
-
-
 def loads_strict(raw: bytes | str, *, what: str = "body"):
     try:
         # orjson reads an integer beyond 64 bits as a float, losing digits: such a body (rare)
         # goes to the standard parser, which keeps it exact.
-        value = orjson.loads(raw) if not _has_long_number(raw) else _loads_explained(raw, what)
+        value = orjson.loads(raw) if not has_long_number(raw) else _loads_explained(raw, what)
     except orjson.JSONDecodeError:
         # orjson is fast and strict; the standard parser says what is wrong.
         value = _loads_explained(raw, what)

@@ -1,0 +1,63 @@
+"""List endpoints cost the same number of queries whatever the number of items: no query per
+item. The counts are pinned, so a change that adds a query shows up here."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import pytest
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
+
+from tests.api_helpers import result_of
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+T0 = 1_700_000_000
+
+
+def queries(api, key, path) -> int:
+    """Queries on every database (control and datacenters) to answer ``GET path``."""
+    with ExitStack() as stack:
+        captured = [stack.enter_context(CaptureQueriesContext(connections[alias])) for alias in connections]
+        result_of(api.call("GET", path, key=key))
+    return sum(len(c.captured_queries) for c in captured)
+
+
+def make_devices(account, count, start=0):
+    from devices.services import device_create, messages_ingest
+
+    devices = [device_create(account=account, configuration={"ident": f"q-{start + i}"}) for i in range(count)]
+    messages_ingest(devices=devices, messages=[{"timestamp": T0 + i, "v": i} for i in range(3)])
+    return devices
+
+
+@pytest.mark.parametrize(
+    ("path", "pinned"),
+    [
+        ("/gw/devices/all", 2),
+        ("/gw/devices/all/messages", 3),
+        ("/gw/devices/all/telemetry", 3),
+    ],
+)
+def test_device_lists_cost_the_same_for_2_and_20_devices(api, root, root_key, path, pinned):
+    make_devices(root, 2)
+    api.call("GET", path, key=root_key)  # warm the per-process caches (placement, topology)
+    few = queries(api, root_key, path)
+    make_devices(root, 18, start=2)
+    assert queries(api, root_key, path) == few == pinned
+
+
+@pytest.mark.parametrize(("path", "pinned"), [("/platform/subaccounts/all", 2), ("/platform/tokens/all", 2)])
+def test_platform_lists_cost_the_same_for_2_and_20_items(api, root, root_key, make_account, make_token, path, pinned):
+    def add(count):
+        for i in range(count):
+            child = make_account(f"child {i}", parent=root)
+            make_token(child)
+            make_token(root)
+
+    add(2)
+    api.call("GET", path, key=root_key)
+    few = queries(api, root_key, path)
+    add(18)
+    assert queries(api, root_key, path) == few == pinned

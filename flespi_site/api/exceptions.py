@@ -91,10 +91,10 @@ def exception_handler(exc, context):
         if isinstance(exc, drf.NotAuthenticated):
             status = 401
         reasons = [message for _path, message in _flatten(exc.detail)]
-        if isinstance(exc, drf.UnsupportedMediaType) and exc.detail != exc.default_detail:
+        if isinstance(exc, drf.UnsupportedMediaType):
             reasons = [
-                reason if "application/json" in reason else f"{reason}; send the body as JSON with "
-                "Content-Type: application/json (curl: --json)"
+                f"{reason}; send the body as JSON with Content-Type: application/json (curl: --json)"
+                if reason.startswith("Unsupported media type") else reason
                 for reason in reasons
             ]
         return errors_response(

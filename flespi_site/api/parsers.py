@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 
 import orjson
 from django.conf import settings
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.parsers import BaseParser
 
 from flespi_site.errors import TooLarge
@@ -91,6 +92,28 @@ class StrictJSONParser(BaseParser):
         raw = stream.read(limit + 1) if stream is not None else b""
         if len(raw) > limit:
             raise TooLarge(f"request body is larger than {limit} bytes")
+        request = (parser_context or {}).get("request")
+        encoding = request.META.get("HTTP_CONTENT_ENCODING", "").strip().lower() if request is not None else ""
+        if encoding == "gzip":
+            raw = gunzip(raw, limit)
+        elif encoding not in ("", "identity"):
+            raise UnsupportedMediaType(
+                encoding, detail=f"Content-Encoding {encoding[:32]!r} is not supported: send the body as gzip or plain"
+            )
         if not raw or raw.isspace():
             raise ParseError("request body is empty; send JSON")
         return loads_strict(raw)
+
+
+def gunzip(raw: bytes, limit: int) -> bytes:
+    """A gzip body, decompressed up to ``limit`` bytes (a small body must not inflate without end)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise ParseError(f"body is not valid gzip ({exc}); send it compressed with gzip or drop Content-Encoding") from None
+    if len(data) > limit:
+        raise TooLarge(f"request body is larger than {limit} bytes once decompressed")
+    if not inflater.eof:
+        raise ParseError("gzip body ends before its end of stream: it was cut short")
+    return data

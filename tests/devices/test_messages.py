@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -519,3 +520,35 @@ def test_an_integer_beyond_64_bits_is_out_of_range_not_a_type_error(api, key, de
     response = api.call("PUT", f"/gw/devices/{device.pk}", key=key, raw='{"messages_ttl": 18446744073709551616}')
     assert response.status_code == 400
     assert "messages_ttl" in str(response.json()["errors"]) and "integer" not in response.json()["errors"][0]["reason"]
+
+
+def test_a_gzip_body_is_decompressed_within_the_size_limit(api, key, device, settings):
+    import gzip
+
+    batch = json.dumps([{"timestamp": T0 + i, "v": i} for i in range(100)]).encode()
+    response = api.generic(
+        "POST", f"/gw/devices/{device.pk}/messages", gzip.compress(batch), content_type="application/json",
+        HTTP_HOST="localhost", HTTP_AUTHORIZATION=f"FlespiToken {key}", HTTP_CONTENT_ENCODING="gzip",
+    )
+    assert response.status_code == 200, response.content
+    assert len(rows(device)) == 100
+
+    def send(body: bytes, encoding: str = "gzip"):
+        return api.generic(
+            "POST", f"/gw/devices/{device.pk}/messages", body, content_type="application/json",
+            HTTP_HOST="localhost", HTTP_AUTHORIZATION=f"FlespiToken {key}", HTTP_CONTENT_ENCODING=encoding,
+        )
+
+    settings.MAX_BODY_BYTES = 10_000  # a small body that inflates beyond the limit
+    bomb = gzip.compress(b"[" + b" " * 50_000 + b"]")
+    assert len(bomb) < 10_000
+    response = send(bomb)
+    assert response.status_code == 413 and "once decompressed" in response.json()["errors"][0]["reason"]
+    response = send(batch)  # says gzip, is not
+    assert response.status_code == 400 and "not valid gzip" in response.json()["errors"][0]["reason"]
+    response = send(gzip.compress(batch)[:-20])
+    assert response.status_code == 400 and "cut short" in response.json()["errors"][0]["reason"]
+    response = send(batch, encoding="br")
+    assert response.status_code == 415
+    assert response.json()["errors"][0]["reason"] == "Content-Encoding 'br' is not supported: send the body as gzip or plain"
+    assert len(rows(device)) == 100

@@ -73,6 +73,9 @@ class PrivateBroker:
             handle.write(
                 f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
                 f"persistence_location {self.dir}/\nautosave_interval 1\n"
+                # A subscriber catching up after an outage receives thousands of QoS 1 messages at
+                # once; Mosquitto's default queue (1000 per client) would drop the rest.
+                "max_queued_messages 0\n"
             )
         self.process: subprocess.Popen | None = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 
@@ -111,6 +112,45 @@ def test_broker_down_during_ingestion_loses_nothing(device, topic_root):
         broker.cleanup()
     timestamps = {payload["timestamp"] for _, payload in received}
     assert timestamps == {1_700_000_000.0 + i for i in range(250)}
+
+
+# How long the broker stays down while messages keep arriving: bounded under `make test`,
+# minutes with FLESPI_SLOW=1 (DESIGN: a broker down for minutes gets everything afterwards).
+DOWN_SECONDS = 150.0 if os.environ.get("FLESPI_SLOW") else 3.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PrivateBroker.available(), reason="needs the mosquitto binary")
+def test_broker_down_for_a_while_with_ingestion_going_on_loses_nothing(device, topic_root):
+    alias = device._state.db
+    broker = PrivateBroker()
+    broker.start()
+    relay = OutboxRelay(alias=alias, mqtt_url=broker.url, topic_root=topic_root)
+    subscriber = Subscriber(broker.url, f"{topic_root}/message/gw/devices/+", client_id=f"keep-{topic_root}", clean_session=False)
+    sent = 0
+    try:
+        relay.start()
+        assert relay.wait_connected(10)
+        with subscriber:
+            broker.stop()
+            # The relay keeps trying while batches keep coming, every half second.
+            down_until = time.monotonic() + DOWN_SECONDS
+            while time.monotonic() < down_until:
+                messages_ingest(devices=[device], messages=make_messages(1_700_000_000 + sent, 20))
+                sent += 20
+                assert relay.relay_once() == 0
+                time.sleep(0.5)
+            assert outbox_count(alias) == sent
+            broker.start()
+            assert relay.wait_connected(30), "the relay did not reconnect"
+            assert subscriber.subscribed.wait(30), "the subscriber did not reconnect"
+            drain(relay, alias, timeout=60)
+            received = subscriber.wait_for(sent, timeout=30)
+    finally:
+        relay.close()
+        broker.cleanup()
+    assert sent >= 100
+    assert {payload["timestamp"] for _, payload in received} == {1_700_000_000.0 + i for i in range(sent)}
 
 
 @pytest.mark.django_db(databases="__all__", transaction=True)

@@ -61,6 +61,8 @@ PROCESSES: list[Process] = [
         "web",
         ("{python}", "-m", "gunicorn", "flespi_site.wsgi:application", "--bind", "0.0.0.0:{port}",
          "--workers", "2", "--threads", "4", "--graceful-timeout", "10", "--access-logfile", "-",
+         # gunicorn's largest request line (default 4094): room for a selector of many ids
+         "--limit-request-line", "8190",
          # the default control socket is one path per user: two checkouts running would collide
          "--no-control-socket"),
     ),

@@ -31,7 +31,7 @@ class Region(models.Model):
 
 class Datacenter(models.Model):
     """One database of a region's regional data. ``number`` is part of every entity id created
-    there (see docs/ids.md) and must never change."""
+    there (see docs/regions.md, "Entity ids") and must never change."""
 
     code = models.CharField(max_length=32, unique=True)
     region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="datacenters")

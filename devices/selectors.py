@@ -30,20 +30,13 @@ def device_by_ident(*, region: str, ident: str) -> Device | None:
     return placement.using_account(Device, claim.account_id).filter(pk=claim.device_id).first()
 
 
-def _alias_of(devices: list[Device]) -> str:
-    """The datacenter database the devices were read from (all of them come from one)."""
-    alias = devices[0]._state.db
-    assert alias is not None, "devices are read from their datacenter database"
-    return alias
-
-
 def messages_of(
     *, devices: list[Device], begin: float | None, end: float | None, count: int | None, reverse: bool
 ) -> list[dict]:
     if not devices:
         return []
     return storage.messages_read(
-        alias=_alias_of(devices),
+        alias=devices[0].database,
         device_ids=[device.pk for device in devices],
         begin=None if begin is None else round(begin * 1_000_000),
         end=None if end is None else round(end * 1_000_000),
@@ -64,7 +57,7 @@ def messages_matching(
     high = None if end is None else round(end * 1_000_000)
     while len(found) < count:
         batch = storage.messages_read(
-            alias=_alias_of(devices), device_ids=[device.pk for device in devices],
+            alias=devices[0].database, device_ids=[device.pk for device in devices],
             begin=low, end=high, count=chunk, reverse=reverse,
         )
         if len(batch) < chunk:
@@ -87,4 +80,4 @@ def messages_matching(
 def telemetry_of(*, devices: list[Device]) -> dict[int, dict[str, dict]]:
     if not devices:
         return {}
-    return storage.telemetry_read(alias=_alias_of(devices), device_ids=[device.pk for device in devices])
+    return storage.telemetry_read(alias=devices[0].database, device_ids=[device.pk for device in devices])

@@ -154,16 +154,11 @@ def _device_move_check(*, device: Device, account: Account, target_id: int) -> N
 
 
 def device_delete(*, device: Device) -> None:
-    alias, device_id = _alias_of(device), device.pk  # delete() sets pk to None
+    alias, device_id = device.database, device.pk  # delete() sets pk to None
     with transaction.atomic(using=alias):
         storage.messages_drop_device(alias=alias, device_id=device_id)
         device.delete()
     DeviceIdent.objects.filter(device_id=device_id).delete()
-
-
-def _alias_of(device: Device) -> str:
-    """The database alias of the device's datacenter: the one it was loaded from, else its account's."""
-    return device._state.db or placement.alias_for_account(device.account_id)
 
 
 # --- messages ------------------------------------------------------------------------------
@@ -335,7 +330,7 @@ def messages_ingest(
         return result
     by_alias: dict[str, list[Device]] = {}
     for device in devices:
-        by_alias.setdefault(device._state.db or placement.alias_for_account(device.account_id), []).append(device)
+        by_alias.setdefault(device.database, []).append(device)
     batch = _encode(prepared, stamp_keys_of(reception_key))
     for alias, group in by_alias.items():
         rows, telemetry = _copy_lines(group, batch, reception_key, now)
@@ -381,10 +376,7 @@ def _encode(prepared: list[tuple[int, dict]], stamp_keys: frozenset[str]) -> _En
         # The platform's stamps replace what a client sent under their names; bodies are stored
         # as ``json`` text, which would keep both.
         bodies = [{k: v for k, v in body.items() if k not in stamp_keys} for body in bodies]
-    try:
-        heads = [b"%d\t%b" % (ts, orjson.dumps(body)[:-1]) for ts, body in zip(stamps, bodies, strict=True)]
-    except TypeError:
-        heads = [b"%d\t%b" % (ts, _dumps(body)[:-1]) for ts, body in zip(stamps, bodies, strict=True)]
+    heads = [b"%d\t%b" % (ts, _dumps(body)[:-1]) for ts, body in zip(stamps, bodies, strict=True)]
     return _Encoded(stamps, heads, _latest(stamps, bodies))
 
 
@@ -431,7 +423,7 @@ def messages_delete(*, devices: Sequence[Device], begin: float | None, end: floa
     """Delete the devices' messages in [begin, end] (seconds); returns what was deleted."""
     if not devices:
         return []
-    alias = _alias_of(devices[0])
+    alias = devices[0].database
     with transaction.atomic(using=alias):
         return storage.messages_delete(
             alias=alias,

@@ -74,11 +74,19 @@ class RegionalModel(models.Model):
         abstract = True
 
     def save(self, *args, **kwargs):
-        from regions.placement import alias_for_account, allocate_ids
+        from regions.placement import allocate_ids
 
-        using = kwargs.get("using") or self._state.db or alias_for_account(self.account_id)
+        using = kwargs.get("using") or self.database
         kwargs["using"] = using
         if self.id is None:
             self.id = allocate_ids(alias=using, count=1)[0]
             kwargs["force_insert"] = True
         super().save(*args, **kwargs)
+
+    @property
+    def database(self) -> str:
+        """The alias of the datacenter database this row lives in: the one it was read from, else
+        its account's."""
+        from regions.placement import alias_for_account
+
+        return self._state.db or alias_for_account(self.account_id)

@@ -6,6 +6,7 @@ import json
 import os
 import time
 import uuid
+from dataclasses import dataclass
 
 import pytest
 from django.conf import settings
@@ -82,36 +83,57 @@ def test_merged_message_is_published_with_its_merged_content(device, topic_root)
     assert [(p["a"], p.get("b")) for _, p in received] == [(1, None), (1, 2)]
 
 
-@pytest.mark.skipif(not PrivateBroker.available(), reason="needs the mosquitto binary")
-def test_broker_down_during_ingestion_loses_nothing(device, topic_root):
-    alias = device._state.db
+@dataclass
+class Outage:
+    """A private broker that a test stops and restarts, with a relay and a persistent
+    subscriber connected to it."""
+
+    alias: str
+    broker: PrivateBroker
+    relay: OutboxRelay
+    subscriber: Subscriber
+
+    def restart_and_collect(self, expected: int) -> list:
+        """Start the broker again; what the subscriber receives once the relay has caught up."""
+        self.broker.start()
+        assert self.relay.wait_connected(30), "the relay did not reconnect"
+        assert self.subscriber.subscribed.wait(30), "the subscriber did not reconnect"
+        drain(self.relay, self.alias, timeout=60)
+        return self.subscriber.wait_for(expected, timeout=30)
+
+
+@pytest.fixture
+def outage(device, topic_root):
+    if not PrivateBroker.available():
+        pytest.skip("needs the mosquitto binary")
     broker = PrivateBroker()
     broker.start()
-    relay = OutboxRelay(alias=alias, mqtt_url=broker.url, topic_root=topic_root)
-    subscriber = Subscriber(broker.url, f"{topic_root}/message/gw/devices/+", client_id=f"keep-{topic_root}", clean_session=False)
+    relay = OutboxRelay(alias=device._state.db, mqtt_url=broker.url, topic_root=topic_root)
+    subscriber = Subscriber(
+        broker.url, f"{topic_root}/message/gw/devices/+", client_id=f"keep-{topic_root}", clean_session=False
+    )
     try:
         relay.start()
         assert relay.wait_connected(10)
         with subscriber:
-            messages_ingest(devices=[device], messages=make_messages(1_700_000_000, 100))
-            drain(relay, alias)
-            assert len(subscriber.wait_for(100)) == 100
-
-            broker.stop()
-            messages_ingest(devices=[device], messages=make_messages(1_700_000_100, 150))
-            assert relay.relay_once() == 0
-            assert outbox_count(alias) == 150
-
-            broker.start()
-            assert relay.wait_connected(20), "the relay did not reconnect"
-            assert subscriber.subscribed.wait(20), "the subscriber did not reconnect"
-            drain(relay, alias, timeout=30)
-            received = subscriber.wait_for(250, timeout=20)
+            yield Outage(device._state.db, broker, relay, subscriber)
     finally:
         relay.close()
         broker.cleanup()
-    timestamps = {payload["timestamp"] for _, payload in received}
-    assert timestamps == {1_700_000_000.0 + i for i in range(250)}
+
+
+def test_broker_down_during_ingestion_loses_nothing(device, outage):
+    messages_ingest(devices=[device], messages=make_messages(1_700_000_000, 100))
+    drain(outage.relay, outage.alias)
+    assert len(outage.subscriber.wait_for(100)) == 100
+
+    outage.broker.stop()
+    messages_ingest(devices=[device], messages=make_messages(1_700_000_100, 150))
+    assert outage.relay.relay_once() == 0
+    assert outbox_count(outage.alias) == 150
+
+    received = outage.restart_and_collect(250)
+    assert {payload["timestamp"] for _, payload in received} == {1_700_000_000.0 + i for i in range(250)}
 
 
 # How long the broker stays down while messages keep arriving: bounded under `make test`,
@@ -120,36 +142,19 @@ DOWN_SECONDS = 150.0 if os.environ.get("FLESPI_SLOW") else 3.0
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not PrivateBroker.available(), reason="needs the mosquitto binary")
-def test_broker_down_for_a_while_with_ingestion_going_on_loses_nothing(device, topic_root):
-    alias = device._state.db
-    broker = PrivateBroker()
-    broker.start()
-    relay = OutboxRelay(alias=alias, mqtt_url=broker.url, topic_root=topic_root)
-    subscriber = Subscriber(broker.url, f"{topic_root}/message/gw/devices/+", client_id=f"keep-{topic_root}", clean_session=False)
+def test_broker_down_for_a_while_with_ingestion_going_on_loses_nothing(device, outage):
+    outage.broker.stop()
+    # The relay keeps trying while batches keep coming, every half second.
     sent = 0
-    try:
-        relay.start()
-        assert relay.wait_connected(10)
-        with subscriber:
-            broker.stop()
-            # The relay keeps trying while batches keep coming, every half second.
-            down_until = time.monotonic() + DOWN_SECONDS
-            while time.monotonic() < down_until:
-                messages_ingest(devices=[device], messages=make_messages(1_700_000_000 + sent, 20))
-                sent += 20
-                assert relay.relay_once() == 0
-                time.sleep(0.5)
-            assert outbox_count(alias) == sent
-            broker.start()
-            assert relay.wait_connected(30), "the relay did not reconnect"
-            assert subscriber.subscribed.wait(30), "the subscriber did not reconnect"
-            drain(relay, alias, timeout=60)
-            received = subscriber.wait_for(sent, timeout=30)
-    finally:
-        relay.close()
-        broker.cleanup()
-    assert sent >= 100
+    down_until = time.monotonic() + DOWN_SECONDS
+    while time.monotonic() < down_until:
+        messages_ingest(devices=[device], messages=make_messages(1_700_000_000 + sent, 20))
+        sent += 20
+        assert outage.relay.relay_once() == 0
+        time.sleep(0.5)
+    assert outbox_count(outage.alias) == sent >= 100
+
+    received = outage.restart_and_collect(sent)
     assert {payload["timestamp"] for _, payload in received} == {1_700_000_000.0 + i for i in range(sent)}
 
 

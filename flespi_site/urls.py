@@ -11,6 +11,7 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]), name="redoc"),
     path("", include("accounts.api.urls")),
     path("", include("devices.api.urls")),
+    path("", include("analytics.api.urls")),
 ]
 
 handler400 = "flespi_site.api.handlers.bad_request"

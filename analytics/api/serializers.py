@@ -1,0 +1,93 @@
+"""Input of the /gw/calcs API. A calculator is validated whole by the engine
+(``analytics.services.calculator_config_check``), which names the path of every problem; the
+serializers here check only the shape of the envelope around it and document it."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from devices.api.serializers import MAX_QUERY_TIME
+from flespi_site.api.fields import (
+    JSONObjectField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+    StrictSerializer,
+    unstorable_text,
+)
+
+
+class CalculatorSerializer(serializers.Serializer):
+    """A calculator (DESIGN 7.2). Fields are documented here; the engine validates them."""
+
+    name = StrictCharField(max_length=255)
+    selectors = serializers.ListField(child=JSONObjectField(), help_text="interval selectors; at least one")
+    counters = serializers.ListField(child=JSONObjectField(), required=False)
+    validate_message = StrictCharField(required=False, allow_null=True)
+    validate_interval = StrictCharField(required=False, allow_null=True)
+    timezone = StrictCharField(required=False, help_text="IANA name, default UTC")
+    update_delay = StrictIntegerField(required=False, min_value=0)
+    update_period = StrictIntegerField(required=False, min_value=1)
+    update_onchange = StrictBooleanField(required=False)
+    intervals_ttl = StrictIntegerField(required=False, min_value=1)
+    intervals_rotate = StrictIntegerField(required=False, min_value=0)
+    metadata = JSONObjectField(required=False)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"non_field_errors": ["a calculator must be a JSON object"]})
+        what = unstorable_text(data)
+        if what is not None:
+            raise serializers.ValidationError({"non_field_errors": [f"a calculator must not contain {what}"]})
+        return data
+
+
+class AssignmentUpdateSerializer(StrictSerializer):
+    enabled = StrictBooleanField()
+
+
+class RecalculateSerializer(StrictSerializer):
+    begin = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
+    end = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
+
+
+class IntervalsQuerySerializer(StrictSerializer):
+    begin = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
+    end = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
+    count = StrictIntegerField(required=False, min_value=1, max_value=100_000, help_text="per assignment")
+    reverse = StrictBooleanField(required=False)
+    fields = StrictCharField(required=False)  # type: ignore[assignment]  # DRF's metaclass takes it out of the class
+    filter = StrictCharField(required=False, max_length=4096, help_text="an expression over interval fields")
+
+
+class CalculateSerializer(StrictSerializer):
+    """``POST /gw/devices/{sel}/calculate``: a stored calculator (``calc_id``) or an inline one
+    (``calculator``), over ``begin``..``end`` (``from``/``to`` are aliases)."""
+
+    calc_id = StrictIntegerField(required=False)
+    calculator = JSONObjectField(required=False)
+    begin = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
+    end = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
+
+    def get_fields(self):
+        fields = super().get_fields()
+        fields["from"] = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME, source="begin_alias")
+        fields["to"] = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME, source="end_alias")
+        return fields
+
+    def validate(self, attrs):
+        for name, alias in (("begin", "begin_alias"), ("end", "end_alias")):
+            if alias in attrs:
+                if name in attrs:
+                    raise serializers.ValidationError({name: [f"give {name} or its alias, not both"]})
+                attrs[name] = attrs.pop(alias)
+        if ("calc_id" in attrs) == ("calculator" in attrs):
+            raise serializers.ValidationError(
+                {"calc_id": ["give calc_id (a stored calculator) or calculator (an inline one), one of them"]}
+            )
+        if "begin" not in attrs or "end" not in attrs:
+            raise serializers.ValidationError({"begin" if "begin" not in attrs else "end": ["required"]})
+        if attrs["begin"] > attrs["end"]:
+            raise serializers.ValidationError({"begin": ["must not be after end"]})
+        return attrs

@@ -1,0 +1,110 @@
+"""Calculators and assignments (regional), and where their intervals are stored.
+
+Intervals are a plain partitioned table created by a migration (``intervals``; docs/analytics.md,
+"Interval storage"): they are written with set-based SQL by ``analytics.storage``, never through
+the ORM, because an assignment holds years of them and a recalculation writes many at once.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+from analytics.choices import AssignmentState
+from devices.models import Device
+from regions.models import RegionalModel
+
+
+class Calculator(RegionalModel):
+    """How to cut a device's message stream into intervals (DESIGN 7.2). The configuration is
+    stored normalised (every default filled in); ``version`` grows by one whenever a field that
+    changes the computed intervals changes (``analytics.constants.RESULT_FIELDS``)."""
+
+    name = models.CharField(max_length=255)
+    selectors = models.JSONField()
+    counters = models.JSONField(default=list)
+    # null is the engine's "no expression" (an empty string would be one that does not parse).
+    validate_message = models.TextField(null=True, blank=True)  # noqa: DJ001
+    validate_interval = models.TextField(null=True, blank=True)  # noqa: DJ001
+    timezone = models.CharField(max_length=64, default="UTC")
+    update_delay = models.BigIntegerField(default=30)
+    update_period = models.BigIntegerField(default=31536000)
+    update_onchange = models.BooleanField(default=True)
+    intervals_ttl = models.BigIntegerField(default=31536000)
+    intervals_rotate = models.BigIntegerField(default=0)
+    metadata = models.JSONField(default=dict, blank=True)
+    version = models.PositiveIntegerField(default=1)
+    created = models.FloatField(help_text="unix time")
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(update_delay__gte=0), name="calculator_update_delay_nonnegative"),
+            models.CheckConstraint(condition=models.Q(update_period__gt=0), name="calculator_update_period_positive"),
+            models.CheckConstraint(condition=models.Q(intervals_ttl__gt=0), name="calculator_intervals_ttl_positive"),
+            models.CheckConstraint(
+                condition=models.Q(intervals_rotate__gte=0), name="calculator_intervals_rotate_nonnegative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} #{self.pk}"
+
+    def configuration(self) -> dict:
+        """The configuration as the engine takes it (and the API shows it)."""
+        return {
+            "name": self.name,
+            "selectors": self.selectors,
+            "counters": self.counters,
+            "validate_message": self.validate_message,
+            "validate_interval": self.validate_interval,
+            "timezone": self.timezone,
+            "update_delay": self.update_delay,
+            "update_period": self.update_period,
+            "update_onchange": self.update_onchange,
+            "intervals_ttl": self.intervals_ttl,
+            "intervals_rotate": self.intervals_rotate,
+            "metadata": self.metadata,
+        }
+
+
+class Assignment(RegionalModel):
+    """A device assigned to a calculator of the same account: its intervals are computed and
+    kept current in the background by the worker of the device's ``shard``.
+
+    ``calc_version`` is the calculator version the stored intervals were computed with;
+    ``pending_begin``/``pending_end`` is a durable request to recalculate that range (a calculator
+    change, the recalculate endpoint, enabling): the fleet's reconciliation picks it up even
+    when its fast path (the debounce timers in Redis) lost it. ``active_id`` is the id of the open
+    interval, if any; ``calculated`` the wall time of the last recalculation that was stored.
+    """
+
+    calculator = models.ForeignKey(Calculator, on_delete=models.CASCADE, related_name="assignments")
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="+")
+    shard = models.PositiveSmallIntegerField()
+    enabled = models.BooleanField(default=True)
+    state = models.CharField(max_length=16, choices=AssignmentState.choices, default=AssignmentState.UNSYNCED)
+    calc_version = models.PositiveIntegerField(default=0)
+    pending_begin = models.FloatField(null=True, blank=True)
+    pending_end = models.FloatField(null=True, blank=True)
+    active_id = models.BigIntegerField(null=True, blank=True)
+    calculated = models.FloatField(null=True, blank=True, help_text="unix time of the last stored recalculation")
+    created = models.FloatField(help_text="unix time")
+
+    class Meta:
+        ordering = ["calculator_id", "device_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["calculator", "device"], name="assignment_unique_per_device"),
+            models.CheckConstraint(
+                condition=models.Q(pending_begin__isnull=True, pending_end__isnull=True)
+                | models.Q(pending_begin__isnull=False, pending_end__isnull=False, pending_begin__lte=models.F("pending_end")),
+                name="assignment_pending_range",
+            ),
+        ]
+        indexes = [models.Index(fields=["shard", "enabled"], name="assignment_shard_idx")]
+
+    def __str__(self) -> str:
+        return f"calculator {self.calculator_id} / device {self.device_id}"
+
+    @property
+    def synced(self) -> bool:
+        return self.state == AssignmentState.SYNCED

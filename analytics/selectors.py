@@ -1,0 +1,72 @@
+"""Reads of calculators, assignments and stored intervals, scoped to the acting account."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.db.models import QuerySet
+
+from accounts.models import Account
+from analytics import storage
+from analytics.models import Assignment, Calculator
+from regions import placement
+
+
+def calculators_of(*, account: Account) -> QuerySet[Calculator]:
+    return placement.using_account(Calculator, account.pk).filter(account_id=account.pk)
+
+
+def assignments_of(
+    *, account: Account, calculator_ids: Sequence[int], device_ids: Sequence[int] | None = None
+) -> QuerySet[Assignment]:
+    """The account's assignments of these calculators (and devices), calculator by calculator."""
+    rows = placement.using_account(Assignment, account.pk).filter(account_id=account.pk, calculator_id__in=calculator_ids)
+    if device_ids is not None:
+        rows = rows.filter(device_id__in=device_ids)
+    return rows.order_by("calculator_id", "device_id")
+
+
+def intervals_of(
+    *,
+    assignments: Sequence[Assignment],
+    ids: Sequence[int] | None = None,
+    begin: float | None = None,
+    end: float | None = None,
+    count: int | None = None,
+    reverse: bool = False,
+    condition=None,
+    chunk: int = 10_000,
+) -> list[dict]:
+    """Stored intervals of each assignment overlapping ``[begin, end]``, by begin (newest first
+    with ``reverse``), at most ``count`` per assignment, each with ``calc_id`` and ``device_id``.
+    ``condition`` (a compiled expression) keeps those it matches; it is applied chunk by chunk,
+    so a selective filter over years of intervals never reads them all at once."""
+    if not assignments:
+        return []
+    alias = assignments[0].database
+    pairs = [(a.calculator_id, a.device_id) for a in assignments]
+    if condition is None:
+        return storage.intervals_read(alias=alias, pairs=pairs, ids=ids, begin=begin, end=end, count=count, reverse=reverse)
+    found: list[dict] = []
+    for pair in pairs:
+        kept: list[dict] = []
+        past_id = None
+        while count is None or len(kept) < count:
+            batch = storage.intervals_read(
+                alias=alias, pairs=[pair], ids=ids, begin=begin, end=end, count=chunk, reverse=reverse, past_id=past_id
+            )
+            kept.extend(interval for interval in batch if condition.matches(interval))
+            if len(batch) < chunk:
+                break
+            past_id = batch[-1]["id"]
+        found.extend(kept if count is None else kept[:count])
+    return found
+
+
+def interval_counts(*, assignments: Sequence[Assignment]) -> dict[tuple[int, int], tuple[int, float | None]]:
+    """Per (calc_id, device_id): how many intervals are stored and the end of the newest."""
+    if not assignments:
+        return {}
+    return storage.intervals_count(
+        alias=assignments[0].database, pairs=[(a.calculator_id, a.device_id) for a in assignments]
+    )

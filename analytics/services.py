@@ -1,0 +1,288 @@
+"""Writes of calculators, assignments and stored intervals.
+
+The API, the admin and the calc fleet call these; none of them touches the shard cache or Redis
+(the fleet's own modules do). Stored intervals are written by ``intervals_apply``, in the
+caller's transaction, so that the fleet adds the outbox rows of the same change in it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.db.models.functions import Greatest, Least
+
+from accounts.models import Account
+from analytics import storage
+from analytics.choices import AssignmentState
+from analytics.constants import INTERVAL_FIELDS, MAX_USER_FIELDS_BYTES, RESULT_FIELDS
+from analytics.engine import CalculatorError, Diff, Problem, compile_calculator, normalize_calculator
+from analytics.models import Assignment, Calculator
+from analytics.storage import StoredChanges
+from devices.models import Device
+from flespi_site.errors import InvalidInput, NotFound
+from regions import placement
+
+
+class CalculatorInvalid(InvalidInput):
+    """A calculator configuration with problems; ``problems`` lists every one with its path."""
+
+    code = "invalid_calculator"
+
+    def __init__(self, problems: Sequence[Problem]):
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = list(problems)
+
+
+def calculator_config_check(config: Mapping[str, Any]) -> dict:
+    """The normalised configuration (every default filled in); ``CalculatorInvalid`` listing
+    every problem with its path otherwise."""
+    try:
+        return normalize_calculator(dict(config))
+    except CalculatorError as exc:
+        raise CalculatorInvalid(exc.problems) from None
+
+
+def _apply_config(calculator: Calculator, config: Mapping[str, Any]) -> None:
+    for name, value in config.items():
+        setattr(calculator, name, value)
+
+
+def calculator_create(*, account: Account, config: Mapping[str, Any]) -> Calculator:
+    normalised = calculator_config_check(config)
+    alias = placement.alias_for_account(account.pk)
+    calculator = Calculator(account_id=account.pk, created=time.time())
+    _apply_config(calculator, normalised)
+    calculator.save(using=alias)
+    return calculator
+
+
+def calculator_update(*, calculator: Calculator, data: Mapping[str, Any]) -> Calculator:
+    """Change the named fields; the whole configuration is validated again. A change of a field
+    that changes results gives a new version and, with ``update_onchange``, asks for the
+    recalculation of every assignment (within ``update_period``: the engine keeps older
+    intervals frozen)."""
+    alias = calculator.database
+    with transaction.atomic(using=alias):
+        current = _locked(Calculator, alias=alias, pk=calculator.pk, what="calculator")
+        config = current.configuration()
+        config.update(data)
+        normalised = calculator_config_check(config)
+        changed = [name for name, value in normalised.items() if getattr(current, name) != value]
+        if not changed:
+            return current
+        affects_results = any(name in RESULT_FIELDS for name in changed)
+        _apply_config(current, normalised)
+        if affects_results:
+            current.version += 1
+            changed.append("version")
+        current.save(using=alias, update_fields=changed)
+        if affects_results and current.update_onchange:
+            _request(Assignment.objects.using(alias).filter(calculator_id=current.pk), -math.inf, math.inf)
+    return current
+
+
+def calculator_delete(*, calculator: Calculator) -> None:
+    """Delete a calculator, its assignments and their intervals."""
+    alias = calculator.database
+    with transaction.atomic(using=alias):
+        deleted, _ = Calculator.objects.using(alias).filter(pk=calculator.pk).delete()
+    if not deleted:
+        raise NotFound(f"calculator {calculator.pk} not found", id=calculator.pk)
+
+
+def _locked(model, *, alias: str, pk: int, what: str):
+    row = model.objects.using(alias).select_for_update().filter(pk=pk).first()
+    if row is None:
+        raise NotFound(f"{what} {pk} not found", id=pk)
+    return row
+
+
+# --- assignments ---------------------------------------------------------------------------
+
+
+def assignment_create(*, calculator: Calculator, device: Device) -> tuple[Assignment, bool]:
+    """Assign ``device`` to ``calculator`` (idempotent); returns the assignment and whether it is
+    new. Both must belong to the same account."""
+    if device.account_id != calculator.account_id:
+        raise InvalidInput(
+            f"device {device.pk} belongs to account {device.account_id}, calculator {calculator.pk} to "
+            f"account {calculator.account_id}: a calculator takes devices of its own account",
+            id=device.pk,
+        )
+    alias = calculator.database
+    existing = Assignment.objects.using(alias).filter(calculator_id=calculator.pk, device_id=device.pk).first()
+    if existing is not None:
+        return existing, False
+    assignment = Assignment(
+        account_id=calculator.account_id,
+        calculator_id=calculator.pk,
+        device_id=device.pk,
+        shard=device.shard,
+        created=time.time(),
+        pending_begin=-math.inf,
+        pending_end=math.inf,
+    )
+    try:
+        with transaction.atomic(using=alias):
+            assignment.save(using=alias)
+    except IntegrityError:
+        # A concurrent assign of the same pair won, or the calculator or device went away.
+        existing = Assignment.objects.using(alias).filter(calculator_id=calculator.pk, device_id=device.pk).first()
+        if existing is None:
+            raise NotFound(f"calculator {calculator.pk} or device {device.pk} no longer exists", id=device.pk) from None
+        return existing, False
+    return assignment, True
+
+
+def assignment_update(*, assignment: Assignment, enabled: bool) -> Assignment:
+    """Enable or disable an assignment. A disabled one keeps its intervals but is not
+    recalculated; enabling it again recalculates its whole history (messages may have arrived
+    meanwhile)."""
+    alias = assignment.database
+    with transaction.atomic(using=alias):
+        current = _locked(Assignment, alias=alias, pk=assignment.pk, what=f"assignment of device {assignment.device_id} to calculator")
+        if current.enabled == enabled:
+            return current
+        current.enabled = enabled
+        fields = ["enabled"]
+        if enabled:
+            current.state = AssignmentState.UNSYNCED
+            current.pending_begin, current.pending_end = -math.inf, math.inf
+            fields += ["state", "pending_begin", "pending_end"]
+        current.save(using=alias, update_fields=fields)
+    return current
+
+
+def assignment_delete(*, assignment: Assignment) -> None:
+    """Unassign: the assignment and its intervals go."""
+    alias = assignment.database
+    deleted, _ = Assignment.objects.using(alias).filter(pk=assignment.pk).delete()
+    if not deleted:
+        raise NotFound(f"device {assignment.device_id} is not assigned to calculator {assignment.calculator_id}",
+                       id=assignment.device_id)
+
+
+def _request(assignments, begin: float, end: float) -> int:
+    return assignments.update(
+        pending_begin=Least(F("pending_begin"), begin, output_field=Assignment._meta.get_field("pending_begin")),
+        pending_end=Greatest(F("pending_end"), end, output_field=Assignment._meta.get_field("pending_end")),
+    )
+
+
+def recalculation_request(*, assignments: Sequence[Assignment], begin: float | None, end: float | None) -> int:
+    """Ask the fleet to recalculate ``[begin, end]`` (all of history when open) of each
+    assignment: the range is widened durably on the row, where the fleet's reconciliation finds
+    it. Returns how many assignments took the request."""
+    if not assignments:
+        return 0
+    low = -math.inf if begin is None else float(begin)
+    high = math.inf if end is None else float(end)
+    if low > high:
+        raise InvalidInput(f"begin {begin} is after end {end}", field="begin")
+    alias = assignments[0].database
+    with transaction.atomic(using=alias):
+        rows = Assignment.objects.using(alias).filter(pk__in=[a.pk for a in assignments])
+        # LEAST/GREATEST ignore NULL in PostgreSQL: a row with no pending range takes the new one.
+        return _request(rows, low, high)
+
+
+def recalculation_done(*, assignment: Assignment, begin: float, end: float, version: int, now: float) -> None:
+    """A recalculation covering ``[begin, end]`` with calculator ``version`` was stored: clear the
+    durable request if the run covered it (a wider request that came meanwhile stays)."""
+    alias = assignment.database
+    Assignment.objects.using(alias).filter(pk=assignment.pk).update(calc_version=version, calculated=now)
+    Assignment.objects.using(alias).filter(pk=assignment.pk, pending_begin__gte=begin, pending_end__lte=end).update(
+        pending_begin=None, pending_end=None
+    )
+
+
+# --- intervals -----------------------------------------------------------------------------
+
+
+def intervals_apply(*, assignment: Assignment, diff: Diff, now: float | None = None) -> StoredChanges:
+    """Store a diff of the engine for one assignment, in the caller's transaction (one of its own
+    when there is none): ``created`` and ``updated`` are written with ``timestamp`` = ``now``,
+    ``deleted`` removed; user fields stay with their ids. Returns the rows as stored, for the
+    outbox. An id the diff calls created that is already stored (a repeated run) is updated."""
+    stamp = time.time() if now is None else now
+    alias = assignment.database
+    with transaction.atomic(using=alias, savepoint=False):
+        written, deleted = storage.intervals_write(
+            alias=alias,
+            calc_id=assignment.calculator_id,
+            device_id=assignment.device_id,
+            upsert=[*diff.created, *diff.updated],
+            delete_ids=[interval["id"] for interval in diff.deleted],
+            stamp=stamp,
+        )
+        if diff.reached_end and assignment.active_id != diff.active_id:
+            Assignment.objects.using(alias).filter(pk=assignment.pk).update(active_id=diff.active_id)
+            assignment.active_id = diff.active_id
+    created_ids = {interval["id"] for interval in diff.created}
+    return StoredChanges(
+        created=[row for row in written if row["id"] in created_ids],
+        updated=[row for row in written if row["id"] not in created_ids],
+        deleted=deleted,
+    )
+
+
+def intervals_purge(*, assignment: Assignment, calculator: Calculator, now: float | None = None) -> list[dict]:
+    """Delete the intervals beyond the calculator's ``intervals_ttl`` (by their end) and beyond
+    ``intervals_rotate`` (all but the newest); returns the deleted rows, for the outbox."""
+    now = time.time() if now is None else now
+    return storage.intervals_purge(
+        alias=assignment.database,
+        calc_id=assignment.calculator_id,
+        device_id=assignment.device_id,
+        ended_before=now - calculator.intervals_ttl,
+        keep=calculator.intervals_rotate,
+    )
+
+
+def _engine_keys(calculator: Calculator) -> set[str]:
+    return {*INTERVAL_FIELDS, *(counter.get("name") for counter in calculator.counters)}
+
+
+def interval_user_update(
+    *, assignment: Assignment, calculator: Calculator, interval_id: int, fields: Mapping[str, Any]
+) -> dict:
+    """Merge user fields into a stored interval (a key set to null removes it). A key the engine
+    or a counter of the calculator writes is refused: user fields never hide computed ones."""
+    taken = sorted(set(fields) & _engine_keys(calculator))
+    if taken:
+        raise InvalidInput(
+            f"{', '.join(taken)}: written by the calculator; user fields take other names", field=taken[0]
+        )
+    if len(storage._dumps(dict(fields))) > MAX_USER_FIELDS_BYTES:
+        raise InvalidInput(f"user fields are larger than {MAX_USER_FIELDS_BYTES} bytes encoded")
+    interval = storage.intervals_user_merge(
+        alias=assignment.database,
+        calc_id=assignment.calculator_id,
+        device_id=assignment.device_id,
+        interval_id=interval_id,
+        fields=fields,
+    )
+    if interval is None:
+        raise NotFound(
+            f"no interval {interval_id} of device {assignment.device_id} in calculator {assignment.calculator_id}",
+            id=interval_id,
+        )
+    return interval
+
+
+def compiled(calculator: Calculator):
+    """The engine's compiled form of a stored calculator."""
+    return compile_calculator(calculator.configuration())
+
+
+def calculator_compile(*, config: Mapping[str, Any]):
+    """The engine's compiled form of an inline configuration; ``CalculatorInvalid`` otherwise."""
+    try:
+        return compile_calculator(dict(config))
+    except CalculatorError as exc:
+        raise CalculatorInvalid(exc.problems) from None

@@ -1,0 +1,209 @@
+"""SQL of the ``intervals`` table (docs/analytics.md, "Interval storage").
+
+A stored interval is one row per (calculator, device, interval id): the engine's fields as
+columns (``begin``, ``end``, ``duration``), when it was last written (``timestamp``), the
+counters as one JSON text (written as text, like message bodies, so that a recalculation does
+not pay a jsonb conversion per row) and the user fields apart in ``user_fields`` (jsonb, merged
+by ``PUT``), which no recalculation writes. Rows are written set-based (one statement per kind
+of change and assignment), never through the ORM.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from django.db import connections
+
+from flespi_site.jsontext import loads_exact
+
+# The engine's fields kept as columns; every other engine field is a counter.
+COLUMNS = ("id", "begin", "end", "duration")
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # an integer beyond 64 bits: the standard encoder keeps it exact
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
+@dataclass
+class StoredChanges:
+    """What a diff did to the stored intervals of one assignment, as the stored rows (user fields
+    and ``timestamp`` included): what the outbox publishes."""
+
+    created: list[dict] = field(default_factory=list)
+    updated: list[dict] = field(default_factory=list)
+    deleted: list[dict] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.created or self.updated or self.deleted)
+
+
+def _row(calc_id: int, device_id: int, id_: int, begin, end, duration, stamp, counters: str, user: str | None) -> dict:
+    interval = loads_exact(counters)
+    interval.update(id=id_, begin=begin, end=end, duration=duration, timestamp=stamp)
+    if user is not None:
+        for key, value in loads_exact(user).items():
+            interval.setdefault(key, value)
+    interval["calc_id"] = calc_id
+    interval["device_id"] = device_id
+    return interval
+
+
+_RETURNING = 'calc_id, device_id, id, "begin", "end", duration, timestamp, counters::text, user_fields::text'
+
+
+def intervals_write(
+    *,
+    alias: str,
+    calc_id: int,
+    device_id: int,
+    upsert: Sequence[Mapping],
+    delete_ids: Iterable[int],
+    stamp: float,
+) -> tuple[list[dict], list[dict]]:
+    """Insert or replace the engine fields of ``upsert`` (interval dicts from the engine) and
+    delete ``delete_ids``, in the caller's transaction. User fields stay with their id. Returns
+    (written rows, deleted rows) as stored."""
+    written: list[dict] = []
+    deleted: list[dict] = []
+    with connections[alias].cursor() as cursor:
+        ids = list(delete_ids)
+        if ids:
+            cursor.execute(
+                f"DELETE FROM intervals WHERE calc_id = %s AND device_id = %s AND id = ANY(%s) RETURNING {_RETURNING}",
+                [calc_id, device_id, ids],
+            )
+            deleted = [_row(*row) for row in cursor.fetchall()]
+        if upsert:
+            columns: list[list] = [[], [], [], [], []]
+            for interval in upsert:
+                columns[0].append(interval["id"])
+                columns[1].append(interval["begin"])
+                columns[2].append(interval["end"])
+                columns[3].append(interval["duration"])
+                columns[4].append(_dumps({k: v for k, v in interval.items() if k not in COLUMNS}))
+            cursor.execute(
+                f"""
+                INSERT INTO intervals AS i (calc_id, device_id, id, "begin", "end", duration, timestamp, counters)
+                SELECT %s, %s, v.id, v.b, v.e, v.d, %s, v.c::json
+                FROM unnest(%s::bigint[], %s::float8[], %s::float8[], %s::float8[], %s::text[]) AS v(id, b, e, d, c)
+                ON CONFLICT (calc_id, device_id, id) DO UPDATE SET
+                    "begin" = EXCLUDED."begin", "end" = EXCLUDED."end", duration = EXCLUDED.duration,
+                    timestamp = EXCLUDED.timestamp, counters = EXCLUDED.counters
+                RETURNING {_RETURNING}
+                """,
+                [calc_id, device_id, stamp, *columns],
+            )
+            written = sorted((_row(*row) for row in cursor.fetchall()), key=lambda iv: iv["id"])
+    return written, deleted
+
+
+def intervals_read(
+    *,
+    alias: str,
+    pairs: Sequence[tuple[int, int]],
+    ids: Sequence[int] | None = None,
+    begin: float | None = None,
+    end: float | None = None,
+    count: int | None = None,
+    reverse: bool = False,
+    past_id: int | None = None,
+) -> list[dict]:
+    """Stored intervals of each (calc_id, device_id) in ``pairs`` that overlap ``[begin, end]``
+    (and have one of ``ids``), by begin, at most ``count`` per assignment, assignment by
+    assignment in the order of ``pairs``. ``past_id`` pages: only ids after it (before it with
+    ``reverse``)."""
+    if not pairs:
+        return []
+    where = ["calc_id = p.c", "device_id = p.d"]
+    params: list[Any] = [[c for c, _ in pairs], [d for _, d in pairs]]
+    if ids is not None:
+        where.append("id = ANY(%s)")
+        params.append(list(ids))
+    if begin is not None:
+        where.append('"end" >= %s')
+        params.append(begin)
+    if end is not None:
+        where.append('"begin" <= %s')
+        params.append(end)
+    if past_id is not None:
+        where.append("id < %s" if reverse else "id > %s")
+        params.append(past_id)
+    order = "DESC" if reverse else "ASC"
+    limit = ""
+    if count is not None:
+        limit = "LIMIT %s"
+        params.append(count)
+    sql = f"""
+        SELECT i.* FROM unnest(%s::bigint[], %s::bigint[]) WITH ORDINALITY AS p(c, d, n)
+        CROSS JOIN LATERAL (
+            SELECT {_RETURNING} FROM intervals WHERE {' AND '.join(where)} ORDER BY id {order} {limit}
+        ) AS i
+        ORDER BY p.n, i.id {order}
+    """
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql, params)
+        return [_row(*row) for row in cursor.fetchall()]
+
+
+def intervals_user_merge(*, alias: str, calc_id: int, device_id: int, interval_id: int, fields: Mapping) -> dict | None:
+    """Merge ``fields`` into the interval's user fields (a key with null removes it); returns
+    the interval as stored, or None when there is no such interval."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE intervals SET user_fields = NULLIF(
+                jsonb_strip_nulls(COALESCE(user_fields, '{{}}'::jsonb) || %s::jsonb), '{{}}'::jsonb)
+            WHERE calc_id = %s AND device_id = %s AND id = %s
+            RETURNING {_RETURNING}
+            """,
+            [_dumps(dict(fields)), calc_id, device_id, interval_id],
+        )
+        row = cursor.fetchone()
+    return None if row is None else _row(*row)
+
+
+def intervals_purge(*, alias: str, calc_id: int, device_id: int, ended_before: float | None, keep: int) -> list[dict]:
+    """Delete the intervals that ended before ``ended_before`` and, with ``keep`` > 0, all but
+    the ``keep`` newest; returns the deleted rows."""
+    conditions, params = [], [calc_id, device_id]
+    if ended_before is not None:
+        conditions.append('"end" < %s')
+        params.append(ended_before)
+    if keep > 0:
+        conditions.append(
+            "id < (SELECT min(id) FROM (SELECT id FROM intervals WHERE calc_id = %s AND device_id = %s "
+            "ORDER BY id DESC LIMIT %s) AS newest)"
+        )
+        params += [calc_id, device_id, keep]
+    if not conditions:
+        return []
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM intervals WHERE calc_id = %s AND device_id = %s AND ({' OR '.join(conditions)}) "
+            f"RETURNING {_RETURNING}",
+            params,
+        )
+        return sorted((_row(*row) for row in cursor.fetchall()), key=lambda iv: iv["id"])
+
+
+def intervals_count(*, alias: str, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, float | None]]:
+    """Per assignment: how many intervals are stored and the end of the newest."""
+    if not pairs:
+        return {}
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT p.c, p.d, (SELECT count(*) FROM intervals WHERE calc_id = p.c AND device_id = p.d),
+                   (SELECT "end" FROM intervals WHERE calc_id = p.c AND device_id = p.d ORDER BY id DESC LIMIT 1)
+            FROM unnest(%s::bigint[], %s::bigint[]) AS p(c, d)
+            """,
+            [[c for c, _ in pairs], [d for _, d in pairs]],
+        )
+        return {(c, d): (n, newest) for c, d, n, newest in cursor.fetchall()}

@@ -1,0 +1,164 @@
+"""/gw/calcs: calculators and assignments over the API, validation with paths, isolation."""
+
+import pytest
+
+from tests.analytics.conftest import TRIPS
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+
+def _rows(alias, table, where="", params=()):
+    from django.db import connections
+
+    with connections[alias].cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {table} {where}", params)
+        return cursor.fetchone()[0]
+
+
+def test_create_read_update_delete(api, key, account):
+    response = api.call("POST", "/gw/calcs", key=key, body=[TRIPS])
+    assert response.status_code == 200, response.content
+    calc = response.json()["result"][0]
+    assert calc["name"] == "trips" and calc["cid"] == account.pk and calc["version"] == 1
+    assert calc["update_delay"] == 30 and calc["timezone"] == "UTC" and calc["counters"][0]["method"] == "maximum"
+    response = api.call("GET", f"/gw/calcs/{calc['id']}?fields=id,name", key=key)
+    assert response.json() == {"result": [{"id": calc["id"], "name": "trips"}]}
+    response = api.call("PUT", f"/gw/calcs/{calc['id']}", key=key, body={"update_delay": 5})
+    assert response.status_code == 200, response.content
+    assert response.json()["result"][0]["update_delay"] == 5
+    assert response.json()["result"][0]["version"] == 1  # update_delay does not change results
+    response = api.call("PUT", f"/gw/calcs/{calc['id']}", key=key, body={"timezone": "Europe/Riga"})
+    assert response.json()["result"][0]["version"] == 2
+    response = api.call("DELETE", f"/gw/calcs/{calc['id']}", key=key)
+    assert response.json() == {"result": [{"id": calc["id"]}]}
+    assert api.call("GET", f"/gw/calcs/{calc['id']}", key=key).status_code == 404
+
+
+def test_validation_names_every_path_and_saves_nothing(api, key, account):
+    from regions.placement import alias_for_account
+
+    bad = {"name": "x", "selectors": [{"type": "expression", "expression": "a > )"}, {"type": "nope"}],
+           "timezone": "Mars/Olympus", "bogus": 1}
+    response = api.call("POST", "/gw/calcs", key=key, body=[TRIPS, bad])
+    assert response.status_code == 200
+    body = response.json()
+    assert len(body["result"]) == 1
+    fields = {error["field"] for error in body["errors"]}
+    assert {"selectors[0].expression", "selectors[1].type", "timezone", "bogus"} <= fields
+    assert all(error["index"] == 1 and error["code"] == 400 for error in body["errors"])
+    assert "unexpected ')'" in next(e["reason"] for e in body["errors"] if e["field"] == "selectors[0].expression")
+    assert _rows(alias_for_account(account.pk), "analytics_calculator") == 1
+    response = api.call("POST", "/gw/calcs", key=key, body=[bad])
+    assert response.status_code == 400
+    assert _rows(alias_for_account(account.pk), "analytics_calculator") == 1
+
+
+def test_put_validation_changes_nothing(api, key, calculator):
+    response = api.call("PUT", f"/gw/calcs/{calculator.pk}", key=key,
+                        body={"selectors": [{"type": "expression", "expression": "(("}]})
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"].startswith("selectors[0].expression")
+    calculator.refresh_from_db()
+    assert calculator.selectors == TRIPS["selectors"] or calculator.selectors[0]["expression"] == "position.speed > 5"
+    assert calculator.version == 1
+
+
+@pytest.mark.parametrize("body", [[1], [None], ["x"], [[]], [{"name": "\x00", "selectors": []}], [{"name": "a\ud800"}]])
+def test_bad_bodies_are_400(api, key, body):
+    import json
+
+    raw = json.dumps(body)
+    response = api.call("POST", "/gw/calcs", key=key, raw=raw)
+    assert response.status_code == 400, response.content
+    assert response.json()["errors"]
+
+
+def test_assign_list_disable_unassign(api, key, calculator, device):
+    from analytics.models import Assignment
+
+    response = api.call("POST", f"/gw/calcs/{calculator.pk}/devices/{device.pk}", key=key)
+    assert response.status_code == 200, response.content
+    row = response.json()["result"][0]
+    assert row == {**row, "id": device.pk, "calc_id": calculator.pk, "enabled": True, "synced": False, "state": "unsynced"}
+    # idempotent
+    response = api.call("POST", f"/gw/calcs/{calculator.pk}/devices/{device.pk}", key=key)
+    assert response.status_code == 200
+    assert Assignment.objects.using(device.database).count() == 1
+    response = api.call("GET", f"/gw/calcs/{calculator.pk}/devices/all", key=key)
+    assert [r["id"] for r in response.json()["result"]] == [device.pk]
+    response = api.call("PUT", f"/gw/calcs/{calculator.pk}/devices/{device.pk}", key=key, body={"enabled": False})
+    assert response.json()["result"][0]["enabled"] is False
+    response = api.call("PUT", f"/gw/calcs/{calculator.pk}/devices/{device.pk}", key=key, body={"enabled": "no"})
+    assert response.status_code == 400
+    response = api.call("DELETE", f"/gw/calcs/{calculator.pk}/devices/{device.pk}", key=key)
+    assert response.json()["result"] == [{"id": device.pk, "calc_id": calculator.pk}]
+    assert Assignment.objects.using(device.database).count() == 0
+    assert api.call("GET", f"/gw/calcs/{calculator.pk}/devices/{device.pk}", key=key).json() == {"result": []}
+
+
+def test_other_accounts_calculators_and_devices_do_not_exist(api, key, make_account, make_token, calculator, device):
+    from analytics.services import calculator_create
+    from devices.services import device_create
+
+    other = make_account("other")
+    other_key = make_token(other)
+    other_calc = calculator_create(account=other, config=TRIPS)
+    other_device = device_create(account=other, configuration={"ident": "other-1"})
+    for path in (f"/gw/calcs/{other_calc.pk}", f"/gw/calcs/{other_calc.pk}/devices/all",
+                 f"/gw/calcs/{other_calc.pk}/devices/{other_device.pk}/intervals/all"):
+        assert api.call("GET", path, key=key).status_code == 404, path
+    assert api.call("GET", "/gw/calcs/name=trips*", key=key).json()["result"][0]["id"] == calculator.pk
+    assert [c["id"] for c in api.call("GET", "/gw/calcs/all", key=other_key).json()["result"]] == [other_calc.pk]
+    response = api.call("POST", f"/gw/calcs/{calculator.pk}/devices/{other_device.pk}", key=key)
+    assert response.status_code == 404
+    assert response.json()["errors"][0]["id"] == other_device.pk
+    response = api.call("POST", f"/gw/calcs/{calculator.pk}/devices/{device.pk},{other_device.pk}", key=key)
+    assert response.status_code == 200
+    assert [r["id"] for r in response.json()["result"]] == [device.pk]
+    assert response.json()["errors"][0]["id"] == other_device.pk
+    assert api.call("DELETE", f"/gw/calcs/{other_calc.pk}", key=key).status_code == 404
+    assert api.call("PUT", f"/gw/calcs/{other_calc.pk}", key=key, body={"name": "x"}).status_code == 404
+
+
+def test_subaccount_through_cid(api, key, account, make_account):
+    from analytics.services import calculator_create
+
+    child = make_account("child", parent=account)
+    calc = calculator_create(account=child, config=TRIPS)
+    assert api.call("GET", f"/gw/calcs/{calc.pk}", key=key).status_code == 404
+    assert api.call("GET", f"/gw/calcs/{calc.pk}", key=key, cid=child.pk).json()["result"][0]["id"] == calc.pk
+
+
+def test_calculator_change_requests_recalculation(api, key, assignment, calculator):
+    import math
+
+    from analytics.services import recalculation_done
+
+    recalculation_done(assignment=assignment, begin=-math.inf, end=math.inf, version=1, now=1.0)
+    assignment.refresh_from_db()
+    assert assignment.pending_begin is None
+    api.call("PUT", f"/gw/calcs/{calculator.pk}", key=key, body={"name": "renamed"})
+    assignment.refresh_from_db()
+    assert assignment.pending_begin is None
+    api.call("PUT", f"/gw/calcs/{calculator.pk}", key=key, body={"validate_message": "position.speed < 300"})
+    assignment.refresh_from_db()
+    assert (assignment.pending_begin, assignment.pending_end) == (-math.inf, math.inf)
+
+
+def test_recalculate_endpoint_widens_the_pending_range(api, key, assignment, calculator, device):
+    import math
+
+    from analytics.services import recalculation_done
+
+    recalculation_done(assignment=assignment, begin=-math.inf, end=math.inf, version=1, now=1.0)
+    path = f"/gw/calcs/{calculator.pk}/devices/{device.pk}/recalculate"
+    assert api.call("POST", path, key=key, body={"begin": 100, "end": 200}).status_code == 200
+    assert api.call("POST", path, key=key, body={"begin": 50, "end": 150}).status_code == 200
+    assignment.refresh_from_db()
+    assert (assignment.pending_begin, assignment.pending_end) == (50, 200)
+    assert api.call("POST", path, key=key, body={"begin": 300, "end": 100}).status_code == 400
+    assert api.call("POST", path, key=key, body={"begin": "x"}).status_code == 400
+    assert api.call("POST", path, key=key).status_code == 200
+    assignment.refresh_from_db()
+    assert (assignment.pending_begin, assignment.pending_end) == (-math.inf, math.inf)
+    _ = math

@@ -1,0 +1,164 @@
+"""Stored intervals: diffs applied and read back, user fields through recalculation, the read
+parameters, and the TTL and rotate purges."""
+
+import pytest
+
+from analytics.engine import Diff
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+
+def _iv(begin, end, **counters):
+    return {"id": int(begin * 1_000_000), "begin": float(begin), "end": float(end), "duration": float(end - begin), **counters}
+
+
+def _apply(assignment, *, created=(), updated=(), deleted=(), now=1000.0, active_id=None, reached_end=True):
+    from analytics.services import intervals_apply
+
+    diff = Diff(created=list(created), updated=list(updated), deleted=list(deleted), active_id=active_id,
+                reached_end=reached_end)
+    return intervals_apply(assignment=assignment, diff=diff, now=now)
+
+
+def test_diff_applied_and_read_back(assignment):
+    from analytics.selectors import intervals_of
+
+    changes = _apply(assignment, created=[_iv(10, 20, km=1.5), _iv(30, 40, km=2, name="a")], active_id=30_000_000)
+    assert [row["id"] for row in changes.created] == [10_000_000, 30_000_000] and not changes.updated
+    stored = intervals_of(assignments=[assignment])
+    assert stored == [
+        {"id": 10_000_000, "begin": 10.0, "end": 20.0, "duration": 10.0, "timestamp": 1000.0, "km": 1.5,
+         "calc_id": assignment.calculator_id, "device_id": assignment.device_id},
+        {"id": 30_000_000, "begin": 30.0, "end": 40.0, "duration": 10.0, "timestamp": 1000.0, "km": 2, "name": "a",
+         "calc_id": assignment.calculator_id, "device_id": assignment.device_id},
+    ]
+    assignment.refresh_from_db()
+    assert assignment.active_id == 30_000_000
+    changes = _apply(assignment, updated=[_iv(30, 45, km=3)], deleted=[stored[0]], now=2000.0)
+    assert [row["id"] for row in changes.updated] == [30_000_000]
+    assert [row["id"] for row in changes.deleted] == [10_000_000]
+    stored = intervals_of(assignments=[assignment])
+    assert [(iv["id"], iv["end"], iv["km"], iv["timestamp"], "name" in iv) for iv in stored] == [
+        (30_000_000, 45.0, 3, 2000.0, False)
+    ]
+
+
+def test_user_fields_survive_recalculation(assignment, calculator):
+    from analytics.selectors import intervals_of
+    from analytics.services import interval_user_update
+    from flespi_site.errors import InvalidInput, NotFound
+
+    _apply(assignment, created=[_iv(10, 20, km=1.5)])
+    interval = interval_user_update(assignment=assignment, calculator=calculator, interval_id=10_000_000,
+                                    fields={"driver": "Ann", "note": {"a": 1}})
+    assert interval["driver"] == "Ann"
+    _apply(assignment, updated=[_iv(10, 25, km=2.0)], now=3000.0)
+    [stored] = intervals_of(assignments=[assignment])
+    assert stored["driver"] == "Ann" and stored["note"] == {"a": 1} and stored["end"] == 25.0 and stored["km"] == 2.0
+    interval_user_update(assignment=assignment, calculator=calculator, interval_id=10_000_000, fields={"note": None})
+    [stored] = intervals_of(assignments=[assignment])
+    assert "note" not in stored and stored["driver"] == "Ann"
+    with pytest.raises(InvalidInput):
+        interval_user_update(assignment=assignment, calculator=calculator, interval_id=10_000_000, fields={"km": 1})
+    with pytest.raises(InvalidInput):
+        interval_user_update(assignment=assignment, calculator=calculator, interval_id=10_000_000, fields={"begin": 1})
+    with pytest.raises(NotFound):
+        interval_user_update(assignment=assignment, calculator=calculator, interval_id=1, fields={"x": 1})
+    # a deleted and re-created interval (same id) keeps nothing of the old one but its user fields
+    _apply(assignment, deleted=[stored])
+    assert intervals_of(assignments=[assignment]) == []
+
+
+def test_read_parameters_over_the_api(api, key, assignment, calculator, device):
+    _apply(assignment, created=[_iv(t, t + 5, km=float(t)) for t in range(0, 100, 10)])
+    base = f"/gw/calcs/{calculator.pk}/devices/{device.pk}/intervals"
+    result = api.call("GET", f"{base}/all", key=key).json()["result"]
+    assert [iv["begin"] for iv in result] == [float(t) for t in range(0, 100, 10)]
+    assert all(iv["calc_id"] == calculator.pk and iv["device_id"] == device.pk for iv in result)
+    result = api.call("GET", f"{base}/all?begin=12&end=41", key=key).json()["result"]
+    assert [iv["begin"] for iv in result] == [10.0, 20.0, 30.0, 40.0]  # overlapping the range
+    result = api.call("GET", f"{base}/all?count=2&reverse=true&fields=id,km", key=key).json()["result"]
+    assert result == [{"id": 90_000_000, "km": 90.0}, {"id": 80_000_000, "km": 80.0}]
+    result = api.call("GET", f"{base}/all", key=key, data=None).json()["result"]
+    result = api.call("GET", f"{base}/all?filter=km%20%3E%2055%20%26%26%20duration%20%3D%3D%205", key=key).json()["result"]
+    assert [iv["km"] for iv in result] == [60.0, 70.0, 80.0, 90.0]
+    result = api.call("GET", f"{base}/20000000,40000000", key=key).json()["result"]
+    assert [iv["id"] for iv in result] == [20_000_000, 40_000_000]
+    assert api.call("GET", f"{base}/123", key=key).status_code == 404
+    response = api.call("GET", f"{base}/all?filter=km%20%3E", key=key)
+    assert response.status_code == 400 and response.json()["errors"][0]["field"] == "filter"
+    assert api.call("GET", f"{base}/all?count=0", key=key).status_code == 400
+    assert api.call("GET", f"{base}/all?bogus=1", key=key).status_code == 400
+    assert api.call("GET", f"{base}/abc", key=key).status_code == 400
+
+
+def test_filter_over_many_chunks(assignment):
+    from analytics.engine import compile_expression
+    from analytics.selectors import intervals_of
+
+    _apply(assignment, created=[_iv(t, t + 1, n=t) for t in range(0, 250)])
+    even = compile_expression("n % 2 == 0")
+    found = intervals_of(assignments=[assignment], condition=even, chunk=7)
+    assert [iv["n"] for iv in found] == list(range(0, 250, 2))
+    found = intervals_of(assignments=[assignment], condition=even, chunk=7, count=5, reverse=True)
+    assert [iv["n"] for iv in found] == [248, 246, 244, 242, 240]
+
+
+def test_user_fields_over_the_api(api, key, assignment, calculator, device):
+    _apply(assignment, created=[_iv(10, 20, km=1.0)])
+    path = f"/gw/calcs/{calculator.pk}/devices/{device.pk}/intervals/10000000"
+    response = api.call("PUT", path, key=key, body={"driver": "Bob"})
+    assert response.status_code == 200, response.content
+    assert response.json()["result"][0]["driver"] == "Bob"
+    assert api.call("PUT", path, key=key, body={"max_speed": 1}).status_code == 400
+    assert api.call("PUT", path, key=key, body=[1]).status_code == 400
+    assert api.call("PUT", path, key=key, body={"x": "\x00"}).status_code == 400
+    assert api.call("PUT", f"/gw/calcs/{calculator.pk}/devices/{device.pk}/intervals/5", key=key,
+                    body={"a": 1}).status_code == 404
+    assert api.call("PUT", f"/gw/calcs/{calculator.pk}/devices/{device.pk}/intervals/all", key=key,
+                    body={"a": 1}).status_code == 400
+
+
+def test_ttl_and_rotate_purges(assignment, calculator):
+    from analytics.selectors import intervals_of
+    from analytics.services import intervals_purge
+
+    _apply(assignment, created=[_iv(t, t + 5) for t in range(0, 100, 10)])
+    calculator.intervals_ttl = 60
+    gone = intervals_purge(assignment=assignment, calculator=calculator, now=100.0)  # ended before 40
+    assert [iv["begin"] for iv in gone] == [0.0, 10.0, 20.0, 30.0]
+    calculator.intervals_rotate = 3
+    gone = intervals_purge(assignment=assignment, calculator=calculator, now=100.0)
+    assert [iv["begin"] for iv in gone] == [40.0, 50.0, 60.0]
+    assert [iv["begin"] for iv in intervals_of(assignments=[assignment])] == [70.0, 80.0, 90.0]
+
+
+def test_deleting_calculator_device_or_assignment_deletes_intervals(account, calculator, device):
+    from django.db import connections
+
+    from analytics.models import Assignment
+    from analytics.services import assignment_create, assignment_delete, calculator_create, calculator_delete
+    from devices.services import device_create, device_delete
+    from tests.analytics.conftest import TRIPS
+
+    def count():
+        with connections[device.database].cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM intervals")
+            return cursor.fetchone()[0]
+
+    second = device_create(account=account, configuration={"ident": "second"})
+    other_calc = calculator_create(account=account, config=TRIPS)
+    a1 = assignment_create(calculator=calculator, device=device)[0]
+    a2 = assignment_create(calculator=calculator, device=second)[0]
+    a3 = assignment_create(calculator=other_calc, device=second)[0]
+    for a in (a1, a2, a3):
+        _apply(a, created=[_iv(1, 2), _iv(3, 4)])
+    assert count() == 6
+    assignment_delete(assignment=a1)
+    assert count() == 4
+    device_delete(device=second)
+    assert count() == 0 and Assignment.objects.using(device.database).count() == 0
+    a1 = assignment_create(calculator=calculator, device=device)[0]
+    _apply(a1, created=[_iv(1, 2)])
+    calculator_delete(calculator=calculator)
+    assert count() == 0 and Assignment.objects.using(device.database).count() == 0

@@ -10,11 +10,12 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from accounts import placement
 from accounts.choices import AccessType
 from accounts.constants import MAX_ACCOUNT_DEPTH, TOKEN_KEY_BYTES, TOKEN_PREFIX_LENGTH, TOKEN_TOUCH_INTERVAL
 from accounts.models import Account, Token
 from flespi_site.errors import Conflict, InvalidInput, NotFound, Unauthorized
-from regions import placement
+from regions.datacenters import alias_for_datacenter
 from regions.models import Datacenter, Region
 from regions.selectors import region_config
 
@@ -160,7 +161,7 @@ def _regional_data_delete(subtree: list[tuple[int, str]]) -> None:
 
     by_alias: dict[str, list[int]] = {}
     for pk, code in subtree:
-        by_alias.setdefault(placement.alias_for_datacenter(code), []).append(pk)
+        by_alias.setdefault(alias_for_datacenter(code), []).append(pk)
     for alias, ids in by_alias.items():
         with transaction.atomic(using=alias):
             for model in apps.get_models():

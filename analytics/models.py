@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from django.db import models
 
+from accounts.regional_model import RegionalModel
 from analytics.choices import AssignmentState
 from devices.models import Device
-from regions.models import RegionalModel
 
 
 class Calculator(RegionalModel):

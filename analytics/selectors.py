@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 from django.db.models import QuerySet
 
+from accounts import placement
 from accounts.models import Account
 from analytics import storage
 from analytics.models import Assignment, Calculator
-from regions import placement
 
 
 def calculators_of(*, account: Account) -> QuerySet[Calculator]:

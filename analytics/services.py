@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.functions import Greatest, Least
 
+from accounts import placement
 from accounts.models import Account
 from analytics import storage
 from analytics.choices import AssignmentState
@@ -25,7 +26,6 @@ from analytics.models import Assignment, Calculator
 from analytics.storage import StoredChanges
 from devices.models import Device
 from flespi_site.errors import InvalidInput, NotFound
-from regions import placement
 
 
 class CalculatorInvalid(InvalidInput):
@@ -212,6 +212,11 @@ def intervals_apply(*, assignment: Assignment, diff: Diff, now: float | None = N
     stamp = time.time() if now is None else now
     alias = assignment.database
     with transaction.atomic(using=alias, savepoint=False):
+        # The assignment's row lock keeps it from being deleted (and its intervals with it) while
+        # this writes: no interval outlives its assignment.
+        if not storage.assignment_lock(alias=alias, assignment_id=assignment.pk):
+            raise NotFound(f"device {assignment.device_id} is no longer assigned to calculator {assignment.calculator_id}",
+                           id=assignment.device_id)
         written, deleted = storage.intervals_write(
             alias=alias,
             calc_id=assignment.calculator_id,

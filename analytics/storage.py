@@ -58,6 +58,14 @@ def _row(calc_id: int, device_id: int, id_: int, begin, end, duration, stamp, co
 _RETURNING = 'calc_id, device_id, id, "begin", "end", duration, timestamp, counters::text, user_fields::text'
 
 
+def assignment_lock(*, alias: str, assignment_id: int) -> bool:
+    """Lock an assignment's row against deletion until the transaction ends (FOR KEY SHARE:
+    other readers and writers of its columns do not wait); False when it is gone."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1 FROM analytics_assignment WHERE id = %s FOR KEY SHARE", [assignment_id])
+        return cursor.fetchone() is not None
+
+
 def intervals_write(
     *,
     alias: str,

@@ -35,7 +35,7 @@ def test_create_read_update_delete(api, key, account):
 
 
 def test_validation_names_every_path_and_saves_nothing(api, key, account):
-    from regions.placement import alias_for_account
+    from accounts.placement import alias_for_account
 
     bad = {"name": "x", "selectors": [{"type": "expression", "expression": "a > )"}, {"type": "nope"}],
            "timezone": "Mars/Olympus", "bogus": 1}

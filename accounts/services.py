@@ -17,7 +17,7 @@ from accounts.choices import AccessType
 from accounts.constants import MAX_ACCOUNT_DEPTH, TOKEN_KEY_BYTES, TOKEN_PREFIX_LENGTH, TOKEN_TOUCH_INTERVAL
 from accounts.models import Account, Token
 from accounts.regional_data import regional_data_delete
-from flespi_site.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from flespi_site.errors import Conflict, ErrorKind, InvalidInput, NotFound, Unauthorized
 from regions.datacenters import alias_for_datacenter
 from regions.models import Datacenter, Region
 from regions.selectors import region_config
@@ -37,7 +37,7 @@ def _configured_region(region: Region, *, field: str) -> Region:
         raise Conflict(
             f"region {region.code} is not in the platform's configuration (FLESPI_TOPOLOGY): no account "
             "can be placed there until an operator adds it back and runs `manage.py platform_setup`",
-            code="region_not_configured",
+            kind=ErrorKind.REGION_NOT_CONFIGURED,
             field=field,
         )
     return region
@@ -250,11 +250,11 @@ def acting_account(*, token: Token, cid: str | None) -> Account:
     # Plain ASCII digits only: int() would also read "1_2" and other scripts' digits as an id.
     text = cid.strip().removeprefix("-")
     if not (text.isascii() and text.isdigit()):
-        raise NotFound(f"x-flespi-cid {cid!r} is not an account id", code="account_not_found")
+        raise NotFound(f"x-flespi-cid {cid!r} is not an account id", kind=ErrorKind.ACCOUNT_NOT_FOUND)
     account_id = int(cid)
     if account_id == token.account_id:
         return token.account
     account = Account.objects.select_related("region").filter(pk=account_id).first()
     if account is None or not account.is_descendant_of(token.account):
-        raise NotFound(f"account {account_id} not found", code="account_not_found")
+        raise NotFound(f"account {account_id} not found", kind=ErrorKind.ACCOUNT_NOT_FOUND)
     return account

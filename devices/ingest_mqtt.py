@@ -35,6 +35,12 @@ def ident_from_topic(pattern: str, topic: str) -> str:
     return topic_levels[levels.index("+")]
 
 
+def describe(error: DomainError) -> str:
+    """An error of an item of a payload, for the log: which item, of what kind, why."""
+    item = f"message {error.index}" if error.index is not None else f"device {error.id}"
+    return f"{item} ({error.kind}): {error.reason}"
+
+
 def ingest_payload(*, region: str, pattern: str, topic: str, payload: bytes) -> services.IngestResult:
     """Ingest one MQTT payload; raises IngestRejected when nothing of it can be stored."""
     ident = ident_from_topic(pattern, topic)
@@ -55,7 +61,7 @@ def ingest_payload(*, region: str, pattern: str, topic: str, payload: bytes) -> 
     except DomainError as exc:
         raise IngestRejected(exc.reason) from None
     if result.errors and not result.accepted:
-        raise IngestRejected("; ".join(f"message {e['index']}: {e['reason']}" for e in result.errors))
+        raise IngestRejected("; ".join(describe(error) for error in result.errors))
     return result
 
 
@@ -94,7 +100,7 @@ class IngestConsumer:
             logger.exception("ingest %s: failed on %s; payload dropped", self.region, message.topic)
             return
         for error in result.errors:
-            logger.warning("ingest %s: %s message %s refused: %s", self.region, message.topic, error.get("index"), error["reason"])
+            logger.warning("ingest %s: refused on %s: %s", self.region, message.topic, describe(error))
 
     def run(self) -> None:
         """Consume until ``stop()``; messages are ingested on this thread, in arrival order."""

@@ -33,7 +33,7 @@ from devices.constants import (
 )
 from devices.models import Device, DeviceIdent
 from devices.storage import ChangedRange
-from flespi_site.errors import Conflict, InvalidInput, NotFound
+from flespi_site.errors import Conflict, DomainError, ErrorKind, InvalidInput, NotFound
 from regions.datacenters import allocate_ids
 
 RECEPTION_KEYS = ("rest.timestamp", "server.timestamp")
@@ -176,7 +176,7 @@ class IngestResult:
 
     accepted: int = 0
     changes: list[ChangedRange] = field(default_factory=list)
-    errors: list[dict] = field(default_factory=list)
+    errors: list[DomainError] = field(default_factory=list)
 
 
 _valid_keys: set[str] = set()
@@ -317,8 +317,11 @@ def messages_ingest(
     for device in devices:
         if not device.enabled:
             result.errors.append(
-                {"code": 409, "type": "device_disabled", "id": device.pk,
-                 "reason": f"device {device.pk} is disabled: enable it to store its messages"}
+                Conflict(
+                    f"device {device.pk} is disabled: enable it to store its messages",
+                    kind=ErrorKind.DEVICE_DISABLED,
+                    id=device.pk,
+                )
             )
     devices = [device for device in devices if device.enabled]
     prepared: list[tuple[int, dict]] = []
@@ -326,7 +329,7 @@ def messages_ingest(
         try:
             prepared.append(message_prepare(raw, now=now))
         except MessageError as exc:
-            result.errors.append({"code": 400, "type": "invalid_message", "reason": str(exc), "index": index})
+            result.errors.append(InvalidInput(str(exc), kind=ErrorKind.INVALID_MESSAGE, index=index))
     if not prepared or not devices:
         return result
     by_alias: dict[str, list[Device]] = {}

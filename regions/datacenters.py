@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import connections
 
-from flespi_site.errors import Conflict, DomainError
+from flespi_site.errors import Conflict, DomainError, ErrorKind
 from flespi_site.topology import ID_STRIDE
 
 ENTITY_SEQUENCE = "flespi_entity_id_seq"
@@ -18,7 +18,7 @@ class DatacenterNotConfigured(Conflict, LookupError):
     """The datacenter left the configuration (or its database is not configured) while accounts
     still live in it: nothing can reach their data until an operator restores it."""
 
-    code = "datacenter_not_configured"
+    kind = ErrorKind.DATACENTER_NOT_CONFIGURED
 
 
 class DatacenterNotServed(DomainError, LookupError):
@@ -26,7 +26,7 @@ class DatacenterNotServed(DomainError, LookupError):
     that region's REST host."""
 
     status = 421
-    code = "wrong_region"
+    kind = ErrorKind.WRONG_REGION
 
 
 def alias_for_datacenter(code: str) -> str:

@@ -132,8 +132,8 @@ class MessagesView(DeviceChildView):
         result = services.messages_ingest(devices=devices, messages=request.data, source="rest")
         body: dict = {"result": []}
         if result.errors:
-            body["errors"] = result.errors
-        codes = {error["code"] for error in result.errors}
+            body["errors"] = [error.as_error() for error in result.errors]
+        codes = {error.status for error in result.errors}
         status = 200 if result.accepted or not codes else (codes.pop() if len(codes) == 1 else 400)
         return Response(body, status=status)
 

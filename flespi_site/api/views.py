@@ -29,7 +29,7 @@ from flespi_site.api.exceptions import RegionRedirect
 from flespi_site.api.parsers import loads_strict
 from flespi_site.api.permissions import HasToken
 from flespi_site.api.selectors import SelectorField, is_id_list, parse_selector
-from flespi_site.errors import Conflict, DomainError, InvalidInput, NotFound
+from flespi_site.errors import Conflict, DomainError, ErrorKind, InvalidInput, NotFound
 from regions.selectors import region_config
 
 
@@ -240,7 +240,7 @@ class FlespiAPIView(APIView):
                 f"account {account.pk} lives in region {account.region.code}, which is not in the platform's "
                 "configuration (FLESPI_TOPOLOGY): an operator must add the region back and run "
                 "`manage.py platform_setup` before the account can be used",
-                code="region_not_configured",
+                kind=ErrorKind.REGION_NOT_CONFIGURED,
             )
         host_region = getattr(request._request, "host_region", None)
         region, account_id = self.region_to_serve(request, account)

@@ -335,7 +335,7 @@ def test_a_disabled_device_takes_no_messages_from_any_entry_point(api, key, acco
     assert response.status_code == 200
     assert [error["id"] for error in response.json()["errors"]] == [device.pk]
     result = messages_ingest(devices=[device], messages=[{"timestamp": T0 + 1}], source="mqtt")
-    assert result.accepted == 0 and result.errors[0]["id"] == device.pk
+    assert result.accepted == 0 and result.errors[0].id == device.pk
     assert rows(device) == [] and len(rows(enabled)) == 1
 
 
@@ -465,7 +465,7 @@ def test_values_that_cannot_be_stored_are_refused_by_index(device):
         {"timestamp": T0 + 6, "ok": 2.5},
     ]
     result = messages_ingest(devices=[device], messages=batch)
-    assert [(e["index"], e["reason"]) for e in result.errors] == [
+    assert [(e.index, e.reason) for e in result.errors] == [
         (1, "x is not a finite number"),
         (2, "x is not a finite number"),
         (3, "deep: nested values may not contain NUL characters, lone surrogates or non-finite numbers"),

@@ -16,6 +16,7 @@ from devices.ingest_mqtt import IngestConsumer, IngestRejected, ingest_payload
 from devices.outbox import OutboxRelay
 from devices.services import messages_ingest
 from flespi_site import mqtt
+from flespi_site.errors import ErrorKind
 from tests.mqtt_helpers import PrivateBroker, Subscriber
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -159,7 +160,7 @@ def test_broker_down_for_a_while_with_ingestion_going_on_loses_nothing(device, o
 
 
 @pytest.mark.django_db(databases="__all__", transaction=True)
-def test_mqtt_ingest_end_to_end(device, key, api):
+def test_mqtt_ingest_end_to_end(device, key, api, caplog):
     consumer = IngestConsumer(
         region=device_region(device), mqtt_url=settings.MQTT_URL, pattern=f"ingest{uuid.uuid4().hex[:6]}/+",
         client_id=f"test-ingest-{uuid.uuid4().hex[:8]}",
@@ -188,6 +189,10 @@ def test_mqtt_ingest_end_to_end(device, key, api):
         thread.join(10)
     assert consumer.received == 4
     assert consumer.rejected == 2
+    refused = [r.getMessage() for r in caplog.records if "refused on" in r.getMessage()]
+    assert refused == [
+        f"ingest {device_region(device)}: refused on {topic}: message 1 (invalid_message): timestamp is required"
+    ]
     response = api.call("GET", f"/gw/devices/{device.pk}/messages", key=key)
     stored = response.json()["result"]
     assert [(m["timestamp"], m["x"]) for m in stored] == [(1_700_000_000.0, 1), (1_700_000_001.0, 2)]
@@ -212,3 +217,11 @@ def test_ingest_payload_rejections(device):
         ingest_payload(region=region, pattern="ingest/+", topic=f"ingest/{device.ident}", payload=b'{"timestamp": NaN}')
     with pytest.raises(IngestRejected, match="timestamp is required"):
         ingest_payload(region=region, pattern="ingest/+", topic=f"ingest/{device.ident}", payload=b'{"x": 1}')
+    # Refused items of a payload that was partly stored come back as domain errors with a kind.
+    result = ingest_payload(
+        region=region, pattern="ingest/+", topic=f"ingest/{device.ident}", payload=b'[{"timestamp": 1}, {"x": 1}]'
+    )
+    assert result.accepted == 1
+    assert [(e.kind, e.index, e.reason) for e in result.errors] == [
+        (ErrorKind.INVALID_MESSAGE, 1, "timestamp is required")
+    ]

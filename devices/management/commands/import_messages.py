@@ -24,7 +24,9 @@ class Tally:
         self.read += len(chunk)
         self.stored += result.accepted
         self.changed += sum(change.count for change in result.changes)
-        self.problems.extend((chunk[error["index"]].line, error["reason"]) for error in result.errors)
+        self.problems.extend(
+            (chunk[error.index].line if error.index is not None else 0, error.reason) for error in result.errors
+        )
 
 
 class Command(BaseCommand):

@@ -25,13 +25,13 @@ from analytics.engine import CalculatorError, Diff, Problem, compile_calculator,
 from analytics.models import Assignment, Calculator
 from analytics.storage import StoredChanges
 from devices.models import Device
-from flespi_site.errors import InvalidInput, NotFound
+from flespi_site.errors import ErrorKind, InvalidInput, NotFound
 
 
 class CalculatorInvalid(InvalidInput):
     """A calculator configuration with problems; ``problems`` lists every one with its path."""
 
-    code = "invalid_calculator"
+    kind = ErrorKind.INVALID_CALCULATOR
 
     def __init__(self, problems: Sequence[Problem]):
         super().__init__("; ".join(str(p) for p in problems))

@@ -26,6 +26,7 @@ class ErrorKind(StrEnum):
     WRONG_REGION = "wrong_region"
     DEVICE_DISABLED = "device_disabled"
     INVALID_MESSAGE = "invalid_message"
+    INVALID_CALCULATOR = "invalid_calculator"
 
 
 class DomainError(Exception):

@@ -10,6 +10,8 @@ from django.db import connections
 
 from accounts.models import Account
 from accounts.regional_data import CONTROL, DATACENTER, regional_tables
+from analytics.engine import Diff
+from analytics.services import assignment_create, calculator_create, intervals_apply
 from devices.models import Device, DeviceIdent
 from devices.services import device_create, messages_ingest
 from tests.api_helpers import result_of
@@ -28,6 +30,7 @@ NO_ACCOUNT_DATA = {
 CONTROL_DELETED_WITH_THE_ACCOUNT = {"accounts_token"}
 
 T0 = 1_700_000_000
+CALCULATOR = {"name": "days", "selectors": [{"type": "datetime", "split": "day"}]}
 
 
 @pytest.fixture(autouse=True)
@@ -128,10 +131,20 @@ def doomed(root, make_account):
         devices=list(devices.values()), messages=[{"timestamp": T0 + i, "v": i} for i in range(5)]
     )
     assert result.errors == [] and result.accepted == 5
+    for account in (child, grandchild, sibling):
+        calculator = calculator_create(account=account, config=CALCULATOR)
+        assignment, _new = assignment_create(calculator=calculator, device=devices[account.name])
+        intervals_apply(assignment=assignment, diff=Diff(created=[{"id": T0 * 10**6, "begin": float(T0), "end": T0 + 4.0,
+                                                                     "duration": 4.0, "n": 5}]))
     account_ids = [child.pk, grandchild.pk]
     device_ids = [devices["child"].pk, devices["grandchild"].pk]
     before = rows_left(account_ids, device_ids)
-    written = [(alias, table) for alias in ("dc_eu_1", "dc_eu_2") for table in ("messages", "telemetry", "outbox", "devices_device")]
+    written = [
+        (alias, table)
+        for alias in ("dc_eu_1", "dc_eu_2")
+        for table in ("messages", "telemetry", "outbox", "devices_device", "analytics_calculator", "analytics_assignment",
+                      "intervals")
+    ]
     assert [key for key in [*written, ("default", "devices_deviceident")] if not before[key]] == []
     return Doomed(child=child, sibling=sibling, account_ids=account_ids, device_ids=device_ids, kept=devices["sibling"])
 
@@ -150,7 +163,10 @@ def assert_gone(root, doomed: Doomed):
     assert {key: count for key, count in rows_left(doomed.account_ids, doomed.device_ids).items() if count} == {}
     assert sorted(Account.objects.values_list("name", flat=True)) == ["root", "sibling"]
     kept_rows = rows_left([sibling.pk], [kept.pk])
-    assert [table for table in ("messages", "telemetry", "outbox") if not kept_rows[("dc_eu_2", table)]] == []
+    assert [
+        table for table in ("messages", "telemetry", "outbox", "analytics_assignment", "intervals")
+        if not kept_rows[("dc_eu_2", table)]
+    ] == []
     # The idents are free again: in the same region, another datacenter claims them.
     again = [device_create(account=root, configuration={"ident": f"ident-{name}"}) for name in ("child", "grandchild")]
     assert [device.database for device in again] == ["dc_eu_1", "dc_eu_1"]

@@ -13,6 +13,7 @@ TABLES = [
     RegionalTable("messages", column="device_id", through=DEVICES),
     RegionalTable("telemetry", column="device_id", through=DEVICES),
     RegionalTable("outbox", column="device_id", through=DEVICES),
+    RegionalTable("message_changes", column="device_id", through=DEVICES),
     DEVICES,
     RegionalTable(DeviceIdent._meta.db_table, database=CONTROL),
 ]

@@ -33,6 +33,7 @@ from devices.constants import (
 )
 from devices.models import Device, DeviceIdent
 from devices.storage import ChangedRange
+from flespi_site import celery as calc_queue
 from flespi_site.errors import Conflict, DomainError, ErrorKind, InvalidInput, NotFound
 from regions.datacenters import allocate_ids
 
@@ -340,6 +341,8 @@ def messages_ingest(
         rows, telemetry = _copy_lines(group, batch, reception_key, now)
         with transaction.atomic(using=alias):
             changes = storage.messages_write(alias=alias, rows=rows, telemetry=telemetry)
+            storage.changes_record(alias=alias, changes=changes, shards={device.pk: device.shard for device in group})
+        _wake(alias, group, changes)
         result.changes.extend(changes)
     result.accepted = len(prepared)
     return result
@@ -429,11 +432,23 @@ def messages_delete(*, devices: Sequence[Device], begin: float | None, end: floa
         return []
     alias = devices[0].database
     with transaction.atomic(using=alias):
-        return storage.messages_delete(
+        changes = storage.messages_delete(
             alias=alias,
             device_ids=[device.pk for device in devices],
             begin=None if begin is None else round(begin * 1_000_000),
             end=None if end is None else round(end * 1_000_000),
+        )
+        storage.changes_record(alias=alias, changes=changes, shards={device.pk: device.shard for device in devices})
+    _wake(alias, devices, changes)
+    return changes
+
+
+def _wake(alias: str, devices: Sequence[Device], changes: Sequence[ChangedRange]) -> None:
+    """After commit: wake the calc workers of the shards whose devices changed."""
+    if changes:
+        changed = {change.device_id for change in changes}
+        calc_queue.shards_wake(
+            region=calc_queue.region_of_alias(alias), shards={d.shard for d in devices if d.pk in changed}
         )
 
 

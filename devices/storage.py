@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from django.db import IntegrityError, connections, transaction
@@ -283,6 +283,7 @@ def messages_drop_device(*, alias: str, device_id: int) -> None:
         cursor.execute("DELETE FROM messages WHERE device_id = %s", [device_id])
         cursor.execute("DELETE FROM telemetry WHERE device_id = %s", [device_id])
         cursor.execute("DELETE FROM outbox WHERE device_id = %s", [device_id])
+        cursor.execute("DELETE FROM message_changes WHERE device_id = %s", [device_id])
 
 
 def telemetry_read(*, alias: str, device_ids: Iterable[int]) -> dict[int, dict[str, dict]]:
@@ -308,4 +309,18 @@ def outbox_enqueue(*, alias: str, rows: Iterable[tuple[int, int, str, object, bo
     with connections[alias].cursor() as cursor:
         cursor.executemany(
             "INSERT INTO outbox (device_id, kind, topic, payload, retain) VALUES (%s, %s, %s, %s::jsonb, %s)", params
+        )
+
+
+def changes_record(*, alias: str, changes: Sequence[ChangedRange], shards: Mapping[int, int]) -> None:
+    """Log the ranges a write changed (``shards``: the shard of each device) in the caller's
+    transaction, for the calc worker of each shard to consume."""
+    if not changes:
+        return
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO message_changes (device_id, shard, begin_ts, end_ts) "
+            "SELECT * FROM unnest(%s::bigint[], %s::smallint[], %s::bigint[], %s::bigint[])",
+            [[c.device_id for c in changes], [shards[c.device_id] for c in changes],
+             [c.begin for c in changes], [c.end for c in changes]],
         )

@@ -1,0 +1,93 @@
+"""The Celery apps of the platform: one per region, on the region's Redis (docs/analytics.md,
+"Processes").
+
+No result backend, late acknowledgement, prefetch of one, a task whose worker died goes back to
+its queue (``reject_on_worker_lost``; ``analytics.tasks`` caps how often), and no ETA or
+countdown anywhere: delays live in the debounce timers (``analytics.debounce``), which the pump
+turns into plain messages when they are due. Every key the apps write in Redis starts with
+``flespi:<region>:celery:``, so that regions sharing one Redis (the embedded default) stay apart.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+
+import redis
+from celery import Celery
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+# A message not acknowledged this long after delivery (its worker hangs, or the connection
+# vanished without a close) is delivered again; it must exceed the longest task.
+VISIBILITY_TIMEOUT = 900
+
+
+def shard_queue(region: str, shard: int) -> str:
+    """The queue of a calculation shard: all work on the shard's devices goes through it."""
+    return f"calc.{region}.{int(shard)}"
+
+
+@functools.cache
+def celery_app(region: str) -> Celery:
+    """The Celery app of ``region`` (its broker is the region's Redis)."""
+    url = settings.TOPOLOGY.region(region).redis_url
+    app = Celery(f"flespi-{region}", broker=url, set_as_current=False)
+    app.conf.update(
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2,
+        # A request that stores messages must not hang on a broker that is down: the change log
+        # keeps the work, and the pump wakes the shard later.
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
+        broker_transport_options={
+            "visibility_timeout": VISIBILITY_TIMEOUT,
+            "global_keyprefix": f"flespi:{region}:celery:",
+        },
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        enable_utc=True,
+    )
+    return app
+
+
+@functools.cache
+def redis_client(region: str) -> redis.Redis:
+    """A client of the region's Redis (debounce timers, leases, wake-up flags)."""
+    return redis.Redis.from_url(settings.TOPOLOGY.region(region).redis_url, socket_timeout=5, socket_connect_timeout=2)
+
+
+def region_of_alias(alias: str) -> str:
+    """The region of a datacenter database."""
+    for datacenter in settings.TOPOLOGY.datacenters:
+        if datacenter.alias == alias:
+            return datacenter.region
+    raise LookupError(f"{alias!r} is not a datacenter database")
+
+
+def wake_key(region: str, shard: int) -> str:
+    return f"flespi:{region}:wake:{int(shard)}"
+
+
+def shards_wake(*, region: str, shards: Iterable[int]) -> None:
+    """Tell the workers of ``shards`` that their devices' messages changed (the change log in the
+    datacenter database says how). At most one wake-up waits per shard: a flag set here and
+    cleared by the worker before it reads the log. A broker that cannot be reached loses nothing
+    (the pump's reconciliation finds the change log) and is only logged."""
+    try:
+        client = redis_client(region)
+        app = celery_app(region)
+        for shard in sorted(set(shards)):
+            if client.set(wake_key(region, shard), 1, nx=True, ex=VISIBILITY_TIMEOUT):
+                app.send_task("analytics.shard_changes", args=[region, shard], queue=shard_queue(region, shard))
+    except Exception as exc:
+        logger.warning("could not wake the calc workers of region %s (%s); the pump will catch up", region, exc)

@@ -26,14 +26,19 @@ CREATE TABLE intervals (
 {PARTITIONS}
 CREATE INDEX intervals_end_idx ON intervals (calc_id, device_id, "end");
 
--- An assignment's intervals go with it, however it is deleted (unassigned, its calculator or its
+-- An assignment's intervals (and its retained state on the broker) go with it, however it is deleted (unassigned, its calculator or its
 -- device deleted through the ORM's cascade). A trigger rather than a foreign key: Django's test
 -- flush truncates the assignments table, which a foreign key would forbid. Writers of intervals
 -- lock their assignment row first (analytics.services.intervals_apply), so none can insert
 -- intervals of an assignment that is being deleted.
 CREATE FUNCTION intervals_of_assignment_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    base text := 'state/gw/calcs/' || OLD.calculator_id || '/devices/' || OLD.device_id || '/';
 BEGIN
     DELETE FROM intervals WHERE calc_id = OLD.calculator_id AND device_id = OLD.device_id;
+    -- Clear the assignment's retained state on the broker (a NULL payload is published empty).
+    INSERT INTO outbox (device_id, kind, topic, payload, retain)
+    SELECT OLD.device_id, 2, base || name, NULL, true FROM unnest(ARRAY['synced', 'last', 'active']) AS name;
     RETURN OLD;
 END $$;
 CREATE TRIGGER assignment_intervals_delete AFTER DELETE ON analytics_assignment

@@ -162,3 +162,16 @@ def test_deleting_calculator_device_or_assignment_deletes_intervals(account, cal
     _apply(a1, created=[_iv(1, 2)])
     calculator_delete(calculator=calculator)
     assert count() == 0 and Assignment.objects.using(device.database).count() == 0
+
+
+def test_unassigning_clears_the_retained_state(assignment, calculator, device):
+    from django.db import connections
+
+    from analytics.services import assignment_delete
+
+    assignment_delete(assignment=assignment)
+    with connections[device.database].cursor() as cursor:
+        cursor.execute("SELECT topic, payload, retain FROM outbox WHERE device_id = %s ORDER BY id", [device.pk])
+        rows = cursor.fetchall()
+    base = f"state/gw/calcs/{calculator.pk}/devices/{device.pk}/"
+    assert rows == [(base + "synced", None, True), (base + "last", None, True), (base + "active", None, True)]

@@ -63,7 +63,9 @@ end
 # ARGV: now, then (member, begin, end, delay_ms) per change. Returns how many timers it armed
 # (entries that were idle). The due time never moves later once armed: the first message of a
 # window fixes it, so a device that never stops reporting is calculated every delay.
-_SCHEDULE = _PRELUDE + r"""
+_SCHEDULE = (
+    _PRELUDE
+    + r"""
 local now = now_ms()
 local armed = 0
 for i = 2, #ARGV, 4 do
@@ -91,9 +93,12 @@ for i = 2, #ARGV, 4 do
 end
 return armed
 """
+)
 
 # ARGV: now, limit, offer_timeout_ms. Returns member, reason pairs.
-_PUMP = _PRELUDE + r"""
+_PUMP = (
+    _PRELUDE
+    + r"""
 local now = now_ms()
 local timeout = tonumber(ARGV[3])
 local out = {}
@@ -121,9 +126,12 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0,
 end
 return out
 """
+)
 
 # ARGV: now, run_timeout_ms, members. Returns member, token, begin, end per claim granted.
-_CLAIM = _PRELUDE + r"""
+_CLAIM = (
+    _PRELUDE
+    + r"""
 local now = now_ms()
 local deadline = fmt(now + tonumber(ARGV[2]))
 local out = {}
@@ -156,10 +164,13 @@ for i = 3, #ARGV do
 end
 return out
 """
+)
 
 # ARGV: now, ok (1/0), retry_delay_ms, then (member, token) pairs. Returns member, outcome pairs:
 # 'done' (nothing left), 'again' (a range is pending: one more run), 'stale' (not this run's claim).
-_RELEASE = _PRELUDE + r"""
+_RELEASE = (
+    _PRELUDE
+    + r"""
 local now = now_ms()
 local ok = ARGV[2] == '1'
 local retry = now + tonumber(ARGV[3])
@@ -191,6 +202,7 @@ for i = 4, #ARGV, 2 do
 end
 return out
 """
+)
 
 _NOW = "local t = redis.call('TIME') return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"
 
@@ -322,7 +334,12 @@ class DebounceTimers:
             begin, end = _stamp(change.begin, "begin"), _stamp(change.end, "end")
             if float(begin) > float(end):
                 raise ValueError(f"begin {begin} is after end {end}")
-            args += [_member(change.calc_id, change.device_id), begin, end, _duration_ms(change.delay, "delay")]
+            args += [
+                _member(change.calc_id, change.device_id),
+                begin,
+                end,
+                _duration_ms(change.delay, "delay"),
+            ]
         if len(args) == 1:
             return 0
         return int(self._schedule(keys=self.keys(shard), args=args))
@@ -333,14 +350,21 @@ class DebounceTimers:
         run past its deadline with no release comes back as ``crashed`` with its range merged."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit!r}")
-        reply = self._pump(keys=self.keys(shard), args=[_ms(now), str(limit), _duration_ms(offer_timeout, "offer_timeout")])
+        reply = self._pump(
+            keys=self.keys(shard), args=[_ms(now), str(limit), _duration_ms(offer_timeout, "offer_timeout")]
+        )
         return [
             Offer(*_ids(reply[i]), reason=_text(reply[i + 1]))  # type: ignore[arg-type]
             for i in range(0, len(reply), 2)
         ]
 
     def claim(
-        self, *, shard: int, assignments: Sequence[tuple[int, int]], run_timeout: float, now: float | None = None
+        self,
+        *,
+        shard: int,
+        assignments: Sequence[tuple[int, int]],
+        run_timeout: float,
+        now: float | None = None,
     ) -> list[Claim]:
         """Claim each (calc_id, device_id)'s accumulated range for a run ending by now + run_timeout.
         An assignment already running (deadline not passed) or with nothing pending is left out."""
@@ -349,12 +373,20 @@ class DebounceTimers:
         args = [_ms(now), _duration_ms(run_timeout, "run_timeout")] + [_member(c, d) for c, d in assignments]
         reply = self._claim(keys=self.keys(shard), args=args)
         return [
-            Claim(*_ids(reply[i]), token=_text(reply[i + 1]), begin=float(reply[i + 2]), end=float(reply[i + 3]))
+            Claim(
+                *_ids(reply[i]), token=_text(reply[i + 1]), begin=float(reply[i + 2]), end=float(reply[i + 3])
+            )
             for i in range(0, len(reply), 4)
         ]
 
     def release(
-        self, *, shard: int, claims: Sequence[Claim], ok: bool, retry_delay: float = 0.0, now: float | None = None
+        self,
+        *,
+        shard: int,
+        claims: Sequence[Claim],
+        ok: bool,
+        retry_delay: float = 0.0,
+        now: float | None = None,
     ) -> dict[tuple[int, int], ReleaseOutcome]:
         """End the runs of ``claims``. Success clears the claimed ranges; failure puts them back
         merged with what arrived since, due no sooner than now + retry_delay. Either way, a range

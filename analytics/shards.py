@@ -211,11 +211,11 @@ class ShardLeases:
 
     def live_workers(self) -> list[str]:
         """The workers whose heartbeat has not expired (Redis's clock)."""
-        now = self.client.time()
-        now_ms = now[0] * 1000 + now[1] // 1000
-        return sorted(
-            w.decode() for w in self.client.zrangebyscore(self._workers_key(), f"({now_ms}", "+inf")
+        seconds, micros = self.client.time()
+        members = self.client.zrangebyscore(
+            self._workers_key(), f"({seconds * 1000 + micros // 1000}", "+inf"
         )
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
 
 _RAISE = """

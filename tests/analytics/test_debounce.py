@@ -11,29 +11,20 @@ import os
 import random
 import threading
 import time
-import uuid
 
 import pytest
 import redis
 
 from analytics.debounce import Change, Claim, DebounceTimers
+from tests.analytics.redis_helpers import on_a_barrier
 
 SLOW = bool(os.environ.get("FLESPI_SLOW"))
 
 
 @pytest.fixture
-def client():
-    connection = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
-def timers(client):
-    region = f"t{uuid.uuid4().hex[:10]}"
-    yield DebounceTimers(client, region=region)
-    for key in client.scan_iter(f"flespi:{region}:*"):
-        client.delete(key)
+def timers(region_client):
+    client, region = region_client
+    return DebounceTimers(client, region=region)
 
 
 def change(begin, end, *, calc=1, device=7, delay=1.0):
@@ -198,32 +189,18 @@ def test_claim_of_nothing_pending_or_unknown_is_empty(timers):
     assert timers.entries(shard=0) == []
 
 
-def claim_on_a_barrier(timers, client, *, shard, threads):
-    """``threads`` claimers released together by a Barrier; the claims they won."""
-    barrier = threading.Barrier(threads)
-    won: list[Claim] = []
-    lock = threading.Lock()
-
-    def claimer():
-        mine = DebounceTimers(redis.Redis(connection_pool=client.connection_pool), region=timers.region)
-        barrier.wait()
-        claims = mine.claim(shard=shard, assignments=[(1, 7)], run_timeout=60)
-        with lock:
-            won.extend(claims)
-
-    pool = [threading.Thread(target=claimer) for _ in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    return won
-
-
 def test_concurrent_claimers_one_wins(client, timers):
     winners = []
     for round_ in range(20):
         timers.schedule(shard=3, changes=[change(round_, round_ + 1, delay=0)])
-        won = claim_on_a_barrier(timers, client, shard=3, threads=8)
+        claimers = [
+            DebounceTimers(redis.Redis(connection_pool=client.connection_pool), region=timers.region)
+            for _ in range(8)
+        ]
+        results = on_a_barrier(
+            [lambda c=c: c.claim(shard=3, assignments=[(1, 7)], run_timeout=60) for c in claimers]
+        )
+        won = [claim for claims in results for claim in claims]
         winners.append(len(won))
         assert timers.release(shard=3, claims=won, ok=True) == {(1, 7): "done"}
 

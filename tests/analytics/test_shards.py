@@ -3,35 +3,23 @@ fence in the datacenter test databases of region eu."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
 
 import pytest
-import redis
 from django.conf import settings
 from django.db import connections, transaction
 
 from analytics.shards import Fenced, ShardLeases, fence_check, fence_raise
+from tests.analytics.redis_helpers import on_a_barrier
 
 SHARDS = 16
 TTL = 0.6  # seconds: long enough for a balancing round, short enough to wait out
 
 
 @pytest.fixture
-def client():
-    connection = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
-def region(client):
-    code = f"t{uuid.uuid4().hex[:10]}"
-    yield code
-    for key in client.scan_iter(f"flespi:{code}:*"):
-        client.delete(key)
+def region(region_client):
+    return region_client[1]
 
 
 def leases(client, region, worker, *, ttl=TTL):
@@ -55,23 +43,6 @@ def settle(workers, rounds=6):
             for shard, epoch in worker.balance().extra.items():
                 worker.release(shard, epoch)
     return {worker.worker: sorted(worker.balance().held) for worker in workers}
-
-
-def on_a_barrier(calls):
-    """Run the callables in threads released together; their results in order."""
-    barrier = threading.Barrier(len(calls))
-    results: list = [None] * len(calls)
-
-    def run(index):
-        barrier.wait()
-        results[index] = calls[index]()
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
 
 
 def test_two_workers_never_hold_one_shard(client, region):

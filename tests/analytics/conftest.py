@@ -1,4 +1,11 @@
+"""Fixtures of the analytics tests: an account with a device, a calculator and an assignment, and
+the fleet's Redis."""
+
+from __future__ import annotations
+
 import pytest
+
+from tests.analytics.redis_helpers import scratch_region
 
 TRIPS = {
     "name": "trips",
@@ -39,3 +46,15 @@ def assignment(calculator, device):
     from analytics.services import assignment_create
 
     return assignment_create(calculator=calculator, device=device)[0]
+
+
+@pytest.fixture
+def region_client():
+    """(client, region code): the Redis of REDIS_URL and a region of the test's own."""
+    with scratch_region() as pair:
+        yield pair
+
+
+@pytest.fixture
+def client(region_client):
+    return region_client[0]

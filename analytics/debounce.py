@@ -1,0 +1,439 @@
+"""Debounce timers of the calculation fleet: per assignment the pending recalculation range and a
+due time, in Redis, changed only by atomic Lua scripts that read Redis's own clock.
+
+Per region and shard there are four keys (``flespi:<region>:debounce:<shard>`` and its
+``:pending``, ``:entries``, ``:token`` siblings): a sorted set of timers (score: the next moment the
+pump must look at the entry), a sorted set of the entries with a range not yet claimed (score: its
+due time; it is what the lag metrics read), a hash of the entries themselves, and the counter of
+run tokens. The states, the scripts and what Redis losing its state means are in docs/analytics.md,
+"Debounce". No Django here: the fleet passes a redis-py client.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import redis
+
+# Entries are packed as space-separated fields; "-" is an empty field:
+#   state begin end due token run_begin run_end deadline
+# begin/end are kept as the strings the caller sent (shortest float repr), so that merging
+# ranges (compared with tonumber) never rounds a message timestamp.
+_PRELUDE = r"""
+local function now_ms()
+  if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function fmt(ms) return string.format('%.0f', ms) end
+local function load(member)
+  local raw = redis.call('HGET', KEYS[3], member)
+  if not raw then return nil end
+  local f = {}
+  for part in string.gmatch(raw, '%S+') do f[#f + 1] = part end
+  return {state = f[1], b = f[2], e = f[3], due = f[4], token = f[5], rb = f[6], re = f[7], deadline = f[8]}
+end
+local function store(member, x)
+  redis.call('HSET', KEYS[3], member,
+    table.concat({x.state, x.b, x.e, x.due, x.token, x.rb, x.re, x.deadline}, ' '))
+  if x.b == '-' then
+    redis.call('ZREM', KEYS[2], member)
+  else
+    redis.call('ZADD', KEYS[2], x.due, member)
+  end
+end
+local function forget(member)
+  redis.call('HDEL', KEYS[3], member)
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('ZREM', KEYS[2], member)
+end
+local function merge(b1, e1, b2, e2)
+  if b1 == '-' then return b2, e2 end
+  if b2 == '-' then return b1, e1 end
+  local b, e = b1, e1
+  if tonumber(b2) < tonumber(b1) then b = b2 end
+  if tonumber(e2) > tonumber(e1) then e = e2 end
+  return b, e
+end
+"""
+
+# ARGV: now, then (member, begin, end, delay_ms) per change. Returns how many timers it armed
+# (entries that were idle). The due time never moves later once armed: the first message of a
+# window fixes it, so a device that never stops reporting is calculated every delay.
+_SCHEDULE = (
+    _PRELUDE
+    + r"""
+local now = now_ms()
+local armed = 0
+for i = 2, #ARGV, 4 do
+  local m, b, e = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local due = now + tonumber(ARGV[i + 3])
+  local x = load(m)
+  if not x then
+    x = {state = 'pending', b = b, e = e, due = fmt(due), token = '-', rb = '-', re = '-', deadline = '-'}
+    redis.call('ZADD', KEYS[1], x.due, m)
+    armed = armed + 1
+  else
+    x.b, x.e = merge(x.b, x.e, b, e)
+    if x.state == 'pending' then
+      if due < tonumber(x.due) then
+        x.due = fmt(due)
+        redis.call('ZADD', KEYS[1], x.due, m)
+      end
+    elseif x.state == 'running' then
+      -- the range waits for the run's release; the timer stays on the run's deadline
+      if x.due == '-' or due < tonumber(x.due) then x.due = fmt(due) end
+    end
+    -- 'sent': already offered, the claim takes the widened range
+  end
+  store(m, x)
+end
+return armed
+"""
+)
+
+# ARGV: now, limit, offer_timeout_ms. Returns member, reason pairs.
+_PUMP = (
+    _PRELUDE
+    + r"""
+local now = now_ms()
+local timeout = tonumber(ARGV[3])
+local out = {}
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))) do
+  local x = load(m)
+  if not x then
+    forget(m)
+  else
+    local reason = 'due'
+    if x.state == 'running' then
+      -- its deadline passed with no release: the run crashed, its range joins the pending one
+      reason = 'crashed'
+      x.b, x.e = merge(x.b, x.e, x.rb, x.re)
+      if x.due == '-' then x.due = x.deadline end
+      x.rb, x.re, x.token, x.deadline = '-', '-', '-', '-'
+    elseif x.state == 'sent' then
+      reason = 'reoffered'
+    end
+    x.state = 'sent'
+    redis.call('ZADD', KEYS[1], fmt(now + timeout), m)
+    store(m, x)
+    out[#out + 1] = m
+    out[#out + 1] = reason
+  end
+end
+return out
+"""
+)
+
+# ARGV: now, run_timeout_ms, members. Returns member, token, begin, end per claim granted.
+_CLAIM = (
+    _PRELUDE
+    + r"""
+local now = now_ms()
+local deadline = fmt(now + tonumber(ARGV[2]))
+local out = {}
+for i = 3, #ARGV do
+  local m = ARGV[i]
+  local x = load(m)
+  local take = false
+  if x then
+    if x.state == 'running' then
+      if tonumber(x.deadline) <= now then
+        -- a crashed run the pump has not seen yet: its range joins this run
+        x.b, x.e = merge(x.b, x.e, x.rb, x.re)
+        take = true
+      end
+    else
+      take = x.b ~= '-'
+    end
+  end
+  if take then
+    local token = tostring(redis.call('INCR', KEYS[4]))
+    x.state, x.rb, x.re, x.b, x.e, x.due = 'running', x.b, x.e, '-', '-', '-'
+    x.token, x.deadline = token, deadline
+    redis.call('ZADD', KEYS[1], deadline, m)
+    store(m, x)
+    out[#out + 1] = m
+    out[#out + 1] = token
+    out[#out + 1] = x.rb
+    out[#out + 1] = x.re
+  end
+end
+return out
+"""
+)
+
+# ARGV: now, ok (1/0), retry_delay_ms, then (member, token) pairs. Returns member, outcome pairs:
+# 'done' (nothing left), 'again' (a range is pending: one more run), 'stale' (not this run's claim).
+_RELEASE = (
+    _PRELUDE
+    + r"""
+local now = now_ms()
+local ok = ARGV[2] == '1'
+local retry = now + tonumber(ARGV[3])
+local out = {}
+for i = 4, #ARGV, 2 do
+  local m, token = ARGV[i], ARGV[i + 1]
+  local x = load(m)
+  local outcome
+  if not x or x.state ~= 'running' or x.token ~= token then
+    outcome = 'stale'
+  else
+    if not ok then
+      x.b, x.e = merge(x.b, x.e, x.rb, x.re)
+      if x.due == '-' or tonumber(x.due) < retry then x.due = fmt(retry) end
+    end
+    x.rb, x.re, x.token, x.deadline = '-', '-', '-', '-'
+    if x.b == '-' then
+      forget(m)
+      outcome = 'done'
+    else
+      x.state = 'pending'
+      redis.call('ZADD', KEYS[1], x.due, m)
+      store(m, x)
+      outcome = 'again'
+    end
+  end
+  out[#out + 1] = m
+  out[#out + 1] = outcome
+end
+return out
+"""
+)
+
+_NOW = "local t = redis.call('TIME') return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"
+
+State = Literal["pending", "sent", "running"]
+OfferReason = Literal["due", "reoffered", "crashed"]
+ReleaseOutcome = Literal["done", "again", "stale"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """Assignment (calc_id, device_id) has messages changed in [begin, end] (timestamps, s)."""
+
+    calc_id: int
+    device_id: int
+    begin: float
+    end: float
+    delay: float
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A due assignment the pump sends to the shard's queue, and why it is offered."""
+
+    calc_id: int
+    device_id: int
+    reason: OfferReason
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run's claim: the range to recalculate and the token that releases it."""
+
+    calc_id: int
+    device_id: int
+    begin: float
+    end: float
+    token: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An assignment's timer as stored: the pending range (None when all of it is claimed), its
+    due time, and the running claim if any (times in seconds of Redis's clock)."""
+
+    calc_id: int
+    device_id: int
+    state: State
+    begin: float | None
+    end: float | None
+    due: float | None
+    running_begin: float | None
+    running_end: float | None
+    deadline: float | None
+
+
+@dataclass(frozen=True)
+class ShardLag:
+    """What the status page and metrics show for a shard: assignments with a range waiting to be
+    claimed, the oldest due time among them, and how far Redis's clock is past it."""
+
+    pending: int
+    timers: int
+    oldest_due: float | None
+    lag: float
+
+
+def _member(calc_id: int, device_id: int) -> str:
+    return f"{int(calc_id)}:{int(device_id)}"
+
+
+def _ids(member: str | bytes) -> tuple[int, int]:
+    text = member.decode() if isinstance(member, bytes) else member
+    calc, _, device = text.partition(":")
+    return int(calc), int(device)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _ms(seconds: float | None) -> str:
+    return "" if seconds is None else str(round(seconds * 1000))
+
+
+def _duration_ms(seconds: float, what: str) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{what} must be a finite number of seconds >= 0, not {seconds!r}")
+    return str(round(seconds * 1000))
+
+
+def _stamp(value: float, what: str) -> str:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be a finite timestamp, not {value!r}")
+    return repr(number)
+
+
+def _optional(field: str, scale: float = 1.0) -> float | None:
+    return None if field == "-" else float(field) / scale
+
+
+class DebounceTimers:
+    """The debounce timers of one region. ``client`` is a redis-py client of the region's Redis;
+    the scripts are registered once here and run by SHA afterwards. Durations are seconds;
+    ``now`` (seconds) replaces Redis's clock, for tests only."""
+
+    def __init__(self, client: redis.Redis, *, region: str):
+        self.client = client
+        self.region = region
+        self._schedule = client.register_script(_SCHEDULE)
+        self._pump = client.register_script(_PUMP)
+        self._claim = client.register_script(_CLAIM)
+        self._release = client.register_script(_RELEASE)
+        self._now = client.register_script(_NOW)
+
+    def keys(self, shard: int) -> list[str]:
+        base = f"flespi:{self.region}:debounce:{int(shard)}"
+        return [base, f"{base}:pending", f"{base}:entries", f"{base}:token"]
+
+    def now(self) -> float:
+        """Redis's clock, in seconds (what the scripts compare due times with)."""
+        return int(self._now()) / 1000
+
+    def schedule(self, *, shard: int, changes: Iterable[Change], now: float | None = None) -> int:
+        """Widen each assignment's pending range and arm its timer at now + delay unless it is armed
+        sooner. Returns how many timers were armed (assignments that had nothing pending)."""
+        args = [_ms(now)]
+        for change in changes:
+            begin, end = _stamp(change.begin, "begin"), _stamp(change.end, "end")
+            if float(begin) > float(end):
+                raise ValueError(f"begin {begin} is after end {end}")
+            args += [
+                _member(change.calc_id, change.device_id),
+                begin,
+                end,
+                _duration_ms(change.delay, "delay"),
+            ]
+        if len(args) == 1:
+            return 0
+        return int(self._schedule(keys=self.keys(shard), args=args))
+
+    def pump(self, *, shard: int, limit: int, offer_timeout: float, now: float | None = None) -> list[Offer]:
+        """Take up to ``limit`` due assignments of ``shard`` and mark them sent, for one message to
+        the shard's queue. An offer not claimed within ``offer_timeout`` is offered again, and a
+        run past its deadline with no release comes back as ``crashed`` with its range merged."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit!r}")
+        reply = self._pump(
+            keys=self.keys(shard), args=[_ms(now), str(limit), _duration_ms(offer_timeout, "offer_timeout")]
+        )
+        return [
+            Offer(*_ids(reply[i]), reason=_text(reply[i + 1]))  # type: ignore[arg-type]
+            for i in range(0, len(reply), 2)
+        ]
+
+    def claim(
+        self,
+        *,
+        shard: int,
+        assignments: Sequence[tuple[int, int]],
+        run_timeout: float,
+        now: float | None = None,
+    ) -> list[Claim]:
+        """Claim each (calc_id, device_id)'s accumulated range for a run ending by now + run_timeout.
+        An assignment already running (deadline not passed) or with nothing pending is left out."""
+        if not assignments:
+            return []
+        args = [_ms(now), _duration_ms(run_timeout, "run_timeout")] + [_member(c, d) for c, d in assignments]
+        reply = self._claim(keys=self.keys(shard), args=args)
+        return [
+            Claim(
+                *_ids(reply[i]), token=_text(reply[i + 1]), begin=float(reply[i + 2]), end=float(reply[i + 3])
+            )
+            for i in range(0, len(reply), 4)
+        ]
+
+    def release(
+        self,
+        *,
+        shard: int,
+        claims: Sequence[Claim],
+        ok: bool,
+        retry_delay: float = 0.0,
+        now: float | None = None,
+    ) -> dict[tuple[int, int], ReleaseOutcome]:
+        """End the runs of ``claims``. Success clears the claimed ranges; failure puts them back
+        merged with what arrived since, due no sooner than now + retry_delay. Either way, a range
+        scheduled during the run stays armed for exactly one more run. A claim that is no longer
+        the entry's (its deadline passed and it was re-offered or re-claimed, or Redis lost it)
+        changes nothing and comes back ``stale``."""
+        if not claims:
+            return {}
+        args = [_ms(now), "1" if ok else "0", _duration_ms(retry_delay, "retry_delay")]
+        for claim in claims:
+            args += [_member(claim.calc_id, claim.device_id), claim.token]
+        reply = self._release(keys=self.keys(shard), args=args)
+        return {_ids(reply[i]): _text(reply[i + 1]) for i in range(0, len(reply), 2)}  # type: ignore[misc]
+
+    def entries(self, *, shard: int) -> list[Entry]:
+        """Every timer of ``shard`` (pending, sent or running), ordered by assignment."""
+        raw = self.client.hgetall(self.keys(shard)[2])
+        result = []
+        for member, packed in raw.items():
+            state, begin, end, due, _token, run_begin, run_end, deadline = _text(packed).split(" ")
+            result.append(
+                Entry(
+                    *_ids(member),
+                    state=state,  # type: ignore[arg-type]
+                    begin=_optional(begin),
+                    end=_optional(end),
+                    due=_optional(due, 1000),
+                    running_begin=_optional(run_begin),
+                    running_end=_optional(run_end),
+                    deadline=_optional(deadline, 1000),
+                )
+            )
+        return sorted(result, key=lambda entry: (entry.calc_id, entry.device_id))
+
+    def lag(self, *, shard: int, now: float | None = None) -> ShardLag:
+        """Counts and the oldest due time of ``shard`` (two ZCARDs and one ZRANGE: cheap to poll)."""
+        timers_key, pending_key = self.keys(shard)[:2]
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zcard(pending_key)
+        pipe.zcard(timers_key)
+        pipe.zrange(pending_key, 0, 0, withscores=True)
+        pending, timers, oldest = pipe.execute()
+        oldest_due = oldest[0][1] / 1000 if oldest else None
+        clock = self.now() if now is None else now
+        return ShardLag(
+            pending=int(pending),
+            timers=int(timers),
+            oldest_due=oldest_due,
+            lag=max(0.0, clock - oldest_due) if oldest_due is not None else 0.0,
+        )

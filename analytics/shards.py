@@ -1,0 +1,254 @@
+"""Shard leases of the calculation fleet, with an epoch per shard as fencing token.
+
+In Redis, per region: ``flespi:<region>:shards:lease:<shard>`` holds ``"<worker> <epoch>"`` with a
+TTL (SET NX PX), ``flespi:<region>:shards:epoch:<shard>`` the shard's newest epoch (never expires),
+``flespi:<region>:shards:workers`` the live workers (a sorted set: worker id -> heartbeat expiry,
+Redis's clock, ms). In every datacenter database of the region, ``shard_fence`` holds the newest
+epoch per shard; a worker's write transaction starts with ``fence_check``, so a worker that lost
+its shard cannot commit. Rules and reasons: docs/analytics.md, "Shards and fencing". No Django
+here: the fleet passes a redis-py client and DB-API cursors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import redis
+
+_PRELUDE = r"""
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- A new epoch: one more than the last, and never below Redis's clock in ms, so that epochs keep
+-- growing past the ones recorded in the fence tables when Redis has lost its counters.
+local function acquire(lease, counter, worker, ttl)
+  if not redis.call('SET', lease, worker, 'NX', 'PX', ttl) then return nil end
+  local epoch = redis.call('INCR', counter)
+  local clock = now_ms()
+  if clock > epoch then
+    epoch = clock
+    redis.call('SET', counter, string.format('%.0f', epoch))
+  end
+  redis.call('SET', lease, worker .. ' ' .. string.format('%.0f', epoch), 'PX', ttl)
+  return epoch
+end
+"""
+
+# KEYS: lease, epoch counter. ARGV: worker, ttl_ms. Returns the epoch, or nil when held.
+_ACQUIRE = (
+    _PRELUDE
+    + r"""
+return acquire(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+"""
+)
+
+# KEYS: lease. ARGV: "<worker> <epoch>", ttl_ms (renew) or '' (release).
+_RENEW_OR_RELEASE = r"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+# KEYS: workers, lease 0..n-1, epoch 0..n-1. ARGV: worker, ttl_ms, n.
+# Heartbeat, count the live workers, renew this worker's leases, take free or expired shards up to
+# ceil(n / live). Returns target, then (shard, epoch) for each lease it holds, in shard order.
+_BALANCE = (
+    _PRELUDE
+    + r"""
+local worker, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + ttl, worker)
+local target = math.ceil(n / redis.call('ZCARD', KEYS[1]))
+local held, free = {}, {}
+for s = 0, n - 1 do
+  local value = redis.call('GET', KEYS[2 + s])
+  if not value then
+    free[#free + 1] = s
+  else
+    local owner, epoch = string.match(value, '^(.*) (%d+)$')
+    if owner == worker then
+      redis.call('PEXPIRE', KEYS[2 + s], ttl)
+      held[s] = epoch
+    end
+  end
+end
+local count = 0
+for _ in pairs(held) do count = count + 1 end
+for _, s in ipairs(free) do
+  if count >= target then break end
+  local epoch = acquire(KEYS[2 + s], KEYS[2 + n + s], worker, ttl)
+  if epoch then
+    held[s] = string.format('%.0f', epoch)
+    count = count + 1
+  end
+end
+local out = {target}
+for s = 0, n - 1 do
+  if held[s] then
+    out[#out + 1] = s
+    out[#out + 1] = held[s]
+  end
+end
+return out
+"""
+)
+
+
+class Fenced(Exception):
+    """The shard's fence holds a newer epoch than the writer's: another worker holds the shard."""
+
+    def __init__(self, *, shard: int, epoch: int, stored: int | None):
+        held = "no epoch" if stored is None else f"epoch {stored}"
+        super().__init__(f"shard {shard}: the fence holds {held}; this writer's epoch {epoch} is not current")
+        self.shard = shard
+        self.epoch = epoch
+        self.stored = stored
+
+
+@dataclass(frozen=True)
+class Balance:
+    """One balancing step of a worker: every lease it holds now (shard -> epoch); of those, the ones
+    it just took (raise their fences before writing), the extras beyond its share (stop consuming
+    them, then ``release``), and the shards it held at the last step and has lost."""
+
+    target: int
+    held: dict[int, int]
+    acquired: dict[int, int] = field(default_factory=dict)
+    extra: dict[int, int] = field(default_factory=dict)
+    lost: dict[int, int] = field(default_factory=dict)
+
+
+class ShardLeases:
+    """The shard leases of one worker in one region. ``ttl`` (seconds) is both the lease time and
+    the heartbeat's: call ``balance`` well within it (a third of it, say)."""
+
+    def __init__(self, client: redis.Redis, *, region: str, shards: int, worker: str, ttl: float):
+        if not worker or any(ch.isspace() for ch in worker):
+            raise ValueError(f"worker id must be non-empty text without spaces, not {worker!r}")
+        if shards < 1:
+            raise ValueError(f"shards must be at least 1, not {shards!r}")
+        if not math.isfinite(ttl) or ttl <= 0:
+            raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
+        self.client = client
+        self.region = region
+        self.shards = shards
+        self.worker = worker
+        self.ttl_ms = max(1, round(ttl * 1000))
+        self._held: dict[int, int] = {}
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew_or_release = client.register_script(_RENEW_OR_RELEASE)
+        self._balance = client.register_script(_BALANCE)
+
+    def _lease_key(self, shard: int) -> str:
+        return f"flespi:{self.region}:shards:lease:{shard}"
+
+    def _epoch_key(self, shard: int) -> str:
+        return f"flespi:{self.region}:shards:epoch:{shard}"
+
+    def _workers_key(self) -> str:
+        return f"flespi:{self.region}:shards:workers"
+
+    def _check(self, shard: int) -> int:
+        if not 0 <= shard < self.shards:
+            raise ValueError(f"shard must be in 0..{self.shards - 1}, not {shard!r}")
+        return shard
+
+    def acquire(self, shard: int) -> int | None:
+        """Take ``shard`` if no live lease holds it; its new epoch, or None."""
+        self._check(shard)
+        epoch = self._acquire(
+            keys=[self._lease_key(shard), self._epoch_key(shard)], args=[self.worker, self.ttl_ms]
+        )
+        if epoch is None:
+            return None
+        self._held[shard] = int(epoch)
+        return int(epoch)
+
+    def renew(self, shard: int, epoch: int) -> bool:
+        """Extend the lease for another TTL if it is still this worker's at ``epoch``."""
+        value = f"{self.worker} {int(epoch)}"
+        renewed = bool(
+            self._renew_or_release(keys=[self._lease_key(self._check(shard))], args=[value, self.ttl_ms])
+        )
+        if not renewed:
+            self._held.pop(shard, None)
+        return renewed
+
+    def release(self, shard: int, epoch: int) -> bool:
+        """Give ``shard`` up (only if the lease is still this worker's at ``epoch``)."""
+        value = f"{self.worker} {int(epoch)}"
+        self._held.pop(shard, None)
+        return bool(self._renew_or_release(keys=[self._lease_key(self._check(shard))], args=[value, ""]))
+
+    def balance(self) -> Balance:
+        """Heartbeat, renew every lease held, and take free or expired shards up to an even share,
+        ceil(shards / live workers). Extras beyond the share are reported, not dropped: the worker
+        stops consuming their queues first and then releases them."""
+        keys = [self._workers_key()]
+        keys += [self._lease_key(shard) for shard in range(self.shards)]
+        keys += [self._epoch_key(shard) for shard in range(self.shards)]
+        reply = self._balance(keys=keys, args=[self.worker, self.ttl_ms, self.shards])
+        target = int(reply[0])
+        held = {int(reply[i]): int(reply[i + 1]) for i in range(1, len(reply), 2)}
+        previous, self._held = self._held, dict(held)
+        ordered = sorted(held)
+        return Balance(
+            target=target,
+            held=held,
+            acquired={s: e for s, e in held.items() if previous.get(s) != e},
+            extra={s: held[s] for s in ordered[target:]},
+            lost={s: e for s, e in previous.items() if held.get(s) != e},
+        )
+
+    def leave(self) -> None:
+        """Release every lease held and stop counting as live (a clean shutdown)."""
+        for shard, epoch in list(self._held.items()):
+            self.release(shard, epoch)
+        self.client.zrem(self._workers_key(), self.worker)
+
+    def live_workers(self) -> list[str]:
+        """The workers whose heartbeat has not expired (Redis's clock)."""
+        seconds, micros = self.client.time()
+        members = self.client.zrangebyscore(
+            self._workers_key(), f"({seconds * 1000 + micros // 1000}", "+inf"
+        )
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+
+_RAISE = """
+INSERT INTO shard_fence (shard, epoch, worker, updated) VALUES (%s, %s, %s, now())
+ON CONFLICT (shard) DO UPDATE SET epoch = EXCLUDED.epoch, worker = EXCLUDED.worker, updated = now()
+WHERE shard_fence.epoch < EXCLUDED.epoch
+"""
+
+
+def fence_raise(cursor, *, shard: int, epoch: int, worker: str) -> int:
+    """Record ``epoch`` as the newest of ``shard`` in this database (a lower one is left as it is)
+    and return the epoch stored. A worker that took a shard raises the fence in every datacenter
+    database of its region, each in a transaction of its own, before its first write; a stored
+    epoch above its own means the shard has moved on: it must not write, and releases the lease."""
+    cursor.execute(_RAISE, [shard, epoch, worker])
+    cursor.execute("SELECT epoch FROM shard_fence WHERE shard = %s", [shard])
+    return int(cursor.fetchone()[0])
+
+
+def fence_check(cursor, *, shard: int, epoch: int) -> None:
+    """First statement of a write transaction for ``shard``: lock its fence row until commit and
+    raise ``Fenced`` unless it holds ``epoch``.
+
+    FOR SHARE, because what must be excluded is a raise committing between this check and the
+    writer's commit: the raise's UPDATE waits for the share lock, so a fenced-out owner's commit
+    either lands before the new owner's fence (and the new owner, which reads only after raising,
+    sees it) or its check waits for the raise and sees the newer epoch. FOR KEY SHARE would not do:
+    it does not conflict with an UPDATE that leaves the key alone. FOR UPDATE would also be correct,
+    but it would serialize the owner's own concurrent transactions on the shard (a sync and a
+    recalculation batch, say) for nothing: two writers cannot both pass the check, only the holder
+    of the stored epoch does."""
+    cursor.execute("SELECT epoch FROM shard_fence WHERE shard = %s FOR SHARE", [shard])
+    row = cursor.fetchone()
+    stored = None if row is None else int(row[0])
+    if stored != epoch:
+        raise Fenced(shard=shard, epoch=epoch, stored=stored)

@@ -1,0 +1,335 @@
+"""The debounce scripts against the Redis named in REDIS_URL: bursts, runs overlapping new
+messages, crashes, racing claimers, merging, shard isolation and Redis losing its state.
+
+Most tests pass ``now`` (seconds) so that due times are exact; the real-clock tests show the
+scripts read Redis's own TIME. Each test works in a region of its own, so they share one Redis."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import threading
+import time
+
+import pytest
+import redis
+
+from analytics.debounce import Change, Claim, DebounceTimers
+from tests.analytics.redis_helpers import on_a_barrier
+
+SLOW = bool(os.environ.get("FLESPI_SLOW"))
+
+
+@pytest.fixture
+def timers(region_client):
+    client, region = region_client
+    return DebounceTimers(client, region=region)
+
+
+def change(begin, end, *, calc=1, device=7, delay=1.0):
+    return Change(calc_id=calc, device_id=device, begin=begin, end=end, delay=delay)
+
+
+def test_a_burst_costs_one_run(timers):
+    armed = sum(
+        timers.schedule(shard=0, changes=[change(100 + i, 100 + i)], now=1000 + i / 1000) for i in range(500)
+    )
+
+    assert armed == 1
+    assert timers.pump(shard=0, limit=100, offer_timeout=30, now=1000.999) == []
+    offers = timers.pump(shard=0, limit=100, offer_timeout=30, now=1001.0)
+    assert [(o.calc_id, o.device_id, o.reason) for o in offers] == [(1, 7, "due")]
+    assert timers.pump(shard=0, limit=100, offer_timeout=30, now=1002.0) == []
+    [claim] = timers.claim(shard=0, assignments=[(1, 7)], run_timeout=60, now=1002.0)
+    assert (claim.begin, claim.end) == (100, 599)
+
+
+def test_a_device_that_never_stops_reporting_is_calculated_every_delay(timers):
+    # one message every 100 ms for 5 s, update_delay 1 s: the first message of a window fixes the
+    # due time, later ones never push it, so there is a run per second and none waits longer
+    runs = []
+    for step in range(50):
+        now = 1000 + step / 10
+        timers.schedule(shard=0, changes=[change(now, now)], now=now)
+        for offer in timers.pump(shard=0, limit=10, offer_timeout=30, now=now):
+            [claim] = timers.claim(
+                shard=0, assignments=[(offer.calc_id, offer.device_id)], run_timeout=60, now=now
+            )
+            timers.release(shard=0, claims=[claim], ok=True, now=now)
+            runs.append((now, claim.begin, claim.end))
+
+    assert [round(at, 1) for at, _, _ in runs] == [1001.0, 1002.1, 1003.2, 1004.3]
+    assert all(at - begin <= 1.0 + 1e-9 for at, begin, _ in runs)
+    assert runs[0][1:] == (1000.0, 1001.0)
+
+
+def test_ranges_merge_to_min_begin_and_max_end_exactly(timers):
+    timers.schedule(shard=2, changes=[change(1700000000.123456, 1700000500.5)], now=10)
+    timers.schedule(shard=2, changes=[change(1700000100.25, 1700000200.75)], now=10.1)
+    timers.schedule(shard=2, changes=[change(1699999999.000001, 1700000300.0)], now=10.2)
+    timers.schedule(shard=2, changes=[change(1700000400.0, 1700000900.999999)], now=10.3)
+
+    [entry] = timers.entries(shard=2)
+    assert (entry.state, entry.begin, entry.end, entry.due) == (
+        "pending",
+        1699999999.000001,
+        1700000900.999999,
+        11.0,
+    )
+
+
+def test_a_zero_delay_schedule_pulls_an_armed_timer_in_and_lag_shows_the_oldest(timers):
+    timers.schedule(shard=1, changes=[change(5, 6, device=1, delay=60)], now=100)
+    timers.schedule(shard=1, changes=[change(5, 6, device=2, delay=30)], now=100)
+    timers.schedule(shard=1, changes=[change(1, 2, device=1, delay=0)], now=101)
+
+    lag = timers.lag(shard=1, now=104)
+    assert (lag.pending, lag.timers, lag.oldest_due, lag.lag) == (2, 2, 101.0, 3.0)
+    assert [o.device_id for o in timers.pump(shard=1, limit=10, offer_timeout=30, now=101)] == [1]
+    # a later, longer delay never pushes it back out
+    timers.schedule(shard=2, changes=[change(1, 2, delay=0)], now=200)
+    timers.schedule(shard=2, changes=[change(3, 4, delay=60)], now=200.5)
+    assert timers.entries(shard=2)[0].due == 200.0
+
+
+def test_the_pump_takes_at_most_limit_and_never_offers_one_twice(timers):
+    timers.schedule(shard=0, changes=[change(1, 2, device=d, delay=0) for d in range(10)], now=50)
+
+    batches = [timers.pump(shard=0, limit=3, offer_timeout=30, now=51) for _ in range(5)]
+
+    assert [len(batch) for batch in batches] == [3, 3, 3, 1, 0]
+    assert sorted(o.device_id for batch in batches for o in batch) == list(range(10))
+    assert timers.lag(shard=0, now=51).pending == 10
+
+
+def test_an_offer_never_claimed_is_offered_again_after_the_timeout(timers):
+    timers.schedule(shard=0, changes=[change(1, 2, delay=0)], now=50)
+    assert [o.reason for o in timers.pump(shard=0, limit=10, offer_timeout=30, now=50)] == ["due"]
+    timers.schedule(shard=0, changes=[change(0, 3, delay=0)], now=60)
+
+    assert timers.pump(shard=0, limit=10, offer_timeout=30, now=79.999) == []
+    assert [o.reason for o in timers.pump(shard=0, limit=10, offer_timeout=30, now=80)] == ["reoffered"]
+    [claim] = timers.claim(shard=0, assignments=[(1, 7)], run_timeout=60, now=81)
+    assert (claim.begin, claim.end) == (0, 3)
+
+
+def test_messages_during_a_run_cause_exactly_one_more_run(timers):
+    timers.schedule(shard=0, changes=[change(10, 20)], now=100)
+    timers.pump(shard=0, limit=10, offer_timeout=30, now=101)
+    [first] = timers.claim(shard=0, assignments=[(1, 7)], run_timeout=60, now=101)
+    for i in range(50):
+        timers.schedule(shard=0, changes=[change(30 + i, 31 + i)], now=101.5 + i / 100)
+
+    assert timers.claim(shard=0, assignments=[(1, 7)], run_timeout=60, now=102) == []
+    assert timers.pump(shard=0, limit=10, offer_timeout=30, now=105) == []  # waits for the release
+    assert timers.release(shard=0, claims=[first], ok=True, now=105) == {(1, 7): "again"}
+    # due at the first of those messages + delay (102.5): already past, so offered at once
+    assert [o.reason for o in timers.pump(shard=0, limit=10, offer_timeout=30, now=105)] == ["due"]
+    [second] = timers.claim(shard=0, assignments=[(1, 7)], run_timeout=60, now=105)
+    assert (second.begin, second.end) == (30, 80)
+    assert second.token != first.token
+    assert timers.release(shard=0, claims=[second], ok=True, now=106) == {(1, 7): "done"}
+    assert timers.entries(shard=0) == []
+    assert timers.pump(shard=0, limit=10, offer_timeout=30, now=1000) == []
+    assert timers.lag(shard=0, now=1000).timers == 0
+
+
+def test_a_failed_run_puts_its_range_back_merged_with_what_arrived(timers):
+    timers.schedule(shard=0, changes=[change(10, 20)], now=100)
+    [claim] = timers.claim(shard=0, assignments=[(1, 7)], run_timeout=60, now=101)
+    timers.schedule(shard=0, changes=[change(25, 40)], now=102)
+
+    assert timers.release(shard=0, claims=[claim], ok=False, retry_delay=5, now=103) == {(1, 7): "again"}
+    [entry] = timers.entries(shard=0)
+    assert (entry.state, entry.begin, entry.end, entry.due, entry.running_begin) == (
+        "pending",
+        10,
+        40,
+        108,
+        None,
+    )
+    assert timers.pump(shard=0, limit=10, offer_timeout=30, now=107.9) == []
+    assert len(timers.pump(shard=0, limit=10, offer_timeout=30, now=108)) == 1
+
+
+def test_a_crashed_run_comes_back_merged_through_the_pump(timers):
+    timers.schedule(shard=0, changes=[change(10, 20)], now=100)
+    timers.pump(shard=0, limit=10, offer_timeout=30, now=101)
+    [crashed] = timers.claim(shard=0, assignments=[(1, 7)], run_timeout=60, now=101)
+    timers.schedule(shard=0, changes=[change(50, 60)], now=110)  # arrives while it "runs"
+
+    assert timers.pump(shard=0, limit=10, offer_timeout=30, now=160.999) == []
+    assert [o.reason for o in timers.pump(shard=0, limit=10, offer_timeout=30, now=161)] == ["crashed"]
+    [retry] = timers.claim(shard=0, assignments=[(1, 7)], run_timeout=60, now=162)
+    assert (retry.begin, retry.end) == (10, 60)
+    # the crashed worker waking up cannot release (or undo) the new run
+    assert timers.release(shard=0, claims=[crashed], ok=False, now=163) == {(1, 7): "stale"}
+    assert timers.entries(shard=0)[0].running_begin == 10
+    assert timers.release(shard=0, claims=[retry], ok=True, now=164) == {(1, 7): "done"}
+    assert timers.entries(shard=0) == []
+
+
+def test_a_claim_after_the_deadline_takes_the_crashed_range_itself(timers):
+    timers.schedule(shard=0, changes=[change(10, 20)], now=100)
+    [crashed] = timers.claim(shard=0, assignments=[(1, 7)], run_timeout=60, now=101)
+    timers.schedule(shard=0, changes=[change(5, 15)], now=120)
+
+    assert timers.claim(shard=0, assignments=[(1, 7)], run_timeout=60, now=160.9) == []
+    [retry] = timers.claim(shard=0, assignments=[(1, 7)], run_timeout=60, now=161)
+    assert (retry.begin, retry.end) == (5, 20)
+    assert timers.release(shard=0, claims=[crashed], ok=True, now=162) == {(1, 7): "stale"}
+    assert timers.entries(shard=0)[0].state == "running"
+
+
+def test_claim_of_nothing_pending_or_unknown_is_empty(timers):
+    assert timers.claim(shard=0, assignments=[(1, 7), (2, 8)], run_timeout=60) == []
+    ghost = Claim(calc_id=1, device_id=7, begin=0, end=1, token="99")
+    assert timers.release(shard=0, claims=[ghost], ok=True) == {(1, 7): "stale"}
+    assert timers.entries(shard=0) == []
+
+
+def test_concurrent_claimers_one_wins(client, timers):
+    winners = []
+    for round_ in range(20):
+        timers.schedule(shard=3, changes=[change(round_, round_ + 1, delay=0)])
+        claimers = [
+            DebounceTimers(redis.Redis(connection_pool=client.connection_pool), region=timers.region)
+            for _ in range(8)
+        ]
+        results = on_a_barrier(
+            [lambda c=c: c.claim(shard=3, assignments=[(1, 7)], run_timeout=60) for c in claimers]
+        )
+        won = [claim for claims in results for claim in claims]
+        winners.append(len(won))
+        assert timers.release(shard=3, claims=won, ok=True) == {(1, 7): "done"}
+
+    assert winners == [1] * 20
+
+
+def test_shards_are_isolated(timers):
+    for shard in range(16):
+        timers.schedule(
+            shard=shard, changes=[change(shard, shard + 1, device=100 + shard, delay=shard)], now=0
+        )
+
+    assert [o.device_id for o in timers.pump(shard=5, limit=100, offer_timeout=30, now=100)] == [105]
+    assert timers.claim(shard=6, assignments=[(1, 105)], run_timeout=60, now=100) == []
+    for shard in range(16):
+        lag = timers.lag(shard=shard, now=100)
+        assert (lag.pending, lag.oldest_due) == (1, float(shard))
+        assert [(e.device_id, e.begin) for e in timers.entries(shard=shard)] == [(100 + shard, shard)]
+
+
+def test_the_scripts_read_redis_time(timers):
+    clock = timers.now()
+    assert abs(clock - time.time()) < 60  # Redis on this machine: the same clock, roughly
+    timers.schedule(shard=0, changes=[change(1, 2, delay=0.3)])
+    [entry] = timers.entries(shard=0)
+    assert clock - 0.002 <= entry.due - 0.3 <= timers.now() + 0.002
+    assert timers.pump(shard=0, limit=10, offer_timeout=30) == []
+    while timers.now() < entry.due:
+        time.sleep(0.05)
+    assert len(timers.pump(shard=0, limit=10, offer_timeout=30)) == 1
+
+
+def test_flushall_loses_every_timer_and_the_scripts_survive(client, timers):
+    # Redis losing its state loses the pending ranges: the reconciliation sweep schedules what
+    # the cache has newer than the last calculation (docs/analytics.md, "Debounce").
+    timers.schedule(shard=0, changes=[change(1, 2)], now=10)
+    [claim] = timers.claim(shard=0, assignments=[(1, 7)], run_timeout=60, now=11)
+    timers.schedule(shard=1, changes=[change(1, 2)], now=10)
+
+    client.flushall()
+    client.script_flush()
+
+    assert timers.release(shard=0, claims=[claim], ok=False, now=12) == {(1, 7): "stale"}
+    assert timers.entries(shard=0) == timers.entries(shard=1) == []
+    assert timers.pump(shard=1, limit=10, offer_timeout=30, now=100) == []
+    assert timers.lag(shard=1, now=100).pending == 0
+    assert timers.schedule(shard=1, changes=[change(3, 4, delay=0)], now=100) == 1
+    assert len(timers.pump(shard=1, limit=10, offer_timeout=30, now=100)) == 1
+
+
+def test_bad_arguments_are_refused_before_redis(timers):
+    with pytest.raises(ValueError, match=r"begin 5\.0 is after end 4\.0"):
+        timers.schedule(shard=0, changes=[change(5, 4)])
+    with pytest.raises(ValueError, match="delay must be"):
+        timers.schedule(shard=0, changes=[change(1, 2, delay=-1)])
+    with pytest.raises(ValueError, match="begin must be a finite"):
+        timers.schedule(shard=0, changes=[change(float("nan"), 2)])
+    with pytest.raises(ValueError, match="limit"):
+        timers.pump(shard=0, limit=0, offer_timeout=1)
+    assert timers.entries(shard=0) == []
+
+
+@pytest.mark.slow
+def test_no_change_is_lost_while_schedulers_race_a_worker(client, timers):
+    # Writers schedule ranges on a real clock while a worker pumps, claims and releases (failing one
+    # run in five). Every scheduled range must end up inside a successful run claimed after the
+    # schedule began. `make test` runs 2 s of it, FLESPI_SLOW=1 runs 30 s.
+    seconds = 30.0 if SLOW else 2.0
+    devices = 20
+    stop = threading.Event()
+    # Positions only grow, so a later run's range rarely spans an earlier change by chance.
+    positions = itertools.count()
+    scheduled: list[tuple[float, int, float, float]] = []  # (time before the schedule, device, range)
+    runs: list[tuple[float, int, float, float]] = []  # (time after the claim, device, range)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def writer(seed):
+        rng = random.Random(seed)
+        mine = DebounceTimers(redis.Redis(connection_pool=client.connection_pool), region=timers.region)
+        try:
+            while not stop.is_set():
+                device = rng.randrange(devices)
+                begin = float(next(positions))
+                end = begin + rng.uniform(0, 0.5)
+                at = time.monotonic()
+                mine.schedule(shard=0, changes=[change(begin, end, device=device, delay=0.02)])
+                with lock:
+                    scheduled.append((at, device, begin, end))
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    def worker():
+        rng = random.Random(99)
+        mine = DebounceTimers(redis.Redis(connection_pool=client.connection_pool), region=timers.region)
+        try:
+            while not stop.is_set() or mine.lag(shard=0).timers:
+                offers = mine.pump(shard=0, limit=50, offer_timeout=1)
+                claims = mine.claim(
+                    shard=0, assignments=[(o.calc_id, o.device_id) for o in offers], run_timeout=5
+                )
+                claimed = time.monotonic()
+                failed = [c for c in claims if rng.random() < 0.2]
+                done = [c for c in claims if c not in failed]
+                mine.release(shard=0, claims=failed, ok=False, retry_delay=0.01)
+                mine.release(shard=0, claims=done, ok=True)
+                with lock:
+                    runs.extend((claimed, c.device_id, c.begin, c.end) for c in done)
+                time.sleep(0.005)
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    pool = [threading.Thread(target=writer, args=(seed,)) for seed in range(3)] + [
+        threading.Thread(target=worker)
+    ]
+    for thread in pool:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in pool:
+        thread.join(timeout=30)
+
+    assert errors == []
+    assert len(scheduled) > 100
+    missed = [
+        (device, begin, end)
+        for at, device, begin, end in scheduled
+        if not any(d == device and claimed >= at and b <= begin and end <= e for claimed, d, b, e in runs)
+    ]
+    assert missed == []
+    assert timers.entries(shard=0) == []
+    assert len(runs) < len(scheduled)  # debounced: fewer runs than changes

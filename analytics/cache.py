@@ -118,16 +118,17 @@ def _guard(method: _F) -> _F:
 # ---- columns ---------------------------------------------------------------------------------
 
 
-def _float_or_none(v) -> float | None:
-    """The float of a JSON number the engine can hold in a numeric column (not a bool, not an
-    integer beyond the float range)."""
+def _float_or_none(v, exact: bool) -> float | None:
+    """The float of a JSON number (not a bool) for a numeric column; ``None`` for an integer
+    beyond the float range, or (``exact``) one that a float would round."""
     if type(v) is float:
         return v
     if is_number(v):
         try:
-            return float(v)
+            f = float(v)
         except OverflowError:
             return None
+        return f if not exact or f == v else None
     return None
 
 
@@ -147,14 +148,15 @@ class _Col:
         self.pure = pure
 
     @classmethod
-    def from_raw(cls, raw: Sequence) -> _Col:
-        """From Python values, ``_MISSING`` for an absent key, ``None`` for null; the same kind
-        as ``Column.from_values`` gives."""
+    def from_raw(cls, raw: Sequence, *, exact: bool = True) -> _Col:
+        """From Python values, ``_MISSING`` for an absent key, ``None`` for null; the kind
+        ``Column.from_values`` gives, except that (``exact``) an integer a float would round
+        makes an object column, so that the cache keeps it exact."""
         n = len(raw)
         missing = np.fromiter((v is _MISSING for v in raw), bool, n)
         null = np.fromiter((v is None for v in raw), bool, n)
         present = [v for v in raw if v is not _MISSING and v is not None]
-        if present and all(_float_or_none(v) is not None for v in present):
+        if present and all(_float_or_none(v, exact) is not None for v in present):
             values = np.fromiter(
                 (0.0 if v is _MISSING or v is None else float(v) for v in raw), np.float64, n
             )
@@ -240,7 +242,7 @@ class _Col:
             return Column("bool", self.values, missing, null)
         if self.pure:
             return Column("obj", self.values, missing, null)
-        col = _Col.from_raw(self.raw())
+        col = _Col.from_raw(self.raw(), exact=False)
         if col.kind != "obj":
             return col.to_engine()
         return Column("obj", col.values, missing, null)
@@ -596,7 +598,9 @@ class ShardCache:
         newer = [m for m in batch if m["timestamp"] > boundary]
         if late:
             self._merge_into_chunks(db, device_id, late)
-        if newer:
+        if len(newer) >= TAIL_MAX:  # a big batch goes straight into chunks
+            self._fold_tail(db, device_id, _Block.from_dicts(newer))
+        elif newer:
             old = {
                 t: body
                 for t, body in db.execute(
@@ -623,10 +627,12 @@ class ShardCache:
         ).fetchall()
         return _Block.from_dicts([{**loads_exact(body), "timestamp": t} for t, body in rows])
 
-    def _fold_tail(self, db: sqlite3.Connection, device_id: int) -> None:
-        """Move the tail into chunks: the last chunk is filled up to ``CHUNK_SIZE``, the rest
-        makes new chunks."""
+    def _fold_tail(self, db: sqlite3.Connection, device_id: int, newer: _Block | None = None) -> None:
+        """Move the tail (with ``newer`` merged in) into chunks: the last chunk is filled up to
+        ``CHUNK_SIZE``, the rest makes new chunks."""
         tail = self._tail_block(db, device_id, -math.inf, math.inf)
+        if newer is not None:
+            tail = tail.merge(newer) if len(tail) else newer
         db.execute("DELETE FROM tail WHERE device_id = ?", (device_id,))
         last = db.execute(
             "SELECT first, n, crc, data FROM chunks WHERE device_id = ? ORDER BY first DESC LIMIT 1",

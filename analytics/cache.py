@@ -1,0 +1,882 @@
+"""The local cache of a calc shard (DESIGN 8): one SQLite file (WAL) per shard holding, per device,
+the messages within retention, and per assignment (calc id, device id) the stored intervals.
+
+Calculations read messages only from here. The file is derived data: a missing file opens
+empty, a corrupt or foreign one raises ``CacheCorrupt`` (the caller deletes it and refills it
+from PostgreSQL). Every write is one transaction, so a process killed mid-write leaves the
+previous state; readers in other processes see consistent snapshots while one process writes.
+
+Layout (docs/analytics.md, "Shard cache", has the measurements behind it):
+
+* ``chunks``: a device's messages in chunks of up to a few thousand, each a blob of columns
+  (float64 timestamps, then per parameter a typed array with missing/null masks). Reading a
+  window decodes whole arrays with ``numpy.frombuffer``; no per-message Python.
+* ``tail``: messages newer than the device's last chunk, one JSON row each, so that appending a
+  message costs one small row; the tail is folded into chunks once it holds ``TAIL_MAX`` rows.
+  A late message (not newer than the last chunk) rewrites only the chunk it falls in.
+* ``intervals``: one JSON row per stored interval.
+
+Values are kept as the engine sees them (``Messages.from_dicts``): numbers as float64 with a
+per-row "was an int" flag, booleans, everything else (strings, lists, objects, numbers of a
+parameter whose messages disagree on the type) as JSON. An integer beyond the float range makes
+its parameter's column an object column and stays exact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import orjson
+
+from analytics.engine import Diff, Messages
+from analytics.engine.messages import Column
+from analytics.engine.values import is_number
+from flespi_site.jsontext import loads_exact
+
+FORMAT_VERSION = 1
+APPLICATION_ID = 0x666C6361  # "flca": tells our files from any other SQLite database
+CHUNK_SIZE = 4096  # messages per chunk when folding appended messages
+CHUNK_MAX = 2 * CHUNK_SIZE  # a chunk grown past this by late messages is split in two
+TAIL_MAX = 256  # tail rows per device before they are folded into chunks
+
+_MISSING = object()
+_CHUNK_MAGIC = b"FCC1"
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE devices (device_id INTEGER PRIMARY KEY, filled_to REAL);
+CREATE TABLE chunks (
+    device_id INTEGER NOT NULL, first REAL NOT NULL, last REAL NOT NULL, n INTEGER NOT NULL,
+    crc INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (device_id, first));
+CREATE TABLE tail (
+    device_id INTEGER NOT NULL, ts REAL NOT NULL, body BLOB NOT NULL, PRIMARY KEY (device_id, ts)
+) WITHOUT ROWID;
+CREATE TABLE intervals (
+    calc_id INTEGER NOT NULL, device_id INTEGER NOT NULL, id INTEGER NOT NULL, begin REAL NOT NULL,
+    body BLOB NOT NULL, PRIMARY KEY (calc_id, device_id, id)) WITHOUT ROWID;
+CREATE INDEX intervals_begin ON intervals (calc_id, device_id, begin, id);
+"""
+
+
+class CacheCorrupt(Exception):
+    """The file is not a readable cache of this shard (damaged, foreign, another format version
+    or another shard's): delete it and rebuild it from the primary database."""
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """A cached device: up to which point it was filled from the primary database (the caller's
+    mark, ``None`` when never set), how many messages it holds, and their time range."""
+
+    device_id: int
+    filled_to: float | None
+    messages: int
+    oldest: float | None
+    newest: float | None
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # integers beyond 64 bits, which JSON allows
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _is_sqlite_corruption(exc: sqlite3.DatabaseError) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or type(exc) is sqlite3.DatabaseError
+
+
+def _guard(method: _F) -> _F:
+    """SQLite's corruption errors (and a chunk that fails to decode) become ``CacheCorrupt``."""
+
+    @wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if _is_sqlite_corruption(exc):
+                raise CacheCorrupt(f"{self.path}: {exc}") from exc
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ---- columns ---------------------------------------------------------------------------------
+
+
+def _float_or_none(v, exact: bool) -> float | None:
+    """The float of a JSON number (not a bool) for a numeric column; ``None`` for an integer
+    beyond the float range, or (``exact``) one that a float would round."""
+    if type(v) is float:
+        return v
+    if is_number(v):
+        try:
+            f = float(v)
+        except OverflowError:
+            return None
+        return f if not exact or f == v else None
+    return None
+
+
+class _Col:
+    """A column of a block: full ``missing``/``null`` masks; ``isint`` (numeric columns) marks
+    rows whose value was an int; ``pure`` (object columns) says that no value is a number or a
+    boolean, so that any subset of the rows is still an object column for the engine."""
+
+    __slots__ = ("isint", "kind", "missing", "null", "pure", "values")
+
+    def __init__(self, kind, values, missing, null, isint=None, pure=True):
+        self.kind = kind
+        self.values = values
+        self.missing = missing
+        self.null = null
+        self.isint = isint
+        self.pure = pure
+
+    @classmethod
+    def from_raw(cls, raw: Sequence, *, exact: bool = True) -> _Col:
+        """From Python values, ``_MISSING`` for an absent key, ``None`` for null; the kind
+        ``Column.from_values`` gives, except that (``exact``) an integer a float would round
+        makes an object column, so that the cache keeps it exact."""
+        n = len(raw)
+        missing = np.fromiter((v is _MISSING for v in raw), bool, n)
+        null = np.fromiter((v is None for v in raw), bool, n)
+        present = [v for v in raw if v is not _MISSING and v is not None]
+        if present and all(_float_or_none(v, exact) is not None for v in present):
+            values = np.fromiter(
+                (0.0 if v is _MISSING or v is None else float(v) for v in raw), np.float64, n
+            )
+            isint = np.fromiter((type(v) is int for v in raw), bool, n)
+            return cls("num", values, missing, null, isint)
+        if present and all(v is True or v is False for v in present):
+            return cls("bool", np.fromiter((v is True for v in raw), bool, n), missing, null)
+        values = np.fromiter((None if v is _MISSING else v for v in raw), object, n)
+        pure = not any(is_number(v) or v is True or v is False for v in present)
+        return cls("obj", values, missing, null, pure=pure)
+
+    @classmethod
+    def absent(cls, n: int) -> _Col:
+        return cls("obj", np.full(n, None, object), np.ones(n, bool), np.zeros(n, bool))
+
+    def raw(self) -> list:
+        if self.kind == "num":
+            vals = self.values.tolist()
+            for i in np.flatnonzero(self.isint).tolist():
+                vals[i] = int(vals[i])
+        else:
+            vals = self.values.tolist()
+        for i in np.flatnonzero(self.null).tolist():
+            vals[i] = None
+        for i in np.flatnonzero(self.missing).tolist():
+            vals[i] = _MISSING
+        return vals
+
+    def take(self, idx) -> _Col:
+        return _Col(
+            self.kind,
+            self.values[idx],
+            self.missing[idx],
+            self.null[idx],
+            None if self.isint is None else self.isint[idx],
+            self.pure,
+        )
+
+    def spread(self, pos: np.ndarray, n: int) -> _Col:
+        """The column on ``n`` rows, its values at ``pos`` and absent elsewhere."""
+        dtype = {"num": np.float64, "bool": bool, "obj": object}[self.kind]
+        values = np.zeros(n, dtype) if self.kind != "obj" else np.full(n, None, object)
+        values[pos] = self.values
+        missing = np.ones(n, bool)
+        missing[pos] = self.missing
+        null = np.zeros(n, bool)
+        null[pos] = self.null
+        isint = None
+        if self.isint is not None:
+            isint = np.zeros(n, bool)
+            isint[pos] = self.isint
+        return _Col(self.kind, values, missing, null, isint, self.pure)
+
+    def overlay(self, new: _Col) -> _Col:
+        """This column with every row where ``new`` has the key replaced by ``new``'s value."""
+        put = ~new.missing
+        if new.kind == self.kind and self.kind != "obj":
+            values = self.values.copy()
+            values[put] = new.values[put]
+            isint = None
+            if self.isint is not None and new.isint is not None:
+                isint = self.isint.copy()
+                isint[put] = new.isint[put]
+            return _Col(self.kind, values, self.missing & ~put, np.where(put, new.null, self.null), isint)
+        raw = self.raw()
+        newer = new.raw()
+        for i in np.flatnonzero(put).tolist():
+            raw[i] = newer[i]
+        return _Col.from_raw(raw)
+
+    def to_engine(self) -> Column | None:
+        """The engine column of these rows, as ``Column.from_values`` builds it from the same
+        values; ``None`` when no row has the key."""
+        missing, null = self.missing, self.null
+        if missing.all():
+            return None
+        present = ~(missing | null)
+        if not present.any():
+            return Column("obj", np.full(len(missing), None, object), missing, null)
+        if self.kind == "num":
+            return Column("num", self.values, missing, null, ints=bool(self.isint[present].all()))
+        if self.kind == "bool":
+            return Column("bool", self.values, missing, null)
+        if self.pure:
+            return Column("obj", self.values, missing, null)
+        col = _Col.from_raw(self.raw(), exact=False)
+        if col.kind != "obj":
+            return col.to_engine()
+        return Column("obj", col.values, missing, null)
+
+
+def _concat_cols(cols: list[_Col | None], lengths: list[int]) -> _Col:
+    kinds = {c.kind for c in cols if c is not None}
+    if len(kinds) > 1:
+        raw: list = []
+        for c, n in zip(cols, lengths, strict=True):
+            raw.extend([_MISSING] * n if c is None else c.raw())
+        return _Col.from_raw(raw)
+    kind = kinds.pop()
+    parts = [
+        c if c is not None else _Col(kind, *_filler(kind, n)) for c, n in zip(cols, lengths, strict=True)
+    ]
+    return _Col(
+        kind,
+        np.concatenate([c.values for c in parts]),
+        np.concatenate([c.missing for c in parts]),
+        np.concatenate([c.null for c in parts]),
+        np.concatenate([c.isint for c in parts]) if kind == "num" else None,  # type: ignore[misc]
+        all(c.pure for c in parts),
+    )
+
+
+def _filler(kind: str, n: int):
+    values = np.zeros(n, np.float64 if kind == "num" else bool) if kind != "obj" else np.full(n, None, object)
+    return values, np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool) if kind == "num" else None
+
+
+class _Block:
+    """Messages of one device in time order (unique timestamps), by column."""
+
+    __slots__ = ("cols", "ts")
+
+    def __init__(self, ts: np.ndarray, cols: dict[str, _Col]):
+        self.ts = ts
+        self.cols = cols
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @classmethod
+    def from_dicts(cls, msgs: Sequence[Mapping]) -> _Block:
+        """From messages sorted by unique timestamp."""
+        keys: dict[str, None] = {}
+        for m in msgs:
+            keys.update(dict.fromkeys(m))
+        keys.pop("timestamp", None)
+        ts = np.fromiter((m["timestamp"] for m in msgs), np.float64, len(msgs))
+        return cls(ts, {k: _Col.from_raw([m.get(k, _MISSING) for m in msgs]) for k in keys})
+
+    @classmethod
+    def concat(cls, blocks: list[_Block]) -> _Block:
+        blocks = [b for b in blocks if len(b)]
+        if len(blocks) == 1:
+            return blocks[0]
+        if not blocks:
+            return cls(np.zeros(0), {})
+        names: dict[str, None] = {}
+        for b in blocks:
+            names.update(dict.fromkeys(b.cols))
+        lengths = [len(b) for b in blocks]
+        cols = {k: _concat_cols([b.cols.get(k) for b in blocks], lengths) for k in names}
+        return cls(np.concatenate([b.ts for b in blocks]), cols)
+
+    def take(self, idx) -> _Block:
+        cols = {k: c.take(idx) for k, c in self.cols.items()}
+        return _Block(self.ts[idx], {k: c for k, c in cols.items() if not c.missing.all()})
+
+    def merge(self, new: _Block) -> _Block:
+        """This block with ``new``'s messages merged in: a message at an existing timestamp
+        overwrites the keys it has, the other keys stay (DESIGN 7.1)."""
+        ts = np.union1d(self.ts, new.ts)
+        n = len(ts)
+        pos_old = np.searchsorted(ts, self.ts)
+        pos_new = np.searchsorted(ts, new.ts)
+        cols: dict[str, _Col] = {}
+        for name in {**dict.fromkeys(self.cols), **dict.fromkeys(new.cols)}:
+            old_col, new_col = self.cols.get(name), new.cols.get(name)
+            if new_col is None:
+                cols[name] = old_col.spread(pos_old, n)  # type: ignore[union-attr]
+            elif old_col is None:
+                cols[name] = new_col.spread(pos_new, n)
+            else:
+                cols[name] = old_col.spread(pos_old, n).overlay(new_col.spread(pos_new, n))
+        return _Block(ts, cols)
+
+    def to_messages(self) -> Messages:
+        cols = {}
+        for name, col in self.cols.items():
+            engine_col = col.to_engine()
+            if engine_col is not None:
+                cols[name] = engine_col
+        return Messages(self.ts, cols)
+
+    # ---- the chunk blob: magic, header length, JSON header, then the arrays ----
+
+    def encode(self) -> bytes:
+        n = len(self.ts)
+        header: list = []
+        parts = [self.ts.astype("<f8").tobytes()]
+        for name, col in self.cols.items():
+            entry: dict[str, Any] = {"k": col.kind}
+            for flag, mask in (("m", col.missing), ("z", col.null)):
+                if mask.any():
+                    entry[flag] = True
+                    parts.append(np.packbits(mask).tobytes())
+            if col.kind == "num":
+                parts.append(col.values.astype("<f8").tobytes())
+                present = ~(col.missing | col.null)
+                ints = col.isint[present]
+                entry["i"] = "all" if ints.all() else ("none" if not ints.any() else "mask")
+                if entry["i"] == "mask":
+                    parts.append(np.packbits(col.isint).tobytes())
+            elif col.kind == "bool":
+                parts.append(np.packbits(col.values).tobytes())
+            else:
+                text = _dumps(col.values.tolist())
+                entry["p"] = col.pure
+                entry["b"] = len(text)
+                parts.append(text)
+            header.append([name, entry])
+        head = orjson.dumps({"n": n, "c": header})
+        return b"".join([_CHUNK_MAGIC, struct.pack("<I", len(head)), head, *parts])
+
+    @classmethod
+    def decode(cls, data: bytes) -> _Block:
+        if data[:4] != _CHUNK_MAGIC:
+            raise ValueError("not a chunk")
+        (hlen,) = struct.unpack_from("<I", data, 4)
+        head = orjson.loads(data[8 : 8 + hlen])
+        n = head["n"]
+        at = 8 + hlen
+        buf = memoryview(data)
+        bits = (n + 7) // 8
+
+        def take(size: int) -> memoryview:
+            nonlocal at
+            piece = buf[at : at + size]
+            if len(piece) != size:
+                raise ValueError("chunk is truncated")
+            at += size
+            return piece
+
+        def mask(present: bool) -> np.ndarray:
+            if not present:
+                return np.zeros(n, bool)
+            return np.unpackbits(np.frombuffer(take(bits), np.uint8), count=n).view(bool)
+
+        ts = np.frombuffer(take(8 * n), "<f8")
+        cols: dict[str, _Col] = {}
+        for name, e in head["c"]:
+            missing, null = mask(e.get("m", False)), mask(e.get("z", False))
+            kind = e["k"]
+            if kind == "num":
+                values = np.frombuffer(take(8 * n), "<f8")
+                flag = e["i"]
+                isint = mask(True) if flag == "mask" else np.full(n, flag == "all")
+                cols[name] = _Col("num", values, missing, null, isint)
+            elif kind == "bool":
+                cols[name] = _Col("bool", mask(True), missing, null)
+            else:
+                items = loads_exact(bytes(take(e["b"])))
+                if len(items) != n:
+                    raise ValueError("object column length")
+                cols[name] = _Col("obj", np.fromiter(items, object, n), missing, null, pure=e["p"])
+        if at != len(data):
+            raise ValueError("chunk has trailing bytes")
+        return cls(ts, cols)
+
+
+def _merged_batch(messages: Iterable[Mapping]) -> list[dict]:
+    """Sorted by timestamp, equal timestamps merged (later keys overwrite)."""
+    by_ts: dict[float, dict] = {}
+    for i, m in enumerate(messages):
+        t = m.get("timestamp")
+        if not is_number(t) or not math.isfinite(t):
+            raise ValueError(f"message {i}: timestamp must be a finite number")
+        t = float(t)
+        have = by_ts.get(t)
+        by_ts[t] = {**have, **m, "timestamp": t} if have is not None else {**m, "timestamp": t}
+    return [by_ts[t] for t in sorted(by_ts)]
+
+
+# ---- the cache -------------------------------------------------------------------------------
+
+
+class ShardCache:
+    """The cache file of one shard. Open one per process; several processes may read the same
+    file while one writes. ``shard`` names the shard (for example ``"eu/3"``) and is checked
+    against the file, so a file of another shard is never read by mistake."""
+
+    def __init__(self, path: str | os.PathLike, *, shard: str, timeout: float = 30.0):
+        self.path = Path(path)
+        self.shard = shard
+        self._timeout = timeout
+        self._conn = self._open()
+        self._inode = os.stat(self.path).st_ino
+
+    def _open(self) -> sqlite3.Connection:
+        fresh = not self.path.exists() or self.path.stat().st_size == 0
+        if fresh:
+            # A write-ahead log left by a deleted file must not be replayed into the new one.
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA mmap_size=268435456")
+            if conn.execute("PRAGMA application_id").fetchone()[0] == 0 and self._empty(conn):
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if self._empty(conn):  # another process may have created it meanwhile
+                        for statement in _SCHEMA.split(";"):
+                            if statement.strip():
+                                conn.execute(statement)
+                        conn.executemany(
+                            "INSERT INTO meta VALUES (?, ?)",
+                            [("format", str(FORMAT_VERSION)), ("shard", self.shard)],
+                        )
+                        conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                        conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            self._check(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if _is_sqlite_corruption(exc):
+                raise CacheCorrupt(f"{self.path}: {exc}") from exc
+            raise
+        except CacheCorrupt:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _empty(conn: sqlite3.Connection) -> bool:
+        return conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+
+    def _check(self, conn: sqlite3.Connection) -> None:
+        app = conn.execute("PRAGMA application_id").fetchone()[0]
+        if app != APPLICATION_ID:
+            raise CacheCorrupt(f"{self.path}: not a shard cache (application_id {app:#x})")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != FORMAT_VERSION:
+            raise CacheCorrupt(f"{self.path}: format version {version}, this code reads {FORMAT_VERSION}")
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("shard") != self.shard or meta.get("format") != str(FORMAT_VERSION):
+            raise CacheCorrupt(f"{self.path}: holds shard {meta.get('shard')!r}, not {self.shard!r}")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ShardCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def replaced(self) -> bool:
+        """Whether the path no longer names the open file (deleted or replaced): the caller
+        then reopens, and refills what the new file lacks."""
+        try:
+            return os.stat(self.path).st_ino != self._inode
+        except FileNotFoundError:
+            return True
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One snapshot for the several statements of a read."""
+        self._conn.execute("BEGIN")
+        try:
+            yield self._conn
+        finally:
+            self._conn.execute("COMMIT")
+
+    # ---- devices ----
+
+    @_guard
+    def device_state(self, *, device_id: int) -> DeviceState | None:
+        """The device's state, or ``None`` when it is not cached."""
+        with self._read() as db:
+            row = db.execute("SELECT filled_to FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+            if row is None:
+                return None
+            c = db.execute(
+                "SELECT coalesce(sum(n), 0), min(first), max(last) FROM chunks WHERE device_id = ?",
+                (device_id,),
+            ).fetchone()
+            t = db.execute(
+                "SELECT count(*), min(ts), max(ts) FROM tail WHERE device_id = ?", (device_id,)
+            ).fetchone()
+        lows = [v for v in (c[1], t[1]) if v is not None]
+        highs = [v for v in (c[2], t[2]) if v is not None]
+        return DeviceState(
+            device_id, row[0], c[0] + t[0], min(lows) if lows else None, max(highs) if highs else None
+        )
+
+    @_guard
+    def devices(self) -> list[int]:
+        """The ids of every cached device."""
+        return [r[0] for r in self._conn.execute("SELECT device_id FROM devices ORDER BY device_id")]
+
+    @_guard
+    def device_drop(self, *, device_id: int) -> None:
+        """Forget the device's messages and that it was cached (its assignments' intervals stay:
+        ``assignment_drop`` removes those)."""
+        with self._write() as db:
+            for table in ("devices", "chunks", "tail"):
+                db.execute(f"DELETE FROM {table} WHERE device_id = ?", (device_id,))
+
+    # ---- messages ----
+
+    @_guard
+    def messages_put(
+        self, *, device_id: int, messages: Iterable[Mapping], filled_to: float | None = None
+    ) -> None:
+        """Store messages (dicts as stored: ``timestamp`` float seconds plus dotted keys). A
+        message at a cached timestamp is merged into it; resending changes nothing. ``filled_to``,
+        when given, records in the same transaction up to where the device is now filled from
+        the primary database. The device counts as cached from then on."""
+        batch = _merged_batch(messages)
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO devices (device_id, filled_to) VALUES (?, ?) ON CONFLICT (device_id) DO UPDATE "
+                "SET filled_to = coalesce(excluded.filled_to, devices.filled_to)",
+                (device_id, filled_to),
+            )
+            if batch:
+                self._put(db, device_id, batch)
+
+    def _put(self, db: sqlite3.Connection, device_id: int, batch: list[dict]) -> None:
+        row = db.execute("SELECT max(last) FROM chunks WHERE device_id = ?", (device_id,)).fetchone()
+        boundary = row[0] if row[0] is not None else -math.inf
+        late = [m for m in batch if m["timestamp"] <= boundary]
+        newer = [m for m in batch if m["timestamp"] > boundary]
+        if late:
+            self._merge_into_chunks(db, device_id, late)
+        if len(newer) >= TAIL_MAX:  # a big batch goes straight into chunks
+            self._fold_tail(db, device_id, _Block.from_dicts(newer))
+        elif newer:
+            old = {
+                t: body
+                for t, body in db.execute(
+                    "SELECT ts, body FROM tail WHERE device_id = ? AND ts >= ?",
+                    (device_id, newer[0]["timestamp"]),
+                )
+            }
+            rows = []
+            for m in newer:
+                t = m["timestamp"]
+                body = {k: v for k, v in m.items() if k != "timestamp"}
+                text = _dumps({**loads_exact(old[t]), **body} if t in old else body)
+                if text != old.get(t):  # a resent message changes nothing
+                    rows.append((device_id, t, text))
+            db.executemany("INSERT OR REPLACE INTO tail (device_id, ts, body) VALUES (?, ?, ?)", rows)
+            count = db.execute("SELECT count(*) FROM tail WHERE device_id = ?", (device_id,)).fetchone()[0]
+            if count >= TAIL_MAX:
+                self._fold_tail(db, device_id)
+
+    def _tail_block(self, db: sqlite3.Connection, device_id: int, begin: float, end: float) -> _Block:
+        rows = db.execute(
+            "SELECT ts, body FROM tail WHERE device_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
+            (device_id, begin, end),
+        ).fetchall()
+        return _Block.from_dicts([{**loads_exact(body), "timestamp": t} for t, body in rows])
+
+    def _fold_tail(self, db: sqlite3.Connection, device_id: int, newer: _Block | None = None) -> None:
+        """Move the tail (with ``newer`` merged in) into chunks: the last chunk is filled up to
+        ``CHUNK_SIZE``, the rest makes new chunks."""
+        tail = self._tail_block(db, device_id, -math.inf, math.inf)
+        if newer is not None:
+            tail = tail.merge(newer) if len(tail) else newer
+        db.execute("DELETE FROM tail WHERE device_id = ?", (device_id,))
+        last = db.execute(
+            "SELECT first, n, crc, data FROM chunks WHERE device_id = ? ORDER BY first DESC LIMIT 1",
+            (device_id,),
+        ).fetchone()
+        start = 0
+        if last is not None and last[1] < CHUNK_SIZE:
+            room = CHUNK_SIZE - last[1]
+            block = self._decode(last[2], last[3]).merge(tail.take(slice(0, room)))
+            self._store_chunk(db, device_id, block, replaces=last[0])
+            start = room
+        for i in range(start, len(tail), CHUNK_SIZE):
+            self._store_chunk(db, device_id, tail.take(slice(i, i + CHUNK_SIZE)))
+
+    def _store_chunk(self, db: sqlite3.Connection, device_id: int, block: _Block, replaces=None) -> None:
+        if replaces is not None:
+            db.execute("DELETE FROM chunks WHERE device_id = ? AND first = ?", (device_id, replaces))
+        if not len(block):
+            return
+        data = block.encode()
+        db.execute(
+            "INSERT INTO chunks (device_id, first, last, n, crc, data) VALUES (?, ?, ?, ?, ?, ?)",
+            (device_id, float(block.ts[0]), float(block.ts[-1]), len(block), zlib.crc32(data), data),
+        )
+
+    def _decode(self, crc: int, data: bytes) -> _Block:
+        if zlib.crc32(data) != crc:
+            raise CacheCorrupt(f"{self.path}: a chunk fails its checksum")
+        try:
+            return _Block.decode(data)
+        except (ValueError, KeyError, TypeError, struct.error, orjson.JSONDecodeError) as exc:
+            raise CacheCorrupt(f"{self.path}: a chunk does not decode ({exc})") from exc
+
+    def _merge_into_chunks(self, db: sqlite3.Connection, device_id: int, late: list[dict]) -> None:
+        """Merge messages that are not newer than the last chunk into the chunks they fall in
+        (one before the first chunk joins the first)."""
+        chunks = db.execute(
+            "SELECT first FROM chunks WHERE device_id = ? ORDER BY first", (device_id,)
+        ).fetchall()
+        firsts = np.array([r[0] for r in chunks])
+        where = np.maximum(np.searchsorted(firsts, [m["timestamp"] for m in late], "right") - 1, 0)
+        for k in np.unique(where).tolist():
+            group = [m for m, w in zip(late, where.tolist(), strict=True) if w == k]
+            first, crc, data = db.execute(
+                "SELECT first, crc, data FROM chunks WHERE device_id = ? AND first = ?",
+                (device_id, float(firsts[k])),
+            ).fetchone()
+            block = self._decode(crc, data).merge(_Block.from_dicts(group))
+            if len(block) <= CHUNK_MAX:
+                self._store_chunk(db, device_id, block, replaces=first)
+            else:
+                half = len(block) // 2
+                self._store_chunk(db, device_id, block.take(slice(0, half)), replaces=first)
+                self._store_chunk(db, device_id, block.take(slice(half, None)))
+
+    def _remove(self, db: sqlite3.Connection, device_id: int, lo: float, hi: float) -> int:
+        """Delete messages with ``lo <= ts <= hi``; a chunk wholly inside goes without decoding."""
+        removed = db.execute(
+            "DELETE FROM tail WHERE device_id = ? AND ts >= ? AND ts <= ?", (device_id, lo, hi)
+        ).rowcount
+        for first, last, n, crc, data in db.execute(
+            "SELECT first, last, n, crc, data FROM chunks WHERE device_id = ? AND first <= ? AND last >= ?",
+            (device_id, hi, lo),
+        ).fetchall():
+            if first >= lo and last <= hi:
+                db.execute("DELETE FROM chunks WHERE device_id = ? AND first = ?", (device_id, first))
+                removed += n
+                continue
+            block = self._decode(crc, data)
+            inside = (block.ts >= lo) & (block.ts <= hi)
+            if inside.any():
+                removed += int(inside.sum())
+                self._store_chunk(db, device_id, block.take(~inside), replaces=first)
+        return removed
+
+    @_guard
+    def messages_delete(self, *, device_id: int, begin: float | None = None, end: float | None = None) -> int:
+        """Delete the device's messages with ``begin <= timestamp <= end`` (``None``: unbounded);
+        returns how many were deleted."""
+        lo = -math.inf if begin is None else float(begin)
+        hi = math.inf if end is None else float(end)
+        with self._write() as db:
+            return self._remove(db, device_id, lo, hi)
+
+    @_guard
+    def messages_expire(self, *, before: float, device_id: int | None = None) -> int:
+        """Delete messages older than ``before`` (of one device, or of every cached device);
+        returns how many were deleted."""
+        with self._write() as db:
+            ids = (
+                [device_id]
+                if device_id is not None
+                else [r[0] for r in db.execute("SELECT device_id FROM devices")]
+            )
+            return sum(self._remove(db, d, -math.inf, math.nextafter(before, -math.inf)) for d in ids)
+
+    @_guard
+    def messages_read(self, *, device_id: int, begin: float = -math.inf, end: float = math.inf) -> Messages:
+        """The device's messages with ``begin <= timestamp < end`` as engine ``Messages``, equal
+        to ``Messages.from_dicts`` of the same messages (``end=math.nextafter(t, math.inf)``
+        includes ``t``)."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT crc, data FROM chunks WHERE device_id = ? AND first < ? AND first >= coalesce("
+                "(SELECT first FROM chunks WHERE device_id = ? AND first <= ? ORDER BY first DESC LIMIT 1), ?)"
+                " ORDER BY first",
+                (device_id, end, device_id, begin, begin),
+            ).fetchall()
+            tail = self._tail_block(db, device_id, begin, end)
+        blocks = [self._decode(crc, data) for crc, data in rows]
+        if blocks:
+            ts = blocks[0].ts
+            i = int(np.searchsorted(ts, begin, "left"))
+            if i:
+                blocks[0] = blocks[0].take(slice(i, None))
+            ts = blocks[-1].ts
+            j = int(np.searchsorted(ts, end, "left"))
+            if j < len(ts):
+                blocks[-1] = blocks[-1].take(slice(0, j))
+        block = _Block.concat([*blocks, tail])
+        if not block.ts.flags.writeable:
+            block = block.take(np.arange(len(block)))  # own the arrays rather than view the blob
+        return block.to_messages()
+
+    @_guard
+    def newest(self, *, device_id: int) -> float | None:
+        """The device's newest message timestamp, ``None`` when it has none."""
+        row = self._conn.execute(
+            "SELECT max(t) FROM (SELECT max(ts) AS t FROM tail WHERE device_id = ?"
+            " UNION ALL SELECT max(last) FROM chunks WHERE device_id = ?)",
+            (device_id, device_id),
+        ).fetchone()
+        return row[0]
+
+    @_guard
+    def oldest(self, *, device_id: int) -> float | None:
+        """The device's oldest message timestamp (what ``recalculate`` calls ``messages_begin``
+        once older messages expired)."""
+        row = self._conn.execute(
+            "SELECT min(t) FROM (SELECT min(ts) AS t FROM tail WHERE device_id = ?"
+            " UNION ALL SELECT min(first) FROM chunks WHERE device_id = ?)",
+            (device_id, device_id),
+        ).fetchone()
+        return row[0]
+
+    # ---- intervals ----
+
+    @_guard
+    def intervals_apply(self, *, calc_id: int, device_id: int, diff: Diff) -> None:
+        """Apply a recalculation's diff to the stored intervals of the assignment: fields the
+        engine does not write (user fields, ``timestamp``) stay with an updated interval."""
+        key = (calc_id, device_id)
+        with self._write() as db:
+            db.executemany(
+                "DELETE FROM intervals WHERE calc_id = ? AND device_id = ? AND id = ?",
+                [(*key, d["id"]) for d in diff.deleted],
+            )
+            rows = []
+            engine_keys = set(diff.engine_keys)
+            for d in diff.updated:
+                old = db.execute(
+                    "SELECT body FROM intervals WHERE calc_id = ? AND device_id = ? AND id = ?",
+                    (*key, d["id"]),
+                ).fetchone()
+                user = {k: v for k, v in loads_exact(old[0]).items() if k not in engine_keys} if old else {}
+                rows.append({**user, **d})
+            rows.extend(diff.created)
+            self._put_intervals(db, key, rows)
+
+    @staticmethod
+    def _put_intervals(db: sqlite3.Connection, key: tuple[int, int], intervals: Iterable[Mapping]) -> None:
+        db.executemany(
+            "INSERT OR REPLACE INTO intervals (calc_id, device_id, id, begin, body) VALUES (?, ?, ?, ?, ?)",
+            [(*key, iv["id"], float(iv["begin"]), _dumps(dict(iv))) for iv in intervals],
+        )
+
+    @_guard
+    def intervals_replace(self, *, calc_id: int, device_id: int, intervals: Iterable[Mapping]) -> None:
+        """Make the assignment's stored intervals exactly ``intervals`` (a rebuild from the
+        primary database, or a first calculation)."""
+        key = (calc_id, device_id)
+        with self._write() as db:
+            db.execute("DELETE FROM intervals WHERE calc_id = ? AND device_id = ?", key)
+            self._put_intervals(db, key, intervals)
+
+    @_guard
+    def intervals_read(
+        self, *, calc_id: int, device_id: int, begin: float = -math.inf, end: float = math.inf
+    ) -> list[dict]:
+        """Stored intervals with ``begin <= interval begin < end``, sorted by begin."""
+        return [
+            loads_exact(body)
+            for (body,) in self._conn.execute(
+                "SELECT body FROM intervals WHERE calc_id = ? AND device_id = ? AND begin >= ? AND begin < ?"
+                " ORDER BY begin, id",
+                (calc_id, device_id, begin, end),
+            )
+        ]
+
+    @_guard
+    def interval_before(self, *, calc_id: int, device_id: int, t: float) -> dict | None:
+        """The stored interval with the largest begin before ``t``, or ``None``."""
+        row = self._conn.execute(
+            "SELECT body FROM intervals WHERE calc_id = ? AND device_id = ? AND begin < ?"
+            " ORDER BY begin DESC, id DESC LIMIT 1",
+            (calc_id, device_id, t),
+        ).fetchone()
+        return loads_exact(row[0]) if row else None
+
+    @_guard
+    def assignment_drop(self, *, calc_id: int, device_id: int) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM intervals WHERE calc_id = ? AND device_id = ?", (calc_id, device_id))
+
+    def reader(self, *, calc_id: int, device_id: int) -> AssignmentReader:
+        """The read callables ``analytics.engine.recalculate`` takes, for one assignment."""
+        return AssignmentReader(self, calc_id, device_id)
+
+
+class AssignmentReader:
+    """``read_messages``, ``read_intervals`` and ``interval_before`` exactly as
+    ``analytics.engine.recalculate`` calls them, over one assignment of a ``ShardCache``; also
+    ``newest`` and ``oldest`` for its ``newest`` and ``messages_begin`` arguments."""
+
+    __slots__ = ("cache", "calc_id", "device_id")
+
+    def __init__(self, cache: ShardCache, calc_id: int, device_id: int):
+        self.cache = cache
+        self.calc_id = calc_id
+        self.device_id = device_id
+
+    def read_messages(self, begin: float, end: float) -> Messages:
+        return self.cache.messages_read(device_id=self.device_id, begin=begin, end=end)
+
+    def read_intervals(self, begin: float, end: float) -> list[dict]:
+        return self.cache.intervals_read(calc_id=self.calc_id, device_id=self.device_id, begin=begin, end=end)
+
+    def interval_before(self, t: float) -> dict | None:
+        return self.cache.interval_before(calc_id=self.calc_id, device_id=self.device_id, t=t)
+
+    @property
+    def newest(self) -> float | None:
+        return self.cache.newest(device_id=self.device_id)
+
+    @property
+    def oldest(self) -> float | None:
+        return self.cache.oldest(device_id=self.device_id)

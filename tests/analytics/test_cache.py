@@ -1,0 +1,410 @@
+"""The shard cache file (analytics/cache.py): merge semantics, deletes, expiry, windows equal to
+``Messages.from_dicts``, intervals, ``recalculate`` through the cache equal to ``MemoryStore``,
+corrupt and foreign files, and a writer killed mid-write. No database needed."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from analytics import cache as cache_module
+from analytics.cache import CacheCorrupt, ShardCache
+from analytics.engine import MemoryStore, Messages, calculate, compile_calculator, recalculate
+from tests.engine.test_recalculate import EXAMPLES, _apply_batch, _batches, _current, calculators
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 8 messages and a tail of 4, so that a few dozen messages cross every path."""
+    monkeypatch.setattr(cache_module, "CHUNK_SIZE", 8)
+    monkeypatch.setattr(cache_module, "CHUNK_MAX", 16)
+    monkeypatch.setattr(cache_module, "TAIL_MAX", 4)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    c = ShardCache(tmp_path / "eu-1.cache", shard="eu/1")
+    yield c
+    c.close()
+
+
+def typed(values):
+    return [(type(v).__name__, repr(v)) for v in values]
+
+
+def assert_same(got: Messages, want: Messages):
+    assert got.timestamps.tolist() == want.timestamps.tolist()
+    assert sorted(got.names) == sorted(want.names)
+    for name in want.names:
+        a, b = got.column(name), want.column(name)
+        assert (a.kind, a.ints) == (b.kind, b.ints), name
+        assert typed(a.to_objects()) == typed(b.to_objects()), name
+
+
+def everything(c: ShardCache, device_id: int = 1) -> list[dict]:
+    return c.messages_read(device_id=device_id).to_dicts()
+
+
+# ---- messages ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [3, 40])  # tail only; chunks and tail
+def test_equal_timestamps_merge_and_resending_changes_nothing(cache, small_chunks, count):
+    first = [{"timestamp": float(t), "a": t, "b": "x"} for t in range(count)]
+    cache.messages_put(device_id=1, messages=first)
+    cache.messages_put(
+        device_id=1, messages=[{"timestamp": 1.0, "b": None, "c": [1]}, {"timestamp": 1.5, "a": 2}]
+    )
+    want = {m["timestamp"]: dict(m) for m in first}
+    want[1.0] = {"timestamp": 1.0, "a": 1, "b": None, "c": [1]}
+    want[1.5] = {"timestamp": 1.5, "a": 2}
+    assert everything(cache) == [want[t] for t in sorted(want)]
+    # Within one batch, later keys overwrite earlier ones at the same timestamp.
+    cache.messages_put(
+        device_id=1, messages=[{"timestamp": 2.0, "a": 5}, {"timestamp": 2.0, "a": 6, "d": True}]
+    )
+    want[2.0] = {**want[2.0], "a": 6, "d": True}
+    before = everything(cache)
+    assert before == [want[t] for t in sorted(want)]
+    state = cache.device_state(device_id=1)
+    cache.messages_put(device_id=1, messages=[{"timestamp": 2.0, "a": 6}, *first[3:]])
+    assert everything(cache) == before
+    assert cache.device_state(device_id=1) == state
+    # A value of another type at the same key is a change (1 == True in Python, not here).
+    cache.messages_put(device_id=1, messages=[{"timestamp": 0.0, "a": False}])
+    assert typed([everything(cache)[0]["a"]]) == typed([False])
+
+
+def test_device_state_fill_mark_and_drop(cache, small_chunks):
+    assert cache.device_state(device_id=7) is None
+    cache.messages_put(device_id=7, messages=[], filled_to=100.0)
+    assert cache.device_state(device_id=7) == cache_module.DeviceState(7, 100.0, 0, None, None)
+    cache.messages_put(device_id=7, messages=[{"timestamp": float(t), "v": t} for t in range(30)])
+    assert cache.device_state(device_id=7) == cache_module.DeviceState(7, 100.0, 30, 0.0, 29.0)
+    cache.messages_put(device_id=7, messages=[{"timestamp": 30.0}], filled_to=200.0)
+    assert cache.device_state(device_id=7).filled_to == 200.0
+    assert (cache.oldest(device_id=7), cache.newest(device_id=7)) == (0.0, 30.0)
+    cache.messages_put(device_id=8, messages=[{"timestamp": 1.0}])
+    assert cache.devices() == [7, 8]
+    cache.device_drop(device_id=7)
+    assert cache.device_state(device_id=7) is None
+    assert everything(cache, 7) == [] and cache.newest(device_id=7) is None
+    assert len(everything(cache, 8)) == 1
+
+
+def test_delete_range_is_inclusive_and_expiry_is_by_time(cache, small_chunks):
+    cache.messages_put(device_id=1, messages=[{"timestamp": float(t), "v": t} for t in range(50)])
+    cache.messages_put(device_id=2, messages=[{"timestamp": float(t), "v": t} for t in range(50)])
+    assert cache.messages_delete(device_id=1, begin=10.0, end=30.0) == 21  # whole and part chunks
+    assert cache.messages_delete(device_id=1, begin=48.0) == 2  # the tail
+    assert [m["v"] for m in everything(cache)] == [*range(10), *range(31, 48)]
+    assert cache.messages_delete(device_id=1, begin=100.0, end=200.0) == 0
+    assert cache.messages_expire(before=5.0, device_id=1) == 5
+    assert [m["v"] for m in everything(cache)][:2] == [5, 6]
+    assert cache.messages_expire(before=40.0) == (5 + 9) + 40  # every device: 5..9 and 31..39 of 1
+    assert [m["v"] for m in everything(cache, 2)] == list(range(40, 50))
+    assert cache.messages_delete(device_id=2) == 10
+    assert cache.device_state(device_id=2).messages == 0
+
+
+def test_big_integers(cache):
+    big = 2**70 + 1  # the engine reads it as a float; the cache keeps it exact
+    huge = 10**400  # no float holds it: an object column for the engine too
+    msgs = [{"timestamp": 1.0, "a": big, "b": huge}, {"timestamp": 2.0, "a": 3, "b": 1}]
+    cache.messages_put(device_id=1, messages=msgs)
+    got = cache.messages_read(device_id=1)
+    assert_same(
+        Messages(got.timestamps, {"a": got.column("a")}),
+        Messages.from_dicts([{k: m[k] for k in ("timestamp", "a")} for m in msgs]),
+    )
+    assert got.column("b").kind == "obj" and got.column("b").to_objects() == [huge, 1]
+    # Folded into a chunk, the same.
+    cache.messages_put(
+        device_id=1, messages=[{"timestamp": float(t)} for t in range(3, 3 + cache_module.TAIL_MAX)]
+    )
+    assert cache.messages_read(device_id=1, end=3.0).column("b").to_objects() == [huge, 1]
+
+
+_values = st.sampled_from(
+    [0, 1, -3, 7, 2.5, -0.0, 1e300, 2**63, 2**70 + 1, True, False, None, "x", "", [1, 2], [], {"a": 1}, ...]
+)
+_key = st.sampled_from(["a", "b", "c", "position.speed"])
+_ts = st.integers(0, 60).map(float) | st.integers(0, 600).map(lambda i: i / 10)
+_msg = st.builds(
+    lambda t, kv: {"timestamp": t, **{k: v for k, v in kv.items() if v is not ...}},
+    _ts,
+    st.dictionaries(_key, _values, max_size=4),
+)
+_op = st.one_of(
+    st.tuples(st.just("put"), st.lists(_msg, min_size=1, max_size=30)),
+    st.tuples(st.just("delete"), _ts, _ts),
+    st.tuples(st.just("expire"), _ts),
+)
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    ops=st.lists(_op, min_size=1, max_size=10), windows=st.lists(st.tuples(_ts, _ts), min_size=1, max_size=4)
+)
+def test_windows_equal_from_dicts_after_any_puts_deletes_and_expiry(
+    tmp_path_factory, small_chunks, ops, windows
+):
+    model: dict[float, dict] = {}
+    with ShardCache(tmp_path_factory.mktemp("c") / "s.cache", shard="eu/1") as c:
+        for op in ops:
+            if op[0] == "put":
+                for m in op[1]:
+                    model[m["timestamp"]] = {**model.get(m["timestamp"], {}), **m}
+                c.messages_put(device_id=1, messages=op[1])
+            elif op[0] == "delete":
+                lo, hi = sorted(op[1:])
+                for t in [t for t in model if lo <= t <= hi]:
+                    del model[t]
+                c.messages_delete(device_id=1, begin=lo, end=hi)
+            else:
+                for t in [t for t in model if t < op[1]]:
+                    del model[t]
+                c.messages_expire(before=op[1])
+            current = [model[t] for t in sorted(model)]
+            assert_same(c.messages_read(device_id=1), Messages.from_dicts(current))
+        for a, b in windows:
+            a, b = sorted((a, b))
+            assert_same(
+                c.messages_read(device_id=1, begin=a, end=b),
+                Messages.from_dicts([m for m in current if a <= m["timestamp"] < b]),
+            )
+        state = c.device_state(device_id=1)
+        assert (state.messages if state else 0) == len(model)
+
+
+# ---- intervals and recalculation ---------------------------------------------------------
+
+
+def test_interval_diffs_applied_then_read(cache):
+    calc = {
+        "name": "t",
+        "selectors": [{"type": "expression", "expression": "v > 0"}],
+        "counters": [{"name": "n", "type": "expression", "expression": "v", "method": "summary"}],
+    }
+    msgs = [{"timestamp": float(t), "v": v} for t, v in enumerate([1, 1, 0, 1, 0, 2, 2])]
+    memory = MemoryStore(msgs, [])
+    cache.messages_put(device_id=1, messages=msgs)
+    reader = cache.reader(calc_id=5, device_id=1)
+    diff = memory.recalculate(calc, dirty_begin=-math.inf, dirty_end=math.inf)
+    assert len(diff.created) == 3
+    memory.apply(diff)
+    cache.intervals_apply(calc_id=5, device_id=1, diff=diff)
+    assert reader.read_intervals(-math.inf, math.inf) == memory.intervals
+    # A user field survives an update; another assignment is untouched.
+    cache.intervals_replace(calc_id=6, device_id=1, intervals=memory.intervals)
+    memory.intervals[0]["note"] = "checked"
+    cache.intervals_replace(calc_id=5, device_id=1, intervals=memory.intervals)
+    msgs[2]["v"] = 3  # joins the first two intervals
+    memory.set_messages(msgs)
+    cache.messages_put(device_id=1, messages=[msgs[2]])
+    diff = memory.recalculate(calc, dirty_begin=2.0, dirty_end=2.0)
+    assert diff.updated and diff.deleted
+    memory.apply(diff)
+    cache.intervals_apply(calc_id=5, device_id=1, diff=diff)
+    assert reader.read_intervals(-math.inf, math.inf) == memory.intervals
+    assert memory.intervals[0]["note"] == "checked"
+    assert reader.read_intervals(0.0, 5.0) == memory.read_intervals(0.0, 5.0)
+    assert reader.read_intervals(0.5, 5.0) == memory.read_intervals(0.5, 5.0) == []
+    for t in (-1.0, 0.0, 0.5, 5.0, 9.0):
+        assert reader.interval_before(t) == memory.interval_before(t)
+    assert len(cache.intervals_read(calc_id=6, device_id=1)) == 3
+    cache.assignment_drop(calc_id=5, device_id=1)
+    assert reader.read_intervals(-math.inf, math.inf) == [] and reader.interval_before(math.inf) is None
+    assert len(cache.intervals_read(calc_id=6, device_id=1)) == 3
+
+
+@settings(
+    max_examples=EXAMPLES // 2,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(calc_config=calculators(), batches=_batches)
+def test_recalculate_through_the_cache_equals_memory_store(
+    tmp_path_factory, small_chunks, calc_config, batches
+):
+    calc = compile_calculator(calc_config)
+    state: dict = {}
+    memory = MemoryStore([], [])
+    with ShardCache(tmp_path_factory.mktemp("c") / "s.cache", shard="eu/1") as c:
+        reader = c.reader(calc_id=1, device_id=9)
+        for batch in batches:
+            for op in batch:
+                if isinstance(op, tuple):
+                    t = _apply_batch({}, [op])[0]
+                    c.messages_delete(device_id=9, begin=t, end=t)
+                else:
+                    c.messages_put(device_id=9, messages=[op])
+            lo, hi = _apply_batch(state, batch)
+            memory.set_messages(_current(state))
+            want = memory.recalculate(calc, dirty_begin=lo, dirty_end=hi)
+            got = recalculate(
+                calculator=calc,
+                read_messages=reader.read_messages,
+                read_intervals=reader.read_intervals,
+                interval_before=reader.interval_before,
+                dirty_begin=lo,
+                dirty_end=hi,
+                now=None,
+                frozen_before=-math.inf,
+                newest=reader.newest,
+            )
+            assert (got.created, got.updated, got.deleted) == (want.created, want.updated, want.deleted)
+            assert (got.active_id, got.reached_end) == (want.active_id, want.reached_end)
+            memory.apply(want)
+            c.intervals_apply(calc_id=1, device_id=9, diff=got)
+            assert reader.read_intervals(-math.inf, math.inf) == memory.intervals
+        assert reader.read_intervals(-math.inf, math.inf) == list(calculate(_current(state), calc))
+
+
+# ---- integrity ---------------------------------------------------------------------------
+
+
+def _filled(path: Path, n: int = 20_000) -> None:
+    with ShardCache(path, shard="eu/1") as c:
+        c.messages_put(
+            device_id=1, messages=[{"timestamp": float(t), "v": t, "s": "x" * (t % 5)} for t in range(n)]
+        )
+        c.intervals_replace(calc_id=1, device_id=1, intervals=[{"id": 0, "begin": 0.0, "end": 1.0}])
+
+
+def test_a_deleted_file_is_empty_and_the_open_cache_knows(tmp_path):
+    path = tmp_path / "s.cache"
+    _filled(path)
+    c = ShardCache(path, shard="eu/1")
+    assert not c.replaced()
+    path.unlink()
+    assert c.replaced()
+    c.close()
+    with ShardCache(path, shard="eu/1") as fresh:
+        assert fresh.device_state(device_id=1) is None
+        assert fresh.devices() == [] and fresh.intervals_read(calc_id=1, device_id=1) == []
+
+
+def test_foreign_files_raise_cache_corrupt(tmp_path):
+    garbage = tmp_path / "garbage.cache"
+    garbage.write_bytes(os.urandom(10_000))
+    with pytest.raises(CacheCorrupt, match=r"garbage\.cache"):
+        ShardCache(garbage, shard="eu/1")
+    other = tmp_path / "other.sqlite"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE t (x)")
+    db.commit()
+    db.close()
+    with pytest.raises(CacheCorrupt, match="not a shard cache"):
+        ShardCache(other, shard="eu/1")
+    ours = tmp_path / "s.cache"
+    _filled(ours, 10)
+    with pytest.raises(CacheCorrupt, match="holds shard 'eu/1', not 'eu/2'"):
+        ShardCache(ours, shard="eu/2")
+    db = sqlite3.connect(ours)
+    db.execute(f"PRAGMA user_version={cache_module.FORMAT_VERSION + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(CacheCorrupt, match="format version"):
+        ShardCache(ours, shard="eu/1")
+
+
+@pytest.mark.parametrize("where", [0.3, 0.5, 0.8])
+def test_damaged_pages_raise_cache_corrupt(tmp_path, where):
+    path = tmp_path / "s.cache"
+    _filled(path)
+    data = bytearray(path.read_bytes())
+    at = int(len(data) * where)
+    data[at : at + 8192] = os.urandom(8192)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacheCorrupt), ShardCache(path, shard="eu/1") as c:
+        c.messages_read(device_id=1)
+
+
+def test_a_damaged_chunk_fails_its_checksum(tmp_path):
+    path = tmp_path / "s.cache"
+    _filled(path)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"FCC1") + 200  # inside the first chunk's columns: SQLite cannot tell
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with ShardCache(path, shard="eu/1") as c:
+        assert c.device_state(device_id=1).messages == 20_000
+        with pytest.raises(CacheCorrupt, match="checksum"):
+            c.messages_read(device_id=1)
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from analytics.cache import ShardCache
+    c = ShardCache(sys.argv[1], shard="eu/1")
+    n = int(sys.argv[2])
+    k = 0
+    while True:
+        k += 1
+        # Each round rewrites every message (chunks and tail) and the fill mark: all or nothing.
+        c.messages_put(device_id=1, messages=[{"timestamp": float(t), "v": k} for t in range(n)], filled_to=k)
+        c.intervals_replace(calc_id=1, device_id=1, intervals=[{"id": i, "begin": float(i), "round": k} for i in range(50)])
+        print(k, flush=True)
+    """
+)
+
+
+def test_a_writer_killed_mid_write_leaves_a_previous_state(tmp_path):
+    path = tmp_path / "s.cache"
+    n = 30_000
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    rng = np.random.default_rng(3)
+    for attempt in range(4):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), str(n)], stdout=subprocess.PIPE, env=env, text=True
+        )
+        try:
+            first = proc.stdout.readline()  # at least one round committed
+            assert first.strip(), "the writer died before its first round"
+            # Meanwhile another process reads consistent snapshots.
+            with ShardCache(path, shard="eu/1") as reader:
+                for _ in range(3):
+                    seen = {m["v"] for m in reader.messages_read(device_id=1).to_dicts()}
+                    assert len(seen) == 1
+            time.sleep(float(rng.uniform(0.0, 0.4)))
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+        rounds = [int(line) for line in [first, *out.splitlines()] if line.strip()]
+        with ShardCache(path, shard="eu/1") as c:
+            msgs = c.messages_read(device_id=1).to_dicts()
+            state = c.device_state(device_id=1)
+            assert len(msgs) == n == state.messages
+            (k,) = {m["v"] for m in msgs}
+            # The last printed round, or the one after it that committed before the kill.
+            assert rounds[-1] <= k <= rounds[-1] + 1, (attempt, rounds[-3:], k)
+            assert state.filled_to >= k - 1
+            intervals = c.intervals_read(calc_id=1, device_id=1)
+            assert len(intervals) == 50 and len({i["round"] for i in intervals}) == 1
+        db = sqlite3.connect(path)
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        db.close()

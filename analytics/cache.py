@@ -45,7 +45,7 @@ from analytics.engine.messages import Column
 from analytics.engine.values import is_number
 from flespi_site.jsontext import loads_exact
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 APPLICATION_ID = 0x666C6361  # "flca": tells our files from any other SQLite database
 CHUNK_SIZE = 4096  # messages per chunk when folding appended messages
 CHUNK_MAX = 2 * CHUNK_SIZE  # a chunk grown past this by late messages is split in two
@@ -68,6 +68,9 @@ CREATE TABLE intervals (
     calc_id INTEGER NOT NULL, device_id INTEGER NOT NULL, id INTEGER NOT NULL, begin REAL NOT NULL,
     body BLOB NOT NULL, PRIMARY KEY (calc_id, device_id, id)) WITHOUT ROWID;
 CREATE INDEX intervals_begin ON intervals (calc_id, device_id, begin, id);
+CREATE TABLE assignments (
+    calc_id INTEGER NOT NULL, device_id INTEGER NOT NULL, marker REAL, PRIMARY KEY (calc_id, device_id)
+) WITHOUT ROWID;
 """
 
 
@@ -781,11 +784,13 @@ class ShardCache:
     # ---- intervals ----
 
     @_guard
-    def intervals_apply(self, *, calc_id: int, device_id: int, diff: Diff) -> None:
+    def intervals_apply(self, *, calc_id: int, device_id: int, diff: Diff, marker: float | None = None) -> None:
         """Apply a recalculation's diff to the stored intervals of the assignment: fields the
-        engine does not write (user fields, ``timestamp``) stay with an updated interval."""
+        engine does not write (user fields, ``timestamp``) stay with an updated interval.
+        ``marker`` records, in the same transaction, which stored run the intervals now mirror."""
         key = (calc_id, device_id)
         with self._write() as db:
+            self._mark(db, key, marker)
             db.executemany(
                 "DELETE FROM intervals WHERE calc_id = ? AND device_id = ? AND id = ?",
                 [(*key, d["id"]) for d in diff.deleted],
@@ -810,13 +815,33 @@ class ShardCache:
         )
 
     @_guard
-    def intervals_replace(self, *, calc_id: int, device_id: int, intervals: Iterable[Mapping]) -> None:
+    def intervals_replace(
+        self, *, calc_id: int, device_id: int, intervals: Iterable[Mapping], marker: float | None = None
+    ) -> None:
         """Make the assignment's stored intervals exactly ``intervals`` (a rebuild from the
         primary database, or a first calculation)."""
         key = (calc_id, device_id)
         with self._write() as db:
             db.execute("DELETE FROM intervals WHERE calc_id = ? AND device_id = ?", key)
             self._put_intervals(db, key, intervals)
+            self._mark(db, key, marker)
+
+    @staticmethod
+    def _mark(db: sqlite3.Connection, key: tuple[int, int], marker: float | None) -> None:
+        db.execute(
+            "INSERT INTO assignments (calc_id, device_id, marker) VALUES (?, ?, ?) "
+            "ON CONFLICT (calc_id, device_id) DO UPDATE SET marker = excluded.marker",
+            (*key, marker),
+        )
+
+    @_guard
+    def assignment_marker(self, *, calc_id: int, device_id: int) -> float | None:
+        """The marker of the stored run the assignment's cached intervals mirror (None: none, or
+        never cached: the caller reloads them from the primary database)."""
+        row = self._conn.execute(
+            "SELECT marker FROM assignments WHERE calc_id = ? AND device_id = ?", (calc_id, device_id)
+        ).fetchone()
+        return None if row is None else row[0]
 
     @_guard
     def intervals_read(
@@ -846,6 +871,7 @@ class ShardCache:
     def assignment_drop(self, *, calc_id: int, device_id: int) -> None:
         with self._write() as db:
             db.execute("DELETE FROM intervals WHERE calc_id = ? AND device_id = ?", (calc_id, device_id))
+            db.execute("DELETE FROM assignments WHERE calc_id = ? AND device_id = ?", (calc_id, device_id))
 
     def reader(self, *, calc_id: int, device_id: int) -> AssignmentReader:
         """The read callables ``analytics.engine.recalculate`` takes, for one assignment."""

@@ -191,9 +191,14 @@ def recalculation_request(*, assignments: Sequence[Assignment], begin: float | N
         return _request(rows, low, high)
 
 
-def recalculation_done(*, assignment: Assignment, begin: float, end: float, version: int, now: float) -> None:
-    """A recalculation covering ``[begin, end]`` with calculator ``version`` was stored: clear the
-    durable request if the run covered it (a wider request that came meanwhile stays)."""
+def recalculation_done(
+    *, assignment: Assignment, begin: float, end: float, version: int, now: float, full: bool = False
+) -> None:
+    """A recalculation covering ``[begin, end]`` (all of history when ``full``) with calculator
+    ``version`` was stored at ``now``: clear the durable request if the run covered it (a wider
+    request that came meanwhile stays)."""
+    if full:
+        begin, end = -math.inf, math.inf
     alias = assignment.database
     Assignment.objects.using(alias).filter(pk=assignment.pk).update(calc_version=version, calculated=now)
     Assignment.objects.using(alias).filter(pk=assignment.pk, pending_begin__gte=begin, pending_end__lte=end).update(

@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 from django.db import connections
 
+from analytics.events import CLEAR, Event
+from devices.choices import OutboxKind
 from flespi_site.jsontext import loads_exact
 
 # The engine's fields kept as columns; every other engine field is a counter.
@@ -215,3 +217,23 @@ def intervals_count(*, alias: str, pairs: Sequence[tuple[int, int]]) -> dict[tup
             [[c for c, _ in pairs], [d for _, d in pairs]],
         )
         return {(c, d): (n, newest) for c, d, n, newest in cursor.fetchall()}
+
+
+def outbox_events(*, alias: str, events: Sequence[Event]) -> None:
+    """Queue events in the outbox, in order, in the caller's transaction (a cleared retained
+    topic is a NULL payload, published empty)."""
+    if not events:
+        return
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO outbox (device_id, kind, topic, payload, retain) "
+            "SELECT d, %s, t, p::jsonb, r FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::boolean[]) "
+            "WITH ORDINALITY AS e(d, t, p, r, n) ORDER BY n",
+            [
+                int(OutboxKind.EVENT),
+                [event.device_id for event in events],
+                [event.topic for event in events],
+                [None if event.payload is CLEAR else _dumps(event.payload) for event in events],
+                [event.retain for event in events],
+            ],
+        )

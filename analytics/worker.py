@@ -1,0 +1,554 @@
+"""What a calc worker does with the shards it holds (DESIGN 3 and 8; docs/analytics.md,
+"Processes" and "A recalculation").
+
+A ``ShardWorker`` holds leases on some shards of its region (``analytics.shards``) and, for each,
+the shard's cache file (``analytics.cache``). Its three jobs, each called by a thin Celery task:
+
+* ``changes``: consume the shard's change log (``message_changes`` in every datacenter database):
+  bring the changed ranges of cached devices into the cache from PostgreSQL (the only messages
+  ever read from there besides filling a device), widen the durable pending range of every
+  enabled assignment of the changed devices, and arm their debounce timers.
+* ``run``: claim due assignments, recalculate each against the cache, and write all their diffs,
+  outbox rows and state in one transaction per datacenter, fenced by the shard's epoch; then
+  bring the cache's intervals in step and release the claims.
+* ``purge``: ``intervals_ttl`` / ``intervals_rotate`` and the cache's message retention.
+
+Every write to PostgreSQL runs in a transaction whose first statement checks the shard's fence,
+so a worker that lost its lease (paused past its TTL, say) cannot commit anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connections, transaction
+
+from analytics import events as event_topics
+from analytics import services, storage
+from analytics.cache import CacheCorrupt, ShardCache
+from analytics.choices import AssignmentState
+from analytics.debounce import Change, Claim, DebounceTimers
+from analytics.engine import Calculator, Diff, active_deadline, recalculate
+from analytics.models import Assignment
+from analytics.models import Calculator as StoredCalculator
+from analytics.shards import Fenced, ShardLeases, fence_check, fence_raise
+from devices import storage as message_storage
+from devices.models import Device
+from flespi_site.celery import redis_client, wake_key
+
+logger = logging.getLogger(__name__)
+
+# Debounce entries and the engine speak of finite timestamps; "all of history" is this range.
+HISTORY_BEGIN = 0.0
+HISTORY_END = float(2**40)
+# A claimed run must end within this long, or its range is offered again (a crashed run).
+RUN_TIMEOUT = 300.0
+# An offer the worker did not claim within this long is offered again.
+OFFER_TIMEOUT = 60.0
+# Messages read from PostgreSQL per statement when filling a device into the cache.
+FILL_CHUNK = 100_000
+# Change-log rows consumed per transaction.
+CHANGES_BATCH = 10_000
+
+
+def finite(begin: float, end: float) -> tuple[float, float]:
+    return max(begin, HISTORY_BEGIN), min(end, HISTORY_END)
+
+
+def region_aliases(region: str) -> list[str]:
+    """The datacenter databases of ``region`` this process has."""
+    return [dc.alias for dc in settings.TOPOLOGY.region(region).datacenters if dc.alias in settings.DATABASES]
+
+
+@dataclass
+class HeldShard:
+    shard: int
+    epoch: int
+    cache: ShardCache
+
+
+@dataclass
+class RunStats:
+    """What one ``run`` did, for logs and benchmarks."""
+
+    assignments: int = 0
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    messages_read: int = 0
+    fenced: bool = False
+
+
+@dataclass
+class _Work:
+    """One claimed assignment on its way through a run."""
+
+    claim: Claim
+    assignment: Assignment
+    calculator: StoredCalculator
+    begin: float
+    end: float
+    diff: Diff | None = None
+    was_state: str = ""
+    changes: storage.StoredChanges | None = None
+    stamp: float = 0.0
+    outbox: list[event_topics.Event] = field(default_factory=list)
+
+
+class ShardWorker:
+    """The shards one worker process holds in one region, and the work it does on them."""
+
+    def __init__(self, *, region: str, worker_id: str, data_dir: str | os.PathLike, lease_ttl: float):
+        self.region = region
+        self.worker_id = worker_id
+        self.data_dir = Path(data_dir) / "calc" / region
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.aliases = region_aliases(region)
+        client = redis_client(region)
+        self.leases = ShardLeases(client, region=region, shards=settings.CALC_SHARDS, worker=worker_id, ttl=lease_ttl)
+        self.timers = DebounceTimers(client, region=region)
+        self.held: dict[int, HeldShard] = {}
+        self._lock = threading.RLock()
+        self._compiled: dict[tuple[int, int], Calculator] = {}
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def rebalance(self) -> tuple[list[int], list[int]]:
+        """Heartbeat and take an even share of the shards; returns (shards gained, shards lost),
+        whose queues the caller starts and stops consuming. A gained shard's fence is raised in
+        every datacenter database before anything else happens on it."""
+        with self._lock:
+            balance = self.leases.balance()
+            gained, lost = [], []
+            for shard, epoch in sorted(balance.acquired.items()):
+                if self._raise_fences(shard, epoch):
+                    self.held[shard] = HeldShard(shard, epoch, self._open_cache(shard))
+                    gained.append(shard)
+                else:
+                    self.leases.release(shard, epoch)
+            for shard in sorted(set(balance.lost) | set(balance.extra)):
+                held = self.held.pop(shard, None)
+                if held is not None:
+                    held.cache.close()
+                    lost.append(shard)
+                if shard in balance.extra:
+                    self.leases.release(shard, balance.extra[shard])
+            return gained, lost
+
+    def renew(self) -> list[int]:
+        """Extend every lease held (a heartbeat thread calls this while tasks run); returns the
+        shards whose lease was lost."""
+        lost = []
+        with self._lock:
+            for shard, held in list(self.held.items()):
+                if not self.leases.renew(shard, held.epoch):
+                    self.held.pop(shard).cache.close()
+                    lost.append(shard)
+        for shard in lost:
+            logger.warning("calc %s: lost the lease of shard %s", self.region, shard)
+        return lost
+
+    def leave(self) -> None:
+        with self._lock:
+            for held in self.held.values():
+                held.cache.close()
+            self.held.clear()
+            self.leases.leave()
+
+    def _raise_fences(self, shard: int, epoch: int) -> bool:
+        for alias in self.aliases:
+            with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+                stored = fence_raise(cursor, shard=shard, epoch=epoch, worker=self.worker_id)
+            if stored != epoch:
+                logger.warning("calc %s: shard %s moved on (fence %s > epoch %s)", self.region, shard, stored, epoch)
+                return False
+        return True
+
+    def _open_cache(self, shard: int) -> ShardCache:
+        path = self.data_dir / f"shard-{shard}.sqlite"
+        name = f"{self.region}/{shard}"
+        try:
+            return ShardCache(path, shard=name)
+        except CacheCorrupt as exc:
+            logger.warning("calc %s: cache of shard %s is unreadable (%s); rebuilding it", self.region, shard, exc)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            return ShardCache(path, shard=name)
+
+    def holding(self, shard: int) -> HeldShard | None:
+        """The held shard, with a cache that is still the file on disk (a deleted or replaced
+        file is reopened empty and refilled from PostgreSQL as work needs it)."""
+        with self._lock:
+            held = self.held.get(shard)
+            if held is not None and held.cache.replaced():
+                logger.warning("calc %s: cache file of shard %s is gone; rebuilding it", self.region, shard)
+                held.cache.close()
+                held.cache = self._open_cache(shard)
+            return held
+
+    def _fenced(self, alias: str, held: HeldShard):
+        """A transaction on ``alias`` that may write for the shard (its first statement checks the
+        fence)."""
+        return _FencedTransaction(alias, held)
+
+    # -- the change log ------------------------------------------------------------------------
+
+    def changes(self, shard: int) -> int:
+        """Consume the shard's change log; returns how many changes were taken."""
+        held = self.holding(shard)
+        if held is None:
+            raise NotHeld(shard)
+        redis_client(self.region).delete(wake_key(self.region, shard))
+        taken = 0
+        for alias in self.aliases:
+            while True:
+                count = self._changes_batch(alias, held)
+                taken += count
+                if count < CHANGES_BATCH:
+                    break
+        return taken
+
+    def _changes_batch(self, alias: str, held: HeldShard) -> int:
+        with connections[alias].cursor() as cursor:
+            cursor.execute(
+                "SELECT id, device_id, begin_ts, end_ts FROM message_changes WHERE shard = %s ORDER BY id LIMIT %s",
+                [held.shard, CHANGES_BATCH],
+            )
+            rows = cursor.fetchall()
+        if not rows:
+            return 0
+        ranges: dict[int, tuple[int, int]] = {}
+        for _id, device_id, begin, end in rows:
+            low, high = ranges.get(device_id, (begin, end))
+            ranges[device_id] = (min(low, begin), max(high, end))
+        for device_id, (begin, end) in ranges.items():
+            if held.cache.device_state(device_id=device_id) is not None:
+                self._cache_range(alias, held.cache, device_id, begin, end)
+        device_ids = list(ranges)
+        with self._fenced(alias, held) as cursor:
+            cursor.execute(
+                """
+                UPDATE analytics_assignment AS a SET
+                    pending_begin = LEAST(a.pending_begin, r.b / 1e6), pending_end = GREATEST(a.pending_end, r.e / 1e6)
+                FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS r(d, b, e)
+                WHERE a.device_id = r.d AND a.enabled
+                RETURNING a.calculator_id, a.device_id, a.pending_begin, a.pending_end,
+                    (SELECT update_delay FROM analytics_calculator c WHERE c.id = a.calculator_id)
+                """,
+                [device_ids, [ranges[d][0] for d in device_ids], [ranges[d][1] for d in device_ids]],
+            )
+            scheduled = cursor.fetchall()
+            cursor.execute("DELETE FROM message_changes WHERE id = ANY(%s)", [[row[0] for row in rows]])
+        # The timers are armed after commit: a run they start finds the pending range stored.
+        self.timers.schedule(
+            shard=held.shard,
+            changes=[
+                Change(calc_id, device_id, *finite(ranges[device_id][0] / 1e6, ranges[device_id][1] / 1e6), float(delay))
+                for calc_id, device_id, _b, _e, delay in scheduled
+            ],
+        )
+        return len(rows)
+
+    def _cache_range(self, alias: str, cache: ShardCache, device_id: int, begin: int, end: int) -> None:
+        """Make the cache hold exactly what PostgreSQL holds for the device in [begin, end] (µs)."""
+        messages = message_storage.messages_read(alias=alias, device_ids=[device_id], begin=begin, end=end)
+        cache.messages_delete(device_id=device_id, begin=begin / 1e6, end=end / 1e6)
+        if messages:
+            cache.messages_put(device_id=device_id, messages=messages)
+
+    def _fill(self, cache: ShardCache, device: Device) -> None:
+        """Copy a device's stored messages into the cache (it was not cached)."""
+        alias = device.database
+        started = time.monotonic()
+        begin, total = None, 0
+        while True:
+            batch = message_storage.messages_read(alias=alias, device_ids=[device.pk], begin=begin, count=FILL_CHUNK)
+            filled_to = time.time()
+            cache.messages_put(device_id=device.pk, messages=batch, filled_to=filled_to)
+            total += len(batch)
+            if len(batch) < FILL_CHUNK:
+                break
+            begin = round(batch[-1]["timestamp"] * 1_000_000) + 1
+        logger.info("calc %s: device %s cached, %s messages in %.1f s", self.region, device.pk, total,
+                    time.monotonic() - started)
+
+    # -- recalculation -------------------------------------------------------------------------
+
+    def run(self, shard: int, assignments: Sequence[tuple[int, int]], *, now: float | None = None) -> RunStats:
+        """Claim and recalculate these (calc_id, device_id) of the shard, writing every diff of a
+        datacenter in one fenced transaction."""
+        held = self.holding(shard)
+        if held is None:
+            raise NotHeld(shard)
+        stats = RunStats()
+        claims = self.timers.claim(shard=shard, assignments=assignments, run_timeout=RUN_TIMEOUT)
+        if not claims:
+            return stats
+        ok: list[Claim] = []
+        failed: list[Claim] = []
+        try:
+            by_alias = self._load(claims, ok)
+            for alias, works in by_alias.items():
+                try:
+                    self._run_alias(alias, held, works, stats, now=now)
+                    ok.extend(work.claim for work in works)
+                except Fenced:
+                    stats.fenced = True
+                    failed.extend(work.claim for work in works)
+                    logger.warning("calc %s: shard %s is no longer this worker's; its run is refused", self.region, shard)
+                except Exception:
+                    failed.extend(work.claim for work in works)
+                    logger.exception("calc %s: a run on shard %s failed; its range is kept for the next", self.region, shard)
+        finally:
+            self.timers.release(shard=shard, claims=ok, ok=True)
+            self.timers.release(shard=shard, claims=failed, ok=False, retry_delay=5.0)
+        return stats
+
+    def _load(self, claims: Sequence[Claim], gone: list[Claim]) -> dict[str, list[_Work]]:
+        """The claimed assignments that still exist and are enabled, by datacenter; the others go
+        to ``gone`` (their claims end: nothing to do)."""
+        by_alias: dict[str, list[_Work]] = {}
+        wanted = {(c.calc_id, c.device_id): c for c in claims}
+        found: set[tuple[int, int]] = set()
+        for alias in self.aliases:
+            rows = Assignment.objects.using(alias).filter(
+                calculator_id__in={c for c, _ in wanted}, device_id__in={d for _, d in wanted}
+            ).select_related("calculator", "device")
+            for assignment in rows:
+                key = (assignment.calculator_id, assignment.device_id)
+                claim = wanted.get(key)
+                if claim is None:
+                    continue
+                found.add(key)
+                if not assignment.enabled:
+                    gone.append(claim)
+                    continue
+                begin, end = claim.begin, claim.end
+                if assignment.pending_begin is not None:
+                    begin, end = min(begin, assignment.pending_begin), max(end, assignment.pending_end)
+                work = _Work(claim, assignment, assignment.calculator, begin, end, was_state=assignment.state)
+                by_alias.setdefault(alias, []).append(work)
+        gone.extend(claim for key, claim in wanted.items() if key not in found)
+        return by_alias
+
+    def compiled(self, calculator: StoredCalculator) -> Calculator:
+        key = (calculator.pk, calculator.version)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = services.compiled(calculator)
+            self._compiled[key] = compiled
+        return compiled
+
+    def _prepare(self, cache: ShardCache, work: _Work) -> None:
+        """Bring the cache in step with PostgreSQL for this assignment: the device's messages (a
+        device not cached is filled) and the assignment's stored intervals (reloaded when the
+        cache's copy is not of the last stored run)."""
+        assignment = work.assignment
+        if cache.device_state(device_id=assignment.device_id) is None:
+            self._fill(cache, assignment.device)
+        marker = cache.assignment_marker(calc_id=assignment.calculator_id, device_id=assignment.device_id)
+        if marker != assignment.calculated:
+            stored = storage.intervals_read(
+                alias=assignment.database, pairs=[(assignment.calculator_id, assignment.device_id)]
+            )
+            cache.intervals_replace(
+                calc_id=assignment.calculator_id, device_id=assignment.device_id, intervals=stored,
+                marker=assignment.calculated,
+            )
+
+    def _run_alias(self, alias: str, held: HeldShard, works: list[_Work], stats: RunStats, *, now: float | None) -> None:
+        cache = held.cache
+        wall = time.time() if now is None else now
+        for work in works:
+            self._prepare(cache, work)
+            if work.was_state == AssignmentState.UNSYNCED:
+                self._set_state(alias, held, work.assignment, AssignmentState.SYNCHRONIZING)
+            calculator = self.compiled(work.calculator)
+            reader = cache.reader(calc_id=work.assignment.calculator_id, device_id=work.assignment.device_id)
+            full = work.was_state != AssignmentState.SYNCED
+            begin, end = (-math.inf, math.inf) if full else (work.begin, work.end)
+            work.diff = recalculate(
+                calculator=calculator,
+                read_messages=reader.read_messages,
+                read_intervals=reader.read_intervals,
+                interval_before=reader.interval_before,
+                dirty_begin=begin if begin > HISTORY_BEGIN else -math.inf,
+                dirty_end=end if end < HISTORY_END else math.inf,
+                now=wall,
+                frozen_before=wall - work.calculator.update_period,
+                messages_begin=reader.oldest,
+                newest=reader.newest,
+            )
+            stats.messages_read += work.diff.messages_read
+        stamp = wall
+        with self._fenced(alias, held):
+            for work in works:
+                self._store(work, stamp)
+        for work in works:
+            assert work.changes is not None and work.diff is not None
+            assignment = work.assignment
+            cache.intervals_apply(
+                calc_id=assignment.calculator_id,
+                device_id=assignment.device_id,
+                diff=Diff(created=[*work.changes.created, *work.changes.updated], deleted=work.changes.deleted),
+                marker=work.stamp,
+            )
+            stats.assignments += 1
+            stats.created += len(work.changes.created)
+            stats.updated += len(work.changes.updated)
+            stats.deleted += len(work.changes.deleted)
+            self._arm_deadline(held.shard, work, cache)
+
+    def _store(self, work: _Work, stamp: float) -> None:
+        """Inside the fenced transaction: the diff, its events, the cleared request, the state."""
+        assert work.diff is not None
+        assignment = work.assignment
+        alias = assignment.database
+        key = (assignment.calculator_id, assignment.device_id)
+        was_active = None
+        if assignment.active_id is not None:
+            was_active = next(iter(storage.intervals_read(alias=alias, pairs=[key], ids=[assignment.active_id])), None)
+        changes = services.intervals_apply(assignment=assignment, diff=work.diff, now=stamp)
+        if was_active is None and assignment.active_id is not None:
+            was_active = next((row for row in changes.deleted if row["id"] == assignment.active_id), None)
+        active_id = work.diff.active_id if work.diff.reached_end else assignment.active_id
+        active = None
+        if active_id is not None:
+            active = next((row for row in [*changes.created, *changes.updated] if row["id"] == active_id), None)
+            if active is None:
+                active = next(iter(storage.intervals_read(alias=alias, pairs=[key], ids=[active_id])), None)
+        if was_active is not None and was_active["id"] != active_id:
+            # It closed: publish it as it is now (or as it was, when it is gone).
+            now_row = next((row for row in [*changes.created, *changes.updated] if row["id"] == was_active["id"]), None)
+            was_active = now_row or was_active
+        touched = {row["id"] for row in (*changes.created, *changes.updated, *changes.deleted)}
+        last = next(iter(storage.intervals_read(alias=alias, pairs=[key], count=1, reverse=True)), None)
+        last_changed = bool(changes) and (last is None or last["id"] in touched or bool(changes.deleted))
+        work.outbox = event_topics.interval_events(
+            calc_id=key[0], device_id=key[1], created=changes.created, updated=changes.updated,
+            deleted=changes.deleted, was_active=was_active, active=active, active_known=work.diff.reached_end,
+            last=last, last_changed=last_changed,
+        )
+        if work.was_state != AssignmentState.SYNCED:
+            Assignment.objects.using(alias).filter(pk=assignment.pk).update(state=AssignmentState.SYNCED)
+            work.outbox.append(event_topics.synced_event(calc_id=key[0], device_id=key[1], synced=True))
+            if last is not None and not last_changed:
+                work.outbox.append(event_topics.Event(key[1], event_topics.state_topic(*key, "last"), last, True))
+        storage.outbox_events(alias=alias, events=work.outbox)
+        services.recalculation_done(
+            assignment=assignment, begin=work.begin, end=work.end, version=work.calculator.version, now=stamp,
+            full=work.was_state != AssignmentState.SYNCED,
+        )
+        work.changes = changes
+        work.stamp = stamp
+
+    def _set_state(self, alias: str, held: HeldShard, assignment: Assignment, state: str) -> None:
+        with self._fenced(alias, held):
+            Assignment.objects.using(alias).filter(pk=assignment.pk).update(state=state)
+            storage.outbox_events(
+                alias=alias,
+                events=[event_topics.synced_event(calc_id=assignment.calculator_id, device_id=assignment.device_id,
+                                                  synced=False)],
+            )
+
+    def _arm_deadline(self, shard: int, work: _Work, cache: ShardCache) -> None:
+        """An open interval that the wall clock will close (``max_inactive``, the end of a
+        ``datetime`` period) gets a timer at that moment: the run then closes it."""
+        assert work.diff is not None
+        if not work.diff.reached_end or work.diff.active_id is None:
+            return
+        newest = cache.newest(device_id=work.assignment.device_id)
+        if newest is None:
+            return
+        deadline = active_deadline(self.compiled(work.calculator), newest=newest)
+        if deadline is None:
+            return
+        delay = max(0.0, deadline - time.time()) + 0.05
+        self.timers.schedule(
+            shard=shard, changes=[Change(work.assignment.calculator_id, work.assignment.device_id, newest, newest, delay)]
+        )
+
+    # -- purges --------------------------------------------------------------------------------
+
+    def purge(self, shard: int, *, now: float | None = None) -> int:
+        """Delete intervals beyond ``intervals_ttl``/``intervals_rotate`` (with their ``deleted``
+        events) and cached messages beyond each device's ``messages_ttl``; returns how many
+        intervals went."""
+        held = self.holding(shard)
+        if held is None:
+            raise NotHeld(shard)
+        wall = time.time() if now is None else now
+        purged = 0
+        for alias in self.aliases:
+            assignments = list(
+                Assignment.objects.using(alias).filter(shard=shard).select_related("calculator", "device")
+            )
+            for assignment in assignments:
+                with self._fenced(alias, held):
+                    gone = services.intervals_purge(assignment=assignment, calculator=assignment.calculator, now=wall)
+                    if gone:
+                        storage.outbox_events(
+                            alias=alias,
+                            events=[event_topics.Event(assignment.device_id, event_topics.interval_topic(
+                                assignment.calculator_id, assignment.device_id, "deleted"), row, False) for row in gone],
+                        )
+                if gone:
+                    held.cache.intervals_apply(
+                        calc_id=assignment.calculator_id, device_id=assignment.device_id, diff=Diff(deleted=gone),
+                        marker=held.cache.assignment_marker(calc_id=assignment.calculator_id,
+                                                            device_id=assignment.device_id),
+                    )
+                    purged += len(gone)
+            for device in Device.objects.using(alias).filter(shard=shard).only("id", "messages_ttl"):
+                held.cache.messages_expire(device_id=device.pk, before=wall - device.messages_ttl)
+        return purged
+
+
+class NotHeld(Exception):
+    """This worker does not hold the shard (the task goes back to its queue for the holder)."""
+
+    def __init__(self, shard: int):
+        super().__init__(f"shard {shard} is not held by this worker")
+        self.shard = shard
+
+
+class _FencedTransaction:
+    def __init__(self, alias: str, held: HeldShard):
+        self.alias = alias
+        self.held = held
+        self._atomic = transaction.atomic(using=alias)
+        self._cursor = None
+
+    def __enter__(self):
+        self._atomic.__enter__()
+        try:
+            self._cursor = connections[self.alias].cursor()
+            fence_check(self._cursor, shard=self.held.shard, epoch=self.held.epoch)
+        except BaseException as exc:
+            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self._cursor
+
+    def __exit__(self, *exc):
+        if self._cursor is not None:
+            self._cursor.close()
+        return self._atomic.__exit__(*exc)
+
+
+def assignments_due(*, timers: DebounceTimers, shard: int, limit: int) -> list[tuple[int, int]]:
+    """What the pump sends for a shard: due (calc_id, device_id) pairs."""
+    return [(offer.calc_id, offer.device_id) for offer in timers.pump(shard=shard, limit=limit, offer_timeout=OFFER_TIMEOUT)]
+
+
+def wake_all(*, region: str, shards: Iterable[int]) -> None:
+    from flespi_site.celery import shards_wake
+
+    shards_wake(region=region, shards=shards)

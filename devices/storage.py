@@ -40,13 +40,7 @@ _NEWEST = """
 SELECT d.id, (SELECT max(ts) FROM messages WHERE device_id = d.id) FROM unnest(%s::bigint[]) AS d(id)
 """
 
-# Staged rows are inserted; a row with the timestamp of a stored one is merged into it (new keys
-# overwrite; bodies are ``json``, so the merge goes through ``jsonb``), and only when that changes something other than the reception time: a resent
-# batch changes nothing and queues nothing. What was inserted or changed, with the rows the same
-# write COPYed straight into ``messages`` for these devices (``appended``), is queued for MQTT as
-# one outbox row per device holding its timestamps in order, and the changed range per device
-# is returned for the analytics. The statement empties the staging table as it reads it, so a
-# next write in the same transaction starts from nothing.
+
 def _same_but_reception(key: str) -> str:
     """SQL: the stored body ``m.body`` and the staged one differ only in the value of the
     reception stamp ``key``, read from their text. Both were written by the platform's encoder,
@@ -66,6 +60,14 @@ def _same_but_reception(key: str) -> str:
     )
 
 
+# Staged rows are inserted; a row with the timestamp of a stored one is merged into it (new keys
+# overwrite; bodies are ``json``, so the merge goes through ``jsonb``), and only when that
+# changes something other than the reception time (``_same_but_reception`` tells it from the
+# text): a resent batch changes nothing and queues nothing. What was inserted or changed, with the rows the same
+# write COPYed straight into ``messages`` for these devices (``appended``), is queued for MQTT as
+# one outbox row per device holding its timestamps in order, and the changed range per device
+# is returned for the analytics. The statement empties the staging table as it reads it, so a
+# next write in the same transaction starts from nothing.
 _MERGE = f"""
 WITH staged AS (
     DELETE FROM {STAGING} RETURNING device_id, ts, body

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from django.db import models
 
 from accounts.choices import AccessType
@@ -22,7 +24,7 @@ class Account(models.Model):
     depth = models.PositiveSmallIntegerField(default=0)
     path = models.CharField(max_length=255, db_index=True, editable=False, default="")
     metadata = models.JSONField(default=dict, blank=True)
-    created = models.DateTimeField(auto_now_add=True)
+    created = models.FloatField(default=time.time, help_text="unix time")
 
     class Meta:
         ordering = ["id"]

@@ -404,10 +404,17 @@ def bench_service(fixture, source, batches: int, devices_per_batch: int) -> Row:
 
 def prepared_lines(devices, messages, now):
     """COPY lines and telemetry values as the service prepares them."""
-    from devices import services
+    from devices.validation import message_prepare
 
-    prepared = [services.message_prepare(m, now=now) for m in messages]
-    return services._copy_lines(devices, services._encode(prepared, services.stamp_keys_of("rest.timestamp")), "rest.timestamp", now)
+    return copy_rows(devices, [message_prepare(m, now=now) for m in messages], now)
+
+
+def copy_rows(devices, prepared, now):
+    """The service's encoding of validated messages into COPY lines and telemetry values."""
+    from devices import storage
+
+    batch = storage.messages_encode(prepared=prepared, stamp_keys=storage.stamp_keys_of("rest.timestamp"))
+    return storage.messages_copy_rows(devices=devices, batch=batch, reception_key="rest.timestamp", now=now)
 
 
 def bench_copy(fixture, source, batches: int) -> list[Row]:
@@ -463,7 +470,8 @@ def time_split(fixture, source, batches: int, devices_per_batch: int = 1) -> dic
     """Milliseconds per batch of each step of the write path, run step by step."""
     from django.db import connections, transaction
 
-    from devices import services, storage
+    from devices import storage
+    from devices.validation import message_prepare
     from flespi_site.api.parsers import loads_strict
 
     devices = fixture.new_devices(devices_per_batch)
@@ -496,9 +504,9 @@ def time_split(fixture, source, batches: int, devices_per_batch: int = 1) -> dic
         data = loads_strict(body)
         marks.append(time.perf_counter())
         now = time.time()
-        prepared = [services.message_prepare(m, now=now) for m in data]
+        prepared = [message_prepare(m, now=now) for m in data]
         marks.append(time.perf_counter())
-        rows, telemetry = services._copy_lines(devices, services._encode(prepared, services.stamp_keys_of("rest.timestamp")), "rest.timestamp", now)
+        rows, telemetry = copy_rows(devices, prepared, now)
         marks.append(time.perf_counter())
         with connections[alias].execute_wrapper(timed_sql):
             with transaction.atomic(using=alias):

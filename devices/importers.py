@@ -43,9 +43,11 @@ import json
 import math
 import re
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
 from typing import IO, Any, NamedTuple
 from xml.parsers import expat
+
+from devices import validation
+from devices.validation import MessageError
 
 EARTH_RADIUS_M = 6_371_008.8  # mean radius (IUGG)
 STOP_SPEED_KMH = 1.0
@@ -74,7 +76,7 @@ class ParseError(ValueError):
         self.reason = reason
 
 
-class _RecordProblem(ValueError):
+class _RecordProblem(MessageError):
     """A record is invalid; the reader adds where it is."""
 
 
@@ -89,28 +91,15 @@ def _report(problem: ParseError, errors: list[ParseError] | None) -> None:
 
 def parse_timestamp(value: Any) -> float:
     """Unix seconds from a number, a numeric string or an ISO 8601 string (UTC when it names no
-    offset), rounded to the microsecond."""
-    if isinstance(value, bool):
-        raise _RecordProblem("timestamp must be unix seconds or ISO 8601, not a boolean")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str):
+    offset), rounded to the microsecond: the ingestion's rules (``devices.validation``), which
+    take numbers as numbers, applied to the text of a file's field."""
+    if isinstance(value, str):
         text = value.strip()
         try:
-            seconds = float(text)
+            value = float(text)
         except ValueError:
-            try:
-                moment = datetime.fromisoformat(text)
-            except ValueError:
-                raise _RecordProblem(f"timestamp {text[:40]!r} is not unix seconds or ISO 8601") from None
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-            seconds = moment.timestamp()
-    else:
-        raise _RecordProblem("timestamp must be unix seconds or an ISO 8601 string")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise _RecordProblem(f"timestamp {value!r} is out of range")
-    return round(seconds, 6)
+            value = text
+    return round(validation.parse_timestamp(value), 6)
 
 
 def _number(name: str, text: Any) -> float:
@@ -210,7 +199,7 @@ def read_gpx(
             state["point"] = None
             try:
                 done.append(Record(point["line"], _gpx_message(point)))
-            except _RecordProblem as exc:
+            except MessageError as exc:
                 _report(ParseError(name, point["line"], f"{exc} (column {point['column']})"), errors)
 
     parser.StartElementHandler = start
@@ -350,7 +339,7 @@ def read_csv(
                 raise _RecordProblem("the timestamp is empty")
             message["timestamp"] = parse_timestamp(str(message["timestamp"]))
             _check_coordinates(message)
-        except _RecordProblem as exc:
+        except MessageError as exc:
             _report(ParseError(name, start, str(exc)), errors)
             continue
         yield Record(start, message)
@@ -395,7 +384,7 @@ def read_jsonl(
             if "timestamp" not in message:
                 raise _RecordProblem("timestamp is required")
             message["timestamp"] = parse_timestamp(message["timestamp"])
-        except _RecordProblem as exc:
+        except MessageError as exc:
             _report(ParseError(name, number, str(exc)), errors)
             continue
         yield Record(number, message)

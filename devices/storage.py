@@ -13,12 +13,17 @@ import json
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+import orjson
 from django.db import IntegrityError, connections, transaction
 from psycopg import errors as pg_errors
 
 from devices.choices import OutboxKind
 from flespi_site.jsontext import loads_exact
+
+if TYPE_CHECKING:
+    from devices.models import Device
 
 STAGING = "staging_messages"
 
@@ -35,13 +40,7 @@ _NEWEST = """
 SELECT d.id, (SELECT max(ts) FROM messages WHERE device_id = d.id) FROM unnest(%s::bigint[]) AS d(id)
 """
 
-# Staged rows are inserted; a row with the timestamp of a stored one is merged into it (new keys
-# overwrite; bodies are ``json``, so the merge goes through ``jsonb``), and only when that changes something other than the reception time: a resent
-# batch changes nothing and queues nothing. What was inserted or changed, with the rows the same
-# write COPYed straight into ``messages`` for these devices (``appended``), is queued for MQTT as
-# one outbox row per device holding its timestamps in order, and the changed range per device
-# is returned for the analytics. The statement empties the staging table as it reads it, so a
-# next write in the same transaction starts from nothing.
+
 def _same_but_reception(key: str) -> str:
     """SQL: the stored body ``m.body`` and the staged one differ only in the value of the
     reception stamp ``key``, read from their text. Both were written by the platform's encoder,
@@ -61,6 +60,14 @@ def _same_but_reception(key: str) -> str:
     )
 
 
+# Staged rows are inserted; a row with the timestamp of a stored one is merged into it (new keys
+# overwrite; bodies are ``json``, so the merge goes through ``jsonb``), and only when that
+# changes something other than the reception time (``_same_but_reception`` tells it from the
+# text): a resent batch changes nothing and queues nothing. What was inserted or changed, with the rows the same
+# write COPYed straight into ``messages`` for these devices (``appended``), is queued for MQTT as
+# one outbox row per device holding its timestamps in order, and the changed range per device
+# is returned for the analytics. The statement empties the staging table as it reads it, so a
+# next write in the same transaction starts from nothing.
 _MERGE = f"""
 WITH staged AS (
     DELETE FROM {STAGING} RETURNING device_id, ts, body
@@ -142,6 +149,91 @@ class TelemetryValue:
     name: str
     value_json: str
     ts: int
+
+
+# --- COPY text of a batch -----------------------------------------------------------------
+# The byte layout that ``messages_write`` COPYs and the merge statement relies on: one line per
+# row, ``device_id`` tab ``ts`` tab the body, compact JSON whose last member is the reception stamp.
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # integers beyond 64 bits, which JSON allows
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """A validated batch, independent of the devices it goes to: the unique timestamps in
+    increasing order, each with its body as COPY text (``ts`` tab ``{...``, the object left open
+    so that the stamps can close it), and each parameter's latest value and its time."""
+
+    stamps: list[int]
+    heads: list[bytes]
+    latest: dict[str, tuple[int, str]]
+
+
+def stamp_keys_of(reception_key: str) -> frozenset[str]:
+    """The names the platform stamps on every message it stores from a source."""
+    return frozenset(("device.id", "device.name", "ident", reception_key))
+
+
+def messages_encode(*, prepared: Sequence[tuple[int, dict]], stamp_keys: frozenset[str]) -> EncodedBatch:
+    """The COPY text of a batch of validated messages (``(ts, body)``, as
+    ``devices.validation.message_prepare`` returns them), once for all the devices it goes to."""
+    # Messages of one batch with equal timestamps merge in batch order, like stored ones.
+    merged: dict[int, dict] = {}
+    for ts, body in prepared:
+        previous = merged.get(ts)
+        merged[ts] = body if previous is None else {**previous, **body}
+    stamps = sorted(merged)
+    bodies = [merged[ts] for ts in stamps]
+    if any(not stamp_keys.isdisjoint(body) for body in bodies):
+        # The platform's stamps replace what a client sent under their names; bodies are stored
+        # as ``json`` text, which would keep both.
+        bodies = [{k: v for k, v in body.items() if k not in stamp_keys} for body in bodies]
+    heads = [b"%d\t%b" % (ts, _dumps(body)[:-1]) for ts, body in zip(stamps, bodies, strict=True)]
+    return EncodedBatch(stamps, heads, _latest(stamps, bodies))
+
+
+def _latest(stamps: list[int], bodies: list[dict]) -> dict[str, tuple[int, str]]:
+    """Each parameter's latest value in the batch (as JSON) and its time."""
+    values: dict[str, Any] = {}
+    for body in bodies:
+        values.update(body)
+    # Mostly every message has every parameter and the last message has them all; the others are
+    # looked for from the end.
+    times = dict.fromkeys(values, stamps[-1])
+    missing = values.keys() - bodies[-1].keys()
+    for ts, body in zip(reversed(stamps), reversed(bodies), strict=True):
+        if not missing:
+            break
+        found = missing & body.keys()
+        times.update(dict.fromkeys(found, ts))
+        missing -= found
+    return {name: (times[name], _dumps(value).decode()) for name, value in values.items()}
+
+
+def messages_copy_rows(
+    *, devices: Iterable[Device], batch: EncodedBatch, reception_key: str, now: float
+) -> tuple[list[DeviceRows], list[TelemetryValue]]:
+    """The rows of the batch for every device, and each parameter's latest value in it.
+
+    Every body gets the device's stamps appended as members after its own (``messages_encode`` took out
+    any member of the same name), so each body is encoded once for all devices."""
+    rows: list[DeviceRows] = []
+    telemetry: list[TelemetryValue] = []
+    last = batch.stamps[-1]
+    for device in devices:
+        stamps = {"device.id": device.pk, "device.name": device.name, "ident": device.ident, reception_key: now}
+        tail = b"," + _dumps(stamps)[1:] + b"\n"
+        head = b"%d\t" % device.pk
+        data = head + (tail + head).join(batch.heads) + tail
+        rows.append(DeviceRows(device.pk, batch.stamps, copy_escape(data)))
+        latest = {**batch.latest, **{name: (last, _dumps(value).decode()) for name, value in stamps.items()}}
+        telemetry.extend(TelemetryValue(device.pk, name, value, ts) for name, (ts, value) in latest.items())
+    return rows, telemetry
 
 
 def messages_write(

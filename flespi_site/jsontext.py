@@ -1,4 +1,4 @@
-"""Fast JSON decoding that keeps integers beyond 64 bits exact.
+"""Fast JSON decoding that keeps integers beyond 64 bits exact, and what in JSON no store accepts.
 
 orjson is several times faster than the standard parser but reads an integer beyond 64 bits as a
 float, losing digits. Such an integer has at least 20 digits (2**64 has 20), so a text without a
@@ -8,6 +8,8 @@ run of 20 digits is safe for orjson; the rare text with one goes to the standard
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 import orjson
@@ -28,3 +30,37 @@ def loads_exact(text: bytes | str) -> Any:
     if len(text) >= 20 and has_long_number(text):
         return json.loads(text)
     return orjson.loads(text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (JSON's ``\\ud800`` escapes make them), which UTF-8
+    cannot encode."""
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+def unstorable(value: Any) -> str | None:
+    """What in a JSON value, at any depth, no store accepts, or None: PostgreSQL's jsonb and text
+    refuse NUL characters, UTF-8 cannot encode a lone surrogate (in strings and in object keys),
+    and JSON has no NaN or infinity. The one walker for every input that is stored."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "NUL characters (\\u0000)"
+            if not item.isascii():
+                surrogate = _SURROGATE.search(item)
+                if surrogate is not None:
+                    return f"surrogate characters (U+{ord(surrogate.group()):04X})"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "non-finite numbers"
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None

@@ -1,6 +1,6 @@
 """Decoding stored JSON fast without losing integers beyond 64 bits."""
 
-from flespi_site.jsontext import has_long_number, loads_exact
+from flespi_site.jsontext import has_long_number, has_surrogate, loads_exact, unstorable
 
 
 def test_integers_at_and_beyond_64_bits_stay_exact():
@@ -14,3 +14,12 @@ def test_only_a_run_of_20_digits_counts_as_long():
     assert has_long_number(b'{"a": 12345678901234567890}')
     assert has_long_number('{"s": "01234567890123456789"}')  # inside a string: harmless, slower path
     assert loads_exact('{"s": "01234567890123456789", "f": 0.5}') == {"s": "01234567890123456789", "f": 0.5}
+
+
+def test_unstorable_names_what_no_store_accepts_at_any_depth():
+    assert unstorable({"a": [1, 2.5, "text", {"é": None}], "b": True}) is None
+    assert unstorable({"a": ["x\x00y"]}) == "NUL characters (\\u0000)"
+    assert unstorable({"a": {"k\ud800": 1}}) == "surrogate characters (U+D800)"
+    assert unstorable([{"a": float("nan")}]) == "non-finite numbers"
+    assert unstorable("\udfff") == "surrogate characters (U+DFFF)"
+    assert has_surrogate("\ud83d") and not has_surrogate("😀") and not has_surrogate("plain")

@@ -43,7 +43,7 @@ def render_account(account: Account) -> dict:
         "datacenter": account.datacenter.code,
         "depth": account.depth,
         "metadata": account.metadata,
-        "created": account.created.timestamp(),
+        "created": account.created,
     }
 
 

@@ -14,8 +14,8 @@ from flespi_site.api.fields import (
     StrictFloatField,
     StrictIntegerField,
     StrictSerializer,
-    unstorable_text,
 )
+from flespi_site.jsontext import unstorable
 
 
 class CalculatorSerializer(serializers.Serializer):
@@ -37,7 +37,7 @@ class CalculatorSerializer(serializers.Serializer):
     def to_internal_value(self, data):
         if not isinstance(data, dict):
             raise serializers.ValidationError({"non_field_errors": ["a calculator must be a JSON object"]})
-        what = unstorable_text(data)
+        what = unstorable(data)
         if what is not None:
             raise serializers.ValidationError({"non_field_errors": [f"a calculator must not contain {what}"]})
         return data

@@ -287,9 +287,9 @@ class IntervalsView(CalcChildView):
         fields = json_body(request)
         if not isinstance(fields, dict):
             raise InvalidInput("the body must be a JSON object of user fields")
-        from flespi_site.api.fields import unstorable_text
+        from flespi_site.jsontext import unstorable
 
-        what = unstorable_text(fields)
+        what = unstorable(fields)
         if what is not None:
             raise InvalidInput(f"user fields must not contain {what}")
         calculators = {c.pk: c for c in self.selected_calculators(calc_selector)}

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from devices.constants import DEFAULT_MESSAGES_TTL
 from flespi_site.api.fields import (
     JSONObjectField,
     StrictBooleanField,
@@ -46,10 +45,8 @@ class MessagesDeleteSerializer(StrictSerializer):
 
 class MessageSerializer(serializers.Serializer):
     """A message in the body of ``POST /gw/devices/{sel}/messages``, for the OpenAPI schema only:
-    messages are checked by ``devices.services`` (any other parameter is a dotted name with a JSON
+    messages are checked by ``devices.validation`` (any other parameter is a dotted name with a JSON
     value)."""
 
     timestamp = serializers.FloatField(min_value=0, help_text="unix time in seconds")
 
-
-__all__ = ["DEFAULT_MESSAGES_TTL"]

@@ -4,9 +4,10 @@ string, ``"yes"`` is not a boolean. Bad input is an error, not a guess."""
 from __future__ import annotations
 
 import math
-import re
 
 from rest_framework import serializers
+
+from flespi_site.jsontext import unstorable
 
 
 class StrictCharField(serializers.CharField):
@@ -45,29 +46,6 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def unstorable_text(value) -> str | None:
-    """What in a JSON value's strings or keys no store accepts (PostgreSQL's jsonb and text
-    refuse NUL; UTF-8 cannot encode a lone surrogate), or None."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return "NUL characters (\\u0000)"
-            surrogate = _SURROGATE.search(item)
-            if surrogate is not None:
-                return f"surrogate characters (U+{ord(surrogate.group()):04X})"
-        elif isinstance(item, dict):
-            stack.extend(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return None
-
-
 class JSONObjectField(serializers.JSONField):
     default_error_messages = {
         "invalid": "must be a JSON object",
@@ -77,7 +55,7 @@ class JSONObjectField(serializers.JSONField):
     def to_internal_value(self, data):
         if not isinstance(data, dict):
             self.fail("invalid")
-        what = unstorable_text(data)
+        what = unstorable(data)
         if what is not None:
             self.fail("unstorable", what=what)
         return data

@@ -16,6 +16,7 @@ from django.db import connections
 
 from devices import importers
 from devices.importers import ParseError, Record, derive_motion, read_csv, read_gpx, read_jsonl
+from devices.validation import MessageError
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -269,9 +270,33 @@ def test_format_of_extension(filename, format_name):
     assert importers.format_of(filename) == format_name
 
 
-def test_the_readers_import_no_django():
+def test_timestamps_follow_the_ingestion_rules_with_numbers_read_from_text():
+    assert importers.parse_timestamp(" 1700000000.1234567 ") == 1700000000.123457
+    assert importers.parse_timestamp("2023-11-14T22:13:20+01:00") == 1699996400.0
+    assert importers.parse_timestamp(1700000000) == 1700000000.0
+    # The same refusals, with the same reasons, as a message sent to the API.
+    for value, reason in [
+        (True, "timestamp must be unix seconds or an ISO 8601 string, not a boolean"),
+        ("-1", "timestamp -1.0 is out of range"),
+        (10**400, "timestamp is out of range"),
+        ("yesterday", "timestamp 'yesterday' is not unix seconds or ISO 8601"),
+    ]:
+        with pytest.raises(MessageError) as raised:
+            importers.parse_timestamp(value)
+        assert str(raised.value) == reason
+
+
+def test_a_timestamp_beyond_any_float_is_a_bad_line_not_a_crash():
+    errors: list[ParseError] = []
+    found = records(read_jsonl, '{"timestamp": 1%s}\n{"timestamp": 2}\n' % ("0" * 400), errors=errors)
+    assert found == [Record(2, {"timestamp": 2.0})]
+    assert [str(e) for e in errors] == ["sample:1: timestamp is out of range"]
+
+
+def test_the_readers_and_the_validation_import_no_django():
     code = (
-        "import sys, devices.importers; print(sorted(m for m in sys.modules if m.split('.')[0] == 'django'))"
+        "import sys, devices.importers, devices.validation; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'django'))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO

@@ -1,0 +1,139 @@
+"""The pump of a region (DESIGN 3 and 8): turns due debounce timers into Celery messages, one per
+shard per round, and runs the periodic sweeps that keep the fleet honest:
+
+* reconciliation (every ``RECONCILE_EVERY`` s): shards with unconsumed change-log rows are woken,
+  and enabled assignments with a durable request (a pending range, or not synced) that have no
+  debounce entry (Redis lost it, or a worker died between its commit and arming the timer) are
+  scheduled again;
+* purges (every ``PURGE_EVERY`` s): each shard's worker is asked to apply ``intervals_ttl`` /
+  ``intervals_rotate`` and its cache's message retention.
+
+Wall-clock closing of active intervals (``max_inactive``, the end of a ``datetime`` period) needs
+nothing here: the worker arms a timer at that moment, and the pump sends it when it is due.
+Several pumps of one region are harmless: each due timer is offered once (the pump script), and
+reconciliation only adds what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from django.conf import settings
+from django.db import connections
+
+from analytics.choices import AssignmentState
+from analytics.debounce import Change, DebounceTimers
+from analytics.models import Assignment
+from analytics.worker import HISTORY_BEGIN, HISTORY_END, assignments_due, finite, region_aliases
+from flespi_site.celery import celery_app, redis_client, shard_queue, shards_wake
+from flespi_site.runner import Loop
+
+logger = logging.getLogger(__name__)
+
+ROUND_SECONDS = 0.05
+RECONCILE_EVERY = 5.0
+PURGE_EVERY = 300.0
+# Assignments one Celery message carries: one task writes them in one transaction.
+BATCH = 500
+
+
+class Pump(Loop):
+    """The pump of one region."""
+
+    def __init__(self, *, region: str, round_seconds: float = ROUND_SECONDS, reconcile_every: float = RECONCILE_EVERY,
+                 purge_every: float = PURGE_EVERY):
+        super().__init__()
+        self.name = f"pump {region}"
+        self.region = region
+        self.round_seconds = round_seconds
+        self.reconcile_every = reconcile_every
+        self.purge_every = purge_every
+        self.timers = DebounceTimers(redis_client(region), region=region)
+        self.app = celery_app(region)
+        self.sent = 0
+        self.messages = 0
+        self.reconciled = 0
+        self.errors = 0
+
+    def counts(self) -> dict[str, int]:
+        return {"assignments sent": self.sent, "messages": self.messages, "reconciled": self.reconciled,
+                "errors": self.errors}
+
+    def run(self) -> None:
+        next_reconcile = 0.0
+        next_purge = time.monotonic() + self.purge_every
+        while not self.stopping.is_set():
+            try:
+                self.pump_once()
+                now = time.monotonic()
+                if now >= next_reconcile:
+                    self.reconciled += self.reconcile()
+                    next_reconcile = now + self.reconcile_every
+                if now >= next_purge:
+                    self.purge()
+                    next_purge = now + self.purge_every
+            except Exception:  # noqa: BLE001 - a broker or database outage: keep going
+                self.errors += 1
+                logger.exception("%s: a round failed; retrying", self.name)
+                self.stopping.wait(1.0)
+            self.stopping.wait(self.round_seconds)
+
+    def pump_once(self) -> int:
+        """Send every due assignment of every shard; returns how many."""
+        sent = 0
+        for shard in range(settings.CALC_SHARDS):
+            while True:
+                due = assignments_due(timers=self.timers, shard=shard, limit=BATCH)
+                if not due:
+                    break
+                self.app.send_task(
+                    "analytics.shard_run", args=[self.region, shard, [list(pair) for pair in due]],
+                    queue=shard_queue(self.region, shard),
+                )
+                sent += len(due)
+                self.messages += 1
+                if len(due) < BATCH:
+                    break
+        self.sent += sent
+        return sent
+
+    def reconcile(self) -> int:
+        """Wake shards with unconsumed changes; schedule durable requests Redis does not hold.
+        Returns how many assignments were scheduled again."""
+        changed_shards: set[int] = set()
+        requests: dict[int, list[Change]] = {}
+        for alias in region_aliases(self.region):
+            with connections[alias].cursor() as cursor:
+                cursor.execute("SELECT DISTINCT shard FROM message_changes")
+                changed_shards.update(row[0] for row in cursor.fetchall())
+            rows = (
+                Assignment.objects.using(alias)
+                .filter(enabled=True)
+                .exclude(pending_begin__isnull=True, state=AssignmentState.SYNCED)
+                .values_list("shard", "calculator_id", "device_id", "pending_begin", "pending_end", "state")
+            )
+            for shard, calc_id, device_id, begin, end, state in rows:
+                if begin is None or state != AssignmentState.SYNCED:
+                    begin, end = -math.inf, math.inf
+                requests.setdefault(shard, []).append(Change(calc_id, device_id, *finite(begin, end), 0.0))
+        if changed_shards:
+            shards_wake(region=self.region, shards=changed_shards)
+        scheduled = 0
+        for shard, changes in requests.items():
+            known = {(entry.calc_id, entry.device_id) for entry in self.timers.entries(shard=shard)}
+            missing = [c for c in changes if (c.calc_id, c.device_id) not in known]
+            if missing:
+                self.timers.schedule(shard=shard, changes=missing)
+                scheduled += len(missing)
+                logger.info("%s: shard %s: %d assignment(s) scheduled again by reconciliation", self.name, shard,
+                            len(missing))
+        return scheduled
+
+    def purge(self) -> None:
+        for shard in range(settings.CALC_SHARDS):
+            self.app.send_task("analytics.shard_purge", args=[self.region, shard], queue=shard_queue(self.region, shard))
+
+
+__all__ = ["HISTORY_BEGIN", "HISTORY_END", "Pump"]

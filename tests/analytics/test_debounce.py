@@ -6,6 +6,7 @@ scripts read Redis's own TIME. Each test works in a region of its own, so they s
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
 import random
@@ -325,11 +326,16 @@ def test_no_change_is_lost_while_schedulers_race_a_worker(client, timers):
 
     assert errors == []
     assert len(scheduled) > 100
-    missed = [
-        (device, begin, end)
-        for at, device, begin, end in scheduled
-        if not any(d == device and claimed >= at and b <= begin and end <= e for claimed, d, b, e in runs)
-    ]
+    by_device: dict[int, list[tuple[float, float, float]]] = {}
+    for claimed, device, begin, end in sorted(runs):
+        by_device.setdefault(device, []).append((claimed, begin, end))
+
+    def covered(at, device, begin, end):
+        mine = by_device.get(device, [])
+        later = mine[bisect.bisect_left(mine, (at,)) :]
+        return any(b <= begin and end <= e for _, b, e in later)
+
+    missed = [change for change in scheduled if not covered(*change)]
     assert missed == []
     assert timers.entries(shard=0) == []
     assert len(runs) < len(scheduled)  # debounced: fewer runs than changes

@@ -90,6 +90,11 @@ class AccountAdmin(admin.ModelAdmin):
     def delete_model(self, request, obj):
         services.account_delete(account=obj)
 
+    def delete_queryset(self, request, queryset):
+        # "Delete selected" goes through the service too: the regional data and ident claims of
+        # the accounts go with them.
+        services.accounts_delete(accounts=list(queryset))
+
 
 @admin.register(Token)
 class TokenAdmin(admin.ModelAdmin):

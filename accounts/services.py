@@ -5,16 +5,20 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 
+from accounts import placement
 from accounts.choices import AccessType
 from accounts.constants import MAX_ACCOUNT_DEPTH, TOKEN_KEY_BYTES, TOKEN_PREFIX_LENGTH, TOKEN_TOUCH_INTERVAL
 from accounts.models import Account, Token
+from accounts.regional_data import regional_data_delete
 from flespi_site.errors import Conflict, InvalidInput, NotFound, Unauthorized
-from regions import placement
+from regions.datacenters import alias_for_datacenter
 from regions.models import Datacenter, Region
 from regions.selectors import region_config
 
@@ -146,26 +150,28 @@ def account_update(*, account: Account, data: dict[str, Any]) -> Account:
 
 def account_delete(*, account: Account) -> None:
     """Delete an account, its subaccounts and their tokens and regional data."""
-    subtree = list(Account.objects.filter(path__startswith=account.path).values_list("pk", "datacenter__code"))
-    _regional_data_delete(subtree)
-    account.delete()
-    for pk, _code in subtree:
-        placement.forget_account(pk)
+    accounts_delete(accounts=[account])
 
 
-def _regional_data_delete(subtree: list[tuple[int, str]]) -> None:
-    from django.apps import apps
-
-    from flespi_site.db_router import is_regional
-
+def accounts_delete(*, accounts: Iterable[Account]) -> None:
+    """Delete accounts with their subtrees: every row of the registry of regional data
+    (``accounts.regional_data``) in each datacenter, the ident claims, the tokens and the
+    accounts. An account inside the subtree of another one is deleted with it."""
+    paths = sorted({account.path for account in accounts})
+    roots = [path for position, path in enumerate(paths) if not any(path.startswith(p) for p in paths[:position])]
+    if not roots:
+        return
+    within = Q()
+    for path in roots:
+        within |= Q(path__startswith=path)
+    subtree = list(Account.objects.filter(within).values_list("pk", "datacenter__code"))
     by_alias: dict[str, list[int]] = {}
     for pk, code in subtree:
-        by_alias.setdefault(placement.alias_for_datacenter(code), []).append(pk)
-    for alias, ids in by_alias.items():
-        with transaction.atomic(using=alias):
-            for model in apps.get_models():
-                if is_regional(model) and getattr(model, "delete_with_account", True):
-                    model._default_manager.using(alias).filter(account_id__in=ids).delete()
+        by_alias.setdefault(alias_for_datacenter(code), []).append(pk)
+    regional_data_delete(account_ids_by_alias=by_alias)
+    Account.objects.filter(path__in=roots).delete()
+    for pk, _code in subtree:
+        placement.forget_account(pk)
 
 
 def _hash_key(key: str) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from django.db import models
 
+from accounts.regional_model import RegionalModel
 from devices.constants import DEFAULT_MESSAGES_TTL
-from regions.models import RegionalModel
 
 
 class Device(RegionalModel):

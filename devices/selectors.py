@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
+from accounts import placement
 from accounts.models import Account
 from devices import storage
 from devices.models import Device, DeviceIdent
-from regions import placement
 
 
 def devices_of(*, account: Account) -> QuerySet[Device]:

@@ -21,6 +21,7 @@ import orjson
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from accounts import placement
 from accounts.models import Account
 from devices import storage
 from devices.constants import (
@@ -33,7 +34,7 @@ from devices.constants import (
 from devices.models import Device, DeviceIdent
 from devices.storage import ChangedRange
 from flespi_site.errors import Conflict, InvalidInput, NotFound
-from regions import placement
+from regions.datacenters import allocate_ids
 
 RECEPTION_KEYS = ("rest.timestamp", "server.timestamp")
 
@@ -79,7 +80,7 @@ def device_create(
     if problem:
         raise InvalidInput(problem, field="configuration.ident")
     alias = placement.alias_for_account(account.pk)
-    device_id = placement.allocate_ids(alias=alias, count=1)[0]
+    device_id = allocate_ids(alias=alias, count=1)[0]
     ident = configuration["ident"]
     claim = _claim_ident(region=account.region.code, ident=ident, device_id=device_id, account_id=account.pk)
     device = Device(

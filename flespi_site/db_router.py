@@ -2,7 +2,7 @@
 datacenter of their account.
 
 A regional model declares ``regional = True`` on the class. Reads and writes of regional rows must
-name their database, which the placement helpers do (``regions.placement``); the router only
+name their database, which the placement helpers do (``accounts.placement``); the router only
 resolves the database from a row's ``account_id`` when Django passes the row as a hint, and
 refuses to guess otherwise: a regional query that reaches the control database would be a silent
 data leak, so it fails loudly instead.
@@ -35,12 +35,12 @@ class PlacementRouter:
                 return instance._state.db
             account_id = getattr(instance, "account_id", None)
             if account_id is not None:
-                from regions.placement import alias_for_account
+                from accounts.placement import alias_for_account
 
                 return alias_for_account(account_id)
         raise PlacementError(
             f"{model._meta.label} is a regional model: query it with "
-            "regions.placement.using_account(...) or .using(<datacenter alias>)"
+            "accounts.placement.using_account(...) or .using(<datacenter alias>)"
         )
 
     def db_for_read(self, model, **hints):

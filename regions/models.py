@@ -1,8 +1,10 @@
-"""Regions and datacenters (control database), and the base of every regional model."""
+"""Regions and datacenters (control database)."""
 
 from __future__ import annotations
 
 from django.db import models
+
+from flespi_site.topology import datacenter_alias
 
 
 class Region(models.Model):
@@ -52,41 +54,5 @@ class Datacenter(models.Model):
 
     @property
     def alias(self) -> str:
-        from flespi_site.topology import datacenter_alias
-
         return datacenter_alias(self.code)
 
-
-class RegionalModel(models.Model):
-    """Base of every model stored in a datacenter database.
-
-    ``account_id`` is a plain integer (no foreign key crosses databases). Ids come from the
-    datacenter's entity sequence (``regions.placement.allocate_ids``) so that they are unique
-    across every datacenter and survive a move between datacenters unchanged.
-    """
-
-    regional = True
-
-    id = models.BigIntegerField(primary_key=True, editable=False)
-    account_id = models.BigIntegerField(db_index=True)
-
-    class Meta:
-        abstract = True
-
-    def save(self, *args, **kwargs):
-        from regions.placement import allocate_ids
-
-        using = kwargs.get("using") or self.database
-        kwargs["using"] = using
-        if self.id is None:
-            self.id = allocate_ids(alias=using, count=1)[0]
-            kwargs["force_insert"] = True
-        super().save(*args, **kwargs)
-
-    @property
-    def database(self) -> str:
-        """The alias of the datacenter database this row lives in: the one it was read from, else
-        its account's."""
-        from regions.placement import alias_for_account
-
-        return self._state.db or alias_for_account(self.account_id)

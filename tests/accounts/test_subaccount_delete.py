@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from accounts import placement
 from accounts.models import Account, Token
-from regions import placement
 from tests.api_helpers import errors_of, reasons, result_of
 
 pytestmark = pytest.mark.django_db(databases="__all__")

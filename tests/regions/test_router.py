@@ -8,10 +8,11 @@ from types import SimpleNamespace
 import pytest
 from django.db import connections
 
+from accounts import placement
 from accounts.models import Account, Token
 from flespi_site.db_router import PlacementError, PlacementRouter
 from flespi_site.topology import ID_STRIDE
-from regions import placement
+from regions import datacenters
 from regions.models import Datacenter, Region
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -77,7 +78,7 @@ def test_run_sql_hinted_regional_runs_on_datacenters_only():
 def test_entity_sequence_exists_in_datacenters_only():
     for alias in ALL_ALIASES:
         with connections[alias].cursor() as cursor:
-            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [placement.ENTITY_SEQUENCE])
+            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [datacenters.ENTITY_SEQUENCE])
             assert cursor.fetchone()[0] is (alias != "default"), alias
 
 
@@ -139,25 +140,25 @@ def test_regional_models_of_the_project_migrate_on_datacenters_only():
 
 
 def test_allocate_ids_are_unique_across_datacenters_and_name_their_datacenter(platform):
-    ids = {alias: placement.allocate_ids(alias=alias, count=50) for alias in DATACENTER_ALIASES}
+    ids = {alias: datacenters.allocate_ids(alias=alias, count=50) for alias in DATACENTER_ALIASES}
     numbers = {"dc_eu_1": 1, "dc_eu_2": 2, "dc_ru_1": 3}
     for alias, allocated in ids.items():
         assert len(set(allocated)) == 50
         assert {entity_id % ID_STRIDE for entity_id in allocated} == {numbers[alias]}
-        assert {placement.datacenter_of_id(entity_id) for entity_id in allocated} == {numbers[alias]}
+        assert {datacenters.datacenter_of_id(entity_id) for entity_id in allocated} == {numbers[alias]}
     everything = [entity_id for allocated in ids.values() for entity_id in allocated]
     assert len(set(everything)) == len(everything)
 
 
 def test_allocate_ids_refuses_the_control_database(platform):
     with pytest.raises(LookupError, match="'default' is not a datacenter database"):
-        placement.allocate_ids(alias="default", count=1)
+        datacenters.allocate_ids(alias="default", count=1)
 
 
 def test_alias_for_datacenter():
-    assert placement.alias_for_datacenter("eu-2") == "dc_eu_2"
+    assert datacenters.alias_for_datacenter("eu-2") == "dc_eu_2"
     with pytest.raises(LookupError):
-        placement.alias_for_datacenter("xx-1")
+        datacenters.alias_for_datacenter("xx-1")
 
 
 def test_a_regional_row_lands_in_its_accounts_datacenter_only(make_account):

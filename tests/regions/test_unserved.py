@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 from django.conf import settings as django_settings
 
+from accounts import placement
 from accounts.models import Account, Token
 from accounts.services import account_create
-from regions import placement
 from regions.selectors import region_for_host
 from tests.api_helpers import errors_of, result_of
 
@@ -175,7 +175,7 @@ def test_no_account_is_placed_in_a_region_gone_from_the_configuration(api, setti
 def test_an_account_of_a_datacenter_gone_from_the_configuration(api, settings, root, root_key, make_account):
     eu2 = make_account("eu2", parent=root, datacenter="eu-2")
     without_datacenter(settings, "eu-2")
-    placement._account_aliases.clear()
+    placement.forget_all()
     errors = errors_of(api.call("GET", "/gw/devices/all", key=root_key, cid=eu2.pk), 409)
     assert [(error["type"], error["datacenter"]) for error in errors] == [("datacenter_not_configured", "eu-2")]
     # Control data stays reachable.

@@ -1,12 +1,10 @@
-"""Where regional data lives: the datacenter database of an account, and entity ids.
+"""Datacenter databases: the alias of a datacenter this process serves, and entity ids.
 
-Every query of a regional model goes through these helpers (or names its alias explicitly), so
-that no regional query ever runs on the control database or on another datacenter.
+Which datacenter holds an account's data is the accounts app's business
+(``accounts.placement``); this module knows only datacenters and imports no app.
 """
 
 from __future__ import annotations
-
-import threading
 
 from django.conf import settings
 from django.db import connections
@@ -15,14 +13,6 @@ from flespi_site.errors import Conflict, DomainError
 from flespi_site.topology import ID_STRIDE
 
 ENTITY_SEQUENCE = "flespi_entity_id_seq"
-
-_cache_lock = threading.Lock()
-_account_aliases: dict[int, str] = {}
-
-
-class UnknownAccount(LookupError):
-    """The account does not exist in the control database."""
-
 
 class DatacenterNotConfigured(Conflict, LookupError):
     """The datacenter left the configuration (or its database is not configured) while accounts
@@ -66,33 +56,6 @@ def alias_for_datacenter(code: str) -> str:
             datacenter=code,
         )
     return config.alias
-
-
-def alias_for_account(account_id: int) -> str:
-    """The database alias of the datacenter that holds ``account_id``'s regional data."""
-    alias = _account_aliases.get(account_id)
-    if alias is not None:
-        return alias
-    from accounts.models import Account
-
-    code = Account.objects.filter(pk=account_id).values_list("datacenter__code", flat=True).first()
-    if code is None:
-        raise UnknownAccount(f"account {account_id} does not exist")
-    alias = alias_for_datacenter(code)
-    with _cache_lock:
-        _account_aliases[account_id] = alias
-    return alias
-
-
-def forget_account(account_id: int) -> None:
-    """Drop the cached placement of an account (after it moved or was deleted)."""
-    with _cache_lock:
-        _account_aliases.pop(account_id, None)
-
-
-def using_account(model, account_id: int):
-    """``model``'s manager bound to the datacenter of ``account_id``."""
-    return model.objects.using(alias_for_account(account_id))
 
 
 def datacenter_number(alias: str) -> int:

@@ -26,7 +26,7 @@ def test_the_paths_name_the_parent_selection():
 
 
 def test_a_child_lists_and_selects_only_under_its_parents(api, root_key, tree):
-    first, second = tree
+    first, _second = tree
     listed = result_of(api.call("GET", f"/platform/subaccounts/{first.pk}/tokens", key=root_key))
     assert [item["info"] for item in listed] == ["a1", "a2"]
     both = result_of(api.call("GET", "/platform/subaccounts/name=*/tokens/info=*1?fields=info", key=root_key))

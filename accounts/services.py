@@ -18,6 +18,7 @@ from accounts.constants import MAX_ACCOUNT_DEPTH, TOKEN_KEY_BYTES, TOKEN_PREFIX_
 from accounts.models import Account, Token
 from accounts.regional_data import regional_data_delete
 from flespi_site.errors import Conflict, ErrorKind, InvalidInput, NotFound, Unauthorized
+from flespi_site.updates import locked_row, save_fields
 from regions.datacenters import alias_for_datacenter
 from regions.models import Datacenter, Region
 from regions.selectors import region_config
@@ -125,32 +126,30 @@ def account_create(
 
 
 def account_update(*, account: Account, data: dict[str, Any]) -> Account:
-    """Update ``name`` and ``metadata``. The region and the place in the tree never change."""
-    if "region" in data and data["region"] != account.region.code:
-        raise InvalidInput(
-            f"the region of account {account.pk} is {account.region.code} and can never change",
-            field="region",
-        )
-    if "datacenter" in data and data["datacenter"] != account.datacenter.code:
-        raise InvalidInput(
-            "an account moves between datacenters only by the operator's move command, not through the API",
-            field="datacenter",
-        )
-    if "parent_id" in data and data["parent_id"] != account.parent_id:
-        raise InvalidInput(f"account {account.pk} cannot move in the account tree", field="parent_id")
-    fields = []
-    for name in ("name", "metadata"):
-        if name in data:
-            setattr(account, name, data[name])
-            fields.append(name)
-    if fields:
-        account.save(update_fields=fields)
-    return account
+    """Update ``name`` and ``metadata`` (``flespi_site.updates``: an account deleted meanwhile is
+    a 404). The region and the place in the tree never change."""
+    with locked_row(Account, pk=account.pk, using="default", name="account") as fresh:
+        if "region" in data and data["region"] != fresh.region.code:
+            raise InvalidInput(
+                f"the region of account {fresh.pk} is {fresh.region.code} and can never change",
+                field="region",
+            )
+        if "datacenter" in data and data["datacenter"] != fresh.datacenter.code:
+            raise InvalidInput(
+                "an account moves between datacenters only by the operator's move command, not through the API",
+                field="datacenter",
+            )
+        if "parent_id" in data and data["parent_id"] != fresh.parent_id:
+            raise InvalidInput(f"account {fresh.pk} cannot move in the account tree", field="parent_id")
+        return save_fields(fresh, {name: data[name] for name in ("name", "metadata") if name in data}, name="account")
 
 
 def account_delete(*, account: Account) -> None:
-    """Delete an account, its subaccounts and their tokens and regional data."""
-    accounts_delete(accounts=[account])
+    """Delete an account, its subaccounts and their tokens and regional data; an account already
+    gone is a 404. The account stays locked until its rows are gone, so that concurrent deletes
+    and updates of it wait and then find nothing."""
+    with locked_row(Account, pk=account.pk, using="default", name="account") as fresh:
+        accounts_delete(accounts=[fresh])
 
 
 def accounts_delete(*, accounts: Iterable[Account]) -> None:
@@ -204,22 +203,20 @@ def token_create(
 
 
 def token_update(*, token: Token, data: dict[str, Any]) -> Token:
-    fields = []
-    for name in ("info", "enabled", "expire", "ttl", "access_type"):
-        if name in data:
-            setattr(token, name, data[name])
-            fields.append(name)
-    if "ttl" in data:
-        # A new ttl counts from now, not from a use long ago.
-        token.last_used = time.time()
-        fields.append("last_used")
-    if fields:
-        token.save(update_fields=fields)
-    return token
+    """Update the named fields of a token (``flespi_site.updates``: a token deleted meanwhile is a
+    404)."""
+    with locked_row(Token, pk=token.pk, using="default", name="token") as fresh:
+        changes = {name: data[name] for name in ("info", "enabled", "expire", "ttl", "access_type") if name in data}
+        if "ttl" in data:
+            # A new ttl counts from now, not from a use long ago.
+            changes["last_used"] = time.time()
+        return save_fields(fresh, changes, name="token")
 
 
 def token_delete(*, token: Token) -> None:
-    token.delete()
+    """Delete a token; a token already gone is a 404."""
+    with locked_row(Token, pk=token.pk, using="default", name="token") as fresh:
+        fresh.delete()
 
 
 def token_authenticate(*, key: str, now: float | None = None) -> Token:

@@ -74,7 +74,7 @@ class Pump(Loop):
                 if now >= next_purge:
                     self.purge()
                     next_purge = now + self.purge_every
-            except Exception:  # noqa: BLE001 - a broker or database outage: keep going
+            except Exception:  # a broker or database outage: keep going
                 self.errors += 1
                 logger.exception("%s: a round failed; retrying", self.name)
                 self.stopping.wait(1.0)

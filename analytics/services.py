@@ -47,6 +47,12 @@ def calculator_config_check(config: Mapping[str, Any]) -> dict:
         raise CalculatorInvalid(exc.problems) from None
 
 
+def calculator_changes_check(*, changes: Mapping[str, Any]) -> None:
+    """The problems of a calculator update's changes alone (every path), before any calculator is
+    read: the fields not changed are taken from a minimal valid calculator."""
+    calculator_config_check({"name": "-", "selectors": [{"type": "datetime", "split": "day"}], **changes})
+
+
 def _apply_config(calculator: Calculator, config: Mapping[str, Any]) -> None:
     for name, value in config.items():
         setattr(calculator, name, value)

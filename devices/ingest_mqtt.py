@@ -6,7 +6,6 @@ goes on."""
 from __future__ import annotations
 
 import logging
-import threading
 
 from django.conf import settings
 from django.db import connections
@@ -16,6 +15,7 @@ from devices import selectors, services
 from flespi_site import mqtt
 from flespi_site.api.parsers import loads_strict
 from flespi_site.errors import DomainError
+from flespi_site.runner import Loop
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +65,18 @@ def ingest_payload(*, region: str, pattern: str, topic: str, payload: bytes) -> 
     return result
 
 
-class IngestConsumer:
-    """Subscribes to the ingest pattern on a region's broker and ingests what arrives."""
+class IngestConsumer(Loop):
+    """Subscribes to the ingest pattern on a region's broker and ingests what arrives (a loop of
+    ``flespi_site.runner``)."""
 
     def __init__(self, *, region: str, mqtt_url: str, pattern: str, client_id: str | None = None):
+        super().__init__()
+        self.name = f"ingest {region}"
         self.region = region
         self.mqtt_url = mqtt_url
         self.pattern = pattern
         self.received = 0
         self.rejected = 0
-        self._stop = threading.Event()
         # A persistent session: messages published while the consumer is down wait in the broker.
         self.client = mqtt.client_for(mqtt_url, client_id=client_id or f"flespi-ingest-{region}", clean_session=False)
         self.client.on_connect = self._on_connect
@@ -106,11 +108,14 @@ class IngestConsumer:
         """Consume until ``stop()``; messages are ingested on this thread, in arrival order."""
         self.client.connect_async(*mqtt.broker_address(self.mqtt_url)[:2], keepalive=30)
         try:
-            while not self._stop.is_set():
+            while not self.stopping.is_set():
                 self.client.loop_forever(retry_first_connection=True)
         finally:
             connections.close_all()
 
     def stop(self) -> None:
-        self._stop.set()
+        super().stop()
         self.client.disconnect()
+
+    def counts(self) -> dict[str, int]:
+        return {"received": self.received, "rejected": self.rejected}

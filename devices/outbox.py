@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from django.db import connections
 from paho.mqtt.client import MQTTMessageInfo
 
 from devices.choices import OutboxKind
 from flespi_site import mqtt
+from flespi_site.runner import Loop
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +41,19 @@ class RelayStats:
     batches: int = 0
 
 
-class OutboxRelay:
-    """Publishes the outbox of one datacenter database to one broker."""
+class OutboxRelay(Loop):
+    """Publishes the outbox of one datacenter database to one broker (a loop of
+    ``flespi_site.runner``)."""
 
     def __init__(self, *, alias: str, mqtt_url: str, topic_root: str, batch: int = 1000, ack_timeout: float = 10.0):
+        super().__init__()
+        self.name = f"relay {alias}"
         self.alias = alias
         self.mqtt_url = mqtt_url
         self.topic_root = topic_root
         self.batch = batch
         self.ack_timeout = ack_timeout
         self.stats = RelayStats()
-        self._stop = threading.Event()
         self._connected = threading.Event()
         self.client = mqtt.client_for(mqtt_url, client_id=f"flespi-relay-{alias}-{int(time.time() * 1000) % 10**9}")
         self.client.max_inflight_messages_set(batch)
@@ -65,11 +68,11 @@ class OutboxRelay:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self._connected.clear()
-        if not self._stop.is_set():
+        if not self.stopping.is_set():
             logger.warning("relay %s lost the broker %s (%s); retrying", self.alias, self.mqtt_url, reason_code)
 
-    def stop(self) -> None:
-        self._stop.set()
+    def counts(self) -> dict[str, int]:
+        return asdict(self.stats)
 
     def start(self) -> None:
         """Connect to the broker in the background (and reconnect whenever it is lost)."""
@@ -89,23 +92,23 @@ class OutboxRelay:
         self._lock(connection)
         self.start()
         try:
-            while not self._stop.is_set():
+            while not self.stopping.is_set():
                 if not self._connected.wait(timeout=0.5):
                     continue
                 if self.relay_once() == 0:
-                    self._stop.wait(idle_sleep)
+                    self.stopping.wait(idle_sleep)
         finally:
             self.close()
             connection.close()
 
     def _lock(self, connection) -> None:
         with connection.cursor() as cursor:
-            while not self._stop.is_set():
+            while not self.stopping.is_set():
                 cursor.execute("SELECT pg_try_advisory_lock(%s)", [RELAY_LOCK_KEY])
                 if cursor.fetchone()[0]:
                     return
                 logger.info("another relay holds %s; waiting", self.alias)
-                self._stop.wait(2.0)
+                self.stopping.wait(2.0)
 
     def relay_once(self) -> int:
         """Publish up to ``batch`` events; returns how many left the outbox."""

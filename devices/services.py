@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
+from psycopg.errors import DeadlockDetected
 
 from accounts import placement
 from accounts.models import Account
@@ -31,6 +32,7 @@ from devices.storage import ChangedRange
 from devices.validation import MessageError, message_prepare
 from flespi_site import celery as calc_queue
 from flespi_site.errors import Conflict, DomainError, ErrorKind, InvalidInput, NotFound
+from flespi_site.updates import locked_row, save_fields
 from regions.datacenters import allocate_ids
 
 # --- devices -------------------------------------------------------------------------------
@@ -76,6 +78,8 @@ def device_create(
     alias = placement.alias_for_account(account.pk)
     device_id = allocate_ids(alias=alias, count=1)[0]
     ident = configuration["ident"]
+    # The claim is committed before the device and removed after it (device_delete): at every
+    # moment a device's ident is claimed, so that no other device can take it.
     claim = _claim_ident(region=account.region.code, ident=ident, device_id=device_id, account_id=account.pk)
     device = Device(
         id=device_id,
@@ -98,36 +102,54 @@ def device_create(
     return device
 
 
+_DEVICE_FIELDS = ("name", "enabled", "messages_ttl", "metadata", "configuration", "account_id")
+
+
 def device_update(*, device: Device, account: Account, data: dict[str, Any]) -> Device:
-    """Update a device. A new ident is claimed in the region first; a move to another account
-    stays within the acting account's tree and region."""
-    new_ident = None
+    """Update the named fields of a device (``flespi_site.updates``): a device deleted meanwhile
+    is a 404, never re-created. A new ident is claimed in the region; a move to another account
+    stays within the acting account's tree, region and datacenter."""
     if "configuration" in data:
-        configuration = data["configuration"]
-        problem = ident_problem(configuration.get("ident"))
+        problem = ident_problem(data["configuration"].get("ident"))
         if problem:
             raise InvalidInput(problem, field="configuration.ident")
-        if configuration["ident"] != device.ident:
-            new_ident = configuration["ident"]
-    if "account_id" in data and data["account_id"] != device.account_id:
-        _device_move_check(device=device, account=account, target_id=data["account_id"])
-    if new_ident is not None:
-        try:
-            with transaction.atomic(using="default"):
-                DeviceIdent.objects.filter(device_id=device.pk).update(ident=new_ident)
-        except IntegrityError:
-            raise Conflict(
-                f"a device with ident {new_ident!r} already exists in region {account.region.code}",
-                field="configuration.ident",
-            ) from None
-        device.ident = new_ident
-    for name in ("name", "enabled", "messages_ttl", "metadata", "configuration", "account_id"):
-        if name in data:
-            setattr(device, name, data[name])
-    device.save()
-    if "account_id" in data:
-        DeviceIdent.objects.filter(device_id=device.pk).update(account_id=device.account_id)
-    return device
+    # The ident claim (control database) and the device (datacenter database) are written in
+    # this order: lock the device row, change the claim inside a control transaction, save the
+    # device and commit it, then commit the claim. While the claim's UPDATE is uncommitted,
+    # PostgreSQL makes anyone inserting the old or the new ident wait for it (the unique index
+    # holds both entries until the commit), and a delete of this device waits for the device
+    # lock and then for the claim's row lock: no interleaving frees the ident of an existing
+    # device or lets a second device claim it. (A crash between the two commits could still
+    # leave them apart; nothing in a single run does.)
+    with transaction.atomic(using="default"), locked_row(
+        Device, pk=device.pk, using=device.database, name="device"
+    ) as fresh:
+        changes = {name: data[name] for name in _DEVICE_FIELDS if name in data}
+        claim: dict[str, Any] = {}
+        if "configuration" in changes and changes["configuration"]["ident"] != fresh.ident:
+            changes["ident"] = claim["ident"] = changes["configuration"]["ident"]
+        if "account_id" in changes and changes["account_id"] != fresh.account_id:
+            _device_move_check(device=fresh, account=account, target_id=changes["account_id"])
+            claim["account_id"] = changes["account_id"]
+        if claim:
+            try:
+                with transaction.atomic(using="default"):
+                    DeviceIdent.objects.filter(device_id=fresh.pk).update(**claim)
+            except IntegrityError:
+                raise Conflict(
+                    f"a device with ident {claim['ident']!r} already exists in region {account.region.code}",
+                    field="configuration.ident",
+                ) from None
+            except OperationalError as exc:
+                # Two devices swapping idents at once wait for each other's claim.
+                if not isinstance(exc.__cause__, DeadlockDetected):
+                    raise
+                raise Conflict(
+                    f"device {fresh.pk}: another device changed its ident to or from "
+                    f"{claim.get('ident')!r} at the same time; send the change again",
+                    field="configuration.ident",
+                ) from None
+        return save_fields(fresh, changes, name="device")
 
 
 def _device_move_check(*, device: Device, account: Account, target_id: int) -> None:
@@ -149,11 +171,12 @@ def _device_move_check(*, device: Device, account: Account, target_id: int) -> N
 
 
 def device_delete(*, device: Device) -> None:
-    alias, device_id = device.database, device.pk  # delete() sets pk to None
-    with transaction.atomic(using=alias):
-        storage.messages_drop_device(alias=alias, device_id=device_id)
-        device.delete()
-    DeviceIdent.objects.filter(device_id=device_id).delete()
+    """Delete a device with its messages; a device already gone is a 404. The claim of its ident
+    goes after the device's commit, so that the ident is never free while the device exists."""
+    with locked_row(Device, pk=device.pk, using=device.database, name="device") as fresh:
+        storage.messages_drop_device(alias=fresh.database, device_id=fresh.pk)
+        fresh.delete()
+    DeviceIdent.objects.filter(device_id=device.pk).delete()
 
 
 # --- messages ------------------------------------------------------------------------------

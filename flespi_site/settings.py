@@ -160,3 +160,8 @@ LOGGING = {
 CALC_SHARDS = _env_int("CALC_SHARDS", 16)
 # Devices publish their messages to this pattern on their region's broker; '+' is the ident.
 MQTT_INGEST_TOPIC = os.environ.get("MQTT_INGEST_TOPIC", "ingest/+")
+# Where calc workers keep their shard caches (one SQLite file per shard, derived data).
+CALC_DATA_DIR = os.environ.get("CALC_DATA_DIR") or str(BASE_DIR / "var" / "calc")
+# Seconds a calc worker's shard lease lasts without renewal: how long a dead worker's shards wait
+# before another worker takes them.
+CALC_LEASE_TTL = float(os.environ.get("CALC_LEASE_TTL") or 15)

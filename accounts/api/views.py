@@ -16,20 +16,14 @@ from accounts.api.serializers import (
 )
 from accounts.choices import AccessType
 from accounts.models import Account, Token
+from flespi_site.api.params import ProjectionParameters, project, projection, query_params
 from flespi_site.api.permissions import IsMasterToken
-from flespi_site.api.selectors import SelectorField
-from flespi_site.api.views import (
-    FlespiAPIView,
-    ProjectionParameters,
-    Resource,
-    ResourceView,
-    json_body,
-    project,
-    projection,
-    query_params,
-)
+from flespi_site.api.regions import Serving, region_of_regional_write
+from flespi_site.api.resources import Resource, ResourceView
+from flespi_site.api.selection import SelectionField
+from flespi_site.api.views import FlespiAPIView, json_body
 from flespi_site.errors import NotFound
-from regions.selectors import region_config, region_is_served, regions_list
+from regions.selectors import regions_list
 
 ACCOUNT_FIELDS = ("id", "name", "parent_id", "region", "datacenter", "depth", "metadata", "created")
 
@@ -111,13 +105,14 @@ class CustomerView(FlespiAPIView):
 
 class SubaccountResource(Resource):
     name = "subaccount"
-    selector_fields = {
-        "id": SelectorField("pk", "int"),
-        "name": SelectorField("name", "str"),
-        "parent_id": SelectorField("parent_id", "int"),
-        "region": SelectorField("region__code", "str"),
-        "datacenter": SelectorField("datacenter__code", "str"),
-        "metadata": SelectorField("metadata", "json"),
+    url_path = "platform/subaccounts"
+    selection_fields = {
+        "id": SelectionField("pk", "int"),
+        "name": SelectionField("name", "str"),
+        "parent_id": SelectionField("parent_id", "int"),
+        "region": SelectionField("region__code", "str"),
+        "datacenter": SelectionField("datacenter__code", "str"),
+        "metadata": SelectionField("metadata", "json"),
     }
     create_serializer = SubaccountCreateSerializer
     update_serializer = AccountUpdateSerializer
@@ -157,31 +152,22 @@ class SubaccountsView(ResourceView):
     permission_classes = [IsMasterToken]
     resource_class = SubaccountResource
 
-    def region_to_serve(self, request: Request, account: Account) -> tuple[str, int]:
-        """A DELETE removes the regional data of the selected subaccounts, which a process that
-        serves one region reaches only in its own: a selection that lives in one other region is
-        served there (where it is also accepted from an account of this region)."""
+    def region_to_serve(self, request: Request, account: Account) -> Serving:
+        """A DELETE removes the regional data of the selected subaccounts."""
         own = super().region_to_serve(request, account)
         selector = self.kwargs.get("selector")
         if request.method != "DELETE" or selector is None:
             return own
-        data = selectors.region_of(accounts=self.selected(selector))
-        if data is None or data[0] == own[0]:
-            return own
-        host_region = getattr(request._request, "host_region", None)
-        if data[0] == host_region:
-            return data
-        if region_config(code=data[0]) is not None and not region_is_served(code=data[0]):
-            return data
-        return own
+        return region_of_regional_write(request, own, selectors.region_of(accounts=self.selected(selector)))
 
 
 class TokenResource(Resource):
     name = "token"
-    selector_fields = {
-        "id": SelectorField("pk", "int"),
-        "info": SelectorField("info", "str"),
-        "enabled": SelectorField("enabled", "bool"),
+    url_path = "platform/tokens"
+    selection_fields = {
+        "id": SelectionField("pk", "int"),
+        "info": SelectionField("info", "str"),
+        "enabled": SelectionField("enabled", "bool"),
     }
     create_serializer = TokenCreateSerializer
     update_serializer = TokenUpdateSerializer

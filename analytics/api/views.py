@@ -17,23 +17,16 @@ from analytics.api.serializers import (
     IntervalsQuerySerializer,
     RecalculateSerializer,
 )
+from analytics.constants import DEFAULT_INTERVALS_COUNT
 from analytics.models import Assignment, Calculator
-from devices.api.views import DeviceChildView, DeviceResource
-from devices.models import Device
-from devices.selectors import devices_of
-from flespi_site.api.selectors import SelectorField, is_id_list, parse_selector
-from flespi_site.api.views import (
-    FlespiAPIView,
-    ProjectionParameters,
-    Resource,
-    ResourceView,
-    json_body,
-    project,
-    projection,
-    query_params,
-    validated_params,
-)
+from devices.api.views import DeviceResource, DeviceSelectionView
+from flespi_site.api.batch import batch_response
+from flespi_site.api.params import project, projection, query_params, validated_params
+from flespi_site.api.resources import Resource, ResourceView, SelectionView, selected_rows
+from flespi_site.api.selection import SelectionField, is_id_list, parse_selection
+from flespi_site.api.views import json_body
 from flespi_site.errors import DomainError, InvalidInput, NotFound
+from flespi_site.jsontext import unstorable
 
 CALCULATOR_FIELDS = (
     "id", "cid", "name", "selectors", "counters", "validate_message", "validate_interval", "timezone",
@@ -67,10 +60,11 @@ def _problems(exc: services.CalculatorInvalid) -> serializers.ValidationError:
 
 class CalculatorResource(Resource):
     name = "calculator"
-    selector_fields = {
-        "id": SelectorField("pk", "int"),
-        "name": SelectorField("name", "str"),
-        "metadata": SelectorField("metadata", "json"),
+    url_path = "gw/calcs"
+    selection_fields = {
+        "id": SelectionField("pk", "int"),
+        "name": SelectionField("name", "str"),
+        "metadata": SelectionField("metadata", "json"),
     }
     create_serializer = CalculatorSerializer
     update_serializer = CalculatorSerializer
@@ -103,98 +97,73 @@ class CalculatorsView(ResourceView):
 
     resource_class = CalculatorResource
 
-    def put(self, request: Request, selector: str | None = None) -> Response:
-        # The whole configuration is validated by the engine after the change; a problem of the
-        # body itself is a 400 with every path, before any calculator is touched.
+    def put(self, request: Request, selector: str | None = None, **parents: str) -> Response:
+        # A problem of the changes themselves is a 400 naming every path, before any calculator is
+        # touched; the whole merged configuration is validated again by the update.
         data = json_body(request)
         if isinstance(data, dict):
             try:
-                services.calculator_config_check({"name": "-", "selectors": [{"type": "datetime", "split": "day"}], **data})
+                services.calculator_changes_check(changes=data)
             except services.CalculatorInvalid as exc:
                 raise _problems(exc) from None
-        return super().put(request, selector)
+        return super().put(request, selector, **parents)
 
 
-class CalcChildView(FlespiAPIView):
-    """A view under ``/gw/calcs/{calc-sel}/devices/{dev-sel}``: the selected calculators and
-    devices of the acting account."""
-
-    def selected_calculators(self, selector: str) -> list[Calculator]:
-        query = parse_selector(selector, CalculatorResource.selector_fields)
-        calculators = list(selectors.calculators_of(account=self.account).filter(query))
-        if not calculators:
-            raise NotFound(f"no calculator matches {selector!r}")
-        return calculators
-
-    def selected_devices(self, selector: str) -> list[Device]:
-        query = parse_selector(selector, DeviceResource.selector_fields)
-        devices = list(devices_of(account=self.account).filter(query))
-        if not devices:
-            raise NotFound(f"no device matches {selector!r}")
-        return devices
-
-    def missing_ids(self, selector: str, found: list[Device]) -> list[int]:
-        """Ids an id-list selector named that the account does not have (they do not exist for it)."""
-        if not is_id_list(selector):
-            return []
-        have = {device.pk for device in found}
-        return [int(part) for part in selector.split(",") if int(part) not in have]
-
-    def selected_assignments(self, calc_selector: str, device_selector: str) -> list[Assignment]:
-        calculators = self.selected_calculators(calc_selector)
-        device_ids = None
-        if device_selector != "all":
-            device_ids = [device.pk for device in self.selected_devices(device_selector)]
-        assignments = list(
-            selectors.assignments_of(
-                account=self.account, calculator_ids=[c.pk for c in calculators], device_ids=device_ids
-            )
-        )
-        if not assignments:
-            raise NotFound(f"no device matching {device_selector!r} is assigned to calculator {calc_selector!r}")
-        return assignments
-
-    @staticmethod
-    def batch(result: list, errors: list[dict]) -> Response:
-        return ResourceView._batch_response(result, errors)
+def _device_field(field: SelectionField) -> SelectionField:
+    return SelectionField("device_id" if field.lookup == "pk" else f"device__{field.lookup}", field.kind)
 
 
-class AssignmentsView(CalcChildView):
+class AssignmentResource(Resource):
+    """The assignments of the selected calculators; selected by their device's fields (``id`` is
+    the device id, as in flespi)."""
+
+    name = "assignment"
+    parent = CalculatorResource
+    url_path = "devices"
+    selection_fields = {name: _device_field(field) for name, field in DeviceResource.selection_fields.items()}
+    create_serializer = AssignmentUpdateSerializer
+    update_serializer = AssignmentUpdateSerializer
+    output_fields = ASSIGNMENT_FIELDS
+
+    def queryset(self):
+        return selectors.assignments_of(account=self.account, calculator_ids=[c.pk for c in self.parents])
+
+    def render(self, obj):
+        return render_assignment(obj)
+
+    def create(self, data):
+        raise InvalidInput("assign devices with POST /gw/calcs/{calc}/devices/{devices}")
+
+    def update(self, obj, data):
+        return services.assignment_update(assignment=obj, enabled=data["enabled"])
+
+    def delete(self, obj):
+        services.assignment_delete(assignment=obj)
+
+
+class AssignmentsView(ResourceView):
     """``POST|GET|PUT|DELETE /gw/calcs/{calc-sel}/devices/{dev-sel}``: assign, list, enable or
     disable, unassign."""
 
-    query_parameters = {"GET": ProjectionParameters, "POST": ProjectionParameters, "PUT": ProjectionParameters}
-    request_serializers = {"PUT": AssignmentUpdateSerializer}
+    resource_class = AssignmentResource
 
-    def get(self, request: Request, calc_selector: str, device_selector: str = "all") -> Response:
-        names = projection(query_params(request), ASSIGNMENT_FIELDS)
-        calculators = self.selected_calculators(calc_selector)
-        device_ids = None
-        if device_selector != "all":
-            device_ids = [device.pk for device in self.selected_devices(device_selector)]
-        rows = selectors.assignments_of(
-            account=self.account, calculator_ids=[c.pk for c in calculators], device_ids=device_ids
-        )
-        return Response({"result": [project(render_assignment(row), names) for row in rows]})
-
-    def post(self, request: Request, calc_selector: str, device_selector: str | None = None) -> Response:
-        if device_selector is None:
+    def post(self, request: Request, selector: str | None = None, **parents: str) -> Response:
+        if selector is None:
             raise InvalidInput("POST assigns devices: name them in the path, /gw/calcs/{calc}/devices/{devices}")
-        if request.stream is not None and request.content_type:
-            body = request.data
-            if body not in ([], {}):
-                raise InvalidInput("assigning takes no body (or an empty JSON array)")
+        if request.stream is not None and request.content_type and request.data not in ([], {}):
+            raise InvalidInput("assigning takes no body (or an empty JSON array)")
         names = projection(query_params(request), ASSIGNMENT_FIELDS)
-        calculators = self.selected_calculators(calc_selector)
+        calculators = self._resource().parents
+        devices = list(
+            DeviceResource(self).queryset().filter(parse_selection(selector, DeviceResource.selection_fields))
+        )
         errors: list[dict] = []
-        try:
-            devices = self.selected_devices(device_selector)
-        except NotFound:
-            devices = []
-        for device_id in self.missing_ids(device_selector, devices):
-            errors.append({**NotFound(f"no device with id {device_id}").as_error(), "id": device_id})
+        if is_id_list(selector):
+            have = {device.pk for device in devices}
+            errors += [NotFound(f"no device with id {i}", id=i).as_error()
+                       for i in (int(part) for part in selector.split(",")) if i not in have]
         if not devices and not errors:
-            raise NotFound(f"no device matches {device_selector!r}")
+            raise NotFound(f"no device matches {selector!r}")
         result = []
         for calculator in calculators:
             for device in devices:
@@ -204,33 +173,29 @@ class AssignmentsView(CalcChildView):
                     errors.append({**exc.as_error(), "id": device.pk, "calc_id": calculator.pk})
                     continue
                 result.append(project(render_assignment(assignment), names))
-        return self.batch(result, errors)
+        return batch_response(result, errors)
 
-    def put(self, request: Request, calc_selector: str, device_selector: str = "all") -> Response:
-        data = json_body(request)
-        serializer = AssignmentUpdateSerializer(data=data)
-        serializer.is_valid(raise_exception=True)
-        names = projection(query_params(request), ASSIGNMENT_FIELDS)
+    def delete(self, request: Request, selector: str | None = None, **parents: str) -> Response:
+        if selector is None:
+            raise InvalidInput("DELETE unassigns selected devices: add a selector to the path")
         result, errors = [], []
-        for assignment in self.selected_assignments(calc_selector, device_selector):
+        for assignment in selected_rows(self, AssignmentResource):
             try:
-                assignment = services.assignment_update(assignment=assignment, enabled=serializer.validated_data["enabled"])
+                services.assignment_delete(assignment=assignment)  # type: ignore[arg-type]
             except DomainError as exc:
-                errors.append({**exc.as_error(), "id": assignment.device_id, "calc_id": assignment.calculator_id})
+                errors.append({**exc.as_error(), "id": assignment.device_id, "calc_id": assignment.calculator_id})  # type: ignore[attr-defined]
                 continue
-            result.append(project(render_assignment(assignment), names))
-        return self.batch(result, errors)
+            result.append({"id": assignment.device_id, "calc_id": assignment.calculator_id})  # type: ignore[attr-defined]
+        return batch_response(result, errors)
 
-    def delete(self, request: Request, calc_selector: str, device_selector: str = "all") -> Response:
-        result, errors = [], []
-        for assignment in self.selected_assignments(calc_selector, device_selector):
-            try:
-                services.assignment_delete(assignment=assignment)
-            except DomainError as exc:
-                errors.append({**exc.as_error(), "id": assignment.device_id, "calc_id": assignment.calculator_id})
-                continue
-            result.append({"id": assignment.device_id, "calc_id": assignment.calculator_id})
-        return self.batch(result, errors)
+
+class AssignmentSelectionView(SelectionView):
+    """A view under ``/gw/calcs/{calc-sel}/devices/{dev-sel}/...``."""
+
+    selection_of = AssignmentResource
+
+    def assignments(self) -> list[Assignment]:
+        return self.selection()  # type: ignore[return-value]  # AssignmentResource selects assignments
 
 
 def _interval_ids(selector: str) -> list[int] | None:
@@ -253,23 +218,23 @@ def _interval_filter(text: str | None):
         raise InvalidInput(f"filter: {exc}", field="filter") from None
 
 
-class IntervalsView(CalcChildView):
+class IntervalsView(AssignmentSelectionView):
     """``GET /gw/calcs/{calc-sel}/devices/{dev-sel}/intervals/{int-sel}`` and ``PUT`` of one
     interval's user fields."""
 
+    url_path = "intervals"
     query_parameters = {"GET": IntervalsQuerySerializer}
 
-    def get(self, request: Request, calc_selector: str, device_selector: str, interval_selector: str = "all") -> Response:
+    def get(self, request: Request, interval_selector: str = "all", **selection: str) -> Response:
         params = validated_params(request, IntervalsQuerySerializer)
         ids = _interval_ids(interval_selector)
         condition = _interval_filter(params.get("filter"))
-        assignments = self.selected_assignments(calc_selector, device_selector)
         intervals = selectors.intervals_of(
-            assignments=assignments,
+            assignments=self.assignments(),
             ids=ids,
             begin=params.get("begin"),
             end=params.get("end"),
-            count=params.get("count", 100_000),
+            count=params.get("count", DEFAULT_INTERVALS_COUNT),
             reverse=params.get("reverse", False),
             condition=condition,
         )
@@ -280,57 +245,55 @@ class IntervalsView(CalcChildView):
             intervals = [{name: interval[name] for name in names if name in interval} for interval in intervals]
         return Response({"result": intervals})
 
-    def put(self, request: Request, calc_selector: str, device_selector: str, interval_selector: str = "all") -> Response:
+    def put(self, request: Request, interval_selector: str = "all", **selection: str) -> Response:
         ids = _interval_ids(interval_selector)
         if ids is None or len(ids) != 1:
             raise InvalidInput("PUT attaches user fields to one interval: name its id in the path", field="selector")
         fields = json_body(request)
         if not isinstance(fields, dict):
             raise InvalidInput("the body must be a JSON object of user fields")
-        from flespi_site.jsontext import unstorable
-
         what = unstorable(fields)
         if what is not None:
             raise InvalidInput(f"user fields must not contain {what}")
-        calculators = {c.pk: c for c in self.selected_calculators(calc_selector)}
         result, errors = [], []
-        for assignment in self.selected_assignments(calc_selector, device_selector):
+        for assignment in self.assignments():
             try:
                 interval = services.interval_user_update(
-                    assignment=assignment, calculator=calculators[assignment.calculator_id],
-                    interval_id=ids[0], fields=fields,
+                    assignment=assignment, calculator=assignment.calculator, interval_id=ids[0], fields=fields,
                 )
             except DomainError as exc:
                 errors.append({**exc.as_error(), "id": ids[0], "calc_id": assignment.calculator_id,
                                "device_id": assignment.device_id})
                 continue
             result.append(interval)
-        return self.batch(result, errors)
+        return batch_response(result, errors)
 
 
-class RecalculateView(CalcChildView):
+class RecalculateView(AssignmentSelectionView):
     """``POST /gw/calcs/{calc-sel}/devices/{dev-sel}/recalculate``: ask for the recalculation of
     ``begin``..``end`` (all of history when absent); the calc fleet does it."""
 
+    url_path = "recalculate"
     request_serializers = {"POST": RecalculateSerializer}
 
-    def post(self, request: Request, calc_selector: str, device_selector: str) -> Response:
+    def post(self, request: Request, **selection: str) -> Response:
         data: Any = {}
         if request.stream is not None and request.content_type:
             data = request.data
         serializer = RecalculateSerializer(data=data)
         serializer.is_valid(raise_exception=True)
-        assignments = self.selected_assignments(calc_selector, device_selector)
+        assignments = self.assignments()
         services.recalculation_request(
             assignments=assignments, begin=serializer.validated_data.get("begin"), end=serializer.validated_data.get("end")
         )
         return Response({"result": [{"id": a.device_id, "calc_id": a.calculator_id} for a in assignments]})
 
 
-class CalculateView(DeviceChildView):
+class CalculateView(DeviceSelectionView):
     """``POST /gw/devices/{dev-sel}/calculate``: intervals of a stored or inline calculator over
     ``begin``..``end``, computed from the stored messages now, nothing stored."""
 
+    url_path = "calculate"
     request_serializers = {"POST": CalculateSerializer}
 
     def post(self, request: Request, selector: str) -> Response:
@@ -351,9 +314,8 @@ class CalculateView(DeviceChildView):
                 raise serializers.ValidationError(
                     {f"calculator.{p.path}" if p.path else "calculator": [p.message] for p in exc.problems}
                 ) from None
-        devices = self.selected_devices(selector)
         result = []
-        for device in devices:
+        for device in self.selected_devices():
             intervals = calculation.calculate_stored(device=device, calculator=calculator, begin=data["begin"], end=data["end"])
             result.append({"id": device.pk, "intervals": list(intervals)})
         return Response({"result": result})

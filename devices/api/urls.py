@@ -1,10 +1,8 @@
-from django.urls import path
-
 from devices.api import views
-from flespi_site.api.views import resource_paths
+from flespi_site.api.resources import resource_paths, selection_path
 
 urlpatterns = [
-    *resource_paths("gw/devices", views.DevicesView, "gw-devices"),
-    path("gw/devices/<str:selector>/messages", views.MessagesView.as_view(), name="gw-device-messages"),
-    path("gw/devices/<str:selector>/telemetry", views.TelemetryView.as_view(), name="gw-device-telemetry"),
+    *resource_paths(views.DevicesView, "gw-devices"),
+    selection_path(views.MessagesView, "gw-device-messages"),
+    selection_path(views.TelemetryView, "gw-device-telemetry"),
 ]

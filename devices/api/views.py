@@ -14,9 +14,11 @@ from devices.api.serializers import (
     MessagesQuerySerializer,
 )
 from devices.models import Device
-from flespi_site.api.selectors import SelectorField, parse_selector
-from flespi_site.api.views import FlespiAPIView, Resource, ResourceView, validated_params
-from flespi_site.errors import DomainError, InvalidInput, NotFound
+from flespi_site.api.batch import batch_response
+from flespi_site.api.params import project, projection, validated_params
+from flespi_site.api.resources import Resource, ResourceView, SelectionView
+from flespi_site.api.selection import SelectionField
+from flespi_site.errors import DomainError, InvalidInput
 
 DEVICE_FIELDS = ("id", "name", "cid", "configuration", "enabled", "messages_ttl", "metadata", "shard", "created")
 
@@ -37,12 +39,13 @@ def render_device(device: Device) -> dict:
 
 class DeviceResource(Resource):
     name = "device"
-    selector_fields = {
-        "id": SelectorField("pk", "int"),
-        "name": SelectorField("name", "str"),
-        "enabled": SelectorField("enabled", "bool"),
-        "configuration": SelectorField("configuration", "json"),
-        "metadata": SelectorField("metadata", "json"),
+    url_path = "gw/devices"
+    selection_fields = {
+        "id": SelectionField("pk", "int"),
+        "name": SelectionField("name", "str"),
+        "enabled": SelectionField("enabled", "bool"),
+        "configuration": SelectionField("configuration", "json"),
+        "metadata": SelectionField("metadata", "json"),
     }
     create_serializer = DeviceCreateSerializer
     update_serializer = DeviceUpdateSerializer
@@ -78,15 +81,13 @@ class DevicesView(ResourceView):
     resource_class = DeviceResource
 
 
-class DeviceChildView(FlespiAPIView):
+class DeviceSelectionView(SelectionView):
     """A view under ``/gw/devices/{sel}/...``: the selected devices of the acting account."""
 
-    def selected_devices(self, selector: str) -> list[Device]:
-        query = parse_selector(selector, DeviceResource.selector_fields)
-        devices = list(selectors.devices_of(account=self.account).filter(query))
-        if not devices:
-            raise NotFound(f"no device matches {selector!r}")
-        return devices
+    selection_of = DeviceResource
+
+    def selected_devices(self) -> list[Device]:
+        return self.selection()  # type: ignore[return-value]  # DeviceResource selects devices
 
 
 def _message_filter(text: str | None):
@@ -100,15 +101,16 @@ def _message_filter(text: str | None):
         raise InvalidInput(f"filter: {exc}", field="filter") from None
 
 
-class MessagesView(DeviceChildView):
+class MessagesView(DeviceSelectionView):
     """``GET|POST|DELETE /gw/devices/{sel}/messages``."""
 
+    url_path = "messages"
     query_parameters = {"GET": MessagesQuerySerializer, "DELETE": MessagesDeleteSerializer}
     request_serializers = {"POST": MessageSerializer(many=True)}
 
     def get(self, request: Request, selector: str) -> Response:
         params = validated_params(request, MessagesQuerySerializer)
-        devices = self.selected_devices(selector)
+        devices = self.selected_devices()
         condition = _message_filter(params.get("filter"))
         window = {
             "begin": params.get("begin"),
@@ -120,34 +122,28 @@ class MessagesView(DeviceChildView):
             messages = selectors.messages_of(devices=devices, **window)
         else:
             messages = selectors.messages_matching(devices=devices, condition=condition, **window)
-        if "fields" in params:
-            names = [name.strip() for name in params["fields"].split(",") if name.strip()]
-            messages = [{name: message[name] for name in names if name in message} for message in messages]
-        return Response({"result": messages})
+        names = projection(params)
+        return Response({"result": [project(message, names) for message in messages]})
 
     def post(self, request: Request, selector: str) -> Response:
         if not isinstance(request.data, list):
             raise InvalidInput("the body must be a JSON array of messages")
-        devices = self.selected_devices(selector)
+        devices = self.selected_devices()
         result = services.messages_ingest(devices=devices, messages=request.data, source="rest")
-        body: dict = {"result": []}
-        if result.errors:
-            body["errors"] = [error.as_error() for error in result.errors]
-        codes = {error.status for error in result.errors}
-        status = 200 if result.accepted or not codes else (codes.pop() if len(codes) == 1 else 400)
-        return Response(body, status=status)
+        return batch_response([], [error.as_error() for error in result.errors], done=result.accepted)
 
     def delete(self, request: Request, selector: str) -> Response:
         params = validated_params(request, MessagesDeleteSerializer)
-        devices = self.selected_devices(selector)
+        devices = self.selected_devices()
         services.messages_delete(devices=devices, begin=params.get("begin"), end=params.get("end"))
         return Response({"result": []})
 
 
-class TelemetryView(DeviceChildView):
+class TelemetryView(DeviceSelectionView):
     """``GET /gw/devices/{sel}/telemetry``: the latest value of every parameter and its time."""
 
+    url_path = "telemetry"
     def get(self, request: Request, selector: str) -> Response:
-        devices = self.selected_devices(selector)
+        devices = self.selected_devices()
         telemetry = selectors.telemetry_of(devices=devices)
         return Response({"result": [{"id": device.pk, "telemetry": telemetry[device.pk]} for device in devices]})

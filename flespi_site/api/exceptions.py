@@ -26,22 +26,22 @@ class RegionRedirect(Exception):
         self.account_id = account_id
 
 
-def _flatten(detail, path: str = "") -> list[tuple[str, str]]:
+def flatten_detail(detail, path: str = "") -> list[tuple[str, str]]:
     if isinstance(detail, dict):
         items = []
         for key, value in detail.items():
             # DRF files an error of a whole object under "non_field_errors": it is the object's own.
             if key == api_settings.NON_FIELD_ERRORS_KEY:
-                items += _flatten(value, path)
+                items += flatten_detail(value, path)
             else:
-                items += _flatten(value, f"{path}.{key}" if path else str(key))
+                items += flatten_detail(value, f"{path}.{key}" if path else str(key))
         return items
     if isinstance(detail, list):
         if all(not isinstance(item, (dict, list)) for item in detail):
             return [(path, str(item)) for item in detail]
         items = []
         for index, value in enumerate(detail):
-            items += _flatten(value, f"{path}[{index}]")
+            items += flatten_detail(value, f"{path}[{index}]")
         return items
     return [(path, str(detail))]
 
@@ -78,7 +78,7 @@ def exception_handler(exc, context):
     if isinstance(exc, drf.ValidationError):
         errors = [
             {"code": 400, "type": "invalid", "reason": f"{path}: {message}" if path else message, **({"field": path} if path else {})}
-            for path, message in _flatten(exc.detail)
+            for path, message in flatten_detail(exc.detail)
         ]
         return errors_response(errors, 400)
     if isinstance(exc, drf.APIException):
@@ -90,7 +90,7 @@ def exception_handler(exc, context):
         status = exc.status_code
         if isinstance(exc, drf.NotAuthenticated):
             status = 401
-        reasons = [message for _path, message in _flatten(exc.detail)]
+        reasons = [message for _path, message in flatten_detail(exc.detail)]
         if isinstance(exc, drf.UnsupportedMediaType):
             reasons = [
                 f"{reason}; send the body as JSON with Content-Type: application/json (curl: --json)"

@@ -93,7 +93,8 @@ def test_assign_list_disable_unassign(api, key, calculator, device):
     response = api.call("DELETE", f"/gw/calcs/{calculator.pk}/devices/{device.pk}", key=key)
     assert response.json()["result"] == [{"id": device.pk, "calc_id": calculator.pk}]
     assert Assignment.objects.using(device.database).count() == 0
-    assert api.call("GET", f"/gw/calcs/{calculator.pk}/devices/{device.pk}", key=key).json() == {"result": []}
+    assert api.call("GET", f"/gw/calcs/{calculator.pk}/devices/{device.pk}", key=key).status_code == 404
+    assert api.call("GET", f"/gw/calcs/{calculator.pk}/devices/all", key=key).json() == {"result": []}
 
 
 def test_other_accounts_calculators_and_devices_do_not_exist(api, key, make_account, make_token, calculator, device):

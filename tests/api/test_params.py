@@ -7,7 +7,7 @@ from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
 from flespi_site.api import fields as strict
-from flespi_site.api.views import validated_params
+from flespi_site.api.params import validated_params
 from flespi_site.errors import InvalidInput
 
 

@@ -2,7 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from devices.ingest_mqtt import IngestConsumer
-from flespi_site.runner import run_until_signalled
+from flespi_site.runner import run_loops
 
 
 class Command(BaseCommand):
@@ -10,6 +10,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--pattern", default=settings.MQTT_INGEST_TOPIC, help="topic pattern; '+' is the ident")
+        parser.add_argument("--log-every", type=float, default=60, help="log the counts every N seconds")
 
     def handle(self, *args, **options):
         consumers = [
@@ -18,6 +19,7 @@ class Command(BaseCommand):
             if not settings.SERVED_REGION or region.code == settings.SERVED_REGION
         ]
         self.stdout.write(f"ingesting {options['pattern']} in regions {', '.join(c.region for c in consumers)}")
-        run_until_signalled(consumers, name="mqtt_ingest")
+        counts = run_loops(consumers, name="mqtt_ingest", log_every=options["log_every"])
         for consumer in consumers:
-            self.stdout.write(f"{consumer.region}: received {consumer.received}, rejected {consumer.rejected}")
+            done = counts[consumer.name]
+            self.stdout.write(f"{consumer.region}: received {done['received']}, rejected {done['rejected']}")

@@ -2,7 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from devices.outbox import OutboxRelay
-from flespi_site.runner import run_until_signalled
+from flespi_site.runner import run_loops
 from regions.selectors import served_datacenters
 
 
@@ -11,6 +11,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--datacenter", action="append", help="datacenter code (repeatable); default: all served")
+        parser.add_argument("--log-every", type=float, default=60, help="log the counts every N seconds")
 
     def handle(self, *args, **options):
         relays = [
@@ -18,6 +19,7 @@ class Command(BaseCommand):
             for region, dc in served_datacenters(codes=options["datacenter"])
         ]
         self.stdout.write(f"relaying {len(relays)} datacenter outbox(es): {', '.join(r.alias for r in relays)}")
-        run_until_signalled(relays, name="outbox_relay")
+        counts = run_loops(relays, name="outbox_relay", log_every=options["log_every"])
         for relay in relays:
-            self.stdout.write(f"{relay.alias}: published {relay.stats.published}, skipped {relay.stats.skipped}")
+            done = counts[relay.name]
+            self.stdout.write(f"{relay.alias}: published {done['published']}, skipped {done['skipped']}")

@@ -1,29 +1,10 @@
-import logging
-import threading
+from functools import partial
 
 from django.core.management.base import BaseCommand
 
 from devices.services import messages_purge_expired
-from flespi_site.runner import run_until_signalled
+from flespi_site.runner import PeriodicLoop, run_loops
 from regions.selectors import served_datacenters
-
-logger = logging.getLogger(__name__)
-
-
-class PurgeLoop:
-    def __init__(self, alias: str, every: float):
-        self.alias = alias
-        self.every = every
-        self._stop = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            deleted = messages_purge_expired(alias=self.alias)
-            logger.info("purge %s: deleted %d expired messages", self.alias, deleted)
-            self._stop.wait(self.every)
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 class Command(BaseCommand):
@@ -31,6 +12,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--every", type=float, default=0, help="repeat every N seconds until stopped (0: once)")
+        parser.add_argument("--log-every", type=float, default=3600, help="log the counts every N seconds")
 
     def handle(self, *args, **options):
         datacenters = [dc.alias for _region, dc in served_datacenters()]
@@ -38,4 +20,12 @@ class Command(BaseCommand):
             for alias in datacenters:
                 self.stdout.write(f"{alias}: deleted {messages_purge_expired(alias=alias)} expired messages")
             return
-        run_until_signalled([PurgeLoop(alias, options["every"]) for alias in datacenters], name="purge_messages")
+        loops = [
+            PeriodicLoop(
+                name=f"purge {alias}", every=options["every"], step=partial(messages_purge_expired, alias=alias),
+                what="deleted",
+            )
+            for alias in datacenters
+        ]
+        for name, counts in run_loops(loops, name="purge_messages", log_every=options["log_every"]).items():
+            self.stdout.write(f"{name}: deleted {counts['deleted']} expired messages in {counts['steps']} runs")

@@ -1,8 +1,11 @@
-"""Selectors in paths: ``all``; an id or a comma list of ids; ``field=value`` conditions joined by
-commas (ANDed), with ``*`` and ``?`` wildcards in values.
+"""Selections in paths, the ``{selector}`` of ``/gw/devices/{selector}`` on the wire: ``all``; an
+id or a comma list of ids; ``field=value`` conditions joined by commas (ANDed), with
+``*`` and ``?`` wildcards in values.
 
-A resource declares which fields can be selected on (``SelectorField``); a dotted name under a
-JSON field (``configuration.ident``, ``metadata.group``) selects on a key inside it.
+The name keeps them apart from the engine's interval selectors (``analytics.engine``) and from
+each app's read functions (``selectors.py``). A resource declares which fields can be selected on
+(``SelectionField``); a dotted name under a JSON field (``configuration.ident``,
+``metadata.group``) selects on a key inside it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from django.db.models.lookups import Regex
 
 from flespi_site.errors import InvalidInput
 
-MAX_SELECTOR_IDS = 1000
+MAX_SELECTION_IDS = 1000
 # PostgreSQL refuses regular expressions past some complexity ("too complex"), a database error.
 MAX_WILDCARD_LENGTH = 256
 # Deeper keys than stored JSON can hold (MAX_JSON_DEPTH) match nothing; far deeper ones overflow
@@ -25,7 +28,7 @@ MAX_JSON_KEY_DEPTH = 16
 
 
 @dataclass(frozen=True)
-class SelectorField:
+class SelectionField:
     lookup: str  # ORM path
     kind: str  # "int", "str", "bool" or "json" (a JSON object whose keys can be selected on)
 
@@ -70,7 +73,7 @@ def is_id_list(selector: str) -> bool:
     return all(_is_int(part) for part in selector.strip().split(","))
 
 
-def parse_selector(selector: str, fields: dict[str, SelectorField]) -> Q:
+def parse_selection(selector: str, fields: dict[str, SelectionField]) -> Q:
     """A Q object for ``selector``; raises InvalidInput naming the bad part."""
     selector = selector.strip()
     if "\x00" in selector:
@@ -81,9 +84,11 @@ def parse_selector(selector: str, fields: dict[str, SelectorField]) -> Q:
     if any(part == "" for part in parts):
         raise InvalidInput(f"selector {selector!r} has an empty item", field="selector")
     if all(_is_int(part) for part in parts):
-        if len(parts) > MAX_SELECTOR_IDS:
-            raise InvalidInput(f"a selector may list at most {MAX_SELECTOR_IDS} ids", field="selector")
-        return Q(pk__in=[int(part) for part in parts])
+        if len(parts) > MAX_SELECTION_IDS:
+            raise InvalidInput(f"a selector may list at most {MAX_SELECTION_IDS} ids", field="selector")
+        # Ids select by the resource's "id" field (an assignment's id is its device's).
+        lookup = fields["id"].lookup if "id" in fields else "pk"
+        return Q(**{f"{lookup}__in": [int(part) for part in parts]})
     query = Q()
     for part in parts:
         name, eq, value = part.partition("=")
@@ -97,7 +102,7 @@ def parse_selector(selector: str, fields: dict[str, SelectorField]) -> Q:
     return query
 
 
-def _condition(name: str, value: str, fields: dict[str, SelectorField]) -> Q:
+def _condition(name: str, value: str, fields: dict[str, SelectionField]) -> Q:
     field = fields.get(name)
     if field is None:
         root, dot, key = name.partition(".")

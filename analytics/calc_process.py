@@ -1,0 +1,97 @@
+"""A calc worker process: a Celery worker (solo pool: one task at a time, late acknowledgement,
+prefetch of one) of one region that consumes the queues of the shards it holds.
+
+A consumer bootstep balances the shard leases every ``BALANCE_EVERY`` seconds in the consumer's
+own loop (starting and stopping the consumption of the shards' queues there, where Celery wants
+it), and a heartbeat thread renews the leases every third of their TTL while tasks run. A shard
+whose lease is lost stops being consumed at the next balance, and anything its task tries to
+write is refused by the fence in the meantime. Run it with ``manage.py calc_worker --region eu``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+
+from celery import bootsteps
+
+from analytics import tasks
+from analytics.worker import ShardWorker
+from flespi_site.celery import celery_app, shard_queue
+
+logger = logging.getLogger(__name__)
+
+BALANCE_EVERY = 2.0
+
+
+def _make_step(worker: ShardWorker):
+    class ShardQueues(bootsteps.StartStopStep):
+        """Consume exactly the queues of the shards this worker holds."""
+
+        requires = {"celery.worker.consumer.tasks:Tasks"}
+
+        def start(self, c):
+            self.tick(c)
+            self.timer = c.timer.call_repeatedly(BALANCE_EVERY, self.tick, (c,), priority=10)
+
+        def tick(self, c):
+            try:
+                gained, lost = worker.rebalance()
+            except Exception:  # Redis or a database away: try again next tick
+                logger.exception("calc %s: balancing the shard leases failed", worker.region)
+                return
+            for shard in lost:
+                c.cancel_task_queue(shard_queue(worker.region, shard))
+            for shard in gained:
+                c.add_task_queue(shard_queue(worker.region, shard))
+            if gained or lost:
+                logger.info("calc %s: %s holds shards %s (gained %s, lost %s)", worker.region, worker.worker_id,
+                            sorted(worker.held), gained, lost)
+
+        def stop(self, c):
+            timer = getattr(self, "timer", None)
+            if timer is not None:
+                timer.cancel()
+
+        def shutdown(self, c):
+            worker.leave()
+
+    return ShardQueues
+
+
+def _heartbeat(worker: ShardWorker, stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
+        try:
+            worker.renew()
+        except Exception:
+            logger.exception("calc %s: renewing the shard leases failed", worker.region)
+
+
+def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, loglevel: str = "INFO") -> None:
+    """Run a calc worker of ``region`` until SIGTERM/SIGINT (a warm shutdown: the running task
+    finishes, the leases are released)."""
+    worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    worker = ShardWorker(region=region, worker_id=worker_id, data_dir=data_dir, lease_ttl=lease_ttl)
+    tasks.set_worker(worker)
+    app = celery_app(region)
+    app.conf.task_default_queue = f"calc.{region}.control"
+    app.steps["consumer"].add(_make_step(worker))
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(worker, stop, lease_ttl / 3), name="lease-heartbeat", daemon=True)
+    beat.start()
+    logger.info("calc %s: worker %s starting (data in %s)", region, worker_id, worker.data_dir)
+    try:
+        app.worker_main(
+            argv=["worker", "--pool=solo", f"--loglevel={loglevel}", "-n", f"{worker_id}@calc",
+                  "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", app.conf.task_default_queue]
+        )
+    finally:
+        stop.set()
+        try:
+            worker.leave()
+        except Exception:
+            logger.exception("calc %s: releasing the shard leases failed", region)
+        tasks.set_worker(None)

@@ -1,0 +1,18 @@
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from analytics.pump import Pump
+from flespi_site.runner import run_loops
+
+
+class Command(BaseCommand):
+    help = "Run the pump of a region: due debounce timers to the calc workers, reconciliation, purges."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--region", required=True, help="the region to pump")
+
+    def handle(self, *args, region, **options):
+        codes = [r.code for r in settings.TOPOLOGY.regions]
+        if region not in codes:
+            raise CommandError(f"unknown region {region!r}; regions: {', '.join(codes)}")
+        run_loops([Pump(region=region)], name=f"pump {region}")

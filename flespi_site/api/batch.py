@@ -1,0 +1,44 @@
+"""The answer of a batch: ``{"result": [...], "errors": [...]}`` with one status for the whole.
+
+A batch that did part of its work answers 200 with both; one that did nothing answers with the
+status its errors share (400 when they differ); one with no errors is 200.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+from rest_framework.response import Response
+
+from flespi_site.api.exceptions import flatten_detail
+
+
+def batch_status(errors: list[dict], *, done: int) -> int:
+    if done or not errors:
+        return 200
+    codes = {error["code"] for error in errors}
+    return codes.pop() if len(codes) == 1 else 400
+
+
+def batch_response(result: list, errors: list[dict], *, done: int | None = None) -> Response:
+    """The envelope of a batch. ``done``: how many items it did (default: ``len(result)``; a
+    write that answers no items, like a message upload, says how many it stored)."""
+    body: dict[str, Any] = {"result": result}
+    if errors:
+        body["errors"] = errors
+    return Response(body, status=batch_status(errors, done=len(result) if done is None else done))
+
+
+def item_validation_errors(exc: serializers.ValidationError, *, index: int) -> list[dict]:
+    """The errors of one item of a POSTed array that its serializer refused, naming its index."""
+    return [
+        {
+            "code": 400,
+            "type": "invalid",
+            "reason": f"{field}: {message}" if field else message,
+            **({"field": field} if field else {}),
+            "index": index,
+        }
+        for field, message in flatten_detail(exc.detail)
+    ]

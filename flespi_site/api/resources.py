@@ -1,0 +1,231 @@
+"""Resources: an endpoint declares what it serves (a ``Resource``) and gets the API's behaviour.
+
+- ``ResourceView``: ``POST`` a JSON array to the collection, ``GET|PUT|DELETE`` a selection
+  (``all``, ids, ``field=value``; ``flespi_site.api.selection``), each item answered in one batch
+  (``flespi_site.api.batch``), ``fields=`` projecting what is rendered.
+- A child resource lives under a selection of its parent: it names the parent (``parent =
+  CalcResource``) and its path below it (``url_path = "devices"``); its ``queryset`` reads
+  ``self.parents``, the parent rows the path selected (a 404 naming the parent when none).
+  ``/gw/calcs/{calculator_selector}/devices/{selector}`` is ``resource_paths`` of a view whose
+  resource has ``parent = CalcResource``; a grandchild works the same way.
+- ``SelectionView``: another method on a selection (``/gw/devices/{selector}/messages``,
+  ``.../recalculate``): it names the resource (``selection_of``) and its ``url_path``, and reads
+  ``self.selection()``.
+
+In a path, the innermost selection is ``{selector}``; the outer ones are named by their resource
+(``{calculator_selector}``). ``resource_paths`` and ``selection_path`` build the paths.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+from django.db.models import Model, QuerySet
+from django.urls import URLPattern, path
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.models import Account
+from flespi_site.api.batch import batch_response, item_validation_errors
+from flespi_site.api.params import ProjectionParameters, project, projection, query_params
+from flespi_site.api.selection import SelectionField, is_id_list, parse_selection
+from flespi_site.api.views import FlespiAPIView, json_body
+from flespi_site.errors import DomainError, InvalidInput, NotFound
+
+
+class Resource(ABC):
+    """What an endpoint serves: which rows an account sees, how they render, how they are
+    created, updated and deleted (each through a service)."""
+
+    name: ClassVar[str] = "item"
+    # The collection's path ("gw/devices"); a child's, below its parent's selection ("devices").
+    url_path: ClassVar[str]
+    # The resource whose selection this one lives under, or None.
+    parent: ClassVar[type[Resource] | None] = None
+    selection_fields: ClassVar[dict[str, SelectionField]] = {"id": SelectionField("pk", "int")}
+    # Every resource creates and updates (``create`` and ``update`` are abstract): it names the
+    # serializers of their input.
+    create_serializer: ClassVar[type[serializers.Serializer]]
+    update_serializer: ClassVar[type[serializers.Serializer]]
+    output_fields: ClassVar[tuple[str, ...]] = ("id",)
+    max_batch: ClassVar[int] = 1000
+
+    def __init__(self, view: FlespiAPIView, parents: Sequence[Model] = ()):
+        self.view = view
+        # The parent rows the path selected (a child resource's ``queryset`` reads them).
+        self.parents = list(parents)
+
+    @property
+    def account(self) -> Account:
+        return self.view.account
+
+    @abstractmethod
+    def queryset(self) -> QuerySet: ...
+
+    @abstractmethod
+    def render(self, obj: Model) -> dict: ...
+
+    @abstractmethod
+    def create(self, data: dict) -> Model: ...
+
+    @abstractmethod
+    def update(self, obj: Model, data: dict) -> Model: ...
+
+    @abstractmethod
+    def delete(self, obj: Model) -> None: ...
+
+
+def selector_kwarg(resource_class: type[Resource]) -> str:
+    """The path parameter of a resource's selection when another selection follows it."""
+    return f"{resource_class.name}_selector"
+
+
+def collection_path(resource_class: type[Resource]) -> str:
+    """The path of a resource's collection, below its parents' selections."""
+    parent = resource_class.parent
+    if parent is None:
+        return resource_class.url_path
+    return f"{collection_path(parent)}/<str:{selector_kwarg(parent)}>/{resource_class.url_path}"
+
+
+def _parents_of(view: FlespiAPIView, resource_class: type[Resource]) -> list[Model]:
+    parent = resource_class.parent
+    return [] if parent is None else selected_rows(view, parent, kwarg=selector_kwarg(parent))
+
+
+def selected_rows(view: FlespiAPIView, resource_class: type[Resource], *, kwarg: str = "selector") -> list[Model]:
+    """The rows of ``resource_class`` that the path selects (parents first); a 404 naming the
+    resource when there is none."""
+    resource = resource_class(view, _parents_of(view, resource_class))
+    selector = view.kwargs[kwarg]
+    rows = list(resource.queryset().filter(parse_selection(selector, resource.selection_fields)))
+    if not rows:
+        raise NotFound(f"no {resource.name} matches {selector!r}")
+    return rows
+
+
+class ResourceView(FlespiAPIView):
+    resource_class: ClassVar[type[Resource]]
+    query_parameters = {"GET": ProjectionParameters, "POST": ProjectionParameters, "PUT": ProjectionParameters}
+
+    def _resource(self) -> Resource:
+        resource = getattr(self, "_resource_of_request", None)
+        if resource is None:
+            resource = self.resource_class(self, _parents_of(self, self.resource_class))
+            self._resource_of_request = resource
+        return resource
+
+    def selected(self, selector: str | None) -> QuerySet:
+        resource = self._resource()
+        queryset = resource.queryset()
+        if selector is not None:
+            queryset = queryset.filter(parse_selection(selector, resource.selection_fields))
+            if is_id_list(selector) and not queryset.exists():
+                # Ids the account cannot see do not exist for it.
+                raise NotFound(f"no {resource.name} with id {selector}")
+        return queryset
+
+    def get(self, request: Request, selector: str | None = None, **parents: str) -> Response:
+        resource = self._resource()
+        names = projection(query_params(request), resource.output_fields)
+        rows = self.selected(selector or "all")
+        return Response({"result": [project(resource.render(obj), names) for obj in rows]})
+
+    def post(self, request: Request, selector: str | None = None, **parents: str) -> Response:
+        resource = self._resource()
+        if selector is not None:
+            raise InvalidInput(f"POST creates {resource.name}s: send it to the collection, without a selector")
+        items = json_body(request)
+        if not isinstance(items, list):
+            raise InvalidInput(f"the body must be a JSON array of {resource.name}s to create")
+        if len(items) > resource.max_batch:
+            raise InvalidInput(f"at most {resource.max_batch} {resource.name}s per request")
+        names = projection(query_params(request), resource.output_fields)
+        result, errors = [], []
+        for index, item in enumerate(items):
+            serializer = resource.create_serializer(data=item)
+            try:
+                serializer.is_valid(raise_exception=True)
+                obj = resource.create(serializer.validated_data)
+            except serializers.ValidationError as exc:
+                errors += item_validation_errors(exc, index=index)
+                continue
+            except DomainError as exc:
+                errors.append({**exc.as_error(), "index": index})
+                continue
+            result.append(project(resource.render(obj), names))
+        return batch_response(result, errors)
+
+    def put(self, request: Request, selector: str | None = None, **parents: str) -> Response:
+        resource = self._resource()
+        if selector is None:
+            raise InvalidInput(f"PUT updates selected {resource.name}s: add a selector to the path, like /all or /12")
+        data = json_body(request)
+        if not isinstance(data, dict):
+            raise InvalidInput("the body must be a JSON object with the fields to change")
+        serializer = resource.update_serializer(data=data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        names = projection(query_params(request), resource.output_fields)
+        objects = list(self.selected(selector))
+        if not objects:
+            raise NotFound(f"no {resource.name} matches {selector!r}")
+        result, errors = [], []
+        for obj in objects:
+            try:
+                obj = resource.update(obj, dict(serializer.validated_data))
+            except DomainError as exc:
+                errors.append({**exc.as_error(), "id": obj.pk})
+                continue
+            result.append(project(resource.render(obj), names))
+        return batch_response(result, errors)
+
+    def delete(self, request: Request, selector: str | None = None, **parents: str) -> Response:
+        resource = self._resource()
+        if selector is None:
+            raise InvalidInput(f"DELETE removes selected {resource.name}s: add a selector to the path")
+        objects = list(self.selected(selector))
+        if not objects:
+            raise NotFound(f"no {resource.name} matches {selector!r}")
+        result, errors = [], []
+        for obj in objects:
+            pk = obj.pk
+            try:
+                resource.delete(obj)
+            except DomainError as exc:
+                errors.append({**exc.as_error(), "id": pk})
+                continue
+            result.append({"id": pk})
+        return batch_response(result, errors)
+
+
+class SelectionView(FlespiAPIView):
+    """A view on a selection of a resource, under ``<collection>/{selector}/<url_path>``."""
+
+    selection_of: ClassVar[type[Resource]]
+    url_path: ClassVar[str]
+
+    def selection(self) -> list[Model]:
+        """The rows the path selects, read once per request; a 404 when there is none."""
+        rows = getattr(self, "_selection_of_request", None)
+        if rows is None:
+            rows = selected_rows(self, self.selection_of)
+            self._selection_of_request = rows
+        return rows
+
+
+def resource_paths(view: type[ResourceView], name: str) -> list[URLPattern]:
+    """The collection path and the selection path of a resource."""
+    prefix = collection_path(view.resource_class)
+    handler = view.as_view()
+    return [
+        path(prefix, handler, name=name),
+        path(f"{prefix}/<str:selector>", handler, name=f"{name}-selected"),
+    ]
+
+
+def selection_path(view: type[SelectionView], name: str) -> URLPattern:
+    """The path of a view on a selection: ``<collection>/{selector}/<url_path>``."""
+    return path(f"{collection_path(view.selection_of)}/<str:selector>/{view.url_path}", view.as_view(), name=name)

@@ -19,7 +19,7 @@ In a path, the innermost selection is ``{selector}``; the outer ones are named b
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from django.db.models import Model, QuerySet
@@ -169,35 +169,35 @@ class ResourceView(FlespiAPIView):
         serializer = resource.update_serializer(data=data, partial=True)
         serializer.is_valid(raise_exception=True)
         names = projection(query_params(request), resource.output_fields)
-        objects = list(self.selected(selector))
-        if not objects:
-            raise NotFound(f"no {resource.name} matches {selector!r}")
-        result, errors = [], []
-        for obj in objects:
-            try:
-                obj = resource.update(obj, dict(serializer.validated_data))
-            except DomainError as exc:
-                errors.append({**exc.as_error(), "id": obj.pk})
-                continue
-            result.append(project(resource.render(obj), names))
-        return batch_response(result, errors)
+        return self._each_selected(
+            selector, lambda obj: project(resource.render(resource.update(obj, dict(serializer.validated_data))), names)
+        )
 
     def delete(self, request: Request, selector: str | None = None, **parents: str) -> Response:
         resource = self._resource()
         if selector is None:
             raise InvalidInput(f"DELETE removes selected {resource.name}s: add a selector to the path")
+
+        def delete(obj: Model) -> dict:
+            pk = obj.pk  # a deleted row has none
+            resource.delete(obj)
+            return {"id": pk}
+
+        return self._each_selected(selector, delete)
+
+    def _each_selected(self, selector: str, write: Callable[[Model], dict]) -> Response:
+        """``write`` each selected item, in one batch: an item it fails on is an error naming its
+        id; a selection of nothing is a 404."""
         objects = list(self.selected(selector))
         if not objects:
-            raise NotFound(f"no {resource.name} matches {selector!r}")
+            raise NotFound(f"no {self._resource().name} matches {selector!r}")
         result, errors = [], []
         for obj in objects:
             pk = obj.pk
             try:
-                resource.delete(obj)
+                result.append(write(obj))
             except DomainError as exc:
                 errors.append({**exc.as_error(), "id": pk})
-                continue
-            result.append({"id": pk})
         return batch_response(result, errors)
 
 

@@ -26,6 +26,7 @@ from analytics.models import Assignment, Calculator
 from analytics.storage import StoredChanges
 from devices.models import Device
 from flespi_site.errors import ErrorKind, InvalidInput, NotFound
+from flespi_site.updates import locked_row, save_fields
 
 
 class CalculatorInvalid(InvalidInput):
@@ -73,20 +74,17 @@ def calculator_update(*, calculator: Calculator, data: Mapping[str, Any]) -> Cal
     recalculation of every assignment (within ``update_period``: the engine keeps older
     intervals frozen)."""
     alias = calculator.database
-    with transaction.atomic(using=alias):
-        current = _locked(Calculator, alias=alias, pk=calculator.pk, what="calculator")
+    with locked_row(Calculator, pk=calculator.pk, using=alias, name="calculator") as current:
         config = current.configuration()
         config.update(data)
         normalised = calculator_config_check(config)
-        changed = [name for name, value in normalised.items() if getattr(current, name) != value]
-        if not changed:
+        changes = {name: value for name, value in normalised.items() if getattr(current, name) != value}
+        if not changes:
             return current
-        affects_results = any(name in RESULT_FIELDS for name in changed)
-        _apply_config(current, normalised)
+        affects_results = any(name in RESULT_FIELDS for name in changes)
         if affects_results:
-            current.version += 1
-            changed.append("version")
-        current.save(using=alias, update_fields=changed)
+            changes["version"] = current.version + 1
+        save_fields(current, changes, name="calculator")
         if affects_results and current.update_onchange:
             _request(Assignment.objects.using(alias).filter(calculator_id=current.pk), -math.inf, math.inf)
     return current
@@ -94,18 +92,8 @@ def calculator_update(*, calculator: Calculator, data: Mapping[str, Any]) -> Cal
 
 def calculator_delete(*, calculator: Calculator) -> None:
     """Delete a calculator, its assignments and their intervals."""
-    alias = calculator.database
-    with transaction.atomic(using=alias):
-        deleted, _ = Calculator.objects.using(alias).filter(pk=calculator.pk).delete()
-    if not deleted:
-        raise NotFound(f"calculator {calculator.pk} not found", id=calculator.pk)
-
-
-def _locked(model, *, alias: str, pk: int, what: str):
-    row = model.objects.using(alias).select_for_update().filter(pk=pk).first()
-    if row is None:
-        raise NotFound(f"{what} {pk} not found", id=pk)
-    return row
+    with locked_row(Calculator, pk=calculator.pk, using=calculator.database, name="calculator") as current:
+        current.delete()
 
 
 # --- assignments ---------------------------------------------------------------------------
@@ -145,32 +133,28 @@ def assignment_create(*, calculator: Calculator, device: Device) -> tuple[Assign
     return assignment, True
 
 
+def _assignment_name(assignment: Assignment) -> str:
+    return f"assignment of device {assignment.device_id} to calculator"
+
+
 def assignment_update(*, assignment: Assignment, enabled: bool) -> Assignment:
     """Enable or disable an assignment. A disabled one keeps its intervals but is not
     recalculated; enabling it again recalculates its whole history (messages may have arrived
     meanwhile)."""
-    alias = assignment.database
-    with transaction.atomic(using=alias):
-        current = _locked(Assignment, alias=alias, pk=assignment.pk, what=f"assignment of device {assignment.device_id} to calculator")
+    name = _assignment_name(assignment)
+    with locked_row(Assignment, pk=assignment.pk, using=assignment.database, name=name) as current:
         if current.enabled == enabled:
             return current
-        current.enabled = enabled
-        fields = ["enabled"]
+        changes: dict[str, Any] = {"enabled": enabled}
         if enabled:
-            current.state = AssignmentState.UNSYNCED
-            current.pending_begin, current.pending_end = -math.inf, math.inf
-            fields += ["state", "pending_begin", "pending_end"]
-        current.save(using=alias, update_fields=fields)
-    return current
+            changes.update(state=AssignmentState.UNSYNCED, pending_begin=-math.inf, pending_end=math.inf)
+        return save_fields(current, changes, name=name)
 
 
 def assignment_delete(*, assignment: Assignment) -> None:
-    """Unassign: the assignment and its intervals go."""
-    alias = assignment.database
-    deleted, _ = Assignment.objects.using(alias).filter(pk=assignment.pk).delete()
-    if not deleted:
-        raise NotFound(f"device {assignment.device_id} is not assigned to calculator {assignment.calculator_id}",
-                       id=assignment.device_id)
+    """Unassign: the assignment and its intervals go (and its retained state on the broker)."""
+    with locked_row(Assignment, pk=assignment.pk, using=assignment.database, name=_assignment_name(assignment)) as current:
+        current.delete()
 
 
 def _request(assignments, begin: float, end: float) -> int:

@@ -141,8 +141,11 @@ def test_chunks_and_a_track_read_in_many_queries_give_the_same(make_device, monk
     assert len(whole) == 2
 
 
-def mixed_messages():
-    """Parameters of every JSON type, missing in places, null in others, and of mixed types."""
+def mixed_messages(*, nested: bool):
+    """Parameters of every JSON type, missing in places, null in others, and of mixed types.
+    ``nested``: every message also holds a list and an object (its body is parsed whole);
+    without, bodies are flat (their values are cut out of the text) and the strings hold
+    commas, colons, braces and backslashes."""
     out = []
     for i in range(60):
         m = {"timestamp": T0 + i * 10 + (0.25 if i % 7 == 0 else 0.0), "speed": float(i % 13) * 4}
@@ -155,11 +158,14 @@ def mixed_messages():
         m["either"] = i if i % 2 else f"s{i}"  # int or string
         m["big"] = 2**70 + i  # beyond 64 bits: stays an exact integer
         m["empty"] = None  # only ever null
-        m["tags"] = [i, i + 1]  # lists of equal length
-        m["nested"] = {"a": i, "b": [1, {"c": "x,y}"}]}
         m["flag"] = i % 6 == 0 or None  # true or null
+        m["a.speed"] = -i  # a name that ends like another
+        m["sp eed ü"] = i / 3
+        if nested:
+            m["tags"] = [i, i + 1]  # lists of equal length
+            m["nested"] = {"a": i, "b": [1, {"c": "x,y}"}]}
         if i % 9 == 0:
-            m["text"] = 'a "quoted", {braced} \\ string'
+            m["text"] = 'a "quoted", {braced} \\ string' if nested else "a, b: c} d \\ e,"
         out.append(m)
     return out
 
@@ -180,6 +186,9 @@ MIXED = {
     "counters": [
         {"name": name, "type": "parameter", "parameter": name, "method": method}
         for name in (
+            "speed",
+            "a.speed",
+            "sp eed ü",
             "count",
             "level",
             "status",
@@ -223,9 +232,10 @@ def _fix_names(config):
     return {**config, "counters": counters}
 
 
-def test_parameters_of_every_type_missing_and_null_give_the_intervals_of_the_engine(make_device):
+@pytest.mark.parametrize("nested", [False, True], ids=["flat", "nested"])
+def test_parameters_of_every_type_missing_and_null_give_the_intervals_of_the_engine(make_device, nested):
     device = make_device()
-    messages = mixed_messages()
+    messages = mixed_messages(nested=nested)
     store(device, messages)
     # A resend merging new keys into stored messages: those bodies are rewritten through jsonb.
     store(device, [{"timestamp": m["timestamp"], "count": -1, "late": True} for m in messages[10:20]])
@@ -236,11 +246,14 @@ def test_parameters_of_every_type_missing_and_null_give_the_intervals_of_the_eng
     assert trip["count_first"] == -1 or type(trip["count_first"]) is int
 
 
-def test_reader_gives_the_types_of_the_engine_columns(make_device):
+@pytest.mark.parametrize("nested", [False, True], ids=["flat", "nested"])
+def test_reader_gives_the_types_of_the_engine_columns(make_device, nested):
     device = make_device()
-    messages = mixed_messages()
+    messages = mixed_messages(nested=nested)
     store(device, messages)
-    names = ["count", "level", "status", "on", "maybe", "big", "empty", "tags", "flag", "absent", "text"]
+    # Merged through jsonb, some bodies are rewritten with a space after each colon.
+    store(device, [{"timestamp": m["timestamp"], "late": True} for m in messages[:3]])
+    names = ["count", "level", "status", "on", "maybe", "big", "empty", "flag", "absent", "text", "a.speed"]
     read = columns.messages_columns(device=device, begin=0, end=2**62, parameters=names)
     assert read.ts.tolist() == [round(m["timestamp"] * 1e6) for m in messages]
     kinds = {
@@ -254,19 +267,21 @@ def test_reader_gives_the_types_of_the_engine_columns(make_device):
         "maybe": ("num", True, 0, 20),
         "big": ("num", True, 0, 0),
         "empty": ("obj", False, 0, 60),
-        "tags": ("obj", False, 0, 0),
         "flag": ("bool", False, 0, 50),
         "absent": ("obj", False, 60, 0),
         "text": ("obj", False, 53, 0),
+        "a.speed": ("num", True, 0, 0),
     }
-    assert read.columns["tags"].values[3] == [3, 4]
-    assert read.columns["text"].values[0] == 'a "quoted", {braced} \\ string'
+    assert read.columns["text"].values[0] == messages[0]["text"]
+    assert read.columns["status"].values[:4].tolist() == ["idle", "moving", "stopped", "idle"]
+    assert read.columns["a.speed"].values[:3].tolist() == [0.0, -1.0, -2.0]
+    assert read.columns["level"].values[:2].tolist() == [0.5, 1.0]
     assert read.columns["big"].values[1] == float(2**70 + 1)
 
 
 def test_begin_and_end_are_inclusive_as_the_messages_api_reads_them(make_device):
     device = make_device()
-    messages = mixed_messages()
+    messages = mixed_messages(nested=False)
     store(device, messages)
     config = {
         "name": "all",
@@ -294,7 +309,7 @@ def test_begin_and_end_are_inclusive_as_the_messages_api_reads_them(make_device)
 
 def test_every_parameter_is_read_when_the_calculator_cannot_say(make_device, monkeypatch):
     device = make_device()
-    store(device, mixed_messages())
+    store(device, mixed_messages(nested=True))
     calculator = compile_calculator(_fix_names(MIXED))
     monkeypatch.setattr(calculator, "parameters", None)
     assert calculate_stored(device=device, calculator=calculator, begin=T0, end=T0 + 600) == calculate(
@@ -304,7 +319,7 @@ def test_every_parameter_is_read_when_the_calculator_cannot_say(make_device, mon
 
 def test_limits_are_refused_before_anything_is_read(make_device, monkeypatch):
     device = make_device()
-    store(device, mixed_messages())
+    store(device, mixed_messages(nested=True))
     calculator = compile_calculator(TRIPS)
     monkeypatch.setattr(calculation, "MAX_ON_DEMAND_MESSAGES", 59)
 

@@ -152,8 +152,8 @@ def chunk_query(names: list[str]) -> tuple[str, list[str]]:
     sql = (
         f"SELECT count(*), max(ts), string_agg(int8send(ts), ''::bytea){aggregates}"
         f" FROM (SELECT ts{values} FROM (SELECT ts, body, flat{rests} FROM ("
-        " SELECT ts, body, body::text AS t, strpos(body::text, '[') = 0 AND strpos(body::text, '\\\"') = 0"
-        " AND strpos(substr(body::text, 2), '{') = 0 AS flat FROM messages"
+        " SELECT ts, body, body::text AS t, strpos(body::text, '[') = 0 AND strpos(body::text, '\\') = 0"
+        " AND split_part(body::text, '{', 3) = '' AS flat FROM messages"
         " WHERE device_id = %s AND ts >= %s AND ts <= %s ORDER BY ts LIMIT %s OFFSET 0"
         ") AS a OFFSET 0) AS b OFFSET 0) AS m"
     )

@@ -145,7 +145,7 @@ def mixed_messages(*, nested: bool):
     """Parameters of every JSON type, missing in places, null in others, and of mixed types.
     ``nested``: every message also holds a list and an object (its body is parsed whole);
     without, bodies are flat (their values are cut out of the text) and the strings hold
-    commas, colons, braces and backslashes."""
+    commas, colons and braces."""
     out = []
     for i in range(60):
         m = {"timestamp": T0 + i * 10 + (0.25 if i % 7 == 0 else 0.0), "speed": float(i % 13) * 4}

@@ -165,7 +165,7 @@ def mixed_messages(*, nested: bool):
             m["tags"] = [i, i + 1]  # lists of equal length
             m["nested"] = {"a": i, "b": [1, {"c": "x,y}"}]}
         if i % 9 == 0:
-            m["text"] = 'a "quoted", {braced} \\ string' if nested else "a, b: c} d \\ e,"
+            m["text"] = 'a "quoted", {braced} \\ string' if nested else "a, b: c} d e,"
         out.append(m)
     return out
 

@@ -12,32 +12,17 @@ from analytics.engine import calculate, compile_calculator
 from devices import columns, importers, selectors
 from devices.services import device_create, messages_ingest
 from flespi_site.errors import InvalidInput, TooLarge
+from tests.engine import test_tracks
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
 TRACKS = importers.__file__.rsplit("/devices/", 1)[0] + "/tests/data/tracks/"
 T0 = 1_700_000_000.0
 
+# The trips calculator of the real-track tests, with a gap rule.
 TRIPS = {
-    "name": "trips",
-    "selectors": [
-        {
-            "type": "expression",
-            "expression": "position.speed > 5",
-            "merge_unknown": True,
-            "max_messages_time_diff": 300,
-            "min_active": 10,
-            "max_inactive": 60,
-            "min_duration": 30,
-        }
-    ],
-    "counters": [
-        {"name": "mileage", "type": "expression", "expression": "mileage()", "method": "summary"},
-        {"name": "max_speed", "type": "parameter", "parameter": "position.speed", "method": "maximum"},
-        {"name": "avg_speed", "type": "parameter", "parameter": "position.speed", "method": "average"},
-        {"name": "moving", "type": "expression", "expression": "position.speed > 10", "method": "duration"},
-        {"name": "route", "type": "route"},
-    ],
+    **test_tracks.TRIPS,
+    "selectors": [{**test_tracks.TRIPS["selectors"][0], "max_messages_time_diff": 300}],
 }
 PARKINGS = {
     "name": "parkings",

@@ -12,7 +12,8 @@ Layout (docs/analytics.md, "Shard cache", has the measurements behind it):
   (float64 timestamps, then per parameter a typed array with missing/null masks). Reading a
   window decodes whole arrays with ``numpy.frombuffer``; no per-message Python.
 * ``tail``: messages newer than the device's last chunk, one JSON row each, so that appending a
-  message costs one small row; the tail is folded into chunks once it holds ``TAIL_MAX`` rows.
+  few messages costs a few small rows; the tail is folded into chunks once it holds
+  ``TAIL_MAX`` rows, and a batch of ``DIRECT_MIN`` or more goes straight into chunks.
   A late message (not newer than the last chunk) rewrites only the chunk it falls in.
 * ``intervals``: one JSON row per stored interval.
 
@@ -50,6 +51,7 @@ APPLICATION_ID = 0x666C6361  # "flca": tells our files from any other SQLite dat
 CHUNK_SIZE = 4096  # messages per chunk when folding appended messages
 CHUNK_MAX = 2 * CHUNK_SIZE  # a chunk grown past this by late messages is split in two
 TAIL_MAX = 256  # tail rows per device before they are folded into chunks
+DIRECT_MIN = 32  # a batch of at least this many new messages goes straight into chunks
 
 _MISSING = object()
 _CHUNK_MAGIC = b"FCC1"
@@ -320,6 +322,8 @@ class _Block:
     def merge(self, new: _Block) -> _Block:
         """This block with ``new``'s messages merged in: a message at an existing timestamp
         overwrites the keys it has, the other keys stay (DESIGN 7.1)."""
+        if not len(self) or not len(new) or new.ts[0] > self.ts[-1]:
+            return _Block.concat([self, new])
         ts = np.union1d(self.ts, new.ts)
         n = len(ts)
         pos_old = np.searchsorted(ts, self.ts)
@@ -601,7 +605,7 @@ class ShardCache:
         newer = [m for m in batch if m["timestamp"] > boundary]
         if late:
             self._merge_into_chunks(db, device_id, late)
-        if len(newer) >= TAIL_MAX:  # a big batch goes straight into chunks
+        if len(newer) >= min(DIRECT_MIN, TAIL_MAX):  # cheaper than a JSON row per message
             self._fold_tail(db, device_id, _Block.from_dicts(newer))
         elif newer:
             old = {

@@ -15,7 +15,7 @@ from analytics.engine.messages import Column
 from devices import columns as stored_columns
 from devices import storage
 from devices.models import Device
-from flespi_site.errors import InvalidInput, TooLarge
+from flespi_site.errors import ErrorKind, InvalidInput, TooLarge
 
 # One on-demand call reads at most this many messages (about a second of work: the columnar read
 # and the engine run at over a million messages a second) and spans at most this much time. A
@@ -39,7 +39,7 @@ def calculate_stored(
         raise TooLarge(
             f"more than {MAX_ON_DEMAND_MESSAGES:,} messages between begin and end: narrow begin/end "
             "and calculate the range in parts",
-            code="too_many_messages",
+            kind=ErrorKind.TOO_MANY_MESSAGES,
             limit=MAX_ON_DEMAND_MESSAGES,
         )
     return calculate(
@@ -81,7 +81,7 @@ def _range_of(begin: float, end: float) -> tuple[int, int]:
         raise InvalidInput(
             f"begin..end spans {end - begin:,.0f} s, more than {MAX_ON_DEMAND_SPAN:,} s ({MAX_ON_DEMAND_SPAN // 86400} days)"
             " for one on-demand calculation: narrow begin/end and calculate the range in parts",
-            code="range_too_long",
+            kind=ErrorKind.RANGE_TOO_LONG,
             field="end",
             limit=MAX_ON_DEMAND_SPAN,
         )

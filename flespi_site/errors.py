@@ -27,6 +27,8 @@ class ErrorKind(StrEnum):
     DEVICE_DISABLED = "device_disabled"
     INVALID_MESSAGE = "invalid_message"
     INVALID_CALCULATOR = "invalid_calculator"
+    RANGE_TOO_LONG = "range_too_long"
+    TOO_MANY_MESSAGES = "too_many_messages"
 
 
 class DomainError(Exception):

@@ -63,12 +63,27 @@ class Process:
 PROCESSES: list[Process] = [
     Process(
         "web",
-        ("{python}", "-m", "gunicorn", "flespi_site.wsgi:application", "--bind", "0.0.0.0:{port}",
-         "--workers", "2", "--threads", "4", "--graceful-timeout", "10", "--access-logfile", "-",
-         # gunicorn's largest request line (default 4094): room for a selector of many ids
-         "--limit-request-line", "8190",
-         # the default control socket is one path per user: two checkouts running would collide
-         "--no-control-socket"),
+        (
+            "{python}",
+            "-m",
+            "gunicorn",
+            "flespi_site.wsgi:application",
+            "--bind",
+            "0.0.0.0:{port}",
+            "--workers",
+            "2",
+            "--threads",
+            "4",
+            "--graceful-timeout",
+            "10",
+            "--access-logfile",
+            "-",
+            # gunicorn's largest request line (default 4094): room for a selector of many ids
+            "--limit-request-line",
+            "8190",
+            # the default control socket is one path per user: two checkouts running would collide
+            "--no-control-socket",
+        ),
     ),
     Process.manage("relay", "outbox_relay"),
     Process.manage("mqtt-ingest", "mqtt_ingest"),
@@ -130,9 +145,18 @@ class Child:
     reader: threading.Thread = field(repr=False)
     last_lines: deque[str] = field(repr=False, default_factory=lambda: deque(maxlen=LAST_LINES))
 
+    terminating: bool = field(default=False, repr=False)
+
+    def terminate(self) -> None:
+        """SIGTERM to the group, once: a second one would cut short the child's orderly stop
+        (its handler is gone by then)."""
+        if not self.terminating and self.popen.poll() is None:
+            self.terminating = True
+            _signal_group(self.popen.pid, signal.SIGTERM)
+
     def stop(self, deadline: float) -> None:
         if self.popen.poll() is None:
-            _signal_group(self.popen.pid, signal.SIGTERM)
+            self.terminate()
             try:
                 self.popen.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -180,13 +204,22 @@ def spawn(name: str, argv: Sequence[str], *, width: int = 12, out: IO[str] | Non
     """Start ``argv`` with its output prefixed by ``name``."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     popen = subprocess.Popen(
-        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        cwd=embedded.REPO_DIR, env=env, start_new_session=True,
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=embedded.REPO_DIR,
+        env=env,
+        start_new_session=True,
         preexec_fn=embedded._child_setup(signal.SIGTERM),
     )
     last: deque[str] = deque(maxlen=LAST_LINES)
-    reader = threading.Thread(target=_pipe_lines, args=(name, popen.stdout, out or sys.stdout, width, last),
-                              name=f"output-{name}", daemon=True)
+    reader = threading.Thread(
+        target=_pipe_lines,
+        args=(name, popen.stdout, out or sys.stdout, width, last),
+        name=f"output-{name}",
+        daemon=True,
+    )
     reader.start()
     log.info("%s: started (pid %d): %s", name, popen.pid, " ".join(argv))
     return Child(name, popen, reader, last)
@@ -194,8 +227,13 @@ def spawn(name: str, argv: Sequence[str], *, width: int = 12, out: IO[str] | Non
 
 def installed_commands() -> set[str]:
     """The management commands ``manage.py`` knows, asked in a child so Django stays out of here."""
-    result = subprocess.run([sys.executable, MANAGE_PY, "help", "--commands"], cwd=embedded.REPO_DIR,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, MANAGE_PY, "help", "--commands"],
+        cwd=embedded.REPO_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise ChildExited(f"manage.py help --commands failed:\n{result.stderr.strip()}")
     return {line.strip() for line in result.stdout.splitlines() if line.strip()}
@@ -223,8 +261,13 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, processes: Sequence[Process], *, env: Mapping[str, str] | None = None,
-                 policy: RestartPolicy | None = None) -> None:
+    def __init__(
+        self,
+        processes: Sequence[Process],
+        *,
+        env: Mapping[str, str] | None = None,
+        policy: RestartPolicy | None = None,
+    ) -> None:
         env = os.environ if env is None else env
         self.policy = RestartPolicy.from_env(env) if policy is None else policy
         self.context = {"python": sys.executable, "manage": MANAGE_PY, "port": env.get("PORT") or "8000"}
@@ -281,8 +324,16 @@ class Supervisor:
             raise CrashLoop(self._crash_loop_message(slot.process, child, how, recent))
         delay = self.policy.delay(recent)
         slot.restart_at = now + delay
-        log.error("%s (pid %d) died: %s; restarting it in %.1f s (%d of %d deaths within %.0f s before giving up)",
-                  child.name, child.popen.pid, how, delay, recent, self.policy.deaths, self.policy.window)
+        log.error(
+            "%s (pid %d) died: %s; restarting it in %.1f s (%d of %d deaths within %.0f s before giving up)",
+            child.name,
+            child.popen.pid,
+            how,
+            delay,
+            recent,
+            self.policy.deaths,
+            self.policy.window,
+        )
 
     def _crash_loop_message(self, process: Process, child: Child, how: str, recent: int) -> str:
         alone = " ".join(process.resolve({**self.context, "python": "python", "manage": "manage.py"}))
@@ -298,8 +349,7 @@ class Supervisor:
         deadline = time.monotonic() + STOP_TIMEOUT
         children = self.children
         for child in children:
-            if child.popen.poll() is None:
-                _signal_group(child.popen.pid, signal.SIGTERM)
+            child.terminate()
         for child in reversed(children):
             child.stop(deadline)
             log.info("%s: stopped (%s)", child.name, how_it_ended(child.popen.returncode))

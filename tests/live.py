@@ -69,6 +69,19 @@ def wait_listening(port: int, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def start(argv: list[str], **env: str) -> tuple[subprocess.Popen, Output]:
+    """``argv`` started from the repository on the test databases, its output collected."""
+    process = subprocess.Popen(
+        argv,
+        cwd=embedded.REPO_DIR,
+        env=platform_env(**env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    return process, Output(process)
+
+
 class WebServer:
     """The ``web`` process of ``make run`` (gunicorn serving ``flespi_site.wsgi``) on a free port."""
 
@@ -76,20 +89,8 @@ class WebServer:
         self.port = embedded.free_port()
         (web,) = [process for process in supervisor.PROCESSES if process.name == "web"]
         argv = web.resolve({"python": sys.executable, "manage": supervisor.MANAGE_PY, "port": str(self.port)})
-        self.process = subprocess.Popen(
-            argv,
-            cwd=embedded.REPO_DIR,
-            env=platform_env(**env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        self.output = Output(self.process)
+        self.process, self.output = start(argv, **env)
         wait_listening(self.port)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         self.process.terminate()

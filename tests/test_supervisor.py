@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -19,7 +18,7 @@ from django.conf import settings
 
 from flespi_site import embedded, mqtt
 from flespi_site.supervisor import CrashLoop, Process, RestartPolicy, Supervisor, how_it_ended
-from tests.live import Output, platform_env
+from tests.live import start
 from tests.mqtt_helpers import Subscriber
 
 # the processes read what the test writes: it must be committed
@@ -30,15 +29,7 @@ STARTED = re.compile(r"(\S+): started \(pid (\d+)\)")
 
 class RunningSupervisor:
     def __init__(self, argv: list[str], **env: str) -> None:
-        self.process = subprocess.Popen(
-            argv,
-            cwd=embedded.REPO_DIR,
-            env=platform_env(**env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        self.output = Output(self.process)
+        self.process, self.output = start(argv, **env)
 
     def pids(self) -> dict[str, int]:
         """The newest pid of each child, from the supervisor's log."""
@@ -239,7 +230,12 @@ def test_a_crash_loop_stops_every_child(caplog):
     finally:
         runner.stop()
     started = [int(pid) for name, pid in STARTED.findall(caplog.text)]
-    assert [name for name, _pid in STARTED.findall(caplog.text)] == ["sleeper", "quitter", "quitter", "quitter"]
+    assert [name for name, _pid in STARTED.findall(caplog.text)] == [
+        "sleeper",
+        "quitter",
+        "quitter",
+        "quitter",
+    ]
     assert started[0] == sleeper
     assert runner.children == []
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in started)

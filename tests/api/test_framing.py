@@ -59,16 +59,22 @@ class Response:
 
 
 def exchange(
-    server, device, key, body: bytes = b"", *, headers: dict[str, str], chunks: list[bytes] | None = None
+    server, target, body: bytes = b"", *, chunks: list[bytes] | None = None, **headers: str
 ) -> Response:
-    """One request on a fresh connection, written byte for byte: ``chunks`` are sent as they
-    are (the framing included) after the head, or else ``body``."""
+    """One POST of messages on a fresh connection, written byte for byte: ``chunks`` are sent as
+    they are (their framing included) after the head, or else ``body`` with its Content-Length.
+    ``headers`` are given with underscores (``Content_Type``)."""
+    device, key = target
+    fields = {"Content-Type": "application/json"}
+    if chunks is None:
+        fields["Content-Length"] = str(len(body))
+    fields.update({name.replace("_", "-"): value for name, value in headers.items()})
     lines = [
         f"POST /gw/devices/{device.pk}/messages HTTP/1.1",
         "Host: localhost",
         f"Authorization: FlespiToken {key}",
         "Connection: close",
-        *(f"{name}: {value}" for name, value in headers.items()),
+        *(f"{name}: {value}" for name, value in fields.items()),
     ]
     with socket.create_connection(server, timeout=30) as sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -109,46 +115,44 @@ def batch(count: int, start: int = 1_700_000_000) -> bytes:
     return json.dumps([{"timestamp": start + i, "n": i} for i in range(count)]).encode()
 
 
-JSON = {"Content-Type": "application/json"}
-CHUNKED = {**JSON, "Transfer-Encoding": "chunked"}
+CHUNKED = {"Transfer_Encoding": "chunked"}
+GZIP = {"Content_Encoding": "gzip"}
 
 
 def test_a_chunked_body_is_read(server, target):
-    device, key = target
+    device = target[0]
     body = batch(20)
-    response = exchange(
-        server, device, key, headers=CHUNKED, chunks=[chunked(body, 37, extension=b";note=1")]
-    )
+    response = exchange(server, target, **CHUNKED, chunks=[chunked(body, 37, extension=b";note=1")])
     assert (response.status, json.loads(response.body)) == (200, {"result": []})
     assert stored(device) == [1_700_000_000 + i for i in range(20)]
 
 
 def test_a_chunked_body_sent_piece_by_piece_with_a_trailer_is_read(server, target):
-    device, key = target
+    device = target[0]
     framed = chunked(batch(5), 16, trailer=b"X-Checksum: none\r\n")
     response = exchange(
-        server, device, key, headers=CHUNKED, chunks=[framed[i : i + 7] for i in range(0, len(framed), 7)]
+        server, target, **CHUNKED, chunks=[framed[i : i + 7] for i in range(0, len(framed), 7)]
     )
     assert response.status == 200, response.body
     assert len(stored(device)) == 5
 
 
 def test_a_chunked_body_over_the_limit_is_413(server, target):
-    device, key = target
+    device = target[0]
     body = batch(200)
     assert len(body) > LIMIT
-    response = exchange(server, device, key, headers=CHUNKED, chunks=[chunked(body, 1000)])
+    response = exchange(server, target, **CHUNKED, chunks=[chunked(body, 1000)])
     assert response.status == 413
     assert response.reason() == f"request body is larger than {LIMIT} bytes"
     assert stored(device) == []
 
 
 def test_a_chunked_body_of_exactly_the_limit_is_read(server, target):
-    device, key = target
+    device = target[0]
     body = batch(1)
     body = body[:-1] + b" " * (LIMIT - len(body)) + b"]"
     assert len(body) == LIMIT
-    response = exchange(server, device, key, headers=CHUNKED, chunks=[chunked(body, 1000)])
+    response = exchange(server, target, **CHUNKED, chunks=[chunked(body, 1000)])
     assert response.status == 200, response.body
     assert len(stored(device)) == 1
 
@@ -159,48 +163,43 @@ def test_a_chunked_body_of_exactly_the_limit_is_read(server, target):
     ids=["size not hex", "no CRLF after data", "negative size"],
 )
 def test_a_broken_chunked_framing_is_400(server, target, framing):
-    device, key = target
-    response = exchange(server, device, key, headers=CHUNKED, chunks=[framing])
+    device = target[0]
+    response = exchange(server, target, **CHUNKED, chunks=[framing])
     assert response.status == 400
     assert response.reason().startswith("chunked body: ")
     assert stored(device) == []
 
 
 def test_a_chunked_gzip_body_is_read(server, target):
-    device, key = target
+    device = target[0]
     body = gzip.compress(batch(50))
-    response = exchange(
-        server, device, key, headers={**CHUNKED, "Content-Encoding": "gzip"}, chunks=[chunked(body, 64)]
-    )
+    response = exchange(server, target, **CHUNKED, **GZIP, chunks=[chunked(body, 64)])
     assert response.status == 200, response.body
     assert len(stored(device)) == 50
 
 
 def test_gzip_members_are_read_as_one_text(server, target):
-    device, key = target
+    device = target[0]
     first, second = b'[{"timestamp": 1700000000}, ', b'{"timestamp": 1700000001}]'
     body = gzip.compress(first) + gzip.compress(second)
     response = exchange(
         server,
-        device,
-        key,
+        target,
         body,
-        headers={**JSON, "Content-Encoding": "gzip", "Content-Length": str(len(body))},
+        **GZIP,
     )
     assert response.status == 200, response.body
     assert stored(device) == [1_700_000_000, 1_700_000_001]
 
 
 def test_gzip_members_are_limited_together(server, target):
-    device, key = target
     half = b" " * (LIMIT // 2 + 10)
     body = gzip.compress(b"[" + half) + gzip.compress(half + b"]")
     response = exchange(
         server,
-        device,
-        key,
+        target,
         body,
-        headers={**JSON, "Content-Encoding": "gzip", "Content-Length": str(len(body))},
+        **GZIP,
     )
     assert response.status == 413
     assert response.reason() == f"request body is larger than {LIMIT} bytes once decompressed"
@@ -226,15 +225,14 @@ def test_gzip_members_are_limited_together(server, target):
     ids=["text", "zeros", "bad member", "cut member"],
 )
 def test_bytes_after_a_gzip_member_are_400(server, target, tail, reason):
-    device, key = target
+    device = target[0]
     member = gzip.compress(batch(2))
     body = member + tail
     response = exchange(
         server,
-        device,
-        key,
+        target,
         body,
-        headers={**JSON, "Content-Encoding": "gzip", "Content-Length": str(len(body))},
+        **GZIP,
     )
     assert response.status == 400
     assert response.reason().startswith(reason.format(at=len(member)))
@@ -242,14 +240,13 @@ def test_bytes_after_a_gzip_member_are_400(server, target, tail, reason):
 
 
 def test_a_raw_deflate_body_is_not_gzip(server, target):
-    device, key = target
+    device = target[0]
     body = zlib.compress(batch(2))
     response = exchange(
         server,
-        device,
-        key,
+        target,
         body,
-        headers={**JSON, "Content-Encoding": "gzip", "Content-Length": str(len(body))},
+        **GZIP,
     )
     assert response.status == 400 and "not valid gzip" in response.reason()
     assert stored(device) == []
@@ -257,11 +254,9 @@ def test_a_raw_deflate_body_is_not_gzip(server, target):
 
 @pytest.mark.parametrize("content_type", ["*/*", "application/*", "*/*; charset=utf-8"])
 def test_a_content_type_pattern_is_415(server, target, content_type):
-    device, key = target
+    device = target[0]
     body = batch(2)
-    response = exchange(
-        server, device, key, body, headers={"Content-Type": content_type, "Content-Length": str(len(body))}
-    )
+    response = exchange(server, target, body, Content_Type=content_type)
     assert response.status == 415
     declared = content_type.split(";")[0]
     assert response.reason() == (
@@ -272,14 +267,9 @@ def test_a_content_type_pattern_is_415(server, target, content_type):
 
 
 def test_what_curl_data_sends_is_415(server, target):
-    device, key = target
+    device = target[0]
     body = batch(2)
-    headers = {
-        "Content-Type": "application/x-www-form-urlencoded",
-        "Accept": "*/*",
-        "Content-Length": str(len(body)),
-    }
-    response = exchange(server, device, key, body, headers=headers)
+    response = exchange(server, target, body, Content_Type="application/x-www-form-urlencoded", Accept="*/*")
     assert response.status == 415
     assert response.reason().endswith(
         "send the body as JSON with Content-Type: application/json (curl: --json)"
@@ -288,21 +278,17 @@ def test_what_curl_data_sends_is_415(server, target):
 
 
 def test_content_length_and_chunked_together_are_400(server, target):
-    device, key = target
+    device = target[0]
     body = batch(2)
     framed = chunked(body)
-    response = exchange(
-        server, device, key, headers={**CHUNKED, "Content-Length": str(len(framed))}, chunks=[framed]
-    )
+    response = exchange(server, target, **CHUNKED, Content_Length=str(len(framed)), chunks=[framed])
     assert response.status == 400
     assert stored(device) == []
 
 
 def test_other_transfer_codings_are_refused(server, target):
-    device, key = target
+    device = target[0]
     framed = chunked(gzip.compress(batch(2)))
-    response = exchange(
-        server, device, key, headers={**JSON, "Transfer-Encoding": "gzip, chunked"}, chunks=[framed]
-    )
+    response = exchange(server, target, Transfer_Encoding="gzip, chunked", chunks=[framed])
     assert response.status == 501
     assert stored(device) == []

@@ -1,7 +1,10 @@
 # Two commands on a fresh clone: `make run` and `make test` (see docs/running.md).
 # Without DATABASE_URL / REDIS_URL / MQTT_URL in the environment both start embedded services.
 
-PYTHON ?= python3.11
+# The interpreter .venv is made with: PYTHON if given (`make PYTHON=python3.12 run`), else the
+# newest python3.N on PATH with N >= 11 that runs (a pyenv shim exists for inactive versions too).
+PYTHON ?=
+PYTHON_VERSIONS := 19 18 17 16 15 14 13 12 11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
@@ -13,7 +16,27 @@ PYTEST_ARGS ?=
 venv: $(STAMP)
 
 $(PY):
-	$(PYTHON) -m venv $(VENV)
+	@python="$(PYTHON)"; \
+	if [ -z "$$python" ]; then \
+		for minor in $(PYTHON_VERSIONS); do \
+			if python3.$$minor -c '' >/dev/null 2>&1; then python=python3.$$minor; break; fi; \
+		done; \
+	fi; \
+	if [ -z "$$python" ]; then \
+		echo "make: no python3.11 or newer on PATH; install one, or name it: make PYTHON=/path/to/python3.12" >&2; \
+		exit 1; \
+	fi; \
+	version=$$("$$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || { \
+		echo "make: PYTHON=$$python does not run; name a Python 3.11 or newer: make PYTHON=/path/to/python3.12" >&2; \
+		exit 1; \
+	}; \
+	if ! "$$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then \
+		echo "make: $$python is Python $$version; the platform needs Python 3.11 or newer:" \
+			"install one, or name it: make PYTHON=/path/to/python3.12" >&2; \
+		exit 1; \
+	fi; \
+	echo "make: creating $(VENV) with $$python (Python $$version)"; \
+	"$$python" -m venv $(VENV)
 
 # Reinstall only when requirements.txt changed since the last install.
 $(STAMP): requirements.txt | $(PY)

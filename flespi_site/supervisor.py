@@ -5,8 +5,11 @@
    the first superuser);
 3. starts every process of ``PROCESSES`` and prefixes each line of their output with their name.
 
-A process that exits stops everything with a nonzero status: nothing runs half-started. Ctrl-C
-(or SIGTERM) stops the processes, then the embedded services, and exits with 0.
+A process that dies (exits, or is killed) is restarted after a delay that doubles with each death
+(``RestartPolicy``), while the others keep running. A process that dies ``deaths`` times within
+``window`` seconds is a crash loop: the supervisor says which one and where its log is, stops
+everything and exits with 1. A failed start (services, setup) exits with 1 too. Ctrl-C (or
+SIGTERM) stops the processes, then the embedded services, and exits with 0.
 
 Later parts plug in by adding one entry to ``PROCESSES``. An entry that runs a management
 command is skipped, with a log line, while that command is not installed.
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -59,12 +63,27 @@ class Process:
 PROCESSES: list[Process] = [
     Process(
         "web",
-        ("{python}", "-m", "gunicorn", "flespi_site.wsgi:application", "--bind", "0.0.0.0:{port}",
-         "--workers", "2", "--threads", "4", "--graceful-timeout", "10", "--access-logfile", "-",
-         # gunicorn's largest request line (default 4094): room for a selector of many ids
-         "--limit-request-line", "8190",
-         # the default control socket is one path per user: two checkouts running would collide
-         "--no-control-socket"),
+        (
+            "{python}",
+            "-m",
+            "gunicorn",
+            "flespi_site.wsgi:application",
+            "--bind",
+            "0.0.0.0:{port}",
+            "--workers",
+            "2",
+            "--threads",
+            "4",
+            "--graceful-timeout",
+            "10",
+            "--access-logfile",
+            "-",
+            # gunicorn's largest request line (default 4094): room for a selector of many ids
+            "--limit-request-line",
+            "8190",
+            # the default control socket is one path per user: two checkouts running would collide
+            "--no-control-socket",
+        ),
     ),
     Process.manage("relay", "outbox_relay"),
     Process.manage("mqtt-ingest", "mqtt_ingest"),
@@ -76,7 +95,45 @@ PROCESSES: list[Process] = [
 
 
 class ChildExited(RuntimeError):
-    """A supervised process exited while the platform was running."""
+    """A one-shot step failed, or a supervised process keeps dying (``CrashLoop``)."""
+
+
+class CrashLoop(ChildExited):
+    """A process died ``RestartPolicy.deaths`` times within ``RestartPolicy.window`` seconds."""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How a process that died is restarted: after ``first_delay`` seconds, doubling with each
+    death within ``window`` up to ``max_delay``; the ``deaths``-th death within ``window`` is a
+    crash loop, and the supervisor gives up."""
+
+    first_delay: float = 1.0
+    max_delay: float = 30.0
+    deaths: int = 5
+    window: float = 120.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RestartPolicy:
+        """``FLESPI_RESTART_DELAY``, ``FLESPI_RESTART_MAX_DELAY`` (seconds) and
+        ``FLESPI_CRASH_LOOP`` (``deaths/seconds``, e.g. ``5/120``) override the defaults."""
+        policy = cls()
+        deaths, window = policy.deaths, policy.window
+        if crash_loop := env.get("FLESPI_CRASH_LOOP"):
+            count, _, seconds = crash_loop.partition("/")
+            deaths, window = int(count), float(seconds or window)
+        return cls(
+            first_delay=float(env.get("FLESPI_RESTART_DELAY") or policy.first_delay),
+            max_delay=float(env.get("FLESPI_RESTART_MAX_DELAY") or policy.max_delay),
+            deaths=max(1, deaths),
+            window=window,
+        )
+
+    def delay(self, recent_deaths: int) -> float:
+        return min(self.max_delay, self.first_delay * 2 ** max(0, recent_deaths - 1))
+
+
+LAST_LINES = 20
 
 
 @dataclass
@@ -86,14 +143,29 @@ class Child:
     name: str
     popen: subprocess.Popen
     reader: threading.Thread = field(repr=False)
+    last_lines: deque[str] = field(repr=False, default_factory=lambda: deque(maxlen=LAST_LINES))
+
+    terminating: bool = field(default=False, repr=False)
+
+    def terminate(self) -> None:
+        """SIGTERM to the group, once: a second one would cut short the child's orderly stop
+        (its handler is gone by then)."""
+        if not self.terminating and self.popen.poll() is None:
+            self.terminating = True
+            _signal_group(self.popen.pid, signal.SIGTERM)
 
     def stop(self, deadline: float) -> None:
         if self.popen.poll() is None:
-            _signal_group(self.popen.pid, signal.SIGTERM)
+            self.terminate()
             try:
                 self.popen.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in time; killing it", self.name)
+        self.reap()
+
+    def reap(self) -> None:
+        """Kill what is left of the process group (gunicorn's workers outlive a killed master
+        and hold its port) and collect the exit status and the last output."""
         _signal_group(self.popen.pid, signal.SIGKILL)
         self.popen.wait()
         self.reader.join(timeout=2)
@@ -104,12 +176,24 @@ def _signal_group(pid: int, signum: int) -> None:
         os.killpg(pid, signum)
 
 
+def how_it_ended(status: int) -> str:
+    """``exited with status 3`` or ``killed by signal SIGKILL`` (``Popen.returncode``)."""
+    if status >= 0:
+        return f"exited with status {status}"
+    try:
+        name = signal.Signals(-status).name
+    except ValueError:
+        name = str(-status)
+    return f"killed by signal {name}"
+
+
 _output_lock = threading.Lock()
 
 
-def _pipe_lines(name: str, stream: IO[bytes], out: IO[str], width: int) -> None:
+def _pipe_lines(name: str, stream: IO[bytes], out: IO[str], width: int, last: deque[str]) -> None:
     for raw in iter(stream.readline, b""):
         line = raw.decode(errors="replace").rstrip("\n")
+        last.append(line)
         with _output_lock:
             out.write(f"{name:<{width}} | {line}\n")
             out.flush()
@@ -120,21 +204,36 @@ def spawn(name: str, argv: Sequence[str], *, width: int = 12, out: IO[str] | Non
     """Start ``argv`` with its output prefixed by ``name``."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     popen = subprocess.Popen(
-        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        cwd=embedded.REPO_DIR, env=env, start_new_session=True,
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=embedded.REPO_DIR,
+        env=env,
+        start_new_session=True,
         preexec_fn=embedded._child_setup(signal.SIGTERM),
     )
-    reader = threading.Thread(target=_pipe_lines, args=(name, popen.stdout, out or sys.stdout, width),
-                              name=f"output-{name}", daemon=True)
+    last: deque[str] = deque(maxlen=LAST_LINES)
+    reader = threading.Thread(
+        target=_pipe_lines,
+        args=(name, popen.stdout, out or sys.stdout, width, last),
+        name=f"output-{name}",
+        daemon=True,
+    )
     reader.start()
     log.info("%s: started (pid %d): %s", name, popen.pid, " ".join(argv))
-    return Child(name, popen, reader)
+    return Child(name, popen, reader, last)
 
 
 def installed_commands() -> set[str]:
     """The management commands ``manage.py`` knows, asked in a child so Django stays out of here."""
-    result = subprocess.run([sys.executable, MANAGE_PY, "help", "--commands"], cwd=embedded.REPO_DIR,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, MANAGE_PY, "help", "--commands"],
+        cwd=embedded.REPO_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise ChildExited(f"manage.py help --commands failed:\n{result.stderr.strip()}")
     return {line.strip() for line in result.stdout.splitlines() if line.strip()}
@@ -151,47 +250,110 @@ def runnable(processes: Iterable[Process], commands: set[str]) -> list[Process]:
     return selected
 
 
+@dataclass
+class Slot:
+    """One process of the platform: its running child, or when it is due to start again."""
+
+    process: Process
+    child: Child | None = None
+    restart_at: float | None = None
+    deaths: deque[float] = field(default_factory=deque)
+
+
 class Supervisor:
-    def __init__(self, processes: Sequence[Process], *, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        processes: Sequence[Process],
+        *,
+        env: Mapping[str, str] | None = None,
+        policy: RestartPolicy | None = None,
+    ) -> None:
         env = os.environ if env is None else env
-        self.processes = list(processes)
+        self.policy = RestartPolicy.from_env(env) if policy is None else policy
         self.context = {"python": sys.executable, "manage": MANAGE_PY, "port": env.get("PORT") or "8000"}
-        self.children: list[Child] = []
-        self.width = max([len(process.name) for process in self.processes] + [len("setup")])
+        self.slots: list[Slot] = []
+        self.width = max([len(process.name) for process in processes] + [len("setup")])
+
+    @property
+    def children(self) -> list[Child]:
+        return [slot.child for slot in self.slots if slot.child is not None]
 
     def run_once(self, name: str, argv: Sequence[str]) -> None:
         """Run a one-shot step (like platform_setup) to completion; raise if it fails."""
-        child = spawn(name, argv, width=self.width)
-        self.children.append(child)
-        status = child.popen.wait()
-        child.reader.join(timeout=2)
-        self.children.remove(child)
+        slot = Slot(Process(name, tuple(argv)), spawn(name, argv, width=self.width))
+        self.slots.append(slot)
+        assert slot.child is not None
+        status = slot.child.popen.wait()
+        slot.child.reader.join(timeout=2)
+        self.slots.remove(slot)
         if status != 0:
-            raise ChildExited(f"{name} failed with status {status}")
+            raise ChildExited(f"{name} failed: {how_it_ended(status)}")
 
     def start(self, processes: Sequence[Process]) -> None:
         for process in processes:
-            self.children.append(spawn(process.name, process.resolve(self.context), width=self.width))
+            slot = Slot(process)
+            self.slots.append(slot)
+            self._start(slot)
 
-    def watch(self, poll: float = 0.2) -> None:
-        """Return never; raise ``ChildExited`` when a child exits."""
+    def _start(self, slot: Slot) -> None:
+        slot.restart_at = None
+        slot.child = spawn(slot.process.name, slot.process.resolve(self.context), width=self.width)
+
+    def watch(self, poll: float = 0.1) -> None:
+        """Restart the processes that die; return never; raise ``CrashLoop`` when one keeps dying."""
         while True:
-            for child in self.children:
-                status = child.popen.poll()
-                if status is not None:
-                    raise ChildExited(f"{child.name} exited with status {status}")
+            now = time.monotonic()
+            for slot in self.slots:
+                if slot.child is not None and slot.child.popen.poll() is not None:
+                    self._died(slot, now)
+                elif slot.child is None and slot.restart_at is not None and now >= slot.restart_at:
+                    self._start(slot)
             time.sleep(poll)
+
+    def _died(self, slot: Slot, now: float) -> None:
+        child = slot.child
+        assert child is not None
+        child.reap()
+        slot.child = None
+        how = how_it_ended(child.popen.returncode)
+        slot.deaths.append(now)
+        while slot.deaths and slot.deaths[0] < now - self.policy.window:
+            slot.deaths.popleft()
+        recent = len(slot.deaths)
+        if recent >= self.policy.deaths:
+            raise CrashLoop(self._crash_loop_message(slot.process, child, how, recent))
+        delay = self.policy.delay(recent)
+        slot.restart_at = now + delay
+        log.error(
+            "%s (pid %d) died: %s; restarting it in %.1f s (%d of %d deaths within %.0f s before giving up)",
+            child.name,
+            child.popen.pid,
+            how,
+            delay,
+            recent,
+            self.policy.deaths,
+            self.policy.window,
+        )
+
+    def _crash_loop_message(self, process: Process, child: Child, how: str, recent: int) -> str:
+        alone = " ".join(process.resolve({**self.context, "python": "python", "manage": "manage.py"}))
+        last = "\n".join(f"    {line}" for line in child.last_lines) or "    (no output)"
+        return (
+            f"{process.name} keeps dying: {recent} deaths within {self.policy.window:.0f} s, the last one "
+            f"{how}. Giving up. Look at its log: the lines prefixed '{process.name} |' above, the last "
+            f"ones being:\n{last}\nTo see it fail on its own, run: {alone}"
+        )
 
     def stop(self) -> None:
         """Stop the children, newest first, within ``STOP_TIMEOUT`` in all."""
         deadline = time.monotonic() + STOP_TIMEOUT
-        for child in self.children:
-            if child.popen.poll() is None:
-                _signal_group(child.popen.pid, signal.SIGTERM)
-        while self.children:
-            child = self.children.pop()
+        children = self.children
+        for child in children:
+            child.terminate()
+        for child in reversed(children):
             child.stop(deadline)
-            log.info("%s: stopped (status %s)", child.name, child.popen.returncode)
+            log.info("%s: stopped (%s)", child.name, how_it_ended(child.popen.returncode))
+        self.slots.clear()
 
 
 def _create_databases() -> None:
@@ -205,25 +367,28 @@ def _create_databases() -> None:
         log.warning("could not create missing databases: %s", str(error).strip())
 
 
-def main() -> int:
+def main(processes: Sequence[Process] | None = None) -> int:
+    """Run the platform until Ctrl-C or SIGTERM (status 0), a failed start or a crash loop (1)."""
+    processes = PROCESSES if processes is None else processes
     embedded.configure_logging()
     services = embedded.EmbeddedServices(
         data_dir=embedded.data_dir_from_env(), prefer_fixed_ports=True, publish=True
     )
-    supervisor = Supervisor(PROCESSES)
+    supervisor = Supervisor(processes)
     status = 0
     with embedded.terminating_signals_raise():
         try:
             services.start()
             _create_databases()
             supervisor.run_once("setup", [sys.executable, MANAGE_PY, "platform_setup"])
-            supervisor.start(runnable(PROCESSES, installed_commands()))
+            supervisor.start(runnable(processes, installed_commands()))
             log.info("platform running on http://localhost:%s/ (Ctrl-C stops it)", supervisor.context["port"])
             supervisor.watch()
         except KeyboardInterrupt:
             log.info("stopping")
         except (ChildExited, embedded.EmbeddedError) as error:
-            log.error("%s; stopping everything", error)
+            log.error("%s", error)
+            log.error("stopping everything")
             status = 1
         finally:
             # a second Ctrl-C must not cut the orderly stop short; the timeouts bound it

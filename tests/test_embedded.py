@@ -202,23 +202,6 @@ def test_the_web_process_serves_the_wsgi_app_on_the_port():
     assert "--reload" not in argv
 
 
-def test_a_child_that_exits_is_reported_and_the_others_are_stopped():
-    processes = [
-        supervisor.Process("sleeper", ("{python}", "-c", "import time; print('up', flush=True); time.sleep(60)")),
-        supervisor.Process("quitter", ("{python}", "-c", "import time; time.sleep(0.5); raise SystemExit(3)")),
-    ]
-    runner = supervisor.Supervisor(processes, env={})
-    runner.start(processes)
-    pids = [child.popen.pid for child in runner.children]
-    try:
-        with pytest.raises(supervisor.ChildExited, match="quitter exited with status 3"):
-            runner.watch(poll=0.05)
-    finally:
-        runner.stop()
-    assert runner.children == []
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids)
-
-
 def test_child_output_is_prefixed_with_its_name():
     out = io.StringIO()
     child = supervisor.spawn("calc", [sys.executable, "-c", "print('one'); print('two')"], width=6, out=out)

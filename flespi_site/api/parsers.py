@@ -88,6 +88,15 @@ class StrictJSONParser(BaseParser):
     media_type = "application/json"
 
     def parse(self, stream, media_type=None, parser_context=None):
+        # DRF matches the parser's type against the request's as patterns: */* or application/*
+        # would read as JSON. They are Accept values; a body has one concrete type.
+        declared = (media_type or "").split(";", 1)[0].strip()
+        if "*" in declared:
+            raise UnsupportedMediaType(
+                declared,
+                detail=f"Content-Type {declared[:64]!r} is a pattern (for Accept), not the type of a body; "
+                "send the body as JSON with Content-Type: application/json (curl: --json)",
+            )
         limit = settings.MAX_BODY_BYTES
         raw = stream.read(limit + 1) if stream is not None else b""
         if len(raw) > limit:
@@ -105,15 +114,38 @@ class StrictJSONParser(BaseParser):
         return loads_strict(raw)
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def gunzip(raw: bytes, limit: int) -> bytes:
-    """A gzip body, decompressed up to ``limit`` bytes (a small body must not inflate without end)."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        data = inflater.decompress(raw, limit + 1)
-    except zlib.error as exc:
-        raise ParseError(f"body is not valid gzip ({exc}); send it compressed with gzip or drop Content-Encoding") from None
-    if len(data) > limit:
-        raise TooLarge(f"request body is larger than {limit} bytes once decompressed")
-    if not inflater.eof:
-        raise ParseError("gzip body ends before its end of stream: it was cut short")
-    return data
+    """A gzip body, decompressed up to ``limit`` bytes (a small body must not inflate without end).
+
+    A body of several gzip members (``gzip(A) + gzip(B)``, valid gzip) is the text ``A + B``;
+    anything after the last member that is not another member is refused."""
+    parts: list[bytes] = []
+    size = 0
+    rest = raw
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            # size <= limit here, so the bound is never 0 (which zlib reads as "no bound")
+            data = inflater.decompress(rest, limit + 1 - size)
+        except zlib.error as exc:
+            where = f" (the member at byte {len(raw) - len(rest)})" if parts else ""
+            raise ParseError(
+                f"body is not valid gzip{where} ({exc}); send it compressed with gzip or drop Content-Encoding"
+            ) from None
+        parts.append(data)
+        size += len(data)
+        if size > limit:
+            raise TooLarge(f"request body is larger than {limit} bytes once decompressed")
+        if not inflater.eof:
+            raise ParseError("gzip body ends before its end of stream: it was cut short")
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(parts)
+        if not rest.startswith(GZIP_MAGIC):
+            raise ParseError(
+                f"gzip body has {len(rest)} bytes after its end of stream (from byte {len(raw) - len(rest)}) "
+                "that are not another gzip member: send the compressed data alone"
+            )

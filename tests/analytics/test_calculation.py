@@ -323,7 +323,7 @@ def test_limits_are_refused_before_anything_is_read(make_device, monkeypatch):
     }
     with pytest.raises(InvalidInput) as caught:
         calculate_stored(device=device, calculator=calculator, begin=T0, end=T0 + 366 * 86400 + 1)
-    assert caught.value.code == "range_too_long" and caught.value.field == "end"
+    assert caught.value.kind == "range_too_long" and caught.value.field == "end"
     assert "narrow begin/end" in caught.value.reason
     with pytest.raises(InvalidInput) as caught:
         calculate_stored(device=device, calculator=calculator, begin=T0 + 1, end=T0)

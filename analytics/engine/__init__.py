@@ -28,9 +28,12 @@ dirty_end, now, frozen_before=None, messages_begin=None, newest=None) -> Diff``
 ``compile_calculator(config) -> Calculator`` / ``normalize_calculator(config) -> dict``
     The compiled calculator to reuse across calls / the configuration with DESIGN 7.2 defaults
     filled in. Both raise ``CalculatorError`` (with ``.problems``) when invalid.
+    ``Calculator.parameters``: the message parameters (dotted names) the calculator reads, as a
+    ``frozenset`` (``timestamp`` is implied), or ``None`` when that cannot be known; messages
+    holding only those give the same intervals.
 
 ``compile_expression(text, *, timezone="UTC", geofences=()) -> CompiledExpression``
-    ``.evaluate(message, previous=None)`` returns the value or raises ``EvaluationError``;
+    ``.parameters`` (the message parameters it reads); ``.evaluate(message, previous=None)`` returns the value or raises ``EvaluationError``;
     ``.evaluate_raw`` returns the value or the ``ERROR`` marker; ``.matches(message,
     previous=None)`` is true only when the value is true (errors and null are not). Works on
     message dicts and on interval dicts (``begin``, ``duration``, counter names). Raises

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from .errors import CalculatorError, ExpressionError, Problem
-from .expressions import CompiledExpression
+from .expressions import LAT, LON, CompiledExpression
 from .geo import Geofence
 from .timeutil import zone
 
@@ -220,7 +220,13 @@ class CounterSpec:
 
 
 class Calculator:
-    """A validated, normalised and compiled calculator. Build with ``compile_calculator``."""
+    """A validated, normalised and compiled calculator. Build with ``compile_calculator``.
+
+    ``parameters``: the dotted names of the message parameters its selectors, counters and
+    expressions read (a ``frozenset``; ``timestamp`` is implied), or ``None`` when that cannot be
+    known. A reader may leave every other parameter out of the messages it passes: the
+    intervals are the same.
+    """
 
     def __init__(self, config: dict, selectors, counters, validate_message, validate_interval):
         self.config = config
@@ -242,9 +248,53 @@ class Calculator:
             e.uses_prev for e in interval_exprs
         )
         self.needs_interval_pass = bool(interval_exprs) or any(c.type == "accumulator" for c in counters)
+        self.parameters = _parameters(self)
 
     def __repr__(self) -> str:
         return f"Calculator({self.name!r})"
+
+
+POSITION = frozenset({LAT, LON})
+
+
+def _parameters(calc: Calculator) -> frozenset[str] | None:
+    """The message parameters the calculator reads (``timestamp`` is never listed: every reader
+    supplies it), or ``None`` when a part reads every parameter. Interval expressions
+    (``interval`` counters, ``validate_interval``) read interval fields, not messages."""
+    parts: list[frozenset[str] | None] = []
+
+    def expr(e: CompiledExpression | None) -> None:
+        if e is not None:
+            parts.append(e.parameters)
+
+    expr(calc.validate_message)
+    for s in calc.selectors:
+        expr(s.expression)
+        if s.type == "geofence":
+            parts.append(POSITION)
+    for k in calc.counters:
+        if k.type in ("interval", "accumulator"):
+            continue  # evaluated per interval, on interval fields; validate_message is not used
+        expr(k.validate)
+        if k.type == "expression":
+            expr(k.expression)
+        elif k.type == "parameter":
+            assert k.parameter is not None  # defaults to the counter's name
+            parts.append(frozenset({k.parameter}))
+        elif k.type == "dataset":
+            for _, e in k.fields:
+                expr(e)
+        elif k.type == "message":
+            parts.append(frozenset(k.fields))
+        elif k.type in ("route", "geofence"):
+            parts.append(POSITION)
+    out: set[str] = set()
+    for p in parts:
+        if p is None:
+            return None
+        out |= p
+    out.discard("timestamp")
+    return frozenset(out)
 
 
 def _check(config) -> tuple[list[Problem], Calculator | None]:

@@ -918,6 +918,13 @@ class CompiledExpression:
         calls = {nd[1] for nd in nodes if nd[0] == "call"}
         self.uses_prev = bool(self.prev_names) or "mileage" in calls
         self.uses_position = bool(calls & {"mileage", "geofence"})
+        read = {nd[1] for nd in nodes if nd[0] == "param"}
+        read |= {nd[2][0][1] for nd in nodes if nd[0] == "call" and nd[1] == "exists"}
+        if self.uses_position:
+            read |= {LAT, LON}
+        read.discard("timestamp")
+        # The message parameters this expression reads (``timestamp`` is always there).
+        self.parameters: frozenset[str] | None = frozenset(read)
         self._fn = _scalar(self.tree, self.tz, self.geofences)
         self.constant = self.tree[0] == "const"
 

@@ -288,12 +288,12 @@ def _scalar(node, tz, geofences):
     kind = node[0]
     if kind == "const":
         value = node[1]
-        return lambda c, p: value
+        return lambda c, p, q: value
     if kind == "param":
         name, mode = node[1], node[2]
         if mode == "bare":
 
-            def bare(c, p):
+            def bare(c, p, q):
                 v = c.get(name, _MISS)
                 if v is _MISS:
                     return V.ERROR
@@ -301,52 +301,52 @@ def _scalar(node, tz, geofences):
 
             return bare
         if mode == "opt":
-            return lambda c, p: V.normalize(c.get(name))
-        return lambda c, p: None if p is None else V.normalize(p.get(name))
+            return lambda c, p, q: V.normalize(c.get(name))
+        return lambda c, p, q: None if p is None else V.normalize(p.get(name))
     if kind == "neg":
         f = _scalar(node[1], tz, geofences)
-        return lambda c, p: V.negate(f(c, p))
+        return lambda c, p, q: V.negate(f(c, p, q))
     if kind == "not":
         f = _scalar(node[1], tz, geofences)
-        return lambda c, p: V.logical_not(f(c, p))
+        return lambda c, p, q: V.logical_not(f(c, p, q))
     if kind == "arith":
         op = node[1]
         fa = _scalar(node[2], tz, geofences)
         fb = _scalar(node[3], tz, geofences)
-        return lambda c, p: V.arith(op, fa(c, p), fb(c, p))
+        return lambda c, p, q: V.arith(op, fa(c, p, q), fb(c, p, q))
     if kind == "compare":
         op = node[1]
         fa = _scalar(node[2], tz, geofences)
         fb = _scalar(node[3], tz, geofences)
-        return lambda c, p: V.compare(op, fa(c, p), fb(c, p))
+        return lambda c, p, q: V.compare(op, fa(c, p, q), fb(c, p, q))
     if kind == "and":
         fa = _scalar(node[1], tz, geofences)
         fb = _scalar(node[2], tz, geofences)
-        return lambda c, p: V.logical_and(fa(c, p), fb(c, p))
+        return lambda c, p, q: V.logical_and(fa(c, p, q), fb(c, p, q))
     if kind == "or":
         fa = _scalar(node[1], tz, geofences)
         fb = _scalar(node[2], tz, geofences)
-        return lambda c, p: V.logical_or(fa(c, p), fb(c, p))
+        return lambda c, p, q: V.logical_or(fa(c, p, q), fb(c, p, q))
     assert kind == "call"
     name, args = node[1], node[2]
     fs = [_scalar(a, tz, geofences) for a in args]
     if name == "if":
         fc, fa, fb = fs
 
-        def if_(c, p):
-            cond = fc(c, p)
+        def if_(c, p, q):
+            cond = fc(c, p, q)
             if cond is V.ERROR:
                 return V.ERROR
-            return fa(c, p) if V.truth(cond) else fb(c, p)
+            return fa(c, p, q) if V.truth(cond) else fb(c, p, q)
 
         return if_
     if name == "exists":
         key = args[0][1]
-        return lambda c, p: key in c
+        return lambda c, p, q: key in c
     if name == "mileage":
 
-        def mileage(c, p):
-            a = _position(p)
+        def mileage(c, p, q):
+            a = _position(q)
             b = _position(c)
             if a is None or b is None:
                 return None
@@ -354,10 +354,10 @@ def _scalar(node, tz, geofences):
 
         return mileage
     if name in TIME_FUNCTIONS:
-        ft = fs[0] if fs else (lambda c, p: c.get("timestamp"))
+        ft = fs[0] if fs else (lambda c, p, q: c.get("timestamp"))
 
-        def timefn(c, p):
-            t = ft(c, p)
+        def timefn(c, p, q):
+            t = ft(c, p, q)
             if t is V.ERROR:
                 return V.ERROR
             if t is None:
@@ -370,7 +370,7 @@ def _scalar(node, tz, geofences):
     if name == "geofence":
         field = args[0][1]
 
-        def geofence_(c, p):
+        def geofence_(c, p, q):
             pos = _position(c)
             if pos is None:
                 return None
@@ -383,11 +383,11 @@ def _scalar(node, tz, geofences):
     fn = _FUNCTIONS_SCALAR[name]
     if len(fs) == 1:
         f0 = fs[0]
-        return lambda c, p: fn(f0(c, p))
+        return lambda c, p, q: fn(f0(c, p, q))
     if len(fs) == 2:
         f0, f1 = fs
-        return lambda c, p: fn(f0(c, p), f1(c, p))
-    return lambda c, p: fn(*(f(c, p) for f in fs))
+        return lambda c, p, q: fn(f0(c, p, q), f1(c, p, q))
+    return lambda c, p, q: fn(*(f(c, p, q) for f in fs))
 
 
 _FUNCTIONS_SCALAR = {
@@ -568,19 +568,35 @@ class Frame:
         return col
 
     def position(self, prev: bool = False):
+        """Latitudes, longitudes and where a row has a position; with ``prev``, those of the
+        last earlier row that had one (``mileage()`` measures from it), within the rows since
+        the last one without a previous row."""
         key = ("pos", prev)
         if key in self._cache:
             return self._cache[key]
-        get = self.prev_column if prev else self.column
-        lat_c = get(LAT)
-        lon_c = get(LON)
         n = self.n
-        if lat_c is None or lon_c is None:
-            res = (np.zeros(n), np.zeros(n), np.zeros(n, bool))
+        if prev:
+            lat, lon, valid = self.position()
+            if valid.all():
+                before = np.arange(-1, n - 1)
+                ok = self.prev_valid
+            else:
+                idx = np.arange(n)
+                last = np.maximum.accumulate(np.where(valid, idx, -1))
+                before = np.concatenate(([-1], last[:-1]))
+                start = np.maximum.accumulate(np.where(self.prev_valid, 0, idx))
+                ok = before >= start
+            pick = np.maximum(before, 0)
+            res = (lat[pick], lon[pick], ok)
         else:
-            lat, vlat = _numeric_column(lat_c)
-            lon, vlon = _numeric_column(lon_c)
-            res = (lat, lon, vlat & vlon)
+            lat_c = self.column(LAT)
+            lon_c = self.column(LON)
+            if lat_c is None or lon_c is None:
+                res = (np.zeros(n), np.zeros(n), np.zeros(n, bool))
+            else:
+                lat, vlat = _numeric_column(lat_c)
+                lon, vlon = _numeric_column(lon_c)
+                res = (lat, lon, vlat & vlon)
         self._cache[key] = res
         return res
 
@@ -896,8 +912,10 @@ def _vector(node, frame: Frame, tz, geofences) -> Vec:
 class CompiledExpression:
     """An expression parsed once, evaluated many times.
 
-    * ``evaluate(message, previous=None)``: the value; raises ``EvaluationError`` when the
-      expression errors on this message.
+    * ``evaluate(message, previous=None, *, positioned=previous)``: the value; raises
+      ``EvaluationError`` when the expression errors on this message. ``previous`` is the
+      message before (for ``#name``/``previous()``), ``positioned`` the last earlier message
+      that had a position (for ``mileage()``; the same as ``previous`` unless given).
     * ``evaluate_raw(message, previous=None)``: the value or the ``ERROR`` marker.
     * ``matches(message, previous=None)``: true only when the value is true (never raises).
     * ``evaluate_frame(frame)``: the columnar value (``Vec``) over a ``Frame``.
@@ -916,7 +934,11 @@ class CompiledExpression:
         self.names = sorted({nd[1] for nd in nodes if nd[0] == "param" and nd[2] != "prev"})
         self.prev_names = sorted({nd[1] for nd in nodes if nd[0] == "param" and nd[2] == "prev"})
         calls = {nd[1] for nd in nodes if nd[0] == "call"}
-        self.uses_prev = bool(self.prev_names) or "mileage" in calls
+        # ``#name``/``previous()`` read the message before; ``mileage()`` the last earlier
+        # message that had a position.
+        self.reads_previous = bool(self.prev_names)
+        self.reads_previous_position = "mileage" in calls
+        self.uses_prev = self.reads_previous or self.reads_previous_position
         self.uses_position = bool(calls & {"mileage", "geofence"})
         read = {nd[1] for nd in nodes if nd[0] == "param"}
         read |= {nd[2][0][1] for nd in nodes if nd[0] == "call" and nd[1] == "exists"}
@@ -931,17 +953,17 @@ class CompiledExpression:
     def __repr__(self) -> str:
         return f"CompiledExpression({self.text!r})"
 
-    def evaluate_raw(self, message: Mapping, previous: Mapping | None = None):
-        return self._fn(message, previous)
+    def evaluate_raw(self, message: Mapping, previous: Mapping | None = None, *, positioned=_MISS):
+        return self._fn(message, previous, previous if positioned is _MISS else positioned)
 
-    def evaluate(self, message: Mapping, previous: Mapping | None = None):
-        v = self._fn(message, previous)
+    def evaluate(self, message: Mapping, previous: Mapping | None = None, *, positioned=_MISS):
+        v = self._fn(message, previous, previous if positioned is _MISS else positioned)
         if v is V.ERROR:
             raise EvaluationError(f"expression {self.text!r} errors on this message")
         return v
 
-    def matches(self, message: Mapping, previous: Mapping | None = None) -> bool:
-        return V.truth(self._fn(message, previous))
+    def matches(self, message: Mapping, previous: Mapping | None = None, *, positioned=_MISS) -> bool:
+        return V.truth(self._fn(message, previous, previous if positioned is _MISS else positioned))
 
     def evaluate_frame(self, frame: Frame) -> Vec:
         if frame.n == 0:

@@ -484,13 +484,16 @@ def derive_motion(
     """Add ``position.speed`` (km/h) and ``position.direction`` (degrees) to the messages that
     have a position but not these, from consecutive positions in file order.
 
-    A point's speed is the haversine distance from the previous point divided by the time
-    between them, and its direction the initial bearing from the previous point. The first point
-    of a run (the start of the file, or after a step back in time or a gap over ``max_gap``
-    seconds) takes the segment to the next point instead. A speed under ``stop_speed`` is the
-    jitter of a standing receiver: it is stored as 0, and the direction stays the last one of
-    the run (none before the run first moves). A message with neither is left alone; records
-    without a position pass through unchanged, in order.
+    A point's speed is the haversine distance to the next point divided by the time between
+    them, and its direction the initial bearing to the next point: the motion from this message
+    until the next one, which is how long the analytics engine holds a message's state
+    (``duration`` counters). So a logger that records nothing while standing gives the point
+    where it stopped the standing speed of the gap after it, and the gap counts as standing. The
+    last point of a run (the end of the file, or before a step back in time or a gap over
+    ``max_gap`` seconds) takes the segment from the previous point instead. A speed under
+    ``stop_speed`` is the jitter of a standing receiver: it is stored as 0, and the direction
+    stays the last one of the run (none before the run first moves). A message with neither is
+    left alone; records without a position pass through unchanged, in order.
     """
     before: _Point | None = None
     current: Record | None = None
@@ -535,10 +538,10 @@ def _fill(
     stop_speed: float,
     max_gap: float,
 ) -> float | None:
-    segment = _segment(before, point, max_gap)
-    if segment is None:
-        heading = None
-        segment = _segment(point, after, max_gap)
+    arrival = _segment(before, point, max_gap)
+    if arrival is None:
+        heading = None  # a new run
+    segment = _segment(point, after, max_gap) or arrival
     if segment is None:
         return heading
     speed, bearing = segment

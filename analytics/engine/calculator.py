@@ -297,12 +297,34 @@ def _parameters(calc: Calculator) -> frozenset[str] | None:
     return frozenset(out)
 
 
+@dataclass
+class _Scope:
+    """What every expression of a calculator is compiled with."""
+
+    tz: str
+    geofences: list[Geofence]
+
+
 def _check(config) -> tuple[list[Problem], Calculator | None]:
-    c = _Checker()
     if not isinstance(config, dict):
         return [Problem("", "calculator must be a JSON object")], None
-    allowed = ("name", "selectors", *CALCULATOR_DEFAULTS)
-    c.unknown(config, allowed, "")
+    c = _Checker()
+    c.unknown(config, ("name", "selectors", *CALCULATOR_DEFAULTS), "")
+    norm = _check_fields(c, config)
+    # Selectors first: their geofences are what geofence() in every expression sees.
+    selectors, norm["selectors"], scope = _check_selectors(c, config, norm["timezone"])
+    validate_message = c.expression(config, "validate_message", "", tz=scope.tz, geofences=scope.geofences)
+    validate_interval = c.expression(config, "validate_interval", "", tz=scope.tz, geofences=scope.geofences)
+    norm["validate_message"] = config.get("validate_message")
+    norm["validate_interval"] = config.get("validate_interval")
+    counters, norm["counters"] = _check_counters(c, config, scope)
+    if c.problems:
+        return c.problems, None
+    return [], Calculator(norm, selectors, counters, validate_message, validate_interval)
+
+
+def _check_fields(c: _Checker, config: dict) -> dict[str, Any]:
+    """The calculator's own fields (name, timezone, update and retention settings, metadata)."""
     norm: dict[str, Any] = {}
     norm["name"] = c.string(config, "name", "", required=True)
     tzname = c.string(config, "timezone", "", default="UTC")
@@ -324,22 +346,23 @@ def _check(config) -> tuple[list[Problem], Calculator | None]:
         c.add("metadata", "must be an object")
         meta = {}
     norm["metadata"] = meta
+    return norm
 
-    # Selectors first: their geofences are what geofence() in every expression sees.
-    raw_selectors = config.get("selectors")
-    selectors: list[SelectorSpec] = []
-    norm_selectors: list[dict] = []
-    if raw_selectors is None:
+
+def _check_selectors(c: _Checker, config: dict, tz: str) -> tuple[list[SelectorSpec], list[dict], _Scope]:
+    raw = config.get("selectors")
+    if raw is None:
         c.add("selectors", "missing field")
-        raw_selectors = []
-    elif not isinstance(raw_selectors, list):
+        raw = []
+    elif not isinstance(raw, list):
         c.add("selectors", "must be a list")
-        raw_selectors = []
-    elif not raw_selectors:
+        raw = []
+    elif not raw:
         c.add("selectors", "needs at least one selector")
-    geofences: list[Geofence] = []
-    pending_exprs = []
-    for i, s in enumerate(raw_selectors):
+    scope = _Scope(tz, [])
+    selectors: list[SelectorSpec] = []
+    norm: list[dict] = []
+    for i, s in enumerate(raw):
         path = f"selectors[{i}]"
         if not isinstance(s, dict):
             c.add(path, "must be an object")
@@ -352,62 +375,81 @@ def _check(config) -> tuple[list[Problem], Calculator | None]:
         if s.get("name") is not None:
             ns["name"] = c.string(s, "name", path)
         if stype in ("expression", "geofence"):
-            opts = {}
-            for key, default in COMMON_OPTIONS.items():
-                if isinstance(default, bool):
-                    opts[key] = c.boolean(s, key, path, default)
-                else:
-                    opts[key] = c.number(s, key, path, default=default)
-            spec.options = opts
-        if stype == "expression":
-            c.unknown(s, ("type", "name", "expression", "method", *COMMON_OPTIONS), path)
-            spec.method = c.string(s, "method", path, default="boolean", choices=("boolean", "change"))
-            if "expression" not in s or s["expression"] is None:
-                c.add(f"{path}.expression", "missing field")
-            else:
-                pending_exprs.append((spec, s, path))
-            ns.update({"expression": s.get("expression"), "method": spec.method, **spec.options})
-        elif stype == "geofence":
-            c.unknown(s, ("type", "name", "geofences", *COMMON_OPTIONS), path)
-            gs = s.get("geofences")
-            if not isinstance(gs, list) or not gs:
-                c.add(f"{path}.geofences", "missing field" if gs is None else "must be a non-empty list")
-            else:
-                for j, g in enumerate(gs):
-                    ok = _check_geofence(c, g, f"{path}.geofences[{j}]")
-                    if ok is not None:
-                        spec.geofences.append(Geofence(ok))
-            geofences.extend(spec.geofences)
-            ns.update({"geofences": gs, **spec.options})
-        elif stype == "datetime":
-            c.unknown(s, ("type", "name", "split"), path)
-            spec.split = c.string(s, "split", path, required=True, choices=SPLITS)
-            ns["split"] = spec.split
-        else:
-            c.unknown(s, ("type", "name", "delay_threshold"), path)
-            spec.delay_threshold = c.number(s, "delay_threshold", path, required=True, default=0)
-            ns["delay_threshold"] = spec.delay_threshold
+            spec.options = _check_options(c, s, path)
+        _SELECTOR_CHECKS[stype](c, s, path, spec, ns)
+        scope.geofences.extend(spec.geofences)
         selectors.append(spec)
-        norm_selectors.append(ns)
-    norm["selectors"] = norm_selectors
-    for spec, s, path in pending_exprs:
-        spec.expression = c.expression(s, "expression", path, tz=tzname, geofences=geofences)
+        norm.append(ns)
+    # Compiled once every geofence is known: an expression sees the geofences of all selectors.
+    for spec in selectors:
+        if spec.type == "expression" and spec.config.get("expression") is not None:
+            path = f"selectors[{spec.index}]"
+            spec.expression = c.expression(spec.config, "expression", path, tz=tz, geofences=scope.geofences)
+    return selectors, norm, scope
 
-    validate_message = c.expression(config, "validate_message", "", tz=tzname, geofences=geofences)
-    validate_interval = c.expression(config, "validate_interval", "", tz=tzname, geofences=geofences)
-    norm["validate_message"] = config.get("validate_message")
-    norm["validate_interval"] = config.get("validate_interval")
 
-    raw_counters = config.get("counters", [])
-    if raw_counters is None:
-        raw_counters = []
-    if not isinstance(raw_counters, list):
+def _check_options(c: _Checker, s: dict, path: str) -> dict:
+    opts = {}
+    for key, default in COMMON_OPTIONS.items():
+        if isinstance(default, bool):
+            opts[key] = c.boolean(s, key, path, default)
+        else:
+            opts[key] = c.number(s, key, path, default=default)
+    return opts
+
+
+def _selector_expression(c: _Checker, s: dict, path: str, spec: SelectorSpec, ns: dict) -> None:
+    c.unknown(s, ("type", "name", "expression", "method", *COMMON_OPTIONS), path)
+    spec.method = c.string(s, "method", path, default="boolean", choices=("boolean", "change"))
+    if "expression" not in s or s["expression"] is None:
+        c.add(f"{path}.expression", "missing field")
+    ns.update({"expression": s.get("expression"), "method": spec.method, **spec.options})
+
+
+def _selector_geofence(c: _Checker, s: dict, path: str, spec: SelectorSpec, ns: dict) -> None:
+    c.unknown(s, ("type", "name", "geofences", *COMMON_OPTIONS), path)
+    gs = s.get("geofences")
+    if not isinstance(gs, list) or not gs:
+        c.add(f"{path}.geofences", "missing field" if gs is None else "must be a non-empty list")
+    else:
+        for j, g in enumerate(gs):
+            ok = _check_geofence(c, g, f"{path}.geofences[{j}]")
+            if ok is not None:
+                spec.geofences.append(Geofence(ok))
+    ns.update({"geofences": gs, **spec.options})
+
+
+def _selector_datetime(c: _Checker, s: dict, path: str, spec: SelectorSpec, ns: dict) -> None:
+    c.unknown(s, ("type", "name", "split"), path)
+    spec.split = c.string(s, "split", path, required=True, choices=SPLITS)
+    ns["split"] = spec.split
+
+
+def _selector_inactive(c: _Checker, s: dict, path: str, spec: SelectorSpec, ns: dict) -> None:
+    c.unknown(s, ("type", "name", "delay_threshold"), path)
+    spec.delay_threshold = c.number(s, "delay_threshold", path, required=True, default=0)
+    ns["delay_threshold"] = spec.delay_threshold
+
+
+_SELECTOR_CHECKS = {
+    "expression": _selector_expression,
+    "geofence": _selector_geofence,
+    "datetime": _selector_datetime,
+    "inactive": _selector_inactive,
+}
+
+
+def _check_counters(c: _Checker, config: dict, scope: _Scope) -> tuple[list[CounterSpec], list[dict]]:
+    raw = config.get("counters", [])
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
         c.add("counters", "must be a list")
-        raw_counters = []
+        raw = []
     counters: list[CounterSpec] = []
-    norm_counters: list[dict] = []
+    norm: list[dict] = []
     seen: set[str] = set()
-    for i, k in enumerate(raw_counters):
+    for i, k in enumerate(raw):
         path = f"counters[{i}]"
         if not isinstance(k, dict):
             c.add(path, "must be an object")
@@ -424,92 +466,125 @@ def _check(config) -> tuple[list[Problem], Calculator | None]:
             continue
         counter = CounterSpec(name=name, type=ctype, config=k)
         nk: dict[str, Any] = {"name": name, "type": ctype}
-        counter.validate = c.expression(k, "validate_message", path, tz=tzname, geofences=geofences)
+        counter.validate = c.expression(k, "validate_message", path, tz=scope.tz, geofences=scope.geofences)
         if k.get("validate_message") is not None:
             nk["validate_message"] = k["validate_message"]
-        common = ("name", "type", "validate_message")
-        if ctype in ("expression", "parameter"):
-            methods = REDUCE_METHODS + (("distinct",) if ctype == "parameter" else ())
-            raw_method = k.get("method")
-            if isinstance(raw_method, str):
-                raw_method = METHOD_ALIASES.get(raw_method, raw_method)
-            counter.method = c.string({"method": raw_method}, "method", path, required=True, choices=methods)
-            nk["method"] = counter.method
-            if ctype == "expression":
-                c.unknown(k, (*common, "expression", "method"), path)
-                counter.expression = c.expression(
-                    k, "expression", path, tz=tzname, geofences=geofences, required=True
-                )
-                nk["expression"] = k.get("expression")
-            else:
-                c.unknown(k, (*common, "parameter", "method"), path)
-                counter.parameter = c.string(k, "parameter", path, default=name)
-                nk["parameter"] = counter.parameter
-        elif ctype == "interval":
-            c.unknown(k, (*common, "expression"), path)
-            counter.expression = c.expression(
-                k, "expression", path, tz=tzname, geofences=geofences, required=True
-            )
-            nk["expression"] = k.get("expression")
-        elif ctype == "dataset":
-            c.unknown(k, (*common, "fields"), path)
-            fs = k.get("fields")
-            if not isinstance(fs, list) or not fs:
-                c.add(f"{path}.fields", "missing field" if fs is None else "must be a non-empty list")
-            else:
-                for j, f in enumerate(fs):
-                    fp = f"{path}.fields[{j}]"
-                    if not isinstance(f, dict):
-                        c.add(fp, "must be an object with name and value")
-                        continue
-                    c.unknown(f, ("name", "value"), fp)
-                    fname = c.string(f, "name", fp, required=True)
-                    expr = c.expression(f, "value", fp, tz=tzname, geofences=geofences, required=True)
-                    if fname is not None and expr is not None:
-                        counter.fields.append((fname, expr))
-            nk["fields"] = fs
-        elif ctype == "datetime":
-            c.unknown(k, (*common, "interval", "format"), path)
-            counter.method = c.string(k, "interval", path, default="begin", choices=("begin", "end"))
-            counter.value = c.string(k, "format", path, default="%Y-%m-%d %H:%M:%S")
-            nk.update({"interval": counter.method, "format": counter.value})
-        elif ctype == "message":
-            c.unknown(k, (*common, "fields", "method"), path)
-            fs = k.get("fields")
-            if not isinstance(fs, list) or not fs or not all(isinstance(f, str) and f for f in fs):
-                c.add(
-                    f"{path}.fields", "missing field" if fs is None else "must be a non-empty list of names"
-                )
-            else:
-                counter.fields = list(fs)
-            counter.method = c.string(k, "method", path, default="first", choices=("first", "last"))
-            nk.update({"fields": fs, "method": counter.method})
-        elif ctype == "specified":
-            c.unknown(k, (*common, "value"), path)
-            if "value" not in k:
-                c.add(f"{path}.value", "missing field")
-            counter.value = k.get("value")
-            nk["value"] = counter.value
-        elif ctype in ("route", "active"):
-            c.unknown(k, common, path)
-        elif ctype == "geofence":
-            c.unknown(k, common, path)
-            if not geofences:
-                c.add(path, "a geofence counter needs a geofence selector")
-        elif ctype == "accumulator":
-            c.unknown(k, (*common, "counter", "reset_interval"), path)
-            target = c.string(k, "counter", path, required=True)
-            if target is not None and target not in {x.name for x in counters}:
-                c.add(f"{path}.counter", f"must name a counter listed before this one, not '{target}'")
-            counter.parameter = target
-            counter.method = c.string(k, "reset_interval", path, choices=RESETS)
-            nk.update({"counter": target, "reset_interval": counter.method})
+        _COUNTER_CHECKS[ctype](c, k, path, counter, nk, scope, counters)
         counters.append(counter)
-        norm_counters.append(nk)
-    norm["counters"] = norm_counters
-    if c.problems:
-        return c.problems, None
-    return [], Calculator(norm, selectors, counters, validate_message, validate_interval)
+        norm.append(nk)
+    return counters, norm
+
+
+_COMMON = ("name", "type", "validate_message")
+
+
+def _counter_reduce(c: _Checker, k, path, counter: CounterSpec, nk, scope: _Scope, before) -> None:
+    """``expression`` and ``parameter`` counters: a value per message, reduced by ``method``."""
+    methods = REDUCE_METHODS + (("distinct",) if counter.type == "parameter" else ())
+    raw_method = k.get("method")
+    if isinstance(raw_method, str):
+        raw_method = METHOD_ALIASES.get(raw_method, raw_method)
+    counter.method = c.string({"method": raw_method}, "method", path, required=True, choices=methods)
+    nk["method"] = counter.method
+    if counter.type == "expression":
+        c.unknown(k, (*_COMMON, "expression", "method"), path)
+        counter.expression = c.expression(
+            k, "expression", path, tz=scope.tz, geofences=scope.geofences, required=True
+        )
+        nk["expression"] = k.get("expression")
+    else:
+        c.unknown(k, (*_COMMON, "parameter", "method"), path)
+        counter.parameter = c.string(k, "parameter", path, default=counter.name)
+        nk["parameter"] = counter.parameter
+
+
+def _counter_interval(c: _Checker, k, path, counter: CounterSpec, nk, scope: _Scope, before) -> None:
+    c.unknown(k, (*_COMMON, "expression"), path)
+    counter.expression = c.expression(
+        k, "expression", path, tz=scope.tz, geofences=scope.geofences, required=True
+    )
+    nk["expression"] = k.get("expression")
+
+
+def _counter_dataset(c: _Checker, k, path, counter: CounterSpec, nk, scope: _Scope, before) -> None:
+    c.unknown(k, (*_COMMON, "fields"), path)
+    fs = k.get("fields")
+    if not isinstance(fs, list) or not fs:
+        c.add(f"{path}.fields", "missing field" if fs is None else "must be a non-empty list")
+    else:
+        for j, f in enumerate(fs):
+            fp = f"{path}.fields[{j}]"
+            if not isinstance(f, dict):
+                c.add(fp, "must be an object with name and value")
+                continue
+            c.unknown(f, ("name", "value"), fp)
+            fname = c.string(f, "name", fp, required=True)
+            expr = c.expression(f, "value", fp, tz=scope.tz, geofences=scope.geofences, required=True)
+            if fname is not None and expr is not None:
+                counter.fields.append((fname, expr))
+    nk["fields"] = fs
+
+
+def _counter_datetime(c: _Checker, k, path, counter: CounterSpec, nk, scope: _Scope, before) -> None:
+    c.unknown(k, (*_COMMON, "interval", "format"), path)
+    counter.method = c.string(k, "interval", path, default="begin", choices=("begin", "end"))
+    counter.value = c.string(k, "format", path, default="%Y-%m-%d %H:%M:%S")
+    nk.update({"interval": counter.method, "format": counter.value})
+
+
+def _counter_message(c: _Checker, k, path, counter: CounterSpec, nk, scope: _Scope, before) -> None:
+    c.unknown(k, (*_COMMON, "fields", "method"), path)
+    fs = k.get("fields")
+    if not isinstance(fs, list) or not fs or not all(isinstance(f, str) and f for f in fs):
+        c.add(f"{path}.fields", "missing field" if fs is None else "must be a non-empty list of names")
+    else:
+        counter.fields = list(fs)
+    counter.method = c.string(k, "method", path, default="first", choices=("first", "last"))
+    nk.update({"fields": fs, "method": counter.method})
+
+
+def _counter_specified(c: _Checker, k, path, counter: CounterSpec, nk, scope: _Scope, before) -> None:
+    c.unknown(k, (*_COMMON, "value"), path)
+    if "value" not in k:
+        c.add(f"{path}.value", "missing field")
+    counter.value = k.get("value")
+    nk["value"] = counter.value
+
+
+def _counter_plain(c: _Checker, k, path, counter: CounterSpec, nk, scope: _Scope, before) -> None:
+    """``route`` and ``active``: no fields of their own."""
+    c.unknown(k, _COMMON, path)
+
+
+def _counter_geofence(c: _Checker, k, path, counter: CounterSpec, nk, scope: _Scope, before) -> None:
+    c.unknown(k, _COMMON, path)
+    if not scope.geofences:
+        c.add(path, "a geofence counter needs a geofence selector")
+
+
+def _counter_accumulator(c: _Checker, k, path, counter: CounterSpec, nk, scope: _Scope, before) -> None:
+    c.unknown(k, (*_COMMON, "counter", "reset_interval"), path)
+    target = c.string(k, "counter", path, required=True)
+    if target is not None and target not in {x.name for x in before}:
+        c.add(f"{path}.counter", f"must name a counter listed before this one, not '{target}'")
+    counter.parameter = target
+    counter.method = c.string(k, "reset_interval", path, choices=RESETS)
+    nk.update({"counter": target, "reset_interval": counter.method})
+
+
+_COUNTER_CHECKS = {
+    "expression": _counter_reduce,
+    "parameter": _counter_reduce,
+    "interval": _counter_interval,
+    "dataset": _counter_dataset,
+    "datetime": _counter_datetime,
+    "message": _counter_message,
+    "specified": _counter_specified,
+    "route": _counter_plain,
+    "active": _counter_plain,
+    "geofence": _counter_geofence,
+    "accumulator": _counter_accumulator,
+}
 
 
 def _path_key(problem: Problem):

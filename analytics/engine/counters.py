@@ -18,10 +18,10 @@ import numpy as np
 
 from . import values as V
 from .calculator import Calculator, CounterSpec
-from .expressions import Frame, Vec, _vec_from_column
 from .geo import encode_polyline_segments
 from .messages import _MISSING, Column, Messages
 from .timeutil import strftime
+from .vectors import Frame, Vec, vec_from_column
 
 OMIT = object()  # the counter has no value for this interval: its key is left out
 
@@ -205,7 +205,7 @@ def message_counters(
             # compile_calculator requires the method and defaults the parameter to the name
             assert spec.parameter is not None and spec.method is not None
             col = frame.column(spec.parameter)
-            vec = _vec_from_column(col, total, "null")
+            vec = vec_from_column(col, total, "null")
             valid = vm & _present(vec, total)
             out.append((spec, reduce_values(red, spec.method, vec, valid, raw=col)))
         elif t == "route":

@@ -55,19 +55,84 @@ def same_interval(calc: Calculator, new: Mapping, old: Mapping) -> bool:
     return all(new.get(k, _MISSING) == old.get(k, _MISSING) for k in calc.engine_keys)
 
 
-def _cut_info(calc: Calculator, F: Messages):
+def _cut_info(calc: Calculator, F: Messages, from_start: bool):
     """Clean cuts of the whole calculator: strict for at least one selector (so no interval of
-    the calculator spans the cut), and strict or transparent for every selector."""
+    the calculator spans the cut), and strict or transparent for every selector. ``need[c]``:
+    the earliest message whose state the cut relies on (its previous message is the window's
+    first); -1 where the cut cannot be used (what it relies on lies before ``F``)."""
     frame = Frame(F)
-    any_strict = np.zeros(len(F), bool)
-    every = np.ones(len(F), bool)
-    need = np.arange(len(F)) - 1
+    n = len(F)
+    any_strict = np.zeros(n, bool)
+    every = np.ones(n, bool)
+    need = np.arange(n) - 1
     for spec in calc.selectors:
         strict, transparent, nd = clean_cuts(spec, frame, calc.tz)
         any_strict |= strict
         every &= strict | transparent
         need = np.minimum(need, nd)
+    if any(s.expression is not None and s.expression.reads_previous_position for s in calc.selectors):
+        need = _reach_previous_position(frame, need, from_start)
     return any_strict & every, need
+
+
+def _reach_previous_position(frame: Frame, need: np.ndarray, from_start: bool) -> np.ndarray:
+    """``mileage()`` of the first positioned message at or after ``need`` measures from the last
+    positioned message before it, however far back: the cut relies on that one too. Where ``F``
+    holds none (and does not start at the history's start), the cut cannot be used yet."""
+    n = frame.n
+    valid = frame.position()[2]
+    idx = np.arange(n)
+    last = np.maximum.accumulate(np.where(valid, idx, -1))  # last positioned at or before i
+    nxt = np.minimum.accumulate(np.where(valid, idx, n)[::-1])[::-1]  # first at or after i
+    at = np.clip(need, 0, n - 1)
+    before = np.where(need >= 1, last[np.clip(need - 1, 0, n - 1)], -1)
+    looks_back = (need >= 0) & (nxt[at] < n)
+    reached = np.where(before >= 0, np.minimum(need, before + 1), need if from_start else -1)
+    return np.where(looks_back, reached, need)
+
+
+def _first_known(calc: Calculator, raw: Messages, F: Messages, from_start: bool) -> int:
+    """The first index of ``F`` a window may start at: the calculator's ``validate_message``
+    cannot be decided here for the first raw message when it reads ``#name``, nor for the first
+    positioned one when it reads ``mileage()`` (what they look back to lies before the read)."""
+    vm = calc.validate_message
+    if from_start or vm is None or not len(F) or not len(raw):
+        return 0
+    unknown = []
+    if vm.reads_previous:
+        unknown.append(0)
+    if vm.reads_previous_position:
+        valid = Frame(raw).position()[2]
+        if valid.any():
+            unknown.append(int(np.argmax(valid)))
+    r0 = 0
+    ts = F.timestamps
+    for u in unknown:
+        t = raw.timestamps[u]
+        k = int(np.searchsorted(ts, t))
+        # Present: exclude it from the window; absent: the message after it has the wrong
+        # previous message.
+        r0 = max(r0, k + 1 if k < len(ts) and ts[k] == t else k)
+    return r0
+
+
+def _validity_settled(
+    calc: Calculator, raw: Messages, after: np.ndarray, dirty_end: float
+) -> np.ndarray | None:
+    """For the cut after the dirty range, when the calculator's ``validate_message`` reads
+    ``mileage()``: whether the validity of the raw messages after each time in ``after`` looks
+    back only to positions after the dirty range (``None``: it reads no position)."""
+    vm = calc.validate_message
+    if vm is None or not vm.reads_previous_position:
+        return None
+    valid = Frame(raw).position()[2]
+    pos_ts = raw.timestamps[valid]
+    if not len(pos_ts):
+        return None
+    j = np.searchsorted(pos_ts, after, "right")
+    has_later = j < len(pos_ts)
+    back = np.where(j > 0, pos_ts[np.maximum(j - 1, 0)], -math.inf)
+    return ~has_later | (back > dirty_end)
 
 
 def recalculate(
@@ -161,17 +226,8 @@ def recalculate(
         F = validated(calc, raw)
         ts = F.timestamps
         nF = len(F)
-        r0 = 0
-        if (
-            not from_start
-            and calc.validate_message is not None
-            and calc.validate_message.uses_prev
-            and nF
-            and len(raw)
-            and ts[0] == raw.timestamps[0]
-        ):
-            r0 = 1
-        clean, need = _cut_info(calc, F) if nF else (np.zeros(0, bool), np.zeros(0, np.int64))
+        r0 = _first_known(calc, raw, F, from_start)
+        clean, need = _cut_info(calc, F, from_start) if nF else (np.zeros(0, bool), np.zeros(0, np.int64))
 
         # The cut before the dirty range: the latest clean one, or the start of the history.
         back = np.flatnonzero(clean & (ts < dirty_begin) & (need - 1 >= r0))
@@ -189,6 +245,9 @@ def recalculate(
         ok_f = clean & (np.arange(nF) > c) & (need >= 2)
         ctx = np.where(need >= 2, need - 2, 0)
         ok_f &= ts[ctx] > dirty_end
+        settled = _validity_settled(calc, raw, ts[ctx], dirty_end) if nF else None
+        if settled is not None:
+            ok_f &= settled
         ok_f &= ts > forward_floor
         fwd = np.flatnonzero(ok_f)
         if len(fwd):

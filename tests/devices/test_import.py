@@ -14,6 +14,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connections
 
+from analytics.engine import calculate
 from devices import importers
 from devices.importers import ParseError, Record, derive_motion, read_csv, read_gpx, read_jsonl
 from devices.validation import MessageError
@@ -342,11 +343,12 @@ def test_derived_speed_and_direction_from_consecutive_points():
     east = ARC_M / 10 * 3.6  # 40.03 km/h
     north = 2 * ARC_M / 10 * 3.6
     diagonal = importers.haversine_m(0.002, 0.001, 0.001, 0.0) / 5 * 3.6
+    towards = round(importers.bearing_deg(0.002, 0.001, 0.001, 0.0), 2)
     assert derived(points) == [
-        (round(east, 2), 90.0),  # the first point takes the segment to the second
-        (round(east, 2), 90.0),
+        (round(east, 2), 90.0),  # each point takes the segment to the next one
         (round(north, 2), 0.0),
-        (round(diagonal, 2), round(importers.bearing_deg(0.002, 0.001, 0.001, 0.0), 2)),
+        (round(diagonal, 2), towards),
+        (round(diagonal, 2), towards),  # the last point takes the segment from the one before
     ]
     # sqrt(2) * 111.195 m in 5 s
     assert (round(east, 2), round(north, 2), round(diagonal, 2)) == (40.03, 80.06, 113.22)
@@ -356,18 +358,40 @@ def test_derived_speed_and_direction_from_consecutive_points():
 def test_standing_jitter_is_zero_speed_and_keeps_the_last_direction():
     jitter = 0.000002  # 0.22 m in 1 s: 0.8 km/h, under the 1 km/h stop speed
     points = [point(0, 0.0, 0.0), point(10, 0.0, 0.001), point(11, jitter, 0.001), point(12, 0.0, 0.001)]
-    assert derived(points) == [(40.03, 90.0), (40.03, 90.0), (0.0, 90.0), (0.0, 90.0)]
+    assert derived(points) == [(40.03, 90.0), (0.0, 90.0), (0.0, 90.0), (0.0, 90.0)]
     standing_start = [point(0, 0.0, 0.0), point(1, jitter, 0.0), point(11, jitter, 0.001)]
-    assert derived(standing_start) == [(0.0, None), (0.0, None), (40.03, 90.0)]
+    assert derived(standing_start) == [(0.0, None), (40.03, 90.0), (40.03, 90.0)]
+
+
+def test_a_standing_gap_takes_the_speed_of_the_gap():
+    """A logger that records nothing while standing: the point where it stopped holds until the
+    point where it moves off, so it gets the (standing) speed of that gap, and a duration
+    counter over the speed counts the gap as standing."""
+    points = [
+        point(0, 0.0, 0.0),
+        point(10, 0.0, 0.001),  # stops here
+        point(310, 0.0, 0.001000001),  # 300 s later, 0.1 m further: moves off
+        point(320, 0.0, 0.002000001),
+    ]
+    assert derived(points) == [(40.03, 90.0), (0.0, 90.0), (40.03, 90.0), (40.03, 90.0)]
+    moving = {
+        "name": "moving",
+        "type": "expression",
+        "expression": "position.speed > 5",
+        "method": "duration",
+    }
+    calc = {"name": "c", "selectors": [{"type": "expression", "expression": "true"}], "counters": [moving]}
+    (interval,) = calculate([r.message for r in derive_motion(points)], calc)
+    assert interval["moving"] == 20.0  # 0-10 and 310-320, not the 300 s standing
 
 
 def test_gaps_and_steps_back_in_time_restart_the_run():
     points = [
         point(0, 0.0, 0.0),
         point(10, 0.0, 0.001),
-        point(1000, 0.0, 0.002),  # 990 s later: over max_gap, takes the next segment
+        point(1000, 0.0, 0.002),  # 990 s later: over max_gap, a new run
         point(1010, 0.001, 0.002),
-        point(1005, 0.001, 0.003),  # back in time: takes the next segment
+        point(1005, 0.001, 0.003),  # back in time: a new run
         point(1015, 0.001, 0.004),
     ]
     assert derived(points, max_gap=300) == [

@@ -125,6 +125,35 @@ def test_previous_and_mileage_stay_inside_the_interval():
     assert a["jumps"] == b["jumps"] == 1.0  # the first message of each has no previous
 
 
+def test_mileage_measures_from_the_last_message_with_a_position():
+    fix = [{"position.latitude": 50.0 + 0.001 * i, "position.longitude": 10.0} for i in range(3)]
+    m = [
+        {"timestamp": 0.0, **fix[0]},
+        {"timestamp": 0.5, "can.rpm": 900},
+        {"timestamp": 1.0, **fix[1]},
+        {"timestamp": 1.2, "can.rpm": 950},
+        {"timestamp": 1.4, "event": 3},
+        {"timestamp": 2.0, **fix[2]},
+    ]
+    km = {"name": "km", "type": "expression", "expression": "mileage()", "method": "summary"}
+    (i,) = calculate(m, one_selector({"type": "expression", "expression": "true"}, [km]))
+    assert i["km"] == pytest.approx(0.2224, abs=1e-4)
+    # the reproducer: one position-less message between two fixes
+    (j,) = calculate(m[:3], one_selector({"type": "expression", "expression": "true"}, [km]))
+    assert j["km"] == pytest.approx(0.1112, abs=1e-4)
+    # inside the interval only: the interval starting at the CAN message has no earlier position
+    sel = {"type": "expression", "expression": "timestamp > 0.2"}
+    (k,) = calculate(m, one_selector(sel, [km]))
+    assert k["km"] == pytest.approx(0.1112, abs=1e-4)
+
+
+def test_previous_name_is_the_message_just_before():
+    m = [{"timestamp": 0.0, "ign": True}, {"timestamp": 1.0, "can.rpm": 900}, {"timestamp": 2.0, "ign": True}]
+    c = {"name": "edges", "type": "expression", "expression": "$ign && !#ign", "method": "summary"}
+    (i,) = calculate(m, one_selector({"type": "expression", "expression": "true"}, [c]))
+    assert i["edges"] == 2.0  # the first message, and the one after the message without ign
+
+
 def test_interval_counter_sees_fields_and_previous_interval():
     sel = {"type": "expression", "expression": "v > 0"}
     c = [

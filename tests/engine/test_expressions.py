@@ -167,6 +167,10 @@ def test_mileage_and_geofence():
     assert d == pytest.approx(1.1119, abs=1e-4)
     assert ev("mileage()", b, None) is None
     assert ev("mileage()", {}, a) is None
+    # measured from the last earlier message with a position, not the message just before
+    can = {"can.rpm": 900}
+    assert compile_expression("mileage()").evaluate_raw(b, can, positioned=a) == d
+    assert ev("mileage()", b, can) is None  # the caller said nothing about earlier positions
     fences = [
         {"type": "circle", "name": "depot", "center": {"lat": 52.0, "lon": 0.0}, "radius": 0.5, "zone": 7},
         {
@@ -282,11 +286,10 @@ _svalue = st.one_of(st.just(...), st.sampled_from(["xy", "x", "", "3", "xyz"]), 
 
 
 def _message(i, a, b, c, s):
-    m = {
-        "timestamp": 1700000000.0 + i * 1800,
-        "position.latitude": 50 + i * 0.001,
-        "position.longitude": 10.0,
-    }
+    m = {"timestamp": 1700000000.0 + i * 1800}
+    if i % 3 != 1:  # some messages between fixes have no position
+        m["position.latitude"] = 50 + i * 0.001
+        m["position.longitude"] = 10.0
     for k, v in (("a", a), ("b", b), ("c", c), ("s", s)):
         if v is not ...:
             m[k] = v
@@ -312,9 +315,12 @@ def test_columnar_equals_per_message(text, rows):
     expr = compile_expression(text, timezone="Europe/Berlin")
     messages = [_message(i, *r) for i, r in enumerate(rows)]
     cols = expr.evaluate_frame(Frame(Messages.from_dicts(messages))).to_objects(len(messages))
+    positioned = None
     for i, m in enumerate(messages):
-        one = expr.evaluate_raw(m, messages[i - 1] if i else None)
+        one = expr.evaluate_raw(m, messages[i - 1] if i else None, positioned=positioned)
         assert _same(one, cols[i]), (text, i, one, cols[i])
+        if "position.latitude" in m:
+            positioned = m
 
 
 def test_columnar_typed_fast_path_matches():

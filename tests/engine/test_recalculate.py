@@ -113,7 +113,9 @@ def calculators(draw):
         counters += CROSS_COUNTERS
     calc = {"name": "prop", "selectors": selectors, "counters": counters}
     if draw(_bool):
-        calc["validate_message"] = draw(st.sampled_from(["$bad != true", "!($v == #v)"]))
+        calc["validate_message"] = draw(
+            st.sampled_from(["$bad != true", "!($v == #v)", "!(mileage() > 1.5)"])
+        )
     if draw(_bool):
         calc["validate_interval"] = draw(st.sampled_from(["duration >= 2", "isnull(#top) || top != #top"]))
     return calc
@@ -137,7 +139,7 @@ def message(draw):
     v = draw(_v)
     if v is not ...:
         m["v"] = v
-    if draw(st.integers(0, 9)) > 0:
+    if draw(st.integers(0, 9)) > 2:  # position-less messages between fixes (CAN data, events)
         m["position.latitude"] = 50.0 + draw(st.integers(0, 20)) * 0.001
         m["position.longitude"] = 10.0 + draw(st.integers(0, 20)) * 0.001
     if draw(st.integers(0, 9)) == 0:
@@ -252,13 +254,23 @@ def synthetic(n: int, seed: int = 1) -> Messages:
 def test_a_window_never_ends_inside_an_inactive_gap():
     # The inactive interval [36, 128] holds the message at 36 only because of the one at 128: a
     # window ending between them (the change selector is cut cleanly there) lost the overlap [36, 36].
-    calc = compile_calculator({"name": "gap", "selectors": [
-        {"type": "inactive", "delay_threshold": 60},
-        {"type": "expression", "method": "change", "expression": "v", "merge_message_after": True},
-    ]})
+    calc = compile_calculator(
+        {
+            "name": "gap",
+            "selectors": [
+                {"type": "inactive", "delay_threshold": 60},
+                {"type": "expression", "method": "change", "expression": "v", "merge_message_after": True},
+            ],
+        }
+    )
     t = T0 + 1
-    messages = [{"timestamp": t, "v": 0}, {"timestamp": t + 1, "v": 0}, {"timestamp": t + 6, "v": 0},
-                {"timestamp": t + 36}, {"timestamp": t + 128}]
+    messages = [
+        {"timestamp": t, "v": 0},
+        {"timestamp": t + 1, "v": 0},
+        {"timestamp": t + 6, "v": 0},
+        {"timestamp": t + 36},
+        {"timestamp": t + 128},
+    ]
     full = list(calculate(messages, calc))
     assert [(i["begin"] - t, i["end"] - t) for i in full] == [(36.0, 36.0)]
     store = MemoryStore(messages, full)
@@ -272,14 +284,29 @@ def test_a_window_never_ends_between_a_run_and_the_message_merge_message_before_
     # The geofence run [t+1] takes t by merge_message_before; the inactive gap [0, t] makes the
     # calculator's interval [t, t]. A window ending between t and t+1 (the inactive selector is
     # cut cleanly there) did not see why t belongs to the geofence run.
-    calc = compile_calculator({"name": "visit", "selectors": [
-        {"type": "geofence", "merge_message_before": True,
-         "geofences": [{"type": "circle", "name": "a", "center": {"lat": 50.0, "lon": 10.0}, "radius": 0.5}]},
-        {"type": "inactive", "delay_threshold": 60},
-    ]})
+    calc = compile_calculator(
+        {
+            "name": "visit",
+            "selectors": [
+                {
+                    "type": "geofence",
+                    "merge_message_before": True,
+                    "geofences": [
+                        {"type": "circle", "name": "a", "center": {"lat": 50.0, "lon": 10.0}, "radius": 0.5}
+                    ],
+                },
+                {"type": "inactive", "delay_threshold": 60},
+            ],
+        }
+    )
     t = T0 + 14210
-    messages = [{"timestamp": T0 + 1}, {"timestamp": T0 + 2}, {"timestamp": T0 + 7}, {"timestamp": t},
-                {"timestamp": t + 1, "position.latitude": 50.0, "position.longitude": 10.0}]
+    messages = [
+        {"timestamp": T0 + 1},
+        {"timestamp": T0 + 2},
+        {"timestamp": T0 + 7},
+        {"timestamp": t},
+        {"timestamp": t + 1, "position.latitude": 50.0, "position.longitude": 10.0},
+    ]
     full = list(calculate(messages, calc))
     assert [(i["begin"], i["end"]) for i in full] == [(t, t)]
     store = MemoryStore(messages, full)
@@ -422,3 +449,39 @@ def test_read_functions_contract():
 @given(calc_config=calculators(), batches=_batches, late_now=st.booleans())
 def test_windowed_recalculation_equals_full_calculation_many(calc_config, batches, late_now):
     test_windowed_recalculation_equals_full_calculation.hypothesis.inner_test(calc_config, batches, late_now)
+
+
+def test_window_reaches_back_to_the_last_position():
+    """``mileage()`` in a selector and in ``validate_message`` measures from the last fix, which
+    lies far before the window a late or appended message would otherwise read."""
+    fix = {"position.latitude": 50.0, "position.longitude": 10.0}
+    messages = [{"timestamp": T0, **fix}]
+    messages += [{"timestamp": T0 + t, "can.rpm": 900} for t in range(10, 3000, 10)]
+    messages += [{"timestamp": T0 + 3000, "position.latitude": 50.01, "position.longitude": 10.0}]
+    messages += [{"timestamp": T0 + 3000 + t, "can.rpm": 800} for t in range(10, 200, 10)]
+    selector = {"type": "expression", "expression": "mileage() > 0.3"}
+    calcs = [
+        one_selector_calc(selector),
+        one_selector_calc(
+            {"type": "expression", "expression": "true"}, validate_message="!(mileage() > 0.3)"
+        ),
+    ]
+    for calc in calcs:
+        full = calculate(messages, calc)
+        store = MemoryStore([], [])
+        for k in range(len(messages)):
+            store.set_messages(messages[: k + 1])
+            t = messages[k]["timestamp"]
+            store.apply(store.recalculate(calc, dirty_begin=t, dirty_end=t))
+        assert store.intervals == list(full)
+        # and a late change in the middle of the position-less stretch
+        store.set_messages(messages)
+        t = T0 + 1500
+        store.apply(store.recalculate(calc, dirty_begin=t, dirty_end=t))
+        assert store.intervals == list(full)
+    assert [(i["begin"], i["end"]) for i in calculate(messages, calcs[0])] == [(T0 + 3000, T0 + 3000)]
+
+
+def one_selector_calc(selector, **extra):
+    km = {"name": "km", "type": "expression", "expression": "mileage()", "method": "summary"}
+    return {"name": "fixes", "selectors": [selector], "counters": [km], **extra}

@@ -12,7 +12,8 @@ Topics are relative to the root (``flespi``):
 
 Within one recalculation the events of an assignment come in this order: ``deactivated`` (the
 interval that was open closed), ``deleted``, ``updated``, ``created`` (each by interval id),
-``activated``, then the retained state that changed. The relay keeps the outbox order.
+``activated``, then the retained state that changed (an open interval that the change deleted is
+only ``deleted``). The relay keeps the outbox order.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def interval_events(
     was_id = None if was_active is None else was_active["id"]
     now_id = None if active is None else active["id"]
     flipped = active_known and was_id != now_id
-    if flipped and was_active is not None:
+    # An open interval that a change deleted is only deleted (its "deleted" says it is gone).
+    if flipped and was_active is not None and was_id not in {row["id"] for row in deleted}:
         emit("deactivated", was_active)
     for kind, rows in (("deleted", deleted), ("updated", updated), ("created", created)):
         for row in _by_id(rows):

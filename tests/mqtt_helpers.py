@@ -15,6 +15,8 @@ import uuid
 
 from flespi_site import mqtt
 
+CLEARED = "<cleared>"
+
 
 class Subscriber:
     def __init__(self, url: str, topic: str, *, client_id: str | None = None, clean_session: bool = True):
@@ -31,7 +33,8 @@ class Subscriber:
 
     def _on_message(self, client, userdata, message):
         with self._lock:
-            self.messages.append((message.topic, json.loads(message.payload)))
+            # An empty payload clears a retained topic: recorded as CLEARED.
+            self.messages.append((message.topic, json.loads(message.payload) if message.payload else CLEARED))
 
     def __enter__(self):
         self.client.connect_async(*mqtt.broker_address(self.url)[:2], keepalive=10)

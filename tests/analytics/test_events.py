@@ -52,3 +52,9 @@ def test_state_topics():
     cleared = cleared_state(calc_id=1, device_id=2)
     assert [e.topic for e in cleared] == [f"state/gw/calcs/1/devices/2/{n}" for n in ("synced", "last", "active")]
     assert all(e.payload is CLEAR and e.retain for e in cleared)
+
+
+def test_an_open_interval_that_is_deleted_is_not_also_deactivated():
+    events = interval_events(calc_id=1, device_id=2, created=[], updated=[_iv(1)], deleted=[_iv(5)],
+                             was_active=_iv(5), active=_iv(1), active_known=True, last=_iv(1), last_changed=True)
+    assert _kinds(events) == [("deleted", 5), ("updated", 1), ("activated", 1), ("active", 1), ("last", 1)]

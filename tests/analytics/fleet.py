@@ -1,0 +1,91 @@
+"""The calc fleet for real, for tests: a calc worker, the pump and the outbox relay as processes
+of their own on the test databases, the test's Redis and MQTT broker."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import redis
+from django.conf import settings
+
+from tests.live import start
+
+MANAGE = [sys.executable, "manage.py"]
+
+
+def forget_region_state(region: str = "eu") -> None:
+    """Remove what earlier tests left of the region's fleet in Redis (leases of killed workers,
+    timers of assignments whose databases were flushed)."""
+    client = redis.Redis.from_url(settings.TOPOLOGY.region(region).redis_url)
+    for key in client.scan_iter(f"flespi:{region}:*", count=1000):
+        client.delete(key)
+
+
+class Fleet:
+    """Processes of one region's fleet, started and stopped by a test."""
+
+    def __init__(self, tmp_path, *, region: str = "eu", topic_root: str | None = None, lease_ttl: float = 3.0):
+        self.region = region
+        self.data_dir = str(tmp_path / "calc")
+        self.topic_root = topic_root or f"t{uuid.uuid4().hex[:8]}"
+        self.lease_ttl = lease_ttl
+        self.env = {"CALC_DATA_DIR": self.data_dir, "MQTT_TOPIC_ROOT": self.topic_root, "LOG_LEVEL": "INFO"}
+        self.processes: dict[str, tuple[subprocess.Popen, object]] = {}
+
+    def start_worker(self, name: str = "worker") -> None:
+        self.processes[name] = start(
+            [*MANAGE, "calc_worker", "--region", self.region, "--lease-ttl", str(self.lease_ttl)], **self.env
+        )
+
+    def start_pump(self) -> None:
+        self.processes["pump"] = start([*MANAGE, "calc_pump", "--region", self.region], **self.env)
+
+    def start_relay(self) -> None:
+        self.processes["relay"] = start([*MANAGE, "outbox_relay"], **self.env)
+
+    def start_all(self) -> Fleet:
+        forget_region_state(self.region)
+        self.start_relay()
+        self.start_pump()
+        self.start_worker()
+        self.wait_for("worker", "holds shards", timeout=60)
+        return self
+
+    def output(self, name: str):
+        return self.processes[name][1]
+
+    def wait_for(self, name: str, needle: str, timeout: float = 30.0) -> str:
+        return self.output(name).wait_for(needle, timeout=timeout)  # type: ignore[attr-defined]
+
+    def kill(self, name: str) -> None:
+        process, _output = self.processes.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def stop(self) -> None:
+        for name in list(self.processes):
+            process, _output = self.processes.pop(name)
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_until(condition, *, timeout: float = 30.0, every: float = 0.1, what: str = "the condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{what} did not hold within {timeout} s")

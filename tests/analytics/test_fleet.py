@@ -1,0 +1,148 @@
+"""The calc fleet end to end: real calc worker, pump and relay processes, real Redis, PostgreSQL
+and MQTT broker. Messages posted to a device reach its intervals and their events on MQTT."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from analytics.engine import calculate
+from tests.analytics.fleet import Fleet, wait_until
+from tests.mqtt_helpers import Subscriber
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+# Recent messages: intervals ending more than update_period ago are frozen and never stored.
+T0 = float(int(time.time()) - 300)
+TRIPS = {
+    "name": "trips",
+    "selectors": [{"type": "expression", "expression": "position.speed > 5"}],
+    "counters": [
+        {"name": "max_speed", "type": "expression", "expression": "position.speed", "method": "maximum"},
+        {"name": "count", "type": "expression", "expression": "1", "method": "summary"},
+    ],
+    "update_delay": 0,
+}
+
+
+@pytest.fixture
+def fleet(tmp_path, platform):
+    running = Fleet(tmp_path).start_all()
+    yield running
+    running.stop()
+
+
+def _moving(t, speed=50.0):
+    return {"timestamp": T0 + t, "position.speed": speed}
+
+
+def _stored(assignment):
+    from analytics.selectors import intervals_of
+
+    return intervals_of(assignments=[assignment])
+
+
+def _engine_fields(intervals, calculator):
+    keys = ("id", "begin", "end", "duration", *(c["name"] for c in calculator.counters))
+    return [{k: iv.get(k) for k in keys} for iv in intervals]
+
+
+def _events(subscriber, since: int, base: str, count: int) -> list[tuple[str, int]]:
+    """The interval events (kind, interval id) received since ``since``, once ``count`` arrived."""
+
+    def found():
+        events = [(t.rsplit("/", 1)[1], p["id"]) for t, p in subscriber.messages[since:] if t.startswith(base)]
+        return events if len(events) >= count else None
+
+    return wait_until(found, what=f"{count} interval events")
+
+
+def _settled(assignment, calculator, device):
+    """The stored intervals equal a from-scratch calculation over the device's messages."""
+    from devices.selectors import messages_of
+
+    messages = messages_of(devices=[device], begin=None, end=None, count=None, reverse=False)
+    expected = _engine_fields(calculate(messages, calculator.configuration()), calculator)
+    return _engine_fields(_stored(assignment), calculator) == expected
+
+
+def test_assign_sync_append_and_events(fleet, make_account, settings):
+    from analytics.models import Assignment
+    from analytics.services import assignment_create, calculator_create
+    from devices.services import device_create, messages_ingest
+
+    account = make_account("fleet")
+    device = device_create(account=account, configuration={"ident": "fleet-1"})
+    messages_ingest(devices=[device], messages=[_moving(t) for t in range(0, 60, 10)])
+    calculator = calculator_create(account=account, config=TRIPS)
+    root = fleet.topic_root
+    base = f"{root}/interval/gw/calcs/{calculator.pk}/devices/{device.pk}"
+    with Subscriber(settings.MQTT_URL, f"{root}/#") as subscriber:
+        assignment, _new = assignment_create(calculator=calculator, device=device)
+        wait_until(lambda: Assignment.objects.using(device.database).get(pk=assignment.pk).synced, what="synced",
+                   timeout=60)
+        assignment.refresh_from_db()
+        assert _settled(assignment, calculator, device)
+        [interval] = _stored(assignment)
+        assert interval["count"] == 6
+        received = subscriber.wait_for(3)
+        topics = [topic for topic, _payload in received]
+        assert f"{base}/created" in topics
+        synced_topic = f"{root}/state/gw/calcs/{calculator.pk}/devices/{device.pk}/synced"
+        assert [payload for topic, payload in received if topic == synced_topic][-1] is True
+
+        # Appended messages extend the active interval: one "updated", nothing created.
+        before = len(subscriber.messages)
+        messages_ingest(devices=[device], messages=[_moving(t) for t in range(60, 90, 10)])
+        wait_until(lambda: any(t == f"{base}/updated" for t, _ in subscriber.messages[before:]), what="updated")
+        wait_until(lambda: _settled(assignment, calculator, device), what="settled")
+        [interval] = _stored(assignment)
+        assert interval["count"] == 9 and interval["end"] == T0 + 80
+        assert not any(t == f"{base}/created" for t, _ in subscriber.messages[before:])
+
+        # A late stop splits the trip in two: the first is updated (it ends earlier), the second
+        # created; then a late moving message in the stop joins them again: one updated, one deleted.
+        before = len(subscriber.messages)
+        messages_ingest(devices=[device], messages=[_moving(t, 0.0) for t in (31, 32)])
+        wait_until(lambda: len(_stored(assignment)) == 2, what="the split")
+        wait_until(lambda: _settled(assignment, calculator, device), what="settled after the late stop")
+        events = _events(subscriber, before, base, 2)
+        assert ("updated", int(T0 * 1e6)) in events and ("created", int((T0 + 40) * 1e6)) in events
+        before = len(subscriber.messages)
+        messages_ingest(devices=[device], messages=[_moving(t) for t in (31, 32)])
+        wait_until(lambda: len(_stored(assignment)) == 1, what="the join")
+        wait_until(lambda: _settled(assignment, calculator, device), what="settled after the join")
+        events = _events(subscriber, before, base, 2)
+        assert ("updated", int(T0 * 1e6)) in events and ("deleted", int((T0 + 40) * 1e6)) in events
+        assert not [e for e in events if e[0] == "created"]
+
+
+def test_wall_clock_closes_the_active_interval(fleet, make_account, settings):
+    """max_inactive: with no message for that long, the open interval is deactivated by the
+    wall clock, and the retained active state becomes null."""
+    from analytics.models import Assignment
+    from analytics.services import assignment_create, calculator_create
+    from devices.services import device_create, messages_ingest
+
+    account = make_account("fleet")
+    device = device_create(account=account, configuration={"ident": "fleet-2"})
+    config = {**TRIPS, "selectors": [{"type": "expression", "expression": "position.speed > 5", "max_inactive": 4}]}
+    calculator = calculator_create(account=account, config=config)
+    assignment, _new = assignment_create(calculator=calculator, device=device)
+    wait_until(lambda: Assignment.objects.using(device.database).get(pk=assignment.pk).synced, what="synced")
+    root = fleet.topic_root
+    state = f"{root}/state/gw/calcs/{calculator.pk}/devices/{device.pk}/active"
+    base = f"{root}/interval/gw/calcs/{calculator.pk}/devices/{device.pk}"
+    with Subscriber(settings.MQTT_URL, f"{root}/#") as subscriber:
+        now = time.time()
+        messages_ingest(devices=[device], messages=[{"timestamp": now - 1, "position.speed": 40.0},
+                                                   {"timestamp": now, "position.speed": 42.0}])
+        wait_until(lambda: any(t == f"{base}/activated" for t, _ in subscriber.messages), what="activated")
+        assert [p for t, p in subscriber.messages if t == state][-1]["end"] == round(now, 6)
+        # Nothing more arrives: 4 s after the last message the sweep closes the interval.
+        wait_until(lambda: any(t == f"{base}/deactivated" for t, _ in subscriber.messages), timeout=20,
+                   what="deactivated")
+        wait_until(lambda: [p for t, p in subscriber.messages if t == state][-1] is None, what="active null")
+        assignment.refresh_from_db()
+        assert assignment.active_id is None

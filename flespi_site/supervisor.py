@@ -60,6 +60,18 @@ class Process:
         return [part.format(**context) for part in self.argv]
 
 
+def _regions() -> list[str]:
+    """The regions this installation serves (``REGION`` in production, else all of them)."""
+    from flespi_site import topology
+
+    served = os.environ.get("REGION")
+    return [served] if served else [region.code for region in topology.current().regions]
+
+
+def _calc_workers() -> int:
+    return max(1, int(os.environ.get("CALC_WORKERS") or 1))
+
+
 PROCESSES: list[Process] = [
     Process(
         "web",
@@ -88,9 +100,13 @@ PROCESSES: list[Process] = [
     Process.manage("relay", "outbox_relay"),
     Process.manage("mqtt-ingest", "mqtt_ingest"),
     Process.manage("purge", "purge_messages", "--every", "3600"),
-    # Later parts add one line each, e.g.:
-    #   Process.manage("calc", "calc_worker"),
-    #   Process.manage("pump", "pump"),
+    # Per region: its calc workers (CALC_WORKERS of them; shards spread over them) and its pump.
+    *(
+        Process.manage(f"calc-{region}" + (f"-{n}" if n else ""), "calc_worker", "--region", region)
+        for region in _regions()
+        for n in range(_calc_workers())
+    ),
+    *(Process.manage(f"pump-{region}", "calc_pump", "--region", region) for region in _regions()),
 ]
 
 

@@ -204,6 +204,26 @@ return out
 """
 )
 
+# ARGV: now. Every offer and run of the shard comes back at the next pump round (the shard's
+# previous holder is gone). Returns how many.
+_ABANDON = (
+    _PRELUDE
+    + r"""
+local now = now_ms()
+local count = 0
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local x = load(m)
+  if x and x.state ~= 'pending' then
+    if x.state == 'running' then x.deadline = fmt(now) end
+    redis.call('ZADD', KEYS[1], fmt(now), m)
+    store(m, x)
+    count = count + 1
+  end
+end
+return count
+"""
+)
+
 _NOW = "local t = redis.call('TIME') return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"
 
 State = Literal["pending", "sent", "running"]
@@ -317,6 +337,7 @@ class DebounceTimers:
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
         self._now = client.register_script(_NOW)
+        self._abandon = client.register_script(_ABANDON)
 
     def keys(self, shard: int) -> list[str]:
         base = f"flespi:{self.region}:debounce:{int(shard)}"
@@ -400,6 +421,12 @@ class DebounceTimers:
             args += [_member(claim.calc_id, claim.device_id), claim.token]
         reply = self._release(keys=self.keys(shard), args=args)
         return {_ids(reply[i]): _text(reply[i + 1]) for i in range(0, len(reply), 2)}  # type: ignore[misc]
+
+    def abandon(self, *, shard: int, now: float | None = None) -> int:
+        """The shard changed hands: its offers and runs (of the previous holder, which is gone or
+        fenced out) are offered again at the next pump round, runs as crashed with their range
+        merged. Returns how many."""
+        return int(self._abandon(keys=self.keys(shard), args=[_ms(now)]))
 
     def entries(self, *, shard: int) -> list[Entry]:
         """Every timer of ``shard`` (pending, sent or running), ordered by assignment."""

@@ -119,7 +119,7 @@ class Pump(Loop):
                     begin, end = -math.inf, math.inf
                 requests.setdefault(shard, []).append(Change(calc_id, device_id, *finite(begin, end), 0.0))
         if changed_shards:
-            shards_wake(region=self.region, shards=changed_shards)
+            shards_wake(region=self.region, shards=changed_shards, force=True)
         scheduled = 0
         for shard, changes in requests.items():
             known = {(entry.calc_id, entry.device_id) for entry in self.timers.entries(shard=shard)}

@@ -10,6 +10,7 @@ change log, the pending ranges), and the pump's reconciliation asks again.
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import shared_task
 from celery.exceptions import Reject
@@ -20,6 +21,7 @@ from flespi_site.celery import redis_client
 logger = logging.getLogger(__name__)
 
 MAX_DELIVERIES = 5
+REQUEUE_PAUSE = 0.5
 
 _worker: ShardWorker | None = None
 
@@ -57,6 +59,9 @@ def _on_shard(task, region: str, shard: int, job):
     try:
         return job(worker)
     except NotHeld:
+        # The shard moved while this waited (or its lease is being taken again): back to the queue
+        # for its holder, after a pause so that a worker still consuming it does not spin.
+        time.sleep(REQUEUE_PAUSE)
         raise Reject(f"shard {shard} is not held here", requeue=True) from None
 
 

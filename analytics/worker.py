@@ -52,7 +52,7 @@ HISTORY_END = float(2**40)
 # A claimed run must end within this long, or its range is offered again (a crashed run).
 RUN_TIMEOUT = 300.0
 # An offer the worker did not claim within this long is offered again.
-OFFER_TIMEOUT = 60.0
+OFFER_TIMEOUT = 15.0
 # Messages read from PostgreSQL per statement when filling a device into the cache.
 FILL_CHUNK = 100_000
 # Change-log rows consumed per transaction.
@@ -127,30 +127,38 @@ class ShardWorker:
         every datacenter database before anything else happens on it."""
         with self._lock:
             balance = self.leases.balance()
-            gained, lost = [], []
-            for shard, epoch in sorted(balance.acquired.items()):
-                if self._raise_fences(shard, epoch):
-                    self.held[shard] = HeldShard(shard, epoch, self._open_cache(shard))
-                    gained.append(shard)
-                else:
+            for shard, epoch in balance.extra.items():
+                self.leases.release(shard, epoch)
+            now_held = {shard: epoch for shard, epoch in balance.held.items() if shard not in balance.extra}
+            lost = sorted(shard for shard, held in self.held.items() if now_held.get(shard) != held.epoch)
+            for shard in lost:
+                self.held.pop(shard).cache.close()
+            if lost:
+                logger.warning("calc %s: lost the lease of shards %s", self.region, lost)
+            gained = []
+            for shard, epoch in sorted(now_held.items()):
+                if shard in self.held:
+                    continue
+                if not self._raise_fences(shard, epoch):
                     self.leases.release(shard, epoch)
-            for shard in sorted(set(balance.lost) | set(balance.extra)):
-                held = self.held.pop(shard, None)
-                if held is not None:
-                    held.cache.close()
-                    lost.append(shard)
-                if shard in balance.extra:
-                    self.leases.release(shard, balance.extra[shard])
+                    continue
+                self.held[shard] = HeldShard(shard, epoch, self._open_cache(shard))
+                gained.append(shard)
+                # What the previous holder was offered or running comes back now, not after its
+                # timeouts.
+                self.timers.abandon(shard=shard)
+            # A shard lost and taken again at once (Redis lost the leases) is in both lists: its
+            # queue is cancelled and added again.
             return gained, lost
 
     def renew(self) -> list[int]:
         """Extend every lease held (a heartbeat thread calls this while tasks run); returns the
-        shards whose lease was lost."""
+        shards whose lease was lost. Writes of a lost shard are refused by the fence from then
+        on; the next ``rebalance`` stops consuming its queue."""
         lost = []
         with self._lock:
             for shard, held in list(self.held.items()):
                 if not self.leases.renew(shard, held.epoch):
-                    self.held.pop(shard).cache.close()
                     lost.append(shard)
         for shard in lost:
             logger.warning("calc %s: lost the lease of shard %s", self.region, shard)

@@ -78,16 +78,18 @@ def wake_key(region: str, shard: int) -> str:
     return f"flespi:{region}:wake:{int(shard)}"
 
 
-def shards_wake(*, region: str, shards: Iterable[int]) -> None:
+def shards_wake(*, region: str, shards: Iterable[int], force: bool = False) -> None:
     """Tell the workers of ``shards`` that their devices' messages changed (the change log in the
     datacenter database says how). At most one wake-up waits per shard: a flag set here and
     cleared by the worker before it reads the log. A broker that cannot be reached loses nothing
-    (the pump's reconciliation finds the change log) and is only logged."""
+    (the pump's reconciliation finds the change log) and is only logged. ``force`` sends even
+    when a wake-up is waiting (reconciliation: the one waiting may be in the hands of a worker
+    that died, to come back only after the visibility timeout)."""
     try:
         client = redis_client(region)
         app = celery_app(region)
         for shard in sorted(set(shards)):
-            if client.set(wake_key(region, shard), 1, nx=True, ex=VISIBILITY_TIMEOUT):
+            if client.set(wake_key(region, shard), 1, nx=not force, ex=VISIBILITY_TIMEOUT):
                 app.send_task("analytics.shard_changes", args=[region, shard], queue=shard_queue(region, shard))
     except Exception as exc:
         logger.warning("could not wake the calc workers of region %s (%s); the pump will catch up", region, exc)

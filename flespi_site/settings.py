@@ -72,7 +72,7 @@ WSGI_APPLICATION = "flespi_site.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "flespi_site" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

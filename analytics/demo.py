@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -50,7 +51,7 @@ TRACKS = (
 
 _LONG = {"update_period": KEEP, "intervals_ttl": KEEP}
 # The trips calculator of the real-track checks (docs/engine.md, "Real tracks, checked by eye").
-TRIPS = {
+TRIPS: dict[str, Any] = {
     "name": "demo trips",
     "selectors": [
         {
@@ -99,7 +100,7 @@ DAILY_MILEAGE = {
     ],
     **_LONG,
 }
-CALCULATORS = (TRIPS, PARKINGS, DAILY_MILEAGE)
+CALCULATORS: tuple[dict[str, Any], ...] = (TRIPS, PARKINGS, DAILY_MILEAGE)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from django.conf import settings
 from accounts.choices import AccessType
 from accounts.models import Account
 from accounts.services import account_create, token_authenticate, token_create
+from analytics import examples
 from analytics.choices import AssignmentState
 from analytics.models import Assignment, Calculator
 from analytics.selectors import calculators_of
@@ -51,27 +52,7 @@ TRACKS = (
 
 _LONG = {"update_period": KEEP, "intervals_ttl": KEEP}
 # The trips calculator of the real-track checks (docs/engine.md, "Real tracks, checked by eye").
-TRIPS: dict[str, Any] = {
-    "name": "demo trips",
-    "selectors": [
-        {
-            "type": "expression",
-            "expression": "position.speed > 5",
-            "merge_unknown": True,
-            "min_active": 10,
-            "max_inactive": 60,
-            "min_duration": 30,
-        }
-    ],
-    "counters": [
-        {"name": "mileage", "type": "expression", "expression": "mileage()", "method": "summary"},
-        {"name": "max_speed", "type": "parameter", "parameter": "position.speed", "method": "maximum"},
-        {"name": "avg_speed", "type": "parameter", "parameter": "position.speed", "method": "average"},
-        {"name": "moving", "type": "expression", "expression": "position.speed > 10", "method": "duration"},
-        {"name": "route", "type": "route"},
-    ],
-    **_LONG,
-}
+TRIPS: dict[str, Any] = {**examples.TRIPS, "name": "demo trips", **_LONG}
 # A tracker that records nothing while standing leaves a parking with the first message after
 # it only: merge_message_before takes the last message before the halt in, so a parking begins
 # where the vehicle stopped.

@@ -11,7 +11,7 @@ STAMP := $(VENV)/.requirements-installed
 DEV_STAMP := $(VENV)/.requirements-dev-installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench venv
+.PHONY: run test lint bench venv demo
 
 venv: $(STAMP)
 
@@ -50,6 +50,10 @@ $(DEV_STAMP): requirements-dev.txt $(STAMP)
 
 run: $(STAMP)
 	$(PY) -m flespi_site.supervisor
+
+# A demo account with two real tracks and calculators, on the services of a running `make run`.
+demo: $(STAMP)
+	$(PY) manage.py demo
 
 test: $(STAMP)
 	$(PY) -m flespi_site.embedded exec -- $(PY) -m pytest $(PYTEST_ARGS)

@@ -19,7 +19,7 @@ from django.db import connections
 from paho.mqtt.client import MQTTMessageInfo
 
 from devices.choices import OutboxKind
-from flespi_site import mqtt
+from flespi_site import metrics, mqtt
 from flespi_site.runner import Loop
 
 logger = logging.getLogger(__name__)
@@ -177,6 +177,7 @@ class OutboxRelay(Loop):
             for remaining, outbox_id in updated:
                 cursor.execute("UPDATE outbox SET stamps = %s WHERE id = %s", [remaining, outbox_id])
         self.stats.published += done
+        metrics.relay_published(alias=self.alias, count=done)
         return done
 
 

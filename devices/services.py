@@ -31,6 +31,7 @@ from devices.models import Device, DeviceIdent
 from devices.storage import ChangedRange
 from devices.validation import MessageError, message_prepare
 from flespi_site import celery as calc_queue
+from flespi_site import metrics
 from flespi_site.errors import Conflict, DomainError, ErrorKind, InvalidInput, NotFound
 from flespi_site.updates import locked_row, save_fields
 from regions.datacenters import allocate_ids
@@ -199,6 +200,7 @@ def messages_ingest(
     (whatever the entry point) and is reported by id in ``errors``."""
     if len(messages) > MAX_MESSAGES_PER_BATCH:
         raise InvalidInput(f"at most {MAX_MESSAGES_PER_BATCH} messages per batch, got {len(messages)}")
+    started = time.perf_counter()
     now = time.time() if now is None else now
     reception_key = "rest.timestamp" if source == "rest" else "server.timestamp"
     result = IngestResult()
@@ -232,6 +234,9 @@ def messages_ingest(
         _wake(alias, group, changes)
         result.changes.extend(changes)
     result.accepted = len(prepared)
+    metrics.ingest_done(
+        source=source, stored={a: len(g) * len(prepared) for a, g in by_alias.items()}, seconds=time.perf_counter() - started
+    )
     return result
 
 

@@ -3,6 +3,7 @@ environment, read here and nowhere else (see docs/configuration.md)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -72,7 +73,7 @@ WSGI_APPLICATION = "flespi_site.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "flespi_site" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -167,3 +168,13 @@ CALC_DATA_DIR = os.environ.get("CALC_DATA_DIR") or str(BASE_DIR / "var" / "calc"
 # Seconds a calc worker's shard lease lasts without renewal: how long a dead worker's shards wait
 # before another worker takes them.
 CALC_LEASE_TTL = float(os.environ.get("CALC_LEASE_TTL") or 15)
+
+# /metrics (docs/configuration.md, "Metrics"): where every process keeps its counters, and who may
+# scrape them: a request from one of the allowed networks, or one with the bearer token.
+METRICS_DIR = os.environ.get("METRICS_DIR") or str(BASE_DIR / "var" / "metrics")
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+METRICS_ALLOW = [
+    ipaddress.ip_network(cidr.strip(), strict=False)
+    for cidr in os.environ.get("METRICS_ALLOW", "127.0.0.0/8,::1/128").split(",")
+    if cidr.strip()
+]

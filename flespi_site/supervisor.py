@@ -399,6 +399,9 @@ def main(processes: Sequence[Process] | None = None) -> int:
             supervisor.run_once("setup", [sys.executable, MANAGE_PY, "platform_setup"])
             supervisor.start(runnable(processes, installed_commands()))
             log.info("platform running on http://localhost:%s/ (Ctrl-C stops it)", supervisor.context["port"])
+            if not (shown := embedded.data_dir_from_env() / "demo-hint-shown").exists() and shown.parent.is_dir():
+                log.info("first start: `make demo` (in another terminal) loads two real tracks with calculators")
+                shown.touch()
             supervisor.watch()
         except KeyboardInterrupt:
             log.info("stopping")

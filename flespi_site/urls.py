@@ -3,9 +3,13 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerView
 
 from flespi_site.api.schema_views import SchemaView
+from flespi_site.landing import landing
+from flespi_site.metrics_view import metrics_view
 
 urlpatterns = [
+    path("", landing, name="landing"),
     path("admin/", admin.site.urls),
+    path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]), name="docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]), name="redoc"),

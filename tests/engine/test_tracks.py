@@ -9,29 +9,9 @@ from datetime import UTC, datetime
 import pytest
 
 from analytics.engine import MemoryStore, calculate, compile_calculator
+from analytics.examples import TRIPS
 
 from .support import load_gpx
-
-TRIPS = {
-    "name": "trips",
-    "selectors": [
-        {
-            "type": "expression",
-            "expression": "position.speed > 5",
-            "merge_unknown": True,
-            "min_active": 10,
-            "max_inactive": 60,
-            "min_duration": 30,
-        }
-    ],
-    "counters": [
-        {"name": "mileage", "type": "expression", "expression": "mileage()", "method": "summary"},
-        {"name": "max_speed", "type": "parameter", "parameter": "position.speed", "method": "maximum"},
-        {"name": "avg_speed", "type": "parameter", "parameter": "position.speed", "method": "average"},
-        {"name": "moving", "type": "expression", "expression": "position.speed > 10", "method": "duration"},
-        {"name": "route", "type": "route"},
-    ],
-}
 
 PARKINGS = {
     "name": "parkings",

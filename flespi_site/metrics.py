@@ -1,0 +1,99 @@
+"""The platform's Prometheus instruments, counted where the work happens and served by
+``GET /metrics`` (``flespi_site.metrics_view``).
+
+The work happens in many processes (two gunicorn workers, the MQTT consumer, the importer, the
+relays, the calc workers), so the counters and histograms here use the client library's
+multi-process mode: each process writes its values to a small memory-mapped file of its own in
+``settings.METRICS_DIR``, and a scrape of any web worker adds up the files of every process. One
+increment is a write into that map (microseconds, no system call, no network), which is what
+keeps the ingest path's cost negligible. What is state rather than an event (outbox backlog,
+assignments by state, debounce lag) is not counted here: the scrape reads it from the databases
+and Redis (docs/configuration.md, "Metrics").
+
+This module imports no app of the platform: the hot paths of every app import it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from django.conf import settings
+
+DIRECTORY = settings.METRICS_DIR
+# The library picks its storage when it is imported, from this variable.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = DIRECTORY
+os.makedirs(DIRECTORY, exist_ok=True)
+
+from prometheus_client import Counter, Histogram, values  # noqa: E402
+
+if not getattr(values.ValueClass, "_multiprocess", False):  # imported before the variable was set
+    values.ValueClass = values.get_value_class()
+
+# Seconds, from one small batch on an idle machine to a large one on a loaded machine.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+MESSAGES_INGESTED = Counter(
+    "flespi_messages_ingested",
+    "Messages stored (one per device a batch was written to), by entry point (rest, mqtt, import).",
+    ["source", "region", "datacenter"],
+)
+INGEST_BATCH_SECONDS = Histogram(
+    "flespi_ingest_batch_seconds",
+    "Time one ingest call took, from validation to the commit of every datacenter written.",
+    ["source"],
+    buckets=LATENCY_BUCKETS,
+)
+RELAY_PUBLISHED = Counter(
+    "flespi_relay_published",
+    "Outbox events the relay published and the broker acknowledged.",
+    ["region", "datacenter"],
+)
+RECALCULATIONS = Counter(
+    "flespi_recalculations",
+    "Assignments recalculated and stored by the calc workers.",
+    ["region"],
+)
+RECALCULATION_SECONDS = Histogram(
+    "flespi_recalculation_seconds",
+    "Time one recalculation run of a calc worker took (reading its cache to committing the diff).",
+    ["region"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+@functools.cache
+def place_of(alias: str) -> tuple[str, str]:
+    """(region, datacenter) codes of a datacenter database alias."""
+    for datacenter in settings.TOPOLOGY.datacenters:
+        if datacenter.alias == alias:
+            return datacenter.region, datacenter.code
+    return "", alias
+
+
+@functools.cache
+def _ingested(source: str, alias: str):
+    return MESSAGES_INGESTED.labels(source, *place_of(alias))
+
+
+@functools.cache
+def _batch_seconds(source: str):
+    return INGEST_BATCH_SECONDS.labels(source)
+
+
+def ingest_done(*, source: str, stored: dict[str, int], seconds: float) -> None:
+    """One ingest call: ``stored`` messages per datacenter alias, in ``seconds``."""
+    for alias, count in stored.items():
+        _ingested(source, alias).inc(count)
+    _batch_seconds(source).observe(seconds)
+
+
+def relay_published(*, alias: str, count: int) -> None:
+    if count:
+        RELAY_PUBLISHED.labels(*place_of(alias)).inc(count)
+
+
+def recalculation_done(*, region: str, seconds: float, assignments: int = 1) -> None:
+    """One recalculation run of a calc worker that stored ``assignments`` assignments' results."""
+    RECALCULATIONS.labels(region).inc(assignments)
+    RECALCULATION_SECONDS.labels(region).observe(seconds)

@@ -115,7 +115,7 @@ class Pump(Loop):
                 .values_list("shard", "calculator_id", "device_id", "pending_begin", "pending_end", "state")
             )
             for shard, calc_id, device_id, begin, end, state in rows:
-                if begin is None or state != AssignmentState.SYNCED:
+                if begin is None or end is None or state != AssignmentState.SYNCED:
                     begin, end = -math.inf, math.inf
                 requests.setdefault(shard, []).append(Change(calc_id, device_id, *finite(begin, end), 0.0))
         if changed_shards:

@@ -182,7 +182,8 @@ def intervals_user_merge(*, alias: str, calc_id: int, device_id: int, interval_i
 def intervals_purge(*, alias: str, calc_id: int, device_id: int, ended_before: float | None, keep: int) -> list[dict]:
     """Delete the intervals that ended before ``ended_before`` and, with ``keep`` > 0, all but
     the ``keep`` newest; returns the deleted rows."""
-    conditions, params = [], [calc_id, device_id]
+    conditions: list[str] = []
+    params: list[Any] = [calc_id, device_id]
     if ended_before is not None:
         conditions.append('"end" < %s')
         params.append(ended_before)

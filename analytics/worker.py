@@ -42,6 +42,7 @@ from analytics.models import Calculator as StoredCalculator
 from analytics.shards import Fenced, ShardLeases, fence_check, fence_raise
 from devices import storage as message_storage
 from devices.models import Device
+from flespi_site import metrics
 from flespi_site.celery import redis_client, wake_key
 
 logger = logging.getLogger(__name__)
@@ -296,6 +297,7 @@ class ShardWorker:
         held = self.holding(shard)
         if held is None:
             raise NotHeld(shard)
+        started = time.monotonic()
         stats = RunStats()
         claims = self.timers.claim(shard=shard, assignments=assignments, run_timeout=RUN_TIMEOUT)
         if not claims:
@@ -318,6 +320,9 @@ class ShardWorker:
         finally:
             self.timers.release(shard=shard, claims=ok, ok=True)
             self.timers.release(shard=shard, claims=failed, ok=False, retry_delay=5.0)
+        if stats.assignments:
+            metrics.recalculation_done(region=self.region, seconds=time.monotonic() - started,
+                                       assignments=stats.assignments)
         return stats
 
     def _load(self, claims: Sequence[Claim], gone: list[Claim]) -> dict[str, list[_Work]]:
@@ -340,7 +345,7 @@ class ShardWorker:
                     gone.append(claim)
                     continue
                 begin, end = claim.begin, claim.end
-                if assignment.pending_begin is not None:
+                if assignment.pending_begin is not None and assignment.pending_end is not None:
                     begin, end = min(begin, assignment.pending_begin), max(end, assignment.pending_end)
                 work = _Work(claim, assignment, assignment.calculator, begin, end, was_state=assignment.state)
                 by_alias.setdefault(alias, []).append(work)

@@ -153,7 +153,7 @@ class AssignmentsView(ResourceView):
         if request.stream is not None and request.content_type and request.data not in ([], {}):
             raise InvalidInput("assigning takes no body (or an empty JSON array)")
         names = projection(query_params(request), ASSIGNMENT_FIELDS)
-        calculators = self._resource().parents
+        calculators: list[Calculator] = self._resource().parents  # type: ignore[assignment]  # the parent resource selects calculators
         devices = list(
             DeviceResource(self).queryset().filter(parse_selection(selector, DeviceResource.selection_fields))
         )

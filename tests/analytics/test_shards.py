@@ -141,12 +141,18 @@ def region_aliases():
     return [dc.alias for dc in settings.TOPOLOGY.region("eu").datacenters]
 
 
-@pytest.fixture
-def clean_fence():
-    yield
+def _clear_fences():
     for alias in region_aliases():
         with connections[alias].cursor() as cursor:
             cursor.execute("DELETE FROM shard_fence")
+
+
+@pytest.fixture
+def clean_fence():
+    """No fence row before (real calc workers of other tests leave theirs) nor after the test."""
+    _clear_fences()
+    yield
+    _clear_fences()
 
 
 def write(alias, *, shard, epoch, worker):
@@ -163,7 +169,7 @@ def written(alias):
 
 
 @pytest.mark.django_db(databases="__all__")
-def test_a_paused_worker_whose_lease_expired_cannot_write(client, region):
+def test_a_paused_worker_whose_lease_expired_cannot_write(client, region, clean_fence):
     aliases = region_aliases()
     assert len(aliases) >= 2  # the region's every datacenter holds a fence
     for alias in aliases:
@@ -199,7 +205,7 @@ def test_a_paused_worker_whose_lease_expired_cannot_write(client, region):
 
 
 @pytest.mark.django_db(databases="__all__")
-def test_a_shard_never_fenced_in_a_database_refuses_writes():
+def test_a_shard_never_fenced_in_a_database_refuses_writes(clean_fence):
     alias = region_aliases()[0]
     with connections[alias].cursor() as cursor, pytest.raises(Fenced, match="the fence holds no epoch"):
         fence_check(cursor, shard=9, epoch=1)

@@ -163,3 +163,45 @@ def test_recalculate_endpoint_widens_the_pending_range(api, key, assignment, cal
     assignment.refresh_from_db()
     assert (assignment.pending_begin, assignment.pending_end) == (-math.inf, math.inf)
     _ = math
+
+
+def test_calculate_on_demand_over_the_api(api, key, account, device, calculator):
+    from analytics.engine import calculate
+    from devices.services import messages_ingest
+
+    t0 = 1_700_000_000
+    messages = [{"timestamp": t0 + i * 10, "position.speed": 40 if i % 20 < 8 else 0,
+                 "position.latitude": 56.9 + i / 1e4, "position.longitude": 24.1} for i in range(60)]
+    messages_ingest(devices=[device], messages=messages)
+    stored = api.call("POST", f"/gw/devices/{device.pk}/calculate", key=key,
+                      body={"calc_id": calculator.pk, "begin": t0, "end": t0 + 1000})
+    assert stored.status_code == 200, stored.content
+    [row] = stored.json()["result"]
+    assert row["id"] == device.pk
+    from devices.selectors import messages_of
+
+    expected = calculate(messages_of(devices=[device], begin=t0, end=t0 + 1000, count=None, reverse=False),
+                         TRIPS)
+    assert row["intervals"] == [dict(iv) for iv in expected] and len(expected) == 3
+    inline = api.call("POST", f"/gw/devices/{device.pk}/calculate", key=key,
+                      body={"calculator": TRIPS, "from": t0, "to": t0 + 1000})
+    assert inline.json()["result"][0]["intervals"] == row["intervals"]
+    # nothing stored
+    assert _rows(device.database, "intervals") == 0
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"begin": 1, "end": 2}, "calc_id"),
+    ({"calc_id": 1, "calculator": {}, "begin": 1, "end": 2}, "calc_id"),
+    ({"calculator": {"name": "x", "selectors": [{"type": "nope"}]}, "begin": 1, "end": 2}, "calculator.selectors[0].type"),
+    ({"calc_id": 999999, "begin": 1, "end": 2}, "calc_id"),
+    ({"calculator": TRIPS, "begin": 5, "end": 2}, "begin"),
+    ({"calculator": TRIPS, "begin": 1}, "end"),
+    ({"calculator": TRIPS, "begin": 1, "from": 1, "end": 2}, "begin"),
+    ({"calculator": TRIPS, "begin": 0, "end": 400 * 86400}, "end"),
+    ({"calculator": TRIPS, "begin": "x", "end": 2}, "begin"),
+])
+def test_calculate_refuses_bad_input(api, key, device, body, field):
+    response = api.call("POST", f"/gw/devices/{device.pk}/calculate", key=key, body=body)
+    assert 400 <= response.status_code < 500, response.content
+    assert field in {error.get("field") for error in response.json()["errors"]}, response.json()

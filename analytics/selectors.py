@@ -47,19 +47,30 @@ def intervals_of(
     pairs = [(a.calculator_id, a.device_id) for a in assignments]
     if condition is None:
         return storage.intervals_read(alias=alias, pairs=pairs, ids=ids, begin=begin, end=end, count=count, reverse=reverse)
+    # Every assignment is read a chunk at a time, all of them in one statement per round: the
+    # number of statements grows with the longest history, not with the number of assignments.
+    kept: dict[tuple[int, int], list[dict]] = {pair: [] for pair in pairs}
+    past: dict[tuple[int, int], int | None] = dict.fromkeys(pairs)
+    open_pairs = list(pairs)
+    while open_pairs:
+        batch = storage.intervals_read(
+            alias=alias, pairs=open_pairs, ids=ids, begin=begin, end=end, count=chunk, reverse=reverse,
+            past_ids=[past[pair] for pair in open_pairs],
+        )
+        read: dict[tuple[int, int], int] = {}
+        for interval in batch:
+            pair = (interval["calc_id"], interval["device_id"])
+            read[pair] = read.get(pair, 0) + 1
+            past[pair] = interval["id"]
+            if condition.matches(interval):
+                kept[pair].append(interval)
+        open_pairs = [
+            pair for pair in open_pairs
+            if read.get(pair, 0) == chunk and (count is None or len(kept[pair]) < count)
+        ]
     found: list[dict] = []
     for pair in pairs:
-        kept: list[dict] = []
-        past_id = None
-        while count is None or len(kept) < count:
-            batch = storage.intervals_read(
-                alias=alias, pairs=[pair], ids=ids, begin=begin, end=end, count=chunk, reverse=reverse, past_id=past_id
-            )
-            kept.extend(interval for interval in batch if condition.matches(interval))
-            if len(batch) < chunk:
-                break
-            past_id = batch[-1]["id"]
-        found.extend(kept if count is None else kept[:count])
+        found.extend(kept[pair] if count is None else kept[pair][:count])
     return found
 
 

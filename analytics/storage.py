@@ -123,16 +123,17 @@ def intervals_read(
     end: float | None = None,
     count: int | None = None,
     reverse: bool = False,
-    past_id: int | None = None,
+    past_ids: Sequence[int | None] | None = None,
 ) -> list[dict]:
     """Stored intervals of each (calc_id, device_id) in ``pairs`` that overlap ``[begin, end]``
     (and have one of ``ids``), by begin, at most ``count`` per assignment, assignment by
-    assignment in the order of ``pairs``. ``past_id`` pages: only ids after it (before it with
-    ``reverse``)."""
+    assignment in the order of ``pairs``. ``past_ids`` (one per pair, or None) pages: only ids
+    after it (before it with ``reverse``)."""
     if not pairs:
         return []
     where = ["calc_id = p.c", "device_id = p.d"]
-    params: list[Any] = [[c for c, _ in pairs], [d for _, d in pairs]]
+    params: list[Any] = [[c for c, _ in pairs], [d for _, d in pairs], list(past_ids or [None] * len(pairs))]
+    where.append("(p.past IS NULL OR id " + ("<" if reverse else ">") + " p.past)")
     if ids is not None:
         where.append("id = ANY(%s)")
         params.append(list(ids))
@@ -142,16 +143,13 @@ def intervals_read(
     if end is not None:
         where.append('"begin" <= %s')
         params.append(end)
-    if past_id is not None:
-        where.append("id < %s" if reverse else "id > %s")
-        params.append(past_id)
     order = "DESC" if reverse else "ASC"
     limit = ""
     if count is not None:
         limit = "LIMIT %s"
         params.append(count)
     sql = f"""
-        SELECT i.* FROM unnest(%s::bigint[], %s::bigint[]) WITH ORDINALITY AS p(c, d, n)
+        SELECT i.* FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) WITH ORDINALITY AS p(c, d, past, n)
         CROSS JOIN LATERAL (
             SELECT {_RETURNING} FROM intervals WHERE {' AND '.join(where)} ORDER BY id {order} {limit}
         ) AS i

@@ -61,3 +61,34 @@ def test_platform_lists_cost_the_same_for_2_and_20_items(api, root, root_key, ma
     few = queries(api, root_key, path)
     add(18)
     assert queries(api, root_key, path) == few == pinned
+
+
+@pytest.mark.parametrize(
+    ("path", "pinned"),
+    [
+        ("/gw/calcs/all", 2),
+        ("/gw/calcs/all/devices/all", 3),
+        ("/gw/calcs/all/devices/all/intervals/all", 4),
+        ("/gw/calcs/all/devices/configuration.ident=q-*/intervals/all?filter=n%20%3E%200", 4),
+    ],
+)
+def test_calc_lists_cost_the_same_for_2_and_20_items(api, root, root_key, path, pinned):
+    from analytics.engine import Diff
+    from analytics.services import assignment_create, calculator_create, intervals_apply
+
+    calculator = calculator_create(account=root, config={"name": "days", "selectors": [{"type": "datetime", "split": "day"}]})
+
+    def add(count, start):
+        for device in make_devices(root, count, start=start):
+            assignment, _new = assignment_create(calculator=calculator, device=device)
+            intervals_apply(assignment=assignment, diff=Diff(created=[
+                {"id": (T0 + k) * 10**6, "begin": float(T0 + k), "end": T0 + k + 0.5, "duration": 0.5, "n": 1}
+                for k in range(3)
+            ]))
+        calculator_create(account=root, config={"name": f"more {start}", "selectors": [{"type": "datetime", "split": "day"}]})
+
+    add(2, 0)
+    api.call("GET", path, key=root_key)
+    few = queries(api, root_key, path)
+    add(18, 2)
+    assert queries(api, root_key, path) == few == pinned

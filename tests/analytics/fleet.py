@@ -30,12 +30,15 @@ def forget_region_state(region: str = "eu") -> None:
 class Fleet:
     """Processes of one region's fleet, started and stopped by a test."""
 
-    def __init__(self, tmp_path, *, region: str = "eu", topic_root: str | None = None, lease_ttl: float = 3.0):
+    def __init__(self, tmp_path, *, region: str = "eu", topic_root: str | None = None, lease_ttl: float = 3.0,
+                 mqtt_url: str | None = None):
         self.region = region
         self.data_dir = str(tmp_path / "calc")
         self.topic_root = topic_root or f"t{uuid.uuid4().hex[:8]}"
         self.lease_ttl = lease_ttl
         self.env = {"CALC_DATA_DIR": self.data_dir, "MQTT_TOPIC_ROOT": self.topic_root, "LOG_LEVEL": "INFO"}
+        if mqtt_url is not None:
+            self.env["MQTT_URL"] = mqtt_url
         self.processes: dict[str, tuple[subprocess.Popen, object]] = {}
 
     def start_worker(self, name: str = "worker") -> None:

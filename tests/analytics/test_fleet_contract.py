@@ -24,7 +24,7 @@ from django.conf import settings
 
 from analytics.engine import calculate
 from tests.analytics.fleet import Fleet, wait_until
-from tests.mqtt_helpers import CLEARED, Subscriber
+from tests.mqtt_helpers import CLEARED, PrivateBroker, Subscriber
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -63,7 +63,7 @@ def _message(rng: random.Random, t: float) -> dict:
 class Scenario:
     """A device with two assignments, and the MQTT interval events of the test from the first."""
 
-    def __init__(self, fleet: Fleet, make_account, *, seed: int):
+    def __init__(self, fleet: Fleet, make_account, *, seed: int, mqtt_url: str | None = None):
         from analytics.services import assignment_create, calculator_create
         from devices.services import device_create
 
@@ -72,7 +72,9 @@ class Scenario:
         self.account = make_account(f"contract{seed}")
         self.device = device_create(account=self.account, configuration={"ident": f"contract-{seed}"})
         self.calculators = [calculator_create(account=self.account, config=c) for c in (TRIPS, HOURS)]
-        self.subscriber = Subscriber(settings.MQTT_URL, f"{fleet.topic_root}/interval/#")
+        # A persistent session: what the broker queued for it while it was away is delivered.
+        self.subscriber = Subscriber(mqtt_url or settings.MQTT_URL, f"{fleet.topic_root}/interval/#",
+                                     client_id=f"contract-{seed}-{fleet.topic_root}", clean_session=False)
         self.subscriber.__enter__()
         self.assignments = [assignment_create(calculator=c, device=self.device)[0] for c in self.calculators]
         self.origin = time.time() - 2 * 3600
@@ -235,3 +237,26 @@ def test_a_paused_worker_whose_lease_expired_cannot_write(scenario, fleet):
     for _ in range(5):
         scenario.batch(size=30)
     scenario.wait_settled(timeout=120)
+
+
+@pytest.mark.skipif(not PrivateBroker.available(), reason="needs the mosquitto binary for a broker of the test's own")
+def test_the_broker_down_for_a_while_delays_events_and_loses_none(tmp_path, platform, make_account):
+    broker = PrivateBroker()
+    broker.start()
+    running = Fleet(tmp_path, mqtt_url=broker.url).start_all()
+    scenario = Scenario(running, make_account, seed=11, mqtt_url=broker.url)
+    try:
+        for _ in range(5):
+            scenario.batch()
+        scenario.wait_settled()
+        broker.stop()
+        for _ in range(10):
+            scenario.batch()
+            time.sleep(0.3 if SLOW else 0.1)
+        time.sleep(30 if SLOW else 2)
+        broker.start()
+        scenario.wait_settled(timeout=120)
+    finally:
+        scenario.close()
+        running.stop()
+        broker.cleanup()

@@ -11,7 +11,7 @@ STAMP := $(VENV)/.requirements-installed
 DEV_STAMP := $(VENV)/.requirements-dev-installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench venv demo
+.PHONY: run test lint bench venv soak demo
 
 venv: $(STAMP)
 
@@ -57,6 +57,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m flespi_site.embedded exec -- $(PY) -m pytest $(PYTEST_ARGS)
+
+# The long fault soak: five passes of kills of every process and broker restarts (tests/test_soak.py).
+soak: $(STAMP)
+	FLESPI_SLOW=1 $(PY) -m flespi_site.embedded exec -- $(PY) -m pytest -s tests/test_soak.py tests/analytics/test_fleet_contract.py $(PYTEST_ARGS)
 
 lint: $(STAMP) $(DEV_STAMP)
 	$(PY) -m ruff check .

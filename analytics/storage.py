@@ -68,6 +68,49 @@ def assignment_lock(*, alias: str, assignment_id: int) -> bool:
         return cursor.fetchone() is not None
 
 
+def assignments_lock(*, alias: str, assignment_ids: Sequence[int]) -> set[int]:
+    """Lock assignment rows against deletion until the transaction ends (FOR KEY SHARE); the ids
+    of those that still exist."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT id FROM analytics_assignment WHERE id = ANY(%s) FOR KEY SHARE", [list(assignment_ids)])
+        return {row[0] for row in cursor.fetchall()}
+
+
+@dataclass(frozen=True)
+class AssignmentDone:
+    """What a stored recalculation changes on its assignment's row."""
+
+    id: int
+    version: int
+    calculated: float
+    begin: float  # the range the run covered: a pending request inside it is cleared
+    end: float
+    active_id: int | None
+    synced: bool
+
+
+def assignments_done(*, alias: str, rows: Sequence[AssignmentDone]) -> None:
+    """One statement for a batch: the calculator version, the run's stamp, the open interval,
+    ``synced``, and the pending request cleared where the run covered it."""
+    if not rows:
+        return
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE analytics_assignment AS a SET
+                calc_version = r.v, calculated = r.c, active_id = r.act,
+                state = CASE WHEN r.s THEN 'synced' ELSE a.state END,
+                pending_begin = CASE WHEN a.pending_begin >= r.b AND a.pending_end <= r.e THEN NULL ELSE a.pending_begin END,
+                pending_end = CASE WHEN a.pending_begin >= r.b AND a.pending_end <= r.e THEN NULL ELSE a.pending_end END
+            FROM unnest(%s::bigint[], %s::int[], %s::float8[], %s::float8[], %s::float8[], %s::bigint[], %s::boolean[])
+                AS r(id, v, c, b, e, act, s)
+            WHERE a.id = r.id
+            """,
+            [[r.id for r in rows], [r.version for r in rows], [r.calculated for r in rows], [r.begin for r in rows],
+             [r.end for r in rows], [r.active_id for r in rows], [r.synced for r in rows]],
+        )
+
+
 def intervals_write(
     *,
     alias: str,

@@ -403,8 +403,7 @@ class ShardWorker:
             stats.messages_read += work.diff.messages_read
         stamp = wall
         with self._fenced(alias, held):
-            for work in works:
-                self._store(work, stamp)
+            self._store_batch(alias, cache, works, stamp)
         for work in works:
             assert work.changes is not None and work.diff is not None
             assignment = work.assignment
@@ -420,48 +419,64 @@ class ShardWorker:
             stats.deleted += len(work.changes.deleted)
             self._arm_deadline(held.shard, work, cache)
 
-    def _store(self, work: _Work, stamp: float) -> None:
-        """Inside the fenced transaction: the diff, its events, the cleared request, the state."""
-        assert work.diff is not None
-        assignment = work.assignment
-        alias = assignment.database
-        key = (assignment.calculator_id, assignment.device_id)
-        was_active = None
-        if assignment.active_id is not None:
-            was_active = next(iter(storage.intervals_read(alias=alias, pairs=[key], ids=[assignment.active_id])), None)
-        changes = services.intervals_apply(assignment=assignment, diff=work.diff, now=stamp)
-        if was_active is None and assignment.active_id is not None:
-            was_active = next((row for row in changes.deleted if row["id"] == assignment.active_id), None)
-        active_id = work.diff.active_id if work.diff.reached_end else assignment.active_id
-        active = None
-        if active_id is not None:
-            active = next((row for row in [*changes.created, *changes.updated] if row["id"] == active_id), None)
-            if active is None:
-                active = next(iter(storage.intervals_read(alias=alias, pairs=[key], ids=[active_id])), None)
-        if was_active is not None and was_active["id"] != active_id:
-            # It closed: publish it as it is now (or as it was, when it is gone).
-            now_row = next((row for row in [*changes.created, *changes.updated] if row["id"] == was_active["id"]), None)
-            was_active = now_row or was_active
-        touched = {row["id"] for row in (*changes.created, *changes.updated, *changes.deleted)}
-        last = next(iter(storage.intervals_read(alias=alias, pairs=[key], count=1, reverse=True)), None)
-        last_changed = bool(changes) and (last is None or last["id"] in touched or bool(changes.deleted))
-        work.outbox = event_topics.interval_events(
-            calc_id=key[0], device_id=key[1], created=changes.created, updated=changes.updated,
-            deleted=changes.deleted, was_active=was_active, active=active, active_known=work.diff.reached_end,
-            last=last, last_changed=last_changed,
-        )
-        if work.was_state != AssignmentState.SYNCED:
-            Assignment.objects.using(alias).filter(pk=assignment.pk).update(state=AssignmentState.SYNCED)
-            work.outbox.append(event_topics.synced_event(calc_id=key[0], device_id=key[1], synced=True))
-            if last is not None and not last_changed:
-                work.outbox.append(event_topics.Event(key[1], event_topics.state_topic(*key, "last"), last, True))
-        storage.outbox_events(alias=alias, events=work.outbox)
-        services.recalculation_done(
-            assignment=assignment, begin=work.begin, end=work.end, version=work.calculator.version, now=stamp,
-            full=work.was_state != AssignmentState.SYNCED,
-        )
-        work.changes = changes
-        work.stamp = stamp
+    def _store_batch(self, alias: str, cache: ShardCache, works: list[_Work], stamp: float) -> None:
+        """Inside the fenced transaction: every diff of the batch, their events, and the state of
+        their assignments, in a few statements for the whole batch. The intervals before the change
+        (the open one, the newest) are read from the cache, which mirrors PostgreSQL for each
+        assignment (``_prepare`` checked its mark)."""
+        present = storage.assignments_lock(alias=alias, assignment_ids=[work.assignment.pk for work in works])
+        events: list[event_topics.Event] = []
+        rows: list[storage.AssignmentDone] = []
+        for work in works:
+            assignment = work.assignment
+            assert work.diff is not None
+            work.stamp = stamp
+            if assignment.pk not in present:  # unassigned meanwhile: its intervals are gone with it
+                work.changes = storage.StoredChanges()
+                continue
+            key = (assignment.calculator_id, assignment.device_id)
+            before_active = _cached(cache, key, assignment.active_id)
+            before_last = cache.interval_before(calc_id=key[0], device_id=key[1], t=math.inf)
+            written, deleted = storage.intervals_write(
+                alias=alias, calc_id=key[0], device_id=key[1], upsert=[*work.diff.created, *work.diff.updated],
+                delete_ids=[interval["id"] for interval in work.diff.deleted], stamp=stamp,
+            )
+            created_ids = {interval["id"] for interval in work.diff.created}
+            changes = storage.StoredChanges(
+                created=[row for row in written if row["id"] in created_ids],
+                updated=[row for row in written if row["id"] not in created_ids],
+                deleted=deleted,
+            )
+            by_id = {row["id"]: row for row in written}
+            deleted_ids = {row["id"] for row in deleted}
+            active_id = work.diff.active_id if work.diff.reached_end else assignment.active_id
+            active = by_id.get(active_id) if active_id is not None else None
+            if active is None and active_id is not None and active_id not in deleted_ids:
+                active = _cached(cache, key, active_id)
+            was_active = None
+            if before_active is not None:
+                was_active = by_id.get(before_active["id"], before_active)
+            last, last_changed = _newest(alias, key, before_last, written, deleted_ids)
+            work.outbox = event_topics.interval_events(
+                calc_id=key[0], device_id=key[1], created=changes.created, updated=changes.updated,
+                deleted=changes.deleted, was_active=was_active, active=active,
+                active_known=work.diff.reached_end, last=last, last_changed=last_changed,
+            )
+            synced_now = work.was_state != AssignmentState.SYNCED
+            if synced_now:
+                work.outbox.append(event_topics.synced_event(calc_id=key[0], device_id=key[1], synced=True))
+                if last is not None and not last_changed:
+                    work.outbox.append(event_topics.Event(key[1], event_topics.state_topic(*key, "last"), last, True))
+            events.extend(work.outbox)
+            rows.append(storage.AssignmentDone(
+                id=assignment.pk, version=work.calculator.version, calculated=stamp,
+                begin=-math.inf if synced_now else work.begin, end=math.inf if synced_now else work.end,
+                active_id=active_id, synced=True,
+            ))
+            assignment.active_id = active_id
+            work.changes = changes
+        storage.outbox_events(alias=alias, events=events)
+        storage.assignments_done(alias=alias, rows=rows)
 
     def _set_state(self, alias: str, held: HeldShard, assignment: Assignment, state: str) -> None:
         with self._fenced(alias, held):
@@ -523,6 +538,36 @@ class ShardWorker:
             for device in Device.objects.using(alias).filter(shard=shard).only("id", "messages_ttl"):
                 held.cache.messages_expire(device_id=device.pk, before=wall - device.messages_ttl)
         return purged
+
+
+def _cached(cache: ShardCache, key: tuple[int, int], interval_id: int | None) -> dict | None:
+    """The cached interval ``interval_id`` of an assignment (its id is its begin in µs)."""
+    if interval_id is None:
+        return None
+    begin = interval_id / 1_000_000
+    for row in cache.intervals_read(calc_id=key[0], device_id=key[1], begin=begin - 1e-3, end=begin + 1e-3):
+        if row["id"] == interval_id:
+            return row
+    return None
+
+
+def _newest(
+    alias: str, key: tuple[int, int], before: dict | None, written: list[dict], deleted_ids: set[int]
+) -> tuple[dict | None, bool]:
+    """The newest stored interval after a change, and whether it (or which one it is) changed;
+    ``before`` is the newest before it (from the cache)."""
+    candidates = list(written)
+    if before is not None and before["id"] not in deleted_ids:
+        candidates.append(before)
+    last = max(candidates, key=lambda row: row["id"]) if candidates else None
+    if before is not None and before["id"] in deleted_ids and (last is None or last["id"] < before["id"]):
+        # The newest went and nothing newer came: the newest left is read back (rare).
+        last = next(iter(storage.intervals_read(alias=alias, pairs=[key], count=1, reverse=True)), None)
+    written_ids = {row["id"] for row in written}
+    before_id = None if before is None else before["id"]
+    last_id = None if last is None else last["id"]
+    changed = last_id != before_id or (last_id is not None and last_id in written_ids)
+    return last, changed
 
 
 class NotHeld(Exception):

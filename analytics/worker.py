@@ -58,6 +58,9 @@ OFFER_TIMEOUT = 15.0
 FILL_CHUNK = 100_000
 # Change-log rows consumed per transaction.
 CHANGES_BATCH = 10_000
+# Changed ranges of several devices starting within this many µs of each other are read from
+# PostgreSQL with one statement.
+RANGE_GROUP_SPAN = 600 * 1_000_000
 
 
 def finite(begin: float, end: float) -> tuple[float, float]:
@@ -238,9 +241,8 @@ class ShardWorker:
         for _id, device_id, begin, end in rows:
             low, high = ranges.get(device_id, (begin, end))
             ranges[device_id] = (min(low, begin), max(high, end))
-        for device_id, (begin, end) in ranges.items():
-            if held.cache.device_state(device_id=device_id) is not None:
-                self._cache_range(alias, held.cache, device_id, begin, end)
+        cached = {d: r for d, r in ranges.items() if held.cache.device_state(device_id=d) is not None}
+        self._cache_ranges(alias, held.cache, cached)
         device_ids = list(ranges)
         with self._fenced(alias, held) as cursor:
             cursor.execute(
@@ -266,12 +268,31 @@ class ShardWorker:
         )
         return len(rows)
 
-    def _cache_range(self, alias: str, cache: ShardCache, device_id: int, begin: int, end: int) -> None:
-        """Make the cache hold exactly what PostgreSQL holds for the device in [begin, end] (µs)."""
-        messages = message_storage.messages_read(alias=alias, device_ids=[device_id], begin=begin, end=end)
-        cache.messages_delete(device_id=device_id, begin=begin / 1e6, end=end / 1e6)
-        if messages:
-            cache.messages_put(device_id=device_id, messages=messages)
+    def _cache_ranges(self, alias: str, cache: ShardCache, ranges: dict[int, tuple[int, int]]) -> None:
+        """Make the cache hold exactly what PostgreSQL holds for each device in its range (µs).
+        Devices whose ranges lie close together (the usual case: new messages) are read with one
+        statement; a range far from the others (a late upload) is read on its own."""
+        order = sorted(ranges, key=lambda d: ranges[d][0])
+        groups: list[list[int]] = []
+        for device_id in order:
+            if groups and ranges[device_id][0] - ranges[groups[-1][0]][0] <= RANGE_GROUP_SPAN and len(groups[-1]) < 500:
+                groups[-1].append(device_id)
+            else:
+                groups.append([device_id])
+        for group in groups:
+            low = min(ranges[d][0] for d in group)
+            high = max(ranges[d][1] for d in group)
+            by_device: dict[int, list[dict]] = {d: [] for d in group}
+            for message in message_storage.messages_read(alias=alias, device_ids=group, begin=low, end=high):
+                device_id = message.get("device.id")
+                begin, end = ranges.get(device_id, (0, -1))
+                if device_id in by_device and begin <= round(message["timestamp"] * 1_000_000) <= end:
+                    by_device[device_id].append(message)
+            for device_id, messages in by_device.items():
+                begin, end = ranges[device_id]
+                cache.messages_delete(device_id=device_id, begin=begin / 1e6, end=end / 1e6)
+                if messages:
+                    cache.messages_put(device_id=device_id, messages=messages)
 
     def _fill(self, cache: ShardCache, device: Device) -> None:
         """Copy a device's stored messages into the cache (it was not cached)."""

@@ -1,0 +1,97 @@
+"""Moving an account with its subtree between the datacenters of its region (``accounts.moves``,
+``manage.py account_move``): what moves, what is refused, writers during the move, processes
+that learn of it, and moves killed at every step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connections
+
+from accounts import placement
+from accounts.choices import MoveState
+from accounts.models import Account, AccountMove
+from accounts.moves import LOG, STRATEGIES
+from accounts.regional_data import DATACENTER, regional_tables
+from analytics.engine import Diff
+from analytics.services import assignment_create, calculator_create, interval_user_update, intervals_apply
+from devices.models import Device
+from devices.services import device_create, messages_ingest
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+T0 = 1_700_000_000
+CALCULATOR = {"name": "days", "selectors": [{"type": "datetime", "split": "day"}]}
+
+
+def contents(alias: str, account_ids: list[int]) -> dict[str, list]:
+    """Every row of the accounts in one datacenter database, per table of the registry: log rows
+    (outbox, change log) in their order without their serial ids, others sorted."""
+    found = {}
+    for entry in reversed(regional_tables()):
+        if entry.database != DATACENTER:
+            continue
+        with connections[alias].cursor() as cursor:
+            cursor.execute(f"SELECT * FROM ({entry.select}) AS selected", [account_ids])
+            names = [column.name for column in cursor.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        if STRATEGIES[entry.table] == LOG:
+            rows.sort(key=lambda row: row["id"])
+            rows = [{k: v for k, v in row.items() if k != "id"} for row in rows]
+        else:
+            rows.sort(key=lambda row: json.dumps(row, sort_keys=True, default=str))
+        found[entry.table] = rows
+    return found
+
+
+def populated(make_account):
+    """An account in eu-1 with a subaccount in eu-1 and one in eu-2 (which stays where it is):
+    devices with messages, telemetry, queued outbox rows and change log; a calculator assigned
+    with stored intervals carrying user fields."""
+    root = make_account("root")
+    child = make_account("child", parent=root, datacenter="eu-1")
+    elsewhere = make_account("elsewhere", parent=root, datacenter="eu-2")
+    devices = [
+        device_create(account=account, configuration={"ident": f"ident-{account.name}-{n}"})
+        for account in (root, child, elsewhere)
+        for n in range(2)
+    ]
+    messages_ingest(devices=devices, messages=[{"timestamp": T0 + i, "v": i} for i in range(50)])
+    messages_ingest(devices=devices, messages=[{"timestamp": T0 + 10, "w": 1}])  # a merge
+    for account in (root, child):
+        calculator = calculator_create(account=account, config=CALCULATOR)
+        device = next(d for d in devices if d.account_id == account.pk)
+        assignment, _new = assignment_create(calculator=calculator, device=device)
+        interval = {"id": T0 * 10**6, "begin": float(T0), "end": T0 + 49.0, "duration": 49.0, "n": 50}
+        intervals_apply(assignment=assignment, diff=Diff(created=[interval]))
+        interval_user_update(assignment=assignment, calculator=calculator, interval_id=interval["id"],
+                             fields={"driver": account.name})
+    return root, child, elsewhere
+
+
+def test_a_move_copies_every_row_unchanged_and_leaves_nothing_in_the_source(make_account):
+    root, child, elsewhere = populated(make_account)
+    ids = [root.pk, child.pk]
+    before = contents("dc_eu_1", ids)
+    assert all(before[table] for table in STRATEGIES), {t: len(r) for t, r in before.items()}
+    stays = contents("dc_eu_2", [elsewhere.pk])
+
+    call_command("account_move", account=root.pk, to="eu-2")
+
+    assert contents("dc_eu_2", ids) == before
+    assert {table: rows for table, rows in contents("dc_eu_1", ids).items() if rows} == {}
+    assert contents("dc_eu_2", [elsewhere.pk]) == stays
+    assert set(Account.objects.filter(pk__in=ids).values_list("datacenter__code", flat=True)) == {"eu-2"}
+    assert placement.alias_for_account(child.pk) == "dc_eu_2"
+    move = AccountMove.objects.get()
+    assert move.state == MoveState.DONE and move.tables["messages"] == len(before["messages"])
+    with connections["dc_eu_1"].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM move_journal")
+        assert cursor.fetchone() == (0,)
+        cursor.execute("SELECT tgname FROM pg_trigger WHERE tgname LIKE 'move_journal%%'")
+        assert cursor.fetchall() == []
+    # The moved devices take messages where they are now.
+    moved = Device.objects.using("dc_eu_2").filter(account_id=child.pk).first()
+    assert messages_ingest(devices=[moved], messages=[{"timestamp": T0 + 100}]).accepted == 1

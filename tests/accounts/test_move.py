@@ -4,7 +4,11 @@ that learn of it, and moves killed at every step."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import signal
+import sys
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -13,12 +17,13 @@ from django.db import connections
 from accounts import placement
 from accounts.choices import MoveState
 from accounts.models import Account, AccountMove
-from accounts.moves import LOG, STRATEGIES
+from accounts.moves import HOOK_POINTS, LOG, STRATEGIES
 from accounts.regional_data import DATACENTER, regional_tables
 from analytics.engine import Diff
 from analytics.services import assignment_create, calculator_create, interval_user_update, intervals_apply
 from devices.models import Device
 from devices.services import device_create, messages_ingest
+from tests.live import start
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -95,3 +100,99 @@ def test_a_move_copies_every_row_unchanged_and_leaves_nothing_in_the_source(make
     # The moved devices take messages where they are now.
     moved = Device.objects.using("dc_eu_2").filter(account_id=child.pk).first()
     assert messages_ingest(devices=[moved], messages=[{"timestamp": T0 + 100}]).accepted == 1
+
+
+def test_every_table_of_the_registry_says_how_it_moves():
+    tables = {entry.table for entry in regional_tables() if entry.database == DATACENTER}
+    assert tables == set(STRATEGIES)
+
+
+def move_command(*args: str, **env: str):
+    return start([sys.executable, "manage.py", "account_move", *args], **env)
+
+
+def unchanged(root, before: dict) -> None:
+    """Nothing of a refused or dry move changed anything."""
+    assert Account.objects.get(pk=root.pk).datacenter.code == "eu-1"
+    assert contents("dc_eu_1", [root.pk]) == before
+    assert {t: rows for t, rows in contents("dc_eu_2", [root.pk]).items() if rows} == {}
+    assert not AccountMove.objects.exclude(state=MoveState.DONE).exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("ru-1", "datacenter ru-1 is in region ru, account {id} in region eu: an account moves only between the "
+                 "datacenters of its region (eu-1, eu-2)"),
+        ("eu-9", "datacenter 'eu-9' is unknown; account {id} is in region eu, whose datacenters are eu-1, eu-2"),
+        ("eu-1", "account {id} is already in datacenter eu-1"),
+    ],
+)
+def test_a_move_to_another_region_an_unknown_datacenter_or_where_it_is_is_refused(make_account, target, reason):
+    root, _child, _elsewhere = populated(make_account)
+    before = contents("dc_eu_1", [root.pk])
+    with pytest.raises(CommandError) as refused:
+        call_command("account_move", account=root.pk, to=target)
+    assert str(refused.value) == reason.format(id=root.pk)
+    unchanged(root, before)
+
+
+def test_a_dry_run_prints_the_rows_per_table_and_changes_nothing(make_account):
+    root, child, _elsewhere = populated(make_account)
+    before = contents("dc_eu_1", [root.pk, child.pk])
+    out = io.StringIO()
+    call_command("account_move", account=root.pk, to="eu-2", dry_run=True, stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"dry run: would move accounts {root.pk}, {child.pk} from eu-1 to eu-2"
+    counts = {line.split()[0]: int(line.split()[1]) for line in lines[2:]}
+    assert counts == {table: len(rows) for table, rows in before.items()}
+    unchanged(root, contents("dc_eu_1", [root.pk]))
+
+
+def test_a_second_move_while_one_runs_is_refused(make_account):
+    root, child, _elsewhere = populated(make_account)
+    first, output = move_command("--account", str(root.pk), "--to", "eu-2", FLESPI_MOVE_STOP_AT="copied")
+    try:
+        output.wait_for("move: stopped at copied")
+        for account in (root, child):
+            second, second_output = move_command("--account", str(account.pk), "--to", "eu-2")
+            assert second.wait(60) == 1
+            assert (f"a move is running in region eu: account {root.pk} to eu-2; one move runs at a time in a "
+                    "region: wait for it to finish") in second_output.text
+    finally:
+        first.kill()
+        first.wait()
+    assert Account.objects.get(pk=root.pk).datacenter.code == "eu-1"
+
+
+# `make test` kills the command at three points; FLESPI_SLOW=1 at every point of the move.
+KILL_POINTS = HOOK_POINTS if os.environ.get("FLESPI_SLOW") else ("copying", "paused", "switched")
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_move_killed_at_any_point_is_served_where_the_control_database_says_and_a_rerun_completes(
+    make_account, point
+):
+    root, child, _elsewhere = populated(make_account)
+    ids = [root.pk, child.pk]
+    before = contents("dc_eu_1", ids)
+    process, output = move_command("--account", str(root.pk), "--to", "eu-2", FLESPI_MOVE_STOP_AT=point)
+    output.wait_for(f"move: stopped at {point}")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    switched = HOOK_POINTS.index(point) >= HOOK_POINTS.index("switched")
+    served = "dc_eu_2" if switched else "dc_eu_1"
+    assert placement.alias_for_account(child.pk) == served
+    assert contents(served, ids) == before
+    # The account takes writes where it is served, at once (the killed move's locks went with it).
+    device = Device.objects.using(served).filter(account_id=child.pk).first()
+    assert messages_ingest(devices=[device], messages=[{"timestamp": T0 + 1000, "late": True}]).accepted == 1
+    expected = contents(served, ids)
+
+    rerun, rerun_output = move_command("--account", str(root.pk), "--to", "eu-2")
+    assert rerun.wait(120) == 0, rerun_output.text
+    assert contents("dc_eu_2", ids) == expected
+    assert {table: rows for table, rows in contents("dc_eu_1", ids).items() if rows} == {}
+    assert AccountMove.objects.get().state == MoveState.DONE
+    assert "(resumed)" in rerun_output.text

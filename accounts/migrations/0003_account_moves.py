@@ -7,7 +7,6 @@ triggers themselves exist only while a move copies out of that database)."""
 import django.db.models.deletion
 from django.db import migrations, models
 
-
 JOURNAL = """
 CREATE TABLE move_journal (
     id bigserial PRIMARY KEY,

@@ -4,13 +4,18 @@ that learn of it, and moves killed at every step."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
 import signal
 import sys
+import threading
+import time
+import uuid
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connections
 
@@ -23,7 +28,9 @@ from analytics.engine import Diff
 from analytics.services import assignment_create, calculator_create, interval_user_update, intervals_apply
 from devices.models import Device
 from devices.services import device_create, messages_ingest
-from tests.live import start
+from flespi_site import mqtt
+from tests.live import WebServer, start
+from tests.mqtt_helpers import Subscriber
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -196,3 +203,140 @@ def test_a_move_killed_at_any_point_is_served_where_the_control_database_says_an
     assert {table: rows for table, rows in contents("dc_eu_1", ids).items() if rows} == {}
     assert AccountMove.objects.get().state == MoveState.DONE
     assert "(resumed)" in rerun_output.text
+
+
+class RestWriter(threading.Thread):
+    """Posts one message per request to a device through a live server until stopped, sending a
+    503 again after its Retry-After; records what was accepted and how long each request took."""
+
+    def __init__(self, port: int, key: str, device_id: int, start_ts: int):
+        super().__init__(daemon=True)
+        self.port, self.key, self.device_id, self.ts = port, key, device_id, start_ts
+        self.accepted: list[int] = []
+        self.latencies: list[float] = []
+        self.statuses: dict[int, int] = {}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        while not self.stopping.is_set():
+            self.ts += 1
+            body = json.dumps([{"timestamp": self.ts, "seq": self.ts}])
+            while True:
+                started = time.monotonic()
+                connection.request("POST", f"/gw/devices/{self.device_id}/messages", body=body, headers={
+                    "Authorization": f"FlespiToken {self.key}", "Content-Type": "application/json", "Host": "localhost"})
+                response = connection.getresponse()
+                response.read()
+                self.latencies.append(time.monotonic() - started)
+                self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
+                if response.status != 503:
+                    break
+                time.sleep(float(response.getheader("Retry-After", "1")))
+            if response.status == 200:
+                self.accepted.append(self.ts)
+            time.sleep(0.005)
+
+    def stop(self) -> list[int]:
+        self.stopping.set()
+        self.join(30)
+        return self.accepted
+
+
+class MqttWriter(threading.Thread):
+    """Publishes one message at a time (QoS 1) to a device's ingest topic until stopped."""
+
+    def __init__(self, topic: str, start_ts: int):
+        super().__init__(daemon=True)
+        self.topic, self.ts = topic, start_ts
+        self.published: list[int] = []
+        self.stopping = threading.Event()
+        self.client = mqtt.client_for(settings.MQTT_URL, client_id=f"writer-{uuid.uuid4().hex[:8]}")
+
+    def run(self) -> None:
+        self.client.connect(*mqtt.broker_address(settings.MQTT_URL)[:2])
+        self.client.loop_start()
+        while not self.stopping.is_set():
+            self.ts += 1
+            self.client.publish(self.topic, json.dumps({"timestamp": self.ts, "seq": self.ts}), qos=1).wait_for_publish(10)
+            self.published.append(self.ts)
+            time.sleep(0.005)
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def stop(self) -> list[int]:
+        self.stopping.set()
+        self.join(30)
+        return self.published
+
+
+def stamps(alias: str, device_id: int, after: int) -> list[int]:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT ts / 1000000 FROM messages WHERE device_id = %s AND ts > %s ORDER BY ts",
+                       [device_id, after * 1_000_000])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_a_live_move_under_rest_and_mqtt_writers_stores_every_accepted_message_once_in_the_target(
+    make_account, make_token
+):
+    root, child, _elsewhere = populated(make_account)
+    ids = [root.pk, child.pk]
+    key = make_token(child)
+    rest_device = Device.objects.using("dc_eu_1").filter(account_id=child.pk).order_by("id").first()
+    mqtt_device = Device.objects.using("dc_eu_1").filter(account_id=root.pk).order_by("id").first()
+    before = contents("dc_eu_1", ids)
+    root_topic, pattern = f"mv{uuid.uuid4().hex[:8]}", f"in{uuid.uuid4().hex[:8]}/+"
+    web = WebServer(MQTT_TOPIC_ROOT=root_topic)
+    ingest, ingest_output = start([sys.executable, "manage.py", "mqtt_ingest", "--pattern", pattern])
+    relay, relay_output = start([sys.executable, "manage.py", "outbox_relay"], MQTT_TOPIC_ROOT=root_topic)
+    rest = RestWriter(web.port, key, rest_device.pk, T0 + 10_000)
+    published = MqttWriter(pattern.replace("+", mqtt_device.ident), T0 + 10_000)
+    try:
+        ingest_output.wait_for("subscribed to")
+        relay_output.wait_for("relaying")
+        with Subscriber(settings.MQTT_URL, f"{root_topic}/message/gw/devices/+") as subscriber:
+            rest.start()
+            published.start()
+            time.sleep(1.0)
+            move, move_output = start([sys.executable, "manage.py", "account_move", "--account", str(root.pk),
+                                       "--to", "eu-2"])
+            assert move.wait(300) == 0, move_output.text
+            time.sleep(1.0)
+            accepted, sent = rest.stop(), published.stop()
+            deadline = time.monotonic() + 30
+            while stamps("dc_eu_2", mqtt_device.pk, T0 + 10_000) != sent and time.monotonic() < deadline:
+                time.sleep(0.1)
+            # What the live server answers after the move comes from the target.
+            connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30)
+            connection.request("GET", f"/gw/devices/{rest_device.pk}/messages?fields=seq",
+                               headers={"Authorization": f"FlespiToken {key}", "Host": "localhost"})
+            answer = json.loads(connection.getresponse().read())
+            assert "result" in answer, answer
+            served = [m["seq"] for m in answer["result"] if "seq" in m]
+            expected_published = len(accepted) + len(sent)
+            received = subscriber.wait_for(expected_published, timeout=30)
+    finally:
+        rest.stopping.set()
+        published.stopping.set()
+        for process in (ingest, relay):
+            process.terminate()
+            process.wait(15)
+        web.stop()
+    assert accepted and sent
+    assert stamps("dc_eu_2", rest_device.pk, T0 + 10_000) == accepted  # each once, none lost
+    assert stamps("dc_eu_2", mqtt_device.pk, T0 + 10_000) == sent
+    assert served == accepted
+    assert {table: rows for table, rows in contents("dc_eu_1", ids).items() if rows} == {}
+    after = contents("dc_eu_2", ids)
+    for table in ("analytics_calculator", "analytics_assignment", "intervals"):
+        assert after[table] == before[table]
+    assert {json.dumps(row, sort_keys=True) for row in before["messages"]} <= {
+        json.dumps(row, sort_keys=True) for row in after["messages"]
+    }
+    # The relays published every new message, from the source before the switch and the target after.
+    seqs = {payload["seq"] for _topic, payload in received if isinstance(payload, dict) and "seq" in payload}
+    assert set(accepted) | set(sent) <= seqs
+    assert set(rest.statuses) <= {200, 503}, rest.statuses
+    print(f"\nlongest REST write during the move: {max(rest.latencies) * 1000:.0f} ms "
+          f"({len(accepted)} accepted, statuses {rest.statuses}); {move_output.text.splitlines()[-1]}")

@@ -238,6 +238,10 @@ def _copy_and_switch(
                 if position == 0:
                     _hook("copying")
             source.commit()
+        # The target's statistics still say its tables are as before the copy: the switch's
+        # statements on them would be planned as on small tables.
+        for entry in tables:
+            target.execute(f"ANALYZE {entry.table}")
         report.copy_seconds = time.monotonic() - started
         _hook("copied")
         with _connect(source_alias) as fence, _connect(source_alias, snapshot=True) as source:
@@ -287,10 +291,12 @@ def _catch_up(
     ).fetchall())
     if ranges:
         columns = [[d for d, _, _ in ranges], [b for _, b, _ in ranges], [e for _, _, e in ranges]]
-        joined = "unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS r(d, b, e)"
-        target.execute(f"DELETE FROM messages m USING {joined} WHERE m.device_id = r.d AND m.ts BETWEEN r.b AND r.e",
-                       columns)
-        _stream(source, target, f"SELECT m.* FROM messages m JOIN {joined} ON m.device_id = r.d AND m.ts BETWEEN r.b AND r.e",
+        # One index range scan per range: statements of their own, and a LATERAL subquery that
+        # OFFSET 0 keeps the planner from turning into a hash join over all the messages.
+        target.cursor().executemany("DELETE FROM messages WHERE device_id = %s AND ts BETWEEN %s AND %s", ranges)
+        _stream(source, target,
+                "SELECT m.* FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS r(d, b, e) CROSS JOIN LATERAL "
+                "(SELECT * FROM messages WHERE device_id = r.d AND ts BETWEEN r.b AND r.e OFFSET 0) AS m",
                 columns, "COPY messages FROM STDIN (FORMAT binary)", report, "messages")
         changed = sorted({d for d, _, _ in ranges})
         target.execute("DELETE FROM telemetry WHERE device_id = ANY(%s)", [changed])
@@ -303,11 +309,10 @@ def _catch_up(
     ).fetchall()
     if keys:
         columns = [[c for c, _, _ in keys], [d for _, d, _ in keys], [k for _, _, k in keys]]
-        joined = "unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS r(c, d, k)"
-        target.execute(f"DELETE FROM intervals i USING {joined} WHERE i.calc_id = r.c AND i.device_id = r.d AND i.id = r.k",
-                       columns)
+        target.cursor().executemany("DELETE FROM intervals WHERE calc_id = %s AND device_id = %s AND id = %s", keys)
         _stream(source, target,
-                f"SELECT i.* FROM intervals i JOIN {joined} ON i.calc_id = r.c AND i.device_id = r.d AND i.id = r.k",
+                "SELECT i.* FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS r(c, d, k) CROSS JOIN LATERAL "
+                "(SELECT * FROM intervals WHERE calc_id = r.c AND device_id = r.d AND id = r.k OFFSET 0) AS i",
                 columns, "COPY intervals FROM STDIN (FORMAT binary)", report, "intervals")
     copied: dict[str, list[int]] = {}
     for entry in tables:

@@ -128,7 +128,7 @@ def rows_placed(rows: Sequence[Row]) -> list[Row]:
     by_account: dict[int, list[int]] = {}
     for row in rows:
         by_account.setdefault(row.account_id, []).append(row.pk)
-    fresh = {}
+    fresh: dict[int, Row] = {}
     for account_id, pks in by_account.items():
         model = type(rows[0])
         fresh.update((row.pk, row) for row in using_account(model, account_id).filter(pk__in=pks))

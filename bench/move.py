@@ -106,9 +106,10 @@ def populate(size: int, devices: int):
             [T0, T0, [d.pk for d in created], per_device],
         )
     messages_ingest(devices=created, messages=[{"timestamp": T0 + per_device, "can.engine.rpm": 800}])
-    calculator = calculator_create(account=account, config={"name": "days", "selectors": [{"type": "datetime", "split": "day"}]})
+    days = {"name": "days", "selectors": [{"type": "datetime", "split": "day"}]}
+    calculator = calculator_create(account=account, config=days)
     for device in created:
-        assignment, _new = assignment_create(calculator=calculator, device=device)
+        assignment_create(calculator=calculator, device=device)
         with connections["dc_eu_1"].cursor() as cursor:
             cursor.execute(
                 """

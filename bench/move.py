@@ -10,7 +10,7 @@ device of the account through ``devices.services.messages_ingest`` (the path of 
 without pause. Printed per size: the command's wall time, its time copying, the time it held
 the account's writes (its own measure), and the longest write the writer saw during the move
 (the pause as a client feels it: waiting for the switch, and writing again where the account
-went). The account is deleted afterwards.
+went); then the command's own summary for the largest size. The account is deleted afterwards.
 
 Runs on the PostgreSQL named by ``DATABASE_URL`` (default
 ``postgres://postgres@127.0.0.1:5432/flespi_bench_move``) with a topology of one region and two
@@ -158,7 +158,7 @@ class Writer(threading.Thread):
             connections.close_all()
 
 
-def move(account, target: str) -> dict[str, float]:
+def move(account, target: str) -> dict:
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, str(REPO / "manage.py"), "account_move", "--account", str(account.pk), "--to", target],
@@ -169,7 +169,7 @@ def move(account, target: str) -> dict[str, float]:
         raise SystemExit(f"account_move failed:\n{done.stdout}\n{done.stderr}")
     found = re.search(r"copying ([\d.]+) s, writes paused (\d+) ms", done.stdout)
     assert found, done.stdout
-    return {"wall": wall, "copy": float(found.group(1)), "pause": float(found.group(2)) / 1000}
+    return {"wall": wall, "copy": float(found.group(1)), "pause": float(found.group(2)) / 1000, "output": done.stdout}
 
 
 def main() -> None:
@@ -213,6 +213,9 @@ def main() -> None:
         print(f"{size:>10,} {measured['wall']:>10.2f} {measured['copy']:>10.2f} {measured['pause'] * 1000:>10.0f} "
               f"{longest * 1000:>17.0f} {writes:>7}")
     print("target (DESIGN 9): writes paused < 1 s at 1,000,000 messages")
+    print()
+    print(f"the command's summary at {rows[-1][0]:,} messages:")
+    print(rows[-1][1]["output"])
 
 
 if __name__ == "__main__":

@@ -290,14 +290,7 @@ def _catch_up(
         [devices],
     ).fetchall())
     if ranges:
-        columns = [[d for d, _, _ in ranges], [b for _, b, _ in ranges], [e for _, _, e in ranges]]
-        # One index range scan per range: statements of their own, and a LATERAL subquery that
-        # OFFSET 0 keeps the planner from turning into a hash join over all the messages.
-        target.cursor().executemany("DELETE FROM messages WHERE device_id = %s AND ts BETWEEN %s AND %s", ranges)
-        _stream(source, target,
-                "SELECT m.* FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS r(d, b, e) CROSS JOIN LATERAL "
-                "(SELECT * FROM messages WHERE device_id = r.d AND ts BETWEEN r.b AND r.e OFFSET 0) AS m",
-                columns, "COPY messages FROM STDIN (FORMAT binary)", report, "messages")
+        _recopy(source, target, "messages", "device_id = {} AND ts BETWEEN {} AND {}", ranges, report)
         changed = sorted({d for d, _, _ in ranges})
         target.execute("DELETE FROM telemetry WHERE device_id = ANY(%s)", [changed])
         _stream(source, target, "SELECT * FROM telemetry WHERE device_id = ANY(%s)", [changed],
@@ -308,12 +301,7 @@ def _catch_up(
         [devices],
     ).fetchall()
     if keys:
-        columns = [[c for c, _, _ in keys], [d for _, d, _ in keys], [k for _, _, k in keys]]
-        target.cursor().executemany("DELETE FROM intervals WHERE calc_id = %s AND device_id = %s AND id = %s", keys)
-        _stream(source, target,
-                "SELECT i.* FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS r(c, d, k) CROSS JOIN LATERAL "
-                "(SELECT * FROM intervals WHERE calc_id = r.c AND device_id = r.d AND id = r.k OFFSET 0) AS i",
-                columns, "COPY intervals FROM STDIN (FORMAT binary)", report, "intervals")
+        _recopy(source, target, "intervals", "calc_id = {} AND device_id = {} AND id = {}", keys, report)
     copied: dict[str, list[int]] = {}
     for entry in tables:
         if STRATEGIES[entry.table] != LOG:
@@ -327,6 +315,24 @@ def _catch_up(
                 [copied[entry.table]], f"COPY {entry.table} ({columns_of}) FROM STDIN (FORMAT binary)", report,
                 entry.table)
     return copied
+
+
+def _recopy(source, target, table: str, condition: str, keys: Sequence[tuple[int, int, int]], report: MoveReport) -> None:
+    """The rows of ``table`` that ``condition`` (three ``{}`` for the values of a key) selects for
+    each key, deleted from the target and copied again from the source. One index scan per key:
+    statements of their own, and a LATERAL subquery that OFFSET 0 keeps the planner from turning
+    into a hash join over all the account's rows."""
+    target.cursor().executemany(f"DELETE FROM {table} WHERE {condition.format('%s', '%s', '%s')}", keys)
+    _stream(
+        source,
+        target,
+        f"SELECT t.* FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS k(a, b, c) CROSS JOIN LATERAL "
+        f"(SELECT * FROM {table} WHERE {condition.format('k.a', 'k.b', 'k.c')} OFFSET 0) AS t",
+        [[key[0] for key in keys], [key[1] for key in keys], [key[2] for key in keys]],
+        f"COPY {table} FROM STDIN (FORMAT binary)",
+        report,
+        table,
+    )
 
 
 def _upsert(source, target, entry: RegionalTable, ids: list[int], report: MoveReport) -> None:

@@ -13,9 +13,10 @@ the account's writes (its own measure), and the longest write the writer saw dur
 went); then the command's own summary for the largest size. The account is deleted afterwards.
 
 Runs on the PostgreSQL named by ``DATABASE_URL`` (default
-``postgres://postgres@127.0.0.1:5432/flespi_bench_move``) with a topology of one region and two
-datacenters: ``<name>``, ``<name>_eu_1``, ``<name>_eu_2``, created when missing. A database whose
-name does not contain "bench" is never used (``<name>_bench`` on the same server is).
+``postgres://postgres@127.0.0.1:5432/flespi_bench``), on databases of its own with a topology of
+one region and two datacenters: ``<name>_move``, ``<name>_move_eu_1``, ``<name>_move_eu_2``,
+created when missing. A database whose name does not contain "bench" is never used
+(``<name>_bench_move`` on the same server is).
 
 Target (DESIGN section 9): writes paused < 1 s for an account with 1,000,000 messages.
 """
@@ -23,7 +24,6 @@ Target (DESIGN section 9): writes paused < 1 s for an account with 1,000,000 mes
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import re
@@ -34,8 +34,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/flespi_bench_move"
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/flespi_bench"
 TOPOLOGY = {
     "default_region": "eu",
     "domain": "localhost",
@@ -51,29 +53,16 @@ T0 = 1_600_000_000
 
 
 def configure_environment() -> None:
-    url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    if "bench" not in name:
-        url = parts._replace(path=f"/{name}_bench").geturl()
-    os.environ["DATABASE_URL"] = url
+    """bench/ingest.py's environment (a database whose name says "bench"), on databases of their
+    own (``<name>_move``: another topology) with this benchmark's topology."""
+    from bench import ingest
+
+    os.environ.setdefault("DATABASE_URL", DEFAULT_DATABASE_URL)
+    ingest.configure_environment()
+    parts = urlsplit(os.environ["DATABASE_URL"])
+    if not parts.path.endswith("_move"):
+        os.environ["DATABASE_URL"] = parts._replace(path=f"{parts.path}_move").geturl()
     os.environ["FLESPI_TOPOLOGY"] = json.dumps(TOPOLOGY)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "flespi_site.settings"
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ["DEBUG"] = "0"
-    sys.path.insert(0, str(REPO))
-
-
-def setup_databases() -> None:
-    from flespi_site import embedded
-
-    embedded.create_missing_databases(os.environ)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("platform_setup", "--no-superuser", stdout=io.StringIO(), verbosity=0)
 
 
 def populate(size: int, devices: int):
@@ -178,7 +167,9 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=10)
     args = parser.parse_args()
     configure_environment()
-    setup_databases()
+    from bench import ingest
+
+    ingest.setup_databases()
     from django.db import connections
 
     from accounts.services import accounts_delete

@@ -207,9 +207,12 @@ def messages_ingest(
         return _messages_ingest(devices=placement.rows_placed(devices), messages=messages, source=source, now=now)
 
 
-def _messages_ingest(*, devices: Sequence[Device], messages: Sequence[Any], source: str, now: float) -> IngestResult:
+def _messages_ingest(
+    *, devices: Sequence[Device], messages: Sequence[Any], source: str = "rest", now: float | None = None
+) -> IngestResult:
     if len(messages) > MAX_MESSAGES_PER_BATCH:
         raise InvalidInput(f"at most {MAX_MESSAGES_PER_BATCH} messages per batch, got {len(messages)}")
+    now = time.time() if now is None else now
     reception_key = "rest.timestamp" if source == "rest" else "server.timestamp"
     result = IngestResult()
     for device in devices:

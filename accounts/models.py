@@ -6,7 +6,7 @@ import time
 
 from django.db import models
 
-from accounts.choices import AccessType
+from accounts.choices import AccessType, MoveState
 from accounts.constants import MAX_ACCOUNT_DEPTH
 
 
@@ -66,3 +66,48 @@ class Token(models.Model):
 
     def __str__(self) -> str:
         return f"token {self.key_prefix}… of account {self.account_id}"
+
+
+class AccountMove(models.Model):
+    """A move of an account's subtree from one datacenter of its region to another
+    (``accounts.moves``). Until ``state`` is ``switched`` the source is authoritative; from then
+    on the target is, and only the source's rows remain to be deleted. ``tables`` holds the rows
+    moved per table once it is done."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="moves")
+    region = models.ForeignKey("regions.Region", on_delete=models.PROTECT, related_name="+")
+    source = models.ForeignKey("regions.Datacenter", on_delete=models.PROTECT, related_name="+")
+    target = models.ForeignKey("regions.Datacenter", on_delete=models.PROTECT, related_name="+")
+    account_ids = models.JSONField(default=list, help_text="the accounts of the subtree that move")
+    state = models.CharField(max_length=16, choices=MoveState.choices, default=MoveState.COPYING)
+    started = models.FloatField(help_text="unix time")
+    switched = models.FloatField(null=True, blank=True, help_text="unix time")
+    finished = models.FloatField(null=True, blank=True, help_text="unix time")
+    tables = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            # One unfinished move per region: a move's journal of changes is per source database,
+            # and an operator finishes (reruns) an interrupted move before starting another.
+            models.UniqueConstraint(
+                fields=["region"], condition=~models.Q(state=MoveState.DONE), name="account_move_one_unfinished_per_region"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"move of account {self.account_id} to datacenter {self.target_id} ({self.state})"
+
+
+class PlacementVersion(models.Model):
+    """One row: a number that grows whenever an account's datacenter changes, in the same
+    transaction. Processes compare it with the one their placement cache was read at
+    (``accounts.placement``)."""
+
+    version = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"placement version {self.version}"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from django.db import models
+from django.db import models, transaction
 
+from accounts.fence import write_fence
 from accounts.placement import alias_for_account
 from regions.datacenters import allocate_ids
 
@@ -13,7 +14,8 @@ class RegionalModel(models.Model):
 
     ``account_id`` is a plain integer (no foreign key crosses databases). Ids come from the
     datacenter's entity sequence (``regions.datacenters.allocate_ids``) so that they are unique
-    across every datacenter and survive a move between datacenters unchanged.
+    across every datacenter and survive a move between datacenters unchanged. Saving and deleting
+    a row pass the write fence of moves (``accounts.fence``).
     """
 
     regional = True
@@ -30,7 +32,15 @@ class RegionalModel(models.Model):
         if self.id is None:
             self.id = allocate_ids(alias=using, count=1)[0]
             kwargs["force_insert"] = True
-        super().save(*args, **kwargs)
+        with transaction.atomic(using=using):
+            write_fence(alias=using, account_ids=[self.account_id])
+            super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        using = kwargs.get("using") or self.database
+        with transaction.atomic(using=using):
+            write_fence(alias=using, account_ids=[self.account_id])
+            return super().delete(*args, **kwargs)
 
     @property
     def database(self) -> str:

@@ -17,6 +17,7 @@ from django.db.models import F
 from django.db.models.functions import Greatest, Least
 
 from accounts import placement
+from accounts.fence import write_fence
 from accounts.models import Account
 from analytics import storage
 from analytics.choices import AssignmentState
@@ -176,6 +177,7 @@ def recalculation_request(*, assignments: Sequence[Assignment], begin: float | N
         raise InvalidInput(f"begin {begin} is after end {end}", field="begin")
     alias = assignments[0].database
     with transaction.atomic(using=alias):
+        write_fence(alias=alias, account_ids={a.account_id for a in assignments})
         rows = Assignment.objects.using(alias).filter(pk__in=[a.pk for a in assignments])
         # LEAST/GREATEST ignore NULL in PostgreSQL: a row with no pending range takes the new one.
         return _request(rows, low, high)
@@ -207,6 +209,7 @@ def intervals_apply(*, assignment: Assignment, diff: Diff, now: float | None = N
     stamp = time.time() if now is None else now
     alias = assignment.database
     with transaction.atomic(using=alias, savepoint=False):
+        write_fence(alias=alias, account_ids=[assignment.account_id])
         # The assignment's row lock keeps it from being deleted (and its intervals with it) while
         # this writes: no interval outlives its assignment.
         if not storage.assignment_lock(alias=alias, assignment_id=assignment.pk):
@@ -235,13 +238,15 @@ def intervals_purge(*, assignment: Assignment, calculator: Calculator, now: floa
     """Delete the intervals beyond the calculator's ``intervals_ttl`` (by their end) and beyond
     ``intervals_rotate`` (all but the newest); returns the deleted rows, for the outbox."""
     now = time.time() if now is None else now
-    return storage.intervals_purge(
-        alias=assignment.database,
-        calc_id=assignment.calculator_id,
-        device_id=assignment.device_id,
-        ended_before=now - calculator.intervals_ttl,
-        keep=calculator.intervals_rotate,
-    )
+    with transaction.atomic(using=assignment.database):
+        write_fence(alias=assignment.database, account_ids=[assignment.account_id])
+        return storage.intervals_purge(
+            alias=assignment.database,
+            calc_id=assignment.calculator_id,
+            device_id=assignment.device_id,
+            ended_before=now - calculator.intervals_ttl,
+            keep=calculator.intervals_rotate,
+        )
 
 
 def _engine_keys(calculator: Calculator) -> set[str]:
@@ -260,13 +265,15 @@ def interval_user_update(
         )
     if len(storage._dumps(dict(fields))) > MAX_USER_FIELDS_BYTES:
         raise InvalidInput(f"user fields are larger than {MAX_USER_FIELDS_BYTES} bytes encoded")
-    interval = storage.intervals_user_merge(
-        alias=assignment.database,
-        calc_id=assignment.calculator_id,
-        device_id=assignment.device_id,
-        interval_id=interval_id,
-        fields=fields,
-    )
+    with transaction.atomic(using=assignment.database):
+        write_fence(alias=assignment.database, account_ids=[assignment.account_id])
+        interval = storage.intervals_user_merge(
+            alias=assignment.database,
+            calc_id=assignment.calculator_id,
+            device_id=assignment.device_id,
+            interval_id=interval_id,
+            fields=fields,
+        )
     if interval is None:
         raise NotFound(
             f"no interval {interval_id} of device {assignment.device_id} in calculator {assignment.calculator_id}",

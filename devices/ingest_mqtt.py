@@ -6,11 +6,13 @@ goes on."""
 from __future__ import annotations
 
 import logging
+import time
 
 from django.conf import settings
 from django.db import connections
 from rest_framework.exceptions import ParseError
 
+from accounts.fence import RETRY_AFTER_SECONDS, AccountMoving
 from devices import selectors, services
 from flespi_site import mqtt
 from flespi_site.api.parsers import loads_strict
@@ -58,6 +60,8 @@ def ingest_payload(*, region: str, pattern: str, topic: str, payload: bytes) -> 
     messages = data if isinstance(data, list) else [data]
     try:
         result = services.messages_ingest(devices=[device], messages=messages, source="mqtt")
+    except AccountMoving:
+        raise
     except DomainError as exc:
         raise IngestRejected(exc.reason) from None
     if result.errors and not result.accepted:
@@ -92,7 +96,14 @@ class IngestConsumer(Loop):
     def _on_message(self, client, userdata, message):
         self.received += 1
         try:
-            result = ingest_payload(region=self.region, pattern=self.pattern, topic=message.topic, payload=message.payload)
+            while True:
+                try:
+                    result = ingest_payload(
+                        region=self.region, pattern=self.pattern, topic=message.topic, payload=message.payload
+                    )
+                    break
+                except AccountMoving:  # a move's switch held the account's writes: not stored yet
+                    time.sleep(RETRY_AFTER_SECONDS)
         except IngestRejected as exc:
             self.rejected += 1
             logger.warning("ingest %s: dropped payload on %s: %s", self.region, message.topic, exc)

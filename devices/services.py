@@ -20,6 +20,7 @@ from django.db import IntegrityError, OperationalError, transaction
 from psycopg.errors import DeadlockDetected
 
 from accounts import placement
+from accounts.fence import AccountMoved, write_fence
 from accounts.models import Account
 from devices import storage
 from devices.constants import (
@@ -197,7 +198,19 @@ def messages_ingest(
     *, devices: Sequence[Device], messages: Sequence[Any], source: str = "rest", now: float | None = None
 ) -> IngestResult:
     """Store ``messages`` into every enabled device of ``devices``; a disabled device takes none
-    (whatever the entry point) and is reported by id in ``errors``."""
+    (whatever the entry point) and is reported by id in ``errors``. Devices whose account moved
+    to another datacenter meanwhile are read again there and the batch written again (a resent
+    batch changes nothing where it was already stored)."""
+    now = time.time() if now is None else now
+    try:
+        return _messages_ingest(devices=devices, messages=messages, source=source, now=now)
+    except AccountMoved:
+        return _messages_ingest(devices=placement.rows_placed(devices), messages=messages, source=source, now=now)
+
+
+def _messages_ingest(
+    *, devices: Sequence[Device], messages: Sequence[Any], source: str = "rest", now: float | None = None
+) -> IngestResult:
     if len(messages) > MAX_MESSAGES_PER_BATCH:
         raise InvalidInput(f"at most {MAX_MESSAGES_PER_BATCH} messages per batch, got {len(messages)}")
     started = time.perf_counter()
@@ -229,6 +242,7 @@ def messages_ingest(
     for alias, group in by_alias.items():
         rows, telemetry = storage.messages_copy_rows(devices=group, batch=batch, reception_key=reception_key, now=now)
         with transaction.atomic(using=alias):
+            write_fence(alias=alias, account_ids={device.account_id for device in group})
             changes = storage.messages_write(alias=alias, rows=rows, telemetry=telemetry)
             storage.changes_record(alias=alias, changes=changes, shards={device.pk: device.shard for device in group})
         _wake(alias, group, changes)
@@ -246,6 +260,7 @@ def messages_delete(*, devices: Sequence[Device], begin: float | None, end: floa
         return []
     alias = devices[0].database
     with transaction.atomic(using=alias):
+        write_fence(alias=alias, account_ids={device.account_id for device in devices})
         changes = storage.messages_delete(
             alias=alias,
             device_ids=[device.pk for device in devices],

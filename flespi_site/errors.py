@@ -29,6 +29,7 @@ class ErrorKind(StrEnum):
     INVALID_CALCULATOR = "invalid_calculator"
     RANGE_TOO_LONG = "range_too_long"
     TOO_MANY_MESSAGES = "too_many_messages"
+    ACCOUNT_MOVING = "account_moving"
 
 
 class DomainError(Exception):

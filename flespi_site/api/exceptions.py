@@ -68,7 +68,7 @@ def exception_handler(exc, context):
             headers={"Location": exc.location, "X-Flespi-Region": exc.region, "X-Flespi-Region-Url": exc.url},
         )
     if isinstance(exc, DomainError):
-        return errors_response([exc.as_error()], exc.status)
+        return errors_response([exc.as_error()], exc.status, getattr(exc, "headers", None))
     if isinstance(exc, RequestDataTooBig):
         return errors_response([{"code": 413, "type": "too_large", "reason": "request body too large"}], 413)
     if isinstance(exc, Http404):

@@ -24,10 +24,11 @@ DATACENTER_ALIASES = ["dc_eu_1", "dc_eu_2", "dc_ru_1"]
 NO_ACCOUNT_DATA = {
     "django_migrations",
     "shard_fence",  # the newest lease epoch per calculation shard (analytics)
+    "move_journal",  # what changed in a move's source while it copied (accounts.moves), emptied after
 }
-# Control tables with an account id that are not regional data: tokens go with the account row
-# (its foreign key cascades).
-CONTROL_DELETED_WITH_THE_ACCOUNT = {"accounts_token"}
+# Control tables with an account id that are not regional data: tokens and the records of moves
+# between datacenters go with the account row (their foreign keys cascade).
+CONTROL_DELETED_WITH_THE_ACCOUNT = {"accounts_token", "accounts_accountmove"}
 
 T0 = 1_700_000_000
 CALCULATOR = {"name": "days", "selectors": [{"type": "datetime", "split": "day"}]}

@@ -1,0 +1,515 @@
+"""Live moves of an account (with its subtree) between the datacenters of its region.
+
+The procedure (docs/regions.md, "Moving an account to another datacenter"):
+
+1. **Prepare.** The move takes the region's move lock (one move per region at a time; a second
+   command is refused while it is held), records itself (``AccountMove``, state ``copying``),
+   deletes whatever an interrupted earlier attempt left in the target, and switches on the
+   source's journal: triggers on ``message_changes`` and ``intervals`` that note every changed
+   range of messages and every changed interval in ``move_journal``.
+2. **Copy**, while the platform serves the account from the source: every table of the registry
+   (``accounts.regional_data``), in copy order, streamed from one consistent snapshot of the
+   source (``COPY (select) TO STDOUT`` in binary) into one transaction on the target that stays
+   open, so that nothing of a partial copy is ever visible there.
+3. **Switch**, with the account's writes paused: the move takes the write fence's locks
+   exclusively in the source (``accounts.fence``), reads the source again from a snapshot taken
+   under them, and brings the target in step: the small tables of entities (devices,
+   calculators, assignments) row by row, the journaled ranges of messages, telemetry and
+   intervals, and the outbox and change log (copied only now, renumbered by the target's
+   sequences in their order). It commits the target, then flips the accounts' datacenter and the
+   placement version in the control database (state ``switched``), then deletes the outbox and
+   change-log rows it copied from the source and releases the locks.
+4. **Clean up** after a grace period (processes that read placement before the switch keep
+   reading the unchanged source meanwhile): delete the accounts' rows from the source, switch off
+   its journal, state ``done``.
+
+A move killed at any point leaves the accounts served from the datacenter the control database
+names: before the flip the source (the target's copy is rolled back or deleted by the next
+attempt), after it the target (the next attempt only cleans the source up). Running the command
+again resumes or starts over.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg
+from django.conf import settings
+from django.db import transaction
+
+from accounts import placement
+from accounts.choices import MoveState
+from accounts.fence import LOCK_SPACE, lock_key
+from accounts.models import Account, AccountMove
+from accounts.regional_data import DATACENTER, RegionalTable, regional_tables
+from flespi_site.errors import Conflict, DomainError
+from regions.datacenters import alias_for_datacenter
+from regions.models import Datacenter
+
+# How long the source keeps its rows readable after the switch: longer than any process keeps
+# reading a placement it read before (``accounts.placement.RECHECK_SECONDS``) and than a read
+# request that started before the switch takes.
+GRACE_SECONDS = float(os.environ.get("FLESPI_MOVE_GRACE") or 2.0)
+# How long the switch waits for writers that are inside their transaction when it starts.
+SWITCH_LOCK_TIMEOUT = "30s"
+# A test hook: the name of a point of the move where the command stops (and waits to be killed).
+HOOK_ENV = "FLESPI_MOVE_STOP_AT"
+HOOK_POINTS = ("prepared", "copying", "copied", "paused", "committed", "switched", "cleaning")
+
+# The region's move lock (session-scoped, in the control database): the first key; the second is
+# the region's id.
+MOVE_LOCK_SPACE = 0x0A3D
+# Messages deleted from the source per statement in the clean-up.
+DELETE_BATCH = 50_000
+
+# How each table of the registry is brought in step at the switch. A table of a new app must say
+# here how it moves (tests/accounts/test_move.py fails for one that does not).
+ENTITIES = "entities"  # rows with an entity id, few: copied, then upserted from the source at the switch
+MESSAGES = "messages"  # copied, then the journaled ranges of messages copied again
+TELEMETRY = "telemetry"  # copied, then the rows of the journaled devices copied again
+INTERVALS = "intervals"  # copied, then the journaled intervals copied again
+LOG = "log"  # serial ids, append-only, few: copied at the switch only, renumbered in order
+STRATEGIES = {
+    "devices_device": ENTITIES,
+    "messages": MESSAGES,
+    "telemetry": TELEMETRY,
+    "outbox": LOG,
+    "message_changes": LOG,
+    "analytics_calculator": ENTITIES,
+    "analytics_assignment": ENTITIES,
+    "intervals": INTERVALS,
+}
+# The tables keyed by ``device_id`` whose rows of a device deleted during the copy are deleted
+# from the target at the switch (the others go with their entity rows).
+DEVICE_TABLES = ("messages", "telemetry", "intervals", "outbox", "message_changes")
+
+_JOURNAL_TRIGGERS = (
+    ("move_journal_messages", "message_changes", "AFTER INSERT", "move_journal_messages"),
+    ("move_journal_intervals", "intervals", "AFTER INSERT OR UPDATE OR DELETE", "move_journal_intervals"),
+)
+
+
+class MoveRefused(DomainError):
+    """The move cannot be done as asked; nothing was changed."""
+
+
+class Progress(Protocol):
+    def update(self, rows: int, nbytes: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+ProgressFactory = Callable[[str, int], Progress]
+
+
+@dataclass
+class MoveReport:
+    """What a move did (or, with ``dry_run``, would do)."""
+
+    account_id: int
+    source: str
+    target: str
+    account_ids: list[int]
+    rows: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
+    dry_run: bool = False
+    resumed: bool = False
+    copy_seconds: float = 0.0
+    pause_seconds: float = 0.0
+    cleanup_seconds: float = 0.0
+
+
+def account_move(
+    *, account_id: int, target: str, dry_run: bool = False, progress: ProgressFactory | None = None
+) -> MoveReport:
+    """Move account ``account_id`` and the accounts of its subtree that live in the same
+    datacenter to datacenter ``target`` of the same region (see the module's docstring).
+    ``MoveRefused`` (nothing changed) for another region's datacenter, an unknown one, the one
+    the account is in, or while another move runs in the region."""
+    account = Account.objects.select_related("region", "datacenter").filter(pk=account_id).first()
+    if account is None:
+        raise MoveRefused(f"account {account_id} does not exist", field="account")
+    region = account.region
+    known = [dc.code for dc in settings.TOPOLOGY.region(region.code).datacenters]
+    destination = Datacenter.objects.select_related("region").filter(code=target).first()
+    if destination is None or target not in {dc.code for dc in settings.TOPOLOGY.datacenters}:
+        raise MoveRefused(
+            f"datacenter {target!r} is unknown; account {account.pk} is in region {region.code}, whose "
+            f"datacenters are {', '.join(known)}",
+            field="to",
+        )
+    if destination.region_id != region.pk:
+        raise MoveRefused(
+            f"datacenter {target} is in region {destination.region.code}, account {account.pk} in region "
+            f"{region.code}: an account moves only between the datacenters of its region ({', '.join(known)})",
+            field="to",
+        )
+    with _region_lock(region.pk) as held:
+        unfinished = AccountMove.objects.select_related("source", "target").filter(region=region).exclude(
+            state=MoveState.DONE
+        ).first()
+        if not held:
+            running = f": account {unfinished.account_id} to {unfinished.target.code}" if unfinished else ""
+            raise MoveRefused(
+                f"a move is running in region {region.code}{running}; one move runs at a time in a region: "
+                "wait for it to finish",
+                kind=Conflict.kind,
+            )
+        if unfinished is not None and unfinished.account_id != account.pk:
+            raise MoveRefused(
+                f"the move of account {unfinished.account_id} to {unfinished.target.code} was interrupted "
+                f"({unfinished.state}); finish it first: account_move --account {unfinished.account_id} "
+                f"--to {unfinished.target.code}",
+                kind=Conflict.kind,
+            )
+        if unfinished is not None and unfinished.state == MoveState.SWITCHED:
+            if unfinished.target.code != target:
+                raise MoveRefused(
+                    f"account {account.pk} was already switched to {unfinished.target.code} by an interrupted "
+                    f"move; finish it: account_move --account {account.pk} --to {unfinished.target.code}",
+                    kind=Conflict.kind,
+                )
+            report = _report(unfinished, dry_run=dry_run)
+            report.resumed = True
+            if not dry_run:
+                _clean_up(unfinished, report)
+            return report
+        if account.datacenter_id == destination.pk:
+            raise MoveRefused(f"account {account.pk} is already in datacenter {target}", field="to")
+        subtree = list(
+            Account.objects.filter(path__startswith=account.path, region=region).select_related("datacenter")
+        )
+        astray = [a for a in subtree if a.datacenter_id not in (account.datacenter_id, destination.pk)]
+        if astray:
+            raise MoveRefused(
+                f"account {astray[0].pk} of the subtree is in datacenter {astray[0].datacenter.code}: move it "
+                f"to {target} (or to {account.datacenter.code}) first",
+                field="account",
+            )
+        moving = sorted(a.pk for a in subtree if a.datacenter_id == account.datacenter_id)
+        source_alias = alias_for_datacenter(account.datacenter.code)
+        target_alias = alias_for_datacenter(target)
+        if dry_run:
+            report = MoveReport(account.pk, account.datacenter.code, target, moving, dry_run=True)
+            with _connect(source_alias) as source:
+                report.rows = _counts(source, moving)
+            return report
+        move = unfinished or AccountMove(account=account, region=region)
+        move.source, move.target, move.account_ids = account.datacenter, destination, moving
+        move.state, move.started = MoveState.COPYING, time.time()
+        move.save()
+        report = MoveReport(account.pk, account.datacenter.code, target, moving, resumed=unfinished is not None)
+        _copy_and_switch(move, source_alias, target_alias, report, progress)
+        _clean_up(move, report)
+        return report
+
+
+# --- the steps --------------------------------------------------------------------------------
+
+
+def _copy_and_switch(
+    move: AccountMove, source_alias: str, target_alias: str, report: MoveReport, progress: ProgressFactory | None
+) -> None:
+    ids = move.account_ids
+    tables = [entry for entry in reversed(regional_tables()) if entry.database == DATACENTER]
+    for entry in tables:
+        if entry.table not in STRATEGIES:
+            raise RuntimeError(f"{entry.table} is in the registry but accounts.moves.STRATEGIES does not say how it moves")
+    with _connect(source_alias) as admin, _connect(target_alias) as target:
+        _journal_on(admin)
+        _delete_rows(target, ids)  # what an interrupted attempt left
+        target.commit()
+        _hook("prepared")
+        started = time.monotonic()
+        with _connect(source_alias, snapshot=True) as source:
+            copied_devices = _ids(source, "SELECT id FROM devices_device WHERE account_id = ANY(%s)", [ids])
+            for position, entry in enumerate(tables):
+                if STRATEGIES[entry.table] == LOG:
+                    continue
+                total = _count(source, entry, ids)
+                _stream(source, target, entry.select, [ids], f"COPY {entry.table} FROM STDIN (FORMAT binary)",
+                        report, entry.table, total, progress)
+                if position == 0:
+                    _hook("copying")
+            source.commit()
+        # The target's statistics still say its tables are as before the copy: the switch's
+        # statements on them would be planned as on small tables.
+        for entry in tables:
+            target.execute(f"ANALYZE {entry.table}")
+        report.copy_seconds = time.monotonic() - started
+        _hook("copied")
+        with _connect(source_alias) as fence, _connect(source_alias, snapshot=True) as source:
+            paused = time.monotonic()
+            fence.execute(f"SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}'")
+            for key in sorted({lock_key(account_id) for account_id in ids}):
+                fence.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LOCK_SPACE, key])
+            _hook("paused")
+            copied_logs = _catch_up(source, target, tables, ids, copied_devices, report)
+            target.commit()
+            _hook("committed")
+            with transaction.atomic(using="default"):
+                Account.objects.filter(pk__in=ids).update(datacenter=move.target)
+                placement.placement_bump()
+                move.state, move.switched = MoveState.SWITCHED, time.time()
+                move.save(update_fields=["state", "switched"])
+            placement.forget_all()
+            _hook("switched")
+            for table, log_ids in copied_logs.items():
+                fence.execute(f"DELETE FROM {table} WHERE id = ANY(%s)", [log_ids])
+            fence.commit()
+            report.pause_seconds = time.monotonic() - paused
+            source.commit()
+
+
+def _catch_up(
+    source: psycopg.Connection,
+    target: psycopg.Connection,
+    tables: Sequence[RegionalTable],
+    ids: list[int],
+    copied_devices: list[int],
+    report: MoveReport,
+) -> dict[str, list[int]]:
+    """Under the switch's locks, from a snapshot taken under them: bring the target in step with
+    the source. Returns the ids of the log rows copied (to delete from the source)."""
+    devices = _ids(source, "SELECT id FROM devices_device WHERE account_id = ANY(%s)", [ids])
+    for entry in tables:
+        if STRATEGIES[entry.table] == ENTITIES:
+            _upsert(source, target, entry, ids, report)
+    gone = sorted(set(copied_devices) - set(devices))
+    if gone:
+        for table in DEVICE_TABLES:
+            target.execute(f"DELETE FROM {table} WHERE device_id = ANY(%s)", [gone])
+    ranges = _merged(source.execute(
+        "SELECT device_id, begin_ts, end_ts FROM move_journal WHERE begin_ts IS NOT NULL AND device_id = ANY(%s)",
+        [devices],
+    ).fetchall())
+    if ranges:
+        _recopy(source, target, "messages", "device_id = {} AND ts BETWEEN {} AND {}", ranges, report)
+        changed = sorted({d for d, _, _ in ranges})
+        target.execute("DELETE FROM telemetry WHERE device_id = ANY(%s)", [changed])
+        _stream(source, target, "SELECT * FROM telemetry WHERE device_id = ANY(%s)", [changed],
+                "COPY telemetry FROM STDIN (FORMAT binary)", report, "telemetry")
+    keys = source.execute(
+        "SELECT DISTINCT calc_id, device_id, interval_id FROM move_journal WHERE interval_id IS NOT NULL "
+        "AND device_id = ANY(%s)",
+        [devices],
+    ).fetchall()
+    if keys:
+        _recopy(source, target, "intervals", "calc_id = {} AND device_id = {} AND id = {}", keys, report)
+    copied: dict[str, list[int]] = {}
+    for entry in tables:
+        if STRATEGIES[entry.table] != LOG:
+            continue
+        # Rows the target's own triggers queued for these devices (a deleted assignment clears its
+        # retained state) are the source's to publish: its rows come next, in their order.
+        target.execute(f"DELETE FROM {entry.table} WHERE device_id = ANY(%s)", [sorted(set(devices) | set(copied_devices))])
+        copied[entry.table] = _ids(source, f"SELECT id FROM {entry.table} WHERE device_id = ANY(%s) ORDER BY id", [devices])
+        columns_of = ", ".join(c for c in _columns(target, entry.table) if c != "id")
+        _stream(source, target, f"SELECT {columns_of} FROM {entry.table} WHERE id = ANY(%s) ORDER BY id",
+                [copied[entry.table]], f"COPY {entry.table} ({columns_of}) FROM STDIN (FORMAT binary)", report,
+                entry.table)
+    return copied
+
+
+def _recopy(source, target, table: str, condition: str, keys: Sequence[tuple[int, int, int]], report: MoveReport) -> None:
+    """The rows of ``table`` that ``condition`` (three ``{}`` for the values of a key) selects for
+    each key, deleted from the target and copied again from the source. One index scan per key:
+    statements of their own, and a LATERAL subquery that OFFSET 0 keeps the planner from turning
+    into a hash join over all the account's rows."""
+    target.cursor().executemany(f"DELETE FROM {table} WHERE {condition.format('%s', '%s', '%s')}", keys)
+    _stream(
+        source,
+        target,
+        f"SELECT t.* FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS k(a, b, c) CROSS JOIN LATERAL "
+        f"(SELECT * FROM {table} WHERE {condition.format('k.a', 'k.b', 'k.c')} OFFSET 0) AS t",
+        [[key[0] for key in keys], [key[1] for key in keys], [key[2] for key in keys]],
+        f"COPY {table} FROM STDIN (FORMAT binary)",
+        report,
+        table,
+    )
+
+
+def _upsert(source, target, entry: RegionalTable, ids: list[int], report: MoveReport) -> None:
+    """The target's rows of ``entry`` made equal to the source's, row by row: a delete and a new
+    insert would fire the target's triggers (a deleted assignment takes its intervals along)."""
+    stage = f"move_stage_{entry.table}"
+    columns = _columns(target, entry.table)
+    target.execute(f"CREATE TEMP TABLE {stage} (LIKE {entry.table}) ON COMMIT DROP")
+    _stream(source, target, entry.select, [ids], f"COPY {stage} FROM STDIN (FORMAT binary)", report, None)
+    target.execute(f"DELETE FROM {entry.table} WHERE {entry.selection} AND id NOT IN (SELECT id FROM {stage})", [ids])
+    updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in columns if c != "id")
+    target.execute(f"INSERT INTO {entry.table} SELECT * FROM {stage} ON CONFLICT (id) DO UPDATE SET {updates}")
+
+
+def _clean_up(move: AccountMove, report: MoveReport) -> None:
+    """After the grace period: delete the accounts' rows from the source, switch its journal off,
+    record the move as done."""
+    time.sleep(max(0.0, (move.switched or 0.0) + GRACE_SECONDS - time.time()))
+    _hook("cleaning")
+    started = time.monotonic()
+    ids = move.account_ids
+    with _connect(move.target.alias) as target:
+        report.rows = _counts(target, ids)
+    with _connect(move.source.alias) as source:
+        devices = _ids(source, "SELECT id FROM devices_device WHERE account_id = ANY(%s)", [ids])
+        source.commit()
+        for device_id in devices:
+            while True:
+                deleted = source.execute(
+                    "DELETE FROM messages WHERE device_id = %s AND ts IN "
+                    "(SELECT ts FROM messages WHERE device_id = %s LIMIT %s)",
+                    [device_id, device_id, DELETE_BATCH],
+                ).rowcount
+                source.commit()
+                if deleted < DELETE_BATCH:
+                    break
+        _journal_off(source)
+        _delete_rows(source, ids)
+        source.commit()
+    move.state, move.finished, move.tables = MoveState.DONE, time.time(), report.rows
+    move.save(update_fields=["state", "finished", "tables"])
+    report.cleanup_seconds = time.monotonic() - started
+
+
+def _report(move: AccountMove, *, dry_run: bool) -> MoveReport:
+    return MoveReport(move.account_id, move.source.code, move.target.code, move.account_ids, dry_run=dry_run)
+
+
+# --- SQL helpers ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _region_lock(region_id: int):
+    """The region's move lock, held on a connection of its own for as long as the block runs
+    (a killed command's lock goes with its connection); yields whether it was taken."""
+    with _connect("default", autocommit=True) as connection:
+        held = connection.execute("SELECT pg_try_advisory_lock(%s, %s)", [MOVE_LOCK_SPACE, region_id]).fetchone()[0]
+        yield held
+
+
+@contextmanager
+def _connect(alias: str, *, snapshot: bool = False, autocommit: bool = False):
+    """A connection of its own to database ``alias``; with ``snapshot``, its transaction reads one
+    snapshot (repeatable read, read only)."""
+    config = settings.DATABASES[alias]
+    connection = psycopg.connect(
+        dbname=config["NAME"],
+        user=config.get("USER") or None,
+        password=config.get("PASSWORD") or None,
+        host=config.get("HOST") or None,
+        port=config.get("PORT") or None,
+        autocommit=autocommit,
+    )
+    if snapshot:
+        connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        connection.read_only = True
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def _ids(connection, sql: str, params: Sequence[Any]) -> list[int]:
+    return [row[0] for row in connection.execute(sql, params).fetchall()]
+
+
+def _columns(connection, table: str) -> list[str]:
+    return [row[0] for row in connection.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s "
+        "ORDER BY ordinal_position",
+        [table],
+    ).fetchall()]
+
+
+def _count(connection, entry: RegionalTable, ids: list[int]) -> int:
+    return connection.execute(f"SELECT count(*) FROM ({entry.select}) AS selected", [ids]).fetchone()[0]
+
+
+def _counts(connection, ids: list[int]) -> dict[str, int]:
+    """Rows of the accounts per table of the registry, in copy order."""
+    return {
+        entry.table: _count(connection, entry, ids)
+        for entry in reversed(regional_tables())
+        if entry.database == DATACENTER
+    }
+
+
+def _stream(
+    source,
+    target,
+    select: str,
+    params: Sequence[Any],
+    copy_in: str,
+    report: MoveReport,
+    table: str | None,
+    total: int | None = None,
+    progress: ProgressFactory | None = None,
+) -> None:
+    """``COPY (select) TO STDOUT`` on the source streamed into ``copy_in`` on the target, in
+    PostgreSQL's binary format; bytes counted in the report under ``table``. Each chunk the
+    source sends is one row (the binary header and trailer ride along)."""
+    bar = progress(table, total or 0) if progress is not None and table is not None else None
+    nbytes, shown, rows = 0, 0, 0
+    with (
+        source.cursor().copy(f"COPY ({select}) TO STDOUT (FORMAT binary)", params) as out,
+        target.cursor().copy(copy_in) as into,
+    ):
+        for data in out:
+            into.write(data)
+            nbytes += len(data)
+            rows += 1
+            if bar is not None and rows % 2000 == 0:
+                bar.update(2000, nbytes - shown)
+                shown = nbytes
+    if bar is not None:
+        bar.update(max(0, (total or rows) - rows // 2000 * 2000), nbytes - shown)
+        bar.close()
+    if table is not None:
+        report.bytes[table] = report.bytes.get(table, 0) + nbytes
+
+
+def _delete_rows(connection, ids: list[int]) -> None:
+    """Delete every row of the accounts from one datacenter database, in the registry's order
+    (``accounts.regional_data``), in the connection's transaction."""
+    for entry in regional_tables():
+        if entry.database == DATACENTER:
+            connection.execute(f"DELETE FROM {entry.table} WHERE {entry.selection}", [ids])
+
+
+def _journal_on(connection) -> None:
+    connection.execute("TRUNCATE move_journal")
+    for name, table, events, function in _JOURNAL_TRIGGERS:
+        connection.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+        connection.execute(f"CREATE TRIGGER {name} {events} ON {table} FOR EACH ROW EXECUTE FUNCTION {function}()")
+    connection.commit()
+
+
+def _journal_off(connection) -> None:
+    for name, table, _events, _function in _JOURNAL_TRIGGERS:
+        connection.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+    connection.execute("TRUNCATE move_journal")
+
+
+def _merged(ranges: Iterable[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Per device, the union of the ranges as ranges that do not overlap."""
+    out: list[tuple[int, int, int]] = []
+    for device_id, begin, end in sorted(ranges):
+        if out and out[-1][0] == device_id and begin <= out[-1][2]:
+            out[-1] = (device_id, out[-1][1], max(out[-1][2], end))
+        else:
+            out.append((device_id, begin, end))
+    return out
+
+
+def _hook(point: str) -> None:
+    if os.environ.get(HOOK_ENV) == point:
+        print(f"move: stopped at {point}", flush=True, file=sys.stdout)
+        while True:
+            time.sleep(3600)
+

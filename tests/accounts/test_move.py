@@ -1,0 +1,342 @@
+"""Moving an account with its subtree between the datacenters of its region (``accounts.moves``,
+``manage.py account_move``): what moves, what is refused, writers during the move, processes
+that learn of it, and moves killed at every step."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+from django.db import connections
+
+from accounts import placement
+from accounts.choices import MoveState
+from accounts.models import Account, AccountMove
+from accounts.moves import HOOK_POINTS, LOG, STRATEGIES
+from accounts.regional_data import DATACENTER, regional_tables
+from analytics.engine import Diff
+from analytics.services import assignment_create, calculator_create, interval_user_update, intervals_apply
+from devices.models import Device
+from devices.services import device_create, messages_ingest
+from flespi_site import mqtt
+from tests.live import WebServer, start
+from tests.mqtt_helpers import Subscriber
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+T0 = 1_700_000_000
+CALCULATOR = {"name": "days", "selectors": [{"type": "datetime", "split": "day"}]}
+
+
+def contents(alias: str, account_ids: list[int]) -> dict[str, list]:
+    """Every row of the accounts in one datacenter database, per table of the registry: log rows
+    (outbox, change log) in their order without their serial ids, others sorted."""
+    found = {}
+    for entry in reversed(regional_tables()):
+        if entry.database != DATACENTER:
+            continue
+        with connections[alias].cursor() as cursor:
+            cursor.execute(f"SELECT * FROM ({entry.select}) AS selected", [account_ids])
+            names = [column.name for column in cursor.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        if STRATEGIES[entry.table] == LOG:
+            rows.sort(key=lambda row: row["id"])
+            rows = [{k: v for k, v in row.items() if k != "id"} for row in rows]
+        else:
+            rows.sort(key=lambda row: json.dumps(row, sort_keys=True, default=str))
+        found[entry.table] = rows
+    return found
+
+
+def populated(make_account):
+    """An account in eu-1 with a subaccount in eu-1 and one in eu-2 (which stays where it is):
+    devices with messages, telemetry, queued outbox rows and change log; a calculator assigned
+    with stored intervals carrying user fields."""
+    root = make_account("root")
+    child = make_account("child", parent=root, datacenter="eu-1")
+    elsewhere = make_account("elsewhere", parent=root, datacenter="eu-2")
+    devices = [
+        device_create(account=account, configuration={"ident": f"ident-{account.name}-{n}"})
+        for account in (root, child, elsewhere)
+        for n in range(2)
+    ]
+    messages_ingest(devices=devices, messages=[{"timestamp": T0 + i, "v": i} for i in range(50)])
+    messages_ingest(devices=devices, messages=[{"timestamp": T0 + 10, "w": 1}])  # a merge
+    for account in (root, child):
+        calculator = calculator_create(account=account, config=CALCULATOR)
+        device = next(d for d in devices if d.account_id == account.pk)
+        assignment, _new = assignment_create(calculator=calculator, device=device)
+        interval = {"id": T0 * 10**6, "begin": float(T0), "end": T0 + 49.0, "duration": 49.0, "n": 50}
+        intervals_apply(assignment=assignment, diff=Diff(created=[interval]))
+        interval_user_update(assignment=assignment, calculator=calculator, interval_id=interval["id"],
+                             fields={"driver": account.name})
+    return root, child, elsewhere
+
+
+def test_a_move_copies_every_row_unchanged_and_leaves_nothing_in_the_source(make_account):
+    root, child, elsewhere = populated(make_account)
+    ids = [root.pk, child.pk]
+    before = contents("dc_eu_1", ids)
+    assert all(before[table] for table in STRATEGIES), {t: len(r) for t, r in before.items()}
+    stays = contents("dc_eu_2", [elsewhere.pk])
+
+    call_command("account_move", account=root.pk, to="eu-2")
+
+    assert contents("dc_eu_2", ids) == before
+    assert {table: rows for table, rows in contents("dc_eu_1", ids).items() if rows} == {}
+    assert contents("dc_eu_2", [elsewhere.pk]) == stays
+    assert set(Account.objects.filter(pk__in=ids).values_list("datacenter__code", flat=True)) == {"eu-2"}
+    assert placement.alias_for_account(child.pk) == "dc_eu_2"
+    move = AccountMove.objects.get()
+    assert move.state == MoveState.DONE and move.tables["messages"] == len(before["messages"])
+    with connections["dc_eu_1"].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM move_journal")
+        assert cursor.fetchone() == (0,)
+        cursor.execute("SELECT tgname FROM pg_trigger WHERE tgname LIKE 'move_journal%%'")
+        assert cursor.fetchall() == []
+    # The moved devices take messages where they are now.
+    moved = Device.objects.using("dc_eu_2").filter(account_id=child.pk).first()
+    assert messages_ingest(devices=[moved], messages=[{"timestamp": T0 + 100}]).accepted == 1
+
+
+def test_every_table_of_the_registry_says_how_it_moves():
+    tables = {entry.table for entry in regional_tables() if entry.database == DATACENTER}
+    assert tables == set(STRATEGIES)
+
+
+def move_command(*args: str, **env: str):
+    return start([sys.executable, "manage.py", "account_move", *args], **env)
+
+
+def unchanged(root, before: dict) -> None:
+    """Nothing of a refused or dry move changed anything."""
+    assert Account.objects.get(pk=root.pk).datacenter.code == "eu-1"
+    assert contents("dc_eu_1", [root.pk]) == before
+    assert {t: rows for t, rows in contents("dc_eu_2", [root.pk]).items() if rows} == {}
+    assert not AccountMove.objects.exclude(state=MoveState.DONE).exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("ru-1", "datacenter ru-1 is in region ru, account {id} in region eu: an account moves only between the "
+                 "datacenters of its region (eu-1, eu-2)"),
+        ("eu-9", "datacenter 'eu-9' is unknown; account {id} is in region eu, whose datacenters are eu-1, eu-2"),
+        ("eu-1", "account {id} is already in datacenter eu-1"),
+    ],
+)
+def test_a_move_to_another_region_an_unknown_datacenter_or_where_it_is_is_refused(make_account, target, reason):
+    root, _child, _elsewhere = populated(make_account)
+    before = contents("dc_eu_1", [root.pk])
+    with pytest.raises(CommandError) as refused:
+        call_command("account_move", account=root.pk, to=target)
+    assert str(refused.value) == reason.format(id=root.pk)
+    unchanged(root, before)
+
+
+def test_a_dry_run_prints_the_rows_per_table_and_changes_nothing(make_account):
+    root, child, _elsewhere = populated(make_account)
+    before = contents("dc_eu_1", [root.pk, child.pk])
+    out = io.StringIO()
+    call_command("account_move", account=root.pk, to="eu-2", dry_run=True, stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"dry run: would move accounts {root.pk}, {child.pk} from eu-1 to eu-2"
+    counts = {line.split()[0]: int(line.split()[1]) for line in lines[2:]}
+    assert counts == {table: len(rows) for table, rows in before.items()}
+    unchanged(root, contents("dc_eu_1", [root.pk]))
+
+
+def test_a_second_move_while_one_runs_is_refused(make_account):
+    root, child, _elsewhere = populated(make_account)
+    first, output = move_command("--account", str(root.pk), "--to", "eu-2", FLESPI_MOVE_STOP_AT="copied")
+    try:
+        output.wait_for("move: stopped at copied")
+        for account in (root, child):
+            second, second_output = move_command("--account", str(account.pk), "--to", "eu-2")
+            assert second.wait(60) == 1
+            assert (f"a move is running in region eu: account {root.pk} to eu-2; one move runs at a time in a "
+                    "region: wait for it to finish") in second_output.text
+    finally:
+        first.kill()
+        first.wait()
+    assert Account.objects.get(pk=root.pk).datacenter.code == "eu-1"
+
+
+# `make test` kills the command at three points; FLESPI_SLOW=1 at every point of the move.
+KILL_POINTS = HOOK_POINTS if os.environ.get("FLESPI_SLOW") else ("copying", "paused", "switched")
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_move_killed_at_any_point_is_served_where_the_control_database_says_and_a_rerun_completes(
+    make_account, point
+):
+    root, child, _elsewhere = populated(make_account)
+    ids = [root.pk, child.pk]
+    before = contents("dc_eu_1", ids)
+    process, output = move_command("--account", str(root.pk), "--to", "eu-2", FLESPI_MOVE_STOP_AT=point)
+    output.wait_for(f"move: stopped at {point}")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    switched = HOOK_POINTS.index(point) >= HOOK_POINTS.index("switched")
+    served = "dc_eu_2" if switched else "dc_eu_1"
+    assert placement.alias_for_account(child.pk) == served
+    assert contents(served, ids) == before
+    # The account takes writes where it is served, at once (the killed move's locks went with it).
+    device = Device.objects.using(served).filter(account_id=child.pk).first()
+    assert messages_ingest(devices=[device], messages=[{"timestamp": T0 + 1000, "late": True}]).accepted == 1
+    expected = contents(served, ids)
+
+    rerun, rerun_output = move_command("--account", str(root.pk), "--to", "eu-2")
+    assert rerun.wait(120) == 0, rerun_output.text
+    assert contents("dc_eu_2", ids) == expected
+    assert {table: rows for table, rows in contents("dc_eu_1", ids).items() if rows} == {}
+    assert AccountMove.objects.get().state == MoveState.DONE
+    assert "(resumed)" in rerun_output.text
+
+
+class RestWriter(threading.Thread):
+    """Posts one message per request to a device through a live server until stopped, sending a
+    503 again after its Retry-After; records what was accepted and how long each request took."""
+
+    def __init__(self, port: int, key: str, device_id: int, start_ts: int):
+        super().__init__(daemon=True)
+        self.port, self.key, self.device_id, self.ts = port, key, device_id, start_ts
+        self.accepted: list[int] = []
+        self.latencies: list[float] = []
+        self.statuses: dict[int, int] = {}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        while not self.stopping.is_set():
+            self.ts += 1
+            body = json.dumps([{"timestamp": self.ts, "seq": self.ts}])
+            while True:
+                started = time.monotonic()
+                connection.request("POST", f"/gw/devices/{self.device_id}/messages", body=body, headers={
+                    "Authorization": f"FlespiToken {self.key}", "Content-Type": "application/json", "Host": "localhost"})
+                response = connection.getresponse()
+                response.read()
+                self.latencies.append(time.monotonic() - started)
+                self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
+                if response.status != 503:
+                    break
+                time.sleep(float(response.getheader("Retry-After", "1")))
+            if response.status == 200:
+                self.accepted.append(self.ts)
+            time.sleep(0.005)
+
+    def stop(self) -> list[int]:
+        self.stopping.set()
+        self.join(30)
+        return self.accepted
+
+
+class MqttWriter(threading.Thread):
+    """Publishes one message at a time (QoS 1) to a device's ingest topic until stopped."""
+
+    def __init__(self, topic: str, start_ts: int):
+        super().__init__(daemon=True)
+        self.topic, self.ts = topic, start_ts
+        self.published: list[int] = []
+        self.stopping = threading.Event()
+        self.client = mqtt.client_for(settings.MQTT_URL, client_id=f"writer-{uuid.uuid4().hex[:8]}")
+
+    def run(self) -> None:
+        self.client.connect(*mqtt.broker_address(settings.MQTT_URL)[:2])
+        self.client.loop_start()
+        while not self.stopping.is_set():
+            self.ts += 1
+            self.client.publish(self.topic, json.dumps({"timestamp": self.ts, "seq": self.ts}), qos=1).wait_for_publish(10)
+            self.published.append(self.ts)
+            time.sleep(0.005)
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def stop(self) -> list[int]:
+        self.stopping.set()
+        self.join(30)
+        return self.published
+
+
+def stamps(alias: str, device_id: int, after: int) -> list[int]:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT ts / 1000000 FROM messages WHERE device_id = %s AND ts > %s ORDER BY ts",
+                       [device_id, after * 1_000_000])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_a_live_move_under_rest_and_mqtt_writers_stores_every_accepted_message_once_in_the_target(
+    make_account, make_token
+):
+    root, child, _elsewhere = populated(make_account)
+    ids = [root.pk, child.pk]
+    key = make_token(child)
+    rest_device = Device.objects.using("dc_eu_1").filter(account_id=child.pk).order_by("id").first()
+    mqtt_device = Device.objects.using("dc_eu_1").filter(account_id=root.pk).order_by("id").first()
+    before = contents("dc_eu_1", ids)
+    root_topic, pattern = f"mv{uuid.uuid4().hex[:8]}", f"in{uuid.uuid4().hex[:8]}/+"
+    web = WebServer(MQTT_TOPIC_ROOT=root_topic)
+    ingest, ingest_output = start([sys.executable, "manage.py", "mqtt_ingest", "--pattern", pattern])
+    relay, relay_output = start([sys.executable, "manage.py", "outbox_relay"], MQTT_TOPIC_ROOT=root_topic)
+    rest = RestWriter(web.port, key, rest_device.pk, T0 + 10_000)
+    published = MqttWriter(pattern.replace("+", mqtt_device.ident), T0 + 10_000)
+    try:
+        ingest_output.wait_for("subscribed to")
+        relay_output.wait_for("relaying")
+        with Subscriber(settings.MQTT_URL, f"{root_topic}/message/gw/devices/+") as subscriber:
+            rest.start()
+            published.start()
+            time.sleep(1.0)
+            move, move_output = start([sys.executable, "manage.py", "account_move", "--account", str(root.pk),
+                                       "--to", "eu-2"])
+            assert move.wait(300) == 0, move_output.text
+            time.sleep(1.0)
+            accepted, sent = rest.stop(), published.stop()
+            deadline = time.monotonic() + 30
+            while stamps("dc_eu_2", mqtt_device.pk, T0 + 10_000) != sent and time.monotonic() < deadline:
+                time.sleep(0.1)
+            # What the live server answers after the move comes from the target.
+            connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30)
+            connection.request("GET", f"/gw/devices/{rest_device.pk}/messages?fields=seq",
+                               headers={"Authorization": f"FlespiToken {key}", "Host": "localhost"})
+            answer = json.loads(connection.getresponse().read())
+            assert "result" in answer, answer
+            served = [m["seq"] for m in answer["result"] if "seq" in m]
+            expected_published = len(accepted) + len(sent)
+            received = subscriber.wait_for(expected_published, timeout=30)
+    finally:
+        rest.stopping.set()
+        published.stopping.set()
+        for process in (ingest, relay):
+            process.terminate()
+            process.wait(15)
+        web.stop()
+    assert accepted and sent
+    assert stamps("dc_eu_2", rest_device.pk, T0 + 10_000) == accepted  # each once, none lost
+    assert stamps("dc_eu_2", mqtt_device.pk, T0 + 10_000) == sent
+    assert served == accepted
+    assert {table: rows for table, rows in contents("dc_eu_1", ids).items() if rows} == {}
+    after = contents("dc_eu_2", ids)
+    for table in ("analytics_calculator", "analytics_assignment", "intervals"):
+        assert after[table] == before[table]
+    assert {json.dumps(row, sort_keys=True) for row in before["messages"]} <= {
+        json.dumps(row, sort_keys=True) for row in after["messages"]
+    }
+    # The relays published every new message, from the source before the switch and the target after.
+    seqs = {payload["seq"] for _topic, payload in received if isinstance(payload, dict) and "seq" in payload}
+    assert set(accepted) | set(sent) <= seqs
+    assert set(rest.statuses) <= {200, 503}, rest.statuses
+    print(f"\nlongest REST write during the move: {max(rest.latencies) * 1000:.0f} ms "
+          f"({len(accepted)} accepted, statuses {rest.statuses}); {move_output.text.splitlines()[-1]}")

@@ -31,6 +31,8 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connections, transaction
 
+from accounts import placement
+from accounts.fence import write_fence
 from analytics import events as event_topics
 from analytics import services, storage
 from analytics.cache import CacheCorrupt, ShardCache
@@ -231,10 +233,18 @@ class ShardWorker:
     def _changes_batch(self, alias: str, held: HeldShard) -> int:
         with connections[alias].cursor() as cursor:
             cursor.execute(
-                "SELECT id, device_id, begin_ts, end_ts FROM message_changes WHERE shard = %s ORDER BY id LIMIT %s",
+                "SELECT c.id, c.device_id, c.begin_ts, c.end_ts, d.account_id FROM message_changes c "
+                "LEFT JOIN devices_device d ON d.id = c.device_id WHERE c.shard = %s ORDER BY c.id LIMIT %s",
                 [held.shard, CHANGES_BATCH],
             )
-            rows = cursor.fetchall()
+            read = cursor.fetchall()
+        if not read:
+            return 0
+        # Changes of an account moving away stay for the move, which takes them along.
+        elsewhere = set(placement.accounts_elsewhere(
+            alias=alias, account_ids={row[4] for row in read if row[4] is not None}))
+        rows = [row[:4] for row in read if row[4] not in elsewhere]
+        accounts = {row[4] for row in read if row[4] is not None and row[4] not in elsewhere}
         if not rows:
             return 0
         ranges: dict[int, tuple[int, int]] = {}
@@ -245,6 +255,7 @@ class ShardWorker:
         self._cache_ranges(alias, held.cache, cached)
         device_ids = list(ranges)
         with self._fenced(alias, held) as cursor:
+            write_fence(alias=alias, account_ids=accounts)
             cursor.execute(
                 """
                 UPDATE analytics_assignment AS a SET
@@ -266,7 +277,7 @@ class ShardWorker:
                 for calc_id, device_id, _b, _e, delay in scheduled
             ],
         )
-        return len(rows)
+        return len(read)
 
     def _cache_ranges(self, alias: str, cache: ShardCache, ranges: dict[int, tuple[int, int]]) -> None:
         """Make the cache hold exactly what PostgreSQL holds for each device in its range (µs).
@@ -284,10 +295,12 @@ class ShardWorker:
             high = max(ranges[d][1] for d in group)
             by_device: dict[int, list[dict]] = {d: [] for d in group}
             for message in message_storage.messages_read(alias=alias, device_ids=group, begin=low, end=high):
-                device_id = message.get("device.id")
-                begin, end = ranges.get(device_id, (0, -1))
-                if device_id in by_device and begin <= round(message["timestamp"] * 1_000_000) <= end:
-                    by_device[device_id].append(message)
+                owner = message.get("device.id")  # the platform stamps it on every stored message
+                if not isinstance(owner, int) or owner not in by_device:
+                    continue
+                begin, end = ranges[owner]
+                if begin <= round(message["timestamp"] * 1_000_000) <= end:
+                    by_device[owner].append(message)
             for device_id, messages in by_device.items():
                 begin, end = ranges[device_id]
                 cache.messages_delete(device_id=device_id, begin=begin / 1e6, end=end / 1e6)
@@ -353,14 +366,15 @@ class ShardWorker:
         wanted = {(c.calc_id, c.device_id): c for c in claims}
         found: set[tuple[int, int]] = set()
         for alias in self.aliases:
-            rows = Assignment.objects.using(alias).filter(
+            rows = list(Assignment.objects.using(alias).filter(
                 calculator_id__in={c for c, _ in wanted}, device_id__in={d for _, d in wanted}
-            ).select_related("calculator", "device")
+            ).select_related("calculator", "device"))
+            elsewhere = set(placement.accounts_elsewhere(alias=alias, account_ids={a.account_id for a in rows}))
             for assignment in rows:
                 key = (assignment.calculator_id, assignment.device_id)
                 claim = wanted.get(key)
-                if claim is None:
-                    continue
+                if claim is None or assignment.account_id in elsewhere:
+                    continue  # an account that moved: its rows here are the source's copy
                 found.add(key)
                 if not assignment.enabled:
                     gone.append(claim)
@@ -445,6 +459,7 @@ class ShardWorker:
         their assignments, in a few statements for the whole batch. The intervals before the change
         (the open one, the newest) are read from the cache, which mirrors PostgreSQL for each
         assignment (``_prepare`` checked its mark)."""
+        write_fence(alias=alias, account_ids={work.assignment.account_id for work in works})
         present = storage.assignments_lock(alias=alias, assignment_ids=[work.assignment.pk for work in works])
         events: list[event_topics.Event] = []
         rows: list[storage.AssignmentDone] = []
@@ -501,6 +516,7 @@ class ShardWorker:
 
     def _set_state(self, alias: str, held: HeldShard, assignment: Assignment, state: str) -> None:
         with self._fenced(alias, held):
+            write_fence(alias=alias, account_ids=[assignment.account_id])
             Assignment.objects.using(alias).filter(pk=assignment.pk).update(state=state)
             storage.outbox_events(
                 alias=alias,
@@ -541,6 +557,8 @@ class ShardWorker:
                 Assignment.objects.using(alias).filter(shard=shard).select_related("calculator", "device")
             )
             for assignment in assignments:
+                if placement.accounts_elsewhere(alias=alias, account_ids=[assignment.account_id]):
+                    continue
                 with self._fenced(alias, held):
                     gone = services.intervals_purge(assignment=assignment, calculator=assignment.calculator, now=wall)
                     if gone:

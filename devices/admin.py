@@ -19,11 +19,11 @@ class DeviceAdmin(RegionalModelAdmin):
     list_filter = ["enabled"]
     search_fields = ["=ident", "name"]
     ordering = ["id"]
-    readonly_fields = [
+    fields = (
         "id", "name", "ident", "account", "datacenter", "shard", "enabled", "messages_ttl", "configuration",
         "metadata", "created_at",
-    ]
-    fields = readonly_fields
+    )
+    readonly_fields = fields
 
     @admin.display(description="created")
     def created_at(self, obj: Device) -> str:

@@ -4,23 +4,15 @@ writes through the services, validation problems at their paths, pinned query co
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 
 import pytest
 from django.db import connections
-from django.test.utils import CaptureQueriesContext
 
 from analytics.engine import Diff
+from tests.admin_helpers import HOST, fast_password_hashing, page_queries  # noqa: F401 (an autouse fixture)
 from tests.analytics.conftest import TRIPS
 
 pytestmark = pytest.mark.django_db(databases="__all__")
-
-HOST = {"HTTP_HOST": "localhost"}
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
@@ -30,7 +22,13 @@ def far(make_account):
 
 
 def _interval(begin: float, **counters) -> dict:
-    return {"id": int(begin * 1_000_000), "begin": float(begin), "end": float(begin + 10), "duration": 10.0, **counters}
+    return {
+        "id": int(begin * 1_000_000),
+        "begin": float(begin),
+        "end": float(begin + 10),
+        "duration": 10.0,
+        **counters,
+    }
 
 
 def store_intervals(assignment, begins) -> None:
@@ -43,22 +41,9 @@ def store_intervals(assignment, begins) -> None:
 def calculator_rows(alias: str) -> list[tuple]:
     from analytics.models import Calculator
 
-    return list(Calculator.objects.using(alias).order_by("pk").values_list("pk", "name", "version", "selectors"))
-
-
-@contextmanager
-def all_queries():
-    """Queries on every database (the control one and each datacenter's)."""
-    contexts = [CaptureQueriesContext(connections[alias]) for alias in connections]
-    for context in contexts:
-        context.__enter__()
-    counted: dict[str, int] = {}
-    try:
-        yield counted
-    finally:
-        for alias, context in zip(connections, contexts, strict=True):
-            context.__exit__(None, None, None)
-            counted[alias] = len(context.captured_queries)
+    return list(
+        Calculator.objects.using(alias).order_by("pk").values_list("pk", "name", "version", "selectors")
+    )
 
 
 @pytest.mark.parametrize(
@@ -146,8 +131,11 @@ def test_calculator_created_and_edited_through_the_admin(admin_client, account, 
     ("config", "shown"),
     [
         (
-            {"name": "x", "selectors": [{"type": "expression", "expression": "a > )"}, {"type": "nope"}],
-             "timezone": "Mars/Olympus"},
+            {
+                "name": "x",
+                "selectors": [{"type": "expression", "expression": "a > )"}, {"type": "nope"}],
+                "timezone": "Mars/Olympus",
+            },
             ["selectors[0].expression: unexpected &#x27;)&#x27;", "selectors[1].type: ", "timezone: "],
         ),
         ('{"name": "x", "selectors": [', ["not valid JSON: Expecting value: line 1 column 29 (char 28)"]),
@@ -157,7 +145,9 @@ def test_calculator_created_and_edited_through_the_admin(admin_client, account, 
     ],
     ids=["engine-problems", "truncated", "nan", "array", "nul"],
 )
-def test_problems_are_shown_at_their_paths_and_nothing_is_saved(admin_client, account, calculator, config, shown):
+def test_problems_are_shown_at_their_paths_and_nothing_is_saved(
+    admin_client, account, calculator, config, shown
+):
     from accounts.placement import alias_for_account
 
     alias = alias_for_account(account.pk)
@@ -187,7 +177,9 @@ def test_calculator_deleted_with_assignments_and_intervals(admin_client, calcula
     store_intervals(assignment, [10, 20, 30])
     page = admin_client.get(f"/admin/analytics/calculator/{calculator.pk}/delete/", **HOST).content.decode()
     assert "Intervals: 3" in page and "Assignments: 1" in page
-    response = admin_client.post(f"/admin/analytics/calculator/{calculator.pk}/delete/", {"post": "yes"}, **HOST)
+    response = admin_client.post(
+        f"/admin/analytics/calculator/{calculator.pk}/delete/", {"post": "yes"}, **HOST
+    )
     assert response.status_code == 302
     assert calculator_rows(calculator.database) == []
     assert not Assignment.objects.using(calculator.database).exists()
@@ -212,11 +204,18 @@ def test_enable_disable_and_unassign_through_the_admin(admin_client, assignment)
     response = admin_client.post(url, {"action": "disable", "_selected_action": [assignment.pk]}, **HOST)
     assert response.status_code == 302
     assert Assignment.objects.using(alias).get(pk=assignment.pk).enabled is False
-    Assignment.objects.using(alias).filter(pk=assignment.pk).update(state="synced", pending_begin=None, pending_end=None)
+    Assignment.objects.using(alias).filter(pk=assignment.pk).update(
+        state="synced", pending_begin=None, pending_end=None
+    )
     response = admin_client.post(url, {"action": "enable", "_selected_action": [assignment.pk]}, **HOST)
     row = Assignment.objects.using(alias).get(pk=assignment.pk)
     # Enabling goes through the service: the history is to be recalculated.
-    assert (row.enabled, row.state, row.pending_begin, row.pending_end) == (True, "unsynced", float("-inf"), float("inf"))
+    assert (row.enabled, row.state, row.pending_begin, row.pending_end) == (
+        True,
+        "unsynced",
+        float("-inf"),
+        float("inf"),
+    )
     response = admin_client.post(f"{url}{assignment.pk}/change/", {}, **HOST)  # "enabled" unticked
     assert response.status_code == 302, response.content.decode()[:2000]
     assert Assignment.objects.using(alias).get(pk=assignment.pk).enabled is False
@@ -238,12 +237,18 @@ def test_intervals_newest_first_by_pages(admin_client, assignment, monkeypatch):
     monkeypatch.setattr(analytics_admin, "INTERVALS_PER_PAGE", 2)
     store_intervals(assignment, [10, 20, 30, 40, 50])
     interval_user_update(
-        assignment=assignment, calculator=assignment.calculator, interval_id=20_000_000, fields={"driver": "Ann"}
+        assignment=assignment,
+        calculator=assignment.calculator,
+        interval_id=20_000_000,
+        fields={"driver": "Ann"},
     )
     url = f"/admin/analytics/assignment/{assignment.pk}/intervals/"
     first = admin_client.get(url, **HOST)
     assert [row["id"] for row in first.context["rows"]] == [50_000_000, 40_000_000]
-    assert first.context["counters"] == ["max_speed", "km"] and first.context["rows"][0]["counters"] == [100.0, 1.5]
+    assert first.context["counters"] == ["max_speed", "km"] and first.context["rows"][0]["counters"] == [
+        100.0,
+        1.5,
+    ]
     assert first.context["total"] == 5 and "5 stored intervals" in first.content.decode()
     assert f'href="?before={40_000_000}"' in first.content.decode()
     second = admin_client.get(f"{url}?before=40000000", **HOST)
@@ -253,29 +258,23 @@ def test_intervals_newest_first_by_pages(admin_client, assignment, monkeypatch):
     assert [row["id"] for row in last.context["rows"]] == [10_000_000] and last.context["older"] is None
 
 
-def _changelist_queries(admin_client, path: str) -> dict[str, int]:
-    admin_client.get(path, **HOST)  # warm the session and the placement cache
-    with all_queries() as counted:
-        response = admin_client.get(path, **HOST)
-    assert response.status_code == 200
-    return {alias: n for alias, n in counted.items() if n}
-
-
 def test_changelist_query_counts_do_not_grow_with_rows(admin_client, account, calculator, assignment):
     from analytics.services import assignment_create, calculator_create
     from devices.services import device_create
 
     store_intervals(assignment, [10, 20])
     few = {
-        path: _changelist_queries(admin_client, path)
+        path: page_queries(admin_client, path)
         for path in ("/admin/analytics/calculator/", "/admin/analytics/assignment/")
     }
     for number in range(2, 8):
-        device = device_create(account=account, name=f"truck {number}", configuration={"ident": f"35262569000000{number}"})
+        device = device_create(
+            account=account, name=f"truck {number}", configuration={"ident": f"35262569000000{number}"}
+        )
         other = calculator_create(account=account, config={**TRIPS, "name": f"trips {number}"})
         store_intervals(assignment_create(calculator=other, device=device)[0], [10 * number])
         assignment_create(calculator=calculator, device=device)
-    many = {path: _changelist_queries(admin_client, path) for path in few}
+    many = {path: page_queries(admin_client, path) for path in few}
     assert many == few
     # session, user; the page, its count, the full count; account names (and interval counts)
     assert few == {

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import pytest
 from django.db import connections
-from django.test.utils import CaptureQueriesContext
+
+from tests.admin_helpers import HOST, fast_password_hashing, page_queries  # noqa: F401 (an autouse fixture)
 
 pytestmark = pytest.mark.django_db(databases="__all__")
-
-HOST = {"HTTP_HOST": "localhost"}
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
@@ -91,23 +85,11 @@ def test_delete_goes_through_the_service(admin_client, device, far_device):
     assert _traces(far_device) == (0, 0, 0)
 
 
-def _queries(admin_client, path: str) -> dict[str, int]:
-    admin_client.get(path, **HOST)
-    contexts = {alias: CaptureQueriesContext(connections[alias]) for alias in connections}
-    for context in contexts.values():
-        context.__enter__()
-    response = admin_client.get(path, **HOST)
-    for context in contexts.values():
-        context.__exit__(None, None, None)
-    assert response.status_code == 200
-    return {alias: len(context.captured_queries) for alias, context in contexts.items() if context.captured_queries}
-
-
 def test_changelist_query_count_does_not_grow_with_rows(admin_client, device, make_account):
     from devices.services import device_create
 
-    few = _queries(admin_client, "/admin/devices/device/")
+    few = page_queries(admin_client, "/admin/devices/device/")
     for number in range(5):
         owner = make_account(f"owner {number}")
         device_create(account=owner, name=f"van {number}", configuration={"ident": f"35262569000010{number}"})
-    assert _queries(admin_client, "/admin/devices/device/") == few == {"default": 3, "dc_eu_1": 3}
+    assert page_queries(admin_client, "/admin/devices/device/") == few == {"default": 3, "dc_eu_1": 3}

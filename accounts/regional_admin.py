@@ -129,7 +129,9 @@ class RegionalModelAdmin(admin.ModelAdmin):
 
     def annotate_page(self, rows: list) -> None:
         """Complete a changelist page; by default with the names of the rows' accounts."""
-        names = dict(Account.objects.filter(pk__in={row.account_id for row in rows}).values_list("pk", "name"))
+        names = dict(
+            Account.objects.filter(pk__in={row.account_id for row in rows}).values_list("pk", "name")
+        )
         for row in rows:
             row.account_name = names.get(row.account_id)
 
@@ -164,7 +166,9 @@ class RegionalModelAdmin(admin.ModelAdmin):
             return self._delete_view(request, object_id, extra_context)
         except DomainError as exc:
             self.message_user(request, exc.reason, messages.ERROR)
-            return HttpResponseRedirect(reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist"))
+            return HttpResponseRedirect(
+                reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist")
+            )
 
     def delete_rows(self, rows: Iterable[Any]) -> None:
         raise NotImplementedError
@@ -195,7 +199,9 @@ class RegionalModelAdmin(admin.ModelAdmin):
             return f"{capfirst(obj._meta.verbose_name)}: {obj}"
 
         to_delete = collector.nested(describe)
-        counts = {str(model._meta.verbose_name_plural): len(found) for model, found in collector.model_objs.items()}
+        counts = {
+            str(model._meta.verbose_name_plural): len(found) for model, found in collector.model_objs.items()
+        }
         counts.update(self.deleted_extra(rows))
         return to_delete, counts, perms_needed, [describe(obj) for obj in collector.protected]
 

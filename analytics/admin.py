@@ -37,7 +37,9 @@ def _refuse_constant(name: str):
 class ConfigurationField(forms.JSONField):
     """A calculator configuration as one JSON object, shown indented; a parse error says where."""
 
-    widget = forms.Textarea(attrs={"rows": 30, "cols": 100, "class": "vLargeTextField", "spellcheck": "false"})
+    widget = forms.Textarea(
+        attrs={"rows": 30, "cols": 100, "class": "vLargeTextField", "spellcheck": "false"}
+    )
 
     def to_python(self, value):
         if self.disabled or value in self.empty_values:
@@ -147,7 +149,10 @@ class CalculatorAdmin(RegionalModelAdmin):
         code = datacenter_code(obj.database)
         return format_html(
             '<a href="{}?datacenter={}&calculator__id__exact={}">{} assigned devices</a>',
-            url, code, obj.pk, obj.assignment_count,  # type: ignore[attr-defined]
+            url,
+            code,
+            obj.pk,
+            obj.assignment_count,  # type: ignore[attr-defined]
         )
 
     def save_model(self, request, obj, form, change):
@@ -166,8 +171,12 @@ class CalculatorAdmin(RegionalModelAdmin):
             services.calculator_delete(calculator=calculator)
 
     def deleted_extra(self, rows: list) -> dict[str, int]:
-        assignments = list(Assignment.objects.using(rows[0].database).filter(calculator_id__in=[r.pk for r in rows]))
-        return {"intervals": sum(n for n, _newest in selectors.interval_counts(assignments=assignments).values())}
+        assignments = list(
+            Assignment.objects.using(rows[0].database).filter(calculator_id__in=[r.pk for r in rows])
+        )
+        return {
+            "intervals": sum(n for n, _newest in selectors.interval_counts(assignments=assignments).values())
+        }
 
 
 class AssignmentForm(forms.ModelForm):
@@ -180,8 +189,17 @@ class AssignmentForm(forms.ModelForm):
 class AssignmentAdmin(RegionalModelAdmin):
     form = AssignmentForm
     list_display = [
-        "id", "calculator_link", "device_link", "account", "enabled", "synced", "state", "calc_version",
-        "interval_count", "newest_interval", "intervals_link",
+        "id",
+        "calculator_link",
+        "device_link",
+        "account",
+        "enabled",
+        "synced",
+        "state",
+        "calc_version",
+        "interval_count",
+        "newest_interval",
+        "intervals_link",
     ]
     list_display_links = ["id"]
     list_filter = ["enabled", "state"]
@@ -189,8 +207,19 @@ class AssignmentAdmin(RegionalModelAdmin):
     ordering = ["calculator_id", "device_id"]
     actions = ["enable", "disable"]
     readonly_fields = [
-        "calculator_link", "device_link", "account", "shard", "synced", "state", "calc_version", "pending",
-        "calculated_at", "created_at", "interval_count", "newest_interval", "intervals_link",
+        "calculator_link",
+        "device_link",
+        "account",
+        "shard",
+        "synced",
+        "state",
+        "calc_version",
+        "pending",
+        "calculated_at",
+        "created_at",
+        "interval_count",
+        "newest_interval",
+        "intervals_link",
     ]
     fields = ["enabled", *readonly_fields]
 
@@ -277,9 +306,13 @@ class AssignmentAdmin(RegionalModelAdmin):
                 self.message_user(request, exc.reason, messages.WARNING)
                 continue
             changed += 1
-        self.message_user(request, f"{'enabled' if enabled else 'disabled'} {changed} assignments", messages.SUCCESS)
+        self.message_user(
+            request, f"{'enabled' if enabled else 'disabled'} {changed} assignments", messages.SUCCESS
+        )
 
-    @admin.action(description="Enable selected assignments (recalculates their history)", permissions=["change"])
+    @admin.action(
+        description="Enable selected assignments (recalculates their history)", permissions=["change"]
+    )
     def enable(self, request, queryset):
         self._set_enabled(request, queryset, True)
 
@@ -291,7 +324,10 @@ class AssignmentAdmin(RegionalModelAdmin):
 
     def get_urls(self):
         view = self.admin_site.admin_view(self.intervals_view)
-        return [path("<path:object_id>/intervals/", view, name="analytics_assignment_intervals"), *super().get_urls()]
+        return [
+            path("<path:object_id>/intervals/", view, name="analytics_assignment_intervals"),
+            *super().get_urls(),
+        ]
 
     def intervals_view(self, request, object_id):
         """An assignment's stored intervals, newest first, a page at a time: ``before`` (an
@@ -324,7 +360,8 @@ class AssignmentAdmin(RegionalModelAdmin):
                 "timestamp": as_utc(interval["timestamp"]),
                 "counters": [interval.get(name) for name in counters],
                 "other": json.dumps({k: v for k, v in interval.items() if k not in shown}, ensure_ascii=False)
-                if set(interval) - shown else "",
+                if set(interval) - shown
+                else "",
             }
             for interval in page
         ]

@@ -20,8 +20,17 @@ class DeviceAdmin(RegionalModelAdmin):
     search_fields = ["=ident", "name"]
     ordering = ["id"]
     fields = (
-        "id", "name", "ident", "account", "datacenter", "shard", "enabled", "messages_ttl", "configuration",
-        "metadata", "created_at",
+        "id",
+        "name",
+        "ident",
+        "account",
+        "datacenter",
+        "shard",
+        "enabled",
+        "messages_ttl",
+        "configuration",
+        "metadata",
+        "created_at",
     )
     readonly_fields = fields
 

@@ -21,7 +21,7 @@ from django.utils.html import format_html
 from accounts import placement
 from accounts.models import Account
 from accounts.regional_admin import RegionalModelAdmin, as_utc, datacenter_code
-from analytics import selectors, services, storage
+from analytics import selectors, services
 from analytics.choices import AssignmentState
 from analytics.models import Assignment, Calculator
 from flespi_site.errors import DomainError
@@ -330,8 +330,8 @@ class AssignmentAdmin(RegionalModelAdmin):
         ]
 
     def intervals_view(self, request, object_id):
-        """An assignment's stored intervals, newest first, a page at a time: ``before`` (an
-        interval id) pages by key, so a page costs the same after years of intervals."""
+        """An assignment's stored intervals, newest first, a page at a time; ``before`` (the id
+        of the last interval shown) asks for the next older page."""
         assignment = self.get_object(request, object_id)
         if assignment is None:
             raise Http404(f"no assignment {object_id}")
@@ -339,13 +339,16 @@ class AssignmentAdmin(RegionalModelAdmin):
             raise PermissionDenied
         before_text = request.GET.get("before")
         before = int(before_text) if before_text and before_text.isascii() and before_text.isdigit() else None
-        page = storage.intervals_read(
-            alias=assignment.database,
-            pairs=[(assignment.calculator_id, assignment.device_id)],
-            count=INTERVALS_PER_PAGE + 1,
+        # An interval's id is its begin in microseconds: the intervals before id ``before`` are
+        # those that begin before it (the one at the boundary, if read, is dropped by id).
+        page = selectors.intervals_of(
+            assignments=[assignment],
+            end=None if before is None else before / 1_000_000,
+            count=INTERVALS_PER_PAGE + 2,
             reverse=True,
-            past_id=before,
         )
+        if before is not None:
+            page = [interval for interval in page if interval["id"] < before]
         more = len(page) > INTERVALS_PER_PAGE
         page = page[:INTERVALS_PER_PAGE]
         total, _newest = self._counts(assignment)

@@ -588,7 +588,10 @@ _COUNTER_CHECKS = {
 
 
 def _path_key(problem: Problem):
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", problem.path)]
+    # The split puts the digit runs at the odd positions. ``str.isdigit`` would also take a key
+    # like "²" (a digit to Unicode, not a decimal), which ``int`` refuses.
+    parts = re.split(r"(\d+)", problem.path)
+    return [int(part) if index % 2 else part for index, part in enumerate(parts)]
 
 
 def validate_calculator(config) -> list[Problem]:

@@ -146,3 +146,43 @@ def test_wall_clock_closes_the_active_interval(fleet, make_account, settings):
         wait_until(lambda: [p for t, p in subscriber.messages if t == state][-1] is None, what="active null")
         assignment.refresh_from_db()
         assert assignment.active_id is None
+
+
+def test_calculator_change_recalculate_and_enable_go_through_the_fleet(fleet, make_account, settings):
+    """A calculator change (update_onchange), the recalculate endpoint and enabling an assignment
+    again all end with the stored intervals of the current configuration and messages."""
+    from analytics.models import Assignment
+    from analytics.services import assignment_create, assignment_update, calculator_create, calculator_update
+    from analytics.services import recalculation_request
+    from devices.services import device_create, messages_ingest
+
+    account = make_account("fleet")
+    device = device_create(account=account, configuration={"ident": "fleet-3"})
+    messages_ingest(devices=[device], messages=[_moving(t, speed=10.0 + t) for t in range(0, 100, 5)])
+    calculator = calculator_create(account=account, config=TRIPS)
+    assignment, _new = assignment_create(calculator=calculator, device=device)
+    wait_until(lambda: Assignment.objects.using(device.database).get(pk=assignment.pk).synced, what="synced")
+    wait_until(lambda: _settled(assignment, calculator, device), what="settled")
+    assert len(_stored(assignment)) == 1
+
+    # A threshold above the first half of the speeds: the trip now begins later.
+    calculator = calculator_update(calculator=calculator, data={"selectors": [
+        {"type": "expression", "expression": "position.speed > 60"}]})
+    wait_until(lambda: _settled(assignment, calculator, device), what="settled after the change", timeout=30)
+    assert _stored(assignment)[0]["begin"] == T0 + 55
+
+    # Disabled, it misses new messages; enabled again, it catches up with its whole history.
+    assignment_update(assignment=assignment, enabled=False)
+    messages_ingest(devices=[device], messages=[_moving(t, speed=0.0) for t in range(60, 70, 5)])
+    time.sleep(1.5)
+    assert not _settled(assignment, calculator, device)
+    assignment_update(assignment=assignment, enabled=True)
+    wait_until(lambda: _settled(assignment, calculator, device), what="settled after enabling", timeout=30)
+    assert len(_stored(assignment)) == 2
+
+    # A recalculation asked for over a range that changed nothing stores the same intervals.
+    before = _stored(assignment)
+    recalculation_request(assignments=[assignment], begin=None, end=None)
+    wait_until(lambda: Assignment.objects.using(device.database).get(pk=assignment.pk).pending_begin is None,
+               what="the request done", timeout=30)
+    assert _engine_fields(_stored(assignment), calculator) == _engine_fields(before, calculator)

@@ -85,3 +85,22 @@ def root(make_account):
 def root_key(root, make_token):
     """A master token key of ``root``."""
     return make_token(root)
+
+
+@pytest.fixture
+def account(make_account):
+    """An account of its own (eu-1), for tests of devices and what they own."""
+    return make_account("fleet")
+
+
+@pytest.fixture
+def key(account, make_token):
+    """A master token key of ``account``."""
+    return make_token(account)
+
+
+@pytest.fixture
+def device(account):
+    from devices.services import device_create
+
+    return device_create(account=account, name="truck 1", configuration={"ident": "352625690000001"})

@@ -1,5 +1,5 @@
-"""Fixtures of the analytics tests: an account with a device, a calculator and an assignment, and
-the fleet's Redis."""
+"""Fixtures of the analytics tests: a calculator and an assignment of the shared account's device
+(tests/conftest.py), and the fleet's Redis."""
 
 from __future__ import annotations
 
@@ -15,23 +15,6 @@ TRIPS = {
         {"name": "km", "type": "expression", "expression": "mileage()", "method": "summary"},
     ],
 }
-
-
-@pytest.fixture
-def account(make_account):
-    return make_account("fleet")
-
-
-@pytest.fixture
-def key(account, make_token):
-    return make_token(account)
-
-
-@pytest.fixture
-def device(account):
-    from devices.services import device_create
-
-    return device_create(account=account, name="truck 1", configuration={"ident": "352625690000001"})
 
 
 @pytest.fixture

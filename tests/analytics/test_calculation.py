@@ -52,11 +52,6 @@ DAILY_BERLIN = {
 
 
 @pytest.fixture
-def account(make_account):
-    return make_account("fleet")
-
-
-@pytest.fixture
 def make_device(account):
     made = []
 

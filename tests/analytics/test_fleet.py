@@ -152,8 +152,13 @@ def test_calculator_change_recalculate_and_enable_go_through_the_fleet(fleet, ma
     """A calculator change (update_onchange), the recalculate endpoint and enabling an assignment
     again all end with the stored intervals of the current configuration and messages."""
     from analytics.models import Assignment
-    from analytics.services import assignment_create, assignment_update, calculator_create, calculator_update
-    from analytics.services import recalculation_request
+    from analytics.services import (
+        assignment_create,
+        assignment_update,
+        calculator_create,
+        calculator_update,
+        recalculation_request,
+    )
     from devices.services import device_create, messages_ingest
 
     account = make_account("fleet")

@@ -53,9 +53,9 @@ TRACKS = (
 _LONG = {"update_period": KEEP, "intervals_ttl": KEEP}
 # The trips calculator of the real-track checks (docs/engine.md, "Real tracks, checked by eye").
 TRIPS: dict[str, Any] = {**examples.TRIPS, "name": "demo trips", **_LONG}
-# A tracker that records nothing while standing leaves a parking with the first message after
-# it only: merge_message_before takes the last message before the halt in, so a parking begins
-# where the vehicle stopped.
+# A tracker that records nothing while standing leaves a stop as one point whose (derived) speed
+# is the gap's: merge_message_after takes the point where the vehicle moves off into the parking,
+# so the parking lasts the whole halt (docs/engine.md, "Real tracks").
 PARKINGS = {
     "name": "demo parkings",
     "selectors": [
@@ -63,7 +63,7 @@ PARKINGS = {
             "type": "expression",
             "expression": "position.speed < 3",
             "min_duration": 10,
-            "merge_message_before": True,
+            "merge_message_after": True,
         }
     ],
     "counters": [

@@ -66,6 +66,7 @@ class Writers:
         self._lock = threading.Lock()
         self.sent: set[float] = set()
         self.acknowledged: set[float] = set()
+        self.by_mqtt: set[float] = set()
         self.refused: Counter = Counter()
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._rest, daemon=True) for _ in range(2)]
@@ -119,6 +120,7 @@ class Writers:
                 if published:
                     with self._lock:
                         self.acknowledged.add(t)
+                        self.by_mqtt.add(t)
                 time.sleep(0.05)
         finally:
             client.disconnect()
@@ -188,7 +190,14 @@ def test_soak(tmp_path, make_account, make_token):
             rows = messages_of(devices=[device], begin=None, end=None, count=None, reverse=False)
             return [row["timestamp"] for row in rows]
 
-        wait_until(lambda: acknowledged <= set(stored()), timeout=90, what="every acknowledged message stored")
+        try:
+            wait_until(lambda: acknowledged <= set(stored()), timeout=180, what="every acknowledged message stored")
+        except AssertionError:
+            missing = sorted(acknowledged - set(stored()))
+            print(f"missing {len(missing)} of {len(acknowledged)} acknowledged, {len(set(missing) & writers.by_mqtt)} "
+                  f"sent over MQTT: {missing[:20]}")
+            print(running.output.text[-6000:])
+            raise
         stamps = stored()
         assert len(stamps) == len(set(stamps)), "a message is stored twice"
         assert set(stamps) <= sent, "a message that was never sent is stored"

@@ -230,7 +230,8 @@ def test_redis_flushed_and_cache_deleted(scenario, fleet):
     for _ in range(5):
         scenario.batch(size=30)
     scenario.wait_settled(timeout=120)
-    fleet.wait_for("worker", "cache file of shard")
+    # The worker noticed and refilled a new file from PostgreSQL.
+    wait_until(lambda: os.path.exists(path), what="the cache file rebuilt")
 
 
 def test_a_paused_worker_whose_lease_expired_cannot_write(scenario, fleet):

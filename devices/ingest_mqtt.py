@@ -9,7 +9,7 @@ import logging
 import time
 
 from django.conf import settings
-from django.db import connections
+from django.db import DatabaseError, connections
 from rest_framework.exceptions import ParseError
 
 from accounts.fence import RETRY_AFTER_SECONDS, AccountMoving
@@ -104,6 +104,16 @@ class IngestConsumer(Loop):
                     break
                 except AccountMoving:  # a move's switch held the account's writes: not stored yet
                     time.sleep(RETRY_AFTER_SECONDS)
+                except DatabaseError as exc:
+                    # The database is away or the connection broke: nothing was stored, and the
+                    # broker redelivers only what is not acknowledged, so keep the message and retry.
+                    if self.stopping.is_set():
+                        raise
+                    logger.warning("ingest %s: database error on %s (%s); retrying", self.region, message.topic, exc)
+                    connections.close_all()
+                    time.sleep(1.0)
+        except DatabaseError:
+            raise  # stopping with the database away: unacknowledged, the broker keeps the message
         except IngestRejected as exc:
             self.rejected += 1
             logger.warning("ingest %s: dropped payload on %s: %s", self.region, message.topic, exc)

@@ -67,6 +67,7 @@ class Writers:
         self.sent: set[float] = set()
         self.acknowledged: set[float] = set()
         self.by_mqtt: set[float] = set()
+        self.restarts: list[float] = []
         self.refused: Counter = Counter()
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._rest, daemon=True) for _ in range(2)]
@@ -179,6 +180,7 @@ def test_soak(tmp_path, make_account, make_token):
                     kills[name] += 1
                     running.wait_restarted(name, before, timeout=60)
                     time.sleep(1.0)
+                writers.restarts.append(writers.base + writers._next * 0.25)
                 broker.stop()
                 time.sleep(OUTAGE)
                 broker.start()
@@ -205,7 +207,14 @@ def test_soak(tmp_path, make_account, make_token):
         def published() -> Counter:
             return Counter(payload["timestamp"] for _topic, payload in list(subscriber.messages))
 
-        wait_until(lambda: set(stamps) <= set(published()), timeout=90, what="every stored message published")
+        try:
+            wait_until(lambda: set(stamps) <= set(published()), timeout=180, what="every stored message published")
+        except AssertionError:
+            unpublished = sorted(set(stamps) - set(published()))
+            print(f"unpublished {len(unpublished)} of {len(stamps)}: {unpublished[:10]} ... {unpublished[-10:]}")
+            print(f"first stamp {min(stamps)}, broker restarts at about {[round(t, 1) for t in writers.restarts]}")
+            print(running.output.text[-8000:])
+            raise
         duplicates = sum(count - 1 for count in published().values() if count > 1)
 
         def settled() -> bool:

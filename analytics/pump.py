@@ -25,8 +25,14 @@ from django.db import connections
 
 from analytics.choices import AssignmentState
 from analytics.debounce import Change, DebounceTimers
-from analytics.models import Assignment
-from analytics.worker import HISTORY_BEGIN, HISTORY_END, assignments_due, finite, region_aliases
+from analytics.worker import (
+    HISTORY_BEGIN,
+    HISTORY_END,
+    assignment_requests,
+    assignments_due,
+    finite,
+    region_aliases,
+)
 from flespi_site.celery import celery_app, redis_client, shard_queue, shards_wake
 from flespi_site.runner import Loop
 
@@ -108,13 +114,7 @@ class Pump(Loop):
             with connections[alias].cursor() as cursor:
                 cursor.execute("SELECT DISTINCT shard FROM message_changes")
                 changed_shards.update(row[0] for row in cursor.fetchall())
-            rows = (
-                Assignment.objects.using(alias)
-                .filter(enabled=True)
-                .exclude(pending_begin__isnull=True, state=AssignmentState.SYNCED)
-                .values_list("shard", "calculator_id", "device_id", "pending_begin", "pending_end", "state")
-            )
-            for shard, calc_id, device_id, begin, end, state in rows:
+            for shard, calc_id, device_id, begin, end, state in assignment_requests(alias=alias):
                 if begin is None or end is None or state != AssignmentState.SYNCED:
                     begin, end = -math.inf, math.inf
                 requests.setdefault(shard, []).append(Change(calc_id, device_id, *finite(begin, end), 0.0))

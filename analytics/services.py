@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -26,6 +26,7 @@ from analytics.engine import CalculatorError, Diff, Problem, compile_calculator,
 from analytics.models import Assignment, Calculator
 from analytics.storage import StoredChanges
 from devices.models import Device
+from flespi_site import celery as calc_queue
 from flespi_site.errors import ErrorKind, InvalidInput, NotFound
 from flespi_site.updates import locked_row, save_fields
 
@@ -87,13 +88,19 @@ def calculator_update(*, calculator: Calculator, data: Mapping[str, Any]) -> Cal
             changes["version"] = current.version + 1
         save_fields(current, changes, name="calculator")
         if affects_results and current.update_onchange:
-            _request(Assignment.objects.using(alias).filter(calculator_id=current.pk), -math.inf, math.inf)
+            assignments = Assignment.objects.using(alias).filter(calculator_id=current.pk)
+            _request(assignments, -math.inf, math.inf)
+            _tell_fleet(alias, assignments.values_list("shard", flat=True).distinct())
     return current
 
 
 def calculator_delete(*, calculator: Calculator) -> None:
     """Delete a calculator, its assignments and their intervals."""
     with locked_row(Calculator, pk=calculator.pk, using=calculator.database, name="calculator") as current:
+        # Its assignments are locked in id order first, as a calc worker's run locks them, so that
+        # the two never wait on each other (a deadlock otherwise: each holding what the other wants).
+        list(Assignment.objects.using(current._state.db).filter(calculator_id=current.pk).order_by("pk")
+             .select_for_update().values_list("pk", flat=True))
         current.delete()
 
 
@@ -125,6 +132,7 @@ def assignment_create(*, calculator: Calculator, device: Device) -> tuple[Assign
     try:
         with transaction.atomic(using=alias):
             assignment.save(using=alias)
+            _tell_fleet(alias, [assignment.shard])
     except IntegrityError:
         # A concurrent assign of the same pair won, or the calculator or device went away.
         existing = Assignment.objects.using(alias).filter(calculator_id=calculator.pk, device_id=device.pk).first()
@@ -149,6 +157,7 @@ def assignment_update(*, assignment: Assignment, enabled: bool) -> Assignment:
         changes: dict[str, Any] = {"enabled": enabled}
         if enabled:
             changes.update(state=AssignmentState.UNSYNCED, pending_begin=-math.inf, pending_end=math.inf)
+            _tell_fleet(assignment.database, [current.shard])
         return save_fields(current, changes, name=name)
 
 
@@ -156,6 +165,14 @@ def assignment_delete(*, assignment: Assignment) -> None:
     """Unassign: the assignment and its intervals go (and its retained state on the broker)."""
     with locked_row(Assignment, pk=assignment.pk, using=assignment.database, name=_assignment_name(assignment)) as current:
         current.delete()
+
+
+def _tell_fleet(alias: str, shards: Iterable[int]) -> None:
+    """After commit, the workers of ``shards`` schedule the stored requests at once."""
+    shards = set(shards)
+    if shards:
+        region = calc_queue.region_of_alias(alias)
+        transaction.on_commit(lambda: calc_queue.shards_request(region=region, shards=shards), using=alias)
 
 
 def _request(assignments, begin: float, end: float) -> int:
@@ -179,6 +196,7 @@ def recalculation_request(*, assignments: Sequence[Assignment], begin: float | N
     with transaction.atomic(using=alias):
         write_fence(alias=alias, account_ids={a.account_id for a in assignments})
         rows = Assignment.objects.using(alias).filter(pk__in=[a.pk for a in assignments])
+        _tell_fleet(alias, [a.shard for a in assignments])
         # LEAST/GREATEST ignore NULL in PostgreSQL: a row with no pending range takes the new one.
         return _request(rows, low, high)
 

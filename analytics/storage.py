@@ -72,7 +72,10 @@ def assignments_lock(*, alias: str, assignment_ids: Sequence[int]) -> set[int]:
     """Lock assignment rows against deletion until the transaction ends (FOR KEY SHARE); the ids
     of those that still exist."""
     with connections[alias].cursor() as cursor:
-        cursor.execute("SELECT id FROM analytics_assignment WHERE id = ANY(%s) FOR KEY SHARE", [list(assignment_ids)])
+        # In id order, as every locker of assignment rows does: no two lockers wait on each other.
+        cursor.execute(
+            "SELECT id FROM analytics_assignment WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", [list(assignment_ids)]
+        )
         return {row[0] for row in cursor.fetchall()}
 
 

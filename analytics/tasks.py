@@ -76,6 +76,11 @@ def shard_run(self, region: str, shard: int, assignments: list[list[int]]) -> No
     _on_shard(self, region, shard, lambda worker: worker.run(shard, pairs))
 
 
+@shared_task(name="analytics.shard_requests", bind=True)
+def shard_requests(self, region: str, shard: int) -> None:
+    _on_shard(self, region, shard, lambda worker: worker.requests(shard))
+
+
 @shared_task(name="analytics.shard_purge", bind=True)
 def shard_purge(self, region: str, shard: int) -> None:
     _on_shard(self, region, shard, lambda worker: worker.purge(shard))

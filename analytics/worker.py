@@ -323,6 +323,22 @@ class ShardWorker:
         logger.info("calc %s: device %s cached, %s messages in %.1f s", self.region, device.pk, total,
                     time.monotonic() - started)
 
+    def requests(self, shard: int) -> int:
+        """Schedule the durable recalculation requests of the shard's assignments (new, enabled
+        again, a calculator change, the recalculate endpoint) right away; returns how many."""
+        held = self.holding(shard)
+        if held is None:
+            raise NotHeld(shard)
+        changes = []
+        for alias in self.aliases:
+            for _shard, calc_id, device_id, begin, end, state in assignment_requests(alias=alias, shard=shard):
+                if begin is None or end is None or state != AssignmentState.SYNCED:
+                    begin, end = -math.inf, math.inf
+                changes.append(Change(calc_id, device_id, *finite(begin, end), 0.0))
+        if changes:
+            self.timers.schedule(shard=shard, changes=changes)
+        return len(changes)
+
     # -- recalculation -------------------------------------------------------------------------
 
     def run(self, shard: int, assignments: Sequence[tuple[int, int]], *, now: float | None = None) -> RunStats:
@@ -638,6 +654,17 @@ class _FencedTransaction:
         if self._cursor is not None:
             self._cursor.close()
         return self._atomic.__exit__(*exc)
+
+
+def assignment_requests(*, alias: str, shard: int | None = None):
+    """(shard, calc_id, device_id, pending_begin, pending_end, state) of the enabled assignments
+    with a durable request (a pending range, or not synced), of one shard or all."""
+    rows = Assignment.objects.using(alias).filter(enabled=True).exclude(
+        pending_begin__isnull=True, state=AssignmentState.SYNCED
+    )
+    if shard is not None:
+        rows = rows.filter(shard=shard)
+    return rows.values_list("shard", "calculator_id", "device_id", "pending_begin", "pending_end", "state").iterator()
 
 
 def assignments_due(*, timers: DebounceTimers, shard: int, limit: int) -> list[tuple[int, int]]:

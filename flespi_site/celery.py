@@ -93,3 +93,15 @@ def shards_wake(*, region: str, shards: Iterable[int], force: bool = False) -> N
                 app.send_task("analytics.shard_changes", args=[region, shard], queue=shard_queue(region, shard))
     except Exception as exc:
         logger.warning("could not wake the calc workers of region %s (%s); the pump will catch up", region, exc)
+
+
+def shards_request(*, region: str, shards: Iterable[int]) -> None:
+    """Tell the workers of ``shards`` that assignments of theirs have a new recalculation request
+    stored (a new assignment, a calculator change, ...), so that they schedule it now rather than
+    at the pump's next reconciliation. Losing this message loses nothing but that head start."""
+    try:
+        app = celery_app(region)
+        for shard in sorted(set(shards)):
+            app.send_task("analytics.shard_requests", args=[region, shard], queue=shard_queue(region, shard))
+    except Exception as exc:  # the request is stored; reconciliation schedules it
+        logger.warning("could not tell the calc workers of region %s of new requests (%s)", region, exc)

@@ -24,7 +24,8 @@ their own (``MQTT_TOPIC_ROOT``).
    The first 5 s of each run are left out (warm-up). Printed: p50/p90/p99/max per N, the CPU of
    each process during the run and what the calc worker's tasks took (from its log).
 2. Sync. A device with ``--sync-messages`` stored messages (the bus track at 1 Hz, 16 keys) is
-   assigned to the trips calculator of ``analytics/examples.py``: time until the assignment is
+   assigned to the trips calculator of ``bench/engine.py`` (the one of ``bench/calculate.py``;
+   that of ``analytics/examples.py`` makes one trip of these 11 days): time until the assignment is
    ``synced``, with the phases from the worker's log (the run's task, the cache fill) and a
    py-spy profile of the worker during the sync (calculation, storing of the intervals).
 3. Throughput. 1,000 devices (100 in each of 10 shards) assigned to a calculator with a long ``update_delay`` each get one
@@ -371,6 +372,9 @@ def print_latency(runs: list[LatencyRun]) -> None:
 # --- profiles -------------------------------------------------------------------------------
 
 
+SPY_RATE = 50
+
+
 class Spy:
     """``py-spy record --format raw`` of one process."""
 
@@ -378,7 +382,7 @@ class Spy:
         self.name, self.out = name, out
         binary = REPO / ".venv" / "bin" / "py-spy"
         self.process = subprocess.Popen(
-            [str(binary), "record", "--pid", str(pid), "--format", "raw", "--rate", "50", "--nonblocking",
+            [str(binary), "record", "--pid", str(pid), "--format", "raw", "--rate", str(SPY_RATE), "--nonblocking",
              "--duration", str(int(seconds)), "--output", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -397,9 +401,9 @@ def start_profiles(platform: Platform, directory: Path, seconds: float) -> list[
     return [Spy(name, pids[name], directory / f"{name}.txt", seconds) for name in ("worker", "pump")]
 
 
-def profile_summary(path: Path, top: int = 18) -> list[tuple[str, float, float]]:
+def profile_summary(path: Path, top: int = 18, *, busy: bool = True) -> list[tuple[str, float, float]]:
     """(function, inclusive share, own share) of the samples of a raw py-spy file, by inclusive
-    share, leaving out idle frames (waiting in select/poll/sleep)."""
+    share; ``busy``: leaving out idle frames (waiting for a task in select/poll/sleep)."""
     inclusive: collections.Counter = collections.Counter()
     own: collections.Counter = collections.Counter()
     total = 0
@@ -409,7 +413,7 @@ def profile_summary(path: Path, top: int = 18) -> list[tuple[str, float, float]]
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
-        if any(frame.startswith(idle) for frame in frames[-2:]):
+        if busy and any(frame.startswith(idle) for frame in frames[-2:]) and "(worker.py)" not in stack:
             continue
         samples = int(count)
         total += samples
@@ -446,7 +450,8 @@ def log_time(line: str) -> float:
 
 
 def sync(platform: Platform, fixture, count: int, profile: Path | None) -> dict[str, float]:
-    from analytics.examples import TRIPS
+    from engine import CALCULATORS  # bench/engine.py
+
     from analytics.models import Assignment
     from analytics.services import assignment_create, calculator_create
     from devices.services import messages_ingest
@@ -463,9 +468,11 @@ def sync(platform: Platform, fixture, count: int, profile: Path | None) -> dict[
     print(f"\nstored {stored:,} messages on device {device.pk} in {time.perf_counter() - started:.0f} s", flush=True)
     ingest.vacuum()
     time.sleep(2)  # the worker consumes the change log of the load (nothing cached: nothing to do)
-    calculator = calculator_create(account=fixture.account, config={**TRIPS, "name": "bench sync trips"})
+    calculator = calculator_create(account=fixture.account, config=CALCULATORS["trips (DESIGN 9)"])
     worker = platform.fleet.processes["worker"][0].pid
     log_start = {name: len(platform.lines(name)) for name in platform.workers}
+    if profile:
+        profile.mkdir(parents=True, exist_ok=True)
     spy = Spy("worker", worker, profile / "sync-worker.txt", 120) if profile else None
     assigned = time.time()
     assignment, _new = assignment_create(calculator=calculator, device=device)
@@ -499,7 +506,7 @@ def sync(platform: Platform, fixture, count: int, profile: Path | None) -> dict[
     intervals = stored_intervals(calculator, device)
     phases[f"({intervals} intervals stored)"] = math.nan
     if spy is not None:
-        phases.update(sync_profile(profile / "sync-worker.txt"))
+        phases.update(sync_profile(profile / "sync-worker.txt", phases.get("the run's task (worker log)", math.nan)))
     return phases
 
 
@@ -513,26 +520,27 @@ def stored_intervals(calculator, device) -> int:
 
 SYNC_PARTS = {
     "fill: PostgreSQL read + JSON decode (messages_read)": "messages_read (storage.py)",
-    "fill: into the cache file (messages_put)": "messages_put (cache.py)",
+    "  of which JSON decode (loads_exact)": "loads_exact",
+    "fill: into the cache file (ShardCache.messages_put)": "ShardCache.messages_put (cache.py)",
     "calculation (engine recalculate)": "recalculate (recalculate.py)",
-    "storing intervals + outbox (_store)": "_store (worker.py)",
-    "cache intervals (intervals_apply)": "intervals_apply (cache.py)",
+    "storing intervals + outbox (ShardWorker._store)": "ShardWorker._store (worker.py)",
+    "cache intervals (ShardCache.intervals_apply)": "ShardCache.intervals_apply (cache.py)",
 }
 
 
-def sync_profile(path: Path) -> dict[str, float]:
-    """Seconds of the worker in each part of the sync, from its py-spy samples (rate 50/s)."""
-    rows = {name: share for name, share, _own in profile_summary(path, top=10_000)}
-    busy = sum(int(line.rpartition(" ")[2]) for line in path.read_text().splitlines() if line.rpartition(" ")[2].isdigit())
+def sync_profile(path: Path, task_seconds: float) -> dict[str, float]:
+    """Seconds of the run's task in each part of the sync: its share of the worker's py-spy
+    samples (which a loaded machine thins, so shares, not counts) times the task's time."""
+    rows = {name: share for name, share, _own in profile_summary(path, top=10_000, busy=False)}
     out = {}
     for label, function in SYNC_PARTS.items():
         share = next((value for name, value in rows.items() if name.startswith(function)), 0.0)
-        out[f"  py-spy: {label}"] = share * busy / 50
+        out[f"  py-spy: {label} ({share:.0%})"] = share * task_seconds
     return out
 
 
 def print_sync(phases: dict[str, float], count: int) -> None:
-    print(f"\n2. sync: assigning a device with {count:,} stored messages (trips calculator of analytics/examples.py)")
+    print(f"\n2. sync: assigning a device with {count:,} stored messages (the trips calculator of bench/engine.py)")
     print("-" * 80)
     for label, seconds in phases.items():
         print(f"  {label:64} {'' if math.isnan(seconds) else f'{seconds:8.2f} s'}")

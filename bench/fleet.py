@@ -34,6 +34,10 @@ their own (``MQTT_TOPIC_ROOT``).
    the worker until every claim is released: recalculations/s, and the transactions committed
    in the datacenter database meanwhile (``pg_stat_database``; worker and relay).
 
+4. Statements. The fleet's worker is stopped and a ``ShardWorker`` in this process runs
+   ``changes`` and ``run`` (1 assignment, then every one of a shard) under Django's query
+   capture: statements to PostgreSQL per task and per assignment, by kind.
+
 ``--profile DIR`` also records py-spy (``py-spy record --format raw``) of the worker and the
 pump during the largest latency run and prints the functions where they spent their time.
 

@@ -91,8 +91,3 @@ def interval_events(
 
 def synced_event(*, calc_id: int, device_id: int, synced: bool) -> Event:
     return Event(device_id, state_topic(calc_id, device_id, "synced"), synced, True)
-
-
-def cleared_state(*, calc_id: int, device_id: int) -> list[Event]:
-    """Clear the retained state of an assignment that is gone."""
-    return [Event(device_id, state_topic(calc_id, device_id, name), CLEAR, True) for name in ("synced", "last", "active")]

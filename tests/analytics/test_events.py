@@ -1,6 +1,6 @@
 """Interval events and retained state of one stored change (analytics.events, no database)."""
 
-from analytics.events import CLEAR, cleared_state, interval_events, synced_event
+from analytics.events import interval_events, synced_event
 
 
 def _iv(i, **fields):
@@ -49,9 +49,6 @@ def test_a_window_that_did_not_reach_the_end_says_nothing_of_active():
 
 def test_state_topics():
     assert synced_event(calc_id=1, device_id=2, synced=True).payload is True
-    cleared = cleared_state(calc_id=1, device_id=2)
-    assert [e.topic for e in cleared] == [f"state/gw/calcs/1/devices/2/{n}" for n in ("synced", "last", "active")]
-    assert all(e.payload is CLEAR and e.retain for e in cleared)
 
 
 def test_an_open_interval_that_is_deleted_is_not_also_deactivated():

@@ -241,8 +241,7 @@ class ShardWorker:
         if not read:
             return 0
         # Changes of an account moving away stay for the move, which takes them along.
-        elsewhere = set(placement.accounts_elsewhere(
-            alias=alias, account_ids={row[4] for row in read if row[4] is not None}))
+        elsewhere = _placed_elsewhere(alias, {row[4] for row in read if row[4] is not None})
         rows = [row[:4] for row in read if row[4] not in elsewhere]
         accounts = {row[4] for row in read if row[4] is not None and row[4] not in elsewhere}
         if not rows:
@@ -385,7 +384,7 @@ class ShardWorker:
             rows = list(Assignment.objects.using(alias).filter(
                 calculator_id__in={c for c, _ in wanted}, device_id__in={d for _, d in wanted}
             ).select_related("calculator", "device"))
-            elsewhere = set(placement.accounts_elsewhere(alias=alias, account_ids={a.account_id for a in rows}))
+            elsewhere = _placed_elsewhere(alias, {a.account_id for a in rows})
             for assignment in rows:
                 key = (assignment.calculator_id, assignment.device_id)
                 claim = wanted.get(key)
@@ -573,7 +572,7 @@ class ShardWorker:
                 Assignment.objects.using(alias).filter(shard=shard).select_related("calculator", "device")
             )
             for assignment in assignments:
-                if placement.accounts_elsewhere(alias=alias, account_ids=[assignment.account_id]):
+                if _placed_elsewhere(alias, [assignment.account_id]):
                     continue
                 with self._fenced(alias, held):
                     gone = services.intervals_purge(assignment=assignment, calculator=assignment.calculator, now=wall)
@@ -593,6 +592,13 @@ class ShardWorker:
             for device in Device.objects.using(alias).filter(shard=shard).only("id", "messages_ttl"):
                 held.cache.messages_expire(device_id=device.pk, before=wall - device.messages_ttl)
         return purged
+
+
+def _placed_elsewhere(alias: str, account_ids) -> set[int]:
+    """The accounts whose data the placement (at most a moment old) puts in another datacenter:
+    their rows here are a moving account's source copy. The write fence checks again, exactly,
+    inside each write."""
+    return {account_id for account_id in account_ids if placement.alias_for_account(account_id) != alias}
 
 
 def _cached(cache: ShardCache, key: tuple[int, int], interval_id: int | None) -> dict | None:

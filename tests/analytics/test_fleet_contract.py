@@ -154,13 +154,25 @@ class Scenario:
         try:
             wait_until(self.settled, timeout=timeout, every=0.5, what="the fleet settling")
         except AssertionError:
+            from analytics.models import Assignment
+
+            for alias in ("dc_eu_1", "dc_eu_2"):
+                print(alias, list(Assignment.objects.using(alias).values_list(
+                    "pk", "account_id", "calculator_id", "device_id", "state", "pending_begin", "enabled", "shard")))
+            print("device", self.device.pk, self.device.database, self.device.shard, "account", self.account.pk,
+                  self.account.datacenter_id)
             for assignment, calculator in zip(self.assignments, self.calculators, strict=True):
                 print("calculator", calculator.name)
                 print(" expected", self.expected(calculator))
                 print(" stored  ", self.stored(assignment, calculator))
                 print(" replayed", self.replayed(calculator))
             for name in list(self.fleet.processes):
-                print(f"--- {name}\n{self.fleet.output(name).text[-4000:]}")
+                text = self.fleet.output(name).text
+                dump = os.path.join(self.fleet.data_dir, f"{name}.log")
+                os.makedirs(self.fleet.data_dir, exist_ok=True)
+                with open(dump, "w") as handle:
+                    handle.write(text)
+                print(f"--- {name} (whole log in {dump})\n{text[-4000:]}")
             raise
 
 

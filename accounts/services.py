@@ -13,6 +13,7 @@ from django.db import transaction
 from accounts.choices import AccessType
 from accounts.constants import MAX_ACCOUNT_DEPTH, TOKEN_KEY_BYTES, TOKEN_PREFIX_LENGTH, TOKEN_TOUCH_INTERVAL
 from accounts.models import Account, Token
+from accounts.mqtt_access import token_refusal
 from flespi_site.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from regions import placement
 from regions.models import Datacenter, Region
@@ -222,13 +223,12 @@ def token_authenticate(*, key: str, now: float | None = None) -> Token:
     token = Token.objects.select_related("account", "account__region").filter(key_hash=_hash_key(key)).first()
     if token is None:
         raise Unauthorized("unknown token")
-    if not token.enabled:
-        raise Unauthorized(f"token {token.pk} is disabled")
-    if token.expire and now >= token.expire:
-        raise Unauthorized(f"token {token.pk} expired")
-    last = token.last_used or token.created
-    if token.ttl and now - last >= token.ttl:
-        raise Unauthorized(f"token {token.pk} expired: unused for more than its ttl of {token.ttl} s")
+    problem = token_refusal(
+        token_id=token.pk, enabled=token.enabled, expire=token.expire, ttl=token.ttl,
+        created=token.created, last_used=token.last_used, now=now,
+    )
+    if problem:
+        raise Unauthorized(problem)
     touch_every = min(TOKEN_TOUCH_INTERVAL, token.ttl / 10) if token.ttl else TOKEN_TOUCH_INTERVAL
     if token.last_used is None or now - token.last_used >= touch_every:
         Token.objects.filter(pk=token.pk).update(last_used=now)

@@ -88,6 +88,9 @@ def test_mqtt_subscriber_receives_a_qos1_message(services):
 
     subscriber.on_message = on_message
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="embedded-pub")
+    # the embedded broker lets in tokens and the platform's own login (docs/mqtt.md)
+    for client in (subscriber, publisher):
+        client.username_pw_set("flespi-platform", services.env["MQTT_PLATFORM_PASSWORD"])
     subscriber.connect("127.0.0.1", port)
     subscriber.loop_start()
     publisher.connect("127.0.0.1", port)
@@ -130,10 +133,13 @@ def test_stop_closes_every_port_and_ends_every_process(tmp_path):
     running = EmbeddedServices(data_dir=tmp_path, env=environment_without_urls(), publish=True)
     running.start()
     published = embedded.published_urls(tmp_path)
-    assert published == {var: running.env[var] for var in URL_VARS}
+    # the platform's login on the broker it started is published with the URLs
+    assert published == {var: running.env[var] for var in (*URL_VARS, "MQTT_PLATFORM_PASSWORD")}
+    assert (tmp_path / embedded.PUBLISHED_FILE).stat().st_mode & 0o077 == 0
     attached = {"FLESPI_DATA_DIR": str(tmp_path), "REDIS_URL": "redis://elsewhere:1/0"}
     assert embedded.attach_environment(attached) == {
         "DATABASE_URL": published["DATABASE_URL"], "MQTT_URL": published["MQTT_URL"],
+        "MQTT_PLATFORM_PASSWORD": published["MQTT_PLATFORM_PASSWORD"],
     }
     assert attached["REDIS_URL"] == "redis://elsewhere:1/0"
     ports = [service.port for service in running.services]

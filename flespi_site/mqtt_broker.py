@@ -385,24 +385,49 @@ class SessionStorePlugin(BasePlugin[BaseContext]):
         else:
             self.store.queue(client_id, [(retained_message.topic, retained_message.data, retained_message.qos or 0)])
 
-    async def on_broker_pre_shutdown(self) -> None:
-        """Let what was acknowledged to publishers reach the sessions, then keep what the
-        connected persistent sessions have not acknowledged yet: it is sent again after the
-        restart (QoS 1: at least once)."""
-        broker = self.context._broker_instance  # type: ignore[attr-defined]
-        deadline = time.monotonic() + 5.0
-        while not broker._broadcast_queue.empty() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        for client_id, (session, _handler) in list(broker.sessions.items()):
-            if self._persistent(session) and session.inflight_out:
-                self.store.queue(client_id, [(m.topic, m.data, m.qos or 1) for m in session.inflight_out.values()])
 
 
 class PlatformBroker(Broker):
-    """amqtt's broker with retained messages checked like every other delivery, and the queue of
-    a reconnecting persistent session forgotten by the store only once it was delivered."""
+    """amqtt's broker with what amqtt 0.12 gets wrong for the platform put right:
+
+    - retained messages sent on subscribe and on reconnect go through the RECEIVE check, and
+      only for the session's own subscriptions;
+    - a publisher that disconnects has its acknowledged messages (PUBACK is sent on receipt)
+      delivered first instead of dropped;
+    - a shutdown keeps what connected persistent sessions have not acknowledged yet (sent again
+      after the restart: QoS 1 is at least once), then closes every connection, which sends
+      what publishers had delivered on to the sessions and the store;
+    - the store forgets the queue of a reconnecting persistent session only once delivered.
+    """
 
     store: SessionStore | None = None
+
+    async def _handle_disconnect(self, client_session: Session, handler: Any, disconnect_waiter: Any) -> None:
+        queue = client_session.delivered_message_queue
+        while not queue.empty():
+            delivered = asyncio.get_running_loop().create_future()
+            delivered.set_result(queue.get_nowait())
+            await self._handle_message_delivery(client_session, handler, delivered)
+        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+
+    async def shutdown(self) -> None:
+        sessions = list(self._sessions.items())
+        if self.store is not None:
+            for client_id, (session, _handler) in sessions:
+                if session.clean_session is False and session.inflight_out:
+                    self.store.queue(client_id, [(m.topic, m.data, m.qos or 1) for m in session.inflight_out.values()])
+        for _client_id, (session, handler) in sessions:
+            if session.transitions.state == "connected" and handler is not None:
+                await handler.handle_connection_closed()
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and (
+            not self._broadcast_queue.empty()
+            or any(session.transitions.state == "connected" for session, _handler in self._sessions.values())
+        ):
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # the broadcast of the last message taken off the queue
+        await self.plugins_manager.wait_fired_events()
+        await super().shutdown()
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int], session: Session) -> None:
         topic_filter, qos = subscription

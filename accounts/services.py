@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from accounts import mqtt_dynsec
 from accounts.choices import AccessType
 from accounts.constants import MAX_ACCOUNT_DEPTH, TOKEN_KEY_BYTES, TOKEN_PREFIX_LENGTH, TOKEN_TOUCH_INTERVAL
 from accounts.models import Account, Token
@@ -118,6 +119,7 @@ def account_create(
     )
     account.path = f"{parent.path if parent else ''}{account.pk}/"
     account.save(update_fields=["path"])
+    mqtt_dynsec.account_created(account=account)
     return account
 
 
@@ -148,8 +150,10 @@ def account_update(*, account: Account, data: dict[str, Any]) -> Account:
 def account_delete(*, account: Account) -> None:
     """Delete an account, its subaccounts and their tokens and regional data."""
     subtree = list(Account.objects.filter(path__startswith=account.path).values_list("pk", "datacenter__code"))
+    access = mqtt_dynsec.subtree_access(account=account)
     _regional_data_delete(subtree)
     account.delete()
+    mqtt_dynsec.account_deleted(access=access)
     for pk, _code in subtree:
         placement.forget_account(pk)
 
@@ -195,6 +199,7 @@ def token_create(
         access_type=access_type,
         created=time.time(),
     )
+    mqtt_dynsec.token_created(token=token, key=key)
     return token, key
 
 
@@ -210,11 +215,14 @@ def token_update(*, token: Token, data: dict[str, Any]) -> Token:
         fields.append("last_used")
     if fields:
         token.save(update_fields=fields)
+        mqtt_dynsec.token_changed(token=token)
     return token
 
 
 def token_delete(*, token: Token) -> None:
+    token_id, region = token.pk, token.account.region.code
     token.delete()
+    mqtt_dynsec.token_deleted(token_id=token_id, region=region)
 
 
 def token_authenticate(*, key: str, now: float | None = None) -> Token:

@@ -21,6 +21,7 @@ import orjson
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from accounts import mqtt_dynsec
 from accounts.models import Account
 from devices import storage
 from devices.constants import (
@@ -100,6 +101,7 @@ def device_create(
     except Exception:
         claim.delete()
         raise
+    mqtt_dynsec.device_granted(account_id=account.pk, device_id=device.pk, ident=ident)
     return device
 
 
@@ -116,6 +118,7 @@ def device_update(*, device: Device, account: Account, data: dict[str, Any]) -> 
             new_ident = configuration["ident"]
     if "account_id" in data and data["account_id"] != device.account_id:
         _device_move_check(device=device, account=account, target_id=data["account_id"])
+    before = (device.account_id, device.ident)
     if new_ident is not None:
         try:
             with transaction.atomic(using="default"):
@@ -132,6 +135,9 @@ def device_update(*, device: Device, account: Account, data: dict[str, Any]) -> 
     device.save()
     if "account_id" in data:
         DeviceIdent.objects.filter(device_id=device.pk).update(account_id=device.account_id)
+    if (device.account_id, device.ident) != before:
+        mqtt_dynsec.device_revoked(account_id=before[0], device_id=device.pk, ident=before[1])
+        mqtt_dynsec.device_granted(account_id=device.account_id, device_id=device.pk, ident=device.ident)
     return device
 
 
@@ -159,6 +165,7 @@ def device_delete(*, device: Device) -> None:
         storage.messages_drop_device(alias=alias, device_id=device_id)
         device.delete()
     DeviceIdent.objects.filter(device_id=device_id).delete()
+    mqtt_dynsec.device_revoked(account_id=device.account_id, device_id=device_id, ident=device.ident)
 
 
 # --- messages ------------------------------------------------------------------------------

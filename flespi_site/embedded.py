@@ -195,7 +195,7 @@ class EmbeddedServices:
             if any(service.name == "postgres" for service in self.services):
                 create_missing_databases(self.env, only_port=self._service("postgres").port)
             if self.publish:
-                names = [*_URL_VARS.values(), *([PLATFORM_PASSWORD_VAR] if self.env.get(PLATFORM_PASSWORD_VAR) else [])]
+                names = [*_URL_VARS.values(), *(var for var in (PLATFORM_PASSWORD_VAR, DYNSEC_VAR) if self.env.get(var))]
                 published = self.data_dir / PUBLISHED_FILE
                 published.touch(mode=0o600)
                 published.write_text("".join(f"{var}={self.env[var]}\n" for var in names))
@@ -224,6 +224,7 @@ class EmbeddedServices:
             self.env.pop(_URL_VARS[service.name], None)
             if service.name == "mqtt":
                 self.env.pop(PLATFORM_PASSWORD_VAR, None)
+                self.env.pop(DYNSEC_VAR, None)
         if self._lock_file is not None:
             if self.publish:
                 (self.data_dir / PUBLISHED_FILE).unlink(missing_ok=True)
@@ -346,6 +347,9 @@ class EmbeddedServices:
         # children of this process inherit it (docs/mqtt.md).
         if not self.env.get(PLATFORM_PASSWORD_VAR):
             self.env[PLATFORM_PASSWORD_VAR] = secrets.token_urlsafe(24)
+        if mqtt_broker_kind(self.env) == "mosquitto":
+            return self._start_mosquitto(port, url, log_path)
+        self.env.pop(DYNSEC_VAR, None)
         # The broker reads the control database and the topology as the platform will see them.
         child_env = {**os.environ, **self.env, "MQTT_URL": url, "DJANGO_SETTINGS_MODULE": "flespi_site.settings"}
         with open(log_path, "ab") as log_file:
@@ -360,8 +364,46 @@ class EmbeddedServices:
         return service
 
 
+    def _start_mosquitto(self, port: int, url: str, log_path: Path) -> Service:
+        """Mosquitto with its dynamic security plugin, which the platform keeps in step with
+        tokens, accounts and devices (``accounts.mqtt_dynsec``; ``manage.py mqtt_sync``)."""
+        from accounts.mqtt_dynsec import mosquitto_setup
+
+        conf = mosquitto_setup(
+            directory=self.data_dir / "mosquitto", port=port, root=self.env.get("MQTT_TOPIC_ROOT", "flespi"),
+            platform_username=self.env.get("MQTT_PLATFORM_USERNAME", "flespi-platform"),
+            platform_password=self.env[PLATFORM_PASSWORD_VAR],
+        )
+        self.env[DYNSEC_VAR] = "1"
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                start_new_session=True, preexec_fn=_child_setup(signal.SIGTERM),
+            )
+        service = Service("mqtt", url, port, process, log_path, signal.SIGTERM)
+        _wait_until(service, lambda: _mqtt_ready(port))
+        return service
+
+
 _URL_VARS = {"postgres": "DATABASE_URL", "redis": "REDIS_URL", "mqtt": "MQTT_URL"}
 PLATFORM_PASSWORD_VAR = "MQTT_PLATFORM_PASSWORD"
+DYNSEC_VAR = "MQTT_DYNSEC"
+BROKER_KIND_VAR = "FLESPI_MQTT_BROKER"
+
+
+def mqtt_broker_kind(env: Mapping[str, str]) -> str:
+    """The broker the embedded services start: ``FLESPI_MQTT_BROKER`` (``mosquitto`` or
+    ``amqtt``), else Mosquitto when its binary and dynamic security plugin are installed."""
+    from accounts.mqtt_dynsec import dynsec_plugin
+
+    chosen = env.get(BROKER_KIND_VAR, "")
+    if chosen in ("mosquitto", "amqtt"):
+        return chosen
+    if chosen:
+        raise EmbeddedError(f"{BROKER_KIND_VAR}={chosen!r}: use mosquitto or amqtt")
+    installed = (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")) and dynsec_plugin()
+    return "mosquitto" if installed else "amqtt"
 
 
 TEMPORARY_PREFIX = "embedded-tmp-"

@@ -61,3 +61,29 @@ def clients():
     yield make
     for client in made:
         client.close()
+
+
+@pytest.fixture
+def dynsec_broker(settings):
+    """A Mosquitto with dynamic security as region eu's broker, kept in step by the services."""
+    import dataclasses
+
+    from accounts import mqtt_dynsec
+    from tests.mqtt.helpers import DynsecMosquitto
+
+    if not DynsecMosquitto.available():
+        pytest.skip("needs mosquitto and its dynamic security plugin")
+    broker = DynsecMosquitto()
+    broker.start()
+    settings.MQTT_PLATFORM_USERNAME = PLATFORM_USER
+    settings.MQTT_PLATFORM_PASSWORD = PLATFORM_PASSWORD
+    settings.MQTT_DYNSEC = True
+    settings.TOPOLOGY = dataclasses.replace(settings.TOPOLOGY, regions=tuple(
+        dataclasses.replace(region, mqtt_url=broker.url if region.code == "eu" else "mqtt://ru.localhost:1883")
+        for region in settings.TOPOLOGY.regions
+    ))
+    yield broker
+    for control in mqtt_dynsec._controls.values():
+        control.close()
+    mqtt_dynsec._controls.clear()
+    broker.cleanup()

@@ -155,3 +155,40 @@ class TokenClient:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class DynsecMosquitto:
+    """A Mosquitto with the dynamic security plugin, configured as the embedded services do."""
+
+    def __init__(self):
+        from accounts.mqtt_dynsec import mosquitto_setup
+
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="dynsec-"))
+        os.chmod(self.dir, 0o755)
+        self.log = self.dir / "mosquitto.log"
+        self.conf = mosquitto_setup(directory=self.dir / "broker", port=self.port, root="flespi",
+                                    platform_username=PLATFORM_USER, platform_password=PLATFORM_PASSWORD)
+        self.process: subprocess.Popen | None = None
+
+    @staticmethod
+    def available() -> bool:
+        from accounts.mqtt_dynsec import dynsec_plugin
+
+        return bool((shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")) and dynsec_plugin())
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(self.conf)],
+                                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        wait_for_port(self.port, self.process, self.log)
+
+    def cleanup(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)

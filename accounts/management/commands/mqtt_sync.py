@@ -31,8 +31,8 @@ class Reconciler:
                     f"{url}: tokens {report.tokens_without_client} have no client on the broker (it lost its "
                     "dynamic-security file after they were made): create new tokens for their MQTT clients"
                 )
-            for error in report.errors:
-                self.command.stderr.write(f"{url}: {error}")
+            for refusal in report.errors:
+                self.command.stderr.write(f"{url}: {refusal}")
 
     def run(self) -> None:
         while True:

@@ -463,4 +463,8 @@ def mosquitto_setup(*, directory, port: int, root: str, platform_username: str, 
             return conf
         for path in (directory, *directory.iterdir()):
             shutil.chown(path, user.pw_uid, user.pw_gid)
+        for parent in directory.resolve().parents:  # as for the embedded PostgreSQL's user
+            mode = parent.stat().st_mode
+            if mode & 0o001 == 0:
+                parent.chmod(mode | 0o001)
     return conf

@@ -3,12 +3,13 @@
 The rules are those of ``accounts.mqtt_access``, written as dynamic-security objects:
 
 - role ``flespi-subscriber``: subscribe under ``<root>/<kind>/#`` (``subscribe_patterns``);
-- role ``account-<id>``: for each device of the account, receive its topics
-  (``device_receive_topics``) and publish to its ingest topic;
+- role ``account-<id>``: for each device of the account's subtree (its own and its
+  descendants'), receive its topics (``device_receive_topics``) and publish to its ingest topic;
 - a client per token, username = the token key (known only when the token is created, so the
   client is made then; ``textName`` is ``token <id>``, by which the platform finds it again),
   password = the key too (Mosquitto 2.0 cannot check an empty password), with the subscriber role
-  and the role of every account of its subtree; disabled while the token cannot be used;
+  and its account's role; disabled while the token cannot be used. A client's roles never change
+  afterwards: Mosquitto disconnects a client whose roles change, a role's ACLs it does not.
 - role ``flespi-platform`` and its client: everything, also ``$CONTROL/dynamic-security``;
 - default access: nothing but unsubscribing.
 
@@ -214,11 +215,7 @@ def _push(region: str, commands: list[dict[str, Any]], *, what: str) -> None:
 
 
 def _token_commands(*, token, key: str | None = None, username: str | None = None) -> list[dict[str, Any]]:
-    from accounts.models import Account
-
-    roles = [{"rolename": SUBSCRIBER_ROLE}] + [
-        {"rolename": account_role(pk)} for pk in Account.objects.filter(path__startswith=token.account.path).values_list("pk", flat=True)
-    ]
+    roles = [{"rolename": SUBSCRIBER_ROLE}, {"rolename": account_role(token.account_id)}]
     refused = token_refusal(token_id=token.pk, enabled=token.enabled, expire=token.expire, ttl=token.ttl,
                             created=token.created, last_used=token.last_used, now=time.time())
     if key is not None:
@@ -254,19 +251,9 @@ def token_deleted(*, token_id: int, region: str) -> None:
 
 
 def account_created(*, account) -> None:
-    """The new account's role, given to the tokens of its ancestors."""
-    if not settings.MQTT_DYNSEC:
-        return
-    from accounts.models import Token
-
-    region = account.region.code
-    ancestors = [int(pk) for pk in account.path.split("/") if pk][:-1]
-    usernames = _usernames(region)
-    commands = [{"command": "createRole", "rolename": account_role(account.pk)}] + [
-        {"command": "addClientRole", "username": usernames[pk], "rolename": account_role(account.pk)}
-        for pk in Token.objects.filter(account_id__in=ancestors).values_list("pk", flat=True) if pk in usernames
-    ]
-    _push(region, commands, what=f"account {account.pk}")
+    if settings.MQTT_DYNSEC:
+        _push(account.region.code, [{"command": "createRole", "rolename": account_role(account.pk)}],
+              what=f"account {account.pk}")
 
 
 @dataclass(frozen=True)
@@ -299,30 +286,37 @@ def account_deleted(*, access: SubtreeAccess | None) -> None:
     _push(region, commands, what="deleted accounts")
 
 
-def _region_of(account_id: int) -> str | None:
+def _chain_of(account_id: int) -> tuple[str, list[str]] | None:
+    """The region of an account and the roles its devices belong to: its own and its ancestors'."""
     from accounts.models import Account
 
-    return Account.objects.filter(pk=account_id).values_list("region__code", flat=True).first()
+    row = Account.objects.filter(pk=account_id).values_list("region__code", "path").first()
+    if row is None:
+        return None
+    return row[0], [account_role(int(pk)) for pk in row[1].split("/") if pk]
 
 
 def device_granted(*, account_id: int, device_id: int, ident: str) -> None:
-    if not settings.MQTT_DYNSEC or (region := _region_of(account_id)) is None:
+    if not settings.MQTT_DYNSEC or (chain := _chain_of(account_id)) is None:
         return
-    _push(region, [{"command": "createRole", "rolename": account_role(account_id)}] + [
-        {"command": "addRoleACL", "rolename": account_role(account_id), **entry}
-        for entry in device_acls(root=settings.MQTT_TOPIC_ROOT, ingest_pattern=settings.MQTT_INGEST_TOPIC,
-                                 device_id=device_id, ident=ident)
+    region, roles = chain
+    entries = device_acls(root=settings.MQTT_TOPIC_ROOT, ingest_pattern=settings.MQTT_INGEST_TOPIC,
+                          device_id=device_id, ident=ident)
+    _push(region, [
+        *({"command": "createRole", "rolename": role} for role in roles),
+        *({"command": "addRoleACL", "rolename": role, **entry} for role in roles for entry in entries),
     ], what=f"device {device_id}")
 
 
 def device_revoked(*, account_id: int, device_id: int, ident: str) -> None:
-    if not settings.MQTT_DYNSEC or (region := _region_of(account_id)) is None:
+    if not settings.MQTT_DYNSEC or (chain := _chain_of(account_id)) is None:
         return
+    region, roles = chain
+    entries = device_acls(root=settings.MQTT_TOPIC_ROOT, ingest_pattern=settings.MQTT_INGEST_TOPIC,
+                          device_id=device_id, ident=ident)
     _push(region, [
-        {"command": "removeRoleACL", "rolename": account_role(account_id), "acltype": entry["acltype"],
-         "topic": entry["topic"]}
-        for entry in device_acls(root=settings.MQTT_TOPIC_ROOT, ingest_pattern=settings.MQTT_INGEST_TOPIC,
-                                 device_id=device_id, ident=ident)
+        {"command": "removeRoleACL", "rolename": role, "acltype": entry["acltype"], "topic": entry["topic"]}
+        for role in roles for entry in entries
     ], what=f"device {device_id}")
 
 
@@ -370,8 +364,11 @@ def dynsec_reconcile(*, url: str, regions: Iterable[str]) -> ReconcileReport:
     for device_id, ident, account_id in DeviceIdent.objects.filter(region__in=regions).values_list(
         "device_id", "ident", "account_id"
     ):
-        for entry in device_acls(root=root, ingest_pattern=pattern, device_id=device_id, ident=ident):
-            wanted.setdefault(account_role(account_id), set()).add((entry["acltype"], entry["topic"]))
+        entries = {(e["acltype"], e["topic"]) for e in device_acls(root=root, ingest_pattern=pattern,
+                                                                  device_id=device_id, ident=ident)}
+        for owner in accounts.get(account_id, "").split("/"):
+            if owner:
+                wanted.setdefault(account_role(int(owner)), set()).update(entries)
     wanted[SUBSCRIBER_ROLE] = {(entry["acltype"], entry["topic"]) for entry in subscriber_acls(root=root)}
 
     commands: list[dict[str, Any]] = [{"command": "setDefaultACLAccess", "acls": [
@@ -392,15 +389,15 @@ def dynsec_reconcile(*, url: str, regions: Iterable[str]) -> ReconcileReport:
     clients = _clients(control)
     now = time.time()
     tokens = Token.objects.filter(account__region__code__in=regions).values_list(
-        "pk", "account__path", "enabled", "expire", "ttl", "created", "last_used"
+        "pk", "account_id", "enabled", "expire", "ttl", "created", "last_used"
     )
-    for pk, path, enabled, expire, ttl, created, last_used in tokens:
+    for pk, account_id, enabled, expire, ttl, created, last_used in tokens:
         client = clients.pop(pk, None)
         if client is None:
             report.tokens_without_client.append(pk)
             continue
         username = client["username"]
-        roles_wanted = {SUBSCRIBER_ROLE} | {account_role(a) for a, p in accounts.items() if p.startswith(path)}
+        roles_wanted = {SUBSCRIBER_ROLE, account_role(account_id)}
         roles_have = {role["rolename"] for role in client.get("roles", [])}
         commands += [{"command": "addClientRole", "username": username, "rolename": r} for r in sorted(roles_wanted - roles_have)]
         commands += [{"command": "removeClientRole", "username": username, "rolename": r} for r in sorted(roles_have - roles_wanted)]

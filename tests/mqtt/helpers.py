@@ -87,7 +87,8 @@ class EmbeddedBroker:
 
     def cleanup(self) -> None:
         self.stop(signal.SIGKILL)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not os.environ.get("KEEPLOG"):
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class TokenClient:
@@ -191,4 +192,5 @@ class DynsecMosquitto:
         if self.process is not None:
             self.process.kill()
             self.process.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not os.environ.get("KEEPLOG"):
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -201,3 +201,20 @@ def test_a_token_of_another_region_is_told_where_to_go(embedded_broker, make_acc
     from django.conf import settings
 
     assert info["mqtt"] == settings.TOPOLOGY.region("ru").mqtt_url
+
+
+def test_every_message_arrives_while_other_sessions_leave(embedded_broker, fleet, clients):
+    """Sessions of the same filter leaving during routing made amqtt skip the next subscriber."""
+    for _ in range(20):
+        passing = clients(embedded_broker.url, fleet.a_master)
+        assert passing.connect() and passing.subscribe("flespi/message/gw/devices/+") == 1
+        passing.close()
+    staying = clients(embedded_broker.url, fleet.a_master)
+    assert staying.connect() and staying.subscribe("flespi/message/gw/devices/+") == 1
+    platform = clients(embedded_broker.url, PLATFORM_USER, PLATFORM_PASSWORD)
+    assert platform.connect()
+    infos = [platform.client.publish(message_topic(fleet.a), str(i).encode(), qos=1) for i in range(2000)]
+    for info in infos:
+        info.wait_for_publish(30)
+    received = staying.wait_for(2000, timeout=30)
+    assert sorted(int(payload) for _, payload in received) == list(range(2000))

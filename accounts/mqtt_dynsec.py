@@ -407,8 +407,8 @@ def dynsec_reconcile(*, url: str, regions: Iterable[str]) -> ReconcileReport:
             commands.append({"command": "disableClient" if refused else "enableClient", "username": username})
     commands += [{"command": "deleteClient", "username": client["username"]} for client in clients.values()]
 
-    for start in range(0, len(commands), 500):
-        for response in control.send(commands[start:start + 500], timeout=60):
+    for start in range(0, len(commands), 5000):  # Mosquitto rewrites its file after each message
+        for response in control.send(commands[start:start + 5000], timeout=300):
             if response.get("error"):
                 report.errors.append(f"{response.get('command')}: {response['error']}")
     report.commands = len(commands)

@@ -88,28 +88,31 @@ def forget(account) -> None:
     account_delete(account=account)
 
 
-def run_embedded(counts: list[int], messages: int) -> list[tuple]:
+def report(kind: str, count: int, sync: float | None, connect: float, subscribe: float, rate: float) -> None:
+    print(f"{kind:<10} {count:>8,} {'-' if sync is None else f'{sync:.1f}':>8} {connect:>11.1f} "
+          f"{subscribe:>13.1f} {rate:>15,.0f}", flush=True)
+
+
+def run_embedded(counts: list[int], messages: int, report) -> None:
     from django.conf import settings
 
     from tests.mqtt.helpers import PLATFORM_PASSWORD, PLATFORM_USER, EmbeddedBroker
 
     settings.MQTT_PLATFORM_USERNAME, settings.MQTT_PLATFORM_PASSWORD = PLATFORM_USER, PLATFORM_PASSWORD
-    rows = []
     broker = EmbeddedBroker()
     broker.start()
     try:
         for count in counts:
             account, key, devices = make_account(count)
             try:
-                rows.append(("amqtt", count, None, *measure(broker.url, key, "", devices, messages)))
+                report("amqtt", count, None, *measure(broker.url, key, "", devices, messages))
             finally:
                 forget(account)
     finally:
         broker.cleanup()
-    return rows
 
 
-def run_mosquitto(counts: list[int], messages: int) -> list[tuple]:
+def run_mosquitto(counts: list[int], messages: int, report) -> None:
     import dataclasses
 
     from django.conf import settings
@@ -118,8 +121,7 @@ def run_mosquitto(counts: list[int], messages: int) -> list[tuple]:
     from tests.mqtt.helpers import PLATFORM_PASSWORD, PLATFORM_USER, DynsecMosquitto
 
     if not DynsecMosquitto.available():
-        return []
-    rows = []
+        return
     for count in counts:
         broker = DynsecMosquitto()
         broker.start()
@@ -133,7 +135,7 @@ def run_mosquitto(counts: list[int], messages: int) -> list[tuple]:
                 began = time.perf_counter()
                 mqtt_dynsec.dynsec_reconcile(url=broker.url, regions=["eu"])
                 sync = time.perf_counter() - began
-                rows.append(("mosquitto", count, sync, *measure(broker.url, key, key, devices, messages)))
+                report("mosquitto", count, sync, *measure(broker.url, key, key, devices, messages))
             finally:
                 settings.MQTT_DYNSEC = False
                 forget(account)
@@ -142,23 +144,26 @@ def run_mosquitto(counts: list[int], messages: int) -> list[tuple]:
                 control.close()
             mqtt_dynsec._controls.clear()
             broker.cleanup()
-    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", default="1,1000,10000")
     parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--broker", choices=["amqtt", "mosquitto", "both"], default="both")
     args = parser.parse_args()
     configure_environment()
     os.environ.setdefault("MQTT_URL", "mqtt://127.0.0.1:1")  # unused: each broker is the bench's own
     setup_databases()
     counts = [int(n) for n in args.devices.split(",")]
-    rows = run_embedded(counts, args.messages) + run_mosquitto(counts, args.messages)
-    print(f"\n{'broker':<10} {'devices':>8} {'sync s':>8} {'connect ms':>11} {'subscribe ms':>13} {'delivery msg/s':>15}")
-    for kind, count, sync, connect, subscribe, rate in rows:
-        print(f"{kind:<10} {count:>8,} {'-' if sync is None else f'{sync:.2f}':>8} {connect:>11.1f} "
-              f"{subscribe:>13.1f} {rate:>15,.0f}")
+    from accounts.models import Account
+
+    for leftover in Account.objects.filter(name__startswith="bench-", parent=None):  # of an interrupted run
+        forget(leftover)
+    print(f"{'broker':<10} {'devices':>8} {'sync s':>8} {'connect ms':>11} {'subscribe ms':>13} {'delivery msg/s':>15}",
+          flush=True)
+    for run in ([] if args.broker == "mosquitto" else [run_embedded]) + ([] if args.broker == "amqtt" else [run_mosquitto]):
+        run(counts, args.messages, report)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 
-from accounts import placement
+from accounts import mqtt_dynsec, placement
 from accounts.choices import AccessType
 from accounts.constants import MAX_ACCOUNT_DEPTH, TOKEN_KEY_BYTES, TOKEN_PREFIX_LENGTH, TOKEN_TOUCH_INTERVAL
 from accounts.models import Account, Token
+from accounts.mqtt_access import token_refusal
 from accounts.regional_data import regional_data_delete
 from flespi_site.errors import Conflict, ErrorKind, InvalidInput, NotFound, Unauthorized
 from flespi_site.updates import locked_row, save_fields
@@ -122,6 +123,7 @@ def account_create(
     )
     account.path = f"{parent.path if parent else ''}{account.pk}/"
     account.save(update_fields=["path"])
+    mqtt_dynsec.account_created(account=account)
     return account
 
 
@@ -167,8 +169,11 @@ def accounts_delete(*, accounts: Iterable[Account]) -> None:
     by_alias: dict[str, list[int]] = {}
     for pk, code in subtree:
         by_alias.setdefault(alias_for_datacenter(code), []).append(pk)
+    access = [mqtt_dynsec.subtree_access(account=account) for account in Account.objects.filter(path__in=roots)]
     regional_data_delete(account_ids_by_alias=by_alias)
     Account.objects.filter(path__in=roots).delete()
+    for subtree_access in access:
+        mqtt_dynsec.account_deleted(access=subtree_access)
     for pk, _code in subtree:
         placement.forget_account(pk)
 
@@ -199,6 +204,7 @@ def token_create(
         access_type=access_type,
         created=time.time(),
     )
+    mqtt_dynsec.token_created(token=token, key=key)
     return token, key
 
 
@@ -210,13 +216,18 @@ def token_update(*, token: Token, data: dict[str, Any]) -> Token:
         if "ttl" in data:
             # A new ttl counts from now, not from a use long ago.
             changes["last_used"] = time.time()
-        return save_fields(fresh, changes, name="token")
+        token = save_fields(fresh, changes, name="token")
+        if changes:
+            mqtt_dynsec.token_changed(token=token)
+        return token
 
 
 def token_delete(*, token: Token) -> None:
     """Delete a token; a token already gone is a 404."""
     with locked_row(Token, pk=token.pk, using="default", name="token") as fresh:
+        region = fresh.account.region.code
         fresh.delete()
+        mqtt_dynsec.token_deleted(token_id=token.pk, region=region)
 
 
 def token_authenticate(*, key: str, now: float | None = None) -> Token:
@@ -225,13 +236,12 @@ def token_authenticate(*, key: str, now: float | None = None) -> Token:
     token = Token.objects.select_related("account", "account__region").filter(key_hash=_hash_key(key)).first()
     if token is None:
         raise Unauthorized("unknown token")
-    if not token.enabled:
-        raise Unauthorized(f"token {token.pk} is disabled")
-    if token.expire and now >= token.expire:
-        raise Unauthorized(f"token {token.pk} expired")
-    last = token.last_used or token.created
-    if token.ttl and now - last >= token.ttl:
-        raise Unauthorized(f"token {token.pk} expired: unused for more than its ttl of {token.ttl} s")
+    problem = token_refusal(
+        token_id=token.pk, enabled=token.enabled, expire=token.expire, ttl=token.ttl,
+        created=token.created, last_used=token.last_used, now=now,
+    )
+    if problem:
+        raise Unauthorized(problem)
     touch_every = min(TOKEN_TOUCH_INTERVAL, token.ttl / 10) if token.ttl else TOKEN_TOUCH_INTERVAL
     if token.last_used is None or now - token.last_used >= touch_every:
         Token.objects.filter(pk=token.pk).update(last_used=now)

@@ -33,6 +33,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import secrets
 import shlex
 import shutil
 import signal
@@ -194,8 +195,10 @@ class EmbeddedServices:
             if any(service.name == "postgres" for service in self.services):
                 create_missing_databases(self.env, only_port=self._service("postgres").port)
             if self.publish:
-                lines = [f"{var}={self.env[var]}\n" for var in _URL_VARS.values()]
-                (self.data_dir / PUBLISHED_FILE).write_text("".join(lines))
+                names = [*_URL_VARS.values(), *(var for var in (PLATFORM_PASSWORD_VAR, DYNSEC_VAR) if self.env.get(var))]
+                published = self.data_dir / PUBLISHED_FILE
+                published.touch(mode=0o600)
+                published.write_text("".join(f"{var}={self.env[var]}\n" for var in names))
         except BaseException:
             self.stop()
             raise
@@ -219,6 +222,9 @@ class EmbeddedServices:
             seconds = service.stop()
             log.info("%s: stopped in %.1f s", service.name, seconds)
             self.env.pop(_URL_VARS[service.name], None)
+            if service.name == "mqtt":
+                self.env.pop(PLATFORM_PASSWORD_VAR, None)
+                self.env.pop(DYNSEC_VAR, None)
         if self._lock_file is not None:
             if self.publish:
                 (self.data_dir / PUBLISHED_FILE).unlink(missing_ok=True)
@@ -336,18 +342,68 @@ class EmbeddedServices:
     def _start_mqtt(self) -> Service:
         log_path = self.data_dir / "mqtt.log"
         port = self._port("mqtt")
+        url = f"mqtt://127.0.0.1:{port}"
+        # The broker's access control lets the platform's own clients in with this login; the
+        # children of this process inherit it (docs/mqtt.md).
+        if not self.env.get(PLATFORM_PASSWORD_VAR):
+            self.env[PLATFORM_PASSWORD_VAR] = secrets.token_urlsafe(24)
+        if mqtt_broker_kind(self.env) == "mosquitto":
+            return self._start_mosquitto(port, url, log_path)
+        self.env.pop(DYNSEC_VAR, None)
+        # The broker reads the control database and the topology as the platform will see them.
+        child_env = {**os.environ, **self.env, "MQTT_URL": url, "DJANGO_SETTINGS_MODULE": "flespi_site.settings"}
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(
-                [sys.executable, "-m", "flespi_site.embedded", "mqtt-broker", "--port", str(port)],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd=REPO_DIR,
+                [sys.executable, "-m", "flespi_site.embedded", "mqtt-broker", "--port", str(port),
+                 "--store", str(self.data_dir / "mqtt-sessions.sqlite3")],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd=REPO_DIR, env=child_env,
                 start_new_session=True, preexec_fn=_child_setup(signal.SIGTERM),
             )
-        service = Service("mqtt", f"mqtt://127.0.0.1:{port}", port, process, log_path, signal.SIGTERM)
+        service = Service("mqtt", url, port, process, log_path, signal.SIGTERM)
+        _wait_until(service, lambda: _mqtt_ready(port))
+        return service
+
+
+    def _start_mosquitto(self, port: int, url: str, log_path: Path) -> Service:
+        """Mosquitto with its dynamic security plugin, which the platform keeps in step with
+        tokens, accounts and devices (``accounts.mqtt_dynsec``; ``manage.py mqtt_sync``)."""
+        from accounts.mqtt_dynsec import mosquitto_setup
+
+        conf = mosquitto_setup(
+            directory=self.data_dir / "mosquitto", port=port, root=self.env.get("MQTT_TOPIC_ROOT", "flespi"),
+            platform_username=self.env.get("MQTT_PLATFORM_USERNAME", "flespi-platform"),
+            platform_password=self.env[PLATFORM_PASSWORD_VAR],
+        )
+        self.env[DYNSEC_VAR] = "1"
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                start_new_session=True, preexec_fn=_child_setup(signal.SIGTERM),
+            )
+        service = Service("mqtt", url, port, process, log_path, signal.SIGTERM)
         _wait_until(service, lambda: _mqtt_ready(port))
         return service
 
 
 _URL_VARS = {"postgres": "DATABASE_URL", "redis": "REDIS_URL", "mqtt": "MQTT_URL"}
+PLATFORM_PASSWORD_VAR = "MQTT_PLATFORM_PASSWORD"
+DYNSEC_VAR = "MQTT_DYNSEC"
+BROKER_KIND_VAR = "FLESPI_MQTT_BROKER"
+
+
+def mqtt_broker_kind(env: Mapping[str, str]) -> str:
+    """The broker the embedded services start: ``FLESPI_MQTT_BROKER`` (``mosquitto`` or
+    ``amqtt``), else Mosquitto when its binary and dynamic security plugin are installed."""
+    from accounts.mqtt_dynsec import dynsec_plugin
+
+    chosen = env.get(BROKER_KIND_VAR, "")
+    if chosen in ("mosquitto", "amqtt"):
+        return chosen
+    if chosen:
+        raise EmbeddedError(f"{BROKER_KIND_VAR}={chosen!r}: use mosquitto or amqtt")
+    installed = (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")) and dynsec_plugin()
+    return "mosquitto" if installed else "amqtt"
 
 
 TEMPORARY_PREFIX = "embedded-tmp-"
@@ -412,17 +468,18 @@ def _redis_ready(port: int) -> bool:
 
 # MQTT 3.1.1 CONNECT (clean session, client id "probe") and DISCONNECT.
 _MQTT_CONNECT = b"\x10\x11\x00\x04MQTT\x04\x02\x00\x3c\x00\x05probe"
-_MQTT_CONNACK_ACCEPTED = b"\x20\x02\x00\x00"
+_MQTT_CONNACK = b"\x20\x02\x00"
 _MQTT_DISCONNECT = b"\xe0\x00"
 
 
 def _mqtt_ready(port: int) -> bool:
+    """The broker answers a CONNECT (refusing the anonymous probe is an answer too)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
             sock.sendall(_MQTT_CONNECT)
-            accepted = sock.recv(4) == _MQTT_CONNACK_ACCEPTED
+            answered = sock.recv(4)[:3] == _MQTT_CONNACK
             sock.sendall(_MQTT_DISCONNECT)
-            return accepted
+            return answered
     except OSError:
         return False
 
@@ -619,23 +676,24 @@ def exec_command(command: Sequence[str]) -> int:
             services.stop()
 
 
-def run_mqtt_broker(port: int) -> None:
-    """Run an amqtt broker on 127.0.0.1:``port`` until SIGTERM or SIGINT."""
+def run_mqtt_broker(port: int, store: str) -> None:
+    """Run the platform's amqtt broker (access control and persistence,
+    ``flespi_site.mqtt_broker``) on 127.0.0.1:``port`` until SIGTERM or SIGINT."""
     import asyncio
 
-    from amqtt.broker import Broker
+    import django
 
-    config = {
-        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    }
+    django.setup()
+    from flespi_site.mqtt_broker import PlatformBroker, broker_config
+
+    config = broker_config(port=port, url=f"mqtt://127.0.0.1:{port}", store_path=store)
 
     async def main() -> None:
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
-        broker = Broker(config)
+        broker = PlatformBroker(config)
         await broker.start()
         await stopping.wait()
         await broker.shutdown()
@@ -651,6 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("env", help="print `export VAR=URL` lines for the services of a running `make run`")
     broker = commands.add_parser("mqtt-broker", help="run the embedded MQTT broker (internal)")
     broker.add_argument("--port", type=int, required=True)
+    broker.add_argument("--store", required=True, help="the SQLite file of sessions and retained messages")
     args = parser.parse_args(argv)
     configure_logging()
     if args.action == "env":
@@ -662,7 +721,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.action == "mqtt-broker":
         logging.getLogger("transitions").setLevel(logging.WARNING)
-        run_mqtt_broker(args.port)
+        run_mqtt_broker(args.port, args.store)
         return 0
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:

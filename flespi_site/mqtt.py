@@ -18,15 +18,31 @@ def broker_address(url: str) -> tuple[str, int, bool]:
     return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls
 
 
-def client_for(url: str, *, client_id: str, clean_session: bool = True) -> paho.Client:
-    """A configured, not yet connected client for the broker at ``url``."""
+def platform_credentials() -> tuple[str, str] | None:
+    """The platform's own login on brokers with access control (``MQTT_PLATFORM_USERNAME`` and
+    ``MQTT_PLATFORM_PASSWORD``), or None when no password is configured."""
+    from django.conf import settings
+
+    if not settings.configured or not settings.MQTT_PLATFORM_PASSWORD:
+        return None
+    return settings.MQTT_PLATFORM_USERNAME, settings.MQTT_PLATFORM_PASSWORD
+
+
+def client_for(
+    url: str, *, client_id: str, clean_session: bool = True, credentials: tuple[str, str] | None = None
+) -> paho.Client:
+    """A configured, not yet connected client for the broker at ``url``. It logs in with
+    ``credentials``, else with those of the URL, else with the platform's (``platform_credentials``)."""
     _host, _port, tls = broker_address(url)
     client = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session
     )
     parts = urlsplit(url)
-    if parts.username:
-        client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
+    if credentials is None and parts.username:
+        credentials = unquote(parts.username), unquote(parts.password or "")
+    credentials = credentials or platform_credentials()
+    if credentials is not None:
+        client.username_pw_set(*credentials)
     if tls:
         client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
     client.reconnect_delay_set(min_delay=1, max_delay=10)

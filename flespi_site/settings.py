@@ -149,6 +149,14 @@ SPECTACULAR_SETTINGS = {
 REDIS_URL = os.environ.get("REDIS_URL", _topology.DEFAULT_REDIS_URL)
 MQTT_URL = os.environ.get("MQTT_URL", _topology.DEFAULT_MQTT_URL)
 MQTT_TOPIC_ROOT = os.environ.get("MQTT_TOPIC_ROOT", "flespi")
+# The platform's own MQTT clients (relay, ingest consumer, the Mosquitto access sync) log in with
+# these on a broker with access control; with no password they connect as the URL says
+# (docs/mqtt.md). The embedded services set them for the broker they start.
+MQTT_PLATFORM_USERNAME = os.environ.get("MQTT_PLATFORM_USERNAME", "flespi-platform")
+MQTT_PLATFORM_PASSWORD = os.environ.get("MQTT_PLATFORM_PASSWORD", "")
+# "1": the region brokers are Mosquittos with the dynamic security plugin, which the platform
+# keeps in step with tokens, accounts and devices (accounts.mqtt_dynsec).
+MQTT_DYNSEC = os.environ.get("MQTT_DYNSEC", "") == "1"
 
 LOGGING = {
     "version": 1,

@@ -50,11 +50,14 @@ class Process:
     name: str
     argv: tuple[str, ...]
     command: str | None = None
+    # The environment variable that must be "1" for the process to run (read once the embedded
+    # services have set theirs), or None.
+    only_with: str | None = None
 
     @classmethod
-    def manage(cls, name: str, command: str, *args: str) -> Process:
+    def manage(cls, name: str, command: str, *args: str, only_with: str | None = None) -> Process:
         """A process running ``manage.py <command> <args>``."""
-        return cls(name, ("{python}", "{manage}", command, *args), command=command)
+        return cls(name, ("{python}", "{manage}", command, *args), command=command, only_with=only_with)
 
     def resolve(self, context: Mapping[str, str]) -> list[str]:
         return [part.format(**context) for part in self.argv]
@@ -107,6 +110,8 @@ PROCESSES: list[Process] = [
         for n in range(_calc_workers())
     ),
     *(Process.manage(f"pump-{region}", "calc_pump", "--region", region) for region in _regions()),
+    # Keeps a Mosquitto the platform manages (dynamic security) in step with tokens and devices.
+    Process.manage("mqtt-sync", "mqtt_sync", "--every", "30", only_with="MQTT_DYNSEC"),
 ]
 
 
@@ -261,6 +266,8 @@ def runnable(processes: Iterable[Process], commands: set[str]) -> list[Process]:
     for process in processes:
         if process.command is not None and process.command not in commands:
             log.info("%s: skipped, management command %r is not installed", process.name, process.command)
+            continue
+        if process.only_with is not None and os.environ.get(process.only_with) != "1":
             continue
         selected.append(process)
     return selected

@@ -71,6 +71,9 @@ class PrivateBroker:
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="mosquitto-")
+        # started as root, Mosquitto drops to its own user, which must be able to write its
+        # persistence file here
+        os.chmod(self.dir, 0o777)
         self.config = os.path.join(self.dir, "mosquitto.conf")
         with open(self.config, "w") as handle:
             handle.write(

@@ -88,6 +88,9 @@ def test_mqtt_subscriber_receives_a_qos1_message(services):
 
     subscriber.on_message = on_message
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="embedded-pub")
+    # the embedded broker lets in tokens and the platform's own login (docs/mqtt.md)
+    for client in (subscriber, publisher):
+        client.username_pw_set("flespi-platform", services.env["MQTT_PLATFORM_PASSWORD"])
     subscriber.connect("127.0.0.1", port)
     subscriber.loop_start()
     publisher.connect("127.0.0.1", port)
@@ -130,10 +133,15 @@ def test_stop_closes_every_port_and_ends_every_process(tmp_path):
     running = EmbeddedServices(data_dir=tmp_path, env=environment_without_urls(), publish=True)
     running.start()
     published = embedded.published_urls(tmp_path)
-    assert published == {var: running.env[var] for var in URL_VARS}
+    # the platform's login on the broker it started (and, for a Mosquitto, that the platform
+    # manages its access) is published with the URLs
+    mqtt_vars = ["MQTT_PLATFORM_PASSWORD", *(["MQTT_DYNSEC"] if embedded.mqtt_broker_kind(running.env) == "mosquitto" else [])]
+    assert published == {var: running.env[var] for var in (*URL_VARS, *mqtt_vars)}
+    assert (tmp_path / embedded.PUBLISHED_FILE).stat().st_mode & 0o077 == 0
     attached = {"FLESPI_DATA_DIR": str(tmp_path), "REDIS_URL": "redis://elsewhere:1/0"}
     assert embedded.attach_environment(attached) == {
         "DATABASE_URL": published["DATABASE_URL"], "MQTT_URL": published["MQTT_URL"],
+        **{var: published[var] for var in mqtt_vars},
     }
     assert attached["REDIS_URL"] == "redis://elsewhere:1/0"
     ports = [service.port for service in running.services]
@@ -208,3 +216,30 @@ def test_child_output_is_prefixed_with_its_name():
     assert child.popen.wait(10) == 0
     child.reader.join(5)
     assert out.getvalue() == "calc   | one\ncalc   | two\n"
+
+
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+def test_either_embedded_broker_lets_in_only_the_platform_and_tokens(tmp_path, kind):
+    if kind == "mosquitto" and embedded.mqtt_broker_kind({}) != "mosquitto":
+        pytest.skip("needs mosquitto and its dynamic security plugin")
+    env = {**environment_without_urls(), "FLESPI_MQTT_BROKER": kind,
+           "DATABASE_URL": os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/flespi"),
+           "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")}
+    with EmbeddedServices(data_dir=tmp_path, env=env) as running:
+        assert [service.name for service in running.services] == ["mqtt"]
+        assert (env.get("MQTT_DYNSEC") == "1") is (kind == "mosquitto")
+        port = int(env["MQTT_URL"].rsplit(":", 1)[1])
+        answers = {}
+        for name, login in {"anonymous": None, "platform": ("flespi-platform", env["MQTT_PLATFORM_PASSWORD"])}.items():
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{name}")
+            if login:
+                client.username_pw_set(*login)
+            answered = threading.Event()
+            client.on_connect = lambda c, u, f, rc, p, name=name, answered=answered: (
+                answers.__setitem__(name, rc.is_failure), answered.set())
+            client.connect("127.0.0.1", port)
+            client.loop_start()
+            answered.wait(10)
+            client.disconnect()
+            client.loop_stop()
+    assert answers == {"anonymous": True, "platform": False}

@@ -80,6 +80,8 @@ class AuthInfoView(FlespiAPIView):
                         "cid": self.account.pk,
                         "account": render_account(self.account),
                         "region": self.account.region.code,
+                        # where this account's MQTT clients connect (docs/mqtt.md)
+                        "mqtt": self.account.region.mqtt_url,
                         "access": {"type": token.access_type, "name": AccessType(token.access_type).label},
                     }
                 ]

@@ -1,0 +1,152 @@
+"""The MQTT access policy on its own (no broker, no database)."""
+
+from __future__ import annotations
+
+import pytest
+
+from accounts.mqtt_access import (
+    PLATFORM,
+    Principal,
+    TokenFacts,
+    connect_decision,
+    device_of_topic,
+    device_receive_topics,
+    publish_decision,
+    receive_decision,
+    subscribe_decision,
+    subscribe_patterns,
+)
+from flespi_site.mqtt_broker import topic_matches
+
+ROOT = "flespi"
+# devices 11 and 12 of account 7 (under root 1), 13 of its child 9, 21 of another root 2
+PATHS = {11: "1/7/", 12: "1/7/", 13: "1/7/9/", 21: "2/"}
+IDENTS = {"a11": "1/7/", "a13": "1/7/9/", "b21": "2/"}
+ACCOUNT_7 = Principal(platform=False, token_id=5, account_id=7, account_path="1/7/", region="eu")
+CHILD_9 = Principal(platform=False, token_id=6, account_id=9, account_path="1/7/9/", region="eu")
+
+
+def token(**fields) -> TokenFacts:
+    base = dict(id=5, account_id=7, account_path="1/7/", region="eu", enabled=True, expire=0, ttl=0,
+                created=1000.0, last_used=None, access_type=0)
+    return TokenFacts(**{**base, **fields})
+
+
+def connect(username="key", password="", facts=None, now=2000.0, regions=frozenset({"eu"})):
+    return connect_decision(
+        username=username, password=password, platform_username="flespi-platform", platform_password="s3cret",
+        token=facts, broker_regions=regions, region_mqtt_urls={"eu": "mqtt://eu", "ru": "mqtt://ru"}, now=now,
+    )
+
+
+def test_connect():
+    decision, principal = connect(facts=token())
+    assert decision.allowed and principal == ACCOUNT_7
+    assert connect(password="key", facts=token())[0].allowed  # the token as password (Mosquitto)
+    assert connect(username="flespi-platform", password="s3cret")[1] == PLATFORM
+    refusals = {
+        "no username": connect(username="", facts=token()),
+        "unknown": connect(facts=None),
+        "other password": connect(password="x", facts=token()),
+        "disabled": connect(facts=token(enabled=False)),
+        "expired": connect(facts=token(expire=1500)),
+        "ttl": connect(facts=token(ttl=60, last_used=1900.0)),
+        "platform password": connect(username="flespi-platform", password="nope"),
+    }
+    reasons = {name: decision.reason for name, (decision, principal) in refusals.items() if not decision.allowed
+               and principal is None}
+    assert reasons == {
+        "no username": "a token key is required as the MQTT username",
+        "unknown": "unknown token",
+        "other password": "the password must be empty or the token itself",
+        "disabled": "token 5 is disabled",
+        "expired": "token 5 expired",
+        "ttl": "token 5 expired: unused for more than its ttl of 60 s",
+        "platform password": "bad password for the platform's user",
+    }
+
+
+def test_connect_to_another_regions_broker_names_the_right_endpoint():
+    decision, principal = connect(facts=token(region="ru"))
+    assert principal is None and decision.server_reference == "mqtt://ru"
+    assert decision.reason == "the account of token 5 lives in region ru: connect to mqtt://ru"
+
+
+@pytest.mark.parametrize("topic_filter", [
+    "#", "+/#", "+/+/+/+/+", "flespi/#", "flespi/+/gw/devices/+", "$share/g/flespi/#", "$share/g/#",
+    "$SYS/#", "$CONTROL/dynamic-security/v1", "ingest/+", "flespi/message/gw/devices/21",
+    "$share/g/flespi/message/gw/devices/21", "flespi/state/gw/calcs/+/devices/21/#",
+    "flespi/message/gw/devices/+/extra", "flespi/message/gw/devices", "flespi/message/#/x",
+    "$share//flespi/message/#", "$share/g+/flespi/message/#", "flespi/message/gw/devices/x1",
+    "other/message/gw/devices/+",
+])
+def test_refused_subscriptions(topic_filter):
+    assert not subscribe_decision(principal=ACCOUNT_7, topic_filter=topic_filter, root=ROOT,
+                                  device_path=PATHS.get).allowed
+
+
+@pytest.mark.parametrize("topic_filter", [
+    "flespi/message/gw/devices/+", "flespi/message/#", "flespi/message/gw/devices/11",
+    "flespi/message/gw/devices/13", "$share/g/flespi/message/gw/devices/+", "flespi/interval/#",
+    "flespi/interval/gw/calcs/+/devices/11/created", "flespi/state/gw/calcs/3/devices/+/+",
+    "flespi/state/+/+/+/+/+/last",
+])
+def test_allowed_subscriptions(topic_filter):
+    assert subscribe_decision(principal=ACCOUNT_7, topic_filter=topic_filter, root=ROOT, device_path=PATHS.get).allowed
+
+
+def test_a_child_token_does_not_reach_its_parents_devices():
+    assert not subscribe_decision(principal=CHILD_9, topic_filter="flespi/message/gw/devices/11", root=ROOT,
+                                  device_path=PATHS.get).allowed
+    assert not receive_decision(principal=CHILD_9, topic="flespi/message/gw/devices/11", root=ROOT,
+                                device_path=PATHS.get).allowed
+    assert receive_decision(principal=CHILD_9, topic="flespi/message/gw/devices/13", root=ROOT,
+                            device_path=PATHS.get).allowed
+
+
+TOPICS = [
+    "flespi/message/gw/devices/11", "flespi/message/gw/devices/13", "flespi/message/gw/devices/21",
+    "flespi/message/gw/devices/99", "flespi/interval/gw/calcs/4/devices/11/created",
+    "flespi/interval/gw/calcs/4/devices/21/created", "flespi/state/gw/calcs/4/devices/12/last",
+    "flespi/state/gw/calcs/4/devices/21/active", "flespi/message/gw/devices/11/x", "flespi/other/11",
+    "ingest/a11", "flespi/state/gw/calcs/x/devices/11/last",
+]
+
+
+def test_deliveries_are_exactly_the_subtrees_devices():
+    allowed = [t for t in TOPICS if receive_decision(principal=ACCOUNT_7, topic=t, root=ROOT, device_path=PATHS.get).allowed]
+    assert allowed == [
+        "flespi/message/gw/devices/11", "flespi/message/gw/devices/13",
+        "flespi/interval/gw/calcs/4/devices/11/created", "flespi/state/gw/calcs/4/devices/12/last",
+        "flespi/state/gw/calcs/x/devices/11/last",
+    ]
+
+
+def test_mosquitto_grants_are_the_same_rule():
+    """Mosquitto's per-device receive ACLs allow exactly what ``receive_decision`` allows."""
+    granted = [f for device, path in PATHS.items() if path.startswith("1/7/")
+               for f in device_receive_topics(root=ROOT, device_id=device)]
+    for topic in TOPICS:
+        by_acl = any(topic_matches(f, topic) for f in granted)
+        assert by_acl == receive_decision(principal=ACCOUNT_7, topic=topic, root=ROOT, device_path=PATHS.get).allowed, topic
+    for topic in TOPICS:
+        if device_of_topic(topic, root=ROOT) is not None:
+            assert any(topic_matches(f, topic) for f in subscribe_patterns(root=ROOT))
+
+
+@pytest.mark.parametrize(("topic", "allowed"), [
+    ("ingest/a11", True), ("ingest/a13", True), ("ingest/b21", False), ("ingest/zzz", False),
+    ("flespi/message/gw/devices/11", False), ("flespi", False), ("other", False), ("ingest/a11/x", False),
+    ("ingest/", False),
+])
+def test_publish(topic, allowed):
+    decision = publish_decision(principal=ACCOUNT_7, topic=topic, root=ROOT, ingest_pattern="ingest/+",
+                                ident_path=IDENTS.get)
+    assert decision.allowed is allowed, decision.reason
+
+
+def test_the_platform_may_do_everything():
+    assert publish_decision(principal=PLATFORM, topic="flespi/state/x", root=ROOT, ingest_pattern="ingest/+",
+                            ident_path=IDENTS.get).allowed
+    assert subscribe_decision(principal=PLATFORM, topic_filter="#", root=ROOT, device_path=PATHS.get).allowed
+    assert receive_decision(principal=PLATFORM, topic="ingest/x", root=ROOT, device_path=PATHS.get).allowed

@@ -91,7 +91,7 @@ def _prefix(name: str) -> str:
 
 def _download(package: Package) -> bytes:
     try:
-        with urllib.request.urlopen(package.tarball, timeout=60) as response:  # noqa: S310 (https, pinned)
+        with urllib.request.urlopen(package.tarball, timeout=60) as response:
             data = response.read()
     except OSError as exc:
         raise VendorError(f"cannot download {package.tarball}: {exc}") from None

@@ -24,7 +24,7 @@ from analytics.choices import AssignmentState
 from analytics.debounce import DebounceTimers
 from analytics.models import Assignment
 from analytics.shards import leases_read
-from flespi_site.celery import celery_app, shard_queue
+from flespi_site.celery import shard_queue
 from regions.selectors import served_datacenters
 
 _OUTBOX = """
@@ -92,16 +92,20 @@ def status_client(region: str) -> redis.Redis:
     )
 
 
+def celery_prefix(region: str) -> str:
+    """Where the region's Celery app keeps its keys (``flespi_site.celery``)."""
+    return f"flespi:{region}:celery:"
+
+
 def queue_keys(region: str, shard: int) -> list[str]:
-    """The Redis lists of a shard's Celery queue: kombu keeps one per priority step, under the
-    region's key prefix (``flespi_site.celery``)."""
-    prefix = celery_app(region).conf.broker_transport_options["global_keyprefix"]
-    queue = shard_queue(region, shard)
+    """The Redis lists of a shard's Celery queue: kombu keeps one per priority step."""
+    prefix, queue = celery_prefix(region), shard_queue(region, shard)
     return [f"{prefix}{queue}{Channel.sep}{step}" if step else f"{prefix}{queue}" for step in PRIORITY_STEPS]
 
 
 def unacked_key(region: str) -> str:
-    return f"{celery_app(region).conf.broker_transport_options['global_keyprefix']}unacked"
+    """The hash of the messages delivered to a worker and not acknowledged yet."""
+    return f"{celery_prefix(region)}unacked"
 
 
 def datacenter_status(*, code: str, alias: str) -> DatacenterStatus:
@@ -124,11 +128,15 @@ def datacenter_status(*, code: str, alias: str) -> DatacenterStatus:
 
 
 def region_status(
-    *, code: str, datacenters: list[DatacenterStatus], shards: int | None = None
+    *,
+    code: str,
+    datacenters: list[DatacenterStatus],
+    shards: int | None = None,
+    client: redis.Redis | None = None,
 ) -> RegionStatus:
-    """The shards of one region as its Redis holds them."""
+    """The shards of one region as its Redis (``client``, by default the region's) holds them."""
     shards = settings.CALC_SHARDS if shards is None else shards
-    client = status_client(code)
+    client = status_client(code) if client is None else client
     try:
         read = leases_read(client, region=code, shards=shards)
         pipe = client.pipeline(transaction=False)

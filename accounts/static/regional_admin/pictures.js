@@ -95,9 +95,12 @@
   function makeChart(element, label, samples) {
     const xs = samples.map((s) => s[0]);
     const ys = samples.map((s) => s[1]);
-    const width = Math.max(320, element.clientWidth || 900);
+    // The admin's content column grows with what is in it: size the chart to what is left of the
+    // window rather than to the column.
+    const room = () => document.documentElement.clientWidth - element.getBoundingClientRect().left - 24;
+    const width = Math.max(320, Math.min(element.clientWidth || 900, room()));
     element.dataset.points = String(samples.length);
-    return new uPlot(
+    const chart = new uPlot(
       {
         width: width,
         height: 220,
@@ -109,6 +112,8 @@
       [xs, ys],
       element
     );
+    window.addEventListener("resize", () => chart.setSize({ width: Math.max(320, room()), height: 220 }));
+    return chart;
   }
 
   function svg(name, attributes, parent) {
@@ -132,7 +137,7 @@
       item.dataset.lane = lane.key;
       item.innerHTML = `<span class="swatch"></span>`;
       item.querySelector(".swatch").style.background = colors[lane.key];
-      item.appendChild(document.createTextNode(`${lane.name}: ${count} intervals`));
+      item.appendChild(document.createTextNode(`${lane.name}: ${count} interval${count === 1 ? "" : "s"}`));
       legend.appendChild(item);
     }
     element.appendChild(legend);
@@ -147,14 +152,26 @@
     const first = Math.floor(Math.min(...intervals.map((iv) => iv.begin)) / DAY);
     const lastDay = Math.floor(Math.max(...intervals.map((iv) => iv.end)) / DAY);
     const days = lastDay - first + 1;
-    const labelWidth = 90, width = Math.max(600, element.clientWidth || 1000), plot = width - labelWidth - 10;
+    // The axis spans the hours of the day that hold intervals (all of it when one crosses midnight).
+    let low = DAY, high = 0;
+    for (const iv of intervals) {
+      if (Math.floor(iv.begin / DAY) !== Math.floor(iv.end / DAY)) { low = 0; high = DAY; break; }
+      low = Math.min(low, iv.begin % DAY);
+      high = Math.max(high, iv.end % DAY);
+    }
+    const step = [600, 900, 1800, 3600, 7200, 10800].find((s) => (high - low) / s <= 12) || 10800;
+    low = Math.floor(low / step) * step;
+    high = Math.max(low + step, Math.ceil(high / step) * step);
+    const room = document.documentElement.clientWidth - element.getBoundingClientRect().left - 24;
+    const labelWidth = 90, width = Math.max(600, Math.min(element.clientWidth || 1000, room)), plot = width - labelWidth - 30;
     const laneHeight = 12, rowGap = 8, top = 22;
     const rowHeight = lanes.length * laneHeight + rowGap;
     const root = svg("svg", { width: width, height: top + days * rowHeight, class: "timeline" }, element);
-    const x = (seconds) => labelWidth + (seconds / DAY) * plot;
-    for (let hour = 0; hour <= 24; hour += 3) {
-      svg("line", { x1: x(hour * 3600), x2: x(hour * 3600), y1: top - 4, y2: top + days * rowHeight - rowGap, class: "hour" }, root);
-      svg("text", { x: x(hour * 3600), y: top - 8, "text-anchor": "middle", class: "hour" }, root).textContent = `${pad(hour)}:00`;
+    const x = (seconds) => labelWidth + ((seconds - low) / (high - low)) * plot;
+    for (let t = low; t <= high; t += step) {
+      svg("line", { x1: x(t), x2: x(t), y1: top - 4, y2: top + days * rowHeight - rowGap, class: "hour" }, root);
+      svg("text", { x: x(t), y: top - 8, "text-anchor": "middle", class: "hour" }, root).textContent =
+        `${pad(Math.floor(t / 3600))}:${pad(Math.floor((t % 3600) / 60))}`;
     }
     const laneIndex = {};
     lanes.forEach((lane, i) => (laneIndex[lane.key] = i));
@@ -167,8 +184,8 @@
     for (const iv of intervals) {
       let part = 0;
       for (let day = Math.floor(iv.begin / DAY); day <= Math.floor(iv.end / DAY); day++, part++) {
-        const from = Math.max(iv.begin, day * DAY) - day * DAY;
-        const to = Math.min(iv.end, (day + 1) * DAY) - day * DAY;
+        const from = Math.max(iv.begin - day * DAY, low);
+        const to = Math.min(iv.end - day * DAY, high);
         const y = top + (day - first) * rowHeight + laneIndex[iv.lane] * laneHeight + 1;
         const bar = svg("rect", {
           x: x(from),

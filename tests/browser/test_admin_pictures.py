@@ -37,7 +37,18 @@ def wait(browser, condition, timeout: float = 20):
 
 
 def scroll_to(browser, element) -> None:
-    browser.execute_script("arguments[0].scrollIntoView({block: 'start'});", element)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start', behavior: 'instant'});", element)
+
+
+def inside_the_map(browser, map_id: str) -> bool:
+    """Whether every path drawn on the map lies inside it (the map was fitted to what it shows)."""
+    return browser.execute_script(
+        "const b = document.getElementById(arguments[0]).getBoundingClientRect();"
+        "return [...document.querySelectorAll(`#${arguments[0]} path`)]"
+        ".map(p => p.getBoundingClientRect())"
+        ".every(r => r.left >= b.left - 1 && r.right <= b.right + 1 && r.top >= b.top - 1 && r.bottom <= b.bottom + 1);",
+        map_id,
+    )
 
 
 def decode_polyline(text: str) -> list[tuple[float, float]]:
@@ -220,6 +231,9 @@ def test_the_assignment_timeline_shows_the_trips_and_a_chosen_route(
     )
     line = browser.find_element(By.CSS_SELECTOR, "#interval-map path.track")
     assert vertices(line) == len(decode_polyline(chosen["route"])) > 10
+    decoded = browser.execute_script("return FlespiPictures.decodePolyline(arguments[0]);", chosen["route"])
+    assert decoded == [list(point) for point in decode_polyline(chosen["route"])]
+    assert inside_the_map(browser, "interval-map")
     assert browser.find_element(By.ID, "assignment-pictures").get_attribute("data-source") == "route"
     counters = {
         row.find_element(By.TAG_NAME, "th").text: row.find_element(By.TAG_NAME, "td").text
@@ -307,6 +321,7 @@ def test_the_calculator_page_shows_problems_at_their_paths_and_tries_a_configura
     assert vertices(browser.find_element(By.CSS_SELECTOR, "#try-map path.track")) == len(
         decode_polyline(min(expected, key=lambda i: i["id"])["route"])
     )
+    assert inside_the_map(browser, "try-map")
     scroll_to(browser, browser.find_element(By.ID, "try-it"))
     screenshot("admin-calculator-try")
     trips.refresh_from_db(using=trips.database)

@@ -70,6 +70,7 @@
     syncTiles();
 
     function show(points, last) {
+      map.invalidateSize(); // the page may have laid the container out again since the map was made
       layers.clearLayers();
       points = points || [];
       const bounds = L.latLngBounds([]);
@@ -85,7 +86,7 @@
         layers.addLayer(L.circleMarker(end, { radius: 7, color: "#d62728", fillOpacity: 1, className: "last-position" }));
         bounds.extend(end);
       }
-      if (bounds.isValid()) map.fitBounds(bounds, { padding: [20, 20], maxZoom: 17 });
+      if (bounds.isValid()) map.fitBounds(bounds, { padding: [40, 40], maxZoom: 17, animate: false });
       element.dataset.points = String(points.length);
     }
     return { map: map, show: show };

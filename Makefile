@@ -9,11 +9,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 DEV_STAMP := $(VENV)/.requirements-dev-installed
+# Leaflet and uPlot for the admin's maps and charts, from the npm registry at pinned versions.
+VENDOR_STAMP := accounts/static/regional_admin/vendor/versions.json
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench venv soak demo
+.PHONY: run test lint bench venv soak demo vendor
 
 venv: $(STAMP)
+
+vendor: $(VENDOR_STAMP)
 
 $(PY):
 	@python="$(PYTHON)"; \
@@ -43,19 +47,24 @@ $(STAMP): requirements.txt | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# Fetch again only when the pins in the script changed (docs/admin.md, "Maps and charts").
+$(VENDOR_STAMP): flespi_site/vendor.py | $(PY)
+	$(PY) -m flespi_site.vendor
+	touch $@
+
 # The type checker and its stubs, for `make lint` only.
 $(DEV_STAMP): requirements-dev.txt $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-run: $(STAMP)
+run: $(STAMP) $(VENDOR_STAMP)
 	$(PY) -m flespi_site.supervisor
 
 # A demo account with two real tracks and calculators, on the services of a running `make run`.
 demo: $(STAMP)
 	$(PY) manage.py demo
 
-test: $(STAMP)
+test: $(STAMP) $(VENDOR_STAMP)
 	$(PY) -m flespi_site.embedded exec -- $(PY) -m pytest $(PYTEST_ARGS)
 
 # The long fault soak: five passes of kills of every process and broker restarts (tests/test_soak.py).

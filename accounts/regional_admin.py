@@ -216,3 +216,31 @@ def as_utc(seconds: float | None) -> str:
         return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
     except (OverflowError, OSError, ValueError):
         return str(seconds)
+
+
+def parse_utc(text: str, *, field: str) -> float:
+    """A moment typed into an admin page: unix seconds, or a UTC date or date and time
+    (``2019-02-18``, ``2019-02-18T07:45``, ``2019-02-18 07:45:50``); ``ValueError`` naming
+    ``field`` otherwise."""
+    import datetime as dt
+    import math
+
+    value = text.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                f"{field}: {text!r} is neither unix seconds nor a UTC date and time (2019-02-18T07:45)"
+            ) from None
+        return moment.replace(tzinfo=dt.UTC).timestamp() if moment.tzinfo is None else moment.timestamp()
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{field}: {text!r} is not a moment (non-negative unix seconds)")
+    return seconds
+
+
+def utc_input(seconds: float | None) -> str:
+    """A unix time as a ``datetime-local`` input's value, in UTC (``2019-02-18T07:45:50``)."""
+    return "" if seconds is None else as_utc(seconds).replace(" ", "T")

@@ -143,13 +143,13 @@ class ShardLeases:
         self._balance = client.register_script(_BALANCE)
 
     def _lease_key(self, shard: int) -> str:
-        return f"flespi:{self.region}:shards:lease:{shard}"
+        return lease_key(self.region, shard)
 
     def _epoch_key(self, shard: int) -> str:
         return f"flespi:{self.region}:shards:epoch:{shard}"
 
     def _workers_key(self) -> str:
-        return f"flespi:{self.region}:shards:workers"
+        return workers_key(self.region)
 
     def _check(self, shard: int) -> int:
         if not 0 <= shard < self.shards:
@@ -216,6 +216,67 @@ class ShardLeases:
             self._workers_key(), f"({seconds * 1000 + micros // 1000}", "+inf"
         )
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+
+def lease_key(region: str, shard: int) -> str:
+    return f"flespi:{region}:shards:lease:{int(shard)}"
+
+
+def workers_key(region: str) -> str:
+    return f"flespi:{region}:shards:workers"
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """A shard's lease as it stands: its holder and epoch (None when free) and the seconds its
+    TTL has left."""
+
+    shard: int
+    worker: str | None
+    epoch: int | None
+    ttl_left: float | None
+
+
+@dataclass(frozen=True)
+class LeasesRead:
+    """Every shard's lease of a region and the live workers' heartbeat expiry (Redis's clock,
+    seconds), read at ``now`` (Redis's clock)."""
+
+    now: float
+    leases: list[LeaseState]
+    workers: dict[str, float]
+
+
+def leases_read(client: redis.Redis, *, region: str, shards: int) -> LeasesRead:
+    """The leases of ``shards`` shards of ``region`` and the workers' heartbeats, in one round
+    trip (for the status page: nothing is changed)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.time()
+    for shard in range(shards):
+        pipe.get(lease_key(region, shard))
+        pipe.pttl(lease_key(region, shard))
+    pipe.zrange(workers_key(region), 0, -1, withscores=True)
+    reply = pipe.execute()
+    seconds, micros = reply[0]
+    now = seconds + micros / 1_000_000
+    leases = []
+    for shard in range(shards):
+        value, pttl = reply[1 + 2 * shard], reply[2 + 2 * shard]
+        if value is None:
+            leases.append(LeaseState(shard, None, None, None))
+            continue
+        owner, _, epoch = (value.decode() if isinstance(value, bytes) else str(value)).rpartition(" ")
+        leases.append(
+            LeaseState(
+                shard, owner, int(epoch) if epoch.isdigit() else None, pttl / 1000 if pttl >= 0 else None
+            )
+        )
+    workers = {
+        (member.decode() if isinstance(member, bytes) else str(member)): score / 1000
+        for member, score in reply[-1]
+        if score / 1000 > now
+    }
+    return LeasesRead(now=now, leases=leases, workers=workers)
 
 
 _RAISE = """

@@ -1,0 +1,192 @@
+"""Reads of the calculation fleet's state, for the operators' status page (docs/admin.md, "Fleet
+status"): per served region its shards (lease holder, epoch, lease age and TTL left, queue length,
+debounce timers and their lag) and per datacenter the assignments by state and the outbox backlog.
+
+Nothing here writes. A region whose Redis or a datacenter whose database cannot be read is
+reported as such, with the reason, and the others are still shown: the page is what an operator
+opens when something is down.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import redis
+from django.conf import settings
+from django.db import DatabaseError, connections
+from django.db.models import Count
+from kombu.transport.redis import PRIORITY_STEPS, Channel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from analytics.choices import AssignmentState
+from analytics.debounce import DebounceTimers
+from analytics.models import Assignment
+from analytics.shards import leases_read
+from flespi_site.celery import shard_queue
+from regions.selectors import served_datacenters
+
+_OUTBOX = """
+SELECT count(*), coalesce(sum(coalesce(cardinality(stamps), 1)), 0),
+       coalesce(extract(epoch FROM now() - min(created)), 0)
+FROM outbox
+"""
+
+
+@dataclass(frozen=True)
+class ShardStatus:
+    shard: int
+    worker: str | None  # the lease holder, None when the shard is free
+    epoch: int | None
+    held_for: float | None  # seconds since the epoch was taken (epochs are Redis's clock in ms)
+    renewed_ago: float | None  # seconds since the lease was last renewed (its TTL minus what is left)
+    ttl_left: float | None
+    queue: int  # messages waiting in the shard's Celery queue
+    pending: int  # assignments with a recalculation range not yet claimed
+    timers: int  # debounce timers armed (pending, offered or running)
+    oldest_due: float | None  # unix time the most overdue pending range was due
+    lag: float  # how far Redis's clock is past ``oldest_due`` (0 when none is due)
+
+
+@dataclass(frozen=True)
+class DatacenterStatus:
+    code: str
+    alias: str
+    problem: str | None = None  # why the database could not be read
+    states: dict[str, int] = field(default_factory=dict)  # assignments by state
+    outbox_rows: int = 0
+    outbox_events: int = 0
+    outbox_oldest: float = 0.0  # age in seconds of the oldest unpublished row
+
+
+@dataclass(frozen=True)
+class RegionStatus:
+    code: str
+    datacenters: list[DatacenterStatus]
+    problem: str | None = None  # why the region's Redis could not be read
+    now: float | None = None  # Redis's clock
+    lease_ttl: float = 0.0
+    workers: dict[str, float] = field(default_factory=dict)  # live worker -> heartbeat seconds left
+    shards: list[ShardStatus] = field(default_factory=list)
+    unacked: int = 0  # messages delivered to a worker and not yet acknowledged (all shards)
+
+    @property
+    def queued(self) -> int:
+        return sum(shard.queue for shard in self.shards)
+
+    @property
+    def max_lag(self) -> float:
+        return max((shard.lag for shard in self.shards), default=0.0)
+
+
+@functools.cache
+def status_client(region: str) -> redis.Redis:
+    """A client of the region's Redis that gives up at once: a page about an outage must not
+    hang on it (the shared client retries for seconds)."""
+    return redis.Redis.from_url(
+        settings.TOPOLOGY.region(region).redis_url,
+        socket_timeout=1.0,
+        socket_connect_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def celery_prefix(region: str) -> str:
+    """Where the region's Celery app keeps its keys (``flespi_site.celery``)."""
+    return f"flespi:{region}:celery:"
+
+
+def queue_keys(region: str, shard: int) -> list[str]:
+    """The Redis lists of a shard's Celery queue: kombu keeps one per priority step."""
+    prefix, queue = celery_prefix(region), shard_queue(region, shard)
+    return [f"{prefix}{queue}{Channel.sep}{step}" if step else f"{prefix}{queue}" for step in PRIORITY_STEPS]
+
+
+def unacked_key(region: str) -> str:
+    """The hash of the messages delivered to a worker and not acknowledged yet."""
+    return f"{celery_prefix(region)}unacked"
+
+
+def datacenter_status(*, code: str, alias: str) -> DatacenterStatus:
+    """Assignments by state and the outbox backlog of one datacenter database."""
+    try:
+        counts = dict(Assignment.objects.using(alias).order_by().values_list("state").annotate(n=Count("id")))
+        with connections[alias].cursor() as cursor:
+            cursor.execute(_OUTBOX)
+            rows, events, oldest = cursor.fetchone()
+    except DatabaseError as exc:
+        return DatacenterStatus(code, alias, problem=str(exc).strip() or type(exc).__name__)
+    return DatacenterStatus(
+        code,
+        alias,
+        states={state: counts.get(state, 0) for state in AssignmentState.values},
+        outbox_rows=int(rows),
+        outbox_events=int(events),
+        outbox_oldest=float(oldest),
+    )
+
+
+def region_status(
+    *,
+    code: str,
+    datacenters: list[DatacenterStatus],
+    shards: int | None = None,
+    client: redis.Redis | None = None,
+) -> RegionStatus:
+    """The shards of one region as its Redis (``client``, by default the region's) holds them."""
+    shards = settings.CALC_SHARDS if shards is None else shards
+    client = status_client(code) if client is None else client
+    try:
+        read = leases_read(client, region=code, shards=shards)
+        pipe = client.pipeline(transaction=False)
+        for shard in range(shards):
+            for key in queue_keys(code, shard):
+                pipe.llen(key)
+        pipe.hlen(unacked_key(code))
+        lengths = pipe.execute()
+        timers = DebounceTimers(client, region=code)
+        lags = [timers.lag(shard=shard, now=read.now) for shard in range(shards)]
+    except redis.RedisError as exc:
+        return RegionStatus(code, datacenters, problem=str(exc) or type(exc).__name__)
+    ttl = settings.CALC_LEASE_TTL
+    steps = len(PRIORITY_STEPS)
+    rows = []
+    for lease, lag in zip(read.leases, lags, strict=True):
+        held = None
+        if lease.epoch is not None and lease.epoch > 10**12:  # an epoch taken from Redis's clock
+            held = max(0.0, read.now - lease.epoch / 1000)
+        rows.append(
+            ShardStatus(
+                shard=lease.shard,
+                worker=lease.worker,
+                epoch=lease.epoch,
+                held_for=held,
+                renewed_ago=None if lease.ttl_left is None else max(0.0, ttl - lease.ttl_left),
+                ttl_left=lease.ttl_left,
+                queue=sum(lengths[lease.shard * steps : (lease.shard + 1) * steps]),
+                pending=lag.pending,
+                timers=lag.timers,
+                oldest_due=lag.oldest_due,
+                lag=lag.lag,
+            )
+        )
+    return RegionStatus(
+        code,
+        datacenters,
+        now=read.now,
+        lease_ttl=ttl,
+        workers={worker: expiry - read.now for worker, expiry in sorted(read.workers.items())},
+        shards=rows,
+        unacked=int(lengths[-1]),
+    )
+
+
+def fleet_status() -> list[RegionStatus]:
+    """Every region this process serves, with its datacenters that have a database here."""
+    regions: dict[str, list[DatacenterStatus]] = {}
+    for region, dc in served_datacenters():
+        found = regions.setdefault(region.code, [])
+        if dc.alias in settings.DATABASES:
+            found.append(datacenter_status(code=dc.code, alias=dc.alias))
+    return [region_status(code=code, datacenters=datacenters) for code, datacenters in regions.items()]

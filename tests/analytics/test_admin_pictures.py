@@ -1,0 +1,91 @@
+"""The admin's picture endpoints refuse bad input with a 4xx naming the field and path (the pages
+themselves are driven in a browser by tests/browser/test_admin_pictures.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.admin_helpers import HOST, fast_password_hashing  # noqa: F401 (an autouse fixture)
+from tests.analytics.conftest import TRIPS
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+
+def post(client, path: str, body) -> tuple[int, dict]:
+    raw = body if isinstance(body, str) else json.dumps(body)
+    response = client.post(path, raw, content_type="application/json", **HOST)
+    return response.status_code, response.json()
+
+
+def problems(body: dict) -> list[tuple[str, str]]:
+    return [(error["field"], error["path"]) for error in body["errors"]]
+
+
+def test_try_refuses_every_problem_by_field_and_path(admin_client, calculator, device):
+    path = f"/admin/analytics/calculator/{calculator.pk}/try/"
+    assert admin_client.get(path, **HOST).status_code == 405
+    status, body = post(admin_client, path, "{not json")
+    assert status == 400 and problems(body) == [("", "")]
+    broken = {**TRIPS, "selectors": [{"type": "expression", "expression": "a >"}], "timezone": "Mars/Olympus"}
+    status, body = post(
+        admin_client, path, {"configuration": json.dumps(broken), "device": "x", "begin": "soon"}
+    )
+    assert status == 400
+    assert problems(body) == [
+        ("configuration", "selectors[0].expression"),
+        ("configuration", "timezone"),
+        ("device", ""),
+        ("begin", ""),
+    ]
+    status, body = post(admin_client, path, {"configuration": "[1]", "device": 999999999})
+    assert status == 400 and problems(body) == [("configuration", ""), ("device", "")]
+    status, body = post(
+        admin_client, path, {"configuration": json.dumps(TRIPS), "device": device.pk, "begin": 10, "end": 5}
+    )
+    assert status == 400 and problems(body) == [("begin", "")]
+    status, body = post(admin_client, "/admin/analytics/calculator/424242/try/", {})
+    assert status == 404 and problems(body) == [("calculator", "")]
+
+
+def test_try_calculates_without_storing(admin_client, calculator, device):
+    from devices.services import messages_ingest
+
+    messages_ingest(
+        devices=[device],
+        messages=[{"timestamp": 1000.0 + i, "position.speed": 50.0 if i < 60 else 0.0} for i in range(100)],
+    )
+    status, body = post(
+        admin_client,
+        "/admin/analytics/calculator/try/",
+        {"configuration": json.dumps(TRIPS), "device": str(device.pk)},
+    )
+    assert status == 200, body
+    assert (body["device"], body["begin"], body["end"]) == (
+        device.pk,
+        0.0,
+        1099.0,
+    )  # the day up to the newest
+    assert [(i["begin"], i["end"]) for i in body["intervals"]] == [(1000.0, 1059.0)]
+    assert body["stored"] is None  # the add page: no saved calculator to compare with
+
+
+def test_an_interval_that_is_not_there_is_a_404(admin_client, assignment):
+    response = admin_client.get(f"/admin/analytics/assignment/{assignment.pk}/interval/123/", **HOST)
+    assert response.status_code == 404
+    assert problems(response.json()) == [("interval", "")]
+    response = admin_client.get("/admin/analytics/assignment/99999/interval/123/", **HOST)
+    assert response.status_code == 404 and problems(response.json()) == [("assignment", "")]
+
+
+def test_a_bad_timeline_range_is_a_400_naming_the_field(admin_client, assignment):
+    response = admin_client.get(
+        f"/admin/analytics/assignment/{assignment.pk}/change/?from=2019-13-01", **HOST
+    )
+    assert response.status_code == 400
+    assert "from: &#x27;2019-13-01&#x27; is not a date" in response.content.decode()
+    response = admin_client.get(
+        f"/admin/analytics/assignment/{assignment.pk}/change/?from=2019-01-01&to=2019-06-01", **HOST
+    )
+    assert response.status_code == 400 and "at most 62 days" in response.content.decode()

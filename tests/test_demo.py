@@ -85,7 +85,7 @@ def test_demo_creates_imports_prints_working_commands_and_a_second_run_changes_n
         "demo parkings",
         "demo daily mileage",
     ]
-    assert calculators[1].selectors[0]["merge_message_before"] is True
+    assert calculators[1].selectors[0]["merge_message_after"] is True
     assert calculators[2].selectors == [{"type": "datetime", "split": "day"}]
     assert Assignment.objects.using("dc_eu_1").filter(account_id=account.pk).count() == 6
     # The tracks, with the speeds the importer derives.

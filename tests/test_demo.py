@@ -163,3 +163,29 @@ def test_a_database_that_cannot_be_reached_is_a_message_not_a_traceback():
     assert "Traceback" not in result.stderr
     assert "cannot reach the database" in result.stderr
     assert "start the platform with `make run`" in result.stderr
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_with_the_fleet_running_the_demo_syncs_and_its_commands_show_the_trips(platform, key_file, tmp_path):
+    """The demo against a real calc worker, pump and relay: it waits until the six assignments are
+    synced, and its curl command for the bus's trips returns the 12 trips of the track (a from-scratch
+    calculation gives the same: tests/engine/test_tracks.py)."""
+    from rest_framework.test import APIClient
+
+    from tests.analytics.fleet import Fleet
+
+    fleet = Fleet(tmp_path).start_all()
+    try:
+        output = run_demo("--timeout", "240")
+    finally:
+        fleet.stop()
+    demo = demos.demo_setup(key_file=key_file)
+    assert demos.assignments_synced(demo=demo) == 6
+    bus = next(device for device in demo.devices if device.ident == "demo-bus-304")
+    trips = next(calculator for calculator in demo.calculators if calculator.name == "demo trips")
+    url = next(url for _auth, url in curl_commands(output) if f"/gw/calcs/{trips.pk}/devices/{bus.pk}/" in url)
+    parts = urlsplit(url)
+    response = APIClient().get(f"{parts.path}?{parts.query}", HTTP_AUTHORIZATION=f"FlespiToken {demo.key}",
+                               HTTP_HOST="localhost")
+    assert response.status_code == 200, response.content
+    assert len(response.json()["result"]) == 12

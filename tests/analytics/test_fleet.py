@@ -86,11 +86,10 @@ def test_assign_sync_append_and_events(fleet, make_account, settings):
         assert _settled(assignment, calculator, device)
         [interval] = _stored(assignment)
         assert interval["count"] == 6
-        received = subscriber.wait_for(3)
-        topics = [topic for topic, _payload in received]
-        assert f"{base}/created" in topics
         synced_topic = f"{root}/state/gw/calcs/{calculator.pk}/devices/{device.pk}/synced"
-        assert [payload for topic, payload in received if topic == synced_topic][-1] is True
+        # The message events of the stored messages may come before or after the interval's.
+        wait_until(lambda: f"{base}/created" in [t for t, _ in subscriber.messages], what="created")
+        wait_until(lambda: [p for t, p in subscriber.messages if t == synced_topic][-1:] == [True], what="synced")
 
         # Appended messages extend the active interval: one "updated", nothing created.
         before = len(subscriber.messages)
@@ -139,7 +138,8 @@ def test_wall_clock_closes_the_active_interval(fleet, make_account, settings):
         messages_ingest(devices=[device], messages=[{"timestamp": now - 1, "position.speed": 40.0},
                                                    {"timestamp": now, "position.speed": 42.0}])
         wait_until(lambda: any(t == f"{base}/activated" for t, _ in subscriber.messages), what="activated")
-        assert [p for t, p in subscriber.messages if t == state][-1]["end"] == round(now, 6)
+        wait_until(lambda: [p["end"] for t, p in subscriber.messages if t == state and p][-1:] == [round(now, 6)],
+                   what="the retained active interval")
         # Nothing more arrives: 4 s after the last message the sweep closes the interval.
         wait_until(lambda: any(t == f"{base}/deactivated" for t, _ in subscriber.messages), timeout=20,
                    what="deactivated")

@@ -25,8 +25,11 @@ its parameter's column an object column and stays exact.
 
 from __future__ import annotations
 
+import gc
+import itertools
 import json
 import math
+import operator
 import os
 import sqlite3
 import struct
@@ -53,7 +56,13 @@ CHUNK_MAX = 2 * CHUNK_SIZE  # a chunk grown past this by late messages is split 
 TAIL_MAX = 256  # tail rows per device before they are folded into chunks
 DIRECT_MIN = 32  # a batch of at least this many new messages goes straight into chunks
 
-_MISSING = object()
+class _Missing:
+    """The type of ``_MISSING``, so that a set of value types tells whether a key was absent."""
+
+    __slots__ = ()
+
+
+_MISSING = _Missing()
 _CHUNK_MAGIC = b"FCC1"
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -137,6 +146,17 @@ def _float_or_none(v, exact: bool) -> float | None:
     return None
 
 
+def _floats_exact(raw: Sequence, kinds: set[type], exact: bool) -> bool:
+    """Whether every int among ``raw`` (values of the types ``kinds``, numbers only apart from
+    missing and null) has a float (``exact``: an equal one): ints within 2**53 always do."""
+    if int not in kinds:
+        return True
+    ints = [v for v in raw if type(v) is int]
+    if -(2**53) <= min(ints) and max(ints) <= 2**53:
+        return True
+    return all(_float_or_none(v, exact) is not None for v in ints)
+
+
 class _Col:
     """A column of a block: full ``missing``/``null`` masks; ``isint`` (numeric columns) marks
     rows whose value was an int; ``pure`` (object columns) says that no value is a number or a
@@ -156,21 +176,35 @@ class _Col:
     def from_raw(cls, raw: Sequence, *, exact: bool = True) -> _Col:
         """From Python values, ``_MISSING`` for an absent key, ``None`` for null; the kind
         ``Column.from_values`` gives, except that (``exact``) an integer a float would round
-        makes an object column, so that the cache keeps it exact."""
+        makes an object column, so that the cache keeps it exact.
+
+        Vectorized by the set of value types: a column of plain numbers (the common case)
+        costs a few C-level passes over the list, no Python per value."""
         n = len(raw)
-        missing = np.fromiter((v is _MISSING for v in raw), bool, n)
-        null = np.fromiter((v is None for v in raw), bool, n)
-        present = [v for v in raw if v is not _MISSING and v is not None]
-        if present and all(_float_or_none(v, exact) is not None for v in present):
-            values = np.fromiter(
-                (0.0 if v is _MISSING or v is None else float(v) for v in raw), np.float64, n
-            )
-            isint = np.fromiter((type(v) is int for v in raw), bool, n)
+        types = set(map(type, raw))
+        absent = _Missing in types
+        nulls = type(None) in types
+        kinds = types - {_Missing, type(None)}
+        missing = np.fromiter((v is _MISSING for v in raw), bool, n) if absent else np.zeros(n, bool)
+        null = np.fromiter((v is None for v in raw), bool, n) if nulls else np.zeros(n, bool)
+        if kinds and kinds <= {int, float} and _floats_exact(raw, kinds, exact):
+            if absent or nulls:
+                holder = np.array(raw, dtype=object)
+                holder[missing | null] = 0.0
+                values = holder.astype(np.float64)
+            else:
+                values = np.array(raw, dtype=np.float64)
+            if int not in kinds:
+                isint = np.zeros(n, bool)
+            elif float not in kinds:
+                isint = ~(missing | null)
+            else:
+                isint = np.fromiter((type(v) is int for v in raw), bool, n)
             return cls("num", values, missing, null, isint)
-        if present and all(v is True or v is False for v in present):
+        if kinds == {bool}:
             return cls("bool", np.fromiter((v is True for v in raw), bool, n), missing, null)
         values = np.fromiter((None if v is _MISSING else v for v in raw), object, n)
-        pure = not any(is_number(v) or v is True or v is False for v in present)
+        pure = not kinds & {int, float, bool}
         return cls("obj", values, missing, null, pure=pure)
 
     @classmethod
@@ -294,12 +328,20 @@ class _Block:
     @classmethod
     def from_dicts(cls, msgs: Sequence[Mapping]) -> _Block:
         """From messages sorted by unique timestamp."""
-        keys: dict[str, None] = {}
-        for m in msgs:
-            keys.update(dict.fromkeys(m))
-        keys.pop("timestamp", None)
+        keys = list(dict.fromkeys(itertools.chain.from_iterable(msgs)))
         ts = np.fromiter((m["timestamp"] for m in msgs), np.float64, len(msgs))
-        return cls(ts, {k: _Col.from_raw([m.get(k, _MISSING) for m in msgs]) for k in keys})
+        if msgs and set(map(len, msgs)) == {len(keys)}:
+            # Every message has every key (a tracker's usual stream): one C-level pass takes
+            # all values of a message, one transposes them into columns.
+            if len(keys) == 1:  # itemgetter of one key gives the value, not a tuple
+                values = {keys[0]: [m[keys[0]] for m in msgs]}
+            else:
+                rows = map(operator.itemgetter(*keys), msgs)
+                values = dict(zip(keys, zip(*rows, strict=True), strict=True))
+        else:
+            values = {k: [m.get(k, _MISSING) for m in msgs] for k in keys}
+        values.pop("timestamp", None)
+        return cls(ts, {k: _Col.from_raw(raw) for k, raw in values.items()})
 
     @classmethod
     def concat(cls, blocks: list[_Block]) -> _Block:
@@ -597,6 +639,35 @@ class ShardCache:
             )
             if batch:
                 self._put(db, device_id, batch)
+
+    @_guard
+    def messages_fill(self, *, device_id: int, messages: Sequence[Mapping], filled_to: float | None) -> None:
+        """Store a part of a device's fill from the primary database: messages sorted by unique
+        timestamp, newer than those of the earlier parts (stored like ``messages_put``, without
+        merging them first). The last part gives ``filled_to``: the device counts as cached from
+        then on, not before, so a fill cut short (a killed process) is started again, after
+        ``device_drop``."""
+        ts = [m["timestamp"] for m in messages]
+        if any(b <= a for a, b in zip(ts, ts[1:], strict=False)):
+            raise ValueError("messages_fill takes messages in increasing timestamp order")
+        with self._write() as db:
+            if messages:
+                row = db.execute("SELECT max(last) FROM chunks WHERE device_id = ?", (device_id,)).fetchone()
+                if row[0] is not None and ts[0] <= row[0]:
+                    raise ValueError("messages_fill takes messages newer than those already filled")
+                paused = gc.isenabled()
+                gc.disable()
+                try:
+                    self._fold_tail(db, device_id, _Block.from_dicts(messages))
+                finally:
+                    if paused:
+                        gc.enable()
+            if filled_to is not None:
+                db.execute(
+                    "INSERT INTO devices (device_id, filled_to) VALUES (?, ?) ON CONFLICT (device_id) DO UPDATE "
+                    "SET filled_to = excluded.filled_to",
+                    (device_id, filled_to),
+                )
 
     def _put(self, db: sqlite3.Connection, device_id: int, batch: list[dict]) -> None:
         row = db.execute("SELECT max(last) FROM chunks WHERE device_id = ?", (device_id,)).fetchone()

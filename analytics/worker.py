@@ -311,12 +311,14 @@ class ShardWorker:
         alias = device.database
         started = time.monotonic()
         begin, total = None, 0
+        cache.device_drop(device_id=device.pk)  # what a fill cut short left
+        filled_to = time.time()
         while True:
             batch = message_storage.messages_read(alias=alias, device_ids=[device.pk], begin=begin, count=FILL_CHUNK)
-            filled_to = time.time()
-            cache.messages_put(device_id=device.pk, messages=batch, filled_to=filled_to)
+            last = len(batch) < FILL_CHUNK
+            cache.messages_fill(device_id=device.pk, messages=batch, filled_to=filled_to if last else None)
             total += len(batch)
-            if len(batch) < FILL_CHUNK:
+            if last:
                 break
             begin = round(batch[-1]["timestamp"] * 1_000_000) + 1
         logger.info("calc %s: device %s cached, %s messages in %.1f s", self.region, device.pk, total,

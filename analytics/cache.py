@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import gc
 import itertools
-import json
 import math
-import operator
 import os
 import sqlite3
 import struct
@@ -44,8 +42,8 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
+from analytics.columnar import Block, dumps
 from analytics.engine import Diff, Messages
-from analytics.engine.messages import Column
 from analytics.engine.values import is_number
 from flespi_site.jsontext import loads_exact
 
@@ -56,14 +54,6 @@ CHUNK_MAX = 2 * CHUNK_SIZE  # a chunk grown past this by late messages is split 
 TAIL_MAX = 256  # tail rows per device before they are folded into chunks
 DIRECT_MIN = 32  # a batch of at least this many new messages goes straight into chunks
 
-class _Missing:
-    """The type of ``_MISSING``, so that a set of value types tells whether a key was absent."""
-
-    __slots__ = ()
-
-
-_MISSING = _Missing()
-_CHUNK_MAGIC = b"FCC1"
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 _SCHEMA = """
@@ -102,13 +92,6 @@ class DeviceState:
     newest: float | None
 
 
-def _dumps(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:  # integers beyond 64 bits, which JSON allows
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 def _is_sqlite_corruption(exc: sqlite3.DatabaseError) -> bool:
     name = getattr(exc, "sqlite_errorname", "") or ""
     return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or type(exc) is sqlite3.DatabaseError
@@ -127,342 +110,6 @@ def _guard(method: _F) -> _F:
             raise
 
     return wrapper  # type: ignore[return-value]
-
-
-# ---- columns ---------------------------------------------------------------------------------
-
-
-def _float_or_none(v, exact: bool) -> float | None:
-    """The float of a JSON number (not a bool) for a numeric column; ``None`` for an integer
-    beyond the float range, or (``exact``) one that a float would round."""
-    if type(v) is float:
-        return v
-    if is_number(v):
-        try:
-            f = float(v)
-        except OverflowError:
-            return None
-        return f if not exact or f == v else None
-    return None
-
-
-def _floats_exact(raw: Sequence, kinds: set[type], exact: bool) -> bool:
-    """Whether every int among ``raw`` (values of the types ``kinds``, numbers only apart from
-    missing and null) has a float (``exact``: an equal one): ints within 2**53 always do."""
-    if int not in kinds:
-        return True
-    ints = [v for v in raw if type(v) is int]
-    if -(2**53) <= min(ints) and max(ints) <= 2**53:
-        return True
-    return all(_float_or_none(v, exact) is not None for v in ints)
-
-
-class _Col:
-    """A column of a block: full ``missing``/``null`` masks; ``isint`` (numeric columns) marks
-    rows whose value was an int; ``pure`` (object columns) says that no value is a number or a
-    boolean, so that any subset of the rows is still an object column for the engine."""
-
-    __slots__ = ("isint", "kind", "missing", "null", "pure", "values")
-
-    def __init__(self, kind, values, missing, null, isint=None, pure=True):
-        self.kind = kind
-        self.values = values
-        self.missing = missing
-        self.null = null
-        self.isint = isint
-        self.pure = pure
-
-    @classmethod
-    def from_raw(cls, raw: Sequence, *, exact: bool = True) -> _Col:
-        """From Python values, ``_MISSING`` for an absent key, ``None`` for null; the kind
-        ``Column.from_values`` gives, except that (``exact``) an integer a float would round
-        makes an object column, so that the cache keeps it exact.
-
-        Vectorized by the set of value types: a column of plain numbers (the common case)
-        costs a few C-level passes over the list, no Python per value."""
-        n = len(raw)
-        types = set(map(type, raw))
-        absent = _Missing in types
-        nulls = type(None) in types
-        kinds = types - {_Missing, type(None)}
-        missing = np.fromiter((v is _MISSING for v in raw), bool, n) if absent else np.zeros(n, bool)
-        null = np.fromiter((v is None for v in raw), bool, n) if nulls else np.zeros(n, bool)
-        if kinds and kinds <= {int, float} and _floats_exact(raw, kinds, exact):
-            if absent or nulls:
-                holder = np.array(raw, dtype=object)
-                holder[missing | null] = 0.0
-                values = holder.astype(np.float64)
-            else:
-                values = np.array(raw, dtype=np.float64)
-            if int not in kinds:
-                isint = np.zeros(n, bool)
-            elif float not in kinds:
-                isint = ~(missing | null)
-            else:
-                isint = np.fromiter((type(v) is int for v in raw), bool, n)
-            return cls("num", values, missing, null, isint)
-        if kinds == {bool}:
-            return cls("bool", np.fromiter((v is True for v in raw), bool, n), missing, null)
-        values = np.fromiter((None if v is _MISSING else v for v in raw), object, n)
-        pure = not kinds & {int, float, bool}
-        return cls("obj", values, missing, null, pure=pure)
-
-    @classmethod
-    def absent(cls, n: int) -> _Col:
-        return cls("obj", np.full(n, None, object), np.ones(n, bool), np.zeros(n, bool))
-
-    def raw(self) -> list:
-        if self.kind == "num":
-            vals = self.values.tolist()
-            for i in np.flatnonzero(self.isint).tolist():
-                vals[i] = int(vals[i])
-        else:
-            vals = self.values.tolist()
-        for i in np.flatnonzero(self.null).tolist():
-            vals[i] = None
-        for i in np.flatnonzero(self.missing).tolist():
-            vals[i] = _MISSING
-        return vals
-
-    def take(self, idx) -> _Col:
-        return _Col(
-            self.kind,
-            self.values[idx],
-            self.missing[idx],
-            self.null[idx],
-            None if self.isint is None else self.isint[idx],
-            self.pure,
-        )
-
-    def spread(self, pos: np.ndarray, n: int) -> _Col:
-        """The column on ``n`` rows, its values at ``pos`` and absent elsewhere."""
-        dtype = {"num": np.float64, "bool": bool, "obj": object}[self.kind]
-        values = np.zeros(n, dtype) if self.kind != "obj" else np.full(n, None, object)
-        values[pos] = self.values
-        missing = np.ones(n, bool)
-        missing[pos] = self.missing
-        null = np.zeros(n, bool)
-        null[pos] = self.null
-        isint = None
-        if self.isint is not None:
-            isint = np.zeros(n, bool)
-            isint[pos] = self.isint
-        return _Col(self.kind, values, missing, null, isint, self.pure)
-
-    def overlay(self, new: _Col) -> _Col:
-        """This column with every row where ``new`` has the key replaced by ``new``'s value."""
-        put = ~new.missing
-        if new.kind == self.kind and self.kind != "obj":
-            values = self.values.copy()
-            values[put] = new.values[put]
-            isint = None
-            if self.isint is not None and new.isint is not None:
-                isint = self.isint.copy()
-                isint[put] = new.isint[put]
-            return _Col(self.kind, values, self.missing & ~put, np.where(put, new.null, self.null), isint)
-        raw = self.raw()
-        newer = new.raw()
-        for i in np.flatnonzero(put).tolist():
-            raw[i] = newer[i]
-        return _Col.from_raw(raw)
-
-    def to_engine(self) -> Column | None:
-        """The engine column of these rows, as ``Column.from_values`` builds it from the same
-        values; ``None`` when no row has the key."""
-        missing, null = self.missing, self.null
-        if missing.all():
-            return None
-        present = ~(missing | null)
-        if not present.any():
-            return Column("obj", np.full(len(missing), None, object), missing, null)
-        if self.kind == "num":
-            return Column("num", self.values, missing, null, ints=bool(self.isint[present].all()))
-        if self.kind == "bool":
-            return Column("bool", self.values, missing, null)
-        if self.pure:
-            return Column("obj", self.values, missing, null)
-        col = _Col.from_raw(self.raw(), exact=False)
-        if col.kind != "obj":
-            return col.to_engine()
-        return Column("obj", col.values, missing, null)
-
-
-def _concat_cols(cols: list[_Col | None], lengths: list[int]) -> _Col:
-    kinds = {c.kind for c in cols if c is not None}
-    if len(kinds) > 1:
-        raw: list = []
-        for c, n in zip(cols, lengths, strict=True):
-            raw.extend([_MISSING] * n if c is None else c.raw())
-        return _Col.from_raw(raw)
-    kind = kinds.pop()
-    parts = [
-        c if c is not None else _Col(kind, *_filler(kind, n)) for c, n in zip(cols, lengths, strict=True)
-    ]
-    return _Col(
-        kind,
-        np.concatenate([c.values for c in parts]),
-        np.concatenate([c.missing for c in parts]),
-        np.concatenate([c.null for c in parts]),
-        np.concatenate([c.isint for c in parts]) if kind == "num" else None,  # type: ignore[misc]
-        all(c.pure for c in parts),
-    )
-
-
-def _filler(kind: str, n: int):
-    values = np.zeros(n, np.float64 if kind == "num" else bool) if kind != "obj" else np.full(n, None, object)
-    return values, np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool) if kind == "num" else None
-
-
-class _Block:
-    """Messages of one device in time order (unique timestamps), by column."""
-
-    __slots__ = ("cols", "ts")
-
-    def __init__(self, ts: np.ndarray, cols: dict[str, _Col]):
-        self.ts = ts
-        self.cols = cols
-
-    def __len__(self) -> int:
-        return len(self.ts)
-
-    @classmethod
-    def from_dicts(cls, msgs: Sequence[Mapping]) -> _Block:
-        """From messages sorted by unique timestamp."""
-        keys = list(dict.fromkeys(itertools.chain.from_iterable(msgs)))
-        ts = np.fromiter((m["timestamp"] for m in msgs), np.float64, len(msgs))
-        if msgs and set(map(len, msgs)) == {len(keys)}:
-            # Every message has every key (a tracker's usual stream): one C-level pass takes
-            # all values of a message, one transposes them into columns.
-            if len(keys) == 1:  # itemgetter of one key gives the value, not a tuple
-                values = {keys[0]: [m[keys[0]] for m in msgs]}
-            else:
-                rows = map(operator.itemgetter(*keys), msgs)
-                values = dict(zip(keys, zip(*rows, strict=True), strict=True))
-        else:
-            values = {k: [m.get(k, _MISSING) for m in msgs] for k in keys}
-        values.pop("timestamp", None)
-        return cls(ts, {k: _Col.from_raw(raw) for k, raw in values.items()})
-
-    @classmethod
-    def concat(cls, blocks: list[_Block]) -> _Block:
-        blocks = [b for b in blocks if len(b)]
-        if len(blocks) == 1:
-            return blocks[0]
-        if not blocks:
-            return cls(np.zeros(0), {})
-        names: dict[str, None] = {}
-        for b in blocks:
-            names.update(dict.fromkeys(b.cols))
-        lengths = [len(b) for b in blocks]
-        cols = {k: _concat_cols([b.cols.get(k) for b in blocks], lengths) for k in names}
-        return cls(np.concatenate([b.ts for b in blocks]), cols)
-
-    def take(self, idx) -> _Block:
-        cols = {k: c.take(idx) for k, c in self.cols.items()}
-        return _Block(self.ts[idx], {k: c for k, c in cols.items() if not c.missing.all()})
-
-    def merge(self, new: _Block) -> _Block:
-        """This block with ``new``'s messages merged in: a message at an existing timestamp
-        overwrites the keys it has, the other keys stay (DESIGN 7.1)."""
-        if not len(self) or not len(new) or new.ts[0] > self.ts[-1]:
-            return _Block.concat([self, new])
-        ts = np.union1d(self.ts, new.ts)
-        n = len(ts)
-        pos_old = np.searchsorted(ts, self.ts)
-        pos_new = np.searchsorted(ts, new.ts)
-        cols: dict[str, _Col] = {}
-        for name in {**dict.fromkeys(self.cols), **dict.fromkeys(new.cols)}:
-            old_col, new_col = self.cols.get(name), new.cols.get(name)
-            if new_col is None:
-                cols[name] = old_col.spread(pos_old, n)  # type: ignore[union-attr]
-            elif old_col is None:
-                cols[name] = new_col.spread(pos_new, n)
-            else:
-                cols[name] = old_col.spread(pos_old, n).overlay(new_col.spread(pos_new, n))
-        return _Block(ts, cols)
-
-    def to_messages(self) -> Messages:
-        cols = {}
-        for name, col in self.cols.items():
-            engine_col = col.to_engine()
-            if engine_col is not None:
-                cols[name] = engine_col
-        return Messages(self.ts, cols)
-
-    # ---- the chunk blob: magic, header length, JSON header, then the arrays ----
-
-    def encode(self) -> bytes:
-        n = len(self.ts)
-        header: list = []
-        parts = [self.ts.astype("<f8").tobytes()]
-        for name, col in self.cols.items():
-            entry: dict[str, Any] = {"k": col.kind}
-            for flag, mask in (("m", col.missing), ("z", col.null)):
-                if mask.any():
-                    entry[flag] = True
-                    parts.append(np.packbits(mask).tobytes())
-            if col.kind == "num":
-                parts.append(col.values.astype("<f8").tobytes())
-                present = ~(col.missing | col.null)
-                ints = col.isint[present]
-                entry["i"] = "all" if ints.all() else ("none" if not ints.any() else "mask")
-                if entry["i"] == "mask":
-                    parts.append(np.packbits(col.isint).tobytes())
-            elif col.kind == "bool":
-                parts.append(np.packbits(col.values).tobytes())
-            else:
-                text = _dumps(col.values.tolist())
-                entry["p"] = col.pure
-                entry["b"] = len(text)
-                parts.append(text)
-            header.append([name, entry])
-        head = orjson.dumps({"n": n, "c": header})
-        return b"".join([_CHUNK_MAGIC, struct.pack("<I", len(head)), head, *parts])
-
-    @classmethod
-    def decode(cls, data: bytes) -> _Block:
-        if data[:4] != _CHUNK_MAGIC:
-            raise ValueError("not a chunk")
-        (hlen,) = struct.unpack_from("<I", data, 4)
-        head = orjson.loads(data[8 : 8 + hlen])
-        n = head["n"]
-        at = 8 + hlen
-        buf = memoryview(data)
-        bits = (n + 7) // 8
-
-        def take(size: int) -> memoryview:
-            nonlocal at
-            piece = buf[at : at + size]
-            if len(piece) != size:
-                raise ValueError("chunk is truncated")
-            at += size
-            return piece
-
-        def mask(present: bool) -> np.ndarray:
-            if not present:
-                return np.zeros(n, bool)
-            return np.unpackbits(np.frombuffer(take(bits), np.uint8), count=n).view(bool)
-
-        ts = np.frombuffer(take(8 * n), "<f8")
-        cols: dict[str, _Col] = {}
-        for name, e in head["c"]:
-            missing, null = mask(e.get("m", False)), mask(e.get("z", False))
-            kind = e["k"]
-            if kind == "num":
-                values = np.frombuffer(take(8 * n), "<f8")
-                flag = e["i"]
-                isint = mask(True) if flag == "mask" else np.full(n, flag == "all")
-                cols[name] = _Col("num", values, missing, null, isint)
-            elif kind == "bool":
-                cols[name] = _Col("bool", mask(True), missing, null)
-            else:
-                items = loads_exact(bytes(take(e["b"])))
-                if len(items) != n:
-                    raise ValueError("object column length")
-                cols[name] = _Col("obj", np.fromiter(items, object, n), missing, null, pure=e["p"])
-        if at != len(data):
-            raise ValueError("chunk has trailing bytes")
-        return cls(ts, cols)
 
 
 def _merged_batch(messages: Iterable[Mapping]) -> list[dict]:
@@ -648,7 +295,7 @@ class ShardCache:
         then on, not before, so a fill cut short (a killed process) is started again, after
         ``device_drop``."""
         ts = [m["timestamp"] for m in messages]
-        if any(b <= a for a, b in zip(ts, ts[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(ts)):
             raise ValueError("messages_fill takes messages in increasing timestamp order")
         with self._write() as db:
             if messages:
@@ -658,7 +305,7 @@ class ShardCache:
                 paused = gc.isenabled()
                 gc.disable()
                 try:
-                    self._fold_tail(db, device_id, _Block.from_dicts(messages))
+                    self._fold_tail(db, device_id, Block.from_dicts(messages))
                 finally:
                     if paused:
                         gc.enable()
@@ -677,7 +324,7 @@ class ShardCache:
         if late:
             self._merge_into_chunks(db, device_id, late)
         if len(newer) >= min(DIRECT_MIN, TAIL_MAX):  # cheaper than a JSON row per message
-            self._fold_tail(db, device_id, _Block.from_dicts(newer))
+            self._fold_tail(db, device_id, Block.from_dicts(newer))
         elif newer:
             old = {
                 t: body
@@ -690,7 +337,7 @@ class ShardCache:
             for m in newer:
                 t = m["timestamp"]
                 body = {k: v for k, v in m.items() if k != "timestamp"}
-                text = _dumps({**loads_exact(old[t]), **body} if t in old else body)
+                text = dumps({**loads_exact(old[t]), **body} if t in old else body)
                 if text != old.get(t):  # a resent message changes nothing
                     rows.append((device_id, t, text))
             db.executemany("INSERT OR REPLACE INTO tail (device_id, ts, body) VALUES (?, ?, ?)", rows)
@@ -698,14 +345,14 @@ class ShardCache:
             if count >= TAIL_MAX:
                 self._fold_tail(db, device_id)
 
-    def _tail_block(self, db: sqlite3.Connection, device_id: int, begin: float, end: float) -> _Block:
+    def _tail_block(self, db: sqlite3.Connection, device_id: int, begin: float, end: float) -> Block:
         rows = db.execute(
             "SELECT ts, body FROM tail WHERE device_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
             (device_id, begin, end),
         ).fetchall()
-        return _Block.from_dicts([{**loads_exact(body), "timestamp": t} for t, body in rows])
+        return Block.from_dicts([{**loads_exact(body), "timestamp": t} for t, body in rows])
 
-    def _fold_tail(self, db: sqlite3.Connection, device_id: int, newer: _Block | None = None) -> None:
+    def _fold_tail(self, db: sqlite3.Connection, device_id: int, newer: Block | None = None) -> None:
         """Move the tail (with ``newer`` merged in) into chunks: the last chunk is filled up to
         ``CHUNK_SIZE``, the rest makes new chunks."""
         tail = self._tail_block(db, device_id, -math.inf, math.inf)
@@ -725,7 +372,7 @@ class ShardCache:
         for i in range(start, len(tail), CHUNK_SIZE):
             self._store_chunk(db, device_id, tail.take(slice(i, i + CHUNK_SIZE)))
 
-    def _store_chunk(self, db: sqlite3.Connection, device_id: int, block: _Block, replaces=None) -> None:
+    def _store_chunk(self, db: sqlite3.Connection, device_id: int, block: Block, replaces=None) -> None:
         if replaces is not None:
             db.execute("DELETE FROM chunks WHERE device_id = ? AND first = ?", (device_id, replaces))
         if not len(block):
@@ -736,11 +383,11 @@ class ShardCache:
             (device_id, float(block.ts[0]), float(block.ts[-1]), len(block), zlib.crc32(data), data),
         )
 
-    def _decode(self, crc: int, data: bytes) -> _Block:
+    def _decode(self, crc: int, data: bytes) -> Block:
         if zlib.crc32(data) != crc:
             raise CacheCorrupt(f"{self.path}: a chunk fails its checksum")
         try:
-            return _Block.decode(data)
+            return Block.decode(data)
         except (ValueError, KeyError, TypeError, struct.error, orjson.JSONDecodeError) as exc:
             raise CacheCorrupt(f"{self.path}: a chunk does not decode ({exc})") from exc
 
@@ -758,7 +405,7 @@ class ShardCache:
                 "SELECT first, crc, data FROM chunks WHERE device_id = ? AND first = ?",
                 (device_id, float(firsts[k])),
             ).fetchone()
-            block = self._decode(crc, data).merge(_Block.from_dicts(group))
+            block = self._decode(crc, data).merge(Block.from_dicts(group))
             if len(block) <= CHUNK_MAX:
                 self._store_chunk(db, device_id, block, replaces=first)
             else:
@@ -830,7 +477,7 @@ class ShardCache:
             j = int(np.searchsorted(ts, end, "left"))
             if j < len(ts):
                 blocks[-1] = blocks[-1].take(slice(0, j))
-        block = _Block.concat([*blocks, tail])
+        block = Block.concat([*blocks, tail])
         if not block.ts.flags.writeable:
             block = block.take(np.arange(len(block)))  # own the arrays rather than view the blob
         return block.to_messages()
@@ -859,7 +506,9 @@ class ShardCache:
     # ---- intervals ----
 
     @_guard
-    def intervals_apply(self, *, calc_id: int, device_id: int, diff: Diff, marker: float | None = None) -> None:
+    def intervals_apply(
+        self, *, calc_id: int, device_id: int, diff: Diff, marker: float | None = None
+    ) -> None:
         """Apply a recalculation's diff to the stored intervals of the assignment: fields the
         engine does not write (user fields, ``timestamp``) stay with an updated interval.
         ``marker`` records, in the same transaction, which stored run the intervals now mirror."""
@@ -886,7 +535,7 @@ class ShardCache:
     def _put_intervals(db: sqlite3.Connection, key: tuple[int, int], intervals: Iterable[Mapping]) -> None:
         db.executemany(
             "INSERT OR REPLACE INTO intervals (calc_id, device_id, id, begin, body) VALUES (?, ?, ?, ?, ?)",
-            [(*key, iv["id"], float(iv["begin"]), _dumps(dict(iv))) for iv in intervals],
+            [(*key, iv["id"], float(iv["begin"]), dumps(dict(iv))) for iv in intervals],
         )
 
     @_guard

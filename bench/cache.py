@@ -34,7 +34,9 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analytics import cache as shard_cache
-from analytics.cache import ShardCache, _Block, _Col, _merged_batch
+from analytics.cache import ShardCache, _merged_batch
+from analytics.columnar import Block as _Block
+from analytics.columnar import Col as _Col
 from analytics.engine import Messages, calculate, compile_calculator
 from bench.engine import CALCULATORS, synthetic
 from flespi_site.jsontext import loads_exact

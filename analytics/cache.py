@@ -25,14 +25,12 @@ its parameter's column an object column and stays exact.
 
 from __future__ import annotations
 
-import gc
-import itertools
 import math
 import os
 import sqlite3
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import wraps
@@ -288,27 +286,17 @@ class ShardCache:
                 self._put(db, device_id, batch)
 
     @_guard
-    def messages_fill(self, *, device_id: int, messages: Sequence[Mapping], filled_to: float | None) -> None:
-        """Store a part of a device's fill from the primary database: messages sorted by unique
-        timestamp, newer than those of the earlier parts (stored like ``messages_put``, without
-        merging them first). The last part gives ``filled_to``: the device counts as cached from
-        then on, not before, so a fill cut short (a killed process) is started again, after
-        ``device_drop``."""
-        ts = [m["timestamp"] for m in messages]
-        if any(b <= a for a, b in itertools.pairwise(ts)):
-            raise ValueError("messages_fill takes messages in increasing timestamp order")
+    def messages_fill(self, *, device_id: int, block: Block, filled_to: float | None) -> None:
+        """Store a part of a device's fill from the primary database: messages newer than those
+        of the earlier parts, by column. The last part gives ``filled_to``: the device counts as
+        cached from then on, not before, so a fill cut short (a killed process) is started
+        again, after ``device_drop``."""
         with self._write() as db:
-            if messages:
+            if len(block):
                 row = db.execute("SELECT max(last) FROM chunks WHERE device_id = ?", (device_id,)).fetchone()
-                if row[0] is not None and ts[0] <= row[0]:
+                if row[0] is not None and block.ts[0] <= row[0]:
                     raise ValueError("messages_fill takes messages newer than those already filled")
-                paused = gc.isenabled()
-                gc.disable()
-                try:
-                    self._fold_tail(db, device_id, Block.from_dicts(messages))
-                finally:
-                    if paused:
-                        gc.enable()
+                self._fold_tail(db, device_id, block)
             if filled_to is not None:
                 db.execute(
                     "INSERT INTO devices (device_id, filled_to) VALUES (?, ?) ON CONFLICT (device_id) DO UPDATE "

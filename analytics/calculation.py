@@ -2,18 +2,17 @@
 read from PostgreSQL into engine types.
 
 On-demand calculation (``calculate_stored``) reads a device's messages for a time range by column
-(``devices.columns``), only the parameters the calculator reads, and runs the engine over them;
-nothing is stored.
+(``analytics.blocks``: its message blocks, and the rows no block covers), only the parameters the
+calculator reads, and runs the engine over them; nothing is stored.
 """
 
 from __future__ import annotations
 
 import math
 
+from analytics import blocks
 from analytics.engine import Calculator, IntervalList, Messages, calculate
-from analytics.engine.messages import Column
 from devices import columns as stored_columns
-from devices import storage
 from devices.models import Device
 from flespi_site.errors import ErrorKind, InvalidInput, TooLarge
 
@@ -51,17 +50,11 @@ def calculate_stored(
 
 def messages_stored(*, device: Device, begin: int, end: int, parameters: frozenset[str] | None) -> Messages:
     """The device's messages with ``begin <= ts <= end`` (microseconds) as engine ``Messages``
-    holding ``parameters`` (``None``: every parameter, decoded from whole bodies)."""
-    if parameters is None:
-        return Messages.from_dicts(
-            storage.messages_read(alias=device.database, device_ids=[device.pk], begin=begin, end=end)
-        )
-    read = stored_columns.messages_columns(device=device, begin=begin, end=end, parameters=parameters)
-    # Bodies carry timestamp = ts / 10**6 (devices.services.message_prepare), the same double.
-    return Messages.from_columns(
-        read.ts / 1_000_000,
-        {name: Column(c.kind, c.values, c.missing, c.null, c.ints) for name, c in read.columns.items()},
-    )
+    holding ``parameters`` (``None``: every parameter): from the device's message blocks, and
+    from its rows where no block covers them (``analytics.blocks``)."""
+    return blocks.messages_block(
+        alias=device.database, device_id=device.pk, begin=begin, end=end, names=parameters
+    ).to_messages()
 
 
 def _range_of(begin: float, end: float) -> tuple[int, int]:

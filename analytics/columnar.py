@@ -14,11 +14,13 @@ and read apart from the others.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import operator
 import struct
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,20 @@ class _Missing:
 
 
 MISSING = _Missing()
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic collector paused: building columns of many messages makes a container per
+    value, and the collections that would trigger (each walking every live object of the
+    process) cost more than the work."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def dumps(value: Any) -> bytes:
@@ -315,6 +331,11 @@ class Block:
     @classmethod
     def from_dicts(cls, msgs: Sequence[Mapping]) -> Block:
         """From messages sorted by unique timestamp."""
+        with gc_paused():
+            return cls._from_dicts(msgs)
+
+    @classmethod
+    def _from_dicts(cls, msgs: Sequence[Mapping]) -> Block:
         keys = list(dict.fromkeys(itertools.chain.from_iterable(msgs)))
         ts = np.fromiter((m["timestamp"] for m in msgs), np.float64, len(msgs))
         if msgs and set(map(len, msgs)) == {len(keys)}:

@@ -74,7 +74,9 @@ def messages_count(*, device: Device, begin: int, end: int, limit: int) -> int:
         return cursor.fetchone()[0]
 
 
-def messages_columns(*, device: Device, begin: int, end: int, parameters: Collection[str]) -> StoredColumns:
+def messages_columns(
+    *, alias: str, device_id: int, begin: int, end: int, parameters: Collection[str]
+) -> StoredColumns:
     """The device's messages with ``begin <= ts <= end`` (microseconds, inclusive, as the
     messages API reads them), by column, for ``parameters`` only."""
     names = sorted(set(parameters))
@@ -83,14 +85,14 @@ def messages_columns(*, device: Device, begin: int, end: int, parameters: Collec
     states: list[list[bytes]] = [[] for _ in names]
     texts: list[list[str]] = [[] for _ in names]
     low = begin
-    connection = connections[device.database]
+    connection = connections[alias]
     connection.ensure_connection()
     # A server-side-binding cursor of the same connection (and transaction): Django's own binds
     # on the client, which cannot ask for binary results, and binary results bring the packed
     # timestamps and state bytes as they are.
     with psycopg.Cursor(connection.connection) as cursor:
         while low <= end:
-            cursor.execute(sql, [*leading, device.pk, low, end, CHUNK_ROWS], binary=True)
+            cursor.execute(sql, [*leading, device_id, low, end, CHUNK_ROWS], binary=True)
             row = cursor.fetchone()
             assert row is not None  # an aggregate without GROUP BY returns one row
             count, newest, packed, *columns = row

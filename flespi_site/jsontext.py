@@ -41,14 +41,14 @@ def loads_many(texts: list[str]) -> list[Any]:
     if not texts:
         return []
     joined = "[" + ",".join(texts) + "]"
-    paused = gc.isenabled()
+    enabled = gc.isenabled()
     gc.disable()
     try:
         if has_long_number(joined):
             return [loads_exact(text) for text in texts]
         return orjson.loads(joined)
     finally:
-        if paused:
+        if enabled:
             gc.enable()
 
 

@@ -49,4 +49,3 @@ class MessageSerializer(serializers.Serializer):
     value)."""
 
     timestamp = serializers.FloatField(min_value=0, help_text="unix time in seconds")
-

@@ -234,7 +234,9 @@ def test_reader_gives_the_types_of_the_engine_columns(make_device, nested):
     # Merged through jsonb, some bodies are rewritten with a space after each colon.
     store(device, [{"timestamp": m["timestamp"], "late": True} for m in messages[:3]])
     names = ["count", "level", "status", "on", "maybe", "big", "empty", "flag", "absent", "text", "a.speed"]
-    read = columns.messages_columns(device=device, begin=0, end=2**62, parameters=names)
+    read = columns.messages_columns(
+        alias=device.database, device_id=device.pk, begin=0, end=2**62, parameters=names
+    )
     assert read.ts.tolist() == [round(m["timestamp"] * 1e6) for m in messages]
     kinds = {
         name: (c.kind, c.ints, int(c.missing.sum()), int(c.null.sum())) for name, c in read.columns.items()

@@ -1,12 +1,17 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from analytics.blocks import Sealer
 from analytics.pump import Pump
+from analytics.worker import region_aliases
 from flespi_site.runner import run_loops
 
 
 class Command(BaseCommand):
-    help = "Run the pump of a region: due debounce timers to the calc workers, reconciliation, purges."
+    help = (
+        "Run the pump of a region: due debounce timers to the calc workers, reconciliation, purges; "
+        "and the sealer of its datacenters' message blocks."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--region", required=True, help="the region to pump")
@@ -15,4 +20,4 @@ class Command(BaseCommand):
         codes = [r.code for r in settings.TOPOLOGY.regions]
         if region not in codes:
             raise CommandError(f"unknown region {region!r}; regions: {', '.join(codes)}")
-        run_loops([Pump(region=region)], name=f"pump {region}")
+        run_loops([Pump(region=region), Sealer(aliases=region_aliases(region))], name=f"pump {region}")

@@ -293,7 +293,7 @@ class Sealer(Loop):
         self, *, aliases: Sequence[str], every: float = SEAL_EVERY, sweep_every: float = SWEEP_EVERY
     ):
         super().__init__()
-        self.name = f"sealer {','.join(aliases)}"
+        self.name = "sealer"
         self.aliases = list(aliases)
         self.every = every
         self.sweep_every = sweep_every

@@ -8,13 +8,15 @@ reception stamps; the messages of ``bench/ingest.py``), then calculates the trip
 ``bench/engine.py`` (an expression selector with merge and gap rules, 5 counters including
 ``mileage()`` and ``route``) over the first 10^4, 10^5 and 10^6 of them.
 
-Printed per size: messages/s end to end (``calculate_stored``: count, columnar read, engine),
-and its parts: the PostgreSQL read (the aggregate queries, executed and fetched), the
-conversion into engine columns (parsing the aggregated values, numpy), the engine; the CPU
-time of this process and of its PostgreSQL backend (from /proc: unlike wall time it hardly
-moves when other work shares the machine); and, for comparison, the path without the columnar
-reader (whole bodies decoded into dicts by ``devices.storage.messages_read``, then
-``calculate`` over the dicts). Best of ``--repeat`` runs.
+Printed per size, first over the rows as stored (no message blocks yet), then after the
+device's message blocks are sealed (``analytics.blocks``, as the pump's sealer does; its time is
+printed): messages/s end to end (``calculate_stored``: count, read by column, engine), the read
+by column alone (blocks, or the parameters cut out of the rows by PostgreSQL), the engine; the
+CPU time of this process and of its PostgreSQL backend (from /proc: unlike wall time it hardly
+moves when other work shares the machine) and messages per CPU second of both together (the
+per-core figure); and, over the rows, the path without the columnar reader (whole bodies decoded
+into dicts by ``devices.storage.messages_read``, then ``calculate`` over the dicts). Best of
+``--repeat`` runs.
 
 Databases as in ``bench/ingest.py``: ``DATABASE_URL`` (default ``flespi_bench``), a sibling
 ``<name>_bench`` when the name lacks "bench"; its device is deleted at the end.
@@ -75,57 +77,55 @@ class Clock:
         return best[0], *best[1]
 
 
-def run(device, calculator, begin: float, end: float, repeat: int) -> dict[str, tuple]:
-    from django.db import connections
-
+def run(device, calculator, begin: float, end: float, repeat: int, sealed: bool) -> dict[str, tuple]:
     from analytics.calculation import calculate_stored, messages_stored
     from analytics.engine import calculate
-    from devices import columns, storage
+    from devices import storage
 
     alias = device.database
-    connection = connections[alias]
-    connection.ensure_connection()
+    connection = connections_of(alias)
     clock = Clock(connection.connection.info.backend_pid)
     low, high = round(begin * 1e6), round(end * 1e6)
-    names = sorted(calculator.parameters)
-    sql, leading = columns.chunk_query(names)
-
-    def sql_only():
-        import psycopg
-
-        with psycopg.Cursor(connection.connection) as cursor:
-            start = low
-            while True:
-                cursor.execute(sql, [*leading, device.pk, start, high, columns.CHUNK_ROWS], binary=True)
-                count, newest, *_ = cursor.fetchone()
-                if count < columns.CHUNK_ROWS:
-                    return
-                start = newest + 1
-
+    where = "blocks" if sealed else "rows"
     rows = {}
-    rows["end to end"] = clock.measure(
+    rows[f"end to end ({where})"] = clock.measure(
         lambda: calculate_stored(device=device, calculator=calculator, begin=begin, end=end), repeat
     )
-    rows["PostgreSQL read"] = clock.measure(sql_only, repeat)
-    rows["read + conversion"] = clock.measure(
+    rows[f"read by column ({where})"] = clock.measure(
         lambda: messages_stored(device=device, begin=low, end=high, parameters=calculator.parameters), repeat
     )
-    messages = rows["read + conversion"][0]
+    messages = rows[f"read by column ({where})"][0]
     rows["engine"] = clock.measure(lambda: calculate(messages, calculator), repeat)
-    assert rows["engine"][0] == rows["end to end"][0]
-    dicts = clock.measure(
-        lambda: storage.messages_read(alias=alias, device_ids=[device.pk], begin=low, end=high), 1
-    )
-    engine_on_dicts = clock.measure(lambda: calculate(dicts[0], calculator), 1)
-    assert engine_on_dicts[0] == rows["end to end"][0]
-    rows["dicts: messages_read + calculate"] = (
-        None,
-        *(a + b for a, b in zip(dicts[1:], engine_on_dicts[1:], strict=True)),
-    )
-    read, conversion = rows["PostgreSQL read"], rows["read + conversion"]
-    rows["conversion"] = (None, *(max(b - a, 0.0) for a, b in zip(read[1:], conversion[1:], strict=True)))
-    order = ["end to end", "PostgreSQL read", "conversion", "engine", "dicts: messages_read + calculate"]
-    return {label: rows[label] for label in order}
+    assert rows["engine"][0] == rows[f"end to end ({where})"][0]
+    if not sealed:
+        dicts = clock.measure(
+            lambda: storage.messages_read(alias=alias, device_ids=[device.pk], begin=low, end=high), 1
+        )
+        engine_on_dicts = clock.measure(lambda: calculate(dicts[0], calculator), 1)
+        assert engine_on_dicts[0] == rows[f"end to end ({where})"][0]
+        rows["dicts: messages_read + calculate"] = (
+            None,
+            *(a + b for a, b in zip(dicts[1:], engine_on_dicts[1:], strict=True)),
+        )
+    return rows
+
+
+def connections_of(alias: str):
+    from django.db import connections
+
+    connection = connections[alias]
+    connection.ensure_connection()
+    return connection
+
+
+def seal(device) -> tuple[int, float, float]:
+    """The device's message blocks built (``analytics.blocks.device_seal``, as the pump's sealer
+    builds them): (messages sealed, wall s, process CPU s)."""
+    from analytics.blocks import device_seal
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    sealed = device_seal(alias=device.database, device_id=device.pk)
+    return sealed, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> int:
@@ -149,19 +149,25 @@ def main() -> int:
         stamps = store(device, max(sizes))
         print(f"stored {len(stamps):,} messages in {time.perf_counter() - started:.0f} s", flush=True)
         ingest.vacuum()  # the visibility map, for the index-only count
-        print(
-            f"\n{'size':>9} {'part':34} {'wall ms':>9} {'msg/s':>11} {'CPU ms: process':>16} {'PostgreSQL':>11}"
-        )
-        print("-" * 95)
-        for n in sizes:
-            rows = run(device, calculator, stamps[0], stamps[n - 1], options.repeat)
-            intervals = len(rows["end to end"][0])
-            for label, (_, wall, cpu, backend) in rows.items():
-                print(
-                    f"{n:>9,} {label:34} {wall * 1e3:>9.1f} {n / max(wall, 1e-9):>11,.0f} {cpu * 1e3:>16.1f} {backend * 1e3:>11.1f}",
-                    flush=True,
-                )
-            print(f"{'':>9} ({intervals} trips; parameters read: {', '.join(sorted(calculator.parameters))})")
+        for sealed in (False, True):
+            if sealed:
+                count, wall, cpu = seal(device)
+                print(f"\nsealed {count:,} messages in message blocks in {wall:.1f} s ({cpu:.1f} s CPU of this process)")
+            print(
+                f"\n{'size':>9} {'part':34} {'wall ms':>9} {'msg/s':>11} {'CPU ms: process':>16} {'PostgreSQL':>11}"
+                f" {'msg/s per CPU s':>16}"
+            )
+            print("-" * 112)
+            for n in sizes:
+                rows = run(device, calculator, stamps[0], stamps[n - 1], options.repeat, sealed)
+                intervals = len(next(iter(rows.values()))[0])
+                for label, (_, wall, cpu, backend) in rows.items():
+                    print(
+                        f"{n:>9,} {label:34} {wall * 1e3:>9.1f} {n / max(wall, 1e-9):>11,.0f} {cpu * 1e3:>16.1f}"
+                        f" {backend * 1e3:>11.1f} {n / max(cpu + backend, 1e-9):>16,.0f}",
+                        flush=True,
+                    )
+                print(f"{'':>9} ({intervals} trips; parameters read: {', '.join(sorted(calculator.parameters))})")
         print(
             "target (issue 8): >= 1,000,000 messages/s per core end to end; "
             f"load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}"

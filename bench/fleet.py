@@ -23,8 +23,8 @@ their own (``MQTT_TOPIC_ROOT``).
    reaches the message's timestamp (equals it, unless one run took two messages of the device).
    The first 5 s of each run are left out (warm-up). Printed: p50/p90/p99/max per N, the CPU of
    each process during the run and what the calc worker's tasks took (from its log).
-2. Sync. A device with ``--sync-messages`` stored messages (the bus track at 1 Hz, 16 keys) is
-   assigned to the trips calculator of ``bench/engine.py`` (the one of ``bench/calculate.py``;
+2. Sync. A device with ``--sync-messages`` stored messages (the bus track at 1 Hz, 16 keys),
+   once the pump's sealer has put them in message blocks (its time is printed), is assigned to the trips calculator of ``bench/engine.py`` (the one of ``bench/calculate.py``;
    that of ``analytics/examples.py`` makes one trip of these 11 days): time until the assignment is
    ``synced``, with the phases from the worker's log (the run's task, the cache fill) and a
    py-spy profile of the worker during the sync (calculation, storing of the intervals).
@@ -105,6 +105,7 @@ class Platform:
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
         self.fleet = Fleet(self.tmp, topic_root=f"bench{uuid.uuid4().hex[:8]}", lease_ttl=settings.CALC_LEASE_TTL)
         self.fleet.env["DEBUG"] = "0"
+        self.fleet.env["FLESPI_SEAL_EVERY"] = "2"  # the sync waits for the device's blocks
         self.fleet.start_all()
         for n in range(1, workers):
             self.fleet.start_worker(f"worker{n}")
@@ -470,6 +471,15 @@ def sync(platform: Platform, fixture, count: int, profile: Path | None) -> dict[
         assert result.accepted == len(batch) and not result.errors, result.errors[:3]
         stored += len(batch)
     print(f"\nstored {stored:,} messages on device {device.pk} in {time.perf_counter() - started:.0f} s", flush=True)
+    started = time.perf_counter()
+    blocks_sealed = sealed_count(device)
+    while blocks_sealed < count - count % 4096:
+        if time.perf_counter() - started > 600:
+            raise RuntimeError(f"only {blocks_sealed:,} messages sealed after 600 s")
+        time.sleep(0.5)
+        blocks_sealed = sealed_count(device)
+    print(f"the pump's sealer put {blocks_sealed:,} of them in message blocks within {time.perf_counter() - started:.0f} s",
+          flush=True)
     ingest.vacuum()
     time.sleep(2)  # the worker consumes the change log of the load (nothing cached: nothing to do)
     calculator = calculator_create(account=fixture.account, config=CALCULATORS["trips (DESIGN 9)"])
@@ -530,6 +540,14 @@ SYNC_PARTS = {
     "storing intervals + outbox (ShardWorker._store)": "ShardWorker._store (worker.py)",
     "cache intervals (ShardCache.intervals_apply)": "ShardCache.intervals_apply (cache.py)",
 }
+
+
+def sealed_count(device) -> int:
+    from django.db import connections
+
+    with connections[device.database].cursor() as cursor:
+        cursor.execute("SELECT coalesce(sum(n), 0) FROM message_blocks WHERE device_id = %s AND name = ''", [device.pk])
+        return cursor.fetchone()[0]
 
 
 def sync_profile(path: Path, task_seconds: float) -> dict[str, float]:

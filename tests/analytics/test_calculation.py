@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from analytics import calculation
+from analytics import blocks, calculation
 from analytics.calculation import calculate_stored
 from analytics.engine import calculate, compile_calculator
 from devices import columns, importers, selectors
@@ -94,12 +94,22 @@ def assert_same(device, config, begin, end, now=None):
     return got
 
 
+def seal(device, monkeypatch, size: int = 97) -> None:
+    """The device's messages in message blocks of ``size`` (the real size wants thousands), the
+    newest few left as rows."""
+    monkeypatch.setattr(blocks, "BLOCK_SIZE", size)
+    assert blocks.device_seal(alias=device.database, device_id=device.pk) > 0
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["rows", "blocks"])
 @pytest.mark.parametrize("name", ["bus-304-limerick-2019-02-18.gpx", "car-around-visnjan.gpx"])
 @pytest.mark.parametrize("config", [TRIPS, PARKINGS, DAILY_BERLIN], ids=lambda c: c["name"])
-def test_real_tracks_give_the_intervals_of_the_engine(make_device, name, config):
+def test_real_tracks_give_the_intervals_of_the_engine(make_device, monkeypatch, name, config, sealed):
     device = make_device()
     messages = track(name)
     store(device, messages)
+    if sealed:
+        seal(device, monkeypatch)
     first, last = messages[0]["timestamp"], messages[-1]["timestamp"]
     whole = assert_same(device, config, first, last)
     assert whole  # every calculator finds intervals on both tracks
@@ -212,13 +222,18 @@ def _fix_names(config):
     return {**config, "counters": counters}
 
 
+@pytest.mark.parametrize("sealed", [False, True], ids=["rows", "blocks"])
 @pytest.mark.parametrize("nested", [False, True], ids=["flat", "nested"])
-def test_parameters_of_every_type_missing_and_null_give_the_intervals_of_the_engine(make_device, nested):
+def test_parameters_of_every_type_missing_and_null_give_the_intervals_of_the_engine(
+    make_device, monkeypatch, nested, sealed
+):
     device = make_device()
     messages = mixed_messages(nested=nested)
     store(device, messages)
     # A resend merging new keys into stored messages: those bodies are rewritten through jsonb.
     store(device, [{"timestamp": m["timestamp"], "count": -1, "late": True} for m in messages[10:20]])
+    if sealed:
+        seal(device, monkeypatch, size=16)
     got = assert_same(device, _fix_names(MIXED), T0, T0 + 600)
     assert got
     trip = got[0]

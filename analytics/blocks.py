@@ -231,7 +231,9 @@ def _next_block(cursor, device_id: int, oldest: int, newest: int) -> tuple[int, 
 
 def _insert(cursor, device_id: int, lo: int, hi: int, block: Block) -> None:
     n = len(block)
-    rows = [(device_id, lo, hi, n, _TS, None, block.ts.astype("<f8").tobytes())]
+    rows: list[tuple[int, int, int, int, str, str | None, bytes]] = [
+        (device_id, lo, hi, n, _TS, None, block.ts.astype("<f8").tobytes())
+    ]
     for name, col in block.cols.items():
         entry, data = col.encode()
         rows.append((device_id, lo, hi, n, name, orjson.dumps(entry).decode(), data))

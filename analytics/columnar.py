@@ -341,6 +341,7 @@ class Block:
         if msgs and set(map(len, msgs)) == {len(keys)}:
             # Every message has every key (a tracker's usual stream): one C-level pass takes
             # all values of a message, one transposes them into columns.
+            values: dict[str, Sequence]
             if len(keys) == 1:  # itemgetter of one key gives the value, not a tuple
                 values = {keys[0]: [m[keys[0]] for m in msgs]}
             else:

@@ -209,8 +209,8 @@ class AssignmentsView(ResourceView):
                 services.assignment_delete(assignment=assignment)  # type: ignore[arg-type]
             except DomainError as exc:
                 errors.append(
-                    {**exc.as_error(), "id": assignment.device_id, "calc_id": assignment.calculator_id}
-                )  # type: ignore[attr-defined]
+                    {**exc.as_error(), "id": assignment.device_id, "calc_id": assignment.calculator_id}  # type: ignore[attr-defined]
+                )
                 continue
             result.append({"id": assignment.device_id, "calc_id": assignment.calculator_id})  # type: ignore[attr-defined]
         return batch_response(result, errors)

@@ -20,7 +20,7 @@ from django.db import IntegrityError, connections, transaction
 from psycopg import errors as pg_errors
 
 from devices.choices import OutboxKind
-from flespi_site.jsontext import loads_exact, loads_many
+from flespi_site.jsontext import loads_exact
 
 if TYPE_CHECKING:
     from devices.models import Device
@@ -360,7 +360,7 @@ def messages_read(
         params.append(count)
     with connections[alias].cursor() as cursor:
         cursor.execute(sql, params)
-        return loads_many([row[0] for row in cursor.fetchall()])
+        return [loads_exact(row[0]) for row in cursor.fetchall()]
 
 
 def messages_delete(

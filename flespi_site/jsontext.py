@@ -7,7 +7,6 @@ run of 20 digits is safe for orjson; the rare text with one goes to the standard
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import re
@@ -31,25 +30,6 @@ def loads_exact(text: bytes | str) -> Any:
     if len(text) >= 20 and has_long_number(text):
         return json.loads(text)
     return orjson.loads(text)
-
-
-def loads_many(texts: list[str]) -> list[Any]:
-    """Decode many JSON texts (valid, stored by the platform) at once: one parse of their joined
-    array, or one per text when some text holds a long integer. With the collector paused: a
-    parse makes a container per object, and the collections it would trigger (each walking
-    every live object of the process) cost more than the parse."""
-    if not texts:
-        return []
-    joined = "[" + ",".join(texts) + "]"
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        if has_long_number(joined):
-            return [loads_exact(text) for text in texts]
-        return orjson.loads(joined)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

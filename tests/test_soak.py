@@ -16,6 +16,7 @@ and the broker is restarted. Afterwards:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -165,12 +166,15 @@ def test_soak(tmp_path, make_account, make_token):
     kills = Counter()
     subscriber = Subscriber(broker.url, f"{topic_root}/message/gw/devices/{device.pk}",
                             client_id=f"soak-sub-{topic_root}", clean_session=False)
+    stack = contextlib.ExitStack()
     try:
         running.output.wait_for("platform running on", timeout=120)
         wait_until(lambda: Assignment.objects.using(device.database).get(pk=assignment.pk).synced, timeout=60,
                    what="the assignment synced")
-        with subscriber, Writers(port=port, key=key, device_id=device.pk, ident=ident, broker_url=broker.url,
-                                 ingest_prefix=f"{topic_root}-in") as writers:
+        # Subscribed until the end: the relay may still be catching up when the writers stop.
+        stack.enter_context(subscriber)
+        with Writers(port=port, key=key, device_id=device.pk, ident=ident, broker_url=broker.url,
+                     ingest_prefix=f"{topic_root}-in") as writers:
             time.sleep(2)
             for _ in range(PASSES):
                 names = [name for name in running.pids() if name != "setup"]
@@ -231,6 +235,7 @@ def test_soak(tmp_path, make_account, make_token):
         )
         assert running.process.poll() is None, "the supervisor gave up"
     finally:
+        stack.close()
         running.process.send_signal(signal.SIGTERM)
         try:
             running.wait(30)

@@ -43,6 +43,9 @@ BLOCK_SIZE = 4096
 # devices whose messages arrived without a change-log row: a datacenter move, a restore).
 SEAL_EVERY = float(os.environ.get("FLESPI_SEAL_EVERY") or 30.0)
 SWEEP_EVERY = 3600.0
+# How long a device with fewer than a block's worth of unsealed messages waits to be looked at
+# again.
+TAIL_RECHECK = 60.0
 LOCK_SPACE = 0x0B10  # as in the migration's trigger
 _TS = ""  # the name of a block's timestamps row
 
@@ -180,6 +183,11 @@ def _read_rows(alias: str, device_id: int, begin: int, end: int, names: Collecti
 def device_seal(*, alias: str, device_id: int, limit: int | None = None) -> int:
     """Build the blocks the device lacks (at most ``limit``); returns how many messages they
     hold. Drops the blocks wholly older than the device's oldest message (purged by TTL)."""
+    return _seal(alias, device_id, limit)[0]
+
+
+def _seal(alias: str, device_id: int, limit: int | None = None) -> tuple[int, int]:
+    """(messages sealed, how many of the newest are left as rows, not a block's worth yet)."""
     sealed = built = 0
     while limit is None or built < limit:
         with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
@@ -188,19 +196,20 @@ def device_seal(*, alias: str, device_id: int, limit: int | None = None) -> int:
             oldest, newest = cursor.fetchone()
             if oldest is None:
                 cursor.execute("DELETE FROM message_blocks WHERE device_id = %s", [device_id])
-                return sealed
+                return sealed, 0
             cursor.execute("DELETE FROM message_blocks WHERE device_id = %s AND hi < %s", [device_id, oldest])
             task = _next_block(cursor, device_id, oldest, newest)
             if task is None:
-                return sealed
+                return sealed, 0
             lo, hi_limit, closed = task
             if not closed:
                 cursor.execute(
                     "SELECT count(*) FROM (SELECT 1 FROM messages WHERE device_id = %s AND ts >= %s LIMIT %s) AS m",
                     [device_id, lo, BLOCK_SIZE],
                 )
-                if cursor.fetchone()[0] < BLOCK_SIZE:
-                    return sealed  # the newest messages: not a block's worth yet
+                tail = cursor.fetchone()[0]
+                if tail < BLOCK_SIZE:
+                    return sealed, tail  # the newest messages: not a block's worth yet
             rows = message_storage.messages_read(
                 alias=alias, device_ids=[device_id], begin=lo, end=hi_limit, count=BLOCK_SIZE
             )
@@ -210,7 +219,7 @@ def device_seal(*, alias: str, device_id: int, limit: int | None = None) -> int:
             _insert(cursor, device_id, lo, hi, Block.from_dicts(rows))
             sealed += len(rows)
             built += 1
-    return sealed
+    return sealed, -1  # stopped by the limit: more to do
 
 
 def _next_block(cursor, device_id: int, oldest: int, newest: int) -> tuple[int, int, bool] | None:
@@ -243,20 +252,37 @@ def _insert(cursor, device_id: int, lo: int, hi: int, block: Block) -> None:
     )
 
 
-def seal_pending(*, alias: str) -> int:
-    """Seal every device noted in the datacenter's ``message_block_work``; returns how many
-    messages the new blocks hold. A device is taken off the list before it is sealed, so a
-    change meanwhile notes it again."""
+def seal_pending(*, alias: str, now: float | None = None) -> int:
+    """Seal every device of the datacenter's ``message_block_work`` that is due; returns how
+    many messages the new blocks hold. A device left with fewer than a block's worth of new
+    messages is looked at again ``TAIL_RECHECK`` seconds later (appending to it notes nothing
+    while it is noted: the hot path stays free of writes), one with nothing left unsealed is
+    taken off. Both only if no write noted it again meanwhile (the row's ``xmin``)."""
+    now = time.time() if now is None else now
     with connections[alias].cursor() as cursor:
-        cursor.execute("DELETE FROM message_block_work RETURNING device_id")
-        devices = sorted(row[0] for row in cursor.fetchall())
+        cursor.execute(
+            "SELECT device_id, xmin::text FROM message_block_work WHERE due <= %s ORDER BY due, device_id",
+            [now],
+        )
+        due = cursor.fetchall()
     sealed = 0
-    for position, device_id in enumerate(devices):
+    for device_id, version in due:
         try:
-            sealed += device_seal(alias=alias, device_id=device_id)
-        except Exception:
-            _note(alias, devices[position:])  # what is left is done in the next round
-            raise
+            done, tail = _seal(alias, device_id)
+        except Exception:  # this device again later; the others now
+            logger.exception("sealer: %s: sealing device %s failed; retrying in %.0f s", alias, device_id, TAIL_RECHECK)
+            done, tail = 0, -1
+        sealed += done
+        with connections[alias].cursor() as cursor:
+            if tail == 0:
+                cursor.execute(
+                    "DELETE FROM message_block_work WHERE device_id = %s AND xmin::text = %s", [device_id, version]
+                )
+            else:
+                cursor.execute(
+                    "UPDATE message_block_work SET due = %s WHERE device_id = %s AND xmin::text = %s",
+                    [now + TAIL_RECHECK, device_id, version],
+                )
     blocks_orphaned_drop(alias=alias)
     return sealed
 
@@ -265,17 +291,10 @@ def seal_sweep(*, alias: str) -> int:
     """Note every device of the datacenter for sealing; returns how many."""
     with connections[alias].cursor() as cursor:
         cursor.execute(
-            "INSERT INTO message_block_work (device_id) SELECT id FROM devices_device ON CONFLICT DO NOTHING"
+            "INSERT INTO message_block_work (device_id) SELECT id FROM devices_device "
+            "ON CONFLICT (device_id) DO UPDATE SET due = 0"
         )
         return cursor.rowcount
-
-
-def _note(alias: str, devices: Sequence[int]) -> None:
-    with connections[alias].cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO message_block_work (device_id) SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING",
-            [list(devices)],
-        )
 
 
 def blocks_orphaned_drop(*, alias: str) -> None:

@@ -10,7 +10,7 @@ overlap.
 
 Any change of stored messages in a range (ingestion, deletion: every write notes it in
 ``message_changes``) deletes the blocks that overlap it, in the same transaction, and notes the
-device in ``message_block_work`` for the sealer to build them again. The trigger takes the
+device in ``message_block_work`` for the sealer (due at once when blocks went). The trigger takes the
 device's block lock (shared; the sealer takes it exclusively while it builds a block), so a
 block is never built from rows that a transaction in flight is changing.
 """
@@ -36,16 +36,23 @@ CREATE TABLE message_blocks (
 ALTER TABLE message_blocks ALTER COLUMN data SET STORAGE EXTERNAL;
 CREATE INDEX message_blocks_hi_idx ON message_blocks (device_id, hi);
 
-CREATE TABLE message_block_work (device_id bigint PRIMARY KEY);
+-- Devices the sealer is to look at, from ``due`` (unix seconds; 0: now).
+CREATE TABLE message_block_work (device_id bigint PRIMARY KEY, due double precision NOT NULL DEFAULT 0);
 
 CREATE FUNCTION message_blocks_invalidate() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock_shared({LOCK_SPACE}, (d.device_id % 2147483648)::integer)
         FROM (SELECT DISTINCT device_id FROM changed ORDER BY device_id) AS d;
-    DELETE FROM message_blocks AS b USING changed AS c
-        WHERE b.device_id = c.device_id AND b.hi >= c.begin_ts AND b.lo <= c.end_ts;
-    INSERT INTO message_block_work (device_id) SELECT DISTINCT device_id FROM changed ORDER BY device_id
-        ON CONFLICT DO NOTHING;
+    -- A device not noted yet is noted (due now); one already noted is left as it is (no write on
+    -- the hot path of appended messages) unless blocks of it were removed: then it is due now.
+    WITH gone AS (
+        DELETE FROM message_blocks AS b USING changed AS c
+        WHERE b.device_id = c.device_id AND b.hi >= c.begin_ts AND b.lo <= c.end_ts
+        RETURNING b.device_id
+    )
+    INSERT INTO message_block_work AS w (device_id, due)
+        SELECT DISTINCT device_id, 0 FROM changed ORDER BY device_id
+        ON CONFLICT (device_id) DO UPDATE SET due = 0 WHERE w.device_id IN (SELECT device_id FROM gone);
     RETURN NULL;
 END
 $$;

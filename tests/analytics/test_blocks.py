@@ -8,6 +8,7 @@ import importlib
 import itertools
 import random
 import threading
+import time
 
 import pytest
 from django.db import connections, transaction
@@ -138,23 +139,35 @@ def test_the_ttl_purge_hides_the_blocks_it_outdates_and_sealing_drops_them(devic
     assert_equal_to_rows(device)
 
 
-def test_the_trigger_notes_changed_devices_and_seal_pending_takes_them(device, account):
+def work(*devices) -> dict[int, float]:
+    with connections[devices[0].database].cursor() as cursor:
+        cursor.execute("SELECT device_id, due FROM message_block_work WHERE device_id = ANY(%s)", [[d.pk for d in devices]])
+        return dict(cursor.fetchall())
+
+
+def test_the_trigger_notes_devices_and_seal_pending_looks_again_only_when_due(device, account):
     other = device_create(account=account, name="other", configuration={"ident": "blocks-2"})
     rng = random.Random(4)
     ingest(device, [message(T0 + i, rng) for i in range(40)])
-    ingest(other, [message(T0 + i, rng) for i in range(10)])
-    with connections[device.database].cursor() as cursor:
-        cursor.execute(
-            "SELECT device_id FROM message_block_work WHERE device_id = ANY(%s) ORDER BY 1",
-            [[device.pk, other.pk]],
-        )
-        assert [row[0] for row in cursor.fetchall()] == sorted([device.pk, other.pk])
-        assert blocks.seal_pending(alias=device.database) >= SIZE
-        cursor.execute(
-            "SELECT count(*) FROM message_block_work WHERE device_id = ANY(%s)", [[device.pk, other.pk]]
-        )
-        assert cursor.fetchone()[0] == 0
-    assert len(spans(device)) == 1 and spans(other) == []
+    ingest(other, [message(T0 + i, rng) for i in range(SIZE)])
+    assert work(device, other) == {device.pk: 0, other.pk: 0}
+    now = time.time()
+    assert blocks.seal_pending(alias=device.database, now=now) >= 2 * SIZE
+    # 8 messages of the first device are not a block's worth: looked at again later; the other
+    # is sealed whole and taken off.
+    assert work(device, other) == {device.pk: now + blocks.TAIL_RECHECK}
+    assert blocks.seal_pending(alias=device.database, now=now + 1) == 0
+    ingest(device, [message(T0 + 40 + i, rng) for i in range(30)])  # appended: nothing written
+    assert work(device, other) == {device.pk: now + blocks.TAIL_RECHECK}
+    ingest(other, [message(T0 + 100, rng)])  # noted again
+    ingest(device, [message(T0 + 5.5, rng)])  # a sealed block removed: due at once
+    assert work(device, other) == {device.pk: 0, other.pk: 0}
+    assert blocks.seal_pending(alias=device.database, now=now + 2) == 64  # the first device's two blocks
+    assert len(spans(device)) == 2 and len(spans(other)) == 1
+    assert_equal_to_rows(device)
+    # The sweep notes every device, due at once.
+    assert blocks.seal_sweep(alias=device.database) >= 2
+    assert work(device, other) == {device.pk: 0, other.pk: 0}
 
 
 def test_writers_racing_the_sealer_never_leave_a_block_that_differs_from_the_rows(device):

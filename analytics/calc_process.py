@@ -17,6 +17,8 @@ import threading
 import uuid
 
 from celery import bootsteps
+from celery.signals import task_postrun, task_prerun
+from django.db import close_old_connections
 
 from analytics import tasks
 from analytics.worker import ShardWorker
@@ -76,6 +78,10 @@ def _heartbeat(worker: ShardWorker, stop: threading.Event, every: float) -> None
             logger.exception("calc %s: renewing the shard leases failed", worker.region)
 
 
+def _connections_checked(**_kwargs) -> None:
+    close_old_connections()
+
+
 def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, loglevel: str = "INFO") -> None:
     """Run a calc worker of ``region`` until SIGTERM/SIGINT (a warm shutdown: the running task
     finishes, the leases are released)."""
@@ -83,6 +89,10 @@ def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, loglevel: s
     worker = ShardWorker(region=region, worker_id=worker_id, data_dir=data_dir, lease_ttl=lease_ttl)
     tasks.set_worker(worker)
     app = celery_app(region)
+    # Between tasks, Django's rule for its connections, as between requests: one that failed or
+    # is older than CONN_MAX_AGE is closed (the next task opens it again), the others are kept.
+    task_prerun.connect(_connections_checked, weak=False)
+    task_postrun.connect(_connections_checked, weak=False)
     app.conf.task_default_queue = f"calc.{region}.control"
     app.steps["consumer"].add(_make_step(worker))
     stop = threading.Event()

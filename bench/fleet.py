@@ -386,6 +386,8 @@ class Spy:
     def __init__(self, name: str, pid: int, out: Path, seconds: float):
         self.name, self.out = name, out
         binary = REPO / ".venv" / "bin" / "py-spy"
+        if not binary.exists():
+            raise SystemExit(f"--profile needs py-spy: install it with `{REPO / '.venv/bin/pip'} install py-spy`")
         self.process = subprocess.Popen(
             [str(binary), "record", "--pid", str(pid), "--format", "raw", "--rate", str(SPY_RATE), "--nonblocking",
              "--duration", str(int(seconds)), "--output", str(out)],

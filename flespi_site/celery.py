@@ -34,7 +34,10 @@ def shard_queue(region: str, shard: int) -> str:
 def celery_app(region: str) -> Celery:
     """The Celery app of ``region`` (its broker is the region's Redis)."""
     url = settings.TOPOLOGY.region(region).redis_url
-    app = Celery(f"flespi-{region}", broker=url, set_as_current=False)
+    # No Django fixup: the processes are Django's already (``manage.py``), and the fixup closes
+    # every database connection before and after each task, so that each task of a calc worker
+    # opened one per datacenter again. The worker keeps Django's rule instead (``calc_process``).
+    app = Celery(f"flespi-{region}", broker=url, set_as_current=False, fixups=[])
     app.conf.update(
         task_ignore_result=True,
         result_backend=None,

@@ -98,30 +98,10 @@ class AccountAdmin(admin.ModelAdmin):
 
 @admin.register(Token)
 class TokenAdmin(admin.ModelAdmin):
-    list_display = [
-        "id",
-        "account",
-        "key_prefix",
-        "info",
-        "enabled",
-        "access_type",
-        "expire",
-        "ttl",
-        "last_used",
-    ]
+    list_display = ["id", "account", "key_prefix", "info", "enabled", "access_type", "expire", "ttl", "last_used"]
     list_filter = ["enabled", "access_type"]
     search_fields = ["info", "key_prefix"]
-    fields = [
-        "account",
-        "info",
-        "enabled",
-        "access_type",
-        "expire",
-        "ttl",
-        "key_prefix",
-        "created",
-        "last_used",
-    ]
+    fields = ["account", "info", "enabled", "access_type", "expire", "ttl", "key_prefix", "created", "last_used"]
     readonly_fields = ["key_prefix", "created", "last_used"]
 
     def get_readonly_fields(self, request, obj=None):
@@ -131,17 +111,11 @@ class TokenAdmin(admin.ModelAdmin):
         if change:
             services.token_update(
                 token=obj,
-                data={
-                    name: getattr(obj, name) for name in ("info", "enabled", "expire", "ttl", "access_type")
-                },
+                data={name: getattr(obj, name) for name in ("info", "enabled", "expire", "ttl", "access_type")},
             )
             return
         token, key = services.token_create(
-            account=obj.account,
-            info=obj.info,
-            enabled=obj.enabled,
-            expire=obj.expire,
-            ttl=obj.ttl,
+            account=obj.account, info=obj.info, enabled=obj.enabled, expire=obj.expire, ttl=obj.ttl,
             access_type=obj.access_type,
         )
         obj.__dict__.update(token.__dict__)

@@ -18,9 +18,7 @@ class Account(models.Model):
     """
 
     name = models.CharField(max_length=255)
-    parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
-    )
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
     region = models.ForeignKey("regions.Region", on_delete=models.PROTECT, related_name="accounts")
     datacenter = models.ForeignKey("regions.Datacenter", on_delete=models.PROTECT, related_name="accounts")
     depth = models.PositiveSmallIntegerField(default=0)
@@ -31,13 +29,9 @@ class Account(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [
+            models.CheckConstraint(condition=models.Q(depth__lte=MAX_ACCOUNT_DEPTH), name="account_depth_limit"),
             models.CheckConstraint(
-                condition=models.Q(depth__lte=MAX_ACCOUNT_DEPTH), name="account_depth_limit"
-            ),
-            models.CheckConstraint(
-                condition=(
-                    models.Q(parent__isnull=True, depth=0) | models.Q(parent__isnull=False, depth__gt=0)
-                ),
+                condition=(models.Q(parent__isnull=True, depth=0) | models.Q(parent__isnull=False, depth__gt=0)),
                 name="account_root_iff_depth_zero",
             ),
         ]
@@ -57,12 +51,8 @@ class Token(models.Model):
     key_prefix = models.CharField(max_length=16, editable=False)
     info = models.CharField(max_length=255, blank=True, default="")
     enabled = models.BooleanField(default=True)
-    expire = models.BigIntegerField(
-        default=0, help_text="unix time after which the token is invalid; 0 = never"
-    )
-    ttl = models.BigIntegerField(
-        default=0, help_text="seconds of inactivity after which the token is invalid; 0 = never"
-    )
+    expire = models.BigIntegerField(default=0, help_text="unix time after which the token is invalid; 0 = never")
+    ttl = models.BigIntegerField(default=0, help_text="seconds of inactivity after which the token is invalid; 0 = never")
     access_type = models.PositiveSmallIntegerField(choices=AccessType.choices, default=AccessType.STANDARD)
     created = models.FloatField(help_text="unix time")
     last_used = models.FloatField(null=True, blank=True, help_text="unix time")
@@ -101,9 +91,7 @@ class AccountMove(models.Model):
             # One unfinished move per region: a move's journal of changes is per source database,
             # and an operator finishes (reruns) an interrupted move before starting another.
             models.UniqueConstraint(
-                fields=["region"],
-                condition=~models.Q(state=MoveState.DONE),
-                name="account_move_one_unfinished_per_region",
+                fields=["region"], condition=~models.Q(state=MoveState.DONE), name="account_move_one_unfinished_per_region"
             ),
         ]
 

@@ -88,14 +88,7 @@ PLATFORM = Principal(platform=True)
 
 
 def token_refusal(
-    *,
-    token_id: int,
-    enabled: bool,
-    expire: int,
-    ttl: int,
-    created: float,
-    last_used: float | None,
-    now: float,
+    *, token_id: int, enabled: bool, expire: int, ttl: int, created: float, last_used: float | None, now: float
 ) -> str | None:
     """Why the token cannot be used now (disabled, expired, unused beyond its ttl), or None."""
     if not enabled:
@@ -133,13 +126,8 @@ def connect_decision(
     if password and not hmac.compare_digest(password.encode(), username.encode()):
         return refuse("the password must be empty or the token itself"), None
     problem = token_refusal(
-        token_id=token.id,
-        enabled=token.enabled,
-        expire=token.expire,
-        ttl=token.ttl,
-        created=token.created,
-        last_used=token.last_used,
-        now=now,
+        token_id=token.id, enabled=token.enabled, expire=token.expire, ttl=token.ttl,
+        created=token.created, last_used=token.last_used, now=now,
     )
     if problem:
         return refuse(problem), None
@@ -149,10 +137,7 @@ def connect_decision(
             f"the account of token {token.id} lives in region {token.region}: connect to {endpoint}", endpoint
         ), None
     return ALLOW, Principal(
-        platform=False,
-        token_id=token.id,
-        account_id=token.account_id,
-        account_path=token.account_path,
+        platform=False, token_id=token.id, account_id=token.account_id, account_path=token.account_path,
         region=token.region,
     )
 
@@ -162,7 +147,7 @@ def strip_share(topic_filter: str) -> str | None:
     the filter itself when not shared; None for a malformed share."""
     if not topic_filter.startswith(SHARE_PREFIX):
         return topic_filter
-    group, _, rest = topic_filter[len(SHARE_PREFIX) :].partition("/")
+    group, _, rest = topic_filter[len(SHARE_PREFIX):].partition("/")
     if not group or "+" in group or "#" in group or not rest:
         return None
     return rest
@@ -197,9 +182,7 @@ def device_of_topic(topic: str, *, root: str) -> int | None:
     return device
 
 
-def subscribe_decision(
-    *, principal: Principal, topic_filter: str, root: str, device_path: DevicePath
-) -> Decision:
+def subscribe_decision(*, principal: Principal, topic_filter: str, root: str, device_path: DevicePath) -> Decision:
     """May the client subscribe to ``topic_filter``. Allowed filters name the root and a kind;
     a wildcard at a device level is narrowed by ``receive_decision`` on every delivery."""
     if principal.platform:
@@ -210,9 +193,7 @@ def subscribe_decision(
     levels = plain.split("/")
     if len(levels) < 2 or levels[0] != root or levels[1] not in SHAPES:
         kinds = ", ".join(f"{root}/{kind}/..." for kind in KINDS)
-        return refuse(
-            f"a token subscribes only to the platform's topics ({kinds}); {plain!r} is not one of them"
-        )
+        return refuse(f"a token subscribes only to the platform's topics ({kinds}); {plain!r} is not one of them")
     shape, rest = SHAPES[levels[1]], levels[2:]
     for index, actual in enumerate(rest):
         if actual == "#":

@@ -51,12 +51,7 @@ RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
 SUBSCRIBER_ROLE = "flespi-subscriber"
 PLATFORM_ROLE = "flespi-platform"
 PW_ITERATIONS = 101  # Mosquitto's own default for the hashes it makes
-DEFAULT_ACCESS = {
-    "publishClientSend": False,
-    "publishClientReceive": False,
-    "subscribe": False,
-    "unsubscribe": True,
-}
+DEFAULT_ACCESS = {"publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True}
 
 
 def account_role(account_id: int) -> str:
@@ -71,11 +66,8 @@ def password_fields(password: str) -> dict[str, Any]:
     """A dynamic-security client's password as Mosquitto stores it (PBKDF2-SHA512)."""
     salt = os.urandom(12)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PW_ITERATIONS)
-    return {
-        "password": base64.b64encode(digest).decode(),
-        "salt": base64.b64encode(salt).decode(),
-        "iterations": PW_ITERATIONS,
-    }
+    return {"password": base64.b64encode(digest).decode(), "salt": base64.b64encode(salt).decode(),
+            "iterations": PW_ITERATIONS}
 
 
 def acl(acltype: str, topic: str) -> dict[str, Any]:
@@ -84,10 +76,7 @@ def acl(acltype: str, topic: str) -> dict[str, Any]:
 
 def device_acls(*, root: str, ingest_pattern: str, device_id: int, ident: str) -> list[dict[str, Any]]:
     return [
-        *(
-            acl("publishClientReceive", topic)
-            for topic in device_receive_topics(root=root, device_id=device_id)
-        ),
+        *(acl("publishClientReceive", topic) for topic in device_receive_topics(root=root, device_id=device_id)),
         acl("publishClientSend", device_ingest_topic(ingest_pattern=ingest_pattern, ident=ident)),
     ]
 
@@ -110,35 +99,21 @@ def base_config(*, root: str, platform_username: str, platform_password: str) ->
     """The dynamic-security file a new Mosquitto starts with: the platform's client and roles."""
     return {
         "defaultACLAccess": DEFAULT_ACCESS,
-        "clients": [
-            {
-                "username": platform_username,
-                "textName": "the platform",
-                "roles": [{"rolename": PLATFORM_ROLE}],
-                **password_fields(platform_password),
-            }
-        ],
-        "roles": [
-            {"rolename": PLATFORM_ROLE, "acls": platform_acls()},
-            {"rolename": SUBSCRIBER_ROLE, "acls": subscriber_acls(root=root)},
-        ],
+        "clients": [{"username": platform_username, "textName": "the platform", "roles": [{"rolename": PLATFORM_ROLE}],
+                     **password_fields(platform_password)}],
+        "roles": [{"rolename": PLATFORM_ROLE, "acls": platform_acls()},
+                  {"rolename": SUBSCRIBER_ROLE, "acls": subscriber_acls(root=root)}],
         "groups": [],
     }
 
 
-def config_with_platform(
-    config: dict[str, Any], *, root: str, platform_username: str, platform_password: str
-) -> dict[str, Any]:
+def config_with_platform(config: dict[str, Any], *, root: str, platform_username: str, platform_password: str) -> dict[str, Any]:
     """``config`` (a stored dynamic-security file) with the platform's client, password and roles
     as they are now; the tokens' clients and the account roles stay."""
     base = base_config(root=root, platform_username=platform_username, platform_password=platform_password)
     config["defaultACLAccess"] = DEFAULT_ACCESS
-    config["clients"] = [
-        c for c in config.get("clients", []) if c.get("username") != platform_username
-    ] + base["clients"]
-    config["roles"] = [
-        r for r in config.get("roles", []) if r.get("rolename") not in (PLATFORM_ROLE, SUBSCRIBER_ROLE)
-    ] + base["roles"]
+    config["clients"] = [c for c in config.get("clients", []) if c.get("username") != platform_username] + base["clients"]
+    config["roles"] = [r for r in config.get("roles", []) if r.get("rolename") not in (PLATFORM_ROLE, SUBSCRIBER_ROLE)] + base["roles"]
     config.setdefault("groups", [])
     return config
 
@@ -195,9 +170,7 @@ class Control:
             while not all(key in self._answers for key in keys):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise DynsecError(
-                        f"the broker {self.url} did not answer {len(commands)} commands in {timeout} s"
-                    )
+                    raise DynsecError(f"the broker {self.url} did not answer {len(commands)} commands in {timeout} s")
                 self._arrived.wait(left)
             return [self._answers.pop(key)[0] for key in keys]
 
@@ -231,9 +204,7 @@ def _push(region: str, commands: list[dict[str, Any]], *, what: str) -> None:
         try:
             errors = [r["error"] for r in control_for(_broker_of(region)).send(commands) if r.get("error")]
         except DynsecError as error:
-            logger.warning(
-                "Mosquitto access for %s not pushed (%s); the next mqtt_sync repairs it", what, error
-            )
+            logger.warning("Mosquitto access for %s not pushed (%s); the next mqtt_sync repairs it", what, error)
             return
         tolerated = ("already exists", "not found", "Role not found", "Client not found")
         errors = [e for e in errors if not any(t in e for t in tolerated)]
@@ -245,27 +216,12 @@ def _push(region: str, commands: list[dict[str, Any]], *, what: str) -> None:
 
 def _token_commands(*, token, key: str | None = None, username: str | None = None) -> list[dict[str, Any]]:
     roles = [{"rolename": SUBSCRIBER_ROLE}, {"rolename": account_role(token.account_id)}]
-    refused = token_refusal(
-        token_id=token.pk,
-        enabled=token.enabled,
-        expire=token.expire,
-        ttl=token.ttl,
-        created=token.created,
-        last_used=token.last_used,
-        now=time.time(),
-    )
+    refused = token_refusal(token_id=token.pk, enabled=token.enabled, expire=token.expire, ttl=token.ttl,
+                            created=token.created, last_used=token.last_used, now=time.time())
     if key is not None:
-        return [
-            *({"command": "createRole", "rolename": role["rolename"]} for role in roles[1:]),
-            {
-                "command": "createClient",
-                "username": key,
-                "password": key,
-                "textname": token_textname(token.pk),
-                "roles": roles,
-            },
-            *([{"command": "disableClient", "username": key}] if refused else []),
-        ]
+        return [*({"command": "createRole", "rolename": role["rolename"]} for role in roles[1:]),
+                {"command": "createClient", "username": key, "password": key, "textname": token_textname(token.pk),
+                 "roles": roles}, *([{"command": "disableClient", "username": key}] if refused else [])]
     assert username is not None
     return [{"command": "disableClient" if refused else "enableClient", "username": username}]
 
@@ -296,11 +252,8 @@ def token_deleted(*, token_id: int, region: str) -> None:
 
 def account_created(*, account) -> None:
     if settings.MQTT_DYNSEC:
-        _push(
-            account.region.code,
-            [{"command": "createRole", "rolename": account_role(account.pk)}],
-            what=f"account {account.pk}",
-        )
+        _push(account.region.code, [{"command": "createRole", "rolename": account_role(account.pk)}],
+              what=f"account {account.pk}")
 
 
 @dataclass(frozen=True)
@@ -319,9 +272,7 @@ def subtree_access(*, account) -> SubtreeAccess | None:
     return SubtreeAccess(
         region=account.region.code,
         account_ids=list(Account.objects.filter(path__startswith=account.path).values_list("pk", flat=True)),
-        token_ids=list(
-            Token.objects.filter(account__path__startswith=account.path).values_list("pk", flat=True)
-        ),
+        token_ids=list(Token.objects.filter(account__path__startswith=account.path).values_list("pk", flat=True)),
     )
 
 
@@ -349,55 +300,30 @@ def device_granted(*, account_id: int, device_id: int, ident: str) -> None:
     if not settings.MQTT_DYNSEC or (chain := _chain_of(account_id)) is None:
         return
     region, roles = chain
-    entries = device_acls(
-        root=settings.MQTT_TOPIC_ROOT,
-        ingest_pattern=settings.MQTT_INGEST_TOPIC,
-        device_id=device_id,
-        ident=ident,
-    )
-    _push(
-        region,
-        [
-            *({"command": "createRole", "rolename": role} for role in roles),
-            *({"command": "addRoleACL", "rolename": role, **entry} for role in roles for entry in entries),
-        ],
-        what=f"device {device_id}",
-    )
+    entries = device_acls(root=settings.MQTT_TOPIC_ROOT, ingest_pattern=settings.MQTT_INGEST_TOPIC,
+                          device_id=device_id, ident=ident)
+    _push(region, [
+        *({"command": "createRole", "rolename": role} for role in roles),
+        *({"command": "addRoleACL", "rolename": role, **entry} for role in roles for entry in entries),
+    ], what=f"device {device_id}")
 
 
 def device_revoked(*, account_id: int, device_id: int, ident: str) -> None:
     if not settings.MQTT_DYNSEC or (chain := _chain_of(account_id)) is None:
         return
     region, roles = chain
-    entries = device_acls(
-        root=settings.MQTT_TOPIC_ROOT,
-        ingest_pattern=settings.MQTT_INGEST_TOPIC,
-        device_id=device_id,
-        ident=ident,
-    )
-    _push(
-        region,
-        [
-            {
-                "command": "removeRoleACL",
-                "rolename": role,
-                "acltype": entry["acltype"],
-                "topic": entry["topic"],
-            }
-            for role in roles
-            for entry in entries
-        ],
-        what=f"device {device_id}",
-    )
+    entries = device_acls(root=settings.MQTT_TOPIC_ROOT, ingest_pattern=settings.MQTT_INGEST_TOPIC,
+                          device_id=device_id, ident=ident)
+    _push(region, [
+        {"command": "removeRoleACL", "rolename": role, "acltype": entry["acltype"], "topic": entry["topic"]}
+        for role in roles for entry in entries
+    ], what=f"device {device_id}")
 
 
 def _usernames(region: str) -> dict[int, str]:
     """Token id -> the username of its client on the region's broker."""
     try:
-        return {
-            token_id: client["username"]
-            for token_id, client in _clients(control_for(_broker_of(region))).items()
-        }
+        return {token_id: client["username"] for token_id, client in _clients(control_for(_broker_of(region))).items()}
     except DynsecError as error:
         logger.warning("Mosquitto access not read (%s)", error)
         return {}
@@ -438,21 +364,15 @@ def dynsec_reconcile(*, url: str, regions: Iterable[str]) -> ReconcileReport:
     for device_id, ident, account_id in DeviceIdent.objects.filter(region__in=regions).values_list(
         "device_id", "ident", "account_id"
     ):
-        entries = {
-            (e["acltype"], e["topic"])
-            for e in device_acls(root=root, ingest_pattern=pattern, device_id=device_id, ident=ident)
-        }
+        entries = {(e["acltype"], e["topic"]) for e in device_acls(root=root, ingest_pattern=pattern,
+                                                                  device_id=device_id, ident=ident)}
         for owner in accounts.get(account_id, "").split("/"):
             if owner:
                 wanted.setdefault(account_role(int(owner)), set()).update(entries)
     wanted[SUBSCRIBER_ROLE] = {(entry["acltype"], entry["topic"]) for entry in subscriber_acls(root=root)}
 
-    commands: list[dict[str, Any]] = [
-        {
-            "command": "setDefaultACLAccess",
-            "acls": [{"acltype": kind, "allow": allow} for kind, allow in DEFAULT_ACCESS.items()],
-        }
-    ]
+    commands: list[dict[str, Any]] = [{"command": "setDefaultACLAccess", "acls": [
+        {"acltype": kind, "allow": allow} for kind, allow in DEFAULT_ACCESS.items()]}]
     roles = control.send([{"command": "listRoles", "verbose": True}])[0].get("data", {}).get("roles", [])
     present = {role["rolename"]: {(a["acltype"], a["topic"]) for a in role.get("acls", [])} for role in roles}
     for name, acls in wanted.items():
@@ -460,19 +380,11 @@ def dynsec_reconcile(*, url: str, regions: Iterable[str]) -> ReconcileReport:
         if have is None:
             commands.append({"command": "createRole", "rolename": name})
             have = set()
-        commands += [
-            {"command": "addRoleACL", "rolename": name, **acl(kind, topic)}
-            for kind, topic in sorted(acls - have)
-        ]
-        commands += [
-            {"command": "removeRoleACL", "rolename": name, "acltype": kind, "topic": topic}
-            for kind, topic in sorted(have - acls)
-        ]
-    commands += [
-        {"command": "deleteRole", "rolename": name}
-        for name in present
-        if name.startswith("account-") and name not in wanted
-    ]
+        commands += [{"command": "addRoleACL", "rolename": name, **acl(kind, topic)} for kind, topic in sorted(acls - have)]
+        commands += [{"command": "removeRoleACL", "rolename": name, "acltype": kind, "topic": topic}
+                     for kind, topic in sorted(have - acls)]
+    commands += [{"command": "deleteRole", "rolename": name} for name in present
+                 if name.startswith("account-") and name not in wanted]
 
     clients = _clients(control)
     now = time.time()
@@ -487,29 +399,16 @@ def dynsec_reconcile(*, url: str, regions: Iterable[str]) -> ReconcileReport:
         username = client["username"]
         roles_wanted = {SUBSCRIBER_ROLE, account_role(account_id)}
         roles_have = {role["rolename"] for role in client.get("roles", [])}
-        commands += [
-            {"command": "addClientRole", "username": username, "rolename": r}
-            for r in sorted(roles_wanted - roles_have)
-        ]
-        commands += [
-            {"command": "removeClientRole", "username": username, "rolename": r}
-            for r in sorted(roles_have - roles_wanted)
-        ]
-        refused = token_refusal(
-            token_id=pk,
-            enabled=enabled,
-            expire=expire,
-            ttl=ttl,
-            created=created,
-            last_used=last_used,
-            now=now,
-        )
+        commands += [{"command": "addClientRole", "username": username, "rolename": r} for r in sorted(roles_wanted - roles_have)]
+        commands += [{"command": "removeClientRole", "username": username, "rolename": r} for r in sorted(roles_have - roles_wanted)]
+        refused = token_refusal(token_id=pk, enabled=enabled, expire=expire, ttl=ttl, created=created,
+                                last_used=last_used, now=now)
         if bool(refused) != bool(client.get("disabled")):
             commands.append({"command": "disableClient" if refused else "enableClient", "username": username})
     commands += [{"command": "deleteClient", "username": client["username"]} for client in clients.values()]
 
     for start in range(0, len(commands), 5000):  # Mosquitto rewrites its file after each message
-        for response in control.send(commands[start : start + 5000], timeout=300):
+        for response in control.send(commands[start:start + 5000], timeout=300):
             if response.get("error"):
                 report.errors.append(f"{response.get('command')}: {response['error']}")
     report.commands = len(commands)
@@ -542,9 +441,8 @@ def mosquitto_setup(*, directory, port: int, root: str, platform_username: str, 
     directory.mkdir(parents=True, exist_ok=True)
     dynsec = directory / "dynsec.json"
     stored = json.loads(dynsec.read_text()) if dynsec.exists() else {}
-    config = config_with_platform(
-        stored, root=root, platform_username=platform_username, platform_password=platform_password
-    )
+    config = config_with_platform(stored, root=root, platform_username=platform_username,
+                                  platform_password=platform_password)
     dynsec.write_text(json.dumps(config, indent=1))
     conf = directory / "mosquitto.conf"
     conf.write_text(

@@ -19,18 +19,8 @@ def token_facts(*, key: str) -> TokenFacts | None:
     """The token whose key is ``key``, with its account's path and region; None when unknown."""
     row = (
         Token.objects.filter(key_hash=hashlib.sha256(key.encode()).hexdigest())
-        .values_list(
-            "id",
-            "account_id",
-            "account__path",
-            "account__region__code",
-            "enabled",
-            "expire",
-            "ttl",
-            "created",
-            "last_used",
-            "access_type",
-        )
+        .values_list("id", "account_id", "account__path", "account__region__code", "enabled", "expire", "ttl",
+                     "created", "last_used", "access_type")
         .first()
     )
     return TokenFacts(*row) if row is not None else None
@@ -56,9 +46,7 @@ def device_paths(*, device_ids: Iterable[int]) -> dict[int, str]:
 def ident_paths(*, regions: Iterable[str], idents: Iterable[str]) -> dict[str, str]:
     """The account path of the device of each of ``idents`` in one of ``regions``."""
     owners = dict(
-        DeviceIdent.objects.filter(region__in=list(regions), ident__in=list(idents)).values_list(
-            "ident", "account_id"
-        )
+        DeviceIdent.objects.filter(region__in=list(regions), ident__in=list(idents)).values_list("ident", "account_id")
     )
     paths = dict(Account.objects.filter(pk__in=set(owners.values())).values_list("pk", "path"))
     return {ident: paths[account] for ident, account in owners.items() if account in paths}

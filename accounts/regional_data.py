@@ -45,9 +45,7 @@ class RegionalTable:
         if self.database not in (DATACENTER, CONTROL):
             raise ValueError(f"{self.table}: database must be {DATACENTER!r} or {CONTROL!r}")
         if self.through is not None and self.through.database != self.database:
-            raise ValueError(
-                f"{self.table}: selected through {self.through.table}, which is in another database"
-            )
+            raise ValueError(f"{self.table}: selected through {self.through.table}, which is in another database")
 
     @property
     def selection(self) -> str:
@@ -77,9 +75,7 @@ def regional_tables() -> tuple[RegionalTable, ...]:
         if tables.count(entry.table) > 1:
             raise ValueError(f"{entry.table} is declared more than once in the apps' regional.py")
         if entry.through is not None and entry.through not in entries[position + 1 :]:
-            raise ValueError(
-                f"{entry.table} is selected through {entry.through.table}, which must come after it"
-            )
+            raise ValueError(f"{entry.table} is selected through {entry.through.table}, which must come after it")
     return tuple(entries)
 
 

@@ -9,10 +9,8 @@ from accounts.models import Account, Token
 
 def subaccounts_of(*, account: Account) -> QuerySet[Account]:
     """Every descendant of ``account`` (not the account itself)."""
-    return (
-        Account.objects.filter(path__startswith=account.path)
-        .exclude(pk=account.pk)
-        .select_related("region", "datacenter")
+    return Account.objects.filter(path__startswith=account.path).exclude(pk=account.pk).select_related(
+        "region", "datacenter"
     )
 
 

@@ -51,20 +51,16 @@ def _datacenter_in(region: Region, code: str | None) -> Datacenter:
         datacenter = region.datacenters.filter(is_default=True).first() or region.datacenters.first()
         if datacenter is None or datacenter.code not in configured:
             raise InvalidInput(
-                f"region {region.code} has no default datacenter: run `manage.py platform_setup`",
-                field="datacenter",
+                f"region {region.code} has no default datacenter: run `manage.py platform_setup`", field="datacenter"
             )
         return datacenter
     datacenter = Datacenter.objects.filter(code=code).select_related("region").first()
     if datacenter is None or code not in configured:
         codes = ", ".join(dc.code for dc in settings.TOPOLOGY.region(region.code).datacenters)
-        raise InvalidInput(
-            f"unknown datacenter {code!r}; datacenters of region {region.code}: {codes}", field="datacenter"
-        )
+        raise InvalidInput(f"unknown datacenter {code!r}; datacenters of region {region.code}: {codes}", field="datacenter")
     if datacenter.region_id != region.id:
         raise InvalidInput(
-            f"datacenter {code} is in region {datacenter.region.code}, not in {region.code}",
-            field="datacenter",
+            f"datacenter {code} is in region {datacenter.region.code}, not in {region.code}", field="datacenter"
         )
     return datacenter
 
@@ -147,9 +143,7 @@ def account_update(*, account: Account, data: dict[str, Any]) -> Account:
             )
         if "parent_id" in data and data["parent_id"] != fresh.parent_id:
             raise InvalidInput(f"account {fresh.pk} cannot move in the account tree", field="parent_id")
-        return save_fields(
-            fresh, {name: data[name] for name in ("name", "metadata") if name in data}, name="account"
-        )
+        return save_fields(fresh, {name: data[name] for name in ("name", "metadata") if name in data}, name="account")
 
 
 def account_delete(*, account: Account) -> None:
@@ -165,9 +159,7 @@ def accounts_delete(*, accounts: Iterable[Account]) -> None:
     (``accounts.regional_data``) in each datacenter, the ident claims, the tokens and the
     accounts. An account inside the subtree of another one is deleted with it."""
     paths = sorted({account.path for account in accounts})
-    roots = [
-        path for position, path in enumerate(paths) if not any(path.startswith(p) for p in paths[:position])
-    ]
+    roots = [path for position, path in enumerate(paths) if not any(path.startswith(p) for p in paths[:position])]
     if not roots:
         return
     within = Q()
@@ -177,9 +169,7 @@ def accounts_delete(*, accounts: Iterable[Account]) -> None:
     by_alias: dict[str, list[int]] = {}
     for pk, code in subtree:
         by_alias.setdefault(alias_for_datacenter(code), []).append(pk)
-    access = [
-        mqtt_dynsec.subtree_access(account=account) for account in Account.objects.filter(path__in=roots)
-    ]
+    access = [mqtt_dynsec.subtree_access(account=account) for account in Account.objects.filter(path__in=roots)]
     regional_data_delete(account_ids_by_alias=by_alias)
     Account.objects.filter(path__in=roots).delete()
     for subtree_access in access:
@@ -222,9 +212,7 @@ def token_update(*, token: Token, data: dict[str, Any]) -> Token:
     """Update the named fields of a token (``flespi_site.updates``: a token deleted meanwhile is a
     404)."""
     with locked_row(Token, pk=token.pk, using="default", name="token") as fresh:
-        changes = {
-            name: data[name] for name in ("info", "enabled", "expire", "ttl", "access_type") if name in data
-        }
+        changes = {name: data[name] for name in ("info", "enabled", "expire", "ttl", "access_type") if name in data}
         if "ttl" in data:
             # A new ttl counts from now, not from a use long ago.
             changes["last_used"] = time.time()
@@ -249,13 +237,8 @@ def token_authenticate(*, key: str, now: float | None = None) -> Token:
     if token is None:
         raise Unauthorized("unknown token")
     problem = token_refusal(
-        token_id=token.pk,
-        enabled=token.enabled,
-        expire=token.expire,
-        ttl=token.ttl,
-        created=token.created,
-        last_used=token.last_used,
-        now=now,
+        token_id=token.pk, enabled=token.enabled, expire=token.expire, ttl=token.ttl,
+        created=token.created, last_used=token.last_used, now=now,
     )
     if problem:
         raise Unauthorized(problem)

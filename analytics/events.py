@@ -83,20 +83,9 @@ def interval_events(
         emit("activated", active)
     touched = {row["id"] for row in (*created, *updated, *deleted)}
     if active_known and (flipped or (now_id is not None and now_id in touched)):
-        events.append(
-            Event(
-                device_id,
-                state_topic(calc_id, device_id, "active"),
-                None if active is None else dict(active),
-                True,
-            )
-        )
+        events.append(Event(device_id, state_topic(calc_id, device_id, "active"), None if active is None else dict(active), True))
     if last_changed:
-        events.append(
-            Event(
-                device_id, state_topic(calc_id, device_id, "last"), None if last is None else dict(last), True
-            )
-        )
+        events.append(Event(device_id, state_topic(calc_id, device_id, "last"), None if last is None else dict(last), True))
     return events
 
 

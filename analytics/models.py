@@ -38,15 +38,9 @@ class Calculator(RegionalModel):
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.CheckConstraint(
-                condition=models.Q(update_delay__gte=0), name="calculator_update_delay_nonnegative"
-            ),
-            models.CheckConstraint(
-                condition=models.Q(update_period__gt=0), name="calculator_update_period_positive"
-            ),
-            models.CheckConstraint(
-                condition=models.Q(intervals_ttl__gt=0), name="calculator_intervals_ttl_positive"
-            ),
+            models.CheckConstraint(condition=models.Q(update_delay__gte=0), name="calculator_update_delay_nonnegative"),
+            models.CheckConstraint(condition=models.Q(update_period__gt=0), name="calculator_update_period_positive"),
+            models.CheckConstraint(condition=models.Q(intervals_ttl__gt=0), name="calculator_intervals_ttl_positive"),
             models.CheckConstraint(
                 condition=models.Q(intervals_rotate__gte=0), name="calculator_intervals_rotate_nonnegative"
             ),
@@ -93,9 +87,7 @@ class Assignment(RegionalModel):
     pending_begin = models.FloatField(null=True, blank=True)
     pending_end = models.FloatField(null=True, blank=True)
     active_id = models.BigIntegerField(null=True, blank=True)
-    calculated = models.FloatField(
-        null=True, blank=True, help_text="unix time of the last stored recalculation"
-    )
+    calculated = models.FloatField(null=True, blank=True, help_text="unix time of the last stored recalculation")
     created = models.FloatField(help_text="unix time")
 
     class Meta:
@@ -104,11 +96,7 @@ class Assignment(RegionalModel):
             models.UniqueConstraint(fields=["calculator", "device"], name="assignment_unique_per_device"),
             models.CheckConstraint(
                 condition=models.Q(pending_begin__isnull=True, pending_end__isnull=True)
-                | models.Q(
-                    pending_begin__isnull=False,
-                    pending_end__isnull=False,
-                    pending_begin__lte=models.F("pending_end"),
-                ),
+                | models.Q(pending_begin__isnull=False, pending_end__isnull=False, pending_begin__lte=models.F("pending_end")),
                 name="assignment_pending_range",
             ),
         ]

@@ -48,14 +48,8 @@ BATCH = 500
 class Pump(Loop):
     """The pump of one region."""
 
-    def __init__(
-        self,
-        *,
-        region: str,
-        round_seconds: float = ROUND_SECONDS,
-        reconcile_every: float = RECONCILE_EVERY,
-        purge_every: float = PURGE_EVERY,
-    ):
+    def __init__(self, *, region: str, round_seconds: float = ROUND_SECONDS, reconcile_every: float = RECONCILE_EVERY,
+                 purge_every: float = PURGE_EVERY):
         super().__init__()
         self.name = f"pump {region}"
         self.region = region
@@ -70,12 +64,8 @@ class Pump(Loop):
         self.errors = 0
 
     def counts(self) -> dict[str, int]:
-        return {
-            "assignments sent": self.sent,
-            "messages": self.messages,
-            "reconciled": self.reconciled,
-            "errors": self.errors,
-        }
+        return {"assignments sent": self.sent, "messages": self.messages, "reconciled": self.reconciled,
+                "errors": self.errors}
 
     def run(self) -> None:
         next_reconcile = 0.0
@@ -105,8 +95,7 @@ class Pump(Loop):
                 if not due:
                     break
                 self.app.send_task(
-                    "analytics.shard_run",
-                    args=[self.region, shard, [list(pair) for pair in due]],
+                    "analytics.shard_run", args=[self.region, shard, [list(pair) for pair in due]],
                     queue=shard_queue(self.region, shard),
                 )
                 sent += len(due)
@@ -138,19 +127,13 @@ class Pump(Loop):
             if missing:
                 self.timers.schedule(shard=shard, changes=missing)
                 scheduled += len(missing)
-                logger.info(
-                    "%s: shard %s: %d assignment(s) scheduled again by reconciliation",
-                    self.name,
-                    shard,
-                    len(missing),
-                )
+                logger.info("%s: shard %s: %d assignment(s) scheduled again by reconciliation", self.name, shard,
+                            len(missing))
         return scheduled
 
     def purge(self) -> None:
         for shard in range(settings.CALC_SHARDS):
-            self.app.send_task(
-                "analytics.shard_purge", args=[self.region, shard], queue=shard_queue(self.region, shard)
-            )
+            self.app.send_task("analytics.shard_purge", args=[self.region, shard], queue=shard_queue(self.region, shard))
 
 
 __all__ = ["HISTORY_BEGIN", "HISTORY_END", "Pump"]

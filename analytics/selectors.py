@@ -20,9 +20,7 @@ def assignments_of(
     *, account: Account, calculator_ids: Sequence[int], device_ids: Sequence[int] | None = None
 ) -> QuerySet[Assignment]:
     """The account's assignments of these calculators (and devices), calculator by calculator."""
-    rows = placement.using_account(Assignment, account.pk).filter(
-        account_id=account.pk, calculator_id__in=calculator_ids
-    )
+    rows = placement.using_account(Assignment, account.pk).filter(account_id=account.pk, calculator_id__in=calculator_ids)
     if device_ids is not None:
         rows = rows.filter(device_id__in=device_ids)
     return rows.order_by("calculator_id", "device_id")
@@ -48,9 +46,7 @@ def intervals_of(
     alias = assignments[0].database
     pairs = [(a.calculator_id, a.device_id) for a in assignments]
     if condition is None:
-        return storage.intervals_read(
-            alias=alias, pairs=pairs, ids=ids, begin=begin, end=end, count=count, reverse=reverse
-        )
+        return storage.intervals_read(alias=alias, pairs=pairs, ids=ids, begin=begin, end=end, count=count, reverse=reverse)
     # Every assignment is read a chunk at a time, all of them in one statement per round: the
     # number of statements grows with the longest history, not with the number of assignments.
     kept: dict[tuple[int, int], list[dict]] = {pair: [] for pair in pairs}
@@ -58,13 +54,7 @@ def intervals_of(
     open_pairs = list(pairs)
     while open_pairs:
         batch = storage.intervals_read(
-            alias=alias,
-            pairs=open_pairs,
-            ids=ids,
-            begin=begin,
-            end=end,
-            count=chunk,
-            reverse=reverse,
+            alias=alias, pairs=open_pairs, ids=ids, begin=begin, end=end, count=chunk, reverse=reverse,
             past_ids=[past[pair] for pair in open_pairs],
         )
         read: dict[tuple[int, int], int] = {}
@@ -75,8 +65,7 @@ def intervals_of(
             if condition.matches(interval):
                 kept[pair].append(interval)
         open_pairs = [
-            pair
-            for pair in open_pairs
+            pair for pair in open_pairs
             if read.get(pair, 0) == chunk and (count is None or len(kept[pair]) < count)
         ]
     found: list[dict] = []

@@ -99,13 +99,8 @@ def calculator_delete(*, calculator: Calculator) -> None:
     with locked_row(Calculator, pk=calculator.pk, using=calculator.database, name="calculator") as current:
         # Its assignments are locked in id order first, as a calc worker's run locks them, so that
         # the two never wait on each other (a deadlock otherwise: each holding what the other wants).
-        list(
-            Assignment.objects.using(current._state.db)
-            .filter(calculator_id=current.pk)
-            .order_by("pk")
-            .select_for_update()
-            .values_list("pk", flat=True)
-        )
+        list(Assignment.objects.using(current._state.db).filter(calculator_id=current.pk).order_by("pk")
+             .select_for_update().values_list("pk", flat=True))
         current.delete()
 
 
@@ -122,9 +117,7 @@ def assignment_create(*, calculator: Calculator, device: Device) -> tuple[Assign
             id=device.pk,
         )
     alias = calculator.database
-    existing = (
-        Assignment.objects.using(alias).filter(calculator_id=calculator.pk, device_id=device.pk).first()
-    )
+    existing = Assignment.objects.using(alias).filter(calculator_id=calculator.pk, device_id=device.pk).first()
     if existing is not None:
         return existing, False
     assignment = Assignment(
@@ -142,13 +135,9 @@ def assignment_create(*, calculator: Calculator, device: Device) -> tuple[Assign
             _tell_fleet(alias, [assignment.shard])
     except IntegrityError:
         # A concurrent assign of the same pair won, or the calculator or device went away.
-        existing = (
-            Assignment.objects.using(alias).filter(calculator_id=calculator.pk, device_id=device.pk).first()
-        )
+        existing = Assignment.objects.using(alias).filter(calculator_id=calculator.pk, device_id=device.pk).first()
         if existing is None:
-            raise NotFound(
-                f"calculator {calculator.pk} or device {device.pk} no longer exists", id=device.pk
-            ) from None
+            raise NotFound(f"calculator {calculator.pk} or device {device.pk} no longer exists", id=device.pk) from None
         return existing, False
     return assignment, True
 
@@ -174,9 +163,7 @@ def assignment_update(*, assignment: Assignment, enabled: bool) -> Assignment:
 
 def assignment_delete(*, assignment: Assignment) -> None:
     """Unassign: the assignment and its intervals go (and its retained state on the broker)."""
-    with locked_row(
-        Assignment, pk=assignment.pk, using=assignment.database, name=_assignment_name(assignment)
-    ) as current:
+    with locked_row(Assignment, pk=assignment.pk, using=assignment.database, name=_assignment_name(assignment)) as current:
         current.delete()
 
 
@@ -190,16 +177,12 @@ def _tell_fleet(alias: str, shards: Iterable[int]) -> None:
 
 def _request(assignments, begin: float, end: float) -> int:
     return assignments.update(
-        pending_begin=Least(
-            F("pending_begin"), begin, output_field=Assignment._meta.get_field("pending_begin")
-        ),
+        pending_begin=Least(F("pending_begin"), begin, output_field=Assignment._meta.get_field("pending_begin")),
         pending_end=Greatest(F("pending_end"), end, output_field=Assignment._meta.get_field("pending_end")),
     )
 
 
-def recalculation_request(
-    *, assignments: Sequence[Assignment], begin: float | None, end: float | None
-) -> int:
+def recalculation_request(*, assignments: Sequence[Assignment], begin: float | None, end: float | None) -> int:
     """Ask the fleet to recalculate ``[begin, end]`` (all of history when open) of each
     assignment: the range is widened durably on the row, where the fleet's reconciliation finds
     it. Returns how many assignments took the request."""
@@ -228,9 +211,9 @@ def recalculation_done(
         begin, end = -math.inf, math.inf
     alias = assignment.database
     Assignment.objects.using(alias).filter(pk=assignment.pk).update(calc_version=version, calculated=now)
-    Assignment.objects.using(alias).filter(
-        pk=assignment.pk, pending_begin__gte=begin, pending_end__lte=end
-    ).update(pending_begin=None, pending_end=None)
+    Assignment.objects.using(alias).filter(pk=assignment.pk, pending_begin__gte=begin, pending_end__lte=end).update(
+        pending_begin=None, pending_end=None
+    )
 
 
 # --- intervals -----------------------------------------------------------------------------
@@ -248,10 +231,8 @@ def intervals_apply(*, assignment: Assignment, diff: Diff, now: float | None = N
         # The assignment's row lock keeps it from being deleted (and its intervals with it) while
         # this writes: no interval outlives its assignment.
         if not storage.assignment_lock(alias=alias, assignment_id=assignment.pk):
-            raise NotFound(
-                f"device {assignment.device_id} is no longer assigned to calculator {assignment.calculator_id}",
-                id=assignment.device_id,
-            )
+            raise NotFound(f"device {assignment.device_id} is no longer assigned to calculator {assignment.calculator_id}",
+                           id=assignment.device_id)
         written, deleted = storage.intervals_write(
             alias=alias,
             calc_id=assignment.calculator_id,
@@ -271,9 +252,7 @@ def intervals_apply(*, assignment: Assignment, diff: Diff, now: float | None = N
     )
 
 
-def intervals_purge(
-    *, assignment: Assignment, calculator: Calculator, now: float | None = None
-) -> list[dict]:
+def intervals_purge(*, assignment: Assignment, calculator: Calculator, now: float | None = None) -> list[dict]:
     """Delete the intervals beyond the calculator's ``intervals_ttl`` (by their end) and beyond
     ``intervals_rotate`` (all but the newest); returns the deleted rows, for the outbox."""
     now = time.time() if now is None else now

@@ -46,9 +46,7 @@ class StoredChanges:
         return bool(self.created or self.updated or self.deleted)
 
 
-def _row(
-    calc_id: int, device_id: int, id_: int, begin, end, duration, stamp, counters: str, user: str | None
-) -> dict:
+def _row(calc_id: int, device_id: int, id_: int, begin, end, duration, stamp, counters: str, user: str | None) -> dict:
     interval = loads_exact(counters)
     interval.update(id=id_, begin=begin, end=end, duration=duration, timestamp=stamp)
     if user is not None:
@@ -76,8 +74,7 @@ def assignments_lock(*, alias: str, assignment_ids: Sequence[int]) -> set[int]:
     with connections[alias].cursor() as cursor:
         # In id order, as every locker of assignment rows does: no two lockers wait on each other.
         cursor.execute(
-            "SELECT id FROM analytics_assignment WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE",
-            [list(assignment_ids)],
+            "SELECT id FROM analytics_assignment WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", [list(assignment_ids)]
         )
         return {row[0] for row in cursor.fetchall()}
 
@@ -112,15 +109,8 @@ def assignments_done(*, alias: str, rows: Sequence[AssignmentDone]) -> None:
                 AS r(id, v, c, b, e, act, s)
             WHERE a.id = r.id
             """,
-            [
-                [r.id for r in rows],
-                [r.version for r in rows],
-                [r.calculated for r in rows],
-                [r.begin for r in rows],
-                [r.end for r in rows],
-                [r.active_id for r in rows],
-                [r.synced for r in rows],
-            ],
+            [[r.id for r in rows], [r.version for r in rows], [r.calculated for r in rows], [r.begin for r in rows],
+             [r.end for r in rows], [r.active_id for r in rows], [r.synced for r in rows]],
         )
 
 
@@ -207,7 +197,7 @@ def intervals_read(
     sql = f"""
         SELECT i.* FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) WITH ORDINALITY AS p(c, d, past, n)
         CROSS JOIN LATERAL (
-            SELECT {_RETURNING} FROM intervals WHERE {" AND ".join(where)} ORDER BY id {order} {limit}
+            SELECT {_RETURNING} FROM intervals WHERE {' AND '.join(where)} ORDER BY id {order} {limit}
         ) AS i
         ORDER BY p.n, i.id {order}
     """
@@ -216,9 +206,7 @@ def intervals_read(
         return [_row(*row) for row in cursor.fetchall()]
 
 
-def intervals_user_merge(
-    *, alias: str, calc_id: int, device_id: int, interval_id: int, fields: Mapping
-) -> dict | None:
+def intervals_user_merge(*, alias: str, calc_id: int, device_id: int, interval_id: int, fields: Mapping) -> dict | None:
     """Merge ``fields`` into the interval's user fields (a key with null removes it); returns
     the interval as stored, or None when there is no such interval."""
     with connections[alias].cursor() as cursor:
@@ -235,9 +223,7 @@ def intervals_user_merge(
     return None if row is None else _row(*row)
 
 
-def intervals_purge(
-    *, alias: str, calc_id: int, device_id: int, ended_before: float | None, keep: int
-) -> list[dict]:
+def intervals_purge(*, alias: str, calc_id: int, device_id: int, ended_before: float | None, keep: int) -> list[dict]:
     """Delete the intervals that ended before ``ended_before`` and, with ``keep`` > 0, all but
     the ``keep`` newest; returns the deleted rows."""
     conditions: list[str] = []
@@ -262,9 +248,7 @@ def intervals_purge(
         return sorted((_row(*row) for row in cursor.fetchall()), key=lambda iv: iv["id"])
 
 
-def intervals_count(
-    *, alias: str, pairs: Sequence[tuple[int, int]]
-) -> dict[tuple[int, int], tuple[int, float | None]]:
+def intervals_count(*, alias: str, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, float | None]]:
     """Per assignment: how many intervals are stored and the end of the newest."""
     if not pairs:
         return {}

@@ -46,13 +46,8 @@ def _delivered_too_often(task, region: str) -> bool:
     count = client.incr(key)
     client.expire(key, 3600)
     if count > MAX_DELIVERIES:
-        logger.error(
-            "calc %s: dropping %s %s after %s deliveries; reconciliation will redo its work",
-            region,
-            task.name,
-            task_id,
-            count - 1,
-        )
+        logger.error("calc %s: dropping %s %s after %s deliveries; reconciliation will redo its work",
+                     region, task.name, task_id, count - 1)
         return True
     return False
 

@@ -82,17 +82,13 @@ class IngestConsumer(Loop):
         self.received = 0
         self.rejected = 0
         # A persistent session: messages published while the consumer is down wait in the broker.
-        self.client = mqtt.client_for(
-            mqtt_url, client_id=client_id or f"flespi-ingest-{region}", clean_session=False
-        )
+        self.client = mqtt.client_for(mqtt_url, client_id=client_id or f"flespi-ingest-{region}", clean_session=False)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
-            logger.error(
-                "ingest %s: broker %s refused the connection: %s", self.region, self.mqtt_url, reason_code
-            )
+            logger.error("ingest %s: broker %s refused the connection: %s", self.region, self.mqtt_url, reason_code)
             return
         client.subscribe(self.pattern, qos=1)
         logger.info("ingest %s: subscribed to %s on %s", self.region, self.pattern, self.mqtt_url)
@@ -113,9 +109,7 @@ class IngestConsumer(Loop):
                     # broker redelivers only what is not acknowledged, so keep the message and retry.
                     if self.stopping.is_set():
                         raise
-                    logger.warning(
-                        "ingest %s: database error on %s (%s); retrying", self.region, message.topic, exc
-                    )
+                    logger.warning("ingest %s: database error on %s (%s); retrying", self.region, message.topic, exc)
                     connections.close_all()
                     time.sleep(1.0)
         except DatabaseError:

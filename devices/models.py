@@ -28,9 +28,7 @@ class Device(RegionalModel):
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.CheckConstraint(
-                condition=models.Q(messages_ttl__gt=0), name="device_messages_ttl_positive"
-            ),
+            models.CheckConstraint(condition=models.Q(messages_ttl__gt=0), name="device_messages_ttl_positive"),
         ]
         indexes = [models.Index(fields=["ident"], name="device_ident_idx")]
 
@@ -49,9 +47,7 @@ class DeviceIdent(models.Model):
 
     class Meta:
         ordering = ["region", "ident"]
-        constraints = [
-            models.UniqueConstraint(fields=["region", "ident"], name="device_ident_unique_in_region")
-        ]
+        constraints = [models.UniqueConstraint(fields=["region", "ident"], name="device_ident_unique_in_region")]
 
     def __str__(self) -> str:
         return f"{self.region}:{self.ident} -> {self.device_id}"

@@ -45,9 +45,7 @@ class OutboxRelay(Loop):
     """Publishes the outbox of one datacenter database to one broker (a loop of
     ``flespi_site.runner``)."""
 
-    def __init__(
-        self, *, alias: str, mqtt_url: str, topic_root: str, batch: int = 1000, ack_timeout: float = 10.0
-    ):
+    def __init__(self, *, alias: str, mqtt_url: str, topic_root: str, batch: int = 1000, ack_timeout: float = 10.0):
         super().__init__()
         self.name = f"relay {alias}"
         self.alias = alias
@@ -57,9 +55,7 @@ class OutboxRelay(Loop):
         self.ack_timeout = ack_timeout
         self.stats = RelayStats()
         self._connected = threading.Event()
-        self.client = mqtt.client_for(
-            mqtt_url, client_id=f"flespi-relay-{alias}-{int(time.time() * 1000) % 10**9}"
-        )
+        self.client = mqtt.client_for(mqtt_url, client_id=f"flespi-relay-{alias}-{int(time.time() * 1000) % 10**9}")
         self.client.max_inflight_messages_set(batch)
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
@@ -73,9 +69,7 @@ class OutboxRelay(Loop):
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self._connected.clear()
         if not self.stopping.is_set():
-            logger.warning(
-                "relay %s lost the broker %s (%s); retrying", self.alias, self.mqtt_url, reason_code
-            )
+            logger.warning("relay %s lost the broker %s (%s); retrying", self.alias, self.mqtt_url, reason_code)
 
     def counts(self) -> dict[str, int]:
         return asdict(self.stats)

@@ -46,14 +46,7 @@ def messages_of(
 
 
 def messages_matching(
-    *,
-    devices: list[Device],
-    begin: float | None,
-    end: float | None,
-    count: int,
-    reverse: bool,
-    condition,
-    chunk: int = 10_000,
+    *, devices: list[Device], begin: float | None, end: float | None, count: int, reverse: bool, condition, chunk: int = 10_000
 ) -> list[dict]:
     """Messages for which ``condition.matches`` holds, read in chunks so that a selective filter
     over a long history never loads the whole history at once."""
@@ -64,12 +57,8 @@ def messages_matching(
     high = None if end is None else round(end * 1_000_000)
     while len(found) < count:
         batch = storage.messages_read(
-            alias=devices[0].database,
-            device_ids=[device.pk for device in devices],
-            begin=low,
-            end=high,
-            count=chunk,
-            reverse=reverse,
+            alias=devices[0].database, device_ids=[device.pk for device in devices],
+            begin=low, end=high, count=chunk, reverse=reverse,
         )
         if len(batch) < chunk:
             found.extend(message for message in batch if condition.matches(message))

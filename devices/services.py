@@ -60,13 +60,9 @@ def ident_problem(ident: Any) -> str | None:
 def _claim_ident(*, region: str, ident: str, device_id: int, account_id: int) -> DeviceIdent:
     try:
         with transaction.atomic(using="default"):
-            return DeviceIdent.objects.create(
-                region=region, ident=ident, device_id=device_id, account_id=account_id
-            )
+            return DeviceIdent.objects.create(region=region, ident=ident, device_id=device_id, account_id=account_id)
     except IntegrityError:
-        raise Conflict(
-            f"a device with ident {ident!r} already exists in region {region}", field="configuration.ident"
-        ) from None
+        raise Conflict(f"a device with ident {ident!r} already exists in region {region}", field="configuration.ident") from None
 
 
 def device_create(
@@ -128,10 +124,9 @@ def device_update(*, device: Device, account: Account, data: dict[str, Any]) -> 
     # lock and then for the claim's row lock: no interleaving frees the ident of an existing
     # device or lets a second device claim it. (A crash between the two commits could still
     # leave them apart; nothing in a single run does.)
-    with (
-        transaction.atomic(using="default"),
-        locked_row(Device, pk=device.pk, using=device.database, name="device") as fresh,
-    ):
+    with transaction.atomic(using="default"), locked_row(
+        Device, pk=device.pk, using=device.database, name="device"
+    ) as fresh:
         before = (fresh.account_id, fresh.ident)
         changes = {name: data[name] for name in _DEVICE_FIELDS if name in data}
         claim: dict[str, Any] = {}
@@ -161,9 +156,7 @@ def device_update(*, device: Device, account: Account, data: dict[str, Any]) -> 
         updated = save_fields(fresh, changes, name="device")
         if (updated.account_id, updated.ident) != before:
             mqtt_dynsec.device_revoked(account_id=before[0], device_id=updated.pk, ident=before[1])
-            mqtt_dynsec.device_granted(
-                account_id=updated.account_id, device_id=updated.pk, ident=updated.ident
-            )
+            mqtt_dynsec.device_granted(account_id=updated.account_id, device_id=updated.pk, ident=updated.ident)
         return updated
 
 
@@ -220,9 +213,7 @@ def messages_ingest(
     try:
         return _messages_ingest(devices=devices, messages=messages, source=source, now=now)
     except AccountMoved:
-        return _messages_ingest(
-            devices=placement.rows_placed(devices), messages=messages, source=source, now=now
-        )
+        return _messages_ingest(devices=placement.rows_placed(devices), messages=messages, source=source, now=now)
 
 
 def _messages_ingest(
@@ -257,29 +248,21 @@ def _messages_ingest(
         by_alias.setdefault(device.database, []).append(device)
     batch = storage.messages_encode(prepared=prepared, stamp_keys=storage.stamp_keys_of(reception_key))
     for alias, group in by_alias.items():
-        rows, telemetry = storage.messages_copy_rows(
-            devices=group, batch=batch, reception_key=reception_key, now=now
-        )
+        rows, telemetry = storage.messages_copy_rows(devices=group, batch=batch, reception_key=reception_key, now=now)
         with transaction.atomic(using=alias):
             write_fence(alias=alias, account_ids={device.account_id for device in group})
             changes = storage.messages_write(alias=alias, rows=rows, telemetry=telemetry)
-            storage.changes_record(
-                alias=alias, changes=changes, shards={device.pk: device.shard for device in group}
-            )
+            storage.changes_record(alias=alias, changes=changes, shards={device.pk: device.shard for device in group})
         _wake(alias, group, changes)
         result.changes.extend(changes)
     result.accepted = len(prepared)
     metrics.ingest_done(
-        source=source,
-        stored={a: len(g) * len(prepared) for a, g in by_alias.items()},
-        seconds=time.perf_counter() - started,
+        source=source, stored={a: len(g) * len(prepared) for a, g in by_alias.items()}, seconds=time.perf_counter() - started
     )
     return result
 
 
-def messages_delete(
-    *, devices: Sequence[Device], begin: float | None, end: float | None
-) -> list[ChangedRange]:
+def messages_delete(*, devices: Sequence[Device], begin: float | None, end: float | None) -> list[ChangedRange]:
     """Delete the devices' messages in [begin, end] (seconds); returns what was deleted."""
     if not devices:
         return []
@@ -292,9 +275,7 @@ def messages_delete(
             begin=None if begin is None else round(begin * 1_000_000),
             end=None if end is None else round(end * 1_000_000),
         )
-        storage.changes_record(
-            alias=alias, changes=changes, shards={device.pk: device.shard for device in devices}
-        )
+        storage.changes_record(alias=alias, changes=changes, shards={device.pk: device.shard for device in devices})
     _wake(alias, devices, changes)
     return changes
 
@@ -315,9 +296,7 @@ def messages_purge_expired(*, alias: str, now: float | None = None, batch: int =
     for device_id, ttl in Device.objects.using(alias).values_list("id", "messages_ttl").iterator():
         before = round((now - ttl) * 1_000_000)
         while True:
-            count = storage.messages_purge_device(
-                alias=alias, device_id=device_id, before=before, batch=batch
-            )
+            count = storage.messages_purge_device(alias=alias, device_id=device_id, before=before, batch=batch)
             deleted += count
             if count < batch:
                 break

@@ -107,9 +107,7 @@ def _check_body(body: dict) -> None:
             if "\x00" in value:
                 raise MessageError(f"{key}: string values may not contain the NUL character")
             if has_surrogate(value):
-                raise MessageError(
-                    f"{key}: a lone surrogate (\\ud800-\\udfff) in the string cannot be stored"
-                )
+                raise MessageError(f"{key}: a lone surrogate (\\ud800-\\udfff) in the string cannot be stored")
         elif kind is float:
             if not math.isfinite(value):
                 raise MessageError(f"{key} is not a finite number")

@@ -52,9 +52,7 @@ class SubaccountCreateSerializer(StrictSerializer):
     metadata = JSONObjectField(required=False)
 
 
-def validated_or_error(
-    serializer_class: type[serializers.Serializer], data, *, partial: bool = False
-) -> dict:
+def validated_or_error(serializer_class: type[serializers.Serializer], data, *, partial: bool = False) -> dict:
     serializer = serializer_class(data=data, partial=partial)
     serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)

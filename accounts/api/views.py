@@ -174,17 +174,7 @@ class TokenResource(Resource):
     create_serializer = TokenCreateSerializer
     update_serializer = TokenUpdateSerializer
     output_fields = (
-        "id",
-        "info",
-        "enabled",
-        "expire",
-        "ttl",
-        "access",
-        "key",
-        "key_prefix",
-        "created",
-        "last_used",
-        "cid",
+        "id", "info", "enabled", "expire", "ttl", "access", "key", "key_prefix", "created", "last_used", "cid",
     )
 
     def queryset(self):

@@ -5,130 +5,64 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     initial = True
 
     dependencies = [
-        ("regions", "0001_initial"),
+        ('regions', '0001_initial'),
     ]
 
     operations = [
         migrations.CreateModel(
-            name="Account",
+            name='Account',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("name", models.CharField(max_length=255)),
-                ("depth", models.PositiveSmallIntegerField(default=0)),
-                ("path", models.CharField(db_index=True, default="", editable=False, max_length=255)),
-                ("metadata", models.JSONField(blank=True, default=dict)),
-                ("created", models.DateTimeField(auto_now_add=True)),
-                (
-                    "datacenter",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="accounts",
-                        to="regions.datacenter",
-                    ),
-                ),
-                (
-                    "parent",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="children",
-                        to="accounts.account",
-                    ),
-                ),
-                (
-                    "region",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="accounts",
-                        to="regions.region",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('name', models.CharField(max_length=255)),
+                ('depth', models.PositiveSmallIntegerField(default=0)),
+                ('path', models.CharField(db_index=True, default='', editable=False, max_length=255)),
+                ('metadata', models.JSONField(blank=True, default=dict)),
+                ('created', models.DateTimeField(auto_now_add=True)),
+                ('datacenter', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='accounts', to='regions.datacenter')),
+                ('parent', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='children', to='accounts.account')),
+                ('region', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='accounts', to='regions.region')),
             ],
             options={
-                "ordering": ["id"],
+                'ordering': ['id'],
             },
         ),
         migrations.CreateModel(
-            name="Token",
+            name='Token',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("key_hash", models.CharField(editable=False, max_length=64, unique=True)),
-                ("key_prefix", models.CharField(editable=False, max_length=16)),
-                ("info", models.CharField(blank=True, default="", max_length=255)),
-                ("enabled", models.BooleanField(default=True)),
-                (
-                    "expire",
-                    models.BigIntegerField(
-                        default=0, help_text="unix time after which the token is invalid; 0 = never"
-                    ),
-                ),
-                (
-                    "ttl",
-                    models.BigIntegerField(
-                        default=0,
-                        help_text="seconds of inactivity after which the token is invalid; 0 = never",
-                    ),
-                ),
-                (
-                    "access_type",
-                    models.PositiveSmallIntegerField(choices=[(0, "standard"), (1, "master")], default=0),
-                ),
-                ("created", models.FloatField(help_text="unix time")),
-                ("last_used", models.FloatField(blank=True, help_text="unix time", null=True)),
-                (
-                    "account",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="tokens",
-                        to="accounts.account",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('key_hash', models.CharField(editable=False, max_length=64, unique=True)),
+                ('key_prefix', models.CharField(editable=False, max_length=16)),
+                ('info', models.CharField(blank=True, default='', max_length=255)),
+                ('enabled', models.BooleanField(default=True)),
+                ('expire', models.BigIntegerField(default=0, help_text='unix time after which the token is invalid; 0 = never')),
+                ('ttl', models.BigIntegerField(default=0, help_text='seconds of inactivity after which the token is invalid; 0 = never')),
+                ('access_type', models.PositiveSmallIntegerField(choices=[(0, 'standard'), (1, 'master')], default=0)),
+                ('created', models.FloatField(help_text='unix time')),
+                ('last_used', models.FloatField(blank=True, help_text='unix time', null=True)),
+                ('account', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tokens', to='accounts.account')),
             ],
             options={
-                "ordering": ["id"],
+                'ordering': ['id'],
             },
         ),
         migrations.AddConstraint(
-            model_name="account",
-            constraint=models.CheckConstraint(
-                condition=models.Q(("depth__lte", 3)), name="account_depth_limit"
-            ),
+            model_name='account',
+            constraint=models.CheckConstraint(condition=models.Q(('depth__lte', 3)), name='account_depth_limit'),
         ),
         migrations.AddConstraint(
-            model_name="account",
-            constraint=models.CheckConstraint(
-                condition=models.Q(
-                    models.Q(("depth", 0), ("parent__isnull", True)),
-                    models.Q(("depth__gt", 0), ("parent__isnull", False)),
-                    _connector="OR",
-                ),
-                name="account_root_iff_depth_zero",
-            ),
+            model_name='account',
+            constraint=models.CheckConstraint(condition=models.Q(models.Q(('depth', 0), ('parent__isnull', True)), models.Q(('depth__gt', 0), ('parent__isnull', False)), _connector='OR'), name='account_root_iff_depth_zero'),
         ),
         migrations.AddConstraint(
-            model_name="token",
-            constraint=models.CheckConstraint(
-                condition=models.Q(("expire__gte", 0)), name="token_expire_non_negative"
-            ),
+            model_name='token',
+            constraint=models.CheckConstraint(condition=models.Q(('expire__gte', 0)), name='token_expire_non_negative'),
         ),
         migrations.AddConstraint(
-            model_name="token",
-            constraint=models.CheckConstraint(
-                condition=models.Q(("ttl__gte", 0)), name="token_ttl_non_negative"
-            ),
+            model_name='token',
+            constraint=models.CheckConstraint(condition=models.Q(('ttl__gte', 0)), name='token_ttl_non_negative'),
         ),
     ]

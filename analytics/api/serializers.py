@@ -72,12 +72,8 @@ class CalculateSerializer(StrictSerializer):
 
     def get_fields(self):
         fields = super().get_fields()
-        fields["from"] = StrictFloatField(
-            required=False, min_value=0, max_value=MAX_QUERY_TIME, source="begin_alias"
-        )
-        fields["to"] = StrictFloatField(
-            required=False, min_value=0, max_value=MAX_QUERY_TIME, source="end_alias"
-        )
+        fields["from"] = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME, source="begin_alias")
+        fields["to"] = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME, source="end_alias")
         return fields
 
     def validate(self, attrs):

@@ -9,11 +9,7 @@ urlpatterns = [
     *resource_paths(views.CalculatorsView, "gw-calcs"),
     *resource_paths(views.AssignmentsView, "gw-calc-devices"),
     path(_INTERVALS, views.IntervalsView.as_view(), name="gw-calc-intervals"),
-    path(
-        f"{_INTERVALS}/<str:interval_selector>",
-        views.IntervalsView.as_view(),
-        name="gw-calc-intervals-selected",
-    ),
+    path(f"{_INTERVALS}/<str:interval_selector>", views.IntervalsView.as_view(), name="gw-calc-intervals-selected"),
     selection_path(views.RecalculateView, "gw-calc-recalculate"),
     selection_path(views.CalculateView, "gw-device-calculate"),
 ]

@@ -5,119 +5,61 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     initial = True
 
     dependencies = [
-        ("analytics", "0001_shard_fence"),
-        ("devices", "0003_message_body_json"),
+        ('analytics', '0001_shard_fence'),
+        ('devices', '0003_message_body_json'),
     ]
 
     operations = [
         migrations.CreateModel(
-            name="Calculator",
+            name='Calculator',
             fields=[
-                ("id", models.BigIntegerField(editable=False, primary_key=True, serialize=False)),
-                ("account_id", models.BigIntegerField(db_index=True)),
-                ("name", models.CharField(max_length=255)),
-                ("selectors", models.JSONField()),
-                ("counters", models.JSONField(default=list)),
-                ("validate_message", models.TextField(blank=True, null=True)),
-                ("validate_interval", models.TextField(blank=True, null=True)),
-                ("timezone", models.CharField(default="UTC", max_length=64)),
-                ("update_delay", models.BigIntegerField(default=30)),
-                ("update_period", models.BigIntegerField(default=31536000)),
-                ("update_onchange", models.BooleanField(default=True)),
-                ("intervals_ttl", models.BigIntegerField(default=31536000)),
-                ("intervals_rotate", models.BigIntegerField(default=0)),
-                ("metadata", models.JSONField(blank=True, default=dict)),
-                ("version", models.PositiveIntegerField(default=1)),
-                ("created", models.FloatField(help_text="unix time")),
+                ('id', models.BigIntegerField(editable=False, primary_key=True, serialize=False)),
+                ('account_id', models.BigIntegerField(db_index=True)),
+                ('name', models.CharField(max_length=255)),
+                ('selectors', models.JSONField()),
+                ('counters', models.JSONField(default=list)),
+                ('validate_message', models.TextField(blank=True, null=True)),
+                ('validate_interval', models.TextField(blank=True, null=True)),
+                ('timezone', models.CharField(default='UTC', max_length=64)),
+                ('update_delay', models.BigIntegerField(default=30)),
+                ('update_period', models.BigIntegerField(default=31536000)),
+                ('update_onchange', models.BooleanField(default=True)),
+                ('intervals_ttl', models.BigIntegerField(default=31536000)),
+                ('intervals_rotate', models.BigIntegerField(default=0)),
+                ('metadata', models.JSONField(blank=True, default=dict)),
+                ('version', models.PositiveIntegerField(default=1)),
+                ('created', models.FloatField(help_text='unix time')),
             ],
             options={
-                "ordering": ["id"],
-                "constraints": [
-                    models.CheckConstraint(
-                        condition=models.Q(("update_delay__gte", 0)),
-                        name="calculator_update_delay_nonnegative",
-                    ),
-                    models.CheckConstraint(
-                        condition=models.Q(("update_period__gt", 0)), name="calculator_update_period_positive"
-                    ),
-                    models.CheckConstraint(
-                        condition=models.Q(("intervals_ttl__gt", 0)), name="calculator_intervals_ttl_positive"
-                    ),
-                    models.CheckConstraint(
-                        condition=models.Q(("intervals_rotate__gte", 0)),
-                        name="calculator_intervals_rotate_nonnegative",
-                    ),
-                ],
+                'ordering': ['id'],
+                'constraints': [models.CheckConstraint(condition=models.Q(('update_delay__gte', 0)), name='calculator_update_delay_nonnegative'), models.CheckConstraint(condition=models.Q(('update_period__gt', 0)), name='calculator_update_period_positive'), models.CheckConstraint(condition=models.Q(('intervals_ttl__gt', 0)), name='calculator_intervals_ttl_positive'), models.CheckConstraint(condition=models.Q(('intervals_rotate__gte', 0)), name='calculator_intervals_rotate_nonnegative')],
             },
         ),
         migrations.CreateModel(
-            name="Assignment",
+            name='Assignment',
             fields=[
-                ("id", models.BigIntegerField(editable=False, primary_key=True, serialize=False)),
-                ("account_id", models.BigIntegerField(db_index=True)),
-                ("shard", models.PositiveSmallIntegerField()),
-                ("enabled", models.BooleanField(default=True)),
-                (
-                    "state",
-                    models.CharField(
-                        choices=[
-                            ("unsynced", "Unsynced"),
-                            ("synchronizing", "Synchronizing"),
-                            ("synced", "Synced"),
-                        ],
-                        default="unsynced",
-                        max_length=16,
-                    ),
-                ),
-                ("calc_version", models.PositiveIntegerField(default=0)),
-                ("pending_begin", models.FloatField(blank=True, null=True)),
-                ("pending_end", models.FloatField(blank=True, null=True)),
-                ("active_id", models.BigIntegerField(blank=True, null=True)),
-                (
-                    "calculated",
-                    models.FloatField(
-                        blank=True, help_text="unix time of the last stored recalculation", null=True
-                    ),
-                ),
-                ("created", models.FloatField(help_text="unix time")),
-                (
-                    "device",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="devices.device"
-                    ),
-                ),
-                (
-                    "calculator",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="assignments",
-                        to="analytics.calculator",
-                    ),
-                ),
+                ('id', models.BigIntegerField(editable=False, primary_key=True, serialize=False)),
+                ('account_id', models.BigIntegerField(db_index=True)),
+                ('shard', models.PositiveSmallIntegerField()),
+                ('enabled', models.BooleanField(default=True)),
+                ('state', models.CharField(choices=[('unsynced', 'Unsynced'), ('synchronizing', 'Synchronizing'), ('synced', 'Synced')], default='unsynced', max_length=16)),
+                ('calc_version', models.PositiveIntegerField(default=0)),
+                ('pending_begin', models.FloatField(blank=True, null=True)),
+                ('pending_end', models.FloatField(blank=True, null=True)),
+                ('active_id', models.BigIntegerField(blank=True, null=True)),
+                ('calculated', models.FloatField(blank=True, help_text='unix time of the last stored recalculation', null=True)),
+                ('created', models.FloatField(help_text='unix time')),
+                ('device', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='devices.device')),
+                ('calculator', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='assignments', to='analytics.calculator')),
             ],
             options={
-                "ordering": ["calculator_id", "device_id"],
-                "indexes": [models.Index(fields=["shard", "enabled"], name="assignment_shard_idx")],
-                "constraints": [
-                    models.UniqueConstraint(
-                        fields=("calculator", "device"), name="assignment_unique_per_device"
-                    ),
-                    models.CheckConstraint(
-                        condition=models.Q(
-                            models.Q(("pending_begin__isnull", True), ("pending_end__isnull", True)),
-                            models.Q(
-                                ("pending_begin__isnull", False),
-                                ("pending_begin__lte", models.F("pending_end")),
-                                ("pending_end__isnull", False),
-                            ),
-                            _connector="OR",
-                        ),
-                        name="assignment_pending_range",
-                    ),
-                ],
+                'ordering': ['calculator_id', 'device_id'],
+                'indexes': [models.Index(fields=['shard', 'enabled'], name='assignment_shard_idx')],
+                'constraints': [models.UniqueConstraint(fields=('calculator', 'device'), name='assignment_unique_per_device'), models.CheckConstraint(condition=models.Q(models.Q(('pending_begin__isnull', True), ('pending_end__isnull', True)), models.Q(('pending_begin__isnull', False), ('pending_begin__lte', models.F('pending_end')), ('pending_end__isnull', False)), _connector='OR'), name='assignment_pending_range')],
             },
         ),
     ]

@@ -49,3 +49,4 @@ class MessageSerializer(serializers.Serializer):
     value)."""
 
     timestamp = serializers.FloatField(min_value=0, help_text="unix time in seconds")
+

@@ -20,17 +20,7 @@ from flespi_site.api.resources import Resource, ResourceView, SelectionView
 from flespi_site.api.selection import SelectionField
 from flespi_site.errors import DomainError, InvalidInput
 
-DEVICE_FIELDS = (
-    "id",
-    "name",
-    "cid",
-    "configuration",
-    "enabled",
-    "messages_ttl",
-    "metadata",
-    "shard",
-    "created",
-)
+DEVICE_FIELDS = ("id", "name", "cid", "configuration", "enabled", "messages_ttl", "metadata", "shard", "created")
 
 
 def render_device(device: Device) -> dict:
@@ -153,10 +143,7 @@ class TelemetryView(DeviceSelectionView):
     """``GET /gw/devices/{sel}/telemetry``: the latest value of every parameter and its time."""
 
     url_path = "telemetry"
-
     def get(self, request: Request, selector: str) -> Response:
         devices = self.selected_devices()
         telemetry = selectors.telemetry_of(devices=devices)
-        return Response(
-            {"result": [{"id": device.pk, "telemetry": telemetry[device.pk]} for device in devices]}
-        )
+        return Response({"result": [{"id": device.pk, "telemetry": telemetry[device.pk]} for device in devices]})

@@ -4,54 +4,45 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     initial = True
 
-    dependencies = []
+    dependencies = [
+    ]
 
     operations = [
         migrations.CreateModel(
-            name="Device",
+            name='Device',
             fields=[
-                ("id", models.BigIntegerField(editable=False, primary_key=True, serialize=False)),
-                ("account_id", models.BigIntegerField(db_index=True)),
-                ("name", models.CharField(blank=True, default="", max_length=255)),
-                ("ident", models.CharField(max_length=255)),
-                ("configuration", models.JSONField(default=dict)),
-                ("enabled", models.BooleanField(default=True)),
-                ("messages_ttl", models.BigIntegerField(default=31536000)),
-                ("metadata", models.JSONField(blank=True, default=dict)),
-                ("shard", models.PositiveSmallIntegerField()),
-                ("created", models.FloatField(help_text="unix time")),
+                ('id', models.BigIntegerField(editable=False, primary_key=True, serialize=False)),
+                ('account_id', models.BigIntegerField(db_index=True)),
+                ('name', models.CharField(blank=True, default='', max_length=255)),
+                ('ident', models.CharField(max_length=255)),
+                ('configuration', models.JSONField(default=dict)),
+                ('enabled', models.BooleanField(default=True)),
+                ('messages_ttl', models.BigIntegerField(default=31536000)),
+                ('metadata', models.JSONField(blank=True, default=dict)),
+                ('shard', models.PositiveSmallIntegerField()),
+                ('created', models.FloatField(help_text='unix time')),
             ],
             options={
-                "ordering": ["id"],
-                "indexes": [models.Index(fields=["ident"], name="device_ident_idx")],
-                "constraints": [
-                    models.CheckConstraint(
-                        condition=models.Q(("messages_ttl__gt", 0)), name="device_messages_ttl_positive"
-                    )
-                ],
+                'ordering': ['id'],
+                'indexes': [models.Index(fields=['ident'], name='device_ident_idx')],
+                'constraints': [models.CheckConstraint(condition=models.Q(('messages_ttl__gt', 0)), name='device_messages_ttl_positive')],
             },
         ),
         migrations.CreateModel(
-            name="DeviceIdent",
+            name='DeviceIdent',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("region", models.CharField(max_length=32)),
-                ("ident", models.CharField(max_length=255)),
-                ("device_id", models.BigIntegerField(unique=True)),
-                ("account_id", models.BigIntegerField(db_index=True)),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('region', models.CharField(max_length=32)),
+                ('ident', models.CharField(max_length=255)),
+                ('device_id', models.BigIntegerField(unique=True)),
+                ('account_id', models.BigIntegerField(db_index=True)),
             ],
             options={
-                "ordering": ["region", "ident"],
-                "constraints": [
-                    models.UniqueConstraint(fields=("region", "ident"), name="device_ident_unique_in_region")
-                ],
+                'ordering': ['region', 'ident'],
+                'constraints': [models.UniqueConstraint(fields=('region', 'ident'), name='device_ident_unique_in_region')],
             },
         ),
     ]

@@ -30,15 +30,8 @@ def forget_region_state(region: str = "eu") -> None:
 class Fleet:
     """Processes of one region's fleet, started and stopped by a test."""
 
-    def __init__(
-        self,
-        tmp_path,
-        *,
-        region: str = "eu",
-        topic_root: str | None = None,
-        lease_ttl: float = 3.0,
-        mqtt_url: str | None = None,
-    ):
+    def __init__(self, tmp_path, *, region: str = "eu", topic_root: str | None = None, lease_ttl: float = 3.0,
+                 mqtt_url: str | None = None):
         self.region = region
         self.data_dir = str(tmp_path / "calc")
         self.topic_root = topic_root or f"t{uuid.uuid4().hex[:8]}"

@@ -20,11 +20,7 @@ def test_create_read_update_delete(api, key, account):
     assert response.status_code == 200, response.content
     calc = response.json()["result"][0]
     assert calc["name"] == "trips" and calc["cid"] == account.pk and calc["version"] == 1
-    assert (
-        calc["update_delay"] == 30
-        and calc["timezone"] == "UTC"
-        and calc["counters"][0]["method"] == "maximum"
-    )
+    assert calc["update_delay"] == 30 and calc["timezone"] == "UTC" and calc["counters"][0]["method"] == "maximum"
     response = api.call("GET", f"/gw/calcs/{calc['id']}?fields=id,name", key=key)
     assert response.json() == {"result": [{"id": calc["id"], "name": "trips"}]}
     response = api.call("PUT", f"/gw/calcs/{calc['id']}", key=key, body={"update_delay": 5})
@@ -41,12 +37,8 @@ def test_create_read_update_delete(api, key, account):
 def test_validation_names_every_path_and_saves_nothing(api, key, account):
     from accounts.placement import alias_for_account
 
-    bad = {
-        "name": "x",
-        "selectors": [{"type": "expression", "expression": "a > )"}, {"type": "nope"}],
-        "timezone": "Mars/Olympus",
-        "bogus": 1,
-    }
+    bad = {"name": "x", "selectors": [{"type": "expression", "expression": "a > )"}, {"type": "nope"}],
+           "timezone": "Mars/Olympus", "bogus": 1}
     response = api.call("POST", "/gw/calcs", key=key, body=[TRIPS, bad])
     assert response.status_code == 200
     body = response.json()
@@ -54,9 +46,7 @@ def test_validation_names_every_path_and_saves_nothing(api, key, account):
     fields = {error["field"] for error in body["errors"]}
     assert {"selectors[0].expression", "selectors[1].type", "timezone", "bogus"} <= fields
     assert all(error["index"] == 1 and error["code"] == 400 for error in body["errors"])
-    assert "unexpected ')'" in next(
-        e["reason"] for e in body["errors"] if e["field"] == "selectors[0].expression"
-    )
+    assert "unexpected ')'" in next(e["reason"] for e in body["errors"] if e["field"] == "selectors[0].expression")
     assert _rows(alias_for_account(account.pk), "analytics_calculator") == 1
     response = api.call("POST", "/gw/calcs", key=key, body=[bad])
     assert response.status_code == 400
@@ -64,25 +54,16 @@ def test_validation_names_every_path_and_saves_nothing(api, key, account):
 
 
 def test_put_validation_changes_nothing(api, key, calculator):
-    response = api.call(
-        "PUT",
-        f"/gw/calcs/{calculator.pk}",
-        key=key,
-        body={"selectors": [{"type": "expression", "expression": "(("}]},
-    )
+    response = api.call("PUT", f"/gw/calcs/{calculator.pk}", key=key,
+                        body={"selectors": [{"type": "expression", "expression": "(("}]})
     assert response.status_code == 400
     assert response.json()["errors"][0]["field"].startswith("selectors[0].expression")
     calculator.refresh_from_db()
-    assert (
-        calculator.selectors == TRIPS["selectors"]
-        or calculator.selectors[0]["expression"] == "position.speed > 5"
-    )
+    assert calculator.selectors == TRIPS["selectors"] or calculator.selectors[0]["expression"] == "position.speed > 5"
     assert calculator.version == 1
 
 
-@pytest.mark.parametrize(
-    "body", [[1], [None], ["x"], [[]], [{"name": "\x00", "selectors": []}], [{"name": "a\ud800"}]]
-)
+@pytest.mark.parametrize("body", [[1], [None], ["x"], [[]], [{"name": "\x00", "selectors": []}], [{"name": "a\ud800"}]])
 def test_bad_bodies_are_400(api, key, body):
     import json
 
@@ -98,27 +79,16 @@ def test_assign_list_disable_unassign(api, key, calculator, device):
     response = api.call("POST", f"/gw/calcs/{calculator.pk}/devices/{device.pk}", key=key)
     assert response.status_code == 200, response.content
     row = response.json()["result"][0]
-    assert row == {
-        **row,
-        "id": device.pk,
-        "calc_id": calculator.pk,
-        "enabled": True,
-        "synced": False,
-        "state": "unsynced",
-    }
+    assert row == {**row, "id": device.pk, "calc_id": calculator.pk, "enabled": True, "synced": False, "state": "unsynced"}
     # idempotent
     response = api.call("POST", f"/gw/calcs/{calculator.pk}/devices/{device.pk}", key=key)
     assert response.status_code == 200
     assert Assignment.objects.using(device.database).count() == 1
     response = api.call("GET", f"/gw/calcs/{calculator.pk}/devices/all", key=key)
     assert [r["id"] for r in response.json()["result"]] == [device.pk]
-    response = api.call(
-        "PUT", f"/gw/calcs/{calculator.pk}/devices/{device.pk}", key=key, body={"enabled": False}
-    )
+    response = api.call("PUT", f"/gw/calcs/{calculator.pk}/devices/{device.pk}", key=key, body={"enabled": False})
     assert response.json()["result"][0]["enabled"] is False
-    response = api.call(
-        "PUT", f"/gw/calcs/{calculator.pk}/devices/{device.pk}", key=key, body={"enabled": "no"}
-    )
+    response = api.call("PUT", f"/gw/calcs/{calculator.pk}/devices/{device.pk}", key=key, body={"enabled": "no"})
     assert response.status_code == 400
     response = api.call("DELETE", f"/gw/calcs/{calculator.pk}/devices/{device.pk}", key=key)
     assert response.json()["result"] == [{"id": device.pk, "calc_id": calculator.pk}]
@@ -127,9 +97,7 @@ def test_assign_list_disable_unassign(api, key, calculator, device):
     assert api.call("GET", f"/gw/calcs/{calculator.pk}/devices/all", key=key).json() == {"result": []}
 
 
-def test_other_accounts_calculators_and_devices_do_not_exist(
-    api, key, make_account, make_token, calculator, device
-):
+def test_other_accounts_calculators_and_devices_do_not_exist(api, key, make_account, make_token, calculator, device):
     from analytics.services import calculator_create
     from devices.services import device_create
 
@@ -137,16 +105,11 @@ def test_other_accounts_calculators_and_devices_do_not_exist(
     other_key = make_token(other)
     other_calc = calculator_create(account=other, config=TRIPS)
     other_device = device_create(account=other, configuration={"ident": "other-1"})
-    for path in (
-        f"/gw/calcs/{other_calc.pk}",
-        f"/gw/calcs/{other_calc.pk}/devices/all",
-        f"/gw/calcs/{other_calc.pk}/devices/{other_device.pk}/intervals/all",
-    ):
+    for path in (f"/gw/calcs/{other_calc.pk}", f"/gw/calcs/{other_calc.pk}/devices/all",
+                 f"/gw/calcs/{other_calc.pk}/devices/{other_device.pk}/intervals/all"):
         assert api.call("GET", path, key=key).status_code == 404, path
     assert api.call("GET", "/gw/calcs/name=trips*", key=key).json()["result"][0]["id"] == calculator.pk
-    assert [c["id"] for c in api.call("GET", "/gw/calcs/all", key=other_key).json()["result"]] == [
-        other_calc.pk
-    ]
+    assert [c["id"] for c in api.call("GET", "/gw/calcs/all", key=other_key).json()["result"]] == [other_calc.pk]
     response = api.call("POST", f"/gw/calcs/{calculator.pk}/devices/{other_device.pk}", key=key)
     assert response.status_code == 404
     assert response.json()["errors"][0]["id"] == other_device.pk
@@ -207,59 +170,37 @@ def test_calculate_on_demand_over_the_api(api, key, account, device, calculator)
     from devices.services import messages_ingest
 
     t0 = 1_700_000_000
-    messages = [
-        {
-            "timestamp": t0 + i * 10,
-            "position.speed": 40 if i % 20 < 8 else 0,
-            "position.latitude": 56.9 + i / 1e4,
-            "position.longitude": 24.1,
-        }
-        for i in range(60)
-    ]
+    messages = [{"timestamp": t0 + i * 10, "position.speed": 40 if i % 20 < 8 else 0,
+                 "position.latitude": 56.9 + i / 1e4, "position.longitude": 24.1} for i in range(60)]
     messages_ingest(devices=[device], messages=messages)
-    stored = api.call(
-        "POST",
-        f"/gw/devices/{device.pk}/calculate",
-        key=key,
-        body={"calc_id": calculator.pk, "begin": t0, "end": t0 + 1000},
-    )
+    stored = api.call("POST", f"/gw/devices/{device.pk}/calculate", key=key,
+                      body={"calc_id": calculator.pk, "begin": t0, "end": t0 + 1000})
     assert stored.status_code == 200, stored.content
     [row] = stored.json()["result"]
     assert row["id"] == device.pk
     from devices.selectors import messages_of
 
-    expected = calculate(
-        messages_of(devices=[device], begin=t0, end=t0 + 1000, count=None, reverse=False), TRIPS
-    )
+    expected = calculate(messages_of(devices=[device], begin=t0, end=t0 + 1000, count=None, reverse=False),
+                         TRIPS)
     assert row["intervals"] == [dict(iv) for iv in expected] and len(expected) == 3
-    inline = api.call(
-        "POST",
-        f"/gw/devices/{device.pk}/calculate",
-        key=key,
-        body={"calculator": TRIPS, "from": t0, "to": t0 + 1000},
-    )
+    inline = api.call("POST", f"/gw/devices/{device.pk}/calculate", key=key,
+                      body={"calculator": TRIPS, "from": t0, "to": t0 + 1000})
     assert inline.json()["result"][0]["intervals"] == row["intervals"]
     # nothing stored
     assert _rows(device.database, "intervals") == 0
 
 
-@pytest.mark.parametrize(
-    "body, field",
-    [
-        ({"begin": 1, "end": 2}, "calc_id"),
-        ({"calc_id": 1, "calculator": {}, "begin": 1, "end": 2}, "calc_id"),
-        (
-            {"calculator": {"name": "x", "selectors": [{"type": "nope"}]}, "begin": 1, "end": 2},
-            "calculator.selectors[0].type",
-        ),
-        ({"calc_id": 999999, "begin": 1, "end": 2}, "calc_id"),
-        ({"calculator": TRIPS, "begin": 5, "end": 2}, "begin"),
-        ({"calculator": TRIPS, "begin": 1}, "end"),
-        ({"calculator": TRIPS, "begin": 1, "from": 1, "end": 2}, "begin"),
-        ({"calculator": TRIPS, "begin": 0, "end": 400 * 86400}, "end"),
-        ({"calculator": TRIPS, "begin": "x", "end": 2}, "begin"),
-    ],
-)
+@pytest.mark.parametrize("body, field", [
+    ({"begin": 1, "end": 2}, "calc_id"),
+    ({"calc_id": 1, "calculator": {}, "begin": 1, "end": 2}, "calc_id"),
+    ({"calculator": {"name": "x", "selectors": [{"type": "nope"}]}, "begin": 1, "end": 2}, "calculator.selectors[0].type"),
+    ({"calc_id": 999999, "begin": 1, "end": 2}, "calc_id"),
+    ({"calculator": TRIPS, "begin": 5, "end": 2}, "begin"),
+    ({"calculator": TRIPS, "begin": 1}, "end"),
+    ({"calculator": TRIPS, "begin": 1, "from": 1, "end": 2}, "begin"),
+    ({"calculator": TRIPS, "begin": 0, "end": 400 * 86400}, "end"),
+    ({"calculator": TRIPS, "begin": "x", "end": 2}, "begin"),
+])
 def test_calculate_refuses_bad_input(api, key, device, body, field):
     response = api.call("POST", f"/gw/devices/{device.pk}/calculate", key=key, body=body)
     assert 400 <= response.status_code < 500, response.content

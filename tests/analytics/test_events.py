@@ -8,102 +8,42 @@ def _iv(i, **fields):
 
 
 def _kinds(events):
-    return [
-        (e.topic.rsplit("/", 1)[1], e.payload["id"] if isinstance(e.payload, dict) else e.payload)
-        for e in events
-    ]
+    return [(e.topic.rsplit("/", 1)[1], e.payload["id"] if isinstance(e.payload, dict) else e.payload) for e in events]
 
 
 def test_order_and_payloads():
     events = interval_events(
-        calc_id=1,
-        device_id=2,
-        created=[_iv(30), _iv(20)],
-        updated=[_iv(10)],
-        deleted=[_iv(5)],
-        was_active=_iv(10),
-        active=_iv(30),
-        active_known=True,
-        last=_iv(30),
-        last_changed=True,
+        calc_id=1, device_id=2, created=[_iv(30), _iv(20)], updated=[_iv(10)], deleted=[_iv(5)],
+        was_active=_iv(10), active=_iv(30), active_known=True, last=_iv(30), last_changed=True,
     )
     assert _kinds(events) == [
-        ("deactivated", 10),
-        ("deleted", 5),
-        ("updated", 10),
-        ("created", 20),
-        ("created", 30),
-        ("activated", 30),
-        ("active", 30),
-        ("last", 30),
+        ("deactivated", 10), ("deleted", 5), ("updated", 10), ("created", 20), ("created", 30), ("activated", 30),
+        ("active", 30), ("last", 30),
     ]
     assert events[0].topic == "interval/gw/calcs/1/devices/2/deactivated" and not events[0].retain
     assert events[-1].topic == "state/gw/calcs/1/devices/2/last" and events[-1].retain
 
 
 def test_nothing_changed_publishes_nothing():
-    assert (
-        interval_events(
-            calc_id=1,
-            device_id=2,
-            created=[],
-            updated=[],
-            deleted=[],
-            was_active=_iv(1),
-            active=_iv(1),
-            active_known=True,
-            last=_iv(1),
-            last_changed=False,
-        )
-        == []
-    )
+    assert interval_events(calc_id=1, device_id=2, created=[], updated=[], deleted=[], was_active=_iv(1),
+                           active=_iv(1), active_known=True, last=_iv(1), last_changed=False) == []
 
 
 def test_active_interval_extended_updates_the_retained_active():
-    events = interval_events(
-        calc_id=1,
-        device_id=2,
-        created=[],
-        updated=[_iv(1)],
-        deleted=[],
-        was_active=_iv(1),
-        active=_iv(1),
-        active_known=True,
-        last=_iv(1),
-        last_changed=True,
-    )
+    events = interval_events(calc_id=1, device_id=2, created=[], updated=[_iv(1)], deleted=[], was_active=_iv(1),
+                             active=_iv(1), active_known=True, last=_iv(1), last_changed=True)
     assert _kinds(events) == [("updated", 1), ("active", 1), ("last", 1)]
 
 
 def test_closing_without_a_new_interval_sets_active_null():
-    events = interval_events(
-        calc_id=1,
-        device_id=2,
-        created=[],
-        updated=[_iv(1, active=False)],
-        deleted=[],
-        was_active=_iv(1),
-        active=None,
-        active_known=True,
-        last=_iv(1),
-        last_changed=True,
-    )
+    events = interval_events(calc_id=1, device_id=2, created=[], updated=[_iv(1, active=False)], deleted=[],
+                             was_active=_iv(1), active=None, active_known=True, last=_iv(1), last_changed=True)
     assert _kinds(events) == [("deactivated", 1), ("updated", 1), ("active", None), ("last", 1)]
 
 
 def test_a_window_that_did_not_reach_the_end_says_nothing_of_active():
-    events = interval_events(
-        calc_id=1,
-        device_id=2,
-        created=[_iv(3)],
-        updated=[],
-        deleted=[],
-        was_active=_iv(9),
-        active=None,
-        active_known=False,
-        last=_iv(9),
-        last_changed=False,
-    )
+    events = interval_events(calc_id=1, device_id=2, created=[_iv(3)], updated=[], deleted=[], was_active=_iv(9),
+                             active=None, active_known=False, last=_iv(9), last_changed=False)
     assert _kinds(events) == [("created", 3)]
 
 
@@ -112,16 +52,6 @@ def test_state_topics():
 
 
 def test_an_open_interval_that_is_deleted_is_not_also_deactivated():
-    events = interval_events(
-        calc_id=1,
-        device_id=2,
-        created=[],
-        updated=[_iv(1)],
-        deleted=[_iv(5)],
-        was_active=_iv(5),
-        active=_iv(1),
-        active_known=True,
-        last=_iv(1),
-        last_changed=True,
-    )
+    events = interval_events(calc_id=1, device_id=2, created=[], updated=[_iv(1)], deleted=[_iv(5)],
+                             was_active=_iv(5), active=_iv(1), active_known=True, last=_iv(1), last_changed=True)
     assert _kinds(events) == [("deleted", 5), ("updated", 1), ("activated", 1), ("active", 1), ("last", 1)]

@@ -52,9 +52,7 @@ def _events(subscriber, since: int, base: str, count: int) -> list[tuple[str, in
     """The interval events (kind, interval id) received since ``since``, once ``count`` arrived."""
 
     def found():
-        events = [
-            (t.rsplit("/", 1)[1], p["id"]) for t, p in subscriber.messages[since:] if t.startswith(base)
-        ]
+        events = [(t.rsplit("/", 1)[1], p["id"]) for t, p in subscriber.messages[since:] if t.startswith(base)]
         return events if len(events) >= count else None
 
     return wait_until(found, what=f"{count} interval events")
@@ -82,11 +80,8 @@ def test_assign_sync_append_and_events(fleet, make_account, settings):
     base = f"{root}/interval/gw/calcs/{calculator.pk}/devices/{device.pk}"
     with Subscriber(settings.MQTT_URL, f"{root}/#") as subscriber:
         assignment, _new = assignment_create(calculator=calculator, device=device)
-        wait_until(
-            lambda: Assignment.objects.using(device.database).get(pk=assignment.pk).synced,
-            what="synced",
-            timeout=60,
-        )
+        wait_until(lambda: Assignment.objects.using(device.database).get(pk=assignment.pk).synced, what="synced",
+                   timeout=60)
         assignment.refresh_from_db()
         assert _settled(assignment, calculator, device)
         [interval] = _stored(assignment)
@@ -94,16 +89,12 @@ def test_assign_sync_append_and_events(fleet, make_account, settings):
         synced_topic = f"{root}/state/gw/calcs/{calculator.pk}/devices/{device.pk}/synced"
         # The message events of the stored messages may come before or after the interval's.
         wait_until(lambda: f"{base}/created" in [t for t, _ in subscriber.messages], what="created")
-        wait_until(
-            lambda: [p for t, p in subscriber.messages if t == synced_topic][-1:] == [True], what="synced"
-        )
+        wait_until(lambda: [p for t, p in subscriber.messages if t == synced_topic][-1:] == [True], what="synced")
 
         # Appended messages extend the active interval: one "updated", nothing created.
         before = len(subscriber.messages)
         messages_ingest(devices=[device], messages=[_moving(t) for t in range(60, 90, 10)])
-        wait_until(
-            lambda: any(t == f"{base}/updated" for t, _ in subscriber.messages[before:]), what="updated"
-        )
+        wait_until(lambda: any(t == f"{base}/updated" for t, _ in subscriber.messages[before:]), what="updated")
         wait_until(lambda: _settled(assignment, calculator, device), what="settled")
         [interval] = _stored(assignment)
         assert interval["count"] == 9 and interval["end"] == T0 + 80
@@ -135,10 +126,7 @@ def test_wall_clock_closes_the_active_interval(fleet, make_account, settings):
 
     account = make_account("fleet")
     device = device_create(account=account, configuration={"ident": "fleet-2"})
-    config = {
-        **TRIPS,
-        "selectors": [{"type": "expression", "expression": "position.speed > 5", "max_inactive": 4}],
-    }
+    config = {**TRIPS, "selectors": [{"type": "expression", "expression": "position.speed > 5", "max_inactive": 4}]}
     calculator = calculator_create(account=account, config=config)
     assignment, _new = assignment_create(calculator=calculator, device=device)
     wait_until(lambda: Assignment.objects.using(device.database).get(pk=assignment.pk).synced, what="synced")
@@ -147,24 +135,14 @@ def test_wall_clock_closes_the_active_interval(fleet, make_account, settings):
     base = f"{root}/interval/gw/calcs/{calculator.pk}/devices/{device.pk}"
     with Subscriber(settings.MQTT_URL, f"{root}/#") as subscriber:
         now = time.time()
-        messages_ingest(
-            devices=[device],
-            messages=[
-                {"timestamp": now - 1, "position.speed": 40.0},
-                {"timestamp": now, "position.speed": 42.0},
-            ],
-        )
+        messages_ingest(devices=[device], messages=[{"timestamp": now - 1, "position.speed": 40.0},
+                                                   {"timestamp": now, "position.speed": 42.0}])
         wait_until(lambda: any(t == f"{base}/activated" for t, _ in subscriber.messages), what="activated")
-        wait_until(
-            lambda: [p["end"] for t, p in subscriber.messages if t == state and p][-1:] == [round(now, 6)],
-            what="the retained active interval",
-        )
+        wait_until(lambda: [p["end"] for t, p in subscriber.messages if t == state and p][-1:] == [round(now, 6)],
+                   what="the retained active interval")
         # Nothing more arrives: 4 s after the last message the sweep closes the interval.
-        wait_until(
-            lambda: any(t == f"{base}/deactivated" for t, _ in subscriber.messages),
-            timeout=20,
-            what="deactivated",
-        )
+        wait_until(lambda: any(t == f"{base}/deactivated" for t, _ in subscriber.messages), timeout=20,
+                   what="deactivated")
         wait_until(lambda: [p for t, p in subscriber.messages if t == state][-1] is None, what="active null")
         assignment.refresh_from_db()
         assert assignment.active_id is None
@@ -193,10 +171,8 @@ def test_calculator_change_recalculate_and_enable_go_through_the_fleet(fleet, ma
     assert len(_stored(assignment)) == 1
 
     # A threshold above the first half of the speeds: the trip now begins later.
-    calculator = calculator_update(
-        calculator=calculator,
-        data={"selectors": [{"type": "expression", "expression": "position.speed > 60"}]},
-    )
+    calculator = calculator_update(calculator=calculator, data={"selectors": [
+        {"type": "expression", "expression": "position.speed > 60"}]})
     wait_until(lambda: _settled(assignment, calculator, device), what="settled after the change", timeout=30)
     assert _stored(assignment)[0]["begin"] == T0 + 55
 
@@ -212,9 +188,6 @@ def test_calculator_change_recalculate_and_enable_go_through_the_fleet(fleet, ma
     # A recalculation asked for over a range that changed nothing stores the same intervals.
     before = _stored(assignment)
     recalculation_request(assignments=[assignment], begin=None, end=None)
-    wait_until(
-        lambda: Assignment.objects.using(device.database).get(pk=assignment.pk).pending_begin is None,
-        what="the request done",
-        timeout=30,
-    )
+    wait_until(lambda: Assignment.objects.using(device.database).get(pk=assignment.pk).pending_begin is None,
+               what="the request done", timeout=30)
     assert _engine_fields(_stored(assignment), calculator) == _engine_fields(before, calculator)

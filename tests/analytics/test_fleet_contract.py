@@ -33,9 +33,7 @@ KILL_ROUNDS = 100 if SLOW else 3
 
 TRIPS = {
     "name": "trips",
-    "selectors": [
-        {"type": "expression", "expression": "position.speed > 10", "max_inactive": 30, "min_duration": 5}
-    ],
+    "selectors": [{"type": "expression", "expression": "position.speed > 10", "max_inactive": 30, "min_duration": 5}],
     "counters": [
         {"name": "km", "type": "expression", "expression": "mileage()", "method": "summary"},
         {"name": "max_speed", "type": "parameter", "parameter": "position.speed", "method": "maximum"},
@@ -75,12 +73,8 @@ class Scenario:
         self.device = device_create(account=self.account, configuration={"ident": f"contract-{seed}"})
         self.calculators = [calculator_create(account=self.account, config=c) for c in (TRIPS, HOURS)]
         # A persistent session: what the broker queued for it while it was away is delivered.
-        self.subscriber = Subscriber(
-            mqtt_url or settings.MQTT_URL,
-            f"{fleet.topic_root}/interval/#",
-            client_id=f"contract-{seed}-{fleet.topic_root}",
-            clean_session=False,
-        )
+        self.subscriber = Subscriber(mqtt_url or settings.MQTT_URL, f"{fleet.topic_root}/interval/#",
+                                     client_id=f"contract-{seed}-{fleet.topic_root}", clean_session=False)
         self.subscriber.__enter__()
         self.assignments = [assignment_create(calculator=c, device=self.device)[0] for c in self.calculators]
         self.origin = time.time() - 2 * 3600
@@ -142,7 +136,7 @@ class Scenario:
         for topic, payload in list(self.subscriber.messages):
             if not topic.startswith(prefix) or payload is CLEARED:
                 continue
-            kind = topic[len(prefix) :]
+            kind = topic[len(prefix):]
             if kind in ("created", "updated"):
                 state[payload["id"]] = payload
             elif kind == "deleted":
@@ -163,30 +157,10 @@ class Scenario:
             from analytics.models import Assignment
 
             for alias in ("dc_eu_1", "dc_eu_2"):
-                print(
-                    alias,
-                    list(
-                        Assignment.objects.using(alias).values_list(
-                            "pk",
-                            "account_id",
-                            "calculator_id",
-                            "device_id",
-                            "state",
-                            "pending_begin",
-                            "enabled",
-                            "shard",
-                        )
-                    ),
-                )
-            print(
-                "device",
-                self.device.pk,
-                self.device.database,
-                self.device.shard,
-                "account",
-                self.account.pk,
-                self.account.datacenter_id,
-            )
+                print(alias, list(Assignment.objects.using(alias).values_list(
+                    "pk", "account_id", "calculator_id", "device_id", "state", "pending_begin", "enabled", "shard")))
+            print("device", self.device.pk, self.device.database, self.device.shard, "account", self.account.pk,
+                  self.account.datacenter_id)
             for assignment, calculator in zip(self.assignments, self.calculators, strict=True):
                 print("calculator", calculator.name)
                 print(" expected", self.expected(calculator))
@@ -295,9 +269,7 @@ def test_a_paused_worker_whose_lease_expired_cannot_write(scenario, fleet):
     scenario.wait_settled(timeout=120)
 
 
-@pytest.mark.skipif(
-    not PrivateBroker.available(), reason="needs the mosquitto binary for a broker of the test's own"
-)
+@pytest.mark.skipif(not PrivateBroker.available(), reason="needs the mosquitto binary for a broker of the test's own")
 def test_the_broker_down_for_a_while_delays_events_and_loses_none(tmp_path, platform, make_account):
     broker = PrivateBroker()
     broker.start()
@@ -336,12 +308,8 @@ def test_a_live_move_keeps_the_intervals_and_their_events_going(scenario, fleet)
     scenario.wait_settled()
     source = scenario.device.database
     target = "eu-2" if source == "dc_eu_1" else "eu-1"
-    mover = subprocess.Popen(
-        [sys.executable, "manage.py", "account_move", "--account", str(scenario.account.pk), "--to", target],
-        env=fleet_env(fleet),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    mover = subprocess.Popen([sys.executable, "manage.py", "account_move", "--account", str(scenario.account.pk),
+                              "--to", target], env=fleet_env(fleet), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     while mover.poll() is None:
         scenario.batch(size=20)
         time.sleep(0.1)

@@ -9,58 +9,28 @@ pytestmark = pytest.mark.django_db(databases="__all__")
 
 
 def _iv(begin, end, **counters):
-    return {
-        "id": int(begin * 1_000_000),
-        "begin": float(begin),
-        "end": float(end),
-        "duration": float(end - begin),
-        **counters,
-    }
+    return {"id": int(begin * 1_000_000), "begin": float(begin), "end": float(end), "duration": float(end - begin), **counters}
 
 
 def _apply(assignment, *, created=(), updated=(), deleted=(), now=1000.0, active_id=None, reached_end=True):
     from analytics.services import intervals_apply
 
-    diff = Diff(
-        created=list(created),
-        updated=list(updated),
-        deleted=list(deleted),
-        active_id=active_id,
-        reached_end=reached_end,
-    )
+    diff = Diff(created=list(created), updated=list(updated), deleted=list(deleted), active_id=active_id,
+                reached_end=reached_end)
     return intervals_apply(assignment=assignment, diff=diff, now=now)
 
 
 def test_diff_applied_and_read_back(assignment):
     from analytics.selectors import intervals_of
 
-    changes = _apply(
-        assignment, created=[_iv(10, 20, km=1.5), _iv(30, 40, km=2, name="a")], active_id=30_000_000
-    )
+    changes = _apply(assignment, created=[_iv(10, 20, km=1.5), _iv(30, 40, km=2, name="a")], active_id=30_000_000)
     assert [row["id"] for row in changes.created] == [10_000_000, 30_000_000] and not changes.updated
     stored = intervals_of(assignments=[assignment])
     assert stored == [
-        {
-            "id": 10_000_000,
-            "begin": 10.0,
-            "end": 20.0,
-            "duration": 10.0,
-            "timestamp": 1000.0,
-            "km": 1.5,
-            "calc_id": assignment.calculator_id,
-            "device_id": assignment.device_id,
-        },
-        {
-            "id": 30_000_000,
-            "begin": 30.0,
-            "end": 40.0,
-            "duration": 10.0,
-            "timestamp": 1000.0,
-            "km": 2,
-            "name": "a",
-            "calc_id": assignment.calculator_id,
-            "device_id": assignment.device_id,
-        },
+        {"id": 10_000_000, "begin": 10.0, "end": 20.0, "duration": 10.0, "timestamp": 1000.0, "km": 1.5,
+         "calc_id": assignment.calculator_id, "device_id": assignment.device_id},
+        {"id": 30_000_000, "begin": 30.0, "end": 40.0, "duration": 10.0, "timestamp": 1000.0, "km": 2, "name": "a",
+         "calc_id": assignment.calculator_id, "device_id": assignment.device_id},
     ]
     assignment.refresh_from_db()
     assert assignment.active_id == 30_000_000
@@ -79,34 +49,19 @@ def test_user_fields_survive_recalculation(assignment, calculator):
     from flespi_site.errors import InvalidInput, NotFound
 
     _apply(assignment, created=[_iv(10, 20, km=1.5)])
-    interval = interval_user_update(
-        assignment=assignment,
-        calculator=calculator,
-        interval_id=10_000_000,
-        fields={"driver": "Ann", "note": {"a": 1}},
-    )
+    interval = interval_user_update(assignment=assignment, calculator=calculator, interval_id=10_000_000,
+                                    fields={"driver": "Ann", "note": {"a": 1}})
     assert interval["driver"] == "Ann"
     _apply(assignment, updated=[_iv(10, 25, km=2.0)], now=3000.0)
     [stored] = intervals_of(assignments=[assignment])
-    assert (
-        stored["driver"] == "Ann"
-        and stored["note"] == {"a": 1}
-        and stored["end"] == 25.0
-        and stored["km"] == 2.0
-    )
-    interval_user_update(
-        assignment=assignment, calculator=calculator, interval_id=10_000_000, fields={"note": None}
-    )
+    assert stored["driver"] == "Ann" and stored["note"] == {"a": 1} and stored["end"] == 25.0 and stored["km"] == 2.0
+    interval_user_update(assignment=assignment, calculator=calculator, interval_id=10_000_000, fields={"note": None})
     [stored] = intervals_of(assignments=[assignment])
     assert "note" not in stored and stored["driver"] == "Ann"
     with pytest.raises(InvalidInput):
-        interval_user_update(
-            assignment=assignment, calculator=calculator, interval_id=10_000_000, fields={"km": 1}
-        )
+        interval_user_update(assignment=assignment, calculator=calculator, interval_id=10_000_000, fields={"km": 1})
     with pytest.raises(InvalidInput):
-        interval_user_update(
-            assignment=assignment, calculator=calculator, interval_id=10_000_000, fields={"begin": 1}
-        )
+        interval_user_update(assignment=assignment, calculator=calculator, interval_id=10_000_000, fields={"begin": 1})
     with pytest.raises(NotFound):
         interval_user_update(assignment=assignment, calculator=calculator, interval_id=1, fields={"x": 1})
     # a deleted and re-created interval (same id) keeps nothing of the old one but its user fields
@@ -125,9 +80,7 @@ def test_read_parameters_over_the_api(api, key, assignment, calculator, device):
     result = api.call("GET", f"{base}/all?count=2&reverse=true&fields=id,km", key=key).json()["result"]
     assert result == [{"id": 90_000_000, "km": 90.0}, {"id": 80_000_000, "km": 80.0}]
     result = api.call("GET", f"{base}/all", key=key, data=None).json()["result"]
-    result = api.call(
-        "GET", f"{base}/all?filter=km%20%3E%2055%20%26%26%20duration%20%3D%3D%205", key=key
-    ).json()["result"]
+    result = api.call("GET", f"{base}/all?filter=km%20%3E%2055%20%26%26%20duration%20%3D%3D%205", key=key).json()["result"]
     assert [iv["km"] for iv in result] == [60.0, 70.0, 80.0, 90.0]
     result = api.call("GET", f"{base}/20000000,40000000", key=key).json()["result"]
     assert [iv["id"] for iv in result] == [20_000_000, 40_000_000]
@@ -160,18 +113,10 @@ def test_user_fields_over_the_api(api, key, assignment, calculator, device):
     assert api.call("PUT", path, key=key, body={"max_speed": 1}).status_code == 400
     assert api.call("PUT", path, key=key, body=[1]).status_code == 400
     assert api.call("PUT", path, key=key, body={"x": "\x00"}).status_code == 400
-    assert (
-        api.call(
-            "PUT", f"/gw/calcs/{calculator.pk}/devices/{device.pk}/intervals/5", key=key, body={"a": 1}
-        ).status_code
-        == 404
-    )
-    assert (
-        api.call(
-            "PUT", f"/gw/calcs/{calculator.pk}/devices/{device.pk}/intervals/all", key=key, body={"a": 1}
-        ).status_code
-        == 400
-    )
+    assert api.call("PUT", f"/gw/calcs/{calculator.pk}/devices/{device.pk}/intervals/5", key=key,
+                    body={"a": 1}).status_code == 404
+    assert api.call("PUT", f"/gw/calcs/{calculator.pk}/devices/{device.pk}/intervals/all", key=key,
+                    body={"a": 1}).status_code == 400
 
 
 def test_ttl_and_rotate_purges(assignment, calculator):
@@ -226,9 +171,7 @@ def test_unassigning_clears_the_retained_state(assignment, calculator, device):
 
     assignment_delete(assignment=assignment)
     with connections[device.database].cursor() as cursor:
-        cursor.execute(
-            "SELECT topic, payload, retain FROM outbox WHERE device_id = %s ORDER BY id", [device.pk]
-        )
+        cursor.execute("SELECT topic, payload, retain FROM outbox WHERE device_id = %s ORDER BY id", [device.pk])
         rows = cursor.fetchall()
     base = f"state/gw/calcs/{calculator.pk}/devices/{device.pk}/"
     assert rows == [(base + "synced", None, True), (base + "last", None, True), (base + "active", None, True)]

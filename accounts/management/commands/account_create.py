@@ -14,9 +14,7 @@ class Command(BaseCommand):
         parser.add_argument("--parent", type=int, help="id of the parent account")
         parser.add_argument("--region", help="region code (first-level subaccounts only)")
         parser.add_argument("--datacenter", help="datacenter code within the region")
-        parser.add_argument(
-            "--token", action="store_true", help="also create a master token; its key is printed last"
-        )
+        parser.add_argument("--token", action="store_true", help="also create a master token; its key is printed last")
 
     def handle(self, *args, **options):
         parent = None
@@ -26,10 +24,7 @@ class Command(BaseCommand):
                 raise CommandError(f"parent account {options['parent']} does not exist")
         try:
             account = account_create(
-                name=options["name"],
-                parent=parent,
-                region_code=options["region"],
-                datacenter_code=options["datacenter"],
+                name=options["name"], parent=parent, region_code=options["region"], datacenter_code=options["datacenter"]
             )
         except DomainError as exc:
             raise CommandError(exc.reason) from None
@@ -37,8 +32,6 @@ class Command(BaseCommand):
             f"account {account.pk} {account.name!r} in region {account.region.code}, datacenter {account.datacenter.code}"
         )
         if options["token"]:
-            token, key = token_create(
-                account=account, info="created by account_create", access_type=AccessType.MASTER
-            )
+            token, key = token_create(account=account, info="created by account_create", access_type=AccessType.MASTER)
             self.stdout.write(f"master token {token.pk} (the key is shown once):")
             self.stdout.write(key)

@@ -10,9 +10,7 @@ class _Bar:
 
     def __init__(self, table: str, total: int, stream):
         self.bytes = 0
-        self.bar = tqdm(
-            total=total, desc=f"{table:<22}", unit=" rows", unit_scale=True, file=stream, leave=True
-        )
+        self.bar = tqdm(total=total, desc=f"{table:<22}", unit=" rows", unit_scale=True, file=stream, leave=True)
 
     def update(self, rows: int, nbytes: int) -> None:
         self.bytes += nbytes
@@ -33,9 +31,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--account", type=int, required=True, help="id of the account")
         parser.add_argument("--to", required=True, help="code of the target datacenter (same region)")
-        parser.add_argument(
-            "--dry-run", action="store_true", help="print the rows that would move; change nothing"
-        )
+        parser.add_argument("--dry-run", action="store_true", help="print the rows that would move; change nothing")
 
     def handle(self, *args, **options):
         try:
@@ -52,9 +48,7 @@ class Command(BaseCommand):
     def _summary(self, report: MoveReport) -> None:
         accounts = ", ".join(map(str, report.account_ids))
         if report.dry_run:
-            self.stdout.write(
-                f"dry run: would move accounts {accounts} from {report.source} to {report.target}"
-            )
+            self.stdout.write(f"dry run: would move accounts {accounts} from {report.source} to {report.target}")
         else:
             resumed = " (resumed)" if report.resumed else ""
             self.stdout.write(f"moved accounts {accounts} from {report.source} to {report.target}{resumed}")

@@ -6,10 +6,8 @@ from flespi_site.runner import PeriodicLoop, run_loops
 
 
 class Command(BaseCommand):
-    help = (
-        "Make each served region's Mosquitto (dynamic security) hold exactly the clients, roles and ACLs "
-        "the tokens, accounts and devices imply; with --every, again and again."
-    )
+    help = ("Make each served region's Mosquitto (dynamic security) hold exactly the clients, roles and ACLs "
+            "the tokens, accounts and devices imply; with --every, again and again.")
 
     def add_arguments(self, parser):
         parser.add_argument("--every", type=float, help="seconds between reconciles; default: once")
@@ -20,14 +18,8 @@ class Command(BaseCommand):
         if options["every"] is None:
             self.reconcile_all()
         else:
-            run_loops(
-                [
-                    PeriodicLoop(
-                        name="mqtt_sync", every=options["every"], step=self.reconcile_all, what="commands"
-                    )
-                ],
-                name="mqtt_sync",
-            )
+            run_loops([PeriodicLoop(name="mqtt_sync", every=options["every"], step=self.reconcile_all,
+                                    what="commands")], name="mqtt_sync")
 
     def reconcile_all(self) -> int:
         """Reconcile every served region's broker once; returns how many commands it sent."""

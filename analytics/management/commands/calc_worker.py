@@ -9,18 +9,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--region", required=True, help="the region whose shards this worker serves")
-        parser.add_argument(
-            "--lease-ttl",
-            type=float,
-            default=settings.CALC_LEASE_TTL,
-            help="seconds a shard lease lasts without renewal (default %(default)s)",
-        )
+        parser.add_argument("--lease-ttl", type=float, default=settings.CALC_LEASE_TTL,
+                            help="seconds a shard lease lasts without renewal (default %(default)s)")
         parser.add_argument("--loglevel", default="INFO")
 
     def handle(self, *args, region, lease_ttl, loglevel, **options):
         codes = [r.code for r in settings.TOPOLOGY.regions]
         if region not in codes:
             raise CommandError(f"unknown region {region!r}; regions: {', '.join(codes)}")
-        run_calc_worker(
-            region=region, data_dir=settings.CALC_DATA_DIR, lease_ttl=lease_ttl, loglevel=loglevel
-        )
+        run_calc_worker(region=region, data_dir=settings.CALC_DATA_DIR, lease_ttl=lease_ttl, loglevel=loglevel)

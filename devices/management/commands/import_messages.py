@@ -25,8 +25,7 @@ class Tally:
         self.stored += result.accepted
         self.changed += sum(change.count for change in result.changes)
         self.problems.extend(
-            (chunk[error.index].line if error.index is not None else 0, error.reason)
-            for error in result.errors
+            (chunk[error.index].line if error.index is not None else 0, error.reason) for error in result.errors
         )
 
 
@@ -63,9 +62,7 @@ class Command(BaseCommand):
         if device is None:
             raise CommandError(f"device {options['device']} not found")
         if not device.enabled:
-            raise CommandError(
-                f"device {device.pk} is disabled: enable it (PUT /gw/devices/{device.pk}) and import again"
-            )
+            raise CommandError(f"device {device.pk} is disabled: enable it (PUT /gw/devices/{device.pk}) and import again")
         try:
             raw = open(path, "rb")  # noqa: SIM115 - closed by the with below
         except OSError as exc:

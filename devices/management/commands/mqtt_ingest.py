@@ -9,9 +9,7 @@ class Command(BaseCommand):
     help = "Ingest device messages published to the ingest topic pattern on each served region's broker."
 
     def add_arguments(self, parser):
-        parser.add_argument(
-            "--pattern", default=settings.MQTT_INGEST_TOPIC, help="topic pattern; '+' is the ident"
-        )
+        parser.add_argument("--pattern", default=settings.MQTT_INGEST_TOPIC, help="topic pattern; '+' is the ident")
         parser.add_argument("--log-every", type=float, default=60, help="log the counts every N seconds")
 
     def handle(self, *args, **options):
@@ -20,9 +18,7 @@ class Command(BaseCommand):
             for region in settings.TOPOLOGY.regions
             if not settings.SERVED_REGION or region.code == settings.SERVED_REGION
         ]
-        self.stdout.write(
-            f"ingesting {options['pattern']} in regions {', '.join(c.region for c in consumers)}"
-        )
+        self.stdout.write(f"ingesting {options['pattern']} in regions {', '.join(c.region for c in consumers)}")
         counts = run_loops(consumers, name="mqtt_ingest", log_every=options["log_every"])
         for consumer in consumers:
             done = counts[consumer.name]

@@ -156,12 +156,9 @@ def account_move(
             field="to",
         )
     with _region_lock(region.pk) as held:
-        unfinished = (
-            AccountMove.objects.select_related("source", "target")
-            .filter(region=region)
-            .exclude(state=MoveState.DONE)
-            .first()
-        )
+        unfinished = AccountMove.objects.select_related("source", "target").filter(region=region).exclude(
+            state=MoveState.DONE
+        ).first()
         if not held:
             running = f": account {unfinished.account_id} to {unfinished.target.code}" if unfinished else ""
             raise MoveRefused(
@@ -212,9 +209,7 @@ def account_move(
         move.source, move.target, move.account_ids = account.datacenter, destination, moving
         move.state, move.started = MoveState.COPYING, time.time()
         move.save()
-        report = MoveReport(
-            account.pk, account.datacenter.code, target, moving, resumed=unfinished is not None
-        )
+        report = MoveReport(account.pk, account.datacenter.code, target, moving, resumed=unfinished is not None)
         _copy_and_switch(move, source_alias, target_alias, report, progress)
         _clean_up(move, report)
         return report
@@ -224,19 +219,13 @@ def account_move(
 
 
 def _copy_and_switch(
-    move: AccountMove,
-    source_alias: str,
-    target_alias: str,
-    report: MoveReport,
-    progress: ProgressFactory | None,
+    move: AccountMove, source_alias: str, target_alias: str, report: MoveReport, progress: ProgressFactory | None
 ) -> None:
     ids = move.account_ids
     tables = [entry for entry in reversed(regional_tables()) if entry.database == DATACENTER]
     for entry in tables:
         if entry.table not in STRATEGIES:
-            raise RuntimeError(
-                f"{entry.table} is in the registry but accounts.moves.STRATEGIES does not say how it moves"
-            )
+            raise RuntimeError(f"{entry.table} is in the registry but accounts.moves.STRATEGIES does not say how it moves")
     with _connect(source_alias) as admin, _connect(target_alias) as target:
         _journal_on(admin)
         _delete_rows(target, ids)  # what an interrupted attempt left
@@ -249,17 +238,8 @@ def _copy_and_switch(
                 if STRATEGIES[entry.table] in (LOG, DERIVED):
                     continue
                 total = _count(source, entry, ids)
-                _stream(
-                    source,
-                    target,
-                    entry.select,
-                    [ids],
-                    f"COPY {entry.table} FROM STDIN (FORMAT binary)",
-                    report,
-                    entry.table,
-                    total,
-                    progress,
-                )
+                _stream(source, target, entry.select, [ids], f"COPY {entry.table} FROM STDIN (FORMAT binary)",
+                        report, entry.table, total, progress)
                 if position == 0:
                     _hook("copying")
             source.commit()
@@ -310,25 +290,16 @@ def _catch_up(
     if gone:
         for table in DEVICE_TABLES:
             target.execute(f"DELETE FROM {table} WHERE device_id = ANY(%s)", [gone])
-    ranges = _merged(
-        source.execute(
-            "SELECT device_id, begin_ts, end_ts FROM move_journal WHERE begin_ts IS NOT NULL AND device_id = ANY(%s)",
-            [devices],
-        ).fetchall()
-    )
+    ranges = _merged(source.execute(
+        "SELECT device_id, begin_ts, end_ts FROM move_journal WHERE begin_ts IS NOT NULL AND device_id = ANY(%s)",
+        [devices],
+    ).fetchall())
     if ranges:
         _recopy(source, target, "messages", "device_id = {} AND ts BETWEEN {} AND {}", ranges, report)
         changed = sorted({d for d, _, _ in ranges})
         target.execute("DELETE FROM telemetry WHERE device_id = ANY(%s)", [changed])
-        _stream(
-            source,
-            target,
-            "SELECT * FROM telemetry WHERE device_id = ANY(%s)",
-            [changed],
-            "COPY telemetry FROM STDIN (FORMAT binary)",
-            report,
-            "telemetry",
-        )
+        _stream(source, target, "SELECT * FROM telemetry WHERE device_id = ANY(%s)", [changed],
+                "COPY telemetry FROM STDIN (FORMAT binary)", report, "telemetry")
     keys = source.execute(
         "SELECT DISTINCT calc_id, device_id, interval_id FROM move_journal WHERE interval_id IS NOT NULL "
         "AND device_id = ANY(%s)",
@@ -343,23 +314,12 @@ def _catch_up(
             continue
         # Rows the target's own triggers queued for these devices (a deleted assignment clears its
         # retained state) are the source's to publish: its rows come next, in their order.
-        target.execute(
-            f"DELETE FROM {entry.table} WHERE device_id = ANY(%s)",
-            [sorted(set(devices) | set(copied_devices))],
-        )
-        copied[entry.table] = _ids(
-            source, f"SELECT id FROM {entry.table} WHERE device_id = ANY(%s) ORDER BY id", [devices]
-        )
+        target.execute(f"DELETE FROM {entry.table} WHERE device_id = ANY(%s)", [sorted(set(devices) | set(copied_devices))])
+        copied[entry.table] = _ids(source, f"SELECT id FROM {entry.table} WHERE device_id = ANY(%s) ORDER BY id", [devices])
         columns_of = ", ".join(c for c in _columns(target, entry.table) if c != "id")
-        _stream(
-            source,
-            target,
-            f"SELECT {columns_of} FROM {entry.table} WHERE id = ANY(%s) ORDER BY id",
-            [copied[entry.table]],
-            f"COPY {entry.table} ({columns_of}) FROM STDIN (FORMAT binary)",
-            report,
-            entry.table,
-        )
+        _stream(source, target, f"SELECT {columns_of} FROM {entry.table} WHERE id = ANY(%s) ORDER BY id",
+                [copied[entry.table]], f"COPY {entry.table} ({columns_of}) FROM STDIN (FORMAT binary)", report,
+                entry.table)
     return copied
 
 
@@ -376,14 +336,13 @@ def _derived_reset(target: psycopg.Connection, devices: list[int]) -> None:
     )
     target.execute("DELETE FROM message_blocks WHERE device_id = ANY(%s)", [devices])
     target.execute(
-        "INSERT INTO message_block_work (device_id) SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING",
+        "INSERT INTO message_block_work (device_id) SELECT unnest(%s::bigint[]) "
+        "ON CONFLICT (device_id) DO UPDATE SET due = 0",
         [devices],
     )
 
 
-def _recopy(
-    source, target, table: str, condition: str, keys: Sequence[tuple[int, int, int]], report: MoveReport
-) -> None:
+def _recopy(source, target, table: str, condition: str, keys: Sequence[tuple[int, int, int]], report: MoveReport) -> None:
     """The rows of ``table`` that ``condition`` (three ``{}`` for the values of a key) selects for
     each key, deleted from the target and copied again from the source. One index scan per key:
     statements of their own, and a LATERAL subquery that OFFSET 0 keeps the planner from turning
@@ -408,13 +367,9 @@ def _upsert(source, target, entry: RegionalTable, ids: list[int], report: MoveRe
     columns = _columns(target, entry.table)
     target.execute(f"CREATE TEMP TABLE {stage} (LIKE {entry.table}) ON COMMIT DROP")
     _stream(source, target, entry.select, [ids], f"COPY {stage} FROM STDIN (FORMAT binary)", report, None)
-    target.execute(
-        f"DELETE FROM {entry.table} WHERE {entry.selection} AND id NOT IN (SELECT id FROM {stage})", [ids]
-    )
+    target.execute(f"DELETE FROM {entry.table} WHERE {entry.selection} AND id NOT IN (SELECT id FROM {stage})", [ids])
     updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in columns if c != "id")
-    target.execute(
-        f"INSERT INTO {entry.table} SELECT * FROM {stage} ON CONFLICT (id) DO UPDATE SET {updates}"
-    )
+    target.execute(f"INSERT INTO {entry.table} SELECT * FROM {stage} ON CONFLICT (id) DO UPDATE SET {updates}")
 
 
 def _clean_up(move: AccountMove, report: MoveReport) -> None:
@@ -459,9 +414,7 @@ def _region_lock(region_id: int):
     """The region's move lock, held on a connection of its own for as long as the block runs
     (a killed command's lock goes with its connection); yields whether it was taken."""
     with _connect("default", autocommit=True) as connection:
-        held = connection.execute(
-            "SELECT pg_try_advisory_lock(%s, %s)", [MOVE_LOCK_SPACE, region_id]
-        ).fetchone()[0]
+        held = connection.execute("SELECT pg_try_advisory_lock(%s, %s)", [MOVE_LOCK_SPACE, region_id]).fetchone()[0]
         yield held
 
 
@@ -492,14 +445,11 @@ def _ids(connection, sql: str, params: Sequence[Any]) -> list[int]:
 
 
 def _columns(connection, table: str) -> list[str]:
-    return [
-        row[0]
-        for row in connection.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s "
-            "ORDER BY ordinal_position",
-            [table],
-        ).fetchall()
-    ]
+    return [row[0] for row in connection.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s "
+        "ORDER BY ordinal_position",
+        [table],
+    ).fetchall()]
 
 
 def _count(connection, entry: RegionalTable, ids: list[int]) -> int:
@@ -561,9 +511,7 @@ def _journal_on(connection) -> None:
     connection.execute("TRUNCATE move_journal")
     for name, table, events, function in _JOURNAL_TRIGGERS:
         connection.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
-        connection.execute(
-            f"CREATE TRIGGER {name} {events} ON {table} FOR EACH ROW EXECUTE FUNCTION {function}()"
-        )
+        connection.execute(f"CREATE TRIGGER {name} {events} ON {table} FOR EACH ROW EXECUTE FUNCTION {function}()")
     connection.commit()
 
 
@@ -589,3 +537,4 @@ def _hook(point: str) -> None:
         print(f"move: stopped at {point}", flush=True, file=sys.stdout)
         while True:
             time.sleep(3600)
+

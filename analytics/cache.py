@@ -494,9 +494,7 @@ class ShardCache:
     # ---- intervals ----
 
     @_guard
-    def intervals_apply(
-        self, *, calc_id: int, device_id: int, diff: Diff, marker: float | None = None
-    ) -> None:
+    def intervals_apply(self, *, calc_id: int, device_id: int, diff: Diff, marker: float | None = None) -> None:
         """Apply a recalculation's diff to the stored intervals of the assignment: fields the
         engine does not write (user fields, ``timestamp``) stay with an updated interval.
         ``marker`` records, in the same transaction, which stored run the intervals now mirror."""

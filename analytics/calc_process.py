@@ -50,14 +50,8 @@ def _make_step(worker: ShardWorker):
             for shard in gained:
                 c.add_task_queue(shard_queue(worker.region, shard))
             if gained or lost:
-                logger.info(
-                    "calc %s: %s holds shards %s (gained %s, lost %s)",
-                    worker.region,
-                    worker.worker_id,
-                    sorted(worker.held),
-                    gained,
-                    lost,
-                )
+                logger.info("calc %s: %s holds shards %s (gained %s, lost %s)", worker.region, worker.worker_id,
+                            sorted(worker.held), gained, lost)
 
         def stop(self, c):
             timer = getattr(self, "timer", None)
@@ -96,25 +90,13 @@ def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, loglevel: s
     app.conf.task_default_queue = f"calc.{region}.control"
     app.steps["consumer"].add(_make_step(worker))
     stop = threading.Event()
-    beat = threading.Thread(
-        target=_heartbeat, args=(worker, stop, lease_ttl / 3), name="lease-heartbeat", daemon=True
-    )
+    beat = threading.Thread(target=_heartbeat, args=(worker, stop, lease_ttl / 3), name="lease-heartbeat", daemon=True)
     beat.start()
     logger.info("calc %s: worker %s starting (data in %s)", region, worker_id, worker.data_dir)
     try:
         app.worker_main(
-            argv=[
-                "worker",
-                "--pool=solo",
-                f"--loglevel={loglevel}",
-                "-n",
-                f"{worker_id}@calc",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-Q",
-                app.conf.task_default_queue,
-            ]
+            argv=["worker", "--pool=solo", f"--loglevel={loglevel}", "-n", f"{worker_id}@calc",
+                  "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", app.conf.task_default_queue]
         )
     finally:
         stop.set()

@@ -121,9 +121,7 @@ class ShardWorker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.aliases = region_aliases(region)
         client = redis_client(region)
-        self.leases = ShardLeases(
-            client, region=region, shards=settings.CALC_SHARDS, worker=worker_id, ttl=lease_ttl
-        )
+        self.leases = ShardLeases(client, region=region, shards=settings.CALC_SHARDS, worker=worker_id, ttl=lease_ttl)
         self.timers = DebounceTimers(client, region=region)
         self.held: dict[int, HeldShard] = {}
         self._lock = threading.RLock()
@@ -186,9 +184,7 @@ class ShardWorker:
             with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
                 stored = fence_raise(cursor, shard=shard, epoch=epoch, worker=self.worker_id)
             if stored != epoch:
-                logger.warning(
-                    "calc %s: shard %s moved on (fence %s > epoch %s)", self.region, shard, stored, epoch
-                )
+                logger.warning("calc %s: shard %s moved on (fence %s > epoch %s)", self.region, shard, stored, epoch)
                 return False
         return True
 
@@ -198,9 +194,7 @@ class ShardWorker:
         try:
             return ShardCache(path, shard=name)
         except CacheCorrupt as exc:
-            logger.warning(
-                "calc %s: cache of shard %s is unreadable (%s); rebuilding it", self.region, shard, exc
-            )
+            logger.warning("calc %s: cache of shard %s is unreadable (%s); rebuilding it", self.region, shard, exc)
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             return ShardCache(path, shard=name)
@@ -280,12 +274,7 @@ class ShardWorker:
         self.timers.schedule(
             shard=held.shard,
             changes=[
-                Change(
-                    calc_id,
-                    device_id,
-                    *finite(ranges[device_id][0] / 1e6, ranges[device_id][1] / 1e6),
-                    float(delay),
-                )
+                Change(calc_id, device_id, *finite(ranges[device_id][0] / 1e6, ranges[device_id][1] / 1e6), float(delay))
                 for calc_id, device_id, _b, _e, delay in scheduled
             ],
         )
@@ -298,11 +287,7 @@ class ShardWorker:
         order = sorted(ranges, key=lambda d: ranges[d][0])
         groups: list[list[int]] = []
         for device_id in order:
-            if (
-                groups
-                and ranges[device_id][0] - ranges[groups[-1][0]][0] <= RANGE_GROUP_SPAN
-                and len(groups[-1]) < 500
-            ):
+            if groups and ranges[device_id][0] - ranges[groups[-1][0]][0] <= RANGE_GROUP_SPAN and len(groups[-1]) < 500:
                 groups[-1].append(device_id)
             else:
                 groups.append([device_id])
@@ -333,24 +318,15 @@ class ShardWorker:
         while True:
             cut = blocks.messages_split(alias=alias, device_id=device.pk, begin=begin, size=FILL_CHUNK)
             part = blocks.messages_block(
-                alias=alias,
-                device_id=device.pk,
-                begin=begin,
-                end=LAST_TS if cut is None else cut - 1,
-                names=None,
+                alias=alias, device_id=device.pk, begin=begin, end=LAST_TS if cut is None else cut - 1, names=None
             )
             cache.messages_fill(device_id=device.pk, block=part, filled_to=filled_to if cut is None else None)
             total += len(part)
             if cut is None:
                 break
             begin = cut
-        logger.info(
-            "calc %s: device %s cached, %s messages in %.1f s",
-            self.region,
-            device.pk,
-            total,
-            time.monotonic() - started,
-        )
+        logger.info("calc %s: device %s cached, %s messages in %.1f s", self.region, device.pk, total,
+                    time.monotonic() - started)
 
     def requests(self, shard: int) -> int:
         """Schedule the durable recalculation requests of the shard's assignments (new, enabled
@@ -360,9 +336,7 @@ class ShardWorker:
             raise NotHeld(shard)
         changes = []
         for alias in self.aliases:
-            for _shard, calc_id, device_id, begin, end, state in assignment_requests(
-                alias=alias, shard=shard
-            ):
+            for _shard, calc_id, device_id, begin, end, state in assignment_requests(alias=alias, shard=shard):
                 if begin is None or end is None or state != AssignmentState.SYNCED:
                     begin, end = -math.inf, math.inf
                 changes.append(Change(calc_id, device_id, *finite(begin, end), 0.0))
@@ -372,9 +346,7 @@ class ShardWorker:
 
     # -- recalculation -------------------------------------------------------------------------
 
-    def run(
-        self, shard: int, assignments: Sequence[tuple[int, int]], *, now: float | None = None
-    ) -> RunStats:
+    def run(self, shard: int, assignments: Sequence[tuple[int, int]], *, now: float | None = None) -> RunStats:
         """Claim and recalculate these (calc_id, device_id) of the shard, writing every diff of a
         datacenter in one fenced transaction."""
         held = self.holding(shard)
@@ -396,23 +368,16 @@ class ShardWorker:
                 except Fenced:
                     stats.fenced = True
                     failed.extend(work.claim for work in works)
-                    logger.warning(
-                        "calc %s: shard %s is no longer this worker's; its run is refused", self.region, shard
-                    )
+                    logger.warning("calc %s: shard %s is no longer this worker's; its run is refused", self.region, shard)
                 except Exception:
                     failed.extend(work.claim for work in works)
-                    logger.exception(
-                        "calc %s: a run on shard %s failed; its range is kept for the next",
-                        self.region,
-                        shard,
-                    )
+                    logger.exception("calc %s: a run on shard %s failed; its range is kept for the next", self.region, shard)
         finally:
             self.timers.release(shard=shard, claims=ok, ok=True)
             self.timers.release(shard=shard, claims=failed, ok=False, retry_delay=5.0)
         if stats.assignments:
-            metrics.recalculation_done(
-                region=self.region, seconds=time.monotonic() - started, assignments=stats.assignments
-            )
+            metrics.recalculation_done(region=self.region, seconds=time.monotonic() - started,
+                                       assignments=stats.assignments)
         return stats
 
     def _load(self, claims: Sequence[Claim], gone: list[Claim]) -> dict[str, list[_Work]]:
@@ -422,11 +387,9 @@ class ShardWorker:
         wanted = {(c.calc_id, c.device_id): c for c in claims}
         found: set[tuple[int, int]] = set()
         for alias in self.aliases:
-            rows = list(
-                Assignment.objects.using(alias)
-                .filter(calculator_id__in={c for c, _ in wanted}, device_id__in={d for _, d in wanted})
-                .select_related("calculator", "device")
-            )
+            rows = list(Assignment.objects.using(alias).filter(
+                calculator_id__in={c for c, _ in wanted}, device_id__in={d for _, d in wanted}
+            ).select_related("calculator", "device"))
             elsewhere = _placed_elsewhere(alias, {a.account_id for a in rows})
             for assignment in rows:
                 key = (assignment.calculator_id, assignment.device_id)
@@ -466,15 +429,11 @@ class ShardWorker:
                 alias=assignment.database, pairs=[(assignment.calculator_id, assignment.device_id)]
             )
             cache.intervals_replace(
-                calc_id=assignment.calculator_id,
-                device_id=assignment.device_id,
-                intervals=stored,
+                calc_id=assignment.calculator_id, device_id=assignment.device_id, intervals=stored,
                 marker=assignment.calculated,
             )
 
-    def _run_alias(
-        self, alias: str, held: HeldShard, works: list[_Work], stats: RunStats, *, now: float | None
-    ) -> None:
+    def _run_alias(self, alias: str, held: HeldShard, works: list[_Work], stats: RunStats, *, now: float | None) -> None:
         cache = held.cache
         wall = time.time() if now is None else now
         for work in works:
@@ -507,9 +466,7 @@ class ShardWorker:
             cache.intervals_apply(
                 calc_id=assignment.calculator_id,
                 device_id=assignment.device_id,
-                diff=Diff(
-                    created=[*work.changes.created, *work.changes.updated], deleted=work.changes.deleted
-                ),
+                diff=Diff(created=[*work.changes.created, *work.changes.updated], deleted=work.changes.deleted),
                 marker=work.stamp,
             )
             stats.assignments += 1
@@ -538,12 +495,8 @@ class ShardWorker:
             before_active = _cached(cache, key, assignment.active_id)
             before_last = cache.interval_before(calc_id=key[0], device_id=key[1], t=math.inf)
             written, deleted = storage.intervals_write(
-                alias=alias,
-                calc_id=key[0],
-                device_id=key[1],
-                upsert=[*work.diff.created, *work.diff.updated],
-                delete_ids=[interval["id"] for interval in work.diff.deleted],
-                stamp=stamp,
+                alias=alias, calc_id=key[0], device_id=key[1], upsert=[*work.diff.created, *work.diff.updated],
+                delete_ids=[interval["id"] for interval in work.diff.deleted], stamp=stamp,
             )
             created_ids = {interval["id"] for interval in work.diff.created}
             changes = storage.StoredChanges(
@@ -562,36 +515,21 @@ class ShardWorker:
                 was_active = by_id.get(before_active["id"], before_active)
             last, last_changed = _newest(alias, key, before_last, written, deleted_ids)
             work.outbox = event_topics.interval_events(
-                calc_id=key[0],
-                device_id=key[1],
-                created=changes.created,
-                updated=changes.updated,
-                deleted=changes.deleted,
-                was_active=was_active,
-                active=active,
-                active_known=work.diff.reached_end,
-                last=last,
-                last_changed=last_changed,
+                calc_id=key[0], device_id=key[1], created=changes.created, updated=changes.updated,
+                deleted=changes.deleted, was_active=was_active, active=active,
+                active_known=work.diff.reached_end, last=last, last_changed=last_changed,
             )
             synced_now = work.was_state != AssignmentState.SYNCED
             if synced_now:
                 work.outbox.append(event_topics.synced_event(calc_id=key[0], device_id=key[1], synced=True))
                 if last is not None and not last_changed:
-                    work.outbox.append(
-                        event_topics.Event(key[1], event_topics.state_topic(*key, "last"), last, True)
-                    )
+                    work.outbox.append(event_topics.Event(key[1], event_topics.state_topic(*key, "last"), last, True))
             events.extend(work.outbox)
-            rows.append(
-                storage.AssignmentDone(
-                    id=assignment.pk,
-                    version=work.calculator.version,
-                    calculated=stamp,
-                    begin=-math.inf if synced_now else work.begin,
-                    end=math.inf if synced_now else work.end,
-                    active_id=active_id,
-                    synced=True,
-                )
-            )
+            rows.append(storage.AssignmentDone(
+                id=assignment.pk, version=work.calculator.version, calculated=stamp,
+                begin=-math.inf if synced_now else work.begin, end=math.inf if synced_now else work.end,
+                active_id=active_id, synced=True,
+            ))
             assignment.active_id = active_id
             work.changes = changes
         storage.outbox_events(alias=alias, events=events)
@@ -603,11 +541,8 @@ class ShardWorker:
             Assignment.objects.using(alias).filter(pk=assignment.pk).update(state=state)
             storage.outbox_events(
                 alias=alias,
-                events=[
-                    event_topics.synced_event(
-                        calc_id=assignment.calculator_id, device_id=assignment.device_id, synced=False
-                    )
-                ],
+                events=[event_topics.synced_event(calc_id=assignment.calculator_id, device_id=assignment.device_id,
+                                                  synced=False)],
             )
 
     def _arm_deadline(self, shard: int, work: _Work, cache: ShardCache) -> None:
@@ -624,8 +559,7 @@ class ShardWorker:
             return
         delay = max(0.0, deadline - time.time()) + 0.05
         self.timers.schedule(
-            shard=shard,
-            changes=[Change(work.assignment.calculator_id, work.assignment.device_id, newest, newest, delay)],
+            shard=shard, changes=[Change(work.assignment.calculator_id, work.assignment.device_id, newest, newest, delay)]
         )
 
     # -- purges --------------------------------------------------------------------------------
@@ -647,32 +581,18 @@ class ShardWorker:
                 if _placed_elsewhere(alias, [assignment.account_id]):
                     continue
                 with self._fenced(alias, held):
-                    gone = services.intervals_purge(
-                        assignment=assignment, calculator=assignment.calculator, now=wall
-                    )
+                    gone = services.intervals_purge(assignment=assignment, calculator=assignment.calculator, now=wall)
                     if gone:
                         storage.outbox_events(
                             alias=alias,
-                            events=[
-                                event_topics.Event(
-                                    assignment.device_id,
-                                    event_topics.interval_topic(
-                                        assignment.calculator_id, assignment.device_id, "deleted"
-                                    ),
-                                    row,
-                                    False,
-                                )
-                                for row in gone
-                            ],
+                            events=[event_topics.Event(assignment.device_id, event_topics.interval_topic(
+                                assignment.calculator_id, assignment.device_id, "deleted"), row, False) for row in gone],
                         )
                 if gone:
                     held.cache.intervals_apply(
-                        calc_id=assignment.calculator_id,
-                        device_id=assignment.device_id,
-                        diff=Diff(deleted=gone),
-                        marker=held.cache.assignment_marker(
-                            calc_id=assignment.calculator_id, device_id=assignment.device_id
-                        ),
+                        calc_id=assignment.calculator_id, device_id=assignment.device_id, diff=Diff(deleted=gone),
+                        marker=held.cache.assignment_marker(calc_id=assignment.calculator_id,
+                                                            device_id=assignment.device_id),
                     )
                     purged += len(gone)
             for device in Device.objects.using(alias).filter(shard=shard).only("id", "messages_ttl"):
@@ -751,24 +671,17 @@ class _FencedTransaction:
 def assignment_requests(*, alias: str, shard: int | None = None):
     """(shard, calc_id, device_id, pending_begin, pending_end, state) of the enabled assignments
     with a durable request (a pending range, or not synced), of one shard or all."""
-    rows = (
-        Assignment.objects.using(alias)
-        .filter(enabled=True)
-        .exclude(pending_begin__isnull=True, state=AssignmentState.SYNCED)
+    rows = Assignment.objects.using(alias).filter(enabled=True).exclude(
+        pending_begin__isnull=True, state=AssignmentState.SYNCED
     )
     if shard is not None:
         rows = rows.filter(shard=shard)
-    return rows.values_list(
-        "shard", "calculator_id", "device_id", "pending_begin", "pending_end", "state"
-    ).iterator()
+    return rows.values_list("shard", "calculator_id", "device_id", "pending_begin", "pending_end", "state").iterator()
 
 
 def assignments_due(*, timers: DebounceTimers, shard: int, limit: int) -> list[tuple[int, int]]:
     """What the pump sends for a shard: due (calc_id, device_id) pairs."""
-    return [
-        (offer.calc_id, offer.device_id)
-        for offer in timers.pump(shard=shard, limit=limit, offer_timeout=OFFER_TIMEOUT)
-    ]
+    return [(offer.calc_id, offer.device_id) for offer in timers.pump(shard=shard, limit=limit, offer_timeout=OFFER_TIMEOUT)]
 
 
 def wake_all(*, region: str, shards: Iterable[int]) -> None:

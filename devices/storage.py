@@ -93,9 +93,7 @@ SELECT device_id, stamps[1], stamps[array_length(stamps, 1)], array_length(stamp
 """
 
 # The outbox row of a device whose rows were all COPYed straight into ``messages``.
-_QUEUE = (
-    f"INSERT INTO outbox (device_id, kind, stamps) VALUES (%s, {int(OutboxKind.MESSAGE)}, %s::text::bigint[])"
-)
+_QUEUE = f"INSERT INTO outbox (device_id, kind, stamps) VALUES (%s, {int(OutboxKind.MESSAGE)}, %s::text::bigint[])"
 
 # The latest value of every parameter, kept correct when messages arrive out of order: a value
 # only replaces one from an older (or the same) message. The batch's latest values are found by
@@ -228,12 +226,7 @@ def messages_copy_rows(
     telemetry: list[TelemetryValue] = []
     last = batch.stamps[-1]
     for device in devices:
-        stamps = {
-            "device.id": device.pk,
-            "device.name": device.name,
-            "ident": device.ident,
-            reception_key: now,
-        }
+        stamps = {"device.id": device.pk, "device.name": device.name, "ident": device.ident, reception_key: now}
         tail = b"," + _dumps(stamps)[1:] + b"\n"
         head = b"%d\t" % device.pk
         data = head + (tail + head).join(batch.heads) + tail
@@ -262,10 +255,7 @@ def messages_write(
         cursor.execute(_NEWEST, [[r.device_id for r in rows]])
         newest = dict(cursor.fetchall())
         # Per device, how many of its rows are not after its newest stored one.
-        cuts = [
-            0 if newest.get(r.device_id) is None else bisect_right(r.stamps, newest[r.device_id])
-            for r in rows
-        ]
+        cuts = [0 if newest.get(r.device_id) is None else bisect_right(r.stamps, newest[r.device_id]) for r in rows]
         fresh = [r.split(cut)[1] for r, cut in zip(rows, cuts, strict=True) if cut < len(r.stamps)]
         if fresh and not _copy_appending(connection, cursor, fresh):
             cuts = [len(r.stamps) for r in rows]  # a concurrent write got there first: merge all
@@ -279,10 +269,8 @@ def messages_write(
             tails = [(r.device_id, r.stamps[cut:]) for r, cut in merging]  # appended above
             cursor.execute(
                 _MERGE,
-                [
-                    _array([device_id for device_id, stamps in tails for _ in stamps]),
-                    _array([ts for _, stamps in tails for ts in stamps]),
-                ],
+                [_array([device_id for device_id, stamps in tails for _ in stamps]),
+                 _array([ts for _, stamps in tails for ts in stamps])],
             )
             changed += [ChangedRange(*row) for row in cursor.fetchall()]
         appended = [r for r, cut in zip(rows, cuts, strict=True) if not cut]
@@ -296,12 +284,8 @@ def messages_write(
         if telemetry:
             cursor.execute(
                 _TELEMETRY,
-                [
-                    [t.device_id for t in telemetry],
-                    [t.name for t in telemetry],
-                    [t.value_json for t in telemetry],
-                    [t.ts for t in telemetry],
-                ],
+                [[t.device_id for t in telemetry], [t.name for t in telemetry],
+                 [t.value_json for t in telemetry], [t.ts for t in telemetry]],
             )
     return changed
 
@@ -363,9 +347,7 @@ def messages_read(
         return [loads_exact(row[0]) for row in cursor.fetchall()]
 
 
-def messages_delete(
-    *, alias: str, device_ids: Sequence[int], begin: int | None, end: int | None
-) -> list[ChangedRange]:
+def messages_delete(*, alias: str, device_ids: Sequence[int], begin: int | None, end: int | None) -> list[ChangedRange]:
     where = ["device_id = ANY(%s)"]
     params: list[int | list[int]] = [list(device_ids)]
     if begin is not None:
@@ -375,7 +357,7 @@ def messages_delete(
         where.append("ts <= %s")
         params.append(end)
     sql = f"""
-        WITH gone AS (DELETE FROM messages WHERE {" AND ".join(where)} RETURNING device_id, ts)
+        WITH gone AS (DELETE FROM messages WHERE {' AND '.join(where)} RETURNING device_id, ts)
         SELECT device_id, min(ts), max(ts), count(*) FROM gone GROUP BY device_id
     """
     with connections[alias].cursor() as cursor:
@@ -422,15 +404,13 @@ def outbox_enqueue(*, alias: str, rows: Iterable[tuple[int, int, str, object, bo
     """Queue events: (device_id, kind, topic, payload, retain). The caller's transaction makes
     them visible together with the data they describe."""
     params = [
-        (device_id, int(kind), topic, json.dumps(payload), retain)
-        for device_id, kind, topic, payload, retain in rows
+        (device_id, int(kind), topic, json.dumps(payload), retain) for device_id, kind, topic, payload, retain in rows
     ]
     if not params:
         return
     with connections[alias].cursor() as cursor:
         cursor.executemany(
-            "INSERT INTO outbox (device_id, kind, topic, payload, retain) VALUES (%s, %s, %s, %s::jsonb, %s)",
-            params,
+            "INSERT INTO outbox (device_id, kind, topic, payload, retain) VALUES (%s, %s, %s, %s::jsonb, %s)", params
         )
 
 
@@ -443,10 +423,6 @@ def changes_record(*, alias: str, changes: Sequence[ChangedRange], shards: Mappi
         cursor.execute(
             "INSERT INTO message_changes (device_id, shard, begin_ts, end_ts) "
             "SELECT * FROM unnest(%s::bigint[], %s::smallint[], %s::bigint[], %s::bigint[])",
-            [
-                [c.device_id for c in changes],
-                [shards[c.device_id] for c in changes],
-                [c.begin for c in changes],
-                [c.end for c in changes],
-            ],
+            [[c.device_id for c in changes], [shards[c.device_id] for c in changes],
+             [c.begin for c in changes], [c.end for c in changes]],
         )

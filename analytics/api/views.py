@@ -29,34 +29,16 @@ from flespi_site.errors import DomainError, InvalidInput, NotFound
 from flespi_site.jsontext import unstorable
 
 CALCULATOR_FIELDS = (
-    "id",
-    "cid",
-    "name",
-    "selectors",
-    "counters",
-    "validate_message",
-    "validate_interval",
-    "timezone",
-    "update_delay",
-    "update_period",
-    "update_onchange",
-    "intervals_ttl",
-    "intervals_rotate",
-    "metadata",
-    "version",
-    "created",
+    "id", "cid", "name", "selectors", "counters", "validate_message", "validate_interval", "timezone",
+    "update_delay", "update_period", "update_onchange", "intervals_ttl", "intervals_rotate", "metadata",
+    "version", "created",
 )
 ASSIGNMENT_FIELDS = ("id", "calc_id", "cid", "enabled", "synced", "state", "calc_version", "created")
 
 
 def render_calculator(calculator: Calculator) -> dict:
-    return {
-        "id": calculator.pk,
-        "cid": calculator.account_id,
-        **calculator.configuration(),
-        "version": calculator.version,
-        "created": calculator.created,
-    }
+    return {"id": calculator.pk, "cid": calculator.account_id, **calculator.configuration(),
+            "version": calculator.version, "created": calculator.created}
 
 
 def render_assignment(assignment: Assignment) -> dict:
@@ -73,9 +55,7 @@ def render_assignment(assignment: Assignment) -> dict:
 
 
 def _problems(exc: services.CalculatorInvalid) -> serializers.ValidationError:
-    return serializers.ValidationError(
-        {problem.path or "non_field_errors": [problem.message] for problem in exc.problems}
-    )
+    return serializers.ValidationError({problem.path or "non_field_errors": [problem.message] for problem in exc.problems})
 
 
 class CalculatorResource(Resource):
@@ -169,9 +149,7 @@ class AssignmentsView(ResourceView):
 
     def post(self, request: Request, selector: str | None = None, **parents: str) -> Response:
         if selector is None:
-            raise InvalidInput(
-                "POST assigns devices: name them in the path, /gw/calcs/{calc}/devices/{devices}"
-            )
+            raise InvalidInput("POST assigns devices: name them in the path, /gw/calcs/{calc}/devices/{devices}")
         if request.stream is not None and request.content_type and request.data not in ([], {}):
             raise InvalidInput("assigning takes no body (or an empty JSON array)")
         names = projection(query_params(request), ASSIGNMENT_FIELDS)
@@ -182,11 +160,8 @@ class AssignmentsView(ResourceView):
         errors: list[dict] = []
         if is_id_list(selector):
             have = {device.pk for device in devices}
-            errors += [
-                NotFound(f"no device with id {i}", id=i).as_error()
-                for i in (int(part) for part in selector.split(","))
-                if i not in have
-            ]
+            errors += [NotFound(f"no device with id {i}", id=i).as_error()
+                       for i in (int(part) for part in selector.split(",")) if i not in have]
         if not devices and not errors:
             raise NotFound(f"no device matches {selector!r}")
         result = []
@@ -208,9 +183,7 @@ class AssignmentsView(ResourceView):
             try:
                 services.assignment_delete(assignment=assignment)  # type: ignore[arg-type]
             except DomainError as exc:
-                errors.append(
-                    {**exc.as_error(), "id": assignment.device_id, "calc_id": assignment.calculator_id}  # type: ignore[attr-defined]
-                )
+                errors.append({**exc.as_error(), "id": assignment.device_id, "calc_id": assignment.calculator_id})  # type: ignore[attr-defined]
                 continue
             result.append({"id": assignment.device_id, "calc_id": assignment.calculator_id})  # type: ignore[attr-defined]
         return batch_response(result, errors)
@@ -229,10 +202,8 @@ def _interval_ids(selector: str) -> list[int] | None:
     if selector == "all":
         return None
     if not is_id_list(selector):
-        raise InvalidInput(
-            f"interval selector {selector[:64]!r}: use all or interval ids separated by commas",
-            field="selector",
-        )
+        raise InvalidInput(f"interval selector {selector[:64]!r}: use all or interval ids separated by commas",
+                           field="selector")
     return [int(part) for part in selector.split(",")]
 
 
@@ -271,17 +242,13 @@ class IntervalsView(AssignmentSelectionView):
             raise NotFound(f"no interval {ids[0]}")
         if "fields" in params:
             names = [name.strip() for name in params["fields"].split(",") if name.strip()]
-            intervals = [
-                {name: interval[name] for name in names if name in interval} for interval in intervals
-            ]
+            intervals = [{name: interval[name] for name in names if name in interval} for interval in intervals]
         return Response({"result": intervals})
 
     def put(self, request: Request, interval_selector: str = "all", **selection: str) -> Response:
         ids = _interval_ids(interval_selector)
         if ids is None or len(ids) != 1:
-            raise InvalidInput(
-                "PUT attaches user fields to one interval: name its id in the path", field="selector"
-            )
+            raise InvalidInput("PUT attaches user fields to one interval: name its id in the path", field="selector")
         fields = json_body(request)
         if not isinstance(fields, dict):
             raise InvalidInput("the body must be a JSON object of user fields")
@@ -292,20 +259,11 @@ class IntervalsView(AssignmentSelectionView):
         for assignment in self.assignments():
             try:
                 interval = services.interval_user_update(
-                    assignment=assignment,
-                    calculator=assignment.calculator,
-                    interval_id=ids[0],
-                    fields=fields,
+                    assignment=assignment, calculator=assignment.calculator, interval_id=ids[0], fields=fields,
                 )
             except DomainError as exc:
-                errors.append(
-                    {
-                        **exc.as_error(),
-                        "id": ids[0],
-                        "calc_id": assignment.calculator_id,
-                        "device_id": assignment.device_id,
-                    }
-                )
+                errors.append({**exc.as_error(), "id": ids[0], "calc_id": assignment.calculator_id,
+                               "device_id": assignment.device_id})
                 continue
             result.append(interval)
         return batch_response(result, errors)
@@ -326,9 +284,7 @@ class RecalculateView(AssignmentSelectionView):
         serializer.is_valid(raise_exception=True)
         assignments = self.assignments()
         services.recalculation_request(
-            assignments=assignments,
-            begin=serializer.validated_data.get("begin"),
-            end=serializer.validated_data.get("end"),
+            assignments=assignments, begin=serializer.validated_data.get("begin"), end=serializer.validated_data.get("end")
         )
         return Response({"result": [{"id": a.device_id, "calc_id": a.calculator_id} for a in assignments]})
 
@@ -360,8 +316,6 @@ class CalculateView(DeviceSelectionView):
                 ) from None
         result = []
         for device in self.selected_devices():
-            intervals = calculation.calculate_stored(
-                device=device, calculator=calculator, begin=data["begin"], end=data["end"]
-            )
+            intervals = calculation.calculate_stored(device=device, calculator=calculator, begin=data["begin"], end=data["end"])
             result.append({"id": device.pk, "intervals": list(intervals)})
         return Response({"result": result})

@@ -212,7 +212,32 @@ class ShardCache:
             return True
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One write transaction for every call inside (one commit instead of one per call, for a
+        worker's batch of devices); each call stays atomic on its own (a savepoint)."""
+        if self._conn.in_transaction:
+            yield
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        if self._conn.in_transaction:  # inside ``batch``
+            self._conn.execute("SAVEPOINT write")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK TO write")
+                self._conn.execute("RELEASE write")
+                raise
+            self._conn.execute("RELEASE write")
+            return
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield self._conn
@@ -224,6 +249,9 @@ class ShardCache:
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One snapshot for the several statements of a read."""
+        if self._conn.in_transaction:  # inside ``batch``: its transaction is the snapshot
+            yield self._conn
+            return
         self._conn.execute("BEGIN")
         try:
             yield self._conn
@@ -251,6 +279,11 @@ class ShardCache:
         return DeviceState(
             device_id, row[0], c[0] + t[0], min(lows) if lows else None, max(highs) if highs else None
         )
+
+    @_guard
+    def is_cached(self, *, device_id: int) -> bool:
+        """Whether the device is cached (``device_state`` is not None), in one lookup."""
+        return self._conn.execute("SELECT 1 FROM devices WHERE device_id = ?", (device_id,)).fetchone() is not None
 
     @_guard
     def devices(self) -> list[int]:

@@ -12,7 +12,7 @@ run tokens. The states, the scripts and what Redis losing its state means are in
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -347,37 +347,67 @@ class DebounceTimers:
         """Redis's clock, in seconds (what the scripts compare due times with)."""
         return int(self._now()) / 1000
 
+    def _many(self, script, calls: Sequence[tuple[list[str], list[str]]]) -> list:
+        """Run ``script`` once per (keys, args) in one round trip (a pipeline, not a transaction:
+        each script is atomic on its own, and the shards' keys are apart)."""
+        if not calls:
+            return []
+        if len(calls) == 1:
+            keys, args = calls[0]
+            return [script(keys=keys, args=args)]
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        return pipe.execute()
+
     def schedule(self, *, shard: int, changes: Iterable[Change], now: float | None = None) -> int:
         """Widen each assignment's pending range and arm its timer at now + delay unless it is armed
         sooner. Returns how many timers were armed (assignments that had nothing pending)."""
-        args = [_ms(now)]
-        for change in changes:
-            begin, end = _stamp(change.begin, "begin"), _stamp(change.end, "end")
-            if float(begin) > float(end):
-                raise ValueError(f"begin {begin} is after end {end}")
-            args += [
-                _member(change.calc_id, change.device_id),
-                begin,
-                end,
-                _duration_ms(change.delay, "delay"),
-            ]
-        if len(args) == 1:
-            return 0
-        return int(self._schedule(keys=self.keys(shard), args=args))
+        return self.schedule_many({shard: changes}, now=now)
+
+    def schedule_many(self, changes: Mapping[int, Iterable[Change]], *, now: float | None = None) -> int:
+        """``schedule`` for several shards (shard -> changes) in one round trip."""
+        calls = []
+        for shard, shard_changes in changes.items():
+            args = [_ms(now)]
+            for change in shard_changes:
+                begin, end = _stamp(change.begin, "begin"), _stamp(change.end, "end")
+                if float(begin) > float(end):
+                    raise ValueError(f"begin {begin} is after end {end}")
+                args += [
+                    _member(change.calc_id, change.device_id),
+                    begin,
+                    end,
+                    _duration_ms(change.delay, "delay"),
+                ]
+            if len(args) > 1:
+                calls.append((self.keys(shard), args))
+        return sum(int(armed) for armed in self._many(self._schedule, calls))
 
     def pump(self, *, shard: int, limit: int, offer_timeout: float, now: float | None = None) -> list[Offer]:
         """Take up to ``limit`` due assignments of ``shard`` and mark them sent, for one message to
         the shard's queue. An offer not claimed within ``offer_timeout`` is offered again, and a
         run past its deadline with no release comes back as ``crashed`` with its range merged."""
+        return self.pump_many(shards=[shard], limit=limit, offer_timeout=offer_timeout, now=now).get(shard, [])
+
+    def pump_many(
+        self, *, shards: Iterable[int], limit: int, offer_timeout: float, now: float | None = None
+    ) -> dict[int, list[Offer]]:
+        """``pump`` for several shards (up to ``limit`` each) in one round trip; shards with
+        nothing due are left out."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit!r}")
-        reply = self._pump(
-            keys=self.keys(shard), args=[_ms(now), str(limit), _duration_ms(offer_timeout, "offer_timeout")]
-        )
-        return [
-            Offer(*_ids(reply[i]), reason=_text(reply[i + 1]))  # type: ignore[arg-type]
-            for i in range(0, len(reply), 2)
-        ]
+        order = list(shards)
+        args = [_ms(now), str(limit), _duration_ms(offer_timeout, "offer_timeout")]
+        replies = self._many(self._pump, [(self.keys(shard), args) for shard in order])
+        offers = {}
+        for shard, reply in zip(order, replies, strict=True):
+            if reply:
+                offers[shard] = [
+                    Offer(*_ids(reply[i]), reason=_text(reply[i + 1]))  # type: ignore[arg-type]
+                    for i in range(0, len(reply), 2)
+                ]
+        return offers
 
     def claim(
         self,
@@ -389,16 +419,26 @@ class DebounceTimers:
     ) -> list[Claim]:
         """Claim each (calc_id, device_id)'s accumulated range for a run ending by now + run_timeout.
         An assignment already running (deadline not passed) or with nothing pending is left out."""
-        if not assignments:
-            return []
-        args = [_ms(now), _duration_ms(run_timeout, "run_timeout")] + [_member(c, d) for c, d in assignments]
-        reply = self._claim(keys=self.keys(shard), args=args)
-        return [
-            Claim(
-                *_ids(reply[i]), token=_text(reply[i + 1]), begin=float(reply[i + 2]), end=float(reply[i + 3])
-            )
-            for i in range(0, len(reply), 4)
+        return self.claim_many({shard: assignments}, run_timeout=run_timeout, now=now).get(shard, [])
+
+    def claim_many(
+        self, assignments: Mapping[int, Sequence[tuple[int, int]]], *, run_timeout: float, now: float | None = None
+    ) -> dict[int, list[Claim]]:
+        """``claim`` for several shards (shard -> assignments) in one round trip."""
+        order = [shard for shard, pairs in assignments.items() if pairs]
+        timeout = _duration_ms(run_timeout, "run_timeout")
+        calls = [
+            (self.keys(shard), [_ms(now), timeout] + [_member(c, d) for c, d in assignments[shard]]) for shard in order
         ]
+        claims = {}
+        for shard, reply in zip(order, self._many(self._claim, calls), strict=True):
+            claims[shard] = [
+                Claim(
+                    *_ids(reply[i]), token=_text(reply[i + 1]), begin=float(reply[i + 2]), end=float(reply[i + 3])
+                )
+                for i in range(0, len(reply), 4)
+            ]
+        return claims
 
     def release(
         self,
@@ -414,13 +454,29 @@ class DebounceTimers:
         scheduled during the run stays armed for exactly one more run. A claim that is no longer
         the entry's (its deadline passed and it was re-offered or re-claimed, or Redis lost it)
         changes nothing and comes back ``stale``."""
-        if not claims:
-            return {}
-        args = [_ms(now), "1" if ok else "0", _duration_ms(retry_delay, "retry_delay")]
-        for claim in claims:
-            args += [_member(claim.calc_id, claim.device_id), claim.token]
-        reply = self._release(keys=self.keys(shard), args=args)
-        return {_ids(reply[i]): _text(reply[i + 1]) for i in range(0, len(reply), 2)}  # type: ignore[misc]
+        return self.release_many({shard: claims}, ok=ok, retry_delay=retry_delay, now=now).get(shard, {})
+
+    def release_many(
+        self,
+        claims: Mapping[int, Sequence[Claim]],
+        *,
+        ok: bool,
+        retry_delay: float = 0.0,
+        now: float | None = None,
+    ) -> dict[int, dict[tuple[int, int], ReleaseOutcome]]:
+        """``release`` for several shards (shard -> claims) in one round trip."""
+        order = [shard for shard, shard_claims in claims.items() if shard_claims]
+        head = [_ms(now), "1" if ok else "0", _duration_ms(retry_delay, "retry_delay")]
+        calls = []
+        for shard in order:
+            args = list(head)
+            for claim in claims[shard]:
+                args += [_member(claim.calc_id, claim.device_id), claim.token]
+            calls.append((self.keys(shard), args))
+        outcomes = {}
+        for shard, reply in zip(order, self._many(self._release, calls), strict=True):
+            outcomes[shard] = {_ids(reply[i]): _text(reply[i + 1]) for i in range(0, len(reply), 2)}
+        return outcomes  # type: ignore[return-value]
 
     def abandon(self, *, shard: int, now: float | None = None) -> int:
         """The shard changed hands: its offers and runs (of the previous holder, which is gone or

@@ -1,5 +1,5 @@
 """The pump of a region (DESIGN 3 and 8): turns due debounce timers into Celery messages, one per
-shard per round, and runs the periodic sweeps that keep the fleet honest:
+worker per round (its batch over the shards it holds, see ``Pump.pump_once``), and runs the periodic sweeps that keep the fleet honest:
 
 * reconciliation (every ``RECONCILE_EVERY`` s): shards with unconsumed change-log rows are woken,
   and enabled assignments with a durable request (a pending range, or not synced) that have no
@@ -25,11 +25,13 @@ from django.db import connections
 
 from analytics.choices import AssignmentState
 from analytics.debounce import Change, DebounceTimers
+from analytics.shards import lease_key
 from analytics.worker import (
     HISTORY_BEGIN,
     HISTORY_END,
+    OFFER_TIMEOUT,
     assignment_requests,
-    assignments_due,
+    batch_key,
     finite,
     region_aliases,
 )
@@ -43,6 +45,11 @@ RECONCILE_EVERY = 5.0
 PURGE_EVERY = 300.0
 # Assignments one Celery message carries: one task writes them in one transaction.
 BATCH = 500
+# Due assignments taken per shard and round at least, however many shards a worker holds.
+MIN_SHARE = 50
+# How long a batch sent to a worker keeps the pump from sending it another (unless the worker
+# says it is done sooner): a worker that died on one is sent the next after this.
+BATCH_TTL = 10
 
 
 class Pump(Loop):
@@ -56,7 +63,8 @@ class Pump(Loop):
         self.round_seconds = round_seconds
         self.reconcile_every = reconcile_every
         self.purge_every = purge_every
-        self.timers = DebounceTimers(redis_client(region), region=region)
+        self.client = redis_client(region)
+        self.timers = DebounceTimers(self.client, region=region)
         self.app = celery_app(region)
         self.sent = 0
         self.messages = 0
@@ -87,23 +95,64 @@ class Pump(Loop):
             self.stopping.wait(self.round_seconds)
 
     def pump_once(self) -> int:
-        """Send every due assignment of every shard; returns how many."""
+        """Send every due assignment; returns how many. The due assignments of the shards one
+        worker holds go in one message to one of its shards' queues, and no more to that worker
+        while one is waiting or running: what falls due meanwhile waits for its next batch, so
+        that a busy worker takes more per task instead of more tasks. Shards nobody holds get a
+        message of their own, waiting in their queue for whoever takes them."""
+        holders = self._holders()
+        busy = self._busy({worker for worker in holders.values() if worker is not None})
+        by_limit: dict[int, list[int]] = {}
+        for shard, worker in holders.items():
+            if worker in busy:
+                continue
+            share = sum(1 for other in holders.values() if other == worker) if worker is not None else 1
+            by_limit.setdefault(max(MIN_SHARE, BATCH // share), []).append(shard)
+        offers: dict[int, list] = {}
+        for limit, shards in by_limit.items():
+            offers.update(self.timers.pump_many(shards=shards, limit=limit, offer_timeout=OFFER_TIMEOUT))
+        batches: dict[str, list[list[int]]] = {}
+        first: dict[str, int] = {}
         sent = 0
-        for shard in range(settings.CALC_SHARDS):
-            while True:
-                due = assignments_due(timers=self.timers, shard=shard, limit=BATCH)
-                if not due:
-                    break
-                self.app.send_task(
-                    "analytics.shard_run", args=[self.region, shard, [list(pair) for pair in due]],
-                    queue=shard_queue(self.region, shard),
-                )
-                sent += len(due)
-                self.messages += 1
-                if len(due) < BATCH:
-                    break
+        for shard in sorted(offers):
+            pairs = offers[shard]
+            sent += len(pairs)
+            worker = holders.get(shard)
+            if worker is None:
+                self._send(shard, [[offer.calc_id, offer.device_id] for offer in pairs])
+                continue
+            first.setdefault(worker, shard)
+            batches.setdefault(worker, []).extend([offer.calc_id, offer.device_id, shard] for offer in pairs)
+        for worker, assignments in batches.items():
+            # Set before sending: the worker clears it when the batch is done.
+            self.client.set(batch_key(self.region, worker), 1, ex=BATCH_TTL)
+            self._send(first[worker], assignments)
         self.sent += sent
         return sent
+
+    def _send(self, shard: int, assignments: list[list[int]]) -> None:
+        self.app.send_task("analytics.shard_run", args=[self.region, shard, assignments],
+                           queue=shard_queue(self.region, shard))
+        self.messages += 1
+
+    def _holders(self) -> dict[int, str | None]:
+        """The worker holding each shard's lease (None: free), one read."""
+        values = self.client.mget([lease_key(self.region, shard) for shard in range(settings.CALC_SHARDS)])
+        holders: dict[int, str | None] = {}
+        for shard, value in enumerate(values):
+            if value is None:
+                holders[shard] = None
+            else:
+                holders[shard] = (value.decode() if isinstance(value, bytes) else str(value)).rpartition(" ")[0] or None
+        return holders
+
+    def _busy(self, workers: set[str]) -> set[str]:
+        """The workers with a batch waiting or running."""
+        order = sorted(workers)
+        if not order:
+            return set()
+        flags = self.client.mget([batch_key(self.region, worker) for worker in order])
+        return {worker for worker, flag in zip(order, flags, strict=True) if flag is not None}
 
     def reconcile(self) -> int:
         """Wake shards with unconsumed changes; schedule durable requests Redis does not hold.

@@ -313,3 +313,20 @@ def fence_check(cursor, *, shard: int, epoch: int) -> None:
     stored = None if row is None else int(row[0])
     if stored != epoch:
         raise Fenced(shard=shard, epoch=epoch, stored=stored)
+
+
+def fences_check(cursor, *, epochs: dict[int, int]) -> None:
+    """``fence_check`` for a transaction that writes for several shards (shard -> epoch): one
+    statement locks their fence rows, in shard order, and raises ``Fenced`` for the first shard
+    whose fence holds another epoch."""
+    if len(epochs) == 1:
+        ((shard, epoch),) = epochs.items()
+        fence_check(cursor, shard=shard, epoch=epoch)
+        return
+    cursor.execute(
+        "SELECT shard, epoch FROM shard_fence WHERE shard = ANY(%s) ORDER BY shard FOR SHARE", [sorted(epochs)]
+    )
+    stored = {int(shard): int(epoch) for shard, epoch in cursor.fetchall()}
+    for shard in sorted(epochs):
+        if stored.get(shard) != epochs[shard]:
+            raise Fenced(shard=shard, epoch=epochs[shard], stored=stored.get(shard))

@@ -126,38 +126,67 @@ def intervals_write(
     """Insert or replace the engine fields of ``upsert`` (interval dicts from the engine) and
     delete ``delete_ids``, in the caller's transaction. User fields stay with their id. Returns
     (written rows, deleted rows) as stored."""
-    written: list[dict] = []
-    deleted: list[dict] = []
+    key = (calc_id, device_id)
+    return intervals_write_many(alias=alias, writes={key: (upsert, delete_ids)}, stamp=stamp).get(key, ([], []))
+
+
+def intervals_write_many(
+    *,
+    alias: str,
+    writes: Mapping[tuple[int, int], tuple[Sequence[Mapping], Iterable[int]]],
+    stamp: float,
+) -> dict[tuple[int, int], tuple[list[dict], list[dict]]]:
+    """``intervals_write`` for several assignments ((calc_id, device_id) -> (upsert, delete_ids))
+    in two statements whatever their number. Returns (written rows, deleted rows) per assignment,
+    each by id."""
+    result: dict[tuple[int, int], tuple[list[dict], list[dict]]] = {key: ([], []) for key in writes}
+    gone: list[list[int]] = [[], [], []]
+    put: list[list] = [[], [], [], [], [], [], []]
+    for (calc_id, device_id), (upsert, delete_ids) in writes.items():
+        for interval_id in delete_ids:
+            gone[0].append(calc_id)
+            gone[1].append(device_id)
+            gone[2].append(interval_id)
+        for interval in upsert:
+            put[0].append(calc_id)
+            put[1].append(device_id)
+            put[2].append(interval["id"])
+            put[3].append(interval["begin"])
+            put[4].append(interval["end"])
+            put[5].append(interval["duration"])
+            put[6].append(_dumps({k: v for k, v in interval.items() if k not in COLUMNS}))
     with connections[alias].cursor() as cursor:
-        ids = list(delete_ids)
-        if ids:
+        if gone[0]:
             cursor.execute(
-                f"DELETE FROM intervals WHERE calc_id = %s AND device_id = %s AND id = ANY(%s) RETURNING {_RETURNING}",
-                [calc_id, device_id, ids],
+                f"""
+                DELETE FROM intervals AS i USING unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS g(c, d, id)
+                WHERE i.calc_id = g.c AND i.device_id = g.d AND i.id = g.id
+                RETURNING {", ".join(f"i.{column.strip()}" for column in _RETURNING.split(","))}
+                """,
+                gone,
             )
-            deleted = [_row(*row) for row in cursor.fetchall()]
-        if upsert:
-            columns: list[list] = [[], [], [], [], []]
-            for interval in upsert:
-                columns[0].append(interval["id"])
-                columns[1].append(interval["begin"])
-                columns[2].append(interval["end"])
-                columns[3].append(interval["duration"])
-                columns[4].append(_dumps({k: v for k, v in interval.items() if k not in COLUMNS}))
+            for row in cursor.fetchall():
+                result[(row[0], row[1])][1].append(_row(*row))
+        if put[0]:
             cursor.execute(
                 f"""
                 INSERT INTO intervals AS i (calc_id, device_id, id, "begin", "end", duration, timestamp, counters)
-                SELECT %s, %s, v.id, v.b, v.e, v.d, %s, v.c::json
-                FROM unnest(%s::bigint[], %s::float8[], %s::float8[], %s::float8[], %s::text[]) AS v(id, b, e, d, c)
+                SELECT v.calc, v.dev, v.id, v.b, v.e, v.d, %s, v.c::json
+                FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::float8[], %s::float8[], %s::float8[],
+                    %s::text[]) AS v(calc, dev, id, b, e, d, c)
                 ON CONFLICT (calc_id, device_id, id) DO UPDATE SET
                     "begin" = EXCLUDED."begin", "end" = EXCLUDED."end", duration = EXCLUDED.duration,
                     timestamp = EXCLUDED.timestamp, counters = EXCLUDED.counters
                 RETURNING {_RETURNING}
                 """,
-                [calc_id, device_id, stamp, *columns],
+                [stamp, *put],
             )
-            written = sorted((_row(*row) for row in cursor.fetchall()), key=lambda iv: iv["id"])
-    return written, deleted
+            for row in cursor.fetchall():
+                result[(row[0], row[1])][0].append(_row(*row))
+    for written, deleted in result.values():
+        written.sort(key=lambda iv: iv["id"])
+        deleted.sort(key=lambda iv: iv["id"])
+    return result
 
 
 def intervals_read(

@@ -72,8 +72,13 @@ def shard_changes(self, region: str, shard: int) -> None:
 
 @shared_task(name="analytics.shard_run", bind=True)
 def shard_run(self, region: str, shard: int, assignments: list[list[int]]) -> None:
-    pairs = [(int(calc_id), int(device_id)) for calc_id, device_id in assignments]
-    _on_shard(self, region, shard, lambda worker: worker.run(shard, pairs))
+    """``assignments``: [calc_id, device_id] of ``shard``, or [calc_id, device_id, shard] of any
+    shard of the worker the pump addressed (its batch over all the shards it holds)."""
+    batch: dict[int, list[tuple[int, int]]] = {}
+    for item in assignments:
+        of = int(item[2]) if len(item) > 2 else shard
+        batch.setdefault(of, []).append((int(item[0]), int(item[1])))
+    _on_shard(self, region, shard, lambda worker: worker.run_batch(batch or {shard: []}))
 
 
 @shared_task(name="analytics.shard_requests", bind=True)

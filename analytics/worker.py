@@ -19,12 +19,13 @@ so a worker that lost its lease (paused past its TTL, say) cannot commit anythin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,11 +42,11 @@ from analytics.debounce import Change, Claim, DebounceTimers
 from analytics.engine import Calculator, Diff, active_deadline, recalculate
 from analytics.models import Assignment
 from analytics.models import Calculator as StoredCalculator
-from analytics.shards import Fenced, ShardLeases, fence_check, fence_raise
+from analytics.shards import Fenced, ShardLeases, fence_raise, fences_check
 from devices import storage as message_storage
 from devices.models import Device
 from flespi_site import metrics
-from flespi_site.celery import redis_client, wake_key
+from flespi_site.celery import dirty_key, redis_client, wake_key
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class _Work:
     """One claimed assignment on its way through a run."""
 
     claim: Claim
+    shard: int
+    cache: ShardCache
     assignment: Assignment
     calculator: StoredCalculator
     begin: float
@@ -210,52 +213,80 @@ class ShardWorker:
                 held.cache = self._open_cache(shard)
             return held
 
-    def _fenced(self, alias: str, held: HeldShard):
-        """A transaction on ``alias`` that may write for the shard (its first statement checks the
-        fence)."""
-        return _FencedTransaction(alias, held)
+    def _fenced(self, alias: str, helds: Sequence[HeldShard]):
+        """A transaction on ``alias`` that may write for these shards (its first statement checks
+        their fences)."""
+        return _FencedTransaction(alias, helds)
 
     # -- the change log ------------------------------------------------------------------------
 
     def changes(self, shard: int) -> int:
-        """Consume the shard's change log; returns how many changes were taken."""
-        held = self.holding(shard)
-        if held is None:
+        """Take the wake-up of ``shard`` and consume the change log of every held shard with rows
+        not taken yet (so that the wake-ups of the others, still waiting, find nothing to do);
+        returns how many changes were taken."""
+        if self.holding(shard) is None:
             raise NotHeld(shard)
-        redis_client(self.region).delete(wake_key(self.region, shard))
+        helds = [held for dirty in self._take_dirty(shard) if (held := self.holding(dirty)) is not None]
+        if not helds:
+            return 0
         taken = 0
         for alias in self.aliases:
             while True:
-                count = self._changes_batch(alias, held)
+                count = self._changes_batch(alias, helds)
                 taken += count
                 if count < CHANGES_BATCH:
                     break
         return taken
 
-    def _changes_batch(self, alias: str, held: HeldShard) -> int:
+    def _take_dirty(self, shard: int) -> list[int]:
+        """Clear ``shard``'s wake-up flag (its message is this one) and the dirty flags of the held
+        shards; returns the shards whose dirty flag was set. A writer sets the dirty flag after
+        its commit, so the read that follows the clearing sees its rows; a shard whose flag is
+        not set has no row that a drain after the flag's last clearing did not see."""
+        with self._lock:
+            shards = sorted(self.held)
+        pipe = redis_client(self.region).pipeline(transaction=False)
+        pipe.delete(wake_key(self.region, shard))
+        for held in shards:
+            pipe.delete(dirty_key(self.region, held))
+        return [held for held, existed in zip(shards, pipe.execute()[1:], strict=True) if existed]
+
+    def _changes_batch(self, alias: str, helds: list[HeldShard]) -> int:
+        by_shard = {held.shard: held for held in helds}
         with connections[alias].cursor() as cursor:
             cursor.execute(
-                "SELECT c.id, c.device_id, c.begin_ts, c.end_ts, d.account_id FROM message_changes c "
-                "LEFT JOIN devices_device d ON d.id = c.device_id WHERE c.shard = %s ORDER BY c.id LIMIT %s",
-                [held.shard, CHANGES_BATCH],
+                "SELECT c.id, c.shard, c.device_id, c.begin_ts, c.end_ts, d.account_id, "
+                "EXTRACT(EPOCH FROM clock_timestamp() - c.created)::float8 FROM message_changes c "
+                "LEFT JOIN devices_device d ON d.id = c.device_id WHERE c.shard = ANY(%s) ORDER BY c.id LIMIT %s",
+                [sorted(by_shard), CHANGES_BATCH],
             )
             read = cursor.fetchall()
         if not read:
             return 0
         # Changes of an account moving away stay for the move, which takes them along.
-        elsewhere = _placed_elsewhere(alias, {row[4] for row in read if row[4] is not None})
-        rows = [row[:4] for row in read if row[4] not in elsewhere]
-        accounts = {row[4] for row in read if row[4] is not None and row[4] not in elsewhere}
+        elsewhere = _placed_elsewhere(alias, {row[5] for row in read if row[5] is not None})
+        rows = [row for row in read if row[5] not in elsewhere]
+        accounts = {row[5] for row in rows if row[5] is not None}
         if not rows:
             return 0
         ranges: dict[int, tuple[int, int]] = {}
-        for _id, device_id, begin, end in rows:
+        shard_of: dict[int, int] = {}
+        # How long ago the device's first change of the batch was written: its timer is armed
+        # that much sooner, so that waiting in the log does not lengthen the debounce.
+        waited: dict[int, float] = {}
+        for _id, shard, device_id, begin, end, _account, age in rows:
             low, high = ranges.get(device_id, (begin, end))
             ranges[device_id] = (min(low, begin), max(high, end))
-        cached = {d: r for d, r in ranges.items() if held.cache.device_state(device_id=d) is not None}
-        self._cache_ranges(alias, held.cache, cached)
+            shard_of[device_id] = shard
+            waited[device_id] = max(waited.get(device_id, 0.0), age or 0.0)
+        cached = {shard: set(by_shard[shard].cache.devices()) for shard in set(shard_of.values())}
+        caches = {d: by_shard[shard_of[d]].cache for d in ranges if d in cached[shard_of[d]]}
+        with contextlib.ExitStack() as stack:
+            for cache in {id(c): c for c in caches.values()}.values():
+                stack.enter_context(cache.batch())
+            self._cache_ranges(alias, caches, {d: ranges[d] for d in caches})
         device_ids = list(ranges)
-        with self._fenced(alias, held) as cursor:
+        with self._fenced(alias, [by_shard[shard] for shard in sorted(set(shard_of.values()))]) as cursor:
             write_fence(alias=alias, account_ids=accounts)
             cursor.execute(
                 """
@@ -271,19 +302,19 @@ class ShardWorker:
             scheduled = cursor.fetchall()
             cursor.execute("DELETE FROM message_changes WHERE id = ANY(%s)", [[row[0] for row in rows]])
         # The timers are armed after commit: a run they start finds the pending range stored.
-        self.timers.schedule(
-            shard=held.shard,
-            changes=[
-                Change(calc_id, device_id, *finite(ranges[device_id][0] / 1e6, ranges[device_id][1] / 1e6), float(delay))
-                for calc_id, device_id, _b, _e, delay in scheduled
-            ],
-        )
+        changes: dict[int, list[Change]] = {}
+        for calc_id, device_id, _b, _e, delay in scheduled:
+            low, high = finite(ranges[device_id][0] / 1e6, ranges[device_id][1] / 1e6)
+            changes.setdefault(shard_of[device_id], []).append(
+                Change(calc_id, device_id, low, high, max(0.0, float(delay) - waited[device_id]))
+            )
+        self.timers.schedule_many(changes)
         return len(read)
 
-    def _cache_ranges(self, alias: str, cache: ShardCache, ranges: dict[int, tuple[int, int]]) -> None:
-        """Make the cache hold exactly what PostgreSQL holds for each device in its range (µs).
-        Devices whose ranges lie close together (the usual case: new messages) are read with one
-        statement; a range far from the others (a late upload) is read on its own."""
+    def _cache_ranges(self, alias: str, caches: dict[int, ShardCache], ranges: dict[int, tuple[int, int]]) -> None:
+        """Make each device's cache (``caches``) hold exactly what PostgreSQL holds for the device
+        in its range (µs). Devices whose ranges lie close together (the usual case: new messages)
+        are read with one statement; a range far from the others (a late upload) on its own."""
         order = sorted(ranges, key=lambda d: ranges[d][0])
         groups: list[list[int]] = []
         for device_id in order:
@@ -304,6 +335,7 @@ class ShardWorker:
                     by_device[owner].append(message)
             for device_id, messages in by_device.items():
                 begin, end = ranges[device_id]
+                cache = caches[device_id]
                 cache.messages_delete(device_id=device_id, begin=begin / 1e6, end=end / 1e6)
                 if messages:
                     cache.messages_put(device_id=device_id, messages=messages)
@@ -347,44 +379,68 @@ class ShardWorker:
     # -- recalculation -------------------------------------------------------------------------
 
     def run(self, shard: int, assignments: Sequence[tuple[int, int]], *, now: float | None = None) -> RunStats:
-        """Claim and recalculate these (calc_id, device_id) of the shard, writing every diff of a
-        datacenter in one fenced transaction."""
-        held = self.holding(shard)
-        if held is None:
-            raise NotHeld(shard)
+        """Claim and recalculate these (calc_id, device_id) of the shard (``run_batch`` of one
+        shard)."""
+        return self.run_batch({shard: assignments}, now=now)
+
+    def run_batch(self, batch: Mapping[int, Sequence[tuple[int, int]]], *, now: float | None = None) -> RunStats:
+        """Claim and recalculate these (calc_id, device_id) of several shards (shard -> pairs),
+        writing every diff of a datacenter in one transaction fenced by all their epochs. Pairs of
+        a shard this worker does not hold are left alone (their offers come back to the holder
+        after ``OFFER_TIMEOUT``); ``NotHeld`` when it holds none of them."""
+        try:
+            return self._run_batch(batch, now=now)
+        finally:
+            # The pump sends this worker its next batch once this one is done (``analytics.pump``).
+            redis_client(self.region).delete(batch_key(self.region, self.worker_id))
+
+    def _run_batch(self, batch: Mapping[int, Sequence[tuple[int, int]]], *, now: float | None) -> RunStats:
+        helds = {shard: held for shard in batch if (held := self.holding(shard)) is not None}
+        if not helds:
+            raise NotHeld(min(batch))
+        if len(helds) < len(batch):
+            logger.info("calc %s: shards %s are no longer held here; their assignments are offered again later",
+                        self.region, sorted(set(batch) - set(helds)))
         started = time.monotonic()
         stats = RunStats()
-        claims = self.timers.claim(shard=shard, assignments=assignments, run_timeout=RUN_TIMEOUT)
-        if not claims:
+        claimed = self.timers.claim_many({shard: batch[shard] for shard in helds}, run_timeout=RUN_TIMEOUT)
+        if not any(claimed.values()):
             return stats
-        ok: list[Claim] = []
-        failed: list[Claim] = []
+        ok: dict[int, list[Claim]] = {}
+        failed: dict[int, list[Claim]] = {}
         try:
-            by_alias = self._load(claims, ok)
+            by_alias = self._load(claimed, helds, ok)
             for alias, works in by_alias.items():
                 try:
-                    self._run_alias(alias, held, works, stats, now=now)
-                    ok.extend(work.claim for work in works)
-                except Fenced:
+                    self._run_alias(alias, helds, works, stats, now=now)
+                    for work in works:
+                        ok.setdefault(work.shard, []).append(work.claim)
+                except Fenced as exc:
                     stats.fenced = True
-                    failed.extend(work.claim for work in works)
-                    logger.warning("calc %s: shard %s is no longer this worker's; its run is refused", self.region, shard)
+                    for work in works:
+                        failed.setdefault(work.shard, []).append(work.claim)
+                    logger.warning("calc %s: shard %s is no longer this worker's; its run is refused", self.region,
+                                   exc.shard)
                 except Exception:
-                    failed.extend(work.claim for work in works)
-                    logger.exception("calc %s: a run on shard %s failed; its range is kept for the next", self.region, shard)
+                    for work in works:
+                        failed.setdefault(work.shard, []).append(work.claim)
+                    logger.exception("calc %s: a run on shards %s failed; its range is kept for the next",
+                                     self.region, sorted({work.shard for work in works}))
         finally:
-            self.timers.release(shard=shard, claims=ok, ok=True)
-            self.timers.release(shard=shard, claims=failed, ok=False, retry_delay=5.0)
+            self.timers.release_many(ok, ok=True)
+            self.timers.release_many(failed, ok=False, retry_delay=5.0)
         if stats.assignments:
             metrics.recalculation_done(region=self.region, seconds=time.monotonic() - started,
                                        assignments=stats.assignments)
         return stats
 
-    def _load(self, claims: Sequence[Claim], gone: list[Claim]) -> dict[str, list[_Work]]:
+    def _load(
+        self, claimed: Mapping[int, Sequence[Claim]], helds: Mapping[int, HeldShard], gone: dict[int, list[Claim]]
+    ) -> dict[str, list[_Work]]:
         """The claimed assignments that still exist and are enabled, by datacenter; the others go
         to ``gone`` (their claims end: nothing to do)."""
         by_alias: dict[str, list[_Work]] = {}
-        wanted = {(c.calc_id, c.device_id): c for c in claims}
+        wanted = {(c.calc_id, c.device_id): (shard, c) for shard, claims in claimed.items() for c in claims}
         found: set[tuple[int, int]] = set()
         for alias in self.aliases:
             rows = list(Assignment.objects.using(alias).filter(
@@ -393,19 +449,22 @@ class ShardWorker:
             elsewhere = _placed_elsewhere(alias, {a.account_id for a in rows})
             for assignment in rows:
                 key = (assignment.calculator_id, assignment.device_id)
-                claim = wanted.get(key)
-                if claim is None or assignment.account_id in elsewhere:
+                if key not in wanted or assignment.account_id in elsewhere:
                     continue  # an account that moved: its rows here are the source's copy
+                shard, claim = wanted[key]
                 found.add(key)
                 if not assignment.enabled:
-                    gone.append(claim)
+                    gone.setdefault(shard, []).append(claim)
                     continue
                 begin, end = claim.begin, claim.end
                 if assignment.pending_begin is not None and assignment.pending_end is not None:
                     begin, end = min(begin, assignment.pending_begin), max(end, assignment.pending_end)
-                work = _Work(claim, assignment, assignment.calculator, begin, end, was_state=assignment.state)
+                work = _Work(claim, shard, helds[shard].cache, assignment, assignment.calculator, begin, end,
+                             was_state=assignment.state)
                 by_alias.setdefault(alias, []).append(work)
-        gone.extend(claim for key, claim in wanted.items() if key not in found)
+        for key, (shard, claim) in wanted.items():
+            if key not in found:
+                gone.setdefault(shard, []).append(claim)
         return by_alias
 
     def compiled(self, calculator: StoredCalculator) -> Calculator:
@@ -421,7 +480,7 @@ class ShardWorker:
         device not cached is filled) and the assignment's stored intervals (reloaded when the
         cache's copy is not of the last stored run)."""
         assignment = work.assignment
-        if cache.device_state(device_id=assignment.device_id) is None:
+        if not cache.is_cached(device_id=assignment.device_id):
             self._fill(cache, assignment.device)
         marker = cache.assignment_marker(calc_id=assignment.calculator_id, device_id=assignment.device_id)
         if marker != assignment.calculated:
@@ -433,13 +492,15 @@ class ShardWorker:
                 marker=assignment.calculated,
             )
 
-    def _run_alias(self, alias: str, held: HeldShard, works: list[_Work], stats: RunStats, *, now: float | None) -> None:
-        cache = held.cache
+    def _run_alias(
+        self, alias: str, helds: Mapping[int, HeldShard], works: list[_Work], stats: RunStats, *, now: float | None
+    ) -> None:
         wall = time.time() if now is None else now
         for work in works:
+            cache = work.cache
             self._prepare(cache, work)
             if work.was_state == AssignmentState.UNSYNCED:
-                self._set_state(alias, held, work.assignment, AssignmentState.SYNCHRONIZING)
+                self._set_state(alias, helds[work.shard], work.assignment, AssignmentState.SYNCHRONIZING)
             calculator = self.compiled(work.calculator)
             reader = cache.reader(calc_id=work.assignment.calculator_id, device_id=work.assignment.device_id)
             full = work.was_state != AssignmentState.SYNCED
@@ -458,12 +519,20 @@ class ShardWorker:
             )
             stats.messages_read += work.diff.messages_read
         stamp = wall
-        with self._fenced(alias, held):
-            self._store_batch(alias, cache, works, stamp)
+        with self._fenced(alias, [helds[shard] for shard in sorted({work.shard for work in works})]):
+            self._store_batch(alias, works, stamp)
+        deadlines: dict[int, list[Change]] = {}
+        with contextlib.ExitStack() as stack:
+            for cache in {id(work.cache): work.cache for work in works}.values():
+                stack.enter_context(cache.batch())
+            self._apply_to_caches(works, stats, deadlines)
+        self.timers.schedule_many(deadlines)
+
+    def _apply_to_caches(self, works: list[_Work], stats: RunStats, deadlines: dict[int, list[Change]]) -> None:
         for work in works:
             assert work.changes is not None and work.diff is not None
             assignment = work.assignment
-            cache.intervals_apply(
+            work.cache.intervals_apply(
                 calc_id=assignment.calculator_id,
                 device_id=assignment.device_id,
                 diff=Diff(created=[*work.changes.created, *work.changes.updated], deleted=work.changes.deleted),
@@ -473,9 +542,11 @@ class ShardWorker:
             stats.created += len(work.changes.created)
             stats.updated += len(work.changes.updated)
             stats.deleted += len(work.changes.deleted)
-            self._arm_deadline(held.shard, work, cache)
+            deadline = self._deadline(work)
+            if deadline is not None:
+                deadlines.setdefault(work.shard, []).append(deadline)
 
-    def _store_batch(self, alias: str, cache: ShardCache, works: list[_Work], stamp: float) -> None:
+    def _store_batch(self, alias: str, works: list[_Work], stamp: float) -> None:
         """Inside the fenced transaction: every diff of the batch, their events, and the state of
         their assignments, in a few statements for the whole batch. The intervals before the change
         (the open one, the newest) are read from the cache, which mirrors PostgreSQL for each
@@ -485,19 +556,25 @@ class ShardWorker:
         events: list[event_topics.Event] = []
         rows: list[storage.AssignmentDone] = []
         for work in works:
+            work.stamp = stamp
+            if work.assignment.pk not in present:  # unassigned meanwhile: its intervals are gone with it
+                work.changes = storage.StoredChanges()
+        stored = [work for work in works if work.changes is None]
+        writes = {}
+        for work in stored:
+            assert work.diff is not None
+            writes[(work.assignment.calculator_id, work.assignment.device_id)] = (
+                [*work.diff.created, *work.diff.updated], [interval["id"] for interval in work.diff.deleted]
+            )
+        written_by_key = storage.intervals_write_many(alias=alias, writes=writes, stamp=stamp)
+        for work in stored:
             assignment = work.assignment
             assert work.diff is not None
-            work.stamp = stamp
-            if assignment.pk not in present:  # unassigned meanwhile: its intervals are gone with it
-                work.changes = storage.StoredChanges()
-                continue
             key = (assignment.calculator_id, assignment.device_id)
+            cache = work.cache
             before_active = _cached(cache, key, assignment.active_id)
             before_last = cache.interval_before(calc_id=key[0], device_id=key[1], t=math.inf)
-            written, deleted = storage.intervals_write(
-                alias=alias, calc_id=key[0], device_id=key[1], upsert=[*work.diff.created, *work.diff.updated],
-                delete_ids=[interval["id"] for interval in work.diff.deleted], stamp=stamp,
-            )
+            written, deleted = written_by_key[key]
             created_ids = {interval["id"] for interval in work.diff.created}
             changes = storage.StoredChanges(
                 created=[row for row in written if row["id"] in created_ids],
@@ -536,7 +613,7 @@ class ShardWorker:
         storage.assignments_done(alias=alias, rows=rows)
 
     def _set_state(self, alias: str, held: HeldShard, assignment: Assignment, state: str) -> None:
-        with self._fenced(alias, held):
+        with self._fenced(alias, [held]):
             write_fence(alias=alias, account_ids=[assignment.account_id])
             Assignment.objects.using(alias).filter(pk=assignment.pk).update(state=state)
             storage.outbox_events(
@@ -545,22 +622,20 @@ class ShardWorker:
                                                   synced=False)],
             )
 
-    def _arm_deadline(self, shard: int, work: _Work, cache: ShardCache) -> None:
+    def _deadline(self, work: _Work) -> Change | None:
         """An open interval that the wall clock will close (``max_inactive``, the end of a
         ``datetime`` period) gets a timer at that moment: the run then closes it."""
         assert work.diff is not None
         if not work.diff.reached_end or work.diff.active_id is None:
-            return
-        newest = cache.newest(device_id=work.assignment.device_id)
+            return None
+        newest = work.cache.newest(device_id=work.assignment.device_id)
         if newest is None:
-            return
+            return None
         deadline = active_deadline(self.compiled(work.calculator), newest=newest)
         if deadline is None:
-            return
+            return None
         delay = max(0.0, deadline - time.time()) + 0.05
-        self.timers.schedule(
-            shard=shard, changes=[Change(work.assignment.calculator_id, work.assignment.device_id, newest, newest, delay)]
-        )
+        return Change(work.assignment.calculator_id, work.assignment.device_id, newest, newest, delay)
 
     # -- purges --------------------------------------------------------------------------------
 
@@ -580,7 +655,7 @@ class ShardWorker:
             for assignment in assignments:
                 if _placed_elsewhere(alias, [assignment.account_id]):
                     continue
-                with self._fenced(alias, held):
+                with self._fenced(alias, [held]):
                     gone = services.intervals_purge(assignment=assignment, calculator=assignment.calculator, now=wall)
                     if gone:
                         storage.outbox_events(
@@ -646,9 +721,9 @@ class NotHeld(Exception):
 
 
 class _FencedTransaction:
-    def __init__(self, alias: str, held: HeldShard):
+    def __init__(self, alias: str, helds: Sequence[HeldShard]):
         self.alias = alias
-        self.held = held
+        self.epochs = {held.shard: held.epoch for held in helds}
         self._atomic = transaction.atomic(using=alias)
         self._cursor = None
 
@@ -656,7 +731,7 @@ class _FencedTransaction:
         self._atomic.__enter__()
         try:
             self._cursor = connections[self.alias].cursor()
-            fence_check(self._cursor, shard=self.held.shard, epoch=self.held.epoch)
+            fences_check(self._cursor, epochs=self.epochs)
         except BaseException as exc:
             self._atomic.__exit__(type(exc), exc, exc.__traceback__)
             raise
@@ -679,9 +754,10 @@ def assignment_requests(*, alias: str, shard: int | None = None):
     return rows.values_list("shard", "calculator_id", "device_id", "pending_begin", "pending_end", "state").iterator()
 
 
-def assignments_due(*, timers: DebounceTimers, shard: int, limit: int) -> list[tuple[int, int]]:
-    """What the pump sends for a shard: due (calc_id, device_id) pairs."""
-    return [(offer.calc_id, offer.device_id) for offer in timers.pump(shard=shard, limit=limit, offer_timeout=OFFER_TIMEOUT)]
+def batch_key(region: str, worker_id: str) -> str:
+    """Set by the pump while a batch it sent to ``worker_id`` waits or runs (with a TTL, for a
+    worker that died on it); the worker clears it when the batch is done."""
+    return f"flespi:{region}:batch:{worker_id}"
 
 
 def wake_all(*, region: str, shards: Iterable[int]) -> None:

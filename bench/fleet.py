@@ -72,6 +72,7 @@ REPO = ingest.REPO
 PHASES = 10  # the devices of a latency run report in this many phases a second
 WARMUP = 5.0  # seconds of each latency run left out
 DRAIN = 10.0  # seconds to wait for the last events of a latency run
+LOGS: Path | None = None  # --logs
 UPDATE_DELAY = 1
 TARGET_P99 = UPDATE_DELAY + 0.25
 
@@ -323,6 +324,10 @@ def latency(platform: Platform, fixture, devices, seconds: float, profile: Path 
     subscriber.close()
     for spy in spies:
         spy.finish()
+    if LOGS is not None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        for name in platform.fleet.processes:
+            (LOGS / f"latency-{n}-{name}.log").write_text("\n".join(platform.lines(name)[log_start.get(name, 0):]))
     calculator_remove(calculator)
 
     ends: dict[int, list[tuple[int, float]]] = collections.defaultdict(list)
@@ -802,7 +807,11 @@ def main() -> int:
     parser.add_argument("--throughput-devices", type=int, default=1000,
                         help="due assignments of the throughput runs, 100 in each of a tenth as many shards")
     parser.add_argument("--profile", type=Path, default=None, help="write py-spy profiles into this directory")
+    parser.add_argument("--logs", type=Path, default=None,
+                        help="write each process's log of each latency run into this directory")
     options = parser.parse_args()
+    global LOGS
+    LOGS = options.logs
     sizes = [int(s) for s in options.sizes.split(",") if s] or ([10, 100] if options.quick else [10, 100, 1000])
     seconds = 15.0 if options.quick else options.seconds
     sync_messages = 100_000 if options.quick else options.sync_messages

@@ -78,21 +78,35 @@ def region_of_alias(alias: str) -> str:
 
 
 def wake_key(region: str, shard: int) -> str:
+    """Set while a wake-up message of the shard waits in its queue (at most one does)."""
     return f"flespi:{region}:wake:{int(shard)}"
+
+
+def dirty_key(region: str, shard: int) -> str:
+    """Set when the shard's change log got rows that no drain has taken yet."""
+    return f"flespi:{region}:dirty:{int(shard)}"
 
 
 def shards_wake(*, region: str, shards: Iterable[int], force: bool = False) -> None:
     """Tell the workers of ``shards`` that their devices' messages changed (the change log in the
     datacenter database says how). At most one wake-up waits per shard: a flag set here and
-    cleared by the worker before it reads the log. A broker that cannot be reached loses nothing
+    cleared by the worker that takes the message; a second flag says the log has rows for the
+    shard, and the worker clears it before it reads the log (one read takes the rows of every
+    shard it holds whose flag is set, so the wake-ups of those still waiting cost nothing). A broker that cannot be reached loses nothing
     (the pump's reconciliation finds the change log) and is only logged. ``force`` sends even
     when a wake-up is waiting (reconciliation: the one waiting may be in the hands of a worker
     that died, to come back only after the visibility timeout)."""
     try:
-        client = redis_client(region)
+        order = sorted(set(shards))
+        if not order:
+            return
+        pipe = redis_client(region).pipeline(transaction=False)
+        for shard in order:
+            pipe.set(dirty_key(region, shard), 1, ex=VISIBILITY_TIMEOUT)
+            pipe.set(wake_key(region, shard), 1, nx=not force, ex=VISIBILITY_TIMEOUT)
         app = celery_app(region)
-        for shard in sorted(set(shards)):
-            if client.set(wake_key(region, shard), 1, nx=not force, ex=VISIBILITY_TIMEOUT):
+        for shard, newly in zip(order, pipe.execute()[1::2], strict=True):
+            if newly:
                 app.send_task("analytics.shard_changes", args=[region, shard], queue=shard_queue(region, shard))
     except Exception as exc:
         logger.warning("could not wake the calc workers of region %s (%s); the pump will catch up", region, exc)

@@ -27,7 +27,12 @@ logger = logging.getLogger(__name__)
 RELAY_LOCK_KEY = 0x0F1E5B1  # advisory lock id of the relay of a datacenter database
 
 _FETCH = "SELECT id, device_id, kind, topic, payload::text, retain, stamps FROM outbox ORDER BY id LIMIT %s"
-_BODIES = "SELECT ts, body::text FROM messages WHERE device_id = %s AND ts = ANY(%s)"
+# One index lookup per (device, timestamp) whatever the planner thinks of the table (the LIMIT,
+# true of a unique key, keeps the lookup from being turned into a join).
+_BODIES = (
+    "SELECT k.d, k.t, m.body FROM unnest(%s::bigint[], %s::bigint[]) AS k(d, t) "
+    "CROSS JOIN LATERAL (SELECT body::text AS body FROM messages WHERE device_id = k.d AND ts = k.t LIMIT 1) m"
+)
 
 
 def message_topic(root: str, device_id: int) -> str:
@@ -129,22 +134,33 @@ class OutboxRelay(Loop):
 
     def _plan(self, cursor, rows) -> list[_Entry]:
         budget = self.batch
-        plan = []
+        taken = []
         for outbox_id, device_id, kind, topic, payload, retain, stamps in rows:
             if budget <= 0:
                 break
             if kind == OutboxKind.MESSAGE:
                 now, rest = stamps[:budget], stamps[budget:]
-                cursor.execute(_BODIES, [device_id, now])
-                bodies = dict(cursor.fetchall())
-                # A message deleted before it was published is skipped.
-                self.stats.skipped += len(now) - len(bodies)
-                topic = message_topic(self.topic_root, device_id)
-                items = [_Item(ts, topic, bodies[ts], False) for ts in now if ts in bodies]
                 budget -= len(now)
             else:
-                items, rest = [_Item(None, f"{self.topic_root}/{topic}", payload, retain)], []
+                now, rest = [], []
                 budget -= 1
+            taken.append((outbox_id, device_id, kind, topic, payload, retain, now, rest))
+        # The bodies of every message row of the batch in one statement.
+        keys = [(device_id, ts) for _id, device_id, kind, *_, now, _rest in taken if kind == OutboxKind.MESSAGE for ts in now]
+        bodies: dict[tuple[int, int], str] = {}
+        if keys:
+            cursor.execute(_BODIES, [[device_id for device_id, _ts in keys], [ts for _device_id, ts in keys]])
+            bodies = {(device_id, ts): body for device_id, ts, body in cursor.fetchall()}
+        plan = []
+        for outbox_id, device_id, kind, topic, payload, retain, now, rest in taken:
+            if kind == OutboxKind.MESSAGE:
+                # A message deleted before it was published is skipped.
+                found = [ts for ts in now if (device_id, ts) in bodies]
+                self.stats.skipped += len(now) - len(found)
+                topic = message_topic(self.topic_root, device_id)
+                items = [_Item(ts, topic, bodies[(device_id, ts)], False) for ts in found]
+            else:
+                items = [_Item(None, f"{self.topic_root}/{topic}", payload, retain)]
             plan.append(_Entry(outbox_id, items, rest))
         return plan
 

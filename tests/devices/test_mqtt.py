@@ -67,6 +67,36 @@ def test_every_stored_message_is_published_once_in_order(device, topic_root):
     assert received[0][1]["device.id"] == device.pk and received[0][1]["ident"] == device.ident
 
 
+def test_relay_publishes_the_messages_of_many_devices_with_one_read_and_skips_deleted_ones(account, device, topic_root):
+    """The bodies of a batch of several devices are read at once: each device's messages come in
+    order on its own topic, and a message deleted before the relay ran is skipped, not sent."""
+    from devices.services import device_create, messages_delete
+
+    other = device_create(account=account, name="truck 2", configuration={"ident": "352625690000002"})
+    alias = device._state.db
+    relay = OutboxRelay(alias=alias, mqtt_url=settings.MQTT_URL, topic_root=topic_root)
+    relay.start()
+    assert relay.wait_connected(10)
+    try:
+        with Subscriber(settings.MQTT_URL, f"{topic_root}/message/gw/devices/+") as subscriber:
+            messages_ingest(devices=[device, other], messages=make_messages(1_700_000_000, 20))
+            messages_delete(devices=[other], begin=1_700_000_005, end=1_700_000_005)
+            drain(relay, alias)
+            subscriber.wait_for(39)
+            time.sleep(0.3)
+            received = subscriber.messages
+    finally:
+        relay.close()
+    by_topic: dict[str, list[int]] = {}
+    for topic, payload in received:
+        by_topic.setdefault(topic, []).append(payload["n"])
+    assert by_topic == {
+        f"{topic_root}/message/gw/devices/{device.pk}": list(range(20)),
+        f"{topic_root}/message/gw/devices/{other.pk}": [n for n in range(20) if n != 5],
+    }
+    assert relay.stats.skipped == 1
+
+
 def test_merged_message_is_published_with_its_merged_content(device, topic_root):
     alias = device._state.db
     relay = OutboxRelay(alias=alias, mqtt_url=settings.MQTT_URL, topic_root=topic_root)

@@ -24,14 +24,16 @@ from django.conf import settings
 from django.db import connections
 
 from analytics.choices import AssignmentState
-from analytics.debounce import Change, DebounceTimers
-from analytics.shards import lease_key
+from analytics.debounce import Change, DebounceTimers, Offer
+from analytics.shards import lease_holders
 from analytics.worker import (
     HISTORY_BEGIN,
     HISTORY_END,
     OFFER_TIMEOUT,
     assignment_requests,
-    batch_key,
+    batch_busy_key,
+    batch_limit,
+    batch_send,
     finite,
     region_aliases,
 )
@@ -43,13 +45,7 @@ logger = logging.getLogger(__name__)
 ROUND_SECONDS = 0.05
 RECONCILE_EVERY = 5.0
 PURGE_EVERY = 300.0
-# Assignments one Celery message carries: one task writes them in one transaction.
-BATCH = 500
-# Due assignments taken per shard and round at least, however many shards a worker holds.
-MIN_SHARE = 50
-# How long a batch sent to a worker keeps the pump from sending it another (unless the worker
-# says it is done sooner): a worker that died on one is sent the next after this.
-BATCH_TTL = 10
+
 
 
 class Pump(Loop):
@@ -107,26 +103,23 @@ class Pump(Loop):
             if worker in busy:
                 continue
             share = sum(1 for other in holders.values() if other == worker) if worker is not None else 1
-            by_limit.setdefault(max(MIN_SHARE, BATCH // share), []).append(shard)
+            by_limit.setdefault(batch_limit(share), []).append(shard)
         offers: dict[int, list] = {}
         for limit, shards in by_limit.items():
             offers.update(self.timers.pump_many(shards=shards, limit=limit, offer_timeout=OFFER_TIMEOUT))
-        batches: dict[str, list[list[int]]] = {}
-        first: dict[str, int] = {}
+        batches: dict[str, dict[int, list[Offer]]] = {}
         sent = 0
         for shard in sorted(offers):
             pairs = offers[shard]
-            sent += len(pairs)
             worker = holders.get(shard)
             if worker is None:
                 self._send(shard, [[offer.calc_id, offer.device_id] for offer in pairs])
+                sent += len(pairs)
                 continue
-            first.setdefault(worker, shard)
-            batches.setdefault(worker, []).extend([offer.calc_id, offer.device_id, shard] for offer in pairs)
-        for worker, assignments in batches.items():
-            # Set before sending: the worker clears it when the batch is done.
-            self.client.set(batch_key(self.region, worker), 1, ex=BATCH_TTL)
-            self._send(first[worker], assignments)
+            batches.setdefault(worker, {})[shard] = pairs
+        for worker, batch in batches.items():
+            sent += batch_send(app=self.app, client=self.client, region=self.region, worker_id=worker, offers=batch)
+            self.messages += 1
         self.sent += sent
         return sent
 
@@ -137,21 +130,15 @@ class Pump(Loop):
 
     def _holders(self) -> dict[int, str | None]:
         """The worker holding each shard's lease (None: free), one read."""
-        values = self.client.mget([lease_key(self.region, shard) for shard in range(settings.CALC_SHARDS)])
-        holders: dict[int, str | None] = {}
-        for shard, value in enumerate(values):
-            if value is None:
-                holders[shard] = None
-            else:
-                holders[shard] = (value.decode() if isinstance(value, bytes) else str(value)).rpartition(" ")[0] or None
-        return holders
+        return lease_holders(self.client.pipeline(transaction=False), region=self.region,
+                             shards=list(range(settings.CALC_SHARDS)))
 
     def _busy(self, workers: set[str]) -> set[str]:
         """The workers with a batch waiting or running."""
         order = sorted(workers)
         if not order:
             return set()
-        flags = self.client.mget([batch_key(self.region, worker) for worker in order])
+        flags = self.client.mget([batch_busy_key(self.region, worker) for worker in order])
         return {worker for worker, flag in zip(order, flags, strict=True) if flag is not None}
 
     def reconcile(self) -> int:

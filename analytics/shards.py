@@ -12,6 +12,7 @@ here: the fleet passes a redis-py client and DB-API cursors.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import redis
@@ -220,6 +221,18 @@ class ShardLeases:
 
 def lease_key(region: str, shard: int) -> str:
     return f"flespi:{region}:shards:lease:{int(shard)}"
+
+
+def lease_holders(pipe, *, region: str, shards: Sequence[int]) -> dict[int, str | None]:
+    """The worker holding each of ``shards`` (None: free). ``pipe`` is a redis-py pipeline with
+    other commands queued before: they run in the same round trip, and this reads the last reply."""
+    pipe.mget([lease_key(region, shard) for shard in shards])
+    values = pipe.execute()[-1]
+    holders: dict[int, str | None] = {}
+    for shard, value in zip(shards, values, strict=True):
+        text = None if value is None else (value.decode() if isinstance(value, bytes) else str(value))
+        holders[shard] = text.rpartition(" ")[0] or None if text else None
+    return holders
 
 
 def workers_key(region: str) -> str:

@@ -66,8 +66,9 @@ def _on_shard(task, region: str, shard: int, job):
 
 
 @shared_task(name="analytics.shard_changes", bind=True)
-def shard_changes(self, region: str, shard: int) -> None:
-    _on_shard(self, region, shard, lambda worker: worker.changes(shard))
+def shard_changes(self, region: str, shard: int, address: str | int | None = None) -> None:
+    """``address``: whom the wake-up was for (``flespi_site.celery.shards_wake``)."""
+    _on_shard(self, region, shard, lambda worker: worker.changes(shard, address=shard if address is None else address))
 
 
 @shared_task(name="analytics.shard_run", bind=True)

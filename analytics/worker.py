@@ -38,7 +38,7 @@ from analytics import blocks, services, storage
 from analytics import events as event_topics
 from analytics.cache import CacheCorrupt, ShardCache
 from analytics.choices import AssignmentState
-from analytics.debounce import Change, Claim, DebounceTimers
+from analytics.debounce import Change, Claim, DebounceTimers, Offer
 from analytics.engine import Calculator, Diff, active_deadline, recalculate
 from analytics.models import Assignment
 from analytics.models import Calculator as StoredCalculator
@@ -46,13 +46,20 @@ from analytics.shards import Fenced, ShardLeases, fence_raise, fences_check
 from devices import storage as message_storage
 from devices.models import Device
 from flespi_site import metrics
-from flespi_site.celery import dirty_key, redis_client, wake_key
+from flespi_site.celery import celery_app, dirty_key, redis_client, shard_queue, wake_key
 
 logger = logging.getLogger(__name__)
 
 # Debounce entries and the engine speak of finite timestamps; "all of history" is this range.
 HISTORY_BEGIN = 0.0
 HISTORY_END = float(2**40)
+# Assignments one batch carries at most (one task writes them in one transaction), and the due
+# assignments taken per shard for one at least, however many shards the worker holds.
+BATCH = 500
+MIN_SHARE = 50
+# How long a batch sent to a worker keeps the pump from sending it another (unless the worker
+# says sooner that it is done): a worker that died on one is sent the next after this.
+BATCH_TTL = 10
 # A claimed run must end within this long, or its range is offered again (a crashed run).
 RUN_TIMEOUT = 300.0
 # An offer the worker did not claim within this long is offered again.
@@ -220,13 +227,14 @@ class ShardWorker:
 
     # -- the change log ------------------------------------------------------------------------
 
-    def changes(self, shard: int) -> int:
-        """Take the wake-up of ``shard`` and consume the change log of every held shard with rows
-        not taken yet (so that the wake-ups of the others, still waiting, find nothing to do);
+    def changes(self, shard: int, *, address: str | int | None = None) -> int:
+        """Take the wake-up that came through ``shard``'s queue (addressed to ``address``: a worker
+        id, or the shard) and consume the change log of every held shard with rows not taken yet;
         returns how many changes were taken."""
         if self.holding(shard) is None:
             raise NotHeld(shard)
-        helds = [held for dirty in self._take_dirty(shard) if (held := self.holding(dirty)) is not None]
+        woken = self._take_dirty(shard if address is None else address)
+        helds = [held for dirty in woken if (held := self.holding(dirty)) is not None]
         if not helds:
             return 0
         taken = 0
@@ -238,15 +246,15 @@ class ShardWorker:
                     break
         return taken
 
-    def _take_dirty(self, shard: int) -> list[int]:
-        """Clear ``shard``'s wake-up flag (its message is this one) and the dirty flags of the held
-        shards; returns the shards whose dirty flag was set. A writer sets the dirty flag after
-        its commit, so the read that follows the clearing sees its rows; a shard whose flag is
-        not set has no row that a drain after the flag's last clearing did not see."""
+    def _take_dirty(self, address: str | int) -> list[int]:
+        """Clear the wake-up flag of ``address`` (its message is this one) and the dirty flags of
+        the held shards; returns the shards whose dirty flag was set. A writer sets the dirty flag
+        after its commit, so the read that follows the clearing sees its rows; a shard whose flag
+        is not set has no row that a drain after the flag's last clearing did not see."""
         with self._lock:
             shards = sorted(self.held)
         pipe = redis_client(self.region).pipeline(transaction=False)
-        pipe.delete(wake_key(self.region, shard))
+        pipe.delete(wake_key(self.region, address))
         for held in shards:
             pipe.delete(dirty_key(self.region, held))
         return [held for held, existed in zip(shards, pipe.execute()[1:], strict=True) if existed]
@@ -391,8 +399,23 @@ class ShardWorker:
         try:
             return self._run_batch(batch, now=now)
         finally:
-            # The pump sends this worker its next batch once this one is done (``analytics.pump``).
-            redis_client(self.region).delete(batch_key(self.region, self.worker_id))
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        """After a batch: what fell due on the held shards meanwhile is sent to this worker at
+        once, as its next batch (the pump would only at its next round); with nothing due, the
+        worker is marked free, and the pump sends the next batch when there is one."""
+        client = redis_client(self.region)
+        try:
+            with self._lock:
+                shards = sorted(self.held)
+            offers = self.timers.pump_many(shards=shards, limit=batch_limit(len(shards)),
+                                           offer_timeout=OFFER_TIMEOUT) if shards else {}
+            if not batch_send(app=celery_app(self.region), client=client, region=self.region,
+                              worker_id=self.worker_id, offers=offers):
+                client.delete(batch_busy_key(self.region, self.worker_id))
+        except Exception:  # Redis away: the busy mark expires, the offers come back
+            logger.exception("calc %s: sending the next batch failed; the pump will", self.region)
 
     def _run_batch(self, batch: Mapping[int, Sequence[tuple[int, int]]], *, now: float | None) -> RunStats:
         helds = {shard: held for shard in batch if (held := self.holding(shard)) is not None}
@@ -754,10 +777,28 @@ def assignment_requests(*, alias: str, shard: int | None = None):
     return rows.values_list("shard", "calculator_id", "device_id", "pending_begin", "pending_end", "state").iterator()
 
 
-def batch_key(region: str, worker_id: str) -> str:
-    """Set by the pump while a batch it sent to ``worker_id`` waits or runs (with a TTL, for a
-    worker that died on it); the worker clears it when the batch is done."""
+def batch_busy_key(region: str, worker_id: str) -> str:
+    """Set while a batch sent to ``worker_id`` waits or runs (with a TTL, for a worker that died
+    on it); the worker clears it when the batch is done and nothing else is due."""
     return f"flespi:{region}:batch:{worker_id}"
+
+
+def batch_limit(shards_held: int) -> int:
+    """Due assignments taken per shard for one batch of a worker holding ``shards_held``."""
+    return max(MIN_SHARE, BATCH // max(1, shards_held))
+
+
+def batch_send(*, app, client, region: str, worker_id: str, offers: Mapping[int, Sequence[Offer]]) -> int:
+    """Send a worker the due assignments of its shards (shard -> offers) as one batch, to the queue
+    of the first of them, and mark it busy until it is done; returns how many went."""
+    shards = sorted(shard for shard, pairs in offers.items() if pairs)
+    if not shards:
+        return 0
+    assignments = [[offer.calc_id, offer.device_id, shard] for shard in shards for offer in offers[shard]]
+    # Set before sending: the worker clears it when the batch is done.
+    client.set(batch_busy_key(region, worker_id), 1, ex=BATCH_TTL)
+    app.send_task("analytics.shard_run", args=[region, shards[0], assignments], queue=shard_queue(region, shards[0]))
+    return len(assignments)
 
 
 def wake_all(*, region: str, shards: Iterable[int]) -> None:

@@ -77,9 +77,15 @@ def region_of_alias(alias: str) -> str:
     raise LookupError(f"{alias!r} is not a datacenter database")
 
 
-def wake_key(region: str, shard: int) -> str:
-    """Set while a wake-up message of the shard waits in its queue (at most one does)."""
-    return f"flespi:{region}:wake:{int(shard)}"
+# A wake-up flag left by a message nobody took (its queue's shard had no holder for that long)
+# lets the next change send another after this.
+WAKE_TTL = 60
+
+
+def wake_key(region: str, address: str | int) -> str:
+    """Set while a wake-up message addressed to ``address`` waits (at most one does): a worker
+    id, or the shard number of a shard nobody holds."""
+    return f"flespi:{region}:wake:{address}"
 
 
 def dirty_key(region: str, shard: int) -> str:
@@ -89,25 +95,38 @@ def dirty_key(region: str, shard: int) -> str:
 
 def shards_wake(*, region: str, shards: Iterable[int], force: bool = False) -> None:
     """Tell the workers of ``shards`` that their devices' messages changed (the change log in the
-    datacenter database says how). At most one wake-up waits per shard: a flag set here and
-    cleared by the worker that takes the message; a second flag says the log has rows for the
-    shard, and the worker clears it before it reads the log (one read takes the rows of every
-    shard it holds whose flag is set, so the wake-ups of those still waiting cost nothing). A broker that cannot be reached loses nothing
-    (the pump's reconciliation finds the change log) and is only logged. ``force`` sends even
-    when a wake-up is waiting (reconciliation: the one waiting may be in the hands of a worker
-    that died, to come back only after the visibility timeout)."""
+    datacenter database says how), after the change committed.
+
+    Each shard gets a dirty flag, which the worker clears before it reads the log. The wake-up
+    messages are addressed to the shards' holders (their leases, read in the same round trip):
+    one message per holder, to the queue of one of its shards, and none while one addressed to
+    it still waits (a flag the consumer of the message clears). One drain takes the rows of every
+    dirty shard the worker holds, so a request touching all shards costs it one task, not one per
+    shard. A shard nobody holds gets a message of its own in its queue, for whoever takes it. A
+    broker that cannot be reached loses nothing (the pump's reconciliation finds the change log)
+    and is only logged. ``force`` sends even when a wake-up is waiting (reconciliation: the one
+    waiting may be in the hands of a worker that died)."""
+    from analytics.shards import lease_holders
+
     try:
         order = sorted(set(shards))
         if not order:
             return
-        pipe = redis_client(region).pipeline(transaction=False)
+        client = redis_client(region)
+        pipe = client.pipeline(transaction=False)
         for shard in order:
             pipe.set(dirty_key(region, shard), 1, ex=VISIBILITY_TIMEOUT)
-            pipe.set(wake_key(region, shard), 1, nx=not force, ex=VISIBILITY_TIMEOUT)
+        holders = lease_holders(pipe, region=region, shards=order)
+        targets: dict[str | int, int] = {}
+        for shard in order:
+            targets.setdefault(holders[shard] or shard, shard)
+        pipe = client.pipeline(transaction=False)
+        for address in targets:
+            pipe.set(wake_key(region, address), 1, nx=not force, ex=WAKE_TTL)
         app = celery_app(region)
-        for shard, newly in zip(order, pipe.execute()[1::2], strict=True):
+        for (address, shard), newly in zip(targets.items(), pipe.execute(), strict=True):
             if newly:
-                app.send_task("analytics.shard_changes", args=[region, shard], queue=shard_queue(region, shard))
+                app.send_task("analytics.shard_changes", args=[region, shard, address], queue=shard_queue(region, shard))
     except Exception as exc:
         logger.warning("could not wake the calc workers of region %s (%s); the pump will catch up", region, exc)
 

@@ -134,11 +134,13 @@ def test_wall_clock_closes_the_active_interval(fleet, make_account, settings):
     state = f"{root}/state/gw/calcs/{calculator.pk}/devices/{device.pk}/active"
     base = f"{root}/interval/gw/calcs/{calculator.pk}/devices/{device.pk}"
     with Subscriber(settings.MQTT_URL, f"{root}/#") as subscriber:
-        now = time.time()
+        # Whole milliseconds: the stored timestamp (µs) is then exactly this float, which the
+        # interval's end is compared with.
+        now = round(time.time(), 3)
         messages_ingest(devices=[device], messages=[{"timestamp": now - 1, "position.speed": 40.0},
                                                    {"timestamp": now, "position.speed": 42.0}])
         wait_until(lambda: any(t == f"{base}/activated" for t, _ in subscriber.messages), what="activated")
-        wait_until(lambda: [p["end"] for t, p in subscriber.messages if t == state and p][-1:] == [round(now, 6)],
+        wait_until(lambda: [p["end"] for t, p in subscriber.messages if t == state and p][-1:] == [now],
                    what="the retained active interval")
         # Nothing more arrives: 4 s after the last message the sweep closes the interval.
         wait_until(lambda: any(t == f"{base}/deactivated" for t, _ in subscriber.messages), timeout=20,

@@ -504,6 +504,17 @@ class DebounceTimers:
             )
         return sorted(result, key=lambda entry: (entry.calc_id, entry.device_id))
 
+    def next_due(self, *, shards: Sequence[int]) -> tuple[float, float | None]:
+        """Redis's clock and the earliest moment any timer of ``shards`` wants the pump (None: no
+        timer), in seconds, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.time()
+        for shard in shards:
+            pipe.zrange(self.keys(shard)[0], 0, 0, withscores=True)
+        (seconds, micros), *firsts = pipe.execute()
+        scores = [first[0][1] for first in firsts if first]
+        return seconds + micros / 1_000_000, min(scores) / 1000 if scores else None
+
     def lag(self, *, shard: int, now: float | None = None) -> ShardLag:
         """Counts and the oldest due time of ``shard`` (two ZCARDs and one ZRANGE: cheap to poll)."""
         timers_key, pending_key = self.keys(shard)[:2]

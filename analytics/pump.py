@@ -8,6 +8,9 @@ worker per round (its batch over the shards it holds, see ``Pump.pump_once``), a
 * purges (every ``PURGE_EVERY`` s): each shard's worker is asked to apply ``intervals_ttl`` /
   ``intervals_rotate`` and its cache's message retention.
 
+The pump process also runs the sealer of message blocks (``analytics.blocks``) and the vacuuming
+of the datacenters' queue tables (``flespi_site.maintenance``), each a loop of its own.
+
 Wall-clock closing of active intervals (``max_inactive``, the end of a ``datetime`` period) needs
 nothing here: the worker arms a timer at that moment, and the pump sends it when it is due.
 Several pumps of one region are harmless: each due timer is offered once (the pump script), and
@@ -43,6 +46,8 @@ from flespi_site.runner import Loop
 logger = logging.getLogger(__name__)
 
 ROUND_SECONDS = 0.05
+# The shortest pause between rounds when a timer falls due sooner than a round.
+MIN_PAUSE = 0.005
 RECONCILE_EVERY = 5.0
 PURGE_EVERY = 300.0
 
@@ -64,6 +69,7 @@ class Pump(Loop):
         self.app = celery_app(region)
         self.sent = 0
         self.messages = 0
+        self._watched: list[int] = list(range(settings.CALC_SHARDS))
         self.reconciled = 0
         self.errors = 0
 
@@ -84,11 +90,23 @@ class Pump(Loop):
                 if now >= next_purge:
                     self.purge()
                     next_purge = now + self.purge_every
+
             except Exception:  # a broker or database outage: keep going
                 self.errors += 1
                 logger.exception("%s: a round failed; retrying", self.name)
                 self.stopping.wait(1.0)
-            self.stopping.wait(self.round_seconds)
+            self.stopping.wait(self._pause())
+
+    def _pause(self) -> float:
+        """Until the next timer of a shard whose worker is free falls due, within
+        ``round_seconds`` (a busy worker sends itself what falls due on its shards)."""
+        try:
+            now, due = self.timers.next_due(shards=self._watched)
+        except Exception:  # the round's own error handling reports Redis being away
+            return self.round_seconds
+        if due is None:
+            return self.round_seconds
+        return min(self.round_seconds, max(MIN_PAUSE, due - now))
 
     def pump_once(self) -> int:
         """Send every due assignment; returns how many. The due assignments of the shards one
@@ -99,6 +117,7 @@ class Pump(Loop):
         holders = self._holders()
         busy = self._busy({worker for worker in holders.values() if worker is not None})
         by_limit: dict[int, list[int]] = {}
+        self._watched = [shard for shard, worker in holders.items() if worker not in busy]
         for shard, worker in holders.items():
             if worker in busy:
                 continue

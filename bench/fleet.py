@@ -763,16 +763,14 @@ def query_counts(platform: Platform, fixture, devices) -> list[tuple[str, int, i
                 started = time.perf_counter()
                 worker.changes(shard)
                 spent = time.perf_counter() - started
-            rows.append((f"changes: {len(group)} devices changed", len(group), len(captured),
-                         dict(collections.Counter(statement_kind(q["sql"]) for q in captured)), spent))
+            rows.append((f"changes: {len(group)} devices changed", len(group), len(captured), kinds(captured), spent))
             pairs = [(calculator.pk, device.pk) for device in group[:size]]
             with CaptureQueriesContext(connections[alias]) as captured:
                 started = time.perf_counter()
                 stats = worker.run(shard, pairs)
                 spent = time.perf_counter() - started
             assert stats.assignments == size, stats
-            rows.append((label, size, len(captured),
-                         dict(collections.Counter(statement_kind(q["sql"]) for q in captured)), spent))
+            rows.append((label, size, len(captured), kinds(captured), spent))
             worker.run(shard, [(calculator.pk, device.pk) for device in group[size:]])  # the rest
     finally:
         worker.leave()
@@ -782,12 +780,22 @@ def query_counts(platform: Platform, fixture, devices) -> list[tuple[str, int, i
     return rows
 
 
+def kinds(captured) -> dict[str, tuple[int, float]]:
+    """Statements by kind: (count, ms in PostgreSQL's round trips as Django timed them)."""
+    out: dict[str, tuple[int, float]] = {}
+    for query in captured:
+        count, ms = out.get(statement_kind(query["sql"]), (0, 0.0))
+        out[statement_kind(query["sql"])] = (count + 1, ms + float(query["time"]) * 1000)
+    return out
+
+
 def print_query_counts(rows) -> None:
     print("\n4. statements to PostgreSQL per task (the worker's code in this process, Django's query capture)")
-    print(f"{'task':34} {'n':>4} {'statements':>10} {'per item':>8} {'ms':>7}   by kind")
+    print(f"{'task':34} {'n':>4} {'statements':>10} {'per item':>8} {'ms':>7}   by kind (count, ms)")
     print("-" * 100)
     for label, n, count, kinds, spent in rows:
-        detail = ", ".join(f"{kind} {value}" for kind, value in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        detail = ", ".join(f"{kind} {count} ({ms:.1f} ms)" for kind, (count, ms) in sorted(kinds.items(),
+                                                                                      key=lambda kv: -kv[1][1]))
         print(f"{label:34} {n:>4} {count:>10} {count / n:>8.1f} {spent * 1e3:>7.1f}   {detail}")
 
 

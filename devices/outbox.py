@@ -11,6 +11,7 @@ per datacenter holds a PostgreSQL advisory lock, which keeps the order per devic
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -91,17 +92,23 @@ class OutboxRelay(Loop):
         self.client.disconnect()
         self.client.loop_stop()
 
-    def run(self, *, idle_sleep: float = 0.05) -> None:
-        """Publish until ``stop()``; waits for the datacenter's relay lock first."""
+    def run(self, *, idle_sleep: float = 0.05, busy_sleep: float = 0.01, busy_for: float = 2.0) -> None:
+        """Publish until ``stop()``; waits for the datacenter's relay lock first. An empty outbox
+        is looked at again after ``idle_sleep``, or ``busy_sleep`` within ``busy_for`` seconds of
+        the last event published (events come in streams: the next is likely soon)."""
         connection = connections[self.alias]
         self._lock(connection)
         self.start()
+        last_published = -math.inf
         try:
             while not self.stopping.is_set():
                 if not self._connected.wait(timeout=0.5):
                     continue
-                if self.relay_once() == 0:
-                    self.stopping.wait(idle_sleep)
+                if self.relay_once():
+                    last_published = time.monotonic()
+                else:
+                    busy = time.monotonic() - last_published < busy_for
+                    self.stopping.wait(busy_sleep if busy else idle_sleep)
         finally:
             self.close()
             connection.close()

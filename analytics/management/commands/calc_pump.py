@@ -4,13 +4,14 @@ from django.core.management.base import BaseCommand, CommandError
 from analytics.blocks import Sealer
 from analytics.pump import Pump
 from analytics.worker import region_aliases
+from flespi_site.maintenance import QueueVacuum
 from flespi_site.runner import run_loops
 
 
 class Command(BaseCommand):
     help = (
         "Run the pump of a region: due debounce timers to the calc workers, reconciliation, purges; "
-        "and the sealer of its datacenters' message blocks."
+        "and the sealer of its datacenters' message blocks and the vacuuming of their queue tables."
     )
 
     def add_arguments(self, parser):
@@ -20,4 +21,5 @@ class Command(BaseCommand):
         codes = [r.code for r in settings.TOPOLOGY.regions]
         if region not in codes:
             raise CommandError(f"unknown region {region!r}; regions: {', '.join(codes)}")
-        run_loops([Pump(region=region), Sealer(aliases=region_aliases(region))], name=f"pump {region}")
+        aliases = region_aliases(region)
+        run_loops([Pump(region=region), Sealer(aliases=aliases), QueueVacuum(aliases=aliases)], name=f"pump {region}")

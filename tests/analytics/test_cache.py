@@ -408,3 +408,25 @@ def test_a_writer_killed_mid_write_leaves_a_previous_state(tmp_path):
         db = sqlite3.connect(path)
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         db.close()
+
+
+def test_a_batch_commits_once_and_a_failing_call_inside_it_undoes_only_itself(cache, tmp_path):
+    """``batch``: every call inside is one transaction, seen by another reader only at its end;
+    a call that fails inside is rolled back to its savepoint, the others kept; an exception out
+    of the batch undoes all of it."""
+    reader = ShardCache(tmp_path / "eu-1.cache", shard="eu/1")
+    try:
+        with cache.batch():
+            cache.messages_put(device_id=1, messages=[{"timestamp": 1.0, "a": 1}])
+            with pytest.raises(ValueError):
+                cache.messages_put(device_id=2, messages=[{"timestamp": math.nan}])
+            cache.messages_put(device_id=3, messages=[{"timestamp": 2.0, "a": 2}])
+            assert cache.devices() == [1, 3]  # the batch sees its own writes
+            assert reader.devices() == []  # another connection does not, yet
+        assert reader.devices() == [1, 3]
+        with pytest.raises(RuntimeError), cache.batch():
+            cache.messages_put(device_id=4, messages=[{"timestamp": 3.0}])
+            raise RuntimeError("the worker's batch failed")
+        assert cache.devices() == reader.devices() == [1, 3]
+    finally:
+        reader.close()

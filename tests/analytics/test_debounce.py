@@ -222,6 +222,33 @@ def test_shards_are_isolated(timers):
         assert [(e.device_id, e.begin) for e in timers.entries(shard=shard)] == [(100 + shard, shard)]
 
 
+def test_the_many_shard_calls_match_one_call_per_shard(timers):
+    """schedule/pump/claim/release over several shards in one round trip each: per shard, what
+    the one-shard calls do; shards with nothing to say are left out of the answers."""
+    armed = timers.schedule_many({
+        3: [change(10, 11, device=1, delay=1), change(12, 13, device=2, delay=5)],
+        4: [change(20, 21, device=3, delay=1)],
+        5: [],
+    }, now=0)
+    assert armed == 3
+    now, due = timers.next_due(shards=[3, 4, 5])
+    assert due == 1.0 and now > 1_000_000  # Redis's clock, seconds
+
+    offers = timers.pump_many(shards=[3, 4, 5], limit=10, offer_timeout=30, now=2)
+    assert {shard: [o.device_id for o in shard_offers] for shard, shard_offers in offers.items()} == {3: [1], 4: [3]}
+    claims = timers.claim_many({3: [(1, 1), (1, 2)], 4: [(1, 3)], 5: [(1, 9)]}, run_timeout=60, now=2)
+    assert {shard: [(c.device_id, c.begin, c.end) for c in shard_claims] for shard, shard_claims in claims.items()} == {
+        3: [(1, 10.0, 11.0), (2, 12.0, 13.0)], 4: [(3, 20.0, 21.0)], 5: []}
+    timers.schedule_many({4: [change(22, 22, device=3, delay=0)]}, now=3)  # arrives during the run
+    outcomes = timers.release_many({3: claims[3], 4: claims[4]}, ok=True, now=4)
+    assert outcomes == {3: {(1, 1): "done", (1, 2): "done"}, 4: {(1, 3): "again"}}
+    assert [(e.device_id, e.begin, e.state) for e in timers.entries(shard=4)] == [(3, 22.0, "pending")]
+    assert timers.entries(shard=3) == []
+    assert timers.next_due(shards=[3, 5])[1] is None
+    with pytest.raises(ValueError):
+        timers.pump_many(shards=[3], limit=0, offer_timeout=30)
+
+
 def test_the_scripts_read_redis_time(timers):
     clock = timers.now()
     assert abs(clock - time.time()) < 60  # Redis on this machine: the same clock, roughly

@@ -175,3 +175,32 @@ def test_unassigning_clears_the_retained_state(assignment, calculator, device):
         rows = cursor.fetchall()
     base = f"state/gw/calcs/{calculator.pk}/devices/{device.pk}/"
     assert rows == [(base + "synced", None, True), (base + "last", None, True), (base + "active", None, True)]
+
+
+def test_many_assignments_written_in_two_statements(account, calculator, assignment, device):
+    """``intervals_write_many``: deletes and upserts of several assignments at once, answered per
+    assignment, each by id, the other assignment's rows untouched."""
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    from analytics import storage
+    from analytics.services import assignment_create
+    from devices.services import device_create
+
+    other = device_create(account=account, configuration={"ident": "write-many-2"})
+    assignment_create(calculator=calculator, device=other)
+    alias = device.database
+    a, b = (calculator.pk, device.pk), (calculator.pk, other.pk)
+    storage.intervals_write_many(alias=alias, writes={a: ([_iv(10, 20), _iv(30, 40)], []), b: ([_iv(10, 15)], [])},
+                                 stamp=1.0)
+    with CaptureQueriesContext(connections[alias]) as captured:
+        result = storage.intervals_write_many(
+            alias=alias, writes={a: ([_iv(50, 60), _iv(30, 45)], [10_000_000]), b: ([], [])}, stamp=2.0
+        )
+    assert len(captured) == 2  # one DELETE, one INSERT, whatever the number of assignments
+    written, deleted = result[a]
+    assert [(row["id"], row["end"], row["timestamp"]) for row in written] == [(30_000_000, 45, 2.0), (50_000_000, 60, 2.0)]
+    assert [row["id"] for row in deleted] == [10_000_000]
+    assert result[b] == ([], [])
+    assert [row["id"] for row in storage.intervals_read(alias=alias, pairs=[a])] == [30_000_000, 50_000_000]
+    assert [(row["id"], row["timestamp"]) for row in storage.intervals_read(alias=alias, pairs=[b])] == [(10_000_000, 1.0)]

@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings
 from django.db import connections, transaction
 
-from analytics.shards import Fenced, ShardLeases, fence_check, fence_raise
+from analytics.shards import Fenced, ShardLeases, fence_check, fence_raise, fences_check, lease_holders
 from tests.analytics.redis_helpers import on_a_barrier
 
 SHARDS = 16
@@ -267,3 +267,30 @@ def test_a_raise_waits_for_the_old_owners_open_write(clean_fence):
     finally:
         with connections[alias].cursor() as cursor:
             cursor.execute("DROP TABLE IF EXISTS fence_test_written")
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_one_check_fences_a_write_for_several_shards(clean_fence):
+    """A batch over several shards checks all their fences in one statement: any stale or
+    missing epoch refuses the whole transaction, naming the first such shard."""
+    alias = region_aliases()[0]
+    with connections[alias].cursor() as cursor:
+        for shard, epoch in ((1, 10), (2, 20), (3, 30)):
+            fence_raise(cursor, shard=shard, epoch=epoch, worker="w")
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        fences_check(cursor, epochs={1: 10, 2: 20, 3: 30})
+    for epochs, refused in (({1: 10, 2: 19, 3: 30}, (2, 19, 20)), ({1: 10, 4: 1}, (4, 1, None))):
+        with transaction.atomic(using=alias), connections[alias].cursor() as cursor, \
+                pytest.raises(Fenced) as caught:
+            fences_check(cursor, epochs=epochs)
+        assert (caught.value.shard, caught.value.epoch, caught.value.stored) == refused
+
+
+def test_lease_holders_names_each_shards_worker_in_the_callers_round_trip(client, region):
+    one, two = leases(client, region, "host-1-aa", ttl=30), leases(client, region, "host-2-bb", ttl=30)
+    one.acquire(0)
+    two.acquire(2)
+    pipe = client.pipeline(transaction=False)
+    pipe.set(f"flespi:{region}:other", 1)
+    assert lease_holders(pipe, region=region, shards=[0, 1, 2]) == {0: "host-1-aa", 1: None, 2: "host-2-bb"}
+    assert client.get(f"flespi:{region}:other") == b"1"

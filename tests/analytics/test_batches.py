@@ -1,0 +1,210 @@
+"""How a calc worker batches its work over the shards it holds, in this process against the test
+databases and the Redis of REDIS_URL: wake-ups addressed to the shards' holder, one change-log
+drain for every dirty shard, debounce delays counted from the change's commit, one fenced
+transaction for a batch over several shards, the busy mark that makes the pump wait and the
+worker send itself its next batch. The fleet tests (test_fleet*.py) run the same code in real
+processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+from django.db import connections
+
+from analytics import status
+from analytics.debounce import Change
+from analytics.pump import Pump
+from analytics.worker import ShardWorker, batch_busy_key
+from flespi_site.celery import dirty_key, redis_client, shards_wake, wake_key
+from tests.analytics.conftest import TRIPS
+from tests.analytics.fleet import forget_region_state
+
+pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
+
+WORKER = "test-batches-1"
+T0 = float(int(time.time()) - 600)  # within the calculators' update_period
+
+
+@pytest.fixture
+def worker(tmp_path, platform):
+    forget_region_state("eu")
+    _clear("eu")
+    held = ShardWorker(region="eu", worker_id=WORKER, data_dir=tmp_path, lease_ttl=60)
+    held.rebalance()  # the only live worker: it takes every shard
+    assert len(held.held) == 16
+    yield held
+    held.leave()
+    _clear("eu")
+    forget_region_state("eu")
+
+
+def _clear(region: str) -> None:
+    client = redis_client(region)
+    for shard in range(16):
+        for key in status.queue_keys(region, shard):
+            client.delete(key)
+
+
+def queued(shard: int) -> list[tuple[str, list]]:
+    """(task name, args) of the messages waiting in a shard's queue, oldest first."""
+    client = redis_client("eu")
+    out = []
+    for key in status.queue_keys("eu", shard):
+        for raw in reversed(client.lrange(key, 0, -1)):  # kombu pushes on the left
+            envelope = json.loads(raw)
+            args = json.loads(base64.b64decode(envelope["body"]))[0]
+            out.append((envelope["headers"]["task"], args))
+    return out
+
+
+def two_shards(make_account, *, count=2):
+    """An account with devices on ``count`` different shards, each assigned to a trips calculator
+    (update_delay 1 s)."""
+    from analytics.services import assignment_create, calculator_create
+    from devices.services import device_create
+
+    account = make_account("batches")
+    calculator = calculator_create(account=account, config={**TRIPS, "update_delay": 1})
+    devices, shards = [], set()
+    n = 0
+    while len(devices) < count:
+        n += 1
+        device = device_create(account=account, configuration={"ident": f"batch-{n}"})
+        if device.shard not in shards:
+            shards.add(device.shard)
+            devices.append(device)
+            assignment_create(calculator=calculator, device=device)
+        else:
+            device.delete()
+    return calculator, sorted(devices, key=lambda d: d.shard)
+
+
+def ingest(devices, t):
+    from devices.services import messages_ingest
+
+    messages_ingest(devices=devices, messages=[{"timestamp": t, "position.speed": 40.0}])
+
+
+def test_a_request_touching_several_shards_wakes_their_worker_once(worker, make_account):
+    _calculator, (a, b) = two_shards(make_account)
+    _clear("eu")
+    ingest([a, b], T0)
+    ingest([a, b], T0 + 1.0)  # its wake-up would be the same: the first still waits
+
+    client = redis_client("eu")
+    assert [name for name, _ in queued(a.shard)] == ["analytics.shard_changes"]
+    assert queued(a.shard)[0][1] == ["eu", a.shard, WORKER]
+    assert queued(b.shard) == []
+    assert client.exists(dirty_key("eu", a.shard)) and client.exists(dirty_key("eu", b.shard))
+
+    # The one message drains both shards' rows; the dirty and wake-up flags are cleared.
+    assert worker.changes(a.shard, address=WORKER) == 4
+    assert not client.exists(dirty_key("eu", a.shard), dirty_key("eu", b.shard), wake_key("eu", WORKER))
+    with connections[a.database].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM message_changes WHERE device_id = ANY(%s)", [[a.pk, b.pk]])
+        assert cursor.fetchone()[0] == 0
+    for device in (a, b):
+        [entry] = worker.timers.entries(shard=device.shard)
+        assert entry.device_id == device.pk and entry.state == "pending"
+    # A wake-up that comes after the drain took its rows costs a Redis round trip and nothing else.
+    assert worker.changes(b.shard, address=b.shard) == 0
+
+    # A shard nobody holds gets a message of its own; force (reconciliation) sends despite the flag.
+    client.delete(f"flespi:eu:shards:lease:{b.shard}")
+    _clear("eu")
+    shards_wake(region="eu", shards=[a.shard, b.shard])
+    assert queued(a.shard) == [("analytics.shard_changes", ["eu", a.shard, WORKER])]
+    assert queued(b.shard) == [("analytics.shard_changes", ["eu", b.shard, b.shard])]
+    shards_wake(region="eu", shards=[a.shard, b.shard])  # both still wait: nothing more
+    assert len(queued(a.shard)) == len(queued(b.shard)) == 1
+    shards_wake(region="eu", shards=[a.shard], force=True)
+    assert len(queued(a.shard)) == 2
+
+
+def test_the_debounce_delay_counts_from_the_changes_commit(worker, make_account):
+    """A change that waited in the log is due that much sooner (and at once when it waited past
+    update_delay), so that a busy worker's lag does not lengthen the debounce."""
+    _calculator, (fresh, waited) = two_shards(make_account)
+    ingest([fresh, waited], T0)
+    with connections[waited.database].cursor() as cursor:
+        cursor.execute("UPDATE message_changes SET created = created - interval '0.7 s' WHERE device_id = %s",
+                       [waited.pk])
+    now = worker.timers.now()
+    worker.changes(fresh.shard, address=WORKER)
+    [entry_fresh] = worker.timers.entries(shard=fresh.shard)
+    [entry_waited] = worker.timers.entries(shard=waited.shard)
+    assert now + 0.8 <= entry_fresh.due <= worker.timers.now() + 1.0
+    assert now + 0.1 <= entry_waited.due <= worker.timers.now() + 0.35
+
+    ingest([waited], T0 + 1.0)
+    with connections[waited.database].cursor() as cursor:
+        cursor.execute("UPDATE message_changes SET created = created - interval '5 s'")
+    worker.changes(waited.shard, address=WORKER)
+    [entry] = worker.timers.entries(shard=waited.shard)
+    assert entry.due <= entry_waited.due  # armed already: never later
+
+
+def test_a_batch_over_several_shards_is_one_fenced_transaction(worker, make_account):
+    from analytics.models import Assignment
+    from analytics.storage import intervals_read
+
+    calculator, (a, b) = two_shards(make_account)
+    ingest([a, b], T0)
+    ingest([a, b], T0 + 10.0)
+    worker.changes(a.shard, address=WORKER)
+    stats = worker.run_batch({a.shard: [(calculator.pk, a.pk)], b.shard: [(calculator.pk, b.pk)]})
+    assert (stats.assignments, stats.created, stats.fenced) == (2, 2, False)
+    for device in (a, b):
+        [trip] = intervals_read(alias=device.database, pairs=[(calculator.pk, device.pk)])
+        assert (trip["begin"], trip["end"]) == (T0, T0 + 10.0)
+        assert Assignment.objects.using(device.database).get(calculator=calculator, device=device).synced
+
+    # One shard's fence moves on (another worker took it): the whole batch is refused and both
+    # claims go back, to be run again.
+    ingest([a, b], T0 + 20.0)
+    worker.changes(a.shard, address=WORKER)
+    with connections[b.database].cursor() as cursor:
+        cursor.execute("UPDATE shard_fence SET epoch = epoch + 1 WHERE shard = %s", [b.shard])
+    stats = worker.run_batch({a.shard: [(calculator.pk, a.pk)], b.shard: [(calculator.pk, b.pk)]})
+    assert stats.fenced and stats.assignments == 0
+    [trip] = intervals_read(alias=a.database, pairs=[(calculator.pk, a.pk)])
+    assert trip["end"] == T0 + 10.0  # nothing of the refused batch was written
+    for device in (a, b):
+        [entry] = worker.timers.entries(shard=device.shard)
+        assert entry.state == "pending" and entry.end == T0 + 20.0
+
+
+def test_the_pump_waits_for_a_busy_worker_which_sends_itself_what_fell_due(worker, make_account):
+    calculator, (a, b, c) = two_shards(make_account, count=3)
+    ingest([a, b, c], T0)
+    worker.changes(a.shard, address=WORKER)
+    _clear("eu")
+    client = redis_client("eu")
+    pump = Pump(region="eu")
+    for device in (a, b):  # due now
+        worker.timers.schedule(shard=device.shard, changes=[Change(calculator.pk, device.pk, 1.7e9, 1.7e9, 0.0)])
+
+    # One message for the worker's two due assignments, in the queue of the first shard, and the
+    # worker marked busy.
+    assert pump.pump_once() == 2
+    assert queued(a.shard) == [("analytics.shard_run", ["eu", a.shard, [[calculator.pk, a.pk, a.shard],
+                                                                       [calculator.pk, b.pk, b.shard]]])]
+    assert client.exists(batch_busy_key("eu", WORKER))
+    worker.timers.schedule(shard=c.shard, changes=[Change(calculator.pk, c.pk, 1.7e9, 1.7e9, 0.0)])
+    assert pump.pump_once() == 0  # busy: what falls due waits for the worker
+
+    # The worker runs the batch, then sends itself what fell due meanwhile and stays busy.
+    _clear("eu")
+    stats = worker.run_batch({a.shard: [(calculator.pk, a.pk)], b.shard: [(calculator.pk, b.pk)]})
+    assert stats.assignments == 2
+    assert queued(c.shard) == [("analytics.shard_run", ["eu", c.shard, [[calculator.pk, c.pk, c.shard]]])]
+    assert client.exists(batch_busy_key("eu", WORKER))
+    stats = worker.run_batch({c.shard: [(calculator.pk, c.pk)]})
+    assert stats.assignments == 1
+    # Nothing left due: the worker is free, and the pump sends the next batch itself.
+    assert not client.exists(batch_busy_key("eu", WORKER))
+    worker.timers.schedule(shard=a.shard, changes=[Change(calculator.pk, a.pk, 1.7e9, 1.7e9, 0.0)])
+    assert pump.pump_once() == 1

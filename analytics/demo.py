@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from django.db import connections
 
 from accounts.choices import AccessType
 from accounts.models import Account
@@ -154,11 +155,19 @@ def demo_setup(*, key_file: Path | None = None) -> Demo:
 
 
 def assignments_synced(*, demo: Demo) -> int:
-    """How many of the demo's assignments are synced now."""
+    """How many of the demo's assignments are synced and caught up with their device's messages:
+    nothing pending (a synced assignment whose device received messages since is recalculated
+    after its ``update_delay``), and no change of the device's messages waiting in the change log
+    (the import's last batches, not yet taken by the worker)."""
     alias = demo.calculators[0].database
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT DISTINCT device_id FROM message_changes WHERE device_id = ANY(%s)",
+                       [[device.pk for device in demo.devices]])
+        changing = {row[0] for row in cursor.fetchall()}
     return (
         Assignment.objects.using(alias)
-        .filter(pk__in=[a.pk for a in demo.assignments], state=AssignmentState.SYNCED)
+        .filter(pk__in=[a.pk for a in demo.assignments], state=AssignmentState.SYNCED, pending_begin__isnull=True)
+        .exclude(device_id__in=changing)
         .count()
     )
 

@@ -51,6 +51,7 @@ CHUNK_SIZE = 4096  # messages per chunk when folding appended messages
 CHUNK_MAX = 2 * CHUNK_SIZE  # a chunk grown past this by late messages is split in two
 TAIL_MAX = 256  # tail rows per device before they are folded into chunks
 DIRECT_MIN = 32  # a batch of at least this many new messages goes straight into chunks
+TAILS_KEPT = 20_000  # devices whose tail is kept decoded in memory
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -137,6 +138,11 @@ class ShardCache:
         self._timeout = timeout
         self._conn = self._open()
         self._inode = os.stat(self.path).st_ino
+        # Each device's tail decoded, as the file holds it: every write of a tail through this
+        # object updates or drops its entry, a rollback drops all, and a write by any other
+        # connection (SQLite's data_version) drops all before the next read.
+        self._tails: dict[int, Block] = {}
+        self._tails_version = -1
 
     def _open(self) -> sqlite3.Connection:
         fresh = not self.path.exists() or self.path.stat().st_size == 0
@@ -222,6 +228,7 @@ class ShardCache:
         try:
             yield
         except BaseException:
+            self._tails.clear()
             self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
@@ -233,6 +240,7 @@ class ShardCache:
             try:
                 yield self._conn
             except BaseException:
+                self._tails.clear()
                 self._conn.execute("ROLLBACK TO write")
                 self._conn.execute("RELEASE write")
                 raise
@@ -242,6 +250,7 @@ class ShardCache:
         try:
             yield self._conn
         except BaseException:
+            self._tails.clear()
             self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
@@ -295,6 +304,7 @@ class ShardCache:
         """Forget the device's messages and that it was cached (its assignments' intervals stay:
         ``assignment_drop`` removes those)."""
         with self._write() as db:
+            self._tails.pop(device_id, None)
             for table in ("devices", "chunks", "tail"):
                 db.execute(f"DELETE FROM {table} WHERE device_id = ?", (device_id,))
 
@@ -362,16 +372,33 @@ class ShardCache:
                 if text != old.get(t):  # a resent message changes nothing
                     rows.append((device_id, t, text))
             db.executemany("INSERT OR REPLACE INTO tail (device_id, ts, body) VALUES (?, ?, ?)", rows)
+            decoded = self._tails.get(device_id)
+            if decoded is not None and rows:
+                if old or (len(decoded) and decoded.ts[-1] >= newer[0]["timestamp"]):
+                    del self._tails[device_id]  # merged into stored rows: read them again
+                else:  # appended: as the rows will read back
+                    appended = Block.from_dicts([{**loads_exact(text), "timestamp": t} for _d, t, text in rows])
+                    self._tails[device_id] = Block.concat([decoded, appended]) if len(decoded) else appended
             count = db.execute("SELECT count(*) FROM tail WHERE device_id = ?", (device_id,)).fetchone()[0]
             if count >= TAIL_MAX:
                 self._fold_tail(db, device_id)
 
     def _tail_block(self, db: sqlite3.Connection, device_id: int, begin: float, end: float) -> Block:
-        rows = db.execute(
-            "SELECT ts, body FROM tail WHERE device_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
-            (device_id, begin, end),
-        ).fetchall()
-        return Block.from_dicts([{**loads_exact(body), "timestamp": t} for t, body in rows])
+        """The device's tail messages with ``begin <= ts < end`` (a copy: callers may own it)."""
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._tails_version:  # another connection wrote the file meanwhile
+            self._tails.clear()
+            self._tails_version = version
+        decoded = self._tails.get(device_id)
+        if decoded is None:
+            rows = db.execute("SELECT ts, body FROM tail WHERE device_id = ? ORDER BY ts", (device_id,)).fetchall()
+            decoded = Block.from_dicts([{**loads_exact(body), "timestamp": t} for t, body in rows])
+            if len(self._tails) >= TAILS_KEPT:
+                del self._tails[next(iter(self._tails))]
+            self._tails[device_id] = decoded
+        ts = decoded.ts
+        lo, hi = int(np.searchsorted(ts, begin, "left")), int(np.searchsorted(ts, end, "left"))
+        return decoded.take(np.arange(lo, hi))
 
     def _fold_tail(self, db: sqlite3.Connection, device_id: int, newer: Block | None = None) -> None:
         """Move the tail (with ``newer`` merged in) into chunks: the last chunk is filled up to
@@ -380,6 +407,7 @@ class ShardCache:
         if newer is not None:
             tail = tail.merge(newer) if len(tail) else newer
         db.execute("DELETE FROM tail WHERE device_id = ?", (device_id,))
+        self._tails.pop(device_id, None)
         last = db.execute(
             "SELECT first, n, crc, data FROM chunks WHERE device_id = ? ORDER BY first DESC LIMIT 1",
             (device_id,),
@@ -439,6 +467,8 @@ class ShardCache:
         removed = db.execute(
             "DELETE FROM tail WHERE device_id = ? AND ts >= ? AND ts <= ?", (device_id, lo, hi)
         ).rowcount
+        if removed:
+            self._tails.pop(device_id, None)
         for first, last, n, crc, data in db.execute(
             "SELECT first, last, n, crc, data FROM chunks WHERE device_id = ? AND first <= ? AND last >= ?",
             (device_id, hi, lo),

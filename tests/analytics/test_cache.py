@@ -168,7 +168,8 @@ def test_windows_equal_from_dicts_after_any_puts_deletes_and_expiry(
     tmp_path_factory, small_chunks, ops, windows
 ):
     model: dict[float, dict] = {}
-    with ShardCache(tmp_path_factory.mktemp("c") / "s.cache", shard="eu/1") as c:
+    path = tmp_path_factory.mktemp("c") / "s.cache"
+    with ShardCache(path, shard="eu/1") as c, ShardCache(path, shard="eu/1") as fresh:
         for op in ops:
             if op[0] == "put":
                 for m in op[1]:
@@ -185,12 +186,15 @@ def test_windows_equal_from_dicts_after_any_puts_deletes_and_expiry(
                 c.messages_expire(before=op[1])
             current = [model[t] for t in sorted(model)]
             assert_same(c.messages_read(device_id=1), Messages.from_dicts(current))
+        # The writer keeps its tails decoded in memory; another reader decodes the file: the same.
+        assert_same(fresh.messages_read(device_id=1), Messages.from_dicts(current))
         for a, b in windows:
             a, b = sorted((a, b))
-            assert_same(
-                c.messages_read(device_id=1, begin=a, end=b),
-                Messages.from_dicts([m for m in current if a <= m["timestamp"] < b]),
-            )
+            for reader in (c, fresh):
+                assert_same(
+                    reader.messages_read(device_id=1, begin=a, end=b),
+                    Messages.from_dicts([m for m in current if a <= m["timestamp"] < b]),
+                )
         state = c.device_state(device_id=1)
         assert (state.messages if state else 0) == len(model)
 
@@ -430,3 +434,16 @@ def test_a_batch_commits_once_and_a_failing_call_inside_it_undoes_only_itself(ca
         assert cache.devices() == reader.devices() == [1, 3]
     finally:
         reader.close()
+
+
+def test_a_readers_decoded_tails_follow_another_connections_writes(tmp_path):
+    """A reader keeps the tails it decoded; a write through another connection (another process's
+    writer) makes it decode them again, so it never reads a stale tail."""
+    path = tmp_path / "s.cache"
+    with ShardCache(path, shard="eu/1") as writer, ShardCache(path, shard="eu/1") as reader:
+        writer.messages_put(device_id=1, messages=[{"timestamp": 1.0, "v": 1}])
+        assert_same(reader.messages_read(device_id=1), Messages.from_dicts([{"timestamp": 1.0, "v": 1}]))
+        writer.messages_put(device_id=1, messages=[{"timestamp": 1.0, "v": 2}, {"timestamp": 2.0, "v": 3}])
+        expected = Messages.from_dicts([{"timestamp": 1.0, "v": 2}, {"timestamp": 2.0, "v": 3}])
+        assert_same(reader.messages_read(device_id=1), expected)
+        assert_same(writer.messages_read(device_id=1), expected)

@@ -512,10 +512,13 @@ class ShardCache:
         includes ``t``)."""
         with self._read() as db:
             rows = db.execute(
-                "SELECT crc, data FROM chunks WHERE device_id = ? AND first < ? AND first >= coalesce("
+                # The chunks that start before ``end``, from the last one starting at or before
+                # ``begin``, less those that end before ``begin`` (the last such one, usually: a
+                # window of new messages decodes no chunk at all).
+                "SELECT crc, data FROM chunks WHERE device_id = ? AND first < ? AND last >= ? AND first >= coalesce("
                 "(SELECT first FROM chunks WHERE device_id = ? AND first <= ? ORDER BY first DESC LIMIT 1), ?)"
                 " ORDER BY first",
-                (device_id, end, device_id, begin, begin),
+                (device_id, end, begin, device_id, begin, begin),
             ).fetchall()
             tail = self._tail_block(db, device_id, begin, end)
         blocks = [self._decode(crc, data) for crc, data in rows]

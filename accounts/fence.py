@@ -20,10 +20,9 @@ from django.db import OperationalError, connections
 from psycopg import errors as pg_errors
 
 from accounts import placement
+from flespi_site.constants import LockSpace, lock_id
 from flespi_site.errors import DomainError, ErrorKind
 
-# The first key of the advisory locks of accounts (the second is the account id).
-LOCK_SPACE = 0x0A3C
 # How long a writer waits for a move's switch before it gets a 503.
 WAIT_SECONDS = 30.0
 RETRY_AFTER_SECONDS = 1
@@ -44,10 +43,6 @@ class AccountMoved(AccountMoving):
     """The account's data moved to another datacenter after this writer read where it was."""
 
 
-def lock_key(account_id: int) -> int:
-    return account_id & 0x7FFFFFFF
-
-
 _TRY = "SELECT bool_and(pg_try_advisory_xact_lock_shared(%s, k)) FROM unnest(%s::int[]) AS k"
 
 
@@ -57,12 +52,12 @@ def write_fence(*, alias: str, account_ids: Iterable[int]) -> None:
     ids = sorted(set(account_ids))
     if not ids:
         return
-    keys = sorted({lock_key(account_id) for account_id in ids})
+    keys = sorted({lock_id(account_id) for account_id in ids})
     connection = connections[alias]
     if not connection.in_atomic_block:
         raise RuntimeError("write_fence runs in the writer's transaction (transaction.atomic)")
     with connection.cursor() as cursor:
-        cursor.execute(_TRY, [LOCK_SPACE, keys])
+        cursor.execute(_TRY, [LockSpace.ACCOUNT_WRITE, keys])
         if not cursor.fetchone()[0]:
             _wait(cursor, keys)
     moved = placement.accounts_elsewhere(alias=alias, account_ids=ids)
@@ -82,7 +77,7 @@ def _wait(cursor, keys: list[int]) -> None:
     cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(WAIT_SECONDS * 1000)}ms"])
     try:
         for key in keys:
-            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", [LOCK_SPACE, key])
+            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", [LockSpace.ACCOUNT_WRITE, key])
     except OperationalError as exc:
         if not isinstance(exc.__cause__, pg_errors.LockNotAvailable):
             raise

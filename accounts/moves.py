@@ -45,9 +45,9 @@ from django.db import transaction
 
 from accounts import placement
 from accounts.choices import MoveState
-from accounts.fence import LOCK_SPACE, lock_key
 from accounts.models import Account, AccountMove
 from accounts.regional_data import DATACENTER, RegionalTable, regional_tables
+from flespi_site.constants import LockSpace, lock_id
 from flespi_site.errors import Conflict, DomainError
 from regions.datacenters import alias_for_datacenter
 from regions.models import Datacenter
@@ -62,11 +62,6 @@ SWITCH_LOCK_TIMEOUT = "30s"
 HOOK_ENV = "FLESPI_MOVE_STOP_AT"
 HOOK_POINTS = ("prepared", "copying", "copied", "paused", "committed", "switched", "cleaning")
 
-# The region's move lock (session-scoped, in the control database): the first key; the second is
-# the region's id.
-MOVE_LOCK_SPACE = 0x0A3D
-# The advisory lock space of the device block locks (analytics.blocks.LOCK_SPACE).
-BLOCK_LOCK_SPACE = 0x0B10
 # Messages deleted from the source per statement in the clean-up.
 DELETE_BATCH = 50_000
 
@@ -252,8 +247,8 @@ def _copy_and_switch(
         with _connect(source_alias) as fence, _connect(source_alias, snapshot=True) as source:
             paused = time.monotonic()
             fence.execute(f"SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}'")
-            for key in sorted({lock_key(account_id) for account_id in ids}):
-                fence.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LOCK_SPACE, key])
+            for key in sorted({lock_id(account_id) for account_id in ids}):
+                fence.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LockSpace.ACCOUNT_WRITE, key])
             _hook("paused")
             copied_logs = _catch_up(source, target, tables, ids, copied_devices, report)
             target.commit()
@@ -332,7 +327,7 @@ def _derived_reset(target: psycopg.Connection, devices: list[int]) -> None:
         return
     target.execute(
         "SELECT pg_advisory_xact_lock_shared(%s, (d %% 2147483648)::integer) FROM unnest(%s::bigint[]) AS d",
-        [BLOCK_LOCK_SPACE, devices],
+        [LockSpace.DEVICE_BLOCKS, devices],
     )
     target.execute("DELETE FROM message_blocks WHERE device_id = ANY(%s)", [devices])
     target.execute(
@@ -414,7 +409,7 @@ def _region_lock(region_id: int):
     """The region's move lock, held on a connection of its own for as long as the block runs
     (a killed command's lock goes with its connection); yields whether it was taken."""
     with _connect("default", autocommit=True) as connection:
-        held = connection.execute("SELECT pg_try_advisory_lock(%s, %s)", [MOVE_LOCK_SPACE, region_id]).fetchone()[0]
+        held = connection.execute("SELECT pg_try_advisory_lock(%s, %s)", [LockSpace.REGION_MOVE, region_id]).fetchone()[0]
         yield held
 
 

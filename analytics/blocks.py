@@ -33,6 +33,7 @@ from analytics.columnar import Block, Col
 from analytics.engine.values import is_number
 from devices import columns as stored_columns
 from devices import storage as message_storage
+from flespi_site.constants import LockSpace, lock_id
 from flespi_site.runner import Loop
 
 logger = logging.getLogger(__name__)
@@ -46,12 +47,7 @@ SWEEP_EVERY = 3600.0
 # How long a device with fewer than a block's worth of unsealed messages waits to be looked at
 # again.
 TAIL_RECHECK = 60.0
-LOCK_SPACE = 0x0B10  # as in the migration's trigger
 _TS = ""  # the name of a block's timestamps row
-
-
-def _lock_key(device_id: int) -> int:
-    return device_id % 2**31
 
 
 def messages_block(
@@ -191,7 +187,7 @@ def _seal(alias: str, device_id: int, limit: int | None = None) -> tuple[int, in
     sealed = built = 0
     while limit is None or built < limit:
         with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LOCK_SPACE, _lock_key(device_id)])
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LockSpace.DEVICE_BLOCKS, lock_id(device_id)])
             cursor.execute("SELECT min(ts), max(ts) FROM messages WHERE device_id = %s", [device_id])
             oldest, newest = cursor.fetchone()
             if oldest is None:

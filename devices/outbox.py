@@ -21,11 +21,11 @@ from paho.mqtt.client import MQTTMessageInfo
 
 from devices.choices import OutboxKind
 from flespi_site import metrics, mqtt
+from flespi_site.constants import RELAY_LOCK
 from flespi_site.runner import Loop
 
 logger = logging.getLogger(__name__)
 
-RELAY_LOCK_KEY = 0x0F1E5B1  # advisory lock id of the relay of a datacenter database
 
 _FETCH = "SELECT id, device_id, kind, topic, payload::text, retain, stamps FROM outbox ORDER BY id LIMIT %s"
 # One index lookup per (device, timestamp) whatever the planner thinks of the table (the LIMIT,
@@ -116,7 +116,7 @@ class OutboxRelay(Loop):
     def _lock(self, connection) -> None:
         with connection.cursor() as cursor:
             while not self.stopping.is_set():
-                cursor.execute("SELECT pg_try_advisory_lock(%s)", [RELAY_LOCK_KEY])
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [RELAY_LOCK])
                 if cursor.fetchone()[0]:
                     return
                 logger.info("another relay holds %s; waiting", self.alias)

@@ -17,8 +17,10 @@ block is never built from rows that a transaction in flight is changing.
 
 from django.db import migrations
 
+from flespi_site.constants import LockSpace
+
 # The advisory lock space of the device block locks (two-key form: space, device id mod 2**31).
-LOCK_SPACE = 0x0B10
+LOCK_SPACE = int(LockSpace.DEVICE_BLOCKS)
 
 CREATE = f"""
 CREATE TABLE message_blocks (

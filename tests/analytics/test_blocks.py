@@ -13,11 +13,11 @@ import time
 import pytest
 from django.db import connections, transaction
 
-from accounts import moves
 from analytics import blocks
 from analytics.engine import Messages
 from devices import storage
 from devices.services import device_create, messages_delete, messages_ingest, messages_purge_expired
+from flespi_site.constants import LockSpace
 from tests.analytics.test_cache import assert_same
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -236,7 +236,7 @@ def test_blocks_of_deleted_devices_are_dropped(device):
 
 def test_the_lock_space_is_one_value_everywhere():
     migration = importlib.import_module("analytics.migrations.0004_message_blocks")
-    assert migration.LOCK_SPACE == blocks.LOCK_SPACE == moves.BLOCK_LOCK_SPACE
+    assert migration.LOCK_SPACE == LockSpace.DEVICE_BLOCKS
 
 
 def test_a_shard_cache_fill_in_parts_from_blocks_and_rows_holds_the_rows(device, monkeypatch, tmp_path):

@@ -1,0 +1,35 @@
+"""Every PostgreSQL advisory-lock key of the platform, in one place (one searchable name each).
+
+PostgreSQL advisory locks share one key space per database, so two subsystems that picked the
+same number would block each other for no reason: every number is chosen here and nowhere else
+(``tests/test_protocols.py`` fails on a lock number spelled outside this module). Two-key locks
+(``pg_advisory_xact_lock(space, key)``) name their first key here; the second is an id that
+``lock_id`` folds into PostgreSQL's 32-bit range. No Django here: migrations import it too.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class LockSpace(IntEnum):
+    """The first key of the platform's two-key advisory locks."""
+
+    # Per account, in datacenter databases: writers take it shared, a move's switch exclusively
+    # (``accounts.fence``).
+    ACCOUNT_WRITE = 0x0A3C
+    # Per region, session-scoped in the control database: one move at a time (``accounts.moves``).
+    REGION_MOVE = 0x0A3D
+    # Per device, in datacenter databases: sealing message blocks against the change log's
+    # trigger that removes them (``analytics.blocks``, migration ``analytics/0004``).
+    DEVICE_BLOCKS = 0x0B10
+
+
+# Single-key lock of the outbox relay of a datacenter database (one relay per database keeps the
+# order of each device's events).
+RELAY_LOCK = 0x0F1E5B1
+
+
+def lock_id(entity_id: int) -> int:
+    """The second key of a two-key lock for ``entity_id`` (PostgreSQL's keys are 32-bit)."""
+    return entity_id % 2**31

@@ -650,10 +650,10 @@ class AssignmentAdmin(RegionalModelAdmin):
 
     def fleet_view(self, request):
         """The operators' page: per region its shards and workers, per datacenter its
-        assignments by state and outbox backlog (``analytics.status``)."""
+        assignments by state and outbox backlog (``analytics.fleet.status``)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        from analytics import status
+        from analytics.fleet import status
 
         context = {
             **self.admin_site.each_context(request),

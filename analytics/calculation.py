@@ -1,17 +1,37 @@
-"""The bridge between stored rows and the analytics engine: the only module that turns messages
-read from PostgreSQL into engine types.
+"""The bridge between stored data and the analytics engine, and the one home of a
+recalculation (docs/analytics.md, "A recalculation").
 
-On-demand calculation (``calculate_stored``) reads a device's messages for a time range by column
-(``analytics.blocks``: its message blocks, and the rows no block covers), only the parameters the
-calculator reads, and runs the engine over them; nothing is stored.
+- On-demand calculation (``calculate_stored``) reads a device's messages for a time range by
+  column (``analytics.blocks``: its message blocks, and the rows no block covers), only the
+  parameters the calculator reads, and runs the engine over them; nothing is stored.
+- A recalculation of assignments (``runs_calculate``) runs the engine's windowed
+  ``recalculate`` over a shard cache (``analytics.fleet.cache``) and gives a ``Run`` per
+  assignment; ``runs_store`` stores their diffs, their events (the outbox) and their
+  assignments' state in the caller's transaction (a calc worker's fenced one), in a few
+  statements for the whole batch; ``runs_cached`` brings the cache's intervals in step after the
+  commit. ``diff_store`` stores one assignment's diff by the same path, reading the intervals
+  before the change from PostgreSQL instead of a cache.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from analytics import blocks
-from analytics.engine import Calculator, IntervalList, Messages, calculate
+from django.db import transaction
+
+from accounts.fence import write_fence
+from analytics import blocks, storage
+from analytics import events as event_topics
+from analytics.choices import AssignmentState
+from analytics.engine import Calculator, Diff, IntervalList, Messages, active_deadline, calculate, recalculate
+from analytics.fleet.batches import HISTORY_BEGIN, HISTORY_END
+from analytics.fleet.cache import ShardCache
+from analytics.models import Assignment
+from analytics.models import Calculator as StoredCalculator
 from devices import columns as stored_columns
 from devices.models import Device
 from flespi_site.errors import ErrorKind, InvalidInput, TooLarge
@@ -79,3 +99,255 @@ def _range_of(begin: float, end: float) -> tuple[int, int]:
             limit=MAX_ON_DEMAND_SPAN,
         )
     return round(begin * 1_000_000), round(end * 1_000_000)
+
+
+# -- recalculation of assignments ---------------------------------------------------------------
+
+@dataclass
+class RunStats:
+    """What one batch of runs did, for logs and benchmarks."""
+
+    assignments: int = 0
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    messages_read: int = 0
+    fenced: bool = False
+
+
+@dataclass
+class Run:
+    """One assignment's recalculation on its way from the cache to PostgreSQL: the range it
+    covers (``begin``..``end``, unix seconds), the engine's diff, and what was stored."""
+
+    assignment: Assignment
+    calculator: StoredCalculator
+    begin: float
+    end: float
+    was_state: str = ""
+    cache: ShardCache | None = None
+    diff: Diff | None = None
+    changes: storage.StoredChanges | None = None
+    stamp: float = 0.0
+    outbox: list[event_topics.Event] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.assignment.calculator_id, self.assignment.device_id
+
+    @property
+    def synced_now(self) -> bool:
+        return self.was_state != AssignmentState.SYNCED
+
+
+class Compiler(Protocol):
+    def __call__(self, calculator: StoredCalculator) -> Calculator: ...
+
+
+def runs_calculate(*, runs: Sequence[Run], compiled: Compiler, now: float, stats: RunStats) -> None:
+    """The engine's diff of each run, from its cache (which mirrors PostgreSQL for the run's
+    assignment: ``analytics.fleet.changes.assignment_cached``). A run of an assignment not synced
+    covers all of history."""
+    for run in runs:
+        assert run.cache is not None
+        reader = run.cache.reader(calc_id=run.assignment.calculator_id, device_id=run.assignment.device_id)
+        begin, end = (-math.inf, math.inf) if run.synced_now else (run.begin, run.end)
+        run.diff = recalculate(
+            calculator=compiled(run.calculator),
+            read_messages=reader.read_messages,
+            read_intervals=reader.read_intervals,
+            interval_before=reader.interval_before,
+            dirty_begin=begin if begin > HISTORY_BEGIN else -math.inf,
+            dirty_end=end if end < HISTORY_END else math.inf,
+            now=now,
+            frozen_before=now - run.calculator.update_period,
+            messages_begin=reader.oldest,
+            newest=reader.newest,
+        )
+        stats.messages_read += run.diff.messages_read
+
+
+class Before(Protocol):
+    """The stored intervals of an assignment before a run's change: one by id, and the newest."""
+
+    def interval(self, key: tuple[int, int], interval_id: int) -> dict | None: ...
+
+    def newest(self, key: tuple[int, int]) -> dict | None: ...
+
+
+class CachedBefore:
+    """``Before`` from a shard cache (a worker's: it mirrors PostgreSQL for the assignments it
+    runs)."""
+
+    def __init__(self, cache: ShardCache):
+        self.cache = cache
+
+    def interval(self, key: tuple[int, int], interval_id: int) -> dict | None:
+        begin = interval_id / 1_000_000  # an interval's id is its begin in µs
+        for row in self.cache.intervals_read(calc_id=key[0], device_id=key[1], begin=begin - 1e-3, end=begin + 1e-3):
+            if row["id"] == interval_id:
+                return row
+        return None
+
+    def newest(self, key: tuple[int, int]) -> dict | None:
+        return self.cache.interval_before(calc_id=key[0], device_id=key[1], t=math.inf)
+
+
+class StoredBefore:
+    """``Before`` from PostgreSQL."""
+
+    def __init__(self, alias: str):
+        self.alias = alias
+
+    def interval(self, key: tuple[int, int], interval_id: int) -> dict | None:
+        return next(iter(storage.intervals_read(alias=self.alias, pairs=[key], ids=[interval_id])), None)
+
+    def newest(self, key: tuple[int, int]) -> dict | None:
+        return next(iter(storage.intervals_read(alias=self.alias, pairs=[key], count=1, reverse=True)), None)
+
+
+def runs_store(*, alias: str, runs: Sequence[Run], stamp: float, before: Callable[[Run], Before]) -> None:
+    """In the caller's transaction on ``alias``: every diff of the runs, their events, and the state
+    of their assignments, in a few statements for the whole batch. ``before(run)`` reads the
+    intervals as they were stored before the change (the open one, the newest), for the events."""
+    write_fence(alias=alias, account_ids={run.assignment.account_id for run in runs})
+    present = storage.assignments_lock(alias=alias, assignment_ids=[run.assignment.pk for run in runs])
+    events: list[event_topics.Event] = []
+    rows: list[storage.AssignmentDone] = []
+    for run in runs:
+        run.stamp = stamp
+        if run.assignment.pk not in present:  # unassigned meanwhile: its intervals are gone with it
+            run.changes = storage.StoredChanges()
+    stored = [run for run in runs if run.changes is None]
+    # Read before the writes: ``before`` may read PostgreSQL.
+    priors = {run.key: before(run) for run in stored}
+    was = {
+        run.key: (
+            None if run.assignment.active_id is None else priors[run.key].interval(run.key, run.assignment.active_id),
+            priors[run.key].newest(run.key),
+        )
+        for run in stored
+    }
+    writes = {}
+    for run in stored:
+        assert run.diff is not None
+        writes[run.key] = ([*run.diff.created, *run.diff.updated], [interval["id"] for interval in run.diff.deleted])
+    written_by_key = storage.intervals_write_many(alias=alias, writes=writes, stamp=stamp)
+    for run in stored:
+        assert run.diff is not None
+        assignment, key, prior = run.assignment, run.key, priors[run.key]
+        before_active, before_last = was[key]
+        written, deleted = written_by_key[key]
+        created_ids = {interval["id"] for interval in run.diff.created}
+        changes = storage.StoredChanges(
+            created=[row for row in written if row["id"] in created_ids],
+            updated=[row for row in written if row["id"] not in created_ids],
+            deleted=deleted,
+        )
+        by_id = {row["id"]: row for row in written}
+        deleted_ids = {row["id"] for row in deleted}
+        active_id = run.diff.active_id if run.diff.reached_end else assignment.active_id
+        active = by_id.get(active_id) if active_id is not None else None
+        if active is None and active_id is not None and active_id not in deleted_ids:
+            active = prior.interval(key, active_id)
+        was_active = None
+        if before_active is not None:
+            was_active = by_id.get(before_active["id"], before_active)
+        last, last_changed = _newest(alias, key, before_last, written, deleted_ids)
+        run.outbox = event_topics.interval_events(
+            calc_id=key[0], device_id=key[1], created=changes.created, updated=changes.updated,
+            deleted=changes.deleted, was_active=was_active, active=active,
+            active_known=run.diff.reached_end, last=last, last_changed=last_changed,
+        )
+        if run.synced_now:
+            run.outbox.append(event_topics.synced_event(calc_id=key[0], device_id=key[1], synced=True))
+            if last is not None and not last_changed:
+                run.outbox.append(event_topics.Event(key[1], event_topics.state_topic(*key, "last"), last, True))
+        events.extend(run.outbox)
+        rows.append(storage.AssignmentDone(
+            id=assignment.pk, version=run.calculator.version, calculated=stamp,
+            begin=-math.inf if run.synced_now else run.begin, end=math.inf if run.synced_now else run.end,
+            active_id=active_id, synced=True,
+        ))
+        assignment.active_id = active_id
+        run.changes = changes
+    storage.outbox_events(alias=alias, events=events)
+    storage.assignments_done(alias=alias, rows=rows)
+
+
+def runs_cached(*, runs: Sequence[Run], stats: RunStats) -> None:
+    """After the commit: each run's stored changes into its cache, marked with the run's stamp (so
+    that the next run knows the cache's copy is the stored one)."""
+    for run in runs:
+        assert run.changes is not None and run.cache is not None
+        run.cache.intervals_apply(
+            calc_id=run.assignment.calculator_id,
+            device_id=run.assignment.device_id,
+            diff=Diff(created=[*run.changes.created, *run.changes.updated], deleted=run.changes.deleted),
+            marker=run.stamp,
+        )
+        stats.assignments += 1
+        stats.created += len(run.changes.created)
+        stats.updated += len(run.changes.updated)
+        stats.deleted += len(run.changes.deleted)
+
+
+def run_deadline(*, run: Run, compiled: Compiler) -> tuple[float, float] | None:
+    """When the wall clock closes the run's open interval (``max_inactive``, the end of a
+    ``datetime`` period), unix seconds, with the newest message's timestamp it follows from; None
+    when nothing will."""
+    assert run.diff is not None and run.cache is not None
+    if not run.diff.reached_end or run.diff.active_id is None:
+        return None
+    newest = run.cache.newest(device_id=run.assignment.device_id)
+    if newest is None:
+        return None
+    deadline = active_deadline(compiled(run.calculator), newest=newest)
+    return None if deadline is None else (deadline, newest)
+
+
+def assignment_synchronizing(*, alias: str, assignment: Assignment) -> None:
+    """In the caller's transaction: an unsynced assignment's first run starts (its ``synced``
+    state event says false until the run is stored)."""
+    write_fence(alias=alias, account_ids=[assignment.account_id])
+    Assignment.objects.using(alias).filter(pk=assignment.pk).update(state=AssignmentState.SYNCHRONIZING)
+    storage.outbox_events(
+        alias=alias,
+        events=[event_topics.synced_event(calc_id=assignment.calculator_id, device_id=assignment.device_id,
+                                          synced=False)],
+    )
+
+
+def diff_store(
+    *, assignment: Assignment, diff: Diff, begin: float = -math.inf, end: float = math.inf, now: float | None = None
+) -> storage.StoredChanges:
+    """Store one assignment's diff, covering ``begin``..``end``, by the path a calc worker stores
+    its runs (intervals, events, the assignment's state), in a transaction of its own on the
+    assignment's database; the intervals before it are read from there. Returns what was stored."""
+    alias = assignment.database
+    run = Run(assignment=assignment, calculator=assignment.calculator, begin=begin, end=end,
+              was_state=assignment.state, diff=diff)
+    with transaction.atomic(using=alias):
+        runs_store(alias=alias, runs=[run], stamp=time.time() if now is None else now,
+                   before=lambda _run: StoredBefore(alias))
+    assert run.changes is not None
+    return run.changes
+
+
+def _newest(
+    alias: str, key: tuple[int, int], before: dict | None, written: list[dict], deleted_ids: set[int]
+) -> tuple[dict | None, bool]:
+    """The newest stored interval after a change, and whether it (or which one it is) changed;
+    ``before`` is the newest before it."""
+    candidates = list(written)
+    if before is not None and before["id"] not in deleted_ids:
+        candidates.append(before)
+    last = max(candidates, key=lambda row: row["id"]) if candidates else None
+    if before is not None and before["id"] in deleted_ids and (last is None or last["id"] < before["id"]):
+        # The newest went and nothing newer came: the newest left is read back (rare).
+        last = next(iter(storage.intervals_read(alias=alias, pairs=[key], count=1, reverse=True)), None)
+    written_ids = {row["id"] for row in written}
+    before_id = None if before is None else before["id"]
+    last_id = None if last is None else last["id"]
+    changed = last_id != before_id or (last_id is not None and last_id in written_ids)
+    return last, changed

@@ -1,5 +1,5 @@
 """Messages of one device by column, and their binary form: what the shard caches store as chunks
-(``analytics.cache``) and PostgreSQL as message blocks (``analytics.blocks``).
+(``analytics.fleet.cache``) and PostgreSQL as message blocks (``analytics.blocks``).
 
 Values are kept as the engine sees them (``Messages.from_dicts``): numbers as float64 with a
 per-row "was an int" flag, booleans, everything else (strings, lists, objects, numbers of a

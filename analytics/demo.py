@@ -23,10 +23,10 @@ from accounts.models import Account
 from accounts.services import account_create, token_authenticate, token_create
 from analytics import examples
 from analytics.choices import AssignmentState
+from analytics.fleet.leases import ShardLeases
 from analytics.models import Assignment, Calculator
 from analytics.selectors import calculators_of
 from analytics.services import assignment_create, calculator_create
-from analytics.shards import ShardLeases
 from devices.models import Device
 from devices.selectors import devices_of
 from devices.services import device_create

@@ -1,8 +1,8 @@
 """Writes of calculators, assignments and stored intervals.
 
 The API, the admin and the calc fleet call these; none of them touches the shard cache or Redis
-(the fleet's own modules do). Stored intervals are written by ``intervals_apply``, in the
-caller's transaction, so that the fleet adds the outbox rows of the same change in it.
+(the fleet's own modules do). The results of recalculations are stored by
+``analytics.calculation`` (``runs_store``), with their outbox rows in the same transaction.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from accounts.models import Account
 from analytics import storage
 from analytics.choices import AssignmentState
 from analytics.constants import INTERVAL_FIELDS, MAX_USER_FIELDS_BYTES, RESULT_FIELDS
-from analytics.engine import CalculatorError, Diff, Problem, compile_calculator, normalize_calculator
+from analytics.engine import CalculatorError, Problem, compile_calculator, normalize_calculator
 from analytics.models import Assignment, Calculator
-from analytics.storage import StoredChanges
 from devices.models import Device
 from flespi_site import celery as calc_queue
 from flespi_site.errors import ErrorKind, InvalidInput, NotFound
@@ -201,55 +200,7 @@ def recalculation_request(*, assignments: Sequence[Assignment], begin: float | N
         return _request(rows, low, high)
 
 
-def recalculation_done(
-    *, assignment: Assignment, begin: float, end: float, version: int, now: float, full: bool = False
-) -> None:
-    """A recalculation covering ``[begin, end]`` (all of history when ``full``) with calculator
-    ``version`` was stored at ``now``: clear the durable request if the run covered it (a wider
-    request that came meanwhile stays)."""
-    if full:
-        begin, end = -math.inf, math.inf
-    alias = assignment.database
-    Assignment.objects.using(alias).filter(pk=assignment.pk).update(calc_version=version, calculated=now)
-    Assignment.objects.using(alias).filter(pk=assignment.pk, pending_begin__gte=begin, pending_end__lte=end).update(
-        pending_begin=None, pending_end=None
-    )
-
-
 # --- intervals -----------------------------------------------------------------------------
-
-
-def intervals_apply(*, assignment: Assignment, diff: Diff, now: float | None = None) -> StoredChanges:
-    """Store a diff of the engine for one assignment, in the caller's transaction (one of its own
-    when there is none): ``created`` and ``updated`` are written with ``timestamp`` = ``now``,
-    ``deleted`` removed; user fields stay with their ids. Returns the rows as stored, for the
-    outbox. An id the diff calls created that is already stored (a repeated run) is updated."""
-    stamp = time.time() if now is None else now
-    alias = assignment.database
-    with transaction.atomic(using=alias, savepoint=False):
-        write_fence(alias=alias, account_ids=[assignment.account_id])
-        # The assignment's row lock keeps it from being deleted (and its intervals with it) while
-        # this writes: no interval outlives its assignment.
-        if not storage.assignment_lock(alias=alias, assignment_id=assignment.pk):
-            raise NotFound(f"device {assignment.device_id} is no longer assigned to calculator {assignment.calculator_id}",
-                           id=assignment.device_id)
-        written, deleted = storage.intervals_write(
-            alias=alias,
-            calc_id=assignment.calculator_id,
-            device_id=assignment.device_id,
-            upsert=[*diff.created, *diff.updated],
-            delete_ids=[interval["id"] for interval in diff.deleted],
-            stamp=stamp,
-        )
-        if diff.reached_end and assignment.active_id != diff.active_id:
-            Assignment.objects.using(alias).filter(pk=assignment.pk).update(active_id=diff.active_id)
-            assignment.active_id = diff.active_id
-    created_ids = {interval["id"] for interval in diff.created}
-    return StoredChanges(
-        created=[row for row in written if row["id"] in created_ids],
-        updated=[row for row in written if row["id"] not in created_ids],
-        deleted=deleted,
-    )
 
 
 def intervals_purge(*, assignment: Assignment, calculator: Calculator, now: float | None = None) -> list[dict]:

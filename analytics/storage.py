@@ -80,6 +80,34 @@ def assignments_lock(*, alias: str, assignment_ids: Sequence[int]) -> set[int]:
 
 
 @dataclass(frozen=True)
+class PendingWidened:
+    """An enabled assignment whose pending range a drain widened."""
+
+    calc_id: int
+    device_id: int
+    update_delay: float
+
+
+def assignments_pending_widen(*, alias: str, ranges: Mapping[int, tuple[int, int]]) -> list[PendingWidened]:
+    """Widen the pending range of every enabled assignment of these devices (device -> changed
+    range in µs) to cover the change, in the caller's transaction; returns them."""
+    device_ids = list(ranges)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE analytics_assignment AS a SET
+                pending_begin = LEAST(a.pending_begin, r.b / 1e6), pending_end = GREATEST(a.pending_end, r.e / 1e6)
+            FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS r(d, b, e)
+            WHERE a.device_id = r.d AND a.enabled
+            RETURNING a.calculator_id, a.device_id,
+                (SELECT update_delay FROM analytics_calculator c WHERE c.id = a.calculator_id)
+            """,
+            [device_ids, [ranges[d][0] for d in device_ids], [ranges[d][1] for d in device_ids]],
+        )
+        return [PendingWidened(calc_id, device_id, float(delay)) for calc_id, device_id, delay in cursor.fetchall()]
+
+
+@dataclass(frozen=True)
 class AssignmentDone:
     """What a stored recalculation changes on its assignment's row."""
 

@@ -9,7 +9,7 @@
   read).
 
 Options: ``sqlite-json`` (SQLite rows, one JSON body per message), ``sqlite-chunks`` (the chosen
-``analytics.cache.ShardCache``: SQLite with columnar chunk blobs and a JSON tail) and ``npz``
+``analytics.fleet.cache.ShardCache``: SQLite with columnar chunk blobs and a JSON tail) and ``npz``
 (one numpy ``.npz`` file per device, rewritten whole on every change, by atomic rename).
 
 Run: ``.venv/bin/python bench/cache.py`` (``--quick`` stops at 10^5 messages). Needs no service.
@@ -33,11 +33,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analytics import cache as shard_cache
-from analytics.cache import ShardCache, _merged_batch
 from analytics.columnar import Block as _Block
 from analytics.columnar import Col as _Col
 from analytics.engine import Messages, calculate, compile_calculator
+from analytics.fleet import cache as shard_cache
+from analytics.fleet.cache import ShardCache, _merged_batch
 from bench.engine import CALCULATORS, synthetic
 from flespi_site.jsontext import loads_exact
 

@@ -467,6 +467,7 @@ def sync(platform: Platform, fixture, count: int, profile: Path | None) -> dict[
     from analytics.models import Assignment
     from analytics.services import assignment_create, calculator_create
     from devices.services import messages_ingest
+    from flespi_site.fleet import FleetTask
 
     [device] = fixture.new_devices(1)
     source = ingest.MessageSource(start=math.floor(time.time()) - count - 3600)
@@ -516,13 +517,13 @@ def sync(platform: Platform, fixture, count: int, profile: Path | None) -> dict[
     for name in platform.workers:
         for line in platform.lines(name)[log_start[name]:]:
             received = RECEIVED_LINE.search(line)
-            if received and received.group(2) == "analytics.shard_run" and "run task received" not in phases:
+            if received and received.group(2) == FleetTask.SHARD_RUN and "run task received" not in phases:
                 phases["assign -> run task received (worker log)"] = log_time(line) - assigned
             fill = FILL_LINE.search(line)
             if fill and int(fill.group(1)) == device.pk:
                 phases[f"cache fill from PostgreSQL ({int(fill.group(2)):,} messages)"] = float(fill.group(3))
             task = TASK_LINE.search(line)
-            if task and task.group(1) == "analytics.shard_run" and "the run's task" not in phases:
+            if task and task.group(1) == FleetTask.SHARD_RUN and "the run's task" not in phases:
                 phases["the run's task (worker log)"] = float(task.group(2))
     intervals = stored_intervals(calculator, device)
     phases[f"({intervals} intervals stored)"] = math.nan
@@ -544,7 +545,7 @@ SYNC_PARTS = {
     "  of which JSON decode (loads_exact)": "loads_exact",
     "fill: into the cache file (ShardCache.messages_put)": "ShardCache.messages_put (cache.py)",
     "calculation (engine recalculate)": "recalculate (recalculate.py)",
-    "storing intervals + outbox (ShardWorker._store)": "ShardWorker._store (worker.py)",
+    "storing intervals + outbox (runs_store)": "runs_store (calculation.py)",
     "cache intervals (ShardCache.intervals_apply)": "ShardCache.intervals_apply (cache.py)",
 }
 
@@ -598,7 +599,7 @@ def timers_busy() -> int:
     timers of open intervals, due max_inactive after their last message, are not work left)."""
     from django.conf import settings
 
-    from analytics.debounce import DebounceTimers
+    from analytics.fleet.debounce import DebounceTimers
     from flespi_site.celery import redis_client
 
     timers = DebounceTimers(redis_client("eu"), region="eu")
@@ -629,9 +630,10 @@ def shard_groups(fixture, devices, *, shards: int, per_shard: int) -> list:
 def throughput(platform: Platform, fixture, devices, per_task: int) -> dict[str, float]:
     from django.conf import settings
 
-    from analytics.debounce import DebounceTimers
+    from analytics.fleet.debounce import DebounceTimers
     from devices.services import messages_ingest
-    from flespi_site.celery import celery_app, redis_client, shard_queue
+    from flespi_site.celery import celery_app, redis_client
+    from flespi_site.fleet import Due, ShardRun
 
     timers = DebounceTimers(redis_client("eu"), region="eu")
     # No max_inactive: a run arms no wall-clock timer, so that no timer is left once all are done.
@@ -664,16 +666,15 @@ def throughput(platform: Platform, fixture, devices, per_task: int) -> dict[str,
     worker = platform.fleet.processes["worker"][0].pid
     log_start = len(platform.lines("worker"))
     meter = CpuMeter({"worker": worker, "relay": platform.fleet.processes["relay"][0].pid})
-    by_shard: dict[int, list[list[int]]] = collections.defaultdict(list)
+    by_shard: dict[int, list[Due]] = collections.defaultdict(list)
     for device in devices:
-        by_shard[device.shard].append([calculator.pk, device.pk])
+        by_shard[device.shard].append(Due(calculator.pk, device.pk, device.shard))
     app = celery_app("eu")
     started = time.monotonic()
     tasks = 0
     for shard, pairs in by_shard.items():
         for i in range(0, len(pairs), per_task):
-            app.send_task("analytics.shard_run", args=["eu", shard, pairs[i:i + per_task]],
-                          queue=shard_queue("eu", shard))
+            ShardRun(region="eu", shard=shard, due=tuple(pairs[i:i + per_task])).send(app)
             tasks += 1
     while timers_left(timers, settings.CALC_SHARDS):
         if time.monotonic() - started > 600:
@@ -737,7 +738,7 @@ def query_counts(platform: Platform, fixture, devices) -> list[tuple[str, int, i
     from django.db import connections
     from django.test.utils import CaptureQueriesContext
 
-    from analytics.worker import ShardWorker
+    from analytics.fleet.worker import ShardWorker
     from devices.services import messages_ingest
 
     by_shard: dict[int, list] = collections.defaultdict(list)
@@ -761,17 +762,17 @@ def query_counts(platform: Platform, fixture, devices) -> list[tuple[str, int, i
             messages_ingest(devices=group, messages=[{"timestamp": round(time.time(), 3), "position.speed": 44.0}])
             with CaptureQueriesContext(connections[alias]) as captured:
                 started = time.perf_counter()
-                worker.changes(shard)
+                worker.changes_drain(shard)
                 spent = time.perf_counter() - started
             rows.append((f"changes: {len(group)} devices changed", len(group), len(captured), kinds(captured), spent))
             pairs = [(calculator.pk, device.pk) for device in group[:size]]
             with CaptureQueriesContext(connections[alias]) as captured:
                 started = time.perf_counter()
-                stats = worker.run(shard, pairs)
+                stats = worker.batch_run({shard: pairs})
                 spent = time.perf_counter() - started
             assert stats.assignments == size, stats
             rows.append((label, size, len(captured), kinds(captured), spent))
-            worker.run(shard, [(calculator.pk, device.pk) for device in group[size:]])  # the rest
+            worker.batch_run({shard: [(calculator.pk, device.pk) for device in group[size:]]})  # the rest
     finally:
         worker.leave()
         platform.fleet.start_worker("worker")

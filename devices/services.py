@@ -10,7 +10,6 @@ which devices got new messages in which time range.
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +31,7 @@ from devices.models import Device, DeviceIdent
 from devices.storage import ChangedRange
 from devices.validation import MessageError, message_prepare
 from flespi_site import celery as calc_queue
-from flespi_site import metrics
+from flespi_site import fleet, metrics
 from flespi_site.errors import Conflict, DomainError, ErrorKind, InvalidInput, NotFound
 from flespi_site.updates import locked_row, save_fields
 from regions.datacenters import allocate_ids
@@ -41,9 +40,9 @@ from regions.datacenters import allocate_ids
 
 
 def shard_of(device_id: int, shards: int | None = None) -> int:
-    """The calculation shard of a device: a stable hash of its id."""
-    shards = shards or settings.CALC_SHARDS
-    return zlib.crc32(str(device_id).encode()) % shards
+    """The calculation shard of a device (``flespi_site.fleet.shard_of``) with this platform's
+    number of shards."""
+    return fleet.shard_of(device_id, shards or settings.CALC_SHARDS)
 
 
 def ident_problem(ident: Any) -> str | None:

@@ -426,3 +426,47 @@ def changes_record(*, alias: str, changes: Sequence[ChangedRange], shards: Mappi
             [[c.device_id for c in changes], [shards[c.device_id] for c in changes],
              [c.begin for c in changes], [c.end for c in changes]],
         )
+
+
+@dataclass(frozen=True)
+class ChangeRow:
+    """A row of the change log as a drain reads it."""
+
+    id: int
+    shard: int
+    device_id: int
+    begin: int  # µs
+    end: int  # µs
+    account_id: int | None  # None: the device is gone
+    age: float  # seconds since the row was written
+
+
+def changes_read(*, alias: str, shards: Sequence[int], limit: int) -> list[ChangeRow]:
+    """The oldest ``limit`` rows of the change log of ``shards``, in the order they were written."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            # The account by a lookup per row: a join would read the whole device table.
+            "SELECT c.id, c.shard, c.device_id, c.begin_ts, c.end_ts, "
+            "(SELECT d.account_id FROM devices_device d WHERE d.id = c.device_id), "
+            "EXTRACT(EPOCH FROM clock_timestamp() - c.created)::float8 FROM message_changes c "
+            "WHERE c.shard = ANY(%s) ORDER BY c.id LIMIT %s",
+            [sorted(shards), limit],
+        )
+        return [
+            ChangeRow(id=row_id, shard=shard, device_id=device_id, begin=begin, end=end, account_id=account_id,
+                      age=age or 0.0)
+            for row_id, shard, device_id, begin, end, account_id, age in cursor.fetchall()
+        ]
+
+
+def changes_delete(*, alias: str, ids: Sequence[int]) -> None:
+    """Remove consumed rows of the change log, in the caller's transaction."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("DELETE FROM message_changes WHERE id = ANY(%s)", [list(ids)])
+
+
+def changes_shards(*, alias: str) -> set[int]:
+    """The shards with rows in the change log."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT DISTINCT shard FROM message_changes")
+        return {row[0] for row in cursor.fetchall()}

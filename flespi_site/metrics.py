@@ -8,7 +8,7 @@ multi-process mode: each process writes its values to a small memory-mapped file
 increment is a write into that map (microseconds, no system call, no network), which is what
 keeps the ingest path's cost negligible. What is state rather than an event (outbox backlog,
 assignments by state, debounce lag) is not counted here: the scrape reads it from the databases
-and Redis (docs/configuration.md, "Metrics").
+and Redis through the state collectors apps register (docs/configuration.md, "Metrics").
 
 This module imports no app of the platform: the hot paths of every app import it.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 from django.conf import settings
 
@@ -26,6 +27,7 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = DIRECTORY
 os.makedirs(DIRECTORY, exist_ok=True)
 
 from prometheus_client import Counter, Histogram, values  # noqa: E402
+from prometheus_client.registry import Collector  # noqa: E402
 
 if not getattr(values.ValueClass, "_multiprocess", False):  # imported before the variable was set
     values.ValueClass = values.get_value_class()
@@ -60,6 +62,21 @@ RECALCULATION_SECONDS = Histogram(
     ["region"],
     buckets=LATENCY_BUCKETS,
 )
+
+
+# Collectors of what is state rather than an event, read at scrape time. An app registers its own
+# when it is ready (``analytics.apps``), so that this module and the view import no app.
+_STATE_COLLECTORS: list[Callable[[], Collector]] = []
+
+
+def state_collector_register(factory: Callable[[], Collector]) -> None:
+    """Add a collector (made anew for each scrape) to what ``GET /metrics`` reads."""
+    if factory not in _STATE_COLLECTORS:
+        _STATE_COLLECTORS.append(factory)
+
+
+def state_collectors() -> list[Collector]:
+    return [factory() for factory in _STATE_COLLECTORS]
 
 
 @functools.cache

@@ -15,11 +15,12 @@ import pytest
 from django.conf import settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from analytics.debounce import Change, DebounceTimers
+from analytics.fleet import status
+from analytics.fleet.debounce import Change, DebounceTimers
 from analytics.services import assignment_create, calculator_create
 from devices.outbox import OutboxRelay
 from devices.services import device_create
-from flespi_site import embedded, metrics, metrics_view
+from flespi_site import embedded, metrics
 from tests.analytics.redis_helpers import scratch_region
 from tests.live import platform_env
 
@@ -135,8 +136,11 @@ def test_assignments_by_state(client, root, device):
 
 def test_debounce_lag_is_how_long_the_oldest_timer_is_overdue(client, platform, monkeypatch):
     with scratch_region() as (redis_client, code):
+        # Region eu's fleet state read from the scratch region's keys.
+        read = status.region_status
+        monkeypatch.setattr(status, "region_status", lambda **kw: dataclasses.replace(
+            read(**{**kw, "code": code, "client": redis_client}), code=kw["code"]))
         timers = DebounceTimers(redis_client, region=code)
-        monkeypatch.setattr(metrics_view, "_timers", lambda region: timers)
         assert value(scrape(client), "flespi_debounce_lag_seconds", region="eu") == 0
         timers.schedule(shard=3, changes=[Change(1, 2, 100.0, 200.0, delay=1.0)], now=timers.now() - 100)
         samples = scrape(client)
@@ -155,12 +159,12 @@ def test_a_redis_that_is_down_is_reported_and_the_scrape_still_answers(client, p
             dataclasses.replace(r, redis_url=down) if r.code == "eu" else r for r in topology.regions
         ),
     )
-    metrics_view._timers.cache_clear()
+    status.status_client.cache_clear()
     started = time.monotonic()
     try:
         samples = scrape(client)
     finally:
-        metrics_view._timers.cache_clear()
+        status.status_client.cache_clear()
     assert time.monotonic() - started < 3
     assert value(samples, "flespi_metrics_source_up", source="redis", name="eu") == 0
     assert value(samples, "flespi_metrics_source_up", source="database", name="eu-1") == 1

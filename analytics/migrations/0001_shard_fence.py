@@ -1,6 +1,6 @@
 """The shard fence: in every datacenter database, the newest lease epoch of each calculation
 shard of its region. A worker writes intervals and outbox rows only in a transaction that first
-checks its epoch against this row (``analytics.shards``), so a worker that lost its lease
+checks its epoch against this row (``analytics.fleet.leases``), so a worker that lost its lease
 cannot write (docs/analytics.md, "Shards and fencing")."""
 
 from django.db import migrations

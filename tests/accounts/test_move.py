@@ -26,8 +26,9 @@ from accounts.models import Account, AccountMove
 from accounts.moves import DERIVED, HOOK_POINTS, LOG, STRATEGIES
 from accounts.regional_data import DATACENTER, regional_tables
 from analytics import blocks
+from analytics.calculation import diff_store
 from analytics.engine import Diff
-from analytics.services import assignment_create, calculator_create, interval_user_update, intervals_apply
+from analytics.services import assignment_create, calculator_create, interval_user_update
 from devices.models import Device
 from devices.services import device_create, messages_ingest
 from flespi_site import mqtt
@@ -81,7 +82,7 @@ def populated(make_account):
         device = next(d for d in devices if d.account_id == account.pk)
         assignment, _new = assignment_create(calculator=calculator, device=device)
         interval = {"id": T0 * 10**6, "begin": float(T0), "end": T0 + 49.0, "duration": 49.0, "n": 50}
-        intervals_apply(assignment=assignment, diff=Diff(created=[interval]))
+        diff_store(assignment=assignment, diff=Diff(created=[interval]))
         interval_user_update(assignment=assignment, calculator=calculator, interval_id=interval["id"],
                              fields={"driver": account.name})
     return root, child, elsewhere

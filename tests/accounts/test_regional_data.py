@@ -10,8 +10,9 @@ from django.db import connections
 
 from accounts.models import Account
 from accounts.regional_data import CONTROL, DATACENTER, regional_tables
+from analytics.calculation import diff_store
 from analytics.engine import Diff
-from analytics.services import assignment_create, calculator_create, intervals_apply
+from analytics.services import assignment_create, calculator_create
 from devices.models import Device, DeviceIdent
 from devices.services import device_create, messages_ingest
 from tests.api_helpers import result_of
@@ -135,7 +136,7 @@ def doomed(root, make_account):
     for account in (child, grandchild, sibling):
         calculator = calculator_create(account=account, config=CALCULATOR)
         assignment, _new = assignment_create(calculator=calculator, device=devices[account.name])
-        intervals_apply(assignment=assignment, diff=Diff(created=[{"id": T0 * 10**6, "begin": float(T0), "end": T0 + 4.0,
+        diff_store(assignment=assignment, diff=Diff(created=[{"id": T0 * 10**6, "begin": float(T0), "end": T0 + 4.0,
                                                                      "duration": 4.0, "n": 5}]))
     account_ids = [child.pk, grandchild.pk]
     device_ids = [devices["child"].pk, devices["grandchild"].pk]

@@ -14,6 +14,7 @@ import uuid
 import redis
 from django.conf import settings
 
+from flespi_site.fleet import region_prefix
 from tests.live import start
 
 MANAGE = [sys.executable, "manage.py"]
@@ -23,7 +24,7 @@ def forget_region_state(region: str = "eu") -> None:
     """Remove what earlier tests left of the region's fleet in Redis (leases of killed workers,
     timers of assignments whose databases were flushed)."""
     client = redis.Redis.from_url(settings.TOPOLOGY.region(region).redis_url)
-    for key in client.scan_iter(f"flespi:{region}:*", count=1000):
+    for key in client.scan_iter(f"{region_prefix(region)}*", count=1000):
         client.delete(key)
 
 

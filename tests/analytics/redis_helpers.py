@@ -12,6 +12,8 @@ from typing import Any
 
 import redis
 
+from flespi_site.fleet import region_prefix
+
 
 @contextmanager
 def scratch_region() -> Iterator[tuple[redis.Redis, str]]:
@@ -21,7 +23,7 @@ def scratch_region() -> Iterator[tuple[redis.Redis, str]]:
     try:
         yield client, code
     finally:
-        for key in client.scan_iter(f"flespi:{code}:*"):
+        for key in client.scan_iter(f"{region_prefix(code)}*"):
             client.delete(key)
         client.close()
 

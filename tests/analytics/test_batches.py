@@ -15,11 +15,12 @@ import pytest
 from django.conf import settings
 from django.db import connections
 
-from analytics import status
-from analytics.debounce import Change
-from analytics.pump import Pump
-from analytics.worker import ShardWorker, batch_busy_key
-from flespi_site.celery import dirty_key, redis_client, shards_wake, wake_key
+from analytics.fleet import status
+from analytics.fleet.debounce import Change
+from analytics.fleet.pump import Pump
+from analytics.fleet.worker import ShardWorker
+from flespi_site.celery import redis_client, shards_wake
+from flespi_site.fleet import FleetTask, batch_busy_key, dirty_key, lease_key, wake_key
 from tests.analytics.conftest import TRIPS
 from tests.analytics.fleet import forget_region_state
 
@@ -101,13 +102,13 @@ def test_a_request_touching_several_shards_wakes_their_worker_once(worker, make_
     ingest([a, b], T0 + 1.0)  # its wake-up would be the same: the first still waits
 
     client = redis_client("eu")
-    assert [name for name, _ in queued(a.shard)] == ["analytics.shard_changes"]
+    assert [name for name, _ in queued(a.shard)] == [FleetTask.SHARD_CHANGES]
     assert queued(a.shard)[0][1] == ["eu", a.shard, WORKER]
     assert queued(b.shard) == []
     assert client.exists(dirty_key("eu", a.shard)) and client.exists(dirty_key("eu", b.shard))
 
     # The one message drains both shards' rows; the dirty and wake-up flags are cleared.
-    assert worker.changes(a.shard, address=WORKER) == 4
+    assert worker.changes_drain(a.shard, address=WORKER) == 4
     assert not client.exists(dirty_key("eu", a.shard), dirty_key("eu", b.shard), wake_key("eu", WORKER))
     with connections[a.database].cursor() as cursor:
         cursor.execute("SELECT count(*) FROM message_changes WHERE device_id = ANY(%s)", [[a.pk, b.pk]])
@@ -116,14 +117,14 @@ def test_a_request_touching_several_shards_wakes_their_worker_once(worker, make_
         [entry] = worker.timers.entries(shard=device.shard)
         assert entry.device_id == device.pk and entry.state == "pending"
     # A wake-up that comes after the drain took its rows costs a Redis round trip and nothing else.
-    assert worker.changes(b.shard, address=b.shard) == 0
+    assert worker.changes_drain(b.shard, address=b.shard) == 0
 
     # A shard nobody holds gets a message of its own; force (reconciliation) sends despite the flag.
-    client.delete(f"flespi:eu:shards:lease:{b.shard}")
+    client.delete(lease_key("eu", b.shard))
     _clear("eu")
     shards_wake(region="eu", shards=[a.shard, b.shard])
-    assert queued(a.shard) == [("analytics.shard_changes", ["eu", a.shard, WORKER])]
-    assert queued(b.shard) == [("analytics.shard_changes", ["eu", b.shard, b.shard])]
+    assert queued(a.shard) == [(FleetTask.SHARD_CHANGES, ["eu", a.shard, WORKER])]
+    assert queued(b.shard) == [(FleetTask.SHARD_CHANGES, ["eu", b.shard, b.shard])]
     shards_wake(region="eu", shards=[a.shard, b.shard])  # both still wait: nothing more
     assert len(queued(a.shard)) == len(queued(b.shard)) == 1
     shards_wake(region="eu", shards=[a.shard], force=True)
@@ -139,7 +140,7 @@ def test_the_debounce_delay_counts_from_the_changes_commit(worker, make_account)
         cursor.execute("UPDATE message_changes SET created = created - interval '0.7 s' WHERE device_id = %s",
                        [waited.pk])
     now = worker.timers.now()
-    worker.changes(fresh.shard, address=WORKER)
+    worker.changes_drain(fresh.shard, address=WORKER)
     [entry_fresh] = worker.timers.entries(shard=fresh.shard)
     [entry_waited] = worker.timers.entries(shard=waited.shard)
     assert now + 0.8 <= entry_fresh.due <= worker.timers.now() + 1.0
@@ -148,7 +149,7 @@ def test_the_debounce_delay_counts_from_the_changes_commit(worker, make_account)
     ingest([waited], T0 + 1.0)
     with connections[waited.database].cursor() as cursor:
         cursor.execute("UPDATE message_changes SET created = created - interval '5 s'")
-    worker.changes(waited.shard, address=WORKER)
+    worker.changes_drain(waited.shard, address=WORKER)
     [entry] = worker.timers.entries(shard=waited.shard)
     assert entry.due <= entry_waited.due  # armed already: never later
 
@@ -160,8 +161,8 @@ def test_a_batch_over_several_shards_is_one_fenced_transaction(worker, make_acco
     calculator, (a, b) = two_shards(make_account)
     ingest([a, b], T0)
     ingest([a, b], T0 + 10.0)
-    worker.changes(a.shard, address=WORKER)
-    stats = worker.run_batch({a.shard: [(calculator.pk, a.pk)], b.shard: [(calculator.pk, b.pk)]})
+    worker.changes_drain(a.shard, address=WORKER)
+    stats = worker.batch_run({a.shard: [(calculator.pk, a.pk)], b.shard: [(calculator.pk, b.pk)]})
     assert (stats.assignments, stats.created, stats.fenced) == (2, 2, False)
     for device in (a, b):
         [trip] = intervals_read(alias=device.database, pairs=[(calculator.pk, device.pk)])
@@ -171,10 +172,10 @@ def test_a_batch_over_several_shards_is_one_fenced_transaction(worker, make_acco
     # One shard's fence moves on (another worker took it): the whole batch is refused and both
     # claims go back, to be run again.
     ingest([a, b], T0 + 20.0)
-    worker.changes(a.shard, address=WORKER)
+    worker.changes_drain(a.shard, address=WORKER)
     with connections[b.database].cursor() as cursor:
         cursor.execute("UPDATE shard_fence SET epoch = epoch + 1 WHERE shard = %s", [b.shard])
-    stats = worker.run_batch({a.shard: [(calculator.pk, a.pk)], b.shard: [(calculator.pk, b.pk)]})
+    stats = worker.batch_run({a.shard: [(calculator.pk, a.pk)], b.shard: [(calculator.pk, b.pk)]})
     assert stats.fenced and stats.assignments == 0
     [trip] = intervals_read(alias=a.database, pairs=[(calculator.pk, a.pk)])
     assert trip["end"] == T0 + 10.0  # nothing of the refused batch was written
@@ -186,7 +187,7 @@ def test_a_batch_over_several_shards_is_one_fenced_transaction(worker, make_acco
 def test_the_pump_waits_for_a_busy_worker_which_sends_itself_what_fell_due(worker, make_account):
     calculator, (a, b, c) = two_shards(make_account, count=3)
     ingest([a, b, c], T0)
-    worker.changes(a.shard, address=WORKER)
+    worker.changes_drain(a.shard, address=WORKER)
     _clear("eu")
     client = redis_client("eu")
     pump = Pump(region="eu")
@@ -196,7 +197,7 @@ def test_the_pump_waits_for_a_busy_worker_which_sends_itself_what_fell_due(worke
     # One message for the worker's two due assignments, in the queue of the first shard, and the
     # worker marked busy.
     assert pump.pump_once() == 2
-    assert queued(a.shard) == [("analytics.shard_run", ["eu", a.shard, [[calculator.pk, a.pk, a.shard],
+    assert queued(a.shard) == [(FleetTask.SHARD_RUN, ["eu", a.shard, [[calculator.pk, a.pk, a.shard],
                                                                        [calculator.pk, b.pk, b.shard]]])]
     assert client.exists(batch_busy_key("eu", WORKER))
     worker.timers.schedule(shard=c.shard, changes=[Change(calculator.pk, c.pk, 1.7e9, 1.7e9, 0.0)])
@@ -204,11 +205,11 @@ def test_the_pump_waits_for_a_busy_worker_which_sends_itself_what_fell_due(worke
 
     # The worker runs the batch, then sends itself what fell due meanwhile and stays busy.
     _clear("eu")
-    stats = worker.run_batch({a.shard: [(calculator.pk, a.pk)], b.shard: [(calculator.pk, b.pk)]})
+    stats = worker.batch_run({a.shard: [(calculator.pk, a.pk)], b.shard: [(calculator.pk, b.pk)]})
     assert stats.assignments == 2
-    assert queued(c.shard) == [("analytics.shard_run", ["eu", c.shard, [[calculator.pk, c.pk, c.shard]]])]
+    assert queued(c.shard) == [(FleetTask.SHARD_RUN, ["eu", c.shard, [[calculator.pk, c.pk, c.shard]]])]
     assert client.exists(batch_busy_key("eu", WORKER))
-    stats = worker.run_batch({c.shard: [(calculator.pk, c.pk)]})
+    stats = worker.batch_run({c.shard: [(calculator.pk, c.pk)]})
     assert stats.assignments == 1
     # Nothing left due: the worker is free, and the pump sends the next batch itself.
     assert not client.exists(batch_busy_key("eu", WORKER))

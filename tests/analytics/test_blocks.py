@@ -240,19 +240,17 @@ def test_the_lock_space_is_one_value_everywhere():
 
 
 def test_a_shard_cache_fill_in_parts_from_blocks_and_rows_holds_the_rows(device, monkeypatch, tmp_path):
-    from types import SimpleNamespace
-
-    from analytics import worker
-    from analytics.cache import ShardCache
+    from analytics.fleet import changes
+    from analytics.fleet.cache import ShardCache
 
     rng = random.Random(9)
     ingest(device, [message(T0 + i, rng) for i in range(150)])
     blocks.device_seal(alias=device.database, device_id=device.pk)
     ingest(device, [message(T0 + 40.5, rng)])  # a block gone again: its range is read from rows
-    monkeypatch.setattr(worker, "FILL_CHUNK", 50)
+    monkeypatch.setattr(changes, "FILL_CHUNK", 50)
     rows = storage.messages_read(alias=device.database, device_ids=[device.pk])
     with ShardCache(tmp_path / "shard.sqlite", shard="eu/0") as cache:
         cache.messages_put(device_id=device.pk, messages=[{"timestamp": 1.0, "stale": True}])  # a fill cut short
-        worker.ShardWorker._fill(SimpleNamespace(region="eu"), cache, device)
+        changes.device_fill(cache=cache, device=device)
         assert cache.device_state(device_id=device.pk).messages == len(rows)
         assert_same(cache.messages_read(device_id=device.pk), Messages.from_dicts(rows))

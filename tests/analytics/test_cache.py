@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analytics import cache as cache_module
-from analytics.cache import CacheCorrupt, ShardCache
 from analytics.engine import MemoryStore, Messages, calculate, compile_calculator, recalculate
+from analytics.fleet import cache as cache_module
+from analytics.fleet.cache import CacheCorrupt, ShardCache
 from tests.engine.test_recalculate import EXAMPLES, _apply_batch, _batches, _current, calculators
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -363,7 +363,7 @@ def test_a_damaged_chunk_fails_its_checksum(tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys
-    from analytics.cache import ShardCache
+    from analytics.fleet.cache import ShardCache
     c = ShardCache(sys.argv[1], shard="eu/1")
     n = int(sys.argv[2])
     k = 0

@@ -133,9 +133,10 @@ def test_subaccount_through_cid(api, key, account, make_account):
 def test_calculator_change_requests_recalculation(api, key, assignment, calculator):
     import math
 
-    from analytics.services import recalculation_done
+    from analytics.calculation import diff_store
+    from analytics.engine import Diff
 
-    recalculation_done(assignment=assignment, begin=-math.inf, end=math.inf, version=1, now=1.0)
+    diff_store(assignment=assignment, diff=Diff(), now=1.0)  # a run over all of history
     assignment.refresh_from_db()
     assert assignment.pending_begin is None
     api.call("PUT", f"/gw/calcs/{calculator.pk}", key=key, body={"name": "renamed"})
@@ -149,9 +150,10 @@ def test_calculator_change_requests_recalculation(api, key, assignment, calculat
 def test_recalculate_endpoint_widens_the_pending_range(api, key, assignment, calculator, device):
     import math
 
-    from analytics.services import recalculation_done
+    from analytics.calculation import diff_store
+    from analytics.engine import Diff
 
-    recalculation_done(assignment=assignment, begin=-math.inf, end=math.inf, version=1, now=1.0)
+    diff_store(assignment=assignment, diff=Diff(), now=1.0)  # a run over all of history
     path = f"/gw/calcs/{calculator.pk}/devices/{device.pk}/recalculate"
     assert api.call("POST", path, key=key, body={"begin": 100, "end": 200}).status_code == 200
     assert api.call("POST", path, key=key, body={"begin": 50, "end": 150}).status_code == 200

@@ -16,7 +16,7 @@ import time
 import pytest
 import redis
 
-from analytics.debounce import Change, Claim, DebounceTimers
+from analytics.fleet.debounce import Change, Claim, DebounceTimers
 from tests.analytics.redis_helpers import on_a_barrier
 
 SLOW = bool(os.environ.get("FLESPI_SLOW"))

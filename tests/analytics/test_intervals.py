@@ -13,11 +13,11 @@ def _iv(begin, end, **counters):
 
 
 def _apply(assignment, *, created=(), updated=(), deleted=(), now=1000.0, active_id=None, reached_end=True):
-    from analytics.services import intervals_apply
+    from analytics.calculation import diff_store
 
     diff = Diff(created=list(created), updated=list(updated), deleted=list(deleted), active_id=active_id,
                 reached_end=reached_end)
-    return intervals_apply(assignment=assignment, diff=diff, now=now)
+    return diff_store(assignment=assignment, diff=diff, now=now)
 
 
 def test_diff_applied_and_read_back(assignment):

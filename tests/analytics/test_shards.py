@@ -10,7 +10,8 @@ import pytest
 from django.conf import settings
 from django.db import connections, transaction
 
-from analytics.shards import Fenced, ShardLeases, fence_check, fence_raise, fences_check, lease_holders
+from analytics.fleet.leases import Fenced, ShardLeases, fence_check, fence_raise, fences_check
+from flespi_site.fleet import lease_holders, lease_key, region_prefix
 from tests.analytics.redis_helpers import on_a_barrier
 
 SHARDS = 16
@@ -30,7 +31,7 @@ def lease_owners(client, region):
     """shard -> the worker its lease names, read straight from Redis."""
     owners = {}
     for shard in range(SHARDS):
-        value = client.get(f"flespi:{region}:shards:lease:{shard}")
+        value = client.get(lease_key(region, shard))
         if value is not None:
             owners[shard] = value.decode().split(" ")[0]
     return owners
@@ -291,6 +292,6 @@ def test_lease_holders_names_each_shards_worker_in_the_callers_round_trip(client
     one.acquire(0)
     two.acquire(2)
     pipe = client.pipeline(transaction=False)
-    pipe.set(f"flespi:{region}:other", 1)
+    pipe.set(f"{region_prefix(region)}other", 1)
     assert lease_holders(pipe, region=region, shards=[0, 1, 2]) == {0: "host-1-aa", 1: None, 2: "host-2-bb"}
-    assert client.get(f"flespi:{region}:other") == b"1"
+    assert client.get(f"{region_prefix(region)}other") == b"1"

@@ -1,4 +1,4 @@
-"""The fleet status reads (``analytics.status``): shard leases, queues and timers from a real
+"""The fleet status reads (``analytics.fleet.status``): shard leases, queues and timers from a real
 Redis, assignments by state and the outbox backlog from the datacenter databases, and what is
 reported when a region's Redis cannot be reached."""
 
@@ -10,12 +10,13 @@ import pytest
 import redis
 from django.db import connections
 
-from analytics import status
 from analytics.choices import AssignmentState
-from analytics.debounce import Change, DebounceTimers
+from analytics.fleet import status
+from analytics.fleet.debounce import Change, DebounceTimers
+from analytics.fleet.leases import ShardLeases
 from analytics.models import Assignment
-from analytics.shards import ShardLeases
-from flespi_site.celery import celery_app, shard_queue
+from flespi_site.celery import celery_app
+from flespi_site.fleet import shard_queue
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 

@@ -93,8 +93,9 @@ class World:
                 device_update(device=device, account=self.account, data={"enabled": True})
 
     def _restore_calculators(self) -> None:
+        from analytics.calculation import diff_store
         from analytics.selectors import assignments_of, calculators_of
-        from analytics.services import assignment_create, calculator_create, intervals_apply
+        from analytics.services import assignment_create, calculator_create
         from devices.selectors import devices_of
 
         have = set(
@@ -124,7 +125,7 @@ class World:
                 }
                 for begin in (1_000.0, 2_000.0, 3_000.0)
             ]
-            intervals_apply(assignment=assignment, diff=Diff(created=created, reached_end=True))
+            diff_store(assignment=assignment, diff=Diff(created=created, reached_end=True))
             self.intervals = [interval["id"] for interval in created]
 
     def valid_bodies(self, operation: str) -> list:

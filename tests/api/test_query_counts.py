@@ -77,15 +77,16 @@ def test_platform_lists_cost_the_same_for_2_and_20_items(api, root, root_key, ma
     ],
 )
 def test_calc_lists_cost_the_same_for_2_and_20_items(api, root, root_key, path, pinned):
+    from analytics.calculation import diff_store
     from analytics.engine import Diff
-    from analytics.services import assignment_create, calculator_create, intervals_apply
+    from analytics.services import assignment_create, calculator_create
 
     calculator = calculator_create(account=root, config={"name": "days", "selectors": [{"type": "datetime", "split": "day"}]})
 
     def add(count, start):
         for device in make_devices(root, count, start=start):
             assignment, _new = assignment_create(calculator=calculator, device=device)
-            intervals_apply(assignment=assignment, diff=Diff(created=[
+            diff_store(assignment=assignment, diff=Diff(created=[
                 {"id": (T0 + k) * 10**6, "begin": float(T0 + k), "end": T0 + k + 0.5, "duration": 0.5, "n": 1}
                 for k in range(3)
             ]))

@@ -86,9 +86,9 @@ def demo(platform, tmp_path, fast_hashing):
     """The demo's account, devices and calculators, the tracks imported and every assignment's
     intervals computed by the engine over the stored messages and stored."""
     from analytics import demo as demos
-    from analytics.calculation import messages_stored
+    from analytics.calculation import diff_store, messages_stored
     from analytics.engine import Diff, calculate
-    from analytics.services import compiled, intervals_apply
+    from analytics.services import compiled
 
     made = demos.demo_setup(key_file=tmp_path / "demo.token")
     for track, device in zip(demos.TRACKS, made.devices, strict=True):
@@ -106,7 +106,7 @@ def demo(platform, tmp_path, fast_hashing):
             device=assignment.device, begin=0, end=2**62, parameters=calculator.parameters
         )
         intervals = list(calculate(messages, calculator))
-        intervals_apply(assignment=assignment, diff=Diff(created=intervals, reached_end=True))
+        diff_store(assignment=assignment, diff=Diff(created=intervals, reached_end=True))
         stored[assignment.calculator.name, assignment.device.ident] = intervals
     made.stored = stored  # type: ignore[attr-defined]
     return made
@@ -329,7 +329,7 @@ def test_the_calculator_page_shows_problems_at_their_paths_and_tries_a_configura
 
 
 def test_the_fleet_status_lists_the_shards(demo, admin_browser, live_url, screenshot):
-    from analytics.shards import ShardLeases
+    from analytics.fleet.leases import ShardLeases
     from flespi_site.celery import redis_client
 
     leases = ShardLeases(

@@ -2,8 +2,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from analytics.blocks import Sealer
-from analytics.pump import Pump
-from analytics.worker import region_aliases
+from analytics.fleet.batches import region_aliases
+from analytics.fleet.pump import Pump
 from flespi_site.maintenance import QueueVacuum
 from flespi_site.runner import run_loops
 

@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from analytics.calc_process import run_calc_worker
+from analytics.fleet.process import run_calc_worker
 
 
 class Command(BaseCommand):

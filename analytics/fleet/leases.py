@@ -1,9 +1,8 @@
 """Shard leases of the calculation fleet, with an epoch per shard as fencing token.
 
-In Redis, per region: ``flespi:<region>:shards:lease:<shard>`` holds ``"<worker> <epoch>"`` with a
-TTL (SET NX PX), ``flespi:<region>:shards:epoch:<shard>`` the shard's newest epoch (never expires),
-``flespi:<region>:shards:workers`` the live workers (a sorted set: worker id -> heartbeat expiry,
-Redis's clock, ms). In every datacenter database of the region, ``shard_fence`` holds the newest
+In Redis, per region (keys of ``flespi_site.fleet``): a lease per shard holds ``"<worker> <epoch>"``
+with a TTL (SET NX PX), an epoch counter per shard the shard's newest epoch (never expires), and a
+sorted set the live workers (worker id -> heartbeat expiry, Redis's clock, ms). In every datacenter database of the region, ``shard_fence`` holds the newest
 epoch per shard; a worker's write transaction starts with ``fence_check``, so a worker that lost
 its shard cannot commit. Rules and reasons: docs/analytics.md, "Shards and fencing". No Django
 here: the fleet passes a redis-py client and DB-API cursors.
@@ -12,10 +11,11 @@ here: the fleet passes a redis-py client and DB-API cursors.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import redis
+
+from flespi_site.fleet import epoch_key, lease_holder, lease_key, workers_key
 
 _PRELUDE = r"""
 local function now_ms()
@@ -147,7 +147,7 @@ class ShardLeases:
         return lease_key(self.region, shard)
 
     def _epoch_key(self, shard: int) -> str:
-        return f"flespi:{self.region}:shards:epoch:{shard}"
+        return epoch_key(self.region, shard)
 
     def _workers_key(self) -> str:
         return workers_key(self.region)
@@ -219,26 +219,6 @@ class ShardLeases:
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
 
-def lease_key(region: str, shard: int) -> str:
-    return f"flespi:{region}:shards:lease:{int(shard)}"
-
-
-def lease_holders(pipe, *, region: str, shards: Sequence[int]) -> dict[int, str | None]:
-    """The worker holding each of ``shards`` (None: free). ``pipe`` is a redis-py pipeline with
-    other commands queued before: they run in the same round trip, and this reads the last reply."""
-    pipe.mget([lease_key(region, shard) for shard in shards])
-    values = pipe.execute()[-1]
-    holders: dict[int, str | None] = {}
-    for shard, value in zip(shards, values, strict=True):
-        text = None if value is None else (value.decode() if isinstance(value, bytes) else str(value))
-        holders[shard] = text.rpartition(" ")[0] or None if text else None
-    return holders
-
-
-def workers_key(region: str) -> str:
-    return f"flespi:{region}:shards:workers"
-
-
 @dataclass(frozen=True)
 class LeaseState:
     """A shard's lease as it stands: its holder and epoch (None when free) and the seconds its
@@ -278,12 +258,8 @@ def leases_read(client: redis.Redis, *, region: str, shards: int) -> LeasesRead:
         if value is None:
             leases.append(LeaseState(shard, None, None, None))
             continue
-        owner, _, epoch = (value.decode() if isinstance(value, bytes) else str(value)).rpartition(" ")
-        leases.append(
-            LeaseState(
-                shard, owner, int(epoch) if epoch.isdigit() else None, pttl / 1000 if pttl >= 0 else None
-            )
-        )
+        owner, epoch = lease_holder(value)
+        leases.append(LeaseState(shard, owner, epoch, pttl / 1000 if pttl >= 0 else None))
     workers = {
         (member.decode() if isinstance(member, bytes) else str(member)): score / 1000
         for member, score in reply[-1]

@@ -20,9 +20,10 @@ from celery import bootsteps
 from celery.signals import task_postrun, task_prerun
 from django.db import close_old_connections
 
-from analytics import tasks
-from analytics.worker import ShardWorker
-from flespi_site.celery import celery_app, shard_queue
+from analytics.fleet import tasks
+from analytics.fleet.worker import ShardWorker
+from flespi_site.celery import celery_app
+from flespi_site.fleet import control_queue, shard_queue
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, loglevel: s
     # is older than CONN_MAX_AGE is closed (the next task opens it again), the others are kept.
     task_prerun.connect(_connections_checked, weak=False)
     task_postrun.connect(_connections_checked, weak=False)
-    app.conf.task_default_queue = f"calc.{region}.control"
+    app.conf.task_default_queue = control_queue(region)
     app.steps["consumer"].add(_make_step(worker))
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(worker, stop, lease_ttl / 3), name="lease-heartbeat", daemon=True)

@@ -1,5 +1,5 @@
-"""Reads of the calculation fleet's state, for the operators' status page (docs/admin.md, "Fleet
-status"): per served region its shards (lease holder, epoch, lease age and TTL left, queue length,
+"""The one reader of the calculation fleet's state, for the operators' status page (docs/admin.md,
+"Fleet status") and ``GET /metrics`` (``FleetStateCollector``): per served region its shards (lease holder, epoch, lease age and TTL left, queue length,
 debounce timers and their lag) and per datacenter the assignments by state and the outbox backlog.
 
 Nothing here writes. A region whose Redis or a datacenter whose database cannot be read is
@@ -10,6 +10,8 @@ opens when something is down.
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import redis
@@ -17,15 +19,18 @@ from django.conf import settings
 from django.db import DatabaseError, connections
 from django.db.models import Count
 from kombu.transport.redis import PRIORITY_STEPS, Channel
+from prometheus_client.core import GaugeMetricFamily
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from analytics.choices import AssignmentState
-from analytics.debounce import DebounceTimers
+from analytics.fleet.debounce import DebounceTimers
+from analytics.fleet.leases import leases_read
 from analytics.models import Assignment
-from analytics.shards import leases_read
-from flespi_site.celery import shard_queue
+from flespi_site.fleet import celery_prefix, shard_queue, unacked_key
 from regions.selectors import served_datacenters
+
+logger = logging.getLogger(__name__)
 
 _OUTBOX = """
 SELECT count(*), coalesce(sum(coalesce(cardinality(stamps), 1)), 0),
@@ -92,20 +97,10 @@ def status_client(region: str) -> redis.Redis:
     )
 
 
-def celery_prefix(region: str) -> str:
-    """Where the region's Celery app keeps its keys (``flespi_site.celery``)."""
-    return f"flespi:{region}:celery:"
-
-
 def queue_keys(region: str, shard: int) -> list[str]:
     """The Redis lists of a shard's Celery queue: kombu keeps one per priority step."""
     prefix, queue = celery_prefix(region), shard_queue(region, shard)
     return [f"{prefix}{queue}{Channel.sep}{step}" if step else f"{prefix}{queue}" for step in PRIORITY_STEPS]
-
-
-def unacked_key(region: str) -> str:
-    """The hash of the messages delivered to a worker and not acknowledged yet."""
-    return f"{celery_prefix(region)}unacked"
 
 
 def datacenter_status(*, code: str, alias: str) -> DatacenterStatus:
@@ -190,3 +185,62 @@ def fleet_status() -> list[RegionStatus]:
         if dc.alias in settings.DATABASES:
             found.append(datacenter_status(code=dc.code, alias=dc.alias))
     return [region_status(code=code, datacenters=datacenters) for code, datacenters in regions.items()]
+
+
+class FleetStateCollector:
+    """The fleet's state for ``GET /metrics`` (a prometheus_client collector, registered with
+    ``flespi_site.metrics.state_collector_register`` when the app is ready): the same reads as the
+    status page (``fleet_status``), read at scrape time. A source that cannot be read is reported
+    as ``flespi_metrics_source_up 0`` and skipped."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily(
+            "flespi_metrics_source_up", "1 when the scrape could read this source, else 0.", labels=["source", "name"]
+        )
+        assignments = GaugeMetricFamily(
+            "flespi_assignments", "Assignments by state.", labels=["region", "datacenter", "state"]
+        )
+        rows = GaugeMetricFamily(
+            "flespi_outbox_backlog_rows", "Outbox rows not yet published.", labels=["region", "datacenter"]
+        )
+        events = GaugeMetricFamily(
+            "flespi_outbox_backlog_events",
+            "Events not yet published (a row of stored messages holds one event per message).",
+            labels=["region", "datacenter"],
+        )
+        oldest = GaugeMetricFamily(
+            "flespi_outbox_oldest_seconds",
+            "Age of the oldest unpublished outbox row (0 when empty).",
+            labels=["region", "datacenter"],
+        )
+        lag = GaugeMetricFamily(
+            "flespi_debounce_lag_seconds",
+            "How long the most overdue debounce timer of the region has been due (0 when none is).",
+            labels=["region"],
+        )
+        pending = GaugeMetricFamily(
+            "flespi_debounce_pending", "Assignments with a pending recalculation range.", labels=["region"]
+        )
+        for region in fleet_status():
+            for datacenter in region.datacenters:
+                if datacenter.problem is not None:
+                    logger.warning("metrics: datacenter %s cannot be read (%s)", datacenter.code, datacenter.problem)
+                    up.add_metric(["database", datacenter.code], 0)
+                    continue
+                up.add_metric(["database", datacenter.code], 1)
+                labels = [region.code, datacenter.code]
+                for state, count in datacenter.states.items():
+                    assignments.add_metric([*labels, state], count)
+                rows.add_metric(labels, datacenter.outbox_rows)
+                events.add_metric(labels, datacenter.outbox_events)
+                oldest.add_metric(labels, datacenter.outbox_oldest)
+            if not region.datacenters:
+                continue
+            if region.problem is not None:
+                logger.warning("metrics: the Redis of region %s cannot be read (%s)", region.code, region.problem)
+                up.add_metric(["redis", region.code], 0)
+                continue
+            up.add_metric(["redis", region.code], 1)
+            lag.add_metric([region.code], region.max_lag)
+            pending.add_metric([region.code], sum(shard.pending for shard in region.shards))
+        yield from (assignments, rows, events, oldest, lag, pending, up)

@@ -1,8 +1,7 @@
 """Debounce timers of the calculation fleet: per assignment the pending recalculation range and a
 due time, in Redis, changed only by atomic Lua scripts that read Redis's own clock.
 
-Per region and shard there are four keys (``flespi:<region>:debounce:<shard>`` and its
-``:pending``, ``:entries``, ``:token`` siblings): a sorted set of timers (score: the next moment the
+Per region and shard there are four keys (``flespi_site.fleet.debounce_keys``): a sorted set of timers (score: the next moment the
 pump must look at the entry), a sorted set of the entries with a range not yet claimed (score: its
 due time; it is what the lag metrics read), a hash of the entries themselves, and the counter of
 run tokens. The states, the scripts and what Redis losing its state means are in docs/analytics.md,
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import redis
+
+from flespi_site.fleet import debounce_keys
 
 # Entries are packed as space-separated fields; "-" is an empty field:
 #   state begin end due token run_begin run_end deadline
@@ -340,8 +341,7 @@ class DebounceTimers:
         self._abandon = client.register_script(_ABANDON)
 
     def keys(self, shard: int) -> list[str]:
-        base = f"flespi:{self.region}:debounce:{int(shard)}"
-        return [base, f"{base}:pending", f"{base}:entries", f"{base}:token"]
+        return debounce_keys(self.region, shard)
 
     def now(self) -> float:
         """Redis's clock, in seconds (what the scripts compare due times with)."""

@@ -20,27 +20,16 @@ reconciliation only adds what is missing.
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 from django.conf import settings
-from django.db import connections
 
-from analytics.choices import AssignmentState
-from analytics.debounce import Change, DebounceTimers, Offer
-from analytics.shards import lease_holders
-from analytics.worker import (
-    HISTORY_BEGIN,
-    HISTORY_END,
-    OFFER_TIMEOUT,
-    assignment_requests,
-    batch_busy_key,
-    batch_limit,
-    batch_send,
-    finite,
-    region_aliases,
-)
-from flespi_site.celery import celery_app, redis_client, shard_queue, shards_wake
+from analytics.fleet.batches import OFFER_TIMEOUT, batch_limit, batch_send, busy_workers, region_aliases
+from analytics.fleet.debounce import DebounceTimers, Offer
+from analytics.fleet.requests import requests_read
+from devices import storage as message_storage
+from flespi_site.celery import celery_app, redis_client, shards_wake
+from flespi_site.fleet import Due, ShardPurge, ShardRun, lease_holders
 from flespi_site.runner import Loop
 
 logger = logging.getLogger(__name__)
@@ -115,7 +104,8 @@ class Pump(Loop):
         that a busy worker takes more per task instead of more tasks. Shards nobody holds get a
         message of their own, waiting in their queue for whoever takes them."""
         holders = self._holders()
-        busy = self._busy({worker for worker in holders.values() if worker is not None})
+        busy = busy_workers(self.client, region=self.region,
+                            workers={worker for worker in holders.values() if worker is not None})
         by_limit: dict[int, list[int]] = {}
         self._watched = [shard for shard, worker in holders.items() if worker not in busy]
         for shard, worker in holders.items():
@@ -132,7 +122,9 @@ class Pump(Loop):
             pairs = offers[shard]
             worker = holders.get(shard)
             if worker is None:
-                self._send(shard, [[offer.calc_id, offer.device_id] for offer in pairs])
+                due = tuple(Due(offer.calc_id, offer.device_id, shard) for offer in pairs)
+                ShardRun(region=self.region, shard=shard, due=due).send(self.app)
+                self.messages += 1
                 sent += len(pairs)
                 continue
             batches.setdefault(worker, {})[shard] = pairs
@@ -142,43 +134,25 @@ class Pump(Loop):
         self.sent += sent
         return sent
 
-    def _send(self, shard: int, assignments: list[list[int]]) -> None:
-        self.app.send_task("analytics.shard_run", args=[self.region, shard, assignments],
-                           queue=shard_queue(self.region, shard))
-        self.messages += 1
-
     def _holders(self) -> dict[int, str | None]:
         """The worker holding each shard's lease (None: free), one read."""
         return lease_holders(self.client.pipeline(transaction=False), region=self.region,
                              shards=list(range(settings.CALC_SHARDS)))
 
-    def _busy(self, workers: set[str]) -> set[str]:
-        """The workers with a batch waiting or running."""
-        order = sorted(workers)
-        if not order:
-            return set()
-        flags = self.client.mget([batch_busy_key(self.region, worker) for worker in order])
-        return {worker for worker, flag in zip(order, flags, strict=True) if flag is not None}
-
     def reconcile(self) -> int:
         """Wake shards with unconsumed changes; schedule durable requests Redis does not hold.
         Returns how many assignments were scheduled again."""
+        aliases = region_aliases(self.region)
         changed_shards: set[int] = set()
-        requests: dict[int, list[Change]] = {}
-        for alias in region_aliases(self.region):
-            with connections[alias].cursor() as cursor:
-                cursor.execute("SELECT DISTINCT shard FROM message_changes")
-                changed_shards.update(row[0] for row in cursor.fetchall())
-            for shard, calc_id, device_id, begin, end, state in assignment_requests(alias=alias):
-                if begin is None or end is None or state != AssignmentState.SYNCED:
-                    begin, end = -math.inf, math.inf
-                requests.setdefault(shard, []).append(Change(calc_id, device_id, *finite(begin, end), 0.0))
+        for alias in aliases:
+            changed_shards |= message_storage.changes_shards(alias=alias)
+        requests = requests_read(aliases=aliases)
         if changed_shards:
             shards_wake(region=self.region, shards=changed_shards, force=True)
         scheduled = 0
         for shard, changes in requests.items():
             known = {(entry.calc_id, entry.device_id) for entry in self.timers.entries(shard=shard)}
-            missing = [c for c in changes if (c.calc_id, c.device_id) not in known]
+            missing = [change for change in changes if (change.calc_id, change.device_id) not in known]
             if missing:
                 self.timers.schedule(shard=shard, changes=missing)
                 scheduled += len(missing)
@@ -188,7 +162,4 @@ class Pump(Loop):
 
     def purge(self) -> None:
         for shard in range(settings.CALC_SHARDS):
-            self.app.send_task("analytics.shard_purge", args=[self.region, shard], queue=shard_queue(self.region, shard))
-
-
-__all__ = ["HISTORY_BEGIN", "HISTORY_END", "Pump"]
+            ShardPurge(region=self.region, shard=shard).send(self.app)

@@ -1,5 +1,6 @@
-"""Celery tasks of the calc fleet: thin, idempotent, taking ids; each calls the shard worker of
-this process (``analytics.worker``), which the ``calc_worker`` command sets up.
+"""Celery tasks of the calc fleet: thin, idempotent, taking ids; each decodes its payload
+(``flespi_site.fleet``, where its name is defined) and calls the shard worker of this process
+(``analytics.fleet.worker``), which the ``calc_worker`` command sets up.
 
 A task for a shard this worker does not hold (it moved while the message waited) goes back to
 the queue for the shard's holder. A message redelivered more than ``MAX_DELIVERIES`` times (its
@@ -15,8 +16,9 @@ import time
 from celery import shared_task
 from celery.exceptions import Reject
 
-from analytics.worker import NotHeld, ShardWorker
+from analytics.fleet.worker import NotHeld, ShardWorker
 from flespi_site.celery import redis_client
+from flespi_site.fleet import FleetTask, ShardChanges, ShardPurge, ShardRequests, ShardRun, deliveries_key
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def _delivered_too_often(task, region: str) -> bool:
     task_id = task.request.id
     if not task_id:
         return False
-    key = f"flespi:{region}:deliveries:{task_id}"
+    key = deliveries_key(region, task_id)
     client = redis_client(region)
     count = client.incr(key)
     client.expire(key, 3600)
@@ -65,28 +67,26 @@ def _on_shard(task, region: str, shard: int, job):
         raise Reject(f"shard {shard} is not held here", requeue=True) from None
 
 
-@shared_task(name="analytics.shard_changes", bind=True)
-def shard_changes(self, region: str, shard: int, address: str | int | None = None) -> None:
-    """``address``: whom the wake-up was for (``flespi_site.celery.shards_wake``)."""
-    _on_shard(self, region, shard, lambda worker: worker.changes(shard, address=shard if address is None else address))
+@shared_task(name=FleetTask.SHARD_CHANGES.value, bind=True)
+def shard_changes(self, *args) -> None:
+    payload = ShardChanges.from_args(*args)
+    _on_shard(self, payload.region, payload.shard,
+              lambda worker: worker.changes_drain(payload.shard, address=payload.address))
 
 
-@shared_task(name="analytics.shard_run", bind=True)
-def shard_run(self, region: str, shard: int, assignments: list[list[int]]) -> None:
-    """``assignments``: [calc_id, device_id] of ``shard``, or [calc_id, device_id, shard] of any
-    shard of the worker the pump addressed (its batch over all the shards it holds)."""
-    batch: dict[int, list[tuple[int, int]]] = {}
-    for item in assignments:
-        of = int(item[2]) if len(item) > 2 else shard
-        batch.setdefault(of, []).append((int(item[0]), int(item[1])))
-    _on_shard(self, region, shard, lambda worker: worker.run_batch(batch or {shard: []}))
+@shared_task(name=FleetTask.SHARD_RUN.value, bind=True)
+def shard_run(self, *args) -> None:
+    payload = ShardRun.from_args(*args)
+    _on_shard(self, payload.region, payload.shard, lambda worker: worker.batch_run(payload.by_shard()))
 
 
-@shared_task(name="analytics.shard_requests", bind=True)
-def shard_requests(self, region: str, shard: int) -> None:
-    _on_shard(self, region, shard, lambda worker: worker.requests(shard))
+@shared_task(name=FleetTask.SHARD_REQUESTS.value, bind=True)
+def shard_requests(self, *args) -> None:
+    payload = ShardRequests.from_args(*args)
+    _on_shard(self, payload.region, payload.shard, lambda worker: worker.requests_schedule(payload.shard))
 
 
-@shared_task(name="analytics.shard_purge", bind=True)
-def shard_purge(self, region: str, shard: int) -> None:
-    _on_shard(self, region, shard, lambda worker: worker.purge(shard))
+@shared_task(name=FleetTask.SHARD_PURGE.value, bind=True)
+def shard_purge(self, *args) -> None:
+    payload = ShardPurge.from_args(*args)
+    _on_shard(self, payload.region, payload.shard, lambda worker: worker.shard_purge(payload.shard))

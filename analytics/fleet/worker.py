@@ -1,0 +1,352 @@
+"""What a calc worker holds, and the steps it delegates (DESIGN 3 and 8; docs/analytics.md,
+"Processes" and "A recalculation").
+
+A ``ShardWorker`` holds leases on some shards of its region (``analytics.fleet.leases``) and,
+for each, the shard's cache file (``analytics.fleet.cache``). Its jobs, each called by a thin
+Celery task (``analytics.fleet.tasks``):
+
+* ``changes_drain``: the change log of every dirty held shard (``analytics.fleet.changes``);
+* ``requests_schedule``: a shard's durable requests (``analytics.fleet.requests``);
+* ``batch_run``: claim due assignments, recalculate them against the cache and store their
+  results (``analytics.calculation``) in one transaction per datacenter fenced by the shards'
+  epochs; then bring the cache's intervals in step, release the claims and send itself its next
+  batch (``analytics.fleet.batches``);
+* ``shard_purge``: retention (``analytics.fleet.purge``).
+
+Every write to PostgreSQL runs in a transaction whose first statement checks the shard's fence
+(``analytics.fleet.held.fenced``), so a worker that lost its lease cannot commit anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connections, transaction
+
+from analytics import calculation, services
+from analytics.calculation import Run, RunStats
+from analytics.choices import AssignmentState
+from analytics.engine import Calculator
+from analytics.fleet import batches
+from analytics.fleet.batches import OFFER_TIMEOUT, RUN_TIMEOUT
+from analytics.fleet.cache import CacheCorrupt, ShardCache
+from analytics.fleet.changes import assignment_cached, changes_drain
+from analytics.fleet.debounce import Change, Claim, DebounceTimers
+from analytics.fleet.held import HeldShard, NotHeld, fenced, placed_elsewhere
+from analytics.fleet.leases import Fenced, ShardLeases, fence_raise
+from analytics.fleet.purge import shard_purge
+from analytics.fleet.requests import requests_read
+from analytics.models import Assignment
+from analytics.models import Calculator as StoredCalculator
+from flespi_site import metrics
+from flespi_site.celery import celery_app, redis_client
+from flespi_site.fleet import dirty_key, wake_key
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NotHeld", "RunStats", "ShardWorker"]
+
+
+class ShardWorker:
+    """The shards one worker process holds in one region, and the work it does on them."""
+
+    def __init__(self, *, region: str, worker_id: str, data_dir: str | os.PathLike, lease_ttl: float):
+        self.region = region
+        self.worker_id = worker_id
+        self.data_dir = Path(data_dir) / "calc" / region
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.aliases = batches.region_aliases(region)
+        client = redis_client(region)
+        self.leases = ShardLeases(client, region=region, shards=settings.CALC_SHARDS, worker=worker_id, ttl=lease_ttl)
+        self.timers = DebounceTimers(client, region=region)
+        self.held: dict[int, HeldShard] = {}
+        self._lock = threading.RLock()
+        self._compiled: dict[tuple[int, int], Calculator] = {}
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def rebalance(self) -> tuple[list[int], list[int]]:
+        """Heartbeat and take an even share of the shards; returns (shards gained, shards lost),
+        whose queues the caller starts and stops consuming. A gained shard's fence is raised in
+        every datacenter database before anything else happens on it."""
+        with self._lock:
+            balance = self.leases.balance()
+            for shard, epoch in balance.extra.items():
+                self.leases.release(shard, epoch)
+            now_held = {shard: epoch for shard, epoch in balance.held.items() if shard not in balance.extra}
+            lost = sorted(shard for shard, held in self.held.items() if now_held.get(shard) != held.epoch)
+            for shard in lost:
+                self.held.pop(shard).cache.close()
+            if lost:
+                logger.warning("calc %s: lost the lease of shards %s", self.region, lost)
+            gained = []
+            for shard, epoch in sorted(now_held.items()):
+                if shard in self.held:
+                    continue
+                if not self._fences_raise(shard, epoch):
+                    self.leases.release(shard, epoch)
+                    continue
+                self.held[shard] = HeldShard(shard, epoch, self._cache_open(shard))
+                gained.append(shard)
+                # What the previous holder was offered or running comes back now, not after its
+                # timeouts.
+                self.timers.abandon(shard=shard)
+            # A shard lost and taken again at once (Redis lost the leases) is in both lists: its
+            # queue is cancelled and added again.
+            return gained, lost
+
+    def renew(self) -> list[int]:
+        """Extend every lease held (a heartbeat thread calls this while tasks run); returns the
+        shards whose lease was lost. Writes of a lost shard are refused by the fence from then
+        on; the next ``rebalance`` stops consuming its queue."""
+        lost = []
+        with self._lock:
+            for shard, held in list(self.held.items()):
+                if not self.leases.renew(shard, held.epoch):
+                    lost.append(shard)
+        for shard in lost:
+            logger.warning("calc %s: lost the lease of shard %s", self.region, shard)
+        return lost
+
+    def leave(self) -> None:
+        with self._lock:
+            for held in self.held.values():
+                held.cache.close()
+            self.held.clear()
+            self.leases.leave()
+
+    def _fences_raise(self, shard: int, epoch: int) -> bool:
+        for alias in self.aliases:
+            with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+                stored = fence_raise(cursor, shard=shard, epoch=epoch, worker=self.worker_id)
+            if stored != epoch:
+                logger.warning("calc %s: shard %s moved on (fence %s > epoch %s)", self.region, shard, stored, epoch)
+                return False
+        return True
+
+    def _cache_open(self, shard: int) -> ShardCache:
+        path = self.data_dir / f"shard-{shard}.sqlite"
+        name = f"{self.region}/{shard}"
+        try:
+            return ShardCache(path, shard=name)
+        except CacheCorrupt as exc:
+            logger.warning("calc %s: cache of shard %s is unreadable (%s); rebuilding it", self.region, shard, exc)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            return ShardCache(path, shard=name)
+
+    def holding(self, shard: int) -> HeldShard | None:
+        """The held shard, with a cache that is still the file on disk (a deleted or replaced
+        file is reopened empty and refilled from PostgreSQL as work needs it)."""
+        with self._lock:
+            held = self.held.get(shard)
+            if held is not None and held.cache.replaced():
+                logger.warning("calc %s: cache file of shard %s is gone; rebuilding it", self.region, shard)
+                held.cache.close()
+                held.cache = self._cache_open(shard)
+            return held
+
+    def _held_or_raise(self, shard: int) -> HeldShard:
+        held = self.holding(shard)
+        if held is None:
+            raise NotHeld(shard)
+        return held
+
+    def compiled(self, calculator: StoredCalculator) -> Calculator:
+        """The engine's calculator of a stored one, compiled once per version."""
+        key = (calculator.pk, calculator.version)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = services.compiled(calculator)
+            self._compiled[key] = compiled
+        return compiled
+
+    # -- the change log and requests -------------------------------------------------------------
+
+    def changes_drain(self, shard: int, *, address: str | int | None = None) -> int:
+        """Take the wake-up that came through ``shard``'s queue (addressed to ``address``: a worker
+        id, or the shard) and consume the change log of every held shard with rows not taken yet;
+        returns how many changes were taken."""
+        self._held_or_raise(shard)
+        woken = self._dirty_take(shard if address is None else address)
+        dirty = [held for shard in woken if (held := self.holding(shard)) is not None]
+        if not dirty:
+            return 0
+        return sum(changes_drain(alias=alias, held_shards=dirty, timers=self.timers) for alias in self.aliases)
+
+    def _dirty_take(self, address: str | int) -> list[int]:
+        """Clear the wake-up flag of ``address`` (its message is this one) and the dirty flags of
+        the held shards; returns the shards whose dirty flag was set. A writer sets the dirty flag
+        after its commit, so the read that follows the clearing sees its rows; a shard whose flag
+        is not set has no row that a drain after the flag's last clearing did not see."""
+        with self._lock:
+            shards = sorted(self.held)
+        pipe = redis_client(self.region).pipeline(transaction=False)
+        pipe.delete(wake_key(self.region, address))
+        for shard in shards:
+            pipe.delete(dirty_key(self.region, shard))
+        return [shard for shard, existed in zip(shards, pipe.execute()[1:], strict=True) if existed]
+
+    def requests_schedule(self, shard: int) -> int:
+        """Schedule the durable recalculation requests of the shard's assignments (new, enabled
+        again, a calculator change, the recalculate endpoint) right away; returns how many."""
+        self._held_or_raise(shard)
+        changes = requests_read(aliases=self.aliases, shard=shard).get(shard, [])
+        if changes:
+            self.timers.schedule(shard=shard, changes=changes)
+        return len(changes)
+
+    def shard_purge(self, shard: int, *, now: float | None = None) -> int:
+        """Retention on the shard (``analytics.fleet.purge``); returns how many intervals went."""
+        held = self._held_or_raise(shard)
+        return shard_purge(held=held, aliases=self.aliases, now=time.time() if now is None else now)
+
+    # -- recalculation -------------------------------------------------------------------------
+
+    def batch_run(self, batch: Mapping[int, Sequence[tuple[int, int]]], *, now: float | None = None) -> RunStats:
+        """Claim and recalculate these (calc_id, device_id) of several shards (shard -> pairs),
+        writing every diff of a datacenter in one transaction fenced by all their epochs. Pairs of
+        a shard this worker does not hold are left alone (their offers come back to the holder
+        after ``OFFER_TIMEOUT``); ``NotHeld`` when it holds none of them. Then the next batch."""
+        try:
+            return self._batch_claimed(batch, now=now)
+        finally:
+            self._next_batch_send()
+
+    def _next_batch_send(self) -> None:
+        """After a batch: what fell due on the held shards meanwhile is sent to this worker at
+        once, as its next batch (the pump would only at its next round); with nothing due, the
+        worker is marked free, and the pump sends the next batch when there is one."""
+        client = redis_client(self.region)
+        try:
+            with self._lock:
+                shards = sorted(self.held)
+            offers = self.timers.pump_many(shards=shards, limit=batches.batch_limit(len(shards)),
+                                           offer_timeout=OFFER_TIMEOUT) if shards else {}
+            if not batches.batch_send(app=celery_app(self.region), client=client, region=self.region,
+                                      worker_id=self.worker_id, offers=offers):
+                batches.batch_done(client, region=self.region, worker_id=self.worker_id)
+        except Exception:  # Redis away: the busy mark expires, the offers come back
+            logger.exception("calc %s: sending the next batch failed; the pump will", self.region)
+
+    def _batch_claimed(self, batch: Mapping[int, Sequence[tuple[int, int]]], *, now: float | None) -> RunStats:
+        held_shards = {shard: held for shard in batch if (held := self.holding(shard)) is not None}
+        if not held_shards:
+            raise NotHeld(min(batch))
+        if len(held_shards) < len(batch):
+            logger.info("calc %s: shards %s are no longer held here; their assignments are offered again later",
+                        self.region, sorted(set(batch) - set(held_shards)))
+        started = time.monotonic()
+        stats = RunStats()
+        claimed = self.timers.claim_many({shard: batch[shard] for shard in held_shards}, run_timeout=RUN_TIMEOUT)
+        if not any(claimed.values()):
+            return stats
+        done: dict[int, list[Claim]] = {}
+        failed: dict[int, list[Claim]] = {}
+        try:
+            by_alias = self._runs_load(claimed, held_shards, done)
+            for alias, runs in by_alias.items():
+                claims = [(shard, claim) for shard, claim, _run in runs]
+                try:
+                    self._runs_in(alias, held_shards, {run.key: shard for shard, _claim, run in runs},
+                                  [run for _shard, _claim, run in runs], stats, now=now)
+                    for shard, claim in claims:
+                        done.setdefault(shard, []).append(claim)
+                except Fenced as exc:
+                    stats.fenced = True
+                    for shard, claim in claims:
+                        failed.setdefault(shard, []).append(claim)
+                    logger.warning("calc %s: shard %s is no longer this worker's; its run is refused", self.region,
+                                   exc.shard)
+                except Exception:
+                    for shard, claim in claims:
+                        failed.setdefault(shard, []).append(claim)
+                    logger.exception("calc %s: a run on shards %s failed; its range is kept for the next",
+                                     self.region, sorted({shard for shard, _claim in claims}))
+        finally:
+            self.timers.release_many(done, ok=True)
+            self.timers.release_many(failed, ok=False, retry_delay=5.0)
+        if stats.assignments:
+            metrics.recalculation_done(region=self.region, seconds=time.monotonic() - started,
+                                       assignments=stats.assignments)
+        return stats
+
+    def _runs_load(
+        self, claimed: Mapping[int, Sequence[Claim]], held_shards: Mapping[int, HeldShard], gone: dict[int, list[Claim]]
+    ) -> dict[str, list[tuple[int, Claim, Run]]]:
+        """The claimed assignments that still exist and are enabled, by datacenter, as runs with
+        their shard and claim; the others go to ``gone`` (their claims end: nothing to do)."""
+        by_alias: dict[str, list[tuple[int, Claim, Run]]] = {}
+        wanted = {(claim.calc_id, claim.device_id): (shard, claim) for shard, claims in claimed.items() for claim in claims}
+        found: set[tuple[int, int]] = set()
+        for alias in self.aliases:
+            rows = list(Assignment.objects.using(alias).filter(
+                calculator_id__in={calc_id for calc_id, _ in wanted},
+                device_id__in={device_id for _, device_id in wanted},
+            ).select_related("calculator", "device"))
+            elsewhere = placed_elsewhere(alias, {assignment.account_id for assignment in rows})
+            for assignment in rows:
+                key = (assignment.calculator_id, assignment.device_id)
+                if key not in wanted or assignment.account_id in elsewhere:
+                    continue  # an account that moved: its rows here are the source's copy
+                shard, claim = wanted[key]
+                found.add(key)
+                if not assignment.enabled:
+                    gone.setdefault(shard, []).append(claim)
+                    continue
+                begin, end = claim.begin, claim.end
+                if assignment.pending_begin is not None and assignment.pending_end is not None:
+                    begin, end = min(begin, assignment.pending_begin), max(end, assignment.pending_end)
+                run = Run(assignment=assignment, calculator=assignment.calculator, begin=begin, end=end,
+                          was_state=assignment.state, cache=held_shards[shard].cache)
+                by_alias.setdefault(alias, []).append((shard, claim, run))
+        for key, (shard, claim) in wanted.items():
+            if key not in found:
+                gone.setdefault(shard, []).append(claim)
+        return by_alias
+
+    def _runs_in(
+        self,
+        alias: str,
+        held_shards: Mapping[int, HeldShard],
+        shard_of: Mapping[tuple[int, int], int],
+        runs: list[Run],
+        stats: RunStats,
+        *,
+        now: float | None,
+    ) -> None:
+        """The runs of one datacenter (``shard_of``: the shard of each run's assignment): caches in
+        step, the engine, one fenced transaction for every result, then the caches' intervals and
+        the timers of open intervals the clock will close."""
+        wall = time.time() if now is None else now
+        caches = {run.key: held_shards[shard_of[run.key]].cache for run in runs}
+        for run in runs:
+            assignment_cached(cache=caches[run.key], assignment=run.assignment)
+            if run.was_state == AssignmentState.UNSYNCED:
+                with fenced(alias, [held_shards[shard_of[run.key]]]):
+                    calculation.assignment_synchronizing(alias=alias, assignment=run.assignment)
+        calculation.runs_calculate(runs=runs, compiled=self.compiled, now=wall, stats=stats)
+        with fenced(alias, [held_shards[shard] for shard in sorted(set(shard_of.values()))]):
+            calculation.runs_store(alias=alias, runs=runs, stamp=wall,
+                                   before=lambda run: calculation.CachedBefore(caches[run.key]))
+        deadlines: dict[int, list[Change]] = {}
+        with contextlib.ExitStack() as stack:
+            for cache in {id(cache): cache for cache in caches.values()}.values():
+                stack.enter_context(cache.batch())
+            calculation.runs_cached(runs=runs, stats=stats)
+        for run in runs:
+            closing = calculation.run_deadline(run=run, compiled=self.compiled)
+            if closing is not None:
+                deadline, newest = closing
+                delay = max(0.0, deadline - time.time()) + 0.05
+                deadlines.setdefault(shard_of[run.key], []).append(
+                    Change(run.assignment.calculator_id, run.assignment.device_id, newest, newest, delay)
+                )
+        self.timers.schedule_many(deadlines)

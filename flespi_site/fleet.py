@@ -1,0 +1,280 @@
+"""The contract between the web processes and the calc fleet, in one Django-free module: the
+shard of a device, the queues, the tasks and their typed payloads, every Redis key the fleet
+uses, and the wake-ups the web sends after a commit (docs/analytics.md, "Processes").
+
+Every hop from one process to another goes through a name defined here: a request that stores
+messages calls ``shards_wake``, which sends a ``ShardChanges`` payload to a queue named by
+``shard_queue``; the calc worker's task (``analytics.fleet.tasks``) is registered under the same
+``FleetTask`` name and decodes the same payload class. ``tests/test_protocols.py`` fails on a task
+name, a Redis key prefix or a lock number spelled anywhere else.
+
+No Django here (a test guards it): callers pass the region's Celery app and Redis client
+(``flespi_site.celery``), so the calc processes, the web and the tests share one definition.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar, Protocol
+
+logger = logging.getLogger(__name__)
+
+
+def shard_of(device_id: int, shards: int) -> int:
+    """The calculation shard of a device: a stable hash of its id."""
+    return zlib.crc32(str(device_id).encode()) % shards
+
+
+# -- queues and tasks --------------------------------------------------------------------------
+
+
+def shard_queue(region: str, shard: int) -> str:
+    """The queue of a calculation shard: all work on the shard's devices goes through it."""
+    return f"calc.{region}.{int(shard)}"
+
+
+def control_queue(region: str) -> str:
+    """The queue every calc worker of ``region`` consumes besides its shards' (nothing is sent to
+    it today; Celery needs a default)."""
+    return f"calc.{region}.control"
+
+
+class FleetTask(StrEnum):
+    """The calc fleet's Celery tasks. The values are the names messages carry in the broker:
+    stable across deploys, so that a message sent by one version is run by the next."""
+
+    SHARD_CHANGES = "analytics.shard_changes"
+    SHARD_RUN = "analytics.shard_run"
+    SHARD_REQUESTS = "analytics.shard_requests"
+    SHARD_PURGE = "analytics.shard_purge"
+
+
+class _App(Protocol):
+    def send_task(self, name: str, args: Sequence[Any] | None = ..., **options: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ShardPayload:
+    """What a fleet task carries: the region and the shard whose queue it goes through, and the
+    task's own fields. ``args`` is the message's body; ``from_args`` reads it back."""
+
+    task: ClassVar[FleetTask]
+    region: str
+    shard: int
+
+    def args(self) -> list[Any]:
+        return [self.region, self.shard]
+
+    @classmethod
+    def from_args(cls, region: str, shard: int) -> ShardPayload:
+        return cls(region=region, shard=int(shard))
+
+    def send(self, app: _App) -> None:
+        """Send it to the shard's queue (with the app's publish retry policy)."""
+        app.send_task(self.task.value, args=self.args(), queue=shard_queue(self.region, self.shard))
+
+
+@dataclass(frozen=True)
+class ShardChanges(ShardPayload):
+    """Drain the change log: sent by ``shards_wake`` to the queue of one of the shards a worker
+    holds. ``address`` is whom it was for: a worker id, or the shard when nobody held it."""
+
+    task: ClassVar[FleetTask] = FleetTask.SHARD_CHANGES
+    address: str | int = ""
+
+    def args(self) -> list[Any]:
+        return [self.region, self.shard, self.address]
+
+    @classmethod
+    def from_args(cls, region: str, shard: int, address: str | int | None = None) -> ShardChanges:
+        return cls(region=region, shard=int(shard), address=int(shard) if address is None else address)
+
+
+@dataclass(frozen=True)
+class Due:
+    """An assignment whose debounce timer fell due, in the shard its device is in."""
+
+    calc_id: int
+    device_id: int
+    shard: int
+
+
+@dataclass(frozen=True)
+class ShardRun(ShardPayload):
+    """Recalculate these due assignments: one batch of a worker over every shard it holds (sent to
+    the queue of the first of them), or of one shard nobody holds (in its own queue)."""
+
+    task: ClassVar[FleetTask] = FleetTask.SHARD_RUN
+    due: tuple[Due, ...] = ()
+
+    def args(self) -> list[Any]:
+        return [self.region, self.shard, [[item.calc_id, item.device_id, item.shard] for item in self.due]]
+
+    @classmethod
+    def from_args(cls, region: str, shard: int, due: Sequence[Sequence[int]] = ()) -> ShardRun:
+        return cls(
+            region=region,
+            shard=int(shard),
+            due=tuple(Due(int(calc_id), int(device_id), int(of)) for calc_id, device_id, of in due),
+        )
+
+    def by_shard(self) -> dict[int, list[tuple[int, int]]]:
+        """shard -> [(calc_id, device_id)], the batch as the worker runs it (the payload's shard
+        alone, empty, when nothing is due: the worker then only hands on its next batch)."""
+        batch: dict[int, list[tuple[int, int]]] = {}
+        for item in self.due:
+            batch.setdefault(item.shard, []).append((item.calc_id, item.device_id))
+        return batch or {self.shard: []}
+
+
+@dataclass(frozen=True)
+class ShardRequests(ShardPayload):
+    """Schedule the shard's durable recalculation requests now (a new assignment, a calculator
+    change): without it they wait for the pump's reconciliation."""
+
+    task: ClassVar[FleetTask] = FleetTask.SHARD_REQUESTS
+
+
+@dataclass(frozen=True)
+class ShardPurge(ShardPayload):
+    """Apply ``intervals_ttl`` / ``intervals_rotate`` and the cache's message retention."""
+
+    task: ClassVar[FleetTask] = FleetTask.SHARD_PURGE
+
+
+# -- Redis keys --------------------------------------------------------------------------------
+# Every key the platform writes in a region's Redis starts with ``flespi:<region>:``, so that
+# regions sharing one Redis (the embedded default) stay apart.
+
+
+def region_prefix(region: str) -> str:
+    """The prefix of every key of ``region`` (a test or a benchmark clears a region by it)."""
+    return f"flespi:{region}:"
+
+
+def celery_prefix(region: str) -> str:
+    """Where the region's Celery app keeps its queues and its unacknowledged messages."""
+    return f"{region_prefix(region)}celery:"
+
+
+def unacked_key(region: str) -> str:
+    """The hash of the messages delivered to a worker and not acknowledged yet (kombu's)."""
+    return f"{celery_prefix(region)}unacked"
+
+
+def wake_key(region: str, address: str | int) -> str:
+    """Set while a wake-up message addressed to ``address`` waits (at most one does): a worker
+    id, or the shard number of a shard nobody holds."""
+    return f"{region_prefix(region)}wake:{address}"
+
+
+def dirty_key(region: str, shard: int) -> str:
+    """Set when the shard's change log got rows that no drain has taken yet."""
+    return f"{region_prefix(region)}dirty:{int(shard)}"
+
+
+def deliveries_key(region: str, task_id: str) -> str:
+    """How often a task message was delivered (a worker that keeps dying on it drops it)."""
+    return f"{region_prefix(region)}deliveries:{task_id}"
+
+
+def batch_busy_key(region: str, worker_id: str) -> str:
+    """Set while a batch sent to ``worker_id`` waits or runs (with a TTL, for a worker that died
+    on it); the worker clears it when the batch is done and nothing else is due."""
+    return f"{region_prefix(region)}batch:{worker_id}"
+
+
+def lease_key(region: str, shard: int) -> str:
+    """The shard's lease: ``"<worker> <epoch>"`` with a TTL."""
+    return f"{region_prefix(region)}shards:lease:{int(shard)}"
+
+
+def epoch_key(region: str, shard: int) -> str:
+    """The shard's newest epoch (never expires)."""
+    return f"{region_prefix(region)}shards:epoch:{int(shard)}"
+
+
+def workers_key(region: str) -> str:
+    """The live workers: a sorted set of worker id -> heartbeat expiry (Redis's clock, ms)."""
+    return f"{region_prefix(region)}shards:workers"
+
+
+def debounce_keys(region: str, shard: int) -> list[str]:
+    """The shard's debounce timers: due times, pending ranges, entries, and the offer token."""
+    base = f"{region_prefix(region)}debounce:{int(shard)}"
+    return [base, f"{base}:pending", f"{base}:entries", f"{base}:token"]
+
+
+def lease_holder(value: bytes | str | None) -> tuple[str | None, int | None]:
+    """(worker, epoch) of a lease's value, (None, None) when free."""
+    if value is None:
+        return None, None
+    owner, _, epoch = (value.decode() if isinstance(value, bytes) else str(value)).rpartition(" ")
+    return owner or None, int(epoch) if epoch.isdigit() else None
+
+
+def lease_holders(pipe, *, region: str, shards: Sequence[int]) -> dict[int, str | None]:
+    """The worker holding each of ``shards`` (None: free). ``pipe`` is a redis-py pipeline with
+    other commands queued before: they run in the same round trip, and this reads the last reply."""
+    pipe.mget([lease_key(region, shard) for shard in shards])
+    values = pipe.execute()[-1]
+    return {shard: lease_holder(value)[0] for shard, value in zip(shards, values, strict=True)}
+
+
+# -- wake-ups ------------------------------------------------------------------------------------
+
+# A message not acknowledged this long after delivery (its worker hangs, or the connection
+# vanished without a close) is delivered again; it must exceed the longest task.
+VISIBILITY_TIMEOUT = 900
+# A wake-up flag left by a message nobody took (its queue's shard had no holder for that long)
+# lets the next change send another after this.
+WAKE_TTL = 60
+
+
+def shards_wake(*, app: _App, client, region: str, shards: Iterable[int], force: bool = False) -> None:
+    """Tell the workers of ``shards`` that their devices' messages changed (the change log in the
+    datacenter database says how), after the change committed.
+
+    Each shard gets a dirty flag, which the worker clears before it reads the log. The wake-up
+    messages are addressed to the shards' holders (their leases, read in the same round trip):
+    one message per holder, to the queue of one of its shards, and none while one addressed to
+    it still waits (a flag the consumer of the message clears). One drain takes the rows of every
+    dirty shard the worker holds, so a request touching all shards costs it one task, not one per
+    shard. A shard nobody holds gets a message of its own in its queue, for whoever takes it. A
+    broker that cannot be reached loses nothing (the pump's reconciliation finds the change log)
+    and is only logged. ``force`` sends even when a wake-up is waiting (reconciliation: the one
+    waiting may be in the hands of a worker that died)."""
+    try:
+        order = sorted(set(shards))
+        if not order:
+            return
+        pipe = client.pipeline(transaction=False)
+        for shard in order:
+            pipe.set(dirty_key(region, shard), 1, ex=VISIBILITY_TIMEOUT)
+        holders = lease_holders(pipe, region=region, shards=order)
+        targets: dict[str | int, int] = {}
+        for shard in order:
+            targets.setdefault(holders[shard] or shard, shard)
+        pipe = client.pipeline(transaction=False)
+        for address in targets:
+            pipe.set(wake_key(region, address), 1, nx=not force, ex=WAKE_TTL)
+        for (address, shard), newly in zip(targets.items(), pipe.execute(), strict=True):
+            if newly:
+                ShardChanges(region=region, shard=shard, address=address).send(app)
+    except Exception as exc:
+        logger.warning("could not wake the calc workers of region %s (%s); the pump will catch up", region, exc)
+
+
+def shards_request(*, app: _App, region: str, shards: Iterable[int]) -> None:
+    """Tell the workers of ``shards`` that assignments of theirs have a new recalculation request
+    stored (a new assignment, a calculator change, ...), so that they schedule it now rather than
+    at the pump's next reconciliation. Losing this message loses nothing but that head start."""
+    try:
+        for shard in sorted(set(shards)):
+            ShardRequests(region=region, shard=shard).send(app)
+    except Exception as exc:  # the request is stored; reconciliation schedules it
+        logger.warning("could not tell the calc workers of region %s of new requests (%s)", region, exc)

@@ -26,7 +26,7 @@ from analytics.engine import CalculatorError, Problem, compile_calculator, norma
 from analytics.models import Assignment, Calculator
 from devices.models import Device
 from flespi_site import celery as calc_queue
-from flespi_site.errors import ErrorKind, InvalidInput, NotFound
+from flespi_site.errors import DomainError, ErrorKind, InvalidInput, NotFound
 from flespi_site.updates import locked_row, save_fields
 
 
@@ -139,6 +139,27 @@ def assignment_create(*, calculator: Calculator, device: Device) -> tuple[Assign
             raise NotFound(f"calculator {calculator.pk} or device {device.pk} no longer exists", id=device.pk) from None
         return existing, False
     return assignment, True
+
+
+def assignments_create(
+    *, calculators: Sequence[Calculator], devices: Sequence[Device]
+) -> tuple[list[Assignment], list[DomainError]]:
+    """Assign every device to every calculator (``assignment_create`` for each pair, idempotent).
+    Returns the assignments, and the pairs refused as errors naming the device (``id``) and the
+    calculator (``calc_id``); a refused pair leaves the others assigned."""
+    assignments: list[Assignment] = []
+    refused: list[DomainError] = []
+    for calculator in calculators:
+        for device in devices:
+            try:
+                assignment, _new = assignment_create(calculator=calculator, device=device)
+            except DomainError as exc:
+                exc.id = device.pk
+                exc.extra["calc_id"] = calculator.pk
+                refused.append(exc)
+                continue
+            assignments.append(assignment)
+    return assignments, refused
 
 
 def _assignment_name(assignment: Assignment) -> str:

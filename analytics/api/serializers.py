@@ -4,8 +4,13 @@ serializers here check only the shape of the envelope around it and document it.
 
 from __future__ import annotations
 
-from rest_framework import serializers
+from collections.abc import Sequence
 
+from rest_framework import serializers
+from rest_framework.settings import api_settings
+
+from analytics import services
+from analytics.engine import Calculator, Problem
 from devices.api.serializers import MAX_QUERY_TIME
 from flespi_site.api.fields import (
     JSONObjectField,
@@ -16,6 +21,33 @@ from flespi_site.api.fields import (
     StrictSerializer,
 )
 from flespi_site.jsontext import unstorable
+
+
+def calculator_problems(problems: Sequence[Problem]) -> dict[str, list[str]]:
+    """The problems of a calculator as a serializer's errors: each at its path (one of the whole
+    calculator as the object's own), which the API renders as the error's ``field``."""
+    detail: dict[str, list[str]] = {}
+    for problem in problems:
+        detail.setdefault(problem.path or api_settings.NON_FIELD_ERRORS_KEY, []).append(problem.message)
+    return detail
+
+
+def calculator_compiled(config: dict) -> Calculator:
+    """The engine's compiled form of an inline calculator; a ``ValidationError`` naming each of
+    its problems at its path otherwise."""
+    try:
+        return services.calculator_compile(config=config)
+    except services.CalculatorInvalid as exc:
+        raise serializers.ValidationError(calculator_problems(exc.problems)) from None
+
+
+class InlineCalculatorField(JSONObjectField):
+    """A calculator given inline (DESIGN 7.2): a JSON object that the engine compiles. Its value
+    is the engine's calculator; a problem is named at its path inside the field
+    (``calculator.selectors[0].expression``)."""
+
+    def to_internal_value(self, data):
+        return calculator_compiled(super().to_internal_value(data))
 
 
 class CalculatorSerializer(serializers.Serializer):
@@ -63,7 +95,8 @@ class IntervalsQuerySerializer(StrictSerializer):
 
 class CalculateSerializer(StrictSerializer):
     """``POST /gw/devices/{sel}/calculate``: a stored calculator (``calc_id``) or an inline one
-    (``calculator``), over ``begin``..``end`` (``from``/``to`` are aliases)."""
+    (``calculator``, validated last and compiled: ``validated_data["calculator"]`` is the
+    engine's calculator), over ``begin``..``end`` (``from``/``to`` are aliases)."""
 
     calc_id = StrictIntegerField(required=False)
     calculator = JSONObjectField(required=False)
@@ -90,4 +123,11 @@ class CalculateSerializer(StrictSerializer):
             raise serializers.ValidationError({"begin" if "begin" not in attrs else "end": ["required"]})
         if attrs["begin"] > attrs["end"]:
             raise serializers.ValidationError({"begin": ["must not be after end"]})
+        if "calculator" in attrs:
+            # Compiled once the envelope is right: a request with a bad range is refused for its
+            # range alone, as before the engine reads anything.
+            try:
+                attrs["calculator"] = calculator_compiled(attrs["calculator"])
+            except serializers.ValidationError as exc:
+                raise serializers.ValidationError({"calculator": exc.detail}) from None
         return attrs

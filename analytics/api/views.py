@@ -9,23 +9,25 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from analytics import selectors, services
+from analytics import calculation, selectors, services
 from analytics.api.serializers import (
     AssignmentUpdateSerializer,
     CalculateSerializer,
     CalculatorSerializer,
     IntervalsQuerySerializer,
     RecalculateSerializer,
+    calculator_problems,
 )
 from analytics.constants import DEFAULT_INTERVALS_COUNT
+from analytics.engine import ExpressionError, compile_expression
 from analytics.models import Assignment, Calculator
 from devices.api.views import DeviceResource, DeviceSelectionView
-from flespi_site.api.batch import batch_response
-from flespi_site.api.params import project, projection, query_params, validated_params
-from flespi_site.api.resources import Resource, ResourceView, SelectionView, selected_rows
-from flespi_site.api.selection import SelectionField, is_id_list, parse_selection
+from flespi_site.api.batch import batch_response, each_item
+from flespi_site.api.params import project, projection, validated_params
+from flespi_site.api.resources import Resource, ResourceView, SelectionView, selected_with_missing_ids
+from flespi_site.api.selection import SelectionField, is_id_list
 from flespi_site.api.views import json_body
-from flespi_site.errors import DomainError, InvalidInput, NotFound
+from flespi_site.errors import InvalidInput, NotFound
 from flespi_site.jsontext import unstorable
 
 CALCULATOR_FIELDS = (
@@ -55,7 +57,7 @@ def render_assignment(assignment: Assignment) -> dict:
 
 
 def _problems(exc: services.CalculatorInvalid) -> serializers.ValidationError:
-    return serializers.ValidationError({problem.path or "non_field_errors": [problem.message] for problem in exc.problems})
+    return serializers.ValidationError(calculator_problems(exc.problems))
 
 
 class CalculatorResource(Resource):
@@ -131,6 +133,9 @@ class AssignmentResource(Resource):
     def render(self, obj):
         return render_assignment(obj)
 
+    def named(self, obj):
+        return {"id": obj.device_id, "calc_id": obj.calculator_id}
+
     def create(self, data):
         raise InvalidInput("assign devices with POST /gw/calcs/{calc}/devices/{devices}")
 
@@ -152,41 +157,15 @@ class AssignmentsView(ResourceView):
             raise InvalidInput("POST assigns devices: name them in the path, /gw/calcs/{calc}/devices/{devices}")
         if request.stream is not None and request.content_type and request.data not in ([], {}):
             raise InvalidInput("assigning takes no body (or an empty JSON array)")
-        names = projection(query_params(request), ASSIGNMENT_FIELDS)
-        calculators: list[Calculator] = self._resource().parents  # type: ignore[assignment]  # the parent resource selects calculators
-        devices = list(
-            DeviceResource(self).queryset().filter(parse_selection(selector, DeviceResource.selection_fields))
+        answer = self.projected(request)
+        devices, missing = selected_with_missing_ids(self, DeviceResource, selector)
+        assignments, refused = services.assignments_create(
+            calculators=self._resource().parents,  # type: ignore[arg-type]  # the parent resource selects calculators
+            devices=devices,  # type: ignore[arg-type]  # DeviceResource selects devices
         )
-        errors: list[dict] = []
-        if is_id_list(selector):
-            have = {device.pk for device in devices}
-            errors += [NotFound(f"no device with id {i}", id=i).as_error()
-                       for i in (int(part) for part in selector.split(",")) if i not in have]
-        if not devices and not errors:
-            raise NotFound(f"no device matches {selector!r}")
-        result = []
-        for calculator in calculators:
-            for device in devices:
-                try:
-                    assignment, _new = services.assignment_create(calculator=calculator, device=device)
-                except DomainError as exc:
-                    errors.append({**exc.as_error(), "id": device.pk, "calc_id": calculator.pk})
-                    continue
-                result.append(project(render_assignment(assignment), names))
-        return batch_response(result, errors)
-
-    def delete(self, request: Request, selector: str | None = None, **parents: str) -> Response:
-        if selector is None:
-            raise InvalidInput("DELETE unassigns selected devices: add a selector to the path")
-        result, errors = [], []
-        for assignment in selected_rows(self, AssignmentResource):
-            try:
-                services.assignment_delete(assignment=assignment)  # type: ignore[arg-type]
-            except DomainError as exc:
-                errors.append({**exc.as_error(), "id": assignment.device_id, "calc_id": assignment.calculator_id})  # type: ignore[attr-defined]
-                continue
-            result.append({"id": assignment.device_id, "calc_id": assignment.calculator_id})  # type: ignore[attr-defined]
-        return batch_response(result, errors)
+        return batch_response(
+            [answer(assignment) for assignment in assignments], [error.as_error() for error in [*missing, *refused]]
+        )
 
 
 class AssignmentSelectionView(SelectionView):
@@ -210,8 +189,6 @@ def _interval_ids(selector: str) -> list[int] | None:
 def _interval_filter(text: str | None):
     if text is None:
         return None
-    from analytics.engine import ExpressionError, compile_expression
-
     try:
         return compile_expression(text)
     except ExpressionError as exc:
@@ -240,10 +217,8 @@ class IntervalsView(AssignmentSelectionView):
         )
         if ids is not None and len(ids) == 1 and not intervals:
             raise NotFound(f"no interval {ids[0]}")
-        if "fields" in params:
-            names = [name.strip() for name in params["fields"].split(",") if name.strip()]
-            intervals = [{name: interval[name] for name in names if name in interval} for interval in intervals]
-        return Response({"result": intervals})
+        names = projection(params)
+        return Response({"result": [project(interval, names) for interval in intervals]})
 
     def put(self, request: Request, interval_selector: str = "all", **selection: str) -> Response:
         ids = _interval_ids(interval_selector)
@@ -255,18 +230,13 @@ class IntervalsView(AssignmentSelectionView):
         what = unstorable(fields)
         if what is not None:
             raise InvalidInput(f"user fields must not contain {what}")
-        result, errors = [], []
-        for assignment in self.assignments():
-            try:
-                interval = services.interval_user_update(
-                    assignment=assignment, calculator=assignment.calculator, interval_id=ids[0], fields=fields,
-                )
-            except DomainError as exc:
-                errors.append({**exc.as_error(), "id": ids[0], "calc_id": assignment.calculator_id,
-                               "device_id": assignment.device_id})
-                continue
-            result.append(interval)
-        return batch_response(result, errors)
+        return each_item(
+            self.assignments(),
+            lambda assignment: services.interval_user_update(
+                assignment=assignment, calculator=assignment.calculator, interval_id=ids[0], fields=fields
+            ),
+            named=lambda assignment: {"id": ids[0], "calc_id": assignment.calculator_id, "device_id": assignment.device_id},
+        )
 
 
 class RecalculateView(AssignmentSelectionView):
@@ -297,8 +267,6 @@ class CalculateView(DeviceSelectionView):
     request_serializers = {"POST": CalculateSerializer}
 
     def post(self, request: Request, selector: str) -> Response:
-        from analytics import calculation
-
         serializer = CalculateSerializer(data=json_body(request))
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -308,12 +276,7 @@ class CalculateView(DeviceSelectionView):
                 raise NotFound(f"no calculator with id {data['calc_id']}", field="calc_id")
             calculator = services.compiled(stored)
         else:
-            try:
-                calculator = services.calculator_compile(config=data["calculator"])
-            except services.CalculatorInvalid as exc:
-                raise serializers.ValidationError(
-                    {f"calculator.{p.path}" if p.path else "calculator": [p.message] for p in exc.problems}
-                ) from None
+            calculator = data["calculator"]  # compiled by the serializer
         result = []
         for device in self.selected_devices():
             intervals = calculation.calculate_stored(device=device, calculator=calculator, begin=data["begin"], end=data["end"])

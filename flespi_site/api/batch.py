@@ -6,12 +6,16 @@ status its errors share (400 when they differ); one with no errors is 200.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from rest_framework import serializers
 from rest_framework.response import Response
 
 from flespi_site.api.exceptions import flatten_detail
+from flespi_site.errors import DomainError
+
+Item = TypeVar("Item")
 
 
 def batch_status(errors: list[dict], *, done: int) -> int:
@@ -28,6 +32,22 @@ def batch_response(result: list, errors: list[dict], *, done: int | None = None)
     if errors:
         body["errors"] = errors
     return Response(body, status=batch_status(errors, done=len(result) if done is None else done))
+
+
+def each_item(
+    items: Iterable[Item], write: Callable[[Item], dict], *, named: Callable[[Item], dict]
+) -> Response:
+    """``write`` each item, in one batch: the dicts it returns are the result; an item it refuses
+    with a domain error is an error carrying ``named(item)`` (its ``id``, and what else names
+    it), and the others go on."""
+    result, errors = [], []
+    for item in items:
+        name = named(item)  # before the write: a deleted row has no pk
+        try:
+            result.append(write(item))
+        except DomainError as exc:
+            errors.append({**exc.as_error(), **name})
+    return batch_response(result, errors)
 
 
 def item_validation_errors(exc: serializers.ValidationError, *, index: int) -> list[dict]:

@@ -29,7 +29,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.models import Account
-from flespi_site.api.batch import batch_response, item_validation_errors
+from flespi_site.api.batch import batch_response, each_item, item_validation_errors
 from flespi_site.api.params import ProjectionParameters, project, projection, query_params
 from flespi_site.api.selection import SelectionField, is_id_list, parse_selection
 from flespi_site.api.views import FlespiAPIView, json_body
@@ -77,6 +77,11 @@ class Resource(ABC):
     @abstractmethod
     def delete(self, obj: Model) -> None: ...
 
+    def named(self, obj: Model) -> dict:
+        """What names an item in the answer of a write on it (its result after a DELETE, its
+        error in a batch): its id. A resource whose items are selected by another id says so."""
+        return {"id": obj.pk}
+
 
 def selector_kwarg(resource_class: type[Resource]) -> str:
     """The path parameter of a resource's selection when another selection follows it."""
@@ -107,6 +112,25 @@ def selected_rows(view: FlespiAPIView, resource_class: type[Resource], *, kwarg:
     return rows
 
 
+def selected_with_missing_ids(
+    view: FlespiAPIView, resource_class: type[Resource], selector: str
+) -> tuple[list[Model], list[NotFound]]:
+    """The rows of ``resource_class`` that ``selector`` selects and, when it lists ids, a
+    ``NotFound`` naming each id that selects nothing: a write on a selection of another resource
+    (assigning the selected devices) goes on with the rows there are and answers the missing ids
+    as errors. A selection of nothing at all is a 404."""
+    resource = resource_class(view, _parents_of(view, resource_class))
+    rows = list(resource.queryset().filter(parse_selection(selector, resource.selection_fields)))
+    missing: list[NotFound] = []
+    if is_id_list(selector):
+        found = {row.pk for row in rows}
+        listed = [int(part) for part in selector.split(",")]
+        missing = [NotFound(f"no {resource.name} with id {pk}", id=pk) for pk in listed if pk not in found]
+    if not rows and not missing:
+        raise NotFound(f"no {resource.name} matches {selector!r}")
+    return rows, missing
+
+
 class ResourceView(FlespiAPIView):
     resource_class: ClassVar[type[Resource]]
     query_parameters = {"GET": ProjectionParameters, "POST": ProjectionParameters, "PUT": ProjectionParameters}
@@ -117,6 +141,14 @@ class ResourceView(FlespiAPIView):
             resource = self.resource_class(self, _parents_of(self, self.resource_class))
             self._resource_of_request = resource
         return resource
+
+    def projected(self, request: Request) -> Callable[[Model], dict]:
+        """How the answer shows an item: rendered by the resource, projected by the request's
+        ``fields=``, which is read here (a bad one refuses the request before anything is
+        written)."""
+        resource = self._resource()
+        names = projection(query_params(request), resource.output_fields)
+        return lambda obj: project(resource.render(obj), names)
 
     def selected(self, selector: str | None) -> QuerySet:
         resource = self._resource()
@@ -129,10 +161,9 @@ class ResourceView(FlespiAPIView):
         return queryset
 
     def get(self, request: Request, selector: str | None = None, **parents: str) -> Response:
-        resource = self._resource()
-        names = projection(query_params(request), resource.output_fields)
+        answer = self.projected(request)
         rows = self.selected(selector or "all")
-        return Response({"result": [project(resource.render(obj), names) for obj in rows]})
+        return Response({"result": [answer(obj) for obj in rows]})
 
     def post(self, request: Request, selector: str | None = None, **parents: str) -> Response:
         resource = self._resource()
@@ -143,7 +174,7 @@ class ResourceView(FlespiAPIView):
             raise InvalidInput(f"the body must be a JSON array of {resource.name}s to create")
         if len(items) > resource.max_batch:
             raise InvalidInput(f"at most {resource.max_batch} {resource.name}s per request")
-        names = projection(query_params(request), resource.output_fields)
+        answer = self.projected(request)
         result, errors = [], []
         for index, item in enumerate(items):
             serializer = resource.create_serializer(data=item)
@@ -156,7 +187,7 @@ class ResourceView(FlespiAPIView):
             except DomainError as exc:
                 errors.append({**exc.as_error(), "index": index})
                 continue
-            result.append(project(resource.render(obj), names))
+            result.append(answer(obj))
         return batch_response(result, errors)
 
     def put(self, request: Request, selector: str | None = None, **parents: str) -> Response:
@@ -168,10 +199,8 @@ class ResourceView(FlespiAPIView):
             raise InvalidInput("the body must be a JSON object with the fields to change")
         serializer = resource.update_serializer(data=data, partial=True)
         serializer.is_valid(raise_exception=True)
-        names = projection(query_params(request), resource.output_fields)
-        return self._each_selected(
-            selector, lambda obj: project(resource.render(resource.update(obj, dict(serializer.validated_data))), names)
-        )
+        answer = self.projected(request)
+        return self._each_selected(selector, lambda obj: answer(resource.update(obj, dict(serializer.validated_data))))
 
     def delete(self, request: Request, selector: str | None = None, **parents: str) -> Response:
         resource = self._resource()
@@ -179,26 +208,20 @@ class ResourceView(FlespiAPIView):
             raise InvalidInput(f"DELETE removes selected {resource.name}s: add a selector to the path")
 
         def delete(obj: Model) -> dict:
-            pk = obj.pk  # a deleted row has none
+            named = resource.named(obj)  # a deleted row has no pk
             resource.delete(obj)
-            return {"id": pk}
+            return named
 
         return self._each_selected(selector, delete)
 
     def _each_selected(self, selector: str, write: Callable[[Model], dict]) -> Response:
-        """``write`` each selected item, in one batch: an item it fails on is an error naming its
-        id; a selection of nothing is a 404."""
+        """``write`` each selected item, in one batch: an item it fails on is an error naming it
+        (``Resource.named``); a selection of nothing is a 404."""
+        resource = self._resource()
         objects = list(self.selected(selector))
         if not objects:
-            raise NotFound(f"no {self._resource().name} matches {selector!r}")
-        result, errors = [], []
-        for obj in objects:
-            pk = obj.pk
-            try:
-                result.append(write(obj))
-            except DomainError as exc:
-                errors.append({**exc.as_error(), "id": pk})
-        return batch_response(result, errors)
+            raise NotFound(f"no {resource.name} matches {selector!r}")
+        return each_item(objects, write, named=resource.named)
 
 
 class SelectionView(FlespiAPIView):

@@ -231,10 +231,10 @@ def test_enable_disable_and_unassign_through_the_admin(admin_client, assignment)
 
 
 def test_intervals_newest_first_by_pages(admin_client, assignment, monkeypatch):
-    from analytics import admin as analytics_admin
+    from analytics.admin import intervals
     from analytics.services import interval_user_update
 
-    monkeypatch.setattr(analytics_admin, "INTERVALS_PER_PAGE", 2)
+    monkeypatch.setattr(intervals, "INTERVALS_PER_PAGE", 2)
     store_intervals(assignment, [10, 20, 30, 40, 50])
     interval_user_update(
         assignment=assignment,

@@ -207,3 +207,71 @@ def test_calculate_refuses_bad_input(api, key, device, body, field):
     response = api.call("POST", f"/gw/devices/{device.pk}/calculate", key=key, body=body)
     assert 400 <= response.status_code < 500, response.content
     assert field in {error.get("field") for error in response.json()["errors"]}, response.json()
+
+
+def test_assigning_answers_each_device_and_projects_its_items(api, key, make_account, calculator, device):
+    from analytics.models import Assignment
+    from devices.services import device_create
+
+    other = device_create(account=make_account("other"), configuration={"ident": "other-2"})
+    path = f"/gw/calcs/{calculator.pk}/devices"
+    # A bad fields= refuses the request before anything is assigned.
+    response = api.call("POST", f"{path}/{device.pk}?fields=id,nope", key=key)
+    assert response.status_code == 400 and response.json()["errors"][0]["field"] == "fields"
+    assert not Assignment.objects.using(device.database).exists()
+    response = api.call("POST", f"{path}/{device.pk},{other.pk},999999?fields=id,calc_id", key=key)
+    assert response.status_code == 200
+    assert response.json() == {
+        "result": [{"id": device.pk, "calc_id": calculator.pk}],
+        "errors": [
+            {"code": 404, "type": "not_found", "reason": f"no device with id {other.pk}", "id": other.pk},
+            {"code": 404, "type": "not_found", "reason": "no device with id 999999", "id": 999999},
+        ],
+    }
+    assert api.call("POST", f"{path}/name=nothing*", key=key).json() == {
+        "errors": [{"code": 404, "type": "not_found", "reason": "no device matches 'name=nothing*'"}]
+    }
+    # Unassigning answers the pair; a device no longer assigned is a 404.
+    response = api.call("DELETE", f"{path}/{device.pk}", key=key)
+    assert response.json() == {"result": [{"id": device.pk, "calc_id": calculator.pk}]}
+    response = api.call("DELETE", f"{path}/{device.pk}", key=key)
+    assert response.status_code == 404
+
+
+def test_assignments_create_names_the_pairs_it_refuses(make_account, calculator, device):
+    from analytics.services import assignments_create
+    from devices.services import device_create
+
+    other = device_create(account=make_account("other"), configuration={"ident": "other-3"})
+    assignments, refused = assignments_create(calculators=[calculator], devices=[device, other])
+    assert [(a.calculator_id, a.device_id) for a in assignments] == [(calculator.pk, device.pk)]
+    [error] = refused
+    assert error.as_error() == {**error.as_error(), "code": 400, "id": other.pk, "calc_id": calculator.pk}
+    # Idempotent: assigning again answers the same assignment.
+    again, refused = assignments_create(calculators=[calculator], devices=[device])
+    assert [a.pk for a in again] == [assignments[0].pk] and refused == []
+
+
+def test_intervals_are_projected_by_fields(api, key, assignment, calculator, device):
+    from analytics.calculation import diff_store
+    from analytics.engine import Diff
+
+    interval = {"id": 10_000_000, "begin": 10.0, "end": 20.0, "duration": 10.0, "max_speed": 60.0, "km": 1.5}
+    diff_store(assignment=assignment, diff=Diff(created=[interval], reached_end=True), now=100.0)
+    path = f"/gw/calcs/{calculator.pk}/devices/{device.pk}/intervals/all"
+    response = api.call("GET", f"{path}?fields=id,km,nope", key=key)
+    assert response.json() == {"result": [{"id": 10_000_000, "km": 1.5}]}
+    response = api.call("GET", f"{path}?fields=,", key=key)
+    assert response.status_code == 400 and response.json()["errors"][0]["field"] == "fields"
+
+
+def test_calculate_compiles_the_inline_calculator_after_the_range(api, key, device):
+    path = f"/gw/devices/{device.pk}/calculate"
+    broken = {"name": "x", "selectors": [{"type": "expression", "expression": "a >"}], "timezone": "Mars/Olympus"}
+    response = api.call("POST", path, key=key, body={"calculator": broken, "begin": 1})
+    assert response.json() == {"errors": [{"code": 400, "type": "invalid", "reason": "end: required", "field": "end"}]}
+    response = api.call("POST", path, key=key, body={"calculator": broken, "begin": 1, "end": 2})
+    assert [error["field"] for error in response.json()["errors"]] == [
+        "calculator.selectors[0].expression",
+        "calculator.timezone",
+    ]

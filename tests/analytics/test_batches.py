@@ -20,8 +20,8 @@ from analytics.debounce import Change
 from analytics.pump import Pump
 from analytics.worker import ShardWorker, batch_busy_key
 from flespi_site.celery import dirty_key, redis_client, shards_wake, wake_key
-from tests.analytics.conftest import TRIPS
-from tests.analytics.fleet import forget_region_state
+from tests.support.calculators import TRIPS
+from tests.support.fleet import forget_region_state
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
 

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import connections, transaction
 
 from analytics.shards import Fenced, ShardLeases, fence_check, fence_raise, fences_check, lease_holders
-from tests.analytics.redis_helpers import on_a_barrier
+from tests.support.concurrency import on_a_barrier
 
 SHARDS = 16
 TTL = 0.6  # seconds: long enough for a balancing round, short enough to wait out

@@ -96,12 +96,16 @@ class Subscriber:
         self.subscribed.clear()
         self.disconnected.set()
 
-    def __enter__(self) -> Subscriber:
+    def start(self) -> Subscriber:
+        """Connected and subscribed to ``topic``; ``close`` ends it."""
         # Asynchronously: the broker may come up after the subscriber starts.
         self.client.connect_async(self.host, self.port, keepalive=10)
         self.client.loop_start()
         assert self.subscribed.wait(10), f"could not subscribe to {self.topic} on {self.url}"
         return self
+
+    def __enter__(self) -> Subscriber:
+        return self.start()
 
     def __exit__(self, *exc) -> None:
         self.close()

@@ -32,8 +32,9 @@ def platform_env(**extra: str) -> dict[str, str]:
     from django.conf import settings
 
     env = dict(os.environ, DATABASE_URL=database_url(settings.DATABASES["default"]))
-    for dc in settings.TOPOLOGY.datacenters:
-        env[f"DATABASE_URL_{dc.code.upper().replace('-', '_')}"] = database_url(settings.DATABASES[dc.alias])
+    for datacenter in settings.TOPOLOGY.datacenters:
+        name = f"DATABASE_URL_{datacenter.code.upper().replace('-', '_')}"
+        env[name] = database_url(settings.DATABASES[datacenter.alias])
     env.update(extra)
     return env
 

@@ -7,7 +7,7 @@ Databases as in ``bench/ingest.py`` (``DATABASE_URL``, default ``flespi_bench``;
 ``<name>_bench`` when the name lacks "bench"; migrated by ``platform_setup``); Redis and MQTT of
 ``REDIS_URL`` / ``MQTT_URL`` (under ``make bench``, the embedded ones). The region's Redis keys
 (``flespi:eu:*``) are cleared first: run it on a Redis of its own. Started as child processes,
-as ``make run`` starts them (``tests/analytics/fleet.py``, ``tests/live.py``): ``manage.py
+as ``make run`` starts them (``tests/support/fleet.py``, ``tests/support/processes.py``): ``manage.py
 calc_worker --region eu`` (``--workers`` of them), ``manage.py calc_pump --region eu``,
 ``manage.py outbox_relay`` and the web process (gunicorn, 2 workers x 4 threads), with the bench
 databases in their environment, ``CALC_DATA_DIR`` in a temporary directory and a topic root of
@@ -66,7 +66,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the platform and tests.support
+
 import ingest  # bench/ingest.py: environment, databases, fixture, messages
+
+from tests.support.fleet import Fleet
+from tests.support.mqtt import Subscriber
+from tests.support.processes import WebServer
 
 REPO = ingest.REPO
 PHASES = 10  # the devices of a latency run report in this many phases a second
@@ -99,9 +105,6 @@ class Platform:
 
     def __init__(self, workers: int):
         from django.conf import settings
-
-        from tests.analytics.fleet import Fleet
-        from tests.live import WebServer
 
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
         self.fleet = Fleet(self.tmp, topic_root=f"bench{uuid.uuid4().hex[:8]}", lease_ttl=settings.CALC_LEASE_TTL)
@@ -147,31 +150,6 @@ def post(port: int, path: str, body: bytes, key: str) -> None:
         connection.close()
     if response.status != 200 or b'"errors"' in answer:
         raise RuntimeError(f"POST {path[:60]}...: {response.status} {answer[:300]!r}")
-
-
-class Subscriber:
-    """Records (receive time, topic, payload) of every message on ``topic``."""
-
-    def __init__(self, topic: str):
-        from django.conf import settings
-
-        from flespi_site import mqtt
-
-        self.received: list[tuple[float, str, bytes]] = []
-        self.subscribed = threading.Event()
-        self.client = mqtt.client_for(settings.MQTT_URL, client_id=f"bench-{uuid.uuid4().hex[:8]}")
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=0)
-        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
-        self.client.on_message = lambda c, u, m: self.received.append((time.time(), m.topic, m.payload))
-        host, port, _tls = mqtt.broker_address(settings.MQTT_URL)
-        self.client.connect(host, port, keepalive=30)
-        self.client.loop_start()
-        if not self.subscribed.wait(10):
-            raise RuntimeError(f"could not subscribe to {topic}")
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def wait_synced(calculator, count: int, timeout: float) -> float:
@@ -273,13 +251,17 @@ class LatencyRun:
 
 
 def latency(platform: Platform, fixture, devices, seconds: float, profile: Path | None) -> LatencyRun:
+    from django.conf import settings
+
     n = len(devices)
     run = LatencyRun(n, seconds)
     calculator = assign(fixture.account, devices, trips(UPDATE_DELAY))
     run.sync_s = wait_synced(calculator, n, timeout=120 + n)
     groups = [devices[g::PHASES] for g in range(min(PHASES, n))]
     paths = [f"/gw/devices/{','.join(str(d.pk) for d in group)}/messages" for group in groups]
-    subscriber = Subscriber(f"{platform.root}/interval/gw/calcs/{calculator.pk}/devices/+/updated")
+    # Each record keeps its receive time.
+    subscriber = Subscriber(settings.MQTT_URL, f"{platform.root}/interval/gw/calcs/{calculator.pk}/devices/+/updated",
+                            qos=0, client_id=f"bench-{uuid.uuid4().hex[:8]}").start()
     sent: list[tuple[int, float, float]] = []  # (group, timestamp, accepted)
     lock = threading.Lock()
 
@@ -316,9 +298,9 @@ def latency(platform: Platform, fixture, devices, seconds: float, profile: Path 
             run.tasks[task] = (before[0] + count, before[1] + spent)
     drained = time.monotonic() + DRAIN
     while True:  # until the worker caught up (it may be far behind) and the events stopped
-        seen = len(subscriber.received)
+        seen = len(subscriber.records)
         time.sleep(3)
-        quiet = len(subscriber.received) == seen and not timers_busy()
+        quiet = len(subscriber.records) == seen and not timers_busy()
         if (quiet and time.monotonic() > drained) or time.monotonic() > drained + 600:
             break
     subscriber.close()
@@ -331,9 +313,9 @@ def latency(platform: Platform, fixture, devices, seconds: float, profile: Path 
     calculator_remove(calculator)
 
     ends: dict[int, list[tuple[int, float]]] = collections.defaultdict(list)
-    for received, topic, payload in subscriber.received:
-        device_id = int(topic.split("/")[-2])
-        ends[device_id].append((round(json.loads(payload)["end"] * 1e6), received))
+    for record in subscriber.records:
+        device_id = int(record.topic.split("/")[-2])
+        ends[device_id].append((round(json.loads(record.payload)["end"] * 1e6), record.at))
     for events in ends.values():
         events.sort()
     for g, stamp, accepted in sent:

@@ -41,7 +41,6 @@ import json
 import math
 import os
 import queue
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,11 @@ import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the platform and tests.support
+
+from tests.support.net import free_port
+from tests.support.processes import stop
 
 REPO = Path(__file__).resolve().parent.parent
 TRACK = REPO / "tests" / "data" / "tracks" / "bus-304-limerick-2019-02-18.gpx"
@@ -77,7 +81,6 @@ def configure_environment() -> None:
     os.environ["DJANGO_SETTINGS_MODULE"] = "flespi_site.settings"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ["DEBUG"] = "0"
-    sys.path.insert(0, str(REPO))
 
 
 # --- messages ------------------------------------------------------------------------------
@@ -275,12 +278,6 @@ class CpuMeter:
         )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Gunicorn:
     def __init__(self, *extra: str):
         self.port = free_port()
@@ -329,12 +326,7 @@ class Gunicorn:
         return [child.pid for child in psutil.Process(self.process.pid).children(recursive=True)]
 
     def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process, timeout=10)
 
 
 def http_run(server: Gunicorn, path: str, bodies: list[bytes], key: str, clients: int = 2) -> list[float]:

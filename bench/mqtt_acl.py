@@ -36,11 +36,11 @@ def median_ms(samples: list[float]) -> float:
 
 
 def measure(broker_url: str, key: str, password: str, device_ids: list[int], messages: int) -> tuple[float, float, float]:
-    from tests.mqtt.helpers import PLATFORM_PASSWORD, PLATFORM_USER, TokenClient
+    from tests.support.mqtt import PLATFORM_PASSWORD, PLATFORM_USER, Subscriber
 
     connects, subscribes = [], []
     for _ in range(20):
-        client = TokenClient(broker_url, key, password)
+        client = Subscriber(broker_url, login=(key, password))
         began = time.perf_counter()
         assert client.connect(), f"refused: {client.connack}"
         connects.append(time.perf_counter() - began)
@@ -48,9 +48,9 @@ def measure(broker_url: str, key: str, password: str, device_ids: list[int], mes
         assert client.subscribe("flespi/message/gw/devices/+") != 128
         subscribes.append(time.perf_counter() - began)
         client.close()
-    subscriber = TokenClient(broker_url, key, password)
+    subscriber = Subscriber(broker_url, login=(key, password))
     assert subscriber.connect() and subscriber.subscribe("flespi/message/gw/devices/+") != 128
-    publisher = TokenClient(broker_url, PLATFORM_USER, PLATFORM_PASSWORD)
+    publisher = Subscriber(broker_url, login=(PLATFORM_USER, PLATFORM_PASSWORD))
     assert publisher.connect()
     targets = [random.choice(device_ids) for _ in range(messages)]
     began = time.perf_counter()
@@ -96,7 +96,7 @@ def report(kind: str, count: int, sync: float | None, connect: float, subscribe:
 def run_embedded(counts: list[int], messages: int, report) -> None:
     from django.conf import settings
 
-    from tests.mqtt.helpers import PLATFORM_PASSWORD, PLATFORM_USER, EmbeddedBroker
+    from tests.support.mqtt import PLATFORM_PASSWORD, PLATFORM_USER, EmbeddedBroker
 
     settings.MQTT_PLATFORM_USERNAME, settings.MQTT_PLATFORM_PASSWORD = PLATFORM_USER, PLATFORM_PASSWORD
     broker = EmbeddedBroker()
@@ -118,7 +118,7 @@ def run_mosquitto(counts: list[int], messages: int, report) -> None:
     from django.conf import settings
 
     from accounts import mqtt_dynsec
-    from tests.mqtt.helpers import PLATFORM_PASSWORD, PLATFORM_USER, DynsecMosquitto
+    from tests.support.mqtt import PLATFORM_PASSWORD, PLATFORM_USER, DynsecMosquitto
 
     if not DynsecMosquitto.available():
         return

@@ -19,8 +19,8 @@ from accounts.models import Account, Token
 from analytics import demo as demos
 from analytics.models import Assignment, Calculator
 from devices.models import Device
-from flespi_site import embedded
-from tests.live import platform_env
+from tests.support.net import free_port
+from tests.support.processes import REPO_DIR, platform_env
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -150,10 +150,10 @@ def test_with_workers_that_do_not_progress_it_gives_up_after_the_timeout(platfor
 
 
 def test_a_database_that_cannot_be_reached_is_a_message_not_a_traceback():
-    down = f"postgres://postgres@127.0.0.1:{embedded.free_port()}/flespi"
+    down = f"postgres://postgres@127.0.0.1:{free_port()}/flespi"
     result = subprocess.run(
         [sys.executable, "manage.py", "demo", "--no-wait"],
-        cwd=embedded.REPO_DIR,
+        cwd=REPO_DIR,
         env=platform_env(DATABASE_URL=down),
         capture_output=True,
         text=True,
@@ -172,7 +172,7 @@ def test_with_the_fleet_running_the_demo_syncs_and_its_commands_show_the_trips(p
     calculation gives the same: tests/engine/test_tracks.py)."""
     from rest_framework.test import APIClient
 
-    from tests.analytics.fleet import Fleet
+    from tests.support.fleet import Fleet
 
     fleet = Fleet(tmp_path).start_all()
     try:

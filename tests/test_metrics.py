@@ -20,9 +20,10 @@ from analytics.fleet.debounce import Change, DebounceTimers
 from analytics.services import assignment_create, calculator_create
 from devices.outbox import OutboxRelay
 from devices.services import device_create
-from flespi_site import embedded, metrics
-from tests.analytics.redis_helpers import scratch_region
-from tests.live import platform_env
+from flespi_site import metrics
+from tests.support.net import free_port
+from tests.support.processes import REPO_DIR, platform_env
+from tests.support.redis import scratch_region
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -88,7 +89,7 @@ def test_counts_of_other_processes_are_added_up(client, platform):
     )
     subprocess.run(
         [sys.executable, "-c", program],
-        cwd=embedded.REPO_DIR,
+        cwd=REPO_DIR,
         env=platform_env(DJANGO_SETTINGS_MODULE="flespi_site.settings"),
         check=True,
         timeout=60,
@@ -151,7 +152,7 @@ def test_debounce_lag_is_how_long_the_oldest_timer_is_overdue(client, platform, 
 
 def test_a_redis_that_is_down_is_reported_and_the_scrape_still_answers(client, platform, settings):
     # Region eu's Redis on a port where nothing listens.
-    down = f"redis://127.0.0.1:{embedded.free_port()}/0"
+    down = f"redis://127.0.0.1:{free_port()}/0"
     topology = settings.TOPOLOGY
     settings.TOPOLOGY = dataclasses.replace(
         topology,

@@ -31,10 +31,12 @@ from collections import Counter
 import pytest
 
 from analytics.engine import calculate
-from flespi_site import embedded, mqtt
-from tests.analytics.fleet import forget_region_state, wait_until
-from tests.mqtt_helpers import PrivateBroker, Subscriber
-from tests.test_supervisor import RunningSupervisor
+from flespi_site import mqtt
+from tests.support.fleet import forget_region_state
+from tests.support.mqtt import PrivateBroker, Subscriber
+from tests.support.net import free_port
+from tests.support.processes import RunningSupervisor
+from tests.support.waiting import wait_until
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, databases="__all__"),
@@ -156,7 +158,7 @@ def test_soak(tmp_path, make_account, make_token):
     calculator = calculator_create(account=account, config=TRIPS)
     assignment, _new = assignment_create(calculator=calculator, device=device)
     topic_root = f"soak{uuid.uuid4().hex[:6]}"
-    port = embedded.free_port()
+    port = free_port()
     running = RunningSupervisor(
         [sys.executable, "-m", "flespi_site.supervisor"],
         PORT=str(port), FLESPI_DATA_DIR=str(tmp_path), CALC_DATA_DIR=str(tmp_path / "calc"),

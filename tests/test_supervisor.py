@@ -16,45 +16,14 @@ import psutil
 import pytest
 from django.conf import settings
 
-from flespi_site import embedded, mqtt
+from flespi_site import mqtt
 from flespi_site.supervisor import CrashLoop, Process, RestartPolicy, Supervisor, how_it_ended
-from tests.live import start
-from tests.mqtt_helpers import Subscriber
+from tests.support.mqtt import Subscriber
+from tests.support.net import free_port
+from tests.support.processes import STARTED, RunningSupervisor
 
 # the processes read what the test writes: it must be committed
 live_databases = pytest.mark.django_db(transaction=True, databases="__all__")
-
-STARTED = re.compile(r"(\S+): started \(pid (\d+)\)")
-
-
-class RunningSupervisor:
-    def __init__(self, argv: list[str], **env: str) -> None:
-        self.process, self.output = start(argv, **env)
-
-    def pids(self) -> dict[str, int]:
-        """The newest pid of each child, from the supervisor's log."""
-        return {name: int(pid) for name, pid in STARTED.findall(self.output.text)}
-
-    def wait_restarted(self, name: str, old_pid: int, timeout: float = 30.0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid = self.pids()[name]
-            if pid != old_pid:
-                return pid
-            time.sleep(0.05)
-        raise AssertionError(f"{name} was not restarted; output:\n{self.output.text[-4000:]}")
-
-    def wait(self, timeout: float = 60.0) -> int:
-        try:
-            return self.process.wait(timeout)
-        finally:
-            self.output._thread.join(5)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
 
 def alive(pid: int) -> bool:
     try:
@@ -99,7 +68,7 @@ def test_a_killed_child_comes_back_serving_and_the_others_keep_running(
     device = device_create(
         account=account, name="truck", configuration={"ident": f"sup{uuid.uuid4().hex[:10]}"}
     )
-    port = embedded.free_port()
+    port = free_port()
     ingest_prefix = f"{topic_root}-in"
     running = RunningSupervisor(
         [sys.executable, "-m", "flespi_site.supervisor"],
@@ -193,7 +162,7 @@ def test_a_child_that_always_dies_makes_the_supervisor_give_up(tmp_path):
     running = RunningSupervisor(
         [sys.executable, "-c", DOOMED],
         FLESPI_DATA_DIR=str(tmp_path),
-        PORT=str(embedded.free_port()),
+        PORT=str(free_port()),
         FLESPI_RESTART_DELAY="0.1",
         FLESPI_RESTART_MAX_DELAY="0.3",
         FLESPI_CRASH_LOOP="4/60",

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.admin import fast_password_hashing  # noqa: F401 (an autouse fixture)
+
 pytestmark = pytest.mark.django_db(databases="__all__")
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # The superuser of ``admin_client`` is hashed with this; the default hasher takes ~0.5 s.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture

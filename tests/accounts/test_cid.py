@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from accounts.models import Account, Token
-from tests.api_helpers import errors_of, result_of
+from tests.support.api import errors_of, result_of
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from accounts.models import Account
-from tests.api_helpers import result_of
+from tests.support.api import result_of
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 

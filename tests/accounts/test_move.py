@@ -32,8 +32,8 @@ from analytics.services import assignment_create, calculator_create, interval_us
 from devices.models import Device
 from devices.services import device_create, messages_ingest
 from flespi_site import mqtt
-from tests.live import WebServer, start
-from tests.mqtt_helpers import Subscriber
+from tests.support.mqtt import Subscriber
+from tests.support.processes import WebServer, start
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

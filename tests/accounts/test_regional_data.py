@@ -15,7 +15,8 @@ from analytics.engine import Diff
 from analytics.services import assignment_create, calculator_create
 from devices.models import Device, DeviceIdent
 from devices.services import device_create, messages_ingest
-from tests.api_helpers import result_of
+from tests.support.admin import fast_password_hashing  # noqa: F401 (an autouse fixture)
+from tests.support.api import result_of
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -33,11 +34,6 @@ CONTROL_DELETED_WITH_THE_ACCOUNT = {"accounts_token", "accounts_accountmove"}
 
 T0 = 1_700_000_000
 CALCULATOR = {"name": "days", "selectors": [{"type": "datetime", "split": "day"}]}
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def tables_of(alias: str) -> dict[str, str | None]:

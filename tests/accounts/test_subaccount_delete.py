@@ -6,7 +6,7 @@ import pytest
 
 from accounts import placement
 from accounts.models import Account, Token
-from tests.api_helpers import errors_of, reasons, result_of
+from tests.support.api import errors_of, reasons, result_of
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 

@@ -10,7 +10,7 @@ from django.db import connection
 from accounts.models import Token
 from accounts.services import token_authenticate, token_create
 from flespi_site.errors import Unauthorized
-from tests.api_helpers import errors_of, reasons, result_of
+from tests.support.api import errors_of, reasons, result_of
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 

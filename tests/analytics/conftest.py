@@ -5,16 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.analytics.redis_helpers import scratch_region
-
-TRIPS = {
-    "name": "trips",
-    "selectors": [{"type": "expression", "expression": "position.speed > 5", "max_inactive": 60}],
-    "counters": [
-        {"name": "max_speed", "type": "expression", "expression": "position.speed", "method": "maximum"},
-        {"name": "km", "type": "expression", "expression": "mileage()", "method": "summary"},
-    ],
-}
+from tests.support.calculators import TRIPS
+from tests.support.redis import scratch_region
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 from django.db import connections
 
 from analytics.engine import Diff
-from tests.admin_helpers import HOST, fast_password_hashing, page_queries  # noqa: F401 (an autouse fixture)
-from tests.analytics.conftest import TRIPS
+from tests.support.admin import HOST, fast_password_hashing, page_queries  # noqa: F401 (an autouse fixture)
+from tests.support.calculators import TRIPS
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 

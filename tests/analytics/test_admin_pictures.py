@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from tests.admin_helpers import HOST, fast_password_hashing  # noqa: F401 (an autouse fixture)
-from tests.analytics.conftest import TRIPS
+from tests.support.admin import HOST, fast_password_hashing  # noqa: F401 (an autouse fixture)
+from tests.support.calculators import TRIPS
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 

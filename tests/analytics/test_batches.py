@@ -21,8 +21,8 @@ from analytics.fleet.pump import Pump
 from analytics.fleet.worker import ShardWorker
 from flespi_site.celery import redis_client, shards_wake
 from flespi_site.fleet import FleetTask, batch_busy_key, dirty_key, lease_key, wake_key
-from tests.analytics.conftest import TRIPS
-from tests.analytics.fleet import forget_region_state
+from tests.support.calculators import TRIPS
+from tests.support.fleet import forget_region_state
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.analytics.conftest import TRIPS
+from tests.support.calculators import TRIPS
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 

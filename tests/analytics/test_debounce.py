@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from analytics.fleet.debounce import Change, Claim, DebounceTimers
-from tests.analytics.redis_helpers import on_a_barrier
+from tests.support.concurrency import on_a_barrier
 
 SLOW = bool(os.environ.get("FLESPI_SLOW"))
 

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from analytics.engine import calculate
-from tests.analytics.fleet import Fleet, wait_until
-from tests.mqtt_helpers import Subscriber
+from tests.support.fleet import Fleet
+from tests.support.mqtt import Subscriber
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

@@ -23,8 +23,9 @@ import redis
 from django.conf import settings
 
 from analytics.engine import calculate
-from tests.analytics.fleet import Fleet, wait_until
-from tests.mqtt_helpers import CLEARED, PrivateBroker, Subscriber
+from tests.support.fleet import Fleet
+from tests.support.mqtt import CLEARED, PrivateBroker, Subscriber
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -325,6 +326,6 @@ def test_a_live_move_keeps_the_intervals_and_their_events_going(scenario, fleet)
 
 
 def fleet_env(fleet: Fleet) -> dict:
-    from tests.live import platform_env
+    from tests.support.processes import platform_env
 
     return platform_env(**fleet.env)

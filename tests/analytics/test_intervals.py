@@ -139,7 +139,7 @@ def test_deleting_calculator_device_or_assignment_deletes_intervals(account, cal
     from analytics.models import Assignment
     from analytics.services import assignment_create, assignment_delete, calculator_create, calculator_delete
     from devices.services import device_create, device_delete
-    from tests.analytics.conftest import TRIPS
+    from tests.support.calculators import TRIPS
 
     def count():
         with connections[device.database].cursor() as cursor:

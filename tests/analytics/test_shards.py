@@ -12,7 +12,7 @@ from django.db import connections, transaction
 
 from analytics.fleet.leases import Fenced, ShardLeases, fence_check, fence_raise, fences_check
 from flespi_site.fleet import lease_holders, lease_key, region_prefix
-from tests.analytics.redis_helpers import on_a_barrier
+from tests.support.concurrency import on_a_barrier
 
 SHARDS = 16
 TTL = 0.6  # seconds: long enough for a balancing round, short enough to wait out

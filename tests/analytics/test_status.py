@@ -4,8 +4,6 @@ reported when a region's Redis cannot be reached."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import redis
 from django.db import connections
@@ -17,6 +15,7 @@ from analytics.fleet.leases import ShardLeases
 from analytics.models import Assignment
 from flespi_site.celery import celery_app
 from flespi_site.fleet import shard_queue
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -70,14 +69,8 @@ def test_a_region_status_reads_leases_queues_and_timers(region_client):
     ]
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_a_region_whose_redis_is_away_is_reported_not_raised():
-    away = redis.Redis(port=_closed_port(), socket_connect_timeout=0.5, socket_timeout=0.5)
+    away = redis.Redis(port=free_port(), socket_connect_timeout=0.5, socket_timeout=0.5)
     datacenters = [status.datacenter_status(code="eu-1", alias="dc_eu_1")]
     got = status.region_status(code="eu", datacenters=datacenters, client=away)
     assert got.problem and "Connection refused" in got.problem

@@ -12,7 +12,7 @@ import zlib
 import pytest
 
 from devices import storage
-from tests.live import WebServer
+from tests.support.processes import WebServer
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

@@ -25,7 +25,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from analytics.engine import Diff
-from tests.analytics.conftest import TRIPS
+from tests.support.calculators import TRIPS
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.api_helpers import errors_of, result_of
+from tests.support.api import errors_of, result_of
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 

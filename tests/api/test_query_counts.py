@@ -9,7 +9,7 @@ import pytest
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
-from tests.api_helpers import result_of
+from tests.support.api import result_of
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 

@@ -8,7 +8,7 @@ import pytest
 from accounts.models import Token
 from flespi_site.api.resources import collection_path
 from tests.api.child_urls import SubaccountTokenResource, TokenCountView
-from tests.api_helpers import errors_of, result_of
+from tests.support.api import errors_of, result_of
 
 pytestmark = [pytest.mark.django_db(databases="__all__"), pytest.mark.urls("tests.api.child_urls")]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from flespi_site import embedded
+from tests.support.processes import REPO_DIR
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -34,7 +34,7 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--window-size=1280,900",
 )
-SCREENSHOTS = Path(os.environ.get("FLESPI_TEST_OUTPUT") or embedded.REPO_DIR / "test-output") / "screenshots"
+SCREENSHOTS = Path(os.environ.get("FLESPI_TEST_OUTPUT") or REPO_DIR / "test-output") / "screenshots"
 MISSING = [name for name, path in (("chromium", CHROMIUM), ("chromium-driver", CHROMEDRIVER)) if path is None]
 
 

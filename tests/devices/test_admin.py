@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.db import connections
 
-from tests.admin_helpers import HOST, fast_password_hashing, page_queries  # noqa: F401 (an autouse fixture)
+from tests.support.admin import HOST, fast_password_hashing, page_queries  # noqa: F401 (an autouse fixture)
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 

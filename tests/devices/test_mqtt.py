@@ -17,7 +17,7 @@ from devices.outbox import OutboxRelay
 from devices.services import messages_ingest
 from flespi_site import mqtt
 from flespi_site.errors import ErrorKind
-from tests.mqtt_helpers import PrivateBroker, Subscriber
+from tests.support.mqtt import PrivateBroker, Subscriber
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -56,7 +56,7 @@ def test_every_stored_message_is_published_once_in_order(device, topic_root):
             # A resent batch stores nothing new and therefore publishes nothing.
             messages_ingest(devices=[device], messages=make_messages(1_700_000_000, 300))
             drain(relay, alias)
-            received = subscriber.wait_for(300)
+            received = subscriber.wait_for_messages(300)
             time.sleep(0.3)
             received = subscriber.messages
     finally:
@@ -82,7 +82,7 @@ def test_relay_publishes_the_messages_of_many_devices_with_one_read_and_skips_de
             messages_ingest(devices=[device, other], messages=make_messages(1_700_000_000, 20))
             messages_delete(devices=[other], begin=1_700_000_005, end=1_700_000_005)
             drain(relay, alias)
-            subscriber.wait_for(39)
+            subscriber.wait_for_messages(39)
             time.sleep(0.3)
             received = subscriber.messages
     finally:
@@ -108,7 +108,7 @@ def test_merged_message_is_published_with_its_merged_content(device, topic_root)
             drain(relay, alias)
             messages_ingest(devices=[device], messages=[{"timestamp": 1_700_000_000, "b": 2}])
             drain(relay, alias)
-            received = subscriber.wait_for(2)
+            received = subscriber.wait_for_messages(2)
     finally:
         relay.close()
     assert [(p["a"], p.get("b")) for _, p in received] == [(1, None), (1, 2)]
@@ -130,7 +130,7 @@ class Outage:
         assert self.relay.wait_connected(30), "the relay did not reconnect"
         assert self.subscriber.subscribed.wait(30), "the subscriber did not reconnect"
         drain(self.relay, self.alias, timeout=60)
-        return self.subscriber.wait_for(expected, timeout=30)
+        return self.subscriber.wait_for_messages(expected, timeout=30)
 
 
 @pytest.fixture
@@ -156,7 +156,7 @@ def outage(device, topic_root):
 def test_broker_down_during_ingestion_loses_nothing(device, outage):
     messages_ingest(devices=[device], messages=make_messages(1_700_000_000, 100))
     drain(outage.relay, outage.alias)
-    assert len(outage.subscriber.wait_for(100)) == 100
+    assert len(outage.subscriber.wait_for_messages(100)) == 100
 
     outage.broker.stop()
     messages_ingest(devices=[device], messages=make_messages(1_700_000_100, 150))

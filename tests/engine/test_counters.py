@@ -8,8 +8,7 @@ import pytest
 
 from analytics.engine import calculate
 from analytics.engine.geo import encode_polyline, encode_polyline_segments
-
-from .support import msgs, one_selector
+from tests.support.engine import msgs, one_selector
 
 ALL = {"type": "expression", "expression": "true"}
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from analytics.engine import Messages, calculate, compile_calculator, compile_expression
-
-from .support import load_gpx
+from tests.support.engine import load_gpx
 
 POS = {"position.latitude", "position.longitude"}
 SQUARE = {

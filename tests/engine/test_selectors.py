@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from analytics.engine import calculate
-
-from .support import msgs, one_selector, spans
+from tests.support.engine import msgs, one_selector, spans
 
 
 def expr(**options):

@@ -10,8 +10,7 @@ import pytest
 
 from analytics.engine import MemoryStore, calculate, compile_calculator
 from analytics.examples import TRIPS
-
-from .support import load_gpx
+from tests.support.engine import load_gpx
 
 PARKINGS = {
     "name": "parkings",

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.mqtt.helpers import PLATFORM_PASSWORD, PLATFORM_USER, EmbeddedBroker, TokenClient
+from tests.support.mqtt import PLATFORM_PASSWORD, PLATFORM_USER, EmbeddedBroker, Subscriber
 
 
 @dataclass
@@ -51,10 +51,10 @@ def embedded_broker(settings):
 @pytest.fixture
 def clients():
     """Token clients made by a test, closed after it."""
-    made: list[TokenClient] = []
+    made: list[Subscriber] = []
 
     def make(url, username, password="", **options):
-        client = TokenClient(url, username, password, **options)
+        client = Subscriber(url, login=(username, password), **options)
         made.append(client)
         return client
 
@@ -69,7 +69,7 @@ def dynsec_broker(settings):
     import dataclasses
 
     from accounts import mqtt_dynsec
-    from tests.mqtt.helpers import DynsecMosquitto
+    from tests.support.mqtt import DynsecMosquitto
 
     if not DynsecMosquitto.available():
         pytest.skip("needs mosquitto and its dynamic security plugin")

@@ -12,8 +12,8 @@ from accounts import mqtt_dynsec
 from accounts.models import Token
 from accounts.services import token_delete, token_update
 from devices.services import device_create, device_delete, device_update
-from tests.mqtt.helpers import PLATFORM_PASSWORD, PLATFORM_USER
 from tests.mqtt.test_embedded_access import WIDE_FILTERS, message_topic, publish_as_platform, state_topic
+from tests.support.mqtt import PLATFORM_PASSWORD, PLATFORM_USER
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
 

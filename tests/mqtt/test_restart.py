@@ -12,8 +12,7 @@ import uuid
 
 import pytest
 
-from tests.mqtt.helpers import PLATFORM_PASSWORD, PLATFORM_USER
-from tests.mqtt_helpers import PrivateBroker
+from tests.support.mqtt import PLATFORM_PASSWORD, PLATFORM_USER, PrivateBroker
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
 

@@ -8,7 +8,7 @@ import pytest
 from accounts.models import Account
 from accounts.services import account_create
 from flespi_site.errors import InvalidInput
-from tests.api_helpers import errors_of, reasons, result_of
+from tests.support.api import errors_of, reasons, result_of
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 

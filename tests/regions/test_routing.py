@@ -10,7 +10,7 @@ from django.conf import settings
 
 from accounts.models import Account
 from regions.selectors import region_for_host
-from tests.api_helpers import result_of
+from tests.support.api import result_of
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 

@@ -12,7 +12,7 @@ from accounts import placement
 from accounts.models import Account, Token
 from accounts.services import account_create
 from regions.selectors import region_for_host
-from tests.api_helpers import errors_of, result_of
+from tests.support.api import errors_of, result_of
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 

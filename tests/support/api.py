@@ -19,6 +19,7 @@ def reasons(response, status: int) -> str:
 
 
 def result_of(response, status: int = 200) -> list[dict]:
+    """The ``result`` of a successful response, after checking its status and that it has no errors."""
     assert response.status_code == status, (response.status_code, response.content)
     body = response.json()
     assert "errors" not in body, body

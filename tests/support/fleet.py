@@ -1,5 +1,5 @@
-"""The calc fleet for real, for tests: a calc worker, the pump and the outbox relay as processes
-of their own on the test databases, the test's Redis and MQTT broker."""
+"""The calc fleet for real: a calc worker, the pump and the outbox relay as processes of their
+own on the platform's databases, Redis and MQTT broker, as `make run` starts them."""
 
 from __future__ import annotations
 
@@ -7,31 +7,28 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
-import time
 import uuid
-
-import redis
-from django.conf import settings
+from pathlib import Path
 
 from flespi_site.fleet import region_prefix
-from tests.live import start
-
-MANAGE = [sys.executable, "manage.py"]
+from tests.support.processes import MANAGE, Output, start, stop
 
 
 def forget_region_state(region: str = "eu") -> None:
-    """Remove what earlier tests left of the region's fleet in Redis (leases of killed workers,
+    """Remove what earlier runs left of the region's fleet in Redis (leases of killed workers,
     timers of assignments whose databases were flushed)."""
+    import redis
+    from django.conf import settings
+
     client = redis.Redis.from_url(settings.TOPOLOGY.region(region).redis_url)
     for key in client.scan_iter(f"{region_prefix(region)}*", count=1000):
         client.delete(key)
 
 
 class Fleet:
-    """Processes of one region's fleet, started and stopped by a test."""
+    """Processes of one region's fleet, started and stopped by a test, by name."""
 
-    def __init__(self, tmp_path, *, region: str = "eu", topic_root: str | None = None, lease_ttl: float = 3.0,
+    def __init__(self, tmp_path: Path, *, region: str = "eu", topic_root: str | None = None, lease_ttl: float = 3.0,
                  mqtt_url: str | None = None):
         self.region = region
         self.data_dir = str(tmp_path / "calc")
@@ -40,7 +37,7 @@ class Fleet:
         self.env = {"CALC_DATA_DIR": self.data_dir, "MQTT_TOPIC_ROOT": self.topic_root, "LOG_LEVEL": "INFO"}
         if mqtt_url is not None:
             self.env["MQTT_URL"] = mqtt_url
-        self.processes: dict[str, tuple[subprocess.Popen, object]] = {}
+        self.processes: dict[str, tuple[subprocess.Popen, Output]] = {}
 
     def start_worker(self, name: str = "worker") -> None:
         self.processes[name] = start(
@@ -61,11 +58,11 @@ class Fleet:
         self.wait_for("worker", "holds shards", timeout=60)
         return self
 
-    def output(self, name: str):
+    def output(self, name: str) -> Output:
         return self.processes[name][1]
 
     def wait_for(self, name: str, needle: str, timeout: float = 30.0) -> str:
-        return self.output(name).wait_for(needle, timeout=timeout)  # type: ignore[attr-defined]
+        return self.output(name).wait_for(needle, timeout=timeout)
 
     def kill(self, name: str) -> None:
         process, _output = self.processes.pop(name)
@@ -77,19 +74,4 @@ class Fleet:
         for name in list(self.processes):
             process, _output = self.processes.pop(name)
             with contextlib.suppress(ProcessLookupError):
-                process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def wait_until(condition, *, timeout: float = 30.0, every: float = 0.1, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"{what} did not hold within {timeout} s")
+                stop(process)

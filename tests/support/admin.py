@@ -1,5 +1,5 @@
-"""Shared pieces of the admin tests: the host, quick superuser passwords, query counts of a page
-over every database."""
+"""The admin tests' host, quick superuser passwords, and query counts of a page over every
+database."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ HOST = {"HTTP_HOST": "localhost"}
 
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
-    # The superuser of ``admin_client`` is hashed with this; the default hasher takes ~0.5 s.
+    """Imported into a test module, quick hashing for every test of it: the superuser of
+    ``admin_client`` is hashed with this; the default hasher takes ~0.5 s."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 

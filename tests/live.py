@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from django.conf import settings
 
-from flespi_site import embedded, supervisor
+from devtools import embedded, supervisor
 
 
 def _database_url(config: Mapping) -> str:

@@ -19,7 +19,7 @@ from accounts.models import Account, Token
 from analytics import demo as demos
 from analytics.models import Assignment, Calculator
 from devices.models import Device
-from flespi_site import embedded
+from devtools import embedded
 from tests.live import platform_env
 
 pytestmark = pytest.mark.django_db(databases="__all__")

@@ -19,7 +19,8 @@ from analytics.debounce import Change, DebounceTimers
 from analytics.services import assignment_create, calculator_create
 from devices.outbox import OutboxRelay
 from devices.services import device_create
-from flespi_site import embedded, metrics, metrics_view
+from devtools import embedded
+from flespi_site import metrics, metrics_view
 from tests.analytics.redis_helpers import scratch_region
 from tests.live import platform_env
 

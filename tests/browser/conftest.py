@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from flespi_site import embedded
+from devtools import embedded
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -19,7 +19,7 @@ import paho.mqtt.client as paho
 from django.db import connections
 from paho.mqtt.enums import CallbackAPIVersion
 
-from flespi_site.embedded import REPO_DIR
+from devtools.embedded import REPO_DIR
 
 PLATFORM_USER = "flespi-platform"
 PLATFORM_PASSWORD = "test-platform-password"
@@ -73,7 +73,7 @@ class EmbeddedBroker:
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "flespi_site.embedded", "mqtt-broker", "--port", str(self.port),
+                [sys.executable, "-m", "devtools.embedded", "mqtt-broker", "--port", str(self.port),
                  "--store", str(self.store)],
                 cwd=REPO_DIR, env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
             )

@@ -4,24 +4,14 @@ code runs in child processes, through manage.py), and no package of the platform
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 from django.conf import settings
 
+from tests.regions.test_imports import imported_modules
+
 REPO = Path(__file__).resolve().parents[1]
 PLATFORM_PACKAGES = ("flespi_site", "regions", "accounts", "devices", "analytics")
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Every module ``path`` imports, wherever the import statement stands."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-    return names
 
 
 def test_devtools_imports_no_app_of_the_platform():

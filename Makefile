@@ -48,8 +48,8 @@ $(STAMP): requirements.txt | $(PY)
 	touch $@
 
 # Fetch again only when the pins in the script changed (docs/admin.md, "Maps and charts").
-$(VENDOR_STAMP): flespi_site/vendor.py | $(PY)
-	$(PY) -m flespi_site.vendor
+$(VENDOR_STAMP): devtools/vendor.py | $(PY)
+	$(PY) -m devtools.vendor
 	touch $@
 
 # The type checker and its stubs, for `make lint` only.
@@ -58,26 +58,26 @@ $(DEV_STAMP): requirements-dev.txt $(STAMP)
 	touch $@
 
 run: $(STAMP) $(VENDOR_STAMP)
-	$(PY) -m flespi_site.supervisor
+	$(PY) -m devtools.supervisor
 
 # A demo account with two real tracks and calculators, on the services of a running `make run`.
 demo: $(STAMP)
 	$(PY) manage.py demo
 
 test: $(STAMP) $(VENDOR_STAMP)
-	$(PY) -m flespi_site.embedded exec -- $(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m devtools.embedded exec -- $(PY) -m pytest $(PYTEST_ARGS)
 
 # The long fault soak: five passes of kills of every process and broker restarts (tests/test_soak.py).
 soak: $(STAMP)
-	FLESPI_SLOW=1 $(PY) -m flespi_site.embedded exec -- $(PY) -m pytest -s tests/test_soak.py tests/analytics/test_fleet_contract.py $(PYTEST_ARGS)
+	FLESPI_SLOW=1 $(PY) -m devtools.embedded exec -- $(PY) -m pytest -s tests/test_soak.py tests/analytics/test_fleet_contract.py $(PYTEST_ARGS)
 
 lint: $(STAMP) $(DEV_STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m mypy flespi_site accounts regions devices analytics
+	$(PY) -m mypy flespi_site accounts regions devices analytics devtools
 
 bench: $(STAMP)
 	@set -e; for script in bench/*.py; do \
 		[ -e "$$script" ] || continue; \
 		echo "== $$script"; \
-		$(PY) -m flespi_site.embedded exec -- $(PY) "$$script"; \
+		$(PY) -m devtools.embedded exec -- $(PY) "$$script"; \
 	done

@@ -8,7 +8,7 @@ import sys
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flespi_site.settings")
     # A one-off command run beside `make run` uses that run's embedded services.
-    from flespi_site.embedded import attach_environment
+    from devtools.embedded import attach_environment
 
     attach_environment()
     from django.core.management import execute_from_command_line

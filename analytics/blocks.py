@@ -304,44 +304,29 @@ def blocks_orphaned_drop(*, alias: str) -> None:
 
 
 class Sealer(Loop):
-    """Seals message blocks in the datacenters of a region, every ``every`` seconds."""
+    """Seals the message blocks of one datacenter every ``every`` seconds, and notes every
+    device of it for sealing every ``sweep_every`` seconds."""
 
-    def __init__(
-        self, *, aliases: Sequence[str], every: float = SEAL_EVERY, sweep_every: float = SWEEP_EVERY
-    ):
+    def __init__(self, *, alias: str, every: float = SEAL_EVERY, sweep_every: float = SWEEP_EVERY):
         super().__init__()
-        self.name = "sealer"
-        self.aliases = list(aliases)
+        self.name = f"sealer {alias}"
+        self.alias = alias
         self.every = every
         self.sweep_every = sweep_every
         self.sealed = 0
-        self.errors = 0
+        self._next_sweep = 0.0
 
     def counts(self) -> dict[str, int]:
-        return {"messages sealed": self.sealed, "errors": self.errors}
+        return {"messages sealed": self.sealed}
 
-    def run(self) -> None:
-        next_sweep = 0.0
-        while not self.stopping.is_set():
-            for alias in self.aliases:
-                try:
-                    if time.monotonic() >= next_sweep:
-                        noted = seal_sweep(alias=alias)
-                        logger.info("%s: %s: %d device(s) noted by the sweep", self.name, alias, noted)
-                    started = time.monotonic()
-                    sealed = seal_pending(alias=alias)
-                    self.sealed += sealed
-                    if sealed:
-                        logger.info(
-                            "%s: %s: %d message(s) sealed in blocks in %.1f s",
-                            self.name,
-                            alias,
-                            sealed,
-                            time.monotonic() - started,
-                        )
-                except Exception:  # a database outage: the next round tries again
-                    self.errors += 1
-                    logger.exception("%s: %s: sealing failed; retrying", self.name, alias)
-            if time.monotonic() >= next_sweep:
-                next_sweep = time.monotonic() + self.sweep_every
-            self.stopping.wait(self.every)
+    def step(self) -> float:
+        if time.monotonic() >= self._next_sweep:
+            noted = seal_sweep(alias=self.alias)
+            logger.info("%s: %d device(s) noted by the sweep", self.name, noted)
+            self._next_sweep = time.monotonic() + self.sweep_every
+        started = time.monotonic()
+        sealed = seal_pending(alias=self.alias)
+        self.sealed += sealed
+        if sealed:
+            logger.info("%s: %d message(s) sealed in blocks in %.1f s", self.name, sealed, time.monotonic() - started)
+        return self.every

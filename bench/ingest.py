@@ -198,7 +198,7 @@ def vacuum() -> None:
 
 
 def setup_databases() -> None:
-    from flespi_site import embedded
+    from devtools import embedded
 
     embedded.create_missing_databases(os.environ)
     import django

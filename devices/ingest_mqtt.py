@@ -10,6 +10,7 @@ import time
 
 from django.conf import settings
 from django.db import DatabaseError, connections
+from paho.mqtt.client import MQTT_ERR_SUCCESS, error_string
 from rest_framework.exceptions import ParseError
 
 from accounts.fence import RETRY_AFTER_SECONDS, AccountMoving
@@ -81,6 +82,9 @@ class IngestConsumer(Loop):
         self.pattern = pattern
         self.received = 0
         self.rejected = 0
+        # Connect (again) before the next turn of the client: at the start, after a lost
+        # connection, after a failure left a payload unacknowledged.
+        self._reconnect = True
         # A persistent session: messages published while the consumer is down wait in the broker.
         self.client = mqtt.client_for(mqtt_url, client_id=client_id or f"flespi-ingest-{region}", clean_session=False)
         self.client.on_connect = self._on_connect
@@ -94,45 +98,52 @@ class IngestConsumer(Loop):
         logger.info("ingest %s: subscribed to %s on %s", self.region, self.pattern, self.mqtt_url)
 
     def _on_message(self, client, userdata, message):
-        self.received += 1
+        # Until this payload is stored or dropped, a failure (the database away: nothing was
+        # stored) leaves it unacknowledged, and the broker sends it again on a new connection.
+        self._reconnect = True
         try:
-            while True:
-                try:
-                    result = ingest_payload(
-                        region=self.region, pattern=self.pattern, topic=message.topic, payload=message.payload
-                    )
-                    break
-                except AccountMoving:  # a move's switch held the account's writes: not stored yet
-                    time.sleep(RETRY_AFTER_SECONDS)
-                except DatabaseError as exc:
-                    # The database is away or the connection broke: nothing was stored, and the
-                    # broker redelivers only what is not acknowledged, so keep the message and retry.
-                    if self.stopping.is_set():
-                        raise
-                    logger.warning("ingest %s: database error on %s (%s); retrying", self.region, message.topic, exc)
-                    connections.close_all()
-                    time.sleep(1.0)
+            result = self._ingest(message)
         except DatabaseError:
-            raise  # stopping with the database away: unacknowledged, the broker keeps the message
+            raise
         except IngestRejected as exc:
             self.rejected += 1
             logger.warning("ingest %s: dropped payload on %s: %s", self.region, message.topic, exc)
-            return
         except Exception:
             self.rejected += 1
             logger.exception("ingest %s: failed on %s; payload dropped", self.region, message.topic)
-            return
-        for error in result.errors:
-            logger.warning("ingest %s: refused on %s: %s", self.region, message.topic, describe(error))
+        else:
+            for error in result.errors:
+                logger.warning("ingest %s: refused on %s: %s", self.region, message.topic, describe(error))
+        self.received += 1
+        self._reconnect = False
 
-    def run(self) -> None:
-        """Consume until ``stop()``; messages are ingested on this thread, in arrival order."""
+    def _ingest(self, message) -> services.IngestResult:
+        while True:
+            try:
+                return ingest_payload(region=self.region, pattern=self.pattern, topic=message.topic,
+                                      payload=message.payload)
+            except AccountMoving:  # a move's switch held the account's writes: not stored yet
+                time.sleep(RETRY_AFTER_SECONDS)
+
+    def setup(self) -> None:
         self.client.connect_async(*mqtt.broker_address(self.mqtt_url)[:2], keepalive=30)
-        try:
-            while not self.stopping.is_set():
-                self.client.loop_forever(retry_first_connection=True)
-        finally:
-            connections.close_all()
+
+    def step(self) -> float:
+        """One turn of the MQTT client: what arrived is ingested on this thread, in arrival
+        order. A lost connection is a failed step; the next one, like the one after a payload
+        left unacknowledged by a failure, connects again first (raising while the broker is away)."""
+        if self._reconnect:
+            self.client.reconnect()
+            self._reconnect = False
+        outcome = self.client.loop(timeout=1.0)
+        if outcome != MQTT_ERR_SUCCESS and not self.stopping.is_set():
+            self._reconnect = True
+            raise ConnectionError(f"lost the broker {self.mqtt_url}: {error_string(outcome)}")
+        return 0.0
+
+    def teardown(self) -> None:
+        self.client.disconnect()  # a stop() while the step was connecting again left it connected
+        connections.close_all()
 
     def stop(self) -> None:
         super().stop()

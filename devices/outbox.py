@@ -26,6 +26,7 @@ from flespi_site.runner import Loop
 
 logger = logging.getLogger(__name__)
 
+LOCK_WAIT = 2.0  # seconds between tries of a relay waiting for another one's lock
 
 _FETCH = "SELECT id, device_id, kind, topic, payload::text, retain, stamps FROM outbox ORDER BY id LIMIT %s"
 # One index lookup per (device, timestamp) whatever the planner thinks of the table (the LIMIT,
@@ -51,7 +52,10 @@ class OutboxRelay(Loop):
     """Publishes the outbox of one datacenter database to one broker (a loop of
     ``flespi_site.runner``)."""
 
-    def __init__(self, *, alias: str, mqtt_url: str, topic_root: str, batch: int = 1000, ack_timeout: float = 10.0):
+    def __init__(
+        self, *, alias: str, mqtt_url: str, topic_root: str, batch: int = 1000, ack_timeout: float = 10.0,
+        idle_sleep: float = 0.05, busy_sleep: float = 0.01, busy_for: float = 2.0,
+    ):
         super().__init__()
         self.name = f"relay {alias}"
         self.alias = alias
@@ -59,7 +63,16 @@ class OutboxRelay(Loop):
         self.topic_root = topic_root
         self.batch = batch
         self.ack_timeout = ack_timeout
+        # An empty outbox is looked at again after ``idle_sleep``, or ``busy_sleep`` within
+        # ``busy_for`` seconds of the last event published (events come in streams).
+        self.idle_sleep = idle_sleep
+        self.busy_sleep = busy_sleep
+        self.busy_for = busy_for
         self.stats = RelayStats()
+        self._last_published = -math.inf
+        self._client_started = False
+        # The connection (driver object) holding the relay lock: a new one must take it again.
+        self._locked_on: object | None = None
         self._connected = threading.Event()
         self.client = mqtt.client_for(mqtt_url, client_id=f"flespi-relay-{alias}-{int(time.time() * 1000) % 10**9}")
         self.client.max_inflight_messages_set(batch)
@@ -84,6 +97,7 @@ class OutboxRelay(Loop):
         """Connect to the broker in the background (and reconnect whenever it is lost)."""
         self.client.connect_async(*mqtt.broker_address(self.mqtt_url)[:2], keepalive=30)
         self.client.loop_start()
+        self._client_started = True
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -92,35 +106,39 @@ class OutboxRelay(Loop):
         self.client.disconnect()
         self.client.loop_stop()
 
-    def run(self, *, idle_sleep: float = 0.05, busy_sleep: float = 0.01, busy_for: float = 2.0) -> None:
-        """Publish until ``stop()``; waits for the datacenter's relay lock first. An empty outbox
-        is looked at again after ``idle_sleep``, or ``busy_sleep`` within ``busy_for`` seconds of
-        the last event published (events come in streams: the next is likely soon)."""
-        connection = connections[self.alias]
-        self._lock(connection)
-        self.start()
-        last_published = -math.inf
-        try:
-            while not self.stopping.is_set():
-                if not self._connected.wait(timeout=0.5):
-                    continue
-                if self.relay_once():
-                    last_published = time.monotonic()
-                else:
-                    busy = time.monotonic() - last_published < busy_for
-                    self.stopping.wait(busy_sleep if busy else idle_sleep)
-        finally:
-            self.close()
-            connection.close()
+    def step(self) -> float:
+        """Publish one batch, once this relay holds the datacenter's relay lock and the broker
+        is connected; returns the pause before the next."""
+        if not self._holds_lock():
+            logger.info("another relay holds %s; waiting", self.alias)
+            return LOCK_WAIT
+        if not self._client_started:
+            self.start()
+        if not self._connected.wait(timeout=0.5):
+            return 0.0
+        if self.relay_once():
+            self._last_published = time.monotonic()
+            return 0.0
+        busy = time.monotonic() - self._last_published < self.busy_for
+        return self.busy_sleep if busy else self.idle_sleep
 
-    def _lock(self, connection) -> None:
+    def teardown(self) -> None:
+        self.close()
+        connections[self.alias].close()
+
+    def _holds_lock(self) -> bool:
+        """Whether this relay holds the datacenter's lock, taking it if free. The lock lives as
+        long as the database session: after a reconnect it is taken again."""
+        connection = connections[self.alias]
+        connection.ensure_connection()
+        if connection.connection is self._locked_on:
+            return True
         with connection.cursor() as cursor:
-            while not self.stopping.is_set():
-                cursor.execute("SELECT pg_try_advisory_lock(%s)", [RELAY_LOCK])
-                if cursor.fetchone()[0]:
-                    return
-                logger.info("another relay holds %s; waiting", self.alias)
-                self.stopping.wait(2.0)
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [RELAY_LOCK])
+            if not cursor.fetchone()[0]:
+                return False
+        self._locked_on = connection.connection
+        return True
 
     def relay_once(self) -> int:
         """Publish up to ``batch`` events; returns how many left the outbox."""

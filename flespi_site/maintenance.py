@@ -46,25 +46,19 @@ def vacuum_queues(*, alias: str, tables: Sequence[str] = QUEUE_TABLES, dead_rows
 
 
 class QueueVacuum(Loop):
-    """Vacuums the queue tables of ``aliases`` that need it, every ``every`` seconds."""
+    """Vacuums the queue tables of the datacenter ``alias`` that need it, every ``every`` seconds."""
 
-    def __init__(self, *, aliases: Sequence[str], every: float = VACUUM_EVERY, dead_rows: int = DEAD_ROWS):
+    def __init__(self, *, alias: str, every: float = VACUUM_EVERY, dead_rows: int = DEAD_ROWS):
         super().__init__()
-        self.name = "vacuum"
-        self.aliases = list(aliases)
+        self.name = f"vacuum {alias}"
+        self.alias = alias
         self.every = every
         self.dead_rows = dead_rows
         self.vacuumed = 0
-        self.errors = 0
 
     def counts(self) -> dict[str, int]:
-        return {"tables vacuumed": self.vacuumed, "errors": self.errors}
+        return {"tables vacuumed": self.vacuumed}
 
-    def run(self) -> None:
-        while not self.stopping.wait(self.every):
-            for alias in self.aliases:
-                try:
-                    self.vacuumed += len(vacuum_queues(alias=alias, dead_rows=self.dead_rows))
-                except Exception:  # a database outage: the next round tries again
-                    self.errors += 1
-                    logger.exception("%s: %s: vacuuming failed; retrying", self.name, alias)
+    def step(self) -> float:
+        self.vacuumed += len(vacuum_queues(alias=self.alias, dead_rows=self.dead_rows))
+        return self.every

@@ -62,6 +62,11 @@ RECALCULATION_SECONDS = Histogram(
     ["region"],
     buckets=LATENCY_BUCKETS,
 )
+LOOP_ERRORS = Counter(
+    "flespi_loop_errors",
+    "Failed steps of the long-running loops (relay, MQTT ingest, purge, pump, sealer, vacuum), by loop.",
+    ["loop"],
+)
 
 
 # Collectors of what is state rather than an event, read at scrape time. An app registers its own
@@ -114,3 +119,8 @@ def recalculation_done(*, region: str, seconds: float, assignments: int = 1) -> 
     """One recalculation run of a calc worker that stored ``assignments`` assignments' results."""
     RECALCULATIONS.labels(region).inc(assignments)
     RECALCULATION_SECONDS.labels(region).observe(seconds)
+
+
+def loop_failed(*, loop: str) -> None:
+    """A step of the loop named ``loop`` raised (``flespi_site.runner``)."""
+    LOOP_ERRORS.labels(loop).inc()

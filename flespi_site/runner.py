@@ -1,12 +1,28 @@
-"""The one shape of a long-running loop: the outbox relay, the MQTT ingest consumer, the purge of
-expired messages, and whatever else runs until it is stopped.
+"""The one shape of a long-running loop, and the one place of its failure policy: the outbox
+relay, the MQTT ingest consumer, the purge of expired messages, the pump, the sealer of message
+blocks, the vacuuming of queue tables, the MQTT access sync.
 
-A loop is a ``Loop``: ``run()`` works until ``stop()`` is called (it checks ``self.stopping``)
-and ``counts()`` says what it did. ``PeriodicLoop`` is a loop that does one step every so many
-seconds. ``run_loops`` runs loops in one process, each in a thread, until SIGINT or SIGTERM (or
-until every loop ended by itself), logs their counts every ``log_every`` seconds and once at the
-end, and returns them. A management command only parses its arguments, builds its loops and
-calls ``run_loops``.
+A loop writes only its work: ``step()``, one round of it, returning the seconds to wait before
+the next one (and, where it needs them, ``setup()`` before the first step and ``teardown()``
+after the last). ``Loop.run()`` steps it until ``stop()`` is called, and owns what happens when
+a step raises:
+
+- the exception is logged with the loop's name (with its traceback on the first failure of a
+  streak, then one line per failure, and a line when a step succeeds again);
+- it is counted: ``Loop.errors``, among the counts the runner logs and returns, and
+  ``flespi_loop_errors_total{loop}`` on ``/metrics``;
+- the database connections the failure left unusable are closed, so that the next step
+  connects again (after a database restart, say);
+- the next step comes after a pause that doubles with each failure in a row, up to a cap
+  (``Backoff``), and is the loop's own again once a step succeeds;
+- the loop keeps running: only ``stop()`` ends it (a loop may stop itself).
+
+A failed ``setup()`` is a failed step too: it is tried again after the pause.
+
+``PeriodicLoop`` is a loop whose step is a function called every so many seconds. ``run_loops``
+runs loops in one process, each in a thread, until SIGINT or SIGTERM (or until every loop
+ended), logs their counts every ``log_every`` seconds and once at the end, and returns them. A
+management command only parses its arguments, builds its loops and calls ``run_loops``.
 """
 
 from __future__ import annotations
@@ -17,6 +33,12 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import final
+
+from django.db import close_old_connections
+
+from flespi_site import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -25,17 +47,38 @@ logger = logging.getLogger(__name__)
 JOIN_SECONDS = 15.0
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """The pause after a failed step: ``first`` seconds, doubling with each failure in a row, at
+    most ``most`` (a broker or database that is away is asked again soon, then less often)."""
+
+    first: float = 1.0
+    most: float = 10.0
+
+    def pause(self, failures_in_a_row: int) -> float:
+        return min(self.most, self.first * 2 ** max(0, failures_in_a_row - 1))
+
+
 class Loop(ABC):
-    """Work that runs until it is stopped."""
+    """Work that runs one step at a time until it is stopped; the runner owns its failures."""
 
     name: str = "loop"
+    backoff: Backoff = Backoff()
 
     def __init__(self) -> None:
         self._stopping = threading.Event()
+        self.errors = 0
+        self.failures_in_a_row = 0
+
+    def setup(self) -> None:  # noqa: B027 - optional: most loops need none
+        """Before the first step; an exception here is a failed step (tried again later)."""
 
     @abstractmethod
-    def run(self) -> None:
-        """Work until ``stop()``; return soon after it."""
+    def step(self) -> float:
+        """One round of the loop's work; returns the seconds to wait before the next one."""
+
+    def teardown(self) -> None:  # noqa: B027 - optional: most loops need none
+        """After the last step, also when ``setup()`` never succeeded."""
 
     def stop(self) -> None:
         self._stopping.set()
@@ -46,39 +89,80 @@ class Loop(ABC):
         return self._stopping
 
     def counts(self) -> dict[str, int]:
-        """What the loop did so far, for the log."""
+        """What the loop did so far, for the log (the runner adds its errors)."""
         return {}
+
+    @final
+    def run(self) -> None:
+        """Step until ``stop()``, under the failure policy of the module's docstring."""
+        ready = False
+        try:
+            while not self.stopping.is_set():
+                try:
+                    if not ready:
+                        self.setup()
+                        ready = True
+                    pause = self.step()
+                except Exception as error:
+                    pause = self._failed(error)
+                else:
+                    if self.failures_in_a_row:
+                        logger.info("%s: working again after %d failed step(s)", self.name, self.failures_in_a_row)
+                        self.failures_in_a_row = 0
+                self.stopping.wait(pause)
+        finally:
+            self.teardown()
+
+    def _failed(self, error: Exception) -> float:
+        self.errors += 1
+        self.failures_in_a_row += 1
+        metrics.loop_failed(loop=self.name)
+        pause = self.backoff.pause(self.failures_in_a_row)
+        if self.failures_in_a_row == 1:
+            logger.exception("%s: a step failed; trying again in %.1f s", self.name, pause)
+        else:
+            logger.error(
+                "%s: a step failed again (%d in a row): %s: %s; trying again in %.1f s",
+                self.name, self.failures_in_a_row, type(error).__name__, error, pause,
+            )
+        # Django's connections are per thread, and each loop has a thread of its own.
+        close_old_connections()
+        return pause
 
 
 class PeriodicLoop(Loop):
-    """Calls ``step()`` every ``every`` seconds until stopped; ``step`` returns how many things
-    it did, counted under ``what``."""
+    """Calls ``step`` (the function given) every ``every`` seconds until stopped; it returns
+    how many things it did, counted under ``what``."""
 
     def __init__(self, *, name: str, every: float, step: Callable[[], int], what: str = "done"):
         super().__init__()
         self.name = name
         self.every = every
-        self.step = step
+        self.work = step
         self.what = what
         self.steps = 0
         self.done = 0
 
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            done = self.step()
-            self.steps += 1
-            self.done += done
-            logger.info("%s: %s %d", self.name, self.what, done)
-            self.stopping.wait(self.every)
+    def step(self) -> float:
+        done = self.work()
+        self.steps += 1
+        self.done += done
+        logger.info("%s: %s %d", self.name, self.what, done)
+        return self.every
 
     def counts(self) -> dict[str, int]:
         return {"steps": self.steps, self.what: self.done}
 
 
+def loop_counts(loop: Loop) -> dict[str, int]:
+    """The loop's counts and its failed steps."""
+    return {**loop.counts(), "errors": loop.errors}
+
+
 def _log_counts(loops: Sequence[Loop], *, name: str, final: bool = False) -> None:
     for loop in loops:
-        counts = ", ".join(f"{key} {value}" for key, value in loop.counts().items())
-        logger.info("%s: %s%s%s", name, loop.name, ": " if counts else "", counts + (" (stopped)" if final else ""))
+        counts = ", ".join(f"{key} {value}" for key, value in loop_counts(loop).items())
+        logger.info("%s: %s: %s%s", name, loop.name, counts, " (stopped)" if final else "")
 
 
 def run_loops(
@@ -86,12 +170,11 @@ def run_loops(
     *,
     name: str,
     log_every: float = 60.0,
-    on_stop: Callable[[], None] | None = None,
 ) -> dict[str, dict[str, int]]:
     """Run each loop in a thread until SIGINT or SIGTERM (or until all ended), then stop and join
-    them; their counts are logged every ``log_every`` seconds and at the end, and returned by
-    loop name. Call it from the main thread (signal handlers are installed there and restored
-    on return)."""
+    them; their counts (errors included) are logged every ``log_every`` seconds and at the end,
+    and returned by loop name. Call it from the main thread (signal handlers are installed there
+    and restored on return)."""
     stopping = threading.Event()
 
     def handle(signum, frame):
@@ -117,9 +200,7 @@ def run_loops(
             loop.stop()
         for thread in threads:
             thread.join(timeout=JOIN_SECONDS)
-        if on_stop:
-            on_stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     _log_counts(loops, name=name, final=True)
-    return {loop.name: loop.counts() for loop in loops}
+    return {loop.name: loop_counts(loop) for loop in loops}

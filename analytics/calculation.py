@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 
-from analytics import blocks
+from analytics import blocks, stored_columns
 from analytics.engine import Calculator, IntervalList, Messages, calculate
-from devices import columns as stored_columns
 from devices.models import Device
 from flespi_site.errors import ErrorKind, InvalidInput, TooLarge
 

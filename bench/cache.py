@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analytics import cache as shard_cache
 from analytics.cache import ShardCache, _merged_batch
 from analytics.columnar import Block as _Block
-from analytics.columnar import Col as _Col
 from analytics.engine import Messages, calculate, compile_calculator
+from analytics.engine.columns import Column as _Column
 from bench.engine import CALCULATORS, synthetic
 from flespi_site.jsontext import loads_exact
 
@@ -133,8 +133,8 @@ class Npz:
                     values = np.fromiter(items, object, len(items))
                 else:
                     values = z[f"{i}v"]
-                cols[name] = _Col(
-                    kind, values, z[f"{i}m"], z[f"{i}z"], z[f"{i}i"] if kind == "num" else None, True
+                cols[name] = _Column(
+                    kind, values, z[f"{i}m"], z[f"{i}z"], isint=z[f"{i}i"] if kind == "num" else None
                 )
             return _Block(z["ts"], cols)
 
@@ -148,7 +148,7 @@ class Npz:
                 arrays[f"{i}v"] = np.frombuffer(orjson.dumps(col.values.tolist()), np.uint8)
             else:
                 arrays[f"{i}v"] = col.values
-            arrays[f"{i}m"], arrays[f"{i}z"] = col.missing, col.null
+            arrays[f"{i}m"], arrays[f"{i}z"] = col.missing_mask(), col.null_mask()
             if col.kind == "num":
                 arrays[f"{i}i"] = col.isint
         buf = io.BytesIO()

@@ -1,144 +1,15 @@
-"""Columnar messages: one numpy array of timestamps and one typed column per parameter.
-
-A column is ``num`` (float64), ``bool`` or ``obj`` (Python objects: strings, lists, objects, or a
-parameter whose messages disagree on its type). Each column has a ``missing`` mask (the key is
-absent from the message) and a ``null`` mask (the key holds JSON null); ``None`` for a mask means
-"nowhere". Numeric columns remember whether every value was an int, so that counters that copy
-raw values (``parameter`` first/last/distinct, ``message``) give back ints.
-"""
+"""Columnar messages: one numpy array of timestamps and one typed column (``columns.Column``)
+per parameter."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from .columns import MISSING, Column, ColumnKind, concat_columns
 from .values import is_number
-
-_MISSING = object()
-
-
-class Column:
-    __slots__ = ("ints", "kind", "missing", "null", "values")
-
-    def __init__(self, kind: str, values: np.ndarray, missing=None, null=None, ints: bool = False):
-        self.kind = kind
-        self.values = values
-        self.missing = missing if missing is not None and missing.any() else None
-        self.null = null if null is not None and null.any() else None
-        self.ints = ints
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    @classmethod
-    def from_values(cls, raw: Sequence) -> Column:
-        """From Python values, with ``_MISSING`` for an absent key and ``None`` for null."""
-        n = len(raw)
-        missing = np.fromiter((v is _MISSING for v in raw), bool, n)
-        null = np.fromiter((v is None for v in raw), bool, n)
-        present = [v for v in raw if v is not _MISSING and v is not None]
-        if present and all(is_number(v) for v in present):
-            values = np.fromiter((float(v) if is_number(v) else 0.0 for v in raw), np.float64, n)
-            return cls("num", values, missing, null, ints=all(type(v) is int for v in present))
-        if present and all(v is True or v is False for v in present):
-            values = np.fromiter((v is True for v in raw), bool, n)
-            return cls("bool", values, missing, null)
-        values = np.empty(n, dtype=object)
-        values[:] = [None if v is _MISSING else v for v in raw]
-        return cls("obj", values, missing, null)
-
-    @classmethod
-    def from_array(cls, values, present=None) -> Column:
-        """From an array (numbers, booleans or objects) and an optional mask of where the key
-        is present."""
-        arr = np.asarray(values)
-        missing = None if present is None else ~np.asarray(present, dtype=bool)
-        if arr.dtype == bool:
-            return cls("bool", arr, missing)
-        if arr.dtype.kind in "iu":
-            return cls("num", arr.astype(np.float64), missing, ints=True)
-        if arr.dtype.kind == "f":
-            arr = arr.astype(np.float64, copy=False)
-            nan = np.isnan(arr)
-            if nan.any():
-                # NaN in a numeric column is how callers often spell "absent".
-                missing = nan if missing is None else (missing | nan)
-                arr = np.where(nan, 0.0, arr)
-            return cls("num", arr, missing)
-        return cls.from_values(
-            [_MISSING if (missing is not None and missing[i]) else v for i, v in enumerate(arr.tolist())]
-        )
-
-    def take(self, idx) -> Column:
-        return Column(
-            self.kind,
-            self.values[idx],
-            None if self.missing is None else self.missing[idx],
-            None if self.null is None else self.null[idx],
-            self.ints,
-        )
-
-    def present_mask(self) -> np.ndarray:
-        n = len(self.values)
-        return np.ones(n, bool) if self.missing is None else ~self.missing
-
-    def value(self, i: int):
-        """The raw value at row ``i``: ``_MISSING``, ``None`` or the value."""
-        if self.missing is not None and self.missing[i]:
-            return _MISSING
-        if self.null is not None and self.null[i]:
-            return None
-        v = self.values[i]
-        if self.kind == "num":
-            v = float(v)
-            return int(v) if self.ints and v.is_integer() else v
-        if self.kind == "bool":
-            return bool(v)
-        return v
-
-    def to_objects(self) -> list:
-        """Python values of every row (``_MISSING`` where absent), ints restored."""
-        if self.kind == "num":
-            vals = self.values.tolist()
-            if self.ints:
-                vals = [int(v) if v.is_integer() else v for v in vals]
-        else:
-            vals = self.values.tolist()
-        if self.null is not None:
-            for i in np.flatnonzero(self.null).tolist():
-                vals[i] = None
-        if self.missing is not None:
-            for i in np.flatnonzero(self.missing).tolist():
-                vals[i] = _MISSING
-        return vals
-
-
-def concat_columns(cols: list[Column | None], lengths: list[int]) -> Column:
-    kinds = {c.kind for c in cols if c is not None}
-    if len(kinds) == 1:
-        kind = kinds.pop()
-        parts, missing, null = [], [], []
-        filler = {"num": 0.0, "bool": False, "obj": None}[kind]
-        dtype = {"num": np.float64, "bool": bool, "obj": object}[kind]
-        for c, n in zip(cols, lengths, strict=True):
-            if c is None:
-                arr: np.ndarray = np.empty(n, dtype=dtype)
-                arr[:] = filler
-                parts.append(arr)
-                missing.append(np.ones(n, bool))
-                null.append(np.zeros(n, bool))
-            else:
-                parts.append(c.values)
-                missing.append(c.missing if c.missing is not None else np.zeros(n, bool))
-                null.append(c.null if c.null is not None else np.zeros(n, bool))
-        ints = all(c.ints for c in cols if c is not None)
-        return Column(kind, np.concatenate(parts), np.concatenate(missing), np.concatenate(null), ints)
-    raw: list = []
-    for c, n in zip(cols, lengths, strict=True):
-        raw.extend([_MISSING] * n if c is None else c.to_objects())
-    return Column.from_values(raw)
 
 
 class Messages:
@@ -180,7 +51,7 @@ class Messages:
             for k in m:
                 keys[k] = None
         keys.pop("timestamp", None)
-        columns = {k: Column.from_values([m.get(k, _MISSING) for m in merged]) for k in keys}
+        columns = {k: Column.from_values([m.get(k, MISSING) for m in merged]) for k in keys}
         return cls(np.asarray(times, dtype=np.float64), columns)
 
     @classmethod
@@ -237,7 +108,7 @@ class Messages:
 
     def column(self, name: str) -> Column | None:
         if name == "timestamp":
-            return Column("num", self.timestamps)
+            return Column(ColumnKind.NUM, self.timestamps)
         return self._columns.get(name)
 
     def take(self, idx) -> Messages:
@@ -253,7 +124,7 @@ class Messages:
             if col is None:
                 continue
             v = col.value(i)
-            if v is not _MISSING:
+            if v is not MISSING:
                 out[k] = v
         return out
 
@@ -261,6 +132,6 @@ class Messages:
         out = [{"timestamp": t} for t in self.timestamps.tolist()]
         for k, col in self._columns.items():
             for d, v in zip(out, col.to_objects(), strict=True):
-                if v is not _MISSING:
+                if v is not MISSING:
                     d[k] = v
         return out

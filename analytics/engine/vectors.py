@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from . import values as V
-from .messages import Column
+from .columns import Column
 
 LAT = "position.latitude"
 LON = "position.longitude"

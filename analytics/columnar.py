@@ -184,38 +184,40 @@ class Block:
     @classmethod
     def _from_dicts(cls, msgs: Sequence[Mapping]) -> Block:
         keys = list(dict.fromkeys(itertools.chain.from_iterable(msgs)))
-        ts = np.fromiter((m["timestamp"] for m in msgs), np.float64, len(msgs))
+        ts = np.fromiter((message["timestamp"] for message in msgs), np.float64, len(msgs))
         if msgs and set(map(len, msgs)) == {len(keys)}:
             # Every message has every key (a tracker's usual stream): one C-level pass takes
             # all values of a message, one transposes them into columns.
             values: dict[str, Sequence]
             if len(keys) == 1:  # itemgetter of one key gives the value, not a tuple
-                values = {keys[0]: [m[keys[0]] for m in msgs]}
+                values = {keys[0]: [message[keys[0]] for message in msgs]}
             else:
                 rows = map(operator.itemgetter(*keys), msgs)
                 values = dict(zip(keys, zip(*rows, strict=True), strict=True))
         else:
-            values = {k: [m.get(k, MISSING) for m in msgs] for k in keys}
+            values = {key: [message.get(key, MISSING) for message in msgs] for key in keys}
         values.pop("timestamp", None)
-        return cls(ts, {k: Column.from_raw(raw) for k, raw in values.items()})
+        return cls(ts, {key: Column.from_raw(raw) for key, raw in values.items()})
 
     @classmethod
     def concat(cls, blocks: list[Block]) -> Block:
-        blocks = [b for b in blocks if len(b)]
+        blocks = [block for block in blocks if len(block)]
         if len(blocks) == 1:
             return blocks[0]
         if not blocks:
             return cls(np.zeros(0), {})
         names: dict[str, None] = {}
-        for b in blocks:
-            names.update(dict.fromkeys(b.cols))
-        lengths = [len(b) for b in blocks]
-        cols = {k: _concat_stored([b.cols.get(k) for b in blocks], lengths) for k in names}
-        return cls(np.concatenate([b.ts for b in blocks]), cols)
+        for block in blocks:
+            names.update(dict.fromkeys(block.cols))
+        lengths = [len(block) for block in blocks]
+        cols = {name: _concat_stored([block.cols.get(name) for block in blocks], lengths) for name in names}
+        return cls(np.concatenate([block.ts for block in blocks]), cols)
 
     def take(self, idx) -> Block:
-        cols = {k: c.take(idx) for k, c in self.cols.items()}
-        return Block(self.ts[idx], {k: c for k, c in cols.items() if not c.absent_everywhere()})
+        columns = {name: column.take(idx) for name, column in self.cols.items()}
+        return Block(
+            self.ts[idx], {name: column for name, column in columns.items() if not column.absent_everywhere()}
+        )
 
     def merge(self, new: Block) -> Block:
         """This block with ``new``'s messages merged in: a message at an existing timestamp
@@ -223,18 +225,18 @@ class Block:
         if not len(self) or not len(new) or new.ts[0] > self.ts[-1]:
             return Block.concat([self, new])
         ts = np.union1d(self.ts, new.ts)
-        n = len(ts)
+        count = len(ts)
         pos_old = np.searchsorted(ts, self.ts)
         pos_new = np.searchsorted(ts, new.ts)
         cols: dict[str, Column] = {}
         for name in {**dict.fromkeys(self.cols), **dict.fromkeys(new.cols)}:
             old_col, new_col = self.cols.get(name), new.cols.get(name)
             if new_col is None:
-                cols[name] = old_col.spread(pos_old, n)  # type: ignore[union-attr]
+                cols[name] = old_col.spread(pos_old, count)  # type: ignore[union-attr]
             elif old_col is None:
-                cols[name] = new_col.spread(pos_new, n)
+                cols[name] = new_col.spread(pos_new, count)
             else:
-                cols[name] = old_col.spread(pos_old, n).overlay(new_col.spread(pos_new, n))
+                cols[name] = old_col.spread(pos_old, count).overlay(new_col.spread(pos_new, count))
         return Block(ts, cols)
 
     def to_messages(self) -> Messages:
@@ -259,18 +261,18 @@ class Block:
             raise ValueError("not a chunk")
         (hlen,) = struct.unpack_from("<I", data, 4)
         head = orjson.loads(data[8 : 8 + hlen])
-        n = head["n"]
+        count = head["n"]
         at = 8 + hlen
-        buf = memoryview(data)
-        if len(buf) < at + 8 * n:
+        buffer = memoryview(data)
+        if len(buffer) < at + 8 * count:
             raise ValueError("chunk is truncated")
-        ts = np.frombuffer(buf[at : at + 8 * n], "<f8")
-        at += 8 * n
+        ts = np.frombuffer(buffer[at : at + 8 * count], "<f8")
+        at += 8 * count
         cols: dict[str, Column] = {}
         for name, entry in head["c"]:
-            size = column_size(entry, n)
+            size = column_size(entry, count)
             if names is None or name in names:
-                cols[name] = column_decode(entry, buf[at : at + size], n)
+                cols[name] = column_decode(entry, buffer[at : at + size], count)
             at += size
         if at != len(data):
             raise ValueError("chunk has trailing bytes" if at < len(data) else "chunk is truncated")

@@ -88,10 +88,10 @@ def messages_columns(
             if not count:
                 break
             ts_parts.append(packed)
-            for k in range(len(names)):
-                states[k].append(columns[2 * k])
-                if columns[2 * k + 1] is not None:
-                    texts[k].append(columns[2 * k + 1])
+            for position in range(len(names)):
+                states[position].append(columns[2 * position])
+                if columns[2 * position + 1] is not None:
+                    texts[position].append(columns[2 * position + 1])
             if count < CHUNK_ROWS:
                 break
             low = newest + 1
@@ -128,17 +128,17 @@ def chunk_query(names: list[str]) -> tuple[str, list[str]]:
     width = len(names)
     encoded = [json.dumps(name, ensure_ascii=False) for name in names]
     values = "".join(
-        f", CASE WHEN NOT flat THEN (body -> %s::text)::text WHEN r{k} = '' THEN NULL"
-        f" WHEN ltrim(left(r{k}, 2)) LIKE '\"%%' THEN '\"' || split_part(r{k}, '\"', 2) || '\"'"
-        f" ELSE ltrim(split_part(split_part(r{k}, ',', 1), '}}', 1)) END AS v{k}"
-        for k in range(width)
+        f", CASE WHEN NOT flat THEN (body -> %s::text)::text WHEN r{index} = '' THEN NULL"
+        f" WHEN ltrim(left(r{index}, 2)) LIKE '\"%%' THEN '\"' || split_part(r{index}, '\"', 2) || '\"'"
+        f" ELSE ltrim(split_part(split_part(r{index}, ',', 1), '}}', 1)) END AS v{index}"
+        for index in range(width)
     )
-    rests = "".join(f", CASE WHEN flat THEN split_part(t, %s, 2) END AS r{k}" for k in range(width))
+    rests = "".join(f", CASE WHEN flat THEN split_part(t, %s, 2) END AS r{index}" for index in range(width))
     aggregates = "".join(
-        f", string_agg(CASE WHEN v{k} IS NULL THEN '\\x{_MISSING:02x}'::bytea"
-        f" WHEN v{k} = 'null' THEN '\\x{_NULL:02x}'::bytea ELSE '\\x{_VALUE:02x}'::bytea END, ''::bytea)"
-        f", string_agg(v{k}, ',') FILTER (WHERE v{k} <> 'null')"
-        for k in range(width)
+        f", string_agg(CASE WHEN v{index} IS NULL THEN '\\x{_MISSING:02x}'::bytea"
+        f" WHEN v{index} = 'null' THEN '\\x{_NULL:02x}'::bytea ELSE '\\x{_VALUE:02x}'::bytea END, ''::bytea)"
+        f", string_agg(v{index}, ',') FILTER (WHERE v{index} <> 'null')"
+        for index in range(width)
     )
     sql = (
         f"SELECT count(*), max(ts), string_agg(int8send(ts), ''::bytea){aggregates}"

@@ -41,8 +41,8 @@ def validated(calc: Calculator, messages: Messages) -> Messages:
 def select_all(calc: Calculator, frame: Frame, now: float | None) -> Runs:
     runs = None
     for spec in calc.selectors:
-        r = select(spec, frame, now=now, tz=calc.tz)
-        runs = r if runs is None else intersect(runs, r)[0]
+        selected = select(spec, frame, now=now, tz=calc.tz)
+        runs = selected if runs is None else intersect(runs, selected)[0]
     assert runs is not None  # compile_calculator requires at least one selector
     return runs
 
@@ -174,12 +174,12 @@ def active_deadline(calculator, *, newest: float) -> float | None:
     return min(deadlines) if deadlines else None
 
 
-def _next_period(calc: Calculator, t: float, split: str) -> float:
-    key = period_keys(np.array([t]), calc.tz, split)[0]
-    grid = t + np.arange(1, 24 * 367 + 2, dtype=np.float64) * 3600.0
+def _next_period(calc: Calculator, moment: float, split: str) -> float:
+    key = period_keys(np.array([moment]), calc.tz, split)[0]
+    grid = moment + np.arange(1, 24 * 367 + 2, dtype=np.float64) * 3600.0
     later = np.flatnonzero(period_keys(grid, calc.tz, split) != key)
     hi = float(grid[later[0]])
-    lo = hi - 3600.0 if later[0] else t
+    lo = hi - 3600.0 if later[0] else moment
     while hi - lo > 1e-6:
         mid = (lo + hi) / 2
         if period_keys(np.array([mid]), calc.tz, split)[0] != key:

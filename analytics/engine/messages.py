@@ -30,51 +30,51 @@ class Messages:
 
     @classmethod
     def from_dicts(cls, messages: Iterable[Mapping]) -> Messages:
-        msgs = list(messages)
-        ts = []
-        for i, m in enumerate(msgs):
-            t = m.get("timestamp")
-            if not is_number(t) or not math.isfinite(t):
+        given = list(messages)
+        stamps = []
+        for i, message in enumerate(given):
+            timestamp = message.get("timestamp")
+            if not is_number(timestamp) or not math.isfinite(timestamp):
                 raise ValueError(f"message {i}: timestamp must be a finite number")
-            ts.append(float(t))
-        order = sorted(range(len(msgs)), key=ts.__getitem__)
+            stamps.append(float(timestamp))
+        order = sorted(range(len(given)), key=stamps.__getitem__)
         merged: list[Mapping] = []
         times: list[float] = []
         for i in order:
-            if times and times[-1] == ts[i]:
-                merged[-1] = {**merged[-1], **msgs[i]}
+            if times and times[-1] == stamps[i]:
+                merged[-1] = {**merged[-1], **given[i]}
             else:
-                merged.append(msgs[i])
-                times.append(ts[i])
+                merged.append(given[i])
+                times.append(stamps[i])
         keys: dict[str, None] = {}
-        for m in merged:
-            for k in m:
-                keys[k] = None
+        for message in merged:
+            for key in message:
+                keys[key] = None
         keys.pop("timestamp", None)
-        columns = {k: Column.from_values([m.get(k, MISSING) for m in merged]) for k in keys}
+        columns = {key: Column.from_values([message.get(key, MISSING) for message in merged]) for key in keys}
         return cls(np.asarray(times, dtype=np.float64), columns)
 
     @classmethod
     def from_columns(cls, timestamps, columns: Mapping[str, object] | None = None) -> Messages:
         """``columns`` maps a parameter to an array (NaN = absent in a float array), a
         ``(values, present_mask)`` pair, or a ready ``Column``."""
-        ts = np.asarray(timestamps, dtype=np.float64)
-        if ts.ndim != 1:
+        stamps = np.asarray(timestamps, dtype=np.float64)
+        if stamps.ndim != 1:
             raise ValueError("timestamps must be one-dimensional")
-        if len(ts) > 1 and not (np.diff(ts) > 0).all():
+        if len(stamps) > 1 and not (np.diff(stamps) > 0).all():
             raise ValueError("timestamps must be strictly increasing")
-        cols: dict[str, Column] = {}
+        parsed: dict[str, Column] = {}
         for name, spec in (columns or {}).items():
             if isinstance(spec, Column):
-                col = spec
+                column = spec
             elif isinstance(spec, tuple):
-                col = Column.from_array(spec[0], spec[1])
+                column = Column.from_array(spec[0], spec[1])
             else:
-                col = Column.from_array(spec)
-            if len(col) != len(ts):
-                raise ValueError(f"column {name!r} has {len(col)} values for {len(ts)} timestamps")
-            cols[name] = col
-        return cls(ts, cols)
+                column = Column.from_array(spec)
+            if len(column) != len(stamps):
+                raise ValueError(f"column {name!r} has {len(column)} values for {len(stamps)} timestamps")
+            parsed[name] = column
+        return cls(stamps, parsed)
 
     @classmethod
     def coerce(cls, messages) -> Messages:
@@ -84,18 +84,20 @@ class Messages:
 
     @classmethod
     def concat(cls, parts: list[Messages]) -> Messages:
-        parts = [p for p in parts if len(p)]
+        parts = [part for part in parts if len(part)]
         if not parts:
             return cls(np.zeros(0), {})
         if len(parts) == 1:
             return parts[0]
         names: dict[str, None] = {}
-        for p in parts:
-            for k in p._columns:
-                names[k] = None
-        lengths = [len(p) for p in parts]
-        cols = {k: concat_columns([p._columns.get(k) for p in parts], lengths) for k in names}
-        return cls(np.concatenate([p.timestamps for p in parts]), cols)
+        for part in parts:
+            for name in part._columns:
+                names[name] = None
+        lengths = [len(part) for part in parts]
+        columns = {
+            name: concat_columns([part._columns.get(name) for part in parts], lengths) for name in names
+        }
+        return cls(np.concatenate([part.timestamps for part in parts]), columns)
 
     # ---- access ----
 
@@ -111,27 +113,29 @@ class Messages:
             return Column(ColumnKind.NUM, self.timestamps)
         return self._columns.get(name)
 
-    def take(self, idx) -> Messages:
-        return Messages(self.timestamps[idx], {k: c.take(idx) for k, c in self._columns.items()})
+    def take(self, index) -> Messages:
+        return Messages(
+            self.timestamps[index], {name: column.take(index) for name, column in self._columns.items()}
+        )
 
     def slice(self, start: int, stop: int) -> Messages:
         return self.take(slice(start, stop))
 
     def row(self, i: int, names: Iterable[str] | None = None) -> dict:
-        out = {"timestamp": float(self.timestamps[i])}
-        for k in self._columns if names is None else names:
-            col = self._columns.get(k)
-            if col is None:
+        message = {"timestamp": float(self.timestamps[i])}
+        for name in self._columns if names is None else names:
+            column = self._columns.get(name)
+            if column is None:
                 continue
-            v = col.value(i)
-            if v is not MISSING:
-                out[k] = v
-        return out
+            value = column.value(i)
+            if value is not MISSING:
+                message[name] = value
+        return message
 
     def to_dicts(self) -> list[dict]:
-        out = [{"timestamp": t} for t in self.timestamps.tolist()]
-        for k, col in self._columns.items():
-            for d, v in zip(out, col.to_objects(), strict=True):
-                if v is not MISSING:
-                    d[k] = v
-        return out
+        messages = [{"timestamp": timestamp} for timestamp in self.timestamps.tolist()]
+        for name, column in self._columns.items():
+            for message, value in zip(messages, column.to_objects(), strict=True):
+                if value is not MISSING:
+                    message[name] = value
+        return messages

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from . import values as V
+from . import values as semantics
 from .checks import Checker, Scope
 from .columns import MISSING, Column, ColumnKind
 from .expressions import LAT, LON, CompiledExpression
@@ -220,10 +220,12 @@ def _numeric_of(vec: Vec, rows: int):
     """Float values and where they are numbers or booleans."""
     if vec.kind == ColumnKind.OBJ:
         objects = vec.values.tolist()
-        numeric = np.fromiter((V.as_number(value) is not V.ERROR for value in objects), bool, rows)
+        numeric = np.fromiter(
+            (semantics.as_number(value) is not semantics.ERROR for value in objects), bool, rows
+        )
         numbers = np.fromiter(
             (
-                V.as_number(value) if is_numeric else 0.0
+                semantics.as_number(value) if is_numeric else 0.0
                 for value, is_numeric in zip(objects, numeric.tolist(), strict=True)
             ),
             np.float64,
@@ -400,7 +402,7 @@ class IntervalCounter(CounterType):
     ) -> Any:
         assert counter.expression is not None  # required by check
         value = counter.expression.evaluate_raw(interval, previous)
-        return OMIT if value is None or value is V.ERROR else value
+        return OMIT if value is None or value is semantics.ERROR else value
 
 
 class RouteCounter(CounterType):
@@ -474,7 +476,7 @@ class DatasetCounter(CounterType):
         valid_rows = valid.tolist()
         return [
             [
-                {name: (None if values[i] is V.ERROR else values[i]) for name, values in columns}
+                {name: (None if values[i] is semantics.ERROR else values[i]) for name, values in columns}
                 for i in range(start, stop)
                 if valid_rows[i]
             ]
@@ -674,11 +676,11 @@ class AccumulatorCounter(CounterType):
         self, counter: CounterSpec, interval: dict, previous: Mapping | None, calc: Calculator
     ) -> Any:
         raw_own = interval.get(counter.parameter)
-        own = V.as_number(raw_own) if raw_own is not None else V.ERROR
+        own = semantics.as_number(raw_own) if raw_own is not None else semantics.ERROR
         carry = None
         if (
             previous is not None
-            and V.is_number(previous.get(counter.name))
+            and semantics.is_number(previous.get(counter.name))
             and (
                 counter.method is None
                 or _same_period(calc, previous["begin"], interval["begin"], counter.method)

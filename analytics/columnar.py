@@ -66,7 +66,7 @@ def column_encode(column: Column) -> tuple[dict[str, Any], bytes]:
             parts.append(np.packbits(mask).tobytes())
     if column.kind == ColumnKind.NUM:
         parts.append(column.values.astype("<f8").tobytes())
-        isint = column.isint if column.isint is not None else np.full(len(column), column.ints)
+        isint = _int_flags(column)
         ints = isint[column.value_mask()]
         entry["i"] = "all" if ints.all() else ("none" if not ints.any() else "mask")
         if entry["i"] == "mask":
@@ -143,14 +143,22 @@ def _concat_stored(columns: list[Column | None], lengths: list[int]) -> Column:
         column if column is not None else _absent(kind, count)
         for column, count in zip(columns, lengths, strict=True)
     ]
+    isint = None
+    if kind == ColumnKind.NUM:
+        isint = np.concatenate([_int_flags(part) for part in parts])
     return Column(
         kind,
         np.concatenate([part.values for part in parts]),
         np.concatenate([part.missing_mask() for part in parts]),
         np.concatenate([part.null_mask() for part in parts]),
-        isint=np.concatenate([part.isint for part in parts]) if kind == ColumnKind.NUM else None,  # type: ignore[misc]
+        isint=isint,
         pure=all(part.pure for part in parts),
     )
+
+
+def _int_flags(column: Column) -> np.ndarray:
+    """Per row, whether a numeric column's value was an int (an engine column says it for all)."""
+    return column.isint if column.isint is not None else np.full(len(column), column.ints)
 
 
 def _absent(kind: Kind, count: int) -> Column:

@@ -68,7 +68,7 @@ def compute(
         return intervals
     frame = Frame(messages)
     runs = select_all(calc, frame, now)
-    first, last, open_ = runs.S, runs.E, runs.open_
+    first, last, open_ = runs.first, runs.last, runs.open_
     timestamps = messages.timestamps
     if keep_from is not None and len(first):
         keep = timestamps[first] >= keep_from

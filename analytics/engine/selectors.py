@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .calculator import SelectorSpec
+from .columns import ColumnKind
 from .expressions import Frame
 from .geo import first_containing
 from .timeutil import period_keys
@@ -40,14 +41,14 @@ def raw_state(spec: SelectorSpec, frame: Frame):
     geofence_index = None
     if spec.type == "expression":
         assert spec.expression is not None  # compiled for every expression selector by compile_calculator
-        value = spec.expression.evaluate_frame(frame)
-        err = np.zeros(rows, bool) if value.err is None else value.err
+        vec = spec.expression.evaluate_frame(frame)
+        err = np.zeros(rows, bool) if vec.err is None else vec.err
         if spec.method == "change":
-            null = np.zeros(rows, bool) if value.null is None else value.null
+            null = np.zeros(rows, bool) if vec.null is None else vec.null
             state = np.where(err, -1, np.where(null, 0, 1)).astype(np.int8)
-            codes = _codes(value, rows)
+            codes = _codes(vec, rows)
         else:
-            state = np.where(err, -1, np.where(value.truth(), 1, 0)).astype(np.int8)
+            state = np.where(err, -1, np.where(vec.truth(), 1, 0)).astype(np.int8)
     else:
         lat, lon, valid = frame.position()
         geofence_index = first_containing(spec.geofences, lat, lon, valid)
@@ -57,25 +58,25 @@ def raw_state(spec: SelectorSpec, frame: Frame):
     return state, codes, geofence_index
 
 
-def _codes(value, rows) -> np.ndarray:
+def _codes(vec, rows) -> np.ndarray:
     """An integer per message, equal where the values are equal."""
-    if value.kind == "num":
-        _, inv = np.unique(value.values, return_inverse=True)
+    if vec.kind == ColumnKind.NUM:
+        _, inv = np.unique(vec.values, return_inverse=True)
         return inv.astype(np.int64)
-    if value.kind == "bool":
-        return value.values.astype(np.int64)
+    if vec.kind == ColumnKind.BOOL:
+        return vec.values.astype(np.int64)
     table: dict = {}
     codes = np.empty(rows, dtype=np.int64)
-    for i, item in enumerate(value.values.tolist()):
+    for i, item in enumerate(vec.values.tolist()):
         try:
             key = (type(item).__name__, item)
             hash(key)
         except TypeError:
             key = ("json", json.dumps(item, sort_keys=True))
         if isinstance(item, bool):
-            key = ("bool", item)
+            key = (ColumnKind.BOOL, item)
         elif isinstance(item, int | float):
-            key = ("num", float(item))
+            key = (ColumnKind.NUM, float(item))
         codes[i] = table.setdefault(key, len(table))
     return codes
 

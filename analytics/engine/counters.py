@@ -322,7 +322,7 @@ class _ReducedCounter(CounterType):
 
     def check_source(
         self, counter: CounterSpec, *, checker: Checker, path: str, normalized: dict, scope: Scope
-    ):
+    ) -> None:
         """Check where the values come from."""
         raise NotImplementedError
 

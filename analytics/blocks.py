@@ -29,9 +29,9 @@ import orjson
 import psycopg
 from django.db import connections, transaction
 
-from analytics.columnar import Block, Col
-from analytics.engine.values import is_number
-from devices import columns as stored_columns
+from analytics import stored_columns
+from analytics.columnar import Block, column_decode, column_encode
+from analytics.engine.columns import Column
 from devices import storage as message_storage
 from flespi_site.constants import LockSpace, lock_id
 from flespi_site.runner import Loop
@@ -124,13 +124,13 @@ def _read_blocks(raw_connection, device_id, low, high, spans, names) -> list[tup
     with psycopg.Cursor(raw_connection) as raw:
         raw.execute(sql, params, binary=True)
         found = raw.fetchall()
-    blocks: dict[int, tuple[int, np.ndarray | None, dict[str, Col]]] = {}
+    blocks: dict[int, tuple[int, np.ndarray | None, dict[str, Column]]] = {}
     for lo, n, name, entry, data in found:
         _n, ts, cols = blocks.setdefault(lo, (n, None, {}))
         if name == _TS:
             blocks[lo] = (n, np.frombuffer(bytes(data), "<f8"), cols)
         else:
-            cols[name] = Col.decode(orjson.loads(entry), memoryview(data), n)
+            cols[name] = column_decode(orjson.loads(entry), memoryview(data), n)
     parts = []
     for lo, (n, ts, cols) in blocks.items():
         if ts is None or len(ts) != n:
@@ -147,7 +147,7 @@ def _read_blocks(raw_connection, device_id, low, high, spans, names) -> list[tup
 
 def _read_rows(alias: str, device_id: int, begin: int, end: int, names: Collection[str] | None) -> Block:
     """Messages no block covers, from their rows: whole bodies for every parameter; for some,
-    the parameters cut out of the bodies by PostgreSQL (``devices.columns``), no dict per row."""
+    the parameters cut out of the bodies by PostgreSQL (``analytics.stored_columns``), no dict per row."""
     if names is None:
         return Block.from_dicts(
             message_storage.messages_read(alias=alias, device_ids=[device_id], begin=begin, end=end)
@@ -155,20 +155,7 @@ def _read_rows(alias: str, device_id: int, begin: int, end: int, names: Collecti
     read = stored_columns.messages_columns(
         alias=alias, device_id=device_id, begin=begin, end=end, parameters=names
     )
-    cols = {}
-    for name, c in read.columns.items():
-        if c.missing.all():
-            continue
-        present = ~(c.missing | c.null)
-        if c.kind == "num":
-            cols[name] = Col(
-                "num", c.values, c.missing, c.null, present if c.ints else np.zeros(len(present), bool)
-            )
-        elif c.kind == "bool":
-            cols[name] = Col("bool", c.values, c.missing, c.null)
-        else:
-            pure = not any(is_number(v) or v is True or v is False for v in c.values[present].tolist())
-            cols[name] = Col("obj", c.values, c.missing, c.null, pure=pure)
+    cols = {name: column for name, column in read.columns.items() if not column.absent_everywhere()}
     # Bodies carry timestamp = ts / 10**6 (devices.services.message_prepare), the same double.
     return Block(read.ts / 1_000_000, cols)
 
@@ -240,7 +227,7 @@ def _insert(cursor, device_id: int, lo: int, hi: int, block: Block) -> None:
         (device_id, lo, hi, n, _TS, None, block.ts.astype("<f8").tobytes())
     ]
     for name, col in block.cols.items():
-        entry, data = col.encode()
+        entry, data = column_encode(col)
         rows.append((device_id, lo, hi, n, name, orjson.dumps(entry).decode(), data))
     cursor.executemany(
         "INSERT INTO message_blocks (device_id, lo, hi, n, name, entry, data) VALUES (%s, %s, %s, %s, %s, %s, %s)",
@@ -266,13 +253,16 @@ def seal_pending(*, alias: str, now: float | None = None) -> int:
         try:
             done, tail = _seal(alias, device_id)
         except Exception:  # this device again later; the others now
-            logger.exception("sealer: %s: sealing device %s failed; retrying in %.0f s", alias, device_id, TAIL_RECHECK)
+            logger.exception(
+                "sealer: %s: sealing device %s failed; retrying in %.0f s", alias, device_id, TAIL_RECHECK
+            )
             done, tail = 0, -1
         sealed += done
         with connections[alias].cursor() as cursor:
             if tail == 0:
                 cursor.execute(
-                    "DELETE FROM message_block_work WHERE device_id = %s AND xmin::text = %s", [device_id, version]
+                    "DELETE FROM message_block_work WHERE device_id = %s AND xmin::text = %s",
+                    [device_id, version],
                 )
             else:
                 cursor.execute(

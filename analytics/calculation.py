@@ -24,7 +24,7 @@ from typing import Protocol
 from django.db import transaction
 
 from accounts.fence import write_fence
-from analytics import blocks, storage
+from analytics import blocks, storage, stored_columns
 from analytics import events as event_topics
 from analytics.choices import AssignmentState
 from analytics.engine import Calculator, Diff, IntervalList, Messages, active_deadline, calculate, recalculate
@@ -32,7 +32,6 @@ from analytics.fleet.batches import HISTORY_BEGIN, HISTORY_END
 from analytics.fleet.cache import ShardCache
 from analytics.models import Assignment
 from analytics.models import Calculator as StoredCalculator
-from devices import columns as stored_columns
 from devices.models import Device
 from flespi_site.errors import ErrorKind, InvalidInput, TooLarge
 

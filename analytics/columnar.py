@@ -8,8 +8,9 @@ its parameter's column an object column and stays exact.
 
 A block's binary form (a chunk): magic, header length, a JSON header (``n`` and per column its
 name and entry), the float64 timestamps, then each column's arrays in header order. A column's
-entry and arrays (``Col.encode``) are also a form of their own, so that one column can be stored
-and read apart from the others.
+entry and arrays (``column_encode``) are also a form of their own, so that one column can be
+stored and read apart from the others. The columns are the engine's ``Column`` with their per-row
+``isint`` flags and ``pure`` (``analytics.engine.columns``).
 """
 
 from __future__ import annotations
@@ -27,20 +28,10 @@ import numpy as np
 import orjson
 
 from analytics.engine import Messages
-from analytics.engine.messages import Column
-from analytics.engine.values import is_number
+from analytics.engine.columns import MISSING, Column, ColumnKind, Kind
 from flespi_site.jsontext import loads_exact
 
 CHUNK_MAGIC = b"FCC1"
-
-
-class _Missing:
-    """The type of ``MISSING``, so that a set of value types tells whether a key was absent."""
-
-    __slots__ = ()
-
-
-MISSING = _Missing()
 
 
 @contextmanager
@@ -64,256 +55,120 @@ def dumps(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _float_or_none(v, exact: bool) -> float | None:
-    """The float of a JSON number (not a bool) for a numeric column; ``None`` for an integer
-    beyond the float range, or (``exact``) one that a float would round."""
-    if type(v) is float:
-        return v
-    if is_number(v):
-        try:
-            f = float(v)
-        except OverflowError:
-            return None
-        return f if not exact or f == v else None
-    return None
+def column_encode(column: Column) -> tuple[dict[str, Any], bytes]:
+    """A stored column's entry (kind and flags, JSON) and its arrays: the masks that are not all
+    false, then the values (float64, bits, or the JSON text of an object column)."""
+    entry: dict[str, Any] = {"k": column.kind}
+    parts = []
+    for flag, mask in (("m", column.missing), ("z", column.null)):
+        if mask is not None:  # a column keeps only masks that mark a row
+            entry[flag] = True
+            parts.append(np.packbits(mask).tobytes())
+    if column.kind == ColumnKind.NUM:
+        parts.append(column.values.astype("<f8").tobytes())
+        isint = _int_flags(column)
+        ints = isint[column.value_mask()]
+        entry["i"] = "all" if ints.all() else ("none" if not ints.any() else "mask")
+        if entry["i"] == "mask":
+            parts.append(np.packbits(isint).tobytes())
+    elif column.kind == ColumnKind.BOOL:
+        parts.append(np.packbits(column.values).tobytes())
+    else:
+        text = dumps(column.values.tolist())
+        entry["p"] = column.pure
+        entry["b"] = len(text)
+        parts.append(text)
+    return entry, b"".join(parts)
 
 
-def _floats_exact(raw: Sequence, kinds: set[type], exact: bool) -> bool:
-    """Whether every int among ``raw`` (values of the types ``kinds``, numbers only apart from
-    missing and null) has a float (``exact``: an equal one): ints within 2**53 always do."""
-    if int not in kinds:
-        return True
-    ints = [v for v in raw if type(v) is int]
-    if min(ints) >= -(2**53) and max(ints) <= 2**53:
-        return True
-    return all(_float_or_none(v, exact) is not None for v in ints)
+def column_size(entry: Mapping[str, Any], count: int) -> int:
+    """The length of the arrays of a column of ``count`` rows with this entry."""
+    bits = (count + 7) // 8
+    size = bits * (bool(entry.get("m")) + bool(entry.get("z")))
+    kind = entry["k"]
+    if kind == ColumnKind.NUM:
+        return size + 8 * count + (bits if entry["i"] == "mask" else 0)
+    if kind == ColumnKind.BOOL:
+        return size + bits
+    return size + entry["b"]
 
 
-class Col:
-    """A column of a block: full ``missing``/``null`` masks; ``isint`` (numeric columns) marks
-    rows whose value was an int; ``pure`` (object columns) says that no value is a number or a
-    boolean, so that any subset of the rows is still an object column for the engine."""
+def column_decode(entry: Mapping[str, Any], data: memoryview | bytes, count: int) -> Column:
+    """The stored column of ``count`` rows from its entry and arrays (``column_encode``)."""
+    buffer = memoryview(data)
+    if len(buffer) != column_size(entry, count):
+        raise ValueError("column arrays have the wrong length")
+    bits = (count + 7) // 8
+    at = 0
 
-    __slots__ = ("isint", "kind", "missing", "null", "pure", "values")
+    def take(size: int) -> memoryview:
+        nonlocal at
+        piece = buffer[at : at + size]
+        at += size
+        return piece
 
-    def __init__(self, kind, values, missing, null, isint=None, pure=True):
-        self.kind = kind
-        self.values = values
-        self.missing = missing
-        self.null = null
-        self.isint = isint
-        self.pure = pure
+    def unpack() -> np.ndarray:
+        return np.unpackbits(np.frombuffer(take(bits), np.uint8), count=count).view(bool)
 
-    @classmethod
-    def from_raw(cls, raw: Sequence, *, exact: bool = True) -> Col:
-        """From Python values, ``MISSING`` for an absent key, ``None`` for null; the kind
-        ``Column.from_values`` gives, except that (``exact``) an integer a float would round
-        makes an object column, so that the cache keeps it exact.
+    def mask(present: bool) -> np.ndarray | None:
+        return unpack() if present else None
 
-        Vectorized by the set of value types: a column of plain numbers (the common case)
-        costs a few C-level passes over the list, no Python per value."""
-        n = len(raw)
-        types = set(map(type, raw))
-        absent = _Missing in types
-        nulls = type(None) in types
-        kinds = types - {_Missing, type(None)}
-        missing = np.fromiter((v is MISSING for v in raw), bool, n) if absent else np.zeros(n, bool)
-        null = np.fromiter((v is None for v in raw), bool, n) if nulls else np.zeros(n, bool)
-        if kinds and kinds <= {int, float} and _floats_exact(raw, kinds, exact):
-            if absent or nulls:
-                holder = np.array(raw, dtype=object)
-                holder[missing | null] = 0.0
-                values = holder.astype(np.float64)
-            else:
-                values = np.array(raw, dtype=np.float64)
-            if int not in kinds:
-                isint = np.zeros(n, bool)
-            elif float not in kinds:
-                isint = ~(missing | null)
-            else:
-                isint = np.fromiter((type(v) is int for v in raw), bool, n)
-            return cls("num", values, missing, null, isint)
-        if kinds == {bool}:
-            return cls("bool", np.fromiter((v is True for v in raw), bool, n), missing, null)
-        values = np.fromiter((None if v is MISSING else v for v in raw), object, n)
-        pure = not kinds & {int, float, bool}
-        return cls("obj", values, missing, null, pure=pure)
-
-    @classmethod
-    def absent(cls, n: int) -> Col:
-        return cls("obj", np.full(n, None, object), np.ones(n, bool), np.zeros(n, bool))
-
-    def raw(self) -> list:
-        if self.kind == "num":
-            vals = self.values.tolist()
-            for i in np.flatnonzero(self.isint).tolist():
-                vals[i] = int(vals[i])
-        else:
-            vals = self.values.tolist()
-        for i in np.flatnonzero(self.null).tolist():
-            vals[i] = None
-        for i in np.flatnonzero(self.missing).tolist():
-            vals[i] = MISSING
-        return vals
-
-    def take(self, idx) -> Col:
-        return Col(
-            self.kind,
-            self.values[idx],
-            self.missing[idx],
-            self.null[idx],
-            None if self.isint is None else self.isint[idx],
-            self.pure,
-        )
-
-    def spread(self, pos: np.ndarray, n: int) -> Col:
-        """The column on ``n`` rows, its values at ``pos`` and absent elsewhere."""
-        dtype = {"num": np.float64, "bool": bool, "obj": object}[self.kind]
-        values = np.zeros(n, dtype) if self.kind != "obj" else np.full(n, None, object)
-        values[pos] = self.values
-        missing = np.ones(n, bool)
-        missing[pos] = self.missing
-        null = np.zeros(n, bool)
-        null[pos] = self.null
-        isint = None
-        if self.isint is not None:
-            isint = np.zeros(n, bool)
-            isint[pos] = self.isint
-        return Col(self.kind, values, missing, null, isint, self.pure)
-
-    def overlay(self, new: Col) -> Col:
-        """This column with every row where ``new`` has the key replaced by ``new``'s value."""
-        put = ~new.missing
-        if new.kind == self.kind and self.kind != "obj":
-            values = self.values.copy()
-            values[put] = new.values[put]
-            isint = None
-            if self.isint is not None and new.isint is not None:
-                isint = self.isint.copy()
-                isint[put] = new.isint[put]
-            return Col(self.kind, values, self.missing & ~put, np.where(put, new.null, self.null), isint)
-        raw = self.raw()
-        newer = new.raw()
-        for i in np.flatnonzero(put).tolist():
-            raw[i] = newer[i]
-        return Col.from_raw(raw)
-
-    def encode(self) -> tuple[dict[str, Any], bytes]:
-        """The column's entry (kind and flags, JSON) and its arrays: the masks that are not all
-        false, then the values (float64, bits, or the JSON text of an object column)."""
-        entry: dict[str, Any] = {"k": self.kind}
-        parts = []
-        for flag, mask in (("m", self.missing), ("z", self.null)):
-            if mask.any():
-                entry[flag] = True
-                parts.append(np.packbits(mask).tobytes())
-        if self.kind == "num":
-            parts.append(self.values.astype("<f8").tobytes())
-            present = ~(self.missing | self.null)
-            ints = self.isint[present]
-            entry["i"] = "all" if ints.all() else ("none" if not ints.any() else "mask")
-            if entry["i"] == "mask":
-                parts.append(np.packbits(self.isint).tobytes())
-        elif self.kind == "bool":
-            parts.append(np.packbits(self.values).tobytes())
-        else:
-            text = dumps(self.values.tolist())
-            entry["p"] = self.pure
-            entry["b"] = len(text)
-            parts.append(text)
-        return entry, b"".join(parts)
-
-    @staticmethod
-    def size(entry: Mapping[str, Any], n: int) -> int:
-        """The length of the arrays of a column of ``n`` rows with this entry."""
-        bits = (n + 7) // 8
-        size = bits * (bool(entry.get("m")) + bool(entry.get("z")))
-        kind = entry["k"]
-        if kind == "num":
-            return size + 8 * n + (bits if entry["i"] == "mask" else 0)
-        if kind == "bool":
-            return size + bits
-        return size + entry["b"]
-
-    @classmethod
-    def decode(cls, entry: Mapping[str, Any], data: memoryview | bytes, n: int) -> Col:
-        """The column of ``n`` rows from its entry and arrays (``encode``)."""
-        buf = memoryview(data)
-        if len(buf) != cls.size(entry, n):
-            raise ValueError("column arrays have the wrong length")
-        bits = (n + 7) // 8
-        at = 0
-
-        def take(size: int) -> memoryview:
-            nonlocal at
-            piece = buf[at : at + size]
-            at += size
-            return piece
-
-        def mask(present: bool) -> np.ndarray:
-            if not present:
-                return np.zeros(n, bool)
-            return np.unpackbits(np.frombuffer(take(bits), np.uint8), count=n).view(bool)
-
-        missing, null = mask(entry.get("m", False)), mask(entry.get("z", False))
-        kind = entry["k"]
-        if kind == "num":
-            values = np.frombuffer(take(8 * n), "<f8")
-            flag = entry["i"]
-            isint = mask(True) if flag == "mask" else np.full(n, flag == "all")
-            return cls("num", values, missing, null, isint)
-        if kind == "bool":
-            return cls("bool", mask(True), missing, null)
-        if kind != "obj":
-            raise ValueError(f"unknown column kind {kind!r}")
-        items = loads_exact(bytes(take(entry["b"])))
-        if len(items) != n:
-            raise ValueError("object column length")
-        return cls("obj", np.fromiter(items, object, n), missing, null, pure=entry["p"])
-
-    def to_engine(self) -> Column | None:
-        """The engine column of these rows, as ``Column.from_values`` builds it from the same
-        values; ``None`` when no row has the key."""
-        missing, null = self.missing, self.null
-        if missing.all():
-            return None
-        present = ~(missing | null)
-        if not present.any():
-            return Column("obj", np.full(len(missing), None, object), missing, null)
-        if self.kind == "num":
-            return Column("num", self.values, missing, null, ints=bool(self.isint[present].all()))
-        if self.kind == "bool":
-            return Column("bool", self.values, missing, null)
-        if self.pure:
-            return Column("obj", self.values, missing, null)
-        col = Col.from_raw(self.raw(), exact=False)
-        if col.kind != "obj":
-            return col.to_engine()
-        return Column("obj", col.values, missing, null)
+    missing, null = mask(entry.get("m", False)), mask(entry.get("z", False))
+    kind = entry["k"]
+    if kind == ColumnKind.NUM:
+        values = np.frombuffer(take(8 * count), "<f8")
+        flag = entry["i"]
+        isint = unpack() if flag == "mask" else np.full(count, flag == "all")
+        return Column(ColumnKind.NUM, values, missing, null, isint=isint)
+    if kind == ColumnKind.BOOL:
+        return Column(ColumnKind.BOOL, unpack(), missing, null)
+    if kind != ColumnKind.OBJ:
+        raise ValueError(f"unknown column kind {kind!r}")
+    items = loads_exact(bytes(take(entry["b"])))
+    if len(items) != count:
+        raise ValueError("object column length")
+    return Column(ColumnKind.OBJ, np.fromiter(items, object, count), missing, null, pure=entry["p"])
 
 
-def _concat_cols(cols: list[Col | None], lengths: list[int]) -> Col:
-    kinds = {c.kind for c in cols if c is not None}
+def _concat_stored(columns: list[Column | None], lengths: list[int]) -> Column:
+    """Stored columns one after the other (``None``: that many rows without the key)."""
+    kinds = {column.kind for column in columns if column is not None}
     if len(kinds) > 1:
         raw: list = []
-        for c, n in zip(cols, lengths, strict=True):
-            raw.extend([MISSING] * n if c is None else c.raw())
-        return Col.from_raw(raw)
+        for column, count in zip(columns, lengths, strict=True):
+            raw.extend([MISSING] * count if column is None else column.to_objects())
+        return Column.from_raw(raw)
     kind = kinds.pop()
-    parts = [c if c is not None else Col(kind, *_filler(kind, n)) for c, n in zip(cols, lengths, strict=True)]
-    return Col(
+    parts = [
+        column if column is not None else _absent(kind, count)
+        for column, count in zip(columns, lengths, strict=True)
+    ]
+    isint = None
+    if kind == ColumnKind.NUM:
+        isint = np.concatenate([_int_flags(part) for part in parts])
+    return Column(
         kind,
-        np.concatenate([c.values for c in parts]),
-        np.concatenate([c.missing for c in parts]),
-        np.concatenate([c.null for c in parts]),
-        np.concatenate([c.isint for c in parts]) if kind == "num" else None,  # type: ignore[misc]
-        all(c.pure for c in parts),
+        np.concatenate([part.values for part in parts]),
+        np.concatenate([part.missing_mask() for part in parts]),
+        np.concatenate([part.null_mask() for part in parts]),
+        isint=isint,
+        pure=all(part.pure for part in parts),
     )
 
 
-def _filler(kind: str, n: int):
-    values = np.zeros(n, np.float64 if kind == "num" else bool) if kind != "obj" else np.full(n, None, object)
-    return values, np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool) if kind == "num" else None
+def _int_flags(column: Column) -> np.ndarray:
+    """Per row, whether a numeric column's value was an int (an engine column says it for all)."""
+    return column.isint if column.isint is not None else np.full(len(column), column.ints)
+
+
+def _absent(kind: Kind, count: int) -> Column:
+    """``count`` rows without the key, as a stored column of ``kind``."""
+    if kind == ColumnKind.OBJ:
+        values = np.full(count, None, object)
+    else:
+        values = np.zeros(count, np.float64 if kind == ColumnKind.NUM else bool)
+    isint = np.zeros(count, bool) if kind == ColumnKind.NUM else None
+    return Column(kind, values, np.ones(count, bool), isint=isint)
 
 
 class Block:
@@ -321,7 +176,7 @@ class Block:
 
     __slots__ = ("cols", "ts")
 
-    def __init__(self, ts: np.ndarray, cols: dict[str, Col]):
+    def __init__(self, ts: np.ndarray, cols: dict[str, Column]):
         self.ts = ts
         self.cols = cols
 
@@ -337,38 +192,40 @@ class Block:
     @classmethod
     def _from_dicts(cls, msgs: Sequence[Mapping]) -> Block:
         keys = list(dict.fromkeys(itertools.chain.from_iterable(msgs)))
-        ts = np.fromiter((m["timestamp"] for m in msgs), np.float64, len(msgs))
+        ts = np.fromiter((message["timestamp"] for message in msgs), np.float64, len(msgs))
         if msgs and set(map(len, msgs)) == {len(keys)}:
             # Every message has every key (a tracker's usual stream): one C-level pass takes
             # all values of a message, one transposes them into columns.
             values: dict[str, Sequence]
             if len(keys) == 1:  # itemgetter of one key gives the value, not a tuple
-                values = {keys[0]: [m[keys[0]] for m in msgs]}
+                values = {keys[0]: [message[keys[0]] for message in msgs]}
             else:
                 rows = map(operator.itemgetter(*keys), msgs)
                 values = dict(zip(keys, zip(*rows, strict=True), strict=True))
         else:
-            values = {k: [m.get(k, MISSING) for m in msgs] for k in keys}
+            values = {key: [message.get(key, MISSING) for message in msgs] for key in keys}
         values.pop("timestamp", None)
-        return cls(ts, {k: Col.from_raw(raw) for k, raw in values.items()})
+        return cls(ts, {key: Column.from_raw(raw) for key, raw in values.items()})
 
     @classmethod
     def concat(cls, blocks: list[Block]) -> Block:
-        blocks = [b for b in blocks if len(b)]
+        blocks = [block for block in blocks if len(block)]
         if len(blocks) == 1:
             return blocks[0]
         if not blocks:
             return cls(np.zeros(0), {})
         names: dict[str, None] = {}
-        for b in blocks:
-            names.update(dict.fromkeys(b.cols))
-        lengths = [len(b) for b in blocks]
-        cols = {k: _concat_cols([b.cols.get(k) for b in blocks], lengths) for k in names}
-        return cls(np.concatenate([b.ts for b in blocks]), cols)
+        for block in blocks:
+            names.update(dict.fromkeys(block.cols))
+        lengths = [len(block) for block in blocks]
+        cols = {name: _concat_stored([block.cols.get(name) for block in blocks], lengths) for name in names}
+        return cls(np.concatenate([block.ts for block in blocks]), cols)
 
     def take(self, idx) -> Block:
-        cols = {k: c.take(idx) for k, c in self.cols.items()}
-        return Block(self.ts[idx], {k: c for k, c in cols.items() if not c.missing.all()})
+        columns = {name: column.take(idx) for name, column in self.cols.items()}
+        return Block(
+            self.ts[idx], {name: column for name, column in columns.items() if not column.absent_everywhere()}
+        )
 
     def merge(self, new: Block) -> Block:
         """This block with ``new``'s messages merged in: a message at an existing timestamp
@@ -376,24 +233,24 @@ class Block:
         if not len(self) or not len(new) or new.ts[0] > self.ts[-1]:
             return Block.concat([self, new])
         ts = np.union1d(self.ts, new.ts)
-        n = len(ts)
+        count = len(ts)
         pos_old = np.searchsorted(ts, self.ts)
         pos_new = np.searchsorted(ts, new.ts)
-        cols: dict[str, Col] = {}
+        cols: dict[str, Column] = {}
         for name in {**dict.fromkeys(self.cols), **dict.fromkeys(new.cols)}:
             old_col, new_col = self.cols.get(name), new.cols.get(name)
             if new_col is None:
-                cols[name] = old_col.spread(pos_old, n)  # type: ignore[union-attr]
+                cols[name] = old_col.spread(pos_old, count)  # type: ignore[union-attr]
             elif old_col is None:
-                cols[name] = new_col.spread(pos_new, n)
+                cols[name] = new_col.spread(pos_new, count)
             else:
-                cols[name] = old_col.spread(pos_old, n).overlay(new_col.spread(pos_new, n))
+                cols[name] = old_col.spread(pos_old, count).overlay(new_col.spread(pos_new, count))
         return Block(ts, cols)
 
     def to_messages(self) -> Messages:
         cols = {}
         for name, col in self.cols.items():
-            engine_col = col.to_engine()
+            engine_col = col.for_engine()
             if engine_col is not None:
                 cols[name] = engine_col
         return Messages(self.ts, cols)
@@ -401,7 +258,7 @@ class Block:
     # ---- the chunk blob: magic, header length, JSON header, then the arrays ----
 
     def encode(self) -> bytes:
-        segments = [(name, *col.encode()) for name, col in self.cols.items()]
+        segments = [(name, *column_encode(col)) for name, col in self.cols.items()]
         return assemble(self.ts.astype("<f8").tobytes(), segments)
 
     @classmethod
@@ -412,18 +269,18 @@ class Block:
             raise ValueError("not a chunk")
         (hlen,) = struct.unpack_from("<I", data, 4)
         head = orjson.loads(data[8 : 8 + hlen])
-        n = head["n"]
+        count = head["n"]
         at = 8 + hlen
-        buf = memoryview(data)
-        if len(buf) < at + 8 * n:
+        buffer = memoryview(data)
+        if len(buffer) < at + 8 * count:
             raise ValueError("chunk is truncated")
-        ts = np.frombuffer(buf[at : at + 8 * n], "<f8")
-        at += 8 * n
-        cols: dict[str, Col] = {}
+        ts = np.frombuffer(buffer[at : at + 8 * count], "<f8")
+        at += 8 * count
+        cols: dict[str, Column] = {}
         for name, entry in head["c"]:
-            size = Col.size(entry, n)
+            size = column_size(entry, count)
             if names is None or name in names:
-                cols[name] = Col.decode(entry, buf[at : at + size], n)
+                cols[name] = column_decode(entry, buffer[at : at + size], count)
             at += size
         if at != len(data):
             raise ValueError("chunk has trailing bytes" if at < len(data) else "chunk is truncated")
@@ -432,7 +289,7 @@ class Block:
 
 def assemble(ts: bytes, segments: Iterable[tuple[str, dict, bytes]]) -> bytes:
     """A chunk from its float64 timestamps (little-endian bytes) and its columns as
-    ``Col.encode`` gives them, (name, entry, data)."""
+    ``column_encode`` gives them, (name, entry, data)."""
     segments = list(segments)
     head = orjson.dumps({"n": len(ts) // 8, "c": [[name, entry] for name, entry, _ in segments]})
     return b"".join([CHUNK_MAGIC, struct.pack("<I", len(head)), head, ts, *(data for _, _, data in segments)])

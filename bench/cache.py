@@ -34,8 +34,9 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analytics.columnar import Block as _Block
-from analytics.columnar import Col as _Col
 from analytics.engine import Messages, calculate, compile_calculator
+from analytics.engine.columns import Column as _Column
+from analytics.engine.columns import ColumnKind as _ColumnKind
 from analytics.fleet import cache as shard_cache
 from analytics.fleet.cache import ShardCache, _merged_batch
 from bench.engine import CALCULATORS, synthetic
@@ -128,13 +129,17 @@ class Npz:
             kinds = orjson.loads(z["kinds"].tobytes())
             cols = {}
             for i, (name, kind) in enumerate(kinds):
-                if kind == "obj":
+                if kind == _ColumnKind.OBJ:
                     items = orjson.loads(z[f"{i}v"].tobytes())
                     values = np.fromiter(items, object, len(items))
                 else:
                     values = z[f"{i}v"]
-                cols[name] = _Col(
-                    kind, values, z[f"{i}m"], z[f"{i}z"], z[f"{i}i"] if kind == "num" else None, True
+                cols[name] = _Column(
+                    kind,
+                    values,
+                    z[f"{i}m"],
+                    z[f"{i}z"],
+                    isint=z[f"{i}i"] if kind == _ColumnKind.NUM else None,
                 )
             return _Block(z["ts"], cols)
 
@@ -144,12 +149,12 @@ class Npz:
             "kinds": np.frombuffer(orjson.dumps([[k, c.kind] for k, c in block.cols.items()]), np.uint8),
         }
         for i, col in enumerate(block.cols.values()):
-            if col.kind == "obj":
+            if col.kind == _ColumnKind.OBJ:
                 arrays[f"{i}v"] = np.frombuffer(orjson.dumps(col.values.tolist()), np.uint8)
             else:
                 arrays[f"{i}v"] = col.values
-            arrays[f"{i}m"], arrays[f"{i}z"] = col.missing, col.null
-            if col.kind == "num":
+            arrays[f"{i}m"], arrays[f"{i}z"] = col.missing_mask(), col.null_mask()
+            if col.kind == _ColumnKind.NUM:
                 arrays[f"{i}i"] = col.isint
         buf = io.BytesIO()
         np.savez(buf, **arrays)

@@ -6,9 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import values as V
 from .calculator import Calculator, compile_calculator
-from .counters import OMIT, message_counters
+from .counters import COUNTER_TYPES, OMIT, message_counters
 from .expressions import Frame
 from .geo import first_containing
 from .messages import Messages
@@ -42,8 +41,8 @@ def validated(calc: Calculator, messages: Messages) -> Messages:
 def select_all(calc: Calculator, frame: Frame, now: float | None) -> Runs:
     runs = None
     for spec in calc.selectors:
-        r = select(spec, frame, now=now, tz=calc.tz)
-        runs = r if runs is None else intersect(runs, r)[0]
+        selected = select(spec, frame, now=now, tz=calc.tz)
+        runs = selected if runs is None else intersect(runs, selected)[0]
     assert runs is not None  # compile_calculator requires at least one selector
     return runs
 
@@ -63,102 +62,92 @@ def compute(
     ``previous``: the interval before the first kept one, for ``previous()`` and accumulators.
     ``reached_end``: whether the last message is the device's newest (else nothing is active).
     """
-    out = IntervalList()
-    n = len(messages)
-    if n == 0:
-        return out
+    intervals = IntervalList()
+    count = len(messages)
+    if count == 0:
+        return intervals
     frame = Frame(messages)
     runs = select_all(calc, frame, now)
-    S, E, open_ = runs.S, runs.E, runs.open_
-    ts = messages.timestamps
-    if keep_from is not None and len(S):
-        keep = ts[S] >= keep_from
-        S, E, open_ = S[keep], E[keep], open_[keep]
-    k = len(S)
-    if k == 0:
-        return out
-    active = open_ & (n - 1 == E) & reached_end
-    if k > 1:
+    first, last, open_ = runs.first, runs.last, runs.open_
+    timestamps = messages.timestamps
+    if keep_from is not None and len(first):
+        keep = timestamps[first] >= keep_from
+        first, last, open_ = first[keep], last[keep], open_[keep]
+    kept = len(first)
+    if kept == 0:
+        return intervals
+    active = open_ & (count - 1 == last) & reached_end
+    if kept > 1:
         active[:-1] = False
-    geofence_idx = None
-    if any(c.type == "geofence" for c in calc.counters):
-        lat, lon, ok = frame.position()
-        geofence_idx = first_containing(calc.geofences, lat, lon, ok)
-    cols = message_counters(calc, messages, S, E, active, geofence_idx)
-    begin = ts[S]
-    end = ts[E]
+    geofence_index = None
+    if any(COUNTER_TYPES[counter.type].reads_geofences for counter in calc.counters):
+        lat, lon, positioned = frame.position()
+        geofence_index = first_containing(calc.geofences, lat, lon, positioned)
+    counter_values = message_counters(calc, messages, first, last, active, geofence_index)
+    begin = timestamps[first]
+    end = timestamps[last]
     raw_ids = np.round(begin * 1_000_000).astype(np.int64)
     # Intervals sharing a begin (possible when runs share a message through the merge options
     # and selectors overlap) are numbered by their end: the n-th of them adds n microseconds.
     # That depends only on intervals with that begin, so a window gives the same ids.
-    ar = np.arange(k, dtype=np.int64)
-    new_begin = np.ones(k, bool)
+    order = np.arange(kept, dtype=np.int64)
+    new_begin = np.ones(kept, bool)
     new_begin[1:] = raw_ids[1:] != raw_ids[:-1]
-    ids = raw_ids + ar - np.maximum.accumulate(np.where(new_begin, ar, 0))
+    ids = raw_ids + order - np.maximum.accumulate(np.where(new_begin, order, 0))
     rows = zip(ids.tolist(), begin.tolist(), end.tolist(), strict=True)
     if not calc.needs_interval_pass:
-        col_lists = []
-        for spec, vals in cols:
-            assert vals is not None  # only interval and accumulator counters need the interval pass
-            col_lists.append((spec.name, vals))
-        for j, (iid, b, e) in enumerate(rows):
-            d = {"id": iid, "begin": b, "end": e, "duration": e - b}
-            for name, vals in col_lists:
-                v = vals[j]
-                if v is not OMIT:
-                    d[name] = v
-            out.append(d)
+        named_values = []
+        for counter, values in counter_values:
+            assert values is not None  # only per-interval counters need the interval pass
+            named_values.append((counter.name, values))
+        for j, (identifier, interval_begin, interval_end) in enumerate(rows):
+            interval = {
+                "id": identifier,
+                "begin": interval_begin,
+                "end": interval_end,
+                "duration": interval_end - interval_begin,
+            }
+            for name, values in named_values:
+                value = values[j]
+                if value is not OMIT:
+                    interval[name] = value
+            intervals.append(interval)
         if active[-1]:
-            out.active_id = out[-1]["id"]
-        return out
-    return _interval_pass(calc, rows, cols, active, previous, out)
+            intervals.active_id = intervals[-1]["id"]
+        return intervals
+    return _interval_pass(calc, rows, counter_values, active, previous, intervals)
 
 
-def _interval_pass(calc, rows, cols, active, previous, out: IntervalList) -> IntervalList:
+def _interval_pass(calc, rows, counter_values, active, previous, intervals: IntervalList) -> IntervalList:
     """Counters that look at the interval itself or at the one before it, in order."""
-    prev = dict(previous) if previous is not None else None
+    counters = [(counter, COUNTER_TYPES[counter.type], values) for counter, values in counter_values]
+    previous_interval = dict(previous) if previous is not None else None
     last_kept_active = False
-    for j, (iid, b, e) in enumerate(rows):
-        d = {"id": iid, "begin": b, "end": e, "duration": e - b}
-        for spec, vals in cols:
-            if vals is not None:
-                v = vals[j]
-                if v is not OMIT:
-                    d[spec.name] = v
-                continue
-            if spec.type == "interval":
-                v = spec.expression.evaluate_raw(d, prev)
-                if v is not None and v is not V.ERROR:
-                    d[spec.name] = v
-                continue
-            # accumulator
-            raw_own = d.get(spec.parameter)
-            own = V.as_number(raw_own) if raw_own is not None else V.ERROR
-            carry = None
-            if (
-                prev is not None
-                and V.is_number(prev.get(spec.name))
-                and (spec.method is None or _same_period(calc, prev["begin"], b, spec.method))
-            ):
-                carry = float(prev[spec.name])
-            if isinstance(own, float):  # as_number gives a float or ERROR
-                d[spec.name] = (carry or 0.0) + own
-            elif carry is not None:
-                d[spec.name] = carry
-        if calc.validate_interval is not None and not calc.validate_interval.matches(d, prev):
+    for j, (identifier, interval_begin, interval_end) in enumerate(rows):
+        interval = {
+            "id": identifier,
+            "begin": interval_begin,
+            "end": interval_end,
+            "duration": interval_end - interval_begin,
+        }
+        for counter, counter_type, values in counters:
+            if values is not None:
+                value = values[j]
+            else:
+                value = counter_type.interval_value(counter, interval, previous_interval, calc)
+            if value is not OMIT:
+                interval[counter.name] = value
+        if calc.validate_interval is not None and not calc.validate_interval.matches(
+            interval, previous_interval
+        ):
             last_kept_active = False
             continue
-        out.append(d)
-        prev = d
+        intervals.append(interval)
+        previous_interval = interval
         last_kept_active = bool(active[j])
-    if out and last_kept_active:
-        out.active_id = out[-1]["id"]
-    return out
-
-
-def _same_period(calc: Calculator, t1: float, t2: float, split: str) -> bool:
-    keys = period_keys(np.array([float(t1), float(t2)]), calc.tz, split)
-    return keys[0] == keys[1]
+    if intervals and last_kept_active:
+        intervals.active_id = intervals[-1]["id"]
+    return intervals
 
 
 def calculate(messages, calculator, *, now: float | None = None) -> IntervalList:
@@ -185,12 +174,12 @@ def active_deadline(calculator, *, newest: float) -> float | None:
     return min(deadlines) if deadlines else None
 
 
-def _next_period(calc: Calculator, t: float, split: str) -> float:
-    key = period_keys(np.array([t]), calc.tz, split)[0]
-    grid = t + np.arange(1, 24 * 367 + 2, dtype=np.float64) * 3600.0
+def _next_period(calc: Calculator, moment: float, split: str) -> float:
+    key = period_keys(np.array([moment]), calc.tz, split)[0]
+    grid = moment + np.arange(1, 24 * 367 + 2, dtype=np.float64) * 3600.0
     later = np.flatnonzero(period_keys(grid, calc.tz, split) != key)
     hi = float(grid[later[0]])
-    lo = hi - 3600.0 if later[0] else t
+    lo = hi - 3600.0 if later[0] else moment
     while hi - lo > 1e-6:
         mid = (lo + hi) / 2
         if period_keys(np.array([mid]), calc.tz, split)[0] != key:

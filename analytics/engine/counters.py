@@ -1,275 +1,748 @@
-"""Counters (DESIGN 7.5) reduced over all intervals at once.
+"""Counters (DESIGN 7.5): one class per counter type, holding its check (the validation of its
+configuration) and its computation, and ``COUNTER_TYPES``, the registry keyed by type name.
 
-The messages of every interval are gathered into one frame (``G`` = the concatenated index ranges,
-``seg`` = where each interval starts in it); each row's previous row is the previous message of
-the same interval, so ``#name`` and ``mileage()`` in a counter never reach outside its interval.
-Reductions use ``np.*.reduceat`` over the segments, which sums each interval's values in the same
-order whatever else is in the frame, so a window and a full calculation agree to the last bit.
+Counters over messages are reduced over all intervals at once. The messages of every interval
+are gathered into one frame (``IntervalRows``: ``gathered`` = the concatenated index ranges,
+``starts`` = where each interval starts in it); each row's previous row is the previous message
+of the same interval, so ``#name`` and ``mileage()`` in a counter never reach outside its
+interval. Reductions use ``np.*.reduceat`` over the intervals, which sums each interval's values
+in the same order whatever else is in the frame, so a window and a full calculation agree to the
+last bit.
 
-Counters of type ``interval`` and ``accumulator`` are per interval and computed later, in order
-(``calculate._interval_pass``).
+Counters of type ``interval`` and ``accumulator`` (``per_interval``) read the interval's own
+fields and the interval before it; ``calculate._interval_pass`` computes them in order.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from . import values as V
-from .calculator import Calculator, CounterSpec
+from . import values as semantics
+from .checks import Checker, Scope
+from .columns import MISSING, Column, ColumnKind
+from .expressions import LAT, LON, CompiledExpression
 from .geo import encode_polyline_segments
-from .messages import _MISSING, Column, Messages
-from .timeutil import strftime
+from .messages import Messages
+from .timeutil import period_keys, strftime
 from .vectors import Frame, Vec, vec_from_column
+
+if TYPE_CHECKING:
+    from .calculator import Calculator
 
 OMIT = object()  # the counter has no value for this interval: its key is left out
 
+METHOD_ALIASES = {"min": "minimum", "max": "maximum", "avg": "average", "sum": "summary"}
+REDUCE_METHODS = ("first", "last", "minimum", "maximum", "average", "summary", "difference", "duration")
+RESETS = ("day", "week", "month")
+POSITION = frozenset({LAT, LON})
+# The fields every counter has; each type lists its own after them.
+_COMMON = ("name", "type", "validate_message")
+
+
+@dataclass
+class CounterSpec:
+    """One counter of a compiled calculator. What ``method``, ``parameter``, ``fields`` and
+    ``value`` hold depends on the type (see each type's ``check``)."""
+
+    name: str
+    type: str
+    config: dict
+    validate: CompiledExpression | None = None
+    expression: CompiledExpression | None = None
+    method: str | None = None
+    parameter: str | None = None
+    fields: list = field(default_factory=list)
+    value: Any = None
+
+
+# ---- the gathered rows of every interval ------------------------------------------------------
+
 
 class Gathered:
-    """The rows of ``messages`` at ``idx``, column by column on demand."""
+    """The rows of ``messages`` at ``index``, column by column on demand."""
 
-    def __init__(self, messages: Messages, idx: np.ndarray | None):
-        self._m = messages
-        self._idx = idx
-        self._cols: dict[str, Column | None] = {}
-        self.timestamps = messages.timestamps if idx is None else messages.timestamps[idx]
+    def __init__(self, messages: Messages, index: np.ndarray | None):
+        self._messages = messages
+        self._index = index
+        self._columns: dict[str, Column | None] = {}
+        self.timestamps = messages.timestamps if index is None else messages.timestamps[index]
 
     def __len__(self) -> int:
         return len(self.timestamps)
 
     def column(self, name: str) -> Column | None:
         if name == "timestamp":
-            return Column("num", self.timestamps)
-        if name not in self._cols:
-            col = self._m.column(name)
-            self._cols[name] = col if (col is None or self._idx is None) else col.take(self._idx)
-        return self._cols[name]
+            return Column(ColumnKind.NUM, self.timestamps)
+        if name not in self._columns:
+            column = self._messages.column(name)
+            self._columns[name] = (
+                column if (column is None or self._index is None) else column.take(self._index)
+            )
+        return self._columns[name]
 
 
-def _py(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
+class IntervalRows:
+    """The messages of every interval gathered into one frame, and what the counters read of
+    them: ``starts``/``stops`` (where each interval's rows begin and end in the frame),
+    ``first``/``last`` (each interval's first and last message in ``messages``), ``active``."""
+
+    def __init__(
+        self,
+        calc: Calculator,
+        messages: Messages,
+        first: np.ndarray,
+        last: np.ndarray,
+        active: np.ndarray,
+        geofence_index: np.ndarray | None,
+    ):
+        lengths = last - first + 1
+        self.calc = calc
+        self.count = len(first)
+        self.rows = int(lengths.sum())
+        self.starts = np.cumsum(lengths) - lengths
+        self.stops = np.append(self.starts[1:], self.rows)
+        self.first = first
+        self.last = last
+        self.active = active
+        self.timestamps = messages.timestamps
+        count = self.count
+        contiguous = (
+            count > 0
+            and first[0] == 0
+            and last[-1] == len(messages) - 1
+            and (count == 1 or (first[1:] == last[:-1] + 1).all())
+        )
+        # Row r of the frame is message gathered[r]; None when the frame is the messages.
+        self.gathered = None if contiguous else np.repeat(first - self.starts, lengths) + np.arange(self.rows)
+        prev_valid = np.ones(self.rows, bool)
+        prev_valid[self.starts] = False
+        self.frame = Frame(Gathered(messages, self.gathered), prev_valid)
+        self.geofence_index = geofence_index
+        self.positions = np.arange(self.rows)
+
+    def first_position(self, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per interval, its first row where ``valid``, and whether it has one."""
+        found = np.minimum.reduceat(np.where(valid, self.positions, self.rows), self.starts)
+        return found, found < self.stops
+
+    def last_position(self, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per interval, its last row where ``valid``, and whether it has one."""
+        found = np.maximum.reduceat(np.where(valid, self.positions, -1), self.starts)
+        return found, found >= self.starts
+
+    def numeric(self, method: str, numbers: np.ndarray, valid: np.ndarray) -> list:
+        starts = self.starts
+        counts = np.add.reduceat(valid.astype(np.int64), starts)
+        if method == "summary":
+            return np.add.reduceat(np.where(valid, numbers, 0.0), starts).tolist()
+        if method == "average":
+            sums = np.add.reduceat(np.where(valid, numbers, 0.0), starts)
+            result = sums / np.maximum(counts, 1)
+        elif method == "minimum":
+            result = np.minimum.reduceat(np.where(valid, numbers, np.inf), starts)
+        elif method == "maximum":
+            result = np.maximum.reduceat(np.where(valid, numbers, -np.inf), starts)
+        elif method == "difference":
+            first, _ = self.first_position(valid)
+            last, _ = self.last_position(valid)
+            result = numbers[np.minimum(last, self.rows - 1)] - numbers[np.minimum(first, self.rows - 1)]
+        else:
+            raise AssertionError(method)
+        has_values = counts > 0
+        return [
+            value if has else OMIT for value, has in zip(result.tolist(), has_values.tolist(), strict=True)
+        ]
+
+    def duration(self, truthy: np.ndarray) -> list:
+        timestamps = self.frame.timestamps
+        steps = np.zeros(self.rows)
+        if self.rows > 1:
+            steps[:-1] = timestamps[1:] - timestamps[:-1]
+        steps[self.stops - 1] = 0.0
+        return np.add.reduceat(np.where(truthy, steps, 0.0), self.starts).tolist()
+
+    def reduce(self, method: str, vec: Vec, valid: np.ndarray, raw: Column | None = None) -> list:
+        """One counter's values per interval; ``raw`` (a parameter's column) gives
+        first/last/distinct their original JSON values."""
+        rows = self.rows
+        if method in ("first", "last"):
+            found, has = self.first_position(valid) if method == "first" else self.last_position(valid)
+            values = []
+            for i, has_value in zip(found.tolist(), has.tolist(), strict=True):
+                if not has_value:
+                    values.append(OMIT)
+                elif raw is not None:
+                    values.append(raw.value(i))
+                else:
+                    values.append(_vec_value(vec, i))
+            return values
+        if method == "duration":
+            return self.duration(valid & vec.truth())
+        if method == "distinct":
+            return self._distinct(raw.to_objects() if raw is not None else vec.to_objects(rows), valid)
+        numbers, numeric = _numeric_of(vec, rows)
+        return self.numeric(method, numbers, valid & numeric)
+
+    def _distinct(self, objects: list, valid: np.ndarray) -> list:
+        values = []
+        valid_rows = valid.tolist()
+        for start, stop in zip(self.starts.tolist(), self.stops.tolist(), strict=True):
+            seen: dict = {}
+            for i in range(start, stop):
+                if not valid_rows[i]:
+                    continue
+                value = objects[i]
+                try:
+                    key = json.dumps(value, sort_keys=True)
+                except (TypeError, ValueError):
+                    key = repr(value)
+                if isinstance(value, bool):
+                    key = "b:" + key
+                seen.setdefault(key, value)
+            values.append(list(seen.values()))
+        return values
 
 
 def _vec_value(vec: Vec, i: int):
-    if vec.kind == "num":
+    if vec.kind == ColumnKind.NUM:
         return float(vec.values[i])
-    if vec.kind == "bool":
+    if vec.kind == ColumnKind.BOOL:
         return bool(vec.values[i])
     return vec.values[i]
 
 
-class Reducer:
-    def __init__(self, frame: Frame, seg: np.ndarray, count: int):
-        self.frame = frame
-        self.seg = seg
-        self.m = frame.n
-        self.seg_end = np.append(seg[1:], self.m)
-        self.count = count
-        self.pos = np.arange(self.m)
-
-    def first_pos(self, valid):
-        fp = np.minimum.reduceat(np.where(valid, self.pos, self.m), self.seg)
-        return fp, fp < self.seg_end
-
-    def last_pos(self, valid):
-        lp = np.maximum.reduceat(np.where(valid, self.pos, -1), self.seg)
-        return lp, lp >= self.seg
-
-    def numeric(self, method: str, x: np.ndarray, valid: np.ndarray) -> list:
-        seg = self.seg
-        cnt = np.add.reduceat(valid.astype(np.int64), seg)
-        has = cnt > 0
-        if method == "summary":
-            r = np.add.reduceat(np.where(valid, x, 0.0), seg)
-            return r.tolist()
-        if method == "average":
-            s = np.add.reduceat(np.where(valid, x, 0.0), seg)
-            r = s / np.maximum(cnt, 1)
-        elif method == "minimum":
-            r = np.minimum.reduceat(np.where(valid, x, np.inf), seg)
-        elif method == "maximum":
-            r = np.maximum.reduceat(np.where(valid, x, -np.inf), seg)
-        elif method == "difference":
-            fp, _ = self.first_pos(valid)
-            lp, _ = self.last_pos(valid)
-            r = x[np.minimum(lp, self.m - 1)] - x[np.minimum(fp, self.m - 1)]
-        else:
-            raise AssertionError(method)
-        return [v if h else OMIT for v, h in zip(r.tolist(), has.tolist(), strict=True)]
-
-    def duration(self, truthy: np.ndarray) -> list:
-        ts = self.frame.timestamps
-        d = np.zeros(self.m)
-        if self.m > 1:
-            d[:-1] = ts[1:] - ts[:-1]
-        d[self.seg_end - 1] = 0.0
-        return np.add.reduceat(np.where(truthy, d, 0.0), self.seg).tolist()
-
-
-def _numeric_of(vec: Vec, n: int):
+def _numeric_of(vec: Vec, rows: int):
     """Float values and where they are numbers or booleans."""
-    if vec.kind == "obj":
-        objs = vec.values.tolist()
-        ok = np.fromiter((V.as_number(o) is not V.ERROR for o in objs), bool, n)
-        x = np.fromiter(
-            (V.as_number(o) if ok_ else 0.0 for o, ok_ in zip(objs, ok.tolist(), strict=True)), np.float64, n
+    if vec.kind == ColumnKind.OBJ:
+        objects = vec.values.tolist()
+        numeric = np.fromiter(
+            (semantics.as_number(value) is not semantics.ERROR for value in objects), bool, rows
         )
-        return x, ok
-    return vec.floats(), np.ones(n, bool)
+        numbers = np.fromiter(
+            (
+                semantics.as_number(value) if is_numeric else 0.0
+                for value, is_numeric in zip(objects, numeric.tolist(), strict=True)
+            ),
+            np.float64,
+            rows,
+        )
+        return numbers, numeric
+    return vec.floats(), np.ones(rows, bool)
 
 
-def reduce_values(red: Reducer, method: str, vec: Vec, valid: np.ndarray, raw: Column | None = None) -> list:
-    """One counter's values per interval; ``raw`` (a parameter's column) gives first/last/distinct
-    their original JSON values."""
-    n = red.m
-    if method in ("first", "last"):
-        p, has = red.first_pos(valid) if method == "first" else red.last_pos(valid)
-        out = []
-        for i, h in zip(p.tolist(), has.tolist(), strict=True):
-            if not h:
-                out.append(OMIT)
-            elif raw is not None:
-                out.append(raw.value(i))
-            else:
-                out.append(_vec_value(vec, i))
-        return out
-    if method == "duration":
-        return red.duration(valid & vec.truth())
-    if method == "distinct":
-        objs = raw.to_objects() if raw is not None else vec.to_objects(n)
-        out = []
-        valid_l = valid.tolist()
-        for s, e in zip(red.seg.tolist(), red.seg_end.tolist(), strict=True):
-            seen: dict = {}
-            for i in range(s, e):
-                if not valid_l[i]:
+def _present(vec: Vec, rows: int) -> np.ndarray:
+    present = np.ones(rows, bool)
+    if vec.null is not None:
+        present &= ~vec.null
+    if vec.err is not None:
+        present &= ~vec.err
+    return present
+
+
+# ---- the counter types ------------------------------------------------------------------------
+
+
+class CounterType:
+    """A counter type: how its configuration is checked and how its values are computed.
+
+    A type over messages (``per_interval`` false) implements ``compute``: its values for every
+    interval at once. A ``per_interval`` type implements ``interval_value``: its value for one
+    interval from the interval's fields and the interval before it.
+    """
+
+    name: ClassVar[str]
+    per_interval: ClassVar[bool] = False
+    # Whether ``compute`` reads ``IntervalRows.geofence_index`` (which geofence holds each message).
+    reads_geofences: ClassVar[bool] = False
+
+    def check(
+        self,
+        counter: CounterSpec,
+        *,
+        checker: Checker,
+        path: str,
+        normalized: dict,
+        scope: Scope,
+        earlier: list[CounterSpec],
+    ) -> None:
+        """Check the type's own fields of ``counter.config`` (the common ones are checked), fill
+        ``counter`` and the normalized configuration ``normalized``."""
+        raise NotImplementedError
+
+    def parameters(self, counter: CounterSpec) -> Iterable[frozenset[str] | None]:
+        """The message parameters the counter reads besides its ``validate_message`` (``None``:
+        every parameter)."""
+        return ()
+
+    def crosses_intervals(self, counter: CounterSpec) -> bool:
+        """Whether the counter's value depends on the interval before."""
+        return False
+
+    def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
+        """The counter's value (or ``OMIT``) for every interval; ``valid``: the rows that pass
+        the counter's ``validate_message``."""
+        raise NotImplementedError
+
+    def interval_value(
+        self, counter: CounterSpec, interval: dict, previous: Mapping | None, calc: Calculator
+    ) -> Any:
+        """The counter's value (or ``OMIT``) for ``interval``, which holds the fields of the
+        counters before this one."""
+        raise NotImplementedError
+
+
+class _ReducedCounter(CounterType):
+    """A value per message, reduced over each interval by ``method``."""
+
+    methods: ClassVar[tuple[str, ...]] = REDUCE_METHODS
+
+    def check(
+        self,
+        counter: CounterSpec,
+        *,
+        checker: Checker,
+        path: str,
+        normalized: dict,
+        scope: Scope,
+        earlier: list[CounterSpec],
+    ) -> None:
+        raw_method = counter.config.get("method")
+        if isinstance(raw_method, str):
+            raw_method = METHOD_ALIASES.get(raw_method, raw_method)
+        counter.method = checker.string(
+            {"method": raw_method}, "method", path, required=True, choices=self.methods
+        )
+        normalized["method"] = counter.method
+        self.check_source(counter, checker=checker, path=path, normalized=normalized, scope=scope)
+
+    def check_source(
+        self, counter: CounterSpec, *, checker: Checker, path: str, normalized: dict, scope: Scope
+    ) -> None:
+        """Check where the values come from."""
+        raise NotImplementedError
+
+
+class ExpressionCounter(_ReducedCounter):
+    name = "expression"
+
+    def check_source(
+        self, counter: CounterSpec, *, checker: Checker, path: str, normalized: dict, scope: Scope
+    ) -> None:
+        config = counter.config
+        checker.unknown(config, (*_COMMON, "expression", "method"), path)
+        counter.expression = checker.expression(config, "expression", path, scope=scope, required=True)
+        normalized["expression"] = config.get("expression")
+
+    def parameters(self, counter: CounterSpec) -> Iterable[frozenset[str] | None]:
+        assert counter.expression is not None  # required by check
+        return (counter.expression.parameters,)
+
+    def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
+        # check requires the expression and the method
+        assert counter.expression is not None and counter.method is not None
+        vec = counter.expression.evaluate_frame(rows.frame)
+        return rows.reduce(counter.method, vec, valid & _present(vec, rows.rows))
+
+
+class ParameterCounter(_ReducedCounter):
+    name = "parameter"
+    methods = (*REDUCE_METHODS, "distinct")
+
+    def check_source(
+        self, counter: CounterSpec, *, checker: Checker, path: str, normalized: dict, scope: Scope
+    ) -> None:
+        checker.unknown(counter.config, (*_COMMON, "parameter", "method"), path)
+        counter.parameter = checker.string(counter.config, "parameter", path, default=counter.name)
+        normalized["parameter"] = counter.parameter
+
+    def parameters(self, counter: CounterSpec) -> Iterable[frozenset[str] | None]:
+        assert counter.parameter is not None  # defaults to the counter's name
+        return (frozenset({counter.parameter}),)
+
+    def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
+        # check requires the method and defaults the parameter to the name
+        assert counter.parameter is not None and counter.method is not None
+        column = rows.frame.column(counter.parameter)
+        vec = vec_from_column(column, rows.rows, "null")
+        return rows.reduce(counter.method, vec, valid & _present(vec, rows.rows), raw=column)
+
+
+class IntervalCounter(CounterType):
+    """An expression over the interval's fields (and ``previous()``: the interval before)."""
+
+    name = "interval"
+    per_interval = True
+
+    def check(
+        self,
+        counter: CounterSpec,
+        *,
+        checker: Checker,
+        path: str,
+        normalized: dict,
+        scope: Scope,
+        earlier: list[CounterSpec],
+    ) -> None:
+        config = counter.config
+        checker.unknown(config, (*_COMMON, "expression"), path)
+        counter.expression = checker.expression(config, "expression", path, scope=scope, required=True)
+        normalized["expression"] = config.get("expression")
+
+    def crosses_intervals(self, counter: CounterSpec) -> bool:
+        assert counter.expression is not None  # required by check
+        return counter.expression.uses_prev
+
+    def interval_value(
+        self, counter: CounterSpec, interval: dict, previous: Mapping | None, calc: Calculator
+    ) -> Any:
+        assert counter.expression is not None  # required by check
+        value = counter.expression.evaluate_raw(interval, previous)
+        return OMIT if value is None or value is semantics.ERROR else value
+
+
+class RouteCounter(CounterType):
+    """The interval's positions as an encoded polyline."""
+
+    name = "route"
+
+    def check(
+        self,
+        counter: CounterSpec,
+        *,
+        checker: Checker,
+        path: str,
+        normalized: dict,
+        scope: Scope,
+        earlier: list[CounterSpec],
+    ) -> None:
+        checker.unknown(counter.config, _COMMON, path)
+
+    def parameters(self, counter: CounterSpec) -> Iterable[frozenset[str] | None]:
+        return (POSITION,)
+
+    def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
+        lat, lon, positioned = rows.frame.position()
+        points = np.flatnonzero(positioned & valid)
+        point_starts = np.searchsorted(points, rows.starts)
+        return encode_polyline_segments(lat[points], lon[points], point_starts)
+
+
+class DatasetCounter(CounterType):
+    """A row of named expression values per message."""
+
+    name = "dataset"
+
+    def check(
+        self,
+        counter: CounterSpec,
+        *,
+        checker: Checker,
+        path: str,
+        normalized: dict,
+        scope: Scope,
+        earlier: list[CounterSpec],
+    ) -> None:
+        config = counter.config
+        checker.unknown(config, (*_COMMON, "fields"), path)
+        fields = config.get("fields")
+        if not isinstance(fields, list) or not fields:
+            checker.add(f"{path}.fields", "missing field" if fields is None else "must be a non-empty list")
+        else:
+            for i, field_config in enumerate(fields):
+                field_path = f"{path}.fields[{i}]"
+                if not isinstance(field_config, dict):
+                    checker.add(field_path, "must be an object with name and value")
                     continue
-                o = objs[i]
-                try:
-                    key = json.dumps(o, sort_keys=True)
-                except (TypeError, ValueError):
-                    key = repr(o)
-                if isinstance(o, bool):
-                    key = "b:" + key
-                seen.setdefault(key, o)
-            out.append(list(seen.values()))
-        return out
-    x, ok = _numeric_of(vec, n)
-    return red.numeric(method, x, valid & ok)
+                checker.unknown(field_config, ("name", "value"), field_path)
+                field_name = checker.string(field_config, "name", field_path, required=True)
+                expression = checker.expression(field_config, "value", field_path, scope=scope, required=True)
+                if field_name is not None and expression is not None:
+                    counter.fields.append((field_name, expression))
+        normalized["fields"] = fields
+
+    def parameters(self, counter: CounterSpec) -> Iterable[frozenset[str] | None]:
+        return [expression.parameters for _, expression in counter.fields]
+
+    def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
+        columns = [
+            (name, expression.evaluate_frame(rows.frame).to_objects(rows.rows))
+            for name, expression in counter.fields
+        ]
+        valid_rows = valid.tolist()
+        return [
+            [
+                {name: (None if values[i] is semantics.ERROR else values[i]) for name, values in columns}
+                for i in range(start, stop)
+                if valid_rows[i]
+            ]
+            for start, stop in zip(rows.starts.tolist(), rows.stops.tolist(), strict=True)
+        ]
+
+
+class DatetimeCounter(CounterType):
+    """The interval's begin or end, formatted in the calculator's time zone."""
+
+    name = "datetime"
+
+    def check(
+        self,
+        counter: CounterSpec,
+        *,
+        checker: Checker,
+        path: str,
+        normalized: dict,
+        scope: Scope,
+        earlier: list[CounterSpec],
+    ) -> None:
+        config = counter.config
+        checker.unknown(config, (*_COMMON, "interval", "format"), path)
+        counter.method = checker.string(config, "interval", path, default="begin", choices=("begin", "end"))
+        counter.value = checker.string(config, "format", path, default="%Y-%m-%d %H:%M:%S")
+        normalized.update({"interval": counter.method, "format": counter.value})
+
+    def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
+        moments = rows.timestamps[rows.first] if counter.method == "begin" else rows.timestamps[rows.last]
+        return [strftime(moment, rows.calc.tz, counter.value) for moment in moments.tolist()]
+
+
+class MessageCounter(CounterType):
+    """Named parameters of the interval's first or last message."""
+
+    name = "message"
+
+    def check(
+        self,
+        counter: CounterSpec,
+        *,
+        checker: Checker,
+        path: str,
+        normalized: dict,
+        scope: Scope,
+        earlier: list[CounterSpec],
+    ) -> None:
+        config = counter.config
+        checker.unknown(config, (*_COMMON, "fields", "method"), path)
+        fields = config.get("fields")
+        if (
+            not isinstance(fields, list)
+            or not fields
+            or not all(isinstance(name, str) and name for name in fields)
+        ):
+            checker.add(
+                f"{path}.fields", "missing field" if fields is None else "must be a non-empty list of names"
+            )
+        else:
+            counter.fields = list(fields)
+        counter.method = checker.string(config, "method", path, default="first", choices=("first", "last"))
+        normalized.update({"fields": fields, "method": counter.method})
+
+    def parameters(self, counter: CounterSpec) -> Iterable[frozenset[str] | None]:
+        return (frozenset(counter.fields),)
+
+    def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
+        found, has = rows.first_position(valid) if counter.method == "first" else rows.last_position(valid)
+        columns = [(name, rows.frame.column(name)) for name in counter.fields]
+        values: list = []
+        for i, has_message in zip(found.tolist(), has.tolist(), strict=True):
+            if not has_message:
+                values.append(OMIT)
+                continue
+            message = {}
+            for name, column in columns:
+                if column is not None:
+                    value = column.value(i)
+                    if value is not MISSING:
+                        message[name] = value
+            values.append(message)
+        return values
+
+
+class SpecifiedCounter(CounterType):
+    """A constant."""
+
+    name = "specified"
+
+    def check(
+        self,
+        counter: CounterSpec,
+        *,
+        checker: Checker,
+        path: str,
+        normalized: dict,
+        scope: Scope,
+        earlier: list[CounterSpec],
+    ) -> None:
+        config = counter.config
+        checker.unknown(config, (*_COMMON, "value"), path)
+        if "value" not in config:
+            checker.add(f"{path}.value", "missing field")
+        counter.value = config.get("value")
+        normalized["value"] = counter.value
+
+    def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
+        return [counter.value] * rows.count
+
+
+class ActiveCounter(CounterType):
+    """Whether the interval is the active one."""
+
+    name = "active"
+
+    def check(
+        self,
+        counter: CounterSpec,
+        *,
+        checker: Checker,
+        path: str,
+        normalized: dict,
+        scope: Scope,
+        earlier: list[CounterSpec],
+    ) -> None:
+        checker.unknown(counter.config, _COMMON, path)
+
+    def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
+        return rows.active.tolist()
+
+
+class GeofenceCounter(CounterType):
+    """The name of the first geofence (of the calculator's selectors) that the interval enters."""
+
+    name = "geofence"
+    reads_geofences = True
+
+    def check(
+        self,
+        counter: CounterSpec,
+        *,
+        checker: Checker,
+        path: str,
+        normalized: dict,
+        scope: Scope,
+        earlier: list[CounterSpec],
+    ) -> None:
+        checker.unknown(counter.config, _COMMON, path)
+        if not scope.geofences:
+            checker.add(path, "a geofence counter needs a geofence selector")
+
+    def parameters(self, counter: CounterSpec) -> Iterable[frozenset[str] | None]:
+        return (POSITION,)
+
+    def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
+        if rows.geofence_index is None:
+            return [OMIT] * rows.count
+        names = [geofence.name for geofence in rows.calc.geofences]
+        index = rows.geofence_index if rows.gathered is None else rows.geofence_index[rows.gathered]
+        found, has = rows.first_position(index >= 0)
+        return [
+            names[index[i]] if has_one else OMIT
+            for i, has_one in zip(found.tolist(), has.tolist(), strict=True)
+        ]
+
+
+class AccumulatorCounter(CounterType):
+    """An earlier counter summed over the intervals, reset at the start of each ``reset_interval``."""
+
+    name = "accumulator"
+    per_interval = True
+
+    def check(
+        self,
+        counter: CounterSpec,
+        *,
+        checker: Checker,
+        path: str,
+        normalized: dict,
+        scope: Scope,
+        earlier: list[CounterSpec],
+    ) -> None:
+        config = counter.config
+        checker.unknown(config, (*_COMMON, "counter", "reset_interval"), path)
+        target = checker.string(config, "counter", path, required=True)
+        if target is not None and target not in {other.name for other in earlier}:
+            checker.add(f"{path}.counter", f"must name a counter listed before this one, not '{target}'")
+        counter.parameter = target
+        counter.method = checker.string(config, "reset_interval", path, choices=RESETS)
+        normalized.update({"counter": target, "reset_interval": counter.method})
+
+    def crosses_intervals(self, counter: CounterSpec) -> bool:
+        return True
+
+    def interval_value(
+        self, counter: CounterSpec, interval: dict, previous: Mapping | None, calc: Calculator
+    ) -> Any:
+        raw_own = interval.get(counter.parameter)
+        own = semantics.as_number(raw_own) if raw_own is not None else semantics.ERROR
+        carry = None
+        if (
+            previous is not None
+            and semantics.is_number(previous.get(counter.name))
+            and (
+                counter.method is None
+                or _same_period(calc, previous["begin"], interval["begin"], counter.method)
+            )
+        ):
+            carry = float(previous[counter.name])
+        if isinstance(own, float):  # as_number gives a float or ERROR
+            return (carry or 0.0) + own
+        return OMIT if carry is None else carry
+
+
+def _same_period(calc: Calculator, first: float, second: float, split: str) -> bool:
+    keys = period_keys(np.array([float(first), float(second)]), calc.tz, split)
+    return keys[0] == keys[1]
+
+
+# In the order the validation's "must be one of" lists them.
+COUNTER_TYPES: dict[str, CounterType] = {
+    counter_type.name: counter_type()
+    for counter_type in (
+        ExpressionCounter,
+        ParameterCounter,
+        IntervalCounter,
+        RouteCounter,
+        DatasetCounter,
+        DatetimeCounter,
+        MessageCounter,
+        SpecifiedCounter,
+        ActiveCounter,
+        GeofenceCounter,
+        AccumulatorCounter,
+    )
+}
 
 
 def message_counters(
     calc: Calculator,
     messages: Messages,
-    S: np.ndarray,
-    E: np.ndarray,
+    first: np.ndarray,
+    last: np.ndarray,
     active: np.ndarray,
-    geofence_idx: np.ndarray | None,
+    geofence_index: np.ndarray | None,
 ) -> list[tuple[CounterSpec, list | None]]:
     """Values of every counter that depends only on the interval's own messages, in counter order
-    (``None`` for interval/accumulator counters, filled later)."""
-    k = len(S)
-    out: list[tuple[CounterSpec, list | None]] = []
+    (``None`` for ``per_interval`` counters, filled later); the intervals run from message
+    ``first[i]`` to ``last[i]``."""
+    values: list[tuple[CounterSpec, list | None]] = []
     if not calc.counters:
-        return out
-    L = E - S + 1
-    total = int(L.sum())
-    seg = np.cumsum(L) - L
-    n = len(messages)
-    contiguous = k > 0 and S[0] == 0 and E[-1] == n - 1 and (k == 1 or (S[1:] == E[:-1] + 1).all())
-    G = None if contiguous else np.repeat(S - seg, L) + np.arange(total)
-    prev_valid = np.ones(total, bool)
-    prev_valid[seg] = False
-    frame = Frame(Gathered(messages, G), prev_valid)
-    red = Reducer(frame, seg, k)
-    ts = messages.timestamps
-    for spec in calc.counters:
-        t = spec.type
-        if k == 0:
-            out.append((spec, []))
+        return values
+    rows = IntervalRows(calc, messages, first, last, active, geofence_index)
+    for counter in calc.counters:
+        counter_type = COUNTER_TYPES[counter.type]
+        if rows.count == 0:
+            values.append((counter, []))
             continue
-        if t in ("interval", "accumulator"):
-            out.append((spec, None))
+        if counter_type.per_interval:
+            values.append((counter, None))
             continue
-        vm = np.ones(total, bool) if spec.validate is None else spec.validate.evaluate_frame(frame).truth()
-        if t == "expression":
-            # compile_calculator requires the expression and the method of this counter type
-            assert spec.expression is not None and spec.method is not None
-            vec = spec.expression.evaluate_frame(frame)
-            valid = vm & _present(vec, total)
-            out.append((spec, reduce_values(red, spec.method, vec, valid)))
-        elif t == "parameter":
-            # compile_calculator requires the method and defaults the parameter to the name
-            assert spec.parameter is not None and spec.method is not None
-            col = frame.column(spec.parameter)
-            vec = vec_from_column(col, total, "null")
-            valid = vm & _present(vec, total)
-            out.append((spec, reduce_values(red, spec.method, vec, valid, raw=col)))
-        elif t == "route":
-            lat, lon, ok = frame.position()
-            ok = ok & vm
-            pts = np.flatnonzero(ok)
-            starts = np.searchsorted(pts, seg)
-            out.append((spec, encode_polyline_segments(lat[pts], lon[pts], starts)))
-        elif t == "dataset":
-            cols = [(name, expr.evaluate_frame(frame).to_objects(total)) for name, expr in spec.fields]
-            rows = []
-            vml = vm.tolist()
-            for s, e in zip(seg.tolist(), red.seg_end.tolist(), strict=True):
-                rows.append(
-                    [
-                        {name: (None if vals[i] is V.ERROR else vals[i]) for name, vals in cols}
-                        for i in range(s, e)
-                        if vml[i]
-                    ]
-                )
-            out.append((spec, rows))
-        elif t == "message":
-            p, has = red.first_pos(vm) if spec.method == "first" else red.last_pos(vm)
-            fcols = [(f, frame.column(f)) for f in spec.fields]
-            vals = []
-            for i, h in zip(p.tolist(), has.tolist(), strict=True):
-                if not h:
-                    vals.append(OMIT)
-                    continue
-                d = {}
-                for f, col in fcols:
-                    if col is not None:
-                        v = col.value(i)
-                        if v is not _MISSING:
-                            d[f] = v
-                vals.append(d)
-            out.append((spec, vals))
-        elif t == "datetime":
-            at = ts[S] if spec.method == "begin" else ts[E]
-            out.append((spec, [strftime(x, calc.tz, spec.value) for x in at.tolist()]))
-        elif t == "specified":
-            out.append((spec, [spec.value] * k))
-        elif t == "active":
-            out.append((spec, active.tolist()))
-        elif t == "geofence":
-            names = [g.name for g in calc.geofences]
-            if geofence_idx is None:
-                out.append((spec, [OMIT] * k))
-                continue
-            gi = geofence_idx if G is None else geofence_idx[G]
-            hit = gi >= 0
-            p, has = red.first_pos(hit)
-            out.append(
-                (spec, [names[gi[i]] if h else OMIT for i, h in zip(p.tolist(), has.tolist(), strict=True)])
-            )
-        else:
-            raise AssertionError(t)
-    return out
-
-
-def _present(vec: Vec, n: int) -> np.ndarray:
-    m = np.ones(n, bool)
-    if vec.null is not None:
-        m &= ~vec.null
-    if vec.err is not None:
-        m &= ~vec.err
-    return m
+        valid = (
+            np.ones(rows.rows, bool)
+            if counter.validate is None
+            else counter.validate.evaluate_frame(rows.frame).truth()
+        )
+        values.append((counter, counter_type.compute(counter, rows, valid)))
+    return values

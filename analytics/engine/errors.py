@@ -43,5 +43,5 @@ class CalculatorError(EngineError):
     """A calculator configuration with problems; ``problems`` lists every one of them."""
 
     def __init__(self, problems: list[Problem]):
-        super().__init__("; ".join(str(p) for p in problems))
+        super().__init__("; ".join(str(problem) for problem in problems))
         self.problems = problems

@@ -22,7 +22,8 @@ import numpy as np
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from . import values as V
+from . import values as semantics
+from .columns import ColumnKind
 from .errors import EvaluationError, ExpressionError
 from .functions import FUNCTIONS, Context, RowFn
 from .geo import Geofence
@@ -149,8 +150,8 @@ def walk(node: Node):
         yield from walk(node.left)
         yield from walk(node.right)
     elif isinstance(node, Call):
-        for a in node.args:
-            yield from walk(a)
+        for argument in node.args:
+            yield from walk(argument)
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "/": "/", "0": "\0"}
@@ -162,8 +163,8 @@ def _unquote(text: str) -> str:
     if "\\" not in body:
         return body
 
-    def repl(m):
-        code = m.group(1)
+    def repl(match):
+        code = match.group(1)
         if len(code) == 5:
             return chr(int(code[1:], 16))
         return _ESCAPES.get(code, code)
@@ -172,14 +173,14 @@ def _unquote(text: str) -> str:
 
 
 class _ToAst(Transformer):
-    def number(self, t):
-        return Const(float(t[0]))
+    def number(self, children):
+        return Const(float(children[0]))
 
-    def hexnumber(self, t):
-        return Const(float(int(t[0], 16)))
+    def hexnumber(self, children):
+        return Const(float(int(children[0], 16)))
 
-    def string(self, t):
-        return Const(_unquote(str(t[0])))
+    def string(self, children):
+        return Const(_unquote(str(children[0])))
 
     def true(self, _):
         return Const(True)
@@ -190,44 +191,44 @@ class _ToAst(Transformer):
     def null(self, _):
         return Const(None)
 
-    def name(self, t):
-        return Param(str(t[0]), "bare")
+    def name(self, children):
+        return Param(str(children[0]), "bare")
 
-    def optname(self, t):
-        return Param(str(t[0]), "opt")
+    def optname(self, children):
+        return Param(str(children[0]), "opt")
 
-    def prevname(self, t):
-        return Param(str(t[0]), "prev")
+    def prevname(self, children):
+        return Param(str(children[0]), "prev")
 
-    def neg(self, t):
-        x = t[0]
-        if isinstance(x, Const) and V.is_number(x.value):
-            return Const(-x.value)
-        return Unary("-", x)
+    def neg(self, children):
+        operand = children[0]
+        if isinstance(operand, Const) and semantics.is_number(operand.value):
+            return Const(-operand.value)
+        return Unary("-", operand)
 
-    def lnot(self, t):
-        return Unary("!", t[0])
+    def lnot(self, children):
+        return Unary("!", children[0])
 
-    def _binary(self, t):
-        return Binary(str(t[1]), t[0], t[2])
+    def _binary(self, children):
+        return Binary(str(children[1]), children[0], children[2])
 
     arith = compare = _binary
 
-    def bitand(self, t):
-        return Binary("&", t[0], t[1])
+    def bitand(self, children):
+        return Binary("&", children[0], children[1])
 
-    def bitor(self, t):
-        return Binary("|", t[0], t[1])
+    def bitor(self, children):
+        return Binary("|", children[0], children[1])
 
-    def land(self, t):
-        return Binary("&&", t[0], t[1])
+    def land(self, children):
+        return Binary("&&", children[0], children[1])
 
-    def lor(self, t):
-        return Binary("||", t[0], t[1])
+    def lor(self, children):
+        return Binary("||", children[0], children[1])
 
-    def call(self, t):
-        name_tok: Token = t[0]
-        args = [a for a in t[1:] if a is not None]
+    def call(self, children):
+        name_tok: Token = children[0]
+        args = [argument for argument in children[1:] if argument is not None]
         name = str(name_tok)
         pos = name_tok.start_pos + 1
         fn = FUNCTIONS.get(name)
@@ -265,29 +266,29 @@ def parse(text: str) -> Node:
         raise ExpressionError(f"expression is longer than {MAX_LENGTH} characters")
     try:
         tree = _get_parser().parse(text)
-    except UnexpectedCharacters as e:
-        at = e.pos_in_stream
+    except UnexpectedCharacters as error:
+        at = error.pos_in_stream
         assert at is not None  # the lexer always says where the character is
         pos = at + 1
         raise ExpressionError(f"unexpected character {text[at]!r} at {pos}", pos) from None
-    except UnexpectedToken as e:
-        if e.token.type == "$END":
+    except UnexpectedToken as error:
+        if error.token.type == "$END":
             pos = len(text) + 1
             raise ExpressionError(f"unexpected end of expression at {pos}", pos) from None
-        pos = (e.token.start_pos or 0) + 1
-        raise ExpressionError(f"unexpected {_describe(e.token)} at {pos}", pos) from None
+        pos = (error.token.start_pos or 0) + 1
+        raise ExpressionError(f"unexpected {_describe(error.token)} at {pos}", pos) from None
     except UnexpectedEOF:
         pos = len(text) + 1
         raise ExpressionError(f"unexpected end of expression at {pos}", pos) from None
-    except UnexpectedInput as e:  # pragma: no cover - other lark input errors
-        raise ExpressionError(f"cannot parse expression: {e}") from None
+    except UnexpectedInput as error:  # pragma: no cover - other lark input errors
+        raise ExpressionError(f"cannot parse expression: {error}") from None
     except RecursionError:
         raise ExpressionError("expression is nested too deeply") from None
     try:
         return _ToAst().transform(tree)
-    except VisitError as e:
-        if isinstance(e.orig_exc, ExpressionError):
-            raise e.orig_exc from None
+    except VisitError as error:
+        if isinstance(error.orig_exc, ExpressionError):
+            raise error.orig_exc from None
         raise
     except RecursionError:
         raise ExpressionError("expression is nested too deeply") from None
@@ -298,8 +299,8 @@ def parse(text: str) -> Node:
 _MISS = object()
 
 _ROW_BINARY = {
-    "&&": V.logical_and,
-    "||": V.logical_or,
+    "&&": semantics.logical_and,
+    "||": semantics.logical_or,
 }
 
 
@@ -307,37 +308,49 @@ def _row(node: Node, ctx: Context) -> RowFn:
     """The closure ``(message, previous, positioned) -> value`` of ``node``."""
     if isinstance(node, Const):
         value = node.value
-        return lambda c, p, q: value
+        return lambda message, previous, positioned: value
     if isinstance(node, Param):
         name = node.name
         if node.mode == "bare":
 
-            def bare(c, p, q):
-                v = c.get(name, _MISS)
-                if v is _MISS:
-                    return V.ERROR
-                return V.normalize(v)
+            def bare(message, previous, positioned):
+                found = message.get(name, _MISS)
+                if found is _MISS:
+                    return semantics.ERROR
+                return semantics.normalize(found)
 
             return bare
         if node.mode == "opt":
-            return lambda c, p, q: V.normalize(c.get(name))
-        return lambda c, p, q: None if p is None else V.normalize(p.get(name))
+            return lambda message, previous, positioned: semantics.normalize(message.get(name))
+        return lambda message, previous, positioned: (
+            None if previous is None else semantics.normalize(previous.get(name))
+        )
     if isinstance(node, Unary):
-        f = _row(node.operand, ctx)
+        operand_fn = _row(node.operand, ctx)
         if node.op == "-":
-            return lambda c, p, q: V.negate(f(c, p, q))
-        return lambda c, p, q: V.logical_not(f(c, p, q))
+            return lambda message, previous, positioned: semantics.negate(
+                operand_fn(message, previous, positioned)
+            )
+        return lambda message, previous, positioned: semantics.logical_not(
+            operand_fn(message, previous, positioned)
+        )
     if isinstance(node, Binary):
         op = node.op
-        fa = _row(node.left, ctx)
-        fb = _row(node.right, ctx)
+        left_fn = _row(node.left, ctx)
+        right_fn = _row(node.right, ctx)
         if op in LOGIC:
             logic = _ROW_BINARY[op]
-            return lambda c, p, q: logic(fa(c, p, q), fb(c, p, q))
+            return lambda message, previous, positioned: logic(
+                left_fn(message, previous, positioned), right_fn(message, previous, positioned)
+            )
         if op in COMPARISONS:
-            return lambda c, p, q: V.compare(op, fa(c, p, q), fb(c, p, q))
-        return lambda c, p, q: V.arith(op, fa(c, p, q), fb(c, p, q))
-    fs = [_row(a, ctx) for a in node.args]
+            return lambda message, previous, positioned: semantics.compare(
+                op, left_fn(message, previous, positioned), right_fn(message, previous, positioned)
+            )
+        return lambda message, previous, positioned: semantics.arith(
+            op, left_fn(message, previous, positioned), right_fn(message, previous, positioned)
+        )
+    fs = [_row(argument, ctx) for argument in node.args]
     return FUNCTIONS[node.name].build_row(fs, ctx, node.literal)
 
 
@@ -345,29 +358,29 @@ def _row(node: Node, ctx: Context) -> RowFn:
 
 
 def _column(node: Node, frame: Frame, ctx: Context) -> Vec:
-    n = frame.n
+    rows = frame.n
     if isinstance(node, Const):
         return Vec.const(node.value)
     if isinstance(node, Param):
         if node.mode == "prev":
-            return vec_from_column(frame.prev_column(node.name), n, "null")
-        return vec_from_column(frame.column(node.name), n, "err" if node.mode == "bare" else "null")
+            return vec_from_column(frame.prev_column(node.name), rows, "null")
+        return vec_from_column(frame.column(node.name), rows, "err" if node.mode == "bare" else "null")
     if isinstance(node, Unary):
-        x = _column(node.operand, frame, ctx)
-        return vec_neg(x, n) if node.op == "-" else vec_not(x, n)
+        operand = _column(node.operand, frame, ctx)
+        return vec_neg(operand, rows) if node.op == "-" else vec_not(operand, rows)
     if isinstance(node, Binary):
-        a = _column(node.left, frame, ctx)
-        b = _column(node.right, frame, ctx)
+        left = _column(node.left, frame, ctx)
+        right = _column(node.right, frame, ctx)
         if node.op == "&&":
-            return vec_and(a, b, n)
+            return vec_and(left, right, rows)
         if node.op == "||":
-            return vec_or(a, b, n)
+            return vec_or(left, right, rows)
         if node.op in COMPARISONS:
-            return vec_compare(node.op, a, b, n)
-        return vec_arith(node.op, a, b, n)
+            return vec_compare(node.op, left, right, rows)
+        return vec_arith(node.op, left, right, rows)
     fn = FUNCTIONS[node.name]
     assert fn.column is not None  # only rewritten functions have none, and they never reach here
-    return fn.column([_column(a, frame, ctx) for a in node.args], frame, ctx, node.literal)
+    return fn.column([_column(argument, frame, ctx) for argument in node.args], frame, ctx, node.literal)
 
 
 # ---- the compiled object -------------------------------------------------------------------------
@@ -394,24 +407,26 @@ class CompiledExpression:
         except Exception:
             raise ExpressionError(f"unknown timezone {timezone!r}") from None
         self.tree = parse(text)
-        self.geofences = [g if isinstance(g, Geofence) else Geofence(g) for g in geofences]
+        self.geofences = [
+            geofence if isinstance(geofence, Geofence) else Geofence(geofence) for geofence in geofences
+        ]
         self._ctx = Context(self.tz, self.geofences)
         nodes = list(walk(self.tree))
-        params = [nd for nd in nodes if isinstance(nd, Param)]
-        calls = [FUNCTIONS[nd.name] for nd in nodes if isinstance(nd, Call)]
-        self.names = sorted({nd.name for nd in params if nd.mode != "prev"})
-        self.prev_names = sorted({nd.name for nd in params if nd.mode == "prev"})
+        params = [node for node in nodes if isinstance(node, Param)]
+        calls = [FUNCTIONS[node.name] for node in nodes if isinstance(node, Call)]
+        self.names = sorted({node.name for node in params if node.mode != "prev"})
+        self.prev_names = sorted({node.name for node in params if node.mode == "prev"})
         # ``#name``/``previous()`` read the message before; ``mileage()`` the last earlier
         # message that had a position.
         self.reads_previous = bool(self.prev_names)
-        self.reads_previous_position = any(f.reads_previous_position for f in calls)
+        self.reads_previous_position = any(function.reads_previous_position for function in calls)
         self.uses_prev = self.reads_previous or self.reads_previous_position
-        self.uses_position = any(f.reads_position for f in calls)
-        read = {nd.name for nd in params}
+        self.uses_position = any(function.reads_position for function in calls)
+        read = {node.name for node in params}
         read |= {
             key
-            for nd in nodes
-            if isinstance(nd, Call) and nd.name == "exists" and (key := nd.literal) is not None
+            for node in nodes
+            if isinstance(node, Call) and node.name == "exists" and (key := node.literal) is not None
         }
         if self.uses_position:
             read |= {LAT, LON}
@@ -427,17 +442,17 @@ class CompiledExpression:
         return self._fn(message, previous, previous if positioned is _MISS else positioned)
 
     def evaluate(self, message: Mapping, previous: Mapping | None = None, *, positioned=_MISS):
-        v = self._fn(message, previous, previous if positioned is _MISS else positioned)
-        if v is V.ERROR:
+        value = self._fn(message, previous, previous if positioned is _MISS else positioned)
+        if value is semantics.ERROR:
             raise EvaluationError(f"expression {self.text!r} errors on this message")
-        return v
+        return value
 
     def matches(self, message: Mapping, previous: Mapping | None = None, *, positioned=_MISS) -> bool:
-        return V.truth(self._fn(message, previous, previous if positioned is _MISS else positioned))
+        return semantics.truth(self._fn(message, previous, previous if positioned is _MISS else positioned))
 
     def evaluate_frame(self, frame: Frame) -> Vec:
         if frame.n == 0:
-            return Vec("num", np.zeros(0))
+            return Vec(ColumnKind.NUM, np.zeros(0))
         return _column(self.tree, frame, self._ctx).expand(frame.n)
 
 
@@ -447,8 +462,8 @@ def compile_expression(text: str, *, timezone: str = "UTC", geofences=()) -> Com
     return CompiledExpression(text, timezone=timezone, geofences=geofences)
 
 
-def is_true(v) -> bool:
-    return V.truth(v)
+def is_true(value) -> bool:
+    return semantics.truth(value)
 
 
 __all__ = ["CompiledExpression", "Frame", "Node", "Vec", "compile_expression", "is_true", "parse", "walk"]

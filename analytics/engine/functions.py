@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import values as V
+from . import values as semantics
+from .columns import ColumnKind
 from .geo import Geofence, first_containing, haversine, haversine_vec
 from .timeutil import MAX_TS, MIN_TS, fields, in_range, scalar_field
 from .vectors import LAT, LON, Frame, Vec, and_not, any_of, errmask, fallback, is_typed, vec_unary_num
@@ -55,20 +56,24 @@ class Function:
         fn = self.scalar
         assert fn is not None  # every function has a row builder or a scalar definition
         if len(fs) == 1:
-            f0 = fs[0]
-            return lambda c, p, q: fn(f0(c, p, q))
+            first = fs[0]
+            return lambda message, previous, positioned: fn(first(message, previous, positioned))
         if len(fs) == 2:
-            f0, f1 = fs
-            return lambda c, p, q: fn(f0(c, p, q), f1(c, p, q))
-        return lambda c, p, q: fn(*(f(c, p, q) for f in fs))
+            first, second = fs
+            return lambda message, previous, positioned: fn(
+                first(message, previous, positioned), second(message, previous, positioned)
+            )
+        return lambda message, previous, positioned: fn(
+            *(argument(message, previous, positioned) for argument in fs)
+        )
 
 
-def position_of(d) -> tuple[float, float] | None:
-    if d is None:
+def position_of(message) -> tuple[float, float] | None:
+    if message is None:
         return None
-    lat = d.get(LAT)
-    lon = d.get(LON)
-    if V.is_number(lat) and V.is_number(lon):
+    lat = message.get(LAT)
+    lon = message.get(LON)
+    if semantics.is_number(lat) and semantics.is_number(lon):
         return float(lat), float(lon)
     return None
 
@@ -77,71 +82,75 @@ def position_of(d) -> tuple[float, float] | None:
 
 
 def _row_if(fs, ctx, literal):
-    fc, fa, fb = fs
+    condition_fn, then_fn, else_fn = fs
 
-    def if_(c, p, q):
-        cond = fc(c, p, q)
-        if cond is V.ERROR:
-            return V.ERROR
-        return fa(c, p, q) if V.truth(cond) else fb(c, p, q)
+    def if_(message, previous, positioned):
+        condition = condition_fn(message, previous, positioned)
+        if condition is semantics.ERROR:
+            return semantics.ERROR
+        return (
+            then_fn(message, previous, positioned)
+            if semantics.truth(condition)
+            else else_fn(message, previous, positioned)
+        )
 
     return if_
 
 
 def _col_if(args, frame, ctx, literal):
-    c, a, b = args
-    n = frame.n
-    if a.kind == b.kind and a.kind != "obj":
-        cond = np.broadcast_to(c.truth(), (n,))
-        vals = np.where(cond, a.values, b.values)
-        an = np.zeros(1, bool) if a.null is None else a.null
-        bn = np.zeros(1, bool) if b.null is None else b.null
-        ae = np.zeros(1, bool) if a.err is None else a.err
-        be = np.zeros(1, bool) if b.err is None else b.err
-        null = np.where(cond, an, bn)
-        err = np.where(cond, ae, be)
-        if c.err is not None:
-            err = err | c.err
-            null = null & ~c.err
-        return Vec(a.kind, vals, null if null.any() else None, err if err.any() else None)
-    return fallback(V.fn_if, args, n)
+    condition, then_value, else_value = args
+    rows = frame.n
+    if then_value.kind == else_value.kind and then_value.kind != ColumnKind.OBJ:
+        chosen = np.broadcast_to(condition.truth(), (rows,))
+        values = np.where(chosen, then_value.values, else_value.values)
+        then_null = np.zeros(1, bool) if then_value.null is None else then_value.null
+        else_null = np.zeros(1, bool) if else_value.null is None else else_value.null
+        then_err = np.zeros(1, bool) if then_value.err is None else then_value.err
+        else_err = np.zeros(1, bool) if else_value.err is None else else_value.err
+        null = np.where(chosen, then_null, else_null)
+        err = np.where(chosen, then_err, else_err)
+        if condition.err is not None:
+            err = err | condition.err
+            null = null & ~condition.err
+        return Vec(then_value.kind, values, null if null.any() else None, err if err.any() else None)
+    return fallback(semantics.fn_if, args, rows)
 
 
 def _row_exists(fs, ctx, key):
-    return lambda c, p, q: key in c
+    return lambda message, previous, positioned: key in message
 
 
 def _col_exists(args, frame, ctx, key):
-    col = frame.column(key)
-    return Vec("bool", np.zeros(frame.n, bool) if col is None else col.present_mask())
+    column = frame.column(key)
+    return Vec(ColumnKind.BOOL, np.zeros(frame.n, bool) if column is None else column.present_mask())
 
 
 def _col_isnull(args, frame, ctx, literal):
-    a = args[0]
-    null = np.zeros(1, bool) if a.null is None else a.null
-    err = a.err
-    r = null if err is None else (null & ~err)
-    return Vec("bool", r, None, err)
+    operand = args[0]
+    null = np.zeros(1, bool) if operand.null is None else operand.null
+    err = operand.err
+    result = null if err is None else (null & ~err)
+    return Vec(ColumnKind.BOOL, result, None, err)
 
 
 def _col_tonumber(args, frame, ctx, literal):
-    a = args[0]
-    if is_typed(a):
-        return Vec("num", a.floats(), a.null, a.err)
-    return fallback(V.fn_tonumber, args, frame.n)
+    operand = args[0]
+    if is_typed(operand):
+        return Vec(ColumnKind.NUM, operand.floats(), operand.null, operand.err)
+    return fallback(semantics.fn_tonumber, args, frame.n)
 
 
 def _col_toboolean(args, frame, ctx, literal):
-    a = args[0]
-    if a.kind == "bool":
-        return a
-    if a.kind == "num":
-        return Vec("bool", a.values != 0, a.null, a.err)
-    return fallback(V.fn_toboolean, args, frame.n)
+    operand = args[0]
+    if operand.kind == ColumnKind.BOOL:
+        return operand
+    if operand.kind == ColumnKind.NUM:
+        return Vec(ColumnKind.BOOL, operand.values != 0, operand.null, operand.err)
+    return fallback(semantics.fn_toboolean, args, frame.n)
 
 
 def _col_tostring(args, frame, ctx, literal):
-    return fallback(V.fn_tostring, args, frame.n)
+    return fallback(semantics.fn_tostring, args, frame.n)
 
 
 # ---- numbers -------------------------------------------------------------------------------------
@@ -155,51 +164,51 @@ def _col_unary(fn_np, fn_scalar, domain=None):
 
 
 def _col_round(args, frame, ctx, literal):
-    n = frame.n
-    a = args[0]
-    d = args[1] if len(args) > 1 else Vec.const(0.0)
+    rows = frame.n
+    operand = args[0]
+    digits = args[1] if len(args) > 1 else Vec.const(0.0)
     if not (
-        is_typed(a, d)
-        and len(d.values) == 1
-        and d.null is None
-        and d.err is None
-        and abs(float(d.values[0])) <= 15
+        is_typed(operand, digits)
+        and len(digits.values) == 1
+        and digits.null is None
+        and digits.err is None
+        and abs(float(digits.values[0])) <= 15
     ):
-        return fallback(V.fn_round, [a, d], n)
-    scale = 10.0 ** int(float(d.values[0]))
+        return fallback(semantics.fn_round, [operand, digits], rows)
+    scale = 10.0 ** int(float(digits.values[0]))
     return vec_unary_num(
-        lambda x: np.floor(x * scale + 0.5) / scale,
+        lambda numbers: np.floor(numbers * scale + 0.5) / scale,
         None,
-        a,
-        n,
-        domain=lambda x: np.isfinite(np.floor(x * scale + 0.5) / scale),
+        operand,
+        rows,
+        domain=lambda numbers: np.isfinite(np.floor(numbers * scale + 0.5) / scale),
     )
 
 
 def _col_pow(args, frame, ctx, literal):
-    a, b = args
-    if not is_typed(a, b):
-        return fallback(V.fn_pow, args, frame.n)
+    base, exponent = args
+    if not is_typed(base, exponent):
+        return fallback(semantics.fn_pow, args, frame.n)
     with np.errstate(all="ignore"):
-        r = np.power(a.floats(), b.floats())
-    err = any_of(a.err, b.err)
-    null = and_not(any_of(a.null, b.null), err)
-    bad = and_not(and_not(~np.isfinite(r), null), err)
+        result = np.power(base.floats(), exponent.floats())
+    err = any_of(base.err, exponent.err)
+    null = and_not(any_of(base.null, exponent.null), err)
+    bad = and_not(and_not(~np.isfinite(result), null), err)
     if bad is not None and bad.any():
         err = bad if err is None else (err | bad)
-    return Vec("num", r, null, err)
+    return Vec(ColumnKind.NUM, result, null, err)
 
 
-def _col_extreme(red, fn_scalar):
+def _col_extreme(reduce, fn_scalar):
     def column(args, frame, ctx, literal):
         if not is_typed(*args):
             return fallback(fn_scalar, args, frame.n)
-        r = args[0].floats()
-        for a in args[1:]:
-            r = red(r, a.floats())
-        err = any_of(*(a.err for a in args))
-        null = and_not(any_of(*(a.null for a in args)), err)
-        return Vec("num", r, null, err)
+        result = args[0].floats()
+        for argument in args[1:]:
+            result = reduce(result, argument.floats())
+        err = any_of(*(argument.err for argument in args))
+        null = and_not(any_of(*(argument.null for argument in args)), err)
+        return Vec(ColumnKind.NUM, result, null, err)
 
     return column
 
@@ -208,12 +217,12 @@ def _col_extreme(red, fn_scalar):
 
 
 def _row_mileage(fs, ctx, literal):
-    def mileage(c, p, q):
-        a = position_of(q)
-        b = position_of(c)
-        if a is None or b is None:
+    def mileage(message, previous, positioned):
+        before = position_of(positioned)
+        now = position_of(message)
+        if before is None or now is None:
             return None
-        return haversine(a[0], a[1], b[0], b[1])
+        return haversine(before[0], before[1], now[0], now[1])
 
     return mileage
 
@@ -225,19 +234,19 @@ def _col_mileage(args, frame, ctx, literal):
     dist = haversine_vec(
         np.where(ok, plat, 0.0), np.where(ok, plon, 0.0), np.where(ok, lat, 0.0), np.where(ok, lon, 0.0)
     )
-    return Vec("num", dist, ~ok if not ok.all() else None)
+    return Vec(ColumnKind.NUM, dist, ~ok if not ok.all() else None)
 
 
 def _row_geofence(fs, ctx, field):
     geofences = ctx.geofences
 
-    def geofence_(c, p, q):
-        pos = position_of(c)
-        if pos is None:
+    def geofence_(message, previous, positioned):
+        position = position_of(message)
+        if position is None:
             return None
-        for g in geofences:
-            if g.contains(pos[0], pos[1]):
-                return V.normalize(g.config.get(field))
+        for geofence in geofences:
+            if geofence.contains(position[0], position[1]):
+                return semantics.normalize(geofence.config.get(field))
         return None
 
     return geofence_
@@ -246,9 +255,11 @@ def _row_geofence(fs, ctx, field):
 def _col_geofence(args, frame, ctx, field):
     geofences = ctx.geofences
     lat, lon, valid = frame.position()
-    idx = first_containing(geofences, lat, lon, valid)
-    table = Vec.from_objects([V.normalize(g.config.get(field)) for g in geofences] + [None])
-    pick = np.where(idx < 0, len(geofences), idx)
+    index = first_containing(geofences, lat, lon, valid)
+    table = Vec.from_objects(
+        [semantics.normalize(geofence.config.get(field)) for geofence in geofences] + [None]
+    )
+    pick = np.where(index < 0, len(geofences), index)
     return Vec(
         table.kind,
         table.values[pick],
@@ -260,45 +271,47 @@ def _col_geofence(args, frame, ctx, field):
 # ---- time ----------------------------------------------------------------------------------------
 
 
-def _time_scalar(name, t, tz):
-    if t is V.ERROR:
-        return V.ERROR
-    if t is None:
+def _time_scalar(name, moment, tz):
+    if moment is semantics.ERROR:
+        return semantics.ERROR
+    if moment is None:
         return None
-    if not V.is_number(t) or not in_range(float(t)):
-        return V.ERROR
-    return scalar_field(name, float(t), tz)
+    if not semantics.is_number(moment) or not in_range(float(moment)):
+        return semantics.ERROR
+    return scalar_field(name, float(moment), tz)
 
 
 def _row_time(name):
     def row(fs, ctx, literal):
-        ft = fs[0] if fs else (lambda c, p, q: c.get("timestamp"))
+        moment_fn = fs[0] if fs else (lambda message, previous, positioned: message.get("timestamp"))
         tz = ctx.tz
-        return lambda c, p, q: _time_scalar(name, ft(c, p, q), tz)
+        return lambda message, previous, positioned: _time_scalar(
+            name, moment_fn(message, previous, positioned), tz
+        )
 
     return row
 
 
 def _col_time(name):
     def column(args, frame, ctx, literal):
-        n = frame.n
-        t = args[0] if args else Vec("num", frame.timestamps)
-        if t.kind != "num":
-            if t.kind == "bool":
-                t = t.expand(n)
-                err = np.ones(n, bool) if t.null is None else ~(t.null & ~errmask(t, n))
-                return Vec("num", np.zeros(n), and_not(t.null, err), err)
-            return fallback(lambda x: _time_scalar(name, x, ctx.tz), [t], n)
-        t = t.expand(n)
-        x = t.values
-        err = t.err
-        out_of = and_not(and_not((x < MIN_TS) | (x > MAX_TS), t.null), t.err)
+        rows = frame.n
+        stamps = args[0] if args else Vec(ColumnKind.NUM, frame.timestamps)
+        if stamps.kind != ColumnKind.NUM:
+            if stamps.kind == ColumnKind.BOOL:
+                stamps = stamps.expand(rows)
+                err = np.ones(rows, bool) if stamps.null is None else ~(stamps.null & ~errmask(stamps, rows))
+                return Vec(ColumnKind.NUM, np.zeros(rows), and_not(stamps.null, err), err)
+            return fallback(lambda seconds: _time_scalar(name, seconds, ctx.tz), [stamps], rows)
+        stamps = stamps.expand(rows)
+        seconds = stamps.values
+        err = stamps.err
+        out_of = and_not(and_not((seconds < MIN_TS) | (seconds > MAX_TS), stamps.null), stamps.err)
         if out_of.any():
             err = out_of if err is None else (err | out_of)
-        bad = any_of(err, t.null)
-        safe = x if bad is None else np.where(bad, 0.0, x)
-        r = fields(safe, ctx.tz)[name]
-        return Vec("num", r, and_not(t.null, t.err), err)
+        bad = any_of(err, stamps.null)
+        safe = seconds if bad is None else np.where(bad, 0.0, seconds)
+        result = fields(safe, ctx.tz)[name]
+        return Vec(ColumnKind.NUM, result, and_not(stamps.null, stamps.err), err)
 
     return column
 
@@ -308,24 +321,30 @@ def _col_time(name):
 _TIME = ("hour", "minute", "day", "weekday", "month", "year")
 
 FUNCTIONS: dict[str, Function] = {
-    f.name: f
-    for f in [
+    function.name: function
+    for function in [
         Function("not", 1, 1, rewrite="not"),
         Function("previous", 1, 1, literal=True, rewrite="previous"),
         Function("if", 3, 3, row=_row_if, column=_col_if),
         Function("exists", 1, 1, row=_row_exists, column=_col_exists, literal=True),
-        Function("isnull", 1, 1, V.fn_isnull, column=_col_isnull),
-        Function("tonumber", 1, 1, V.fn_tonumber, column=_col_tonumber),
-        Function("tostring", 1, 1, V.fn_tostring, column=_col_tostring),
-        Function("toboolean", 1, 1, V.fn_toboolean, column=_col_toboolean),
-        Function("abs", 1, 1, V.fn_abs, column=_col_unary(np.abs, V.fn_abs)),
-        Function("round", 1, 2, V.fn_round, column=_col_round),
-        Function("ceil", 1, 1, V.fn_ceil, column=_col_unary(np.ceil, V.fn_ceil)),
-        Function("floor", 1, 1, V.fn_floor, column=_col_unary(np.floor, V.fn_floor)),
-        Function("min", 1, 64, V.fn_min, column=_col_extreme(np.minimum, V.fn_min)),
-        Function("max", 1, 64, V.fn_max, column=_col_extreme(np.maximum, V.fn_max)),
-        Function("sqrt", 1, 1, V.fn_sqrt, column=_col_unary(np.sqrt, V.fn_sqrt, domain=lambda x: x >= 0)),
-        Function("pow", 2, 2, V.fn_pow, column=_col_pow),
+        Function("isnull", 1, 1, semantics.fn_isnull, column=_col_isnull),
+        Function("tonumber", 1, 1, semantics.fn_tonumber, column=_col_tonumber),
+        Function("tostring", 1, 1, semantics.fn_tostring, column=_col_tostring),
+        Function("toboolean", 1, 1, semantics.fn_toboolean, column=_col_toboolean),
+        Function("abs", 1, 1, semantics.fn_abs, column=_col_unary(np.abs, semantics.fn_abs)),
+        Function("round", 1, 2, semantics.fn_round, column=_col_round),
+        Function("ceil", 1, 1, semantics.fn_ceil, column=_col_unary(np.ceil, semantics.fn_ceil)),
+        Function("floor", 1, 1, semantics.fn_floor, column=_col_unary(np.floor, semantics.fn_floor)),
+        Function("min", 1, 64, semantics.fn_min, column=_col_extreme(np.minimum, semantics.fn_min)),
+        Function("max", 1, 64, semantics.fn_max, column=_col_extreme(np.maximum, semantics.fn_max)),
+        Function(
+            "sqrt",
+            1,
+            1,
+            semantics.fn_sqrt,
+            column=_col_unary(np.sqrt, semantics.fn_sqrt, domain=lambda numbers: numbers >= 0),
+        ),
+        Function("pow", 2, 2, semantics.fn_pow, column=_col_pow),
         Function(
             "mileage",
             0,

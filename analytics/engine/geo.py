@@ -13,21 +13,21 @@ EARTH_RADIUS_KM = 6371.0
 
 
 def haversine(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    p1 = math.radians(lat1)
-    p2 = math.radians(lat2)
-    dp = p2 - p1
-    dl = math.radians(lon2) - math.radians(lon1)
-    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(min(h, 1.0)))
+    phi1 = math.radians(lat1)
+    phi2 = math.radians(lat2)
+    dphi = phi2 - phi1
+    dlambda = math.radians(lon2) - math.radians(lon1)
+    half_chord = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlambda / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(min(half_chord, 1.0)))
 
 
 def haversine_vec(lat1, lon1, lat2, lon2) -> np.ndarray:
-    p1 = np.radians(lat1)
-    p2 = np.radians(lat2)
-    dp = p2 - p1
-    dl = np.radians(lon2) - np.radians(lon1)
-    h = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(h, 1.0)))
+    phi1 = np.radians(lat1)
+    phi2 = np.radians(lat2)
+    dphi = phi2 - phi1
+    dlambda = np.radians(lon2) - np.radians(lon1)
+    half_chord = np.sin(dphi / 2) ** 2 + np.cos(phi1) * np.cos(phi2) * np.sin(dlambda / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(half_chord, 1.0)))
 
 
 class Geofence:
@@ -42,9 +42,9 @@ class Geofence:
             self.lon = float(config["center"]["lon"])
             self.radius = float(config["radius"])
         else:
-            pts = config["path"]
-            self.ys = np.array([float(p["lat"]) for p in pts])
-            self.xs = np.array([float(p["lon"]) for p in pts])
+            points = config["path"]
+            self.ys = np.array([float(point["lat"]) for point in points])
+            self.xs = np.array([float(point["lon"]) for point in points])
             self.bbox = (self.ys.min(), self.ys.max(), self.xs.min(), self.xs.max())
             self.edges = list(
                 zip(
@@ -94,12 +94,12 @@ def first_containing(geofences: list[Geofence], lat: np.ndarray, lon: np.ndarray
     """Index of the first geofence containing each point, -1 where none or no position."""
     found = np.full(len(lat), -1, dtype=np.int64)
     todo = valid.copy()
-    for k, g in enumerate(geofences):
+    for index, geofence in enumerate(geofences):
         idx = np.flatnonzero(todo)
         if not len(idx):
             break
-        hit = g.contains_vec(lat[idx], lon[idx])
-        found[idx[hit]] = k
+        hit = geofence.contains_vec(lat[idx], lon[idx])
+        found[idx[hit]] = index
         todo[idx[hit]] = False
     return found
 
@@ -107,58 +107,58 @@ def first_containing(geofences: list[Geofence], lat: np.ndarray, lon: np.ndarray
 def encode_polyline_segments(lat: np.ndarray, lon: np.ndarray, seg_starts: np.ndarray) -> list[str]:
     """Google encoded polylines (precision 5), one per segment of the points; ``seg_starts`` are
     the offsets of each segment (sorted, first 0; empty segments allowed)."""
-    n = len(lat)
+    point_count = len(lat)
     nseg = len(seg_starts)
-    if n == 0:
+    if point_count == 0:
         return [""] * nseg
     ilat = np.floor(lat * 1e5 + 0.5).astype(np.int64)
     ilon = np.floor(lon * 1e5 + 0.5).astype(np.int64)
     dlat = np.diff(ilat, prepend=0)
     dlon = np.diff(ilon, prepend=0)
-    starts = seg_starts[(seg_starts < n)]
+    starts = seg_starts[(seg_starts < point_count)]
     dlat[starts] = ilat[starts]
     dlon[starts] = ilon[starts]
-    vals = np.empty(2 * n, dtype=np.int64)
-    vals[0::2] = dlat
-    vals[1::2] = dlon
-    z = np.where(vals < 0, ~(vals << 1), vals << 1)
+    values = np.empty(2 * point_count, dtype=np.int64)
+    values[0::2] = dlat
+    values[1::2] = dlon
+    zigzag = np.where(values < 0, ~(values << 1), values << 1)
     # Five-bit chunks per value: one, or as many as its bit length needs (frexp is exact for
     # integers below 2**53).
-    bits = np.frexp(z.astype(np.float64))[1]
+    bits = np.frexp(zigzag.astype(np.float64))[1]
     count = np.maximum((bits + 4) // 5, 1).astype(np.int64)
     # Lay the chunks of all values end to end: value i owns positions start[i]..start[i]+count[i].
     char_end = np.cumsum(count)
     char_start = char_end - count
     total = int(char_end[-1])
-    owner = np.repeat(np.arange(2 * n), count)
-    k = np.arange(total) - np.repeat(char_start, count)
-    zz = z[owner] >> (5 * k)
-    more = k < (count[owner] - 1)
-    flat = (((zz & 0x1F) | np.where(more, 0x20, 0)) + 63).astype(np.uint8).tobytes()
+    owner = np.repeat(np.arange(2 * point_count), count)
+    chunk = np.arange(total) - np.repeat(char_start, count)
+    shifted = zigzag[owner] >> (5 * chunk)
+    more = chunk < (count[owner] - 1)
+    flat = (((shifted & 0x1F) | np.where(more, 0x20, 0)) + 63).astype(np.uint8).tobytes()
     point_char = char_start[0::2]
     bounds = np.append(point_char, len(flat))
-    seg_ends = np.append(seg_starts[1:], n)
-    out = []
-    for s, e in zip(seg_starts.tolist(), seg_ends.tolist(), strict=True):
-        if s >= e:
-            out.append("")
+    seg_ends = np.append(seg_starts[1:], point_count)
+    lines = []
+    for start, end in zip(seg_starts.tolist(), seg_ends.tolist(), strict=True):
+        if start >= end:
+            lines.append("")
         else:
-            out.append(flat[bounds[s] : bounds[e]].decode("ascii"))
-    return out
+            lines.append(flat[bounds[start] : bounds[end]].decode("ascii"))
+    return lines
 
 
 def encode_polyline(points: list[tuple[float, float]]) -> str:
     """Reference encoder, one point at a time (used by tests to check the vectorised one)."""
-    out = []
+    chars = []
     plat = plon = 0
     for lat, lon in points:
         ilat = math.floor(lat * 1e5 + 0.5)
         ilon = math.floor(lon * 1e5 + 0.5)
-        for d in (ilat - plat, ilon - plon):
-            v = ~(d << 1) if d < 0 else d << 1
-            while v >= 0x20:
-                out.append(chr((0x20 | (v & 0x1F)) + 63))
-                v >>= 5
-            out.append(chr(v + 63))
+        for delta in (ilat - plat, ilon - plon):
+            value = ~(delta << 1) if delta < 0 else delta << 1
+            while value >= 0x20:
+                chars.append(chr((0x20 | (value & 0x1F)) + 63))
+                value >>= 5
+            chars.append(chr(value + 63))
         plat, plon = ilat, ilon
-    return "".join(out)
+    return "".join(chars)

@@ -52,68 +52,74 @@ class Diff:
 
 def same_interval(calc: Calculator, new: Mapping, old: Mapping) -> bool:
     """Equal in every field the engine writes (user fields and ``timestamp`` are ignored)."""
-    return all(new.get(k, _MISSING) == old.get(k, _MISSING) for k in calc.engine_keys)
+    return all(new.get(key, _MISSING) == old.get(key, _MISSING) for key in calc.engine_keys)
 
 
-def _cut_info(calc: Calculator, F: Messages, from_start: bool):
-    """Clean cuts of the whole calculator: strict for at least one selector (so no interval of
-    the calculator spans the cut), and strict or transparent for every selector. ``need[c]``:
-    the earliest message whose state the cut relies on (its previous message is the window's
-    first); -1 where the cut cannot be used (what it relies on lies before ``F``)."""
-    frame = Frame(F)
-    n = len(F)
-    any_strict = np.zeros(n, bool)
-    every = np.ones(n, bool)
-    need = np.arange(n) - 1
+def _cut_info(calc: Calculator, accepted: Messages, from_start: bool):
+    """Clean cuts of the whole calculator over ``accepted`` (the messages ``validate_message``
+    accepts): strict for at least one selector (so no interval of the calculator spans the
+    cut), and strict or transparent for every selector. ``need[c]``: the earliest message whose
+    state the cut relies on (its previous message is the window's first); -1 where the cut
+    cannot be used (what it relies on lies before ``accepted``)."""
+    frame = Frame(accepted)
+    count = len(accepted)
+    any_strict = np.zeros(count, bool)
+    every = np.ones(count, bool)
+    need = np.arange(count) - 1
     for spec in calc.selectors:
-        strict, transparent, nd = clean_cuts(spec, frame, calc.tz)
+        strict, transparent, needs = clean_cuts(spec, frame, calc.tz)
         any_strict |= strict
         every &= strict | transparent
-        need = np.minimum(need, nd)
-    if any(s.expression is not None and s.expression.reads_previous_position for s in calc.selectors):
+        need = np.minimum(need, needs)
+    if any(
+        selector.expression is not None and selector.expression.reads_previous_position
+        for selector in calc.selectors
+    ):
         need = _reach_previous_position(frame, need, from_start)
     return any_strict & every, need
 
 
 def _reach_previous_position(frame: Frame, need: np.ndarray, from_start: bool) -> np.ndarray:
     """``mileage()`` of the first positioned message at or after ``need`` measures from the last
-    positioned message before it, however far back: the cut relies on that one too. Where ``F``
+    positioned message before it, however far back: the cut relies on that one too. Where ``accepted``
     holds none (and does not start at the history's start), the cut cannot be used yet."""
-    n = frame.n
+    count = frame.n
     valid = frame.position()[2]
-    idx = np.arange(n)
-    last = np.maximum.accumulate(np.where(valid, idx, -1))  # last positioned at or before i
-    nxt = np.minimum.accumulate(np.where(valid, idx, n)[::-1])[::-1]  # first at or after i
-    at = np.clip(need, 0, n - 1)
-    before = np.where(need >= 1, last[np.clip(need - 1, 0, n - 1)], -1)
-    looks_back = (need >= 0) & (nxt[at] < n)
+    index = np.arange(count)
+    last = np.maximum.accumulate(np.where(valid, index, -1))  # last positioned at or before i
+    next_positioned = np.minimum.accumulate(np.where(valid, index, count)[::-1])[::-1]  # first at or after i
+    at = np.clip(need, 0, count - 1)
+    before = np.where(need >= 1, last[np.clip(need - 1, 0, count - 1)], -1)
+    looks_back = (need >= 0) & (next_positioned[at] < count)
     reached = np.where(before >= 0, np.minimum(need, before + 1), need if from_start else -1)
     return np.where(looks_back, reached, need)
 
 
-def _first_known(calc: Calculator, raw: Messages, F: Messages, from_start: bool) -> int:
-    """The first index of ``F`` a window may start at: the calculator's ``validate_message``
+def _first_known(calc: Calculator, raw: Messages, accepted: Messages, from_start: bool) -> int:
+    """The first index of ``accepted`` a window may start at: the calculator's ``validate_message``
     cannot be decided here for the first raw message when it reads ``#name``, nor for the first
     positioned one when it reads ``mileage()`` (what they look back to lies before the read)."""
-    vm = calc.validate_message
-    if from_start or vm is None or not len(F) or not len(raw):
+    validate = calc.validate_message
+    if from_start or validate is None or not len(accepted) or not len(raw):
         return 0
     unknown = []
-    if vm.reads_previous:
+    if validate.reads_previous:
         unknown.append(0)
-    if vm.reads_previous_position:
+    if validate.reads_previous_position:
         valid = Frame(raw).position()[2]
         if valid.any():
             unknown.append(int(np.argmax(valid)))
-    r0 = 0
-    ts = F.timestamps
-    for u in unknown:
-        t = raw.timestamps[u]
-        k = int(np.searchsorted(ts, t))
+    first_usable = 0
+    stamps = accepted.timestamps
+    for unknown_at in unknown:
+        moment = raw.timestamps[unknown_at]
+        position = int(np.searchsorted(stamps, moment))
         # Present: exclude it from the window; absent: the message after it has the wrong
         # previous message.
-        r0 = max(r0, k + 1 if k < len(ts) and ts[k] == t else k)
-    return r0
+        first_usable = max(
+            first_usable, position + 1 if position < len(stamps) and stamps[position] == moment else position
+        )
+    return first_usable
 
 
 def _validity_settled(
@@ -122,16 +128,16 @@ def _validity_settled(
     """For the cut after the dirty range, when the calculator's ``validate_message`` reads
     ``mileage()``: whether the validity of the raw messages after each time in ``after`` looks
     back only to positions after the dirty range (``None``: it reads no position)."""
-    vm = calc.validate_message
-    if vm is None or not vm.reads_previous_position:
+    validate = calc.validate_message
+    if validate is None or not validate.reads_previous_position:
         return None
     valid = Frame(raw).position()[2]
     pos_ts = raw.timestamps[valid]
     if not len(pos_ts):
         return None
-    j = np.searchsorted(pos_ts, after, "right")
-    has_later = j < len(pos_ts)
-    back = np.where(j > 0, pos_ts[np.maximum(j - 1, 0)], -math.inf)
+    following = np.searchsorted(pos_ts, after, "right")
+    has_later = following < len(pos_ts)
+    back = np.where(following > 0, pos_ts[np.maximum(following - 1, 0)], -math.inf)
     return ~has_later | (back > dirty_end)
 
 
@@ -189,7 +195,7 @@ def recalculate(
         raise ValueError("dirty_begin is after dirty_end")
     if frozen_before is None:
         frozen_before = (now - calc.update_period) if now is not None else -math.inf
-    reach = max([s.options.get("max_inactive", 0) or 0 for s in calc.selectors] + [0])
+    reach = max([selector.options.get("max_inactive", 0) or 0 for selector in calc.selectors] + [0])
 
     hint = interval_before(np.nextafter(dirty_begin, math.inf)) if math.isfinite(dirty_begin) else None
     span_b = 2 * reach + 60.0
@@ -205,66 +211,70 @@ def recalculate(
     raw = None
 
     for _ in range(_MAX_ROUNDS * 6):
-        a = dirty_begin - span_b if math.isfinite(dirty_begin) and span_b < 1e11 else -math.inf
-        b = dirty_end + span_f if math.isfinite(dirty_end) and span_f < 1e11 else math.inf
-        from_start = a == -math.inf or (messages_begin is not None and a < messages_begin)
-        to_end = b == math.inf or (newest is not None and b > newest)
+        read_from = dirty_begin - span_b if math.isfinite(dirty_begin) and span_b < 1e11 else -math.inf
+        read_to = dirty_end + span_f if math.isfinite(dirty_end) and span_f < 1e11 else math.inf
+        from_start = read_from == -math.inf or (messages_begin is not None and read_from < messages_begin)
+        to_end = read_to == math.inf or (newest is not None and read_to > newest)
         if have is None:
-            raw = Messages.coerce(read_messages(a, b))
+            raw = Messages.coerce(read_messages(read_from, read_to))
             read += len(raw)
         else:
             assert raw is not None  # read together with ``have``
             parts = []
-            if a < have[0]:
-                parts.append(Messages.coerce(read_messages(a, have[0])))
+            if read_from < have[0]:
+                parts.append(Messages.coerce(read_messages(read_from, have[0])))
             parts.append(raw)
-            if b > have[1]:
-                parts.append(Messages.coerce(read_messages(have[1], b)))
-            read += sum(len(p) for p in parts) - len(raw)
+            if read_to > have[1]:
+                parts.append(Messages.coerce(read_messages(have[1], read_to)))
+            read += sum(len(part) for part in parts) - len(raw)
             raw = Messages.concat(parts) if len(parts) > 1 else raw
-        have = (min(a, have[0]) if have else a, max(b, have[1]) if have else b)
-        F = validated(calc, raw)
-        ts = F.timestamps
-        nF = len(F)
-        r0 = _first_known(calc, raw, F, from_start)
-        clean, need = _cut_info(calc, F, from_start) if nF else (np.zeros(0, bool), np.zeros(0, np.int64))
+        have = (min(read_from, have[0]) if have else read_from, max(read_to, have[1]) if have else read_to)
+        accepted = validated(calc, raw)
+        stamps = accepted.timestamps
+        accepted_count = len(accepted)
+        first_usable = _first_known(calc, raw, accepted, from_start)
+        clean, need = (
+            _cut_info(calc, accepted, from_start)
+            if accepted_count
+            else (np.zeros(0, bool), np.zeros(0, np.int64))
+        )
 
         # The cut before the dirty range: the latest clean one, or the start of the history.
-        back = np.flatnonzero(clean & (ts < dirty_begin) & (need - 1 >= r0))
+        back = np.flatnonzero(clean & (stamps < dirty_begin) & (need - 1 >= first_usable))
         if len(back):
-            c = int(back[-1])
-            w = int(need[c]) - 1
+            cut = int(back[-1])
+            window_start = int(need[cut]) - 1
         elif from_start:
-            c = 0
-            w = 0
+            cut = 0
+            window_start = 0
         else:
             span_b *= 4
             continue
 
         # The cut after it: the first clean one whose whole context lies after the range.
-        ok_f = clean & (np.arange(nF) > c) & (need >= 2)
+        ok_f = clean & (np.arange(accepted_count) > cut) & (need >= 2)
         ctx = np.where(need >= 2, need - 2, 0)
-        ok_f &= ts[ctx] > dirty_end
-        settled = _validity_settled(calc, raw, ts[ctx], dirty_end) if nF else None
+        ok_f &= stamps[ctx] > dirty_end
+        settled = _validity_settled(calc, raw, stamps[ctx], dirty_end) if accepted_count else None
         if settled is not None:
             ok_f &= settled
-        ok_f &= ts > forward_floor
+        ok_f &= stamps > forward_floor
         fwd = np.flatnonzero(ok_f)
         if len(fwd):
-            c2 = int(fwd[-1] if greedy else fwd[0])
+            cut_after = int(fwd[-1] if greedy else fwd[0])
             end_reached = False
         elif to_end:
-            c2 = nF
+            cut_after = accepted_count
             end_reached = True
         else:
             span_f *= 4
             continue
 
-        keep_from = float(ts[c]) if (c > 0 or not from_start) and nF else None
+        keep_from = float(stamps[cut]) if (cut > 0 or not from_start) and accepted_count else None
         previous = interval_before(keep_from) if keep_from is not None else None
-        window = F.slice(w, c2)
+        window = accepted.slice(window_start, cut_after)
         new = compute(calc, window, now=now, reached_end=end_reached, keep_from=keep_from, previous=previous)
-        hi = float(ts[c2]) if c2 < nF else math.inf
+        hi = float(stamps[cut_after]) if cut_after < accepted_count else math.inf
         if calc.crosses_intervals and not end_reached:
             stored_last = interval_before(hi)
             new_last = new[-1] if new else previous
@@ -290,28 +300,32 @@ def recalculate(
     raise RuntimeError("recalculation window did not settle")  # pragma: no cover
 
 
-def _frozen(iv: Mapping, frozen_before: float, messages_begin: float | None) -> bool:
-    return iv["end"] < frozen_before or (messages_begin is not None and iv["begin"] < messages_begin)
+def _frozen(interval: Mapping, frozen_before: float, messages_begin: float | None) -> bool:
+    return interval["end"] < frozen_before or (
+        messages_begin is not None and interval["begin"] < messages_begin
+    )
 
 
 def _diff(calc: Calculator, new: list[dict], old: list[dict], frozen_before, messages_begin) -> Diff:
-    frozen_old = [o for o in old if _frozen(o, frozen_before, messages_begin)]
-    frozen_ids = {o["id"] for o in frozen_old}
-    live_old = {o["id"]: o for o in old if o["id"] not in frozen_ids}
+    frozen_old = [stored for stored in old if _frozen(stored, frozen_before, messages_begin)]
+    frozen_ids = {stored["id"] for stored in frozen_old}
+    live_old = {stored["id"]: stored for stored in old if stored["id"] not in frozen_ids}
     diff = Diff()
     kept_ids = set()
-    for iv in new:
-        if _frozen(iv, frozen_before, messages_begin) or iv["id"] in frozen_ids:
+    for computed in new:
+        if _frozen(computed, frozen_before, messages_begin) or computed["id"] in frozen_ids:
             continue
-        if any(iv["begin"] <= f["end"] and iv["end"] >= f["begin"] for f in frozen_old):
+        if any(
+            computed["begin"] <= frozen["end"] and computed["end"] >= frozen["begin"] for frozen in frozen_old
+        ):
             continue
-        kept_ids.add(iv["id"])
-        was = live_old.get(iv["id"])
+        kept_ids.add(computed["id"])
+        was = live_old.get(computed["id"])
         if was is None:
-            diff.created.append(iv)
-        elif not same_interval(calc, iv, was):
-            diff.updated.append(iv)
-    diff.deleted = [o for i, o in live_old.items() if i not in kept_ids]
+            diff.created.append(computed)
+        elif not same_interval(calc, computed, was):
+            diff.updated.append(computed)
+    diff.deleted = [stored for identifier, stored in live_old.items() if identifier not in kept_ids]
     return diff
 
 
@@ -321,8 +335,11 @@ class MemoryStore:
 
     def __init__(self, messages=(), intervals: Iterable[Mapping] = ()):
         self.messages = Messages.coerce(list(messages) if not isinstance(messages, Messages) else messages)
-        self.intervals: list[dict] = sorted((dict(i) for i in intervals), key=lambda i: (i["begin"], i["id"]))
-        self._begins = [i["begin"] for i in self.intervals]
+        self.intervals: list[dict] = sorted(
+            (dict(interval) for interval in intervals),
+            key=lambda interval: (interval["begin"], interval["id"]),
+        )
+        self._begins = [interval["begin"] for interval in self.intervals]
 
     # -- messages --
     def read_messages(self, begin: float, end: float) -> Messages:
@@ -350,21 +367,25 @@ class MemoryStore:
         j = bisect.bisect_left(self._begins, end)
         return self.intervals[i:j]
 
-    def interval_before(self, t: float) -> dict | None:
-        i = bisect.bisect_left(self._begins, t)
+    def interval_before(self, moment: float) -> dict | None:
+        i = bisect.bisect_left(self._begins, moment)
         return self.intervals[i - 1] if i else None
 
     def apply(self, diff: Diff) -> None:
-        by_id = {i["id"]: i for i in self.intervals}
-        for d in diff.deleted:
-            by_id.pop(d["id"], None)
-        for d in diff.updated:
-            user = {k: v for k, v in by_id.get(d["id"], {}).items() if k not in diff.engine_keys}
-            by_id[d["id"]] = {**user, **d}
-        for d in diff.created:
-            by_id[d["id"]] = dict(d)
-        self.intervals = sorted(by_id.values(), key=lambda i: (i["begin"], i["id"]))
-        self._begins = [i["begin"] for i in self.intervals]
+        by_id = {stored["id"]: stored for stored in self.intervals}
+        for interval in diff.deleted:
+            by_id.pop(interval["id"], None)
+        for interval in diff.updated:
+            user = {
+                key: value
+                for key, value in by_id.get(interval["id"], {}).items()
+                if key not in diff.engine_keys
+            }
+            by_id[interval["id"]] = {**user, **interval}
+        for interval in diff.created:
+            by_id[interval["id"]] = dict(interval)
+        self.intervals = sorted(by_id.values(), key=lambda stored: (stored["begin"], stored["id"]))
+        self._begins = [stored["begin"] for stored in self.intervals]
 
     def recalculate(
         self,

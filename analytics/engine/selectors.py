@@ -1,6 +1,6 @@
 """Selectors (DESIGN 7.4) over a frame of validated messages, vectorised.
 
-Each selector gives its intervals as inclusive index ranges ``S``/``E`` into the frame, with
+Each selector gives its intervals as inclusive index ranges ``first``/``last`` into the frame, with
 ``open_`` telling which of them reach the newest message without a rule having closed them.
 ``clean_cuts`` answers, for the windowed recalculation, where the selector's result provably
 splits into "before" and "after" (see docs/engine.md).
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .calculator import SelectorSpec
+from .columns import ColumnKind
 from .expressions import Frame
 from .geo import first_containing
 from .timeutil import period_keys
@@ -21,169 +22,174 @@ from .timeutil import period_keys
 
 @dataclass
 class Runs:
-    S: np.ndarray
-    E: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
     open_: np.ndarray  # bool per run
     geofence_idx: np.ndarray | None = None  # per message, for geofence selectors
 
 
 def _empty() -> Runs:
-    z = np.zeros(0, dtype=np.int64)
-    return Runs(z, z, np.zeros(0, bool))
+    empty = np.zeros(0, dtype=np.int64)
+    return Runs(empty, empty, np.zeros(0, bool))
 
 
 def raw_state(spec: SelectorSpec, frame: Frame):
     """Per message: 1 on, 0 off, -1 unknown (after ``invert``), plus value codes for ``change``
     and the geofence index for geofence selectors."""
-    n = frame.n
+    rows = frame.n
     codes = None
-    gidx = None
+    geofence_index = None
     if spec.type == "expression":
         assert spec.expression is not None  # compiled for every expression selector by compile_calculator
-        v = spec.expression.evaluate_frame(frame)
-        err = np.zeros(n, bool) if v.err is None else v.err
+        vec = spec.expression.evaluate_frame(frame)
+        err = np.zeros(rows, bool) if vec.err is None else vec.err
         if spec.method == "change":
-            null = np.zeros(n, bool) if v.null is None else v.null
-            st = np.where(err, -1, np.where(null, 0, 1)).astype(np.int8)
-            codes = _codes(v, n)
+            null = np.zeros(rows, bool) if vec.null is None else vec.null
+            state = np.where(err, -1, np.where(null, 0, 1)).astype(np.int8)
+            codes = _codes(vec, rows)
         else:
-            st = np.where(err, -1, np.where(v.truth(), 1, 0)).astype(np.int8)
+            state = np.where(err, -1, np.where(vec.truth(), 1, 0)).astype(np.int8)
     else:
         lat, lon, valid = frame.position()
-        gidx = first_containing(spec.geofences, lat, lon, valid)
-        st = np.where(~valid, -1, np.where(gidx >= 0, 1, 0)).astype(np.int8)
+        geofence_index = first_containing(spec.geofences, lat, lon, valid)
+        state = np.where(~valid, -1, np.where(geofence_index >= 0, 1, 0)).astype(np.int8)
     if spec.options.get("invert") and spec.method != "change":
-        st = np.where(st == 1, 0, np.where(st == 0, 1, st)).astype(np.int8)
-    return st, codes, gidx
+        state = np.where(state == 1, 0, np.where(state == 0, 1, state)).astype(np.int8)
+    return state, codes, geofence_index
 
 
-def _codes(v, n) -> np.ndarray:
+def _codes(vec, rows) -> np.ndarray:
     """An integer per message, equal where the values are equal."""
-    if v.kind == "num":
-        _, inv = np.unique(v.values, return_inverse=True)
+    if vec.kind == ColumnKind.NUM:
+        _, inv = np.unique(vec.values, return_inverse=True)
         return inv.astype(np.int64)
-    if v.kind == "bool":
-        return v.values.astype(np.int64)
+    if vec.kind == ColumnKind.BOOL:
+        return vec.values.astype(np.int64)
     table: dict = {}
-    out = np.empty(n, dtype=np.int64)
-    for i, o in enumerate(v.values.tolist()):
+    codes = np.empty(rows, dtype=np.int64)
+    for i, item in enumerate(vec.values.tolist()):
         try:
-            key = (type(o).__name__, o)
+            key = (type(item).__name__, item)
             hash(key)
         except TypeError:
-            key = ("json", json.dumps(o, sort_keys=True))
-        if isinstance(o, bool):
-            key = ("bool", o)
-        elif isinstance(o, int | float):
-            key = ("num", float(o))
-        out[i] = table.setdefault(key, len(table))
-    return out
+            key = ("json", json.dumps(item, sort_keys=True))
+        if isinstance(item, bool):
+            key = (ColumnKind.BOOL, item)
+        elif isinstance(item, int | float):
+            key = (ColumnKind.NUM, float(item))
+        codes[i] = table.setdefault(key, len(table))
+    return codes
 
 
-def _runs(on: np.ndarray, brk: np.ndarray):
-    n = len(on)
-    prev_on = np.zeros(n, bool)
+def _runs(on: np.ndarray, breaks: np.ndarray):
+    rows = len(on)
+    prev_on = np.zeros(rows, bool)
     prev_on[1:] = on[:-1]
-    next_on = np.zeros(n, bool)
+    next_on = np.zeros(rows, bool)
     next_on[:-1] = on[1:]
-    next_brk = np.zeros(n, bool)
-    next_brk[:-1] = brk[1:]
-    S = np.flatnonzero(on & (~prev_on | brk))
-    E = np.flatnonzero(on & (~next_on | next_brk))
-    return S, E
+    next_brk = np.zeros(rows, bool)
+    next_brk[:-1] = breaks[1:]
+    first = np.flatnonzero(on & (~prev_on | breaks))
+    last = np.flatnonzero(on & (~next_on | next_brk))
+    return first, last
 
 
 def select(spec: SelectorSpec, frame: Frame, *, now: float | None, tz) -> Runs:
-    n = frame.n
-    if n == 0:
+    rows = frame.n
+    if rows == 0:
         return _empty()
-    ts = frame.timestamps
+    stamps = frame.timestamps
     if spec.type == "datetime":
         split = spec.split
         assert split is not None  # required of a datetime selector by compile_calculator
-        keys = period_keys(ts, tz, split)
-        brk = np.zeros(n, bool)
-        brk[1:] = keys[1:] != keys[:-1]
-        S, E = _runs(np.ones(n, bool), brk)
-        open_ = n - 1 == E
-        if now is not None and len(S):
+        keys = period_keys(stamps, tz, split)
+        breaks = np.zeros(rows, bool)
+        breaks[1:] = keys[1:] != keys[:-1]
+        first, last = _runs(np.ones(rows, bool), breaks)
+        open_ = rows - 1 == last
+        if now is not None and len(first):
             now_key = period_keys(np.array([float(now)]), tz, split)[0]
             if now_key != keys[-1]:
-                open_ = np.zeros(len(S), bool)
-        return Runs(S, E, open_)
+                open_ = np.zeros(len(first), bool)
+        return Runs(first, last, open_)
     if spec.type == "inactive":
-        gap = np.diff(ts) > spec.delay_threshold
-        S = np.flatnonzero(gap)
-        return Runs(S, S + 1, np.zeros(len(S), bool))
+        gap = np.diff(stamps) > spec.delay_threshold
+        first = np.flatnonzero(gap)
+        return Runs(first, first + 1, np.zeros(len(first), bool))
 
-    o = spec.options
-    st, codes, gidx = raw_state(spec, frame)
-    idx = np.arange(n)
-    if o["merge_unknown"]:
-        known = st != -1
-        src = np.maximum.accumulate(np.where(known, idx, -1))
-        on = np.where(src >= 0, st[np.maximum(src, 0)] == 1, False)
+    options = spec.options
+    state, codes, geofence_index = raw_state(spec, frame)
+    index = np.arange(rows)
+    if options["merge_unknown"]:
+        known = state != -1
+        source = np.maximum.accumulate(np.where(known, index, -1))
+        on = np.where(source >= 0, state[np.maximum(source, 0)] == 1, False)
     else:
-        src = idx
-        on = st == 1
-    brk = np.zeros(n, bool)
+        source = index
+        on = state == 1
+    breaks = np.zeros(rows, bool)
     if codes is not None:
-        c = codes[np.maximum(src, 0)]
-        brk[1:] = c[1:] != c[:-1]
-    mmtd = o["max_messages_time_diff"]
-    if mmtd > 0:
-        brk[1:] |= np.diff(ts) > mmtd
-    S, E = _runs(on, brk)
-    if o["min_active"] > 0 and len(S):
-        keep = ts[E] - ts[S] >= o["min_active"]
-        S, E = S[keep], E[keep]
-    X = o["max_inactive"]
-    if X > 0 and len(S) > 1:
-        join = ts[S[1:]] - ts[E[:-1]] <= X
+        code = codes[np.maximum(source, 0)]
+        breaks[1:] = code[1:] != code[:-1]
+    max_gap = options["max_messages_time_diff"]
+    if max_gap > 0:
+        breaks[1:] |= np.diff(stamps) > max_gap
+    first, last = _runs(on, breaks)
+    if options["min_active"] > 0 and len(first):
+        keep = stamps[last] - stamps[first] >= options["min_active"]
+        first, last = first[keep], last[keep]
+    max_inactive = options["max_inactive"]
+    if max_inactive > 0 and len(first) > 1:
+        join = stamps[first[1:]] - stamps[last[:-1]] <= max_inactive
         if codes is not None:
-            c = codes[np.maximum(src, 0)]
-            join &= c[S[1:]] == c[E[:-1]]
+            code = codes[np.maximum(source, 0)]
+            join &= code[first[1:]] == code[last[:-1]]
         starts = np.concatenate(([True], ~join))
         ends = np.concatenate((~join, [True]))
-        S, E = S[starts], E[ends]
-    open_ = n - 1 == E
-    if X > 0 and now is not None and float(now) - ts[-1] > X:
-        open_ = np.zeros(len(S), bool)
-    if o["merge_message_before"]:
-        S = np.where(S > 0, S - 1, S)
-    if o["merge_message_after"]:
-        E = np.minimum(E + 1, n - 1)
-    if o["min_duration"] > 0 and len(S):
-        keep = ts[E] - ts[S] >= o["min_duration"]
-        S, E, open_ = S[keep], E[keep], open_[keep]
-    return Runs(S, E, open_, gidx)
+        first, last = first[starts], last[ends]
+    open_ = rows - 1 == last
+    if max_inactive > 0 and now is not None and float(now) - stamps[-1] > max_inactive:
+        open_ = np.zeros(len(first), bool)
+    if options["merge_message_before"]:
+        first = np.where(first > 0, first - 1, first)
+    if options["merge_message_after"]:
+        last = np.minimum(last + 1, rows - 1)
+    if options["min_duration"] > 0 and len(first):
+        keep = stamps[last] - stamps[first] >= options["min_duration"]
+        first, last, open_ = first[keep], last[keep], open_[keep]
+    return Runs(first, last, open_, geofence_index)
 
 
-def intersect(a: Runs, b: Runs) -> tuple[Runs, np.ndarray, np.ndarray]:
+def intersect(left: Runs, right: Runs) -> tuple[Runs, np.ndarray, np.ndarray]:
     """Overlaps of two families of runs; also the index of the run of each that gave each."""
-    if not len(a.S) or not len(b.S):
-        z = np.zeros(0, dtype=np.int64)
-        return Runs(z, z, np.zeros(0, bool)), z, z
-    run_max_e = np.maximum.accumulate(b.E)
-    lo = np.searchsorted(run_max_e, a.S, "left")
-    hi = np.searchsorted(b.S, a.E, "right")
-    cnt = np.maximum(hi - lo, 0)
-    ia = np.repeat(np.arange(len(a.S)), cnt)
-    offs = np.cumsum(cnt) - cnt
-    ib = np.arange(cnt.sum()) - np.repeat(offs, cnt) + np.repeat(lo, cnt)
-    S = np.maximum(a.S[ia], b.S[ib])
-    E = np.minimum(a.E[ia], b.E[ib])
-    keep = S <= E
-    S, E, ia, ib = S[keep], E[keep], ia[keep], ib[keep]
-    order = np.lexsort((E, S))
-    S, E, ia, ib = S[order], E[order], ia[order], ib[order]
-    if len(S) > 1:
+    if not len(left.first) or not len(right.first):
+        empty = np.zeros(0, dtype=np.int64)
+        return Runs(empty, empty, np.zeros(0, bool)), empty, empty
+    reach = np.maximum.accumulate(right.last)
+    lo = np.searchsorted(reach, left.first, "left")
+    hi = np.searchsorted(right.first, left.last, "right")
+    counts = np.maximum(hi - lo, 0)
+    left_index = np.repeat(np.arange(len(left.first)), counts)
+    offsets = np.cumsum(counts) - counts
+    right_index = np.arange(counts.sum()) - np.repeat(offsets, counts) + np.repeat(lo, counts)
+    first = np.maximum(left.first[left_index], right.first[right_index])
+    last = np.minimum(left.last[left_index], right.last[right_index])
+    keep = first <= last
+    first, last, left_index, right_index = first[keep], last[keep], left_index[keep], right_index[keep]
+    order = np.lexsort((last, first))
+    first, last, left_index, right_index = first[order], last[order], left_index[order], right_index[order]
+    if len(first) > 1:
         # Two runs of one selector sharing a message can give the same overlap twice.
-        first = np.ones(len(S), bool)
-        first[1:] = (S[1:] != S[:-1]) | (E[1:] != E[:-1])
-        S, E, ia, ib = S[first], E[first], ia[first], ib[first]
-    open_ = a.open_[ia] & b.open_[ib]
-    return Runs(S, E, open_), ia, ib
+        distinct = np.ones(len(first), bool)
+        distinct[1:] = (first[1:] != first[:-1]) | (last[1:] != last[:-1])
+        first, last, left_index, right_index = (
+            first[distinct],
+            last[distinct],
+            left_index[distinct],
+            right_index[distinct],
+        )
+    open_ = left.open_[left_index] & right.open_[right_index]
+    return Runs(first, last, open_), left_index, right_index
 
 
 def clean_cuts(spec: SelectorSpec, frame: Frame, tz):
@@ -201,42 +207,42 @@ def clean_cuts(spec: SelectorSpec, frame: Frame, tz):
 
     Index 0 is never reported (the caller handles the start of the history).
     """
-    n = frame.n
-    ts = frame.timestamps
-    strict = np.zeros(n, bool)
-    need = np.arange(n) - 1
-    if n < 2:
+    rows = frame.n
+    stamps = frame.timestamps
+    strict = np.zeros(rows, bool)
+    need = np.arange(rows) - 1
+    if rows < 2:
         return strict, strict.copy(), need
     if spec.type == "datetime":
         split = spec.split
         assert split is not None  # required of a datetime selector by compile_calculator
-        keys = period_keys(ts, tz, split)
+        keys = period_keys(stamps, tz, split)
         strict[1:] = keys[1:] != keys[:-1]
-        transparent = np.ones(n, bool)
+        transparent = np.ones(rows, bool)
         transparent[0] = False
         return strict, transparent, need
     if spec.type == "inactive":
         # Never transparent: the gap's interval holds the message before the gap only because of
         # the message after it, so a window ending inside a gap would lose that message's interval.
-        strict[1:] = np.diff(ts) <= spec.delay_threshold
-        return strict, np.zeros(n, bool), need
-    o = spec.options
-    st, _, _ = raw_state(spec, frame)
-    off = (st == 0) if o["merge_unknown"] else (st != 1)
+        strict[1:] = np.diff(stamps) <= spec.delay_threshold
+        return strict, np.zeros(rows, bool), need
+    options = spec.options
+    state, _, _ = raw_state(spec, frame)
+    off = (state == 0) if options["merge_unknown"] else (state != 1)
     strict[1:] = off[:-1]
-    if o["merge_message_before"] or o["merge_message_after"]:
+    if options["merge_message_before"] or options["merge_message_after"]:
         strict &= off
-    X = o["max_inactive"]
-    if X > 0:
-        j0 = np.searchsorted(ts, ts - X, "left")
+    max_inactive = options["max_inactive"]
+    if max_inactive > 0:
+        earliest = np.searchsorted(stamps, stamps - max_inactive, "left")
         not_off = np.concatenate(([0], np.cumsum(~off)))
         # every message from j0 to c-1 is off
-        strict &= (not_off[np.arange(n)] - not_off[j0]) == 0
-        need = np.minimum(need, j0)
-    transparent = np.zeros(n, bool)
-    if not (o["min_active"] > 0 or o["min_duration"] > 0 or X > 0):
-        transparent[1:] = (st[:-1] != -1) if o["merge_unknown"] else True
-        if o["merge_message_before"]:
+        strict &= (not_off[np.arange(rows)] - not_off[earliest]) == 0
+        need = np.minimum(need, earliest)
+    transparent = np.zeros(rows, bool)
+    if not (options["min_active"] > 0 or options["min_duration"] > 0 or max_inactive > 0):
+        transparent[1:] = (state[:-1] != -1) if options["merge_unknown"] else True
+        if options["merge_message_before"]:
             # Message c-1 joins the run that message c starts: a window ending at the cut would
             # not see why. Only where c is off can it start nothing.
             transparent &= off

@@ -33,85 +33,85 @@ ERROR = _Error()
 _BIT_LIMIT = float(2**53)
 
 
-def is_number(v: object) -> TypeGuard[int | float]:
-    return isinstance(v, float | int) and not isinstance(v, bool)
+def is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, float | int) and not isinstance(value, bool)
 
 
-def normalize(v):
+def normalize(value):
     """A value read from a message, as expressions see it: ints become floats."""
-    if type(v) is int:
-        return float(v)
-    return v
+    if type(value) is int:
+        return float(value)
+    return value
 
 
-def truth(v) -> bool:
+def truth(value) -> bool:
     """Boolean context: only a true value is true; errors and null are not."""
-    if v is None or v is ERROR:
+    if value is None or value is ERROR:
         return False
-    if v is True or v is False:
-        return v
-    if is_number(v):
-        return v != 0
-    if isinstance(v, str | list | dict):
-        return len(v) > 0
+    if value is True or value is False:
+        return value
+    if is_number(value):
+        return value != 0
+    if isinstance(value, str | list | dict):
+        return len(value) > 0
     return False
 
 
-def as_number(v):
+def as_number(value):
     """Arithmetic operand: numbers and booleans (0/1); anything else is an error."""
-    if v is True:
+    if value is True:
         return 1.0
-    if v is False:
+    if value is False:
         return 0.0
-    if is_number(v):
-        return float(v)
+    if is_number(value):
+        return float(value)
     return ERROR
 
 
-def _finite(r):
-    return r if math.isfinite(r) else ERROR
+def _finite(result):
+    return result if math.isfinite(result) else ERROR
 
 
-def arith(op: str, a, b):
-    if a is ERROR or b is ERROR:
+def arith(op: str, left, right):
+    if left is ERROR or right is ERROR:
         return ERROR
-    if a is None or b is None:
+    if left is None or right is None:
         return None
-    x = as_number(a)
-    y = as_number(b)
-    if x is ERROR or y is ERROR:
+    left_number = as_number(left)
+    right_number = as_number(right)
+    if left_number is ERROR or right_number is ERROR:
         return ERROR
     if op == "+":
-        return _finite(x + y)
+        return _finite(left_number + right_number)
     if op == "-":
-        return _finite(x - y)
+        return _finite(left_number - right_number)
     if op == "*":
-        return _finite(x * y)
+        return _finite(left_number * right_number)
     if op == "/":
-        if y == 0:
+        if right_number == 0:
             return ERROR
-        return _finite(x / y)
+        return _finite(left_number / right_number)
     if op == "%":
-        if y == 0:
+        if right_number == 0:
             return ERROR
-        return _finite(math.fmod(x, y))
+        return _finite(math.fmod(left_number, right_number))
     if op in ("&", "|"):
-        if abs(x) >= _BIT_LIMIT or abs(y) >= _BIT_LIMIT:
+        if abs(left_number) >= _BIT_LIMIT or abs(right_number) >= _BIT_LIMIT:
             return ERROR
-        i, j = int(x), int(y)
-        return float(i & j if op == "&" else i | j)
+        left_bits, right_bits = int(left_number), int(right_number)
+        return float(left_bits & right_bits if op == "&" else left_bits | right_bits)
     raise ValueError(op)
 
 
-def negate(a):
-    if a is ERROR:
+def negate(operand):
+    if operand is ERROR:
         return ERROR
-    if a is None:
+    if operand is None:
         return None
-    x = as_number(a)
-    if x is ERROR:
+    number = as_number(operand)
+    if number is ERROR:
         return ERROR
-    return -x
+    return -number
 
 
 @lru_cache(maxsize=256)
@@ -127,137 +127,137 @@ def _wildcard(pattern: str) -> re.Pattern:
     return re.compile("".join(parts), re.DOTALL)
 
 
-def string_equal(a: str, b: str) -> bool:
+def string_equal(left: str, right: str) -> bool:
     """``==`` on strings: the right operand may hold ``*`` and ``?`` wildcards (or the left one,
     when only it has them)."""
-    if "*" in b or "?" in b:
-        return _wildcard(b).fullmatch(a) is not None
-    if "*" in a or "?" in a:
-        return _wildcard(a).fullmatch(b) is not None
-    return a == b
+    if "*" in right or "?" in right:
+        return _wildcard(right).fullmatch(left) is not None
+    if "*" in left or "?" in left:
+        return _wildcard(left).fullmatch(right) is not None
+    return left == right
 
 
-def _comparable(v):
+def _comparable(value):
     """Comparison operand: null and false are 0, true is 1."""
-    if v is None or v is False:
+    if value is None or value is False:
         return 0.0
-    if v is True:
+    if value is True:
         return 1.0
-    return float(v)
+    return float(value)
 
 
-def compare(op: str, a, b):
-    if a is ERROR or b is ERROR:
+def compare(op: str, left, right):
+    if left is ERROR or right is ERROR:
         return ERROR
-    a_str = isinstance(a, str)
-    b_str = isinstance(b, str)
-    if a_str and b_str:
+    left_is_text = isinstance(left, str)
+    right_is_text = isinstance(right, str)
+    if left_is_text and right_is_text:
         if op == "==":
-            return string_equal(a, b)
+            return string_equal(left, right)
         if op == "!=":
-            return not string_equal(a, b)
-        return {"<": a < b, ">": a > b, "<=": a <= b, ">=": a >= b}[op]
-    if a_str or b_str or isinstance(a, list | dict) or isinstance(b, list | dict):
+            return not string_equal(left, right)
+        return {"<": left < right, ">": left > right, "<=": left <= right, ">=": left >= right}[op]
+    if left_is_text or right_is_text or isinstance(left, list | dict) or isinstance(right, list | dict):
         if op == "==":
-            return a == b
+            return left == right
         if op == "!=":
-            return a != b
+            return left != right
         return ERROR
-    x = _comparable(a)
-    y = _comparable(b)
+    left_number = _comparable(left)
+    right_number = _comparable(right)
     if op == "==":
-        return x == y
+        return left_number == right_number
     if op == "!=":
-        return x != y
+        return left_number != right_number
     if op == "<":
-        return x < y
+        return left_number < right_number
     if op == ">":
-        return x > y
+        return left_number > right_number
     if op == "<=":
-        return x <= y
-    return x >= y
+        return left_number <= right_number
+    return left_number >= right_number
 
 
-def logical_and(a, b):
-    a_false = a is not ERROR and not truth(a)
-    b_false = b is not ERROR and not truth(b)
-    if a_false or b_false:
+def logical_and(left, right):
+    left_false = left is not ERROR and not truth(left)
+    right_false = right is not ERROR and not truth(right)
+    if left_false or right_false:
         return False
-    if a is ERROR or b is ERROR:
+    if left is ERROR or right is ERROR:
         return ERROR
     return True
 
 
-def logical_or(a, b):
-    if truth(a) or truth(b):
+def logical_or(left, right):
+    if truth(left) or truth(right):
         return True
-    if a is ERROR or b is ERROR:
+    if left is ERROR or right is ERROR:
         return ERROR
     return False
 
 
-def logical_not(a):
-    if a is ERROR:
+def logical_not(operand):
+    if operand is ERROR:
         return ERROR
-    return not truth(a)
+    return not truth(operand)
 
 
 # ---- functions -------------------------------------------------------------------------------
 
 
 def _numeric1(fn):
-    def apply(x):
-        if x is ERROR:
+    def apply(operand):
+        if operand is ERROR:
             return ERROR
-        if x is None:
+        if operand is None:
             return None
-        v = as_number(x)
-        if v is ERROR:
+        number = as_number(operand)
+        if number is ERROR:
             return ERROR
-        return fn(v)
+        return fn(number)
 
     return apply
 
 
-def _sqrt(v):
-    if v < 0:
+def _sqrt(number):
+    if number < 0:
         return ERROR
-    return math.sqrt(v)
+    return math.sqrt(number)
 
 
 fn_abs = _numeric1(abs)
-fn_ceil = _numeric1(lambda v: float(math.ceil(v)))
-fn_floor = _numeric1(lambda v: float(math.floor(v)))
+fn_ceil = _numeric1(lambda number: float(math.ceil(number)))
+fn_floor = _numeric1(lambda number: float(math.floor(number)))
 fn_sqrt = _numeric1(_sqrt)
 
 
-def fn_round(x, digits=0.0):
-    if x is ERROR or digits is ERROR:
+def fn_round(operand, digits=0.0):
+    if operand is ERROR or digits is ERROR:
         return ERROR
-    if x is None or digits is None:
+    if operand is None or digits is None:
         return None
-    v = as_number(x)
-    d = as_number(digits)
-    if v is ERROR or d is ERROR or abs(d) > 15:
+    number = as_number(operand)
+    places = as_number(digits)
+    if number is ERROR or places is ERROR or abs(places) > 15:
         return ERROR
-    scale = 10.0 ** int(d)
-    return _finite(math.floor(v * scale + 0.5) / scale)
+    scale = 10.0 ** int(places)
+    return _finite(math.floor(number * scale + 0.5) / scale)
 
 
-def fn_pow(x, y):
-    if x is ERROR or y is ERROR:
+def fn_pow(base, exponent):
+    if base is ERROR or exponent is ERROR:
         return ERROR
-    if x is None or y is None:
+    if base is None or exponent is None:
         return None
-    a = as_number(x)
-    b = as_number(y)
-    if a is ERROR or b is ERROR:
+    base_number = as_number(base)
+    exponent_number = as_number(exponent)
+    if base_number is ERROR or exponent_number is ERROR:
         return ERROR
     try:
-        r = math.pow(a, b)
+        result = math.pow(base_number, exponent_number)
     except (ValueError, OverflowError, ZeroDivisionError):
         return ERROR
-    return _finite(r)
+    return _finite(result)
 
 
 def fn_min(*args):
@@ -269,86 +269,86 @@ def fn_max(*args):
 
 
 def _extreme(args, pick):
-    if any(a is ERROR for a in args):
+    if any(argument is ERROR for argument in args):
         return ERROR
-    if any(a is None for a in args):
+    if any(argument is None for argument in args):
         return None
-    nums = [as_number(a) for a in args]
-    if any(n is ERROR for n in nums):
+    numbers = [as_number(argument) for argument in args]
+    if any(number is ERROR for number in numbers):
         return ERROR
-    return pick(nums)
+    return pick(numbers)
 
 
-def fn_isnull(x):
-    if x is ERROR:
+def fn_isnull(operand):
+    if operand is ERROR:
         return ERROR
-    return x is None
+    return operand is None
 
 
-def fn_if(c, a, b):
-    if c is ERROR:
+def fn_if(condition, then_value, else_value):
+    if condition is ERROR:
         return ERROR
-    return a if truth(c) else b
+    return then_value if truth(condition) else else_value
 
 
-def fn_tonumber(x):
-    if x is ERROR:
+def fn_tonumber(operand):
+    if operand is ERROR:
         return ERROR
-    if x is None:
+    if operand is None:
         return None
-    if isinstance(x, str):
-        s = x.strip()
+    if isinstance(operand, str):
+        text = operand.strip()
         try:
-            v = float(s)
+            number = float(text)
         except ValueError:
             try:
-                v = float(int(s, 0))
+                number = float(int(text, 0))
             except ValueError:
                 return ERROR
-        return _finite(v)
-    return as_number(x)
+        return _finite(number)
+    return as_number(operand)
 
 
-def format_number(v: float) -> str:
-    if v.is_integer() and abs(v) < 1e16:
-        return str(int(v))
-    return repr(v)
+def format_number(number: float) -> str:
+    if number.is_integer() and abs(number) < 1e16:
+        return str(int(number))
+    return repr(number)
 
 
-def fn_tostring(x):
-    if x is ERROR:
+def fn_tostring(operand):
+    if operand is ERROR:
         return ERROR
-    if x is None:
+    if operand is None:
         return None
-    if isinstance(x, str):
-        return x
-    if x is True:
+    if isinstance(operand, str):
+        return operand
+    if operand is True:
         return "true"
-    if x is False:
+    if operand is False:
         return "false"
-    if is_number(x):
-        return format_number(float(x))
-    return json.dumps(x, separators=(",", ":"), sort_keys=True)
+    if is_number(operand):
+        return format_number(float(operand))
+    return json.dumps(operand, separators=(",", ":"), sort_keys=True)
 
 
 _TRUE_WORDS = {"true", "1", "yes", "on"}
 _FALSE_WORDS = {"false", "0", "no", "off", ""}
 
 
-def fn_toboolean(x):
-    if x is ERROR:
+def fn_toboolean(operand):
+    if operand is ERROR:
         return ERROR
-    if x is None:
+    if operand is None:
         return None
-    if x is True or x is False:
-        return x
-    if is_number(x):
-        return x != 0
-    if isinstance(x, str):
-        s = x.strip().lower()
-        if s in _TRUE_WORDS:
+    if operand is True or operand is False:
+        return operand
+    if is_number(operand):
+        return operand != 0
+    if isinstance(operand, str):
+        word = operand.strip().lower()
+        if word in _TRUE_WORDS:
             return True
-        if s in _FALSE_WORDS:
+        if word in _FALSE_WORDS:
             return False
         return ERROR
     return ERROR

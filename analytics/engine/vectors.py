@@ -1,7 +1,7 @@
 """Columnar values and the frame they are computed over, with the numpy operations that the
 expression operators and functions share.
 
-A columnar value is a ``Vec``: ``kind`` (``num``/``bool``/``obj``), ``values``, and the masks
+A columnar value is a ``Vec``: ``kind`` (a ``ColumnKind``), ``values``, and the masks
 ``null`` and ``err`` (``None`` = nowhere). An operation on an ``obj`` column (strings, mixed
 types) falls back to the scalar functions of ``values`` element by element (``fallback``), so the
 row and column evaluators share one definition of the semantics.
@@ -13,31 +13,35 @@ from typing import Protocol
 
 import numpy as np
 
-from . import values as V
-from .messages import Column
+from . import values as semantics
+from .columns import Column, ColumnKind
 
 LAT = "position.latitude"
 LON = "position.longitude"
 
 
 def any_of(*masks):
-    out = None
-    for m in masks:
-        if m is None:
+    combined = None
+    for mask in masks:
+        if mask is None:
             continue
-        out = m if out is None else (out | m)
-    return out
+        combined = mask if combined is None else (combined | mask)
+    return combined
 
 
-def and_not(m, k):
-    if m is None:
+def and_not(mask, excluded):
+    if mask is None:
         return None
-    if k is None:
-        return m
-    return m & ~k
+    if excluded is None:
+        return mask
+    return mask & ~excluded
 
 
 class Vec:
+    """The value of an expression over the rows of a frame. Not a ``Column``: a Vec has an error
+    mask (where evaluation failed) and no missing mask, and a constant is one row that
+    ``expand`` broadcasts."""
+
     __slots__ = ("err", "kind", "null", "values")
 
     def __init__(self, kind, values, null=None, err=None):
@@ -49,84 +53,89 @@ class Vec:
     @classmethod
     def const(cls, value) -> Vec:
         if value is None:
-            return cls("num", np.zeros(1), np.ones(1, bool))
+            return cls(ColumnKind.NUM, np.zeros(1), np.ones(1, bool))
         if value is True or value is False:
-            return cls("bool", np.array([value]))
-        if V.is_number(value):
-            return cls("num", np.array([float(value)]))
-        arr = np.empty(1, dtype=object)
-        arr[0] = value
-        return cls("obj", arr)
+            return cls(ColumnKind.BOOL, np.array([value]))
+        if semantics.is_number(value):
+            return cls(ColumnKind.NUM, np.array([float(value)]))
+        array = np.empty(1, dtype=object)
+        array[0] = value
+        return cls(ColumnKind.OBJ, array)
 
     @classmethod
-    def from_objects(cls, objs: list) -> Vec:
-        n = len(objs)
-        err = np.fromiter((o is V.ERROR for o in objs), bool, n)
-        null = np.fromiter((o is None for o in objs), bool, n)
-        real = [o for o in objs if o is not None and o is not V.ERROR]
-        err_m = err if err.any() else None
-        null_m = null if null.any() else None
-        if all(V.is_number(o) for o in real):
-            vals = np.fromiter((float(o) if V.is_number(o) else 0.0 for o in objs), np.float64, n)
-            return cls("num", vals, null_m, err_m)
-        if all(o is True or o is False for o in real):
-            vals = np.fromiter((o is True for o in objs), bool, n)
-            return cls("bool", vals, null_m, err_m)
-        arr = np.empty(n, dtype=object)
-        arr[:] = [None if (o is None or o is V.ERROR) else o for o in objs]
-        return cls("obj", arr, null_m, err_m)
+    def from_objects(cls, objects: list) -> Vec:
+        count = len(objects)
+        err = np.fromiter((value is semantics.ERROR for value in objects), bool, count)
+        null = np.fromiter((value is None for value in objects), bool, count)
+        real = [value for value in objects if value is not None and value is not semantics.ERROR]
+        err_mask = err if err.any() else None
+        null_mask = null if null.any() else None
+        if all(semantics.is_number(value) for value in real):
+            numbers = np.fromiter(
+                (float(value) if semantics.is_number(value) else 0.0 for value in objects), np.float64, count
+            )
+            return cls(ColumnKind.NUM, numbers, null_mask, err_mask)
+        if all(value is True or value is False for value in real):
+            flags = np.fromiter((value is True for value in objects), bool, count)
+            return cls(ColumnKind.BOOL, flags, null_mask, err_mask)
+        array = np.empty(count, dtype=object)
+        array[:] = [None if (value is None or value is semantics.ERROR) else value for value in objects]
+        return cls(ColumnKind.OBJ, array, null_mask, err_mask)
 
-    def expand(self, n: int) -> Vec:
-        def full(a):
-            if a is None or len(a) == n:
-                return a
-            return np.broadcast_to(a, (n,)).copy()
+    def expand(self, rows: int) -> Vec:
+        def full(array):
+            if array is None or len(array) == rows:
+                return array
+            return np.broadcast_to(array, (rows,)).copy()
 
         return Vec(self.kind, full(self.values), full(self.null), full(self.err))
 
-    def to_objects(self, n: int) -> list:
-        v = self.expand(n)
-        out = list(v.values) if v.kind == "obj" else v.values.tolist()
-        if v.null is not None:
-            for i in np.flatnonzero(v.null).tolist():
-                out[i] = None
-        if v.err is not None:
-            for i in np.flatnonzero(v.err).tolist():
-                out[i] = V.ERROR
-        return out
+    def to_objects(self, rows: int) -> list:
+        expanded = self.expand(rows)
+        objects = list(expanded.values) if expanded.kind == ColumnKind.OBJ else expanded.values.tolist()
+        if expanded.null is not None:
+            for i in np.flatnonzero(expanded.null).tolist():
+                objects[i] = None
+        if expanded.err is not None:
+            for i in np.flatnonzero(expanded.err).tolist():
+                objects[i] = semantics.ERROR
+        return objects
 
     def floats(self) -> np.ndarray:
-        return self.values.astype(np.float64) if self.kind == "bool" else self.values
+        return self.values.astype(np.float64) if self.kind == ColumnKind.BOOL else self.values
 
     def truth(self) -> np.ndarray:
         """Where the value is true (errors and nulls are not)."""
-        if self.kind == "bool":
-            t = self.values
-        elif self.kind == "num":
-            t = self.values != 0
+        if self.kind == ColumnKind.BOOL:
+            truthy = self.values
+        elif self.kind == ColumnKind.NUM:
+            truthy = self.values != 0
         else:
-            t = np.fromiter((V.truth(o) for o in self.values), bool, len(self.values))
+            truthy = np.fromiter((semantics.truth(value) for value in self.values), bool, len(self.values))
         if self.null is not None:
-            t = t & ~self.null
+            truthy = truthy & ~self.null
         if self.err is not None:
-            t = t & ~self.err
-        return t
+            truthy = truthy & ~self.err
+        return truthy
 
 
-def vec_from_column(col: Column | None, n: int, missing_is: str) -> Vec:
+def vec_from_column(column: Column | None, rows: int, missing_is: str) -> Vec:
     """``missing_is``: ``err`` for a bare name, ``null`` for ``$name``/``#name``."""
-    if col is None:
-        mask = np.ones(n, bool)
+    if column is None:
+        mask = np.ones(rows, bool)
         return Vec(
-            "num", np.zeros(n), None if missing_is == "err" else mask, mask if missing_is == "err" else None
+            ColumnKind.NUM,
+            np.zeros(rows),
+            None if missing_is == "err" else mask,
+            mask if missing_is == "err" else None,
         )
-    values = col.values
-    if col.kind == "obj":
-        values = np.empty(n, dtype=object)  # not np.array(list): lists would become a 2-D array
-        values[:] = [V.normalize(o) for o in col.values.tolist()]
+    values = column.values
+    if column.kind == ColumnKind.OBJ:
+        values = np.empty(rows, dtype=object)  # not np.array(list): lists would become a 2-D array
+        values[:] = [semantics.normalize(value) for value in column.values.tolist()]
     if missing_is == "err":
-        return Vec(col.kind, values, col.null, col.missing)
-    return Vec(col.kind, values, any_of(col.null, col.missing))
+        return Vec(column.kind, values, column.null, column.missing)
+    return Vec(column.kind, values, any_of(column.null, column.missing))
 
 
 class Rows(Protocol):
@@ -185,14 +194,14 @@ class Frame:
         key = ("pos", prev)
         if key in self._cache:
             return self._cache[key]
-        n = self.n
+        rows = self.n
         if prev:
             lat, lon, valid = self.position()
             if valid.all():
-                before = np.arange(-1, n - 1)
+                before = np.arange(-1, rows - 1)
                 ok = self.prev_valid
             else:
-                idx = np.arange(n)
+                idx = np.arange(rows)
                 last = np.maximum.accumulate(np.where(valid, idx, -1))
                 before = np.concatenate(([-1], last[:-1]))
                 start = np.maximum.accumulate(np.where(self.prev_valid, 0, idx))
@@ -203,7 +212,7 @@ class Frame:
             lat_c = self.column(LAT)
             lon_c = self.column(LON)
             if lat_c is None or lon_c is None:
-                res = (np.zeros(n), np.zeros(n), np.zeros(n, bool))
+                res = (np.zeros(rows), np.zeros(rows), np.zeros(rows, bool))
             else:
                 lat, vlat = numeric_column(lat_c)
                 lon, vlon = numeric_column(lon_c)
@@ -212,134 +221,146 @@ class Frame:
         return res
 
 
-def numeric_column(col: Column):
+def numeric_column(column: Column):
     """Float values and where they are real numbers (not bool, not null, present)."""
-    n = len(col)
-    if col.kind == "num":
-        valid = np.ones(n, bool)
-        vals = col.values
-    elif col.kind == "bool":
-        return np.zeros(n), np.zeros(n, bool)
+    rows = len(column)
+    if column.kind == ColumnKind.NUM:
+        valid = np.ones(rows, bool)
+        numbers = column.values
+    elif column.kind == ColumnKind.BOOL:
+        return np.zeros(rows), np.zeros(rows, bool)
     else:
-        objs = col.values.tolist()
-        valid = np.fromiter((V.is_number(o) for o in objs), bool, n)
-        vals = np.fromiter((float(o) if V.is_number(o) else 0.0 for o in objs), np.float64, n)
-    if col.missing is not None:
-        valid &= ~col.missing
-    if col.null is not None:
-        valid &= ~col.null
-    return vals, valid
+        objects = column.values.tolist()
+        valid = np.fromiter((semantics.is_number(value) for value in objects), bool, rows)
+        numbers = np.fromiter(
+            (float(value) if semantics.is_number(value) else 0.0 for value in objects), np.float64, rows
+        )
+    if column.missing is not None:
+        valid &= ~column.missing
+    if column.null is not None:
+        valid &= ~column.null
+    return numbers, valid
 
 
-def fallback(fn, vecs: list[Vec], n: int) -> Vec:
-    cols = [v.to_objects(n) for v in vecs]
-    return Vec.from_objects([fn(*args) for args in zip(*cols, strict=True)])
+def fallback(fn, vecs: list[Vec], rows: int) -> Vec:
+    columns = [vec.to_objects(rows) for vec in vecs]
+    return Vec.from_objects([fn(*args) for args in zip(*columns, strict=True)])
 
 
 def is_typed(*vecs: Vec) -> bool:
-    return all(v.kind != "obj" for v in vecs)
+    return all(vec.kind != ColumnKind.OBJ for vec in vecs)
 
 
 _BIT_LIMIT = float(2**53)
 
 
-def vec_arith(op, a: Vec, b: Vec, n) -> Vec:
-    if not is_typed(a, b):
-        return fallback(lambda x, y: V.arith(op, x, y), [a, b], n)
-    x = a.floats()
-    y = b.floats()
-    err = any_of(a.err, b.err)
-    null = and_not(any_of(a.null, b.null), err)
+def vec_arith(op, left: Vec, right: Vec, rows) -> Vec:
+    if not is_typed(left, right):
+        return fallback(
+            lambda left_numbers, right_numbers: semantics.arith(op, left_numbers, right_numbers),
+            [left, right],
+            rows,
+        )
+    left_numbers = left.floats()
+    right_numbers = right.floats()
+    err = any_of(left.err, right.err)
+    null = and_not(any_of(left.null, right.null), err)
     with np.errstate(all="ignore"):
         bad = None
         if op == "+":
-            r = x + y
+            result = left_numbers + right_numbers
         elif op == "-":
-            r = x - y
+            result = left_numbers - right_numbers
         elif op == "*":
-            r = x * y
+            result = left_numbers * right_numbers
         elif op == "/":
-            bad = y == 0
-            r = x / np.where(bad, 1.0, y)
+            bad = right_numbers == 0
+            result = left_numbers / np.where(bad, 1.0, right_numbers)
         elif op == "%":
-            bad = y == 0
-            r = np.fmod(x, np.where(bad, 1.0, y))
+            bad = right_numbers == 0
+            result = np.fmod(left_numbers, np.where(bad, 1.0, right_numbers))
         else:
-            bad = (np.abs(x) >= _BIT_LIMIT) | (np.abs(y) >= _BIT_LIMIT)
-            xi = np.where(bad, 0.0, x).astype(np.int64)
-            yi = np.where(bad, 0.0, y).astype(np.int64)
-            r = (xi & yi if op == "&" else xi | yi).astype(np.float64)
-        fail = ~np.isfinite(r)
+            bad = (np.abs(left_numbers) >= _BIT_LIMIT) | (np.abs(right_numbers) >= _BIT_LIMIT)
+            xi = np.where(bad, 0.0, left_numbers).astype(np.int64)
+            yi = np.where(bad, 0.0, right_numbers).astype(np.int64)
+            result = (xi & yi if op == "&" else xi | yi).astype(np.float64)
+        fail = ~np.isfinite(result)
         if bad is not None:
             fail = fail | bad
     fail = and_not(and_not(fail, null), err)
     if fail is not None and fail.any():
         err = fail if err is None else (err | fail)
-    return Vec("num", r, null, err)
+    return Vec(ColumnKind.NUM, result, null, err)
 
 
-def vec_compare(op, a: Vec, b: Vec, n) -> Vec:
-    if not is_typed(a, b):
-        return fallback(lambda x, y: V.compare(op, x, y), [a, b], n)
-    x = a.floats()
-    y = b.floats()
-    if a.null is not None:
-        x = np.where(a.null, 0.0, x)
-    if b.null is not None:
-        y = np.where(b.null, 0.0, y)
+def vec_compare(op, left: Vec, right: Vec, rows) -> Vec:
+    if not is_typed(left, right):
+        return fallback(
+            lambda left_numbers, right_numbers: semantics.compare(op, left_numbers, right_numbers),
+            [left, right],
+            rows,
+        )
+    left_numbers = left.floats()
+    right_numbers = right.floats()
+    if left.null is not None:
+        left_numbers = np.where(left.null, 0.0, left_numbers)
+    if right.null is not None:
+        right_numbers = np.where(right.null, 0.0, right_numbers)
     if op == "==":
-        r = x == y
+        result = left_numbers == right_numbers
     elif op == "!=":
-        r = x != y
+        result = left_numbers != right_numbers
     elif op == "<":
-        r = x < y
+        result = left_numbers < right_numbers
     elif op == ">":
-        r = x > y
+        result = left_numbers > right_numbers
     elif op == "<=":
-        r = x <= y
+        result = left_numbers <= right_numbers
     else:
-        r = x >= y
-    return Vec("bool", r, None, any_of(a.err, b.err))
+        result = left_numbers >= right_numbers
+    return Vec(ColumnKind.BOOL, result, None, any_of(left.err, right.err))
 
 
-def errmask(v: Vec, n):
-    return np.zeros(n, bool) if v.err is None else np.broadcast_to(v.err, (n,))
+def errmask(vec: Vec, rows):
+    return np.zeros(rows, bool) if vec.err is None else np.broadcast_to(vec.err, (rows,))
 
 
-def vec_and(a: Vec, b: Vec, n) -> Vec:
-    ea, eb = errmask(a, n), errmask(b, n)
-    false = (~np.broadcast_to(a.truth(), (n,)) & ~ea) | (~np.broadcast_to(b.truth(), (n,)) & ~eb)
-    err = ~false & (ea | eb)
-    return Vec("bool", ~false & ~err, None, err if err.any() else None)
+def vec_and(left: Vec, right: Vec, rows) -> Vec:
+    left_error, right_error = errmask(left, rows), errmask(right, rows)
+    false = (~np.broadcast_to(left.truth(), (rows,)) & ~left_error) | (
+        ~np.broadcast_to(right.truth(), (rows,)) & ~right_error
+    )
+    err = ~false & (left_error | right_error)
+    return Vec(ColumnKind.BOOL, ~false & ~err, None, err if err.any() else None)
 
 
-def vec_or(a: Vec, b: Vec, n) -> Vec:
-    ea, eb = errmask(a, n), errmask(b, n)
-    true = np.broadcast_to(a.truth(), (n,)) | np.broadcast_to(b.truth(), (n,))
-    err = ~true & (ea | eb)
-    return Vec("bool", true, None, err if err.any() else None)
+def vec_or(left: Vec, right: Vec, rows) -> Vec:
+    left_error, right_error = errmask(left, rows), errmask(right, rows)
+    true = np.broadcast_to(left.truth(), (rows,)) | np.broadcast_to(right.truth(), (rows,))
+    err = ~true & (left_error | right_error)
+    return Vec(ColumnKind.BOOL, true, None, err if err.any() else None)
 
 
-def vec_not(a: Vec, n) -> Vec:
-    return Vec("bool", ~a.truth(), None, a.err)
+def vec_not(operand: Vec, rows) -> Vec:
+    return Vec(ColumnKind.BOOL, ~operand.truth(), None, operand.err)
 
 
-def vec_neg(a: Vec, n) -> Vec:
-    if not is_typed(a):
-        return fallback(V.negate, [a], n)
-    return Vec("num", -a.floats(), a.null, a.err)
+def vec_neg(operand: Vec, rows) -> Vec:
+    if not is_typed(operand):
+        return fallback(semantics.negate, [operand], rows)
+    return Vec(ColumnKind.NUM, -operand.floats(), operand.null, operand.err)
 
 
-def vec_unary_num(fn_np, fn_scalar, a: Vec, n, domain=None) -> Vec:
-    if not is_typed(a):
-        return fallback(fn_scalar, [a], n)
-    x = a.floats()
+def vec_unary_num(fn_np, fn_scalar, operand: Vec, rows, domain=None) -> Vec:
+    if not is_typed(operand):
+        return fallback(fn_scalar, [operand], rows)
+    numbers = operand.floats()
     with np.errstate(all="ignore"):
-        bad = None if domain is None else ~domain(x)
-        r = fn_np(np.where(bad, 0.0, x) if bad is not None else x)
-    err = a.err
+        bad = None if domain is None else ~domain(numbers)
+        result = fn_np(np.where(bad, 0.0, numbers) if bad is not None else numbers)
+    err = operand.err
     if bad is not None:
-        bad = and_not(and_not(bad, a.null), a.err)
+        bad = and_not(and_not(bad, operand.null), operand.err)
         if bad.any():
             err = bad if err is None else (err | bad)
-    return Vec("num", r, a.null, err)
+    return Vec(ColumnKind.NUM, result, operand.null, err)

@@ -1,15 +1,15 @@
 """On-demand calculation over stored messages (``analytics.calculation.calculate_stored``) and
-the columnar reader under it (``devices.columns``), against ``analytics.engine.calculate`` over
+the columnar reader under it (``analytics.stored_columns``), against ``analytics.engine.calculate`` over
 the same messages read as dicts the way the messages API reads them."""
 
 from __future__ import annotations
 
 import pytest
 
-from analytics import blocks, calculation
+from analytics import blocks, calculation, stored_columns
 from analytics.calculation import calculate_stored
 from analytics.engine import calculate, compile_calculator
-from devices import columns, importers, selectors
+from devices import importers, selectors
 from devices.services import device_create, messages_ingest
 from flespi_site.errors import InvalidInput, TooLarge
 from tests.engine import test_tracks
@@ -124,7 +124,7 @@ def test_chunks_and_a_track_read_in_many_queries_give_the_same(make_device, monk
     store(device, messages)
     begin, end = messages[0]["timestamp"], messages[-1]["timestamp"]
     whole = calculate_stored(device=device, calculator=compile_calculator(TRIPS), begin=begin, end=end)
-    monkeypatch.setattr(columns, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(stored_columns, "CHUNK_ROWS", 7)
     assert (
         calculate_stored(device=device, calculator=compile_calculator(TRIPS), begin=begin, end=end) == whole
     )
@@ -249,12 +249,13 @@ def test_reader_gives_the_types_of_the_engine_columns(make_device, nested):
     # Merged through jsonb, some bodies are rewritten with a space after each colon.
     store(device, [{"timestamp": m["timestamp"], "late": True} for m in messages[:3]])
     names = ["count", "level", "status", "on", "maybe", "big", "empty", "flag", "absent", "text", "a.speed"]
-    read = columns.messages_columns(
+    read = stored_columns.messages_columns(
         alias=device.database, device_id=device.pk, begin=0, end=2**62, parameters=names
     )
     assert read.ts.tolist() == [round(m["timestamp"] * 1e6) for m in messages]
     kinds = {
-        name: (c.kind, c.ints, int(c.missing.sum()), int(c.null.sum())) for name, c in read.columns.items()
+        name: (c.kind, c.ints, int(c.missing_mask().sum()), int(c.null_mask().sum()))
+        for name, c in read.columns.items()
     }
     assert kinds == {
         "count": ("num", True, 12, 0),
@@ -323,8 +324,8 @@ def test_limits_are_refused_before_anything_is_read(make_device, monkeypatch):
     def never(**kwargs):
         raise AssertionError("read despite the limit")
 
-    read = columns.messages_columns
-    monkeypatch.setattr(columns, "messages_columns", never)
+    read = stored_columns.messages_columns
+    monkeypatch.setattr(stored_columns, "messages_columns", never)
     with pytest.raises(TooLarge) as caught:
         calculate_stored(device=device, calculator=calculator, begin=T0, end=T0 + 600)
     assert caught.value.as_error() == {
@@ -345,7 +346,7 @@ def test_limits_are_refused_before_anything_is_read(make_device, monkeypatch):
             calculate_stored(device=device, calculator=calculator, begin=bad, end=T0)
     # Exactly the limit is allowed.
     monkeypatch.setattr(calculation, "MAX_ON_DEMAND_MESSAGES", 60)
-    monkeypatch.setattr(columns, "messages_columns", read)
+    monkeypatch.setattr(stored_columns, "messages_columns", read)
     assert calculate_stored(device=device, calculator=calculator, begin=T0, end=T0 + 600) == calculate(
         as_dicts(device, T0, T0 + 600), calculator
     )

@@ -12,10 +12,10 @@ lands it in numpy. A million rows come back as a few dozen values instead of a m
 reading them row by row (a cursor or ``COPY TO STDOUT``) costs 2.5-4 µs a row in the driver
 alone, more than the whole calculation (docs/analytics.md, "On-demand calculation").
 
-The column kinds follow the analytics engine's ``Column`` (this module does not import it):
-``num`` (float64 values; ``ints`` when every value was a JSON integer), ``bool``, or ``obj``
-(Python objects: strings, lists, objects, or values of mixed types, and a parameter that is
-only ever missing or null).
+Each parameter comes back as a stored column (``analytics.engine.columns.Column``, with its
+per-row int flags and ``pure``), as the message blocks keep it: ``num`` (float64 values), ``bool``,
+or ``obj`` (strings, lists, objects, or values of mixed types, and a parameter that is only ever
+missing or null).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 import psycopg
 from django.db import connections
 
+from analytics.engine.columns import Column, ColumnKind
 from devices.models import Device
 from flespi_site.jsontext import loads_exact
 
@@ -39,25 +40,13 @@ _MISSING, _NULL, _VALUE = 0, 1, 2
 
 
 @dataclass(frozen=True)
-class ParameterColumn:
-    """One parameter over the rows: ``values`` (0.0 / False / None where there is no value),
-    ``missing`` (the key is absent) and ``null`` (the key holds JSON null) masks."""
-
-    kind: str
-    values: np.ndarray
-    missing: np.ndarray
-    null: np.ndarray
-    ints: bool = False
-
-
-@dataclass(frozen=True)
 class StoredColumns:
     """A device's messages in a time range, oldest first: ``ts`` (int64 microseconds, unique
     and increasing) and a column per requested parameter (every requested name is there, all
     missing when no message has it)."""
 
     ts: np.ndarray
-    columns: dict[str, ParameterColumn]
+    columns: dict[str, Column]
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -99,10 +88,10 @@ def messages_columns(
             if not count:
                 break
             ts_parts.append(packed)
-            for k in range(len(names)):
-                states[k].append(columns[2 * k])
-                if columns[2 * k + 1] is not None:
-                    texts[k].append(columns[2 * k + 1])
+            for position in range(len(names)):
+                states[position].append(columns[2 * position])
+                if columns[2 * position + 1] is not None:
+                    texts[position].append(columns[2 * position + 1])
             if count < CHUNK_ROWS:
                 break
             low = newest + 1
@@ -117,7 +106,7 @@ def messages_columns(
     for name, state_parts, text_parts in zip(names, states, texts, strict=True):
         column = _column(np.frombuffer(b"".join(state_parts), dtype=np.uint8), text_parts)
         if order is not None:
-            column = _take(column, order)
+            column = column.take(order)
         columns[name] = column
     return StoredColumns(ts=ts, columns=columns)
 
@@ -139,17 +128,17 @@ def chunk_query(names: list[str]) -> tuple[str, list[str]]:
     width = len(names)
     encoded = [json.dumps(name, ensure_ascii=False) for name in names]
     values = "".join(
-        f", CASE WHEN NOT flat THEN (body -> %s::text)::text WHEN r{k} = '' THEN NULL"
-        f" WHEN ltrim(left(r{k}, 2)) LIKE '\"%%' THEN '\"' || split_part(r{k}, '\"', 2) || '\"'"
-        f" ELSE ltrim(split_part(split_part(r{k}, ',', 1), '}}', 1)) END AS v{k}"
-        for k in range(width)
+        f", CASE WHEN NOT flat THEN (body -> %s::text)::text WHEN r{index} = '' THEN NULL"
+        f" WHEN ltrim(left(r{index}, 2)) LIKE '\"%%' THEN '\"' || split_part(r{index}, '\"', 2) || '\"'"
+        f" ELSE ltrim(split_part(split_part(r{index}, ',', 1), '}}', 1)) END AS v{index}"
+        for index in range(width)
     )
-    rests = "".join(f", CASE WHEN flat THEN split_part(t, %s, 2) END AS r{k}" for k in range(width))
+    rests = "".join(f", CASE WHEN flat THEN split_part(t, %s, 2) END AS r{index}" for index in range(width))
     aggregates = "".join(
-        f", string_agg(CASE WHEN v{k} IS NULL THEN '\\x{_MISSING:02x}'::bytea"
-        f" WHEN v{k} = 'null' THEN '\\x{_NULL:02x}'::bytea ELSE '\\x{_VALUE:02x}'::bytea END, ''::bytea)"
-        f", string_agg(v{k}, ',') FILTER (WHERE v{k} <> 'null')"
-        for k in range(width)
+        f", string_agg(CASE WHEN v{index} IS NULL THEN '\\x{_MISSING:02x}'::bytea"
+        f" WHEN v{index} = 'null' THEN '\\x{_NULL:02x}'::bytea ELSE '\\x{_VALUE:02x}'::bytea END, ''::bytea)"
+        f", string_agg(v{index}, ',') FILTER (WHERE v{index} <> 'null')"
+        for index in range(width)
     )
     sql = (
         f"SELECT count(*), max(ts), string_agg(int8send(ts), ''::bytea){aggregates}"
@@ -162,28 +151,23 @@ def chunk_query(names: list[str]) -> tuple[str, list[str]]:
     return sql, [*names, *(f"{key}:" for key in encoded)]
 
 
-def _column(state: np.ndarray, texts: list[str]) -> ParameterColumn:
-    n = len(state)
+def _column(state: np.ndarray, texts: list[str]) -> Column:
+    count = len(state)
     missing = state == _MISSING
     null = state == _NULL
     present = state == _VALUE
     values = loads_exact("[" + ",".join(texts) + "]") if texts else []
     types = set(map(type, values))
     if values and types <= {int, float}:
-        numbers = np.zeros(n, np.float64)
+        numbers = np.zeros(count, np.float64)
         numbers[present] = np.array(values, dtype=np.float64)
-        return ParameterColumn("num", numbers, missing, null, ints=float not in types)
+        isint = present if float not in types else np.zeros(count, bool)
+        return Column(ColumnKind.NUM, numbers, missing, null, isint=isint)
     if values and types == {bool}:
-        flags = np.zeros(n, bool)
+        flags = np.zeros(count, bool)
         flags[present] = np.array(values, dtype=bool)
-        return ParameterColumn("bool", flags, missing, null)
-    objects = np.full(n, None, dtype=object)
+        return Column(ColumnKind.BOOL, flags, missing, null)
+    objects = np.full(count, None, dtype=object)
     # fromiter keeps lists as elements (an array built from a list of lists would be 2-D).
     objects[present] = np.fromiter(values, dtype=object, count=len(values))
-    return ParameterColumn("obj", objects, missing, null)
-
-
-def _take(column: ParameterColumn, order: np.ndarray) -> ParameterColumn:
-    return ParameterColumn(
-        column.kind, column.values[order], column.missing[order], column.null[order], column.ints
-    )
+    return Column(ColumnKind.OBJ, objects, missing, null, pure=not types & {int, float, bool})

@@ -625,7 +625,7 @@ class ShardWorker:
             if synced_now:
                 work.outbox.append(event_topics.synced_event(calc_id=key[0], device_id=key[1], synced=True))
                 if last is not None and not last_changed:
-                    work.outbox.append(event_topics.Event(key[1], event_topics.state_topic(*key, "last"), last, True))
+                    work.outbox.append(event_topics.last_event(calc_id=key[0], device_id=key[1], last=last))
             events.extend(work.outbox)
             rows.append(storage.AssignmentDone(
                 id=assignment.pk, version=work.calculator.version, calculated=stamp,
@@ -685,8 +685,8 @@ class ShardWorker:
                     if gone:
                         storage.outbox_events(
                             alias=alias,
-                            events=[event_topics.Event(assignment.device_id, event_topics.interval_topic(
-                                assignment.calculator_id, assignment.device_id, "deleted"), row, False) for row in gone],
+                            events=event_topics.deleted_events(
+                                calc_id=assignment.calculator_id, device_id=assignment.device_id, rows=gone),
                         )
                 if gone:
                     held.cache.intervals_apply(

@@ -155,7 +155,7 @@ class Subscriber:
     def __init__(self, topic: str):
         from django.conf import settings
 
-        from flespi_site import mqtt
+        from flespi_site.mqtt import client as mqtt
 
         self.received: list[tuple[float, str, bytes]] = []
         self.subscribed = threading.Event()

@@ -14,9 +14,9 @@ from rest_framework.exceptions import ParseError
 
 from accounts.fence import RETRY_AFTER_SECONDS, AccountMoving
 from devices import selectors, services
-from flespi_site import mqtt
 from flespi_site.api.parsers import loads_strict
 from flespi_site.errors import DomainError
+from flespi_site.mqtt import client as mqtt
 from flespi_site.runner import Loop
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 
-from flespi_site import mqtt
+from flespi_site.mqtt import client as mqtt
 
 CLEARED = "<cleared>"
 

@@ -31,7 +31,8 @@ from collections import Counter
 import pytest
 
 from analytics.engine import calculate
-from flespi_site import embedded, mqtt
+from flespi_site import embedded
+from flespi_site.mqtt import client as mqtt
 from tests.analytics.fleet import forget_region_state, wait_until
 from tests.mqtt_helpers import PrivateBroker, Subscriber
 from tests.test_supervisor import RunningSupervisor

@@ -16,7 +16,8 @@ import psutil
 import pytest
 from django.conf import settings
 
-from flespi_site import embedded, mqtt
+from flespi_site import embedded
+from flespi_site.mqtt import client as mqtt
 from flespi_site.supervisor import CrashLoop, Process, RestartPolicy, Supervisor, how_it_ended
 from tests.live import start
 from tests.mqtt_helpers import Subscriber

@@ -30,7 +30,7 @@ from analytics.engine import Diff
 from analytics.services import assignment_create, calculator_create, interval_user_update, intervals_apply
 from devices.models import Device
 from devices.services import device_create, messages_ingest
-from flespi_site import mqtt
+from flespi_site.mqtt import client as mqtt
 from tests.live import WebServer, start
 from tests.mqtt_helpers import Subscriber
 

@@ -96,7 +96,7 @@ class TokenClient:
 
     def __init__(self, url: str, username: str | None, password: str | None = "", *, client_id: str | None = None,
                  clean_session: bool = True):
-        from flespi_site import mqtt
+        from flespi_site.mqtt import client as mqtt
 
         self.host, self.port, _tls = mqtt.broker_address(url)
         self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,

@@ -1,0 +1,1 @@
+"""Development tooling: embedded services, the development supervisor, vendoring. Imports no app."""

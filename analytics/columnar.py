@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import json
 import operator
 import struct
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -29,7 +28,7 @@ import orjson
 from analytics.engine import Messages
 from analytics.engine.messages import Column
 from analytics.engine.values import is_number
-from flespi_site.jsontext import loads_exact
+from flespi_site.jsontext import dumps_exact, loads_exact
 
 CHUNK_MAGIC = b"FCC1"
 
@@ -55,13 +54,6 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def dumps(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:  # integers beyond 64 bits, which JSON allows
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _float_or_none(v, exact: bool) -> float | None:
@@ -217,7 +209,7 @@ class Col:
         elif self.kind == "bool":
             parts.append(np.packbits(self.values).tobytes())
         else:
-            text = dumps(self.values.tolist())
+            text = dumps_exact(self.values.tolist())
             entry["p"] = self.pure
             entry["b"] = len(text)
             parts.append(text)

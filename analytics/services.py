@@ -28,6 +28,7 @@ from analytics.storage import StoredChanges
 from devices.models import Device
 from flespi_site import celery as calc_queue
 from flespi_site.errors import ErrorKind, InvalidInput, NotFound
+from flespi_site.jsontext import dumps_exact
 from flespi_site.updates import locked_row, save_fields
 
 
@@ -281,7 +282,7 @@ def interval_user_update(
         raise InvalidInput(
             f"{', '.join(taken)}: written by the calculator; user fields take other names", field=taken[0]
         )
-    if len(storage._dumps(dict(fields))) > MAX_USER_FIELDS_BYTES:
+    if len(dumps_exact(dict(fields)).decode()) > MAX_USER_FIELDS_BYTES:
         raise InvalidInput(f"user fields are larger than {MAX_USER_FIELDS_BYTES} bytes encoded")
     with transaction.atomic(using=assignment.database):
         write_fence(alias=assignment.database, account_ids=[assignment.account_id])

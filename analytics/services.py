@@ -21,8 +21,9 @@ from accounts.fence import write_fence
 from accounts.models import Account
 from analytics import storage
 from analytics.choices import AssignmentState
-from analytics.constants import INTERVAL_FIELDS, MAX_USER_FIELDS_BYTES, RESULT_FIELDS
+from analytics.constants import MAX_USER_FIELDS_BYTES, RESULT_FIELDS
 from analytics.engine import CalculatorError, Diff, Problem, compile_calculator, normalize_calculator
+from analytics.engine.interval_fields import INTERVAL_FIELDS
 from analytics.models import Assignment, Calculator
 from analytics.storage import StoredChanges
 from devices.models import Device

@@ -16,12 +16,10 @@ from typing import Any
 
 from django.db import connections
 
+from analytics.engine.interval_fields import ENGINE_FIELDS
 from analytics.events import CLEAR, Event
 from devices.choices import OutboxKind
 from flespi_site.jsontext import dumps_exact, loads_exact
-
-# The engine's fields kept as columns; every other engine field is a counter.
-COLUMNS = ("id", "begin", "end", "duration")
 
 
 @dataclass
@@ -145,7 +143,7 @@ def intervals_write_many(
             put[3].append(interval["begin"])
             put[4].append(interval["end"])
             put[5].append(interval["duration"])
-            put[6].append(dumps_exact({k: v for k, v in interval.items() if k not in COLUMNS}).decode())
+            put[6].append(dumps_exact({k: v for k, v in interval.items() if k not in ENGINE_FIELDS}).decode())
     with connections[alias].cursor() as cursor:
         if gone[0]:
             cursor.execute(

@@ -11,6 +11,7 @@ from typing import Any, TypeGuard
 from .errors import CalculatorError, ExpressionError, Problem
 from .expressions import LAT, LON, CompiledExpression
 from .geo import Geofence
+from .interval_fields import COUNTER_RESERVED, ENGINE_FIELDS
 from .timeutil import zone
 
 MAX_GEOFENCE_POINTS = 1024
@@ -57,7 +58,6 @@ METHOD_ALIASES = {"min": "minimum", "max": "maximum", "avg": "average", "sum": "
 REDUCE_METHODS = ("first", "last", "minimum", "maximum", "average", "summary", "difference", "duration")
 SPLITS = ("hour", "day", "week", "month", "year")
 RESETS = ("day", "week", "month")
-RESERVED_KEYS = ("id", "begin", "end", "duration", "timestamp")
 
 
 def _is_num(v: object) -> TypeGuard[int | float]:
@@ -238,7 +238,7 @@ class Calculator:
         self.validate_message: CompiledExpression | None = validate_message
         self.validate_interval: CompiledExpression | None = validate_interval
         self.update_period = float(config["update_period"])
-        self.engine_keys = ("id", "begin", "end", "duration", *(c.name for c in counters))
+        self.engine_keys = (*ENGINE_FIELDS, *(c.name for c in counters))
         self.geofences = [g for s in selectors for g in s.geofences]
         interval_exprs = [c.expression for c in counters if c.type == "interval"]
         if validate_interval is not None:
@@ -457,7 +457,7 @@ def _check_counters(c: _Checker, config: dict, scope: _Scope) -> tuple[list[Coun
         name = c.string(k, "name", path, required=True)
         ctype = c.string(k, "type", path, required=True, choices=COUNTER_TYPES)
         if name is not None:
-            if name in RESERVED_KEYS:
+            if name in COUNTER_RESERVED:
                 c.add(f"{path}.name", f"'{name}' is a reserved interval field")
             elif name in seen:
                 c.add(f"{path}.name", f"duplicate counter name '{name}'")

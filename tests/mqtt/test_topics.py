@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import re
+from pathlib import Path
 
 from flespi_site.mqtt.topics import (
     WILDCARD,
@@ -81,3 +84,29 @@ def test_the_unassign_trigger_queues_the_grammars_state_topics():
     assert f"base text := {prefix};" in migration.CREATE
     assert f"base || name, NULL, true FROM unnest({state_names_sql()}) AS name;" in migration.CREATE
     assert topic_sql(TopicKind.MESSAGE, device="d.id") == "'message/gw/devices/' || d.id"
+
+
+def test_no_topic_is_spelled_outside_the_grammar():
+    """Code builds and parses topics with ``flespi_site.mqtt.topics`` (docstrings may show them;
+    the applied migration is tied to the grammar above)."""
+    root = Path(__file__).resolve().parents[2]
+    spelled = re.compile(r"(^|/)(message|interval|state)/gw/")
+    found = []
+    for package in ("flespi_site", "accounts", "devices", "analytics", "regions", "devtools"):
+        for path in sorted((root / package).rglob("*.py")):
+            if "migrations" in path.parts or path == root / "flespi_site" / "mqtt" / "topics.py":
+                continue
+            tree = ast.parse(path.read_text())
+            docstrings = {
+                id(node.body[0].value)
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                and node.body and isinstance(node.body[0], ast.Expr)
+            }
+            found += [
+                f"{path.relative_to(root)}:{node.lineno}"
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                and spelled.search(node.value)
+            ]
+    assert found == []

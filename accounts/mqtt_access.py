@@ -1,276 +1,120 @@
-"""Who may do what on a region's MQTT broker: the one policy both broker paths apply.
-
-Pure functions over plain facts (no Django, no I/O): the embedded broker's plugins call them for
-every connect, subscribe, publish and delivery (``flespi_site.mqtt_broker``), and the Mosquitto
-path turns the same rules into dynamic-security clients, roles and ACLs
-(``accounts.mqtt_dynsec``). docs/mqtt.md describes the model; in short:
-
-- A client connects with a token key as its username; the password is empty or the key itself
-  (Mosquitto's dynamic security cannot check an empty password). The platform's own clients
-  (relay, ingest consumer, the dynamic-security admin) use the platform credentials.
-- A token sees the topics of the devices of its account and of its descendants, master and
-  standard alike (every MQTT topic is a telematics entity, which both types reach over REST).
-- Subscriptions must name the topic root and a kind (``flespi/message/...``,
-  ``flespi/interval/...``, ``flespi/state/...``); wildcards in the id levels are narrowed:
-  each delivery is checked, and only the token's own devices arrive. ``#``, ``+/...``,
-  ``flespi/#`` and the like are refused, and so is a filter naming a device outside the subtree.
-- Only the platform publishes under the topic root. A token publishes only to the ingest topic of
-  a device of its subtree.
+"""The MQTT access policy (``flespi_site.mqtt.policy``) applied with the control database's facts,
+for a broker that asks on every connect, subscribe, publish and delivery: the embedded broker
+(``devtools.mqtt_broker``) holds one ``BrokerAccess``. Token and device facts are read by
+``accounts.mqtt_facts``; device ownership is cached for ``DEVICE_CACHE_SECONDS``.
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
-KINDS = ("message", "interval", "state")
-# The levels after ``<root>/<kind>``; ``{device}`` and ``{calc}`` are ids, ``{name}`` any word.
-SHAPES: dict[str, tuple[str, ...]] = {
-    "message": ("gw", "devices", "{device}"),
-    "interval": ("gw", "calcs", "{calc}", "devices", "{device}", "{name}"),
-    "state": ("gw", "calcs", "{calc}", "devices", "{device}", "{name}"),
-}
-SHARE_PREFIX = "$share/"
+from asgiref.sync import sync_to_async
+from django.conf import settings
 
-# Looks up the account path (``"1/7/"``) of a device by id, or of a device by ident; None when
-# there is no such device.
-DevicePath = Callable[[int], "str | None"]
-IdentPath = Callable[[str], "str | None"]
+from accounts import mqtt_facts
+from flespi_site.mqtt import policy
+from flespi_site.mqtt.policy import Decision, Principal
+
+DEVICE_CACHE_SECONDS = 2.0
+_UNKNOWN = object()
 
 
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    reason: str = ""
-    # For a token of another region: the MQTT endpoint the client should use.
-    server_reference: str | None = None
+@dataclass
+class _Cache:
+    """Values by key for ``ttl`` seconds (also the None of a key that has none)."""
+
+    ttl: float
+    values: dict[Any, tuple[Any, float]] = field(default_factory=dict)
+
+    def get(self, key: Any) -> Any:
+        hit = self.values.get(key)
+        if hit is None or hit[1] < time.monotonic():
+            return _UNKNOWN
+        return hit[0]
+
+    def put(self, found: dict[Any, Any], asked: Iterable[Any]) -> None:
+        expires = time.monotonic() + self.ttl
+        for key in asked:
+            self.values[key] = (found.get(key), expires)
+        if len(self.values) > 200_000:
+            self.values.clear()
 
 
-ALLOW = Decision(True)
+class BrokerAccess:
+    """The policy's inputs for one broker: settings, the regions it serves (those whose MQTT
+    endpoint is ``url``), cached lookups."""
 
+    def __init__(self, *, url: str):
+        self.root = settings.MQTT_TOPIC_ROOT
+        self.ingest_pattern = settings.MQTT_INGEST_TOPIC
+        self.platform_username = settings.MQTT_PLATFORM_USERNAME
+        self.platform_password = settings.MQTT_PLATFORM_PASSWORD
+        self.region_urls = {region.code: region.mqtt_url for region in settings.TOPOLOGY.regions}
+        self.regions = frozenset(code for code, mqtt_url in self.region_urls.items() if mqtt_url == url)
+        self.devices = _Cache(DEVICE_CACHE_SECONDS)
+        self.idents = _Cache(DEVICE_CACHE_SECONDS)
 
-def refuse(reason: str, server_reference: str | None = None) -> Decision:
-    return Decision(False, reason, server_reference)
+    async def connect(self, username: str | None, password: str | None) -> tuple[Decision, Principal | None]:
+        token = None
+        if username and username != self.platform_username:
+            token = await sync_to_async(mqtt_facts.token_facts)(key=username)
+        decision, principal = policy.connect_decision(
+            username=username, password=password, platform_username=self.platform_username,
+            platform_password=self.platform_password, token=token, broker_regions=self.regions,
+            region_mqtt_urls=self.region_urls, now=time.time(),
+        )
+        if principal is not None and token is not None:
+            await sync_to_async(mqtt_facts.token_touch)(token=token)
+        return decision, principal
 
+    async def publish(self, principal: Principal, topic: str) -> Decision:
+        return await self._decide(
+            lambda path: policy.publish_decision(
+                principal=principal, topic=topic, root=self.root, ingest_pattern=self.ingest_pattern, ident_path=path
+            ),
+            self.idents, self._ident_paths,
+        )
 
-@dataclass(frozen=True)
-class TokenFacts:
-    """What the policy needs to know of a token and its account."""
+    async def subscribe(self, principal: Principal, topic_filter: str) -> Decision:
+        return await self._decide(
+            lambda path: policy.subscribe_decision(
+                principal=principal, topic_filter=topic_filter, root=self.root, device_path=path
+            ),
+            self.devices, self._device_paths,
+        )
 
-    id: int
-    account_id: int
-    account_path: str
-    region: str
-    enabled: bool
-    expire: int
-    ttl: int
-    created: float
-    last_used: float | None
-    access_type: int
+    async def receive(self, principal: Principal, topic: str) -> Decision:
+        return await self._decide(
+            lambda path: policy.receive_decision(principal=principal, topic=topic, root=self.root, device_path=path),
+            self.devices, self._device_paths,
+        )
 
+    async def _decide(
+        self, decide: Callable[[Callable[[Any], str | None]], Decision], cache: _Cache,
+        fetch: Callable[[list[Any]], dict[Any, str]],
+    ) -> Decision:
+        """Run ``decide`` with a lookup answered from ``cache``; what it misses is fetched once
+        and the decision made again."""
+        missing: list[Any] = []
 
-@dataclass(frozen=True)
-class Principal:
-    """A connected client: the platform itself, or a token's account subtree."""
-
-    platform: bool
-    token_id: int | None = None
-    account_id: int | None = None
-    account_path: str = ""
-    region: str = ""
-
-    def owns(self, path: str | None) -> bool:
-        return path is not None and (self.platform or path.startswith(self.account_path))
-
-
-PLATFORM = Principal(platform=True)
-
-
-def token_refusal(
-    *, token_id: int, enabled: bool, expire: int, ttl: int, created: float, last_used: float | None, now: float
-) -> str | None:
-    """Why the token cannot be used now (disabled, expired, unused beyond its ttl), or None."""
-    if not enabled:
-        return f"token {token_id} is disabled"
-    if expire and now >= expire:
-        return f"token {token_id} expired"
-    last = last_used or created
-    if ttl and now - last >= ttl:
-        return f"token {token_id} expired: unused for more than its ttl of {ttl} s"
-    return None
-
-
-def connect_decision(
-    *,
-    username: str | None,
-    password: str | None,
-    platform_username: str,
-    platform_password: str,
-    token: TokenFacts | None,
-    broker_regions: frozenset[str],
-    region_mqtt_urls: Mapping[str, str],
-    now: float,
-) -> tuple[Decision, Principal | None]:
-    """May a client connect with these credentials, and as whom. ``token`` is the token whose
-    key is ``username`` (None when there is none); ``broker_regions`` the regions whose MQTT
-    endpoint this broker is."""
-    if not username:
-        return refuse("a token key is required as the MQTT username"), None
-    if platform_password and hmac.compare_digest(username, platform_username):
-        if hmac.compare_digest((password or "").encode(), platform_password.encode()):
-            return ALLOW, PLATFORM
-        return refuse("bad password for the platform's user"), None
-    if token is None:
-        return refuse("unknown token"), None
-    if password and not hmac.compare_digest(password.encode(), username.encode()):
-        return refuse("the password must be empty or the token itself"), None
-    problem = token_refusal(
-        token_id=token.id, enabled=token.enabled, expire=token.expire, ttl=token.ttl,
-        created=token.created, last_used=token.last_used, now=now,
-    )
-    if problem:
-        return refuse(problem), None
-    if token.region not in broker_regions:
-        endpoint = region_mqtt_urls.get(token.region)
-        return refuse(
-            f"the account of token {token.id} lives in region {token.region}: connect to {endpoint}", endpoint
-        ), None
-    return ALLOW, Principal(
-        platform=False, token_id=token.id, account_id=token.account_id, account_path=token.account_path,
-        region=token.region,
-    )
-
-
-def strip_share(topic_filter: str) -> str | None:
-    """The filter of a shared subscription (``$share/<group>/<filter>``) without its prefix;
-    the filter itself when not shared; None for a malformed share."""
-    if not topic_filter.startswith(SHARE_PREFIX):
-        return topic_filter
-    group, _, rest = topic_filter[len(SHARE_PREFIX):].partition("/")
-    if not group or "+" in group or "#" in group or not rest:
-        return None
-    return rest
-
-
-def _is_id(level: str) -> bool:
-    return level.isascii() and level.isdigit() and len(level) <= 19
-
-
-def device_of_topic(topic: str, *, root: str) -> int | None:
-    """The device a platform topic is about, or None when ``topic`` is no platform entity topic."""
-    levels = topic.split("/")
-    if len(levels) < 2 or levels[0] != root or levels[1] not in SHAPES:
-        return None
-    shape = SHAPES[levels[1]]
-    rest = levels[2:]
-    if len(rest) != len(shape):
-        return None
-    device = None
-    for expected, actual in zip(shape, rest, strict=True):
-        if expected == "{device}":
-            if not _is_id(actual):
+        def lookup(key: Any) -> str | None:
+            value = cache.get(key)
+            if value is _UNKNOWN:
+                missing.append(key)
                 return None
-            device = int(actual)
-        elif expected in ("{calc}", "{name}"):
-            # any level: the device decides (an assignment is of a device of the calculator's
-            # account), which is also all a broker's ACL can check
-            if not actual:
-                return None
-        elif actual != expected:
-            return None
-    return device
+            return value
 
+        decision = decide(lookup)
+        if missing:
+            cache.put(await sync_to_async(fetch)(missing), missing)
+            decision = decide(lookup)
+        return decision
 
-def subscribe_decision(*, principal: Principal, topic_filter: str, root: str, device_path: DevicePath) -> Decision:
-    """May the client subscribe to ``topic_filter``. Allowed filters name the root and a kind;
-    a wildcard at a device level is narrowed by ``receive_decision`` on every delivery."""
-    if principal.platform:
-        return ALLOW
-    plain = strip_share(topic_filter)
-    if plain is None:
-        return refuse(f"{topic_filter!r} is not a valid shared subscription ($share/<group>/<filter>)")
-    levels = plain.split("/")
-    if len(levels) < 2 or levels[0] != root or levels[1] not in SHAPES:
-        kinds = ", ".join(f"{root}/{kind}/..." for kind in KINDS)
-        return refuse(f"a token subscribes only to the platform's topics ({kinds}); {plain!r} is not one of them")
-    shape, rest = SHAPES[levels[1]], levels[2:]
-    for index, actual in enumerate(rest):
-        if actual == "#":
-            return ALLOW if index == len(rest) - 1 else refuse(f"'#' must be the last level of {plain!r}")
-        if index >= len(shape):
-            return refuse(f"{plain!r} matches no topic of the platform")
-        expected = shape[index]
-        if actual == "+":
-            continue
-        if expected == "{device}":
-            if not _is_id(actual):
-                return refuse(f"{plain!r} matches no topic of the platform: {actual!r} is not a device id")
-            if not principal.owns(device_path(int(actual))):
-                return refuse(f"device {actual} is not in the account subtree of token {principal.token_id}")
-        elif expected not in ("{calc}", "{name}") and actual != expected:
-            return refuse(f"{plain!r} matches no topic of the platform")
-    if len(rest) < len(shape):
-        return refuse(f"{plain!r} matches no topic of the platform (too few levels)")
-    return ALLOW
+    def _device_paths(self, ids: list[int]) -> dict[int, str]:
+        return mqtt_facts.device_paths(device_ids=ids)
 
-
-def receive_decision(*, principal: Principal, topic: str, root: str, device_path: DevicePath) -> Decision:
-    """May the client receive a message published on ``topic`` (checked on every delivery)."""
-    if principal.platform:
-        return ALLOW
-    device = device_of_topic(topic, root=root)
-    if device is None:
-        return refuse(f"{topic!r} is not a topic of a device")
-    if not principal.owns(device_path(device)):
-        return refuse(f"device {device} is not in the account subtree of token {principal.token_id}")
-    return ALLOW
-
-
-def ident_of_topic(topic: str, *, pattern: str) -> str | None:
-    """The ident at the ``+`` level of the ingest ``pattern`` (``ingest/+``), or None."""
-    levels, actual = pattern.split("/"), topic.split("/")
-    if len(levels) != len(actual) or "+" not in levels:
-        return None
-    for expected, level in zip(levels, actual, strict=True):
-        if expected not in ("+", level):
-            return None
-    ident = actual[levels.index("+")]
-    return ident or None
-
-
-def publish_decision(
-    *, principal: Principal, topic: str, root: str, ingest_pattern: str, ident_path: IdentPath
-) -> Decision:
-    """May the client publish to ``topic``: only the platform under the root; a token only to
-    the ingest topic of a device of its subtree."""
-    if principal.platform:
-        return ALLOW
-    if topic.split("/", 1)[0] == root:
-        return refuse(f"only the platform publishes under {root}/")
-    ident = ident_of_topic(topic, pattern=ingest_pattern)
-    if ident is None:
-        return refuse(f"a token publishes only to {ingest_pattern} ('+' is a device ident)")
-    if not principal.owns(ident_path(ident)):
-        return refuse(f"no device with ident {ident!r} in the account subtree of token {principal.token_id}")
-    return ALLOW
-
-
-def device_receive_topics(*, root: str, device_id: int) -> tuple[str, ...]:
-    """The topic filters a broker grants for delivery of one device's topics: exactly the
-    topics ``receive_decision`` allows for it (Mosquitto's per-device ACLs)."""
-    return (
-        f"{root}/message/gw/devices/{device_id}",
-        f"{root}/interval/gw/calcs/+/devices/{device_id}/+",
-        f"{root}/state/gw/calcs/+/devices/{device_id}/+",
-    )
-
-
-def subscribe_patterns(*, root: str) -> tuple[str, ...]:
-    """The filters every token may subscribe under (Mosquitto's subscribe ACLs); deliveries are
-    narrowed by ``device_receive_topics``."""
-    return tuple(f"{root}/{kind}/#" for kind in KINDS)
-
-
-def device_ingest_topic(*, ingest_pattern: str, ident: str) -> str:
-    return ingest_pattern.replace("+", ident, 1)
+    def _ident_paths(self, idents: list[str]) -> dict[str, str]:
+        return mqtt_facts.ident_paths(regions=self.regions, idents=idents)

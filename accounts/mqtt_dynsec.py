@@ -1,6 +1,6 @@
 """Mosquitto's dynamic security plugin, kept in step with tokens, accounts and devices.
 
-The rules are those of ``accounts.mqtt_access``, written as dynamic-security objects:
+The rules are those of ``flespi_site.mqtt.policy``, written as dynamic-security objects:
 
 - role ``flespi-subscriber``: subscribe under ``<root>/<kind>/#`` (``subscribe_patterns``);
 - role ``account-<id>``: for each device of the account's subtree (its own and its
@@ -37,12 +37,8 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from accounts.mqtt_access import (
-    device_ingest_topic,
-    device_receive_topics,
-    subscribe_patterns,
-    token_refusal,
-)
+from flespi_site.mqtt.policy import token_refusal
+from flespi_site.mqtt.topics import device_ingest_topic, device_receive_topics, subscribe_patterns
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +122,7 @@ class Control:
     """A connection to one broker's dynamic-security control topic, as the platform."""
 
     def __init__(self, url: str):
-        from flespi_site import mqtt
+        from flespi_site.mqtt import client as mqtt
 
         self.url = url
         self._lock = threading.Lock()

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 from accounts.constants import TOKEN_TOUCH_INTERVAL
 from accounts.models import Account, Token
-from accounts.mqtt_access import TokenFacts
 from devices.models import DeviceIdent
+from flespi_site.mqtt.policy import TokenFacts
 
 
 def token_facts(*, key: str) -> TokenFacts | None:

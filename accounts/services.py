@@ -16,9 +16,9 @@ from accounts import mqtt_dynsec, placement
 from accounts.choices import AccessType
 from accounts.constants import MAX_ACCOUNT_DEPTH, TOKEN_KEY_BYTES, TOKEN_PREFIX_LENGTH, TOKEN_TOUCH_INTERVAL
 from accounts.models import Account, Token
-from accounts.mqtt_access import token_refusal
 from accounts.regional_data import regional_data_delete
 from flespi_site.errors import Conflict, ErrorKind, InvalidInput, NotFound, Unauthorized
+from flespi_site.mqtt.policy import token_refusal
 from flespi_site.updates import locked_row, save_fields
 from regions.datacenters import alias_for_datacenter
 from regions.models import Datacenter, Region

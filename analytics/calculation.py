@@ -261,7 +261,7 @@ def runs_store(*, alias: str, runs: Sequence[Run], stamp: float, before: Callabl
         if run.synced_now:
             run.outbox.append(event_topics.synced_event(calc_id=key[0], device_id=key[1], synced=True))
             if last is not None and not last_changed:
-                run.outbox.append(event_topics.Event(key[1], event_topics.state_topic(*key, "last"), last, True))
+                run.outbox.append(event_topics.last_event(calc_id=key[0], device_id=key[1], last=last))
         events.extend(run.outbox)
         rows.append(storage.AssignmentDone(
             id=assignment.pk, version=run.calculator.version, calculated=stamp,

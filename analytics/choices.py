@@ -17,13 +17,3 @@ class AssignmentState(models.TextChoices):
     UNSYNCED = "unsynced"
     SYNCHRONIZING = "synchronizing"
     SYNCED = "synced"
-
-
-class IntervalEvent(models.TextChoices):
-    """What a recalculation did to an interval; each is an MQTT topic's last level."""
-
-    CREATED = "created"
-    UPDATED = "updated"
-    DELETED = "deleted"
-    ACTIVATED = "activated"
-    DEACTIVATED = "deactivated"

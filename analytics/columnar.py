@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import json
 import operator
 import struct
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -29,7 +28,7 @@ import orjson
 
 from analytics.engine import Messages
 from analytics.engine.columns import MISSING, Column, ColumnKind, Kind
-from flespi_site.jsontext import loads_exact
+from flespi_site.jsontext import dumps_exact, loads_exact
 
 CHUNK_MAGIC = b"FCC1"
 
@@ -46,13 +45,6 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def dumps(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:  # integers beyond 64 bits, which JSON allows
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def column_encode(column: Column) -> tuple[dict[str, Any], bytes]:
@@ -74,7 +66,7 @@ def column_encode(column: Column) -> tuple[dict[str, Any], bytes]:
     elif column.kind == ColumnKind.BOOL:
         parts.append(np.packbits(column.values).tobytes())
     else:
-        text = dumps(column.values.tolist())
+        text = dumps_exact(column.values.tolist())
         entry["p"] = column.pure
         entry["b"] = len(text)
         parts.append(text)

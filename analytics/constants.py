@@ -5,8 +5,6 @@ from __future__ import annotations
 # The fields of a calculator whose change changes the intervals it computes: a change of any of
 # them gives the calculator a new version (and, with update_onchange, recalculates).
 RESULT_FIELDS = ("selectors", "counters", "validate_message", "validate_interval", "timezone")
-# The fields of a stored interval that the engine writes; a user field may not take these names.
-INTERVAL_FIELDS = ("id", "begin", "end", "duration", "timestamp", "calc_id", "device_id")
 # Intervals are stored in this many hash partitions by device (like messages).
 INTERVALS_PARTITIONS = 8
 # A user-field object (PUT on an interval) is at most this large, encoded.

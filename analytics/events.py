@@ -1,14 +1,17 @@
 """MQTT topics and payloads of interval events and assignment state (DESIGN 6). No Django here:
-``analytics.calculation`` turns a stored change into these and queues them in the outbox of the
-same transaction; the outbox relay publishes them under the topic root.
+the worker turns a stored change into these and queues them in the outbox of the same
+transaction (``analytics.storage.outbox_events``); the outbox relay publishes them under the
+topic root.
 
-Topics are relative to the root (``flespi``):
+Topics are those of ``flespi_site.mqtt.topics``, relative to the root (``flespi``):
 
-* ``interval/gw/calcs/{calc}/devices/{device}/{created|updated|deleted|activated|deactivated}``,
-  not retained, the interval as stored (``deleted``: the interval as it was);
-* ``state/gw/calcs/{calc}/devices/{device}/{synced|last|active}``, retained: ``true``/``false``,
-  the newest interval (``null`` when none), the open interval (``null`` when none). Unassigning
-  clears them (an empty retained payload, which brokers take as "no retained message").
+* ``interval/gw/calcs/{calc}/devices/{device}/{event}`` (an ``IntervalEvent``), not retained,
+  the interval as stored (``deleted``: the interval as it was);
+* ``state/gw/calcs/{calc}/devices/{device}/{name}`` (a ``StateName``), retained: ``synced``
+  ``true``/``false``, ``last`` the newest interval (``null`` when none), ``active`` the open
+  interval (``null`` when none). Unassigning clears them (an empty retained payload, which
+  brokers take as "no retained message"; the trigger of ``analytics/migrations/0003_intervals.py``
+  queues it).
 
 Within one recalculation the events of an assignment come in this order: ``deactivated`` (the
 interval that was open closed), ``deleted``, ``updated``, ``created`` (each by interval id),
@@ -22,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from flespi_site.mqtt.topics import IntervalEvent, StateName, interval_topic, state_topic
+
 CLEAR = object()  # the payload of a retained topic being cleared
 
 
@@ -33,16 +38,16 @@ class Event:
     retain: bool
 
 
-def interval_topic(calc_id: int, device_id: int, kind: str) -> str:
-    return f"interval/gw/calcs/{calc_id}/devices/{device_id}/{kind}"
-
-
-def state_topic(calc_id: int, device_id: int, name: str) -> str:
-    return f"state/gw/calcs/{calc_id}/devices/{device_id}/{name}"
-
-
 def _by_id(rows: Sequence[Mapping]) -> list[Mapping]:
     return sorted(rows, key=lambda row: row["id"])
+
+
+def _interval_event(calc_id: int, device_id: int, event: IntervalEvent, row: Mapping) -> Event:
+    return Event(device_id, interval_topic(calc_id=calc_id, device_id=device_id, event=event), dict(row), False)
+
+
+def _state_event(calc_id: int, device_id: int, name: StateName, payload: Any) -> Event:
+    return Event(device_id, state_topic(calc_id=calc_id, device_id=device_id, name=name), payload, True)
 
 
 def interval_events(
@@ -66,28 +71,35 @@ def interval_events(
     ``last``/``last_changed``: the newest stored interval after the change, and whether it (or
     which one it is) changed."""
     events: list[Event] = []
-
-    def emit(kind: str, row: Mapping) -> None:
-        events.append(Event(device_id, interval_topic(calc_id, device_id, kind), dict(row), False))
-
     was_id = None if was_active is None else was_active["id"]
     now_id = None if active is None else active["id"]
     flipped = active_known and was_id != now_id
     # An open interval that a change deleted is only deleted (its "deleted" says it is gone).
     if flipped and was_active is not None and was_id not in {row["id"] for row in deleted}:
-        emit("deactivated", was_active)
-    for kind, rows in (("deleted", deleted), ("updated", updated), ("created", created)):
-        for row in _by_id(rows):
-            emit(kind, row)
+        events.append(_interval_event(calc_id, device_id, IntervalEvent.DEACTIVATED, was_active))
+    for event, rows in (
+        (IntervalEvent.DELETED, deleted), (IntervalEvent.UPDATED, updated), (IntervalEvent.CREATED, created)
+    ):
+        events.extend(_interval_event(calc_id, device_id, event, row) for row in _by_id(rows))
     if flipped and active is not None:
-        emit("activated", active)
+        events.append(_interval_event(calc_id, device_id, IntervalEvent.ACTIVATED, active))
     touched = {row["id"] for row in (*created, *updated, *deleted)}
     if active_known and (flipped or (now_id is not None and now_id in touched)):
-        events.append(Event(device_id, state_topic(calc_id, device_id, "active"), None if active is None else dict(active), True))
+        events.append(_state_event(calc_id, device_id, StateName.ACTIVE, None if active is None else dict(active)))
     if last_changed:
-        events.append(Event(device_id, state_topic(calc_id, device_id, "last"), None if last is None else dict(last), True))
+        events.append(last_event(calc_id=calc_id, device_id=device_id, last=last))
     return events
 
 
+def deleted_events(*, calc_id: int, device_id: int, rows: Sequence[Mapping]) -> list[Event]:
+    """The ``deleted`` events of intervals a purge removed, in the order given."""
+    return [_interval_event(calc_id, device_id, IntervalEvent.DELETED, row) for row in rows]
+
+
+def last_event(*, calc_id: int, device_id: int, last: Mapping | None) -> Event:
+    """The retained newest interval (``null`` when none)."""
+    return _state_event(calc_id, device_id, StateName.LAST, None if last is None else dict(last))
+
+
 def synced_event(*, calc_id: int, device_id: int, synced: bool) -> Event:
-    return Event(device_id, state_topic(calc_id, device_id, "synced"), synced, True)
+    return _state_event(calc_id, device_id, StateName.SYNCED, synced)

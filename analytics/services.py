@@ -21,12 +21,14 @@ from accounts.fence import write_fence
 from accounts.models import Account
 from analytics import storage
 from analytics.choices import AssignmentState
-from analytics.constants import INTERVAL_FIELDS, MAX_USER_FIELDS_BYTES, RESULT_FIELDS
+from analytics.constants import MAX_USER_FIELDS_BYTES, RESULT_FIELDS
 from analytics.engine import CalculatorError, Problem, compile_calculator, normalize_calculator
+from analytics.engine.interval_fields import INTERVAL_FIELDS
 from analytics.models import Assignment, Calculator
 from devices.models import Device
 from flespi_site import celery as calc_queue
 from flespi_site.errors import DomainError, ErrorKind, InvalidInput, NotFound
+from flespi_site.jsontext import dumps_exact
 from flespi_site.updates import locked_row, save_fields
 
 
@@ -253,7 +255,7 @@ def interval_user_update(
         raise InvalidInput(
             f"{', '.join(taken)}: written by the calculator; user fields take other names", field=taken[0]
         )
-    if len(storage._dumps(dict(fields))) > MAX_USER_FIELDS_BYTES:
+    if len(dumps_exact(dict(fields)).decode()) > MAX_USER_FIELDS_BYTES:
         raise InvalidInput(f"user fields are larger than {MAX_USER_FIELDS_BYTES} bytes encoded")
     with transaction.atomic(using=assignment.database):
         write_fence(alias=assignment.database, account_ids=[assignment.account_id])

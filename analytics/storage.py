@@ -10,27 +10,16 @@ of change and assignment), never through the ORM.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from django.db import connections
 
+from analytics.engine.interval_fields import ENGINE_FIELDS
 from analytics.events import CLEAR, Event
 from devices.choices import OutboxKind
-from flespi_site.jsontext import loads_exact
-
-# The engine's fields kept as columns; every other engine field is a counter.
-COLUMNS = ("id", "begin", "end", "duration")
-
-
-def _dumps(value: Any) -> str:
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # an integer beyond 64 bits: the standard encoder keeps it exact
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+from flespi_site.jsontext import dumps_exact, loads_exact
 
 
 @dataclass
@@ -182,7 +171,7 @@ def intervals_write_many(
             put[3].append(interval["begin"])
             put[4].append(interval["end"])
             put[5].append(interval["duration"])
-            put[6].append(_dumps({k: v for k, v in interval.items() if k not in COLUMNS}))
+            put[6].append(dumps_exact({k: v for k, v in interval.items() if k not in ENGINE_FIELDS}).decode())
     with connections[alias].cursor() as cursor:
         if gone[0]:
             cursor.execute(
@@ -274,7 +263,7 @@ def intervals_user_merge(*, alias: str, calc_id: int, device_id: int, interval_i
             WHERE calc_id = %s AND device_id = %s AND id = %s
             RETURNING {_RETURNING}
             """,
-            [_dumps(dict(fields)), calc_id, device_id, interval_id],
+            [dumps_exact(dict(fields)).decode(), calc_id, device_id, interval_id],
         )
         row = cursor.fetchone()
     return None if row is None else _row(*row)
@@ -335,7 +324,7 @@ def outbox_events(*, alias: str, events: Sequence[Event]) -> None:
                 int(OutboxKind.EVENT),
                 [event.device_id for event in events],
                 [event.topic for event in events],
-                [None if event.payload is CLEAR else _dumps(event.payload) for event in events],
+                [None if event.payload is CLEAR else dumps_exact(event.payload).decode() for event in events],
                 [event.retain for event in events],
             ],
         )

@@ -15,9 +15,10 @@ from rest_framework.exceptions import ParseError
 
 from accounts.fence import RETRY_AFTER_SECONDS, AccountMoving
 from devices import selectors, services
-from flespi_site import mqtt
 from flespi_site.api.parsers import loads_strict
 from flespi_site.errors import DomainError
+from flespi_site.mqtt import client as mqtt
+from flespi_site.mqtt.topics import ident_of_topic
 from flespi_site.runner import Loop
 
 logger = logging.getLogger(__name__)
@@ -29,13 +30,10 @@ class IngestRejected(ValueError):
 
 def ident_from_topic(pattern: str, topic: str) -> str:
     """The ident in ``topic`` at the ``+`` level of ``pattern`` (``ingest/+``)."""
-    levels, topic_levels = pattern.split("/"), topic.split("/")
-    if len(levels) != len(topic_levels) or "+" not in levels:
+    ident = ident_of_topic(topic, pattern=pattern)
+    if ident is None:
         raise IngestRejected(f"topic {topic!r} does not match {pattern!r}")
-    for expected, actual in zip(levels, topic_levels, strict=True):
-        if expected not in ("+", actual):
-            raise IngestRejected(f"topic {topic!r} does not match {pattern!r}")
-    return topic_levels[levels.index("+")]
+    return ident
 
 
 def describe(error: DomainError) -> str:

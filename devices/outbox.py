@@ -1,11 +1,15 @@
 """The transactional outbox and its relay.
 
-Writers queue rows in ``outbox`` in the same transaction as the data they describe
-(``devices.storage``: messages are queued by the merge statement itself; other parts call
-``storage.outbox_enqueue``). The relay of a datacenter publishes rows in id order with QoS 1 and
-deletes them only once the broker acknowledged them, so a crash between commit and publish, or
-a broker that is down for minutes, loses nothing: at worst a row is published twice. One relay
-per datacenter holds a PostgreSQL advisory lock, which keeps the order per device.
+Writers queue rows in ``outbox`` in the same transaction as the data they describe: messages
+(one row per device and write, holding their timestamps) by the write statements of
+``devices.storage``; interval events and assignment state by ``analytics.storage.outbox_events``;
+the cleared state of an unassigned assignment by the trigger of
+``analytics/migrations/0003_intervals.py``. Topics are those of ``flespi_site.mqtt.topics``.
+
+The relay of a datacenter publishes rows in id order with QoS 1 and deletes them only once the
+broker acknowledged them, so a crash between commit and publish, or a broker that is down for
+minutes, loses nothing: at worst a row is published twice. One relay per datacenter holds a
+PostgreSQL advisory lock, which keeps the order per device.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from django.db import connections
 from paho.mqtt.client import MQTTMessageInfo
 
 from devices.choices import OutboxKind
-from flespi_site import metrics, mqtt
+from flespi_site import metrics
 from flespi_site.constants import RELAY_LOCK
+from flespi_site.mqtt import client as mqtt
+from flespi_site.mqtt.topics import message_topic, rooted
 from flespi_site.runner import Loop
 
 logger = logging.getLogger(__name__)
@@ -35,10 +41,6 @@ _BODIES = (
     "SELECT k.d, k.t, m.body FROM unnest(%s::bigint[], %s::bigint[]) AS k(d, t) "
     "CROSS JOIN LATERAL (SELECT body::text AS body FROM messages WHERE device_id = k.d AND ts = k.t LIMIT 1) m"
 )
-
-
-def message_topic(root: str, device_id: int) -> str:
-    return f"{root}/message/gw/devices/{device_id}"
 
 
 @dataclass
@@ -182,10 +184,10 @@ class OutboxRelay(Loop):
                 # A message deleted before it was published is skipped.
                 found = [ts for ts in now if (device_id, ts) in bodies]
                 self.stats.skipped += len(now) - len(found)
-                topic = message_topic(self.topic_root, device_id)
+                topic = rooted(root=self.topic_root, topic=message_topic(device_id=device_id))
                 items = [_Item(ts, topic, bodies[(device_id, ts)], False) for ts in found]
             else:
-                items = [_Item(None, f"{self.topic_root}/{topic}", payload, retain)]
+                items = [_Item(None, rooted(root=self.topic_root, topic=topic), payload, retain)]
             plan.append(_Entry(outbox_id, items, rest))
         return plan
 

@@ -9,18 +9,16 @@ row per write, and the write reports what it inserted or changed.
 
 from __future__ import annotations
 
-import json
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from django.db import IntegrityError, connections, transaction
 from psycopg import errors as pg_errors
 
 from devices.choices import OutboxKind
-from flespi_site.jsontext import loads_exact
+from flespi_site.jsontext import dumps_exact, loads_exact
 
 if TYPE_CHECKING:
     from devices.models import Device
@@ -156,13 +154,6 @@ class TelemetryValue:
 # row, ``device_id`` tab ``ts`` tab the body, compact JSON whose last member is the reception stamp.
 
 
-def _dumps(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:  # integers beyond 64 bits, which JSON allows
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 @dataclass(frozen=True)
 class EncodedBatch:
     """A validated batch, independent of the devices it goes to: the unique timestamps in
@@ -193,7 +184,7 @@ def messages_encode(*, prepared: Sequence[tuple[int, dict]], stamp_keys: frozens
         # The platform's stamps replace what a client sent under their names; bodies are stored
         # as ``json`` text, which would keep both.
         bodies = [{k: v for k, v in body.items() if k not in stamp_keys} for body in bodies]
-    heads = [b"%d\t%b" % (ts, _dumps(body)[:-1]) for ts, body in zip(stamps, bodies, strict=True)]
+    heads = [b"%d\t%b" % (ts, dumps_exact(body)[:-1]) for ts, body in zip(stamps, bodies, strict=True)]
     return EncodedBatch(stamps, heads, _latest(stamps, bodies))
 
 
@@ -212,7 +203,7 @@ def _latest(stamps: list[int], bodies: list[dict]) -> dict[str, tuple[int, str]]
         found = missing & body.keys()
         times.update(dict.fromkeys(found, ts))
         missing -= found
-    return {name: (times[name], _dumps(value).decode()) for name, value in values.items()}
+    return {name: (times[name], dumps_exact(value).decode()) for name, value in values.items()}
 
 
 def messages_copy_rows(
@@ -227,11 +218,11 @@ def messages_copy_rows(
     last = batch.stamps[-1]
     for device in devices:
         stamps = {"device.id": device.pk, "device.name": device.name, "ident": device.ident, reception_key: now}
-        tail = b"," + _dumps(stamps)[1:] + b"\n"
+        tail = b"," + dumps_exact(stamps)[1:] + b"\n"
         head = b"%d\t" % device.pk
         data = head + (tail + head).join(batch.heads) + tail
         rows.append(DeviceRows(device.pk, batch.stamps, copy_escape(data)))
-        latest = {**batch.latest, **{name: (last, _dumps(value).decode()) for name, value in stamps.items()}}
+        latest = {**batch.latest, **{name: (last, dumps_exact(value).decode()) for name, value in stamps.items()}}
         telemetry.extend(TelemetryValue(device.pk, name, value, ts) for name, (ts, value) in latest.items())
     return rows, telemetry
 
@@ -398,20 +389,6 @@ def telemetry_read(*, alias: str, device_ids: Iterable[int]) -> dict[int, dict[s
         for device_id, name, value, ts in cursor.fetchall():
             result[device_id][name] = {"value": loads_exact(value), "ts": ts / 1e6}
     return result
-
-
-def outbox_enqueue(*, alias: str, rows: Iterable[tuple[int, int, str, object, bool]]) -> None:
-    """Queue events: (device_id, kind, topic, payload, retain). The caller's transaction makes
-    them visible together with the data they describe."""
-    params = [
-        (device_id, int(kind), topic, json.dumps(payload), retain) for device_id, kind, topic, payload, retain in rows
-    ]
-    if not params:
-        return
-    with connections[alias].cursor() as cursor:
-        cursor.executemany(
-            "INSERT INTO outbox (device_id, kind, topic, payload, retain) VALUES (%s, %s, %s, %s::jsonb, %s)", params
-        )
 
 
 def changes_record(*, alias: str, changes: Sequence[ChangedRange], shards: Mapping[int, int]) -> None:

@@ -698,22 +698,28 @@ def exec_command(command: Sequence[str]) -> int:
 
 def run_mqtt_broker(port: int, store: str) -> None:
     """Run the platform's amqtt broker (access control and persistence,
-    ``flespi_site.mqtt_broker``) on 127.0.0.1:``port`` until SIGTERM or SIGINT."""
+    ``devtools.mqtt_broker``) on 127.0.0.1:``port`` until SIGTERM or SIGINT."""
     import asyncio
 
     import django
 
     django.setup()
-    from flespi_site.mqtt_broker import PlatformBroker, broker_config
+    from django.conf import settings
+    from django.utils.module_loading import import_string
 
-    config = broker_config(port=port, url=f"mqtt://127.0.0.1:{port}", store_path=store)
+    from devtools.mqtt_broker import PlatformBroker, broker_config
+
+    config = broker_config(port=port, store_path=store)
+    # The platform's access policy, named by the settings as Django names its backends: devtools
+    # imports no app.
+    access = import_string(settings.MQTT_BROKER_ACCESS)(url=f"mqtt://127.0.0.1:{port}")
 
     async def main() -> None:
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
-        broker = PlatformBroker(config)
+        broker = PlatformBroker(config, access=access)
         await broker.start()
         await stopping.wait()
         await broker.shutdown()

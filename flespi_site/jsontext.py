@@ -1,8 +1,11 @@
-"""Fast JSON decoding that keeps integers beyond 64 bits exact, and what in JSON no store accepts.
+"""Fast JSON encoding and decoding that keep integers beyond 64 bits exact, and what in JSON no
+store accepts: the one exact JSON codec of stored data (messages, intervals, the outbox, the
+shard caches).
 
-orjson is several times faster than the standard parser but reads an integer beyond 64 bits as a
-float, losing digits. Such an integer has at least 20 digits (2**64 has 20), so a text without a
-run of 20 digits is safe for orjson; the rare text with one goes to the standard parser.
+orjson is several times faster than the standard module but refuses to encode an integer beyond
+64 bits and reads one as a float, losing digits. Encoding falls back to the standard module for
+such a value. Such an integer has at least 20 digits (2**64 has 20), so a text without a run of
+20 digits is safe for orjson to decode; the rare text with one goes to the standard parser.
 """
 
 from __future__ import annotations
@@ -23,6 +26,17 @@ _LONG_NUMBER = b"0" * 20
 def has_long_number(text: bytes | str) -> bool:
     data = text.encode() if isinstance(text, str) else text
     return data.translate(_DIGITS).find(_LONG_NUMBER) >= 0
+
+
+def dumps_exact(value: Any) -> bytes:
+    """Compact JSON (UTF-8, no spaces: the form ``devices.storage``'s merge reads stamps from) of a
+    value without NaN or infinity (``unstorable`` refuses them on input). A value with an integer
+    beyond 64 bits goes to the standard encoder, which then raises ValueError for a NaN or
+    infinity beside it rather than write text no store accepts."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # an integer beyond 64 bits
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def loads_exact(text: bytes | str) -> Any:

@@ -157,6 +157,8 @@ MQTT_PLATFORM_PASSWORD = os.environ.get("MQTT_PLATFORM_PASSWORD", "")
 # "1": the region brokers are Mosquittos with the dynamic security plugin, which the platform
 # keeps in step with tokens, accounts and devices (accounts.mqtt_dynsec).
 MQTT_DYNSEC = os.environ.get("MQTT_DYNSEC", "") == "1"
+# What the embedded amqtt broker asks about every connection, publish and subscription.
+MQTT_BROKER_ACCESS = "accounts.mqtt_access.BrokerAccess"
 
 LOGGING = {
     "version": 1,

@@ -1,6 +1,8 @@
-"""Decoding stored JSON fast without losing integers beyond 64 bits."""
+"""Encoding and decoding stored JSON fast without losing integers beyond 64 bits."""
 
-from flespi_site.jsontext import has_long_number, has_surrogate, loads_exact, unstorable
+import pytest
+
+from flespi_site.jsontext import dumps_exact, has_long_number, has_surrogate, loads_exact, unstorable
 
 
 def test_integers_at_and_beyond_64_bits_stay_exact():
@@ -23,3 +25,14 @@ def test_unstorable_names_what_no_store_accepts_at_any_depth():
     assert unstorable([{"a": float("nan")}]) == "non-finite numbers"
     assert unstorable("\udfff") == "surrogate characters (U+DFFF)"
     assert has_surrogate("\ud83d") and not has_surrogate("😀") and not has_surrogate("plain")
+
+
+def test_the_exact_encoder_writes_compact_utf8_with_either_encoder():
+    value = {"a": "é\u2028", "b": [1, 2.5, None, True], "c": {"q": '"\\'}}
+    assert dumps_exact(value) == '{"a":"é\u2028","b":[1,2.5,null,true],"c":{"q":"\\"\\\\"}}'.encode()
+    # an integer beyond 64 bits goes to the standard encoder, in the same form
+    assert dumps_exact({**value, "n": 2**64}) == dumps_exact(value)[:-1] + b',"n":18446744073709551616}'
+    for number in (2**64, -(2**64) - 1, 10**30):
+        assert loads_exact(dumps_exact([number])) == [number]
+    with pytest.raises(ValueError):
+        dumps_exact([2**64, float("nan")])

@@ -31,7 +31,7 @@ from collections import Counter
 import pytest
 
 from analytics.engine import calculate
-from flespi_site import mqtt
+from flespi_site.mqtt import client as mqtt
 from tests.support.fleet import forget_region_state
 from tests.support.mqtt import PrivateBroker, Subscriber
 from tests.support.net import free_port

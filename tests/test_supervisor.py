@@ -17,7 +17,7 @@ import pytest
 from django.conf import settings
 
 from devtools.supervisor import CrashLoop, Process, RestartPolicy, Supervisor, how_it_ended
-from flespi_site import mqtt
+from flespi_site.mqtt import client as mqtt
 from tests.support.mqtt import Subscriber
 from tests.support.net import free_port
 from tests.support.processes import STARTED, RunningSupervisor

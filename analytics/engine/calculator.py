@@ -12,6 +12,7 @@ from .counters import COUNTER_TYPES, POSITION, CounterSpec
 from .errors import CalculatorError, Problem
 from .expressions import CompiledExpression
 from .geo import Geofence
+from .interval_fields import COUNTER_RESERVED, ENGINE_FIELDS
 from .timeutil import zone
 
 MAX_GEOFENCE_POINTS = 1024
@@ -42,7 +43,6 @@ COMMON_OPTIONS: dict[str, Any] = {
 
 SELECTOR_TYPES = ("expression", "datetime", "geofence", "inactive")
 SPLITS = ("hour", "day", "week", "month", "year")
-RESERVED_KEYS = ("id", "begin", "end", "duration", "timestamp")
 
 
 def _check_point(checker: Checker, point, path: str) -> bool:
@@ -127,7 +127,7 @@ class Calculator:
         self.validate_message: CompiledExpression | None = validate_message
         self.validate_interval: CompiledExpression | None = validate_interval
         self.update_period = float(config["update_period"])
-        self.engine_keys = ("id", "begin", "end", "duration", *(counter.name for counter in counters))
+        self.engine_keys = (*ENGINE_FIELDS, *(counter.name for counter in counters))
         self.geofences = [geofence for selector in selectors for geofence in selector.geofences]
         # Fields of one interval that depend on the interval before it.
         self.crosses_intervals = any(
@@ -332,7 +332,7 @@ def _check_counters(checker: Checker, config: dict, scope: Scope) -> tuple[list[
             counter_config, "type", path, required=True, choices=tuple(COUNTER_TYPES)
         )
         if name is not None:
-            if name in RESERVED_KEYS:
+            if name in COUNTER_RESERVED:
                 checker.add(f"{path}.name", f"'{name}' is a reserved interval field")
             elif name in seen:
                 checker.add(f"{path}.name", f"duplicate counter name '{name}'")

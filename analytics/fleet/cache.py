@@ -40,10 +40,10 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
-from analytics.columnar import Block, dumps
+from analytics.columnar import Block
 from analytics.engine import Diff, Messages
 from analytics.engine.values import is_number
-from flespi_site.jsontext import loads_exact
+from flespi_site.jsontext import dumps_exact, loads_exact
 
 FORMAT_VERSION = 2
 APPLICATION_ID = 0x666C6361  # "flca": tells our files from any other SQLite database
@@ -368,7 +368,7 @@ class ShardCache:
             for m in newer:
                 t = m["timestamp"]
                 body = {k: v for k, v in m.items() if k != "timestamp"}
-                text = dumps({**loads_exact(old[t]), **body} if t in old else body)
+                text = dumps_exact({**loads_exact(old[t]), **body} if t in old else body)
                 if text != old.get(t):  # a resent message changes nothing
                     rows.append((device_id, t, text))
             db.executemany("INSERT OR REPLACE INTO tail (device_id, ts, body) VALUES (?, ?, ?)", rows)
@@ -587,7 +587,7 @@ class ShardCache:
     def _put_intervals(db: sqlite3.Connection, key: tuple[int, int], intervals: Iterable[Mapping]) -> None:
         db.executemany(
             "INSERT OR REPLACE INTO intervals (calc_id, device_id, id, begin, body) VALUES (?, ?, ?, ?, ?)",
-            [(*key, iv["id"], float(iv["begin"]), dumps(dict(iv))) for iv in intervals],
+            [(*key, iv["id"], float(iv["begin"]), dumps_exact(dict(iv))) for iv in intervals],
         )
 
     @_guard

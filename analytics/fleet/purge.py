@@ -27,10 +27,11 @@ def shard_purge(*, held: HeldShard, aliases: Sequence[str], now: float) -> int:
             with fenced(alias, [held]):
                 gone = services.intervals_purge(assignment=assignment, calculator=assignment.calculator, now=now)
                 if gone:
-                    topic = event_topics.interval_topic(assignment.calculator_id, assignment.device_id, "deleted")
                     storage.outbox_events(
                         alias=alias,
-                        events=[event_topics.Event(assignment.device_id, topic, row, False) for row in gone],
+                        events=event_topics.deleted_events(
+                            calc_id=assignment.calculator_id, device_id=assignment.device_id, rows=gone
+                        ),
                     )
             if gone:
                 held.cache.intervals_apply(

@@ -31,7 +31,7 @@ from analytics.engine import Diff
 from analytics.services import assignment_create, calculator_create, interval_user_update
 from devices.models import Device
 from devices.services import device_create, messages_ingest
-from flespi_site import mqtt
+from flespi_site.mqtt import client as mqtt
 from tests.support.mqtt import Subscriber
 from tests.support.processes import WebServer, start
 

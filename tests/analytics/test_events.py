@@ -1,6 +1,7 @@
 """Interval events and retained state of one stored change (analytics.events, no database)."""
 
-from analytics.events import interval_events, synced_event
+from analytics.events import deleted_events, interval_events, last_event, synced_event
+from flespi_site.mqtt.topics import IntervalEvent, StateName
 
 
 def _iv(i, **fields):
@@ -48,7 +49,28 @@ def test_a_window_that_did_not_reach_the_end_says_nothing_of_active():
 
 
 def test_state_topics():
-    assert synced_event(calc_id=1, device_id=2, synced=True).payload is True
+    synced = synced_event(calc_id=1, device_id=2, synced=True)
+    assert (synced.topic, synced.payload, synced.retain) == ("state/gw/calcs/1/devices/2/synced", True, True)
+    last = last_event(calc_id=1, device_id=2, last=_iv(4))
+    assert (last.topic, last.payload, last.retain) == ("state/gw/calcs/1/devices/2/last", _iv(4), True)
+    assert last_event(calc_id=1, device_id=2, last=None).payload is None
+
+
+def test_purged_intervals_are_deleted_events_in_the_order_given():
+    events = deleted_events(calc_id=1, device_id=2, rows=[_iv(3), _iv(1)])
+    assert [(e.topic, e.payload["id"], e.retain) for e in events] == [
+        ("interval/gw/calcs/1/devices/2/deleted", 3, False), ("interval/gw/calcs/1/devices/2/deleted", 1, False),
+    ]
+
+
+def test_every_topic_ends_with_an_event_kind_or_a_state_name():
+    events = interval_events(
+        calc_id=1, device_id=2, created=[_iv(30)], updated=[_iv(10)], deleted=[_iv(5)],
+        was_active=_iv(10), active=_iv(30), active_known=True, last=_iv(30), last_changed=True,
+    )
+    kinds = {e.topic.rsplit("/", 1)[1] for e in events if not e.retain}
+    names = {e.topic.rsplit("/", 1)[1] for e in events if e.retain}
+    assert kinds == set(IntervalEvent) and names == {StateName.ACTIVE, StateName.LAST}
 
 
 def test_an_open_interval_that_is_deleted_is_not_also_deactivated():

@@ -15,8 +15,8 @@ from django.db import connections
 from devices.ingest_mqtt import IngestConsumer, IngestRejected, ingest_payload
 from devices.outbox import OutboxRelay
 from devices.services import messages_ingest
-from flespi_site import mqtt
 from flespi_site.errors import ErrorKind
+from flespi_site.mqtt import client as mqtt
 from tests.support.mqtt import PrivateBroker, Subscriber
 
 pytestmark = pytest.mark.django_db(databases="__all__")

@@ -12,7 +12,7 @@ import pytest
 
 from accounts.models import Token
 from accounts.services import token_delete, token_update
-from flespi_site.mqtt_broker import RECHECK_SECONDS
+from devtools.mqtt_broker import RECHECK_SECONDS
 from tests.support.mqtt import PLATFORM_PASSWORD, PLATFORM_USER
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from accounts.mqtt_access import (
+from flespi_site.mqtt.policy import (
     PLATFORM,
     Principal,
     TokenFacts,
     connect_decision,
-    device_of_topic,
-    device_receive_topics,
     publish_decision,
     receive_decision,
     subscribe_decision,
-    subscribe_patterns,
 )
-from flespi_site.mqtt_broker import topic_matches
+from flespi_site.mqtt.topics import device_of_topic, device_receive_topics, subscribe_patterns, topic_matches
 
 ROOT = "flespi"
 # devices 11 and 12 of account 7 (under root 1), 13 of its child 9, 21 of another root 2

@@ -20,7 +20,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from flespi_site import mqtt
+from flespi_site.mqtt import client as mqtt
 from tests.support.net import free_port, wait_listening
 from tests.support.processes import REPO_DIR, platform_env
 from tests.support.waiting import poll

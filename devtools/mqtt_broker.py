@@ -1,11 +1,11 @@
 """The embedded MQTT broker (amqtt, MQTT 3.1.1) with the platform's access control and
 persistence.
 
-- ``TokenAuthPlugin`` decides each CONNECT with ``accounts.mqtt_access.connect_decision`` and,
+- ``TokenAuthPlugin`` decides each CONNECT by the policy (``flespi_site.mqtt.policy``) and,
   every ``RECHECK_SECONDS``, checks every connected token again: a token disabled, expired or
   deleted meanwhile gets no more deliveries from that moment and its connection is closed.
 - ``TopicAccessPlugin`` decides each SUBSCRIBE, PUBLISH and delivery (amqtt's RECEIVE check)
-  with the same policy; device ownership is cached for ``DEVICE_CACHE_SECONDS``.
+  with the same policy.
 - ``SessionStorePlugin`` keeps persistent sessions (their subscriptions and the QoS 1/2
   messages queued for them while offline) and retained messages in a SQLite file, written as
   they change, so that a restart (also after ``kill -9``) keeps them.
@@ -13,7 +13,8 @@ persistence.
   and on reconnect go through the RECEIVE check and only for the session's own subscriptions.
 
 The broker runs in a child process of the embedded services (``python -m flespi_site.embedded
-mqtt-broker``) with Django set up for the control database reads of ``accounts.mqtt_facts``.
+mqtt-broker``), which sets Django up and gives the broker its ``Access``
+(``accounts.mqtt_access.BrokerAccess``, reading the control database).
 """
 
 from __future__ import annotations
@@ -22,165 +23,45 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.contexts import Action, BaseContext
 from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 from amqtt.session import Session
-from asgiref.sync import sync_to_async
 
-from accounts import mqtt_access
-from accounts.mqtt_access import Decision, Principal
+from flespi_site.mqtt.policy import PLATFORM, Decision, Principal
 
 logger = logging.getLogger("flespi.mqtt_broker")
 
 RECHECK_SECONDS = 2.0
-DEVICE_CACHE_SECONDS = 2.0
 PRINCIPAL = "flespi.principal"  # the session attribute holding its Principal (None: refused)
-_UNKNOWN = object()
 
 
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """MQTT topic filter matching (``+`` one level, ``#`` the rest)."""
-    levels, actual = topic_filter.split("/"), topic.split("/")
-    for index, level in enumerate(levels):
-        if level == "#":
-            return True
-        if index >= len(actual) or level not in ("+", actual[index]):
-            return False
-    return len(levels) == len(actual)
+class Access(Protocol):
+    """The policy applied with the control database's facts (``accounts.mqtt_access.BrokerAccess``),
+    given to ``PlatformBroker``: this module imports no app."""
 
+    platform_username: str
+    platform_password: str
 
-@dataclass
-class _Cache:
-    """Values by key for ``ttl`` seconds (also the None of a key that has none)."""
+    async def connect(self, username: str | None, password: str | None) -> tuple[Decision, Principal | None]: ...
 
-    ttl: float
-    values: dict[Any, tuple[Any, float]] = field(default_factory=dict)
+    async def publish(self, principal: Principal, topic: str) -> Decision: ...
 
-    def get(self, key: Any) -> Any:
-        hit = self.values.get(key)
-        if hit is None or hit[1] < time.monotonic():
-            return _UNKNOWN
-        return hit[0]
+    async def subscribe(self, principal: Principal, topic_filter: str) -> Decision: ...
 
-    def put(self, found: dict[Any, Any], asked: Iterable[Any]) -> None:
-        expires = time.monotonic() + self.ttl
-        for key in asked:
-            self.values[key] = (found.get(key), expires)
-        if len(self.values) > 200_000:
-            self.values.clear()
-
-
-class Access:
-    """The policy's inputs for one broker: settings, the regions it serves, cached lookups."""
-
-    def __init__(self, *, url: str):
-        from django.conf import settings
-
-        self.root = settings.MQTT_TOPIC_ROOT
-        self.ingest_pattern = settings.MQTT_INGEST_TOPIC
-        self.platform_username = settings.MQTT_PLATFORM_USERNAME
-        self.platform_password = settings.MQTT_PLATFORM_PASSWORD
-        self.region_urls = {region.code: region.mqtt_url for region in settings.TOPOLOGY.regions}
-        self.regions = frozenset(code for code, mqtt_url in self.region_urls.items() if mqtt_url == url)
-        self.devices = _Cache(DEVICE_CACHE_SECONDS)
-        self.idents = _Cache(DEVICE_CACHE_SECONDS)
-
-    async def connect(self, username: str | None, password: str | None) -> tuple[Decision, Principal | None]:
-        from accounts import mqtt_facts
-
-        token = None
-        if username and username != self.platform_username:
-            token = await sync_to_async(mqtt_facts.token_facts)(key=username)
-        decision, principal = mqtt_access.connect_decision(
-            username=username, password=password, platform_username=self.platform_username,
-            platform_password=self.platform_password, token=token, broker_regions=self.regions,
-            region_mqtt_urls=self.region_urls, now=time.time(),
-        )
-        if principal is not None and token is not None:
-            await sync_to_async(mqtt_facts.token_touch)(token=token)
-        return decision, principal
-
-    async def _decide(
-        self, decide: Callable[[Callable[[Any], str | None]], Decision], cache: _Cache,
-        fetch: Callable[[list[Any]], dict[Any, str]],
-    ) -> Decision:
-        """Run ``decide`` with a lookup answered from ``cache``; what it misses is fetched once
-        and the decision made again."""
-        missing: list[Any] = []
-
-        def lookup(key: Any) -> str | None:
-            value = cache.get(key)
-            if value is _UNKNOWN:
-                missing.append(key)
-                return None
-            return value
-
-        decision = decide(lookup)
-        if missing:
-            cache.put(await sync_to_async(fetch)(missing), missing)
-            decision = decide(lookup)
-        return decision
-
-    def _device_paths(self, ids: list[int]) -> dict[int, str]:
-        from accounts import mqtt_facts
-
-        return mqtt_facts.device_paths(device_ids=ids)
-
-    def _ident_paths(self, idents: list[str]) -> dict[str, str]:
-        from accounts import mqtt_facts
-
-        return mqtt_facts.ident_paths(regions=self.regions, idents=idents)
-
-    async def topic(self, principal: Principal, topic: str, action: Action) -> Decision:
-        if action == Action.PUBLISH:
-            return await self._decide(
-                lambda path: mqtt_access.publish_decision(
-                    principal=principal, topic=topic, root=self.root, ingest_pattern=self.ingest_pattern,
-                    ident_path=path,
-                ),
-                self.idents, self._ident_paths,
-            )
-        if action == Action.SUBSCRIBE:
-            return await self._decide(
-                lambda path: mqtt_access.subscribe_decision(
-                    principal=principal, topic_filter=topic, root=self.root, device_path=path
-                ),
-                self.devices, self._device_paths,
-            )
-        return await self._decide(
-            lambda path: mqtt_access.receive_decision(principal=principal, topic=topic, root=self.root, device_path=path),
-            self.devices, self._device_paths,
-        )
-
-
-_access: Access | None = None
-
-
-def _access_for(url: str) -> Access:
-    global _access
-    if _access is None:
-        _access = Access(url=url)
-    return _access
+    async def receive(self, principal: Principal, topic: str) -> Decision: ...
 
 
 class _PolicyPlugin:
-    """What both access plugins share: their configuration (the broker's own URL, which tells
-    the regions it serves) and the broker's ``Access``."""
-
-    config: Any
-
-    @dataclass
-    class Config:
-        url: str = ""
+    """What both access plugins share: the broker's ``Access``."""
 
     def __init__(self, context: BaseContext) -> None:
         super().__init__(context)  # type: ignore[call-arg]
-        self.access = _access_for(self.config.url)
+        self.access: Access = context._broker_instance.access  # type: ignore[attr-defined]
 
 
 class TokenAuthPlugin(_PolicyPlugin, BaseAuthPlugin):
@@ -249,7 +130,12 @@ class TopicAccessPlugin(_PolicyPlugin, BaseTopicPlugin):
             principal = session.attributes[PRINCIPAL]
             if principal is None:
                 return False
-            decision = await self.access.topic(principal, topic, action)
+            if action == Action.PUBLISH:
+                decision = await self.access.publish(principal, topic)
+            elif action == Action.SUBSCRIBE:
+                decision = await self.access.subscribe(principal, topic)
+            else:
+                decision = await self.access.receive(principal, topic)
         except Exception:
             logger.exception("%s on %s refused: the control database could not be read", action, topic)
             return False
@@ -261,7 +147,7 @@ class TopicAccessPlugin(_PolicyPlugin, BaseTopicPlugin):
         if not session.username:
             return None
         if session.username == self.access.platform_username:
-            return mqtt_access.PLATFORM if self.access.platform_password else None
+            return PLATFORM if self.access.platform_password else None
         _decision, principal = await self.access.connect(session.username, None)
         return principal
 
@@ -388,7 +274,6 @@ class SessionStorePlugin(BasePlugin[BaseContext]):
             self.store.queue(client_id, [(retained_message.topic, retained_message.data, retained_message.qos or 0)])
 
 
-
 class PlatformBroker(Broker):
     """amqtt's broker with what amqtt 0.12 gets wrong for the platform put right:
 
@@ -404,6 +289,10 @@ class PlatformBroker(Broker):
     """
 
     store: SessionStore | None = None
+
+    def __init__(self, config: dict[str, Any], *, access: Access) -> None:
+        self.access = access  # before amqtt makes the plugins, which take it
+        super().__init__(config)
 
     async def _run_broadcast(self, running_tasks: Any) -> None:
         """amqtt's routing of one message, over a snapshot of the subscriptions: amqtt iterates
@@ -477,12 +366,12 @@ class PlatformBroker(Broker):
             self.store.queued_forget(session.client_id, upto)
 
 
-def broker_config(*, port: int, url: str, store_path: str) -> dict[str, Any]:
+def broker_config(*, port: int, store_path: str) -> dict[str, Any]:
     return {
         "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
         "plugins": {
-            f"{__name__}.TokenAuthPlugin": {"url": url},
-            f"{__name__}.TopicAccessPlugin": {"url": url},
+            f"{__name__}.TokenAuthPlugin": {},
+            f"{__name__}.TopicAccessPlugin": {},
             f"{__name__}.SessionStorePlugin": {"path": store_path},
         },
     }

@@ -1,0 +1,1 @@
+"""MQTT: the topic grammar (``topics``), the access policy (``policy``) and the client (``client``)."""

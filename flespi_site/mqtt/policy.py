@@ -1,0 +1,209 @@
+"""Who may do what on a region's MQTT broker: the one policy both broker paths apply.
+
+Pure functions over plain facts (no Django, no I/O): the embedded broker's plugins call them for
+every connect, subscribe, publish and delivery (``devtools.mqtt_broker``, with the facts read by
+``accounts.mqtt_access``), and the Mosquitto path turns the same rules into dynamic-security
+clients, roles and ACLs (``accounts.mqtt_dynsec``). The topics are those of
+``flespi_site.mqtt.topics``. docs/mqtt.md describes the model; in short:
+
+- A client connects with a token key as its username; the password is empty or the key itself
+  (Mosquitto's dynamic security cannot check an empty password). The platform's own clients
+  (relay, ingest consumer, the dynamic-security admin) use the platform credentials.
+- A token sees the topics of the devices of its account and of its descendants, master and
+  standard alike (every MQTT topic is a telematics entity, which both types reach over REST).
+- Subscriptions must name the topic root and a kind (``flespi/message/...``,
+  ``flespi/interval/...``, ``flespi/state/...``); wildcards in the id levels are narrowed:
+  each delivery is checked, and only the token's own devices arrive. ``#``, ``+/...``,
+  ``flespi/#`` and the like are refused, and so is a filter naming a device outside the subtree.
+- Only the platform publishes under the topic root. A token publishes only to the ingest topic of
+  a device of its subtree.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from flespi_site.mqtt.topics import (
+    CALC,
+    DEVICE,
+    LEVELS,
+    NAME,
+    WILDCARD,
+    TopicKind,
+    device_of_topic,
+    ident_of_topic,
+    is_id_level,
+    strip_share,
+)
+
+# Looks up the account path (``"1/7/"``) of a device by id, or of a device by ident; None when
+# there is no such device.
+DevicePath = Callable[[int], "str | None"]
+IdentPath = Callable[[str], "str | None"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str = ""
+    # For a token of another region: the MQTT endpoint the client should use.
+    server_reference: str | None = None
+
+
+ALLOW = Decision(True)
+
+
+def refuse(reason: str, server_reference: str | None = None) -> Decision:
+    return Decision(False, reason, server_reference)
+
+
+@dataclass(frozen=True)
+class TokenFacts:
+    """What the policy needs to know of a token and its account."""
+
+    id: int
+    account_id: int
+    account_path: str
+    region: str
+    enabled: bool
+    expire: int
+    ttl: int
+    created: float
+    last_used: float | None
+    access_type: int
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A connected client: the platform itself, or a token's account subtree."""
+
+    platform: bool
+    token_id: int | None = None
+    account_id: int | None = None
+    account_path: str = ""
+    region: str = ""
+
+    def owns(self, path: str | None) -> bool:
+        return path is not None and (self.platform or path.startswith(self.account_path))
+
+
+PLATFORM = Principal(platform=True)
+
+
+def token_refusal(
+    *, token_id: int, enabled: bool, expire: int, ttl: int, created: float, last_used: float | None, now: float
+) -> str | None:
+    """Why the token cannot be used now (disabled, expired, unused beyond its ttl), or None."""
+    if not enabled:
+        return f"token {token_id} is disabled"
+    if expire and now >= expire:
+        return f"token {token_id} expired"
+    last = last_used or created
+    if ttl and now - last >= ttl:
+        return f"token {token_id} expired: unused for more than its ttl of {ttl} s"
+    return None
+
+
+def connect_decision(
+    *,
+    username: str | None,
+    password: str | None,
+    platform_username: str,
+    platform_password: str,
+    token: TokenFacts | None,
+    broker_regions: frozenset[str],
+    region_mqtt_urls: Mapping[str, str],
+    now: float,
+) -> tuple[Decision, Principal | None]:
+    """May a client connect with these credentials, and as whom. ``token`` is the token whose
+    key is ``username`` (None when there is none); ``broker_regions`` the regions whose MQTT
+    endpoint this broker is."""
+    if not username:
+        return refuse("a token key is required as the MQTT username"), None
+    if platform_password and hmac.compare_digest(username, platform_username):
+        if hmac.compare_digest((password or "").encode(), platform_password.encode()):
+            return ALLOW, PLATFORM
+        return refuse("bad password for the platform's user"), None
+    if token is None:
+        return refuse("unknown token"), None
+    if password and not hmac.compare_digest(password.encode(), username.encode()):
+        return refuse("the password must be empty or the token itself"), None
+    problem = token_refusal(
+        token_id=token.id, enabled=token.enabled, expire=token.expire, ttl=token.ttl,
+        created=token.created, last_used=token.last_used, now=now,
+    )
+    if problem:
+        return refuse(problem), None
+    if token.region not in broker_regions:
+        endpoint = region_mqtt_urls.get(token.region)
+        return refuse(
+            f"the account of token {token.id} lives in region {token.region}: connect to {endpoint}", endpoint
+        ), None
+    return ALLOW, Principal(
+        platform=False, token_id=token.id, account_id=token.account_id, account_path=token.account_path,
+        region=token.region,
+    )
+
+
+def subscribe_decision(*, principal: Principal, topic_filter: str, root: str, device_path: DevicePath) -> Decision:
+    """May the client subscribe to ``topic_filter``. Allowed filters name the root and a kind;
+    a wildcard at a device level is narrowed by ``receive_decision`` on every delivery."""
+    if principal.platform:
+        return ALLOW
+    plain = strip_share(topic_filter)
+    if plain is None:
+        return refuse(f"{topic_filter!r} is not a valid shared subscription ($share/<group>/<filter>)")
+    levels = plain.split("/")
+    if len(levels) < 2 or levels[0] != root or levels[1] not in LEVELS:
+        kinds = ", ".join(f"{root}/{kind}/..." for kind in TopicKind)
+        return refuse(f"a token subscribes only to the platform's topics ({kinds}); {plain!r} is not one of them")
+    shape, rest = LEVELS[TopicKind(levels[1])], levels[2:]
+    for index, actual in enumerate(rest):
+        if actual == "#":
+            return ALLOW if index == len(rest) - 1 else refuse(f"'#' must be the last level of {plain!r}")
+        if index >= len(shape):
+            return refuse(f"{plain!r} matches no topic of the platform")
+        expected = shape[index]
+        if actual == WILDCARD:
+            continue
+        if expected == DEVICE:
+            if not is_id_level(actual):
+                return refuse(f"{plain!r} matches no topic of the platform: {actual!r} is not a device id")
+            if not principal.owns(device_path(int(actual))):
+                return refuse(f"device {actual} is not in the account subtree of token {principal.token_id}")
+        elif expected not in (CALC, NAME) and actual != expected:
+            return refuse(f"{plain!r} matches no topic of the platform")
+    if len(rest) < len(shape):
+        return refuse(f"{plain!r} matches no topic of the platform (too few levels)")
+    return ALLOW
+
+
+def receive_decision(*, principal: Principal, topic: str, root: str, device_path: DevicePath) -> Decision:
+    """May the client receive a message published on ``topic`` (checked on every delivery)."""
+    if principal.platform:
+        return ALLOW
+    device = device_of_topic(topic, root=root)
+    if device is None:
+        return refuse(f"{topic!r} is not a topic of a device")
+    if not principal.owns(device_path(device)):
+        return refuse(f"device {device} is not in the account subtree of token {principal.token_id}")
+    return ALLOW
+
+
+def publish_decision(
+    *, principal: Principal, topic: str, root: str, ingest_pattern: str, ident_path: IdentPath
+) -> Decision:
+    """May the client publish to ``topic``: only the platform under the root; a token only to
+    the ingest topic of a device of its subtree."""
+    if principal.platform:
+        return ALLOW
+    if topic.split("/", 1)[0] == root:
+        return refuse(f"only the platform publishes under {root}/")
+    ident = ident_of_topic(topic, pattern=ingest_pattern)
+    if ident is None:
+        return refuse(f"a token publishes only to {ingest_pattern} ('+' is a device ident)")
+    if not principal.owns(ident_path(ident)):
+        return refuse(f"no device with ident {ident!r} in the account subtree of token {principal.token_id}")
+    return ALLOW

@@ -1,0 +1,196 @@
+"""The platform's MQTT topic grammar: every topic it publishes, every filter a broker grants, the
+ingest topic devices publish to, and the SQL text of the topics a database trigger queues.
+
+No Django here: the topic root (``MQTT_TOPIC_ROOT``) and the ingest pattern (``MQTT_INGEST_TOPIC``)
+are passed in. Under the root (``flespi``):
+
+* ``message/gw/devices/{device}``: each stored message, not retained;
+* ``interval/gw/calcs/{calc}/devices/{device}/{event}``: an ``IntervalEvent``, not retained;
+* ``state/gw/calcs/{calc}/devices/{device}/{name}``: a ``StateName``, retained.
+
+The builders return topics relative to the root, the form the outbox stores (the relay puts the
+root in front with ``rooted``, so queued rows do not depend on it); the parsers and the filters
+of the access policy take whole topics. Devices publish to the ingest pattern (``ingest/+``)
+with their ident at its ``+``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from string import Formatter
+
+WILDCARD = "+"  # one level of a filter
+SHARE_PREFIX = "$share/"
+
+
+class TopicKind(StrEnum):
+    """The level after the root: what a topic is about."""
+
+    MESSAGE = "message"
+    INTERVAL = "interval"
+    STATE = "state"
+
+
+class IntervalEvent(StrEnum):
+    """What a recalculation did to an interval: the last level of an interval topic."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+    ACTIVATED = "activated"
+    DEACTIVATED = "deactivated"
+
+
+class StateName(StrEnum):
+    """A retained state of an assignment: the last level of a state topic."""
+
+    SYNCED = "synced"
+    LAST = "last"
+    ACTIVE = "active"
+
+
+# The levels after ``<root>/<kind>``; ``{device}`` and ``{calc}`` are ids, ``{name}`` the event or
+# state name.
+DEVICE, CALC, NAME = "{device}", "{calc}", "{name}"
+LEVELS: dict[TopicKind, tuple[str, ...]] = {
+    TopicKind.MESSAGE: ("gw", "devices", DEVICE),
+    TopicKind.INTERVAL: ("gw", "calcs", CALC, "devices", DEVICE, NAME),
+    TopicKind.STATE: ("gw", "calcs", CALC, "devices", DEVICE, NAME),
+}
+_TEMPLATES = {kind: "/".join((kind, *levels)) for kind, levels in LEVELS.items()}
+
+
+# --- builders (relative to the root; a level may be ``WILDCARD`` to build a filter) ----------
+
+
+def message_topic(*, device_id: int | str) -> str:
+    return _TEMPLATES[TopicKind.MESSAGE].format(device=device_id)
+
+
+def interval_topic(*, calc_id: int | str, device_id: int | str, event: str) -> str:
+    return _TEMPLATES[TopicKind.INTERVAL].format(calc=calc_id, device=device_id, name=event)
+
+
+def state_topic(*, calc_id: int | str, device_id: int | str, name: str) -> str:
+    return _TEMPLATES[TopicKind.STATE].format(calc=calc_id, device=device_id, name=name)
+
+
+def rooted(*, root: str, topic: str) -> str:
+    """A topic relative to the root as published."""
+    return f"{root}/{topic}"
+
+
+def device_receive_topics(*, root: str, device_id: int) -> tuple[str, ...]:
+    """The filters of every topic about one device: what a broker grants for delivery of its
+    topics (Mosquitto's per-device ACLs), exactly the topics the policy's ``receive_decision``
+    allows for it."""
+    return (
+        rooted(root=root, topic=message_topic(device_id=device_id)),
+        rooted(root=root, topic=interval_topic(calc_id=WILDCARD, device_id=device_id, event=WILDCARD)),
+        rooted(root=root, topic=state_topic(calc_id=WILDCARD, device_id=device_id, name=WILDCARD)),
+    )
+
+
+def subscribe_patterns(*, root: str) -> tuple[str, ...]:
+    """The filters every token may subscribe under (Mosquitto's subscribe ACLs); deliveries are
+    narrowed by ``device_receive_topics``."""
+    return tuple(rooted(root=root, topic=f"{kind}/#") for kind in TopicKind)
+
+
+def device_ingest_topic(*, ingest_pattern: str, ident: str) -> str:
+    return ingest_pattern.replace(WILDCARD, ident, 1)
+
+
+# --- parsers -------------------------------------------------------------------------------
+
+
+def is_id_level(level: str) -> bool:
+    """Whether a topic level can be an id (a bigint's decimal digits)."""
+    return level.isascii() and level.isdigit() and len(level) <= 19
+
+
+def device_of_topic(topic: str, *, root: str) -> int | None:
+    """The device a platform topic is about, or None when ``topic`` is no platform entity topic."""
+    levels = topic.split("/")
+    if len(levels) < 2 or levels[0] != root or levels[1] not in LEVELS:
+        return None
+    shape = LEVELS[TopicKind(levels[1])]
+    rest = levels[2:]
+    if len(rest) != len(shape):
+        return None
+    device = None
+    for expected, actual in zip(shape, rest, strict=True):
+        if expected == DEVICE:
+            if not is_id_level(actual):
+                return None
+            device = int(actual)
+        elif expected in (CALC, NAME):
+            # any level: the device decides (an assignment is of a device of the calculator's
+            # account), which is also all a broker's ACL can check
+            if not actual:
+                return None
+        elif actual != expected:
+            return None
+    return device
+
+
+def ident_of_topic(topic: str, *, pattern: str) -> str | None:
+    """The ident at the ``+`` level of the ingest ``pattern`` (``ingest/+``), or None."""
+    levels, actual = pattern.split("/"), topic.split("/")
+    if len(levels) != len(actual) or WILDCARD not in levels:
+        return None
+    for expected, level in zip(levels, actual, strict=True):
+        if expected not in (WILDCARD, level):
+            return None
+    ident = actual[levels.index(WILDCARD)]
+    return ident or None
+
+
+def strip_share(topic_filter: str) -> str | None:
+    """The filter of a shared subscription (``$share/<group>/<filter>``) without its prefix;
+    the filter itself when not shared; None for a malformed share."""
+    if not topic_filter.startswith(SHARE_PREFIX):
+        return topic_filter
+    group, _, rest = topic_filter[len(SHARE_PREFIX):].partition("/")
+    if not group or "+" in group or "#" in group or not rest:
+        return None
+    return rest
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT topic filter matching (``+`` one level, ``#`` the rest)."""
+    levels, actual = topic_filter.split("/"), topic.split("/")
+    for index, level in enumerate(levels):
+        if level == "#":
+            return True
+        if index >= len(actual) or level not in (WILDCARD, actual[index]):
+            return False
+    return len(levels) == len(actual)
+
+
+# --- SQL (the topics a trigger queues) ------------------------------------------------------
+
+
+def topic_sql(kind: TopicKind, **expressions: str) -> str:
+    """The SQL text expression of a topic of ``kind`` relative to the root, with the SQL
+    expression given for each level named (``calc``, ``device``, ``name``). It stops before the
+    first level not given: a prefix ending in ``/`` that the SQL appends the rest to."""
+    parts = []
+    for literal, field, _spec, _conversion in Formatter().parse(_TEMPLATES[kind]):
+        if literal:
+            parts.append(sql_literal(literal))
+        if field is None:
+            continue
+        if field not in expressions:
+            break
+        parts.append(expressions[field])
+    return " || ".join(parts)
+
+
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def state_names_sql() -> str:
+    """Every ``StateName`` as a SQL text array, in the order of the enum."""
+    return "ARRAY[" + ", ".join(sql_literal(name) for name in StateName) + "]"

@@ -1,0 +1,112 @@
+"""The topic grammar on its own (no broker, no database)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+from pathlib import Path
+
+from flespi_site.mqtt.topics import (
+    WILDCARD,
+    IntervalEvent,
+    StateName,
+    TopicKind,
+    device_ingest_topic,
+    device_of_topic,
+    device_receive_topics,
+    ident_of_topic,
+    interval_topic,
+    message_topic,
+    rooted,
+    state_names_sql,
+    state_topic,
+    subscribe_patterns,
+    topic_matches,
+    topic_sql,
+)
+
+
+def test_builders_spell_the_wire_topics():
+    assert message_topic(device_id=42) == "message/gw/devices/42"
+    assert interval_topic(calc_id=7, device_id=42, event=IntervalEvent.CREATED) == (
+        "interval/gw/calcs/7/devices/42/created"
+    )
+    assert state_topic(calc_id=7, device_id=42, name=StateName.LAST) == "state/gw/calcs/7/devices/42/last"
+    assert rooted(root="flespi", topic=message_topic(device_id=1)) == "flespi/message/gw/devices/1"
+    assert [str(event) for event in IntervalEvent] == ["created", "updated", "deleted", "activated", "deactivated"]
+    assert [str(name) for name in StateName] == ["synced", "last", "active"]
+
+
+def test_the_parser_reads_what_the_builders_write():
+    for topic in (
+        message_topic(device_id=42),
+        *(interval_topic(calc_id=7, device_id=42, event=event) for event in IntervalEvent),
+        *(state_topic(calc_id=7, device_id=42, name=name) for name in StateName),
+    ):
+        assert device_of_topic(rooted(root="flespi", topic=topic), root="flespi") == 42
+        assert device_of_topic(rooted(root="other", topic=topic), root="flespi") is None
+        assert device_of_topic(topic, root="flespi") is None
+
+
+def test_filters_match_every_topic_of_their_device_and_no_other():
+    granted = device_receive_topics(root="flespi", device_id=42)
+    assert granted == (
+        "flespi/message/gw/devices/42",
+        "flespi/interval/gw/calcs/+/devices/42/+",
+        "flespi/state/gw/calcs/+/devices/42/+",
+    )
+    for kind_filter, topic in zip(granted, (
+        message_topic(device_id=42),
+        interval_topic(calc_id=3, device_id=42, event=IntervalEvent.UPDATED),
+        state_topic(calc_id=3, device_id=42, name=StateName.ACTIVE),
+    ), strict=True):
+        assert topic_matches(kind_filter, rooted(root="flespi", topic=topic))
+        assert not topic_matches(kind_filter, rooted(root="flespi", topic=topic.replace("/42", "/43")))
+    assert subscribe_patterns(root="flespi") == ("flespi/message/#", "flespi/interval/#", "flespi/state/#")
+    assert [str(kind) for kind in TopicKind] == ["message", "interval", "state"]
+    assert message_topic(device_id=WILDCARD) == "message/gw/devices/+"
+
+
+def test_ingest_topics():
+    assert device_ingest_topic(ingest_pattern="ingest/+", ident="abc") == "ingest/abc"
+    assert ident_of_topic("ingest/abc", pattern="ingest/+") == "abc"
+    assert ident_of_topic("ingest/abc/x", pattern="ingest/+") is None
+    assert ident_of_topic("other/abc", pattern="ingest/+") is None
+
+
+def test_the_unassign_trigger_queues_the_grammars_state_topics():
+    """The trigger of an applied migration keeps its SQL; this ties it to the grammar, so that a
+    change of the state topics fails here until a new migration replaces the trigger."""
+    migration = importlib.import_module("analytics.migrations.0003_intervals")
+    prefix = topic_sql(TopicKind.STATE, calc="OLD.calculator_id", device="OLD.device_id")
+    assert prefix == "'state/gw/calcs/' || OLD.calculator_id || '/devices/' || OLD.device_id || '/'"
+    assert f"base text := {prefix};" in migration.CREATE
+    assert f"base || name, NULL, true FROM unnest({state_names_sql()}) AS name;" in migration.CREATE
+    assert topic_sql(TopicKind.MESSAGE, device="d.id") == "'message/gw/devices/' || d.id"
+
+
+def test_no_topic_is_spelled_outside_the_grammar():
+    """Code builds and parses topics with ``flespi_site.mqtt.topics`` (docstrings may show them;
+    the applied migration is tied to the grammar above)."""
+    root = Path(__file__).resolve().parents[2]
+    spelled = re.compile(r"(^|/)(message|interval|state)/gw/")
+    found = []
+    for package in ("flespi_site", "accounts", "devices", "analytics", "regions", "devtools"):
+        for path in sorted((root / package).rglob("*.py")):
+            if "migrations" in path.parts or path == root / "flespi_site" / "mqtt" / "topics.py":
+                continue
+            tree = ast.parse(path.read_text())
+            docstrings = {
+                id(node.body[0].value)
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                and node.body and isinstance(node.body[0], ast.Expr)
+            }
+            found += [
+                f"{path.relative_to(root)}:{node.lineno}"
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                and spelled.search(node.value)
+            ]
+    assert found == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from analytics.engine import ExpressionError, compile_expression
 from devices import selectors, services
 from devices.api.serializers import (
     DeviceCreateSerializer,
@@ -93,8 +94,6 @@ class DeviceSelectionView(SelectionView):
 def _message_filter(text: str | None):
     if text is None:
         return None
-    from analytics.engine import ExpressionError, compile_expression
-
     try:
         return compile_expression(text)
     except ExpressionError as exc:

@@ -101,12 +101,7 @@ def compute(
             assert values is not None  # only per-interval counters need the interval pass
             named_values.append((counter.name, values))
         for j, (identifier, interval_begin, interval_end) in enumerate(rows):
-            interval = {
-                "id": identifier,
-                "begin": interval_begin,
-                "end": interval_end,
-                "duration": interval_end - interval_begin,
-            }
+            interval = _interval(identifier, interval_begin, interval_end)
             for name, values in named_values:
                 value = values[j]
                 if value is not OMIT:
@@ -118,18 +113,18 @@ def compute(
     return _interval_pass(calc, rows, counter_values, active, previous, intervals)
 
 
+def _interval(identifier: int, begin: float, end: float) -> dict:
+    """An interval's engine fields, before its counters."""
+    return {"id": identifier, "begin": begin, "end": end, "duration": end - begin}
+
+
 def _interval_pass(calc, rows, counter_values, active, previous, intervals: IntervalList) -> IntervalList:
     """Counters that look at the interval itself or at the one before it, in order."""
     counters = [(counter, COUNTER_TYPES[counter.type], values) for counter, values in counter_values]
     previous_interval = dict(previous) if previous is not None else None
     last_kept_active = False
     for j, (identifier, interval_begin, interval_end) in enumerate(rows):
-        interval = {
-            "id": identifier,
-            "begin": interval_begin,
-            "end": interval_end,
-            "duration": interval_end - interval_begin,
-        }
+        interval = _interval(identifier, interval_begin, interval_end)
         for counter, counter_type, values in counters:
             if values is not None:
                 value = values[j]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .checks import Checker, Scope, is_finite_number
-from .counters import COUNTER_TYPES, POSITION, CounterSpec
+from .counters import COUNTER_TYPES, POSITION, CheckContext, CounterSpec
 from .errors import CalculatorError, Problem
 from .expressions import CompiledExpression
 from .geo import Geofence
@@ -344,9 +344,10 @@ def _check_counters(checker: Checker, config: dict, scope: Scope) -> tuple[list[
         counter.validate = checker.expression(counter_config, "validate_message", path, scope=scope)
         if counter_config.get("validate_message") is not None:
             normalized_counter["validate_message"] = counter_config["validate_message"]
-        COUNTER_TYPES[counter_type].check(
-            counter, checker=checker, path=path, normalized=normalized_counter, scope=scope, earlier=counters
+        context = CheckContext(
+            checker=checker, path=path, normalized=normalized_counter, scope=scope, earlier=counters
         )
+        COUNTER_TYPES[counter_type].check(counter, context)
         counters.append(counter)
         normalized.append(normalized_counter)
     return counters, normalized

@@ -75,11 +75,17 @@ class Checker:
             return default
         return obj[key]
 
-    def string(self, obj: dict, key: str, path: str, *, required=False, default=None, choices=None):
-        where = f"{path}.{key}" if path else key
+    def _given(self, obj: dict, key: str, where: str, required: bool) -> bool:
+        """Whether ``obj`` gives ``key`` (not null); a required one that it does not is a problem."""
         if key not in obj or obj[key] is None:
             if required:
                 self.add(where, "missing field")
+            return False
+        return True
+
+    def string(self, obj: dict, key: str, path: str, *, required=False, default=None, choices=None):
+        where = f"{path}.{key}" if path else key
+        if not self._given(obj, key, where, required):
             return default
         value = obj[key]
         if not isinstance(value, str) or (required and not value):
@@ -97,9 +103,7 @@ class Checker:
 
     def expression(self, obj: dict, key: str, path: str, *, scope: Scope, required=False):
         where = f"{path}.{key}" if path else key
-        if key not in obj or obj[key] is None:
-            if required:
-                self.add(where, "missing field")
+        if not self._given(obj, key, where, required):
             return None
         text = obj[key]
         if not isinstance(text, str):

@@ -247,6 +247,19 @@ def _present(vec: Vec, rows: int) -> np.ndarray:
 # ---- the counter types ------------------------------------------------------------------------
 
 
+@dataclass
+class CheckContext:
+    """What a counter type's check works with: the problems found so far (``checker``), the
+    counter's path in the configuration, the normalized configuration it fills, the names an
+    expression may use, and the counters before it."""
+
+    checker: Checker
+    path: str
+    normalized: dict
+    scope: Scope
+    earlier: list[CounterSpec]
+
+
 class CounterType:
     """A counter type: how its configuration is checked and how its values are computed.
 
@@ -260,16 +273,7 @@ class CounterType:
     # Whether ``compute`` reads ``IntervalRows.geofence_index`` (which geofence holds each message).
     reads_geofences: ClassVar[bool] = False
 
-    def check(
-        self,
-        counter: CounterSpec,
-        *,
-        checker: Checker,
-        path: str,
-        normalized: dict,
-        scope: Scope,
-        earlier: list[CounterSpec],
-    ) -> None:
+    def check(self, counter: CounterSpec, context: CheckContext) -> None:
         """Check the type's own fields of ``counter.config`` (the common ones are checked), fill
         ``counter`` and the normalized configuration ``normalized``."""
         raise NotImplementedError
@@ -301,16 +305,8 @@ class _ReducedCounter(CounterType):
 
     methods: ClassVar[tuple[str, ...]] = REDUCE_METHODS
 
-    def check(
-        self,
-        counter: CounterSpec,
-        *,
-        checker: Checker,
-        path: str,
-        normalized: dict,
-        scope: Scope,
-        earlier: list[CounterSpec],
-    ) -> None:
+    def check(self, counter: CounterSpec, context: CheckContext) -> None:
+        checker, path, normalized = context.checker, context.path, context.normalized
         raw_method = counter.config.get("method")
         if isinstance(raw_method, str):
             raw_method = METHOD_ALIASES.get(raw_method, raw_method)
@@ -318,11 +314,9 @@ class _ReducedCounter(CounterType):
             {"method": raw_method}, "method", path, required=True, choices=self.methods
         )
         normalized["method"] = counter.method
-        self.check_source(counter, checker=checker, path=path, normalized=normalized, scope=scope)
+        self.check_source(counter, context)
 
-    def check_source(
-        self, counter: CounterSpec, *, checker: Checker, path: str, normalized: dict, scope: Scope
-    ) -> None:
+    def check_source(self, counter: CounterSpec, context: CheckContext) -> None:
         """Check where the values come from."""
         raise NotImplementedError
 
@@ -330,9 +324,8 @@ class _ReducedCounter(CounterType):
 class ExpressionCounter(_ReducedCounter):
     name = "expression"
 
-    def check_source(
-        self, counter: CounterSpec, *, checker: Checker, path: str, normalized: dict, scope: Scope
-    ) -> None:
+    def check_source(self, counter: CounterSpec, context: CheckContext) -> None:
+        checker, path, normalized, scope = context.checker, context.path, context.normalized, context.scope
         config = counter.config
         checker.unknown(config, (*_COMMON, "expression", "method"), path)
         counter.expression = checker.expression(config, "expression", path, scope=scope, required=True)
@@ -353,9 +346,8 @@ class ParameterCounter(_ReducedCounter):
     name = "parameter"
     methods = (*REDUCE_METHODS, "distinct")
 
-    def check_source(
-        self, counter: CounterSpec, *, checker: Checker, path: str, normalized: dict, scope: Scope
-    ) -> None:
+    def check_source(self, counter: CounterSpec, context: CheckContext) -> None:
+        checker, path, normalized = context.checker, context.path, context.normalized
         checker.unknown(counter.config, (*_COMMON, "parameter", "method"), path)
         counter.parameter = checker.string(counter.config, "parameter", path, default=counter.name)
         normalized["parameter"] = counter.parameter
@@ -378,16 +370,8 @@ class IntervalCounter(CounterType):
     name = "interval"
     per_interval = True
 
-    def check(
-        self,
-        counter: CounterSpec,
-        *,
-        checker: Checker,
-        path: str,
-        normalized: dict,
-        scope: Scope,
-        earlier: list[CounterSpec],
-    ) -> None:
+    def check(self, counter: CounterSpec, context: CheckContext) -> None:
+        checker, path, normalized, scope = context.checker, context.path, context.normalized, context.scope
         config = counter.config
         checker.unknown(config, (*_COMMON, "expression"), path)
         counter.expression = checker.expression(config, "expression", path, scope=scope, required=True)
@@ -410,16 +394,8 @@ class RouteCounter(CounterType):
 
     name = "route"
 
-    def check(
-        self,
-        counter: CounterSpec,
-        *,
-        checker: Checker,
-        path: str,
-        normalized: dict,
-        scope: Scope,
-        earlier: list[CounterSpec],
-    ) -> None:
+    def check(self, counter: CounterSpec, context: CheckContext) -> None:
+        checker, path = context.checker, context.path
         checker.unknown(counter.config, _COMMON, path)
 
     def parameters(self, counter: CounterSpec) -> Iterable[frozenset[str] | None]:
@@ -437,16 +413,8 @@ class DatasetCounter(CounterType):
 
     name = "dataset"
 
-    def check(
-        self,
-        counter: CounterSpec,
-        *,
-        checker: Checker,
-        path: str,
-        normalized: dict,
-        scope: Scope,
-        earlier: list[CounterSpec],
-    ) -> None:
+    def check(self, counter: CounterSpec, context: CheckContext) -> None:
+        checker, path, normalized, scope = context.checker, context.path, context.normalized, context.scope
         config = counter.config
         checker.unknown(config, (*_COMMON, "fields"), path)
         fields = config.get("fields")
@@ -489,16 +457,8 @@ class DatetimeCounter(CounterType):
 
     name = "datetime"
 
-    def check(
-        self,
-        counter: CounterSpec,
-        *,
-        checker: Checker,
-        path: str,
-        normalized: dict,
-        scope: Scope,
-        earlier: list[CounterSpec],
-    ) -> None:
+    def check(self, counter: CounterSpec, context: CheckContext) -> None:
+        checker, path, normalized = context.checker, context.path, context.normalized
         config = counter.config
         checker.unknown(config, (*_COMMON, "interval", "format"), path)
         counter.method = checker.string(config, "interval", path, default="begin", choices=("begin", "end"))
@@ -515,16 +475,8 @@ class MessageCounter(CounterType):
 
     name = "message"
 
-    def check(
-        self,
-        counter: CounterSpec,
-        *,
-        checker: Checker,
-        path: str,
-        normalized: dict,
-        scope: Scope,
-        earlier: list[CounterSpec],
-    ) -> None:
+    def check(self, counter: CounterSpec, context: CheckContext) -> None:
+        checker, path, normalized = context.checker, context.path, context.normalized
         config = counter.config
         checker.unknown(config, (*_COMMON, "fields", "method"), path)
         fields = config.get("fields")
@@ -567,16 +519,8 @@ class SpecifiedCounter(CounterType):
 
     name = "specified"
 
-    def check(
-        self,
-        counter: CounterSpec,
-        *,
-        checker: Checker,
-        path: str,
-        normalized: dict,
-        scope: Scope,
-        earlier: list[CounterSpec],
-    ) -> None:
+    def check(self, counter: CounterSpec, context: CheckContext) -> None:
+        checker, path, normalized = context.checker, context.path, context.normalized
         config = counter.config
         checker.unknown(config, (*_COMMON, "value"), path)
         if "value" not in config:
@@ -593,16 +537,8 @@ class ActiveCounter(CounterType):
 
     name = "active"
 
-    def check(
-        self,
-        counter: CounterSpec,
-        *,
-        checker: Checker,
-        path: str,
-        normalized: dict,
-        scope: Scope,
-        earlier: list[CounterSpec],
-    ) -> None:
+    def check(self, counter: CounterSpec, context: CheckContext) -> None:
+        checker, path = context.checker, context.path
         checker.unknown(counter.config, _COMMON, path)
 
     def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
@@ -615,16 +551,8 @@ class GeofenceCounter(CounterType):
     name = "geofence"
     reads_geofences = True
 
-    def check(
-        self,
-        counter: CounterSpec,
-        *,
-        checker: Checker,
-        path: str,
-        normalized: dict,
-        scope: Scope,
-        earlier: list[CounterSpec],
-    ) -> None:
+    def check(self, counter: CounterSpec, context: CheckContext) -> None:
+        checker, path, scope = context.checker, context.path, context.scope
         checker.unknown(counter.config, _COMMON, path)
         if not scope.geofences:
             checker.add(path, "a geofence counter needs a geofence selector")
@@ -650,16 +578,9 @@ class AccumulatorCounter(CounterType):
     name = "accumulator"
     per_interval = True
 
-    def check(
-        self,
-        counter: CounterSpec,
-        *,
-        checker: Checker,
-        path: str,
-        normalized: dict,
-        scope: Scope,
-        earlier: list[CounterSpec],
-    ) -> None:
+    def check(self, counter: CounterSpec, context: CheckContext) -> None:
+        checker, path = context.checker, context.path
+        normalized, earlier = context.normalized, context.earlier
         config = counter.config
         checker.unknown(config, (*_COMMON, "counter", "reset_interval"), path)
         target = checker.string(config, "counter", path, required=True)

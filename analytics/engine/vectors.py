@@ -9,6 +9,7 @@ row and column evaluators share one definition of the semantics.
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import numpy as np
@@ -256,11 +257,7 @@ _BIT_LIMIT = float(2**53)
 
 def vec_arith(op, left: Vec, right: Vec, rows) -> Vec:
     if not is_typed(left, right):
-        return fallback(
-            lambda left_numbers, right_numbers: semantics.arith(op, left_numbers, right_numbers),
-            [left, right],
-            rows,
-        )
+        return fallback(functools.partial(semantics.arith, op), [left, right], rows)
     left_numbers = left.floats()
     right_numbers = right.floats()
     err = any_of(left.err, right.err)
@@ -295,11 +292,7 @@ def vec_arith(op, left: Vec, right: Vec, rows) -> Vec:
 
 def vec_compare(op, left: Vec, right: Vec, rows) -> Vec:
     if not is_typed(left, right):
-        return fallback(
-            lambda left_numbers, right_numbers: semantics.compare(op, left_numbers, right_numbers),
-            [left, right],
-            rows,
-        )
+        return fallback(functools.partial(semantics.compare, op), [left, right], rows)
     left_numbers = left.floats()
     right_numbers = right.floats()
     if left.null is not None:

@@ -5,18 +5,22 @@ The procedure (docs/regions.md, "Moving an account to another datacenter"):
 1. **Prepare.** The move takes the region's move lock (one move per region at a time; a second
    command is refused while it is held), records itself (``AccountMove``, state ``copying``),
    deletes whatever an interrupted earlier attempt left in the target, and switches on the
-   source's journal: triggers on ``message_changes`` and ``intervals`` that note every changed
-   range of messages and every changed interval in ``move_journal``.
+   source's journal: the triggers the registry names (``accounts.regional_data.JournalTrigger``)
+   note in ``move_journal`` every changed range of a device's rows (messages) and every changed
+   key (intervals).
 2. **Copy**, while the platform serves the account from the source: every table of the registry
-   (``accounts.regional_data``), in copy order, streamed from one consistent snapshot of the
+   (``accounts.regional_data``) but its logs and derived tables, in copy order, streamed from one
+   consistent snapshot of the
    source (``COPY (select) TO STDOUT`` in binary) into one transaction on the target that stays
    open, so that nothing of a partial copy is ever visible there.
 3. **Switch**, with the account's writes paused: the move takes the write fence's locks
    exclusively in the source (``accounts.fence``), reads the source again from a snapshot taken
-   under them, and brings the target in step: the small tables of entities (devices,
-   calculators, assignments) row by row, the journaled ranges of messages, telemetry and
-   intervals, and the outbox and change log (copied only now, renumbered by the target's
-   sequences in their order). It commits the target, then flips the accounts' datacenter and the
+   under them, and brings the target in step, each table as its ``MoveKind`` says: the small
+   tables of entities (devices, calculators, assignments) row by row, the journaled ranges of
+   messages, the telemetry of their devices, the journaled intervals, the apps' derived data
+   reset (``RegionalData.derived_reset``: message blocks), and the logs (outbox, change log:
+   copied only now, renumbered by the target's sequences in their order). It commits the
+   target, then flips the accounts' datacenter and the
    placement version in the control database (state ``switched``), then deletes the outbox and
    change-log rows it copied from the source and releases the locks.
 4. **Clean up** after a grace period (processes that read placement before the switch keep
@@ -27,12 +31,15 @@ A move killed at any point leaves the accounts served from the datacenter the co
 names: before the flip the source (the target's copy is rolled back or deleted by the next
 attempt), after it the target (the next attempt only cleans the source up). Running the command
 again resumes or starts over.
+
+The move names no table of another app: it walks the registry. A caller may pass ``checkpoint``,
+called with the name of each point of ``CHECKPOINTS`` as the move reaches it (the tests stop a
+real process there and kill it).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -46,7 +53,13 @@ from django.db import transaction
 from accounts import placement
 from accounts.choices import MoveState
 from accounts.models import Account, AccountMove
-from accounts.regional_data import DATACENTER, RegionalTable, regional_tables
+from accounts.regional_data import (
+    DATACENTER,
+    MoveKind,
+    RegionalTable,
+    regional_registrations,
+    regional_tables,
+)
 from flespi_site.constants import LockSpace, lock_id
 from flespi_site.errors import Conflict, DomainError
 from regions.datacenters import alias_for_datacenter
@@ -58,41 +71,11 @@ from regions.models import Datacenter
 GRACE_SECONDS = float(os.environ.get("FLESPI_MOVE_GRACE") or 2.0)
 # How long the switch waits for writers that are inside their transaction when it starts.
 SWITCH_LOCK_TIMEOUT = "30s"
-# A test hook: the name of a point of the move where the command stops (and waits to be killed).
-HOOK_ENV = "FLESPI_MOVE_STOP_AT"
-HOOK_POINTS = ("prepared", "copying", "copied", "paused", "committed", "switched", "cleaning")
+# The points of a move at which it calls its ``checkpoint``, in their order.
+CHECKPOINTS = ("prepared", "copying", "copied", "paused", "committed", "switched", "cleaning")
 
-# Messages deleted from the source per statement in the clean-up.
+# Rows of a big table deleted from the source per statement in the clean-up.
 DELETE_BATCH = 50_000
-
-# How each table of the registry is brought in step at the switch. A table of a new app must say
-# here how it moves (tests/accounts/test_move.py fails for one that does not).
-ENTITIES = "entities"  # rows with an entity id, few: copied, then upserted from the source at the switch
-MESSAGES = "messages"  # copied, then the journaled ranges of messages copied again
-TELEMETRY = "telemetry"  # copied, then the rows of the journaled devices copied again
-INTERVALS = "intervals"  # copied, then the journaled intervals copied again
-LOG = "log"  # serial ids, append-only, few: copied at the switch only, renumbered in order
-DERIVED = "derived"  # built from the other tables: not copied; the moved devices are noted for rebuilding
-STRATEGIES = {
-    "devices_device": ENTITIES,
-    "messages": MESSAGES,
-    "telemetry": TELEMETRY,
-    "outbox": LOG,
-    "message_changes": LOG,
-    "analytics_calculator": ENTITIES,
-    "analytics_assignment": ENTITIES,
-    "intervals": INTERVALS,
-    "message_blocks": DERIVED,
-    "message_block_work": DERIVED,
-}
-# The tables keyed by ``device_id`` whose rows of a device deleted during the copy are deleted
-# from the target at the switch (the others go with their entity rows).
-DEVICE_TABLES = ("messages", "telemetry", "intervals", "outbox", "message_changes")
-
-_JOURNAL_TRIGGERS = (
-    ("move_journal_messages", "message_changes", "AFTER INSERT", "move_journal_messages"),
-    ("move_journal_intervals", "intervals", "AFTER INSERT OR UPDATE OR DELETE", "move_journal_intervals"),
-)
 
 
 class MoveRefused(DomainError):
@@ -106,6 +89,12 @@ class Progress(Protocol):
 
 
 ProgressFactory = Callable[[str, int], Progress]
+# Called with the name of each point of ``CHECKPOINTS`` the move reaches.
+Checkpoint = Callable[[str], None]
+
+
+def _no_checkpoint(point: str) -> None:
+    pass
 
 
 @dataclass
@@ -126,12 +115,19 @@ class MoveReport:
 
 
 def account_move(
-    *, account_id: int, target: str, dry_run: bool = False, progress: ProgressFactory | None = None
+    *,
+    account_id: int,
+    target: str,
+    dry_run: bool = False,
+    progress: ProgressFactory | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> MoveReport:
     """Move account ``account_id`` and the accounts of its subtree that live in the same
     datacenter to datacenter ``target`` of the same region (see the module's docstring).
     ``MoveRefused`` (nothing changed) for another region's datacenter, an unknown one, the one
-    the account is in, or while another move runs in the region."""
+    the account is in, or while another move runs in the region. ``checkpoint`` is called with
+    each point of ``CHECKPOINTS`` the move reaches."""
+    reached = checkpoint or _no_checkpoint
     account = Account.objects.select_related("region", "datacenter").filter(pk=account_id).first()
     if account is None:
         raise MoveRefused(f"account {account_id} does not exist", field="account")
@@ -178,7 +174,7 @@ def account_move(
             report = _report(unfinished, dry_run=dry_run)
             report.resumed = True
             if not dry_run:
-                _clean_up(unfinished, report)
+                _clean_up(unfinished, report, reached)
             return report
         if account.datacenter_id == destination.pk:
             raise MoveRefused(f"account {account.pk} is already in datacenter {target}", field="to")
@@ -205,8 +201,8 @@ def account_move(
         move.state, move.started = MoveState.COPYING, time.time()
         move.save()
         report = MoveReport(account.pk, account.datacenter.code, target, moving, resumed=unfinished is not None)
-        _copy_and_switch(move, source_alias, target_alias, report, progress)
-        _clean_up(move, report)
+        _copy_and_switch(move, source_alias, target_alias, report, progress, reached)
+        _clean_up(move, report, reached)
         return report
 
 
@@ -214,52 +210,56 @@ def account_move(
 
 
 def _copy_and_switch(
-    move: AccountMove, source_alias: str, target_alias: str, report: MoveReport, progress: ProgressFactory | None
+    move: AccountMove,
+    source_alias: str,
+    target_alias: str,
+    report: MoveReport,
+    progress: ProgressFactory | None,
+    reached: Checkpoint,
 ) -> None:
     ids = move.account_ids
-    tables = [entry for entry in reversed(regional_tables()) if entry.database == DATACENTER]
-    for entry in tables:
-        if entry.table not in STRATEGIES:
-            raise RuntimeError(f"{entry.table} is in the registry but accounts.moves.STRATEGIES does not say how it moves")
+    tables = _copy_order()
     with _connect(source_alias) as admin, _connect(target_alias) as target:
         _journal_on(admin)
         _delete_rows(target, ids)  # what an interrupted attempt left
         target.commit()
-        _hook("prepared")
+        reached("prepared")
         started = time.monotonic()
         with _connect(source_alias, snapshot=True) as source:
-            copied_devices = _ids(source, "SELECT id FROM devices_device WHERE account_id = ANY(%s)", [ids])
-            for position, entry in enumerate(tables):
-                if STRATEGIES[entry.table] in (LOG, DERIVED):
+            copied_devices = _device_ids(source, ids)
+            copying = False
+            for entry in tables:
+                if entry.moves in (MoveKind.LOG, MoveKind.DERIVED):
                     continue
                 total = _count(source, entry, ids)
                 _stream(source, target, entry.select, [ids], f"COPY {entry.table} FROM STDIN (FORMAT binary)",
                         report, entry.table, total, progress)
-                if position == 0:
-                    _hook("copying")
+                if not copying:
+                    copying = True
+                    reached("copying")
             source.commit()
         # The target's statistics still say its tables are as before the copy: the switch's
         # statements on them would be planned as on small tables.
         for entry in tables:
             target.execute(f"ANALYZE {entry.table}")
         report.copy_seconds = time.monotonic() - started
-        _hook("copied")
+        reached("copied")
         with _connect(source_alias) as fence, _connect(source_alias, snapshot=True) as source:
             paused = time.monotonic()
             fence.execute(f"SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}'")
             for key in sorted({lock_id(account_id) for account_id in ids}):
                 fence.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LockSpace.ACCOUNT_WRITE, key])
-            _hook("paused")
+            reached("paused")
             copied_logs = _catch_up(source, target, tables, ids, copied_devices, report)
             target.commit()
-            _hook("committed")
+            reached("committed")
             with transaction.atomic(using="default"):
                 Account.objects.filter(pk__in=ids).update(datacenter=move.target)
                 placement.placement_bump()
                 move.state, move.switched = MoveState.SWITCHED, time.time()
                 move.save(update_fields=["state", "switched"])
             placement.forget_all()
-            _hook("switched")
+            reached("switched")
             for table, log_ids in copied_logs.items():
                 fence.execute(f"DELETE FROM {table} WHERE id = ANY(%s)", [log_ids])
             fence.commit()
@@ -276,65 +276,56 @@ def _catch_up(
     report: MoveReport,
 ) -> dict[str, list[int]]:
     """Under the switch's locks, from a snapshot taken under them: bring the target in step with
-    the source. Returns the ids of the log rows copied (to delete from the source)."""
-    devices = _ids(source, "SELECT id FROM devices_device WHERE account_id = ANY(%s)", [ids])
-    for entry in tables:
-        if STRATEGIES[entry.table] == ENTITIES:
-            _upsert(source, target, entry, ids, report)
+    the source, each table as its ``MoveKind`` says. Returns the ids of the log rows copied (to
+    delete from the source)."""
+    devices = _device_ids(source, ids)
+    for entry in _of_kind(tables, MoveKind.ENTITIES):
+        _upsert(source, target, entry, ids, report)
     gone = sorted(set(copied_devices) - set(devices))
     if gone:
-        for table in DEVICE_TABLES:
-            target.execute(f"DELETE FROM {table} WHERE device_id = ANY(%s)", [gone])
+        for entry in reversed(tables):  # the deletion order
+            if entry.device_column is not None:
+                target.execute(f"DELETE FROM {entry.table} WHERE {entry.device_column} = ANY(%s)", [gone])
     ranges = _merged(source.execute(
         "SELECT device_id, begin_ts, end_ts FROM move_journal WHERE begin_ts IS NOT NULL AND device_id = ANY(%s)",
         [devices],
     ).fetchall())
     if ranges:
-        _recopy(source, target, "messages", "device_id = {} AND ts BETWEEN {} AND {}", ranges, report)
-        changed = sorted({d for d, _, _ in ranges})
-        target.execute("DELETE FROM telemetry WHERE device_id = ANY(%s)", [changed])
-        _stream(source, target, "SELECT * FROM telemetry WHERE device_id = ANY(%s)", [changed],
-                "COPY telemetry FROM STDIN (FORMAT binary)", report, "telemetry")
+        for entry in _of_kind(tables, MoveKind.RANGES):
+            _recopy(source, target, entry.table, f"{entry.device_column} = {{}} AND {entry.range_column} BETWEEN {{}} AND {{}}",
+                    ranges, report)
+        changed = sorted({device_id for device_id, _begin, _end in ranges})
+        for entry in _of_kind(tables, MoveKind.DEVICE_ROWS):
+            target.execute(f"DELETE FROM {entry.table} WHERE {entry.device_column} = ANY(%s)", [changed])
+            _stream(source, target, f"SELECT * FROM {entry.table} WHERE {entry.device_column} = ANY(%s)", [changed],
+                    f"COPY {entry.table} FROM STDIN (FORMAT binary)", report, entry.table)
     keys = source.execute(
         "SELECT DISTINCT calc_id, device_id, interval_id FROM move_journal WHERE interval_id IS NOT NULL "
         "AND device_id = ANY(%s)",
         [devices],
     ).fetchall()
     if keys:
-        _recopy(source, target, "intervals", "calc_id = {} AND device_id = {} AND id = {}", keys, report)
-    _derived_reset(target, sorted(set(devices) | set(copied_devices)))
+        for entry in _of_kind(tables, MoveKind.JOURNALED):
+            assert entry.journal_key is not None
+            condition = " AND ".join(f"{column} = {{}}" for column in entry.journal_key)
+            _recopy(source, target, entry.table, condition, keys, report)
+    moved_devices = sorted(set(devices) | set(copied_devices))
+    for registration in regional_registrations():
+        if registration.derived_reset is not None:
+            registration.derived_reset(connection=target, device_ids=moved_devices)
     copied: dict[str, list[int]] = {}
-    for entry in tables:
-        if STRATEGIES[entry.table] != LOG:
-            continue
+    for entry in _of_kind(tables, MoveKind.LOG):
         # Rows the target's own triggers queued for these devices (a deleted assignment clears its
         # retained state) are the source's to publish: its rows come next, in their order.
-        target.execute(f"DELETE FROM {entry.table} WHERE device_id = ANY(%s)", [sorted(set(devices) | set(copied_devices))])
-        copied[entry.table] = _ids(source, f"SELECT id FROM {entry.table} WHERE device_id = ANY(%s) ORDER BY id", [devices])
+        target.execute(f"DELETE FROM {entry.table} WHERE {entry.device_column} = ANY(%s)", [moved_devices])
+        copied[entry.table] = _ids(
+            source, f"SELECT id FROM {entry.table} WHERE {entry.device_column} = ANY(%s) ORDER BY id", [devices]
+        )
         columns_of = ", ".join(c for c in _columns(target, entry.table) if c != "id")
         _stream(source, target, f"SELECT {columns_of} FROM {entry.table} WHERE id = ANY(%s) ORDER BY id",
                 [copied[entry.table]], f"COPY {entry.table} ({columns_of}) FROM STDIN (FORMAT binary)", report,
                 entry.table)
     return copied
-
-
-def _derived_reset(target: psycopg.Connection, devices: list[int]) -> None:
-    """The target's message blocks of the moved devices, which its sealer may have built from
-    part of the copy, deleted, and the devices noted for sealing: under the devices' block locks
-    (shared, as a write of messages takes them), so that no block is built from the target's
-    rows until the switch commits them all."""
-    if not devices:
-        return
-    target.execute(
-        "SELECT pg_advisory_xact_lock_shared(%s, (d %% 2147483648)::integer) FROM unnest(%s::bigint[]) AS d",
-        [LockSpace.DEVICE_BLOCKS, devices],
-    )
-    target.execute("DELETE FROM message_blocks WHERE device_id = ANY(%s)", [devices])
-    target.execute(
-        "INSERT INTO message_block_work (device_id) SELECT unnest(%s::bigint[]) "
-        "ON CONFLICT (device_id) DO UPDATE SET due = 0",
-        [devices],
-    )
 
 
 def _recopy(source, target, table: str, condition: str, keys: Sequence[tuple[int, int, int]], report: MoveReport) -> None:
@@ -367,28 +358,29 @@ def _upsert(source, target, entry: RegionalTable, ids: list[int], report: MoveRe
     target.execute(f"INSERT INTO {entry.table} SELECT * FROM {stage} ON CONFLICT (id) DO UPDATE SET {updates}")
 
 
-def _clean_up(move: AccountMove, report: MoveReport) -> None:
-    """After the grace period: delete the accounts' rows from the source, switch its journal off,
-    record the move as done."""
+def _clean_up(move: AccountMove, report: MoveReport, reached: Checkpoint) -> None:
+    """After the grace period: delete the accounts' rows from the source (the big tables' rows
+    per device in batches), switch its journal off, record the move as done."""
     time.sleep(max(0.0, (move.switched or 0.0) + GRACE_SECONDS - time.time()))
-    _hook("cleaning")
+    reached("cleaning")
     started = time.monotonic()
     ids = move.account_ids
     with _connect(move.target.alias) as target:
         report.rows = _counts(target, ids)
     with _connect(move.source.alias) as source:
-        devices = _ids(source, "SELECT id FROM devices_device WHERE account_id = ANY(%s)", [ids])
+        devices = _device_ids(source, ids)
         source.commit()
-        for device_id in devices:
-            while True:
-                deleted = source.execute(
-                    "DELETE FROM messages WHERE device_id = %s AND ts IN "
-                    "(SELECT ts FROM messages WHERE device_id = %s LIMIT %s)",
-                    [device_id, device_id, DELETE_BATCH],
-                ).rowcount
-                source.commit()
-                if deleted < DELETE_BATCH:
-                    break
+        for entry in _of_kind(_copy_order(), MoveKind.RANGES):
+            for device_id in devices:
+                while True:
+                    deleted = source.execute(
+                        f"DELETE FROM {entry.table} WHERE {entry.device_column} = %s AND {entry.range_column} IN "
+                        f"(SELECT {entry.range_column} FROM {entry.table} WHERE {entry.device_column} = %s LIMIT %s)",
+                        [device_id, device_id, DELETE_BATCH],
+                    ).rowcount
+                    source.commit()
+                    if deleted < DELETE_BATCH:
+                        break
         _journal_off(source)
         _delete_rows(source, ids)
         source.commit()
@@ -399,6 +391,33 @@ def _clean_up(move: AccountMove, report: MoveReport) -> None:
 
 def _report(move: AccountMove, *, dry_run: bool) -> MoveReport:
     return MoveReport(move.account_id, move.source.code, move.target.code, move.account_ids, dry_run=dry_run)
+
+
+# --- the registry, as the move reads it ------------------------------------------------------
+
+
+def _copy_order() -> list[RegionalTable]:
+    """The datacenter tables of the registry, in copy order (the reverse of deletion order)."""
+    return [entry for entry in reversed(regional_tables()) if entry.database == DATACENTER]
+
+
+def _of_kind(tables: Iterable[RegionalTable], kind: MoveKind) -> list[RegionalTable]:
+    return [entry for entry in tables if entry.moves == kind]
+
+
+def _device_ids(connection: psycopg.Connection, ids: list[int]) -> list[int]:
+    """The ids of the accounts' devices (the rows of the registry's entry that holds them)."""
+    devices = [entry for entry in _copy_order() if entry.holds_devices]
+    if not devices:
+        return []
+    return _ids(connection, f"SELECT id FROM {devices[0].table} WHERE {devices[0].selection}", [ids])
+
+
+def _journal_triggers() -> list[tuple[str, str, str]]:
+    """(name, table, events) of each trigger that writes the journal; a trigger is named after
+    its function."""
+    return [(entry.journal.function, entry.journal.table, entry.journal.events)
+            for entry in _copy_order() if entry.journal is not None]
 
 
 # --- SQL helpers ------------------------------------------------------------------------------
@@ -453,11 +472,7 @@ def _count(connection, entry: RegionalTable, ids: list[int]) -> int:
 
 def _counts(connection, ids: list[int]) -> dict[str, int]:
     """Rows of the accounts per table of the registry that a move copies, in copy order."""
-    return {
-        entry.table: _count(connection, entry, ids)
-        for entry in reversed(regional_tables())
-        if entry.database == DATACENTER and STRATEGIES.get(entry.table) != DERIVED
-    }
+    return {entry.table: _count(connection, entry, ids) for entry in _copy_order() if entry.moves != MoveKind.DERIVED}
 
 
 def _stream(
@@ -504,14 +519,14 @@ def _delete_rows(connection, ids: list[int]) -> None:
 
 def _journal_on(connection) -> None:
     connection.execute("TRUNCATE move_journal")
-    for name, table, events, function in _JOURNAL_TRIGGERS:
+    for name, table, events in _journal_triggers():
         connection.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
-        connection.execute(f"CREATE TRIGGER {name} {events} ON {table} FOR EACH ROW EXECUTE FUNCTION {function}()")
+        connection.execute(f"CREATE TRIGGER {name} {events} ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()")
     connection.commit()
 
 
 def _journal_off(connection) -> None:
-    for name, table, _events, _function in _JOURNAL_TRIGGERS:
+    for name, table, _events in _journal_triggers():
         connection.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
     connection.execute("TRUNCATE move_journal")
 
@@ -525,11 +540,4 @@ def _merged(ranges: Iterable[tuple[int, int, int]]) -> list[tuple[int, int, int]
         else:
             out.append((device_id, begin, end))
     return out
-
-
-def _hook(point: str) -> None:
-    if os.environ.get(HOOK_ENV) == point:
-        print(f"move: stopped at {point}", flush=True, file=sys.stdout)
-        while True:
-            time.sleep(3600)
 

@@ -349,7 +349,7 @@ def dynsec_reconcile(*, url: str, regions: Iterable[str]) -> ReconcileReport:
     """Make the broker at ``url`` (the MQTT endpoint of ``regions``) hold exactly the roles and
     token clients the database implies. Idempotent; returns what it did."""
     from accounts.models import Account, Token
-    from devices.models import DeviceIdent
+    from accounts.mqtt_facts import device_owners
 
     root, pattern = settings.MQTT_TOPIC_ROOT, settings.MQTT_INGEST_TOPIC
     regions = list(regions)
@@ -357,12 +357,10 @@ def dynsec_reconcile(*, url: str, regions: Iterable[str]) -> ReconcileReport:
     report = ReconcileReport()
     accounts = dict(Account.objects.filter(region__code__in=regions).values_list("pk", "path"))
     wanted: dict[str, set[tuple[str, str]]] = {account_role(pk): set() for pk in accounts}
-    for device_id, ident, account_id in DeviceIdent.objects.filter(region__in=regions).values_list(
-        "device_id", "ident", "account_id"
-    ):
+    for device in device_owners().devices_of(regions=regions):
         entries = {(e["acltype"], e["topic"]) for e in device_acls(root=root, ingest_pattern=pattern,
-                                                                  device_id=device_id, ident=ident)}
-        for owner in accounts.get(account_id, "").split("/"):
+                                                                  device_id=device.device_id, ident=device.ident)}
+        for owner in accounts.get(device.account_id, "").split("/"):
             if owner:
                 wanted.setdefault(account_role(int(owner)), set()).update(entries)
     wanted[SUBSCRIBER_ROLE] = {(entry["acltype"], entry["topic"]) for entry in subscriber_acls(root=root)}

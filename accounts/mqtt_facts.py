@@ -1,18 +1,65 @@
 """Reads of the control database that the MQTT access policy decides on: a token by its key,
-the account path of devices by id or ident (``DeviceIdent`` is the control database's index of
-every device). The embedded broker calls them from its plugins; the Mosquitto sync from its
-reconcile."""
+the account path of devices by id or ident. The embedded broker calls them from its plugins; the
+Mosquitto sync from its reconcile.
+
+Which account owns which device is the devices app's to say (``DeviceIdent`` is the control
+database's index of every device), and ``devices`` sits above ``accounts``: accounts never imports
+it. The devices app provides its answers at start-up instead (``DevicesConfig.ready`` calls
+``device_owners_provide`` with ``devices.mqtt_facts.DEVICE_OWNERS``), through the
+``DeviceOwners`` protocol here.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
 
 from accounts.constants import TOKEN_TOUCH_INTERVAL
 from accounts.models import Account, Token
-from devices.models import DeviceIdent
 from flespi_site.mqtt.policy import TokenFacts
+
+
+@dataclass(frozen=True)
+class OwnedDevice:
+    """A device as MQTT access sees it: its id, its ident and the account that owns it."""
+
+    device_id: int
+    ident: str
+    account_id: int
+
+
+class DeviceOwners(Protocol):
+    """Which account owns which device (provided by the devices app, see the module's docstring)."""
+
+    def owners_by_id(self, *, device_ids: list[int]) -> dict[int, int]:
+        """Device id -> owning account id, for each of ``device_ids`` that exists."""
+        ...
+
+    def owners_by_ident(self, *, regions: list[str], idents: list[str]) -> dict[str, int]:
+        """Ident -> owning account id, for each of ``idents`` claimed in one of ``regions``."""
+        ...
+
+    def devices_of(self, *, regions: list[str]) -> Iterable[OwnedDevice]:
+        """Every device of ``regions``."""
+        ...
+
+
+_device_owners: DeviceOwners | None = None
+
+
+def device_owners_provide(owners: DeviceOwners) -> None:
+    """Install the devices app's answers (once, when the app registry is ready)."""
+    global _device_owners
+    _device_owners = owners
+
+
+def device_owners() -> DeviceOwners:
+    if _device_owners is None:
+        raise RuntimeError("no app provides the owners of devices: is the devices app installed?")
+    return _device_owners
 
 
 def token_facts(*, key: str) -> TokenFacts | None:
@@ -37,16 +84,13 @@ def token_touch(*, token: TokenFacts, now: float | None = None) -> None:
 
 def device_paths(*, device_ids: Iterable[int]) -> dict[int, str]:
     """The account path of each of ``device_ids`` that exists."""
-    ids = list(device_ids)
-    owners = dict(DeviceIdent.objects.filter(device_id__in=ids).values_list("device_id", "account_id"))
+    owners = device_owners().owners_by_id(device_ids=list(device_ids))
     paths = dict(Account.objects.filter(pk__in=set(owners.values())).values_list("pk", "path"))
     return {device: paths[account] for device, account in owners.items() if account in paths}
 
 
 def ident_paths(*, regions: Iterable[str], idents: Iterable[str]) -> dict[str, str]:
     """The account path of the device of each of ``idents`` in one of ``regions``."""
-    owners = dict(
-        DeviceIdent.objects.filter(region__in=list(regions), ident__in=list(idents)).values_list("ident", "account_id")
-    )
+    owners = device_owners().owners_by_ident(regions=list(regions), idents=list(idents))
     paths = dict(Account.objects.filter(pk__in=set(owners.values())).values_list("pk", "path"))
     return {ident: paths[account] for ident, account in owners.items() if account in paths}

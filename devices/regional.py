@@ -1,19 +1,28 @@
 """The rows of an account in the devices app (see ``accounts.regional_data``): its devices, their
-messages, telemetry and outbox rows in the datacenter database, and the claims of their idents in
-the control database."""
+messages, telemetry, outbox and change-log rows in the datacenter database, and the claims of
+their idents in the control database; and how a move between datacenters brings each."""
 
 from __future__ import annotations
 
-from accounts.regional_data import CONTROL, RegionalTable
+from accounts.regional_data import CONTROL, JournalTrigger, MoveKind, RegionalData, RegionalTable
 from devices.models import Device, DeviceIdent
 
-DEVICES = RegionalTable(Device._meta.db_table)
+DEVICES = RegionalTable(Device._meta.db_table, moves=MoveKind.ENTITIES, holds_devices=True)
+# Every write of messages appends the range it changed to the change log, in its transaction: the
+# journal of a move notes those ranges from there (function of ``accounts`` migration 0003).
+MESSAGES_JOURNAL = JournalTrigger(table="message_changes", events="AFTER INSERT", function="move_journal_messages")
 
-TABLES = [
-    RegionalTable("messages", column="device_id", through=DEVICES),
-    RegionalTable("telemetry", column="device_id", through=DEVICES),
-    RegionalTable("outbox", column="device_id", through=DEVICES),
-    RegionalTable("message_changes", column="device_id", through=DEVICES),
-    DEVICES,
-    RegionalTable(DeviceIdent._meta.db_table, database=CONTROL),
-]
+REGIONAL = RegionalData(
+    tables=[
+        RegionalTable("messages", column="device_id", through=DEVICES, moves=MoveKind.RANGES,
+                      device_column="device_id", range_column="ts", journal=MESSAGES_JOURNAL),
+        # One row per device and parameter, rewritten with the device's messages.
+        RegionalTable("telemetry", column="device_id", through=DEVICES, moves=MoveKind.DEVICE_ROWS,
+                      device_column="device_id"),
+        RegionalTable("outbox", column="device_id", through=DEVICES, moves=MoveKind.LOG, device_column="device_id"),
+        RegionalTable("message_changes", column="device_id", through=DEVICES, moves=MoveKind.LOG,
+                      device_column="device_id"),
+        DEVICES,
+        RegionalTable(DeviceIdent._meta.db_table, database=CONTROL),
+    ],
+)

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -23,8 +24,8 @@ from django.db import connections
 from accounts import placement
 from accounts.choices import MoveState
 from accounts.models import Account, AccountMove
-from accounts.moves import DERIVED, HOOK_POINTS, LOG, STRATEGIES
-from accounts.regional_data import DATACENTER, regional_tables
+from accounts.moves import CHECKPOINTS
+from accounts.regional_data import DATACENTER, MoveKind, RegionalTable, regional_tables
 from analytics import blocks
 from analytics.calculation import diff_store
 from analytics.engine import Diff
@@ -47,13 +48,13 @@ def contents(alias: str, account_ids: list[int], *, with_derived: bool = False) 
     tables (message blocks) only ``with_derived``: a move does not copy them."""
     found = {}
     for entry in reversed(regional_tables()):
-        if entry.database != DATACENTER or (STRATEGIES[entry.table] == DERIVED and not with_derived):
+        if entry.database != DATACENTER or (entry.moves == MoveKind.DERIVED and not with_derived):
             continue
         with connections[alias].cursor() as cursor:
             cursor.execute(f"SELECT * FROM ({entry.select}) AS selected", [account_ids])
             names = [column.name for column in cursor.description]
             rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        if STRATEGIES[entry.table] == LOG:
+        if entry.moves == MoveKind.LOG:
             rows.sort(key=lambda row: row["id"])
             rows = [{k: v for k, v in row.items() if k != "id"} for row in rows]
         else:
@@ -99,7 +100,7 @@ def test_a_move_copies_every_row_unchanged_and_leaves_nothing_in_the_source(make
     root, child, elsewhere = populated(make_account)
     ids = [root.pk, child.pk]
     before = contents("dc_eu_1", ids, with_derived=True)
-    assert all(before[table] for table in STRATEGIES), {t: len(r) for t, r in before.items()}
+    assert all(before.values()), {table: len(rows) for table, rows in before.items()}
     stays = contents("dc_eu_2", [elsewhere.pk])
 
     call_command("account_move", account=root.pk, to="eu-2")
@@ -127,16 +128,42 @@ def test_a_move_copies_every_row_unchanged_and_leaves_nothing_in_the_source(make
 
 
 def test_every_table_of_the_registry_says_how_it_moves():
-    tables = {entry.table for entry in regional_tables() if entry.database == DATACENTER}
-    assert tables == set(STRATEGIES)
+    assert [entry.table for entry in regional_tables() if entry.database == DATACENTER and entry.moves is None] == []
+    # A new app's table that does not say it is refused where it is declared.
+    with pytest.raises(ValueError, match="a_new_table: a datacenter table must say how a move brings its rows"):
+        RegionalTable("a_new_table")
 
 
 def seqs_of(received) -> set:
     return {payload["seq"] for _topic, payload in received if isinstance(payload, dict) and "seq" in payload}
 
 
-def move_command(*args: str, **env: str):
-    return start([sys.executable, "manage.py", "account_move", *args], **env)
+def move_command(*args: str):
+    return start([sys.executable, "manage.py", "account_move", *args])
+
+
+# The command in a process of its own that stops at a point of the move (its ``checkpoint``, which
+# has no command-line form) and waits there to be killed.
+STOPPING_MOVE = textwrap.dedent("""
+    import sys, time
+    import django
+    django.setup()
+    from django.core.management import call_command
+
+    def stop_at(point):
+        if point == sys.argv[3]:
+            print(f"move: stopped at {point}", flush=True)
+            while True:
+                time.sleep(3600)
+
+    call_command("account_move", account=int(sys.argv[1]), to=sys.argv[2], checkpoint=stop_at)
+""")
+
+
+def stopping_move(account_id: int, target: str, point: str):
+    assert point in CHECKPOINTS
+    return start([sys.executable, "-c", STOPPING_MOVE, str(account_id), target, point],
+                 DJANGO_SETTINGS_MODULE="flespi_site.settings")
 
 
 def unchanged(root, before: dict) -> None:
@@ -179,7 +206,7 @@ def test_a_dry_run_prints_the_rows_per_table_and_changes_nothing(make_account):
 
 def test_a_second_move_while_one_runs_is_refused(make_account):
     root, child, _elsewhere = populated(make_account)
-    first, output = move_command("--account", str(root.pk), "--to", "eu-2", FLESPI_MOVE_STOP_AT="copied")
+    first, output = stopping_move(root.pk, "eu-2", "copied")
     try:
         output.wait_for("move: stopped at copied")
         for account in (root, child):
@@ -194,7 +221,7 @@ def test_a_second_move_while_one_runs_is_refused(make_account):
 
 
 # `make test` kills the command at three points; FLESPI_SLOW=1 at every point of the move.
-KILL_POINTS = HOOK_POINTS if os.environ.get("FLESPI_SLOW") else ("copying", "paused", "switched")
+KILL_POINTS = CHECKPOINTS if os.environ.get("FLESPI_SLOW") else ("copying", "paused", "switched")
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
@@ -204,12 +231,12 @@ def test_a_move_killed_at_any_point_is_served_where_the_control_database_says_an
     root, child, _elsewhere = populated(make_account)
     ids = [root.pk, child.pk]
     before = contents("dc_eu_1", ids)
-    process, output = move_command("--account", str(root.pk), "--to", "eu-2", FLESPI_MOVE_STOP_AT=point)
+    process, output = stopping_move(root.pk, "eu-2", point)
     output.wait_for(f"move: stopped at {point}")
     process.send_signal(signal.SIGKILL)
     process.wait()
 
-    switched = HOOK_POINTS.index(point) >= HOOK_POINTS.index("switched")
+    switched = CHECKPOINTS.index(point) >= CHECKPOINTS.index("switched")
     served = "dc_eu_2" if switched else "dc_eu_1"
     assert placement.alias_for_account(child.pk) == served
     assert contents(served, ids) == before

@@ -9,7 +9,15 @@ import pytest
 from django.db import connections
 
 from accounts.models import Account
-from accounts.regional_data import CONTROL, DATACENTER, regional_tables
+from accounts.regional_data import (
+    CONTROL,
+    DATACENTER,
+    MoveKind,
+    RegionalData,
+    RegionalTable,
+    _checked,
+    regional_tables,
+)
 from analytics.calculation import diff_store
 from analytics.engine import Diff
 from analytics.services import assignment_create, calculator_create
@@ -90,6 +98,20 @@ def test_every_selection_runs_and_an_entry_comes_before_what_it_is_selected_thro
         with connections[alias].cursor() as cursor:
             cursor.execute(f"SELECT count(*) FROM ({entry.select}) AS rows", [[-1]])
             assert cursor.fetchone() == (0,)
+
+
+def test_a_registration_that_does_not_say_all_a_move_needs_is_refused():
+    devices = RegionalTable("things", moves=MoveKind.ENTITIES, holds_devices=True)
+    with pytest.raises(ValueError, match="a_log: a table that moves as log needs device_column"):
+        RegionalTable("a_log", column="thing_id", through=devices, moves=MoveKind.LOG)
+    with pytest.raises(ValueError, match="a_control_table: a control table stays where it is"):
+        RegionalTable("a_control_table", database=CONTROL, moves=MoveKind.ENTITIES)
+    derived = RegionalTable("a_cache", column="thing_id", through=devices, moves=MoveKind.DERIVED)
+    with pytest.raises(ValueError, match="a_cache: derived tables need the app's derived_reset"):
+        RegionalData(tables=[derived, devices])
+    with pytest.raises(ValueError, match="one table of the registry holds the devices"):
+        _checked((RegionalData(tables=[devices]), RegionalData(tables=[RegionalTable(
+            "more_things", moves=MoveKind.ENTITIES, holds_devices=True)])))
 
 
 def rows_left(account_ids: list[int], device_ids: list[int]) -> dict[tuple[str, str], int]:

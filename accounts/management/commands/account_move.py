@@ -27,6 +27,9 @@ class Command(BaseCommand):
         "serving it; writes of the account pause only for the final switch. Rerun it after an interruption: "
         "it resumes or starts over (docs/regions.md, 'Moving an account to another datacenter')."
     )
+    # ``checkpoint`` (``accounts.moves.Checkpoint``) only through ``call_command``: no command-line
+    # option, the tests stop a real process of the command at a point of the move with it.
+    stealth_options = ("checkpoint",)
 
     def add_arguments(self, parser):
         parser.add_argument("--account", type=int, required=True, help="id of the account")
@@ -40,6 +43,7 @@ class Command(BaseCommand):
                 target=options["to"],
                 dry_run=options["dry_run"],
                 progress=lambda table, total: _Bar(table, total, self.stderr),
+                checkpoint=options.get("checkpoint"),
             )
         except DomainError as exc:
             raise CommandError(exc.reason) from None

@@ -13,8 +13,8 @@ The procedure (docs/regions.md, "Moving an account to another datacenter"):
    consistent snapshot of the
    source (``COPY (select) TO STDOUT`` in binary) into one transaction on the target that stays
    open, so that nothing of a partial copy is ever visible there.
-3. **Switch**, with the account's writes paused: the move takes the write fence's locks
-   exclusively in the source (``accounts.fence``), reads the source again from a snapshot taken
+3. **Switch**, with the account's writes paused: the move takes the placement guard's locks
+   exclusively in the source (``accounts.placement_guard``), reads the source again from a snapshot taken
    under them, and brings the target in step, each table as its ``MoveKind`` says: the small
    tables of entities (devices, calculators, assignments) row by row, the journaled ranges of
    messages, the telemetry of their devices, the journaled intervals, the apps' derived data
@@ -244,11 +244,11 @@ def _copy_and_switch(
             target.execute(f"ANALYZE {entry.table}")
         report.copy_seconds = time.monotonic() - started
         reached("copied")
-        with _connect(source_alias) as fence, _connect(source_alias, snapshot=True) as source:
+        with _connect(source_alias) as guard, _connect(source_alias, snapshot=True) as source:
             paused = time.monotonic()
-            fence.execute(f"SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}'")
+            guard.execute(f"SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}'")
             for key in sorted({lock_id(account_id) for account_id in ids}):
-                fence.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LockSpace.ACCOUNT_WRITE, key])
+                guard.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LockSpace.ACCOUNT_WRITE, key])
             reached("paused")
             copied_logs = _catch_up(source, target, tables, ids, copied_devices, report)
             target.commit()
@@ -261,8 +261,8 @@ def _copy_and_switch(
             placement.forget_all()
             reached("switched")
             for table, log_ids in copied_logs.items():
-                fence.execute(f"DELETE FROM {table} WHERE id = ANY(%s)", [log_ids])
-            fence.commit()
+                guard.execute(f"DELETE FROM {table} WHERE id = ANY(%s)", [log_ids])
+            guard.commit()
             report.pause_seconds = time.monotonic() - paused
             source.commit()
 

@@ -9,7 +9,7 @@ same transaction as any change of an account's datacenter (``accounts.moves``). 
 that number again when the last read is older than ``RECHECK_SECONDS`` and drops the whole cache
 when it changed, so every process (web workers, the MQTT ingest consumer, calc workers, the
 relay) sees a move within that time without being told. Writes do not rely on that bound: the
-write fence (``accounts.fence``) reads the version inside every write transaction, after the
+placement guard (``accounts.placement_guard``) reads the version inside every write transaction, after the
 move's lock, and refuses a write to a datacenter the account has left.
 """
 
@@ -100,7 +100,7 @@ def alias_for_account(account_id: int) -> str:
 
 def accounts_elsewhere(*, alias: str, account_ids: Iterable[int]) -> list[int]:
     """The accounts of ``account_ids`` whose data is no longer in ``alias``, by the control
-    database's placement as of now (the write fence's check)."""
+    database's placement as of now (the placement guard's check)."""
     recheck(force=True)
     return [account_id for account_id in account_ids if alias_for_account(account_id) != alias]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.db import models, transaction
 
-from accounts.fence import write_fence
 from accounts.placement import alias_for_account
+from accounts.placement_guard import placement_guard
 from regions.datacenters import allocate_ids
 
 
@@ -15,7 +15,7 @@ class RegionalModel(models.Model):
     ``account_id`` is a plain integer (no foreign key crosses databases). Ids come from the
     datacenter's entity sequence (``regions.datacenters.allocate_ids``) so that they are unique
     across every datacenter and survive a move between datacenters unchanged. Saving and deleting
-    a row pass the write fence of moves (``accounts.fence``).
+    a row pass the placement guard of moves (``accounts.placement_guard``).
     """
 
     regional = True
@@ -33,13 +33,13 @@ class RegionalModel(models.Model):
             self.id = allocate_ids(alias=using, count=1)[0]
             kwargs["force_insert"] = True
         with transaction.atomic(using=using):
-            write_fence(alias=using, account_ids=[self.account_id])
+            placement_guard(alias=using, account_ids=[self.account_id])
             super().save(*args, **kwargs)
 
     def delete(self, *args, **kwargs):
         using = kwargs.get("using") or self.database
         with transaction.atomic(using=using):
-            write_fence(alias=using, account_ids=[self.account_id])
+            placement_guard(alias=using, account_ids=[self.account_id])
             return super().delete(*args, **kwargs)
 
     @property

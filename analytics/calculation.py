@@ -23,7 +23,7 @@ from typing import Protocol
 
 from django.db import transaction
 
-from accounts.fence import write_fence
+from accounts.placement_guard import placement_guard
 from analytics import blocks, storage, stored_columns
 from analytics import events as event_topics
 from analytics.choices import AssignmentState
@@ -209,7 +209,7 @@ def runs_store(*, alias: str, runs: Sequence[Run], stamp: float, before: Callabl
     """In the caller's transaction on ``alias``: every diff of the runs, their events, and the state
     of their assignments, in a few statements for the whole batch. ``before(run)`` reads the
     intervals as they were stored before the change (the open one, the newest), for the events."""
-    write_fence(alias=alias, account_ids={run.assignment.account_id for run in runs})
+    placement_guard(alias=alias, account_ids={run.assignment.account_id for run in runs})
     present = storage.assignments_lock(alias=alias, assignment_ids=[run.assignment.pk for run in runs])
     events: list[event_topics.Event] = []
     rows: list[storage.AssignmentDone] = []
@@ -308,7 +308,7 @@ def run_deadline(*, run: Run, compiled: Compiler) -> tuple[float, float] | None:
 def assignment_synchronizing(*, alias: str, assignment: Assignment) -> None:
     """In the caller's transaction: an unsynced assignment's first run starts (its ``synced``
     state event says false until the run is stored)."""
-    write_fence(alias=alias, account_ids=[assignment.account_id])
+    placement_guard(alias=alias, account_ids=[assignment.account_id])
     Assignment.objects.using(alias).filter(pk=assignment.pk).update(state=AssignmentState.SYNCHRONIZING)
     storage.outbox_events(
         alias=alias,

@@ -17,8 +17,8 @@ from django.db.models import F
 from django.db.models.functions import Greatest, Least
 
 from accounts import placement
-from accounts.fence import write_fence
 from accounts.models import Account
+from accounts.placement_guard import placement_guard
 from analytics import storage
 from analytics.choices import AssignmentState
 from analytics.constants import MAX_USER_FIELDS_BYTES, RESULT_FIELDS
@@ -216,7 +216,7 @@ def recalculation_request(*, assignments: Sequence[Assignment], begin: float | N
         raise InvalidInput(f"begin {begin} is after end {end}", field="begin")
     alias = assignments[0].database
     with transaction.atomic(using=alias):
-        write_fence(alias=alias, account_ids={a.account_id for a in assignments})
+        placement_guard(alias=alias, account_ids={a.account_id for a in assignments})
         rows = Assignment.objects.using(alias).filter(pk__in=[a.pk for a in assignments])
         _tell_fleet(alias, [a.shard for a in assignments])
         # LEAST/GREATEST ignore NULL in PostgreSQL: a row with no pending range takes the new one.
@@ -231,7 +231,7 @@ def intervals_purge(*, assignment: Assignment, calculator: Calculator, now: floa
     ``intervals_rotate`` (all but the newest); returns the deleted rows, for the outbox."""
     now = time.time() if now is None else now
     with transaction.atomic(using=assignment.database):
-        write_fence(alias=assignment.database, account_ids=[assignment.account_id])
+        placement_guard(alias=assignment.database, account_ids=[assignment.account_id])
         return storage.intervals_purge(
             alias=assignment.database,
             calc_id=assignment.calculator_id,
@@ -258,7 +258,7 @@ def interval_user_update(
     if len(dumps_exact(dict(fields)).decode()) > MAX_USER_FIELDS_BYTES:
         raise InvalidInput(f"user fields are larger than {MAX_USER_FIELDS_BYTES} bytes encoded")
     with transaction.atomic(using=assignment.database):
-        write_fence(alias=assignment.database, account_ids=[assignment.account_id])
+        placement_guard(alias=assignment.database, account_ids=[assignment.account_id])
         interval = storage.intervals_user_merge(
             alias=assignment.database,
             calc_id=assignment.calculator_id,

@@ -13,7 +13,7 @@ from django.db import DatabaseError, connections
 from paho.mqtt.client import MQTT_ERR_SUCCESS, error_string
 from rest_framework.exceptions import ParseError
 
-from accounts.fence import RETRY_AFTER_SECONDS, AccountMoving
+from accounts.placement_guard import RETRY_AFTER_SECONDS, AccountMoving
 from devices import selectors, services
 from flespi_site.api.parsers import loads_strict
 from flespi_site.errors import DomainError

@@ -19,8 +19,8 @@ from django.db import IntegrityError, OperationalError, transaction
 from psycopg.errors import DeadlockDetected
 
 from accounts import mqtt_dynsec, placement
-from accounts.fence import AccountMoved, write_fence
 from accounts.models import Account
+from accounts.placement_guard import AccountMoved, placement_guard
 from devices import storage
 from devices.constants import (
     IDENT_FORBIDDEN,
@@ -249,7 +249,7 @@ def _messages_ingest(
     for alias, group in by_alias.items():
         rows, telemetry = storage.messages_copy_rows(devices=group, batch=batch, reception_key=reception_key, now=now)
         with transaction.atomic(using=alias):
-            write_fence(alias=alias, account_ids={device.account_id for device in group})
+            placement_guard(alias=alias, account_ids={device.account_id for device in group})
             changes = storage.messages_write(alias=alias, rows=rows, telemetry=telemetry)
             storage.changes_record(alias=alias, changes=changes, shards={device.pk: device.shard for device in group})
         _wake(alias, group, changes)
@@ -267,7 +267,7 @@ def messages_delete(*, devices: Sequence[Device], begin: float | None, end: floa
         return []
     alias = devices[0].database
     with transaction.atomic(using=alias):
-        write_fence(alias=alias, account_ids={device.account_id for device in devices})
+        placement_guard(alias=alias, account_ids={device.account_id for device in devices})
         changes = storage.messages_delete(
             alias=alias,
             device_ids=[device.pk for device in devices],

@@ -16,7 +16,7 @@ class LockSpace(IntEnum):
     """The first key of the platform's two-key advisory locks."""
 
     # Per account, in datacenter databases: writers take it shared, a move's switch exclusively
-    # (``accounts.fence``).
+    # (``accounts.placement_guard``).
     ACCOUNT_WRITE = 0x0A3C
     # Per region, session-scoped in the control database: one move at a time (``accounts.moves``).
     REGION_MOVE = 0x0A3D

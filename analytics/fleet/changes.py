@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 
-from accounts.fence import write_fence
+from accounts.placement_guard import placement_guard
 from analytics import blocks, storage
 from analytics.fleet.batches import finite
 from analytics.fleet.cache import ShardCache
@@ -84,7 +84,7 @@ def _changes_batch(alias: str, held_shards: Sequence[HeldShard], timers: Debounc
             stack.enter_context(cache.batch())
         _cache_ranges(alias, caches, {device_id: ranges[device_id] for device_id in caches})
     with fenced(alias, [by_shard[shard] for shard in sorted(set(shard_of.values()))]):
-        write_fence(alias=alias, account_ids=accounts)
+        placement_guard(alias=alias, account_ids=accounts)
         scheduled = storage.assignments_pending_widen(alias=alias, ranges=ranges)
         message_storage.changes_delete(alias=alias, ids=[row.id for row in rows])
     # The timers are armed after commit: a run they start finds the pending range stored.

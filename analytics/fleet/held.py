@@ -41,6 +41,6 @@ def fenced(alias: str, held_shards: Sequence[HeldShard]) -> Iterator[Any]:
 
 def placed_elsewhere(alias: str, account_ids: Iterable[int]) -> set[int]:
     """The accounts whose data the placement (at most a moment old) puts in another datacenter:
-    their rows here are a moving account's source copy. The write fence checks again, exactly,
+    their rows here are a moving account's source copy. The placement guard checks again, exactly,
     inside each write."""
     return {account_id for account_id in account_ids if placement.alias_for_account(account_id) != alias}

@@ -105,7 +105,7 @@ class Scenario:
 
     def _written(self, write) -> None:
         """Write as a client does during a live move: sent again where the device now lives."""
-        from accounts.fence import AccountMoving
+        from accounts.placement_guard import AccountMoving
         from devices.selectors import device_by_id
 
         for _ in range(50):

@@ -1,7 +1,7 @@
-"""The write fence of a move between datacenters: every write of an account's regional data runs
-``write_fence`` inside its transaction on the datacenter database, before it commits.
+"""The placement guard of a move between datacenters: every write of an account's regional data runs
+``placement_guard`` inside its transaction on the datacenter database, before it commits.
 
-The fence takes a shared PostgreSQL advisory lock per account (transaction-scoped) and then
+The guard takes a shared PostgreSQL advisory lock per account (transaction-scoped) and then
 checks, against the control database, that the account's data still lives in this database.
 A move (``accounts.moves``) takes the same locks exclusively in the source database for its
 final switch: writers that came before it commit first (the move then copies what they wrote),
@@ -46,7 +46,7 @@ class AccountMoved(AccountMoving):
 _TRY = "SELECT bool_and(pg_try_advisory_xact_lock_shared(%s, k)) FROM unnest(%s::int[]) AS k"
 
 
-def write_fence(*, alias: str, account_ids: Iterable[int]) -> None:
+def placement_guard(*, alias: str, account_ids: Iterable[int]) -> None:
     """Inside the caller's transaction on ``alias``: wait out a move's switch of these accounts and
     make sure their data is still here (``AccountMoved`` otherwise)."""
     ids = sorted(set(account_ids))
@@ -55,7 +55,7 @@ def write_fence(*, alias: str, account_ids: Iterable[int]) -> None:
     keys = sorted({lock_id(account_id) for account_id in ids})
     connection = connections[alias]
     if not connection.in_atomic_block:
-        raise RuntimeError("write_fence runs in the writer's transaction (transaction.atomic)")
+        raise RuntimeError("placement_guard runs in the writer's transaction (transaction.atomic)")
     with connection.cursor() as cursor:
         cursor.execute(_TRY, [LockSpace.ACCOUNT_WRITE, keys])
         if not cursor.fetchone()[0]:

@@ -125,19 +125,19 @@ def _read_blocks(raw_connection, device_id, low, high, spans, names) -> list[tup
         raw.execute(sql, params, binary=True)
         found = raw.fetchall()
     blocks: dict[int, tuple[int, np.ndarray | None, dict[str, Column]]] = {}
-    for lo, n, name, entry, data in found:
-        _n, ts, cols = blocks.setdefault(lo, (n, None, {}))
+    for lo, count, name, entry, data in found:
+        _count, ts, cols = blocks.setdefault(lo, (count, None, {}))
         if name == _TS:
-            blocks[lo] = (n, np.frombuffer(bytes(data), "<f8"), cols)
+            blocks[lo] = (count, np.frombuffer(bytes(data), "<f8"), cols)
         else:
-            cols[name] = column_decode(orjson.loads(entry), memoryview(data), n)
+            cols[name] = column_decode(orjson.loads(entry), memoryview(data), count)
     parts = []
-    for lo, (n, ts, cols) in blocks.items():
-        if ts is None or len(ts) != n:
-            raise ValueError(f"message block {device_id}/{lo} has no timestamps of its {n} messages")
+    for lo, (count, ts, cols) in blocks.items():
+        if ts is None or len(ts) != count:
+            raise ValueError(f"message block {device_id}/{lo} has no timestamps of its {count} messages")
         block = Block(ts, cols)
         stamps = np.rint(ts * 1_000_000)
-        if n and (stamps[0] < low or stamps[-1] > high):
+        if count and (stamps[0] < low or stamps[-1] > high):
             inside = np.flatnonzero((stamps >= low) & (stamps <= high))
             block = block.take(slice(inside[0], inside[-1] + 1)) if len(inside) else Block(np.zeros(0), {})
         if len(block):
@@ -222,13 +222,13 @@ def _next_block(cursor, device_id: int, oldest: int, newest: int) -> tuple[int, 
 
 
 def _insert(cursor, device_id: int, lo: int, hi: int, block: Block) -> None:
-    n = len(block)
+    count = len(block)
     rows: list[tuple[int, int, int, int, str, str | None, bytes]] = [
-        (device_id, lo, hi, n, _TS, None, block.ts.astype("<f8").tobytes())
+        (device_id, lo, hi, count, _TS, None, block.ts.astype("<f8").tobytes())
     ]
     for name, col in block.cols.items():
         entry, data = column_encode(col)
-        rows.append((device_id, lo, hi, n, name, orjson.dumps(entry).decode(), data))
+        rows.append((device_id, lo, hi, count, name, orjson.dumps(entry).decode(), data))
     cursor.executemany(
         "INSERT INTO message_blocks (device_id, lo, hi, n, name, entry, data) VALUES (%s, %s, %s, %s, %s, %s, %s)",
         rows,

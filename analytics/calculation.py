@@ -189,7 +189,7 @@ class CachedBefore:
         return None
 
     def newest(self, key: tuple[int, int]) -> dict | None:
-        return self.cache.interval_before(calc_id=key[0], device_id=key[1], t=math.inf)
+        return self.cache.interval_before(calc_id=key[0], device_id=key[1], moment=math.inf)
 
 
 class StoredBefore:

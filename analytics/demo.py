@@ -166,7 +166,11 @@ def assignments_synced(*, demo: Demo) -> int:
         changing = {row[0] for row in cursor.fetchall()}
     return (
         Assignment.objects.using(alias)
-        .filter(pk__in=[a.pk for a in demo.assignments], state=AssignmentState.SYNCED, pending_begin__isnull=True)
+        .filter(
+            pk__in=[assignment.pk for assignment in demo.assignments],
+            state=AssignmentState.SYNCED,
+            pending_begin__isnull=True,
+        )
         .exclude(device_id__in=changing)
         .count()
     )

@@ -44,7 +44,7 @@ def intervals_of(
     if not assignments:
         return []
     alias = assignments[0].database
-    pairs = [(a.calculator_id, a.device_id) for a in assignments]
+    pairs = [(assignment.calculator_id, assignment.device_id) for assignment in assignments]
     if condition is None:
         return storage.intervals_read(alias=alias, pairs=pairs, ids=ids, begin=begin, end=end, count=count, reverse=reverse)
     # Every assignment is read a chunk at a time, all of them in one statement per round: the
@@ -79,5 +79,6 @@ def interval_counts(*, assignments: Sequence[Assignment]) -> dict[tuple[int, int
     if not assignments:
         return {}
     return storage.intervals_count(
-        alias=assignments[0].database, pairs=[(a.calculator_id, a.device_id) for a in assignments]
+        alias=assignments[0].database,
+        pairs=[(assignment.calculator_id, assignment.device_id) for assignment in assignments],
     )

@@ -38,7 +38,7 @@ class CalculatorInvalid(InvalidInput):
     kind = ErrorKind.INVALID_CALCULATOR
 
     def __init__(self, problems: Sequence[Problem]):
-        super().__init__("; ".join(str(p) for p in problems))
+        super().__init__("; ".join(str(problem) for problem in problems))
         self.problems = list(problems)
 
 
@@ -216,9 +216,9 @@ def recalculation_request(*, assignments: Sequence[Assignment], begin: float | N
         raise InvalidInput(f"begin {begin} is after end {end}", field="begin")
     alias = assignments[0].database
     with transaction.atomic(using=alias):
-        placement_guard(alias=alias, account_ids={a.account_id for a in assignments})
-        rows = Assignment.objects.using(alias).filter(pk__in=[a.pk for a in assignments])
-        _tell_fleet(alias, [a.shard for a in assignments])
+        placement_guard(alias=alias, account_ids={assignment.account_id for assignment in assignments})
+        rows = Assignment.objects.using(alias).filter(pk__in=[assignment.pk for assignment in assignments])
+        _tell_fleet(alias, [assignment.shard for assignment in assignments])
         # LEAST/GREATEST ignore NULL in PostgreSQL: a row with no pending range takes the new one.
         return _request(rows, low, high)
 

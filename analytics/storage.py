@@ -91,7 +91,11 @@ def assignments_pending_widen(*, alias: str, ranges: Mapping[int, tuple[int, int
             RETURNING a.calculator_id, a.device_id,
                 (SELECT update_delay FROM analytics_calculator c WHERE c.id = a.calculator_id)
             """,
-            [device_ids, [ranges[d][0] for d in device_ids], [ranges[d][1] for d in device_ids]],
+            [
+                device_ids,
+                [ranges[device_id][0] for device_id in device_ids],
+                [ranges[device_id][1] for device_id in device_ids],
+            ],
         )
         return [PendingWidened(calc_id, device_id, float(delay)) for calc_id, device_id, delay in cursor.fetchall()]
 
@@ -126,8 +130,15 @@ def assignments_done(*, alias: str, rows: Sequence[AssignmentDone]) -> None:
                 AS r(id, v, c, b, e, act, s)
             WHERE a.id = r.id
             """,
-            [[r.id for r in rows], [r.version for r in rows], [r.calculated for r in rows], [r.begin for r in rows],
-             [r.end for r in rows], [r.active_id for r in rows], [r.synced for r in rows]],
+            [
+                [row.id for row in rows],
+                [row.version for row in rows],
+                [row.calculated for row in rows],
+                [row.begin for row in rows],
+                [row.end for row in rows],
+                [row.active_id for row in rows],
+                [row.synced for row in rows],
+            ],
         )
 
 
@@ -171,7 +182,11 @@ def intervals_write_many(
             put[3].append(interval["begin"])
             put[4].append(interval["end"])
             put[5].append(interval["duration"])
-            put[6].append(dumps_exact({k: v for k, v in interval.items() if k not in ENGINE_FIELDS}).decode())
+            put[6].append(
+                dumps_exact(
+                    {key: value for key, value in interval.items() if key not in ENGINE_FIELDS}
+                ).decode()
+            )
     with connections[alias].cursor() as cursor:
         if gone[0]:
             cursor.execute(
@@ -224,7 +239,11 @@ def intervals_read(
     if not pairs:
         return []
     where = ["calc_id = p.c", "device_id = p.d"]
-    params: list[Any] = [[c for c, _ in pairs], [d for _, d in pairs], list(past_ids or [None] * len(pairs))]
+    params: list[Any] = [
+        [calc_id for calc_id, _ in pairs],
+        [device_id for _, device_id in pairs],
+        list(past_ids or [None] * len(pairs)),
+    ]
     where.append("(p.past IS NULL OR id " + ("<" if reverse else ">") + " p.past)")
     if ids is not None:
         where.append("id = ANY(%s)")
@@ -305,9 +324,11 @@ def intervals_count(*, alias: str, pairs: Sequence[tuple[int, int]]) -> dict[tup
                    (SELECT "end" FROM intervals WHERE calc_id = p.c AND device_id = p.d ORDER BY id DESC LIMIT 1)
             FROM unnest(%s::bigint[], %s::bigint[]) AS p(c, d)
             """,
-            [[c for c, _ in pairs], [d for _, d in pairs]],
+            [[calc_id for calc_id, _ in pairs], [device_id for _, device_id in pairs]],
         )
-        return {(c, d): (n, newest) for c, d, n, newest in cursor.fetchall()}
+        return {
+            (calc_id, device_id): (count, newest) for calc_id, device_id, count, newest in cursor.fetchall()
+        }
 
 
 def outbox_events(*, alias: str, events: Sequence[Event]) -> None:

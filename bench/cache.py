@@ -71,7 +71,7 @@ class SqliteJson:
         )
         rows = []
         for msg in batch:
-            body = {k: v for k, v in msg.items() if k != "timestamp"}
+            body = {key: value for key, value in msg.items() if key != "timestamp"}
             if msg["timestamp"] in old:
                 body = {**loads_exact(old[msg["timestamp"]]), **body}
             rows.append((device, msg["timestamp"], orjson.dumps(body)))
@@ -83,9 +83,9 @@ class SqliteJson:
             "SELECT ts, body FROM m WHERE device = ? AND ts >= ? AND ts < ? ORDER BY ts", (device, begin, end)
         ).fetchall()
         out = []
-        for t, body in rows:
+        for timestamp, body in rows:
             msg = orjson.loads(body)
-            msg["timestamp"] = t
+            msg["timestamp"] = timestamp
             out.append(msg)
         return Messages.from_dicts(out)
 
@@ -125,28 +125,30 @@ class Npz:
         path = self._file(device)
         if not path.exists():
             return _Block(np.zeros(0), {})
-        with np.load(path, allow_pickle=False) as z:
-            kinds = orjson.loads(z["kinds"].tobytes())
+        with np.load(path, allow_pickle=False) as archive:
+            kinds = orjson.loads(archive["kinds"].tobytes())
             cols = {}
             for i, (name, kind) in enumerate(kinds):
                 if kind == _ColumnKind.OBJ:
-                    items = orjson.loads(z[f"{i}v"].tobytes())
+                    items = orjson.loads(archive[f"{i}v"].tobytes())
                     values = np.fromiter(items, object, len(items))
                 else:
-                    values = z[f"{i}v"]
+                    values = archive[f"{i}v"]
                 cols[name] = _Column(
                     kind,
                     values,
-                    z[f"{i}m"],
-                    z[f"{i}z"],
-                    isint=z[f"{i}i"] if kind == _ColumnKind.NUM else None,
+                    archive[f"{i}m"],
+                    archive[f"{i}z"],
+                    isint=archive[f"{i}i"] if kind == _ColumnKind.NUM else None,
                 )
-            return _Block(z["ts"], cols)
+            return _Block(archive["ts"], cols)
 
     def _save(self, device: int, block: _Block) -> None:
         arrays = {
             "ts": block.ts,
-            "kinds": np.frombuffer(orjson.dumps([[k, c.kind] for k, c in block.cols.items()]), np.uint8),
+            "kinds": np.frombuffer(
+                orjson.dumps([[name, col.kind] for name, col in block.cols.items()]), np.uint8
+            ),
         }
         for i, col in enumerate(block.cols.values()):
             if col.kind == _ColumnKind.OBJ:
@@ -159,10 +161,10 @@ class Npz:
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         tmp = self._file(device).with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
+        with open(tmp, "wb") as handle:
+            handle.write(buf.getbuffer())
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, self._file(device))
 
     def put(self, device: int, messages: list[dict]) -> None:
@@ -172,8 +174,8 @@ class Npz:
 
     def read(self, device: int, begin: float, end: float) -> Messages:
         block = self._load(device)
-        i, j = np.searchsorted(block.ts, [begin, end])
-        return block.take(slice(int(i), int(j))).to_messages()
+        start, stop = np.searchsorted(block.ts, [begin, end])
+        return block.take(slice(int(start), int(stop))).to_messages()
 
     def close(self) -> None:
         pass
@@ -183,8 +185,8 @@ OPTIONS = [SqliteJson, SqliteChunks, Npz]
 
 
 def fill(store, device: int, dicts: list[dict]) -> None:
-    for i in range(0, len(dicts), 100_000):
-        store.put(device, dicts[i : i + 100_000])
+    for start in range(0, len(dicts), 100_000):
+        store.put(device, dicts[start : start + 100_000])
 
 
 def append_rate(store, base: list[dict], extra: list[dict], batch: int, budget: float) -> float:
@@ -192,43 +194,48 @@ def append_rate(store, base: list[dict], extra: list[dict], batch: int, budget: 
     ``budget`` seconds)."""
     device = 1000 + batch
     fill(store, device, base)
-    t = time.perf_counter()
+    started = time.perf_counter()
     done = 0
-    for i in range(0, len(extra), batch):
-        store.put(device, extra[i : i + batch])
-        done += len(extra[i : i + batch])
-        if time.perf_counter() - t > budget:
+    for start in range(0, len(extra), batch):
+        store.put(device, extra[start : start + batch])
+        done += len(extra[start : start + batch])
+        if time.perf_counter() - started > budget:
             break
-    return done / (time.perf_counter() - t)
+    return done / (time.perf_counter() - started)
 
 
 def late_cost(store, base: list[dict], repeat: int) -> float:
     device = 2000
     fill(store, device, base)
     times = []
-    for k in range(repeat):
-        mid = base[len(base) // 4 + k * (len(base) // (2 * repeat))]["timestamp"] + 0.5
-        t = time.perf_counter()
+    for attempt in range(repeat):
+        mid = base[len(base) // 4 + attempt * (len(base) // (2 * repeat))]["timestamp"] + 0.5
+        started = time.perf_counter()
         store.put(device, [{"timestamp": mid, "position.speed": 120.0, "position.latitude": 50.0}])
-        times.append(time.perf_counter() - t)
+        times.append(time.perf_counter() - started)
     return statistics.median(times)
 
 
 def best(fn, repeat: int) -> float:
     out = math.inf
     for _ in range(repeat):
-        t = time.perf_counter()
+        started = time.perf_counter()
         fn()
-        out = min(out, time.perf_counter() - t)
+        out = min(out, time.perf_counter() - started)
     return out
 
 
 def table(head: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"]
-    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+    widths = [max(len(heading), *(len(row[column]) for row in rows)) for column, heading in enumerate(head)]
+    lines = [
+        "| " + " | ".join(heading.ljust(width) for heading, width in zip(head, widths, strict=True)) + " |"
+    ]
+    lines.append("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    for row in rows:
+        cells = [
+            cell.ljust(width) if column == 0 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -258,16 +265,18 @@ def main() -> None:
             write_rows.append(row)
             print(" | ".join(row), file=sys.stderr, flush=True)
 
-            t = time.perf_counter()
+            started = time.perf_counter()
             fill(store, 1, big)
-            fill_rate = len(big) / (time.perf_counter() - t)
+            fill_rate = len(big) / (time.perf_counter() - started)
             newest = big[-1]["timestamp"]
             rrow = [option.name]
-            for n in sizes:
-                begin = big[-n]["timestamp"]
+            for size in sizes:
+                begin = big[-size]["timestamp"]
                 got = store.read(1, begin, math.inf)
-                assert len(got) == n
-                rrow.append(f"{n / best(lambda b=begin, s=store: s.read(1, b, math.inf), 3):,.0f}")
+                assert len(got) == size
+                rrow.append(
+                    f"{size / best(lambda begin=begin, store=store: store.read(1, begin, math.inf), 3):,.0f}"
+                )
             rrow.append(f"{fill_rate:,.0f}")
             read_rows.append(rrow)
             print(" | ".join(rrow), file=sys.stderr, flush=True)
@@ -279,9 +288,9 @@ def main() -> None:
             seconds = engine = math.inf
             for _ in range(5):
                 seconds = min(
-                    seconds, best(lambda s=store: calculate(s.read(1, -math.inf, math.inf), TRIPS), 1)
+                    seconds, best(lambda store=store: calculate(store.read(1, -math.inf, math.inf), TRIPS), 1)
                 )
-                engine = min(engine, best(lambda m=read: calculate(m, TRIPS), 1))
+                engine = min(engine, best(lambda messages=read: calculate(messages, TRIPS), 1))
             recalc_rows.append(
                 [
                     option.name,
@@ -297,7 +306,7 @@ def main() -> None:
     print(f"\nAppend onto a device holding {len(base):,} messages (messages/s), late message into it (ms):\n")
     print(table(["option", "batch 1", "batch 100", "batch 10,000", "late message ms"], write_rows))
     print("\nRead the newest n messages of a device into engine Messages (messages/s); fill rate:\n")
-    print(table(["option", *[f"read 10^{int(np.log10(n))}" for n in sizes], "fill msg/s"], read_rows))
+    print(table(["option", *[f"read 10^{int(np.log10(size))}" for size in sizes], "fill msg/s"], read_rows))
     print("\nWhole-history recalculation, cache file -> intervals (trips calculator of DESIGN 9):\n")
     head = ["option", "messages", "intervals", "file -> intervals msg/s", "engine alone msg/s", "read ms"]
     print(table(head, recalc_rows))

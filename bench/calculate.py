@@ -48,7 +48,7 @@ def store(device, count: int) -> list[float]:
         batch = source.batch(min(100_000, count - len(stamps)))
         result = messages_ingest(devices=[device], messages=batch, source="rest")
         assert result.accepted == len(batch) and not result.errors, result.errors[:3]
-        stamps.extend(m["timestamp"] for m in batch)
+        stamps.extend(message["timestamp"] for message in batch)
     return stamps
 
 
@@ -70,7 +70,7 @@ class Clock:
         for _ in range(repeat):
             before = self.read()
             result = work()
-            spent = tuple(b - a for a, b in zip(before, self.read(), strict=True))
+            spent = tuple(ended - started for started, ended in zip(before, self.read(), strict=True))
             if best is None or spent[0] < best[1][0]:
                 best = (result, spent)
         assert best is not None
@@ -105,7 +105,10 @@ def run(device, calculator, begin: float, end: float, repeat: int, sealed: bool)
         assert engine_on_dicts[0] == rows[f"end to end ({where})"][0]
         rows["dicts: messages_read + calculate"] = (
             None,
-            *(a + b for a, b in zip(dicts[1:], engine_on_dicts[1:], strict=True)),
+            *(
+                reading + calculating
+                for reading, calculating in zip(dicts[1:], engine_on_dicts[1:], strict=True)
+            ),
         )
     return rows
 
@@ -158,19 +161,20 @@ def main() -> int:
                 f" {'msg/s per CPU s':>16}"
             )
             print("-" * 112)
-            for n in sizes:
-                rows = run(device, calculator, stamps[0], stamps[n - 1], options.repeat, sealed)
+            for size in sizes:
+                rows = run(device, calculator, stamps[0], stamps[size - 1], options.repeat, sealed)
                 intervals = len(next(iter(rows.values()))[0])
                 for label, (_, wall, cpu, backend) in rows.items():
                     print(
-                        f"{n:>9,} {label:34} {wall * 1e3:>9.1f} {n / max(wall, 1e-9):>11,.0f} {cpu * 1e3:>16.1f}"
-                        f" {backend * 1e3:>11.1f} {n / max(cpu + backend, 1e-9):>16,.0f}",
+                        f"{size:>9,} {label:34} {wall * 1e3:>9.1f} {size / max(wall, 1e-9):>11,.0f}"
+                        f" {cpu * 1e3:>16.1f}"
+                        f" {backend * 1e3:>11.1f} {size / max(cpu + backend, 1e-9):>16,.0f}",
                         flush=True,
                     )
                 print(f"{'':>9} ({intervals} trips; parameters read: {', '.join(sorted(calculator.parameters))})")
         print(
             "target (issue 8): >= 1,000,000 messages/s per core end to end; "
-            f"load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+            f"load average now {' '.join(f'{load:.2f}' for load in os.getloadavg())}"
         )
     finally:
         fixture.close()

@@ -77,8 +77,8 @@ CALCULATORS = {
                         "type": "polygon",
                         "name": "zone",
                         "path": [
-                            {"lat": 50.0 + 0.02 * np.cos(a), "lon": 10.0 + 0.03 * np.sin(a)}
-                            for a in np.linspace(0, 2 * np.pi, 64, endpoint=False).tolist()
+                            {"lat": 50.0 + 0.02 * np.cos(angle), "lon": 10.0 + 0.03 * np.sin(angle)}
+                            for angle in np.linspace(0, 2 * np.pi, 64, endpoint=False).tolist()
                         ],
                     },
                     {
@@ -95,18 +95,18 @@ CALCULATORS = {
 }
 
 
-def synthetic(n: int, seed: int = 7) -> Messages:
+def synthetic(count: int, seed: int = 7) -> Messages:
     """A vehicle at 1 Hz: trips and parkings of 5 to 30 minutes, GPS noise, a few messages
     without speed, a fuel level."""
     rng = np.random.default_rng(seed)
-    lengths = rng.integers(300, 1800, n // 300 + 2)
-    driving = np.repeat(np.arange(len(lengths)) % 2 == 0, lengths)[:n]
-    ts = T0 + np.arange(n, dtype=np.float64)
-    speed = np.where(driving, rng.uniform(8, 90, n), rng.uniform(0, 4, n))
-    speed[rng.random(n) < 0.01] = np.nan  # absent: the selector's state is unknown
+    lengths = rng.integers(300, 1800, count // 300 + 2)
+    driving = np.repeat(np.arange(len(lengths)) % 2 == 0, lengths)[:count]
+    ts = T0 + np.arange(count, dtype=np.float64)
+    speed = np.where(driving, rng.uniform(8, 90, count), rng.uniform(0, 4, count))
+    speed[rng.random(count) < 0.01] = np.nan  # absent: the selector's state is unknown
     step = np.where(driving, 2e-4, 1e-6)
-    lat = 50.0 + np.cumsum(rng.normal(0, 1, n) * step)
-    lon = 10.0 + np.cumsum(rng.normal(0, 1, n) * step)
+    lat = 50.0 + np.cumsum(rng.normal(0, 1, count) * step)
+    lon = 10.0 + np.cumsum(rng.normal(0, 1, count) * step)
     fuel = 60.0 - np.cumsum(np.where(driving, 0.0005, 0.0))
     return Messages.from_columns(
         ts,
@@ -123,9 +123,9 @@ def full_rate(calc, messages: Messages, repeat: int) -> tuple[float, int]:
     best = float("inf")
     result = None
     for _ in range(repeat):
-        t = time.perf_counter()
+        started = time.perf_counter()
         result = calculate(messages, calc)
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time.perf_counter() - started)
     return len(messages) / best, len(result)
 
 
@@ -143,12 +143,12 @@ def recalc_cost(calc, stream: Messages, stored: int, where: str, repeat: int) ->
     places = np.linspace(stored // 4, 3 * stored // 4, repeat).astype(int).tolist()
     store.set_messages(history)  # warm-up: the first run pays for caches that later runs share
     store.recalculate(calc, dirty_begin=now, dirty_end=now, now=now)
-    for k in range(repeat):
+    for attempt in range(repeat):
         if where == "append":
             after = history
             t_new = float(history.timestamps[-1])
         else:
-            mid = places[k]
+            mid = places[attempt]
             t_new = float(before.timestamps[mid]) + 0.5
             extra = Messages.from_columns(
                 [t_new],
@@ -157,9 +157,9 @@ def recalc_cost(calc, stream: Messages, stored: int, where: str, repeat: int) ->
             after = Messages.concat([before.slice(0, mid + 1), extra, before.slice(mid + 1, stored)])
         store.set_messages(after)
         # CPU time of this thread: a sub-millisecond run is not charged for another process's turn.
-        t = time.thread_time()
+        started = time.thread_time()
         diff = store.recalculate(calc, dirty_begin=t_new, dirty_end=t_new, now=now)
-        times.append(time.thread_time() - t)
+        times.append(time.thread_time() - started)
         read = max(read, diff.messages_read)
     return statistics.median(times), read
 
@@ -175,8 +175,8 @@ def main() -> None:
     repeat = 2 if args.quick else 3
     big = synthetic(max(max(sizes), max(stored_sizes) + 1))
 
-    head = ["calculator"] + [f"msg/s @10^{int(np.log10(n))}" for n in sizes]
-    lab = [f"10^{int(np.log10(s))}" for s in stored_sizes]
+    head = ["calculator"] + [f"msg/s @10^{int(np.log10(size))}" for size in sizes]
+    lab = [f"10^{int(np.log10(size))}" for size in stored_sizes]
     head += [
         f"append @{lab[0]} ms",
         f"append @{lab[1]} ms",
@@ -190,12 +190,12 @@ def main() -> None:
     for name, config in CALCULATORS.items():
         calc = compile_calculator(config)
         row = [name]
-        for n in sizes:
-            rate, _ = full_rate(calc, big.slice(len(big) - n, len(big)), repeat)
+        for size in sizes:
+            rate, _ = full_rate(calc, big.slice(len(big) - size, len(big)), repeat)
             row.append(f"{rate:,.0f}")
         # Sub-millisecond runs: many repeats, so that the median is not a scheduler's hiccup.
-        app = [recalc_cost(calc, big, s, "append", 41 if not args.quick else 5) for s in stored_sizes]
-        late = [recalc_cost(calc, big, s, "late", 9 if not args.quick else 5) for s in stored_sizes]
+        app = [recalc_cost(calc, big, size, "append", 41 if not args.quick else 5) for size in stored_sizes]
+        late = [recalc_cost(calc, big, size, "late", 9 if not args.quick else 5) for size in stored_sizes]
         row += [
             f"{app[0][0] * 1e3:.2f}",
             f"{app[1][0] * 1e3:.2f}",
@@ -207,14 +207,15 @@ def main() -> None:
         ]
         rows.append(row)
         print(" | ".join(row), file=sys.stderr, flush=True)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
+    widths = [max(len(heading), *(len(row[column]) for row in rows)) for column, heading in enumerate(head)]
+    print("| " + " | ".join(heading.ljust(width) for heading, width in zip(head, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    for row in rows:
         print(
             "| "
             + " | ".join(
-                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+                cell.ljust(width) if column == 0 else cell.rjust(width)
+                for column, (cell, width) in enumerate(zip(row, widths, strict=True))
             )
             + " |"
         )

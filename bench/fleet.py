@@ -111,9 +111,9 @@ class Platform:
         self.fleet.env["DEBUG"] = "0"
         self.fleet.env["FLESPI_SEAL_EVERY"] = "2"  # the sync waits for the device's blocks
         self.fleet.start_all()
-        for n in range(1, workers):
-            self.fleet.start_worker(f"worker{n}")
-        self.workers = ["worker", *(f"worker{n}" for n in range(1, workers))]
+        for number in range(1, workers):
+            self.fleet.start_worker(f"worker{number}")
+        self.workers = ["worker", *(f"worker{number}" for number in range(1, workers))]
         for name in self.workers[1:]:
             self.fleet.wait_for(name, "holds shards", timeout=60)
         self.web = WebServer(DEBUG="0", LOG_LEVEL="WARNING")
@@ -126,8 +126,8 @@ class Platform:
         pids = {name: process.pid for name, (process, _output) in self.fleet.processes.items()}
         web = psutil.Process(self.web.process.pid)
         pids["web"] = web.pid
-        for n, child in enumerate(web.children(recursive=True)):
-            pids[f"web{n + 1}"] = child.pid
+        for number, child in enumerate(web.children(recursive=True)):
+            pids[f"web{number + 1}"] = child.pid
         return pids
 
     def lines(self, name: str) -> list[str]:
@@ -235,8 +235,8 @@ class CpuMeter:
 
 
 class LatencyRun:
-    def __init__(self, n: int, seconds: float):
-        self.n, self.seconds = n, seconds
+    def __init__(self, size: int, seconds: float):
+        self.size, self.seconds = size, seconds
         self.latencies: list[float] = []
         self.accept: list[float] = []
         self.exact = self.missing = self.messages = 0
@@ -245,36 +245,37 @@ class LatencyRun:
         self.tasks: dict[str, tuple[int, float]] = {}
         self.sync_s = 0.0
 
-    def pct(self, q: float) -> float:
+    def pct(self, quantile: float) -> float:
         ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] if ordered else math.nan
+        return ordered[min(len(ordered) - 1, math.ceil(quantile * len(ordered)) - 1)] if ordered else math.nan
 
 
 def latency(platform: Platform, fixture, devices, seconds: float, profile: Path | None) -> LatencyRun:
     from django.conf import settings
 
-    n = len(devices)
-    run = LatencyRun(n, seconds)
+    size = len(devices)
+    run = LatencyRun(size, seconds)
     calculator = assign(fixture.account, devices, trips(UPDATE_DELAY))
-    run.sync_s = wait_synced(calculator, n, timeout=120 + n)
-    groups = [devices[g::PHASES] for g in range(min(PHASES, n))]
-    paths = [f"/gw/devices/{','.join(str(d.pk) for d in group)}/messages" for group in groups]
+    run.sync_s = wait_synced(calculator, size, timeout=120 + size)
+    groups = [devices[phase::PHASES] for phase in range(min(PHASES, size))]
+    paths = [f"/gw/devices/{','.join(str(device.pk) for device in group)}/messages" for group in groups]
     # Each record keeps its receive time.
     subscriber = Subscriber(settings.MQTT_URL, f"{platform.root}/interval/gw/calcs/{calculator.pk}/devices/+/updated",
                             qos=0, client_id=f"bench-{uuid.uuid4().hex[:8]}").start()
     sent: list[tuple[int, float, float]] = []  # (group, timestamp, accepted)
     lock = threading.Lock()
 
-    def send(g: int, k: int) -> None:
+    def send(phase: int, second: int) -> None:
         stamp = round(time.time(), 3)
         body = json.dumps([{
-            "timestamp": stamp, "position.speed": 40.0 + k % 7, "position.latitude": 52.6 + k * 1e-4,
-            "position.longitude": -8.6 + g * 1e-3, "position.altitude": 20.0, "engine.ignition.status": True,
+            "timestamp": stamp, "position.speed": 40.0 + second % 7,
+            "position.latitude": 52.6 + second * 1e-4, "position.longitude": -8.6 + phase * 1e-3,
+            "position.altitude": 20.0, "engine.ignition.status": True,
         }]).encode()
-        post(platform.port, paths[g], body, fixture.key)
+        post(platform.port, paths[phase], body, fixture.key)
         accepted = time.time()
         with lock:
-            sent.append((g, stamp, accepted))
+            sent.append((phase, stamp, accepted))
 
     log_start = {name: len(platform.lines(name)) for name in platform.workers}
     spies = start_profiles(platform, profile, seconds) if profile else []
@@ -282,12 +283,12 @@ def latency(platform: Platform, fixture, devices, seconds: float, profile: Path 
     start = math.ceil(time.time()) + 0.5
     with ThreadPoolExecutor(max_workers=4 * len(groups)) as pool:
         futures = []
-        for k in range(int(seconds)):
-            for g in range(len(groups)):
-                wait = start + k + g / len(groups) - time.time()
+        for second in range(int(seconds)):
+            for phase in range(len(groups)):
+                wait = start + second + phase / len(groups) - time.time()
                 if wait > 0:
                     time.sleep(wait)
-                futures.append(pool.submit(send, g, k))
+                futures.append(pool.submit(send, phase, second))
         for future in futures:
             future.result()
     run.wall, run.cpu = meter.used()
@@ -309,7 +310,8 @@ def latency(platform: Platform, fixture, devices, seconds: float, profile: Path 
     if LOGS is not None:
         LOGS.mkdir(parents=True, exist_ok=True)
         for name in platform.fleet.processes:
-            (LOGS / f"latency-{n}-{name}.log").write_text("\n".join(platform.lines(name)[log_start.get(name, 0):]))
+            (LOGS / f"latency-{size}-{name}.log").write_text(
+                "\n".join(platform.lines(name)[log_start.get(name, 0):]))
     calculator_remove(calculator)
 
     ends: dict[int, list[tuple[int, float]]] = collections.defaultdict(list)
@@ -318,12 +320,12 @@ def latency(platform: Platform, fixture, devices, seconds: float, profile: Path 
         ends[device_id].append((round(json.loads(record.payload)["end"] * 1e6), record.at))
     for events in ends.values():
         events.sort()
-    for g, stamp, accepted in sent:
+    for phase, stamp, accepted in sent:
         if stamp < start + WARMUP:
             continue
         run.accept.append(accepted - stamp)
         us = round(stamp * 1e6)
-        for device in groups[g]:
+        for device in groups[phase]:
             run.messages += 1
             events = ends.get(device.pk, [])
             first = next(((end, at) for end, at in events if end >= us), None)
@@ -343,22 +345,24 @@ def print_latency(runs: list[LatencyRun]) -> None:
     print(f"{'devices':>7} {'s':>4} {'messages':>9} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'max ms':>7}"
           f" {'exact':>6} {'missing':>7} {'accept p99 ms':>13} {'p99<=1.25s':>10}")
     print("-" * 96)
-    for r in runs:
-        accept = sorted(r.accept)
+    for run in runs:
+        accept = sorted(run.accept)
         accept_p99 = accept[min(len(accept) - 1, math.ceil(0.99 * len(accept)) - 1)] * 1000 if accept else math.nan
-        print(f"{r.n:>7,} {r.seconds:>4.0f} {r.messages:>9,} {r.pct(0.5) * 1e3:>7.0f} {r.pct(0.9) * 1e3:>7.0f}"
-              f" {r.pct(0.99) * 1e3:>7.0f} {max(r.latencies, default=math.nan) * 1e3:>7.0f}"
-              f" {r.exact / max(r.messages, 1):>6.0%} {r.missing:>7} {accept_p99:>13.0f}"
-              f" {'yes' if r.pct(0.99) <= TARGET_P99 else 'no':>10}")
+        print(f"{run.size:>7,} {run.seconds:>4.0f} {run.messages:>9,} {run.pct(0.5) * 1e3:>7.0f}"
+              f" {run.pct(0.9) * 1e3:>7.0f}"
+              f" {run.pct(0.99) * 1e3:>7.0f} {max(run.latencies, default=math.nan) * 1e3:>7.0f}"
+              f" {run.exact / max(run.messages, 1):>6.0%} {run.missing:>7} {accept_p99:>13.0f}"
+              f" {'yes' if run.pct(0.99) <= TARGET_P99 else 'no':>10}")
     print("exact: share of messages whose own run's event (interval end = its timestamp) came; the rest were"
           " covered by a run that took a later message of the device too")
     print("\nCPU during each run (% of one core) and the calc worker's tasks (from its log):")
-    names = sorted({name for r in runs for name in r.cpu})
+    names = sorted({name for run in runs for name in run.cpu})
     print(f"{'devices':>7} " + " ".join(f"{name:>10}" for name in names) + "   tasks: count, busy % of the run, ms each")
-    for r in runs:
-        tasks = ", ".join(f"{task} {count} {spent / r.wall:.0%} {spent / count * 1e3:.1f}"
-                          for task, (count, spent) in sorted(r.tasks.items()))
-        print(f"{r.n:>7,} " + " ".join(f"{r.cpu.get(name, 0) / r.wall:>10.0%}" for name in names) + f"   {tasks}")
+    for run in runs:
+        tasks = ", ".join(f"{task} {count} {spent / run.wall:.0%} {spent / count * 1e3:.1f}"
+                          for task, (count, spent) in sorted(run.tasks.items()))
+        print(f"{run.size:>7,} " + " ".join(f"{run.cpu.get(name, 0) / run.wall:>10.0%}" for name in names)
+              + f"   {tasks}")
 
 
 # --- profiles -------------------------------------------------------------------------------
@@ -413,7 +417,7 @@ def profile_summary(path: Path, top: int = 18, *, busy: bool = True) -> list[tup
         total += samples
         names = []
         for frame in frames:
-            name = re.sub(r" \((.*?):\d+\)$", lambda m: f" ({Path(m.group(1)).name})", frame)
+            name = re.sub(r" \((.*?):\d+\)$", lambda match: f" ({Path(match.group(1)).name})", frame)
             if name not in names:
                 names.append(name)
         for name in names:
@@ -655,8 +659,8 @@ def throughput(platform: Platform, fixture, devices, per_task: int) -> dict[str,
     started = time.monotonic()
     tasks = 0
     for shard, pairs in by_shard.items():
-        for i in range(0, len(pairs), per_task):
-            ShardRun(region="eu", shard=shard, due=tuple(pairs[i:i + per_task])).send(app)
+        for start in range(0, len(pairs), per_task):
+            ShardRun(region="eu", shard=shard, due=tuple(pairs[start:start + per_task])).send(app)
             tasks += 1
     while timers_left(timers, settings.CALC_SHARDS):
         if time.monotonic() - started > 600:
@@ -682,12 +686,13 @@ def print_throughput(rows: list[dict], devices: int) -> None:
     print(f"{'k':>4} {'tasks':>6} {'s':>7} {'recalc/s':>9} {'ms/task':>8} {'worker CPU':>10} {'PG CPU':>7}"
           f" {'commits':>8} {'commits/s':>9} {'per recalc':>10}")
     print("-" * 86)
-    for r in rows:
-        print(f"{r['per task']:>4} {r['tasks']:>6} {r['seconds']:>7.2f} {r['recalculations/s']:>9.0f}"
-              f" {r['task ms']:>8.1f} {r['worker CPU %']:>10.0%} {r['PostgreSQL CPU %']:>7.0%} {r['commits']:>8.0f}"
-              f" {r['commits/s']:>9.0f} {r['commits per recalculation']:>10.2f}")
+    for row in rows:
+        print(f"{row['per task']:>4} {row['tasks']:>6} {row['seconds']:>7.2f} {row['recalculations/s']:>9.0f}"
+              f" {row['task ms']:>8.1f} {row['worker CPU %']:>10.0%} {row['PostgreSQL CPU %']:>7.0%}"
+              f" {row['commits']:>8.0f} {row['commits/s']:>9.0f} {row['commits per recalculation']:>10.2f}")
     print("commits: transactions committed in the datacenter database during the runs (worker and relay), less the"
-          f" idle rate measured before ({statistics.mean(r['idle commits/s'] for r in rows):.0f}/s: the relay's polls)")
+          f" idle rate measured before ({statistics.mean(row['idle commits/s'] for row in rows):.0f}/s:"
+          " the relay's polls)")
 
 
 # --- 4. queries per run (in process) ---------------------------------------------------------
@@ -709,7 +714,8 @@ def statement_kind(sql: str) -> str:
         return "fence check"
     verb = words[0].upper() if words else "?"
     if verb == "WITH":
-        verb = "WITH .. " + next((w.upper() for w in words if w.upper() in ("INSERT", "UPDATE", "DELETE")), "SELECT")
+        verb = "WITH .. " + next(
+            (word.upper() for word in words if word.upper() in ("INSERT", "UPDATE", "DELETE")), "SELECT")
     return f"{verb} {table}".strip()
 
 
@@ -776,10 +782,11 @@ def print_query_counts(rows) -> None:
     print("\n4. statements to PostgreSQL per task (the worker's code in this process, Django's query capture)")
     print(f"{'task':34} {'n':>4} {'statements':>10} {'per item':>8} {'ms':>7}   by kind (count, ms)")
     print("-" * 100)
-    for label, n, count, kinds, spent in rows:
+    for label, assignments, count, kinds, spent in rows:
         detail = ", ".join(f"{kind} {count} ({ms:.1f} ms)" for kind, (count, ms) in sorted(kinds.items(),
                                                                                       key=lambda kv: -kv[1][1]))
-        print(f"{label:34} {n:>4} {count:>10} {count / n:>8.1f} {spent * 1e3:>7.1f}   {detail}")
+        print(f"{label:34} {assignments:>4} {count:>10} {count / assignments:>8.1f} {spent * 1e3:>7.1f}"
+              f"   {detail}")
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -803,7 +810,8 @@ def main() -> int:
     options = parser.parse_args()
     global LOGS
     LOGS = options.logs
-    sizes = [int(s) for s in options.sizes.split(",") if s] or ([10, 100] if options.quick else [10, 100, 1000])
+    sizes = ([int(part) for part in options.sizes.split(",") if part]
+             or ([10, 100] if options.quick else [10, 100, 1000]))
     seconds = 15.0 if options.quick else options.seconds
     sync_messages = 100_000 if options.quick else options.sync_messages
     throughput_devices = 200 if options.quick else options.throughput_devices
@@ -813,30 +821,33 @@ def main() -> int:
     print(f"setting up {os.environ['DATABASE_URL']} (+ _eu_1) ...", flush=True)
     ingest.setup_databases()
     ingest.vacuum()
-    print(f"{os.cpu_count()} CPUs; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print(f"{os.cpu_count()} CPUs; load average {' '.join(f'{load:.2f}' for load in os.getloadavg())}",
+          flush=True)
     fixture = ingest.Fixture()
     platform = Platform(options.workers)
     try:
         devices = fixture.new_devices(max([*sizes, throughput_devices if parts & {"throughput", "queries"} else 0]))
         if "latency" in parts:
             runs = []
-            for n in sizes:
-                print(f"latency: {n} devices for {seconds:.0f} s ...", flush=True)
-                largest = n == max(sizes)
-                runs.append(latency(platform, fixture, devices[:n], seconds, options.profile if largest else None))
+            for size in sizes:
+                print(f"latency: {size} devices for {seconds:.0f} s ...", flush=True)
+                largest = size == max(sizes)
+                runs.append(latency(platform, fixture, devices[:size], seconds,
+                                    options.profile if largest else None))
                 print_latency(runs[-1:])
-            search = [r for r in runs if r.pct(0.99) <= TARGET_P99]
-            failing = [r.n for r in runs if r.pct(0.99) > TARGET_P99]
-            low, high = max((r.n for r in search), default=0), min(failing, default=0)
+            search = [run for run in runs if run.pct(0.99) <= TARGET_P99]
+            failing = [run.size for run in runs if run.pct(0.99) > TARGET_P99]
+            low, high = max((run.size for run in search), default=0), min(failing, default=0)
             for _step in range(options.search):
                 if not high or high - low <= 50:
                     break
-                n = max(50, round((low + high) / 2 / 50) * 50)
-                print(f"latency: {n} devices for {seconds:.0f} s (the largest fleet within the target?) ...", flush=True)
-                runs.append(latency(platform, fixture, devices[:n], seconds, None))
+                size = max(50, round((low + high) / 2 / 50) * 50)
+                print(f"latency: {size} devices for {seconds:.0f} s (the largest fleet within the target?) ...",
+                      flush=True)
+                runs.append(latency(platform, fixture, devices[:size], seconds, None))
                 print_latency(runs[-1:])
-                low, high = (n, high) if runs[-1].pct(0.99) <= TARGET_P99 else (low, n)
-            runs.sort(key=lambda r: r.n)
+                low, high = (size, high) if runs[-1].pct(0.99) <= TARGET_P99 else (low, size)
+            runs.sort(key=lambda run: run.size)
             print_latency(runs)
             if options.profile:
                 print_profiles(options.profile)
@@ -845,13 +856,13 @@ def main() -> int:
         if "throughput" in parts:
             rows = []
             chosen = shard_groups(fixture, devices, shards=throughput_devices // 100, per_shard=100)
-            for k in (1, 10, 100):
-                print(f"throughput: tasks of {k} ...", flush=True)
-                rows.append(throughput(platform, fixture, chosen, k))
+            for per_task in (1, 10, 100):
+                print(f"throughput: tasks of {per_task} ...", flush=True)
+                rows.append(throughput(platform, fixture, chosen, per_task))
             print_throughput(rows, len(chosen))
         if "queries" in parts:
             print_query_counts(query_counts(platform, fixture, devices[:throughput_devices]))
-        print(f"\nload average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"\nload average now {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
     finally:
         platform.stop()
         fixture.close()

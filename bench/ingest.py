@@ -96,8 +96,8 @@ def track_positions() -> list[dict]:
             records = importers.derive_motion(importers.read(handle, format="gpx", name=TRACK.name))
             return [record.message for record in records]
     positions = []
-    for i in range(2000):
-        angle = i / 2000 * 2 * math.pi
+    for point in range(2000):
+        angle = point / 2000 * 2 * math.pi
         positions.append(
             {
                 "position.latitude": 52.6 + 0.02 * math.sin(angle),
@@ -117,36 +117,36 @@ class MessageSource:
         self.positions = track_positions()
         self.clock = start
         self.odometer = 120_000.0
-        self.k = 0
+        self.produced = 0
 
     def batch(self, size: int = BATCH) -> list[dict]:
         out = []
         for _ in range(size):
-            p = self.positions[self.k % len(self.positions)]
-            speed = p.get("position.speed", 0.0)
+            position = self.positions[self.produced % len(self.positions)]
+            speed = position.get("position.speed", 0.0)
             self.odometer += speed / 3600
             out.append(
                 {
                     "timestamp": self.clock,
-                    "position.latitude": p["position.latitude"],
-                    "position.longitude": p["position.longitude"],
-                    "position.altitude": p.get("position.altitude", 0.0),
+                    "position.latitude": position["position.latitude"],
+                    "position.longitude": position["position.longitude"],
+                    "position.altitude": position.get("position.altitude", 0.0),
                     "position.speed": speed,
-                    "position.direction": p.get("position.direction", 0.0),
-                    "position.satellites": 7 + self.k % 6,
+                    "position.direction": position.get("position.direction", 0.0),
+                    "position.satellites": 7 + self.produced % 6,
                     "position.valid": True,
-                    "position.hdop": round(0.7 + (self.k % 7) / 10, 1),
+                    "position.hdop": round(0.7 + (self.produced % 7) / 10, 1),
                     "engine.ignition.status": True,
-                    "can.fuel.level": round(64.0 - self.k * 0.0005, 2),
+                    "can.fuel.level": round(64.0 - self.produced * 0.0005, 2),
                     "can.engine.rpm": 700 + int(speed * 28),
                     "can.vehicle.mileage": round(self.odometer, 3),
-                    "external.powersource.voltage": round(27.4 + (self.k % 5) / 10, 1),
+                    "external.powersource.voltage": round(27.4 + (self.produced % 5) / 10, 1),
                     "battery.voltage": 4.12,
-                    "gsm.signal.level": 60 + self.k % 30,
+                    "gsm.signal.level": 60 + self.produced % 30,
                 }
             )
             self.clock += 1.0
-            self.k += 1
+            self.produced += 1
         return out
 
 
@@ -172,10 +172,10 @@ class Fixture:
         made = [
             device_create(
                 account=self.account,
-                name=f"bench {self.tag} {len(self.devices) + i}",
-                configuration={"ident": f"bench-{self.tag}-{len(self.devices) + i}"},
+                name=f"bench {self.tag} {len(self.devices) + number}",
+                configuration={"ident": f"bench-{self.tag}-{len(self.devices) + number}"},
             )
-            for i in range(count)
+            for number in range(count)
         ]
         self.devices.extend(made)
         return made
@@ -361,7 +361,7 @@ def http_run(server: Gunicorn, path: str, bodies: list[bytes], key: str, clients
 
 def bench_http(fixture, source, batches: int, devices_per_batch: int, label: str, *gunicorn_args: str) -> Row:
     devices = fixture.new_devices(devices_per_batch)
-    path = f"/gw/devices/{','.join(str(d.pk) for d in devices)}/messages"
+    path = f"/gw/devices/{','.join(str(device.pk) for device in devices)}/messages"
     bodies = [json.dumps(source.batch()).encode() for _ in range(batches + WARMUP)]
     server = Gunicorn(*gunicorn_args)
     try:
@@ -398,7 +398,7 @@ def prepared_lines(devices, messages, now):
     """COPY lines and telemetry values as the service prepares them."""
     from devices.validation import message_prepare
 
-    return copy_rows(devices, [message_prepare(m, now=now) for m in messages], now)
+    return copy_rows(devices, [message_prepare(message, now=now) for message in messages], now)
 
 
 def copy_rows(devices, prepared, now):
@@ -448,7 +448,7 @@ def _check_stored(devices, expected: int) -> None:
     with connections[alias].cursor() as cursor:
         cursor.execute(
             "SELECT device_id, count(*) FROM messages WHERE device_id = ANY(%s) GROUP BY device_id",
-            [[d.pk for d in devices]],
+            [[device.pk for device in devices]],
         )
         counts = dict(cursor.fetchall())
     for device in devices:
@@ -496,7 +496,7 @@ def time_split(fixture, source, batches: int, devices_per_batch: int = 1) -> dic
         data = loads_strict(body)
         marks.append(time.perf_counter())
         now = time.time()
-        prepared = [message_prepare(m, now=now) for m in data]
+        prepared = [message_prepare(message, now=now) for message in data]
         marks.append(time.perf_counter())
         rows, telemetry = copy_rows(devices, prepared, now)
         marks.append(time.perf_counter())
@@ -564,7 +564,7 @@ def print_table(rows: list[Row]) -> None:
     print("target (DESIGN 9): >= 30,000 messages/s per web process; batches of 1,000 messages, 16 keys each")
     print(
         "CPU: of the web process (a) or of this one (b, c), and of the PostgreSQL backends serving it; "
-        f"load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        f"load average now {' '.join(f'{load:.2f}' for load in os.getloadavg())}"
     )
 
 

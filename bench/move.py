@@ -76,7 +76,8 @@ def populate(size: int, devices: int):
 
     account = account_create(name=f"bench move {size}", parent=None, region_code=None, datacenter_code="eu-1")
     created = [
-        device_create(account=account, configuration={"ident": f"move-{account.pk}-{n}"}) for n in range(devices)
+        device_create(account=account, configuration={"ident": f"move-{account.pk}-{number}"})
+        for number in range(devices)
     ]
     per_device = size // devices
     with connections["dc_eu_1"].cursor() as cursor:
@@ -92,7 +93,7 @@ def populate(size: int, devices: int):
                 'external.powersource.voltage', 27.4, 'gsm.signal.level', 70, 'device.id', d)
             FROM unnest(%s::bigint[]) AS d, generate_series(0, %s - 1) AS g
             """,
-            [T0, T0, [d.pk for d in created], per_device],
+            [T0, T0, [device.pk for device in created], per_device],
         )
     messages_ingest(devices=created, messages=[{"timestamp": T0 + per_device, "can.engine.rpm": 800}])
     days = {"name": "days", "selectors": [{"type": "datetime", "split": "day"}]}
@@ -175,7 +176,7 @@ def main() -> None:
     from accounts.services import accounts_delete
 
     rows = []
-    for size in [int(s) for s in args.sizes.split(",")]:
+    for size in [int(part) for part in args.sizes.split(",")]:
         account, devices = populate(size, args.devices)
         for alias in ("dc_eu_1", "dc_eu_2"):
             with connections[alias].cursor() as cursor:

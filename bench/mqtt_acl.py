@@ -54,7 +54,9 @@ def measure(broker_url: str, key: str, password: str, device_ids: list[int], mes
     assert publisher.connect()
     targets = [random.choice(device_ids) for _ in range(messages)]
     began = time.perf_counter()
-    infos = [publisher.client.publish(f"flespi/message/gw/devices/{d}", b"{}", qos=1) for d in targets]
+    infos = [
+        publisher.client.publish(f"flespi/message/gw/devices/{device_id}", b"{}", qos=1) for device_id in targets
+    ]
     for info in infos:
         info.wait_for_publish(60)
     received = subscriber.wait_for(messages, timeout=float(os.environ.get("BENCH_WAIT", "300")))
@@ -73,11 +75,12 @@ def make_account(count: int):
     account = account_create(name=f"bench-{count}")
     base = 10**12 + account.pk * 10**6
     DeviceIdent.objects.bulk_create(
-        [DeviceIdent(region="eu", ident=f"b{account.pk}-{i}", device_id=base + i, account_id=account.pk)
-         for i in range(count)], batch_size=5000,
+        [DeviceIdent(region="eu", ident=f"b{account.pk}-{offset}", device_id=base + offset,
+                     account_id=account.pk)
+         for offset in range(count)], batch_size=5000,
     )
     _token, key = token_create(account=account, access_type=AccessType.STANDARD)
-    return account, key, [base + i for i in range(count)]
+    return account, key, [base + offset for offset in range(count)]
 
 
 def forget(account) -> None:
@@ -155,7 +158,7 @@ def main() -> None:
     configure_environment()
     os.environ.setdefault("MQTT_URL", "mqtt://127.0.0.1:1")  # unused: each broker is the bench's own
     setup_databases()
-    counts = [int(n) for n in args.devices.split(",")]
+    counts = [int(count) for count in args.devices.split(",")]
     from accounts.models import Account
 
     for leftover in Account.objects.filter(name__startswith="bench-", parent=None):  # of an interrupted run

@@ -50,9 +50,11 @@ def device_track(*, device: Device, begin: float | None, end: float | None, coun
             "ts": max(latitude["ts"], longitude["ts"]),
         }
     return {
-        "track": [[m["position.latitude"], m["position.longitude"]] for m in messages],
+        "track": [[message["position.latitude"], message["position.longitude"]] for message in messages],
         "speed": [
-            [m["timestamp"], m["position.speed"]] for m in messages if _number(m.get("position.speed"))
+            [message["timestamp"], message["position.speed"]]
+            for message in messages
+            if _number(message.get("position.speed"))
         ],
         "last": last,
         "first_ts": messages[0]["timestamp"] if messages else None,

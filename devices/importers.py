@@ -448,34 +448,34 @@ def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """Initial bearing from the first point to the second, degrees clockwise from north in [0, 360)."""
     phi1, phi2 = math.radians(lat1), math.radians(lat2)
     delta = math.radians(lon2 - lon1)
-    x = math.sin(delta) * math.cos(phi2)
-    y = math.cos(phi1) * math.sin(phi2) - math.sin(phi1) * math.cos(phi2) * math.cos(delta)
-    return math.degrees(math.atan2(x, y)) % 360.0
+    east = math.sin(delta) * math.cos(phi2)
+    north = math.cos(phi1) * math.sin(phi2) - math.sin(phi1) * math.cos(phi2) * math.cos(delta)
+    return math.degrees(math.atan2(east, north)) % 360.0
 
 
 class _Point(NamedTuple):
-    t: float
+    timestamp: float
     lat: float
     lon: float
 
 
 def _point_of(message: dict[str, Any]) -> _Point | None:
-    t, lat, lon = message.get("timestamp"), message.get(LATITUDE), message.get(LONGITUDE)
-    for value in (t, lat, lon):
+    timestamp, lat, lon = message.get("timestamp"), message.get(LATITUDE), message.get(LONGITUDE)
+    for value in (timestamp, lat, lon):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return None
     if not (-90 <= lat <= 90 and -180 <= lon <= 180):  # type: ignore[operator]
         return None
-    return _Point(float(t), float(lat), float(lon))  # type: ignore[arg-type]
+    return _Point(float(timestamp), float(lat), float(lon))  # type: ignore[arg-type]
 
 
-def _segment(a: _Point | None, b: _Point | None, max_gap: float) -> tuple[float, float] | None:
-    """Speed (km/h) and bearing of the move from ``a`` to ``b``, or None when the two points do
+def _segment(start: _Point | None, end: _Point | None, max_gap: float) -> tuple[float, float] | None:
+    """Speed (km/h) and bearing of the move from ``start`` to ``end``, or None when the two points do
     not make a usable segment (missing, going back in time, or further apart than ``max_gap``)."""
-    if a is None or b is None or not 0 < b.t - a.t <= max_gap:
+    if start is None or end is None or not 0 < end.timestamp - start.timestamp <= max_gap:
         return None
-    speed = haversine_m(a.lat, a.lon, b.lat, b.lon) / (b.t - a.t) * 3.6
-    return speed, bearing_deg(a.lat, a.lon, b.lat, b.lon)
+    speed = haversine_m(start.lat, start.lon, end.lat, end.lon) / (end.timestamp - start.timestamp) * 3.6
+    return speed, bearing_deg(start.lat, start.lon, end.lat, end.lon)
 
 
 def derive_motion(

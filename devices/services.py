@@ -256,7 +256,9 @@ def _messages_ingest(
         result.changes.extend(changes)
     result.accepted = len(prepared)
     metrics.ingest_done(
-        source=source, stored={a: len(g) * len(prepared) for a, g in by_alias.items()}, seconds=time.perf_counter() - started
+        source=source,
+        stored={alias: len(group) * len(prepared) for alias, group in by_alias.items()},
+        seconds=time.perf_counter() - started,
     )
     return result
 
@@ -284,7 +286,8 @@ def _wake(alias: str, devices: Sequence[Device], changes: Sequence[ChangedRange]
     if changes:
         changed = {change.device_id for change in changes}
         calc_queue.shards_wake(
-            region=calc_queue.region_of_alias(alias), shards={d.shard for d in devices if d.pk in changed}
+            region=calc_queue.region_of_alias(alias),
+            shards={device.shard for device in devices if device.pk in changed},
         )
 
 

@@ -183,7 +183,7 @@ def messages_encode(*, prepared: Sequence[tuple[int, dict]], stamp_keys: frozens
     if any(not stamp_keys.isdisjoint(body) for body in bodies):
         # The platform's stamps replace what a client sent under their names; bodies are stored
         # as ``json`` text, which would keep both.
-        bodies = [{k: v for k, v in body.items() if k not in stamp_keys} for body in bodies]
+        bodies = [{key: value for key, value in body.items() if key not in stamp_keys} for body in bodies]
     heads = [b"%d\t%b" % (ts, dumps_exact(body)[:-1]) for ts, body in zip(stamps, bodies, strict=True)]
     return EncodedBatch(stamps, heads, _latest(stamps, bodies))
 
@@ -238,45 +238,68 @@ def messages_write(
     ``messages``: no stored row can meet them. Should a concurrent write have stored some of
     them meanwhile, the unique violation rolls back to a savepoint and they join the others,
     which go through the staging table and the merge."""
-    rows = sorted(rows, key=lambda r: r.device_id)  # one lock order for every writer
+    rows = sorted(rows, key=lambda device_rows: device_rows.device_id)  # one lock order for every writer
     connection = connections[alias]
     if not connection.in_atomic_block:
         raise RuntimeError("messages_write runs in the caller's transaction (transaction.atomic)")
     with connection.cursor() as cursor:
-        cursor.execute(_NEWEST, [[r.device_id for r in rows]])
+        cursor.execute(_NEWEST, [[device_rows.device_id for device_rows in rows]])
         newest = dict(cursor.fetchall())
         # Per device, how many of its rows are not after its newest stored one.
-        cuts = [0 if newest.get(r.device_id) is None else bisect_right(r.stamps, newest[r.device_id]) for r in rows]
-        fresh = [r.split(cut)[1] for r, cut in zip(rows, cuts, strict=True) if cut < len(r.stamps)]
+        cuts = [
+            0
+            if newest.get(device_rows.device_id) is None
+            else bisect_right(device_rows.stamps, newest[device_rows.device_id])
+            for device_rows in rows
+        ]
+        fresh = [
+            device_rows.split(cut)[1]
+            for device_rows, cut in zip(rows, cuts, strict=True)
+            if cut < len(device_rows.stamps)
+        ]
         if fresh and not _copy_appending(connection, cursor, fresh):
-            cuts = [len(r.stamps) for r in rows]  # a concurrent write got there first: merge all
+            # A concurrent write got there first: merge all.
+            cuts = [len(device_rows.stamps) for device_rows in rows]
         changed = []
-        merging = [(r, cut) for r, cut in zip(rows, cuts, strict=True) if cut]
+        merging = [(device_rows, cut) for device_rows, cut in zip(rows, cuts, strict=True) if cut]
         if merging:
             cursor.execute(_CREATE_STAGING)
             with cursor.cursor.copy(f"COPY {STAGING} (device_id, ts, body) FROM STDIN") as copy:
-                for r, cut in merging:
-                    copy.write(r.split(cut)[0])
-            tails = [(r.device_id, r.stamps[cut:]) for r, cut in merging]  # appended above
+                for device_rows, cut in merging:
+                    copy.write(device_rows.split(cut)[0])
+            tails = [
+                (device_rows.device_id, device_rows.stamps[cut:]) for device_rows, cut in merging
+            ]  # appended above
             cursor.execute(
                 _MERGE,
                 [_array([device_id for device_id, stamps in tails for _ in stamps]),
                  _array([ts for _, stamps in tails for ts in stamps])],
             )
             changed += [ChangedRange(*row) for row in cursor.fetchall()]
-        appended = [r for r, cut in zip(rows, cuts, strict=True) if not cut]
+        appended = [device_rows for device_rows, cut in zip(rows, cuts, strict=True) if not cut]
         if appended:
             literals: dict[int, str] = {}  # by the list's id: the devices of a batch share one list
-            for r in appended:
-                if id(r.stamps) not in literals:
-                    literals[id(r.stamps)] = _array(r.stamps)
-            cursor.executemany(_QUEUE, [(r.device_id, literals[id(r.stamps)]) for r in appended])
-            changed += [ChangedRange(r.device_id, r.stamps[0], r.stamps[-1], len(r.stamps)) for r in appended]
+            for device_rows in appended:
+                if id(device_rows.stamps) not in literals:
+                    literals[id(device_rows.stamps)] = _array(device_rows.stamps)
+            cursor.executemany(
+                _QUEUE,
+                [(device_rows.device_id, literals[id(device_rows.stamps)]) for device_rows in appended],
+            )
+            changed += [
+                ChangedRange(
+                    device_rows.device_id,
+                    device_rows.stamps[0],
+                    device_rows.stamps[-1],
+                    len(device_rows.stamps),
+                )
+                for device_rows in appended
+            ]
         if telemetry:
             cursor.execute(
                 _TELEMETRY,
-                [[t.device_id for t in telemetry], [t.name for t in telemetry],
-                 [t.value_json for t in telemetry], [t.ts for t in telemetry]],
+                [[value.device_id for value in telemetry], [value.name for value in telemetry],
+                 [value.value_json for value in telemetry], [value.ts for value in telemetry]],
             )
     return changed
 
@@ -400,8 +423,8 @@ def changes_record(*, alias: str, changes: Sequence[ChangedRange], shards: Mappi
         cursor.execute(
             "INSERT INTO message_changes (device_id, shard, begin_ts, end_ts) "
             "SELECT * FROM unnest(%s::bigint[], %s::smallint[], %s::bigint[], %s::bigint[])",
-            [[c.device_id for c in changes], [shards[c.device_id] for c in changes],
-             [c.begin for c in changes], [c.end for c in changes]],
+            [[change.device_id for change in changes], [shards[change.device_id] for change in changes],
+             [change.begin for change in changes], [change.end for change in changes]],
         )
 
 

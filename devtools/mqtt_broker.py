@@ -329,7 +329,13 @@ class PlatformBroker(Broker):
         if self.store is not None:
             for client_id, (session, _handler) in sessions:
                 if session.clean_session is False and session.inflight_out:
-                    self.store.queue(client_id, [(m.topic, m.data, m.qos or 1) for m in session.inflight_out.values()])
+                    self.store.queue(
+                        client_id,
+                        [
+                            (message.topic, message.data, message.qos or 1)
+                            for message in session.inflight_out.values()
+                        ],
+                    )
         for _client_id, (session, handler) in sessions:
             if session.transitions.state == "connected" and handler is not None:
                 await handler.handle_connection_closed()

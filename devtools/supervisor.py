@@ -105,9 +105,9 @@ PROCESSES: list[Process] = [
     Process.manage("purge", "purge_messages", "--every", "3600"),
     # Per region: its calc workers (CALC_WORKERS of them; shards spread over them) and its pump.
     *(
-        Process.manage(f"calc-{region}" + (f"-{n}" if n else ""), "calc_worker", "--region", region)
+        Process.manage(f"calc-{region}" + (f"-{number}" if number else ""), "calc_worker", "--region", region)
         for region in _regions()
-        for n in range(_calc_workers())
+        for number in range(_calc_workers())
     ),
     *(Process.manage(f"pump-{region}", "calc_pump", "--region", region) for region in _regions()),
     # Keeps a Mosquitto the platform manages (dynamic security) in step with tokens and devices.

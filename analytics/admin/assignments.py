@@ -144,7 +144,9 @@ class AssignmentAdmin(RegionalModelAdmin):
             services.assignment_delete(assignment=assignment)
 
     def deleted_extra(self, rows: list) -> dict[str, int]:
-        return {"intervals": sum(n for n, _newest in selectors.interval_counts(assignments=rows).values())}
+        return {
+            "intervals": sum(count for count, _newest in selectors.interval_counts(assignments=rows).values())
+        }
 
     def _set_enabled(self, request, queryset, enabled: bool) -> None:
         changed = 0

@@ -205,8 +205,12 @@ class CalculatorAdmin(RegionalModelAdmin):
 
     def deleted_extra(self, rows: list) -> dict[str, int]:
         assignments = list(
-            Assignment.objects.using(rows[0].database).filter(calculator_id__in=[r.pk for r in rows])
+            Assignment.objects.using(rows[0].database).filter(
+                calculator_id__in=[calculator.pk for calculator in rows]
+            )
         )
         return {
-            "intervals": sum(n for n, _newest in selectors.interval_counts(assignments=assignments).values())
+            "intervals": sum(
+                count for count, _newest in selectors.interval_counts(assignments=assignments).values()
+            )
         }

@@ -128,7 +128,9 @@ class AssignmentResource(Resource):
     output_fields = ASSIGNMENT_FIELDS
 
     def queryset(self):
-        return selectors.assignments_of(account=self.account, calculator_ids=[c.pk for c in self.parents])
+        return selectors.assignments_of(
+            account=self.account, calculator_ids=[calculator.pk for calculator in self.parents]
+        )
 
     def render(self, obj):
         return render_assignment(obj)
@@ -256,7 +258,14 @@ class RecalculateView(AssignmentSelectionView):
         services.recalculation_request(
             assignments=assignments, begin=serializer.validated_data.get("begin"), end=serializer.validated_data.get("end")
         )
-        return Response({"result": [{"id": a.device_id, "calc_id": a.calculator_id} for a in assignments]})
+        return Response(
+            {
+                "result": [
+                    {"id": assignment.device_id, "calc_id": assignment.calculator_id}
+                    for assignment in assignments
+                ]
+            }
+        )
 
 
 class CalculateView(DeviceSelectionView):

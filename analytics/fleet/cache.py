@@ -114,14 +114,18 @@ def _guard(method: _F) -> _F:
 def _merged_batch(messages: Iterable[Mapping]) -> list[dict]:
     """Sorted by timestamp, equal timestamps merged (later keys overwrite)."""
     by_ts: dict[float, dict] = {}
-    for i, m in enumerate(messages):
-        t = m.get("timestamp")
-        if not is_number(t) or not math.isfinite(t):
-            raise ValueError(f"message {i}: timestamp must be a finite number")
-        t = float(t)
-        have = by_ts.get(t)
-        by_ts[t] = {**have, **m, "timestamp": t} if have is not None else {**m, "timestamp": t}
-    return [by_ts[t] for t in sorted(by_ts)]
+    for position, message in enumerate(messages):
+        timestamp = message.get("timestamp")
+        if not is_number(timestamp) or not math.isfinite(timestamp):
+            raise ValueError(f"message {position}: timestamp must be a finite number")
+        timestamp = float(timestamp)
+        have = by_ts.get(timestamp)
+        by_ts[timestamp] = (
+            {**have, **message, "timestamp": timestamp}
+            if have is not None
+            else {**message, "timestamp": timestamp}
+        )
+    return [by_ts[timestamp] for timestamp in sorted(by_ts)]
 
 
 # ---- the cache -------------------------------------------------------------------------------
@@ -276,17 +280,21 @@ class ShardCache:
             row = db.execute("SELECT filled_to FROM devices WHERE device_id = ?", (device_id,)).fetchone()
             if row is None:
                 return None
-            c = db.execute(
+            chunk_stats = db.execute(
                 "SELECT coalesce(sum(n), 0), min(first), max(last) FROM chunks WHERE device_id = ?",
                 (device_id,),
             ).fetchone()
-            t = db.execute(
+            tail_stats = db.execute(
                 "SELECT count(*), min(ts), max(ts) FROM tail WHERE device_id = ?", (device_id,)
             ).fetchone()
-        lows = [v for v in (c[1], t[1]) if v is not None]
-        highs = [v for v in (c[2], t[2]) if v is not None]
+        lows = [value for value in (chunk_stats[1], tail_stats[1]) if value is not None]
+        highs = [value for value in (chunk_stats[2], tail_stats[2]) if value is not None]
         return DeviceState(
-            device_id, row[0], c[0] + t[0], min(lows) if lows else None, max(highs) if highs else None
+            device_id,
+            row[0],
+            chunk_stats[0] + tail_stats[0],
+            min(lows) if lows else None,
+            max(highs) if highs else None,
         )
 
     @_guard
@@ -297,7 +305,7 @@ class ShardCache:
     @_guard
     def devices(self) -> list[int]:
         """The ids of every cached device."""
-        return [r[0] for r in self._conn.execute("SELECT device_id FROM devices ORDER BY device_id")]
+        return [row[0] for row in self._conn.execute("SELECT device_id FROM devices ORDER BY device_id")]
 
     @_guard
     def device_drop(self, *, device_id: int) -> None:
@@ -350,34 +358,36 @@ class ShardCache:
     def _put(self, db: sqlite3.Connection, device_id: int, batch: list[dict]) -> None:
         row = db.execute("SELECT max(last) FROM chunks WHERE device_id = ?", (device_id,)).fetchone()
         boundary = row[0] if row[0] is not None else -math.inf
-        late = [m for m in batch if m["timestamp"] <= boundary]
-        newer = [m for m in batch if m["timestamp"] > boundary]
+        late = [message for message in batch if message["timestamp"] <= boundary]
+        newer = [message for message in batch if message["timestamp"] > boundary]
         if late:
             self._merge_into_chunks(db, device_id, late)
         if len(newer) >= min(DIRECT_MIN, TAIL_MAX):  # cheaper than a JSON row per message
             self._fold_tail(db, device_id, Block.from_dicts(newer))
         elif newer:
             old = {
-                t: body
-                for t, body in db.execute(
+                timestamp: body
+                for timestamp, body in db.execute(
                     "SELECT ts, body FROM tail WHERE device_id = ? AND ts >= ?",
                     (device_id, newer[0]["timestamp"]),
                 )
             }
             rows = []
-            for m in newer:
-                t = m["timestamp"]
-                body = {k: v for k, v in m.items() if k != "timestamp"}
-                text = dumps_exact({**loads_exact(old[t]), **body} if t in old else body)
-                if text != old.get(t):  # a resent message changes nothing
-                    rows.append((device_id, t, text))
+            for message in newer:
+                timestamp = message["timestamp"]
+                body = {key: value for key, value in message.items() if key != "timestamp"}
+                text = dumps_exact({**loads_exact(old[timestamp]), **body} if timestamp in old else body)
+                if text != old.get(timestamp):  # a resent message changes nothing
+                    rows.append((device_id, timestamp, text))
             db.executemany("INSERT OR REPLACE INTO tail (device_id, ts, body) VALUES (?, ?, ?)", rows)
             decoded = self._tails.get(device_id)
             if decoded is not None and rows:
                 if old or (len(decoded) and decoded.ts[-1] >= newer[0]["timestamp"]):
                     del self._tails[device_id]  # merged into stored rows: read them again
                 else:  # appended: as the rows will read back
-                    appended = Block.from_dicts([{**loads_exact(text), "timestamp": t} for _d, t, text in rows])
+                    appended = Block.from_dicts(
+                        [{**loads_exact(text), "timestamp": timestamp} for _, timestamp, text in rows]
+                    )
                     self._tails[device_id] = Block.concat([decoded, appended]) if len(decoded) else appended
             count = db.execute("SELECT count(*) FROM tail WHERE device_id = ?", (device_id,)).fetchone()[0]
             if count >= TAIL_MAX:
@@ -392,7 +402,9 @@ class ShardCache:
         decoded = self._tails.get(device_id)
         if decoded is None:
             rows = db.execute("SELECT ts, body FROM tail WHERE device_id = ? ORDER BY ts", (device_id,)).fetchall()
-            decoded = Block.from_dicts([{**loads_exact(body), "timestamp": t} for t, body in rows])
+            decoded = Block.from_dicts(
+                [{**loads_exact(body), "timestamp": timestamp} for timestamp, body in rows]
+            )
             if len(self._tails) >= TAILS_KEPT:
                 del self._tails[next(iter(self._tails))]
             self._tails[device_id] = decoded
@@ -418,8 +430,8 @@ class ShardCache:
             block = self._decode(last[2], last[3]).merge(tail.take(slice(0, room)))
             self._store_chunk(db, device_id, block, replaces=last[0])
             start = room
-        for i in range(start, len(tail), CHUNK_SIZE):
-            self._store_chunk(db, device_id, tail.take(slice(i, i + CHUNK_SIZE)))
+        for offset in range(start, len(tail), CHUNK_SIZE):
+            self._store_chunk(db, device_id, tail.take(slice(offset, offset + CHUNK_SIZE)))
 
     def _store_chunk(self, db: sqlite3.Connection, device_id: int, block: Block, replaces=None) -> None:
         if replaces is not None:
@@ -446,13 +458,17 @@ class ShardCache:
         chunks = db.execute(
             "SELECT first FROM chunks WHERE device_id = ? ORDER BY first", (device_id,)
         ).fetchall()
-        firsts = np.array([r[0] for r in chunks])
-        where = np.maximum(np.searchsorted(firsts, [m["timestamp"] for m in late], "right") - 1, 0)
-        for k in np.unique(where).tolist():
-            group = [m for m, w in zip(late, where.tolist(), strict=True) if w == k]
+        firsts = np.array([row[0] for row in chunks])
+        where = np.maximum(
+            np.searchsorted(firsts, [message["timestamp"] for message in late], "right") - 1, 0
+        )
+        for chunk_index in np.unique(where).tolist():
+            group = [
+                message for message, target in zip(late, where.tolist(), strict=True) if target == chunk_index
+            ]
             first, crc, data = db.execute(
                 "SELECT first, crc, data FROM chunks WHERE device_id = ? AND first = ?",
-                (device_id, float(firsts[k])),
+                (device_id, float(firsts[chunk_index])),
             ).fetchone()
             block = self._decode(crc, data).merge(Block.from_dicts(group))
             if len(block) <= CHUNK_MAX:
@@ -469,13 +485,13 @@ class ShardCache:
         ).rowcount
         if removed:
             self._tails.pop(device_id, None)
-        for first, last, n, crc, data in db.execute(
+        for first, last, count, crc, data in db.execute(
             "SELECT first, last, n, crc, data FROM chunks WHERE device_id = ? AND first <= ? AND last >= ?",
             (device_id, hi, lo),
         ).fetchall():
             if first >= lo and last <= hi:
                 db.execute("DELETE FROM chunks WHERE device_id = ? AND first = ?", (device_id, first))
-                removed += n
+                removed += count
                 continue
             block = self._decode(crc, data)
             inside = (block.ts >= lo) & (block.ts <= hi)
@@ -501,9 +517,12 @@ class ShardCache:
             ids = (
                 [device_id]
                 if device_id is not None
-                else [r[0] for r in db.execute("SELECT device_id FROM devices")]
+                else [row[0] for row in db.execute("SELECT device_id FROM devices")]
             )
-            return sum(self._remove(db, d, -math.inf, math.nextafter(before, -math.inf)) for d in ids)
+            return sum(
+                self._remove(db, expiring_id, -math.inf, math.nextafter(before, -math.inf))
+                for expiring_id in ids
+            )
 
     @_guard
     def messages_read(self, *, device_id: int, begin: float = -math.inf, end: float = math.inf) -> Messages:
@@ -524,13 +543,13 @@ class ShardCache:
         blocks = [self._decode(crc, data) for crc, data in rows]
         if blocks:
             ts = blocks[0].ts
-            i = int(np.searchsorted(ts, begin, "left"))
-            if i:
-                blocks[0] = blocks[0].take(slice(i, None))
+            start = int(np.searchsorted(ts, begin, "left"))
+            if start:
+                blocks[0] = blocks[0].take(slice(start, None))
             ts = blocks[-1].ts
-            j = int(np.searchsorted(ts, end, "left"))
-            if j < len(ts):
-                blocks[-1] = blocks[-1].take(slice(0, j))
+            stop = int(np.searchsorted(ts, end, "left"))
+            if stop < len(ts):
+                blocks[-1] = blocks[-1].take(slice(0, stop))
         block = Block.concat([*blocks, tail])
         if not block.ts.flags.writeable:
             block = block.take(np.arange(len(block)))  # own the arrays rather than view the blob
@@ -569,17 +588,21 @@ class ShardCache:
             self._mark(db, key, marker)
             db.executemany(
                 "DELETE FROM intervals WHERE calc_id = ? AND device_id = ? AND id = ?",
-                [(*key, d["id"]) for d in diff.deleted],
+                [(*key, interval["id"]) for interval in diff.deleted],
             )
             rows = []
             engine_keys = set(diff.engine_keys)
-            for d in diff.updated:
+            for interval in diff.updated:
                 old = db.execute(
                     "SELECT body FROM intervals WHERE calc_id = ? AND device_id = ? AND id = ?",
-                    (*key, d["id"]),
+                    (*key, interval["id"]),
                 ).fetchone()
-                user = {k: v for k, v in loads_exact(old[0]).items() if k not in engine_keys} if old else {}
-                rows.append({**user, **d})
+                user = (
+                    {field: value for field, value in loads_exact(old[0]).items() if field not in engine_keys}
+                    if old
+                    else {}
+                )
+                rows.append({**user, **interval})
             rows.extend(diff.created)
             self._put_intervals(db, key, rows)
 
@@ -634,12 +657,12 @@ class ShardCache:
         ]
 
     @_guard
-    def interval_before(self, *, calc_id: int, device_id: int, t: float) -> dict | None:
-        """The stored interval with the largest begin before ``t``, or ``None``."""
+    def interval_before(self, *, calc_id: int, device_id: int, moment: float) -> dict | None:
+        """The stored interval with the largest begin before ``moment``, or ``None``."""
         row = self._conn.execute(
             "SELECT body FROM intervals WHERE calc_id = ? AND device_id = ? AND begin < ?"
             " ORDER BY begin DESC, id DESC LIMIT 1",
-            (calc_id, device_id, t),
+            (calc_id, device_id, moment),
         ).fetchone()
         return loads_exact(row[0]) if row else None
 
@@ -672,8 +695,8 @@ class AssignmentReader:
     def read_intervals(self, begin: float, end: float) -> list[dict]:
         return self.cache.intervals_read(calc_id=self.calc_id, device_id=self.device_id, begin=begin, end=end)
 
-    def interval_before(self, t: float) -> dict | None:
-        return self.cache.interval_before(calc_id=self.calc_id, device_id=self.device_id, t=t)
+    def interval_before(self, moment: float) -> dict | None:
+        return self.cache.interval_before(calc_id=self.calc_id, device_id=self.device_id, moment=moment)
 
     @property
     def newest(self) -> float | None:

@@ -428,7 +428,12 @@ class DebounceTimers:
         order = [shard for shard, pairs in assignments.items() if pairs]
         timeout = _duration_ms(run_timeout, "run_timeout")
         calls = [
-            (self.keys(shard), [_ms(now), timeout] + [_member(c, d) for c, d in assignments[shard]]) for shard in order
+            (
+                self.keys(shard),
+                [_ms(now), timeout]
+                + [_member(calc_id, device_id) for calc_id, device_id in assignments[shard]],
+            )
+            for shard in order
         ]
         claims = {}
         for shard, reply in zip(order, self._many(self._claim, calls), strict=True):

@@ -199,9 +199,9 @@ class ShardLeases:
         return Balance(
             target=target,
             held=held,
-            acquired={s: e for s, e in held.items() if previous.get(s) != e},
-            extra={s: held[s] for s in ordered[target:]},
-            lost={s: e for s, e in previous.items() if held.get(s) != e},
+            acquired={shard: epoch for shard, epoch in held.items() if previous.get(shard) != epoch},
+            extra={shard: held[shard] for shard in ordered[target:]},
+            lost={shard: epoch for shard, epoch in previous.items() if held.get(shard) != epoch},
         )
 
     def leave(self) -> None:
@@ -216,7 +216,7 @@ class ShardLeases:
         members = self.client.zrangebyscore(
             self._workers_key(), f"({seconds * 1000 + micros // 1000}", "+inf"
         )
-        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        return sorted(member.decode() if isinstance(member, bytes) else str(member) for member in members)
 
 
 @dataclass(frozen=True)

@@ -36,30 +36,30 @@ def _make_step(worker: ShardWorker):
 
         requires = {"celery.worker.consumer.tasks:Tasks"}
 
-        def start(self, c):
-            self.tick(c)
-            self.timer = c.timer.call_repeatedly(BALANCE_EVERY, self.tick, (c,), priority=10)
+        def start(self, consumer):
+            self.tick(consumer)
+            self.timer = consumer.timer.call_repeatedly(BALANCE_EVERY, self.tick, (consumer,), priority=10)
 
-        def tick(self, c):
+        def tick(self, consumer):
             try:
                 gained, lost = worker.rebalance()
             except Exception:  # Redis or a database away: try again next tick
                 logger.exception("calc %s: balancing the shard leases failed", worker.region)
                 return
             for shard in lost:
-                c.cancel_task_queue(shard_queue(worker.region, shard))
+                consumer.cancel_task_queue(shard_queue(worker.region, shard))
             for shard in gained:
-                c.add_task_queue(shard_queue(worker.region, shard))
+                consumer.add_task_queue(shard_queue(worker.region, shard))
             if gained or lost:
                 logger.info("calc %s: %s holds shards %s (gained %s, lost %s)", worker.region, worker.worker_id,
                             sorted(worker.held), gained, lost)
 
-        def stop(self, c):
+        def stop(self, consumer):
             timer = getattr(self, "timer", None)
             if timer is not None:
                 timer.cancel()
 
-        def shutdown(self, c):
+        def shutdown(self, consumer):
             worker.leave()
 
     return ShardQueues

@@ -18,7 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--region", required=True, help="the region to pump")
 
     def handle(self, *args, region, **options):
-        codes = [r.code for r in settings.TOPOLOGY.regions]
+        codes = [region.code for region in settings.TOPOLOGY.regions]
         if region not in codes:
             raise CommandError(f"unknown region {region!r}; regions: {', '.join(codes)}")
         aliases = region_aliases(region)

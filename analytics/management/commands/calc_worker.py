@@ -14,7 +14,7 @@ class Command(BaseCommand):
         parser.add_argument("--loglevel", default="INFO")
 
     def handle(self, *args, region, lease_ttl, loglevel, **options):
-        codes = [r.code for r in settings.TOPOLOGY.regions]
+        codes = [region.code for region in settings.TOPOLOGY.regions]
         if region not in codes:
             raise CommandError(f"unknown region {region!r}; regions: {', '.join(codes)}")
         run_calc_worker(region=region, data_dir=settings.CALC_DATA_DIR, lease_ttl=lease_ttl, loglevel=loglevel)

@@ -82,7 +82,10 @@ class Command(BaseCommand):
 
         def write(chunk: list[importers.Record]) -> None:
             tally.add(
-                chunk, messages_ingest(devices=[device], messages=[r.message for r in chunk], source="import")
+                chunk,
+                messages_ingest(
+                    devices=[device], messages=[record.message for record in chunk], source="import"
+                ),
             )
             progress.update(raw.tell() - progress.n)
             progress.set_postfix(messages=tally.read, refresh=False)

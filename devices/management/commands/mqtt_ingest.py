@@ -18,7 +18,10 @@ class Command(BaseCommand):
             for region in settings.TOPOLOGY.regions
             if not settings.SERVED_REGION or region.code == settings.SERVED_REGION
         ]
-        self.stdout.write(f"ingesting {options['pattern']} in regions {', '.join(c.region for c in consumers)}")
+        self.stdout.write(
+            f"ingesting {options['pattern']} in regions "
+            f"{', '.join(consumer.region for consumer in consumers)}"
+        )
         counts = run_loops(consumers, name="mqtt_ingest", log_every=options["log_every"])
         for consumer in consumers:
             done = counts[consumer.name]

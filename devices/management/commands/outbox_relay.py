@@ -18,7 +18,9 @@ class Command(BaseCommand):
             OutboxRelay(alias=dc.alias, mqtt_url=region.mqtt_url, topic_root=settings.MQTT_TOPIC_ROOT)
             for region, dc in served_datacenters(codes=options["datacenter"])
         ]
-        self.stdout.write(f"relaying {len(relays)} datacenter outbox(es): {', '.join(r.alias for r in relays)}")
+        self.stdout.write(
+            f"relaying {len(relays)} datacenter outbox(es): {', '.join(relay.alias for relay in relays)}"
+        )
         counts = run_loops(relays, name="outbox_relay", log_every=options["log_every"])
         for relay in relays:
             done = counts[relay.name]

@@ -181,14 +181,14 @@ def account_move(
         subtree = list(
             Account.objects.filter(path__startswith=account.path, region=region).select_related("datacenter")
         )
-        astray = [a for a in subtree if a.datacenter_id not in (account.datacenter_id, destination.pk)]
+        astray = [other for other in subtree if other.datacenter_id not in (account.datacenter_id, destination.pk)]
         if astray:
             raise MoveRefused(
                 f"account {astray[0].pk} of the subtree is in datacenter {astray[0].datacenter.code}: move it "
                 f"to {target} (or to {account.datacenter.code}) first",
                 field="account",
             )
-        moving = sorted(a.pk for a in subtree if a.datacenter_id == account.datacenter_id)
+        moving = sorted(other.pk for other in subtree if other.datacenter_id == account.datacenter_id)
         source_alias = alias_for_datacenter(account.datacenter.code)
         target_alias = alias_for_datacenter(target)
         if dry_run:
@@ -321,7 +321,7 @@ def _catch_up(
         copied[entry.table] = _ids(
             source, f"SELECT id FROM {entry.table} WHERE {entry.device_column} = ANY(%s) ORDER BY id", [devices]
         )
-        columns_of = ", ".join(c for c in _columns(target, entry.table) if c != "id")
+        columns_of = ", ".join(column for column in _columns(target, entry.table) if column != "id")
         _stream(source, target, f"SELECT {columns_of} FROM {entry.table} WHERE id = ANY(%s) ORDER BY id",
                 [copied[entry.table]], f"COPY {entry.table} ({columns_of}) FROM STDIN (FORMAT binary)", report,
                 entry.table)
@@ -354,7 +354,7 @@ def _upsert(source, target, entry: RegionalTable, ids: list[int], report: MoveRe
     target.execute(f"CREATE TEMP TABLE {stage} (LIKE {entry.table}) ON COMMIT DROP")
     _stream(source, target, entry.select, [ids], f"COPY {stage} FROM STDIN (FORMAT binary)", report, None)
     target.execute(f"DELETE FROM {entry.table} WHERE {entry.selection} AND id NOT IN (SELECT id FROM {stage})", [ids])
-    updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in columns if c != "id")
+    updates = ", ".join(f'"{column}" = EXCLUDED."{column}"' for column in columns if column != "id")
     target.execute(f"INSERT INTO {entry.table} SELECT * FROM {stage} ON CONFLICT (id) DO UPDATE SET {updates}")
 
 

@@ -80,7 +80,7 @@ def device_acls(*, root: str, ingest_pattern: str, device_id: int, ident: str) -
 def subscriber_acls(*, root: str) -> list[dict[str, Any]]:
     # Mosquitto checks a shared subscription with its $share/<group>/ prefix
     patterns = subscribe_patterns(root=root)
-    return [acl("subscribePattern", pattern) for pattern in (*patterns, *(f"$share/+/{p}" for p in patterns))]
+    return [acl("subscribePattern", pattern) for pattern in (*patterns, *(f"$share/+/{pattern}" for pattern in patterns))]
 
 
 def platform_acls() -> list[dict[str, Any]]:
@@ -108,8 +108,8 @@ def config_with_platform(config: dict[str, Any], *, root: str, platform_username
     as they are now; the tokens' clients and the account roles stay."""
     base = base_config(root=root, platform_username=platform_username, platform_password=platform_password)
     config["defaultACLAccess"] = DEFAULT_ACCESS
-    config["clients"] = [c for c in config.get("clients", []) if c.get("username") != platform_username] + base["clients"]
-    config["roles"] = [r for r in config.get("roles", []) if r.get("rolename") not in (PLATFORM_ROLE, SUBSCRIBER_ROLE)] + base["roles"]
+    config["clients"] = [client for client in config.get("clients", []) if client.get("username") != platform_username] + base["clients"]
+    config["roles"] = [role for role in config.get("roles", []) if role.get("rolename") not in (PLATFORM_ROLE, SUBSCRIBER_ROLE)] + base["roles"]
     config.setdefault("groups", [])
     return config
 
@@ -198,12 +198,12 @@ def _push(region: str, commands: list[dict[str, Any]], *, what: str) -> None:
 
     def send() -> None:
         try:
-            errors = [r["error"] for r in control_for(_broker_of(region)).send(commands) if r.get("error")]
+            errors = [reply["error"] for reply in control_for(_broker_of(region)).send(commands) if reply.get("error")]
         except DynsecError as error:
             logger.warning("Mosquitto access for %s not pushed (%s); the next mqtt_sync repairs it", what, error)
             return
         tolerated = ("already exists", "not found", "Role not found", "Client not found")
-        errors = [e for e in errors if not any(t in e for t in tolerated)]
+        errors = [error for error in errors if not any(known in error for known in tolerated)]
         if errors:
             logger.warning("Mosquitto refused access commands for %s: %s", what, "; ".join(errors))
 
@@ -358,8 +358,8 @@ def dynsec_reconcile(*, url: str, regions: Iterable[str]) -> ReconcileReport:
     accounts = dict(Account.objects.filter(region__code__in=regions).values_list("pk", "path"))
     wanted: dict[str, set[tuple[str, str]]] = {account_role(pk): set() for pk in accounts}
     for device in device_owners().devices_of(regions=regions):
-        entries = {(e["acltype"], e["topic"]) for e in device_acls(root=root, ingest_pattern=pattern,
-                                                                  device_id=device.device_id, ident=device.ident)}
+        acls = device_acls(root=root, ingest_pattern=pattern, device_id=device.device_id, ident=device.ident)
+        entries = {(entry["acltype"], entry["topic"]) for entry in acls}
         for owner in accounts.get(device.account_id, "").split("/"):
             if owner:
                 wanted.setdefault(account_role(int(owner)), set()).update(entries)
@@ -368,7 +368,7 @@ def dynsec_reconcile(*, url: str, regions: Iterable[str]) -> ReconcileReport:
     commands: list[dict[str, Any]] = [{"command": "setDefaultACLAccess", "acls": [
         {"acltype": kind, "allow": allow} for kind, allow in DEFAULT_ACCESS.items()]}]
     roles = control.send([{"command": "listRoles", "verbose": True}])[0].get("data", {}).get("roles", [])
-    present = {role["rolename"]: {(a["acltype"], a["topic"]) for a in role.get("acls", [])} for role in roles}
+    present = {role["rolename"]: {(entry["acltype"], entry["topic"]) for entry in role.get("acls", [])} for role in roles}
     for name, acls in wanted.items():
         have = present.get(name)
         if have is None:
@@ -393,8 +393,8 @@ def dynsec_reconcile(*, url: str, regions: Iterable[str]) -> ReconcileReport:
         username = client["username"]
         roles_wanted = {SUBSCRIBER_ROLE, account_role(account_id)}
         roles_have = {role["rolename"] for role in client.get("roles", [])}
-        commands += [{"command": "addClientRole", "username": username, "rolename": r} for r in sorted(roles_wanted - roles_have)]
-        commands += [{"command": "removeClientRole", "username": username, "rolename": r} for r in sorted(roles_have - roles_wanted)]
+        commands += [{"command": "addClientRole", "username": username, "rolename": rolename} for rolename in sorted(roles_wanted - roles_have)]
+        commands += [{"command": "removeClientRole", "username": username, "rolename": rolename} for rolename in sorted(roles_have - roles_wanted)]
         refused = token_refusal(token_id=pk, enabled=enabled, expire=expire, ttl=ttl, created=created,
                                 last_used=last_used, now=now)
         if bool(refused) != bool(client.get("disabled")):

@@ -159,7 +159,7 @@ def accounts_delete(*, accounts: Iterable[Account]) -> None:
     (``accounts.regional_data``) in each datacenter, the ident claims, the tokens and the
     accounts. An account inside the subtree of another one is deleted with it."""
     paths = sorted({account.path for account in accounts})
-    roots = [path for position, path in enumerate(paths) if not any(path.startswith(p) for p in paths[:position])]
+    roots = [path for position, path in enumerate(paths) if not any(path.startswith(earlier) for earlier in paths[:position])]
     if not roots:
         return
     within = Q()

@@ -358,8 +358,8 @@ def dynsec_reconcile(*, url: str, regions: Iterable[str]) -> ReconcileReport:
     accounts = dict(Account.objects.filter(region__code__in=regions).values_list("pk", "path"))
     wanted: dict[str, set[tuple[str, str]]] = {account_role(pk): set() for pk in accounts}
     for device in device_owners().devices_of(regions=regions):
-        acls = device_acls(root=root, ingest_pattern=pattern, device_id=device.device_id, ident=device.ident)
-        entries = {(entry["acltype"], entry["topic"]) for entry in acls}
+        granted = device_acls(root=root, ingest_pattern=pattern, device_id=device.device_id, ident=device.ident)
+        entries = {(entry["acltype"], entry["topic"]) for entry in granted}
         for owner in accounts.get(device.account_id, "").split("/"):
             if owner:
                 wanted.setdefault(account_role(int(owner)), set()).update(entries)

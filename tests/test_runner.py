@@ -26,9 +26,9 @@ from devices.outbox import OutboxRelay
 from devices.services import messages_ingest
 from devices.storage import messages_read
 from flespi_site import metrics
-from flespi_site.mqtt import client as mqtt
 from flespi_site.constants import RELAY_LOCK
 from flespi_site.maintenance import QueueVacuum
+from flespi_site.mqtt import client as mqtt
 from flespi_site.runner import Backoff, Loop, PeriodicLoop, run_loops
 from tests.support.mqtt import PrivateBroker, Subscriber
 

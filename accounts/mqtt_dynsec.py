@@ -459,3 +459,29 @@ def mosquitto_setup(*, directory, port: int, root: str, platform_username: str, 
             if mode & 0o001 == 0:
                 parent.chmod(mode | 0o001)
     return conf
+
+
+@dataclass
+class BrokerReconciled:
+    """What reconciling one broker did (``report``), or why it could not (``problem``)."""
+
+    url: str
+    regions: list[str]
+    report: ReconcileReport | None = None
+    problem: str | None = None
+
+
+def dynsec_reconcile_served() -> list[BrokerReconciled]:
+    """Reconcile the broker of every region this process serves, once each (regions sharing a
+    broker together); a broker that cannot be reached is reported and the others still done."""
+    brokers: dict[str, list[str]] = {}
+    for region in settings.TOPOLOGY.regions:
+        if not settings.SERVED_REGION or region.code == settings.SERVED_REGION:
+            brokers.setdefault(region.mqtt_url, []).append(region.code)
+    done = []
+    for url, regions in brokers.items():
+        try:
+            done.append(BrokerReconciled(url, regions, report=dynsec_reconcile(url=url, regions=regions)))
+        except DynsecError as error:
+            done.append(BrokerReconciled(url, regions, problem=str(error)))
+    return done

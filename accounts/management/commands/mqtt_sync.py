@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts.mqtt_dynsec import DynsecError, dynsec_reconcile
+from accounts.mqtt_dynsec import dynsec_reconcile_served
 from flespi_site.runner import PeriodicLoop, run_loops
 
 
@@ -23,24 +23,19 @@ class Command(BaseCommand):
 
     def reconcile_all(self) -> int:
         """Reconcile every served region's broker once; returns how many commands it sent."""
-        brokers: dict[str, list[str]] = {}
-        for region in settings.TOPOLOGY.regions:
-            if not settings.SERVED_REGION or region.code == settings.SERVED_REGION:
-                brokers.setdefault(region.mqtt_url, []).append(region.code)
         sent = 0
-        for url, regions in brokers.items():
-            try:
-                report = dynsec_reconcile(url=url, regions=regions)
-            except DynsecError as error:
-                self.stderr.write(f"{url}: {error}")
+        for broker in dynsec_reconcile_served():
+            if broker.report is None:
+                self.stderr.write(f"{broker.url}: {broker.problem}")
                 continue
+            report = broker.report
             sent += report.commands
-            self.stdout.write(f"{url} ({', '.join(regions)}): {report.commands} commands")
+            self.stdout.write(f"{broker.url} ({', '.join(broker.regions)}): {report.commands} commands")
             if report.tokens_without_client:
                 self.stderr.write(
-                    f"{url}: tokens {report.tokens_without_client} have no client on the broker (it lost its "
-                    "dynamic-security file after they were made): create new tokens for their MQTT clients"
+                    f"{broker.url}: tokens {report.tokens_without_client} have no client on the broker (it lost "
+                    "its dynamic-security file after they were made): create new tokens for their MQTT clients"
                 )
             for refusal in report.errors:
-                self.stderr.write(f"{url}: {refusal}")
+                self.stderr.write(f"{broker.url}: {refusal}")
         return sent

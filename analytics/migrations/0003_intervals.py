@@ -29,7 +29,7 @@ CREATE INDEX intervals_end_idx ON intervals (calc_id, device_id, "end");
 -- An assignment's intervals (and its retained state on the broker) go with it, however it is deleted (unassigned, its calculator or its
 -- device deleted through the ORM's cascade). A trigger rather than a foreign key: Django's test
 -- flush truncates the assignments table, which a foreign key would forbid. Writers of intervals
--- lock their assignment row first (analytics.services.intervals_apply), so none can insert
+-- lock their assignment row first (analytics.storage.assignments_lock), so none can insert
 -- intervals of an assignment that is being deleted.
 CREATE FUNCTION intervals_of_assignment_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE

@@ -12,9 +12,10 @@ persistence.
 - ``PlatformBroker`` fixes what amqtt 0.12 does not check: retained messages sent on subscribe
   and on reconnect go through the RECEIVE check and only for the session's own subscriptions.
 
-The broker runs in a child process of the embedded services (``python -m flespi_site.embedded
+The broker runs in a child process of the embedded services (``python -m devtools.embedded
 mqtt-broker``), which sets Django up and gives the broker its ``Access``
-(``accounts.mqtt_access.BrokerAccess``, reading the control database).
+(``settings.MQTT_BROKER_ACCESS``: ``accounts.mqtt_access.BrokerAccess``, reading the control
+database).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def celery_app(region: str) -> Celery:
     url = settings.TOPOLOGY.region(region).redis_url
     # No Django fixup: the processes are Django's already (``manage.py``), and the fixup closes
     # every database connection before and after each task, so that each task of a calc worker
-    # opened one per datacenter again. The worker keeps Django's rule instead (``calc_process``).
+    # opened one per datacenter again. The worker keeps Django's rule instead (``analytics.fleet.process``).
     app = Celery(f"flespi-{region}", broker=url, set_as_current=False, fixups=[])
     app.conf.update(
         task_ignore_result=True,

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
+from kombu.transport.redis import PRIORITY_STEPS, Channel
+
 logger = logging.getLogger(__name__)
 
 
@@ -159,6 +161,12 @@ def region_prefix(region: str) -> str:
 def celery_prefix(region: str) -> str:
     """Where the region's Celery app keeps its queues and its unacknowledged messages."""
     return f"{region_prefix(region)}celery:"
+
+
+def queue_keys(region: str, shard: int) -> list[str]:
+    """The Redis lists of a shard's Celery queue: kombu keeps one per priority step."""
+    prefix, queue = celery_prefix(region), shard_queue(region, shard)
+    return [f"{prefix}{queue}{Channel.sep}{step}" if step else f"{prefix}{queue}" for step in PRIORITY_STEPS]
 
 
 def unacked_key(region: str) -> str:

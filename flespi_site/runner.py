@@ -69,6 +69,7 @@ class Loop(ABC):
         self._stopping = threading.Event()
         self.errors = 0
         self.failures_in_a_row = 0
+        self._ready = False
 
     def setup(self) -> None:  # noqa: B027 - optional: most loops need none
         """Before the first step; an exception here is a failed step (tried again later)."""
@@ -95,23 +96,28 @@ class Loop(ABC):
     @final
     def run(self) -> None:
         """Step until ``stop()``, under the failure policy of the module's docstring."""
-        ready = False
         try:
             while not self.stopping.is_set():
-                try:
-                    if not ready:
-                        self.setup()
-                        ready = True
-                    pause = self.step()
-                except Exception as error:
-                    pause = self._failed(error)
-                else:
-                    if self.failures_in_a_row:
-                        logger.info("%s: working again after %d failed step(s)", self.name, self.failures_in_a_row)
-                        self.failures_in_a_row = 0
-                self.stopping.wait(pause)
+                self.stopping.wait(self.attempt())
         finally:
             self.teardown()
+
+    @final
+    def attempt(self) -> float:
+        """One step (after ``setup()``, until it has succeeded) under the failure policy; returns
+        the pause before the next. ``run`` calls it; a loop that another scheduler drives (the calc
+        worker's lease balance, in Celery's consumer timer) calls it directly."""
+        try:
+            if not self._ready:
+                self.setup()
+                self._ready = True
+            pause = self.step()
+        except Exception as error:
+            return self._failed(error)
+        if self.failures_in_a_row:
+            logger.info("%s: working again after %d failed step(s)", self.name, self.failures_in_a_row)
+            self.failures_in_a_row = 0
+        return pause
 
     def _failed(self, error: Exception) -> float:
         self.errors += 1

@@ -30,6 +30,7 @@ from flespi_site.constants import RELAY_LOCK
 from flespi_site.maintenance import QueueVacuum
 from flespi_site.mqtt import client as mqtt
 from flespi_site.runner import Backoff, Loop, PeriodicLoop, run_loops
+from tests.support import waiting
 from tests.support.mqtt import PrivateBroker, Subscriber
 
 QUICK = Backoff(first=0.02, most=0.1)
@@ -42,10 +43,7 @@ def signal_soon(signum: int, after: float) -> threading.Timer:
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 15.0, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    waiting.wait_until(condition, timeout=timeout, every=0.02, what=what)
 
 
 class Counting(Loop):

@@ -8,6 +8,7 @@ from typing import Any
 
 from accounts.regional_admin import as_utc
 from analytics import selectors
+from analytics.engine.interval_fields import INTERVAL_FIELDS
 from analytics.models import Assignment
 
 INTERVALS_PER_PAGE = 100
@@ -37,7 +38,7 @@ def intervals_page(*, assignment: Assignment, before: int | None) -> dict[str, A
     more = len(page) > INTERVALS_PER_PAGE
     page = page[:INTERVALS_PER_PAGE]
     counters = [counter["name"] for counter in assignment.calculator.counters]
-    shown = {"id", "begin", "end", "duration", "timestamp", "calc_id", "device_id", *counters}
+    shown = {*INTERVAL_FIELDS, *counters}
     rows = [
         {
             "id": interval["id"],

@@ -10,6 +10,7 @@ from typing import Any
 from accounts.regional_admin import as_utc
 from analytics import selectors
 from analytics.admin.common import DAY, MAX_TIMELINE_INTERVALS
+from analytics.engine.interval_fields import INTERVAL_FIELDS
 from analytics.models import Assignment
 from devices import selectors as device_selectors
 from devices.admin import HasPosition
@@ -17,7 +18,7 @@ from devices.admin import HasPosition
 TIMELINE_DAYS = 7  # the default range of the timeline: the week ending with the newest interval
 MAX_TIMELINE_DAYS = 62
 MAX_ROUTE_POINTS = 50_000  # positions of an interval drawn from its messages
-BASE_FIELDS = frozenset({"id", "begin", "end", "duration", "timestamp", "calc_id", "device_id"})
+BASE_FIELDS = frozenset(INTERVAL_FIELDS)
 
 
 def _day(text: str, *, field: str) -> float:

@@ -3,7 +3,8 @@ prefetch of one) of one region that consumes the queues of the shards it holds.
 
 A consumer bootstep balances the shard leases every ``BALANCE_EVERY`` seconds in the consumer's
 own loop (starting and stopping the consumption of the shards' queues there, where Celery wants
-it), and a heartbeat thread renews the leases every third of their TTL while tasks run. A shard
+it), and a heartbeat thread renews the leases every third of their TTL while tasks run; both are
+loops of ``flespi_site.runner``, which owns their failures. A shard
 whose lease is lost stops being consumed at the next balance, and anything its task tries to
 write is refused by the fence in the meantime. Run it with ``manage.py calc_worker --region eu``.
 """
@@ -24,10 +25,48 @@ from analytics.fleet import tasks
 from analytics.fleet.worker import ShardWorker
 from flespi_site.celery import celery_app
 from flespi_site.fleet import control_queue, shard_queue
+from flespi_site.runner import Loop
 
 logger = logging.getLogger(__name__)
 
 BALANCE_EVERY = 2.0
+
+
+class LeaseBalance(Loop):
+    """Balance the shard leases and consume exactly the queues of the shards held (a step of the
+    consumer's timer, where Celery wants queues changed)."""
+
+    def __init__(self, worker: ShardWorker, consumer):
+        super().__init__()
+        self.name = f"calc {worker.region}: lease balance"
+        self.worker = worker
+        self.consumer = consumer
+
+    def step(self) -> float:
+        worker = self.worker
+        gained, lost = worker.rebalance()
+        for shard in lost:
+            self.consumer.cancel_task_queue(shard_queue(worker.region, shard))
+        for shard in gained:
+            self.consumer.add_task_queue(shard_queue(worker.region, shard))
+        if gained or lost:
+            logger.info("calc %s: %s holds shards %s (gained %s, lost %s)", worker.region, worker.worker_id,
+                        sorted(worker.held), gained, lost)
+        return BALANCE_EVERY
+
+
+class LeaseHeartbeat(Loop):
+    """Renew the leases held every third of their TTL while tasks run (a thread of its own)."""
+
+    def __init__(self, worker: ShardWorker, every: float):
+        super().__init__()
+        self.name = f"calc {worker.region}: lease heartbeat"
+        self.worker = worker
+        self.every = every
+
+    def step(self) -> float:
+        self.worker.renew()
+        return self.every
 
 
 def _make_step(worker: ShardWorker):
@@ -37,22 +76,11 @@ def _make_step(worker: ShardWorker):
         requires = {"celery.worker.consumer.tasks:Tasks"}
 
         def start(self, consumer):
-            self.tick(consumer)
-            self.timer = consumer.timer.call_repeatedly(BALANCE_EVERY, self.tick, (consumer,), priority=10)
-
-        def tick(self, consumer):
-            try:
-                gained, lost = worker.rebalance()
-            except Exception:  # Redis or a database away: try again next tick
-                logger.exception("calc %s: balancing the shard leases failed", worker.region)
-                return
-            for shard in lost:
-                consumer.cancel_task_queue(shard_queue(worker.region, shard))
-            for shard in gained:
-                consumer.add_task_queue(shard_queue(worker.region, shard))
-            if gained or lost:
-                logger.info("calc %s: %s holds shards %s (gained %s, lost %s)", worker.region, worker.worker_id,
-                            sorted(worker.held), gained, lost)
+            # Every tick is one step under the runner's failure policy (Redis or a database away:
+            # logged, counted, tried again at the next tick).
+            self.balance = LeaseBalance(worker, consumer)
+            self.balance.attempt()
+            self.timer = consumer.timer.call_repeatedly(BALANCE_EVERY, self.balance.attempt, priority=10)
 
         def stop(self, consumer):
             timer = getattr(self, "timer", None)
@@ -63,14 +91,6 @@ def _make_step(worker: ShardWorker):
             worker.leave()
 
     return ShardQueues
-
-
-def _heartbeat(worker: ShardWorker, stop: threading.Event, every: float) -> None:
-    while not stop.wait(every):
-        try:
-            worker.renew()
-        except Exception:
-            logger.exception("calc %s: renewing the shard leases failed", worker.region)
 
 
 def _connections_checked(**_kwargs) -> None:
@@ -90,8 +110,8 @@ def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, loglevel: s
     task_postrun.connect(_connections_checked, weak=False)
     app.conf.task_default_queue = control_queue(region)
     app.steps["consumer"].add(_make_step(worker))
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(worker, stop, lease_ttl / 3), name="lease-heartbeat", daemon=True)
+    heartbeat = LeaseHeartbeat(worker, lease_ttl / 3)
+    beat = threading.Thread(target=heartbeat.run, name="lease-heartbeat", daemon=True)
     beat.start()
     logger.info("calc %s: worker %s starting (data in %s)", region, worker_id, worker.data_dir)
     try:
@@ -100,7 +120,7 @@ def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, loglevel: s
                   "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", app.conf.task_default_queue]
         )
     finally:
-        stop.set()
+        heartbeat.stop()
         try:
             worker.leave()
         except Exception:

@@ -18,7 +18,7 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError, connections
 from django.db.models import Count
-from kombu.transport.redis import PRIORITY_STEPS, Channel
+from kombu.transport.redis import PRIORITY_STEPS
 from prometheus_client.core import GaugeMetricFamily
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -27,7 +27,7 @@ from analytics.choices import AssignmentState
 from analytics.fleet.debounce import DebounceTimers
 from analytics.fleet.leases import leases_read
 from analytics.models import Assignment
-from flespi_site.fleet import celery_prefix, shard_queue, unacked_key
+from flespi_site.fleet import queue_keys, unacked_key
 from regions.selectors import served_datacenters
 
 logger = logging.getLogger(__name__)
@@ -95,12 +95,6 @@ def status_client(region: str) -> redis.Redis:
         socket_connect_timeout=0.5,
         retry=Retry(NoBackoff(), 0),
     )
-
-
-def queue_keys(region: str, shard: int) -> list[str]:
-    """The Redis lists of a shard's Celery queue: kombu keeps one per priority step."""
-    prefix, queue = celery_prefix(region), shard_queue(region, shard)
-    return [f"{prefix}{queue}{Channel.sep}{step}" if step else f"{prefix}{queue}" for step in PRIORITY_STEPS]
 
 
 def datacenter_status(*, code: str, alias: str) -> DatacenterStatus:

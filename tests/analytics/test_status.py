@@ -14,7 +14,7 @@ from analytics.fleet.debounce import Change, DebounceTimers
 from analytics.fleet.leases import ShardLeases
 from analytics.models import Assignment
 from flespi_site.celery import celery_app
-from flespi_site.fleet import shard_queue
+from flespi_site.fleet import queue_keys, shard_queue
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db(databases="__all__")
 
 def test_the_queue_keys_are_the_lists_kombu_writes():
     client = status.status_client("eu")
-    keys = status.queue_keys("eu", 5)
+    keys = queue_keys("eu", 5)
     before = sum(client.llen(key) for key in keys)
     app = celery_app("eu")
     try:
@@ -42,7 +42,7 @@ def test_a_region_status_reads_leases_queues_and_timers(region_client):
     timers = DebounceTimers(client, region=code)
     now = timers.now()
     timers.schedule(shard=1, changes=[Change(7, 9, 100.0, 200.0, 0.0)], now=now - 12.0)
-    client.rpush(status.queue_keys(code, 2)[0], "a", "b", "c")
+    client.rpush(queue_keys(code, 2)[0], "a", "b", "c")
 
     got = status.region_status(code=code, datacenters=[], shards=4, client=client)
 

@@ -1,31 +1,18 @@
-"""Ports on the loopback interface: a free one for a process of the test's own, and waiting
-until something listens on one."""
+"""Ports on the loopback interface: a free one for a process of the test's own (the embedded
+services' ``free_port``: a port the kernel picks, nothing listening), and waiting until something
+listens on one."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 
+from devtools.embedded import free_port, port_is_open
 from tests.support.waiting import wait_until
 
 HOST = "127.0.0.1"
 
-
-def free_port() -> int:
-    """A port nothing listens on now (the kernel's pick): for a child process, or as a service
-    that is down."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def port_is_open(port: int) -> bool:
-    try:
-        socket.create_connection((HOST, port), timeout=0.2).close()
-    except OSError:
-        return False
-    return True
+__all__ = ["free_port", "port_is_open", "wait_listening"]
 
 
 def wait_listening(port: int, *, timeout: float = 30.0, process: subprocess.Popen | None = None,

@@ -298,3 +298,49 @@ def test_the_ingest_consumer_goes_on_after_its_broker_stopped_and_its_database_s
     assert stored_timestamps(device) == [1_700_000_000.0, 1_700_000_001.0, 1_700_000_002.0]
     failures = failures_logged(caplog, consumer.name)
     assert failures and failures[0].exc_info is not None
+
+
+def test_a_loop_driven_by_another_scheduler_fails_under_the_same_policy(caplog):
+    """The calc worker's lease balance runs one step per tick of Celery's consumer timer and its
+    heartbeat in a thread: a step that raises is logged, counted and does not stop the next."""
+    from analytics.fleet.process import LeaseBalance, LeaseHeartbeat
+
+    class Worker:
+        region, worker_id, held = "eu", "calc-test", {}
+        failures = 2
+        renewed = 0
+
+        def rebalance(self):
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("Redis is away")
+            return [3], []
+
+        def renew(self):
+            self.renewed += 1
+            if self.renewed == 1:
+                raise ConnectionError("Redis is away")
+            return []
+
+    class Consumer:
+        added: list[str] = []
+
+        def add_task_queue(self, queue):
+            self.added.append(queue)
+
+        def cancel_task_queue(self, queue):
+            raise AssertionError("no shard was lost")
+
+    worker, consumer = Worker(), Consumer()
+    balance = LeaseBalance(worker, consumer)
+    balance.backoff = QUICK
+    pauses = [balance.attempt() for _ in range(3)]
+    assert balance.errors == 2 and balance.failures_in_a_row == 0
+    assert consumer.added == ["calc.eu.3"] and pauses[-1] == 2.0
+    assert "calc eu: lease balance: working again after 2 failed step(s)" in caplog.text
+
+    heartbeat = LeaseHeartbeat(worker, every=0.01)
+    heartbeat.backoff = QUICK
+    with Running(heartbeat):
+        wait_until(lambda: worker.renewed >= 3, what="renewals after a failed one")
+    assert heartbeat.errors == 1

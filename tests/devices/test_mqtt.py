@@ -130,7 +130,7 @@ class Outage:
         assert self.relay.wait_connected(30), "the relay did not reconnect"
         assert self.subscriber.subscribed.wait(30), "the subscriber did not reconnect"
         drain(self.relay, self.alias, timeout=60)
-        return self.subscriber.wait_for_messages(expected, timeout=30)
+        return self.subscriber.wait_for_distinct(expected, timeout=30)
 
 
 @pytest.fixture

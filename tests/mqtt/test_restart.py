@@ -58,7 +58,7 @@ def offline_backlog_survives(broker_url, restart, clients, *, subscriber_login, 
 
     back = clients(broker_url, *subscriber_login, client_id=client_id, clean_session=False)
     assert back.connect()
-    received = back.wait_for(QUEUED, timeout=120)
+    back.wait_for_distinct(QUEUED, timeout=120)
     time.sleep(0.5)
     received = back.received()
     assert {topic for topic, _ in received} == {own}

@@ -150,6 +150,19 @@ class Subscriber:
         poll(lambda: len(self.records) >= count, timeout=timeout, every=0.02)
         return self.messages
 
+    def wait_for_distinct(self, count: int, timeout: float = 15.0) -> list[tuple[str, object]]:
+        """``messages`` once ``count`` distinct (topic, payload) pairs have arrived, or when
+        ``timeout`` has passed. QoS 1 is at least once: after a broker restart the messages it had
+        sent but whose acknowledgement it had not saved come again, and counting them would stop
+        the wait before the last new ones arrive."""
+
+        def distinct() -> int:
+            with self._lock:
+                return len({(record.topic, record.payload) for record in self.records})
+
+        poll(lambda: distinct() >= count, timeout=timeout, every=0.05)
+        return self.messages
+
 
 def mosquitto() -> str | None:
     """The Mosquitto binary, when installed."""

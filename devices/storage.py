@@ -470,3 +470,53 @@ def changes_shards(*, alias: str) -> set[int]:
     with connections[alias].cursor() as cursor:
         cursor.execute("SELECT DISTINCT shard FROM message_changes")
         return {row[0] for row in cursor.fetchall()}
+
+
+# -- drains of the change log: numbered per shard, so that a cache can tell what it missed --------
+
+
+def drains_record(*, alias: str, ranges: Mapping[int, Mapping[int, tuple[int, int]]]) -> dict[int, int]:
+    """Number and keep what a drain took, in the caller's transaction (fenced by the shards'
+    epochs, so one holder at a time numbers a shard's drains): ``ranges`` is shard -> device id ->
+    (begin, end) µs. Returns shard -> the drain's number, one more than the shard's last."""
+    if not ranges:
+        return {}
+    rows = [
+        {"shard": shard, "ranges": [[device_id, begin, end] for device_id, (begin, end) in sorted(devices.items())]}
+        for shard, devices in sorted(ranges.items())
+    ]
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO shard_drains (shard, seq, ranges) "
+            "SELECT x.shard, coalesce((SELECT max(d.seq) FROM shard_drains d WHERE d.shard = x.shard), 0) + 1, x.ranges "
+            "FROM jsonb_to_recordset(%s::jsonb) AS x(shard integer, ranges jsonb) RETURNING shard, seq",
+            [dumps_exact(rows).decode()],
+        )
+        return {int(shard): int(seq) for shard, seq in cursor.fetchall()}
+
+
+def drains_head(*, alias: str, shard: int) -> int:
+    """The number of the shard's last drain (0: never drained)."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT coalesce(max(seq), 0) FROM shard_drains WHERE shard = %s", [shard])
+        return int(cursor.fetchone()[0])
+
+
+def drains_since(*, alias: str, shard: int, after: int) -> list[tuple[int, list[tuple[int, int, int]]]]:
+    """The shard's drains numbered above ``after``, in order: (number, [(device id, begin, end)])."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT seq, ranges::text FROM shard_drains WHERE shard = %s AND seq > %s ORDER BY seq",
+                       [shard, after])
+        return [(int(seq), [tuple(item) for item in loads_exact(ranges)]) for seq, ranges in cursor.fetchall()]
+
+
+def drains_prune(*, alias: str, older_than: float) -> int:
+    """Forget drains older than ``older_than`` seconds, except each shard's last (its number must
+    never be given again); returns how many went."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM shard_drains d WHERE d.drained < now() - make_interval(secs => %s) "
+            "AND d.seq < (SELECT max(l.seq) FROM shard_drains l WHERE l.shard = d.shard)",
+            [older_than],
+        )
+        return cursor.rowcount

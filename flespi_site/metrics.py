@@ -62,6 +62,27 @@ RECALCULATION_SECONDS = Histogram(
     ["region"],
     buckets=LATENCY_BUCKETS,
 )
+SHARDS_GAINED = Counter(
+    "flespi_calc_shards_gained",
+    "Shard leases a calc worker took (at its start, or from a worker that left or died), by worker.",
+    ["region", "worker"],
+)
+CACHE_CAUGHT_UP = Counter(
+    "flespi_calc_cache_caught_up_devices",
+    "Devices of a cache that came back to a shard behind its change log: read again over the ranges "
+    "it missed (ranged) or dropped to be refilled (dropped).",
+    ["region", "how"],
+)
+DEVICES_FILLED = Counter(
+    "flespi_calc_devices_filled",
+    "Devices copied whole from PostgreSQL into a calc worker's cache.",
+    ["region", "datacenter"],
+)
+MESSAGES_FILLED = Counter(
+    "flespi_calc_messages_filled",
+    "Messages copied into calc workers' caches by whole-device fills.",
+    ["region", "datacenter"],
+)
 LOOP_ERRORS = Counter(
     "flespi_loop_errors",
     "Failed steps of the long-running loops (relay, MQTT ingest, purge, pump, sealer, vacuum), by loop.",
@@ -119,6 +140,24 @@ def recalculation_done(*, region: str, seconds: float, assignments: int = 1) -> 
     """One recalculation run of a calc worker that stored ``assignments`` assignments' results."""
     RECALCULATIONS.labels(region).inc(assignments)
     RECALCULATION_SECONDS.labels(region).observe(seconds)
+
+
+def shards_gained(*, region: str, worker: str, count: int) -> None:
+    if count:
+        SHARDS_GAINED.labels(region, worker).inc(count)
+
+
+def cache_caught_up(*, region: str, ranged: int, dropped: int) -> None:
+    if ranged:
+        CACHE_CAUGHT_UP.labels(region, "ranged").inc(ranged)
+    if dropped:
+        CACHE_CAUGHT_UP.labels(region, "dropped").inc(dropped)
+
+
+def device_filled(*, alias: str, messages: int) -> None:
+    place = place_of(alias)
+    DEVICES_FILLED.labels(*place).inc()
+    MESSAGES_FILLED.labels(*place).inc(messages)
 
 
 def loop_failed(*, loop: str) -> None:

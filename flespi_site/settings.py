@@ -178,6 +178,10 @@ CALC_DATA_DIR = os.environ.get("CALC_DATA_DIR") or str(BASE_DIR / "var" / "calc"
 # Seconds a calc worker's shard lease lasts without renewal: how long a dead worker's shards wait
 # before another worker takes them.
 CALC_LEASE_TTL = float(os.environ.get("CALC_LEASE_TTL") or 15)
+# Seconds the numbered drains of the change log are kept: a calc worker that comes back to a
+# shard within it reads again only the ranges other workers drained meanwhile; after it, its cache
+# of the shard is refilled (docs/analytics.md, "Cache validity").
+CALC_CATCHUP_WINDOW = float(os.environ.get("CALC_CATCHUP_WINDOW") or 900)
 
 # /metrics (docs/configuration.md, "Metrics"): where every process keeps its counters, and who may
 # scrape them: a request from one of the allowed networks, or one with the bearer token.

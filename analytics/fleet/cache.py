@@ -45,7 +45,9 @@ from analytics.engine import Diff, Messages
 from analytics.engine.values import is_number
 from flespi_site.jsontext import dumps_exact, loads_exact
 
-FORMAT_VERSION = 2
+# 3: ``meta`` records, per datacenter, the last drain of the change log the cache holds; a file
+# of version 2 cannot say what it missed and is rebuilt.
+FORMAT_VERSION = 3
 APPLICATION_ID = 0x666C6361  # "flca": tells our files from any other SQLite database
 CHUNK_SIZE = 4096  # messages per chunk when folding appended messages
 CHUNK_MAX = 2 * CHUNK_SIZE  # a chunk grown past this by late messages is split in two
@@ -315,6 +317,29 @@ class ShardCache:
             self._tails.pop(device_id, None)
             for table in ("devices", "chunks", "tail"):
                 db.execute(f"DELETE FROM {table} WHERE device_id = ?", (device_id,))
+
+    # ---- what the cache has seen of the change log ----
+
+    @_guard
+    def positions(self) -> dict[str, int]:
+        """Datacenter alias -> the number of the last drain of this shard's change log there whose
+        ranges the cache holds (``devices.storage.drains_record``)."""
+        rows = self._conn.execute("SELECT key, value FROM meta WHERE key LIKE 'drained:%'").fetchall()
+        return {key.removeprefix("drained:"): int(value) for key, value in rows}
+
+    @_guard
+    def position_set(self, *, alias: str, seq: int, after: int | None = None) -> bool:
+        """Record that the cache holds the ranges of drain ``seq`` of ``alias`` and of every drain
+        before it. With ``after``, only if the position was ``after`` (the drain just before):
+        returns whether it was recorded."""
+        key = f"drained:{alias}"
+        with self._write() as db:
+            if after is not None:
+                row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+                if row is None or int(row[0]) != after:
+                    return False
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(seq)))
+        return True
 
     # ---- messages ----
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from accounts.placement_guard import placement_guard
 from analytics import blocks, storage
@@ -27,6 +28,7 @@ from analytics.fleet.held import HeldShard, fenced, placed_elsewhere
 from analytics.models import Assignment
 from devices import storage as message_storage
 from devices.models import Device
+from flespi_site import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +85,20 @@ def _changes_batch(alias: str, held_shards: Sequence[HeldShard], timers: Debounc
         for cache in {id(cache): cache for cache in caches.values()}.values():
             stack.enter_context(cache.batch())
         _cache_ranges(alias, caches, {device_id: ranges[device_id] for device_id in caches})
-    with fenced(alias, [by_shard[shard] for shard in sorted(set(shard_of.values()))]):
+    drained: dict[int, dict[int, tuple[int, int]]] = {}
+    for device_id, shard in shard_of.items():
+        drained.setdefault(shard, {})[device_id] = ranges[device_id]
+    with fenced(alias, [by_shard[shard] for shard in sorted(drained)]):
         placement_guard(alias=alias, account_ids=accounts)
         scheduled = storage.assignments_pending_widen(alias=alias, ranges=ranges)
         message_storage.changes_delete(alias=alias, ids=[row.id for row in rows])
+        numbers = message_storage.drains_record(alias=alias, ranges=drained)
+    # The caches hold these ranges (written above): their positions follow. A cache whose
+    # position was not the drain before (a write of it lost to a crash) catches up first.
+    for shard, seq in numbers.items():
+        held = by_shard[shard]
+        if not held.cache.position_set(alias=alias, seq=seq, after=seq - 1):
+            cache_catch_up(aliases=[alias], held=held)
     # The timers are armed after commit: a run they start finds the pending range stored.
     changes: dict[int, list[Change]] = {}
     for widened in scheduled:
@@ -133,6 +145,93 @@ def _cache_ranges(alias: str, caches: Mapping[int, ShardCache], ranges: Mapping[
                 cache.messages_put(device_id=device_id, messages=messages)
 
 
+@dataclass(frozen=True)
+class CatchUp:
+    """What bringing a cache in step with the drains it missed did: the devices whose changed
+    ranges it read again, and the devices it dropped (refilled when next used) because the kept
+    drains no longer reach back to its position, or because the device is gone."""
+
+    shard: int
+    drains: int = 0
+    ranged: int = 0
+    dropped: int = 0
+
+    @property
+    def behind(self) -> bool:
+        return bool(self.drains or self.ranged or self.dropped)
+
+
+def cache_catch_up(*, aliases: Sequence[str], held: HeldShard) -> CatchUp:
+    """Make a cache hold every change of its shard's devices that the change log's drains took
+    (docs/analytics.md, "Cache validity"): call it once the shard's fence is raised, so that no
+    other worker drains the shard meanwhile, and before the cache serves a run.
+
+    Per datacenter, the cache's position (the last drain it applied) is compared with the
+    shard's last drain. Behind, it reads again, from where each device lives now, the ranges the
+    drains it missed changed, for the devices it holds; if the kept drains do not reach back to
+    its position (it was away longer than ``CALC_CATCHUP_WINDOW``, or the file does not know), it
+    drops every device, each refilled from PostgreSQL when next used. Devices it does not hold
+    need nothing: they are filled whole when first used."""
+    cache, shard = held.cache, held.shard
+    heads = {alias: message_storage.drains_head(alias=alias, shard=shard) for alias in aliases}
+    positions = cache.positions()
+    cached = set(cache.devices())
+    stale: dict[int, tuple[int, int]] = {}
+    drains = 0
+    whole = False
+    for alias, head in heads.items():
+        position = positions.get(alias, 0 if not cached else None)
+        if position == head or not cached:
+            continue
+        if position is None or position > head:
+            whole = True  # a file that cannot say, or a database restored to an earlier point
+            break
+        missed = message_storage.drains_since(alias=alias, shard=shard, after=position)
+        if [seq for seq, _ranges in missed] != list(range(position + 1, head + 1)):
+            whole = True  # the drains it missed are no longer kept
+            break
+        drains += len(missed)
+        for _seq, items in missed:
+            for device_id, begin, end in items:
+                if device_id in cached:
+                    low, high = stale.get(device_id, (begin, end))
+                    stale[device_id] = (min(low, begin), max(high, end))
+    dropped = sorted(cached) if whole else []
+    if stale and not whole:
+        located = _devices_located(aliases, stale)
+        dropped = sorted(set(stale) - {device_id for devices in located.values() for device_id in devices})
+        with cache.batch():
+            for alias, devices in located.items():
+                _cache_ranges(alias, {device_id: cache for device_id in devices},
+                              {device_id: stale[device_id] for device_id in devices})
+    with cache.batch():
+        for device_id in dropped:
+            cache.device_drop(device_id=device_id)
+        for alias, head in heads.items():
+            cache.position_set(alias=alias, seq=head)
+    done = CatchUp(shard=shard, drains=drains, ranged=len(stale) - len(dropped) if not whole else 0,
+                   dropped=len(dropped))
+    metrics.cache_caught_up(region=metrics.place_of(aliases[0])[0], ranged=done.ranged, dropped=done.dropped)
+    if done.behind:
+        logger.warning("calc: cache of shard %s was behind by %s drains: %s devices read again, %s dropped",
+                       shard, "unknown" if whole else drains, done.ranged, done.dropped)
+    return done
+
+
+def _devices_located(aliases: Sequence[str], device_ids: Iterable[int]) -> dict[str, list[int]]:
+    """The datacenter each device lives in now (by its account's placement); a deleted device is
+    in none."""
+    wanted = list(device_ids)
+    located: dict[str, list[int]] = {}
+    for alias in aliases:
+        rows = list(Device.objects.using(alias).filter(pk__in=wanted).values_list("pk", "account_id"))
+        elsewhere = placed_elsewhere(alias, {account_id for _pk, account_id in rows})
+        here = [pk for pk, account_id in rows if account_id not in elsewhere]
+        if here:
+            located[alias] = here
+    return located
+
+
 def device_fill(*, cache: ShardCache, device: Device) -> None:
     """Copy a device's stored messages into the cache (it was not cached)."""
     alias = device.database
@@ -150,6 +249,7 @@ def device_fill(*, cache: ShardCache, device: Device) -> None:
         if cut is None:
             break
         begin = cut
+    metrics.device_filled(alias=alias, messages=total)
     logger.info("calc: device %s cached, %s messages in %.1f s", device.pk, total, time.monotonic() - started)
 
 

@@ -151,5 +151,9 @@ class Pump(Loop):
         return scheduled
 
     def purge(self) -> None:
+        """Ask each shard's worker for retention, and forget the change log's drains older than
+        ``CALC_CATCHUP_WINDOW``."""
         for shard in range(settings.CALC_SHARDS):
             ShardPurge(region=self.region, shard=shard).send(self.app)
+        for alias in region_aliases(self.region):
+            message_storage.drains_prune(alias=alias, older_than=settings.CALC_CATCHUP_WINDOW)

@@ -37,7 +37,7 @@ from analytics.engine import Calculator
 from analytics.fleet import batches
 from analytics.fleet.batches import OFFER_TIMEOUT, RUN_TIMEOUT
 from analytics.fleet.cache import CacheCorrupt, ShardCache
-from analytics.fleet.changes import assignment_cached, changes_drain
+from analytics.fleet.changes import assignment_cached, cache_catch_up, changes_drain
 from analytics.fleet.debounce import Change, Claim, DebounceTimers
 from analytics.fleet.held import HeldShard, NotHeld, fenced, placed_elsewhere
 from analytics.fleet.leases import Fenced, ShardLeases, fence_raise
@@ -93,11 +93,18 @@ class ShardWorker:
                 if not self._fences_raise(shard, epoch):
                     self.leases.release(shard, epoch)
                     continue
-                self.held[shard] = HeldShard(shard, epoch, self._cache_open(shard))
+                held = HeldShard(shard, epoch, self._cache_open(shard))
+                try:
+                    self._caught_up(held)
+                except BaseException:
+                    held.cache.close()
+                    raise
+                self.held[shard] = held
                 gained.append(shard)
                 # What the previous holder was offered or running comes back now, not after its
                 # timeouts.
                 self.timers.abandon(shard=shard)
+            metrics.shards_gained(region=self.region, worker=self.worker_id, count=len(gained))
             # A shard lost and taken again at once (Redis lost the leases) is in both lists: its
             # queue is cancelled and added again.
             return gained, lost
@@ -131,6 +138,11 @@ class ShardWorker:
                 return False
         return True
 
+    def _caught_up(self, held: HeldShard) -> None:
+        """The cache of a shard just taken (or reopened) in step with the drains other workers
+        made of its change log meanwhile (the fence is raised: nobody else drains it now)."""
+        cache_catch_up(aliases=self.aliases, held=held)
+
     def _cache_open(self, shard: int) -> ShardCache:
         path = self.data_dir / f"shard-{shard}.sqlite"
         name = f"{self.region}/{shard}"
@@ -151,6 +163,7 @@ class ShardWorker:
                 logger.warning("calc %s: cache file of shard %s is gone; rebuilding it", self.region, shard)
                 held.cache.close()
                 held.cache = self._cache_open(shard)
+                self._caught_up(held)
             return held
 
     def _held_or_raise(self, shard: int) -> HeldShard:

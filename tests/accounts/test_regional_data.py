@@ -34,6 +34,7 @@ DATACENTER_ALIASES = ["dc_eu_1", "dc_eu_2", "dc_ru_1"]
 NO_ACCOUNT_DATA = {
     "django_migrations",
     "shard_fence",  # the newest lease epoch per calculation shard (analytics)
+    "shard_drains",  # the numbered drains of the change log per shard, kept for a while (devices)
     "move_journal",  # what changed in a move's source while it copied (accounts.moves), emptied after
 }
 # Control tables with an account id that are not regional data: tokens and the records of moves

@@ -10,8 +10,11 @@ here: the fleet passes a redis-py client and DB-API cursors.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import redis
 
@@ -52,50 +55,103 @@ if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS
 return 1
 """
 
-# KEYS: workers, lease 0..n-1, epoch 0..n-1. ARGV: worker, ttl_ms, n.
-# Heartbeat, count the live workers, renew this worker's leases, take free or expired shards up to
-# ceil(n / live). Returns target, then (shard, epoch) for each lease it holds, in shard order.
+# KEYS: workers. ARGV: worker, ttl_ms. Heartbeat: forget expired workers, note this one's expiry;
+# returns the live workers.
+_HEARTBEAT = (
+    _PRELUDE
+    + r"""
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+)
+
+# KEYS: workers, then (lease, epoch counter) per shard. ARGV: worker, ttl_ms, then per shard its
+# known epoch ('' when this process does not hold it) and whether it is wanted ('1' or '').
+# Renews the leases this process holds; takes wanted shards that are free, or held under this
+# worker's name by an earlier process of it (a restart: a new epoch fences that one out).
+# Returns (shard index, epoch) of every lease held after the step, 0-based in the order given.
 _BALANCE = (
     _PRELUDE
     + r"""
-local worker, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local now = now_ms()
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZADD', KEYS[1], now + ttl, worker)
-local target = math.ceil(n / redis.call('ZCARD', KEYS[1]))
-local held, free = {}, {}
-for s = 0, n - 1 do
-  local value = redis.call('GET', KEYS[2 + s])
-  if not value then
-    free[#free + 1] = s
-  else
-    local owner, epoch = string.match(value, '^(.*) (%d+)$')
-    if owner == worker then
-      redis.call('PEXPIRE', KEYS[2 + s], ttl)
-      held[s] = epoch
+local worker, ttl = ARGV[1], tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now_ms() + ttl, worker)
+local out = {}
+local count = (#KEYS - 1) / 2
+for i = 0, count - 1 do
+  local lease, counter = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local known, wanted = ARGV[3 + 2 * i], ARGV[4 + 2 * i] == '1'
+  local value = redis.call('GET', lease)
+  local epoch = nil
+  if value and known ~= '' and value == worker .. ' ' .. known then
+    redis.call('PEXPIRE', lease, ttl)
+    epoch = known
+  elseif wanted then
+    local owner = value and string.match(value, '^(.*) %d+$')
+    if not value or owner == worker then
+      if value then redis.call('DEL', lease) end
+      local taken = acquire(lease, counter, worker, ttl)
+      if taken then epoch = string.format('%.0f', taken) end
     end
   end
-end
-local count = 0
-for _ in pairs(held) do count = count + 1 end
-for _, s in ipairs(free) do
-  if count >= target then break end
-  local epoch = acquire(KEYS[2 + s], KEYS[2 + n + s], worker, ttl)
   if epoch then
-    held[s] = string.format('%.0f', epoch)
-    count = count + 1
-  end
-end
-local out = {target}
-for s = 0, n - 1 do
-  if held[s] then
-    out[#out + 1] = s
-    out[#out + 1] = held[s]
+    out[#out + 1] = i
+    out[#out + 1] = epoch
   end
 end
 return out
 """
 )
+
+# KEYS: workers, lease per shard. ARGV: worker, ttl_ms, then "<worker> <epoch>" per shard.
+# Heartbeat and renew every lease still this worker's at that epoch; returns 1/0 per shard.
+_RENEW_MANY = (
+    _PRELUDE
+    + r"""
+redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[2]), ARGV[1])
+local out = {}
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1 + i] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+)
+
+
+def placement(shards: int, workers: Sequence[str]) -> dict[int, str]:
+    """Which live worker each shard belongs to: rendezvous hashing (each shard ranks the workers by
+    a hash of shard and name, and goes to the first) bounded to ceil(shards / workers) shards per
+    worker, so that the shares stay even. The same live workers give the same placement in every
+    process; a worker that restarts under its name gets the same shards back, and one that joins
+    or leaves moves about its share."""
+    names = sorted(set(workers))
+    if not names:
+        return {}
+    cap = -(-shards // len(names))
+    load = dict.fromkeys(names, 0)
+    out: dict[int, str] = {}
+    for shard in range(shards):
+        for name in sorted(names, key=lambda name: _score(shard, name), reverse=True):
+            if load[name] < cap:
+                out[shard] = name
+                load[name] += 1
+                break
+    return out
+
+
+def _score(shard: int, name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{shard}/{name}".encode(), digest_size=8).digest(), "big")
+
+
+@lru_cache(maxsize=16)
+def _placement_cached(shards: int, workers: tuple[str, ...]) -> dict[int, str]:
+    return placement(shards, workers)
 
 
 class Fenced(Exception):
@@ -111,9 +167,10 @@ class Fenced(Exception):
 
 @dataclass(frozen=True)
 class Balance:
-    """One balancing step of a worker: every lease it holds now (shard -> epoch); of those, the ones
-    it just took (raise their fences before writing), the extras beyond its share (stop consuming
-    them, then ``release``), and the shards it held at the last step and has lost."""
+    """One balancing step of a worker: how many shards the placement gives it (``target``), every
+    lease it holds now (shard -> epoch); of those, the ones it just took (raise their fences before
+    writing), the extras the placement gives another worker (stop consuming them, then
+    ``release``), and the shards it held at the last step and has lost."""
 
     target: int
     held: dict[int, int]
@@ -141,7 +198,9 @@ class ShardLeases:
         self._held: dict[int, int] = {}
         self._acquire = client.register_script(_ACQUIRE)
         self._renew_or_release = client.register_script(_RENEW_OR_RELEASE)
+        self._heartbeat = client.register_script(_HEARTBEAT)
         self._balance = client.register_script(_BALANCE)
+        self._renew_many = client.register_script(_RENEW_MANY)
 
     def _lease_key(self, shard: int) -> str:
         return lease_key(self.region, shard)
@@ -185,24 +244,44 @@ class ShardLeases:
         return bool(self._renew_or_release(keys=[self._lease_key(self._check(shard))], args=[value, ""]))
 
     def balance(self) -> Balance:
-        """Heartbeat, renew every lease held, and take free or expired shards up to an even share,
-        ceil(shards / live workers). Extras beyond the share are reported, not dropped: the worker
-        stops consuming their queues first and then releases them."""
+        """Heartbeat, renew every lease held, and take the shards the placement gives this worker
+        (``placement`` over the live workers) that are free, or held under this worker's name by
+        an earlier process of it. Held shards the placement gives another worker are reported as
+        extras, not dropped: the worker stops consuming their queues first and then releases them,
+        and their new owner takes them at its next step."""
+        live = self._heartbeat(keys=[self._workers_key()], args=[self.worker, self.ttl_ms])
+        names = tuple(sorted(member.decode() if isinstance(member, bytes) else str(member) for member in live))
+        if self.worker not in names:  # the heartbeat just wrote it; a reply without it is a race with FLUSHALL
+            names = tuple(sorted({*names, self.worker}))
+        mine = {shard for shard, name in _placement_cached(self.shards, names).items() if name == self.worker}
+        order = sorted(set(self._held) | mine)
         keys = [self._workers_key()]
-        keys += [self._lease_key(shard) for shard in range(self.shards)]
-        keys += [self._epoch_key(shard) for shard in range(self.shards)]
-        reply = self._balance(keys=keys, args=[self.worker, self.ttl_ms, self.shards])
-        target = int(reply[0])
-        held = {int(reply[i]): int(reply[i + 1]) for i in range(1, len(reply), 2)}
+        args: list[str | int] = [self.worker, self.ttl_ms]
+        for shard in order:
+            keys += [self._lease_key(shard), self._epoch_key(shard)]
+            known = self._held.get(shard)
+            args += ["" if known is None else str(known), "1" if shard in mine else ""]
+        reply = self._balance(keys=keys, args=args) if order else []
+        held = {order[int(reply[i])]: int(reply[i + 1]) for i in range(0, len(reply), 2)}
         previous, self._held = self._held, dict(held)
-        ordered = sorted(held)
         return Balance(
-            target=target,
+            target=len(mine),
             held=held,
             acquired={shard: epoch for shard, epoch in held.items() if previous.get(shard) != epoch},
-            extra={shard: held[shard] for shard in ordered[target:]},
+            extra={shard: epoch for shard, epoch in held.items() if shard not in mine},
             lost={shard: epoch for shard, epoch in previous.items() if held.get(shard) != epoch},
         )
+
+    def renew_all(self, held: dict[int, int]) -> list[int]:
+        """Heartbeat and extend every lease of ``held`` (shard -> epoch) still this worker's at
+        that epoch, in one round trip; returns the shards whose lease was lost."""
+        keys = [self._workers_key(), *(self._lease_key(shard) for shard in held)]
+        args = [self.worker, self.ttl_ms, *(f"{self.worker} {int(epoch)}" for epoch in held.values())]
+        renewed = self._renew_many(keys=keys, args=args)
+        lost = [shard for shard, ok in zip(held, renewed, strict=True) if not int(ok)]
+        for shard in lost:
+            self._held.pop(shard, None)
+        return lost
 
     def leave(self) -> None:
         """Release every lease held and stop counting as live (a clean shutdown)."""

@@ -12,10 +12,7 @@ write is refused by the fence in the meantime. Run it with ``manage.py calc_work
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
-import uuid
 
 from celery import bootsteps
 from celery.signals import task_postrun, task_prerun
@@ -97,11 +94,13 @@ def _connections_checked(**_kwargs) -> None:
     close_old_connections()
 
 
-def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, loglevel: str = "INFO") -> None:
+def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, name: str | None = None,
+                    loglevel: str = "INFO") -> None:
     """Run a calc worker of ``region`` until SIGTERM/SIGINT (a warm shutdown: the running task
-    finishes, the leases are released)."""
-    worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    worker = ShardWorker(region=region, worker_id=worker_id, data_dir=data_dir, lease_ttl=lease_ttl)
+    finishes, the leases are released). ``name`` (else the first free slot of ``data_dir``) is its
+    stable identity: ``analytics.fleet.home``."""
+    worker = ShardWorker(region=region, worker_id=name, data_dir=data_dir, lease_ttl=lease_ttl)
+    worker_id = worker.worker_id
     tasks.set_worker(worker)
     app = celery_app(region)
     # Between tasks, Django's rule for its connections, as between requests: one that failed or
@@ -122,7 +121,7 @@ def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, loglevel: s
     finally:
         heartbeat.stop()
         try:
-            worker.leave()
+            worker.close()
         except Exception:
             logger.exception("calc %s: releasing the shard leases failed", region)
         tasks.set_worker(None)

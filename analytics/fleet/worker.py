@@ -40,6 +40,7 @@ from analytics.fleet.cache import CacheCorrupt, ShardCache
 from analytics.fleet.changes import assignment_cached, cache_catch_up, changes_drain
 from analytics.fleet.debounce import Change, Claim, DebounceTimers
 from analytics.fleet.held import HeldShard, NotHeld, fenced, placed_elsewhere
+from analytics.fleet.home import worker_home
 from analytics.fleet.leases import Fenced, ShardLeases, fence_raise
 from analytics.fleet.purge import shard_purge
 from analytics.fleet.requests import requests_read
@@ -57,15 +58,23 @@ __all__ = ["NotHeld", "RunStats", "ShardWorker"]
 class ShardWorker:
     """The shards one worker process holds in one region, and the work it does on them."""
 
-    def __init__(self, *, region: str, worker_id: str, data_dir: str | os.PathLike, lease_ttl: float):
+    def __init__(self, *, region: str, data_dir: str | os.PathLike, lease_ttl: float, worker_id: str | None = None):
+        """A worker of ``region`` whose caches live under ``data_dir`` (``analytics.fleet.home``: a
+        directory of its own there, and the stable name that goes with it; ``worker_id`` names it
+        and its directory, else the first free slot does)."""
         self.region = region
-        self.worker_id = worker_id
-        self.data_dir = Path(data_dir) / "calc" / region
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.home = worker_home(data_dir=data_dir, region=region, name=worker_id)
+        self.worker_id = self.home.name
+        self.data_dir = self.home.directory
         self.aliases = batches.region_aliases(region)
         client = redis_client(region)
-        self.leases = ShardLeases(client, region=region, shards=settings.CALC_SHARDS, worker=worker_id, ttl=lease_ttl)
+        self.leases = ShardLeases(client, region=region, shards=settings.CALC_SHARDS, worker=self.worker_id,
+                                  ttl=lease_ttl)
         self.timers = DebounceTimers(client, region=region)
+        # What an earlier process under this name left: a busy mark for a batch it died on, a
+        # wake-up flag for a message it took with it. This process is free and wants wake-ups.
+        batches.batch_done(client, region=region, worker_id=self.worker_id)
+        client.delete(wake_key(region, self.worker_id))
         self.held: dict[int, HeldShard] = {}
         self._lock = threading.RLock()
         self._compiled: dict[tuple[int, int], Calculator] = {}
@@ -113,21 +122,25 @@ class ShardWorker:
         """Extend every lease held (a heartbeat thread calls this while tasks run); returns the
         shards whose lease was lost. Writes of a lost shard are refused by the fence from then
         on; the next ``rebalance`` stops consuming its queue."""
-        lost = []
         with self._lock:
-            for shard, held in list(self.held.items()):
-                if not self.leases.renew(shard, held.epoch):
-                    lost.append(shard)
+            epochs = {shard: held.epoch for shard, held in self.held.items()}
+            lost = self.leases.renew_all(epochs)
         for shard in lost:
             logger.warning("calc %s: lost the lease of shard %s", self.region, shard)
         return lost
 
     def leave(self) -> None:
+        """Close the caches and release every lease (a clean shutdown, or a test handing the
+        shards to another worker); ``close`` also gives the directory up."""
         with self._lock:
             for held in self.held.values():
                 held.cache.close()
             self.held.clear()
             self.leases.leave()
+
+    def close(self) -> None:
+        self.leave()
+        self.home.close()
 
     def _fences_raise(self, shard: int, epoch: int) -> bool:
         for alias in self.aliases:

@@ -170,7 +170,7 @@ def test_a_cache_that_cannot_say_what_it_holds_is_not_trusted(hosts, assigned, t
     hosts["host-b"].leave()
 
     # The file's positions are gone (a file of an older format, edited, or restored from a copy).
-    path = tmp_path / "host-a" / "calc" / "eu" / f"shard-{device.shard}.sqlite"
+    path = hosts["host-a"].data_dir / f"shard-{device.shard}.sqlite"
     with sqlite3.connect(path) as db:
         db.execute("DELETE FROM meta WHERE key LIKE 'drained:%'")
     a = hand_to(hosts, "host-a")

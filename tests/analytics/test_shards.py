@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings
 from django.db import connections, transaction
 
-from analytics.fleet.leases import Fenced, ShardLeases, fence_check, fence_raise, fences_check
+from analytics.fleet.leases import Fenced, ShardLeases, fence_check, fence_raise, fences_check, placement
 from flespi_site.fleet import lease_holders, lease_key, region_prefix
 from tests.support.concurrency import on_a_barrier
 
@@ -74,15 +74,17 @@ def test_racing_balances_share_every_shard_once(client, region):
     }
 
 
-@pytest.mark.parametrize("count, shares", [(1, [16]), (2, [8, 8]), (3, [6, 6, 4])])
-def test_shards_spread_evenly(client, region, count, shares):
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_shards_spread_evenly(client, region, count):
     workers = [leases(client, region, f"w{i}", ttl=5) for i in range(count)]
     for worker in workers:
         worker.balance()  # every worker heartbeats before the first share is taken
 
     held = settle(workers)
 
-    assert sorted((len(shards) for shards in held.values()), reverse=True) == shares
+    assert held == {name: sorted(s for s, owner in placement(SHARDS, list(held)).items() if owner == name)
+                    for name in held}
+    assert max(len(shards) for shards in held.values()) == -(-SHARDS // count)
     assert sorted(s for shards in held.values() for s in shards) == list(range(SHARDS))
     assert len(workers[0].live_workers()) == count
 
@@ -295,3 +297,34 @@ def test_lease_holders_names_each_shards_worker_in_the_callers_round_trip(client
     pipe.set(f"{region_prefix(region)}other", 1)
     assert lease_holders(pipe, region=region, shards=[0, 1, 2]) == {0: "host-1-aa", 1: None, 2: "host-2-bb"}
     assert client.get(f"{region_prefix(region)}other") == b"1"
+
+
+def test_a_worker_restarted_under_its_name_takes_its_shards_back_with_new_epochs(client, region):
+    a, b = leases(client, region, "host-a", ttl=5), leases(client, region, "host-b", ttl=5)
+    a.balance()
+    b.balance()
+    held = settle([a, b])
+    before = dict(a.balance().held)
+    assert sorted(before) == held["host-a"]
+
+    again = leases(client, region, "host-a", ttl=5)  # a new process under the same name knows no epoch
+    balance = again.balance()
+    assert sorted(balance.held) == held["host-a"]  # its shards, at once, not after the old leases expire
+    assert all(balance.held[shard] > before[shard] for shard in before)  # new epochs fence the old process out
+    assert sorted(b.balance().held) == held["host-b"]  # nothing else moved
+    assert a.balance().lost == before  # the earlier process, if it still runs, finds out
+
+
+@pytest.mark.parametrize("shards", [16, 256, 1024])
+def test_placement_is_even_stable_and_moves_about_a_joiners_share(shards):
+    names = [f"host{i}-w0" for i in range(4)]
+    before = placement(shards, names)
+    assert placement(shards, list(reversed(names))) == before  # the same in every process
+    counts = sorted(list(before.values()).count(name) for name in names)
+    assert counts[-1] == -(-shards // 4) and counts[0] >= shards // 4 - 3
+    joined = placement(shards, [*names, "host9-w0"])
+    moved = sum(1 for shard in before if before[shard] != joined[shard])
+    assert list(joined.values()).count("host9-w0") <= moved <= 2 * -(-shards // 5)
+    left = placement(shards, names[1:])
+    moved = sum(1 for shard in before if before[shard] != left[shard])
+    assert list(before.values()).count(names[0]) <= moved <= 2 * list(before.values()).count(names[0])

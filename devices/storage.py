@@ -497,9 +497,20 @@ def drains_record(*, alias: str, ranges: Mapping[int, Mapping[int, tuple[int, in
 
 def drains_head(*, alias: str, shard: int) -> int:
     """The number of the shard's last drain (0: never drained)."""
+    return drains_heads(alias=alias, shards=[shard]).get(shard, 0)
+
+
+def drains_heads(*, alias: str, shards: Sequence[int]) -> dict[int, int]:
+    """The number of the last drain of each of ``shards`` that was ever drained."""
+    if not shards:
+        return {}
     with connections[alias].cursor() as cursor:
-        cursor.execute("SELECT coalesce(max(seq), 0) FROM shard_drains WHERE shard = %s", [shard])
-        return int(cursor.fetchone()[0])
+        cursor.execute(
+            "SELECT s.shard, (SELECT max(d.seq) FROM shard_drains d WHERE d.shard = s.shard) "
+            "FROM unnest(%s::integer[]) AS s(shard)",
+            [list(shards)],
+        )
+        return {int(shard): int(seq) for shard, seq in cursor.fetchall() if seq is not None}
 
 
 def drains_since(*, alias: str, shard: int, after: int) -> list[tuple[int, list[tuple[int, int, int]]]]:

@@ -76,5 +76,5 @@ def shards_wake(*, region: str, shards: Iterable[int], force: bool = False) -> N
 
 
 def shards_request(*, region: str, shards: Iterable[int]) -> None:
-    """``flespi_site.fleet.shards_request`` with the region's app."""
-    fleet.shards_request(app=celery_app(region), region=region, shards=shards)
+    """``flespi_site.fleet.shards_request`` with the region's app and Redis client."""
+    fleet.shards_request(app=celery_app(region), client=redis_client(region), region=region, shards=shards)

@@ -3,8 +3,8 @@ shard of a device, the queues, the tasks and their typed payloads, every Redis k
 uses, and the wake-ups the web sends after a commit (docs/analytics.md, "Processes").
 
 Every hop from one process to another goes through a name defined here: a request that stores
-messages calls ``shards_wake``, which sends a ``ShardChanges`` payload to a queue named by
-``shard_queue``; the calc worker's task (``analytics.fleet.tasks``) is registered under the same
+messages calls ``shards_wake``, which sends a ``ShardChanges`` payload to the queue of the shard's
+holder (``worker_queue``); the calc worker's task (``analytics.fleet.tasks``) is registered under the same
 ``FleetTask`` name and decodes the same payload class. ``tests/test_protocols.py`` fails on a task
 name, a Redis key prefix or a lock number spelled anywhere else.
 
@@ -34,14 +34,16 @@ def shard_of(device_id: int, shards: int) -> int:
 # -- queues and tasks --------------------------------------------------------------------------
 
 
-def shard_queue(region: str, shard: int) -> str:
-    """The queue of a calculation shard: all work on the shard's devices goes through it."""
-    return f"calc.{region}.{int(shard)}"
+def worker_queue(region: str, worker: str) -> str:
+    """The queue of a calc worker (by its stable name): all work on the shards it holds goes
+    through it, so that a worker polls one queue however many shards it holds. A message for a
+    shard that moved meanwhile is passed on to its holder (``analytics.fleet.tasks``)."""
+    return f"calc.{region}.w.{worker}"
 
 
 def control_queue(region: str) -> str:
-    """The queue every calc worker of ``region`` consumes besides its shards' (nothing is sent to
-    it today; Celery needs a default)."""
+    """The queue every calc worker of ``region`` consumes besides its own (nothing is sent to it
+    today; Celery needs a default)."""
     return f"calc.{region}.control"
 
 
@@ -61,8 +63,8 @@ class _App(Protocol):
 
 @dataclass(frozen=True)
 class ShardPayload:
-    """What a fleet task carries: the region and the shard whose queue it goes through, and the
-    task's own fields. ``args`` is the message's body; ``from_args`` reads it back."""
+    """What a fleet task carries: the region and the shard it is about, and the task's own fields.
+    ``args`` is the message's body; ``from_args`` reads it back."""
 
     task: ClassVar[FleetTask]
     region: str
@@ -75,25 +77,26 @@ class ShardPayload:
     def from_args(cls, region: str, shard: int) -> ShardPayload:
         return cls(region=region, shard=int(shard))
 
-    def send(self, app: _App) -> None:
-        """Send it to the shard's queue (with the app's publish retry policy)."""
-        app.send_task(self.task.value, args=self.args(), queue=shard_queue(self.region, self.shard))
+    def send(self, app: _App, worker: str) -> None:
+        """Send it to the queue of ``worker``, the shard's holder (with the app's publish retry
+        policy)."""
+        app.send_task(self.task.value, args=self.args(), queue=worker_queue(self.region, worker))
 
 
 @dataclass(frozen=True)
 class ShardChanges(ShardPayload):
-    """Drain the change log: sent by ``shards_wake`` to the queue of one of the shards a worker
-    holds. ``address`` is whom it was for: a worker id, or the shard when nobody held it."""
+    """Drain the change log: sent by ``shards_wake`` to the holder of ``shard`` (one of the changed
+    shards), ``address`` (its name), which drains every shard its dirty set names."""
 
     task: ClassVar[FleetTask] = FleetTask.SHARD_CHANGES
-    address: str | int = ""
+    address: str = ""
 
     def args(self) -> list[Any]:
         return [self.region, self.shard, self.address]
 
     @classmethod
     def from_args(cls, region: str, shard: int, address: str | int | None = None) -> ShardChanges:
-        return cls(region=region, shard=int(shard), address=int(shard) if address is None else address)
+        return cls(region=region, shard=int(shard), address="" if address is None else str(address))
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,8 @@ class Due:
 
 @dataclass(frozen=True)
 class ShardRun(ShardPayload):
-    """Recalculate these due assignments: one batch of a worker over every shard it holds (sent to
-    the queue of the first of them), or of one shard nobody holds (in its own queue)."""
+    """Recalculate these due assignments: one batch of a worker over every shard it holds (``shard``
+    is the first of them)."""
 
     task: ClassVar[FleetTask] = FleetTask.SHARD_RUN
     due: tuple[Due, ...] = ()
@@ -163,9 +166,9 @@ def celery_prefix(region: str) -> str:
     return f"{region_prefix(region)}celery:"
 
 
-def queue_keys(region: str, shard: int) -> list[str]:
-    """The Redis lists of a shard's Celery queue: kombu keeps one per priority step."""
-    prefix, queue = celery_prefix(region), shard_queue(region, shard)
+def queue_keys(region: str, worker: str) -> list[str]:
+    """The Redis lists of a worker's Celery queue: kombu keeps one per priority step."""
+    prefix, queue = celery_prefix(region), worker_queue(region, worker)
     return [f"{prefix}{queue}{Channel.sep}{step}" if step else f"{prefix}{queue}" for step in PRIORITY_STEPS]
 
 
@@ -174,15 +177,15 @@ def unacked_key(region: str) -> str:
     return f"{celery_prefix(region)}unacked"
 
 
-def wake_key(region: str, address: str | int) -> str:
-    """Set while a wake-up message addressed to ``address`` waits (at most one does): a worker
-    id, or the shard number of a shard nobody holds."""
-    return f"{region_prefix(region)}wake:{address}"
+def wake_key(region: str, worker: str | int) -> str:
+    """Set while a wake-up message addressed to ``worker`` waits (at most one does)."""
+    return f"{region_prefix(region)}wake:{worker}"
 
 
-def dirty_key(region: str, shard: int) -> str:
-    """Set when the shard's change log got rows that no drain has taken yet."""
-    return f"{region_prefix(region)}dirty:{int(shard)}"
+def dirty_key(region: str, worker: str) -> str:
+    """The shards of ``worker`` whose change log got rows that no drain has taken yet (a set the
+    writers add to after their commit, and the worker empties before it reads the log)."""
+    return f"{region_prefix(region)}dirty:{worker}"
 
 
 def deliveries_key(region: str, task_id: str) -> str:
@@ -212,9 +215,16 @@ def workers_key(region: str) -> str:
 
 
 def debounce_keys(region: str, shard: int) -> list[str]:
-    """The shard's debounce timers: due times, pending ranges, entries, and the offer token."""
+    """The shard's debounce timers: due times, pending ranges, entries, the offer token, and the
+    region's index of shards by their earliest timer (``due_index_key``)."""
     base = f"{region_prefix(region)}debounce:{int(shard)}"
-    return [base, f"{base}:pending", f"{base}:entries", f"{base}:token"]
+    return [base, f"{base}:pending", f"{base}:entries", f"{base}:token", due_index_key(region)]
+
+
+def due_index_key(region: str) -> str:
+    """Every shard with a timer, scored by its earliest one (ms): the pump and a worker read what
+    is due from it in one command, however many shards there are."""
+    return f"{region_prefix(region)}debounce:due"
 
 
 def lease_holder(value: bytes | str | None) -> tuple[str | None, int | None]:
@@ -243,46 +253,58 @@ VISIBILITY_TIMEOUT = 900
 WAKE_TTL = 60
 
 
+def shards_held(client, *, region: str, shards: Iterable[int]) -> dict[str, list[int]]:
+    """The holders of ``shards`` (one round trip), each with its shards in order; shards nobody
+    holds are left out: whoever takes them next drains their change log and schedules their
+    requests when it does (``analytics.fleet.process``)."""
+    order = sorted(set(shards))
+    if not order:
+        return {}
+    holders = lease_holders(client.pipeline(transaction=False), region=region, shards=order)
+    by_holder: dict[str, list[int]] = {}
+    for shard in order:
+        worker = holders[shard]
+        if worker is not None:
+            by_holder.setdefault(worker, []).append(shard)
+    return by_holder
+
+
 def shards_wake(*, app: _App, client, region: str, shards: Iterable[int], force: bool = False) -> None:
     """Tell the workers of ``shards`` that their devices' messages changed (the change log in the
     datacenter database says how), after the change committed.
 
-    Each shard gets a dirty flag, which the worker clears before it reads the log. The wake-up
-    messages are addressed to the shards' holders (their leases, read in the same round trip):
-    one message per holder, to the queue of one of its shards, and none while one addressed to
-    it still waits (a flag the consumer of the message clears). One drain takes the rows of every
-    dirty shard the worker holds, so a request touching all shards costs it one task, not one per
-    shard. A shard nobody holds gets a message of its own in its queue, for whoever takes it. A
-    broker that cannot be reached loses nothing (the pump's reconciliation finds the change log)
-    and is only logged. ``force`` sends even when a wake-up is waiting (reconciliation: the one
-    waiting may be in the hands of a worker that died)."""
+    The shards are added to their holders' dirty sets (their leases, read first), which a worker
+    empties before it reads the log, and each holder gets one wake-up message in its queue, none
+    while one addressed to it still waits (a flag the consumer of the message clears). One drain
+    takes the rows of every dirty shard the worker holds, so a request touching all shards costs
+    it one task, not one per shard. A shard nobody holds gets nothing: its next holder drains it
+    when it takes it. A broker that cannot be reached loses nothing (the pump's reconciliation
+    finds the change log) and is only logged. ``force`` sends even when a wake-up is waiting
+    (reconciliation: the one waiting may be in the hands of a worker that died)."""
     try:
-        order = sorted(set(shards))
-        if not order:
+        by_holder = shards_held(client, region=region, shards=shards)
+        if not by_holder:
             return
         pipe = client.pipeline(transaction=False)
-        for shard in order:
-            pipe.set(dirty_key(region, shard), 1, ex=VISIBILITY_TIMEOUT)
-        holders = lease_holders(pipe, region=region, shards=order)
-        targets: dict[str | int, int] = {}
-        for shard in order:
-            targets.setdefault(holders[shard] or shard, shard)
-        pipe = client.pipeline(transaction=False)
-        for address in targets:
-            pipe.set(wake_key(region, address), 1, nx=not force, ex=WAKE_TTL)
-        for (address, shard), newly in zip(targets.items(), pipe.execute(), strict=True):
+        for worker, held in by_holder.items():
+            pipe.sadd(dirty_key(region, worker), *held)
+            pipe.expire(dirty_key(region, worker), VISIBILITY_TIMEOUT)
+            pipe.set(wake_key(region, worker), 1, nx=not force, ex=WAKE_TTL)
+        replies = pipe.execute()
+        for (worker, held), newly in zip(by_holder.items(), replies[2::3], strict=True):
             if newly:
-                ShardChanges(region=region, shard=shard, address=address).send(app)
+                ShardChanges(region=region, shard=held[0], address=worker).send(app, worker)
     except Exception as exc:
         logger.warning("could not wake the calc workers of region %s (%s); the pump will catch up", region, exc)
 
 
-def shards_request(*, app: _App, region: str, shards: Iterable[int]) -> None:
+def shards_request(*, app: _App, client, region: str, shards: Iterable[int]) -> None:
     """Tell the workers of ``shards`` that assignments of theirs have a new recalculation request
     stored (a new assignment, a calculator change, ...), so that they schedule it now rather than
     at the pump's next reconciliation. Losing this message loses nothing but that head start."""
     try:
-        for shard in sorted(set(shards)):
-            ShardRequests(region=region, shard=shard).send(app)
+        for worker, held in shards_held(client, region=region, shards=shards).items():
+            for shard in held:
+                ShardRequests(region=region, shard=shard).send(app, worker)
     except Exception as exc:  # the request is stored; reconciliation schedules it
         logger.warning("could not tell the calc workers of region %s of new requests (%s)", region, exc)

@@ -170,7 +170,7 @@ LOGGING = {
 }
 
 # Logical calculation shards per region; a device's shard is fixed at creation.
-CALC_SHARDS = _env_int("CALC_SHARDS", 16)
+CALC_SHARDS = _env_int("CALC_SHARDS", 256)
 # Devices publish their messages to this pattern on their region's broker; '+' is the ident.
 MQTT_INGEST_TOPIC = os.environ.get("MQTT_INGEST_TOPIC", "ingest/+")
 # Where calc workers keep their shard caches (one SQLite file per shard, derived data).

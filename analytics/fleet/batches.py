@@ -48,15 +48,15 @@ def batch_limit(shards_held: int) -> int:
 
 
 def batch_send(*, app, client, region: str, worker_id: str, offers: Mapping[int, Sequence[Offer]]) -> int:
-    """Send a worker the due assignments of its shards (shard -> offers) as one batch, to the queue
-    of the first of them, and mark it busy until it is done; returns how many went."""
+    """Send a worker the due assignments of its shards (shard -> offers) as one batch, to its
+    queue, and mark it busy until it is done; returns how many went."""
     shards = sorted(shard for shard, pairs in offers.items() if pairs)
     if not shards:
         return 0
     due = tuple(Due(offer.calc_id, offer.device_id, shard) for shard in shards for offer in offers[shard])
     # Set before sending: the worker clears it when the batch is done.
     client.set(batch_busy_key(region, worker_id), 1, ex=BATCH_TTL)
-    ShardRun(region=region, shard=shards[0], due=due).send(app)
+    ShardRun(region=region, shard=shards[0], due=due).send(app, worker_id)
     return len(due)
 
 

@@ -161,10 +161,11 @@ class CatchUp:
         return bool(self.drains or self.ranged or self.dropped)
 
 
-def cache_catch_up(*, aliases: Sequence[str], held: HeldShard) -> CatchUp:
+def cache_catch_up(*, aliases: Sequence[str], held: HeldShard, heads: Mapping[str, int] | None = None) -> CatchUp:
     """Make a cache hold every change of its shard's devices that the change log's drains took
     (docs/analytics.md, "Cache validity"): call it once the shard's fence is raised, so that no
-    other worker drains the shard meanwhile, and before the cache serves a run.
+    other worker drains the shard meanwhile, and before the cache serves a run (``heads``: the
+    shard's last drain per datacenter, when the caller read them for many shards at once).
 
     Per datacenter, the cache's position (the last drain it applied) is compared with the
     shard's last drain. Behind, it reads again, from where each device lives now, the ranges the
@@ -173,7 +174,8 @@ def cache_catch_up(*, aliases: Sequence[str], held: HeldShard) -> CatchUp:
     drops every device, each refilled from PostgreSQL when next used. Devices it does not hold
     need nothing: they are filled whole when first used."""
     cache, shard = held.cache, held.shard
-    heads = {alias: message_storage.drains_head(alias=alias, shard=shard) for alias in aliases}
+    if heads is None:
+        heads = {alias: message_storage.drains_head(alias=alias, shard=shard) for alias in aliases}
     positions = cache.positions()
     cached = set(cache.devices())
     stale: dict[int, tuple[int, int]] = {}

@@ -1,10 +1,12 @@
 """Debounce timers of the calculation fleet: per assignment the pending recalculation range and a
 due time, in Redis, changed only by atomic Lua scripts that read Redis's own clock.
 
-Per region and shard there are four keys (``flespi_site.fleet.debounce_keys``): a sorted set of timers (score: the next moment the
-pump must look at the entry), a sorted set of the entries with a range not yet claimed (score: its
-due time; it is what the lag metrics read), a hash of the entries themselves, and the counter of
-run tokens. The states, the scripts and what Redis losing its state means are in docs/analytics.md,
+Per region and shard there are four keys (``flespi_site.fleet.debounce_keys``): a sorted set of
+timers (score: the next moment the pump must look at the entry), a sorted set of the entries with a
+range not yet claimed (score: its due time; it is what the lag metrics read), a hash of the entries
+themselves, and the counter of run tokens; and per region a due index, every shard with a timer
+scored by its earliest, which each script keeps in step, so that finding what is due costs one
+command however many shards a region has. The states, the scripts and what Redis losing its state means are in docs/analytics.md,
 "Debounce". No Django here: the fleet passes a redis-py client.
 """
 
@@ -17,7 +19,7 @@ from typing import Literal
 
 import redis
 
-from flespi_site.fleet import debounce_keys
+from flespi_site.fleet import debounce_keys, due_index_key
 
 # Entries are packed as space-separated fields; "-" is an empty field:
 #   state begin end due token run_begin run_end deadline
@@ -50,6 +52,12 @@ local function forget(member)
   redis.call('HDEL', KEYS[3], member)
   redis.call('ZREM', KEYS[1], member)
   redis.call('ZREM', KEYS[2], member)
+end
+-- The shard's place in the region's due index: its earliest timer (KEYS[1] ends in ':<shard>').
+local function reindex()
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  local shard = string.match(KEYS[1], ':(%d+)$')
+  if first[1] then redis.call('ZADD', KEYS[5], first[2], shard) else redis.call('ZREM', KEYS[5], shard) end
 end
 local function merge(b1, e1, b2, e2)
   if b1 == '-' then return b2, e2 end
@@ -92,6 +100,7 @@ for i = 2, #ARGV, 4 do
   end
   store(m, x)
 end
+reindex()
 return armed
 """
 )
@@ -125,6 +134,7 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0,
     out[#out + 1] = reason
   end
 end
+reindex()
 return out
 """
 )
@@ -163,6 +173,7 @@ for i = 3, #ARGV do
     out[#out + 1] = x.re
   end
 end
+reindex()
 return out
 """
 )
@@ -201,6 +212,7 @@ for i = 4, #ARGV, 2 do
   out[#out + 1] = m
   out[#out + 1] = outcome
 end
+reindex()
 return out
 """
 )
@@ -221,9 +233,14 @@ for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     count = count + 1
   end
 end
+reindex()
 return count
 """
 )
+
+# Puts the shard's earliest timer in the due index (a repair after Redis lost the index alone, or
+# timers armed by an older version). Returns nothing.
+_REINDEX = _PRELUDE + "\nreindex()\n"
 
 _NOW = "local t = redis.call('TIME') return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"
 
@@ -339,6 +356,7 @@ class DebounceTimers:
         self._release = client.register_script(_RELEASE)
         self._now = client.register_script(_NOW)
         self._abandon = client.register_script(_ABANDON)
+        self._reindex = client.register_script(_REINDEX)
 
     def keys(self, shard: int) -> list[str]:
         return debounce_keys(self.region, shard)
@@ -509,16 +527,30 @@ class DebounceTimers:
             )
         return sorted(result, key=lambda entry: (entry.calc_id, entry.device_id))
 
-    def next_due(self, *, shards: Sequence[int]) -> tuple[float, float | None]:
-        """Redis's clock and the earliest moment any timer of ``shards`` wants the pump (None: no
-        timer), in seconds, in one round trip."""
+    def due_index(self) -> tuple[float, dict[int, float]]:
+        """Redis's clock and every shard with a timer -> the earliest moment one of them wants the
+        pump (seconds), in one round trip, from the region's due index."""
         pipe = self.client.pipeline(transaction=False)
         pipe.time()
-        for shard in shards:
-            pipe.zrange(self.keys(shard)[0], 0, 0, withscores=True)
-        (seconds, micros), *firsts = pipe.execute()
-        scores = [first[0][1] for first in firsts if first]
-        return seconds + micros / 1_000_000, min(scores) / 1000 if scores else None
+        pipe.zrange(due_index_key(self.region), 0, -1, withscores=True)
+        (seconds, micros), members = pipe.execute()
+        return seconds + micros / 1_000_000, {int(member): score / 1000 for member, score in members}
+
+    def due_shards(self, *, shards: Iterable[int]) -> list[int]:
+        """Those of ``shards`` with a timer due now (by the due index)."""
+        now, index = self.due_index()
+        return [shard for shard in shards if index.get(shard, math.inf) <= now]
+
+    def next_due(self, *, shards: Iterable[int]) -> tuple[float, float | None]:
+        """Redis's clock and the earliest moment any timer of ``shards`` wants the pump (None: no
+        timer), in seconds, in one round trip."""
+        now, index = self.due_index()
+        dues = [index[shard] for shard in shards if shard in index]
+        return now, min(dues) if dues else None
+
+    def reindex(self, *, shards: Iterable[int]) -> None:
+        """Put each shard's earliest timer in the due index (reconciliation's repair)."""
+        self._many(self._reindex, [(self.keys(shard), [""]) for shard in shards])
 
     def lag(self, *, shard: int, now: float | None = None) -> ShardLag:
         """Counts and the oldest due time of ``shard`` (two ZCARDs and one ZRANGE: cheap to poll)."""

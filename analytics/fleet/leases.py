@@ -364,6 +364,21 @@ def fence_raise(cursor, *, shard: int, epoch: int, worker: str) -> int:
     return int(cursor.fetchone()[0])
 
 
+def fences_raise(cursor, *, epochs: dict[int, int], worker: str) -> dict[int, int]:
+    """``fence_raise`` for several shards (shard -> epoch) in one statement each way; returns
+    shard -> the epoch stored."""
+    order = sorted(epochs)
+    cursor.execute(
+        "INSERT INTO shard_fence (shard, epoch, worker, updated) "
+        "SELECT shard, epoch, %s, now() FROM unnest(%s::integer[], %s::bigint[]) AS x(shard, epoch) "
+        "ON CONFLICT (shard) DO UPDATE SET epoch = EXCLUDED.epoch, worker = EXCLUDED.worker, updated = now() "
+        "WHERE shard_fence.epoch < EXCLUDED.epoch",
+        [worker, order, [epochs[shard] for shard in order]],
+    )
+    cursor.execute("SELECT shard, epoch FROM shard_fence WHERE shard = ANY(%s)", [order])
+    return {int(shard): int(epoch) for shard, epoch in cursor.fetchall()}
+
+
 def fence_check(cursor, *, shard: int, epoch: int) -> None:
     """First statement of a write transaction for ``shard``: lock its fence row until commit and
     raise ``Fenced`` unless it holds ``epoch``.

@@ -1,12 +1,13 @@
 """A calc worker process: a Celery worker (solo pool: one task at a time, late acknowledgement,
-prefetch of one) of one region that consumes the queues of the shards it holds.
+prefetch of one) of one region that consumes its own queue (by its stable name), through which
+all work on the shards it holds comes.
 
 A consumer bootstep balances the shard leases every ``BALANCE_EVERY`` seconds in the consumer's
-own loop (starting and stopping the consumption of the shards' queues there, where Celery wants
-it), and a heartbeat thread renews the leases every third of their TTL while tasks run; both are
-loops of ``flespi_site.runner``, which owns their failures. A shard
-whose lease is lost stops being consumed at the next balance, and anything its task tries to
-write is refused by the fence in the meantime. Run it with ``manage.py calc_worker --region eu``.
+own loop (between tasks), and a heartbeat thread renews the leases every third of their TTL while
+tasks run; both are loops of ``flespi_site.runner``, which owns their failures. A shard whose lease
+is lost is dropped at the next balance, and anything its task tries to write is refused by the
+fence in the meantime; a message for it still in this worker's queue is passed on to its new
+holder. Run it with ``manage.py calc_worker --region eu``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from django.db import close_old_connections
 from analytics.fleet import tasks
 from analytics.fleet.worker import ShardWorker
 from flespi_site.celery import celery_app
-from flespi_site.fleet import control_queue, shard_queue
+from flespi_site.fleet import control_queue, worker_queue
 from flespi_site.runner import Loop
 
 logger = logging.getLogger(__name__)
@@ -30,22 +31,19 @@ BALANCE_EVERY = 2.0
 
 
 class LeaseBalance(Loop):
-    """Balance the shard leases and consume exactly the queues of the shards held (a step of the
-    consumer's timer, where Celery wants queues changed)."""
+    """Balance the shard leases (a step of the consumer's timer, between tasks) and, for the shards
+    gained, have their change logs drained and their requests scheduled."""
 
-    def __init__(self, worker: ShardWorker, consumer):
+    def __init__(self, worker: ShardWorker):
         super().__init__()
         self.name = f"calc {worker.region}: lease balance"
         self.worker = worker
-        self.consumer = consumer
 
     def step(self) -> float:
         worker = self.worker
         gained, lost = worker.rebalance()
-        for shard in lost:
-            self.consumer.cancel_task_queue(shard_queue(worker.region, shard))
-        for shard in gained:
-            self.consumer.add_task_queue(shard_queue(worker.region, shard))
+        if gained:
+            worker.taken_over(gained)
         if gained or lost:
             logger.info("calc %s: %s holds shards %s (gained %s, lost %s)", worker.region, worker.worker_id,
                         sorted(worker.held), gained, lost)
@@ -68,14 +66,14 @@ class LeaseHeartbeat(Loop):
 
 def _make_step(worker: ShardWorker):
     class ShardQueues(bootsteps.StartStopStep):
-        """Consume exactly the queues of the shards this worker holds."""
+        """Balance the leases between tasks (the consumer's timer)."""
 
         requires = {"celery.worker.consumer.tasks:Tasks"}
 
         def start(self, consumer):
             # Every tick is one step under the runner's failure policy (Redis or a database away:
             # logged, counted, tried again at the next tick).
-            self.balance = LeaseBalance(worker, consumer)
+            self.balance = LeaseBalance(worker)
             self.balance.attempt()
             self.timer = consumer.timer.call_repeatedly(BALANCE_EVERY, self.balance.attempt, priority=10)
 
@@ -108,6 +106,7 @@ def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, name: str |
     task_prerun.connect(_connections_checked, weak=False)
     task_postrun.connect(_connections_checked, weak=False)
     app.conf.task_default_queue = control_queue(region)
+    queues = f"{worker_queue(region, worker_id)},{app.conf.task_default_queue}"
     app.steps["consumer"].add(_make_step(worker))
     heartbeat = LeaseHeartbeat(worker, lease_ttl / 3)
     beat = threading.Thread(target=heartbeat.run, name="lease-heartbeat", daemon=True)
@@ -116,7 +115,7 @@ def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, name: str |
     try:
         app.worker_main(
             argv=["worker", "--pool=solo", f"--loglevel={loglevel}", "-n", f"{worker_id}@calc",
-                  "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", app.conf.task_default_queue]
+                  "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", queues]
         )
     finally:
         heartbeat.stop()

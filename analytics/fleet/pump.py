@@ -29,7 +29,7 @@ from analytics.fleet.debounce import DebounceTimers, Offer
 from analytics.fleet.requests import requests_read
 from devices import storage as message_storage
 from flespi_site.celery import celery_app, redis_client, shards_wake
-from flespi_site.fleet import Due, ShardPurge, ShardRun, lease_holders
+from flespi_site.fleet import ShardPurge, lease_holders, shards_held
 from flespi_site.runner import Loop
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Pump(Loop):
         self.app = celery_app(region)
         self.sent = 0
         self.messages = 0
-        self._watched: list[int] = list(range(settings.CALC_SHARDS))
+        self._watched: list[int] = []
         self.reconciled = 0
         self._next_reconcile = 0.0
         self._next_purge = time.monotonic() + purge_every
@@ -89,45 +89,41 @@ class Pump(Loop):
 
     def pump_once(self) -> int:
         """Send every due assignment; returns how many. The due assignments of the shards one
-        worker holds go in one message to one of its shards' queues, and no more to that worker
-        while one is waiting or running: what falls due meanwhile waits for its next batch, so
-        that a busy worker takes more per task instead of more tasks. Shards nobody holds get a
-        message of their own, waiting in their queue for whoever takes them."""
-        holders = self._holders()
+        worker holds go in one message to its queue, and no more to that worker while one is
+        waiting or running: what falls due meanwhile waits for its next batch, so that a busy
+        worker takes more per task instead of more tasks. Shards nobody holds wait for their
+        next holder, which takes their timers back when it takes them."""
+        now, index = self.timers.due_index()
+        holders = self._holders(sorted(index))
         busy = busy_workers(self.client, region=self.region,
                             workers={worker for worker in holders.values() if worker is not None})
+        self._watched = [shard for shard, worker in holders.items() if worker is not None and worker not in busy]
+        shares: dict[str, int] = {}
+        for worker in holders.values():
+            if worker is not None:
+                shares[worker] = shares.get(worker, 0) + 1
         by_limit: dict[int, list[int]] = {}
-        self._watched = [shard for shard, worker in holders.items() if worker not in busy]
-        for shard, worker in holders.items():
-            if worker in busy:
-                continue
-            share = sum(1 for other in holders.values() if other == worker) if worker is not None else 1
-            by_limit.setdefault(batch_limit(share), []).append(shard)
+        for shard in self._watched:
+            if index[shard] <= now:
+                by_limit.setdefault(batch_limit(shares[holders[shard]]), []).append(shard)
         offers: dict[int, list] = {}
         for limit, shards in by_limit.items():
             offers.update(self.timers.pump_many(shards=shards, limit=limit, offer_timeout=OFFER_TIMEOUT))
         batches: dict[str, dict[int, list[Offer]]] = {}
-        sent = 0
         for shard in sorted(offers):
-            pairs = offers[shard]
-            worker = holders.get(shard)
-            if worker is None:
-                due = tuple(Due(offer.calc_id, offer.device_id, shard) for offer in pairs)
-                ShardRun(region=self.region, shard=shard, due=due).send(self.app)
-                self.messages += 1
-                sent += len(pairs)
-                continue
-            batches.setdefault(worker, {})[shard] = pairs
+            batches.setdefault(holders[shard], {})[shard] = offers[shard]
+        sent = 0
         for worker, batch in batches.items():
             sent += batch_send(app=self.app, client=self.client, region=self.region, worker_id=worker, offers=batch)
             self.messages += 1
         self.sent += sent
         return sent
 
-    def _holders(self) -> dict[int, str | None]:
-        """The worker holding each shard's lease (None: free), one read."""
-        return lease_holders(self.client.pipeline(transaction=False), region=self.region,
-                             shards=list(range(settings.CALC_SHARDS)))
+    def _holders(self, shards: list[int]) -> dict[int, str | None]:
+        """The worker holding each of ``shards`` (None: free), one read."""
+        if not shards:
+            return {}
+        return lease_holders(self.client.pipeline(transaction=False), region=self.region, shards=shards)
 
     def reconcile(self) -> int:
         """Wake shards with unconsumed changes; schedule durable requests Redis does not hold.
@@ -139,6 +135,7 @@ class Pump(Loop):
         requests = requests_read(aliases=aliases)
         if changed_shards:
             shards_wake(region=self.region, shards=changed_shards, force=True)
+        self.timers.reindex(shards=range(settings.CALC_SHARDS))
         scheduled = 0
         for shard, changes in requests.items():
             known = {(entry.calc_id, entry.device_id) for entry in self.timers.entries(shard=shard)}
@@ -153,7 +150,8 @@ class Pump(Loop):
     def purge(self) -> None:
         """Ask each shard's worker for retention, and forget the change log's drains older than
         ``CALC_CATCHUP_WINDOW``."""
-        for shard in range(settings.CALC_SHARDS):
-            ShardPurge(region=self.region, shard=shard).send(self.app)
+        for worker, shards in shards_held(self.client, region=self.region, shards=range(settings.CALC_SHARDS)).items():
+            for shard in shards:
+                ShardPurge(region=self.region, shard=shard).send(self.app, worker)
         for alias in region_aliases(self.region):
             message_storage.drains_prune(alias=alias, older_than=settings.CALC_CATCHUP_WINDOW)

@@ -1,6 +1,7 @@
 """The one reader of the calculation fleet's state, for the operators' status page (docs/admin.md,
-"Fleet status") and ``GET /metrics`` (``FleetStateCollector``): per served region its shards (lease holder, epoch, lease age and TTL left, queue length,
-debounce timers and their lag) and per datacenter the assignments by state and the outbox backlog.
+"Fleet status") and ``GET /metrics`` (``FleetStateCollector``): per served region its workers (heartbeat,
+queue length) and its shards (lease holder, epoch, lease age and TTL left, debounce timers and
+their lag) and per datacenter the assignments by state and the outbox backlog.
 
 Nothing here writes. A region whose Redis or a datacenter whose database cannot be read is
 reported as such, with the reason, and the others are still shown: the page is what an operator
@@ -47,11 +48,18 @@ class ShardStatus:
     held_for: float | None  # seconds since the epoch was taken (epochs are Redis's clock in ms)
     renewed_ago: float | None  # seconds since the lease was last renewed (its TTL minus what is left)
     ttl_left: float | None
-    queue: int  # messages waiting in the shard's Celery queue
     pending: int  # assignments with a recalculation range not yet claimed
     timers: int  # debounce timers armed (pending, offered or running)
     oldest_due: float | None  # unix time the most overdue pending range was due
     lag: float  # how far Redis's clock is past ``oldest_due`` (0 when none is due)
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    name: str
+    heartbeat_left: float | None  # None: not live (its leases, if any, are running out)
+    queue: int  # messages waiting in its Celery queue
+    shards: list[int]  # the shards whose lease it holds
 
 
 @dataclass(frozen=True)
@@ -73,12 +81,23 @@ class RegionStatus:
     now: float | None = None  # Redis's clock
     lease_ttl: float = 0.0
     workers: dict[str, float] = field(default_factory=dict)  # live worker -> heartbeat seconds left
+    queues: dict[str, int] = field(default_factory=dict)  # worker (live or holding) -> messages queued
     shards: list[ShardStatus] = field(default_factory=list)
-    unacked: int = 0  # messages delivered to a worker and not yet acknowledged (all shards)
+    unacked: int = 0  # messages delivered to a worker and not yet acknowledged (all workers)
 
     @property
     def queued(self) -> int:
-        return sum(shard.queue for shard in self.shards)
+        return sum(self.queues.values())
+
+    @property
+    def worker_rows(self) -> list[WorkerStatus]:
+        """Every live worker, and every worker still named by a lease."""
+        names = sorted(set(self.workers) | set(self.queues))
+        return [
+            WorkerStatus(name, self.workers.get(name), self.queues.get(name, 0),
+                         [shard.shard for shard in self.shards if shard.worker == name])
+            for name in names
+        ]
 
     @property
     def max_lag(self) -> float:
@@ -128,9 +147,10 @@ def region_status(
     client = status_client(code) if client is None else client
     try:
         read = leases_read(client, region=code, shards=shards)
+        names = sorted(set(read.workers) | {lease.worker for lease in read.leases if lease.worker is not None})
         pipe = client.pipeline(transaction=False)
-        for shard in range(shards):
-            for key in queue_keys(code, shard):
+        for name in names:
+            for key in queue_keys(code, name):
                 pipe.llen(key)
         pipe.hlen(unacked_key(code))
         lengths = pipe.execute()
@@ -140,6 +160,7 @@ def region_status(
         return RegionStatus(code, datacenters, problem=str(exc) or type(exc).__name__)
     ttl = settings.CALC_LEASE_TTL
     steps = len(PRIORITY_STEPS)
+    queues = {name: sum(lengths[i * steps:(i + 1) * steps]) for i, name in enumerate(names)}
     rows = []
     for lease, lag in zip(read.leases, lags, strict=True):
         held = None
@@ -153,7 +174,6 @@ def region_status(
                 held_for=held,
                 renewed_ago=None if lease.ttl_left is None else max(0.0, ttl - lease.ttl_left),
                 ttl_left=lease.ttl_left,
-                queue=sum(lengths[lease.shard * steps : (lease.shard + 1) * steps]),
                 pending=lag.pending,
                 timers=lag.timers,
                 oldest_due=lag.oldest_due,
@@ -166,6 +186,7 @@ def region_status(
         now=read.now,
         lease_ttl=ttl,
         workers={worker: expiry - read.now for worker, expiry in sorted(read.workers.items())},
+        queues=queues,
         shards=rows,
         unacked=int(lengths[-1]),
     )

@@ -41,13 +41,14 @@ from analytics.fleet.changes import assignment_cached, cache_catch_up, changes_d
 from analytics.fleet.debounce import Change, Claim, DebounceTimers
 from analytics.fleet.held import HeldShard, NotHeld, fenced, placed_elsewhere
 from analytics.fleet.home import worker_home
-from analytics.fleet.leases import Fenced, ShardLeases, fence_raise
+from analytics.fleet.leases import Fenced, ShardLeases, fences_raise
 from analytics.fleet.purge import shard_purge
 from analytics.fleet.requests import requests_read
 from analytics.models import Assignment
 from analytics.models import Calculator as StoredCalculator
+from devices import storage as message_storage
 from flespi_site import metrics
-from flespi_site.celery import celery_app, redis_client
+from flespi_site.celery import celery_app, redis_client, shards_request, shards_wake
 from flespi_site.fleet import dirty_key, wake_key
 
 logger = logging.getLogger(__name__)
@@ -82,9 +83,10 @@ class ShardWorker:
     # -- leases ------------------------------------------------------------------------------
 
     def rebalance(self) -> tuple[list[int], list[int]]:
-        """Heartbeat and take an even share of the shards; returns (shards gained, shards lost),
-        whose queues the caller starts and stops consuming. A gained shard's fence is raised in
-        every datacenter database before anything else happens on it."""
+        """Heartbeat and take this worker's shards (``ShardLeases.balance``); returns (shards
+        gained, shards lost). A gained shard's fence is raised in every datacenter database, and
+        its cache brought in step with the drains other workers made of its change log, before
+        anything else happens on it."""
         with self._lock:
             balance = self.leases.balance()
             for shard, epoch in balance.extra.items():
@@ -95,16 +97,17 @@ class ShardWorker:
                 self.held.pop(shard).cache.close()
             if lost:
                 logger.warning("calc %s: lost the lease of shards %s", self.region, lost)
+            taken = {shard: epoch for shard, epoch in sorted(now_held.items()) if shard not in self.held}
+            fenced_out = self._fences_raise(taken)
+            for shard in fenced_out:
+                self.leases.release(shard, taken.pop(shard))
+            heads = {alias: message_storage.drains_heads(alias=alias, shards=list(taken)) for alias in self.aliases}
             gained = []
-            for shard, epoch in sorted(now_held.items()):
-                if shard in self.held:
-                    continue
-                if not self._fences_raise(shard, epoch):
-                    self.leases.release(shard, epoch)
-                    continue
+            for shard, epoch in taken.items():
                 held = HeldShard(shard, epoch, self._cache_open(shard))
                 try:
-                    self._caught_up(held)
+                    cache_catch_up(aliases=self.aliases, held=held,
+                                   heads={alias: heads[alias].get(shard, 0) for alias in self.aliases})
                 except BaseException:
                     held.cache.close()
                     raise
@@ -114,9 +117,14 @@ class ShardWorker:
                 # timeouts.
                 self.timers.abandon(shard=shard)
             metrics.shards_gained(region=self.region, worker=self.worker_id, count=len(gained))
-            # A shard lost and taken again at once (Redis lost the leases) is in both lists: its
-            # queue is cancelled and added again.
             return gained, lost
+
+    def taken_over(self, shards: Sequence[int]) -> None:
+        """What the previous holders of ``shards`` (just gained) left undone, through this worker's
+        own queue (the leases name it now): their change logs drained, their durable requests
+        scheduled. Their timers came back in ``rebalance``."""
+        shards_wake(region=self.region, shards=shards, force=True)
+        shards_request(region=self.region, shards=shards)
 
     def renew(self) -> list[int]:
         """Extend every lease held (a heartbeat thread calls this while tasks run); returns the
@@ -142,14 +150,22 @@ class ShardWorker:
         self.leave()
         self.home.close()
 
-    def _fences_raise(self, shard: int, epoch: int) -> bool:
+    def _fences_raise(self, epochs: Mapping[int, int]) -> set[int]:
+        """Raise the fences of shards just taken (shard -> epoch) in every datacenter database, one
+        transaction per database; returns the shards whose fence already holds a newer epoch
+        (they moved on: this worker must not write for them)."""
+        behind: set[int] = set()
+        if not epochs:
+            return behind
         for alias in self.aliases:
             with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-                stored = fence_raise(cursor, shard=shard, epoch=epoch, worker=self.worker_id)
-            if stored != epoch:
-                logger.warning("calc %s: shard %s moved on (fence %s > epoch %s)", self.region, shard, stored, epoch)
-                return False
-        return True
+                stored = fences_raise(cursor, epochs=epochs, worker=self.worker_id)
+            for shard, epoch in epochs.items():
+                if stored[shard] != epoch:
+                    logger.warning("calc %s: shard %s moved on (fence %s > epoch %s)", self.region, shard,
+                                   stored[shard], epoch)
+                    behind.add(shard)
+        return behind
 
     def _caught_up(self, held: HeldShard) -> None:
         """The cache of a shard just taken (or reopened) in step with the drains other workers
@@ -196,29 +212,30 @@ class ShardWorker:
 
     # -- the change log and requests -------------------------------------------------------------
 
-    def changes_drain(self, shard: int, *, address: str | int | None = None) -> int:
-        """Take the wake-up that came through ``shard``'s queue (addressed to ``address``: a worker
-        id, or the shard) and consume the change log of every held shard with rows not taken yet;
+    def changes_drain(self, shard: int | None = None) -> int:
+        """Take the wake-up that came through this worker's queue and consume the change log of
+        every held shard its dirty set names (``shard``: drain that one whatever the set says);
         returns how many changes were taken."""
-        self._held_or_raise(shard)
-        woken = self._dirty_take(shard if address is None else address)
-        dirty = [held for shard in woken if (held := self.holding(shard)) is not None]
+        woken = set(self._dirty_take())
+        if shard is not None:
+            woken.add(shard)
+        dirty = [held for shard in sorted(woken) if (held := self.holding(shard)) is not None]
         if not dirty:
             return 0
         return sum(changes_drain(alias=alias, held_shards=dirty, timers=self.timers) for alias in self.aliases)
 
-    def _dirty_take(self, address: str | int) -> list[int]:
-        """Clear the wake-up flag of ``address`` (its message is this one) and the dirty flags of
-        the held shards; returns the shards whose dirty flag was set. A writer sets the dirty flag
-        after its commit, so the read that follows the clearing sees its rows; a shard whose flag
-        is not set has no row that a drain after the flag's last clearing did not see."""
-        with self._lock:
-            shards = sorted(self.held)
-        pipe = redis_client(self.region).pipeline(transaction=False)
-        pipe.delete(wake_key(self.region, address))
-        for shard in shards:
-            pipe.delete(dirty_key(self.region, shard))
-        return [shard for shard, existed in zip(shards, pipe.execute()[1:], strict=True) if existed]
+    def _dirty_take(self) -> list[int]:
+        """Clear this worker's wake-up flag (its message is this one) and empty its dirty set;
+        returns the shards the set named. A writer adds to the set after its commit, so the read
+        that follows sees its rows; a shard not in the set has no row that a drain after the last
+        emptying did not see (or was taken since, and its taker drained it)."""
+        client = redis_client(self.region)
+        pipe = client.pipeline(transaction=True)
+        pipe.delete(wake_key(self.region, self.worker_id))
+        pipe.smembers(dirty_key(self.region, self.worker_id))
+        pipe.delete(dirty_key(self.region, self.worker_id))
+        _woken, members, _deleted = pipe.execute()
+        return sorted(int(member) for member in members)
 
     def requests_schedule(self, shard: int) -> int:
         """Schedule the durable recalculation requests of the shard's assignments (new, enabled
@@ -254,8 +271,9 @@ class ShardWorker:
         try:
             with self._lock:
                 shards = sorted(self.held)
-            offers = self.timers.pump_many(shards=shards, limit=batches.batch_limit(len(shards)),
-                                           offer_timeout=OFFER_TIMEOUT) if shards else {}
+            due = self.timers.due_shards(shards=shards)
+            offers = self.timers.pump_many(shards=due, limit=batches.batch_limit(len(shards)),
+                                           offer_timeout=OFFER_TIMEOUT) if due else {}
             if not batches.batch_send(app=celery_app(self.region), client=client, region=self.region,
                                       worker_id=self.worker_id, offers=offers):
                 batches.batch_done(client, region=self.region, worker_id=self.worker_id)

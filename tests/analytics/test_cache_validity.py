@@ -80,7 +80,7 @@ def ingest(device, messages) -> None:
 
 def run(worker: ShardWorker, calculator, device) -> None:
     """Drain the change log and recalculate the assignment, as the worker's tasks do."""
-    worker.changes_drain(device.shard, address=device.shard)
+    worker.changes_drain(device.shard)
     worker.batch_run({device.shard: [(calculator.pk, device.pk)]})
 
 

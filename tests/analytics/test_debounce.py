@@ -366,3 +366,24 @@ def test_no_change_is_lost_while_schedulers_race_a_worker(client, timers):
     assert missed == []
     assert timers.entries(shard=0) == []
     assert len(runs) < len(scheduled)  # debounced: fewer runs than changes
+
+
+def test_the_due_index_follows_every_script(timers):
+    """Each script leaves its shard in the region's due index at its earliest timer, or out of it
+    when it has none; ``reindex`` repairs an index Redis lost alone."""
+    from flespi_site.fleet import due_index_key
+
+    timers.schedule_many({3: [change(10, 11, device=1, delay=5)], 4: [change(20, 21, device=3, delay=1)]}, now=100)
+    assert timers.due_index()[1] == {3: 105.0, 4: 101.0}
+    [offer] = timers.pump(shard=4, limit=10, offer_timeout=30, now=102)
+    assert timers.due_index()[1] == {3: 105.0, 4: 132.0}  # the offer's timeout
+    [claim] = timers.claim(shard=4, assignments=[(offer.calc_id, offer.device_id)], run_timeout=60, now=103)
+    assert timers.due_index()[1][4] == 163.0  # the run's deadline
+    timers.release(shard=4, claims=[claim], ok=True, now=104)
+    assert timers.due_index()[1] == {3: 105.0}
+    assert timers.due_shards(shards=[3, 4]) == [3]  # Redis's clock is far past 105 s
+    timers.abandon(shard=3, now=106)
+    timers.client.delete(due_index_key(timers.region))
+    assert timers.due_index()[1] == {}
+    timers.reindex(shards=range(8))
+    assert timers.due_index()[1] == {3: 105.0}

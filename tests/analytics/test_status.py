@@ -14,7 +14,7 @@ from analytics.fleet.debounce import Change, DebounceTimers
 from analytics.fleet.leases import ShardLeases
 from analytics.models import Assignment
 from flespi_site.celery import celery_app
-from flespi_site.fleet import queue_keys, shard_queue
+from flespi_site.fleet import queue_keys, worker_queue
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -22,12 +22,12 @@ pytestmark = pytest.mark.django_db(databases="__all__")
 
 def test_the_queue_keys_are_the_lists_kombu_writes():
     client = status.status_client("eu")
-    keys = queue_keys("eu", 5)
+    keys = queue_keys("eu", "calc-probe")
     before = sum(client.llen(key) for key in keys)
     app = celery_app("eu")
     try:
-        app.send_task("analytics.status_probe", args=[1], queue=shard_queue("eu", 5))
-        app.send_task("analytics.status_probe", args=[2], queue=shard_queue("eu", 5), priority=5)
+        app.send_task("analytics.status_probe", args=[1], queue=worker_queue("eu", "calc-probe"))
+        app.send_task("analytics.status_probe", args=[2], queue=worker_queue("eu", "calc-probe"), priority=5)
         assert sum(client.llen(key) for key in keys) == before + 2
         assert [client.llen(key) > 0 for key in keys][:2] == [True, True]  # priority 0 and the step of 5
     finally:
@@ -42,7 +42,7 @@ def test_a_region_status_reads_leases_queues_and_timers(region_client):
     timers = DebounceTimers(client, region=code)
     now = timers.now()
     timers.schedule(shard=1, changes=[Change(7, 9, 100.0, 200.0, 0.0)], now=now - 12.0)
-    client.rpush(queue_keys(code, 2)[0], "a", "b", "c")
+    client.rpush(queue_keys(code, "calc-a")[0], "a", "b", "c")
 
     got = status.region_status(code=code, datacenters=[], shards=4, client=client)
 
@@ -57,7 +57,9 @@ def test_a_region_status_reads_leases_queues_and_timers(region_client):
     for shard in got.shards[:2]:
         assert 25 < shard.ttl_left <= 30
         assert shard.held_for is not None and 0 <= shard.held_for < 5  # epochs are Redis's clock
-    assert [s.queue for s in got.shards] == [0, 0, 3, 0]
+    assert got.queues == {"calc-a": 3}
+    [row] = got.worker_rows
+    assert (row.name, row.heartbeat_left, row.queue, row.shards) == ("calc-a", None, 3, [0, 1])
     assert [(s.pending, s.timers) for s in got.shards] == [(0, 0), (1, 1), (0, 0), (0, 0)]
     assert got.shards[1].oldest_due == pytest.approx(now - 12.0, abs=0.01)
     assert got.shards[1].lag == pytest.approx(12.0, abs=1.0)

@@ -114,8 +114,7 @@ class Platform:
         for number in range(1, workers):
             self.fleet.start_worker(f"worker{number}")
         self.workers = ["worker", *(f"worker{number}" for number in range(1, workers))]
-        for name in self.workers[1:]:
-            self.fleet.wait_for(name, "holds shards", timeout=60)
+        self.fleet.wait_placed(set(self.workers))
         self.web = WebServer(DEBUG="0", LOG_LEVEL="WARNING")
         self.root = self.fleet.topic_root
         self.port = self.web.port
@@ -238,6 +237,7 @@ class LatencyRun:
     def __init__(self, size: int, seconds: float):
         self.size, self.seconds = size, seconds
         self.latencies: list[float] = []
+        self.samples: list[tuple[float, float]] = []  # (accepted, latency)
         self.accept: list[float] = []
         self.exact = self.missing = self.messages = 0
         self.cpu: dict[str, float] = {}
@@ -250,7 +250,9 @@ class LatencyRun:
         return ordered[min(len(ordered) - 1, math.ceil(quantile * len(ordered)) - 1)] if ordered else math.nan
 
 
-def latency(platform: Platform, fixture, devices, seconds: float, profile: Path | None) -> LatencyRun:
+def latency(platform: Platform, fixture, devices, seconds: float, profile: Path | None, *,
+            during=None) -> LatencyRun:
+    """A latency run; ``during`` (a callable) runs in a thread from 5 s after the warm-up."""
     from django.conf import settings
 
     size = len(devices)
@@ -281,6 +283,10 @@ def latency(platform: Platform, fixture, devices, seconds: float, profile: Path 
     spies = start_profiles(platform, profile, seconds) if profile else []
     meter = CpuMeter(platform.pids())
     start = math.ceil(time.time()) + 0.5
+    side = None
+    if during is not None:
+        side = threading.Timer(start + WARMUP + 5 - time.time(), during)
+        side.start()
     with ThreadPoolExecutor(max_workers=4 * len(groups)) as pool:
         futures = []
         for second in range(int(seconds)):
@@ -291,6 +297,8 @@ def latency(platform: Platform, fixture, devices, seconds: float, profile: Path 
                 futures.append(pool.submit(send, phase, second))
         for future in futures:
             future.result()
+    if side is not None:
+        side.join()
     run.wall, run.cpu = meter.used()
     run.tasks = {}
     for name in platform.workers:
@@ -337,6 +345,7 @@ def latency(platform: Platform, fixture, devices, seconds: float, profile: Path 
             at = min(at for end, at in events if end >= us)
             run.exact += first[0] == us
             run.latencies.append(at - accepted)
+            run.samples.append((accepted, at - accepted))
     return run
 
 
@@ -649,9 +658,10 @@ def throughput(platform: Platform, fixture, devices, per_task: int) -> dict[str,
         IDLE_COMMITS.append((pg_commits(alias) - commits) / 11)
         commits = pg_commits(alias)
     idle_rate = IDLE_COMMITS[0]
-    worker = platform.fleet.processes["worker"][0].pid
-    log_start = len(platform.lines("worker"))
-    meter = CpuMeter({"worker": worker, "relay": platform.fleet.processes["relay"][0].pid})
+    log_start = {name: len(platform.lines(name)) for name in platform.workers}
+    meter = CpuMeter({**{name: platform.fleet.processes[name][0].pid for name in platform.workers},
+                      "relay": platform.fleet.processes["relay"][0].pid})
+    holders = platform.fleet.holders()
     by_shard: dict[int, list[Due]] = collections.defaultdict(list)
     for device in devices:
         by_shard[device.shard].append(Due(calculator.pk, device.pk, device.shard))
@@ -660,7 +670,7 @@ def throughput(platform: Platform, fixture, devices, per_task: int) -> dict[str,
     tasks = 0
     for shard, pairs in by_shard.items():
         for start in range(0, len(pairs), per_task):
-            ShardRun(region="eu", shard=shard, due=tuple(pairs[start:start + per_task])).send(app)
+            ShardRun(region="eu", shard=shard, due=tuple(pairs[start:start + per_task])).send(app, holders[shard])
             tasks += 1
     while timers_left(timers, settings.CALC_SHARDS):
         if time.monotonic() - started > 600:
@@ -668,13 +678,15 @@ def throughput(platform: Platform, fixture, devices, per_task: int) -> dict[str,
         time.sleep(0.02)
     elapsed = time.monotonic() - started
     _wall, cpu = meter.used()
-    ran = task_times(platform.lines("worker")[log_start:]).get("shard_run", (0, 0.0))
+    runs = [task_times(platform.lines(name)[log_start[name]:]).get("shard_run", (0, 0.0)) for name in platform.workers]
+    ran = (sum(count for count, _ in runs), sum(seconds for _, seconds in runs))
     time.sleep(11)
     committed = pg_commits(alias) - commits - idle_rate * (time.monotonic() - started)
     calculator_remove(calculator)
     return {
         "per task": per_task, "tasks": tasks, "seconds": elapsed, "recalculations/s": len(devices) / elapsed,
-        "task ms": ran[1] / max(ran[0], 1) * 1e3, "worker CPU %": cpu["worker"] / elapsed,
+        "workers": len(platform.workers), "task ms": ran[1] / max(ran[0], 1) * 1e3,
+        "worker CPU %": sum(cpu[name] for name in platform.workers) / elapsed,
         "PostgreSQL CPU %": cpu["PostgreSQL"] / elapsed, "commits": committed,
         "commits/s": committed / elapsed, "commits per recalculation": committed / len(devices),
         "idle commits/s": idle_rate,
@@ -682,7 +694,9 @@ def throughput(platform: Platform, fixture, devices, per_task: int) -> dict[str,
 
 
 def print_throughput(rows: list[dict], devices: int) -> None:
-    print(f"\n3. throughput: one worker, {devices:,} due assignments (one new message each), sent as tasks of k")
+    workers = rows[0]["workers"] if rows else 1
+    print(f"\n3. throughput: {workers} worker(s), each with a cache directory of its own, {devices:,} due assignments"
+          " (one new message each), sent as tasks of k to the shards' holders")
     print(f"{'k':>4} {'tasks':>6} {'s':>7} {'recalc/s':>9} {'ms/task':>8} {'worker CPU':>10} {'PG CPU':>7}"
           f" {'commits':>8} {'commits/s':>9} {'per recalc':>10}")
     print("-" * 86)
@@ -693,6 +707,93 @@ def print_throughput(rows: list[dict], devices: int) -> None:
     print("commits: transactions committed in the datacenter database during the runs (worker and relay), less the"
           f" idle rate measured before ({statistics.mean(row['idle commits/s'] for row in rows):.0f}/s:"
           " the relay's polls)")
+
+
+# --- 5. a rolling restart under load ------------------------------------------------------------
+
+
+class RollingRestart:
+    """Restart every calc worker in turn (SIGTERM, then the same name again, once the shards are
+    placed on all of them again), watching the leases: which shards changed hands, and what the
+    workers filled meanwhile."""
+
+    def __init__(self, platform: Platform):
+        self.platform = platform
+        self.moved: set[int] = set()  # shards that went to a worker other than their holder before
+        self.unheld: dict[int, float] = {}  # shard -> seconds it had no holder
+        self.window: tuple[float, float] = (0.0, 0.0)
+        self.logs: list[str] = []
+        self.restart_seconds: list[float] = []
+
+    def _watch(self, stop: threading.Event) -> None:
+        last = self.platform.fleet.holders()
+        since: dict[int, float] = {}
+        while not stop.is_set():
+            now = time.time()
+            for shard, holder in self.platform.fleet.holders().items():
+                if holder is None:
+                    since.setdefault(shard, now)
+                    continue
+                if shard in since:
+                    self.unheld[shard] = max(self.unheld.get(shard, 0.0), now - since.pop(shard))
+                if last.get(shard) is not None and holder != last[shard]:
+                    self.moved.add(shard)
+                last[shard] = holder
+            time.sleep(0.1)
+
+    def __call__(self) -> None:
+        fleet, names = self.platform.fleet, self.platform.workers
+        stop = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(stop,), daemon=True)
+        begin = time.time()
+        watcher.start()
+        for name in names:
+            self.logs += self.platform.lines(name)
+            started = time.time()
+            fleet.terminate(name)
+            fleet.start_worker(name)
+            fleet.wait_placed(set(names), timeout=120)
+            self.restart_seconds.append(time.time() - started)
+        time.sleep(2)
+        stop.set()
+        watcher.join()
+        self.window = (begin, time.time())
+
+    def filled(self) -> tuple[int, int]:
+        """Devices and messages the workers filled from PostgreSQL (the old processes' logs and the
+        new ones')."""
+        lines = self.logs + [line for name in self.platform.workers for line in self.platform.lines(name)]
+        fills = [FILL_LINE.search(line) for line in lines]
+        found = [fill for fill in fills if fill]
+        return len(found), sum(int(fill.group(2)) for fill in found)
+
+
+def rolling(platform: Platform, fixture, devices, seconds: float) -> tuple[LatencyRun, RollingRestart, tuple[int, int]]:
+    restart = RollingRestart(platform)
+    before = restart.filled()
+    run = latency(platform, fixture, devices, seconds, None, during=restart)
+    return run, restart, before
+
+
+def print_rolling(run: LatencyRun, restart: RollingRestart, before: tuple[int, int]) -> None:
+    devices, messages = restart.filled()
+    begin, end = restart.window
+    during = sorted(latency for accepted, latency in run.samples if begin <= accepted <= end)
+    outside = sorted(latency for accepted, latency in run.samples if not begin <= accepted <= end)
+
+    def pct(values: list[float], quantile: float) -> str:
+        return f"{values[min(len(values) - 1, math.ceil(quantile * len(values)) - 1)] * 1e3:.0f}" if values else "-"
+
+    print(f"\n5. rolling restart of {len(restart.restart_seconds)} calc workers (SIGTERM, started again under its name),"
+          f" {run.size} devices at 1 msg/s, update_delay {UPDATE_DELAY} s")
+    print(f"{'shards moved':>12} {'longest unheld s':>16} {'devices filled':>14} {'messages filled':>15}"
+          f" {'restart s':>10} {'p99 ms during':>13} {'max ms during':>13} {'p99 ms outside':>14} {'missing':>7}")
+    print("-" * 125)
+    print(f"{len(restart.moved):>12} {max(restart.unheld.values(), default=0.0):>16.1f} {devices - before[0]:>14}"
+          f" {messages - before[1]:>15,} {' / '.join(f'{s:.1f}' for s in restart.restart_seconds):>10}"
+          f" {pct(during, 0.99):>13} {pct(during, 1.0):>13} {pct(outside, 0.99):>14} {run.missing:>7}")
+    print("shards moved: shards that went to a worker other than their holder before; unheld: the longest a shard had"
+          " no lease during the restarts; filled: whole devices copied from PostgreSQL into a cache meanwhile")
 
 
 # --- 4. queries per run (in process) ---------------------------------------------------------
@@ -860,6 +961,12 @@ def main() -> int:
                 print(f"throughput: tasks of {per_task} ...", flush=True)
                 rows.append(throughput(platform, fixture, chosen, per_task))
             print_throughput(rows, len(chosen))
+        if "rolling" in parts:
+            if len(platform.workers) < 2:
+                raise SystemExit("--only rolling needs --workers 2 or more")
+            size = max(sizes)
+            print(f"rolling restart: {size} devices for {seconds:.0f} s ...", flush=True)
+            print_rolling(*rolling(platform, fixture, devices[:size], seconds))
         if "queries" in parts:
             print_query_counts(query_counts(platform, fixture, devices[:throughput_devices]))
         print(f"\nload average now {' '.join(f'{load:.2f}' for load in os.getloadavg())}")

@@ -55,6 +55,7 @@ class FleetTask(StrEnum):
     SHARD_RUN = "analytics.shard_run"
     SHARD_REQUESTS = "analytics.shard_requests"
     SHARD_PURGE = "analytics.shard_purge"
+    SHARD_FILL = "analytics.shard_fill"
 
 
 class _App(Protocol):
@@ -151,6 +152,14 @@ class ShardPurge(ShardPayload):
     task: ClassVar[FleetTask] = FleetTask.SHARD_PURGE
 
 
+@dataclass(frozen=True)
+class ShardFill(ShardPayload):
+    """Fill the cache with the devices of the shard that have an enabled assignment and are not
+    cached yet (a shard just taken), a slice at a time: the worker sends itself the rest."""
+
+    task: ClassVar[FleetTask] = FleetTask.SHARD_FILL
+
+
 # -- Redis keys --------------------------------------------------------------------------------
 # Every key the platform writes in a region's Redis starts with ``flespi:<region>:``, so that
 # regions sharing one Redis (the embedded default) stay apart.
@@ -212,6 +221,12 @@ def epoch_key(region: str, shard: int) -> str:
 def workers_key(region: str) -> str:
     """The live workers: a sorted set of worker id -> heartbeat expiry (Redis's clock, ms)."""
     return f"{region_prefix(region)}shards:workers"
+
+
+def worker_reports_key(region: str) -> str:
+    """A hash of worker name -> what the worker reports of itself at each balance (JSON: host,
+    pid, start, shards held, fills in progress, catch-ups), for the status page."""
+    return f"{region_prefix(region)}shards:reports"
 
 
 def debounce_keys(region: str, shard: int) -> list[str]:

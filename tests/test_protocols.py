@@ -129,6 +129,6 @@ def test_every_fleet_task_is_registered_under_its_contract_name():
     from flespi_site.celery import celery_app
 
     registered = {task.name for task in (tasks.shard_changes, tasks.shard_run, tasks.shard_requests,
-                                         tasks.shard_purge)}
+                                         tasks.shard_purge, tasks.shard_fill)}
     assert registered == TASK_NAMES
     assert set(celery_app("eu").tasks) >= TASK_NAMES

@@ -323,6 +323,9 @@ def test_a_loop_driven_by_another_scheduler_fails_under_the_same_policy(caplog):
         def taken_over(self, shards):
             self.taken.append(list(shards))
 
+        def report_publish(self):
+            pass
+
         def renew(self):
             self.renewed += 1
             if self.renewed == 1:

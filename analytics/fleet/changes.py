@@ -234,8 +234,24 @@ def _devices_located(aliases: Sequence[str], device_ids: Iterable[int]) -> dict[
     return located
 
 
-def device_fill(*, cache: ShardCache, device: Device) -> None:
-    """Copy a device's stored messages into the cache (it was not cached)."""
+def devices_unfilled(*, aliases: Sequence[str], held: HeldShard) -> list[Device]:
+    """The devices of the shard with an enabled assignment that its cache does not hold, where
+    they live now, in id order."""
+    cached = set(held.cache.devices())
+    found: list[Device] = []
+    for alias in aliases:
+        ids = set(Assignment.objects.using(alias).filter(shard=held.shard, enabled=True)
+                  .values_list("device_id", flat=True)) - cached
+        if not ids:
+            continue
+        devices = list(Device.objects.using(alias).filter(pk__in=ids))
+        elsewhere = placed_elsewhere(alias, {device.account_id for device in devices})
+        found += [device for device in devices if device.account_id not in elsewhere]
+    return sorted(found, key=lambda device: device.pk)
+
+
+def device_fill(*, cache: ShardCache, device: Device) -> int:
+    """Copy a device's stored messages into the cache (it was not cached); returns how many."""
     alias = device.database
     started = time.monotonic()
     begin, total = 0, 0
@@ -253,6 +269,7 @@ def device_fill(*, cache: ShardCache, device: Device) -> None:
         begin = cut
     metrics.device_filled(alias=alias, messages=total)
     logger.info("calc: device %s cached, %s messages in %.1f s", device.pk, total, time.monotonic() - started)
+    return total
 
 
 def assignment_cached(*, cache: ShardCache, assignment: Assignment) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -276,18 +276,22 @@ class ShardLeases:
         """Heartbeat and extend every lease of ``held`` (shard -> epoch) still this worker's at
         that epoch, in one round trip; returns the shards whose lease was lost."""
         keys = [self._workers_key(), *(self._lease_key(shard) for shard in held)]
-        args = [self.worker, self.ttl_ms, *(f"{self.worker} {int(epoch)}" for epoch in held.values())]
+        args: list[str | int] = [self.worker, self.ttl_ms, *(f"{self.worker} {int(epoch)}" for epoch in held.values())]
         renewed = self._renew_many(keys=keys, args=args)
         lost = [shard for shard, ok in zip(held, renewed, strict=True) if not int(ok)]
         for shard in lost:
             self._held.pop(shard, None)
         return lost
 
-    def leave(self) -> None:
-        """Release every lease held and stop counting as live (a clean shutdown)."""
+    def leave(self, *, keep_place: bool = False) -> None:
+        """Release every lease held and stop counting as live. With ``keep_place`` (a clean
+        shutdown), the heartbeat is left to run out instead: the placement keeps this worker's
+        shards for it for one TTL, so that a restart takes them back and moves nothing, and a
+        worker gone for good hands them over when it runs out."""
         for shard, epoch in list(self._held.items()):
             self.release(shard, epoch)
-        self.client.zrem(self._workers_key(), self.worker)
+        if not keep_place:
+            self.client.zrem(self._workers_key(), self.worker)
 
     def live_workers(self) -> list[str]:
         """The workers whose heartbeat has not expired (Redis's clock)."""
@@ -364,7 +368,7 @@ def fence_raise(cursor, *, shard: int, epoch: int, worker: str) -> int:
     return int(cursor.fetchone()[0])
 
 
-def fences_raise(cursor, *, epochs: dict[int, int], worker: str) -> dict[int, int]:
+def fences_raise(cursor, *, epochs: Mapping[int, int], worker: str) -> dict[int, int]:
     """``fence_raise`` for several shards (shard -> epoch) in one statement each way; returns
     shard -> the epoch stored."""
     order = sorted(epochs)

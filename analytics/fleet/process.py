@@ -44,6 +44,7 @@ class LeaseBalance(Loop):
         gained, lost = worker.rebalance()
         if gained:
             worker.taken_over(gained)
+        worker.report_publish()
         if gained or lost:
             logger.info("calc %s: %s holds shards %s (gained %s, lost %s)", worker.region, worker.worker_id,
                         sorted(worker.held), gained, lost)
@@ -83,7 +84,7 @@ def _make_step(worker: ShardWorker):
                 timer.cancel()
 
         def shutdown(self, consumer):
-            worker.leave()
+            worker.leave(keep_place=True)
 
     return ShardQueues
 

@@ -97,21 +97,21 @@ class Pump(Loop):
         holders = self._holders(sorted(index))
         busy = busy_workers(self.client, region=self.region,
                             workers={worker for worker in holders.values() if worker is not None})
-        self._watched = [shard for shard, worker in holders.items() if worker is not None and worker not in busy]
+        held = {shard: worker for shard, worker in holders.items() if worker is not None}
+        self._watched = [shard for shard, worker in held.items() if worker not in busy]
         shares: dict[str, int] = {}
-        for worker in holders.values():
-            if worker is not None:
-                shares[worker] = shares.get(worker, 0) + 1
+        for worker in held.values():
+            shares[worker] = shares.get(worker, 0) + 1
         by_limit: dict[int, list[int]] = {}
         for shard in self._watched:
             if index[shard] <= now:
-                by_limit.setdefault(batch_limit(shares[holders[shard]]), []).append(shard)
+                by_limit.setdefault(batch_limit(shares[held[shard]]), []).append(shard)
         offers: dict[int, list] = {}
         for limit, shards in by_limit.items():
             offers.update(self.timers.pump_many(shards=shards, limit=limit, offer_timeout=OFFER_TIMEOUT))
         batches: dict[str, dict[int, list[Offer]]] = {}
         for shard in sorted(offers):
-            batches.setdefault(holders[shard], {})[shard] = offers[shard]
+            batches.setdefault(held[shard], {})[shard] = offers[shard]
         sent = 0
         for worker, batch in batches.items():
             sent += batch_send(app=self.app, client=self.client, region=self.region, worker_id=worker, offers=batch)

@@ -11,6 +11,7 @@ opens when something is down.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from analytics.choices import AssignmentState
 from analytics.fleet.debounce import DebounceTimers
 from analytics.fleet.leases import leases_read
 from analytics.models import Assignment
-from flespi_site.fleet import queue_keys, unacked_key
+from flespi_site.fleet import queue_keys, unacked_key, worker_reports_key
 from regions.selectors import served_datacenters
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,14 @@ class WorkerStatus:
     heartbeat_left: float | None  # None: not live (its leases, if any, are running out)
     queue: int  # messages waiting in its Celery queue
     shards: list[int]  # the shards whose lease it holds
+    report: dict = field(default_factory=dict)  # what it reported at its last balance (``ShardWorker.report``)
+
+    @property
+    def filling(self) -> str:
+        """Its shards whose cache is being filled, as "shard: devices/total"."""
+        fills = self.report.get("filling") or {}
+        return ", ".join(f"{shard}: {done}/{total}" for shard, (done, total, _messages) in sorted(
+            fills.items(), key=lambda item: int(item[0])))
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,7 @@ class RegionStatus:
     lease_ttl: float = 0.0
     workers: dict[str, float] = field(default_factory=dict)  # live worker -> heartbeat seconds left
     queues: dict[str, int] = field(default_factory=dict)  # worker (live or holding) -> messages queued
+    reports: dict[str, dict] = field(default_factory=dict)  # worker -> its last report
     shards: list[ShardStatus] = field(default_factory=list)
     unacked: int = 0  # messages delivered to a worker and not yet acknowledged (all workers)
 
@@ -95,7 +105,7 @@ class RegionStatus:
         names = sorted(set(self.workers) | set(self.queues))
         return [
             WorkerStatus(name, self.workers.get(name), self.queues.get(name, 0),
-                         [shard.shard for shard in self.shards if shard.worker == name])
+                         [shard.shard for shard in self.shards if shard.worker == name], self.reports.get(name, {}))
             for name in names
         ]
 
@@ -153,7 +163,8 @@ def region_status(
             for key in queue_keys(code, name):
                 pipe.llen(key)
         pipe.hlen(unacked_key(code))
-        lengths = pipe.execute()
+        pipe.hgetall(worker_reports_key(code))
+        *lengths, raw_reports = pipe.execute()
         timers = DebounceTimers(client, region=code)
         lags = [timers.lag(shard=shard, now=read.now) for shard in range(shards)]
     except redis.RedisError as exc:
@@ -187,9 +198,22 @@ def region_status(
         lease_ttl=ttl,
         workers={worker: expiry - read.now for worker, expiry in sorted(read.workers.items())},
         queues=queues,
+        reports={_text(name): _report(raw) for name, raw in raw_reports.items() if _text(name) in set(names)},
         shards=rows,
         unacked=int(lengths[-1]),
     )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _report(raw: bytes | str) -> dict:
+    try:
+        report = json.loads(raw)
+    except ValueError:
+        return {}
+    return report if isinstance(report, dict) else {}
 
 
 def fleet_status() -> list[RegionStatus]:

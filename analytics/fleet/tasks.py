@@ -24,6 +24,7 @@ from flespi_site.celery import celery_app, redis_client
 from flespi_site.fleet import (
     FleetTask,
     ShardChanges,
+    ShardFill,
     ShardPayload,
     ShardPurge,
     ShardRequests,
@@ -119,3 +120,14 @@ def shard_requests(self, *args) -> None:
 def shard_purge(self, *args) -> None:
     payload = ShardPurge.from_args(*args)
     _on_shard(self, payload, lambda worker: worker.shard_purge(payload.shard))
+
+
+@shared_task(name=FleetTask.SHARD_FILL.value, bind=True)
+def shard_fill(self, *args) -> None:
+    payload = ShardFill.from_args(*args)
+
+    def fill(worker: ShardWorker) -> None:
+        if worker.shard_fill(payload.shard):
+            payload.send(celery_app(payload.region), worker.worker_id)  # the rest, after what waits
+
+    _on_shard(self, payload, fill)

@@ -20,11 +20,14 @@ Every write to PostgreSQL runs in a transaction whose first statement checks the
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -37,7 +40,13 @@ from analytics.engine import Calculator
 from analytics.fleet import batches
 from analytics.fleet.batches import OFFER_TIMEOUT, RUN_TIMEOUT
 from analytics.fleet.cache import CacheCorrupt, ShardCache
-from analytics.fleet.changes import assignment_cached, cache_catch_up, changes_drain
+from analytics.fleet.changes import (
+    assignment_cached,
+    cache_catch_up,
+    changes_drain,
+    device_fill,
+    devices_unfilled,
+)
 from analytics.fleet.debounce import Change, Claim, DebounceTimers
 from analytics.fleet.held import HeldShard, NotHeld, fenced, placed_elsewhere
 from analytics.fleet.home import worker_home
@@ -49,11 +58,25 @@ from analytics.models import Calculator as StoredCalculator
 from devices import storage as message_storage
 from flespi_site import metrics
 from flespi_site.celery import celery_app, redis_client, shards_request, shards_wake
-from flespi_site.fleet import dirty_key, wake_key
+from flespi_site.fleet import ShardFill, dirty_key, wake_key, worker_reports_key
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["NotHeld", "RunStats", "ShardWorker"]
+
+# Seconds of filling a shard's cache per task, between which the worker's other tasks run.
+FILL_SLICE = 1.0
+
+
+@dataclass
+class FillProgress:
+    """A shard's fill since it was taken: when it began, devices and messages filled so far, and
+    how many devices it had to fill."""
+
+    started: float
+    total: int
+    devices: int = 0
+    messages: int = 0
 
 
 class ShardWorker:
@@ -77,6 +100,10 @@ class ShardWorker:
         batches.batch_done(client, region=region, worker_id=self.worker_id)
         client.delete(wake_key(region, self.worker_id))
         self.held: dict[int, HeldShard] = {}
+        self._fills: dict[int, FillProgress] = {}
+        self._started = time.time()
+        self._gained = 0  # shards taken since the start
+        self._caught_up_devices = 0  # devices read again or dropped by catch-ups since the start
         self._lock = threading.RLock()
         self._compiled: dict[tuple[int, int], Calculator] = {}
 
@@ -106,8 +133,9 @@ class ShardWorker:
             for shard, epoch in taken.items():
                 held = HeldShard(shard, epoch, self._cache_open(shard))
                 try:
-                    cache_catch_up(aliases=self.aliases, held=held,
-                                   heads={alias: heads[alias].get(shard, 0) for alias in self.aliases})
+                    done = cache_catch_up(aliases=self.aliases, held=held,
+                                          heads={alias: heads[alias].get(shard, 0) for alias in self.aliases})
+                    self._caught_up_devices += done.ranged + done.dropped
                 except BaseException:
                     held.cache.close()
                     raise
@@ -117,6 +145,7 @@ class ShardWorker:
                 # timeouts.
                 self.timers.abandon(shard=shard)
             metrics.shards_gained(region=self.region, worker=self.worker_id, count=len(gained))
+            self._gained += len(gained)
             return gained, lost
 
     def taken_over(self, shards: Sequence[int]) -> None:
@@ -125,6 +154,9 @@ class ShardWorker:
         scheduled. Their timers came back in ``rebalance``."""
         shards_wake(region=self.region, shards=shards, force=True)
         shards_request(region=self.region, shards=shards)
+        app = celery_app(self.region)
+        for shard in shards:
+            ShardFill(region=self.region, shard=shard).send(app, self.worker_id)
 
     def renew(self) -> list[int]:
         """Extend every lease held (a heartbeat thread calls this while tasks run); returns the
@@ -137,17 +169,18 @@ class ShardWorker:
             logger.warning("calc %s: lost the lease of shard %s", self.region, shard)
         return lost
 
-    def leave(self) -> None:
-        """Close the caches and release every lease (a clean shutdown, or a test handing the
-        shards to another worker); ``close`` also gives the directory up."""
+    def leave(self, *, keep_place: bool = False) -> None:
+        """Close the caches and release every lease (``ShardLeases.leave``: ``keep_place`` for a
+        clean shutdown that may be a restart); ``close`` also gives the directory up."""
         with self._lock:
             for held in self.held.values():
                 held.cache.close()
             self.held.clear()
-            self.leases.leave()
+            self._fills.clear()
+            self.leases.leave(keep_place=keep_place)
 
-    def close(self) -> None:
-        self.leave()
+    def close(self, *, keep_place: bool = True) -> None:
+        self.leave(keep_place=keep_place)
         self.home.close()
 
     def _fences_raise(self, epochs: Mapping[int, int]) -> set[int]:
@@ -245,6 +278,45 @@ class ShardWorker:
         if changes:
             self.timers.schedule(shard=shard, changes=changes)
         return len(changes)
+
+    def shard_fill(self, shard: int, *, budget: float = FILL_SLICE) -> int:
+        """Fill the held shard's cache with its assigned devices not cached yet, for about
+        ``budget`` seconds (device after device, so that runs of this worker's other shards go on
+        between slices); returns how many devices are left (the caller sends itself the rest)."""
+        held = self._held_or_raise(shard)
+        devices = devices_unfilled(aliases=self.aliases, held=held)
+        started, messages, done = time.monotonic(), 0, 0
+        progress = self._fills.setdefault(shard, FillProgress(started=started, total=len(devices)))
+        for device in devices:
+            if done and time.monotonic() - started >= budget:
+                break
+            messages += device_fill(cache=held.cache, device=device)
+            done += 1
+        progress.devices += done
+        progress.messages += messages
+        left = len(devices) - done
+        if done:
+            logger.info("calc %s: shard %s filling: %s of %s devices, %s messages in %.1f s%s", self.region, shard,
+                        progress.devices, progress.devices + left, progress.messages,
+                        time.monotonic() - progress.started, "" if left else "; done")
+        if not left:
+            self._fills.pop(shard, None)
+        return left
+
+    def filling(self) -> dict[int, FillProgress]:
+        """The shards whose cache is being filled, with their progress."""
+        return dict(self._fills)
+
+    def report(self) -> dict:
+        """What the status page shows of this worker (``report_publish``)."""
+        with self._lock:
+            fills = {str(shard): [fill.devices, fill.total, fill.messages] for shard, fill in self._fills.items()}
+            return {"host": socket.gethostname(), "pid": os.getpid(), "started": self._started,
+                    "directory": str(self.data_dir), "shards": len(self.held), "filling": fills,
+                    "gained": self._gained, "caught_up": self._caught_up_devices}
+
+    def report_publish(self) -> None:
+        redis_client(self.region).hset(worker_reports_key(self.region), self.worker_id, json.dumps(self.report()))
 
     def shard_purge(self, shard: int, *, now: float | None = None) -> int:
         """Retention on the shard (``analytics.fleet.purge``); returns how many intervals went."""

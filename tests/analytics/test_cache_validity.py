@@ -192,3 +192,34 @@ def test_every_drain_is_numbered_and_followed_by_the_holders_cache(hosts, assign
     assert all(ranges == [(device.pk, round((T0 + 40 * k) * 1e6), round((T0 + 40 * k + 9) * 1e6))]
                for k, (_seq, ranges) in enumerate(drains))
     assert a.held[device.shard].cache.positions()[device.database] == 3
+
+
+def test_a_shard_taken_over_is_filled_a_slice_at_a_time(hosts, make_account, settings):
+    from analytics.services import assignment_create, calculator_create
+    from devices.services import device_create
+
+    b = hand_to(hosts, "host-b")
+    settings.CALC_SHARDS = 4  # new devices on shards 0-3 (of the worker's): three on one soon
+    account = make_account("filling")
+    calculator = calculator_create(account=account, config={**TRIPS, "update_delay": 0})
+    shard = None
+    devices = []
+    for n in range(40):  # three devices of one shard, with an assignment each, and messages
+        device = device_create(account=account, configuration={"ident": f"filling-{n}"})
+        if shard is None:
+            shard = device.shard
+        if device.shard == shard:
+            assignment_create(calculator=calculator, device=device)
+            ingest(device, trip(T0 + 10 * len(devices), 50))
+            devices.append(device)
+        if len(devices) == 3:
+            break
+    assert len(devices) == 3
+
+    assert b.shard_fill(shard, budget=0.0) == 2  # one device per slice at least
+    assert b.filling()[shard].devices == 1
+    assert b.shard_fill(shard, budget=60.0) == 0
+    assert b.filling() == {}
+    for device in devices:
+        assert cached_stamps(b, device) == stored_stamps(device)
+    assert b.shard_fill(shard) == 0  # nothing left to fill

@@ -4,6 +4,8 @@ reported when a region's Redis cannot be reached."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import redis
 from django.db import connections
@@ -14,7 +16,7 @@ from analytics.fleet.debounce import Change, DebounceTimers
 from analytics.fleet.leases import ShardLeases
 from analytics.models import Assignment
 from flespi_site.celery import celery_app
-from flespi_site.fleet import queue_keys, worker_queue
+from flespi_site.fleet import queue_keys, worker_queue, worker_reports_key
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -60,6 +62,12 @@ def test_a_region_status_reads_leases_queues_and_timers(region_client):
     assert got.queues == {"calc-a": 3}
     [row] = got.worker_rows
     assert (row.name, row.heartbeat_left, row.queue, row.shards) == ("calc-a", None, 3, [0, 1])
+
+    # What a worker reports of itself at each balance: its fills in progress among the rest.
+    client.hset(worker_reports_key(code), "calc-a", json.dumps({"host": "h1", "pid": 7, "filling": {"1": [2, 5, 900]}}))
+    client.hset(worker_reports_key(code), "calc-gone", json.dumps({"host": "h2"}))  # no lease, no heartbeat
+    [row] = status.region_status(code=code, datacenters=[], shards=4, client=client).worker_rows
+    assert (row.report["host"], row.filling) == ("h1", "1: 2/5")
     assert [(s.pending, s.timers) for s in got.shards] == [(0, 0), (1, 1), (0, 0), (0, 0)]
     assert got.shards[1].oldest_due == pytest.approx(now - 12.0, abs=0.01)
     assert got.shards[1].lag == pytest.approx(12.0, abs=1.0)

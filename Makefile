@@ -67,9 +67,10 @@ demo: $(STAMP)
 test: $(STAMP) $(VENDOR_STAMP)
 	$(PY) -m devtools.embedded exec -- $(PY) -m pytest $(PYTEST_ARGS)
 
-# The long fault soak: five passes of kills of every process and broker restarts (tests/test_soak.py).
+# The long fault soak: five passes of kills of every process and broker restarts (tests/test_soak.py),
+# 100 kill rounds of the contract and ten rounds of every handover between hosts.
 soak: $(STAMP)
-	FLESPI_SLOW=1 $(PY) -m devtools.embedded exec -- $(PY) -m pytest -s tests/test_soak.py tests/analytics/test_fleet_contract.py $(PYTEST_ARGS)
+	FLESPI_SLOW=1 $(PY) -m devtools.embedded exec -- $(PY) -m pytest -s tests/test_soak.py tests/analytics/test_fleet_contract.py tests/analytics/test_fleet_hosts.py $(PYTEST_ARGS)
 
 lint: $(STAMP) $(DEV_STAMP)
 	$(PY) -m ruff check .

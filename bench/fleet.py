@@ -724,6 +724,7 @@ class RollingRestart:
         self.window: tuple[float, float] = (0.0, 0.0)
         self.logs: list[str] = []
         self.restart_seconds: list[float] = []
+        self.before = (0, 0)  # devices and messages filled before the first restart
 
     def _watch(self, stop: threading.Event) -> None:
         last = self.platform.fleet.holders()
@@ -746,6 +747,7 @@ class RollingRestart:
         stop = threading.Event()
         watcher = threading.Thread(target=self._watch, args=(stop,), daemon=True)
         begin = time.time()
+        self.before = self.filled()
         watcher.start()
         for name in names:
             self.logs += self.platform.lines(name)
@@ -768,15 +770,15 @@ class RollingRestart:
         return len(found), sum(int(fill.group(2)) for fill in found)
 
 
-def rolling(platform: Platform, fixture, devices, seconds: float) -> tuple[LatencyRun, RollingRestart, tuple[int, int]]:
+def rolling(platform: Platform, fixture, devices, seconds: float) -> tuple[LatencyRun, RollingRestart]:
     restart = RollingRestart(platform)
-    before = restart.filled()
     run = latency(platform, fixture, devices, seconds, None, during=restart)
-    return run, restart, before
+    return run, restart
 
 
-def print_rolling(run: LatencyRun, restart: RollingRestart, before: tuple[int, int]) -> None:
+def print_rolling(run: LatencyRun, restart: RollingRestart) -> None:
     devices, messages = restart.filled()
+    before = restart.before
     begin, end = restart.window
     during = sorted(latency for accepted, latency in run.samples if begin <= accepted <= end)
     outside = sorted(latency for accepted, latency in run.samples if not begin <= accepted <= end)

@@ -262,7 +262,7 @@ class Change:
 
 @dataclass(frozen=True)
 class Offer:
-    """A due assignment the pump sends to the shard's queue, and why it is offered."""
+    """A due assignment the pump sends to the shard's holder, and why it is offered."""
 
     calc_id: int
     device_id: int
@@ -404,7 +404,7 @@ class DebounceTimers:
 
     def pump(self, *, shard: int, limit: int, offer_timeout: float, now: float | None = None) -> list[Offer]:
         """Take up to ``limit`` due assignments of ``shard`` and mark them sent, for one message to
-        the shard's queue. An offer not claimed within ``offer_timeout`` is offered again, and a
+        the shard's holder. An offer not claimed within ``offer_timeout`` is offered again, and a
         run past its deadline with no release comes back as ``crashed`` with its range merged."""
         return self.pump_many(shards=[shard], limit=limit, offer_timeout=offer_timeout, now=now).get(shard, [])
 

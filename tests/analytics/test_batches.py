@@ -214,3 +214,31 @@ def test_the_pump_waits_for_a_busy_worker_which_sends_itself_what_fell_due(worke
     assert not client.exists(batch_busy_key("eu", WORKER))
     worker.timers.schedule(shard=a.shard, changes=[Change(calculator.pk, a.pk, 1.7e9, 1.7e9, 0.0)])
     assert pump.pump_once() == 1
+
+
+def test_a_message_for_a_shard_that_moved_is_passed_on_to_its_holder(worker):
+    """A task for shards this worker no longer holds goes to their holders' queues (a batch split
+    by holder); what nobody holds is dropped (its next holder takes everything over)."""
+    from analytics.fleet.tasks import _passed_on
+    from flespi_site.fleet import Due, ShardPurge, ShardRun
+
+    client = redis_client("eu")
+    client.set(lease_key("eu", 3), "host-x 17")
+    client.set(lease_key("eu", 4), "host-y 18")
+    client.delete(lease_key("eu", 5))
+    for name in ("host-x", "host-y"):
+        for key in status.queue_keys("eu", name):
+            client.delete(key)
+    try:
+        batch = ShardRun(region="eu", shard=3, due=(Due(1, 10, 3), Due(1, 11, 4), Due(1, 12, 5), Due(1, 13, 3)))
+        _passed_on(worker, batch)
+        assert queued("host-x") == [(FleetTask.SHARD_RUN, ["eu", 3, [[1, 10, 3], [1, 13, 3]]])]
+        assert queued("host-y") == [(FleetTask.SHARD_RUN, ["eu", 4, [[1, 11, 4]]])]
+        _passed_on(worker, ShardPurge(region="eu", shard=4))
+        _passed_on(worker, ShardPurge(region="eu", shard=5))  # nobody holds it: dropped
+        assert queued("host-y")[-1] == (FleetTask.SHARD_PURGE, ["eu", 4])
+        assert len(queued("host-x")) == 1 and queued() == []
+    finally:
+        for name in ("host-x", "host-y"):
+            for key in status.queue_keys("eu", name):
+                client.delete(key)

@@ -124,6 +124,7 @@ def fill(fixture, messages: int, count: int) -> dict[str, float]:
             stored += len(batch)
     print(f"stored {per_device * count:,} messages on {count} devices of shard {shard} in"
           f" {time.perf_counter() - started:.0f} s", flush=True)
+    ingest.vacuum()  # autovacuum may be off: the sealer's reads would wade through the load's dead rows
     started = time.perf_counter()
     alias = devices[0].database
     for device in devices:

@@ -182,9 +182,9 @@ def cache_catch_up(*, aliases: Sequence[str], held: HeldShard, heads: Mapping[st
     drains = 0
     whole = False
     for alias, head in heads.items():
-        position = positions.get(alias, 0 if not cached else None)
+        position = positions.get(alias, 0 if not cached or head == 0 else None)
         if position == head or not cached:
-            continue
+            continue  # in step, holds nothing, or nothing was ever drained there
         if position is None or position > head:
             whole = True  # a file that cannot say, or a database restored to an earlier point
             break

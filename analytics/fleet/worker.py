@@ -135,10 +135,15 @@ class ShardWorker:
                 try:
                     done = cache_catch_up(aliases=self.aliases, held=held,
                                           heads={alias: heads[alias].get(shard, 0) for alias in self.aliases})
-                    self._caught_up_devices += done.ranged + done.dropped
-                except BaseException:
+                except Exception:
+                    # Not taken after all (a database away): released, taken again at a next step;
+                    # the shards taken before it are handed on as gained.
+                    logger.exception("calc %s: could not bring the cache of shard %s in step; releasing it",
+                                     self.region, shard)
                     held.cache.close()
-                    raise
+                    self.leases.release(shard, epoch)
+                    continue
+                self._caught_up_devices += done.ranged + done.dropped
                 self.held[shard] = held
                 gained.append(shard)
                 # What the previous holder was offered or running comes back now, not after its

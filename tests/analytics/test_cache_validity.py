@@ -223,3 +223,25 @@ def test_a_shard_taken_over_is_filled_a_slice_at_a_time(hosts, make_account, set
     for device in devices:
         assert cached_stamps(b, device) == stored_stamps(device)
     assert b.shard_fill(shard) == 0  # nothing left to fill
+
+
+def test_a_shard_whose_cache_cannot_catch_up_is_released_and_taken_again(hosts, monkeypatch):
+    """A database away while a shard's cache catches up: that shard is released (the others are
+    taken and handed on as gained), and the next balance takes it again."""
+    from analytics.fleet import worker as worker_module
+
+    real = worker_module.cache_catch_up
+    failing = {5}
+
+    def flaky(*, aliases, held, heads=None):
+        if held.shard in failing:
+            failing.discard(held.shard)
+            raise ConnectionError("the datacenter database is away")
+        return real(aliases=aliases, held=held, heads=heads)
+
+    monkeypatch.setattr(worker_module, "cache_catch_up", flaky)
+    a = hosts["host-a"]
+    gained, _lost = a.rebalance()
+    assert 5 not in gained and 5 not in a.held and len(gained) == settings.CALC_SHARDS - 1
+    gained, _lost = a.rebalance()
+    assert gained == [5] and len(a.held) == settings.CALC_SHARDS

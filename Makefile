@@ -8,12 +8,13 @@ PYTHON_VERSIONS := 19 18 17 16 15 14 13 12 11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
+TEST_STAMP := $(VENV)/.requirements-test-installed
 DEV_STAMP := $(VENV)/.requirements-dev-installed
 # Leaflet and uPlot for the admin's maps and charts, from the npm registry at pinned versions.
 VENDOR_STAMP := accounts/static/regional_admin/vendor/versions.json
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench venv soak demo vendor
+.PHONY: run test lint bench venv soak demo vendor wheel image stack-test
 
 venv: $(STAMP)
 
@@ -52,8 +53,13 @@ $(VENDOR_STAMP): devtools/vendor.py | $(PY)
 	$(PY) -m devtools.vendor
 	touch $@
 
-# The type checker and its stubs, for `make lint` only.
-$(DEV_STAMP): requirements-dev.txt $(STAMP)
+# pytest, the browser driver and the API fuzzer, for `make test`, `make soak` and `make bench`.
+$(TEST_STAMP): requirements-test.txt $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	touch $@
+
+# The linter, the type checker and its stubs, for `make lint` only.
+$(DEV_STAMP): requirements-dev.txt $(TEST_STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
@@ -64,21 +70,34 @@ run: $(STAMP) $(VENDOR_STAMP)
 demo: $(STAMP)
 	$(PY) manage.py demo
 
-test: $(STAMP) $(VENDOR_STAMP)
+test: $(TEST_STAMP) $(VENDOR_STAMP)
 	$(PY) -m devtools.embedded exec -- $(PY) -m pytest $(PYTEST_ARGS)
 
 # The long fault soak: five passes of kills of every process and broker restarts (tests/test_soak.py),
 # 100 kill rounds of the contract and ten rounds of every handover between hosts.
-soak: $(STAMP)
+soak: $(TEST_STAMP)
 	FLESPI_SLOW=1 $(PY) -m devtools.embedded exec -- $(PY) -m pytest -s tests/test_soak.py tests/analytics/test_fleet_contract.py tests/analytics/test_fleet_hosts.py $(PYTEST_ARGS)
 
 lint: $(STAMP) $(DEV_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy flespi_site accounts regions devices analytics devtools
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	@set -e; for script in bench/*.py; do \
 		[ -e "$$script" ] || continue; \
 		echo "== $$script"; \
 		$(PY) -m devtools.embedded exec -- $(PY) "$$script"; \
 	done
+
+# The platform as a wheel (dist/), with the admin's browser code in it.
+wheel: $(STAMP) $(VENDOR_STAMP)
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir dist .
+
+# The container image and the production-like stack (docs/deployment.md).
+image:
+	bash deploy/build.sh
+
+# Builds the image, starts the stack, walks the quick start, kills a calc container, checks the
+# intervals against a from-scratch calculation, removes everything it started.
+stack-test:
+	bash deploy/stack-test.sh

@@ -175,6 +175,8 @@ class EmbeddedServices:
 
     def start(self) -> dict[str, str]:
         """Start what is missing; returns the URLs of the services that were embedded."""
+        if not self.env.get(SECRET_KEY_VAR):
+            self.env[SECRET_KEY_VAR] = development_secret_key(self.data_dir)
         wanted = [name for name, var in _URL_VARS.items() if not self.env.get(var)]
         for name, var in _URL_VARS.items():
             if name not in wanted:
@@ -197,7 +199,8 @@ class EmbeddedServices:
             if any(service.name == "postgres" for service in self.services):
                 create_missing_databases(self.env, only_port=self._service("postgres").port)
             if self.publish:
-                names = [*_URL_VARS.values(), *(var for var in (PLATFORM_PASSWORD_VAR, DYNSEC_VAR) if self.env.get(var))]
+                names = [*_URL_VARS.values(), SECRET_KEY_VAR,
+                         *(var for var in (PLATFORM_PASSWORD_VAR, DYNSEC_VAR) if self.env.get(var))]
                 published = self.data_dir / PUBLISHED_FILE
                 published.touch(mode=0o600)
                 published.write_text("".join(f"{var}={self.env[var]}\n" for var in names))
@@ -402,6 +405,28 @@ class EmbeddedServices:
 
 _URL_VARS = {"postgres": "DATABASE_URL", "redis": "REDIS_URL", "mqtt": "MQTT_URL"}
 PLATFORM_PASSWORD_VAR = "MQTT_PLATFORM_PASSWORD"
+SECRET_KEY_VAR = "SECRET_KEY"
+SECRET_KEY_FILE = "secret-key"
+
+
+def development_secret_key(data_dir: Path) -> str:
+    """The ``SECRET_KEY`` of a development installation: generated once into ``data_dir`` (readable
+    by its owner only) and read back at every start, so that admin sessions outlive a restart."""
+    path = data_dir / SECRET_KEY_FILE
+    try:
+        if key := path.read_text().strip():
+            return key
+    except OSError:
+        pass
+    key = secrets.token_urlsafe(50)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(key + "\n")
+    except OSError as error:
+        log.warning("could not keep the development SECRET_KEY in %s (%s); admin sessions end at each start",
+                    path, error)
+    return key
 DYNSEC_VAR = "MQTT_DYNSEC"
 BROKER_KIND_VAR = "FLESPI_MQTT_BROKER"
 

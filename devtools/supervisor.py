@@ -7,9 +7,12 @@
 
 A process that dies (exits, or is killed) is restarted after a delay that doubles with each death
 (``RestartPolicy``), while the others keep running. A process that dies ``deaths`` times within
-``window`` seconds is a crash loop: the supervisor says which one and where its log is, stops
-everything and exits with 1. A failed start (services, setup) exits with 1 too. Ctrl-C (or
-SIGTERM) stops the processes, then the embedded services, and exits with 0.
+``window`` seconds is a crash loop: the supervisor says which one, how it ended and its last
+lines, and holds it back for ``pause`` seconds before trying it again, the others running on; only
+a crash loop of an essential process (the web: the platform is unusable without it) stops
+everything, with status 1. A failed start (services, setup) exits with 1 too. Ctrl-C, SIGINT or
+SIGTERM (also when started in the background, where SIGINT comes ignored) stops the processes,
+then the embedded services, and exits with 0.
 
 Later parts plug in by adding one entry to ``PROCESSES``. An entry that runs a management
 command is skipped, with a log line, while that command is not installed.
@@ -53,11 +56,23 @@ class Process:
     # The environment variable that must be "1" for the process to run (read once the embedded
     # services have set theirs), or None.
     only_with: str | None = None
+    # A crash loop of an essential process stops the platform; any other is held back and retried.
+    essential: bool = False
 
     @classmethod
     def manage(cls, name: str, command: str, *args: str, only_with: str | None = None) -> Process:
         """A process running ``manage.py <command> <args>``."""
         return cls(name, ("{python}", "{manage}", command, *args), command=command, only_with=only_with)
+
+    @classmethod
+    def role(cls, name: str, role: str, *args: str, only_with: str | None = None, essential: bool = False) -> Process:
+        """A process running the deployment's command for ``role`` (``flespi <role> <args>``,
+        docs/deployment.md): `make run` starts every role as production does."""
+        from flespi_site.cli import ROLES
+
+        command = ROLES[role].command[0] if role in ROLES else None
+        return cls(name, ("{python}", "-m", "flespi_site.cli", role, *args), command=command, only_with=only_with,
+                   essential=essential)
 
     def resolve(self, context: Mapping[str, str]) -> list[str]:
         return [part.format(**context) for part in self.argv]
@@ -76,42 +91,19 @@ def _calc_workers() -> int:
 
 
 PROCESSES: list[Process] = [
-    Process(
-        "web",
-        (
-            "{python}",
-            "-m",
-            "gunicorn",
-            "flespi_site.wsgi:application",
-            "--bind",
-            "0.0.0.0:{port}",
-            "--workers",
-            "2",
-            "--threads",
-            "4",
-            "--graceful-timeout",
-            "10",
-            "--access-logfile",
-            "-",
-            # gunicorn's largest request line (default 4094): room for a selector of many ids
-            "--limit-request-line",
-            "8190",
-            # the default control socket is one path per user: two checkouts running would collide
-            "--no-control-socket",
-        ),
-    ),
-    Process.manage("relay", "outbox_relay"),
-    Process.manage("mqtt-ingest", "mqtt_ingest"),
-    Process.manage("purge", "purge_messages", "--every", "3600"),
+    Process.role("web", "web", essential=True),
+    Process.role("relay", "relay"),
+    Process.role("mqtt-ingest", "ingest"),
+    Process.role("purge", "purge"),
     # Per region: its calc workers (CALC_WORKERS of them; shards spread over them) and its pump.
     *(
-        Process.manage(f"calc-{region}" + (f"-{number}" if number else ""), "calc_worker", "--region", region)
+        Process.role(f"calc-{region}" + (f"-{number}" if number else ""), "calc", "--region", region)
         for region in _regions()
         for number in range(_calc_workers())
     ),
-    *(Process.manage(f"pump-{region}", "calc_pump", "--region", region) for region in _regions()),
+    *(Process.role(f"pump-{region}", "pump", "--region", region) for region in _regions()),
     # Keeps a Mosquitto the platform manages (dynamic security) in step with tokens and devices.
-    Process.manage("mqtt-sync", "mqtt_sync", "--every", "30", only_with="MQTT_DYNSEC"),
+    Process.role("mqtt-sync", "mqtt-sync", only_with="MQTT_DYNSEC"),
 ]
 
 
@@ -133,11 +125,13 @@ class RestartPolicy:
     max_delay: float = 30.0
     deaths: int = 5
     window: float = 120.0
+    # How long a process in a crash loop is held back before it is tried again.
+    pause: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RestartPolicy:
-        """``FLESPI_RESTART_DELAY``, ``FLESPI_RESTART_MAX_DELAY`` (seconds) and
-        ``FLESPI_CRASH_LOOP`` (``deaths/seconds``, e.g. ``5/120``) override the defaults."""
+        """``FLESPI_RESTART_DELAY``, ``FLESPI_RESTART_MAX_DELAY``, ``FLESPI_CRASH_LOOP_PAUSE``
+        (seconds) and ``FLESPI_CRASH_LOOP`` (``deaths/seconds``, e.g. ``5/120``) override the defaults."""
         policy = cls()
         deaths, window = policy.deaths, policy.window
         if crash_loop := env.get("FLESPI_CRASH_LOOP"):
@@ -148,6 +142,7 @@ class RestartPolicy:
             max_delay=float(env.get("FLESPI_RESTART_MAX_DELAY") or policy.max_delay),
             deaths=max(1, deaths),
             window=window,
+            pause=float(env.get("FLESPI_CRASH_LOOP_PAUSE") or policy.pause),
         )
 
     def delay(self, recent_deaths: int) -> float:
@@ -295,6 +290,7 @@ class Supervisor:
         self.policy = RestartPolicy.from_env(env) if policy is None else policy
         self.context = {"python": sys.executable, "manage": MANAGE_PY, "port": env.get("PORT") or "8000"}
         self.slots: list[Slot] = []
+        self.stopping = threading.Event()
         self.width = max([len(process.name) for process in processes] + [len("setup")])
 
     @property
@@ -323,8 +319,9 @@ class Supervisor:
         slot.child = spawn(slot.process.name, slot.process.resolve(self.context), width=self.width)
 
     def watch(self, poll: float = 0.1) -> None:
-        """Restart the processes that die; return never; raise ``CrashLoop`` when one keeps dying."""
-        while True:
+        """Restart the processes that die until ``stop()``; raise ``CrashLoop`` when an essential one
+        keeps dying (any other is held back, ``RestartPolicy.pause``)."""
+        while not self.stopping.is_set():
             now = time.monotonic()
             for slot in self.slots:
                 if slot.child is not None and slot.child.popen.poll() is not None:
@@ -344,7 +341,14 @@ class Supervisor:
             slot.deaths.popleft()
         recent = len(slot.deaths)
         if recent >= self.policy.deaths:
-            raise CrashLoop(self._crash_loop_message(slot.process, child, how, recent))
+            message = self._crash_loop_message(slot.process, child, how, recent)
+            if slot.process.essential:
+                raise CrashLoop(f"{message}\nWithout {slot.process.name} the platform cannot serve: giving up.")
+            slot.deaths.clear()
+            slot.restart_at = now + self.policy.pause
+            log.error("%s\nHolding %s back for %.0f s, then trying again; the other processes keep running.",
+                      message, slot.process.name, self.policy.pause)
+            return
         delay = self.policy.delay(recent)
         slot.restart_at = now + delay
         log.error(
@@ -363,12 +367,13 @@ class Supervisor:
         last = "\n".join(f"    {line}" for line in child.last_lines) or "    (no output)"
         return (
             f"{process.name} keeps dying: {recent} deaths within {self.policy.window:.0f} s, the last one "
-            f"{how}. Giving up. Look at its log: the lines prefixed '{process.name} |' above, the last "
+            f"{how}. Look at its log: the lines prefixed '{process.name} |' above, the last "
             f"ones being:\n{last}\nTo see it fail on its own, run: {alone}"
         )
 
     def stop(self) -> None:
         """Stop the children, newest first, within ``STOP_TIMEOUT`` in all."""
+        self.stopping.set()
         deadline = time.monotonic() + STOP_TIMEOUT
         children = self.children
         for child in children:
@@ -399,6 +404,9 @@ def main(processes: Sequence[Process] | None = None) -> int:
     )
     supervisor = Supervisor(processes)
     status = 0
+    # Started in the background by a shell or a script, a process inherits SIGINT ignored, and
+    # Python then leaves it so: Ctrl-C or `kill -INT` must stop the platform however it was started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with embedded.terminating_signals_raise():
         try:
             services.start()

@@ -30,6 +30,11 @@ class LockSpace(IntEnum):
 RELAY_LOCK = 0x0F1E5B1
 
 
+# Single-key, session-scoped lock of ``flespi migrate`` in the control database: one migration of
+# the platform's databases at a time, whichever host runs it (``regions.setup``).
+MIGRATE_LOCK = 0x0F1E5B2
+
+
 def lock_id(entity_id: int) -> int:
     """The second key of a two-key lock for ``entity_id`` (PostgreSQL's keys are 32-bit)."""
     return entity_id % 2**31

@@ -38,7 +38,7 @@ from typing import final
 
 from django.db import close_old_connections
 
-from flespi_site import metrics
+from flespi_site import health, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,11 @@ class Loop(ABC):
     def stopping(self) -> threading.Event:
         """Set once ``stop()`` was called; ``stopping.wait(s)`` sleeps unless asked to stop."""
         return self._stopping
+
+    @property
+    def ready(self) -> bool:
+        """Its ``setup()`` succeeded (a step ran or runs)."""
+        return self._ready
 
     def counts(self) -> dict[str, int]:
         """What the loop did so far, for the log (the runner adds its errors)."""
@@ -165,6 +170,20 @@ def loop_counts(loop: Loop) -> dict[str, int]:
     return {**loop.counts(), "errors": loop.errors}
 
 
+def loops_problems(loops: Sequence[Loop]) -> dict[str, str]:
+    """Why these loops are not ready (``flespi_site.health``): one that has not started yet, or
+    whose last step failed (a database or broker away), or that ended."""
+    problems = {}
+    for loop in loops:
+        if loop.failures_in_a_row:
+            problems[loop.name] = f"its last {loop.failures_in_a_row} step(s) failed; see the log"
+        elif not loop.ready:
+            problems[loop.name] = "not started yet"
+        elif loop.stopping.is_set():
+            problems[loop.name] = "stopping"
+    return problems
+
+
 def _log_counts(loops: Sequence[Loop], *, name: str, final: bool = False) -> None:
     for loop in loops:
         counts = ", ".join(f"{key} {value}" for key, value in loop_counts(loop).items())
@@ -194,6 +213,7 @@ def run_loops(
     logger.info("%s: starting %s", name, ", ".join(loop.name for loop in loops))
     for thread in threads:
         thread.start()
+    server = health.serve(role=name, problems=lambda: loops_problems(loops))
     next_log = time.monotonic() + log_every
     try:
         while not stopping.is_set() and any(thread.is_alive() for thread in threads):
@@ -202,6 +222,8 @@ def run_loops(
                 _log_counts(loops, name=name)
                 next_log = time.monotonic() + log_every
     finally:
+        if server is not None:
+            server.stop()
         for loop in loops:
             loop.stop()
         for thread in threads:

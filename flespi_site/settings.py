@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from flespi_site import topology as _topology
 
@@ -25,12 +26,45 @@ def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     if not value:
         return default
-    return int(value)
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a whole number; set it like {name}={default}") from None
 
 
-SECRET_KEY = os.environ.get("SECRET_KEY", "insecure-development-key-change-me-in-production")
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a number of seconds; set it like {name}={default:g}") from None
+
+
+def _env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
 DEBUG = _env_bool("DEBUG", False)
-ALLOWED_HOSTS = [host.strip() for host in os.environ.get("ALLOWED_HOSTS", "*").split(",") if host.strip()]
+# Outside debug a process refuses to start without it (``flespi_site.preflight``); the embedded
+# services of `make run` and `make test` generate one.
+SECRET_KEY_GIVEN = bool(os.environ.get("SECRET_KEY"))
+SECRET_KEY = os.environ.get("SECRET_KEY") or "insecure-development-key-only-with-DEBUG"
+ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", "*")
+
+# Behind a TLS-terminating reverse proxy (docs/deployment.md, "TLS"): the origins the admin's forms
+# come from, and the header by which the proxy says the request came over HTTPS.
+CSRF_TRUSTED_ORIGINS = _env_list("CSRF_TRUSTED_ORIGINS")
+if os.environ.get("SECURE_PROXY_SSL_HEADER"):
+    _header, _, _value = os.environ["SECURE_PROXY_SSL_HEADER"].partition("=")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _header.strip().upper().replace("-", "_"), _value.strip() or "https")
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+USE_X_FORWARDED_HOST = _env_bool("USE_X_FORWARDED_HOST", False)
+
+# Where the platform keeps its own files when no more specific variable says: the first admin's
+# password, the calc workers' caches, the metrics files (a volume, in a container).
+STATE_DIR = Path(os.environ.get("FLESPI_STATE_DIR") or BASE_DIR / "var")
 
 TOPOLOGY = _topology.current()
 # In production a process serves one region; in development and tests (empty) it serves all.
@@ -88,6 +122,8 @@ TEMPLATES = [
 
 def _database(url: str) -> dj_database_url.DBConfig:
     config = dj_database_url.parse(url, conn_max_age=_env_int("DB_CONN_MAX_AGE", 60))
+    # a database that does not answer fails a connection in seconds, not after the system's timeout
+    config.setdefault("OPTIONS", {}).setdefault("connect_timeout", _env_int("DB_CONNECT_TIMEOUT", 5))
     config["TEST"] = {"NAME": "test_" + config["NAME"]}
     return config
 
@@ -174,21 +210,34 @@ CALC_SHARDS = _env_int("CALC_SHARDS", 256)
 # Devices publish their messages to this pattern on their region's broker; '+' is the ident.
 MQTT_INGEST_TOPIC = os.environ.get("MQTT_INGEST_TOPIC", "ingest/+")
 # Where calc workers keep their shard caches (one SQLite file per shard, derived data).
-CALC_DATA_DIR = os.environ.get("CALC_DATA_DIR") or str(BASE_DIR / "var" / "calc")
+CALC_DATA_DIR = os.environ.get("CALC_DATA_DIR") or str(STATE_DIR / "calc")
 # Seconds a calc worker's shard lease lasts without renewal: how long a dead worker's shards wait
 # before another worker takes them.
-CALC_LEASE_TTL = float(os.environ.get("CALC_LEASE_TTL") or 15)
+CALC_LEASE_TTL = _env_float("CALC_LEASE_TTL", 15)
 # Seconds the numbered drains of the change log are kept: a calc worker that comes back to a
 # shard within it reads again only the ranges other workers drained meanwhile; after it, its cache
 # of the shard is refilled (docs/analytics.md, "Cache validity").
-CALC_CATCHUP_WINDOW = float(os.environ.get("CALC_CATCHUP_WINDOW") or 900)
+CALC_CATCHUP_WINDOW = _env_float("CALC_CATCHUP_WINDOW", 900)
+
+# A role other than the web serves /health/live, /health/ready and /metrics on this port when it is
+# set (``flespi_site.health``).
+HEALTH_PORT = _env_int("HEALTH_PORT", 0) or None
 
 # /metrics (docs/configuration.md, "Metrics"): where every process keeps its counters, and who may
-# scrape them: a request from one of the allowed networks, or one with the bearer token.
-METRICS_DIR = os.environ.get("METRICS_DIR") or str(BASE_DIR / "var" / "metrics")
+# scrape them: a request from one of the allowed networks, or one with the bearer token. A process
+# that serves its own metrics (HEALTH_PORT) keeps them in a directory of its own below, so that
+# the web's scrape of the directory does not count them a second time.
+METRICS_DIR = os.environ.get("METRICS_DIR") or str(STATE_DIR / "metrics")
+if HEALTH_PORT is not None:
+    METRICS_DIR = str(Path(METRICS_DIR) / f"port-{HEALTH_PORT}")
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
-METRICS_ALLOW = [
-    ipaddress.ip_network(cidr.strip(), strict=False)
-    for cidr in os.environ.get("METRICS_ALLOW", "127.0.0.0/8,::1/128").split(",")
-    if cidr.strip()
-]
+
+
+def _networks(name: str, default: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    try:
+        return [ipaddress.ip_network(cidr, strict=False) for cidr in _env_list(name, default)]
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name}: {error}; set comma-separated networks like {default}") from None
+
+
+METRICS_ALLOW = _networks("METRICS_ALLOW", "127.0.0.0/8,::1/128")

@@ -128,6 +128,35 @@ def _with_database_name(url: str, suffix: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}_{suffix}"))
 
 
+# The schemes each kind of service URL may have, and an example for the error that names it.
+URL_KINDS = {
+    "database": (("postgres", "postgresql", "pgsql"), "postgres://user:password@host:5432/flespi"),
+    "redis": (("redis", "rediss", "unix"), "redis://host:6379/0"),
+    "mqtt": (("mqtt", "mqtts", "tcp", "ssl"), "mqtt://host:1883"),
+}
+
+
+def _checked_url(url: str, kind: str, where: str) -> str:
+    """``url`` when it is a well-formed URL of ``kind``; else a ``TopologyError`` naming ``where``
+    (the variable or document field that gave it) and what it should look like."""
+    schemes, example = URL_KINDS[kind]
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port that is not a number raises here
+    except ValueError as exc:
+        raise TopologyError(f"{where} is not a valid {kind} URL ({exc}); set it like {example}") from exc
+    if parts.scheme not in schemes:
+        raise TopologyError(
+            f"{where} must be a {kind} URL ({', '.join(s + '://' for s in schemes)}), like {example}; got {url!r}"
+        )
+    if parts.scheme != "unix" and not parts.hostname:
+        raise TopologyError(f"{where} names no host; set it like {example}")
+    if kind == "database" and not parts.path.strip("/"):
+        raise TopologyError(f"{where} names no database; set it like {example}")
+    del port
+    return url
+
+
 def load(env: Mapping[str, str] | None = None) -> Topology:
     """Read the topology from ``env`` (the process environment by default)."""
     env = os.environ if env is None else env
@@ -174,9 +203,9 @@ def _list(value, where: str) -> list:
 def _build(document: dict, env: Mapping[str, str]) -> Topology:
     domain = _optional_text(document.get("domain"), "domain") or env.get("FLESPI_DOMAIN") or "localhost"
     port = env.get("PORT", "8000")
-    database_url = env.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    redis_url = env.get("REDIS_URL") or DEFAULT_REDIS_URL
-    mqtt_url = env.get("MQTT_URL") or DEFAULT_MQTT_URL
+    database_url = _checked_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL, "database", "DATABASE_URL")
+    redis_url = _checked_url(env.get("REDIS_URL") or DEFAULT_REDIS_URL, "redis", "REDIS_URL")
+    mqtt_url = _checked_url(env.get("MQTT_URL") or DEFAULT_MQTT_URL, "mqtt", "MQTT_URL")
     regions: list[RegionConfig] = []
     numbers: dict[int, str] = {}
     dc_codes: set[str] = set()
@@ -201,7 +230,8 @@ def _build(document: dict, env: Mapping[str, str]) -> Topology:
             if number in numbers:
                 raise TopologyError(f"{where}.number {number} is already used by {numbers[number]}")
             numbers[number] = dc_code
-            url = env.get(f"DATABASE_URL_{_env_suffix(dc_code)}") or _with_database_name(
+            variable = f"DATABASE_URL_{_env_suffix(dc_code)}"
+            url = _checked_url(env[variable], "database", variable) if env.get(variable) else _with_database_name(
                 database_url, _env_suffix(dc_code).lower()
             )
             datacenters.append(DatacenterConfig(dc_code, number, code, url))
@@ -221,8 +251,10 @@ def _build(document: dict, env: Mapping[str, str]) -> Topology:
             RegionConfig(
                 code=code,
                 rest_url=(urls["rest_url"] or env.get(f"REST_URL_{suffix}") or f"http://{code}.{domain}:{port}").rstrip("/"),
-                mqtt_url=urls["mqtt_url"] or env.get(f"MQTT_URL_{suffix}") or mqtt_url,
-                redis_url=urls["redis_url"] or env.get(f"REDIS_URL_{suffix}") or redis_url,
+                mqtt_url=_region_url(urls["mqtt_url"], f"regions[{index}].mqtt_url", env, f"MQTT_URL_{suffix}", "mqtt")
+                or mqtt_url,
+                redis_url=_region_url(urls["redis_url"], f"regions[{index}].redis_url", env, f"REDIS_URL_{suffix}", "redis")
+                or redis_url,
                 default_datacenter=default_dc,
                 datacenters=tuple(datacenters),
             )
@@ -236,6 +268,15 @@ def _build(document: dict, env: Mapping[str, str]) -> Topology:
     if default_region not in codes:
         raise TopologyError(f"default_region {default_region!r} is not one of {codes}")
     return Topology(default_region, domain, database_url, tuple(regions))
+
+
+def _region_url(given: str | None, field: str, env: Mapping[str, str], variable: str, kind: str) -> str | None:
+    """A region's own URL of ``kind``: from its document ``field``, else ``variable``; None when neither."""
+    if given:
+        return _checked_url(given, kind, field)
+    if env.get(variable):
+        return _checked_url(env[variable], kind, variable)
+    return None
 
 
 @cache

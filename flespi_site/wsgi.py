@@ -1,6 +1,13 @@
 import os
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flespi_site.settings")
 application = get_wsgi_application()
+
+from flespi_site import preflight  # noqa: E402 - settings are loaded by now
+
+# `flespi web` checks this before starting gunicorn; a server started some other way checks here.
+if problems := preflight.problems("web", production=False):
+    raise ImproperlyConfigured("; ".join(problems))

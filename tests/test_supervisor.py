@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -21,6 +22,7 @@ from flespi_site.mqtt import client as mqtt
 from tests.support.mqtt import Subscriber
 from tests.support.net import free_port
 from tests.support.processes import STARTED, RunningSupervisor
+from tests.support.waiting import poll
 
 # the processes read what the test writes: it must be committed
 live_databases = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -151,14 +153,15 @@ def test_a_killed_child_comes_back_serving_and_the_others_keep_running(
 DOOMED = """
 import sys
 from devtools import supervisor
-doomed = supervisor.Process("doomed", ("{python}", "-c", "print('cannot open /nonexistent/config'); raise SystemExit(3)"))
+doomed = supervisor.Process("doomed", ("{python}", "-c", "print('cannot open /nonexistent/config'); raise SystemExit(3)"),
+                            essential=True)
 steady = supervisor.Process("steady", ("{python}", "-c", "import time; time.sleep(120)"))
 sys.exit(supervisor.main([steady, doomed]))
 """
 
 
 @live_databases
-def test_a_child_that_always_dies_makes_the_supervisor_give_up(tmp_path):
+def test_an_essential_child_that_always_dies_makes_the_supervisor_give_up(tmp_path):
     running = RunningSupervisor(
         [sys.executable, "-c", DOOMED],
         FLESPI_DATA_DIR=str(tmp_path),
@@ -175,19 +178,20 @@ def test_a_child_that_always_dies_makes_the_supervisor_give_up(tmp_path):
     delays = re.findall(r"doomed \(pid \d+\) died: exited with status 3; restarting it in ([\d.]+) s", text)
     assert delays == ["0.1", "0.2", "0.3"]  # doubling, capped
     assert (
-        "doomed keeps dying: 4 deaths within 60 s, the last one exited with status 3. Giving up. "
+        "doomed keeps dying: 4 deaths within 60 s, the last one exited with status 3. "
         "Look at its log: the lines prefixed 'doomed |' above, the last ones being:\n"
         "    cannot open /nonexistent/config\n"
-        "To see it fail on its own, run: python -c print('cannot open /nonexistent/config'); raise SystemExit(3)"
+        "To see it fail on its own, run: python -c print('cannot open /nonexistent/config'); raise SystemExit(3)\n"
+        "Without doomed the platform cannot serve: giving up."
     ) in text
     assert text.count("steady: started") == 1  # never restarted: it never died
     assert "steady: stopped (killed by signal SIGTERM)" in text
 
 
-def test_a_crash_loop_stops_every_child(caplog):
+def test_a_crash_loop_of_an_essential_child_stops_every_child(caplog):
     processes = [
         Process("sleeper", ("{python}", "-c", "import time; print('up', flush=True); time.sleep(60)")),
-        Process("quitter", ("{python}", "-c", "raise SystemExit(3)")),
+        Process("quitter", ("{python}", "-c", "raise SystemExit(3)"), essential=True),
     ]
     runner = Supervisor(processes, env={}, policy=RestartPolicy(first_delay=0.05, deaths=3, window=60))
     caplog.set_level("INFO", logger="flespi.supervisor")
@@ -210,12 +214,68 @@ def test_a_crash_loop_stops_every_child(caplog):
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in started)
 
 
+def test_a_crash_loop_of_another_role_holds_it_back_and_the_web_keeps_serving(caplog):
+    """A relay (say) that cannot start must not take the web down with it: it is held back for the
+    pause, then tried again, while the web keeps its pid."""
+    processes = [
+        Process("web", ("{python}", "-c", "import time; time.sleep(60)"), essential=True),
+        Process("relay", ("{python}", "-c", "raise SystemExit(3)")),
+    ]
+    runner = Supervisor(processes, env={}, policy=RestartPolicy(first_delay=0.05, deaths=3, window=60, pause=1.5))
+    caplog.set_level("INFO", logger="flespi.supervisor")
+    runner.start(processes)
+    web = runner.children[0].popen.pid
+    watcher = threading.Thread(target=runner.watch, kwargs={"poll": 0.02}, daemon=True)
+    try:
+        watcher.start()
+        held = poll(lambda: "Holding relay back for 2 s" in caplog.text, timeout=30)
+        assert held, caplog.text
+        time.sleep(0.5)  # held back: not started again yet
+        assert [name for name, _pid in STARTED.findall(caplog.text)].count("relay") == 3
+        # after the pause it is tried again (and dies again: three more starts, held back again)
+        assert poll(lambda: [name for name, _ in STARTED.findall(caplog.text)].count("relay") >= 4, timeout=30)
+        assert watcher.is_alive()  # the supervisor did not give up
+        assert runner.children[0].popen.pid == web and runner.children[0].popen.poll() is None
+    finally:
+        runner.stop()
+        watcher.join(5)
+    assert "relay keeps dying: 3 deaths within 60 s, the last one exited with status 3." in caplog.text
+
+
+SLEEPY = """
+import sys
+from devtools import supervisor
+steady = supervisor.Process("steady", ("{python}", "-c", "import time; print('up', flush=True); time.sleep(120)"))
+sys.exit(supervisor.main([steady]))
+"""
+
+
+@live_databases
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_the_supervisor_stops_on_sigint_and_sigterm_even_when_started_in_the_background(tmp_path, signum):
+    """A shell's background job (`make run &`) starts with SIGINT ignored; the supervisor still stops on it."""
+    running = RunningSupervisor(
+        [sys.executable, "-c", SLEEPY], preexec=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        FLESPI_DATA_DIR=str(tmp_path), PORT=str(free_port()),
+    )
+    try:
+        assert poll(lambda: "steady: started" in running.output.text, timeout=60), running.output.text
+        steady = running.pids()["steady"]
+        running.process.send_signal(signum)
+        assert running.wait(30) == 0
+    finally:
+        running.kill()
+    assert "steady: stopped" in running.output.text
+    assert not alive(steady) or psutil.Process(steady).status() == "zombie"
+
+
 def test_restart_policy():
     policy = RestartPolicy(first_delay=1, max_delay=30, deaths=5, window=120)
     assert [policy.delay(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
     assert RestartPolicy.from_env(
         {"FLESPI_RESTART_DELAY": "0.5", "FLESPI_CRASH_LOOP": "3/10"}
     ) == RestartPolicy(first_delay=0.5, max_delay=30, deaths=3, window=10)
+    assert RestartPolicy.from_env({"FLESPI_CRASH_LOOP_PAUSE": "60"}).pause == 60
     assert RestartPolicy.from_env({}) == RestartPolicy()
     assert how_it_ended(-9) == "killed by signal SIGKILL"
     assert how_it_ended(2) == "exited with status 2"

@@ -21,9 +21,10 @@ from django.db import close_old_connections
 
 from analytics.fleet import tasks
 from analytics.fleet.worker import ShardWorker
+from flespi_site import health
 from flespi_site.celery import celery_app
 from flespi_site.fleet import control_queue, worker_queue
-from flespi_site.runner import Loop
+from flespi_site.runner import Loop, loops_problems
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class LeaseHeartbeat(Loop):
         return self.every
 
 
-def _make_step(worker: ShardWorker):
+def _make_step(worker: ShardWorker, balance: LeaseBalance):
     class ShardQueues(bootsteps.StartStopStep):
         """Balance the leases between tasks (the consumer's timer)."""
 
@@ -74,9 +75,8 @@ def _make_step(worker: ShardWorker):
         def start(self, consumer):
             # Every tick is one step under the runner's failure policy (Redis or a database away:
             # logged, counted, tried again at the next tick).
-            self.balance = LeaseBalance(worker)
-            self.balance.attempt()
-            self.timer = consumer.timer.call_repeatedly(BALANCE_EVERY, self.balance.attempt, priority=10)
+            balance.attempt()
+            self.timer = consumer.timer.call_repeatedly(BALANCE_EVERY, balance.attempt, priority=10)
 
         def stop(self, consumer):
             timer = getattr(self, "timer", None)
@@ -108,10 +108,13 @@ def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, name: str |
     task_postrun.connect(_connections_checked, weak=False)
     app.conf.task_default_queue = control_queue(region)
     queues = f"{worker_queue(region, worker_id)},{app.conf.task_default_queue}"
-    app.steps["consumer"].add(_make_step(worker))
+    balance = LeaseBalance(worker)
+    app.steps["consumer"].add(_make_step(worker, balance))
     heartbeat = LeaseHeartbeat(worker, lease_ttl / 3)
     beat = threading.Thread(target=heartbeat.run, name="lease-heartbeat", daemon=True)
     beat.start()
+    # Ready once it balances its leases (its consumer runs) and renews them, each step succeeding.
+    server = health.serve(role=f"calc {region} {worker_id}", problems=lambda: loops_problems([heartbeat, balance]))
     logger.info("calc %s: worker %s starting (data in %s)", region, worker_id, worker.data_dir)
     try:
         app.worker_main(
@@ -119,6 +122,8 @@ def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, name: str |
                   "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", queues]
         )
     finally:
+        if server is not None:
+            server.stop()
         heartbeat.stop()
         try:
             worker.close()

@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from tests.support.net import free_port, wait_listening
@@ -32,6 +32,7 @@ def platform_env(**extra: str) -> dict[str, str]:
     from django.conf import settings
 
     env = dict(os.environ, DATABASE_URL=database_url(settings.DATABASES["default"]))
+    env.setdefault("SECRET_KEY", "tests-only-secret-key")
     for datacenter in settings.TOPOLOGY.datacenters:
         name = f"DATABASE_URL_{datacenter.code.upper().replace('-', '_')}"
         env[name] = database_url(settings.DATABASES[datacenter.alias])
@@ -75,12 +76,14 @@ class Output:
         self._thread.join(timeout)
 
 
-def start(argv: list[str], **env: str) -> tuple[subprocess.Popen, Output]:
-    """``argv`` started from the repository on the platform's databases, its output collected."""
+def start(argv: list[str], *, preexec: Callable[[], object] | None = None, **env: str) -> tuple[subprocess.Popen, Output]:
+    """``argv`` started from the repository on the platform's databases, its output collected
+    (``preexec`` runs in the child before it starts, like ``Popen``'s ``preexec_fn``)."""
     process = subprocess.Popen(
         argv,
         cwd=REPO_DIR,
         env=platform_env(**env),
+        preexec_fn=preexec,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -120,8 +123,8 @@ STARTED = re.compile(r"(\S+): started \(pid (\d+)\)")
 class RunningSupervisor:
     """`make run`'s supervisor (or another program that supervises) as a child process."""
 
-    def __init__(self, argv: list[str], **env: str) -> None:
-        self.process, self.output = start(argv, **env)
+    def __init__(self, argv: list[str], *, preexec: Callable[[], object] | None = None, **env: str) -> None:
+        self.process, self.output = start(argv, preexec=preexec, **env)
 
     def pids(self) -> dict[str, int]:
         """The newest pid of each child, from the supervisor's log."""

@@ -198,9 +198,6 @@ def vacuum() -> None:
 
 
 def setup_databases() -> None:
-    from devtools import embedded
-
-    embedded.create_missing_databases(os.environ)
     import django
 
     django.setup()

@@ -124,6 +124,12 @@ class OutboxRelay(Loop):
         busy = time.monotonic() - self._last_published < self.busy_for
         return self.busy_sleep if busy else self.idle_sleep
 
+    def problem(self) -> str | None:
+        if self._client_started and not self._connected.is_set():
+            host, port, _tls = mqtt.broker_address(self.mqtt_url)
+            return f"not connected to the broker at {host}:{port}"
+        return None
+
     def teardown(self) -> None:
         self.close()
         connections[self.alias].close()

@@ -51,6 +51,8 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
+from flespi_site import topology
+
 REPO_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_DIR / "var" / "embedded"
 
@@ -197,7 +199,9 @@ class EmbeddedServices:
                     service.started_in, service.log_path,
                 )
             if any(service.name == "postgres" for service in self.services):
-                create_missing_databases(self.env, only_port=self._service("postgres").port)
+                created = topology.create_missing_databases(topology.database_urls(self.env), only_port=self._service("postgres").port)
+                if created:
+                    log.info("postgres: created databases %s", ", ".join(created))
             if self.publish:
                 names = [*_URL_VARS.values(), SECRET_KEY_VAR,
                          *(var for var in (PLATFORM_PASSWORD_VAR, DYNSEC_VAR) if self.env.get(var))]
@@ -589,44 +593,6 @@ def _stop_orphan_postmaster(pgdata: Path) -> None:
     deadline = time.monotonic() + STOP_TIMEOUT
     while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
         time.sleep(0.1)
-
-
-def database_urls(env: Mapping[str, str]) -> list[str]:
-    """The URLs of every database of the topology: control first, then each datacenter."""
-    from flespi_site import topology
-
-    current = topology.load(env)
-    return [current.control_database_url, *(dc.database_url for dc in current.datacenters)]
-
-
-def create_missing_databases(env: Mapping[str, str], *, only_port: int | None = None) -> list[str]:
-    """Create the topology's databases that do not exist yet; returns the names created.
-
-    With ``only_port``, only databases on that port of 127.0.0.1 are considered (the embedded
-    server; a datacenter given its own external URL is left alone).
-    """
-    import psycopg
-    from psycopg import sql
-
-    by_server: dict[tuple, list[str]] = {}
-    for url in database_urls(env):
-        parts = urlsplit(url)
-        if only_port is not None and (parts.hostname, parts.port) != ("127.0.0.1", only_port):
-            continue
-        server = (parts.hostname, parts.port or 5432, parts.username or "postgres", parts.password)
-        by_server.setdefault(server, []).append(parts.path.lstrip("/"))
-    created = []
-    for (host, port, user, password), names in by_server.items():
-        with psycopg.connect(host=host, port=port, user=user, password=password, dbname="postgres",
-                             autocommit=True) as connection:
-            existing = {row[0] for row in connection.execute("SELECT datname FROM pg_database")}
-            for name in names:
-                if name not in existing:
-                    connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-                    created.append(name)
-    if created:
-        log.info("postgres: created databases %s", ", ".join(created))
-    return created
 
 
 PUBLISHED_FILE = "services.env"

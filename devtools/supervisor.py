@@ -1,7 +1,7 @@
 """One command runs the whole platform: ``python -m devtools.supervisor`` (``make run``).
 
 1. starts the embedded services whose URLs are not in the environment (``devtools.embedded``);
-2. creates missing databases and runs ``manage.py platform_setup`` (migrations, topology rows,
+2. runs ``manage.py platform_setup`` (missing databases, migrations, topology rows,
    the first superuser);
 3. starts every process of ``PROCESSES`` and prefixes each line of their output with their name.
 
@@ -384,17 +384,6 @@ class Supervisor:
         self.slots.clear()
 
 
-def _create_databases() -> None:
-    """Create the topology's missing databases, on external servers too (a fresh local PostgreSQL
-    works without manual steps); without the right to, platform_setup will say what is missing."""
-    import psycopg
-
-    try:
-        embedded.create_missing_databases(os.environ)
-    except psycopg.Error as error:
-        log.warning("could not create missing databases: %s", str(error).strip())
-
-
 def main(processes: Sequence[Process] | None = None) -> int:
     """Run the platform until Ctrl-C or SIGTERM (status 0), a failed start or a crash loop (1)."""
     processes = PROCESSES if processes is None else processes
@@ -410,7 +399,6 @@ def main(processes: Sequence[Process] | None = None) -> int:
     with embedded.terminating_signals_raise():
         try:
             services.start()
-            _create_databases()
             supervisor.run_once("setup", [sys.executable, MANAGE_PY, "platform_setup"])
             supervisor.start(runnable(processes, installed_commands()))
             log.info("platform running on http://localhost:%s/ (Ctrl-C stops it)", supervisor.context["port"])

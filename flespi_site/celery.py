@@ -78,3 +78,25 @@ def shards_wake(*, region: str, shards: Iterable[int], force: bool = False) -> N
 def shards_request(*, region: str, shards: Iterable[int]) -> None:
     """``flespi_site.fleet.shards_request`` with the region's app and Redis client."""
     fleet.shards_request(app=celery_app(region), client=redis_client(region), region=region, shards=shards)
+
+
+def __getattr__(name: str) -> Celery:
+    """A region's app for Celery's own tools (Flower, ``celery inspect``): ``celery -A
+    flespi_site.celery.eu inspect ping`` names the region; ``celery -A flespi_site`` (Celery looks
+    for ``flespi_site.celery.app``) is the served region's (``REGION``), else the default region's."""
+    if name.startswith("__"):  # the import system's questions (``__path__``...): not an app
+        raise AttributeError(name)
+    import os
+
+    import django
+    from django.apps import apps
+
+    if not apps.ready:  # Celery's command line: the first use of the platform in the process
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flespi_site.settings")
+        django.setup()
+    codes = [region.code for region in settings.TOPOLOGY.regions]
+    if name in ("app", "celery"):
+        return celery_app(settings.SERVED_REGION or settings.TOPOLOGY.default_region)
+    if name in codes:
+        return celery_app(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r} (regions: {', '.join(codes)})")

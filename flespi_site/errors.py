@@ -30,6 +30,7 @@ class ErrorKind(StrEnum):
     RANGE_TOO_LONG = "range_too_long"
     TOO_MANY_MESSAGES = "too_many_messages"
     ACCOUNT_MOVING = "account_moving"
+    RATE_LIMITED = "rate_limited"
 
 
 class DomainError(Exception):
@@ -96,3 +97,15 @@ class TooLarge(DomainError):
 class Unauthorized(DomainError):
     status = 401
     kind = ErrorKind.UNAUTHORIZED
+
+
+class RateLimited(DomainError):
+    """Over the token's rate (``flespi_site.api.throttling``); ``retry_after`` seconds until the
+    request would be allowed, sent as ``Retry-After``."""
+
+    status = 429
+    kind = ErrorKind.RATE_LIMITED
+
+    def __init__(self, reason: str, *, retry_after: int, **extra):
+        super().__init__(reason, retry_after=retry_after, **extra)
+        self.headers = {"Retry-After": str(retry_after)}

@@ -67,6 +67,17 @@ SHARDS_GAINED = Counter(
     "Shard leases a calc worker took (at its start, or from a worker that left or died), by worker.",
     ["region", "worker"],
 )
+SHARDS_LOST = Counter(
+    "flespi_calc_shards_lost",
+    "Shard leases a calc worker lost to another (it was paused or cut off past its lease), by worker.",
+    ["region", "worker"],
+)
+SHARD_HANDOVERS = Counter(
+    "flespi_calc_shard_handovers",
+    "Shards a calc worker took, by the state of its cache: in_step (nobody drained the shard meanwhile: "
+    "a restart), caught_up (read again what another worker drained), refilled (its cache was dropped).",
+    ["region", "how"],
+)
 CACHE_CAUGHT_UP = Counter(
     "flespi_calc_cache_caught_up_devices",
     "Devices of a cache that came back to a shard behind its change log: read again over the ranges "
@@ -145,6 +156,15 @@ def recalculation_done(*, region: str, seconds: float, assignments: int = 1) -> 
 def shards_gained(*, region: str, worker: str, count: int) -> None:
     if count:
         SHARDS_GAINED.labels(region, worker).inc(count)
+
+
+def shards_lost(*, region: str, worker: str, count: int) -> None:
+    if count:
+        SHARDS_LOST.labels(region, worker).inc(count)
+
+
+def shard_handed_over(*, region: str, behind: bool, dropped: bool) -> None:
+    SHARD_HANDOVERS.labels(region, "refilled" if dropped else "caught_up" if behind else "in_step").inc()
 
 
 def cache_caught_up(*, region: str, ranged: int, dropped: int) -> None:

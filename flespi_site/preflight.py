@@ -64,7 +64,8 @@ def _missing_urls() -> list[str]:
     found = []
     if not env.get("DATABASE_URL"):
         found.append(f"DATABASE_URL is not set: set it to the control database, like {topology.URL_KINDS['database'][1]}")
-    served = [settings.SERVED_REGION] if settings.SERVED_REGION else [r.code for r in settings.TOPOLOGY.regions]
+    codes = [region.code for region in settings.TOPOLOGY.regions]
+    served = [settings.SERVED_REGION] if settings.SERVED_REGION in codes else codes
     for kind, default in (("redis", topology.DEFAULT_REDIS_URL), ("mqtt", topology.DEFAULT_MQTT_URL)):
         variable = f"{kind.upper()}_URL"
         missing = [code for code in served

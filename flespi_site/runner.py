@@ -94,6 +94,11 @@ class Loop(ABC):
         """Its ``setup()`` succeeded (a step ran or runs)."""
         return self._ready
 
+    def problem(self) -> str | None:
+        """What keeps this loop from its work although its steps succeed (a broker it waits for),
+        for its process's readiness; None when nothing does."""
+        return None
+
     def counts(self) -> dict[str, int]:
         """What the loop did so far, for the log (the runner adds its errors)."""
         return {}
@@ -181,6 +186,8 @@ def loops_problems(loops: Sequence[Loop]) -> dict[str, str]:
             problems[loop.name] = "not started yet"
         elif loop.stopping.is_set():
             problems[loop.name] = "stopping"
+        elif (problem := loop.problem()) is not None:
+            problems[loop.name] = problem
     return problems
 
 

@@ -169,7 +169,15 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "flespi_site.api.schema.FlespiAutoSchema",
     "UNAUTHENTICATED_USER": None,
     "UNAUTHENTICATED_TOKEN": None,
+    "DEFAULT_THROTTLE_CLASSES": ["flespi_site.api.throttling.TokenRateThrottle"],
 }
+
+# Rate limits per token (docs/api.md, "Rate limits"): requests per second and their burst, and
+# separately messages stored per second and their burst; 0 turns a limit off.
+RATE_LIMIT_REQUESTS = _env_float("RATE_LIMIT_REQUESTS", 100)
+RATE_LIMIT_REQUESTS_BURST = _env_int("RATE_LIMIT_REQUESTS_BURST", 500)
+RATE_LIMIT_MESSAGES = _env_float("RATE_LIMIT_MESSAGES", 50_000)
+RATE_LIMIT_MESSAGES_BURST = _env_int("RATE_LIMIT_MESSAGES_BURST", 500_000)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Telematics platform API",

@@ -283,3 +283,38 @@ def _region_url(given: str | None, field: str, env: Mapping[str, str], variable:
 def current() -> Topology:
     """The topology of this process, read once."""
     return load()
+
+
+def database_urls(env: Mapping[str, str]) -> list[str]:
+    """The URLs of every database of the topology: control first, then each datacenter."""
+    current = load(env)
+    return [current.control_database_url, *(dc.database_url for dc in current.datacenters)]
+
+
+def create_missing_databases(urls: list[str], *, only_port: int | None = None) -> list[str]:
+    """Create the databases of ``urls`` that do not exist yet; returns the names created.
+
+    With ``only_port``, only databases on that port of 127.0.0.1 are considered (the embedded
+    server; a datacenter given its own external URL is left alone). A user without the right to
+    create databases gets psycopg's error: the caller says what to do.
+    """
+    import psycopg
+    from psycopg import sql
+
+    by_server: dict[tuple, list[str]] = {}
+    for url in urls:
+        parts = urlsplit(url)
+        if only_port is not None and (parts.hostname, parts.port) != ("127.0.0.1", only_port):
+            continue
+        server = (parts.hostname, parts.port or 5432, parts.username or "postgres", parts.password)
+        by_server.setdefault(server, []).append(parts.path.lstrip("/"))
+    created = []
+    for (host, port, user, password), names in by_server.items():
+        with psycopg.connect(host=host, port=port, user=user, password=password, dbname="postgres",
+                             autocommit=True, connect_timeout=10) as connection:
+            existing = {row[0] for row in connection.execute("SELECT datname FROM pg_database")}
+            for name in names:
+                if name not in existing:
+                    connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                    created.append(name)
+    return created

@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 from django.conf import settings
@@ -23,6 +24,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
 from flespi_site.constants import MIGRATE_LOCK
+from flespi_site.topology import create_missing_databases
 from regions.services import topology_sync
 
 ADMIN_PASSWORD_FILE = "admin-password"
@@ -48,7 +50,31 @@ def _holder(connection: psycopg.Connection) -> str:
     return f"backend pid {row[0]} from {row[1]}" if row else "another session"
 
 
+def _url(db: dict) -> str:
+    user = quote(db["USER"] or "postgres") + (f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else "")
+    return f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{quote(db['NAME'])}"
+
+
+def databases_create(say: Callable[[str], None]) -> None:
+    """Create the databases of the topology that are missing, where the user may; else say what to do."""
+    try:
+        created = create_missing_databases([_url(db) for db in settings.DATABASES.values()])
+    except psycopg.Error as error:
+        raise SetupError(
+            f"the platform's databases cannot be checked or created ({str(error).strip().splitlines()[0]}): "
+            "start PostgreSQL, or create them yourself (" + ", ".join(db["NAME"] for db in settings.DATABASES.values())
+            + ") and give DATABASE_URL a user that owns them"
+        ) from None
+    if created:
+        say(f"created databases {', '.join(created)}")
+
+
+class SetupError(Exception):
+    """The setup cannot go on; the message says what to do."""
+
+
 def platform_setup(*, say: Callable[[str], None], superuser: bool = True) -> None:
+    databases_create(say)
     with _lock_connection() as lock:
         if not lock.execute("SELECT pg_try_advisory_lock(%s)", [MIGRATE_LOCK]).fetchone()[0]:
             say(f"waiting for another migration to finish ({_holder(lock)})")

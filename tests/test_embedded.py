@@ -23,6 +23,7 @@ import redis
 
 from devtools import embedded, supervisor
 from devtools.embedded import EmbeddedError, EmbeddedServices
+from flespi_site import topology
 from tests.support.mqtt import DynsecMosquitto
 
 URL_VARS = ("DATABASE_URL", "REDIS_URL", "MQTT_URL")
@@ -60,7 +61,7 @@ def test_postgres_runs_queries_and_creates_databases(services):
 
 
 def test_topology_databases_are_created_once(services):
-    assert embedded.create_missing_databases(services.env) == []
+    assert topology.create_missing_databases(topology.database_urls(services.env)) == []
 
 
 def test_redis_answers_ping_set_and_get(services):
@@ -137,12 +138,16 @@ def test_stop_closes_every_port_and_ends_every_process(tmp_path):
     # the platform's login on the broker it started (and, for a Mosquitto, that the platform
     # manages its access) is published with the URLs
     mqtt_vars = ["MQTT_PLATFORM_PASSWORD", *(["MQTT_DYNSEC"] if running.env.get("MQTT_DYNSEC") == "1" else [])]
-    assert published == {var: running.env[var] for var in (*URL_VARS, *mqtt_vars)}
+    assert published == {var: running.env[var] for var in (*URL_VARS, "SECRET_KEY", *mqtt_vars)}
     assert (tmp_path / embedded.PUBLISHED_FILE).stat().st_mode & 0o077 == 0
+    # the development SECRET_KEY is kept in the data directory, its owner's only, and used again
+    assert (tmp_path / embedded.SECRET_KEY_FILE).read_text().strip() == published["SECRET_KEY"]
+    assert (tmp_path / embedded.SECRET_KEY_FILE).stat().st_mode & 0o077 == 0
+    assert embedded.development_secret_key(tmp_path) == published["SECRET_KEY"]
     attached = {"FLESPI_DATA_DIR": str(tmp_path), "REDIS_URL": "redis://elsewhere:1/0"}
     assert embedded.attach_environment(attached) == {
         "DATABASE_URL": published["DATABASE_URL"], "MQTT_URL": published["MQTT_URL"],
-        **{var: published[var] for var in mqtt_vars},
+        "SECRET_KEY": published["SECRET_KEY"], **{var: published[var] for var in mqtt_vars},
     }
     assert attached["REDIS_URL"] == "redis://elsewhere:1/0"
     ports = [service.port for service in running.services]
@@ -164,7 +169,7 @@ def test_stop_closes_every_port_and_ends_every_process(tmp_path):
     again = EmbeddedServices(data_dir=tmp_path, env=environment_without_urls())
     again.start()
     try:
-        assert embedded.create_missing_databases(again.env) == []
+        assert topology.create_missing_databases(topology.database_urls(again.env)) == []
     finally:
         again.stop()
 
@@ -204,10 +209,16 @@ def test_processes_needing_a_missing_command_are_skipped():
 
 
 def test_the_web_process_serves_the_wsgi_app_on_the_port():
+    """`make run` starts the web as a deployment does (`flespi web`): gunicorn on PORT."""
+    from flespi_site.cli import web_argv
+
     (web,) = [process for process in supervisor.PROCESSES if process.name == "web"]
-    argv = web.resolve({"python": "py", "manage": "m.py", "port": "8123"})
+    assert web.resolve({"python": "py", "manage": "m.py", "port": "8123"}) == ["py", "-m", "flespi_site.cli", "web"]
+    assert web.essential
+    argv = web_argv({"PORT": "8123", "WEB_WORKERS": "3"})
     assert "flespi_site.wsgi:application" in argv
     assert argv[argv.index("--bind") + 1] == "0.0.0.0:8123"
+    assert argv[argv.index("--workers") + 1] == "3"
     assert "--reload" not in argv
 
 

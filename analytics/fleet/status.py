@@ -39,6 +39,10 @@ SELECT count(*), coalesce(sum(coalesce(cardinality(stamps), 1)), 0),
        coalesce(extract(epoch FROM now() - min(created)), 0)
 FROM outbox
 """
+# The change log not yet drained by the calc workers: rows, and the age of the oldest.
+_CHANGES = """
+SELECT count(*), coalesce(extract(epoch FROM now() - min(created)), 0) FROM message_changes
+"""
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class DatacenterStatus:
     outbox_rows: int = 0
     outbox_events: int = 0
     outbox_oldest: float = 0.0  # age in seconds of the oldest unpublished row
+    changes: int = 0  # change-log rows not yet drained
+    changes_oldest: float = 0.0  # age in seconds of the oldest
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,8 @@ def datacenter_status(*, code: str, alias: str) -> DatacenterStatus:
         with connections[alias].cursor() as cursor:
             cursor.execute(_OUTBOX)
             rows, events, oldest = cursor.fetchone()
+            cursor.execute(_CHANGES)
+            changes, changes_oldest = cursor.fetchone()
     except DatabaseError as exc:
         return DatacenterStatus(code, alias, problem=str(exc).strip() or type(exc).__name__)
     return DatacenterStatus(
@@ -142,6 +150,8 @@ def datacenter_status(*, code: str, alias: str) -> DatacenterStatus:
         outbox_rows=int(rows),
         outbox_events=int(events),
         outbox_oldest=float(oldest),
+        changes=int(changes),
+        changes_oldest=float(changes_oldest),
     )
 
 
@@ -233,33 +243,37 @@ class FleetStateCollector:
     as ``flespi_metrics_source_up 0`` and skipped."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily(
-            "flespi_metrics_source_up", "1 when the scrape could read this source, else 0.", labels=["source", "name"]
-        )
-        assignments = GaugeMetricFamily(
-            "flespi_assignments", "Assignments by state.", labels=["region", "datacenter", "state"]
-        )
-        rows = GaugeMetricFamily(
-            "flespi_outbox_backlog_rows", "Outbox rows not yet published.", labels=["region", "datacenter"]
-        )
-        events = GaugeMetricFamily(
-            "flespi_outbox_backlog_events",
-            "Events not yet published (a row of stored messages holds one event per message).",
-            labels=["region", "datacenter"],
-        )
-        oldest = GaugeMetricFamily(
-            "flespi_outbox_oldest_seconds",
-            "Age of the oldest unpublished outbox row (0 when empty).",
-            labels=["region", "datacenter"],
-        )
-        lag = GaugeMetricFamily(
-            "flespi_debounce_lag_seconds",
-            "How long the most overdue debounce timer of the region has been due (0 when none is).",
-            labels=["region"],
-        )
-        pending = GaugeMetricFamily(
-            "flespi_debounce_pending", "Assignments with a pending recalculation range.", labels=["region"]
-        )
+        def gauge(name: str, text: str, *labels: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, text, labels=list(labels))
+
+        up = gauge("flespi_metrics_source_up", "1 when the scrape could read this source, else 0.", "source", "name")
+        assignments = gauge("flespi_assignments", "Assignments by state.", "region", "datacenter", "state")
+        rows = gauge("flespi_outbox_backlog_rows", "Outbox rows not yet published.", "region", "datacenter")
+        events = gauge("flespi_outbox_backlog_events",
+                       "Events not yet published (a row of stored messages holds one event per message).",
+                       "region", "datacenter")
+        oldest = gauge("flespi_outbox_oldest_seconds", "Age of the oldest unpublished outbox row (0 when empty).",
+                       "region", "datacenter")
+        changes = gauge("flespi_change_log_rows", "Change-log rows the calc workers have not drained yet.",
+                        "region", "datacenter")
+        changes_oldest = gauge("flespi_change_log_oldest_seconds",
+                               "Age of the oldest change-log row not drained yet (0 when empty).", "region", "datacenter")
+        lag = gauge("flespi_debounce_lag_seconds",
+                    "How long the most overdue debounce timer of the region has been due (0 when none is).", "region")
+        pending = gauge("flespi_debounce_pending", "Assignments with a pending recalculation range.", "region")
+        shard_pending = gauge("flespi_calc_shard_pending",
+                              "Assignments of the shard with a recalculation range waiting (its queue depth).",
+                              "region", "shard")
+        shard_lag = gauge("flespi_calc_shard_lag_seconds",
+                          "How long the shard's most overdue recalculation has been due (0 when none is).",
+                          "region", "shard")
+        shard_held = gauge("flespi_calc_shard_held", "1 while a calc worker holds the shard's lease, else 0.",
+                           "region", "shard")
+        queue = gauge("flespi_calc_worker_queue", "Messages waiting in a calc worker's queue.", "region", "worker")
+        worker_shards = gauge("flespi_calc_worker_shards", "Shards whose lease a calc worker holds.", "region", "worker")
+        worker_live = gauge("flespi_calc_worker_live", "1 while the worker's heartbeat is current, else 0.",
+                            "region", "worker")
+        unacked = gauge("flespi_calc_unacked", "Messages delivered to calc workers and not acknowledged yet.", "region")
         for region in fleet_status():
             for datacenter in region.datacenters:
                 if datacenter.problem is not None:
@@ -273,6 +287,8 @@ class FleetStateCollector:
                 rows.add_metric(labels, datacenter.outbox_rows)
                 events.add_metric(labels, datacenter.outbox_events)
                 oldest.add_metric(labels, datacenter.outbox_oldest)
+                changes.add_metric(labels, datacenter.changes)
+                changes_oldest.add_metric(labels, datacenter.changes_oldest)
             if not region.datacenters:
                 continue
             if region.problem is not None:
@@ -282,4 +298,16 @@ class FleetStateCollector:
             up.add_metric(["redis", region.code], 1)
             lag.add_metric([region.code], region.max_lag)
             pending.add_metric([region.code], sum(shard.pending for shard in region.shards))
-        yield from (assignments, rows, events, oldest, lag, pending, up)
+            unacked.add_metric([region.code], region.unacked)
+            for shard in region.shards:
+                labels = [region.code, str(shard.shard)]
+                shard_pending.add_metric(labels, shard.pending)
+                shard_lag.add_metric(labels, shard.lag)
+                shard_held.add_metric(labels, 0 if shard.worker is None else 1)
+            for worker in region.worker_rows:
+                labels = [region.code, worker.name]
+                queue.add_metric(labels, worker.queue)
+                worker_shards.add_metric(labels, len(worker.shards))
+                worker_live.add_metric(labels, 0 if worker.heartbeat_left is None else 1)
+        yield from (assignments, rows, events, oldest, changes, changes_oldest, lag, pending, shard_pending, shard_lag,
+                    shard_held, queue, worker_shards, worker_live, unacked, up)

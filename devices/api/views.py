@@ -104,6 +104,7 @@ class MessagesView(DeviceSelectionView):
     """``GET|POST|DELETE /gw/devices/{sel}/messages``."""
 
     url_path = "messages"
+    ingestion = True  # POST is charged to the token's messages budget (flespi_site.api.throttling)
     query_parameters = {"GET": MessagesQuerySerializer, "DELETE": MessagesDeleteSerializer}
     request_serializers = {"POST": MessageSerializer(many=True)}
 

@@ -33,6 +33,9 @@ def platform_env(**extra: str) -> dict[str, str]:
 
     env = dict(os.environ, DATABASE_URL=database_url(settings.DATABASES["default"]))
     env.setdefault("SECRET_KEY", "tests-only-secret-key")
+    # the services this process uses, also where they are defaults here (a deployment's roles need them named)
+    env.setdefault("REDIS_URL", settings.REDIS_URL)
+    env.setdefault("MQTT_URL", settings.MQTT_URL)
     for datacenter in settings.TOPOLOGY.datacenters:
         name = f"DATABASE_URL_{datacenter.code.upper().replace('-', '_')}"
         env[name] = database_url(settings.DATABASES[datacenter.alias])

@@ -1,6 +1,6 @@
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from regions.setup import platform_setup
+from regions.setup import SetupError, platform_setup
 
 
 class Command(BaseCommand):
@@ -15,4 +15,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-superuser", action="store_true", help="do not create a superuser")
 
     def handle(self, *args, no_superuser, **options):
-        platform_setup(say=self.stdout.write, superuser=not no_superuser)
+        try:
+            platform_setup(say=self.stdout.write, superuser=not no_superuser)
+        except SetupError as error:
+            raise CommandError(str(error)) from None

@@ -1,0 +1,175 @@
+"""A deployment's command (``flespi``): a misconfigured role stops with one line per problem and
+no traceback; the web's liveness and readiness; every other role's health server (readiness that
+follows its loops, its own metrics); Celery's tools attach to a region's app; the package builds
+and installs its console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import venv
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support.fleet import Fleet
+from tests.support.net import free_port
+from tests.support.processes import REPO_DIR, platform_env, start, stop
+from tests.support.waiting import poll
+
+FLESPI = [sys.executable, "-m", "flespi_site.cli"]
+GOOD = {
+    "SECRET_KEY": "a secret for the tests",
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/flespi",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "MQTT_URL": "mqtt://127.0.0.1:1883",
+}
+
+
+def flespi(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """``flespi <args>`` with only ``env`` (and PATH) in its environment."""
+    return subprocess.run([*FLESPI, *args], cwd=REPO_DIR, env={"PATH": os.environ["PATH"], **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({**GOOD, "SECRET_KEY": ""}, "flespi calc: SECRET_KEY is not set: set it to a long random secret"),
+        ({**GOOD, "DATABASE_URL": ""}, "flespi calc: DATABASE_URL is not set: set it to the control database"),
+        ({**GOOD, "REDIS_URL": ""}, "flespi calc: REDIS_URL is not set: set the redis server, like redis://host:6379/0 "
+                                    "(or REDIS_URL_EU, REDIS_URL_RU per region)"),
+        ({**GOOD, "DATABASE_URL": "mysql://db/flespi"}, "flespi calc: DATABASE_URL must be a database URL"),
+        ({**GOOD, "MQTT_URL": "mqtt://broker:port"}, "flespi calc: MQTT_URL is not a valid mqtt URL"),
+        ({**GOOD, "DATABASE_URL_EU_2": "postgres://db:5432"}, "flespi calc: DATABASE_URL_EU_2 names no database"),
+        ({**GOOD, "REGION": "us"}, "flespi calc: REGION=us is not a region of the topology; set one of eu, ru"),
+        ({**GOOD, "FLESPI_TOPOLOGY": "{not json"}, "flespi calc: FLESPI_TOPOLOGY is not valid JSON"),
+        ({**GOOD, "CALC_SHARDS": "many"}, "flespi calc: CALC_SHARDS='many' is not a whole number"),
+        ({**GOOD, "CALC_DATA_DIR": "/etc/hostname/calc"}, "flespi calc: CALC_DATA_DIR=/etc/hostname/calc is not a "
+                                                          "writable directory"),
+    ],
+)
+def test_a_misconfigured_role_stops_with_one_line_saying_what_to_set(env, expected):
+    done = flespi("calc", "--region", "eu", **{name: value for name, value in env.items() if value})
+    assert done.returncode == 2, done
+    assert expected in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert all(line.startswith("flespi calc: ") for line in done.stderr.splitlines()), done.stderr
+
+
+def test_a_regional_role_needs_its_region():
+    done = flespi("pump", **GOOD)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "flespi pump: name the region: --region <code>, or set REGION"
+
+
+def test_help_and_probe():
+    assert "flespi calc" in flespi("--help").stdout
+    port = free_port()
+    refused = flespi("probe", f"http://127.0.0.1:{port}/health/ready", "1")
+    assert refused.returncode == 1 and "Connection refused" in refused.stderr
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_the_web_is_live_and_ready_and_says_what_it_cannot_reach(client, monkeypatch):
+    assert client.get("/health/live").json() == {"live": True}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json() == {"ready": True}
+    # The region's Redis is away (nobody listens on its port): not ready, and why.
+    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+    monkeypatch.setattr("flespi_site.celery.redis_client", lambda region: dead)
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503
+    assert set(ready.json()["problems"]) == {"redis eu", "redis ru"}
+    assert "Connection refused" in ready.json()["problems"]["redis eu"]
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError:
+        return 0, ""
+
+
+@pytest.mark.django_db(databases="__all__", transaction=True)
+def test_a_role_serves_its_health_and_its_own_metrics(tmp_path):
+    """The relay with HEALTH_PORT: ready while its loops step; with its broker away it is live but
+    not ready, and says which loop fails; /metrics is its own counters."""
+    port, dead_broker = free_port(), free_port()
+    relay, output = start([*FLESPI, "relay"], HEALTH_PORT=str(port), METRICS_DIR=str(tmp_path / "metrics"))
+    try:
+        assert poll(lambda: get(f"http://127.0.0.1:{port}/health/ready")[0] == 200, timeout=60), output.text
+        status, body = get(f"http://127.0.0.1:{port}/health/live")
+        assert status == 200 and json.loads(body)["role"] == "outbox_relay"
+        status, body = get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200  # nothing counted yet: an idle relay has published nothing
+        # Its counters are in a directory of its own, which the web's scrape of METRICS_DIR skips.
+        assert (tmp_path / "metrics" / f"port-{port}").is_dir()
+    finally:
+        stop(relay)
+    relay, output = start([*FLESPI, "relay"], HEALTH_PORT=str(port), MQTT_URL=f"mqtt://127.0.0.1:{dead_broker}",
+                          METRICS_DIR=str(tmp_path / "metrics"))
+    try:
+        def not_ready():
+            status, body = get(f"http://127.0.0.1:{port}/health/ready")
+            return status == 503 and json.loads(body)
+
+        answer = poll(not_ready, timeout=60)
+        assert answer, output.text
+        assert answer["problems"] == {f"relay dc_{code}": f"not connected to the broker at 127.0.0.1:{dead_broker}"
+                                      for code in ("eu_1", "eu_2", "ru_1")}, answer
+        assert get(f"http://127.0.0.1:{port}/health/live")[0] == 200
+    finally:
+        stop(relay)
+
+
+@pytest.mark.django_db(databases="__all__", transaction=True)
+def test_celery_tools_attach_to_a_regions_app(tmp_path):
+    """`celery -A flespi_site.celery.eu inspect ping` reaches a running calc worker by its name."""
+    fleet = Fleet(tmp_path)
+
+    def ping() -> subprocess.CompletedProcess:
+        # The worker answers between tasks (a solo pool): right after it took its shards it may be
+        # filling their caches, so ask until it answers.
+        return subprocess.run([sys.executable, "-m", "celery", "-A", "flespi_site.celery.eu", "inspect", "ping",
+                               "--timeout", "10"], cwd=REPO_DIR, env=platform_env(), capture_output=True, text=True,
+                              timeout=120)
+
+    try:
+        fleet.start_all()
+        done = poll(lambda: (answer := ping()).returncode == 0 and answer, timeout=90, every=1) or ping()
+    finally:
+        fleet.stop()
+    assert done.returncode == 0, (done.stderr, fleet.output("worker").text[-3000:])
+    assert "worker@calc: OK" in done.stdout and "pong" in done.stdout
+
+
+def test_the_package_installs_its_console_script(tmp_path):
+    """`pip wheel .` builds the platform with its templates and static files; installed, the
+    `flespi` command runs."""
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check",
+                            "--wheel-dir", str(tmp_path / "dist"), "."], cwd=REPO_DIR, capture_output=True, text=True,
+                           timeout=300)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("flespi_site-*.whl")
+    environment = tmp_path / "venv"
+    venv.create(environment, with_pip=True)
+    python = environment / "bin" / "python"
+    installed = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--quiet", "--disable-pip-version-check",
+                                str(wheel)], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr
+    site = Path(subprocess.check_output([str(python), "-c", "import flespi_site, os; print(os.path.dirname(flespi_site.__file__))"],
+                                        text=True, cwd=tmp_path).strip())
+    assert (site / "templates" / "flespi_site" / "landing.html").is_file()
+    assert (site.parent / "accounts" / "static" / "regional_admin" / "pictures.js").is_file()
+    assert not (site.parent / "tests").exists() and not (site.parent / "devtools").exists()
+    helped = subprocess.run([str(environment / "bin" / "flespi"), "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert helped.returncode == 0 and "flespi migrate" in helped.stdout

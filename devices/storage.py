@@ -12,7 +12,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import NamedTuple, TYPE_CHECKING, Any
 
 from django.db import IntegrityError, connections, transaction
 from psycopg import errors as pg_errors
@@ -475,10 +475,23 @@ def changes_shards(*, alias: str) -> set[int]:
 # -- drains of the change log: numbered per shard, so that a cache can tell what it missed --------
 
 
-def drains_record(*, alias: str, ranges: Mapping[int, Mapping[int, tuple[int, int]]]) -> dict[int, int]:
+class Drain(NamedTuple):
+    """One drain of a shard's change log as a cache records it: its number, and when it was taken
+    (µs since the epoch). The time tells a drain from another given the same number after the
+    database was restored to an earlier point (docs/operations.md, "Backup and restore")."""
+
+    seq: int
+    stamp: int
+
+
+NO_DRAIN = Drain(0, 0)  # a shard never drained
+_STAMP = "(extract(epoch FROM drained) * 1000000)::bigint"
+
+
+def drains_record(*, alias: str, ranges: Mapping[int, Mapping[int, tuple[int, int]]]) -> dict[int, Drain]:
     """Number and keep what a drain took, in the caller's transaction (fenced by the shards'
     epochs, so one holder at a time numbers a shard's drains): ``ranges`` is shard -> device id ->
-    (begin, end) µs. Returns shard -> the drain's number, one more than the shard's last."""
+    (begin, end) µs. Returns shard -> the drain, numbered one more than the shard's last."""
     if not ranges:
         return {}
     rows = [
@@ -489,36 +502,38 @@ def drains_record(*, alias: str, ranges: Mapping[int, Mapping[int, tuple[int, in
         cursor.execute(
             "INSERT INTO shard_drains (shard, seq, ranges) "
             "SELECT x.shard, coalesce((SELECT max(d.seq) FROM shard_drains d WHERE d.shard = x.shard), 0) + 1, x.ranges "
-            "FROM jsonb_to_recordset(%s::jsonb) AS x(shard integer, ranges jsonb) RETURNING shard, seq",
+            f"FROM jsonb_to_recordset(%s::jsonb) AS x(shard integer, ranges jsonb) RETURNING shard, seq, {_STAMP}",
             [dumps_exact(rows).decode()],
         )
-        return {int(shard): int(seq) for shard, seq in cursor.fetchall()}
+        return {int(shard): Drain(int(seq), int(stamp)) for shard, seq, stamp in cursor.fetchall()}
 
 
-def drains_head(*, alias: str, shard: int) -> int:
-    """The number of the shard's last drain (0: never drained)."""
-    return drains_heads(alias=alias, shards=[shard]).get(shard, 0)
+def drains_head(*, alias: str, shard: int) -> Drain:
+    """The shard's last drain (``NO_DRAIN``: never drained)."""
+    return drains_heads(alias=alias, shards=[shard]).get(shard, NO_DRAIN)
 
 
-def drains_heads(*, alias: str, shards: Sequence[int]) -> dict[int, int]:
-    """The number of the last drain of each of ``shards`` that was ever drained."""
+def drains_heads(*, alias: str, shards: Sequence[int]) -> dict[int, Drain]:
+    """The last drain of each of ``shards`` that was ever drained."""
     if not shards:
         return {}
     with connections[alias].cursor() as cursor:
         cursor.execute(
-            "SELECT s.shard, (SELECT max(d.seq) FROM shard_drains d WHERE d.shard = s.shard) "
-            "FROM unnest(%s::integer[]) AS s(shard)",
+            f"SELECT s.shard, d.seq, {_STAMP} FROM unnest(%s::integer[]) AS s(shard) "
+            "CROSS JOIN LATERAL (SELECT seq, drained FROM shard_drains WHERE shard = s.shard "
+            "ORDER BY seq DESC LIMIT 1) AS d",
             [list(shards)],
         )
-        return {int(shard): int(seq) for shard, seq in cursor.fetchall() if seq is not None}
+        return {int(shard): Drain(int(seq), int(stamp)) for shard, seq, stamp in cursor.fetchall()}
 
 
-def drains_since(*, alias: str, shard: int, after: int) -> list[tuple[int, list[tuple[int, int, int]]]]:
-    """The shard's drains numbered above ``after``, in order: (number, [(device id, begin, end)])."""
+def drains_since(*, alias: str, shard: int, after: int) -> list[tuple[Drain, list[tuple[int, int, int]]]]:
+    """The shard's drains numbered above ``after``, in order: (drain, [(device id, begin, end)])."""
     with connections[alias].cursor() as cursor:
-        cursor.execute("SELECT seq, ranges::text FROM shard_drains WHERE shard = %s AND seq > %s ORDER BY seq",
+        cursor.execute(f"SELECT seq, {_STAMP}, ranges::text FROM shard_drains WHERE shard = %s AND seq > %s ORDER BY seq",
                        [shard, after])
-        return [(int(seq), [tuple(item) for item in loads_exact(ranges)]) for seq, ranges in cursor.fetchall()]
+        return [(Drain(int(seq), int(stamp)), [tuple(item) for item in loads_exact(ranges)])
+                for seq, stamp, ranges in cursor.fetchall()]
 
 
 def drains_prune(*, alias: str, older_than: float) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -155,8 +156,12 @@ def test_celery_tools_attach_to_a_regions_app(tmp_path):
 def test_the_package_installs_its_console_script(tmp_path):
     """`pip wheel .` builds the platform with its templates and static files; installed, the
     `flespi` command runs."""
+    # built from a copy: setuptools writes build/ and *.egg-info beside the sources
+    source = tmp_path / "source"
+    shutil.copytree(REPO_DIR, source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "var", "test-output", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check",
-                            "--wheel-dir", str(tmp_path / "dist"), "."], cwd=REPO_DIR, capture_output=True, text=True,
+                            "--wheel-dir", str(tmp_path / "dist"), str(source)], capture_output=True, text=True,
                            timeout=300)
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("flespi_site-*.whl")

@@ -321,24 +321,29 @@ class ShardCache:
     # ---- what the cache has seen of the change log ----
 
     @_guard
-    def positions(self) -> dict[str, int]:
-        """Datacenter alias -> the number of the last drain of this shard's change log there whose
-        ranges the cache holds (``devices.storage.drains_record``)."""
+    def positions(self) -> dict[str, tuple[int, int | None]]:
+        """Datacenter alias -> the last drain of this shard's change log there whose ranges the
+        cache holds (``devices.storage.drains_record``): its number and its time (None in a file
+        written before drains had one)."""
         rows = self._conn.execute("SELECT key, value FROM meta WHERE key LIKE 'drained:%'").fetchall()
-        return {key.removeprefix("drained:"): int(value) for key, value in rows}
+        found: dict[str, tuple[int, int | None]] = {}
+        for key, value in rows:
+            seq, _, stamp = str(value).partition(":")
+            found[key.removeprefix("drained:")] = (int(seq), int(stamp) if stamp else None)
+        return found
 
     @_guard
-    def position_set(self, *, alias: str, seq: int, after: int | None = None) -> bool:
-        """Record that the cache holds the ranges of drain ``seq`` of ``alias`` and of every drain
-        before it. With ``after``, only if the position was ``after`` (the drain just before):
-        returns whether it was recorded."""
+    def position_set(self, *, alias: str, seq: int, stamp: int, after: int | None = None) -> bool:
+        """Record that the cache holds the ranges of drain ``seq`` (taken at ``stamp``) of ``alias``
+        and of every drain before it. With ``after``, only if the position was drain number
+        ``after`` (the one just before): returns whether it was recorded."""
         key = f"drained:{alias}"
         with self._write() as db:
             if after is not None:
                 row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-                if row is None or int(row[0]) != after:
+                if row is None or int(str(row[0]).partition(":")[0]) != after:
                     return False
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(seq)))
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, f"{seq}:{stamp}"))
         return True
 
     # ---- messages ----

@@ -95,9 +95,9 @@ def _changes_batch(alias: str, held_shards: Sequence[HeldShard], timers: Debounc
         numbers = message_storage.drains_record(alias=alias, ranges=drained)
     # The caches hold these ranges (written above): their positions follow. A cache whose
     # position was not the drain before (a write of it lost to a crash) catches up first.
-    for shard, seq in numbers.items():
+    for shard, drain in numbers.items():
         held = by_shard[shard]
-        if not held.cache.position_set(alias=alias, seq=seq, after=seq - 1):
+        if not held.cache.position_set(alias=alias, seq=drain.seq, stamp=drain.stamp, after=drain.seq - 1):
             cache_catch_up(aliases=[alias], held=held)
     # The timers are armed after commit: a run they start finds the pending range stored.
     changes: dict[int, list[Change]] = {}
@@ -161,17 +161,20 @@ class CatchUp:
         return bool(self.drains or self.ranged or self.dropped)
 
 
-def cache_catch_up(*, aliases: Sequence[str], held: HeldShard, heads: Mapping[str, int] | None = None) -> CatchUp:
+def cache_catch_up(*, aliases: Sequence[str], held: HeldShard,
+                   heads: Mapping[str, message_storage.Drain] | None = None) -> CatchUp:
     """Make a cache hold every change of its shard's devices that the change log's drains took
     (docs/analytics.md, "Cache validity"): call it once the shard's fence is raised, so that no
     other worker drains the shard meanwhile, and before the cache serves a run (``heads``: the
     shard's last drain per datacenter, when the caller read them for many shards at once).
 
-    Per datacenter, the cache's position (the last drain it applied) is compared with the
-    shard's last drain. Behind, it reads again, from where each device lives now, the ranges the
+    Per datacenter, the cache's position (the last drain it applied, by number and time) is
+    compared with the shard's last drain. Behind, it reads again, from where each device lives now, the ranges the
     drains it missed changed, for the devices it holds; if the kept drains do not reach back to
     its position (it was away longer than ``CALC_CATCHUP_WINDOW``, or the file does not know), it
-    drops every device, each refilled from PostgreSQL when next used. Devices it does not hold
+    drops every device, each refilled from PostgreSQL when next used; so it does when its drain
+    is ahead of the database's or is another drain there now (the database was restored to an
+    earlier point: what it holds may be gone). Devices it does not hold
     need nothing: they are filled whole when first used."""
     cache, shard = held.cache, held.shard
     if heads is None:
@@ -182,18 +185,28 @@ def cache_catch_up(*, aliases: Sequence[str], held: HeldShard, heads: Mapping[st
     drains = 0
     whole = False
     for alias, head in heads.items():
-        position = positions.get(alias, 0 if not cached or head == 0 else None)
-        if position == head or not cached:
-            continue  # in step, holds nothing, or nothing was ever drained there
-        if position is None or position > head:
+        if not cached:
+            continue  # holds nothing: every device is filled whole when first used
+        seq, stamp = positions.get(alias, (0, 0) if head.seq == 0 else (None, None))
+        if seq == head.seq and stamp in (None, head.stamp):
+            continue  # in step (or nothing was ever drained there)
+        if seq is None or seq >= head.seq:
             whole = True  # a file that cannot say, or a database restored to an earlier point
             break
-        missed = message_storage.drains_since(alias=alias, shard=shard, after=position)
-        if [seq for seq, _ranges in missed] != list(range(position + 1, head + 1)):
+        # The drains it missed, from its own on: its own must still be the one it applied (after a
+        # restore to an earlier point the same number names another drain, and what it applied is
+        # gone from the database).
+        missed = message_storage.drains_since(alias=alias, shard=shard, after=seq - 1)
+        if seq > 0:
+            if not missed or missed[0][0].seq != seq or stamp not in (None, missed[0][0].stamp):
+                whole = True  # its drain is no longer kept, or is another one now
+                break
+            missed = missed[1:]
+        if [drain.seq for drain, _ranges in missed] != list(range(seq + 1, head.seq + 1)):
             whole = True  # the drains it missed are no longer kept
             break
         drains += len(missed)
-        for _seq, items in missed:
+        for _drain, items in missed:
             for device_id, begin, end in items:
                 if device_id in cached:
                     low, high = stale.get(device_id, (begin, end))
@@ -210,7 +223,7 @@ def cache_catch_up(*, aliases: Sequence[str], held: HeldShard, heads: Mapping[st
         for device_id in dropped:
             cache.device_drop(device_id=device_id)
         for alias, head in heads.items():
-            cache.position_set(alias=alias, seq=head)
+            cache.position_set(alias=alias, seq=head.seq, stamp=head.stamp)
     done = CatchUp(shard=shard, drains=drains, ranged=len(stale) - len(dropped) if not whole else 0,
                    dropped=len(dropped))
     metrics.cache_caught_up(region=metrics.place_of(aliases[0])[0], ranged=done.ranged, dropped=done.dropped)

@@ -134,7 +134,8 @@ class ShardWorker:
                 held = HeldShard(shard, epoch, self._cache_open(shard))
                 try:
                     done = cache_catch_up(aliases=self.aliases, held=held,
-                                          heads={alias: heads[alias].get(shard, 0) for alias in self.aliases})
+                                          heads={alias: heads[alias].get(shard, message_storage.NO_DRAIN)
+                                                 for alias in self.aliases})
                 except Exception:
                     # Not taken after all (a database away): released, taken again at a next step;
                     # the shards taken before it are handed on as gained.

@@ -126,7 +126,8 @@ def test_a_cache_back_on_its_shard_reads_what_another_host_drained(hosts, assign
     a = hand_to(hosts, "host-a")
     assert cached_stamps(a, device) == stored_stamps(device)
     positions = a.held[device.shard].cache.positions()
-    assert positions[device.database] == message_storage.drains_head(alias=device.database, shard=device.shard) == 3
+    assert positions[device.database] == message_storage.drains_head(alias=device.database, shard=device.shard)
+    assert positions[device.database][0] == 3
 
     # and it computes from it: a late message splits the trip where host-b's data says so.
     ingest(device, trip(T0 + 70, 3, speed=0.0))
@@ -148,7 +149,7 @@ def test_a_cache_away_longer_than_the_kept_drains_is_refilled(hosts, assigned):
     # The pump forgets drains older than the window; the shard's last one stays.
     pruned = message_storage.drains_prune(alias=device.database, older_than=0)
     assert pruned >= 2
-    assert message_storage.drains_since(alias=device.database, shard=device.shard, after=0)[0][0] > 2
+    assert message_storage.drains_since(alias=device.database, shard=device.shard, after=0)[0][0].seq > 2
 
     a = hand_to(hosts, "host-a")
     cache = a.held[device.shard].cache
@@ -181,6 +182,56 @@ def test_a_cache_that_cannot_say_what_it_holds_is_not_trusted(hosts, assigned, t
     assert_from_scratch(calculator, device)
 
 
+def _database(alias: str) -> list[str]:
+    db = settings.DATABASES[alias]
+    return ["-h", db["HOST"] or "127.0.0.1", "-p", str(db["PORT"] or 5432), "-U", db["USER"] or "postgres",
+            "-d", db["NAME"]]
+
+
+def test_a_cache_ahead_of_a_restored_database_is_refilled(hosts, assigned, tmp_path):
+    """A datacenter database restored from a backup (pg_dump, then pg_restore) goes back to an
+    earlier point: what was drained after the backup is gone from it, and the drains numbered
+    after the restore are other drains under the same numbers. A cache that saw the lost drains
+    must not keep their messages: it is refilled (docs/operations.md, "Backup and restore")."""
+    import subprocess
+
+    calculator, device = assigned
+    alias = device.database
+    a = hand_to(hosts, "host-a")
+    ingest(device, trip(T0, 30))
+    run(a, calculator, device)
+    backup = tmp_path / "dc.dump"
+    subprocess.run(["pg_dump", "-Fc", "-f", str(backup), *_database(alias)], check=True)
+
+    ingest(device, trip(T0 + 100, 30))  # after the backup: lost by the restore
+    run(a, calculator, device)
+    a.leave()
+    connections.close_all()
+    # the restore of docs/operations.md: the database dropped, created again, the backup loaded
+    name = settings.DATABASES[alias]["NAME"]
+    server = [arg if arg != name else "postgres" for arg in _database(alias)]
+    subprocess.run(["psql", "-q", *server, "-c", f'DROP DATABASE "{name}" WITH (FORCE)', "-c", f'CREATE DATABASE "{name}"'],
+                   check=True)
+    subprocess.run(["pg_restore", "--exit-on-error", *_database(alias), str(backup)], check=True)
+    assert stored_stamps(device) == [T0 + i for i in range(30)]
+
+    # The platform goes on on the restored database: another worker drains new data twice, so
+    # that the shard's drains pass host-a's number with drains host-a never saw.
+    b = hand_to(hosts, "host-b")
+    for k in range(2):
+        ingest(device, trip(T0 + 200 + 40 * k, 20))
+        run(b, calculator, device)
+    assert message_storage.drains_head(alias=alias, shard=device.shard).seq == 3
+
+    a = hand_to(hosts, "host-a")
+    assert not a.held[device.shard].cache.is_cached(device_id=device.pk)  # its drain 2 is not the database's
+    ingest(device, trip(T0 + 400, 5))
+    run(a, calculator, device)
+    assert cached_stamps(a, device) == stored_stamps(device)
+    assert all(not T0 + 100 <= stamp < T0 + 130 for stamp in cached_stamps(a, device))
+    assert_from_scratch(calculator, device)
+
+
 def test_every_drain_is_numbered_and_followed_by_the_holders_cache(hosts, assigned):
     calculator, device = assigned
     a = hand_to(hosts, "host-a")
@@ -188,10 +239,10 @@ def test_every_drain_is_numbered_and_followed_by_the_holders_cache(hosts, assign
         ingest(device, trip(T0 + 40 * k, 10))
         run(a, calculator, device)
     drains = message_storage.drains_since(alias=device.database, shard=device.shard, after=0)
-    assert [seq for seq, _ in drains] == [1, 2, 3]
+    assert [drain.seq for drain, _ in drains] == [1, 2, 3]
     assert all(ranges == [(device.pk, round((T0 + 40 * k) * 1e6), round((T0 + 40 * k + 9) * 1e6))]
                for k, (_seq, ranges) in enumerate(drains))
-    assert a.held[device.shard].cache.positions()[device.database] == 3
+    assert a.held[device.shard].cache.positions()[device.database] == tuple(drains[-1][0])
 
 
 def test_a_shard_taken_over_is_filled_a_slice_at_a_time(hosts, make_account, settings):

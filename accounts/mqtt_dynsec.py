@@ -424,11 +424,10 @@ def dynsec_plugin() -> str | None:
     return next((path for path in PLUGIN_PATHS if os.path.exists(path)), None)
 
 
-def mosquitto_setup(*, directory, port: int, root: str, platform_username: str, platform_password: str):
-    """Write ``mosquitto.conf`` and the dynamic-security file into ``directory`` (keeping the
-    clients and roles a previous run left there); returns the path of the configuration."""
-    import pwd
-    import shutil
+def dynsec_file_write(*, directory, root: str, platform_username: str, platform_password: str):
+    """Write the dynamic-security file ``dynsec.json`` into ``directory`` with the platform's client
+    and roles as they are now, keeping the clients and roles a previous run (or the broker) left
+    there; readable by its owner only, replaced whole. Returns its path."""
     from pathlib import Path
 
     directory = Path(directory)
@@ -437,7 +436,23 @@ def mosquitto_setup(*, directory, port: int, root: str, platform_username: str, 
     stored = json.loads(dynsec.read_text()) if dynsec.exists() else {}
     config = config_with_platform(stored, root=root, platform_username=platform_username,
                                   platform_password=platform_password)
-    dynsec.write_text(json.dumps(config, indent=1))
+    fresh = directory / ".dynsec.json.new"
+    fresh.write_text(json.dumps(config, indent=1))
+    fresh.chmod(0o600)
+    fresh.replace(dynsec)
+    return dynsec
+
+
+def mosquitto_setup(*, directory, port: int, root: str, platform_username: str, platform_password: str):
+    """Write ``mosquitto.conf`` and the dynamic-security file into ``directory`` (keeping the
+    clients and roles a previous run left there); returns the path of the configuration."""
+    import pwd
+    import shutil
+    from pathlib import Path
+
+    directory = Path(directory)
+    dynsec = dynsec_file_write(directory=directory, root=root, platform_username=platform_username,
+                               platform_password=platform_password)
     conf = directory / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous false\n"

@@ -65,10 +65,12 @@ def web_argv(env: os._Environ[str] | dict[str, str]) -> list[str]:
 
 
 def usage() -> str:
-    lines = [__doc__.split("\n\n")[1].rstrip(), "", "roles:"]
-    lines += [f"    {name:<10} {role.what}" for name, role in ROLES.items()]
-    lines += ["    web        the REST API, the admin and /metrics (gunicorn)", "",
-              "`flespi help --commands` lists the management commands."]
+    lines = ["usage: flespi <role> [args] | flespi probe URL [SECONDS] | flespi <management command> [args]", "",
+             "roles (docs/deployment.md):",
+             "    web        the REST API, the admin and /metrics, under gunicorn on $PORT"]
+    lines += [f"    {name:<10} {role.what}" + (" (--region R, or REGION)" if role.regional else "")
+              for name, role in ROLES.items()]
+    lines += ["", "`flespi help --commands` lists the management commands (flespi account_create --name X --token)."]
     return "\n".join(lines)
 
 

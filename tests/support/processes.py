@@ -113,7 +113,7 @@ class WebServer:
         self.port = free_port()
         (web,) = [process for process in supervisor.PROCESSES if process.name == "web"]
         argv = web.resolve({"python": sys.executable, "manage": supervisor.MANAGE_PY, "port": str(self.port)})
-        self.process, self.output = start(argv, **env)
+        self.process, self.output = start(argv, PORT=str(self.port), **env)
         wait_listening(self.port)
 
     def stop(self) -> None:

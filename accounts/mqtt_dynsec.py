@@ -175,15 +175,21 @@ class Control:
         self.client.loop_stop()
 
 
-_controls: dict[str, Control] = {}
+_controls: dict[tuple[str, tuple[str, str] | None], Control] = {}
 _controls_lock = threading.Lock()
 
 
 def control_for(url: str) -> Control:
+    """The control connection to the broker at ``url``, as the platform logs in now: a client made
+    under other credentials (the platform's password changed) is not reused, since the broker
+    would refuse its every reconnection."""
+    from flespi_site.mqtt.client import platform_credentials
+
+    key = (url, platform_credentials())
     with _controls_lock:
-        if url not in _controls:
-            _controls[url] = Control(url)
-        return _controls[url]
+        if key not in _controls:
+            _controls[key] = Control(url)
+        return _controls[key]
 
 
 def _broker_of(region: str) -> str:

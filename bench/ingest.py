@@ -81,6 +81,7 @@ def configure_environment() -> None:
     os.environ["DJANGO_SETTINGS_MODULE"] = "flespi_site.settings"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ["DEBUG"] = "0"
+    os.environ.setdefault("SECRET_KEY", "bench-only-secret-key")
 
 
 # --- messages ------------------------------------------------------------------------------

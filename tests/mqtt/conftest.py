@@ -45,7 +45,17 @@ def embedded_broker(settings):
     broker = EmbeddedBroker(extra_env={"MQTT_URL_RU": "mqtt://ru.localhost:1883"})
     broker.start()
     yield broker
+    _controls_close()
     broker.cleanup()
+
+
+def _controls_close() -> None:
+    """Close the dynamic-security control clients a test made under its own platform login."""
+    from accounts import mqtt_dynsec
+
+    for control in mqtt_dynsec._controls.values():
+        control.close()
+    mqtt_dynsec._controls.clear()
 
 
 @pytest.fixture
@@ -68,7 +78,6 @@ def dynsec_broker(settings):
     """A Mosquitto with dynamic security as region eu's broker, kept in step by the services."""
     import dataclasses
 
-    from accounts import mqtt_dynsec
     from tests.support.mqtt import DynsecMosquitto
 
     if not DynsecMosquitto.available():
@@ -83,7 +92,5 @@ def dynsec_broker(settings):
         for region in settings.TOPOLOGY.regions
     ))
     yield broker
-    for control in mqtt_dynsec._controls.values():
-        control.close()
-    mqtt_dynsec._controls.clear()
+    _controls_close()
     broker.cleanup()

@@ -140,10 +140,7 @@ def test_stop_closes_every_port_and_ends_every_process(tmp_path):
     mqtt_vars = ["MQTT_PLATFORM_PASSWORD", *(["MQTT_DYNSEC"] if running.env.get("MQTT_DYNSEC") == "1" else [])]
     assert published == {var: running.env[var] for var in (*URL_VARS, "SECRET_KEY", *mqtt_vars)}
     assert (tmp_path / embedded.PUBLISHED_FILE).stat().st_mode & 0o077 == 0
-    # the development SECRET_KEY is kept in the data directory, its owner's only, and used again
-    assert (tmp_path / embedded.SECRET_KEY_FILE).read_text().strip() == published["SECRET_KEY"]
-    assert (tmp_path / embedded.SECRET_KEY_FILE).stat().st_mode & 0o077 == 0
-    assert embedded.development_secret_key(tmp_path) == published["SECRET_KEY"]
+
     attached = {"FLESPI_DATA_DIR": str(tmp_path), "REDIS_URL": "redis://elsewhere:1/0"}
     assert embedded.attach_environment(attached) == {
         "DATABASE_URL": published["DATABASE_URL"], "MQTT_URL": published["MQTT_URL"],
@@ -206,6 +203,20 @@ def test_processes_needing_a_missing_command_are_skipped():
     assert relay.resolve({"python": "py", "manage": "m.py", "port": "1"}) == [
         "py", "m.py", "outbox_relay", "--batch", "100",
     ]
+
+
+def test_the_development_secret_key_is_kept_in_the_data_directory(tmp_path):
+    """Generated on the first start, its owner's only, the same at the next start; one given in the
+    environment wins (and is not written)."""
+    key = embedded.development_secret_key(tmp_path)
+    path = tmp_path / embedded.SECRET_KEY_FILE
+    assert len(key) >= 50 and path.read_text().strip() == key
+    assert path.stat().st_mode & 0o077 == 0
+    assert embedded.development_secret_key(tmp_path) == key
+    other = tmp_path / "other"
+    services = EmbeddedServices(data_dir=other, env={"SECRET_KEY": "given", **{var: "x://external" for var in URL_VARS}})
+    assert services.start() == {}
+    assert services.env["SECRET_KEY"] == "given" and not (other / embedded.SECRET_KEY_FILE).exists()
 
 
 def test_the_web_process_serves_the_wsgi_app_on_the_port():

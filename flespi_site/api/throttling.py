@@ -83,13 +83,20 @@ def _client(region: str) -> redis.Redis:
                                 socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
 
 
+@functools.cache
+def _script(client: redis.Redis):
+    """The bucket script on ``client``, sent by its hash (loaded once per Redis)."""
+    return client.register_script(_GCRA)
+
+
 def _charge(budget: Budget, token_id: int, cost: int) -> int:
     """Milliseconds until ``cost`` would fit the token's budget; 0 when it fits (and is charged)."""
     global _last_complaint
     region = settings.SERVED_REGION or settings.TOPOLOGY.default_region
     try:
-        allowed, wait_ms = _client(region).eval(
-            _GCRA, 1, budget.key(token_id), cost, budget.interval_ms, budget.burst * budget.interval_ms
+        client = _client(region)
+        allowed, wait_ms = _script(client)(
+            keys=[budget.key(token_id)], args=[cost, budget.interval_ms, budget.burst * budget.interval_ms]
         )
     except redis.RedisError as error:
         if time.monotonic() - _last_complaint > 60:

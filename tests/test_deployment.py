@@ -178,3 +178,29 @@ def test_the_package_installs_its_console_script(tmp_path):
     assert not (site.parent / "tests").exists() and not (site.parent / "devtools").exists()
     helped = subprocess.run([str(environment / "bin" / "flespi"), "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert helped.returncode == 0 and "migrate    migrate every database" in helped.stdout
+
+
+@pytest.mark.django_db(databases="__all__")
+@pytest.mark.parametrize(
+    ("proxy", "status"),
+    [({}, 403), ({"SECURE_PROXY_SSL_HEADER": ("HTTP_X_FORWARDED_PROTO", "https")}, 302),
+     ({"CSRF_TRUSTED_ORIGINS": ["https://fleet.example.com"]}, 302)],
+)
+def test_the_admin_behind_a_tls_proxy_logs_in_once_told(settings, django_user_model, proxy, status):
+    """Behind a proxy that terminates TLS, the browser's Origin is https://: Django's origin check
+    refuses the admin's login unless the platform is told about the proxy (SECURE_PROXY_SSL_HEADER)
+    or the origin (CSRF_TRUSTED_ORIGINS)."""
+    from django.test import Client
+
+    settings.ALLOWED_HOSTS = ["fleet.example.com"]
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    for name, value in proxy.items():
+        setattr(settings, name, value)
+    django_user_model.objects.create_superuser(username="operator", email="", password="a long password 42")
+    browser = Client(enforce_csrf_checks=True, HTTP_HOST="fleet.example.com", HTTP_X_FORWARDED_PROTO="https")
+    browser.get("/admin/login/")
+    answer = browser.post("/admin/login/?next=/admin/", {
+        "username": "operator", "password": "a long password 42",
+        "csrfmiddlewaretoken": browser.cookies["csrftoken"].value,
+    }, HTTP_ORIGIN="https://fleet.example.com", HTTP_REFERER="https://fleet.example.com/admin/login/")
+    assert answer.status_code == status, answer.content[:500]

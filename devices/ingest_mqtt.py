@@ -1,12 +1,18 @@
 """MQTT ingestion: devices publish to ``ingest/<ident>`` (the pattern is configurable) on their
 region's broker; each payload (one message object or an array of them) goes through the same
 ingestion service as REST. A bad payload is logged with its reason and dropped; the consumer
-goes on."""
+goes on.
+
+One consumer reads each broker, for every served region that uses it (``consumers_for``): where
+regions share a broker (the development default), a payload is stored in the one region whose
+device has its ident, and refused when devices of several of those regions have it (the topic
+cannot say which was meant), never stored twice."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 from django.conf import settings
 from django.db import DatabaseError, connections
@@ -20,6 +26,7 @@ from flespi_site.errors import DomainError
 from flespi_site.mqtt import client as mqtt
 from flespi_site.mqtt.topics import ident_of_topic
 from flespi_site.runner import Loop
+from flespi_site.topology import RegionConfig
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +49,27 @@ def describe(error: DomainError) -> str:
     return f"{item} ({error.kind}): {error.reason}"
 
 
-def ingest_payload(*, region: str, pattern: str, topic: str, payload: bytes) -> services.IngestResult:
-    """Ingest one MQTT payload; raises IngestRejected when nothing of it can be stored."""
+def device_of_ident(*, regions: Sequence[str], ident: str):
+    """The device with ``ident`` in one of ``regions`` (those reading one broker); IngestRejected
+    when none has it, or when devices of several do."""
+    found = {region: device for region in regions
+             if (device := selectors.device_by_ident(region=region, ident=ident)) is not None}
+    if not found:
+        raise IngestRejected(f"no device with ident {ident!r} in region {', '.join(regions)}")
+    if len(found) > 1:
+        raise IngestRejected(
+            f"ident {ident!r} is a device's in each of regions {', '.join(found)}, which share this broker: "
+            "nothing stored; give each region a broker of its own (MQTT_URL_<REGION>) or the devices distinct idents"
+        )
+    (device,) = found.values()
+    return device
+
+
+def ingest_payload(*, regions: Sequence[str], pattern: str, topic: str, payload: bytes) -> services.IngestResult:
+    """Ingest one MQTT payload published on the broker of ``regions``; raises IngestRejected when
+    nothing of it can be stored."""
     ident = ident_from_topic(pattern, topic)
-    device = selectors.device_by_ident(region=region, ident=ident)
-    if device is None:
-        raise IngestRejected(f"no device with ident {ident!r} in region {region}")
+    device = device_of_ident(regions=regions, ident=ident)
     if not device.enabled:
         raise IngestRejected(f"device {device.pk} ({ident}) is disabled")
     if len(payload) > settings.MAX_BODY_BYTES:
@@ -69,13 +91,14 @@ def ingest_payload(*, region: str, pattern: str, topic: str, payload: bytes) -> 
 
 
 class IngestConsumer(Loop):
-    """Subscribes to the ingest pattern on a region's broker and ingests what arrives (a loop of
-    ``flespi_site.runner``)."""
+    """Subscribes to the ingest pattern on a broker and ingests what arrives for the regions that
+    use it (a loop of ``flespi_site.runner``)."""
 
-    def __init__(self, *, region: str, mqtt_url: str, pattern: str, client_id: str | None = None):
+    def __init__(self, *, regions: Sequence[str], mqtt_url: str, pattern: str, client_id: str | None = None):
         super().__init__()
-        self.name = f"ingest {region}"
-        self.region = region
+        self.regions = tuple(regions)
+        self.region = "+".join(self.regions)  # for the log
+        self.name = f"ingest {self.region}"
         self.mqtt_url = mqtt_url
         self.pattern = pattern
         self.received = 0
@@ -84,7 +107,8 @@ class IngestConsumer(Loop):
         # connection, after a failure left a payload unacknowledged.
         self._reconnect = True
         # A persistent session: messages published while the consumer is down wait in the broker.
-        self.client = mqtt.client_for(mqtt_url, client_id=client_id or f"flespi-ingest-{region}", clean_session=False)
+        self.client = mqtt.client_for(mqtt_url, client_id=client_id or f"flespi-ingest-{'-'.join(self.regions)}",
+                                      clean_session=False)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
 
@@ -118,7 +142,7 @@ class IngestConsumer(Loop):
     def _ingest(self, message) -> services.IngestResult:
         while True:
             try:
-                return ingest_payload(region=self.region, pattern=self.pattern, topic=message.topic,
+                return ingest_payload(regions=self.regions, pattern=self.pattern, topic=message.topic,
                                       payload=message.payload)
             except AccountMoving:  # a move's switch held the account's writes: not stored yet
                 time.sleep(RETRY_AFTER_SECONDS)
@@ -149,3 +173,11 @@ class IngestConsumer(Loop):
 
     def counts(self) -> dict[str, int]:
         return {"received": self.received, "rejected": self.rejected}
+
+
+def consumers_for(regions: Sequence[RegionConfig], *, pattern: str) -> list[IngestConsumer]:
+    """One consumer per broker of ``regions`` (the served ones), for the regions that use it."""
+    by_broker: dict[str, list[str]] = {}
+    for region in regions:
+        by_broker.setdefault(region.mqtt_url, []).append(region.code)
+    return [IngestConsumer(regions=codes, mqtt_url=url, pattern=pattern) for url, codes in by_broker.items()]

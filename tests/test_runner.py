@@ -261,7 +261,7 @@ def test_the_ingest_consumer_goes_on_after_its_broker_stopped_and_its_database_s
     device, private_broker, caplog
 ):
     region = "eu"
-    consumer = IngestConsumer(region=region, mqtt_url=private_broker.url, pattern=f"ingest{uuid.uuid4().hex[:6]}/+",
+    consumer = IngestConsumer(regions=[region], mqtt_url=private_broker.url, pattern=f"ingest{uuid.uuid4().hex[:6]}/+",
                               client_id=f"test-ingest-{uuid.uuid4().hex[:8]}")
     consumer.backoff = Backoff(first=0.1, most=0.5)
     topic = consumer.pattern.replace("+", device.ident)

@@ -192,7 +192,7 @@ def test_broker_down_for_a_while_with_ingestion_going_on_loses_nothing(device, o
 @pytest.mark.django_db(databases="__all__", transaction=True)
 def test_mqtt_ingest_end_to_end(device, key, api, caplog):
     consumer = IngestConsumer(
-        region=device_region(device), mqtt_url=settings.MQTT_URL, pattern=f"ingest{uuid.uuid4().hex[:6]}/+",
+        regions=[device_region(device)], mqtt_url=settings.MQTT_URL, pattern=f"ingest{uuid.uuid4().hex[:6]}/+",
         client_id=f"test-ingest-{uuid.uuid4().hex[:8]}",
     )
     import threading
@@ -238,20 +238,54 @@ def device_region(device) -> str:
 def test_ingest_payload_rejections(device):
     region = device_region(device)
     with pytest.raises(IngestRejected, match="does not match"):
-        ingest_payload(region=region, pattern="ingest/+", topic="other/x", payload=b"{}")
+        ingest_payload(regions=[region], pattern="ingest/+", topic="other/x", payload=b"{}")
     with pytest.raises(IngestRejected, match="no device with ident"):
-        ingest_payload(region=region, pattern="ingest/+", topic="ingest/nope", payload=b"{}")
+        ingest_payload(regions=[region], pattern="ingest/+", topic="ingest/nope", payload=b"{}")
     with pytest.raises(IngestRejected, match="not valid JSON"):
-        ingest_payload(region=region, pattern="ingest/+", topic=f"ingest/{device.ident}", payload=b"[1,")
+        ingest_payload(regions=[region], pattern="ingest/+", topic=f"ingest/{device.ident}", payload=b"[1,")
     with pytest.raises(IngestRejected, match="NaN"):
-        ingest_payload(region=region, pattern="ingest/+", topic=f"ingest/{device.ident}", payload=b'{"timestamp": NaN}')
+        ingest_payload(regions=[region], pattern="ingest/+", topic=f"ingest/{device.ident}", payload=b'{"timestamp": NaN}')
     with pytest.raises(IngestRejected, match="timestamp is required"):
-        ingest_payload(region=region, pattern="ingest/+", topic=f"ingest/{device.ident}", payload=b'{"x": 1}')
+        ingest_payload(regions=[region], pattern="ingest/+", topic=f"ingest/{device.ident}", payload=b'{"x": 1}')
     # Refused items of a payload that was partly stored come back as domain errors with a kind.
     result = ingest_payload(
-        region=region, pattern="ingest/+", topic=f"ingest/{device.ident}", payload=b'[{"timestamp": 1}, {"x": 1}]'
+        regions=[region], pattern="ingest/+", topic=f"ingest/{device.ident}", payload=b'[{"timestamp": 1}, {"x": 1}]'
     )
     assert result.accepted == 1
     assert [(e.kind, e.index, e.reason) for e in result.errors] == [
         (ErrorKind.INVALID_MESSAGE, 1, "timestamp is required")
     ]
+
+
+def test_regions_sharing_a_broker_store_each_payload_once(make_account):
+    """Where regions share one broker (the development default), one consumer reads it for both:
+    a payload goes to the one region whose device has its ident, and an ident that devices of both
+    regions have is refused, never stored in both (one account's messages in another's device)."""
+    import dataclasses
+
+    from devices.ingest_mqtt import consumers_for
+    from devices.selectors import messages_of
+    from devices.services import device_create
+
+    eu = make_account("west")
+    ru = make_account("east", parent=eu, region="ru")
+    shared = device_create(account=ru, configuration={"ident": "shared-ident"})
+    twin = device_create(account=eu, configuration={"ident": "shared-ident"})
+    only_ru = device_create(account=ru, configuration={"ident": "only-in-ru"})
+
+    one_broker = [dataclasses.replace(region, mqtt_url="mqtt://broker.example:1883") for region in settings.TOPOLOGY.regions]
+    (consumer,) = consumers_for(one_broker, pattern="ingest/+")
+    assert consumer.regions == ("eu", "ru") and consumer.name == "ingest eu+ru"
+    result = ingest_payload(regions=consumer.regions, pattern="ingest/+", topic="ingest/only-in-ru",
+                            payload=b'{"timestamp": 1700000000, "x": 1}')
+    assert result.accepted == 1
+    assert [m["x"] for m in messages_of(devices=[only_ru], begin=None, end=None, count=None, reverse=False)] == [1]
+    with pytest.raises(IngestRejected, match="is a device's in each of regions eu, ru, which share this broker"):
+        ingest_payload(regions=consumer.regions, pattern="ingest/+", topic="ingest/shared-ident",
+                       payload=b'{"timestamp": 1700000000, "x": 2}')
+    for device in (shared, twin):
+        assert messages_of(devices=[device], begin=None, end=None, count=None, reverse=False) == []
+    # A broker per region (production): a consumer each, under the client id it always had.
+    own = [dataclasses.replace(region, mqtt_url=f"mqtt://{region.code}.example:1883") for region in settings.TOPOLOGY.regions]
+    assert [(c.regions, c.client._client_id) for c in consumers_for(own, pattern="ingest/+")] == [
+        (("eu",), b"flespi-ingest-eu"), (("ru",), b"flespi-ingest-ru")]

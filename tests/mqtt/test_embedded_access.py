@@ -143,7 +143,7 @@ def test_clients_publish_only_to_their_own_devices_ingest_topics(embedded_broker
 def test_a_foreign_devices_ingest_topic_stores_nothing(embedded_broker, fleet, clients, api):
     from devices.ingest_mqtt import IngestConsumer
 
-    consumer = IngestConsumer(region="eu", mqtt_url=embedded_broker.url, pattern="ingest/+",
+    consumer = IngestConsumer(regions=["eu"], mqtt_url=embedded_broker.url, pattern="ingest/+",
                               client_id=f"test-ingest-{uuid.uuid4().hex[:8]}")
     thread = threading.Thread(target=consumer.run, daemon=True)
     thread.start()

@@ -491,7 +491,8 @@ _STAMP = "(extract(epoch FROM drained) * 1000000)::bigint"
 def drains_record(*, alias: str, ranges: Mapping[int, Mapping[int, tuple[int, int]]]) -> dict[int, Drain]:
     """Number and keep what a drain took, in the caller's transaction (fenced by the shards'
     epochs, so one holder at a time numbers a shard's drains): ``ranges`` is shard -> device id ->
-    (begin, end) µs. Returns shard -> the drain, numbered one more than the shard's last."""
+    (begin, end) µs. Returns shard -> the drain, numbered one more than the shard's last, whose
+    time it keeps as its predecessor's (``prev``)."""
     if not ranges:
         return {}
     rows = [
@@ -500,9 +501,12 @@ def drains_record(*, alias: str, ranges: Mapping[int, Mapping[int, tuple[int, in
     ]
     with connections[alias].cursor() as cursor:
         cursor.execute(
-            "INSERT INTO shard_drains (shard, seq, ranges) "
-            "SELECT x.shard, coalesce((SELECT max(d.seq) FROM shard_drains d WHERE d.shard = x.shard), 0) + 1, x.ranges "
-            f"FROM jsonb_to_recordset(%s::jsonb) AS x(shard integer, ranges jsonb) RETURNING shard, seq, {_STAMP}",
+            "INSERT INTO shard_drains (shard, seq, ranges, prev) "
+            "SELECT x.shard, coalesce(last.seq, 0) + 1, x.ranges, last.stamp "
+            "FROM jsonb_to_recordset(%s::jsonb) AS x(shard integer, ranges jsonb) "
+            f"LEFT JOIN LATERAL (SELECT seq, {_STAMP} AS stamp FROM shard_drains d WHERE d.shard = x.shard "
+            "ORDER BY seq DESC LIMIT 1) AS last ON true "
+            f"RETURNING shard, seq, {_STAMP}",
             [dumps_exact(rows).decode()],
         )
         return {int(shard): Drain(int(seq), int(stamp)) for shard, seq, stamp in cursor.fetchall()}
@@ -527,13 +531,23 @@ def drains_heads(*, alias: str, shards: Sequence[int]) -> dict[int, Drain]:
         return {int(shard): Drain(int(seq), int(stamp)) for shard, seq, stamp in cursor.fetchall()}
 
 
-def drains_since(*, alias: str, shard: int, after: int) -> list[tuple[Drain, list[tuple[int, int, int]]]]:
-    """The shard's drains numbered above ``after``, in order: (drain, [(device id, begin, end)])."""
+class MissedDrain(NamedTuple):
+    """A drain as a cache that missed it reads it: the drain, the time of the drain before it
+    (None for rows older than that column) and its ranges."""
+
+    drain: Drain
+    prev: int | None
+    ranges: list[tuple[int, int, int]]
+
+
+def drains_since(*, alias: str, shard: int, after: int) -> list[MissedDrain]:
+    """The shard's drains numbered above ``after``, in order."""
     with connections[alias].cursor() as cursor:
-        cursor.execute(f"SELECT seq, {_STAMP}, ranges::text FROM shard_drains WHERE shard = %s AND seq > %s ORDER BY seq",
-                       [shard, after])
-        return [(Drain(int(seq), int(stamp)), [tuple(item) for item in loads_exact(ranges)])
-                for seq, stamp, ranges in cursor.fetchall()]
+        cursor.execute(f"SELECT seq, {_STAMP}, prev, ranges::text FROM shard_drains WHERE shard = %s AND seq > %s "
+                       "ORDER BY seq", [shard, after])
+        return [MissedDrain(Drain(int(seq), int(stamp)), None if prev is None else int(prev),
+                            [tuple(item) for item in loads_exact(ranges)])
+                for seq, stamp, prev, ranges in cursor.fetchall()]
 
 
 def drains_prune(*, alias: str, older_than: float) -> int:

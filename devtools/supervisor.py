@@ -119,7 +119,8 @@ class CrashLoop(ChildExited):
 class RestartPolicy:
     """How a process that died is restarted: after ``first_delay`` seconds, doubling with each
     death within ``window`` up to ``max_delay``; the ``deaths``-th death within ``window`` is a
-    crash loop, and the supervisor gives up."""
+    crash loop: the process is held back for ``pause`` seconds (an essential one stops the
+    supervisor)."""
 
     first_delay: float = 1.0
     max_delay: float = 30.0
@@ -327,6 +328,8 @@ class Supervisor:
                 if slot.child is not None and slot.child.popen.poll() is not None:
                     self._died(slot, now)
                 elif slot.child is None and slot.restart_at is not None and now >= slot.restart_at:
+                    if self.stopping.is_set():  # stop() runs (from another thread): start nothing
+                        return
                     self._start(slot)
             time.sleep(poll)
 

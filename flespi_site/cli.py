@@ -79,7 +79,12 @@ def probe(args: Sequence[str]) -> int:
     if not args:
         print("flespi probe: name a URL, like http://127.0.0.1:8000/health/ready", file=sys.stderr)
         return USAGE_EXIT
-    url, timeout = args[0], float(args[1]) if len(args) > 1 else 3.0
+    url = args[0]
+    try:
+        timeout = float(args[1]) if len(args) > 1 else 3.0
+    except ValueError:
+        print(f"flespi probe: {args[1]!r} is not a number of seconds", file=sys.stderr)
+        return USAGE_EXIT
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             status = response.status
@@ -108,6 +113,16 @@ def configuration_problems(role: str) -> list[str]:
         return [str(error)]
 
 
+def _region_argument(args: Sequence[str]) -> str | None:
+    """The value of ``--region R`` or ``--region=R`` in ``args``, if any."""
+    for index, arg in enumerate(args):
+        if arg.startswith("--region="):
+            return arg.partition("=")[2]
+        if arg == "--region" and index + 1 < len(args):
+            return args[index + 1]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help") or args == ["help"]:
@@ -116,16 +131,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     name, rest = args[0], args[1:]
     if name == "probe":
         return probe(rest)
-    if problems := configuration_problems(name):
+    role = ROLES.get(name)
+    if role and role.regional and (region := _region_argument(rest)) is not None:
+        # the region named on the command line is the one this process serves
+        if os.environ.get("REGION", region) != region:
+            print(f"flespi {name}: --region {region} but REGION={os.environ['REGION']}: name one region",
+                  file=sys.stderr)
+            return USAGE_EXIT
+        os.environ["REGION"] = region
+    if name != "help" and (problems := configuration_problems(name)):
         for problem in problems:
             print(f"flespi {name}: {problem}", file=sys.stderr)
         return USAGE_EXIT
     if name == "web":
         argv_web = web_argv(os.environ) + rest
         os.execv(argv_web[0], argv_web)
-    role = ROLES.get(name)
     command = list(role.command) if role else [name]
-    if role and role.regional and not any(arg == "--region" or arg.startswith("--region=") for arg in rest):
+    if role and role.regional and _region_argument(rest) is None:
         if not os.environ.get("REGION"):
             print(f"flespi {name}: name the region: --region <code>, or set REGION", file=sys.stderr)
             return USAGE_EXIT

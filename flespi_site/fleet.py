@@ -236,6 +236,12 @@ def debounce_keys(region: str, shard: int) -> list[str]:
     return [base, f"{base}:pending", f"{base}:entries", f"{base}:token", due_index_key(region)]
 
 
+def rate_limit_key(region: str, budget: str, token_id: int) -> str:
+    """A token's bucket of one rate-limit budget (``requests`` or ``messages``) in the region's
+    Redis: the time at which it is full again (``flespi_site.api.throttling``)."""
+    return f"{region_prefix(region)}ratelimit:{budget}:{int(token_id)}"
+
+
 def due_index_key(region: str) -> str:
     """Every shard with a timer, scored by its earliest one (ms): the pump and a worker read what
     is due from it in one command, however many shards there are."""

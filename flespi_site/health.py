@@ -3,7 +3,8 @@
 
 - The web answers ``GET /health/live`` (the process serves requests) and ``GET /health/ready``
   (it can reach what a request needs: the control database, the served datacenters' databases
-  and the served regions' Redis), both without a token.
+  and the served regions' Redis), both without a token and whatever the Host header
+  (``HealthMiddleware``, first of the middleware).
 - Every other role (relay, ingest, purge, MQTT sync, pump, calc worker) serves the same two paths
   and ``/metrics`` on ``HEALTH_PORT`` when that is set (``serve``): a small HTTP server in a thread
   of the process. Ready means that each of its loops has started and its last step succeeded (a
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from django.conf import settings
 from django.db import DatabaseError, connections
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 logger = logging.getLogger(__name__)
 
@@ -34,24 +36,29 @@ Problems = dict[str, str]
 
 
 def services_problems() -> Problems:
-    """What the web cannot reach of what its requests need: each database of this process and the
-    Redis of each served region (short timeouts: a probe must answer within seconds)."""
+    """What the web cannot reach of what its requests need: the control database, the databases
+    of the served regions' datacenters and the served regions' Redis (short timeouts: a probe must
+    answer within seconds). Another region's services being down does not make this web unready.
+    The answer names what failed; the details (hosts, users) go to the log only."""
     from flespi_site.celery import redis_client
 
+    regions = [settings.SERVED_REGION] if settings.SERVED_REGION else [r.code for r in settings.TOPOLOGY.regions]
+    aliases = ["default", *(dc.alias for code in regions for dc in settings.TOPOLOGY.region(code).datacenters)]
     problems: Problems = {}
-    for alias in settings.DATABASES:
+    for alias in aliases:
         try:
             with connections[alias].cursor() as cursor:
                 cursor.execute("SELECT 1")
         except DatabaseError as error:
-            problems[f"database {alias}"] = _first_line(error)
+            problems[f"database {alias}"] = "cannot be reached"
+            logger.warning("not ready: database %s: %s", alias, _first_line(error))
             connections[alias].close()
-    regions = [settings.SERVED_REGION] if settings.SERVED_REGION else [r.code for r in settings.TOPOLOGY.regions]
     for region in regions:
         try:
             redis_client(region).ping()
         except Exception as error:  # any failure of the client is "not ready", never a 500
-            problems[f"redis {region}"] = _first_line(error)
+            problems[f"redis {region}"] = "cannot be reached"
+            logger.warning("not ready: the Redis of region %s: %s", region, _first_line(error))
     return problems
 
 
@@ -66,13 +73,21 @@ def _answer(problems: Problems) -> tuple[int, dict]:
     return 200, {"ready": True}
 
 
-def live_view(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"live": True})
+class HealthMiddleware:
+    """``/health/live`` and ``/health/ready`` of the web, answered before anything else looks at
+    the request: a probe comes by an address (a pod's, 127.0.0.1) that ``ALLOWED_HOSTS`` need not
+    name, and needs no session, no token and no CSRF."""
 
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
 
-def ready_view(request: HttpRequest) -> JsonResponse:
-    status, body = _answer(services_problems())
-    return JsonResponse(body, status=status)
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path == "/health/live":
+            return JsonResponse({"live": True})
+        if request.path == "/health/ready":
+            status, body = _answer(services_problems())
+            return JsonResponse(body, status=status)
+        return self.get_response(request)
 
 
 class HealthServer:
@@ -146,7 +161,15 @@ class HealthServer:
 
 
 def serve(*, role: str, problems: Callable[[], Problems]) -> HealthServer | None:
-    """Start the health server of this process when ``HEALTH_PORT`` is set; None otherwise."""
+    """Start the health server of this process when ``HEALTH_PORT`` is set; None otherwise. A
+    port that cannot be taken stops the process with one line saying so (status 2), before its
+    work starts."""
     if settings.HEALTH_PORT is None:
         return None
-    return HealthServer(port=settings.HEALTH_PORT, role=role, problems=problems).start()
+    try:
+        server = HealthServer(port=settings.HEALTH_PORT, role=role, problems=problems)
+    except OSError as error:
+        print(f"{role}: HEALTH_PORT={settings.HEALTH_PORT} cannot be listened on ({error.strerror or error}): "
+              "give this process a port of its own", file=sys.stderr)
+        raise SystemExit(2) from None
+    return server.start()

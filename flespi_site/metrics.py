@@ -163,8 +163,8 @@ def shards_lost(*, region: str, worker: str, count: int) -> None:
         SHARDS_LOST.labels(region, worker).inc(count)
 
 
-def shard_handed_over(*, region: str, behind: bool, dropped: bool) -> None:
-    SHARD_HANDOVERS.labels(region, "refilled" if dropped else "caught_up" if behind else "in_step").inc()
+def shard_handed_over(*, region: str, behind: bool, refilled: bool) -> None:
+    SHARD_HANDOVERS.labels(region, "refilled" if refilled else "caught_up" if behind else "in_step").inc()
 
 
 def cache_caught_up(*, region: str, ranged: int, dropped: int) -> None:

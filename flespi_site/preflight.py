@@ -4,8 +4,8 @@ at once with one line saying what to set, never with a traceback or later in its
 
 ``problems`` reads only settings and the file system (no database, no broker: a service that is
 down is not a configuration error, and every role waits for it and says so on its readiness
-endpoint). It is called by ``flespi <role>`` (``flespi_site.cli``), by ``manage.py`` and by the
-WSGI application before they do anything else.
+endpoint). It is called by ``flespi <role>`` (``flespi_site.cli``) and by the WSGI application
+before they do anything else.
 """
 
 from __future__ import annotations
@@ -21,6 +21,12 @@ from flespi_site import topology
 # Roles that keep files: the variable that names where, and what for.
 _WRITABLE = {
     "calc": ("CALC_DATA_DIR", "the calc worker's shard caches"),
+}
+# The services each role talks to, beyond the databases (a role not named here: both).
+_SERVICES = {
+    "migrate": (),
+    "calc": ("redis",),
+    "pump": ("redis",),
 }
 
 
@@ -48,7 +54,7 @@ def problems(role: str, *, production: bool) -> list[str]:
     if settings.SERVED_REGION and settings.SERVED_REGION not in codes:
         found.append(f"REGION={settings.SERVED_REGION} is not a region of the topology; set one of {', '.join(codes)}")
     if production:
-        found.extend(_missing_urls())
+        found.extend(_missing_urls(_SERVICES.get(role, ("redis", "mqtt"))))
     for name, path, what in (("METRICS_DIR", settings.METRICS_DIR, "the process's metrics"),
                              *((variable, getattr(settings, variable), what)
                                for key, (variable, what) in _WRITABLE.items() if key == role)):
@@ -58,15 +64,17 @@ def problems(role: str, *, production: bool) -> list[str]:
     return found
 
 
-def _missing_urls() -> list[str]:
-    """The service URLs a deployment must give: a role never falls back to localhost there."""
+def _missing_urls(services: tuple[str, ...]) -> list[str]:
+    """The service URLs a deployment must give (the databases', and those of ``services``): a role
+    never falls back to localhost there."""
     env = os.environ
     found = []
     if not env.get("DATABASE_URL"):
         found.append(f"DATABASE_URL is not set: set it to the control database, like {topology.URL_KINDS['database'][1]}")
     codes = [region.code for region in settings.TOPOLOGY.regions]
     served = [settings.SERVED_REGION] if settings.SERVED_REGION in codes else codes
-    for kind, default in (("redis", topology.DEFAULT_REDIS_URL), ("mqtt", topology.DEFAULT_MQTT_URL)):
+    defaults = {"redis": topology.DEFAULT_REDIS_URL, "mqtt": topology.DEFAULT_MQTT_URL}
+    for kind, default in ((kind, defaults[kind]) for kind in services):
         variable = f"{kind.upper()}_URL"
         missing = [code for code in served
                    if getattr(settings.TOPOLOGY.region(code), f"{kind}_url") == default

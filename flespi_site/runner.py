@@ -213,6 +213,7 @@ def run_loops(
         logger.info("%s: stopping (signal %s)", name, signum)
         stopping.set()
 
+    server = health.serve(role=name, problems=lambda: loops_problems(loops))
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     threads = [
         threading.Thread(target=loop.run, name=f"{name}-{index}", daemon=True) for index, loop in enumerate(loops)
@@ -220,7 +221,6 @@ def run_loops(
     logger.info("%s: starting %s", name, ", ".join(loop.name for loop in loops))
     for thread in threads:
         thread.start()
-    server = health.serve(role=name, problems=lambda: loops_problems(loops))
     next_log = time.monotonic() + log_every
     try:
         while not stopping.is_set() and any(thread.is_alive() for thread in threads):

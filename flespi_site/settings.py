@@ -88,6 +88,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # probes of /health/* come by any address: answered before the host is checked
+    "flespi_site.health.HealthMiddleware",
     # first: a chunked request body gets its Content-Length before anything reads the body
     "flespi_site.middleware.ChunkedBodyMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -178,6 +180,12 @@ RATE_LIMIT_REQUESTS = _env_float("RATE_LIMIT_REQUESTS", 100)
 RATE_LIMIT_REQUESTS_BURST = _env_int("RATE_LIMIT_REQUESTS_BURST", 500)
 RATE_LIMIT_MESSAGES = _env_float("RATE_LIMIT_MESSAGES", 50_000)
 RATE_LIMIT_MESSAGES_BURST = _env_int("RATE_LIMIT_MESSAGES_BURST", 500_000)
+for _name in ("RATE_LIMIT_REQUESTS_BURST", "RATE_LIMIT_MESSAGES_BURST"):
+    if globals()[_name] < 1:
+        raise ImproperlyConfigured(f"{_name} must be at least 1 (a limit is turned off by its rate: "
+                                   f"{_name.removesuffix('_BURST')}=0)")
+# The first superuser's password for `flespi migrate` (else a generated one, written to a file).
+ADMIN_PASSWORD = os.environ.get("ADMIN_PASSWORD", "")
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Telematics platform API",

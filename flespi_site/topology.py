@@ -33,7 +33,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 # Ids of regional entities are ``sequence * ID_STRIDE + datacenter.number``: unique across every
 # datacenter without coordination, and unchanged when an account moves between datacenters.
@@ -306,8 +306,9 @@ def create_missing_databases(urls: list[str], *, only_port: int | None = None) -
         parts = urlsplit(url)
         if only_port is not None and (parts.hostname, parts.port) != ("127.0.0.1", only_port):
             continue
-        server = (parts.hostname, parts.port or 5432, parts.username or "postgres", parts.password)
-        by_server.setdefault(server, []).append(parts.path.lstrip("/"))
+        server = (parts.hostname, parts.port or 5432, unquote(parts.username or "postgres"),
+                  unquote(parts.password) if parts.password else None)
+        by_server.setdefault(server, []).append(unquote(parts.path.lstrip("/")))
     created = []
     for (host, port, user, password), names in by_server.items():
         with psycopg.connect(host=host, port=port, user=user, password=password, dbname="postgres",

@@ -3,7 +3,6 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerView
 
 from flespi_site.api.schema_views import SchemaView
-from flespi_site.health import live_view, ready_view
 from flespi_site.landing import landing
 from flespi_site.metrics_view import metrics_view
 
@@ -11,8 +10,6 @@ urlpatterns = [
     path("", landing, name="landing"),
     path("admin/", admin.site.urls),
     path("metrics", metrics_view, name="metrics"),
-    path("health/live", live_view, name="health-live"),
-    path("health/ready", ready_view, name="health-ready"),
     path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]), name="docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]), name="redoc"),

@@ -16,28 +16,33 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
 
 import psycopg
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.db import connections
+from psycopg import sql
 
 from flespi_site.constants import MIGRATE_LOCK
-from flespi_site.topology import create_missing_databases
 from regions.services import topology_sync
 
 ADMIN_PASSWORD_FILE = "admin-password"
 
 
+def _connect(alias: str, **overrides) -> psycopg.Connection:
+    """A connection of its own to database ``alias`` (``dbname`` may be overridden), with
+    everything Django's settings give it (password, SSL options), outside Django's connections
+    (migrations close and reopen those)."""
+    params = {**connections[alias].get_connection_params(), "connect_timeout": 10, **overrides}
+    params.pop("cursor_factory", None)  # Django's own; a plain psycopg connection takes the default
+    params.pop("context", None)
+    return psycopg.connect(autocommit=True, **params)
+
+
 def _lock_connection() -> psycopg.Connection:
-    """A connection of its own to the control database, outside Django's (migrations close and
-    reopen those), so that the lock lives exactly as long as the setup."""
-    db = settings.DATABASES["default"]
-    return psycopg.connect(
-        host=db["HOST"] or None, port=db["PORT"] or None, user=db["USER"] or None, password=db["PASSWORD"] or None,
-        dbname=db["NAME"], autocommit=True, connect_timeout=10,
-    )
+    """The control database, for the migration lock: it lives exactly as long as the setup."""
+    return _connect("default")
 
 
 def _holder(connection: psycopg.Connection) -> str:
@@ -50,23 +55,32 @@ def _holder(connection: psycopg.Connection) -> str:
     return f"backend pid {row[0]} from {row[1]}" if row else "another session"
 
 
-def _url(db: dict) -> str:
-    user = quote(db["USER"] or "postgres") + (f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else "")
-    return f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{quote(db['NAME'])}"
-
-
 def databases_create(say: Callable[[str], None]) -> None:
-    """Create the databases of the topology that are missing, where the user may; else say what to do."""
-    try:
-        created = create_missing_databases([_url(db) for db in settings.DATABASES.values()])
-    except psycopg.Error as error:
-        raise SetupError(
-            f"the platform's databases cannot be checked or created ({str(error).strip().splitlines()[0]}): "
-            "start PostgreSQL, or create them yourself (" + ", ".join(db["NAME"] for db in settings.DATABASES.values())
-            + ") and give DATABASE_URL a user that owns them"
-        ) from None
-    if created:
-        say(f"created databases {', '.join(created)}")
+    """Create the databases of the topology that are missing, where the user may; else say what to
+    do. Each is tried first (a managed server may refuse connections to its maintenance database);
+    one that another host created meanwhile counts as there."""
+    for alias, db in settings.DATABASES.items():
+        try:
+            _connect(alias).close()
+            continue
+        except psycopg.OperationalError as error:
+            if f'database "{db["NAME"]}" does not exist' not in str(error):
+                raise SetupError(f"database {db['NAME']} cannot be reached ({_first_line(error)}): start PostgreSQL, "
+                                 f"or correct its URL (DATABASE_URL, DATABASE_URL_<DATACENTER>)") from None
+        try:
+            with _connect(alias, dbname="postgres") as server:
+                server.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db["NAME"])))
+        except psycopg.errors.DuplicateDatabase:
+            continue  # another migration created it
+        except psycopg.Error as error:
+            raise SetupError(f"database {db['NAME']} does not exist and cannot be created ({_first_line(error)}): "
+                             "create it yourself and give its URL a user that owns it") from None
+        say(f"created database {db['NAME']}")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 class SetupError(Exception):
@@ -92,20 +106,24 @@ def platform_setup(*, say: Callable[[str], None], superuser: bool = True) -> Non
 
 
 def superuser_create(say: Callable[[str], None]) -> None:
-    """The superuser ``admin``, unless there is a superuser already."""
+    """The superuser ``admin``, unless there is a superuser already. A generated password is
+    written to its file before the user exists, so that no crash in between can lose it."""
     User = get_user_model()
     if User.objects.filter(is_superuser=True).exists():
         return
-    given = os.environ.get("ADMIN_PASSWORD")
+    given = settings.ADMIN_PASSWORD
     password = given or secrets.token_urlsafe(12)
+    path = Path(settings.STATE_DIR) / ADMIN_PASSWORD_FILE
+    if not given:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = path.with_name(f".{ADMIN_PASSWORD_FILE}.new")
+        fresh.unlink(missing_ok=True)
+        descriptor = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(password + "\n")
+        fresh.replace(path)
     User.objects.create_superuser(username="admin", email="", password=password)
     if given:
         say("created superuser admin with the password in ADMIN_PASSWORD (/admin/)")
-        return
-    path = Path(settings.STATE_DIR) / ADMIN_PASSWORD_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(password + "\n")
-    say(f"created superuser admin; its password is in {path} (readable by its owner only; /admin/)")
+    else:
+        say(f"created superuser admin; its password is in {path} (readable by its owner only; /admin/)")

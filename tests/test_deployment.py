@@ -44,11 +44,11 @@ def flespi(*args: str, **env: str) -> subprocess.CompletedProcess:
         ({**GOOD, "SECRET_KEY": ""}, "flespi calc: SECRET_KEY is not set: set it to a long random secret"),
         ({**GOOD, "DATABASE_URL": ""}, "flespi calc: DATABASE_URL is not set: set it to the control database"),
         ({**GOOD, "REDIS_URL": ""}, "flespi calc: REDIS_URL is not set: set the redis server, like redis://host:6379/0 "
-                                    "(or REDIS_URL_EU, REDIS_URL_RU per region)"),
+                                    "(or REDIS_URL_EU per region)"),
         ({**GOOD, "DATABASE_URL": "mysql://db/flespi"}, "flespi calc: DATABASE_URL must be a database URL"),
         ({**GOOD, "MQTT_URL": "mqtt://broker:port"}, "flespi calc: MQTT_URL is not a valid mqtt URL"),
         ({**GOOD, "DATABASE_URL_EU_2": "postgres://db:5432"}, "flespi calc: DATABASE_URL_EU_2 names no database"),
-        ({**GOOD, "REGION": "us"}, "flespi calc: REGION=us is not a region of the topology; set one of eu, ru"),
+        ({**GOOD, "REGION": "us"}, "flespi calc: --region eu but REGION=us: name one region"),
         ({**GOOD, "FLESPI_TOPOLOGY": "{not json"}, "flespi calc: FLESPI_TOPOLOGY is not valid JSON"),
         ({**GOOD, "CALC_SHARDS": "many"}, "flespi calc: CALC_SHARDS='many' is not a whole number"),
         ({**GOOD, "CALC_DATA_DIR": "/etc/hostname/calc"}, "flespi calc: CALC_DATA_DIR=/etc/hostname/calc is not a "
@@ -67,6 +67,9 @@ def test_a_regional_role_needs_its_region():
     done = flespi("pump", **GOOD)
     assert done.returncode == 2
     assert done.stderr.strip() == "flespi pump: name the region: --region <code>, or set REGION"
+    done = flespi("pump", **GOOD, REGION="us")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "flespi pump: REGION=us is not a region of the topology; set one of eu, ru"
 
 
 def test_help_and_probe():
@@ -77,17 +80,64 @@ def test_help_and_probe():
 
 
 @pytest.mark.django_db(databases="__all__")
-def test_the_web_is_live_and_ready_and_says_what_it_cannot_reach(client, monkeypatch):
-    assert client.get("/health/live").json() == {"live": True}
-    ready = client.get("/health/ready")
+def test_the_web_is_live_and_ready_and_says_what_it_cannot_reach(client, monkeypatch, settings, caplog):
+    # A probe comes by an address ALLOWED_HOSTS need not name (a pod's, 127.0.0.1).
+    settings.ALLOWED_HOSTS = ["fleet.example.com"]
+    assert client.get("/health/live", HTTP_HOST="10.1.2.3:8000").json() == {"live": True}
+    ready = client.get("/health/ready", HTTP_HOST="10.1.2.3:8000")
     assert ready.status_code == 200 and ready.json() == {"ready": True}
-    # The region's Redis is away (nobody listens on its port): not ready, and why.
+    assert client.get("/gw/devices/all", HTTP_HOST="10.1.2.3:8000").status_code == 400  # the rest still checks
+    # Region ru's Redis is away (nobody listens on its port): a web serving every region is not
+    # ready, and says what, not where (the log has the details); one serving eu is ready.
+    from flespi_site import celery
+
     dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
-    monkeypatch.setattr("flespi_site.celery.redis_client", lambda region: dead)
-    ready = client.get("/health/ready")
+    real = celery.redis_client
+    monkeypatch.setattr("flespi_site.celery.redis_client", lambda region: dead if region == "ru" else real(region))
+    ready = client.get("/health/ready", HTTP_HOST="fleet.example.com")
     assert ready.status_code == 503
-    assert set(ready.json()["problems"]) == {"redis eu", "redis ru"}
-    assert "Connection refused" in ready.json()["problems"]["redis eu"]
+    assert ready.json()["problems"] == {"redis ru": "cannot be reached"}
+    assert "the Redis of region ru: Error 111" in caplog.text
+    settings.SERVED_REGION = "eu"
+    assert client.get("/health/ready", HTTP_HOST="fleet.example.com").status_code == 200
+
+
+def test_a_busy_health_port_stops_the_role_with_one_line():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = flespi("purge", **GOOD, HEALTH_PORT=str(port), METRICS_DIR="/tmp/flespi-test-metrics")
+    assert done.returncode == 2, done
+    assert f"HEALTH_PORT={port} cannot be listened on (Address already in use): give this process a port of its own" \
+        in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_each_role_is_asked_only_for_the_services_it_uses(monkeypatch, settings):
+    """A calc worker or a pump never talks to a broker: no MQTT_URL is asked of them; `--region`
+    is the region the process serves."""
+    import dataclasses
+
+    from flespi_site import preflight, topology
+
+    settings.TOPOLOGY = dataclasses.replace(settings.TOPOLOGY, regions=tuple(
+        dataclasses.replace(region, mqtt_url=topology.DEFAULT_MQTT_URL, redis_url=topology.DEFAULT_REDIS_URL)
+        for region in settings.TOPOLOGY.regions))
+    for name in ("MQTT_URL", "MQTT_URL_EU", "MQTT_URL_RU", "REDIS_URL", "REDIS_URL_EU", "REDIS_URL_RU"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", GOOD["DATABASE_URL"])
+    settings.SECRET_KEY_GIVEN = True
+    kinds = {role: sorted(problem.split()[0] for problem in preflight.problems(role, production=True))
+             for role in ("calc", "pump", "migrate", "relay")}
+    assert kinds == {"calc": ["REDIS_URL"], "pump": ["REDIS_URL"], "migrate": [], "relay": ["MQTT_URL", "REDIS_URL"]}
+    settings.SERVED_REGION = "eu"
+    monkeypatch.setenv("REDIS_URL_EU", "redis://redis-eu:6379/0")
+    assert preflight.problems("calc", production=True) == []  # ru's Redis is not this process's business
+    done = flespi("calc", "--region", "eu", **{**GOOD, "REGION": "ru"})
+    assert done.returncode == 2 and "--region eu but REGION=ru: name one region" in done.stderr
 
 
 def get(url: str) -> tuple[int, str]:

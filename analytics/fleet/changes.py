@@ -155,6 +155,7 @@ class CatchUp:
     drains: int = 0
     ranged: int = 0
     dropped: int = 0
+    whole: bool = False  # every device was dropped: it could not say what it missed
 
     @property
     def behind(self) -> bool:
@@ -193,21 +194,19 @@ def cache_catch_up(*, aliases: Sequence[str], held: HeldShard,
         if seq is None or seq >= head.seq:
             whole = True  # a file that cannot say, or a database restored to an earlier point
             break
-        # The drains it missed, from its own on: its own must still be the one it applied (after a
-        # restore to an earlier point the same number names another drain, and what it applied is
-        # gone from the database).
-        missed = message_storage.drains_since(alias=alias, shard=shard, after=seq - 1)
-        if seq > 0:
-            if not missed or missed[0][0].seq != seq or stamp not in (None, missed[0][0].stamp):
-                whole = True  # its drain is no longer kept, or is another one now
-                break
-            missed = missed[1:]
-        if [drain.seq for drain, _ranges in missed] != list(range(seq + 1, head.seq + 1)):
+        # The drains it missed. The first must follow the one it applied: after a restore to an
+        # earlier point the same numbers name other drains, and what it applied is gone from the
+        # database (each drain keeps the time of the one before it).
+        missed = message_storage.drains_since(alias=alias, shard=shard, after=seq)
+        if [item.drain.seq for item in missed] != list(range(seq + 1, head.seq + 1)):
             whole = True  # the drains it missed are no longer kept
             break
+        if seq > 0 and None not in (stamp, missed[0].prev) and missed[0].prev != stamp:
+            whole = True  # its drain is not the database's drain of that number
+            break
         drains += len(missed)
-        for _drain, items in missed:
-            for device_id, begin, end in items:
+        for item in missed:
+            for device_id, begin, end in item.ranges:
                 if device_id in cached:
                     low, high = stale.get(device_id, (begin, end))
                     stale[device_id] = (min(low, begin), max(high, end))
@@ -225,7 +224,7 @@ def cache_catch_up(*, aliases: Sequence[str], held: HeldShard,
         for alias, head in heads.items():
             cache.position_set(alias=alias, seq=head.seq, stamp=head.stamp)
     done = CatchUp(shard=shard, drains=drains, ranged=len(stale) - len(dropped) if not whole else 0,
-                   dropped=len(dropped))
+                   dropped=len(dropped), whole=whole)
     metrics.cache_caught_up(region=metrics.place_of(aliases[0])[0], ranged=done.ranged, dropped=done.dropped)
     if done.behind:
         logger.warning("calc: cache of shard %s was behind by %s drains: %s devices read again, %s dropped",

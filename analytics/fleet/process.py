@@ -111,10 +111,10 @@ def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, name: str |
     balance = LeaseBalance(worker)
     app.steps["consumer"].add(_make_step(worker, balance))
     heartbeat = LeaseHeartbeat(worker, lease_ttl / 3)
-    beat = threading.Thread(target=heartbeat.run, name="lease-heartbeat", daemon=True)
-    beat.start()
     # Ready once it balances its leases (its consumer runs) and renews them, each step succeeding.
     server = health.serve(role=f"calc {region} {worker_id}", problems=lambda: loops_problems([heartbeat, balance]))
+    beat = threading.Thread(target=heartbeat.run, name="lease-heartbeat", daemon=True)
+    beat.start()
     logger.info("calc %s: worker %s starting (data in %s)", region, worker_id, worker.data_dir)
     try:
         app.worker_main(

@@ -145,14 +145,16 @@ class ShardWorker:
                     self.leases.release(shard, epoch)
                     continue
                 self._caught_up_devices += done.ranged + done.dropped
-                metrics.shard_handed_over(region=self.region, behind=done.behind, dropped=bool(done.dropped))
+                metrics.shard_handed_over(region=self.region, behind=done.behind, refilled=done.whole)
                 self.held[shard] = held
                 gained.append(shard)
                 # What the previous holder was offered or running comes back now, not after its
                 # timeouts.
                 self.timers.abandon(shard=shard)
             metrics.shards_gained(region=self.region, worker=self.worker_id, count=len(gained))
-            metrics.shards_lost(region=self.region, worker=self.worker_id, count=len(lost))
+            # lost to another worker: not the extras this worker handed on to a newcomer on purpose
+            metrics.shards_lost(region=self.region, worker=self.worker_id,
+                                count=len([shard for shard in lost if shard not in balance.extra]))
             self._gained += len(gained)
             return gained, lost
 

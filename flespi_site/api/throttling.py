@@ -7,7 +7,7 @@ which the bucket is full again): ``rate`` per second, up to ``burst`` at once. A
 budget is answered 429 with ``Retry-After`` (whole seconds until it would pass) in the API's
 envelope, before its view runs: an ingestion batch over the budget stores nothing, and one that
 passes is charged all its messages. A batch larger than the whole burst can never pass: it is
-refused with a reason saying to split it (a retry would not help).
+a 413 with a reason saying to split it (a retry would not help).
 
 The check is one Redis round trip (a script), on the Redis of the region this process serves. When
 that Redis cannot be reached the request is let through and the failure logged at most once a
@@ -29,12 +29,14 @@ from redis.retry import Retry
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
-from flespi_site.errors import RateLimited
+from flespi_site.errors import RateLimited, TooLarge
+from flespi_site.fleet import rate_limit_key
 
 logger = logging.getLogger(__name__)
 
 # KEYS[1] the bucket; ARGV: cost, milliseconds per unit, burst tolerance in ms. Returns
-# {1, 0} when allowed (and charges it), {0, ms until it would be allowed} when not.
+# {1, 0} when allowed (and charges it), {0, whole ms until it would be allowed, at least 1} when
+# not (Redis makes a Lua number an integer reply: a fraction would come back as 0).
 _GCRA = """
 local now_parts = redis.call('TIME')
 local now = now_parts[1] * 1000 + math.floor(now_parts[2] / 1000)
@@ -44,7 +46,7 @@ if tat < now then tat = now end
 local new_tat = tat + cost * interval
 local allowed_at = new_tat - tolerance
 if allowed_at > now then
-  return {0, allowed_at - now}
+  return {0, math.max(1, math.ceil(allowed_at - now))}
 end
 redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, math.ceil(new_tat - now)))
 return {1, 0}
@@ -61,8 +63,10 @@ class Budget:
     def interval_ms(self) -> float:
         return 1000.0 / self.rate
 
-    def key(self, token_id: int) -> str:
-        return f"ratelimit:{self.name}:{token_id}"
+    @property
+    def shown(self) -> int | float:
+        """The rate as the API shows it (100, not 100.0)."""
+        return int(self.rate) if float(self.rate).is_integer() else self.rate
 
 
 def budgets() -> tuple[Budget, Budget]:
@@ -96,14 +100,15 @@ def _charge(budget: Budget, token_id: int, cost: int) -> int:
     try:
         client = _client(region)
         allowed, wait_ms = _script(client)(
-            keys=[budget.key(token_id)], args=[cost, budget.interval_ms, budget.burst * budget.interval_ms]
+            keys=[rate_limit_key(region, budget.name, token_id)],
+            args=[cost, budget.interval_ms, budget.burst * budget.interval_ms],
         )
     except redis.RedisError as error:
         if time.monotonic() - _last_complaint > 60:
             _last_complaint = time.monotonic()
             logger.warning("rate limits are not enforced: the Redis of region %s cannot be reached (%s)", region, error)
         return 0
-    return 0 if allowed else int(wait_ms)
+    return 0 if allowed else max(1, int(wait_ms))
 
 
 def ingests(request: Request, view) -> bool:
@@ -127,18 +132,18 @@ class TokenRateThrottle(BaseThrottle):
             budget, cost = requests_budget, 1
         if budget.rate <= 0 or cost == 0:
             return True
-        if cost > budget.burst:
-            raise RateLimited(
+        if cost > budget.burst:  # can never pass: a retry would not help
+            raise TooLarge(
                 f"a batch of {cost} {budget.name} is more than this token may send at once ({budget.burst}); "
                 f"split it into batches of at most {budget.burst}",
-                retry_after=math.ceil(cost * budget.interval_ms / 1000), limit=budget.rate, burst=budget.burst,
+                limit=budget.shown, burst=budget.burst,
             )
         wait_ms = _charge(budget, token.pk, cost)
         if wait_ms:
             seconds = max(1, math.ceil(wait_ms / 1000))
             raise RateLimited(
-                f"this token is over its rate of {budget.rate:g} {budget.name} per second (bursts of "
+                f"this token is over its rate of {budget.shown} {budget.name} per second (bursts of "
                 f"{budget.burst}); retry after {seconds} s",
-                retry_after=seconds, limit=budget.rate, burst=budget.burst,
+                retry_after=seconds, limit=budget.shown, burst=budget.burst,
             )
         return True

@@ -149,7 +149,7 @@ def test_a_cache_away_longer_than_the_kept_drains_is_refilled(hosts, assigned):
     # The pump forgets drains older than the window; the shard's last one stays.
     pruned = message_storage.drains_prune(alias=device.database, older_than=0)
     assert pruned >= 2
-    assert message_storage.drains_since(alias=device.database, shard=device.shard, after=0)[0][0].seq > 2
+    assert message_storage.drains_since(alias=device.database, shard=device.shard, after=0)[0].drain.seq > 2
 
     a = hand_to(hosts, "host-a")
     cache = a.held[device.shard].cache
@@ -157,6 +157,31 @@ def test_a_cache_away_longer_than_the_kept_drains_is_refilled(hosts, assigned):
     ingest(device, trip(T0 + 300, 5))
     run(a, calculator, device)  # refilled whole before the run
     assert cached_stamps(a, device) == stored_stamps(device)
+    assert_from_scratch(calculator, device)
+
+
+def test_a_cache_whose_own_drain_was_pruned_still_reads_only_what_it_missed(hosts, assigned):
+    """A quiet shard: the drain the cache applied is older than the kept window and pruned, the
+    drains it missed are not. They say which drain came before them, so the cache reads them
+    again instead of being refilled."""
+    calculator, device = assigned
+    a = hand_to(hosts, "host-a")
+    ingest(device, trip(T0, 30))
+    run(a, calculator, device)
+    b = hand_to(hosts, "host-b")
+    for k in range(2):
+        ingest(device, trip(T0 + 100 + 40 * k, 20))
+        run(b, calculator, device)
+    with connections[device.database].cursor() as cursor:
+        cursor.execute("UPDATE shard_drains SET drained = now() - interval '1 hour' WHERE shard = %s AND seq = 1",
+                       [device.shard])
+    assert message_storage.drains_prune(alias=device.database, older_than=900) == 1
+
+    a = hand_to(hosts, "host-a")
+    assert a.held[device.shard].cache.is_cached(device_id=device.pk)  # read again, not dropped
+    assert cached_stamps(a, device) == stored_stamps(device)
+    ingest(device, trip(T0 + 300, 5))
+    run(a, calculator, device)
     assert_from_scratch(calculator, device)
 
 
@@ -239,10 +264,12 @@ def test_every_drain_is_numbered_and_followed_by_the_holders_cache(hosts, assign
         ingest(device, trip(T0 + 40 * k, 10))
         run(a, calculator, device)
     drains = message_storage.drains_since(alias=device.database, shard=device.shard, after=0)
-    assert [drain.seq for drain, _ in drains] == [1, 2, 3]
-    assert all(ranges == [(device.pk, round((T0 + 40 * k) * 1e6), round((T0 + 40 * k + 9) * 1e6))]
-               for k, (_seq, ranges) in enumerate(drains))
-    assert a.held[device.shard].cache.positions()[device.database] == tuple(drains[-1][0])
+    assert [item.drain.seq for item in drains] == [1, 2, 3]
+    assert all(item.ranges == [(device.pk, round((T0 + 40 * k) * 1e6), round((T0 + 40 * k + 9) * 1e6))]
+               for k, item in enumerate(drains))
+    # each drain keeps the time of the one before it
+    assert [item.prev for item in drains] == [None, drains[0].drain.stamp, drains[1].drain.stamp]
+    assert a.held[device.shard].cache.positions()[device.database] == tuple(drains[-1].drain)
 
 
 def test_a_shard_taken_over_is_filled_a_slice_at_a_time(hosts, make_account, settings):

@@ -39,6 +39,7 @@ def test_reads_over_the_burst_are_refused_with_retry_after(limits, api, key, mak
     error = errors_of(answers[5], 429)[0]
     assert error["type"] == "rate_limited"
     assert "over its rate of 1 requests per second (bursts of 5)" in error["reason"]
+    assert (error["limit"], error["burst"]) == (1, 5)
     assert int(answers[5]["Retry-After"]) >= 1 and error["retry_after"] == int(answers[5]["Retry-After"])
     # Another token has its own budget.
     other = make_token(make_account("other"))
@@ -55,9 +56,10 @@ def test_an_over_limit_batch_stores_nothing_and_reads_go_on(limits, api, key, de
     assert stored(device) == 8  # nothing of the refused batch
     # Ingestion is its own budget: reading is still allowed.
     assert len(result_of(api.call("GET", path, key=key))) == 8
-    # A batch larger than the whole burst can never pass: the reason says to split it.
+    # A batch larger than the whole burst can never pass (a retry would not help): a 413 saying to split it.
     huge = api.call("POST", path, key=key, body=messages(11, start=1_720_000_000))
-    assert "split it into batches of at most 10" in errors_of(huge, 429)[0]["reason"]
+    assert "split it into batches of at most 10" in errors_of(huge, 413)[0]["reason"]
+    assert "Retry-After" not in huge
     assert stored(device) == 8
 
 

@@ -28,7 +28,7 @@ def topology_rows():
 def test_platform_setup_is_idempotent(settings, tmp_path, monkeypatch):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.STATE_DIR = tmp_path
-    monkeypatch.delenv("ADMIN_PASSWORD", raising=False)
+    settings.ADMIN_PASSWORD = ""
     first, second = StringIO(), StringIO()
     call_command("platform_setup", stdout=first)
     rows = topology_rows()
@@ -60,7 +60,7 @@ def test_platform_setup_is_idempotent(settings, tmp_path, monkeypatch):
 def test_the_first_admin_password_can_come_from_the_environment(settings, tmp_path, monkeypatch):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.STATE_DIR = tmp_path
-    monkeypatch.setenv("ADMIN_PASSWORD", "an operator's chosen password")
+    settings.ADMIN_PASSWORD = "an operator's chosen password"
     out = StringIO()
     call_command("platform_setup", stdout=out)
     assert get_user_model().objects.get(username="admin").check_password("an operator's chosen password")

@@ -42,6 +42,9 @@ def embedded_broker(settings):
     # the platform's clients of this process (relay, ingest consumer) log in as the platform
     settings.MQTT_PLATFORM_USERNAME = PLATFORM_USER
     settings.MQTT_PLATFORM_PASSWORD = PLATFORM_PASSWORD
+    # this broker asks the platform's policy itself: nothing is pushed to a Mosquitto's dynamic
+    # security (where `make test` runs one, the test's login is not its platform's)
+    settings.MQTT_DYNSEC = False
     broker = EmbeddedBroker(extra_env={"MQTT_URL_RU": "mqtt://ru.localhost:1883"})
     broker.start()
     yield broker

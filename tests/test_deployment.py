@@ -175,8 +175,10 @@ def test_a_role_serves_its_health_and_its_own_metrics(tmp_path):
 
         answer = poll(not_ready, timeout=60)
         assert answer, output.text
-        assert answer["problems"] == {f"relay dc_{code}": f"not connected to the broker at 127.0.0.1:{dead_broker}"
-                                      for code in ("eu_1", "eu_2", "ru_1")}, answer
+        # each relay that holds its datacenter's lock says so (one still waiting for the lock of
+        # the relay stopped above is a standby: ready)
+        assert answer["problems"] and set(answer["problems"]) <= {"relay dc_eu_1", "relay dc_eu_2", "relay dc_ru_1"}
+        assert set(answer["problems"].values()) == {f"not connected to the broker at 127.0.0.1:{dead_broker}"}, answer
         assert get(f"http://127.0.0.1:{port}/health/live")[0] == 200
     finally:
         stop(relay)

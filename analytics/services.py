@@ -148,7 +148,7 @@ def assignments_create(
 ) -> tuple[list[Assignment], list[DomainError]]:
     """Assign every device to every calculator (``assignment_create`` for each pair, idempotent).
     Returns the assignments, and the pairs refused as errors naming the device (``id``) and the
-    calculator (``calc_id``); a refused pair leaves the others assigned."""
+    calculator (``selector``: ``calc_id=N``); a refused pair leaves the others assigned."""
     assignments: list[Assignment] = []
     refused: list[DomainError] = []
     for calculator in calculators:
@@ -157,7 +157,7 @@ def assignments_create(
                 assignment, _new = assignment_create(calculator=calculator, device=device)
             except DomainError as exc:
                 exc.id = device.pk
-                exc.extra["calc_id"] = calculator.pk
+                exc.selector = f"calc_id={calculator.pk}"
                 refused.append(exc)
                 continue
             assignments.append(assignment)

@@ -2,10 +2,15 @@
 API's exception handler and batch responses render them into the ``{"errors": [...]}`` envelope,
 and other entry points (the MQTT consumer, commands) log or print them.
 
-An error's ``kind`` (an ``ErrorKind``, the wire's ``"type"``) is machine-readable and stable;
-``status`` is the HTTP status the API renders it with (the wire's ``"code"``): nothing but the
-API looks at it. ``index`` (the position in a batch) or ``id`` (of the entity) say which item
-of a batch an error is about.
+An error's ``kind`` (an ``ErrorKind``) is machine-readable and stable: services, the MQTT
+consumer, logs and tests branch on it. ``status`` is the HTTP status the API renders it with (the
+wire's ``"code"``). ``index`` (the position in a batch), ``id`` (of the entity) or ``selector``
+say which item of a batch an error is about.
+
+On the wire an error is flespi's error item (``error_item``): ``code``, ``reason`` and, when
+they apply, ``id``, ``selector`` and ``field``, nothing else (flespi's clients build their error
+objects from exactly these keys, and fail on any other). The position of an item in a POSTed
+array is the head of ``field``, as a path from the body's root: ``[2].configuration.ident``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,48 @@ class ErrorKind(StrEnum):
     RATE_LIMITED = "rate_limited"
 
 
+def field_path(*, index: int | None, field: str | None) -> str | None:
+    """The path of a faulty field from the root of a body: ``[index]`` first for an item of a
+    POSTed array."""
+    if index is None:
+        return field
+    return f"[{index}]" + (f".{field}" if field else "")
+
+
+def error_item(
+    *,
+    code: int,
+    reason: str,
+    id: int | None = None,  # the wire names an entity's id "id"
+    selector: str | None = None,
+    field: str | None = None,
+    index: int | None = None,
+) -> dict:
+    """flespi's error item: the one shape of an error on the wire."""
+    item: dict = {"code": code, "reason": reason}
+    if id is not None:
+        item["id"] = id
+    if selector:
+        item["selector"] = selector
+    path = field_path(index=index, field=field)
+    if path:
+        item["field"] = path
+    return item
+
+
+def named_error(error: dict, name: dict) -> dict:
+    """An error item naming the item of a batch it is about: ``name`` is what names the item
+    (``Resource.named``: its ``id``, and the other ids it is selected by, which go to
+    ``selector`` as ``key=value`` conditions, ``calc_id=3``)."""
+    named = dict(error)
+    if "id" in name:
+        named["id"] = name["id"]
+    others = ",".join(f"{key}={value}" for key, value in name.items() if key != "id")
+    if others:
+        named["selector"] = others
+    return named
+
+
 class DomainError(Exception):
     status = 400
     kind = ErrorKind.INVALID
@@ -45,6 +92,7 @@ class DomainError(Exception):
         field: str | None = None,
         index: int | None = None,
         id: int | None = None,  # the wire names an entity's id "id"
+        selector: str | None = None,
         **extra,
     ):
         super().__init__(reason)
@@ -54,19 +102,16 @@ class DomainError(Exception):
         self.field = field
         self.index = index
         self.id = id
+        self.selector = selector
+        # What else the platform knows of the error (a rate's limit, burst): for logs and
+        # headers; flespi's error item has no place for it.
         self.extra = extra
 
     def as_error(self) -> dict:
-        """The error as the API renders it."""
-        error: dict = {"code": self.status, "type": str(self.kind), "reason": self.reason}
-        if self.field:
-            error["field"] = self.field
-        if self.index is not None:
-            error["index"] = self.index
-        if self.id is not None:
-            error["id"] = self.id
-        error.update(self.extra)
-        return error
+        """The error as the API renders it (``error_item``)."""
+        return error_item(
+            code=self.status, reason=self.reason, id=self.id, selector=self.selector, field=self.field, index=self.index
+        )
 
 
 class InvalidInput(DomainError):

@@ -21,6 +21,8 @@ from django.conf import settings
 from django.core.handlers.wsgi import LimitedStream
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from flespi_site.errors import error_item
+
 # A chunk size line (with any chunk extensions) or a trailer line longer than this is refused.
 MAX_LINE = 4096
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
@@ -30,8 +32,8 @@ class ChunkedFramingError(ValueError):
     """A chunked body that does not follow RFC 9112 section 7.1."""
 
 
-def _refusal(status: int, kind: str, reason: str) -> JsonResponse:
-    response = JsonResponse({"errors": [{"code": status, "type": kind, "reason": reason}]}, status=status)
+def _refusal(status: int, reason: str) -> JsonResponse:
+    response = JsonResponse({"errors": [error_item(code=status, reason=reason)]}, status=status)
     # this answer skips the other middleware, CommonMiddleware's Content-Length included
     response["Content-Length"] = str(len(response.content))
     return response
@@ -54,14 +56,13 @@ class ChunkedBodyMiddleware:
         if [coding.strip().lower() for coding in codings.split(",")] != ["chunked"]:
             return _refusal(
                 501,
-                "not_implemented",
                 f"Transfer-Encoding {codings[:64]!r} is not supported: send the body chunked or with a "
                 "Content-Length (compress it with Content-Encoding: gzip)",
             )
         if meta.get("CONTENT_LENGTH"):
             # RFC 9112 6.3: a message with both is a smuggling attempt or a broken proxy.
             return _refusal(
-                400, "bad_request", "the request has both Content-Length and Transfer-Encoding: send one"
+                400, "the request has both Content-Length and Transfer-Encoding: send one"
             )
         limit = settings.MAX_BODY_BYTES + 1
         stream = meta["wsgi.input"]
@@ -73,14 +74,13 @@ class ChunkedBodyMiddleware:
                 if connection is None:
                     return _refusal(
                         411,
-                        "length_required",
                         "this server does not read chunked request bodies: send the body with a Content-Length",
                     )
                 body = read_chunked(connection, limit)
         except ChunkedFramingError as error:
-            return _refusal(400, "bad_request", f"chunked body: {error}")
+            return _refusal(400, f"chunked body: {error}")
         except Exception as error:  # the server's own chunk decoder (gunicorn) refused the framing
-            return _refusal(400, "bad_request", f"chunked body: {error or type(error).__name__}")
+            return _refusal(400, f"chunked body: {error or type(error).__name__}")
         meta["CONTENT_LENGTH"] = str(len(body))
         # What Django's WSGIRequest builds from wsgi.input and CONTENT_LENGTH, now both known.
         request._stream = LimitedStream(io.BytesIO(body), len(body))  # type: ignore[assignment]

@@ -177,7 +177,7 @@ def test_only_allowed_networks_or_the_token_may_scrape(client, platform, setting
     outside = client.get("/metrics", REMOTE_ADDR="192.0.2.7")
     assert outside.status_code == 403
     (error,) = outside.json()["errors"]
-    assert error["type"] == "forbidden"
+    assert error["code"] == 403
     assert "192.0.2.7 is not in METRICS_ALLOW" in error["reason"]
     assert client.get("/metrics", REMOTE_ADDR="::1").status_code == 200
 
@@ -190,7 +190,7 @@ def test_only_allowed_networks_or_the_token_may_scrape(client, platform, setting
     )
     wrong = client.get("/metrics", REMOTE_ADDR="192.0.2.7", HTTP_AUTHORIZATION="Bearer guess")
     assert wrong.status_code == 401
-    assert wrong.json()["errors"][0]["type"] == "unauthorized"
+    assert wrong.json()["errors"][0]["code"] == 401
     assert client.get("/metrics", REMOTE_ADDR="192.0.2.7").status_code == 403
 
     # Token only: no network is trusted.

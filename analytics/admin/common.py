@@ -2,7 +2,7 @@
 reading of a configuration typed as JSON text.
 
 A page's endpoint answers JSON the page's script reads: a result, or a refusal in the API's
-envelope (``{"errors": [{"code", "type", "reason", "field"?, ...}]}``), rendered by the API's one
+envelope (``{"errors": [{"code", "reason", "field"?, ...}]}``), rendered by the API's one
 exception handler from the same domain errors and validation errors the API raises.
 """
 

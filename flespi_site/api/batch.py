@@ -13,7 +13,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from flespi_site.api.exceptions import flatten_detail
-from flespi_site.errors import DomainError
+from flespi_site.errors import DomainError, error_item, named_error
 
 Item = TypeVar("Item")
 
@@ -38,27 +38,21 @@ def each_item(
     items: Iterable[Item], write: Callable[[Item], dict], *, named: Callable[[Item], dict]
 ) -> Response:
     """``write`` each item, in one batch: the dicts it returns are the result; an item it refuses
-    with a domain error is an error carrying ``named(item)`` (its ``id``, and what else names
-    it), and the others go on."""
+    with a domain error is an error naming it by ``named(item)`` (``named_error``), and the
+    others go on."""
     result, errors = [], []
     for item in items:
         name = named(item)  # before the write: a deleted row has no pk
         try:
             result.append(write(item))
         except DomainError as exc:
-            errors.append({**exc.as_error(), **name})
+            errors.append(named_error(exc.as_error(), name))
     return batch_response(result, errors)
 
 
 def item_validation_errors(exc: serializers.ValidationError, *, index: int) -> list[dict]:
     """The errors of one item of a POSTed array that its serializer refused, naming its index."""
     return [
-        {
-            "code": 400,
-            "type": "invalid",
-            "reason": f"{field}: {message}" if field else message,
-            **({"field": field} if field else {}),
-            "index": index,
-        }
+        error_item(code=400, reason=f"{field}: {message}" if field else message, field=field or None, index=index)
         for field, message in flatten_detail(exc.detail)
     ]

@@ -10,7 +10,7 @@ from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
-from flespi_site.errors import DomainError
+from flespi_site.errors import DomainError, error_item
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +55,10 @@ def exception_handler(exc, context):
         return Response(
             {
                 "errors": [
-                    {
-                        "code": 307,
-                        "type": "wrong_region",
-                        "reason": f"account {exc.account_id} lives in region {exc.region}: send requests to {exc.url}",
-                    }
+                    error_item(
+                        code=307,
+                        reason=f"account {exc.account_id} lives in region {exc.region}: send requests to {exc.url}",
+                    )
                 ],
                 "region": exc.region,
                 "url": exc.url,
@@ -70,14 +69,14 @@ def exception_handler(exc, context):
     if isinstance(exc, DomainError):
         return errors_response([exc.as_error()], exc.status, getattr(exc, "headers", None))
     if isinstance(exc, RequestDataTooBig):
-        return errors_response([{"code": 413, "type": "too_large", "reason": "request body too large"}], 413)
+        return errors_response([error_item(code=413, reason="request body too large")], 413)
     if isinstance(exc, Http404):
-        return errors_response([{"code": 404, "type": "not_found", "reason": str(exc) or "not found"}], 404)
+        return errors_response([error_item(code=404, reason=str(exc) or "not found")], 404)
     if isinstance(exc, PermissionDenied):
-        return errors_response([{"code": 403, "type": "forbidden", "reason": str(exc) or "forbidden"}], 403)
+        return errors_response([error_item(code=403, reason=str(exc) or "forbidden")], 403)
     if isinstance(exc, drf.ValidationError):
         errors = [
-            {"code": 400, "type": "invalid", "reason": f"{path}: {message}" if path else message, **({"field": path} if path else {})}
+            error_item(code=400, reason=f"{path}: {message}" if path else message, field=path or None)
             for path, message in flatten_detail(exc.detail)
         ]
         return errors_response(errors, 400)
@@ -97,8 +96,6 @@ def exception_handler(exc, context):
                 if reason.startswith("Unsupported media type") else reason
                 for reason in reasons
             ]
-        return errors_response(
-            [{"code": status, "type": exc.default_code, "reason": reason} for reason in reasons], status, headers
-        )
+        return errors_response([error_item(code=status, reason=reason) for reason in reasons], status, headers)
     logger.exception("unhandled error in %s", context.get("view").__class__.__name__ if context else "?")
-    return errors_response([{"code": 500, "type": "internal", "reason": "internal error; it has been logged"}], 500)
+    return errors_response([error_item(code=500, reason="internal error; it has been logged")], 500)

@@ -185,7 +185,8 @@ class ResourceView(FlespiAPIView):
                 errors += item_validation_errors(exc, index=index)
                 continue
             except DomainError as exc:
-                errors.append({**exc.as_error(), "index": index})
+                exc.index = index
+                errors.append(exc.as_error())
                 continue
             result.append(answer(obj))
         return batch_response(result, errors)

@@ -19,14 +19,14 @@ ERROR_ENVELOPE = {
             "type": "array",
             "items": {
                 "type": "object",
-                "required": ["code", "type", "reason"],
+                "required": ["code", "reason"],
+                "additionalProperties": False,
                 "properties": {
                     "code": {"type": "integer"},
-                    "type": {"type": "string"},
                     "reason": {"type": "string"},
-                    "field": {"type": "string"},
-                    "index": {"type": "integer"},
                     "id": {"type": "integer"},
+                    "selector": {"type": "string"},
+                    "field": {"type": "string"},
                 },
             },
         },

@@ -122,7 +122,6 @@ def test_access_type_changes_only_when_named(api, root, root_key):
     assert errors == [
         {
             "code": 400,
-            "type": "invalid",
             "reason": "access.type: This field is required.",
             "field": "access.type",
         }

@@ -31,12 +31,12 @@ def test_try_refuses_every_problem_by_field_and_path(admin_client, calculator, d
     assert response.status_code == 405
     assert response.json() == {
         "errors": [
-            {"code": 405, "type": "method_not_allowed", "reason": "POST the configuration, the device and the range"}
+            {"code": 405, "reason": "POST the configuration, the device and the range"}
         ]
     }
     status, body = post(admin_client, path, "{not json")
     assert status == 400 and problems(body) == [""]
-    assert body["errors"][0]["type"] == "parse_error"
+    assert body["errors"][0]["code"] == 400
     assert body["errors"][0]["reason"].startswith("body is not valid JSON: ")
     broken = {**TRIPS, "selectors": [{"type": "expression", "expression": "a >"}], "timezone": "Mars/Olympus"}
     status, body = post(
@@ -46,10 +46,9 @@ def test_try_refuses_every_problem_by_field_and_path(admin_client, calculator, d
     assert problems(body) == ["configuration.selectors[0].expression", "configuration.timezone", "device", "begin"]
     assert body["errors"][0]["reason"].startswith("configuration.selectors[0].expression: unexpected end")
     assert body["errors"][2:] == [
-        {"code": 400, "type": "invalid", "reason": "device: choose a device (its id)", "field": "device"},
+        {"code": 400, "reason": "device: choose a device (its id)", "field": "device"},
         {
             "code": 400,
-            "type": "invalid",
             "reason": "begin: 'soon' is neither unix seconds nor a UTC date and time (2019-02-18T07:45)",
             "field": "begin",
         },
@@ -67,7 +66,7 @@ def test_try_refuses_every_problem_by_field_and_path(admin_client, calculator, d
     status, body = post(admin_client, "/admin/analytics/calculator/424242/try/", {})
     assert status == 404
     assert body == {
-        "errors": [{"code": 404, "type": "not_found", "reason": "no calculator 424242", "field": "calculator"}]
+        "errors": [{"code": 404, "reason": "no calculator 424242", "field": "calculator"}]
     }
 
 
@@ -100,7 +99,6 @@ def test_an_interval_that_is_not_there_is_a_404(admin_client, assignment):
         "errors": [
             {
                 "code": 404,
-                "type": "not_found",
                 "reason": f"assignment {assignment.pk} has no interval 123",
                 "field": "interval",
             }
@@ -125,7 +123,7 @@ def test_a_bad_timeline_range_is_a_400_naming_the_field(admin_client, assignment
 def test_try_refuses_as_the_api_refuses(admin_client, calculator, device):
     path = f"/admin/analytics/calculator/{calculator.pk}/try/"
     status, body = post(admin_client, path, [1])
-    assert (status, body) == (400, {"errors": [{"code": 400, "type": "invalid", "reason": "must be a JSON object"}]})
+    assert (status, body) == (400, {"errors": [{"code": 400, "reason": "must be a JSON object"}]})
     status, body = post(admin_client, path, {"configuration": {**TRIPS, "name": "a\x00"}, "device": device.pk})
     assert status == 400 and problems(body) == ["configuration"]
     assert body["errors"][0]["reason"].startswith("configuration: must not contain NUL characters")
@@ -136,4 +134,4 @@ def test_try_refuses_as_the_api_refuses(admin_client, calculator, device):
         admin_client, path, {"configuration": json.dumps(TRIPS), "device": device.pk, "begin": 0, "end": 400 * 86400}
     )
     assert status == 400 and problems(body) == ["end"]
-    assert body["errors"][0]["type"] == "range_too_long"
+    assert "for one on-demand calculation" in body["errors"][0]["reason"]

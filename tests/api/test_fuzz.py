@@ -373,7 +373,7 @@ def print_table(statuses: dict[str, Counter]) -> None:
             "POST",
             "/gw/calcs",
             [{"name": "x", "selectors": [{"type": "datetime", "split": "day"}], "²": 1}],
-            "²",
+            "[0].²",
         ),
         (
             "PUT",

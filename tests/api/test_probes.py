@@ -62,7 +62,6 @@ def test_a_device_moved_to_an_unknown_account_names_cid(api, root_key, device_id
     assert errors == [
         {
             "code": 404,
-            "type": "not_found",
             "reason": f"account {cid} not found",
             "field": "cid",
             "id": device_id,
@@ -80,7 +79,7 @@ def test_a_message_with_a_lone_surrogate_is_refused(api, root_key, device_id):
     )
     assert response.status_code == 200, response.content
     errors = response.json()["errors"]
-    assert [error["index"] for error in errors] == [0, 2, 3]
+    assert [error["field"] for error in errors] == ["[0]", "[2]", "[3]"]
     assert "surrogate" in errors[0]["reason"] and errors[0]["reason"].startswith("s:")
     stored = result_of(api.call("GET", f"/gw/devices/{device_id}/messages", key=root_key))
     assert [message["s"] for message in stored] == ["caf\u00e9 \U0001f69a"]

@@ -37,10 +37,9 @@ def test_reads_over_the_burst_are_refused_with_retry_after(limits, api, key, mak
     answers = [api.call("GET", "/gw/devices/all", key=key) for _ in range(7)]
     assert [answer.status_code for answer in answers] == [200] * 5 + [429] * 2
     error = errors_of(answers[5], 429)[0]
-    assert error["type"] == "rate_limited"
+    assert set(error) == {"code", "reason"}
     assert "over its rate of 1 requests per second (bursts of 5)" in error["reason"]
-    assert (error["limit"], error["burst"]) == (1, 5)
-    assert int(answers[5]["Retry-After"]) >= 1 and error["retry_after"] == int(answers[5]["Retry-After"])
+    assert int(answers[5]["Retry-After"]) >= 1
     # Another token has its own budget.
     other = make_token(make_account("other"))
     assert api.call("GET", "/gw/devices/all", key=other).status_code == 200

@@ -76,7 +76,7 @@ def test_schema_documents_the_error_envelope(schema):
     assert set(responses) == {"200", "307", "4XX"}
     envelope = responses["4XX"]["content"]["application/json"]["schema"]
     assert envelope["required"] == ["errors"]
-    assert envelope["properties"]["errors"]["items"]["required"] == ["code", "type", "reason"]
+    assert envelope["properties"]["errors"]["items"]["required"] == ["code", "reason"]
 
 
 def test_schema_fields_parameter_lists_the_rendered_fields(schema):

@@ -60,7 +60,7 @@ def test_ids(api, root_key, tokens):
     # Ids the account cannot see are left out; when none is left, the selection is a 404.
     assert infos(api, root_key, f"{tokens['abc']},{2**40}") == ["abc"]
     errors = errors_of(api.call("GET", f"/platform/tokens/{2**40}", key=root_key), 404)
-    assert errors == [{"code": 404, "type": "not_found", "reason": f"no token with id {2**40}"}]
+    assert errors == [{"code": 404, "reason": f"no token with id {2**40}"}]
 
 
 def test_a_condition_matching_nothing_is_an_empty_result_for_get_and_404_for_writes(api, root_key, tokens):

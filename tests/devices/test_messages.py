@@ -145,7 +145,7 @@ def test_ident_rules(api, key, account, make_account):
     assert response.status_code == 200
     body = response.json()
     assert [item["configuration"]["ident"] for item in body["result"]] == ["ok-1"]
-    assert [error["index"] for error in body["errors"]] == [0, 1, 2, 3, 5]
+    assert [error["field"] for error in body["errors"]] == [f"[{index}].configuration.ident" for index in (0, 1, 2, 3, 5)]
     assert "already exists" in body["errors"][-1]["reason"]
     # The same ident is taken in the whole region, across datacenters.
     other = make_account("other", datacenter="eu-2")
@@ -225,7 +225,7 @@ def test_bad_messages_are_reported_by_index_and_valid_ones_stored(api, key, devi
     response = post(api, key, device, batch)
     assert response.status_code == 200, response.content
     errors = response.json()["errors"]
-    assert [error["index"] for error in errors] == list(range(1, 2 * len(BAD_MESSAGES), 2))
+    assert [error["field"] for error in errors] == [f"[{index}]" for index in range(1, 2 * len(BAD_MESSAGES), 2)]
     for error, (_bad, reason) in zip(errors, BAD_MESSAGES, strict=True):
         assert reason in error["reason"], error
     stored = rows(device)
@@ -290,7 +290,7 @@ def test_bad_read_parameters(api, key, device, query):
 def test_bad_devices_are_refused_and_nothing_is_stored(api, key, account, body):
     response = api.call("POST", "/gw/devices", key=key, body=body)
     assert response.status_code == 400, response.content
-    assert response.json()["errors"][0]["index"] == 0
+    assert response.json()["errors"][0]["field"].startswith("[0]")
     assert not Device.objects.using("dc_eu_1").exists()
     assert not DeviceIdent.objects.exists()
 
@@ -328,7 +328,7 @@ def test_a_disabled_device_takes_no_messages_from_any_entry_point(api, key, acco
     device.save(update_fields=["enabled"])
     response = post(api, key, device, [{"timestamp": T0}])
     assert response.status_code == 409
-    assert response.json()["errors"][0]["type"] == "device_disabled"
+    assert response.json()["errors"][0]["code"] == 409
     assert "enable it" in response.json()["errors"][0]["reason"]
     # With several devices selected, the enabled ones store the batch, the disabled one is named.
     response = api.call("POST", f"/gw/devices/{device.pk},{enabled.pk}/messages", key=key, body=[{"timestamp": T0}])
@@ -499,7 +499,7 @@ def test_an_integer_timestamp_beyond_any_float_is_refused_by_index(api, key, dev
     )
     assert response.status_code == 200, response.content
     assert response.json()["errors"] == [
-        {"code": 400, "type": "invalid_message", "reason": "timestamp is out of range", "index": 0}
+        {"code": 400, "reason": "timestamp is out of range", "field": "[0]"}
     ]
     assert [m["timestamp"] for m in rows(device)] == [T0]
 

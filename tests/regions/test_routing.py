@@ -57,7 +57,6 @@ def assert_redirect(response, *, region: str, url: str, location: str, account_i
     assert body["errors"] == [
         {
             "code": 307,
-            "type": "wrong_region",
             "reason": f"account {account_id} lives in region {region}: send requests to {url}",
         }
     ]

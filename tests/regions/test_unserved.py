@@ -66,7 +66,6 @@ def test_eu_process_redirects_the_delete_of_a_ru_subaccount_to_ru(api, settings,
     assert response.json()["errors"] == [
         {
             "code": 307,
-            "type": "wrong_region",
             "reason": f"account {ru_child.pk} lives in region ru: send requests to {RU_URL}",
         }
     ]
@@ -104,11 +103,8 @@ def test_eu_process_deletes_what_it_reaches_and_names_the_rest(api, settings, ro
         "errors": [
             {
                 "code": 421,
-                "type": "wrong_region",
                 "reason": f"datacenter ru-1 is in region ru, which this server (region eu) does not serve: "
                 f"send the request to {RU_URL}",
-                "region": "ru",
-                "url": RU_URL,
                 "id": ru_child.pk,
             }
         ],
@@ -137,7 +133,6 @@ def test_an_account_of_a_region_gone_from_the_configuration(api, settings, ru_ch
     assert errors_of(api.call("GET", path, key=ru_key, host=host), 409) == [
         {
             "code": 409,
-            "type": "region_not_configured",
             "reason": f"account {ru_child.pk} lives in region ru, which is not in the platform's configuration "
             "(FLESPI_TOPOLOGY): an operator must add the region back and run `manage.py platform_setup` "
             "before the account can be used",
@@ -151,10 +146,8 @@ def test_a_subaccount_of_a_region_gone_from_the_configuration_is_not_deleted(api
     assert errors == [
         {
             "code": 409,
-            "type": "datacenter_not_configured",
             "reason": "datacenter ru-1 is not in the platform's configuration (FLESPI_TOPOLOGY); the data of "
             "its accounts is unreachable until an operator adds it back and runs `manage.py platform_setup`",
-            "datacenter": "ru-1",
             "id": ru_child.pk,
         }
     ]
@@ -168,7 +161,7 @@ def test_no_account_is_placed_in_a_region_gone_from_the_configuration(api, setti
     response = api.call(
         "POST", "/platform/subaccounts", key=root_key, body=[{"name": "new", "parent_id": ru_child.pk}]
     )
-    assert errors_of(response, 409)[0]["type"] == "region_not_configured"
+    assert "is not in the platform's configuration" in errors_of(response, 409)[0]["reason"]
     assert names() == ["root", "ru-child", "ru-grandchild"]
 
 
@@ -177,7 +170,7 @@ def test_an_account_of_a_datacenter_gone_from_the_configuration(api, settings, r
     without_datacenter(settings, "eu-2")
     placement.forget_all()
     errors = errors_of(api.call("GET", "/gw/devices/all", key=root_key, cid=eu2.pk), 409)
-    assert [(error["type"], error["datacenter"]) for error in errors] == [("datacenter_not_configured", "eu-2")]
+    assert [(error["code"], "eu-2" in error["reason"]) for error in errors] == [(409, True)]
     # Control data stays reachable.
     assert result_of(api.call("GET", "/platform/customer?fields=id", key=root_key, cid=eu2.pk)) == [{"id": eu2.pk}]
     response = api.call("POST", "/platform/subaccounts", key=root_key, body=[{"name": "x", "datacenter": "eu-2"}])

@@ -25,12 +25,13 @@ from flespi_site.api.views import FlespiAPIView, json_body
 from flespi_site.errors import NotFound
 from regions.selectors import regions_list
 
-ACCOUNT_FIELDS = ("id", "name", "parent_id", "region", "datacenter", "depth", "metadata", "created")
+ACCOUNT_FIELDS = ("id", "cid", "name", "parent_id", "region", "datacenter", "depth", "metadata", "created")
 
 
 def render_account(account: Account) -> dict:
     return {
         "id": account.pk,
+        "cid": account.parent_id,  # flespi's cid of an account: the account it belongs to
         "name": account.name,
         "parent_id": account.parent_id,
         "region": account.region.code,
@@ -110,6 +111,7 @@ class SubaccountResource(Resource):
     url_path = "platform/subaccounts"
     selection_fields = {
         "id": SelectionField("pk", "int"),
+        "cid": SelectionField("parent_id", "int"),  # flespi's cid of a subaccount: its parent
         "name": SelectionField("name", "str"),
         "parent_id": SelectionField("parent_id", "int"),
         "region": SelectionField("region__code", "str"),
@@ -168,6 +170,7 @@ class TokenResource(Resource):
     url_path = "platform/tokens"
     selection_fields = {
         "id": SelectionField("pk", "int"),
+        "cid": SelectionField("account_id", "int"),
         "info": SelectionField("info", "str"),
         "enabled": SelectionField("enabled", "bool"),
     }

@@ -65,6 +65,7 @@ class CalculatorResource(Resource):
     url_path = "gw/calcs"
     selection_fields = {
         "id": SelectionField("pk", "int"),
+        "cid": SelectionField("account_id", "int"),
         "name": SelectionField("name", "str"),
         "metadata": SelectionField("metadata", "json"),
     }
@@ -122,7 +123,10 @@ class AssignmentResource(Resource):
     name = "assignment"
     parent = CalculatorResource
     url_path = "devices"
-    selection_fields = {name: _device_field(field) for name, field in DeviceResource.selection_fields.items()}
+    selection_fields = {
+        **{name: _device_field(field) for name, field in DeviceResource.selection_fields.items()},
+        "cid": SelectionField("account_id", "int"),
+    }
     create_serializer = AssignmentUpdateSerializer
     update_serializer = AssignmentUpdateSerializer
     output_fields = ASSIGNMENT_FIELDS

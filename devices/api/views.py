@@ -43,6 +43,7 @@ class DeviceResource(Resource):
     url_path = "gw/devices"
     selection_fields = {
         "id": SelectionField("pk", "int"),
+        "cid": SelectionField("account_id", "int"),
         "name": SelectionField("name", "str"),
         "enabled": SelectionField("enabled", "bool"),
         "configuration": SelectionField("configuration", "json"),

@@ -298,8 +298,16 @@ def test_other_content_types_are_415(api, root_key, state, endpoint):
         "id=abc",
         "id=1*",
         "enabled=yes",
-        "all,1",
+        "all,x",
         "=1",
+        "{info==}",
+        "{nosuch==1}",
+        "{info==%22x%22",
+        "{(info==%22x%22}",
+        "{info==%22x%22 && }",
+        "{enabled==%22yes%22}",
+        "{id==%22x%22}",
+        "{}",
         "info",
         "99999999999999999999",
         "info=%00",
@@ -341,13 +349,13 @@ def test_bad_selector_reasons(api, root_key, state):
 
     assert reason("abc") == (
         "selector item 'abc' is neither an id nor a field=value condition; "
-        "use 'all', ids like '1,2' or conditions like 'name=truck*'"
+        "use 'all', ids like '1,2', conditions like 'name=truck*' or an expression like {name==\"truck\"}"
     )
     assert reason("1,,2") == "selector '1,,2' has an empty item"
-    assert reason("nosuchfield=1") == "cannot select on 'nosuchfield'; selectable fields: enabled, id, info"
+    assert reason("nosuchfield=1") == "cannot select on 'nosuchfield'; selectable fields: cid, enabled, id, info"
     assert reason("id=abc") == "selector id='abc': id must be an integer"
     assert reason("enabled=yes") == "selector enabled='yes': enabled must be true or false"
-    assert reason("metadata.a=1") == "cannot select on 'metadata.a'; selectable fields: enabled, id, info"
+    assert reason("metadata.a=1") == "cannot select on 'metadata.a'; selectable fields: cid, enabled, id, info"
     assert reasons(api.call("GET", "/platform/subaccounts/metadata=1", key=root_key), 400) == (
         "selector 'metadata': select on a key inside it, like metadata.key=value"
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# flespi's error item (flespi-sdk's FlespiError takes exactly these keys and fails on others).
+ERROR_ITEM_KEYS = {"code", "reason", "id", "selector", "field"}
+
 
 def errors_of(response, status: int) -> list[dict]:
     """The ``errors`` of a failed response, after checking its status and shape."""
@@ -10,6 +13,7 @@ def errors_of(response, status: int) -> list[dict]:
     assert body["errors"], body
     for error in body["errors"]:
         assert isinstance(error["reason"], str) and error["reason"], error
+        assert isinstance(error["code"], int) and set(error) <= ERROR_ITEM_KEYS, error
     return body["errors"]
 
 

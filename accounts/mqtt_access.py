@@ -1,14 +1,22 @@
 """The MQTT access policy (``flespi_site.mqtt.policy``) applied with the control database's facts,
-for a broker that asks on every connect, subscribe, publish and delivery: the embedded broker
-(``devtools.mqtt_broker``) holds one ``BrokerAccess``. Token and device facts are read by
-``accounts.mqtt_facts``; device ownership is cached for ``DEVICE_CACHE_SECONDS``.
+for the platform's broker (``flespi_site.mqtt.broker``), which asks on every connect, subscribe,
+publish and delivery. Its ``Access`` protocol is what this class provides.
+
+Facts are read by ``accounts.mqtt_facts`` and cached: the account path of each device (by id and
+by ident) and of each account named by a subscription's ``cid``. A cached fact lives
+``MQTT_ACCESS_CACHE_SECONDS``; the broker asks for what a batch of packets lacks in one read
+(``learn``), so a burst over many devices costs one query, not one per message. Tokens are not
+cached: each CONNECT reads its token, and every connected token is read again, all in one query,
+every few seconds (``recheck``).
+
+Nothing here grows with the platform: a device or token created, moved or deleted costs the broker
+nothing until a client's packet is about it (docs/mqtt.md, "Access control at scale").
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -17,17 +25,26 @@ from django.conf import settings
 from accounts import mqtt_facts
 from flespi_site.mqtt import policy
 from flespi_site.mqtt.policy import Decision, Principal
+from flespi_site.mqtt.topics import (
+    device_of_log_topic,
+    device_of_topic,
+    ident_of_topic,
+    is_id_level,
+    strip_share,
+)
 
-DEVICE_CACHE_SECONDS = 2.0
 _UNKNOWN = object()
+MAX_CACHED = 1_000_000
 
 
-@dataclass
 class _Cache:
-    """Values by key for ``ttl`` seconds (also the None of a key that has none)."""
+    """Values by key for ``ttl`` seconds; that a key has none (None) for ``absent_ttl``, shorter:
+    a device created since is not a change the platform announces to the broker."""
 
-    ttl: float
-    values: dict[Any, tuple[Any, float]] = field(default_factory=dict)
+    def __init__(self, ttl: float, absent_ttl: float):
+        self.ttl = ttl
+        self.absent_ttl = absent_ttl
+        self.values: dict[Any, tuple[Any, float]] = {}
 
     def get(self, key: Any) -> Any:
         hit = self.values.get(key)
@@ -36,85 +53,205 @@ class _Cache:
         return hit[0]
 
     def put(self, found: dict[Any, Any], asked: Iterable[Any]) -> None:
-        expires = time.monotonic() + self.ttl
-        for key in asked:
-            self.values[key] = (found.get(key), expires)
-        if len(self.values) > 200_000:
+        now = time.monotonic()
+        if len(self.values) > MAX_CACHED:
             self.values.clear()
+        for key in asked:
+            value = found.get(key)
+            self.values[key] = (value, now + (self.absent_ttl if value is None else self.ttl))
+
+    def forget(self, key: Any) -> None:
+        self.values.pop(key, None)
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 class BrokerAccess:
     """The policy's inputs for one broker: settings, the regions it serves (those whose MQTT
     endpoint is ``url``), cached lookups."""
 
-    def __init__(self, *, url: str):
+    def __init__(self, *, url: str, regions: Iterable[str] | None = None):
         self.root = settings.MQTT_TOPIC_ROOT
         self.ingest_pattern = settings.MQTT_INGEST_TOPIC
         self.platform_username = settings.MQTT_PLATFORM_USERNAME
         self.platform_password = settings.MQTT_PLATFORM_PASSWORD
         self.region_urls = {region.code: region.mqtt_url for region in settings.TOPOLOGY.regions}
-        self.regions = frozenset(code for code, mqtt_url in self.region_urls.items() if mqtt_url == url)
-        self.devices = _Cache(DEVICE_CACHE_SECONDS)
-        self.idents = _Cache(DEVICE_CACHE_SECONDS)
+        if regions is None:
+            regions = [code for code, mqtt_url in self.region_urls.items() if mqtt_url == url]
+        self.regions = frozenset(regions)
+        ttl, absent = settings.MQTT_ACCESS_CACHE_SECONDS, settings.MQTT_ACCESS_ABSENT_SECONDS
+        self.devices = _Cache(ttl, absent)
+        self.idents = _Cache(ttl, absent)  # ident -> (device id, account path)
+        self.ident_of: dict[int, str] = {}  # device id -> the ident cached for it
+        self.accounts = _Cache(ttl, absent)
 
-    async def connect(self, username: str | None, password: str | None) -> tuple[Decision, Principal | None]:
+    # --- connect and the periodic re-check ---
+
+    async def connect(
+        self, username: str | None, password: bytes | str | None
+    ) -> tuple[Decision, Principal | None]:
+        text_password = _text(password)
+        if password is not None and text_password is None:
+            return policy.refuse("the password must be UTF-8 text"), None
+        key, _malformed = policy.token_key(username, text_password)
         token = None
-        if username and username != self.platform_username:
-            token = await sync_to_async(mqtt_facts.token_facts)(key=username)
+        if key and username != self.platform_username:
+            token = await sync_to_async(mqtt_facts.token_facts)(key=key)
         decision, principal = policy.connect_decision(
-            username=username, password=password, platform_username=self.platform_username,
-            platform_password=self.platform_password, token=token, broker_regions=self.regions,
-            region_mqtt_urls=self.region_urls, now=time.time(),
+            username=username,
+            password=text_password,
+            platform_username=self.platform_username,
+            platform_password=self.platform_password,
+            token=token,
+            broker_regions=self.regions,
+            region_mqtt_urls=self.region_urls,
+            now=time.time(),
         )
         if principal is not None and token is not None:
             await sync_to_async(mqtt_facts.token_touch)(token=token)
         return decision, principal
 
-    async def publish(self, principal: Principal, topic: str) -> Decision:
-        return await self._decide(
-            lambda path: policy.publish_decision(
-                principal=principal, topic=topic, root=self.root, ingest_pattern=self.ingest_pattern, ident_path=path
-            ),
-            self.idents, self._ident_paths,
-        )
+    async def recheck(self, token_ids: set[int]) -> dict[int, str]:
+        facts = await sync_to_async(mqtt_facts.tokens_facts)(token_ids=token_ids)
+        now = time.time()
+        refused = {}
+        for token_id in token_ids:
+            token = facts.get(token_id)
+            if token is None:
+                refused[token_id] = f"token {token_id} was deleted"
+                continue
+            problem = policy.token_refusal(
+                token_id=token.id,
+                enabled=token.enabled,
+                expire=token.expire,
+                ttl=token.ttl,
+                created=token.created,
+                last_used=token.last_used,
+                now=now,
+            )
+            if problem:
+                refused[token_id] = problem
+        return refused
 
-    async def subscribe(self, principal: Principal, topic_filter: str) -> Decision:
-        return await self._decide(
-            lambda path: policy.subscribe_decision(
-                principal=principal, topic_filter=topic_filter, root=self.root, device_path=path
-            ),
-            self.devices, self._device_paths,
-        )
+    # --- decisions from the cache (None: a fact is missing; ``learn`` it) ---
 
-    async def receive(self, principal: Principal, topic: str) -> Decision:
-        return await self._decide(
-            lambda path: policy.receive_decision(principal=principal, topic=topic, root=self.root, device_path=path),
-            self.devices, self._device_paths,
-        )
+    def publish_now(self, principal: Principal, topic: str) -> Decision | None:
+        if principal.platform:
+            return policy.ALLOW
+        missing = False
 
-    async def _decide(
-        self, decide: Callable[[Callable[[Any], str | None]], Decision], cache: _Cache,
-        fetch: Callable[[list[Any]], dict[Any, str]],
-    ) -> Decision:
-        """Run ``decide`` with a lookup answered from ``cache``; what it misses is fetched once
-        and the decision made again."""
-        missing: list[Any] = []
-
-        def lookup(key: Any) -> str | None:
-            value = cache.get(key)
+        def lookup(ident: str) -> str | None:
+            nonlocal missing
+            value = self.idents.get(ident)
             if value is _UNKNOWN:
-                missing.append(key)
+                missing = True
                 return None
-            return value
+            return value[1] if value is not None else None
 
-        decision = decide(lookup)
-        if missing:
-            cache.put(await sync_to_async(fetch)(missing), missing)
-            decision = decide(lookup)
-        return decision
+        decision = policy.publish_decision(
+            principal=principal,
+            topic=topic,
+            root=self.root,
+            ingest_pattern=self.ingest_pattern,
+            ident_path=lookup,
+        )
+        return None if missing else decision
 
-    def _device_paths(self, ids: list[int]) -> dict[int, str]:
-        return mqtt_facts.device_paths(device_ids=ids)
+    def subscribe_now(self, principal: Principal, topic_filter: str, cid: int | None) -> Decision | None:
+        from flespi_site.mqtt.broker.routing import expand
 
-    def _ident_paths(self, idents: list[str]) -> dict[str, str]:
-        return mqtt_facts.ident_paths(regions=self.regions, idents=idents)
+        missing = False
+
+        def lookup(cache: _Cache) -> Any:
+            def get(key: Any) -> str | None:
+                nonlocal missing
+                value = cache.get(key)
+                if value is _UNKNOWN:
+                    missing = True
+                    return None
+                return value
+
+            return get
+
+        plain = strip_share(topic_filter)
+        prefix = topic_filter[: len(topic_filter) - len(plain)] if plain is not None else ""
+        for branch in expand(plain) if plain is not None else [topic_filter]:
+            decision = policy.subscribe_decision(
+                principal=principal,
+                topic_filter=prefix + branch,
+                root=self.root,
+                device_path=lookup(self.devices),
+                cid=cid,
+                account_path=lookup(self.accounts),
+            )
+            if missing:
+                return None
+            if not decision.allowed:
+                return decision
+        return policy.ALLOW
+
+    def owner_now(self, topic: str) -> str | bool | None:
+        device = device_of_topic(topic, root=self.root)
+        if device is None:
+            return None
+        value = self.devices.get(device)
+        return False if value is _UNKNOWN else value
+
+    def receives(self, principal: Principal, topic: str, owner: str | None, cid: int | None) -> bool:
+        if principal.platform and cid is None:
+            return True
+        return policy.receive_decision(
+            principal=principal, topic=topic, root=self.root, device_path=lambda _device: owner, cid=cid
+        ).allowed
+
+    async def learn(
+        self, *, topics: Iterable[str] = (), filters: Iterable[str] = (), accounts: Iterable[int] = ()
+    ) -> None:
+        devices: set[int] = set()
+        idents: set[str] = set()
+        for topic in topics:
+            device = device_of_topic(topic, root=self.root)
+            if device is not None:
+                if self.devices.get(device) is _UNKNOWN:
+                    devices.add(device)
+                continue
+            ident = ident_of_topic(topic, pattern=self.ingest_pattern)
+            if ident is not None and self.idents.get(ident) is _UNKNOWN:
+                idents.add(ident)
+        for topic_filter in filters:
+            for level in (strip_share(topic_filter) or "").split("/"):
+                for one in level.split(","):
+                    if is_id_level(one) and self.devices.get(int(one)) is _UNKNOWN:
+                        devices.add(int(one))
+        wanted_accounts = {account for account in accounts if self.accounts.get(account) is _UNKNOWN}
+        if devices or idents or wanted_accounts:
+            await sync_to_async(self._fetch)(devices, idents, wanted_accounts)
+
+    def _fetch(self, devices: set[int], idents: set[str], accounts: set[int]) -> None:
+        if devices:
+            self.devices.put(mqtt_facts.device_paths(device_ids=devices), devices)
+        if idents:
+            owners = mqtt_facts.ident_owners(regions=self.regions, idents=idents)
+            self.idents.put(owners, idents)
+            for ident, (device, _path) in owners.items():
+                self.ident_of[device] = ident
+        if accounts:
+            self.accounts.put(mqtt_facts.account_paths(account_ids=accounts), accounts)
+
+    def published(self, topic: str) -> None:
+        """The platform's own events say what changed: a device's log event drops what the cache
+        knows of that device (its owner, and so its ident's), so a move or a deletion takes
+        effect as soon as its event passes, not when the cached fact expires."""
+        device = device_of_log_topic(topic, root=self.root)
+        if device is not None:
+            self.devices.forget(device)
+            ident = self.ident_of.pop(device, None)
+            if ident is not None:
+                self.idents.forget(ident)

@@ -42,6 +42,10 @@ class DeviceOwners(Protocol):
         """Ident -> owning account id, for each of ``idents`` claimed in one of ``regions``."""
         ...
 
+    def idents_of(self, *, regions: list[str], idents: list[str]) -> dict[str, tuple[int, int]]:
+        """Ident -> (device id, owning account id), for each of ``idents`` claimed in one of ``regions``."""
+        ...
+
     def devices_of(self, *, regions: list[str]) -> Iterable[OwnedDevice]:
         """Every device of ``regions``."""
         ...
@@ -87,6 +91,28 @@ def device_paths(*, device_ids: Iterable[int]) -> dict[int, str]:
     owners = device_owners().owners_by_id(device_ids=list(device_ids))
     paths = dict(Account.objects.filter(pk__in=set(owners.values())).values_list("pk", "path"))
     return {device: paths[account] for device, account in owners.items() if account in paths}
+
+
+def tokens_facts(*, token_ids: Iterable[int]) -> dict[int, TokenFacts]:
+    """The tokens of ``token_ids`` that exist, by id (one query)."""
+    rows = Token.objects.filter(pk__in=list(token_ids)).values_list(
+        "id", "account_id", "account__path", "account__region__code", "enabled", "expire", "ttl", "created",
+        "last_used", "access_type",
+    )
+    return {row[0]: TokenFacts(*row) for row in rows}
+
+
+def account_paths(*, account_ids: Iterable[int]) -> dict[int, str]:
+    """The path of each of ``account_ids`` that exists."""
+    return dict(Account.objects.filter(pk__in=list(account_ids)).values_list("pk", "path"))
+
+
+def ident_owners(*, regions: Iterable[str], idents: Iterable[str]) -> dict[str, tuple[int, str]]:
+    """The device id and account path of the device of each of ``idents`` in one of ``regions``."""
+    owners = device_owners().idents_of(regions=list(regions), idents=list(idents))
+    paths = dict(Account.objects.filter(pk__in={account for _device, account in owners.values()})
+                 .values_list("pk", "path"))
+    return {ident: (device, paths[account]) for ident, (device, account) in owners.items() if account in paths}
 
 
 def ident_paths(*, regions: Iterable[str], idents: Iterable[str]) -> dict[str, str]:

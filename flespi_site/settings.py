@@ -211,6 +211,22 @@ MQTT_PLATFORM_PASSWORD = os.environ.get("MQTT_PLATFORM_PASSWORD", "")
 MQTT_DYNSEC = os.environ.get("MQTT_DYNSEC", "") == "1"
 # What the embedded amqtt broker asks about every connection, publish and subscription.
 MQTT_BROKER_ACCESS = "accounts.mqtt_access.BrokerAccess"
+# The platform's broker (``flespi broker``, docs/mqtt.md): the address it listens on; how long it
+# keeps what it learnt of a device's or account's owner (a change is announced by the device's log
+# event, which drops it at once) and that a device or ident does not exist; what it queues per
+# client beyond the in-flight window.
+MQTT_BIND = os.environ.get("MQTT_BIND", "127.0.0.1")
+MQTT_ACCESS_CACHE_SECONDS = _env_float("MQTT_ACCESS_CACHE_SECONDS", 60)
+MQTT_ACCESS_ABSENT_SECONDS = _env_float("MQTT_ACCESS_ABSENT_SECONDS", 2)
+MQTT_MAX_QUEUED = _env_int("MQTT_MAX_QUEUED", 100_000)
+# MQTT over WebSocket of each region: MQTT_WS_URL_<REGION>, else MQTT_WS_URL for every region
+# whose MQTT URL is the default one; the broker listens on its port.
+MQTT_WS_URLS = {
+    region.code: url
+    for region in TOPOLOGY.regions
+    if (url := os.environ.get(f"MQTT_WS_URL_{region.code.upper()}")
+        or (os.environ.get("MQTT_WS_URL") if region.mqtt_url == MQTT_URL else None))
+}
 
 LOGGING = {
     "version": 1,

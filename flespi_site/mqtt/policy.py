@@ -6,9 +6,10 @@ every connect, subscribe, publish and delivery (``devtools.mqtt_broker``, with t
 clients, roles and ACLs (``accounts.mqtt_dynsec``). The topics are those of
 ``flespi_site.mqtt.topics``. docs/mqtt.md describes the model; in short:
 
-- A client connects with a token key as its username; the password is empty or the key itself
-  (Mosquitto's dynamic security cannot check an empty password). The platform's own clients
-  (relay, ingest consumer, the dynamic-security admin) use the platform credentials.
+- A client connects the ways flespi lets it (``token_key``): the token key as its username and an
+  empty password (or the key again), ``FlespiToken <key>`` as its username, or the key as its
+  password with no username. The platform's own clients (relay, ingest consumer) use the
+  platform credentials.
 - A token sees the topics of the devices of its account and of its descendants, master and
   standard alike (every MQTT topic is a telematics entity, which both types reach over REST).
 - Subscriptions must name the topic root and a kind (``flespi/message/...``,
@@ -38,10 +39,13 @@ from flespi_site.mqtt.topics import (
     strip_share,
 )
 
-# Looks up the account path (``"1/7/"``) of a device by id, or of a device by ident; None when
-# there is no such device.
+# Looks up the account path (``"1/7/"``) of a device by id, of a device by ident, or of an account
+# by id; None when there is no such device or account.
 DevicePath = Callable[[int], "str | None"]
 IdentPath = Callable[[str], "str | None"]
+AccountPath = Callable[[int], "str | None"]
+
+TOKEN_PREFIX = "FlespiToken "
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,24 @@ def token_refusal(
     return None
 
 
+def token_key(username: str | None, password: str | None) -> tuple[str | None, str | None]:
+    """The token key a client logs in with, and why the login is malformed (or None).
+
+    flespi's forms: the key as username with an empty password (or the key again), the username
+    ``FlespiToken <key>`` (flespi's own libraries), or the key as password with no username."""
+    if username and username.startswith(TOKEN_PREFIX):
+        username = username[len(TOKEN_PREFIX):].strip()
+    if password and password.startswith(TOKEN_PREFIX):
+        password = password[len(TOKEN_PREFIX):].strip()
+    if username:
+        if password and not hmac.compare_digest(password.encode(), username.encode()):
+            return None, "the password must be empty or the token itself"
+        return username, None
+    if password:
+        return password, None
+    return None, "a token key is required as the MQTT username (or as the password, with no username)"
+
+
 def connect_decision(
     *,
     username: str | None,
@@ -118,18 +140,17 @@ def connect_decision(
     now: float,
 ) -> tuple[Decision, Principal | None]:
     """May a client connect with these credentials, and as whom. ``token`` is the token whose
-    key is ``username`` (None when there is none); ``broker_regions`` the regions whose MQTT
-    endpoint this broker is."""
-    if not username:
-        return refuse("a token key is required as the MQTT username"), None
-    if platform_password and hmac.compare_digest(username, platform_username):
+    key is the login's (``token_key``; None when there is none); ``broker_regions`` the regions
+    whose MQTT endpoint this broker is."""
+    if platform_password and username and hmac.compare_digest(username, platform_username):
         if hmac.compare_digest((password or "").encode(), platform_password.encode()):
             return ALLOW, PLATFORM
         return refuse("bad password for the platform's user"), None
+    _key, malformed = token_key(username, password)
+    if malformed:
+        return refuse(malformed), None
     if token is None:
         return refuse("unknown token"), None
-    if password and not hmac.compare_digest(password.encode(), username.encode()):
-        return refuse("the password must be empty or the token itself"), None
     problem = token_refusal(
         token_id=token.id, enabled=token.enabled, expire=token.expire, ttl=token.ttl,
         created=token.created, last_used=token.last_used, now=now,
@@ -147,11 +168,20 @@ def connect_decision(
     )
 
 
-def subscribe_decision(*, principal: Principal, topic_filter: str, root: str, device_path: DevicePath) -> Decision:
-    """May the client subscribe to ``topic_filter``. Allowed filters name the root and a kind;
-    a wildcard at a device level is narrowed by ``receive_decision`` on every delivery."""
+def subscribe_decision(
+    *, principal: Principal, topic_filter: str, root: str, device_path: DevicePath, cid: int | None = None,
+    account_path: AccountPath | None = None,
+) -> Decision:
+    """May the client subscribe to ``topic_filter`` (one alternative of a filter with comma
+    lists). Allowed filters name the root and a kind; a wildcard at a device level is narrowed
+    by ``receive_decision`` on every delivery. ``cid`` (the MQTT 5 user property) must be the
+    token's account or one of its descendants."""
     if principal.platform:
         return ALLOW
+    if cid is not None:
+        path = account_path(cid) if account_path is not None else None
+        if not principal.owns(path):
+            return refuse(f"cid {cid} is not an account in the subtree of token {principal.token_id}")
     plain = strip_share(topic_filter)
     if plain is None:
         return refuse(f"{topic_filter!r} is not a valid shared subscription ($share/<group>/<filter>)")
@@ -180,16 +210,30 @@ def subscribe_decision(*, principal: Principal, topic_filter: str, root: str, de
     return ALLOW
 
 
-def receive_decision(*, principal: Principal, topic: str, root: str, device_path: DevicePath) -> Decision:
-    """May the client receive a message published on ``topic`` (checked on every delivery)."""
-    if principal.platform:
+def receive_decision(
+    *, principal: Principal, topic: str, root: str, device_path: DevicePath, cid: int | None = None
+) -> Decision:
+    """May the client receive a message published on ``topic`` (checked on every delivery).
+    With ``cid``, a subscription gets only the entities of that account itself."""
+    if principal.platform and cid is None:
         return ALLOW
     device = device_of_topic(topic, root=root)
     if device is None:
         return refuse(f"{topic!r} is not a topic of a device")
-    if not principal.owns(device_path(device)):
+    path = device_path(device)
+    if not principal.owns(path):
         return refuse(f"device {device} is not in the account subtree of token {principal.token_id}")
+    if cid is not None and account_of_path(path) != cid:
+        return refuse(f"device {device} is not of account {cid} (the subscription's cid)")
     return ALLOW
+
+
+def account_of_path(path: str | None) -> int | None:
+    """The account an account path (``"1/7/"``) ends with."""
+    if not path:
+        return None
+    last = path.rstrip("/").rpartition("/")[2]
+    return int(last) if last.isdigit() else None
 
 
 def publish_decision(

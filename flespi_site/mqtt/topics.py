@@ -146,6 +146,14 @@ def ident_of_topic(topic: str, *, pattern: str) -> str | None:
     return ident or None
 
 
+def device_of_log_topic(topic: str, *, root: str) -> int | None:
+    """The device of a device's log event (``<root>/log/gw/devices/{device}/{event}``), or None."""
+    levels = topic.split("/")
+    if len(levels) == 6 and levels[0] == root and levels[1:4] == ["log", "gw", "devices"] and is_id_level(levels[4]):
+        return int(levels[4])
+    return None
+
+
 def strip_share(topic_filter: str) -> str | None:
     """The filter of a shared subscription (``$share/<group>/<filter>``) without its prefix;
     the filter itself when not shared; None for a malformed share."""

@@ -42,23 +42,10 @@ def embedded_broker(settings):
     # the platform's clients of this process (relay, ingest consumer) log in as the platform
     settings.MQTT_PLATFORM_USERNAME = PLATFORM_USER
     settings.MQTT_PLATFORM_PASSWORD = PLATFORM_PASSWORD
-    # this broker asks the platform's policy itself: nothing is pushed to a Mosquitto's dynamic
-    # security (where `make test` runs one, the test's login is not its platform's)
-    settings.MQTT_DYNSEC = False
     broker = EmbeddedBroker(extra_env={"MQTT_URL_RU": "mqtt://ru.localhost:1883"})
     broker.start()
     yield broker
-    _controls_close()
     broker.cleanup()
-
-
-def _controls_close() -> None:
-    """Close the dynamic-security control clients a test made under its own platform login."""
-    from accounts import mqtt_dynsec
-
-    for control in mqtt_dynsec._controls.values():
-        control.close()
-    mqtt_dynsec._controls.clear()
 
 
 @pytest.fixture
@@ -74,26 +61,3 @@ def clients():
     yield make
     for client in made:
         client.close()
-
-
-@pytest.fixture
-def dynsec_broker(settings):
-    """A Mosquitto with dynamic security as region eu's broker, kept in step by the services."""
-    import dataclasses
-
-    from tests.support.mqtt import DynsecMosquitto
-
-    if not DynsecMosquitto.available():
-        pytest.skip("needs mosquitto and its dynamic security plugin")
-    broker = DynsecMosquitto()
-    broker.start()
-    settings.MQTT_PLATFORM_USERNAME = PLATFORM_USER
-    settings.MQTT_PLATFORM_PASSWORD = PLATFORM_PASSWORD
-    settings.MQTT_DYNSEC = True
-    settings.TOPOLOGY = dataclasses.replace(settings.TOPOLOGY, regions=tuple(
-        dataclasses.replace(region, mqtt_url=broker.url if region.code == "eu" else "mqtt://ru.localhost:1883")
-        for region in settings.TOPOLOGY.regions
-    ))
-    yield broker
-    _controls_close()
-    broker.cleanup()

@@ -39,10 +39,14 @@ def connect(username="key", password="", facts=None, now=2000.0, regions=frozens
 def test_connect():
     decision, principal = connect(facts=token())
     assert decision.allowed and principal == ACCOUNT_7
-    assert connect(password="key", facts=token())[0].allowed  # the token as password (Mosquitto)
+    assert connect(password="key", facts=token())[0].allowed  # the token as password too
+    # flespi's other forms: its libraries' username, and the token as password with no username
+    assert connect(username="FlespiToken key", facts=token())[1] == ACCOUNT_7
+    assert connect(username="", password="key", facts=token())[1] == ACCOUNT_7
+    assert connect(username=None, password="FlespiToken key", facts=token())[1] == ACCOUNT_7
     assert connect(username="flespi-platform", password="s3cret")[1] == PLATFORM
     refusals = {
-        "no username": connect(username="", facts=token()),
+        "no username": connect(username="", password="", facts=token()),
         "unknown": connect(facts=None),
         "other password": connect(password="x", facts=token()),
         "disabled": connect(facts=token(enabled=False)),
@@ -53,7 +57,7 @@ def test_connect():
     reasons = {name: decision.reason for name, (decision, principal) in refusals.items() if not decision.allowed
                and principal is None}
     assert reasons == {
-        "no username": "a token key is required as the MQTT username",
+        "no username": "a token key is required as the MQTT username (or as the password, with no username)",
         "unknown": "unknown token",
         "other password": "the password must be empty or the token itself",
         "disabled": "token 5 is disabled",
@@ -147,3 +151,23 @@ def test_the_platform_may_do_everything():
                             ident_path=IDENTS.get).allowed
     assert subscribe_decision(principal=PLATFORM, topic_filter="#", root=ROOT, device_path=PATHS.get).allowed
     assert receive_decision(principal=PLATFORM, topic="ingest/x", root=ROOT, device_path=PATHS.get).allowed
+
+
+def test_cid_narrows_to_one_account_of_the_subtree():
+    accounts = {7: "1/7/", 9: "1/7/9/", 2: "2/"}.get
+    subscribe = dict(principal=ACCOUNT_7, topic_filter="flespi/message/gw/devices/+", root=ROOT,
+                     device_path=PATHS.get, account_path=accounts)
+    assert subscribe_decision(**subscribe, cid=9).allowed
+    assert subscribe_decision(**subscribe, cid=7).allowed
+    refused = subscribe_decision(**subscribe, cid=2)
+    assert not refused.allowed and refused.reason == "cid 2 is not an account in the subtree of token 5"
+    assert not subscribe_decision(**subscribe, cid=404).allowed
+    # a child's token cannot name its parent
+    assert not subscribe_decision(**{**subscribe, "principal": CHILD_9}, cid=7).allowed
+    delivered = [t for t in TOPICS
+                 if receive_decision(principal=ACCOUNT_7, topic=t, root=ROOT, device_path=PATHS.get, cid=9).allowed]
+    assert delivered == ["flespi/message/gw/devices/13"]
+    delivered = [t for t in TOPICS
+                 if receive_decision(principal=ACCOUNT_7, topic=t, root=ROOT, device_path=PATHS.get, cid=7).allowed]
+    assert delivered == ["flespi/message/gw/devices/11", "flespi/interval/gw/calcs/4/devices/11/created",
+                         "flespi/state/gw/calcs/4/devices/12/last", "flespi/state/gw/calcs/x/devices/11/last"]

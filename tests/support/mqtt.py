@@ -1,6 +1,5 @@
 """MQTT in tests: the one subscriber, which records what it receives, and brokers of a test's own (a
-plain Mosquitto with persistence, the platform's embedded amqtt broker, a Mosquitto with dynamic
-security)."""
+plain Mosquitto with persistence, the platform's broker)."""
 
 from __future__ import annotations
 
@@ -216,12 +215,14 @@ class PrivateBroker:
 
 
 class EmbeddedBroker:
-    """The platform's amqtt broker in a child process, reading the control database."""
+    """The platform's broker (``manage.py mqtt_broker``) in a child process, reading the control
+    database, as ``make run`` and a deployment run it."""
 
     def __init__(self, *, extra_env: dict[str, str] | None = None):
         self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="amqtt-"))
-        self.store = self.dir / "sessions.sqlite3"
+        self.ws_port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="broker-"))
+        self.store = self.dir / "broker.sqlite3"
         self.log = self.dir / "broker.log"
         self.extra_env = extra_env or {}
         self.process: subprocess.Popen | None = None
@@ -230,17 +231,22 @@ class EmbeddedBroker:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/mqtt"
+
     def start(self) -> None:
         env = platform_env(MQTT_URL=self.url, MQTT_PLATFORM_USERNAME=PLATFORM_USER,
                            MQTT_PLATFORM_PASSWORD=PLATFORM_PASSWORD, DJANGO_SETTINGS_MODULE="flespi_site.settings",
                            **self.extra_env)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "devtools.embedded", "mqtt-broker", "--port", str(self.port),
+                [sys.executable, "manage.py", "mqtt_broker", "--port", str(self.port), "--ws-port", str(self.ws_port),
                  "--store", str(self.store)],
                 cwd=REPO_DIR, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
             )
         wait_listening(self.port, timeout=20, process=self.process, log=self.log)
+        wait_listening(self.ws_port, timeout=20, process=self.process, log=self.log)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:
@@ -250,43 +256,5 @@ class EmbeddedBroker:
 
     def cleanup(self) -> None:
         self.stop(signal.SIGKILL)
-        if not os.environ.get("KEEPLOG"):
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class DynsecMosquitto:
-    """A Mosquitto with the dynamic security plugin, configured as the embedded services do."""
-
-    def __init__(self):
-        from accounts.mqtt_dynsec import mosquitto_setup
-
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="dynsec-"))
-        os.chmod(self.dir, 0o755)
-        self.log = self.dir / "mosquitto.log"
-        self.conf = mosquitto_setup(directory=self.dir / "broker", port=self.port, root="flespi",
-                                    platform_username=PLATFORM_USER, platform_password=PLATFORM_PASSWORD)
-        self.process: subprocess.Popen | None = None
-
-    @staticmethod
-    def available() -> bool:
-        from accounts.mqtt_dynsec import dynsec_plugin
-
-        return bool(mosquitto() and dynsec_plugin())
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([mosquitto() or "mosquitto", "-c", str(self.conf)],
-                                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        wait_listening(self.port, timeout=20, process=self.process, log=self.log)
-
-    def cleanup(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
         if not os.environ.get("KEEPLOG"):
             shutil.rmtree(self.dir, ignore_errors=True)

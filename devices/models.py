@@ -21,6 +21,13 @@ class Device(RegionalModel):
     configuration = models.JSONField(default=dict)
     enabled = models.BooleanField(default=True)
     messages_ttl = models.BigIntegerField(default=DEFAULT_MESSAGES_TTL)
+    # Bytes of stored messages kept; older ones are deleted past it by the purge (0: no limit).
+    messages_rotate = models.BigIntegerField(default=0)
+    # flespi's device type and media settings: stored and answered; the platform has no protocol
+    # to pick by type and stores no media (docs/api.md, "flespi compatibility").
+    device_type_id = models.BigIntegerField(null=True, blank=True)
+    media_ttl = models.BigIntegerField(null=True, blank=True)
+    media_rotate = models.BigIntegerField(default=0)
     metadata = models.JSONField(default=dict, blank=True)
     shard = models.PositiveSmallIntegerField()
     created = models.FloatField(help_text="unix time")
@@ -29,6 +36,15 @@ class Device(RegionalModel):
         ordering = ["id"]
         constraints = [
             models.CheckConstraint(condition=models.Q(messages_ttl__gt=0), name="device_messages_ttl_positive"),
+            models.CheckConstraint(condition=models.Q(messages_rotate__gte=0), name="device_messages_rotate_not_negative"),
+            models.CheckConstraint(
+                condition=models.Q(device_type_id__isnull=True) | models.Q(device_type_id__gt=0),
+                name="device_type_id_positive",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(media_ttl__isnull=True) | models.Q(media_ttl__gt=0), name="device_media_ttl_positive"
+            ),
+            models.CheckConstraint(condition=models.Q(media_rotate__gte=0), name="device_media_rotate_not_negative"),
         ]
         indexes = [models.Index(fields=["ident"], name="device_ident_idx")]
 

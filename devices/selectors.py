@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from django.db.models import QuerySet
 
 from accounts import placement
@@ -75,6 +77,27 @@ def messages_matching(
         else:
             low = edge + step
     return found[:count]
+
+
+def devices_state(*, devices: list[Device], names: Collection[str]) -> dict[int, dict]:
+    """What the stored messages say of each device, by id, for the ``names`` asked:
+    ``telemetry`` (the latest value of each parameter and its time), ``last_active`` (the time of
+    its newest message, null before any) and ``messages_size`` (bytes its messages take)."""
+    state: dict[int, dict] = {device.pk: {} for device in devices}
+    if not devices:
+        return state
+    if "telemetry" in names or "last_active" in names:
+        telemetry = telemetry_of(devices=devices)
+        for device_id, values in telemetry.items():
+            if "telemetry" in names:
+                state[device_id]["telemetry"] = values
+            if "last_active" in names:
+                state[device_id]["last_active"] = max((item["ts"] for item in values.values()), default=None)
+    if "messages_size" in names:
+        sizes = storage.messages_sizes(alias=devices[0].database, device_ids=list(state))
+        for device_id, size in sizes.items():
+            state[device_id]["messages_size"] = size
+    return state
 
 
 def telemetry_of(*, devices: list[Device]) -> dict[int, dict[str, dict]]:

@@ -72,6 +72,10 @@ def device_create(
     enabled: bool = True,
     messages_ttl: int | None = None,
     metadata: dict[str, Any] | None = None,
+    messages_rotate: int = 0,
+    device_type_id: int | None = None,
+    media_ttl: int | None = None,
+    media_rotate: int = 0,
 ) -> Device:
     problem = ident_problem(configuration.get("ident"))
     if problem:
@@ -90,6 +94,10 @@ def device_create(
         configuration=configuration,
         enabled=enabled,
         metadata=metadata or {},
+        messages_rotate=messages_rotate,
+        device_type_id=device_type_id,
+        media_ttl=media_ttl,
+        media_rotate=media_rotate,
         shard=shard_of(device_id),
         created=time.time(),
     )
@@ -104,7 +112,10 @@ def device_create(
     return device
 
 
-_DEVICE_FIELDS = ("name", "enabled", "messages_ttl", "metadata", "configuration", "account_id")
+_DEVICE_FIELDS = (
+    "name", "enabled", "messages_ttl", "metadata", "configuration", "account_id",
+    "messages_rotate", "device_type_id", "media_ttl", "media_rotate",
+)
 
 
 def device_update(*, device: Device, account: Account, data: dict[str, Any]) -> Device:
@@ -292,13 +303,21 @@ def _wake(alias: str, devices: Sequence[Device], changes: Sequence[ChangedRange]
 
 
 def messages_purge_expired(*, alias: str, now: float | None = None, batch: int = 10_000) -> int:
-    """Delete messages older than each device's ``messages_ttl``, in short batches."""
+    """Delete messages older than each device's ``messages_ttl``, then the oldest beyond its
+    ``messages_rotate`` bytes, in short batches. (Like expiry, rotation drops history at its old
+    end: it records no change for the calculators, whose intervals there stay as computed.)"""
     now = time.time() if now is None else now
     deleted = 0
-    for device_id, ttl in Device.objects.using(alias).values_list("id", "messages_ttl").iterator():
+    rows = Device.objects.using(alias).values_list("id", "messages_ttl", "messages_rotate").iterator()
+    for device_id, ttl, rotate in rows:
         before = round((now - ttl) * 1_000_000)
         while True:
             count = storage.messages_purge_device(alias=alias, device_id=device_id, before=before, batch=batch)
+            deleted += count
+            if count < batch:
+                break
+        while rotate:
+            count = storage.messages_rotate_device(alias=alias, device_id=device_id, keep_bytes=rotate, batch=batch)
             deleted += count
             if count < batch:
                 break

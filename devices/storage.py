@@ -394,6 +394,36 @@ def messages_purge_device(*, alias: str, device_id: int, before: int, batch: int
         return cursor.rowcount
 
 
+def messages_rotate_device(*, alias: str, device_id: int, keep_bytes: int, batch: int) -> int:
+    """Delete up to ``batch`` of the device's oldest messages beyond the newest ``keep_bytes``
+    of them (their stored size, ``pg_column_size``); returns how many."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            """
+            DELETE FROM messages WHERE device_id = %s AND ts IN (
+                SELECT ts FROM (
+                    SELECT ts, sum(pg_column_size(body)) OVER (ORDER BY ts DESC) AS newer
+                    FROM messages WHERE device_id = %s
+                ) AS sized WHERE newer > %s ORDER BY ts LIMIT %s
+            )
+            """,
+            [device_id, device_id, keep_bytes, batch],
+        )
+        return cursor.rowcount
+
+
+def messages_sizes(*, alias: str, device_ids: Iterable[int]) -> dict[int, int]:
+    """The stored size of each device's messages, in bytes (``pg_column_size`` of the bodies)."""
+    sizes = {device_id: 0 for device_id in device_ids}
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT device_id, sum(pg_column_size(body)) FROM messages WHERE device_id = ANY(%s) GROUP BY device_id",
+            [list(sizes)],
+        )
+        sizes.update({device_id: int(size) for device_id, size in cursor.fetchall()})
+    return sizes
+
+
 def messages_drop_device(*, alias: str, device_id: int) -> None:
     with connections[alias].cursor() as cursor:
         cursor.execute("DELETE FROM messages WHERE device_id = %s", [device_id])

@@ -28,6 +28,15 @@ from regions.selectors import regions_list
 ACCOUNT_FIELDS = ("id", "cid", "name", "parent_id", "region", "datacenter", "depth", "metadata", "created")
 
 
+# flespi's account fields answered when fields= names them: an account here is never blocked or
+# disabled; it has no email, limits, counters or access log (null).
+ACCOUNT_FLESPI_FIELDS = {
+    "blocked": False,
+    "enabled": True,
+    **dict.fromkeys(("email", "limit_id", "counters", "accessed")),
+}
+
+
 def render_account(account: Account) -> dict:
     return {
         "id": account.pk,
@@ -97,8 +106,9 @@ class CustomerView(FlespiAPIView):
     query_parameters = {"GET": ProjectionParameters}
 
     def get(self, request: Request) -> Response:
-        names = projection(query_params(request), ACCOUNT_FIELDS)
-        return Response({"result": [project(render_account(self.account), names)]})
+        names = projection(query_params(request), (*ACCOUNT_FIELDS, *ACCOUNT_FLESPI_FIELDS))
+        item = {**render_account(self.account), **ACCOUNT_FLESPI_FIELDS} if names else render_account(self.account)
+        return Response({"result": [project(item, names)]})
 
     def put(self, request: Request) -> Response:
         data = validated_or_error(AccountUpdateSerializer, json_body(request), partial=True)
@@ -121,6 +131,7 @@ class SubaccountResource(Resource):
     create_serializer = SubaccountCreateSerializer
     update_serializer = AccountUpdateSerializer
     output_fields = ACCOUNT_FIELDS
+    flespi_fields = ACCOUNT_FLESPI_FIELDS
 
     def queryset(self):
         return selectors.subaccounts_of(account=self.account)

@@ -12,6 +12,8 @@ from flespi_site.api.fields import (
 )
 
 MAX_MESSAGES_TTL = 100 * 365 * 86400
+MAX_STORAGE_BYTES = 2**62
+MAX_DEVICE_TYPE_ID = 2**31 - 1
 # The latest time (unix seconds) whose microseconds, the unit messages are stored in, fit in a
 # 64-bit integer.
 MAX_QUERY_TIME = (2**63 - 1) // 1_000_000
@@ -22,6 +24,16 @@ class DeviceCreateSerializer(StrictSerializer):
     configuration = JSONObjectField()
     enabled = StrictBooleanField(required=False)
     messages_ttl = StrictIntegerField(required=False, min_value=1, max_value=MAX_MESSAGES_TTL)
+    messages_rotate = StrictIntegerField(
+        required=False, min_value=0, max_value=MAX_STORAGE_BYTES,
+        help_text="bytes of stored messages to keep; the oldest beyond are deleted (0: no limit)",
+    )
+    device_type_id = StrictIntegerField(
+        required=False, min_value=1, max_value=MAX_DEVICE_TYPE_ID,
+        help_text="flespi's device type: stored and answered, any positive integer",
+    )
+    media_ttl = StrictIntegerField(required=False, min_value=1, max_value=MAX_MESSAGES_TTL)
+    media_rotate = StrictIntegerField(required=False, min_value=0, max_value=MAX_STORAGE_BYTES)
     metadata = JSONObjectField(required=False)
 
 
@@ -29,9 +41,16 @@ class DeviceUpdateSerializer(DeviceCreateSerializer):
     cid = StrictIntegerField(required=False)
 
 
+def _time_field(help_text: str) -> StrictFloatField:
+    return StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME, help_text=help_text)
+
+
 class MessagesQuerySerializer(StrictSerializer):
-    begin = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
-    end = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
+    begin = _time_field("unix seconds, inclusive; flespi's name: from")
+    end = _time_field("unix seconds, inclusive; flespi's name: to")
+    # flespi's names of begin and end (Python keeps "from" for itself).
+    locals()["from"] = _time_field("flespi's name of begin")
+    locals()["to"] = _time_field("flespi's name of end")
     count = StrictIntegerField(required=False, min_value=1, max_value=100_000)
     reverse = StrictBooleanField(required=False)
     fields = StrictCharField(required=False)  # type: ignore[assignment]  # DRF's metaclass takes it out of the class
@@ -39,8 +58,10 @@ class MessagesQuerySerializer(StrictSerializer):
 
 
 class MessagesDeleteSerializer(StrictSerializer):
-    begin = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
-    end = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
+    begin = _time_field("unix seconds, inclusive; flespi's name: from")
+    end = _time_field("unix seconds, inclusive; flespi's name: to")
+    locals()["from"] = _time_field("flespi's name of begin")
+    locals()["to"] = _time_field("flespi's name of end")
 
 
 class MessageSerializer(serializers.Serializer):

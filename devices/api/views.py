@@ -21,7 +21,22 @@ from flespi_site.api.resources import Resource, ResourceView, SelectionView
 from flespi_site.api.selection import SelectionField
 from flespi_site.errors import DomainError, InvalidInput
 
-DEVICE_FIELDS = ("id", "name", "cid", "configuration", "enabled", "messages_ttl", "metadata", "shard", "created")
+DEVICE_FIELDS = (
+    "id", "name", "cid", "device_type_id", "configuration", "enabled", "messages_ttl", "messages_rotate",
+    "media_ttl", "media_rotate", "metadata", "shard", "created",
+)
+# flespi's device fields answered when fields= names them: computed from the stored messages, or
+# fixed here (null: no meaning on this platform, which has no channels, protocols, commands,
+# media, plugins or streams; a device is never blocked).
+DEVICE_COMPUTED_FIELDS = ("telemetry", "last_active", "messages_size")
+DEVICE_FLESPI_FIELDS = {
+    "blocked": False,
+    "media_blocked": False,
+    **dict.fromkeys((
+        "device_type_name", "protocol_id", "protocol_name", "connected", "commands", "commands_queue",
+        "settings", "media_size", "media_traffic", "groups", "plugins", "streams", "calcs",
+    )),
+}
 
 
 def render_device(device: Device) -> dict:
@@ -29,9 +44,13 @@ def render_device(device: Device) -> dict:
         "id": device.pk,
         "name": device.name,
         "cid": device.account_id,
+        "device_type_id": device.device_type_id,
         "configuration": device.configuration,
         "enabled": device.enabled,
         "messages_ttl": device.messages_ttl,
+        "messages_rotate": device.messages_rotate,
+        "media_ttl": device.media_ttl,
+        "media_rotate": device.media_rotate,
         "metadata": device.metadata,
         "shard": device.shard,
         "created": device.created,
@@ -52,9 +71,14 @@ class DeviceResource(Resource):
     create_serializer = DeviceCreateSerializer
     update_serializer = DeviceUpdateSerializer
     output_fields = DEVICE_FIELDS
+    computed_fields = DEVICE_COMPUTED_FIELDS
+    flespi_fields = DEVICE_FLESPI_FIELDS
 
     def queryset(self):
         return selectors.devices_of(account=self.account)
+
+    def computed(self, objs, names):
+        return selectors.devices_state(devices=list(objs), names=names)
 
     def render(self, obj):
         return render_device(obj)
@@ -92,6 +116,17 @@ class DeviceSelectionView(SelectionView):
         return self.selection()  # type: ignore[return-value]  # DeviceResource selects devices
 
 
+def time_range(params: dict) -> tuple[float | None, float | None]:
+    """``begin`` and ``end``, or flespi's names of them, ``from`` and ``to``; both names of one
+    bound is a 400 naming them."""
+    bounds = []
+    for ours, flespis in (("begin", "from"), ("end", "to")):
+        if ours in params and flespis in params:
+            raise InvalidInput(f"{ours} and {flespis} name the same bound: give one of them", field=flespis)
+        bounds.append(params.get(ours, params.get(flespis)))
+    return bounds[0], bounds[1]
+
+
 def _message_filter(text: str | None):
     if text is None:
         return None
@@ -113,9 +148,10 @@ class MessagesView(DeviceSelectionView):
         params = validated_params(request, MessagesQuerySerializer)
         devices = self.selected_devices()
         condition = _message_filter(params.get("filter"))
+        begin, end = time_range(params)
         window = {
-            "begin": params.get("begin"),
-            "end": params.get("end"),
+            "begin": begin,
+            "end": end,
             "count": params.get("count", 100_000),
             "reverse": params.get("reverse", False),
         }
@@ -135,8 +171,9 @@ class MessagesView(DeviceSelectionView):
 
     def delete(self, request: Request, selector: str) -> Response:
         params = validated_params(request, MessagesDeleteSerializer)
+        begin, end = time_range(params)
         devices = self.selected_devices()
-        services.messages_delete(devices=devices, begin=params.get("begin"), end=params.get("end"))
+        services.messages_delete(devices=devices, begin=begin, end=end)
         return Response({"result": []})
 
 

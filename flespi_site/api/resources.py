@@ -19,8 +19,8 @@ In a path, the innermost selection is ``{selector}``; the outer ones are named b
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from typing import ClassVar
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, ClassVar
 
 from django.db.models import Model, QuerySet
 from django.urls import URLPattern, path
@@ -51,6 +51,11 @@ class Resource(ABC):
     create_serializer: ClassVar[type[serializers.Serializer]]
     update_serializer: ClassVar[type[serializers.Serializer]]
     output_fields: ClassVar[tuple[str, ...]] = ("id",)
+    # Fields answered only when ``fields=`` names them: computed for the answered rows at once
+    # (``computed``), or flespi's fields with a fixed value here (None when they mean nothing on
+    # this platform: a flespi client asks for them, and an unknown name stays a 400).
+    computed_fields: ClassVar[tuple[str, ...]] = ()
+    flespi_fields: ClassVar[dict[str, Any]] = {}
     max_batch: ClassVar[int] = 1000
 
     def __init__(self, view: FlespiAPIView, parents: Sequence[Model] = ()):
@@ -76,6 +81,13 @@ class Resource(ABC):
 
     @abstractmethod
     def delete(self, obj: Model) -> None: ...
+
+    def computed(self, objs: Sequence[Model], names: Collection[str]) -> dict[Any, dict]:
+        """The ``computed_fields`` among ``names`` of each of ``objs``, by pk."""
+        return {}
+
+    def answerable_fields(self) -> tuple[str, ...]:
+        return (*self.output_fields, *self.computed_fields, *self.flespi_fields)
 
     def named(self, obj: Model) -> dict:
         """What names an item in the answer of a write on it (its result after a DELETE, its
@@ -146,9 +158,23 @@ class ResourceView(FlespiAPIView):
         """How the answer shows an item: rendered by the resource, projected by the request's
         ``fields=``, which is read here (a bad one refuses the request before anything is
         written)."""
+        many = self.projected_many(request)
+        return lambda obj: many([obj])[0]
+
+    def projected_many(self, request: Request) -> Callable[[Sequence[Model]], list[dict]]:
+        """``projected`` for a list of items, with their computed fields read at once."""
         resource = self._resource()
-        names = projection(query_params(request), resource.output_fields)
-        return lambda obj: project(resource.render(obj), names)
+        names = projection(query_params(request), resource.answerable_fields())
+        if names is None:
+            return lambda objs: [resource.render(obj) for obj in objs]
+        computed = [name for name in names if name in resource.computed_fields]
+        fixed = {name: resource.flespi_fields[name] for name in names if name in resource.flespi_fields}
+
+        def answer(objs: Sequence[Model]) -> list[dict]:
+            values = resource.computed(objs, computed) if computed else {}
+            return [project({**resource.render(obj), **values.get(obj.pk, {}), **fixed}, names) for obj in objs]
+
+        return answer
 
     def selected(self, selector: str | None) -> QuerySet:
         resource = self._resource()
@@ -161,9 +187,9 @@ class ResourceView(FlespiAPIView):
         return queryset
 
     def get(self, request: Request, selector: str | None = None, **parents: str) -> Response:
-        answer = self.projected(request)
-        rows = self.selected(selector or "all")
-        return Response({"result": [answer(obj) for obj in rows]})
+        answer = self.projected_many(request)
+        rows = list(self.selected(selector or "all"))
+        return Response({"result": answer(rows)})
 
     def post(self, request: Request, selector: str | None = None, **parents: str) -> Response:
         resource = self._resource()

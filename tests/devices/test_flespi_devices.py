@@ -1,0 +1,175 @@
+"""flespi's device API: ``from``/``to`` on messages, the device fields flespi requires or has
+(``device_type_id``, ``messages_rotate``, ``media_ttl``, ``media_rotate``), flespi's field names
+in ``fields=``, and ``/telemetry/{telemetry-sel}``."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+import pytest
+
+from devices.models import Device, DeviceIdent
+from devices.services import device_create, messages_ingest, messages_purge_expired
+from tests.support.api import errors_of, result_of
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+T0 = 1_700_000_000.0
+DC = "dc_eu_1"
+
+
+@pytest.fixture
+def stored(device):
+    messages_ingest(devices=[device], messages=[{"timestamp": T0 + n, "n": n} for n in range(6)], now=T0 + 10)
+    return device
+
+
+def stored_ns(device) -> list[int]:
+    from devices.selectors import messages_of
+
+    return [m["n"] for m in messages_of(devices=[device], begin=None, end=None, count=None, reverse=False)]
+
+
+def test_messages_take_flespis_from_and_to(api, key, stored):
+    path = f"/gw/devices/{stored.pk}/messages"
+    assert [m["n"] for m in result_of(api.call("GET", f"{path}?from={T0 + 1}&to={T0 + 3}", key=key))] == [
+        1,
+        2,
+        3,
+    ]
+    data = quote(json.dumps({"from": T0 + 4, "count": 1, "fields": "n"}))
+    assert result_of(api.call("GET", f"{path}?data={data}", key=key)) == [{"n": 4}]
+    assert result_of(api.call("DELETE", f"{path}?from={T0 + 1}&to={T0 + 2}", key=key)) == []
+    assert stored_ns(stored) == [0, 3, 4, 5]
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+@pytest.mark.parametrize(("query", "field"), [("begin=1&from=1", "from"), ("end=1&to=2", "to")])
+def test_both_names_of_a_bound_are_refused(api, key, stored, method, query, field):
+    errors = errors_of(api.call(method, f"/gw/devices/{stored.pk}/messages?{query}", key=key), 400)
+    assert errors == [
+        {
+            "code": 400,
+            "reason": f"{'begin' if field == 'from' else 'end'} and {field} name the same bound: "
+            "give one of them",
+            "field": field,
+        }
+    ]
+    assert stored_ns(stored) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_device_keeps_flespis_fields(api, key):
+    body = [
+        {
+            "name": "t",
+            "device_type_id": 744,
+            "configuration": {"ident": "d1"},
+            "messages_rotate": 1000,
+            "media_ttl": 86400,
+            "media_rotate": 5,
+        }
+    ]
+    [created] = result_of(api.call("POST", "/gw/devices", key=key, body=body))
+    assert {k: created[k] for k in ("device_type_id", "messages_rotate", "media_ttl", "media_rotate")} == {
+        "device_type_id": 744,
+        "messages_rotate": 1000,
+        "media_ttl": 86400,
+        "media_rotate": 5,
+    }
+    changed = result_of(
+        api.call(
+            "PUT", f"/gw/devices/{created['id']}", key=key, body={"device_type_id": 7, "messages_rotate": 0}
+        )
+    )
+    assert (changed[0]["device_type_id"], changed[0]["messages_rotate"]) == (7, 0)
+    [plain] = result_of(api.call("POST", "/gw/devices", key=key, body=[{"configuration": {"ident": "d2"}}]))
+    assert {k: plain[k] for k in ("device_type_id", "messages_rotate", "media_ttl", "media_rotate")} == {
+        "device_type_id": None,
+        "messages_rotate": 0,
+        "media_ttl": None,
+        "media_rotate": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("device_type_id", 0),
+        ("device_type_id", "744"),
+        ("device_type_id", 2**31),
+        ("device_type_id", None),
+        ("messages_rotate", -1),
+        ("messages_rotate", 1.5),
+        ("media_ttl", 0),
+        ("media_ttl", True),
+        ("media_rotate", -5),
+    ],
+)
+def test_bad_flespi_device_fields_store_nothing(api, key, field, value):
+    item = {"configuration": {"ident": "bad"}, field: value}
+    response = api.call("POST", "/gw/devices", key=key, body=[item])
+    [error] = errors_of(response, 400)
+    assert error["field"] == f"[0].{field}"
+    assert not Device.objects.using(DC).exists() and not DeviceIdent.objects.exists()
+
+
+def test_a_bad_flespi_field_in_a_put_changes_nothing(api, key, device):
+    errors = errors_of(
+        api.call("PUT", f"/gw/devices/{device.pk}", key=key, body={"messages_rotate": -1}), 400
+    )
+    assert errors[0]["field"] == "messages_rotate"
+    assert Device.objects.using(DC).get(pk=device.pk).messages_rotate == 0
+
+
+def test_messages_rotate_keeps_the_newest_bytes(account):
+    device = device_create(account=account, configuration={"ident": "rot"}, messages_rotate=1)
+    other = device_create(account=account, configuration={"ident": "keep"})
+    batch = [{"timestamp": T0 + n, "n": n, "pad": "x" * 100} for n in range(10)]
+    messages_ingest(devices=[device, other], messages=batch, now=T0 + 20)
+    from devices.storage import messages_sizes
+
+    one = messages_sizes(alias=DC, device_ids=[other.pk])[other.pk] // 10
+    Device.objects.using(DC).filter(pk=device.pk).update(messages_rotate=3 * one + one // 2)
+    deleted = messages_purge_expired(alias=DC, now=T0 + 20)
+    assert deleted == 7
+    assert stored_ns(device) == [7, 8, 9]
+    assert stored_ns(other) == list(range(10))
+
+
+def test_fields_takes_flespis_names(api, key, stored):
+    fields = "id,telemetry,last_active,messages_size,connected,blocked,device_type_id,protocol_name,calcs"
+    [item] = result_of(api.call("GET", f"/gw/devices/{stored.pk}?fields={fields}", key=key))
+    assert item["telemetry"]["n"] == {"value": 5, "ts": T0 + 5}
+    assert item["last_active"] == T0 + 5
+    assert item["messages_size"] > 0
+    assert {k: item[k] for k in ("connected", "blocked", "device_type_id", "protocol_name", "calcs")} == {
+        "connected": None,
+        "blocked": False,
+        "device_type_id": None,
+        "protocol_name": None,
+        "calcs": None,
+    }
+    assert list(item) == fields.split(",")
+    # A name that is neither the platform's nor flespi's is still refused.
+    errors = errors_of(api.call("GET", f"/gw/devices/{stored.pk}?fields=id,colour", key=key), 400)
+    assert errors[0]["field"] == "fields" and "colour" in errors[0]["reason"]
+
+
+def test_fields_of_a_device_without_messages(api, key, device):
+    [item] = result_of(api.call("GET", "/gw/devices/all?fields=telemetry,last_active,messages_size", key=key))
+    assert item == {"telemetry": {}, "last_active": None, "messages_size": 0}
+
+
+def test_customer_fields_take_flespis_names(api, account, key):
+    [item] = result_of(
+        api.call("GET", "/platform/customer?fields=id,name,email,blocked,enabled,cid", key=key)
+    )
+    assert item == {
+        "id": account.pk,
+        "name": account.name,
+        "email": None,
+        "blocked": False,
+        "enabled": True,
+        "cid": None,
+    }

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
+from dataclasses import dataclass
 
 from django.db.models import QuerySet
 
 from accounts import placement
 from accounts.models import Account
 from devices import storage
+from devices.constants import MAX_KEY_LENGTH
 from devices.models import Device, DeviceIdent
+from flespi_site.api.selection import MAX_WILDCARD_LENGTH, wildcard_regex
+from flespi_site.errors import InvalidInput
 
 
 def devices_of(*, account: Account) -> QuerySet[Device]:
@@ -104,3 +109,53 @@ def telemetry_of(*, devices: list[Device]) -> dict[int, dict[str, dict]]:
     if not devices:
         return {}
     return storage.telemetry_read(alias=devices[0].database, device_ids=[device.pk for device in devices])
+
+
+@dataclass(frozen=True)
+class TelemetrySelection:
+    """flespi's ``{telemetry-selector}``: ``all``, or parameter names separated by commas, each
+    with ``*`` and ``?`` wildcards (``position.*,battery.voltage``)."""
+
+    names: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()  # regular expressions of the names with wildcards
+    everything: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> TelemetrySelection:
+        text = text.strip()
+        if text == "all":
+            return cls(everything=True)
+        names, patterns = [], []
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                raise InvalidInput(f"telemetry selector {text[:64]!r} has an empty item", field="selector")
+            if len(part) > MAX_KEY_LENGTH or any(ord(ch) < 32 for ch in part):
+                raise InvalidInput(
+                    f"telemetry selector item {part[:64]!r}: a parameter name has at most {MAX_KEY_LENGTH} "
+                    "characters and no control characters",
+                    field="selector",
+                )
+            if "*" in part or "?" in part:
+                if len(part) > MAX_WILDCARD_LENGTH:
+                    raise InvalidInput(
+                        f"telemetry selector item {part[:64]!r}...: a name with wildcards has at most "
+                        f"{MAX_WILDCARD_LENGTH} characters",
+                        field="selector",
+                    )
+                patterns.append(wildcard_regex(part))
+            else:
+                names.append(part)
+        return cls(names=tuple(names), patterns=tuple(patterns))
+
+    def matches(self, name: str) -> bool:
+        return self.everything or name in self.names or any(re.match(pattern, name) for pattern in self.patterns)
+
+
+def telemetry_selected(*, devices: list[Device], selection: TelemetrySelection) -> dict[int, dict[str, dict]]:
+    """The devices' telemetry parameters that ``selection`` names, by device id."""
+    telemetry = telemetry_of(devices=devices)
+    return {
+        device_id: {name: value for name, value in values.items() if selection.matches(name)}
+        for device_id, values in telemetry.items()
+    }

@@ -28,6 +28,7 @@ from devices.constants import (
     MAX_MESSAGES_PER_BATCH,
 )
 from devices.models import Device, DeviceIdent
+from devices.selectors import TelemetrySelection
 from devices.storage import ChangedRange
 from devices.validation import MessageError, message_prepare
 from flespi_site import celery as calc_queue
@@ -290,6 +291,22 @@ def messages_delete(*, devices: Sequence[Device], begin: float | None, end: floa
         storage.changes_record(alias=alias, changes=changes, shards={device.pk: device.shard for device in devices})
     _wake(alias, devices, changes)
     return changes
+
+
+def telemetry_delete(*, devices: Sequence[Device], selection: TelemetrySelection) -> int:
+    """Forget the devices' telemetry parameters that ``selection`` names (their stored messages
+    stay); returns how many values went."""
+    if not devices:
+        return 0
+    alias = devices[0].database
+    device_ids = [device.pk for device in devices]
+    with transaction.atomic(using=alias):
+        placement_guard(alias=alias, account_ids={device.account_id for device in devices})
+        if selection.everything:
+            return storage.telemetry_delete(alias=alias, device_ids=device_ids, names=[], patterns=[".*"])
+        return storage.telemetry_delete(
+            alias=alias, device_ids=device_ids, names=selection.names, patterns=selection.patterns
+        )
 
 
 def _wake(alias: str, devices: Sequence[Device], changes: Sequence[ChangedRange]) -> None:

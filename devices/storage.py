@@ -444,6 +444,17 @@ def telemetry_read(*, alias: str, device_ids: Iterable[int]) -> dict[int, dict[s
     return result
 
 
+def telemetry_delete(*, alias: str, device_ids: Sequence[int], names: Sequence[str], patterns: Sequence[str]) -> int:
+    """Delete the devices' telemetry parameters named in ``names`` or matching one of the
+    regular expressions ``patterns``; returns how many."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM telemetry WHERE device_id = ANY(%s) AND (name = ANY(%s) OR name ~ ANY(%s))",
+            [list(device_ids), list(names), list(patterns)],
+        )
+        return cursor.rowcount
+
+
 def changes_record(*, alias: str, changes: Sequence[ChangedRange], shards: Mapping[int, int]) -> None:
     """Log the ranges a write changed (``shards``: the shard of each device) in the caller's
     transaction, for the calc worker of each shard to consume."""

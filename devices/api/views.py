@@ -178,10 +178,24 @@ class MessagesView(DeviceSelectionView):
 
 
 class TelemetryView(DeviceSelectionView):
-    """``GET /gw/devices/{sel}/telemetry``: the latest value of every parameter and its time."""
+    """``GET|DELETE /gw/devices/{sel}/telemetry[/{telemetry-sel}]``: the latest value of each
+    selected parameter and its time (``all`` when the path names none); a DELETE forgets them
+    and must name them."""
 
     url_path = "telemetry"
-    def get(self, request: Request, selector: str) -> Response:
+
+    def get(self, request: Request, selector: str, telemetry_selector: str = "all") -> Response:
+        selection = selectors.TelemetrySelection.parse(telemetry_selector)
         devices = self.selected_devices()
-        telemetry = selectors.telemetry_of(devices=devices)
+        telemetry = selectors.telemetry_selected(devices=devices, selection=selection)
         return Response({"result": [{"id": device.pk, "telemetry": telemetry[device.pk]} for device in devices]})
+
+    def delete(self, request: Request, selector: str, telemetry_selector: str | None = None) -> Response:
+        if telemetry_selector is None:
+            raise InvalidInput(
+                "name the parameters to forget: /telemetry/all, /telemetry/name,name or /telemetry/position.*",
+                field="selector",
+            )
+        selection = selectors.TelemetrySelection.parse(telemetry_selector)
+        services.telemetry_delete(devices=self.selected_devices(), selection=selection)
+        return Response({"result": []})

@@ -173,3 +173,89 @@ def test_customer_fields_take_flespis_names(api, account, key):
         "enabled": True,
         "cid": None,
     }
+
+
+@pytest.fixture
+def telemetry_devices(account):
+    a = device_create(account=account, configuration={"ident": "ta"})
+    b = device_create(account=account, configuration={"ident": "tb"})
+    message = {
+        "timestamp": T0,
+        "position.latitude": 1.5,
+        "position.longitude": 2.5,
+        "battery.voltage": 12,
+        "x": 1,
+    }
+    messages_ingest(devices=[a, b], messages=[message], now=T0 + 1)
+    return a, b
+
+
+def telemetry_names(api, key, path):
+    return {item["id"]: sorted(item["telemetry"]) for item in result_of(api.call("GET", path, key=key))}
+
+
+def test_telemetry_selectors(api, key, telemetry_devices):
+    a, _b = telemetry_devices
+    base = f"/gw/devices/{a.pk}/telemetry"
+    everything = [
+        "battery.voltage",
+        "device.id",
+        "device.name",
+        "ident",
+        "position.latitude",
+        "position.longitude",
+    ]
+    everything = sorted([*everything, "rest.timestamp", "timestamp", "x"])
+    assert telemetry_names(api, key, base) == {a.pk: everything}
+    assert telemetry_names(api, key, f"{base}/all") == {a.pk: everything}
+    assert telemetry_names(api, key, f"{base}/x") == {a.pk: ["x"]}
+    assert telemetry_names(api, key, f"{base}/position.*,x") == {
+        a.pk: ["position.latitude", "position.longitude", "x"]
+    }
+    assert telemetry_names(api, key, f"{base}/position.l%3Ftitude,nothing") == {a.pk: ["position.latitude"]}
+    [item] = result_of(api.call("GET", f"{base}/battery.voltage", key=key))
+    assert item == {"id": a.pk, "telemetry": {"battery.voltage": {"value": 12, "ts": T0}}}
+
+
+def test_telemetry_delete(api, key, telemetry_devices):
+    a, b = telemetry_devices
+    assert (
+        result_of(
+            api.call("DELETE", f"/gw/devices/{a.pk},{b.pk}/telemetry/position.*,device.*,ident", key=key)
+        )
+        == []
+    )
+    assert telemetry_names(api, key, f"/gw/devices/{a.pk},{b.pk}/telemetry/all") == {
+        a.pk: ["battery.voltage", "rest.timestamp", "timestamp", "x"],
+        b.pk: ["battery.voltage", "rest.timestamp", "timestamp", "x"],
+    }
+    assert result_of(api.call("DELETE", f"/gw/devices/{a.pk}/telemetry/all", key=key)) == []
+    assert telemetry_names(api, key, "/gw/devices/all/telemetry/all") == {
+        a.pk: [],
+        b.pk: ["battery.voltage", "rest.timestamp", "timestamp", "x"],
+    }
+    assert len(stored_ns_all(b)) == 1  # messages stay
+
+
+def stored_ns_all(device):
+    from devices.selectors import messages_of
+
+    return messages_of(devices=[device], begin=None, end=None, count=None, reverse=False)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("DELETE", "/telemetry"),
+        ("DELETE", "/telemetry/a,,b"),
+        ("GET", "/telemetry/a,"),
+        ("DELETE", "/telemetry/" + "x*" * 200),
+        ("GET", "/telemetry/a%01b"),
+    ],
+)
+def test_bad_telemetry_selectors_change_nothing(api, key, telemetry_devices, method, path):
+    a, _b = telemetry_devices
+    before = telemetry_names(api, key, "/gw/devices/all/telemetry/all")
+    [error] = errors_of(api.call(method, f"/gw/devices/{a.pk}{path}", key=key), 400)
+    assert error["field"] == "selector"
+    assert telemetry_names(api, key, "/gw/devices/all/telemetry/all") == before

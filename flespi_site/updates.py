@@ -76,3 +76,32 @@ def save_fields(row: Row, changes: Mapping[str, Any], *, name: str) -> Row:
             raise
         raise NotFound(f"{name} {row.pk} not found") from None
     return row
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``patch`` merged into ``target``, deep, as a PATCH does to a JSON field (RFC 7396, the
+    deep merge flespi applies): an object merges key by key, a ``null`` removes its key, any
+    other value replaces what was there."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+@contextmanager
+def locked_merge(row: Row, patch: Mapping[str, Any], *, fields: tuple[str, ...], name: str) -> Iterator[dict[str, Any]]:
+    """The changes of a PATCH of ``row``: its JSON ``fields`` merged (``merge_patch``) into the
+    committed values of the row, locked until the block ends, and the other fields as sent; the
+    block saves them (the row's update service, whose own ``locked_row`` joins this transaction),
+    so a concurrent PATCH of another key of the same field keeps its key."""
+    using = row._state.db or "default"
+    with locked_row(type(row), pk=row.pk, using=using, name=name) as fresh:
+        yield {
+            field: merge_patch(getattr(fresh, field), value) if field in fields else value
+            for field, value in patch.items()
+        }

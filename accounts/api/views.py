@@ -23,6 +23,7 @@ from flespi_site.api.resources import Resource, ResourceView
 from flespi_site.api.selection import SelectionField
 from flespi_site.api.views import FlespiAPIView, json_body
 from flespi_site.errors import NotFound
+from flespi_site.updates import locked_merge
 from regions.selectors import regions_list
 
 ACCOUNT_FIELDS = ("id", "cid", "name", "parent_id", "region", "datacenter", "depth", "metadata", "created")
@@ -115,6 +116,14 @@ class CustomerView(FlespiAPIView):
         account = services.account_update(account=self.account, data=data)
         return Response({"result": [render_account(account)]})
 
+    def patch(self, request: Request) -> Response:
+        """``PUT`` with ``metadata`` merged deep into the stored one (flespi's deep merge)."""
+        body = json_body(request)
+        data = validated_or_error(AccountUpdateSerializer, body, partial=True)
+        with locked_merge(self.account, {name: body[name] for name in data}, fields=("metadata",), name="account") as changes:
+            account = services.account_update(account=self.account, data=changes)
+        return Response({"result": [render_account(account)]})
+
 
 class SubaccountResource(Resource):
     name = "subaccount"
@@ -132,6 +141,7 @@ class SubaccountResource(Resource):
     update_serializer = AccountUpdateSerializer
     output_fields = ACCOUNT_FIELDS
     flespi_fields = ACCOUNT_FLESPI_FIELDS
+    merge_fields = ("metadata",)
 
     def queryset(self):
         return selectors.subaccounts_of(account=self.account)

@@ -72,6 +72,7 @@ class CalculatorResource(Resource):
     create_serializer = CalculatorSerializer
     update_serializer = CalculatorSerializer
     output_fields = CALCULATOR_FIELDS
+    merge_fields = ("metadata",)
 
     def queryset(self):
         return selectors.calculators_of(account=self.account)

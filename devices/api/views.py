@@ -72,6 +72,7 @@ class DeviceResource(Resource):
     update_serializer = DeviceUpdateSerializer
     output_fields = DEVICE_FIELDS
     computed_fields = DEVICE_COMPUTED_FIELDS
+    merge_fields = ("configuration", "metadata")
     flespi_fields = DEVICE_FLESPI_FIELDS
 
     def queryset(self):

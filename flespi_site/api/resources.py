@@ -34,6 +34,7 @@ from flespi_site.api.params import ProjectionParameters, project, projection, qu
 from flespi_site.api.selection import SelectionField, is_id_list, parse_selection
 from flespi_site.api.views import FlespiAPIView, json_body
 from flespi_site.errors import DomainError, InvalidInput, NotFound
+from flespi_site.updates import locked_merge
 
 
 class Resource(ABC):
@@ -55,6 +56,8 @@ class Resource(ABC):
     # (``computed``), or flespi's fields with a fixed value here (None when they mean nothing on
     # this platform: a flespi client asks for them, and an unknown name stays a 400).
     computed_fields: ClassVar[tuple[str, ...]] = ()
+    # JSON fields a PATCH merges into (flespi's deep merge); a resource without any takes no PATCH.
+    merge_fields: ClassVar[tuple[str, ...]] = ()
     flespi_fields: ClassVar[dict[str, Any]] = {}
     max_batch: ClassVar[int] = 1000
 
@@ -145,7 +148,17 @@ def selected_with_missing_ids(
 
 class ResourceView(FlespiAPIView):
     resource_class: ClassVar[type[Resource]]
-    query_parameters = {"GET": ProjectionParameters, "POST": ProjectionParameters, "PUT": ProjectionParameters}
+    query_parameters = {
+        "GET": ProjectionParameters, "POST": ProjectionParameters, "PUT": ProjectionParameters,
+        "PATCH": ProjectionParameters,
+    }
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # A resource without JSON fields to merge takes no PATCH (a 405, not a merge of nothing).
+        resource = getattr(cls, "resource_class", None)
+        if resource is not None and not resource.merge_fields:
+            cls.http_method_names = [name for name in cls.http_method_names if name != "patch"]
 
     def _resource(self) -> Resource:
         resource = getattr(self, "_resource_of_request", None)
@@ -228,6 +241,28 @@ class ResourceView(FlespiAPIView):
         serializer.is_valid(raise_exception=True)
         answer = self.projected(request)
         return self._each_selected(selector, lambda obj: answer(resource.update(obj, dict(serializer.validated_data))))
+
+    def patch(self, request: Request, selector: str | None = None, **parents: str) -> Response:
+        """Like PUT, with the JSON fields (``Resource.merge_fields``) merged deep into each item's
+        stored values rather than replaced (``flespi_site.updates.merge_patch``)."""
+        resource = self._resource()
+        if selector is None:
+            raise InvalidInput(f"PATCH updates selected {resource.name}s: add a selector to the path, like /all or /12")
+        data = json_body(request)
+        if not isinstance(data, dict):
+            raise InvalidInput("the body must be a JSON object with the fields to change")
+        serializer = resource.update_serializer(data=data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        patch = {name: data[name] for name in serializer.validated_data}
+        answer = self.projected(request)
+
+        def merged(obj: Model) -> dict:
+            with locked_merge(obj, patch, fields=resource.merge_fields, name=resource.name) as changes:
+                checked = resource.update_serializer(data=changes, partial=True)
+                checked.is_valid(raise_exception=True)
+                return answer(resource.update(obj, dict(checked.validated_data)))
+
+        return self._each_selected(selector, merged)
 
     def delete(self, request: Request, selector: str | None = None, **parents: str) -> Response:
         resource = self._resource()

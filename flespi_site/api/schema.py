@@ -39,11 +39,14 @@ class FlespiAutoSchema(AutoSchema):
     def is_excluded(self):
         # One view serves a resource's collection and its selector path; each path takes only
         # some methods (the others are refused with a reason), and the schema lists only those.
-        if getattr(self.view, "resource_class", None) is None:
+        resource = getattr(self.view, "resource_class", None)
+        if resource is None:
             return False
+        if self.method == "PATCH" and not resource.merge_fields:
+            return True
         if "{selector}" in self.path:
             return self.method == "POST"
-        return self.method in ("PUT", "DELETE")
+        return self.method in ("PUT", "PATCH", "DELETE")
 
     def _map_basic_serializer(self, serializer, direction):
         schema = super()._map_basic_serializer(serializer, direction)

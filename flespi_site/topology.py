@@ -18,7 +18,8 @@ Document shape::
                   "datacenters": [{"code": "eu-1", "number": 1}, {"code": "eu-2", "number": 2}],
                   "default_datacenter": "eu-1"}, ...]}
 
-Every URL is optional: a region's REST URL defaults to ``http://<code>.<domain>:<PORT>``, its MQTT
+Every URL is optional: a region's REST URL defaults to ``http://<code>.<domain>:<PORT>`` (the
+default region's to ``http://localhost:<PORT>`` on the domain ``localhost``), its MQTT
 and Redis URLs to ``MQTT_URL`` / ``REDIS_URL`` (overridable per region with ``MQTT_URL_<CODE>`` /
 ``REDIS_URL_<CODE>``). A datacenter's database URL is ``DATABASE_URL_<CODE>`` (``eu-1`` reads
 ``DATABASE_URL_EU_1``), or else ``DATABASE_URL`` with the database name suffixed by the datacenter
@@ -31,7 +32,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -267,6 +268,16 @@ def _build(document: dict, env: Mapping[str, str]) -> Topology:
     default_region = _optional_text(document.get("default_region"), "default_region") or regions[0].code
     if default_region not in codes:
         raise TopologyError(f"default_region {default_region!r} is not one of {codes}")
+    if domain == "localhost":
+        # The default region is also the central point, which answers at the bare domain: on a
+        # development machine that is "localhost", which every resolver knows, where glibc's and
+        # Node's do not resolve "eu.localhost".
+        regions = [
+            replace(region, rest_url=f"http://localhost:{port}")
+            if region.code == default_region and region.rest_url == f"http://{region.code}.localhost:{port}"
+            else region
+            for region in regions
+        ]
     return Topology(default_region, domain, database_url, tuple(regions))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
@@ -47,14 +48,29 @@ def region_for_host(*, host: str) -> tuple[str, bool]:
     return topology.default_region, True
 
 
+def mqtt_address(url: str) -> str:
+    """``host:port`` of an MQTT URL, as flespi advertises its broker (``mqtt.flespi.io:8883``)."""
+    parts = urlsplit(url)
+    port = parts.port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883)
+    host = parts.hostname or ""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def regions_list() -> list[dict]:
+    """The regions with flespi's keys (``region``, ``rest``, ``mqtt`` as ``host:port``,
+    ``mqtt-ws``: the region's MQTT over WebSocket, ``MQTT_WS_URL[_<REGION>]``, or null) and the
+    platform's (``code``, ``default``, ``mqtt_url`` with its scheme, ``datacenters``)."""
     topology = settings.TOPOLOGY
+    websockets = getattr(settings, "MQTT_WS_URLS", {})
     return [
         {
+            "region": region.code,
             "code": region.code,
             "default": region.code == topology.default_region,
             "rest": region.rest_url,
-            "mqtt": region.mqtt_url,
+            "mqtt": mqtt_address(region.mqtt_url),
+            "mqtt-ws": websockets.get(region.code),
+            "mqtt_url": region.mqtt_url,
             "datacenters": [dc.code for dc in region.datacenters],
         }
         for region in topology.regions

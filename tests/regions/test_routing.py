@@ -14,7 +14,8 @@ from tests.support.api import result_of
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
-# http://eu.localhost:8000 and http://ru.localhost:8000 unless PORT or REST_URL_<CODE> say otherwise.
+# http://localhost:8000 (the default region, the central point) and http://ru.localhost:8000
+# unless PORT or REST_URL_<CODE> say otherwise.
 EU_URL = settings.TOPOLOGY.region("eu").rest_url
 RU_URL = settings.TOPOLOGY.region("ru").rest_url
 
@@ -119,9 +120,29 @@ def test_cid_of_a_ru_subaccount_on_central_host_is_redirected(api, root_key, ru_
 @pytest.mark.parametrize("host", ["localhost", "localhost:8000", "eu.localhost", "ru.localhost:8000"])
 def test_auth_regions_needs_no_token_on_any_host(api, platform, host):
     mqtt = {region.code: region.mqtt_url for region in settings.TOPOLOGY.regions}
+    address = {code: url.split("://", 1)[1].rstrip("/") for code, url in mqtt.items()}
+    ws = getattr(settings, "MQTT_WS_URLS", {})
     assert result_of(api.call("GET", "/auth/regions", host=host)) == [
-        {"code": "eu", "default": True, "rest": EU_URL, "mqtt": mqtt["eu"], "datacenters": ["eu-1", "eu-2"]},
-        {"code": "ru", "default": False, "rest": RU_URL, "mqtt": mqtt["ru"], "datacenters": ["ru-1"]},
+        {
+            "region": "eu",
+            "code": "eu",
+            "default": True,
+            "rest": EU_URL,
+            "mqtt": address["eu"],
+            "mqtt-ws": ws.get("eu"),
+            "mqtt_url": mqtt["eu"],
+            "datacenters": ["eu-1", "eu-2"],
+        },
+        {
+            "region": "ru",
+            "code": "ru",
+            "default": False,
+            "rest": RU_URL,
+            "mqtt": address["ru"],
+            "mqtt-ws": ws.get("ru"),
+            "mqtt_url": mqtt["ru"],
+            "datacenters": ["ru-1"],
+        },
     ]
 
 

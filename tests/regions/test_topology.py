@@ -27,9 +27,17 @@ def test_default_topology():
     ]
     assert loaded.datacenter("eu-2").database_url == "postgres://u@h:5432/flespi_eu_2"
     assert loaded.control_database_url == "postgres://u@h:5432/flespi"
+    # The default region answers at the central point, which every resolver knows.
     assert [region.rest_url for region in loaded.regions] == [
-        "http://eu.localhost:9000",
+        "http://localhost:9000",
         "http://ru.localhost:9000",
+    ]
+    elsewhere = topology.load(
+        {"DATABASE_URL": "postgres://u@h:5432/flespi", "PORT": "9000", "FLESPI_DOMAIN": "fleet.example"}
+    )
+    assert [region.rest_url for region in elsewhere.regions] == [
+        "http://eu.fleet.example:9000",
+        "http://ru.fleet.example:9000",
     ]
 
 

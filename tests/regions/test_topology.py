@@ -32,8 +32,13 @@ def test_default_topology():
         "http://localhost:9000",
         "http://ru.localhost:9000",
     ]
+    document = {**topology.DEFAULT_TOPOLOGY, "domain": "fleet.example"}
     elsewhere = topology.load(
-        {"DATABASE_URL": "postgres://u@h:5432/flespi", "PORT": "9000", "FLESPI_DOMAIN": "fleet.example"}
+        {
+            "DATABASE_URL": "postgres://u@h:5432/flespi",
+            "PORT": "9000",
+            "FLESPI_TOPOLOGY": json.dumps(document),
+        }
     )
     assert [region.rest_url for region in elsewhere.regions] == [
         "http://eu.fleet.example:9000",

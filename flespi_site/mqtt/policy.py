@@ -114,7 +114,10 @@ def token_key(username: str | None, password: str | None) -> tuple[str | None, s
     """The token key a client logs in with, and why the login is malformed (or None).
 
     flespi's forms: the key as username with an empty password (or the key again), the username
-    ``FlespiToken <key>`` (flespi's own libraries), or the key as password with no username."""
+    ``FlespiToken <key>`` (flespi's own libraries), or the key as password with no username (or
+    with the username ``FlespiToken``)."""
+    if username == TOKEN_PREFIX.strip():
+        username = None
     if username and username.startswith(TOKEN_PREFIX):
         username = username[len(TOKEN_PREFIX):].strip()
     if password and password.startswith(TOKEN_PREFIX):

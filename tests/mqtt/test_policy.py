@@ -44,6 +44,7 @@ def test_connect():
     assert connect(username="FlespiToken key", facts=token())[1] == ACCOUNT_7
     assert connect(username="", password="key", facts=token())[1] == ACCOUNT_7
     assert connect(username=None, password="FlespiToken key", facts=token())[1] == ACCOUNT_7
+    assert connect(username="FlespiToken", password="key", facts=token())[1] == ACCOUNT_7
     assert connect(username="flespi-platform", password="s3cret")[1] == PLATFORM
     refusals = {
         "no username": connect(username="", password="", facts=token()),

@@ -24,6 +24,7 @@ leaves before what it acknowledges is written.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import secrets
@@ -637,7 +638,12 @@ class Broker:
         if session is not None:
             session.will_task = None
         decision = self.access.publish_now(principal, will.topic)
-        if decision is None or not decision.allowed:
+        if decision is None:  # what the cache knew at CONNECT has expired since
+            self._tasks.append(asyncio.ensure_future(self._will_learn_publish(sender, principal, will)))
+            return
+        if not decision.allowed:
+            logger.info("%s: the will of %r to %r is not published: %s", self.name, sender, will.topic,
+                        decision.reason)
             return
         message = Message(
             will.topic,
@@ -655,6 +661,15 @@ class Broker:
             self.retain(message)
         self.route(message, owner)
         self.flush()
+
+    async def _will_learn_publish(self, sender: str, principal: Principal, will: codec.Will) -> None:
+        try:
+            await self.access.learn(topics=[will.topic])
+        except Exception:
+            logger.exception("%s: the will of %r is lost: the platform's facts could not be read", self.name, sender)
+            return
+        if self.access.publish_now(principal, will.topic) is not None:
+            self._will_publish(sender, principal, will)
 
     # --- periodic work ---
 
@@ -731,6 +746,7 @@ class Connection(asyncio.Protocol):
         self.transport: Any = None
         self.buffer = b""
         self.packets: deque = deque()
+        self.checked = 0  # the packets at the front of ``packets`` whose facts were looked for
         self.out: list[bytes] = []
         self.version = codec.MQTT311
         self.session: Session | None = None
@@ -869,11 +885,13 @@ class Connection(asyncio.Protocol):
     def _process(self) -> None:
         broker = self.broker
         while self.packets and not self.closed:
-            missing = self._missing()
-            if missing is not None:
-                self._wait(missing)
-                return
+            if self.checked < len(self.packets):
+                missing = self._missing()
+                if missing is not None:
+                    self._wait(missing)
+                    return
             first, body = self.packets.popleft()
+            self.checked -= 1
             try:
                 waiting = self._handle(first, body)
             except ProtocolError as error:
@@ -911,11 +929,13 @@ class Connection(asyncio.Protocol):
     def _missing(self) -> Any:
         """An awaitable fetching the facts that the waiting PUBLISH packets need (all of them at
         once: a batch costs one lookup), or None."""
+        unchecked = itertools.islice(self.packets, self.checked, None)
+        self.checked = len(self.packets)
         if self.principal is None:
             return None
         access = self.broker.access
         topics = []
-        for first, body in self.packets:
+        for first, body in unchecked:
             if first >> 4 != codec.PUBLISH:
                 continue
             try:
@@ -1056,12 +1076,17 @@ class Connection(asyncio.Protocol):
             self.send_window = min(connect.props.get(codec.RECEIVE_MAXIMUM, 65_535), 65_535)
             self.max_out_packet = connect.props.get(codec.MAXIMUM_PACKET_SIZE, codec.MAX_VARINT)
             self.problem_info = bool(connect.props.get(codec.REQUEST_PROBLEM_INFO, 1))
-            if connect.will is not None:
+        if connect.will is not None:
+            # a will the token may not publish is refused now, not dropped when the client is gone
+            problem = topic_problem(connect.will.topic)
+            if problem is None:
+                await broker.access.learn(topics=[connect.will.topic])
                 decision = broker.access.publish_now(principal, connect.will.topic)
-                if decision is not None and not decision.allowed:
-                    return self._refuse(
-                        connect, codec.NOT_AUTHORIZED, codec.V3_NOT_AUTHORIZED, f"the will: {decision.reason}"
-                    )
+                problem = decision.reason if decision is not None and not decision.allowed else None
+            if problem is not None:
+                return self._refuse(connect, codec.NOT_AUTHORIZED, codec.V3_NOT_AUTHORIZED, f"the will: {problem}")
+            if self.closed:
+                return None
         session, present = broker.session_open(self, connect, principal)
         self.session = session
         if v5:

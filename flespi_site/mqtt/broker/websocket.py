@@ -16,6 +16,7 @@ from typing import Any
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HANDSHAKE = 16_384
+CLOSE_WAIT = 2.0
 _CONTINUATION, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
@@ -119,7 +120,7 @@ class WebSocketTransport(asyncio.Protocol):
 
     def _frames(self) -> None:
         buffer = self.buffer
-        while len(buffer) >= 2 and not self.closing:
+        while len(buffer) >= 2:
             first, second = buffer[0], buffer[1]
             opcode, masked, size, pos = first & 0x0F, second & 0x80, second & 0x7F, 2
             if size == 126:
@@ -151,16 +152,24 @@ class WebSocketTransport(asyncio.Protocol):
                 self._write(frame(payload, _PONG))
             elif opcode == _CLOSE:
                 self._close(1000, "")
+                self._close_socket()
                 return
             elif opcode != _PONG:
                 self._close(1002, f"unknown opcode {opcode}")
                 return
 
     def _close(self, code: int, reason: str) -> None:
-        if not self.closing:
-            self.closing = True
-            self._write(frame(struct.pack("!H", code) + reason.encode()[:120], _CLOSE))
-            assert self.transport is not None
+        """Send a close frame; the socket closes when the client answers with its own, or after
+        ``CLOSE_WAIT`` seconds (a client writing meanwhile gets no broken pipe)."""
+        if self.closing:
+            return
+        self.closing = True
+        self._write(frame(struct.pack("!H", code) + reason.encode()[:120], _CLOSE))
+        assert self.transport is not None
+        asyncio.get_running_loop().call_later(CLOSE_WAIT, self._close_socket)
+
+    def _close_socket(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -42,6 +42,13 @@ MAX_ON_DEMAND_MESSAGES = 1_000_000
 MAX_ON_DEMAND_SPAN = 366 * 86400  # seconds
 
 
+def on_demand_range(*, calculator: Calculator, now: float) -> tuple[float, float]:
+    """The range of an on-demand calculation that names none: the calculator's
+    ``update_period`` (the span a stored calculator keeps current; a year by default) up to
+    ``now``, at most ``MAX_ON_DEMAND_SPAN``."""
+    return max(0.0, now - min(calculator.update_period, MAX_ON_DEMAND_SPAN)), now
+
+
 def calculate_stored(
     *, device: Device, calculator: Calculator, begin: float, end: float, now: float | None = None
 ) -> IntervalList:

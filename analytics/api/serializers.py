@@ -54,6 +54,9 @@ class CalculatorSerializer(serializers.Serializer):
     """A calculator (DESIGN 7.2). Fields are documented here; the engine validates them."""
 
     name = StrictCharField(max_length=255)
+    messages_source = JSONObjectField(
+        required=False, help_text='where its messages come from: {"source": "device"}, the only source there is'
+    )
     selectors = serializers.ListField(child=JSONObjectField(), help_text="interval selectors; at least one")
     counters = serializers.ListField(child=JSONObjectField(), required=False)
     validate_message = StrictCharField(required=False, allow_null=True)
@@ -93,10 +96,32 @@ class IntervalsQuerySerializer(StrictSerializer):
     filter = StrictCharField(required=False, max_length=4096, help_text="an expression over interval fields")
 
 
+ON_DEMAND_RANGE_KEYS = ("begin", "end", "from", "to")
+# The name of an inline calculator sent without one (flespi's body needs none).
+ON_DEMAND_NAME = "on-demand"
+
+
 class CalculateSerializer(StrictSerializer):
     """``POST /gw/devices/{sel}/calculate``: a stored calculator (``calc_id``) or an inline one
     (``calculator``, validated last and compiled: ``validated_data["calculator"]`` is the
-    engine's calculator), over ``begin``..``end`` (``from``/``to`` are aliases)."""
+    engine's calculator), over ``begin``..``end`` (``from``/``to`` are aliases). flespi's body,
+    the calculator's fields at the top level beside ``from``/``to``, is read as the inline form.
+    Without a range the view takes the calculator's default one (``on_demand_range``)."""
+
+    # Whether the body was flespi's, the calculator's fields at the top level: its problems are
+    # then named at their paths in that body, without "calculator.".
+    top_level = False
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict) and "calculator" not in data and "calc_id" not in data:
+            fields = {key: value for key, value in data.items() if key not in ON_DEMAND_RANGE_KEYS}
+            if fields:
+                self.top_level = True
+                data = {
+                    **{key: data[key] for key in ON_DEMAND_RANGE_KEYS if key in data},
+                    "calculator": {"name": ON_DEMAND_NAME, **fields},
+                }
+        return super().to_internal_value(data)
 
     calc_id = StrictIntegerField(required=False)
     calculator = JSONObjectField(required=False)
@@ -119,9 +144,9 @@ class CalculateSerializer(StrictSerializer):
             raise serializers.ValidationError(
                 {"calc_id": ["give calc_id (a stored calculator) or calculator (an inline one), one of them"]}
             )
-        if "begin" not in attrs or "end" not in attrs:
+        if ("begin" in attrs) != ("end" in attrs):
             raise serializers.ValidationError({"begin" if "begin" not in attrs else "end": ["required"]})
-        if attrs["begin"] > attrs["end"]:
+        if "begin" in attrs and attrs["begin"] > attrs["end"]:
             raise serializers.ValidationError({"begin": ["must not be after end"]})
         if "calculator" in attrs:
             # Compiled once the envelope is right: a request with a bad range is refused for its
@@ -129,5 +154,5 @@ class CalculateSerializer(StrictSerializer):
             try:
                 attrs["calculator"] = calculator_compiled(attrs["calculator"])
             except serializers.ValidationError as exc:
-                raise serializers.ValidationError({"calculator": exc.detail}) from None
+                raise serializers.ValidationError(exc.detail if self.top_level else {"calculator": exc.detail}) from None
         return attrs

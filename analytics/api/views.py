@@ -3,6 +3,7 @@ on-demand calculation on devices."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rest_framework import serializers
@@ -31,16 +32,20 @@ from flespi_site.errors import InvalidInput, NotFound
 from flespi_site.jsontext import unstorable
 
 CALCULATOR_FIELDS = (
-    "id", "cid", "name", "selectors", "counters", "validate_message", "validate_interval", "timezone",
+    "id", "cid", "name", "messages_source", "selectors", "counters", "validate_message", "validate_interval", "timezone",
     "update_delay", "update_period", "update_onchange", "intervals_ttl", "intervals_rotate", "metadata",
     "version", "created",
 )
 ASSIGNMENT_FIELDS = ("id", "calc_id", "cid", "enabled", "synced", "state", "calc_version", "created")
 
 
+# Every calculator reads its device's own messages (the engine refuses any other source).
+MESSAGES_SOURCE = {"source": "device"}
+
+
 def render_calculator(calculator: Calculator) -> dict:
-    return {"id": calculator.pk, "cid": calculator.account_id, **calculator.configuration(),
-            "version": calculator.version, "created": calculator.created}
+    return {"id": calculator.pk, "cid": calculator.account_id, "messages_source": dict(MESSAGES_SOURCE),
+            **calculator.configuration(), "version": calculator.version, "created": calculator.created}
 
 
 def render_assignment(assignment: Assignment) -> dict:
@@ -291,8 +296,11 @@ class CalculateView(DeviceSelectionView):
             calculator = services.compiled(stored)
         else:
             calculator = data["calculator"]  # compiled by the serializer
+        begin, end = data.get("begin"), data.get("end")
+        if begin is None or end is None:
+            begin, end = calculation.on_demand_range(calculator=calculator, now=time.time())
         result = []
         for device in self.selected_devices():
-            intervals = calculation.calculate_stored(device=device, calculator=calculator, begin=data["begin"], end=data["end"])
+            intervals = calculation.calculate_stored(device=device, calculator=calculator, begin=begin, end=end)
             result.append({"id": device.pk, "intervals": list(intervals)})
         return Response({"result": result})

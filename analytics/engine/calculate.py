@@ -163,8 +163,7 @@ def active_deadline(calculator, *, newest: float) -> float | None:
     for spec in calc.selectors:
         if spec.type in ("expression", "geofence") and spec.options.get("max_inactive", 0) > 0:
             deadlines.append(float(np.nextafter(newest + spec.options["max_inactive"], np.inf)))
-        elif spec.type == "datetime":
-            assert spec.split is not None  # required of a datetime selector by compile_calculator
+        elif spec.type == "datetime" and spec.split is not None:  # unsplit: one interval, never closed
             deadlines.append(_next_period(calc, float(newest), spec.split))
     return min(deadlines) if deadlines else None
 

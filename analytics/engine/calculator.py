@@ -41,8 +41,19 @@ COMMON_OPTIONS: dict[str, Any] = {
     "min_duration": 0,
 }
 
+# Options of expression and geofence selectors kept in their normalised form only when given,
+# so that adding them changed no stored calculator: ``max_active`` (seconds; a longer interval
+# is cut into pieces of at most that long) and ``validate_message`` (an expression; a message it
+# does not hold for is ignored by the selector, which keeps the state it had before it).
+MAX_ACTIVE_DEFAULT = 0
+# The options of a datetime selector, likewise kept only when true.
+DATETIME_OPTIONS = ("merge_message_before", "merge_message_after")
+
 SELECTOR_TYPES = ("expression", "datetime", "geofence", "inactive")
 SPLITS = ("hour", "day", "week", "month", "year")
+# Where a calculator's messages come from (flespi's ``messages_source``): the device's own. A
+# calculator reading another calculator's intervals is not supported.
+MESSAGE_SOURCES = ("device",)
 
 
 def _check_point(checker: Checker, point, path: str) -> bool:
@@ -104,8 +115,9 @@ class SelectorSpec:
     method: str = "boolean"
     options: dict = field(default_factory=dict)
     geofences: list = field(default_factory=list)
-    split: str | None = None
+    split: str | None = None  # None: a datetime selector whose one interval is never split
     delay_threshold: float = 0.0
+    validate: CompiledExpression | None = None
 
 
 class Calculator:
@@ -152,6 +164,8 @@ def _parameters(calc: Calculator) -> frozenset[str] | None:
     for selector in calc.selectors:
         if selector.expression is not None:
             parts.append(selector.expression.parameters)
+        if selector.validate is not None:
+            parts.append(selector.validate.parameters)
         if selector.type == "geofence":
             parts.append(POSITION)
     for counter in calc.counters:
@@ -174,7 +188,8 @@ def _check(config) -> tuple[list[Problem], Calculator | None]:
     if not isinstance(config, dict):
         return [Problem("", "calculator must be a JSON object")], None
     checker = Checker()
-    checker.unknown(config, ("name", "selectors", *CALCULATOR_DEFAULTS), "")
+    checker.unknown(config, ("name", "selectors", "messages_source", *CALCULATOR_DEFAULTS), "")
+    _check_messages_source(checker, config)
     normalized = _check_fields(checker, config)
     # Selectors first: their geofences are what geofence() in every expression sees.
     selectors, normalized["selectors"], scope = _check_selectors(checker, config, normalized["timezone"])
@@ -186,6 +201,25 @@ def _check(config) -> tuple[list[Problem], Calculator | None]:
     if checker.problems:
         return checker.problems, None
     return [], Calculator(normalized, selectors, counters, validate_message, validate_interval)
+
+
+def _check_messages_source(checker: Checker, config: dict) -> None:
+    """flespi's ``messages_source``: accepted as ``{"source": "device"}``, what every calculator
+    reads; not kept in the normalised configuration, which it would not change."""
+    if config.get("messages_source") is None:
+        return
+    source = config["messages_source"]
+    if not isinstance(source, dict):
+        checker.add("messages_source", 'must be an object like {"source": "device"}')
+        return
+    checker.unknown(source, ("source",), "messages_source")
+    kind = checker.string(source, "source", "messages_source", required=True)
+    if kind is not None and kind not in MESSAGE_SOURCES:
+        checker.add(
+            "messages_source.source",
+            f"{kind!r} is not supported: a calculator reads its device's own messages "
+            '({"source": "device"}); calculators reading the intervals of another calculator do not exist here',
+        )
 
 
 def _check_fields(checker: Checker, config: dict) -> dict[str, Any]:
@@ -246,10 +280,13 @@ def _check_selectors(checker: Checker, config: dict, tz: str) -> tuple[list[Sele
         selectors.append(spec)
         normalized.append(normalized_selector)
     # Compiled once every geofence is known: an expression sees the geofences of all selectors.
-    for spec in selectors:
+    for spec, normalized_selector in zip(selectors, normalized, strict=True):
+        path = f"selectors[{spec.index}]"
         if spec.type == "expression" and spec.config.get("expression") is not None:
-            path = f"selectors[{spec.index}]"
             spec.expression = checker.expression(spec.config, "expression", path, scope=scope)
+        if spec.type in ("expression", "geofence") and spec.config.get("validate_message") is not None:
+            spec.validate = checker.expression(spec.config, "validate_message", path, scope=scope)
+            normalized_selector["validate_message"] = spec.config["validate_message"]
     return selectors, normalized, scope
 
 
@@ -260,13 +297,16 @@ def _check_options(checker: Checker, selector_config: dict, path: str) -> dict:
             options[key] = checker.boolean(selector_config, key, path, default)
         else:
             options[key] = checker.number(selector_config, key, path, default=default)
+    max_active = checker.number(selector_config, "max_active", path, default=MAX_ACTIVE_DEFAULT)
+    if max_active:
+        options["max_active"] = max_active
     return options
 
 
 def _selector_expression(
     checker: Checker, config: dict, path: str, spec: SelectorSpec, normalized: dict
 ) -> None:
-    checker.unknown(config, ("type", "name", "expression", "method", *COMMON_OPTIONS), path)
+    checker.unknown(config, ("type", "name", "expression", "method", "validate_message", "max_active", *COMMON_OPTIONS), path)
     spec.method = checker.string(config, "method", path, default="boolean", choices=("boolean", "change"))
     if "expression" not in config or config["expression"] is None:
         checker.add(f"{path}.expression", "missing field")
@@ -276,7 +316,7 @@ def _selector_expression(
 def _selector_geofence(
     checker: Checker, config: dict, path: str, spec: SelectorSpec, normalized: dict
 ) -> None:
-    checker.unknown(config, ("type", "name", "geofences", *COMMON_OPTIONS), path)
+    checker.unknown(config, ("type", "name", "geofences", "validate_message", "max_active", *COMMON_OPTIONS), path)
     geofences = config.get("geofences")
     if not isinstance(geofences, list) or not geofences:
         checker.add(f"{path}.geofences", "missing field" if geofences is None else "must be a non-empty list")
@@ -291,9 +331,14 @@ def _selector_geofence(
 def _selector_datetime(
     checker: Checker, config: dict, path: str, spec: SelectorSpec, normalized: dict
 ) -> None:
-    checker.unknown(config, ("type", "name", "split"), path)
-    spec.split = checker.string(config, "split", path, required=True, choices=SPLITS)
-    normalized["split"] = spec.split
+    checker.unknown(config, ("type", "name", "split", *DATETIME_OPTIONS), path)
+    spec.split = checker.string(config, "split", path, choices=SPLITS)
+    if spec.split is not None:
+        normalized["split"] = spec.split
+    for key in DATETIME_OPTIONS:
+        if checker.boolean(config, key, path, False):
+            spec.options[key] = True
+            normalized[key] = True
 
 
 def _selector_inactive(

@@ -33,9 +33,15 @@ def _empty() -> Runs:
     return Runs(empty, empty, np.zeros(0, bool))
 
 
+# The state of a message the selector's ``validate_message`` does not hold for: the selector
+# ignores it, keeping the state of the message before it.
+IGNORED = -2
+
+
 def raw_state(spec: SelectorSpec, frame: Frame):
-    """Per message: 1 on, 0 off, -1 unknown (after ``invert``), plus value codes for ``change``
-    and the geofence index for geofence selectors."""
+    """Per message: 1 on, 0 off, -1 unknown (after ``invert``), ``IGNORED`` where the selector's
+    ``validate_message`` does not hold, plus value codes for ``change`` and the geofence index
+    for geofence selectors."""
     rows = frame.n
     codes = None
     geofence_index = None
@@ -55,6 +61,10 @@ def raw_state(spec: SelectorSpec, frame: Frame):
         state = np.where(~valid, -1, np.where(geofence_index >= 0, 1, 0)).astype(np.int8)
     if spec.options.get("invert") and spec.method != "change":
         state = np.where(state == 1, 0, np.where(state == 0, 1, state)).astype(np.int8)
+    if spec.validate is not None:
+        check = spec.validate.evaluate_frame(frame)
+        valid = check.truth() if check.err is None else check.truth() & ~check.err
+        state = np.where(valid, state, IGNORED).astype(np.int8)
     return state, codes, geofence_index
 
 
@@ -101,16 +111,16 @@ def select(spec: SelectorSpec, frame: Frame, *, now: float | None, tz) -> Runs:
     stamps = frame.timestamps
     if spec.type == "datetime":
         split = spec.split
-        assert split is not None  # required of a datetime selector by compile_calculator
-        keys = period_keys(stamps, tz, split)
+        keys = _period_keys(stamps, tz, split)
         breaks = np.zeros(rows, bool)
         breaks[1:] = keys[1:] != keys[:-1]
         first, last = _runs(np.ones(rows, bool), breaks)
         open_ = rows - 1 == last
-        if now is not None and len(first):
+        if now is not None and len(first) and split is not None:
             now_key = period_keys(np.array([float(now)]), tz, split)[0]
             if now_key != keys[-1]:
                 open_ = np.zeros(len(first), bool)
+        first, last = _merged(spec.options, first, last, rows)
         return Runs(first, last, open_)
     if spec.type == "inactive":
         gap = np.diff(stamps) > spec.delay_threshold
@@ -120,13 +130,17 @@ def select(spec: SelectorSpec, frame: Frame, *, now: float | None, tz) -> Runs:
     options = spec.options
     state, codes, geofence_index = raw_state(spec, frame)
     index = np.arange(rows)
+    # A message the selector ignores, or an unknown one under ``merge_unknown``, takes the state
+    # of the last message before it that counts.
+    known = state != IGNORED
     if options["merge_unknown"]:
-        known = state != -1
-        source = np.maximum.accumulate(np.where(known, index, -1))
-        on = np.where(source >= 0, state[np.maximum(source, 0)] == 1, False)
-    else:
+        known &= state != -1
+    if known.all():
         source = index
         on = state == 1
+    else:
+        source = np.maximum.accumulate(np.where(known, index, -1))
+        on = np.where(source >= 0, state[np.maximum(source, 0)] == 1, False)
     breaks = np.zeros(rows, bool)
     if codes is not None:
         code = codes[np.maximum(source, 0)]
@@ -150,14 +164,56 @@ def select(spec: SelectorSpec, frame: Frame, *, now: float | None, tz) -> Runs:
     open_ = rows - 1 == last
     if max_inactive > 0 and now is not None and float(now) - stamps[-1] > max_inactive:
         open_ = np.zeros(len(first), bool)
-    if options["merge_message_before"]:
-        first = np.where(first > 0, first - 1, first)
-    if options["merge_message_after"]:
-        last = np.minimum(last + 1, rows - 1)
+    if options.get("max_active", 0) > 0 and len(first):
+        first, last, open_ = _cut_longer(stamps, first, last, open_, options["max_active"])
+    first, last = _merged(options, first, last, rows)
     if options["min_duration"] > 0 and len(first):
         keep = stamps[last] - stamps[first] >= options["min_duration"]
         first, last, open_ = first[keep], last[keep], open_[keep]
     return Runs(first, last, open_, geofence_index)
+
+
+def _period_keys(stamps: np.ndarray, tz, split: str | None) -> np.ndarray:
+    """The period of each timestamp; one period for all without a split."""
+    if split is None:
+        return np.zeros(len(stamps), dtype=np.int64)
+    return period_keys(stamps, tz, split)
+
+
+def _merged(options: dict, first: np.ndarray, last: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Runs with the message before (``merge_message_before``) and after
+    (``merge_message_after``) each joined to it."""
+    if options.get("merge_message_before"):
+        first = np.where(first > 0, first - 1, first)
+    if options.get("merge_message_after"):
+        last = np.minimum(last + 1, rows - 1)
+    return first, last
+
+
+def _cut_longer(
+    stamps: np.ndarray, first: np.ndarray, last: np.ndarray, open_: np.ndarray, limit: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs longer than ``limit`` seconds (``max_active``) cut into pieces: a piece ends at the
+    last message within ``limit`` of its first, and the next begins at the message after it.
+    Only the last piece of an open run stays open."""
+    pieces: tuple[list[int], list[int], list[bool]] = ([], [], [])
+    for start, end, is_open in zip(first.tolist(), last.tolist(), open_.tolist(), strict=True):
+        while True:
+            beyond = int(np.searchsorted(stamps, stamps[start] + limit, "right"))
+            if beyond > end:
+                pieces[0].append(start)
+                pieces[1].append(end)
+                pieces[2].append(is_open)
+                break
+            pieces[0].append(start)
+            pieces[1].append(beyond - 1)
+            pieces[2].append(False)
+            start = beyond
+    return (
+        np.array(pieces[0], dtype=np.int64),
+        np.array(pieces[1], dtype=np.int64),
+        np.array(pieces[2], dtype=bool),
+    )
 
 
 def intersect(left: Runs, right: Runs) -> tuple[Runs, np.ndarray, np.ndarray]:
@@ -214,9 +270,10 @@ def clean_cuts(spec: SelectorSpec, frame: Frame, tz):
     if rows < 2:
         return strict, strict.copy(), need
     if spec.type == "datetime":
-        split = spec.split
-        assert split is not None  # required of a datetime selector by compile_calculator
-        keys = period_keys(stamps, tz, split)
+        if spec.options:
+            # A merged message joins a period's interval to its neighbour's: no cut is clean.
+            return strict, np.zeros(rows, bool), need
+        keys = _period_keys(stamps, tz, spec.split)
         strict[1:] = keys[1:] != keys[:-1]
         transparent = np.ones(rows, bool)
         transparent[0] = False
@@ -228,7 +285,10 @@ def clean_cuts(spec: SelectorSpec, frame: Frame, tz):
         return strict, np.zeros(rows, bool), need
     options = spec.options
     state, _, _ = raw_state(spec, frame)
-    off = (state == 0) if options["merge_unknown"] else (state != 1)
+    # An ignored message is off only in the state it carries, which may come from before the
+    # window: it never makes a cut clean.
+    ignored = state == IGNORED
+    off = ((state == 0) if options["merge_unknown"] else (state != 1)) & ~ignored
     strict[1:] = off[:-1]
     if options["merge_message_before"] or options["merge_message_after"]:
         strict &= off
@@ -240,8 +300,10 @@ def clean_cuts(spec: SelectorSpec, frame: Frame, tz):
         strict &= (not_off[np.arange(rows)] - not_off[earliest]) == 0
         need = np.minimum(need, earliest)
     transparent = np.zeros(rows, bool)
-    if not (options["min_active"] > 0 or options["min_duration"] > 0 or max_inactive > 0):
-        transparent[1:] = (state[:-1] != -1) if options["merge_unknown"] else True
+    if not (
+        options["min_active"] > 0 or options["min_duration"] > 0 or max_inactive > 0 or options.get("max_active", 0) > 0
+    ):
+        transparent[1:] = ((state[:-1] != -1) if options["merge_unknown"] else True) & ~ignored[:-1]
         if options["merge_message_before"]:
             # Message c-1 joins the run that message c starts: a window ending at the cut would
             # not see why. Only where c is off can it start nothing.

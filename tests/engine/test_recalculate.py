@@ -39,6 +39,9 @@ def boolean_selector(draw):
         "merge_message_before": draw(_bool),
         "merge_message_after": draw(_bool),
         "min_duration": draw(st.sampled_from([0, 0, 5, 20])),
+        # flespi's options: a longest interval, and messages the selector ignores
+        "max_active": draw(st.sampled_from([0, 0, 0, 40, 300])),
+        "validate_message": draw(st.sampled_from([None, None, "$v != 1", "v != 7"])),
     }
 
 
@@ -84,6 +87,9 @@ _selector = st.one_of(
         [
             {"type": "datetime", "split": "hour"},
             {"type": "datetime", "split": "day"},
+            {"type": "datetime", "split": "hour", "merge_message_after": True},
+            {"type": "datetime", "split": "day", "merge_message_before": True},
+            {"type": "datetime"},
             {"type": "inactive", "delay_threshold": 60},
         ]
     ),

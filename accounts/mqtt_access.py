@@ -24,6 +24,7 @@ from django.conf import settings
 
 from accounts import mqtt_facts
 from flespi_site.mqtt import policy
+from flespi_site.mqtt.broker.routing import expand
 from flespi_site.mqtt.policy import Decision, Principal
 from flespi_site.mqtt.topics import (
     device_of_log_topic,
@@ -165,8 +166,6 @@ class BrokerAccess:
         return None if missing else decision
 
     def subscribe_now(self, principal: Principal, topic_filter: str, cid: int | None) -> Decision | None:
-        from flespi_site.mqtt.broker.routing import expand
-
         missing = False
 
         def lookup(cache: _Cache) -> Any:
@@ -182,6 +181,7 @@ class BrokerAccess:
 
         plain = strip_share(topic_filter)
         prefix = topic_filter[: len(topic_filter) - len(plain)] if plain is not None else ""
+        decisions = []
         for branch in expand(plain) if plain is not None else [topic_filter]:
             decision = policy.subscribe_decision(
                 principal=principal,
@@ -195,7 +195,10 @@ class BrokerAccess:
                 return None
             if not decision.allowed:
                 return decision
-        return policy.ALLOW
+            decisions.append(decision)
+        if len({decision.private for decision in decisions}) > 1:
+            return policy.refuse(f"{topic_filter!r} mixes the platform's topics with the account's own")
+        return decisions[0]
 
     def owner_now(self, topic: str) -> str | bool | None:
         device = device_of_topic(topic, root=self.root)

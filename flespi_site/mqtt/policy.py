@@ -12,12 +12,14 @@ clients, roles and ACLs (``accounts.mqtt_dynsec``). The topics are those of
   platform credentials.
 - A token sees the topics of the devices of its account and of its descendants, master and
   standard alike (every MQTT topic is a telematics entity, which both types reach over REST).
-- Subscriptions must name the topic root and a kind (``flespi/message/...``,
-  ``flespi/interval/...``, ``flespi/state/...``); wildcards in the id levels are narrowed:
-  each delivery is checked, and only the token's own devices arrive. ``#``, ``+/...``,
+- Subscriptions to the platform's topics must name the topic root and a kind
+  (``flespi/message/...``, ``flespi/interval/...``, ``flespi/state/...``); wildcards in the id
+  levels are narrowed: each delivery is checked, and only the token's own devices arrive.
   ``flespi/#`` and the like are refused, and so is a filter naming a device outside the subtree.
-- Only the platform publishes under the topic root. A token publishes only to the ingest topic of
-  a device of its subtree.
+- Only the platform publishes under the topic root. A token publishes to the ingest topic of a
+  device of its subtree, and to any other topic, which is its account's own: every topic and
+  filter outside the root is in the account's namespace (``PRIVATE``), apart from every other
+  account's (``#`` there is the account's own topics, never the platform's).
 """
 
 from __future__ import annotations
@@ -54,9 +56,13 @@ class Decision:
     reason: str = ""
     # For a token of another region: the MQTT endpoint the client should use.
     server_reference: str | None = None
+    # The topic or filter is in the account's own namespace (not the platform's): the broker keeps
+    # it apart from every other account's.
+    private: bool = False
 
 
 ALLOW = Decision(True)
+PRIVATE = Decision(True, private=True)
 
 
 def refuse(reason: str, server_reference: str | None = None) -> Decision:
@@ -189,7 +195,11 @@ def subscribe_decision(
     if plain is None:
         return refuse(f"{topic_filter!r} is not a valid shared subscription ($share/<group>/<filter>)")
     levels = plain.split("/")
-    if len(levels) < 2 or levels[0] != root or levels[1] not in LEVELS:
+    if levels[0] != root:
+        if plain.startswith("$"):
+            return refuse(f"no topic starting with '$' is served here: {plain!r}")
+        return PRIVATE
+    if len(levels) < 2 or levels[1] not in LEVELS:
         kinds = ", ".join(f"{root}/{kind}/..." for kind in TopicKind)
         return refuse(f"a token subscribes only to the platform's topics ({kinds}); {plain!r} is not one of them")
     shape, rest = LEVELS[TopicKind(levels[1])], levels[2:]
@@ -242,15 +252,18 @@ def account_of_path(path: str | None) -> int | None:
 def publish_decision(
     *, principal: Principal, topic: str, root: str, ingest_pattern: str, ident_path: IdentPath
 ) -> Decision:
-    """May the client publish to ``topic``: only the platform under the root; a token only to
-    the ingest topic of a device of its subtree."""
+    """May the client publish to ``topic``: only the platform under the root; a token to the
+    ingest topic of a device of its subtree, or to any other topic of its account's own namespace
+    (as on flespi's broker: "any topic except flespi/"), which only its account's clients see."""
     if principal.platform:
         return ALLOW
     if topic.split("/", 1)[0] == root:
         return refuse(f"only the platform publishes under {root}/")
     ident = ident_of_topic(topic, pattern=ingest_pattern)
     if ident is None:
-        return refuse(f"a token publishes only to {ingest_pattern} ('+' is a device ident)")
+        if topic.startswith("$"):
+            return refuse(f"no topic starting with '$' is served here: {topic!r}")
+        return PRIVATE
     if not principal.owns(ident_path(ident)):
         return refuse(f"no device with ident {ident!r} in the account subtree of token {principal.token_id}")
     return ALLOW

@@ -302,3 +302,34 @@ def test_bytes_that_are_not_mqtt_close_only_their_connection(embedded_broker, co
     publish(platform_client, message_topic(fleet.a))
     poll(lambda: client.messages, timeout=5, every=0.02)
     assert client.topics() == [message_topic(fleet.a)]
+
+
+def test_topics_outside_the_platforms_are_the_accounts_own(connect, fleet, platform_client):
+    """As on flespi's broker, a token publishes and subscribes to any topic outside flespi/: each
+    account has its own namespace, which no other account (nor the platform's topics) reaches."""
+    a_sub = connect(username=fleet.a_standard)
+    a_pub = connect(username=fleet.a_master, protocol=paho.MQTTv311)
+    b_sub = connect(username=fleet.b_token)
+    c_sub = connect(username=fleet.c_token)  # a subaccount has a namespace of its own too
+    for client in (a_sub, a_pub, b_sub, c_sub):
+        assert client.connect()
+    for client in (a_sub, b_sub, c_sub):
+        assert client.subscribe("#") == 0x01
+    assert a_sub.subscribe("$SYS/#") == 0x87
+    assert a_sub.subscribe("flespi,other/#") == 0x87  # mixes the platform's topics with its own
+    publish(a_pub, "dispatch/orders", b"o1", retain=True)
+    publish(b_sub, "dispatch/orders", b"b-own")
+    publish(platform_client, message_topic(fleet.a))  # the platform's topics are not in '#'
+    poll(lambda: a_sub.messages and b_sub.messages, timeout=5, every=0.02)
+    time.sleep(0.3)
+    assert [(m.topic, m.payload) for m in a_sub.messages] == [("dispatch/orders", b"o1")]
+    assert [(m.topic, m.payload) for m in b_sub.messages] == [("dispatch/orders", b"b-own")]
+    assert c_sub.messages == []
+    # the retained message is A's alone
+    late_a, late_b = connect(username=fleet.a_master), connect(username=fleet.b_token)
+    assert late_a.connect() and late_b.connect()
+    assert late_a.subscribe("dispatch/+") == 1 and late_b.subscribe("dispatch/+") == 1
+    poll(lambda: late_a.messages, timeout=5, every=0.02)
+    time.sleep(0.3)
+    assert [(m.topic, m.payload, m.retain) for m in late_a.messages] == [("dispatch/orders", b"o1", True)]
+    assert late_b.messages == []

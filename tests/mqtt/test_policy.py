@@ -75,16 +75,22 @@ def test_connect_to_another_regions_broker_names_the_right_endpoint():
 
 
 @pytest.mark.parametrize("topic_filter", [
-    "#", "+/#", "+/+/+/+/+", "flespi/#", "flespi/+/gw/devices/+", "$share/g/flespi/#", "$share/g/#",
-    "$SYS/#", "$CONTROL/dynamic-security/v1", "ingest/+", "flespi/message/gw/devices/21",
+    "flespi/#", "flespi/+/gw/devices/+", "$share/g/flespi/#",
+    "$SYS/#", "$CONTROL/dynamic-security/v1", "flespi/message/gw/devices/21",
     "$share/g/flespi/message/gw/devices/21", "flespi/state/gw/calcs/+/devices/21/#",
     "flespi/message/gw/devices/+/extra", "flespi/message/gw/devices", "flespi/message/#/x",
-    "$share//flespi/message/#", "$share/g+/flespi/message/#", "flespi/message/gw/devices/x1",
-    "other/message/gw/devices/+",
+    "$share//flespi/message/#", "$share/g+/flespi/message/#", "flespi/message/gw/devices/x1", "flespi",
 ])
 def test_refused_subscriptions(topic_filter):
     assert not subscribe_decision(principal=ACCOUNT_7, topic_filter=topic_filter, root=ROOT,
                                   device_path=PATHS.get).allowed
+
+
+@pytest.mark.parametrize("topic_filter", ["#", "+/#", "+/+/+/+/+", "$share/g/#", "ingest/+",
+                                          "other/message/gw/devices/+", "flespix/#"])
+def test_filters_outside_the_root_are_the_accounts_own(topic_filter):
+    decision = subscribe_decision(principal=ACCOUNT_7, topic_filter=topic_filter, root=ROOT, device_path=PATHS.get)
+    assert decision.allowed and decision.private
 
 
 @pytest.mark.parametrize("topic_filter", [
@@ -136,15 +142,15 @@ def test_mosquitto_grants_are_the_same_rule():
             assert any(topic_matches(f, topic) for f in subscribe_patterns(root=ROOT))
 
 
-@pytest.mark.parametrize(("topic", "allowed"), [
-    ("ingest/a11", True), ("ingest/a13", True), ("ingest/b21", False), ("ingest/zzz", False),
-    ("flespi/message/gw/devices/11", False), ("flespi", False), ("other", False), ("ingest/a11/x", False),
-    ("ingest/", False),
+@pytest.mark.parametrize(("topic", "allowed", "private"), [
+    ("ingest/a11", True, False), ("ingest/a13", True, False), ("ingest/b21", False, False),
+    ("ingest/zzz", False, False), ("flespi/message/gw/devices/11", False, False), ("flespi", False, False),
+    ("$SYS/x", False, False), ("other", True, True), ("ingest/a11/x", True, True), ("ingest/", True, True),
 ])
-def test_publish(topic, allowed):
+def test_publish(topic, allowed, private):
     decision = publish_decision(principal=ACCOUNT_7, topic=topic, root=ROOT, ingest_pattern="ingest/+",
                                 ident_path=IDENTS.get)
-    assert decision.allowed is allowed, decision.reason
+    assert (decision.allowed, decision.private) == (allowed, private), decision.reason
 
 
 def test_the_platform_may_do_everything():

@@ -21,6 +21,9 @@ from collections.abc import Hashable, Iterator
 from typing import Any
 
 MAX_ALTERNATIVES = 1_000  # the branches one filter may expand to
+# first characters of topics that a wildcard in the first level does not match: '$' (MQTT's rule)
+# and U+0000, which the broker puts before the topics of an account's own namespace
+_HIDDEN = ("$", "\x00")
 
 
 def filter_problem(topic_filter: str) -> str | None:
@@ -147,8 +150,9 @@ class Subscriptions:
         levels = topic.split("/")
         found: list[tuple[Hashable, Any]] = []
         groups: list[Group] = []
-        # topics starting with '$' are not matched by a wildcard in the first level
-        self._walk(self.root, levels, 0, found, groups, dollar=topic.startswith("$"))
+        # topics starting with '$' (or the broker's own namespace mark) are not matched by a
+        # wildcard in the first level
+        self._walk(self.root, levels, 0, found, groups, dollar=topic[:1] in _HIDDEN)
         return found, groups
 
     def _walk(
@@ -241,7 +245,7 @@ class Retained:
             return
         if level == "+":
             for name, child in node.items():
-                if name is _MESSAGE or (first and name.startswith("$")):
+                if name is _MESSAGE or (first and name[:1] in _HIDDEN):
                     continue
                 yield from self._walk(child, levels, index + 1, first=False)
             return
@@ -251,7 +255,7 @@ class Retained:
 
     def _all(self, node: dict, *, first: bool) -> Iterator[Any]:
         for name, child in node.items():
-            if name is _MESSAGE or (first and name.startswith("$")):
+            if name is _MESSAGE or (first and name[:1] in _HIDDEN):
                 continue
             message = child.get(_MESSAGE)
             if message is not None:

@@ -54,6 +54,20 @@ from flespi_site.mqtt.topics import SHARE_PREFIX
 logger = logging.getLogger("flespi.mqtt_broker")
 
 NEVER = 0xFFFFFFFF  # a session expiry interval that never ends
+# The first level of a topic in an account's own namespace, inside the broker only: U+0000 is in no
+# topic a client can send, so no client topic or filter reaches another account's namespace, and
+# wildcards at the first level skip it as they skip '$' topics.
+NAMESPACE = "\x00"
+
+
+def namespaced(principal: Principal, topic: str) -> str:
+    """The broker's name of an account's own topic or filter."""
+    return f"{NAMESPACE}{principal.account_id}/{topic}"
+
+
+def public_topic(topic: str) -> str:
+    """The topic a client sees of the broker's name of a topic."""
+    return topic.partition("/")[2] if topic.startswith(NAMESPACE) else topic
 
 
 class Access(Protocol):
@@ -130,7 +144,7 @@ class Message:
     @property
     def topic_bytes(self) -> bytes:
         if self._topic_bytes is None:
-            self._topic_bytes = codec.text(self.topic)
+            self._topic_bytes = codec.text(public_topic(self.topic))
         return self._topic_bytes
 
     def expired(self, now: float) -> bool:
@@ -157,7 +171,9 @@ class Message:
 
 
 class Subscription:
-    __slots__ = ("branches", "cid", "filter", "group", "no_local", "qos", "rap", "retain_handling", "sub_id")
+    __slots__ = (
+        "branches", "cid", "filter", "group", "no_local", "private", "qos", "rap", "retain_handling", "sub_id"
+    )
 
     def __init__(
         self,
@@ -167,8 +183,10 @@ class Subscription:
         sub_id: int | None,
         cid: int | None,
         group: Hashable,
+        private: bool = False,
     ):
         self.filter = topic_filter
+        self.private = private
         self.branches = branches
         self.qos = options & 0x03
         self.no_local = bool(options & 0x04)
@@ -183,6 +201,7 @@ class Subscription:
             "options": self.qos | (self.no_local << 2) | (self.rap << 3) | (self.retain_handling << 4),
             "sub_id": self.sub_id,
             "cid": self.cid,
+            "private": self.private,
         }
 
 
@@ -343,7 +362,8 @@ class Broker:
             session = self.sessions.get(key)
             if session is not None and session.principal is not None:
                 self._subscription_add(
-                    session, topic_filter, options["options"], options["sub_id"], options["cid"]
+                    session, topic_filter, options["options"], options["sub_id"], options["cid"],
+                    options.get("private", False),
                 )
         for _ident, key, fields, payload in loaded.queued:
             session = self.sessions.get(key)
@@ -456,16 +476,23 @@ class Broker:
     # --- subscriptions ---
 
     def _subscription_add(
-        self, session: Session, topic_filter: str, options: int, sub_id: int | None, cid: int | None
+        self, session: Session, topic_filter: str, options: int, sub_id: int | None, cid: int | None,
+        private: bool = False,
     ) -> Subscription:
+        """Subscribe ``session`` to ``topic_filter``; ``private``: a filter of its account's own
+        namespace (``flespi_site.mqtt.policy.PRIVATE``)."""
+        principal = session.principal
+        assert principal is not None
         plain, group = topic_filter, None
         if topic_filter.startswith(SHARE_PREFIX):
             name, _, plain = topic_filter[len(SHARE_PREFIX) :].partition("/")
-            assert session.principal is not None
-            group = (owner_of(session.principal), name)
+            group = (owner_of(principal), name)
         if topic_filter in session.subscriptions:
             self._subscription_remove(session, topic_filter)
-        subscription = Subscription(topic_filter, expand(plain), options, sub_id, cid, group)
+        branches = expand(plain)
+        if private:
+            branches = [namespaced(principal, branch) for branch in branches]
+        subscription = Subscription(topic_filter, branches, options, sub_id, cid, group, private)
         session.subscriptions[topic_filter] = subscription
         self.subscriptions.add(subscription.branches, session.key, subscription, group)
         return subscription
@@ -484,6 +511,9 @@ class Broker:
         path of the device its topic is about. Whether anyone matched."""
         access = self.access
         found, groups = self.subscriptions.match(message.topic)
+        if message.topic.startswith(NAMESPACE):
+            # an account's own topic: only its own subscriptions are in its namespace
+            access = _OWN_NAMESPACE
         targets: dict[str, list] = {}
         for key, subscription in found:
             session = self.sessions.get(key)
@@ -495,7 +525,7 @@ class Broker:
                 continue
             self._target(targets, session, subscription, message)
         for group in groups:
-            chosen = self._group_member(group, message, owner)
+            chosen = self._group_member(group, message, owner, access)
             if chosen is not None:
                 self._target(targets, *chosen, message)
         now = time.time()
@@ -522,7 +552,7 @@ class Broker:
             target[3] = (target[3] or []) + [subscription.sub_id]
 
     def _group_member(
-        self, group: Group, message: Message, owner: str | None
+        self, group: Group, message: Message, owner: str | None, access: Any
     ) -> tuple[Session, Subscription] | None:
         """The member of a shared group that gets ``message``: the next connected one allowed to
         receive it, else an offline persistent one."""
@@ -531,7 +561,7 @@ class Broker:
             session = self._member_session(group, subscription)
             if session is None or session.principal is None:
                 continue
-            if not self.access.receives(session.principal, message.topic, owner, subscription.cid):
+            if not access.receives(session.principal, message.topic, owner, subscription.cid):
                 continue
             if session.connection is not None:
                 return session, subscription
@@ -645,8 +675,9 @@ class Broker:
             logger.info("%s: the will of %r to %r is not published: %s", self.name, sender, will.topic,
                         decision.reason)
             return
+        topic = namespaced(principal, will.topic) if decision.private else will.topic
         message = Message(
-            will.topic,
+            topic,
             will.payload,
             will.qos,
             will.retain,
@@ -724,6 +755,18 @@ class Broker:
                 session.connection.close(codec.NOT_AUTHORIZED, reason, will=False)
             self.session_end(session)
         self.flush()
+
+
+class _OwnNamespace:
+    """The receive check of an account's own topics: whoever subscribed in the namespace is the
+    account (the broker put the filter there), so everyone matched receives."""
+
+    @staticmethod
+    def receives(principal: Principal, topic: str, owner: str | None, cid: int | None) -> bool:
+        return True
+
+
+_OWN_NAMESPACE = _OwnNamespace()
 
 
 def _forwarded(props: dict) -> bytes:
@@ -1179,8 +1222,12 @@ class Connection(asyncio.Protocol):
             )
             if owner is False:
                 owner = None
+            topic = packet.topic
+            if decision.private:
+                assert self.principal is not None
+                topic = namespaced(self.principal, topic)
             message = Message(
-                packet.topic,
+                topic,
                 packet.payload,
                 packet.qos,
                 packet.retain,
@@ -1259,7 +1306,9 @@ class Connection(asyncio.Protocol):
                 reasons.append(f"{topic_filter}: {reason}")
                 continue
             existed = topic_filter in session.subscriptions
-            subscription = broker._subscription_add(session, topic_filter, options, sub_id, cid)
+            subscription = broker._subscription_add(
+                session, topic_filter, options, sub_id, cid, decision.private
+            )
             if broker.store is not None and session.persistent:
                 broker.store.subscription_keep(session.key, topic_filter, subscription.options())
             codes.append(subscription.qos)
@@ -1300,13 +1349,15 @@ class Connection(asyncio.Protocol):
     def _send_retained(self, subscription: Subscription, now: float) -> None:
         session, access = self.session, self.broker.access
         assert session is not None and session.principal is not None
+        if subscription.private:
+            access = _OWN_NAMESPACE
         seen = set()
         for branch in subscription.branches:
             for message in self.broker.retained.matching(branch):
                 if message.topic in seen or message.expired(now):
                     continue
                 seen.add(message.topic)
-                owner = access.owner_now(message.topic)
+                owner = self.broker.access.owner_now(message.topic)
                 if owner is False:
                     owner = None  # not known now: a device topic is refused, and that is safe
                 if not access.receives(session.principal, message.topic, owner, subscription.cid):

@@ -5,7 +5,7 @@
 #
 # Configured only by the environment (docs/configuration.md); it writes only below
 # /var/lib/flespi (FLESPI_STATE_DIR: the first admin's password, metrics files, the calc worker's
-# caches in CALC_DATA_DIR, a broker's dynsec.json in mosquitto/ for the mqtt-config job). A volume
+# caches in CALC_DATA_DIR, a broker's sessions and retained messages in mqtt/). A volume
 # mounted on one of these directories starts owned by the flespi user (uid 10001).
 
 # The dependencies, in a venv whose layer stays the same from one release to the next as long as
@@ -37,7 +37,7 @@ FROM flespi/base:bookworm
 RUN groupadd --system --gid 10001 flespi \
     && useradd --system --uid 10001 --gid flespi --home-dir /var/lib/flespi --shell /usr/sbin/nologin flespi \
     && install -d -o flespi -g flespi -m 0750 /var/lib/flespi /var/lib/flespi/calc /var/lib/flespi/metrics \
-        /var/lib/flespi/mosquitto
+        /var/lib/flespi/mqtt
 COPY --from=runtime /opt/flespi /opt/flespi
 COPY --from=platform /opt/flespi-platform /opt/flespi-platform
 ENV PATH=/opt/flespi-platform/bin:/opt/flespi/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 
-from accounts import mqtt_dynsec, placement
+from accounts import placement
 from accounts.choices import AccessType
 from accounts.constants import MAX_ACCOUNT_DEPTH, TOKEN_KEY_BYTES, TOKEN_PREFIX_LENGTH, TOKEN_TOUCH_INTERVAL
 from accounts.models import Account, Token
@@ -123,7 +123,6 @@ def account_create(
     )
     account.path = f"{parent.path if parent else ''}{account.pk}/"
     account.save(update_fields=["path"])
-    mqtt_dynsec.account_created(account=account)
     return account
 
 
@@ -169,11 +168,8 @@ def accounts_delete(*, accounts: Iterable[Account]) -> None:
     by_alias: dict[str, list[int]] = {}
     for pk, code in subtree:
         by_alias.setdefault(alias_for_datacenter(code), []).append(pk)
-    access = [mqtt_dynsec.subtree_access(account=account) for account in Account.objects.filter(path__in=roots)]
     regional_data_delete(account_ids_by_alias=by_alias)
     Account.objects.filter(path__in=roots).delete()
-    for subtree_access in access:
-        mqtt_dynsec.account_deleted(access=subtree_access)
     for pk, _code in subtree:
         placement.forget_account(pk)
 
@@ -204,7 +200,6 @@ def token_create(
         access_type=access_type,
         created=time.time(),
     )
-    mqtt_dynsec.token_created(token=token, key=key)
     return token, key
 
 
@@ -217,17 +212,13 @@ def token_update(*, token: Token, data: dict[str, Any]) -> Token:
             # A new ttl counts from now, not from a use long ago.
             changes["last_used"] = time.time()
         token = save_fields(fresh, changes, name="token")
-        if changes:
-            mqtt_dynsec.token_changed(token=token)
         return token
 
 
 def token_delete(*, token: Token) -> None:
     """Delete a token; a token already gone is a 404."""
     with locked_row(Token, pk=token.pk, using="default", name="token") as fresh:
-        region = fresh.account.region.code
         fresh.delete()
-        mqtt_dynsec.token_deleted(token_id=token.pk, region=region)
 
 
 def token_authenticate(*, key: str, now: float | None = None) -> Token:

@@ -6,8 +6,8 @@
 #   flespi/base:bookworm      Python 3.11 (python3, python3-venv), tini, CA certificates, tzdata,
 #                             libstdc++ (what the manylinux wheels of numpy, psycopg-binary, orjson...
 #                             do not bundle); the Dockerfile at the repository root builds on it
-#   flespi/services:bookworm  PostgreSQL 15, Redis, Mosquitto with its dynamic security plugin,
-#                             tini, and deploy/services/entrypoint.sh as /usr/local/bin/flespi-services
+#   flespi/services:bookworm  PostgreSQL 15, Redis, tini, and deploy/services/entrypoint.sh as
+#                             /usr/local/bin/flespi-services (the MQTT brokers are the platform's own role)
 #
 # Usage: deploy/base-image.sh [--rebuild] [base|services ...]   (both by default; needs root)
 #
@@ -28,7 +28,7 @@ LOGS="$HERE/build/logs"
 BASE_IMAGE=flespi/base:$SUITE
 BASE_PACKAGES="python3 python3-venv ca-certificates tini tzdata libstdc++6"
 SERVICES_IMAGE=flespi/services:$SUITE
-SERVICES_PACKAGES="postgresql redis-server mosquitto tini tzdata ca-certificates"
+SERVICES_PACKAGES="postgresql redis-server tini tzdata ca-certificates"
 
 START=$SECONDS
 say() { printf '[base-image %4ds] %s\n' "$((SECONDS - START))" "$*"; }
@@ -158,13 +158,6 @@ EOF
         # jit off, which OLTP queries like the platform's do not miss
         rm -rf "$root/usr/lib/postgresql/"*/lib/llvmjit* "$root/usr/lib/postgresql/"*/lib/bitcode \
                "$root/usr/lib/x86_64-linux-gnu/libLLVM-"*.so* "$root/usr/lib/x86_64-linux-gnu/libz3.so"*
-        # Mosquitto runs as the platform's uid, which writes its access control (entrypoint.sh)
-        chroot "$root" groupadd --system --gid 10001 flespi
-        chroot "$root" useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
-            --shell /usr/sbin/nologin flespi
-        [ -e "$root/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so" ] ||
-            [ -n "$(find "$root/usr/lib" -name mosquitto_dynamic_security.so -print -quit)" ] ||
-            die "Debian's mosquitto in $SUITE does not ship mosquitto_dynamic_security.so"
         mkdir -p "$root/data"
     fi
 

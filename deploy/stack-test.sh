@@ -109,11 +109,12 @@ secret() { head -c 32 /dev/urandom | base64 | tr -d '/+=' | cut -c1-32; }
 declare -A settings=(
     [SECRET_KEY]=$(secret) [POSTGRES_PASSWORD]=$(secret) [MQTT_PLATFORM_PASSWORD]=$(secret) [ADMIN_PASSWORD]=""
     [FLESPI_IMAGE]=$IMAGE [PG_PORT]=$((BASE + 5432)) [REDIS_PORT]=$((BASE + 6379)) [MQTT_EU_PORT]=$((BASE + 1883)) [MQTT_RU_PORT]=$((BASE + 1884))
+    [MQTT_EU_WS_PORT]=$((BASE + 1893)) [MQTT_RU_WS_PORT]=$((BASE + 1894))
     [WEB_PORT]=$((BASE + 8000)) [MQTT_BIND]=127.0.0.1 [NODE_NAME]=stack
     [ALLOWED_HOSTS]="localhost,eu.localhost,ru.localhost,127.0.0.1"
     [CSRF_TRUSTED_ORIGINS]="http://localhost:$((BASE + 8000))"
     [RELAY_HEALTH_PORT]=$((BASE + 8101)) [INGEST_HEALTH_PORT]=$((BASE + 8102)) [PURGE_HEALTH_PORT]=$((BASE + 8103))
-    [MQTT_SYNC_HEALTH_PORT]=$((BASE + 8104)) [PUMP_EU_HEALTH_PORT]=$((BASE + 8105)) [PUMP_RU_HEALTH_PORT]=$((BASE + 8106))
+    [BROKER_EU_HEALTH_PORT]=$((BASE + 8107)) [BROKER_RU_HEALTH_PORT]=$((BASE + 8108)) [PUMP_EU_HEALTH_PORT]=$((BASE + 8105)) [PUMP_RU_HEALTH_PORT]=$((BASE + 8106))
     [CALC_EU_1_HEALTH_PORT]=$((BASE + 8111)) [CALC_EU_2_HEALTH_PORT]=$((BASE + 8112))
     [CALC_RU_1_HEALTH_PORT]=$((BASE + 8113)) [CALC_RU_2_HEALTH_PORT]=$((BASE + 8114))
 )
@@ -121,8 +122,8 @@ grep -v -E "^($(IFS='|'; echo "${!settings[*]}"))=" "$HERE/example.env" >"$ENV_F
 for name in "${!settings[@]}"; do printf '%s=%s\n' "$name" "${settings[$name]}" >>"$ENV_FILE"; done
 chmod 600 "$ENV_FILE"
 busy=()
-for name in PG_PORT REDIS_PORT MQTT_EU_PORT MQTT_RU_PORT WEB_PORT RELAY_HEALTH_PORT INGEST_HEALTH_PORT PURGE_HEALTH_PORT \
-            MQTT_SYNC_HEALTH_PORT PUMP_EU_HEALTH_PORT PUMP_RU_HEALTH_PORT CALC_EU_1_HEALTH_PORT \
+for name in PG_PORT REDIS_PORT MQTT_EU_PORT MQTT_RU_PORT MQTT_EU_WS_PORT MQTT_RU_WS_PORT WEB_PORT RELAY_HEALTH_PORT \
+            INGEST_HEALTH_PORT PURGE_HEALTH_PORT BROKER_EU_HEALTH_PORT BROKER_RU_HEALTH_PORT PUMP_EU_HEALTH_PORT PUMP_RU_HEALTH_PORT CALC_EU_1_HEALTH_PORT \
             CALC_EU_2_HEALTH_PORT CALC_RU_1_HEALTH_PORT CALC_RU_2_HEALTH_PORT; do
     port=${settings[$name]}
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then busy+=("$port ($name)"); fi

@@ -10,7 +10,7 @@ configured by the environment that deploy/stack-test.sh sets (STACK_* below). Wh
 
 1. an account with a master token (`flespi account_create --name X --token`, in a one-off
    container of the compose file's `manage` service);
-2. a device, and an MQTT subscriber with that token (username and password: the key) to the
+2. a device, and an MQTT subscriber with that token (the flespi login: the key as username) to the
    device's messages and the interval events and state of its calculator;
 3. a trips calculator (analytics.examples.TRIPS), assigned to the device;
 4. the first half of a real track (tests/data/tracks/, shifted to end ten minutes ago) over
@@ -135,7 +135,7 @@ class Subscriber:
         self.subscribed = threading.Event()
         self.refused: str | None = None
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"stack-check-{os.getpid()}")
-        self.client.username_pw_set(key, key)  # Mosquitto's dynamic security needs the key as password too
+        self.client.username_pw_set(key)  # the flespi login: the token as username, no password
         self.client.on_connect = self._connected
         self.client.on_subscribe = lambda client, userdata, mid, codes, properties: self.subscribed.set()
         self.client.on_message = self._received

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import IntegrityError, OperationalError, transaction
 from psycopg.errors import DeadlockDetected
 
-from accounts import mqtt_dynsec, placement
+from accounts import placement
 from accounts.models import Account
 from accounts.placement_guard import AccountMoved, placement_guard
 from devices import storage
@@ -109,7 +109,6 @@ def device_create(
     except Exception:
         claim.delete()
         raise
-    mqtt_dynsec.device_granted(account_id=account.pk, device_id=device.pk, ident=ident)
     return device
 
 
@@ -138,7 +137,6 @@ def device_update(*, device: Device, account: Account, data: dict[str, Any]) -> 
     with transaction.atomic(using="default"), locked_row(
         Device, pk=device.pk, using=device.database, name="device"
     ) as fresh:
-        before = (fresh.account_id, fresh.ident)
         changes = {name: data[name] for name in _DEVICE_FIELDS if name in data}
         claim: dict[str, Any] = {}
         if "configuration" in changes and changes["configuration"]["ident"] != fresh.ident:
@@ -164,11 +162,7 @@ def device_update(*, device: Device, account: Account, data: dict[str, Any]) -> 
                     f"{claim.get('ident')!r} at the same time; send the change again",
                     field="configuration.ident",
                 ) from None
-        updated = save_fields(fresh, changes, name="device")
-        if (updated.account_id, updated.ident) != before:
-            mqtt_dynsec.device_revoked(account_id=before[0], device_id=updated.pk, ident=before[1])
-            mqtt_dynsec.device_granted(account_id=updated.account_id, device_id=updated.pk, ident=updated.ident)
-        return updated
+        return save_fields(fresh, changes, name="device")
 
 
 def _device_move_check(*, device: Device, account: Account, target_id: int) -> None:
@@ -194,10 +188,8 @@ def device_delete(*, device: Device) -> None:
     goes after the device's commit, so that the ident is never free while the device exists."""
     with locked_row(Device, pk=device.pk, using=device.database, name="device") as fresh:
         storage.messages_drop_device(alias=fresh.database, device_id=fresh.pk)
-        account_id, ident = fresh.account_id, fresh.ident
         fresh.delete()
     DeviceIdent.objects.filter(device_id=device.pk).delete()
-    mqtt_dynsec.device_revoked(account_id=account_id, device_id=device.pk, ident=ident)
 
 
 # --- messages ------------------------------------------------------------------------------

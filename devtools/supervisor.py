@@ -53,26 +53,22 @@ class Process:
     name: str
     argv: tuple[str, ...]
     command: str | None = None
-    # The environment variable that must be "1" for the process to run (read once the embedded
-    # services have set theirs), or None.
-    only_with: str | None = None
     # A crash loop of an essential process stops the platform; any other is held back and retried.
     essential: bool = False
 
     @classmethod
-    def manage(cls, name: str, command: str, *args: str, only_with: str | None = None) -> Process:
+    def manage(cls, name: str, command: str, *args: str) -> Process:
         """A process running ``manage.py <command> <args>``."""
-        return cls(name, ("{python}", "{manage}", command, *args), command=command, only_with=only_with)
+        return cls(name, ("{python}", "{manage}", command, *args), command=command)
 
     @classmethod
-    def role(cls, name: str, role: str, *args: str, only_with: str | None = None, essential: bool = False) -> Process:
+    def role(cls, name: str, role: str, *args: str, essential: bool = False) -> Process:
         """A process running the deployment's command for ``role`` (``flespi <role> <args>``,
         docs/deployment.md): `make run` starts every role as production does."""
         from flespi_site.cli import ROLES
 
         command = ROLES[role].command[0] if role in ROLES else None
-        return cls(name, ("{python}", "-m", "flespi_site.cli", role, *args), command=command, only_with=only_with,
-                   essential=essential)
+        return cls(name, ("{python}", "-m", "flespi_site.cli", role, *args), command=command, essential=essential)
 
     def resolve(self, context: Mapping[str, str]) -> list[str]:
         return [part.format(**context) for part in self.argv]
@@ -102,8 +98,6 @@ PROCESSES: list[Process] = [
         for number in range(_calc_workers())
     ),
     *(Process.role(f"pump-{region}", "pump", "--region", region) for region in _regions()),
-    # Keeps a Mosquitto the platform manages (dynamic security) in step with tokens and devices.
-    Process.role("mqtt-sync", "mqtt-sync", only_with="MQTT_DYNSEC"),
 ]
 
 
@@ -262,8 +256,6 @@ def runnable(processes: Iterable[Process], commands: set[str]) -> list[Process]:
     for process in processes:
         if process.command is not None and process.command not in commands:
             log.info("%s: skipped, management command %r is not installed", process.name, process.command)
-            continue
-        if process.only_with is not None and os.environ.get(process.only_with) != "1":
             continue
         selected.append(process)
     return selected

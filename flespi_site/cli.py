@@ -3,7 +3,8 @@ entry point of the container image; docs/deployment.md, "Roles").
 
     flespi web                      the REST API, the admin and /metrics, under gunicorn on $PORT
     flespi migrate                  migrations of every database under a lock, the topology, the first admin
-    flespi relay | ingest | purge | mqtt-sync
+    flespi relay | ingest | purge
+    flespi broker [--region R]      a region's MQTT broker (TCP and WebSocket)
     flespi pump [--region R]        a region's pump (REGION by default)
     flespi calc [--region R] [--name N]
     flespi probe URL                exit 0 when URL answers 200 (health checks; the image has no curl)
@@ -39,7 +40,7 @@ ROLES: dict[str, Role] = {
     "relay": Role(("outbox_relay",), "publish every datacenter's outbox to the brokers"),
     "ingest": Role(("mqtt_ingest",), "store the messages devices publish to the brokers"),
     "purge": Role(("purge_messages", "--every", "3600"), "delete messages past each device's messages_ttl, hourly"),
-    "mqtt-sync": Role(("mqtt_sync", "--every", "30"), "keep Mosquitto's dynamic security in step (MQTT_DYNSEC=1)"),
+    "broker": Role(("mqtt_broker",), "a region's MQTT broker, MQTT over TCP and WebSocket", regional=True),
     "pump": Role(("calc_pump",), "a region's due timers, reconciliation, purges, sealer, vacuum", regional=True),
     "calc": Role(("calc_worker",), "a calc worker of a region (a stable --name per host and slot)", regional=True),
 }

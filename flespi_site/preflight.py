@@ -18,15 +18,17 @@ from django.conf import settings
 
 from flespi_site import topology
 
-# Roles that keep files: the variable that names where, and what for.
+# Roles that keep files: the setting and the variable that say where, and what for.
 _WRITABLE = {
-    "calc": ("CALC_DATA_DIR", "the calc worker's shard caches"),
+    "calc": ("CALC_DATA_DIR", "CALC_DATA_DIR", "the calc worker's shard caches"),
+    "broker": ("STATE_DIR", "FLESPI_STATE_DIR", "the broker's sessions and retained messages"),
 }
 # The services each role talks to, beyond the databases (a role not named here: both).
 _SERVICES = {
     "migrate": (),
     "calc": ("redis",),
     "pump": ("redis",),
+    "broker": ("mqtt",),
 }
 
 
@@ -55,9 +57,12 @@ def problems(role: str, *, production: bool) -> list[str]:
         found.append(f"REGION={settings.SERVED_REGION} is not a region of the topology; set one of {', '.join(codes)}")
     if production:
         found.extend(_missing_urls(_SERVICES.get(role, ("redis", "mqtt"))))
+    if role == "broker" and not settings.MQTT_PLATFORM_PASSWORD:
+        found.append("MQTT_PLATFORM_PASSWORD is not set: set a long random secret, the same for the broker and "
+                     "every process of the platform (its relay and ingest log in with it)")
     for name, path, what in (("METRICS_DIR", settings.METRICS_DIR, "the process's metrics"),
-                             *((variable, getattr(settings, variable), what)
-                               for key, (variable, what) in _WRITABLE.items() if key == role)):
+                             *((variable, str(getattr(settings, setting)), what)
+                               for key, (setting, variable, what) in _WRITABLE.items() if key == role)):
         if (why := _writable(path)) is not None:
             found.append(f"{name}={path} is not a writable directory ({why}): set {name} to a directory "
                          f"of this host that this user ({_user()}) may write, for {what}")

@@ -201,16 +201,11 @@ SPECTACULAR_SETTINGS = {
 REDIS_URL = os.environ.get("REDIS_URL", _topology.DEFAULT_REDIS_URL)
 MQTT_URL = os.environ.get("MQTT_URL", _topology.DEFAULT_MQTT_URL)
 MQTT_TOPIC_ROOT = os.environ.get("MQTT_TOPIC_ROOT", "flespi")
-# The platform's own MQTT clients (relay, ingest consumer, the Mosquitto access sync) log in with
-# these on a broker with access control; with no password they connect as the URL says
-# (docs/mqtt.md). The embedded services set them for the broker they start.
+# The platform's own MQTT clients (relay, ingest consumer) log in with these on the platform's
+# broker; with no password they connect as the URL says (an external broker without access
+# control, docs/mqtt.md). The embedded services set them for the broker they start.
 MQTT_PLATFORM_USERNAME = os.environ.get("MQTT_PLATFORM_USERNAME", "flespi-platform")
 MQTT_PLATFORM_PASSWORD = os.environ.get("MQTT_PLATFORM_PASSWORD", "")
-# "1": the region brokers are Mosquittos with the dynamic security plugin, which the platform
-# keeps in step with tokens, accounts and devices (accounts.mqtt_dynsec).
-MQTT_DYNSEC = os.environ.get("MQTT_DYNSEC", "") == "1"
-# What the embedded amqtt broker asks about every connection, publish and subscription.
-MQTT_BROKER_ACCESS = "accounts.mqtt_access.BrokerAccess"
 # The platform's broker (``flespi broker``, docs/mqtt.md): the address it listens on; how long it
 # keeps what it learnt of a device's or account's owner (a change is announced by the device's log
 # event, which drops it at once) and that a device or ident does not exist; what it queues per

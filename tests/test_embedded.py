@@ -8,6 +8,7 @@ servers. Nothing here uses Django's databases.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import subprocess
 import sys
@@ -24,7 +25,6 @@ import redis
 from devtools import embedded, supervisor
 from devtools.embedded import EmbeddedError, EmbeddedServices
 from flespi_site import topology
-from tests.support.mqtt import DynsecMosquitto
 
 URL_VARS = ("DATABASE_URL", "REDIS_URL", "MQTT_URL")
 
@@ -135,9 +135,9 @@ def test_stop_closes_every_port_and_ends_every_process(tmp_path):
     running = EmbeddedServices(data_dir=tmp_path, env=environment_without_urls(), publish=True)
     running.start()
     published = embedded.published_urls(tmp_path)
-    # the platform's login on the broker it started (and, for a Mosquitto, that the platform
-    # manages its access) is published with the URLs
-    mqtt_vars = ["MQTT_PLATFORM_PASSWORD", *(["MQTT_DYNSEC"] if running.env.get("MQTT_DYNSEC") == "1" else [])]
+    # the platform's login on the broker it started, and the broker's WebSocket URL, are published
+    # with the URLs
+    mqtt_vars = ["MQTT_PLATFORM_PASSWORD", "MQTT_WS_URL"]
     assert published == {var: running.env[var] for var in (*URL_VARS, "SECRET_KEY", *mqtt_vars)}
     assert (tmp_path / embedded.PUBLISHED_FILE).stat().st_mode & 0o077 == 0
 
@@ -241,28 +241,27 @@ def test_child_output_is_prefixed_with_its_name():
     assert out.getvalue() == "calc   | one\ncalc   | two\n"
 
 
-@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
-def test_either_embedded_broker_lets_in_only_the_platform_and_tokens(tmp_path, kind):
-    if kind == "mosquitto" and not DynsecMosquitto.available():
-        pytest.skip("needs mosquitto and its dynamic security plugin")
-    env = {**environment_without_urls(), "FLESPI_MQTT_BROKER": kind,
+def test_the_embedded_broker_lets_in_only_the_platform_and_tokens(tmp_path):
+    env = {**environment_without_urls(),
            "DATABASE_URL": os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/flespi"),
            "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")}
     with EmbeddedServices(data_dir=tmp_path, env=env) as running:
         assert [service.name for service in running.services] == ["mqtt"]
-        assert (env.get("MQTT_DYNSEC") == "1") is (kind == "mosquitto")
         port = int(env["MQTT_URL"].rsplit(":", 1)[1])
+        ws_port = int(env["MQTT_WS_URL"].rsplit(":", 1)[1].split("/")[0])
         answers = {}
-        for name, login in {"anonymous": None, "platform": ("flespi-platform", env["MQTT_PLATFORM_PASSWORD"])}.items():
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{name}")
+        logins = {"anonymous": None, "platform": ("flespi-platform", env["MQTT_PLATFORM_PASSWORD"])}
+        for (name, login), transport in itertools.product(logins.items(), ["tcp", "websockets"]):
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{name}", transport=transport)
             if login:
                 client.username_pw_set(*login)
             answered = threading.Event()
-            client.on_connect = lambda c, u, f, rc, p, name=name, answered=answered: (
-                answers.__setitem__(name, rc.is_failure), answered.set())
-            client.connect("127.0.0.1", port)
+            client.on_connect = lambda c, u, f, rc, p, key=(name, transport), answered=answered: (
+                answers.__setitem__(key, rc.is_failure), answered.set())
+            client.connect("127.0.0.1", port if transport == "tcp" else ws_port)
             client.loop_start()
             answered.wait(10)
             client.disconnect()
             client.loop_stop()
-    assert answers == {"anonymous": True, "platform": False}
+    assert answers == {("anonymous", "tcp"): True, ("anonymous", "websockets"): True,
+                       ("platform", "tcp"): False, ("platform", "websockets"): False}

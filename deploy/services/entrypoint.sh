@@ -5,9 +5,6 @@
 #
 #   flespi-services postgres    PostgreSQL 15; initdb on the first start; databases created
 #   flespi-services redis       Redis, append-only file
-#   flespi-services mosquitto   Mosquitto with the dynamic security plugin, as the user flespi
-#                               (uid 10001, the platform's): /data/dynsec.json is written by the
-#                               platform (the mqtt-config job of deploy/compose.yml)
 #   flespi-services check <name>  exits 0 when that server answers (a container healthcheck)
 #
 # The variables of each are listed at its function. See docs/deployment.md.
@@ -113,54 +110,6 @@ run_redis() {
     as_user redis redis-server "${args[@]}"
 }
 
-# --- Mosquitto ------------------------------------------------------------------------------
-# MQTT_PORT (1883), MQTT_BIND (empty: every address), MQTT_MAX_CONNECTIONS (-1). Access control is
-# the dynamic security plugin's, from $DATA/dynsec.json, which the platform writes (its own client
-# and roles: the mqtt-config job) and keeps in step (the mqtt-sync role): docs/mqtt.md. Mosquitto
-# runs as flespi (uid 10001), the platform's uid, so that the job can write into this volume.
-dynsec_plugin() {
-    local path
-    for path in /usr/lib/*-linux-gnu/mosquitto_dynamic_security.so /usr/lib/mosquitto_dynamic_security.so; do
-        [ -e "$path" ] && { echo "$path"; return; }
-    done
-    die "Mosquitto's dynamic security plugin (mosquitto_dynamic_security.so) is not installed"
-}
-
-run_mosquitto() {
-    local dir conf plugin
-    dir="$DATA"
-    conf=/run/mosquitto.conf
-    plugin=$(dynsec_plugin)
-    [ -s "$dir/dynsec.json" ] || die "$dir/dynsec.json is missing: run the platform's mqtt-config job first \
-(docker-compose run --rm mqtt-config), which writes the platform's client and roles"
-    own flespi "$dir"
-    chmod 0600 "$dir/dynsec.json"
-    cat >"$conf" <<EOF
-# written by flespi-services at every start
-user flespi
-per_listener_settings false
-listener ${MQTT_PORT:-1883} ${MQTT_BIND:-}
-max_connections ${MQTT_MAX_CONNECTIONS:--1}
-allow_anonymous false
-persistence true
-persistence_location $dir/
-autosave_interval 1
-# a subscriber catching up after an outage receives its whole backlog (docs/messages.md)
-max_queued_messages 0
-log_dest stdout
-log_type error
-log_type warning
-log_type notice
-log_type information
-connection_messages false
-plugin $plugin
-plugin_opt_config_file $dir/dynsec.json
-EOF
-    log "Mosquitto on ${MQTT_BIND:-*}:${MQTT_PORT:-1883}, dynamic security from $dir/dynsec.json"
-    # started as root, Mosquitto switches to the configured user after reading its configuration
-    exec mosquitto -c "$conf"
-}
-
 # --- healthchecks ---------------------------------------------------------------------------
 check() {
     case "${1:-}" in
@@ -168,8 +117,7 @@ check() {
                       -h /run/postgresql -p "${PG_PORT:-5432}" ;;
         redis) redis-cli -h "$(set -- ${REDIS_BIND:-127.0.0.1}; echo "$1")" -p "${REDIS_PORT:-6379}" ${REDIS_PASSWORD:+--no-auth-warning -a "$REDIS_PASSWORD"} ping \
                    | grep -q PONG ;;
-        mosquitto) (exec 3<>"/dev/tcp/${MQTT_BIND:-127.0.0.1}/${MQTT_PORT:-1883}") 2>/dev/null ;;
-        *) die "check what? postgres, redis or mosquitto" ;;
+        *) die "check what? postgres or redis" ;;
     esac
 }
 
@@ -177,7 +125,6 @@ ROLE=${1:-}
 case "$ROLE" in
     postgres) run_postgres ;;
     redis) run_redis ;;
-    mosquitto) run_mosquitto ;;
     check) shift; check "$@" ;;
-    *) ROLE=usage; die "usage: flespi-services postgres|redis|mosquitto|check <name>" ;;
+    *) ROLE=usage; die "usage: flespi-services postgres|redis|check <name>" ;;
 esac

@@ -59,29 +59,3 @@ def test_refusals_are_command_errors_and_store_nothing(platform, args, message):
     assert message in str(excinfo.value)
     assert not Account.objects.exists()
     assert not Token.objects.exists()
-
-
-def test_mosquitto_config_writes_the_dynsec_file_alone_keeping_what_the_broker_added(tmp_path, settings):
-    """`flespi mosquitto_config --dynsec-only`: the deployment's brokers are configured by their own
-    file; the platform writes only its client and roles, and the tokens' clients stay."""
-    import json
-    import stat
-
-    settings.MQTT_PLATFORM_PASSWORD = "first password"
-    out = StringIO()
-    call_command("mosquitto_config", "--directory", str(tmp_path), "--dynsec-only", stdout=out)
-    path = tmp_path / "dynsec.json"
-    assert out.getvalue().strip() == str(path)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and not (tmp_path / "mosquitto.conf").exists()
-    config = json.loads(path.read_text())
-    (first,) = [client for client in config["clients"] if client["username"] == settings.MQTT_PLATFORM_USERNAME]
-    config["clients"].append({"username": "token-client", "roles": []})  # what the sync added meanwhile
-    path.write_text(json.dumps(config))
-
-    settings.MQTT_PLATFORM_PASSWORD = "second password"
-    call_command("mosquitto_config", "--directory", str(tmp_path), "--dynsec-only", stdout=StringIO())
-    clients = {client["username"]: client for client in json.loads(path.read_text())["clients"]}
-    assert set(clients) == {settings.MQTT_PLATFORM_USERNAME, "token-client"}
-    assert clients[settings.MQTT_PLATFORM_USERNAME]["password"] != first["password"]  # the new one
-    with pytest.raises(CommandError, match="--port is required unless --dynsec-only"):
-        call_command("mosquitto_config", "--directory", str(tmp_path))

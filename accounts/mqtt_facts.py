@@ -1,6 +1,7 @@
-"""Reads of the control database that the MQTT access policy decides on: a token by its key,
-the account path of devices by id or ident. The embedded broker calls them from its plugins; the
-Mosquitto sync from its reconcile.
+"""Reads of the control database that the MQTT access policy decides on: a token by its key
+(and the connected tokens by id, at once), the account path of devices by id or ident and of
+accounts by id. The broker's access (``accounts.mqtt_access``) calls them for what its cache
+lacks.
 
 Which account owns which device is the devices app's to say (``DeviceIdent`` is the control
 database's index of every device), and ``devices`` sits above ``accounts``: accounts never imports
@@ -14,21 +15,11 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Protocol
 
 from accounts.constants import TOKEN_TOUCH_INTERVAL
 from accounts.models import Account, Token
 from flespi_site.mqtt.policy import TokenFacts
-
-
-@dataclass(frozen=True)
-class OwnedDevice:
-    """A device as MQTT access sees it: its id, its ident and the account that owns it."""
-
-    device_id: int
-    ident: str
-    account_id: int
 
 
 class DeviceOwners(Protocol):
@@ -38,16 +29,8 @@ class DeviceOwners(Protocol):
         """Device id -> owning account id, for each of ``device_ids`` that exists."""
         ...
 
-    def owners_by_ident(self, *, regions: list[str], idents: list[str]) -> dict[str, int]:
-        """Ident -> owning account id, for each of ``idents`` claimed in one of ``regions``."""
-        ...
-
     def idents_of(self, *, regions: list[str], idents: list[str]) -> dict[str, tuple[int, int]]:
         """Ident -> (device id, owning account id), for each of ``idents`` claimed in one of ``regions``."""
-        ...
-
-    def devices_of(self, *, regions: list[str]) -> Iterable[OwnedDevice]:
-        """Every device of ``regions``."""
         ...
 
 
@@ -113,10 +96,3 @@ def ident_owners(*, regions: Iterable[str], idents: Iterable[str]) -> dict[str, 
     paths = dict(Account.objects.filter(pk__in={account for _device, account in owners.values()})
                  .values_list("pk", "path"))
     return {ident: (device, paths[account]) for ident, (device, account) in owners.items() if account in paths}
-
-
-def ident_paths(*, regions: Iterable[str], idents: Iterable[str]) -> dict[str, str]:
-    """The account path of the device of each of ``idents`` in one of ``regions``."""
-    owners = device_owners().owners_by_ident(regions=list(regions), idents=list(idents))
-    paths = dict(Account.objects.filter(pk__in=set(owners.values())).values_list("pk", "path"))
-    return {ident: paths[account] for ident, account in owners.items() if account in paths}

@@ -6,13 +6,23 @@ goes on.
 One consumer reads each broker, for every served region that uses it (``consumers_for``): where
 regions share a broker (the development default), a payload is stored in the one region whose
 device has its ident, and refused when devices of several of those regions have it (the topic
-cannot say which was meant), never stored twice."""
+cannot say which was meant), never stored twice.
+
+Consumers scale out: each subscribes in the shared group ``INGEST_GROUP`` with a client id of its
+own (``--name``, by default the host's name), so the broker hands each payload to one of them;
+a consumer's session is persistent, so what arrives while every consumer is down waits in the
+broker. A consumer takes what arrived in one turn of its client (up to ``BATCH_PAYLOADS``
+payloads), stores each device's payloads with one ingestion, and acknowledges them only then
+(QoS 1 at least once: a consumer that dies before acknowledging gets them again, and storing a
+message again changes nothing)."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import DatabaseError, connections
@@ -21,14 +31,20 @@ from rest_framework.exceptions import ParseError
 
 from accounts.placement_guard import RETRY_AFTER_SECONDS, AccountMoving
 from devices import selectors, services
+from devices.constants import MAX_MESSAGES_PER_BATCH
 from flespi_site.api.parsers import loads_strict
 from flespi_site.errors import DomainError
 from flespi_site.mqtt import client as mqtt
-from flespi_site.mqtt.topics import ident_of_topic
+from flespi_site.mqtt.topics import SHARE_PREFIX, ident_of_topic
 from flespi_site.runner import Loop
 from flespi_site.topology import RegionConfig
 
 logger = logging.getLogger(__name__)
+
+# The shared subscription group of every ingest consumer of a broker.
+INGEST_GROUP = "flespi-ingest"
+# Payloads taken in one turn at most (each device's are stored with one ingestion).
+BATCH_PAYLOADS = 500
 
 
 class IngestRejected(ValueError):
@@ -65,9 +81,9 @@ def device_of_ident(*, regions: Sequence[str], ident: str):
     return device
 
 
-def ingest_payload(*, regions: Sequence[str], pattern: str, topic: str, payload: bytes) -> services.IngestResult:
-    """Ingest one MQTT payload published on the broker of ``regions``; raises IngestRejected when
-    nothing of it can be stored."""
+def parse_payload(*, regions: Sequence[str], pattern: str, topic: str, payload: bytes) -> tuple[object, list]:
+    """The device and the messages of one MQTT payload published on the broker of ``regions``;
+    raises IngestRejected when nothing of it can be stored."""
     ident = ident_from_topic(pattern, topic)
     device = device_of_ident(regions=regions, ident=ident)
     if not device.enabled:
@@ -78,7 +94,11 @@ def ingest_payload(*, regions: Sequence[str], pattern: str, topic: str, payload:
         data = loads_strict(payload, what="payload")
     except ParseError as exc:
         raise IngestRejected(str(exc.detail)) from None
-    messages = data if isinstance(data, list) else [data]
+    return device, data if isinstance(data, list) else [data]
+
+
+def ingest_messages(*, device, messages: list) -> services.IngestResult:
+    """Store ``messages`` of ``device``; raises IngestRejected when none could be."""
     try:
         result = services.messages_ingest(devices=[device], messages=messages, source="mqtt")
     except AccountMoving:
@@ -90,11 +110,27 @@ def ingest_payload(*, regions: Sequence[str], pattern: str, topic: str, payload:
     return result
 
 
+def ingest_payload(*, regions: Sequence[str], pattern: str, topic: str, payload: bytes) -> services.IngestResult:
+    """Ingest one MQTT payload published on the broker of ``regions``; raises IngestRejected when
+    nothing of it can be stored."""
+    device, messages = parse_payload(regions=regions, pattern=pattern, topic=topic, payload=payload)
+    return ingest_messages(device=device, messages=messages)
+
+
+@dataclass
+class _Received:
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+
+
 class IngestConsumer(Loop):
     """Subscribes to the ingest pattern on a broker and ingests what arrives for the regions that
     use it (a loop of ``flespi_site.runner``)."""
 
-    def __init__(self, *, regions: Sequence[str], mqtt_url: str, pattern: str, client_id: str | None = None):
+    def __init__(self, *, regions: Sequence[str], mqtt_url: str, pattern: str, client_id: str | None = None,
+                 name: str | None = None):
         super().__init__()
         self.regions = tuple(regions)
         self.region = "+".join(self.regions)  # for the log
@@ -103,12 +139,16 @@ class IngestConsumer(Loop):
         self.pattern = pattern
         self.received = 0
         self.rejected = 0
+        self.batches = 0
+        self._batch: list[_Received] = []
         # Connect (again) before the next turn of the client: at the start, after a lost
         # connection, after a failure left a payload unacknowledged.
         self._reconnect = True
         # A persistent session: messages published while the consumer is down wait in the broker.
-        self.client = mqtt.client_for(mqtt_url, client_id=client_id or f"flespi-ingest-{'-'.join(self.regions)}",
-                                      clean_session=False)
+        # Its id is this consumer's own (another consumer with the same id would take it over).
+        client_id = client_id or f"flespi-ingest-{'-'.join(self.regions)}-{name or socket.gethostname()}"
+        self.client = mqtt.client_for(mqtt_url, client_id=client_id, clean_session=False)
+        self.client.manual_ack_set(True)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
 
@@ -116,36 +156,67 @@ class IngestConsumer(Loop):
         if reason_code.is_failure:
             logger.error("ingest %s: broker %s refused the connection: %s", self.region, self.mqtt_url, reason_code)
             return
-        client.subscribe(self.pattern, qos=1)
-        logger.info("ingest %s: subscribed to %s on %s", self.region, self.pattern, self.mqtt_url)
+        client.subscribe(self.subscription, qos=1)
+        logger.info("ingest %s: subscribed to %s on %s", self.region, self.subscription, self.mqtt_url)
+
+    @property
+    def subscription(self) -> str:
+        return f"{SHARE_PREFIX}{INGEST_GROUP}/{self.pattern}"
 
     def _on_message(self, client, userdata, message):
-        # Until this payload is stored or dropped, a failure (the database away: nothing was
-        # stored) leaves it unacknowledged, and the broker sends it again on a new connection.
+        self._batch.append(_Received(message.mid, message.qos, message.topic, message.payload))
+
+    def _ingest_batch(self) -> None:
+        """Store what the last turns received, each device's payloads with one ingestion, then
+        acknowledge them. A failure (the database away: nothing of the batch was acknowledged)
+        leaves them to the broker, which sends them again on a new connection."""
+        batch, self._batch = self._batch, []
         self._reconnect = True
-        try:
-            result = self._ingest(message)
-        except DatabaseError:
-            raise
-        except IngestRejected as exc:
-            self.rejected += 1
-            logger.warning("ingest %s: dropped payload on %s: %s", self.region, message.topic, exc)
-        except Exception:
-            self.rejected += 1
-            logger.exception("ingest %s: failed on %s; payload dropped", self.region, message.topic)
-        else:
-            for error in result.errors:
-                logger.warning("ingest %s: refused on %s: %s", self.region, message.topic, describe(error))
-        self.received += 1
+        by_device: dict[int, tuple[object, list, list[str]]] = {}
+        for item in batch:
+            try:
+                device, messages = parse_payload(regions=self.regions, pattern=self.pattern, topic=item.topic,
+                                                 payload=item.payload)
+            except DatabaseError:
+                raise
+            except IngestRejected as exc:
+                self.rejected += 1
+                logger.warning("ingest %s: dropped payload on %s: %s", self.region, item.topic, exc)
+                continue
+            entry = by_device.setdefault(device.pk, (device, [], []))
+            entry[1].extend(messages)
+            entry[2].append(item.topic)
+        for device, messages, topics in by_device.values():
+            self._store(device, messages, topics)
+        for item in batch:
+            if item.qos:
+                self.client.ack(item.mid, item.qos)
+        self.received += len(batch)
+        self.batches += 1
         self._reconnect = False
 
-    def _ingest(self, message) -> services.IngestResult:
-        while True:
-            try:
-                return ingest_payload(regions=self.regions, pattern=self.pattern, topic=message.topic,
-                                      payload=message.payload)
-            except AccountMoving:  # a move's switch held the account's writes: not stored yet
-                time.sleep(RETRY_AFTER_SECONDS)
+    def _store(self, device, messages: list, topics: list[str]) -> None:
+        for start in range(0, len(messages), MAX_MESSAGES_PER_BATCH):
+            chunk = messages[start:start + MAX_MESSAGES_PER_BATCH]
+            while True:
+                try:
+                    result = ingest_messages(device=device, messages=chunk)
+                except AccountMoving:  # a move's switch held the account's writes: not stored yet
+                    time.sleep(RETRY_AFTER_SECONDS)
+                    continue
+                except DatabaseError:
+                    raise
+                except IngestRejected as exc:
+                    self.rejected += len(topics)
+                    logger.warning("ingest %s: dropped %d payload(s) on %s: %s", self.region, len(topics),
+                                   topics[0], exc)
+                except Exception:
+                    self.rejected += len(topics)
+                    logger.exception("ingest %s: failed on %s; payload(s) dropped", self.region, topics[0])
+                else:
+                    for error in result.errors:
+                        logger.warning("ingest %s: refused on %s: %s", self.region, topics[0], describe(error))
+                break
 
     def setup(self) -> None:
         self.client.connect_async(*mqtt.broker_address(self.mqtt_url)[:2], keepalive=30)
@@ -155,12 +226,21 @@ class IngestConsumer(Loop):
         order. A lost connection is a failed step; the next one, like the one after a payload
         left unacknowledged by a failure, connects again first (raising while the broker is away)."""
         if self._reconnect:
+            self._batch = []  # unacknowledged: the broker sends them again on the new connection
             self.client.reconnect()
             self._reconnect = False
         outcome = self.client.loop(timeout=1.0)
+        # more of what is already there, up to a batch, before storing
+        while outcome == MQTT_ERR_SUCCESS and self._batch and len(self._batch) < BATCH_PAYLOADS:
+            before = len(self._batch)
+            outcome = self.client.loop(timeout=0.0)
+            if len(self._batch) == before:
+                break
         if outcome != MQTT_ERR_SUCCESS and not self.stopping.is_set():
             self._reconnect = True
             raise ConnectionError(f"lost the broker {self.mqtt_url}: {error_string(outcome)}")
+        if self._batch:
+            self._ingest_batch()
         return 0.0
 
     def teardown(self) -> None:
@@ -172,12 +252,14 @@ class IngestConsumer(Loop):
         self.client.disconnect()
 
     def counts(self) -> dict[str, int]:
-        return {"received": self.received, "rejected": self.rejected}
+        return {"received": self.received, "rejected": self.rejected, "batches": self.batches}
 
 
-def consumers_for(regions: Sequence[RegionConfig], *, pattern: str) -> list[IngestConsumer]:
-    """One consumer per broker of ``regions`` (the served ones), for the regions that use it."""
+def consumers_for(regions: Sequence[RegionConfig], *, pattern: str, name: str | None = None) -> list[IngestConsumer]:
+    """One consumer per broker of ``regions`` (the served ones), for the regions that use it;
+    ``name`` tells this process's consumers from other processes' (default: the host's name)."""
     by_broker: dict[str, list[str]] = {}
     for region in regions:
         by_broker.setdefault(region.mqtt_url, []).append(region.code)
-    return [IngestConsumer(regions=codes, mqtt_url=url, pattern=pattern) for url, codes in by_broker.items()]
+    return [IngestConsumer(regions=codes, mqtt_url=url, pattern=pattern, name=name)
+            for url, codes in by_broker.items()]

@@ -1,9 +1,8 @@
-"""Who may do what on a region's MQTT broker: the one policy both broker paths apply.
+"""Who may do what on a region's MQTT broker: the one policy of the platform's broker.
 
-Pure functions over plain facts (no Django, no I/O): the embedded broker's plugins call them for
-every connect, subscribe, publish and delivery (``devtools.mqtt_broker``, with the facts read by
-``accounts.mqtt_access``), and the Mosquitto path turns the same rules into dynamic-security
-clients, roles and ACLs (``accounts.mqtt_dynsec``). The topics are those of
+Pure functions over plain facts (no Django, no I/O): the broker (``flespi_site.mqtt.broker``)
+asks them about every connect, subscribe, publish and delivery, through
+``accounts.mqtt_access``, which reads and caches the facts. The topics are those of
 ``flespi_site.mqtt.topics``. docs/mqtt.md describes the model; in short:
 
 - A client connects the ways flespi lets it (``token_key``): the token key as its username and an

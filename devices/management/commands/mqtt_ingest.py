@@ -12,11 +12,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--pattern", default=settings.MQTT_INGEST_TOPIC, help="topic pattern; '+' is the ident")
         parser.add_argument("--log-every", type=float, default=60, help="log the counts every N seconds")
+        parser.add_argument("--name", help="this consumer's name, unique among the consumers of a broker "
+                                           "(default: the host's name); the payloads are shared among them")
 
     def handle(self, *args, **options):
         served = [region for region in settings.TOPOLOGY.regions
                   if not settings.SERVED_REGION or region.code == settings.SERVED_REGION]
-        consumers = consumers_for(served, pattern=options["pattern"])
+        consumers = consumers_for(served, pattern=options["pattern"], name=options["name"])
         self.stdout.write(
             f"ingesting {options['pattern']} in regions "
             f"{', '.join(consumer.region for consumer in consumers)}"

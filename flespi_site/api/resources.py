@@ -31,7 +31,7 @@ from rest_framework.response import Response
 from accounts.models import Account
 from flespi_site.api.batch import batch_response, each_item, item_validation_errors
 from flespi_site.api.params import ProjectionParameters, project, projection, query_params
-from flespi_site.api.selection import SelectionField, is_id_list, parse_selection
+from flespi_site.api.selection import SelectionField, is_id_list, names_ids, parse_selection
 from flespi_site.api.views import FlespiAPIView, json_body
 from flespi_site.errors import DomainError, InvalidInput, NotFound
 from flespi_site.updates import locked_merge
@@ -78,6 +78,17 @@ class Resource(ABC):
 
     @abstractmethod
     def create(self, data: dict) -> Model: ...
+
+    def create_many(self, items: list[dict]) -> list[Model | DomainError | serializers.ValidationError]:
+        """``create`` each of a POSTed batch's valid items: each one's row, or the error refusing
+        it. A resource that writes a batch at once (devices) says so here."""
+        created: list[Model | DomainError | serializers.ValidationError] = []
+        for item in items:
+            try:
+                created.append(self.create(item))
+            except (DomainError, serializers.ValidationError) as exc:
+                created.append(exc)
+        return created
 
     @abstractmethod
     def update(self, obj: Model, data: dict) -> Model: ...
@@ -194,9 +205,11 @@ class ResourceView(FlespiAPIView):
         queryset = resource.queryset()
         if selector is not None:
             queryset = queryset.filter(parse_selection(selector, resource.selection_fields))
-            if is_id_list(selector) and not queryset.exists():
+            if names_ids(selector) and not queryset.exists():
                 # Ids the account cannot see do not exist for it.
-                raise NotFound(f"no {resource.name} with id {selector}")
+                if is_id_list(selector):
+                    raise NotFound(f"no {resource.name} with id {selector}")
+                raise NotFound(f"no {resource.name} matches {selector!r}")
         return queryset
 
     def get(self, request: Request, selector: str | None = None, **parents: str) -> Response:
@@ -213,22 +226,28 @@ class ResourceView(FlespiAPIView):
             raise InvalidInput(f"the body must be a JSON array of {resource.name}s to create")
         if len(items) > resource.max_batch:
             raise InvalidInput(f"at most {resource.max_batch} {resource.name}s per request")
-        answer = self.projected(request)
-        result, errors = [], []
+        answer = self.projected_many(request)
+        refused: dict[int, list[dict]] = {}  # index -> its errors
+        valid: dict[int, dict] = {}  # index -> validated item
         for index, item in enumerate(items):
             serializer = resource.create_serializer(data=item)
             try:
                 serializer.is_valid(raise_exception=True)
-                obj = resource.create(serializer.validated_data)
             except serializers.ValidationError as exc:
-                errors += item_validation_errors(exc, index=index)
+                refused[index] = item_validation_errors(exc, index=index)
                 continue
-            except DomainError as exc:
-                exc.index = index
-                errors.append(exc.as_error())
-                continue
-            result.append(answer(obj))
-        return batch_response(result, errors)
+            valid[index] = dict(serializer.validated_data)
+        created = []
+        for index, outcome in zip(valid, resource.create_many(list(valid.values())), strict=True):
+            if isinstance(outcome, DomainError):
+                outcome.index = index
+                refused[index] = [outcome.as_error()]
+            elif isinstance(outcome, serializers.ValidationError):
+                refused[index] = item_validation_errors(outcome, index=index)
+            else:
+                created.append(outcome)
+        errors = [error for index in sorted(refused) for error in refused[index]]
+        return batch_response(answer(created), errors)
 
     def put(self, request: Request, selector: str | None = None, **parents: str) -> Response:
         resource = self._resource()

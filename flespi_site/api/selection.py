@@ -74,6 +74,14 @@ def is_id_list(selector: str) -> bool:
     return all(_is_int(part) for part in selector.strip().split(","))
 
 
+def names_ids(selector: str) -> bool:
+    """Whether the selector lists ids (alone, or with conditions: ``12,cid=5``): one that then
+    selects nothing names items the account does not have, a 404, where conditions alone
+    matching nothing are an empty result."""
+    selector = selector.strip()
+    return not selector.startswith("{") and any(_is_int(part) for part in selector.split(","))
+
+
 def parse_selection(selector: str, fields: dict[str, SelectionField]) -> Q:
     """A Q object for ``selector``; raises InvalidInput naming the bad part."""
     selector = selector.strip()

@@ -38,7 +38,10 @@ def test_all_and_ids_combine_with_conditions(api, root_key, fleet):
     assert names(api, root_key, f"all,cid={root.pk}") == ["truck 1", "truck 2", "van"]
     assert names(api, root_key, f"cid={root.pk}") == ["truck 1", "truck 2", "van"]
     assert names(api, root_key, f"{devices['van'].pk},cid={root.pk}") == ["van"]
-    assert names(api, root_key, f"{devices['van'].pk},cid={child.pk}") == []
+    # Listed ids that select nothing are a 404, with conditions or without.
+    response = api.call("GET", f"/gw/devices/{devices['van'].pk},cid={child.pk}", key=root_key)
+    assert errors_of(response, 404)[0]["reason"] == f"no device matches '{devices['van'].pk},cid={child.pk}'"
+    assert result_of(api.call("GET", f"/gw/devices/all,cid={child.pk}", key=root_key)) == []
     assert names(api, root_key, f"all,cid={child.pk}", cid=child.pk) == ["van"]
     assert names(api, root_key, "all,enabled=true,name=truck*") == ["truck 1"]
 

@@ -15,8 +15,8 @@ For each number of devices of one account (rows of the control database's ident 
   are what is measured;
 - cold: the same for one message to each of up to 20,000 devices right after the broker started
   (every owner is a cache miss: the lookups the broker batches per read);
-- changes: ms for the platform to create 200 devices, to delete one, to create and to disable a
-  token, with that many devices already there: what the broker adds to them is nothing (it asks
+- changes: ms for the platform to create 200 devices, to delete one, to move one to a
+  subaccount, to create and to disable a token, with that many devices already there: what the broker adds to them is nothing (it asks
   when a packet needs to know).
 
 Mosquitto (anonymous, no access control, a plain ``mosquitto`` binary) gets the same delivery
@@ -184,8 +184,8 @@ def changes(account) -> dict[str, float]:
     """ms of the platform's changes that used to be pushed to the broker."""
     from accounts.choices import AccessType
     from accounts.models import Token
-    from accounts.services import token_create, token_update
-    from devices.services import device_create, device_delete
+    from accounts.services import account_create, token_create, token_update
+    from devices.services import device_create, device_delete, device_update
 
     began = time.perf_counter()
     made = [device_create(account=account, name=f"n{index}", configuration={"ident": f"new-{account.pk}-{index}"})
@@ -194,14 +194,18 @@ def changes(account) -> dict[str, float]:
     began = time.perf_counter()
     device_delete(device=made[0])
     deleted = time.perf_counter() - began
+    child = account_create(name=f"bench-child-{account.pk}", parent=account)
+    began = time.perf_counter()
+    device_update(device=made[1], account=account, data={"account_id": child.pk})
+    moved = time.perf_counter() - began
     began = time.perf_counter()
     token, _key = token_create(account=account, access_type=AccessType.STANDARD)
     token_made = time.perf_counter() - began
     began = time.perf_counter()
     token_update(token=Token.objects.get(pk=token.pk), data={"enabled": False})
     disabled = time.perf_counter() - began
-    return {"create 200": created * 1000, "delete 1": deleted * 1000, "token": token_made * 1000,
-            "disable": disabled * 1000}
+    return {"create 200": created * 1000, "delete 1": deleted * 1000, "move 1": moved * 1000,
+            "token": token_made * 1000, "disable": disabled * 1000}
 
 
 def main() -> None:
@@ -223,7 +227,7 @@ def main() -> None:
         forget(leftover)
     counts = [int(count) for count in args.devices.split(",")]
     print(f"{'broker':<10} {'devices':>8} {'connect ms':>10} {'subscribe ms':>12} {'delivery msg/s':>14} "
-          f"{'cold msg/s':>10} {'create 200 ms':>13} {'delete ms':>9} {'token ms':>8} {'disable ms':>10}",
+          f"{'cold msg/s':>10} {'create 200 ms':>13} {'delete ms':>9} {'move ms':>7} {'token ms':>8} {'disable ms':>10}",
           flush=True)
     platform = (PLATFORM_USER, PLATFORM_PASSWORD)
     for count in counts:
@@ -242,7 +246,7 @@ def main() -> None:
                 broker.cleanup()
             changed = changes(account)
             print(f"{'platform':<10} {count:>8,} {connect:>10.1f} {subscribe:>12.1f} {rate:>14,.0f} "
-                  f"{cold_rate:>10,.0f} {changed['create 200']:>13,.0f} {changed['delete 1']:>9.1f} "
+                  f"{cold_rate:>10,.0f} {changed['create 200']:>13,.0f} {changed['delete 1']:>9.1f} {changed['move 1']:>7.1f} "
                   f"{changed['token']:>8.1f} {changed['disable']:>10.1f}", flush=True)
         finally:
             forget(account)

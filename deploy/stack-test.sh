@@ -22,7 +22,7 @@ ENV_FILE="$BUILD/stack-test.env"
 PHASES="$BUILD/stack-test.phases"
 CHECK_PYTHON=${CHECK_PYTHON:-$REPO/.venv/bin/python}
 COMPOSE=(docker-compose --project-name "$PROJECT" --file "$HERE/compose.yml" --env-file "$ENV_FILE")
-JOBS="migrate mqtt-config-eu mqtt-config-ru"
+JOBS="migrate"
 ONE_OFF="$JOBS manage"
 
 START=$SECONDS

@@ -11,6 +11,21 @@ from accounts.models import Account
 from analytics import storage
 from analytics.models import Assignment, Calculator
 
+# Every calculator reads its device's own messages (the engine refuses any other source).
+MESSAGES_SOURCE = {"source": "device"}
+
+
+def calculator_item(calculator: Calculator) -> dict:
+    """A calculator as the API renders it, and as its log events carry it."""
+    return {
+        "id": calculator.pk,
+        "cid": calculator.account_id,
+        "messages_source": dict(MESSAGES_SOURCE),
+        **calculator.configuration(),
+        "version": calculator.version,
+        "created": calculator.created,
+    }
+
 
 def calculators_of(*, account: Account) -> QuerySet[Calculator]:
     return placement.using_account(Calculator, account.pk).filter(account_id=account.pk)

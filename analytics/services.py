@@ -19,16 +19,18 @@ from django.db.models.functions import Greatest, Least
 from accounts import placement
 from accounts.models import Account
 from accounts.placement_guard import placement_guard
-from analytics import storage
+from analytics import selectors, storage
 from analytics.choices import AssignmentState
 from analytics.constants import MAX_USER_FIELDS_BYTES, RESULT_FIELDS
 from analytics.engine import CalculatorError, Problem, compile_calculator, normalize_calculator
 from analytics.engine.interval_fields import INTERVAL_FIELDS
+from analytics.events import Event
 from analytics.models import Assignment, Calculator
 from devices.models import Device
 from flespi_site import celery as calc_queue
 from flespi_site.errors import DomainError, ErrorKind, InvalidInput, NotFound
 from flespi_site.jsontext import dumps_exact
+from flespi_site.mqtt.topics import LogEvent, calc_log_topic
 from flespi_site.updates import locked_row, save_fields
 
 
@@ -62,12 +64,25 @@ def _apply_config(calculator: Calculator, config: Mapping[str, Any]) -> None:
         setattr(calculator, name, value)
 
 
+def _logged(*, alias: str, calculator: Calculator, event: LogEvent) -> None:
+    """Queue the calculator's log event (``log/gw/calcs/{id}/{event}``, its item as the API
+    renders it) in the caller's transaction. It concerns no device: its outbox row names device
+    0, which no device has."""
+    storage.outbox_events(
+        alias=alias,
+        events=[Event(device_id=0, topic=calc_log_topic(calc_id=calculator.pk, event=event),
+                      payload=selectors.calculator_item(calculator), retain=False)],
+    )
+
+
 def calculator_create(*, account: Account, config: Mapping[str, Any]) -> Calculator:
     normalised = calculator_config_check(config)
     alias = placement.alias_for_account(account.pk)
     calculator = Calculator(account_id=account.pk, created=time.time())
     _apply_config(calculator, normalised)
-    calculator.save(using=alias)
+    with transaction.atomic(using=alias):
+        calculator.save(using=alias)
+        _logged(alias=alias, calculator=calculator, event=LogEvent.CREATED)
     return calculator
 
 
@@ -88,6 +103,7 @@ def calculator_update(*, calculator: Calculator, data: Mapping[str, Any]) -> Cal
         if affects_results:
             changes["version"] = current.version + 1
         save_fields(current, changes, name="calculator")
+        _logged(alias=alias, calculator=current, event=LogEvent.UPDATED)
         if affects_results and current.update_onchange:
             assignments = Assignment.objects.using(alias).filter(calculator_id=current.pk)
             _request(assignments, -math.inf, math.inf)
@@ -102,6 +118,7 @@ def calculator_delete(*, calculator: Calculator) -> None:
         # the two never wait on each other (a deadlock otherwise: each holding what the other wants).
         list(Assignment.objects.using(current._state.db).filter(calculator_id=current.pk).order_by("pk")
              .select_for_update().values_list("pk", flat=True))
+        _logged(alias=current._state.db, calculator=current, event=LogEvent.DELETED)
         current.delete()
 
 

@@ -18,7 +18,7 @@ from django.db import connections
 
 from analytics.engine.interval_fields import ENGINE_FIELDS
 from analytics.events import CLEAR, Event
-from devices.choices import OutboxKind
+from devices.storage import outbox_events_write
 from flespi_site.jsontext import dumps_exact, loads_exact
 
 
@@ -334,18 +334,10 @@ def intervals_count(*, alias: str, pairs: Sequence[tuple[int, int]]) -> dict[tup
 def outbox_events(*, alias: str, events: Sequence[Event]) -> None:
     """Queue events in the outbox, in order, in the caller's transaction (a cleared retained
     topic is a NULL payload, published empty)."""
-    if not events:
-        return
-    with connections[alias].cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO outbox (device_id, kind, topic, payload, retain) "
-            "SELECT d, %s, t, p::jsonb, r FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::boolean[]) "
-            "WITH ORDINALITY AS e(d, t, p, r, n) ORDER BY n",
-            [
-                int(OutboxKind.EVENT),
-                [event.device_id for event in events],
-                [event.topic for event in events],
-                [None if event.payload is CLEAR else dumps_exact(event.payload).decode() for event in events],
-                [event.retain for event in events],
-            ],
-        )
+    outbox_events_write(
+        alias=alias,
+        device_ids=[event.device_id for event in events],
+        topics=[event.topic for event in events],
+        payloads=[None if event.payload is CLEAR else dumps_exact(event.payload).decode() for event in events],
+        retains=[event.retain for event in events],
+    )

@@ -17,6 +17,25 @@ from flespi_site.api.selection import MAX_WILDCARD_LENGTH, wildcard_regex
 from flespi_site.errors import InvalidInput
 
 
+def device_item(device: Device) -> dict:
+    """A device as the API renders it, and as its log events carry it."""
+    return {
+        "id": device.pk,
+        "name": device.name,
+        "cid": device.account_id,
+        "device_type_id": device.device_type_id,
+        "configuration": device.configuration,
+        "enabled": device.enabled,
+        "messages_ttl": device.messages_ttl,
+        "messages_rotate": device.messages_rotate,
+        "media_ttl": device.media_ttl,
+        "media_rotate": device.media_rotate,
+        "metadata": device.metadata,
+        "shard": device.shard,
+        "created": device.created,
+    }
+
+
 def devices_of(*, account: Account) -> QuerySet[Device]:
     return placement.using_account(Device, account.pk).filter(account_id=account.pk)
 

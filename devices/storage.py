@@ -19,6 +19,7 @@ from psycopg import errors as pg_errors
 
 from devices.choices import OutboxKind
 from flespi_site.jsontext import dumps_exact, loads_exact
+from flespi_site.mqtt.topics import device_telemetry_topic_sql, topic_level_sql
 
 if TYPE_CHECKING:
     from devices.models import Device
@@ -96,11 +97,33 @@ _QUEUE = f"INSERT INTO outbox (device_id, kind, stamps) VALUES (%s, {int(OutboxK
 # The latest value of every parameter, kept correct when messages arrive out of order: a value
 # only replaces one from an older (or the same) message. The batch's latest values are found by
 # the caller; this statement only compares them with the stored ones.
-_TELEMETRY = """
-INSERT INTO telemetry AS t (device_id, name, value, ts)
-SELECT * FROM unnest(%s::bigint[], %s::text[], %s::jsonb[], %s::bigint[])
-ON CONFLICT (device_id, name) DO UPDATE SET value = EXCLUDED.value, ts = EXCLUDED.ts
-WHERE t.ts <= EXCLUDED.ts AND (t.ts <> EXCLUDED.ts OR t.value IS DISTINCT FROM EXCLUDED.value)
+# The batch's latest values, and for each value that changed (not only its time) its retained
+# state topic queued in the outbox (flespi's telemetry topics), in one statement: every part of
+# it sees the values from before it.
+_TELEMETRY = f"""
+WITH incoming AS (
+    SELECT * FROM unnest(%s::bigint[], %s::text[], %s::jsonb[], %s::bigint[]) AS i(device_id, name, value, ts)
+), earlier AS (
+    SELECT t.device_id, t.name, t.value FROM telemetry t JOIN incoming USING (device_id, name)
+), changed AS (
+    INSERT INTO telemetry AS t (device_id, name, value, ts)
+    SELECT * FROM incoming
+    ON CONFLICT (device_id, name) DO UPDATE SET value = EXCLUDED.value, ts = EXCLUDED.ts
+    WHERE t.ts <= EXCLUDED.ts AND (t.ts <> EXCLUDED.ts OR t.value IS DISTINCT FROM EXCLUDED.value)
+    RETURNING device_id, name, value
+)
+INSERT INTO outbox (device_id, kind, topic, payload, retain)
+SELECT c.device_id, {int(OutboxKind.EVENT)}, {device_telemetry_topic_sql(device="c.device_id", parameter="c.name")}, c.value, true
+FROM changed c LEFT JOIN earlier e USING (device_id, name)
+WHERE e.value IS DISTINCT FROM c.value AND {topic_level_sql("c.name")} ORDER BY c.device_id, c.name
+"""
+# Empty retained payloads for the telemetry topics of values gone (``%s``: the condition on the
+# deleted rows, ``telemetry`` aliased ``t``).
+_TELEMETRY_CLEAR = f"""
+WITH gone AS (DELETE FROM telemetry AS t WHERE {{where}} RETURNING device_id, name)
+INSERT INTO outbox (device_id, kind, topic, payload, retain)
+SELECT device_id, {int(OutboxKind.EVENT)}, {device_telemetry_topic_sql(device="device_id", parameter="name")}, NULL, true
+FROM gone WHERE {topic_level_sql("name")} ORDER BY device_id, name
 """
 
 
@@ -425,10 +448,12 @@ def messages_sizes(*, alias: str, device_ids: Iterable[int]) -> dict[int, int]:
 
 
 def messages_drop_device(*, alias: str, device_id: int) -> None:
+    """Delete a device's messages, telemetry, queued outbox rows and change log; its retained
+    telemetry topics are queued to be cleared."""
     with connections[alias].cursor() as cursor:
         cursor.execute("DELETE FROM messages WHERE device_id = %s", [device_id])
-        cursor.execute("DELETE FROM telemetry WHERE device_id = %s", [device_id])
         cursor.execute("DELETE FROM outbox WHERE device_id = %s", [device_id])
+        cursor.execute(_TELEMETRY_CLEAR.format(where="t.device_id = %s"), [device_id])
         cursor.execute("DELETE FROM message_changes WHERE device_id = %s", [device_id])
 
 
@@ -446,13 +471,38 @@ def telemetry_read(*, alias: str, device_ids: Iterable[int]) -> dict[int, dict[s
 
 def telemetry_delete(*, alias: str, device_ids: Sequence[int], names: Sequence[str], patterns: Sequence[str]) -> int:
     """Delete the devices' telemetry parameters named in ``names`` or matching one of the
-    regular expressions ``patterns``; returns how many."""
+    regular expressions ``patterns``, and queue their retained topics to be cleared; returns how
+    many values went."""
     with connections[alias].cursor() as cursor:
         cursor.execute(
-            "DELETE FROM telemetry WHERE device_id = ANY(%s) AND (name = ANY(%s) OR name ~ ANY(%s))",
+            "SELECT count(*) FROM telemetry WHERE device_id = ANY(%s) AND (name = ANY(%s) OR name ~ ANY(%s))",
             [list(device_ids), list(names), list(patterns)],
         )
-        return cursor.rowcount
+        count = cursor.fetchone()[0]
+        cursor.execute(
+            _TELEMETRY_CLEAR.format(where="t.device_id = ANY(%s) AND (t.name = ANY(%s) OR t.name ~ ANY(%s))"),
+            [list(device_ids), list(names), list(patterns)],
+        )
+        return count
+
+
+def outbox_events_write(
+    *, alias: str, device_ids: Sequence[int], topics: Sequence[str], payloads: Sequence[str | None],
+    retains: Sequence[bool],
+) -> None:
+    """Queue events in the outbox, in order, with one multi-row insert in the caller's
+    transaction: the one writer of event rows (``analytics.storage.outbox_events`` queues through
+    it). A topic is relative to the root; a payload is JSON text, or None for an empty one (a
+    retained topic cleared)."""
+    if not topics:
+        return
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO outbox (device_id, kind, topic, payload, retain) "
+            "SELECT d, %s, t, p::jsonb, r FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::boolean[]) "
+            "WITH ORDINALITY AS e(d, t, p, r, n) ORDER BY n",
+            [int(OutboxKind.EVENT), list(device_ids), list(topics), list(payloads), list(retains)],
+        )
 
 
 def changes_record(*, alias: str, changes: Sequence[ChangedRange], shards: Mapping[int, int]) -> None:

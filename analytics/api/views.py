@@ -21,7 +21,7 @@ from analytics.api.serializers import (
 )
 from analytics.constants import DEFAULT_INTERVALS_COUNT
 from analytics.engine import ExpressionError, compile_expression
-from analytics.models import Assignment, Calculator
+from analytics.models import Assignment
 from devices.api.views import DeviceResource, DeviceSelectionView
 from flespi_site.api.batch import batch_response, each_item
 from flespi_site.api.params import project, projection, validated_params
@@ -39,13 +39,7 @@ CALCULATOR_FIELDS = (
 ASSIGNMENT_FIELDS = ("id", "calc_id", "cid", "enabled", "synced", "state", "calc_version", "created")
 
 
-# Every calculator reads its device's own messages (the engine refuses any other source).
-MESSAGES_SOURCE = {"source": "device"}
-
-
-def render_calculator(calculator: Calculator) -> dict:
-    return {"id": calculator.pk, "cid": calculator.account_id, "messages_source": dict(MESSAGES_SOURCE),
-            **calculator.configuration(), "version": calculator.version, "created": calculator.created}
+render_calculator = selectors.calculator_item
 
 
 def render_assignment(assignment: Assignment) -> dict:

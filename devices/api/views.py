@@ -39,22 +39,7 @@ DEVICE_FLESPI_FIELDS = {
 }
 
 
-def render_device(device: Device) -> dict:
-    return {
-        "id": device.pk,
-        "name": device.name,
-        "cid": device.account_id,
-        "device_type_id": device.device_type_id,
-        "configuration": device.configuration,
-        "enabled": device.enabled,
-        "messages_ttl": device.messages_ttl,
-        "messages_rotate": device.messages_rotate,
-        "media_ttl": device.media_ttl,
-        "media_rotate": device.media_rotate,
-        "metadata": device.metadata,
-        "shard": device.shard,
-        "created": device.created,
-    }
+render_device = selectors.device_item
 
 
 class DeviceResource(Resource):
@@ -86,6 +71,9 @@ class DeviceResource(Resource):
 
     def create(self, data):
         return services.device_create(account=self.account, **data)
+
+    def create_many(self, items):
+        return services.devices_create(account=self.account, items=items)
 
     def update(self, obj, data):
         if "cid" in data:

@@ -6,7 +6,10 @@ are passed in. Under the root (``flespi``):
 
 * ``message/gw/devices/{device}``: each stored message, not retained;
 * ``interval/gw/calcs/{calc}/devices/{device}/{event}``: an ``IntervalEvent``, not retained;
-* ``state/gw/calcs/{calc}/devices/{device}/{name}``: a ``StateName``, retained.
+* ``state/gw/calcs/{calc}/devices/{device}/{name}``: a ``StateName``, retained;
+* ``state/gw/devices/{device}/telemetry/{parameter}``: the latest value of a parameter, retained;
+* ``log/gw/devices/{device}/{event}`` and ``log/gw/calcs/{calc}/{event}``: a ``LogEvent`` of the
+  device or calculator, not retained.
 
 The builders return topics relative to the root, the form the outbox stores (the relay puts the
 root in front with ``rooted``, so queued rows do not depend on it); the parsers and the filters
@@ -49,6 +52,24 @@ class StateName(StrEnum):
     ACTIVE = "active"
 
 
+class LogEvent(StrEnum):
+    """What a write did to a device or a calculator: the last level of a log topic."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+
+
+# The first levels of the topics about a device's own state and log (flespi's), apart from the
+# kinds above: their shapes differ from the assignments' under the same first level.
+TELEMETRY_PREFIX = "state/gw/devices"
+TELEMETRY_LEVEL = "telemetry"
+DEVICE_LOG_PREFIX = "log/gw/devices"
+CALC_LOG_PREFIX = "log/gw/calcs"
+# Characters a parameter name cannot have to be one topic level: its telemetry is not published
+# (the REST API still serves it).
+TOPIC_LEVEL_FORBIDDEN = "/+#"
+
 # The levels after ``<root>/<kind>``; ``{device}`` and ``{calc}`` are ids, ``{name}`` the event or
 # state name.
 DEVICE, CALC, NAME = "{device}", "{calc}", "{name}"
@@ -73,6 +94,23 @@ def interval_topic(*, calc_id: int | str, device_id: int | str, event: str) -> s
 
 def state_topic(*, calc_id: int | str, device_id: int | str, name: str) -> str:
     return _TEMPLATES[TopicKind.STATE].format(calc=calc_id, device=device_id, name=name)
+
+
+def device_telemetry_topic(*, device_id: int | str, parameter: str) -> str:
+    return f"{TELEMETRY_PREFIX}/{device_id}/{TELEMETRY_LEVEL}/{parameter}"
+
+
+def is_topic_level(text: str) -> bool:
+    """Whether ``text`` can be one level of a published topic."""
+    return bool(text) and not any(ch in text for ch in TOPIC_LEVEL_FORBIDDEN) and "\x00" not in text
+
+
+def device_log_topic(*, device_id: int | str, event: str) -> str:
+    return f"{DEVICE_LOG_PREFIX}/{device_id}/{event}"
+
+
+def calc_log_topic(*, calc_id: int | str, event: str) -> str:
+    return f"{CALC_LOG_PREFIX}/{calc_id}/{event}"
 
 
 def rooted(*, root: str, topic: str) -> str:
@@ -193,6 +231,17 @@ def topic_sql(kind: TopicKind, **expressions: str) -> str:
             break
         parts.append(expressions[field])
     return " || ".join(parts)
+
+
+def device_telemetry_topic_sql(*, device: str, parameter: str) -> str:
+    """The SQL text expression of ``device_telemetry_topic`` from the SQL expressions of the
+    device id and the parameter name."""
+    return f"{sql_literal(TELEMETRY_PREFIX + '/')} || {device} || {sql_literal('/' + TELEMETRY_LEVEL + '/')} || {parameter}"
+
+
+def topic_level_sql(expression: str) -> str:
+    """The SQL condition that the text ``expression`` can be one topic level (``is_topic_level``)."""
+    return f"({expression} <> '' AND {expression} !~ '[{TOPIC_LEVEL_FORBIDDEN}]')"
 
 
 def sql_literal(text: str) -> str:

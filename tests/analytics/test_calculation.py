@@ -328,10 +328,9 @@ def test_limits_are_refused_before_anything_is_read(make_device, monkeypatch):
     monkeypatch.setattr(stored_columns, "messages_columns", never)
     with pytest.raises(TooLarge) as caught:
         calculate_stored(device=device, calculator=calculator, begin=T0, end=T0 + 600)
+    assert (caught.value.kind, caught.value.extra) == ("too_many_messages", {"limit": 59})
     assert caught.value.as_error() == {
         "code": 413,
-        "type": "too_many_messages",
-        "limit": 59,
         "reason": "more than 59 messages between begin and end: narrow begin/end and calculate the range in parts",
     }
     with pytest.raises(InvalidInput) as caught:

@@ -16,6 +16,7 @@ from django.db import connections
 
 from analytics.engine import calculate
 from devices import importers
+from devices.choices import OutboxKind
 from devices.importers import ParseError, Record, derive_motion, read_csv, read_gpx, read_jsonl
 from devices.validation import MessageError
 
@@ -438,9 +439,16 @@ def read_back(api, key, device):
 
 
 def outbox_rows(device):
+    """The device's queued message rows (its telemetry topics are events apart)."""
     with connections[device._state.db].cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM outbox WHERE device_id = %s", [device.pk])
+        cursor.execute("SELECT count(*) FROM outbox WHERE device_id = %s AND kind = %s", [device.pk, int(OutboxKind.MESSAGE)])
         return cursor.fetchone()[0]
+
+
+def telemetry_topics_queued(device) -> list[str]:
+    with connections[device._state.db].cursor() as cursor:
+        cursor.execute("SELECT topic FROM outbox WHERE device_id = %s AND kind = %s ORDER BY id", [device.pk, int(OutboxKind.EVENT)])
+        return [row[0] for row in cursor.fetchall()]
 
 
 def test_import_the_bus_track(api, key, device):
@@ -479,11 +487,14 @@ def test_import_the_bus_track(api, key, device):
     assert 13_000 < moved < 16_000
     queued = outbox_rows(device)
     assert queued > 0
+    topics = telemetry_topics_queued(device)
 
     again = import_file(BUS, device, "--batch", "500")
     assert "stored 2144 messages (0 new or changed), refused 0" in again
     assert read_back(api, key, device) == stored
     assert outbox_rows(device) == queued
+    # Only the reception time's telemetry moved on (telemetry keeps the last time a value came).
+    assert {topic.rsplit("/", 1)[1] for topic in telemetry_topics_queued(device)[len(topics):]} == {"server.timestamp"}
 
 
 def test_import_the_car_track_with_its_halt(api, key, device):

@@ -110,3 +110,26 @@ def test_no_topic_is_spelled_outside_the_grammar():
                 and spelled.search(node.value)
             ]
     assert found == []
+
+
+def test_device_state_and_log_topics():
+    from flespi_site.mqtt.topics import (
+        LogEvent,
+        calc_log_topic,
+        device_log_topic,
+        device_telemetry_topic,
+        device_telemetry_topic_sql,
+        is_topic_level,
+        topic_level_sql,
+    )
+
+    assert device_telemetry_topic(device_id=42, parameter="position.speed") == (
+        "state/gw/devices/42/telemetry/position.speed"
+    )
+    assert device_log_topic(device_id=42, event=LogEvent.UPDATED) == "log/gw/devices/42/updated"
+    assert calc_log_topic(calc_id=7, event=LogEvent.DELETED) == "log/gw/calcs/7/deleted"
+    assert [str(event) for event in LogEvent] == ["created", "updated", "deleted"]
+    # The SQL the telemetry write queues spells the same topic.
+    assert device_telemetry_topic_sql(device="d", parameter="n") == "'state/gw/devices/' || d || '/telemetry/' || n"
+    assert topic_level_sql("n") == "(n <> '' AND n !~ '[/+#]')"
+    assert [is_topic_level(name) for name in ("a.b", "a/b", "a+", "#", "")] == [True, False, False, False, False]

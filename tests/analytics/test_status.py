@@ -98,7 +98,11 @@ def test_a_datacenter_status_counts_assignments_by_state_and_the_outbox(assignme
     messages_ingest(devices=[device], messages=[{"timestamp": 1000.0 + i, "n": i} for i in range(3)])
     after = status.datacenter_status(code="eu-1", alias=alias)
     assert after.states == {"unsynced": 0, "synchronizing": 1, "synced": 0}
-    assert after.outbox_events == before.outbox_events + 3
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM outbox WHERE topic LIKE 'state/gw/devices/%%'")
+        telemetry_topics = cursor.fetchone()[0]
+    assert telemetry_topics > 0
+    assert after.outbox_events == before.outbox_events + 3 + telemetry_topics
     with connections[alias].cursor() as cursor:
         cursor.execute("SELECT count(*) FROM outbox")
         assert after.outbox_rows == cursor.fetchone()[0] > 0

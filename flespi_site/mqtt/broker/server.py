@@ -28,7 +28,6 @@ import itertools
 import logging
 import os
 import secrets
-import ssl
 import threading
 import time
 from collections import deque
@@ -230,8 +229,10 @@ class Session:
         self.version = version
         self.expiry = expiry  # seconds it outlives its connection; 0: it ends with it
         self.subscriptions: dict[str, Subscription] = {}
-        self.inflight: dict[int, list] = {}  # packet id -> [message, qos, retain, sub_ids, released]
-        self.queue: deque = deque()  # (message, qos, retain, sub_ids)
+        # packet id -> [message, qos, retain, sub_ids, released (PUBREL sent), row in the store or None]
+        self.inflight: dict[int, list] = {}
+        # (message, qos, retain, sub_ids, row): row is the message's in the store, or None
+        self.queue: deque = deque()
         self.next_id = 1
         self.connection: Connection | None = None
         self.incoming: set[int] = set()  # QoS 2 packet ids received, PUBREL not yet
@@ -289,7 +290,7 @@ class Broker:
         self.connections: set[Connection] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.stats = {"connections": 0, "received": 0, "sent": 0, "dropped": 0, "refused": 0}
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: set[asyncio.Future] = set()
         self._stopping = False
 
     # --- start and stop ---
@@ -300,8 +301,6 @@ class Broker:
         host: str,
         port: int,
         ws_port: int | None = None,
-        tls: ssl.SSLContext | None = None,
-        tls_port: int | None = None,
     ) -> None:
         if self.store is not None:
             await self._restore()
@@ -318,14 +317,14 @@ class Broker:
                     reuse_address=True,
                 )
             )
-        if tls is not None and tls_port is not None:
-            self.servers.append(
-                await loop.create_server(
-                    lambda: Connection(self), host, tls_port, ssl=tls, reuse_address=True
-                )
-            )
-        self._tasks.append(asyncio.ensure_future(self._every_second()))
-        self._tasks.append(asyncio.ensure_future(self._recheck_forever()))
+        self._task(self._every_second())
+        self._task(self._recheck_forever())
+
+    def _task(self, coroutine: Any) -> None:
+        """Run ``coroutine`` in the background, kept until it is done (and cancelled at stop)."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def addresses(self) -> list[tuple[str, int]]:
         return [server.sockets[0].getsockname()[:2] for server in self.servers if server.sockets]
@@ -336,7 +335,7 @@ class Broker:
         self._stopping = True
         for server in self.servers:
             server.close()
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
         for connection in list(self.connections):
             connection.close(codec.SERVER_SHUTTING_DOWN, "the broker is shutting down", will=False)
@@ -365,7 +364,7 @@ class Broker:
                     session, topic_filter, options["options"], options["sub_id"], options["cid"],
                     options.get("private", False),
                 )
-        for _ident, key, fields, payload in loaded.queued:
+        for row, key, fields, payload in loaded.queued:
             session = self.sessions.get(key)
             if session is not None:
                 session.queue.append(
@@ -374,6 +373,7 @@ class Broker:
                         fields["qos"],
                         fields.get("retain", False),
                         fields.get("sub_ids"),
+                        row,
                     )
                 )
         for topic, fields, payload in loaded.retained:
@@ -436,7 +436,6 @@ class Broker:
                 self.store.session_keep(
                     key, connect.client_id, _principal_fields(principal), expiry, connect.version
                 )
-                self.store.queue_forget(key)  # the queue is in memory while connected
             else:
                 self.store.session_forget(key)
         return session, present
@@ -460,18 +459,35 @@ class Broker:
         self._park(session)
 
     def _park(self, session: Session) -> None:
-        """Write a persistent session's undelivered messages to the store (in flight first)."""
+        """Keep a persistent session's undelivered messages (in flight first) for its return: in
+        the store too, those that are not there yet."""
         if not session.persistent or self.store is None or session.principal is None:
             return
-        self.store.queue_forget(session.key)
         self.store.session_disconnected(session.key, session.disconnected or time.time())
-        pending = [(m, q, r, s) for m, q, r, s, _released in session.inflight.values()]
-        session.queue = deque(pending + list(session.queue))
+        pending = [(m, q, r, s, row) for m, q, r, s, _released, row in session.inflight.values()]
         session.inflight.clear()
-        for message, qos, retain, sub_ids in session.queue:
-            fields = message.fields()
-            fields.update(qos=qos, retain=retain, sub_ids=sub_ids)
-            self.store.queue(session.key, fields, message.payload)
+        session.queue = deque(
+            entry if entry[4] is not None else (*entry[:4], self._store_queued(session, *entry[:4]))
+            for entry in pending + list(session.queue)
+        )
+
+    def _store_queued(self, session: Session, message: Message, qos: int, retain: bool, sub_ids: list | None) -> int:
+        """Write a message queued for ``session`` to the store; its row there."""
+        assert self.store is not None
+        fields = message.fields()
+        fields.update(qos=qos, retain=retain, sub_ids=sub_ids)
+        return self.store.queue(session.key, fields, message.payload)
+
+    def acknowledged(self, session: Session, ident: int) -> None:
+        """The client acknowledged message ``ident`` (PUBACK, PUBCOMP, or a refusing PUBREC): it
+        leaves the in-flight window, and the store when it was queued there."""
+        entry = session.inflight.pop(ident, None)
+        if entry is None:
+            return
+        if entry[5] is not None and self.store is not None:
+            self.store.queued_delete(entry[5])
+        if session.queue:
+            self.drain(session)
 
     # --- subscriptions ---
 
@@ -585,11 +601,8 @@ class Broker:
                 if len(session.queue) >= self.limits.max_queued:
                     self._drop(session)
                     return
-                session.queue.append((message, qos, retain, sub_ids))
-                if self.store is not None:
-                    fields = message.fields()
-                    fields.update(qos=qos, retain=retain, sub_ids=sub_ids)
-                    self.store.queue(session.key, fields, message.payload)
+                row = self._store_queued(session, message, qos, retain, sub_ids) if self.store is not None else None
+                session.queue.append((message, qos, retain, sub_ids, row))
             return
         if qos == 0:
             if connection.transport_buffered() > self.limits.max_write_buffer:
@@ -601,10 +614,10 @@ class Broker:
             if len(session.queue) >= self.limits.max_queued:
                 self._drop(session)
                 return
-            session.queue.append((message, qos, retain, sub_ids))
+            session.queue.append((message, qos, retain, sub_ids, None))
             return
         ident = session.packet_id()
-        session.inflight[ident] = [message, qos, retain, sub_ids, False]
+        session.inflight[ident] = [message, qos, retain, sub_ids, False, None]
         connection.send_publish(message, qos, retain, ident, sub_ids, now)
 
     def _drop(self, session: Session) -> None:
@@ -626,11 +639,13 @@ class Broker:
             return
         now = time.time()
         while session.queue and len(session.inflight) < connection.send_window:
-            message, qos, retain, sub_ids = session.queue.popleft()
+            message, qos, retain, sub_ids, row = session.queue.popleft()
             if message.expired(now):
+                if row is not None and self.store is not None:
+                    self.store.queued_delete(row)
                 continue
             ident = session.packet_id()
-            session.inflight[ident] = [message, qos, retain, sub_ids, False]
+            session.inflight[ident] = [message, qos, retain, sub_ids, False, row]
             connection.send_publish(message, qos, retain, ident, sub_ids, now)
 
     def retain(self, message: Message) -> None:
@@ -669,7 +684,7 @@ class Broker:
             session.will_task = None
         decision = self.access.publish_now(principal, will.topic)
         if decision is None:  # what the cache knew at CONNECT has expired since
-            self._tasks.append(asyncio.ensure_future(self._will_learn_publish(sender, principal, will)))
+            self._task(self._will_learn_publish(sender, principal, will))
             return
         if not decision.allowed:
             logger.info("%s: the will of %r to %r is not published: %s", self.name, sender, will.topic,
@@ -1001,9 +1016,7 @@ class Connection(asyncio.Protocol):
             return self._publish(first & 0x0F, body)
         if kind == codec.PUBACK or kind == codec.PUBCOMP:
             ident, _code = codec.decode_ack(body, self.version)
-            session = self.session
-            if session.inflight.pop(ident, None) is not None and session.queue:
-                self.broker.drain(session)
+            self.broker.acknowledged(self.session, ident)
             return None
         if kind == codec.PUBREC:
             ident, code = codec.decode_ack(body, self.version)
@@ -1011,8 +1024,7 @@ class Connection(asyncio.Protocol):
             if entry is None:
                 self.send(codec.ack(codec.PUBREL, ident, self.version, codec.PACKET_ID_NOT_FOUND))
             elif code >= 0x80:
-                del self.session.inflight[ident]
-                self.broker.drain(self.session)
+                self.broker.acknowledged(self.session, ident)
             else:
                 entry[4] = True
                 self.send(codec.ack(codec.PUBREL, ident, self.version))
@@ -1151,7 +1163,7 @@ class Connection(asyncio.Protocol):
         )
         if present:
             now = time.time()
-            for ident, (message, qos, retain, sub_ids, released) in list(session.inflight.items()):
+            for ident, (message, qos, retain, sub_ids, released, _row) in list(session.inflight.items()):
                 if released:
                     self.send(codec.ack(codec.PUBREL, ident, self.version))
                 else:

@@ -3,8 +3,9 @@ their subscriptions, the messages queued for them) and retained messages.
 
 Writes are collected while the broker handles what arrived and committed together before any
 answer leaves (``Broker.flush``): a PUBACK is sent only once what the message changed here is
-written, so a ``kill -9`` loses nothing that was acknowledged. WAL with ``synchronous=NORMAL``:
-a commit survives the process, not a power cut.
+written, so a ``kill -9`` loses nothing that was acknowledged. A queued message stays here until
+its receiver acknowledges it, also while that receiver is connected again. WAL with
+``synchronous=NORMAL``: a commit survives the process, not a power cut.
 """
 
 from __future__ import annotations
@@ -44,10 +45,14 @@ class Store:
         self.db.executescript(SCHEMA)
         self._statements: list[tuple[str, tuple]] = []
         self._retained: dict[str, tuple[str, bytes] | None] = {}
+        self._delivered: list[tuple[int]] = []
+        # the rows of queued messages are numbered here, so that a message knows its row before
+        # the commit (and leaves the store once acknowledged)
+        self._next_row = (self.db.execute("SELECT max(id) FROM queued").fetchone()[0] or 0) + 1
 
     @property
     def dirty(self) -> bool:
-        return bool(self._statements or self._retained)
+        return bool(self._statements or self._retained or self._delivered)
 
     def session_keep(self, key: str, client_id: str, principal: dict, expiry: int, version: int) -> None:
         self._statements.append(
@@ -77,16 +82,17 @@ class Store:
             ("DELETE FROM subscriptions WHERE key = ? AND filter = ?", (key, topic_filter))
         )
 
-    def queue(self, key: str, message: dict, payload: bytes) -> None:
-        self._statements.append(
-            (
-                "INSERT INTO queued (key, message, payload) VALUES (?, ?, ?)",
-                (key, json.dumps(message), payload),
-            )
-        )
+    def queue(self, key: str, message: dict, payload: bytes) -> int:
+        """Queue a message for session ``key``; its row."""
+        row, self._next_row = self._next_row, self._next_row + 1
+        self._statements.append((
+            "INSERT INTO queued (id, key, message, payload) VALUES (?, ?, ?, ?)",
+            (row, key, json.dumps(message), payload),
+        ))
+        return row
 
-    def queue_forget(self, key: str) -> None:
-        self._statements.append(("DELETE FROM queued WHERE key = ?", (key,)))
+    def queued_delete(self, row: int) -> None:
+        self._delivered.append((row,))
 
     def retain(self, topic: str, message: dict | None, payload: bytes = b"") -> None:
         self._retained[topic] = None if message is None else (json.dumps(message), payload)
@@ -96,9 +102,12 @@ class Store:
             return
         statements, self._statements = self._statements, []
         retained, self._retained = self._retained, {}
+        delivered, self._delivered = self._delivered, []
         with self.db:
             for sql, args in statements:
                 self.db.execute(sql, args)
+            if delivered:
+                self.db.executemany("DELETE FROM queued WHERE id = ?", delivered)
             kept = [(topic, *value) for topic, value in retained.items() if value is not None]
             if kept:
                 self.db.executemany("INSERT OR REPLACE INTO retained VALUES (?, ?, ?)", kept)

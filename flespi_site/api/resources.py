@@ -100,8 +100,10 @@ class Resource(ABC):
         """The ``computed_fields`` among ``names`` of each of ``objs``, by pk."""
         return {}
 
-    def answerable_fields(self) -> tuple[str, ...]:
-        return (*self.output_fields, *self.computed_fields, *self.flespi_fields)
+    @classmethod
+    def answerable_fields(cls) -> tuple[str, ...]:
+        """The names ``fields=`` may give."""
+        return (*cls.output_fields, *cls.computed_fields, *cls.flespi_fields)
 
     def named(self, obj: Model) -> dict:
         """What names an item in the answer of a write on it (its result after a DELETE, its

@@ -80,8 +80,9 @@ class FlespiAutoSchema(AutoSchema):
         )
         resource = getattr(self.view, "resource_class", None)
         if resource is not None and set(parameters().fields) == {"fields"}:
-            # The names a resource renders, so that the schema says which ``fields`` are valid.
-            name = "(?:" + "|".join(resource.output_fields) + ")"
+            # The names a resource answers (flespi's included), so that the schema says which
+            # ``fields`` are valid.
+            name = "(?:" + "|".join(resource.answerable_fields()) + ")"
             fields = OpenApiParameter(
                 "fields",
                 OpenApiTypes.STR,

@@ -88,3 +88,28 @@ def test_an_external_mosquitto_keeps_them_too(clients):
                                  publisher_login=(None, None), own="flespi/message/gw/devices/1", foreign=None)
     finally:
         broker.cleanup()
+
+
+def test_a_backlog_being_delivered_survives_a_kill(embedded_broker, fleet, clients):
+    """The subscriber comes back for its backlog and has not acknowledged it yet when the broker is
+    killed: after the restart it gets every message still."""
+    client_id = f"keep-{uuid.uuid4().hex[:8]}"
+    own = f"flespi/message/gw/devices/{fleet.a.pk}"
+    subscriber = clients(embedded_broker.url, fleet.a_master, client_id=client_id, clean_session=False)
+    assert subscriber.connect() and subscriber.subscribe(own) == 1
+    subscriber.close()
+    publisher = clients(embedded_broker.url, PLATFORM_USER, PLATFORM_PASSWORD)
+    assert publisher.connect()
+    publish_many(publisher, own, 300)
+    publisher.close()
+    back = clients(embedded_broker.url, fleet.a_master, client_id=client_id, clean_session=False)
+    back.client.manual_ack_set(True)  # receives, acknowledges nothing
+    assert back.connect()
+    back.wait_for(100)  # the broker's in-flight window
+    embedded_broker.stop(signal.SIGKILL)
+    back.close()
+    embedded_broker.start()
+    again = clients(embedded_broker.url, fleet.a_master, client_id=client_id, clean_session=False)
+    assert again.connect()
+    again.wait_for_distinct(300, timeout=60)
+    assert {int(payload) for _, payload in again.received()} == set(range(300))

@@ -27,10 +27,10 @@ from flespi_site.mqtt import policy
 from flespi_site.mqtt.broker.routing import expand
 from flespi_site.mqtt.policy import Decision, Principal
 from flespi_site.mqtt.topics import (
-    device_of_log_topic,
-    device_of_topic,
+    entity_of_log_topic,
+    entity_of_topic,
+    filter_entities,
     ident_of_topic,
-    is_id_level,
     strip_share,
 )
 
@@ -92,6 +92,7 @@ class BrokerAccess:
         self.idents = _Cache(ttl, absent)  # ident -> (device id, account path)
         self.ident_of: dict[int, str] = {}  # device id -> the ident cached for it
         self.accounts = _Cache(ttl, absent)
+        self.calcs = _Cache(ttl, absent)
 
     # --- connect and the periodic re-check ---
 
@@ -179,6 +180,8 @@ class BrokerAccess:
 
             return get
 
+        entity_path = self._entity_lookup(lookup)
+
         plain = strip_share(topic_filter)
         prefix = topic_filter[: len(topic_filter) - len(plain)] if plain is not None else ""
         decisions = []
@@ -187,7 +190,7 @@ class BrokerAccess:
                 principal=principal,
                 topic_filter=prefix + branch,
                 root=self.root,
-                device_path=lookup(self.devices),
+                entity_path=entity_path,
                 cid=cid,
                 account_path=lookup(self.accounts),
             )
@@ -200,46 +203,56 @@ class BrokerAccess:
             return policy.refuse(f"{topic_filter!r} mixes the platform's topics with the account's own")
         return decisions[0]
 
+    def _entity_lookup(self, lookup: Any) -> Any:
+        """An ``EntityPath`` over the caches of devices and calculators, through ``lookup``."""
+        by_kind = {"device": lookup(self.devices), "calc": lookup(self.calcs)}
+        return lambda entity: by_kind[entity[0]](entity[1])
+
     def owner_now(self, topic: str) -> str | bool | None:
-        device = device_of_topic(topic, root=self.root)
-        if device is None:
+        entity = entity_of_topic(topic, root=self.root)
+        if entity is None:
             return None
-        value = self.devices.get(device)
+        value = (self.devices if entity[0] == "device" else self.calcs).get(entity[1])
         return False if value is _UNKNOWN else value
 
     def receives(self, principal: Principal, topic: str, owner: str | None, cid: int | None) -> bool:
         if principal.platform and cid is None:
             return True
         return policy.receive_decision(
-            principal=principal, topic=topic, root=self.root, device_path=lambda _device: owner, cid=cid
+            principal=principal, topic=topic, root=self.root, entity_path=lambda _entity: owner, cid=cid
         ).allowed
 
     async def learn(
         self, *, topics: Iterable[str] = (), filters: Iterable[str] = (), accounts: Iterable[int] = ()
     ) -> None:
-        devices: set[int] = set()
+        wanted: dict[str, set[int]] = {"device": set(), "calc": set()}
         idents: set[str] = set()
         for topic in topics:
-            device = device_of_topic(topic, root=self.root)
-            if device is not None:
-                if self.devices.get(device) is _UNKNOWN:
-                    devices.add(device)
+            entity = entity_of_topic(topic, root=self.root)
+            if entity is not None:
+                wanted[entity[0]].add(entity[1])
                 continue
             ident = ident_of_topic(topic, pattern=self.ingest_pattern)
             if ident is not None and self.idents.get(ident) is _UNKNOWN:
                 idents.add(ident)
         for topic_filter in filters:
-            for level in (strip_share(topic_filter) or "").split("/"):
-                for one in level.split(","):
-                    if is_id_level(one) and self.devices.get(int(one)) is _UNKNOWN:
-                        devices.add(int(one))
+            plain = strip_share(topic_filter)
+            if plain is None or plain.split("/", 1)[0] != self.root:
+                continue
+            for branch in expand(plain):
+                for kind, entity_id in filter_entities(branch.split("/")[1:])[1]:
+                    wanted[kind].add(entity_id)
+        devices = {device for device in wanted["device"] if self.devices.get(device) is _UNKNOWN}
+        calcs = {calc for calc in wanted["calc"] if self.calcs.get(calc) is _UNKNOWN}
         wanted_accounts = {account for account in accounts if self.accounts.get(account) is _UNKNOWN}
-        if devices or idents or wanted_accounts:
-            await sync_to_async(self._fetch)(devices, idents, wanted_accounts)
+        if devices or calcs or idents or wanted_accounts:
+            await sync_to_async(self._fetch)(devices, calcs, idents, wanted_accounts)
 
-    def _fetch(self, devices: set[int], idents: set[str], accounts: set[int]) -> None:
+    def _fetch(self, devices: set[int], calcs: set[int], idents: set[str], accounts: set[int]) -> None:
         if devices:
             self.devices.put(mqtt_facts.device_paths(device_ids=devices), devices)
+        if calcs:
+            self.calcs.put(mqtt_facts.calculator_paths(regions=self.regions, calc_ids=calcs), calcs)
         if idents:
             owners = mqtt_facts.ident_owners(regions=self.regions, idents=idents)
             self.idents.put(owners, idents)
@@ -249,12 +262,18 @@ class BrokerAccess:
             self.accounts.put(mqtt_facts.account_paths(account_ids=accounts), accounts)
 
     def published(self, topic: str) -> None:
-        """The platform's own events say what changed: a device's log event drops what the cache
-        knows of that device (its owner, and so its ident's), so a move or a deletion takes
-        effect as soon as its event passes, not when the cached fact expires."""
-        device = device_of_log_topic(topic, root=self.root)
-        if device is not None:
-            self.devices.forget(device)
-            ident = self.ident_of.pop(device, None)
-            if ident is not None:
-                self.idents.forget(ident)
+        """The platform's own events say what changed: a device's or calculator's log event drops
+        what the cache knows of it (a device's owner, and so its ident's), so a move or a
+        deletion takes effect as soon as its event passes, before any later topic of the same
+        entity (the outbox publishes in order), not when the cached fact expires."""
+        entity = entity_of_log_topic(topic, root=self.root)
+        if entity is None:
+            return
+        kind, entity_id = entity
+        if kind == "calc":
+            self.calcs.forget(entity_id)
+            return
+        self.devices.forget(entity_id)
+        ident = self.ident_of.pop(entity_id, None)
+        if ident is not None:
+            self.idents.forget(ident)

@@ -1,6 +1,6 @@
 """Reads of the control database that the MQTT access policy decides on: a token by its key
-(and the connected tokens by id, at once), the account path of devices by id or ident and of
-accounts by id. The broker's access (``accounts.mqtt_access``) calls them for what its cache
+(and the connected tokens by id, at once), the account path of devices by id or ident, of
+calculators by id and of accounts by id. The broker's access (``accounts.mqtt_access``) calls them for what its cache
 lacks.
 
 Which account owns which device is the devices app's to say (``DeviceIdent`` is the control
@@ -34,7 +34,16 @@ class DeviceOwners(Protocol):
         ...
 
 
+class CalculatorOwners(Protocol):
+    """Which account owns which calculator (provided by the analytics app, like ``DeviceOwners``)."""
+
+    def owners_by_id(self, *, regions: list[str], calc_ids: list[int]) -> dict[int, int]:
+        """Calculator id -> owning account id, for each of ``calc_ids`` in one of ``regions``."""
+        ...
+
+
 _device_owners: DeviceOwners | None = None
+_calculator_owners: CalculatorOwners | None = None
 
 
 def device_owners_provide(owners: DeviceOwners) -> None:
@@ -47,6 +56,22 @@ def device_owners() -> DeviceOwners:
     if _device_owners is None:
         raise RuntimeError("no app provides the owners of devices: is the devices app installed?")
     return _device_owners
+
+
+def calculator_owners_provide(owners: CalculatorOwners) -> None:
+    """Install the analytics app's answers (once, when the app registry is ready)."""
+    global _calculator_owners
+    _calculator_owners = owners
+
+
+def calculator_paths(*, regions: Iterable[str], calc_ids: Iterable[int]) -> dict[int, str]:
+    """The account path of each of ``calc_ids`` that exists in one of ``regions``; none when no
+    app provides calculators."""
+    if _calculator_owners is None:
+        return {}
+    owners = _calculator_owners.owners_by_id(regions=list(regions), calc_ids=list(calc_ids))
+    paths = dict(Account.objects.filter(pk__in=set(owners.values())).values_list("pk", "path"))
+    return {calc: paths[account] for calc, account in owners.items() if account in paths}
 
 
 def token_facts(*, key: str) -> TokenFacts | None:

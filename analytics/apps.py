@@ -5,7 +5,10 @@ class AnalyticsConfig(AppConfig):
     name = "analytics"
 
     def ready(self) -> None:
+        from accounts.mqtt_facts import calculator_owners_provide
         from analytics.fleet.status import FleetStateCollector
+        from analytics.mqtt_facts import CALCULATOR_OWNERS
         from flespi_site import metrics
 
         metrics.state_collector_register(FleetStateCollector)
+        calculator_owners_provide(CALCULATOR_OWNERS)

@@ -28,21 +28,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from flespi_site.mqtt.topics import (
-    CALC,
-    DEVICE,
-    LEVELS,
-    NAME,
-    WILDCARD,
-    TopicKind,
-    device_of_topic,
+    KINDS,
+    entity_of_topic,
+    filter_entities,
     ident_of_topic,
-    is_id_level,
     strip_share,
 )
 
 # Looks up the account path (``"1/7/"``) of a device by id, of a device by ident, or of an account
-# by id; None when there is no such device or account.
-DevicePath = Callable[[int], "str | None"]
+# by id; None when there is no such device or account. An entity is ``("device", id)`` or
+# ``("calc", id)`` (``flespi_site.mqtt.topics.entity_of_topic``).
+EntityPath = Callable[[tuple[str, int]], "str | None"]
 IdentPath = Callable[[str], "str | None"]
 AccountPath = Callable[[int], "str | None"]
 
@@ -177,13 +173,14 @@ def connect_decision(
 
 
 def subscribe_decision(
-    *, principal: Principal, topic_filter: str, root: str, device_path: DevicePath, cid: int | None = None,
+    *, principal: Principal, topic_filter: str, root: str, entity_path: EntityPath, cid: int | None = None,
     account_path: AccountPath | None = None,
 ) -> Decision:
     """May the client subscribe to ``topic_filter`` (one alternative of a filter with comma
-    lists). Allowed filters name the root and a kind; a wildcard at a device level is narrowed
-    by ``receive_decision`` on every delivery. ``cid`` (the MQTT 5 user property) must be the
-    token's account or one of its descendants."""
+    lists). A filter of the platform's topics names the root and a kind and can match one of
+    them; a wildcard in place of a device or calculator is narrowed by ``receive_decision`` on
+    every delivery, an id named must be of the token's subtree. ``cid`` (the MQTT 5 user
+    property) must be the token's account or one of its descendants."""
     if principal.platform:
         return ALLOW
     if cid is not None:
@@ -198,45 +195,35 @@ def subscribe_decision(
         if plain.startswith("$"):
             return refuse(f"no topic starting with '$' is served here: {plain!r}")
         return PRIVATE
-    if len(levels) < 2 or levels[1] not in LEVELS:
-        kinds = ", ".join(f"{root}/{kind}/..." for kind in TopicKind)
+    if len(levels) < 2 or levels[1] not in KINDS:
+        kinds = ", ".join(f"{root}/{kind}/..." for kind in KINDS)
         return refuse(f"a token subscribes only to the platform's topics ({kinds}); {plain!r} is not one of them")
-    shape, rest = LEVELS[TopicKind(levels[1])], levels[2:]
-    for index, actual in enumerate(rest):
-        if actual == "#":
-            return ALLOW if index == len(rest) - 1 else refuse(f"'#' must be the last level of {plain!r}")
-        if index >= len(shape):
-            return refuse(f"{plain!r} matches no topic of the platform")
-        expected = shape[index]
-        if actual == WILDCARD:
-            continue
-        if expected == DEVICE:
-            if not is_id_level(actual):
-                return refuse(f"{plain!r} matches no topic of the platform: {actual!r} is not a device id")
-            if not principal.owns(device_path(int(actual))):
-                return refuse(f"device {actual} is not in the account subtree of token {principal.token_id}")
-        elif expected not in (CALC, NAME) and actual != expected:
-            return refuse(f"{plain!r} matches no topic of the platform")
-    if len(rest) < len(shape):
-        return refuse(f"{plain!r} matches no topic of the platform (too few levels)")
+    fits, named = filter_entities(levels[1:])
+    if not fits:
+        return refuse(f"{plain!r} matches no topic of the platform")
+    for kind, entity_id in named:
+        if not principal.owns(entity_path((kind, entity_id))):
+            what = "device" if kind == "device" else "calculator"
+            return refuse(f"{what} {entity_id} is not in the account subtree of token {principal.token_id}")
     return ALLOW
 
 
 def receive_decision(
-    *, principal: Principal, topic: str, root: str, device_path: DevicePath, cid: int | None = None
+    *, principal: Principal, topic: str, root: str, entity_path: EntityPath, cid: int | None = None
 ) -> Decision:
     """May the client receive a message published on ``topic`` (checked on every delivery).
     With ``cid``, a subscription gets only the entities of that account itself."""
     if principal.platform and cid is None:
         return ALLOW
-    device = device_of_topic(topic, root=root)
-    if device is None:
-        return refuse(f"{topic!r} is not a topic of a device")
-    path = device_path(device)
+    entity = entity_of_topic(topic, root=root)
+    if entity is None:
+        return refuse(f"{topic!r} is not a topic of the platform's entities")
+    what = "device" if entity[0] == "device" else "calculator"
+    path = entity_path(entity)
     if not principal.owns(path):
-        return refuse(f"device {device} is not in the account subtree of token {principal.token_id}")
+        return refuse(f"{what} {entity[1]} is not in the account subtree of token {principal.token_id}")
     if cid is not None and account_of_path(path) != cid:
-        return refuse(f"device {device} is not of account {cid} (the subscription's cid)")
+        return refuse(f"{what} {entity[1]} is not of account {cid} (the subscription's cid)")
     return ALLOW
 
 

@@ -78,6 +78,21 @@ LEVELS: dict[TopicKind, tuple[str, ...]] = {
     TopicKind.INTERVAL: ("gw", "calcs", CALC, "devices", DEVICE, NAME),
     TopicKind.STATE: ("gw", "calcs", CALC, "devices", DEVICE, NAME),
 }
+
+# Every topic the platform publishes, by its levels after the root, as the access policy reads
+# them: each is about a device (``{device}``: whoever may see the device may see the topic; an
+# assignment is always of a device of the calculator's account) or, for a calculator's own log,
+# the calculator (``{entity}``). ``{calc}`` and ``{name}`` are any one level.
+ENTITY = "{entity}"
+LOG_KIND = "log"
+SHAPES: tuple[tuple[str, ...], ...] = (
+    *((str(kind), *levels) for kind, levels in LEVELS.items()),
+    (*TELEMETRY_PREFIX.split("/"), DEVICE, TELEMETRY_LEVEL, NAME),
+    (*DEVICE_LOG_PREFIX.split("/"), DEVICE, NAME),
+    (*CALC_LOG_PREFIX.split("/"), ENTITY, NAME),
+)
+# The kinds of topics a subscription names (its level after the root).
+KINDS = tuple(dict.fromkeys(shape[0] for shape in SHAPES))
 _TEMPLATES = {kind: "/".join((kind, *levels)) for kind, levels in LEVELS.items()}
 
 
@@ -118,23 +133,6 @@ def rooted(*, root: str, topic: str) -> str:
     return f"{root}/{topic}"
 
 
-def device_receive_topics(*, root: str, device_id: int) -> tuple[str, ...]:
-    """The filters of every topic about one device: what a broker grants for delivery of its
-    topics (Mosquitto's per-device ACLs), exactly the topics the policy's ``receive_decision``
-    allows for it."""
-    return (
-        rooted(root=root, topic=message_topic(device_id=device_id)),
-        rooted(root=root, topic=interval_topic(calc_id=WILDCARD, device_id=device_id, event=WILDCARD)),
-        rooted(root=root, topic=state_topic(calc_id=WILDCARD, device_id=device_id, name=WILDCARD)),
-    )
-
-
-def subscribe_patterns(*, root: str) -> tuple[str, ...]:
-    """The filters every token may subscribe under (Mosquitto's subscribe ACLs); deliveries are
-    narrowed by ``device_receive_topics``."""
-    return tuple(rooted(root=root, topic=f"{kind}/#") for kind in TopicKind)
-
-
 def device_ingest_topic(*, ingest_pattern: str, ident: str) -> str:
     return ingest_pattern.replace(WILDCARD, ident, 1)
 
@@ -147,29 +145,67 @@ def is_id_level(level: str) -> bool:
     return level.isascii() and level.isdigit() and len(level) <= 19
 
 
-def device_of_topic(topic: str, *, root: str) -> int | None:
-    """The device a platform topic is about, or None when ``topic`` is no platform entity topic."""
+def entity_of_topic(topic: str, *, root: str) -> tuple[str, int] | None:
+    """What a platform topic is about, ``("device", id)`` or ``("calc", id)`` (a calculator's
+    log), or None when ``topic`` is no topic the platform publishes."""
     levels = topic.split("/")
-    if len(levels) < 2 or levels[0] != root or levels[1] not in LEVELS:
+    if len(levels) < 2 or levels[0] != root:
         return None
-    shape = LEVELS[TopicKind(levels[1])]
-    rest = levels[2:]
-    if len(rest) != len(shape):
-        return None
-    device = None
-    for expected, actual in zip(shape, rest, strict=True):
-        if expected == DEVICE:
+    rest = levels[1:]
+    for shape in SHAPES:
+        if len(shape) != len(rest):
+            continue
+        found = None
+        for expected, actual in zip(shape, rest, strict=True):
+            if expected in (DEVICE, ENTITY):
+                if not is_id_level(actual):
+                    break
+                found = ("device" if expected == DEVICE else "calc", int(actual))
+            elif expected in (CALC, NAME):
+                if not actual:
+                    break
+            elif actual != expected:
+                break
+        else:
+            return found
+    return None
+
+
+def device_of_topic(topic: str, *, root: str) -> int | None:
+    """The device a platform topic is about, or None (not a platform topic, or a calculator's)."""
+    entity = entity_of_topic(topic, root=root)
+    return entity[1] if entity is not None and entity[0] == "device" else None
+
+
+def filter_entities(levels: list[str]) -> tuple[bool, list[tuple[str, int]]]:
+    """Of a filter's levels after the root: whether it can match a platform topic at all, and the
+    entities it names by id (``("device", 42)``) in the shapes it can match."""
+    fits, named = False, []
+    for shape in SHAPES:
+        entities = _fits(levels, shape)
+        if entities is not None:
+            fits = True
+            named.extend(entity for entity in entities if entity not in named)
+    return fits, named
+
+
+def _fits(levels: list[str], shape: tuple[str, ...]) -> list[tuple[str, int]] | None:
+    entities = []
+    for index, actual in enumerate(levels):
+        if actual == "#":
+            return entities if index == len(levels) - 1 else None
+        if index >= len(shape):
+            return None
+        expected = shape[index]
+        if actual == WILDCARD:
+            continue
+        if expected in (DEVICE, ENTITY):
             if not is_id_level(actual):
                 return None
-            device = int(actual)
-        elif expected in (CALC, NAME):
-            # any level: the device decides (an assignment is of a device of the calculator's
-            # account), which is also all a broker's ACL can check
-            if not actual:
-                return None
-        elif actual != expected:
+            entities.append(("device" if expected == DEVICE else "calc", int(actual)))
+        elif expected not in (CALC, NAME) and actual != expected:
             return None
-    return device
+    return entities if len(levels) == len(shape) else None
 
 
 def ident_of_topic(topic: str, *, pattern: str) -> str | None:
@@ -184,12 +220,11 @@ def ident_of_topic(topic: str, *, pattern: str) -> str | None:
     return ident or None
 
 
-def device_of_log_topic(topic: str, *, root: str) -> int | None:
-    """The device of a device's log event (``<root>/log/gw/devices/{device}/{event}``), or None."""
-    levels = topic.split("/")
-    if len(levels) == 6 and levels[0] == root and levels[1:4] == ["log", "gw", "devices"] and is_id_level(levels[4]):
-        return int(levels[4])
-    return None
+def entity_of_log_topic(topic: str, *, root: str) -> tuple[str, int] | None:
+    """The device or calculator whose log event ``topic`` is, or None."""
+    if not topic.startswith(f"{root}/{LOG_KIND}/"):
+        return None
+    return entity_of_topic(topic, root=root)
 
 
 def strip_share(topic_filter: str) -> str | None:

@@ -171,10 +171,10 @@ def test_a_foreign_devices_ingest_topic_stores_nothing(embedded_broker, fleet, c
 
 
 def test_the_relay_keeps_publishing_and_a_token_receives_its_own(embedded_broker, fleet, clients):
+    from django.db import connections
+
     from devices.outbox import OutboxRelay
     from devices.services import messages_ingest
-
-    from django.db import connections
 
     alias = fleet.a._state.db
     with connections[alias].cursor() as cursor:
@@ -228,3 +228,50 @@ def test_every_message_arrives_while_other_sessions_leave(embedded_broker, fleet
         info.wait_for_publish(30)
     received = staying.wait_for(2000, timeout=30)
     assert sorted(int(payload) for _, payload in received) == list(range(2000))
+
+
+def test_a_moved_device_leaves_its_old_accounts_view_at_its_log_event(embedded_broker, fleet, clients):
+    """The broker caches a device's owner for a minute; the device's own log event (the outbox
+    publishes it before any later message of the device) makes a move take effect at once. The
+    new owner's token sees the device's telemetry and log topics too."""
+    from django.db import connections
+
+    from accounts.models import Account
+    from devices.outbox import OutboxRelay
+    from devices.services import device_update, messages_ingest
+
+    alias = fleet.c._state.db
+    with connections[alias].cursor() as cursor:
+        cursor.execute("DELETE FROM outbox")
+    relay = OutboxRelay(alias=alias, mqtt_url=embedded_broker.url, topic_root="flespi")
+    relay.start()
+
+    def relay_all() -> None:
+        while relay.relay_once():
+            pass
+
+    try:
+        assert relay.wait_connected(10)
+        child = clients(embedded_broker.url, fleet.c_token)
+        assert child.connect() and child.subscribe("flespi/message/gw/devices/+") == 1
+        parent = clients(embedded_broker.url, fleet.a_master)
+        assert parent.connect()
+        assert parent.subscribe(f"flespi/log/gw/devices/{fleet.c.pk}/+") == 1
+        assert parent.subscribe("flespi/state/gw/devices/+/telemetry/speed") == 1
+        messages_ingest(devices=[fleet.c], messages=[{"timestamp": 1_700_000_000, "speed": 1}])
+        relay_all()
+        child.wait_for(1)
+        device_update(device=fleet.c, account=Account.objects.get(pk=fleet.accounts["A"].pk),
+                      data={"account_id": fleet.accounts["A"].pk})
+        messages_ingest(devices=[fleet.c], messages=[{"timestamp": 1_700_000_001, "speed": 2}])
+        relay_all()
+        parent.wait_for(3)
+        time.sleep(0.5)
+    finally:
+        relay.close()
+    assert [json.loads(payload)["speed"] for _, payload in child.received()] == [1]
+    assert sorted(topic for topic, _ in parent.received()) == sorted([
+        f"flespi/log/gw/devices/{fleet.c.pk}/updated",
+        f"flespi/state/gw/devices/{fleet.c.pk}/telemetry/speed",
+        f"flespi/state/gw/devices/{fleet.c.pk}/telemetry/speed",
+    ])

@@ -13,12 +13,17 @@ from flespi_site.mqtt.policy import (
     receive_decision,
     subscribe_decision,
 )
-from flespi_site.mqtt.topics import device_of_topic, device_receive_topics, subscribe_patterns, topic_matches
 
 ROOT = "flespi"
 # devices 11 and 12 of account 7 (under root 1), 13 of its child 9, 21 of another root 2
 PATHS = {11: "1/7/", 12: "1/7/", 13: "1/7/9/", 21: "2/"}
 IDENTS = {"a11": "1/7/", "a13": "1/7/9/", "b21": "2/"}
+# calculators 5 of account 7, 6 of the other root
+CALC_PATHS = {5: "1/7/", 6: "2/"}
+
+
+def paths(entity: tuple[str, int]) -> str | None:
+    return (PATHS if entity[0] == "device" else CALC_PATHS).get(entity[1])
 ACCOUNT_7 = Principal(platform=False, token_id=5, account_id=7, account_path="1/7/", region="eu")
 CHILD_9 = Principal(platform=False, token_id=6, account_id=9, account_path="1/7/9/", region="eu")
 
@@ -83,13 +88,13 @@ def test_connect_to_another_regions_broker_names_the_right_endpoint():
 ])
 def test_refused_subscriptions(topic_filter):
     assert not subscribe_decision(principal=ACCOUNT_7, topic_filter=topic_filter, root=ROOT,
-                                  device_path=PATHS.get).allowed
+                                  entity_path=paths).allowed
 
 
 @pytest.mark.parametrize("topic_filter", ["#", "+/#", "+/+/+/+/+", "$share/g/#", "ingest/+",
                                           "other/message/gw/devices/+", "flespix/#"])
 def test_filters_outside_the_root_are_the_accounts_own(topic_filter):
-    decision = subscribe_decision(principal=ACCOUNT_7, topic_filter=topic_filter, root=ROOT, device_path=PATHS.get)
+    decision = subscribe_decision(principal=ACCOUNT_7, topic_filter=topic_filter, root=ROOT, entity_path=paths)
     assert decision.allowed and decision.private
 
 
@@ -100,16 +105,16 @@ def test_filters_outside_the_root_are_the_accounts_own(topic_filter):
     "flespi/state/+/+/+/+/+/last",
 ])
 def test_allowed_subscriptions(topic_filter):
-    assert subscribe_decision(principal=ACCOUNT_7, topic_filter=topic_filter, root=ROOT, device_path=PATHS.get).allowed
+    assert subscribe_decision(principal=ACCOUNT_7, topic_filter=topic_filter, root=ROOT, entity_path=paths).allowed
 
 
 def test_a_child_token_does_not_reach_its_parents_devices():
     assert not subscribe_decision(principal=CHILD_9, topic_filter="flespi/message/gw/devices/11", root=ROOT,
-                                  device_path=PATHS.get).allowed
+                                  entity_path=paths).allowed
     assert not receive_decision(principal=CHILD_9, topic="flespi/message/gw/devices/11", root=ROOT,
-                                device_path=PATHS.get).allowed
+                                entity_path=paths).allowed
     assert receive_decision(principal=CHILD_9, topic="flespi/message/gw/devices/13", root=ROOT,
-                            device_path=PATHS.get).allowed
+                            entity_path=paths).allowed
 
 
 TOPICS = [
@@ -122,7 +127,7 @@ TOPICS = [
 
 
 def test_deliveries_are_exactly_the_subtrees_devices():
-    allowed = [t for t in TOPICS if receive_decision(principal=ACCOUNT_7, topic=t, root=ROOT, device_path=PATHS.get).allowed]
+    allowed = [t for t in TOPICS if receive_decision(principal=ACCOUNT_7, topic=t, root=ROOT, entity_path=paths).allowed]
     assert allowed == [
         "flespi/message/gw/devices/11", "flespi/message/gw/devices/13",
         "flespi/interval/gw/calcs/4/devices/11/created", "flespi/state/gw/calcs/4/devices/12/last",
@@ -130,16 +135,27 @@ def test_deliveries_are_exactly_the_subtrees_devices():
     ]
 
 
-def test_mosquitto_grants_are_the_same_rule():
-    """Mosquitto's per-device receive ACLs allow exactly what ``receive_decision`` allows."""
-    granted = [f for device, path in PATHS.items() if path.startswith("1/7/")
-               for f in device_receive_topics(root=ROOT, device_id=device)]
-    for topic in TOPICS:
-        by_acl = any(topic_matches(f, topic) for f in granted)
-        assert by_acl == receive_decision(principal=ACCOUNT_7, topic=topic, root=ROOT, device_path=PATHS.get).allowed, topic
-    for topic in TOPICS:
-        if device_of_topic(topic, root=ROOT) is not None:
-            assert any(topic_matches(f, topic) for f in subscribe_patterns(root=ROOT))
+def test_devices_telemetry_and_log_topics_and_calculators_log_topics():
+    topics = {
+        "flespi/state/gw/devices/11/telemetry/position.speed": True,
+        "flespi/state/gw/devices/21/telemetry/position.speed": False,
+        "flespi/log/gw/devices/13/updated": True,
+        "flespi/log/gw/devices/21/created": False,
+        "flespi/log/gw/calcs/5/created": True,
+        "flespi/log/gw/calcs/6/deleted": False,
+        "flespi/log/gw/calcs/404/deleted": False,
+        "flespi/log/gw/other/5/created": False,
+    }
+    assert {t: receive_decision(principal=ACCOUNT_7, topic=t, root=ROOT, entity_path=paths).allowed
+            for t in topics} == topics
+    filters = {
+        "flespi/state/gw/devices/+/telemetry/+": True, "flespi/state/gw/devices/11/telemetry/#": True,
+        "flespi/state/gw/devices/21/telemetry/+": False, "flespi/log/gw/devices/+/+": True,
+        "flespi/log/gw/calcs/5/+": True, "flespi/log/gw/calcs/6/+": False, "flespi/log/#": True,
+        "flespi/log/gw/things/+/+": False,
+    }
+    assert {f: subscribe_decision(principal=ACCOUNT_7, topic_filter=f, root=ROOT, entity_path=paths).allowed
+            for f in filters} == filters
 
 
 @pytest.mark.parametrize(("topic", "allowed", "private"), [
@@ -156,14 +172,14 @@ def test_publish(topic, allowed, private):
 def test_the_platform_may_do_everything():
     assert publish_decision(principal=PLATFORM, topic="flespi/state/x", root=ROOT, ingest_pattern="ingest/+",
                             ident_path=IDENTS.get).allowed
-    assert subscribe_decision(principal=PLATFORM, topic_filter="#", root=ROOT, device_path=PATHS.get).allowed
-    assert receive_decision(principal=PLATFORM, topic="ingest/x", root=ROOT, device_path=PATHS.get).allowed
+    assert subscribe_decision(principal=PLATFORM, topic_filter="#", root=ROOT, entity_path=paths).allowed
+    assert receive_decision(principal=PLATFORM, topic="ingest/x", root=ROOT, entity_path=paths).allowed
 
 
 def test_cid_narrows_to_one_account_of_the_subtree():
     accounts = {7: "1/7/", 9: "1/7/9/", 2: "2/"}.get
     subscribe = dict(principal=ACCOUNT_7, topic_filter="flespi/message/gw/devices/+", root=ROOT,
-                     device_path=PATHS.get, account_path=accounts)
+                     entity_path=paths, account_path=accounts)
     assert subscribe_decision(**subscribe, cid=9).allowed
     assert subscribe_decision(**subscribe, cid=7).allowed
     refused = subscribe_decision(**subscribe, cid=2)
@@ -172,9 +188,9 @@ def test_cid_narrows_to_one_account_of_the_subtree():
     # a child's token cannot name its parent
     assert not subscribe_decision(**{**subscribe, "principal": CHILD_9}, cid=7).allowed
     delivered = [t for t in TOPICS
-                 if receive_decision(principal=ACCOUNT_7, topic=t, root=ROOT, device_path=PATHS.get, cid=9).allowed]
+                 if receive_decision(principal=ACCOUNT_7, topic=t, root=ROOT, entity_path=paths, cid=9).allowed]
     assert delivered == ["flespi/message/gw/devices/13"]
     delivered = [t for t in TOPICS
-                 if receive_decision(principal=ACCOUNT_7, topic=t, root=ROOT, device_path=PATHS.get, cid=7).allowed]
+                 if receive_decision(principal=ACCOUNT_7, topic=t, root=ROOT, entity_path=paths, cid=7).allowed]
     assert delivered == ["flespi/message/gw/devices/11", "flespi/interval/gw/calcs/4/devices/11/created",
                          "flespi/state/gw/calcs/4/devices/12/last", "flespi/state/gw/calcs/x/devices/11/last"]

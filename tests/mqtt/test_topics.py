@@ -10,19 +10,22 @@ from pathlib import Path
 from flespi_site.mqtt.topics import (
     WILDCARD,
     IntervalEvent,
+    LogEvent,
     StateName,
     TopicKind,
+    calc_log_topic,
     device_ingest_topic,
+    device_log_topic,
     device_of_topic,
-    device_receive_topics,
+    device_telemetry_topic,
+    entity_of_topic,
+    filter_entities,
     ident_of_topic,
     interval_topic,
     message_topic,
     rooted,
     state_names_sql,
     state_topic,
-    subscribe_patterns,
-    topic_matches,
     topic_sql,
 )
 
@@ -49,24 +52,23 @@ def test_the_parser_reads_what_the_builders_write():
         assert device_of_topic(topic, root="flespi") is None
 
 
-def test_filters_match_every_topic_of_their_device_and_no_other():
-    granted = device_receive_topics(root="flespi", device_id=42)
-    assert granted == (
-        "flespi/message/gw/devices/42",
-        "flespi/interval/gw/calcs/+/devices/42/+",
-        "flespi/state/gw/calcs/+/devices/42/+",
-    )
-    for kind_filter, topic in zip(granted, (
-        message_topic(device_id=42),
-        interval_topic(calc_id=3, device_id=42, event=IntervalEvent.UPDATED),
-        state_topic(calc_id=3, device_id=42, name=StateName.ACTIVE),
-    ), strict=True):
-        assert topic_matches(kind_filter, rooted(root="flespi", topic=topic))
-        assert not topic_matches(kind_filter, rooted(root="flespi", topic=topic.replace("/42", "/43")))
-    assert subscribe_patterns(root="flespi") == ("flespi/message/#", "flespi/interval/#", "flespi/state/#")
+def test_the_entity_of_every_topic_the_platform_publishes():
+    rooted_topics = {
+        message_topic(device_id=42): ("device", 42),
+        interval_topic(calc_id=3, device_id=42, event=IntervalEvent.UPDATED): ("device", 42),
+        state_topic(calc_id=3, device_id=42, name=StateName.ACTIVE): ("device", 42),
+        device_telemetry_topic(device_id=42, parameter="position.speed"): ("device", 42),
+        device_log_topic(device_id=42, event=LogEvent.UPDATED): ("device", 42),
+        calc_log_topic(calc_id=3, event=LogEvent.CREATED): ("calc", 3),
+        "message/gw/devices/x": None, "log/gw/calcs/3": None, "state/gw/devices/42/other/x": None,
+    }
+    assert {topic: entity_of_topic(rooted(root="flespi", topic=topic), root="flespi")
+            for topic in rooted_topics} == rooted_topics
+    assert filter_entities(["log", "gw", "calcs", "3", "+"]) == (True, [("calc", 3)])
+    assert filter_entities(["state", "+", "+", "42", "#"]) == (True, [("device", 42)])
+    assert filter_entities(["message", "gw", "devices"]) == (False, [])
     assert [str(kind) for kind in TopicKind] == ["message", "interval", "state"]
     assert message_topic(device_id=WILDCARD) == "message/gw/devices/+"
-
 
 def test_ingest_topics():
     assert device_ingest_topic(ingest_pattern="ingest/+", ident="abc") == "ingest/abc"

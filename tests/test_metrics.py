@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.db import connections
 from prometheus_client.parser import text_string_to_metric_families
 
 from analytics.fleet import status
@@ -56,7 +57,16 @@ def post_messages(api, key, device, count, start=1_700_000_000):
     assert response.status_code == 200, response.content
 
 
+def event_rows(alias: str = "dc_eu_1") -> int:
+    """The outbox's event rows (the device's log and telemetry topics), one publish each."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM outbox WHERE stamps IS NULL")
+        return cursor.fetchone()[0]
+
+
 def test_ingested_messages_move_the_counters_and_the_latency_histogram(client, api, root_key, device):
+    with connections["dc_eu_1"].cursor() as cursor:
+        cursor.execute("DELETE FROM outbox")  # the device's created event is not this test's
     before = scrape(client)
     post_messages(api, root_key, device, 25)
     after = scrape(client)
@@ -69,9 +79,11 @@ def test_ingested_messages_move_the_counters_and_the_latency_histogram(client, a
     assert value(after, "flespi_ingest_batch_seconds_sum", source="rest") > value(
         before, "flespi_ingest_batch_seconds_sum", source="rest"
     )
-    # Not relayed yet: one outbox row holding the 25 messages.
-    assert value(after, "flespi_outbox_backlog_rows", **EU1) == 1
-    assert value(after, "flespi_outbox_backlog_events", **EU1) == 25
+    # Not relayed yet: one outbox row holding the 25 messages, and the device's telemetry topics.
+    telemetry = event_rows()
+    assert telemetry == len({"timestamp", "position.speed", "device.id", "device.name", "ident", "rest.timestamp"})
+    assert value(after, "flespi_outbox_backlog_rows", **EU1) == 1 + telemetry
+    assert value(after, "flespi_outbox_backlog_events", **EU1) == 25 + telemetry
     assert value(after, "flespi_outbox_backlog_events", region="eu", datacenter="eu-2") == 0
 
 
@@ -109,17 +121,18 @@ def test_counts_of_other_processes_are_added_up(client, platform):
 
 def test_relay_publishes_are_counted(client, api, root_key, device):
     post_messages(api, root_key, device, 12)
+    events = event_rows()  # the device's created event and its telemetry topics
     before = scrape(client)
     relay = OutboxRelay(alias="dc_eu_1", mqtt_url=settings.MQTT_URL, topic_root="metrics-test")
     relay.start()
     try:
         assert relay.wait_connected(10)
-        assert relay.relay_once() == 12
+        assert relay.relay_once() == 12 + events
     finally:
         relay.close()
     after = scrape(client)
     published = "flespi_relay_published_total"
-    assert value(after, published, **EU1) - value(before, published, **EU1) == 12
+    assert value(after, published, **EU1) - value(before, published, **EU1) == 12 + events
     assert value(after, "flespi_outbox_backlog_rows", **EU1) == 0
 
 

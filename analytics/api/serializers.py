@@ -11,7 +11,7 @@ from rest_framework.settings import api_settings
 
 from analytics import services
 from analytics.engine import Calculator, Problem
-from devices.api.serializers import MAX_QUERY_TIME
+from devices.api.serializers import MAX_QUERY_TIME, TimeRangeSerializer
 from flespi_site.api.fields import (
     JSONObjectField,
     StrictBooleanField,
@@ -101,7 +101,7 @@ ON_DEMAND_RANGE_KEYS = ("begin", "end", "from", "to")
 ON_DEMAND_NAME = "on-demand"
 
 
-class CalculateSerializer(StrictSerializer):
+class CalculateSerializer(TimeRangeSerializer):
     """``POST /gw/devices/{sel}/calculate``: a stored calculator (``calc_id``) or an inline one
     (``calculator``, validated last and compiled: ``validated_data["calculator"]`` is the
     engine's calculator), over ``begin``..``end`` (``from``/``to`` are aliases). flespi's body,
@@ -125,21 +125,9 @@ class CalculateSerializer(StrictSerializer):
 
     calc_id = StrictIntegerField(required=False)
     calculator = JSONObjectField(required=False)
-    begin = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
-    end = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME)
-
-    def get_fields(self):
-        fields = super().get_fields()
-        fields["from"] = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME, source="begin_alias")
-        fields["to"] = StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME, source="end_alias")
-        return fields
 
     def validate(self, attrs):
-        for name, alias in (("begin", "begin_alias"), ("end", "end_alias")):
-            if alias in attrs:
-                if name in attrs:
-                    raise serializers.ValidationError({name: [f"give {name} or its alias, not both"]})
-                attrs[name] = attrs.pop(alias)
+        attrs = super().validate(attrs)
         if ("calc_id" in attrs) == ("calculator" in attrs):
             raise serializers.ValidationError(
                 {"calc_id": ["give calc_id (a stored calculator) or calculator (an inline one), one of them"]}

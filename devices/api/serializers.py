@@ -41,27 +41,45 @@ class DeviceUpdateSerializer(DeviceCreateSerializer):
     cid = StrictIntegerField(required=False)
 
 
-def _time_field(help_text: str) -> StrictFloatField:
-    return StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME, help_text=help_text)
+def _time_field(help_text: str, **options) -> StrictFloatField:
+    return StrictFloatField(required=False, min_value=0, max_value=MAX_QUERY_TIME, help_text=help_text, **options)
 
 
-class MessagesQuerySerializer(StrictSerializer):
+class TimeRangeSerializer(StrictSerializer):
+    """``begin`` and ``end`` (unix seconds, inclusive), or flespi's names of them, ``from`` and
+    ``to``: the validated data names them ``begin`` and ``end``. Both names of one bound is
+    refused, naming flespi's."""
+
     begin = _time_field("unix seconds, inclusive; flespi's name: from")
     end = _time_field("unix seconds, inclusive; flespi's name: to")
-    # flespi's names of begin and end (Python keeps "from" for itself).
-    locals()["from"] = _time_field("flespi's name of begin")
-    locals()["to"] = _time_field("flespi's name of end")
+
+    def get_fields(self):
+        fields = super().get_fields()
+        # Python keeps "from" for itself: flespi's names are added here.
+        fields["from"] = _time_field("flespi's name of begin", source="begin_alias")
+        fields["to"] = _time_field("flespi's name of end", source="end_alias")
+        return fields
+
+    def validate(self, attrs):
+        for name, alias, flespis in (("begin", "begin_alias", "from"), ("end", "end_alias", "to")):
+            if alias in attrs:
+                if name in attrs:
+                    raise serializers.ValidationError(
+                        {flespis: [f"{name} and {flespis} name the same bound: give one of them"]}
+                    )
+                attrs[name] = attrs.pop(alias)
+        return super().validate(attrs)
+
+
+class MessagesQuerySerializer(TimeRangeSerializer):
     count = StrictIntegerField(required=False, min_value=1, max_value=100_000)
     reverse = StrictBooleanField(required=False)
     fields = StrictCharField(required=False)  # type: ignore[assignment]  # DRF's metaclass takes it out of the class
     filter = StrictCharField(required=False, max_length=4096)
 
 
-class MessagesDeleteSerializer(StrictSerializer):
-    begin = _time_field("unix seconds, inclusive; flespi's name: from")
-    end = _time_field("unix seconds, inclusive; flespi's name: to")
-    locals()["from"] = _time_field("flespi's name of begin")
-    locals()["to"] = _time_field("flespi's name of end")
+class MessagesDeleteSerializer(TimeRangeSerializer):
+    pass
 
 
 class MessageSerializer(serializers.Serializer):

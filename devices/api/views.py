@@ -105,17 +105,6 @@ class DeviceSelectionView(SelectionView):
         return self.selection()  # type: ignore[return-value]  # DeviceResource selects devices
 
 
-def time_range(params: dict) -> tuple[float | None, float | None]:
-    """``begin`` and ``end``, or flespi's names of them, ``from`` and ``to``; both names of one
-    bound is a 400 naming them."""
-    bounds = []
-    for ours, flespis in (("begin", "from"), ("end", "to")):
-        if ours in params and flespis in params:
-            raise InvalidInput(f"{ours} and {flespis} name the same bound: give one of them", field=flespis)
-        bounds.append(params.get(ours, params.get(flespis)))
-    return bounds[0], bounds[1]
-
-
 def _message_filter(text: str | None):
     if text is None:
         return None
@@ -137,10 +126,9 @@ class MessagesView(DeviceSelectionView):
         params = validated_params(request, MessagesQuerySerializer)
         devices = self.selected_devices()
         condition = _message_filter(params.get("filter"))
-        begin, end = time_range(params)
         window = {
-            "begin": begin,
-            "end": end,
+            "begin": params.get("begin"),
+            "end": params.get("end"),
             "count": params.get("count", 100_000),
             "reverse": params.get("reverse", False),
         }
@@ -160,9 +148,8 @@ class MessagesView(DeviceSelectionView):
 
     def delete(self, request: Request, selector: str) -> Response:
         params = validated_params(request, MessagesDeleteSerializer)
-        begin, end = time_range(params)
         devices = self.selected_devices()
-        services.messages_delete(devices=devices, begin=begin, end=end)
+        services.messages_delete(devices=devices, begin=params.get("begin"), end=params.get("end"))
         return Response({"result": []})
 
 

@@ -199,7 +199,7 @@ def test_calculate_on_demand_over_the_api(api, key, account, device, calculator)
     ({"calc_id": 999999, "begin": 1, "end": 2}, "calc_id"),
     ({"calculator": TRIPS, "begin": 5, "end": 2}, "begin"),
     ({"calculator": TRIPS, "begin": 1}, "end"),
-    ({"calculator": TRIPS, "begin": 1, "from": 1, "end": 2}, "begin"),
+    ({"calculator": TRIPS, "begin": 1, "from": 1, "end": 2}, "from"),
     ({"calculator": TRIPS, "begin": 0, "end": 400 * 86400}, "end"),
     ({"calculator": TRIPS, "begin": "x", "end": 2}, "begin"),
 ])

@@ -48,13 +48,9 @@ def test_messages_take_flespis_from_and_to(api, key, stored):
 @pytest.mark.parametrize(("query", "field"), [("begin=1&from=1", "from"), ("end=1&to=2", "to")])
 def test_both_names_of_a_bound_are_refused(api, key, stored, method, query, field):
     errors = errors_of(api.call(method, f"/gw/devices/{stored.pk}/messages?{query}", key=key), 400)
+    ours = "begin" if field == "from" else "end"
     assert errors == [
-        {
-            "code": 400,
-            "reason": f"{'begin' if field == 'from' else 'end'} and {field} name the same bound: "
-            "give one of them",
-            "field": field,
-        }
+        {"code": 400, "reason": f"{field}: {ours} and {field} name the same bound: give one of them", "field": field}
     ]
     assert stored_ns(stored) == [0, 1, 2, 3, 4, 5]
 

@@ -118,7 +118,7 @@ def calculator_delete(*, calculator: Calculator) -> None:
         # the two never wait on each other (a deadlock otherwise: each holding what the other wants).
         list(Assignment.objects.using(current._state.db).filter(calculator_id=current.pk).order_by("pk")
              .select_for_update().values_list("pk", flat=True))
-        _logged(alias=current._state.db, calculator=current, event=LogEvent.DELETED)
+        _logged(alias=calculator.database, calculator=current, event=LogEvent.DELETED)
         current.delete()
 
 

@@ -7,8 +7,9 @@ group.
 Each payload is one message (a position and a few parameters) of one of ``--devices`` devices,
 published QoS 1 by a raw MQTT client with the account's token (100 in flight). The consumers are
 real ``manage.py mqtt_ingest --name ...`` processes; the time runs from the first publish to the
-moment the datacenter holds every message. Printed: payloads/s, and how many batches the
-consumers took them in. Databases: as bench/ingest.py (a ``<name>_bench`` sibling).
+moment the datacenter holds every message. Printed: payloads/s. ``BENCH_PROFILE=<file>`` records
+the first consumer with py-spy (raw stacks). Databases: as bench/ingest.py (a ``<name>_bench``
+sibling).
 """
 
 from __future__ import annotations
@@ -97,10 +98,12 @@ def main() -> None:
             env = platform_env(MQTT_URL=broker.url, MQTT_PLATFORM_USERNAME=PLATFORM_USER,
                                MQTT_PLATFORM_PASSWORD=PLATFORM_PASSWORD, DATABASE_URL=os.environ["DATABASE_URL"],
                                FLESPI_TOPOLOGY=os.environ["FLESPI_TOPOLOGY"], LOG_LEVEL="WARNING")
-            consumers = [subprocess.Popen([sys.executable, "manage.py", "mqtt_ingest", "--name", f"c{n}",
-                                           "--log-every", "3600"], cwd=REPO, env=env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                         for n in range(count)]
+            profile = os.environ.get("BENCH_PROFILE")  # py-spy's raw stacks of the first consumer
+            consumers = [subprocess.Popen(
+                [*(["py-spy", "record", "--format", "raw", "-o", profile, "--"] if profile and n == 0 else []),
+                 sys.executable, "manage.py", "mqtt_ingest", "--name", f"c{n}", "--log-every", "3600"],
+                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ) for n in range(count)]
             try:
                 time.sleep(4)  # the consumers subscribe
                 before = stored(alias, ids)
@@ -115,7 +118,7 @@ def main() -> None:
                 print(f"{count:>9} {args.payloads:>9,} {seconds:>8.1f} {args.payloads / seconds:>10,.0f}", flush=True)
             finally:
                 for consumer in consumers:
-                    consumer.send_signal(signal.SIGTERM)
+                    consumer.send_signal(signal.SIGINT if profile else signal.SIGTERM)
                 for consumer in consumers:
                     consumer.wait(30)
                 broker.cleanup()

@@ -21,11 +21,12 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connections
+from django.db import connections
 from paho.mqtt.client import MQTT_ERR_SUCCESS, error_string
 from rest_framework.exceptions import ParseError
 
@@ -43,8 +44,10 @@ logger = logging.getLogger(__name__)
 
 # The shared subscription group of every ingest consumer of a broker.
 INGEST_GROUP = "flespi-ingest"
-# Payloads taken in one turn at most (each device's are stored with one ingestion).
-BATCH_PAYLOADS = 500
+# Payloads taken in one turn at most, stored with one ingestion.
+BATCH_PAYLOADS = 1000
+# How long the broker keeps a consumer's session (and what arrives for it) while it is away.
+SESSION_EXPIRY = 7 * 24 * 3600
 
 
 class IngestRejected(ValueError):
@@ -65,11 +68,13 @@ def describe(error: DomainError) -> str:
     return f"{item} ({error.kind}): {error.reason}"
 
 
-def device_of_ident(*, regions: Sequence[str], ident: str):
+def device_of_ident(*, regions: Sequence[str], ident: str, known: Mapping[tuple[str, str], Any] | None = None):
     """The device with ``ident`` in one of ``regions`` (those reading one broker); IngestRejected
-    when none has it, or when devices of several do."""
-    found = {region: device for region in regions
-             if (device := selectors.device_by_ident(region=region, ident=ident)) is not None}
+    when none has it, or when devices of several do. ``known``: the devices of the idents at hand,
+    by (region, ident), read at once (``selectors.devices_by_idents``)."""
+    if known is None:
+        known = selectors.devices_by_idents(regions=regions, idents=[ident])
+    found = {region: device for region in regions if (device := known.get((region, ident))) is not None}
     if not found:
         raise IngestRejected(f"no device with ident {ident!r} in region {', '.join(regions)}")
     if len(found) > 1:
@@ -81,11 +86,14 @@ def device_of_ident(*, regions: Sequence[str], ident: str):
     return device
 
 
-def parse_payload(*, regions: Sequence[str], pattern: str, topic: str, payload: bytes) -> tuple[object, list]:
+def parse_payload(
+    *, regions: Sequence[str], pattern: str, topic: str, payload: bytes,
+    known: Mapping[tuple[str, str], Any] | None = None,
+) -> tuple[Any, list]:
     """The device and the messages of one MQTT payload published on the broker of ``regions``;
     raises IngestRejected when nothing of it can be stored."""
     ident = ident_from_topic(pattern, topic)
-    device = device_of_ident(regions=regions, ident=ident)
+    device = device_of_ident(regions=regions, ident=ident, known=known)
     if not device.enabled:
         raise IngestRejected(f"device {device.pk} ({ident}) is disabled")
     if len(payload) > settings.MAX_BODY_BYTES:
@@ -147,7 +155,7 @@ class IngestConsumer(Loop):
         # A persistent session: messages published while the consumer is down wait in the broker.
         # Its id is this consumer's own (another consumer with the same id would take it over).
         client_id = client_id or f"flespi-ingest-{'-'.join(self.regions)}-{name or socket.gethostname()}"
-        self.client = mqtt.client_for(mqtt_url, client_id=client_id, clean_session=False)
+        self.client = mqtt.client_for(mqtt_url, client_id=client_id, mqtt5=True)
         self.client.manual_ack_set(True)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -167,18 +175,18 @@ class IngestConsumer(Loop):
         self._batch.append(_Received(message.mid, message.qos, message.topic, message.payload))
 
     def _ingest_batch(self) -> None:
-        """Store what the last turns received, each device's payloads with one ingestion, then
-        acknowledge them. A failure (the database away: nothing of the batch was acknowledged)
-        leaves them to the broker, which sends them again on a new connection."""
+        """Store what the last turns received, in one ingestion (one transaction per datacenter),
+        then acknowledge it. A failure (the database away: nothing of the batch was acknowledged)
+        leaves it to the broker, which sends it again on a new connection."""
         batch, self._batch = self._batch, []
         self._reconnect = True
-        by_device: dict[int, tuple[object, list, list[str]]] = {}
+        idents = {ident_of_topic(item.topic, pattern=self.pattern) for item in batch} - {None}
+        known = selectors.devices_by_idents(regions=self.regions, idents=idents)
+        by_device: dict[int, tuple[Any, list, list[str]]] = {}
         for item in batch:
             try:
                 device, messages = parse_payload(regions=self.regions, pattern=self.pattern, topic=item.topic,
-                                                 payload=item.payload)
-            except DatabaseError:
-                raise
+                                                 payload=item.payload, known=known)
             except IngestRejected as exc:
                 self.rejected += 1
                 logger.warning("ingest %s: dropped payload on %s: %s", self.region, item.topic, exc)
@@ -186,8 +194,7 @@ class IngestConsumer(Loop):
             entry = by_device.setdefault(device.pk, (device, [], []))
             entry[1].extend(messages)
             entry[2].append(item.topic)
-        for device, messages, topics in by_device.values():
-            self._store(device, messages, topics)
+        self._store(list(by_device.values()))
         for item in batch:
             if item.qos:
                 self.client.ack(item.mid, item.qos)
@@ -195,31 +202,48 @@ class IngestConsumer(Loop):
         self.batches += 1
         self._reconnect = False
 
-    def _store(self, device, messages: list, topics: list[str]) -> None:
-        for start in range(0, len(messages), MAX_MESSAGES_PER_BATCH):
-            chunk = messages[start:start + MAX_MESSAGES_PER_BATCH]
+    def _store(self, entries: list[tuple[Any, list, list[str]]]) -> None:
+        """Store each device's messages: what fits in a batch of an ingestion, all in one."""
+        while entries:
+            batches = [(device, messages[:MAX_MESSAGES_PER_BATCH], topics) for device, messages, topics in entries]
+            entries = [(device, messages[MAX_MESSAGES_PER_BATCH:], topics)
+                       for device, messages, topics in entries if len(messages) > MAX_MESSAGES_PER_BATCH]
             while True:
                 try:
-                    result = ingest_messages(device=device, messages=chunk)
+                    results = services.messages_ingest_batches(
+                        batches=[([device], messages) for device, messages, _topics in batches], source="mqtt"
+                    )
                 except AccountMoving:  # a move's switch held the account's writes: not stored yet
                     time.sleep(RETRY_AFTER_SECONDS)
                     continue
-                except DatabaseError:
-                    raise
-                except IngestRejected as exc:
-                    self.rejected += len(topics)
-                    logger.warning("ingest %s: dropped %d payload(s) on %s: %s", self.region, len(topics),
-                                   topics[0], exc)
-                except Exception:
-                    self.rejected += len(topics)
-                    logger.exception("ingest %s: failed on %s; payload(s) dropped", self.region, topics[0])
-                else:
-                    for error in result.errors:
-                        logger.warning("ingest %s: refused on %s: %s", self.region, topics[0], describe(error))
+                except DomainError as exc:
+                    # refused as a whole: each device's alone, so that one cannot hold back the rest
+                    logger.warning("ingest %s: a batch was refused (%s); storing device by device", self.region, exc)
+                    results = [self._store_one(device, messages, topics) for device, messages, topics in batches]
                 break
+            for (_device, _messages, topics), result in zip(batches, results, strict=True):
+                for error in result.errors:
+                    logger.warning("ingest %s: refused on %s: %s", self.region, topics[0], describe(error))
+                if result.errors and not result.accepted:
+                    self.rejected += len(topics)
+
+    def _store_one(self, device: Any, messages: list, topics: list[str]) -> services.IngestResult:
+        while True:
+            try:
+                return ingest_messages(device=device, messages=messages)
+            except AccountMoving:
+                time.sleep(RETRY_AFTER_SECONDS)
+            except IngestRejected as exc:
+                logger.warning("ingest %s: dropped %d payload(s) on %s: %s", self.region, len(topics), topics[0], exc)
+                return services.IngestResult()
 
     def setup(self) -> None:
-        self.client.connect_async(*mqtt.broker_address(self.mqtt_url)[:2], keepalive=30)
+        # MQTT 5: a persistent session (kept a week while no consumer of this name connects) and
+        # a window of a whole batch, which the broker may send before anything is acknowledged
+        self.client.connect_async(
+            *mqtt.broker_address(self.mqtt_url)[:2], keepalive=30, clean_start=False,
+            properties=mqtt.session_properties(expiry=SESSION_EXPIRY, receive_maximum=BATCH_PAYLOADS),
+        )
 
     def step(self) -> float:
         """One turn of the MQTT client: what arrived is ingested on this thread, in arrival

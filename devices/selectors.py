@@ -56,6 +56,21 @@ def device_by_ident(*, region: str, ident: str) -> Device | None:
     return placement.using_account(Device, claim.account_id).filter(pk=claim.device_id).first()
 
 
+def devices_by_idents(*, regions: Collection[str], idents: Collection[str]) -> dict[tuple[str, str], Device]:
+    """The devices with ``idents`` in ``regions``, by (region, ident): one read of the claims,
+    one of each datacenter holding some of them."""
+    claims = list(
+        DeviceIdent.objects.filter(region__in=list(regions), ident__in=list(idents)).values_list(
+            "region", "ident", "device_id", "account_id"
+        )
+    )
+    by_alias: dict[str, list[int]] = {}
+    for _region, _ident, device_id, account_id in claims:
+        by_alias.setdefault(placement.alias_for_account(account_id), []).append(device_id)
+    rows = {device.pk: device for alias, ids in by_alias.items() for device in Device.objects.using(alias).filter(pk__in=ids)}
+    return {(region, ident): rows[device_id] for region, ident, device_id, _account in claims if device_id in rows}
+
+
 def messages_of(
     *, devices: list[Device], begin: float | None, end: float | None, count: int | None, reverse: bool
 ) -> list[dict]:

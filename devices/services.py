@@ -260,59 +260,102 @@ def messages_ingest(
     (whatever the entry point) and is reported by id in ``errors``. Devices whose account moved
     to another datacenter meanwhile are read again there and the batch written again (a resent
     batch changes nothing where it was already stored)."""
+    (result,) = messages_ingest_batches(batches=[(devices, messages)], source=source, now=now)
+    return result
+
+
+def messages_ingest_batches(
+    *, batches: Sequence[tuple[Sequence[Device], Sequence[Any]]], source: str = "rest", now: float | None = None
+) -> list[IngestResult]:
+    """``messages_ingest`` of several batches (devices and their messages; a device in one batch
+    at most) with one transaction per datacenter for all of them: the MQTT ingest stores what one
+    turn brought, payloads of many devices, so. A result per batch, in order."""
     now = time.time() if now is None else now
     try:
-        return _messages_ingest(devices=devices, messages=messages, source=source, now=now)
+        return _messages_ingest(batches=batches, source=source, now=now)
     except AccountMoved:
-        return _messages_ingest(devices=placement.rows_placed(devices), messages=messages, source=source, now=now)
+        return _messages_ingest(
+            batches=[(placement.rows_placed(devices), messages) for devices, messages in batches], source=source,
+            now=now,
+        )
+
+
+@dataclass
+class _Datacenter:
+    """What a datacenter gets of an ingestion: rows, telemetry, the devices, their results."""
+
+    rows: list = field(default_factory=list)
+    telemetry: list = field(default_factory=list)
+    devices: list[Device] = field(default_factory=list)
+    results: dict[int, IngestResult] = field(default_factory=dict)
+    stored: int = 0
 
 
 def _messages_ingest(
-    *, devices: Sequence[Device], messages: Sequence[Any], source: str = "rest", now: float | None = None
-) -> IngestResult:
-    if len(messages) > MAX_MESSAGES_PER_BATCH:
-        raise InvalidInput(f"at most {MAX_MESSAGES_PER_BATCH} messages per batch, got {len(messages)}")
+    *, batches: Sequence[tuple[Sequence[Device], Sequence[Any]]], source: str, now: float
+) -> list[IngestResult]:
     started = time.perf_counter()
-    now = time.time() if now is None else now
     reception_key = "rest.timestamp" if source == "rest" else "server.timestamp"
-    result = IngestResult()
-    for device in devices:
-        if not device.enabled:
-            result.errors.append(
-                Conflict(
-                    f"device {device.pk} is disabled: enable it to store its messages",
-                    kind=ErrorKind.DEVICE_DISABLED,
-                    id=device.pk,
+    stamp_keys = storage.stamp_keys_of(reception_key)
+    results = []
+    by_alias: dict[str, _Datacenter] = {}
+    for devices, messages in batches:
+        if len(messages) > MAX_MESSAGES_PER_BATCH:
+            raise InvalidInput(f"at most {MAX_MESSAGES_PER_BATCH} messages per batch, got {len(messages)}")
+        result = IngestResult()
+        results.append(result)
+        for device in devices:
+            if not device.enabled:
+                result.errors.append(
+                    Conflict(
+                        f"device {device.pk} is disabled: enable it to store its messages",
+                        kind=ErrorKind.DEVICE_DISABLED,
+                        id=device.pk,
+                    )
                 )
+        enabled = [device for device in devices if device.enabled]
+        prepared: list[tuple[int, dict]] = []
+        for index, raw in enumerate(messages):
+            try:
+                prepared.append(message_prepare(raw, now=now))
+            except MessageError as exc:
+                result.errors.append(InvalidInput(str(exc), kind=ErrorKind.INVALID_MESSAGE, index=index))
+        if not prepared or not enabled:
+            continue
+        result.accepted = len(prepared)
+        encoded = storage.messages_encode(prepared=prepared, stamp_keys=stamp_keys)
+        groups: dict[str, list[Device]] = {}
+        for device in enabled:
+            groups.setdefault(device.database, []).append(device)
+        for alias, group in groups.items():
+            datacenter = by_alias.setdefault(alias, _Datacenter())
+            rows, telemetry = storage.messages_copy_rows(
+                devices=group, batch=encoded, reception_key=reception_key, now=now
             )
-    devices = [device for device in devices if device.enabled]
-    prepared: list[tuple[int, dict]] = []
-    for index, raw in enumerate(messages):
-        try:
-            prepared.append(message_prepare(raw, now=now))
-        except MessageError as exc:
-            result.errors.append(InvalidInput(str(exc), kind=ErrorKind.INVALID_MESSAGE, index=index))
-    if not prepared or not devices:
-        return result
-    by_alias: dict[str, list[Device]] = {}
-    for device in devices:
-        by_alias.setdefault(device.database, []).append(device)
-    batch = storage.messages_encode(prepared=prepared, stamp_keys=storage.stamp_keys_of(reception_key))
-    for alias, group in by_alias.items():
-        rows, telemetry = storage.messages_copy_rows(devices=group, batch=batch, reception_key=reception_key, now=now)
+            datacenter.rows.extend(rows)
+            datacenter.telemetry.extend(telemetry)
+            datacenter.devices.extend(group)
+            datacenter.stored += len(group) * len(prepared)
+            for device in group:
+                if datacenter.results.setdefault(device.pk, result) is not result:
+                    raise ValueError(f"device {device.pk} is in more than one batch of an ingestion")
+    for alias, datacenter in by_alias.items():
         with transaction.atomic(using=alias):
-            placement_guard(alias=alias, account_ids={device.account_id for device in group})
-            changes = storage.messages_write(alias=alias, rows=rows, telemetry=telemetry)
-            storage.changes_record(alias=alias, changes=changes, shards={device.pk: device.shard for device in group})
-        _wake(alias, group, changes)
-        result.changes.extend(changes)
-    result.accepted = len(prepared)
-    metrics.ingest_done(
-        source=source,
-        stored={alias: len(group) * len(prepared) for alias, group in by_alias.items()},
-        seconds=time.perf_counter() - started,
-    )
-    return result
+            placement_guard(alias=alias, account_ids={device.account_id for device in datacenter.devices})
+            changes = storage.messages_write(alias=alias, rows=datacenter.rows, telemetry=datacenter.telemetry)
+            storage.changes_record(
+                alias=alias, changes=changes, shards={device.pk: device.shard for device in datacenter.devices}
+            )
+        _wake(alias, datacenter.devices, changes)
+        for change in changes:
+            datacenter.results[change.device_id].changes.append(change)
+    if by_alias:
+        metrics.ingest_done(
+            source=source,
+            stored={alias: datacenter.stored for alias, datacenter in by_alias.items()},
+            seconds=time.perf_counter() - started,
+        )
+    return results
 
 
 def messages_delete(*, devices: Sequence[Device], begin: float | None, end: float | None) -> list[ChangedRange]:

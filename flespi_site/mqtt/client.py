@@ -7,6 +7,8 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 
 def broker_address(url: str) -> tuple[str, int, bool]:
@@ -29,13 +31,16 @@ def platform_credentials() -> tuple[str, str] | None:
 
 
 def client_for(
-    url: str, *, client_id: str, clean_session: bool = True, credentials: tuple[str, str] | None = None
+    url: str, *, client_id: str, clean_session: bool = True, credentials: tuple[str, str] | None = None,
+    mqtt5: bool = False,
 ) -> paho.Client:
     """A configured, not yet connected client for the broker at ``url``. It logs in with
-    ``credentials``, else with those of the URL, else with the platform's (``platform_credentials``)."""
+    ``credentials``, else with those of the URL, else with the platform's (``platform_credentials``).
+    ``mqtt5``: speak MQTT 5 (the session's persistence is then said at connect: ``session_properties``)."""
     _host, _port, tls = broker_address(url)
     client = paho.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+        clean_session=None if mqtt5 else clean_session, protocol=paho.MQTTv5 if mqtt5 else paho.MQTTv311,
     )
     parts = urlsplit(url)
     if credentials is None and parts.username:
@@ -47,6 +52,15 @@ def client_for(
         client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
     client.reconnect_delay_set(min_delay=1, max_delay=10)
     return client
+
+
+def session_properties(*, expiry: int, receive_maximum: int) -> Properties:
+    """MQTT 5 CONNECT properties of a persistent session kept ``expiry`` seconds after it
+    disconnects, which takes up to ``receive_maximum`` unacknowledged messages at once."""
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = expiry
+    properties.ReceiveMaximum = receive_maximum
+    return properties
 
 
 def connect(client: paho.Client, url: str, *, keepalive: int = 30) -> None:

@@ -10,7 +10,7 @@ from django.db import connections
 
 from devices import storage
 from devices.models import Device, DeviceIdent
-from devices.services import device_create, messages_ingest, messages_purge_expired
+from devices.services import device_create, messages_ingest, messages_ingest_batches, messages_purge_expired
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -62,6 +62,31 @@ def test_resending_a_batch_changes_nothing(device):
     assert second.changes == []
     assert rows(device) == before
     assert outbox(device) == 50
+
+
+def test_batches_of_several_devices_in_one_ingestion(account):
+    """What an MQTT consumer's turn brought: each device its own messages, one result each, the
+    valid ones stored, the refused ones reported by index or id, and every device's range."""
+    one, two, off = (device_create(account=account, name=name, configuration={"ident": f"batch-{name}"})
+                     for name in ("one", "two", "off"))
+    Device.objects.using(off._state.db).filter(pk=off.pk).update(enabled=False)
+    off.refresh_from_db()
+    results = messages_ingest_batches(batches=[
+        ([one], [{"timestamp": T0, "x": 1}, {"timestamp": T0 + 1, "x": 2}]),
+        ([two], [{"timestamp": T0 + 5, "x": 3}, {"x": "no timestamp"}]),
+        ([off], [{"timestamp": T0, "x": 4}]),
+    ], source="mqtt")
+    assert [r.accepted for r in results] == [2, 1, 0]
+    assert results[0].errors == []
+    assert [(e.index, e.kind) for e in results[1].errors] == [(1, "invalid_message")]
+    assert [(e.id, e.kind) for e in results[2].errors] == [(off.pk, "device_disabled")]
+    assert [(c.device_id, c.count) for c in results[0].changes] == [(one.pk, 2)]
+    assert [(c.device_id, c.count) for c in results[1].changes] == [(two.pk, 1)]
+    assert [m["x"] for m in rows(one)] == [1, 2] and [m["x"] for m in rows(two)] == [3] and rows(off) == []
+    assert all(m["server.timestamp"] for m in rows(one))
+    with pytest.raises(ValueError, match="in more than one batch"):
+        messages_ingest_batches(batches=[([one], [{"timestamp": T0 + 9}]), ([one], [{"timestamp": T0 + 10}])])
+    assert len(rows(one)) == 2  # nothing of that call stored
 
 
 def test_out_of_order_arrival_is_stored_in_time_order_and_reports_the_range(device):

@@ -18,6 +18,8 @@ message again changes nothing)."""
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import socket
 import time
@@ -62,9 +64,11 @@ def ident_from_topic(pattern: str, topic: str) -> str:
     return ident
 
 
-def describe(error: DomainError) -> str:
-    """An error of an item of a payload, for the log: which item, of what kind, why."""
-    item = f"message {error.index}" if error.index is not None else f"device {error.id}"
+def describe(error: DomainError, *, index: int | None = None) -> str:
+    """An error of an item of a payload, for the log: which item (``index``: its position in its
+    payload, when not the error's own), of what kind, why."""
+    index = error.index if index is None else index
+    item = f"message {index}" if index is not None else f"device {error.id}"
     return f"{item} ({error.kind}): {error.reason}"
 
 
@@ -126,6 +130,15 @@ def ingest_payload(*, regions: Sequence[str], pattern: str, topic: str, payload:
 
 
 @dataclass
+class _Payload:
+    """A payload as stored: its topic, its device and its messages."""
+
+    topic: str
+    device: Any
+    messages: list
+
+
+@dataclass
 class _Received:
     mid: int
     qos: int
@@ -175,14 +188,15 @@ class IngestConsumer(Loop):
         self._batch.append(_Received(message.mid, message.qos, message.topic, message.payload))
 
     def _ingest_batch(self) -> None:
-        """Store what the last turns received, in one ingestion (one transaction per datacenter),
-        then acknowledge it. A failure (the database away: nothing of the batch was acknowledged)
-        leaves it to the broker, which sends it again on a new connection."""
+        """Store what the last turns received, in as few ingestions as a batch's limit allows
+        (usually one: one transaction per datacenter), then acknowledge it. A failure (the
+        database away: nothing of the batch was acknowledged) leaves it to the broker, which sends
+        it again on a new connection."""
         batch, self._batch = self._batch, []
         self._reconnect = True
         idents = {ident_of_topic(item.topic, pattern=self.pattern) for item in batch} - {None}
         known = selectors.devices_by_idents(regions=self.regions, idents=idents)
-        by_device: dict[int, tuple[Any, list, list[str]]] = {}
+        by_device: dict[int, list[_Payload]] = {}
         for item in batch:
             try:
                 device, messages = parse_payload(regions=self.regions, pattern=self.pattern, topic=item.topic,
@@ -191,10 +205,21 @@ class IngestConsumer(Loop):
                 self.rejected += 1
                 logger.warning("ingest %s: dropped payload on %s: %s", self.region, item.topic, exc)
                 continue
-            entry = by_device.setdefault(device.pk, (device, [], []))
-            entry[1].extend(messages)
-            entry[2].append(item.topic)
-        self._store(list(by_device.values()))
+            by_device.setdefault(device.pk, []).append(_Payload(item.topic, device, messages))
+        waiting = list(by_device.values())
+        while waiting:
+            # each device's payloads, in order, as many as one batch of an ingestion holds
+            groups, later = [], []
+            for payloads in waiting:
+                count, upto = 0, 0
+                while upto < len(payloads) and (not upto or count + len(payloads[upto].messages) <= MAX_MESSAGES_PER_BATCH):
+                    count += len(payloads[upto].messages)
+                    upto += 1
+                groups.append(payloads[:upto])
+                if payloads[upto:]:
+                    later.append(payloads[upto:])
+            self._store(groups)
+            waiting = later
         for item in batch:
             if item.qos:
                 self.client.ack(item.mid, item.qos)
@@ -202,40 +227,52 @@ class IngestConsumer(Loop):
         self.batches += 1
         self._reconnect = False
 
-    def _store(self, entries: list[tuple[Any, list, list[str]]]) -> None:
-        """Store each device's messages: what fits in a batch of an ingestion, all in one."""
-        while entries:
-            batches = [(device, messages[:MAX_MESSAGES_PER_BATCH], topics) for device, messages, topics in entries]
-            entries = [(device, messages[MAX_MESSAGES_PER_BATCH:], topics)
-                       for device, messages, topics in entries if len(messages) > MAX_MESSAGES_PER_BATCH]
-            while True:
-                try:
-                    results = services.messages_ingest_batches(
-                        batches=[([device], messages) for device, messages, _topics in batches], source="mqtt"
-                    )
-                except AccountMoving:  # a move's switch held the account's writes: not stored yet
-                    time.sleep(RETRY_AFTER_SECONDS)
-                    continue
-                except DomainError as exc:
-                    # refused as a whole: each device's alone, so that one cannot hold back the rest
-                    logger.warning("ingest %s: a batch was refused (%s); storing device by device", self.region, exc)
-                    results = [self._store_one(device, messages, topics) for device, messages, topics in batches]
-                break
-            for (_device, _messages, topics), result in zip(batches, results, strict=True):
-                for error in result.errors:
-                    logger.warning("ingest %s: refused on %s: %s", self.region, topics[0], describe(error))
-                if result.errors and not result.accepted:
-                    self.rejected += len(topics)
-
-    def _store_one(self, device: Any, messages: list, topics: list[str]) -> services.IngestResult:
+    def _store(self, groups: list[list[_Payload]]) -> None:
+        """Store each group (a device's payloads) as one batch, all in one ingestion."""
+        batches = [([group[0].device], [message for payload in group for message in payload.messages])
+                   for group in groups]
         while True:
             try:
-                return ingest_messages(device=device, messages=messages)
+                results = services.messages_ingest_batches(batches=batches, source="mqtt")
+            except AccountMoving:  # a move's switch held the account's writes: not stored yet
+                time.sleep(RETRY_AFTER_SECONDS)
+                continue
+            except DomainError as exc:
+                # refused as a whole: each device's alone, so that one cannot hold back the rest
+                logger.warning("ingest %s: a batch was refused (%s); storing device by device", self.region, exc)
+                results = [self._store_one(devices[0], messages) for devices, messages in batches]
+            break
+        for group, result in zip(groups, results, strict=True):
+            self._report(group, result)
+
+    def _store_one(self, device: Any, messages: list) -> services.IngestResult:
+        while True:
+            try:
+                return services.messages_ingest(devices=[device], messages=messages, source="mqtt")
             except AccountMoving:
                 time.sleep(RETRY_AFTER_SECONDS)
-            except IngestRejected as exc:
-                logger.warning("ingest %s: dropped %d payload(s) on %s: %s", self.region, len(topics), topics[0], exc)
-                return services.IngestResult()
+            except DomainError as exc:
+                result = services.IngestResult()
+                result.errors.append(exc)
+                return result
+
+    def _report(self, group: list[_Payload], result: services.IngestResult) -> None:
+        """Log each refusal against the payload it came in (a message by its index there), and
+        count the payloads of which nothing was stored."""
+        starts = list(itertools.accumulate((len(payload.messages) for payload in group[:-1]), initial=0))
+        refused = [0] * len(group)
+        for error in result.errors:
+            if error.index is None:  # about the device (disabled) or the whole batch: every payload
+                for payload in group:
+                    logger.warning("ingest %s: refused on %s: %s", self.region, payload.topic, describe(error))
+                refused = [len(payload.messages) or 1 for payload in group]
+                break
+            position = bisect.bisect_right(starts, error.index) - 1
+            logger.warning("ingest %s: refused on %s: %s", self.region, group[position].topic,
+                           describe(error, index=error.index - starts[position]))
+            refused[position] += 1
+        self.rejected += sum(1 for payload, count in zip(group, refused, strict=True)
+                             if count and count >= len(payload.messages))
 
     def setup(self) -> None:
         # MQTT 5: a persistent session (kept a week while no consumer of this name connects) and

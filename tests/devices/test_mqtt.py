@@ -294,3 +294,40 @@ def test_regions_sharing_a_broker_store_each_payload_once(make_account):
         (("eu",), b"flespi-ingest-eu-host1", "$share/flespi-ingest/ingest/+"),
         (("ru",), b"flespi-ingest-ru-host1", "$share/flespi-ingest/ingest/+"),
     ]
+
+
+def test_a_batch_of_payloads_is_stored_in_one_ingestion_and_refusals_name_their_payload(make_account, caplog):
+    """What one turn of a consumer brought, several payloads of two devices among them: each
+    device's payloads are stored together, in order, and a refused message is named by its
+    position in its own payload, on its own topic."""
+    from devices.ingest_mqtt import IngestConsumer, _Received
+    from devices.selectors import messages_of
+    from devices.services import device_create
+
+    account = make_account("batched")
+    one = device_create(account=account, name="one", configuration={"ident": "batch-one"})
+    two = device_create(account=account, name="two", configuration={"ident": "batch-two"})
+    consumer = IngestConsumer(regions=[device_region(one)], mqtt_url=settings.MQTT_URL, pattern="ingest/+",
+                              client_id=f"test-ingest-{uuid.uuid4().hex[:8]}")
+    payloads = [
+        ("ingest/batch-one", [{"timestamp": 1_700_000_000, "x": 1}]),
+        ("ingest/batch-two", [{"timestamp": 1_700_000_000, "x": 10}]),
+        ("ingest/batch-one", [{"timestamp": 1_700_000_001, "x": 2}, {"x": "no timestamp"}]),
+        ("ingest/batch-nobody", [{"timestamp": 1_700_000_000}]),
+        ("ingest/batch-one", [{"x": "none"}]),
+        ("ingest/batch-one", [{"timestamp": 1_700_000_002, "x": 3}]),
+    ]
+    consumer._batch = [_Received(index + 1, 0, topic, json.dumps(messages).encode())
+                       for index, (topic, messages) in enumerate(payloads)]
+    with caplog.at_level("WARNING", logger="devices.ingest_mqtt"):
+        consumer._ingest_batch()
+    assert (consumer.received, consumer.rejected, consumer.batches) == (6, 2, 1)  # nobody's, and the 5th
+    refused = [r.getMessage() for r in caplog.records if "refused on" in r.getMessage()]
+    region = device_region(one)
+    assert refused == [
+        f"ingest {region}: refused on ingest/batch-one: message 1 (invalid_message): timestamp is required",
+        f"ingest {region}: refused on ingest/batch-one: message 0 (invalid_message): timestamp is required",
+    ]
+    stored = {device.name: [m["x"] for m in messages_of(devices=[device], begin=None, end=None, count=None,
+                                                         reverse=False)] for device in (one, two)}
+    assert stored == {"one": [1, 2, 3], "two": [10]}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -208,7 +208,7 @@ class BrokerAccess:
         by_kind = {"device": lookup(self.devices), "calc": lookup(self.calcs)}
         return lambda entity: by_kind[entity[0]](entity[1])
 
-    def owner_now(self, topic: str) -> str | bool | None:
+    def owner_now(self, topic: str) -> str | Literal[False] | None:
         entity = entity_of_topic(topic, root=self.root)
         if entity is None:
             return None

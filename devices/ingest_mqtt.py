@@ -194,7 +194,7 @@ class IngestConsumer(Loop):
         it again on a new connection."""
         batch, self._batch = self._batch, []
         self._reconnect = True
-        idents = {ident_of_topic(item.topic, pattern=self.pattern) for item in batch} - {None}
+        idents = {ident for item in batch if (ident := ident_of_topic(item.topic, pattern=self.pattern)) is not None}
         known = selectors.devices_by_idents(regions=self.regions, idents=idents)
         by_device: dict[int, list[_Payload]] = {}
         for item in batch:

@@ -90,7 +90,8 @@ class SetupError(Exception):
 def platform_setup(*, say: Callable[[str], None], superuser: bool = True) -> None:
     databases_create(say)
     with _lock_connection() as lock:
-        if not lock.execute("SELECT pg_try_advisory_lock(%s)", [MIGRATE_LOCK]).fetchone()[0]:
+        taken = lock.execute("SELECT pg_try_advisory_lock(%s)", [MIGRATE_LOCK]).fetchone()
+        if not (taken and taken[0]):
             say(f"waiting for another migration to finish ({_holder(lock)})")
             began = time.monotonic()
             lock.execute("SELECT pg_advisory_lock(%s)", [MIGRATE_LOCK])

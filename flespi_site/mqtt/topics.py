@@ -180,7 +180,7 @@ def device_of_topic(topic: str, *, root: str) -> int | None:
 def filter_entities(levels: list[str]) -> tuple[bool, list[tuple[str, int]]]:
     """Of a filter's levels after the root: whether it can match a platform topic at all, and the
     entities it names by id (``("device", 42)``) in the shapes it can match."""
-    fits, named = False, []
+    fits, named = False, list[tuple[str, int]]()
     for shape in SHAPES:
         entities = _fits(levels, shape)
         if entities is not None:
@@ -190,7 +190,7 @@ def filter_entities(levels: list[str]) -> tuple[bool, list[tuple[str, int]]]:
 
 
 def _fits(levels: list[str], shape: tuple[str, ...]) -> list[tuple[str, int]] | None:
-    entities = []
+    entities: list[tuple[str, int]] = []
     for index, actual in enumerate(levels):
         if actual == "#":
             return entities if index == len(levels) - 1 else None

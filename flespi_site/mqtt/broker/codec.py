@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 # packet types (the high nibble of the first byte)
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
@@ -209,6 +210,7 @@ class Reader:
         while self.pos < end:
             ident = self.varint()
             kind = _PROPERTY_TYPES.get(ident)
+            value: Any
             if kind is None:
                 raise ProtocolError(f"unknown property 0x{ident:02x}")
             if kind == _BYTE:
@@ -490,7 +492,7 @@ def decode_disconnect(body: bytes | memoryview, version: int) -> tuple[int, Prop
 def split_packets(buffer: bytes, max_size: int) -> tuple[list[tuple[int, bytes]], int]:
     """The complete packets at the front of ``buffer`` as (first byte, body), and how many bytes
     they took. A packet over ``max_size`` raises ``ProtocolError``."""
-    packets = []
+    packets: list[tuple[int, bytes]] = []
     pos, end = 0, len(buffer)
     while pos + 2 <= end:
         first = buffer[pos]

@@ -67,7 +67,7 @@ class Group:
 
     def __init__(self, key: Hashable):
         self.key = key
-        self.members: dict[Hashable, Any] = {}  # session key -> subscription
+        self.members: dict[str, Any] = {}  # session key -> subscription
         self.turn = 0
 
     def ordered(self) -> list[Any]:
@@ -85,7 +85,7 @@ class _Node:
 
     def __init__(self) -> None:
         self.children: dict[str, _Node] = {}
-        self.subscribers: dict[Hashable, Any] = {}  # session key -> subscription
+        self.subscribers: dict[str, Any] = {}  # session key -> subscription
         self.groups: dict[Hashable, Group] = {}
 
     def empty(self) -> bool:
@@ -110,7 +110,7 @@ class Subscriptions:
         return nodes
 
     def add(
-        self, branches: list[str], session_key: Hashable, subscription: Any, group: Hashable = None
+        self, branches: list[str], session_key: str, subscription: Any, group: Hashable = None
     ) -> None:
         for branch in branches:
             nodes = self._path(branch, make=True)
@@ -124,7 +124,7 @@ class Subscriptions:
                     shared = node.groups[group] = Group(group)
                 shared.members[session_key] = subscription
 
-    def remove(self, branches: list[str], session_key: Hashable, group: Hashable = None) -> None:
+    def remove(self, branches: list[str], session_key: str, group: Hashable = None) -> None:
         for branch in branches:
             nodes = self._path(branch, make=False)
             if nodes is None:
@@ -144,11 +144,11 @@ class Subscriptions:
                     break
                 del nodes[depth - 1].children[levels[depth - 1]]
 
-    def match(self, topic: str) -> tuple[list[tuple[Hashable, Any]], list[Group]]:
+    def match(self, topic: str) -> tuple[list[tuple[str, Any]], list[Group]]:
         """The (session key, subscription) pairs and the groups whose filters match ``topic``.
         A session may appear more than once (overlapping filters): the caller merges."""
         levels = topic.split("/")
-        found: list[tuple[Hashable, Any]] = []
+        found: list[tuple[str, Any]] = []
         groups: list[Group] = []
         # topics starting with '$' (or the broker's own namespace mark) are not matched by a
         # wildcard in the first level
@@ -192,7 +192,7 @@ class Retained:
     """The last retained message of each topic, in a tree of levels."""
 
     def __init__(self) -> None:
-        self.root: dict[str, Any] = {}
+        self.root: dict[Any, Any] = {}  # a node: children by level, its message under _MESSAGE
         self.count = 0
 
     def put(self, topic: str, message: Any) -> None:
@@ -204,12 +204,10 @@ class Retained:
         node[_MESSAGE] = message
 
     def get(self, topic: str) -> Any:
-        node = self.root
+        node: dict[Any, Any] | None = self.root
         for level in topic.split("/"):
-            node = node.get(level)
-            if node is None:
-                return None
-        return node.get(_MESSAGE)
+            node = node.get(level) if node is not None else None
+        return node.get(_MESSAGE) if node is not None else None
 
     def delete(self, topic: str) -> None:
         path = [self.root]

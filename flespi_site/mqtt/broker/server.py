@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from flespi_site.mqtt.broker import codec
 from flespi_site.mqtt.broker.codec import ProtocolError
@@ -86,7 +86,7 @@ class Access(Protocol):
 
     def subscribe_now(self, principal: Principal, topic_filter: str, cid: int | None) -> Decision | None: ...
 
-    def owner_now(self, topic: str) -> str | bool | None:
+    def owner_now(self, topic: str) -> str | Literal[False] | None:
         """The account path of the device ``topic`` is about; None when it is about none; False
         when the cache does not know."""
         ...
@@ -358,16 +358,16 @@ class Broker:
             session.disconnected = disconnected or now
             self.sessions[key] = session
         for key, topic_filter, options in loaded.subscriptions:
-            session = self.sessions.get(key)
-            if session is not None and session.principal is not None:
+            subscriber = self.sessions.get(key)
+            if subscriber is not None and subscriber.principal is not None:
                 self._subscription_add(
-                    session, topic_filter, options["options"], options["sub_id"], options["cid"],
+                    subscriber, topic_filter, options["options"], options["sub_id"], options["cid"],
                     options.get("private", False),
                 )
         for row, key, fields, payload in loaded.queued:
-            session = self.sessions.get(key)
-            if session is not None:
-                session.queue.append(
+            receiver = self.sessions.get(key)
+            if receiver is not None:
+                receiver.queue.append(
                     (
                         Message.from_fields(fields, payload),
                         fields["qos"],
@@ -529,7 +529,7 @@ class Broker:
         found, groups = self.subscriptions.match(message.topic)
         if message.topic.startswith(NAMESPACE):
             # an account's own topic: only its own subscriptions are in its namespace
-            access = _OWN_NAMESPACE
+            access = _OWN_NAMESPACE  # type: ignore[assignment]
         targets: dict[str, list] = {}
         for key, subscription in found:
             session = self.sessions.get(key)
@@ -1117,10 +1117,10 @@ class Connection(asyncio.Protocol):
         if principal is None:
             broker.stats["refused"] += 1
             logger.info("%s: connect from %s refused: %s", broker.name, self.peer, decision.reason)
-            props = {codec.SERVER_REFERENCE: decision.server_reference} if decision.server_reference else None
+            moved = {codec.SERVER_REFERENCE: decision.server_reference} if decision.server_reference else None
             code = codec.SERVER_MOVED if decision.server_reference else codec.NOT_AUTHORIZED
-            return self._refuse(connect, code, codec.V3_NOT_AUTHORIZED, decision.reason, props)
-        props: dict = {}
+            return self._refuse(connect, code, codec.V3_NOT_AUTHORIZED, decision.reason, moved)
+        props: dict[int, Any] = {}
         if not connect.client_id:
             connect.client_id = f"auto-{secrets.token_hex(8)}"
             props[codec.ASSIGNED_CLIENT_ID] = connect.client_id
@@ -1136,8 +1136,9 @@ class Connection(asyncio.Protocol):
             problem = topic_problem(connect.will.topic)
             if problem is None:
                 await broker.access.learn(topics=[connect.will.topic])
-                decision = broker.access.publish_now(principal, connect.will.topic)
-                problem = decision.reason if decision is not None and not decision.allowed else None
+                will_decision = broker.access.publish_now(principal, connect.will.topic)
+                if will_decision is not None and not will_decision.allowed:
+                    problem = will_decision.reason
             if problem is not None:
                 return self._refuse(connect, codec.NOT_AUTHORIZED, codec.V3_NOT_AUTHORIZED, f"the will: {problem}")
             if self.closed:
@@ -1300,10 +1301,11 @@ class Connection(asyncio.Protocol):
         granted = []
         for topic_filter, options in packet.filters:
             reason, code = self._subscribe_problem(topic_filter, cid)
+            decision = Decision(False, reason or "")
             if reason is None:
-                decision = access.subscribe_now(principal, topic_filter, cid)
-                if decision is None:
-                    decision = Decision(False, "the platform's facts could not be read")
+                decision = access.subscribe_now(principal, topic_filter, cid) or Decision(
+                    False, "the platform's facts could not be read"
+                )
                 if not decision.allowed:
                     reason, code = decision.reason, codec.NOT_AUTHORIZED
             if reason is not None:
@@ -1362,7 +1364,7 @@ class Connection(asyncio.Protocol):
         session, access = self.session, self.broker.access
         assert session is not None and session.principal is not None
         if subscription.private:
-            access = _OWN_NAMESPACE
+            access = _OWN_NAMESPACE  # type: ignore[assignment]
         seen = set()
         for branch in subscription.branches:
             for message in self.broker.retained.matching(branch):

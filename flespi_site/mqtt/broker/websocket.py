@@ -105,7 +105,7 @@ class WebSocketTransport(asyncio.Protocol):
             assert self.transport is not None
             self.transport.write(answer)
             self.inner = self.make_inner()
-            self.inner.connection_made(self)
+            self.inner.connection_made(self)  # type: ignore[arg-type]  # it is the MQTT connection's transport
         self._frames()
 
     def _refuse(self, reason: str) -> None:

@@ -105,23 +105,13 @@ def _subscriber(url: str, login, count: int, ready, done) -> None:
     sock.close()
 
 
-def deliver(url: str, login: tuple[str, str] | tuple[None, None], platform: tuple[str, str] | None,
-            topics: list[str], inflight: int) -> float:
-    """Messages/s of QoS 1 publishes of ``topics`` (``inflight`` unacknowledged at most) to a
-    subscriber of every device's messages, in a process of its own."""
-    import multiprocessing
-
+def publish_qos1(sock, messages: list[tuple[str, bytes]], *, inflight: int) -> None:
+    """Publish ``messages`` (topic, payload) at QoS 1 on a raw connection, ``inflight`` of them
+    unacknowledged at most; returns when every one is acknowledged."""
     from flespi_site.mqtt.broker import codec
 
-    context = multiprocessing.get_context("fork")
-    ready, done = context.Event(), context.Queue()
-    subscriber = context.Process(target=_subscriber, args=(url, login, len(topics), ready, done), daemon=True)
-    subscriber.start()
-    assert ready.wait(20), "the subscriber did not subscribe"
-    sock = _connect(url, platform, f"bench-pub-{os.getpid()}")
-    packets = [_packet(0x32, codec.text(topic) + ((index % 65535) + 1).to_bytes(2, "big") + b"{}")
-               for index, topic in enumerate(topics)]
-    began = time.perf_counter()
+    packets = [_packet(0x32, codec.text(topic) + ((index % 65535) + 1).to_bytes(2, "big") + payload)
+               for index, (topic, payload) in enumerate(messages)]
     sent = acked = 0
     buffer = b""
     while acked < len(packets):
@@ -133,6 +123,23 @@ def deliver(url: str, login: tuple[str, str] | tuple[None, None], platform: tupl
         acks, used = codec.split_packets(buffer, 1 << 24)
         buffer = buffer[used:]
         acked += sum(1 for first, _body in acks if first >> 4 == codec.PUBACK)
+
+
+def deliver(url: str, login: tuple[str, str] | tuple[None, None], platform: tuple[str, str] | None,
+            topics: list[str], inflight: int) -> float:
+    """Messages/s of QoS 1 publishes of ``topics`` (``inflight`` unacknowledged at most) to a
+    subscriber of every device's messages, in a process of its own."""
+    import multiprocessing
+
+
+    context = multiprocessing.get_context("fork")
+    ready, done = context.Event(), context.Queue()
+    subscriber = context.Process(target=_subscriber, args=(url, login, len(topics), ready, done), daemon=True)
+    subscriber.start()
+    assert ready.wait(20), "the subscriber did not subscribe"
+    sock = _connect(url, platform, f"bench-pub-{os.getpid()}")
+    began = time.perf_counter()
+    publish_qos1(sock, [(topic, b"{}") for topic in topics], inflight=inflight)
     received, finished = done.get(timeout=float(os.environ.get("BENCH_WAIT", "300")))
     subscriber.join(10)
     sock.close()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import configure_environment, setup_databases
-from mqtt_access import _connect, _packet
+from mqtt_access import _connect, publish_qos1
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,26 +40,12 @@ def stored(alias: str, device_ids: list[int]) -> int:
 
 def publish(url: str, key: str, topics: list[str], base: int, inflight: int = 100) -> None:
     """Publish one message to each of ``topics``, timestamps from ``base`` on (new rows)."""
-    from flespi_site.mqtt.broker import codec
-
     sock = _connect(url, (key, None), f"bench-devices-{os.getpid()}")
-    packets = [
-        _packet(0x32, codec.text(topic) + ((index % 65535) + 1).to_bytes(2, "big")
-                + json.dumps({"timestamp": base + index, "position.latitude": 52.1, "position.longitude": 4.3,
-                              "speed": index % 90, "din": index % 2}).encode())
+    publish_qos1(sock, [
+        (topic, json.dumps({"timestamp": base + index, "position.latitude": 52.1, "position.longitude": 4.3,
+                            "speed": index % 90, "din": index % 2}).encode())
         for index, topic in enumerate(topics)
-    ]
-    sent = acked = 0
-    buffer = b""
-    while acked < len(packets):
-        if sent < len(packets) and sent - acked < inflight:
-            upto = min(len(packets), acked + inflight)
-            sock.sendall(b"".join(packets[sent:upto]))
-            sent = upto
-        buffer += sock.recv(1 << 20)
-        acks, used = codec.split_packets(buffer, 1 << 24)
-        buffer = buffer[used:]
-        acked += sum(1 for first, _body in acks if first >> 4 == codec.PUBACK)
+    ], inflight=inflight)
     sock.close()
 
 

@@ -5,6 +5,7 @@ client ids per account, and bytes that are not MQTT. MQTT over WebSocket is in t
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import subprocess
@@ -202,6 +203,66 @@ def test_shared_groups_belong_to_the_subscribing_account(connect, fleet, platfor
     time.sleep(0.3)
     assert received("B") == sorted(f"b{r}-{i}" for r in range(4) for i in range(6))
     assert received("A") == sorted(f"a{r}-{i}" for r in range(4) for i in range(6))
+
+
+def test_shared_groups_receive_every_event_of_the_outbox_of_their_own_account(connect, fleet, embedded_broker):
+    """The same, through the platform's path: messages stored for a device of each account, the
+    relay publishing the outbox; each account's group gets exactly its device's messages, as many
+    as the outbox held for it, while members come and go."""
+    from django.db import connections
+
+    from devices.outbox import OutboxRelay
+    from devices.services import messages_ingest
+
+    alias = fleet.a._state.db
+    assert fleet.b._state.db == alias
+    with connections[alias].cursor() as cursor:
+        cursor.execute("DELETE FROM outbox")
+    relay = OutboxRelay(alias=alias, mqtt_url=embedded_broker.url, topic_root="flespi")
+    relay.start()
+    shared = "$share/consumers/flespi/message/gw/devices/+"
+    everyone: dict[str, list[Client]] = {"A": [], "B": []}
+
+    def join(account: str) -> Client:
+        member = connect(username=fleet.a_master if account == "A" else fleet.b_token)
+        assert member.connect() and member.subscribe(shared) == 1
+        everyone[account].append(member)
+        return member
+
+    def queued(device) -> int:
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT coalesce(sum(array_length(stamps, 1)), 0) FROM outbox "
+                           "WHERE device_id = %s AND stamps IS NOT NULL", [device.pk])
+            return cursor.fetchone()[0]
+
+    expected = {"A": 0, "B": 0}
+    try:
+        assert relay.wait_connected(10)
+        present = {"A": [join("A") for _ in range(4)], "B": [join("B") for _ in range(2)]}
+        for round_ in range(3):
+            for account, device in (("A", fleet.a), ("B", fleet.b)):
+                messages_ingest(devices=[device], messages=[{"timestamp": 1_700_000_000 + round_ * 100 + i, "n": i}
+                                                            for i in range(10)])
+                expected[account] += queued(device)
+            while relay.relay_once():
+                pass
+            for account in ("A", "B"):
+                present[account].pop(0).close()
+                present[account].append(join(account))
+
+        def received(account: str) -> list[tuple[str, float]]:
+            return sorted((m.topic, json.loads(m.payload)["timestamp"])
+                          for member in everyone[account] for m in member.messages)
+
+        poll(lambda: len(received("A")) >= expected["A"] and len(received("B")) >= expected["B"], timeout=10,
+             every=0.05)
+        time.sleep(0.3)
+    finally:
+        relay.close()
+    assert expected == {"A": 30, "B": 30}
+    for account, device in (("A", fleet.a), ("B", fleet.b)):
+        assert received(account) == sorted((message_topic(device), 1_700_000_000.0 + r * 100 + i)
+                                           for r in range(3) for i in range(10))
 
 
 def test_cid_delivers_only_that_accounts_entities(connect, fleet, platform_client):

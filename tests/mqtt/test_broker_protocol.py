@@ -394,3 +394,43 @@ def test_topics_outside_the_platforms_are_the_accounts_own(connect, fleet, platf
     time.sleep(0.3)
     assert [(m.topic, m.payload, m.retain) for m in late_a.messages] == [("dispatch/orders", b"o1", True)]
     assert late_b.messages == []
+
+
+def test_random_packets_after_a_connect_close_only_their_connection(embedded_broker, connect, fleet, platform_client):
+    """Packets of every type with random flags and bodies, from a client that logged in (MQTT 3.1.1
+    and 5): the broker closes that connection or answers, and goes on serving everyone else."""
+    from flespi_site.mqtt.broker import codec
+
+    rng = random.Random(11)
+    key = fleet.a_master.encode()
+    for attempt in range(60):
+        version = rng.choice([4, 5])
+        body = (codec.text("MQTT") + bytes((version, 0x82)) + (30).to_bytes(2, "big")
+                + (b"\x00" if version == 5 else b"") + codec.text(f"fuzz-{attempt}") + codec.binary(key))
+        with socket.create_connection(("127.0.0.1", embedded_broker.port)) as sock:
+            sock.settimeout(3)
+            sock.sendall(codec.packet(0x10, body))
+            assert sock.recv(2)[:1] == b"\x20"
+            for _ in range(rng.randrange(1, 6)):
+                kind = rng.randrange(1, 16)
+                payload = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40)))
+                if rng.random() < 0.5:  # a plausible start: a packet id, a topic, properties
+                    payload = (rng.randrange(1, 5).to_bytes(2, "big") + codec.text(rng.choice(
+                        ["flespi/message/gw/devices/+", "#", "a/b", "$share/g/#", "flespi/#", "x/1,2,3"]))
+                        + payload)
+                try:
+                    sock.sendall(codec.packet((kind << 4) | rng.randrange(16), payload))
+                except (BrokenPipeError, ConnectionResetError):
+                    break  # closed by the broker: a bad packet
+            try:
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(4096):
+                    pass
+            except (TimeoutError, OSError):
+                pass
+    client = connect(username=fleet.a_master)
+    assert client.connect() and client.subscribe(message_topic(fleet.a)) == 1
+    publish(platform_client, message_topic(fleet.a))
+    poll(lambda: client.messages, timeout=5, every=0.02)
+    assert client.topics() == [message_topic(fleet.a)]
+    assert "Traceback" not in embedded_broker.log.read_text()

@@ -214,7 +214,7 @@ def test_a_token_of_another_region_is_told_where_to_go(embedded_broker, make_acc
 
 
 def test_every_message_arrives_while_other_sessions_leave(embedded_broker, fleet, clients):
-    """Sessions of the same filter leaving during routing made amqtt skip the next subscriber."""
+    """Sessions of the same filter leaving while messages are routed skip no subscriber."""
     for _ in range(20):
         passing = clients(embedded_broker.url, fleet.a_master)
         assert passing.connect() and passing.subscribe("flespi/message/gw/devices/+") == 1

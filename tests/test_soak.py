@@ -1,9 +1,9 @@
 """A bounded fault soak of the whole platform as `make run` runs it (`make soak` runs the long one).
 
 The real supervisor runs every process (web, relay, MQTT ingest, purge, calc workers, pumps) on
-the test databases, Redis, and a Mosquitto of the test's own. Writers post messages over REST and
-publish them to the ingest topic with QoS 1 while each process in turn is killed with SIGKILL
-and the broker is restarted. Afterwards:
+the test databases, Redis, and a platform broker of the test's own (``manage.py mqtt_broker``, as
+a deployment runs it). Writers post messages over REST and publish them to the ingest topic with
+QoS 1 while each process in turn is killed with SIGKILL, and then the broker too. Afterwards:
 
 - every message acknowledged (an HTTP 200, a broker's PUBACK) is stored, exactly once, and
   nothing that was not sent is stored;
@@ -33,15 +33,12 @@ import pytest
 from analytics.engine import calculate
 from flespi_site.mqtt import client as mqtt
 from tests.support.fleet import forget_region_state
-from tests.support.mqtt import PrivateBroker, Subscriber
+from tests.support.mqtt import PLATFORM_PASSWORD, PLATFORM_USER, EmbeddedBroker, Subscriber
 from tests.support.net import free_port
 from tests.support.processes import RunningSupervisor
 from tests.support.waiting import wait_until
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True, databases="__all__"),
-    pytest.mark.skipif(not PrivateBroker.available(), reason="needs the mosquitto binary for a broker of its own"),
-]
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 SLOW = bool(os.environ.get("FLESPI_SLOW"))
 PASSES = 5 if SLOW else 1
@@ -109,7 +106,9 @@ class Writers:
             time.sleep(0.05)
 
     def _mqtt(self) -> None:
-        client = mqtt.client_for(self.broker_url, client_id=f"soak-pub-{uuid.uuid4().hex[:8]}")
+        # a device's login: its account's token as the username
+        client = mqtt.client_for(self.broker_url, client_id=f"soak-pub-{uuid.uuid4().hex[:8]}",
+                                 credentials=(self.key, ""))
         client.connect_async(*mqtt.broker_address(self.broker_url)[:2], keepalive=10)
         client.loop_start()
         try:
@@ -149,8 +148,6 @@ def test_soak(tmp_path, make_account, make_token):
     from devices.services import device_create
 
     forget_region_state("eu")
-    broker = PrivateBroker()
-    broker.start()
     account = make_account("soak")
     key = make_token(account)
     ident = f"soak{uuid.uuid4().hex[:8]}"
@@ -158,15 +155,19 @@ def test_soak(tmp_path, make_account, make_token):
     calculator = calculator_create(account=account, config=TRIPS)
     assignment, _new = assignment_create(calculator=calculator, device=device)
     topic_root = f"soak{uuid.uuid4().hex[:6]}"
+    ingest = {"MQTT_TOPIC_ROOT": topic_root, "MQTT_INGEST_TOPIC": f"{topic_root}-in/+"}
+    broker = EmbeddedBroker(extra_env=ingest)
+    broker.start()
     port = free_port()
     running = RunningSupervisor(
         [sys.executable, "-m", "devtools.supervisor"],
         PORT=str(port), FLESPI_DATA_DIR=str(tmp_path), CALC_DATA_DIR=str(tmp_path / "calc"),
         FLESPI_RESTART_DELAY="0.2", FLESPI_CRASH_LOOP="100/60", CALC_LEASE_TTL="3",
-        MQTT_URL=broker.url, MQTT_TOPIC_ROOT=topic_root, MQTT_INGEST_TOPIC=f"{topic_root}-in/+",
+        MQTT_URL=broker.url, MQTT_PLATFORM_USERNAME=PLATFORM_USER, MQTT_PLATFORM_PASSWORD=PLATFORM_PASSWORD,
+        **ingest,
     )
     kills = Counter()
-    subscriber = Subscriber(broker.url, f"{topic_root}/message/gw/devices/{device.pk}",
+    subscriber = Subscriber(broker.url, f"{topic_root}/message/gw/devices/{device.pk}", login=(key, ""),
                             client_id=f"soak-sub-{topic_root}", clean_session=False)
     stack = contextlib.ExitStack()
     try:
@@ -187,7 +188,7 @@ def test_soak(tmp_path, make_account, make_token):
                     running.wait_restarted(name, before, timeout=60)
                     time.sleep(1.0)
                 writers.restarts.append(writers.base + writers._next * 0.25)
-                broker.stop()
+                broker.stop(signal.SIGKILL)  # what it acknowledged is written: nothing may be lost
                 time.sleep(OUTAGE)
                 broker.start()
                 kills["broker"] += 1

@@ -1,8 +1,9 @@
 """The transactional outbox and its relay.
 
 Writers queue rows in ``outbox`` in the same transaction as the data they describe: messages
-(one row per device and write, holding their timestamps) by the write statements of
-``devices.storage``; interval events and assignment state by ``analytics.storage.outbox_events``;
+(one row per device and write, holding their timestamps) and the telemetry values a write
+changed (one row per device and write, published as one retained topic per value) by the write
+statements of ``devices.storage``; interval events and assignment state by ``analytics.storage.outbox_events``;
 the cleared state of an unassigned assignment by the trigger of
 ``analytics/migrations/0003_intervals.py``. Topics are those of ``flespi_site.mqtt.topics``.
 
@@ -27,7 +28,7 @@ from devices.choices import OutboxKind
 from flespi_site import metrics
 from flespi_site.constants import RELAY_LOCK
 from flespi_site.mqtt import client as mqtt
-from flespi_site.mqtt.topics import message_topic, rooted
+from flespi_site.mqtt.topics import device_telemetry_topic, message_topic, rooted
 from flespi_site.runner import Loop
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,11 @@ _FETCH = "SELECT id, device_id, kind, topic, payload::text, retain, stamps FROM 
 _BODIES = (
     "SELECT k.d, k.t, m.body FROM unnest(%s::bigint[], %s::bigint[]) AS k(d, t) "
     "CROSS JOIN LATERAL (SELECT body::text AS body FROM messages WHERE device_id = k.d AND ts = k.t LIMIT 1) m"
+)
+# The values of telemetry rows, as the stored JSON text of each (exactly what a publish carries).
+_VALUES = (
+    "SELECT o.id, e.key, e.value::text FROM outbox o CROSS JOIN LATERAL jsonb_each(o.payload) e "
+    "WHERE o.id = ANY(%s) ORDER BY o.id, e.key"
 )
 
 
@@ -175,15 +181,24 @@ class OutboxRelay(Loop):
                 now, rest = stamps[:budget], stamps[budget:]
                 budget -= len(now)
             else:
+                # an event; a telemetry row (a few values, published whole: a retained value
+                # published again is harmless)
                 now, rest = [], []
                 budget -= 1
             taken.append((outbox_id, device_id, kind, topic, payload, retain, now, rest))
-        # The bodies of every message row of the batch in one statement.
+        # The bodies of every message row of the batch in one statement, the values of every
+        # telemetry row in another.
         keys = [(device_id, ts) for _id, device_id, kind, *_, now, _rest in taken if kind == OutboxKind.MESSAGE for ts in now]
         bodies: dict[tuple[int, int], str] = {}
         if keys:
             cursor.execute(_BODIES, [[device_id for device_id, _ts in keys], [ts for _device_id, ts in keys]])
             bodies = {(device_id, ts): body for device_id, ts, body in cursor.fetchall()}
+        values: dict[int, list[tuple[str, str]]] = {}
+        telemetry = [entry[0] for entry in taken if entry[2] == OutboxKind.TELEMETRY]
+        if telemetry:
+            cursor.execute(_VALUES, [telemetry])
+            for outbox_id, name, value in cursor.fetchall():
+                values.setdefault(outbox_id, []).append((name, value))
         plan = []
         for outbox_id, device_id, kind, topic, payload, retain, now, rest in taken:
             if kind == OutboxKind.MESSAGE:
@@ -192,6 +207,12 @@ class OutboxRelay(Loop):
                 self.stats.skipped += len(now) - len(found)
                 topic = rooted(root=self.topic_root, topic=message_topic(device_id=device_id))
                 items = [_Item(ts, topic, bodies[(device_id, ts)], False) for ts in found]
+            elif kind == OutboxKind.TELEMETRY:
+                items = [
+                    _Item(None, rooted(root=self.topic_root, topic=device_telemetry_topic(device_id=device_id, parameter=name)),
+                          value, True)
+                    for name, value in values.get(outbox_id, [])
+                ]
             else:
                 items = [_Item(None, rooted(root=self.topic_root, topic=topic), payload, retain)]
             plan.append(_Entry(outbox_id, items, rest))

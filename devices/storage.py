@@ -97,9 +97,9 @@ _QUEUE = f"INSERT INTO outbox (device_id, kind, stamps) VALUES (%s, {int(OutboxK
 # The latest value of every parameter, kept correct when messages arrive out of order: a value
 # only replaces one from an older (or the same) message. The batch's latest values are found by
 # the caller; this statement only compares them with the stored ones.
-# The batch's latest values, and for each value that changed (not only its time) its retained
-# state topic queued in the outbox (flespi's telemetry topics), in one statement: every part of
-# it sees the values from before it. Each incoming value is compared with the stored one through
+# The batch's latest values, and the values that changed (not only their time) queued in the
+# outbox for flespi's retained telemetry topics, one row per device holding them all (the relay
+# publishes a topic for each), in one statement: every part of it sees the values from before it. Each incoming value is compared with the stored one through
 # the table's key (``compared``: an index lookup each), never by joining the statement's own
 # results, which PostgreSQL can only scan (a batch of 1,000 devices took 11 s so).
 _TELEMETRY = f"""
@@ -114,10 +114,10 @@ WITH incoming AS (
     ON CONFLICT (device_id, name) DO UPDATE SET value = EXCLUDED.value, ts = EXCLUDED.ts
     WHERE t.ts <= EXCLUDED.ts AND (t.ts <> EXCLUDED.ts OR t.value IS DISTINCT FROM EXCLUDED.value)
 )
-INSERT INTO outbox (device_id, kind, topic, payload, retain)
-SELECT c.device_id, {int(OutboxKind.EVENT)}, {device_telemetry_topic_sql(device="c.device_id", parameter="c.name")}, c.value, true
+INSERT INTO outbox (device_id, kind, payload, retain)
+SELECT c.device_id, {int(OutboxKind.TELEMETRY)}, jsonb_object_agg(c.name, c.value), true
 FROM compared c
-WHERE c.new AND {topic_level_sql("c.name")} ORDER BY c.device_id, c.name
+WHERE c.new AND {topic_level_sql("c.name")} GROUP BY c.device_id ORDER BY c.device_id
 """
 # Empty retained payloads for the telemetry topics of values gone (``%s``: the condition on the
 # deleted rows, ``telemetry`` aliased ``t``).

@@ -29,13 +29,18 @@ from analytics.choices import AssignmentState
 from analytics.fleet.debounce import DebounceTimers
 from analytics.fleet.leases import leases_read
 from analytics.models import Assignment
+from devices.choices import OutboxKind
 from flespi_site.fleet import queue_keys, unacked_key, worker_reports_key
 from regions.selectors import served_datacenters
 
 logger = logging.getLogger(__name__)
 
-_OUTBOX = """
-SELECT count(*), coalesce(sum(coalesce(cardinality(stamps), 1)), 0),
+# Rows, events (a message row holds several messages, a telemetry row several values), the age of
+# the oldest row.
+_OUTBOX = f"""
+SELECT count(*),
+       coalesce(sum(CASE kind WHEN {int(OutboxKind.TELEMETRY)} THEN (SELECT count(*) FROM jsonb_object_keys(payload))
+                    ELSE coalesce(cardinality(stamps), 1) END), 0),
        coalesce(extract(epoch FROM now() - min(created)), 0)
 FROM outbox
 """

@@ -18,6 +18,7 @@ from analytics.models import Assignment
 from flespi_site.celery import celery_app
 from flespi_site.fleet import queue_keys, worker_queue, worker_reports_key
 from tests.support.net import free_port
+from tests.support.outbox import queued_events
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -98,9 +99,7 @@ def test_a_datacenter_status_counts_assignments_by_state_and_the_outbox(assignme
     messages_ingest(devices=[device], messages=[{"timestamp": 1000.0 + i, "n": i} for i in range(3)])
     after = status.datacenter_status(code="eu-1", alias=alias)
     assert after.states == {"unsynced": 0, "synchronizing": 1, "synced": 0}
-    with connections[alias].cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM outbox WHERE topic LIKE 'state/gw/devices/%%'")
-        telemetry_topics = cursor.fetchone()[0]
+    telemetry_topics = sum(topic.startswith(f"state/gw/devices/{device.pk}/") for topic, _p, _r in queued_events(alias))
     assert telemetry_topics > 0
     assert after.outbox_events == before.outbox_events + 3 + telemetry_topics
     with connections[alias].cursor() as cursor:

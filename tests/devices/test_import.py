@@ -19,6 +19,7 @@ from devices import importers
 from devices.choices import OutboxKind
 from devices.importers import ParseError, Record, derive_motion, read_csv, read_gpx, read_jsonl
 from devices.validation import MessageError
+from tests.support.outbox import queued_events
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -446,9 +447,8 @@ def outbox_rows(device):
 
 
 def telemetry_topics_queued(device) -> list[str]:
-    with connections[device._state.db].cursor() as cursor:
-        cursor.execute("SELECT topic FROM outbox WHERE device_id = %s AND kind = %s ORDER BY id", [device.pk, int(OutboxKind.EVENT)])
-        return [row[0] for row in cursor.fetchall()]
+    return [topic for topic, _payload, _retain in queued_events(device._state.db, device.pk)
+            if topic.startswith("state/")]
 
 
 def test_import_the_bus_track(api, key, device):

@@ -4,7 +4,6 @@ the log events of devices and calculators (``flespi/log/gw/{devices,calcs}/{id}/
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 
@@ -13,12 +12,12 @@ from django.conf import settings
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
-from devices.choices import OutboxKind
 from devices.models import Device, DeviceIdent
 from devices.outbox import OutboxRelay
 from devices.services import device_create, messages_ingest
 from tests.support.api import errors_of, result_of
 from tests.support.mqtt import Subscriber
+from tests.support.outbox import queued_events
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -27,17 +26,8 @@ T0 = 1_700_000_000.0
 
 
 def events(device_id: int | None = None) -> list[tuple[str, object, bool]]:
-    """The event rows queued (topic, payload, retain), in order; of one device when named."""
-    where = f" AND device_id = {int(device_id)}" if device_id is not None else ""
-    with connections[DC].cursor() as cursor:
-        cursor.execute(
-            f"SELECT topic, payload::text, retain FROM outbox WHERE kind = %s{where} ORDER BY id",
-            [int(OutboxKind.EVENT)],
-        )
-        return [
-            (topic, None if payload is None else json.loads(payload), retain)
-            for topic, payload, retain in cursor.fetchall()
-        ]
+    """The event publishes queued (topic, payload, retain), in order; of one device when named."""
+    return queued_events(DC, device_id)
 
 
 def queued() -> int:

@@ -279,6 +279,171 @@ class Block:
         return cls(ts, cols)
 
 
+class _GrowingColumn:
+    """One column of a ``GrowingBlock``: its arrays, with room for more rows than it holds."""
+
+    __slots__ = ("has_values", "isint", "kind", "missing", "null", "pure", "values")
+
+    def __init__(self, kind: Kind, capacity: int):
+        self.kind = kind
+        self.values = _empty_values(kind, capacity)
+        self.missing = np.ones(capacity, bool)
+        self.null = np.zeros(capacity, bool)
+        self.isint = np.zeros(capacity, bool) if kind == ColumnKind.NUM else None
+        self.pure = True
+        self.has_values = False  # a row holds a value (not only null)
+
+    @classmethod
+    def of(cls, column: Column, capacity: int) -> _GrowingColumn:
+        """Room for ``capacity`` rows, the first ``len(column)`` of them ``column``'s."""
+        grown = cls(column.kind, capacity)
+        count = len(column)
+        grown.values[:count] = column.values
+        grown.missing[:count] = column.missing_mask()
+        grown.null[:count] = column.null_mask()
+        if grown.isint is not None:
+            grown.isint[:count] = _int_flags(column)
+        grown.pure = column.pure
+        grown.has_values = bool(column.value_mask().any())
+        return grown
+
+    def grow(self, capacity: int) -> None:
+        count = len(self.values)
+        values = _empty_values(self.kind, capacity)
+        values[:count] = self.values
+        missing = np.ones(capacity, bool)
+        missing[:count] = self.missing
+        null = np.zeros(capacity, bool)
+        null[:count] = self.null
+        self.values, self.missing, self.null = values, missing, null
+        if self.isint is not None:
+            isint = np.zeros(capacity, bool)
+            isint[:count] = self.isint
+            self.isint = isint
+
+    def put(self, row: int, value: Any) -> bool:
+        """Set row ``row`` (a fresh one) to ``value``; False when the value does not fit the
+        column's kind as ``Column.from_raw`` would type the whole column (the caller rebuilds it)."""
+        kind = type(value)
+        if value is None:
+            self.null[row] = True
+        elif self.kind == ColumnKind.NUM:
+            if kind is float:
+                self.values[row] = value
+            elif kind is int and -(2**53) <= value <= 2**53:
+                self.values[row] = value
+                self.isint[row] = True  # type: ignore[index]
+            else:
+                return False
+        elif self.kind == ColumnKind.BOOL:
+            if kind is not bool:
+                return False
+            self.values[row] = value
+        else:
+            if not self.has_values and kind in (int, float, bool):
+                return False  # the first value of a column of nulls: from_raw types it by the value
+            if kind in (int, float, bool):
+                self.pure = False
+            self.values[row] = value
+        self.missing[row] = False
+        self.has_values = self.has_values or value is not None
+        return True
+
+    def column(self, begin: int, end: int, *, copy: bool = False) -> Column:
+        """Rows ``begin`` to ``end`` (views, or copies)."""
+        rows = slice(begin, end)
+        values, missing, null = self.values[rows], self.missing[rows], self.null[rows]
+        isint = None if self.isint is None else self.isint[rows]
+        if copy:
+            values, missing, null = values.copy(), missing.copy(), null.copy()
+            isint = None if isint is None else isint.copy()
+        return Column(self.kind, values, missing, null, isint=isint, pure=self.pure)
+
+
+def _empty_values(kind: Kind, count: int) -> np.ndarray:
+    if kind == ColumnKind.OBJ:
+        return np.full(count, None, object)
+    return np.zeros(count, np.float64 if kind == ColumnKind.NUM else bool)
+
+
+def _kind_of(value: Any) -> Kind:
+    """The kind ``Column.from_raw`` gives a column of one value."""
+    kind = type(value)
+    if kind is float or (kind is int and -(2**53) <= value <= 2**53):
+        return ColumnKind.NUM
+    return ColumnKind.BOOL if kind is bool else ColumnKind.OBJ
+
+
+class GrowingBlock:
+    """Messages of one device appended in time order, by column, in arrays with room to grow:
+    appending costs what is appended (a value written per key), not what is already there, and
+    ``block`` views what it holds. It equals ``Block.from_dicts`` of the same messages; a value
+    that changes its column's kind (a string among numbers) rebuilds that column as ``from_dicts``
+    would type it."""
+
+    def __init__(self, block: Block | None = None):
+        count = len(block) if block is not None else 0
+        capacity = max(16, 2 * count)
+        self.count = count
+        self.ts = np.zeros(capacity, np.float64)
+        self.cols: dict[str, _GrowingColumn] = {}
+        if block is not None:
+            self.ts[:count] = block.ts
+            self.cols = {name: _GrowingColumn.of(column, capacity) for name, column in block.cols.items()}
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def last(self) -> float:
+        """The newest timestamp (-inf when empty)."""
+        return float(self.ts[self.count - 1]) if self.count else -np.inf
+
+    def append(self, messages: Sequence[Mapping]) -> None:
+        """Append messages sorted by unique timestamp, each newer than ``last``."""
+        if not messages:
+            return
+        if messages[0]["timestamp"] <= self.last:
+            raise ValueError("GrowingBlock.append takes messages newer than those it holds")
+        needed = self.count + len(messages)
+        if needed > len(self.ts):
+            capacity = max(2 * len(self.ts), needed)
+            ts = np.zeros(capacity, np.float64)
+            ts[: self.count] = self.ts[: self.count]
+            self.ts = ts
+            for grown in self.cols.values():
+                grown.grow(capacity)
+        capacity = len(self.ts)
+        for message in messages:
+            row = self.count
+            self.ts[row] = message["timestamp"]
+            for name, value in message.items():
+                if name == "timestamp":
+                    continue
+                grown = self.cols.get(name) or self.cols.setdefault(name, _GrowingColumn(_kind_of(value), capacity))
+                if not grown.put(row, value):
+                    self._retype(name, row, value)
+            self.count += 1
+
+    def _retype(self, name: str, row: int, value: Any) -> None:
+        raw = [*self.cols[name].column(0, row).to_objects(), value]
+        self.cols[name] = _GrowingColumn.of(Column.from_raw(raw), len(self.ts))
+
+    def block(self) -> Block:
+        """What it holds, as a block viewing its arrays (appends do not change it)."""
+        count = self.count
+        return Block(self.ts[:count], {name: grown.column(0, count) for name, grown in self.cols.items()})
+
+    def window(self, begin: float, end: float) -> Block:
+        """A copy of its messages with ``begin <= timestamp < end``, as ``Block.take`` gives them
+        (columns without a row holding the key left out)."""
+        ts = self.ts[: self.count]
+        lo, hi = int(np.searchsorted(ts, begin, "left")), int(np.searchsorted(ts, end, "left"))
+        columns = {name: grown.column(lo, hi, copy=True) for name, grown in self.cols.items()}
+        return Block(ts[lo:hi].copy(), {name: column for name, column in columns.items()
+                                        if not column.absent_everywhere()})
+
+
 def assemble(ts: bytes, segments: Iterable[tuple[str, dict, bytes]]) -> bytes:
     """A chunk from its float64 timestamps (little-endian bytes) and its columns as
     ``column_encode`` gives them, (name, entry, data)."""

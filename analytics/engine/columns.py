@@ -65,12 +65,20 @@ class Column:
     ):
         self.kind = kind
         self.values = values
-        self.missing = missing if missing is not None and missing.any() else None
-        self.null = null if null is not None and null.any() else None
+        # (``count_nonzero`` rather than ``any``/``all``: columns are made on every read, and the
+        # ufunc reductions cost more than the counting on these short masks)
+        self.missing = missing if missing is not None and np.count_nonzero(missing) else None
+        self.null = null if null is not None and np.count_nonzero(null) else None
         self.isint = isint
         if ints is None:
-            ints = isint is not None and bool(isint[self.value_mask()].all())
-        self.ints = ints
+            if isint is None:
+                ints = False
+            elif self.missing is None and self.null is None:
+                ints = np.count_nonzero(isint) == len(isint)
+            else:
+                flags = isint[self.value_mask()]
+                ints = np.count_nonzero(flags) == len(flags)
+        self.ints = bool(ints)
         self.pure = pure
 
     def __len__(self) -> int:

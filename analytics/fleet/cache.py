@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
-from analytics.columnar import Block
+from analytics.columnar import Block, GrowingBlock
 from analytics.engine import Diff, Messages
 from analytics.engine.values import is_number
 from flespi_site.jsontext import dumps_exact, loads_exact
@@ -147,7 +147,7 @@ class ShardCache:
         # Each device's tail decoded, as the file holds it: every write of a tail through this
         # object updates or drops its entry, a rollback drops all, and a write by any other
         # connection (SQLite's data_version) drops all before the next read.
-        self._tails: dict[int, Block] = {}
+        self._tails: dict[int, GrowingBlock] = {}
         self._tails_version = -1
 
     def _open(self) -> sqlite3.Connection:
@@ -412,14 +412,15 @@ class ShardCache:
             db.executemany("INSERT OR REPLACE INTO tail (device_id, ts, body) VALUES (?, ?, ?)", rows)
             decoded = self._tails.get(device_id)
             if decoded is not None and rows:
-                if old or (len(decoded) and decoded.ts[-1] >= newer[0]["timestamp"]):
+                if old or decoded.last >= newer[0]["timestamp"]:
                     del self._tails[device_id]  # merged into stored rows: read them again
+                    decoded = None
                 else:  # appended: as the rows will read back
-                    appended = Block.from_dicts(
-                        [{**loads_exact(text), "timestamp": timestamp} for _, timestamp, text in rows]
-                    )
-                    self._tails[device_id] = Block.concat([decoded, appended]) if len(decoded) else appended
-            count = db.execute("SELECT count(*) FROM tail WHERE device_id = ?", (device_id,)).fetchone()[0]
+                    decoded.append([{**loads_exact(text), "timestamp": timestamp} for _, timestamp, text in rows])
+            count = (
+                len(decoded) if decoded is not None
+                else db.execute("SELECT count(*) FROM tail WHERE device_id = ?", (device_id,)).fetchone()[0]
+            )
             if count >= TAIL_MAX:
                 self._fold_tail(db, device_id)
 
@@ -432,15 +433,13 @@ class ShardCache:
         decoded = self._tails.get(device_id)
         if decoded is None:
             rows = db.execute("SELECT ts, body FROM tail WHERE device_id = ? ORDER BY ts", (device_id,)).fetchall()
-            decoded = Block.from_dicts(
+            decoded = GrowingBlock(Block.from_dicts(
                 [{**loads_exact(body), "timestamp": timestamp} for timestamp, body in rows]
-            )
+            ))
             if len(self._tails) >= TAILS_KEPT:
                 del self._tails[next(iter(self._tails))]
             self._tails[device_id] = decoded
-        ts = decoded.ts
-        lo, hi = int(np.searchsorted(ts, begin, "left")), int(np.searchsorted(ts, end, "left"))
-        return decoded.take(np.arange(lo, hi))
+        return decoded.window(begin, end)
 
     def _fold_tail(self, db: sqlite3.Connection, device_id: int, newer: Block | None = None) -> None:
         """Move the tail (with ``newer`` merged in) into chunks: the last chunk is filled up to

@@ -156,10 +156,12 @@ def runs_calculate(*, runs: Sequence[Run], compiled: Compiler, now: float, stats
     covers all of history."""
     for run in runs:
         assert run.cache is not None
-        reader = run.cache.reader(calc_id=run.assignment.calculator_id, device_id=run.assignment.device_id)
+        calculator = compiled(run.calculator)
+        reader = run.cache.reader(calc_id=run.assignment.calculator_id, device_id=run.assignment.device_id,
+                                  names=calculator.parameters)
         begin, end = (-math.inf, math.inf) if run.synced_now else (run.begin, run.end)
         run.diff = recalculate(
-            calculator=compiled(run.calculator),
+            calculator=calculator,
             read_messages=reader.read_messages,
             read_intervals=reader.read_intervals,
             interval_before=reader.interval_before,

@@ -434,12 +434,13 @@ class GrowingBlock:
         count = self.count
         return Block(self.ts[:count], {name: grown.column(0, count) for name, grown in self.cols.items()})
 
-    def window(self, begin: float, end: float) -> Block:
+    def window(self, begin: float, end: float, names: Collection[str] | None = None) -> Block:
         """A copy of its messages with ``begin <= timestamp < end``, as ``Block.take`` gives them
-        (columns without a row holding the key left out)."""
+        (columns without a row holding the key left out), of the columns ``names`` (all: None)."""
         ts = self.ts[: self.count]
         lo, hi = int(np.searchsorted(ts, begin, "left")), int(np.searchsorted(ts, end, "left"))
-        columns = {name: grown.column(lo, hi, copy=True) for name, grown in self.cols.items()}
+        columns = {name: grown.column(lo, hi, copy=True) for name, grown in self.cols.items()
+                   if names is None or name in names}
         return Block(ts[lo:hi].copy(), {name: column for name, column in columns.items()
                                         if not column.absent_everywhere()})
 

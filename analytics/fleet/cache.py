@@ -30,7 +30,7 @@ import os
 import sqlite3
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import wraps
@@ -424,8 +424,10 @@ class ShardCache:
             if count >= TAIL_MAX:
                 self._fold_tail(db, device_id)
 
-    def _tail_block(self, db: sqlite3.Connection, device_id: int, begin: float, end: float) -> Block:
-        """The device's tail messages with ``begin <= ts < end`` (a copy: callers may own it)."""
+    def _tail_block(self, db: sqlite3.Connection, device_id: int, begin: float, end: float,
+                    names: Collection[str] | None = None) -> Block:
+        """The device's tail messages with ``begin <= ts < end`` (a copy: callers may own it), of
+        the parameters ``names`` (all: None)."""
         version = db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._tails_version:  # another connection wrote the file meanwhile
             self._tails.clear()
@@ -439,7 +441,7 @@ class ShardCache:
             if len(self._tails) >= TAILS_KEPT:
                 del self._tails[next(iter(self._tails))]
             self._tails[device_id] = decoded
-        return decoded.window(begin, end)
+        return decoded.window(begin, end, names)
 
     def _fold_tail(self, db: sqlite3.Connection, device_id: int, newer: Block | None = None) -> None:
         """Move the tail (with ``newer`` merged in) into chunks: the last chunk is filled up to
@@ -473,11 +475,11 @@ class ShardCache:
             (device_id, float(block.ts[0]), float(block.ts[-1]), len(block), zlib.crc32(data), data),
         )
 
-    def _decode(self, crc: int, data: bytes) -> Block:
+    def _decode(self, crc: int, data: bytes, names: Collection[str] | None = None) -> Block:
         if zlib.crc32(data) != crc:
             raise CacheCorrupt(f"{self.path}: a chunk fails its checksum")
         try:
-            return Block.decode(data)
+            return Block.decode(data, names)
         except (ValueError, KeyError, TypeError, struct.error, orjson.JSONDecodeError) as exc:
             raise CacheCorrupt(f"{self.path}: a chunk does not decode ({exc})") from exc
 
@@ -554,10 +556,12 @@ class ShardCache:
             )
 
     @_guard
-    def messages_read(self, *, device_id: int, begin: float = -math.inf, end: float = math.inf) -> Messages:
+    def messages_read(self, *, device_id: int, begin: float = -math.inf, end: float = math.inf,
+                      names: Collection[str] | None = None) -> Messages:
         """The device's messages with ``begin <= timestamp < end`` as engine ``Messages``, equal
         to ``Messages.from_dicts`` of the same messages (``end=math.nextafter(t, math.inf)``
-        includes ``t``)."""
+        includes ``t``), with the parameters ``names`` only (None: every one; a calculator's
+        ``parameters``: what it reads, the other columns never decoded)."""
         with self._read() as db:
             rows = db.execute(
                 # The chunks that start before ``end``, from the last one starting at or before
@@ -568,8 +572,8 @@ class ShardCache:
                 " ORDER BY first",
                 (device_id, end, begin, device_id, begin, begin),
             ).fetchall()
-            tail = self._tail_block(db, device_id, begin, end)
-        blocks = [self._decode(crc, data) for crc, data in rows]
+            tail = self._tail_block(db, device_id, begin, end, names)
+        blocks = [self._decode(crc, data, names) for crc, data in rows]
         if blocks:
             ts = blocks[0].ts
             start = int(np.searchsorted(ts, begin, "left"))
@@ -701,9 +705,10 @@ class ShardCache:
             db.execute("DELETE FROM intervals WHERE calc_id = ? AND device_id = ?", (calc_id, device_id))
             db.execute("DELETE FROM assignments WHERE calc_id = ? AND device_id = ?", (calc_id, device_id))
 
-    def reader(self, *, calc_id: int, device_id: int) -> AssignmentReader:
-        """The read callables ``analytics.engine.recalculate`` takes, for one assignment."""
-        return AssignmentReader(self, calc_id, device_id)
+    def reader(self, *, calc_id: int, device_id: int, names: Collection[str] | None = None) -> AssignmentReader:
+        """The read callables ``analytics.engine.recalculate`` takes, for one assignment, reading
+        the parameters ``names`` (the calculator's ``parameters``; None: every one)."""
+        return AssignmentReader(self, calc_id, device_id, names)
 
 
 class AssignmentReader:
@@ -711,15 +716,16 @@ class AssignmentReader:
     ``analytics.engine.recalculate`` calls them, over one assignment of a ``ShardCache``; also
     ``newest`` and ``oldest`` for its ``newest`` and ``messages_begin`` arguments."""
 
-    __slots__ = ("cache", "calc_id", "device_id")
+    __slots__ = ("cache", "calc_id", "device_id", "names")
 
-    def __init__(self, cache: ShardCache, calc_id: int, device_id: int):
+    def __init__(self, cache: ShardCache, calc_id: int, device_id: int, names: Collection[str] | None = None):
         self.cache = cache
         self.calc_id = calc_id
         self.device_id = device_id
+        self.names = names
 
     def read_messages(self, begin: float, end: float) -> Messages:
-        return self.cache.messages_read(device_id=self.device_id, begin=begin, end=end)
+        return self.cache.messages_read(device_id=self.device_id, begin=begin, end=end, names=self.names)
 
     def read_intervals(self, begin: float, end: float) -> list[dict]:
         return self.cache.intervals_read(calc_id=self.calc_id, device_id=self.device_id, begin=begin, end=end)

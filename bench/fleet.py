@@ -121,12 +121,17 @@ class Platform:
 
     def pids(self) -> dict[str, int]:
         import psutil
+        from django.conf import settings
 
         pids = {name: process.pid for name, (process, _output) in self.fleet.processes.items()}
         web = psutil.Process(self.web.process.pid)
         pids["web"] = web.pid
         for number, child in enumerate(web.children(recursive=True)):
             pids[f"web{number + 1}"] = child.pid
+        broker = broker_pid(settings.MQTT_URL)
+        if broker is not None:
+            pids["broker"] = broker
+        pids["bench"] = os.getpid()  # the devices' client and the subscriber
         return pids
 
     def lines(self, name: str) -> list[str]:
@@ -205,6 +210,19 @@ def task_times(lines: list[str]) -> dict[str, tuple[int, float]]:
             entry[0] += 1
             entry[1] += float(match.group(2))
     return {name: (count, seconds) for name, (count, seconds) in out.items()}
+
+
+def broker_pid(url: str) -> int | None:
+    """The process listening on the broker's port, when it runs on this machine."""
+    import psutil
+
+    from flespi_site.mqtt.client import broker_address
+
+    _host, port, _tls = broker_address(url)
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port and connection.pid:
+            return connection.pid
+    return None
 
 
 class CpuMeter:

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
+from accounts import placement
 from devices.models import Device, DeviceIdent
 from devices.outbox import OutboxRelay
 from devices.services import device_create, messages_ingest
@@ -125,7 +126,10 @@ def test_calculator_log_events(api, key, account):
     ]
 
 
-def test_a_batch_of_devices_costs_the_same_statements_whatever_its_size(api, key, account):
+def test_a_batch_of_devices_costs_the_same_statements_whatever_its_size(api, key, account, monkeypatch):
+    # the placement version is read again by every request (else by time: the count would too)
+    monkeypatch.setattr(placement, "RECHECK_SECONDS", 0.0)
+
     def statements(count: int, first: int) -> int:
         body = [{"configuration": {"ident": f"b{first + n}"}} for n in range(count)]
         with (

@@ -385,9 +385,32 @@ class ShardCache:
                     (device_id, filled_to),
                 )
 
-    def _put(self, db: sqlite3.Connection, device_id: int, batch: list[dict]) -> None:
-        row = db.execute("SELECT max(last) FROM chunks WHERE device_id = ?", (device_id,)).fetchone()
-        boundary = row[0] if row[0] is not None else -math.inf
+    @_guard
+    def messages_replace(self, *, device_id: int, begin: float, end: float, messages: Iterable[Mapping]) -> None:
+        """Make the cached device's messages with ``begin <= timestamp <= end`` exactly
+        ``messages`` (what a drain read of a changed range): ``messages_delete`` then
+        ``messages_put``, without the delete when the range lies after every cached message
+        (new messages: the usual case)."""
+        batch = _merged_batch(messages)
+        with self._write() as db:
+            chunk_last, tail_last = db.execute(
+                "SELECT (SELECT max(last) FROM chunks WHERE device_id = ?), (SELECT max(ts) FROM tail WHERE device_id = ?)",
+                (device_id, device_id),
+            ).fetchone()
+            boundary = -math.inf if chunk_last is None else chunk_last
+            if begin <= max(boundary, -math.inf if tail_last is None else tail_last):
+                self._remove(db, device_id, begin, end)
+                boundary = None  # the removal may have changed the chunks: read again
+            if batch:
+                self._put(db, device_id, batch, boundary=boundary)
+
+    def _put(self, db: sqlite3.Connection, device_id: int, batch: list[dict], boundary: float | None = None) -> None:
+        """``boundary``: the device's last chunk's newest timestamp, when the caller read it."""
+        if boundary is None:
+            row = db.execute("SELECT max(last) FROM chunks WHERE device_id = ?", (device_id,)).fetchone()
+            boundary = row[0]
+        if boundary is None:
+            boundary = -math.inf
         late = [message for message in batch if message["timestamp"] <= boundary]
         newer = [message for message in batch if message["timestamp"] > boundary]
         if late:

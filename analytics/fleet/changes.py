@@ -81,24 +81,26 @@ def _changes_batch(alias: str, held_shards: Sequence[HeldShard], timers: Debounc
         for device_id in ranges
         if device_id in cached[shard_of[device_id]]
     }
-    with contextlib.ExitStack() as stack:
-        for cache in {id(cache): cache for cache in caches.values()}.values():
-            stack.enter_context(cache.batch())
-        _cache_ranges(alias, caches, {device_id: ranges[device_id] for device_id in caches})
     drained: dict[int, dict[int, tuple[int, int]]] = {}
     for device_id, shard in shard_of.items():
         drained.setdefault(shard, {})[device_id] = ranges[device_id]
-    with fenced(alias, [by_shard[shard] for shard in sorted(drained)]):
-        placement_guard(alias=alias, account_ids=accounts)
-        scheduled = storage.assignments_pending_widen(alias=alias, ranges=ranges)
-        message_storage.changes_delete(alias=alias, ids=[row.id for row in rows])
-        numbers = message_storage.drains_record(alias=alias, ranges=drained)
-    # The caches hold these ranges (written above): their positions follow. A cache whose
-    # position was not the drain before (a write of it lost to a crash) catches up first.
-    for shard, drain in numbers.items():
-        held = by_shard[shard]
-        if not held.cache.position_set(alias=alias, seq=drain.seq, stamp=drain.stamp, after=drain.seq - 1):
-            cache_catch_up(aliases=[alias], held=held)
+    # One transaction per cache for the ranges and the position that follows them (committed
+    # once the database's is: a failure there leaves the caches as they were, the rows in the log).
+    with contextlib.ExitStack() as stack:
+        for shard in sorted(drained):
+            stack.enter_context(by_shard[shard].cache.batch())
+        _cache_ranges(alias, caches, {device_id: ranges[device_id] for device_id in caches})
+        with fenced(alias, [by_shard[shard] for shard in sorted(drained)]):
+            placement_guard(alias=alias, account_ids=accounts)
+            scheduled = storage.assignments_pending_widen(alias=alias, ranges=ranges)
+            message_storage.changes_delete(alias=alias, ids=[row.id for row in rows])
+            numbers = message_storage.drains_record(alias=alias, ranges=drained)
+        # The caches hold these ranges: their positions follow. A cache whose position was not the
+        # drain before (a write of it lost to a crash) catches up first.
+        for shard, drain in numbers.items():
+            held = by_shard[shard]
+            if not held.cache.position_set(alias=alias, seq=drain.seq, stamp=drain.stamp, after=drain.seq - 1):
+                cache_catch_up(aliases=[alias], held=held)
     # The timers are armed after commit: a run they start finds the pending range stored.
     changes: dict[int, list[Change]] = {}
     for widened in scheduled:
@@ -139,10 +141,7 @@ def _cache_ranges(alias: str, caches: Mapping[int, ShardCache], ranges: Mapping[
                 by_device[owner].append(message)
         for device_id, messages in by_device.items():
             begin, end = ranges[device_id]
-            cache = caches[device_id]
-            cache.messages_delete(device_id=device_id, begin=begin / 1e6, end=end / 1e6)
-            if messages:
-                cache.messages_put(device_id=device_id, messages=messages)
+            caches[device_id].messages_replace(device_id=device_id, begin=begin / 1e6, end=end / 1e6, messages=messages)
 
 
 @dataclass(frozen=True)

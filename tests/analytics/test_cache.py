@@ -153,6 +153,8 @@ _op = st.one_of(
     st.tuples(st.just("put"), st.lists(_msg, min_size=1, max_size=30)),
     st.tuples(st.just("delete"), _ts, _ts),
     st.tuples(st.just("expire"), _ts),
+    # a drain's changed range: what PostgreSQL now holds in it
+    st.tuples(st.just("replace"), _ts, _ts, st.lists(_msg, max_size=30)),
 )
 
 
@@ -170,6 +172,7 @@ def test_windows_equal_from_dicts_after_any_puts_deletes_and_expiry(
     model: dict[float, dict] = {}
     path = tmp_path_factory.mktemp("c") / "s.cache"
     with ShardCache(path, shard="eu/1") as c, ShardCache(path, shard="eu/1") as fresh:
+        c.messages_put(device_id=1, messages=[], filled_to=0.0)  # cached, as a drain's devices are
         for op in ops:
             if op[0] == "put":
                 for m in op[1]:
@@ -180,6 +183,14 @@ def test_windows_equal_from_dicts_after_any_puts_deletes_and_expiry(
                 for t in [t for t in model if lo <= t <= hi]:
                     del model[t]
                 c.messages_delete(device_id=1, begin=lo, end=hi)
+            elif op[0] == "replace":
+                lo, hi = sorted(op[1:3])
+                inside = [m for m in op[3] if lo <= m["timestamp"] <= hi]
+                for t in [t for t in model if lo <= t <= hi]:
+                    del model[t]
+                for m in inside:
+                    model[m["timestamp"]] = {**model.get(m["timestamp"], {}), **m}
+                c.messages_replace(device_id=1, begin=lo, end=hi, messages=inside)
             else:
                 for t in [t for t in model if t < op[1]]:
                     del model[t]

@@ -1,7 +1,7 @@
 """Calc fleet benchmark: latency, sync and throughput of the real fleet processes.
 
     .venv/bin/python bench/fleet.py [--quick] [--sizes 10,100,1000] [--seconds 60] [--only latency,sync,throughput]
-                                    [--workers 1] [--sync-messages 1000000] [--profile DIR]
+                                    [--workers 1] [--every 1] [--sync-messages 1000000] [--profile DIR]
 
 Databases as in ``bench/ingest.py`` (``DATABASE_URL``, default ``flespi_bench``; a sibling
 ``<name>_bench`` when the name lacks "bench"; migrated by ``platform_setup``); Redis and MQTT of
@@ -13,10 +13,11 @@ calc_worker --region eu`` (``--workers`` of them), ``manage.py calc_pump --regio
 databases in their environment, ``CALC_DATA_DIR`` in a temporary directory and a topic root of
 their own (``MQTT_TOPIC_ROOT``).
 
-1. Latency. N devices each send one moving message a second for ``--seconds``, over REST: the
-   devices report in 10 phases a second, and each phase is one ``POST /gw/devices/<ids>/messages``
-   to the web process carrying one message (timestamp: its send time) for the N/10 devices of
-   the phase. A trips calculator (selector on while moving, so each message extends the open
+1. Latency. N devices each send one moving message a second (``--every`` k: every k seconds)
+   for ``--seconds``, over REST: the devices report in 10 phases a second, and each phase is one
+   ``POST /gw/devices/<ids>/messages`` to the web process carrying one message (timestamp: its
+   send time) for the N/10 (N/10k) devices of the phase. Runs of 2 minutes or more also print p99
+   by minute: the devices never stop, so their open trips grow all along. A trips calculator (selector on while moving, so each message extends the open
    interval: one ``updated`` per run) with ``update_delay`` 1 has every device assigned. Latency
    of a message: from its request's answer (the write committed) to the first
    ``<root>/interval/gw/calcs/<calc>/devices/<dev>/updated`` received here whose interval ``end``
@@ -80,6 +81,7 @@ WARMUP = 5.0  # seconds of each latency run left out
 DRAIN = 10.0  # seconds to wait for the last events of a latency run
 LOGS: Path | None = None  # --logs
 UPDATE_DELAY = 1
+EVERY = 1  # --every: seconds between a device's messages in a latency run
 TARGET_P99 = UPDATE_DELAY + 0.25
 
 SELECTOR = {"type": "expression", "expression": "position.speed > 5", "merge_unknown": True, "max_inactive": 60}
@@ -277,7 +279,10 @@ def latency(platform: Platform, fixture, devices, seconds: float, profile: Path 
     run = LatencyRun(size, seconds)
     calculator = assign(fixture.account, devices, trips(UPDATE_DELAY))
     run.sync_s = wait_synced(calculator, size, timeout=120 + size)
-    groups = [devices[phase::PHASES] for phase in range(min(PHASES, size))]
+    # EVERY seconds between a device's messages: the devices report in EVERY x PHASES groups, the
+    # PHASES of one second each sending one message for their devices
+    slots = PHASES * EVERY
+    groups = [devices[phase::slots] for phase in range(min(slots, size))]
     paths = [f"/gw/devices/{','.join(str(device.pk) for device in group)}/messages" for group in groups]
     # Each record keeps its receive time.
     subscriber = Subscriber(settings.MQTT_URL, f"{platform.root}/interval/gw/calcs/{calculator.pk}/devices/+/updated",
@@ -305,11 +310,15 @@ def latency(platform: Platform, fixture, devices, seconds: float, profile: Path 
     if during is not None:
         side = threading.Timer(start + WARMUP + 5 - time.time(), during)
         side.start()
-    with ThreadPoolExecutor(max_workers=4 * len(groups)) as pool:
+    per_second = min(PHASES, len(groups))
+    with ThreadPoolExecutor(max_workers=4 * per_second) as pool:
         futures = []
         for second in range(int(seconds)):
-            for phase in range(len(groups)):
-                wait = start + second + phase / len(groups) - time.time()
+            for step in range(per_second):
+                phase = (second % EVERY) * PHASES + step
+                if phase >= len(groups):
+                    continue
+                wait = start + second + step / per_second - time.time()
                 if wait > 0:
                     time.sleep(wait)
                 futures.append(pool.submit(send, phase, second))
@@ -382,6 +391,19 @@ def print_latency(runs: list[LatencyRun]) -> None:
               f" {'yes' if run.pct(0.99) <= TARGET_P99 else 'no':>10}")
     print("exact: share of messages whose own run's event (interval end = its timestamp) came; the rest were"
           " covered by a run that took a later message of the device too")
+    long_runs = [run for run in runs if run.seconds >= 120 and run.samples]
+    if long_runs:
+        print("\np99 ms by minute of the run (the devices' trips never end: a later minute's open intervals are longer)")
+        for run in long_runs:
+            first = min(accepted for accepted, _latency in run.samples)
+            minutes: dict[int, list[float]] = collections.defaultdict(list)
+            for accepted, value in run.samples:
+                minutes[int((accepted - first) // 60)].append(value)
+            cells = []
+            for minute in sorted(minutes):
+                ordered = sorted(minutes[minute])
+                cells.append(f"min {minute + 1}: {ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)] * 1e3:.0f}")
+            print(f"{run.size:>7,}  " + ", ".join(cells))
     print("\nCPU during each run (% of one core) and the calc worker's tasks (from its log):")
     names = sorted({name for run in runs for name in run.cpu})
     print(f"{'devices':>7} " + " ".join(f"{name:>10}" for name in names) + "   tasks: count, busy % of the run, ms each")
@@ -928,9 +950,12 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, default=None, help="write py-spy profiles into this directory")
     parser.add_argument("--logs", type=Path, default=None,
                         help="write each process's log of each latency run into this directory")
+    parser.add_argument("--every", type=int, default=1,
+                        help="seconds between a device's messages in the latency runs (default 1; 30: a common tracker)")
     options = parser.parse_args()
-    global LOGS
+    global LOGS, EVERY
     LOGS = options.logs
+    EVERY = max(1, options.every)
     sizes = ([int(part) for part in options.sizes.split(",") if part]
              or ([10, 100] if options.quick else [10, 100, 1000]))
     seconds = 15.0 if options.quick else options.seconds

@@ -1206,7 +1206,9 @@ class Connection(asyncio.Protocol):
             return None
         access = broker.access
         decision = access.publish_now(principal, packet.topic)
-        if decision is None:  # the facts came and went; fetch them for this one
+        if decision is None or (principal.platform and access.owner_now(packet.topic) is False):
+            # The facts came and went (a log event earlier in the same read forgot its entity's
+            # owner, ``Access.published``): fetch them for this one.
             return self._publish_later(packet)
         return self._publish_decided(packet, decision)
 

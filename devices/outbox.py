@@ -10,24 +10,24 @@ the cleared state of an unassigned assignment by the trigger of
 The relay of a datacenter publishes rows in id order with QoS 1 and deletes them only once the
 broker acknowledged them, so a crash between commit and publish, or a broker that is down for
 minutes, loses nothing: at worst a row is published twice. One relay per datacenter holds a
-PostgreSQL advisory lock, which keeps the order per device.
+PostgreSQL advisory lock, which keeps the order per device. It publishes through
+``flespi_site.mqtt.publisher`` (a batch written at once, its PUBACKs counted), which its steps
+drive: no thread of its own.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from dataclasses import asdict, dataclass
 
 from django.db import connections
-from paho.mqtt.client import MQTTMessageInfo
 
 from devices.choices import OutboxKind
 from flespi_site import metrics
 from flespi_site.constants import RELAY_LOCK
-from flespi_site.mqtt import client as mqtt
+from flespi_site.mqtt.publisher import BrokerRefused, Publisher
 from flespi_site.mqtt.topics import device_telemetry_topic, message_topic, rooted
 from flespi_site.runner import Loop
 
@@ -78,41 +78,51 @@ class OutboxRelay(Loop):
         self.busy_for = busy_for
         self.stats = RelayStats()
         self._last_published = -math.inf
-        self._client_started = False
+        self._started = False
+        self._logged_error: str | None = None  # the connection problem logged last
         # The connection (driver object) holding the relay lock: a new one must take it again.
         self._locked_on: object | None = None
-        self._connected = threading.Event()
-        self.client = mqtt.client_for(mqtt_url, client_id=f"flespi-relay-{alias}-{int(time.time() * 1000) % 10**9}")
-        self.client.max_inflight_messages_set(batch)
-        self.client.max_queued_messages_set(0)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties):
-        if not reason_code.is_failure:
-            self._connected.set()
-            logger.info("relay %s connected to %s", self.alias, self.mqtt_url)
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
-        self._connected.clear()
-        if not self.stopping.is_set():
-            logger.warning("relay %s lost the broker %s (%s); retrying", self.alias, self.mqtt_url, reason_code)
+        # A batch is in flight at once: the window is the batch.
+        self.publisher = Publisher(
+            mqtt_url, client_id=f"flespi-relay-{alias}-{int(time.time() * 1000) % 10**9}", window=batch, keepalive=30,
+        )
 
     def counts(self) -> dict[str, int]:
         return asdict(self.stats)
 
     def start(self) -> None:
-        """Connect to the broker in the background (and reconnect whenever it is lost)."""
-        self.client.connect_async(*mqtt.broker_address(self.mqtt_url)[:2], keepalive=30)
-        self.client.loop_start()
-        self._client_started = True
+        """Connect to the broker (the steps connect again whenever it is lost)."""
+        self._started = True
+        self._connect()
 
     def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+        """Whether the relay is connected to its broker, trying for up to ``timeout`` seconds (as
+        often as the publisher's backoff lets it)."""
+        deadline = time.monotonic() + timeout
+        while not self._connect():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.stopping.is_set():
+                return False
+            self.stopping.wait(min(left, max(self.publisher.retry_in(), 0.01)))
+        return True
+
+    def _connect(self) -> bool:
+        """Whether connected, connecting first when the publisher's backoff has passed; a new
+        problem is logged once."""
+        was_connected = self.publisher.connected
+        if self.publisher.ensure_connected():
+            if not was_connected:
+                logger.info("relay %s connected to %s", self.alias, self.publisher.where)
+                self._logged_error = None
+            return True
+        error = str(self.publisher.error)
+        if error != self._logged_error and not self.stopping.is_set():
+            logger.warning("relay %s: %s; retrying", self.alias, error)
+            self._logged_error = error
+        return False
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.publisher.close()
 
     def step(self) -> float:
         """Publish one batch, once this relay holds the datacenter's relay lock and the broker
@@ -120,9 +130,9 @@ class OutboxRelay(Loop):
         if not self._holds_lock():
             logger.info("another relay holds %s; waiting", self.alias)
             return LOCK_WAIT
-        if not self._client_started:
+        if not self._started:
             self.start()
-        if not self._connected.wait(timeout=0.5):
+        if not self.wait_connected(0.5):
             return 0.0
         if self.relay_once():
             self._last_published = time.monotonic()
@@ -131,10 +141,11 @@ class OutboxRelay(Loop):
         return self.busy_sleep if busy else self.idle_sleep
 
     def problem(self) -> str | None:
-        if self._client_started and not self._connected.is_set():
-            host, port, _tls = mqtt.broker_address(self.mqtt_url)
-            return f"not connected to the broker at {host}:{port}"
-        return None
+        if not self._started or self.publisher.connected:
+            return None
+        if isinstance(self.publisher.error, BrokerRefused):
+            return str(self.publisher.error)  # a login to fix, not a broker away
+        return f"not connected to the broker at {self.publisher.where}"
 
     def teardown(self) -> None:
         self.close()
@@ -155,8 +166,10 @@ class OutboxRelay(Loop):
         return True
 
     def relay_once(self) -> int:
-        """Publish up to ``batch`` events; returns how many left the outbox."""
-        if not self._connected.is_set():
+        """Publish up to ``batch`` events; returns how many the broker acknowledged (and so left
+        the outbox). Nothing when the broker cannot be reached."""
+        self.publisher.keep_alive()
+        if not self._connect():
             return 0
         with connections[self.alias].cursor() as cursor:
             cursor.execute(_FETCH, [self.batch])
@@ -164,10 +177,14 @@ class OutboxRelay(Loop):
             plan = self._plan(cursor, rows)
         if not plan:
             return 0
-        for entry in plan:
-            for item in entry.items:
-                item.info = self.client.publish(item.topic, item.payload, qos=1, retain=item.retain)
-        done = self._settle(plan)
+        acked = self.publisher.publish(
+            [(item.topic, item.payload, item.retain) for entry in plan for item in entry.items],
+            timeout=self.ack_timeout,
+        )
+        if not self.publisher.connected:
+            logger.warning("relay %s: %s", self.alias, self.publisher.error)
+            self._logged_error = str(self.publisher.error)
+        done = self._settle(plan, acked)
         self.stats.batches += 1
         return done
 
@@ -218,21 +235,12 @@ class OutboxRelay(Loop):
             plan.append(_Entry(outbox_id, items, rest))
         return plan
 
-    def _settle(self, plan: list[_Entry]) -> int:
-        """Wait for the broker's acknowledgements and remove what it acknowledged, up to the
-        first event it did not: nothing is lost and the order is kept on the retry."""
-        deadline = time.monotonic() + self.ack_timeout
+    def _settle(self, plan: list[_Entry], acked_items: int) -> int:
+        """Remove what the broker acknowledged (the plan's first ``acked_items`` items), up to the
+        first item it did not: nothing is lost and the order is kept on the retry."""
         deleted, updated, done = [], [], 0
         for entry in plan:
-            acked = 0
-            for item in entry.items:
-                info = item.info
-                assert info is not None, "relay_once publishes every item of the plan before settling it"
-                while not info.is_published() and time.monotonic() < deadline and self._connected.is_set():
-                    info.wait_for_publish(timeout=0.1)
-                if not info.is_published():
-                    break
-                acked += 1
+            acked = min(len(entry.items), acked_items - done)
             done += acked
             remaining = [item.ts for item in entry.items[acked:] if item.ts is not None] + entry.rest
             if acked == len(entry.items) and not remaining:
@@ -257,7 +265,6 @@ class _Item:
     topic: str
     payload: str
     retain: bool
-    info: MQTTMessageInfo | None = None  # set when the item is published
 
 
 @dataclass

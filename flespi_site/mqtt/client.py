@@ -30,22 +30,27 @@ def platform_credentials() -> tuple[str, str] | None:
     return settings.MQTT_PLATFORM_USERNAME, settings.MQTT_PLATFORM_PASSWORD
 
 
+def login_for(url: str, credentials: tuple[str, str] | None = None) -> tuple[str, str] | None:
+    """The login of a platform client on the broker at ``url``: ``credentials``, else those of
+    the URL, else the platform's (``platform_credentials``); None: anonymous."""
+    parts = urlsplit(url)
+    if credentials is None and parts.username:
+        credentials = unquote(parts.username), unquote(parts.password or "")
+    return credentials or platform_credentials()
+
+
 def client_for(
     url: str, *, client_id: str, clean_session: bool = True, credentials: tuple[str, str] | None = None,
     mqtt5: bool = False,
 ) -> paho.Client:
-    """A configured, not yet connected client for the broker at ``url``. It logs in with
-    ``credentials``, else with those of the URL, else with the platform's (``platform_credentials``).
-    ``mqtt5``: speak MQTT 5 (the session's persistence is then said at connect: ``session_properties``)."""
+    """A configured, not yet connected client for the broker at ``url``, logging in as
+    ``login_for`` says. ``mqtt5``: speak MQTT 5 (the session's persistence is then said at connect: ``session_properties``)."""
     _host, _port, tls = broker_address(url)
     client = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
         clean_session=None if mqtt5 else clean_session, protocol=paho.MQTTv5 if mqtt5 else paho.MQTTv311,
     )
-    parts = urlsplit(url)
-    if credentials is None and parts.username:
-        credentials = unquote(parts.username), unquote(parts.password or "")
-    credentials = credentials or platform_credentials()
+    credentials = login_for(url, credentials)
     if credentials is not None:
         client.username_pw_set(*credentials)
     if tls:

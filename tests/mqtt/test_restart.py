@@ -113,3 +113,26 @@ def test_a_backlog_being_delivered_survives_a_kill(embedded_broker, fleet, clien
     assert again.connect()
     again.wait_for_distinct(300, timeout=60)
     assert {int(payload) for _, payload in again.received()} == set(range(300))
+
+
+def test_what_a_connected_subscriber_has_not_acknowledged_survives_a_kill(embedded_broker, fleet, clients):
+    """A persistent subscriber is connected and behind (it acknowledges nothing): what the broker
+    acknowledged to the publisher for it, in flight or queued, is in the store before that
+    acknowledgement, so a kill -9 loses none of it."""
+    client_id = f"keep-{uuid.uuid4().hex[:8]}"
+    own = f"flespi/message/gw/devices/{fleet.a.pk}"
+    subscriber = clients(embedded_broker.url, fleet.a_master, client_id=client_id, clean_session=False)
+    subscriber.client.manual_ack_set(True)  # receives, acknowledges nothing
+    assert subscriber.connect() and subscriber.subscribe(own) == 1
+    publisher = clients(embedded_broker.url, PLATFORM_USER, PLATFORM_PASSWORD)
+    assert publisher.connect()
+    publish_many(publisher, own, 300)  # acknowledged by the broker: more than its window holds
+    subscriber.wait_for(100)
+    embedded_broker.stop(signal.SIGKILL)
+    subscriber.close()
+    publisher.close()
+    embedded_broker.start()
+    again = clients(embedded_broker.url, fleet.a_master, client_id=client_id, clean_session=False)
+    assert again.connect()
+    again.wait_for_distinct(300, timeout=60)
+    assert {int(payload) for _, payload in again.received()} == set(range(300))

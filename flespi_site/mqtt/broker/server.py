@@ -614,11 +614,19 @@ class Broker:
             if len(session.queue) >= self.limits.max_queued:
                 self._drop(session)
                 return
-            session.queue.append((message, qos, retain, sub_ids, None))
+            session.queue.append((message, qos, retain, sub_ids, self._kept(session, message, qos, retain, sub_ids)))
             return
         ident = session.packet_id()
-        session.inflight[ident] = [message, qos, retain, sub_ids, False, None]
+        session.inflight[ident] = [message, qos, retain, sub_ids, False, self._kept(session, message, qos, retain, sub_ids)]
         connection.send_publish(message, qos, retain, ident, sub_ids, now)
+
+    def _kept(self, session: Session, message: Message, qos: int, retain: bool, sub_ids: list | None) -> int | None:
+        """A persistent session's row in the store of a message it has not acknowledged yet, also
+        while it is connected: written before the publisher's acknowledgement leaves (``flush``),
+        so that a kill loses nothing acknowledged; None for a session that ends with its connection."""
+        if not session.persistent or self.store is None:
+            return None
+        return self._store_queued(session, message, qos, retain, sub_ids)
 
     def _drop(self, session: Session) -> None:
         session.dropped += 1

@@ -263,7 +263,7 @@ class OutboxRelay(Loop):
 class _Item:
     ts: int | None
     topic: str
-    payload: str
+    payload: str | None  # None: empty (a retained topic cleared)
     retain: bool
 
 

@@ -40,7 +40,7 @@ REFUSALS = {
     codec.V3_NOT_AUTHORIZED: "not authorized",
 }
 
-Publish = tuple[str, str | bytes, bool]  # topic, payload (str: UTF-8), retain
+Publish = tuple[str, str | bytes | None, bool]  # topic, payload (str: UTF-8; None: empty), retain
 
 
 class PublisherError(Exception):
@@ -218,6 +218,8 @@ class Publisher:
                             encoded = topics[topic] = codec.text(topic)
                         packet_id = self._packet_id(inflight)
                         inflight[packet_id] = index
+                        if payload is None:  # an empty payload: a retained topic cleared
+                            payload = b""
                         packets.append(codec.publish(
                             encoded, payload.encode() if isinstance(payload, str) else payload,
                             qos=1, retain=retain, packet_id=packet_id,

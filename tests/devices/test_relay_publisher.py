@@ -185,3 +185,36 @@ def test_the_relay_resumes_after_its_broker_is_killed_mid_batch_and_loses_nothin
     for found in numbers.values():  # in order: a message comes again only after those before it
         firsts = list(dict.fromkeys(found))
         assert firsts == sorted(firsts)
+
+
+@pytest.mark.django_db(databases="__all__", transaction=True)
+def test_a_cleared_retained_topic_is_relayed_as_an_empty_publish_and_the_events_after_it_too(platform_broker, account, key):
+    """An outbox row without a payload (a retained state cleared: an assignment gone, telemetry
+    deleted) is published empty, which clears the topic on the broker; the rows after it follow."""
+    from devices.storage import outbox_events_write
+
+    device = device_create(account=account, configuration={"ident": "cleared"})
+    alias = device.database
+    root = f"clr{uuid.uuid4().hex[:6]}"
+    state = f"state/gw/calcs/1/devices/{device.pk}/last"
+    outbox_events_write(alias=alias, device_ids=[device.pk], topics=[state], payloads=['{"n": 1}'], retains=[True])
+    relay = OutboxRelay(alias=alias, mqtt_url=platform_broker.url, topic_root=root)
+    try:
+        relay.start()
+        wait_until(lambda: relay.relay_once() or not outbox_rows(alias), timeout=20, what="the state relayed")
+        wait_until(lambda: outbox_rows(alias) == 0, timeout=20, what="the outbox emptied")
+        outbox_events_write(alias=alias, device_ids=[device.pk, device.pk],
+                            topics=[state, device_log_topic(device_id=device.pk, event="updated")],
+                            payloads=[None, '{"n": 2}'], retains=[True, False])
+        wait_until(lambda: relay.relay_once() or not outbox_rows(alias), timeout=20, what="the clearing relayed")
+        assert outbox_rows(alias) == 0
+    finally:
+        relay.close()
+    fresh = Subscriber(platform_broker.url, login=(key, ""))
+    try:
+        assert fresh.connect()
+        assert fresh.subscribe(f"{root}/state/gw/calcs/+/devices/+/+") == 1
+        time.sleep(1.0)
+        assert fresh.received() == []  # nothing retained any more
+    finally:
+        fresh.close()

@@ -81,6 +81,8 @@ WARMUP = 5.0  # seconds of each latency run left out
 DRAIN = 10.0  # seconds to wait for the last events of a latency run
 LOGS: Path | None = None  # --logs
 UPDATE_DELAY = 1
+# The counters (/metrics) a latency run reads before and after: recalculations, MQTT publishes.
+COUNTED = ("flespi_recalculations_total", "flespi_relay_published_total")
 EVERY = 1  # --every: seconds between a device's messages in a latency run
 TARGET_P99 = UPDATE_DELAY + 0.25
 
@@ -156,6 +158,24 @@ def post(port: int, path: str, body: bytes, key: str) -> None:
         connection.close()
     if response.status != 200 or b'"errors"' in answer:
         raise RuntimeError(f"POST {path[:60]}...: {response.status} {answer[:300]!r}")
+
+
+def metric_totals(port: int) -> dict[str, float]:
+    """The platform's counters (``/metrics`` of the web process, every process's counts added up),
+    each summed over its labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", "/metrics", headers={"Host": "localhost"})
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    totals: dict[str, float] = collections.defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] += sample.value
+    return totals
 
 
 def wait_synced(calculator, count: int, timeout: float) -> float:
@@ -264,6 +284,8 @@ class LatencyRun:
         self.wall = 0.0
         self.tasks: dict[str, tuple[int, float]] = {}
         self.sync_s = 0.0
+        self.counted: dict[str, float] = {}  # the platform's counters moved during the run
+        self.messages_sent = 0  # every message sent (the warm-up's too), as the CPU meter saw them
 
     def pct(self, quantile: float) -> float:
         ordered = sorted(self.latencies)
@@ -305,6 +327,7 @@ def latency(platform: Platform, fixture, devices, seconds: float, profile: Path 
     log_start = {name: len(platform.lines(name)) for name in platform.workers}
     spies = start_profiles(platform, profile, seconds) if profile else []
     meter = CpuMeter(platform.pids())
+    counters_before = metric_totals(platform.port)
     start = math.ceil(time.time()) + 0.5
     side = None
     if during is not None:
@@ -327,6 +350,9 @@ def latency(platform: Platform, fixture, devices, seconds: float, profile: Path 
     if side is not None:
         side.join()
     run.wall, run.cpu = meter.used()
+    run.messages_sent = sum(len(groups[phase]) for phase, _stamp, _accepted in sent)
+    counters_after = metric_totals(platform.port)
+    run.counted = {name: counters_after[name] - counters_before.get(name, 0.0) for name in COUNTED}
     run.tasks = {}
     for name in platform.workers:
         for task, (count, spent) in task_times(platform.lines(name)[log_start[name]:]).items():
@@ -404,6 +430,23 @@ def print_latency(runs: list[LatencyRun]) -> None:
                 ordered = sorted(minutes[minute])
                 cells.append(f"min {minute + 1}: {ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)] * 1e3:.0f}")
             print(f"{run.size:>7,}  " + ", ".join(cells))
+    print("\nCost per stage during each run: ingest (web CPU), drain and run (the workers' busy time in those"
+          " tasks, run also per recalculation), relay and publish (relay and broker CPU per MQTT publish),"
+          " PostgreSQL CPU; µs")
+    print(f"{'devices':>7} {'messages/s':>10} {'ingest':>7} {'drain':>7} {'run':>7} {'recalcs/s':>9} {'run/recalc':>10}"
+          f" {'publish/s':>9} {'relay':>6} {'publish':>7} {'PostgreSQL':>10}")
+    for run in runs:
+        sent = max(run.messages_sent, 1)
+        recalcs = run.counted.get("flespi_recalculations_total", 0.0)
+        publishes = run.counted.get("flespi_relay_published_total", 0.0)
+        drain = run.tasks.get("shard_changes", (0, 0.0))[1]
+        runs_busy = run.tasks.get("shard_run", (0, 0.0))[1]
+        print(f"{run.size:>7,} {sent / run.wall:>10,.0f} {run.cpu.get('web', 0) / sent * 1e6:>7.0f}"
+              f" {drain / sent * 1e6:>7.0f} {runs_busy / sent * 1e6:>7.0f} {recalcs / run.wall:>9,.0f}"
+              f" {runs_busy / max(recalcs, 1) * 1e6:>10.0f} {publishes / run.wall:>9,.0f}"
+              f" {run.cpu.get('relay', 0) / max(publishes, 1) * 1e6:>6.1f}"
+              f" {run.cpu.get('broker', 0) / max(publishes, 1) * 1e6:>7.1f}"
+              f" {run.cpu.get('PostgreSQL', 0) / sent * 1e6:>10.0f}")
     print("\nCPU during each run (% of one core) and the calc worker's tasks (from its log):")
     names = sorted({name for run in runs for name in run.cpu})
     print(f"{'devices':>7} " + " ".join(f"{name:>10}" for name in names) + "   tasks: count, busy % of the run, ms each")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 
 from django.conf import settings
 
@@ -39,6 +40,9 @@ ROUND_SECONDS = 0.05
 MIN_PAUSE = 0.005
 RECONCILE_EVERY = 5.0
 PURGE_EVERY = 300.0
+# A purge's shard tasks are sent spread over this many seconds, not at once: each takes a worker
+# a few ms, and hundreds queued together would hold up the runs behind them for seconds.
+PURGE_SPREAD = 60.0
 
 
 
@@ -46,13 +50,15 @@ class Pump(Loop):
     """The pump of one region."""
 
     def __init__(self, *, region: str, round_seconds: float = ROUND_SECONDS, reconcile_every: float = RECONCILE_EVERY,
-                 purge_every: float = PURGE_EVERY):
+                 purge_every: float = PURGE_EVERY, purge_spread: float = PURGE_SPREAD):
         super().__init__()
         self.name = f"pump {region}"
         self.region = region
         self.round_seconds = round_seconds
         self.reconcile_every = reconcile_every
         self.purge_every = purge_every
+        self.purge_spread = purge_spread
+        self._purges: deque[tuple[float, str, int]] = deque()  # (when, worker, shard) of a purge under way
         self.client = redis_client(region)
         self.timers = DebounceTimers(self.client, region=region)
         self.app = celery_app(region)
@@ -77,6 +83,7 @@ class Pump(Loop):
         if now >= self._next_purge:
             self.purge()
             self._next_purge = now + self.purge_every
+        self._purge_due(now)
         return self._pause()
 
     def _pause(self) -> float:
@@ -148,10 +155,21 @@ class Pump(Loop):
         return scheduled
 
     def purge(self) -> None:
-        """Ask each shard's worker for retention, and forget the change log's drains older than
+        """Ask each shard's worker for retention (one shard task after the other over
+        ``purge_spread`` seconds: ``_purge_due``), and forget the change log's drains older than
         ``CALC_CATCHUP_WINDOW``."""
-        for worker, shards in shards_held(self.client, region=self.region, shards=range(settings.CALC_SHARDS)).items():
-            for shard in shards:
-                ShardPurge(region=self.region, shard=shard).send(self.app, worker)
+        held = shards_held(self.client, region=self.region, shards=range(settings.CALC_SHARDS))
+        pairs = [(worker, shard) for worker, shards in held.items() for shard in shards]
+        step = self.purge_spread / max(len(pairs), 1)
+        start = time.monotonic()
+        self._purges = deque((start + number * step, worker, shard) for number, (worker, shard) in enumerate(pairs))
+        self._purge_due(start)
         for alias in region_aliases(self.region):
             message_storage.drains_prune(alias=alias, older_than=settings.CALC_CATCHUP_WINDOW)
+
+    def _purge_due(self, now: float) -> None:
+        """Send the shard purges whose time has come (a shard's new holder ignores a purge sent
+        to its old one; the next purge reaches it)."""
+        while self._purges and self._purges[0][0] <= now:
+            _when, worker, shard = self._purges.popleft()
+            ShardPurge(region=self.region, shard=shard).send(self.app, worker)

@@ -242,3 +242,20 @@ def test_a_message_for_a_shard_that_moved_is_passed_on_to_its_holder(worker):
         for name in ("host-x", "host-y"):
             for key in status.queue_keys("eu", name):
                 client.delete(key)
+
+
+def test_a_purge_sends_its_shard_tasks_spread_over_time_not_at_once(worker):
+    """Hundreds of shard purges queued together would hold up the runs behind them for seconds:
+    the pump sends them one after the other over ``purge_spread``, in shard order, each once."""
+    _clear("eu")
+    pump = Pump(region="eu", purge_spread=100.0)
+    started = time.monotonic()
+    pump.purge()
+    first = [args[1] for name, args in queued() if name == FleetTask.SHARD_PURGE]
+    assert first == [0]  # the first at once, the others later
+    pump._purge_due(started + 50.0)
+    half = [args[1] for name, args in queued() if name == FleetTask.SHARD_PURGE]
+    assert half == list(range(len(half))) and 1 < len(half) < settings.CALC_SHARDS
+    pump._purge_due(started + 100.0)
+    every = [args[1] for name, args in queued() if name == FleetTask.SHARD_PURGE]
+    assert every == list(range(settings.CALC_SHARDS))

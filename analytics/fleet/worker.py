@@ -56,6 +56,7 @@ from analytics.fleet.requests import requests_read
 from analytics.models import Assignment
 from analytics.models import Calculator as StoredCalculator
 from devices import storage as message_storage
+from devices.models import Device
 from flespi_site import metrics
 from flespi_site.celery import celery_app, redis_client, shards_request, shards_wake
 from flespi_site.fleet import ShardFill, dirty_key, wake_key, worker_reports_key
@@ -416,7 +417,12 @@ class ShardWorker:
             rows = list(Assignment.objects.using(alias).filter(
                 calculator_id__in={calc_id for calc_id, _ in wanted},
                 device_id__in={device_id for _, device_id in wanted},
-            ).select_related("calculator", "device"))
+            ))
+            # each calculator once (a batch's assignments share a few), not a copy per row; the
+            # devices only where a cache has to be filled (``_runs_in``)
+            calculators = StoredCalculator.objects.using(alias).in_bulk({row.calculator_id for row in rows})
+            for assignment in rows:
+                assignment.calculator = calculators[assignment.calculator_id]
             elsewhere = placed_elsewhere(alias, {assignment.account_id for assignment in rows})
             for assignment in rows:
                 key = (assignment.calculator_id, assignment.device_id)
@@ -453,6 +459,12 @@ class ShardWorker:
         the timers of open intervals the clock will close."""
         wall = time.time() if now is None else now
         caches = {run.key: held_shards[shard_of[run.key]].cache for run in runs}
+        unfilled = [run.assignment for run in runs if not caches[run.key].is_cached(device_id=run.assignment.device_id)]
+        if unfilled:  # their devices, read at once, for the fills
+            devices = Device.objects.using(alias).in_bulk({assignment.device_id for assignment in unfilled})
+            for assignment in unfilled:
+                if assignment.device_id in devices:  # else deleted meanwhile: the fill reads it and fails
+                    assignment.device = devices[assignment.device_id]
         for run in runs:
             assignment_cached(cache=caches[run.key], assignment=run.assignment)
             if run.was_state == AssignmentState.UNSYNCED:

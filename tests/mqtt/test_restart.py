@@ -56,6 +56,19 @@ def offline_backlog_survives(broker_url, restart, clients, *, subscriber_login, 
     assert fresh.wait_for(1) == [(state, b'"newest"')]
 
 
+def killed_then_all_back(broker, clients, login: str, client_id: str, count: int, *, closing) -> None:
+    """Kill the broker with SIGKILL (and close ``closing``, the clients of before), start it again:
+    the session ``client_id`` gets every one of the ``count`` messages published to it."""
+    broker.stop(signal.SIGKILL)
+    for client in closing:
+        client.close()
+    broker.start()
+    again = clients(broker.url, login, client_id=client_id, clean_session=False)
+    assert again.connect()
+    again.wait_for_distinct(count, timeout=60)
+    assert {int(payload) for _, payload in again.received()} == set(range(count))
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["stop", "kill -9"])
 def test_the_embedded_broker_keeps_sessions_and_retained_messages_across_a_restart(
     embedded_broker, fleet, clients, stop_signal
@@ -106,13 +119,7 @@ def test_a_backlog_being_delivered_survives_a_kill(embedded_broker, fleet, clien
     back.client.manual_ack_set(True)  # receives, acknowledges nothing
     assert back.connect()
     back.wait_for(100)  # the broker's in-flight window
-    embedded_broker.stop(signal.SIGKILL)
-    back.close()
-    embedded_broker.start()
-    again = clients(embedded_broker.url, fleet.a_master, client_id=client_id, clean_session=False)
-    assert again.connect()
-    again.wait_for_distinct(300, timeout=60)
-    assert {int(payload) for _, payload in again.received()} == set(range(300))
+    killed_then_all_back(embedded_broker, clients, fleet.a_master, client_id, 300, closing=[back])
 
 
 def test_what_a_connected_subscriber_has_not_acknowledged_survives_a_kill(embedded_broker, fleet, clients):
@@ -128,11 +135,4 @@ def test_what_a_connected_subscriber_has_not_acknowledged_survives_a_kill(embedd
     assert publisher.connect()
     publish_many(publisher, own, 300)  # acknowledged by the broker: more than its window holds
     subscriber.wait_for(100)
-    embedded_broker.stop(signal.SIGKILL)
-    subscriber.close()
-    publisher.close()
-    embedded_broker.start()
-    again = clients(embedded_broker.url, fleet.a_master, client_id=client_id, clean_session=False)
-    assert again.connect()
-    again.wait_for_distinct(300, timeout=60)
-    assert {int(payload) for _, payload in again.received()} == set(range(300))
+    killed_then_all_back(embedded_broker, clients, fleet.a_master, client_id, 300, closing=[subscriber, publisher])

@@ -441,13 +441,43 @@ class Broker:
         return session, present
 
     def session_end(self, session: Session) -> None:
+        groups = {subscription.group for subscription in session.subscriptions.values() if subscription.group is not None}
         for topic_filter in list(session.subscriptions):
             self._subscription_remove(session, topic_filter)
         self.sessions.pop(session.key, None)
+        # what it had not acknowledged (a QoS 2 message it has, released, excepted)
+        pending = [entry[0] for entry in session.inflight.values() if not entry[4]]
+        pending += [entry[0] for entry in session.queue]
         session.queue.clear()
         session.inflight.clear()
         if self.store is not None:
             self.store.session_forget(session.key)
+        if groups and pending:
+            self._regroup(groups, pending)
+
+    def _regroup(self, groups: set[Hashable], messages: list[Message]) -> None:
+        """Messages a session ended without acknowledging go to another member of each of its
+        shared groups (``groups``: their keys) that matches them (MQTT 5, 4.8.2: a member that
+        leaves does not take its share with it). A message it had from a subscription of its
+        own as well as from a group goes to the group again: QoS 1 allows the duplicate."""
+        now = time.time()
+        for message in messages:
+            if message.expired(now):
+                continue
+            access = _OWN_NAMESPACE if message.topic.startswith(NAMESPACE) else self.access
+            owner = None if message.topic.startswith(NAMESPACE) else self.access.owner_now(message.topic)
+            if owner is False:
+                owner = None  # not known now: only members allowed without it get it
+            _found, matching = self.subscriptions.match(message.topic)
+            for group in matching:
+                if group.key not in groups:
+                    continue
+                chosen = self._group_member(group, message, owner, access)
+                if chosen is None:
+                    continue
+                member, subscription = chosen
+                self.offer(member, message, min(subscription.qos, message.qos), message.retain and subscription.rap,
+                           [subscription.sub_id] if subscription.sub_id else None, now)
 
     def session_detach(self, session: Session) -> None:
         """The connection of ``session`` is gone: end it, or keep it with its queue in the store."""

@@ -1,7 +1,7 @@
 """Calc fleet benchmark: latency, sync and throughput of the real fleet processes.
 
     .venv/bin/python bench/fleet.py [--quick] [--sizes 10,100,1000] [--seconds 60] [--only latency,sync,throughput]
-                                    [--workers 1] [--every 1] [--sync-messages 1000000] [--profile DIR]
+                                    [--workers 1] [--every 1] [--ingest-during 0] [--sync-messages 1000000] [--profile DIR]
 
 Databases as in ``bench/ingest.py`` (``DATABASE_URL``, default ``flespi_bench``; a sibling
 ``<name>_bench`` when the name lacks "bench"; migrated by ``platform_setup``); Redis and MQTT of
@@ -17,7 +17,9 @@ their own (``MQTT_TOPIC_ROOT``).
    for ``--seconds``, over REST: the devices report in 10 phases a second, and each phase is one
    ``POST /gw/devices/<ids>/messages`` to the web process carrying one message (timestamp: its
    send time) for the N/10 (N/10k) devices of the phase. Runs of 2 minutes or more also print p99
-   by minute: the devices never stop, so their open trips grow all along. A trips calculator (selector on while moving, so each message extends the open
+   by minute: the devices never stop, so their open trips grow all along. ``--ingest-during B``
+   also posts B batches of 1,000 messages to one more device (no calculator) 10 s into each run
+   and prints the rate the web process held meanwhile. A trips calculator (selector on while moving, so each message extends the open
    interval: one ``updated`` per run) with ``update_delay`` 1 has every device assigned. Latency
    of a message: from its request's answer (the write committed) to the first
    ``<root>/interval/gw/calcs/<calc>/devices/<dev>/updated`` received here whose interval ``end``
@@ -400,6 +402,25 @@ def latency(platform: Platform, fixture, devices, seconds: float, profile: Path 
             run.latencies.append(at - accepted)
             run.samples.append((accepted, at - accepted))
     return run
+
+
+def ingest_during(platform: Platform, fixture, batches: int):
+    """A callable for ``latency(during=...)`` that posts ``batches`` of ``ingest.BATCH`` messages to a
+    device of its own (no calculator: the fleet's load stays the latency run's) from two clients,
+    and the dict where it leaves the rate it held (messages/s)."""
+    [device] = fixture.new_devices(1)
+    source = ingest.MessageSource(time.time() - 90 * 86400)
+    bodies = [json.dumps(source.batch()).encode() for _ in range(batches)]
+    path = f"/gw/devices/{device.pk}/messages"
+    result: dict[str, float] = {}
+
+    def run() -> None:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(lambda body: post(platform.port, path, body, fixture.key), bodies))
+        result["messages/s"] = batches * ingest.BATCH / (time.perf_counter() - started)
+
+    return run, result
 
 
 def print_latency(runs: list[LatencyRun]) -> None:
@@ -993,6 +1014,8 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, default=None, help="write py-spy profiles into this directory")
     parser.add_argument("--logs", type=Path, default=None,
                         help="write each process's log of each latency run into this directory")
+    parser.add_argument("--ingest-during", type=int, default=0,
+                        help="also post this many batches of 1,000 messages during each latency run and print the rate")
     parser.add_argument("--every", type=int, default=1,
                         help="seconds between a device's messages in the latency runs (default 1; 30: a common tracker)")
     options = parser.parse_args()
@@ -1021,9 +1044,13 @@ def main() -> int:
             for size in sizes:
                 print(f"latency: {size} devices for {seconds:.0f} s ...", flush=True)
                 largest = size == max(sizes)
+                during, rate = ingest_during(platform, fixture, options.ingest_during) if options.ingest_during else (None, {})
                 runs.append(latency(platform, fixture, devices[:size], seconds,
-                                    options.profile if largest else None))
+                                    options.profile if largest else None, during=during))
                 print_latency(runs[-1:])
+                if rate:
+                    print(f"ingestion during the run: {rate['messages/s']:,.0f} messages/s ({options.ingest_during} batches"
+                          f" of {ingest.BATCH:,} messages to one more device, two clients, the same web process)")
             search = [run for run in runs if run.pct(0.99) <= TARGET_P99]
             failing = [run.size for run in runs if run.pct(0.99) > TARGET_P99]
             low, high = max((run.size for run in search), default=0), min(failing, default=0)

@@ -723,6 +723,15 @@ class ShardCache:
         return loads_exact(row[0]) if row else None
 
     @_guard
+    def intervals_outlived(self, *, calc_id: int, device_id: int, ended_before: float, keep: int) -> bool:
+        """Whether the cached intervals hold one that ended before ``ended_before`` (its begin is
+        then before it too) or, with ``keep`` > 0, more than ``keep``: what a purge would delete."""
+        count, first = self._conn.execute(
+            "SELECT count(*), min(begin) FROM intervals WHERE calc_id = ? AND device_id = ?", (calc_id, device_id)
+        ).fetchone()
+        return (keep > 0 and count > keep) or (first is not None and first < ended_before)
+
+    @_guard
     def assignment_drop(self, *, calc_id: int, device_id: int) -> None:
         with self._write() as db:
             db.execute("DELETE FROM intervals WHERE calc_id = ? AND device_id = ?", (calc_id, device_id))

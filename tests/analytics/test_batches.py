@@ -259,3 +259,43 @@ def test_a_purge_sends_its_shard_tasks_spread_over_time_not_at_once(worker):
     pump._purge_due(started + 100.0)
     every = [args[1] for name, args in queued() if name == FleetTask.SHARD_PURGE]
     assert every == list(range(settings.CALC_SHARDS))
+
+
+def test_a_shard_purge_deletes_what_outlived_the_ttl_and_reads_nothing_for_the_rest(worker, make_account):
+    """The worker's purge deletes the intervals that ended before ``intervals_ttl`` (with their
+    ``deleted`` events, and from the cache); an assignment whose cache shows nothing to purge
+    costs the datacenter no statement."""
+    from django.test.utils import CaptureQueriesContext
+
+    from analytics.models import Assignment
+    from analytics.selectors import intervals_of
+    from analytics.services import calculator_update
+
+    calculator, (a, b) = two_shards(make_account)
+    from devices.services import messages_ingest
+
+    # two trips, a stop of 90 s between them: the first ends at T0 + 10
+    moves = [(T0, 40.0), (T0 + 10.0, 40.0), (T0 + 100.0, 0.0), (T0 + 110.0, 40.0), (T0 + 120.0, 40.0)]
+    messages_ingest(devices=[a, b], messages=[{"timestamp": t, "position.speed": speed} for t, speed in moves])
+    worker.changes_drain(a.shard)
+    worker.batch_run({a.shard: [(calculator.pk, a.pk)], b.shard: [(calculator.pk, b.pk)]})
+    assignment = Assignment.objects.using(a.database).get(calculator=calculator, device=a)
+    assert [trip["end"] for trip in intervals_of(assignments=[assignment])] == [T0 + 10.0, T0 + 120.0]
+    _clear("eu")
+
+    # a TTL the first trip outlived (now: T0 + 80, its end 70 s ago)
+    calculator = calculator_update(calculator=calculator, data={"intervals_ttl": 60})
+    assert worker.shard_purge(a.shard, now=T0 + 80.0) == 1
+    assert [trip["end"] for trip in intervals_of(assignments=[assignment])] == [T0 + 120.0]
+    cached = worker.held[a.shard].cache.intervals_read(calc_id=calculator.pk, device_id=a.pk)
+    assert [trip["end"] for trip in cached] == [T0 + 120.0]
+    with connections[a.database].cursor() as cursor:
+        cursor.execute("SELECT topic FROM outbox WHERE device_id = %s", [a.pk])
+        assert [row[0] for row in cursor.fetchall()] == [
+            f"interval/gw/calcs/{calculator.pk}/devices/{a.pk}/deleted"]
+
+    # nothing more to purge: the assignments' rows are read, no interval statement runs
+    with CaptureQueriesContext(connections[a.database]) as regional:
+        assert worker.shard_purge(a.shard, now=T0 + 80.0) == 0
+    assert not [query for query in regional.captured_queries if "FROM intervals" in query["sql"]]
+    assert len(regional.captured_queries) == 2  # the shard's assignments, its devices (their TTLs)

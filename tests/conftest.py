@@ -104,3 +104,20 @@ def device(account):
     from devices.services import device_create
 
     return device_create(account=account, name="truck 1", configuration={"ident": "352625690000001"})
+
+
+@pytest.fixture
+def private_broker():
+    """A Mosquitto of the test's own (``tests.support.mqtt.PrivateBroker``, persistent, no queue
+    limit: the shared one queues 1,000 messages for a subscriber at most), stopped and deleted
+    after the test; skipped where the mosquitto binary is missing."""
+    from tests.support.mqtt import PrivateBroker
+
+    if not PrivateBroker.available():
+        pytest.skip("needs the mosquitto binary")
+    broker = PrivateBroker()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.cleanup()

@@ -31,7 +31,7 @@ from flespi_site.maintenance import QueueVacuum
 from flespi_site.mqtt import client as mqtt
 from flespi_site.runner import Backoff, Loop, PeriodicLoop, run_loops
 from tests.support import waiting
-from tests.support.mqtt import PrivateBroker, Subscriber
+from tests.support.mqtt import Subscriber
 
 QUICK = Backoff(first=0.02, most=0.1)
 
@@ -246,18 +246,6 @@ def test_the_relay_takes_its_lock_again_after_losing_its_database_session(device
         wait_until(lambda: outbox_rows(alias) == 0, what="the outbox emptied again")
     assert relay.errors == 1
     assert relay.stats.published >= published + 5  # the new messages (and what telemetry changed)
-
-
-@pytest.fixture
-def private_broker():
-    if not PrivateBroker.available():
-        pytest.skip("needs the mosquitto binary")
-    broker = PrivateBroker()
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.cleanup()
 
 
 def stored_timestamps(device) -> list[float]:

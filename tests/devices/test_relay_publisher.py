@@ -16,7 +16,7 @@ from devices.outbox import OutboxRelay
 from devices.services import device_create, messages_ingest
 from flespi_site.mqtt.publisher import BrokerRefused, Publisher
 from flespi_site.mqtt.topics import device_log_topic, message_topic, rooted
-from tests.support.mqtt import PLATFORM_PASSWORD, PLATFORM_USER, EmbeddedBroker, PrivateBroker, Subscriber
+from tests.support.mqtt import PLATFORM_PASSWORD, PLATFORM_USER, EmbeddedBroker, Subscriber
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -46,18 +46,7 @@ def by_topic(received: list[tuple[str, bytes]]) -> dict[str, list[int]]:
     return found
 
 
-@pytest.fixture
-def mosquitto_broker():
-    # Of the test's own: the shared one queues 1,000 messages for a subscriber at most.
-    if not PrivateBroker.available():
-        pytest.skip("needs the mosquitto binary")
-    broker = PrivateBroker()
-    broker.start()
-    yield broker
-    broker.cleanup()
-
-
-@pytest.mark.parametrize("broker", ["platform_broker", "mosquitto_broker"])
+@pytest.mark.parametrize("broker", ["platform_broker", "private_broker"])
 def test_thousands_of_publishes_arrive_complete_and_in_order(broker, request):
     """3,000 publishes to five topics, 100 in flight at most: every one is acknowledged, and each
     topic receives its own in order."""

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .calculate import compute, validated
+from .calculate import IntervalList, _interval, _interval_pass, compute, validated
 from .calculator import Calculator, compile_calculator
+from .counters import COUNTER_TYPES, OMIT, message_counters
 from .expressions import Frame
 from .messages import Messages
-from .selectors import clean_cuts
+from .selectors import IGNORED, clean_cuts, raw_state
 
 _MISSING = object()
 _MAX_ROUNDS = 12
@@ -34,7 +35,9 @@ class Diff:
     ``reached_end`` tells whether the window reached the device's newest message; only then is
     ``active_id`` meaningful (the id of the active interval, or ``None`` when none is active).
     ``window`` is the range ``[begin, end)`` of interval begins that was recomputed, and
-    ``messages_read`` how many messages were read (for benchmarks and logs).
+    ``messages_read`` how many messages were read (for benchmarks and logs). ``tail``: what the
+    next recalculation may extend the active interval from (``Tail``), or ``None``;
+    ``extended`` tells whether this one did.
     """
 
     created: list[dict] = field(default_factory=list)
@@ -45,9 +48,134 @@ class Diff:
     window: tuple[float, float] = (math.inf, -math.inf)
     messages_read: int = 0
     engine_keys: tuple = ()
+    tail: Tail | None = None
+    extended: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.created or self.updated or self.deleted)
+
+
+@dataclass(frozen=True)
+class Tail:
+    """The active interval of an assignment as a recalculation left it, for the next one to extend
+    when its new messages all come after the newest (docs/engine.md, "Extending the active
+    interval"): the compiled calculator it was computed with, the interval's engine fields, its
+    messages (validated, the calculator's parameters only) and the device's newest message then
+    (the interval's last). ``rows`` is what holding it costs."""
+
+    calc: Calculator
+    interval: dict
+    messages: Messages
+    newest: float
+
+    @property
+    def rows(self) -> int:
+        return len(self.messages)
+
+
+def extendable(calc: Calculator) -> bool:
+    """Whether an active interval of ``calc`` can be extended by appended messages without a
+    window recalculation: one selector, an expression or geofence one whose runs only grow as
+    messages that keep it on arrive (no ``change`` method, no merging of neighbour messages, no
+    ``max_active`` piece cutting), and no counter that reads which geofence holds a message."""
+    if len(calc.selectors) != 1:
+        return False
+    spec = calc.selectors[0]
+    if spec.type not in ("expression", "geofence") or spec.method == "change":
+        return False
+    options = spec.options
+    if options.get("merge_message_before") or options.get("merge_message_after") or options.get("max_active", 0) > 0:
+        return False
+    return not any(COUNTER_TYPES[counter.type].reads_geofences for counter in calc.counters)
+
+
+def _reads_previous_position(calc: Calculator) -> bool:
+    spec = calc.selectors[0]
+    return any(
+        expression is not None and expression.reads_previous_position
+        for expression in (calc.validate_message, spec.expression, spec.validate)
+    )
+
+
+def _extended(
+    calc: Calculator,
+    tail: Tail,
+    *,
+    read_messages: Callable[[float, float], Messages | list],
+    interval_before: Callable[[float], dict | None],
+    dirty_begin: float,
+    now: float | None,
+    frozen_before: float,
+    messages_begin: float | None,
+) -> Diff | None:
+    """The diff of appending the messages after ``tail.newest`` to the active interval, when every
+    one of them keeps it active; ``None`` when the window recalculation must decide. Equal to a
+    calculation from scratch by construction: the selector's state of each new message is
+    computed with the message before it (the interval's last) as context, and the interval's
+    counters over all of its messages by the same code as any calculation."""
+    if tail.calc is not calc or not dirty_begin > tail.newest:
+        return None
+    stored = interval_before(math.inf)
+    if stored is None or stored.get("id") != tail.interval["id"] or not same_interval(calc, tail.interval, stored):
+        return None
+    begin = tail.interval["begin"]
+    if _frozen(stored, frozen_before, messages_begin):
+        return None
+    raw = Messages.coerce(read_messages(tail.newest, math.inf))
+    stamps = raw.timestamps
+    if len(raw) < 2 or stamps[0] != tail.newest or stamps[1] < dirty_begin:
+        return None  # the interval's last message changed, or older messages came back
+    count = len(raw)
+    lead = tail.messages.slice(len(tail.messages) - 1, len(tail.messages))
+    if _reads_previous_position(calc) and not Frame(lead).position()[2][0]:
+        return None  # mileage() would measure from a message before the lead
+    if calc.validate_message is not None:
+        keep = calc.validate_message.evaluate_frame(Frame(raw)).truth()
+        if not keep[1:].all():
+            return None  # a new message left out: the next one's previous raw message is not the lead
+    new = raw.slice(1, count)
+    spec = calc.selectors[0]
+    options = spec.options
+    state, _, _ = raw_state(spec, Frame(Messages.concat([lead, new])))
+    state = state[1:]
+    on = (state == 1) | (state == IGNORED)
+    if options.get("merge_unknown"):
+        on |= state == -1
+    if not on.all():
+        return None
+    max_gap = options.get("max_messages_time_diff", 0)
+    if max_gap > 0 and (np.diff(np.concatenate(([tail.newest], new.timestamps))) > max_gap).any():
+        return None
+    newest = float(new.timestamps[-1])
+    max_inactive = options.get("max_inactive", 0)
+    if max_inactive > 0 and now is not None and float(now) - newest > max_inactive:
+        return None  # the wall clock closes it: the window recalculation says how
+    messages = Messages.concat([tail.messages, new])
+    rows = len(messages)
+    first = np.zeros(1, dtype=np.int64)
+    last = np.full(1, rows - 1, dtype=np.int64)
+    active = np.ones(1, bool)
+    counter_values = message_counters(calc, messages, first, last, active, None)
+    identifier = tail.interval["id"]
+    if calc.needs_interval_pass:
+        computed = _interval_pass(
+            calc, [(identifier, begin, newest)], counter_values, active, interval_before(begin), IntervalList()
+        )
+        if not computed:
+            return None  # validate_interval drops it: the window recalculation says what remains
+        interval = computed[0]
+    else:
+        interval = _interval(identifier, begin, newest)
+        for counter, values in counter_values:
+            assert values is not None  # only per-interval counters need the interval pass
+            if values[0] is not OMIT:
+                interval[counter.name] = values[0]
+    diff = Diff(reached_end=True, active_id=identifier, window=(begin, math.inf), messages_read=count,
+                engine_keys=calc.engine_keys, extended=True)
+    if not same_interval(calc, interval, stored):
+        diff.updated.append(interval)
+    diff.tail = Tail(calc=calc, interval=interval, messages=messages, newest=newest)
+    return diff
 
 
 def same_interval(calc: Calculator, new: Mapping, old: Mapping) -> bool:
@@ -153,6 +281,7 @@ def recalculate(
     frozen_before: float | None = None,
     messages_begin: float | None = None,
     newest: float | None = None,
+    tail: Tail | None = None,
 ) -> Diff:
     """Recalculate the intervals of one assignment after its messages changed in
     ``[dirty_begin, dirty_end]``, reading only what is near that range.
@@ -177,6 +306,10 @@ def recalculate(
       ``messages_ttl``); stored intervals beginning before it are frozen too.
     * ``newest``: the device's newest message timestamp, if the caller knows it (saves reads
       when looking forward for the end of the window).
+    * ``tail``: the ``Diff.tail`` of the assignment's previous recalculation, if the caller kept
+      it. When every changed message comes after the newest then and keeps the active interval
+      active, the interval is extended from it instead (``Diff.extended``); the tail is checked
+      against the stored intervals and the messages, so a stale one only costs the window.
 
     What it does: it reads messages around the dirty range and finds a *clean cut* before it and
     one after it (a place between two messages where no interval of any selector spans, no rule
@@ -195,6 +328,13 @@ def recalculate(
         raise ValueError("dirty_begin is after dirty_end")
     if frozen_before is None:
         frozen_before = (now - calc.update_period) if now is not None else -math.inf
+    if tail is not None:
+        extended = _extended(
+            calc, tail, read_messages=read_messages, interval_before=interval_before, dirty_begin=dirty_begin,
+            now=now, frozen_before=frozen_before, messages_begin=messages_begin,
+        )
+        if extended is not None:
+            return extended
     reach = max([selector.options.get("max_inactive", 0) or 0 for selector in calc.selectors] + [0])
 
     hint = interval_before(np.nextafter(dirty_begin, math.inf)) if math.isfinite(dirty_begin) else None
@@ -296,8 +436,27 @@ def recalculate(
         diff.window = (lo, hi)
         diff.messages_read = read
         diff.engine_keys = calc.engine_keys
+        if end_reached and new.active_id is not None and extendable(calc):
+            diff.tail = _tail_of(calc, window, new[-1], raw, frozen_before, messages_begin)
         return diff
     raise RuntimeError("recalculation window did not settle")  # pragma: no cover
+
+
+def _tail_of(
+    calc: Calculator, window: Messages, active: dict, raw: Messages, frozen_before: float, messages_begin: float | None
+) -> Tail | None:
+    """The tail of a window recalculation that reached the newest message with ``active`` open:
+    only when that message is the interval's last (the calculator's ``validate_message`` kept it)."""
+    stamps = window.timestamps
+    if not len(raw) or raw.timestamps[-1] != active["end"] or stamps[-1] != active["end"]:
+        return None
+    if _frozen(active, frozen_before, messages_begin):
+        return None
+    start = int(np.searchsorted(stamps, active["begin"], "left"))
+    if start >= len(stamps) or stamps[start] != active["begin"]:
+        return None
+    messages = window.take(np.arange(start, len(stamps)))  # a copy: the window's arrays are let go
+    return Tail(calc=calc, interval=dict(active), messages=messages, newest=float(active["end"]))
 
 
 def _frozen(interval: Mapping, frozen_before: float, messages_begin: float | None) -> bool:
@@ -340,6 +499,7 @@ class MemoryStore:
             key=lambda interval: (interval["begin"], interval["id"]),
         )
         self._begins = [interval["begin"] for interval in self.intervals]
+        self.tail: Tail | None = None  # the last recalculation's, when ``keep_tail``
 
     # -- messages --
     def read_messages(self, begin: float, end: float) -> Messages:
@@ -396,8 +556,11 @@ class MemoryStore:
         now: float | None = None,
         frozen_before: float | None = -math.inf,
         messages_begin: float | None = None,
+        keep_tail: bool = False,
     ) -> Diff:
-        return recalculate(
+        """``keep_tail``: pass the previous recalculation's tail (``Diff.tail``), as a calc
+        worker does, so that appended messages extend the active interval."""
+        diff = recalculate(
             calculator=calculator,
             read_messages=self.read_messages,
             read_intervals=self.read_intervals,
@@ -408,4 +571,7 @@ class MemoryStore:
             frozen_before=frozen_before,
             messages_begin=messages_begin,
             newest=self.newest,
+            tail=self.tail if keep_tail else None,
         )
+        self.tail = diff.tail if keep_tail else None
+        return diff

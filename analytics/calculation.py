@@ -118,6 +118,7 @@ class RunStats:
     updated: int = 0
     deleted: int = 0
     messages_read: int = 0
+    extended: int = 0  # runs that extended the active interval from its tail
     fenced: bool = False
 
 
@@ -171,8 +172,11 @@ def runs_calculate(*, runs: Sequence[Run], compiled: Compiler, now: float, stats
             frozen_before=now - run.calculator.update_period,
             messages_begin=reader.oldest,
             newest=reader.newest,
+            tail=reader.tail,
         )
+        reader.tail = run.diff.tail
         stats.messages_read += run.diff.messages_read
+        stats.extended += run.diff.extended
 
 
 class Before(Protocol):

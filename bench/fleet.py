@@ -84,7 +84,7 @@ DRAIN = 10.0  # seconds to wait for the last events of a latency run
 LOGS: Path | None = None  # --logs
 UPDATE_DELAY = 1
 # The counters (/metrics) a latency run reads before and after: recalculations, MQTT publishes.
-COUNTED = ("flespi_recalculations_total", "flespi_relay_published_total")
+COUNTED = ("flespi_recalculations_total", "flespi_recalculations_extended_total", "flespi_relay_published_total")
 EVERY = 1  # --every: seconds between a device's messages in a latency run
 TARGET_P99 = UPDATE_DELAY + 0.25
 
@@ -454,16 +454,18 @@ def print_latency(runs: list[LatencyRun]) -> None:
     print("\nCost per stage during each run: ingest (web CPU), drain and run (the workers' busy time in those"
           " tasks, run also per recalculation), relay and publish (relay and broker CPU per MQTT publish),"
           " PostgreSQL CPU; µs")
-    print(f"{'devices':>7} {'messages/s':>10} {'ingest':>7} {'drain':>7} {'run':>7} {'recalcs/s':>9} {'run/recalc':>10}"
-          f" {'publish/s':>9} {'relay':>6} {'publish':>7} {'PostgreSQL':>10}")
+    print(f"{'devices':>7} {'messages/s':>10} {'ingest':>7} {'drain':>7} {'run':>7} {'recalcs/s':>9} {'extended':>8}"
+          f" {'run/recalc':>10} {'publish/s':>9} {'relay':>6} {'publish':>7} {'PostgreSQL':>10}")
     for run in runs:
         sent = max(run.messages_sent, 1)
         recalcs = run.counted.get("flespi_recalculations_total", 0.0)
+        extended = run.counted.get("flespi_recalculations_extended_total", 0.0)
         publishes = run.counted.get("flespi_relay_published_total", 0.0)
         drain = run.tasks.get("shard_changes", (0, 0.0))[1]
         runs_busy = run.tasks.get("shard_run", (0, 0.0))[1]
         print(f"{run.size:>7,} {sent / run.wall:>10,.0f} {run.cpu.get('web', 0) / sent * 1e6:>7.0f}"
               f" {drain / sent * 1e6:>7.0f} {runs_busy / sent * 1e6:>7.0f} {recalcs / run.wall:>9,.0f}"
+              f" {extended / max(recalcs, 1):>8.0%}"
               f" {runs_busy / max(recalcs, 1) * 1e6:>10.0f} {publishes / run.wall:>9,.0f}"
               f" {run.cpu.get('relay', 0) / max(publishes, 1) * 1e6:>6.1f}"
               f" {run.cpu.get('broker', 0) / max(publishes, 1) * 1e6:>7.1f}"

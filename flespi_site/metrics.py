@@ -56,6 +56,11 @@ RECALCULATIONS = Counter(
     "Assignments recalculated and stored by the calc workers.",
     ["region"],
 )
+RECALCULATIONS_EXTENDED = Counter(
+    "flespi_recalculations_extended",
+    "Of the recalculations, those that extended the active interval from its tail (no window).",
+    ["region"],
+)
 RECALCULATION_SECONDS = Histogram(
     "flespi_recalculation_seconds",
     "Time one recalculation run of a calc worker took (reading its cache to committing the diff).",
@@ -147,9 +152,12 @@ def relay_published(*, alias: str, count: int) -> None:
         RELAY_PUBLISHED.labels(*place_of(alias)).inc(count)
 
 
-def recalculation_done(*, region: str, seconds: float, assignments: int = 1) -> None:
-    """One recalculation run of a calc worker that stored ``assignments`` assignments' results."""
+def recalculation_done(*, region: str, seconds: float, assignments: int = 1, extended: int = 0) -> None:
+    """One recalculation run of a calc worker that stored ``assignments`` assignments' results,
+    ``extended`` of them by extending the active interval from its tail."""
     RECALCULATIONS.labels(region).inc(assignments)
+    if extended:
+        RECALCULATIONS_EXTENDED.labels(region).inc(extended)
     RECALCULATION_SECONDS.labels(region).observe(seconds)
 
 

@@ -104,7 +104,7 @@ def test_counts_of_other_processes_are_added_up(client, platform):
         django.setup()
         from flespi_site import metrics
         metrics.ingest_done(source="import", stored={"dc_eu_2": 7}, seconds=0.003)
-        metrics.recalculation_done(region="ru", seconds=0.2, assignments=3)
+        metrics.recalculation_done(region="ru", seconds=0.2, assignments=3, extended=2)
         """
     )
     subprocess.run(
@@ -120,6 +120,8 @@ def test_counts_of_other_processes_are_added_up(client, platform):
     assert value(after, ingested, **eu2) - value(before, ingested, **eu2) == 7
     recalculations = "flespi_recalculations_total"
     assert value(after, recalculations, region="ru") - value(before, recalculations, region="ru") == 3
+    extended = "flespi_recalculations_extended_total"
+    assert value(after, extended, region="ru") - value(before, extended, region="ru") == 2
     count = "flespi_recalculation_seconds_count"
     assert value(after, count, region="ru") - value(before, count, region="ru") == 1
     bucket = "flespi_recalculation_seconds_bucket"

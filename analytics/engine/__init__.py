@@ -45,7 +45,7 @@ from .calculator import Calculator, compile_calculator, normalize_calculator, va
 from .errors import CalculatorError, EngineError, EvaluationError, ExpressionError, Problem
 from .expressions import CompiledExpression, compile_expression
 from .messages import Messages
-from .recalculate import Diff, MemoryStore, recalculate, same_interval
+from .recalculate import Diff, MemoryStore, Tail, recalculate, same_interval
 from .values import ERROR
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "MemoryStore",
     "Messages",
     "Problem",
+    "Tail",
     "active_deadline",
     "calculate",
     "compile_calculator",

@@ -17,6 +17,10 @@ Layout (docs/analytics.md, "Shard cache", has the measurements behind it):
   A late message (not newer than the last chunk) rewrites only the chunk it falls in.
 * ``intervals``: one JSON row per stored interval.
 
+Beside the file, in memory only: the engine's tail of each assignment's active interval (``Tails``),
+which the next recalculation extends when messages are appended; any other change of the
+device's messages or of the assignment's intervals through the cache lets it go.
+
 Values are kept as the engine sees them (``Messages.from_dicts``): numbers as float64 with a
 per-row "was an int" flag, booleans, everything else (strings, lists, objects, numbers of a
 parameter whose messages disagree on the type) as JSON. An integer beyond the float range makes
@@ -25,11 +29,13 @@ its parameter's column an object column and stays exact.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sqlite3
 import struct
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,7 +47,7 @@ import numpy as np
 import orjson
 
 from analytics.columnar import Block, GrowingBlock
-from analytics.engine import Diff, Messages
+from analytics.engine import Diff, Messages, Tail
 from analytics.engine.values import is_number
 from flespi_site.jsontext import dumps_exact, loads_exact
 
@@ -54,6 +60,9 @@ CHUNK_MAX = 2 * CHUNK_SIZE  # a chunk grown past this by late messages is split 
 TAIL_MAX = 256  # tail rows per device before they are folded into chunks
 DIRECT_MIN = 32  # a batch of at least this many new messages goes straight into chunks
 TAILS_KEPT = 20_000  # devices whose tail is kept decoded in memory
+# Messages of active intervals a process keeps for extending them (``Tails``): about 60 bytes each
+# for a trips calculator's five parameters, so some 120 MB at most.
+CALC_TAIL_ROWS = 2_000_000
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -130,6 +139,65 @@ def _merged_batch(messages: Iterable[Mapping]) -> list[dict]:
     return [by_ts[timestamp] for timestamp in sorted(by_ts)]
 
 
+# ---- the engine's tails of active intervals ----------------------------------------------------
+
+
+class Tails:
+    """The engine's ``Tail`` of each assignment's active interval (``analytics.engine.recalculate``),
+    per cache and device, for every cache of a process: the least recently used go once they hold
+    more than ``max_rows`` messages. A tail is only a shortcut (the engine checks it against the
+    stored intervals and the messages), so letting one go costs one window recalculation."""
+
+    def __init__(self, max_rows: int = CALC_TAIL_ROWS):
+        self.max_rows = max_rows
+        self.rows = 0
+        self._by_device: OrderedDict[tuple[int, int], dict[int, Tail]] = OrderedDict()
+
+    def get(self, owner: int, device_id: int, calc_id: int) -> Tail | None:
+        tails = self._by_device.get((owner, device_id))
+        if tails is None:
+            return None
+        self._by_device.move_to_end((owner, device_id))
+        return tails.get(calc_id)
+
+    def put(self, owner: int, device_id: int, calc_id: int, tail: Tail | None) -> None:
+        key = (owner, device_id)
+        tails = self._by_device.get(key)
+        if tails is not None:
+            old = tails.pop(calc_id, None)
+            if old is not None:
+                self.rows -= old.rows
+        if tail is None:
+            if tails == {}:
+                del self._by_device[key]
+            return
+        if tails is None:
+            tails = self._by_device[key] = {}
+        tails[calc_id] = tail
+        self.rows += tail.rows
+        self._by_device.move_to_end(key)
+        while self.rows > self.max_rows and self._by_device:
+            _key, evicted = self._by_device.popitem(last=False)
+            self.rows -= sum(item.rows for item in evicted.values())
+
+    def drop_device(self, owner: int, device_id: int) -> None:
+        tails = self._by_device.pop((owner, device_id), None)
+        if tails:
+            self.rows -= sum(item.rows for item in tails.values())
+
+    def drop_owner(self, owner: int) -> None:
+        for key in [key for key in self._by_device if key[0] == owner]:
+            self.drop_device(*key)
+
+    def __len__(self) -> int:
+        return sum(len(tails) for tails in self._by_device.values())
+
+
+# Every cache of the process shares one budget; ``ShardCache(tails=...)`` gives another (tests).
+PROCESS_TAILS = Tails()
+_OWNERS = itertools.count(1)
+
+
 # ---- the cache -------------------------------------------------------------------------------
 
 
@@ -138,10 +206,12 @@ class ShardCache:
     file while one writes. ``shard`` names the shard (for example ``"eu/3"``) and is checked
     against the file, so a file of another shard is never read by mistake."""
 
-    def __init__(self, path: str | os.PathLike, *, shard: str, timeout: float = 30.0):
+    def __init__(self, path: str | os.PathLike, *, shard: str, timeout: float = 30.0, tails: Tails | None = None):
         self.path = Path(path)
         self.shard = shard
         self._timeout = timeout
+        self._calc_tails = PROCESS_TAILS if tails is None else tails
+        self._owner = next(_OWNERS)
         self._conn = self._open()
         self._inode = os.stat(self.path).st_ino
         # Each device's tail decoded, as the file holds it: every write of a tail through this
@@ -207,7 +277,20 @@ class ShardCache:
             raise CacheCorrupt(f"{self.path}: holds shard {meta.get('shard')!r}, not {self.shard!r}")
 
     def close(self) -> None:
+        self._calc_tails.drop_owner(self._owner)
         self._conn.close()
+
+    def _forget_all(self) -> None:
+        """What this object holds in memory of the file (a rollback, or another connection's write)."""
+        self._tails.clear()
+        self._calc_tails.drop_owner(self._owner)
+
+    def calc_tail(self, *, calc_id: int, device_id: int) -> Tail | None:
+        """The engine's tail of the assignment's active interval, as its last recalculation here left it."""
+        return self._calc_tails.get(self._owner, device_id, calc_id)
+
+    def calc_tail_keep(self, *, calc_id: int, device_id: int, tail: Tail | None) -> None:
+        self._calc_tails.put(self._owner, device_id, calc_id, tail)
 
     def __enter__(self) -> ShardCache:
         return self
@@ -234,7 +317,7 @@ class ShardCache:
         try:
             yield
         except BaseException:
-            self._tails.clear()
+            self._forget_all()
             self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
@@ -246,7 +329,7 @@ class ShardCache:
             try:
                 yield self._conn
             except BaseException:
-                self._tails.clear()
+                self._forget_all()
                 self._conn.execute("ROLLBACK TO write")
                 self._conn.execute("RELEASE write")
                 raise
@@ -256,7 +339,7 @@ class ShardCache:
         try:
             yield self._conn
         except BaseException:
-            self._tails.clear()
+            self._forget_all()
             self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
@@ -315,6 +398,7 @@ class ShardCache:
         ``assignment_drop`` removes those)."""
         with self._write() as db:
             self._tails.pop(device_id, None)
+            self._calc_tails.drop_device(self._owner, device_id)
             for table in ("devices", "chunks", "tail"):
                 db.execute(f"DELETE FROM {table} WHERE device_id = ?", (device_id,))
 
@@ -372,6 +456,7 @@ class ShardCache:
         of the earlier parts, by column. The last part gives ``filled_to``: the device counts as
         cached from then on, not before, so a fill cut short (a killed process) is started
         again, after ``device_drop``."""
+        self._calc_tails.drop_device(self._owner, device_id)
         with self._write() as db:
             if len(block):
                 row = db.execute("SELECT max(last) FROM chunks WHERE device_id = ?", (device_id,)).fetchone()
@@ -414,6 +499,7 @@ class ShardCache:
         late = [message for message in batch if message["timestamp"] <= boundary]
         newer = [message for message in batch if message["timestamp"] > boundary]
         if late:
+            self._calc_tails.drop_device(self._owner, device_id)
             self._merge_into_chunks(db, device_id, late)
         if len(newer) >= min(DIRECT_MIN, TAIL_MAX):  # cheaper than a JSON row per message
             self._fold_tail(db, device_id, Block.from_dicts(newer))
@@ -438,6 +524,7 @@ class ShardCache:
                 if old or decoded.last >= newer[0]["timestamp"]:
                     del self._tails[device_id]  # merged into stored rows: read them again
                     decoded = None
+                    self._calc_tails.drop_device(self._owner, device_id)
                 else:  # appended: as the rows will read back
                     decoded.append([{**loads_exact(text), "timestamp": timestamp} for _, timestamp, text in rows])
             count = (
@@ -453,7 +540,7 @@ class ShardCache:
         the parameters ``names`` (all: None)."""
         version = db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._tails_version:  # another connection wrote the file meanwhile
-            self._tails.clear()
+            self._forget_all()
             self._tails_version = version
         decoded = self._tails.get(device_id)
         if decoded is None:
@@ -539,6 +626,7 @@ class ShardCache:
         ).rowcount
         if removed:
             self._tails.pop(device_id, None)
+        self._calc_tails.drop_device(self._owner, device_id)  # its messages change other than by appending
         for first, last, count, crc, data in db.execute(
             "SELECT first, last, n, crc, data FROM chunks WHERE device_id = ? AND first <= ? AND last >= ?",
             (device_id, hi, lo),
@@ -676,6 +764,7 @@ class ShardCache:
         """Make the assignment's stored intervals exactly ``intervals`` (a rebuild from the
         primary database, or a first calculation)."""
         key = (calc_id, device_id)
+        self._calc_tails.put(self._owner, device_id, calc_id, None)
         with self._write() as db:
             db.execute("DELETE FROM intervals WHERE calc_id = ? AND device_id = ?", key)
             self._put_intervals(db, key, intervals)
@@ -733,6 +822,7 @@ class ShardCache:
 
     @_guard
     def assignment_drop(self, *, calc_id: int, device_id: int) -> None:
+        self._calc_tails.put(self._owner, device_id, calc_id, None)
         with self._write() as db:
             db.execute("DELETE FROM intervals WHERE calc_id = ? AND device_id = ?", (calc_id, device_id))
             db.execute("DELETE FROM assignments WHERE calc_id = ? AND device_id = ?", (calc_id, device_id))
@@ -772,3 +862,12 @@ class AssignmentReader:
     @property
     def oldest(self) -> float | None:
         return self.cache.oldest(device_id=self.device_id)
+
+    @property
+    def tail(self) -> Tail | None:
+        """``recalculate``'s ``tail``: what the assignment's last recalculation here left."""
+        return self.cache.calc_tail(calc_id=self.calc_id, device_id=self.device_id)
+
+    @tail.setter
+    def tail(self, tail: Tail | None) -> None:
+        self.cache.calc_tail_keep(calc_id=self.calc_id, device_id=self.device_id, tail=tail)

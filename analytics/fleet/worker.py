@@ -402,7 +402,7 @@ class ShardWorker:
             self.timers.release_many(failed, ok=False, retry_delay=5.0)
         if stats.assignments:
             metrics.recalculation_done(region=self.region, seconds=time.monotonic() - started,
-                                       assignments=stats.assignments)
+                                       assignments=stats.assignments, extended=stats.extended)
         return stats
 
     def _runs_load(

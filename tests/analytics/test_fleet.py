@@ -194,3 +194,37 @@ def test_calculator_change_recalculate_and_enable_go_through_the_fleet(fleet, ma
     wait_until(lambda: Assignment.objects.using(device.database).get(pk=assignment.pk).pending_begin is None,
                what="the request done", timeout=30)
     assert _engine_fields(_stored(assignment), calculator) == _engine_fields(before, calculator)
+
+
+def test_a_trip_in_progress_is_extended_from_its_tail(fleet, make_account):
+    """Messages appended to a moving device extend its open trip from the tail the worker kept
+    (no window recalculation), and the stored trip stays equal to a calculation from scratch."""
+    from django.test import Client
+
+    from analytics.models import Assignment
+    from analytics.services import assignment_create, calculator_create
+    from devices.services import device_create, messages_ingest
+    from tests.test_metrics import scrape, value
+
+    client = Client()
+    account = make_account("tails")
+    device = device_create(account=account, configuration={"ident": "tails-1"})
+    messages_ingest(devices=[device], messages=[_moving(t) for t in range(0, 30)])
+    calculator = calculator_create(account=account, config=TRIPS)
+    assignment, _new = assignment_create(calculator=calculator, device=device)
+    wait_until(lambda: Assignment.objects.using(device.database).get(pk=assignment.pk).synced, what="synced",
+               timeout=60)
+    before = scrape(client)
+    for start in range(30, 90, 12):
+        messages_ingest(devices=[device], messages=[_moving(t, 40.0 + t) for t in range(start, start + 12)])
+        wait_until(lambda start=start: _stored(assignment)[-1]["end"] == T0 + start + 11, what="extended")
+    after = scrape(client)
+    assignment.refresh_from_db()
+    assert _settled(assignment, calculator, device)
+    [interval] = _stored(assignment)
+    assert interval["count"] == 90 and interval["max_speed"] == 40.0 + 89
+    runs = value(after, "flespi_recalculations_total", region="eu") - value(before, "flespi_recalculations_total",
+                                                                            region="eu")
+    extended = value(after, "flespi_recalculations_extended_total", region="eu") - value(
+        before, "flespi_recalculations_extended_total", region="eu")
+    assert runs >= 1 and extended == runs

@@ -16,7 +16,7 @@ fields and the interval before it; ``calculate._interval_pass`` computes them in
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -407,6 +407,30 @@ class RouteCounter(CounterType):
         point_starts = np.searchsorted(points, rows.starts)
         return encode_polyline_segments(lat[points], lon[points], point_starts)
 
+    @staticmethod
+    def extended(counter: CounterSpec, route: str, old: Messages, added: Messages) -> str | None:
+        """The route of an interval of messages ``old`` (whose route is ``route``) once ``added``
+        follow them, without encoding ``old`` again: a polyline is its first point, then each
+        point's offset from the one before. ``None`` when the counter validates its messages
+        (then the whole interval is computed)."""
+        if counter.validate is not None:
+            return None
+        lat, lon, positioned = Frame(added).position()
+        points = np.flatnonzero(positioned)
+        if not len(points):
+            return route
+        start = np.zeros(1, dtype=np.int64)
+        old_lat, old_lon, old_positioned = Frame(old).position()
+        before = np.flatnonzero(old_positioned)
+        if not len(before):
+            return encode_polyline_segments(lat[points], lon[points], start)[0]
+        last = int(before[-1])
+        lats = np.concatenate(([old_lat[last]], lat[points]))
+        lons = np.concatenate(([old_lon[last]], lon[points]))
+        whole = encode_polyline_segments(lats, lons, start)[0]
+        head = encode_polyline_segments(lats[:1], lons[:1], start)[0]
+        return route + whole[len(head):]
+
 
 class DatasetCounter(CounterType):
     """A row of named expression values per message."""
@@ -644,10 +668,12 @@ def message_counters(
     last: np.ndarray,
     active: np.ndarray,
     geofence_index: np.ndarray | None,
+    skip: Collection[str] = (),
 ) -> list[tuple[CounterSpec, list | None]]:
     """Values of every counter that depends only on the interval's own messages, in counter order
-    (``None`` for ``per_interval`` counters, filled later); the intervals run from message
-    ``first[i]`` to ``last[i]``."""
+    (``None`` for ``per_interval`` counters, filled later, and for the counters named in
+    ``skip``, which the caller computes); the intervals run from message ``first[i]`` to
+    ``last[i]``."""
     values: list[tuple[CounterSpec, list | None]] = []
     if not calc.counters:
         return values
@@ -657,7 +683,7 @@ def message_counters(
         if rows.count == 0:
             values.append((counter, []))
             continue
-        if counter_type.per_interval:
+        if counter_type.per_interval or counter.name in skip:
             values.append((counter, None))
             continue
         valid = (

@@ -17,7 +17,7 @@ import numpy as np
 
 from .calculate import IntervalList, _interval, _interval_pass, compute, validated
 from .calculator import Calculator, compile_calculator
-from .counters import COUNTER_TYPES, OMIT, message_counters
+from .counters import COUNTER_TYPES, OMIT, RouteCounter, message_counters
 from .expressions import Frame
 from .messages import Messages
 from .selectors import IGNORED, clean_cuts, raw_state
@@ -155,7 +155,17 @@ def _extended(
     first = np.zeros(1, dtype=np.int64)
     last = np.full(1, rows - 1, dtype=np.int64)
     active = np.ones(1, bool)
-    counter_values = message_counters(calc, messages, first, last, active, None)
+    # Routes continue from the stored one; every other counter is computed over the whole interval.
+    routes: dict[str, list] = {}
+    for counter in calc.counters:
+        if counter.type == RouteCounter.name and isinstance(tail.interval.get(counter.name), str):
+            route = RouteCounter.extended(counter, tail.interval[counter.name], tail.messages, new)
+            if route is not None:
+                routes[counter.name] = [route]
+    counter_values = [
+        (counter, routes.get(counter.name, values))
+        for counter, values in message_counters(calc, messages, first, last, active, None, skip=routes)
+    ]
     identifier = tail.interval["id"]
     if calc.needs_interval_pass:
         computed = _interval_pass(

@@ -516,10 +516,11 @@ class MessageCounter(CounterType):
         raw_method = config.get("method")
         if isinstance(raw_method, str):
             raw_method = METHOD_ALIASES.get(raw_method, raw_method)
-        counter.method = checker.string(
-            {"method": raw_method}, "method", path, default="first", choices=self.methods
-        )
+        method = checker.string({"method": raw_method}, "method", path, choices=self.methods)
+        counter.method = method or "first"
         normalized.update({"fields": fields, "method": counter.method})
+        if method is None and raw_method is not None:
+            return  # a bad method: whether extremum belongs is not known
         if counter.method in ("minimum", "maximum"):
             counter.expression = checker.expression(
                 config, "extremum", path, scope=context.scope, required=True

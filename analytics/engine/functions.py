@@ -164,7 +164,7 @@ def _col_error(args, frame, ctx, literal):
     return Vec(ColumnKind.NUM, np.zeros(1), None, np.ones(1, bool))
 
 
-def _col_type_test(fn_scalar, kind: ColumnKind | None):
+def _col_type_test(fn_scalar, kind: str | None):
     """A type test over a typed column (numbers or booleans): true where the value is present
     and of ``kind``; an ``obj`` column takes the scalar test element by element."""
 

@@ -58,6 +58,7 @@ class CounterSpec:
     parameter: str | None = None
     fields: list = field(default_factory=list)
     value: Any = None
+    allow_unknown: bool = False
 
 
 # ---- the gathered rows of every interval ------------------------------------------------------
@@ -134,6 +135,18 @@ class IntervalRows:
         """Per interval, its last row where ``valid``, and whether it has one."""
         found = np.maximum.reduceat(np.where(valid, self.positions, -1), self.starts)
         return found, found >= self.starts
+
+    def extreme_position(
+        self, method: str, numbers: np.ndarray, valid: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per interval, its first row where ``numbers`` reaches the interval's ``minimum`` or
+        ``maximum`` among the ``valid`` rows, and whether it has a valid row."""
+        if method == "minimum":
+            extreme = np.minimum.reduceat(np.where(valid, numbers, np.inf), self.starts)
+        else:
+            extreme = np.maximum.reduceat(np.where(valid, numbers, -np.inf), self.starts)
+        reached = valid & (numbers == np.repeat(extreme, self.stops - self.starts))
+        return self.first_position(reached)
 
     def numeric(self, method: str, numbers: np.ndarray, valid: np.ndarray) -> list:
         starts = self.starts
@@ -440,7 +453,12 @@ class DatasetCounter(CounterType):
     def check(self, counter: CounterSpec, context: CheckContext) -> None:
         checker, path, normalized, scope = context.checker, context.path, context.normalized, context.scope
         config = counter.config
-        checker.unknown(config, (*_COMMON, "fields"), path)
+        checker.unknown(config, (*_COMMON, "fields", "allow_unknown"), path)
+        # flespi's ``allow_unknown``: whether a message with a field that cannot be computed
+        # still gives a row (that field null). Kept in the stored form only when true.
+        counter.allow_unknown = checker.boolean(config, "allow_unknown", path, False)
+        if counter.allow_unknown:
+            normalized["allow_unknown"] = True
         fields = config.get("fields")
         if not isinstance(fields, list) or not fields:
             checker.add(f"{path}.fields", "missing field" if fields is None else "must be a non-empty list")
@@ -461,10 +479,12 @@ class DatasetCounter(CounterType):
         return [expression.parameters for _, expression in counter.fields]
 
     def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
-        columns = [
-            (name, expression.evaluate_frame(rows.frame).to_objects(rows.rows))
-            for name, expression in counter.fields
-        ]
+        vecs = [(name, expression.evaluate_frame(rows.frame)) for name, expression in counter.fields]
+        if not counter.allow_unknown:  # without it, a message with an unknown field gives no row
+            for _, vec in vecs:
+                if vec.err is not None:
+                    valid = valid & ~np.broadcast_to(vec.err, (rows.rows,))
+        columns = [(name, vec.to_objects(rows.rows)) for name, vec in vecs]
         valid_rows = valid.tolist()
         return [
             [
@@ -495,14 +515,17 @@ class DatetimeCounter(CounterType):
 
 
 class MessageCounter(CounterType):
-    """Named parameters of the interval's first or last message."""
+    """Named parameters of one message of the interval: its first or last, or (flespi's
+    ``extremum``) the first one where the ``extremum`` expression reaches its ``minimum`` or
+    ``maximum`` over the interval."""
 
     name = "message"
+    methods: ClassVar[tuple[str, ...]] = ("first", "last", "minimum", "maximum")
 
     def check(self, counter: CounterSpec, context: CheckContext) -> None:
         checker, path, normalized = context.checker, context.path, context.normalized
         config = counter.config
-        checker.unknown(config, (*_COMMON, "fields", "method"), path)
+        checker.unknown(config, (*_COMMON, "fields", "method", "extremum"), path)
         fields = config.get("fields")
         if (
             not isinstance(fields, list)
@@ -514,14 +537,39 @@ class MessageCounter(CounterType):
             )
         else:
             counter.fields = list(fields)
-        counter.method = checker.string(config, "method", path, default="first", choices=("first", "last"))
+        raw_method = config.get("method")
+        if isinstance(raw_method, str):
+            raw_method = METHOD_ALIASES.get(raw_method, raw_method)
+        method = checker.string({"method": raw_method}, "method", path, choices=self.methods)
+        counter.method = method or "first"
         normalized.update({"fields": fields, "method": counter.method})
+        if method is None and raw_method is not None:
+            return  # a bad method: whether extremum belongs is not known
+        if counter.method in ("minimum", "maximum"):
+            counter.expression = checker.expression(
+                config, "extremum", path, scope=context.scope, required=True
+            )
+            normalized["extremum"] = config.get("extremum")
+        elif config.get("extremum") is not None:
+            checker.add(f"{path}.extremum", "is used only with method minimum or maximum")
 
     def parameters(self, counter: CounterSpec) -> Iterable[frozenset[str] | None]:
+        if counter.expression is not None:
+            return (frozenset(counter.fields), counter.expression.parameters)
         return (frozenset(counter.fields),)
 
     def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
-        found, has = rows.first_position(valid) if counter.method == "first" else rows.last_position(valid)
+        if counter.method in ("minimum", "maximum"):
+            assert counter.expression is not None  # required by check for these methods
+            vec = counter.expression.evaluate_frame(rows.frame)
+            numbers, numeric = _numeric_of(vec, rows.rows)
+            found, has = rows.extreme_position(
+                counter.method, numbers, valid & numeric & _present(vec, rows.rows)
+            )
+        elif counter.method == "first":
+            found, has = rows.first_position(valid)
+        else:
+            found, has = rows.last_position(valid)
         columns = [(name, rows.frame.column(name)) for name in counter.fields]
         values: list = []
         for i, has_message in zip(found.tolist(), has.tolist(), strict=True):
@@ -597,7 +645,9 @@ class GeofenceCounter(CounterType):
 
 
 class AccumulatorCounter(CounterType):
-    """An earlier counter summed over the intervals, reset at the start of each ``reset_interval``."""
+    """An earlier counter summed over the intervals, reset at the start of each ``reset_interval``
+    and at every interval for which ``reset_expression`` is true (evaluated like an ``interval``
+    counter: on the interval's fields so far, ``previous()`` reading the interval before)."""
 
     name = "accumulator"
     per_interval = True
@@ -606,13 +656,17 @@ class AccumulatorCounter(CounterType):
         checker, path = context.checker, context.path
         normalized, earlier = context.normalized, context.earlier
         config = counter.config
-        checker.unknown(config, (*_COMMON, "counter", "reset_interval"), path)
+        checker.unknown(config, (*_COMMON, "counter", "reset_interval", "reset_expression"), path)
         target = checker.string(config, "counter", path, required=True)
         if target is not None and target not in {other.name for other in earlier}:
             checker.add(f"{path}.counter", f"must name a counter listed before this one, not '{target}'")
         counter.parameter = target
         counter.method = checker.string(config, "reset_interval", path, choices=RESETS)
         normalized.update({"counter": target, "reset_interval": counter.method})
+        # Kept in the stored form only when given, so that no stored accumulator changed.
+        counter.expression = checker.expression(config, "reset_expression", path, scope=context.scope)
+        if config.get("reset_expression") is not None:
+            normalized["reset_expression"] = config["reset_expression"]
 
     def crosses_intervals(self, counter: CounterSpec) -> bool:
         return True
@@ -630,6 +684,7 @@ class AccumulatorCounter(CounterType):
                 counter.method is None
                 or _same_period(calc, previous["begin"], interval["begin"], counter.method)
             )
+            and not (counter.expression is not None and counter.expression.matches(interval, previous))
         ):
             carry = float(previous[counter.name])
         if isinstance(own, float):  # as_number gives a float or ERROR

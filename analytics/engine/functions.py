@@ -153,6 +153,48 @@ def _col_tostring(args, frame, ctx, literal):
     return fallback(semantics.fn_tostring, args, frame.n)
 
 
+# ---- error, type tests, JSON ---------------------------------------------------------------------
+
+
+def _row_error(fs, ctx, literal):
+    return lambda message, previous, positioned: semantics.ERROR
+
+
+def _col_error(args, frame, ctx, literal):
+    return Vec(ColumnKind.NUM, np.zeros(1), None, np.ones(1, bool))
+
+
+def _col_type_test(fn_scalar, kind: str | None):
+    """A type test over a typed column (numbers or booleans): true where the value is present
+    and of ``kind``; an ``obj`` column takes the scalar test element by element."""
+
+    def column(args, frame, ctx, literal):
+        operand = args[0]
+        if operand.kind == ColumnKind.OBJ:
+            return fallback(fn_scalar, args, frame.n)
+        rows = len(operand.values)
+        if operand.kind == kind:
+            result = np.ones(rows, bool) if operand.null is None else ~operand.null
+        else:
+            result = np.zeros(rows, bool)
+        if operand.err is not None:
+            result = result & ~operand.err
+        return Vec(ColumnKind.BOOL, result, None, operand.err)
+
+    return column
+
+
+def _col_json(args, frame, ctx, literal):
+    operand = args[0]
+    if is_typed(operand):
+        return operand  # numbers, booleans and null are JSON values already
+    return fallback(semantics.fn_json, args, frame.n)
+
+
+def _col_json_array_contains(args, frame, ctx, literal):
+    return fallback(semantics.fn_json_array_contains, args, frame.n)
+
+
 # ---- numbers -------------------------------------------------------------------------------------
 
 
@@ -331,6 +373,31 @@ FUNCTIONS: dict[str, Function] = {
         Function("tonumber", 1, 1, semantics.fn_tonumber, column=_col_tonumber),
         Function("tostring", 1, 1, semantics.fn_tostring, column=_col_tostring),
         Function("toboolean", 1, 1, semantics.fn_toboolean, column=_col_toboolean),
+        Function("error", 0, 0, row=_row_error, column=_col_error),
+        Function(
+            "isnumber",
+            1,
+            1,
+            semantics.fn_isnumber,
+            column=_col_type_test(semantics.fn_isnumber, ColumnKind.NUM),
+        ),
+        Function(
+            "isboolean",
+            1,
+            1,
+            semantics.fn_isboolean,
+            column=_col_type_test(semantics.fn_isboolean, ColumnKind.BOOL),
+        ),
+        Function("isstring", 1, 1, semantics.fn_isstring, column=_col_type_test(semantics.fn_isstring, None)),
+        Function("isjson", 1, 1, semantics.fn_isjson, column=_col_type_test(semantics.fn_isjson, None)),
+        Function("json", 1, 1, semantics.fn_json, column=_col_json),
+        Function(
+            "json_array_contains",
+            2,
+            2,
+            semantics.fn_json_array_contains,
+            column=_col_json_array_contains,
+        ),
         Function("abs", 1, 1, semantics.fn_abs, column=_col_unary(np.abs, semantics.fn_abs)),
         Function("round", 1, 2, semantics.fn_round, column=_col_round),
         Function("ceil", 1, 1, semantics.fn_ceil, column=_col_unary(np.ceil, semantics.fn_ceil)),

@@ -146,6 +146,24 @@ def _comparable(value):
     return float(value)
 
 
+def json_equal(left, right) -> bool:
+    """Equality of JSON values: numbers by value (``1`` equals ``1.0``), a boolean only a
+    boolean, strings exactly (no wildcards), arrays element by element, objects key by key."""
+    if is_number(left) or is_number(right):
+        return is_number(left) and is_number(right) and float(left) == float(right)
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(
+            json_equal(item, other) for item, other in zip(left, right, strict=True)
+        )
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(
+            json_equal(value, right[key]) for key, value in left.items()
+        )
+    if isinstance(left, list | dict) or isinstance(right, list | dict):
+        return False
+    return type(left) is type(right) and left == right
+
+
 def compare(op: str, left, right):
     if left is ERROR or right is ERROR:
         return ERROR
@@ -159,9 +177,9 @@ def compare(op: str, left, right):
         return {"<": left < right, ">": left > right, "<=": left <= right, ">=": left >= right}[op]
     if left_is_text or right_is_text or isinstance(left, list | dict) or isinstance(right, list | dict):
         if op == "==":
-            return left == right
+            return json_equal(left, right)
         if op == "!=":
-            return left != right
+            return not json_equal(left, right)
         return ERROR
     left_number = _comparable(left)
     right_number = _comparable(right)
@@ -352,3 +370,74 @@ def fn_toboolean(operand):
             return False
         return ERROR
     return ERROR
+
+
+# ---- types and JSON ------------------------------------------------------------------------------
+
+
+def fn_error():
+    """``error()``: the evaluation fails on purpose. A selector takes the message as unknown, a
+    counter skips it, a validation does not pass it."""
+    return ERROR
+
+
+def _type_test(test):
+    def apply(operand):
+        if operand is ERROR:
+            return ERROR
+        return test(operand)
+
+    return apply
+
+
+fn_isnumber = _type_test(is_number)
+fn_isstring = _type_test(lambda operand: isinstance(operand, str))
+fn_isboolean = _type_test(lambda operand: operand is True or operand is False)
+fn_isjson = _type_test(lambda operand: isinstance(operand, list | dict))
+
+
+def _refuse_constant(name: str):
+    raise ValueError(name)
+
+
+# JSON texts nested deeper than this are refused (an error), not parsed.
+JSON_MAX_DEPTH = 64
+
+
+def _depth(value, limit: int) -> int:
+    """How deeply ``value`` nests arrays and objects, counting no further than ``limit + 1``."""
+    if limit < 0:
+        return 1
+    if isinstance(value, list):
+        return 1 + max((_depth(item, limit - 1) for item in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_depth(item, limit - 1) for item in value.values()), default=0)
+    return 0
+
+
+def fn_json(operand):
+    """``json(x)``: the JSON value of the text ``x`` (an object, an array, a number, a string, a
+    boolean or null); text that is not JSON is an error. A value that is not text is already a
+    JSON value and is returned as it is."""
+    if operand is ERROR or not isinstance(operand, str):
+        return operand
+    try:
+        value = json.loads(operand, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return ERROR
+    if _depth(value, JSON_MAX_DEPTH) > JSON_MAX_DEPTH:
+        return ERROR
+    return normalize(value)
+
+
+def fn_json_array_contains(array, value):
+    """``json_array_contains(array, value)``: whether an element of the array (top level only)
+    equals ``value`` (``json_equal``; ``null`` finds a null element). A first argument that is
+    not an array is an error; null gives null."""
+    if array is ERROR or value is ERROR:
+        return ERROR
+    if array is None:
+        return None
+    if not isinstance(array, list):
+        return ERROR
+    return any(json_equal(item, value) for item in array)

@@ -205,7 +205,13 @@ def test_dataset_one_object_per_message():
         "type": "dataset",
         "fields": [{"name": "t", "value": "timestamp"}, {"name": "x", "value": "v * 2"}],
     }
-    assert one(msgs([1, "a", 3]), c) == [{"t": 0.0, "x": 2.0}, {"t": 1.0, "x": None}, {"t": 2.0, "x": 6.0}]
+    # "a" * 2 cannot be computed: that message gives no row, unless allow_unknown (then x is null).
+    assert one(msgs([1, "a", 3]), c) == [{"t": 0.0, "x": 2.0}, {"t": 2.0, "x": 6.0}]
+    assert one(msgs([1, "a", 3]), {**c, "allow_unknown": True}) == [
+        {"t": 0.0, "x": 2.0},
+        {"t": 1.0, "x": None},
+        {"t": 2.0, "x": 6.0},
+    ]
 
 
 def test_datetime_counter_formats_in_the_calculator_timezone():

@@ -258,11 +258,32 @@ _leaf = st.sampled_from(
         "timestamp",
         "mileage()",
         "exists('c')",
+        "error()",
+        "j",
+        "$j",
+        "json('[1, \"xy\", [2]]')",
     ]
 )
 _binop = st.sampled_from(["+", "-", "*", "/", "%", "==", "!=", "<", ">=", "&&", "||", "&", "|"])
 _fn1 = st.sampled_from(
-    ["abs", "isnull", "tonumber", "toboolean", "tostring", "not", "ceil", "sqrt", "round", "hour", "weekday"]
+    [
+        "abs",
+        "isnull",
+        "tonumber",
+        "toboolean",
+        "tostring",
+        "not",
+        "ceil",
+        "sqrt",
+        "round",
+        "hour",
+        "weekday",
+        "isnumber",
+        "isstring",
+        "isboolean",
+        "isjson",
+        "json",
+    ]
 )
 
 
@@ -273,6 +294,7 @@ def _extend(sub):
         st.tuples(sub, sub, sub).map(lambda t: f"if({t[0]}, {t[1]}, {t[2]})"),
         st.tuples(sub, sub).map(lambda t: f"max({t[0]}, {t[1]})"),
         st.tuples(sub, sub).map(lambda t: f"pow({t[0]}, {t[1]})"),
+        st.tuples(sub, sub).map(lambda t: f"json_array_contains({t[0]}, {t[1]})"),
     )
 
 
@@ -283,14 +305,18 @@ _value = st.one_of(
     st.just(...), st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from([0.5, -1.5, 1e300])
 )
 _svalue = st.one_of(st.just(...), st.sampled_from(["xy", "x", "", "3", "xyz"]), st.integers(0, 2))
+# JSON values and texts: arrays (nested, mixed), an object, JSON and non-JSON strings, a number
+_jvalue = st.sampled_from(
+    [..., None, [1, "xy", [2]], [], [True, None], {"k": [1]}, "[1, 2]", '{"a": 1}', "{bad", 2, [2.0, 1]]
+)
 
 
-def _message(i, a, b, c, s):
+def _message(i, a, b, c, s, j=...):
     m = {"timestamp": 1700000000.0 + i * 1800}
     if i % 3 != 1:  # some messages between fixes have no position
         m["position.latitude"] = 50 + i * 0.001
         m["position.longitude"] = 10.0
-    for k, v in (("a", a), ("b", b), ("c", c), ("s", s)):
+    for k, v in (("a", a), ("b", b), ("c", c), ("s", s), ("j", j)):
         if v is not ...:
             m[k] = v
     return m
@@ -309,7 +335,7 @@ def _same(x, y):
 )
 @given(
     text=_expressions,
-    rows=st.lists(st.tuples(_value, _value, _value, _svalue), min_size=1, max_size=8),
+    rows=st.lists(st.tuples(_value, _value, _value, _svalue, _jvalue), min_size=1, max_size=8),
 )
 def test_columnar_equals_per_message(text, rows):
     expr = compile_expression(text, timezone="Europe/Berlin")

@@ -29,7 +29,19 @@ def boolean_selector(draw):
     return {
         "type": "expression",
         "expression": draw(
-            st.sampled_from(["v > 2", "$v > 2", "v > 2 && #v > 0", "mileage() > 0.3", "v != 3"])
+            st.sampled_from(
+                [
+                    "v > 2",
+                    "$v > 2",
+                    "v > 2 && #v > 0",
+                    "mileage() > 0.3",
+                    "v != 3",
+                    # flespi's functions: error() makes a message unknown
+                    "if(v == 7, error(), v > 2)",
+                    "isnumber($v) && isnumber(#v)",
+                    "json_array_contains(json('[3, 7, \"x\"]'), $v)",
+                ]
+            )
         ),
         "invert": draw(_bool),
         "merge_unknown": draw(_bool),
@@ -80,7 +92,12 @@ _selector = st.one_of(
     st.builds(
         lambda o: {**GEOFENCE, **o},
         st.fixed_dictionaries(
-            {"merge_unknown": _bool, "max_inactive": st.sampled_from([0, 40]), "merge_message_before": _bool}
+            {
+                "merge_unknown": _bool,
+                "max_inactive": st.sampled_from([0, 40]),
+                "merge_message_before": _bool,
+                "max_active": st.sampled_from([0, 0, 60]),
+            }
         ),
     ),
     st.sampled_from(
@@ -103,10 +120,26 @@ BASE_COUNTERS = [
     {"name": "route", "type": "route"},
     {"name": "seen", "type": "parameter", "parameter": "v", "method": "distinct"},
     {"name": "open", "type": "active"},
+    # flespi's counter options: the message at an extremum, datasets with and without unknowns
+    {"name": "jump", "type": "message", "fields": ["v", "bad"], "method": "maximum", "extremum": "v - #v"},
+    {"name": "low", "type": "message", "fields": ["v"], "method": "minimum", "extremum": "$v"},
+    {"name": "rows", "type": "dataset", "fields": [{"name": "x", "value": "6 / v"}]},
+    {
+        "name": "all_rows",
+        "type": "dataset",
+        "allow_unknown": True,
+        "fields": [{"name": "x", "value": "6 / v"}, {"name": "s", "value": "isstring($v)"}],
+    },
 ]
 CROSS_COUNTERS = [
     {"name": "total", "type": "accumulator", "counter": "km"},
     {"name": "daily", "type": "accumulator", "counter": "km", "reset_interval": "day"},
+    {
+        "name": "since",
+        "type": "accumulator",
+        "counter": "km",
+        "reset_expression": "previous('since') > 1 || up > 20",
+    },
     {"name": "growth", "type": "interval", "expression": "duration - previous('duration')"},
 ]
 

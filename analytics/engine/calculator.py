@@ -298,6 +298,8 @@ def _check_selectors(
         if selector_type in ("expression", "geofence"):
             spec.options = _check_options(checker, selector_config, path)
         _SELECTOR_CHECKS[selector_type](checker, selector_config, path, spec, normalized_selector)
+        if selector_type == "geofence":
+            scope.geofence_selector = True
         if spec.assigned:
             spec.geofences = assigned
         elif spec.geofences:

@@ -27,6 +27,8 @@ class Scope:
 
     tz: str
     geofences: Sequence[Geofence]
+    # Whether a geofence selector exists (its geofences may be the assigned ones, none yet).
+    geofence_selector: bool = False
 
 
 class Checker:

@@ -352,10 +352,12 @@ def _selector_geofence(
     elif not geofences:
         spec.assigned = True  # the calculator's assigned geofences
     else:
+        inline: list[Geofence] = []
         for i, geofence in enumerate(geofences):
             checked = _check_geofence(checker, geofence, f"{path}.geofences[{i}]")
             if checked is not None:
-                spec.geofences.append(Geofence(checked))
+                inline.append(Geofence(checked))
+        spec.geofences = GeofenceSet(inline)
     normalized.update({"geofences": geofences, **spec.options})
 
 

@@ -29,8 +29,8 @@ class GeofenceAdmin(RegionalModelAdmin):
     ordering = ["id"]
     change_list_template = "admin/analytics/geofence/change_list.html"
     change_form_template = "admin/analytics/geofence/change_form.html"
-    fields = ["id", "account", "datacenter", "name", "enabled", "priority", "kind", "geometry_text", "metadata",
-              "calculators", "created_at"]
+    fields: list[str] = ["id", "account", "datacenter", "name", "enabled", "priority", "kind", "geometry_text",
+                         "metadata", "calculators", "created_at"]
     readonly_fields = fields
 
     def has_add_permission(self, request):

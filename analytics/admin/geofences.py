@@ -29,9 +29,10 @@ class GeofenceAdmin(RegionalModelAdmin):
     ordering = ["id"]
     change_list_template = "admin/analytics/geofence/change_list.html"
     change_form_template = "admin/analytics/geofence/change_form.html"
-    fields: list[str] = ["id", "account", "datacenter", "name", "enabled", "priority", "kind", "geometry_text",
-                         "metadata", "calculators", "created_at"]
-    readonly_fields = fields
+    fields = ("id", "account", "datacenter", "name", "enabled", "priority", "kind", "geometry_text", "metadata",
+              "calculators", "created_at")
+    readonly_fields = ("id", "account", "datacenter", "name", "enabled", "priority", "kind", "geometry_text",
+                       "metadata", "calculators", "created_at")
 
     def has_add_permission(self, request):
         return False  # created through the API, where the geometry is checked

@@ -108,3 +108,42 @@ class Assignment(RegionalModel):
     @property
     def synced(self) -> bool:
         return self.state == AssignmentState.SYNCED
+
+
+class Geofence(RegionalModel):
+    """A shared zone of an account (a circle, polygon or corridor): assigned to calculators, whose
+    expressions and geofence selectors see it (docs/analytics.md, "Geofences"). ``geometry`` is
+    stored validated and normalised (``analytics.engine.geofence_geometry_check``)."""
+
+    name = models.CharField(max_length=255)
+    enabled = models.BooleanField(default=True)
+    priority = models.PositiveSmallIntegerField(default=0, help_text="0..100; higher is checked first")
+    geometry = models.JSONField()
+    metadata = models.JSONField(default=dict, blank=True)
+    created = models.FloatField(help_text="unix time")
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(priority__lte=100), name="geofence_priority_range"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} #{self.pk}"
+
+
+class CalculatorGeofence(RegionalModel):
+    """A geofence assigned to a calculator of the same account."""
+
+    calculator = models.ForeignKey(Calculator, on_delete=models.CASCADE, related_name="geofence_links")
+    geofence = models.ForeignKey(Geofence, on_delete=models.CASCADE, related_name="calculator_links")
+    created = models.FloatField(help_text="unix time")
+
+    class Meta:
+        ordering = ["calculator_id", "geofence_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["calculator", "geofence"], name="calculator_geofence_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"calculator {self.calculator_id} / geofence {self.geofence_id}"

@@ -1,14 +1,15 @@
 """The rows of an account in the analytics app (see ``accounts.regional_data``): its calculators,
-their assignments, and the assignments' stored intervals, and its devices' message blocks, all
-in the datacenter database; how a move between datacenters brings each, and the reset of the
-message blocks (derived from the messages) in the move's target."""
+their assignments and the assignments' stored intervals, its geofences and their assignments to
+calculators, and its devices' message blocks, all in the datacenter database; how a move between
+datacenters brings each, and the reset of the message blocks (derived from the messages) in the
+move's target."""
 
 from __future__ import annotations
 
 import psycopg
 
 from accounts.regional_data import JournalTrigger, MoveKind, RegionalData, RegionalTable
-from analytics.models import Assignment, Calculator
+from analytics.models import Assignment, Calculator, CalculatorGeofence, Geofence
 from devices.regional import DEVICES
 from flespi_site.constants import LockSpace, lock_id
 
@@ -46,7 +47,9 @@ REGIONAL = RegionalData(
         RegionalTable("intervals", column="calc_id", through=CALCULATORS, moves=MoveKind.JOURNALED,
                       device_column="device_id", journal_key=("calc_id", "device_id", "id"), journal=INTERVALS_JOURNAL),
         RegionalTable(Assignment._meta.db_table, moves=MoveKind.ENTITIES),
+        RegionalTable(CalculatorGeofence._meta.db_table, moves=MoveKind.ENTITIES),
         CALCULATORS,
+        RegionalTable(Geofence._meta.db_table, moves=MoveKind.ENTITIES),
     ],
     derived_reset=message_blocks_reset,
 )

@@ -1,4 +1,4 @@
-"""Reads of calculators, assignments and stored intervals, scoped to the acting account."""
+"""Reads of calculators, assignments, geofences and stored intervals, scoped to the acting account."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from accounts import placement
 from accounts.models import Account
 from analytics import storage
-from analytics.models import Assignment, Calculator
+from analytics.models import Assignment, Calculator, CalculatorGeofence, Geofence
 
 # Every calculator reads its device's own messages (the engine refuses any other source).
 MESSAGES_SOURCE = {"source": "device"}
@@ -29,6 +29,54 @@ def calculator_item(calculator: Calculator) -> dict:
 
 def calculators_of(*, account: Account) -> QuerySet[Calculator]:
     return placement.using_account(Calculator, account.pk).filter(account_id=account.pk)
+
+
+def geofence_item(geofence: Geofence) -> dict:
+    """A geofence as the API renders it."""
+    return {
+        "id": geofence.pk,
+        "cid": geofence.account_id,
+        "name": geofence.name,
+        "enabled": geofence.enabled,
+        "priority": geofence.priority,
+        "geometry": geofence.geometry,
+        "metadata": geofence.metadata,
+        "created": geofence.created,
+    }
+
+
+def geofences_of(*, account: Account) -> QuerySet[Geofence]:
+    return placement.using_account(Geofence, account.pk).filter(account_id=account.pk)
+
+
+def calculator_geofences_of(*, account: Account, calculator_ids: Sequence[int]) -> QuerySet[CalculatorGeofence]:
+    """The account's geofence assignments of these calculators, calculator by calculator."""
+    return (
+        placement.using_account(CalculatorGeofence, account.pk)
+        .filter(account_id=account.pk, calculator_id__in=calculator_ids)
+        .select_related("geofence")
+        .order_by("calculator_id", "geofence_id")
+    )
+
+
+def geofences_of_calculator(*, calculator: Calculator) -> list[Geofence]:
+    """The geofences assigned to a calculator, disabled ones too."""
+    return list(
+        Geofence.objects.using(calculator.database)
+        .filter(calculator_links__calculator_id=calculator.pk)
+        .order_by("id")
+    )
+
+
+def calculators_of_geofences(*, alias: str, geofence_ids: Sequence[int]) -> list[int]:
+    """The ids of the calculators that see any of these geofences."""
+    return sorted(
+        set(
+            CalculatorGeofence.objects.using(alias)
+            .filter(geofence_id__in=geofence_ids)
+            .values_list("calculator_id", flat=True)
+        )
+    )
 
 
 def assignments_of(

@@ -1,4 +1,4 @@
-"""Writes of calculators, assignments and stored intervals.
+"""Writes of calculators, assignments, geofences and stored intervals.
 
 The API, the admin and the calc fleet call these; none of them touches the shard cache or Redis
 (the fleet's own modules do). The results of recalculations are stored by
@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.functions import Greatest, Least
@@ -24,8 +25,10 @@ from analytics.choices import AssignmentState
 from analytics.constants import MAX_USER_FIELDS_BYTES, RESULT_FIELDS
 from analytics.engine import CalculatorError, Problem, compile_calculator, normalize_calculator
 from analytics.engine.interval_fields import INTERVAL_FIELDS
+from analytics.engine.zone_checks import check_geometry
+from analytics.engine.zones import GeofenceSet, zone_order
 from analytics.events import Event
-from analytics.models import Assignment, Calculator
+from analytics.models import Assignment, Calculator, CalculatorGeofence, Geofence
 from devices.models import Device
 from flespi_site import celery as calc_queue
 from flespi_site.errors import DomainError, ErrorKind, InvalidInput, NotFound
@@ -104,11 +107,37 @@ def calculator_update(*, calculator: Calculator, data: Mapping[str, Any]) -> Cal
             changes["version"] = current.version + 1
         save_fields(current, changes, name="calculator")
         _logged(alias=alias, calculator=current, event=LogEvent.UPDATED)
-        if affects_results and current.update_onchange:
-            assignments = Assignment.objects.using(alias).filter(calculator_id=current.pk)
-            _request(assignments, -math.inf, math.inf)
-            _tell_fleet(alias, assignments.values_list("shard", flat=True).distinct())
+        if affects_results:
+            _results_changed(alias=alias, calculators=[current])
     return current
+
+
+def _results_changed(*, alias: str, calculators: Sequence[Calculator]) -> None:
+    """What a change of what calculators compute (their new version is saved) asks of the fleet:
+    with ``update_onchange``, the recalculation of every assignment of theirs (within
+    ``update_period``: the engine keeps older intervals frozen)."""
+    ids = [calculator.pk for calculator in calculators if calculator.update_onchange]
+    if not ids:
+        return
+    assignments = Assignment.objects.using(alias).filter(calculator_id__in=ids)
+    _request(assignments, -math.inf, math.inf)
+    _tell_fleet(alias, assignments.values_list("shard", flat=True).distinct())
+
+
+def _calculators_new_version(*, alias: str, calculator_ids: Iterable[int]) -> None:
+    """The calculators' geofences changed: each gets a new version (a calc worker compiles a
+    calculator once per version, with its geofences), its log event, and its assignments'
+    recalculation as a change of its configuration would (``_results_changed``). Locks the
+    calculators in id order, as ``calculator_update`` locks one; the caller's transaction."""
+    ids = sorted(set(calculator_ids))
+    if not ids:
+        return
+    with transaction.atomic(using=alias):
+        calculators = list(Calculator.objects.using(alias).filter(pk__in=ids).order_by("pk").select_for_update())
+        for calculator in calculators:
+            save_fields(calculator, {"version": calculator.version + 1}, name="calculator")
+            _logged(alias=alias, calculator=calculator, event=LogEvent.UPDATED)
+        _results_changed(alias=alias, calculators=calculators)
 
 
 def calculator_delete(*, calculator: Calculator) -> None:
@@ -291,9 +320,168 @@ def interval_user_update(
     return interval
 
 
+def geofence_data(geofence: Geofence) -> dict:
+    """A stored geofence as the engine takes it."""
+    return {
+        "id": geofence.pk,
+        "name": geofence.name,
+        "enabled": geofence.enabled,
+        "priority": geofence.priority,
+        "metadata": geofence.metadata,
+        "geometry": geofence.geometry,
+    }
+
+
 def compiled(calculator: Calculator):
-    """The engine's compiled form of a stored calculator."""
-    return compile_calculator(calculator.configuration())
+    """The engine's compiled form of a stored calculator, with its assigned geofences."""
+    zones = [geofence_data(geofence) for geofence in selectors.geofences_of_calculator(calculator=calculator)]
+    return compile_calculator(calculator.configuration(), geofences=zones)
+
+
+# --- geofences -------------------------------------------------------------------------------
+
+
+def geofences_hittest(*, geofences: Sequence[Geofence], points: Sequence[dict]) -> list[dict]:
+    """For each point, the geofences among ``geofences`` containing it, in the order they are
+    checked (higher priority first), disabled ones too: the caller selected them."""
+    ordered = zone_order([geofence_data(geofence) for geofence in geofences])
+    zones = GeofenceSet(ordered)
+    lat = np.array([float(point["lat"]) for point in points])
+    lon = np.array([float(point["lon"]) for point in points])
+    hit_points, numbers = zones.hits(lat, lon, np.ones(len(points), bool))
+    found: list[list[dict]] = [[] for _ in points]
+    for point, number in zip(hit_points.tolist(), numbers.tolist(), strict=True):
+        zone = ordered[number]
+        found[point].append({"id": zone["id"], "name": zone["name"], "priority": zone["priority"]})
+    return [
+        {"lat": point["lat"], "lon": point["lon"], "geofences": hits} for point, hits in zip(points, found, strict=True)
+    ]
+
+
+class GeofenceInvalid(InvalidInput):
+    """A geofence's geometry with problems; ``problems`` lists every one with its path."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        super().__init__("; ".join(str(problem) for problem in problems), field=problems[0].path if problems else None)
+        self.problems = list(problems)
+
+
+def geofence_geometry_check(*, geometry: Any) -> dict:
+    """The normalised geometry (a polygon without repeated points); ``GeofenceInvalid`` naming
+    every problem with its path (``geometry.path[3].lat``) otherwise."""
+    normalized, problems = check_geometry(geometry)
+    if problems:
+        raise GeofenceInvalid(problems)
+    assert normalized is not None
+    return normalized
+
+
+GEOFENCE_FIELDS = ("name", "enabled", "priority", "geometry", "metadata")
+
+
+def geofence_create(*, account: Account, data: Mapping[str, Any]) -> Geofence:
+    """A new geofence of the account (its geometry checked again)."""
+    fields = {name: data[name] for name in GEOFENCE_FIELDS if name in data}
+    fields["geometry"] = geofence_geometry_check(geometry=fields.get("geometry"))
+    geofence = Geofence(account_id=account.pk, created=time.time(), **fields)
+    geofence.save(using=placement.alias_for_account(account.pk))
+    return geofence
+
+
+def geofence_update(*, geofence: Geofence, data: Mapping[str, Any]) -> Geofence:
+    """Change the named fields. A change the calculators seeing the geofence can see (any field
+    while it is enabled, or ``enabled`` itself) gives each of them a new version and recalculates
+    their assignments (``_calculators_new_version``)."""
+    alias = geofence.database
+    with locked_row(Geofence, pk=geofence.pk, using=alias, name="geofence") as current:
+        changes = {name: data[name] for name in GEOFENCE_FIELDS if name in data}
+        if "geometry" in changes:
+            changes["geometry"] = geofence_geometry_check(geometry=changes["geometry"])
+        changes = {name: value for name, value in changes.items() if getattr(current, name) != value}
+        if not changes:
+            return current
+        visible = current.enabled or changes.get("enabled", False)
+        save_fields(current, changes, name="geofence")
+        if visible:
+            _calculators_new_version(
+                alias=alias, calculator_ids=selectors.calculators_of_geofences(alias=alias, geofence_ids=[current.pk])
+            )
+    return current
+
+
+def geofence_delete(*, geofence: Geofence) -> None:
+    """Delete a geofence and its assignments; the calculators that saw it recalculate."""
+    alias = geofence.database
+    with locked_row(Geofence, pk=geofence.pk, using=alias, name="geofence") as current:
+        calculator_ids = selectors.calculators_of_geofences(alias=alias, geofence_ids=[current.pk])
+        current.delete()
+        if current.enabled:
+            _calculators_new_version(alias=alias, calculator_ids=calculator_ids)
+
+
+def calculator_geofence_assign(*, calculator: Calculator, geofence: Geofence) -> tuple[CalculatorGeofence, bool]:
+    """Assign ``geofence`` to ``calculator`` (idempotent; both of one account); returns the
+    assignment and whether it is new. A new one of an enabled geofence recalculates the
+    calculator's assignments."""
+    if geofence.account_id != calculator.account_id:
+        raise InvalidInput(
+            f"geofence {geofence.pk} belongs to account {geofence.account_id}, calculator {calculator.pk} to "
+            f"account {calculator.account_id}: a calculator takes geofences of its own account",
+            id=geofence.pk,
+        )
+    alias = calculator.database
+    links = CalculatorGeofence.objects.using(alias)
+    existing = links.filter(calculator_id=calculator.pk, geofence_id=geofence.pk).first()
+    if existing is not None:
+        return existing, False
+    link = CalculatorGeofence(
+        account_id=calculator.account_id, calculator_id=calculator.pk, geofence_id=geofence.pk, created=time.time()
+    )
+    try:
+        with transaction.atomic(using=alias):
+            link.save(using=alias)
+            if geofence.enabled:
+                _calculators_new_version(alias=alias, calculator_ids=[calculator.pk])
+    except IntegrityError:
+        # A concurrent assign of the same pair won, or the calculator or geofence went away.
+        existing = links.filter(calculator_id=calculator.pk, geofence_id=geofence.pk).first()
+        if existing is None:
+            raise NotFound(
+                f"calculator {calculator.pk} or geofence {geofence.pk} no longer exists", id=geofence.pk
+            ) from None
+        return existing, False
+    return link, True
+
+
+def calculator_geofences_assign(
+    *, calculators: Sequence[Calculator], geofences: Sequence[Geofence]
+) -> tuple[list[CalculatorGeofence], list[DomainError]]:
+    """Assign every geofence to every calculator (``calculator_geofence_assign`` for each pair);
+    the pairs refused as errors naming the geofence (``id``) and the calculator (``selector``)."""
+    links: list[CalculatorGeofence] = []
+    refused: list[DomainError] = []
+    for calculator in calculators:
+        for geofence in geofences:
+            try:
+                link, _new = calculator_geofence_assign(calculator=calculator, geofence=geofence)
+            except DomainError as exc:
+                exc.id = geofence.pk
+                exc.selector = f"calc_id={calculator.pk}"
+                refused.append(exc)
+                continue
+            links.append(link)
+    return links, refused
+
+
+def calculator_geofence_unassign(*, link: CalculatorGeofence) -> None:
+    """Unassign a geofence from a calculator; the calculator recalculates when it saw it."""
+    alias = link.database
+    name = f"geofence {link.geofence_id} of calculator {link.calculator_id}"
+    with locked_row(CalculatorGeofence, pk=link.pk, using=alias, name=name) as current:
+        enabled = Geofence.objects.using(alias).filter(pk=current.geofence_id, enabled=True).exists()
+        current.delete()
+        if enabled:
+            _calculators_new_version(alias=alias, calculator_ids=[current.calculator_id])
 
 
 def calculator_compile(*, config: Mapping[str, Any]):

@@ -12,7 +12,7 @@ from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.db.models import Count
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from rest_framework.exceptions import MethodNotAllowed
 
 from accounts import placement
@@ -159,14 +159,14 @@ class CalculatorAdmin(RegionalModelAdmin):
         if obj is None:
             return [(None, {"fields": ["account", "configuration"]})]
         return [
-            (None, {"fields": ["id", "account", "datacenter", "version", "created_at", "assignments"]}),
+            (None, {"fields": ["id", "account", "datacenter", "version", "created_at", "assignments", "geofences"]}),
             ("Configuration", {"fields": ["configuration"]}),
         ]
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return []
-        return ["id", "account", "datacenter", "version", "created_at", "assignments"]
+        return ["id", "account", "datacenter", "version", "created_at", "assignments", "geofences"]
 
     @admin.display(description="assignments", ordering="assignment_count")
     def assignment_count(self, obj: Calculator) -> int:
@@ -186,6 +186,19 @@ class CalculatorAdmin(RegionalModelAdmin):
             code,
             obj.pk,
             obj.assignment_count,  # type: ignore[attr-defined]
+        )
+
+    @admin.display(description="geofences")
+    def geofences(self, obj: Calculator):
+        """The geofences assigned to the calculator, in the order its expressions check them."""
+        zones = sorted(selectors.geofences_of_calculator(calculator=obj), key=lambda zone: (-zone.priority, zone.pk))
+        if not zones:
+            return "none"
+        code = datacenter_code(obj.database)
+        return format_html_join(
+            ", ", '<a class="assigned-geofence" href="{}?datacenter={}">{}</a>{}',
+            ((reverse("admin:analytics_geofence_change", args=[zone.pk]), code, str(zone),
+              f" (priority {zone.priority})" if zone.enabled else " (disabled)") for zone in zones),
         )
 
     def save_model(self, request, obj, form, change):

@@ -4,6 +4,7 @@ serializers here check only the shape of the envelope around it and document it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from rest_framework import serializers
@@ -143,4 +144,67 @@ class CalculateSerializer(TimeRangeSerializer):
                 attrs["calculator"] = calculator_compiled(attrs["calculator"])
             except serializers.ValidationError as exc:
                 raise serializers.ValidationError(exc.detail if self.top_level else {"calculator": exc.detail}) from None
+        return attrs
+
+
+class GeofenceSerializer(StrictSerializer):
+    """A geofence: its geometry is checked by the engine (``analytics.services.geofence_geometry_check``),
+    each problem named at its path (``geometry.path[2].lat``)."""
+
+    name = StrictCharField(max_length=255)
+    enabled = StrictBooleanField(required=False)
+    priority = StrictIntegerField(required=False, min_value=0, max_value=100, help_text="higher is checked first")
+    geometry = JSONObjectField(
+        help_text='{"type": "circle", "center": {"lat", "lon"}, "radius": km}, {"type": "polygon", "path": '
+        '[{"lat", "lon"}, ...]} or {"type": "corridor", "path": [...], "width": km}'
+    )
+    metadata = JSONObjectField(required=False)
+
+    def validate(self, attrs):
+        if "geometry" in attrs:
+            try:
+                attrs["geometry"] = services.geofence_geometry_check(geometry=attrs["geometry"])
+            except services.GeofenceInvalid as exc:
+                raise serializers.ValidationError(calculator_problems(exc.problems)) from None
+        return attrs
+
+
+MAX_HITTEST_POINTS = 1000
+
+
+class HittestQuerySerializer(StrictSerializer):
+    """``data={"lat": .., "lon": ..}`` (one point) or ``data={"points": [{"lat", "lon"}, ...]}``."""
+
+    lat = StrictFloatField(required=False, min_value=-90, max_value=90)
+    lon = StrictFloatField(required=False, min_value=-180, max_value=180)
+    points = serializers.ListField(
+        child=JSONObjectField(), required=False, min_length=1, max_length=MAX_HITTEST_POINTS,
+        help_text=f"up to {MAX_HITTEST_POINTS} points, each {{lat, lon}}",
+    )
+
+    def validate(self, attrs):
+        single = "lat" in attrs or "lon" in attrs
+        if single == ("points" in attrs):
+            raise serializers.ValidationError(
+                {"non_field_errors": ['give one point (data={"lat": .., "lon": ..}) or points (data={"points": [..]})']}
+            )
+        if single:
+            missing = [name for name in ("lat", "lon") if name not in attrs]
+            if missing:
+                raise serializers.ValidationError({name: ["missing field"] for name in missing})
+            return {"points": [{"lat": attrs["lat"], "lon": attrs["lon"]}]}
+        problems: dict[str, list[str]] = {}
+        for index, point in enumerate(attrs["points"]):
+            for name, limit in (("lat", 90), ("lon", 180)):
+                value = point.get(name)
+                where = f"points[{index}].{name}"
+                if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                    problems[where] = ["missing field" if value is None else "must be a number"]
+                elif abs(value) > limit:
+                    problems[where] = [f"must be between -{limit} and {limit}"]
+            for name in point:
+                if name not in ("lat", "lon"):
+                    problems[f"points[{index}].{name}"] = ["unknown field"]
+        if problems:
+            raise serializers.ValidationError(problems)
         return attrs

@@ -12,4 +12,7 @@ urlpatterns = [
     path(f"{_INTERVALS}/<str:interval_selector>", views.IntervalsView.as_view(), name="gw-calc-intervals-selected"),
     selection_path(views.RecalculateView, "gw-calc-recalculate"),
     selection_path(views.CalculateView, "gw-device-calculate"),
+    *resource_paths(views.GeofencesView, "gw-geofences"),
+    *resource_paths(views.CalculatorGeofencesView, "gw-calc-geofences"),
+    selection_path(views.HittestView, "gw-geofence-hittest"),
 ]

@@ -1,5 +1,5 @@
 """/gw/calcs: calculators, their assignments, stored intervals, recalculation requests, and
-on-demand calculation on devices."""
+on-demand calculation on devices; /gw/geofences and their assignment to calculators."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ from analytics.api.serializers import (
     AssignmentUpdateSerializer,
     CalculateSerializer,
     CalculatorSerializer,
+    GeofenceSerializer,
+    HittestQuerySerializer,
     IntervalsQuerySerializer,
     RecalculateSerializer,
     calculator_problems,
 )
 from analytics.constants import DEFAULT_INTERVALS_COUNT
 from analytics.engine import ExpressionError, compile_expression
-from analytics.models import Assignment
+from analytics.models import Assignment, CalculatorGeofence, Geofence
 from devices.api.views import DeviceResource, DeviceSelectionView
 from flespi_site.api.batch import batch_response, each_item
 from flespi_site.api.params import project, projection, validated_params
@@ -298,3 +300,136 @@ class CalculateView(DeviceSelectionView):
             intervals = calculation.calculate_stored(device=device, calculator=calculator, begin=begin, end=end)
             result.append({"id": device.pk, "intervals": list(intervals)})
         return Response({"result": result})
+
+
+# --- geofences -------------------------------------------------------------------------------
+
+GEOFENCE_FIELDS = ("id", "cid", "name", "enabled", "priority", "geometry", "metadata", "created")
+CALCULATOR_GEOFENCE_FIELDS = ("id", "calc_id", "cid", "name", "enabled", "priority", "created")
+
+render_geofence = selectors.geofence_item
+
+
+def render_calculator_geofence(link: CalculatorGeofence) -> dict:
+    return {
+        "id": link.geofence_id,
+        "calc_id": link.calculator_id,
+        "cid": link.account_id,
+        "name": link.geofence.name,
+        "enabled": link.geofence.enabled,
+        "priority": link.geofence.priority,
+        "created": link.created,
+    }
+
+
+class GeofenceResource(Resource):
+    name = "geofence"
+    url_path = "gw/geofences"
+    selection_fields = {
+        "id": SelectionField("pk", "int"),
+        "cid": SelectionField("account_id", "int"),
+        "name": SelectionField("name", "str"),
+        "enabled": SelectionField("enabled", "bool"),
+        "priority": SelectionField("priority", "int"),
+        "metadata": SelectionField("metadata", "json"),
+    }
+    create_serializer = GeofenceSerializer
+    update_serializer = GeofenceSerializer
+    output_fields = GEOFENCE_FIELDS
+    merge_fields = ("metadata",)
+
+    def queryset(self):
+        return selectors.geofences_of(account=self.account)
+
+    def render(self, obj):
+        return render_geofence(obj)
+
+    def create(self, data):
+        return services.geofence_create(account=self.account, data=data)
+
+    def update(self, obj, data):
+        return services.geofence_update(geofence=obj, data=data)
+
+    def delete(self, obj):
+        services.geofence_delete(geofence=obj)
+
+
+class GeofencesView(ResourceView):
+    """``POST|GET|PUT|DELETE /gw/geofences[/{sel}]``."""
+
+    resource_class = GeofenceResource
+
+
+def _geofence_field(field: SelectionField) -> SelectionField:
+    return SelectionField("geofence_id" if field.lookup == "pk" else f"geofence__{field.lookup}", field.kind)
+
+
+class CalculatorGeofenceResource(Resource):
+    """The geofences assigned to the selected calculators; selected by the geofence's fields
+    (``id`` is the geofence id)."""
+
+    name = "calculator geofence"
+    parent = CalculatorResource
+    url_path = "geofences"
+    selection_fields = {
+        **{name: _geofence_field(field) for name, field in GeofenceResource.selection_fields.items()},
+        "cid": SelectionField("account_id", "int"),
+    }
+    create_serializer = GeofenceSerializer  # unused: POST assigns the geofences its path names
+    update_serializer = GeofenceSerializer  # unused: no PUT
+    output_fields = CALCULATOR_GEOFENCE_FIELDS
+
+    def queryset(self):
+        return selectors.calculator_geofences_of(
+            account=self.account, calculator_ids=[calculator.pk for calculator in self.parents]
+        )
+
+    def render(self, obj):
+        return render_calculator_geofence(obj)
+
+    def named(self, obj):
+        return {"id": obj.geofence_id, "calc_id": obj.calculator_id}
+
+    def create(self, data):
+        raise InvalidInput("assign geofences with POST /gw/calcs/{calc}/geofences/{geofences}")
+
+    def update(self, obj, data):
+        raise InvalidInput("an assigned geofence has nothing to change here: PUT /gw/geofences/{geofence}")
+
+    def delete(self, obj):
+        services.calculator_geofence_unassign(link=obj)
+
+
+class CalculatorGeofencesView(ResourceView):
+    """``POST|GET|DELETE /gw/calcs/{calc-sel}/geofences/{geofence-sel}``: assign, list,
+    unassign."""
+
+    resource_class = CalculatorGeofenceResource
+    http_method_names = ["get", "post", "delete", "options"]
+
+    def post(self, request: Request, selector: str | None = None, **parents: str) -> Response:
+        if selector is None:
+            raise InvalidInput("POST assigns geofences: name them in the path, /gw/calcs/{calc}/geofences/{geofences}")
+        if request.stream is not None and request.content_type and request.data not in ([], {}):
+            raise InvalidInput("assigning takes no body (or an empty JSON array)")
+        answer = self.projected(request)
+        geofences, missing = selected_with_missing_ids(self, GeofenceResource, selector)
+        links, refused = services.calculator_geofences_assign(
+            calculators=self._resource().parents,  # type: ignore[arg-type]  # the parent resource selects calculators
+            geofences=geofences,  # type: ignore[arg-type]  # GeofenceResource selects geofences
+        )
+        return batch_response([answer(link) for link in links], [error.as_error() for error in [*missing, *refused]])
+
+
+class HittestView(SelectionView):
+    """``GET /gw/geofences/{sel}/hittest?data={"lat": .., "lon": ..}`` (or ``data={"points":
+    [..]}``): which of the selected geofences contain each point."""
+
+    selection_of = GeofenceResource
+    url_path = "hittest"
+    query_parameters = {"GET": HittestQuerySerializer}
+
+    def get(self, request: Request, selector: str) -> Response:
+        params = validated_params(request, HittestQuerySerializer)
+        geofences: list[Geofence] = self.selection()  # type: ignore[assignment]  # GeofenceResource selects geofences
+        return Response({"result": services.geofences_hittest(geofences=geofences, points=params["points"])})

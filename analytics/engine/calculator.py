@@ -4,6 +4,7 @@ compilation into a ``Calculator`` that ``calculate`` and ``recalculate`` reuse."
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from .expressions import CompiledExpression
 from .geo import Geofence
 from .interval_fields import COUNTER_RESERVED, ENGINE_FIELDS
 from .timeutil import zone
+from .zones import GeofenceSet, zone_order
 
 MAX_GEOFENCE_POINTS = 1024
 
@@ -114,7 +116,9 @@ class SelectorSpec:
     expression: CompiledExpression | None = None
     method: str = "boolean"
     options: dict = field(default_factory=dict)
-    geofences: list = field(default_factory=list)
+    geofences: Sequence[Geofence] = field(default_factory=list)
+    # A geofence selector with an empty inline list: its geofences are the calculator's assigned ones.
+    assigned: bool = False
     split: str | None = None  # None: a datetime selector whose one interval is never split
     delay_threshold: float = 0.0
     validate: CompiledExpression | None = None
@@ -129,8 +133,14 @@ class Calculator:
     intervals are the same.
     """
 
-    def __init__(self, config: dict, selectors, counters, validate_message, validate_interval):
+    def __init__(
+        self, config: dict, selectors, counters, validate_message, validate_interval, *, scope_geofences=(),
+        assigned: Sequence[dict] = (),
+    ):
         self.config = config
+        # The assigned geofences (data, ordered as checked) and what every expression sees.
+        self.assigned = list(assigned)
+        self.scope_geofences = scope_geofences
         self.name = config["name"]
         self.timezone = config["timezone"]
         self.tz = zone(self.timezone)
@@ -140,7 +150,11 @@ class Calculator:
         self.validate_interval: CompiledExpression | None = validate_interval
         self.update_period = float(config["update_period"])
         self.engine_keys = (*ENGINE_FIELDS, *(counter.name for counter in counters))
-        self.geofences = [geofence for selector in selectors for geofence in selector.geofences]
+        with_geofences = [selector for selector in selectors if selector.geofences]
+        if len(with_geofences) == 1:
+            self.geofences: Sequence[Geofence] = with_geofences[0].geofences
+        else:
+            self.geofences = GeofenceSet(geofence for selector in with_geofences for geofence in selector.geofences)
         # Fields of one interval that depend on the interval before it.
         self.crosses_intervals = any(
             COUNTER_TYPES[counter.type].crosses_intervals(counter) for counter in counters
@@ -184,15 +198,17 @@ def _parameters(calc: Calculator) -> frozenset[str] | None:
     return frozenset(names)
 
 
-def _check(config) -> tuple[list[Problem], Calculator | None]:
+def _check(config, geofences: Sequence[dict] = ()) -> tuple[list[Problem], Calculator | None]:
     if not isinstance(config, dict):
         return [Problem("", "calculator must be a JSON object")], None
     checker = Checker()
     checker.unknown(config, ("name", "selectors", "messages_source", *CALCULATOR_DEFAULTS), "")
     _check_messages_source(checker, config)
     normalized = _check_fields(checker, config)
+    assigned_zones = zone_order(zone for zone in geofences if zone.get("enabled", True))
+    assigned = GeofenceSet(assigned_zones)
     # Selectors first: their geofences are what geofence() in every expression sees.
-    selectors, normalized["selectors"], scope = _check_selectors(checker, config, normalized["timezone"])
+    selectors, normalized["selectors"], scope = _check_selectors(checker, config, normalized["timezone"], assigned)
     validate_message = checker.expression(config, "validate_message", "", scope=scope)
     validate_interval = checker.expression(config, "validate_interval", "", scope=scope)
     normalized["validate_message"] = config.get("validate_message")
@@ -200,7 +216,10 @@ def _check(config) -> tuple[list[Problem], Calculator | None]:
     counters, normalized["counters"] = _check_counters(checker, config, scope)
     if checker.problems:
         return checker.problems, None
-    return [], Calculator(normalized, selectors, counters, validate_message, validate_interval)
+    return [], Calculator(
+        normalized, selectors, counters, validate_message, validate_interval, scope_geofences=scope.geofences,
+        assigned=assigned_zones,
+    )
 
 
 def _check_messages_source(checker: Checker, config: dict) -> None:
@@ -248,7 +267,9 @@ def _check_fields(checker: Checker, config: dict) -> dict[str, Any]:
     return normalized
 
 
-def _check_selectors(checker: Checker, config: dict, tz: str) -> tuple[list[SelectorSpec], list[dict], Scope]:
+def _check_selectors(
+    checker: Checker, config: dict, tz: str, assigned: GeofenceSet
+) -> tuple[list[SelectorSpec], list[dict], Scope]:
     raw = config.get("selectors")
     if raw is None:
         checker.add("selectors", "missing field")
@@ -259,6 +280,7 @@ def _check_selectors(checker: Checker, config: dict, tz: str) -> tuple[list[Sele
     elif not raw:
         checker.add("selectors", "needs at least one selector")
     scope = Scope(tz, [])
+    inline: list[Geofence] = []
     selectors: list[SelectorSpec] = []
     normalized: list[dict] = []
     for i, selector_config in enumerate(raw):
@@ -276,10 +298,17 @@ def _check_selectors(checker: Checker, config: dict, tz: str) -> tuple[list[Sele
         if selector_type in ("expression", "geofence"):
             spec.options = _check_options(checker, selector_config, path)
         _SELECTOR_CHECKS[selector_type](checker, selector_config, path, spec, normalized_selector)
-        scope.geofences.extend(spec.geofences)
+        if selector_type == "geofence":
+            scope.geofence_selector = True
+        if spec.assigned:
+            spec.geofences = assigned
+        elif spec.geofences:
+            inline.extend(spec.geofences)
         selectors.append(spec)
         normalized.append(normalized_selector)
-    # Compiled once every geofence is known: an expression sees the geofences of all selectors.
+    # Compiled once every geofence is known: an expression sees the inline geofences of all
+    # selectors (in order), then the assigned ones (by priority).
+    scope.geofences = GeofenceSet([*inline, *assigned]) if inline else assigned
     for spec, normalized_selector in zip(selectors, normalized, strict=True):
         path = f"selectors[{spec.index}]"
         if spec.type == "expression" and spec.config.get("expression") is not None:
@@ -318,13 +347,17 @@ def _selector_geofence(
 ) -> None:
     checker.unknown(config, ("type", "name", "geofences", "validate_message", "max_active", *COMMON_OPTIONS), path)
     geofences = config.get("geofences")
-    if not isinstance(geofences, list) or not geofences:
-        checker.add(f"{path}.geofences", "missing field" if geofences is None else "must be a non-empty list")
+    if not isinstance(geofences, list):
+        checker.add(f"{path}.geofences", "missing field" if geofences is None else "must be a list")
+    elif not geofences:
+        spec.assigned = True  # the calculator's assigned geofences
     else:
+        inline: list[Geofence] = []
         for i, geofence in enumerate(geofences):
             checked = _check_geofence(checker, geofence, f"{path}.geofences[{i}]")
             if checked is not None:
-                spec.geofences.append(Geofence(checked))
+                inline.append(Geofence(checked))
+        spec.geofences = GeofenceSet(inline)
     normalized.update({"geofences": geofences, **spec.options})
 
 
@@ -411,11 +444,14 @@ def validate_calculator(config) -> list[Problem]:
     return sorted(_check(config)[0], key=_path_key)
 
 
-def compile_calculator(config) -> Calculator:
-    """The compiled calculator; raises ``CalculatorError`` listing every problem."""
+def compile_calculator(config, *, geofences: Sequence[dict] = ()) -> Calculator:
+    """The compiled calculator; raises ``CalculatorError`` listing every problem. ``geofences``:
+    the geofence entities assigned to it, as data (``{"id", "name", "enabled", "priority",
+    "metadata", "geometry"}``, the geometry valid): a geofence selector with an empty
+    ``geofences`` list takes the enabled ones, and every expression sees them."""
     if isinstance(config, Calculator):
         return config
-    problems, calc = _check(config)
+    problems, calc = _check(config, geofences)
     if problems:
         raise CalculatorError(sorted(problems, key=_path_key))
     assert calc is not None

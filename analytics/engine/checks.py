@@ -8,6 +8,7 @@ checks its fields in its class (``counters``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeGuard
 
@@ -25,7 +26,9 @@ class Scope:
     """What every expression of a calculator is compiled with."""
 
     tz: str
-    geofences: list[Geofence]
+    geofences: Sequence[Geofence]
+    # Whether a geofence selector exists (its geofences may be the assigned ones, none yet).
+    geofence_selector: bool = False
 
 
 class Checker:

@@ -626,7 +626,7 @@ class GeofenceCounter(CounterType):
     def check(self, counter: CounterSpec, context: CheckContext) -> None:
         checker, path, scope = context.checker, context.path, context.scope
         checker.unknown(counter.config, _COMMON, path)
-        if not scope.geofences:
+        if not scope.geofence_selector:
             checker.add(path, "a geofence counter needs a geofence selector")
 
     def parameters(self, counter: CounterSpec) -> Iterable[frozenset[str] | None]:

@@ -26,7 +26,6 @@ from . import values as semantics
 from .columns import ColumnKind
 from .errors import EvaluationError, ExpressionError
 from .functions import FUNCTIONS, Context, RowFn
-from .geo import Geofence
 from .timeutil import zone
 from .vectors import (
     LAT,
@@ -41,6 +40,7 @@ from .vectors import (
     vec_not,
     vec_or,
 )
+from .zones import GeofenceSet
 
 MAX_LENGTH = 10_000
 
@@ -407,9 +407,8 @@ class CompiledExpression:
         except Exception:
             raise ExpressionError(f"unknown timezone {timezone!r}") from None
         self.tree = parse(text)
-        self.geofences = [
-            geofence if isinstance(geofence, Geofence) else Geofence(geofence) for geofence in geofences
-        ]
+        # A calculator's expressions share one set (and its index).
+        self.geofences = geofences if isinstance(geofences, GeofenceSet) else GeofenceSet(geofences)
         self._ctx = Context(self.tz, self.geofences)
         nodes = list(walk(self.tree))
         params = [node for node in nodes if isinstance(node, Param)]

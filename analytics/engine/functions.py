@@ -15,7 +15,7 @@ arguments it takes, and its row and column implementations.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -23,9 +23,10 @@ import numpy as np
 
 from . import values as semantics
 from .columns import ColumnKind
-from .geo import Geofence, first_containing, haversine, haversine_vec
+from .geo import first_containing, haversine, haversine_vec
 from .timeutil import MAX_TS, MIN_TS, fields, in_range, scalar_field
 from .vectors import LAT, LON, Frame, Vec, and_not, any_of, errmask, fallback, is_typed, vec_unary_num
+from .zones import GeofenceSet
 
 RowFn = Callable[[Any, Any, Any], Any]
 
@@ -34,7 +35,7 @@ class Context(NamedTuple):
     """What an expression is compiled with: the calculator timezone and its geofences."""
 
     tz: Any
-    geofences: Sequence[Geofence]
+    geofences: GeofenceSet
 
 
 @dataclass(frozen=True)
@@ -286,10 +287,8 @@ def _row_geofence(fs, ctx, field):
         position = position_of(message)
         if position is None:
             return None
-        for geofence in geofences:
-            if geofence.contains(position[0], position[1]):
-                return semantics.normalize(geofence.config.get(field))
-        return None
+        geofence = geofences.first(position[0], position[1])
+        return None if geofence is None else semantics.normalize(geofence.field(field))
 
     return geofence_
 
@@ -298,9 +297,7 @@ def _col_geofence(args, frame, ctx, field):
     geofences = ctx.geofences
     lat, lon, valid = frame.position()
     index = first_containing(geofences, lat, lon, valid)
-    table = Vec.from_objects(
-        [semantics.normalize(geofence.config.get(field)) for geofence in geofences] + [None]
-    )
+    table = Vec.from_objects([semantics.normalize(geofence.field(field)) for geofence in geofences] + [None])
     pick = np.where(index < 0, len(geofences), index)
     return Vec(
         table.kind,
@@ -308,6 +305,33 @@ def _col_geofence(args, frame, ctx, field):
         None if table.null is None else table.null[pick],
         None if table.err is None else table.err[pick],
     )
+
+
+def _row_geofences(fs, ctx, field):
+    geofences = ctx.geofences
+
+    def geofences_(message, previous, positioned):
+        position = position_of(message)
+        if position is None:
+            return None
+        return [semantics.normalize(geofence.field(field)) for geofence in geofences.every(position[0], position[1])]
+
+    return geofences_
+
+
+def _col_geofences(args, frame, ctx, field):
+    """The list of the field of every geofence containing each position (in the order they are
+    checked), ``[]`` outside all, null without a position."""
+    geofences = ctx.geofences
+    lat, lon, valid = frame.position()
+    points, numbers = geofences.hits(lat, lon, valid)
+    table = [semantics.normalize(geofence.field(field)) for geofence in geofences]
+    values = np.empty(frame.n, dtype=object)
+    for row in np.flatnonzero(valid).tolist():
+        values[row] = []
+    for point, number in zip(points.tolist(), numbers.tolist(), strict=True):
+        values[point].append(table[number])
+    return Vec(ColumnKind.OBJ, values, None if valid.all() else ~valid)
 
 
 # ---- time ----------------------------------------------------------------------------------------
@@ -424,6 +448,9 @@ FUNCTIONS: dict[str, Function] = {
         *(Function(name, 0, 1, row=_row_time(name), column=_col_time(name)) for name in _TIME),
         Function(
             "geofence", 1, 1, row=_row_geofence, column=_col_geofence, literal=True, reads_position=True
+        ),
+        Function(
+            "geofences", 1, 1, row=_row_geofences, column=_col_geofences, literal=True, reads_position=True
         ),
     ]
 }

@@ -1,4 +1,5 @@
-"""Geometry: haversine distance, geofence containment, Google encoded polylines.
+"""Geometry: haversine distance, geofence containment (circles, polygons, corridors), Google
+encoded polylines.
 
 Scalar and vectorised forms use the same formulas in the same order, so they agree exactly.
 """
@@ -30,31 +31,91 @@ def haversine_vec(lat1, lon1, lat2, lon2) -> np.ndarray:
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(half_chord, 1.0)))
 
 
+KM_PER_DEGREE = EARTH_RADIUS_KM * math.pi / 180
+# Widening of a circle's or corridor's bounding box, in degrees: the box only skips the exact
+# test, so it errs outwards (about a millimetre).
+_BOX_MARGIN = 1e-8
+
+
+def _lon_reach(lat_low: float, lat_high: float, km: float) -> float | None:
+    """How far in longitude (degrees) a point within ``km`` of some point with latitude in
+    ``[lat_low, lat_high]`` can lie, or None when the reach passes a pole (any longitude)."""
+    angle = km / EARTH_RADIUS_KM
+    low = math.radians(lat_low) - angle
+    high = math.radians(lat_high) + angle
+    if low <= -math.pi / 2 or high >= math.pi / 2 or angle >= math.pi / 2:
+        return None
+    # The widest point of a small circle of angular radius ``angle`` around latitude phi is
+    # asin(sin(angle) / cos(phi)) away in longitude. Taking phi at the edge of the reach nearest a
+    # pole bounds it, and bounds a corridor's planar distance too (which scales longitude by the
+    # cosine of the point's own latitude).
+    phi = max(abs(low), abs(high))
+    ratio = math.sin(angle) / math.cos(phi)
+    if ratio >= 1:
+        return None
+    return math.degrees(math.asin(ratio))
+
+
+def field_of(config: dict, name: str):
+    """A field of a geofence's configuration; a dotted name walks into objects
+    (``metadata.customer``)."""
+    if name in config:
+        return config[name]
+    value = config
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
 class Geofence:
-    """A circle (``center``, ``radius`` km) or polygon (``path``) with its configuration."""
+    """A circle (``center``, ``radius`` km), polygon (``path``) or corridor (``path``, ``width``
+    km) with its configuration. The geometry is the configuration itself (a calculator's inline
+    geofence) or its ``geometry`` (a geofence entity: ``id``, ``name``, ``priority``,
+    ``metadata``, ``geometry``).
+
+    ``bbox`` is ``(lat_low, lat_high, lon_low, lon_high)``, wide enough that no point outside it
+    is contained; a circle or corridor whose reach passes a pole or the antimeridian has the
+    whole range of longitudes.
+    """
 
     def __init__(self, config: dict):
         self.config = config
         self.name = config.get("name")
-        self.type = config["type"]
+        geometry = config.get("geometry", config)
+        self.type = geometry["type"]
         if self.type == "circle":
-            self.lat = float(config["center"]["lat"])
-            self.lon = float(config["center"]["lon"])
-            self.radius = float(config["radius"])
-        else:
-            points = config["path"]
-            self.ys = np.array([float(point["lat"]) for point in points])
-            self.xs = np.array([float(point["lon"]) for point in points])
-            self.bbox = (self.ys.min(), self.ys.max(), self.xs.min(), self.xs.max())
-            self.edges = list(
-                zip(
-                    self.xs.tolist(),
-                    self.ys.tolist(),
-                    np.roll(self.xs, 1).tolist(),
-                    np.roll(self.ys, 1).tolist(),
-                    strict=True,
-                )
+            self.lat = float(geometry["center"]["lat"])
+            self.lon = float(geometry["center"]["lon"])
+            self.radius = float(geometry["radius"])
+            self.bbox = _reach_box(self.lat, self.lat, self.lon, self.lon, self.radius)
+            return
+        points = geometry["path"]
+        self.ys = np.array([float(point["lat"]) for point in points])
+        self.xs = np.array([float(point["lon"]) for point in points])
+        if self.type == "corridor":
+            self.half_width = float(geometry["width"]) / 2
+            self.bbox = _reach_box(
+                float(self.ys.min()), float(self.ys.max()), float(self.xs.min()), float(self.xs.max()), self.half_width
             )
+            self.segments = list(
+                zip(self.ys[:-1].tolist(), self.xs[:-1].tolist(), self.ys[1:].tolist(), self.xs[1:].tolist(), strict=True)
+            )
+            return
+        self.bbox = (float(self.ys.min()), float(self.ys.max()), float(self.xs.min()), float(self.xs.max()))
+        self.edges = list(
+            zip(
+                self.xs.tolist(),
+                self.ys.tolist(),
+                np.roll(self.xs, 1).tolist(),
+                np.roll(self.ys, 1).tolist(),
+                strict=True,
+            )
+        )
+
+    def field(self, name: str):
+        return field_of(self.config, name)
 
     def contains(self, lat: float, lon: float) -> bool:
         if self.type == "circle":
@@ -62,6 +123,8 @@ class Geofence:
         y0, y1, x0, x1 = self.bbox
         if not (y0 <= lat <= y1 and x0 <= lon <= x1):
             return False
+        if self.type == "corridor":
+            return bool(self.contains_vec(np.array([lat]), np.array([lon]))[0])
         inside = False
         for xi, yi, xj, yj in self.edges:
             if (yi > lat) != (yj > lat) and lon < (xj - xi) * (lat - yi) / (yj - yi) + xi:
@@ -78,6 +141,9 @@ class Geofence:
             return out
         py = lat[cand]
         px = lon[cand]
+        if self.type == "corridor":
+            out[cand] = self._corridor_distance(py, px) <= self.half_width
+            return out
         inside = np.zeros(len(cand), bool)
         with np.errstate(all="ignore"):
             for xi, yi, xj, yj in self.edges:
@@ -89,17 +155,51 @@ class Geofence:
         out[cand] = inside
         return out
 
+    def _corridor_distance(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """Kilometres from each point to the path: on a plane tangent at the point
+        (equirectangular, x scaled by the cosine of the point's latitude), the distance to the
+        nearest segment, ends included (a corridor's ends are round)."""
+        scale = np.cos(np.radians(lat)) * KM_PER_DEGREE
+        best = np.full(len(lat), np.inf)
+        with np.errstate(all="ignore"):
+            for ay, ax, by, bx in self.segments:
+                # The segment's ends relative to the point, in km.
+                ux = (ax - lon) * scale
+                uy = (ay - lat) * KM_PER_DEGREE
+                vx = (bx - ax) * scale
+                vy = np.full(len(lat), (by - ay) * KM_PER_DEGREE)
+                length2 = vx * vx + vy * vy
+                t = np.where(length2 > 0, np.clip(-(ux * vx + uy * vy) / length2, 0.0, 1.0), 0.0)
+                dx = ux + t * vx
+                dy = uy + t * vy
+                best = np.minimum(best, np.sqrt(dx * dx + dy * dy))
+        return best
 
-def first_containing(geofences: list[Geofence], lat: np.ndarray, lon: np.ndarray, valid: np.ndarray):
-    """Index of the first geofence containing each point, -1 where none or no position."""
+
+def _reach_box(lat_low: float, lat_high: float, lon_low: float, lon_high: float, km: float):
+    """The bounding box of every point within ``km`` of the box given."""
+    dlat = math.degrees(km / EARTH_RADIUS_KM) + _BOX_MARGIN
+    dlon = _lon_reach(lat_low, lat_high, km)
+    low, high = max(lat_low - dlat, -90.0), min(lat_high + dlat, 90.0)
+    if dlon is None or lon_low - dlon < -180 or lon_high + dlon > 180:
+        return (low, high, -180.0, 180.0)
+    return (low, high, lon_low - dlon - _BOX_MARGIN, lon_high + dlon + _BOX_MARGIN)
+
+
+def first_containing(geofences, lat: np.ndarray, lon: np.ndarray, valid: np.ndarray):
+    """Index of the first geofence containing each point, -1 where none or no position. A
+    ``GeofenceSet`` (``zones``) with a grid answers through it."""
+    grid = getattr(geofences, "grid", None)
+    if grid is not None:
+        return grid.first(lat, lon, valid)
     found = np.full(len(lat), -1, dtype=np.int64)
     todo = valid.copy()
-    for index, geofence in enumerate(geofences):
+    for number, geofence in enumerate(geofences):
         idx = np.flatnonzero(todo)
         if not len(idx):
             break
         hit = geofence.contains_vec(lat[idx], lon[idx])
-        found[idx[hit]] = index
+        found[idx[hit]] = number
         todo[idx[hit]] = False
     return found
 

@@ -10,6 +10,7 @@ of change and assignment), never through the ORM.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -341,3 +342,85 @@ def outbox_events(*, alias: str, events: Sequence[Event]) -> None:
         payloads=[None if event.payload is CLEAR else dumps_exact(event.payload).decode() for event in events],
         retains=[event.retain for event in events],
     )
+
+
+def _rollup_aggregate(kind: str, field: str | None, slot: dict[str, int]) -> str:
+    """The SQL aggregate of one rollup counter over the rows of ``_rollup_sql``'s inner query:
+    ``n<k>`` the number of field ``k`` (NULL unless a JSON number; a column is one), ``j<k>`` its
+    JSON text (NULL where missing or null)."""
+    if field is None:
+        return "count(*)"
+    k = slot[field]
+    present = f"j{k} IS NOT NULL"
+    if kind == "count":
+        return f"count(*) FILTER (WHERE {present})"
+    if kind in ("first", "last"):
+        order = "ASC" if kind == "first" else "DESC"
+        return f"(array_agg(j{k} ORDER BY id {order}) FILTER (WHERE {present}))[1]"
+    if kind == "summary":
+        return f"sum(n{k})"
+    if kind == "minimum":
+        return f"min(n{k})"
+    if kind == "maximum":
+        return f"max(n{k})"
+    if kind == "average":
+        # Weighted by duration; a period whose intervals with a value all last 0 s: their mean.
+        weight = f"sum(d) FILTER (WHERE n{k} IS NOT NULL)"
+        return f"CASE WHEN {weight} > 0 THEN sum(n{k} * d) / {weight} ELSE avg(n{k}) END"
+    raise AssertionError(kind)
+
+
+def _rollup_sql(counters: Sequence[tuple[str, str | None]], columns: Sequence[str]) -> tuple[str, list[str]]:
+    """The rollup statement and its leading parameters (the JSON keys read): per device and period
+    (``width_bucket`` of the interval's begin in the periods' bounds), one aggregate per counter.
+    ``counters`` are (type, field) pairs; ``columns`` the fields that are stored columns."""
+    fields = list(dict.fromkeys(field for _, field in counters if field is not None))
+    slot = {field: index for index, field in enumerate(fields)}
+    keys = [field for field in fields if field not in columns]
+    # A counter's value is taken out of the JSON text once per row (``->``), in the innermost query,
+    # which OFFSET 0 keeps from being inlined into the expressions that use it twice.
+    raw = "".join(f", counters -> %s AS r{slot[field]}" for field in keys)
+    values = "".join(
+        f', "{field}" AS n{slot[field]}, "{field}"::text AS j{slot[field]}' if field in columns else
+        f", CASE WHEN json_typeof(r{slot[field]}) = 'number' THEN r{slot[field]}::text::float8 END AS n{slot[field]}"
+        f", CASE WHEN json_typeof(r{slot[field]}) <> 'null' THEN r{slot[field]}::text END AS j{slot[field]}"
+        for field in fields
+    )
+    aggregates = "".join(f", {_rollup_aggregate(kind, field, slot)}" for kind, field in counters)
+    sql = (
+        f"SELECT device_id, width_bucket(\"begin\", %s::float8[]) AS period{aggregates} FROM ("
+        f" SELECT device_id, id, \"begin\", duration AS d{values} FROM ("
+        f"  SELECT device_id, id, \"begin\", \"end\", duration{raw} FROM intervals"
+        "   WHERE calc_id = %s AND device_id = ANY(%s) AND id >= %s AND id <= %s AND \"begin\" >= %s AND \"begin\" < %s"
+        "   OFFSET 0) AS r OFFSET 0) AS v"
+        " GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    return sql, keys
+
+
+def intervals_rollup(
+    *,
+    alias: str,
+    calc_id: int,
+    device_ids: Sequence[int],
+    bounds: Sequence[float],
+    begin: float,
+    end: float,
+    counters: Sequence[tuple[str, str | None]],
+    columns: Sequence[str],
+) -> list[tuple]:
+    """The counters (``(type, field)`` pairs, ``analytics.engine.rollups``) over the stored
+    intervals of the calculator and each device with ``begin <= interval begin < end``, per device
+    and period of ``bounds`` (period ``i``, from 1, is ``[bounds[i-1], bounds[i])``): rows
+    ``(device_id, i, value, ...)`` by device and period, one statement; a period without an
+    interval has no row. ``first``/``last`` come as JSON text, the other values as numbers
+    (None: no value)."""
+    if not device_ids:
+        return []
+    sql, keys = _rollup_sql(counters, columns)
+    # id is the begin in µs (rounded): the key's range, a little wider, then the exact begin.
+    params: list[Any] = [list(bounds), *keys, calc_id, list(device_ids), math.floor(begin * 1e6) - 1, math.ceil(end * 1e6) + 1,
+              begin, end]
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()

@@ -159,6 +159,14 @@ def intervals_write(
     return intervals_write_many(alias=alias, writes={key: (upsert, delete_ids)}, stamp=stamp).get(key, ([], []))
 
 
+def numbers_of(counters: Mapping) -> dict:
+    """The counters whose value is a number (not a bool): the ``numbers`` that rollups read."""
+    return {
+        key: value for key, value in counters.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
 def intervals_write_many(
     *,
     alias: str,
@@ -170,7 +178,7 @@ def intervals_write_many(
     each by id."""
     result: dict[tuple[int, int], tuple[list[dict], list[dict]]] = {key: ([], []) for key in writes}
     gone: list[list[int]] = [[], [], []]
-    put: list[list] = [[], [], [], [], [], [], []]
+    put: list[list] = [[], [], [], [], [], [], [], []]
     for (calc_id, device_id), (upsert, delete_ids) in writes.items():
         for interval_id in delete_ids:
             gone[0].append(calc_id)
@@ -183,11 +191,9 @@ def intervals_write_many(
             put[3].append(interval["begin"])
             put[4].append(interval["end"])
             put[5].append(interval["duration"])
-            put[6].append(
-                dumps_exact(
-                    {key: value for key, value in interval.items() if key not in ENGINE_FIELDS}
-                ).decode()
-            )
+            counters = {key: value for key, value in interval.items() if key not in ENGINE_FIELDS}
+            put[6].append(dumps_exact(counters).decode())
+            put[7].append(dumps_exact(numbers_of(counters)).decode())
     with connections[alias].cursor() as cursor:
         if gone[0]:
             cursor.execute(
@@ -203,13 +209,13 @@ def intervals_write_many(
         if put[0]:
             cursor.execute(
                 f"""
-                INSERT INTO intervals AS i (calc_id, device_id, id, "begin", "end", duration, timestamp, counters)
-                SELECT v.calc, v.dev, v.id, v.b, v.e, v.d, %s, v.c::json
+                INSERT INTO intervals AS i (calc_id, device_id, id, "begin", "end", duration, timestamp, counters, numbers)
+                SELECT v.calc, v.dev, v.id, v.b, v.e, v.d, %s, v.c::json, v.n::jsonb
                 FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::float8[], %s::float8[], %s::float8[],
-                    %s::text[]) AS v(calc, dev, id, b, e, d, c)
+                    %s::text[], %s::text[]) AS v(calc, dev, id, b, e, d, c, n)
                 ON CONFLICT (calc_id, device_id, id) DO UPDATE SET
                     "begin" = EXCLUDED."begin", "end" = EXCLUDED."end", duration = EXCLUDED.duration,
-                    timestamp = EXCLUDED.timestamp, counters = EXCLUDED.counters
+                    timestamp = EXCLUDED.timestamp, counters = EXCLUDED.counters, numbers = EXCLUDED.numbers
                 RETURNING {_RETURNING}
                 """,
                 [stamp, *put],
@@ -346,17 +352,15 @@ def outbox_events(*, alias: str, events: Sequence[Event]) -> None:
 
 def _rollup_aggregate(kind: str, field: str | None, slot: dict[str, int]) -> str:
     """The SQL aggregate of one rollup counter over the rows of ``_rollup_sql``'s inner query:
-    ``n<k>`` the number of field ``k`` (NULL unless a JSON number; a column is one), ``j<k>`` its
-    JSON text (NULL where missing or null)."""
+    ``n<k>`` the value of field ``k`` as a number (NULL unless it is one), ``j<k>`` its text."""
     if field is None:
         return "count(*)"
     k = slot[field]
-    present = f"j{k} IS NOT NULL"
     if kind == "count":
-        return f"count(*) FILTER (WHERE {present})"
+        return f"count(n{k})"
     if kind in ("first", "last"):
         order = "ASC" if kind == "first" else "DESC"
-        return f"(array_agg(j{k} ORDER BY id {order}) FILTER (WHERE {present}))[1]"
+        return f"(array_agg(j{k} ORDER BY id {order}) FILTER (WHERE n{k} IS NOT NULL))[1]"
     if kind == "summary":
         return f"sum(n{k})"
     if kind == "minimum":
@@ -371,19 +375,24 @@ def _rollup_aggregate(kind: str, field: str | None, slot: dict[str, int]) -> str
 
 
 def _rollup_sql(counters: Sequence[tuple[str, str | None]], columns: Sequence[str]) -> tuple[str, list[str]]:
-    """The rollup statement and its leading parameters (the JSON keys read): per device and period
-    (``width_bucket`` of the interval's begin in the periods' bounds), one aggregate per counter.
-    ``counters`` are (type, field) pairs; ``columns`` the fields that are stored columns."""
+    """The rollup statement and its leading parameters (the counter names read, each twice): per
+    device and period (``width_bucket`` of the interval's begin in the periods' bounds), one
+    aggregate per counter. ``counters`` are (type, field) pairs; ``columns`` the fields that are
+    stored columns. A counter's value comes from ``numbers`` (jsonb: a lookup, no parse), or, for
+    a row written before that column, from the counters' JSON text."""
     fields = list(dict.fromkeys(field for _, field in counters if field is not None))
     slot = {field: index for index, field in enumerate(fields)}
     keys = [field for field in fields if field not in columns]
-    # A counter's value is taken out of the JSON text once per row (``->``), in the innermost query,
-    # which OFFSET 0 keeps from being inlined into the expressions that use it twice.
-    raw = "".join(f", counters -> %s AS r{slot[field]}" for field in keys)
+    # The innermost query takes each value out once; OFFSET 0 keeps it from being inlined into
+    # the expressions that use it twice.
+    raw = "".join(
+        f", CASE WHEN numbers IS NULL THEN (counters -> %s)::text::jsonb ELSE numbers -> %s END AS r{slot[field]}"
+        for field in keys
+    )
     values = "".join(
         f', "{field}" AS n{slot[field]}, "{field}"::text AS j{slot[field]}' if field in columns else
-        f", CASE WHEN json_typeof(r{slot[field]}) = 'number' THEN r{slot[field]}::text::float8 END AS n{slot[field]}"
-        f", CASE WHEN json_typeof(r{slot[field]}) <> 'null' THEN r{slot[field]}::text END AS j{slot[field]}"
+        f", CASE WHEN jsonb_typeof(r{slot[field]}) = 'number' THEN r{slot[field]}::float8 END AS n{slot[field]}"
+        f", r{slot[field]}::text AS j{slot[field]}"
         for field in fields
     )
     aggregates = "".join(f", {_rollup_aggregate(kind, field, slot)}" for kind, field in counters)
@@ -395,7 +404,7 @@ def _rollup_sql(counters: Sequence[tuple[str, str | None]], columns: Sequence[st
         "   OFFSET 0) AS r OFFSET 0) AS v"
         " GROUP BY 1, 2 ORDER BY 1, 2"
     )
-    return sql, keys
+    return sql, [name for field in keys for name in (field, field)]
 
 
 def intervals_rollup(
@@ -413,8 +422,9 @@ def intervals_rollup(
     intervals of the calculator and each device with ``begin <= interval begin < end``, per device
     and period of ``bounds`` (period ``i``, from 1, is ``[bounds[i-1], bounds[i])``): rows
     ``(device_id, i, value, ...)`` by device and period, one statement; a period without an
-    interval has no row. ``first``/``last`` come as JSON text, the other values as numbers
-    (None: no value)."""
+    interval has no row. Every counter reads the field's numbers only (a value of another
+    type is skipped); ``first``/``last`` come as JSON text, the others as numbers (None: no
+    value)."""
     if not device_ids:
         return []
     sql, keys = _rollup_sql(counters, columns)

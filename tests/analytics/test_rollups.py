@@ -89,11 +89,23 @@ def test_each_counter_by_hand(api, key, calc, device, assigned):
          "km_sum": 15.0, "km_sum_alias": 15.0, "speed_max": 80.0, "speed_min": 30.0, "trips": 3, "with_km": 2,
          "first_km": 10, "last_km": 5,
          # weighted by duration: (50 * 3600 + 80 * 1800 + 30 * 0) / 5400
-         "speed_avg": 60.0, "first_begin": T + 3600, "driving": 5400.0, "first_label": "a"},
+         "speed_avg": 60.0, "first_begin": T + 3600, "driving": 5400.0},
         {"calc_id": calc.pk, "device_id": device.pk, "begin": T + D, "end": T + 2 * D,
          "km_sum": 2.5, "km_sum_alias": 2.5, "speed_max": 40.0, "speed_min": 40.0, "trips": 1, "with_km": 1,
          "first_km": 2.5, "last_km": 2.5, "speed_avg": 40.0, "first_begin": T + D + 100, "driving": 600.0},
     ]}
+
+
+def test_rows_written_before_the_numbers_column_are_read_from_their_counters(api, key, calc, device, assigned):
+    """``numbers`` is NULL on rows written before it existed: their counters' text is read."""
+    _store(assigned, [_iv(T + 10, T + 20, km=1.5, max_speed=40), _iv(T + 30, T + 40, km=2, label="a")])
+    with connections[device.database].cursor() as cursor:
+        cursor.execute("UPDATE intervals SET numbers = NULL WHERE calc_id = %s AND id = %s", [calc.pk, round((T + 10) * 1e6)])
+        assert cursor.rowcount == 1
+    counters = [{"name": "km", "type": "summary", "field": "km"}, {"name": "last_km", "type": "last", "field": "km"},
+                {"name": "top", "type": "maximum", "field": "max_speed"}, {"name": "labels", "type": "count", "field": "label"}]
+    [row] = response_ok(_rollup(api, key, calc, device.pk, _body(T, T + D, counters=counters)))
+    assert (row["km"], row["last_km"], row["top"], row["labels"]) == (3.5, 2, 40.0, 0)
 
 
 def test_average_of_instants_is_their_mean(api, key, calc, device, assigned):

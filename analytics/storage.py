@@ -15,8 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connections
+from django.db import connections, transaction
 
+from analytics.constants import ROLLUP_WORK_MEM
 from analytics.engine.interval_fields import ENGINE_FIELDS
 from analytics.events import CLEAR, Event
 from devices.storage import outbox_events_write
@@ -431,6 +432,9 @@ def intervals_rollup(
     # id is the begin in µs (rounded): the key's range, a little wider, then the exact begin.
     params: list[Any] = [list(bounds), *keys, calc_id, list(device_ids), math.floor(begin * 1e6) - 1, math.ceil(end * 1e6) + 1,
               begin, end]
-    with connections[alias].cursor() as cursor:
+    # The sort of a month of a thousand devices' intervals by device and period spills to disk
+    # under the default work_mem (4 MB); this statement may use more.
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        cursor.execute(f"SET LOCAL work_mem = '{ROLLUP_WORK_MEM}'")
         cursor.execute(sql, params)
         return cursor.fetchall()

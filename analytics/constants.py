@@ -11,3 +11,10 @@ INTERVALS_PARTITIONS = 8
 MAX_USER_FIELDS_BYTES = 64 * 1024
 # Intervals answered per assignment by one GET when the request names no count.
 DEFAULT_INTERVALS_COUNT = 100_000
+# A rollup answers at most this many calendar periods per device (a year of days, 41 days of
+# hours); a longer range is refused, to be asked in parts or by a longer period.
+MAX_ROLLUP_PERIODS = 1000
+# Devices aggregated by one statement of a rollup.
+ROLLUP_DEVICES_CHUNK = 1000
+# Memory a rollup statement may sort and hash in (PostgreSQL's work_mem, for that statement).
+ROLLUP_WORK_MEM = "64MB"

@@ -9,7 +9,11 @@ from django.db.models import QuerySet
 from accounts import placement
 from accounts.models import Account
 from analytics import storage
+from analytics.constants import MAX_ROLLUP_PERIODS, ROLLUP_DEVICES_CHUNK
+from analytics.engine.rollups import ROLLUP_COLUMNS, Rollup, RollupError, period_bounds
 from analytics.models import Assignment, Calculator, CalculatorGeofence, Geofence
+from flespi_site.errors import ErrorKind, InvalidInput
+from flespi_site.jsontext import loads_exact
 
 # Every calculator reads its device's own messages (the engine refuses any other source).
 MESSAGES_SOURCE = {"source": "device"}
@@ -145,3 +149,72 @@ def interval_counts(*, assignments: Sequence[Assignment]) -> dict[tuple[int, int
         alias=assignments[0].database,
         pairs=[(assignment.calculator_id, assignment.device_id) for assignment in assignments],
     )
+
+
+def rollups_of(
+    *, account: Account, assignments: Sequence[Assignment], rollup: Rollup, begin: float, end: float
+) -> list[dict]:
+    """The rollup of the stored intervals of each assignment that begin in ``[begin, end)``: per
+    device and calendar period that holds one, ``{"calc_id", "device_id", "begin", "end",
+    <counters>}`` (the period clipped to the range; a counter without a value is left out), by
+    device, then period, then calculator. Periods are cut in the rollup's timezone, or each
+    calculator's own. One statement per calculator and chunk of devices; no message is read.
+    Raises ``RollupError`` for a field that a calculator's intervals do not have, and
+    ``InvalidInput`` (``range_too_long``) beyond ``MAX_ROLLUP_PERIODS`` periods."""
+    if not assignments:
+        return []
+    alias = assignments[0].database
+    devices: dict[int, list[int]] = {}
+    for assignment in assignments:
+        devices.setdefault(assignment.calculator_id, []).append(assignment.device_id)
+    calculators = list(calculators_of(account=account).filter(pk__in=list(devices)).order_by("pk"))
+    problems = []
+    for calculator in calculators:
+        known = [counter["name"] for counter in calculator.counters]
+        problems += [
+            type(problem)(problem.path, f"{problem.message} (calculator {calculator.pk})")
+            for problem in rollup.unknown_fields(known)
+        ]
+    if problems:
+        raise RollupError(problems)
+    bounds_of: dict[str, list[float]] = {}
+    found: list[dict] = []
+    counters = [(counter.type, counter.field) for counter in rollup.counters]
+    for calculator in calculators:
+        timezone = rollup.timezone or calculator.timezone
+        if timezone not in bounds_of:
+            bounds = period_bounds(begin=begin, end=end, timezone=timezone, split=rollup.split, limit=MAX_ROLLUP_PERIODS)
+            if bounds is None:
+                raise InvalidInput(
+                    f"from..to holds more than {MAX_ROLLUP_PERIODS:,} periods of a {rollup.split}: narrow from/to "
+                    "or split by a longer period",
+                    kind=ErrorKind.RANGE_TOO_LONG,
+                    field="to",
+                    limit=MAX_ROLLUP_PERIODS,
+                )
+            bounds_of[timezone] = bounds
+        bounds = bounds_of[timezone]
+        ids = devices[calculator.pk]
+        for start in range(0, len(ids), ROLLUP_DEVICES_CHUNK):
+            rows = storage.intervals_rollup(
+                alias=alias, calc_id=calculator.pk, device_ids=ids[start:start + ROLLUP_DEVICES_CHUNK], bounds=bounds,
+                begin=begin, end=end, counters=counters, columns=ROLLUP_COLUMNS,
+            )
+            found += [_rollup_item(calculator.pk, row, bounds, begin, end, rollup) for row in rows]
+    found.sort(key=lambda item: (item["device_id"], item["begin"], item["calc_id"]))
+    return found
+
+
+def _rollup_item(calc_id: int, row: tuple, bounds: list[float], begin: float, end: float, rollup: Rollup) -> dict:
+    device_id, period, *values = row
+    item = {
+        "calc_id": calc_id,
+        "device_id": device_id,
+        "begin": max(bounds[period - 1], begin),
+        "end": min(bounds[period], end),
+    }
+    for counter, value in zip(rollup.counters, values, strict=True):
+        if value is None:
+            continue
+        item[counter.name] = loads_exact(value) if counter.type in ("first", "last") else value
+    return item

@@ -10,12 +10,14 @@ of change and assignment), never through the ORM.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connections
+from django.db import connections, transaction
 
+from analytics.constants import ROLLUP_WORK_MEM
 from analytics.engine.interval_fields import ENGINE_FIELDS
 from analytics.events import CLEAR, Event
 from devices.storage import outbox_events_write
@@ -158,6 +160,14 @@ def intervals_write(
     return intervals_write_many(alias=alias, writes={key: (upsert, delete_ids)}, stamp=stamp).get(key, ([], []))
 
 
+def numbers_of(counters: Mapping) -> dict:
+    """The counters whose value is a number (not a bool): the ``numbers`` that rollups read."""
+    return {
+        key: value for key, value in counters.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
 def intervals_write_many(
     *,
     alias: str,
@@ -169,7 +179,7 @@ def intervals_write_many(
     each by id."""
     result: dict[tuple[int, int], tuple[list[dict], list[dict]]] = {key: ([], []) for key in writes}
     gone: list[list[int]] = [[], [], []]
-    put: list[list] = [[], [], [], [], [], [], []]
+    put: list[list] = [[], [], [], [], [], [], [], []]
     for (calc_id, device_id), (upsert, delete_ids) in writes.items():
         for interval_id in delete_ids:
             gone[0].append(calc_id)
@@ -182,11 +192,9 @@ def intervals_write_many(
             put[3].append(interval["begin"])
             put[4].append(interval["end"])
             put[5].append(interval["duration"])
-            put[6].append(
-                dumps_exact(
-                    {key: value for key, value in interval.items() if key not in ENGINE_FIELDS}
-                ).decode()
-            )
+            counters = {key: value for key, value in interval.items() if key not in ENGINE_FIELDS}
+            put[6].append(dumps_exact(counters).decode())
+            put[7].append(dumps_exact(numbers_of(counters)).decode())
     with connections[alias].cursor() as cursor:
         if gone[0]:
             cursor.execute(
@@ -202,13 +210,13 @@ def intervals_write_many(
         if put[0]:
             cursor.execute(
                 f"""
-                INSERT INTO intervals AS i (calc_id, device_id, id, "begin", "end", duration, timestamp, counters)
-                SELECT v.calc, v.dev, v.id, v.b, v.e, v.d, %s, v.c::json
+                INSERT INTO intervals AS i (calc_id, device_id, id, "begin", "end", duration, timestamp, counters, numbers)
+                SELECT v.calc, v.dev, v.id, v.b, v.e, v.d, %s, v.c::json, v.n::jsonb
                 FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::float8[], %s::float8[], %s::float8[],
-                    %s::text[]) AS v(calc, dev, id, b, e, d, c)
+                    %s::text[], %s::text[]) AS v(calc, dev, id, b, e, d, c, n)
                 ON CONFLICT (calc_id, device_id, id) DO UPDATE SET
                     "begin" = EXCLUDED."begin", "end" = EXCLUDED."end", duration = EXCLUDED.duration,
-                    timestamp = EXCLUDED.timestamp, counters = EXCLUDED.counters
+                    timestamp = EXCLUDED.timestamp, counters = EXCLUDED.counters, numbers = EXCLUDED.numbers
                 RETURNING {_RETURNING}
                 """,
                 [stamp, *put],
@@ -341,3 +349,92 @@ def outbox_events(*, alias: str, events: Sequence[Event]) -> None:
         payloads=[None if event.payload is CLEAR else dumps_exact(event.payload).decode() for event in events],
         retains=[event.retain for event in events],
     )
+
+
+def _rollup_aggregate(kind: str, field: str | None, slot: dict[str, int]) -> str:
+    """The SQL aggregate of one rollup counter over the rows of ``_rollup_sql``'s inner query:
+    ``n<k>`` the value of field ``k`` as a number (NULL unless it is one), ``j<k>`` its text."""
+    if field is None:
+        return "count(*)"
+    k = slot[field]
+    if kind == "count":
+        return f"count(n{k})"
+    if kind in ("first", "last"):
+        order = "ASC" if kind == "first" else "DESC"
+        return f"(array_agg(j{k} ORDER BY id {order}) FILTER (WHERE n{k} IS NOT NULL))[1]"
+    if kind == "summary":
+        return f"sum(n{k})"
+    if kind == "minimum":
+        return f"min(n{k})"
+    if kind == "maximum":
+        return f"max(n{k})"
+    if kind == "average":
+        # Weighted by duration; a period whose intervals with a value all last 0 s: their mean.
+        weight = f"sum(d) FILTER (WHERE n{k} IS NOT NULL)"
+        return f"CASE WHEN {weight} > 0 THEN sum(n{k} * d) / {weight} ELSE avg(n{k}) END"
+    raise AssertionError(kind)
+
+
+def _rollup_sql(counters: Sequence[tuple[str, str | None]], columns: Sequence[str]) -> tuple[str, list[str]]:
+    """The rollup statement and its leading parameters (the counter names read, each twice): per
+    device and period (``width_bucket`` of the interval's begin in the periods' bounds), one
+    aggregate per counter. ``counters`` are (type, field) pairs; ``columns`` the fields that are
+    stored columns. A counter's value comes from ``numbers`` (jsonb: a lookup, no parse), or, for
+    a row written before that column, from the counters' JSON text."""
+    fields = list(dict.fromkeys(field for _, field in counters if field is not None))
+    slot = {field: index for index, field in enumerate(fields)}
+    keys = [field for field in fields if field not in columns]
+    # The innermost query takes each value out once; OFFSET 0 keeps it from being inlined into
+    # the expressions that use it twice.
+    raw = "".join(
+        f", CASE WHEN numbers IS NULL THEN (counters -> %s)::text::jsonb ELSE numbers -> %s END AS r{slot[field]}"
+        for field in keys
+    )
+    values = "".join(
+        f', "{field}" AS n{slot[field]}, "{field}"::text AS j{slot[field]}' if field in columns else
+        f", CASE WHEN jsonb_typeof(r{slot[field]}) = 'number' THEN r{slot[field]}::float8 END AS n{slot[field]}"
+        f", r{slot[field]}::text AS j{slot[field]}"
+        for field in fields
+    )
+    aggregates = "".join(f", {_rollup_aggregate(kind, field, slot)}" for kind, field in counters)
+    sql = (
+        f"SELECT device_id, width_bucket(\"begin\", %s::float8[]) AS period{aggregates} FROM ("
+        f" SELECT device_id, id, \"begin\", duration AS d{values} FROM ("
+        f"  SELECT device_id, id, \"begin\", \"end\", duration{raw} FROM intervals"
+        "   WHERE calc_id = %s AND device_id = ANY(%s) AND id >= %s AND id <= %s AND \"begin\" >= %s AND \"begin\" < %s"
+        "   OFFSET 0) AS r OFFSET 0) AS v"
+        " GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    return sql, [name for field in keys for name in (field, field)]
+
+
+def intervals_rollup(
+    *,
+    alias: str,
+    calc_id: int,
+    device_ids: Sequence[int],
+    bounds: Sequence[float],
+    begin: float,
+    end: float,
+    counters: Sequence[tuple[str, str | None]],
+    columns: Sequence[str],
+) -> list[tuple]:
+    """The counters (``(type, field)`` pairs, ``analytics.engine.rollups``) over the stored
+    intervals of the calculator and each device with ``begin <= interval begin < end``, per device
+    and period of ``bounds`` (period ``i``, from 1, is ``[bounds[i-1], bounds[i])``): rows
+    ``(device_id, i, value, ...)`` by device and period, one statement; a period without an
+    interval has no row. Every counter reads the field's numbers only (a value of another
+    type is skipped); ``first``/``last`` come as JSON text, the others as numbers (None: no
+    value)."""
+    if not device_ids:
+        return []
+    sql, keys = _rollup_sql(counters, columns)
+    # id is the begin in µs (rounded): the key's range, a little wider, then the exact begin.
+    params: list[Any] = [list(bounds), *keys, calc_id, list(device_ids), math.floor(begin * 1e6) - 1, math.ceil(end * 1e6) + 1,
+              begin, end]
+    # The sort of a month of a thousand devices' intervals by device and period spills to disk
+    # under the default work_mem (4 MB); this statement may use more.
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        cursor.execute(f"SET LOCAL work_mem = '{ROLLUP_WORK_MEM}'")
+        cursor.execute(sql, params)
+        return cursor.fetchall()

@@ -12,6 +12,7 @@ from rest_framework.settings import api_settings
 
 from analytics import services
 from analytics.engine import Calculator, Problem
+from analytics.engine.rollups import RollupError, compile_rollup, range_problems
 from devices.api.serializers import MAX_QUERY_TIME, TimeRangeSerializer
 from flespi_site.api.fields import (
     JSONObjectField,
@@ -208,3 +209,30 @@ class HittestQuerySerializer(StrictSerializer):
         if problems:
             raise serializers.ValidationError(problems)
         return attrs
+
+
+class RollupSerializer(TimeRangeSerializer):
+    """``POST /gw/calcs/{calc-sel}/devices/{dev-sel}/calculate``: counters over the stored
+    intervals that begin in ``from``..``to`` (``to`` excluded), per calendar period of one
+    ``datetime`` selector. ``validated_data["rollup"]`` is the engine's compiled rollup; each
+    problem is named at its path in the body (``counters[1].type``)."""
+
+    selectors = serializers.ListField(child=JSONObjectField(), help_text='one selector: {"type": "datetime", "split": "day"}')
+    counters = serializers.ListField(
+        child=JSONObjectField(), help_text='each {"name", "type": summary|minimum|maximum|average|first|last|count, "field"}'
+    )
+    timezone = StrictCharField(required=False, help_text="IANA name; default: each calculator's timezone")
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        for name, flespis in (("begin", "from"), ("end", "to")):
+            if name not in attrs:
+                raise serializers.ValidationError({flespis: ["required"]})
+        try:
+            problems = range_problems(attrs["begin"], attrs["end"])
+            rollup = compile_rollup({key: attrs[key] for key in ("selectors", "counters", "timezone") if key in attrs})
+        except RollupError as exc:
+            problems = [*problems, *exc.problems]
+        if problems:
+            raise serializers.ValidationError(calculator_problems(problems))
+        return {"begin": attrs["begin"], "end": attrs["end"], "rollup": rollup}

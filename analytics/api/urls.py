@@ -11,6 +11,7 @@ urlpatterns = [
     path(_INTERVALS, views.IntervalsView.as_view(), name="gw-calc-intervals"),
     path(f"{_INTERVALS}/<str:interval_selector>", views.IntervalsView.as_view(), name="gw-calc-intervals-selected"),
     selection_path(views.RecalculateView, "gw-calc-recalculate"),
+    selection_path(views.RollupView, "gw-calc-rollup"),
     selection_path(views.CalculateView, "gw-device-calculate"),
     *resource_paths(views.GeofencesView, "gw-geofences"),
     *resource_paths(views.CalculatorGeofencesView, "gw-calc-geofences"),

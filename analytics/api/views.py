@@ -19,10 +19,12 @@ from analytics.api.serializers import (
     HittestQuerySerializer,
     IntervalsQuerySerializer,
     RecalculateSerializer,
+    RollupSerializer,
     calculator_problems,
 )
 from analytics.constants import DEFAULT_INTERVALS_COUNT
 from analytics.engine import ExpressionError, compile_expression
+from analytics.engine.rollups import RollupError
 from analytics.models import Assignment, CalculatorGeofence, Geofence
 from devices.api.views import DeviceResource, DeviceSelectionView
 from flespi_site.api.batch import batch_response, each_item
@@ -272,6 +274,28 @@ class RecalculateView(AssignmentSelectionView):
                 ]
             }
         )
+
+
+class RollupView(AssignmentSelectionView):
+    """``POST /gw/calcs/{calc-sel}/devices/{dev-sel}/calculate``: counters over the stored
+    intervals per device and calendar period (docs/analytics.md, "Rollups"); no message is read,
+    nothing is stored."""
+
+    url_path = "calculate"
+    request_serializers = {"POST": RollupSerializer}
+
+    def post(self, request: Request, **selection: str) -> Response:
+        serializer = RollupSerializer(data=json_body(request))
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            rows = selectors.rollups_of(
+                account=self.account, assignments=self.assignments(), rollup=data["rollup"], begin=data["begin"],
+                end=data["end"],
+            )
+        except RollupError as exc:
+            raise serializers.ValidationError(calculator_problems(exc.problems)) from None
+        return Response({"result": rows})
 
 
 class CalculateView(DeviceSelectionView):

@@ -94,7 +94,7 @@ def extendable_calculators(draw):
     if draw(st.booleans()):
         counters += CROSS_COUNTERS
     if draw(st.booleans()):
-        counters.append({"name": "rows", "type": "dataset", "fields": [{"name": "v", "value": "v"}]})
+        counters.append({"name": "values", "type": "dataset", "fields": [{"name": "v", "value": "v"}]})
         counters.append({"name": "last", "type": "message", "fields": ["v"], "method": "last"})
         counters.append({"name": "span", "type": "parameter", "parameter": "v", "method": "difference"})
         counters.append({"name": "began", "type": "datetime", "interval": "begin"})

@@ -341,3 +341,31 @@ def outbox_events(*, alias: str, events: Sequence[Event]) -> None:
         payloads=[None if event.payload is CLEAR else dumps_exact(event.payload).decode() for event in events],
         retains=[event.retain for event in events],
     )
+
+
+def intervals_keys(
+    *, alias: str, pairs: Sequence[tuple[int, int]], begin: float | None = None, end: float | None = None
+) -> set[str]:
+    """The names of the counters and user fields the stored intervals of ``pairs`` that overlap
+    ``[begin, end]`` have (any of them): the columns of an export. PostgreSQL reads them; only
+    the distinct names come back."""
+    if not pairs:
+        return set()
+    where = ["calc_id = p.c", "device_id = p.d"]
+    params: list[Any] = [[calc_id for calc_id, _ in pairs], [device_id for _, device_id in pairs]]
+    if begin is not None:
+        where.append('"end" >= %s')
+        params.append(begin)
+    if end is not None:
+        where.append('"begin" <= %s')
+        params.append(end)
+    sql = f"""
+        SELECT DISTINCT k FROM unnest(%s::bigint[], %s::bigint[]) AS p(c, d)
+        CROSS JOIN LATERAL (SELECT counters, user_fields FROM intervals WHERE {' AND '.join(where)}) AS i
+        CROSS JOIN LATERAL (
+            SELECT json_object_keys(i.counters) UNION ALL SELECT jsonb_object_keys(COALESCE(i.user_fields, '{{}}'))
+        ) AS keys(k)
+    """
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql, params)
+        return {row[0] for row in cursor.fetchall()}

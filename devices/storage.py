@@ -408,7 +408,7 @@ def messages_keys(
         params.append(count)
     sql = (
         "SELECT DISTINCT k FROM (SELECT body FROM messages WHERE " + " AND ".join(where)
-        + f" ORDER BY ts {order}, device_id {order} {limit}) AS m CROSS JOIN LATERAL jsonb_object_keys(m.body) AS k"
+        + f" ORDER BY ts {order}, device_id {order} {limit}) AS m CROSS JOIN LATERAL json_object_keys(m.body::json) AS k"
     )
     with connections[alias].cursor() as cursor:
         cursor.execute(sql, params)

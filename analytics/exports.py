@@ -18,6 +18,7 @@ from analytics.engine.geo import decode_polyline
 from analytics.engine.timeutil import zone
 from analytics.models import Assignment
 from flespi_site.api.exports import (
+    CELL_TEXT,
     GPX_TAIL,
     cell,
     geojson_collection,
@@ -89,20 +90,22 @@ def intervals_csv(pages: Iterable[list[dict]], *, columns: Sequence[str], shape_
     writer = csv.writer(out)
     writer.writerow(columns)
     yield out.getvalue().encode()
+    plan = [(column, DERIVED_TIMES.get(column)) for column in columns]
+    text_of = CELL_TEXT.get
     for page in pages:
         out.seek(0)
         out.truncate()
+        rows = []
         for interval in page:
             zone_ = shape_of(interval).zone
-            row = []
-            for column in columns:
-                value = interval.get(column, _MISSING)
-                if value is _MISSING:
-                    derived = DERIVED_TIMES.get(column)
-                    row.append(iso_time(interval.get(derived), zone_) if derived else "")
-                else:
-                    row.append(cell(value))
-            writer.writerow(row)
+            get = interval.get
+            rows.append([
+                (text_of(type(value)) or cell)(value)
+                if (value := get(column, _MISSING)) is not _MISSING
+                else (iso_time(get(derived), zone_) if derived else "")
+                for column, derived in plan
+            ])
+        writer.writerows(rows)
         yield out.getvalue().encode()
 
 

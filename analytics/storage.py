@@ -244,7 +244,9 @@ def intervals_read(
         [device_id for _, device_id in pairs],
         list(past_ids or [None] * len(pairs)),
     ]
-    where.append("(p.past IS NULL OR id " + ("<" if reverse else ">") + " p.past)")
+    # One comparison with a bound (never "past IS NULL OR id > past", which PostgreSQL cannot
+    # answer from the index: every page would scan the assignment's intervals from the first).
+    where.append(f"id < COALESCE(p.past, {2**63 - 1})" if reverse else f"id > COALESCE(p.past, {-(2**63 - 1)})")
     if ids is not None:
         where.append("id = ANY(%s)")
         params.append(list(ids))

@@ -116,22 +116,25 @@ def pages_with(first: list[dict] | None, rest: Iterator[list[dict]]) -> Iterator
 # --- cells and times ------------------------------------------------------------------------
 
 
+def _json_text(value: Any) -> str:
+    return dumps_exact(value).decode()
+
+
+# The text of a cell by the type of its value (``cell``); any other type is JSON text.
+CELL_TEXT: dict[type, Any] = {
+    str: str,
+    float: float.__repr__,
+    int: int.__repr__,
+    bool: lambda value: "true" if value else "false",
+    type(None): lambda _value: "",
+}
+
+
 def cell(value: Any) -> str:
     """The text of a CSV cell: numbers as JSON writes them, ``true``/``false``, strings as they
     are, nothing for null or a missing value, JSON text for arrays and objects. The message
     importer (``devices.importers.csv_value``) reads numbers and booleans back as such."""
-    kind = type(value)
-    if kind is str:
-        return value
-    if kind is float:
-        return repr(value)
-    if kind is int:
-        return str(value)
-    if value is None:
-        return ""
-    if kind is bool:
-        return "true" if value else "false"
-    return dumps_exact(value).decode()
+    return (CELL_TEXT.get(type(value)) or _json_text)(value)
 
 
 def number(value: Any) -> float | None:

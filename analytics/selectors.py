@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from django.db.models import QuerySet
 
@@ -139,6 +139,70 @@ def intervals_of(
     for pair in pairs:
         found.extend(kept[pair] if count is None else kept[pair][:count])
     return found
+
+
+def intervals_pages(
+    *,
+    assignments: Sequence[Assignment],
+    ids: Sequence[int] | None = None,
+    begin: float | None = None,
+    end: float | None = None,
+    count: int | None = None,
+    reverse: bool = False,
+    condition=None,
+    chunk: int = 5_000,
+) -> Iterator[list[dict]]:
+    """The intervals ``intervals_of`` answers for the same arguments, in the same order, as pages
+    read one statement at a time (keyset pages by id, assignment by assignment): an export of
+    years of intervals holds one page at a time. Each page is a statement of its own: an
+    interval that a recalculation writes while the pages are read is seen as it was when its
+    page was read."""
+    if not assignments:
+        return
+    alias = assignments[0].database
+    for assignment in assignments:
+        pair = (assignment.calculator_id, assignment.device_id)
+        past: int | None = None
+        left = count
+        while left is None or left > 0:
+            size = chunk if left is None or condition is not None else min(chunk, left)
+            batch = storage.intervals_read(
+                alias=alias, pairs=[pair], ids=ids, begin=begin, end=end, count=size, reverse=reverse, past_ids=[past]
+            )
+            if not batch:
+                break
+            past = batch[-1]["id"]
+            kept = batch if condition is None else [interval for interval in batch if condition.matches(interval)]
+            if left is not None:
+                kept = kept[:left]
+                left -= len(kept)
+            if kept:
+                yield kept
+            if len(batch) < size:
+                break
+
+
+def intervals_keys(
+    *, assignments: Sequence[Assignment], begin: float | None = None, end: float | None = None
+) -> set[str]:
+    """The counter and user-field names of the assignments' stored intervals over
+    ``[begin, end]``."""
+    if not assignments:
+        return set()
+    return storage.intervals_keys(
+        alias=assignments[0].database,
+        pairs=[(assignment.calculator_id, assignment.device_id) for assignment in assignments],
+        begin=begin,
+        end=end,
+    )
+
+
+def calculators_of_assignments(*, assignments: Sequence[Assignment]) -> dict[int, Calculator]:
+    """The calculators of these assignments, by id, in one read."""
+    if not assignments:
+        return {}
+    ids = sorted({assignment.calculator_id for assignment in assignments})
+    return {calculator.pk: calculator for calculator in Calculator.objects.using(assignments[0].database).filter(pk__in=ids)}
 
 
 def interval_counts(*, assignments: Sequence[Assignment]) -> dict[tuple[int, int], tuple[int, float | None]]:

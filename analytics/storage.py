@@ -252,7 +252,9 @@ def intervals_read(
         [device_id for _, device_id in pairs],
         list(past_ids or [None] * len(pairs)),
     ]
-    where.append("(p.past IS NULL OR id " + ("<" if reverse else ">") + " p.past)")
+    # One comparison with a bound (never "past IS NULL OR id > past", which PostgreSQL cannot
+    # answer from the index: every page would scan the assignment's intervals from the first).
+    where.append(f"id < COALESCE(p.past, {2**63 - 1})" if reverse else f"id > COALESCE(p.past, {-(2**63 - 1)})")
     if ids is not None:
         where.append("id = ANY(%s)")
         params.append(list(ids))
@@ -438,3 +440,31 @@ def intervals_rollup(
         cursor.execute(f"SET LOCAL work_mem = '{ROLLUP_WORK_MEM}'")
         cursor.execute(sql, params)
         return cursor.fetchall()
+
+
+def intervals_keys(
+    *, alias: str, pairs: Sequence[tuple[int, int]], begin: float | None = None, end: float | None = None
+) -> set[str]:
+    """The names of the counters and user fields the stored intervals of ``pairs`` that overlap
+    ``[begin, end]`` have (any of them): the columns of an export. PostgreSQL reads them; only
+    the distinct names come back."""
+    if not pairs:
+        return set()
+    where = ["calc_id = p.c", "device_id = p.d"]
+    params: list[Any] = [[calc_id for calc_id, _ in pairs], [device_id for _, device_id in pairs]]
+    if begin is not None:
+        where.append('"end" >= %s')
+        params.append(begin)
+    if end is not None:
+        where.append('"begin" <= %s')
+        params.append(end)
+    sql = f"""
+        SELECT DISTINCT k FROM unnest(%s::bigint[], %s::bigint[]) AS p(c, d)
+        CROSS JOIN LATERAL (SELECT counters, user_fields FROM intervals WHERE {' AND '.join(where)}) AS i
+        CROSS JOIN LATERAL (
+            SELECT json_object_keys(i.counters) UNION ALL SELECT jsonb_object_keys(COALESCE(i.user_fields, '{{}}'))
+        ) AS keys(k)
+    """
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql, params)
+        return {row[0] for row in cursor.fetchall()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 from django.db.models import QuerySet
@@ -91,31 +91,77 @@ def messages_matching(
 ) -> list[dict]:
     """Messages for which ``condition.matches`` holds, read in chunks so that a selective filter
     over a long history never loads the whole history at once."""
+    return [
+        message
+        for page in messages_pages(
+            devices=devices, begin=begin, end=end, count=count, reverse=reverse, condition=condition, chunk=chunk
+        )
+        for message in page
+    ]
+
+
+def messages_pages(
+    *,
+    devices: list[Device],
+    begin: float | None,
+    end: float | None,
+    count: int | None,
+    reverse: bool,
+    condition=None,
+    chunk: int = 10_000,
+) -> Iterator[list[dict]]:
+    """The messages ``messages_of`` (``messages_matching`` with a ``condition``) answers for the
+    same arguments, in the same order, as pages of at most ``chunk`` read one statement at a time:
+    an export of a long range holds one page at a time."""
     if not devices:
-        return []
-    found: list[dict] = []
+        return
+    left = count
     low = None if begin is None else round(begin * 1_000_000)
     high = None if end is None else round(end * 1_000_000)
-    while len(found) < count:
+    while left is None or left > 0:
+        size = chunk if left is None or condition is not None else min(chunk, left)
         batch = storage.messages_read(
             alias=devices[0].database, device_ids=[device.pk for device in devices],
-            begin=low, end=high, count=chunk, reverse=reverse,
+            begin=low, end=high, count=size, reverse=reverse,
         )
-        if len(batch) < chunk:
-            found.extend(message for message in batch if condition.matches(message))
-            break
-        # Several devices can share the boundary timestamp: its group is left for the next
-        # chunk, which starts at that timestamp (or after it, if the whole chunk is one group).
-        boundary = batch[-1]["timestamp"]
-        head = [message for message in batch if message["timestamp"] != boundary]
-        found.extend(message for message in (head or batch) if condition.matches(message))
-        edge = round(boundary * 1_000_000)
-        step = 0 if head else 1
-        if reverse:
-            high = edge - step
+        last = len(batch) < size
+        if last:
+            head = batch
         else:
-            low = edge + step
-    return found[:count]
+            # Several devices can share the boundary timestamp: its group is left for the next
+            # chunk, which starts at that timestamp (or after it, if the whole chunk is one group).
+            boundary = batch[-1]["timestamp"]
+            head = [message for message in batch if message["timestamp"] != boundary] or batch
+            edge = round(boundary * 1_000_000)
+            step = 0 if len(head) < len(batch) else 1
+            if reverse:
+                high = edge - step
+            else:
+                low = edge + step
+        kept = head if condition is None else [message for message in head if condition.matches(message)]
+        if left is not None:
+            kept = kept[:left]
+            left -= len(kept)
+        if kept:
+            yield kept
+        if last:
+            return
+
+
+def messages_keys(
+    *, devices: list[Device], begin: float | None, end: float | None, count: int | None, reverse: bool
+) -> set[str]:
+    """The parameter names of the messages ``messages_of`` answers for the same arguments."""
+    if not devices:
+        return set()
+    return storage.messages_keys(
+        alias=devices[0].database,
+        device_ids=[device.pk for device in devices],
+        begin=None if begin is None else round(begin * 1_000_000),
+        end=None if end is None else round(end * 1_000_000),
+        count=count,
+        reverse=reverse,
+    )
 
 
 def devices_state(*, devices: list[Device], names: Collection[str]) -> dict[int, dict]:

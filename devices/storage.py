@@ -387,6 +387,34 @@ def messages_read(
         return [loads_exact(row[0]) for row in cursor.fetchall()]
 
 
+def messages_keys(
+    *, alias: str, device_ids: Sequence[int], begin: int | None = None, end: int | None = None, count: int | None = None,
+    reverse: bool = False,
+) -> set[str]:
+    """The parameter names of the messages ``messages_read`` reads for the same arguments:
+    PostgreSQL reads them, only the distinct names come back."""
+    order = "DESC" if reverse else "ASC"
+    where = ["device_id = ANY(%s)"]
+    params: list[int | list[int]] = [list(device_ids)]
+    if begin is not None:
+        where.append("ts >= %s")
+        params.append(begin)
+    if end is not None:
+        where.append("ts <= %s")
+        params.append(end)
+    limit = ""
+    if count is not None:
+        limit = "LIMIT %s"
+        params.append(count)
+    sql = (
+        "SELECT DISTINCT k FROM (SELECT body FROM messages WHERE " + " AND ".join(where)
+        + f" ORDER BY ts {order}, device_id {order} {limit}) AS m CROSS JOIN LATERAL json_object_keys(m.body::json) AS k"
+    )
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql, params)
+        return {row[0] for row in cursor.fetchall()}
+
+
 def messages_delete(*, alias: str, device_ids: Sequence[int], begin: int | None, end: int | None) -> list[ChangedRange]:
     where = ["device_id = ANY(%s)"]
     params: list[int | list[int]] = [list(device_ids)]

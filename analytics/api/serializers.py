@@ -13,7 +13,7 @@ from rest_framework.settings import api_settings
 from analytics import services
 from analytics.engine import Calculator, Problem
 from analytics.engine.rollups import RollupError, compile_rollup, range_problems
-from devices.api.serializers import MAX_QUERY_TIME, TimeRangeSerializer
+from devices.api.serializers import EXPORT_FORMAT_HELP, MAX_EXPORT_COUNT, MAX_QUERY_TIME, TimeRangeSerializer
 from flespi_site.api.fields import (
     JSONObjectField,
     StrictBooleanField,
@@ -96,6 +96,22 @@ class IntervalsQuerySerializer(StrictSerializer):
     reverse = StrictBooleanField(required=False)
     fields = StrictCharField(required=False)  # type: ignore[assignment]  # DRF's metaclass takes it out of the class
     filter = StrictCharField(required=False, max_length=4096, help_text="an expression over interval fields")
+    format = StrictCharField(required=False, help_text=EXPORT_FORMAT_HELP)
+
+
+class IntervalsExportQuerySerializer(IntervalsQuerySerializer):
+    """The same parameters for a streamed export (CSV, GeoJSON, GPX): ``count`` may be larger."""
+
+    count = StrictIntegerField(required=False, min_value=1, max_value=MAX_EXPORT_COUNT, help_text="per assignment")
+
+
+class CalculateQuerySerializer(StrictSerializer):
+    """The query parameters of ``POST /gw/devices/{sel}/calculate``."""
+
+    fields = StrictCharField(  # type: ignore[assignment]  # DRF's metaclass takes it out of the class
+        required=False, help_text="the fields of each interval, separated by commas (the columns of a CSV)"
+    )
+    format = StrictCharField(required=False, help_text=EXPORT_FORMAT_HELP)
 
 
 ON_DEMAND_RANGE_KEYS = ("begin", "end", "from", "to")

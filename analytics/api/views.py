@@ -6,17 +6,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from django.http.response import HttpResponseBase
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from analytics import calculation, selectors, services
+from analytics import calculation, exports, selectors, services
 from analytics.api.serializers import (
     AssignmentUpdateSerializer,
+    CalculateQuerySerializer,
     CalculateSerializer,
     CalculatorSerializer,
     GeofenceSerializer,
     HittestQuerySerializer,
+    IntervalsExportQuerySerializer,
     IntervalsQuerySerializer,
     RecalculateSerializer,
     RollupSerializer,
@@ -28,6 +31,7 @@ from analytics.engine.rollups import RollupError
 from analytics.models import Assignment, CalculatorGeofence, Geofence
 from devices.api.views import DeviceResource, DeviceSelectionView
 from flespi_site.api.batch import batch_response, each_item
+from flespi_site.api.exports import CSV, GEOJSON, GPX, JSON, export_format, streamed
 from flespi_site.api.params import project, projection, validated_params
 from flespi_site.api.resources import Resource, ResourceView, SelectionView, selected_with_missing_ids
 from flespi_site.api.selection import SelectionField, is_id_list
@@ -211,8 +215,12 @@ class IntervalsView(AssignmentSelectionView):
 
     url_path = "intervals"
     query_parameters = {"GET": IntervalsQuerySerializer}
+    export_formats = (CSV, GEOJSON, GPX)
 
-    def get(self, request: Request, interval_selector: str = "all", **selection: str) -> Response:
+    def get(self, request: Request, interval_selector: str = "all", **selection: str) -> HttpResponseBase:
+        format = export_format(request, accepted=(JSON, *self.export_formats))
+        if format != JSON:
+            return self._export(request, format, interval_selector)
         params = validated_params(request, IntervalsQuerySerializer)
         ids = _interval_ids(interval_selector)
         condition = _interval_filter(params.get("filter"))
@@ -229,6 +237,24 @@ class IntervalsView(AssignmentSelectionView):
             raise NotFound(f"no interval {ids[0]}")
         names = projection(params)
         return Response({"result": [project(interval, names) for interval in intervals]})
+
+    def _export(self, request: Request, format: str, interval_selector: str) -> HttpResponseBase:
+        params = validated_params(request, IntervalsExportQuerySerializer)
+        ids = _interval_ids(interval_selector)
+        export = exports.stored_intervals_export(
+            assignments=self.assignments(),
+            format=format,
+            names=projection(params),
+            ids=ids,
+            begin=params.get("begin"),
+            end=params.get("end"),
+            count=params.get("count", DEFAULT_INTERVALS_COUNT),
+            reverse=params.get("reverse", False),
+            condition=_interval_filter(params.get("filter")),
+        )
+        if ids is not None and len(ids) == 1 and export.empty:
+            raise NotFound(f"no interval {ids[0]}")
+        return streamed(export.chunks, format=format, filename=export.filename)
 
     def put(self, request: Request, interval_selector: str = "all", **selection: str) -> Response:
         ids = _interval_ids(interval_selector)
@@ -304,8 +330,12 @@ class CalculateView(DeviceSelectionView):
 
     url_path = "calculate"
     request_serializers = {"POST": CalculateSerializer}
+    query_parameters = {"POST": CalculateQuerySerializer}
+    export_formats = (CSV, GEOJSON, GPX)
 
-    def post(self, request: Request, selector: str) -> Response:
+    def post(self, request: Request, selector: str) -> HttpResponseBase:
+        format = export_format(request, accepted=(JSON, *self.export_formats))
+        names = projection(validated_params(request, CalculateQuerySerializer))
         serializer = CalculateSerializer(data=json_body(request))
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -319,11 +349,23 @@ class CalculateView(DeviceSelectionView):
         begin, end = data.get("begin"), data.get("end")
         if begin is None or end is None:
             begin, end = calculation.on_demand_range(calculator=calculator, now=time.time())
-        result = []
-        for device in self.selected_devices():
-            intervals = calculation.calculate_stored(device=device, calculator=calculator, begin=begin, end=end)
-            result.append({"id": device.pk, "intervals": list(intervals)})
-        return Response({"result": result})
+        results = [
+            (device.pk, list(calculation.calculate_stored(device=device, calculator=calculator, begin=begin, end=end)))
+            for device in self.selected_devices()
+        ]
+        if format != JSON:
+            export = exports.calculated_intervals_export(
+                results=results, config=calculator.config, format=format, names=names
+            )
+            return streamed(export.chunks, format=format, filename=export.filename)
+        return Response(
+            {
+                "result": [
+                    {"id": device_id, "intervals": [project(interval, names) for interval in intervals]}
+                    for device_id, intervals in results
+                ]
+            }
+        )
 
 
 # --- geofences -------------------------------------------------------------------------------

@@ -262,3 +262,29 @@ def encode_polyline(points: list[tuple[float, float]]) -> str:
             chars.append(chr(value + 63))
         plat, plon = ilat, ilon
     return "".join(chars)
+
+
+def decode_polyline(text: str) -> list[tuple[float, float]]:
+    """The (latitude, longitude) points of a Google encoded polyline (precision 5). A polyline cut
+    short (not one the engine wrote) gives the points before the cut."""
+    points: list[tuple[float, float]] = []
+    lat = lon = 0
+    index, length = 0, len(text)
+    values = [0, 0]
+    while index < length:
+        for which in (0, 1):
+            result = shift = 0
+            while True:
+                if index >= length:
+                    return points
+                byte = ord(text[index]) - 63
+                index += 1
+                result |= (byte & 0x1F) << shift
+                shift += 5
+                if byte < 0x20:
+                    break
+            values[which] = ~(result >> 1) if result & 1 else result >> 1
+        lat += values[0]
+        lon += values[1]
+        points.append((lat / 1e5, lon / 1e5))
+    return points

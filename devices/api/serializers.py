@@ -17,6 +17,9 @@ MAX_DEVICE_TYPE_ID = 2**31 - 1
 # The latest time (unix seconds) whose microseconds, the unit messages are stored in, fit in a
 # 64-bit integer.
 MAX_QUERY_TIME = (2**63 - 1) // 1_000_000
+# The largest count of a streamed export (CSV, GeoJSON, GPX): it holds one page at a time.
+MAX_EXPORT_COUNT = 1_000_000_000
+EXPORT_FORMAT_HELP = "json (default), csv, geojson or gpx: a streamed file (or Accept: text/csv, ...)"
 
 
 class DeviceCreateSerializer(StrictSerializer):
@@ -76,6 +79,13 @@ class MessagesQuerySerializer(TimeRangeSerializer):
     reverse = StrictBooleanField(required=False)
     fields = StrictCharField(required=False)  # type: ignore[assignment]  # DRF's metaclass takes it out of the class
     filter = StrictCharField(required=False, max_length=4096)
+    format = StrictCharField(required=False, help_text=EXPORT_FORMAT_HELP)
+
+
+class MessagesExportQuerySerializer(MessagesQuerySerializer):
+    """The same parameters for a streamed export (CSV, GeoJSON, GPX): ``count`` may be larger."""
+
+    count = StrictIntegerField(required=False, min_value=1, max_value=MAX_EXPORT_COUNT)
 
 
 class MessagesDeleteSerializer(TimeRangeSerializer):

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from django.http.response import HttpResponseBase
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from analytics.engine import ExpressionError, compile_expression
-from devices import selectors, services
+from devices import exports, selectors, services
 from devices.api.serializers import (
     DeviceCreateSerializer,
     DeviceUpdateSerializer,
     MessagesDeleteSerializer,
     MessageSerializer,
+    MessagesExportQuerySerializer,
     MessagesQuerySerializer,
 )
 from devices.models import Device
 from flespi_site.api.batch import batch_response
+from flespi_site.api.exports import CSV, GEOJSON, GPX, JSON, export_format, streamed
 from flespi_site.api.params import project, projection, validated_params
 from flespi_site.api.resources import Resource, ResourceView, SelectionView
 from flespi_site.api.selection import SelectionField
@@ -38,6 +41,9 @@ DEVICE_FLESPI_FIELDS = {
     )),
 }
 
+
+# Messages answered by one GET when the request names no count.
+MESSAGES_DEFAULT_COUNT = 100_000
 
 render_device = selectors.device_item
 
@@ -121,15 +127,19 @@ class MessagesView(DeviceSelectionView):
     ingestion = True  # POST is charged to the token's messages budget (flespi_site.api.throttling)
     query_parameters = {"GET": MessagesQuerySerializer, "DELETE": MessagesDeleteSerializer}
     request_serializers = {"POST": MessageSerializer(many=True)}
+    export_formats = (CSV, GEOJSON, GPX)
 
-    def get(self, request: Request, selector: str) -> Response:
+    def get(self, request: Request, selector: str) -> HttpResponseBase:
+        format = export_format(request, accepted=(JSON, *self.export_formats))
+        if format != JSON:
+            return self._export(request, format)
         params = validated_params(request, MessagesQuerySerializer)
         devices = self.selected_devices()
         condition = _message_filter(params.get("filter"))
         window = {
             "begin": params.get("begin"),
             "end": params.get("end"),
-            "count": params.get("count", 100_000),
+            "count": params.get("count", MESSAGES_DEFAULT_COUNT),
             "reverse": params.get("reverse", False),
         }
         if condition is None:
@@ -138,6 +148,20 @@ class MessagesView(DeviceSelectionView):
             messages = selectors.messages_matching(devices=devices, condition=condition, **window)
         names = projection(params)
         return Response({"result": [project(message, names) for message in messages]})
+
+    def _export(self, request: Request, format: str) -> HttpResponseBase:
+        params = validated_params(request, MessagesExportQuerySerializer)
+        export = exports.messages_export(
+            devices=self.selected_devices(),
+            format=format,
+            names=projection(params),
+            begin=params.get("begin"),
+            end=params.get("end"),
+            count=params.get("count", MESSAGES_DEFAULT_COUNT),
+            reverse=params.get("reverse", False),
+            condition=_message_filter(params.get("filter")),
+        )
+        return streamed(export.chunks, format=format, filename=export.filename)
 
     def post(self, request: Request, selector: str) -> Response:
         if not isinstance(request.data, list):

@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 from accounts.models import Account, Token
 from accounts.services import acting_account
 from flespi_site.api.authentication import token_of
+from flespi_site.api.exports import accepted_exports
 from flespi_site.api.params import NoParameters, refuse_unknown_parameters
 from flespi_site.api.permissions import HasToken
 from flespi_site.api.regions import Serving, acting_region, region_check
@@ -54,6 +55,15 @@ class FlespiAPIView(APIView):
     # The query parameters of each method, by a serializer that declares them (the OpenAPI schema
     # documents them from it); any other parameter is refused. A method missing here takes none.
     query_parameters: ClassVar[dict[str, type[serializers.Serializer]]] = {}
+    # The export formats (``flespi_site.api.exports``) the view answers besides JSON: an Accept
+    # header naming one of them is the view's to read (``export_format``), not a 406.
+    export_formats: ClassVar[tuple[str, ...]] = ()
+
+    def perform_content_negotiation(self, request: Request, force: bool = False):
+        if self.export_formats and accepted_exports(request):
+            renderer = self.get_renderers()[0]  # what errors and JSON answers are rendered with
+            return renderer, renderer.media_type
+        return super().perform_content_negotiation(request, force)
 
     def initial(self, request: Request, *args, **kwargs) -> None:
         super().initial(request, *args, **kwargs)

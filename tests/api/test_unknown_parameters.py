@@ -94,7 +94,7 @@ def test_messages_refuse_parameters_they_do_not_take(api, root_key, device_id):
     assert errors == [
         unknown(
             "limit",
-            "unknown query parameter; this endpoint takes begin, count, end, fields, filter, from, reverse, to "
+            "unknown query parameter; this endpoint takes begin, count, end, fields, filter, format, from, reverse, to "
             "(plain, or in data=<JSON object>)",
         )
     ]
@@ -151,6 +151,7 @@ def test_the_schema_documents_the_parameters(api, platform):
         "end",
         "fields",
         "filter",
+        "format",
         "from",
         "reverse",
         "to",

@@ -30,6 +30,7 @@ from tests.support.calculators import TRIPS
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100" if os.environ.get("FLESPI_SLOW") else "6"))
+CIRCLE = {"type": "circle", "center": {"lat": 50.0, "lon": 10.0}, "radius": 1.0}
 
 
 class World:
@@ -46,6 +47,7 @@ class World:
         self.devices: list[int] = []
         self.calculators: list[int] = []
         self.intervals: list[int] = []
+        self.geofences: list[int] = []
         self.restore()
 
     @property
@@ -71,6 +73,7 @@ class World:
             self.subaccount_id = account_create(name="fuzz child", parent=self.account).pk
         self._restore_devices()
         self._restore_calculators()
+        self._restore_geofences()
 
     def _restore_devices(self) -> None:
         from devices.models import Device
@@ -128,6 +131,27 @@ class World:
             diff_store(assignment=assignment, diff=Diff(created=created, reached_end=True))
             self.intervals = [interval["id"] for interval in created]
 
+    def _restore_geofences(self) -> None:
+        from analytics.selectors import calculator_geofences_of, calculators_of, geofences_of
+        from analytics.services import calculator_geofence_assign, geofence_create, geofence_update
+
+        rows = {zone.pk: zone for zone in geofences_of(account=self.account).filter(pk__in=self.geofences)}
+        for index in range(2):
+            zone = rows.get(self.geofences[index]) if index < len(self.geofences) else None
+            if zone is None:
+                zone = geofence_create(account=self.account, data={"name": f"fuzz {index}", "geometry": CIRCLE})
+                self.geofences[index: index + 1] = [zone.pk]
+            elif not zone.enabled:
+                geofence_update(geofence=zone, data={"enabled": True})
+        calc_id, zone_id = self.calculators[0], self.geofences[0]
+        if not calculator_geofences_of(account=self.account, calculator_ids=[calc_id]).filter(
+            geofence_id=zone_id
+        ).exists():
+            calculator_geofence_assign(
+                calculator=calculators_of(account=self.account).get(pk=calc_id),
+                geofence=geofences_of(account=self.account).get(pk=zone_id),
+            )
+
     def valid_bodies(self, operation: str) -> list:
         """Bodies that an operation (``METHOD shape``) takes, for operations that random bodies
         seldom satisfy."""
@@ -147,6 +171,19 @@ class World:
                 {"calculator": TRIPS, "from": 0, "to": 10_000},
             ],
             "POST /gw/calcs/{}/devices/{}/recalculate": [{}, {"begin": 1_000, "end": 2_000}],
+            "POST /gw/calcs/{}/devices/{}/calculate": [
+                {"from": 0, "to": 10_000, "selectors": [{"type": "datetime", "split": "day"}],
+                 "counters": [{"name": "km", "type": "summary", "field": "km"}]},
+            ],
+            "POST /gw/geofences": [{"name": "zone", "geometry": CIRCLE}],
+            "PUT /gw/geofences/{}": [{"name": "renamed"}, {"priority": 5}],
+            "PATCH /gw/geofences/{}": [{"metadata": {"k": 1}}, {"enabled": True}],
+        }.get(operation, [])
+
+    def valid_queries(self, operation: str) -> list[dict]:
+        """Query parameters that an operation takes, where random ones seldom are."""
+        return {
+            "GET /gw/geofences/{}/hittest": [{"data": '{"lat": 50.0, "lon": 10.0}'}],
         }.get(operation, [])
 
     def path_values(self, path: str) -> list[list[str]]:
@@ -154,8 +191,11 @@ class World:
         calcs = [str(pk) for pk in self.calculators]
         devices = [str(pk) for pk in self.devices]
         intervals = [str(pk) for pk in self.intervals]
+        zones = [str(pk) for pk in self.geofences]
         for prefix, values in (
             ("/gw/calcs/{}/devices/{}/intervals/{}", [calcs, devices, intervals]),
+            ("/gw/calcs/{}/geofences/{}", [calcs, zones]),
+            ("/gw/geofences/{}", [zones]),
             ("/gw/calcs/{}/devices/{}", [calcs, devices]),
             ("/gw/calcs/{}", [calcs]),
             ("/gw/devices/{}", [devices]),
@@ -238,10 +278,15 @@ def load_schema(world: World, url: str):
     @schema.hook
     def flatmap_query(context, query):
         # ``data`` (all parameters as one JSON text) is mostly drawn as text that is not JSON:
-        # half of the examples leave it out so that the other parameters are read.
-        if not query or "data" not in query:
+        # some examples leave it out so that the other parameters are read, some leave every
+        # parameter out (the defaults), some take a query known to be valid.
+        seeds = world.valid_queries(f"{context.operation.method.upper()} {shape(context.operation.path)}")
+        if not query and not seeds:
             return st.just(query)
-        return st.sampled_from([query, {name: value for name, value in query.items() if name != "data"}])
+        choices = [query, {}, *seeds]
+        if "data" in query:
+            choices.append({name: value for name, value in query.items() if name != "data"})
+        return st.sampled_from(choices)
 
     @schema.hook
     def flatmap_body(context, body):
@@ -350,6 +395,7 @@ def test_no_5xx_and_every_4xx_in_the_envelope(world, live_server):
     # path shapes that are refused whatever the input (they need one more path segment).
     assert [name for name, seen in statuses.items() if not seen["2xx"]] == [
         "POST /gw/calcs/{}/devices",
+        "POST /gw/calcs/{}/geofences",
         "PUT /gw/calcs/{}/devices/{}/intervals",
         "DELETE /gw/devices/{}/telemetry",
     ]

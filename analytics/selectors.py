@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from accounts import placement
 from accounts.models import Account
 from analytics import storage
-from analytics.models import Assignment, Calculator
+from analytics.models import Assignment, Calculator, GroupAssignment
 
 # Every calculator reads its device's own messages (the engine refuses any other source).
 MESSAGES_SOURCE = {"source": "device"}
@@ -39,6 +39,14 @@ def assignments_of(
     if device_ids is not None:
         rows = rows.filter(device_id__in=device_ids)
     return rows.order_by("calculator_id", "device_id")
+
+
+def group_assignments_of(*, account: Account, calculator_ids: Sequence[int]) -> QuerySet[GroupAssignment]:
+    """The account's assignments of groups to these calculators, with their groups."""
+    rows = placement.using_account(GroupAssignment, account.pk).filter(
+        account_id=account.pk, calculator_id__in=calculator_ids
+    )
+    return rows.select_related("group").order_by("calculator_id", "group_id")
 
 
 def intervals_of(

@@ -52,6 +52,45 @@ class Device(RegionalModel):
         return f"{self.name or 'device'} #{self.pk} ({self.ident})"
 
 
+class Group(RegionalModel):
+    """A named set of devices of one account: its explicit members (``GroupDevice``) or, when
+    ``selector`` is set, every device of the account that the stored device selector selects
+    (the grammar of ``/gw/devices/{selector}``, evaluated when asked, never stored per device).
+    A group with a selector has no explicit members (``devices.services``)."""
+
+    name = models.CharField(max_length=255)
+    metadata = models.JSONField(default=dict, blank=True)
+    # null: membership is the explicit member list.
+    selector = models.TextField(null=True, blank=True)  # noqa: DJ001
+    created = models.FloatField(help_text="unix time")
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(selector__isnull=True) | ~models.Q(selector=""), name="group_selector_not_empty"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} #{self.pk}"
+
+
+class GroupDevice(RegionalModel):
+    """An explicit member of a group: a device of the group's account."""
+
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="members")
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        ordering = ["group_id", "device_id"]
+        constraints = [models.UniqueConstraint(fields=["group", "device"], name="group_device_unique")]
+        indexes = [models.Index(fields=["device"], name="group_device_device_idx")]
+
+    def __str__(self) -> str:
+        return f"group {self.group_id} / device {self.device_id}"
+
+
 class DeviceIdent(models.Model):
     """Control-database index: an ident is unique within a region across all its datacenters,
     and MQTT ingestion finds a device (and its datacenter) by ident here."""

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.core.exceptions import EmptyResultSet, FullResultSet
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.models import Q, QuerySet
 
 from accounts import placement
 from accounts.models import Account
 from devices import storage
 from devices.constants import MAX_KEY_LENGTH
-from devices.models import Device, DeviceIdent
-from flespi_site.api.selection import MAX_WILDCARD_LENGTH, wildcard_regex
+from devices.models import Device, DeviceIdent, Group, GroupDevice
+from flespi_site.api.selection import MAX_WILDCARD_LENGTH, SelectionField, parse_selection, wildcard_regex
 from flespi_site.errors import InvalidInput
+
+# The fields a device selector selects on: in paths (``/gw/devices/{selector}``) and in a group's
+# stored selector.
+DEVICE_SELECTION_FIELDS = {
+    "id": SelectionField("pk", "int"),
+    "cid": SelectionField("account_id", "int"),
+    "name": SelectionField("name", "str"),
+    "enabled": SelectionField("enabled", "bool"),
+    "configuration": SelectionField("configuration", "json"),
+    "metadata": SelectionField("metadata", "json"),
+}
+# The device fields whose change can change what a selector selects.
+DEVICE_SELECTED_FIELDS = frozenset({"account_id", "name", "enabled", "configuration", "metadata"})
 
 
 def device_item(device: Device) -> dict:
@@ -193,3 +209,93 @@ def telemetry_selected(*, devices: list[Device], selection: TelemetrySelection) 
         device_id: {name: value for name, value in values.items() if selection.matches(name)}
         for device_id, values in telemetry.items()
     }
+
+
+# --- groups --------------------------------------------------------------------------------
+
+
+def group_item(group: Group) -> dict:
+    """A group as the API renders it."""
+    return {
+        "id": group.pk,
+        "cid": group.account_id,
+        "name": group.name,
+        "metadata": group.metadata,
+        "selector": group.selector,
+        "created": group.created,
+    }
+
+
+def groups_of(*, account: Account) -> QuerySet[Group]:
+    return placement.using_account(Group, account.pk).filter(account_id=account.pk)
+
+
+def device_selection(selector: str) -> Q:
+    """What a device selector selects (InvalidInput naming the bad part, ``field="selector"``)."""
+    return parse_selection(selector, DEVICE_SELECTION_FIELDS)
+
+
+def group_members(*, group: Group) -> QuerySet[Device]:
+    """The devices of a group now: its explicit members, or the devices of its account that its
+    selector selects."""
+    devices = Device.objects.using(group.database).filter(account_id=group.account_id)
+    if group.selector is not None:
+        return devices.filter(device_selection(group.selector))
+    return devices.filter(pk__in=GroupDevice.objects.using(group.database).filter(group_id=group.pk).values("device_id"))
+
+
+def group_member_ids(*, groups: Sequence[Group]) -> dict[int, list[int]]:
+    """The member ids of each group, by group id."""
+    members: dict[int, list[int]] = {group.pk: [] for group in groups}
+    explicit = [group.pk for group in groups if group.selector is None]
+    if explicit:
+        rows = GroupDevice.objects.using(groups[0].database).filter(group_id__in=explicit)
+        for group_id, device_id in rows.values_list("group_id", "device_id").order_by("group_id", "device_id"):
+            members[group_id].append(device_id)
+    for group in groups:
+        if group.selector is not None:
+            members[group.pk] = list(group_members(group=group).values_list("pk", flat=True))
+    return members
+
+
+@functools.lru_cache(maxsize=4096)
+def _selector_sql(selector: str) -> tuple[str, tuple]:
+    """The condition of a device selector as SQL over the devices table, compiled once per
+    process: a membership test of many groups costs one statement and no parsing."""
+    query = Device.objects.filter(device_selection(selector)).query
+    compiler = query.get_compiler(using=DEFAULT_DB_ALIAS)  # every database is PostgreSQL
+    try:
+        sql, params = compiler.compile(query.where)
+    except FullResultSet:
+        return "TRUE", ()
+    except EmptyResultSet:
+        return "FALSE", ()
+    return sql, tuple(params)
+
+
+def groups_matching(*, alias: str, device_ids: Collection[int], groups: Sequence[Group], created: bool = False) -> dict[int, set[int]]:
+    """Which of ``groups`` each of ``device_ids`` belongs to now, by device id: the explicit
+    members with one read, the selectors evaluated by PostgreSQL over the devices' rows with one
+    statement for all of them. ``created``: the devices are new, and no explicit member yet."""
+    found: dict[int, set[int]] = {device_id: set() for device_id in device_ids}
+    if not device_ids or not groups:
+        return found
+    explicit = [group.pk for group in groups if group.selector is None]
+    if explicit and not created:
+        rows = GroupDevice.objects.using(alias).filter(group_id__in=explicit, device_id__in=list(device_ids))
+        for group_id, device_id in rows.values_list("group_id", "device_id"):
+            found[device_id].add(group_id)
+    selected = [group for group in groups if group.selector is not None]
+    if selected:
+        table = Device._meta.db_table
+        terms, params = [], []
+        for group in selected:
+            sql, values = _selector_sql(group.selector)  # type: ignore[arg-type]  # selected groups have one
+            terms.append(f'COALESCE(("{table}"."account_id" = %s AND ({sql})), false)')
+            params.extend([group.account_id, *values])
+        statement = f'SELECT "{table}"."id", ARRAY[{", ".join(terms)}] FROM "{table}" WHERE "{table}"."id" = ANY(%s)'
+        with connections[alias].cursor() as cursor:
+            cursor.execute(statement, [*params, list(device_ids)])
+            for device_id, matches in cursor.fetchall():
+                found[device_id].update(group.pk for group, match in zip(selected, matches, strict=True) if match)
+    return found

@@ -1,5 +1,5 @@
 """The rows of an account in the analytics app (see ``accounts.regional_data``): its calculators,
-their assignments, and the assignments' stored intervals, and its devices' message blocks, all
+their assignments (of devices and of groups), and the assignments' stored intervals, and its devices' message blocks, all
 in the datacenter database; how a move between datacenters brings each, and the reset of the
 message blocks (derived from the messages) in the move's target."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import psycopg
 
 from accounts.regional_data import JournalTrigger, MoveKind, RegionalData, RegionalTable
-from analytics.models import Assignment, Calculator
+from analytics.models import Assignment, Calculator, GroupAssignment
 from devices.regional import DEVICES
 from flespi_site.constants import LockSpace, lock_id
 
@@ -46,6 +46,8 @@ REGIONAL = RegionalData(
         RegionalTable("intervals", column="calc_id", through=CALCULATORS, moves=MoveKind.JOURNALED,
                       device_column="device_id", journal_key=("calc_id", "device_id", "id"), journal=INTERVALS_JOURNAL),
         RegionalTable(Assignment._meta.db_table, moves=MoveKind.ENTITIES),
+        # Calculators assigned to groups (of devices): their rows refer to both.
+        RegionalTable(GroupAssignment._meta.db_table, moves=MoveKind.ENTITIES),
         CALCULATORS,
     ],
     derived_reset=message_blocks_reset,

@@ -250,8 +250,7 @@ def assignment_delete(*, assignment: Assignment, by_hand: bool = True) -> None:
 def _holding_groups(*, alias: str, calculator_id: int, device_id: int) -> list[int]:
     """The groups the calculator is assigned to that hold ``device_id`` now, by id."""
     group_ids = GroupAssignment.objects.using(alias).filter(calculator_id=calculator_id).values_list("group_id", flat=True)
-    groups = list(Group.objects.using(alias).filter(pk__in=list(group_ids)))
-    return sorted(groups_matching(alias=alias, device_ids=[device_id], groups=groups)[device_id])
+    return sorted(groups_matching(alias=alias, device_ids=[device_id], group_ids=list(group_ids))[device_id])
 
 
 class AutoAssignments:
@@ -281,8 +280,7 @@ def auto_assignments_follow(*, alias: str, device_ids: Collection[int], created:
         links.setdefault(group_id, []).append(calculator_id)
     wanted: set[tuple[int, int]] = set()  # (calculator id, device id)
     if links:
-        groups = list(Group.objects.using(alias).filter(pk__in=list(links)))
-        matching = groups_matching(alias=alias, device_ids=ids, groups=groups, created=created)
+        matching = groups_matching(alias=alias, device_ids=ids, group_ids=list(links), created=created)
         wanted = {(calc_id, device_id) for device_id, ids in matching.items() for group_id in ids for calc_id in links[group_id]}
     present: dict[tuple[int, int], Assignment] = {}
     if not created:

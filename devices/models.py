@@ -6,6 +6,7 @@ docs/messages.md): they are written with COPY and set-based SQL, never through t
 
 from __future__ import annotations
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 from accounts.regional_model import RegionalModel
@@ -62,6 +63,15 @@ class Group(RegionalModel):
     metadata = models.JSONField(default=dict, blank=True)
     # null: membership is the explicit member list.
     selector = models.TextField(null=True, blank=True)  # noqa: DJ001
+    # A condition the selector implies (``devices.selectors.selector_hint``): a device's field
+    # (``name``, or the text at ``hint_path`` in ``metadata`` or ``configuration``) equal to
+    # ``hint_value``, or starting with it (``hint_prefix``). Finding the groups a device may join
+    # is then one comparison per group in SQL; only those are evaluated in full. null: the
+    # selector implies none.
+    hint_field = models.CharField(max_length=16, null=True, blank=True)  # noqa: DJ001
+    hint_path = ArrayField(models.TextField(), null=True, blank=True)
+    hint_value = models.TextField(null=True, blank=True)  # noqa: DJ001
+    hint_prefix = models.BooleanField(default=False)
     created = models.FloatField(help_text="unix time")
 
     class Meta:
@@ -70,7 +80,12 @@ class Group(RegionalModel):
             models.CheckConstraint(
                 condition=models.Q(selector__isnull=True) | ~models.Q(selector=""), name="group_selector_not_empty"
             ),
+            models.CheckConstraint(
+                condition=models.Q(hint_field__isnull=True) | models.Q(selector__isnull=False, hint_value__isnull=False),
+                name="group_hint_of_selector",
+            ),
         ]
+        indexes = [models.Index(fields=["account_id", "selector"], name="group_account_selector_idx")]
 
     def __str__(self) -> str:
         return f"{self.name} #{self.pk}"

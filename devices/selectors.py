@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 from django.core.exceptions import EmptyResultSet, FullResultSet
 from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
+from django.db.models.fields.json import KeyTransform
+from django.db.models.lookups import Regex
 
 from accounts import placement
 from accounts.models import Account
@@ -258,6 +260,71 @@ def group_member_ids(*, groups: Sequence[Group]) -> dict[int, list[int]]:
     return members
 
 
+@dataclass(frozen=True)
+class SelectorHint:
+    """A condition a device selector implies: the device's ``field`` (``name``; or the text at
+    ``path`` inside ``metadata`` or ``configuration``) equals ``value``, or starts with it when
+    ``prefix`` (a mask: ``name=truck-*``)."""
+
+    field: str
+    path: tuple[str, ...]
+    value: str
+    prefix: bool = False
+
+
+def _regex_literal(pattern: str) -> tuple[str, bool] | None:
+    """What a wildcard pattern (``flespi_site.api.selection.wildcard_regex``) matches: its text
+    and False when it has no wildcard, the text before its first wildcard and True otherwise;
+    None when that is empty."""
+    if not (pattern.startswith("^") and pattern.endswith("$")):
+        return None
+    text, at, body = [], 0, pattern[1:-1]
+    while at < len(body):
+        if body[at] == "\\" and at + 1 < len(body):
+            text.append(body[at + 1])
+            at += 2
+        elif body[at] == ".":
+            return ("".join(text), True) if text else None
+        elif body[at] in "^$*+?()[]{}|\\":
+            return None
+        else:
+            text.append(body[at])
+            at += 1
+    return "".join(text), False
+
+
+def _hint_of(condition: object) -> SelectorHint | None:
+    if isinstance(condition, Q):
+        if condition.negated or (condition.connector != Q.AND and len(condition.children) > 1):
+            return None
+        hints = [hint for hint in map(_hint_of, condition.children) if hint is not None]
+        # An equality narrows more than a prefix.
+        return min(hints, key=lambda hint: hint.prefix, default=None)
+    if isinstance(condition, tuple) and condition[0] == "name" and isinstance(condition[1], str):
+        return SelectorHint("name", (), condition[1])
+    if isinstance(condition, tuple) and condition[0] == "name__regex" and isinstance(condition[1], str):
+        literal = _regex_literal(condition[1])
+        return SelectorHint("name", (), *literal) if literal else None
+    if isinstance(condition, Regex) and isinstance(condition.lhs, KeyTransform) and isinstance(condition.rhs, str):
+        keys: list[str] = []
+        node: object = condition.lhs
+        while isinstance(node, KeyTransform):
+            keys.insert(0, node.key_name)
+            node = node.lhs
+        literal = _regex_literal(condition.rhs)
+        if isinstance(node, F) and node.name in ("metadata", "configuration") and literal is not None:
+            return SelectorHint(node.name, tuple(keys), *literal)
+    return None
+
+
+def selector_hint(selector: str) -> SelectorHint | None:
+    """A condition that every device a selector selects satisfies (one of its ANDed comparisons of
+    ``name`` or of a key inside ``metadata`` or ``configuration`` with a value: its text, or the
+    text before its first wildcard), or None when it implies none that way (an ``||``, a negation,
+    a value starting with a wildcard)."""
+    return _hint_of(device_selection(selector))
+
+
 @functools.lru_cache(maxsize=4096)
 def _selector_sql(selector: str) -> tuple[str, tuple]:
     """The condition of a device selector as SQL over the devices table, compiled once per
@@ -273,29 +340,64 @@ def _selector_sql(selector: str) -> tuple[str, tuple]:
     return sql, tuple(params)
 
 
-def groups_matching(*, alias: str, device_ids: Collection[int], groups: Sequence[Group], created: bool = False) -> dict[int, set[int]]:
-    """Which of ``groups`` each of ``device_ids`` belongs to now, by device id: the explicit
-    members with one read, the selectors evaluated by PostgreSQL over the devices' rows with one
-    statement for all of them. ``created``: the devices are new, and no explicit member yet."""
+# The groups among the given ids that a device may belong to: its explicit groups, and the
+# selector groups of its account whose hint it satisfies or that have none (one statement; the
+# hint comparisons run in PostgreSQL, nothing per group in Python).
+_CANDIDATES = """
+SELECT m.device_id, m.group_id, NULL FROM {members} m
+ WHERE m.group_id = ANY(%(groups)s) AND m.device_id = ANY(%(devices)s) AND NOT %(created)s
+UNION ALL
+SELECT d.id, g.id, g.selector FROM {groups} g JOIN {devices} d ON d.account_id = g.account_id
+ WHERE d.id = ANY(%(devices)s) AND g.id = ANY(%(groups)s) AND g.selector IS NOT NULL
+   AND (g.hint_field IS NULL OR (
+        CASE g.hint_field WHEN 'name' THEN d.name
+                          WHEN 'metadata' THEN d.metadata #>> g.hint_path
+                          WHEN 'configuration' THEN d.configuration #>> g.hint_path END
+        = g.hint_value
+        OR (g.hint_prefix AND starts_with(
+            CASE g.hint_field WHEN 'name' THEN d.name
+                              WHEN 'metadata' THEN d.metadata #>> g.hint_path
+                              WHEN 'configuration' THEN d.configuration #>> g.hint_path END,
+            g.hint_value))))
+"""
+
+
+def groups_matching(
+    *, alias: str, device_ids: Collection[int], group_ids: Collection[int], created: bool = False
+) -> dict[int, set[int]]:
+    """Which of the groups ``group_ids`` each of ``device_ids`` belongs to now, by device id. One
+    statement finds the candidates (explicit memberships; selector groups whose hint the device
+    satisfies, ``selector_hint``), a second evaluates the candidates' selectors in full, all of
+    them at once (compiled to SQL once per process). ``created``: the devices are new, and no
+    explicit member yet."""
     found: dict[int, set[int]] = {device_id: set() for device_id in device_ids}
-    if not device_ids or not groups:
+    if not device_ids or not group_ids:
         return found
-    explicit = [group.pk for group in groups if group.selector is None]
-    if explicit and not created:
-        rows = GroupDevice.objects.using(alias).filter(group_id__in=explicit, device_id__in=list(device_ids))
-        for group_id, device_id in rows.values_list("group_id", "device_id"):
-            found[device_id].add(group_id)
-    selected = [group for group in groups if group.selector is not None]
-    if selected:
+    statement = _CANDIDATES.format(
+        members=GroupDevice._meta.db_table, groups=Group._meta.db_table, devices=Device._meta.db_table
+    )
+    candidates: list[tuple[int, int, str]] = []
+    with connections[alias].cursor() as cursor:
+        cursor.execute(statement, {"groups": list(group_ids), "devices": list(device_ids), "created": created})
+        for device_id, group_id, selector in cursor.fetchall():
+            if selector is None:
+                found[device_id].add(group_id)
+            else:
+                candidates.append((device_id, group_id, selector))
+    if candidates:
         table = Device._meta.db_table
-        terms, params = [], []
-        for group in selected:
-            sql, values = _selector_sql(group.selector)  # type: ignore[arg-type]  # selected groups have one
-            terms.append(f'COALESCE(("{table}"."account_id" = %s AND ({sql})), false)')
-            params.extend([group.account_id, *values])
+        selectors = sorted({selector for _device, _group, selector in candidates})
+        terms: list[str] = []
+        params: list = []
+        for selector in selectors:
+            sql, values = _selector_sql(selector)
+            terms.append(f"COALESCE(({sql}), false)")
+            params.extend(values)
         statement = f'SELECT "{table}"."id", ARRAY[{", ".join(terms)}] FROM "{table}" WHERE "{table}"."id" = ANY(%s)'
         with connections[alias].cursor() as cursor:
-            cursor.execute(statement, [*params, list(device_ids)])
-            for device_id, matches in cursor.fetchall():
-                found[device_id].update(group.pk for group, match in zip(selected, matches, strict=True) if match)
+            cursor.execute(statement, [*params, sorted({device for device, _group, _selector in candidates})])
+            matches = {device_id: dict(zip(selectors, row, strict=True)) for device_id, row in cursor.fetchall()}
+        for device_id, group_id, selector in candidates:
+            if matches.get(device_id, {}).get(selector):
+                found[device_id].add(group_id)
     return found

@@ -35,6 +35,7 @@ from devices.selectors import (
     device_item,
     device_selection,
     group_member_ids,
+    selector_hint,
 )
 from devices.storage import ChangedRange
 from devices.validation import MessageError, message_prepare
@@ -287,6 +288,18 @@ def _selector_checked(selector: str) -> str:
     return selector
 
 
+def group_selector_fields(selector: str | None) -> dict[str, Any]:
+    """A group's fields of its selector: the selector and the condition it implies (its hint)."""
+    hint = selector_hint(selector) if selector is not None else None
+    return {
+        "selector": selector,
+        "hint_field": hint.field if hint else None,
+        "hint_path": list(hint.path) if hint else None,
+        "hint_value": hint.value if hint else None,
+        "hint_prefix": hint.prefix if hint else False,
+    }
+
+
 def _membership_checked(*, devices: Sequence[int] | None, selector: str | None) -> None:
     if devices is not None and selector is not None:
         raise InvalidInput(
@@ -308,7 +321,8 @@ def group_create(
     with transaction.atomic(using=alias):
         groups_lock(alias=alias, account_ids=[account.pk], exclusive=False)
         members = _group_devices(account=account, alias=alias, device_ids=devices or [], field="devices")
-        group = Group(account_id=account.pk, name=name, metadata=metadata or {}, selector=selector, created=time.time())
+        group = Group(account_id=account.pk, name=name, metadata=metadata or {}, created=time.time(),
+                      **group_selector_fields(selector))
         group.save(using=alias)
         _members_insert(group=group, device_ids=members)
     return group
@@ -350,7 +364,9 @@ def group_update(*, group: Group, account: Account, data: Mapping[str, Any]) -> 
                 _selector_checked(selector)
             members = _group_devices(account=account, alias=alias, device_ids=devices or [], field="devices")
             before = set(group_member_ids(groups=[fresh])[fresh.pk])
-            changes = {name: data[name] for name in ("name", "metadata", "selector") if name in data}
+            changes = {name: data[name] for name in ("name", "metadata") if name in data}
+            if "selector" in data:
+                changes.update(group_selector_fields(data["selector"]))
             updated = save_fields(fresh, changes, name="group")
             if devices is not None or (selector is not None and "selector" in data):
                 GroupDevice.objects.using(alias).filter(group_id=fresh.pk).exclude(device_id__in=members).delete()

@@ -30,7 +30,12 @@ from analytics import blocks
 from analytics.calculation import diff_store
 from analytics.engine import Diff
 from analytics.models import Assignment
-from analytics.services import assignment_create, calculator_create, group_assignment_create, interval_user_update
+from analytics.services import (
+    assignment_create,
+    calculator_create,
+    group_assignment_create,
+    interval_user_update,
+)
 from devices.models import Device
 from devices.services import device_create, device_update, group_create, messages_ingest
 from flespi_site.mqtt import client as mqtt

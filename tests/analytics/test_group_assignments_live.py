@@ -66,8 +66,8 @@ def _expected_calcs(device_id: int) -> set[int]:
     from devices.models import Group
     from devices.selectors import groups_matching
 
-    groups = list(Group.objects.using(DC).all())
-    holding = groups_matching(alias=DC, device_ids=[device_id], groups=groups)[device_id]
+    groups = list(Group.objects.using(DC).values_list("pk", flat=True))
+    holding = groups_matching(alias=DC, device_ids=[device_id], group_ids=groups)[device_id]
     return set(GroupAssignment.objects.using(DC).filter(group_id__in=holding).values_list("calculator_id", flat=True))
 
 
@@ -108,8 +108,8 @@ def test_concurrent_changes_of_one_devices_membership_leave_its_assignments_cons
     for round_ in range(ROUNDS):
         fleets = ("north", "south") if round_ % 2 else ("south", "north")
         answers = race([
-            lambda: server.call("PUT", base, {"metadata": {"fleet": fleets[0]}}),
-            lambda: server.call("PUT", base, {"metadata": {"fleet": fleets[1]}}),
+            lambda fleets=fleets: server.call("PUT", base, {"metadata": {"fleet": fleets[0]}}),
+            lambda fleets=fleets: server.call("PUT", base, {"metadata": {"fleet": fleets[1]}}),
             lambda: server.call("POST", f"/gw/groups/{pool.pk}/devices/{device.pk}"),
             lambda: server.call("DELETE", f"/gw/groups/{pool.pk}/devices/{device.pk}"),
         ])
@@ -129,9 +129,9 @@ def test_a_membership_change_racing_a_group_change_is_never_missed(server, root,
         # The group's calculator unassigned and assigned again, its selector changed, while the
         # device changes and joins the explicit group.
         answers = race([
-            lambda: server.call("PUT", f"/gw/devices/{device.pk}", {"metadata": {"fleet": "north", "round": round_}}),
+            lambda round_=round_: server.call("PUT", f"/gw/devices/{device.pk}", {"metadata": {"fleet": "north", "round": round_}}),
             lambda: server.call("DELETE", f"/gw/calcs/{calcs['north'].pk}/groups/{north.pk}"),
-            lambda: server.call("PUT", f"/gw/groups/{north.pk}", {"selector": f"metadata.round={round_}"}),
+            lambda round_=round_: server.call("PUT", f"/gw/groups/{north.pk}", {"selector": f"metadata.round={round_}"}),
             lambda: server.call("POST", f"/gw/groups/{pool.pk}/devices/{device.pk}"),
         ])
         assert all(status in (200, 404) for status, _body in answers), answers
@@ -139,7 +139,7 @@ def test_a_membership_change_racing_a_group_change_is_never_missed(server, root,
         answers = race([
             lambda: server.call("POST", f"/gw/calcs/{calcs['north'].pk}/groups/{north.pk}"),
             lambda: server.call("DELETE", f"/gw/groups/{pool.pk}/devices/{device.pk}"),
-            lambda: server.call("PUT", f"/gw/devices/{device.pk}", {"metadata": {"fleet": "south", "round": round_}}),
+            lambda round_=round_: server.call("PUT", f"/gw/devices/{device.pk}", {"metadata": {"fleet": "south", "round": round_}}),
         ])
         assert all(status == 200 for status, _body in answers), answers
         assert _assigned_calcs(device.pk) == _expected_calcs(device.pk), f"round {round_}: {answers}"

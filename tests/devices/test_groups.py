@@ -189,3 +189,72 @@ def test_a_group_id_comes_from_the_platform_sequence(account):
     group = group_create(account=account, name="g", devices=[device.pk])
     # Ids of every entity come from one sequence: a group id is never a device's.
     assert group.pk != device.pk and not Device.objects.using(DC).filter(pk=group.pk).exists()
+
+
+@pytest.mark.parametrize(
+    ("selector", "hint"),
+    [
+        ("metadata.fleet=north", ("metadata", ("fleet",), "north")),
+        ("metadata.a.b=x-1.5", ("metadata", ("a", "b"), "x-1.5")),
+        ("name=truck 1", ("name", (), "truck 1")),
+        ("enabled=true,configuration.ident=352", ("configuration", ("ident",), "352")),
+        ('{metadata.fleet=="f1" && enabled==true}', ("metadata", ("fleet",), "f1")),
+        ('{enabled && (name=="a" && cid==3)}', ("name", (), "a")),
+        ("metadata.fleet=nor*", ("metadata", ("fleet",), "nor", True)),
+        ("name=truck-?", ("name", (), "truck-", True)),
+        ('{name=="tr*" && metadata.x=="1"}', ("metadata", ("x",), "1")),
+        ("name=*-1", None),
+        ('{name=="a" || name=="b"}', None),
+        ('{!(name=="a")}', None),
+        ('{name!="a"}', None),
+        ("all", None),
+        ("12,13", None),
+    ],
+)
+def test_the_condition_a_selector_implies(selector, hint):
+    from devices.selectors import SelectorHint, selector_hint
+
+    assert selector_hint(selector) == (SelectorHint(*hint) if hint else None)
+
+
+def test_membership_found_in_sql_is_what_the_selector_selects(account, make_account):
+    """``groups_matching`` (hints, then selectors compiled to SQL) against the ORM's reading of
+    each selector, for every device and selector."""
+    from devices.selectors import group_members, groups_matching
+    from devices.services import device_create, group_create
+
+    devices = [
+        device_create(account=account, name=name, configuration={"ident": f"m-{n}"}, metadata=metadata, enabled=enabled)
+        for n, (name, metadata, enabled) in enumerate([
+            ("truck-1", {"fleet": "north", "n": 1}, True),
+            ("truck-2", {"fleet": "south", "a": {"b": "x"}}, True),
+            ("van", {"fleet": "north", "n": "1"}, False),
+            ("van-2", {}, True),
+            ("Truck-3", {"fleet": ["north"]}, True),
+        ])
+    ]
+    other = device_create(account=make_account("other"), name="truck-9", configuration={"ident": "m-other"},
+                          metadata={"fleet": "north"})
+    selectors = [
+        "metadata.fleet=north", "metadata.n=1", "metadata.a.b=x", "name=truck-*", "name=van", "all",
+        '{metadata.fleet=="north" && enabled==false}', '{name=="truck*" || metadata.fleet=="south"}',
+        '{!enabled}', f"{devices[0].pk},{devices[3].pk}", "enabled=true,metadata.fleet=north", f"cid={account.pk}",
+        "metadata.fleet=nor*", "name=*-2",
+    ]
+    groups = [group_create(account=account, name=f"g{n}", selector=selector) for n, selector in enumerate(selectors)]
+    groups.append(group_create(account=account, name="list", devices=[devices[1].pk, devices[4].pk]))
+    ids = [device.pk for device in [*devices, other]]
+    found = groups_matching(alias=DC, device_ids=ids, group_ids=[group.pk for group in groups])
+    expected: dict[int, set[int]] = {device_id: set() for device_id in ids}
+    for group in groups:
+        for device_id in group_members(group=group).values_list("pk", flat=True):
+            expected[device_id].add(group.pk)
+    assert found == expected
+    names = {group.pk: group.name for group in groups}
+    # By hand: a number in metadata reads as its text; a list is not its element; names are
+    # case-sensitive; another account's device is in no group.
+    assert {names[g] for g in found[devices[0].pk]} == {"g0", "g1", "g3", "g5", "g7", "g9", "g10", "g11", "g12"}
+    assert {names[g] for g in found[devices[2].pk]} == {"g0", "g1", "g4", "g5", "g6", "g8", "g11", "g12"}
+    assert {names[g] for g in found[devices[4].pk]} == {"g5", "g11", "list"}
+    assert {names[g] for g in found[devices[3].pk]} == {"g5", "g9", "g11", "g13"}
+    assert found[other.pk] == set()

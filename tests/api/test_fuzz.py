@@ -46,6 +46,7 @@ class World:
         self.devices: list[int] = []
         self.calculators: list[int] = []
         self.intervals: list[int] = []
+        self.groups: list[int] = []
         self.restore()
 
     @property
@@ -71,6 +72,7 @@ class World:
             self.subaccount_id = account_create(name="fuzz child", parent=self.account).pk
         self._restore_devices()
         self._restore_calculators()
+        self._restore_groups()
 
     def _restore_devices(self) -> None:
         from devices.models import Device
@@ -128,6 +130,23 @@ class World:
             diff_store(assignment=assignment, diff=Diff(created=created, reached_end=True))
             self.intervals = [interval["id"] for interval in created]
 
+    def _restore_groups(self) -> None:
+        """A group listing the first device and a selector group, the first calculator assigned to
+        the first."""
+        from analytics.selectors import calculators_of
+        from analytics.services import group_assignment_create
+        from devices.selectors import groups_of
+        from devices.services import group_create
+
+        have = set(groups_of(account=self.account).filter(pk__in=self.groups).values_list("pk", flat=True))
+        for index, fields in enumerate(({"devices": [self.devices[0]]}, {"selector": "metadata.k=1"})):
+            if index >= len(self.groups) or self.groups[index] not in have:
+                group = group_create(account=self.account, name=f"fuzz {index}", **fields)
+                self.groups[index : index + 1] = [group.pk]
+        calculator = calculators_of(account=self.account).get(pk=self.calculators[0])
+        group = groups_of(account=self.account).get(pk=self.groups[0])
+        group_assignment_create(calculator=calculator, group=group)
+
     def valid_bodies(self, operation: str) -> list:
         """Bodies that an operation (``METHOD shape``) takes, for operations that random bodies
         seldom satisfy."""
@@ -147,6 +166,9 @@ class World:
                 {"calculator": TRIPS, "from": 0, "to": 10_000},
             ],
             "POST /gw/calcs/{}/devices/{}/recalculate": [{}, {"begin": 1_000, "end": 2_000}],
+            "POST /gw/groups": [[{"name": "g", "devices": self.devices[:1]}], [{"name": "s", "selector": "name=fuzz*"}]],
+            "PUT /gw/groups/{}": [{"name": "renamed"}, {"metadata": {"k": 1}}],
+            "PATCH /gw/groups/{}": [{"metadata": {"k": {"a": 1}}}, {"name": "renamed"}],
         }.get(operation, [])
 
     def path_values(self, path: str) -> list[list[str]]:
@@ -154,9 +176,13 @@ class World:
         calcs = [str(pk) for pk in self.calculators]
         devices = [str(pk) for pk in self.devices]
         intervals = [str(pk) for pk in self.intervals]
+        groups = [str(pk) for pk in self.groups]
         for prefix, values in (
             ("/gw/calcs/{}/devices/{}/intervals/{}", [calcs, devices, intervals]),
             ("/gw/calcs/{}/devices/{}", [calcs, devices]),
+            ("/gw/calcs/{}/groups/{}", [calcs, groups]),
+            ("/gw/groups/{}/devices/{}", [groups, devices]),
+            ("/gw/groups/{}", [groups]),
             ("/gw/calcs/{}", [calcs]),
             ("/gw/devices/{}", [devices]),
             ("/platform/tokens/{}", [[str(self.other_token_id), str(self.token_id)]]),
@@ -331,6 +357,9 @@ def test_no_5xx_and_every_4xx_in_the_envelope(world, live_server):
         "/gw/calcs/{}/devices/{}/intervals/{}",
         "/gw/calcs/{}/devices/{}/recalculate",
         "/gw/devices/{}/calculate",
+        "/gw/groups/{}",
+        "/gw/groups/{}/devices/{}",
+        "/gw/calcs/{}/groups/{}",
     } <= {shape(operation.path) for operation in operations}
     failures: list[str] = []
     statuses: dict[str, Counter] = {}
@@ -351,7 +380,10 @@ def test_no_5xx_and_every_4xx_in_the_envelope(world, live_server):
     assert [name for name, seen in statuses.items() if not seen["2xx"]] == [
         "POST /gw/calcs/{}/devices",
         "PUT /gw/calcs/{}/devices/{}/intervals",
+        "POST /gw/calcs/{}/groups",
         "DELETE /gw/devices/{}/telemetry",
+        "POST /gw/groups/{}/devices",
+        "DELETE /gw/groups/{}/devices",
     ]
 
 

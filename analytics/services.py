@@ -295,7 +295,12 @@ def auto_assignments_follow(*, alias: str, device_ids: Collection[int], created:
         calculators = Calculator.objects.using(alias).in_bulk({calc_id for calc_id, _ in missing})
         by_id = Device.objects.using(alias).in_bulk({device_id for _, device_id in missing})
         for calc_id, device_id in missing:
-            assignment_create(calculator=calculators[calc_id], device=by_id[device_id], by_hand=False)
+            if device_id not in by_id or calc_id not in calculators:
+                continue  # deleted meanwhile: nothing to assign
+            try:
+                assignment_create(calculator=calculators[calc_id], device=by_id[device_id], by_hand=False)
+            except NotFound:
+                continue  # the device or the calculator went while this ran (their deletions cascade)
 
 
 def group_assignment_create(*, calculator: Calculator, group: Group) -> tuple[GroupAssignment, bool]:
@@ -316,7 +321,12 @@ def group_assignment_create(*, calculator: Calculator, group: Group) -> tuple[Gr
         if not Calculator.objects.using(alias).filter(pk=calculator.pk).exists():
             raise NotFound(f"calculator {calculator.pk} not found", id=group.pk)
         link = GroupAssignment(account_id=calculator.account_id, calculator=calculator, group=group, created=time.time())
-        link.save(using=alias)
+        try:
+            with transaction.atomic(using=alias):
+                link.save(using=alias)
+        except IntegrityError:
+            # The calculator was deleted meanwhile (its deletion does not wait for the groups lock).
+            raise NotFound(f"calculator {calculator.pk} not found", id=group.pk) from None
         auto_assignments_follow(alias=alias, device_ids=group_member_ids(groups=[group])[group.pk])
     return link, True
 

@@ -10,7 +10,8 @@ which devices got new messages in which time range.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,11 +188,19 @@ def device_update(*, device: Device, account: Account, data: dict[str, Any]) -> 
     # lock and then for the claim's row lock: no interleaving frees the ident of an existing
     # device or lets a second device claim it. (A crash between the two commits could still
     # leave them apart; nothing in a single run does.)
-    alias = device.database
-    with transaction.atomic(using="default"), transaction.atomic(using=alias):
-        accounts = {device.account_id, data.get("account_id", device.account_id)}
-        groups_lock(alias=alias, account_ids=accounts, exclusive=False)
+    with transaction.atomic(using="default"), device_update_locks(device=device, data=data):
         return _device_update(device=device, account=account, data=data)
+
+
+@contextmanager
+def device_update_locks(*, device: Device, data: Mapping[str, Any]) -> Iterator[None]:
+    """A transaction on the device's database holding what an update of it takes before the
+    device's row (the groups lock of its account, and of the account it moves to): a PATCH,
+    which locks the row to merge into it, enters it first."""
+    with transaction.atomic(using=device.database):
+        accounts = {device.account_id, data.get("account_id", data.get("cid", device.account_id))}
+        groups_lock(alias=device.database, account_ids=accounts, exclusive=False)
+        yield
 
 
 def _device_update(*, device: Device, account: Account, data: dict[str, Any]) -> Device:
@@ -342,38 +351,45 @@ def _members_insert(*, group: Group, device_ids: Sequence[int]) -> list[int]:
     return new
 
 
+@contextmanager
+def group_update_locks(*, group: Group) -> Iterator[None]:
+    """A transaction on the group's database holding what an update of it takes before its row
+    (its account's groups lock, exclusively); a PATCH enters it first."""
+    with transaction.atomic(using=group.database):
+        groups_lock(alias=group.database, account_ids=[group.account_id], exclusive=True)
+        yield
+
+
 def group_update(*, group: Group, account: Account, data: Mapping[str, Any]) -> Group:
     """Change the named fields of a group: ``name``, ``metadata``, and its membership (``devices``
     replaces the member list, ``selector`` the selector; ``"selector": null`` with ``devices``
     turns a selector group into an explicit one). The devices that joined or left follow in the
     same transaction."""
     alias = group.database
-    with transaction.atomic(using=alias):
-        groups_lock(alias=alias, account_ids=[group.account_id], exclusive=True)
-        with locked_row(Group, pk=group.pk, using=alias, name="group") as fresh:
-            placement_guard(alias=alias, account_ids=[fresh.account_id])
-            selector = data.get("selector", fresh.selector)
-            devices = data.get("devices")
-            if devices is not None and selector is not None:
-                raise InvalidInput(
-                    f"group {fresh.pk} selects its devices by selector {selector!r}: send \"selector\": null "
-                    "with devices to give it a member list instead",
-                    field="devices",
-                )
-            if "selector" in data and selector is not None:
-                _selector_checked(selector)
-            members = _group_devices(account=account, alias=alias, device_ids=devices or [], field="devices")
-            before = set(group_member_ids(groups=[fresh])[fresh.pk])
-            changes = {name: data[name] for name in ("name", "metadata") if name in data}
-            if "selector" in data:
-                changes.update(group_selector_fields(data["selector"]))
-            updated = save_fields(fresh, changes, name="group")
-            if devices is not None or (selector is not None and "selector" in data):
-                GroupDevice.objects.using(alias).filter(group_id=fresh.pk).exclude(device_id__in=members).delete()
-                _members_insert(group=updated, device_ids=members)
-            after = set(group_member_ids(groups=[updated])[updated.pk])
-            members_changed(alias=alias, device_ids=before ^ after)
-            return updated
+    with group_update_locks(group=group), locked_row(Group, pk=group.pk, using=alias, name="group") as fresh:
+        placement_guard(alias=alias, account_ids=[fresh.account_id])
+        selector = data.get("selector", fresh.selector)
+        devices = data.get("devices")
+        if devices is not None and selector is not None:
+            raise InvalidInput(
+                f"group {fresh.pk} selects its devices by selector {selector!r}: send \"selector\": null "
+                "with devices to give it a member list instead",
+                field="devices",
+            )
+        if "selector" in data and selector is not None:
+            _selector_checked(selector)
+        members = _group_devices(account=account, alias=alias, device_ids=devices or [], field="devices")
+        before = set(group_member_ids(groups=[fresh])[fresh.pk])
+        changes = {name: data[name] for name in ("name", "metadata") if name in data}
+        if "selector" in data:
+            changes.update(group_selector_fields(data["selector"]))
+        updated = save_fields(fresh, changes, name="group")
+        if devices is not None or (selector is not None and "selector" in data):
+            GroupDevice.objects.using(alias).filter(group_id=fresh.pk).exclude(device_id__in=members).delete()
+            _members_insert(group=updated, device_ids=members)
+        after = set(group_member_ids(groups=[updated])[updated.pk])
+        members_changed(alias=alias, device_ids=before ^ after)
+        return updated
 
 
 def group_delete(*, group: Group) -> None:

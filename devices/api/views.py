@@ -78,6 +78,9 @@ class DeviceResource(Resource):
     def create_many(self, items):
         return services.devices_create(account=self.account, items=items)
 
+    def updating(self, obj, data):
+        return services.device_update_locks(device=obj, data=data)
+
     def update(self, obj, data):
         if "cid" in data:
             data["account_id"] = data.pop("cid")
@@ -215,6 +218,9 @@ class GroupResource(Resource):
 
     def create(self, data):
         return services.group_create(account=self.account, **data)
+
+    def updating(self, obj, data):
+        return services.group_update_locks(group=obj)
 
     def update(self, obj, data):
         return services.group_update(group=obj, account=self.account, data=data)

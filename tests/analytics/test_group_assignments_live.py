@@ -162,3 +162,25 @@ def test_a_device_joining_while_its_group_is_assigned_is_assigned(server, root, 
         assert [status for status, _body in answers] == [200, 200], answers
         assert GroupAssignment.objects.using(DC).filter(calculator_id=calcs["pool"].pk).exists()
         assert calcs["pool"].pk in _assigned_calcs(device.pk), f"round {round_}"
+
+
+def test_patches_racing_a_group_assign_neither_deadlock_nor_miss(server, root, setup):
+    """A PATCH locks its row to merge into it: the device's and the group's PATCH take the groups
+    lock first, as every other membership change, or one of them and the group's assign (which
+    waits for the device's row to assign it) would wait for each other."""
+    from devices.models import Group
+
+    calcs, device = setup
+    pool = Group.objects.using(DC).get(name="pool")
+    server.call("POST", f"/gw/groups/{pool.pk}/devices/{device.pk}")
+    link = f"/gw/calcs/{calcs['pool'].pk}/groups/{pool.pk}"
+    for round_ in range(ROUNDS * 2):
+        server.call("DELETE", link)
+        answers = race([
+            lambda round_=round_: server.call("PATCH", f"/gw/devices/{device.pk}", {"metadata": {"round": round_}}),
+            lambda: server.call("POST", link),
+            lambda round_=round_: server.call("PATCH", f"/gw/groups/{pool.pk}", {"metadata": {"round": round_}}),
+        ])
+        assert [status for status, _body in answers] == [200, 200, 200], answers
+        assert calcs["pool"].pk in _assigned_calcs(device.pk)
+        assert _assigned_calcs(device.pk) == _expected_calcs(device.pk), f"round {round_}"

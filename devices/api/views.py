@@ -256,10 +256,14 @@ class GroupDevicesView(FlespiAPIView):
 
     def get(self, request: Request, selector: str = "all", **parents: str) -> Response:
         condition = selectors.device_selection(selector)
-        result: list[dict] = []
-        for group in self._groups():
-            members = selectors.group_members(group=group).filter(condition)
-            result.extend(self._item(group, device) for device in members)
+        groups = self._groups()
+        members = selectors.group_member_ids(groups=groups)
+        ids = {device_id for group_ids in members.values() for device_id in group_ids}
+        devices = Device.objects.using(groups[0].database).filter(pk__in=list(ids)).filter(condition).in_bulk()
+        result = [
+            self._item(group, devices[device_id])
+            for group in groups for device_id in members[group.pk] if device_id in devices
+        ]
         if not result and names_ids(selector):
             raise NotFound(f"no member matches {selector!r}")
         return Response({"result": result})

@@ -187,3 +187,21 @@ def test_a_device_moved_to_another_account_leaves_its_groups(api, key, account, 
     assert response.status_code == 200, response.content
     assert assigned(calculator.pk) == {}
     assert not GroupDevice.objects.using(DC).filter(device_id=one.pk).exists()
+
+
+def test_the_admin_unassigns_as_the_api_does(admin_client, account, calculator, trucks):
+    from analytics.models import Assignment
+    from analytics.services import group_assignment_create
+    from devices.services import group_create
+    from tests.support.admin import HOST
+
+    one = trucks[0]
+    group_assignment_create(calculator=calculator, group=group_create(account=account, name="pool", devices=[one.pk]))
+    row = Assignment.objects.using(DC).get(calculator_id=calculator.pk, device_id=one.pk)
+    response = admin_client.post(
+        "/admin/analytics/assignment/", {"action": "delete_selected", "_selected_action": [row.pk], "post": "yes"},
+        **HOST,
+    )
+    # Only the group holds it: refused (403 with the reason), as the API's 409.
+    assert response.status_code == 403
+    assert assigned(calculator.pk) == {one.pk: True}

@@ -141,9 +141,12 @@ def assignment_create(*, calculator: Calculator, device: Device, by_hand: bool =
     alias = calculator.database
     existing = Assignment.objects.using(alias).filter(calculator_id=calculator.pk, device_id=device.pk).first()
     if existing is not None:
-        if by_hand and not existing.by_hand:
+        if not by_hand or existing.by_hand:
+            return existing, False
+        try:
             return _by_hand_set(existing, True), False
-        return existing, False
+        except NotFound:
+            pass  # its group let it go meanwhile: assigned again below, by hand
     assignment = Assignment(
         account_id=calculator.account_id,
         calculator_id=calculator.pk,
@@ -281,7 +284,9 @@ def auto_assignments_follow(*, alias: str, device_ids: Collection[int], created:
     wanted: set[tuple[int, int]] = set()  # (calculator id, device id)
     if links:
         matching = groups_matching(alias=alias, device_ids=ids, group_ids=list(links), created=created)
-        wanted = {(calc_id, device_id) for device_id, ids in matching.items() for group_id in ids for calc_id in links[group_id]}
+        wanted = {
+            (calc_id, device_id) for device_id, groups in matching.items() for group_id in groups for calc_id in links[group_id]
+        }
     present: dict[tuple[int, int], Assignment] = {}
     if not created:
         rows = Assignment.objects.using(alias).filter(device_id__in=ids)
@@ -358,7 +363,7 @@ def group_assignment_delete(*, link: GroupAssignment) -> None:
     alias = link.database
     with transaction.atomic(using=alias):
         groups_lock(alias=alias, account_ids=[link.account_id], exclusive=True)
-        with locked_row(GroupAssignment, pk=link.pk, using=alias, name=f"assignment of group {link.group_id} to calculator") as current:
+        with locked_row(GroupAssignment, pk=link.pk, using=alias, name="group assignment") as current:
             group = Group.objects.using(alias).get(pk=current.group_id)
             members = group_member_ids(groups=[group])[group.pk]
             current.delete()

@@ -11,7 +11,7 @@ from django.db import models
 
 from accounts.regional_model import RegionalModel
 from analytics.choices import AssignmentState
-from devices.models import Device
+from devices.models import Device, Group
 
 
 class Calculator(RegionalModel):
@@ -89,6 +89,11 @@ class Assignment(RegionalModel):
     active_id = models.BigIntegerField(null=True, blank=True)
     calculated = models.FloatField(null=True, blank=True, help_text="unix time of the last stored recalculation")
     created = models.FloatField(help_text="unix time")
+    # Whether a hand-made assignment (POST /gw/calcs/{c}/devices/{d}) holds it; the groups the
+    # calculator is assigned to hold it too while the device is a member of one of them
+    # (``GroupAssignment``). It exists while either holds; the API shows ``auto_created`` when
+    # only groups do.
+    by_hand = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["calculator_id", "device_id"]
@@ -147,3 +152,22 @@ class CalculatorGeofence(RegionalModel):
 
     def __str__(self) -> str:
         return f"calculator {self.calculator_id} / geofence {self.geofence_id}"
+
+
+class GroupAssignment(RegionalModel):
+    """A calculator assigned to a group of devices of the same account: every current and future
+    member of the group is assigned to the calculator (an ``Assignment`` held by the group), and
+    a device leaving the group is unassigned unless something else still holds its assignment
+    (``analytics.services.auto_assignments_follow``)."""
+
+    calculator = models.ForeignKey(Calculator, on_delete=models.CASCADE, related_name="group_assignments")
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="+")
+    created = models.FloatField(help_text="unix time")
+
+    class Meta:
+        ordering = ["calculator_id", "group_id"]
+        constraints = [models.UniqueConstraint(fields=["calculator", "group"], name="group_assignment_unique")]
+        indexes = [models.Index(fields=["group"], name="group_assignment_group_idx")]
+
+    def __str__(self) -> str:
+        return f"calculator {self.calculator_id} / group {self.group_id}"

@@ -1,15 +1,15 @@
 """The rows of an account in the analytics app (see ``accounts.regional_data``): its calculators,
-their assignments and the assignments' stored intervals, its geofences and their assignments to
-calculators, and its devices' message blocks, all in the datacenter database; how a move between
-datacenters brings each, and the reset of the message blocks (derived from the messages) in the
-move's target."""
+their assignments (of devices and of groups) and the assignments' stored intervals, its geofences
+and their assignments to calculators, and its devices' message blocks, all in the datacenter
+database; how a move between datacenters brings each, and the reset of the message blocks
+(derived from the messages) in the move's target."""
 
 from __future__ import annotations
 
 import psycopg
 
 from accounts.regional_data import JournalTrigger, MoveKind, RegionalData, RegionalTable
-from analytics.models import Assignment, Calculator, CalculatorGeofence, Geofence
+from analytics.models import Assignment, Calculator, CalculatorGeofence, Geofence, GroupAssignment
 from devices.regional import DEVICES
 from flespi_site.constants import LockSpace, lock_id
 
@@ -48,6 +48,8 @@ REGIONAL = RegionalData(
                       device_column="device_id", journal_key=("calc_id", "device_id", "id"), journal=INTERVALS_JOURNAL),
         RegionalTable(Assignment._meta.db_table, moves=MoveKind.ENTITIES),
         RegionalTable(CalculatorGeofence._meta.db_table, moves=MoveKind.ENTITIES),
+        # Calculators assigned to groups (of devices): their rows refer to both.
+        RegionalTable(GroupAssignment._meta.db_table, moves=MoveKind.ENTITIES),
         CALCULATORS,
         RegionalTable(Geofence._meta.db_table, moves=MoveKind.ENTITIES),
     ],

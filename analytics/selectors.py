@@ -11,7 +11,7 @@ from accounts.models import Account
 from analytics import storage
 from analytics.constants import MAX_ROLLUP_PERIODS, ROLLUP_DEVICES_CHUNK
 from analytics.engine.rollups import ROLLUP_COLUMNS, Rollup, RollupError, period_bounds
-from analytics.models import Assignment, Calculator, CalculatorGeofence, Geofence
+from analytics.models import Assignment, Calculator, CalculatorGeofence, Geofence, GroupAssignment
 from flespi_site.errors import ErrorKind, InvalidInput
 from flespi_site.jsontext import loads_exact
 
@@ -91,6 +91,14 @@ def assignments_of(
     if device_ids is not None:
         rows = rows.filter(device_id__in=device_ids)
     return rows.order_by("calculator_id", "device_id")
+
+
+def group_assignments_of(*, account: Account, calculator_ids: Sequence[int]) -> QuerySet[GroupAssignment]:
+    """The account's assignments of groups to these calculators, with their groups."""
+    rows = placement.using_account(GroupAssignment, account.pk).filter(
+        account_id=account.pk, calculator_id__in=calculator_ids
+    )
+    return rows.select_related("group").order_by("calculator_id", "group_id")
 
 
 def intervals_of(

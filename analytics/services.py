@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,10 +28,12 @@ from analytics.engine.interval_fields import INTERVAL_FIELDS
 from analytics.engine.zone_checks import check_geometry
 from analytics.engine.zones import GeofenceSet, zone_order
 from analytics.events import Event
-from analytics.models import Assignment, Calculator, CalculatorGeofence, Geofence
-from devices.models import Device
+from analytics.models import Assignment, Calculator, CalculatorGeofence, Geofence, GroupAssignment
+from devices.membership import groups_lock
+from devices.models import Device, Group
+from devices.selectors import group_member_ids, groups_matching
 from flespi_site import celery as calc_queue
-from flespi_site.errors import DomainError, ErrorKind, InvalidInput, NotFound
+from flespi_site.errors import Conflict, DomainError, ErrorKind, InvalidInput, NotFound
 from flespi_site.jsontext import dumps_exact
 from flespi_site.mqtt.topics import LogEvent, calc_log_topic
 from flespi_site.updates import locked_row, save_fields
@@ -154,9 +156,11 @@ def calculator_delete(*, calculator: Calculator) -> None:
 # --- assignments ---------------------------------------------------------------------------
 
 
-def assignment_create(*, calculator: Calculator, device: Device) -> tuple[Assignment, bool]:
+def assignment_create(*, calculator: Calculator, device: Device, by_hand: bool = True) -> tuple[Assignment, bool]:
     """Assign ``device`` to ``calculator`` (idempotent); returns the assignment and whether it is
-    new. Both must belong to the same account."""
+    new. Both must belong to the same account. ``by_hand``: a hand-made assignment (the API's);
+    otherwise one held by a group the calculator is assigned to (``auto_assignments_follow``). A
+    hand-made assign of an assignment that a group holds makes it held by hand too."""
     if device.account_id != calculator.account_id:
         raise InvalidInput(
             f"device {device.pk} belongs to account {device.account_id}, calculator {calculator.pk} to "
@@ -166,7 +170,12 @@ def assignment_create(*, calculator: Calculator, device: Device) -> tuple[Assign
     alias = calculator.database
     existing = Assignment.objects.using(alias).filter(calculator_id=calculator.pk, device_id=device.pk).first()
     if existing is not None:
-        return existing, False
+        if not by_hand or existing.by_hand:
+            return existing, False
+        try:
+            return _by_hand_set(existing, True), False
+        except NotFound:
+            pass  # its group let it go meanwhile: assigned again below, by hand
     assignment = Assignment(
         account_id=calculator.account_id,
         calculator_id=calculator.pk,
@@ -175,6 +184,7 @@ def assignment_create(*, calculator: Calculator, device: Device) -> tuple[Assign
         created=time.time(),
         pending_begin=-math.inf,
         pending_end=math.inf,
+        by_hand=by_hand,
     )
     try:
         with transaction.atomic(using=alias):
@@ -185,8 +195,15 @@ def assignment_create(*, calculator: Calculator, device: Device) -> tuple[Assign
         existing = Assignment.objects.using(alias).filter(calculator_id=calculator.pk, device_id=device.pk).first()
         if existing is None:
             raise NotFound(f"calculator {calculator.pk} or device {device.pk} no longer exists", id=device.pk) from None
+        if by_hand and not existing.by_hand:
+            return _by_hand_set(existing, True), False
         return existing, False
     return assignment, True
+
+
+def _by_hand_set(assignment: Assignment, by_hand: bool) -> Assignment:
+    with locked_row(Assignment, pk=assignment.pk, using=assignment.database, name=_assignment_name(assignment)) as current:
+        return save_fields(current, {"by_hand": by_hand}, name=_assignment_name(current))
 
 
 def assignments_create(
@@ -229,10 +246,157 @@ def assignment_update(*, assignment: Assignment, enabled: bool) -> Assignment:
         return save_fields(current, changes, name=name)
 
 
-def assignment_delete(*, assignment: Assignment) -> None:
-    """Unassign: the assignment and its intervals go (and its retained state on the broker)."""
-    with locked_row(Assignment, pk=assignment.pk, using=assignment.database, name=_assignment_name(assignment)) as current:
-        current.delete()
+def assignment_delete(*, assignment: Assignment, by_hand: bool = True) -> None:
+    """Unassign: the assignment and its intervals go (and its retained state on the broker).
+
+    ``by_hand`` (the API's unassign) removes the hand-made assignment: one that a group of the
+    calculator also holds stays, held by the group alone (``auto_created`` then); one that only a
+    group holds is a ``Conflict`` naming the group. Without it, the unassign of a device that left
+    its groups (``auto_assignments_follow``), which never removes a hand-made assignment."""
+    alias = assignment.database
+    with transaction.atomic(using=alias):
+        if by_hand:
+            groups_lock(alias=alias, account_ids=[assignment.account_id], exclusive=False)
+        with locked_row(Assignment, pk=assignment.pk, using=alias, name=_assignment_name(assignment)) as current:
+            if not by_hand:
+                if not current.by_hand:
+                    current.delete()
+                return
+            holders = _holding_groups(alias=alias, calculator_id=current.calculator_id, device_id=current.device_id)
+            if holders and not current.by_hand:
+                raise Conflict(
+                    f"device {current.device_id} is assigned to calculator {current.calculator_id} through group "
+                    f"{holders[0]}: remove the device from the group, or unassign the group with "
+                    f"DELETE /gw/calcs/{current.calculator_id}/groups/{holders[0]}",
+                    id=current.device_id,
+                )
+            if holders:
+                save_fields(current, {"by_hand": False}, name=_assignment_name(current))
+            else:
+                current.delete()
+
+
+# --- groups --------------------------------------------------------------------------------
+
+
+def _holding_groups(*, alias: str, calculator_id: int, device_id: int) -> list[int]:
+    """The groups the calculator is assigned to that hold ``device_id`` now, by id."""
+    group_ids = GroupAssignment.objects.using(alias).filter(calculator_id=calculator_id).values_list("group_id", flat=True)
+    return sorted(groups_matching(alias=alias, device_ids=[device_id], group_ids=list(group_ids))[device_id])
+
+
+class AutoAssignments:
+    """The follower of membership changes (``devices.membership``): the assignments held by groups
+    follow their members. ``AnalyticsConfig.ready`` installs it."""
+
+    def members_changed(self, *, alias: str, device_ids: Collection[int], created: bool) -> None:
+        auto_assignments_follow(alias=alias, device_ids=device_ids, created=created)
+
+
+AUTO_ASSIGNMENTS = AutoAssignments()
+
+
+def auto_assignments_follow(*, alias: str, device_ids: Collection[int], created: bool = False) -> None:
+    """In the caller's transaction (which holds the accounts' groups lock): make the assignments
+    held by groups of ``device_ids`` what their groups' membership says now. A device that is a
+    member of a group assigned to a calculator is assigned to it (``assignment_create``, not by
+    hand); an assignment held by no group and not made by hand goes (``assignment_delete``). Only
+    the groups that have calculators are evaluated: in one read of the assignments of groups of the
+    devices' accounts and one statement for every selector."""
+    ids = list(device_ids)
+    accounts = Device.objects.using(alias).filter(pk__in=ids).values("account_id")
+    links: dict[int, list[int]] = {}  # group id -> calculator ids
+    for group_id, calculator_id in (
+        GroupAssignment.objects.using(alias).filter(account_id__in=accounts).values_list("group_id", "calculator_id")
+    ):
+        links.setdefault(group_id, []).append(calculator_id)
+    wanted: set[tuple[int, int]] = set()  # (calculator id, device id)
+    if links:
+        matching = groups_matching(alias=alias, device_ids=ids, group_ids=list(links), created=created)
+        wanted = {
+            (calc_id, device_id) for device_id, groups in matching.items() for group_id in groups for calc_id in links[group_id]
+        }
+    present: dict[tuple[int, int], Assignment] = {}
+    if not created:
+        rows = Assignment.objects.using(alias).filter(device_id__in=ids)
+        present = {(row.calculator_id, row.device_id): row for row in rows}
+    # Unassigned in id order, as a calc worker's run locks assignments (no deadlock with one).
+    leaving = sorted((row for pair, row in present.items() if pair not in wanted and not row.by_hand), key=lambda row: row.pk)
+    for row in leaving:
+        assignment_delete(assignment=row, by_hand=False)
+    missing = sorted(wanted - present.keys())
+    if missing:
+        calculators = Calculator.objects.using(alias).in_bulk({calc_id for calc_id, _ in missing})
+        by_id = Device.objects.using(alias).in_bulk({device_id for _, device_id in missing})
+        for calc_id, device_id in missing:
+            if device_id not in by_id or calc_id not in calculators:
+                continue  # deleted meanwhile: nothing to assign
+            try:
+                assignment_create(calculator=calculators[calc_id], device=by_id[device_id], by_hand=False)
+            except NotFound:
+                continue  # the device or the calculator went while this ran (their deletions cascade)
+
+
+def group_assignment_create(*, calculator: Calculator, group: Group) -> tuple[GroupAssignment, bool]:
+    """Assign a group to a calculator (idempotent): its current members are assigned in the same
+    transaction, its future members as they join. Returns the assignment of the group and whether
+    it is new."""
+    if group.account_id != calculator.account_id:
+        raise NotFound(f"group {group.pk} not found", id=group.pk)
+    alias = calculator.database
+    with transaction.atomic(using=alias):
+        groups_lock(alias=alias, account_ids=[calculator.account_id], exclusive=True)
+        placement_guard(alias=alias, account_ids=[calculator.account_id])
+        existing = GroupAssignment.objects.using(alias).filter(calculator_id=calculator.pk, group_id=group.pk).first()
+        if existing is not None:
+            return existing, False
+        if not Group.objects.using(alias).filter(pk=group.pk).exists():
+            raise NotFound(f"group {group.pk} not found", id=group.pk)
+        if not Calculator.objects.using(alias).filter(pk=calculator.pk).exists():
+            raise NotFound(f"calculator {calculator.pk} not found", id=group.pk)
+        link = GroupAssignment(account_id=calculator.account_id, calculator=calculator, group=group, created=time.time())
+        try:
+            with transaction.atomic(using=alias):
+                link.save(using=alias)
+        except IntegrityError:
+            # The calculator was deleted meanwhile (its deletion does not wait for the groups lock).
+            raise NotFound(f"calculator {calculator.pk} not found", id=group.pk) from None
+        auto_assignments_follow(alias=alias, device_ids=group_member_ids(groups=[group])[group.pk])
+    return link, True
+
+
+def group_assignments_create(
+    *, calculators: Sequence[Calculator], groups: Sequence[Group]
+) -> tuple[list[GroupAssignment], list[DomainError]]:
+    """``group_assignment_create`` of every pair; refusals name the group (``id``) and the
+    calculator (``selector``: ``calc_id=N``)."""
+    links: list[GroupAssignment] = []
+    refused: list[DomainError] = []
+    for calculator in calculators:
+        for group in groups:
+            try:
+                link, _new = group_assignment_create(calculator=calculator, group=group)
+            except DomainError as exc:
+                exc.id = group.pk
+                exc.selector = f"calc_id={calculator.pk}"
+                refused.append(exc)
+                continue
+            links.append(link)
+    return links, refused
+
+
+def group_assignment_delete(*, link: GroupAssignment) -> None:
+    """Unassign a group from a calculator: its members whose assignment nothing else holds (a
+    hand-made assignment, another group of the calculator) are unassigned, in the same
+    transaction."""
+    alias = link.database
+    with transaction.atomic(using=alias):
+        groups_lock(alias=alias, account_ids=[link.account_id], exclusive=True)
+        with locked_row(GroupAssignment, pk=link.pk, using=alias, name="group assignment") as current:
+            group = Group.objects.using(alias).get(pk=current.group_id)
+            members = group_member_ids(groups=[group])[group.pk]
+            current.delete()
+            auto_assignments_follow(alias=alias, device_ids=members)
 
 
 def _tell_fleet(alias: str, shards: Iterable[int]) -> None:

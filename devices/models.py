@@ -6,6 +6,7 @@ docs/messages.md): they are written with COPY and set-based SQL, never through t
 
 from __future__ import annotations
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 from accounts.regional_model import RegionalModel
@@ -50,6 +51,59 @@ class Device(RegionalModel):
 
     def __str__(self) -> str:
         return f"{self.name or 'device'} #{self.pk} ({self.ident})"
+
+
+class Group(RegionalModel):
+    """A named set of devices of one account: its explicit members (``GroupDevice``) or, when
+    ``selector`` is set, every device of the account that the stored device selector selects
+    (the grammar of ``/gw/devices/{selector}``, evaluated when asked, never stored per device).
+    A group with a selector has no explicit members (``devices.services``)."""
+
+    name = models.CharField(max_length=255)
+    metadata = models.JSONField(default=dict, blank=True)
+    # null: membership is the explicit member list.
+    selector = models.TextField(null=True, blank=True)  # noqa: DJ001
+    # A condition the selector implies (``devices.selectors.selector_hint``): a device's field
+    # (``name``, or the text at ``hint_path`` in ``metadata`` or ``configuration``) equal to
+    # ``hint_value``, or starting with it (``hint_prefix``). Finding the groups a device may join
+    # is then one comparison per group in SQL; only those are evaluated in full. null: the
+    # selector implies none.
+    hint_field = models.CharField(max_length=16, null=True, blank=True)  # noqa: DJ001
+    hint_path = ArrayField(models.TextField(), null=True, blank=True)
+    hint_value = models.TextField(null=True, blank=True)  # noqa: DJ001
+    hint_prefix = models.BooleanField(default=False)
+    created = models.FloatField(help_text="unix time")
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(selector__isnull=True) | ~models.Q(selector=""), name="group_selector_not_empty"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(hint_field__isnull=True) | models.Q(selector__isnull=False, hint_value__isnull=False),
+                name="group_hint_of_selector",
+            ),
+        ]
+        indexes = [models.Index(fields=["account_id", "selector"], name="group_account_selector_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.name} #{self.pk}"
+
+
+class GroupDevice(RegionalModel):
+    """An explicit member of a group: a device of the group's account."""
+
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="members")
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        ordering = ["group_id", "device_id"]
+        constraints = [models.UniqueConstraint(fields=["group", "device"], name="group_device_unique")]
+        indexes = [models.Index(fields=["device"], name="group_device_device_idx")]
+
+    def __str__(self) -> str:
+        return f"group {self.group_id} / device {self.device_id}"
 
 
 class DeviceIdent(models.Model):

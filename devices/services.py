@@ -10,7 +10,8 @@ which devices got new messages in which time range.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +28,16 @@ from devices.constants import (
     MAX_IDENT_LENGTH,
     MAX_MESSAGES_PER_BATCH,
 )
-from devices.models import Device, DeviceIdent
-from devices.selectors import TelemetrySelection, device_item
+from devices.membership import groups_lock, members_changed
+from devices.models import Device, DeviceIdent, Group, GroupDevice
+from devices.selectors import (
+    DEVICE_SELECTED_FIELDS,
+    TelemetrySelection,
+    device_item,
+    device_selection,
+    group_member_ids,
+    selector_hint,
+)
 from devices.storage import ChangedRange
 from devices.validation import MessageError, message_prepare
 from flespi_site import celery as calc_queue
@@ -119,8 +128,12 @@ def devices_create(*, account: Account, items: Sequence[Mapping[str, Any]]) -> l
             outcome[chosen[ident]] = device
         try:
             with transaction.atomic(using=alias):
+                groups_lock(alias=alias, account_ids=[account.pk], exclusive=False)
                 Device.objects.using(alias).bulk_create(devices)
                 _logged(alias=alias, devices=devices, event=LogEvent.CREATED)
+                # New devices matching a group's selector join it: what follows (the group's
+                # calculators) follows in this transaction.
+                members_changed(alias=alias, device_ids=[device.pk for device in devices], created=True)
         except Exception:
             DeviceIdent.objects.filter(device_id__in=claimed).delete()
             raise
@@ -175,9 +188,23 @@ def device_update(*, device: Device, account: Account, data: dict[str, Any]) -> 
     # lock and then for the claim's row lock: no interleaving frees the ident of an existing
     # device or lets a second device claim it. (A crash between the two commits could still
     # leave them apart; nothing in a single run does.)
-    with transaction.atomic(using="default"), locked_row(
-        Device, pk=device.pk, using=device.database, name="device"
-    ) as fresh:
+    with transaction.atomic(using="default"), device_update_locks(device=device, data=data):
+        return _device_update(device=device, account=account, data=data)
+
+
+@contextmanager
+def device_update_locks(*, device: Device, data: Mapping[str, Any]) -> Iterator[None]:
+    """A transaction on the device's database holding what an update of it takes before the
+    device's row (the groups lock of its account, and of the account it moves to): a PATCH,
+    which locks the row to merge into it, enters it first."""
+    with transaction.atomic(using=device.database):
+        accounts = {device.account_id, data.get("account_id", data.get("cid", device.account_id))}
+        groups_lock(alias=device.database, account_ids=accounts, exclusive=False)
+        yield
+
+
+def _device_update(*, device: Device, account: Account, data: dict[str, Any]) -> Device:
+    with locked_row(Device, pk=device.pk, using=device.database, name="device") as fresh:
         changes = {name: data[name] for name in _DEVICE_FIELDS if name in data}
         claim: dict[str, Any] = {}
         if "configuration" in changes and changes["configuration"]["ident"] != fresh.ident:
@@ -203,12 +230,18 @@ def device_update(*, device: Device, account: Account, data: dict[str, Any]) -> 
                     f"{claim.get('ident')!r} at the same time; send the change again",
                     field="configuration.ident",
                 ) from None
-        changed = any(getattr(fresh, name) != value for name, value in changes.items())
+        changed = {name for name, value in changes.items() if getattr(fresh, name) != value}
+        moved = "account_id" in changed
         updated = save_fields(fresh, changes, name="device")
         if changed:
             # A move to another account and a change of ident are updates too: brokers and
             # subscribers learn the device's new owner and ident from it.
             _logged(alias=updated.database, devices=[updated], event=LogEvent.UPDATED)
+        if moved:
+            # A group holds devices of its own account only.
+            GroupDevice.objects.using(updated.database).filter(device_id=updated.pk).delete()
+        if changed & DEVICE_SELECTED_FIELDS:
+            members_changed(alias=updated.database, device_ids=[updated.pk])
         return updated
 
 
@@ -238,6 +271,184 @@ def device_delete(*, device: Device) -> None:
         _logged(alias=fresh.database, devices=[fresh], event=LogEvent.DELETED)
         fresh.delete()
     DeviceIdent.objects.filter(device_id=device.pk).delete()
+
+
+# --- groups --------------------------------------------------------------------------------
+
+
+def _group_devices(*, account: Account, alias: str, device_ids: Sequence[int], field: str) -> list[int]:
+    """``device_ids`` checked: each a device of ``account`` (another account's device does not
+    exist for it: a 404 naming its place in the list)."""
+    known = set(Device.objects.using(alias).filter(account_id=account.pk, pk__in=list(device_ids)).values_list("pk", flat=True))
+    for index, device_id in enumerate(device_ids):
+        if device_id not in known:
+            raise NotFound(f"device {device_id} not found", field=f"{field}[{index}]")
+    return list(dict.fromkeys(device_ids))
+
+
+def _selector_checked(selector: str) -> str:
+    if not selector.strip():
+        raise InvalidInput("selector must be a device selector, like metadata.fleet=north or {name==\"truck*\"}",
+                           field="selector")
+    try:
+        device_selection(selector)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.reason, field="selector") from None
+    return selector
+
+
+def group_selector_fields(selector: str | None) -> dict[str, Any]:
+    """A group's fields of its selector: the selector and the condition it implies (its hint)."""
+    hint = selector_hint(selector) if selector is not None else None
+    return {
+        "selector": selector,
+        "hint_field": hint.field if hint else None,
+        "hint_path": list(hint.path) if hint else None,
+        "hint_value": hint.value if hint else None,
+        "hint_prefix": hint.prefix if hint else False,
+    }
+
+
+def _membership_checked(*, devices: Sequence[int] | None, selector: str | None) -> None:
+    if devices is not None and selector is not None:
+        raise InvalidInput(
+            "a group takes its devices either as a list (devices) or by a device selector (selector), not both",
+            field="selector",
+        )
+
+
+def group_create(
+    *, account: Account, name: str, metadata: dict | None = None, devices: Sequence[int] | None = None,
+    selector: str | None = None,
+) -> Group:
+    """A group with its explicit members (``devices``, ids of the account's devices) or a stored
+    device ``selector``, not both. A new group has no calculators: nothing follows."""
+    _membership_checked(devices=devices, selector=selector)
+    if selector is not None:
+        selector = _selector_checked(selector)
+    alias = placement.alias_for_account(account.pk)
+    with transaction.atomic(using=alias):
+        groups_lock(alias=alias, account_ids=[account.pk], exclusive=False)
+        members = _group_devices(account=account, alias=alias, device_ids=devices or [], field="devices")
+        group = Group(account_id=account.pk, name=name, metadata=metadata or {}, created=time.time(),
+                      **group_selector_fields(selector))
+        group.save(using=alias)
+        _members_insert(group=group, device_ids=members)
+    return group
+
+
+def _members_insert(*, group: Group, device_ids: Sequence[int]) -> list[int]:
+    """Insert explicit members (those already there stay); the ids that were not members."""
+    alias = group.database
+    present = set(GroupDevice.objects.using(alias).filter(group_id=group.pk, device_id__in=list(device_ids))
+                  .values_list("device_id", flat=True))
+    new = [device_id for device_id in device_ids if device_id not in present]
+    ids = allocate_ids(alias=alias, count=len(new)) if new else []
+    GroupDevice.objects.using(alias).bulk_create(
+        [GroupDevice(id=pk, account_id=group.account_id, group_id=group.pk, device_id=device_id)
+         for pk, device_id in zip(ids, new, strict=True)]
+    )
+    return new
+
+
+@contextmanager
+def group_update_locks(*, group: Group) -> Iterator[None]:
+    """A transaction on the group's database holding what an update of it takes before its row
+    (its account's groups lock, exclusively); a PATCH enters it first."""
+    with transaction.atomic(using=group.database):
+        groups_lock(alias=group.database, account_ids=[group.account_id], exclusive=True)
+        yield
+
+
+def group_update(*, group: Group, account: Account, data: Mapping[str, Any]) -> Group:
+    """Change the named fields of a group: ``name``, ``metadata``, and its membership (``devices``
+    replaces the member list, ``selector`` the selector; ``"selector": null`` with ``devices``
+    turns a selector group into an explicit one). The devices that joined or left follow in the
+    same transaction."""
+    alias = group.database
+    with group_update_locks(group=group), locked_row(Group, pk=group.pk, using=alias, name="group") as fresh:
+        placement_guard(alias=alias, account_ids=[fresh.account_id])
+        selector = data.get("selector", fresh.selector)
+        devices = data.get("devices")
+        if devices is not None and selector is not None:
+            raise InvalidInput(
+                f"group {fresh.pk} selects its devices by selector {selector!r}: send \"selector\": null "
+                "with devices to give it a member list instead",
+                field="devices",
+            )
+        if "selector" in data and selector is not None:
+            _selector_checked(selector)
+        members = _group_devices(account=account, alias=alias, device_ids=devices or [], field="devices")
+        before = set(group_member_ids(groups=[fresh])[fresh.pk])
+        changes = {name: data[name] for name in ("name", "metadata") if name in data}
+        if "selector" in data:
+            changes.update(group_selector_fields(data["selector"]))
+        updated = save_fields(fresh, changes, name="group")
+        if devices is not None or (selector is not None and "selector" in data):
+            GroupDevice.objects.using(alias).filter(group_id=fresh.pk).exclude(device_id__in=members).delete()
+            _members_insert(group=updated, device_ids=members)
+        after = set(group_member_ids(groups=[updated])[updated.pk])
+        members_changed(alias=alias, device_ids=before ^ after)
+        return updated
+
+
+def group_delete(*, group: Group) -> None:
+    """Delete a group; its members leave it (what followed from it, in the same transaction)."""
+    alias = group.database
+    with transaction.atomic(using=alias):
+        groups_lock(alias=alias, account_ids=[group.account_id], exclusive=True)
+        with locked_row(Group, pk=group.pk, using=alias, name="group") as fresh:
+            members = group_member_ids(groups=[fresh])[fresh.pk]
+            fresh.delete()
+            members_changed(alias=alias, device_ids=members)
+
+
+def _explicit_group(group: Group) -> None:
+    if group.selector is not None:
+        raise Conflict(
+            f"group {group.pk} selects its devices by selector {group.selector!r}: change the selector, or turn "
+            "it into a member list with PUT /gw/groups/{group} {\"selector\": null, \"devices\": [...]}",
+            id=group.pk,
+        )
+
+
+def group_members_add(*, group: Group, devices: Sequence[Device]) -> list[int]:
+    """Add devices (of the group's account) to a group's member list; returns the ids added
+    (members already there stay, idempotent). What follows, follows in the same transaction."""
+    alias = group.database
+    with transaction.atomic(using=alias):
+        groups_lock(alias=alias, account_ids=[group.account_id], exclusive=False)
+        with locked_row(Group, pk=group.pk, using=alias, name="group") as fresh:
+            _explicit_group(fresh)
+            placement_guard(alias=alias, account_ids=[fresh.account_id])
+            for device in devices:
+                if device.account_id != fresh.account_id:
+                    raise NotFound(f"device {device.pk} not found", id=device.pk)
+            # The devices' rows in id order, as every write of a device locks it: membership
+            # changes of one device run one after the other.
+            ids = sorted(device.pk for device in devices)
+            locked = list(Device.objects.using(alias).select_for_update().filter(pk__in=ids, account_id=fresh.account_id)
+                          .order_by("pk").values_list("pk", flat=True))
+            added = _members_insert(group=fresh, device_ids=locked)
+            members_changed(alias=alias, device_ids=added)
+            return added
+
+
+def group_members_remove(*, group: Group, devices: Sequence[Device]) -> list[int]:
+    """Remove devices from a group's member list; returns the ids removed."""
+    alias = group.database
+    with transaction.atomic(using=alias):
+        groups_lock(alias=alias, account_ids=[group.account_id], exclusive=False)
+        with locked_row(Group, pk=group.pk, using=alias, name="group") as fresh:
+            _explicit_group(fresh)
+            placement_guard(alias=alias, account_ids=[fresh.account_id])
+            ids = sorted(device.pk for device in devices)
+            list(Device.objects.using(alias).select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
+            rows = GroupDevice.objects.using(alias).filter(group_id=fresh.pk, device_id__in=ids)
+            removed = list(rows.values_list("device_id", flat=True))
+            rows.delete()
+            members_changed(alias=alias, device_ids=removed)
+            return removed
 
 
 # --- messages ------------------------------------------------------------------------------

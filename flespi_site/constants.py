@@ -23,6 +23,10 @@ class LockSpace(IntEnum):
     # Per device, in datacenter databases: sealing message blocks against the change log's
     # trigger that removes them (``analytics.blocks``, migration ``analytics/0004``).
     DEVICE_BLOCKS = 0x0B10
+    # Per account, in datacenter databases: a change of one device's group membership takes it
+    # shared, a change of a group or of a calculator's group assignments exclusively
+    # (``devices.membership``), so that no membership change misses a concurrent group change.
+    ACCOUNT_GROUPS = 0x0C10
 
 
 # Single-key lock of the outbox relay of a datacenter database (one relay per database keeps the

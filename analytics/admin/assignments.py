@@ -140,8 +140,16 @@ class AssignmentAdmin(RegionalModelAdmin):
         pass
 
     def delete_rows(self, rows: Iterable[Assignment]) -> None:
+        # As the API's unassign: one that only groups hold stays (a group would bring it back);
+        # the others go, and the refusals are the answer.
+        refused = []
         for assignment in rows:
-            services.assignment_delete(assignment=assignment)
+            try:
+                services.assignment_delete(assignment=assignment)
+            except DomainError as exc:
+                refused.append(exc.reason)
+        if refused:
+            raise PermissionDenied("; ".join(refused))
 
     def deleted_extra(self, rows: list) -> dict[str, int]:
         return {

@@ -8,6 +8,7 @@ _INTERVALS = f"{collection_path(views.AssignmentResource)}/<str:selector>/interv
 urlpatterns = [
     *resource_paths(views.CalculatorsView, "gw-calcs"),
     *resource_paths(views.AssignmentsView, "gw-calc-devices"),
+    *resource_paths(views.GroupAssignmentsView, "gw-calc-groups"),
     path(_INTERVALS, views.IntervalsView.as_view(), name="gw-calc-intervals"),
     path(f"{_INTERVALS}/<str:interval_selector>", views.IntervalsView.as_view(), name="gw-calc-intervals-selected"),
     selection_path(views.RecalculateView, "gw-calc-recalculate"),

@@ -29,7 +29,7 @@ from analytics.constants import DEFAULT_INTERVALS_COUNT
 from analytics.engine import ExpressionError, compile_expression
 from analytics.engine.rollups import RollupError
 from analytics.models import Assignment, CalculatorGeofence, Geofence
-from devices.api.views import DeviceResource, DeviceSelectionView
+from devices.api.views import DeviceResource, DeviceSelectionView, GroupResource
 from flespi_site.api.batch import batch_response, each_item
 from flespi_site.api.exports import CSV, GEOJSON, GPX, JSON, export_format, streamed
 from flespi_site.api.params import project, projection, validated_params
@@ -44,7 +44,8 @@ CALCULATOR_FIELDS = (
     "update_delay", "update_period", "update_onchange", "intervals_ttl", "intervals_rotate", "metadata",
     "version", "created",
 )
-ASSIGNMENT_FIELDS = ("id", "calc_id", "cid", "enabled", "synced", "state", "calc_version", "created")
+ASSIGNMENT_FIELDS = ("id", "calc_id", "cid", "enabled", "synced", "state", "calc_version", "auto_created", "created")
+GROUP_ASSIGNMENT_FIELDS = ("id", "calc_id", "cid", "name", "created")
 
 
 render_calculator = selectors.calculator_item
@@ -59,6 +60,8 @@ def render_assignment(assignment: Assignment) -> dict:
         "synced": assignment.synced,
         "state": assignment.state,
         "calc_version": assignment.calc_version,
+        # Held only by groups of the calculator (docs/analytics.md, "Groups and automatic assignment").
+        "auto_created": not assignment.by_hand,
         "created": assignment.created,
     }
 
@@ -180,6 +183,66 @@ class AssignmentsView(ResourceView):
         return batch_response(
             [answer(assignment) for assignment in assignments], [error.as_error() for error in [*missing, *refused]]
         )
+
+
+class GroupAssignmentResource(Resource):
+    """The groups assigned to the selected calculators; selected by the group's fields (``id`` is
+    the group id)."""
+
+    name = "group assignment"
+    parent = CalculatorResource
+    url_path = "groups"
+    selection_fields = {
+        "id": SelectionField("group_id", "int"),
+        "cid": SelectionField("account_id", "int"),
+        "name": SelectionField("group__name", "str"),
+        "metadata": SelectionField("group__metadata", "json"),
+    }
+    create_serializer = AssignmentUpdateSerializer
+    update_serializer = AssignmentUpdateSerializer
+    output_fields = GROUP_ASSIGNMENT_FIELDS
+
+    def queryset(self):
+        return selectors.group_assignments_of(
+            account=self.account, calculator_ids=[calculator.pk for calculator in self.parents]
+        )
+
+    def render(self, obj):
+        return {"id": obj.group_id, "calc_id": obj.calculator_id, "cid": obj.account_id, "name": obj.group.name,
+                "created": obj.created}
+
+    def named(self, obj):
+        return {"id": obj.group_id, "calc_id": obj.calculator_id}
+
+    def create(self, data):
+        raise InvalidInput("assign groups with POST /gw/calcs/{calc}/groups/{groups}")
+
+    def update(self, obj, data):
+        raise InvalidInput("an assignment of a group has nothing to change")
+
+    def delete(self, obj):
+        services.group_assignment_delete(link=obj)
+
+
+class GroupAssignmentsView(ResourceView):
+    """``POST|GET|DELETE /gw/calcs/{calc-sel}/groups/{group-sel}``: assign groups (their members
+    now and later), list them, unassign them."""
+
+    resource_class = GroupAssignmentResource
+    http_method_names = ["get", "post", "delete", "options"]
+
+    def post(self, request: Request, selector: str | None = None, **parents: str) -> Response:
+        if selector is None:
+            raise InvalidInput("POST assigns groups: name them in the path, /gw/calcs/{calc}/groups/{groups}")
+        if request.stream is not None and request.content_type and request.data not in ([], {}):
+            raise InvalidInput("assigning takes no body (or an empty JSON array)")
+        answer = self.projected(request)
+        groups, missing = selected_with_missing_ids(self, GroupResource, selector)
+        links, refused = services.group_assignments_create(
+            calculators=self._resource().parents,  # type: ignore[arg-type]  # the parent resource selects calculators
+            groups=groups,  # type: ignore[arg-type]  # GroupResource selects groups
+        )
+        return batch_response([answer(link) for link in links], [error.as_error() for error in [*missing, *refused]])
 
 
 class AssignmentSelectionView(SelectionView):

@@ -99,3 +99,25 @@ class MessageSerializer(serializers.Serializer):
 
     timestamp = serializers.FloatField(min_value=0, help_text="unix time in seconds")
 
+
+
+MAX_GROUP_DEVICES = 10_000
+MAX_SELECTOR_LENGTH = 4096
+
+
+class GroupCreateSerializer(StrictSerializer):
+    name = StrictCharField(max_length=255)
+    metadata = JSONObjectField(required=False)
+    devices = serializers.ListField(
+        child=StrictIntegerField(min_value=1), required=False, max_length=MAX_GROUP_DEVICES,
+        help_text="ids of the account's devices: the group's explicit members (not with selector)",
+    )
+    selector = StrictCharField(
+        required=False, allow_null=True, max_length=MAX_SELECTOR_LENGTH,
+        help_text="a device selector (the grammar of /gw/devices/{selector}): the group holds every device of its "
+        "account that it selects, now and later (not with devices)",
+    )
+
+
+class GroupUpdateSerializer(GroupCreateSerializer):
+    name = StrictCharField(required=False, max_length=255)

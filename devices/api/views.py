@@ -11,18 +11,28 @@ from devices import exports, selectors, services
 from devices.api.serializers import (
     DeviceCreateSerializer,
     DeviceUpdateSerializer,
+    GroupCreateSerializer,
+    GroupUpdateSerializer,
     MessagesDeleteSerializer,
     MessageSerializer,
     MessagesExportQuerySerializer,
     MessagesQuerySerializer,
 )
-from devices.models import Device
+from devices.models import Device, Group
 from flespi_site.api.batch import batch_response
 from flespi_site.api.exports import CSV, GEOJSON, GPX, JSON, export_format, streamed
 from flespi_site.api.params import project, projection, validated_params
-from flespi_site.api.resources import Resource, ResourceView, SelectionView
-from flespi_site.api.selection import SelectionField
-from flespi_site.errors import DomainError, InvalidInput
+from flespi_site.api.resources import (
+    Resource,
+    ResourceView,
+    SelectionView,
+    selected_rows,
+    selected_with_missing_ids,
+    selector_kwarg,
+)
+from flespi_site.api.selection import SelectionField, is_id_list, names_ids
+from flespi_site.api.views import FlespiAPIView
+from flespi_site.errors import DomainError, InvalidInput, NotFound
 
 DEVICE_FIELDS = (
     "id", "name", "cid", "device_type_id", "configuration", "enabled", "messages_ttl", "messages_rotate",
@@ -51,14 +61,7 @@ render_device = selectors.device_item
 class DeviceResource(Resource):
     name = "device"
     url_path = "gw/devices"
-    selection_fields = {
-        "id": SelectionField("pk", "int"),
-        "cid": SelectionField("account_id", "int"),
-        "name": SelectionField("name", "str"),
-        "enabled": SelectionField("enabled", "bool"),
-        "configuration": SelectionField("configuration", "json"),
-        "metadata": SelectionField("metadata", "json"),
-    }
+    selection_fields = selectors.DEVICE_SELECTION_FIELDS
     create_serializer = DeviceCreateSerializer
     update_serializer = DeviceUpdateSerializer
     output_fields = DEVICE_FIELDS
@@ -80,6 +83,9 @@ class DeviceResource(Resource):
 
     def create_many(self, items):
         return services.devices_create(account=self.account, items=items)
+
+    def updating(self, obj, data):
+        return services.device_update_locks(device=obj, data=data)
 
     def update(self, obj, data):
         if "cid" in data:
@@ -199,3 +205,131 @@ class TelemetryView(DeviceSelectionView):
         selection = selectors.TelemetrySelection.parse(telemetry_selector)
         services.telemetry_delete(devices=self.selected_devices(), selection=selection)
         return Response({"result": []})
+
+
+# --- groups --------------------------------------------------------------------------------
+
+GROUP_FIELDS = ("id", "cid", "name", "metadata", "selector", "created")
+
+
+class GroupResource(Resource):
+    """Groups of devices: explicit members (``devices``) or a stored device selector
+    (``selector``). ``devices`` (the member ids now) is answered when ``fields=`` names it."""
+
+    name = "group"
+    url_path = "gw/groups"
+    selection_fields = {
+        "id": SelectionField("pk", "int"),
+        "cid": SelectionField("account_id", "int"),
+        "name": SelectionField("name", "str"),
+        "metadata": SelectionField("metadata", "json"),
+    }
+    create_serializer = GroupCreateSerializer
+    update_serializer = GroupUpdateSerializer
+    output_fields = GROUP_FIELDS
+    computed_fields = ("devices",)
+    merge_fields = ("metadata",)
+
+    def queryset(self):
+        return selectors.groups_of(account=self.account)
+
+    def render(self, obj):
+        return selectors.group_item(obj)
+
+    def computed(self, objs, names):
+        members = selectors.group_member_ids(groups=list(objs)) if objs else {}
+        return {pk: {"devices": ids} for pk, ids in members.items()}
+
+    def create(self, data):
+        return services.group_create(account=self.account, **data)
+
+    def updating(self, obj, data):
+        return services.group_update_locks(group=obj)
+
+    def update(self, obj, data):
+        return services.group_update(group=obj, account=self.account, data=data)
+
+    def delete(self, obj):
+        services.group_delete(group=obj)
+
+
+class GroupsView(ResourceView):
+    """``POST|GET|PUT|PATCH|DELETE /gw/groups[/{group-sel}]``."""
+
+    resource_class = GroupResource
+
+
+class GroupDevicesView(FlespiAPIView):
+    """``GET|POST|DELETE /gw/groups/{group-sel}/devices[/{dev-sel}]``: list a group's members
+    (explicit or selected), add devices to its member list, remove them from it. An item is a
+    device of a group: ``{"id": device id, "group_id": ..., "name": device name}``."""
+
+    url_path = "devices"
+
+    def _groups(self) -> list[Group]:
+        return selected_rows(self, GroupResource, kwarg=selector_kwarg(GroupResource))  # type: ignore[return-value]
+
+    @staticmethod
+    def _item(group: Group, device: Device) -> dict:
+        return {"id": device.pk, "group_id": group.pk, "name": device.name}
+
+    @staticmethod
+    def _no_body(request: Request) -> None:
+        if request.stream is not None and request.content_type and request.data not in ([], {}):
+            raise InvalidInput("adding and removing members takes no body (or an empty JSON array)")
+
+    def get(self, request: Request, selector: str = "all", **parents: str) -> Response:
+        condition = selectors.device_selection(selector)
+        groups = self._groups()
+        members = selectors.group_member_ids(groups=groups)
+        ids = {device_id for group_ids in members.values() for device_id in group_ids}
+        devices = Device.objects.using(groups[0].database).filter(pk__in=list(ids)).filter(condition).in_bulk()
+        result = [
+            self._item(group, devices[device_id])
+            for group in groups for device_id in members[group.pk] if device_id in devices
+        ]
+        if not result and names_ids(selector):
+            raise NotFound(f"no member matches {selector!r}")
+        return Response({"result": result})
+
+    def post(self, request: Request, selector: str | None = None, **parents: str) -> Response:
+        if selector is None:
+            raise InvalidInput("POST adds devices: name them in the path, /gw/groups/{group}/devices/{devices}")
+        self._no_body(request)
+        groups = self._groups()
+        devices, missing = selected_with_missing_ids(self, DeviceResource, selector)
+        result: list[dict] = []
+        errors: list[dict] = [error.as_error() for error in missing]
+        for group in groups:
+            try:
+                services.group_members_add(group=group, devices=devices)  # type: ignore[arg-type]  # DeviceResource selects devices
+            except DomainError as exc:
+                exc.id = group.pk
+                errors.append(exc.as_error())
+                continue
+            result.extend(self._item(group, device) for device in devices)  # type: ignore[arg-type]
+        return batch_response(result, errors)
+
+    def delete(self, request: Request, selector: str | None = None, **parents: str) -> Response:
+        if selector is None:
+            raise InvalidInput("DELETE removes devices: name them in the path, /gw/groups/{group}/devices/{devices}")
+        self._no_body(request)
+        groups = self._groups()
+        devices, missing = selected_with_missing_ids(self, DeviceResource, selector)
+        result: list[dict] = []
+        errors: list[dict] = [error.as_error() for error in missing]
+        for group in groups:
+            try:
+                removed = set(services.group_members_remove(group=group, devices=devices))  # type: ignore[arg-type]
+            except DomainError as exc:
+                exc.id = group.pk
+                errors.append(exc.as_error())
+                continue
+            result.extend(self._item(group, device) for device in devices if device.pk in removed)  # type: ignore[arg-type]
+            if is_id_list(selector):
+                errors.extend(
+                    NotFound(f"device {device.pk} is not a member of group {group.pk}", id=device.pk,
+                             selector=f"group_id={group.pk}").as_error()
+                    for device in devices if device.pk not in removed
+                )
+        return batch_response(result, errors)

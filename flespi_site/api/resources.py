@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
 from django.db.models import Model, QuerySet
@@ -95,6 +96,13 @@ class Resource(ABC):
 
     @abstractmethod
     def delete(self, obj: Model) -> None: ...
+
+    def updating(self, obj: Model, data: dict) -> AbstractContextManager:
+        """What an update of ``obj`` must hold before its row is locked: a PATCH locks the row to
+        merge into it before ``update`` runs, so a resource whose update service takes locks
+        ahead of the row (devices and groups: their account's groups lock) takes them here.
+        Nothing by default."""
+        return nullcontext()
 
     def computed(self, objs: Sequence[Model], names: Collection[str]) -> dict[Any, dict]:
         """The ``computed_fields`` among ``names`` of each of ``objs``, by pk."""
@@ -278,7 +286,9 @@ class ResourceView(FlespiAPIView):
         answer = self.projected(request)
 
         def merged(obj: Model) -> dict:
-            with locked_merge(obj, patch, fields=resource.merge_fields, name=resource.name) as changes:
+            with resource.updating(obj, patch), locked_merge(
+                obj, patch, fields=resource.merge_fields, name=resource.name
+            ) as changes:
                 checked = resource.update_serializer(data=changes, partial=True)
                 checked.is_valid(raise_exception=True)
                 return answer(resource.update(obj, dict(checked.validated_data)))

@@ -29,9 +29,15 @@ from accounts.regional_data import DATACENTER, MoveKind, RegionalTable, regional
 from analytics import blocks
 from analytics.calculation import diff_store
 from analytics.engine import Diff
-from analytics.services import assignment_create, calculator_create, interval_user_update
+from analytics.models import Assignment
+from analytics.services import (
+    assignment_create,
+    calculator_create,
+    group_assignment_create,
+    interval_user_update,
+)
 from devices.models import Device
-from devices.services import device_create, messages_ingest
+from devices.services import device_create, device_update, group_create, messages_ingest
 from flespi_site.mqtt import client as mqtt
 from tests.support.mqtt import Subscriber
 from tests.support.processes import WebServer, start
@@ -66,7 +72,8 @@ def contents(alias: str, account_ids: list[int], *, with_derived: bool = False) 
 def populated(make_account):
     """An account in eu-1 with a subaccount in eu-1 and one in eu-2 (which stays where it is):
     devices with messages, telemetry, queued outbox rows and change log; a calculator assigned
-    with stored intervals carrying user fields."""
+    with stored intervals carrying user fields; groups (a member list, a selector) with the
+    calculator assigned to the selector group, which holds the second device."""
     root = make_account("root")
     child = make_account("child", parent=root, datacenter="eu-1")
     elsewhere = make_account("elsewhere", parent=root, datacenter="eu-2")
@@ -86,6 +93,11 @@ def populated(make_account):
         diff_store(assignment=assignment, diff=Diff(created=[interval]))
         interval_user_update(assignment=assignment, calculator=calculator, interval_id=interval["id"],
                              fields={"driver": account.name})
+        group_create(account=account, name="pool", devices=[device.pk])
+        north = group_create(account=account, name="north", selector="metadata.fleet=north")
+        group_assignment_create(calculator=calculator, group=north)
+        second = [d for d in devices if d.account_id == account.pk][1]
+        device_update(device=second, account=account, data={"metadata": {"fleet": "north"}})
     return root, child, elsewhere
 
 
@@ -125,6 +137,22 @@ def test_a_move_copies_every_row_unchanged_and_leaves_nothing_in_the_source(make
     # The moved devices take messages where they are now.
     moved = Device.objects.using("dc_eu_2").filter(account_id=child.pk).first()
     assert messages_ingest(devices=[moved], messages=[{"timestamp": T0 + 100}]).accepted == 1
+
+
+def test_groups_and_their_calculators_work_where_the_account_moved(make_account):
+    root, child, _elsewhere = populated(make_account)
+    before = Assignment.objects.using("dc_eu_1").filter(account_id=child.pk, by_hand=False).count()
+    assert before == 1
+
+    call_command("account_move", account=root.pk, to="eu-2")
+
+    moved = Assignment.objects.using("dc_eu_2").filter(account_id=child.pk, by_hand=False)
+    assert moved.count() == 1
+    # A device created in the moved account joins the moved selector group and is assigned there.
+    device = device_create(account=child, configuration={"ident": "moved-north"}, metadata={"fleet": "north"})
+    assert device.database == "dc_eu_2"
+    assert Assignment.objects.using("dc_eu_2").filter(device_id=device.pk, by_hand=False).count() == 1
+    assert not Assignment.objects.using("dc_eu_1").filter(device_id=device.pk).exists()
 
 
 def test_every_table_of_the_registry_says_how_it_moves():

@@ -48,6 +48,7 @@ class World:
         self.calculators: list[int] = []
         self.intervals: list[int] = []
         self.geofences: list[int] = []
+        self.groups: list[int] = []
         self.restore()
 
     @property
@@ -74,6 +75,7 @@ class World:
         self._restore_devices()
         self._restore_calculators()
         self._restore_geofences()
+        self._restore_groups()
 
     def _restore_devices(self) -> None:
         from devices.models import Device
@@ -151,6 +153,22 @@ class World:
                 calculator=calculators_of(account=self.account).get(pk=calc_id),
                 geofence=geofences_of(account=self.account).get(pk=zone_id),
             )
+    def _restore_groups(self) -> None:
+        """A group listing the first device and a selector group, the first calculator assigned to
+        the first."""
+        from analytics.selectors import calculators_of
+        from analytics.services import group_assignment_create
+        from devices.selectors import groups_of
+        from devices.services import group_create
+
+        have = set(groups_of(account=self.account).filter(pk__in=self.groups).values_list("pk", flat=True))
+        for index, fields in enumerate(({"devices": [self.devices[0]]}, {"selector": "metadata.k=1"})):
+            if index >= len(self.groups) or self.groups[index] not in have:
+                group = group_create(account=self.account, name=f"fuzz {index}", **fields)
+                self.groups[index : index + 1] = [group.pk]
+        calculator = calculators_of(account=self.account).get(pk=self.calculators[0])
+        group = groups_of(account=self.account).get(pk=self.groups[0])
+        group_assignment_create(calculator=calculator, group=group)
 
     def valid_bodies(self, operation: str) -> list:
         """Bodies that an operation (``METHOD shape``) takes, for operations that random bodies
@@ -178,6 +196,9 @@ class World:
             "POST /gw/geofences": [{"name": "zone", "geometry": CIRCLE}],
             "PUT /gw/geofences/{}": [{"name": "renamed"}, {"priority": 5}],
             "PATCH /gw/geofences/{}": [{"metadata": {"k": 1}}, {"enabled": True}],
+            "POST /gw/groups": [[{"name": "g", "devices": self.devices[:1]}], [{"name": "s", "selector": "name=fuzz*"}]],
+            "PUT /gw/groups/{}": [{"name": "renamed"}, {"metadata": {"k": 1}}],
+            "PATCH /gw/groups/{}": [{"metadata": {"k": {"a": 1}}}, {"name": "renamed"}],
         }.get(operation, [])
 
     def valid_queries(self, operation: str) -> list[dict]:
@@ -192,11 +213,15 @@ class World:
         devices = [str(pk) for pk in self.devices]
         intervals = [str(pk) for pk in self.intervals]
         zones = [str(pk) for pk in self.geofences]
+        groups = [str(pk) for pk in self.groups]
         for prefix, values in (
             ("/gw/calcs/{}/devices/{}/intervals/{}", [calcs, devices, intervals]),
             ("/gw/calcs/{}/geofences/{}", [calcs, zones]),
             ("/gw/geofences/{}", [zones]),
             ("/gw/calcs/{}/devices/{}", [calcs, devices]),
+            ("/gw/calcs/{}/groups/{}", [calcs, groups]),
+            ("/gw/groups/{}/devices/{}", [groups, devices]),
+            ("/gw/groups/{}", [groups]),
             ("/gw/calcs/{}", [calcs]),
             ("/gw/devices/{}", [devices]),
             ("/platform/tokens/{}", [[str(self.other_token_id), str(self.token_id)]]),
@@ -376,6 +401,9 @@ def test_no_5xx_and_every_4xx_in_the_envelope(world, live_server):
         "/gw/calcs/{}/devices/{}/intervals/{}",
         "/gw/calcs/{}/devices/{}/recalculate",
         "/gw/devices/{}/calculate",
+        "/gw/groups/{}",
+        "/gw/groups/{}/devices/{}",
+        "/gw/calcs/{}/groups/{}",
     } <= {shape(operation.path) for operation in operations}
     failures: list[str] = []
     statuses: dict[str, Counter] = {}
@@ -397,7 +425,10 @@ def test_no_5xx_and_every_4xx_in_the_envelope(world, live_server):
         "POST /gw/calcs/{}/devices",
         "POST /gw/calcs/{}/geofences",
         "PUT /gw/calcs/{}/devices/{}/intervals",
+        "POST /gw/calcs/{}/groups",
         "DELETE /gw/devices/{}/telemetry",
+        "POST /gw/groups/{}/devices",
+        "DELETE /gw/groups/{}/devices",
     ]
 
 

@@ -97,3 +97,32 @@ def test_calc_lists_cost_the_same_for_2_and_20_items(api, root, root_key, path, 
     few = queries(api, root_key, path)
     add(18, 2)
     assert queries(api, root_key, path) == few == pinned
+
+
+@pytest.mark.parametrize(
+    ("path", "pinned"),
+    [
+        ("/gw/groups/all", 2),
+        ("/gw/groups/all?fields=id,devices", 4),
+        ("/gw/groups/all/devices", 5),
+        ("/gw/calcs/all/groups/all", 3),
+    ],
+)
+def test_group_lists_cost_the_same_for_2_and_20_groups(api, root, root_key, path, pinned):
+    from analytics.services import calculator_create, group_assignment_create
+    from devices.services import group_create
+
+    devices = make_devices(root, 4)
+    calculator = calculator_create(account=root, config={"name": "days", "selectors": [{"type": "datetime", "split": "day"}]})
+
+    def add(count, start):
+        for i in range(start, start + count):
+            fields = {"devices": [devices[i % 4].pk]} if i % 2 else {"selector": f"name=x{i}*"}
+            group = group_create(account=root, name=f"g{i}", **fields)
+            group_assignment_create(calculator=calculator, group=group)
+
+    add(2, 0)
+    api.call("GET", path, key=root_key)  # warm the per-process caches (placement, topology)
+    few = queries(api, root_key, path)
+    add(18, 2)
+    assert queries(api, root_key, path) == few == pinned

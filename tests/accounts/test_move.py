@@ -33,6 +33,8 @@ from analytics.models import Assignment
 from analytics.services import (
     assignment_create,
     calculator_create,
+    calculator_geofence_assign,
+    geofence_create,
     group_assignment_create,
     interval_user_update,
 )
@@ -72,8 +74,8 @@ def contents(alias: str, account_ids: list[int], *, with_derived: bool = False) 
 def populated(make_account):
     """An account in eu-1 with a subaccount in eu-1 and one in eu-2 (which stays where it is):
     devices with messages, telemetry, queued outbox rows and change log; a calculator assigned
-    with stored intervals carrying user fields; groups (a member list, a selector) with the
-    calculator assigned to the selector group, which holds the second device."""
+    with stored intervals carrying user fields and a geofence assigned; groups (a member list, a
+    selector) with the calculator assigned to the selector group, which holds the second device."""
     root = make_account("root")
     child = make_account("child", parent=root, datacenter="eu-1")
     elsewhere = make_account("elsewhere", parent=root, datacenter="eu-2")
@@ -93,6 +95,9 @@ def populated(make_account):
         diff_store(assignment=assignment, diff=Diff(created=[interval]))
         interval_user_update(assignment=assignment, calculator=calculator, interval_id=interval["id"],
                              fields={"driver": account.name})
+        zone = geofence_create(account=account, data={
+            "name": "depot", "geometry": {"type": "circle", "center": {"lat": 50.0, "lon": 10.0}, "radius": 0.5}})
+        calculator_geofence_assign(calculator=calculator, geofence=zone)
         group_create(account=account, name="pool", devices=[device.pk])
         north = group_create(account=account, name="north", selector="metadata.fleet=north")
         group_assignment_create(calculator=calculator, group=north)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -370,19 +370,25 @@ def group_assignments_create(
 ) -> tuple[list[GroupAssignment], list[DomainError]]:
     """``group_assignment_create`` of every pair; refusals name the group (``id``) and the
     calculator (``selector``: ``calc_id=N``)."""
-    links: list[GroupAssignment] = []
+    return _each_pair(
+        calculators, groups, lambda calculator, group: group_assignment_create(calculator=calculator, group=group)[0]
+    )
+
+
+def _each_pair(calculators: Sequence[Calculator], items: Sequence, link: Callable[[Calculator, Any], Any]):
+    """``link(calculator, item)`` of every pair: what they made, and their refusals as errors naming
+    the item (``id``) and the calculator (``selector``: ``calc_id=N``)."""
+    made: list = []
     refused: list[DomainError] = []
     for calculator in calculators:
-        for group in groups:
+        for item in items:
             try:
-                link, _new = group_assignment_create(calculator=calculator, group=group)
+                made.append(link(calculator, item))
             except DomainError as exc:
-                exc.id = group.pk
+                exc.id = item.pk
                 exc.selector = f"calc_id={calculator.pk}"
                 refused.append(exc)
-                continue
-            links.append(link)
-    return links, refused
+    return made, refused
 
 
 def group_assignment_delete(*, link: GroupAssignment) -> None:
@@ -622,19 +628,10 @@ def calculator_geofences_assign(
 ) -> tuple[list[CalculatorGeofence], list[DomainError]]:
     """Assign every geofence to every calculator (``calculator_geofence_assign`` for each pair);
     the pairs refused as errors naming the geofence (``id``) and the calculator (``selector``)."""
-    links: list[CalculatorGeofence] = []
-    refused: list[DomainError] = []
-    for calculator in calculators:
-        for geofence in geofences:
-            try:
-                link, _new = calculator_geofence_assign(calculator=calculator, geofence=geofence)
-            except DomainError as exc:
-                exc.id = geofence.pk
-                exc.selector = f"calc_id={calculator.pk}"
-                refused.append(exc)
-                continue
-            links.append(link)
-    return links, refused
+    return _each_pair(
+        calculators, geofences,
+        lambda calculator, geofence: calculator_geofence_assign(calculator=calculator, geofence=geofence)[0],
+    )
 
 
 def calculator_geofence_unassign(*, link: CalculatorGeofence) -> None:

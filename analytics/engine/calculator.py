@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checks import Checker, Scope, is_finite_number
+from .checks import Checker, Scope, check_point
 from .counters import COUNTER_TYPES, POSITION, CheckContext, CounterSpec
 from .errors import CalculatorError, Problem
 from .expressions import CompiledExpression
@@ -59,19 +59,7 @@ MESSAGE_SOURCES = ("device",)
 
 
 def _check_point(checker: Checker, point, path: str) -> bool:
-    if not isinstance(point, dict):
-        checker.add(path, "must be an object with lat and lon")
-        return False
-    ok = True
-    for key, limit in (("lat", 90), ("lon", 180)):
-        value = point.get(key)
-        if not is_finite_number(value):
-            checker.add(f"{path}.{key}", "missing field" if value is None else "must be a number")
-            ok = False
-        elif abs(value) > limit:
-            checker.add(f"{path}.{key}", f"must be between -{limit} and {limit}")
-            ok = False
-    return ok
+    return check_point(checker, point, path) is not None
 
 
 def _check_geofence(checker: Checker, geofence, path: str) -> dict | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 from .errors import ExpressionError, Problem
 from .expressions import CompiledExpression
@@ -117,3 +117,23 @@ class Checker:
         except ExpressionError as error:
             self.add(where, error.reason)
             return None
+
+
+def check_point(checker: Checker, point: Any, path: str, *, known_only: bool = False) -> dict | None:
+    """A point ``{"lat", "lon"}`` in degrees: ``{"lat", "lon"}``, or ``None`` with its problems
+    added at ``path`` (``known_only``: other keys are problems too)."""
+    if not isinstance(point, dict):
+        checker.add(path, "must be an object with lat and lon")
+        return None
+    if known_only:
+        checker.unknown(point, ("lat", "lon"), path)
+    ok = True
+    for key, limit in (("lat", 90), ("lon", 180)):
+        value = point.get(key)
+        if not is_finite_number(value):
+            checker.add(f"{path}.{key}", "missing field" if value is None else "must be a number")
+            ok = False
+        elif abs(value) > limit:
+            checker.add(f"{path}.{key}", f"must be between -{limit} and {limit}")
+            ok = False
+    return {"lat": point["lat"], "lon": point["lon"]} if ok else None

@@ -113,18 +113,21 @@ def _extended(
     calculation from scratch by construction: the selector's state of each new message is
     computed with the message before it (the interval's last) as context, and the interval's
     counters over all of its messages by the same code as any calculation."""
-    if tail.calc is not calc or not dirty_begin > tail.newest:
+    begin = tail.interval["begin"]
+    if tail.calc is not calc or dirty_begin < begin:
         return None
     stored = interval_before(math.inf)
     if stored is None or stored.get("id") != tail.interval["id"] or not same_interval(calc, tail.interval, stored):
         return None
-    begin = tail.interval["begin"]
     if _frozen(stored, frozen_before, messages_begin):
         return None
+    if dirty_begin <= tail.newest and not _unchanged_since(tail, read_messages, dirty_begin):
+        return None
+    # Every message after the tail's newest is new: it was the device's newest when the tail was made.
     raw = Messages.coerce(read_messages(tail.newest, math.inf))
     stamps = raw.timestamps
-    if len(raw) < 2 or stamps[0] != tail.newest or stamps[1] < dirty_begin:
-        return None  # the interval's last message changed, or older messages came back
+    if len(raw) < 2 or stamps[0] != tail.newest:
+        return None  # the interval's last message is gone, or nothing was appended
     count = len(raw)
     lead = tail.messages.slice(len(tail.messages) - 1, len(tail.messages))
     if _reads_previous_position(calc) and not Frame(lead).position()[2][0]:
@@ -450,6 +453,25 @@ def recalculate(
             diff.tail = _tail_of(calc, window, new[-1], raw, frozen_before, messages_begin)
         return diff
     raise RuntimeError("recalculation window did not settle")  # pragma: no cover
+
+
+# Messages of the tail a recalculation compares with the cache's at most, when the changed range
+# reaches back into the interval (a pending range kept across runs).
+_COMPARED_MAX = 1_000
+
+
+def _unchanged_since(tail: Tail, read_messages: Callable[[float, float], Messages | list], moment: float) -> bool:
+    """Whether the device's messages from ``moment`` to the tail's newest are still the tail's: a
+    changed range that reaches back into the interval may name messages the tail already holds
+    (a range kept pending while the run that made the tail was under way)."""
+    stamps = tail.messages.timestamps
+    start = int(np.searchsorted(stamps, moment, "left"))
+    if len(stamps) - start > _COMPARED_MAX:
+        return False
+    now = Messages.coerce(read_messages(moment, float(np.nextafter(tail.newest, math.inf))))
+    if len(now) != len(stamps) - start or not np.array_equal(now.timestamps, stamps[start:]):
+        return False
+    return now.to_dicts() == tail.messages.slice(start, len(stamps)).to_dicts()
 
 
 def _tail_of(

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .checks import Checker, is_finite_number
+from .checks import Checker, check_point, is_finite_number
 from .errors import Problem
 from .geo import EARTH_RADIUS_KM
 
@@ -19,20 +19,7 @@ MAX_RADIUS_KM = math.pi * EARTH_RADIUS_KM
 
 
 def _point(checker: Checker, point: Any, path: str) -> dict | None:
-    if not isinstance(point, dict):
-        checker.add(path, "must be an object with lat and lon")
-        return None
-    checker.unknown(point, ("lat", "lon"), path)
-    ok = True
-    for key, limit in (("lat", 90), ("lon", 180)):
-        value = point.get(key)
-        if not is_finite_number(value):
-            checker.add(f"{path}.{key}", "missing field" if value is None else "must be a number")
-            ok = False
-        elif abs(value) > limit:
-            checker.add(f"{path}.{key}", f"must be between -{limit} and {limit}")
-            ok = False
-    return {"lat": point["lat"], "lon": point["lon"]} if ok else None
+    return check_point(checker, point, path, known_only=True)
 
 
 def _path(checker: Checker, geometry: dict, path: str, *, least: int) -> list[dict] | None:

@@ -6,6 +6,7 @@ read alone; anything else falls back to the window."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -295,3 +296,41 @@ def test_a_long_history_then_appends_equal_the_full_calculation():
     assert store.intervals == list(calculate(all_messages, calc, now=float(all_messages.timestamps[-1])))
     assert extended > 1_000  # the drives extend; the parkings recalculate their small windows
     assert isinstance(store.messages, Messages)
+
+
+def test_a_changed_range_reaching_back_into_the_trip_extends_when_those_messages_are_unchanged():
+    """A worker's pending range is kept whole when messages arrive during a run: the next run's
+    range then starts at messages the tail already holds. Unchanged, they still extend."""
+    calc = compile_calculator(TRIPS)
+    messages = _trip(200)
+    store = MemoryStore(messages, [])
+    store.apply(store.recalculate(calc, dirty_begin=-np.inf, dirty_end=np.inf, keep_tail=True))
+    messages.append(_trip(201)[-1])
+    store.set_messages(messages)
+    reaching_back = messages[-4]["timestamp"]
+    diff = store.recalculate(calc, dirty_begin=reaching_back, dirty_end=messages[-1]["timestamp"], keep_tail=True)
+    assert diff.extended
+    store.apply(diff)
+    assert store.intervals == list(calculate(messages, calc))
+
+
+@pytest.mark.parametrize("change", ["changed", "deleted", "inserted"])
+def test_a_changed_range_reaching_back_into_the_trip_with_a_change_in_it_falls_back(change):
+    calc = compile_calculator(TRIPS)
+    messages = _trip(200)
+    store = MemoryStore(messages, [])
+    store.apply(store.recalculate(calc, dirty_begin=-np.inf, dirty_end=np.inf, keep_tail=True))
+    at = messages[-3]["timestamp"]
+    if change == "changed":
+        messages[-3] = {**messages[-3], "speed": 99.0}
+    elif change == "deleted":
+        del messages[-3]
+    else:
+        messages.insert(-2, {**messages[-3], "timestamp": at + 0.5, "speed": 99.0})
+    messages.append(_trip(201)[-1])
+    messages.sort(key=lambda message: message["timestamp"])
+    store.set_messages(messages)
+    diff = store.recalculate(calc, dirty_begin=at, dirty_end=messages[-1]["timestamp"], keep_tail=True)
+    assert not diff.extended
+    store.apply(diff)
+    assert store.intervals == list(calculate(messages, calc))

@@ -26,7 +26,7 @@ from . import values as semantics
 from .checks import Checker, Scope
 from .columns import MISSING, Column, ColumnKind
 from .expressions import LAT, LON, CompiledExpression
-from .geo import encode_polyline_segments
+from .geo import encode_polyline_continued, encode_polyline_segments
 from .messages import Messages
 from .timeutil import period_keys, strftime
 from .vectors import Frame, Vec, vec_from_column
@@ -432,17 +432,15 @@ class RouteCounter(CounterType):
         points = np.flatnonzero(positioned)
         if not len(points):
             return route
-        start = np.zeros(1, dtype=np.int64)
-        old_lat, old_lon, old_positioned = Frame(old).position()
-        before = np.flatnonzero(old_positioned)
-        if not len(before):
-            return encode_polyline_segments(lat[points], lon[points], start)[0]
-        last = int(before[-1])
-        lats = np.concatenate(([old_lat[last]], lat[points]))
-        lons = np.concatenate(([old_lon[last]], lon[points]))
-        whole = encode_polyline_segments(lats, lons, start)[0]
-        head = encode_polyline_segments(lats[:1], lons[:1], start)[0]
-        return route + whole[len(head):]
+        # The old line's last point: usually its last message's.
+        last_lat, last_lon, last_positioned = Frame(old.slice(len(old) - 1, len(old))).position()
+        if last_positioned[0]:
+            after: tuple[float, float] | None = (float(last_lat[0]), float(last_lon[0]))
+        else:
+            old_lat, old_lon, old_positioned = Frame(old).position()
+            before = np.flatnonzero(old_positioned)
+            after = (float(old_lat[before[-1]]), float(old_lon[before[-1]])) if len(before) else None
+        return route + encode_polyline_continued(lat[points].tolist(), lon[points].tolist(), after)
 
 
 class DatasetCounter(CounterType):

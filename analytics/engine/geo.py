@@ -204,6 +204,25 @@ def first_containing(geofences, lat: np.ndarray, lon: np.ndarray, valid: np.ndar
     return found
 
 
+def encode_polyline_continued(lat: list[float], lon: list[float], after: tuple[float, float] | None) -> str:
+    """The encoded polyline (precision 5) of points that follow the point ``after`` (lat, lon) of a
+    line already encoded: each point's offset from the one before, so that the line's text plus
+    this is the whole line's (``after`` None: the first point is absolute). Plain Python: for the
+    few points a message or two adds, cheaper than ``encode_polyline_segments``."""
+    chars: list[str] = []
+    previous = (0, 0) if after is None else (math.floor(after[0] * 1e5 + 0.5), math.floor(after[1] * 1e5 + 0.5))
+    for point_lat, point_lon in zip(lat, lon, strict=True):
+        current = (math.floor(point_lat * 1e5 + 0.5), math.floor(point_lon * 1e5 + 0.5))
+        for value in (current[0] - previous[0], current[1] - previous[1]):
+            value = ~(value << 1) if value < 0 else value << 1
+            while value >= 0x20:
+                chars.append(chr((0x20 | (value & 0x1F)) + 63))
+                value >>= 5
+            chars.append(chr(value + 63))
+        previous = current
+    return "".join(chars)
+
+
 def encode_polyline_segments(lat: np.ndarray, lon: np.ndarray, seg_starts: np.ndarray) -> list[str]:
     """Google encoded polylines (precision 5), one per segment of the points; ``seg_starts`` are
     the offsets of each segment (sorted, first 0; empty segments allowed)."""

@@ -334,3 +334,21 @@ def test_a_changed_range_reaching_back_into_the_trip_with_a_change_in_it_falls_b
     assert not diff.extended
     store.apply(diff)
     assert store.intervals == list(calculate(messages, calc))
+
+
+def test_a_polyline_continued_from_its_last_point_is_the_whole_polyline():
+    from analytics.engine.geo import encode_polyline_continued, encode_polyline_segments
+
+    rng = np.random.default_rng(3)
+    start = np.zeros(1, dtype=np.int64)
+    for _ in range(500):
+        count = int(rng.integers(1, 30))
+        lat, lon = rng.uniform(-90, 90, count), rng.uniform(-180, 180, count)
+        cut = int(rng.integers(0, count))
+        head = encode_polyline_segments(lat[:cut], lon[:cut], start)[0] if cut else ""
+        after = (float(lat[cut - 1]), float(lon[cut - 1])) if cut else None
+        assert head + encode_polyline_continued(lat[cut:].tolist(), lon[cut:].tolist(), after) == (
+            encode_polyline_segments(lat, lon, start)[0]
+        )
+    # Google's example: (38.5, -120.2), (40.7, -120.95), (43.252, -126.453)
+    assert encode_polyline_continued([38.5, 40.7, 43.252], [-120.2, -120.95, -126.453], None) == "_p~iF~ps|U_ulLnnqC_mqNvxq`@"

@@ -445,16 +445,19 @@ def test_no_5xx_and_every_4xx_in_the_envelope(world, live_server):
     print_table(statuses)
     assert not failures, "\n\n".join(failures)
     # The selectors reached existing rows: every operation succeeded at least once, but for the
-    # path shapes that are refused whatever the input (they need one more path segment).
-    assert [name for name, seen in statuses.items() if not seen["2xx"]] == [
+    # path shapes that are refused whatever the input (they need one more path segment; a
+    # generated selector holding a "/" may still reach a longer path now and then).
+    refused = {
+        "DELETE /gw/devices/{}/telemetry",
+        "DELETE /gw/groups/{}/devices",
         "POST /gw/calcs/{}/devices",
         "POST /gw/calcs/{}/geofences",
-        "PUT /gw/calcs/{}/devices/{}/intervals",
         "POST /gw/calcs/{}/groups",
-        "DELETE /gw/devices/{}/telemetry",
         "POST /gw/groups/{}/devices",
-        "DELETE /gw/groups/{}/devices",
-    ]
+        "PUT /gw/calcs/{}/devices/{}/intervals",
+    }
+    assert refused <= set(statuses)
+    assert sorted(name for name, seen in statuses.items() if not seen["2xx"] and name not in refused) == []
 
 
 def print_table(statuses: dict[str, Counter]) -> None:

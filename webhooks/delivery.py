@@ -3,8 +3,10 @@ out into per-webhook queues and sends them.
 
 Each step, in the loop's own thread (the only one that touches the database):
 
-1. reads the region's enabled webhooks again when ``refresh`` seconds passed (their triggers in a
-   ``Subscriptions`` tree, the broker's, so that matching an event costs its topic's depth);
+1. reads the region's enabled webhooks again when ``refresh`` seconds passed, and before fanning
+   out events written after its last read (so a webhook gets every event written after it was
+   created or enabled); their triggers in a ``Subscriptions`` tree, the broker's, so that
+   matching an event costs its topic's depth;
 2. writes what finished requests did (delivered, or failed: tried again after a pause that
    doubles from ``retry_first`` up to ``retry_most``, or dropped and logged once the webhook's
    ``retry_seconds`` since the first attempt ran out);
@@ -23,6 +25,7 @@ or another webhook. One loop per datacenter is active (an advisory lock, like th
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -41,13 +44,22 @@ from webhooks import selectors, storage
 from webhooks.addresses import AddressPolicy, Resolver, system_resolve
 from webhooks.http import Outcome, Request, Sender
 from webhooks.models import Webhook
-from webhooks.services import access_of, address_policy, principal_of
+from webhooks.services import (
+    access_of,
+    address_policy,
+    deliveries_of_deleted_webhooks_drop,
+    feeding_sync,
+    principal_of,
+)
 from webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from webhooks.templates import Event, Template, parse
 
 logger = logging.getLogger(__name__)
 
 LOCK_WAIT = 2.0
+# Seconds of clock difference between the database (which stamps the feed's rows) and this host
+# that the check for webhooks newer than the feed's events allows for.
+REFRESH_MARGIN = 2.0
 USER_AGENT = "flespi-platform-webhooks/1"
 _NO_BODY = frozenset({"GET"})
 
@@ -148,6 +160,8 @@ class WebhookDelivery(Loop):
         self.look_at: set[int] = set()  # webhooks whose queue may have a due head
         self.due: dict[int, float] = {}  # webhook -> when its head is tried again
         self._next_refresh = 0.0
+        self._refreshed_at = 0.0
+        self._raws: dict[int, tuple] = {}
         self._next_rescan = 0.0
         self._next_purge = 0.0
         self._locked_on: object | None = None
@@ -193,8 +207,7 @@ class WebhookDelivery(Loop):
             self._next_rescan = now + self.rescan_every
         dispatched = self._dispatch()
         if now >= self._next_purge:
-            with transaction.atomic(using=self.alias):
-                storage.log_purge(alias=self.alias, before=now - self.log_seconds)
+            self._tidy(now)
             self._next_purge = now + 60
         if finished or fanned or dispatched:
             return 0.0
@@ -206,14 +219,28 @@ class WebhookDelivery(Loop):
         self.wake.clear()
         return 0.0
 
+    def _tidy(self, now: float) -> None:
+        """Now and then: the log's old events deleted, the events of webhooks deleted with their
+        accounts too, the feed's switch set again."""
+        with transaction.atomic(using=self.alias):
+            storage.log_purge(alias=self.alias, before=now - self.log_seconds)
+            deliveries_of_deleted_webhooks_drop(alias=self.alias)
+        feeding_sync(region=self.region)
+
     # --- the region's webhooks ---
 
     def _refresh(self) -> None:
+        self._refreshed_at = time.time()
         hooks: dict[int, _Hook] = {}
+        raws: dict[int, tuple] = {}
         for webhook, account in selectors.webhooks_enabled(region=self.region):
+            raw = (json.dumps(webhook.triggers), json.dumps(webhook.configuration), webhook.secret,
+                   webhook.retry_seconds, webhook.timeout, account.path)
+            raws[webhook.pk] = raw
             old = self.hooks.get(webhook.pk)
-            hook = _Hook.of(webhook, principal_of(account))
-            hooks[webhook.pk] = old if old == hook else hook
+            hooks[webhook.pk] = old if old is not None and self._raws.get(webhook.pk) == raw else _Hook.of(
+                webhook, principal_of(account))
+        self._raws = raws
         if hooks.keys() != self.hooks.keys() or any(hooks[key] is not self.hooks[key] for key in hooks):
             subscriptions = Subscriptions()
             for hook in hooks.values():
@@ -236,6 +263,10 @@ class WebhookDelivery(Loop):
             feed_ids, events = storage.feed_take(alias=self.alias, limit=self.batch, root=self.root)
             if not feed_ids:
                 return 0
+            if events and max(event.queued for event in events) > self._refreshed_at - REFRESH_MARGIN:
+                # Events written after the last read of the webhooks (a webhook created or enabled
+                # since is committed before them): read them again first.
+                self._refresh()
             candidates: list[tuple[int, storage.FeedEvent]] = []
             for event in events:
                 found, _groups = self.subscriptions.match(event.topic)

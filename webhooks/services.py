@@ -66,7 +66,9 @@ def triggers_check(*, account: Account, triggers: list[dict]) -> list[dict]:
     root = settings.MQTT_TOPIC_ROOT
     for index, trigger in enumerate(triggers):
         field = f"triggers[{index}].topic"
-        topic_filter = trigger["topic"]
+        topic_filter = trigger.get("topic")
+        if topic_filter is None:
+            raise InvalidInput("This field is required.", field=field)
         if strip_share(topic_filter) != topic_filter:
             raise InvalidInput(f"{topic_filter!r}: a trigger is a topic filter, not a shared subscription", field=field)
         problem = filter_problem(topic_filter)
@@ -98,7 +100,9 @@ def configuration_check(configuration: Mapping[str, Any], *, policy: AddressPoli
     policy = policy or address_policy()
     if configuration.get("type", CONFIGURATION_TYPE) != CONFIGURATION_TYPE:
         raise InvalidInput(f"the only type is {CONFIGURATION_TYPE!r}", field="configuration.type")
-    uri = configuration["uri"]
+    uri = configuration.get("uri")
+    if uri is None:
+        raise InvalidInput("This field is required.", field="configuration.uri")
     if len(uri) > MAX_URL:
         raise InvalidInput(f"at most {MAX_URL} characters", field="configuration.uri")
     _template(uri, "configuration.uri")
@@ -124,6 +128,9 @@ def configuration_check(configuration: Mapping[str, Any], *, policy: AddressPoli
     if len(headers) > MAX_HEADERS:
         raise InvalidInput(f"at most {MAX_HEADERS} headers", field="configuration.headers")
     for index, header in enumerate(headers):
+        for part in ("name", "value"):
+            if part not in header:
+                raise InvalidInput("This field is required.", field=f"configuration.headers[{index}].{part}")
         name = header["name"]
         if not name or not set(name) <= _TOKEN_CHARS:
             raise InvalidInput(f"{name!r} is not a header name", field=f"configuration.headers[{index}].name")
@@ -163,14 +170,16 @@ def webhook_create(*, account: Account, data: Mapping[str, Any]) -> Webhook:
 
 
 def webhook_update(*, webhook: Webhook, data: Mapping[str, Any]) -> Webhook:
-    """Update the named fields (``triggers`` and ``configuration`` are replaced whole)."""
+    """Update the named fields (``triggers`` replaced whole; the fields of ``configuration`` given
+    replace the stored ones)."""
     with locked_row(Webhook, pk=webhook.pk, using="default", name="webhook") as fresh:
         account = Account.objects.select_related("region").get(pk=fresh.account_id)
         changes = {name: data[name] for name in FIELDS if name in data}
         if "triggers" in changes:
             changes["triggers"] = triggers_check(account=account, triggers=changes["triggers"])
         if "configuration" in changes:
-            changes["configuration"] = configuration_check(changes["configuration"])
+            # the fields given replace the stored ones, the others stay
+            changes["configuration"] = configuration_check({**fresh.configuration, **changes["configuration"]})
         if "secret" in changes and not changes["secret"]:
             changes["secret"] = secret_new()
         updated = save_fields(fresh, changes, name="webhook")
@@ -200,11 +209,23 @@ def _aliases(region: str) -> list[str]:
 
 def feeding_sync(*, region: str) -> None:
     """The outbox of each datacenter of ``region`` feeds the webhooks while the region has an
-    enabled one: switched on and off as webhooks come and go."""
-    on = Webhook.objects.filter(account__region__code=region, enabled=True).exists()
+    enabled one: switched on and off as webhooks come and go (and by the delivery loop now and
+    then, for webhooks deleted with their account). Whether one is enabled is read under the
+    switch's lock, so the last of two concurrent calls decides on what both committed."""
     for alias in _aliases(region):
         with transaction.atomic(using=alias):
+            storage.feeding_lock(alias=alias)
+            on = Webhook.objects.filter(account__region__code=region, enabled=True).exists()
             storage.feeding_set(alias=alias, on=on, now=time.time())
+
+
+def deliveries_of_deleted_webhooks_drop(*, alias: str) -> int:
+    """Delete the queues and logs of webhooks deleted with their accounts (whose events were not
+    all of the accounts' devices: a calculator's log events)."""
+    present = storage.webhooks_with_rows(alias=alias)
+    existing = set(Webhook.objects.filter(pk__in=present).values_list("pk", flat=True))
+    gone = [webhook_id for webhook_id in present if webhook_id not in existing]
+    return storage.deliveries_drop_webhooks(alias=alias, webhook_ids=gone) if gone else 0
 
 
 def webhook_replay(*, webhook: Webhook, begin: float, end: float, limit: int) -> int:

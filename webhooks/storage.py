@@ -49,10 +49,16 @@ class Pending:
     next_try: float
 
 
-def feeding_set(*, alias: str, on: bool, now: float) -> None:
-    """Turn the feed's copy of the outbox on or off in one datacenter database."""
+def feeding_lock(*, alias: str) -> None:
+    """Hold the feed's switch until the caller's transaction ends."""
     with connections[alias].cursor() as cursor:
         cursor.execute("LOCK TABLE webhook_feeding IN EXCLUSIVE MODE")
+
+
+def feeding_set(*, alias: str, on: bool, now: float) -> None:
+    """Turn the feed's copy of the outbox on or off in one datacenter database (under
+    ``feeding_lock``)."""
+    with connections[alias].cursor() as cursor:
         if on:
             cursor.execute(
                 "INSERT INTO webhook_feeding (on_since) SELECT %s WHERE NOT EXISTS (SELECT 1 FROM webhook_feeding)", [now]

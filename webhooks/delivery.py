@@ -36,6 +36,7 @@ from django.conf import settings
 from django.db import connections, transaction
 
 from accounts.mqtt_access import BrokerAccess
+from flespi_site import metrics
 from flespi_site.constants import WEBHOOKS_LOCK
 from flespi_site.mqtt.broker.routing import Subscriptions, expand
 from flespi_site.mqtt.policy import Principal
@@ -179,6 +180,7 @@ class WebhookDelivery(Loop):
         for sender in self.senders.values():
             sender.close()
         connections[self.alias].close()
+        connections["default"].close()
 
     def _holds_lock(self) -> bool:
         connection = connections[self.alias]
@@ -342,6 +344,7 @@ class WebhookDelivery(Loop):
         if not done:
             return 0
         now = time.time()
+        before = (self.stats.delivered, self.stats.failed, self.stats.dropped)
         with transaction.atomic(using=self.alias):
             for webhook_id in done:
                 job = self.in_flight.pop(webhook_id).result()
@@ -353,6 +356,8 @@ class WebhookDelivery(Loop):
                     self._failed(job.hook, item, outcome, tried)
                 if not failures:
                     self.look_at.add(webhook_id)
+        metrics.webhook_requests(alias=self.alias, delivered=self.stats.delivered - before[0],
+                                 failed=self.stats.failed - before[1], dropped=self.stats.dropped - before[2])
         return len(done)
 
     def _failed(self, hook: _Hook, item: storage.Pending, outcome: Outcome, tried: float) -> None:

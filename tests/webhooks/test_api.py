@@ -180,3 +180,29 @@ def test_bad_replays_are_refused(api, key, body, what):
     response = api.call("POST", f"/platform/webhooks/{hook['id']}/replay", key=key, body=body)
     errors = errors_of(response, 400)
     assert what in " ".join(f"{error.get('field', '')} {error['reason']}" for error in errors)
+
+
+def queries(api, key, path) -> int:
+    """Queries on every database to answer ``GET path`` (as tests/api/test_query_counts.py counts
+    them: the placement version's check left out)."""
+    from contextlib import ExitStack
+
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    with ExitStack() as stack:
+        captured = [stack.enter_context(CaptureQueriesContext(connections[alias])) for alias in connections]
+        result_of(api.call("GET", path, key=key))
+    return sum(1 for c in captured for query in c.captured_queries if "accounts_placementversion" not in query["sql"])
+
+
+def test_the_lists_cost_the_same_queries_whatever_their_length(api, key):
+    counts = []
+    for more in (1, 5):  # 1 webhook, then 6
+        result_of(api.call("POST", "/platform/webhooks", key=key, body=[HOOK] * more))
+        ids = ",".join(str(webhook.pk) for webhook in Webhook.objects.all())
+        counts.append((queries(api, key, "/platform/webhooks/all"), queries(api, key, f"/platform/webhooks/{ids}/logs")))
+    assert counts[0] == counts[1] == (PINNED_LIST, PINNED_LOGS)
+
+
+PINNED_LIST, PINNED_LOGS = 0, 0

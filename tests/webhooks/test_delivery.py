@@ -13,6 +13,7 @@ from devices.services import device_create, messages_ingest
 from tests.support.api import result_of
 from tests.support.receiver import Receiver
 from tests.support.waiting import wait_until
+from tests.test_metrics import EU1, scrape, value
 from webhooks import signing
 from webhooks.models import Webhook
 
@@ -133,7 +134,8 @@ def test_a_failing_receiver_is_retried_with_growing_pauses_then_delivered(api, k
     assert (first[0]["attempts"], first[0]["last_status"]) == (5, 200)
 
 
-def test_an_event_failing_beyond_the_retry_time_is_dropped_and_logged(api, key, truck, receiver, delivery):
+def test_an_event_failing_beyond_the_retry_time_is_dropped_and_logged(api, key, truck, receiver, delivery, client):
+    before = scrape(client)
     receiver.answer = lambda request: 500 if request.json()["payload"]["n"] == 0 else 200
     created = hook(api, key, f"{receiver.url}/in", retry_seconds=1)
     delivery(retry_first=0.2, retry_most=10)
@@ -147,6 +149,11 @@ def test_an_event_failing_beyond_the_retry_time_is_dropped_and_logged(api, key, 
         ("dropped", 3, 500), ("delivered", 1, 200), ("delivered", 1, 200)]
     assert log[0]["last_error"] == "the receiver answered 500"
     assert [row["id"] for row in logs(api, key, created["id"], status="dropped")] == [log[0]["id"]]
+    after = scrape(client)
+    requests_total = "flespi_webhook_requests_total"
+    assert {outcome: value(after, requests_total, **EU1, outcome=outcome)
+            - value(before, requests_total, **EU1, outcome=outcome) for outcome in ("delivered", "failed", "dropped")} == {
+        "delivered": 2, "failed": 2, "dropped": 1}
 
 
 def test_a_range_of_the_log_is_replayed_in_order(api, key, truck, receiver, delivery):

@@ -179,8 +179,10 @@ class WebhookDelivery(Loop):
         self.pool.shutdown(wait=False, cancel_futures=True)
         for sender in self.senders.values():
             sender.close()
-        connections[self.alias].close()
-        connections["default"].close()
+        # this thread's connections: the datacenter's, the control database's, and those the
+        # feed's switch reached in the region's other datacenters
+        for connection in connections.all(initialized_only=True):
+            connection.close()
 
     def _holds_lock(self) -> bool:
         connection = connections[self.alias]

@@ -106,6 +106,10 @@ def configuration_check(configuration: Mapping[str, Any], *, policy: AddressPoli
     if len(uri) > MAX_URL:
         raise InvalidInput(f"at most {MAX_URL} characters", field="configuration.uri")
     _template(uri, "configuration.uri")
+    authority = uri.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0] if "://" in uri else ""
+    if "{{" in authority:
+        raise InvalidInput(f"{uri!r}: a URL with a fixed host is required (placeholders only in the path and "
+                           "query)", field="configuration.uri")
     try:
         parts = urllib.parse.urlsplit(uri)
         port = parts.port
@@ -113,9 +117,8 @@ def configuration_check(configuration: Mapping[str, Any], *, policy: AddressPoli
         raise InvalidInput(f"not a URL: {error}", field="configuration.uri") from None
     if parts.scheme not in ("http", "https"):
         raise InvalidInput(f"{uri!r}: the scheme must be http or https", field="configuration.uri")
-    if not parts.hostname or "{{" in parts.netloc or "}}" in parts.netloc:
-        raise InvalidInput(f"{uri!r}: a URL with a fixed host is required (placeholders only in the path and "
-                           "query)", field="configuration.uri")
+    if not parts.hostname:
+        raise InvalidInput(f"{uri!r}: a URL with a host is required", field="configuration.uri")
     if parts.username or parts.password:
         raise InvalidInput("credentials in the URL are not sent: use a header", field="configuration.uri")
     if parts.fragment:

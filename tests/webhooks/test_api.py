@@ -205,4 +205,5 @@ def test_the_lists_cost_the_same_queries_whatever_their_length(api, key):
     assert counts[0] == counts[1] == (PINNED_LIST, PINNED_LOGS)
 
 
-PINNED_LIST, PINNED_LOGS = 0, 0
+# the token; the webhooks | the token, the webhooks, the log of each datacenter of the region (2)
+PINNED_LIST, PINNED_LOGS = 2, 4

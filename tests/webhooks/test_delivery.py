@@ -211,7 +211,8 @@ def test_templates_shape_the_request(api, key, truck, receiver, delivery):
     (request,) = receiver.wait_for(1)
     assert (request.method, request.path, request.headers["X-Device"], request.headers["Content-Type"]) == (
         "PUT", f"/devices/{truck.pk}?n=7", str(truck.pk), "text/plain")
-    assert request.body.decode().startswith(f"device {truck.pk} sent 7 at {T0}")
+    # the stored timestamp is a number with a fraction (unix seconds, microseconds kept)
+    assert request.body == f"device {truck.pk} sent 7 at {T0 + 7}.0".encode()
 
 
 def test_the_address_is_checked_again_when_sending(api, key, truck, receiver, delivery, settings):

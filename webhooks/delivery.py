@@ -355,14 +355,14 @@ class WebhookDelivery(Loop):
                 self.stats.delivered += len(delivered)
                 failures = [(item, outcome, tried) for item, outcome, tried in job.attempts if not outcome.ok]
                 for item, outcome, tried in failures:
-                    self._failed(job.hook, item, outcome, tried)
+                    self._attempt_failed(job.hook, item, outcome, tried)
                 if not failures:
                     self.look_at.add(webhook_id)
         metrics.webhook_requests(alias=self.alias, delivered=self.stats.delivered - before[0],
                                  failed=self.stats.failed - before[1], dropped=self.stats.dropped - before[2])
         return len(done)
 
-    def _failed(self, hook: _Hook, item: storage.Pending, outcome: Outcome, tried: float) -> None:
+    def _attempt_failed(self, hook: _Hook, item: storage.Pending, outcome: Outcome, tried: float) -> None:
         attempts = item.attempts + 1
         first = item.first_try if item.first_try is not None else tried
         next_try: float | None = tried + min(self.retry_most, self.retry_first * 2 ** (attempts - 1))

@@ -244,3 +244,26 @@ def test_a_disabled_webhook_queues_nothing_and_a_deleted_one_leaves_no_log(api, 
     with connections["dc_eu_1"].cursor() as cursor:
         cursor.execute("SELECT count(*) FROM webhook_deliveries WHERE webhook_id = %s", [created["id"]])
         assert cursor.fetchone()[0] == 0
+
+
+def test_the_loop_goes_on_after_losing_its_database_session(api, key, truck, receiver, delivery):
+    """Its session (and with it the datacenter's delivery lock) ended by the server: the step that
+    finds out fails, the runner logs and counts it, and the next steps connect and lock again."""
+    from django.db import connections
+
+    from flespi_site.constants import WEBHOOKS_LOCK
+
+    hook(api, key, f"{receiver.url}/in")
+    loop = delivery()
+    send(truck, [0])
+    receiver.wait_for(1)
+    with connections["dc_eu_1"].cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s "
+            "AND objsubid = 1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            [WEBHOOKS_LOCK],
+        )
+        assert cursor.fetchall() == [(True,)]
+    send(truck, [1, 2])
+    assert numbers_of(receiver.wait_for(3)) == [0, 1, 2]
+    assert loop.errors >= 1

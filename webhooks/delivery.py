@@ -341,28 +341,47 @@ class WebhookDelivery(Loop):
         return job
 
     def _collect(self) -> int:
-        """Write what finished requests did; returns how many jobs finished."""
+        """Write what finished requests did; returns how many jobs finished. The jobs leave
+        ``in_flight`` only once written: a write that fails (the database away) is made again by
+        a later step, rather than their events sent again."""
         done = [webhook_id for webhook_id, future in self.in_flight.items() if future.done()]
         if not done:
             return 0
         now = time.time()
-        before = (self.stats.delivered, self.stats.failed, self.stats.dropped)
+        delivered_count, failed, dropped, retries = 0, 0, [], {}
         with transaction.atomic(using=self.alias):
             for webhook_id in done:
-                job = self.in_flight.pop(webhook_id).result()
+                job = self.in_flight[webhook_id].result()
                 delivered = [(item.id, outcome.status or 0, tried) for item, outcome, tried in job.attempts if outcome.ok]
                 storage.delivered(alias=self.alias, outcomes=delivered, now=now)
-                self.stats.delivered += len(delivered)
-                failures = [(item, outcome, tried) for item, outcome, tried in job.attempts if not outcome.ok]
-                for item, outcome, tried in failures:
-                    self._attempt_failed(job.hook, item, outcome, tried)
-                if not failures:
-                    self.look_at.add(webhook_id)
-        metrics.webhook_requests(alias=self.alias, delivered=self.stats.delivered - before[0],
-                                 failed=self.stats.failed - before[1], dropped=self.stats.dropped - before[2])
+                delivered_count += len(delivered)
+                for item, outcome, tried in job.attempts:
+                    if outcome.ok:
+                        continue
+                    next_try = self._attempt_failed(job.hook, item, outcome, tried)
+                    if next_try is None:
+                        dropped.append((job.hook, item, outcome, tried))
+                    else:
+                        failed += 1
+                        retries[webhook_id] = next_try
+        for webhook_id in done:
+            del self.in_flight[webhook_id]
+            if webhook_id in retries:
+                self.due[webhook_id] = retries[webhook_id]
+            else:
+                self.look_at.add(webhook_id)
+        for hook, item, outcome, tried in dropped:
+            first = item.first_try if item.first_try is not None else tried
+            logger.warning("webhook %s: dropped event %s (%s) after %d attempts in %.0f s: %s",
+                           hook.id, item.id, item.topic, item.attempts + 1, tried - first, outcome.error)
+        self.stats.delivered += delivered_count
+        self.stats.failed += failed
+        self.stats.dropped += len(dropped)
+        metrics.webhook_requests(alias=self.alias, delivered=delivered_count, failed=failed, dropped=len(dropped))
         return len(done)
 
-    def _attempt_failed(self, hook: _Hook, item: storage.Pending, outcome: Outcome, tried: float) -> None:
+    def _attempt_failed(self, hook: _Hook, item: storage.Pending, outcome: Outcome, tried: float) -> float | None:
+        """Write a failed attempt; returns when the event is tried again, or None: dropped."""
         attempts = item.attempts + 1
         first = item.first_try if item.first_try is not None else tried
         next_try: float | None = tried + min(self.retry_most, self.retry_first * 2 ** (attempts - 1))
@@ -370,14 +389,7 @@ class WebhookDelivery(Loop):
             next_try = None
         storage.failed(alias=self.alias, delivery_id=item.id, status=outcome.status, error=outcome.error,
                        tried=tried, next_try=next_try)
-        if next_try is None:
-            self.stats.dropped += 1
-            logger.warning("webhook %s: dropped event %s (%s) after %d attempts in %.0f s: %s",
-                           hook.id, item.id, item.topic, attempts, tried - first, outcome.error)
-            self.look_at.add(hook.id)
-        else:
-            self.stats.failed += 1
-            self.due[hook.id] = next_try
+        return next_try
 
 
 def delivery_loops(*, datacenters: list[tuple[str, str]], **options) -> list[WebhookDelivery]:

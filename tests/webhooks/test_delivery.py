@@ -255,8 +255,10 @@ def test_the_loop_goes_on_after_losing_its_database_session(api, key, truck, rec
 
     hook(api, key, f"{receiver.url}/in")
     loop = delivery()
+    created = result_of(api.call("GET", "/platform/webhooks/all", key=key))[0]
     send(truck, [0])
     receiver.wait_for(1)
+    wait_until(lambda: [row["status"] for row in logs(api, key, created["id"])] == ["delivered"], what="marked")
     with connections["dc_eu_1"].cursor() as cursor:
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s "

@@ -80,7 +80,7 @@ soak: $(TEST_STAMP)
 
 lint: $(STAMP) $(DEV_STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m mypy flespi_site accounts regions devices analytics devtools
+	$(PY) -m mypy flespi_site accounts regions devices analytics devtools webhooks
 
 bench: $(TEST_STAMP)
 	@set -e; for script in bench/*.py; do \

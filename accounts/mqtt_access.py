@@ -225,6 +225,21 @@ class BrokerAccess:
     async def learn(
         self, *, topics: Iterable[str] = (), filters: Iterable[str] = (), accounts: Iterable[int] = ()
     ) -> None:
+        missing = self._missing(topics=topics, filters=filters, accounts=accounts)
+        if missing is not None:
+            await sync_to_async(self._fetch)(*missing)
+
+    def learn_now(self, *, topics: Iterable[str] = (), filters: Iterable[str] = ()) -> None:
+        """``learn`` for a caller that is not a coroutine (the webhooks' delivery loop and
+        services, which decide with this same access)."""
+        missing = self._missing(topics=topics, filters=filters, accounts=())
+        if missing is not None:
+            self._fetch(*missing)
+
+    def _missing(
+        self, *, topics: Iterable[str], filters: Iterable[str], accounts: Iterable[int]
+    ) -> tuple[set[int], set[int], set[str], set[int]] | None:
+        """The devices, calculators, idents and accounts the caches lack, or None."""
         wanted: dict[str, set[int]] = {"device": set(), "calc": set()}
         idents: set[str] = set()
         for topic in topics:
@@ -246,7 +261,8 @@ class BrokerAccess:
         calcs = {calc for calc in wanted["calc"] if self.calcs.get(calc) is _UNKNOWN}
         wanted_accounts = {account for account in accounts if self.accounts.get(account) is _UNKNOWN}
         if devices or calcs or idents or wanted_accounts:
-            await sync_to_async(self._fetch)(devices, calcs, idents, wanted_accounts)
+            return devices, calcs, idents, wanted_accounts
+        return None
 
     def _fetch(self, devices: set[int], calcs: set[int], idents: set[str], accounts: set[int]) -> None:
         if devices:

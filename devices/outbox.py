@@ -49,6 +49,16 @@ _VALUES = (
 )
 
 
+def message_bodies(cursor, keys: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    """The stored JSON text of each message of ``keys`` (device id, timestamp in microseconds)
+    that still exists, in one statement: what the relay publishes and the webhooks' feed
+    delivers (``webhooks.storage``)."""
+    if not keys:
+        return {}
+    cursor.execute(_BODIES, [[device_id for device_id, _ts in keys], [ts for _device_id, ts in keys]])
+    return {(device_id, ts): body for device_id, ts, body in cursor.fetchall()}
+
+
 @dataclass
 class RelayStats:
     published: int = 0
@@ -206,10 +216,7 @@ class OutboxRelay(Loop):
         # The bodies of every message row of the batch in one statement, the values of every
         # telemetry row in another.
         keys = [(device_id, ts) for _id, device_id, kind, *_, now, _rest in taken if kind == OutboxKind.MESSAGE for ts in now]
-        bodies: dict[tuple[int, int], str] = {}
-        if keys:
-            cursor.execute(_BODIES, [[device_id for device_id, _ts in keys], [ts for _device_id, ts in keys]])
-            bodies = {(device_id, ts): body for device_id, ts, body in cursor.fetchall()}
+        bodies = message_bodies(cursor, keys)
         values: dict[int, list[tuple[str, str]]] = {}
         telemetry = [entry[0] for entry in taken if entry[2] == OutboxKind.TELEMETRY]
         if telemetry:

@@ -89,6 +89,7 @@ def _calc_workers() -> int:
 PROCESSES: list[Process] = [
     Process.role("web", "web", essential=True),
     Process.role("relay", "relay"),
+    Process.role("webhooks", "webhooks"),
     Process.role("mqtt-ingest", "ingest"),
     Process.role("purge", "purge"),
     # Per region: its calc workers (CALC_WORKERS of them; shards spread over them) and its pump.

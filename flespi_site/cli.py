@@ -3,7 +3,7 @@ entry point of the container image; docs/deployment.md, "Roles").
 
     flespi web                      the REST API, the admin and /metrics, under gunicorn on $PORT
     flespi migrate                  migrations of every database under a lock, the topology, the first admin
-    flespi relay | ingest | purge
+    flespi relay | ingest | purge | webhooks
     flespi broker [--region R]      a region's MQTT broker (TCP and WebSocket)
     flespi pump [--region R]        a region's pump (REGION by default)
     flespi calc [--region R] [--name N]
@@ -38,6 +38,7 @@ class Role:
 ROLES: dict[str, Role] = {
     "migrate": Role(("platform_setup",), "migrate every database (under a lock), mirror the topology, first admin"),
     "relay": Role(("outbox_relay",), "publish every datacenter's outbox to the brokers"),
+    "webhooks": Role(("webhook_delivery",), "deliver every datacenter's webhook events to their receivers"),
     "ingest": Role(("mqtt_ingest",), "store the messages devices publish to the brokers"),
     "purge": Role(("purge_messages", "--every", "3600"), "delete messages past each device's messages_ttl, hourly"),
     "broker": Role(("mqtt_broker",), "a region's MQTT broker, MQTT over TCP and WebSocket", regional=True),

@@ -34,6 +34,11 @@ class LockSpace(IntEnum):
 RELAY_LOCK = 0x0F1E5B1
 
 
+# Single-key lock of the webhooks' delivery loop of a datacenter database (one loop per database
+# keeps each webhook's events in order; ``webhooks.delivery``).
+WEBHOOKS_LOCK = 0x0F1E5B3
+
+
 # Single-key, session-scoped lock of ``flespi migrate`` in the control database: one migration of
 # the platform's databases at a time, whichever host runs it (``regions.setup``).
 MIGRATE_LOCK = 0x0F1E5B2

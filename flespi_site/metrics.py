@@ -51,6 +51,11 @@ RELAY_PUBLISHED = Counter(
     "Outbox events the relay published and the broker acknowledged.",
     ["region", "datacenter"],
 )
+WEBHOOK_REQUESTS = Counter(
+    "flespi_webhook_requests",
+    "Webhook requests by their outcome: delivered (2xx), failed (tried again later), dropped (out of retry time).",
+    ["region", "datacenter", "outcome"],
+)
 RECALCULATIONS = Counter(
     "flespi_recalculations",
     "Assignments recalculated and stored by the calc workers.",
@@ -150,6 +155,14 @@ def ingest_done(*, source: str, stored: dict[str, int], seconds: float) -> None:
 def relay_published(*, alias: str, count: int) -> None:
     if count:
         RELAY_PUBLISHED.labels(*place_of(alias)).inc(count)
+
+
+def webhook_requests(*, alias: str, delivered: int = 0, failed: int = 0, dropped: int = 0) -> None:
+    """What a delivery loop's finished requests did (``webhooks.delivery``)."""
+    place = place_of(alias)
+    for outcome, count in (("delivered", delivered), ("failed", failed), ("dropped", dropped)):
+        if count:
+            WEBHOOK_REQUESTS.labels(*place, outcome).inc(count)
 
 
 def recalculation_done(*, region: str, seconds: float, assignments: int = 1, extended: int = 0) -> None:

@@ -29,6 +29,7 @@ _SERVICES = {
     "calc": ("redis",),
     "pump": ("redis",),
     "broker": ("mqtt",),
+    "webhooks": (),
 }
 
 

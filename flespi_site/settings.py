@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "accounts",
     "devices",
     "analytics",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -268,3 +269,15 @@ def _networks(name: str, default: str) -> list[ipaddress.IPv4Network | ipaddress
 
 
 METRICS_ALLOW = _networks("METRICS_ALLOW", "127.0.0.0/8,::1/128")
+
+# Webhooks (docs/webhooks.md): the addresses their requests may reach besides public ones (networks
+# like 10.0.0.0/8 and host names like crm.internal or *.internal; private, loopback, link-local
+# and multicast addresses are refused unless listed), whether public addresses are allowed at all,
+# the sender threads of a delivery process, the pause before the retries of a failed event
+# (doubling from the first to the most), and how long the delivery log keeps finished events.
+WEBHOOK_ALLOW = _env_list("WEBHOOK_ALLOW")
+WEBHOOK_ALLOW_PUBLIC = _env_bool("WEBHOOK_ALLOW_PUBLIC", True)
+WEBHOOK_SENDERS = _env_int("WEBHOOK_SENDERS", 32)
+WEBHOOK_RETRY_FIRST = _env_float("WEBHOOK_RETRY_FIRST", 1)
+WEBHOOK_RETRY_MOST = _env_float("WEBHOOK_RETRY_MOST", 300)
+WEBHOOK_LOG_SECONDS = _env_float("WEBHOOK_LOG_SECONDS", 7 * 86400)

@@ -16,6 +16,7 @@ urlpatterns = [
     path("", include("accounts.api.urls")),
     path("", include("devices.api.urls")),
     path("", include("analytics.api.urls")),
+    path("", include("webhooks.api.urls")),
 ]
 
 handler400 = "flespi_site.api.handlers.bad_request"

@@ -131,8 +131,9 @@ def test_each_role_is_asked_only_for_the_services_it_uses(monkeypatch, settings)
     monkeypatch.setenv("DATABASE_URL", GOOD["DATABASE_URL"])
     settings.SECRET_KEY_GIVEN = True
     kinds = {role: sorted(problem.split()[0] for problem in preflight.problems(role, production=True))
-             for role in ("calc", "pump", "migrate", "relay")}
-    assert kinds == {"calc": ["REDIS_URL"], "pump": ["REDIS_URL"], "migrate": [], "relay": ["MQTT_URL", "REDIS_URL"]}
+             for role in ("calc", "pump", "migrate", "relay", "webhooks")}
+    assert kinds == {"calc": ["REDIS_URL"], "pump": ["REDIS_URL"], "migrate": [], "relay": ["MQTT_URL", "REDIS_URL"],
+                     "webhooks": []}
     settings.SERVED_REGION = "eu"
     monkeypatch.setenv("REDIS_URL_EU", "redis://redis-eu:6379/0")
     assert preflight.problems("calc", production=True) == []  # ru's Redis is not this process's business

@@ -6,6 +6,7 @@ inside a function body (where a cycle would hide), and no two units of code impo
     2        accounts
     3        devices
     4        analytics
+    5        webhooks
 
 An app that needs something of a floor above has it provided: ``devices`` installs the owners of
 devices that ``accounts``' MQTT access reads (``accounts.mqtt_facts.DeviceOwners``), and each app
@@ -32,6 +33,7 @@ FLOORS = {
     "accounts": 2,
     "devices": 3,
     "analytics": 4,
+    "webhooks": 5,
 }
 
 # Imports that climb, known and to be removed: (module file, imported unit) -> why it is still

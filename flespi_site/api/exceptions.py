@@ -33,6 +33,8 @@ def flatten_detail(detail, path: str = "") -> list[tuple[str, str]]:
             # DRF files an error of a whole object under "non_field_errors": it is the object's own.
             if key == api_settings.NON_FIELD_ERRORS_KEY:
                 items += flatten_detail(value, path)
+            elif isinstance(key, int):  # an item of a list of objects (DRF files it by index)
+                items += flatten_detail(value, f"{path}[{key}]")
             else:
                 items += flatten_detail(value, f"{path}.{key}" if path else str(key))
         return items

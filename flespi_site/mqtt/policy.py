@@ -93,6 +93,14 @@ class Principal:
     def owns(self, path: str | None) -> bool:
         return path is not None and (self.platform or path.startswith(self.account_path))
 
+    @property
+    def who(self) -> str:
+        """How a refusal names the principal: its token, or its account (a webhook's trigger,
+        which the same policy decides, ``webhooks.services``)."""
+        if self.token_id is not None:
+            return f"token {self.token_id}"
+        return "the platform" if self.platform else f"account {self.account_id}"
+
 
 PLATFORM = Principal(platform=True)
 
@@ -186,7 +194,7 @@ def subscribe_decision(
     if cid is not None:
         path = account_path(cid) if account_path is not None else None
         if not principal.owns(path):
-            return refuse(f"cid {cid} is not an account in the subtree of token {principal.token_id}")
+            return refuse(f"cid {cid} is not an account in the subtree of {principal.who}")
     plain = strip_share(topic_filter)
     if plain is None:
         return refuse(f"{topic_filter!r} is not a valid shared subscription ($share/<group>/<filter>)")
@@ -204,7 +212,7 @@ def subscribe_decision(
     for kind, entity_id in named:
         if not principal.owns(entity_path((kind, entity_id))):
             what = "device" if kind == "device" else "calculator"
-            return refuse(f"{what} {entity_id} is not in the account subtree of token {principal.token_id}")
+            return refuse(f"{what} {entity_id} is not in the account subtree of {principal.who}")
     return ALLOW
 
 
@@ -221,7 +229,7 @@ def receive_decision(
     what = "device" if entity[0] == "device" else "calculator"
     path = entity_path(entity)
     if not principal.owns(path):
-        return refuse(f"{what} {entity[1]} is not in the account subtree of token {principal.token_id}")
+        return refuse(f"{what} {entity[1]} is not in the account subtree of {principal.who}")
     if cid is not None and account_of_path(path) != cid:
         return refuse(f"{what} {entity[1]} is not of account {cid} (the subscription's cid)")
     return ALLOW
@@ -251,5 +259,5 @@ def publish_decision(
             return refuse(f"no topic starting with '$' is served here: {topic!r}")
         return PRIVATE
     if not principal.owns(ident_path(ident)):
-        return refuse(f"no device with ident {ident!r} in the account subtree of token {principal.token_id}")
+        return refuse(f"no device with ident {ident!r} in the account subtree of {principal.who}")
     return ALLOW

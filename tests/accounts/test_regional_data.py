@@ -36,10 +36,11 @@ NO_ACCOUNT_DATA = {
     "shard_fence",  # the newest lease epoch per calculation shard (analytics)
     "shard_drains",  # the numbered drains of the change log per shard, kept for a while (devices)
     "move_journal",  # what changed in a move's source while it copied (accounts.moves), emptied after
+    "webhook_feeding",  # whether the outbox feeds the webhooks (webhooks.storage)
 }
 # Control tables with an account id that are not regional data: tokens and the records of moves
 # between datacenters go with the account row (their foreign keys cascade).
-CONTROL_DELETED_WITH_THE_ACCOUNT = {"accounts_token", "accounts_accountmove"}
+CONTROL_DELETED_WITH_THE_ACCOUNT = {"accounts_token", "accounts_accountmove", "webhooks_webhook"}
 
 T0 = 1_700_000_000
 CALCULATOR = {"name": "days", "selectors": [{"type": "datetime", "split": "day"}]}

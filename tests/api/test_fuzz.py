@@ -31,6 +31,8 @@ pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100" if os.environ.get("FLESPI_SLOW") else "6"))
 CIRCLE = {"type": "circle", "center": {"lat": 50.0, "lon": 10.0}, "radius": 1.0}
+WEBHOOK = {"name": "fuzz", "triggers": [{"topic": "flespi/message/gw/devices/+"}],
+           "configuration": {"uri": "http://93.184.216.34/fuzz"}}
 
 
 class World:
@@ -49,6 +51,7 @@ class World:
         self.intervals: list[int] = []
         self.geofences: list[int] = []
         self.groups: list[int] = []
+        self.webhooks: list[int] = []
         self.restore()
 
     @property
@@ -76,6 +79,7 @@ class World:
         self._restore_calculators()
         self._restore_geofences()
         self._restore_groups()
+        self._restore_webhooks()
 
     def _restore_devices(self) -> None:
         from devices.models import Device
@@ -170,6 +174,17 @@ class World:
         group = groups_of(account=self.account).get(pk=self.groups[0])
         group_assignment_create(calculator=calculator, group=group)
 
+    def _restore_webhooks(self) -> None:
+        """Two webhooks (to a public address, which no request of the fuzzing reaches)."""
+        from webhooks.selectors import webhooks_of
+        from webhooks.services import webhook_create
+
+        have = set(webhooks_of(account=self.account).filter(pk__in=self.webhooks).values_list("pk", flat=True))
+        for index in range(2):
+            if index >= len(self.webhooks) or self.webhooks[index] not in have:
+                webhook = webhook_create(account=self.account, data=WEBHOOK)
+                self.webhooks[index : index + 1] = [webhook.pk]
+
     def valid_bodies(self, operation: str) -> list:
         """Bodies that an operation (``METHOD shape``) takes, for operations that random bodies
         seldom satisfy."""
@@ -199,6 +214,9 @@ class World:
             "POST /gw/groups": [[{"name": "g", "devices": self.devices[:1]}], [{"name": "s", "selector": "name=fuzz*"}]],
             "PUT /gw/groups/{}": [{"name": "renamed"}, {"metadata": {"k": 1}}],
             "PATCH /gw/groups/{}": [{"metadata": {"k": {"a": 1}}}, {"name": "renamed"}],
+            "POST /platform/webhooks": [[WEBHOOK]],
+            "PUT /platform/webhooks/{}": [{"name": "renamed"}, {"configuration": {"body": "{{payload}}"}}],
+            "POST /platform/webhooks/{}/replay": [{"begin": 0, "end": 10}],
         }.get(operation, [])
 
     def valid_queries(self, operation: str) -> list[dict]:
@@ -226,6 +244,7 @@ class World:
             ("/gw/devices/{}", [devices]),
             ("/platform/tokens/{}", [[str(self.other_token_id), str(self.token_id)]]),
             ("/platform/subaccounts/{}", [[str(self.subaccount_id)]]),
+            ("/platform/webhooks/{}", [[str(pk) for pk in self.webhooks]]),
         ):
             if shape(path).startswith(prefix):
                 return [[*ids, "all", ",".join(ids)] for ids in values]

@@ -94,7 +94,7 @@ def test_no_topic_is_spelled_outside_the_grammar():
     root = Path(__file__).resolve().parents[2]
     spelled = re.compile(r"(^|/)(message|interval|state)/gw/")
     found = []
-    for package in ("flespi_site", "accounts", "devices", "analytics", "regions", "devtools"):
+    for package in ("flespi_site", "accounts", "devices", "analytics", "webhooks", "regions", "devtools"):
         for path in sorted((root / package).rglob("*.py")):
             if "migrations" in path.parts or path == root / "flespi_site" / "mqtt" / "topics.py":
                 continue

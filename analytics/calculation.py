@@ -8,8 +8,10 @@ recalculation (docs/analytics.md, "A recalculation").
   ``recalculate`` over a shard cache (``analytics.fleet.cache``) and gives a ``Run`` per
   assignment; ``runs_store`` stores their diffs, their events (the outbox) and their
   assignments' state in the caller's transaction (a calc worker's fenced one), in a few
-  statements for the whole batch; ``runs_cached`` brings the cache's intervals in step after the
-  commit. ``diff_store`` stores one assignment's diff by the same path, reading the intervals
+  statements for the whole batch (and the pending ranges of the assignments chaining what
+  changed: docs/analytics.md, "Calculator chaining"); ``runs_cached`` brings the cache's intervals
+  in step after the commit. A run of a calculator that chains others reads their intervals from
+  the same cache (``CachedSource``); an on-demand one from PostgreSQL (``sources_stored``). ``diff_store`` stores one assignment's diff by the same path, reading the intervals
   before the change from PostgreSQL instead of a cache.
 """
 
@@ -146,10 +148,6 @@ class CachedSource:
         row = self.reader.interval_before(math.inf)
         return None if row is None else message_time(row)
 
-    def oldest(self) -> float | None:
-        row = self.reader.cache.interval_first(calc_id=self.reader.calc_id, device_id=self.reader.device_id)
-        return None if row is None else message_time(row)
-
 
 def messages_stored(*, device: Device, begin: int, end: int, parameters: frozenset[str] | None) -> Messages:
     """The device's messages with ``begin <= ts <= end`` (microseconds) as engine ``Messages``
@@ -243,7 +241,7 @@ def runs_calculate(*, runs: Sequence[Run], compiled: Compiler, now: float, stats
         reader = run.cache.reader(calc_id=run.assignment.calculator_id, device_id=run.assignment.device_id,
                                   names=calculator.parameters)
         begin, end = (-math.inf, math.inf) if run.synced_now else (run.begin, run.end)
-        sources = None
+        sources: dict[int, CachedSource] | None = None
         read_messages, oldest, newest, tail = reader.read_messages, reader.oldest, reader.newest, reader.tail
         if calculator.chained:
             sources = {calc_id: CachedSource(run.cache, calc_id, run.assignment.device_id, fields)
@@ -252,7 +250,10 @@ def runs_calculate(*, runs: Sequence[Run], compiled: Compiler, now: float, stats
             if calculator.messages_calc is not None:
                 source = sources.get(calculator.messages_calc)
                 read_messages = functools.partial(messages_of, source if source is not None else ListedIntervals([]))
-                oldest = source.oldest() if source is not None else None
+                # No oldest message: a source interval that goes is a change, not an expiry (its
+                # purge is older than the dependent's update_period when the source keeps its
+                # intervals that long: docs/analytics.md, "Calculator chaining").
+                oldest = None
                 newest = run.newest = source.newest() if source is not None else None
         run.diff = recalculate(
             calculator=calculator,

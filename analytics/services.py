@@ -101,7 +101,8 @@ def calculator_create(*, account: Account, config: Mapping[str, Any]) -> Calcula
             _chains_lock(alias=alias, account_id=account.pk)
             _chains_check(alias=alias, account_id=account.pk, calculator_id=None, compiled_config=compiled_config)
         calculator.save(using=alias)
-        _chains_keep(alias=alias, calculator=calculator, compiled_config=compiled_config)
+        if compiled_config.chained:
+            _chains_keep(alias=alias, calculator=calculator, compiled_config=compiled_config)
         _logged(alias=alias, calculator=calculator, event=LogEvent.CREATED)
     return calculator
 
@@ -113,6 +114,7 @@ def calculator_update(*, calculator: Calculator, data: Mapping[str, Any]) -> Cal
     intervals frozen)."""
     alias = calculator.database
     with locked_row(Calculator, pk=calculator.pk, using=alias, name="calculator") as current:
+        was_chained = compile_calculator(current.configuration()).chained
         config = current.configuration()
         config.update(data)
         normalised = calculator_config_check(config)
@@ -121,14 +123,16 @@ def calculator_update(*, calculator: Calculator, data: Mapping[str, Any]) -> Cal
             return current
         affects_results = any(name in RESULT_FIELDS for name in changes)
         compiled_config = compile_calculator(normalised)
-        if compiled_config.chained or current.source_links.exists():
+        chains = compiled_config.chained or was_chained
+        if chains:
             _chains_lock(alias=alias, account_id=current.account_id)
             _chains_check(alias=alias, account_id=current.account_id, calculator_id=current.pk,
                           compiled_config=compiled_config)
         if affects_results:
             changes["version"] = current.version + 1
         save_fields(current, changes, name="calculator")
-        _chains_keep(alias=alias, calculator=current, compiled_config=compiled_config)
+        if chains:
+            _chains_keep(alias=alias, calculator=current, compiled_config=compiled_config)
         _logged(alias=alias, calculator=current, event=LogEvent.UPDATED)
         if affects_results:
             _results_changed(alias=alias, calculators=[current])

@@ -812,15 +812,6 @@ class ShardCache:
         return loads_exact(row[0]) if row else None
 
     @_guard
-    def interval_first(self, *, calc_id: int, device_id: int) -> dict | None:
-        """The stored interval with the smallest begin, or ``None``."""
-        row = self._conn.execute(
-            "SELECT body FROM intervals WHERE calc_id = ? AND device_id = ? ORDER BY begin, id LIMIT 1",
-            (calc_id, device_id),
-        ).fetchone()
-        return loads_exact(row[0]) if row else None
-
-    @_guard
     def intervals_outlived(self, *, calc_id: int, device_id: int, ended_before: float, keep: int) -> bool:
         """Whether the cached intervals hold one that ended before ``ended_before`` (its begin is
         then before it too) or, with ``keep`` > 0, more than ``keep``: what a purge would delete."""

@@ -84,7 +84,7 @@ def test_references_to_unknown_or_another_accounts_calculators_are_refused(api, 
         assert response.status_code == 400, response.content
         [error] = response.json()["errors"]
         assert error["field"] == "[0].selectors[0].calc_id"
-        assert error["reason"] == f"no calculator {calc_id} in this account"
+        assert error["reason"] == f"selectors[0].calc_id: no calculator {calc_id} in this account"
         response = api.call("POST", "/gw/calcs", key=key, body=[_daily(calc_id)])
         assert response.json()["errors"][0]["field"] == "[0].messages_source.calculator_id"
     assert _count(alias, Calculator) == 0 and _count(alias, CalculatorSource) == 0

@@ -42,8 +42,8 @@ def _links(alias) -> list[tuple[int, int]]:
                 .values_list("calculator_id", "source_id"))
 
 
-def _count(alias, model) -> int:
-    return model.objects.using(alias).count()
+def _count(alias, model, account) -> int:
+    return model.objects.using(alias).filter(account_id=account.pk).count()
 
 
 def test_chained_calculators_are_created_shown_and_linked(api, key, account):
@@ -87,13 +87,13 @@ def test_references_to_unknown_or_another_accounts_calculators_are_refused(api, 
         assert error["reason"] == f"selectors[0].calc_id: no calculator {calc_id} in this account"
         response = api.call("POST", "/gw/calcs", key=key, body=[_daily(calc_id)])
         assert response.json()["errors"][0]["field"] == "[0].messages_source.calculator_id"
-    assert _count(alias, Calculator) == 0 and _count(alias, CalculatorSource) == 0
+    assert _count(alias, Calculator, account) == 0 and _count(alias, CalculatorSource, account) == 0
     # In a list, the good ones are created and the bad one named by its place.
     mine = _create(api, key, TRIPS)
     response = api.call("POST", "/gw/calcs", key=key, body=[_stops(mine["id"]), _stops(theirs.pk)])
     assert len(response.json()["result"]) == 1
     assert [error["field"] for error in response.json()["errors"]] == ["[1].selectors[0].calc_id"]
-    assert _count(alias, Calculator) == 2 and _count(alias, CalculatorSource) == 1
+    assert _count(alias, Calculator, account) == 2 and _count(alias, CalculatorSource, account) == 1
     # A change to another account's calculator is refused the same way, and changes nothing.
     response = api.call("PUT", f"/gw/calcs/{mine['id']}", key=key, body={"counters": [
         {"name": "x", "type": "calculator", "calc_id": theirs.pk}]})

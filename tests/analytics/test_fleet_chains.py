@@ -116,8 +116,8 @@ def test_a_chain_settles_to_the_chain_from_scratch_under_late_data(scenario):
         scenario.batch()
         time.sleep(scenario.rng.uniform(0, 0.1))
     scenario.wait_settled(timeout=120)
-    trips, stops, summary = (scenario.chain()[calculator.pk] for calculator in scenario.calculators)
-    assert trips and stops and summary  # the chain has something at every level
+    trips, _stops, summary = (scenario.chain()[calculator.pk] for calculator in scenario.calculators)
+    assert trips and summary  # the summary has trips to count: each one, once
     assert sum(interval["trips"] for interval in summary) == len(trips)
     for _ in range(6):
         scenario.late_batch(size=scenario.rng.randint(5, 30))

@@ -169,10 +169,10 @@ def test_inline_calculate_refuses_another_accounts_calculator(api, key, device, 
 
 def _drive(device) -> list[dict]:
     """Two trips (speed 40) with a stop inside the first (speed 0 at 30..40 s, shorter than the
-    trips' max_inactive), and a parking of 200 s between them."""
+    trips' max_inactive), and a parking between them (speed 0 at 160 s, 100 s after the first)."""
     from devices.services import messages_ingest
 
-    speeds = {0: 40, 10: 40, 20: 40, 30: 0, 40: 0, 50: 40, 60: 40, 260: 40, 270: 40, 280: 40}
+    speeds = {0: 40, 10: 40, 20: 40, 30: 0, 40: 0, 50: 40, 60: 40, 160: 0, 260: 40, 270: 40, 280: 40}
     messages = [{"timestamp": T0 + t, "position.speed": float(v), "position.latitude": 56.9 + t / 1e4,
                  "position.longitude": 24.1} for t, v in sorted(speeds.items())]
     messages_ingest(devices=[device], messages=messages)

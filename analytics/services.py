@@ -171,8 +171,8 @@ def calculator_delete(*, calculator: Calculator) -> None:
     """Delete a calculator, its assignments and their intervals. One that other calculators
     chain is a ``Conflict`` naming them: they would lose what they compute from."""
     with locked_row(Calculator, pk=calculator.pk, using=calculator.database, name="calculator") as current:
-        _chains_lock(alias=current._state.db, account_id=current.account_id)
-        dependents = list(CalculatorSource.objects.using(current._state.db).filter(source_id=current.pk)
+        _chains_lock(alias=current.database, account_id=current.account_id)
+        dependents = list(CalculatorSource.objects.using(current.database).filter(source_id=current.pk)
                           .order_by("calculator_id").values_list("calculator_id", flat=True))
         if dependents:
             raise Conflict(

@@ -412,7 +412,7 @@ class CalculateView(DeviceSelectionView):
             try:
                 services.calculator_chain_check(account=self.account, calculator=calculator)
             except services.CalculatorInvalid as exc:
-                detail = calculator_problems(exc.problems)
+                detail: dict = calculator_problems(exc.problems)
                 raise serializers.ValidationError(detail if serializer.top_level else {"calculator": detail}) from None
         begin, end = data.get("begin"), data.get("end")
         if begin is None or end is None:

@@ -8,7 +8,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .calculator import Calculator, compile_calculator
-from .chains import IntervalReader, ListedIntervals, Sources, SourceSpan, intervals_as_messages, source_spans
+from .chains import (
+    IntervalReader,
+    ListedIntervals,
+    Sources,
+    SourcesGiven,
+    SourceSpan,
+    intervals_as_messages,
+    source_spans,
+)
 from .counters import COUNTER_TYPES, OMIT, message_counters
 from .expressions import Frame
 from .geo import first_containing
@@ -152,7 +160,7 @@ def _interval_pass(calc, rows, counter_values, active, previous, intervals: Inte
     return intervals
 
 
-def readers(sources: Mapping[int, IntervalReader | Sequence[Mapping]] | None) -> dict[int, IntervalReader]:
+def readers(sources: SourcesGiven | None) -> dict[int, IntervalReader]:
     """``sources`` with every list of intervals wrapped as an ``IntervalReader``."""
     return {
         calc_id: ListedIntervals(source) if isinstance(source, Sequence) else source
@@ -160,10 +168,7 @@ def readers(sources: Mapping[int, IntervalReader | Sequence[Mapping]] | None) ->
     }
 
 
-def calculate(
-    messages, calculator, *, now: float | None = None,
-    sources: Mapping[int, IntervalReader | Sequence[Mapping]] | None = None,
-) -> IntervalList:
+def calculate(messages, calculator, *, now: float | None = None, sources: SourcesGiven | None = None) -> IntervalList:
     """All intervals of ``messages`` (a list of message dicts, or ``Messages``) under
     ``calculator`` (a configuration dict or a compiled ``Calculator``). ``sources``: for a
     calculator that chains others (``chains``), each one's intervals of the device (a list, or

@@ -59,6 +59,8 @@ class ListedIntervals:
 
 
 Sources = Mapping[int, IntervalReader]
+# What a caller may give: each source as a reader or as a list of its intervals.
+SourcesGiven = Mapping[int, "IntervalReader | Sequence[Mapping]"]
 
 
 @dataclass

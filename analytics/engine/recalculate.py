@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .calculate import IntervalList, _interval, _interval_pass, compute, validated
+from .calculate import IntervalList, _interval, _interval_pass, compute, readers, validated
 from .calculator import Calculator, compile_calculator
-from .chains import Sources, source_spans
+from .chains import Sources, SourcesGiven, source_spans
 from .counters import COUNTER_TYPES, OMIT, RouteCounter, message_counters
 from .expressions import Frame
 from .messages import Messages
@@ -295,7 +295,7 @@ def recalculate(
     messages_begin: float | None = None,
     newest: float | None = None,
     tail: Tail | None = None,
-    sources: Sources | None = None,
+    sources: SourcesGiven | None = None,
 ) -> Diff:
     """Recalculate the intervals of one assignment after its messages changed in
     ``[dirty_begin, dirty_end]``, reading only what is near that range.
@@ -324,8 +324,8 @@ def recalculate(
       it. When every changed message comes after the newest then and keeps the active interval
       active, the interval is extended from it instead (``Diff.extended``); the tail is checked
       against the stored intervals and the messages, so a stale one only costs the window.
-    * ``sources``: for a calculator that chains others (``chains``), an ``IntervalReader`` of each
-      one's current intervals of the device, by calculator id. The dirty range then also covers
+    * ``sources``: for a calculator that chains others (``chains``), an ``IntervalReader`` (or a
+      list) of each one's current intervals of the device, by calculator id. The dirty range then also covers
       every source interval created, updated or deleted since the stored intervals were computed
       (its old and new extent). For a ``messages_source`` calculator, ``read_messages`` gives the
       source's intervals as messages (``chains.messages_of``) and the dirty range is in their
@@ -346,6 +346,7 @@ def recalculate(
     calc = compile_calculator(calculator)
     if dirty_begin > dirty_end:
         raise ValueError("dirty_begin is after dirty_end")
+    chain = readers(sources) if sources else None
     if frozen_before is None:
         frozen_before = (now - calc.update_period) if now is not None else -math.inf
     if tail is not None:
@@ -394,7 +395,7 @@ def recalculate(
         accepted_count = len(accepted)
         first_usable = _first_known(calc, raw, accepted, from_start)
         clean, need = (
-            _cut_info(calc, accepted, from_start, sources)
+            _cut_info(calc, accepted, from_start, chain)
             if accepted_count
             else (np.zeros(0, bool), np.zeros(0, np.int64))
         )
@@ -434,7 +435,7 @@ def recalculate(
         previous = interval_before(keep_from) if keep_from is not None else None
         window = accepted.slice(window_start, cut_after)
         new = compute(calc, window, now=now, reached_end=end_reached, keep_from=keep_from, previous=previous,
-                      sources=sources)
+                      sources=chain)
         hi = float(stamps[cut_after]) if cut_after < accepted_count else math.inf
         if calc.crosses_intervals and not end_reached:
             stored_last = interval_before(hi)
@@ -578,7 +579,7 @@ class MemoryStore:
         frozen_before: float | None = -math.inf,
         messages_begin: float | None = None,
         keep_tail: bool = False,
-        sources: Sources | None = None,
+        sources: SourcesGiven | None = None,
     ) -> Diff:
         """``keep_tail``: pass the previous recalculation's tail (``Diff.tail``), as a calc
         worker does, so that appended messages extend the active interval. ``sources``: as

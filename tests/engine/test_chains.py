@@ -242,17 +242,28 @@ def test_references_name_their_paths():
 
 # ---- a chain recalculated in windows equals a chain calculated from scratch -----------------
 
+# Pairs: the source's configuration, and another it is changed to between batches (a change of
+# a source's configuration recalculates all its history; its dependents follow the change alone).
 SOURCES = [
-    {"name": "trips", "selectors": [{"type": "expression", "expression": "$v > 2", "max_inactive": 60}],
-     "counters": [{"name": "km", "type": "expression", "expression": "mileage()", "method": "summary"},
-                  {"name": "top", "type": "parameter", "parameter": "v", "method": "maximum"}]},
-    {"name": "values", "selectors": [{"type": "expression", "method": "change", "expression": "$v"}],
-     "counters": [{"name": "top", "type": "parameter", "parameter": "v", "method": "maximum"}]},
-    {"name": "hours", "selectors": [{"type": "datetime", "split": "hour"}],
-     "counters": [{"name": "n", "type": "expression", "expression": "1", "method": "summary"}]},
-    {"name": "merged", "selectors": [{"type": "expression", "expression": "v != 3", "merge_message_after": True,
-                                      "min_duration": 2}],
-     "counters": [{"name": "n", "type": "expression", "expression": "1", "method": "summary"}]},
+    ({"name": "trips", "selectors": [{"type": "expression", "expression": "$v > 2", "max_inactive": 60}],
+      "counters": [{"name": "km", "type": "expression", "expression": "mileage()", "method": "summary"},
+                   {"name": "top", "type": "parameter", "parameter": "v", "method": "maximum"}]},
+     {"name": "trips", "selectors": [{"type": "expression", "expression": "$v > 6", "max_inactive": 200}],
+      "counters": [{"name": "km", "type": "expression", "expression": "mileage()", "method": "summary"},
+                   {"name": "top", "type": "parameter", "parameter": "v", "method": "maximum"}]}),
+    ({"name": "values", "selectors": [{"type": "expression", "method": "change", "expression": "$v"}],
+      "counters": [{"name": "top", "type": "parameter", "parameter": "v", "method": "maximum"}]},
+     {"name": "values", "selectors": [{"type": "expression", "method": "change", "expression": "$v > 2"}],
+      "counters": [{"name": "top", "type": "parameter", "parameter": "v", "method": "minimum"}]}),
+    ({"name": "hours", "selectors": [{"type": "datetime", "split": "hour"}],
+      "counters": [{"name": "n", "type": "expression", "expression": "1", "method": "summary"}]},
+     {"name": "hours", "selectors": [{"type": "datetime", "split": "day"}],
+      "counters": [{"name": "n", "type": "expression", "expression": "1", "method": "summary"}]}),
+    ({"name": "merged", "selectors": [{"type": "expression", "expression": "v != 3", "merge_message_after": True,
+                                       "min_duration": 2}],
+      "counters": [{"name": "n", "type": "expression", "expression": "1", "method": "summary"}]},
+     {"name": "merged", "selectors": [{"type": "expression", "expression": "v != 7", "merge_message_before": True}],
+      "counters": [{"name": "n", "type": "expression", "expression": "1", "method": "summary"}]}),
 ]
 
 
@@ -329,41 +340,75 @@ def _union(*ranges):
 
 @settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(source_config=st.sampled_from(SOURCES), dependent_config=dependents(),
+@given(sources=st.sampled_from(SOURCES), dependent_config=dependents(),
        batches=st.lists(st.lists(st.one_of(message(), message(), st.tuples(st.just("delete"), st.integers(0, 119))),
                                  min_size=1, max_size=12), min_size=1, max_size=8),
-       late_now=st.booleans())
-def test_a_chain_recalculated_in_windows_equals_the_chain_from_scratch(source_config, dependent_config, batches,
+       switches=st.lists(st.booleans(), min_size=8, max_size=8), late_now=st.booleans())
+def test_a_chain_recalculated_in_windows_equals_the_chain_from_scratch(sources, dependent_config, batches, switches,
                                                                      late_now):
-    source_calc, dependent = compile_calculator(source_config), compile_calculator(dependent_config)
+    configs = [compile_calculator(config) for config in sources]
+    dependent = compile_calculator(dependent_config)
     reads_messages = dependent.messages_calc is None
     now = T0 + 10**6 if late_now else None
     state: dict = {}
     source_store, dependent_store = MemoryStore([], []), MemoryStore([], [])
-    for batch in batches:
-        lo, hi = _apply_batch(state, batch)
-        messages = _current(state)
+    current = 0
+
+    def follow(source_calc, messages, lo, hi, changed_messages: bool) -> None:
+        """The source recalculated for the change, then the dependent for the messages that
+        changed (if any) and the range the source's intervals changed in."""
         source_store.set_messages(messages)
         before = {interval["id"]: interval for interval in source_store.intervals}
         source_diff = source_store.recalculate(source_calc, dirty_begin=lo, dirty_end=hi, now=now)
         source_store.apply(source_diff)
         changed = changed_range(source_diff, before)
-        dirty = _union((lo, hi), changed) if reads_messages else changed
+        dirty = _union((lo, hi), changed) if reads_messages and changed_messages else changed
         if dirty is not None:
             dependent_store.set_messages(messages if reads_messages else intervals_as_messages(source_store.intervals))
             diff = dependent_store.recalculate(dependent, dirty_begin=dirty[0], dirty_end=dirty[1], now=now,
                                                sources={SOURCE: source_store})
             dependent_store.apply(diff)
-        source_full = calculate(messages, source_calc, now=now)
+
+    for batch, switch in zip(batches, switches, strict=False):
+        if switch and state:  # the source's configuration changes: all of its history is recalculated
+            current = 1 - current
+            follow(configs[current], _current(state), -math.inf, math.inf, False)
+        lo, hi = _apply_batch(state, batch)
+        messages = _current(state)
+        follow(configs[current], messages, lo, hi, True)
+        source_full = calculate(messages, configs[current], now=now)
         assert source_store.intervals == list(source_full)
         dependent_full = calculate(messages if reads_messages else None, dependent, now=now,
                                    sources={SOURCE: list(source_full)})
         assert dependent_store.intervals == list(dependent_full)
 
 
+def test_a_shortened_source_interval_is_followed_by_its_old_extent():
+    """A source interval [10, 50] shortened to [10, 15] (same id): the dependent interval [20, 60]
+    counted it (``allow_start_before``) and no longer does. The window of the new extent alone
+    ends before [20, 60]; the old extent reaches it."""
+    messages = [{"timestamp": float(t), "v": 0 if t in (16, 17, 18) else 1} for t in (0, 10, 16, 17, 18, 20, 40, 60)]
+    dependent = compile_calculator({
+        "name": "d", "selectors": [{"type": "expression", "expression": "v > 0"}],
+        "counters": [{"name": "n", "type": "calculator", "calc_id": SOURCE, "method": "count",
+                      "allow_start_before": True}]})
+    old, new = _iv(10.0, 50.0), _iv(10.0, 15.0)
+    stored = calculate(messages, dependent, sources={SOURCE: [old]})
+    assert [(iv["begin"], iv["end"], iv["n"]) for iv in stored] == [(0.0, 10.0, 0), (20.0, 60.0, 1)]
+    expected = calculate(messages, dependent, sources={SOURCE: [new]})
+    assert [(iv["begin"], iv["end"], iv["n"]) for iv in expected] == [(0.0, 10.0, 0), (20.0, 60.0, 0)]
+    from analytics.engine import Diff
+
+    for before, right in (({}, False), ({old["id"]: old}, True)):
+        lo, hi = changed_range(Diff(updated=[new]), before)
+        store = MemoryStore(messages, stored)
+        store.apply(store.recalculate(dependent, dirty_begin=lo, dirty_end=hi, sources={SOURCE: [new]}))
+        assert (store.intervals == list(expected)) is right
+
+
 def test_a_window_reads_the_source_near_the_change_only():
     """Appending to a long history reads a few source intervals and messages, not all of them."""
-    source_calc = compile_calculator(SOURCES[0])
+    source_calc = compile_calculator(SOURCES[0][0])
     inside = compile_calculator({"name": "inside", "selectors": [{"type": "calc", "calc_id": SOURCE}],
                                  "counters": [{"name": "n", "type": "expression", "expression": "1",
                                                "method": "summary"}]})

@@ -107,7 +107,7 @@ class Checker:
         if not self._given(obj, key, where, True):
             return None
         value = obj[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
             self.add(where, "must be a calculator id (a positive integer)")
             return None
         return value

@@ -102,6 +102,28 @@ def test_references_to_unknown_or_another_accounts_calculators_are_refused(api, 
     assert Calculator.objects.using(alias).get(pk=mine["id"]).version == 1
 
 
+@pytest.mark.parametrize(("config", "field"), [
+    ({"name": "x", "selectors": [{"type": "calc", "calc_id": 2**63}]}, "[0].selectors[0].calc_id"),
+    ({"name": "x", "selectors": [{"type": "calc", "calc_id": -1, "invert": 2}]}, "[0].selectors[0].calc_id"),
+    ({"name": "x", "selectors": [{"type": "calc", "calc_id": 1, "merge_unknown": True}]},
+     "[0].selectors[0].merge_unknown"),
+    ({"name": "x", "selectors": [{"type": "datetime"}], "counters": [
+        {"name": "n", "type": "calculator", "calc_id": 1, "method": "average"}]}, "[0].counters[0].fields"),
+    ({"name": "x", "selectors": [{"type": "datetime"}], "messages_source": {"source": "calculator",
+                                                                             "calculator_id": "7"}},
+     "[0].messages_source.calculator_id"),
+    ({"name": "x", "selectors": [{"type": "datetime"}], "messages_source": ["calculator"]}, "[0].messages_source"),
+])
+def test_bad_chaining_options_are_400_with_their_path(api, key, account, config, field):
+    from accounts.placement import alias_for_account
+    from analytics.models import Calculator
+
+    response = api.call("POST", "/gw/calcs", key=key, body=[config])
+    assert response.status_code == 400, response.content
+    assert field in [error["field"] for error in response.json()["errors"]]
+    assert _count(alias_for_account(account.pk), Calculator, account) == 0
+
+
 def test_cycles_are_refused_with_their_path(api, key, account):
     from accounts.placement import alias_for_account
     from analytics.models import Calculator

@@ -8,13 +8,16 @@ recalculation (docs/analytics.md, "A recalculation").
   ``recalculate`` over a shard cache (``analytics.fleet.cache``) and gives a ``Run`` per
   assignment; ``runs_store`` stores their diffs, their events (the outbox) and their
   assignments' state in the caller's transaction (a calc worker's fenced one), in a few
-  statements for the whole batch; ``runs_cached`` brings the cache's intervals in step after the
-  commit. ``diff_store`` stores one assignment's diff by the same path, reading the intervals
+  statements for the whole batch (and the pending ranges of the assignments chaining what
+  changed: docs/analytics.md, "Calculator chaining"); ``runs_cached`` brings the cache's intervals
+  in step after the commit. A run of a calculator that chains others reads their intervals from
+  the same cache (``CachedSource``); an on-demand one from PostgreSQL (``sources_stored``). ``diff_store`` stores one assignment's diff by the same path, reading the intervals
   before the change from PostgreSQL instead of a cache.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -27,12 +30,26 @@ from accounts.placement_guard import placement_guard
 from analytics import blocks, storage, stored_columns
 from analytics import events as event_topics
 from analytics.choices import AssignmentState
-from analytics.engine import Calculator, Diff, IntervalList, Messages, active_deadline, calculate, recalculate
+from analytics.engine import (
+    Calculator,
+    Diff,
+    IntervalList,
+    ListedIntervals,
+    Messages,
+    active_deadline,
+    calculate,
+    intervals_as_messages,
+    message_time,
+    messages_of,
+    recalculate,
+)
+from analytics.engine.interval_fields import ENGINE_FIELDS
 from analytics.fleet.batches import HISTORY_BEGIN, HISTORY_END
 from analytics.fleet.cache import ShardCache
 from analytics.models import Assignment
 from analytics.models import Calculator as StoredCalculator
 from devices.models import Device
+from flespi_site import celery as calc_queue
 from flespi_site.errors import ErrorKind, InvalidInput, TooLarge
 
 # One on-demand call reads at most this many messages (about a second of work: the columnar read
@@ -40,6 +57,9 @@ from flespi_site.errors import ErrorKind, InvalidInput, TooLarge
 # longer history is calculated in parts, or by an assignment that keeps its intervals stored.
 MAX_ON_DEMAND_MESSAGES = 1_000_000
 MAX_ON_DEMAND_SPAN = 366 * 86400  # seconds
+# A dependent's pending range is its source's changed range this much wider (s): an interval is
+# a message of a ``messages_source`` calculator at its begin to the microsecond (``message_time``).
+CHAIN_PAD = 1e-3
 
 
 def on_demand_range(*, calculator: Calculator, now: float) -> tuple[float, float]:
@@ -57,6 +77,12 @@ def calculate_stored(
     Raises ``InvalidInput`` for a bad range and ``TooLarge`` when the range holds more than
     ``MAX_ON_DEMAND_MESSAGES`` messages."""
     low, high = _range_of(begin, end)
+    sources = sources_stored(device=device, calculator=calculator, begin=begin, end=end) if calculator.chained else None
+    if sources is not None and calculator.messages_calc is not None:
+        source = sources.get(calculator.messages_calc)
+        intervals = source.read_intervals(-math.inf, math.inf) if source is not None else []
+        messages = intervals_as_messages([interval for interval in intervals if begin <= message_time(interval) <= end])
+        return calculate(messages, calculator, now=now, sources=sources)
     found = stored_columns.messages_count(
         device=device, begin=low, end=high, limit=MAX_ON_DEMAND_MESSAGES + 1
     )
@@ -71,7 +97,56 @@ def calculate_stored(
         messages_stored(device=device, begin=low, end=high, parameters=calculator.parameters),
         calculator,
         now=now,
+        sources=sources,
     )
+
+
+def source_fields(calculator: StoredCalculator) -> frozenset[str]:
+    """The fields of a source calculator's intervals that a calculator chaining it sees: the
+    engine's and its counters' (not ``timestamp``, not user fields)."""
+    return frozenset((*ENGINE_FIELDS, *(counter["name"] for counter in calculator.counters)))
+
+
+def _engine_only(interval: dict, fields: frozenset[str]) -> dict:
+    return {key: value for key, value in interval.items() if key in fields}
+
+
+def sources_stored(
+    *, device: Device, calculator: Calculator, begin: float, end: float
+) -> dict[int, ListedIntervals]:
+    """The intervals of the calculators ``calculator`` chains (``Calculator.references``) of
+    ``device`` that overlap ``begin``..``end``, read from PostgreSQL, by calculator id; only
+    calculators of the device's account (another's has no assignment of the device)."""
+    ids = sorted({calc_id for _path, calc_id in calculator.references})
+    stored = StoredCalculator.objects.using(device.database).filter(pk__in=ids, account_id=device.account_id)
+    fields = {row.pk: source_fields(row) for row in stored}
+    rows = storage.intervals_read(alias=device.database, pairs=[(calc_id, device.pk) for calc_id in sorted(fields)],
+                                  begin=begin, end=end)
+    by_calc: dict[int, list[dict]] = {calc_id: [] for calc_id in fields}
+    for row in rows:
+        by_calc[row["calc_id"]].append(_engine_only(row, fields[row["calc_id"]]))
+    return {calc_id: ListedIntervals(intervals) for calc_id, intervals in by_calc.items()}
+
+
+class CachedSource:
+    """A source calculator's intervals of the device in a shard cache (``engine.IntervalReader``),
+    with their engine fields and counters only."""
+
+    def __init__(self, cache: ShardCache, calc_id: int, device_id: int, fields: frozenset[str]):
+        self.reader = cache.reader(calc_id=calc_id, device_id=device_id)
+        self.fields = fields
+
+    def read_intervals(self, begin: float, end: float) -> list[dict]:
+        return [_engine_only(row, self.fields) for row in self.reader.read_intervals(begin, end)]
+
+    def interval_before(self, moment: float) -> dict | None:
+        row = self.reader.interval_before(moment)
+        return None if row is None else _engine_only(row, self.fields)
+
+    def newest(self) -> float | None:
+        """The message time of the newest interval (``messages_source``)."""
+        row = self.reader.interval_before(math.inf)
+        return None if row is None else message_time(row)
 
 
 def messages_stored(*, device: Device, begin: int, end: int, parameters: frozenset[str] | None) -> Messages:
@@ -137,6 +212,11 @@ class Run:
     changes: storage.StoredChanges | None = None
     stamp: float = 0.0
     outbox: list[event_topics.Event] = field(default_factory=list)
+    # The calculators it chains that have an assignment of the device, with the fields of their
+    # intervals it sees (``source_fields``); the caller brings their cached intervals in step.
+    sources: dict[int, frozenset[str]] = field(default_factory=dict)
+    # A ``messages_source`` run: the message time of the source's newest interval it saw.
+    newest: float | None = None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -161,18 +241,33 @@ def runs_calculate(*, runs: Sequence[Run], compiled: Compiler, now: float, stats
         reader = run.cache.reader(calc_id=run.assignment.calculator_id, device_id=run.assignment.device_id,
                                   names=calculator.parameters)
         begin, end = (-math.inf, math.inf) if run.synced_now else (run.begin, run.end)
+        sources: dict[int, CachedSource] | None = None
+        read_messages, oldest, newest, tail = reader.read_messages, reader.oldest, reader.newest, reader.tail
+        if calculator.chained:
+            sources = {calc_id: CachedSource(run.cache, calc_id, run.assignment.device_id, fields)
+                       for calc_id, fields in run.sources.items()}
+            tail = None
+            if calculator.messages_calc is not None:
+                source = sources.get(calculator.messages_calc)
+                read_messages = functools.partial(messages_of, source if source is not None else ListedIntervals([]))
+                # No oldest message: a source interval that goes is a change, not an expiry (its
+                # purge is older than the dependent's update_period when the source keeps its
+                # intervals that long: docs/analytics.md, "Calculator chaining").
+                oldest = None
+                newest = run.newest = source.newest() if source is not None else None
         run.diff = recalculate(
             calculator=calculator,
-            read_messages=reader.read_messages,
+            read_messages=read_messages,
             read_intervals=reader.read_intervals,
             interval_before=reader.interval_before,
             dirty_begin=begin if begin > HISTORY_BEGIN else -math.inf,
             dirty_end=end if end < HISTORY_END else math.inf,
             now=now,
             frozen_before=now - run.calculator.update_period,
-            messages_begin=reader.oldest,
-            newest=reader.newest,
-            tail=reader.tail,
+            messages_begin=oldest,
+            newest=newest,
+            tail=tail,
+            sources=sources,
         )
         reader.tail = run.diff.tail
         stats.messages_read += run.diff.messages_read
@@ -218,10 +313,15 @@ class StoredBefore:
         return next(iter(storage.intervals_read(alias=self.alias, pairs=[key], count=1, reverse=True)), None)
 
 
-def runs_store(*, alias: str, runs: Sequence[Run], stamp: float, before: Callable[[Run], Before]) -> None:
+def runs_store(
+    *, alias: str, runs: Sequence[Run], stamp: float, before: Callable[[Run], Before]
+) -> list[storage.DependentWidened]:
     """In the caller's transaction on ``alias``: every diff of the runs, their events, and the state
     of their assignments, in a few statements for the whole batch. ``before(run)`` reads the
-    intervals as they were stored before the change (the open one, the newest), for the events."""
+    intervals as they were stored before the change (the open one, the newest), for the events.
+    The assignments chaining a run's calculator (of the same device) get the range its intervals
+    changed in as their pending range; returns them, for the caller to arm their timers after
+    commit."""
     placement_guard(alias=alias, account_ids={run.assignment.account_id for run in runs})
     present = storage.assignments_lock(alias=alias, assignment_ids=[run.assignment.pk for run in runs])
     events: list[event_topics.Event] = []
@@ -239,6 +339,13 @@ def runs_store(*, alias: str, runs: Sequence[Run], stamp: float, before: Callabl
             priors[run.key].newest(run.key),
         )
         for run in stored
+    }
+    chained = storage.chain_sources(alias=alias, calc_ids={run.key[0] for run in stored if run.diff})
+    # What the changed intervals covered before the change: their old extent matters to a dependent.
+    old_extents = {
+        run.key: [prior_row for interval in run.diff.updated
+                  if (prior_row := priors[run.key].interval(run.key, interval["id"])) is not None]
+        for run in stored if run.key[0] in chained and run.diff is not None
     }
     writes = {}
     for run in stored:
@@ -285,6 +392,14 @@ def runs_store(*, alias: str, runs: Sequence[Run], stamp: float, before: Callabl
         run.changes = changes
     storage.outbox_events(alias=alias, events=events)
     storage.assignments_done(alias=alias, rows=rows)
+    # After ``assignments_done``: a dependent that ran in this batch keeps the range it must run again for.
+    changed = {}
+    for run in stored:
+        if run.key in old_extents and run.changes:
+            rows_changed = [*run.changes.created, *run.changes.updated, *run.changes.deleted, *old_extents[run.key]]
+            changed[run.key] = (min(row["begin"] for row in rows_changed) - CHAIN_PAD,
+                                max(row["end"] for row in rows_changed) + CHAIN_PAD)
+    return storage.dependents_pending_widen(alias=alias, ranges=changed)
 
 
 def runs_cached(*, runs: Sequence[Run], stats: RunStats) -> None:
@@ -311,10 +426,11 @@ def run_deadline(*, run: Run, compiled: Compiler) -> tuple[float, float] | None:
     assert run.diff is not None and run.cache is not None
     if not run.diff.reached_end or run.diff.active_id is None:
         return None
-    newest = run.cache.newest(device_id=run.assignment.device_id)
+    calculator = compiled(run.calculator)
+    newest = run.newest if calculator.messages_calc is not None else run.cache.newest(device_id=run.assignment.device_id)
     if newest is None:
         return None
-    deadline = active_deadline(compiled(run.calculator), newest=newest)
+    deadline = active_deadline(calculator, newest=newest)
     return None if deadline is None else (deadline, newest)
 
 
@@ -340,8 +456,12 @@ def diff_store(
     run = Run(assignment=assignment, calculator=assignment.calculator, begin=begin, end=end,
               was_state=assignment.state, diff=diff)
     with transaction.atomic(using=alias):
-        runs_store(alias=alias, runs=[run], stamp=time.time() if now is None else now,
-                   before=lambda _run: StoredBefore(alias))
+        dependents = runs_store(alias=alias, runs=[run], stamp=time.time() if now is None else now,
+                                before=lambda _run: StoredBefore(alias))
+        if dependents:
+            region = calc_queue.region_of_alias(alias)
+            shards = {dependent.shard for dependent in dependents}
+            transaction.on_commit(lambda: calc_queue.shards_request(region=region, shards=shards), using=alias)
     assert run.changes is not None
     return run.changes
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # The fields of a calculator whose change changes the intervals it computes: a change of any of
 # them gives the calculator a new version (and, with update_onchange, recalculates).
-RESULT_FIELDS = ("selectors", "counters", "validate_message", "validate_interval", "timezone")
+RESULT_FIELDS = ("messages_source", "selectors", "counters", "validate_message", "validate_interval", "timezone")
 # Intervals are stored in this many hash partitions by device (like messages).
 INTERVALS_PARTITIONS = 8
 # A user-field object (PUT on an interval) is at most this large, encoded.

@@ -14,12 +14,20 @@ from analytics.choices import AssignmentState
 from devices.models import Device, Group
 
 
+def device_source() -> dict:
+    """The ``messages_source`` of a calculator reading its device's own messages."""
+    return {"source": "device"}
+
+
 class Calculator(RegionalModel):
     """How to cut a device's message stream into intervals (DESIGN 7.2). The configuration is
     stored normalised (every default filled in); ``version`` grows by one whenever a field that
     changes the computed intervals changes (``analytics.constants.RESULT_FIELDS``)."""
 
     name = models.CharField(max_length=255)
+    # {"source": "device"}, or {"source": "calculator", "calculator_id": N}: calculator N's
+    # intervals of the device are the messages (docs/analytics.md, "Calculator chaining").
+    messages_source = models.JSONField(default=device_source)
     selectors = models.JSONField()
     counters = models.JSONField(default=list)
     # null is the engine's "no expression" (an empty string would be one that does not parse).
@@ -53,6 +61,7 @@ class Calculator(RegionalModel):
         """The configuration as the engine takes it (and the API shows it)."""
         return {
             "name": self.name,
+            "messages_source": self.messages_source,
             "selectors": self.selectors,
             "counters": self.counters,
             "validate_message": self.validate_message,
@@ -65,6 +74,30 @@ class Calculator(RegionalModel):
             "intervals_rotate": self.intervals_rotate,
             "metadata": self.metadata,
         }
+
+
+class CalculatorSource(RegionalModel):
+    """A calculator chaining another of the same account: ``calculator`` reads ``source``'s
+    intervals of each device (a ``calc`` selector, a ``calculator`` counter, its
+    ``messages_source``; docs/analytics.md, "Calculator chaining"). Kept in step with the
+    configuration by ``calculator_create``/``calculator_update``, which refuse a cycle; a stored
+    change of a source's intervals makes its dependents' assignments of the device recalculate
+    that range. A calculator that others chain is not deleted (``PROTECT``, and a 409 first)."""
+
+    calculator = models.ForeignKey(Calculator, on_delete=models.CASCADE, related_name="source_links")
+    source = models.ForeignKey(Calculator, on_delete=models.PROTECT, related_name="dependent_links")
+    created = models.FloatField(help_text="unix time")
+
+    class Meta:
+        ordering = ["calculator_id", "source_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["calculator", "source"], name="calculator_source_unique"),
+            models.CheckConstraint(condition=~models.Q(calculator=models.F("source")), name="calculator_source_not_self"),
+        ]
+        indexes = [models.Index(fields=["source"], name="calculator_source_source_idx")]
+
+    def __str__(self) -> str:
+        return f"calculator {self.calculator_id} chains {self.source_id}"
 
 
 class Assignment(RegionalModel):

@@ -1,5 +1,5 @@
 """The rows of an account in the analytics app (see ``accounts.regional_data``): its calculators,
-their assignments (of devices and of groups) and the assignments' stored intervals, its geofences
+their assignments (of devices and of groups), the calculators they chain, and the assignments' stored intervals, its geofences
 and their assignments to calculators, and its devices' message blocks, all in the datacenter
 database; how a move between datacenters brings each, and the reset of the message blocks
 (derived from the messages) in the move's target."""
@@ -9,7 +9,14 @@ from __future__ import annotations
 import psycopg
 
 from accounts.regional_data import JournalTrigger, MoveKind, RegionalData, RegionalTable
-from analytics.models import Assignment, Calculator, CalculatorGeofence, Geofence, GroupAssignment
+from analytics.models import (
+    Assignment,
+    Calculator,
+    CalculatorGeofence,
+    CalculatorSource,
+    Geofence,
+    GroupAssignment,
+)
 from devices.regional import DEVICES
 from flespi_site.constants import LockSpace, lock_id
 
@@ -50,6 +57,8 @@ REGIONAL = RegionalData(
         RegionalTable(CalculatorGeofence._meta.db_table, moves=MoveKind.ENTITIES),
         # Calculators assigned to groups (of devices): their rows refer to both.
         RegionalTable(GroupAssignment._meta.db_table, moves=MoveKind.ENTITIES),
+        # Calculators chaining others (both ends are calculators of the account).
+        RegionalTable(CalculatorSource._meta.db_table, moves=MoveKind.ENTITIES),
         CALCULATORS,
         RegionalTable(Geofence._meta.db_table, moves=MoveKind.ENTITIES),
     ],

@@ -15,16 +15,12 @@ from analytics.models import Assignment, Calculator, CalculatorGeofence, Geofenc
 from flespi_site.errors import ErrorKind, InvalidInput
 from flespi_site.jsontext import loads_exact
 
-# Every calculator reads its device's own messages (the engine refuses any other source).
-MESSAGES_SOURCE = {"source": "device"}
-
 
 def calculator_item(calculator: Calculator) -> dict:
     """A calculator as the API renders it, and as its log events carry it."""
     return {
         "id": calculator.pk,
         "cid": calculator.account_id,
-        "messages_source": dict(MESSAGES_SOURCE),
         **calculator.configuration(),
         "version": calculator.version,
         "created": calculator.created,

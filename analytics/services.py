@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F
 from django.db.models.functions import Greatest, Least
 
@@ -28,11 +28,19 @@ from analytics.engine.interval_fields import INTERVAL_FIELDS
 from analytics.engine.zone_checks import check_geometry
 from analytics.engine.zones import GeofenceSet, zone_order
 from analytics.events import Event
-from analytics.models import Assignment, Calculator, CalculatorGeofence, Geofence, GroupAssignment
+from analytics.models import (
+    Assignment,
+    Calculator,
+    CalculatorGeofence,
+    CalculatorSource,
+    Geofence,
+    GroupAssignment,
+)
 from devices.membership import groups_lock
 from devices.models import Device, Group
 from devices.selectors import group_member_ids, groups_matching
 from flespi_site import celery as calc_queue
+from flespi_site.constants import LockSpace, lock_id
 from flespi_site.errors import Conflict, DomainError, ErrorKind, InvalidInput, NotFound
 from flespi_site.jsontext import dumps_exact
 from flespi_site.mqtt.topics import LogEvent, calc_log_topic
@@ -81,12 +89,20 @@ def _logged(*, alias: str, calculator: Calculator, event: LogEvent) -> None:
 
 
 def calculator_create(*, account: Account, config: Mapping[str, Any]) -> Calculator:
+    """Create a calculator; the calculators it chains must be the account's (a 400 naming the
+    path otherwise, nothing saved)."""
     normalised = calculator_config_check(config)
+    compiled_config = compile_calculator(normalised)
     alias = placement.alias_for_account(account.pk)
     calculator = Calculator(account_id=account.pk, created=time.time())
     _apply_config(calculator, normalised)
     with transaction.atomic(using=alias):
+        if compiled_config.chained:
+            _chains_lock(alias=alias, account_id=account.pk)
+            _chains_check(alias=alias, account_id=account.pk, calculator_id=None, compiled_config=compiled_config)
         calculator.save(using=alias)
+        if compiled_config.chained:
+            _chains_keep(alias=alias, calculator=calculator, compiled_config=compiled_config)
         _logged(alias=alias, calculator=calculator, event=LogEvent.CREATED)
     return calculator
 
@@ -98,6 +114,7 @@ def calculator_update(*, calculator: Calculator, data: Mapping[str, Any]) -> Cal
     intervals frozen)."""
     alias = calculator.database
     with locked_row(Calculator, pk=calculator.pk, using=alias, name="calculator") as current:
+        was_chained = compile_calculator(current.configuration()).chained
         config = current.configuration()
         config.update(data)
         normalised = calculator_config_check(config)
@@ -105,9 +122,17 @@ def calculator_update(*, calculator: Calculator, data: Mapping[str, Any]) -> Cal
         if not changes:
             return current
         affects_results = any(name in RESULT_FIELDS for name in changes)
+        compiled_config = compile_calculator(normalised)
+        chains = compiled_config.chained or was_chained
+        if chains:
+            _chains_lock(alias=alias, account_id=current.account_id)
+            _chains_check(alias=alias, account_id=current.account_id, calculator_id=current.pk,
+                          compiled_config=compiled_config)
         if affects_results:
             changes["version"] = current.version + 1
         save_fields(current, changes, name="calculator")
+        if chains:
+            _chains_keep(alias=alias, calculator=current, compiled_config=compiled_config)
         _logged(alias=alias, calculator=current, event=LogEvent.UPDATED)
         if affects_results:
             _results_changed(alias=alias, calculators=[current])
@@ -143,14 +168,129 @@ def _calculators_new_version(*, alias: str, calculator_ids: Iterable[int]) -> No
 
 
 def calculator_delete(*, calculator: Calculator) -> None:
-    """Delete a calculator, its assignments and their intervals."""
+    """Delete a calculator, its assignments and their intervals. One that other calculators
+    chain is a ``Conflict`` naming them: they would lose what they compute from."""
     with locked_row(Calculator, pk=calculator.pk, using=calculator.database, name="calculator") as current:
+        _chains_lock(alias=current.database, account_id=current.account_id)
+        dependents = list(CalculatorSource.objects.using(current.database).filter(source_id=current.pk)
+                          .order_by("calculator_id").values_list("calculator_id", flat=True))
+        if dependents:
+            raise Conflict(
+                f"calculator {current.pk} is chained by calculator{'s' if len(dependents) > 1 else ''} "
+                f"{', '.join(str(calc_id) for calc_id in dependents)}: change or delete "
+                f"{'them' if len(dependents) > 1 else 'it'} first",
+                id=current.pk,
+            )
         # Its assignments are locked in id order first, as a calc worker's run locks them, so that
         # the two never wait on each other (a deadlock otherwise: each holding what the other wants).
         list(Assignment.objects.using(current._state.db).filter(calculator_id=current.pk).order_by("pk")
              .select_for_update().values_list("pk", flat=True))
         _logged(alias=calculator.database, calculator=current, event=LogEvent.DELETED)
         current.delete()
+
+
+# --- calculator chaining -------------------------------------------------------------------
+
+
+def _chains_lock(*, alias: str, account_id: int) -> None:
+    """The account's chains lock, exclusive, in the caller's transaction: calculator writes that
+    chain or may be chained take it, so that no two of them close a cycle together and no
+    calculator is deleted while another starts chaining it."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LockSpace.ACCOUNT_CHAINS, lock_id(account_id)])
+
+
+def _chains_check(*, alias: str, account_id: int, calculator_id: int | None, compiled_config) -> None:
+    """``CalculatorInvalid`` naming the path of each reference to a calculator that is not the
+    account's, and of each that closes a cycle (``selectors[0].calc_id: chain 7 -> 9 -> 7``)."""
+    problems = chain_problems(alias=alias, account_id=account_id, calculator_id=calculator_id,
+                              references=compiled_config.references)
+    if problems:
+        raise CalculatorInvalid(problems)
+
+
+def chain_problems(
+    *, alias: str, account_id: int, calculator_id: int | None, references: Sequence[tuple[str, int]]
+) -> list[Problem]:
+    """The problems of a calculator's references to others (``Calculator.references``: path, id):
+    each must be a calculator of the account, and none may lead back to ``calculator_id`` (the
+    calculator being changed; ``None`` for a new one, which nothing chains yet)."""
+    ids = {calc_id for _path, calc_id in references}
+    if not ids:
+        return []
+    known = set(Calculator.objects.using(alias).filter(account_id=account_id, pk__in=ids).values_list("pk", flat=True))
+    problems = [
+        Problem(path, f"no calculator {calc_id} in this account")
+        for path, calc_id in references if calc_id not in known
+    ]
+    if calculator_id is None:
+        return problems
+    edges: dict[int, list[int]] = {}
+    for dependent, source in (CalculatorSource.objects.using(alias).filter(account_id=account_id)
+                              .exclude(calculator_id=calculator_id).order_by("calculator_id", "source_id")
+                              .values_list("calculator_id", "source_id")):
+        edges.setdefault(dependent, []).append(source)
+    for path, calc_id in references:
+        if calc_id not in known:
+            continue
+        cycle = _path_to(edges, calc_id, calculator_id)
+        if cycle is not None:
+            problems.append(Problem(path, "chain " + " -> ".join(str(node) for node in [calculator_id, *cycle])))
+    return problems
+
+
+def _path_to(edges: Mapping[int, Sequence[int]], start: int, goal: int) -> list[int] | None:
+    """The calculators from ``start`` to ``goal`` following ``edges`` (dependent -> sources),
+    both included, or ``None`` when ``goal`` is not reached."""
+    stack: list[tuple[int, list[int]]] = [(start, [start])]
+    seen = set()
+    while stack:
+        node, path = stack.pop()
+        if node == goal:
+            return path
+        if node in seen:
+            continue
+        seen.add(node)
+        for source in reversed(edges.get(node, ())):
+            stack.append((source, [*path, source]))
+    return None
+
+
+def _chains_keep(*, alias: str, calculator: Calculator, compiled_config) -> None:
+    """The calculator's ``CalculatorSource`` rows in step with what its configuration chains."""
+    wanted = {calc_id for _path, calc_id in compiled_config.references}
+    links = CalculatorSource.objects.using(alias).filter(calculator_id=calculator.pk)
+    have = set(links.values_list("source_id", flat=True))
+    if have - wanted:
+        links.filter(source_id__in=have - wanted).delete()
+    now = time.time()
+    for source_id in sorted(wanted - have):
+        CalculatorSource(account_id=calculator.account_id, calculator_id=calculator.pk, source_id=source_id,
+                         created=now).save(using=alias)
+
+
+def calculator_chain_check(*, account: Account, calculator) -> None:
+    """An inline calculator (``POST /gw/devices/{sel}/calculate``) chains only the account's
+    calculators: ``CalculatorInvalid`` naming the path otherwise."""
+    if calculator.chained:
+        problems = chain_problems(alias=placement.alias_for_account(account.pk), account_id=account.pk,
+                                  calculator_id=None, references=calculator.references)
+        if problems:
+            raise CalculatorInvalid(problems)
+
+
+def chain_dependents_request(*, alias: str, source_id: int, device_ids: Collection[int]) -> None:
+    """In the caller's transaction: the assignments of these devices to the calculators chaining
+    ``source_id`` recalculate all of history (the source's intervals of the devices went with its
+    assignments), told to the fleet after commit."""
+    dependents = Assignment.objects.using(alias).filter(
+        calculator__source_links__source_id=source_id, device_id__in=list(device_ids), enabled=True
+    )
+    shards = list(dependents.values_list("shard", flat=True).distinct())
+    if shards:
+        _request(Assignment.objects.using(alias).filter(pk__in=list(dependents.values_list("pk", flat=True))),
+                 -math.inf, math.inf)
+        _tell_fleet(alias, shards)
 
 
 # --- assignments ---------------------------------------------------------------------------
@@ -261,6 +401,8 @@ def assignment_delete(*, assignment: Assignment, by_hand: bool = True) -> None:
             if not by_hand:
                 if not current.by_hand:
                     current.delete()
+                    chain_dependents_request(alias=alias, source_id=current.calculator_id,
+                                             device_ids=[current.device_id])
                 return
             holders = _holding_groups(alias=alias, calculator_id=current.calculator_id, device_id=current.device_id)
             if holders and not current.by_hand:
@@ -274,6 +416,7 @@ def assignment_delete(*, assignment: Assignment, by_hand: bool = True) -> None:
                 save_fields(current, {"by_hand": False}, name=_assignment_name(current))
             else:
                 current.delete()
+                chain_dependents_request(alias=alias, source_id=current.calculator_id, device_ids=[current.device_id])
 
 
 # --- groups --------------------------------------------------------------------------------

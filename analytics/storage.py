@@ -11,7 +11,7 @@ of change and assignment), never through the ORM.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,67 @@ def assignments_pending_widen(*, alias: str, ranges: Mapping[int, tuple[int, int
             ],
         )
         return [PendingWidened(calc_id, device_id, float(delay)) for calc_id, device_id, delay in cursor.fetchall()]
+
+
+@dataclass(frozen=True)
+class DependentWidened:
+    """An enabled assignment chaining a calculator whose intervals of its device changed: its
+    pending range widened to ``begin``..``end`` (s), to be armed on ``shard``'s timers."""
+
+    calc_id: int
+    device_id: int
+    shard: int
+    update_delay: float
+    begin: float
+    end: float
+
+
+def chain_sources(*, alias: str, calc_ids: Collection[int]) -> set[int]:
+    """The calculators among ``calc_ids`` that other calculators chain."""
+    if not calc_ids:
+        return set()
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT DISTINCT source_id FROM analytics_calculatorsource WHERE source_id = ANY(%s)", [list(calc_ids)]
+        )
+        return {row[0] for row in cursor.fetchall()}
+
+
+def dependents_pending_widen(
+    *, alias: str, ranges: Mapping[tuple[int, int], tuple[float, float]]
+) -> list[DependentWidened]:
+    """In the caller's transaction: the pending range of every enabled assignment of the device
+    to a calculator chaining the source, for each changed (source calc_id, device_id) -> range
+    (s), widened to cover it (a dependent of several changed sources: their union); returns them
+    in id order."""
+    if not ranges:
+        return []
+    keys = sorted(ranges)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE analytics_assignment AS a SET
+                pending_begin = LEAST(a.pending_begin, w.b), pending_end = GREATEST(a.pending_end, w.e)
+            FROM (
+                SELECT s.calculator_id AS c, r.d, min(r.b) AS b, max(r.e) AS e
+                FROM unnest(%s::bigint[], %s::bigint[], %s::float8[], %s::float8[]) AS r(src, d, b, e)
+                JOIN analytics_calculatorsource s ON s.source_id = r.src
+                GROUP BY s.calculator_id, r.d
+            ) AS w
+            WHERE a.calculator_id = w.c AND a.device_id = w.d AND a.enabled
+            RETURNING a.id, a.calculator_id, a.device_id, a.shard,
+                (SELECT update_delay FROM analytics_calculator c WHERE c.id = a.calculator_id), w.b, w.e
+            """,
+            [
+                [key[0] for key in keys],
+                [key[1] for key in keys],
+                [ranges[key][0] for key in keys],
+                [ranges[key][1] for key in keys],
+            ],
+        )
+        rows = sorted(cursor.fetchall())
+    return [DependentWidened(calc_id, device_id, shard, float(delay), begin, end)
+            for _id, calc_id, device_id, shard, delay, begin, end in rows]
 
 
 @dataclass(frozen=True)

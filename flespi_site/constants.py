@@ -27,6 +27,10 @@ class LockSpace(IntEnum):
     # shared, a change of a group or of a calculator's group assignments exclusively
     # (``devices.membership``), so that no membership change misses a concurrent group change.
     ACCOUNT_GROUPS = 0x0C10
+    # Per account, in datacenter databases: a calculator write that chains calculators or may be
+    # chained (create, update, delete) takes it exclusively, so that no two writes close a cycle
+    # or delete a calculator being chained (``analytics.services``).
+    ACCOUNT_CHAINS = 0x0C11
 
 
 # Single-key lock of the outbox relay of a datacenter database (one relay per database keeps the

@@ -57,7 +57,8 @@ class CalculatorSerializer(serializers.Serializer):
 
     name = StrictCharField(max_length=255)
     messages_source = JSONObjectField(
-        required=False, help_text='where its messages come from: {"source": "device"}, the only source there is'
+        required=False, help_text='where its messages come from: {"source": "device"} (default), or '
+        '{"source": "calculator", "calculator_id": N}: calculator N\'s intervals of the device'
     )
     selectors = serializers.ListField(child=JSONObjectField(), help_text="interval selectors; at least one")
     counters = serializers.ListField(child=JSONObjectField(), required=False)

@@ -409,6 +409,11 @@ class CalculateView(DeviceSelectionView):
             calculator = services.compiled(stored)
         else:
             calculator = data["calculator"]  # compiled by the serializer
+            try:
+                services.calculator_chain_check(account=self.account, calculator=calculator)
+            except services.CalculatorInvalid as exc:
+                detail: dict = calculator_problems(exc.problems)
+                raise serializers.ValidationError(detail if serializer.top_level else {"calculator": detail}) from None
         begin, end = data.get("begin"), data.get("end")
         if begin is None or end is None:
             begin, end = calculation.on_demand_range(calculator=calculator, now=time.time())

@@ -2,17 +2,22 @@
 
 Public interface (the rest of the platform calls only these):
 
-``calculate(messages, calculator, *, now=None) -> IntervalList``
+``calculate(messages, calculator, *, now=None, sources=None) -> IntervalList``
     Full calculation. ``messages``: a list of message dicts (``timestamp`` float seconds, flat
     dotted keys) or a ``Messages`` (columnar: ``Messages.from_dicts``/``Messages.from_columns``),
     sorted by timestamp. ``calculator``: a configuration dict or a compiled ``Calculator``.
     Returns interval dicts ``{"id", "begin", "end", "duration", <counters>}`` oldest first (no
     ``timestamp``: the storage layer stamps it); the list's ``active_id`` is the id of the active
     interval or ``None``. ``now`` (unix seconds) lets ``max_inactive`` and ``datetime`` periods
-    close the last interval by wall clock.
+    close the last interval by wall clock. ``sources``: for a calculator that chains others (the
+    ``calc`` selector, the ``calculator`` counter, ``messages_source`` of type ``calculator``),
+    each source calculator's intervals of the device by id (a list or an ``IntervalReader``);
+    ``Calculator.references`` lists what it chains (path, id), ``Calculator.chained`` whether it
+    does. ``intervals_as_messages``/``messages_of`` turn a source's intervals into the messages
+    of a ``messages_source`` calculator.
 
 ``recalculate(*, calculator, read_messages, read_intervals, interval_before, dirty_begin,
-dirty_end, now, frozen_before=None, messages_begin=None, newest=None) -> Diff``
+dirty_end, now, frozen_before=None, messages_begin=None, newest=None, tail=None, sources=None) -> Diff``
     Windowed recalculation after the messages changed in ``[dirty_begin, dirty_end]``; returns
     ``Diff(created, updated, deleted, active_id, reached_end, window, messages_read)``. The
     docstring of ``recalculate`` is the contract. ``MemoryStore`` implements the read callables
@@ -42,6 +47,7 @@ dirty_end, now, frozen_before=None, messages_begin=None, newest=None) -> Diff``
 
 from .calculate import IntervalList, active_deadline, calculate, interval_id
 from .calculator import Calculator, compile_calculator, normalize_calculator, validate_calculator
+from .chains import IntervalReader, ListedIntervals, intervals_as_messages, message_time, messages_of
 from .errors import CalculatorError, EngineError, EvaluationError, ExpressionError, Problem
 from .expressions import CompiledExpression, compile_expression
 from .messages import Messages
@@ -58,6 +64,8 @@ __all__ = [
     "EvaluationError",
     "ExpressionError",
     "IntervalList",
+    "IntervalReader",
+    "ListedIntervals",
     "MemoryStore",
     "Messages",
     "Problem",
@@ -67,6 +75,9 @@ __all__ = [
     "compile_calculator",
     "compile_expression",
     "interval_id",
+    "intervals_as_messages",
+    "message_time",
+    "messages_of",
     "normalize_calculator",
     "recalculate",
     "same_interval",

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from .calculator import Calculator, compile_calculator
+from .chains import (
+    IntervalReader,
+    ListedIntervals,
+    Sources,
+    SourcesGiven,
+    SourceSpan,
+    intervals_as_messages,
+    source_spans,
+)
 from .counters import COUNTER_TYPES, OMIT, message_counters
 from .expressions import Frame
 from .geo import first_containing
@@ -38,10 +48,12 @@ def validated(calc: Calculator, messages: Messages) -> Messages:
     return messages.take(np.flatnonzero(keep))
 
 
-def select_all(calc: Calculator, frame: Frame, now: float | None) -> Runs:
+def select_all(
+    calc: Calculator, frame: Frame, now: float | None, chained: Mapping[int, SourceSpan] | None = None
+) -> Runs:
     runs = None
     for spec in calc.selectors:
-        selected = select(spec, frame, now=now, tz=calc.tz)
+        selected = select(spec, frame, now=now, tz=calc.tz, chained=chained)
         runs = selected if runs is None else intersect(runs, selected)[0]
     assert runs is not None  # compile_calculator requires at least one selector
     return runs
@@ -55,19 +67,22 @@ def compute(
     reached_end: bool = True,
     keep_from: float | None = None,
     previous: Mapping | None = None,
+    sources: Sources | None = None,
 ) -> IntervalList:
     """Intervals over validated ``messages``.
 
     ``keep_from``: only intervals beginning at or after it are kept (a window's lead-in).
     ``previous``: the interval before the first kept one, for ``previous()`` and accumulators.
     ``reached_end``: whether the last message is the device's newest (else nothing is active).
+    ``sources``: the intervals of the calculators it chains (``chains``), by calculator id.
     """
     intervals = IntervalList()
     count = len(messages)
     if count == 0:
         return intervals
     frame = Frame(messages)
-    runs = select_all(calc, frame, now)
+    chained = source_spans(calc.reads_calcs, sources, messages.timestamps) if calc.reads_calcs else None
+    runs = select_all(calc, frame, now, chained)
     first, last, open_ = runs.first, runs.last, runs.open_
     timestamps = messages.timestamps
     if keep_from is not None and len(first):
@@ -83,7 +98,7 @@ def compute(
     if any(COUNTER_TYPES[counter.type].reads_geofences for counter in calc.counters):
         lat, lon, positioned = frame.position()
         geofence_index = first_containing(calc.geofences, lat, lon, positioned)
-    counter_values = message_counters(calc, messages, first, last, active, geofence_index)
+    counter_values = message_counters(calc, messages, first, last, active, geofence_index, chained=chained)
     begin = timestamps[first]
     end = timestamps[last]
     raw_ids = np.round(begin * 1_000_000).astype(np.int64)
@@ -145,12 +160,27 @@ def _interval_pass(calc, rows, counter_values, active, previous, intervals: Inte
     return intervals
 
 
-def calculate(messages, calculator, *, now: float | None = None) -> IntervalList:
+def readers(sources: SourcesGiven | None) -> dict[int, IntervalReader]:
+    """``sources`` with every list of intervals wrapped as an ``IntervalReader``."""
+    return {
+        calc_id: ListedIntervals(source) if isinstance(source, Sequence) else source
+        for calc_id, source in (sources or {}).items()
+    }
+
+
+def calculate(messages, calculator, *, now: float | None = None, sources: SourcesGiven | None = None) -> IntervalList:
     """All intervals of ``messages`` (a list of message dicts, or ``Messages``) under
-    ``calculator`` (a configuration dict or a compiled ``Calculator``)."""
+    ``calculator`` (a configuration dict or a compiled ``Calculator``). ``sources``: for a
+    calculator that chains others (``chains``), each one's intervals of the device (a list, or
+    an ``IntervalReader``) by calculator id; one it lacks has none. With a ``messages_source``
+    calculator, ``messages`` may be ``None``: the source's intervals are the messages."""
     calc = compile_calculator(calculator)
+    chain = readers(sources)
+    if messages is None:
+        reader = chain.get(calc.messages_calc) if calc.messages_calc is not None else None
+        messages = intervals_as_messages(reader.read_intervals(-math.inf, math.inf) if reader is not None else [])
     msgs = Messages.coerce(messages)
-    return compute(calc, validated(calc, msgs), now=now)
+    return compute(calc, validated(calc, msgs), now=now, sources=chain)
 
 
 def active_deadline(calculator, *, newest: float) -> float | None:

@@ -51,11 +51,15 @@ MAX_ACTIVE_DEFAULT = 0
 # The options of a datetime selector, likewise kept only when true.
 DATETIME_OPTIONS = ("merge_message_before", "merge_message_after")
 
-SELECTOR_TYPES = ("expression", "datetime", "geofence", "inactive")
+SELECTOR_TYPES = ("expression", "datetime", "geofence", "inactive", "calc")
 SPLITS = ("hour", "day", "week", "month", "year")
-# Where a calculator's messages come from (flespi's ``messages_source``): the device's own. A
-# calculator reading another calculator's intervals is not supported.
-MESSAGE_SOURCES = ("device",)
+# Where a calculator's messages come from (flespi's ``messages_source``): the device's own, or
+# another calculator's intervals of the device (``chains``).
+MESSAGE_SOURCES = ("device", "calculator")
+DEVICE_SOURCE = {"source": "device"}
+# The options of a ``calc`` selector: the common ones but ``merge_unknown`` (its messages are
+# never unknown).
+CALC_OPTIONS = tuple(key for key in COMMON_OPTIONS if key != "merge_unknown")
 
 
 def _check_point(checker: Checker, point, path: str) -> bool:
@@ -110,6 +114,7 @@ class SelectorSpec:
     split: str | None = None  # None: a datetime selector whose one interval is never split
     delay_threshold: float = 0.0
     validate: CompiledExpression | None = None
+    calc_id: int | None = None  # a ``calc`` selector's source calculator
 
 
 class Calculator:
@@ -150,6 +155,19 @@ class Calculator:
         self.needs_interval_pass = validate_interval is not None or any(
             COUNTER_TYPES[counter.type].per_interval for counter in counters
         )
+        # Calculator chaining: the source calculators whose intervals the selectors and counters
+        # read, the one whose intervals are the messages (``messages_source``), and where each
+        # reference is (path, calculator id), for the checks that need the stored calculators.
+        self.messages_calc: int | None = config["messages_source"].get("calculator_id")
+        self.references: list[tuple[str, int]] = [
+            *((f"selectors[{spec.index}].calc_id", spec.calc_id) for spec in selectors if spec.calc_id is not None),
+            *((f"counters[{i}].calc_id", counter.value["calc_id"]) for i, counter in enumerate(counters)
+              if counter.type == "calculator"),
+        ]
+        self.reads_calcs = frozenset(calc_id for _path, calc_id in self.references)
+        if self.messages_calc is not None:
+            self.references.insert(0, ("messages_source.calculator_id", self.messages_calc))
+        self.chained = bool(self.references)
         self.parameters = _parameters(self)
 
     def __repr__(self) -> str:
@@ -191,8 +209,8 @@ def _check(config, geofences: Sequence[dict] = ()) -> tuple[list[Problem], Calcu
         return [Problem("", "calculator must be a JSON object")], None
     checker = Checker()
     checker.unknown(config, ("name", "selectors", "messages_source", *CALCULATOR_DEFAULTS), "")
-    _check_messages_source(checker, config)
     normalized = _check_fields(checker, config)
+    normalized["messages_source"] = _check_messages_source(checker, config)
     assigned_zones = zone_order(zone for zone in geofences if zone.get("enabled", True))
     assigned = GeofenceSet(assigned_zones)
     # Selectors first: their geofences are what geofence() in every expression sees.
@@ -210,23 +228,25 @@ def _check(config, geofences: Sequence[dict] = ()) -> tuple[list[Problem], Calcu
     )
 
 
-def _check_messages_source(checker: Checker, config: dict) -> None:
-    """flespi's ``messages_source``: accepted as ``{"source": "device"}``, what every calculator
-    reads; not kept in the normalised configuration, which it would not change."""
+def _check_messages_source(checker: Checker, config: dict) -> dict:
+    """flespi's ``messages_source``: ``{"source": "device"}`` (the default: the device's own
+    messages) or ``{"source": "calculator", "calculator_id": N}`` (calculator N's intervals of the
+    device, each a message); the normalised form."""
     if config.get("messages_source") is None:
-        return
+        return dict(DEVICE_SOURCE)
     source = config["messages_source"]
     if not isinstance(source, dict):
         checker.add("messages_source", 'must be an object like {"source": "device"}')
-        return
-    checker.unknown(source, ("source",), "messages_source")
-    kind = checker.string(source, "source", "messages_source", required=True)
-    if kind is not None and kind not in MESSAGE_SOURCES:
-        checker.add(
-            "messages_source.source",
-            f"{kind!r} is not supported: a calculator reads its device's own messages "
-            '({"source": "device"}); calculators reading the intervals of another calculator do not exist here',
-        )
+        return dict(DEVICE_SOURCE)
+    kind = checker.string(source, "source", "messages_source", required=True, choices=MESSAGE_SOURCES)
+    if kind == "calculator":
+        checker.unknown(source, ("source", "calculator_id"), "messages_source")
+        calc_id = checker.calc_id(source, "calculator_id", "messages_source")
+        if calc_id is not None:
+            return {"source": "calculator", "calculator_id": calc_id}
+    else:
+        checker.unknown(source, ("source",), "messages_source")
+    return dict(DEVICE_SOURCE)
 
 
 def _check_fields(checker: Checker, config: dict) -> dict[str, Any]:
@@ -283,7 +303,7 @@ def _check_selectors(
         normalized_selector: dict[str, Any] = {"type": selector_type}
         if selector_config.get("name") is not None:
             normalized_selector["name"] = checker.string(selector_config, "name", path)
-        if selector_type in ("expression", "geofence"):
+        if selector_type in ("expression", "geofence", "calc"):
             spec.options = _check_options(checker, selector_config, path)
         _SELECTOR_CHECKS[selector_type](checker, selector_config, path, spec, normalized_selector)
         if selector_type == "geofence":
@@ -370,11 +390,24 @@ def _selector_inactive(
     normalized["delay_threshold"] = spec.delay_threshold
 
 
+def _selector_calc(
+    checker: Checker, config: dict, path: str, spec: SelectorSpec, normalized: dict
+) -> None:
+    """Another calculator's intervals of the device (``chains``): a message is on while it lies in
+    one of them (``invert``: in none), and the messages of two of them are never one run."""
+    checker.unknown(config, ("type", "name", "calc_id", "max_active", *CALC_OPTIONS), path)
+    spec.calc_id = checker.calc_id(config, "calc_id", path)
+    normalized.update({"calc_id": spec.calc_id, **{key: spec.options[key] for key in CALC_OPTIONS}})
+    if "max_active" in spec.options:
+        normalized["max_active"] = spec.options["max_active"]
+
+
 _SELECTOR_CHECKS = {
     "expression": _selector_expression,
     "geofence": _selector_geofence,
     "datetime": _selector_datetime,
     "inactive": _selector_inactive,
+    "calc": _selector_calc,
 }
 
 

@@ -99,6 +99,19 @@ class Checker:
             return default
         return value
 
+    def calc_id(self, obj: dict, key: str, path: str) -> int | None:
+        """A reference to another calculator (``chains``): a positive integer id. Whether it
+        exists, is the same account's and closes no cycle is the platform's check, with the
+        stored calculators."""
+        where = f"{path}.{key}" if path else key
+        if not self._given(obj, key, where, True):
+            return None
+        value = obj[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+            self.add(where, "must be a calculator id (a positive integer)")
+            return None
+        return value
+
     def unknown(self, obj: dict, allowed, path: str) -> None:
         for key in obj:
             if key not in allowed:

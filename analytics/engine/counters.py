@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from . import values as semantics
+from .chains import SourceSpan
 from .checks import Checker, Scope
 from .columns import MISSING, Column, ColumnKind
 from .expressions import LAT, LON, CompiledExpression
@@ -100,8 +101,11 @@ class IntervalRows:
         last: np.ndarray,
         active: np.ndarray,
         geofence_index: np.ndarray | None,
+        chained: Mapping[int, SourceSpan] | None = None,
     ):
         lengths = last - first + 1
+        # The source calculators' intervals over the messages (``chains``), for ``calculator`` counters.
+        self.chained = chained or {}
         self.calc = calc
         self.count = len(first)
         self.rows = int(lengths.sum())
@@ -695,6 +699,87 @@ def _same_period(calc: Calculator, first: float, second: float, split: str) -> b
     return keys[0] == keys[1]
 
 
+class CalculatorCounter(CounterType):
+    """Another calculator's intervals of the device inside this interval (``chains``): by
+    ``method``, a list of their ``fields`` (``list``, every field when none are named), how many
+    (``count``), the fields of the first or last, or one field reduced (``summary``, ``minimum``,
+    ``maximum``, ``average`` over the intervals where it is a number). ``allow_start_before`` /
+    ``allow_finish_after`` also take the intervals that begin before this one / end after it."""
+
+    name = "calculator"
+    methods: ClassVar[tuple[str, ...]] = ("list", "count", "first", "last", "summary", "minimum", "maximum", "average")
+    _REDUCED: ClassVar[tuple[str, ...]] = ("summary", "minimum", "maximum", "average")
+
+    def check(self, counter: CounterSpec, context: CheckContext) -> None:
+        checker, path, normalized = context.checker, context.path, context.normalized
+        config = counter.config
+        checker.unknown(config, ("name", "type", "calc_id", "fields", "method", "allow_start_before",
+                                 "allow_finish_after"), path)
+        calc_id = checker.calc_id(config, "calc_id", path)
+        fields = config.get("fields", [])
+        if fields is None:
+            fields = []
+        if not isinstance(fields, list) or not all(isinstance(name, str) and name for name in fields):
+            checker.add(f"{path}.fields", "must be a list of field names")
+            fields = []
+        raw_method = config.get("method")
+        if isinstance(raw_method, str):
+            raw_method = METHOD_ALIASES.get(raw_method, raw_method)
+        method = checker.string({"method": raw_method}, "method", path, choices=self.methods) or "list"
+        if method in self._REDUCED and len(fields) != 1:
+            checker.add(f"{path}.fields", f"method {method} reduces one field: name exactly one")
+        elif method == "count" and fields:
+            checker.add(f"{path}.fields", "method count reads no field")
+        counter.method = method
+        counter.fields = list(fields)
+        counter.value = {
+            "calc_id": calc_id,
+            "allow_start_before": checker.boolean(config, "allow_start_before", path, False),
+            "allow_finish_after": checker.boolean(config, "allow_finish_after", path, False),
+        }
+        normalized.update({"calc_id": calc_id, "fields": counter.fields, "method": method,
+                           "allow_start_before": counter.value["allow_start_before"],
+                           "allow_finish_after": counter.value["allow_finish_after"]})
+
+    def parameters(self, counter: CounterSpec) -> Iterable[frozenset[str] | None]:
+        return (frozenset(),)  # the interval's bounds only
+
+    def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
+        settings = counter.value
+        span = rows.chained.get(settings["calc_id"]) or SourceSpan.of([])
+        begins = rows.timestamps[rows.first].tolist()
+        ends = rows.timestamps[rows.last].tolist()
+        values = []
+        for begin, end in zip(begins, ends, strict=True):
+            inside = span.within(begin, end, start_before=settings["allow_start_before"],
+                                 finish_after=settings["allow_finish_after"])
+            values.append(self._value(counter, inside))
+        return values
+
+    def _value(self, counter: CounterSpec, inside: list[dict]):
+        method, fields = counter.method, counter.fields
+        if method == "count":
+            return len(inside)
+        if method == "list":
+            return [self._fields(interval, fields) for interval in inside]
+        if method in ("first", "last"):
+            return self._fields(inside[0 if method == "first" else -1], fields) if inside else OMIT
+        numbers = [value for interval in inside if semantics.is_number(value := interval.get(fields[0]))]
+        if not numbers:
+            return OMIT
+        if method == "summary":
+            return sum(numbers)
+        if method == "average":
+            return sum(numbers) / len(numbers)
+        return min(numbers) if method == "minimum" else max(numbers)
+
+    @staticmethod
+    def _fields(interval: Mapping, fields: list[str]) -> dict:
+        if not fields:
+            return dict(interval)
+        return {name: interval[name] for name in fields if name in interval}
+
+
 # In the order the validation's "must be one of" lists them.
 COUNTER_TYPES: dict[str, CounterType] = {
     counter_type.name: counter_type()
@@ -710,6 +795,7 @@ COUNTER_TYPES: dict[str, CounterType] = {
         ActiveCounter,
         GeofenceCounter,
         AccumulatorCounter,
+        CalculatorCounter,
     )
 }
 
@@ -722,6 +808,7 @@ def message_counters(
     active: np.ndarray,
     geofence_index: np.ndarray | None,
     skip: Collection[str] = (),
+    chained: Mapping[int, SourceSpan] | None = None,
 ) -> list[tuple[CounterSpec, list | None]]:
     """Values of every counter that depends only on the interval's own messages, in counter order
     (``None`` for ``per_interval`` counters, filled later, and for the counters named in
@@ -730,7 +817,7 @@ def message_counters(
     values: list[tuple[CounterSpec, list | None]] = []
     if not calc.counters:
         return values
-    rows = IntervalRows(calc, messages, first, last, active, geofence_index)
+    rows = IntervalRows(calc, messages, first, last, active, geofence_index, chained)
     for counter in calc.counters:
         counter_type = COUNTER_TYPES[counter.type]
         if rows.count == 0:

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .calculate import IntervalList, _interval, _interval_pass, compute, validated
+from .calculate import IntervalList, _interval, _interval_pass, compute, readers, validated
 from .calculator import Calculator, compile_calculator
+from .chains import Sources, SourcesGiven, source_spans
 from .counters import COUNTER_TYPES, OMIT, RouteCounter, message_counters
 from .expressions import Frame
 from .messages import Messages
@@ -77,8 +78,9 @@ def extendable(calc: Calculator) -> bool:
     """Whether an active interval of ``calc`` can be extended by appended messages without a
     window recalculation: one selector, an expression or geofence one whose runs only grow as
     messages that keep it on arrive (no ``change`` method, no merging of neighbour messages, no
-    ``max_active`` piece cutting), and no counter that reads which geofence holds a message."""
-    if len(calc.selectors) != 1:
+    ``max_active`` piece cutting), no counter that reads which geofence holds a message, and no
+    chaining (``chains``: its intervals depend on another calculator's, not only on the messages)."""
+    if len(calc.selectors) != 1 or calc.chained:
         return False
     spec = calc.selectors[0]
     if spec.type not in ("expression", "geofence") or spec.method == "change":
@@ -196,7 +198,7 @@ def same_interval(calc: Calculator, new: Mapping, old: Mapping) -> bool:
     return all(new.get(key, _MISSING) == old.get(key, _MISSING) for key in calc.engine_keys)
 
 
-def _cut_info(calc: Calculator, accepted: Messages, from_start: bool):
+def _cut_info(calc: Calculator, accepted: Messages, from_start: bool, sources: Sources | None = None):
     """Clean cuts of the whole calculator over ``accepted`` (the messages ``validate_message``
     accepts): strict for at least one selector (so no interval of the calculator spans the
     cut), and strict or transparent for every selector. ``need[c]``: the earliest message whose
@@ -207,8 +209,9 @@ def _cut_info(calc: Calculator, accepted: Messages, from_start: bool):
     any_strict = np.zeros(count, bool)
     every = np.ones(count, bool)
     need = np.arange(count) - 1
+    chained = source_spans(calc.reads_calcs, sources, accepted.timestamps) if calc.reads_calcs else None
     for spec in calc.selectors:
-        strict, transparent, needs = clean_cuts(spec, frame, calc.tz)
+        strict, transparent, needs = clean_cuts(spec, frame, calc.tz, chained)
         any_strict |= strict
         every &= strict | transparent
         need = np.minimum(need, needs)
@@ -295,6 +298,7 @@ def recalculate(
     messages_begin: float | None = None,
     newest: float | None = None,
     tail: Tail | None = None,
+    sources: SourcesGiven | None = None,
 ) -> Diff:
     """Recalculate the intervals of one assignment after its messages changed in
     ``[dirty_begin, dirty_end]``, reading only what is near that range.
@@ -323,6 +327,12 @@ def recalculate(
       it. When every changed message comes after the newest then and keeps the active interval
       active, the interval is extended from it instead (``Diff.extended``); the tail is checked
       against the stored intervals and the messages, so a stale one only costs the window.
+    * ``sources``: for a calculator that chains others (``chains``), an ``IntervalReader`` (or a
+      list) of each one's current intervals of the device, by calculator id. The dirty range then also covers
+      every source interval created, updated or deleted since the stored intervals were computed
+      (its old and new extent). For a ``messages_source`` calculator, ``read_messages`` gives the
+      source's intervals as messages (``chains.messages_of``) and the dirty range is in their
+      time.
 
     What it does: it reads messages around the dirty range and finds a *clean cut* before it and
     one after it (a place between two messages where no interval of any selector spans, no rule
@@ -339,6 +349,7 @@ def recalculate(
     calc = compile_calculator(calculator)
     if dirty_begin > dirty_end:
         raise ValueError("dirty_begin is after dirty_end")
+    chain = readers(sources) if sources else None
     if frozen_before is None:
         frozen_before = (now - calc.update_period) if now is not None else -math.inf
     if tail is not None:
@@ -387,7 +398,7 @@ def recalculate(
         accepted_count = len(accepted)
         first_usable = _first_known(calc, raw, accepted, from_start)
         clean, need = (
-            _cut_info(calc, accepted, from_start)
+            _cut_info(calc, accepted, from_start, chain)
             if accepted_count
             else (np.zeros(0, bool), np.zeros(0, np.int64))
         )
@@ -426,7 +437,8 @@ def recalculate(
         keep_from = float(stamps[cut]) if (cut > 0 or not from_start) and accepted_count else None
         previous = interval_before(keep_from) if keep_from is not None else None
         window = accepted.slice(window_start, cut_after)
-        new = compute(calc, window, now=now, reached_end=end_reached, keep_from=keep_from, previous=previous)
+        new = compute(calc, window, now=now, reached_end=end_reached, keep_from=keep_from, previous=previous,
+                      sources=chain)
         hi = float(stamps[cut_after]) if cut_after < accepted_count else math.inf
         if calc.crosses_intervals and not end_reached:
             stored_last = interval_before(hi)
@@ -589,9 +601,11 @@ class MemoryStore:
         frozen_before: float | None = -math.inf,
         messages_begin: float | None = None,
         keep_tail: bool = False,
+        sources: SourcesGiven | None = None,
     ) -> Diff:
         """``keep_tail``: pass the previous recalculation's tail (``Diff.tail``), as a calc
-        worker does, so that appended messages extend the active interval."""
+        worker does, so that appended messages extend the active interval. ``sources``: as
+        ``recalculate`` takes them (the chained calculators' intervals)."""
         diff = recalculate(
             calculator=calculator,
             read_messages=self.read_messages,
@@ -604,6 +618,7 @@ class MemoryStore:
             messages_begin=messages_begin,
             newest=self.newest,
             tail=self.tail if keep_tail else None,
+            sources=sources,
         )
         self.tail = diff.tail if keep_tail else None
         return diff

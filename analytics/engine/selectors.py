@@ -9,11 +9,13 @@ splits into "before" and "after" (see docs/engine.md).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from .calculator import SelectorSpec
+from .chains import SourceSpan
 from .columns import ColumnKind
 from .expressions import Frame
 from .geo import first_containing
@@ -38,14 +40,20 @@ def _empty() -> Runs:
 IGNORED = -2
 
 
-def raw_state(spec: SelectorSpec, frame: Frame):
+def raw_state(spec: SelectorSpec, frame: Frame, chained: Mapping[int, SourceSpan] | None = None):
     """Per message: 1 on, 0 off, -1 unknown (after ``invert``), ``IGNORED`` where the selector's
-    ``validate_message`` does not hold, plus value codes for ``change`` and the geofence index
-    for geofence selectors."""
+    ``validate_message`` does not hold, plus value codes for ``change`` and ``calc`` (which
+    source interval holds the message, -1 none) and the geofence index for geofence selectors.
+    ``chained``: the source calculators' intervals over the frame (``chains.source_spans``)."""
     rows = frame.n
     codes = None
     geofence_index = None
-    if spec.type == "expression":
+    if spec.type == "calc":
+        assert spec.calc_id is not None  # required by compile_calculator
+        span = (chained or {}).get(spec.calc_id) or SourceSpan.of([])
+        codes = span.membership(frame.timestamps)
+        state = (codes >= 0).astype(np.int8)
+    elif spec.type == "expression":
         assert spec.expression is not None  # compiled for every expression selector by compile_calculator
         vec = spec.expression.evaluate_frame(frame)
         err = np.zeros(rows, bool) if vec.err is None else vec.err
@@ -104,7 +112,9 @@ def _runs(on: np.ndarray, breaks: np.ndarray):
     return first, last
 
 
-def select(spec: SelectorSpec, frame: Frame, *, now: float | None, tz) -> Runs:
+def select(
+    spec: SelectorSpec, frame: Frame, *, now: float | None, tz, chained: Mapping[int, SourceSpan] | None = None
+) -> Runs:
     rows = frame.n
     if rows == 0:
         return _empty()
@@ -128,7 +138,7 @@ def select(spec: SelectorSpec, frame: Frame, *, now: float | None, tz) -> Runs:
         return Runs(first, first + 1, np.zeros(len(first), bool))
 
     options = spec.options
-    state, codes, geofence_index = raw_state(spec, frame)
+    state, codes, geofence_index = raw_state(spec, frame, chained)
     index = np.arange(rows)
     # A message the selector ignores, or an unknown one under ``merge_unknown``, takes the state
     # of the last message before it that counts.
@@ -155,7 +165,8 @@ def select(spec: SelectorSpec, frame: Frame, *, now: float | None, tz) -> Runs:
     max_inactive = options["max_inactive"]
     if max_inactive > 0 and len(first) > 1:
         join = stamps[first[1:]] - stamps[last[:-1]] <= max_inactive
-        if codes is not None:
+        # ``max_inactive`` joins the runs of two intervals of a ``calc`` selector's source too.
+        if codes is not None and spec.type != "calc":
             code = codes[np.maximum(source, 0)]
             join &= code[first[1:]] == code[last[:-1]]
         starts = np.concatenate(([True], ~join))
@@ -248,7 +259,7 @@ def intersect(left: Runs, right: Runs) -> tuple[Runs, np.ndarray, np.ndarray]:
     return Runs(first, last, open_), left_index, right_index
 
 
-def clean_cuts(spec: SelectorSpec, frame: Frame, tz):
+def clean_cuts(spec: SelectorSpec, frame: Frame, tz, chained: Mapping[int, SourceSpan] | None = None):
     """Where the windowed recalculation may cut this selector's message stream.
 
     For each index c (the cut between messages c-1 and c) returns:
@@ -284,15 +295,18 @@ def clean_cuts(spec: SelectorSpec, frame: Frame, tz):
         strict[1:] = np.diff(stamps) <= spec.delay_threshold
         return strict, np.zeros(rows, bool), need
     options = spec.options
-    state, _, _ = raw_state(spec, frame)
+    state, codes, _ = raw_state(spec, frame, chained)
     # An ignored message is off only in the state it carries, which may come from before the
     # window: it never makes a cut clean.
     ignored = state == IGNORED
     off = ((state == 0) if options["merge_unknown"] else (state != 1)) & ~ignored
     strict[1:] = off[:-1]
+    max_inactive = options["max_inactive"]
+    if spec.type == "calc" and not (options["merge_message_before"] or options["merge_message_after"] or max_inactive):
+        # Two messages of different source intervals are never one run (and nothing joins runs).
+        strict[1:] |= codes[1:] != codes[:-1]
     if options["merge_message_before"] or options["merge_message_after"]:
         strict &= off
-    max_inactive = options["max_inactive"]
     if max_inactive > 0:
         earliest = np.searchsorted(stamps, stamps - max_inactive, "left")
         not_off = np.concatenate(([0], np.cumsum(~off)))

@@ -444,6 +444,30 @@ class ShardWorker:
                 gone.setdefault(shard, []).append(claim)
         return by_alias
 
+    def _sources_cached(self, alias: str, runs: Sequence[Run], caches: Mapping[tuple[int, int], ShardCache]) -> None:
+        """For the runs of calculators that chain others: the source assignments of their devices
+        (same device, so same shard and cache) brought in step with PostgreSQL in the cache, and
+        named on the run with the fields their intervals show (a source the device is not
+        assigned to has no intervals)."""
+        wanted = {}
+        for run in runs:
+            calculator = self.compiled(run.calculator)
+            if calculator.chained:
+                wanted[run.key] = {calc_id for _path, calc_id in calculator.references}
+        if not wanted:
+            return
+        sources = Assignment.objects.using(alias).filter(
+            calculator_id__in=set().union(*wanted.values()), device_id__in={key[1] for key in wanted}
+        ).select_related("calculator")
+        found = {(source.calculator_id, source.device_id): source for source in sources}
+        for run in runs:
+            for calc_id in sorted(wanted.get(run.key, ())):
+                source = found.get((calc_id, run.key[1]))
+                if source is None or source.account_id != run.assignment.account_id:
+                    continue
+                assignment_cached(cache=caches[run.key], assignment=source)
+                run.sources[calc_id] = calculation.source_fields(source.calculator)
+
     def _runs_in(
         self,
         alias: str,
@@ -470,10 +494,19 @@ class ShardWorker:
             if run.was_state == AssignmentState.UNSYNCED:
                 with fenced(alias, [held_shards[shard_of[run.key]]]):
                     calculation.assignment_synchronizing(alias=alias, assignment=run.assignment)
+        self._sources_cached(alias, runs, caches)
         calculation.runs_calculate(runs=runs, compiled=self.compiled, now=wall, stats=stats)
         with fenced(alias, [held_shards[shard] for shard in sorted(set(shard_of.values()))]):
-            calculation.runs_store(alias=alias, runs=runs, stamp=wall,
-                                   before=lambda run: calculation.CachedBefore(caches[run.key]))
+            dependents = calculation.runs_store(alias=alias, runs=runs, stamp=wall,
+                                                before=lambda run: calculation.CachedBefore(caches[run.key]))
+        # The assignments chaining what changed recalculate it, through the same debounce.
+        chained: dict[int, list[Change]] = {}
+        for dependent in dependents:
+            chained.setdefault(dependent.shard, []).append(
+                Change(dependent.calc_id, dependent.device_id, dependent.begin, dependent.end, dependent.update_delay)
+            )
+        if chained:
+            self.timers.schedule_many(chained)
         deadlines: dict[int, list[Change]] = {}
         with contextlib.ExitStack() as stack:
             for cache in {id(cache): cache for cache in caches.values()}.values():

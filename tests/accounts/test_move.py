@@ -74,8 +74,9 @@ def contents(alias: str, account_ids: list[int], *, with_derived: bool = False) 
 def populated(make_account):
     """An account in eu-1 with a subaccount in eu-1 and one in eu-2 (which stays where it is):
     devices with messages, telemetry, queued outbox rows and change log; a calculator assigned
-    with stored intervals carrying user fields and a geofence assigned; groups (a member list, a
-    selector) with the calculator assigned to the selector group, which holds the second device."""
+    with stored intervals carrying user fields, a geofence assigned and a calculator chaining it;
+    groups (a member list, a selector) with the calculator assigned to the selector group, which
+    holds the second device."""
     root = make_account("root")
     child = make_account("child", parent=root, datacenter="eu-1")
     elsewhere = make_account("elsewhere", parent=root, datacenter="eu-2")
@@ -89,6 +90,8 @@ def populated(make_account):
     seal(devices)
     for account in (root, child):
         calculator = calculator_create(account=account, config=CALCULATOR)
+        calculator_create(account=account, config={"name": "inside", "selectors": [{"type": "calc",
+                                                                                     "calc_id": calculator.pk}]})
         device = next(d for d in devices if d.account_id == account.pk)
         assignment, _new = assignment_create(calculator=calculator, device=device)
         interval = {"id": T0 * 10**6, "begin": float(T0), "end": T0 + 49.0, "duration": 49.0, "n": 50}

@@ -278,6 +278,13 @@ def test_what_can_be_extended():
     zones = {"name": "z", "selectors": [GEOFENCE], "counters": [{"name": "zone", "type": "geofence"}]}
     assert not extendable(compile_calculator(zones))
     assert extendable(compile_calculator({**zones, "counters": [{"name": "route", "type": "route"}]}))
+    # A chained calculator's intervals depend on another calculator's, not only on its messages.
+    stops_in_trips = {**TRIPS, "selectors": [{"type": "calc", "calc_id": 7}]}
+    assert not extendable(compile_calculator(stops_in_trips))
+    counting = {**TRIPS, "counters": [{"name": "stops", "type": "calculator", "calc_id": 7, "method": "count"}]}
+    assert not extendable(compile_calculator(counting))
+    daily = {**TRIPS, "messages_source": {"source": "calculator", "calculator_id": 7}}
+    assert not extendable(compile_calculator(daily))
 
 
 def test_a_long_history_then_appends_equal_the_full_calculation():

@@ -60,13 +60,16 @@ def test_datetime_merge_options():
     assert normalize_calculator(one_selector(after))["selectors"] == [after]
 
 
-def test_messages_source_device_is_accepted_and_others_refused():
+def test_messages_source_device_or_calculator_and_others_refused():
     calc = one_selector({"type": "datetime", "split": "day"}, messages_source={"source": "device"})
     assert validate_calculator(calc) == []
-    assert "messages_source" not in normalize_calculator(calc)
+    assert normalize_calculator(calc)["messages_source"] == {"source": "device"}
+    assert normalize_calculator({**calc, "messages_source": None})["messages_source"] == {"source": "device"}
+    chained = {**calc, "messages_source": {"source": "calculator", "calculator_id": 5}}
+    assert normalize_calculator(chained)["messages_source"] == {"source": "calculator", "calculator_id": 5}
     problems = validate_calculator({**calc, "messages_source": {"source": "calc", "calc_id": 5}})
     assert [problem.path for problem in problems] == ["messages_source.calc_id", "messages_source.source"]
-    assert "not supported" in problems[1].message
+    assert problems[1].message == "must be one of device, calculator"
 
 
 @pytest.mark.parametrize(

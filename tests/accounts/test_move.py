@@ -20,6 +20,7 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connections
+from django.test import override_settings
 
 from accounts import placement
 from accounts.choices import MoveState
@@ -43,6 +44,7 @@ from devices.services import device_create, device_update, group_create, message
 from flespi_site.mqtt import client as mqtt
 from tests.support.mqtt import Subscriber
 from tests.support.processes import WebServer, start
+from webhooks.services import webhook_create
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -76,10 +78,15 @@ def populated(make_account):
     devices with messages, telemetry, queued outbox rows and change log; a calculator assigned
     with stored intervals carrying user fields, a geofence assigned and a calculator chaining it;
     groups (a member list, a selector) with the calculator assigned to the selector group, which
-    holds the second device."""
+    holds the second device; a webhook of the root, its feed and its queued deliveries."""
     root = make_account("root")
     child = make_account("child", parent=root, datacenter="eu-1")
     elsewhere = make_account("elsewhere", parent=root, datacenter="eu-2")
+    with override_settings(WEBHOOK_ALLOW=["127.0.0.1"]):  # its receiver: a closed local port
+        webhook_create(account=root, data={
+            "name": "crm", "triggers": [{"topic": "flespi/message/gw/devices/+"}],
+            "configuration": {"type": "custom-server", "uri": "http://127.0.0.1:9/hooks", "method": "POST"},
+        })
     devices = [
         device_create(account=account, configuration={"ident": f"ident-{account.name}-{n}"})
         for account in (root, child, elsewhere)
@@ -88,6 +95,8 @@ def populated(make_account):
     messages_ingest(devices=devices, messages=[{"timestamp": T0 + i, "v": i} for i in range(50)])
     messages_ingest(devices=devices, messages=[{"timestamp": T0 + 10, "w": 1}])  # a merge
     seal(devices)
+    with override_settings(WEBHOOK_ALLOW=["127.0.0.1"]):
+        deliveries_queued(count=2 * 50)
     for account in (root, child):
         calculator = calculator_create(account=account, config=CALCULATOR)
         calculator_create(account=account, config={"name": "inside", "selectors": [{"type": "calc",
@@ -107,6 +116,29 @@ def populated(make_account):
         second = [d for d in devices if d.account_id == account.pk][1]
         device_update(device=second, account=account, data={"metadata": {"fleet": "north"}})
     return root, child, elsewhere
+
+
+def deliveries_queued(*, count: int) -> None:
+    """The delivery loop of eu-1 fans the feed out until ``count`` deliveries are queued (its
+    receiver does not answer: they stay queued), and leaves some of the feed for the move."""
+    from webhooks.delivery import WebhookDelivery
+
+    loop = WebhookDelivery(alias="dc_eu_1", region="eu", batch=count, retry_first=3600, retry_most=3600)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with connections["dc_eu_1"].cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM webhook_deliveries")
+                if cursor.fetchone()[0] >= count:
+                    break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"fewer than {count} webhook deliveries queued")
+    finally:
+        loop.stop()
+        thread.join(timeout=15)
 
 
 def seal(devices) -> None:

@@ -28,6 +28,7 @@ from devices.constants import (
     MAX_IDENT_LENGTH,
     MAX_MESSAGES_PER_BATCH,
 )
+from devices.followers import metadata_changed
 from devices.membership import groups_lock, members_changed
 from devices.models import Device, DeviceIdent, Group, GroupDevice
 from devices.selectors import (
@@ -242,6 +243,8 @@ def _device_update(*, device: Device, account: Account, data: dict[str, Any]) ->
             GroupDevice.objects.using(updated.database).filter(device_id=updated.pk).delete()
         if changed & DEVICE_SELECTED_FIELDS:
             members_changed(alias=updated.database, device_ids=[updated.pk])
+        if "metadata" in changed:
+            metadata_changed(alias=updated.database, device_ids=[updated.pk])
         return updated
 
 

@@ -247,3 +247,33 @@ def test_a_calculator_metadata_change_read_by_its_expressions_gives_a_new_versio
         assert response.status_code == 200, response.content
         versions.append(response.json()["result"][0]["version"])
     assert versions == [2, 1]
+
+
+def test_connected_flips_on_mqtt_by_the_pumps_sweep(tmp_path, platform, make_account, settings):
+    """The retained ``state/gw/devices/{id}/connected`` and ``last_active``: true when a message
+    arrives, false ``DEVICE_CONNECTION_TIMEOUT`` s later (the pump's sweep), true again."""
+    from devices.services import device_create, messages_ingest
+
+    running = Fleet(tmp_path)
+    running.env["DEVICE_CONNECTION_TIMEOUT"] = "2"
+    settings.DEVICE_CONNECTION_TIMEOUT = 2
+    running.start_all()
+    try:
+        account = make_account("online")
+        device = device_create(account=account, configuration={"ident": "online-1"})
+        root = running.topic_root
+        connected = f"{root}/state/gw/devices/{device.pk}/connected"
+        last_active = f"{root}/state/gw/devices/{device.pk}/last_active"
+        with Subscriber(settings.MQTT_URL, f"{root}/state/gw/devices/{device.pk}/+") as subscriber:
+            received = time.time()
+            messages_ingest(devices=[device], messages=[{"timestamp": received, "v": 1}], now=received)
+            wait_until(lambda: _payloads(subscriber, connected) == [True], what="connected")
+            assert _payloads(subscriber, last_active) == [received]
+            wait_until(lambda: _payloads(subscriber, connected) == [True, False], timeout=10, what="disconnected")
+            assert time.time() - received > 2
+            again = time.time()
+            messages_ingest(devices=[device], messages=[{"timestamp": again, "v": 2}], now=again)
+            wait_until(lambda: _payloads(subscriber, connected) == [True, False, True], what="connected again")
+            assert _payloads(subscriber, last_active) == [received, again]
+    finally:
+        running.stop()

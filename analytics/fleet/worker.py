@@ -254,11 +254,7 @@ class ShardWorker:
         ``device.metadata`` once more per version and metadata of a device (the values are
         compiled in: a device whose metadata changed gets a new object, so no tail of the old one
         is extended with it)."""
-        key = (calculator.pk, calculator.version)
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            compiled = services.compiled(calculator)
-            self._compiled[key] = compiled
+        compiled = self._compiled_version(calculator)
         if "device" not in compiled.reads_metadata:
             return compiled
         metadata_key = (calculator.pk, calculator.version, dumps_exact(device_metadata or {}))
@@ -270,9 +266,17 @@ class ShardWorker:
         self._for_devices[metadata_key] = for_device  # the newest use last
         return for_device
 
+    def _compiled_version(self, calculator: StoredCalculator) -> Calculator:
+        key = (calculator.pk, calculator.version)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = services.compiled(calculator)
+            self._compiled[key] = compiled
+        return compiled
+
     def _devices_metadata(self, alias: str, runs: Sequence[Run]) -> None:
         """The device metadata of the runs whose calculators read it, read at once."""
-        reading = [run for run in runs if "device" in self.compiled(run.calculator).reads_metadata]
+        reading = [run for run in runs if "device" in self._compiled_version(run.calculator).reads_metadata]
         if not reading:
             return
         found = dict(Device.objects.using(alias).filter(pk__in={run.assignment.device_id for run in reading})

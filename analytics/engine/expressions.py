@@ -430,7 +430,8 @@ def _column(node: Node, frame: Frame, ctx: Context) -> Vec:
     if isinstance(node, Const):
         return Vec.const(node.value)
     if isinstance(node, Meta):
-        return Vec.from_objects([_metadata_value(node, ctx)])
+        value = _metadata_value(node, ctx)
+        return Vec.from_objects([value]) if value is semantics.ERROR else Vec.const(value)
     if isinstance(node, Param):
         if node.mode == "prev":
             return vec_from_column(frame.prev_column(node.name), rows, "null")

@@ -261,3 +261,16 @@ def test_previous_reads_the_user_fields_of_the_stored_interval_before():
     assert [(i.get("driver"), i["driver_before"]) for i in store.intervals] == [("ann", None), (None, "ann"), (None, None)]
     # A later recalculation of the whole history keeps it (the stored user fields are its data).
     assert not store.recalculate(HANDOVER, dirty_begin=-math.inf, dirty_end=math.inf)
+
+
+def test_object_and_list_metadata_in_both_evaluators():
+    config = {
+        "name": "tags",
+        "selectors": [{"type": "expression", "expression": "json_array_contains(device.metadata.tags, $tag)"}],
+        "counters": [{"name": "tags", "type": "expression", "expression": "device.metadata.tags", "method": "last"},
+                     {"name": "owner", "type": "interval", "expression": "metadata('/owner/name')"}],
+    }
+    compiled = compile_calculator(config, device_metadata={"tags": ["a", "b"], "owner": {"name": "Ann"}})
+    messages = [{"timestamp": float(t), "tag": tag} for t, tag in enumerate(["a", "c", "b", "b"])]
+    assert [(i["begin"], i["end"], i["tags"], i["owner"]) for i in calculate(messages, compiled)] == [
+        (0.0, 0.0, ["a", "b"], "Ann"), (2.0, 3.0, ["a", "b"], "Ann")]

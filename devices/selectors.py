@@ -199,13 +199,13 @@ def devices_state(*, devices: list[Device], names: Collection[str], now: float |
     if "last_active" in names or "connected" in names:
         now = time.time() if now is None else now
         activity = storage.activity_read(alias=devices[0].database, device_ids=list(state))
-        for device_id, values in state.items():
+        for device_id, item in state.items():
             heard = activity.get(device_id)
             if "last_active" in names:
-                values["last_active"] = None if heard is None else heard[0]
+                item["last_active"] = None if heard is None else heard[0]
             if "connected" in names:
                 # The stored flag is the sweep's; between sweeps the clock says it first.
-                values["connected"] = heard is not None and heard[1] and now - heard[0] <= settings.DEVICE_CONNECTION_TIMEOUT
+                item["connected"] = heard is not None and heard[1] and now - heard[0] <= settings.DEVICE_CONNECTION_TIMEOUT
     if "messages_size" in names:
         sizes = storage.messages_sizes(alias=devices[0].database, device_ids=list(state))
         for device_id, size in sizes.items():

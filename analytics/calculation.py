@@ -36,8 +36,8 @@ from analytics.engine import (
     IntervalList,
     ListedIntervals,
     Messages,
-    active_deadline,
     calculate,
+    clock_deadline,
     intervals_as_messages,
     message_time,
     messages_of,
@@ -73,7 +73,8 @@ def calculate_stored(
     *, device: Device, calculator: Calculator, begin: float, end: float, now: float | None = None
 ) -> IntervalList:
     """The intervals of ``calculator`` over the device's stored messages with
-    ``begin <= timestamp <= end`` (unix seconds, inclusive, as the messages API reads them).
+    ``begin <= timestamp <= end`` (unix seconds, inclusive, as the messages API reads them), its
+    expressions reading the device's metadata.
     Raises ``InvalidInput`` for a bad range and ``TooLarge`` when the range holds more than
     ``MAX_ON_DEMAND_MESSAGES`` messages."""
     low, high = _range_of(begin, end)
@@ -95,7 +96,7 @@ def calculate_stored(
         )
     return calculate(
         messages_stored(device=device, begin=low, end=high, parameters=calculator.parameters),
-        calculator,
+        calculator.for_device(device.metadata),
         now=now,
         sources=sources,
     )
@@ -208,6 +209,8 @@ class Run:
     end: float
     was_state: str = ""
     cache: ShardCache | None = None
+    # The device's metadata, when the calculator reads it (``device.metadata.x``).
+    device_metadata: dict | None = None
     diff: Diff | None = None
     changes: storage.StoredChanges | None = None
     stamp: float = 0.0
@@ -228,7 +231,9 @@ class Run:
 
 
 class Compiler(Protocol):
-    def __call__(self, calculator: StoredCalculator) -> Calculator: ...
+    """The compiled calculator of a stored one, as it runs for a device with that metadata."""
+
+    def __call__(self, calculator: StoredCalculator, device_metadata: dict | None) -> Calculator: ...
 
 
 def runs_calculate(*, runs: Sequence[Run], compiled: Compiler, now: float, stats: RunStats) -> None:
@@ -237,7 +242,7 @@ def runs_calculate(*, runs: Sequence[Run], compiled: Compiler, now: float, stats
     covers all of history."""
     for run in runs:
         assert run.cache is not None
-        calculator = compiled(run.calculator)
+        calculator = compiled(run.calculator, run.device_metadata)
         reader = run.cache.reader(calc_id=run.assignment.calculator_id, device_id=run.assignment.device_id,
                                   names=calculator.parameters)
         begin, end = (-math.inf, math.inf) if run.synced_now else (run.begin, run.end)
@@ -419,18 +424,19 @@ def runs_cached(*, runs: Sequence[Run], stats: RunStats) -> None:
         stats.deleted += len(run.changes.deleted)
 
 
-def run_deadline(*, run: Run, compiled: Compiler) -> tuple[float, float] | None:
-    """When the wall clock closes the run's open interval (``max_inactive``, the end of a
-    ``datetime`` period), unix seconds, with the newest message's timestamp it follows from; None
-    when nothing will."""
+def run_deadline(*, run: Run, compiled: Compiler, now: float) -> tuple[float, float] | None:
+    """When the wall clock alone changes the run's intervals (``clock_deadline``: its open
+    interval closing by ``max_inactive`` or a ``datetime`` period's end, or an ``inactive``
+    selector's interval opening), unix seconds, with the newest message's timestamp it follows
+    from; None when nothing will."""
     assert run.diff is not None and run.cache is not None
-    if not run.diff.reached_end or run.diff.active_id is None:
+    if not run.diff.reached_end:
         return None
-    calculator = compiled(run.calculator)
+    calculator = compiled(run.calculator, run.device_metadata)
     newest = run.newest if calculator.messages_calc is not None else run.cache.newest(device_id=run.assignment.device_id)
     if newest is None:
         return None
-    deadline = active_deadline(calculator, newest=newest)
+    deadline = clock_deadline(calculator, newest=newest, active=run.diff.active_id is not None, now=now)
     return None if deadline is None else (deadline, newest)
 
 

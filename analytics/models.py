@@ -106,9 +106,11 @@ class Assignment(RegionalModel):
 
     ``calc_version`` is the calculator version the stored intervals were computed with;
     ``pending_begin``/``pending_end`` is a durable request to recalculate that range (a calculator
-    change, the recalculate endpoint, enabling): the fleet's reconciliation picks it up even
-    when its fast path (the debounce timers in Redis) lost it. ``active_id`` is the id of the open
-    interval, if any; ``calculated`` the wall time of the last recalculation that was stored.
+    change, the recalculate endpoint, enabling, a device metadata or user field change): the
+    fleet's reconciliation picks it up even when its fast path (the debounce timers in Redis) lost
+    it. ``active_id`` is the id of the open interval, if any; ``calculated`` the wall time of the
+    last stored change of its intervals (a recalculation, a user field merge), which a worker's
+    cached copy of them is marked with.
     """
 
     calculator = models.ForeignKey(Calculator, on_delete=models.CASCADE, related_name="assignments")

@@ -27,7 +27,7 @@ from analytics.engine import CalculatorError, Problem, compile_calculator, norma
 from analytics.engine.interval_fields import INTERVAL_FIELDS
 from analytics.engine.zone_checks import check_geometry
 from analytics.engine.zones import GeofenceSet, zone_order
-from analytics.events import Event
+from analytics.events import Event, interval_events
 from analytics.models import (
     Assignment,
     Calculator,
@@ -109,9 +109,9 @@ def calculator_create(*, account: Account, config: Mapping[str, Any]) -> Calcula
 
 def calculator_update(*, calculator: Calculator, data: Mapping[str, Any]) -> Calculator:
     """Change the named fields; the whole configuration is validated again. A change of a field
-    that changes results gives a new version and, with ``update_onchange``, asks for the
-    recalculation of every assignment (within ``update_period``: the engine keeps older
-    intervals frozen)."""
+    that changes results (``metadata`` too when an expression reads ``calculator.metadata``)
+    gives a new version and, with ``update_onchange``, asks for the recalculation of every
+    assignment (within ``update_period``: the engine keeps older intervals frozen)."""
     alias = calculator.database
     with locked_row(Calculator, pk=calculator.pk, using=alias, name="calculator") as current:
         was_chained = compile_calculator(current.configuration()).chained
@@ -121,8 +121,10 @@ def calculator_update(*, calculator: Calculator, data: Mapping[str, Any]) -> Cal
         changes = {name: value for name, value in normalised.items() if getattr(current, name) != value}
         if not changes:
             return current
-        affects_results = any(name in RESULT_FIELDS for name in changes)
         compiled_config = compile_calculator(normalised)
+        affects_results = any(name in RESULT_FIELDS for name in changes) or (
+            "metadata" in changes and "calculator" in compiled_config.reads_metadata
+        )
         chains = compiled_config.chained or was_chained
         if chains:
             _chains_lock(alias=alias, account_id=current.account_id)
@@ -419,6 +421,39 @@ def assignment_delete(*, assignment: Assignment, by_hand: bool = True) -> None:
                 chain_dependents_request(alias=alias, source_id=current.calculator_id, device_ids=[current.device_id])
 
 
+class DeviceMetadata:
+    """The follower of device metadata changes (``devices.followers``): the assignments whose
+    calculators read it recalculate. ``AnalyticsConfig.ready`` installs it."""
+
+    def metadata_changed(self, *, alias: str, device_ids: Collection[int]) -> None:
+        device_metadata_changed(alias=alias, device_ids=device_ids)
+
+
+DEVICE_METADATA = DeviceMetadata()
+
+
+def device_metadata_changed(*, alias: str, device_ids: Collection[int]) -> int:
+    """In the caller's transaction (the one changing the metadata of ``device_ids``): ask for the
+    recalculation of every assignment of theirs whose calculator reads ``device.metadata`` and
+    has ``update_onchange``, as a change of the calculator would (within ``update_period``: the
+    engine keeps older intervals frozen). A calc worker compiles the calculator again with the
+    new metadata. Returns how many assignments were asked."""
+    assignments = Assignment.objects.using(alias).filter(device_id__in=list(device_ids))
+    calculators = Calculator.objects.using(alias).filter(
+        pk__in=assignments.values("calculator_id"), update_onchange=True
+    )
+    reading = [
+        calculator.pk
+        for calculator in calculators
+        if "device" in compile_calculator(calculator.configuration()).reads_metadata
+    ]
+    if not reading:
+        return 0
+    asked = assignments.filter(calculator_id__in=reading)
+    _tell_fleet(alias, asked.values_list("shard", flat=True).distinct())
+    return _request(asked, -math.inf, math.inf)
+
+
 # --- groups --------------------------------------------------------------------------------
 
 
@@ -608,7 +643,13 @@ def interval_user_update(
     *, assignment: Assignment, calculator: Calculator, interval_id: int, fields: Mapping[str, Any]
 ) -> dict:
     """Merge user fields into a stored interval (a key set to null removes it). A key the engine
-    or a counter of the calculator writes is refused: user fields never hide computed ones."""
+    or a counter of the calculator writes is refused: user fields never hide computed ones.
+
+    In the same transaction: the merged interval is published as ``updated`` (and as the
+    retained ``active``/``last`` when it is the open or the newest one), and when the calculator
+    reads the interval before each one (``previous('field')`` in an ``interval`` counter or
+    ``validate_interval``, accumulators), the recalculation of the interval and of the one after
+    it is asked for (the engine reads user fields of stored intervals as data)."""
     taken = sorted(set(fields) & _engine_keys(calculator))
     if taken:
         raise InvalidInput(
@@ -616,20 +657,38 @@ def interval_user_update(
         )
     if len(dumps_exact(dict(fields)).decode()) > MAX_USER_FIELDS_BYTES:
         raise InvalidInput(f"user fields are larger than {MAX_USER_FIELDS_BYTES} bytes encoded")
-    with transaction.atomic(using=assignment.database):
-        placement_guard(alias=assignment.database, account_ids=[assignment.account_id])
-        interval = storage.intervals_user_merge(
-            alias=assignment.database,
-            calc_id=assignment.calculator_id,
-            device_id=assignment.device_id,
-            interval_id=interval_id,
-            fields=fields,
-        )
-    if interval is None:
-        raise NotFound(
-            f"no interval {interval_id} of device {assignment.device_id} in calculator {assignment.calculator_id}",
-            id=interval_id,
-        )
+    alias = assignment.database
+    pair = (assignment.calculator_id, assignment.device_id)
+    with transaction.atomic(using=alias):
+        placement_guard(alias=alias, account_ids=[assignment.account_id])
+        # The assignment's row first, exclusively: a calc worker's run (which locks it before it
+        # writes intervals) and this merge take turns, whole.
+        row = Assignment.objects.using(alias).filter(pk=assignment.pk)
+        current = row.select_for_update().first()
+        interval = None
+        if current is not None:
+            interval = storage.intervals_user_merge(
+                alias=alias, calc_id=pair[0], device_id=pair[1], interval_id=interval_id, fields=fields
+            )
+        if current is None or interval is None:
+            raise NotFound(
+                f"no interval {interval_id} of device {assignment.device_id} in calculator {assignment.calculator_id}",
+                id=interval_id,
+            )
+        newest = next(iter(storage.intervals_read(alias=alias, pairs=[pair], count=1, reverse=True)), None)
+        is_active = current.active_id == interval_id
+        storage.outbox_events(alias=alias, events=interval_events(
+            calc_id=pair[0], device_id=pair[1], created=[], updated=[interval], deleted=[],
+            was_active=interval if is_active else None, active=interval if is_active else None, active_known=True,
+            last=interval, last_changed=newest is not None and newest["id"] == interval_id,
+        ))
+        if compile_calculator(calculator.configuration()).crosses_intervals:
+            following = next(iter(storage.intervals_read(alias=alias, pairs=[pair], past_ids=[interval_id], count=1)), None)
+            end = interval["end"] if following is None else max(interval["end"], following["end"])
+            _request(row, interval["begin"], end)
+            _tell_fleet(alias, [current.shard])
+        # A new stamp: a calc worker's cached copy of the intervals is not this one any more.
+        row.update(calculated=time.time())
     return interval
 
 
@@ -645,10 +704,11 @@ def geofence_data(geofence: Geofence) -> dict:
     }
 
 
-def compiled(calculator: Calculator):
-    """The engine's compiled form of a stored calculator, with its assigned geofences."""
+def compiled(calculator: Calculator, device_metadata: Mapping | None = None):
+    """The engine's compiled form of a stored calculator, with its assigned geofences and, for a
+    device, that device's metadata (what ``device.metadata.x`` reads)."""
     zones = [geofence_data(geofence) for geofence in selectors.geofences_of_calculator(calculator=calculator)]
-    return compile_calculator(calculator.configuration(), geofences=zones)
+    return compile_calculator(calculator.configuration(), geofences=zones, device_metadata=device_metadata)
 
 
 # --- geofences -------------------------------------------------------------------------------

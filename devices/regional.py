@@ -24,6 +24,10 @@ REGIONAL = RegionalData(
         # One row per device and parameter, rewritten with the device's messages.
         RegionalTable("telemetry", column="device_id", through=DEVICES, moves=MoveKind.DEVICE_ROWS,
                       device_column="device_id"),
+        # One row per device, rewritten with its messages (the connection sweep's change alone is
+        # not journaled: the target's sweep makes it again).
+        RegionalTable("device_activity", column="device_id", through=DEVICES, moves=MoveKind.DEVICE_ROWS,
+                      device_column="device_id"),
         RegionalTable("outbox", column="device_id", through=DEVICES, moves=MoveKind.LOG, device_column="device_id"),
         RegionalTable("message_changes", column="device_id", through=DEVICES, moves=MoveKind.LOG,
                       device_column="device_id"),

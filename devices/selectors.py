@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.core.exceptions import EmptyResultSet, FullResultSet
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import F, Q, QuerySet
@@ -182,20 +184,28 @@ def messages_keys(
     )
 
 
-def devices_state(*, devices: list[Device], names: Collection[str]) -> dict[int, dict]:
-    """What the stored messages say of each device, by id, for the ``names`` asked:
-    ``telemetry`` (the latest value of each parameter and its time), ``last_active`` (the time of
-    its newest message, null before any) and ``messages_size`` (bytes its messages take)."""
+def devices_state(*, devices: list[Device], names: Collection[str], now: float | None = None) -> dict[int, dict]:
+    """What the platform knows of each device's state, by id, for the ``names`` asked:
+    ``telemetry`` (the latest value of each parameter and its time), ``last_active`` (when the
+    platform last heard from it, by its own clock: a message received over REST or MQTT; null
+    before any), ``connected`` (heard from within ``DEVICE_CONNECTION_TIMEOUT`` seconds of
+    ``now``) and ``messages_size`` (bytes its messages take)."""
     state: dict[int, dict] = {device.pk: {} for device in devices}
     if not devices:
         return state
-    if "telemetry" in names or "last_active" in names:
-        telemetry = telemetry_of(devices=devices)
-        for device_id, values in telemetry.items():
-            if "telemetry" in names:
-                state[device_id]["telemetry"] = values
+    if "telemetry" in names:
+        for device_id, values in telemetry_of(devices=devices).items():
+            state[device_id]["telemetry"] = values
+    if "last_active" in names or "connected" in names:
+        now = time.time() if now is None else now
+        activity = storage.activity_read(alias=devices[0].database, device_ids=list(state))
+        for device_id, item in state.items():
+            heard = activity.get(device_id)
             if "last_active" in names:
-                state[device_id]["last_active"] = max((item["ts"] for item in values.values()), default=None)
+                item["last_active"] = None if heard is None else heard[0]
+            if "connected" in names:
+                # The stored flag is the sweep's; between sweeps the clock says it first.
+                item["connected"] = heard is not None and heard[1] and now - heard[0] <= settings.DEVICE_CONNECTION_TIMEOUT
     if "messages_size" in names:
         sizes = storage.messages_sizes(alias=devices[0].database, device_ids=list(state))
         for device_id, size in sizes.items():

@@ -28,6 +28,7 @@ from devices.constants import (
     MAX_IDENT_LENGTH,
     MAX_MESSAGES_PER_BATCH,
 )
+from devices.followers import metadata_changed
 from devices.membership import groups_lock, members_changed
 from devices.models import Device, DeviceIdent, Group, GroupDevice
 from devices.selectors import (
@@ -242,6 +243,8 @@ def _device_update(*, device: Device, account: Account, data: dict[str, Any]) ->
             GroupDevice.objects.using(updated.database).filter(device_id=updated.pk).delete()
         if changed & DEVICE_SELECTED_FIELDS:
             members_changed(alias=updated.database, device_ids=[updated.pk])
+        if "metadata" in changed:
+            metadata_changed(alias=updated.database, device_ids=[updated.pk])
         return updated
 
 
@@ -554,6 +557,7 @@ def _messages_ingest(
         with transaction.atomic(using=alias):
             placement_guard(alias=alias, account_ids={device.account_id for device in datacenter.devices})
             changes = storage.messages_write(alias=alias, rows=datacenter.rows, telemetry=datacenter.telemetry)
+            storage.devices_active(alias=alias, device_ids=[device.pk for device in datacenter.devices], at=now)
             storage.changes_record(
                 alias=alias, changes=changes, shards={device.pk: device.shard for device in datacenter.devices}
             )
@@ -567,6 +571,15 @@ def _messages_ingest(
             seconds=time.perf_counter() - started,
         )
     return results
+
+
+def devices_disconnect(*, alias: str, now: float | None = None) -> list[int]:
+    """The devices of the datacenter ``alias`` that were connected and have not been heard from
+    for ``DEVICE_CONNECTION_TIMEOUT`` seconds are not any more (their retained ``connected``
+    becomes false); returns their ids. The pump's connection sweep."""
+    now = time.time() if now is None else now
+    with transaction.atomic(using=alias):
+        return storage.devices_disconnect(alias=alias, quiet_since=now - settings.DEVICE_CONNECTION_TIMEOUT)
 
 
 def messages_delete(*, devices: Sequence[Device], begin: float | None, end: float | None) -> list[ChangedRange]:

@@ -20,7 +20,12 @@ from psycopg import errors as pg_errors
 
 from devices.choices import OutboxKind
 from flespi_site.jsontext import dumps_exact, loads_exact
-from flespi_site.mqtt.topics import device_telemetry_topic_sql, topic_level_sql
+from flespi_site.mqtt.topics import (
+    DeviceStateName,
+    device_state_topic_sql,
+    device_telemetry_topic_sql,
+    topic_level_sql,
+)
 
 if TYPE_CHECKING:
     from devices.models import Device
@@ -128,6 +133,77 @@ INSERT INTO outbox (device_id, kind, topic, payload, retain)
 SELECT device_id, {int(OutboxKind.EVENT)}, {device_telemetry_topic_sql(device="device_id", parameter="name")}, NULL, true
 FROM gone WHERE {topic_level_sql("name")} ORDER BY device_id, name
 """
+
+
+_CONNECTED_TOPIC = device_state_topic_sql(device="device_id", name=DeviceStateName.CONNECTED)
+_LAST_ACTIVE_TOPIC = device_state_topic_sql(device="device_id", name=DeviceStateName.LAST_ACTIVE)
+# Devices heard from at ``at``: their activity row (``last_active`` never moves back; while
+# connected, written at most once per ``ACTIVITY_RESOLUTION`` s), connected, and their retained
+# state: ``connected`` true for those that were not, ``last_active`` for every row written (as
+# the float's shortest exact text: a cast to numeric would keep 15 digits). Rows in device id
+# order, as the connection sweep locks them. ``was`` reads the rows from before it.
+_ACTIVE = f"""
+WITH was AS (
+    SELECT device_id, connected FROM device_activity WHERE device_id = ANY(%(ids)s)
+), written AS (
+    INSERT INTO device_activity AS a (device_id, last_active, connected)
+    SELECT DISTINCT device_id, %(at)s::float8, true FROM unnest(%(ids)s::bigint[]) AS s(device_id) ORDER BY device_id
+    ON CONFLICT (device_id) DO UPDATE SET last_active = GREATEST(a.last_active, EXCLUDED.last_active), connected = true
+    WHERE NOT a.connected OR a.last_active < EXCLUDED.last_active - %(resolution)s
+    RETURNING device_id, last_active
+), events AS (
+    SELECT w.device_id, 0 AS n, {_CONNECTED_TOPIC} AS topic, 'true'::jsonb AS payload
+    FROM written w LEFT JOIN was USING (device_id) WHERE was.connected IS NOT TRUE
+    UNION ALL
+    SELECT device_id, 1, {_LAST_ACTIVE_TOPIC}, (last_active::text)::jsonb FROM written
+)
+INSERT INTO outbox (device_id, kind, topic, payload, retain)
+SELECT device_id, {int(OutboxKind.EVENT)}, topic, payload, true FROM events ORDER BY device_id, n
+"""
+# Seconds of resolution of ``last_active`` while a device stays connected (its row and retained
+# topic are not rewritten for every batch of a device reporting every second).
+ACTIVITY_RESOLUTION = 1.0
+# The connected devices not heard from since ``%s``: no longer connected, their retained
+# ``connected`` false. Locked in device id order first.
+_DISCONNECT = f"""
+WITH quiet AS (
+    SELECT device_id FROM device_activity WHERE connected AND last_active < %s ORDER BY device_id FOR UPDATE
+), gone AS (
+    UPDATE device_activity a SET connected = false FROM quiet WHERE a.device_id = quiet.device_id
+    RETURNING a.device_id
+)
+INSERT INTO outbox (device_id, kind, topic, payload, retain)
+SELECT device_id, {int(OutboxKind.EVENT)}, {_CONNECTED_TOPIC}, 'false'::jsonb, true FROM gone ORDER BY device_id
+RETURNING device_id
+"""
+
+
+def devices_active(*, alias: str, device_ids: Sequence[int], at: float) -> None:
+    """In the caller's transaction: the devices were heard from at ``at`` (unix seconds, the
+    platform's clock): ``last_active`` and ``connected``, with their retained topics."""
+    if not device_ids:
+        return
+    with connections[alias].cursor() as cursor:
+        cursor.execute(_ACTIVE, {"ids": sorted(set(device_ids)), "at": at, "resolution": ACTIVITY_RESOLUTION})
+
+
+def devices_disconnect(*, alias: str, quiet_since: float) -> list[int]:
+    """In the caller's transaction: the connected devices not heard from since ``quiet_since``
+    are no longer connected (retained ``connected`` false); returns their ids."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(_DISCONNECT, [quiet_since])
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+def activity_read(*, alias: str, device_ids: Iterable[int]) -> dict[int, tuple[float, bool]]:
+    """``(last_active, connected)`` of the devices heard from, by id (as stored: ``connected``
+    as of the last sweep)."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT device_id, last_active, connected FROM device_activity WHERE device_id = ANY(%s)",
+            [list(device_ids)],
+        )
+        return {device_id: (last_active, connected) for device_id, last_active, connected in cursor.fetchall()}
 
 
 @dataclass(frozen=True)
@@ -478,14 +554,24 @@ def messages_sizes(*, alias: str, device_ids: Iterable[int]) -> dict[int, int]:
     return sizes
 
 
+# A device's activity row gone, its retained state topics cleared (empty payloads).
+_ACTIVITY_CLEAR = f"""
+WITH gone AS (DELETE FROM device_activity WHERE device_id = %s RETURNING device_id)
+INSERT INTO outbox (device_id, kind, topic, payload, retain)
+SELECT device_id, {int(OutboxKind.EVENT)}, topic, NULL, true
+FROM gone, LATERAL (VALUES ({_CONNECTED_TOPIC}), ({_LAST_ACTIVE_TOPIC})) AS t(topic)
+"""
+
+
 def messages_drop_device(*, alias: str, device_id: int) -> None:
-    """Delete a device's messages, telemetry, queued outbox rows and change log; its retained
-    telemetry topics are queued to be cleared."""
+    """Delete a device's messages, telemetry, activity, queued outbox rows and change log; its
+    retained telemetry and state topics are queued to be cleared."""
     with connections[alias].cursor() as cursor:
         cursor.execute("DELETE FROM messages WHERE device_id = %s", [device_id])
         cursor.execute("DELETE FROM outbox WHERE device_id = %s", [device_id])
         cursor.execute(_TELEMETRY_CLEAR.format(where="t.device_id = %s"), [device_id])
         cursor.execute("DELETE FROM message_changes WHERE device_id = %s", [device_id])
+        cursor.execute(_ACTIVITY_CLEAR, [device_id])
 
 
 def telemetry_read(*, alias: str, device_ids: Iterable[int]) -> dict[int, dict[str, dict]]:

@@ -233,6 +233,9 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
+# Seconds since the platform last heard from a device (a message received over REST or MQTT)
+# within which the device is ``connected``.
+DEVICE_CONNECTION_TIMEOUT = _env_float("DEVICE_CONNECTION_TIMEOUT", 600.0)
 # Logical calculation shards per region; a device's shard is fixed at creation.
 CALC_SHARDS = _env_int("CALC_SHARDS", 256)
 # Devices publish their messages to this pattern on their region's broker; '+' is the ident.

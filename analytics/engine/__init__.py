@@ -26,6 +26,9 @@ dirty_end, now, frozen_before=None, messages_begin=None, newest=None, tail=None,
 ``active_deadline(calculator, *, newest) -> float | None``
     When the wall clock closes an active interval whose newest message is at ``newest``
     (``max_inactive``, end of a ``datetime`` period); the sweep then calls ``recalculate``.
+``clock_deadline(calculator, *, newest, active, now) -> float | None``
+    The next moment the wall clock alone changes the intervals: the open one closing, or an
+    ``inactive`` selector's interval opening ``delay_threshold`` after the newest message.
 
 ``validate_calculator(config) -> list[Problem]``
     Every problem, each with ``path`` (``selectors[0].expression``) and ``message``
@@ -45,7 +48,7 @@ dirty_end, now, frozen_before=None, messages_begin=None, newest=None, tail=None,
     ``ExpressionError`` (``.position``, 1-based; ``.reason``) when the text does not compile.
 """
 
-from .calculate import IntervalList, active_deadline, calculate, interval_id
+from .calculate import IntervalList, active_deadline, calculate, clock_deadline, interval_id
 from .calculator import Calculator, compile_calculator, normalize_calculator, validate_calculator
 from .chains import IntervalReader, ListedIntervals, intervals_as_messages, message_time, messages_of
 from .errors import CalculatorError, EngineError, EvaluationError, ExpressionError, Problem
@@ -72,6 +75,7 @@ __all__ = [
     "Tail",
     "active_deadline",
     "calculate",
+    "clock_deadline",
     "compile_calculator",
     "compile_expression",
     "interval_id",

@@ -68,6 +68,7 @@ def compute(
     keep_from: float | None = None,
     previous: Mapping | None = None,
     sources: Sources | None = None,
+    user_fields: Mapping[int, Mapping] | None = None,
 ) -> IntervalList:
     """Intervals over validated ``messages``.
 
@@ -75,6 +76,8 @@ def compute(
     ``previous``: the interval before the first kept one, for ``previous()`` and accumulators.
     ``reached_end``: whether the last message is the device's newest (else nothing is active).
     ``sources``: the intervals of the calculators it chains (``chains``), by calculator id.
+    ``user_fields``: the user fields of stored intervals by id, which ``previous('field')`` of the
+    interval after each sees (the intervals returned hold engine fields only).
     """
     intervals = IntervalList()
     count = len(messages)
@@ -82,7 +85,9 @@ def compute(
         return intervals
     frame = Frame(messages)
     chained = source_spans(calc.reads_calcs, sources, messages.timestamps) if calc.reads_calcs else None
-    runs = select_all(calc, frame, now, chained)
+    # The wall clock speaks only of the newest message: a window that ends before it must not see
+    # its last message as the newest (an ``inactive`` selector would open an interval there).
+    runs = select_all(calc, frame, now if reached_end else None, chained)
     first, last, open_ = runs.first, runs.last, runs.open_
     timestamps = messages.timestamps
     if keep_from is not None and len(first):
@@ -125,7 +130,7 @@ def compute(
         if active[-1]:
             intervals.active_id = intervals[-1]["id"]
         return intervals
-    return _interval_pass(calc, rows, counter_values, active, previous, intervals)
+    return _interval_pass(calc, rows, counter_values, active, previous, intervals, user_fields)
 
 
 def _interval(identifier: int, begin: float, end: float) -> dict:
@@ -133,8 +138,11 @@ def _interval(identifier: int, begin: float, end: float) -> dict:
     return {"id": identifier, "begin": begin, "end": end, "duration": end - begin}
 
 
-def _interval_pass(calc, rows, counter_values, active, previous, intervals: IntervalList) -> IntervalList:
-    """Counters that look at the interval itself or at the one before it, in order."""
+def _interval_pass(
+    calc, rows, counter_values, active, previous, intervals: IntervalList, user_fields: Mapping | None = None
+) -> IntervalList:
+    """Counters that look at the interval itself or at the one before it (with its user fields),
+    in order."""
     counters = [(counter, COUNTER_TYPES[counter.type], values) for counter, values in counter_values]
     previous_interval = dict(previous) if previous is not None else None
     last_kept_active = False
@@ -153,7 +161,8 @@ def _interval_pass(calc, rows, counter_values, active, previous, intervals: Inte
             last_kept_active = False
             continue
         intervals.append(interval)
-        previous_interval = interval
+        user = user_fields.get(identifier) if user_fields else None
+        previous_interval = {**user, **interval} if user else interval
         last_kept_active = bool(active[j])
     if intervals and last_kept_active:
         intervals.active_id = intervals[-1]["id"]
@@ -195,6 +204,34 @@ def active_deadline(calculator, *, newest: float) -> float | None:
             deadlines.append(float(np.nextafter(newest + spec.options["max_inactive"], np.inf)))
         elif spec.type == "datetime" and spec.split is not None:  # unsplit: one interval, never closed
             deadlines.append(_next_period(calc, float(newest), spec.split))
+    return min(deadlines) if deadlines else None
+
+
+def inactive_deadline(calculator, *, newest: float) -> float | None:
+    """When the wall clock opens an ``inactive`` interval after the newest message at ``newest``:
+    the earliest ``now`` for which ``calculate``/``recalculate`` give one (the calculator's
+    smallest ``delay_threshold`` after it). ``None`` when the calculator has no inactive selector.
+    Whether it becomes active also depends on the other selectors: the recalculation says."""
+    calc = compile_calculator(calculator)
+    thresholds = [spec.delay_threshold for spec in calc.selectors if spec.type == "inactive"]
+    if not thresholds:
+        return None
+    return float(np.nextafter(newest + min(thresholds), np.inf))
+
+
+def clock_deadline(calculator, *, newest: float, active: bool, now: float) -> float | None:
+    """The next moment after ``now`` at which the wall clock alone changes the intervals of a
+    device whose newest message is at ``newest``: the open interval closing (``active_deadline``,
+    when one is ``active``) or an ``inactive`` one opening (``inactive_deadline``). ``None`` when
+    nothing will."""
+    deadlines = [
+        deadline
+        for deadline in (
+            active_deadline(calculator, newest=newest) if active else None,
+            inactive_deadline(calculator, newest=newest),
+        )
+        if deadline is not None and deadline > now
+    ]
     return min(deadlines) if deadlines else None
 
 

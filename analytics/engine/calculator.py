@@ -4,7 +4,7 @@ compilation into a ``Calculator`` that ``calculate`` and ``recalculate`` reuse."
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,9 +169,31 @@ class Calculator:
             self.references.insert(0, ("messages_source.calculator_id", self.messages_calc))
         self.chained = bool(self.references)
         self.parameters = _parameters(self)
+        # Whose metadata its expressions read ("device", "calculator"): the values are compiled
+        # in, so a change of it needs a new compilation (and a recalculation).
+        self.reads_metadata = frozenset(
+            source for expression in _expressions(self) for source in expression.reads_metadata
+        )
 
     def __repr__(self) -> str:
         return f"Calculator({self.name!r})"
+
+    def for_device(self, metadata: Mapping | None) -> Calculator:
+        """This calculator as it runs for a device whose metadata is ``metadata``: itself when no
+        expression reads ``device.metadata``, else a new compilation with those values in."""
+        if "device" not in self.reads_metadata:
+            return self
+        return compile_calculator(self.config, geofences=self.assigned, device_metadata=metadata or {})
+
+
+def _expressions(calc: Calculator) -> list[CompiledExpression]:
+    """Every compiled expression of the calculator: of its selectors, counters and validations."""
+    found = [calc.validate_message, calc.validate_interval]
+    for selector in calc.selectors:
+        found += [selector.expression, selector.validate]
+    for counter in calc.counters:
+        found += [counter.validate, *counter.expressions()]
+    return [expression for expression in found if expression is not None]
 
 
 def _parameters(calc: Calculator) -> frozenset[str] | None:
@@ -204,7 +226,9 @@ def _parameters(calc: Calculator) -> frozenset[str] | None:
     return frozenset(names)
 
 
-def _check(config, geofences: Sequence[dict] = ()) -> tuple[list[Problem], Calculator | None]:
+def _check(
+    config, geofences: Sequence[dict] = (), device_metadata: Mapping | None = None
+) -> tuple[list[Problem], Calculator | None]:
     if not isinstance(config, dict):
         return [Problem("", "calculator must be a JSON object")], None
     checker = Checker()
@@ -214,7 +238,10 @@ def _check(config, geofences: Sequence[dict] = ()) -> tuple[list[Problem], Calcu
     assigned_zones = zone_order(zone for zone in geofences if zone.get("enabled", True))
     assigned = GeofenceSet(assigned_zones)
     # Selectors first: their geofences are what geofence() in every expression sees.
-    selectors, normalized["selectors"], scope = _check_selectors(checker, config, normalized["timezone"], assigned)
+    metadata = {"device": device_metadata or {}, "calculator": normalized["metadata"]}
+    selectors, normalized["selectors"], scope = _check_selectors(
+        checker, config, normalized["timezone"], assigned, metadata
+    )
     validate_message = checker.expression(config, "validate_message", "", scope=scope)
     validate_interval = checker.expression(config, "validate_interval", "", scope=scope)
     normalized["validate_message"] = config.get("validate_message")
@@ -276,7 +303,7 @@ def _check_fields(checker: Checker, config: dict) -> dict[str, Any]:
 
 
 def _check_selectors(
-    checker: Checker, config: dict, tz: str, assigned: GeofenceSet
+    checker: Checker, config: dict, tz: str, assigned: GeofenceSet, metadata: Mapping[str, Any]
 ) -> tuple[list[SelectorSpec], list[dict], Scope]:
     raw = config.get("selectors")
     if raw is None:
@@ -287,7 +314,7 @@ def _check_selectors(
         raw = []
     elif not raw:
         checker.add("selectors", "needs at least one selector")
-    scope = Scope(tz, [])
+    scope = Scope(tz, [], metadata=metadata)
     inline: list[Geofence] = []
     selectors: list[SelectorSpec] = []
     normalized: list[dict] = []
@@ -386,7 +413,8 @@ def _selector_inactive(
     checker: Checker, config: dict, path: str, spec: SelectorSpec, normalized: dict
 ) -> None:
     checker.unknown(config, ("type", "name", "delay_threshold"), path)
-    spec.delay_threshold = checker.number(config, "delay_threshold", path, required=True, default=0)
+    # Positive: with 0 every device would be inactive the moment its newest message is past.
+    spec.delay_threshold = checker.number(config, "delay_threshold", path, required=True, default=1, positive=True)
     normalized["delay_threshold"] = spec.delay_threshold
 
 
@@ -465,14 +493,18 @@ def validate_calculator(config) -> list[Problem]:
     return sorted(_check(config)[0], key=_path_key)
 
 
-def compile_calculator(config, *, geofences: Sequence[dict] = ()) -> Calculator:
+def compile_calculator(
+    config, *, geofences: Sequence[dict] = (), device_metadata: Mapping | None = None
+) -> Calculator:
     """The compiled calculator; raises ``CalculatorError`` listing every problem. ``geofences``:
     the geofence entities assigned to it, as data (``{"id", "name", "enabled", "priority",
     "metadata", "geometry"}``, the geometry valid): a geofence selector with an empty
-    ``geofences`` list takes the enabled ones, and every expression sees them."""
+    ``geofences`` list takes the enabled ones, and every expression sees them.
+    ``device_metadata``: the metadata of the device it runs for, what ``device.metadata.x``
+    (``metadata('x')``) reads (``{}`` without one: every such path is missing)."""
     if isinstance(config, Calculator):
         return config
-    problems, calc = _check(config, geofences)
+    problems, calc = _check(config, geofences, device_metadata)
     if problems:
         raise CalculatorError(sorted(problems, key=_path_key))
     assert calc is not None

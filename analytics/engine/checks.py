@@ -8,8 +8,8 @@ checks its fields in its class (``counters``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from .errors import ExpressionError, Problem
@@ -29,6 +29,8 @@ class Scope:
     geofences: Sequence[Geofence]
     # Whether a geofence selector exists (its geofences may be the assigned ones, none yet).
     geofence_selector: bool = False
+    # What ``device.metadata.x`` and ``calculator.metadata.x`` read.
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Checker:
@@ -126,7 +128,7 @@ class Checker:
             self.add(where, "must be a string")
             return None
         try:
-            return CompiledExpression(text, timezone=scope.tz, geofences=scope.geofences)
+            return CompiledExpression(text, timezone=scope.tz, geofences=scope.geofences, metadata=scope.metadata)
         except ExpressionError as error:
             self.add(where, error.reason)
             return None

@@ -61,6 +61,12 @@ class CounterSpec:
     value: Any = None
     allow_unknown: bool = False
 
+    def expressions(self) -> list[CompiledExpression]:
+        """Its compiled expressions besides ``validate`` (``expression``, a dataset's field values)."""
+        found = [] if self.expression is None else [self.expression]
+        found += [item[1] for item in self.fields if isinstance(item, tuple) and isinstance(item[1], CompiledExpression)]
+        return found
+
 
 # ---- the gathered rows of every interval ------------------------------------------------------
 

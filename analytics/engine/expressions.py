@@ -135,7 +135,53 @@ class Call:
         return None
 
 
-Node = Const | Param | Unary | Binary | Call
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """A value of the device's or the calculator's ``metadata`` (``source``: "device" or
+    "calculator"), at ``path`` (keys from the root). ``missing``: what a path that is not there
+    gives, ``"err"`` (``device.metadata.x``) or ``"null"`` (``$device.metadata.x``,
+    ``metadata('x')``). The values come with the compilation (``Context.metadata``): for the
+    engine they are constants."""
+
+    source: str
+    path: tuple[str, ...]
+    missing: str
+
+
+Node = Const | Param | Unary | Binary | Call | Meta
+
+# Parameter names that read metadata instead of the message: ``device.metadata.speed_limit``.
+METADATA_PREFIXES = {"device.metadata": "device", "calculator.metadata": "calculator"}
+
+
+def metadata_path(text: str, position: int) -> tuple[str, ...]:
+    """The keys of a ``metadata('...')`` path: a root key as written (``'speed_limit'``,
+    ``'fleet.id'``), or a JSON pointer (``'/geofence/lat'``, ``~0`` and ``~1`` escaping ``~`` and
+    ``/``); ``ExpressionError`` naming the path when it names nothing."""
+    if not text:
+        raise ExpressionError(f"metadata path '' is empty at {position}", position)
+    if not text.startswith("/"):
+        return (text,)
+    keys = text[1:].split("/")
+    if any(not key for key in keys):
+        raise ExpressionError(f"metadata path {text!r} has an empty key at {position}", position)
+    return tuple(key.replace("~1", "/").replace("~0", "~") for key in keys)
+
+
+def _metadata_name(name: str, mode: str, position: int) -> Meta | None:
+    """The ``Meta`` node of a parameter name under ``device.metadata``/``calculator.metadata``,
+    or None for a message parameter."""
+    for prefix, source in METADATA_PREFIXES.items():
+        if name == prefix or name.startswith(prefix + "."):
+            rest = name[len(prefix) + 1:]
+            if not rest:
+                raise ExpressionError(f"'{name}' names no metadata key at {position}: write {prefix}.<key>", position)
+            if mode == "prev":
+                raise ExpressionError(
+                    f"'{name}' has no previous value at {position}: metadata is the same for every message", position
+                )
+            return Meta(source, tuple(rest.split(".")), "err" if mode == "bare" else "null")
+    return None
 
 COMPARISONS = frozenset({"==", "!=", "<", "<=", ">", ">="})
 LOGIC = frozenset({"&&", "||"})
@@ -191,14 +237,19 @@ class _ToAst(Transformer):
     def null(self, _):
         return Const(None)
 
+    def _param(self, token: Token, mode: str) -> Param | Meta:
+        name = str(token)
+        meta = _metadata_name(name, mode, (token.start_pos or 0) + 1)
+        return Param(name, mode) if meta is None else meta
+
     def name(self, children):
-        return Param(str(children[0]), "bare")
+        return self._param(children[0], "bare")
 
     def optname(self, children):
-        return Param(str(children[0]), "opt")
+        return self._param(children[0], "opt")
 
     def prevname(self, children):
-        return Param(str(children[0]), "prev")
+        return self._param(children[0], "prev")
 
     def neg(self, children):
         operand = children[0]
@@ -245,6 +296,8 @@ class _ToAst(Transformer):
             raise ExpressionError(f"function '{name}' takes a quoted name at {pos}", pos)
         if fn.rewrite == "previous":
             return Param(args[0].value, "prev")
+        if fn.rewrite == "metadata":
+            return Meta("device", metadata_path(args[0].value, pos), "null")
         if fn.rewrite == "not":
             return Unary("!", args[0])
         return Call(name, tuple(args), pos)
@@ -296,6 +349,18 @@ def parse(text: str) -> Node:
 
 # ---- per-message evaluation ----------------------------------------------------------------------
 
+
+def _metadata_value(node: Meta, ctx: Context):
+    """The value at the node's path in the metadata it was compiled with (``ERROR`` or null when
+    the path is not there, by the node's ``missing``)."""
+    found: object = ctx.metadata.get(node.source, {})
+    for key in node.path:
+        if not isinstance(found, Mapping) or key not in found:
+            return semantics.ERROR if node.missing == "err" else None
+        found = found[key]
+    return semantics.normalize(found)
+
+
 _MISS = object()
 
 _ROW_BINARY = {
@@ -325,6 +390,9 @@ def _row(node: Node, ctx: Context) -> RowFn:
         return lambda message, previous, positioned: (
             None if previous is None else semantics.normalize(previous.get(name))
         )
+    if isinstance(node, Meta):
+        value = _metadata_value(node, ctx)
+        return lambda message, previous, positioned: value
     if isinstance(node, Unary):
         operand_fn = _row(node.operand, ctx)
         if node.op == "-":
@@ -361,6 +429,9 @@ def _column(node: Node, frame: Frame, ctx: Context) -> Vec:
     rows = frame.n
     if isinstance(node, Const):
         return Vec.const(node.value)
+    if isinstance(node, Meta):
+        value = _metadata_value(node, ctx)
+        return Vec.from_objects([value]) if value is semantics.ERROR else Vec.const(value)
     if isinstance(node, Param):
         if node.mode == "prev":
             return vec_from_column(frame.prev_column(node.name), rows, "null")
@@ -399,7 +470,7 @@ class CompiledExpression:
     * ``parameters``: the message parameters it reads (``timestamp`` is always there).
     """
 
-    def __init__(self, text: str, *, timezone: str = "UTC", geofences=()):
+    def __init__(self, text: str, *, timezone: str = "UTC", geofences=(), metadata: Mapping | None = None):
         self.text = text
         self.timezone = timezone
         try:
@@ -409,8 +480,10 @@ class CompiledExpression:
         self.tree = parse(text)
         # A calculator's expressions share one set (and its index).
         self.geofences = geofences if isinstance(geofences, GeofenceSet) else GeofenceSet(geofences)
-        self._ctx = Context(self.tz, self.geofences)
+        self._ctx = Context(self.tz, self.geofences, metadata or {})
         nodes = list(walk(self.tree))
+        # Whose metadata it reads ("device", "calculator"): a change of it changes its values.
+        self.reads_metadata = frozenset(node.source for node in nodes if isinstance(node, Meta))
         params = [node for node in nodes if isinstance(node, Param)]
         calls = [FUNCTIONS[node.name] for node in nodes if isinstance(node, Call)]
         self.names = sorted({node.name for node in params if node.mode != "prev"})
@@ -455,10 +528,14 @@ class CompiledExpression:
         return _column(self.tree, frame, self._ctx).expand(frame.n)
 
 
-def compile_expression(text: str, *, timezone: str = "UTC", geofences=()) -> CompiledExpression:
+def compile_expression(
+    text: str, *, timezone: str = "UTC", geofences=(), metadata: Mapping | None = None
+) -> CompiledExpression:
     """Parse and compile ``text``; raises ``ExpressionError`` (with ``position``) when it does not
-    parse, names an unknown function, or has the wrong number of arguments."""
-    return CompiledExpression(text, timezone=timezone, geofences=geofences)
+    parse, names an unknown function, or has the wrong number of arguments. ``metadata``:
+    ``{"device": {...}, "calculator": {...}}``, what ``device.metadata.x``, ``metadata('x')``
+    and ``calculator.metadata.x`` read."""
+    return CompiledExpression(text, timezone=timezone, geofences=geofences, metadata=metadata)
 
 
 def is_true(value) -> bool:

@@ -15,7 +15,7 @@ arguments it takes, and its row and column implementations.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -32,10 +32,12 @@ RowFn = Callable[[Any, Any, Any], Any]
 
 
 class Context(NamedTuple):
-    """What an expression is compiled with: the calculator timezone and its geofences."""
+    """What an expression is compiled with: the calculator timezone, its geofences, and the
+    metadata it may read (``{"device": {...}, "calculator": {...}}``)."""
 
     tz: Any
     geofences: GeofenceSet
+    metadata: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Function:
     row: Callable[[list[RowFn], Context, str | None], RowFn] | None = None
     column: Callable[[list[Vec], Frame, Context, str | None], Vec] | None = None
     literal: bool = False
-    rewrite: str | None = None  # "not" or "previous"
+    rewrite: str | None = None  # "not", "previous" or "metadata"
     reads_position: bool = False
     reads_previous_position: bool = False
 
@@ -391,6 +393,8 @@ FUNCTIONS: dict[str, Function] = {
     for function in [
         Function("not", 1, 1, rewrite="not"),
         Function("previous", 1, 1, literal=True, rewrite="previous"),
+        # flespi's spelling of ``$device.metadata.x``: ``metadata('x')``, ``metadata('/a/b')``.
+        Function("metadata", 1, 1, literal=True, rewrite="metadata"),
         Function("if", 3, 3, row=_row_if, column=_col_if),
         Function("exists", 1, 1, row=_row_exists, column=_col_exists, literal=True),
         Function("isnull", 1, 1, semantics.fn_isnull, column=_col_isnull),

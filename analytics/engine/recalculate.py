@@ -20,6 +20,7 @@ from .calculator import Calculator, compile_calculator
 from .chains import Sources, SourcesGiven, source_spans
 from .counters import COUNTER_TYPES, OMIT, RouteCounter, message_counters
 from .expressions import Frame
+from .interval_fields import INTERVAL_FIELDS
 from .messages import Messages
 from .selectors import IGNORED, clean_cuts, raw_state
 
@@ -437,9 +438,11 @@ def recalculate(
         keep_from = float(stamps[cut]) if (cut > 0 or not from_start) and accepted_count else None
         previous = interval_before(keep_from) if keep_from is not None else None
         window = accepted.slice(window_start, cut_after)
-        new = compute(calc, window, now=now, reached_end=end_reached, keep_from=keep_from, previous=previous,
-                      sources=chain)
         hi = float(stamps[cut_after]) if cut_after < accepted_count else math.inf
+        lo = keep_from if keep_from is not None else -math.inf
+        old = read_intervals(lo, hi)
+        new = compute(calc, window, now=now, reached_end=end_reached, keep_from=keep_from, previous=previous,
+                      sources=chain, user_fields=_user_fields(calc, old) if calc.crosses_intervals else None)
         if calc.crosses_intervals and not end_reached:
             stored_last = interval_before(hi)
             new_last = new[-1] if new else previous
@@ -453,8 +456,6 @@ def recalculate(
                 greedy = True
                 span_f *= 4
                 continue
-        lo = keep_from if keep_from is not None else -math.inf
-        old = read_intervals(lo, hi)
         diff = _diff(calc, new, old, frozen_before, messages_begin)
         diff.reached_end = end_reached
         diff.active_id = new.active_id if end_reached else None
@@ -484,6 +485,17 @@ def _unchanged_since(tail: Tail, read_messages: Callable[[float, float], Message
     if len(now) != len(stamps) - start or not np.array_equal(now.timestamps, stamps[start:]):
         return False
     return now.to_dicts() == tail.messages.slice(start, len(stamps)).to_dicts()
+
+
+def _user_fields(calc: Calculator, stored: list[dict]) -> dict[int, dict]:
+    """The fields of stored intervals the engine does not write (user fields), by id."""
+    engine = {*calc.engine_keys, *INTERVAL_FIELDS}
+    found = {}
+    for interval in stored:
+        user = {key: value for key, value in interval.items() if key not in engine}
+        if user:
+            found[interval["id"]] = user
+    return found
 
 
 def _tail_of(

@@ -135,7 +135,15 @@ def select(
     if spec.type == "inactive":
         gap = np.diff(stamps) > spec.delay_threshold
         first = np.flatnonzero(gap)
-        return Runs(first, first + 1, np.zeros(len(first), bool))
+        last = first + 1
+        open_ = np.zeros(len(first), bool)
+        if now is not None and float(now) - stamps[-1] > spec.delay_threshold:
+            # No message for longer than the threshold of wall clock: the device is inactive now,
+            # in an open interval holding its newest message, which the next message closes.
+            first = np.append(first, rows - 1)
+            last = np.append(last, rows - 1)
+            open_ = np.append(open_, True)
+        return Runs(first, last, open_)
 
     options = spec.options
     state, codes, geofence_index = raw_state(spec, frame, chained)

@@ -6,13 +6,16 @@ worker per round (its batch over the shards it holds, see ``Pump.pump_once``), a
   debounce entry (Redis lost it, or a worker died between its commit and arming the timer) are
   scheduled again;
 * purges (every ``PURGE_EVERY`` s): each shard's worker is asked to apply ``intervals_ttl`` /
-  ``intervals_rotate`` and its cache's message retention.
+  ``intervals_rotate`` and its cache's message retention;
+* the connection sweep (every ``DISCONNECT_EVERY`` s): devices not heard from for
+  ``DEVICE_CONNECTION_TIMEOUT`` s are no longer connected (``devices.services.devices_disconnect``).
 
 The pump process also runs the sealer of message blocks (``analytics.blocks``) and the vacuuming
 of the datacenters' queue tables (``flespi_site.maintenance``), each a loop of its own.
 
-Wall-clock closing of active intervals (``max_inactive``, the end of a ``datetime`` period) needs
-nothing here: the worker arms a timer at that moment, and the pump sends it when it is due.
+Wall-clock closing of active intervals (``max_inactive``, the end of a ``datetime`` period) and
+opening of ``inactive`` ones need nothing here: the worker arms a timer at that moment, and the
+pump sends it when it is due.
 Several pumps of one region are harmless: each due timer is offered once (the pump script), and
 reconciliation only adds what is missing.
 """
@@ -29,6 +32,7 @@ from analytics.fleet.batches import OFFER_TIMEOUT, batch_limit, batch_send, busy
 from analytics.fleet.debounce import DebounceTimers, Offer
 from analytics.fleet.requests import requests_read
 from devices import storage as message_storage
+from devices.services import devices_disconnect
 from flespi_site.celery import celery_app, redis_client, shards_wake
 from flespi_site.fleet import ShardPurge, lease_holders, shards_held
 from flespi_site.runner import Loop
@@ -43,6 +47,9 @@ PURGE_EVERY = 300.0
 # A purge's shard tasks are sent spread over this many seconds, not at once: each takes a worker
 # a few ms, and hundreds queued together would hold up the runs behind them for seconds.
 PURGE_SPREAD = 60.0
+# Seconds between connection sweeps: how late after DEVICE_CONNECTION_TIMEOUT ``connected`` turns
+# false on MQTT (the REST field is exact).
+DISCONNECT_EVERY = 1.0
 
 
 
@@ -68,9 +75,12 @@ class Pump(Loop):
         self.reconciled = 0
         self._next_reconcile = 0.0
         self._next_purge = time.monotonic() + purge_every
+        self._next_disconnect = 0.0
+        self.disconnected = 0
 
     def counts(self) -> dict[str, int]:
-        return {"assignments sent": self.sent, "messages": self.messages, "reconciled": self.reconciled}
+        return {"assignments sent": self.sent, "messages": self.messages, "reconciled": self.reconciled,
+                "disconnected": self.disconnected}
 
     def step(self) -> float:
         """One round: send what is due, reconcile and purge when their time comes; returns the
@@ -84,7 +94,16 @@ class Pump(Loop):
             self.purge()
             self._next_purge = now + self.purge_every
         self._purge_due(now)
+        if now >= self._next_disconnect:
+            self.disconnected += self.disconnect()
+            self._next_disconnect = now + DISCONNECT_EVERY
         return self._pause()
+
+    def disconnect(self) -> int:
+        """The connection sweep of every datacenter of the region; returns how many devices are no
+        longer connected."""
+        wall = time.time()
+        return sum(len(devices_disconnect(alias=alias, now=wall)) for alias in region_aliases(self.region))
 
     def _pause(self) -> float:
         """Until the next timer of a shard whose worker is free falls due, within

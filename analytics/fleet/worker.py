@@ -60,6 +60,7 @@ from devices.models import Device
 from flespi_site import metrics
 from flespi_site.celery import celery_app, redis_client, shards_request, shards_wake
 from flespi_site.fleet import ShardFill, dirty_key, wake_key, worker_reports_key
+from flespi_site.jsontext import dumps_exact
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ __all__ = ["NotHeld", "RunStats", "ShardWorker"]
 
 # Seconds of filling a shard's cache per task, between which the worker's other tasks run.
 FILL_SLICE = 1.0
+# Compilations of calculators reading device metadata kept, one per version and metadata.
+FOR_DEVICES_KEPT = 10_000
 
 
 @dataclass
@@ -107,6 +110,7 @@ class ShardWorker:
         self._caught_up_devices = 0  # devices read again or dropped by catch-ups since the start
         self._lock = threading.RLock()
         self._compiled: dict[tuple[int, int], Calculator] = {}
+        self._for_devices: dict[tuple[int, int, bytes], Calculator] = {}  # oldest use first
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -245,14 +249,40 @@ class ShardWorker:
             raise NotHeld(shard)
         return held
 
-    def compiled(self, calculator: StoredCalculator) -> Calculator:
-        """The engine's calculator of a stored one, compiled once per version."""
+    def compiled(self, calculator: StoredCalculator, device_metadata: dict | None = None) -> Calculator:
+        """The engine's calculator of a stored one, compiled once per version; one that reads
+        ``device.metadata`` once more per version and metadata of a device (the values are
+        compiled in: a device whose metadata changed gets a new object, so no tail of the old one
+        is extended with it)."""
+        compiled = self._compiled_version(calculator)
+        if "device" not in compiled.reads_metadata:
+            return compiled
+        metadata_key = (calculator.pk, calculator.version, dumps_exact(device_metadata or {}))
+        for_device = self._for_devices.pop(metadata_key, None)
+        if for_device is None:
+            for_device = compiled.for_device(device_metadata)
+            while len(self._for_devices) >= FOR_DEVICES_KEPT:
+                self._for_devices.pop(next(iter(self._for_devices)))
+        self._for_devices[metadata_key] = for_device  # the newest use last
+        return for_device
+
+    def _compiled_version(self, calculator: StoredCalculator) -> Calculator:
         key = (calculator.pk, calculator.version)
         compiled = self._compiled.get(key)
         if compiled is None:
             compiled = services.compiled(calculator)
             self._compiled[key] = compiled
         return compiled
+
+    def _devices_metadata(self, alias: str, runs: Sequence[Run]) -> None:
+        """The device metadata of the runs whose calculators read it, read at once."""
+        reading = [run for run in runs if "device" in self._compiled_version(run.calculator).reads_metadata]
+        if not reading:
+            return
+        found = dict(Device.objects.using(alias).filter(pk__in={run.assignment.device_id for run in reading})
+                     .values_list("pk", "metadata"))
+        for run in reading:
+            run.device_metadata = found.get(run.assignment.device_id, {})
 
     # -- the change log and requests -------------------------------------------------------------
 
@@ -451,7 +481,7 @@ class ShardWorker:
         assigned to has no intervals)."""
         wanted = {}
         for run in runs:
-            calculator = self.compiled(run.calculator)
+            calculator = self._compiled_version(run.calculator)
             if calculator.chained:
                 wanted[run.key] = {calc_id for _path, calc_id in calculator.references}
         if not wanted:
@@ -494,6 +524,7 @@ class ShardWorker:
             if run.was_state == AssignmentState.UNSYNCED:
                 with fenced(alias, [held_shards[shard_of[run.key]]]):
                     calculation.assignment_synchronizing(alias=alias, assignment=run.assignment)
+        self._devices_metadata(alias, runs)
         self._sources_cached(alias, runs, caches)
         calculation.runs_calculate(runs=runs, compiled=self.compiled, now=wall, stats=stats)
         with fenced(alias, [held_shards[shard] for shard in sorted(set(shard_of.values()))]):
@@ -513,7 +544,7 @@ class ShardWorker:
                 stack.enter_context(cache.batch())
             calculation.runs_cached(runs=runs, stats=stats)
         for run in runs:
-            closing = calculation.run_deadline(run=run, compiled=self.compiled)
+            closing = calculation.run_deadline(run=run, compiled=self.compiled, now=wall)
             if closing is not None:
                 deadline, newest = closing
                 delay = max(0.0, deadline - time.time()) + 0.05

@@ -41,12 +41,12 @@ DEVICE_FIELDS = (
 # flespi's device fields answered when fields= names them: computed from the stored messages, or
 # fixed here (null: no meaning on this platform, which has no channels, protocols, commands,
 # media, plugins or streams; a device is never blocked).
-DEVICE_COMPUTED_FIELDS = ("telemetry", "last_active", "messages_size")
+DEVICE_COMPUTED_FIELDS = ("telemetry", "last_active", "connected", "messages_size")
 DEVICE_FLESPI_FIELDS = {
     "blocked": False,
     "media_blocked": False,
     **dict.fromkeys((
-        "device_type_name", "protocol_id", "protocol_name", "connected", "commands", "commands_queue",
+        "device_type_name", "protocol_id", "protocol_name", "commands", "commands_queue",
         "settings", "media_size", "media_traffic", "groups", "plugins", "streams", "calcs",
     )),
 }

@@ -52,6 +52,13 @@ class StateName(StrEnum):
     ACTIVE = "active"
 
 
+class DeviceStateName(StrEnum):
+    """A retained state of a device (flespi's ``state/gw/devices/{id}/{name}``)."""
+
+    CONNECTED = "connected"
+    LAST_ACTIVE = "last_active"
+
+
 class LogEvent(StrEnum):
     """What a write did to a device or a calculator: the last level of a log topic."""
 
@@ -88,6 +95,7 @@ LOG_KIND = "log"
 SHAPES: tuple[tuple[str, ...], ...] = (
     *((str(kind), *levels) for kind, levels in LEVELS.items()),
     (*TELEMETRY_PREFIX.split("/"), DEVICE, TELEMETRY_LEVEL, NAME),
+    (*TELEMETRY_PREFIX.split("/"), DEVICE, NAME),
     (*DEVICE_LOG_PREFIX.split("/"), DEVICE, NAME),
     (*CALC_LOG_PREFIX.split("/"), ENTITY, NAME),
 )
@@ -113,6 +121,10 @@ def state_topic(*, calc_id: int | str, device_id: int | str, name: str) -> str:
 
 def device_telemetry_topic(*, device_id: int | str, parameter: str) -> str:
     return f"{TELEMETRY_PREFIX}/{device_id}/{TELEMETRY_LEVEL}/{parameter}"
+
+
+def device_state_topic(*, device_id: int | str, name: str) -> str:
+    return f"{TELEMETRY_PREFIX}/{device_id}/{name}"
 
 
 def is_topic_level(text: str) -> bool:
@@ -272,6 +284,12 @@ def device_telemetry_topic_sql(*, device: str, parameter: str) -> str:
     """The SQL text expression of ``device_telemetry_topic`` from the SQL expressions of the
     device id and the parameter name."""
     return f"{sql_literal(TELEMETRY_PREFIX + '/')} || {device} || {sql_literal('/' + TELEMETRY_LEVEL + '/')} || {parameter}"
+
+
+def device_state_topic_sql(*, device: str, name: str) -> str:
+    """The SQL text expression of ``device_state_topic`` from the SQL expression of the device id
+    and a state name."""
+    return f"{sql_literal(TELEMETRY_PREFIX + '/')} || {device} || {sql_literal('/' + name)}"
 
 
 def topic_level_sql(expression: str) -> str:

@@ -139,7 +139,7 @@ def test_flespi_sdk_account_devices_subaccounts(server):
             by_id = {device.id: device for device in devices}
             assert by_id[truck.pk].device_type_id == 744
             assert by_id[truck.pk].telemetry["battery.voltage"]["value"] == 12.5
-            assert by_id[truck.pk].blocked is False and by_id[truck.pk].connected is None
+            assert by_id[truck.pk].blocked is False and by_id[truck.pk].connected is True  # it just reported
             trucks = await me.devices.list(selector='{name=="truck"}')
             assert [device.id for device in trucks] == [truck.pk]  # the child's truck is not this account's
             one = await me.devices.get(truck.pk)

@@ -137,10 +137,10 @@ def test_fields_takes_flespis_names(api, key, stored):
     fields = "id,telemetry,last_active,messages_size,connected,blocked,device_type_id,protocol_name,calcs"
     [item] = result_of(api.call("GET", f"/gw/devices/{stored.pk}?fields={fields}", key=key))
     assert item["telemetry"]["n"] == {"value": 5, "ts": T0 + 5}
-    assert item["last_active"] == T0 + 5
+    assert item["last_active"] == T0 + 10  # when the platform received them (its clock)
     assert item["messages_size"] > 0
     assert {k: item[k] for k in ("connected", "blocked", "device_type_id", "protocol_name", "calcs")} == {
-        "connected": None,
+        "connected": False,  # not heard from for years
         "blocked": False,
         "device_type_id": None,
         "protocol_name": None,
@@ -153,8 +153,48 @@ def test_fields_takes_flespis_names(api, key, stored):
 
 
 def test_fields_of_a_device_without_messages(api, key, device):
-    [item] = result_of(api.call("GET", "/gw/devices/all?fields=telemetry,last_active,messages_size", key=key))
-    assert item == {"telemetry": {}, "last_active": None, "messages_size": 0}
+    [item] = result_of(api.call("GET", "/gw/devices/all?fields=telemetry,last_active,connected,messages_size", key=key))
+    assert item == {"telemetry": {}, "last_active": None, "connected": False, "messages_size": 0}
+
+
+def test_connected_and_last_active(api, key, device, settings):
+    """A message received makes the device connected, with ``last_active`` the time of reception
+    by the platform's clock; the connection sweep, ``DEVICE_CONNECTION_TIMEOUT`` s later, makes it
+    disconnected, and both are retained state topics (queued in the outbox)."""
+    import time
+
+    from django.db import connections
+
+    from devices.services import devices_disconnect
+
+    settings.DEVICE_CONNECTION_TIMEOUT = 30
+    received = time.time()
+    messages_ingest(devices=[device], messages=[{"timestamp": received - 5, "n": 1}], now=received)
+    [item] = result_of(api.call("GET", f"/gw/devices/{device.pk}?fields=connected,last_active", key=key))
+    assert item == {"connected": True, "last_active": received}
+
+    def state_rows():
+        with connections[DC].cursor() as cursor:
+            cursor.execute("SELECT topic, payload::text, retain FROM outbox WHERE device_id = %s AND topic LIKE %s "
+                           "ORDER BY id", [device.pk, f"state/gw/devices/{device.pk}/%"])
+            return [(topic, json.loads(payload), retain) for topic, payload, retain in cursor.fetchall()]
+
+    assert state_rows() == [(f"state/gw/devices/{device.pk}/connected", True, True),
+                            (f"state/gw/devices/{device.pk}/last_active", received, True)]
+    # Another batch within a second: nothing rewritten; the sweep before the timeout: nothing.
+    messages_ingest(devices=[device], messages=[{"timestamp": received - 4, "n": 2}], now=received + 0.5)
+    assert devices_disconnect(alias=DC, now=received + 29) == []
+    assert len(state_rows()) == 2
+    # After it: disconnected, on REST at once (the clock) and on MQTT by the sweep.
+    assert devices_disconnect(alias=DC, now=received + 31) == [device.pk]
+    assert devices_disconnect(alias=DC, now=received + 32) == []
+    assert state_rows()[2:] == [(f"state/gw/devices/{device.pk}/connected", False, True)]
+    [item] = result_of(api.call("GET", f"/gw/devices/{device.pk}?fields=connected,last_active", key=key))
+    assert item == {"connected": False, "last_active": received}
+    # Heard from again (an old message counts: the device is reporting now): connected again.
+    messages_ingest(devices=[device], messages=[{"timestamp": received - 3600, "n": 0}], now=received + 40)
+    assert state_rows()[3:] == [(f"state/gw/devices/{device.pk}/connected", True, True),
+                                (f"state/gw/devices/{device.pk}/last_active", received + 40, True)]
 
 
 def test_customer_fields_take_flespis_names(api, account, key):

@@ -86,11 +86,12 @@ def test_ingested_messages_move_the_counters_and_the_latency_histogram(client, a
         before, "flespi_ingest_batch_seconds_sum", source="rest"
     )
     # Not relayed yet: one outbox row holding the 25 messages, one holding the device's telemetry
-    # values (a topic each).
+    # values (a topic each), one each for its retained connected and last_active state.
     telemetry = event_publishes()
-    assert telemetry == len({"timestamp", "position.speed", "device.id", "device.name", "ident", "rest.timestamp"})
-    assert event_rows() == 1
-    assert value(after, "flespi_outbox_backlog_rows", **EU1) == 1 + 1
+    values = {"timestamp", "position.speed", "device.id", "device.name", "ident", "rest.timestamp"}
+    assert telemetry == len(values) + len({"connected", "last_active"})
+    assert event_rows() == 3
+    assert value(after, "flespi_outbox_backlog_rows", **EU1) == 1 + 3
     assert value(after, "flespi_outbox_backlog_events", **EU1) == 25 + telemetry
     assert value(after, "flespi_outbox_backlog_events", region="eu", datacenter="eu-2") == 0
 

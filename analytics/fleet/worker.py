@@ -408,7 +408,14 @@ class ShardWorker:
         done: dict[int, list[Claim]] = {}
         failed: dict[int, list[Claim]] = {}
         try:
-            by_alias = self._runs_load(claimed, held_shards, done)
+            try:
+                by_alias = self._runs_load(claimed, held_shards, done)
+            except Exception:
+                # nothing ran: every claim goes back, due again soon, rather than waiting out its timeout
+                done.clear()
+                for claimed_shard, shard_claims in claimed.items():
+                    failed.setdefault(claimed_shard, []).extend(shard_claims)
+                raise
             for alias, runs in by_alias.items():
                 claims = [(shard, claim) for shard, claim, _run in runs]
                 try:
@@ -448,16 +455,18 @@ class ShardWorker:
                 calculator_id__in={calc_id for calc_id, _ in wanted},
                 device_id__in={device_id for _, device_id in wanted},
             ))
+            elsewhere = placed_elsewhere(alias, {assignment.account_id for assignment in rows})
+            # An account that moves (or moved): its rows here are the source's copy, or the
+            # target's copy under way, where its calculators may not be yet.
+            rows = [row for row in rows if (row.calculator_id, row.device_id) in wanted and row.account_id not in elsewhere]
             # each calculator once (a batch's assignments share a few), not a copy per row; the
             # devices only where a cache has to be filled (``_runs_in``)
             calculators = StoredCalculator.objects.using(alias).in_bulk({row.calculator_id for row in rows})
             for assignment in rows:
-                assignment.calculator = calculators[assignment.calculator_id]
-            elsewhere = placed_elsewhere(alias, {assignment.account_id for assignment in rows})
-            for assignment in rows:
                 key = (assignment.calculator_id, assignment.device_id)
-                if key not in wanted or assignment.account_id in elsewhere:
-                    continue  # an account that moved: its rows here are the source's copy
+                if assignment.calculator_id not in calculators:
+                    continue  # gone with its calculator meanwhile (the row is about to go too)
+                assignment.calculator = calculators[assignment.calculator_id]
                 shard, claim = wanted[key]
                 found.add(key)
                 if not assignment.enabled:

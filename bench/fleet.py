@@ -401,6 +401,8 @@ def latency(platform: Platform, fixture, devices, seconds: float, profile: Path 
             run.exact += first[0] == us
             run.latencies.append(at - accepted)
             run.samples.append((accepted, at - accepted))
+    if LOGS is not None:  # each message's (accepted, latency), to see when the slow ones happen
+        (LOGS / f"latency-{size}-samples.json").write_text(json.dumps(run.samples))
     return run
 
 

@@ -6,6 +6,14 @@ empty, a corrupt or foreign one raises ``CacheCorrupt`` (the caller deletes it a
 from PostgreSQL). Every write is one transaction, so a process killed mid-write leaves the
 previous state; readers in other processes see consistent snapshots while one process writes.
 
+Write-behind (``write_behind=True``, as the calc worker opens its caches): writes go into one
+transaction that stays open until ``flush`` (the worker flushes each cache every
+``FLUSH_EVERY`` seconds), each batch of writes a savepoint in it. The process that writes reads
+its own writes at once; the file gets them at the flush, in one commit per shard instead of one
+per drain and per run. A process killed before a flush leaves the file at its last flush: an
+older drain position and older interval markers, which the worker's catch-up and
+``assignment_cached`` repair from PostgreSQL as after any crash between the two commits.
+
 Layout (docs/analytics.md, "Shard cache", has the measurements behind it):
 
 * ``chunks``: a device's messages in chunks of up to a few thousand, each a blob of columns
@@ -34,6 +42,7 @@ import math
 import os
 import sqlite3
 import struct
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
@@ -60,6 +69,8 @@ CHUNK_MAX = 2 * CHUNK_SIZE  # a chunk grown past this by late messages is split 
 TAIL_MAX = 256  # tail rows per device before they are folded into chunks
 DIRECT_MIN = 32  # a batch of at least this many new messages goes straight into chunks
 TAILS_KEPT = 20_000  # devices whose tail is kept decoded in memory
+# Seconds a write-behind cache holds writes before its worker flushes them to the file.
+FLUSH_EVERY = 2.0
 # Messages of active intervals a process keeps for extending them (``Tails``): about 60 bytes each
 # for a trips calculator's five parameters, so some 120 MB at most.
 CALC_TAIL_ROWS = 2_000_000
@@ -206,9 +217,14 @@ class ShardCache:
     file while one writes. ``shard`` names the shard (for example ``"eu/3"``) and is checked
     against the file, so a file of another shard is never read by mistake."""
 
-    def __init__(self, path: str | os.PathLike, *, shard: str, timeout: float = 30.0, tails: Tails | None = None):
+    def __init__(self, path: str | os.PathLike, *, shard: str, timeout: float = 30.0, tails: Tails | None = None,
+                 write_behind: bool = False):
         self.path = Path(path)
         self.shard = shard
+        self.write_behind = write_behind
+        self._unflushed_since: float | None = None  # when the write-behind transaction began (monotonic)
+        self._batches = 0  # ``batch`` blocks open
+        self._closed = False
         self._timeout = timeout
         self._calc_tails = PROCESS_TAILS if tails is None else tails
         self._owner = next(_OWNERS)
@@ -276,9 +292,40 @@ class ShardCache:
         if meta.get("shard") != self.shard or meta.get("format") != str(FORMAT_VERSION):
             raise CacheCorrupt(f"{self.path}: holds shard {meta.get('shard')!r}, not {self.shard!r}")
 
-    def close(self) -> None:
+    def close(self, *, flush: bool = True) -> None:
+        """Close the file; what write-behind holds is flushed first unless ``flush`` is false (a
+        file deleted or replaced meanwhile: its writes go with it)."""
         self._calc_tails.drop_owner(self._owner)
-        self._conn.close()
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if flush:
+                self.flush()
+        finally:
+            self._conn.close()
+
+    @_guard
+    def flush(self) -> bool:
+        """Commit the writes write-behind holds (not inside a ``batch``); returns whether there
+        were any."""
+        if self._batches or not self._conn.in_transaction:
+            return False
+        self._conn.execute("COMMIT")
+        self._unflushed_since = None
+        return True
+
+    def unflushed_for(self, now: float | None = None) -> float:
+        """Seconds since write-behind began holding writes not in the file yet (0: none)."""
+        if self._unflushed_since is None:
+            return 0.0
+        return (time.monotonic() if now is None else now) - self._unflushed_since
+
+    def _behind(self) -> None:
+        """The write-behind transaction, begun if none is open."""
+        if not self._conn.in_transaction:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._unflushed_since = time.monotonic()
 
     def _forget_all(self) -> None:
         """What this object holds in memory of the file (a rollback, or another connection's write)."""
@@ -309,22 +356,44 @@ class ShardCache:
     @contextmanager
     def batch(self) -> Iterator[None]:
         """One write transaction for every call inside (one commit instead of one per call, for a
-        worker's batch of devices); each call stays atomic on its own (a savepoint)."""
-        if self._conn.in_transaction:
+        worker's batch of devices); each call stays atomic on its own (a savepoint). Under
+        write-behind, a savepoint of the open transaction: a failure undoes the batch's writes,
+        and the flush commits them."""
+        if self._batches or (self._conn.in_transaction and not self.write_behind):
             yield
             return
+        if self.write_behind:
+            self._behind()
+            self._batches += 1
+            self._conn.execute("SAVEPOINT batch")
+            try:
+                yield
+            except BaseException:
+                self._forget_all()
+                self._conn.execute("ROLLBACK TO batch")
+                self._conn.execute("RELEASE batch")
+                raise
+            finally:
+                self._batches -= 1
+            self._conn.execute("RELEASE batch")
+            return
         self._conn.execute("BEGIN IMMEDIATE")
+        self._batches += 1
         try:
             yield
         except BaseException:
             self._forget_all()
             self._conn.execute("ROLLBACK")
             raise
+        finally:
+            self._batches -= 1
         self._conn.execute("COMMIT")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        if self._conn.in_transaction:  # inside ``batch``
+        if self.write_behind:
+            self._behind()
+        if self._conn.in_transaction:  # inside ``batch``, or write-behind's transaction
             self._conn.execute("SAVEPOINT write")
             try:
                 yield self._conn

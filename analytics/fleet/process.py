@@ -29,6 +29,10 @@ from flespi_site.runner import Loop, loops_problems
 logger = logging.getLogger(__name__)
 
 BALANCE_EVERY = 2.0
+# The write-behind caches are looked at this often between tasks, and at most this many flushed
+# each time (spread: a commit of every shard at once would hold up the next task).
+FLUSH_TICK = 0.1
+FLUSH_PER_TICK = 16
 
 
 class LeaseBalance(Loop):
@@ -52,6 +56,20 @@ class LeaseBalance(Loop):
         return BALANCE_EVERY
 
 
+class CacheFlush(Loop):
+    """Flush the write-behind shard caches that held writes for ``FLUSH_EVERY`` seconds (a step of
+    the consumer's timer, between tasks, like every use of the caches)."""
+
+    def __init__(self, worker: ShardWorker):
+        super().__init__()
+        self.name = f"calc {worker.region}: cache flush"
+        self.worker = worker
+
+    def step(self) -> float:
+        self.worker.caches_flush(at_most=FLUSH_PER_TICK)
+        return FLUSH_TICK
+
+
 class LeaseHeartbeat(Loop):
     """Renew the leases held every third of their TTL while tasks run (a thread of its own)."""
 
@@ -66,9 +84,9 @@ class LeaseHeartbeat(Loop):
         return self.every
 
 
-def _make_step(worker: ShardWorker, balance: LeaseBalance):
+def _make_step(worker: ShardWorker, balance: LeaseBalance, flush: CacheFlush):
     class ShardQueues(bootsteps.StartStopStep):
-        """Balance the leases between tasks (the consumer's timer)."""
+        """Balance the leases and flush the caches between tasks (the consumer's timer)."""
 
         requires = {"celery.worker.consumer.tasks:Tasks"}
 
@@ -77,11 +95,13 @@ def _make_step(worker: ShardWorker, balance: LeaseBalance):
             # logged, counted, tried again at the next tick).
             balance.attempt()
             self.timer = consumer.timer.call_repeatedly(BALANCE_EVERY, balance.attempt, priority=10)
+            self.flush_timer = consumer.timer.call_repeatedly(FLUSH_TICK, flush.attempt, priority=20)
 
         def stop(self, consumer):
-            timer = getattr(self, "timer", None)
-            if timer is not None:
-                timer.cancel()
+            for name in ("timer", "flush_timer"):
+                timer = getattr(self, name, None)
+                if timer is not None:
+                    timer.cancel()
 
         def shutdown(self, consumer):
             worker.leave(keep_place=True)
@@ -109,7 +129,7 @@ def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, name: str |
     app.conf.task_default_queue = control_queue(region)
     queues = f"{worker_queue(region, worker_id)},{app.conf.task_default_queue}"
     balance = LeaseBalance(worker)
-    app.steps["consumer"].add(_make_step(worker, balance))
+    app.steps["consumer"].add(_make_step(worker, balance, CacheFlush(worker)))
     heartbeat = LeaseHeartbeat(worker, lease_ttl / 3)
     # Ready once it balances its leases (its consumer runs) and renews them, each step succeeding.
     server = health.serve(role=f"calc {region} {worker_id}", problems=lambda: loops_problems([heartbeat, balance]))

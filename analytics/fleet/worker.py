@@ -39,7 +39,7 @@ from analytics.choices import AssignmentState
 from analytics.engine import Calculator
 from analytics.fleet import batches
 from analytics.fleet.batches import OFFER_TIMEOUT, RUN_TIMEOUT
-from analytics.fleet.cache import CacheCorrupt, ShardCache
+from analytics.fleet.cache import FLUSH_EVERY, CacheCorrupt, ShardCache
 from analytics.fleet.changes import (
     assignment_cached,
     cache_catch_up,
@@ -194,6 +194,21 @@ class ShardWorker:
             self._fills.clear()
             self.leases.leave(keep_place=keep_place)
 
+    def caches_flush(self, *, older_than: float = FLUSH_EVERY, at_most: int | None = None) -> int:
+        """Flush the write-behind caches holding writes for ``older_than`` seconds or more, the
+        oldest first, ``at_most`` of them (a flush of every shard at once would hold up the next
+        task); returns how many were flushed."""
+        now = time.monotonic()
+        with self._lock:
+            ages = sorted(((held.cache.unflushed_for(now), shard) for shard, held in self.held.items()), reverse=True)
+            due = [shard for age, shard in ages if age > 0 and age >= older_than][:at_most]
+            for shard in due:
+                try:
+                    self.held[shard].cache.flush()
+                except Exception:  # the file went bad: the next task on the shard rebuilds it
+                    logger.exception("calc %s: flushing the cache of shard %s failed", self.region, shard)
+        return len(due)
+
     def close(self, *, keep_place: bool = True) -> None:
         self.leave(keep_place=keep_place)
         self.home.close()
@@ -224,12 +239,12 @@ class ShardWorker:
         path = self.data_dir / f"shard-{shard}.sqlite"
         name = f"{self.region}/{shard}"
         try:
-            return ShardCache(path, shard=name)
+            return ShardCache(path, shard=name, write_behind=True)
         except CacheCorrupt as exc:
             logger.warning("calc %s: cache of shard %s is unreadable (%s); rebuilding it", self.region, shard, exc)
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
-            return ShardCache(path, shard=name)
+            return ShardCache(path, shard=name, write_behind=True)
 
     def holding(self, shard: int) -> HeldShard | None:
         """The held shard, with a cache that is still the file on disk (a deleted or replaced
@@ -238,7 +253,7 @@ class ShardWorker:
             held = self.held.get(shard)
             if held is not None and held.cache.replaced():
                 logger.warning("calc %s: cache file of shard %s is gone; rebuilding it", self.region, shard)
-                held.cache.close()
+                held.cache.close(flush=False)
                 held.cache = self._cache_open(shard)
                 self._caught_up(held)
             return held

@@ -464,3 +464,145 @@ def test_a_readers_decoded_tails_follow_another_connections_writes(tmp_path):
         expected = Messages.from_dicts([{"timestamp": 1.0, "v": 2}, {"timestamp": 2.0, "v": 3}])
         assert_same(reader.messages_read(device_id=1), expected)
         assert_same(writer.messages_read(device_id=1), expected)
+
+
+# ---- write-behind (how the calc worker opens its caches) ----
+
+
+def _state(c: ShardCache) -> tuple:
+    """Everything a worker reads of a cache: messages, device states, intervals and markers, positions."""
+    devices = c.devices()
+    return (
+        devices,
+        [c.messages_read(device_id=device).to_dicts() for device in devices],
+        [c.device_state(device_id=device) for device in devices],
+        [c.newest(device_id=device) for device in devices],
+        [c.oldest(device_id=device) for device in devices],
+        [c.intervals_read(calc_id=1, device_id=device) for device in (1, 2, 3)],
+        [c.assignment_marker(calc_id=1, device_id=device) for device in (1, 2, 3)],
+        c.positions(),
+    )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["put", "replace", "delete", "expire", "intervals", "position",
+                                           "flush", "failed batch", "drop"]),
+                          st.integers(1, 3), st.integers(0, 40), st.integers(0, 12)), max_size=30))
+def test_write_behind_reads_as_a_plain_cache_and_the_file_holds_it_after_a_flush(small_chunks, tmp_path_factory, steps):
+    """Whatever the writes, flushes and failed batches, a write-behind cache reads exactly as a
+    cache that commits every write; after a flush another connection reads the same."""
+    directory = tmp_path_factory.mktemp("behind")
+    plain = ShardCache(directory / "plain.cache", shard="eu/1")
+    behind = ShardCache(directory / "behind.cache", shard="eu/1", write_behind=True)
+    try:
+        for number, (kind, device, start, length) in enumerate(steps):
+            for target in (plain, behind):
+                if kind == "flush":
+                    target.flush()
+                elif kind == "put":
+                    target.messages_put(device_id=device, messages=[
+                        {"timestamp": float(start + offset), "v": number, "w": offset} for offset in range(length)])
+                elif kind == "replace":
+                    target.messages_replace(device_id=device, begin=float(start), end=float(start + length),
+                                            messages=[{"timestamp": float(start + offset), "v": -number}
+                                                      for offset in range(0, length, 2)])
+                elif kind == "delete":
+                    target.messages_delete(device_id=device, begin=float(start), end=float(start + length))
+                elif kind == "expire":
+                    target.messages_expire(before=float(start))
+                elif kind == "intervals":
+                    target.intervals_replace(calc_id=1, device_id=device, marker=float(number), intervals=[
+                        {"id": index, "begin": float(start + index), "n": number} for index in range(length)])
+                elif kind == "position":
+                    target.position_set(alias="dc1", seq=number, stamp=start)
+                elif kind == "drop":
+                    target.device_drop(device_id=device)
+                else:  # a batch whose writes fail after some of them: none of them stays
+                    with pytest.raises(RuntimeError), target.batch():
+                        target.messages_put(device_id=device, messages=[{"timestamp": float(start), "v": 1e9}])
+                        target.position_set(alias="dc1", seq=10**6, stamp=0)
+                        raise RuntimeError("the drain failed")
+            assert _state(behind) == _state(plain), (number, kind)
+        behind.flush()
+        assert behind.unflushed_for() == 0.0
+        with ShardCache(directory / "behind.cache", shard="eu/1") as other:
+            assert _state(other) == _state(plain)
+    finally:
+        plain.close()
+        behind.close()
+
+
+def test_write_behind_holds_writes_until_the_flush_and_close_flushes(tmp_path):
+    path = tmp_path / "s.cache"
+    behind = ShardCache(path, shard="eu/1", write_behind=True)
+    reader = ShardCache(path, shard="eu/1")
+    try:
+        assert behind.unflushed_for() == 0.0
+        with behind.batch():
+            behind.messages_put(device_id=1, messages=[{"timestamp": 1.0, "a": 1}])
+            behind.position_set(alias="dc1", seq=7, stamp=70)
+        behind.intervals_replace(calc_id=1, device_id=1, intervals=[{"id": 1, "begin": 1.0}], marker=5.0)
+        assert behind.unflushed_for() > 0
+        assert behind.devices() == [1] and behind.positions() == {"dc1": (7, 70)}
+        assert reader.devices() == [] and reader.positions() == {}  # not in the file yet
+        with behind.batch():
+            assert behind.flush() is False  # never inside a batch
+        assert behind.flush() is True
+        assert reader.devices() == [1] and reader.positions() == {"dc1": (7, 70)}
+        assert reader.assignment_marker(calc_id=1, device_id=1) == 5.0
+        assert behind.flush() is False  # nothing held
+        behind.messages_put(device_id=2, messages=[{"timestamp": 2.0, "a": 2}])
+    finally:
+        behind.close()  # flushes
+        assert reader.devices() == [1, 2]
+        reader.close()
+    # A cache closed without its flush (its file was deleted or replaced): the writes go with it.
+    dropped = ShardCache(path, shard="eu/1", write_behind=True)
+    dropped.messages_put(device_id=3, messages=[{"timestamp": 3.0, "a": 3}])
+    dropped.close(flush=False)
+    with ShardCache(path, shard="eu/1") as again:
+        assert again.devices() == [1, 2]
+
+
+BEHIND_WRITER = textwrap.dedent(
+    """
+    import sys
+    from analytics.fleet.cache import ShardCache
+    c = ShardCache(sys.argv[1], shard="eu/1", write_behind=True)
+    k = 0
+    while True:
+        k += 1
+        with c.batch():
+            c.messages_replace(device_id=1, begin=float(k), end=float(k), messages=[{"timestamp": float(k), "v": k}])
+            c.position_set(alias="dc1", seq=k, stamp=k)
+        c.intervals_replace(calc_id=1, device_id=1, intervals=[{"id": 1, "begin": 0.0, "round": k}], marker=float(k))
+        if k % 50 == 0:
+            c.flush()
+            print(k, flush=True)
+    """
+)
+
+
+def test_a_write_behind_writer_killed_leaves_its_last_flush(tmp_path):
+    """SIGKILL between flushes: the file holds exactly the last flushed round (messages, drain
+    position and interval marker agree), what the worker's catch-up starts from."""
+    path = tmp_path / "s.cache"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", BEHIND_WRITER, str(path)], stdout=subprocess.PIPE, env=env,
+                            text=True)
+    try:
+        flushed = [int(proc.stdout.readline()) for _ in range(3)]
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    flushed += [int(line) for line in out.splitlines() if line.strip()]
+    with ShardCache(path, shard="eu/1") as c:
+        (seq, _stamp), = c.positions().values()
+        # the last printed flush, or the one after it that committed before the kill
+        assert seq in (flushed[-1], flushed[-1] + 50)
+        assert [m["v"] for m in c.messages_read(device_id=1).to_dicts()] == list(range(1, seq + 1))
+        assert c.assignment_marker(calc_id=1, device_id=1) == float(seq)
+        assert c.intervals_read(calc_id=1, device_id=1)[0]["round"] == seq
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()

@@ -54,6 +54,33 @@ def test_random_batches_settle_to_the_from_scratch_result(scenario):
     scenario.wait_settled()
 
 
+def test_an_idle_workers_cache_file_holds_what_it_computed_from(scenario, fleet):
+    """The worker's caches hold writes back (write-behind) and flush them between tasks: once the
+    fleet is idle, the file itself (read by another connection, as after a restart) holds every
+    message of the device and the stored run of each assignment."""
+    from analytics.fleet.cache import ShardCache
+    from devices.selectors import messages_of
+
+    for _ in range(5):
+        scenario.batch()
+    scenario.wait_settled()
+    shard = scenario.device.shard
+    path = fleet.cache_path(fleet.wait_placed({"worker", "worker2"})[shard], shard)
+    stored = messages_of(devices=[scenario.device], begin=None, end=None, count=None, reverse=False)
+
+    def flushed() -> bool:
+        with ShardCache(path, shard=f"eu/{shard}") as reader:
+            held = reader.messages_read(device_id=scenario.device.pk).to_dicts()
+            markers = [reader.assignment_marker(calc_id=assignment.calculator_id, device_id=assignment.device_id)
+                       for assignment in scenario.assignments]
+        calculated = [type(assignment).objects.using(assignment.database).get(pk=assignment.pk).calculated
+                      for assignment in scenario.assignments]
+        return [message["timestamp"] for message in held] == [message["timestamp"] for message in stored] \
+            and markers == calculated
+
+    wait_until(flushed, timeout=30, what="the cache file flushed")
+
+
 def test_a_worker_killed_mid_run_loses_nothing(scenario, fleet):
     for round_ in range(KILL_ROUNDS):
         for _ in range(3):

@@ -164,10 +164,11 @@ _SECOND_TEXT = tuple(f"{second:02d}" for second in range(60))
 _EPOCH = datetime(1970, 1, 1)
 # Per zone, each UTC hour seen: its offset in seconds and as text ("+01:00"), or None for an
 # hour in which the offset changes (written by datetime). The date text of each local day seen.
-# Both cleared when large (a year is 8,760 hours).
+# Both cleared when they reach a year of hours (8,760; about 2 MB): an export of years of
+# intervals fills them again as it goes, two datetimes an hour.
 _HOURS: dict[tzinfo, dict[int, tuple[int, str] | None]] = {}
 _DAYS: dict[int, str] = {}
-_MAX_CACHED = 200_000
+_MAX_CACHED = 10_000
 
 
 def _whole_seconds_text(seconds: int, zone: tzinfo) -> str:

@@ -68,6 +68,8 @@ from regions.models import Datacenter
 # How long the source keeps its rows readable after the switch: longer than any process keeps
 # reading a placement it read before (``accounts.placement.RECHECK_SECONDS``) and than a read
 # request that started before the switch takes.
+# Set ('on') in the target's transaction while the switch copies the logs (``_catch_up``).
+MOVE_COPY_SETTING = "platform.move_copy"
 GRACE_SECONDS = float(os.environ.get("FLESPI_MOVE_GRACE") or 2.0)
 # How long the switch waits for writers that are inside their transaction when it starts.
 SWITCH_LOCK_TIMEOUT = "30s"
@@ -314,6 +316,9 @@ def _catch_up(
         if registration.derived_reset is not None:
             registration.derived_reset(connection=target, device_ids=moved_devices)
     copied: dict[str, list[int]] = {}
+    # The logs' rows are copies, not new rows: triggers that act on new rows (an app's feed of
+    # its own) can tell them by this setting, until the target's transaction ends.
+    target.execute(f"SET LOCAL {MOVE_COPY_SETTING} = 'on'")
     for entry in _of_kind(tables, MoveKind.LOG):
         # Rows the target's own triggers queued for these devices (a deleted assignment clears its
         # retained state) are the source's to publish: its rows come next, in their order.

@@ -31,6 +31,7 @@ from flespi_site.mqtt.topics import (
     entity_of_topic,
     filter_entities,
     ident_of_topic,
+    ingest_topic,
     strip_share,
 )
 
@@ -276,6 +277,28 @@ class BrokerAccess:
                 self.ident_of[device] = ident
         if accounts:
             self.accounts.put(mqtt_facts.account_paths(account_ids=accounts), accounts)
+
+    async def sessions_seen(self, sessions: list[tuple[Principal, str]], at: float) -> None:
+        """A connection whose client id is the ident of a device its token may publish for (the
+        ingest topic of that ident) is the device's MQTT session: the device was active at
+        ``at`` (docs/messages.md, "Connected and last active")."""
+        topics = {}
+        for principal, client_id in sessions:
+            topic = ingest_topic(client_id, pattern=self.ingest_pattern)
+            if topic is not None and not principal.platform:
+                topics[(principal, client_id)] = topic
+        if not topics:
+            return
+        await self.learn(topics=topics.values())
+        devices = set()
+        for (principal, client_id), topic in topics.items():
+            decision = self.publish_now(principal, topic)
+            if decision is not None and decision.allowed and not decision.private:
+                known = self.idents.get(client_id)
+                if known is not _UNKNOWN and known is not None:
+                    devices.add(known[0])
+        if devices:
+            await sync_to_async(mqtt_facts.device_sessions_seen)(device_ids=devices, at=at)
 
     def published(self, topic: str) -> None:
         """The platform's own events say what changed: a device's or calculator's log event drops

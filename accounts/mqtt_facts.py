@@ -33,6 +33,11 @@ class DeviceOwners(Protocol):
         """Ident -> (device id, owning account id), for each of ``idents`` claimed in one of ``regions``."""
         ...
 
+    def sessions_seen(self, *, device_ids: list[int], at: float) -> None:
+        """The devices held an MQTT session of their own at ``at`` (unix seconds): they count as
+        active then (``last_active``, ``connected``)."""
+        ...
+
 
 class CalculatorOwners(Protocol):
     """Which account owns which calculator (provided by the analytics app, like ``DeviceOwners``)."""
@@ -99,6 +104,11 @@ def device_paths(*, device_ids: Iterable[int]) -> dict[int, str]:
     owners = device_owners().owners_by_id(device_ids=list(device_ids))
     paths = dict(Account.objects.filter(pk__in=set(owners.values())).values_list("pk", "path"))
     return {device: paths[account] for device, account in owners.items() if account in paths}
+
+
+def device_sessions_seen(*, device_ids: Iterable[int], at: float) -> None:
+    """The devices held an MQTT session of their own at ``at`` (``DeviceOwners.sessions_seen``)."""
+    device_owners().sessions_seen(device_ids=sorted(device_ids), at=at)
 
 
 def tokens_facts(*, token_ids: Iterable[int]) -> dict[int, TokenFacts]:

@@ -11,10 +11,12 @@ import io
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
+from functools import cached_property
+from itertools import pairwise
 from typing import Any
 
 from analytics import selectors
-from analytics.engine.geo import decode_polyline
+from analytics.engine.geo import decode_polylines
 from analytics.engine.timeutil import zone
 from analytics.models import Assignment
 from flespi_site.api.exports import (
@@ -65,6 +67,11 @@ class CalculatorShape:
             route=next((str(counter["name"]) for counter in counters if counter.get("type") == "route"), None),
         )
 
+    @cached_property
+    def xml_name(self) -> str:
+        """The GPX ``type`` element of its tracks."""
+        return f"<type>{xml_text(self.name)}</type>"
+
 
 def interval_columns(*, leading: Sequence[str], shapes: Iterable[CalculatorShape], found: Iterable[str]) -> list[str]:
     """The CSV columns of intervals when ``fields`` names none: ``leading``, every calculator's
@@ -109,15 +116,40 @@ def intervals_csv(pages: Iterable[list[dict]], *, columns: Sequence[str], shape_
         yield out.getvalue().encode()
 
 
-def _points(interval: Mapping, shape: CalculatorShape) -> list[tuple[float, float]]:
-    """The interval's route (latitude, longitude), or its one position, or nothing."""
-    route = interval.get(shape.route) if shape.route else None
-    if isinstance(route, str) and route:
-        points = decode_polyline(route)
-        if points:
-            return points
-    position = _position(interval)
-    return [position] if position is not None else []
+def _page_points(page: Sequence[Mapping], shapes: Sequence[CalculatorShape]) -> tuple[list[float], list[float], list[int]]:
+    """The points of each interval of a page: its route's (latitude, longitude), or its one
+    position, or none. The latitudes and longitudes of the page end to end, and where each
+    interval's start (``len(page) + 1`` offsets). The routes of the page are decoded at once
+    (``decode_polylines``)."""
+    texts: list[str] = []
+    routed: list[int] = []
+    for index, (interval, shape) in enumerate(zip(page, shapes, strict=True)):
+        route = interval.get(shape.route) if shape.route else None
+        if isinstance(route, str) and route:
+            texts.append(route)
+            routed.append(index)
+    lat_array, lon_array, route_offsets = decode_polylines(texts)
+    lat, lon = lat_array.tolist(), lon_array.tolist()
+    offsets = route_offsets.tolist()
+    if len(routed) == len(page) and all(end > start for start, end in pairwise(offsets)):
+        return lat, lon, offsets
+    # Some intervals have no route (or one without a point): their position, if any, in order.
+    page_lat: list[float] = []
+    page_lon: list[float] = []
+    page_offsets = [0]
+    route_of = {index: which for which, index in enumerate(routed)}
+    for index, interval in enumerate(page):
+        which = route_of.get(index)
+        if which is not None and offsets[which + 1] > offsets[which]:
+            page_lat += lat[offsets[which] : offsets[which + 1]]
+            page_lon += lon[offsets[which] : offsets[which + 1]]
+        else:
+            position = _position(interval)
+            if position is not None:
+                page_lat.append(position[0])
+                page_lon.append(position[1])
+        page_offsets.append(len(page_lat))
+    return page_lat, page_lon, page_offsets
 
 
 def _position(interval: Mapping) -> tuple[float, float] | None:
@@ -154,15 +186,16 @@ def intervals_geojson(
 
     def features() -> Iterator[bytes]:
         for page in pages:
+            shapes = [shape_of(interval) for interval in page]
+            lat, lon, offsets = _page_points(page, shapes)
             encoded = []
-            for interval in page:
-                shape = shape_of(interval)
-                points = _points(interval, shape)
+            for index, (interval, shape) in enumerate(zip(page, shapes, strict=True)):
+                start, end = offsets[index], offsets[index + 1]
                 geometry: dict | None = None
-                if len(points) > 1:
-                    geometry = {"type": "LineString", "coordinates": [[lon, lat] for lat, lon in points]}
-                elif points:
-                    geometry = {"type": "Point", "coordinates": [points[0][1], points[0][0]]}
+                if end - start > 1:
+                    geometry = {"type": "LineString", "coordinates": list(zip(lon[start:end], lat[start:end], strict=True))}
+                elif end > start:
+                    geometry = {"type": "Point", "coordinates": (lon[start], lat[start])}
                 feature = {
                     "type": "Feature",
                     "id": interval.get("id"),
@@ -182,19 +215,22 @@ def intervals_gpx(pages: Iterable[list[dict]], *, name: str, shape_of: ShapeOf) 
     counter keeps none), or its one position; no ``trkseg`` without either."""
     yield gpx_head(name=name)
     for page in pages:
+        shapes = [shape_of(interval) for interval in page]
+        lat, lon, offsets = _page_points(page, shapes)
+        # Every point's text at once, then each track's run of them joined.
+        points = [f'<trkpt lat="{point_lat!r}" lon="{point_lon!r}"/>' for point_lat, point_lon in zip(lat, lon, strict=True)]
         parts = []
-        for interval in page:
-            shape = shape_of(interval)
-            parts.append(f"<trk><name>interval {xml_text(interval.get('id'))}</name>")
-            begin = iso_time(interval.get("begin"), shape.zone)
-            end = iso_time(interval.get("end"), shape.zone)
-            parts.append(f"<desc>{begin} - {end}</desc>")
+        for index, (interval, shape) in enumerate(zip(page, shapes, strict=True)):
+            parts.append(
+                f"<trk><name>interval {xml_text(interval.get('id'))}</name>"
+                f"<desc>{iso_time(interval.get('begin'), shape.zone)} - {iso_time(interval.get('end'), shape.zone)}</desc>"
+            )
             if shape.name:
-                parts.append(f"<type>{xml_text(shape.name)}</type>")
-            points = _points(interval, shape)
-            if points:
+                parts.append(shape.xml_name)
+            start, end = offsets[index], offsets[index + 1]
+            if end > start:
                 parts.append("<trkseg>")
-                parts.extend(f'<trkpt lat="{lat!r}" lon="{lon!r}"/>' for lat, lon in points)
+                parts.append("".join(points[start:end]))
                 parts.append("</trkseg>")
             parts.append("</trk>\n")
         yield "".join(parts).encode()
@@ -252,11 +288,17 @@ def stored_intervals_export(
         pk: CalculatorShape.of(calculator.configuration())
         for pk, calculator in selectors.calculators_of_assignments(assignments=assignments).items()
     }
+    columns: list[str] = []
     if names is not None:
         columns = list(names)
-    else:
+    elif format == "csv":
+        # Only CSV has columns. The names of the rows the export holds (all of the range when a
+        # condition filters: its kept rows may come from anywhere in it).
         order = list(dict.fromkeys(assignment.calculator_id for assignment in assignments))
-        found = selectors.intervals_keys(assignments=assignments, begin=begin, end=end)
+        found = selectors.intervals_keys(
+            assignments=assignments, ids=ids, begin=begin, end=end, count=count if condition is None else None,
+            reverse=reverse,
+        )
         columns = interval_columns(leading=STORED_LEADING, shapes=[shapes[pk] for pk in order if pk in shapes], found=found)
     first, rest = primed(
         selectors.intervals_pages(

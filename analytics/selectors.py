@@ -187,17 +187,27 @@ def intervals_pages(
 
 
 def intervals_keys(
-    *, assignments: Sequence[Assignment], begin: float | None = None, end: float | None = None
+    *,
+    assignments: Sequence[Assignment],
+    ids: Sequence[int] | None = None,
+    begin: float | None = None,
+    end: float | None = None,
+    count: int | None = None,
+    reverse: bool = False,
 ) -> set[str]:
-    """The counter and user-field names of the assignments' stored intervals over
-    ``[begin, end]``."""
+    """The counter and user-field names of the stored intervals ``intervals_pages`` reads for the
+    same arguments without a condition (a condition keeps rows after they are read: with one,
+    ``count`` does not bound the rows, so pass None)."""
     if not assignments:
         return set()
     return storage.intervals_keys(
         alias=assignments[0].database,
         pairs=[(assignment.calculator_id, assignment.device_id) for assignment in assignments],
+        ids=ids,
         begin=begin,
         end=end,
+        count=count,
+        reverse=reverse,
     )
 
 

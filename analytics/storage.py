@@ -504,24 +504,38 @@ def intervals_rollup(
 
 
 def intervals_keys(
-    *, alias: str, pairs: Sequence[tuple[int, int]], begin: float | None = None, end: float | None = None
+    *,
+    alias: str,
+    pairs: Sequence[tuple[int, int]],
+    ids: Sequence[int] | None = None,
+    begin: float | None = None,
+    end: float | None = None,
+    count: int | None = None,
+    reverse: bool = False,
 ) -> set[str]:
-    """The names of the counters and user fields the stored intervals of ``pairs`` that overlap
-    ``[begin, end]`` have (any of them): the columns of an export. PostgreSQL reads them; only
-    the distinct names come back."""
+    """The names of the counters and user fields the stored intervals ``intervals_read`` reads
+    for the same arguments have (any of them): the columns of an export. PostgreSQL reads them;
+    only the distinct names come back."""
     if not pairs:
         return set()
     where = ["calc_id = p.c", "device_id = p.d"]
     params: list[Any] = [[calc_id for calc_id, _ in pairs], [device_id for _, device_id in pairs]]
+    if ids is not None:
+        where.append("id = ANY(%s)")
+        params.append(list(ids))
     if begin is not None:
         where.append('"end" >= %s')
         params.append(begin)
     if end is not None:
         where.append('"begin" <= %s')
         params.append(end)
+    limit = ""
+    if count is not None:
+        limit = f"ORDER BY id {'DESC' if reverse else 'ASC'} LIMIT %s"
+        params.append(count)
     sql = f"""
         SELECT DISTINCT k FROM unnest(%s::bigint[], %s::bigint[]) AS p(c, d)
-        CROSS JOIN LATERAL (SELECT counters, user_fields FROM intervals WHERE {' AND '.join(where)}) AS i
+        CROSS JOIN LATERAL (SELECT counters, user_fields FROM intervals WHERE {' AND '.join(where)} {limit}) AS i
         CROSS JOIN LATERAL (
             SELECT json_object_keys(i.counters) UNION ALL SELECT jsonb_object_keys(COALESCE(i.user_fields, '{{}}'))
         ) AS keys(k)

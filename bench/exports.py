@@ -122,6 +122,19 @@ def export(port: int, key: str, path: str, mark: bytes) -> tuple[float, int]:
     return elapsed, rows
 
 
+def _worker_of(pid: int):
+    """The one worker process gunicorn forks (it may answer before the fork shows)."""
+    import psutil
+
+    deadline = time.monotonic() + 30
+    while True:
+        children = psutil.Process(pid).children(recursive=True)
+        if len(children) == 1 or time.monotonic() > deadline:
+            [worker] = children
+            return worker
+        time.sleep(0.1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100000,1000000", help="interval counts to export (default 100000,1000000)")
@@ -131,7 +144,6 @@ def main() -> int:
     import django
 
     django.setup()
-    import psutil
     from django.core.management import call_command
 
     from accounts.services import account_create, token_create
@@ -152,7 +164,7 @@ def main() -> int:
     try:
         seed(assignment, max(sizes))
         web = WebServer(DEBUG="0", LOG_LEVEL="WARNING", WEB_WORKERS="1", RATE_LIMIT_REQUESTS="0")
-        [worker] = psutil.Process(web.process.pid).children(recursive=True)
+        worker = _worker_of(web.process.pid)
         base = f"/gw/calcs/{calculator.pk}/devices/{device.pk}/intervals/all"
         export(web.port, key, f"{base}?format=csv&count=1000", ROW_MARKS["csv"])  # warm the worker up
         for size in sizes:

@@ -1,9 +1,10 @@
 """The devices app's answers to MQTT access (``accounts.mqtt_facts.DeviceOwners``): which account
-owns which device, from the control database's index of every device (``DeviceIdent``).
-``DevicesConfig.ready`` installs them."""
+owns which device, from the control database's index of every device (``DeviceIdent``), and the
+devices' own MQTT sessions as activity. ``DevicesConfig.ready`` installs them."""
 
 from __future__ import annotations
 
+from devices import services
 from devices.models import DeviceIdent
 
 
@@ -18,6 +19,9 @@ class DeviceIdentOwners:
             "ident", "device_id", "account_id"
         )
         return {ident: (device_id, account_id) for ident, device_id, account_id in rows}
+
+    def sessions_seen(self, *, device_ids: list[int], at: float) -> None:
+        services.devices_sessions_seen(owners=self.owners_by_id(device_ids=device_ids), at=at)
 
 
 DEVICE_OWNERS = DeviceIdentOwners()

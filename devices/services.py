@@ -573,6 +573,25 @@ def _messages_ingest(
     return results
 
 
+def devices_sessions_seen(*, owners: Mapping[int, int], at: float) -> None:
+    """The devices (``owners``: device id -> account id) held an MQTT session of their own at
+    ``at``: active then, as if a message had come (``last_active``, ``connected`` and their
+    retained topics; docs/messages.md, "Connected and last active"). Devices gone meanwhile are
+    left out; an account moving its data is skipped (the broker reports its live sessions again
+    within ``DEVICE_CONNECTION_TIMEOUT`` / 4)."""
+    by_alias: dict[str, dict[int, int]] = {}
+    for device_id, account_id in owners.items():
+        by_alias.setdefault(placement.alias_for_account(account_id), {})[device_id] = account_id
+    for alias, placed in by_alias.items():
+        try:
+            with transaction.atomic(using=alias):
+                placement_guard(alias=alias, account_ids=set(placed.values()))
+                present = Device.objects.using(alias).filter(pk__in=list(placed)).values_list("pk", flat=True)
+                storage.devices_active(alias=alias, device_ids=list(present), at=at)
+        except AccountMoved:
+            continue
+
+
 def devices_disconnect(*, alias: str, now: float | None = None) -> list[int]:
     """The devices of the datacenter ``alias`` that were connected and have not been heard from
     for ``DEVICE_CONNECTION_TIMEOUT`` seconds are not any more (their retained ``connected``

@@ -62,6 +62,8 @@ LOCK_WAIT = 2.0
 # that the check for webhooks newer than the feed's events allows for.
 REFRESH_MARGIN = 2.0
 USER_AGENT = "flespi-platform-webhooks/1"
+# Seconds before a webhook whose events' account is being switched by a move is looked at again.
+SWITCH_PAUSE = 0.2
 _NO_BODY = frozenset({"GET"})
 
 
@@ -157,6 +159,7 @@ class WebhookDelivery(Loop):
         self.access: BrokerAccess | None = None
         self.senders: dict[int, Sender] = {}
         self.in_flight: dict[int, Future[_Job]] = {}
+        self.held: dict[int, list[int]] = {}  # webhook -> the account locks its job in flight holds
         self.wake = threading.Event()
         self.look_at: set[int] = set()  # webhooks whose queue may have a due head
         self.due: dict[int, float] = {}  # webhook -> when its head is tried again
@@ -309,6 +312,17 @@ class WebhookDelivery(Loop):
             if pending[0].next_try > now:
                 self.due[webhook_id] = pending[0].next_try
                 continue
+            # The job holds its events' accounts until its outcomes are written: a move's switch
+            # waits for them, and what a move took away (or is taking) is not sent from here.
+            held = storage.accounts_hold(alias=self.alias, device_ids=[item.device_id for item in pending])
+            if held is None:
+                self.due[webhook_id] = now + SWITCH_PAUSE
+                continue
+            if not storage.pending_present(alias=self.alias, delivery_ids=[item.id for item in pending]):
+                storage.accounts_release(alias=self.alias, keys=held)
+                self.look_at.add(webhook_id)
+                continue
+            self.held[webhook_id] = held
             hook = self.hooks[webhook_id]
             sender = self.senders.get(webhook_id)
             if sender is None or sender.timeout != hook.timeout:
@@ -366,6 +380,7 @@ class WebhookDelivery(Loop):
                         retries[webhook_id] = next_try
         for webhook_id in done:
             del self.in_flight[webhook_id]
+            storage.accounts_release(alias=self.alias, keys=self.held.pop(webhook_id, []))
             if webhook_id in retries:
                 self.due[webhook_id] = retries[webhook_id]
             else:

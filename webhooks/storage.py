@@ -18,6 +18,7 @@ from django.db import connections
 
 from devices.choices import OutboxKind
 from devices.outbox import message_bodies
+from flespi_site.constants import LockSpace, lock_id
 from flespi_site.mqtt.topics import device_telemetry_topic, message_topic, rooted
 from webhooks.choices import DeliveryStatus
 
@@ -41,6 +42,7 @@ class Pending:
 
     id: int
     webhook_id: int
+    device_id: int
     topic: str
     payload: Any
     queued: float
@@ -124,7 +126,8 @@ def heads(*, alias: str, webhook_ids: Sequence[int], limit: int) -> dict[int, li
         return {}
     with connections[alias].cursor() as cursor:
         cursor.execute(
-            "SELECT d.id, d.webhook_id, d.topic, d.payload::text, d.queued, d.attempts, d.first_try, d.next_try "
+            "SELECT d.id, d.webhook_id, d.device_id, d.topic, d.payload::text, d.queued, d.attempts, d.first_try, "
+            "d.next_try "
             "FROM unnest(%s::bigint[]) AS w(id) CROSS JOIN LATERAL ("
             "  SELECT * FROM webhook_deliveries WHERE webhook_id = w.id AND status = %s ORDER BY id LIMIT %s"
             ") d ORDER BY d.webhook_id, d.id",
@@ -133,8 +136,54 @@ def heads(*, alias: str, webhook_ids: Sequence[int], limit: int) -> dict[int, li
         rows = cursor.fetchall()
     found: dict[int, list[Pending]] = {}
     for row in rows:
-        found.setdefault(row[1], []).append(Pending(row[0], row[1], row[2], json.loads(row[3]), *row[4:]))
+        found.setdefault(row[1], []).append(Pending(row[0], row[1], row[2], row[3], json.loads(row[4]), *row[5:]))
     return found
+
+
+# A sending job's hold on its events' accounts: the placement guard's locks (the key space of
+# ``accounts.placement_guard``), taken shared at session level, all or none. A move's switch takes
+# them exclusively, so it waits for the job's outcomes to be written, and a job waits for (is
+# refused during) a switch.
+_HOLD = (
+    "SELECT k, pg_try_advisory_lock_shared(%s, k) FROM unnest(%s::int[]) AS k ORDER BY k"
+)
+_RELEASE = "SELECT pg_advisory_unlock_shared(%s, k) FROM unnest(%s::int[]) AS k"
+
+
+def accounts_hold(*, alias: str, device_ids: Iterable[int]) -> list[int] | None:
+    """Hold the accounts of these devices against a move's switch (the session's shared locks,
+    until ``accounts_release``): the keys held, or None when a switch holds or awaits one of
+    them (none is then held). Devices that are gone (and device 0, a calculator's event) have no
+    account: nothing to hold for them."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT DISTINCT account_id FROM devices_device WHERE id = ANY(%s)", [sorted(set(device_ids))])
+        keys = sorted({lock_id(row[0]) for row in cursor.fetchall()})
+        if not keys:
+            return []
+        cursor.execute(_HOLD, [LockSpace.ACCOUNT_WRITE, keys])
+        held = [key for key, granted in cursor.fetchall() if granted]
+        if len(held) == len(keys):
+            return held
+        if held:
+            cursor.execute(_RELEASE, [LockSpace.ACCOUNT_WRITE, held])
+        return None
+
+
+def accounts_release(*, alias: str, keys: Sequence[int]) -> None:
+    if keys:
+        with connections[alias].cursor() as cursor:
+            cursor.execute(_RELEASE, [LockSpace.ACCOUNT_WRITE, list(keys)])
+
+
+def pending_present(*, alias: str, delivery_ids: Sequence[int]) -> bool:
+    """Whether every one of these events is still queued here (a move takes its account's events
+    away with it)."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM webhook_deliveries WHERE id = ANY(%s) AND status = %s",
+            [list(delivery_ids), int(DeliveryStatus.PENDING)],
+        )
+        return cursor.fetchone()[0] == len(set(delivery_ids))
 
 
 def delivered(*, alias: str, outcomes: Iterable[tuple[int, int, float]], now: float) -> None:

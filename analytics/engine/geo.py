@@ -307,3 +307,84 @@ def decode_polyline(text: str) -> list[tuple[float, float]]:
         lon += values[1]
         points.append((lat / 1e5, lon / 1e5))
     return points
+
+
+
+# The most five-bit chunks a value of ``decode_polylines`` decodes in bulk: 7 (35 bits) is beyond
+# any coordinate's (180 degrees at precision 5 is below 2**25, 6 chunks) and keeps every sum of
+# values within int64. A text with a longer run goes to ``decode_polyline``, whose integers have
+# no bound.
+_MAX_CHUNKS = 7
+
+
+def decode_polylines(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``decode_polyline`` of many polylines at once: the latitudes and longitudes of all their
+    points end to end, and where each text's points start (``len(texts) + 1`` offsets: text
+    ``k``'s points are ``offsets[k]:offsets[k + 1]``). The same floats as ``decode_polyline``
+    text by text, cut-short texts included; a text that is not ASCII or has a run of chunks
+    longer than any coordinate's is decoded by it."""
+    ascii_texts = [text if text.isascii() else "" for text in texts]
+    lat, lon, counts, odd = _decode_ascii(ascii_texts)
+    odd.update(index for index, text in enumerate(texts) if not text.isascii())
+    if odd:
+        lat_parts, lon_parts = [], []
+        starts = np.concatenate(([0], np.cumsum(counts)))
+        for index, text in enumerate(texts):
+            if index in odd:
+                points = decode_polyline(text)
+                counts[index] = len(points)
+                lat_parts.append(np.array([point[0] for point in points], dtype=np.float64))
+                lon_parts.append(np.array([point[1] for point in points], dtype=np.float64))
+            else:
+                lat_parts.append(lat[starts[index] : starts[index + 1]])
+                lon_parts.append(lon[starts[index] : starts[index + 1]])
+        lat = np.concatenate(lat_parts) if lat_parts else lat
+        lon = np.concatenate(lon_parts) if lon_parts else lon
+    return lat, lon, np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+
+
+def _decode_ascii(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, set[int]]:
+    """The points of ASCII polylines end to end, each text's number of points, and the texts
+    with a run longer than ``_MAX_CHUNKS`` (whose points here are none)."""
+    lengths = np.fromiter((len(text) for text in texts), dtype=np.int64, count=len(texts))
+    empty = np.empty(0, dtype=np.float64)
+    counts = np.zeros(len(texts), dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return empty, empty, counts, set()
+    chunks = np.frombuffer("".join(texts).encode("ascii"), dtype=np.uint8).astype(np.int64) - 63
+    text_of_char = np.repeat(np.arange(len(texts)), lengths)
+    # A value ends at a chunk without the continuation bit (any character below "_", as the
+    # reference reads it), or is cut short by the end of its text.
+    terminal = chunks < 0x20
+    text_last = np.cumsum(lengths)[lengths > 0] - 1
+    boundary = terminal.copy()
+    boundary[text_last] = True
+    run_start = np.flatnonzero(np.concatenate(([True], boundary[:-1])))
+    run_end = np.concatenate((run_start[1:], [total]))
+    run_length = run_end - run_start
+    run_text = text_of_char[run_start]
+    odd = set(np.unique(run_text[run_length > _MAX_CHUNKS]).tolist())
+    position = np.arange(total) - np.repeat(run_start, run_length)
+    np.minimum(position, _MAX_CHUNKS, out=position)
+    values = np.add.reduceat((chunks & 0x1F) << (5 * position), run_start)
+    complete = terminal[run_end - 1]
+    values, value_text = values[complete], run_text[complete]
+    # A text's values pair up as (latitude, longitude); a latitude without its longitude (a cut
+    # text) is no point.
+    per_text = np.bincount(value_text, minlength=len(texts))
+    counts = per_text // 2
+    if odd:
+        counts[list(odd)] = 0
+    first_value = np.concatenate(([0], np.cumsum(per_text)[:-1]))
+    index_in_text = np.arange(len(values)) - first_value[value_text]
+    kept = index_in_text < 2 * counts[value_text]
+    values = values[kept]
+    deltas = np.where(values & 1, ~(values >> 1), values >> 1)
+    lat_sum = np.cumsum(deltas[0::2])
+    lon_sum = np.cumsum(deltas[1::2])
+    # Each text's sums start again from zero: less what the texts before it added.
+    point_start = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    lat_sum -= np.repeat(np.concatenate(([0], lat_sum))[point_start], counts)
+    lon_sum -= np.repeat(np.concatenate(([0], lon_sum))[point_start], counts)
+    return lat_sum / 1e5, lon_sum / 1e5, counts, odd

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Iterator
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -144,10 +144,58 @@ def number(value: Any) -> float | None:
 
 def iso_time(seconds: float | None, zone: tzinfo) -> str:
     """``seconds`` (unix time) as ISO 8601 in ``zone``, with its offset; microseconds only when
-    there are some."""
+    there are some. Whole seconds (what intervals and most messages hold) are put together from
+    texts cached per day and per hour of the zone: the text ``datetime.isoformat`` writes,
+    without a datetime per time (an export writes two per interval)."""
     if seconds is None or type(seconds) not in (int, float):
         return ""
+    if isinstance(seconds, int) or seconds.is_integer():
+        whole = int(seconds)
+        if _WHOLE_LOW <= whole < _WHOLE_HIGH:
+            return _whole_seconds_text(whole, zone)
     return datetime.fromtimestamp(seconds, zone).isoformat()
+
+
+# The whole seconds ``iso_time`` writes from cached texts: 1970 to 9000 (the others, datetime).
+_WHOLE_LOW, _WHOLE_HIGH = 0, 221_845_392_000
+# "THH:MM:" of each minute of a day, and "SS" of each second of a minute.
+_MINUTE_TEXT = tuple(f"T{minute // 60:02d}:{minute % 60:02d}:" for minute in range(1440))
+_SECOND_TEXT = tuple(f"{second:02d}" for second in range(60))
+_EPOCH = datetime(1970, 1, 1)
+# Per zone, each UTC hour seen: its offset in seconds and as text ("+01:00"), or None for an
+# hour in which the offset changes (written by datetime). The date text of each local day seen.
+# Both cleared when they reach a year of hours (8,760; about 2 MB): an export of years of
+# intervals fills them again as it goes, two datetimes an hour.
+_HOURS: dict[tzinfo, dict[int, tuple[int, str] | None]] = {}
+_DAYS: dict[int, str] = {}
+_MAX_CACHED = 10_000
+
+
+def _whole_seconds_text(seconds: int, zone: tzinfo) -> str:
+    hours = _HOURS.get(zone)
+    if hours is None or len(hours) > _MAX_CACHED:
+        hours = _HOURS[zone] = {}
+    hour = seconds // 3600
+    if hour in hours:
+        offset = hours[hour]
+    else:
+        start = datetime.fromtimestamp(hour * 3600, zone)
+        last = datetime.fromtimestamp(hour * 3600 + 3599, zone)
+        start_offset = start.utcoffset()
+        offset = None
+        if start_offset is not None and start_offset == last.utcoffset():
+            offset = (int(start_offset.total_seconds()), start.isoformat()[19:])
+        hours[hour] = offset
+    if offset is None:
+        return datetime.fromtimestamp(seconds, zone).isoformat()
+    day, second_of_day = divmod(seconds + offset[0], 86400)
+    date_text = _DAYS.get(day)
+    if date_text is None:
+        if len(_DAYS) > _MAX_CACHED:
+            _DAYS.clear()
+        date_text = _DAYS[day] = (_EPOCH + timedelta(days=day)).date().isoformat()
+    minute, second = divmod(second_of_day, 60)
+    return date_text + _MINUTE_TEXT[minute] + _SECOND_TEXT[second] + offset[1]
 
 
 # --- document frames ------------------------------------------------------------------------
@@ -178,4 +226,6 @@ GPX_TAIL = b"</gpx>\n"
 
 
 def xml_text(value: Any) -> str:
+    if type(value) is int:
+        return int.__repr__(value)
     return escape(cell(value))

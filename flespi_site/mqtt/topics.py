@@ -232,6 +232,16 @@ def ident_of_topic(topic: str, *, pattern: str) -> str | None:
     return ident or None
 
 
+def ingest_topic(ident: str, *, pattern: str) -> str | None:
+    """The ingest topic of ``ident`` (at the ``+`` level of ``pattern``), or None when ``ident``
+    cannot be a level of a topic."""
+    levels = pattern.split("/")
+    if not ident or WILDCARD not in levels or any(char in ident for char in "/+#\x00"):
+        return None
+    levels[levels.index(WILDCARD)] = ident
+    return "/".join(levels)
+
+
 def entity_of_log_topic(topic: str, *, root: str) -> tuple[str, int] | None:
     """The device or calculator whose log event ``topic`` is, or None."""
     if not topic.startswith(f"{root}/{LOG_KIND}/"):

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from devices.models import Device
 from devices.services import device_create, messages_ingest
 from tests.support.api import result_of
 from tests.support.receiver import Receiver
@@ -269,3 +270,55 @@ def test_the_loop_goes_on_after_losing_its_database_session(api, key, truck, rec
     send(truck, [1, 2])
     assert numbers_of(receiver.wait_for(3)) == [0, 1, 2]
     assert loop.errors >= 1
+
+
+def test_a_move_to_another_datacenter_delivers_each_event_once_in_order(api, key, account, truck, receiver, delivery):
+    """Events delivered before the move, events queued and failing (the receiver is down) or
+    still in the feed when the account moves, events after it: the receiver gets each once, in
+    order. The delivery loops of both datacenters run throughout."""
+    from accounts.moves import account_move
+
+    created = hook(api, key, f"{receiver.url}/in")
+    source = delivery(alias="dc_eu_1")
+    delivery(alias="dc_eu_2")
+    send(truck, range(10))
+    receiver.wait_for(10)
+    receiver.kill()
+    send(truck, range(10, 30))
+    wait_until(lambda: [row for row in logs(api, key, created["id"], status="pending") if row["attempts"] >= 1],
+               what="a failing head of the queue")
+    source.stop()  # what comes next stays in the source's feed until the move takes it along
+    send(truck, range(30, 40))
+
+    account_move(account_id=account.pk, target="eu-2")
+
+    receiver.start()
+    send(Device.objects.using("dc_eu_2").get(pk=truck.pk), range(40, 50))
+    receiver.wait_for(50)
+    time.sleep(1.0)  # nothing more comes
+    requests = receiver.requests()
+    assert numbers_of(requests) == list(range(50))
+    assert all(verified(request, created["secret"]) for request in requests)
+
+
+
+def test_events_in_flight_while_the_account_moves_are_delivered_once_in_order(api, key, account, truck, receiver,
+                                                                             delivery):
+    """The source's loop is sending (each request takes a while) when the move switches: the
+    switch waits for the requests in flight and their outcomes, and the target sends only what
+    the source had not delivered."""
+    from accounts.moves import account_move
+
+    created = hook(api, key, f"{receiver.url}/in")
+    delivery(alias="dc_eu_1")
+    delivery(alias="dc_eu_2")
+    receiver.delay = 0.02
+    send(truck, range(200))
+    receiver.wait_for(5)
+    account_move(account_id=account.pk, target="eu-2")
+    assert 5 <= len(receiver.requests()) < 200  # the move came while the queue was being sent
+    receiver.wait_for(200)
+    time.sleep(1.0)  # nothing more comes
+    requests = receiver.requests()
+    assert numbers_of(requests) == list(range(200))
+    assert all(verified(request, created["secret"]) for request in requests)

@@ -54,7 +54,11 @@ class Command(BaseCommand):
             port=port,
             ws_port=ws_port or None,
             store_path=store,
-            limits=Limits(max_queued=settings.MQTT_MAX_QUEUED),
+            limits=Limits(
+                max_queued=settings.MQTT_MAX_QUEUED,
+                # four reports within the timeout: a live session never lets its device go
+                activity_seconds=min(60.0, settings.DEVICE_CONNECTION_TIMEOUT / 4),
+            ),
             name=f"broker-{region.code}",
             ready=listening.append,
         )

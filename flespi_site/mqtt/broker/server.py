@@ -104,6 +104,12 @@ class Access(Protocol):
         """The platform published ``topic``: a change of what the cache holds, maybe."""
         ...
 
+    async def sessions_seen(self, sessions: list[tuple[Principal, str]], at: float) -> None:
+        """These connections (a token's principal and the client id) were alive at ``at`` (unix
+        seconds): a client id that is the ident of a device its token may publish for is that
+        device's MQTT session, which keeps the device connected."""
+        ...
+
 
 @dataclass
 class Limits:
@@ -114,6 +120,9 @@ class Limits:
     keepalive_grace: float = 1.5
     recheck_seconds: float = 2.0
     connect_timeout: float = 10.0
+    # How often the live sessions are reported to ``Access.sessions_seen`` (besides at each
+    # connect and disconnect); well within the time after which a device is no longer connected.
+    activity_seconds: float = 60.0
 
 
 class Message:
@@ -319,6 +328,7 @@ class Broker:
             )
         self._task(self._every_second())
         self._task(self._recheck_forever())
+        self._task(self._sessions_seen_forever())
 
     def _task(self, coroutine: Any) -> None:
         """Run ``coroutine`` in the background, kept until it is done (and cancelled at stop)."""
@@ -438,6 +448,7 @@ class Broker:
                 )
             else:
                 self.store.session_forget(key)
+        self._seen([session])
         return session, present
 
     def session_end(self, session: Session) -> None:
@@ -481,6 +492,8 @@ class Broker:
 
     def session_detach(self, session: Session) -> None:
         """The connection of ``session`` is gone: end it, or keep it with its queue in the store."""
+        if not self._stopping:
+            self._seen([session])  # alive until now: a device's timeout counts from here
         session.connection = None
         session.disconnected = time.time()
         if not session.persistent:
@@ -777,6 +790,28 @@ class Broker:
             ):
                 self.session_end(session)
         self.flush()
+
+    def _seen(self, sessions: Iterable[Session]) -> None:
+        """Report these sessions' connections alive now (in the background: the platform's
+        database is not awaited on the connection's path)."""
+        alive = [
+            (session.principal, session.client_id)
+            for session in sessions
+            if session.principal is not None and not session.principal.platform
+        ]
+        if alive:
+            self._task(self._report_seen(alive, time.time()))
+
+    async def _report_seen(self, alive: list[tuple[Principal, str]], at: float) -> None:
+        try:
+            await self.access.sessions_seen(alive, at)
+        except Exception:
+            logger.exception("%s: reporting %d live sessions failed", self.name, len(alive))
+
+    async def _sessions_seen_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.activity_seconds)
+            self._seen([session for session in self.sessions.values() if session.connection is not None])
 
     async def _recheck_forever(self) -> None:
         while True:

@@ -108,12 +108,11 @@ def numpy_rollup(*, alias: str, calc_id: int, device_ids: list[int], bounds: lis
         " string_agg(float8send(COALESCE(km, 'NaN')), ''::bytea), string_agg(float8send(COALESCE(ms, 'NaN')), ''::bytea),"
         " string_agg(float8send(COALESCE(av, 'NaN')), ''::bytea)"
         " FROM (SELECT device_id, \"begin\", duration AS d,"
-        "  CASE WHEN json_typeof(a) = 'number' THEN a::text::float8 END AS km,"
-        "  CASE WHEN json_typeof(b) = 'number' THEN b::text::float8 END AS ms,"
-        "  CASE WHEN json_typeof(c) = 'number' THEN c::text::float8 END AS av"
-        "  FROM (SELECT device_id, \"begin\", duration, counters -> 'km' AS a, counters -> 'max_speed' AS b,"
-        "   counters -> 'avg_speed' AS c FROM intervals WHERE calc_id = %s AND device_id = ANY(%s)"
-        "   AND id >= %s AND id <= %s AND \"begin\" >= %s AND \"begin\" < %s OFFSET 0) AS r OFFSET 0) AS v"
+        "  number_values[array_position(number_keys, 'km')] AS km,"
+        "  number_values[array_position(number_keys, 'max_speed')] AS ms,"
+        "  number_values[array_position(number_keys, 'avg_speed')] AS av"
+        "  FROM intervals WHERE calc_id = %s AND device_id = ANY(%s)"
+        "   AND id >= %s AND id <= %s AND \"begin\" >= %s AND \"begin\" < %s OFFSET 0) AS v"
     )
     with psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(sql, [calc_id, device_ids, int(begin * 1e6) - 1, int(end * 1e6) + 1, begin, end], binary=True)

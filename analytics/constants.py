@@ -16,5 +16,3 @@ DEFAULT_INTERVALS_COUNT = 100_000
 MAX_ROLLUP_PERIODS = 1000
 # Devices aggregated by one statement of a rollup.
 ROLLUP_DEVICES_CHUNK = 1000
-# Memory a rollup statement may sort and hash in (PostgreSQL's work_mem, for that statement).
-ROLLUP_WORK_MEM = "64MB"

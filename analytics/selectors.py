@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from operator import itemgetter
 
 from django.db.models import QuerySet
 
@@ -13,7 +14,6 @@ from analytics.constants import MAX_ROLLUP_PERIODS, ROLLUP_DEVICES_CHUNK
 from analytics.engine.rollups import ROLLUP_COLUMNS, Rollup, RollupError, period_bounds
 from analytics.models import Assignment, Calculator, CalculatorGeofence, Geofence, GroupAssignment
 from flespi_site.errors import ErrorKind, InvalidInput
-from flespi_site.jsontext import loads_exact
 
 
 def calculator_item(calculator: Calculator) -> dict:
@@ -278,21 +278,24 @@ def rollups_of(
                 alias=alias, calc_id=calculator.pk, device_ids=ids[start:start + ROLLUP_DEVICES_CHUNK], bounds=bounds,
                 begin=begin, end=end, counters=counters, columns=ROLLUP_COLUMNS,
             )
-            found += [_rollup_item(calculator.pk, row, bounds, begin, end, rollup) for row in rows]
-    found.sort(key=lambda item: (item["device_id"], item["begin"], item["calc_id"]))
+            found += _rollup_items(calculator.pk, rows, bounds, begin, end, rollup)
+    found.sort(key=itemgetter("device_id", "begin", "calc_id"))
     return found
 
 
-def _rollup_item(calc_id: int, row: tuple, bounds: list[float], begin: float, end: float, rollup: Rollup) -> dict:
-    device_id, period, *values = row
-    item = {
-        "calc_id": calc_id,
-        "device_id": device_id,
-        "begin": max(bounds[period - 1], begin),
-        "end": min(bounds[period], end),
-    }
-    for counter, value in zip(rollup.counters, values, strict=True):
-        if value is None:
-            continue
-        item[counter.name] = loads_exact(value) if counter.type in ("first", "last") else value
-    return item
+def _rollup_items(calc_id: int, rows: list[tuple], bounds: list[float], begin: float, end: float,
+                  rollup: Rollup) -> list[dict]:
+    """The items of ``storage.intervals_rollup``'s rows (tens of thousands: one dict built per
+    row by ``zip``, the periods' clipped bounds computed once)."""
+    starts = [max(bound, begin) for bound in bounds[:-1]]
+    ends = [min(bound, end) for bound in bounds[1:]]
+    keys = ("calc_id", "device_id", "begin", "end", *(counter.name for counter in rollup.counters))
+    items = []
+    for device_id, period, *values in rows:
+        item = dict(zip(keys, (calc_id, device_id, starts[period - 1], ends[period - 1], *values), strict=True))
+        if None in values:  # a counter without a value is left out
+            for name, value in zip(keys[4:], values, strict=True):
+                if value is None:
+                    del item[name]
+        items.append(item)
+    return items

@@ -17,7 +17,6 @@ from typing import Any
 
 from django.db import connections, transaction
 
-from analytics.constants import ROLLUP_WORK_MEM
 from analytics.engine.interval_fields import ENGINE_FIELDS
 from analytics.events import CLEAR, Event
 from devices.storage import outbox_events_write
@@ -221,12 +220,23 @@ def intervals_write(
     return intervals_write_many(alias=alias, writes={key: (upsert, delete_ids)}, stamp=stamp).get(key, ([], []))
 
 
-def numbers_of(counters: Mapping) -> dict:
-    """The counters whose value is a number (not a bool): the ``numbers`` that rollups read."""
-    return {
-        key: value for key, value in counters.items()
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    }
+def _text_array(values: Sequence[str]) -> str:
+    """The PostgreSQL literal of a ``text[]``, every element quoted."""
+    return "{" + ",".join('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values) + "}"
+
+
+def numbers_of(counters: Mapping) -> dict[str, float]:
+    """The counters whose value is a number (not a bool) that a double holds, as doubles: what
+    rollups read (``number_keys``, ``number_values``). An integer beyond the range of a double is
+    left out."""
+    numbers = {}
+    for key, value in counters.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                numbers[key] = float(value)
+            except OverflowError:
+                continue
+    return numbers
 
 
 def intervals_write_many(
@@ -240,7 +250,8 @@ def intervals_write_many(
     each by id."""
     result: dict[tuple[int, int], tuple[list[dict], list[dict]]] = {key: ([], []) for key in writes}
     gone: list[list[int]] = [[], [], []]
-    put: list[list] = [[], [], [], [], [], [], [], []]
+    put: list[list] = [[], [], [], [], [], [], [], [], []]
+    key_arrays: dict[tuple[str, ...], str] = {}  # the intervals of a calculator mostly share their keys
     for (calc_id, device_id), (upsert, delete_ids) in writes.items():
         for interval_id in delete_ids:
             gone[0].append(calc_id)
@@ -255,7 +266,14 @@ def intervals_write_many(
             put[5].append(interval["duration"])
             counters = {key: value for key, value in interval.items() if key not in ENGINE_FIELDS}
             put[6].append(dumps_exact(counters).decode())
-            put[7].append(dumps_exact(numbers_of(counters)).decode())
+            numbers = numbers_of(counters)
+            keys = tuple(numbers)
+            keys_array = key_arrays.get(keys)
+            if keys_array is None:
+                keys_array = key_arrays[keys] = _text_array(keys)
+            put[7].append(keys_array)
+            # A JSON list of doubles is, between its brackets, a float8[] literal's elements.
+            put[8].append("{" + dumps_exact(list(numbers.values())).decode()[1:-1] + "}")
     with connections[alias].cursor() as cursor:
         if gone[0]:
             cursor.execute(
@@ -271,13 +289,15 @@ def intervals_write_many(
         if put[0]:
             cursor.execute(
                 f"""
-                INSERT INTO intervals AS i (calc_id, device_id, id, "begin", "end", duration, timestamp, counters, numbers)
-                SELECT v.calc, v.dev, v.id, v.b, v.e, v.d, %s, v.c::json, v.n::jsonb
+                INSERT INTO intervals AS i (calc_id, device_id, id, "begin", "end", duration, timestamp, counters,
+                    number_keys, number_values)
+                SELECT v.calc, v.dev, v.id, v.b, v.e, v.d, %s, v.c::json, v.nk::text[], v.nv::float8[]
                 FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::float8[], %s::float8[], %s::float8[],
-                    %s::text[], %s::text[]) AS v(calc, dev, id, b, e, d, c, n)
+                    %s::text[], %s::text[], %s::text[]) AS v(calc, dev, id, b, e, d, c, nk, nv)
                 ON CONFLICT (calc_id, device_id, id) DO UPDATE SET
                     "begin" = EXCLUDED."begin", "end" = EXCLUDED."end", duration = EXCLUDED.duration,
-                    timestamp = EXCLUDED.timestamp, counters = EXCLUDED.counters, numbers = EXCLUDED.numbers
+                    timestamp = EXCLUDED.timestamp, counters = EXCLUDED.counters, number_keys = EXCLUDED.number_keys,
+                    number_values = EXCLUDED.number_values
                 RETURNING {_RETURNING}
                 """,
                 [stamp, *put],
@@ -416,15 +436,19 @@ def outbox_events(*, alias: str, events: Sequence[Event]) -> None:
 
 def _rollup_aggregate(kind: str, field: str | None, slot: dict[str, int]) -> str:
     """The SQL aggregate of one rollup counter over the rows of ``_rollup_sql``'s inner query:
-    ``n<k>`` the value of field ``k`` as a number (NULL unless it is one), ``j<k>`` its text."""
+    ``n<k>`` the value of field ``k`` (NULL when the interval has no number for it), ``b`` the
+    interval's begin, ``d`` its duration."""
     if field is None:
         return "count(*)"
     k = slot[field]
     if kind == "count":
         return f"count(n{k})"
     if kind in ("first", "last"):
-        order = "ASC" if kind == "first" else "DESC"
-        return f"(array_agg(j{k} ORDER BY id {order}) FILTER (WHERE n{k} IS NOT NULL))[1]"
+        # The value at the least (greatest) begin: begins are distinct within an assignment (the
+        # id is the begin in µs), and an array compares by its first element first. No ordered
+        # aggregate: that sorts each period's rows apart and rules out hashing the periods.
+        extremum = "min" if kind == "first" else "max"
+        return f"({extremum}(ARRAY[b, n{k}]) FILTER (WHERE n{k} IS NOT NULL))[2]"
     if kind == "summary":
         return f"sum(n{k})"
     if kind == "minimum":
@@ -439,36 +463,30 @@ def _rollup_aggregate(kind: str, field: str | None, slot: dict[str, int]) -> str
 
 
 def _rollup_sql(counters: Sequence[tuple[str, str | None]], columns: Sequence[str]) -> tuple[str, list[str]]:
-    """The rollup statement and its leading parameters (the counter names read, each twice): per
-    device and period (``width_bucket`` of the interval's begin in the periods' bounds), one
-    aggregate per counter. ``counters`` are (type, field) pairs; ``columns`` the fields that are
-    stored columns. A counter's value comes from ``numbers`` (jsonb: a lookup, no parse), or, for
-    a row written before that column, from the counters' JSON text."""
+    """The rollup statement and its leading parameters (the counter names read): per device (a
+    LATERAL subquery, an index range scan of its partition) and period (``width_bucket`` of the
+    interval's begin in the periods' bounds), one aggregate per counter. ``counters`` are (type,
+    field) pairs; ``columns`` the fields that are stored columns. A counter's value is
+    ``number_values[array_position(number_keys, name)]``: a subscript, no JSON."""
     fields = list(dict.fromkeys(field for _, field in counters if field is not None))
     slot = {field: index for index, field in enumerate(fields)}
     keys = [field for field in fields if field not in columns]
-    # The innermost query takes each value out once; OFFSET 0 keeps it from being inlined into
-    # the expressions that use it twice.
-    raw = "".join(
-        f", CASE WHEN numbers IS NULL THEN (counters -> %s)::text::jsonb ELSE numbers -> %s END AS r{slot[field]}"
-        for field in keys
-    )
     values = "".join(
-        f', "{field}" AS n{slot[field]}, "{field}"::text AS j{slot[field]}' if field in columns else
-        f", CASE WHEN jsonb_typeof(r{slot[field]}) = 'number' THEN r{slot[field]}::float8 END AS n{slot[field]}"
-        f", r{slot[field]}::text AS j{slot[field]}"
+        f', "{field}" AS n{slot[field]}' if field in columns else
+        f", number_values[array_position(number_keys, %s)] AS n{slot[field]}"
         for field in fields
     )
     aggregates = "".join(f", {_rollup_aggregate(kind, field, slot)}" for kind, field in counters)
+    # OFFSET 0 keeps the values taken out once per row, before the aggregates that use them.
     sql = (
-        f"SELECT device_id, width_bucket(\"begin\", %s::float8[]) AS period{aggregates} FROM ("
-        f" SELECT device_id, id, \"begin\", duration AS d{values} FROM ("
-        f"  SELECT device_id, id, \"begin\", \"end\", duration{raw} FROM intervals"
-        "   WHERE calc_id = %s AND device_id = ANY(%s) AND id >= %s AND id <= %s AND \"begin\" >= %s AND \"begin\" < %s"
-        "   OFFSET 0) AS r OFFSET 0) AS v"
-        " GROUP BY 1, 2 ORDER BY 1, 2"
+        "SELECT p.device_id, r.* FROM unnest(%s::bigint[]) AS p(device_id) CROSS JOIN LATERAL ("
+        f" SELECT period{aggregates} FROM ("
+        f'  SELECT width_bucket("begin", %s::float8[]) AS period, "begin" AS b, duration AS d{values}'
+        "  FROM intervals WHERE calc_id = %s AND device_id = p.device_id AND id >= %s AND id <= %s"
+        '   AND "begin" >= %s AND "begin" < %s OFFSET 0) AS v'
+        " GROUP BY period) AS r"
     )
-    return sql, [name for field in keys for name in (field, field)]
+    return sql, keys
 
 
 def intervals_rollup(
@@ -485,20 +503,19 @@ def intervals_rollup(
     """The counters (``(type, field)`` pairs, ``analytics.engine.rollups``) over the stored
     intervals of the calculator and each device with ``begin <= interval begin < end``, per device
     and period of ``bounds`` (period ``i``, from 1, is ``[bounds[i-1], bounds[i])``): rows
-    ``(device_id, i, value, ...)`` by device and period, one statement; a period without an
-    interval has no row. Every counter reads the field's numbers only (a value of another
-    type is skipped); ``first``/``last`` come as JSON text, the others as numbers (None: no
-    value)."""
+    ``(device_id, i, value, ...)``, in no order, one statement; a period without an interval has
+    no row. Every counter reads the field's numbers only (a value of another type is skipped);
+    values are doubles (None: no value)."""
     if not device_ids:
         return []
     sql, keys = _rollup_sql(counters, columns)
     # id is the begin in µs (rounded): the key's range, a little wider, then the exact begin.
-    params: list[Any] = [list(bounds), *keys, calc_id, list(device_ids), math.floor(begin * 1e6) - 1, math.ceil(end * 1e6) + 1,
-              begin, end]
-    # The sort of a month of a thousand devices' intervals by device and period spills to disk
-    # under the default work_mem (4 MB); this statement may use more.
+    params: list[Any] = [list(device_ids), list(bounds), *keys, calc_id, math.floor(begin * 1e6) - 1,
+                         math.ceil(end * 1e6) + 1, begin, end]
+    # JIT compiling the statement's expressions costs more than it saves on a month of a
+    # thousand devices (measured: docs/analytics.md, "Rollups").
     with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-        cursor.execute(f"SET LOCAL work_mem = '{ROLLUP_WORK_MEM}'")
+        cursor.execute("SET LOCAL jit = off")
         cursor.execute(sql, params)
         return cursor.fetchall()
 

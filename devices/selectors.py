@@ -189,7 +189,8 @@ def devices_state(*, devices: list[Device], names: Collection[str], now: float |
     ``telemetry`` (the latest value of each parameter and its time), ``last_active`` (when the
     platform last heard from it, by its own clock: a message received over REST or MQTT; null
     before any), ``connected`` (heard from within ``DEVICE_CONNECTION_TIMEOUT`` seconds of
-    ``now``) and ``messages_size`` (bytes its messages take)."""
+    ``now``), ``messages_size`` (bytes its messages take) and ``groups`` (the ids of the groups
+    of its account it belongs to now, explicit or by selector, ascending)."""
     state: dict[int, dict] = {device.pk: {} for device in devices}
     if not devices:
         return state
@@ -210,6 +211,14 @@ def devices_state(*, devices: list[Device], names: Collection[str], now: float |
         sizes = storage.messages_sizes(alias=devices[0].database, device_ids=list(state))
         for device_id, size in sizes.items():
             state[device_id]["messages_size"] = size
+    if "groups" in names:
+        alias = devices[0].database
+        group_ids = Group.objects.using(alias).filter(
+            account_id__in={device.account_id for device in devices}
+        ).values_list("id", flat=True)
+        memberships = groups_matching(alias=alias, device_ids=list(state), group_ids=list(group_ids))
+        for device_id, joined in memberships.items():
+            state[device_id]["groups"] = sorted(joined)
     return state
 
 

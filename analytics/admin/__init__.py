@@ -6,6 +6,7 @@
 - ``pictures``: the timeline of a device's intervals and one interval's route (an assignment's page);
 - ``intervals``: the page of an assignment's stored intervals;
 - ``geofences``: the geofence list and page, their zones on a map;
+- ``groups``: the list of groups of devices and a group's page, with members and calculators;
 - ``common``: the JSON answers of the pages' endpoints, in the API's envelope.
 
 Every write goes through ``analytics.services``; the pages read one datacenter database at a
@@ -13,6 +14,6 @@ time (``accounts.regional_admin``). Django's autodiscovery imports this package,
 the admin of each model by importing its module.
 """
 
-from analytics.admin import assignments, calculators, geofences
+from analytics.admin import assignments, calculators, geofences, groups
 
-__all__ = ["assignments", "calculators", "geofences"]
+__all__ = ["assignments", "calculators", "geofences", "groups"]

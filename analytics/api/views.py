@@ -33,6 +33,7 @@ from devices.api.views import DeviceResource, DeviceSelectionView, GroupResource
 from flespi_site.api.batch import batch_response, each_item
 from flespi_site.api.exports import CSV, GEOJSON, GPX, JSON, export_format, streamed
 from flespi_site.api.params import project, projection, validated_params
+from flespi_site.api.renderers import ExactJSONRenderer
 from flespi_site.api.resources import Resource, ResourceView, SelectionView, selected_with_missing_ids
 from flespi_site.api.selection import SelectionField, is_id_list
 from flespi_site.api.views import json_body
@@ -372,6 +373,7 @@ class RollupView(AssignmentSelectionView):
 
     url_path = "calculate"
     request_serializers = {"POST": RollupSerializer}
+    renderer_classes = (ExactJSONRenderer,)  # tens of thousands of items
 
     def post(self, request: Request, **selection: str) -> Response:
         serializer = RollupSerializer(data=json_body(request))

@@ -38,16 +38,16 @@ DEVICE_FIELDS = (
     "id", "name", "cid", "device_type_id", "configuration", "enabled", "messages_ttl", "messages_rotate",
     "media_ttl", "media_rotate", "metadata", "shard", "created",
 )
-# flespi's device fields answered when fields= names them: computed from the stored messages, or
-# fixed here (null: no meaning on this platform, which has no channels, protocols, commands,
-# media, plugins or streams; a device is never blocked).
-DEVICE_COMPUTED_FIELDS = ("telemetry", "last_active", "connected", "messages_size")
+# flespi's device fields answered when fields= names them: computed (from the stored messages or
+# the groups), or fixed here (null: no meaning on this platform, which has no channels,
+# protocols, commands, media, plugins or streams; a device is never blocked).
+DEVICE_COMPUTED_FIELDS = ("telemetry", "last_active", "connected", "messages_size", "groups")
 DEVICE_FLESPI_FIELDS = {
     "blocked": False,
     "media_blocked": False,
     **dict.fromkeys((
         "device_type_name", "protocol_id", "protocol_name", "commands", "commands_queue",
-        "settings", "media_size", "media_traffic", "groups", "plugins", "streams", "calcs",
+        "settings", "media_size", "media_traffic", "plugins", "streams", "calcs",
     )),
 }
 

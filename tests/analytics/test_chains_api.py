@@ -283,3 +283,32 @@ def test_unassigning_a_source_recalculates_its_dependents(account, device):
     assignment_delete(assignment=source)
     row = Assignment.objects.using(dependent.database).get(pk=dependent.pk)
     assert (row.pending_begin, row.pending_end) == (-math.inf, math.inf)
+
+
+def test_a_purge_of_a_sources_intervals_leaves_its_dependents_alone(account, device):
+    """Retention is not a change of data: the source's intervals beyond ``intervals_ttl`` go, the
+    daily summary made of them stays, and no dependent is asked to
+    recalculate (docs/analytics.md, "Calculator chaining")."""
+    from analytics.calculation import diff_store
+    from analytics.engine import Diff
+    from analytics.models import Assignment
+    from analytics.selectors import intervals_of
+    from analytics.services import assignment_create, calculator_create, intervals_purge
+
+    trips = calculator_create(account=account, config={**TRIPS, "intervals_ttl": 86400})
+    daily = calculator_create(account=account, config=_daily(trips.pk))
+    source = assignment_create(calculator=trips, device=device)[0]
+    dependent = assignment_create(calculator=daily, device=device)[0]
+    old = [{"id": int((T0 + k * 100) * 1e6), "begin": T0 + k * 100, "end": T0 + k * 100 + 60, "duration": 60.0,
+            "max_speed": 40.0, "km": 1.0} for k in range(3)]
+    diff_store(assignment=source, diff=Diff(created=old), now=T0 + 1000)
+    day = {"id": int(T0 * 1e6), "begin": T0, "end": T0 + 260, "duration": 260.0, "trips": 3, "km": 3.0}
+    diff_store(assignment=dependent, diff=Diff(created=[day]), now=T0 + 1001)  # synced, nothing pending
+
+    gone = intervals_purge(assignment=source, calculator=trips, now=T0 + 2 * 86400)
+    assert [interval["id"] for interval in gone] == [interval["id"] for interval in old]
+    assert intervals_of(assignments=[source]) == []
+    [kept] = intervals_of(assignments=[dependent])
+    assert (kept["id"], kept["trips"], kept["km"]) == (day["id"], 3, 3.0)
+    row = Assignment.objects.using(dependent.database).get(pk=dependent.pk)
+    assert (row.pending_begin, row.pending_end) == (None, None)

@@ -5,6 +5,8 @@ worker stores them (``diff_store``) on the real PostgreSQL."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 from django.db import connections
 
@@ -96,16 +98,50 @@ def test_each_counter_by_hand(api, key, calc, device, assigned):
     ]}
 
 
-def test_rows_written_before_the_numbers_column_are_read_from_their_counters(api, key, calc, device, assigned):
-    """``numbers`` is NULL on rows written before it existed: their counters' text is read."""
+def test_rows_written_before_the_number_arrays_are_filled_by_their_migration(api, key, calc, device, assigned):
+    """Migration 0009 fills ``number_keys``/``number_values`` from ``numbers``, or, on a row
+    written before that column (NULL), from its counters' text: run backwards and forwards here."""
+    migration = importlib.import_module("analytics.migrations.0009_interval_number_arrays")
     _store(assigned, [_iv(T + 10, T + 20, km=1.5, max_speed=40), _iv(T + 30, T + 40, km=2, label="a")])
     with connections[device.database].cursor() as cursor:
+        cursor.execute(migration.DROP)
         cursor.execute("UPDATE intervals SET numbers = NULL WHERE calc_id = %s AND id = %s", [calc.pk, round((T + 10) * 1e6)])
         assert cursor.rowcount == 1
+        cursor.execute(migration.CREATE)
+        cursor.execute("SELECT number_keys, number_values FROM intervals WHERE calc_id = %s ORDER BY id", [calc.pk])
+        assert cursor.fetchall() == [(["km", "max_speed"], [1.5, 40.0]), (["km"], [2.0])]
     counters = [{"name": "km", "type": "summary", "field": "km"}, {"name": "last_km", "type": "last", "field": "km"},
                 {"name": "top", "type": "maximum", "field": "max_speed"}, {"name": "labels", "type": "count", "field": "label"}]
     [row] = response_ok(_rollup(api, key, calc, device.pk, _body(T, T + D, counters=counters)))
     assert (row["km"], row["last_km"], row["top"], row["labels"]) == (3.5, 2, 40.0, 0)
+
+
+def test_number_arrays_hold_any_counter_name_and_skip_what_a_double_cannot(calc, device, assigned):
+    """``number_keys`` is written as a text[] literal: a name with quotes, commas, braces and
+    backslashes reads back as itself; an integer beyond a double's range is no number to reduce
+    (left out, the write succeeds), one beyond 64 bits but within it is read as a double."""
+    from analytics import storage
+
+    odd = 'a "b", {c}\\d'
+    _store(assigned, [_iv(T + 10, T + 20, **{odd: 2, "big": 10**400, "wide": 2**64}),
+                      _iv(T + 30, T + 40, **{odd: 3.5, "big": 1})])
+    rows = storage.intervals_rollup(
+        alias=device.database, calc_id=calc.pk, device_ids=[device.pk], bounds=[T, T + D], begin=T, end=T + D,
+        counters=[("summary", odd), ("count", "big"), ("summary", "wide"), ("last", odd)], columns=("begin",),
+    )
+    assert rows == [(device.pk, 1, 5.5, 1, float(2**64), 3.5)]
+
+
+def test_a_rewritten_or_deleted_interval_counts_as_it_is_now(api, key, calc, device, assigned):
+    from analytics.calculation import diff_store
+
+    first, second = _iv(T + 10, T + 20, km=1), _iv(T + 30, T + 40, km=2)
+    _store(assigned, [first, second])
+    body = _body(T, T + D, counters=[{"name": "km", "type": "sum", "field": "km"}, {"name": "last", "type": "last", "field": "km"}])
+    assert [(row["km"], row["last"]) for row in response_ok(_rollup(api, key, calc, device.pk, body))] == [(3, 2)]
+    diff_store(assignment=assigned, diff=Diff(created=[], updated=[{**second, "km": 20}], deleted=[first], active_id=None,
+                                              reached_end=True), now=1001.0)
+    assert [(row["km"], row["last"]) for row in response_ok(_rollup(api, key, calc, device.pk, body))] == [(20, 20)]
 
 
 def test_average_of_instants_is_their_mean(api, key, calc, device, assigned):

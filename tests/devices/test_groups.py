@@ -258,3 +258,28 @@ def test_membership_found_in_sql_is_what_the_selector_selects(account, make_acco
     assert {names[g] for g in found[devices[4].pk]} == {"g5", "g11", "list"}
     assert {names[g] for g in found[devices[3].pk]} == {"g5", "g9", "g11", "g13"}
     assert found[other.pk] == set()
+
+
+def test_a_devices_groups_field_lists_the_ids_of_its_groups_now(api, key, make_account, make_token, trucks):
+    """``fields=groups`` on a device: explicit and selector groups alike, ascending, ``[]`` for a
+    device in none; another account's group with a selector that would match is not listed."""
+    one, two, van = trucks
+    created = api.call("POST", "/gw/groups", key=key, body=[
+        {"name": "north", "selector": "metadata.fleet=north"}, {"name": "picked", "devices": [van.pk, two.pk]},
+    ]).json()["result"]
+    north, picked = (group["id"] for group in created)
+    other_key = make_token(make_account(name="other"))
+    assert api.call("POST", "/gw/groups", key=other_key, body=[{"name": "all", "selector": "all"}]).status_code == 200
+
+    def groups() -> dict[int, list[int]]:
+        response = api.call("GET", "/gw/devices/all?fields=id,groups", key=key)
+        assert response.status_code == 200, response.content
+        return {item["id"]: item["groups"] for item in response.json()["result"]}
+
+    assert groups() == {one.pk: [north], two.pk: [picked], van.pk: [north, picked]}
+    api.call("PUT", f"/gw/devices/{two.pk}", key=key, body={"metadata": {"fleet": "north"}})
+    api.call("DELETE", f"/gw/groups/{picked}/devices/{van.pk}", key=key)
+    api.call("PUT", f"/gw/devices/{one.pk}", key=key, body={"metadata": {"fleet": "east"}})
+    assert groups() == {one.pk: [], two.pk: [north, picked], van.pk: [north]}
+    [item] = api.call("GET", f"/gw/devices/{van.pk}?fields=groups", key=key).json()["result"]
+    assert item == {"groups": [north]}

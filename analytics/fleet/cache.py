@@ -309,7 +309,10 @@ class ShardCache:
     def flush(self) -> bool:
         """Commit the writes write-behind holds (not inside a ``batch``); returns whether there
         were any."""
-        if self._batches or not self._conn.in_transaction:
+        if self._batches:
+            return False
+        if not self._conn.in_transaction:  # none, or SQLite rolled it back on an error
+            self._unflushed_since = None
             return False
         self._conn.execute("COMMIT")
         self._unflushed_since = None

@@ -606,3 +606,17 @@ def test_a_write_behind_writer_killed_leaves_its_last_flush(tmp_path):
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
+
+
+def test_a_write_behind_transaction_sqlite_rolled_back_is_no_longer_waiting_for_a_flush(tmp_path):
+    """SQLite ends a transaction on some errors (a full disk, an I/O error): its writes are gone
+    (the worker's catch-up and markers repair that), and the cache no longer counts as holding any."""
+    with ShardCache(tmp_path / "s.cache", shard="eu/1", write_behind=True) as cache:
+        cache.messages_put(device_id=1, messages=[{"timestamp": 1.0, "a": 1}])
+        assert cache.unflushed_for() > 0
+        cache._conn.execute("ROLLBACK")  # as SQLite does on such an error
+        assert cache.flush() is False
+        assert cache.unflushed_for() == 0.0
+        assert cache.devices() == []
+        cache.messages_put(device_id=2, messages=[{"timestamp": 2.0, "a": 2}])  # writes go on
+        assert cache.flush() is True and cache.devices() == [2]

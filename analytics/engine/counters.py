@@ -5,9 +5,10 @@ Counters over messages are reduced over all intervals at once. The messages of e
 are gathered into one frame (``IntervalRows``: ``gathered`` = the concatenated index ranges,
 ``starts`` = where each interval starts in it); each row's previous row is the previous message
 of the same interval, so ``#name`` and ``mileage()`` in a counter never reach outside its
-interval. Reductions use ``np.*.reduceat`` over the intervals, which sums each interval's values
-in the same order whatever else is in the frame, so a window and a full calculation agree to the
-last bit.
+interval. Sums add each interval's values one by one from 0.0 in message order
+(``sequential_sums``), whatever else is in the frame: a window and a full calculation agree to the
+last bit, and so does an interval's sum carried on from its state when messages are appended
+(``CounterType.carry``: the active interval extended without reading it again).
 
 Counters of type ``interval`` and ``accumulator`` (``per_interval``) read the interval's own
 fields and the interval before it; ``calculate._interval_pass`` computes them in order.
@@ -16,7 +17,8 @@ fields and the interval before it; ``calculate._interval_pass`` computes them in
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Mapping
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -66,6 +68,35 @@ class CounterSpec:
         found = [] if self.expression is None else [self.expression]
         found += [item[1] for item in self.fields if isinstance(item, tuple) and isinstance(item[1], CompiledExpression)]
         return found
+
+
+# Segments up to this long are summed position by position across all of them at once; longer
+# ones one by one (``sequential_sums``).
+_SHORT_SEGMENT = 32
+
+
+def sequential_sums(values: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """Each segment ``values[starts[i]:stops[i]]`` summed one value at a time from 0.0, in order:
+    the sum a running total carried over appended values gives too (``np.add.reduceat`` sums in
+    an order that depends on the segment's length, so a sum continued from a stored one would
+    differ in the last bits)."""
+    lengths = stops - starts
+    sums = np.zeros(len(starts))
+    short = np.flatnonzero(lengths <= _SHORT_SEGMENT)
+    for offset in range(int(lengths[short].max()) if len(short) else 0):
+        alive = short[lengths[short] > offset]
+        sums[alive] += values[starts[alive] + offset]
+    for index in np.flatnonzero(lengths > _SHORT_SEGMENT).tolist():
+        # A cumulative sum is sequential; adding 0.0 makes its sign of zero that of a sum from 0.0.
+        sums[index] = np.cumsum(values[starts[index] : stops[index]])[-1] + 0.0
+    return sums
+
+
+def carried_sum(total: float, values: np.ndarray) -> float:
+    """``total`` (a ``sequential_sums`` result) with ``values`` added one at a time, in order."""
+    if not len(values):
+        return total
+    return float(np.cumsum(np.concatenate(([total], values)))[-1]) + 0.0
 
 
 # ---- the gathered rows of every interval ------------------------------------------------------
@@ -148,23 +179,24 @@ class IntervalRows:
 
     def extreme_position(
         self, method: str, numbers: np.ndarray, valid: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per interval, its first row where ``numbers`` reaches the interval's ``minimum`` or
-        ``maximum`` among the ``valid`` rows, and whether it has a valid row."""
+        ``maximum`` among the ``valid`` rows, whether it has one (not when the extreme is a NaN,
+        which no number equals), and the extreme."""
         if method == "minimum":
             extreme = np.minimum.reduceat(np.where(valid, numbers, np.inf), self.starts)
         else:
             extreme = np.maximum.reduceat(np.where(valid, numbers, -np.inf), self.starts)
         reached = valid & (numbers == np.repeat(extreme, self.stops - self.starts))
-        return self.first_position(reached)
+        return (*self.first_position(reached), extreme)
 
     def numeric(self, method: str, numbers: np.ndarray, valid: np.ndarray) -> list:
         starts = self.starts
         counts = np.add.reduceat(valid.astype(np.int64), starts)
         if method == "summary":
-            return np.add.reduceat(np.where(valid, numbers, 0.0), starts).tolist()
+            return sequential_sums(np.where(valid, numbers, 0.0), starts, self.stops).tolist()
         if method == "average":
-            sums = np.add.reduceat(np.where(valid, numbers, 0.0), starts)
+            sums = sequential_sums(np.where(valid, numbers, 0.0), starts, self.stops)
             result = sums / np.maximum(counts, 1)
         elif method == "minimum":
             result = np.minimum.reduceat(np.where(valid, numbers, np.inf), starts)
@@ -187,7 +219,7 @@ class IntervalRows:
         if self.rows > 1:
             steps[:-1] = timestamps[1:] - timestamps[:-1]
         steps[self.stops - 1] = 0.0
-        return np.add.reduceat(np.where(truthy, steps, 0.0), self.starts).tolist()
+        return sequential_sums(np.where(truthy, steps, 0.0), self.starts, self.stops).tolist()
 
     def reduce(self, method: str, vec: Vec, valid: np.ndarray, raw: Column | None = None) -> list:
         """One counter's values per interval; ``raw`` (a parameter's column) gives
@@ -220,15 +252,18 @@ class IntervalRows:
                 if not valid_rows[i]:
                     continue
                 value = objects[i]
-                try:
-                    key = json.dumps(value, sort_keys=True)
-                except (TypeError, ValueError):
-                    key = repr(value)
-                if isinstance(value, bool):
-                    key = "b:" + key
-                seen.setdefault(key, value)
+                seen.setdefault(_distinct_key(value), value)
             values.append(list(seen.values()))
         return values
+
+
+def _distinct_key(value: Any) -> str:
+    """What makes two values of a ``distinct`` counter the same value."""
+    try:
+        key = json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError):
+        key = repr(value)
+    return "b:" + key if isinstance(value, bool) else key
 
 
 def _vec_value(vec: Vec, i: int):
@@ -295,6 +330,8 @@ class CounterType:
     per_interval: ClassVar[bool] = False
     # Whether ``compute`` reads ``IntervalRows.geofence_index`` (which geofence holds each message).
     reads_geofences: ClassVar[bool] = False
+    # Whether ``carry`` carries the counter on over messages appended to its interval.
+    carries: ClassVar[bool] = False
 
     def check(self, counter: CounterSpec, context: CheckContext) -> None:
         """Check the type's own fields of ``counter.config`` (the common ones are checked), fill
@@ -322,11 +359,95 @@ class CounterType:
         counters before this one."""
         raise NotImplementedError
 
+    def carry(self, counter: CounterSpec, state: Any, rows: IntervalRows, valid: np.ndarray, lead: bool) -> Any:
+        """The counter's state once the messages of ``rows`` (one interval) are appended to an
+        interval whose state is ``state`` (``None`` and no ``lead``: ``rows`` is all of it). With
+        ``lead``, the first row is the interval's last message so far, there only as the previous
+        message of the next (``valid`` is false there). ``carried(state)`` is then what
+        ``compute`` gives over all of the interval's messages, to the last bit."""
+        raise NotImplementedError
+
+    def carried(self, counter: CounterSpec, state: Any) -> Any:
+        """The counter's value (or ``OMIT``) from its ``carry`` state."""
+        raise NotImplementedError
+
+
+def _combined(method: str, old: Any, new: Any) -> Any:
+    """A minimum or maximum of two parts of an interval (either may be ``OMIT``), as one
+    reduction over the whole gives it (a NaN wins)."""
+    if old is OMIT:
+        return new
+    if new is OMIT:
+        return old
+    return float(np.minimum(old, new) if method == "minimum" else np.maximum(old, new))
+
 
 class _ReducedCounter(CounterType):
     """A value per message, reduced over each interval by ``method``."""
 
     methods: ClassVar[tuple[str, ...]] = REDUCE_METHODS
+    carries = True
+
+    def values(self, counter: CounterSpec, rows: IntervalRows) -> tuple[Vec, Column | None]:
+        """The counter's value at each row, and the raw column it comes from (a parameter's)."""
+        raise NotImplementedError
+
+    def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
+        assert counter.method is not None  # required by check
+        vec, raw = self.values(counter, rows)
+        return rows.reduce(counter.method, vec, valid & _present(vec, rows.rows), raw=raw)
+
+    def carry(self, counter: CounterSpec, state: Any, rows: IntervalRows, valid: np.ndarray, lead: bool) -> Any:
+        method = counter.method
+        assert method is not None  # required by check
+        vec, raw = self.values(counter, rows)
+        valid = valid & _present(vec, rows.rows)
+        if method == "duration":
+            # (sum of the steps so far, whether the last message is true): the last message's step
+            # to the next one counts once that one comes.
+            total, last_true = (0.0, False) if state is None else state
+            truthy = np.broadcast_to(valid & vec.truth(), (rows.rows,)).copy()
+            if lead:
+                truthy[0] = last_true
+            steps = np.zeros(rows.rows)
+            steps[:-1] = np.diff(rows.frame.timestamps)
+            return carried_sum(total, np.where(truthy, steps, 0.0)), bool(truthy[-1])
+        if method in ("summary", "average", "difference"):
+            numbers, numeric = _numeric_of(vec, rows.rows)
+            taken = np.broadcast_to(numbers, (rows.rows,))[np.broadcast_to(valid & numeric, (rows.rows,))]
+            if method == "difference":  # (first number, last number)
+                if not len(taken):
+                    return state
+                return (float(taken[0]) if state is None else state[0]), float(taken[-1])
+            total, count = (0.0, 0) if state is None else state  # (sum, how many)
+            return carried_sum(total, taken), count + len(taken)
+        found = rows.reduce(method, vec, valid, raw=raw)[0]
+        if method == "distinct":
+            merged = {_distinct_key(value): value for value in state or ()}
+            for value in found:
+                merged.setdefault(_distinct_key(value), value)
+            return list(merged.values())
+        if state is None:
+            return found
+        if method == "first":
+            return state if state is not OMIT else found
+        if method == "last":
+            return found if found is not OMIT else state
+        return _combined(method, state, found)
+
+    def carried(self, counter: CounterSpec, state: Any) -> Any:
+        method = counter.method
+        if method == "duration":
+            return state[0]
+        if method == "summary":
+            return state[0]
+        if method == "average":
+            return state[0] / state[1] if state[1] else OMIT
+        if method == "difference":
+            return OMIT if state is None else state[1] - state[0]
+        if method == "distinct":
+            return list(state)
+        return state
 
     def check(self, counter: CounterSpec, context: CheckContext) -> None:
         checker, path, normalized = context.checker, context.path, context.normalized
@@ -358,11 +479,9 @@ class ExpressionCounter(_ReducedCounter):
         assert counter.expression is not None  # required by check
         return (counter.expression.parameters,)
 
-    def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
-        # check requires the expression and the method
-        assert counter.expression is not None and counter.method is not None
-        vec = counter.expression.evaluate_frame(rows.frame)
-        return rows.reduce(counter.method, vec, valid & _present(vec, rows.rows))
+    def values(self, counter: CounterSpec, rows: IntervalRows) -> tuple[Vec, Column | None]:
+        assert counter.expression is not None  # required by check
+        return counter.expression.evaluate_frame(rows.frame), None
 
 
 class ParameterCounter(_ReducedCounter):
@@ -379,12 +498,10 @@ class ParameterCounter(_ReducedCounter):
         assert counter.parameter is not None  # defaults to the counter's name
         return (frozenset({counter.parameter}),)
 
-    def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
-        # check requires the method and defaults the parameter to the name
-        assert counter.parameter is not None and counter.method is not None
+    def values(self, counter: CounterSpec, rows: IntervalRows) -> tuple[Vec, Column | None]:
+        assert counter.parameter is not None  # defaults to the counter's name
         column = rows.frame.column(counter.parameter)
-        vec = vec_from_column(column, rows.rows, "null")
-        return rows.reduce(counter.method, vec, valid & _present(vec, rows.rows), raw=column)
+        return vec_from_column(column, rows.rows, "null"), column
 
 
 class IntervalCounter(CounterType):
@@ -430,27 +547,21 @@ class RouteCounter(CounterType):
         point_starts = np.searchsorted(points, rows.starts)
         return encode_polyline_segments(lat[points], lon[points], point_starts)
 
-    @staticmethod
-    def extended(counter: CounterSpec, route: str, old: Messages, added: Messages) -> str | None:
-        """The route of an interval of messages ``old`` (whose route is ``route``) once ``added``
-        follow them, without encoding ``old`` again: a polyline is its first point, then each
-        point's offset from the one before. ``None`` when the counter validates its messages
-        (then the whole interval is computed)."""
-        if counter.validate is not None:
-            return None
-        lat, lon, positioned = Frame(added).position()
-        points = np.flatnonzero(positioned)
+    carries = True
+
+    def carry(self, counter: CounterSpec, state: Any, rows: IntervalRows, valid: np.ndarray, lead: bool) -> Any:
+        # (the line so far, its last point): a polyline is its first point, then each point's
+        # offset from the one before, so the appended points continue the text.
+        line, after = ("", None) if state is None else state
+        lat, lon, positioned = rows.frame.position()
+        points = np.flatnonzero(positioned & valid)
         if not len(points):
-            return route
-        # The old line's last point: usually its last message's.
-        last_lat, last_lon, last_positioned = Frame(old.slice(len(old) - 1, len(old))).position()
-        if last_positioned[0]:
-            after: tuple[float, float] | None = (float(last_lat[0]), float(last_lon[0]))
-        else:
-            old_lat, old_lon, old_positioned = Frame(old).position()
-            before = np.flatnonzero(old_positioned)
-            after = (float(old_lat[before[-1]]), float(old_lon[before[-1]])) if len(before) else None
-        return route + encode_polyline_continued(lat[points].tolist(), lon[points].tolist(), after)
+            return line, after
+        lats, lons = lat[points].tolist(), lon[points].tolist()
+        return line + encode_polyline_continued(lats, lons, after), (lats[-1], lons[-1])
+
+    def carried(self, counter: CounterSpec, state: Any) -> Any:
+        return state[0]
 
 
 class DatasetCounter(CounterType):
@@ -503,6 +614,14 @@ class DatasetCounter(CounterType):
             for start, stop in zip(rows.starts.tolist(), rows.stops.tolist(), strict=True)
         ]
 
+    carries = True
+
+    def carry(self, counter: CounterSpec, state: Any, rows: IntervalRows, valid: np.ndarray, lead: bool) -> Any:
+        return [*(state or ()), *self.compute(counter, rows, valid)[0]]
+
+    def carried(self, counter: CounterSpec, state: Any) -> Any:
+        return list(state)
+
 
 class DatetimeCounter(CounterType):
     """The interval's begin or end, formatted in the calculator's time zone."""
@@ -520,6 +639,17 @@ class DatetimeCounter(CounterType):
     def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
         moments = rows.timestamps[rows.first] if counter.method == "begin" else rows.timestamps[rows.last]
         return [strftime(moment, rows.calc.tz, counter.value) for moment in moments.tolist()]
+
+    carries = True
+
+    def carry(self, counter: CounterSpec, state: Any, rows: IntervalRows, valid: np.ndarray, lead: bool) -> Any:
+        # The formatted moment: the interval's first message's stays; its last one is the newest.
+        if state is not None and counter.method == "begin":
+            return state
+        return self.compute(counter, rows, valid)[0]
+
+    def carried(self, counter: CounterSpec, state: Any) -> Any:
+        return state
 
 
 class MessageCounter(CounterType):
@@ -567,11 +697,16 @@ class MessageCounter(CounterType):
         return (frozenset(counter.fields),)
 
     def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
+        return self._found(counter, rows, valid)[0]
+
+    def _found(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> tuple[list, np.ndarray | None]:
+        """Each interval's message (or ``OMIT``), and with ``extremum`` the extreme it reaches."""
+        extreme = None
         if counter.method in ("minimum", "maximum"):
             assert counter.expression is not None  # required by check for these methods
             vec = counter.expression.evaluate_frame(rows.frame)
             numbers, numeric = _numeric_of(vec, rows.rows)
-            found, has = rows.extreme_position(
+            found, has, extreme = rows.extreme_position(
                 counter.method, numbers, valid & numeric & _present(vec, rows.rows)
             )
         elif counter.method == "first":
@@ -591,7 +726,29 @@ class MessageCounter(CounterType):
                     if value is not MISSING:
                         message[name] = value
             values.append(message)
-        return values
+        return values, extreme
+
+    carries = True
+
+    def carry(self, counter: CounterSpec, state: Any, rows: IntervalRows, valid: np.ndarray, lead: bool) -> Any:
+        # (the message or OMIT, the extreme so far: extremum only)
+        values, extreme = self._found(counter, rows, valid)
+        found = (values[0], None if extreme is None else float(extreme[0]))
+        if state is None:
+            return found
+        if extreme is not None and (math.isnan(state[1]) or math.isnan(found[1])):
+            return OMIT, math.nan  # a NaN is the extreme, which no message equals
+        if state[0] is OMIT:
+            return found
+        if found[0] is OMIT or counter.method == "first":
+            return state
+        if counter.method == "last":
+            return found
+        better = found[1] < state[1] if counter.method == "minimum" else found[1] > state[1]
+        return found if better else state  # the first message to reach it
+
+    def carried(self, counter: CounterSpec, state: Any) -> Any:
+        return dict(state[0]) if isinstance(state[0], dict) else state[0]
 
 
 class SpecifiedCounter(CounterType):
@@ -611,6 +768,14 @@ class SpecifiedCounter(CounterType):
     def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
         return [counter.value] * rows.count
 
+    carries = True
+
+    def carry(self, counter: CounterSpec, state: Any, rows: IntervalRows, valid: np.ndarray, lead: bool) -> Any:
+        return None
+
+    def carried(self, counter: CounterSpec, state: Any) -> Any:
+        return counter.value
+
 
 class ActiveCounter(CounterType):
     """Whether the interval is the active one."""
@@ -623,6 +788,14 @@ class ActiveCounter(CounterType):
 
     def compute(self, counter: CounterSpec, rows: IntervalRows, valid: np.ndarray) -> list:
         return rows.active.tolist()
+
+    carries = True
+
+    def carry(self, counter: CounterSpec, state: Any, rows: IntervalRows, valid: np.ndarray, lead: bool) -> Any:
+        return None
+
+    def carried(self, counter: CounterSpec, state: Any) -> Any:
+        return True  # only the active interval is carried on
 
 
 class GeofenceCounter(CounterType):
@@ -838,4 +1011,38 @@ def message_counters(
             else counter.validate.evaluate_frame(rows.frame).truth()
         )
         values.append((counter, counter_type.compute(counter, rows, valid)))
+    return values
+
+
+def counters_carried(calc: Calculator, states: Sequence[Any] | None, messages: Messages) -> tuple | None:
+    """The ``carry`` state of each counter of ``calc`` (in counter order; ``None`` for the
+    ``per_interval`` ones) once ``messages`` are appended to an interval whose counters' states
+    are ``states``; ``states`` None: ``messages`` are all of the interval's. With ``states``,
+    ``messages`` begin with the interval's last message so far (the previous message of the next,
+    not counted again). ``None`` when a counter is not carried."""
+    rows = IntervalRows(
+        calc, messages, np.zeros(1, np.int64), np.full(1, len(messages) - 1, np.int64), np.ones(1, bool), None
+    )
+    lead = states is not None
+    added = np.ones(rows.rows, bool)
+    added[0] = not lead
+    carried: list[Any] = []
+    for index, counter in enumerate(calc.counters):
+        counter_type = COUNTER_TYPES[counter.type]
+        if counter_type.per_interval:
+            carried.append(None)
+            continue
+        if not counter_type.carries:
+            return None
+        valid = added if counter.validate is None else added & counter.validate.evaluate_frame(rows.frame).truth()
+        carried.append(counter_type.carry(counter, None if states is None else states[index], rows, valid, lead))
+    return tuple(carried)
+
+
+def carried_values(calc: Calculator, states: Sequence[Any]) -> list[tuple[CounterSpec, list | None]]:
+    """``message_counters`` of one interval from its counters' ``carry`` states."""
+    values: list[tuple[CounterSpec, list | None]] = []
+    for counter, state in zip(calc.counters, states, strict=True):
+        counter_type = COUNTER_TYPES[counter.type]
+        values.append((counter, None if counter_type.per_interval else [counter_type.carried(counter, state)]))
     return values

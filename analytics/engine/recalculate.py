@@ -18,7 +18,7 @@ import numpy as np
 from .calculate import IntervalList, _interval, _interval_pass, compute, readers, validated
 from .calculator import Calculator, compile_calculator
 from .chains import Sources, SourcesGiven, source_spans
-from .counters import COUNTER_TYPES, OMIT, RouteCounter, message_counters
+from .counters import COUNTER_TYPES, OMIT, carried_values, counters_carried
 from .expressions import Frame
 from .interval_fields import INTERVAL_FIELDS
 from .messages import Messages
@@ -62,13 +62,15 @@ class Tail:
     """The active interval of an assignment as a recalculation left it, for the next one to extend
     when its new messages all come after the newest (docs/engine.md, "Extending the active
     interval"): the compiled calculator it was computed with, the interval's engine fields, its
-    messages (validated, the calculator's parameters only) and the device's newest message then
-    (the interval's last). ``rows`` is what holding it costs."""
+    last messages (validated, the calculator's parameters only; at most ``TAIL_MESSAGES``), the
+    device's newest message then (the interval's last) and the state of each counter
+    (``counters.counters_carried``). ``rows`` is what holding it costs."""
 
     calc: Calculator
     interval: dict
     messages: Messages
     newest: float
+    counters: tuple
 
     @property
     def rows(self) -> int:
@@ -93,11 +95,14 @@ def extendable(calc: Calculator) -> bool:
 
 
 def _reads_previous_position(calc: Calculator) -> bool:
+    """Whether an expression over messages measures from an earlier message's position
+    (``mileage()``): from the message before, or the last one before it with a position."""
     spec = calc.selectors[0]
-    return any(
-        expression is not None and expression.reads_previous_position
-        for expression in (calc.validate_message, spec.expression, spec.validate)
-    )
+    expressions = [calc.validate_message, spec.expression, spec.validate]
+    for counter in calc.counters:
+        if not COUNTER_TYPES[counter.type].per_interval:
+            expressions += [counter.validate, *counter.expressions()]
+    return any(expression is not None and expression.reads_previous_position for expression in expressions)
 
 
 def _extended(
@@ -114,8 +119,9 @@ def _extended(
     """The diff of appending the messages after ``tail.newest`` to the active interval, when every
     one of them keeps it active; ``None`` when the window recalculation must decide. Equal to a
     calculation from scratch by construction: the selector's state of each new message is
-    computed with the message before it (the interval's last) as context, and the interval's
-    counters over all of its messages by the same code as any calculation."""
+    computed with the message before it (the interval's last) as context, and each counter is
+    carried on from its state over the new messages only, with that message as their context
+    (``CounterType.carry``: the same reductions, and sums added in the same order)."""
     begin = tail.interval["begin"]
     if tail.calc is not calc or dirty_begin < begin:
         return None
@@ -140,9 +146,10 @@ def _extended(
         if not keep[1:].all():
             return None  # a new message left out: the next one's previous raw message is not the lead
     new = raw.slice(1, count)
+    appended = Messages.concat([lead, new])
     spec = calc.selectors[0]
     options = spec.options
-    state, _, _ = raw_state(spec, Frame(Messages.concat([lead, new])))
+    state, _, _ = raw_state(spec, Frame(appended))
     state = state[1:]
     on = (state == 1) | (state == IGNORED)
     if options.get("merge_unknown"):
@@ -156,22 +163,11 @@ def _extended(
     max_inactive = options.get("max_inactive", 0)
     if max_inactive > 0 and now is not None and float(now) - newest > max_inactive:
         return None  # the wall clock closes it: the window recalculation says how
-    messages = Messages.concat([tail.messages, new])
-    rows = len(messages)
-    first = np.zeros(1, dtype=np.int64)
-    last = np.full(1, rows - 1, dtype=np.int64)
+    carried = counters_carried(calc, tail.counters, appended)
+    if carried is None:
+        return None
     active = np.ones(1, bool)
-    # Routes continue from the stored one; every other counter is computed over the whole interval.
-    routes: dict[str, list] = {}
-    for counter in calc.counters:
-        if counter.type == RouteCounter.name and isinstance(tail.interval.get(counter.name), str):
-            route = RouteCounter.extended(counter, tail.interval[counter.name], tail.messages, new)
-            if route is not None:
-                routes[counter.name] = [route]
-    counter_values = [
-        (counter, routes.get(counter.name, values))
-        for counter, values in message_counters(calc, messages, first, last, active, None, skip=routes)
-    ]
+    counter_values = carried_values(calc, carried)
     identifier = tail.interval["id"]
     if calc.needs_interval_pass:
         computed = _interval_pass(
@@ -190,8 +186,19 @@ def _extended(
                 engine_keys=calc.engine_keys, extended=True)
     if not same_interval(calc, interval, stored):
         diff.updated.append(interval)
-    diff.tail = Tail(calc=calc, interval=interval, messages=messages, newest=newest)
+    diff.tail = Tail(calc=calc, interval=interval, messages=_last_messages(Messages.concat([tail.messages, new])),
+                     newest=newest, counters=carried)
     return diff
+
+
+# The messages a tail keeps, at most: its last one is the context of the next, and a changed range
+# that reaches back into them (a pending range kept across runs) is compared with the cache's
+# (``_unchanged_since``; one reaching further back costs a window recalculation).
+TAIL_MESSAGES = 256
+
+
+def _last_messages(messages: Messages) -> Messages:
+    return messages if len(messages) <= TAIL_MESSAGES else messages.slice(len(messages) - TAIL_MESSAGES, len(messages))
 
 
 def same_interval(calc: Calculator, new: Mapping, old: Mapping) -> bool:
@@ -468,19 +475,12 @@ def recalculate(
     raise RuntimeError("recalculation window did not settle")  # pragma: no cover
 
 
-# Messages of the tail a recalculation compares with the cache's at most, when the changed range
-# reaches back into the interval (a pending range kept across runs).
-_COMPARED_MAX = 1_000
-
-
 def _unchanged_since(tail: Tail, read_messages: Callable[[float, float], Messages | list], moment: float) -> bool:
     """Whether the device's messages from ``moment`` to the tail's newest are still the tail's: a
     changed range that reaches back into the interval may name messages the tail already holds
     (a range kept pending while the run that made the tail was under way)."""
     stamps = tail.messages.timestamps
     start = int(np.searchsorted(stamps, moment, "left"))
-    if len(stamps) - start > _COMPARED_MAX:
-        return False
     now = Messages.coerce(read_messages(moment, float(np.nextafter(tail.newest, math.inf))))
     if len(now) != len(stamps) - start or not np.array_equal(now.timestamps, stamps[start:]):
         return False
@@ -512,7 +512,27 @@ def _tail_of(
     if start >= len(stamps) or stamps[start] != active["begin"]:
         return None
     messages = window.take(np.arange(start, len(stamps)))  # a copy: the window's arrays are let go
-    return Tail(calc=calc, interval=dict(active), messages=messages, newest=float(active["end"]))
+    carried = counters_carried(calc, None, messages)
+    if carried is None:
+        return None
+    for counter, values in carried_values(calc, carried):
+        # The counters carried over the interval's messages give what its calculation gave, or
+        # there is nothing to carry on from.
+        if values is not None and not _same_value(values[0], active.get(counter.name, OMIT)):
+            return None
+    return Tail(calc=calc, interval=dict(active), messages=_last_messages(messages), newest=float(active["end"]),
+                counters=carried)
+
+
+def _same_value(first, second) -> bool:
+    """Equal and of the same types, in every part (1 is not 1.0: they are written apart)."""
+    if type(first) is not type(second):
+        return False
+    if isinstance(first, dict):
+        return first.keys() == second.keys() and all(_same_value(first[key], second[key]) for key in first)
+    if isinstance(first, list):
+        return len(first) == len(second) and all(_same_value(one, other) for one, other in zip(first, second, strict=True))
+    return first is second or first == second
 
 
 def _frozen(interval: Mapping, frozen_before: float, messages_begin: float | None) -> bool:

@@ -25,7 +25,7 @@ def _tail(rows: int) -> Tail:
     calc = compile_calculator(TRIPS)
     messages = Messages.from_dicts(_moving(0, rows))
     return Tail(calc=calc, interval={"id": 1, "begin": T0, "end": T0 + rows - 1}, messages=messages,
-                newest=T0 + rows - 1)
+                newest=T0 + rows - 1, counters=())
 
 
 def test_the_least_recently_used_go_past_the_budget():

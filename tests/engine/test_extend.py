@@ -5,13 +5,15 @@ read alone; anything else falls back to the window."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analytics.engine import MemoryStore, Messages, calculate, compile_calculator
-from analytics.engine.recalculate import extendable
+from analytics.engine.recalculate import TAIL_MESSAGES, extendable
 from tests.engine.test_recalculate import (
     BASE_COUNTERS,
     CROSS_COUNTERS,
@@ -100,6 +102,17 @@ def extendable_calculators(draw):
         counters.append({"name": "span", "type": "parameter", "parameter": "v", "method": "difference"})
         counters.append({"name": "began", "type": "datetime", "interval": "begin"})
         counters.append({"name": "ended", "type": "datetime", "interval": "end"})
+    if draw(st.booleans()):  # every other reduction, a counter's own validate_message, constants
+        counters.append({"name": "first_v", "type": "parameter", "parameter": "v", "method": "first"})
+        counters.append({"name": "last_v", "type": "parameter", "parameter": "v", "method": "last"})
+        counters.append({"name": "bottom", "type": "expression", "expression": "v - #v", "method": "minimum"})
+        counters.append({"name": "fixes", "type": "expression", "expression": "1", "method": "summary",
+                         "validate_message": "exists('position.latitude')"})
+        counters.append({"name": "fast_km", "type": "expression", "expression": "mileage()", "method": "summary",
+                         "validate_message": "$v > 2"})
+        counters.append({"name": "fast_route", "type": "route", "validate_message": "$v > 2"})
+        counters.append({"name": "start", "type": "message", "fields": ["v", "position.latitude"], "method": "first"})
+        counters.append({"name": "kind", "type": "specified", "value": "drive"})
     calc = {"name": "extend", "selectors": [selector], "counters": counters}
     if draw(st.integers(0, 2)) == 0:
         calc["validate_message"] = draw(st.sampled_from(["$bad != true", "$bad != true", "!(mileage() > 1.5)"]))
@@ -196,7 +209,69 @@ def test_each_appended_message_extends_the_trip_reading_only_itself_and_the_last
         store.apply(diff)
     full = calculate(messages, calc, now=messages[-1]["timestamp"] + 1)
     assert store.intervals == list(full)
-    assert store.tail is not None and store.tail.rows == 400
+    # The tail keeps the interval's last messages only: what it costs does not grow with the trip.
+    assert store.tail is not None and store.tail.rows == TAIL_MESSAGES
+
+
+# Every counter type over messages that a trip carries on (geofence and calculator counters make a
+# calculator not extendable), with values that sums round on, and a counter validating its own.
+EVERY_CARRIED = {
+    "name": "every counter",
+    "selectors": [{"type": "expression", "expression": "speed > 5", "max_inactive": 60}],
+    "counters": [
+        *({"name": f"{method}_speed", "type": "parameter", "parameter": "speed", "method": method}
+          for method in ("first", "last", "minimum", "maximum", "average", "summary", "difference", "distinct")),
+        {"name": "km", "type": "expression", "expression": "mileage()", "method": "summary"},
+        {"name": "tenths", "type": "expression", "expression": "speed / 10 + 0.1", "method": "summary"},
+        {"name": "fast", "type": "expression", "expression": "speed > 23", "method": "duration"},
+        {"name": "fast_km", "type": "expression", "expression": "mileage()", "method": "summary",
+         "validate_message": "speed > 22"},
+        {"name": "route", "type": "route"},
+        {"name": "fast_route", "type": "route", "validate_message": "speed > 22"},
+        {"name": "speeds", "type": "dataset", "fields": [{"name": "s", "value": "speed"}]},
+        {"name": "began", "type": "datetime", "interval": "begin"},
+        {"name": "ended", "type": "datetime", "interval": "end"},
+        {"name": "start", "type": "message", "fields": ["speed"], "method": "first"},
+        {"name": "finish", "type": "message", "fields": ["speed"], "method": "last"},
+        {"name": "jump", "type": "message", "fields": ["speed"], "method": "maximum", "extremum": "speed - #speed"},
+        {"name": "kind", "type": "specified", "value": "drive"},
+        {"name": "open", "type": "active"},
+        {"name": "total", "type": "accumulator", "counter": "km"},
+    ],
+}
+
+
+def test_every_counter_type_is_carried_on_to_the_bit():
+    """Each appended message extends the trip from the counters' states alone, and after each the
+    trip equals a calculation from scratch in every field, floats to the last bit."""
+    calc = compile_calculator(EVERY_CARRIED)
+    messages = _trip(300)
+    store = MemoryStore(messages[:40], [])
+    store.apply(store.recalculate(calc, dirty_begin=-np.inf, dirty_end=np.inf, keep_tail=True))
+    for k in range(40, 300):
+        store.set_messages(messages[: k + 1])
+        moment = messages[k]["timestamp"]
+        diff = store.recalculate(calc, dirty_begin=moment, dirty_end=moment, now=moment + 1, keep_tail=True)
+        assert diff.extended, k
+        store.apply(diff)
+        full = calculate(messages[: k + 1], calc, now=moment + 1)
+        assert [json.dumps(interval, sort_keys=True) for interval in store.intervals] == [
+            json.dumps(interval, sort_keys=True) for interval in full
+        ]
+
+
+def test_sums_are_added_in_message_order_from_zero():
+    """A sum is the one a running total gives (so that carrying it on gives the same bits)."""
+    calc = {"name": "sum", "selectors": [{"type": "expression", "expression": "true"}],
+            "counters": [{"name": "total", "type": "parameter", "parameter": "x", "method": "summary"}]}
+    rng = np.random.default_rng(5)
+    for count in (3, 9, 33, 100, 1_000):
+        values = (rng.random(count) * 1e3 - 100).tolist()
+        running = 0.0
+        for value in values:
+            running += value
+        messages = [{"timestamp": T0 + k, "x": value} for k, value in enumerate(values)]
+        assert calculate(messages, calc)[0]["total"] == running
 
 
 def test_a_late_message_inside_the_trip_falls_back_to_the_window():

@@ -94,9 +94,11 @@ def sequential_sums(values: np.ndarray, starts: np.ndarray, stops: np.ndarray) -
 
 def carried_sum(total: float, values: np.ndarray) -> float:
     """``total`` (a ``sequential_sums`` result) with ``values`` added one at a time, in order."""
-    if not len(values):
-        return total
-    return float(np.cumsum(np.concatenate(([total], values)))[-1]) + 0.0
+    if len(values) > _SHORT_SEGMENT:
+        return float(np.cumsum(np.concatenate(([total], values)))[-1]) + 0.0
+    for value in values.tolist():  # the same double additions, without numpy's cost per call
+        total += value
+    return total + 0.0
 
 
 # ---- the gathered rows of every interval ------------------------------------------------------
@@ -406,7 +408,7 @@ class _ReducedCounter(CounterType):
             # (sum of the steps so far, whether the last message is true): the last message's step
             # to the next one counts once that one comes.
             total, last_true = (0.0, False) if state is None else state
-            truthy = np.broadcast_to(valid & vec.truth(), (rows.rows,)).copy()
+            truthy = valid & vec.truth()
             if lead:
                 truthy[0] = last_true
             steps = np.zeros(rows.rows)
@@ -414,7 +416,9 @@ class _ReducedCounter(CounterType):
             return carried_sum(total, np.where(truthy, steps, 0.0)), bool(truthy[-1])
         if method in ("summary", "average", "difference"):
             numbers, numeric = _numeric_of(vec, rows.rows)
-            taken = np.broadcast_to(numbers, (rows.rows,))[np.broadcast_to(valid & numeric, (rows.rows,))]
+            if len(numbers) != rows.rows:  # a constant
+                numbers = np.full(rows.rows, numbers[0])
+            taken = numbers[valid & numeric]
             if method == "difference":  # (first number, last number)
                 if not len(taken):
                     return state

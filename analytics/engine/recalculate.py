@@ -62,9 +62,10 @@ class Tail:
     """The active interval of an assignment as a recalculation left it, for the next one to extend
     when its new messages all come after the newest (docs/engine.md, "Extending the active
     interval"): the compiled calculator it was computed with, the interval's engine fields, its
-    last messages (validated, the calculator's parameters only; at most ``TAIL_MESSAGES``), the
-    device's newest message then (the interval's last) and the state of each counter
-    (``counters.counters_carried``). ``rows`` is what holding it costs."""
+    last messages (validated, the calculator's parameters only: those the window recalculation
+    read, at most ``TAIL_MESSAGES``, or the last extension's), the device's newest message then
+    (the interval's last) and the state of each counter (``counters.counters_carried``). ``rows``
+    is what holding it costs."""
 
     calc: Calculator
     interval: dict
@@ -186,14 +187,14 @@ def _extended(
                 engine_keys=calc.engine_keys, extended=True)
     if not same_interval(calc, interval, stored):
         diff.updated.append(interval)
-    diff.tail = Tail(calc=calc, interval=interval, messages=_last_messages(Messages.concat([tail.messages, new])),
-                     newest=newest, counters=carried)
+    diff.tail = Tail(calc=calc, interval=interval, messages=_last_messages(appended), newest=newest, counters=carried)
     return diff
 
 
 # The messages a tail keeps, at most: its last one is the context of the next, and a changed range
-# that reaches back into them (a pending range kept across runs) is compared with the cache's
-# (``_unchanged_since``; one reaching further back costs a window recalculation).
+# that reaches back into them (a pending range kept while the run that made the tail was under way:
+# the last run's messages) is compared with the cache's (``_unchanged_since``; one reaching further
+# back costs a window recalculation).
 TAIL_MESSAGES = 256
 
 

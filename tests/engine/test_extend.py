@@ -209,8 +209,9 @@ def test_each_appended_message_extends_the_trip_reading_only_itself_and_the_last
         store.apply(diff)
     full = calculate(messages, calc, now=messages[-1]["timestamp"] + 1)
     assert store.intervals == list(full)
-    # The tail keeps the interval's last messages only: what it costs does not grow with the trip.
-    assert store.tail is not None and store.tail.rows == TAIL_MESSAGES
+    # The tail keeps what the last extension read (the trip's last two messages): what it costs
+    # does not grow with the trip.
+    assert store.tail is not None and store.tail.rows == 2
 
 
 # Every counter type over messages that a trip carries on (geofence and calculator counters make a
@@ -272,6 +273,22 @@ def test_sums_are_added_in_message_order_from_zero():
             running += value
         messages = [{"timestamp": T0 + k, "x": value} for k, value in enumerate(values)]
         assert calculate(messages, calc)[0]["total"] == running
+
+
+def test_a_tail_keeps_at_most_its_last_messages_and_a_range_reaching_further_back_takes_the_window():
+    calc = compile_calculator(TRIPS)
+    messages = _trip(400)
+    store = MemoryStore(messages, [])
+    store.apply(store.recalculate(calc, dirty_begin=-np.inf, dirty_end=np.inf, keep_tail=True))
+    assert store.tail is not None and store.tail.rows == TAIL_MESSAGES
+    messages.append(_trip(401)[-1])
+    store.set_messages(messages)
+    # Unchanged messages, but from before the kept ones: they cannot be compared.
+    diff = store.recalculate(calc, dirty_begin=messages[10]["timestamp"], dirty_end=messages[-1]["timestamp"],
+                             keep_tail=True)
+    assert not diff.extended
+    store.apply(diff)
+    assert store.intervals == list(calculate(messages, calc))
 
 
 def test_a_late_message_inside_the_trip_falls_back_to_the_window():

@@ -322,18 +322,19 @@ def runs_store(
     *, alias: str, runs: Sequence[Run], stamp: float, before: Callable[[Run], Before]
 ) -> list[storage.DependentWidened]:
     """In the caller's transaction on ``alias``: every diff of the runs, their events, and the state
-    of their assignments, in a few statements for the whole batch. ``before(run)`` reads the
+    of their assignments (with any name their written intervals add to ``interval_names``), in a
+    few statements for the whole batch. ``before(run)`` reads the
     intervals as they were stored before the change (the open one, the newest), for the events.
     The assignments chaining a run's calculator (of the same device) get the range its intervals
     changed in as their pending range; returns them, for the caller to arm their timers after
     commit."""
     placement_guard(alias=alias, account_ids={run.assignment.account_id for run in runs})
-    present = storage.assignments_lock(alias=alias, assignment_ids=[run.assignment.pk for run in runs])
+    known_names = storage.assignments_lock(alias=alias, assignment_ids=[run.assignment.pk for run in runs])
     events: list[event_topics.Event] = []
     rows: list[storage.AssignmentDone] = []
     for run in runs:
         run.stamp = stamp
-        if run.assignment.pk not in present:  # unassigned meanwhile: its intervals are gone with it
+        if run.assignment.pk not in known_names:  # unassigned meanwhile: its intervals are gone with it
             run.changes = storage.StoredChanges()
     stored = [run for run in runs if run.changes is None]
     # Read before the writes: ``before`` may read PostgreSQL.
@@ -388,10 +389,12 @@ def runs_store(
             if last is not None and not last_changed:
                 run.outbox.append(event_topics.last_event(calc_id=key[0], device_id=key[1], last=last))
         events.extend(run.outbox)
+        # Mostly the names the row has: then it is written as it was.
+        new_names = storage.written_names(writes[key][0]) - known_names[assignment.pk]
         rows.append(storage.AssignmentDone(
             id=assignment.pk, version=run.calculator.version, calculated=stamp,
             begin=-math.inf if run.synced_now else run.begin, end=math.inf if run.synced_now else run.end,
-            active_id=active_id, synced=True,
+            active_id=active_id, synced=True, new_names=new_names or None,
         ))
         assignment.active_id = active_id
         run.changes = changes

@@ -292,14 +292,21 @@ def stored_intervals_export(
     if names is not None:
         columns = list(names)
     elif format == "csv":
-        # Only CSV has columns. The names of the rows the export holds (all of the range when a
-        # condition filters: its kept rows may come from anywhere in it).
+        # Only CSV has columns: the leading ones and the counters, then the other names the
+        # exported rows have. Every name the assignments' intervals ever had is on their rows
+        # (``Assignment.interval_names``): when none is another, the rows have none and are not
+        # read for names. Otherwise the names of the rows the export holds (all of the range when
+        # a condition filters: its kept rows may come from anywhere in it).
         order = list(dict.fromkeys(assignment.calculator_id for assignment in assignments))
-        found = selectors.intervals_keys(
-            assignments=assignments, ids=ids, begin=begin, end=end, count=count if condition is None else None,
-            reverse=reverse,
-        )
-        columns = interval_columns(leading=STORED_LEADING, shapes=[shapes[pk] for pk in order if pk in shapes], found=found)
+        calculator_shapes = [shapes[pk] for pk in order if pk in shapes]
+        columns = interval_columns(leading=STORED_LEADING, shapes=calculator_shapes, found=())
+        recorded = set().union(*(assignment.interval_names for assignment in assignments))
+        if not recorded.issubset(columns):
+            found = selectors.intervals_keys(
+                assignments=assignments, ids=ids, begin=begin, end=end, count=count if condition is None else None,
+                reverse=reverse,
+            )
+            columns = interval_columns(leading=STORED_LEADING, shapes=calculator_shapes, found=found)
     first, rest = primed(
         selectors.intervals_pages(
             assignments=assignments, ids=ids, begin=begin, end=end, count=count, reverse=reverse, condition=condition

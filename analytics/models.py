@@ -7,6 +7,7 @@ the ORM, because an assignment holds years of them and a recalculation writes ma
 
 from __future__ import annotations
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 from accounts.regional_model import RegionalModel
@@ -111,6 +112,14 @@ class Assignment(RegionalModel):
     it. ``active_id`` is the id of the open interval, if any; ``calculated`` the wall time of the
     last stored change of its intervals (a recalculation, a user field merge), which a worker's
     cached copy of them is marked with.
+
+    ``interval_names`` holds every counter and user-field name any of its stored intervals has
+    had, sorted in byte order; it never shrinks (a deleted interval's names stay). The writers of intervals add
+    to it in their transaction (``analytics.calculation.runs_store``,
+    ``analytics.storage.intervals_user_merge``), so that a CSV export knows without reading the
+    rows whether they hold a name beyond the calculator's counters (docs/api.md, "Exports").
+    Writers union into it in SQL; a ``save()`` of a loaded row would write back the names it
+    read, and no code saves a loaded assignment whole.
     """
 
     calculator = models.ForeignKey(Calculator, on_delete=models.CASCADE, related_name="assignments")
@@ -129,6 +138,8 @@ class Assignment(RegionalModel):
     # (``GroupAssignment``). It exists while either holds; the API shows ``auto_created`` when
     # only groups do.
     by_hand = models.BooleanField(default=True)
+    # The database fills it on insert (raw INSERTs too) and returns it.
+    interval_names = ArrayField(models.TextField(), db_default=[], editable=False)
 
     class Meta:
         ordering = ["calculator_id", "device_id"]

@@ -58,15 +58,32 @@ def assignment_lock(*, alias: str, assignment_id: int) -> bool:
         return cursor.fetchone() is not None
 
 
-def assignments_lock(*, alias: str, assignment_ids: Sequence[int]) -> set[int]:
-    """Lock assignment rows against deletion until the transaction ends (FOR KEY SHARE); the ids
-    of those that still exist."""
+def assignments_lock(*, alias: str, assignment_ids: Sequence[int]) -> dict[int, frozenset[str]]:
+    """Lock assignment rows against deletion until the transaction ends (FOR KEY SHARE); those
+    that still exist, by id, with the names their intervals have had (``interval_names``: a run
+    adds to it only the names it lacks, ``AssignmentDone.new_names``)."""
     with connections[alias].cursor() as cursor:
         # In id order, as every locker of assignment rows does: no two lockers wait on each other.
         cursor.execute(
-            "SELECT id FROM analytics_assignment WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", [list(assignment_ids)]
+            "SELECT id, interval_names FROM analytics_assignment WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE",
+            [list(assignment_ids)],
         )
-        return {row[0] for row in cursor.fetchall()}
+        return {assignment_id: frozenset(names) for assignment_id, names in cursor.fetchall()}
+
+
+def written_names(intervals: Iterable[Mapping]) -> set[str]:
+    """The counter names ``intervals_write_many`` stores for these engine intervals: their keys
+    but the engine's fields."""
+    names: set[str] = set()
+    for interval in intervals:
+        names.update(interval)
+    names.difference_update(ENGINE_FIELDS)
+    return names
+
+
+# ``interval_names`` with more names: the union, sorted in byte order (Python's ``sorted``), from
+# the row as it is when the statement writes it, so that concurrent writers never lose a name.
+_NAMES_UNION = """ARRAY(SELECT DISTINCT name COLLATE "C" FROM unnest({current} || {more}) AS u(name) ORDER BY 1)"""
 
 
 @dataclass(frozen=True)
@@ -173,23 +190,29 @@ class AssignmentDone:
     end: float
     active_id: int | None
     synced: bool
+    # Names the run's written intervals have that the row's ``interval_names`` lacked when it was
+    # locked (``assignments_lock``); None when there are none.
+    new_names: Collection[str] | None = None
 
 
 def assignments_done(*, alias: str, rows: Sequence[AssignmentDone]) -> None:
     """One statement for a batch: the calculator version, the run's stamp, the open interval,
-    ``synced``, and the pending request cleared where the run covered it."""
+    ``synced``, the pending request cleared where the run covered it, and the new names of its
+    intervals added to ``interval_names``."""
     if not rows:
         return
+    names_union = _NAMES_UNION.format(current="a.interval_names", more="r.n::text[]")
     with connections[alias].cursor() as cursor:
         cursor.execute(
-            """
+            f"""
             UPDATE analytics_assignment AS a SET
                 calc_version = r.v, calculated = r.c, active_id = r.act,
                 state = CASE WHEN r.s THEN 'synced' ELSE a.state END,
                 pending_begin = CASE WHEN a.pending_begin >= r.b AND a.pending_end <= r.e THEN NULL ELSE a.pending_begin END,
-                pending_end = CASE WHEN a.pending_begin >= r.b AND a.pending_end <= r.e THEN NULL ELSE a.pending_end END
-            FROM unnest(%s::bigint[], %s::int[], %s::float8[], %s::float8[], %s::float8[], %s::bigint[], %s::boolean[])
-                AS r(id, v, c, b, e, act, s)
+                pending_end = CASE WHEN a.pending_begin >= r.b AND a.pending_end <= r.e THEN NULL ELSE a.pending_end END,
+                interval_names = CASE WHEN r.n IS NULL THEN a.interval_names ELSE {names_union} END
+            FROM unnest(%s::bigint[], %s::int[], %s::float8[], %s::float8[], %s::float8[], %s::bigint[], %s::boolean[],
+                %s::text[]) AS r(id, v, c, b, e, act, s, n)
             WHERE a.id = r.id
             """,
             [
@@ -200,6 +223,7 @@ def assignments_done(*, alias: str, rows: Sequence[AssignmentDone]) -> None:
                 [row.end for row in rows],
                 [row.active_id for row in rows],
                 [row.synced for row in rows],
+                [None if not row.new_names else _text_array(sorted(row.new_names)) for row in rows],
             ],
         )
 
@@ -363,15 +387,25 @@ def intervals_read(
 
 
 def intervals_user_merge(*, alias: str, calc_id: int, device_id: int, interval_id: int, fields: Mapping) -> dict | None:
-    """Merge ``fields`` into the interval's user fields (a key with null removes it); returns
+    """Merge ``fields`` into the interval's user fields (a key with null removes it), and their
+    names into its assignment's ``interval_names`` when it lacks one, in one statement; returns
     the interval as stored, or None when there is no such interval."""
+    names_union = _NAMES_UNION.format(current="a.interval_names", more="m.names")
     with connections[alias].cursor() as cursor:
         cursor.execute(
             f"""
-            UPDATE intervals SET user_fields = NULLIF(
-                jsonb_strip_nulls(COALESCE(user_fields, '{{}}'::jsonb) || %s::jsonb), '{{}}'::jsonb)
-            WHERE calc_id = %s AND device_id = %s AND id = %s
-            RETURNING {_RETURNING}
+            WITH merged AS (
+                UPDATE intervals SET user_fields = NULLIF(
+                    jsonb_strip_nulls(COALESCE(user_fields, '{{}}'::jsonb) || %s::jsonb), '{{}}'::jsonb)
+                WHERE calc_id = %s AND device_id = %s AND id = %s
+                RETURNING calc_id, device_id, id, "begin", "end", duration, timestamp, counters, user_fields,
+                    ARRAY(SELECT jsonb_object_keys(COALESCE(user_fields, '{{}}'::jsonb))) AS names
+            ), named AS (
+                UPDATE analytics_assignment AS a SET interval_names = {names_union}
+                FROM merged AS m
+                WHERE a.calculator_id = m.calc_id AND a.device_id = m.device_id AND NOT a.interval_names @> m.names
+            )
+            SELECT {_RETURNING} FROM merged
             """,
             [dumps_exact(dict(fields)).decode(), calc_id, device_id, interval_id],
         )

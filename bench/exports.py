@@ -3,7 +3,8 @@
     DATABASE_URL=postgres://.../<db> REDIS_URL=redis://.../<n> .venv/bin/python bench/exports.py [--sizes 100000,1000000]
 
 Stores the largest size of intervals for one device (a trips calculator: two numeric counters and
-a route of 8 points, as ``intervals_write_many`` stores a calc worker's runs), starts the web
+a route of 8 points, as ``intervals_write_many`` stores a calc worker's runs, and their names on
+the assignment, as the run records them: ``Assignment.interval_names``), starts the web
 process of ``make run`` (gunicorn, one worker, 4 threads) on the same databases, and for each
 size and format streams ``GET /gw/calcs/{c}/devices/{d}/intervals/all?format=...&count=<size>``
 over HTTP, reading the answer as it comes (and counting its rows). Printed: intervals per second
@@ -60,9 +61,11 @@ def seed(assignment, count: int) -> None:
 
     from analytics import storage
     from analytics.engine.geo import encode_polyline
+    from analytics.models import Assignment
 
     began = time.perf_counter()
     batch = 20_000
+    names: set[str] = set()
     for start in range(0, count, batch):
         intervals = []
         for n in range(start, min(count, start + batch)):
@@ -75,6 +78,8 @@ def seed(assignment, count: int) -> None:
                 alias=assignment.database, writes={(assignment.calculator_id, assignment.device_id): (intervals, [])},
                 stamp=time.time(),
             )
+        names |= storage.written_names(intervals)
+    Assignment.objects.using(assignment.database).filter(pk=assignment.pk).update(interval_names=sorted(names))
     print(f"stored {count:,} intervals in {time.perf_counter() - began:.1f} s", file=sys.stderr)
 
 

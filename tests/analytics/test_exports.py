@@ -1,7 +1,9 @@
 """Exports of stored intervals and of on-demand calculations as CSV, GeoJSON and GPX: small
 exports checked by hand in each format, times in the calculator's timezone across a DST change,
 empty results, the same intervals as the JSON answer for the same query, the choice of format
-(format= and Accept) and its refusals, and the stream over a real HTTP server."""
+(format= and Accept) and its refusals, the CSV header from the names recorded on the
+assignments (the rows read for names only when one is no counter), and the stream over a real
+HTTP server."""
 
 from __future__ import annotations
 
@@ -179,6 +181,94 @@ def test_csv_holds_what_json_answers(api, key, berlin, device, query):
     assert [row[header.index("id")] for row in rows] == [str(interval["id"]) for interval in expected]
     if "fields" in query:
         assert header == ["id", "km"] and [row[1] for row in rows] == [repr(iv["km"]) for iv in expected]
+
+
+def _scanned_header(assignments, calculator, **kwargs) -> list[str]:
+    """The CSV header the names of the stored rows give (``storage.intervals_keys`` over the
+    rows of ``kwargs``' range)."""
+    from analytics import selectors
+    from analytics.exports import STORED_LEADING, CalculatorShape, interval_columns
+
+    found = selectors.intervals_keys(assignments=assignments, **kwargs)
+    return interval_columns(leading=STORED_LEADING, shapes=[CalculatorShape.of(calculator.configuration())],
+                            found=found)
+
+
+def _csv_and_name_reads(api, key, device, path) -> tuple[list[list[str]], int]:
+    """The CSV at ``path``, and how many statements on the device's database read the names of
+    stored rows."""
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connections[device.database]) as captured:
+        rows = _csv(_get(api, key, path))
+    return rows, sum("json_object_keys" in query["sql"] for query in captured)
+
+
+@pytest.mark.parametrize("query", ["", "&count=1&reverse=true", "&filter=km>1", "&begin=1&end=2"])
+def test_csv_header_without_reading_the_rows_when_every_name_is_a_counter(api, key, account, device, query):
+    """Intervals whose names (``Assignment.interval_names``) are all counters of the calculator:
+    the header is the leading columns and the counters, which is what the rows' names give, and
+    no statement reads them."""
+    from analytics.services import assignment_create, calculator_create
+
+    calculator = calculator_create(account=account, config=BERLIN_TRIPS)
+    assignment = assignment_create(calculator=calculator, device=device)[0]
+    _store(assignment, [_iv(DST, DST + 60, max_speed=10, km=1.5, route=encode_polyline(ROUTE)),
+                        _iv(DST + 600, DST + 660, km=0.5)])
+    rows, name_reads = _csv_and_name_reads(
+        api, key, device, f"/gw/calcs/{calculator.pk}/devices/{device.pk}/intervals/all?format=csv{query}"
+    )
+    assert name_reads == 0
+    assert rows[0] == ["id", "calc_id", "device_id", "begin", "end", "duration", "begin_time", "end_time",
+                       "timestamp", "max_speed", "km", "route"] == _scanned_header([assignment], calculator)
+    assert len(rows) == {"": 3, "&begin=1&end=2": 1}.get(query, 2)
+
+
+def test_csv_header_reads_the_rows_names_when_one_is_no_counter(api, key, account, device):
+    """Once a name beyond the counters is recorded (a user field put after the intervals were
+    written, a counter of an earlier version of the calculator), the names are read from the
+    exported rows: the header has those of the exported range, sorted after the counters, as the
+    rows' names give it; an assignment without one is still exported without the read."""
+    from analytics.services import assignment_create, calculator_create
+    from devices.services import device_create
+
+    calculator = calculator_create(account=account, config=TRIPS)
+    assignment = assignment_create(calculator=calculator, device=device)[0]
+    other = device_create(account=account, configuration={"ident": "csv-names-2"})
+    plain = assignment_create(calculator=calculator, device=other)[0]
+    _store(assignment, [_iv(DST, DST + 60, km=1.5), _iv(DST + 600, DST + 660, km=0.5)])
+    _store(plain, [_iv(DST, DST + 60, km=2.5)])
+    base = f"/gw/calcs/{calculator.pk}/devices/{{devices}}/intervals/all?format=csv"
+    leading = ["id", "calc_id", "device_id", "begin", "end", "duration", "begin_time", "end_time", "timestamp",
+               "max_speed", "km"]
+    rows, name_reads = _csv_and_name_reads(api, key, device, base.format(devices=device.pk))
+    assert (rows[0], name_reads) == (leading, 0)
+
+    put = api.call("PUT", f"/gw/calcs/{calculator.pk}/devices/{device.pk}/intervals/{DST * 1_000_000}", key=key,
+                   body={"driver": "Anna"})
+    assert put.status_code == 200, put.json()
+    rows, name_reads = _csv_and_name_reads(api, key, device, base.format(devices=device.pk))
+    assert (rows[0], name_reads) == ([*leading, "driver"], 1)
+    assert rows[0] == _scanned_header([assignment], calculator)
+    assert [row[-1] for row in rows[1:]] == ["Anna", ""]
+
+    _store(assignment, [_iv(DST + 1200, DST + 1260, km=0.25, legacy=7)], now=2000.0)
+    rows, name_reads = _csv_and_name_reads(api, key, device, base.format(devices=device.pk))
+    assert (rows[0], name_reads) == ([*leading, "driver", "legacy"], 1)
+    assert rows[3][-2:] == ["", "7"]
+    for begin, end, extra in ((DST + 1000, DST + 2000, ["legacy"]), (DST + 500, DST + 700, [])):
+        path = base.format(devices=device.pk) + f"&begin={begin}&end={end}"
+        rows, name_reads = _csv_and_name_reads(api, key, device, path)
+        assert (rows[0], name_reads) == ([*leading, *extra], 1)
+        assert rows[0] == _scanned_header([assignment], calculator, begin=begin, end=end)
+    # Two assignments: the names of either.
+    rows, name_reads = _csv_and_name_reads(api, key, device, base.format(devices=f"{device.pk},{other.pk}"))
+    assert (rows[0], name_reads) == ([*leading, "driver", "legacy"], 1)
+    assert len(rows) == 5
+    rows, name_reads = _csv_and_name_reads(api, key, device, base.format(devices=other.pk))
+    assert (rows[0], name_reads) == (leading, 0)
+    assert rows[0] == _scanned_header([plain], calculator)
 
 
 def test_pages_are_the_json_answer(assignment, calculator, device):

@@ -87,6 +87,8 @@ def test_assign_sync_append_and_events(fleet, make_account, settings):
         assert _settled(assignment, calculator, device)
         [interval] = _stored(assignment)
         assert interval["count"] == 6
+        # The worker's run recorded the names of the intervals it wrote (a CSV header's source).
+        assert assignment.interval_names == ["count", "max_speed"]
         synced_topic = f"{root}/state/gw/calcs/{calculator.pk}/devices/{device.pk}/synced"
         # The message events of the stored messages may come before or after the interval's.
         wait_until(lambda: f"{base}/created" in [t for t, _ in subscriber.messages], what="created")

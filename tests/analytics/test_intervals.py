@@ -1,5 +1,8 @@
 """Stored intervals: diffs applied and read back, user fields through recalculation, the read
-parameters, and the TTL and rotate purges."""
+parameters, the TTL and rotate purges, and the names of an assignment's intervals kept on its row
+(``Assignment.interval_names``) by every writer and by migration 0010."""
+
+import importlib
 
 import pytest
 
@@ -208,3 +211,114 @@ def test_many_assignments_written_in_two_statements(account, calculator, assignm
     assert result[b] == ([], [])
     assert [row["id"] for row in storage.intervals_read(alias=alias, pairs=[a])] == [30_000_000, 50_000_000]
     assert [(row["id"], row["timestamp"]) for row in storage.intervals_read(alias=alias, pairs=[b])] == [(10_000_000, 1.0)]
+
+
+# Names a byte-order sort and a language-aware one put in different orders, and a name with the
+# characters a text[] literal quotes.
+ODD = 'a "b", {c}\\d'
+
+
+def _names(assignment) -> list[str]:
+    assignment.refresh_from_db()
+    return assignment.interval_names
+
+
+def test_interval_names_recorded_by_every_writer_and_never_taken_away(api, key, assignment, calculator, device):
+    """A stored run adds the counter names of the intervals it writes, a ``PUT`` the user fields
+    it merges, each in its transaction, sorted as Python sorts; the row's names stay (a union with
+    the row as the statement finds it, not the writer's names alone), and nothing takes one
+    away: a rewrite without it, a user field set to null, a deletion, a purge."""
+    from analytics.models import Assignment
+    from analytics.services import intervals_purge
+
+    assert _names(assignment) == []
+    _apply(assignment, created=[_iv(10, 20, km=1.5, max_speed=40), _iv(30, 40, km=2, **{"Zeta": 1, ODD: 2})])
+    assert _names(assignment) == sorted(["km", "max_speed", "Zeta", ODD]) == ["Zeta", ODD, "km", "max_speed"]
+    # A name another writer recorded stays beside the run's new one.
+    Assignment.objects.using(device.database).filter(pk=assignment.pk).update(interval_names=["zone"])
+    _apply(assignment, updated=[_iv(30, 45, km=3, legacy=True)], now=2000.0)
+    assert _names(assignment) == ["km", "legacy", "zone"]
+
+    path = f"/gw/calcs/{calculator.pk}/devices/{device.pk}/intervals/30000000"
+    response = api.call("PUT", path, key=key, body={"driver": "Ann", "Note": {"a": 1}})
+    assert response.status_code == 200, response.json()
+    assert _names(assignment) == ["Note", "driver", "km", "legacy", "zone"]
+    assert api.call("PUT", path, key=key, body={"Note": None}).status_code == 200
+    _apply(assignment, updated=[_iv(30, 50, km=4)], now=3000.0)
+    _apply(assignment, deleted=[_iv(30, 50)], created=[_iv(60, 70, max_speed=1)], now=4000.0)
+    calculator.intervals_ttl = 1
+    assert [row["id"] for row in intervals_purge(assignment=assignment, calculator=calculator, now=100.0)] == [10_000_000, 60_000_000]
+    assert _names(assignment) == ["Note", "driver", "km", "legacy", "max_speed", "zone"]
+    # A merge into no interval adds nothing.
+    assert api.call("PUT", path, key=key, body={"gone": 1}).status_code == 404
+    assert "gone" not in _names(assignment)
+
+
+def test_a_batch_of_runs_records_its_names_in_one_statement(account, calculator, assignment, device):
+    """``runs_store`` reads the names with the assignments' lock and writes them with their state:
+    one UPDATE of the assignment rows for the batch, the new names on the rows that lacked them,
+    the others as they were."""
+    from django.db import connections, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    from analytics.calculation import Run, StoredBefore, runs_store
+    from analytics.engine import Diff
+    from analytics.services import assignment_create
+    from devices.services import device_create
+
+    alias = device.database
+    second = assignment_create(calculator=calculator,
+                               device=device_create(account=account, configuration={"ident": "names-2"}))[0]
+    _apply(assignment, created=[_iv(10, 20, km=1.0)])
+    _apply(second, created=[_iv(10, 20, km=1.0, extra="a")])
+    for row in (assignment, second):
+        row.refresh_from_db()
+    runs = [
+        Run(assignment=assignment, calculator=calculator, begin=0.0, end=100.0, was_state=assignment.state,
+            diff=Diff(created=[_iv(30, 40, km=2.0, max_speed=9)], updated=[], deleted=[], active_id=None,
+                      reached_end=True)),
+        Run(assignment=second, calculator=calculator, begin=0.0, end=100.0, was_state=second.state,
+            diff=Diff(created=[_iv(30, 40, km=2.0)], updated=[], deleted=[], active_id=None, reached_end=True)),
+    ]
+    with transaction.atomic(using=alias), CaptureQueriesContext(connections[alias]) as captured:
+        runs_store(alias=alias, runs=runs, stamp=2000.0, before=lambda _run: StoredBefore(alias))
+    assignment_updates = [query["sql"] for query in captured
+                          if query["sql"].lstrip().startswith("UPDATE analytics_assignment")]
+    assert len(assignment_updates) == 1
+    assert (_names(assignment), _names(second)) == (["km", "max_speed"], ["extra", "km"])
+
+
+def test_migration_fills_interval_names_from_the_stored_intervals_and_runs_backwards(
+    account, assignment, calculator, device
+):
+    """Migration 0010 adds ``interval_names`` and fills it from the keys of every stored
+    interval's counters and user fields, sorted as the writers sort them (so equal to what they
+    recorded), ``{}`` for an assignment without intervals; backwards, it drops the column."""
+    from django.db import connections
+
+    from analytics.services import assignment_create, interval_user_update
+    from devices.services import device_create
+
+    migration = importlib.import_module("analytics.migrations.0010_assignment_interval_names")
+    empty = assignment_create(calculator=calculator,
+                              device=device_create(account=account, configuration={"ident": "names-3"}))[0]
+    _apply(assignment, created=[_iv(10, 20, km=1.5), _iv(30, 40, max_speed=3, **{"Zeta": 1, ODD: None})])
+    interval_user_update(assignment=assignment, calculator=calculator, interval_id=10_000_000,
+                         fields={"driver": "Ann", "Note": 1})
+    recorded = _names(assignment)
+    assert recorded == ["Note", "Zeta", ODD, "driver", "km", "max_speed"]
+    column = ("SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
+              "AND table_name = 'analytics_assignment' AND column_name = 'interval_names'")
+    with connections[device.database].cursor() as cursor:
+        # The test's transaction holds the foreign keys' deferred checks: done now, as a
+        # migration's transaction would have none pending.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute(migration.DROP)
+        cursor.execute(column)
+        assert cursor.fetchone() == (0,)
+        cursor.execute(migration.CREATE)
+        cursor.execute(column)
+        assert cursor.fetchone() == (1,)
+        cursor.execute("SELECT id, interval_names FROM analytics_assignment WHERE calculator_id = %s ORDER BY id",
+                       [calculator.pk])
+        assert cursor.fetchall() == [(assignment.pk, recorded), (empty.pk, [])]

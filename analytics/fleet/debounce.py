@@ -6,8 +6,11 @@ timers (score: the next moment the pump must look at the entry), a sorted set of
 range not yet claimed (score: its due time; it is what the lag metrics read), a hash of the entries
 themselves, and the counter of run tokens; and per region a due index, every shard with a timer
 scored by its earliest, which each script keeps in step, so that finding what is due costs one
-command however many shards a region has. The states, the scripts and what Redis losing its state means are in docs/analytics.md,
-"Debounce". No Django here: the fleet passes a redis-py client.
+command however many shards a region has. One script call serves all the shards of a batch (each
+shard as a call of its own would, one after the other): its keys are every shard's four and the
+due index once, which one Redis per region allows (not a Redis Cluster: the keys of a call are in
+many hash slots). The states, the scripts and what Redis losing its state means are in
+docs/analytics.md, "Debounce". No Django here: the fleet passes a redis-py client.
 """
 
 from __future__ import annotations
@@ -25,39 +28,68 @@ from flespi_site.fleet import debounce_keys, due_index_key
 #   state begin end due token run_begin run_end deadline
 # begin/end are kept as the strings the caller sent (shortest float repr), so that merging
 # ranges (compared with tonumber) never rounds a message timestamp.
+#
+# One call of a script serves any number of shards of a region. KEYS[1] is the region's due index;
+# then come four keys per shard (``debounce_keys``: timers, pending, entries, token), so that the
+# shard at key offset ``base`` has KEYS[base + TIMERS] ... KEYS[base + TOKEN]. ARGV starts with the
+# arguments common to every shard (ARGV[1] is ``now``, '' for Redis's clock); then, for scripts
+# that take entries, one group per shard in the order of the keys: how many entries, and the
+# entries. The script works through the shards one after the other, each exactly as a call of
+# its own would, with one clock.
 _PRELUDE = r"""
+local DUE, TIMERS, PENDING, ENTRIES, TOKEN = KEYS[1], 1, 2, 3, 4
 local function now_ms()
   if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- The shards of the call in order: each one's key offset and, when its entries take `width`
+-- arguments each (after the `head` common ones), the index of its first entry and their count.
+local function shards(head, width)
+  local base, cursor = -3, head + 1
+  return function()
+    base = base + 4
+    if base > #KEYS - 4 then return nil end
+    if width == 0 then return base end
+    local count = tonumber(ARGV[cursor])
+    local first = cursor + 1
+    cursor = first + count * width
+    return base, first, count
+  end
+end
 local function fmt(ms) return string.format('%.0f', ms) end
-local function load(member)
-  local raw = redis.call('HGET', KEYS[3], member)
+local function load(base, member)
+  local raw = redis.call('HGET', KEYS[base + ENTRIES], member)
   if not raw then return nil end
   local f = {}
   for part in string.gmatch(raw, '%S+') do f[#f + 1] = part end
   return {state = f[1], b = f[2], e = f[3], due = f[4], token = f[5], rb = f[6], re = f[7], deadline = f[8]}
 end
-local function store(member, x)
-  redis.call('HSET', KEYS[3], member,
+local function store(base, member, x)
+  redis.call('HSET', KEYS[base + ENTRIES], member,
     table.concat({x.state, x.b, x.e, x.due, x.token, x.rb, x.re, x.deadline}, ' '))
   if x.b == '-' then
-    redis.call('ZREM', KEYS[2], member)
+    redis.call('ZREM', KEYS[base + PENDING], member)
   else
-    redis.call('ZADD', KEYS[2], x.due, member)
+    redis.call('ZADD', KEYS[base + PENDING], x.due, member)
   end
 end
-local function forget(member)
-  redis.call('HDEL', KEYS[3], member)
-  redis.call('ZREM', KEYS[1], member)
-  redis.call('ZREM', KEYS[2], member)
+local function forget(base, member)
+  redis.call('HDEL', KEYS[base + ENTRIES], member)
+  redis.call('ZREM', KEYS[base + TIMERS], member)
+  redis.call('ZREM', KEYS[base + PENDING], member)
 end
--- The shard's place in the region's due index: its earliest timer (KEYS[1] ends in ':<shard>').
-local function reindex()
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  local shard = string.match(KEYS[1], ':(%d+)$')
-  if first[1] then redis.call('ZADD', KEYS[5], first[2], shard) else redis.call('ZREM', KEYS[5], shard) end
+-- The shard's place in the region's due index: its earliest timer (its timers' key ends in
+-- ':<shard>'). Returns 1 when the shard has a timer, else 0.
+local function reindex(base)
+  local first = redis.call('ZRANGE', KEYS[base + TIMERS], 0, 0, 'WITHSCORES')
+  local shard = string.match(KEYS[base + TIMERS], ':(%d+)$')
+  if first[1] then
+    redis.call('ZADD', DUE, first[2], shard)
+    return 1
+  end
+  redis.call('ZREM', DUE, shard)
+  return 0
 end
 local function merge(b1, e1, b2, e2)
   if b1 == '-' then return b2, e2 end
@@ -69,178 +101,222 @@ local function merge(b1, e1, b2, e2)
 end
 """
 
-# ARGV: now, then (member, begin, end, delay_ms) per change. Returns how many timers it armed
-# (entries that were idle). The due time never moves later once armed: the first message of a
-# window fixes it, so a device that never stops reporting is calculated every delay.
+# ARGV: now, then per shard its count of changes and (member, begin, end, delay_ms) per change.
+# Returns per shard how many timers it armed (entries that were idle). The due time never moves
+# later once armed: the first message of a window fixes it, so a device that never stops
+# reporting is calculated every delay.
 _SCHEDULE = (
     _PRELUDE
     + r"""
 local now = now_ms()
-local armed = 0
-for i = 2, #ARGV, 4 do
-  local m, b, e = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local due = now + tonumber(ARGV[i + 3])
-  local x = load(m)
-  if not x then
-    x = {state = 'pending', b = b, e = e, due = fmt(due), token = '-', rb = '-', re = '-', deadline = '-'}
-    redis.call('ZADD', KEYS[1], x.due, m)
-    armed = armed + 1
-  else
-    x.b, x.e = merge(x.b, x.e, b, e)
-    if x.state == 'pending' then
-      if due < tonumber(x.due) then
-        x.due = fmt(due)
-        redis.call('ZADD', KEYS[1], x.due, m)
+local function schedule(base, first, count)
+  local armed = 0
+  for i = first, first + 4 * (count - 1), 4 do
+    local m, b, e = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    local due = now + tonumber(ARGV[i + 3])
+    local x = load(base, m)
+    if not x then
+      x = {state = 'pending', b = b, e = e, due = fmt(due), token = '-', rb = '-', re = '-', deadline = '-'}
+      redis.call('ZADD', KEYS[base + TIMERS], x.due, m)
+      armed = armed + 1
+    else
+      x.b, x.e = merge(x.b, x.e, b, e)
+      if x.state == 'pending' then
+        if due < tonumber(x.due) then
+          x.due = fmt(due)
+          redis.call('ZADD', KEYS[base + TIMERS], x.due, m)
+        end
+      elseif x.state == 'running' then
+        -- the range waits for the run's release; the timer stays on the run's deadline
+        if x.due == '-' or due < tonumber(x.due) then x.due = fmt(due) end
       end
-    elseif x.state == 'running' then
-      -- the range waits for the run's release; the timer stays on the run's deadline
-      if x.due == '-' or due < tonumber(x.due) then x.due = fmt(due) end
+      -- 'sent': already offered, the claim takes the widened range
     end
-    -- 'sent': already offered, the claim takes the widened range
+    store(base, m, x)
   end
-  store(m, x)
+  reindex(base)
+  return armed
 end
-reindex()
-return armed
-"""
-)
-
-# ARGV: now, limit, offer_timeout_ms. Returns member, reason pairs.
-_PUMP = (
-    _PRELUDE
-    + r"""
-local now = now_ms()
-local timeout = tonumber(ARGV[3])
 local out = {}
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))) do
-  local x = load(m)
-  if not x then
-    forget(m)
-  else
-    local reason = 'due'
-    if x.state == 'running' then
-      -- its deadline passed with no release: the run crashed, its range joins the pending one
-      reason = 'crashed'
-      x.b, x.e = merge(x.b, x.e, x.rb, x.re)
-      if x.due == '-' then x.due = x.deadline end
-      x.rb, x.re, x.token, x.deadline = '-', '-', '-', '-'
-    elseif x.state == 'sent' then
-      reason = 'reoffered'
-    end
-    x.state = 'sent'
-    redis.call('ZADD', KEYS[1], fmt(now + timeout), m)
-    store(m, x)
-    out[#out + 1] = m
-    out[#out + 1] = reason
-  end
-end
-reindex()
+for base, first, count in shards(1, 4) do out[#out + 1] = schedule(base, first, count) end
 return out
 """
 )
 
-# ARGV: now, run_timeout_ms, members. Returns member, token, begin, end per claim granted.
+# ARGV: now, limit (per shard), offer_timeout_ms, budget. Returns per shard its member, reason
+# pairs, for the first shards only when their offers reach the budget (the caller sends the others
+# again).
+_PUMP = (
+    _PRELUDE
+    + r"""
+local now = now_ms()
+local limit = tonumber(ARGV[2])
+local timeout = tonumber(ARGV[3])
+local function pump(base)
+  local out = {}
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[base + TIMERS], '-inf', now, 'LIMIT', 0, limit)) do
+    local x = load(base, m)
+    if not x then
+      forget(base, m)
+    else
+      local reason = 'due'
+      if x.state == 'running' then
+        -- its deadline passed with no release: the run crashed, its range joins the pending one
+        reason = 'crashed'
+        x.b, x.e = merge(x.b, x.e, x.rb, x.re)
+        if x.due == '-' then x.due = x.deadline end
+        x.rb, x.re, x.token, x.deadline = '-', '-', '-', '-'
+      elseif x.state == 'sent' then
+        reason = 'reoffered'
+      end
+      x.state = 'sent'
+      redis.call('ZADD', KEYS[base + TIMERS], fmt(now + timeout), m)
+      store(base, m, x)
+      out[#out + 1] = m
+      out[#out + 1] = reason
+    end
+  end
+  reindex(base)
+  return out
+end
+local budget = tonumber(ARGV[4])
+local out, offered = {}, 0
+for base in shards(4, 0) do
+  if offered >= budget then break end
+  local offers = pump(base)
+  out[#out + 1] = offers
+  offered = offered + #offers / 2
+end
+return out
+"""
+)
+
+# ARGV: now, run_timeout_ms, then per shard its count of members and the members. Returns per
+# shard member, token, begin, end per claim granted.
 _CLAIM = (
     _PRELUDE
     + r"""
 local now = now_ms()
 local deadline = fmt(now + tonumber(ARGV[2]))
-local out = {}
-for i = 3, #ARGV do
-  local m = ARGV[i]
-  local x = load(m)
-  local take = false
-  if x then
-    if x.state == 'running' then
-      if tonumber(x.deadline) <= now then
-        -- a crashed run the pump has not seen yet: its range joins this run
-        x.b, x.e = merge(x.b, x.e, x.rb, x.re)
-        take = true
+local function claim(base, first, count)
+  local out = {}
+  for i = first, first + count - 1 do
+    local m = ARGV[i]
+    local x = load(base, m)
+    local take = false
+    if x then
+      if x.state == 'running' then
+        if tonumber(x.deadline) <= now then
+          -- a crashed run the pump has not seen yet: its range joins this run
+          x.b, x.e = merge(x.b, x.e, x.rb, x.re)
+          take = true
+        end
+      else
+        take = x.b ~= '-'
       end
-    else
-      take = x.b ~= '-'
+    end
+    if take then
+      local token = tostring(redis.call('INCR', KEYS[base + TOKEN]))
+      x.state, x.rb, x.re, x.b, x.e, x.due = 'running', x.b, x.e, '-', '-', '-'
+      x.token, x.deadline = token, deadline
+      redis.call('ZADD', KEYS[base + TIMERS], deadline, m)
+      store(base, m, x)
+      out[#out + 1] = m
+      out[#out + 1] = token
+      out[#out + 1] = x.rb
+      out[#out + 1] = x.re
     end
   end
-  if take then
-    local token = tostring(redis.call('INCR', KEYS[4]))
-    x.state, x.rb, x.re, x.b, x.e, x.due = 'running', x.b, x.e, '-', '-', '-'
-    x.token, x.deadline = token, deadline
-    redis.call('ZADD', KEYS[1], deadline, m)
-    store(m, x)
-    out[#out + 1] = m
-    out[#out + 1] = token
-    out[#out + 1] = x.rb
-    out[#out + 1] = x.re
-  end
+  reindex(base)
+  return out
 end
-reindex()
+local out = {}
+for base, first, count in shards(2, 1) do out[#out + 1] = claim(base, first, count) end
 return out
 """
 )
 
-# ARGV: now, ok (1/0), retry_delay_ms, then (member, token) pairs. Returns member, outcome pairs:
-# 'done' (nothing left), 'again' (a range is pending: one more run), 'stale' (not this run's claim).
+# ARGV: now, ok (1/0), retry_delay_ms, then per shard its count of claims and (member, token) per
+# claim. Returns per shard member, outcome pairs: 'done' (nothing left), 'again' (a range is
+# pending: one more run), 'stale' (not this run's claim).
 _RELEASE = (
     _PRELUDE
     + r"""
 local now = now_ms()
 local ok = ARGV[2] == '1'
 local retry = now + tonumber(ARGV[3])
-local out = {}
-for i = 4, #ARGV, 2 do
-  local m, token = ARGV[i], ARGV[i + 1]
-  local x = load(m)
-  local outcome
-  if not x or x.state ~= 'running' or x.token ~= token then
-    outcome = 'stale'
-  else
-    if not ok then
-      x.b, x.e = merge(x.b, x.e, x.rb, x.re)
-      if x.due == '-' or tonumber(x.due) < retry then x.due = fmt(retry) end
-    end
-    x.rb, x.re, x.token, x.deadline = '-', '-', '-', '-'
-    if x.b == '-' then
-      forget(m)
-      outcome = 'done'
+local function release(base, first, count)
+  local out = {}
+  for i = first, first + 2 * (count - 1), 2 do
+    local m, token = ARGV[i], ARGV[i + 1]
+    local x = load(base, m)
+    local outcome
+    if not x or x.state ~= 'running' or x.token ~= token then
+      outcome = 'stale'
     else
-      x.state = 'pending'
-      redis.call('ZADD', KEYS[1], x.due, m)
-      store(m, x)
-      outcome = 'again'
+      if not ok then
+        x.b, x.e = merge(x.b, x.e, x.rb, x.re)
+        if x.due == '-' or tonumber(x.due) < retry then x.due = fmt(retry) end
+      end
+      x.rb, x.re, x.token, x.deadline = '-', '-', '-', '-'
+      if x.b == '-' then
+        forget(base, m)
+        outcome = 'done'
+      else
+        x.state = 'pending'
+        redis.call('ZADD', KEYS[base + TIMERS], x.due, m)
+        store(base, m, x)
+        outcome = 'again'
+      end
     end
+    out[#out + 1] = m
+    out[#out + 1] = outcome
   end
-  out[#out + 1] = m
-  out[#out + 1] = outcome
+  reindex(base)
+  return out
 end
-reindex()
+local out = {}
+for base, first, count in shards(3, 2) do out[#out + 1] = release(base, first, count) end
 return out
 """
 )
 
-# ARGV: now. Every offer and run of the shard comes back at the next pump round (the shard's
-# previous holder is gone). Returns how many.
+# ARGV: now. Every offer and run of the shards comes back at the next pump round (the shards'
+# previous holder is gone). Returns per shard how many.
 _ABANDON = (
     _PRELUDE
     + r"""
 local now = now_ms()
-local count = 0
-for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local x = load(m)
-  if x and x.state ~= 'pending' then
-    if x.state == 'running' then x.deadline = fmt(now) end
-    redis.call('ZADD', KEYS[1], fmt(now), m)
-    store(m, x)
-    count = count + 1
+local function abandon(base)
+  local count = 0
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[base + TIMERS], 0, -1)) do
+    local x = load(base, m)
+    if x and x.state ~= 'pending' then
+      if x.state == 'running' then x.deadline = fmt(now) end
+      redis.call('ZADD', KEYS[base + TIMERS], fmt(now), m)
+      store(base, m, x)
+      count = count + 1
+    end
   end
+  reindex(base)
+  return count
 end
-reindex()
-return count
+local out = {}
+for base in shards(1, 0) do out[#out + 1] = abandon(base) end
+return out
 """
 )
 
-# Puts the shard's earliest timer in the due index (a repair after Redis lost the index alone, or
-# timers armed by an older version). Returns nothing.
-_REINDEX = _PRELUDE + "\nreindex()\n"
+# ARGV: now (unused). Puts each shard's earliest timer in the due index (a repair after Redis lost
+# the index alone, or timers armed by an older version). Returns per shard 1 when it has a timer.
+_REINDEX = (
+    _PRELUDE
+    + r"""
+local out = {}
+for base in shards(1, 0) do out[#out + 1] = reindex(base) end
+return out
+"""
+)
 
 _NOW = "local t = redis.call('TIME') return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"
 
@@ -342,6 +418,36 @@ def _optional(field: str, scale: float = 1.0) -> float | None:
     return None if field == "-" else float(field) / scale
 
 
+# The most entries one script call touches (changes scheduled, assignments claimed, claims
+# released, offers made). A call over more is cut between shards (never inside one): the
+# ``_many`` methods split what they send, and the pump's script stops at this many offers and
+# leaves the shards it did not reach to the next call. A batch of the fleet (1,000 assignments
+# over 256 shards, or ``BATCH`` of 500) is one call; a catch-up drain or a deep backlog becomes a
+# few calls of some milliseconds of Redis each, between which Redis serves its other clients.
+CALL_ENTRIES = 2048
+
+
+@dataclass(frozen=True)
+class _Group:
+    """A shard's part of a script call: its argument group (the count of its entries and the
+    entries; nothing for the scripts without entries) and how many entries it holds."""
+
+    shard: int
+    args: list[str]
+    entries: int
+
+
+def _fitting(groups: Sequence[_Group]) -> int:
+    """How many of the first ``groups`` one call takes: as many as hold at most ``CALL_ENTRIES``
+    entries together, and at least one."""
+    entries = 0
+    for count, group in enumerate(groups):
+        entries += group.entries
+        if count and entries > CALL_ENTRIES:
+            return count
+    return len(groups)
+
+
 class DebounceTimers:
     """The debounce timers of one region. ``client`` is a redis-py client of the region's Redis;
     the scripts are registered once here and run by SHA afterwards. Durations are seconds;
@@ -365,18 +471,26 @@ class DebounceTimers:
         """Redis's clock, in seconds (what the scripts compare due times with)."""
         return int(self._now()) / 1000
 
-    def _many(self, script, calls: Sequence[tuple[list[str], list[str]]]) -> list:
-        """Run ``script`` once per (keys, args) in one round trip (a pipeline, not a transaction:
-        each script is atomic on its own, and the shards' keys are apart)."""
-        if not calls:
-            return []
-        if len(calls) == 1:
-            keys, args = calls[0]
-            return [script(keys=keys, args=args)]
-        pipe = self.client.pipeline(transaction=False)
-        for keys, args in calls:
-            script(keys=keys, args=args, client=pipe)
-        return pipe.execute()
+    def _call(self, script, head: list[str], groups: Sequence[_Group]) -> list:
+        """Run ``script`` over the shards of ``groups`` in one call, after ``head`` (the arguments
+        common to every shard): each shard's reply, in the order of ``groups``. Past
+        ``CALL_ENTRIES`` entries the shards left go in another call, so that no single script holds
+        Redis for long; each call reads Redis's clock once."""
+        replies: list = []
+        left = list(groups)
+        while left:
+            part = left[:_fitting(left)]
+            keys = [due_index_key(self.region)]
+            args = list(head)
+            for group in part:
+                keys += self.keys(group.shard)[:4]  # the fifth, the due index, is KEYS[1]
+                args += group.args
+            answered = script(keys=keys, args=args)  # the pump's may answer for the first shards only
+            if not answered:
+                raise RuntimeError(f"the debounce script answered for none of shards {[g.shard for g in part]}")
+            replies += answered
+            left = left[len(answered):]
+        return replies
 
     def schedule(self, *, shard: int, changes: Iterable[Change], now: float | None = None) -> int:
         """Widen each assignment's pending range and arm its timer at now + delay unless it is armed
@@ -384,10 +498,10 @@ class DebounceTimers:
         return self.schedule_many({shard: changes}, now=now)
 
     def schedule_many(self, changes: Mapping[int, Iterable[Change]], *, now: float | None = None) -> int:
-        """``schedule`` for several shards (shard -> changes) in one round trip."""
-        calls = []
+        """``schedule`` for several shards (shard -> changes) in one script call."""
+        groups = []
         for shard, shard_changes in changes.items():
-            args = [_ms(now)]
+            args = []
             for change in shard_changes:
                 begin, end = _stamp(change.begin, "begin"), _stamp(change.end, "end")
                 if float(begin) > float(end):
@@ -398,9 +512,10 @@ class DebounceTimers:
                     end,
                     _duration_ms(change.delay, "delay"),
                 ]
-            if len(args) > 1:
-                calls.append((self.keys(shard), args))
-        return sum(int(armed) for armed in self._many(self._schedule, calls))
+            if args:
+                count = len(args) // 4
+                groups.append(_Group(shard, [str(count), *args], entries=count))
+        return sum(int(armed) for armed in self._call(self._schedule, [_ms(now)], groups))
 
     def pump(self, *, shard: int, limit: int, offer_timeout: float, now: float | None = None) -> list[Offer]:
         """Take up to ``limit`` due assignments of ``shard`` and mark them sent, for one message to
@@ -411,13 +526,14 @@ class DebounceTimers:
     def pump_many(
         self, *, shards: Iterable[int], limit: int, offer_timeout: float, now: float | None = None
     ) -> dict[int, list[Offer]]:
-        """``pump`` for several shards (up to ``limit`` each) in one round trip; shards with
+        """``pump`` for several shards (up to ``limit`` each) in one script call; shards with
         nothing due are left out."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit!r}")
-        order = list(shards)
-        args = [_ms(now), str(limit), _duration_ms(offer_timeout, "offer_timeout")]
-        replies = self._many(self._pump, [(self.keys(shard), args) for shard in order])
+        order = list(dict.fromkeys(shards))
+        head = [_ms(now), str(limit), _duration_ms(offer_timeout, "offer_timeout"), str(CALL_ENTRIES)]
+        # What a shard's pump offers is known only in Redis: the script keeps to CALL_ENTRIES.
+        replies = self._call(self._pump, head, [_Group(shard, [], entries=0) for shard in order])
         offers = {}
         for shard, reply in zip(order, replies, strict=True):
             if reply:
@@ -442,19 +558,20 @@ class DebounceTimers:
     def claim_many(
         self, assignments: Mapping[int, Sequence[tuple[int, int]]], *, run_timeout: float, now: float | None = None
     ) -> dict[int, list[Claim]]:
-        """``claim`` for several shards (shard -> assignments) in one round trip."""
+        """``claim`` for several shards (shard -> assignments) in one script call."""
         order = [shard for shard, pairs in assignments.items() if pairs]
-        timeout = _duration_ms(run_timeout, "run_timeout")
-        calls = [
-            (
-                self.keys(shard),
-                [_ms(now), timeout]
+        head = [_ms(now), _duration_ms(run_timeout, "run_timeout")]
+        groups = [
+            _Group(
+                shard,
+                [str(len(assignments[shard]))]
                 + [_member(calc_id, device_id) for calc_id, device_id in assignments[shard]],
+                entries=len(assignments[shard]),
             )
             for shard in order
         ]
         claims = {}
-        for shard, reply in zip(order, self._many(self._claim, calls), strict=True):
+        for shard, reply in zip(order, self._call(self._claim, head, groups), strict=True):
             claims[shard] = [
                 Claim(
                     *_ids(reply[i]), token=_text(reply[i + 1]), begin=float(reply[i + 2]), end=float(reply[i + 3])
@@ -487,17 +604,17 @@ class DebounceTimers:
         retry_delay: float = 0.0,
         now: float | None = None,
     ) -> dict[int, dict[tuple[int, int], ReleaseOutcome]]:
-        """``release`` for several shards (shard -> claims) in one round trip."""
+        """``release`` for several shards (shard -> claims) in one script call."""
         order = [shard for shard, shard_claims in claims.items() if shard_claims]
         head = [_ms(now), "1" if ok else "0", _duration_ms(retry_delay, "retry_delay")]
-        calls = []
+        groups = []
         for shard in order:
-            args = list(head)
+            args = [str(len(claims[shard]))]
             for claim in claims[shard]:
                 args += [_member(claim.calc_id, claim.device_id), claim.token]
-            calls.append((self.keys(shard), args))
+            groups.append(_Group(shard, args, entries=len(claims[shard])))
         outcomes = {}
-        for shard, reply in zip(order, self._many(self._release, calls), strict=True):
+        for shard, reply in zip(order, self._call(self._release, head, groups), strict=True):
             outcomes[shard] = {_ids(reply[i]): _text(reply[i + 1]) for i in range(0, len(reply), 2)}
         return outcomes  # type: ignore[return-value]
 
@@ -505,7 +622,8 @@ class DebounceTimers:
         """The shard changed hands: its offers and runs (of the previous holder, which is gone or
         fenced out) are offered again at the next pump round, runs as crashed with their range
         merged. Returns how many."""
-        return int(self._abandon(keys=self.keys(shard), args=[_ms(now)]))
+        [count] = self._call(self._abandon, [_ms(now)], [_Group(shard, [], entries=0)])
+        return int(count)
 
     def entries(self, *, shard: int) -> list[Entry]:
         """Every timer of ``shard`` (pending, sent or running), ordered by assignment."""
@@ -550,7 +668,7 @@ class DebounceTimers:
 
     def reindex(self, *, shards: Iterable[int]) -> None:
         """Put each shard's earliest timer in the due index (reconciliation's repair)."""
-        self._many(self._reindex, [(self.keys(shard), [""]) for shard in shards])
+        self._call(self._reindex, [""], [_Group(shard, [], entries=1) for shard in dict.fromkeys(shards)])
 
     def lag(self, *, shard: int, now: float | None = None) -> ShardLag:
         """Counts and the oldest due time of ``shard`` (two ZCARDs and one ZRANGE: cheap to poll)."""

@@ -16,8 +16,10 @@ import time
 import pytest
 import redis
 
-from analytics.fleet.debounce import Change, Claim, DebounceTimers
+from analytics.fleet import debounce
+from analytics.fleet.debounce import Change, Claim, DebounceTimers, Offer
 from tests.support.concurrency import on_a_barrier
+from tests.support.redis import scratch_region
 
 SLOW = bool(os.environ.get("FLESPI_SLOW"))
 
@@ -387,3 +389,179 @@ def test_the_due_index_follows_every_script(timers):
     assert timers.due_index()[1] == {}
     timers.reindex(shards=range(8))
     assert timers.due_index()[1] == {3: 105.0}
+
+
+class _Scripts:
+    """Counts the script calls of a ``DebounceTimers`` and the shards each one served."""
+
+    def __init__(self, timers):
+        self.calls: list[tuple[str, int]] = []
+        for name in ("schedule", "pump", "claim", "release"):
+            script = getattr(timers, f"_{name}")
+
+            def counted(*, keys, args, script=script, name=name, **options):
+                self.calls.append((name, (len(keys) - 1) // 4))
+                return script(keys=keys, args=args, **options)
+
+            setattr(timers, f"_{name}", counted)
+
+    def take(self) -> list[tuple[str, int]]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+class _OneCallPerShard:
+    """The ``_many`` methods as one single-shard call per shard: the reference a call over several
+    shards must match."""
+
+    def __init__(self, timers):
+        self.timers = timers
+
+    def schedule_many(self, changes, *, now):
+        return sum(self.timers.schedule(shard=shard, changes=shard_changes, now=now)
+                   for shard, shard_changes in changes.items())
+
+    def pump_many(self, *, shards, limit, offer_timeout, now):
+        offers = {shard: self.timers.pump(shard=shard, limit=limit, offer_timeout=offer_timeout, now=now)
+                  for shard in shards}
+        return {shard: shard_offers for shard, shard_offers in offers.items() if shard_offers}
+
+    def claim_many(self, assignments, *, run_timeout, now):
+        return {shard: self.timers.claim(shard=shard, assignments=pairs, run_timeout=run_timeout, now=now)
+                for shard, pairs in assignments.items() if pairs}
+
+    def release_many(self, claims, *, ok, retry_delay=0.0, now):
+        return {shard: self.timers.release(shard=shard, claims=shard_claims, ok=ok, retry_delay=retry_delay, now=now)
+                for shard, shard_claims in claims.items() if shard_claims}
+
+    def entries(self, *, shard):
+        return self.timers.entries(shard=shard)
+
+    def due_index(self):
+        return self.timers.due_index()
+
+
+SHARDS = (0, 3, 7, 12, 200)
+
+
+def _story(timers):
+    """Every answer of a story over several shards told through ``timers``' ``_many`` methods, and
+    after each step every shard's entries and the due index: bursts merged within one call, the
+    pump's limit per shard, claims of pending, sent, unknown and crashed entries, messages during
+    runs, releases ok, failed and stale, offers never claimed offered again, a crashed run coming
+    back through the pump and through a claim."""
+    seen = []
+
+    def step(answer):
+        seen.append((answer, {shard: timers.entries(shard=shard) for shard in SHARDS}, timers.due_index()[1]))
+        return answer
+
+    step(timers.schedule_many({
+        0: [change(10, 11, device=1), change(5, 12, device=1), change(20, 21, device=2)],
+        3: [change(30, 31, device=3, delay=5), change(40, 41, device=4, delay=0)],
+        7: [change(50, 51, device=5, delay=2)],
+        12: [change(60, 61, device=6)],
+        200: [change(70, 71, device=7, delay=0), change(80, 81, device=8, delay=60)],
+    }, now=100))
+    step(timers.pump_many(shards=SHARDS, limit=1, offer_timeout=30, now=102))
+    first = step(timers.claim_many({
+        0: [(1, 1), (1, 2)], 3: [(1, 3), (1, 4)], 7: [(1, 99)], 12: [(1, 6)], 200: [],
+    }, run_timeout=60, now=103))
+    step(timers.schedule_many({0: [change(90, 91, device=1)], 12: [change(55, 65, device=6)]}, now=104))
+    step(timers.release_many({
+        0: first[0], 3: [first[3][0], Claim(calc_id=1, device_id=4, begin=40, end=41, token="999")],
+    }, ok=True, now=110))
+    step(timers.release_many({12: first[12]}, ok=False, retry_delay=5, now=111))
+    step(timers.pump_many(shards=SHARDS, limit=10, offer_timeout=30, now=135))  # offers of 102 unclaimed
+    step(timers.schedule_many({3: [change(35, 45, device=4, delay=0)]}, now=140))  # during the forgotten run
+    crashed = first[3][1]
+    step(timers.pump_many(shards=[3, 7], limit=10, offer_timeout=30, now=163))  # 4 of shard 3: crashed
+    step(timers.claim_many({0: [(1, 1)], 3: [(1, 4)], 12: [(1, 6)], 200: [(1, 7), (1, 8)]},
+                           run_timeout=60, now=170))
+    step(timers.release_many({3: [crashed]}, ok=True, now=171))  # the crashed run's late release
+    overtaken = step(timers.claim_many({7: [(1, 5)]}, run_timeout=10, now=172))
+    step(timers.claim_many({7: [(1, 5)]}, run_timeout=10, now=182))  # a claim takes the crashed run over
+    step(timers.release_many({7: overtaken[7]}, ok=True, now=183))
+    return seen
+
+
+def test_one_call_over_several_shards_is_one_call_per_shard(timers):
+    """Each ``_many`` method is one script call whatever the number of shards, and answers and
+    leaves every shard and the due index exactly as one call per shard does."""
+    scripts = _Scripts(timers)
+    with scratch_region() as (client, region):
+        reference = _story(_OneCallPerShard(DebounceTimers(client, region=region)))
+    many = _story(timers)
+
+    for step, (got, expected) in enumerate(zip(many, reference, strict=True)):
+        assert got == expected, f"step {step}"
+    assert [answer for answer, _entries, _index in many][4] == {
+        0: {(1, 1): "again", (1, 2): "done"}, 3: {(1, 3): "done", (1, 4): "stale"}}
+    assert {shard: [(offer.device_id, offer.reason) for offer in offers] for shard, offers in many[6][0].items()} == {
+        0: [(1, "due")], 7: [(5, "reoffered")], 12: [(6, "due")], 200: [(7, "reoffered")]}
+    assert many[8][0] == {3: [Offer(1, 4, "crashed")]}
+    assert many[9][0][3] == [Claim(1, 4, begin=35.0, end=45.0, token="3")]  # the crashed run's 40..41 in it
+    assert many[10][0] == {3: {(1, 4): "stale"}}
+    assert many[13][0] == {7: {(1, 5): "stale"}}
+    assert many[-1][2] == {0: 230.0, 3: 230.0, 7: 192.0, 12: 230.0, 200: 230.0}
+    assert [name for name, _shards in scripts.take()] == [
+        "schedule", "pump", "claim", "schedule", "release", "release", "pump", "schedule", "pump", "claim",
+        "release", "claim", "claim", "release"]
+
+
+def test_calls_split_between_shards_are_still_one_call_per_shard(timers, monkeypatch):
+    monkeypatch.setattr(debounce, "CALL_ENTRIES", 2)
+    scripts = _Scripts(timers)
+    with scratch_region() as (client, region):
+        reference = _story(_OneCallPerShard(DebounceTimers(client, region=region)))
+    split = _story(timers)
+
+    for step, (got, expected) in enumerate(zip(split, reference, strict=True)):
+        assert got == expected, f"step {step}"
+    # the first schedule in four calls (shards 7 and 12 together), the pump in three: after two
+    # offers it leaves the shards it did not reach to the next call
+    assert scripts.calls[:7] == [("schedule", 1), ("schedule", 1), ("schedule", 2), ("schedule", 1),
+                                 ("pump", 5), ("pump", 3), ("pump", 1)]
+
+
+def test_a_batch_over_256_shards_is_one_script_call_each(timers):
+    assignments = {shard: [(1, device) for device in range(shard, 1000, 256)] for shard in range(256)}
+    scripts = _Scripts(timers)
+
+    armed = timers.schedule_many(
+        {shard: [change(1, 2, device=device, delay=0) for _calc, device in pairs] for shard, pairs in assignments.items()},
+        now=100)
+    offers = timers.pump_many(shards=range(256), limit=50, offer_timeout=30, now=100)
+    claims = timers.claim_many(
+        {shard: [(offer.calc_id, offer.device_id) for offer in shard_offers] for shard, shard_offers in offers.items()},
+        run_timeout=60, now=101)
+    outcomes = timers.release_many(claims, ok=True, now=102)
+
+    assert armed == 1000
+    assert sum(map(len, offers.values())) == sum(map(len, claims.values())) == 1000
+    assert {outcome for shard_outcomes in outcomes.values() for outcome in shard_outcomes.values()} == {"done"}
+    assert scripts.take() == [("schedule", 256), ("pump", 256), ("claim", 256), ("release", 256)]
+    assert timers.due_index()[1] == {}
+
+
+def test_a_very_large_call_is_split_between_shards(timers, monkeypatch):
+    """Past ``CALL_ENTRIES`` entries a call is cut between shards (a shard never): what is sent,
+    by its size; what the pump offers, by the script itself. The outcome is the same."""
+    monkeypatch.setattr(debounce, "CALL_ENTRIES", 5)
+    scripts = _Scripts(timers)
+    changes = {shard: [change(shard, shard + 1, device=device, delay=0) for device in range(count)]
+               for shard, count in ((0, 2), (1, 3), (2, 7), (3, 1), (4, 4))}
+
+    assert timers.schedule_many(changes, now=100) == 17
+    offers = timers.pump_many(shards=range(5), limit=2, offer_timeout=30, now=100)
+
+    # the pump stops after shard 2 (six offers) and goes on with shards 3 and 4 in a second call
+    assert scripts.take() == [("schedule", 2), ("schedule", 1), ("schedule", 2), ("pump", 5), ("pump", 2)]
+    assert {shard: len(shard_offers) for shard, shard_offers in offers.items()} == {0: 2, 1: 2, 2: 2, 3: 1, 4: 2}
+    assert [(entry.device_id, entry.state) for entry in timers.entries(shard=2)] == [
+        (0, "sent"), (1, "sent"), (2, "pending"), (3, "pending"), (4, "pending"), (5, "pending"), (6, "pending")]
+    assert timers.due_index()[1] == {0: 130.0, 1: 100.0, 2: 100.0, 3: 130.0, 4: 100.0}
+    claims = timers.claim_many({shard: [(1, device) for device in range(7)] for shard in range(5)}, run_timeout=60,
+                               now=101)
+    assert scripts.take() == [("claim", 1)] * 5
+    assert {shard: len(shard_claims) for shard, shard_claims in claims.items()} == {0: 2, 1: 3, 2: 7, 3: 1, 4: 4}

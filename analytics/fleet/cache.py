@@ -548,21 +548,36 @@ class ShardCache:
         ``messages`` (what a drain read of a changed range): ``messages_delete`` then
         ``messages_put``, without the delete when the range lies after every cached message
         (new messages: the usual case)."""
-        batch = _merged_batch(messages)
-        with self._write() as db:
-            chunk_last, tail_last = db.execute(
-                "SELECT (SELECT max(last) FROM chunks WHERE device_id = ?), (SELECT max(ts) FROM tail WHERE device_id = ?)",
-                (device_id, device_id),
-            ).fetchone()
-            boundary = -math.inf if chunk_last is None else chunk_last
-            if begin <= max(boundary, -math.inf if tail_last is None else tail_last):
-                self._remove(db, device_id, begin, end)
-                boundary = None  # the removal may have changed the chunks: read again
-            if batch:
-                self._put(db, device_id, batch, boundary=boundary)
+        self.messages_replace_many({device_id: (begin, end, messages)})
 
-    def _put(self, db: sqlite3.Connection, device_id: int, batch: list[dict], boundary: float | None = None) -> None:
-        """``boundary``: the device's last chunk's newest timestamp, when the caller read it."""
+    def messages_replace_many(self, ranges: Mapping[int, tuple[float, float, Iterable[Mapping]]]) -> None:
+        """``messages_replace`` of several devices (device -> (begin, end, messages)) in one write:
+        where each device's messages end is read for all of them at once."""
+        batches = {device_id: (begin, end, _merged_batch(messages)) for device_id, (begin, end, messages) in ranges.items()}
+        with self._write() as db:
+            ends = {
+                device_id: (chunk_last, tail_last)
+                for device_id, chunk_last, tail_last in db.execute(
+                    "SELECT d.value, (SELECT max(last) FROM chunks WHERE device_id = d.value),"
+                    " (SELECT max(ts) FROM tail WHERE device_id = d.value) FROM json_each(?) AS d",
+                    (orjson.dumps(list(batches)).decode(),),
+                )
+            }
+            for device_id, (begin, end, batch) in batches.items():
+                chunk_last, tail_last = ends[device_id]
+                boundary: float | None = -math.inf if chunk_last is None else chunk_last
+                tail_end: float | None = -math.inf if tail_last is None else tail_last
+                if begin <= max(boundary, tail_end):
+                    self._remove(db, device_id, begin, end)
+                    boundary = tail_end = None  # the removal may have changed the chunks and the tail: read again
+                if batch:
+                    self._put(db, device_id, batch, boundary=boundary, tail_last=tail_end)
+
+    def _put(self, db: sqlite3.Connection, device_id: int, batch: list[dict], boundary: float | None = None,
+             tail_last: float | None = None) -> None:
+        """``boundary``: the device's last chunk's newest timestamp, and ``tail_last`` its tail's
+        (-inf: no tail), when the caller read them (a message after ``tail_last`` has no row to
+        merge with)."""
         if boundary is None:
             row = db.execute("SELECT max(last) FROM chunks WHERE device_id = ?", (device_id,)).fetchone()
             boundary = row[0]
@@ -576,7 +591,7 @@ class ShardCache:
         if len(newer) >= min(DIRECT_MIN, TAIL_MAX):  # cheaper than a JSON row per message
             self._fold_tail(db, device_id, Block.from_dicts(newer))
         elif newer:
-            old = {
+            old = {} if tail_last is not None and newer[0]["timestamp"] > tail_last else {
                 timestamp: body
                 for timestamp, body in db.execute(
                     "SELECT ts, body FROM tail WHERE device_id = ? AND ts >= ?",

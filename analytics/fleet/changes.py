@@ -139,9 +139,13 @@ def _cache_ranges(alias: str, caches: Mapping[int, ShardCache], ranges: Mapping[
             begin, end = ranges[owner]
             if begin <= round(message["timestamp"] * 1_000_000) <= end:
                 by_device[owner].append(message)
+        # One write per cache for the devices of the group it holds.
+        by_cache: dict[int, dict[int, tuple[float, float, list[dict]]]] = {}
         for device_id, messages in by_device.items():
             begin, end = ranges[device_id]
-            caches[device_id].messages_replace(device_id=device_id, begin=begin / 1e6, end=end / 1e6, messages=messages)
+            by_cache.setdefault(id(caches[device_id]), {})[device_id] = (begin / 1e6, end / 1e6, messages)
+        for replaced in by_cache.values():
+            caches[next(iter(replaced))].messages_replace_many(replaced)
 
 
 @dataclass(frozen=True)

@@ -620,3 +620,39 @@ def test_a_write_behind_transaction_sqlite_rolled_back_is_no_longer_waiting_for_
         assert cache.devices() == []
         cache.messages_put(device_id=2, messages=[{"timestamp": 2.0, "a": 2}])  # writes go on
         assert cache.flush() is True and cache.devices() == [2]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(
+    st.dictionaries(
+        st.integers(1, 4),
+        st.tuples(st.integers(0, 400), st.integers(0, 40), st.lists(st.integers(0, 40), max_size=6)),
+        max_size=4,
+    ),
+    min_size=1, max_size=25,
+))
+def test_replacing_several_devices_in_one_write(tmp_path_factory, small_chunks, steps):
+    """A drain's ranges of several devices written at once (``messages_replace_many``: where each
+    device's messages end read for all of them) leave each device's messages in its range exactly
+    the ones given, and the others as they were: appends after the tail, ranges reaching into it
+    or into the chunks, empty ranges, other devices' ranges in the same write."""
+    folder = tmp_path_factory.mktemp("many")
+    at_once = ShardCache(folder / "at_once.db", shard="eu:1")
+    want: dict[int, dict[float, dict]] = {device_id: {} for device_id in range(1, 5)}
+    try:
+        for step in steps:
+            ranges = {}
+            for device_id, (start, length, offsets) in step.items():
+                begin, end = float(start), float(start + length)
+                messages = [{"timestamp": begin + offset, "v": start + offset, f"k{device_id}": offset}
+                            for offset in sorted(set(offsets)) if offset <= length]
+                ranges[device_id] = (begin, end, messages)
+                kept = want[device_id]
+                for timestamp in [timestamp for timestamp in kept if begin <= timestamp <= end]:
+                    del kept[timestamp]
+                kept.update({message["timestamp"]: message for message in messages})
+            at_once.messages_replace_many(ranges)
+            for device_id, kept in want.items():
+                assert everything(at_once, device_id) == [kept[timestamp] for timestamp in sorted(kept)]
+    finally:
+        at_once.close()

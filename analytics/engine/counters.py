@@ -740,7 +740,7 @@ class MessageCounter(CounterType):
         found = (values[0], None if extreme is None else float(extreme[0]))
         if state is None:
             return found
-        if extreme is not None and (math.isnan(state[1]) or math.isnan(found[1])):
+        if extreme is not None and (math.isnan(state[1]) or math.isnan(float(extreme[0]))):
             return OMIT, math.nan  # a NaN is the extreme, which no message equals
         if state[0] is OMIT:
             return found

@@ -565,13 +565,14 @@ class ShardCache:
             }
             for device_id, (begin, end, batch) in batches.items():
                 chunk_last, tail_last = ends[device_id]
-                boundary: float | None = -math.inf if chunk_last is None else chunk_last
-                tail_end: float | None = -math.inf if tail_last is None else tail_last
-                if begin <= max(boundary, tail_end):
+                chunk_end = -math.inf if chunk_last is None else chunk_last
+                tail_end = -math.inf if tail_last is None else tail_last
+                if begin <= max(chunk_end, tail_end):
                     self._remove(db, device_id, begin, end)
-                    boundary = tail_end = None  # the removal may have changed the chunks and the tail: read again
-                if batch:
-                    self._put(db, device_id, batch, boundary=boundary, tail_last=tail_end)
+                    if batch:  # the removal may have changed the chunks and the tail: read them again
+                        self._put(db, device_id, batch)
+                elif batch:
+                    self._put(db, device_id, batch, boundary=chunk_end, tail_last=tail_end)
 
     def _put(self, db: sqlite3.Connection, device_id: int, batch: list[dict], boundary: float | None = None,
              tail_last: float | None = None) -> None:

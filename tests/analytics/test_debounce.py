@@ -485,16 +485,23 @@ def _story(timers):
     return seen
 
 
-def test_one_call_over_several_shards_is_one_call_per_shard(timers):
-    """Each ``_many`` method is one script call whatever the number of shards, and answers and
-    leaves every shard and the due index exactly as one call per shard does."""
+def _story_as_one_call_per_shard(timers) -> tuple[list, _Scripts]:
+    """The story told through ``timers``' calls over several shards (and the script calls they
+    made), after asserting that each step answers and leaves the shards and the due index as one
+    call per shard does."""
     scripts = _Scripts(timers)
     with scratch_region() as (client, region):
         reference = _story(_OneCallPerShard(DebounceTimers(client, region=region)))
-    many = _story(timers)
-
-    for step, (got, expected) in enumerate(zip(many, reference, strict=True)):
+    told = _story(timers)
+    for step, (got, expected) in enumerate(zip(told, reference, strict=True)):
         assert got == expected, f"step {step}"
+    return told, scripts
+
+
+def test_one_call_over_several_shards_is_one_call_per_shard(timers):
+    """Each ``_many`` method is one script call whatever the number of shards, and answers and
+    leaves every shard and the due index exactly as one call per shard does."""
+    many, scripts = _story_as_one_call_per_shard(timers)
     assert [answer for answer, _entries, _index in many][4] == {
         0: {(1, 1): "again", (1, 2): "done"}, 3: {(1, 3): "done", (1, 4): "stale"}}
     assert {shard: [(offer.device_id, offer.reason) for offer in offers] for shard, offers in many[6][0].items()} == {
@@ -511,13 +518,7 @@ def test_one_call_over_several_shards_is_one_call_per_shard(timers):
 
 def test_calls_split_between_shards_are_still_one_call_per_shard(timers, monkeypatch):
     monkeypatch.setattr(debounce, "CALL_ENTRIES", 2)
-    scripts = _Scripts(timers)
-    with scratch_region() as (client, region):
-        reference = _story(_OneCallPerShard(DebounceTimers(client, region=region)))
-    split = _story(timers)
-
-    for step, (got, expected) in enumerate(zip(split, reference, strict=True)):
-        assert got == expected, f"step {step}"
+    _split, scripts = _story_as_one_call_per_shard(timers)
     # the first schedule in four calls (shards 7 and 12 together), the pump in three: after two
     # offers it leaves the shards it did not reach to the next call
     assert scripts.calls[:7] == [("schedule", 1), ("schedule", 1), ("schedule", 2), ("schedule", 1),

@@ -45,7 +45,7 @@ from analytics.engine import (
 )
 from analytics.engine.interval_fields import ENGINE_FIELDS
 from analytics.fleet.batches import HISTORY_BEGIN, HISTORY_END
-from analytics.fleet.cache import ShardCache
+from analytics.fleet.cache import AssignmentReader, ShardCache
 from analytics.models import Assignment
 from analytics.models import Calculator as StoredCalculator
 from devices.models import Device
@@ -209,6 +209,8 @@ class Run:
     end: float
     was_state: str = ""
     cache: ShardCache | None = None
+    # What the run reads of its cache (``runs_calculate`` makes it).
+    reader: AssignmentReader | None = None
     # The device's metadata, when the calculator reads it (``device.metadata.x``).
     device_metadata: dict | None = None
     diff: Diff | None = None
@@ -218,7 +220,8 @@ class Run:
     # The calculators it chains that have an assignment of the device, with the fields of their
     # intervals it sees (``source_fields``); the caller brings their cached intervals in step.
     sources: dict[int, frozenset[str]] = field(default_factory=dict)
-    # A ``messages_source`` run: the message time of the source's newest interval it saw.
+    # The device's newest message the run saw (a ``messages_source`` run: the message time of the
+    # source's newest interval).
     newest: float | None = None
 
     @property
@@ -243,11 +246,12 @@ def runs_calculate(*, runs: Sequence[Run], compiled: Compiler, now: float, stats
     for run in runs:
         assert run.cache is not None
         calculator = compiled(run.calculator, run.device_metadata)
-        reader = run.cache.reader(calc_id=run.assignment.calculator_id, device_id=run.assignment.device_id,
-                                  names=calculator.parameters)
+        reader = run.reader = run.cache.reader(calc_id=run.assignment.calculator_id,
+                                               device_id=run.assignment.device_id, names=calculator.parameters)
         begin, end = (-math.inf, math.inf) if run.synced_now else (run.begin, run.end)
         sources: dict[int, CachedSource] | None = None
-        read_messages, oldest, newest, tail = reader.read_messages, reader.oldest, reader.newest, reader.tail
+        read_messages, tail = reader.read_messages, reader.tail
+        oldest, newest = reader.bounds
         if calculator.chained:
             sources = {calc_id: CachedSource(run.cache, calc_id, run.assignment.device_id, fields)
                        for calc_id, fields in run.sources.items()}
@@ -259,7 +263,8 @@ def runs_calculate(*, runs: Sequence[Run], compiled: Compiler, now: float, stats
                 # purge is older than the dependent's update_period when the source keeps its
                 # intervals that long: docs/analytics.md, "Calculator chaining").
                 oldest = None
-                newest = run.newest = source.newest() if source is not None else None
+                newest = source.newest() if source is not None else None
+        run.newest = newest
         run.diff = recalculate(
             calculator=calculator,
             read_messages=read_messages,
@@ -288,21 +293,23 @@ class Before(Protocol):
 
 
 class CachedBefore:
-    """``Before`` from a shard cache (a worker's: it mirrors PostgreSQL for the assignments it
-    runs)."""
+    """``Before`` from the shard cache through the run's reader (a worker's cache mirrors
+    PostgreSQL for the assignments it runs): what the engine read of the stored intervals is not
+    read again."""
 
-    def __init__(self, cache: ShardCache):
-        self.cache = cache
+    def __init__(self, reader: AssignmentReader):
+        self.reader = reader
 
     def interval(self, key: tuple[int, int], interval_id: int) -> dict | None:
-        begin = interval_id / 1_000_000  # an interval's id is its begin in µs
-        for row in self.cache.intervals_read(calc_id=key[0], device_id=key[1], begin=begin - 1e-3, end=begin + 1e-3):
-            if row["id"] == interval_id:
-                return row
-        return None
+        return self.reader.interval(interval_id)
 
     def newest(self, key: tuple[int, int]) -> dict | None:
-        return self.cache.interval_before(calc_id=key[0], device_id=key[1], moment=math.inf)
+        return self.reader.newest_interval()
+
+    @classmethod
+    def of(cls, run: Run) -> CachedBefore:
+        assert run.reader is not None  # made by ``runs_calculate``
+        return cls(run.reader)
 
 
 class StoredBefore:
@@ -421,6 +428,8 @@ def runs_cached(*, runs: Sequence[Run], stats: RunStats) -> None:
             diff=Diff(created=[*run.changes.created, *run.changes.updated], deleted=run.changes.deleted),
             marker=run.stamp,
         )
+        if run.reader is not None:
+            run.reader.forget()
         stats.assignments += 1
         stats.created += len(run.changes.created)
         stats.updated += len(run.changes.updated)
@@ -436,7 +445,7 @@ def run_deadline(*, run: Run, compiled: Compiler, now: float) -> tuple[float, fl
     if not run.diff.reached_end:
         return None
     calculator = compiled(run.calculator, run.device_metadata)
-    newest = run.newest if calculator.messages_calc is not None else run.cache.newest(device_id=run.assignment.device_id)
+    newest = run.newest
     if newest is None:
         return None
     deadline = clock_deadline(calculator, newest=newest, active=run.diff.active_id is not None, now=now)

@@ -323,7 +323,8 @@ def recalculate(
       inserted, changed or deleted since the stored intervals were computed (for a deleted
       message, its timestamp). The union over several batches is fine. After a calculator
       change pass ``-inf``/``inf``. A wall-clock sweep (``max_inactive`` closing, a ``datetime``
-      period ending) passes the newest message's timestamp for both.
+      period ending) passes the newest message's timestamp for both, or a moment just after it
+      (nothing changed at the newest: a tail then extends without reading it again).
     * ``now``: wall-clock time, for closing the active interval by ``max_inactive`` or by a
       ``datetime`` period's end.
     * ``frozen_before``: stored intervals ending before it are never changed, and no interval

@@ -798,6 +798,16 @@ class ShardCache:
         return row[0]
 
     @_guard
+    def bounds(self, *, device_id: int) -> tuple[float | None, float | None]:
+        """``oldest`` and ``newest`` in one lookup."""
+        row = self._conn.execute(
+            "SELECT min(low), max(high) FROM (SELECT min(ts) AS low, max(ts) AS high FROM tail WHERE device_id = ?"
+            " UNION ALL SELECT min(first), max(last) FROM chunks WHERE device_id = ?)",
+            (device_id, device_id),
+        ).fetchone()
+        return row[0], row[1]
+
+    @_guard
     def oldest(self, *, device_id: int) -> float | None:
         """The device's oldest message timestamp (what ``recalculate`` calls ``messages_begin``
         once older messages expired)."""
@@ -921,18 +931,24 @@ class ShardCache:
         return AssignmentReader(self, calc_id, device_id, names)
 
 
+_UNREAD = object()
+
+
 class AssignmentReader:
     """``read_messages``, ``read_intervals`` and ``interval_before`` exactly as
     ``analytics.engine.recalculate`` calls them, over one assignment of a ``ShardCache``; also
-    ``newest`` and ``oldest`` for its ``newest`` and ``messages_begin`` arguments."""
+    ``bounds`` (the oldest and newest message) for its ``messages_begin`` and ``newest`` arguments.
+    A reader lives for one run: the newest stored interval is read once (``newest_interval``) and
+    kept, for the run's events, until ``forget`` (the intervals written)."""
 
-    __slots__ = ("cache", "calc_id", "device_id", "names")
+    __slots__ = ("_newest_interval", "cache", "calc_id", "device_id", "names")
 
     def __init__(self, cache: ShardCache, calc_id: int, device_id: int, names: Collection[str] | None = None):
         self.cache = cache
         self.calc_id = calc_id
         self.device_id = device_id
         self.names = names
+        self._newest_interval: dict | object | None = _UNREAD
 
     def read_messages(self, begin: float, end: float) -> Messages:
         return self.cache.messages_read(device_id=self.device_id, begin=begin, end=end, names=self.names)
@@ -941,15 +957,41 @@ class AssignmentReader:
         return self.cache.intervals_read(calc_id=self.calc_id, device_id=self.device_id, begin=begin, end=end)
 
     def interval_before(self, moment: float) -> dict | None:
+        if moment == math.inf:
+            return self.newest_interval()
         return self.cache.interval_before(calc_id=self.calc_id, device_id=self.device_id, moment=moment)
+
+    def newest_interval(self) -> dict | None:
+        """The newest stored interval (read once; callers must not change it)."""
+        if self._newest_interval is _UNREAD:
+            self._newest_interval = self.cache.interval_before(
+                calc_id=self.calc_id, device_id=self.device_id, moment=math.inf
+            )
+        return self._newest_interval  # type: ignore[return-value]
+
+    def interval(self, interval_id: int) -> dict | None:
+        """The stored interval with this id (an id is its begin in µs)."""
+        newest = self._newest_interval
+        if isinstance(newest, dict) and newest["id"] == interval_id:
+            return newest
+        begin = interval_id / 1_000_000
+        for row in self.read_intervals(begin - 1e-3, begin + 1e-3):
+            if row["id"] == interval_id:
+                return row
+        return None
+
+    def forget(self) -> None:
+        """The assignment's intervals were written: read them again."""
+        self._newest_interval = _UNREAD
 
     @property
     def newest(self) -> float | None:
         return self.cache.newest(device_id=self.device_id)
 
     @property
-    def oldest(self) -> float | None:
-        return self.cache.oldest(device_id=self.device_id)
+    def bounds(self) -> tuple[float | None, float | None]:
+        """``oldest`` and ``newest`` in one lookup."""
+        return self.cache.bounds(device_id=self.device_id)
 
     @property
     def tail(self) -> Tail | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -553,7 +554,7 @@ class ShardWorker:
         calculation.runs_calculate(runs=runs, compiled=self.compiled, now=wall, stats=stats)
         with fenced(alias, [held_shards[shard] for shard in sorted(set(shard_of.values()))]):
             dependents = calculation.runs_store(alias=alias, runs=runs, stamp=wall,
-                                                before=lambda run: calculation.CachedBefore(caches[run.key]))
+                                                before=calculation.CachedBefore.of)
         # The assignments chaining what changed recalculate it, through the same debounce.
         chained: dict[int, list[Change]] = {}
         for dependent in dependents:
@@ -572,7 +573,11 @@ class ShardWorker:
             if closing is not None:
                 deadline, newest = closing
                 delay = max(0.0, deadline - time.time()) + 0.05
+                # Only the clock changes: the range starts just after the newest message, so that a
+                # message appended meanwhile extends the open interval without the newest counting
+                # as changed (``recalculate``'s wall-clock sweep).
+                after = math.nextafter(newest, math.inf)
                 deadlines.setdefault(shard_of[run.key], []).append(
-                    Change(run.assignment.calculator_id, run.assignment.device_id, newest, newest, delay)
+                    Change(run.assignment.calculator_id, run.assignment.device_id, after, after, delay)
                 )
         self.timers.schedule_many(deadlines)

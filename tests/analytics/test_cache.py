@@ -97,12 +97,13 @@ def test_device_state_fill_mark_and_drop(cache, small_chunks):
     assert cache.device_state(device_id=7) == cache_module.DeviceState(7, 100.0, 30, 0.0, 29.0)
     cache.messages_put(device_id=7, messages=[{"timestamp": 30.0}], filled_to=200.0)
     assert cache.device_state(device_id=7).filled_to == 200.0
-    assert (cache.oldest(device_id=7), cache.newest(device_id=7)) == (0.0, 30.0)
+    assert (cache.oldest(device_id=7), cache.newest(device_id=7)) == (0.0, 30.0) == cache.bounds(device_id=7)
     cache.messages_put(device_id=8, messages=[{"timestamp": 1.0}])
     assert cache.devices() == [7, 8]
     cache.device_drop(device_id=7)
     assert cache.device_state(device_id=7) is None
     assert everything(cache, 7) == [] and cache.newest(device_id=7) is None
+    assert cache.bounds(device_id=7) == (None, None)
     assert len(everything(cache, 8)) == 1
 
 
@@ -478,6 +479,7 @@ def _state(c: ShardCache) -> tuple:
         [c.device_state(device_id=device) for device in devices],
         [c.newest(device_id=device) for device in devices],
         [c.oldest(device_id=device) for device in devices],
+        [c.bounds(device_id=device) for device in devices],
         [c.intervals_read(calc_id=1, device_id=device) for device in (1, 2, 3)],
         [c.assignment_marker(calc_id=1, device_id=device) for device in (1, 2, 3)],
         c.positions(),

@@ -6,6 +6,7 @@ read alone; anything else falls back to the window."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -451,3 +452,37 @@ def test_a_polyline_continued_from_its_last_point_is_the_whole_polyline():
         )
     # Google's example: (38.5, -120.2), (40.7, -120.95), (43.252, -126.453)
     assert encode_polyline_continued([38.5, 40.7, 43.252], [-120.2, -120.95, -126.453], None) == "_p~iF~ps|U_ulLnnqC_mqNvxq`@"
+
+
+def test_a_wall_clock_range_just_after_the_newest_extends_without_reading_the_trip_again():
+    """The worker arms a trip's closing by ``max_inactive`` with a range just after its newest
+    message: a message appended before that timer runs merges into it, and the run extends reading
+    only the new message and the last one (the newest counts as unchanged)."""
+    calc = compile_calculator(TRIPS)
+    messages = _trip(200)
+    store = MemoryStore(messages, [])
+    store.apply(store.recalculate(calc, dirty_begin=-np.inf, dirty_end=np.inf, keep_tail=True))
+    sweep = math.nextafter(messages[-1]["timestamp"], math.inf)
+    messages.append(_trip(201)[-1])
+    store.set_messages(messages)
+    newest = messages[-1]["timestamp"]
+    diff = store.recalculate(calc, dirty_begin=sweep, dirty_end=newest, now=newest + 1, keep_tail=True)
+    assert diff.extended and diff.messages_read == 2
+    store.apply(diff)
+    assert store.intervals == list(calculate(messages, calc, now=newest + 1))
+
+
+@pytest.mark.parametrize("keep_tail", [False, True])
+def test_a_wall_clock_sweep_just_after_the_newest_closes_the_trip(keep_tail):
+    calc = compile_calculator(TRIPS)
+    messages = _trip(200)
+    store = MemoryStore(messages, [])
+    first = store.recalculate(calc, dirty_begin=-np.inf, dirty_end=np.inf, now=T0 + 200, keep_tail=keep_tail)
+    assert first.active_id is not None
+    store.apply(first)
+    sweep = math.nextafter(messages[-1]["timestamp"], math.inf)
+    late = messages[-1]["timestamp"] + 3600
+    diff = store.recalculate(calc, dirty_begin=sweep, dirty_end=sweep, now=late, keep_tail=keep_tail)
+    assert diff.reached_end and diff.active_id is None and not diff.extended
+    store.apply(diff)
+    assert store.intervals == list(calculate(messages, calc, now=late))

@@ -386,8 +386,13 @@ class ShardWorker:
         """Claim and recalculate these (calc_id, device_id) of several shards (shard -> pairs),
         writing every diff of a datacenter in one transaction fenced by all their epochs. Pairs of
         a shard this worker does not hold are left alone (their offers come back to the holder
-        after ``OFFER_TIMEOUT``); ``NotHeld`` when it holds none of them. Then the next batch."""
+        after ``OFFER_TIMEOUT``); ``NotHeld`` when it holds none of them. Then the next batch.
+
+        The change logs woken meanwhile are drained first, so that a run takes every message
+        written before it starts: whether a device's next message joins its run does not depend
+        on how late the worker is (docs/analytics.md, "A recalculation")."""
         try:
+            self.changes_drain()
             return self._batch_claimed(batch, now=now)
         finally:
             self._next_batch_send()

@@ -902,7 +902,7 @@ def print_rolling(run: LatencyRun, restart: RollingRestart) -> None:
           f" {'restart s':>10} {'p99 ms during':>13} {'max ms during':>13} {'p99 ms outside':>14} {'missing':>7}")
     print("-" * 125)
     print(f"{len(restart.moved):>12} {max(restart.unheld.values(), default=0.0):>16.1f} {devices - before[0]:>14}"
-          f" {messages - before[1]:>15,} {' / '.join(f'{s:.1f}' for s in restart.restart_seconds):>10}"
+          f" {messages - before[1]:>15,} {' / '.join(f'{seconds:.1f}' for seconds in restart.restart_seconds):>10}"
           f" {pct(during, 0.99):>13} {pct(during, 1.0):>13} {pct(outside, 0.99):>14} {run.missing:>7}")
     print("shards moved: shards that went to a worker other than their holder before; unheld: the longest a shard had"
           " no lease during the restarts; filled: whole devices copied from PostgreSQL into a cache meanwhile")

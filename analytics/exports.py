@@ -17,6 +17,7 @@ from typing import Any
 
 from analytics import selectors
 from analytics.engine.geo import decode_polylines
+from analytics.engine.interval_fields import ENGINE_FIELDS, OWNER_FIELDS, STAMP_FIELD
 from analytics.engine.timeutil import zone
 from analytics.models import Assignment
 from flespi_site.api.exports import (
@@ -33,14 +34,16 @@ from flespi_site.api.exports import (
 )
 from flespi_site.jsontext import dumps_exact
 
+_ID, _BEGIN, _END, _DURATION = ENGINE_FIELDS
+_CALC_ID, _DEVICE_ID = OWNER_FIELDS
 # Columns derived from an interval's times, in its calculator's timezone (ISO 8601 with the
 # offset); a counter or user field of the same name wins.
-DERIVED_TIMES = {"begin_time": "begin", "end_time": "end"}
+DERIVED_TIMES = {"begin_time": _BEGIN, "end_time": _END}
 # The leading columns of a CSV of stored intervals, before the counters (in the calculator's
 # order) and the other fields (user fields, counters of an earlier version: by name).
-STORED_LEADING = ("id", "calc_id", "device_id", "begin", "end", "duration", "begin_time", "end_time", "timestamp")
+STORED_LEADING = (_ID, _CALC_ID, _DEVICE_ID, _BEGIN, _END, _DURATION, *DERIVED_TIMES, STAMP_FIELD)
 # ... and of an on-demand calculation's (nothing stored: no calc_id, no timestamp).
-ON_DEMAND_LEADING = ("id", "device_id", "begin", "end", "duration", "begin_time", "end_time")
+ON_DEMAND_LEADING = (_ID, _DEVICE_ID, _BEGIN, _END, _DURATION, *DERIVED_TIMES)
 LATITUDE = "position.latitude"
 LONGITUDE = "position.longitude"
 _MISSING = object()

@@ -228,22 +228,6 @@ def assignments_done(*, alias: str, rows: Sequence[AssignmentDone]) -> None:
         )
 
 
-def intervals_write(
-    *,
-    alias: str,
-    calc_id: int,
-    device_id: int,
-    upsert: Sequence[Mapping],
-    delete_ids: Iterable[int],
-    stamp: float,
-) -> tuple[list[dict], list[dict]]:
-    """Insert or replace the engine fields of ``upsert`` (interval dicts from the engine) and
-    delete ``delete_ids``, in the caller's transaction. User fields stay with their id. Returns
-    (written rows, deleted rows) as stored."""
-    key = (calc_id, device_id)
-    return intervals_write_many(alias=alias, writes={key: (upsert, delete_ids)}, stamp=stamp).get(key, ([], []))
-
-
 def _text_array(values: Sequence[str]) -> str:
     """The PostgreSQL literal of a ``text[]``, every element quoted."""
     return "{" + ",".join('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values) + "}"
@@ -269,9 +253,10 @@ def intervals_write_many(
     writes: Mapping[tuple[int, int], tuple[Sequence[Mapping], Iterable[int]]],
     stamp: float,
 ) -> dict[tuple[int, int], tuple[list[dict], list[dict]]]:
-    """``intervals_write`` for several assignments ((calc_id, device_id) -> (upsert, delete_ids))
-    in two statements whatever their number. Returns (written rows, deleted rows) per assignment,
-    each by id."""
+    """Insert or replace the engine fields of each assignment's ``upsert`` (interval dicts from the
+    engine) and delete its ``delete_ids`` ((calc_id, device_id) -> (upsert, delete_ids)), in the
+    caller's transaction and in two statements whatever their number. User fields stay with their
+    id. Returns (written rows, deleted rows) as stored per assignment, each by id."""
     result: dict[tuple[int, int], tuple[list[dict], list[dict]]] = {key: ([], []) for key in writes}
     gone: list[list[int]] = [[], [], []]
     put: list[list] = [[], [], [], [], [], [], [], [], []]

@@ -53,13 +53,13 @@ DEPENDENTS = {
 }
 
 
-def synthetic(n: int, seed: int = 1) -> Messages:
+def synthetic(count: int, seed: int = 1) -> Messages:
     rng = np.random.default_rng(seed)
-    ts = T0 + np.arange(n, dtype=float)
-    driving = np.repeat(rng.random(n // 600 + 1) < 0.5, 600)[:n]
-    speed = np.where(driving, rng.uniform(10, 90, n), rng.uniform(0, 3, n))
-    lat = 50 + np.cumsum(rng.normal(0, 1e-4, n))
-    lon = 10 + np.cumsum(rng.normal(0, 1e-4, n))
+    ts = T0 + np.arange(count, dtype=float)
+    driving = np.repeat(rng.random(count // 600 + 1) < 0.5, 600)[:count]
+    speed = np.where(driving, rng.uniform(10, 90, count), rng.uniform(0, 3, count))
+    lat = 50 + np.cumsum(rng.normal(0, 1e-4, count))
+    lon = 10 + np.cumsum(rng.normal(0, 1e-4, count))
     return Messages.from_columns(ts, {"position.speed": speed, "position.latitude": lat, "position.longitude": lon})
 
 
@@ -103,14 +103,14 @@ def main() -> None:
             head = messages.slice(0, size)
             source_store = MemoryStore(head, calculate(head, trips))
             source_store.set_messages(messages)
-            t = float(messages.timestamps[-1])
+            newest = float(messages.timestamps[-1])
             before = {interval["id"]: interval for interval in source_store.intervals}
-            diff = source_store.recalculate(trips, dirty_begin=t, dirty_end=t)
+            diff = source_store.recalculate(trips, dirty_begin=newest, dirty_end=newest)
             source_store.apply(diff)
             rows = [*diff.created, *diff.updated, *diff.deleted,
                     *(before[iv["id"]] for iv in diff.updated if iv["id"] in before)]
-            lo = min([t, *(row["begin"] for row in rows)]) - 1e-3
-            hi = max([t, *(row["end"] for row in rows)]) + 1e-3
+            lo = min([newest, *(row["begin"] for row in rows)]) - 1e-3
+            hi = max([newest, *(row["end"] for row in rows)]) + 1e-3
             reads_messages = dependent.messages_calc is None
             source_messages = intervals_as_messages(source_store.intervals)
             old_source = MemoryStore([], source_store.intervals)

@@ -68,11 +68,11 @@ def seed(assignment, count: int) -> None:
     names: set[str] = set()
     for start in range(0, count, batch):
         intervals = []
-        for n in range(start, min(count, start + batch)):
-            begin = 1_600_000_000 + n * 600
-            route = encode_polyline([(52.5 + (n % 100) / 1e3 + i / 1e4, 13.4 + i / 1e4) for i in range(8)])
+        for number in range(start, min(count, start + batch)):
+            begin = 1_600_000_000 + number * 600
+            route = encode_polyline([(52.5 + (number % 100) / 1e3 + i / 1e4, 13.4 + i / 1e4) for i in range(8)])
             intervals.append({"id": begin * 1_000_000, "begin": float(begin), "end": begin + 300.0, "duration": 300.0,
-                              "max_speed": 40 + n % 60, "km": round(n % 97 / 7, 3), "route": route})
+                              "max_speed": 40 + number % 60, "km": round(number % 97 / 7, 3), "route": route})
         with transaction.atomic(using=assignment.database):
             storage.intervals_write_many(
                 alias=assignment.database, writes={(assignment.calculator_id, assignment.device_id): (intervals, [])},

@@ -73,6 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the platform 
 
 import ingest  # bench/ingest.py: environment, databases, fixture, messages
 
+from flespi_site.fleet import FleetTask
 from tests.support.fleet import Fleet
 from tests.support.mqtt import Subscriber
 from tests.support.processes import WebServer
@@ -89,8 +90,9 @@ EVERY = 1  # --every: seconds between a device's messages in a latency run
 TARGET_P99 = UPDATE_DELAY + 0.25
 
 SELECTOR = {"type": "expression", "expression": "position.speed > 5", "merge_unknown": True, "max_inactive": 60}
-TASK_LINE = re.compile(r"Task (analytics\.\w+)\[[^\]]+\] succeeded in ([0-9.e-]+)s")
-RECEIVED_LINE = re.compile(r"^(\S+ \S+) .*Task (analytics\.\w+)\[[^\]]+\] received")
+TASK_NAME = "|".join(re.escape(task.value) for task in FleetTask)
+TASK_LINE = re.compile(rf"Task ({TASK_NAME})\[[^\]]+\] succeeded in ([0-9.e-]+)s")
+RECEIVED_LINE = re.compile(rf"^(\S+ \S+) .*Task ({TASK_NAME})\[[^\]]+\] received")
 FILL_LINE = re.compile(r"device (\d+) cached, (\d+) messages in ([0-9.]+) s")
 
 
@@ -224,13 +226,13 @@ def calculator_remove(calculator) -> None:
             time.sleep(1)
 
 
-def task_times(lines: list[str]) -> dict[str, tuple[int, float]]:
-    """Per task name of the worker's log lines: (count, seconds)."""
-    out: dict[str, list] = {}
+def task_times(lines: list[str]) -> dict[FleetTask, tuple[int, float]]:
+    """Per fleet task of the worker's log lines: (count, seconds)."""
+    out: dict[FleetTask, list] = {}
     for line in lines:
         match = TASK_LINE.search(line)
         if match:
-            entry = out.setdefault(match.group(1).removeprefix("analytics."), [0, 0.0])
+            entry = out.setdefault(FleetTask(match.group(1)), [0, 0.0])
             entry[0] += 1
             entry[1] += float(match.group(2))
     return {name: (count, seconds) for name, (count, seconds) in out.items()}
@@ -284,7 +286,7 @@ class LatencyRun:
         self.exact = self.missing = self.messages = 0
         self.cpu: dict[str, float] = {}
         self.wall = 0.0
-        self.tasks: dict[str, tuple[int, float]] = {}
+        self.tasks: dict[FleetTask, tuple[int, float]] = {}
         self.sync_s = 0.0
         self.counted: dict[str, float] = {}  # the platform's counters moved during the run
         self.messages_sent = 0  # every message sent (the warm-up's too), as the CPU meter saw them
@@ -463,8 +465,8 @@ def print_latency(runs: list[LatencyRun]) -> None:
         recalcs = run.counted.get("flespi_recalculations_total", 0.0)
         extended = run.counted.get("flespi_recalculations_extended_total", 0.0)
         publishes = run.counted.get("flespi_relay_published_total", 0.0)
-        drain = run.tasks.get("shard_changes", (0, 0.0))[1]
-        runs_busy = run.tasks.get("shard_run", (0, 0.0))[1]
+        drain = run.tasks.get(FleetTask.SHARD_CHANGES, (0, 0.0))[1]
+        runs_busy = run.tasks.get(FleetTask.SHARD_RUN, (0, 0.0))[1]
         print(f"{run.size:>7,} {sent / run.wall:>10,.0f} {run.cpu.get('web', 0) / sent * 1e6:>7.0f}"
               f" {drain / sent * 1e6:>7.0f} {runs_busy / sent * 1e6:>7.0f} {recalcs / run.wall:>9,.0f}"
               f" {extended / max(recalcs, 1):>8.0%}"
@@ -476,7 +478,7 @@ def print_latency(runs: list[LatencyRun]) -> None:
     names = sorted({name for run in runs for name in run.cpu})
     print(f"{'devices':>7} " + " ".join(f"{name:>10}" for name in names) + "   tasks: count, busy % of the run, ms each")
     for run in runs:
-        tasks = ", ".join(f"{task} {count} {spent / run.wall:.0%} {spent / count * 1e3:.1f}"
+        tasks = ", ".join(f"{task.short} {count} {spent / run.wall:.0%} {spent / count * 1e3:.1f}"
                           for task, (count, spent) in sorted(run.tasks.items()))
         print(f"{run.size:>7,} " + " ".join(f"{run.cpu.get(name, 0) / run.wall:>10.0%}" for name in names)
               + f"   {tasks}")
@@ -570,7 +572,6 @@ def sync(platform: Platform, fixture, count: int, profile: Path | None) -> dict[
     from analytics.models import Assignment
     from analytics.services import assignment_create, calculator_create
     from devices.services import messages_ingest
-    from flespi_site.fleet import FleetTask
 
     [device] = fixture.new_devices(1)
     source = ingest.MessageSource(start=math.floor(time.time()) - count - 3600)
@@ -786,7 +787,8 @@ def throughput(platform: Platform, fixture, devices, per_task: int) -> dict[str,
         time.sleep(0.02)
     elapsed = time.monotonic() - started
     _wall, cpu = meter.used()
-    runs = [task_times(platform.lines(name)[log_start[name]:]).get("shard_run", (0, 0.0)) for name in platform.workers]
+    runs = [task_times(platform.lines(name)[log_start[name]:]).get(FleetTask.SHARD_RUN, (0, 0.0))
+            for name in platform.workers]
     ran = (sum(count for count, _ in runs), sum(seconds for _, seconds in runs))
     time.sleep(11)
     committed = pg_commits(alias) - commits - idle_rate * (time.monotonic() - started)
@@ -900,7 +902,7 @@ def print_rolling(run: LatencyRun, restart: RollingRestart) -> None:
           f" {'restart s':>10} {'p99 ms during':>13} {'max ms during':>13} {'p99 ms outside':>14} {'missing':>7}")
     print("-" * 125)
     print(f"{len(restart.moved):>12} {max(restart.unheld.values(), default=0.0):>16.1f} {devices - before[0]:>14}"
-          f" {messages - before[1]:>15,} {' / '.join(f'{s:.1f}' for s in restart.restart_seconds):>10}"
+          f" {messages - before[1]:>15,} {' / '.join(f'{seconds:.1f}' for seconds in restart.restart_seconds):>10}"
           f" {pct(during, 0.99):>13} {pct(during, 1.0):>13} {pct(outside, 0.99):>14} {run.missing:>7}")
     print("shards moved: shards that went to a worker other than their holder before; unheld: the longest a shard had"
           " no lease during the restarts; filled: whole devices copied from PostgreSQL into a cache meanwhile")

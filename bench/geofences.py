@@ -46,8 +46,8 @@ def zones(count: int, seed: int = 3) -> list[dict]:
             geometry = {
                 "type": "polygon",
                 "path": [
-                    {"lat": lat + r / 111.2 * np.cos(a), "lon": lon + r / 71.5 * np.sin(a)}
-                    for r, a in zip(radius_km.tolist(), angles.tolist(), strict=True)
+                    {"lat": lat + radius / 111.2 * np.cos(angle), "lon": lon + radius / 71.5 * np.sin(angle)}
+                    for radius, angle in zip(radius_km.tolist(), angles.tolist(), strict=True)
                 ],
             }
         result.append({

@@ -41,16 +41,16 @@ def _groups(account, count: int, *, with_calculator: bool, masks_only: bool = Fa
     alias = "dc_eu_1"
     calculator = calculator_create(account=account, config={"name": "days", "selectors": [{"type": "datetime", "split": "day"}]})
     selectors = []
-    for n in range(count):
-        kind = 1 if masks_only else n % 3
+    for number in range(count):
+        kind = 1 if masks_only else number % 3
         selectors.append(
-            f"metadata.fleet=f{n}" if kind == 0 else f"name=truck-{n}-*" if kind == 1
-            else f'{{metadata.fleet=="f{n}" && enabled==true}}'
+            f"metadata.fleet=f{number}" if kind == 0 else f"name=truck-{number}-*" if kind == 1
+            else f'{{metadata.fleet=="f{number}" && enabled==true}}'
         )
     ids = allocate_ids(alias=alias, count=count) if count else []
     now = time.time()
-    groups = [Group(id=pk, account_id=account.pk, name=f"g{n}", created=now, **group_selector_fields(selector))
-              for n, (pk, selector) in enumerate(zip(ids, selectors, strict=True))]
+    groups = [Group(id=pk, account_id=account.pk, name=f"g{number}", created=now, **group_selector_fields(selector))
+              for number, (pk, selector) in enumerate(zip(ids, selectors, strict=True))]
     Group.objects.using(alias).bulk_create(groups)
     if with_calculator and count:
         link_ids = allocate_ids(alias=alias, count=count)
@@ -69,11 +69,11 @@ def _creates(account, count: int, tag: str) -> tuple[float, list[float], list[fl
     from devices.services import device_create
 
     times, statements, joining, alone = [], [], [], []
-    for n in range(count + 1):
+    for number in range(count + 1):
         # Even creates join group 0 (metadata.fleet=f0, or name=truck-0-* among name masks), odd
         # ones no group.
-        metadata = {"fleet": "f0"} if n % 2 == 0 else {"fleet": "none"}
-        name = f"truck-0-{n}" if n % 2 == 0 else f"device-{n}"
+        metadata = {"fleet": "f0"} if number % 2 == 0 else {"fleet": "none"}
+        name = f"truck-0-{number}" if number % 2 == 0 else f"device-{number}"
         executed = []
 
         def counted(execute, sql, params, many, context, executed=executed):
@@ -82,12 +82,12 @@ def _creates(account, count: int, tag: str) -> tuple[float, list[float], list[fl
 
         with connections["dc_eu_1"].execute_wrapper(counted):
             started = time.perf_counter()
-            device_create(account=account, name=name, configuration={"ident": f"bench-groups-{tag}-{n}"},
+            device_create(account=account, name=name, configuration={"ident": f"bench-groups-{tag}-{number}"},
                           metadata=metadata)
             times.append(time.perf_counter() - started)
-        if n:
-            (joining if n % 2 == 0 else alone).append(times[-1])
-            if n % 2:
+        if number:
+            (joining if number % 2 == 0 else alone).append(times[-1])
+            if number % 2:
                 statements.append(len(executed))
     made = Assignment.objects.using("dc_eu_1").filter(account_id=account.pk).count()
     return times[0], joining, alone, statements, made
@@ -110,9 +110,9 @@ def main() -> None:
 
     settings.DEBUG = False
     rows = []
-    counts = [int(n) for n in args.groups.split(",")]
+    counts = [int(size) for size in args.groups.split(",")]
     # (groups, with a calculator each, name masks only)
-    cases = [(n, True, False) for n in counts] + [(max(counts), True, True), (max(counts), False, False)]
+    cases = [(size, True, False) for size in counts] + [(max(counts), True, True), (max(counts), False, False)]
     for count, with_calculator, masks_only in cases:
         _selector_sql.cache_clear()
         tag = uuid.uuid4().hex[:8]

@@ -245,7 +245,7 @@ def main() -> None:
             try:
                 cold = devices if len(devices) <= COLD_MAX else random.sample(devices, COLD_MAX)
                 cold_rate = deliver(broker.url, (key, None), platform,
-                                    [f"flespi/message/gw/devices/{d}" for d in cold], args.inflight)
+                                    [f"flespi/message/gw/devices/{device}" for device in cold], args.inflight)
                 connect, subscribe = handshakes(broker.url, key)
                 topics = [f"flespi/message/gw/devices/{random.choice(devices)}" for _ in range(args.messages)]
                 rate = deliver(broker.url, (key, None), platform, topics, args.inflight)

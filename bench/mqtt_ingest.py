@@ -78,7 +78,7 @@ def main() -> None:
     ids = [device.pk for device in devices]
     print(f"{'consumers':>9} {'payloads':>9} {'seconds':>8} {'payloads/s':>10}", flush=True)
     try:
-        for round_, count in enumerate(int(c) for c in args.consumers.split(",")):
+        for round_, count in enumerate(int(value) for value in args.consumers.split(",")):
             broker = EmbeddedBroker()
             broker.start()
             env = platform_env(MQTT_URL=broker.url, MQTT_PLATFORM_USERNAME=PLATFORM_USER,
@@ -86,10 +86,10 @@ def main() -> None:
                                FLESPI_TOPOLOGY=os.environ["FLESPI_TOPOLOGY"], LOG_LEVEL="WARNING")
             profile = os.environ.get("BENCH_PROFILE")  # py-spy's raw stacks of the first consumer
             consumers = [subprocess.Popen(
-                [*(["py-spy", "record", "--format", "raw", "-o", profile, "--"] if profile and n == 0 else []),
-                 sys.executable, "manage.py", "mqtt_ingest", "--name", f"c{n}", "--log-every", "3600"],
+                [*(["py-spy", "record", "--format", "raw", "-o", profile, "--"] if profile and number == 0 else []),
+                 sys.executable, "manage.py", "mqtt_ingest", "--name", f"c{number}", "--log-every", "3600"],
                 cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ) for n in range(count)]
+            ) for number in range(count)]
             try:
                 time.sleep(4)  # the consumers subscribe
                 before = stored(alias, ids)

@@ -82,8 +82,8 @@ def fill(account, devices: list, webhooks: int, events: int, url: str) -> list:
     for first in range(0, per_device, 100):
         count = min(100, per_device - first)
         messages_ingest(devices=devices, messages=[
-            {"timestamp": T0 + first + n, "position.latitude": 54.7, "position.longitude": 25.3,
-             "position.speed": 40 + n % 30, "engine.ignition.status": True} for n in range(count)
+            {"timestamp": T0 + first + offset, "position.latitude": 54.7, "position.longitude": 25.3,
+             "position.speed": 40 + offset % 30, "engine.ignition.status": True} for offset in range(count)
         ])
     return hooks
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from django.conf import settings
 
+from accounts.placement import alias_for_account
+
 
 class PlacementError(RuntimeError):
     """A regional query did not say which datacenter it runs on."""
@@ -35,8 +37,6 @@ class PlacementRouter:
                 return instance._state.db
             account_id = getattr(instance, "account_id", None)
             if account_id is not None:
-                from accounts.placement import alias_for_account
-
                 return alias_for_account(account_id)
         raise PlacementError(
             f"{model._meta.label} is a regional model: query it with "

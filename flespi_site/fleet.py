@@ -57,6 +57,11 @@ class FleetTask(StrEnum):
     SHARD_PURGE = "analytics.shard_purge"
     SHARD_FILL = "analytics.shard_fill"
 
+    @property
+    def short(self) -> str:
+        """The name without its app's prefix (``shard_run``), as the benchmarks' reports show it."""
+        return self.value.partition(".")[2]
+
 
 class _App(Protocol):
     def send_task(self, name: str, args: Sequence[Any] | None = ..., **options: Any) -> Any: ...

@@ -42,7 +42,9 @@ def services_problems() -> Problems:
     The answer names what failed; the details (hosts, users) go to the log only."""
     from flespi_site.celery import redis_client
 
-    regions = [settings.SERVED_REGION] if settings.SERVED_REGION else [r.code for r in settings.TOPOLOGY.regions]
+    regions = (
+        [settings.SERVED_REGION] if settings.SERVED_REGION else [region.code for region in settings.TOPOLOGY.regions]
+    )
     aliases = ["default", *(dc.alias for code in regions for dc in settings.TOPOLOGY.region(code).datacenters)]
     problems: Problems = {}
     for alias in aliases:

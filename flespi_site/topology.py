@@ -147,9 +147,8 @@ def _checked_url(url: str, kind: str, where: str) -> str:
     except ValueError as exc:
         raise TopologyError(f"{where} is not a valid {kind} URL ({exc}); set it like {example}") from exc
     if parts.scheme not in schemes:
-        raise TopologyError(
-            f"{where} must be a {kind} URL ({', '.join(s + '://' for s in schemes)}), like {example}; got {url!r}"
-        )
+        accepted = ", ".join(scheme + "://" for scheme in schemes)
+        raise TopologyError(f"{where} must be a {kind} URL ({accepted}), like {example}; got {url!r}")
     if parts.scheme != "unix" and not parts.hostname:
         raise TopologyError(f"{where} names no host; set it like {example}")
     if kind == "database" and not parts.path.strip("/"):

@@ -11,12 +11,12 @@ from django.conf import settings
 from tests.regions.test_imports import imported_modules
 
 REPO = Path(__file__).resolve().parents[1]
-PLATFORM_PACKAGES = ("flespi_site", "regions", "accounts", "devices", "analytics")
+PLATFORM_PACKAGES = ("flespi_site", "regions", "accounts", "devices", "analytics", "webhooks")
 
 
 def test_devtools_imports_no_app_of_the_platform():
     apps = {app for app in settings.INSTALLED_APPS if (REPO / app / "__init__.py").is_file()}
-    assert {"regions", "accounts", "devices", "analytics"} <= apps
+    assert {"regions", "accounts", "devices", "analytics", "webhooks"} <= apps
     modules = sorted((REPO / "devtools").rglob("*.py"))
     assert {"embedded.py", "supervisor.py", "vendor.py"} <= {path.name for path in modules}
     offending = {

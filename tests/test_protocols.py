@@ -13,14 +13,20 @@ import pytest
 from flespi_site import constants, fleet
 
 REPO = Path(__file__).resolve().parent.parent
+TOPS = ("accounts", "analytics", "devices", "regions", "webhooks", "flespi_site", "devtools", "deploy", "bench",
+        "tests")
 SOURCES = [
     path
-    for top in ("accounts", "analytics", "devices", "regions", "flespi_site", "devtools", "bench", "tests")
+    for top in TOPS
     for path in sorted((REPO / top).rglob("*.py"))
     if path.name != Path(__file__).name
 ]
 TASK_NAMES = {task.value for task in fleet.FleetTask}
-LOCK_NUMBERS = {int(space) for space in constants.LockSpace} | {constants.RELAY_LOCK}
+# Every number of constants: the spaces of the two-key locks and each single-key ``*_LOCK``.
+LOCK_LIST = [int(space) for space in constants.LockSpace] + [
+    value for name, value in vars(constants).items() if name.endswith("_LOCK") and type(value) is int
+]
+LOCK_NUMBERS = set(LOCK_LIST)
 ADVISORY_WITH_NUMBER = re.compile(r"pg_(try_)?advisory\w*\(\s*\d")
 
 
@@ -66,13 +72,13 @@ def test_advisory_lock_numbers_are_chosen_only_in_constants():
         for node in _strings(tree):
             if ADVISORY_WITH_NUMBER.search(node.value):
                 found.append(f"{_relative(path)}:{node.lineno}: {node.value.strip()[:60]!r}")
-    assert found == [], "use flespi_site.constants (LockSpace, RELAY_LOCK) instead:\n" + "\n".join(found)
+    assert found == [], "use flespi_site.constants (LockSpace, the *_LOCK numbers) instead:\n" + "\n".join(found)
 
 
 def test_lock_spaces_are_distinct_and_fit_postgresql():
-    numbers = [int(space) for space in constants.LockSpace] + [constants.RELAY_LOCK]
-    assert len(set(numbers)) == len(numbers)
-    assert all(0 < number < 2**31 for number in numbers)
+    assert {constants.RELAY_LOCK, constants.WEBHOOKS_LOCK, constants.MIGRATE_LOCK} <= LOCK_NUMBERS
+    assert len(LOCK_NUMBERS) == len(LOCK_LIST)
+    assert all(0 < number < 2**31 for number in LOCK_LIST)
     assert constants.lock_id(2**40 + 7) == (2**40 + 7) % 2**31
 
 
@@ -94,7 +100,7 @@ DJANGO_FREE = [
     "analytics/fleet/debounce.py",
     "analytics/fleet/cache.py",
 ]
-APPS = ("accounts", "analytics", "devices", "regions")
+APPS = ("accounts", "analytics", "devices", "regions", "webhooks")
 
 
 @pytest.mark.parametrize("module", DJANGO_FREE)

@@ -169,9 +169,9 @@ class Geofence:
                 vx = (bx - ax) * scale
                 vy = np.full(len(lat), (by - ay) * KM_PER_DEGREE)
                 length2 = vx * vx + vy * vy
-                t = np.where(length2 > 0, np.clip(-(ux * vx + uy * vy) / length2, 0.0, 1.0), 0.0)
-                dx = ux + t * vx
-                dy = uy + t * vy
+                along = np.where(length2 > 0, np.clip(-(ux * vx + uy * vy) / length2, 0.0, 1.0), 0.0)
+                dx = ux + along * vx
+                dy = uy + along * vy
                 best = np.minimum(best, np.sqrt(dx * dx + dy * dy))
         return best
 

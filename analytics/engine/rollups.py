@@ -28,8 +28,9 @@ from .timeutil import MAX_TS, MIN_TS, period_keys, zone
 # aliases, ``sum``, ``min``, ``max``, ``avg``) and ``count``. ``average`` weighs each interval by
 # its duration. Only ``count`` may go without a field (then it counts intervals).
 ROLLUP_TYPES = ("summary", "minimum", "maximum", "average", "first", "last", "count")
-# The interval fields a rollup may read besides the calculator's counters: the stored columns.
-ROLLUP_COLUMNS = ("begin", "end", "duration")
+# The interval fields a rollup may read besides the calculator's counters: the stored columns of
+# the engine's fields after the id (begin, end, duration).
+ROLLUP_COLUMNS = ENGINE_FIELDS[1:]
 # Names a rollup counter may not take: the fields of each answered period.
 ROLLUP_RESERVED = ("begin", "end", *OWNER_FIELDS)
 MAX_ROLLUP_COUNTERS = 64

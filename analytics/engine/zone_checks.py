@@ -65,13 +65,13 @@ def self_intersection(points: list[dict]) -> tuple[int, int] | None:
     the coordinates given (planar in lon/lat), all pairs at once."""
     xs = np.array([float(point["lon"]) for point in points])
     ys = np.array([float(point["lat"]) for point in points])
-    n = len(xs)
+    edge_count = len(xs)
     ax, ay = xs, ys
     bx, by = np.roll(xs, -1), np.roll(ys, -1)
-    i, j = np.triu_indices(n, k=1)
+    i, j = np.triu_indices(edge_count, k=1)
     # Adjacent edges share a point: they may only fold back over each other (collinear, turning
     # around), which the check below of their directions finds.
-    adjacent = (j == i + 1) | ((i == 0) & (j == n - 1))
+    adjacent = (j == i + 1) | ((i == 0) & (j == edge_count - 1))
     o1 = _orient(ax[i], ay[i], bx[i], by[i], ax[j], ay[j])
     o2 = _orient(ax[i], ay[i], bx[i], by[i], bx[j], by[j])
     o3 = _orient(ax[j], ay[j], bx[j], by[j], ax[i], ay[i])

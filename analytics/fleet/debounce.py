@@ -487,7 +487,8 @@ class DebounceTimers:
                 args += group.args
             answered = script(keys=keys, args=args)  # the pump's may answer for the first shards only
             if not answered:
-                raise RuntimeError(f"the debounce script answered for none of shards {[g.shard for g in part]}")
+                shards = [group.shard for group in part]
+                raise RuntimeError(f"the debounce script answered for none of shards {shards}")
             replies += answered
             left = left[len(answered):]
         return replies

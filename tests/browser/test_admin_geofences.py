@@ -12,8 +12,8 @@ from tests.browser.test_admin_pictures import (  # noqa: F401 (fixtures)
     fast_hashing,
     inside_the_map,
     vendored,
-    wait,
 )
+from tests.support.waiting import page_wait
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -36,7 +36,7 @@ def test_the_geofence_list_draws_every_zone(platform, make_account, admin_browse
         geofence_create(account=account, data=zone)
     browser = admin_browser
     browser.get(f"{live_url}/admin/analytics/geofence/")
-    element = wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#geofence-map[data-zones='3']")))
+    element = page_wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#geofence-map[data-zones='3']")))
     paths = browser.find_elements(By.CSS_SELECTOR, "#geofence-map path.zone")
     kinds = sorted(path.get_attribute("class").split()[1] for path in paths)
     assert kinds == ["zone-circle", "zone-corridor", "zone-polygon"]

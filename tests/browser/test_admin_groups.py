@@ -12,8 +12,8 @@ from tests.browser.test_admin_pictures import (  # noqa: F401 (fixtures)
     admin_browser,
     fast_hashing,
     vendored,
-    wait,
 )
+from tests.support.waiting import page_wait
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -32,7 +32,7 @@ def test_the_group_pages_list_members_and_calculators(platform, make_account, ad
     group_assignment_create(calculator=trips, group=north)
     browser = admin_browser
     browser.get(f"{live_url}/admin/devices/group/")
-    wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#result_list")))
+    page_wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#result_list")))
     rows = {
         row.find_element(By.CSS_SELECTOR, "td.field-name").text: [
             row.find_element(By.CSS_SELECTOR, f"td.field-{column}").text
@@ -43,12 +43,12 @@ def test_the_group_pages_list_members_and_calculators(platform, make_account, ad
     assert rows == {"north": ["selector metadata.fleet=north", "2", str(trips)], "empty": ["member list", "0", "none"]}
     screenshot("admin-groups")
     browser.get(f"{live_url}/admin/devices/group/{north.pk}/change/")
-    members = wait(browser, seen.presence_of_all_elements_located((By.CSS_SELECTOR, "a.group-member")))
+    members = page_wait(browser, seen.presence_of_all_elements_located((By.CSS_SELECTOR, "a.group-member")))
     assert [link.text for link in members] == [str(truck) for truck in trucks]
     calculators = browser.find_elements(By.CSS_SELECTOR, "a.group-calculator")
     assert [link.text for link in calculators] == [str(trips)]
     members[0].click()
-    wait(browser, seen.url_contains(f"/admin/devices/device/{trucks[0].pk}/change/"))
+    page_wait(browser, seen.url_contains(f"/admin/devices/device/{trucks[0].pk}/change/"))
     browser.back()
-    wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "a.group-member")))
+    page_wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "a.group-member")))
     screenshot("admin-group")

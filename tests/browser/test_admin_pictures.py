@@ -19,9 +19,9 @@ from django.conf import settings
 from django.core.management import call_command
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as seen
-from selenium.webdriver.support.ui import WebDriverWait
 
 from devtools import vendor
+from tests.support.waiting import page_wait
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -30,10 +30,6 @@ PASSWORD = "a long password 42"
 OFFLINE = """
 Object.defineProperty(Navigator.prototype, "onLine", {get() { return window.__online === true; }});
 """
-
-
-def wait(browser, condition, timeout: float = 20):
-    return WebDriverWait(browser, timeout).until(condition)
 
 
 def scroll_to(browser, element) -> None:
@@ -126,7 +122,7 @@ def admin_browser(browser, live_url, django_user_model, fast_hashing):
     browser.find_element(By.ID, "id_username").send_keys("operator")
     browser.find_element(By.ID, "id_password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    wait(browser, seen.url_to_be(f"{live_url}/admin/"))
+    page_wait(browser, seen.url_to_be(f"{live_url}/admin/"))
     return browser
 
 
@@ -146,7 +142,7 @@ def test_the_device_map_draws_the_bus_track_and_the_speed_chart(demo, admin_brow
     track = positioned(bus)
     assert len(track) == 2144  # every point of the GPX file
     browser.get(f"{live_url}/admin/devices/device/{bus.pk}/change/?count=5000")
-    line = wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#device-map path.track")))
+    line = page_wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#device-map path.track")))
     assert vertices(line) == len(track)
     assert browser.find_element(By.ID, "device-map").get_attribute("data-points") == str(len(track))
     assert browser.find_element(By.ID, "device-map").get_attribute("data-tiles") == "offline"
@@ -161,12 +157,12 @@ def test_the_device_map_draws_the_bus_track_and_the_speed_chart(demo, admin_brow
 
     # The default: the newest 1000 positions.
     browser.get(f"{live_url}/admin/devices/device/{bus.pk}/change/")
-    line = wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#device-map path.track")))
+    line = page_wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#device-map path.track")))
     assert vertices(line) == 1000
     # A time range: the positions inside it.
     begin, end = track[100]["timestamp"], track[299]["timestamp"]
     browser.get(f"{live_url}/admin/devices/device/{bus.pk}/change/?begin={begin}&end={end}")
-    line = wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#device-map path.track")))
+    line = page_wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#device-map path.track")))
     assert vertices(line) == 200
 
 
@@ -175,20 +171,20 @@ def test_the_map_adds_tiles_only_while_online(demo, admin_browser, live_url):
     browser.execute_cdp_cmd("Network.enable", {})
     browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*tile.openstreetmap.org*"]})
     browser.get(f"{live_url}/admin/devices/device/{demo.devices[0].pk}/change/")
-    wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#device-map path.track")))
+    page_wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#device-map path.track")))
     assert not browser.find_elements(By.CSS_SELECTOR, "#device-map .osm-tiles")
     browser.execute_script("window.__online = true; window.dispatchEvent(new Event('online'));")
-    tiles = wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#device-map img.leaflet-tile")))
+    tiles = page_wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#device-map img.leaflet-tile")))
     assert tiles.get_attribute("src").startswith("https://tile.openstreetmap.org/")
     browser.execute_script("window.__online = false; window.dispatchEvent(new Event('offline'));")
-    wait(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, "#device-map img.leaflet-tile"))
+    page_wait(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, "#device-map img.leaflet-tile"))
     assert browser.find_elements(By.CSS_SELECTOR, "#device-map path.track")
 
 
 def test_a_bad_track_range_is_refused_by_field(demo, admin_browser, live_url, client):
     browser = admin_browser
     browser.get(f"{live_url}/admin/devices/device/{demo.devices[0].pk}/change/?begin=yesterday")
-    problem = wait(browser, seen.presence_of_element_located((By.ID, "track-problem")))
+    problem = page_wait(browser, seen.presence_of_element_located((By.ID, "track-problem")))
     assert problem.text.startswith("begin: 'yesterday' is neither unix seconds nor a UTC date")
 
 
@@ -208,7 +204,7 @@ def test_the_assignment_timeline_shows_the_trips_and_a_chosen_route(
     daily = demo.stored["demo daily mileage", "demo-bus-304"]
     assert len(expected) >= 3
     browser.get(f"{live_url}/admin/analytics/assignment/{trips.pk}/change/")
-    timeline = wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#timeline svg.timeline")))
+    timeline = page_wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#timeline svg.timeline")))
     lane = f'rect.bar[data-lane="{trips.pk}"][data-part="0"]'
     bars = timeline.find_elements(By.CSS_SELECTOR, lane)
     assert sorted(int(bar.get_attribute("data-interval")) for bar in bars) == sorted(
@@ -223,7 +219,7 @@ def test_the_assignment_timeline_shows_the_trips_and_a_chosen_route(
     # The longest trip: its route counter decoded and drawn.
     chosen = max(expected, key=lambda i: i["duration"])
     browser.find_element(By.CSS_SELECTOR, f'{lane}[data-interval="{chosen["id"]}"]').click()
-    wait(
+    page_wait(
         browser,
         lambda b: (
             b.find_element(By.ID, "assignment-pictures").get_attribute("data-interval") == str(chosen["id"])
@@ -249,7 +245,7 @@ def test_the_assignment_timeline_shows_the_trips_and_a_chosen_route(
     browser.find_element(
         By.CSS_SELECTOR, f'rect.bar[data-lane="{parkings_lane}"][data-interval="{parking["id"]}"]'
     ).click()
-    wait(
+    page_wait(
         browser,
         lambda b: (
             b.find_element(By.ID, "assignment-pictures").get_attribute("data-interval") == str(parking["id"])
@@ -270,7 +266,7 @@ def test_the_calculator_page_shows_problems_at_their_paths_and_tries_a_configura
     trips = demo.calculators[0]
     bus = demo.devices[0]
     browser.get(f"{live_url}/admin/analytics/calculator/{trips.pk}/change/")
-    field = wait(browser, seen.presence_of_element_located((By.ID, "id_configuration")))
+    field = page_wait(browser, seen.presence_of_element_located((By.ID, "id_configuration")))
     config = json.loads(field.get_attribute("value"))
     broken = {**config, "selectors": [{**config["selectors"][0], "expression": "position.speed >"}]}
     browser.execute_script("arguments[0].value = arguments[1];", field, json.dumps(broken, indent=2))
@@ -279,7 +275,7 @@ def test_the_calculator_page_shows_problems_at_their_paths_and_tries_a_configura
     browser.find_element(By.ID, "try-device").clear()
     browser.find_element(By.ID, "try-device").send_keys(str(bus.pk))
     browser.find_element(By.ID, "try-button").click()
-    wait(browser, lambda b: b.find_element(By.ID, "try-it").get_attribute("data-state") == "refused")
+    page_wait(browser, lambda b: b.find_element(By.ID, "try-it").get_attribute("data-state") == "refused")
     problems = browser.find_elements(By.CSS_SELECTOR, "#try-problems li")
     assert [(p.get_attribute("data-field"), p.get_attribute("data-path")) for p in problems] == [
         ("configuration", "selectors[0].expression")
@@ -288,7 +284,7 @@ def test_the_calculator_page_shows_problems_at_their_paths_and_tries_a_configura
 
     # Saving: the form's own error list, at the same path; nothing saved.
     browser.find_element(By.CSS_SELECTOR, "input[name=_save]").click()
-    errors = wait(
+    errors = page_wait(
         browser, seen.presence_of_element_located((By.CSS_SELECTOR, ".field-configuration .errorlist"))
     )
     assert errors.text.startswith("selectors[0].expression: ")
@@ -302,7 +298,7 @@ def test_the_calculator_page_shows_problems_at_their_paths_and_tries_a_configura
     browser.find_element(By.ID, "try-device").clear()
     browser.find_element(By.ID, "try-device").send_keys(str(bus.pk))
     browser.find_element(By.ID, "try-button").click()
-    wait(browser, lambda b: b.find_element(By.ID, "try-it").get_attribute("data-state") == "done")
+    page_wait(browser, lambda b: b.find_element(By.ID, "try-it").get_attribute("data-state") == "done")
     newest = positioned(bus)[-1]["timestamp"]
     expected = calculate_stored(
         device=bus, calculator=calculator_compile(config=changed), begin=newest - 86400, end=newest
@@ -317,7 +313,7 @@ def test_the_calculator_page_shows_problems_at_their_paths_and_tries_a_configura
     )
     assert len(stored) == len(demo.stored["demo trips", "demo-bus-304"])
     tried[0].click()
-    wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#try-map path.track")))
+    page_wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, "#try-map path.track")))
     assert vertices(browser.find_element(By.CSS_SELECTOR, "#try-map path.track")) == len(
         decode_polyline(min(expected, key=lambda i: i["id"])["route"])
     )
@@ -341,7 +337,7 @@ def test_the_fleet_status_lists_the_shards(demo, admin_browser, live_url, screen
         browser = admin_browser
         browser.get(f"{live_url}/admin/analytics/assignment/")
         browser.find_element(By.ID, "fleet-status-link").click()
-        table = wait(browser, seen.presence_of_element_located((By.ID, "shards-eu")))
+        table = page_wait(browser, seen.presence_of_element_located((By.ID, "shards-eu")))
         rows = table.find_elements(By.CSS_SELECTOR, "tr.shard")
         assert [row.get_attribute("data-shard") for row in rows] == [
             str(s) for s in range(settings.CALC_SHARDS)

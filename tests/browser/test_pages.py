@@ -7,18 +7,15 @@ import json
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as seen
-from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.support.waiting import page_wait
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 
-def wait(browser, condition, timeout: float = 20):
-    return WebDriverWait(browser, timeout).until(condition)
-
-
 def open_landing(browser, live_url):
     browser.get(f"{live_url}/")
-    wait(browser, seen.presence_of_element_located((By.TAG_NAME, "h1")))
+    page_wait(browser, seen.presence_of_element_located((By.TAG_NAME, "h1")))
 
 
 def test_the_landing_page_renders_with_the_examples(browser, live_url, screenshot):
@@ -43,7 +40,7 @@ def test_the_landing_page_renders_with_the_examples(browser, live_url, screensho
 def test_the_admin_link_leads_to_the_login(browser, live_url, screenshot):
     open_landing(browser, live_url)
     browser.find_element(By.ID, "link-admin").click()
-    wait(browser, seen.presence_of_element_located((By.ID, "id_username")))
+    page_wait(browser, seen.presence_of_element_located((By.ID, "id_username")))
     assert browser.current_url == f"{live_url}/admin/login/?next=/admin/"
     screenshot("admin-login")
 
@@ -52,16 +49,16 @@ def test_the_docs_link_shows_the_api_documentation(browser, live_url, screenshot
     open_landing(browser, live_url)
     browser.find_element(By.ID, "link-docs").click()
     # Swagger UI, served by the platform itself (no CDN), renders the schema's title.
-    title = wait(browser, seen.visibility_of_element_located((By.CSS_SELECTOR, ".swagger-ui .info .title")))
+    title = page_wait(browser, seen.visibility_of_element_located((By.CSS_SELECTOR, ".swagger-ui .info .title")))
     assert title.text.startswith("Telematics platform API")
-    wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, ".opblock-tag")))
+    page_wait(browser, seen.presence_of_element_located((By.CSS_SELECTOR, ".opblock-tag")))
     screenshot("api-docs")
 
 
 def test_the_regions_link_lists_the_regions(browser, live_url, screenshot):
     open_landing(browser, live_url)
     browser.find_element(By.ID, "link-regions").click()
-    wait(browser, seen.url_to_be(f"{live_url}/auth/regions"))
+    page_wait(browser, seen.url_to_be(f"{live_url}/auth/regions"))
     body = json.loads(browser.find_element(By.TAG_NAME, "pre").text)
     assert [region["code"] for region in body["result"]] == ["eu", "ru"]
     screenshot("regions")
@@ -70,7 +67,7 @@ def test_the_regions_link_lists_the_regions(browser, live_url, screenshot):
 def test_the_examples_link_scrolls_to_the_examples(browser, live_url):
     open_landing(browser, live_url)
     browser.find_element(By.ID, "link-examples").click()
-    wait(browser, seen.url_to_be(f"{live_url}/#examples"))
+    page_wait(browser, seen.url_to_be(f"{live_url}/#examples"))
     assert browser.find_element(By.ID, "examples").is_displayed()
 
 
@@ -80,12 +77,12 @@ def test_logging_into_the_admin(browser, live_url, screenshot, django_user_model
     browser.find_element(By.ID, "id_username").send_keys("operator")
     browser.find_element(By.ID, "id_password").send_keys("wrong password")
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    error = wait(browser, seen.visibility_of_element_located((By.CSS_SELECTOR, ".errornote")))
+    error = page_wait(browser, seen.visibility_of_element_located((By.CSS_SELECTOR, ".errornote")))
     assert "correct username and password" in error.text
     screenshot("admin-login-refused")
     browser.find_element(By.ID, "id_password").send_keys("a long password 42")
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    wait(browser, seen.url_to_be(f"{live_url}/admin/"))
+    page_wait(browser, seen.url_to_be(f"{live_url}/admin/"))
     assert "Site administration" in browser.find_element(By.TAG_NAME, "body").text
     assert "operator" in browser.find_element(By.ID, "user-tools").text.lower()
     screenshot("admin-index")

@@ -30,7 +30,7 @@ class Command(BaseCommand):
         parser.add_argument("--store", help="the SQLite file of sessions and retained messages")
 
     def handle(self, *args, **options):
-        regions = {r.code: r for r in settings.TOPOLOGY.regions}
+        regions = {known.code: known for known in settings.TOPOLOGY.regions}
         region = regions.get(options["region"])
         if region is None:
             raise CommandError(f"--region {options['region']!r} is not one of {', '.join(regions)}")

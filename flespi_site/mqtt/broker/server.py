@@ -507,7 +507,10 @@ class Broker:
         if not session.persistent or self.store is None or session.principal is None:
             return
         self.store.session_disconnected(session.key, session.disconnected or time.time())
-        pending = [(m, q, r, s, row) for m, q, r, s, _released, row in session.inflight.values()]
+        pending = [
+            (message, qos, retain, sub_ids, row)
+            for message, qos, retain, sub_ids, _released, row in session.inflight.values()
+        ]
         session.inflight.clear()
         session.queue = deque(
             entry if entry[4] is not None else (*entry[:4], self._store_queued(session, *entry[:4]))
@@ -825,9 +828,9 @@ class Broker:
         """Check every session's token again: those that lost access get nothing more, and their
         connections are closed."""
         token_ids = {
-            s.principal.token_id
-            for s in self.sessions.values()
-            if s.principal is not None and s.principal.token_id is not None
+            session.principal.token_id
+            for session in self.sessions.values()
+            if session.principal is not None and session.principal.token_id is not None
         }
         if not token_ids:
             return

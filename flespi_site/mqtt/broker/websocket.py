@@ -44,7 +44,8 @@ def handshake_response(request: bytes) -> bytes:
     key = headers.get("sec-websocket-key")
     if not key:
         raise HandshakeError("Sec-WebSocket-Key is missing")
-    protocols = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    offered = headers.get("sec-websocket-protocol", "").split(",")
+    protocols = [protocol.strip() for protocol in offered if protocol.strip()]
     lines = [
         "HTTP/1.1 101 Switching Protocols",
         "Upgrade: websocket",

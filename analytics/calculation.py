@@ -11,20 +11,16 @@ recalculation (docs/analytics.md, "A recalculation").
   statements for the whole batch (and the pending ranges of the assignments chaining what
   changed: docs/analytics.md, "Calculator chaining"); ``runs_cached`` brings the cache's intervals
   in step after the commit. A run of a calculator that chains others reads their intervals from
-  the same cache (``CachedSource``); an on-demand one from PostgreSQL (``sources_stored``). ``diff_store`` stores one assignment's diff by the same path, reading the intervals
-  before the change from PostgreSQL instead of a cache.
+  the same cache (``CachedSource``); an on-demand one from PostgreSQL (``sources_stored``).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
-
-from django.db import transaction
 
 from accounts.placement_guard import placement_guard
 from analytics import blocks, storage, stored_columns
@@ -49,7 +45,6 @@ from analytics.fleet.cache import AssignmentReader, ShardCache
 from analytics.models import Assignment
 from analytics.models import Calculator as StoredCalculator
 from devices.models import Device
-from flespi_site import celery as calc_queue
 from flespi_site.errors import ErrorKind, InvalidInput, TooLarge
 
 # One on-demand call reads at most this many messages (about a second of work: the columnar read
@@ -312,19 +307,6 @@ class CachedBefore:
         return cls(run.reader)
 
 
-class StoredBefore:
-    """``Before`` from PostgreSQL."""
-
-    def __init__(self, alias: str):
-        self.alias = alias
-
-    def interval(self, key: tuple[int, int], interval_id: int) -> dict | None:
-        return next(iter(storage.intervals_read(alias=self.alias, pairs=[key], ids=[interval_id])), None)
-
-    def newest(self, key: tuple[int, int]) -> dict | None:
-        return next(iter(storage.intervals_read(alias=self.alias, pairs=[key], count=1, reverse=True)), None)
-
-
 def runs_store(
     *, alias: str, runs: Sequence[Run], stamp: float, before: Callable[[Run], Before]
 ) -> list[storage.DependentWidened]:
@@ -462,26 +444,6 @@ def assignment_synchronizing(*, alias: str, assignment: Assignment) -> None:
         events=[event_topics.synced_event(calc_id=assignment.calculator_id, device_id=assignment.device_id,
                                           synced=False)],
     )
-
-
-def diff_store(
-    *, assignment: Assignment, diff: Diff, begin: float = -math.inf, end: float = math.inf, now: float | None = None
-) -> storage.StoredChanges:
-    """Store one assignment's diff, covering ``begin``..``end``, by the path a calc worker stores
-    its runs (intervals, events, the assignment's state), in a transaction of its own on the
-    assignment's database; the intervals before it are read from there. Returns what was stored."""
-    alias = assignment.database
-    run = Run(assignment=assignment, calculator=assignment.calculator, begin=begin, end=end,
-              was_state=assignment.state, diff=diff)
-    with transaction.atomic(using=alias):
-        dependents = runs_store(alias=alias, runs=[run], stamp=time.time() if now is None else now,
-                                before=lambda _run: StoredBefore(alias))
-        if dependents:
-            region = calc_queue.region_of_alias(alias)
-            shards = {dependent.shard for dependent in dependents}
-            transaction.on_commit(lambda: calc_queue.shards_request(region=region, shards=shards), using=alias)
-    assert run.changes is not None
-    return run.changes
 
 
 def _newest(

@@ -28,7 +28,6 @@ from accounts.models import Account, AccountMove
 from accounts.moves import CHECKPOINTS
 from accounts.regional_data import DATACENTER, MoveKind, RegionalTable, regional_tables
 from analytics import blocks
-from analytics.calculation import diff_store
 from analytics.engine import Diff
 from analytics.models import Assignment
 from analytics.services import (
@@ -42,6 +41,7 @@ from analytics.services import (
 from devices.models import Device
 from devices.services import device_create, device_update, group_create, messages_ingest
 from flespi_site.mqtt import client as mqtt
+from tests.support.intervals import diff_store
 from tests.support.mqtt import Subscriber
 from tests.support.processes import WebServer, start
 from webhooks.services import webhook_create

@@ -18,13 +18,13 @@ from accounts.regional_data import (
     _checked,
     regional_tables,
 )
-from analytics.calculation import diff_store
 from analytics.engine import Diff
 from analytics.services import assignment_create, calculator_create
 from devices.models import Device, DeviceIdent
 from devices.services import device_create, messages_ingest
 from tests.support.admin import fast_password_hashing  # noqa: F401 (an autouse fixture)
 from tests.support.api import result_of
+from tests.support.intervals import diff_store
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 

@@ -32,7 +32,7 @@ def _interval(begin: float, **counters) -> dict:
 
 
 def store_intervals(assignment, begins) -> None:
-    from analytics.calculation import diff_store
+    from tests.support.intervals import diff_store
 
     created = [_interval(begin, max_speed=50.0 + begin, km=1.5) for begin in begins]
     diff_store(assignment=assignment, diff=Diff(created=created, reached_end=True), now=5000.0)

@@ -133,8 +133,8 @@ def test_subaccount_through_cid(api, key, account, make_account):
 def test_calculator_change_requests_recalculation(api, key, assignment, calculator):
     import math
 
-    from analytics.calculation import diff_store
     from analytics.engine import Diff
+    from tests.support.intervals import diff_store
 
     diff_store(assignment=assignment, diff=Diff(), now=1.0)  # a run over all of history
     assignment.refresh_from_db()
@@ -150,8 +150,8 @@ def test_calculator_change_requests_recalculation(api, key, assignment, calculat
 def test_recalculate_endpoint_widens_the_pending_range(api, key, assignment, calculator, device):
     import math
 
-    from analytics.calculation import diff_store
     from analytics.engine import Diff
+    from tests.support.intervals import diff_store
 
     diff_store(assignment=assignment, diff=Diff(), now=1.0)  # a run over all of history
     path = f"/gw/calcs/{calculator.pk}/devices/{device.pk}/recalculate"
@@ -253,8 +253,8 @@ def test_assignments_create_names_the_pairs_it_refuses(make_account, calculator,
 
 
 def test_intervals_are_projected_by_fields(api, key, assignment, calculator, device):
-    from analytics.calculation import diff_store
     from analytics.engine import Diff
+    from tests.support.intervals import diff_store
 
     interval = {"id": 10_000_000, "begin": 10.0, "end": 20.0, "duration": 10.0, "max_speed": 60.0, "km": 1.5}
     diff_store(assignment=assignment, diff=Diff(created=[interval], reached_end=True), now=100.0)

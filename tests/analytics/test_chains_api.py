@@ -202,9 +202,9 @@ def _drive(device) -> list[dict]:
 
 
 def test_on_demand_calculation_reads_the_sources_stored_intervals(api, key, account, device):
-    from analytics.calculation import diff_store
     from analytics.engine import Diff, calculate
     from analytics.services import assignment_create, calculator_create
+    from tests.support.intervals import diff_store
 
     messages = _drive(device)
     trips = calculator_create(account=account, config=TRIPS)
@@ -228,11 +228,12 @@ def test_on_demand_calculation_reads_the_sources_stored_intervals(api, key, acco
 
 
 def test_a_stored_change_of_a_source_widens_its_dependents_pending_ranges(account, device, make_account):
-    from analytics.calculation import CHAIN_PAD, diff_store
+    from analytics.calculation import CHAIN_PAD
     from analytics.engine import Diff
     from analytics.models import Assignment
     from analytics.services import assignment_create, assignment_update, calculator_create
     from devices.services import device_create
+    from tests.support.intervals import diff_store
 
     trips = calculator_create(account=account, config=TRIPS)
     stops = calculator_create(account=account, config=_stops(trips.pk))
@@ -270,10 +271,10 @@ def test_a_stored_change_of_a_source_widens_its_dependents_pending_ranges(accoun
 
 
 def test_unassigning_a_source_recalculates_its_dependents(account, device):
-    from analytics.calculation import diff_store
     from analytics.engine import Diff
     from analytics.models import Assignment
     from analytics.services import assignment_create, assignment_delete, calculator_create
+    from tests.support.intervals import diff_store
 
     trips = calculator_create(account=account, config=TRIPS)
     stops = calculator_create(account=account, config=_stops(trips.pk))
@@ -289,11 +290,11 @@ def test_a_purge_of_a_sources_intervals_leaves_its_dependents_alone(account, dev
     """Retention is not a change of data: the source's intervals beyond ``intervals_ttl`` go, the
     daily summary made of them stays, and no dependent is asked to
     recalculate (docs/analytics.md, "Calculator chaining")."""
-    from analytics.calculation import diff_store
     from analytics.engine import Diff
     from analytics.models import Assignment
     from analytics.selectors import intervals_of
     from analytics.services import assignment_create, calculator_create, intervals_purge
+    from tests.support.intervals import diff_store
 
     trips = calculator_create(account=account, config={**TRIPS, "intervals_ttl": 86400})
     daily = calculator_create(account=account, config=_daily(trips.pk))

@@ -39,7 +39,7 @@ def _iv(begin, end, **counters):
 
 
 def _store(assignment, intervals, now=1000.0):
-    from analytics.calculation import diff_store
+    from tests.support.intervals import diff_store
 
     diff_store(assignment=assignment, diff=Diff(created=intervals, updated=[], deleted=[], active_id=None,
                                                reached_end=True), now=now)

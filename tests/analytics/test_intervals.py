@@ -16,7 +16,7 @@ def _iv(begin, end, **counters):
 
 
 def _apply(assignment, *, created=(), updated=(), deleted=(), now=1000.0, active_id=None, reached_end=True):
-    from analytics.calculation import diff_store
+    from tests.support.intervals import diff_store
 
     diff = Diff(created=list(created), updated=list(updated), deleted=list(deleted), active_id=active_id,
                 reached_end=reached_end)
@@ -261,10 +261,11 @@ def test_a_batch_of_runs_records_its_names_in_one_statement(account, calculator,
     from django.db import connections, transaction
     from django.test.utils import CaptureQueriesContext
 
-    from analytics.calculation import Run, StoredBefore, runs_store
+    from analytics.calculation import Run, runs_store
     from analytics.engine import Diff
     from analytics.services import assignment_create
     from devices.services import device_create
+    from tests.support.intervals import StoredBefore
 
     alias = device.database
     second = assignment_create(calculator=calculator,

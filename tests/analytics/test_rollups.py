@@ -48,7 +48,7 @@ def _iv(begin, end, **counters):
 
 
 def _store(assignment, intervals):
-    from analytics.calculation import diff_store
+    from tests.support.intervals import diff_store
 
     diff_store(assignment=assignment, diff=Diff(created=list(intervals), updated=[], deleted=[], active_id=None,
                                                 reached_end=True), now=1000.0)
@@ -133,7 +133,7 @@ def test_number_arrays_hold_any_counter_name_and_skip_what_a_double_cannot(calc,
 
 
 def test_a_rewritten_or_deleted_interval_counts_as_it_is_now(api, key, calc, device, assigned):
-    from analytics.calculation import diff_store
+    from tests.support.intervals import diff_store
 
     first, second = _iv(T + 10, T + 20, km=1), _iv(T + 30, T + 40, km=2)
     _store(assigned, [first, second])

@@ -102,10 +102,10 @@ class World:
                 device_update(device=device, account=self.account, data={"enabled": True})
 
     def _restore_calculators(self) -> None:
-        from analytics.calculation import diff_store
         from analytics.selectors import assignments_of, calculators_of
         from analytics.services import assignment_create, calculator_create
         from devices.selectors import devices_of
+        from tests.support.intervals import diff_store
 
         have = set(
             calculators_of(account=self.account).filter(pk__in=self.calculators).values_list("pk", flat=True)

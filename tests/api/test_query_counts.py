@@ -77,9 +77,9 @@ def test_platform_lists_cost_the_same_for_2_and_20_items(api, root, root_key, ma
     ],
 )
 def test_calc_lists_cost_the_same_for_2_and_20_items(api, root, root_key, path, pinned):
-    from analytics.calculation import diff_store
     from analytics.engine import Diff
     from analytics.services import assignment_create, calculator_create
+    from tests.support.intervals import diff_store
 
     calculator = calculator_create(account=root, config={"name": "days", "selectors": [{"type": "datetime", "split": "day"}]})
 

@@ -82,9 +82,10 @@ def demo(platform, tmp_path, fast_hashing):
     """The demo's account, devices and calculators, the tracks imported and every assignment's
     intervals computed by the engine over the stored messages and stored."""
     from analytics import demo as demos
-    from analytics.calculation import diff_store, messages_stored
+    from analytics.calculation import messages_stored
     from analytics.engine import Diff, calculate
     from analytics.services import compiled
+    from tests.support.intervals import diff_store
 
     made = demos.demo_setup(key_file=tmp_path / "demo.token")
     for track, device in zip(demos.TRACKS, made.devices, strict=True):

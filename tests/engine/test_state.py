@@ -75,13 +75,14 @@ def test_a_message_within_the_threshold_removes_the_open_interval():
     assert [i["id"] for i in quiet.deleted] == [10_000_000] and quiet.created == [] and quiet.active_id is None
 
 
-def test_the_wall_clock_sweep_opens_it_from_the_newest_message():
-    # What a calc worker does when the timer of clock_deadline comes due: the newest message's
-    # timestamp as the dirty range, and the clock.
+@pytest.mark.parametrize("sweep", [10.0, math.nextafter(10.0, math.inf)], ids=["at the newest", "just after it"])
+def test_the_wall_clock_sweep_opens_it_from_the_newest_message(sweep):
+    # What a calc worker does when the timer of clock_deadline comes due: a range at the newest
+    # message's timestamp or just after it (the worker's), and the clock.
     messages = _messages(0, 5, 10)
     store = MemoryStore(messages, calculate(messages, OFFLINE, now=11.0))
     assert store.intervals == []
-    diff = store.recalculate(OFFLINE, dirty_begin=10.0, dirty_end=10.0, now=40.000001)
+    diff = store.recalculate(OFFLINE, dirty_begin=sweep, dirty_end=sweep, now=40.000001)
     assert [(i["id"], i["end"], i["open"]) for i in diff.created] == [(10_000_000, 10.0, True)]
     assert diff.active_id == 10_000_000
 

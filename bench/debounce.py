@@ -49,9 +49,6 @@ from analytics.fleet import debounce as current  # noqa: E402
 from flespi_site.fleet import region_prefix  # noqa: E402
 
 STEPS = ("schedule", "pump", "claim", "release")
-# As analytics.fleet.batches.batch_limit (which needs Django's settings): the due assignments
-# a worker takes per shard for one batch.
-BATCH, MIN_SHARE = 500, 50
 
 
 def version_at(ref: str) -> ModuleType:
@@ -78,13 +75,15 @@ def redis_spent(client: redis.Redis) -> tuple[float, float, int]:
 def cycle(timers, module: ModuleType, drains: list[dict[int, list]], shards: int) -> dict[str, float]:
     """One batch cycle; seconds per step."""
     took = dict.fromkeys(STEPS, 0.0)
+    expected = sum(len(changes) for drain in drains for changes in drain.values())
     began = time.perf_counter()
     for drain in drains:
         timers.schedule_many(drain)
     took["schedule"] = time.perf_counter() - began
     began = time.perf_counter()
     due = timers.due_shards(shards=range(shards))
-    offers = timers.pump_many(shards=due, limit=max(MIN_SHARE, BATCH // shards), offer_timeout=15.0)
+    # Every due assignment in one batch: the scripts' cost per entry, whatever the fleet's batches hold.
+    offers = timers.pump_many(shards=due, limit=max(1, expected), offer_timeout=15.0)
     took["pump"] = time.perf_counter() - began
     began = time.perf_counter()
     claims = timers.claim_many(
@@ -96,7 +95,6 @@ def cycle(timers, module: ModuleType, drains: list[dict[int, list]], shards: int
     outcomes = timers.release_many(claims, ok=True)
     took["release"] = time.perf_counter() - began
     released = sum(len(shard_outcomes) for shard_outcomes in outcomes.values())
-    expected = sum(len(changes) for drain in drains for changes in drain.values())
     if released != expected:
         raise SystemExit(f"{module.__name__}: {released} of {expected} assignments went round the cycle")
     return took

@@ -19,10 +19,9 @@ from flespi_site.fleet import Due, ShardRun, batch_busy_key
 # Debounce entries and the engine speak of finite timestamps; "all of history" is this range.
 HISTORY_BEGIN = 0.0
 HISTORY_END = float(2**40)
-# Assignments one batch carries at most (one task writes them in one transaction), and the due
-# assignments taken per shard for one at least, however many shards the worker holds.
+# Assignments one batch carries, about (one task writes them in one transaction, and their events
+# are published after its commit): shared among the shards with timers due (``batch_limit``).
 BATCH = 500
-MIN_SHARE = 50
 # How long a batch sent to a worker keeps the pump from sending it another (unless the worker
 # says sooner that it is done): a worker that died on one is sent the next after this.
 BATCH_TTL = 10
@@ -42,9 +41,11 @@ def region_aliases(region: str) -> list[str]:
     return [dc.alias for dc in settings.TOPOLOGY.region(region).datacenters if dc.alias in settings.DATABASES]
 
 
-def batch_limit(shards_held: int) -> int:
-    """Due assignments taken per shard for one batch of a worker holding ``shards_held``."""
-    return max(MIN_SHARE, BATCH // max(1, shards_held))
+def batch_limit(due_shards: int) -> int:
+    """Due assignments taken per shard for one batch over ``due_shards`` shards with timers due:
+    ``BATCH`` shared among them, rounded up (at least one each). A batch thus stays about
+    ``BATCH`` long however many shards are due, and every due shard has its share of each."""
+    return max(1, -(-BATCH // max(1, due_shards)))
 
 
 def batch_send(*, app, client, region: str, worker_id: str, offers: Mapping[int, Sequence[Offer]]) -> int:

@@ -125,13 +125,13 @@ class Pump(Loop):
                             workers={worker for worker in holders.values() if worker is not None})
         held = {shard: worker for shard, worker in holders.items() if worker is not None}
         self._watched = [shard for shard, worker in held.items() if worker not in busy]
-        shares: dict[str, int] = {}
-        for worker in held.values():
-            shares[worker] = shares.get(worker, 0) + 1
-        by_limit: dict[int, list[int]] = {}
+        due_by_worker: dict[str, list[int]] = {}
         for shard in self._watched:
             if index[shard] <= now:
-                by_limit.setdefault(batch_limit(shares[held[shard]]), []).append(shard)
+                due_by_worker.setdefault(held[shard], []).append(shard)
+        by_limit: dict[int, list[int]] = {}
+        for due_shards in due_by_worker.values():
+            by_limit.setdefault(batch_limit(len(due_shards)), []).extend(due_shards)
         offers: dict[int, list] = {}
         for limit, shards in by_limit.items():
             offers.update(self.timers.pump_many(shards=shards, limit=limit, offer_timeout=OFFER_TIMEOUT))

@@ -406,7 +406,7 @@ class ShardWorker:
             with self._lock:
                 shards = sorted(self.held)
             due = self.timers.due_shards(shards=shards)
-            offers = self.timers.pump_many(shards=due, limit=batches.batch_limit(len(shards)),
+            offers = self.timers.pump_many(shards=due, limit=batches.batch_limit(len(due)),
                                            offer_timeout=OFFER_TIMEOUT) if due else {}
             if not batches.batch_send(app=celery_app(self.region), client=client, region=self.region,
                                       worker_id=self.worker_id, offers=offers):

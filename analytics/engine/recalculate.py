@@ -193,9 +193,10 @@ def _extended(
 
 # The messages a tail keeps, at most: its last one is the context of the next, and a changed range
 # that reaches back into them (a pending range kept while the run that made the tail was under way:
-# the last run's messages) is compared with the cache's (``_unchanged_since``; one reaching further
-# back costs a window recalculation).
-TAIL_MESSAGES = 256
+# the last run's messages, a few) is compared with the cache's (``_unchanged_since``; one reaching
+# further back costs a window recalculation). Few, so that a calc worker's budget holds a tail for
+# each of tens of thousands of assignments (``analytics.fleet.cache.CALC_TAIL_ROWS``).
+TAIL_MESSAGES = 32
 
 
 def _last_messages(messages: Messages) -> Messages:

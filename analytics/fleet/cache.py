@@ -47,7 +47,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -212,6 +212,22 @@ _OWNERS = itertools.count(1)
 # ---- the cache -------------------------------------------------------------------------------
 
 
+@dataclass
+class _Known:
+    """What a write-behind cache knows of its file without reading it, while its own write
+    transaction is open (no other connection can write the file then): filled in as reads find
+    it, kept in step by its own writes, dropped when a write rolls back or when another connection
+    wrote the file before the transaction began."""
+
+    devices: set[int] | None = None  # the cached devices (None: not read yet)
+    # device -> (oldest message, its chunks' newest, its tail's newest); None where there is none
+    ends: dict[int, tuple[float | None, float | None, float | None]] = field(default_factory=dict)
+    positions: dict[str, str] | None = None  # meta's drain positions, as stored
+    markers: dict[tuple[int, int], float | None] = field(default_factory=dict)  # absent: not read
+
+
+
+
 class ShardCache:
     """The cache file of one shard. Open one per process; several processes may read the same
     file while one writes. ``shard`` names the shard (for example ``"eu/3"``) and is checked
@@ -235,6 +251,8 @@ class ShardCache:
         # connection (SQLite's data_version) drops all before the next read.
         self._tails: dict[int, GrowingBlock] = {}
         self._tails_version = -1
+        self._known = _Known()
+        self._known_version = -1  # the file's data_version ``_known`` is of
 
     def _open(self) -> sqlite3.Connection:
         fresh = not self.path.exists() or self.path.stat().st_size == 0
@@ -312,6 +330,8 @@ class ShardCache:
         if self._batches:
             return False
         if not self._conn.in_transaction:  # none, or SQLite rolled it back on an error
+            if self._unflushed_since is not None:
+                self._known = _Known()
             self._unflushed_since = None
             return False
         self._conn.execute("COMMIT")
@@ -325,14 +345,50 @@ class ShardCache:
         return (time.monotonic() if now is None else now) - self._unflushed_since
 
     def _behind(self) -> None:
-        """The write-behind transaction, begun if none is open."""
+        """The write-behind transaction, begun if none is open; what the cache knew of the file
+        stays only if no other connection wrote it since (SQLite's data_version, read once the
+        write lock is held)."""
         if not self._conn.in_transaction:
+            if self._unflushed_since is not None:  # SQLite rolled the last one back on an error
+                self._known = _Known()
             self._conn.execute("BEGIN IMMEDIATE")
             self._unflushed_since = time.monotonic()
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._known_version:
+                self._known = _Known()
+                self._known_version = version
+
+    def _known_now(self) -> _Known | None:
+        """What the cache knows of its file, while its write-behind transaction is open (else
+        None: read the file)."""
+        return self._known if self.write_behind and self._conn.in_transaction else None
+
+    def _known_devices(self, known: _Known) -> set[int]:
+        if known.devices is None:
+            known.devices = {row[0] for row in self._conn.execute("SELECT device_id FROM devices")}
+        return known.devices
+
+    def _ends(self, device_id: int) -> tuple[float | None, float | None, float | None]:
+        """The device's (oldest message, chunks' newest, tail's newest), None where there is none."""
+        known = self._known_now()
+        if known is not None and device_id in known.ends:
+            return known.ends[device_id]
+        chunk_first, chunk_last, tail_first, tail_last = self._conn.execute(
+            "SELECT (SELECT min(first) FROM chunks WHERE device_id = ?1), (SELECT max(last) FROM chunks WHERE"
+            " device_id = ?1), (SELECT min(ts) FROM tail WHERE device_id = ?1), (SELECT max(ts) FROM tail"
+            " WHERE device_id = ?1)",
+            (device_id,),
+        ).fetchone()
+        firsts = [value for value in (chunk_first, tail_first) if value is not None]
+        ends = (min(firsts) if firsts else None, chunk_last, tail_last)
+        if known is not None:
+            known.ends[device_id] = ends
+        return ends
 
     def _forget_all(self) -> None:
         """What this object holds in memory of the file (a rollback, or another connection's write)."""
         self._tails.clear()
+        self._known = _Known()
         self._calc_tails.drop_owner(self._owner)
 
     def calc_tail(self, *, calc_id: int, device_id: int) -> Tail | None:
@@ -457,11 +513,17 @@ class ShardCache:
     @_guard
     def is_cached(self, *, device_id: int) -> bool:
         """Whether the device is cached (``device_state`` is not None), in one lookup."""
+        known = self._known_now()
+        if known is not None:
+            return device_id in self._known_devices(known)
         return self._conn.execute("SELECT 1 FROM devices WHERE device_id = ?", (device_id,)).fetchone() is not None
 
     @_guard
     def devices(self) -> list[int]:
         """The ids of every cached device."""
+        known = self._known_now()
+        if known is not None:
+            return sorted(self._known_devices(known))
         return [row[0] for row in self._conn.execute("SELECT device_id FROM devices ORDER BY device_id")]
 
     @_guard
@@ -473,6 +535,18 @@ class ShardCache:
             self._calc_tails.drop_device(self._owner, device_id)
             for table in ("devices", "chunks", "tail"):
                 db.execute(f"DELETE FROM {table} WHERE device_id = ?", (device_id,))
+            self._known_drop(device_id)
+
+    def _known_drop(self, device_id: int) -> None:
+        """The device is no longer cached."""
+        self._known.ends.pop(device_id, None)
+        if self._known.devices is not None:
+            self._known.devices.discard(device_id)
+
+    def _known_add(self, device_id: int) -> None:
+        """The device is cached."""
+        if self._known.devices is not None:
+            self._known.devices.add(device_id)
 
     # ---- what the cache has seen of the change log ----
 
@@ -481,9 +555,8 @@ class ShardCache:
         """Datacenter alias -> the last drain of this shard's change log there whose ranges the
         cache holds (``devices.storage.drains_record``): its number and its time (None in a file
         written before drains had one)."""
-        rows = self._conn.execute("SELECT key, value FROM meta WHERE key LIKE 'drained:%'").fetchall()
         found: dict[str, tuple[int, int | None]] = {}
-        for key, value in rows:
+        for key, value in self._drained().items():
             seq, _, stamp = str(value).partition(":")
             found[key.removeprefix("drained:")] = (int(seq), int(stamp) if stamp else None)
         return found
@@ -496,11 +569,24 @@ class ShardCache:
         key = f"drained:{alias}"
         with self._write() as db:
             if after is not None:
-                row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-                if row is None or int(str(row[0]).partition(":")[0]) != after:
+                value = self._drained().get(key)
+                if value is None or int(str(value).partition(":")[0]) != after:
                     return False
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, f"{seq}:{stamp}"))
+            known = self._known_now()
+            if known is not None and known.positions is not None:
+                known.positions[key] = f"{seq}:{stamp}"
         return True
+
+    def _drained(self) -> dict[str, str]:
+        """meta's drain positions (key -> value, as stored)."""
+        known = self._known_now()
+        if known is not None and known.positions is not None:
+            return known.positions
+        rows = dict(self._conn.execute("SELECT key, value FROM meta WHERE key LIKE 'drained:%'").fetchall())
+        if known is not None:
+            known.positions = rows
+        return rows
 
     # ---- messages ----
 
@@ -519,6 +605,7 @@ class ShardCache:
                 "SET filled_to = coalesce(excluded.filled_to, devices.filled_to)",
                 (device_id, filled_to),
             )
+            self._known_add(device_id)
             if batch:
                 self._put(db, device_id, batch)
 
@@ -541,6 +628,7 @@ class ShardCache:
                     "SET filled_to = excluded.filled_to",
                     (device_id, filled_to),
                 )
+                self._known_add(device_id)
 
     @_guard
     def messages_replace(self, *, device_id: int, begin: float, end: float, messages: Iterable[Mapping]) -> None:
@@ -555,14 +643,22 @@ class ShardCache:
         where each device's messages end is read for all of them at once."""
         batches = {device_id: (begin, end, _merged_batch(messages)) for device_id, (begin, end, messages) in ranges.items()}
         with self._write() as db:
-            ends = {
-                device_id: (chunk_last, tail_last)
-                for device_id, chunk_last, tail_last in db.execute(
-                    "SELECT d.value, (SELECT max(last) FROM chunks WHERE device_id = d.value),"
-                    " (SELECT max(ts) FROM tail WHERE device_id = d.value) FROM json_each(?) AS d",
-                    (orjson.dumps(list(batches)).decode(),),
-                )
+            known = self._known_now()
+            ends = {} if known is None else {
+                device_id: known.ends[device_id][1:] for device_id in batches if device_id in known.ends
             }
+            unknown = [device_id for device_id in batches if device_id not in ends]
+            if len(unknown) == 1:
+                ends[unknown[0]] = self._ends(unknown[0])[1:]
+            elif unknown:
+                ends.update(
+                    (device_id, (chunk_last, tail_last))
+                    for device_id, chunk_last, tail_last in db.execute(
+                        "SELECT d.value, (SELECT max(last) FROM chunks WHERE device_id = d.value),"
+                        " (SELECT max(ts) FROM tail WHERE device_id = d.value) FROM json_each(?) AS d",
+                        (orjson.dumps(unknown).decode(),),
+                    )
+                )
             for device_id, (begin, end, batch) in batches.items():
                 chunk_last, tail_last = ends[device_id]
                 chunk_end = -math.inf if chunk_last is None else chunk_last
@@ -607,6 +703,12 @@ class ShardCache:
                 if text != old.get(timestamp):  # a resent message changes nothing
                     rows.append((device_id, timestamp, text))
             db.executemany("INSERT OR REPLACE INTO tail (device_id, ts, body) VALUES (?, ?, ?)", rows)
+            ends = self._known.ends.get(device_id)
+            if ends is not None:
+                oldest, chunk_last, tail_last = ends
+                first, last = newer[0]["timestamp"], newer[-1]["timestamp"]
+                self._known.ends[device_id] = (first if oldest is None else min(oldest, first), chunk_last,
+                                               last if tail_last is None else max(tail_last, last))
             decoded = self._tails.get(device_id)
             if decoded is not None and rows:
                 if old or decoded.last >= newer[0]["timestamp"]:
@@ -649,6 +751,7 @@ class ShardCache:
             tail = tail.merge(newer) if len(tail) else newer
         db.execute("DELETE FROM tail WHERE device_id = ?", (device_id,))
         self._tails.pop(device_id, None)
+        self._known.ends.pop(device_id, None)
         last = db.execute(
             "SELECT first, n, crc, data FROM chunks WHERE device_id = ? ORDER BY first DESC LIMIT 1",
             (device_id,),
@@ -663,6 +766,7 @@ class ShardCache:
             self._store_chunk(db, device_id, tail.take(slice(offset, offset + CHUNK_SIZE)))
 
     def _store_chunk(self, db: sqlite3.Connection, device_id: int, block: Block, replaces=None) -> None:
+        self._known.ends.pop(device_id, None)
         if replaces is not None:
             db.execute("DELETE FROM chunks WHERE device_id = ? AND first = ?", (device_id, replaces))
         if not len(block):
@@ -714,6 +818,7 @@ class ShardCache:
         ).rowcount
         if removed:
             self._tails.pop(device_id, None)
+        self._known.ends.pop(device_id, None)
         self._calc_tails.drop_device(self._owner, device_id)  # its messages change other than by appending
         for first, last, count, crc, data in db.execute(
             "SELECT first, last, n, crc, data FROM chunks WHERE device_id = ? AND first <= ? AND last >= ?",
@@ -790,33 +895,20 @@ class ShardCache:
     @_guard
     def newest(self, *, device_id: int) -> float | None:
         """The device's newest message timestamp, ``None`` when it has none."""
-        row = self._conn.execute(
-            "SELECT max(t) FROM (SELECT max(ts) AS t FROM tail WHERE device_id = ?"
-            " UNION ALL SELECT max(last) FROM chunks WHERE device_id = ?)",
-            (device_id, device_id),
-        ).fetchone()
-        return row[0]
+        return self.bounds(device_id=device_id)[1]
 
     @_guard
     def bounds(self, *, device_id: int) -> tuple[float | None, float | None]:
         """``oldest`` and ``newest`` in one lookup."""
-        row = self._conn.execute(
-            "SELECT min(low), max(high) FROM (SELECT min(ts) AS low, max(ts) AS high FROM tail WHERE device_id = ?"
-            " UNION ALL SELECT min(first), max(last) FROM chunks WHERE device_id = ?)",
-            (device_id, device_id),
-        ).fetchone()
-        return row[0], row[1]
+        oldest, chunk_last, tail_last = self._ends(device_id)
+        lasts = [value for value in (chunk_last, tail_last) if value is not None]
+        return oldest, max(lasts) if lasts else None
 
     @_guard
     def oldest(self, *, device_id: int) -> float | None:
         """The device's oldest message timestamp (what ``recalculate`` calls ``messages_begin``
         once older messages expired)."""
-        row = self._conn.execute(
-            "SELECT min(t) FROM (SELECT min(ts) AS t FROM tail WHERE device_id = ?"
-            " UNION ALL SELECT min(first) FROM chunks WHERE device_id = ?)",
-            (device_id, device_id),
-        ).fetchone()
-        return row[0]
+        return self.bounds(device_id=device_id)[0]
 
     # ---- intervals ----
 
@@ -868,22 +960,28 @@ class ShardCache:
             self._put_intervals(db, key, intervals)
             self._mark(db, key, marker)
 
-    @staticmethod
-    def _mark(db: sqlite3.Connection, key: tuple[int, int], marker: float | None) -> None:
+    def _mark(self, db: sqlite3.Connection, key: tuple[int, int], marker: float | None) -> None:
         db.execute(
             "INSERT INTO assignments (calc_id, device_id, marker) VALUES (?, ?, ?) "
             "ON CONFLICT (calc_id, device_id) DO UPDATE SET marker = excluded.marker",
             (*key, marker),
         )
+        self._known.markers[key] = marker
 
     @_guard
     def assignment_marker(self, *, calc_id: int, device_id: int) -> float | None:
         """The marker of the stored run the assignment's cached intervals mirror (None: none, or
         never cached: the caller reloads them from the primary database)."""
+        known = self._known_now()
+        if known is not None and (calc_id, device_id) in known.markers:
+            return known.markers[(calc_id, device_id)]
         row = self._conn.execute(
             "SELECT marker FROM assignments WHERE calc_id = ? AND device_id = ?", (calc_id, device_id)
         ).fetchone()
-        return None if row is None else row[0]
+        marker = None if row is None else row[0]
+        if known is not None:
+            known.markers[(calc_id, device_id)] = marker
+        return marker
 
     @_guard
     def intervals_read(
@@ -924,6 +1022,7 @@ class ShardCache:
         with self._write() as db:
             db.execute("DELETE FROM intervals WHERE calc_id = ? AND device_id = ?", (calc_id, device_id))
             db.execute("DELETE FROM assignments WHERE calc_id = ? AND device_id = ?", (calc_id, device_id))
+            self._known.markers[(calc_id, device_id)] = None
 
     def reader(self, *, calc_id: int, device_id: int, names: Collection[str] | None = None) -> AssignmentReader:
         """The read callables ``analytics.engine.recalculate`` takes, for one assignment, reading

@@ -486,13 +486,17 @@ def _state(c: ShardCache) -> tuple:
     )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.sampled_from(["put", "replace", "delete", "expire", "intervals", "position",
-                                           "flush", "failed batch", "drop"]),
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["put", "replace", "replace many", "delete", "expire", "intervals",
+                                           "position", "position after", "flush", "failed batch", "drop",
+                                           "another writer"]),
                           st.integers(1, 3), st.integers(0, 40), st.integers(0, 12)), max_size=30))
 def test_write_behind_reads_as_a_plain_cache_and_the_file_holds_it_after_a_flush(small_chunks, tmp_path_factory, steps):
     """Whatever the writes, flushes and failed batches, a write-behind cache reads exactly as a
-    cache that commits every write; after a flush another connection reads the same."""
+    cache that commits every write; after a flush another connection reads the same. What it
+    keeps in memory of its file while its transaction is open (devices, message bounds, drain
+    positions, interval markers) follows its own writes, is dropped with a failed batch, and is
+    read again once another connection wrote the file between two of its transactions."""
     directory = tmp_path_factory.mktemp("behind")
     plain = ShardCache(directory / "plain.cache", shard="eu/1")
     behind = ShardCache(directory / "behind.cache", shard="eu/1", write_behind=True)
@@ -519,10 +523,27 @@ def test_write_behind_reads_as_a_plain_cache_and_the_file_holds_it_after_a_flush
                     target.position_set(alias="dc1", seq=number, stamp=start)
                 elif kind == "drop":
                     target.device_drop(device_id=device)
+                elif kind == "replace many":  # a drain's ranges of every device at once
+                    target.messages_replace_many({other: (float(start), float(start + length), [
+                        {"timestamp": float(start + length), "v": number, "d": other}]) for other in (1, 2, 3)})
+                elif kind == "position after":  # a drain's position, only after the one before it
+                    target.position_set(alias="dc1", seq=number, stamp=start, after=length)
+                elif kind == "another writer":  # between two of the worker's transactions
+                    target.flush()
+                    with ShardCache(target.path, shard="eu/1") as other:
+                        if number % 2:
+                            other.device_drop(device_id=device)
+                        else:
+                            other.messages_put(device_id=device, messages=[{"timestamp": float(start), "o": number}])
+                        other.intervals_replace(calc_id=1, device_id=device, marker=-float(number), intervals=[])
+                        other.position_set(alias="dc1", seq=length, stamp=start + 1)
                 else:  # a batch whose writes fail after some of them: none of them stays
                     with pytest.raises(RuntimeError), target.batch():
                         target.messages_put(device_id=device, messages=[{"timestamp": float(start), "v": 1e9}])
                         target.position_set(alias="dc1", seq=10**6, stamp=0)
+                        target.intervals_replace(calc_id=1, device_id=device, marker=1e9, intervals=[])
+                        target.device_drop(device_id=device % 3 + 1)
+                        assert target.assignment_marker(calc_id=1, device_id=device) == 1e9
                         raise RuntimeError("the drain failed")
             assert _state(behind) == _state(plain), (number, kind)
         behind.flush()
@@ -620,7 +641,10 @@ def test_a_write_behind_transaction_sqlite_rolled_back_is_no_longer_waiting_for_
         assert cache.flush() is False
         assert cache.unflushed_for() == 0.0
         assert cache.devices() == []
+        assert cache.bounds(device_id=1) == (None, None)
         cache.messages_put(device_id=2, messages=[{"timestamp": 2.0, "a": 2}])  # writes go on
+        assert cache.devices() == [2] and cache.is_cached(device_id=1) is False  # not what it knew before
+        assert cache.bounds(device_id=1) == (None, None) and cache.bounds(device_id=2) == (2.0, 2.0)
         assert cache.flush() is True and cache.devices() == [2]
 
 

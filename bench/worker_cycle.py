@@ -76,6 +76,7 @@ def main() -> int:
         warm = len(phases) + 1
         drains, runs = [], []
         profiler = cProfile.Profile() if options.profile else None
+        print(f"cycles: {options.cycles} of {options.phase} devices (pid {os.getpid()})", flush=True)
         stamp = time.time()
         for cycle in range(options.cycles):
             group = phases[cycle % len(phases)]

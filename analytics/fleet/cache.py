@@ -70,7 +70,7 @@ TAIL_MAX = 256  # tail rows per device before they are folded into chunks
 DIRECT_MIN = 32  # a batch of at least this many new messages goes straight into chunks
 TAILS_KEPT = 20_000  # devices whose tail is kept decoded in memory
 # Seconds a write-behind cache holds writes before its worker flushes them to the file.
-FLUSH_EVERY = 2.0
+FLUSH_EVERY = 5.0
 # Messages of active intervals a process keeps for extending them (``Tails``): about 60 bytes each
 # for a trips calculator's five parameters, so some 120 MB at most.
 CALC_TAIL_ROWS = 2_000_000

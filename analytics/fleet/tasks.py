@@ -56,9 +56,10 @@ def _delivered_too_often(task, region: str) -> bool:
     if not task_id:
         return False
     key = deliveries_key(region, task_id)
-    client = redis_client(region)
-    count = client.incr(key)
-    client.expire(key, 3600)
+    pipe = redis_client(region).pipeline(transaction=False)  # one round trip
+    pipe.incr(key)
+    pipe.expire(key, 3600)
+    count, _expires = pipe.execute()
     if count > MAX_DELIVERIES:
         logger.error("calc %s: dropping %s %s after %s deliveries; reconciliation will redo its work",
                      region, task.name, task_id, count - 1)

@@ -69,6 +69,8 @@ __all__ = ["NotHeld", "RunStats", "ShardWorker"]
 
 # Seconds of filling a shard's cache per task, between which the worker's other tasks run.
 FILL_SLICE = 1.0
+# Seconds between two looks at whether a held shard's cache file is still on disk (a stat each).
+FILE_CHECK_EVERY = 1.0
 # Compilations of calculators reading device metadata kept, one per version and metadata.
 FOR_DEVICES_KEPT = 10_000
 
@@ -111,6 +113,7 @@ class ShardWorker:
         self._caught_up_devices = 0  # devices read again or dropped by catch-ups since the start
         self._lock = threading.RLock()
         self._compiled: dict[tuple[int, int], Calculator] = {}
+        self._file_checked: dict[int, float] = {}  # shard -> when its cache file was last looked at (monotonic)
         self._for_devices: dict[tuple[int, int, bytes], Calculator] = {}  # oldest use first
 
     # -- leases ------------------------------------------------------------------------------
@@ -249,10 +252,17 @@ class ShardWorker:
 
     def holding(self, shard: int) -> HeldShard | None:
         """The held shard, with a cache that is still the file on disk (a deleted or replaced
-        file is reopened empty and refilled from PostgreSQL as work needs it)."""
+        file is reopened empty and refilled from PostgreSQL as work needs it; the file is looked
+        at once per ``FILE_CHECK_EVERY`` seconds at most, not at every task)."""
         with self._lock:
             held = self.held.get(shard)
-            if held is not None and held.cache.replaced():
+            if held is None:
+                return None
+            now = time.monotonic()
+            if now - self._file_checked.get(shard, -math.inf) < FILE_CHECK_EVERY:
+                return held
+            self._file_checked[shard] = now
+            if held.cache.replaced():
                 logger.warning("calc %s: cache file of shard %s is gone; rebuilding it", self.region, shard)
                 held.cache.close(flush=False)
                 held.cache = self._cache_open(shard)

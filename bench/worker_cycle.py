@@ -119,6 +119,10 @@ def main() -> int:
         print(f"{'':26} {'wall µs':>9} {'CPU µs':>9}")
         print(f"{'drain, per message':26} {median(drains, 0):>9} {median(drains, 1):>9}")
         print(f"{'run, per recalculation':26} {median(runs, 0):>9} {median(runs, 1):>9}")
+        if len(runs) >= 20:  # the trips grow all along: the first and the last tenth of the cycles
+            tenth = len(runs) // 10
+            for label, part in (("first", slice(0, tenth)), ("last", slice(-tenth, None))):
+                print(f"{f'run, {label} tenth':26} {median(runs[part], 0):>9} {median(runs[part], 1):>9}")
         fleet_bench.calculator_remove(calculator)
     finally:
         worker.close(keep_place=False)

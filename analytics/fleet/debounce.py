@@ -646,6 +646,20 @@ class DebounceTimers:
             )
         return sorted(result, key=lambda entry: (entry.calc_id, entry.device_id))
 
+    def unheld(self, changes: Mapping[int, Sequence[Change]]) -> dict[int, list[Change]]:
+        """Those of ``changes`` (shard -> changes) whose assignment has no timer at all, in one
+        round trip (an ``HMGET`` per shard of exactly those assignments, not every timer read)."""
+        order = [shard for shard, shard_changes in changes.items() if shard_changes]
+        pipe = self.client.pipeline(transaction=False)
+        for shard in order:
+            pipe.hmget(self.keys(shard)[2], [_member(change.calc_id, change.device_id) for change in changes[shard]])
+        missing: dict[int, list[Change]] = {}
+        for shard, found in zip(order, pipe.execute() if order else [], strict=True):
+            absent = [change for change, packed in zip(changes[shard], found, strict=True) if packed is None]
+            if absent:
+                missing[shard] = absent
+        return missing
+
     def due_index(self) -> tuple[float, dict[int, float]]:
         """Redis's clock and every shard with a timer -> the earliest moment one of them wants the
         pump (seconds), in one round trip, from the region's due index."""

@@ -163,14 +163,11 @@ class Pump(Loop):
             shards_wake(region=self.region, shards=changed_shards, force=True)
         self.timers.reindex(shards=range(settings.CALC_SHARDS))
         scheduled = 0
-        for shard, changes in requests.items():
-            known = {(entry.calc_id, entry.device_id) for entry in self.timers.entries(shard=shard)}
-            missing = [change for change in changes if (change.calc_id, change.device_id) not in known]
-            if missing:
-                self.timers.schedule(shard=shard, changes=missing)
-                scheduled += len(missing)
-                logger.info("%s: shard %s: %d assignment(s) scheduled again by reconciliation", self.name, shard,
-                            len(missing))
+        for shard, missing in self.timers.unheld(requests).items():
+            self.timers.schedule(shard=shard, changes=missing)
+            scheduled += len(missing)
+            logger.info("%s: shard %s: %d assignment(s) scheduled again by reconciliation", self.name, shard,
+                        len(missing))
         return scheduled
 
     def purge(self) -> None:

@@ -281,6 +281,26 @@ def test_flushall_loses_every_timer_and_the_scripts_survive(client, timers):
     assert len(timers.pump(shard=1, limit=10, offer_timeout=30, now=100)) == 1
 
 
+def test_unheld_names_exactly_the_assignments_without_a_timer(timers):
+    """What reconciliation schedules again: the requests whose assignment has no timer at all,
+    pending, offered or running ones counting as held."""
+    timers.schedule(shard=0, changes=[change(1, 2, device=1, delay=0), change(1, 2, device=2, delay=0),
+                                      change(1, 2, device=3, delay=100)], now=10)
+    [offer] = [offer for offer in timers.pump(shard=0, limit=1, offer_timeout=30, now=10)]
+    running = 2 if offer.device_id == 1 else 1
+    timers.claim(shard=0, assignments=[(1, running)], run_timeout=60, now=11)
+    timers.schedule(shard=5, changes=[change(1, 2, device=9)], now=10)
+    requests = {
+        0: [change(1, 2, device=device) for device in (1, 2, 3, 4)],
+        5: [change(1, 2, device=9)],
+        6: [change(1, 2, device=10), change(1, 2, calc=2, device=10)],
+        7: [],
+    }
+    assert timers.unheld(requests) == {0: [change(1, 2, device=4)],
+                                      6: [change(1, 2, device=10), change(1, 2, calc=2, device=10)]}
+    assert timers.unheld({}) == {}
+
+
 def test_bad_arguments_are_refused_before_redis(timers):
     with pytest.raises(ValueError, match=r"begin 5\.0 is after end 4\.0"):
         timers.schedule(shard=0, changes=[change(5, 4)])

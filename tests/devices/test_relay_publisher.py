@@ -207,3 +207,80 @@ def test_a_cleared_retained_topic_is_relayed_as_an_empty_publish_and_the_events_
         assert fresh.received() == []  # nothing retained any more
     finally:
         fresh.close()
+
+
+@pytest.mark.django_db(databases="__all__", transaction=True)
+def test_events_of_one_payload_are_one_row_published_on_each_topic_in_order(platform_broker, account, key, settings):
+    """A recalculation's ``updated`` and its retained ``active`` and ``last`` carry the same
+    interval: consecutive events of a device with one payload are one outbox row
+    (``OutboxKind.EVENTS``), which the relay publishes on each topic, in order, retained as each
+    says; the status page and the webhook feed count and read it as those publishes."""
+    from analytics.fleet.status import datacenter_status
+    from devices.choices import OutboxKind
+    from devices.storage import outbox_events_write
+    from tests.support.outbox import queued_events
+    from webhooks.storage import feed_take, feeding_set
+
+    device = device_create(account=account, configuration={"ident": "shared"})
+    other = device_create(account=account, configuration={"ident": "shared-2"})
+    alias = device.database
+    with connections[alias].cursor() as cursor:
+        cursor.execute("DELETE FROM outbox")  # the devices' created events are not this test's
+        cursor.execute("DELETE FROM webhook_feed")
+    root = f"shr{uuid.uuid4().hex[:6]}"
+    base = f"calcs/7/devices/{device.pk}"
+    interval = '{"id": 1, "route": "_p~iF~ps|U_ulLnnqC", "end": 2.5}'
+    events = [  # (device, topic, payload, retain)
+        (device.pk, f"interval/gw/{base}/updated", interval, False),
+        (device.pk, f"state/gw/{base}/active", interval, True),
+        (device.pk, f"state/gw/{base}/last", interval, True),
+        (other.pk, f"state/gw/calcs/7/devices/{other.pk}/last", interval, True),  # another device: a row of its own
+        (device.pk, f"interval/gw/{base}/created", '{"id": 2}', False),
+        (device.pk, f"state/gw/{base}/synced", None, True),  # cleared: never shares a row
+        (device.pk, f"state/gw/{base}/last", None, True),
+    ]
+    feeding_set(alias=alias, on=True, now=time.time())
+    try:
+        outbox_events_write(alias=alias, device_ids=[event[0] for event in events], topics=[event[1] for event in events],
+                            payloads=[event[2] for event in events], retains=[event[3] for event in events])
+    finally:
+        feeding_set(alias=alias, on=False, now=time.time())
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT kind FROM outbox ORDER BY id")
+        assert [row[0] for row in cursor.fetchall()] == [OutboxKind.EVENTS] + [OutboxKind.EVENT] * 4
+    expected = [(topic, None if payload is None else json.loads(payload), retain)
+                for _device, topic, payload, retain in events]
+    assert queued_events(alias) == expected
+    assert datacenter_status(code="eu-1", alias=alias).outbox_events == 7
+    with connections[alias].cursor() as cursor:
+        _ids, fed = feed_take(alias=alias, limit=100, root=root)
+        cursor.execute("DELETE FROM webhook_feed")
+    assert [(event.device_id, event.topic, json.loads(event.payload)) for event in fed] == [
+        (device_id, f"{root}/{topic}", json.loads(payload)) for device_id, topic, payload, _r in events
+        if payload is not None]
+
+    relay = OutboxRelay(alias=alias, mqtt_url=platform_broker.url, topic_root="flespi")
+    filters = ["flespi/interval/gw/calcs/+/devices/+/+", "flespi/state/gw/calcs/+/devices/+/+"]
+    live = Subscriber(platform_broker.url, login=(key, ""))
+    try:
+        assert live.connect()
+        assert [live.subscribe(each) for each in filters] == [1, 1]
+        relay.start()
+        wait_until(lambda: relay.relay_once() or not outbox_rows(alias), timeout=20, what="the rows relayed")
+        received = live.wait_for(7, timeout=20)
+    finally:
+        relay.close()
+        live.close()
+    assert [(topic, json.loads(payload) if payload else None) for topic, payload in received] == [
+        (f"flespi/{topic}", None if payload is None else json.loads(payload)) for _d, topic, payload, _r in events]
+    fresh = Subscriber(platform_broker.url, login=(key, ""))
+    try:
+        assert fresh.connect()
+        assert fresh.subscribe(filters[1]) == 1
+        retained = fresh.wait_for(2, timeout=10)  # active of the device, last of the other; the rest cleared
+        time.sleep(0.5)
+        retained = fresh.received()
+    finally:
+        fresh.close()
+    assert sorted(topic for topic, _payload in retained) == sorted(
+        [f"flespi/state/gw/{base}/active", f"flespi/state/gw/calcs/7/devices/{other.pk}/last"])

@@ -7,7 +7,3 @@ class OutboxKind(models.IntegerChoices):
     # The telemetry values one write changed, ``{parameter: value}`` in the payload: one retained
     # ``state/gw/devices/{id}/telemetry/{parameter}`` publish each (``devices.outbox``).
     TELEMETRY = 3, "telemetry"
-    # One payload published on several topics, in order: ``{"p": payload, "t": [[topic, retain],
-    # ...]}`` in the payload (a recalculation's ``updated`` event and the retained ``active`` and
-    # ``last`` of the same interval: the interval stored once, not three times).
-    EVENTS = 4, "events"

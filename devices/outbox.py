@@ -22,7 +22,6 @@ import math
 import time
 from dataclasses import asdict, dataclass
 
-import orjson
 from django.db import connections
 
 from devices.choices import OutboxKind
@@ -36,13 +35,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_WAIT = 2.0  # seconds between tries of a relay waiting for another one's lock
 
-# A row of several topics (``OutboxKind.EVENTS``) comes with its one payload and its topics apart.
-_FETCH = f"""
-SELECT id, device_id, kind, topic,
-       CASE kind WHEN {int(OutboxKind.EVENTS)} THEN (payload->'p')::text ELSE payload::text END, retain, stamps,
-       CASE kind WHEN {int(OutboxKind.EVENTS)} THEN (payload->'t')::text END
-FROM outbox ORDER BY id LIMIT %s
-"""
+_FETCH = "SELECT id, device_id, kind, topic, payload::text, retain, stamps FROM outbox ORDER BY id LIMIT %s"
 # One index lookup per (device, timestamp) whatever the planner thinks of the table (the LIMIT,
 # true of a unique key, keeps the lookup from being turned into a join).
 _BODIES = (
@@ -208,20 +201,17 @@ class OutboxRelay(Loop):
     def _plan(self, cursor, rows) -> list[_Entry]:
         budget = self.batch
         taken = []
-        for outbox_id, device_id, kind, topic, payload, retain, stamps, topics in rows:
+        for outbox_id, device_id, kind, topic, payload, retain, stamps in rows:
             if budget <= 0:
                 break
-            if kind == OutboxKind.EVENTS:
-                topic = orjson.loads(topics)  # [[topic, retain], ...]
             if kind == OutboxKind.MESSAGE:
                 now, rest = stamps[:budget], stamps[budget:]
                 budget -= len(now)
             else:
                 # an event; a telemetry row (a few values, published whole: a retained value
-                # published again is harmless); a row of several topics (published whole: a
-                # repeated event is what QoS 1's "at least once" allows)
+                # published again is harmless)
                 now, rest = [], []
-                budget -= len(topic) if kind == OutboxKind.EVENTS else 1
+                budget -= 1
             taken.append((outbox_id, device_id, kind, topic, payload, retain, now, rest))
         # The bodies of every message row of the batch in one statement, the values of every
         # telemetry row in another.
@@ -247,9 +237,6 @@ class OutboxRelay(Loop):
                           value, True)
                     for name, value in values.get(outbox_id, [])
                 ]
-            elif kind == OutboxKind.EVENTS:
-                items = [_Item(None, rooted(root=self.topic_root, topic=each), payload, each_retain)
-                         for each, each_retain in topic]
             else:
                 items = [_Item(None, rooted(root=self.topic_root, topic=topic), payload, retain)]
             plan.append(_Entry(outbox_id, items, rest))

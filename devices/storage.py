@@ -610,38 +610,23 @@ def outbox_events_write(
     """Queue events in the outbox, in order, with one multi-row insert in the caller's
     transaction: the one writer of event rows (``analytics.storage.outbox_events`` queues through
     it). A topic is relative to the root; a payload is JSON text, or None for an empty one (a
-    retained topic cleared). Events of one device that follow one another with the same payload
-    are one row (``OutboxKind.EVENTS``: the payload stored once, published on each topic)."""
+    retained topic cleared)."""
     if not topics:
         return
-    events = list(zip(device_ids, topics, payloads, retains, strict=True))
-    # The rows as one JSON array, [device, kind, topic, retain, has a payload, payload] each, in
-    # one text parameter: the payloads go in as the JSON they are, and the driver does not quote
-    # every element of several arrays in Python (that cost more than the insert).
-    rows = []
-    start = 0
-    while start < len(events):
-        device_id, topic, payload, retain = events[start]
-        end = start + 1
-        if payload is not None:
-            while end < len(events) and events[end][0] == device_id and events[end][2] == payload:
-                end += 1
-        if end - start == 1:
-            rows.append(b"[%d,%d,%s,%s,%s]" % (
-                device_id, OutboxKind.EVENT, orjson.dumps(topic), b"true" if retain else b"false",
-                b"false,null" if payload is None else b"true," + payload.encode()))
-        else:
-            assert payload is not None  # a cleared topic is a row of its own
-            shared = orjson.dumps([[event_topic, event_retain] for _d, event_topic, _p, event_retain in events[start:end]])
-            rows.append(b'[%d,%d,null,false,true,{"p":%s,"t":%s}]' % (
-                device_id, OutboxKind.EVENTS, payload.encode(), shared))
-        start = end
+    # The events as one JSON array, [device, topic, retain, has a payload, payload] each, in one
+    # text parameter: the payloads go in as the JSON they are, and the driver does not quote
+    # every element of four arrays in Python (that cost more than the insert).
+    rows = b",".join(
+        b"[%d,%s,%s,%s]" % (device_id, orjson.dumps(topic), b"true" if retain else b"false",
+                            b"false,null" if payload is None else b"true," + payload.encode())
+        for device_id, topic, payload, retain in zip(device_ids, topics, payloads, retains, strict=True)
+    )
     with connections[alias].cursor() as cursor:
         cursor.execute(
             "INSERT INTO outbox (device_id, kind, topic, payload, retain) "
-            "SELECT (e->>0)::bigint, (e->>1)::smallint, e->>2, CASE WHEN (e->>4)::boolean THEN e->5 END, "
-            "(e->>3)::boolean FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS x(e, n) ORDER BY n",
-            [(b"[" + b",".join(rows) + b"]").decode()],
+            "SELECT (e->>0)::bigint, %s, e->>1, CASE WHEN (e->>3)::boolean THEN e->4 END, (e->>2)::boolean "
+            "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS x(e, n) ORDER BY n",
+            [int(OutboxKind.EVENT), (b"[" + rows + b"]").decode()],
         )
 
 

@@ -22,12 +22,7 @@ from flespi_site.constants import LockSpace, lock_id
 from flespi_site.mqtt.topics import device_telemetry_topic, message_topic, rooted
 from webhooks.choices import DeliveryStatus
 
-# A row of several topics (``OutboxKind.EVENTS``): its one payload, and its topics in place of the one.
-_FEED = f"""
-SELECT id, device_id, kind, CASE kind WHEN {int(OutboxKind.EVENTS)} THEN (payload->'t')::text ELSE topic END,
-       CASE kind WHEN {int(OutboxKind.EVENTS)} THEN (payload->'p')::text ELSE payload::text END, stamps, queued
-FROM webhook_feed ORDER BY id LIMIT %s
-"""
+_FEED = "SELECT id, device_id, kind, topic, payload::text, stamps, queued FROM webhook_feed ORDER BY id LIMIT %s"
 
 
 @dataclass(frozen=True)
@@ -103,9 +98,6 @@ def feed_take(*, alias: str, limit: int, root: str) -> tuple[list[int], list[Fee
                           json.dumps(value), queued)
                 for name, value in sorted(values.items())
             )
-        elif kind == OutboxKind.EVENTS:
-            events.extend(FeedEvent(device_id, rooted(root=root, topic=each), payload, queued)
-                          for each, _retain in json.loads(topic))
         elif payload is not None:
             events.append(FeedEvent(device_id, rooted(root=root, topic=topic), payload, queued))
     return [row[0] for row in rows], events

@@ -35,12 +35,11 @@ from regions.selectors import served_datacenters
 
 logger = logging.getLogger(__name__)
 
-# Rows, events (a message row holds several messages, a telemetry row several values, an events
-# row several topics), the age of the oldest row.
+# Rows, events (a message row holds several messages, a telemetry row several values), the age of
+# the oldest row.
 _OUTBOX = f"""
 SELECT count(*),
        coalesce(sum(CASE kind WHEN {int(OutboxKind.TELEMETRY)} THEN (SELECT count(*) FROM jsonb_object_keys(payload))
-                    WHEN {int(OutboxKind.EVENTS)} THEN jsonb_array_length(payload->'t')
                     ELSE coalesce(cardinality(stamps), 1) END), 0),
        coalesce(extract(epoch FROM now() - min(created)), 0)
 FROM outbox

@@ -1,6 +1,5 @@
 """What the outbox holds, read as the relay publishes it: event rows one publish each, telemetry
-rows (``OutboxKind.TELEMETRY``) one retained publish per value, rows of several topics
-(``OutboxKind.EVENTS``) their payload on each topic in order."""
+rows (``OutboxKind.TELEMETRY``) one retained publish per value."""
 
 from __future__ import annotations
 
@@ -17,10 +16,6 @@ FROM outbox o WHERE o.kind = %(event)s {where}
 UNION ALL
 SELECT o.id, o.device_id, o.kind, NULL, e.value::text, o.retain, e.key
 FROM outbox o CROSS JOIN LATERAL jsonb_each(o.payload) e WHERE o.kind = %(telemetry)s {where}
-UNION ALL
-SELECT o.id, o.device_id, o.kind, t.value->>0, (o.payload->'p')::text, (t.value->>1)::boolean, lpad(t.n::text, 9, '0')
-FROM outbox o CROSS JOIN LATERAL jsonb_array_elements(o.payload->'t') WITH ORDINALITY t(value, n)
-WHERE o.kind = %(events)s {where}
 ORDER BY 1, 7
 """
 
@@ -31,11 +26,10 @@ def queued_events(alias: str, device_id: int | None = None) -> list[tuple[str, o
     where = "AND o.device_id = %(device)s" if device_id is not None else ""
     with connections[alias].cursor() as cursor:
         cursor.execute(_PUBLISHES.format(where=where),
-                       {"event": int(OutboxKind.EVENT), "telemetry": int(OutboxKind.TELEMETRY),
-                        "events": int(OutboxKind.EVENTS), "device": device_id})
+                       {"event": int(OutboxKind.EVENT), "telemetry": int(OutboxKind.TELEMETRY), "device": device_id})
         rows = cursor.fetchall()
     return [
-        (device_telemetry_topic(device_id=device, parameter=name) if kind == OutboxKind.TELEMETRY else topic,
+        (topic if kind == OutboxKind.EVENT else device_telemetry_topic(device_id=device, parameter=name),
          None if payload is None else json.loads(payload), retain)
         for _id, device, kind, topic, payload, retain, name in rows
     ]

@@ -226,8 +226,6 @@ class _Known:
     markers: dict[tuple[int, int], float | None] = field(default_factory=dict)  # absent: not read
 
 
-
-
 class ShardCache:
     """The cache file of one shard. Open one per process; several processes may read the same
     file while one writes. ``shard`` names the shard (for example ``"eu/3"``) and is checked

@@ -51,11 +51,9 @@ def main() -> int:
 
     from analytics.fleet.worker import ShardWorker
     from devices.services import messages_ingest
-    from flespi_site.celery import redis_client
+    from tests.support.fleet import forget_region_state
 
-    client = redis_client("eu")
-    for key in client.scan_iter("flespi:eu:*"):
-        client.delete(key)
+    forget_region_state("eu")
     fixture = ingest.Fixture()
     directory = Path(tempfile.mkdtemp(prefix="bench-cycle-"))
     worker = ShardWorker(region="eu", worker_id=f"cycle-{os.getpid()}", data_dir=directory, lease_ttl=120)

@@ -108,6 +108,7 @@ def main() -> int:
                 runs.append((run_wall / len(group), run_cpu / len(group)))
             if cycle % 10 == 9:
                 worker.caches_flush(older_than=0)  # as the worker's flush every few seconds does
+                worker.renew()  # the leases outlive a long run (writers mark the holder's shards dirty)
         if profiler is not None:
             profiler.dump_stats(options.profile)
 

@@ -213,6 +213,30 @@ def test_many_assignments_written_in_two_statements(account, calculator, assignm
     assert [(row["id"], row["timestamp"]) for row in storage.intervals_read(alias=alias, pairs=[b])] == [(10_000_000, 1.0)]
 
 
+def test_counters_are_stored_as_their_exact_text_with_their_numbers_apart(account, calculator, assignment, device):
+    """``intervals_write_many`` sends its rows as one JSON document: the counters' text is stored as
+    written (key order, a route with backslashes and quotes, an integer beyond 64 bits, text beyond
+    ASCII), and the numbers apart (``number_keys``/``number_values``) keep every key a ``text[]``
+    literal would quote and every double exactly."""
+    from django.db import connections
+
+    from analytics import storage
+    from flespi_site.jsontext import dumps_exact
+
+    counters = {"z": 0.1 + 0.2, 'a "b", {c}\\d': 1e-300, "route": 'q\\"x}{,\\\\', "big": 2**70, "flag": True,
+                "name": "Zürich ✓", "n": -0.0, "m": 2**53 + 1, "list": [1, {"k": None}]}
+    storage.intervals_write_many(alias=device.database,
+                                 writes={(calculator.pk, device.pk): ([_iv(10, 20.5, **counters)], [])}, stamp=1.0)
+    with connections[device.database].cursor() as cursor:
+        cursor.execute("SELECT counters::text, number_keys, number_values, \"begin\", \"end\", duration FROM intervals "
+                       "WHERE calc_id = %s AND device_id = %s", [calculator.pk, device.pk])
+        text, keys, values, begin, end, duration = cursor.fetchone()
+    assert text == dumps_exact(counters).decode()
+    assert keys == ["z", 'a "b", {c}\\d', "big", "n", "m"]
+    assert values == [0.1 + 0.2, 1e-300, float(2**70), -0.0, float(2**53 + 1)]
+    assert (begin, end, duration) == (10.0, 20.5, 10.5)
+
+
 # Names a byte-order sort and a language-aware one put in different orders, and a name with the
 # characters a text[] literal quotes.
 ODD = 'a "b", {c}\\d'

@@ -1,14 +1,16 @@
 """The calc worker's own cost per message, alone on the machine: a ``ShardWorker`` in this process.
 
-    .venv/bin/python bench/worker_cycle.py [--devices 1000] [--phase 100] [--cycles 30] [--profile FILE]
+    .venv/bin/python bench/worker_cycle.py [--devices 1000] [--phase 100] [--cycles 40] [--trip 0] [--profile FILE]
 
 Databases and Redis as in ``bench/fleet.py`` (``DATABASE_URL``, ``REDIS_URL``; run it on a Redis of
 its own: the region's keys are cleared first). No fleet process runs: this process holds every
 shard of the region, its caches in a temporary directory.
 
 ``--devices`` devices are assigned to the trips calculator of ``bench/fleet.py`` (``update_delay``
-1 s, every message extends the open trip). Then, ``--cycles`` times, each device of a phase of
-``--phase`` devices gets one moving message (``devices.services.messages_ingest``, not timed), and
+1 s, every message extends the open trip), each with ``--trip`` moving messages already, one a
+second up to now (its open trip's length when the cycles begin). Then, ``--cycles`` times, each
+device of a phase of ``--phase`` devices gets one moving message (``devices.services.messages_ingest``,
+not timed; the positions follow the real track of ``bench/ingest.py``), and
 the worker does what the fleet does for it: a drain of the change log (``changes_drain``) and a
 batch of the phase's runs (``batch_run``), timed each, in wall time and in this process's CPU time.
 PostgreSQL and Redis are other processes: their time is in the wall time only.
@@ -16,7 +18,7 @@ PostgreSQL and Redis are other processes: their time is in the wall time only.
 Printed: µs per message of the drain and per recalculation of the run, wall and CPU, the median
 over the cycles (the first message of each device, which opens its trip, left out), and of the
 first and the last tenth of them (the trips grow all along: ``--devices 100 --phase 100 --cycles
-320`` ends with trips of 300 messages). ``--profile FILE`` writes a cProfile of the timed cycles
+320`` ends with trips of 300 messages; ``--trip 3600`` measures trips of an hour). ``--profile FILE`` writes a cProfile of the timed cycles
 (``python -m pstats FILE``).
 """
 
@@ -41,6 +43,7 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--phase", type=int, default=100, help="devices per cycle (one batch)")
     parser.add_argument("--cycles", type=int, default=40)
+    parser.add_argument("--trip", type=int, default=0, help="messages in each device's open trip before the cycles")
     parser.add_argument("--profile", type=Path, default=None)
     options = parser.parse_args()
 
@@ -57,8 +60,22 @@ def main() -> int:
     fixture = ingest.Fixture()
     directory = Path(tempfile.mkdtemp(prefix="bench-cycle-"))
     worker = ShardWorker(region="eu", worker_id=f"cycle-{os.getpid()}", data_dir=directory, lease_ttl=120)
+    positions = ingest.track_positions()
+
+    def moving(number: int, stamp: float) -> dict:
+        position = positions[number % len(positions)]
+        return {"timestamp": round(stamp, 3), "position.speed": 40.0 + number % 7,
+                "position.latitude": position["position.latitude"],
+                "position.longitude": position["position.longitude"],
+                "position.altitude": 20.0, "engine.ignition.status": True}
+
     try:
         devices = fixture.new_devices(options.devices)
+        if options.trip:
+            started = time.time() - options.trip
+            trip = [moving(number, started + number) for number in range(options.trip)]
+            for device in devices:
+                messages_ingest(devices=[device], messages=trip)
         calculator = fleet_bench.assign(fixture.account, devices, fleet_bench.trips(1))
         while len(worker.held) < settings.CALC_SHARDS:
             worker.rebalance()
@@ -81,11 +98,7 @@ def main() -> int:
         for cycle in range(options.cycles):
             group = phases[cycle % len(phases)]
             stamp = max(stamp + 0.001, time.time())
-            messages_ingest(devices=group, messages=[{
-                "timestamp": round(stamp, 3), "position.speed": 40.0 + cycle % 7,
-                "position.latitude": 52.6 + cycle * 1e-4, "position.longitude": -8.6,
-                "position.altitude": 20.0, "engine.ignition.status": True,
-            }])
+            messages_ingest(devices=group, messages=[moving(options.trip + cycle, stamp)])
             batch: dict[int, list] = {}
             for device in group:
                 shard, pair = pairs[device.pk]
@@ -116,7 +129,7 @@ def main() -> int:
             return f"{statistics.median(value[index] for value in values) * 1e6:,.0f}"
 
         print(f"\nthe worker alone: {options.devices:,} devices, batches of {options.phase}, "
-              f"{len(runs)} cycles timed (medians)")
+              f"{len(runs)} cycles timed (medians), trips of {options.trip:,} messages at the start")
         print(f"{'':26} {'wall µs':>9} {'CPU µs':>9}")
         print(f"{'drain, per message':26} {median(drains, 0):>9} {median(drains, 1):>9}")
         print(f"{'run, per recalculation':26} {median(runs, 0):>9} {median(runs, 1):>9}")

@@ -60,6 +60,33 @@ def test_postgres_runs_queries_and_creates_databases(services):
         connection.execute(f"DROP DATABASE {name}")
 
 
+def test_lz4_compression_is_left_out_where_the_server_lacks_it(services):
+    """The embedded PostgreSQL is built without lz4: analytics migration 0011 leaves the columns
+    it would compress as they were, without an error (a server with lz4: tests/analytics)."""
+    from importlib import import_module
+
+    migration = import_module("analytics.migrations.0011_lz4_toast")
+    url = services.env["DATABASE_URL"]
+    name = f"test_lz4_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    try:
+        with psycopg.connect(url.rsplit("/", 1)[0] + f"/{name}", autocommit=True) as connection:
+            methods = connection.execute(
+                "SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'").fetchone()[0]
+            assert "lz4" not in methods
+            connection.execute("CREATE TABLE intervals (device_id bigint, counters json) PARTITION BY HASH (device_id);"
+                               "CREATE TABLE intervals_p0 PARTITION OF intervals FOR VALUES WITH (modulus 1, remainder 0);"
+                               "CREATE TABLE outbox (payload jsonb); CREATE TABLE webhook_feed (payload jsonb);")
+            connection.execute(migration.compression("lz4"))
+            assert connection.execute(
+                "SELECT count(*) FROM pg_attribute WHERE attname IN ('counters', 'payload') AND attcompression <> ''"
+            ).fetchone() == (0,)
+    finally:
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE {name}")
+
+
 def test_topology_databases_are_created_once(services):
     assert topology.create_missing_databases(topology.database_urls(services.env)) == []
 

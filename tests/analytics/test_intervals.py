@@ -237,6 +237,38 @@ def test_counters_are_stored_as_their_exact_text_with_their_numbers_apart(accoun
     assert (begin, end, duration) == (10.0, 20.5, 10.5)
 
 
+def test_counters_and_event_payloads_are_compressed_with_lz4_where_the_server_has_it(device):
+    """Analytics migration 0011: the counters of every partition of ``intervals`` and the payloads
+    of the outbox and the webhook feed, on a server with lz4 (the one the tests run on; without it:
+    tests/test_embedded.py); backwards, pglz again."""
+    from importlib import import_module
+
+    from django.db import connections
+
+    migration = import_module("analytics.migrations.0011_lz4_toast")
+
+    def methods(cursor) -> dict[str, str]:
+        cursor.execute("SELECT attrelid::regclass::text, attcompression FROM pg_attribute WHERE attname = %s "
+                       "AND attrelid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'intervals'::regclass "
+                       "UNION ALL SELECT 'intervals'::regclass UNION ALL SELECT 'outbox'::regclass "
+                       "UNION ALL SELECT 'webhook_feed'::regclass)", ["counters"])
+        found = dict(cursor.fetchall())
+        cursor.execute("SELECT attrelid::regclass::text, attcompression FROM pg_attribute WHERE attname = 'payload' "
+                       "AND attrelid IN ('outbox'::regclass, 'webhook_feed'::regclass)")
+        return {**found, **dict(cursor.fetchall())}
+
+    with connections[device.database].cursor() as cursor:
+        cursor.execute("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
+        if "lz4" not in cursor.fetchone()[0]:
+            pytest.skip("this PostgreSQL has no lz4 (the embedded one's case is tested in tests/test_embedded.py)")
+        stored = methods(cursor)
+        assert len(stored) == 1 + 8 + 2 and set(stored.values()) == {"l"}, stored
+        cursor.execute(migration.compression("pglz"))
+        assert set(methods(cursor).values()) == {"p"}
+        cursor.execute(migration.compression("lz4"))
+        assert set(methods(cursor).values()) == {"l"}
+
+
 # Names a byte-order sort and a language-aware one put in different orders, and a name with the
 # characters a text[] literal quotes.
 ODD = 'a "b", {c}\\d'

@@ -29,6 +29,10 @@ from flespi_site import topology
 URL_VARS = ("DATABASE_URL", "REDIS_URL", "MQTT_URL")
 
 
+# what a long-running process logs once it has frozen what it started with (flespi_site.runner)
+FROZEN = "objects of its start kept out of the garbage collector's walks"
+
+
 def environment_without_urls() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith(URL_VARS)}
 
@@ -133,6 +137,14 @@ def test_mqtt_subscriber_receives_a_qos1_message(services):
             client.disconnect()
             client.loop_stop()
     assert received == [(topic, b'{"hello": 1}', 1)]
+
+
+def test_the_broker_keeps_what_it_started_with_out_of_the_garbage_collectors_walks(services):
+    log = services.data_dir / "mqtt.log"
+    deadline = time.monotonic() + 15
+    while FROZEN not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert FROZEN in log.read_text(), log.read_text()[-2000:]
 
 
 def test_a_busy_data_directory_is_refused_or_replaced(services):

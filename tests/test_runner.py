@@ -1,10 +1,12 @@
 """The one runner of long-running loops: a real SIGTERM stops every loop, counts are logged
 periodically and at the end, a command only builds its loops; and the runner owns every loop's
 failures: a step that raises (a bug, a database or broker that went away) is logged with the
-loop's name, counted, followed by a growing pause, and the loop goes on and recovers."""
+loop's name, counted, followed by a growing pause, and the loop goes on and recovers. A process
+that runs loops keeps what it started with out of the garbage collector's walks."""
 
 from __future__ import annotations
 
+import gc
 import io
 import itertools
 import json
@@ -14,6 +16,7 @@ import signal
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -29,11 +32,20 @@ from flespi_site import metrics
 from flespi_site.constants import RELAY_LOCK
 from flespi_site.maintenance import QueueVacuum
 from flespi_site.mqtt import client as mqtt
-from flespi_site.runner import Backoff, Loop, PeriodicLoop, run_loops
+from flespi_site.runner import Backoff, Loop, PeriodicLoop, run_loops, startup_frozen
 from tests.support import waiting
+from tests.support.fleet import Fleet
 from tests.support.mqtt import Subscriber
 
 QUICK = Backoff(first=0.02, most=0.1)
+
+
+@pytest.fixture(autouse=True)
+def collected_as_before():
+    """``run_loops`` freezes what lives when it starts, as the processes it is made for do; the
+    tests' process gets its generations back after each test."""
+    yield
+    gc.unfreeze()
 
 
 def signal_soon(signum: int, after: float) -> threading.Timer:
@@ -122,6 +134,53 @@ def test_the_purge_command_runs_its_loops_until_sigterm(platform):
     lines = out.getvalue().splitlines()
     assert lines and all(" runs" in line and line.startswith("purge dc_") for line in lines), lines
     assert all(int(line.split(" in ")[1].split()[0]) >= 2 for line in lines), lines
+
+
+class Cyclic:
+    """An object in a reference cycle of its own: only the cyclic collector ever frees it."""
+
+    def __init__(self):
+        self.itself = self
+
+
+def tracked(thing: object) -> bool:
+    """Whether a collection of some generation would walk ``thing`` (frozen objects are in none)."""
+    return any(other is thing for other in gc.get_objects())
+
+
+def test_what_lives_at_the_start_is_kept_out_of_every_collection_and_what_comes_later_is_not(caplog):
+    at_start = Cyclic()
+    garbage_at_start = Cyclic()
+    del garbage_at_start  # unreachable but not yet collected: the freeze's collection frees it
+    with caplog.at_level(logging.INFO, logger="flespi_site.runner"):
+        frozen = startup_frozen("test")
+    assert frozen > 0
+    assert not tracked(at_start)
+    assert not any(isinstance(thing, Cyclic) for thing in gc.get_objects())
+    later = Cyclic()
+    assert tracked(later)
+    assert f"test: {frozen} objects of its start kept out of the garbage collector's walks" in caplog.messages
+    # a cycle made after the start is still collected
+    reference = weakref.ref(later)
+    del later
+    gc.collect()
+    assert reference() is None
+
+
+def test_the_runner_freezes_what_lives_when_its_loops_start():
+    before = Cyclic()
+    run_loops([Counting(until=2)], name="test", log_every=60)
+    assert gc.get_freeze_count() > 0 and not tracked(before)
+
+
+@pytest.mark.django_db(databases="__all__", transaction=True)
+def test_the_fleets_processes_freeze_what_they_started_with(tmp_path, platform):
+    fleet = Fleet(tmp_path).start_all()
+    try:
+        for name in ("worker", "pump", "relay"):
+            fleet.output(name).wait_for("objects of its start kept out of the garbage collector's walks")
+    finally:
+        fleet.stop()
 
 
 # -- the failure policy --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import logging
 import threading
 
 from celery import bootsteps
-from celery.signals import task_postrun, task_prerun
+from celery.signals import task_postrun, task_prerun, worker_ready
 from django.db import close_old_connections
 
 from analytics.fleet import tasks
@@ -24,7 +24,7 @@ from analytics.fleet.worker import ShardWorker
 from flespi_site import health
 from flespi_site.celery import celery_app
 from flespi_site.fleet import control_queue, worker_queue
-from flespi_site.runner import Loop, loops_problems
+from flespi_site.runner import Loop, loops_problems, startup_frozen
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ def run_calc_worker(*, region: str, data_dir: str, lease_ttl: float, name: str |
     # is older than CONN_MAX_AGE is closed (the next task opens it again), the others are kept.
     task_prerun.connect(_connections_checked, weak=False)
     task_postrun.connect(_connections_checked, weak=False)
+    worker_ready.connect(lambda **_kwargs: startup_frozen(f"calc {region} {worker_id}"), weak=False)
     app.conf.task_default_queue = control_queue(region)
     queues = f"{worker_queue(region, worker_id)},{app.conf.task_default_queue}"
     balance = LeaseBalance(worker)

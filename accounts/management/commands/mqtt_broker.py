@@ -8,6 +8,7 @@ from accounts.mqtt_access import BrokerAccess
 from flespi_site import health
 from flespi_site.mqtt.broker.server import Limits, run
 from flespi_site.mqtt.client import broker_address
+from flespi_site.runner import startup_frozen
 
 
 class Command(BaseCommand):
@@ -43,6 +44,11 @@ class Command(BaseCommand):
         Path(store).parent.mkdir(parents=True, exist_ok=True)
         access = BrokerAccess(url=region.mqtt_url)
         listening = []
+
+        def ready(broker):
+            startup_frozen(f"broker-{region.code}")
+            listening.append(broker)
+
         health.serve(role="broker", problems=lambda: {} if listening else {"broker": "not listening yet"})
         self.stdout.write(
             f"MQTT broker of {', '.join(sorted(access.regions))} on {options['bind']}:{port}"
@@ -60,5 +66,5 @@ class Command(BaseCommand):
                 activity_seconds=min(60.0, settings.DEVICE_CONNECTION_TIMEOUT / 4),
             ),
             name=f"broker-{region.code}",
-            ready=listening.append,
+            ready=ready,
         )

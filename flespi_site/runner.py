@@ -25,7 +25,8 @@ ended), logs their counts every ``log_every`` seconds and once at the end, and r
 management command only parses its arguments, builds its loops and calls ``run_loops``.
 
 ``startup_frozen`` is the one place of the garbage collector's policy of a long-running process
-(the loops', the calc worker's, the broker's): what it started with is never walked again.
+(the loops', the calc worker's, the broker's, each web process's): what it started with is never
+walked again.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -36,6 +37,7 @@ from flespi_site.runner import Backoff, Loop, PeriodicLoop, run_loops, startup_f
 from tests.support import waiting
 from tests.support.fleet import Fleet
 from tests.support.mqtt import Subscriber
+from tests.support.processes import WebServer
 
 QUICK = Backoff(first=0.02, most=0.1)
 
@@ -181,6 +183,16 @@ def test_the_fleets_processes_freeze_what_they_started_with(tmp_path, platform):
             fleet.output(name).wait_for("objects of its start kept out of the garbage collector's walks")
     finally:
         fleet.stop()
+
+
+@pytest.mark.django_db(databases="__all__", transaction=True)
+def test_the_web_processes_freeze_what_they_started_with():
+    server = WebServer()
+    try:
+        text = server.output.wait_for("objects of its start kept out of the garbage collector's walks", timeout=30)
+        assert re.search(r"web: \d+ objects of its start kept out", text), text[-2000:]
+    finally:
+        server.stop()
 
 
 # -- the failure policy --------------------------------------------------------------------------
